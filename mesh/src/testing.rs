@@ -1,0 +1,228 @@
+//! A throw-away PKI and a fake CA client, for tests of this crate and of the crates built on it.
+//! Compiled only for tests (feature `testing`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::missing_panics_doc,
+    reason = "test helpers"
+)]
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::identity::{
+    BoxFuture, CaClient, CaClientError, Identity, TrustBundle, WorkloadCert, provider,
+};
+
+/// A root CA for one trust domain.
+pub struct TestPki {
+    issuer: Issuer<'static, KeyPair>,
+    root: CertificateDer<'static>,
+    root_pem: String,
+    bundle: Arc<TrustBundle>,
+}
+
+impl std::fmt::Debug for TestPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestPki")
+            .field("bundle", &self.bundle)
+            .finish()
+    }
+}
+
+impl TestPki {
+    /// A fresh self-signed P-256 root for `trust_domain`.
+    pub fn new(trust_domain: &str) -> Self {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("test root {trust_domain} {}", next_serial()),
+        );
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(365);
+        let cert = params.self_signed(&key).unwrap();
+        let root = cert.der().clone();
+        let bundle = Arc::new(TrustBundle::new(trust_domain, vec![root.clone()]).unwrap());
+        Self {
+            issuer: Issuer::new(params, key),
+            root,
+            root_pem: cert.pem(),
+            bundle,
+        }
+    }
+
+    /// The bundle holding this root.
+    pub fn bundle(&self) -> Arc<TrustBundle> {
+        self.bundle.clone()
+    }
+
+    /// The root, PEM.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// The root, DER.
+    pub fn root_der(&self) -> &CertificateDer<'static> {
+        &self.root
+    }
+
+    /// A verified workload certificate for `identity`, valid from a minute ago for an hour.
+    pub fn issue(&self, identity: &Identity) -> WorkloadCert {
+        let now = SystemTime::now();
+        let (chain, key) = self.issue_raw(
+            &[identity.as_str()],
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(3600),
+        );
+        WorkloadCert::new(chain, key, &self.bundle, identity, now).unwrap()
+    }
+
+    /// An unverified leaf with the given URI SANs and validity, for negative tests.
+    pub fn issue_raw(
+        &self,
+        uris: &[&str],
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let params = leaf_params(uris, not_before, not_after);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        (vec![cert.der().clone()], key)
+    }
+
+    /// Signs `csr_pem` for the given URI SAN (by default the CSR's own public key), answering as the
+    /// CA does: leaf PEM first, root PEM last.
+    pub fn sign_csr(&self, csr_pem: &str, uri: &str, ttl: Duration) -> Vec<String> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
+        let now = SystemTime::now();
+        let params = leaf_params(&[uri], now - Duration::from_secs(1), now + ttl);
+        let cert = params.signed_by(&csr.public_key, &self.issuer).unwrap();
+        vec![cert.pem(), self.root_pem.clone()]
+    }
+
+    /// Like [`Self::sign_csr`], but certifies a different key than the CSR's.
+    pub fn sign_other_key(&self, uri: &str, ttl: Duration) -> Vec<String> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let now = SystemTime::now();
+        let params = leaf_params(&[uri], now - Duration::from_secs(1), now + ttl);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        vec![cert.pem(), self.root_pem.clone()]
+    }
+}
+
+/// Distinct root names, so that roots are told apart by name as real ones are.
+fn next_serial() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn leaf_params(uris: &[&str], not_before: SystemTime, not_after: SystemTime) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = uris
+        .iter()
+        .map(|uri| SanType::URI((*uri).try_into().unwrap()))
+        .collect();
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    params
+}
+
+/// A rustls certified key from an unverified chain and key (to present invalid certificates).
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Arc<CertifiedKey> {
+    let signer = provider().key_provider.load_private_key(key).unwrap();
+    Arc::new(CertifiedKey::new(chain, signer))
+}
+
+/// How the fake CA answers.
+#[derive(Clone, Debug)]
+pub enum FakeCaMode {
+    /// Signs the CSR for the identity asked.
+    Honest,
+    /// Fails as an unreachable CA does.
+    Down,
+    /// Signs the CSR, but for another identity.
+    WrongIdentity(Identity),
+    /// Certifies a key other than the CSR's.
+    OtherKey,
+    /// Signs with another root than the one the client trusts.
+    OtherRoot(Arc<TestPki>),
+}
+
+/// An in-process CA client backed by a [`TestPki`].
+#[derive(Debug)]
+pub struct FakeCa {
+    pki: Arc<TestPki>,
+    mode: Mutex<FakeCaMode>,
+    /// How many requests it received.
+    pub calls: AtomicUsize,
+    /// The lifetime it grants, at most.
+    pub max_ttl: Mutex<Duration>,
+    /// Set once any request was refused or failed.
+    pub failed: AtomicBool,
+}
+
+impl FakeCa {
+    /// An honest fake CA signing with `pki`, granting at most `max_ttl`.
+    pub fn new(pki: Arc<TestPki>, max_ttl: Duration) -> Self {
+        Self {
+            pki,
+            mode: Mutex::new(FakeCaMode::Honest),
+            calls: AtomicUsize::new(0),
+            max_ttl: Mutex::new(max_ttl),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Changes how it answers from now on.
+    pub fn set_mode(&self, mode: FakeCaMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+}
+
+impl CaClient for FakeCa {
+    fn sign<'a>(
+        &'a self,
+        identity: &'a Identity,
+        csr_pem: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Vec<String>, CaClientError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let ttl = ttl.min(*self.max_ttl.lock().unwrap());
+        let mode = self.mode.lock().unwrap().clone();
+        let answer = match mode {
+            FakeCaMode::Honest => Ok(self.pki.sign_csr(csr_pem, identity.as_str(), ttl)),
+            FakeCaMode::Down => Err(CaClientError::Unavailable("fake CA is down".into())),
+            FakeCaMode::WrongIdentity(other) => Ok(self.pki.sign_csr(csr_pem, other.as_str(), ttl)),
+            FakeCaMode::OtherKey => Ok(self.pki.sign_other_key(identity.as_str(), ttl)),
+            FakeCaMode::OtherRoot(pki) => Ok(pki.sign_csr(csr_pem, identity.as_str(), ttl)),
+        };
+        if answer.is_err() {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        Box::pin(async move { answer })
+    }
+}

@@ -1,0 +1,142 @@
+//! The `veil-ca` binary: reads its configuration and runs the CA.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing::info;
+use veil_ca::authn::StaticTokens;
+use veil_ca::authority::{Authority, PluggedFiles};
+use veil_ca::authz::{Authorizer, StaticPlacement};
+use veil_ca::server::{ServerLimits, ServingCert, serve};
+use veil_ca::service::{CaService, IssuePolicy};
+use veil_mesh::identity::{Identity, parse_trust_domain};
+use veil_mesh::telemetry::{LogFormat, init_logging};
+
+/// veil's certificate authority.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address of the gRPC/TLS endpoint.
+    #[arg(long, env = "VEIL_CA_LISTEN", default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+    /// The trust domain certificates are issued in.
+    #[arg(long, env = "VEIL_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Directory of the self-signed root (generated on first start, kept across restarts).
+    #[arg(long, env = "VEIL_CA_ROOT_DIR", default_value = "/var/lib/veil-ca")]
+    root_dir: PathBuf,
+    /// Plugged-in CA: the signing certificate (instead of a self-signed root).
+    #[arg(long, requires_all = ["signing_key", "root_cert"])]
+    signing_cert: Option<PathBuf>,
+    /// Plugged-in CA: the signing certificate's PKCS#8 key.
+    #[arg(long, requires = "signing_cert")]
+    signing_key: Option<PathBuf>,
+    /// Plugged-in CA: the root certificate.
+    #[arg(long, requires = "signing_cert")]
+    root_cert: Option<PathBuf>,
+    /// Plugged-in CA: certificates between the signing certificate and the root.
+    #[arg(long, requires = "signing_cert")]
+    intermediates: Option<PathBuf>,
+    /// Local mode: file mapping bearer tokens to callers.
+    #[arg(long, env = "VEIL_CA_TOKENS")]
+    tokens: PathBuf,
+    /// Local mode: file mapping nodes to the identities of their workloads (impersonation is refused
+    /// without it).
+    #[arg(long, env = "VEIL_CA_PLACEMENT")]
+    placement: Option<PathBuf>,
+    /// Identity of a node agent trusted to request certificates for workloads on its node. Defaults
+    /// to ztunnel's: spiffe://<trust domain>/ns/veil-system/sa/ztunnel.
+    #[arg(long = "node-agent")]
+    node_agents: Vec<Identity>,
+    /// Longest certificate lifetime granted.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    max_ttl: Duration,
+    /// Names in the CA's serving certificate (DNS names or IP addresses).
+    #[arg(
+        long = "server-name",
+        default_values = ["veil-ca", "veil-ca.veil-system.svc", "localhost", "127.0.0.1", "::1"]
+    )]
+    server_names: Vec<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "VEIL_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format, "info");
+    let trust_domain = parse_trust_domain(&args.trust_domain)?;
+
+    let authority = Arc::new(match &args.signing_cert {
+        Some(cert) => Authority::plugged(&PluggedFiles {
+            cert: cert.clone(),
+            key: args.signing_key.clone().context("--signing-key")?,
+            intermediates: args.intermediates.clone(),
+            root: args.root_cert.clone().context("--root-cert")?,
+        })?,
+        None => Authority::self_signed(&args.root_dir, &trust_domain)?,
+    });
+    let authn = Arc::new(StaticTokens::from_file(&args.tokens)?);
+    let placement = match &args.placement {
+        Some(path) => StaticPlacement::from_file(path).map_err(anyhow::Error::msg)?,
+        None => StaticPlacement::default(),
+    };
+    let node_agents = if args.node_agents.is_empty() {
+        vec![Identity::new(&trust_domain, "veil-system", "ztunnel")?]
+    } else {
+        args.node_agents.clone()
+    };
+    if let Some(foreign) = node_agents
+        .iter()
+        .find(|id| id.trust_domain() != trust_domain)
+    {
+        bail!("node agent {foreign} is not in trust domain {trust_domain}");
+    }
+    let authz = Authorizer::new(trust_domain.clone(), node_agents, Arc::new(placement));
+    let policy = IssuePolicy {
+        max_ttl: args.max_ttl,
+        ..IssuePolicy::default()
+    };
+    let service = CaService::new(authority.clone(), authn, authz, policy);
+
+    let serving = ServingCert::new(
+        &authority,
+        args.server_names.clone(),
+        Duration::from_secs(7 * 24 * 3600),
+    )?;
+    tokio::spawn(serving.clone().renew_forever(authority.clone()));
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    info!(
+        listen = %listener.local_addr()?,
+        trust_domain = %trust_domain,
+        max_ttl = %humantime::format_duration(args.max_ttl),
+        "veil-ca serving"
+    );
+    serve(
+        listener,
+        service,
+        serving,
+        ServerLimits::default(),
+        shutdown_signal(),
+    )
+    .await;
+    Ok(())
+}
+
+/// Completes on SIGTERM (Kubernetes) or SIGINT (a terminal).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

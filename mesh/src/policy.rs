@@ -1,0 +1,20 @@
+//! Authorization: AuthorizationPolicy and PeerAuthentication with Istio's semantics, compiled once
+//! per change and evaluated without allocation. ztunnel evaluates the L4 part, the waypoint L4 + L7,
+//! with this one implementation.
+
+mod compile;
+mod eval;
+mod index;
+mod matcher;
+mod peer_auth;
+
+pub use compile::{
+    AuthzPolicy, PolicyError, PolicyId, SUPPORTED_WHEN_KEYS, Scope, Target, compile_authz,
+};
+pub use eval::{Attributes, Decision, DenyReason, HttpAttributes, Verdict, evaluate};
+pub use index::PolicyIndex;
+pub use matcher::Truth;
+pub use peer_auth::{PeerAuthPolicy, PeerMode, compile_peer_auth, resolve_peer_mode};
+
+#[cfg(test)]
+mod tests;

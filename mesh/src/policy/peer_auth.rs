@@ -1,0 +1,113 @@
+//! PeerAuthentication: whether a workload port accepts plaintext (PERMISSIVE) or only mutual TLS
+//! (STRICT, veil's default).
+//!
+//! The most specific setting wins: a selector policy's port-level mode, then its mode, then the
+//! namespace-wide policy, then the mesh-wide one in the root namespace. UNSET defers to the next.
+
+use std::collections::BTreeMap;
+
+use veil_crd::peer_authentication::{MtlsMode, PeerAuthenticationSpec};
+
+use super::compile::{PolicyError, PolicyId};
+
+/// What a workload port accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum PeerMode {
+    /// Only mutual TLS (HBONE).
+    Strict,
+    /// Mutual TLS, and plaintext subject to authorization policy.
+    Permissive,
+}
+
+/// A compiled PeerAuthentication.
+#[derive(Clone, Debug)]
+pub struct PeerAuthPolicy {
+    /// Which policy.
+    pub id: PolicyId,
+    selector: Option<BTreeMap<String, String>>,
+    mode: MtlsMode,
+    ports: BTreeMap<u16, MtlsMode>,
+}
+
+/// Compiles one PeerAuthentication.
+pub fn compile_peer_auth(
+    namespace: &str,
+    name: &str,
+    spec: &PeerAuthenticationSpec,
+) -> Result<PeerAuthPolicy, PolicyError> {
+    let id = PolicyId::new(namespace, name);
+    let selector = spec
+        .selector
+        .as_ref()
+        .filter(|s| !s.match_labels.is_empty())
+        .map(|s| s.match_labels.clone());
+    if selector.is_none() && !spec.port_level_mtls.is_empty() {
+        return Err(PolicyError {
+            kind: "PeerAuthentication",
+            policy: id,
+            field: "spec.portLevelMtls".into(),
+            reason: "port-level settings need a workload selector".into(),
+        });
+    }
+    let ports = spec
+        .port_level_mtls
+        .iter()
+        .map(|(port, m)| match u16::try_from(*port) {
+            Ok(p) if p != 0 => Ok((p, m.mode)),
+            _ => Err(PolicyError {
+                kind: "PeerAuthentication",
+                policy: id.clone(),
+                field: format!("spec.portLevelMtls[{port}]"),
+                reason: "not a port number (1-65535)".into(),
+            }),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(PeerAuthPolicy {
+        id,
+        selector,
+        mode: spec.mtls.as_ref().map_or(MtlsMode::Unset, |m| m.mode),
+        ports,
+    })
+}
+
+/// Resolves the mode of `port` on a workload of `namespace` with `labels`.
+pub fn resolve_peer_mode(
+    policies: &[PeerAuthPolicy],
+    root_namespace: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    port: u16,
+) -> PeerMode {
+    let selects = |p: &PeerAuthPolicy| {
+        p.selector
+            .as_ref()
+            .is_some_and(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    };
+    // Among several matching selector policies the first by name decides, for determinism.
+    let mut workload: Vec<&PeerAuthPolicy> = policies
+        .iter()
+        .filter(|p| &*p.id.namespace == namespace && selects(p))
+        .collect();
+    workload.sort_by(|a, b| a.id.cmp(&b.id));
+    let scope = |ns: &str| {
+        policies
+            .iter()
+            .filter(|p| &*p.id.namespace == ns && p.selector.is_none())
+            .min_by(|a, b| a.id.cmp(&b.id))
+    };
+    let candidates = workload
+        .first()
+        .map(|p| p.ports.get(&port).copied().unwrap_or(MtlsMode::Unset))
+        .into_iter()
+        .chain(workload.first().map(|p| p.mode))
+        .chain(scope(namespace).map(|p| p.mode))
+        .chain(scope(root_namespace).map(|p| p.mode));
+    for mode in candidates {
+        match mode {
+            MtlsMode::Strict => return PeerMode::Strict,
+            MtlsMode::Permissive | MtlsMode::Disable => return PeerMode::Permissive,
+            MtlsMode::Unset => {}
+        }
+    }
+    PeerMode::Strict
+}

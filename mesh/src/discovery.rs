@@ -1,0 +1,10 @@
+//! Discovery: the model of the mesh (workloads, services, policies) that every proxy reads, and the
+//! sources that feed it. Sources publish whole immutable snapshots ([`MeshState`]) on a watch
+//! channel.
+
+pub mod local;
+mod model;
+mod state;
+
+pub use model::{Service, ServicePort, Workload, selects};
+pub use state::{ConfigError, MeshSettings, MeshState, Summary};

@@ -1,0 +1,195 @@
+use std::sync::Mutex;
+
+use super::*;
+use crate::policy::PeerMode;
+
+const GOOD: &str = r#"
+workloads:
+  - name: account-0
+    namespace: production
+    serviceAccount: account-service
+    node: node-a
+    ips: [10.1.0.10]
+    netns: /var/run/netns/account
+    labels: {app: account-service}
+  - name: profile-0
+    namespace: user-data
+    serviceAccount: user-profile-service
+    node: node-b
+    ips: [10.2.0.10, "fd00::10"]
+    labels: {app: user-profile-service}
+  - name: rogue
+    namespace: default
+    serviceAccount: default
+    node: node-b
+    ips: [10.2.0.99]
+    enrolled: false
+services:
+  - name: user-profile-service
+    namespace: user-data
+    vips: [10.96.0.20]
+    ports: [{port: 80, targetPort: 8080}]
+    selector: {app: user-profile-service}
+policies:
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: profile-access, namespace: user-data}
+    spec:
+      selector: {matchLabels: {app: user-profile-service}}
+      rules:
+        - from: [{source: {principals: [cluster.local/ns/production/sa/account-service]}}]
+  - apiVersion: security.veil.dev/v1
+    kind: PeerAuthentication
+    metadata: {name: permissive, namespace: user-data}
+    spec: {mtls: {mode: PERMISSIVE}}
+"#;
+
+fn settings() -> MeshSettings {
+    MeshSettings::default()
+}
+
+#[test]
+fn a_valid_file_becomes_an_indexed_state() {
+    let state = parse(GOOD, &settings()).unwrap();
+    let account = state.workload_by_ip("10.1.0.10".parse().unwrap()).unwrap();
+    assert_eq!(
+        account.identity.as_str(),
+        "spiffe://cluster.local/ns/production/sa/account-service"
+    );
+    assert_eq!(
+        account.netns.as_deref(),
+        Some(Path::new("/var/run/netns/account"))
+    );
+    let profile = state.workload_by_ip("fd00::10".parse().unwrap()).unwrap();
+    assert_eq!(profile.uid, "user-data/profile-0");
+    assert!(
+        !state
+            .workload_by_ip("10.2.0.99".parse().unwrap())
+            .unwrap()
+            .enrolled
+    );
+
+    let service = state.service_by_vip("10.96.0.20".parse().unwrap()).unwrap();
+    assert_eq!(service.target_port(80), Some(8080));
+    assert_eq!(service.target_port(81), None);
+    let endpoints = state.endpoints(service);
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0].uid, "user-data/profile-0");
+
+    let policies = state.authz_for(profile);
+    assert_eq!(policies.len(), 1);
+    assert_eq!(policies[0].id.to_string(), "user-data/profile-access");
+    assert!(state.authz_for(account).is_empty());
+    assert_eq!(state.peer_mode(profile, 8080), PeerMode::Permissive);
+    assert_eq!(state.peer_mode(account, 8080), PeerMode::Strict);
+    assert_eq!(state.workloads_on_node("node-b").len(), 2);
+    assert_eq!(state.summary().authorization_policies, 1);
+}
+
+#[test]
+fn invalid_files_are_refused_with_the_object_named() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "typo in a field",
+            "workloads: [{name: a, namespace: n, serviceAcount: s, node: x, ips: [10.0.0.1]}]",
+            "serviceAcount",
+        ),
+        ("not YAML", "workloads: [", ""),
+        (
+            "bad service account",
+            "workloads: [{name: a, namespace: n, serviceAccount: 'a b', node: x, ips: [10.0.0.1]}]",
+            "workloads[0] (n/a)",
+        ),
+        (
+            "no address",
+            "workloads: [{name: a, namespace: n, serviceAccount: s, node: x, ips: []}]",
+            "workloads[0] (n/a)",
+        ),
+        (
+            "bad address",
+            "workloads: [{name: a, namespace: n, serviceAccount: s, node: x, ips: [10.0.0.300]}]",
+            "",
+        ),
+        (
+            "duplicate address",
+            "workloads: [{name: a, namespace: n, serviceAccount: s, node: x, ips: [10.0.0.1]}, {name: b, namespace: n, serviceAccount: s, node: x, ips: [10.0.0.1]}]",
+            "address 10.0.0.1 is also used by workload n/a",
+        ),
+        (
+            "VIP on a workload address",
+            "workloads: [{name: a, namespace: n, serviceAccount: s, node: x, ips: [10.0.0.1]}]\nservices: [{name: s, namespace: n, vips: [10.0.0.1], ports: [{port: 80}]}]",
+            "service n/s",
+        ),
+        (
+            "duplicate service port",
+            "services: [{name: s, namespace: n, vips: [10.9.0.1], ports: [{port: 80}, {port: 80}]}]",
+            "listed twice",
+        ),
+        (
+            "wrong apiVersion",
+            "policies: [{apiVersion: security.istio.io/v1, kind: AuthorizationPolicy, metadata: {name: p, namespace: n}, spec: {}}]",
+            "expected security.veil.dev/v1",
+        ),
+        (
+            "unknown kind",
+            "policies: [{apiVersion: security.veil.dev/v1, kind: Sidecar, metadata: {name: p, namespace: n}, spec: {}}]",
+            "unknown kind",
+        ),
+        (
+            "misspelt policy field",
+            "policies: [{apiVersion: security.veil.dev/v1, kind: AuthorizationPolicy, metadata: {name: p, namespace: n}, spec: {rule: []}}]",
+            "policies[0] (AuthorizationPolicy n/p): spec",
+        ),
+        (
+            "policy that cannot be enforced",
+            "policies: [{apiVersion: security.veil.dev/v1, kind: AuthorizationPolicy, metadata: {name: p, namespace: n}, spec: {rules: [{when: [{key: source.user, values: [x]}]}]}}]",
+            "AuthorizationPolicy n/p: spec.rules[0].when[0].key",
+        ),
+        (
+            "duplicate policy",
+            "policies: [{apiVersion: security.veil.dev/v1, kind: AuthorizationPolicy, metadata: {name: p, namespace: n}}, {apiVersion: security.veil.dev/v1, kind: AuthorizationPolicy, metadata: {name: p, namespace: n}}]",
+            "defined twice",
+        ),
+    ];
+    for (name, yaml, expected) in cases {
+        let err = parse(yaml, &settings()).expect_err(name).to_string();
+        assert!(err.contains(expected), "{name}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn the_watcher_applies_good_changes_and_keeps_the_last_good_state_on_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mesh.yaml");
+    std::fs::write(&path, GOOD).unwrap();
+    let (source, initial) = FileSource::load(&path, settings()).unwrap();
+    let (tx, mut rx) = watch::channel(Arc::new(initial));
+    let rejected = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = rejected.clone();
+    let task = tokio::spawn(source.watch(Duration::from_millis(20), tx, move |e| {
+        sink.lock().unwrap().push(e.to_string())
+    }));
+
+    // A good change: one policy fewer.
+    let without_policies = GOOD.split("policies:").next().unwrap().to_owned();
+    std::fs::write(&path, &without_policies).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rx.borrow().summary().authorization_policies, 0);
+
+    // A bad change: refused, reported, the last good state stays.
+    std::fs::write(&path, format!("{without_policies}\nbogus: true\n")).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while rejected.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(rejected.lock().unwrap()[0].contains("bogus"));
+    assert!(!rx.has_changed().unwrap());
+    assert_eq!(rx.borrow().summary().workloads, 3);
+    task.abort();
+}

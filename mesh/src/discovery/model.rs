@@ -1,0 +1,95 @@
+//! The mesh as proxies see it: workloads, services, and the policies that apply to them. Sources (the
+//! local file, Kubernetes) translate their input into these types; everything downstream reads only
+//! these.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use serde::Serialize;
+
+use crate::identity::Identity;
+use crate::policy::AuthzPolicy;
+
+/// A pod (or VM) with an address and an identity.
+#[derive(Debug, Serialize)]
+pub struct Workload {
+    /// Unique id (`namespace/name` unless the source has a better one).
+    pub uid: String,
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account; with the trust domain it makes the identity.
+    pub service_account: String,
+    /// The node it runs on.
+    pub node: String,
+    /// Its addresses.
+    pub ips: Vec<IpAddr>,
+    /// Labels (policy selectors, service selectors).
+    pub labels: BTreeMap<String, String>,
+    /// The network namespace of a pod on this node (in-pod capture).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    /// Whether it is in the mesh (its traffic captured, reachable over HBONE). Traffic to a workload
+    /// outside the mesh is plaintext passthrough.
+    pub enrolled: bool,
+    /// Its SPIFFE identity.
+    pub identity: Identity,
+    #[serde(skip)]
+    pub(crate) policies: OnceLock<Arc<[Arc<AuthzPolicy>]>>,
+}
+
+impl Workload {
+    /// `namespace/name`, for logs.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A port of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    /// The port clients connect to on the service address.
+    pub port: u16,
+    /// The port of the endpoints it leads to.
+    pub target_port: u16,
+}
+
+/// A service: virtual addresses in front of the workloads its selector picks.
+#[derive(Debug, Serialize)]
+pub struct Service {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Virtual addresses.
+    pub vips: Vec<IpAddr>,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// Picks the endpoints among the workloads of the namespace.
+    pub selector: BTreeMap<String, String>,
+    /// The workloads selected, by uid.
+    pub endpoints: Vec<String>,
+}
+
+impl Service {
+    /// `namespace/name`, for logs.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The endpoint port behind service port `port`.
+    pub fn target_port(&self, port: u16) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.port == port)
+            .map(|p| p.target_port)
+    }
+}
+
+/// Whether `labels` carry every pair of `selector` (an empty selector selects nothing for services).
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}

@@ -226,3 +226,61 @@ impl CaClient for FakeCa {
         Box::pin(async move { answer })
     }
 }
+
+/// CONNECTs to this port are refused with 401 by [`spawn_hbone_server`].
+pub const REFUSED_PORT: u16 = 1;
+
+/// An HBONE server on loopback with `identity`'s certificate. CONNECTs to [`REFUSED_PORT`] get 401,
+/// unreachable targets 503, others are spliced to their target. When `expect_peer` is set, a client
+/// with another identity makes the handler panic (the test then times out).
+pub async fn spawn_hbone_server(
+    pki: &TestPki,
+    identity: &Identity,
+    expect_peer: Option<&Identity>,
+) -> std::net::SocketAddr {
+    use crate::hbone::{H2Settings, parse_connect, refuse, serve_connection, splice};
+    use crate::identity::{FixedCert, server_config};
+    use http::StatusCode;
+
+    let cert = pki.issue(identity);
+    let tls = server_config(
+        pki.bundle(),
+        Arc::new(FixedCert(cert.certified_key().clone())),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let expect_peer = expect_peer.cloned();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = tls.clone();
+            let expect_peer = expect_peer.clone();
+            tokio::spawn(async move {
+                let settings = H2Settings::default();
+                let _ = serve_connection(tcp, tls, &settings, move |mut stream| {
+                    let expect_peer = expect_peer.clone();
+                    async move {
+                        if let Some(peer) = expect_peer {
+                            assert_eq!(stream.peer, peer);
+                        }
+                        let target = parse_connect(&stream.request).unwrap().target;
+                        if target.port() == REFUSED_PORT {
+                            return refuse(&mut stream.respond, StatusCode::UNAUTHORIZED);
+                        }
+                        let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                            return refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
+                        };
+                        let send = stream
+                            .respond
+                            .send_response(http::Response::new(()), false)
+                            .unwrap();
+                        let recv = stream.request.into_body();
+                        let _ = splice(&mut upstream, send, recv, |_| {}, |_| {}).await;
+                    }
+                })
+                .await;
+            });
+        }
+    });
+    addr
+}

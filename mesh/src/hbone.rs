@@ -1,0 +1,18 @@
+//! HBONE: TCP tunnelled through HTTP/2 `CONNECT` streams over mutual TLS 1.3 on port 15008,
+//! wire-compatible with Istio's ztunnel.
+
+mod client;
+mod request;
+mod server;
+mod tunnel;
+
+pub use client::{ConnectError, H2Client, H2Settings};
+pub use request::{
+    BAGGAGE, BadRequest, ConnectTarget, FORWARDED, HBONE_PORT, TRACEPARENT, TunnelMeta,
+    connect_request, parse_connect,
+};
+pub use server::{InboundStream, refuse, serve_connection};
+pub use tunnel::{CHUNK, Transferred, TunnelError, abort_socket, splice};
+
+#[cfg(test)]
+mod tests;

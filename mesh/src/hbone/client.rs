@@ -1,0 +1,182 @@
+//! The client side of an HBONE connection: TLS 1.3 with the source workload's certificate, HTTP/2,
+//! and a driver task that keeps the connection alive with pings and notices when it dies.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
+use http::{Request, StatusCode};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tracing::debug;
+
+use crate::identity::{ALPN_H2, Identity, peer_identity};
+
+/// HTTP/2 and liveness settings of HBONE connections (both sides).
+#[derive(Clone, Debug)]
+pub struct H2Settings {
+    /// Initial flow-control window of each stream.
+    pub stream_window: u32,
+    /// Flow-control window of the whole connection.
+    pub connection_window: u32,
+    /// Largest frame payload.
+    pub max_frame_size: u32,
+    /// Streams a server accepts at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Time allowed for TCP connect + TLS + HTTP/2 handshakes.
+    pub handshake_timeout: Duration,
+    /// Interval of liveness pings.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for H2Settings {
+    fn default() -> Self {
+        Self {
+            // The protocol's defaults; measured by `cargo xtask bench` before changing.
+            stream_window: 65_535,
+            connection_window: 65_535,
+            max_frame_size: 16_384,
+            max_concurrent_streams: 100,
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a connection or a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect failed.
+    #[error("TCP connect: {0}")]
+    Tcp(#[source] std::io::Error),
+    /// The TLS handshake failed (certificate rejected, wrong identity…).
+    #[error("TLS handshake: {0}")]
+    Tls(#[source] std::io::Error),
+    /// The peer did not negotiate `h2`.
+    #[error("peer did not negotiate ALPN h2")]
+    Alpn,
+    /// HTTP/2 failed.
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    /// A handshake took too long.
+    #[error("handshake timed out after {0:?}")]
+    Timeout(Duration),
+    /// The peer answered the CONNECT with an error status.
+    #[error("peer answered {0}")]
+    Status(StatusCode),
+    /// No certificate is available for the source identity.
+    #[error("no valid certificate for {0}")]
+    NoCertificate(Identity),
+}
+
+/// An established HBONE connection, ready to carry streams.
+#[derive(Debug)]
+pub struct H2Client {
+    send: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+    peer: Identity,
+}
+
+impl H2Client {
+    /// Runs TLS and HTTP/2 over `tcp` (already connected), verifying the server with `tls`.
+    pub async fn handshake(
+        tcp: TcpStream,
+        tls: Arc<ClientConfig>,
+        settings: &H2Settings,
+    ) -> Result<Self, ConnectError> {
+        let timeout = settings.handshake_timeout;
+        tokio::time::timeout(timeout, Self::handshake_inner(tcp, tls, settings))
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))?
+    }
+
+    async fn handshake_inner(
+        tcp: TcpStream,
+        tls: Arc<ClientConfig>,
+        settings: &H2Settings,
+    ) -> Result<Self, ConnectError> {
+        tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
+        let peer_ip = tcp.peer_addr().map_err(ConnectError::Tcp)?.ip();
+        let tls = TlsConnector::from(tls)
+            .connect(ServerName::IpAddress(peer_ip.into()), tcp)
+            .await
+            .map_err(ConnectError::Tls)?;
+        let session = tls.get_ref().1;
+        if session.alpn_protocol() != Some(ALPN_H2) {
+            return Err(ConnectError::Alpn);
+        }
+        let peer = peer_identity(session)
+            .map_err(|e| ConnectError::Tls(std::io::Error::other(e.to_string())))?;
+        let (send, mut conn) = h2::client::Builder::new()
+            .initial_window_size(settings.stream_window)
+            .initial_connection_window_size(settings.connection_window)
+            .max_frame_size(settings.max_frame_size)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls)
+            .await?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let ping = conn.ping_pong();
+        let flag = closed.clone();
+        let (interval, timeout) = (settings.keepalive_interval, settings.keepalive_timeout);
+        tokio::spawn(async move {
+            tokio::select! {
+                result = conn => {
+                    if let Err(e) = result {
+                        debug!(error = %e, "HBONE connection ended");
+                    }
+                }
+                () = keepalive(ping, interval, timeout) => {
+                    debug!("HBONE connection unresponsive to pings; closing");
+                }
+            }
+            flag.store(true, Ordering::Release);
+        });
+        Ok(Self { send, closed, peer })
+    }
+
+    /// The verified identity of the server.
+    pub fn peer(&self) -> &Identity {
+        &self.peer
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Opens a tunnel stream with `request` (a `CONNECT`) and waits for a 200.
+    pub async fn open(
+        &self,
+        request: Request<()>,
+    ) -> Result<(SendStream<Bytes>, RecvStream), ConnectError> {
+        let mut send = self.send.clone().ready().await?;
+        let (response, stream) = send.send_request(request, false)?;
+        let response = response.await?;
+        if response.status() != StatusCode::OK {
+            return Err(ConnectError::Status(response.status()));
+        }
+        Ok((stream, response.into_body()))
+    }
+}
+
+/// Pings every `interval`; returns when a ping goes unanswered for `timeout` (or pings fail).
+pub(crate) async fn keepalive(ping: Option<h2::PingPong>, interval: Duration, timeout: Duration) {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
+}

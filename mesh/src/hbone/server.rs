@@ -1,0 +1,109 @@
+//! The server side of HBONE connections: TLS with the destination workload's certificate, HTTP/2, and
+//! one task per `CONNECT` stream. What a stream is allowed to do is the caller's handler's business.
+
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{Request, Response, StatusCode};
+use rustls::ServerConfig;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tracing::debug;
+
+use super::client::{ConnectError, H2Settings, keepalive};
+use crate::identity::{ALPN_H2, Identity, peer_identity};
+
+/// What a stream handler gets: the request, the way to answer it, and who is asking.
+#[derive(Debug)]
+pub struct InboundStream {
+    /// The `CONNECT` request (body: the stream's data from the client).
+    pub request: Request<RecvStream>,
+    /// The answer.
+    pub respond: SendResponse<Bytes>,
+    /// The client's verified identity.
+    pub peer: Identity,
+    /// The client's address (of the TCP connection that carries the tunnel).
+    pub peer_addr: SocketAddr,
+}
+
+/// Answers a stream with an error `status` and ends it.
+pub fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode) {
+    let response = Response::builder()
+        .status(status)
+        .body(())
+        .expect("a status-only response is valid");
+    // Fails only if the stream is already gone; nothing is left to tell.
+    let _ = respond.send_response(response, true);
+}
+
+/// Serves one accepted TCP connection: TLS with `tls`, then HTTP/2; each stream goes to `handler`
+/// in its own task. Returns when the connection ends.
+pub async fn serve_connection<F, Fut>(
+    tcp: TcpStream,
+    tls: Arc<ServerConfig>,
+    settings: &H2Settings,
+    handler: F,
+) -> Result<(), ConnectError>
+where
+    F: Fn(InboundStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let peer_addr = tcp.peer_addr().map_err(ConnectError::Tcp)?;
+    tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
+    let handshake = async {
+        let tls = TlsAcceptor::from(tls)
+            .accept(tcp)
+            .await
+            .map_err(ConnectError::Tls)?;
+        let session = tls.get_ref().1;
+        if session.alpn_protocol() != Some(ALPN_H2) {
+            return Err(ConnectError::Alpn);
+        }
+        let peer = peer_identity(session)
+            .map_err(|e| ConnectError::Tls(std::io::Error::other(e.to_string())))?;
+        let conn = h2::server::Builder::new()
+            .initial_window_size(settings.stream_window)
+            .initial_connection_window_size(settings.connection_window)
+            .max_frame_size(settings.max_frame_size)
+            .max_concurrent_streams(settings.max_concurrent_streams)
+            .handshake::<_, Bytes>(tls)
+            .await?;
+        Ok((conn, peer))
+    };
+    let (mut conn, peer) = tokio::time::timeout(settings.handshake_timeout, handshake)
+        .await
+        .map_err(|_| ConnectError::Timeout(settings.handshake_timeout))??;
+    let ping = conn.ping_pong();
+    let serve = async {
+        while let Some(accepted) = conn.accept().await {
+            match accepted {
+                Ok((request, respond)) => {
+                    tokio::spawn(handler(InboundStream {
+                        request,
+                        respond,
+                        peer: peer.clone(),
+                        peer_addr,
+                    }));
+                }
+                Err(e) => {
+                    debug!(%peer_addr, error = %e, "HBONE connection failed");
+                    return Err(e.into());
+                }
+            }
+        }
+        // No more streams will be accepted; let the open ones finish.
+        poll_fn(|cx| conn.poll_closed(cx)).await?;
+        Ok(())
+    };
+    tokio::select! {
+        result = serve => result,
+        () = keepalive(ping, settings.keepalive_interval, settings.keepalive_timeout) => {
+            debug!(%peer_addr, "HBONE client unresponsive to pings; closing");
+            Err(ConnectError::Timeout(settings.keepalive_timeout))
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! HBONE end to end in one process over loopback: an "application" socket on the client side, the
+//! client proxy splicing it into a stream, the server proxy splicing the stream into a socket to a
+//! "target" server. What the application and the target observe is what matters.
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+use crate::identity::{Identity, client_config};
+use crate::testing::{REFUSED_PORT, TestPki, spawn_hbone_server};
+
+fn id(sa: &str) -> Identity {
+    Identity::new("cluster.local", "default", sa).unwrap()
+}
+
+async fn server_proxy(pki: &TestPki) -> SocketAddr {
+    spawn_hbone_server(pki, &id("server"), Some(&id("client"))).await
+}
+
+async fn client(pki: &TestPki, proxy: SocketAddr) -> H2Client {
+    let cert = pki.issue(&id("client"));
+    let tls = client_config(pki.bundle(), &cert, vec![id("server")]);
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    H2Client::handshake(tcp, tls, &H2Settings::default())
+        .await
+        .unwrap()
+}
+
+/// Opens a tunnel to `target` and returns the application's end of it.
+async fn tunnel(client: &H2Client, target: SocketAddr) -> TcpStream {
+    let (send, recv) = client
+        .open(connect_request(target, &TunnelMeta::default()))
+        .await
+        .unwrap();
+    let app_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = TcpStream::connect(app_listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut proxied, _) = app_listener.accept().await.unwrap();
+    tokio::spawn(async move {
+        let _ = splice(&mut proxied, send, recv, |_| {}, |_| {}).await;
+    });
+    app
+}
+
+/// A target server; each accepted connection is handed to `behaviour`.
+async fn target<F, Fut>(behaviour: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(behaviour(tcp));
+        }
+    });
+    addr
+}
+
+async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("timed out")
+}
+
+#[tokio::test]
+async fn data_flows_both_ways_and_a_client_fin_reaches_the_target() {
+    let pki = TestPki::new("cluster.local");
+    let proxy = server_proxy(&pki).await;
+    // Echo until EOF, then close.
+    let echo = target(|mut tcp| async move {
+        let mut buf = Vec::new();
+        tcp.read_to_end(&mut buf).await.unwrap();
+        tcp.write_all(&buf).await.unwrap();
+    })
+    .await;
+    let client = client(&pki, proxy).await;
+    let mut app = tunnel(&client, echo).await;
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    app.write_all(&payload).await.unwrap();
+    app.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    with_timeout(app.read_to_end(&mut back)).await.unwrap();
+    assert_eq!(back, payload, "all bytes echoed after the half-close");
+}
+
+#[tokio::test]
+async fn a_target_fin_reaches_the_client_which_can_still_send() {
+    let pki = TestPki::new("cluster.local");
+    let proxy = server_proxy(&pki).await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let half = target(move |mut tcp| {
+        let tx = tx.lock().unwrap().take();
+        async move {
+            tcp.write_all(b"bye").await.unwrap();
+            tcp.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            tcp.read_to_end(&mut rest).await.unwrap();
+            let _ = tx.unwrap().send(rest);
+        }
+    })
+    .await;
+    let client = client(&pki, proxy).await;
+    let mut app = tunnel(&client, half).await;
+    let mut got = Vec::new();
+    with_timeout(app.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, b"bye");
+    app.write_all(b"still here").await.unwrap();
+    app.shutdown().await.unwrap();
+    assert_eq!(with_timeout(rx).await.unwrap(), b"still here");
+}
+
+#[tokio::test]
+async fn a_client_reset_reaches_the_target_as_a_reset() {
+    let pki = TestPki::new("cluster.local");
+    let proxy = server_proxy(&pki).await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<ErrorKind>();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let observer = target(move |mut tcp| {
+        let tx = tx.lock().unwrap().take();
+        async move {
+            let mut buf = [0u8; 16];
+            let kind = loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) => break ErrorKind::UnexpectedEof,
+                    Ok(_) => continue,
+                    Err(e) => break e.kind(),
+                }
+            };
+            let _ = tx.unwrap().send(kind);
+        }
+    })
+    .await;
+    let client = client(&pki, proxy).await;
+    let app = tunnel(&client, observer).await;
+    let mut app = app;
+    app.write_all(b"x").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.set_zero_linger().unwrap();
+    drop(app);
+    assert_eq!(with_timeout(rx).await.unwrap(), ErrorKind::ConnectionReset);
+}
+
+#[tokio::test]
+async fn a_target_reset_reaches_the_client_as_a_reset() {
+    let pki = TestPki::new("cluster.local");
+    let proxy = server_proxy(&pki).await;
+    let resetter = target(|mut tcp| async move {
+        let mut buf = [0u8; 1];
+        tcp.read_exact(&mut buf).await.unwrap();
+        tcp.set_zero_linger().unwrap();
+        drop(tcp);
+    })
+    .await;
+    let client = client(&pki, proxy).await;
+    let mut app = tunnel(&client, resetter).await;
+    app.write_all(b"x").await.unwrap();
+    let mut buf = [0u8; 16];
+    let err = with_timeout(app.read(&mut buf)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+}
+
+#[tokio::test]
+async fn refusals_and_upstream_failures_come_back_as_statuses() {
+    let pki = TestPki::new("cluster.local");
+    let proxy = server_proxy(&pki).await;
+    let client = client(&pki, proxy).await;
+    let refused: SocketAddr = format!("127.0.0.1:{REFUSED_PORT}").parse().unwrap();
+    let err = client
+        .open(connect_request(refused, &TunnelMeta::default()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ConnectError::Status(StatusCode::UNAUTHORIZED)),
+        "{err}"
+    );
+    // Nothing listens there.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = client
+        .open(connect_request(closed, &TunnelMeta::default()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ConnectError::Status(StatusCode::SERVICE_UNAVAILABLE)),
+        "{err}"
+    );
+    assert_eq!(client.peer(), &id("server"));
+    assert!(!client.is_closed());
+}
+
+#[tokio::test]
+async fn one_connection_carries_many_concurrent_tunnels() {
+    let pki = TestPki::new("cluster.local");
+    let proxy = server_proxy(&pki).await;
+    let echo = target(|mut tcp| async move {
+        let (mut rd, mut wr) = tcp.split();
+        tokio::io::copy(&mut rd, &mut wr).await.unwrap();
+        wr.shutdown().await.unwrap();
+    })
+    .await;
+    let client = Arc::new(client(&pki, proxy).await);
+    let mut tasks = Vec::new();
+    for i in 0..20u8 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut app = tunnel(&client, echo).await;
+            let msg = vec![i; 10_000];
+            app.write_all(&msg).await.unwrap();
+            app.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            app.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, msg);
+        }));
+    }
+    for t in tasks {
+        with_timeout(t).await.unwrap();
+    }
+}

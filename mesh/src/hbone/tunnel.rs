@@ -1,0 +1,152 @@
+//! Splicing a TCP socket with an HTTP/2 stream, both ways, with TCP's semantics carried over:
+//!
+//! - a FIN from the socket becomes END_STREAM, and END_STREAM becomes a FIN (half-close: the other
+//!   direction keeps flowing);
+//! - a reset of the socket becomes RST_STREAM, and RST_STREAM (or the loss of the whole HTTP/2
+//!   connection) becomes a TCP reset, so neither application mistakes an abort for a clean end.
+//!
+//! Memory: the socket is read only up to the send window the peer granted (backpressure end to end),
+//! and a buffer exists only while data is in flight: an idle tunnel holds none.
+
+use std::future::poll_fn;
+use std::io;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use h2::{Reason, RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The largest chunk read from the socket at once.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Bytes moved by a finished tunnel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transferred {
+    /// From the socket into the stream.
+    pub to_stream: u64,
+    /// From the stream into the socket.
+    pub to_socket: u64,
+}
+
+/// How a tunnel ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// The stream was reset by the peer, or its HTTP/2 connection failed; the socket was reset.
+    #[error("stream aborted: {0}")]
+    Stream(#[source] h2::Error),
+    /// The socket failed or was reset; the stream was reset.
+    #[error("socket aborted: {0}")]
+    Socket(#[source] io::Error),
+}
+
+/// Runs the tunnel until both directions have ended, calling `on_to_stream` / `on_to_socket` with
+/// each chunk's size as it passes (for live byte counters).
+pub async fn splice(
+    socket: &mut TcpStream,
+    mut send: SendStream<Bytes>,
+    mut recv: RecvStream,
+    on_to_stream: impl Fn(usize),
+    on_to_socket: impl Fn(usize),
+) -> Result<Transferred, TunnelError> {
+    let result = {
+        let (mut rd, mut wr) = socket.split();
+        tokio::try_join!(
+            socket_to_stream(&mut rd, &mut send, &on_to_stream),
+            stream_to_socket(&mut recv, &mut wr, &on_to_socket),
+        )
+    };
+    match result {
+        Ok((to_stream, to_socket)) => Ok(Transferred {
+            to_stream,
+            to_socket,
+        }),
+        Err(TunnelError::Socket(e)) => {
+            send.send_reset(Reason::CANCEL);
+            Err(TunnelError::Socket(e))
+        }
+        Err(TunnelError::Stream(e)) => {
+            abort_socket(socket);
+            if !e.is_reset() {
+                // Our side of the stream may still be open (connection lost): close it too.
+                send.send_reset(Reason::CANCEL);
+            }
+            Err(TunnelError::Stream(e))
+        }
+    }
+}
+
+/// Makes the next close of `socket` a reset (RST) instead of a FIN.
+pub fn abort_socket(socket: &TcpStream) {
+    // Fails only on a socket that is already gone, which is as good as reset.
+    let _ = socket.set_zero_linger();
+}
+
+async fn socket_to_stream(
+    rd: &mut (impl AsyncRead + Unpin),
+    send: &mut SendStream<Bytes>,
+    on_chunk: &impl Fn(usize),
+) -> Result<u64, TunnelError> {
+    let mut total = 0u64;
+    loop {
+        let Some(window) = send_window(send).await? else {
+            // The stream is closed for sending: the peer reset it; its error surfaces on receive.
+            return Ok(total);
+        };
+        let mut buf = BytesMut::with_capacity(window.min(CHUNK));
+        let n = rd
+            .read_buf(&mut (&mut buf).limit(window.min(CHUNK)))
+            .await
+            .map_err(TunnelError::Socket)?;
+        if n == 0 {
+            send.send_data(Bytes::new(), true)
+                .map_err(TunnelError::Stream)?;
+            return Ok(total);
+        }
+        total += n as u64;
+        on_chunk(n);
+        send.send_data(buf.freeze(), false)
+            .map_err(TunnelError::Stream)?;
+    }
+}
+
+/// Waits until the peer's flow-control window lets us send, and returns how much (`None`: the stream
+/// can no longer send). `poll_capacity` only reports *changes* of capacity, so capacity already
+/// granted is read with `capacity()` first.
+async fn send_window(send: &mut SendStream<Bytes>) -> Result<Option<usize>, TunnelError> {
+    send.reserve_capacity(CHUNK);
+    loop {
+        let granted = send.capacity();
+        if granted > 0 {
+            return Ok(Some(granted));
+        }
+        match poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(TunnelError::Stream(e)),
+            None => return Ok(None),
+        }
+    }
+}
+
+async fn stream_to_socket(
+    recv: &mut RecvStream,
+    wr: &mut (impl AsyncWrite + Unpin),
+    on_chunk: &impl Fn(usize),
+) -> Result<u64, TunnelError> {
+    let mut total = 0u64;
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.map_err(TunnelError::Stream)?;
+        let n = chunk.len();
+        wr.write_all(&chunk).await.map_err(TunnelError::Socket)?;
+        recv.flow_control()
+            .release_capacity(n)
+            .map_err(TunnelError::Stream)?;
+        total += n as u64;
+        on_chunk(n);
+    }
+    // END_STREAM, or a reset that arrives as trailers' error: check before closing cleanly.
+    if let Err(e) = poll_fn(|cx| recv.poll_trailers(cx)).await {
+        return Err(TunnelError::Stream(e));
+    }
+    wr.shutdown().await.map_err(TunnelError::Socket)?;
+    Ok(total)
+}

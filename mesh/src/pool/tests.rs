@@ -1,0 +1,142 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+use crate::hbone::{H2Settings, splice};
+use crate::identity::client_config;
+use crate::testing::{TestPki, spawn_hbone_server};
+
+fn id(sa: &str) -> Identity {
+    Identity::new("cluster.local", "default", sa).unwrap()
+}
+
+struct TestDialer {
+    pki: Arc<TestPki>,
+}
+
+impl Dialer for TestDialer {
+    fn dial<'a>(&'a self, key: &'a PoolKey) -> BoxFuture<'a, Result<H2Client, ConnectError>> {
+        Box::pin(async move {
+            let cert = self.pki.issue(&key.src);
+            let tls = client_config(self.pki.bundle(), &cert, vec![key.dst.clone()]);
+            let tcp = TcpStream::connect(key.dst_addr)
+                .await
+                .map_err(ConnectError::Tcp)?;
+            H2Client::handshake(tcp, tls, &H2Settings::default()).await
+        })
+    }
+}
+
+struct Setup {
+    pool: Pool,
+    dialer: TestDialer,
+    key: PoolKey,
+    echo: SocketAddr,
+}
+
+async fn setup(settings: PoolSettings) -> Setup {
+    let pki = Arc::new(TestPki::new("cluster.local"));
+    let server = spawn_hbone_server(&pki, &id("server"), Some(&id("client"))).await;
+    let echo_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = echo_listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = echo_listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = tcp.split();
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                let _ = wr.shutdown().await;
+            });
+        }
+    });
+    Setup {
+        pool: Pool::new(settings),
+        dialer: TestDialer { pki },
+        key: PoolKey {
+            src: id("client"),
+            src_ip: "127.0.0.1".parse().unwrap(),
+            dst: id("server"),
+            dst_addr: server,
+        },
+        echo,
+    }
+}
+
+/// One round trip through a pooled tunnel; returns the guard to keep the tunnel counted.
+async fn round_trip(s: &Setup) -> StreamGuard {
+    let (send, recv, guard) = s
+        .pool
+        .open(&s.key, s.echo, &TunnelMeta::default(), &s.dialer)
+        .await
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut app = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut proxied, _) = listener.accept().await.unwrap();
+    let task = tokio::spawn(async move { splice(&mut proxied, send, recv, |_| {}, |_| {}).await });
+    app.write_all(b"ping").await.unwrap();
+    app.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    app.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"ping");
+    task.await.unwrap().unwrap();
+    guard
+}
+
+#[tokio::test]
+async fn sequential_tunnels_share_one_connection() {
+    let s = setup(PoolSettings::default()).await;
+    for _ in 0..5 {
+        drop(round_trip(&s).await);
+    }
+    assert_eq!(s.pool.opened_total(), 1);
+    assert_eq!(s.pool.connections(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_tunnels_spread_over_connections_up_to_the_limit() {
+    let s = setup(PoolSettings {
+        max_connections_per_key: 3,
+        ..PoolSettings::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(round_trip(&s).await);
+    }
+    assert_eq!(
+        s.pool.opened_total(),
+        3,
+        "busy connections are not queued behind"
+    );
+    for _ in 0..3 {
+        held.push(round_trip(&s).await);
+    }
+    assert_eq!(
+        s.pool.opened_total(),
+        3,
+        "at the limit, connections are shared"
+    );
+    drop(held);
+    drop(round_trip(&s).await);
+    assert_eq!(s.pool.opened_total(), 3);
+}
+
+#[tokio::test]
+async fn idle_connections_expire() {
+    let s = setup(PoolSettings {
+        idle_timeout: Duration::from_millis(200),
+        ..PoolSettings::default()
+    })
+    .await;
+    drop(round_trip(&s).await);
+    assert_eq!(s.pool.connections(), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(s.pool.connections(), 0);
+    drop(round_trip(&s).await);
+    assert_eq!(s.pool.opened_total(), 2);
+}

@@ -1,0 +1,294 @@
+//! Prometheus metrics of the data path, labelled by source and destination identity.
+//!
+//! Label values hold `Identity` / `PolicyId` handles (reference-counted), so counting a connection
+//! allocates no strings; they are written out only when scraped.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+pub use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::identity::{CertManager, Identity};
+use crate::policy::PolicyId;
+
+/// Which way a connection goes through this proxy.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    /// From a local workload out.
+    Outbound,
+    /// To a local workload.
+    Inbound,
+}
+
+/// A peer identity label; `unknown` for plaintext peers.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Principal(pub Option<Identity>);
+
+impl EncodeLabelValue for Principal {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(id) => encoder.write_str(id.as_str()),
+            None => encoder.write_str("unknown"),
+        }
+    }
+}
+
+/// A policy label; `none` when no policy decided.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct PolicyLabel(pub Option<PolicyId>);
+
+impl EncodeLabelValue for PolicyLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(id) => write!(encoder, "{}/{}", id.namespace, id.name),
+            None => encoder.write_str("none"),
+        }
+    }
+}
+
+/// Labels of connection metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// Inbound or outbound.
+    pub direction: Direction,
+    /// Who connects.
+    pub source_identity: Principal,
+    /// Who is connected to.
+    pub destination_identity: Principal,
+}
+
+/// The outcome of an authorization decision.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    /// Allowed.
+    Allow,
+    /// Denied.
+    Deny,
+}
+
+// Label values in lower case, as Prometheus conventions have them (the derive keeps variant case).
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+        })
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        })
+    }
+}
+
+/// Labels of policy decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Allowed or denied.
+    pub decision: Outcome,
+    /// The policy that decided.
+    pub policy: PolicyLabel,
+    /// Who connected.
+    pub source_identity: Principal,
+    /// The workload connected to.
+    pub destination_identity: Principal,
+}
+
+/// Labels of TLS handshake failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// Inbound (we are the server) or outbound.
+    pub direction: Direction,
+    /// Our side's identity.
+    pub local_identity: Principal,
+}
+
+/// Labels naming one workload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkloadLabels {
+    /// `namespace/name`.
+    pub workload: String,
+}
+
+/// Labels of certificate expiry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    /// The certificate's identity.
+    pub identity: Principal,
+}
+
+/// Every metric of a proxy.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Connections accepted or opened.
+    pub connections_opened: Family<ConnectionLabels, Counter>,
+    /// Connections finished.
+    pub connections_closed: Family<ConnectionLabels, Counter>,
+    /// Bytes from source to destination.
+    pub sent_bytes: Family<ConnectionLabels, Counter>,
+    /// Bytes from destination back to source.
+    pub received_bytes: Family<ConnectionLabels, Counter>,
+    /// Authorization decisions.
+    pub policy_decisions: Family<DecisionLabels, Counter>,
+    /// Plaintext connections refused under STRICT.
+    pub plaintext_rejected: Family<WorkloadLabels, Counter>,
+    /// TLS handshakes that failed.
+    pub handshake_failures: Family<HandshakeLabels, Counter>,
+    /// HBONE (TLS) connections opened by the pool.
+    pub hbone_connections_opened: Family<ConnectionLabels, Counter>,
+    /// Pods whose capture failed.
+    pub capture_failures: Family<WorkloadLabels, Counter>,
+    /// Configuration updates refused.
+    pub config_rejected: Counter,
+    /// Unix time at which each workload certificate expires.
+    pub certificate_expiry: Family<CertLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `veil_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("veil");
+        let m = Self {
+            connections_opened: Family::default(),
+            connections_closed: Family::default(),
+            sent_bytes: Family::default(),
+            received_bytes: Family::default(),
+            policy_decisions: Family::default(),
+            plaintext_rejected: Family::default(),
+            handshake_failures: Family::default(),
+            hbone_connections_opened: Family::default(),
+            capture_failures: Family::default(),
+            config_rejected: Counter::default(),
+            certificate_expiry: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "tcp_connections_opened",
+            "TCP connections opened",
+            m.connections_opened.clone(),
+        );
+        r.register(
+            "tcp_connections_closed",
+            "TCP connections closed",
+            m.connections_closed.clone(),
+        );
+        r.register(
+            "tcp_sent_bytes",
+            "Bytes sent from source to destination",
+            m.sent_bytes.clone(),
+        );
+        r.register(
+            "tcp_received_bytes",
+            "Bytes sent from destination to source",
+            m.received_bytes.clone(),
+        );
+        r.register(
+            "policy_decisions",
+            "Authorization decisions",
+            m.policy_decisions.clone(),
+        );
+        r.register(
+            "plaintext_rejected",
+            "Plaintext connections refused under STRICT",
+            m.plaintext_rejected.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed",
+            m.handshake_failures.clone(),
+        );
+        r.register(
+            "hbone_connections_opened",
+            "HBONE (mTLS) connections opened",
+            m.hbone_connections_opened.clone(),
+        );
+        r.register(
+            "capture_failures",
+            "Pods whose traffic could not be captured",
+            m.capture_failures.clone(),
+        );
+        r.register(
+            "config_rejected",
+            "Configuration updates refused",
+            m.config_rejected.clone(),
+        );
+        r.register(
+            "certificate_expiry_seconds",
+            "Unix time at which the workload certificate expires",
+            m.certificate_expiry.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The text exposition, with certificate expiries read from `certs` first.
+    pub fn encode(&self, certs: Option<&CertManager>) -> String {
+        if let Some(certs) = certs {
+            self.certificate_expiry.clear();
+            for (identity, expiry) in certs.expiries() {
+                let Some(expiry) = expiry else { continue };
+                let secs = expiry
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.certificate_expiry
+                    .get_or_create(&CertLabels {
+                        identity: Principal(Some(identity)),
+                    })
+                    .set(i64::try_from(secs).unwrap_or(i64::MAX));
+            }
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_lower_case_identities_and_policy_ids() {
+        let m = Metrics::new();
+        let id = Identity::new("cluster.local", "prod", "web").unwrap();
+        m.policy_decisions
+            .get_or_create(&DecisionLabels {
+                decision: Outcome::Deny,
+                policy: PolicyLabel(Some(PolicyId::new("user-data", "only-account"))),
+                source_identity: Principal(Some(id)),
+                destination_identity: Principal(None),
+            })
+            .inc();
+        m.connections_opened
+            .get_or_create(&ConnectionLabels {
+                direction: Direction::Inbound,
+                source_identity: Principal(None),
+                destination_identity: Principal(None),
+            })
+            .inc();
+        let text = m.encode(None);
+        assert!(text.contains(
+            "veil_policy_decisions_total{decision=\"deny\",policy=\"user-data/only-account\",source_identity=\"spiffe://cluster.local/ns/prod/sa/web\",destination_identity=\"unknown\"} 1"
+        ), "{text}");
+        assert!(
+            text.contains("veil_tcp_connections_opened_total{direction=\"inbound\""),
+            "{text}"
+        );
+    }
+}

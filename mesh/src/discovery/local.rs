@@ -45,12 +45,13 @@ use crate::policy::{compile_authz, compile_peer_auth};
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct LocalFile {
+    // `Option`: a key with nothing under it (`services:`) reads as null, meaning none.
     #[serde(default)]
-    workloads: Vec<WorkloadEntry>,
+    workloads: Option<Vec<WorkloadEntry>>,
     #[serde(default)]
-    services: Vec<ServiceEntry>,
+    services: Option<Vec<ServiceEntry>>,
     #[serde(default)]
-    policies: Vec<PolicyObject>,
+    policies: Option<Vec<PolicyObject>>,
 }
 
 #[derive(Deserialize)]
@@ -117,19 +118,21 @@ pub fn parse(text: &str, settings: &MeshSettings) -> Result<MeshState, ConfigErr
         serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
     let workloads = file
         .workloads
+        .unwrap_or_default()
         .into_iter()
         .enumerate()
         .map(|(i, w)| workload(i, w, settings))
         .collect::<Result<_, _>>()?;
     let services = file
         .services
+        .unwrap_or_default()
         .into_iter()
         .enumerate()
         .map(|(i, s)| service(i, s))
         .collect::<Result<_, _>>()?;
     let mut authz = Vec::new();
     let mut peer_auth = Vec::new();
-    for (i, object) in file.policies.into_iter().enumerate() {
+    for (i, object) in file.policies.unwrap_or_default().into_iter().enumerate() {
         let (ns, name) = (&object.metadata.namespace, &object.metadata.name);
         let at = format!("policies[{i}] ({} {ns}/{name})", object.kind);
         if object.api_version != API_VERSION {

@@ -87,6 +87,13 @@ fn a_valid_file_becomes_an_indexed_state() {
 }
 
 #[test]
+fn empty_sections_mean_none() {
+    let state = parse("workloads:\nservices:\npolicies:\n", &settings()).unwrap();
+    assert_eq!(state.summary().workloads, 0);
+    assert_eq!(parse("", &settings()).unwrap().summary().services, 0);
+}
+
+#[test]
 fn invalid_files_are_refused_with_the_object_named() {
     let cases: &[(&str, &str, &str)] = &[
         (

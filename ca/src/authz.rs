@@ -6,9 +6,11 @@
 //! is refused.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+use veil_mesh::discovery::MeshSettings;
+use veil_mesh::discovery::local;
 use veil_mesh::identity::{BoxFuture, Identity};
 
 use crate::authn::Caller;
@@ -153,6 +155,65 @@ impl Placement for StaticPlacement {
             .get(node)
             .is_some_and(|ids| ids.contains(identity));
         Box::pin(async move { Ok(found) })
+    }
+}
+
+/// Local mode: placement taken from the mesh description ztunnel reads (each enrolled workload's
+/// node and identity), re-read when the file changes. A file that stops parsing leaves the last good
+/// placement in force; with none ever read, requests are refused.
+#[derive(Debug)]
+pub struct MeshFilePlacement {
+    path: PathBuf,
+    settings: MeshSettings,
+    cache: Mutex<Option<(Vec<u8>, Arc<StaticPlacement>)>>,
+}
+
+impl MeshFilePlacement {
+    /// Placement from the mesh file at `path`.
+    pub fn new(path: PathBuf, settings: MeshSettings) -> Self {
+        Self {
+            path,
+            settings,
+            cache: Mutex::new(None),
+        }
+    }
+
+    fn current(&self) -> Result<Arc<StaticPlacement>, String> {
+        let bytes =
+            std::fs::read(&self.path).map_err(|e| format!("reading {}: {e}", self.path.display()));
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        match (bytes, cache.as_ref()) {
+            (Ok(bytes), Some((seen, placement))) if *seen == bytes => Ok(placement.clone()),
+            (Ok(bytes), last) => {
+                match local::parse(&String::from_utf8_lossy(&bytes), &self.settings) {
+                    Ok(state) => {
+                        let placement = Arc::new(StaticPlacement::new(
+                            state
+                                .workloads()
+                                .into_iter()
+                                .filter(|w| w.enrolled)
+                                .map(|w| (w.node.clone(), w.identity.clone())),
+                        ));
+                        *cache = Some((bytes, placement.clone()));
+                        Ok(placement)
+                    }
+                    Err(e) => last.map(|(_, p)| p.clone()).ok_or_else(|| e.to_string()),
+                }
+            }
+            (Err(_), Some((_, placement))) => Ok(placement.clone()),
+            (Err(e), None) => Err(e),
+        }
+    }
+}
+
+impl Placement for MeshFilePlacement {
+    fn runs_on<'a>(
+        &'a self,
+        identity: &'a Identity,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<bool, String>> {
+        let result = self.current();
+        Box::pin(async move { result?.runs_on(identity, node).await })
     }
 }
 

@@ -11,9 +11,10 @@ use tokio::net::TcpListener;
 use tracing::info;
 use veil_ca::authn::StaticTokens;
 use veil_ca::authority::{Authority, PluggedFiles};
-use veil_ca::authz::{Authorizer, StaticPlacement};
+use veil_ca::authz::{Authorizer, MeshFilePlacement, Placement, StaticPlacement};
 use veil_ca::server::{ServerLimits, ServingCert, serve};
 use veil_ca::service::{CaService, IssuePolicy};
+use veil_mesh::discovery::MeshSettings;
 use veil_mesh::identity::{Identity, parse_trust_domain};
 use veil_mesh::telemetry::{LogFormat, init_logging};
 
@@ -45,10 +46,16 @@ struct Args {
     /// Local mode: file mapping bearer tokens to callers.
     #[arg(long, env = "VEIL_CA_TOKENS")]
     tokens: PathBuf,
-    /// Local mode: file mapping nodes to the identities of their workloads (impersonation is refused
-    /// without it).
-    #[arg(long, env = "VEIL_CA_PLACEMENT")]
+    /// Local mode: file mapping nodes to the identities of their workloads.
+    #[arg(long, env = "VEIL_CA_PLACEMENT", conflicts_with = "mesh_config")]
     placement: Option<PathBuf>,
+    /// Local mode: take placement from the mesh description ztunnel reads (re-read on change).
+    /// Without this or --placement, impersonation is refused.
+    #[arg(long, env = "VEIL_MESH_CONFIG")]
+    mesh_config: Option<PathBuf>,
+    /// The namespace whose policies apply mesh-wide (to read the mesh description).
+    #[arg(long, default_value = "veil-system")]
+    root_namespace: String,
     /// Identity of a node agent trusted to request certificates for workloads on its node. Defaults
     /// to ztunnel's: spiffe://<trust domain>/ns/veil-system/sa/ztunnel.
     #[arg(long = "node-agent")]
@@ -83,9 +90,16 @@ async fn main() -> anyhow::Result<()> {
         None => Authority::self_signed(&args.root_dir, &trust_domain)?,
     });
     let authn = Arc::new(StaticTokens::from_file(&args.tokens)?);
-    let placement = match &args.placement {
-        Some(path) => StaticPlacement::from_file(path).map_err(anyhow::Error::msg)?,
-        None => StaticPlacement::default(),
+    let placement: Arc<dyn Placement> = match (&args.placement, &args.mesh_config) {
+        (Some(path), _) => Arc::new(StaticPlacement::from_file(path).map_err(anyhow::Error::msg)?),
+        (None, Some(path)) => Arc::new(MeshFilePlacement::new(
+            path.clone(),
+            MeshSettings {
+                trust_domain: trust_domain.clone(),
+                root_namespace: args.root_namespace.clone(),
+            },
+        )),
+        (None, None) => Arc::new(StaticPlacement::default()),
     };
     let node_agents = if args.node_agents.is_empty() {
         vec![Identity::new(&trust_domain, "veil-system", "ztunnel")?]
@@ -98,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
     {
         bail!("node agent {foreign} is not in trust domain {trust_domain}");
     }
-    let authz = Authorizer::new(trust_domain.clone(), node_agents, Arc::new(placement));
+    let authz = Authorizer::new(trust_domain.clone(), node_agents, placement);
     let policy = IssuePolicy {
         max_ttl: args.max_ttl,
         ..IssuePolicy::default()

@@ -1,0 +1,72 @@
+//! ztunnel's command line (every flag also readable from the environment).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use veil_mesh::telemetry::LogFormat;
+
+use crate::context::UnknownDestination;
+
+/// veil's per-node tunnel.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "veil-ztunnel", version, about)]
+pub struct Config {
+    /// The node this ztunnel serves: it captures the enrolled pods placed on it.
+    #[arg(long, env = "VEIL_NODE_NAME")]
+    pub node: String,
+    /// The mesh description (local mode): workloads, services and policies, re-read on change.
+    #[arg(long = "mesh-config", env = "VEIL_MESH_CONFIG")]
+    pub mesh_config: PathBuf,
+    /// How often the mesh description is checked for changes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub config_poll_interval: Duration,
+    /// The trust domain.
+    #[arg(long, env = "VEIL_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// The namespace whose policies apply mesh-wide.
+    #[arg(long, default_value = "veil-system")]
+    pub root_namespace: String,
+    /// PEM file of the mesh root certificate(s).
+    #[arg(long, env = "VEIL_ROOT_CERT")]
+    pub root_cert: PathBuf,
+    /// The CA's address.
+    #[arg(
+        long,
+        env = "VEIL_CA_ADDRESS",
+        default_value = "veil-ca.veil-system.svc:15012"
+    )]
+    pub ca_address: String,
+    /// The name the CA's serving certificate must be valid for.
+    #[arg(
+        long,
+        env = "VEIL_CA_SERVER_NAME",
+        default_value = "veil-ca.veil-system.svc"
+    )]
+    pub ca_server_name: String,
+    /// File holding ztunnel's bearer token for the CA (re-read for every request).
+    #[arg(long, env = "VEIL_CA_TOKEN_FILE")]
+    pub ca_token_file: PathBuf,
+    /// Lifetime asked for workload certificates (the CA may shorten it).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub cert_ttl: Duration,
+    /// What to do with outbound traffic to destinations outside the mesh.
+    #[arg(long, value_enum, default_value = "passthrough")]
+    pub unknown_destination: UnknownDestination,
+    /// Send the client address to the destination in the HBONE `forwarded` header.
+    #[arg(long)]
+    pub send_forwarded: bool,
+    /// Prometheus metrics endpoint.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    /// Readiness endpoint.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
+    /// Admin endpoint (config dump); keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    /// Log format: text or json.
+    #[arg(long, env = "VEIL_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}

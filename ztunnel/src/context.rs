@@ -1,0 +1,169 @@
+//! What every connection handler shares: the current mesh state, certificates, the pool, metrics,
+//! and settings. Plus the per-pod state of an enrolled workload.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::sync::watch;
+use veil_mesh::discovery::{MeshState, Workload};
+use veil_mesh::hbone::H2Settings;
+use veil_mesh::identity::{CertHandle, CertManager, TrustBundle};
+use veil_mesh::pool::Pool;
+use veil_mesh::telemetry::metrics::{ConnectionLabels, Counter, Direction, Metrics, Principal};
+
+use crate::netns::NetNs;
+
+/// What to do with outbound traffic to an address the mesh does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum UnknownDestination {
+    /// Let it through in plaintext, as the application sent it.
+    Passthrough,
+    /// Refuse it.
+    Deny,
+}
+
+/// Settings of the data path.
+#[derive(Clone, Debug)]
+pub struct DataPathSettings {
+    /// Outbound traffic to unknown destinations.
+    pub unknown_destination: UnknownDestination,
+    /// Send the client address in `forwarded` on HBONE requests.
+    pub send_forwarded: bool,
+    /// Time allowed to connect to an application or a passthrough destination.
+    pub connect_timeout: Duration,
+    /// HTTP/2 settings of HBONE.
+    pub h2: H2Settings,
+}
+
+impl Default for DataPathSettings {
+    fn default() -> Self {
+        Self {
+            unknown_destination: UnknownDestination::Passthrough,
+            send_forwarded: false,
+            connect_timeout: Duration::from_secs(5),
+            h2: H2Settings::default(),
+        }
+    }
+}
+
+/// Shared by all handlers.
+#[derive(Debug)]
+pub struct Context {
+    /// The node this ztunnel serves.
+    pub node: String,
+    /// The mesh, as last published by the source.
+    pub state: watch::Receiver<Arc<MeshState>>,
+    /// Workload certificates.
+    pub certs: CertManager,
+    /// Pooled HBONE connections.
+    pub pool: Pool,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Roots peers are verified against.
+    pub bundle: Arc<TrustBundle>,
+    /// Settings.
+    pub settings: DataPathSettings,
+    /// Round-robin position for picking service endpoints.
+    next_endpoint: AtomicUsize,
+}
+
+impl Context {
+    /// A context over `state`.
+    pub fn new(
+        node: String,
+        state: watch::Receiver<Arc<MeshState>>,
+        certs: CertManager,
+        pool: Pool,
+        metrics: Arc<Metrics>,
+        settings: DataPathSettings,
+    ) -> Self {
+        let bundle = certs.bundle().clone();
+        Self {
+            node,
+            state,
+            certs,
+            pool,
+            metrics,
+            bundle,
+            settings,
+            next_endpoint: AtomicUsize::new(0),
+        }
+    }
+
+    /// The current mesh snapshot.
+    pub fn state(&self) -> Arc<MeshState> {
+        self.state.borrow().clone()
+    }
+
+    /// A rotating index for load balancing.
+    pub fn next_endpoint(&self) -> usize {
+        self.next_endpoint.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Opens a connection's metric handles and counts it opened; counts it closed when dropped.
+    pub fn track_connection(&self, labels: ConnectionLabels) -> ConnectionMeter {
+        let m = &self.metrics;
+        m.connections_opened.get_or_create(&labels).inc();
+        ConnectionMeter {
+            sent: m.sent_bytes.get_or_create_owned(&labels),
+            received: m.received_bytes.get_or_create_owned(&labels),
+            closed: m.connections_closed.get_or_create_owned(&labels),
+        }
+    }
+}
+
+/// Live byte counters of one connection.
+#[derive(Debug)]
+pub struct ConnectionMeter {
+    /// Bytes source → destination.
+    pub sent: Counter,
+    /// Bytes destination → source.
+    pub received: Counter,
+    closed: Counter,
+}
+
+impl Drop for ConnectionMeter {
+    fn drop(&mut self) {
+        self.closed.inc();
+    }
+}
+
+/// Connection labels.
+pub fn labels(
+    direction: Direction,
+    source: Option<&veil_mesh::identity::Identity>,
+    destination: Option<&veil_mesh::identity::Identity>,
+) -> ConnectionLabels {
+    ConnectionLabels {
+        direction,
+        source_identity: Principal(source.cloned()),
+        destination_identity: Principal(destination.cloned()),
+    }
+}
+
+/// An enrolled pod on this node: its namespace, its certificate, its TLS server configuration.
+#[derive(Debug)]
+pub struct LocalWorkload {
+    /// The workload as it was when enrolled (its uid finds the current version in the state).
+    pub workload: Arc<Workload>,
+    /// Its network namespace.
+    pub netns: Arc<NetNs>,
+    /// Its certificate.
+    pub cert: CertHandle,
+    /// The TLS server configuration of its HBONE listener.
+    pub tls: Arc<ServerConfig>,
+}
+
+impl LocalWorkload {
+    /// The pod's own address of the same family as `peer` (the source address of its tunnels).
+    pub fn address_for(&self, peer: IpAddr) -> Option<IpAddr> {
+        self.workload
+            .ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == peer.is_ipv4())
+    }
+}

@@ -1,0 +1,199 @@
+//! Inbound HBONE: tunnels to a local pod, terminated on 15008 inside its namespace.
+//!
+//! `run → connection → stream`: mutual TLS with the pod's certificate establishes the client's
+//! identity; each `CONNECT` must name this pod, is checked against the L4 policies that apply to
+//! it (401 on deny), and is connected to the application from inside the pod with a marked socket so
+//! that it is not captured again (503 when the application does not answer, 400 for a malformed or
+//! misdirected request).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::StatusCode;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+use veil_mesh::hbone::{
+    ConnectError, InboundStream, parse_connect, refuse, serve_connection, splice,
+};
+use veil_mesh::policy::{Attributes, Decision, evaluate};
+use veil_mesh::telemetry::metrics::{
+    DecisionLabels, Direction, HandshakeLabels, Outcome, PolicyLabel, Principal,
+};
+
+use crate::capture::PROXY_PORTS;
+use crate::context::{Context, LocalWorkload, labels};
+
+/// The access log's tracing target.
+pub const ACCESS_LOG: &str = "veil::access";
+
+/// Accepts HBONE connections for `local` until the listener is dropped.
+pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                tokio::spawn(connection(ctx.clone(), local.clone(), tcp));
+            }
+            Err(e) => warn!(workload = %local.workload.key(), error = %e, "inbound accept failed"),
+        }
+    }
+}
+
+async fn connection(ctx: Arc<Context>, local: Arc<LocalWorkload>, tcp: TcpStream) {
+    let peer = tcp.peer_addr().ok();
+    let handler = |stream| stream_task(ctx.clone(), local.clone(), stream);
+    match serve_connection(tcp, local.tls.clone(), &ctx.settings.h2, handler).await {
+        Ok(()) => {}
+        Err(e @ (ConnectError::Tls(_) | ConnectError::Alpn)) => {
+            ctx.metrics
+                .handshake_failures
+                .get_or_create(&HandshakeLabels {
+                    direction: Direction::Inbound,
+                    local_identity: Principal(Some(local.workload.identity.clone())),
+                })
+                .inc();
+            warn!(workload = %local.workload.key(), ?peer, error = %e, "inbound TLS handshake refused");
+        }
+        Err(e) => {
+            debug!(workload = %local.workload.key(), ?peer, error = %e, "inbound HBONE connection ended")
+        }
+    }
+}
+
+async fn stream_task(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut stream: InboundStream) {
+    let Some(target) = check_target(&local, &mut stream) else {
+        return;
+    };
+    let state = ctx.state();
+    let Some(workload) = state.workload(&local.workload.uid).cloned() else {
+        // Removed since enrolment; its listeners are about to go.
+        return refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let attrs = Attributes {
+        source: Some(&stream.peer),
+        source_ip: stream.peer_addr.ip(),
+        destination_ip: target.ip(),
+        destination_port: target.port(),
+        http: None,
+    };
+    let decision = evaluate(&state.authz_for(&workload), &attrs);
+    count_decision(&ctx, &stream, &local, &decision);
+    if !decision.allowed() {
+        warn!(
+            target: ACCESS_LOG,
+            decision = "deny",
+            source = %stream.peer,
+            source_ip = %stream.peer_addr.ip(),
+            destination = %workload.identity,
+            destination_workload = %workload.key(),
+            port = target.port(),
+            policy = %decision.policy().map_or("-".to_owned(), ToString::to_string),
+            reason = ?decision.verdict,
+            "connection denied"
+        );
+        return refuse(&mut stream.respond, StatusCode::UNAUTHORIZED);
+    }
+    if let Some(audit) = &decision.audit {
+        info!(target: ACCESS_LOG, policy = %audit, source = %stream.peer, destination = %workload.identity, port = target.port(), "audited connection");
+    }
+    let connect = async { local.netns.socket(target.ip())?.connect(target).await };
+    let mut app = match tokio::time::timeout(ctx.settings.connect_timeout, connect).await {
+        Ok(Ok(app)) => app,
+        outcome => {
+            let error = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".to_owned(),
+            };
+            warn!(source = %stream.peer, destination = %workload.key(), %target, %error, "application unreachable");
+            return refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
+    let Ok(send) = stream.respond.send_response(http::Response::new(()), false) else {
+        return;
+    };
+    let recv = stream.request.into_body();
+    let meter = ctx.track_connection(labels(
+        Direction::Inbound,
+        Some(&stream.peer),
+        Some(&workload.identity),
+    ));
+    let started = tokio::time::Instant::now();
+    // From the application back to the client is "received" from the source's point of view.
+    let result = splice(
+        &mut app,
+        send,
+        recv,
+        |n| {
+            meter.received.inc_by(n as u64);
+        },
+        |n| {
+            meter.sent.inc_by(n as u64);
+        },
+    )
+    .await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(t) => info!(
+            target: ACCESS_LOG,
+            decision = "allow",
+            source = %stream.peer,
+            source_ip = %stream.peer_addr.ip(),
+            destination = %workload.identity,
+            destination_workload = %workload.key(),
+            port = target.port(),
+            policy = %decision.policy().map_or("-".to_owned(), ToString::to_string),
+            bytes_sent = t.to_socket,
+            bytes_received = t.to_stream,
+            duration_ms,
+            "connection complete"
+        ),
+        Err(e) => info!(
+            target: ACCESS_LOG,
+            decision = "allow",
+            source = %stream.peer,
+            destination = %workload.identity,
+            port = target.port(),
+            duration_ms,
+            error = %e,
+            "connection aborted"
+        ),
+    }
+}
+
+/// The tunnel's target, if the request is a valid CONNECT to this pod; otherwise answers 400.
+fn check_target(local: &LocalWorkload, stream: &mut InboundStream) -> Option<SocketAddr> {
+    let target = match parse_connect(&stream.request) {
+        Ok(t) => t.target,
+        Err(e) => {
+            warn!(source = %stream.peer, workload = %local.workload.key(), error = %e, "malformed HBONE request");
+            refuse(&mut stream.respond, StatusCode::BAD_REQUEST);
+            return None;
+        }
+    };
+    if !local.workload.ips.contains(&target.ip()) || PROXY_PORTS.contains(&target.port()) {
+        warn!(source = %stream.peer, workload = %local.workload.key(), %target, "HBONE request for another destination");
+        refuse(&mut stream.respond, StatusCode::BAD_REQUEST);
+        return None;
+    }
+    Some(target)
+}
+
+fn count_decision(
+    ctx: &Context,
+    stream: &InboundStream,
+    local: &LocalWorkload,
+    decision: &Decision,
+) {
+    ctx.metrics
+        .policy_decisions
+        .get_or_create(&DecisionLabels {
+            decision: if decision.allowed() {
+                Outcome::Allow
+            } else {
+                Outcome::Deny
+            },
+            policy: PolicyLabel(decision.policy().cloned()),
+            source_identity: Principal(Some(stream.peer.clone())),
+            destination_identity: Principal(Some(local.workload.identity.clone())),
+        })
+        .inc();
+}

@@ -1,0 +1,275 @@
+//! Outbound: connections a pod opens, captured on 15001 inside its namespace.
+//!
+//! `run → handle → route → (proxy_hbone | passthrough)`: the original destination is looked up in
+//! the mesh; a mesh workload or a service endpoint is reached over HBONE with the pod's own
+//! certificate and must prove the endpoint's identity; anything else passes through in plaintext
+//! (or is refused, if so configured).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use nix::sys::socket::{getsockopt, sockopt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+use veil_mesh::discovery::{MeshState, Workload};
+use veil_mesh::hbone::{ConnectError, H2Client, HBONE_PORT, TunnelMeta, abort_socket, splice};
+use veil_mesh::identity::{BoxFuture, client_config};
+use veil_mesh::pool::{Dialer, PoolKey};
+use veil_mesh::telemetry::metrics::{ConnectionLabels, Direction, HandshakeLabels, Principal};
+
+use crate::context::{Context, LocalWorkload, UnknownDestination, labels};
+
+/// Where an outbound connection goes.
+#[derive(Debug)]
+pub enum Route {
+    /// Over HBONE to a mesh workload.
+    Hbone {
+        /// The workload reached.
+        endpoint: Arc<Workload>,
+        /// The address the tunnel leads to (endpoint address, endpoint port).
+        target: SocketAddr,
+    },
+    /// Plaintext to this address.
+    Passthrough(SocketAddr),
+    /// Refused, with the reason.
+    Refuse(String),
+}
+
+/// Decides the route to `dst`. `pick` chooses among a service's endpoints.
+pub fn route(
+    state: &MeshState,
+    dst: SocketAddr,
+    unknown: UnknownDestination,
+    pick: usize,
+) -> Route {
+    if let Some(workload) = state.workload_by_ip(dst.ip()) {
+        return to_workload(workload, dst);
+    }
+    if let Some(service) = state.service_by_vip(dst.ip()) {
+        let Some(port) = service.target_port(dst.port()) else {
+            return Route::Refuse(format!(
+                "service {} has no port {}",
+                service.key(),
+                dst.port()
+            ));
+        };
+        let endpoints = state.endpoints(service);
+        if endpoints.is_empty() {
+            return Route::Refuse(format!("service {} has no endpoints", service.key()));
+        }
+        let endpoint = &endpoints[pick % endpoints.len()];
+        let Some(ip) = endpoint
+            .ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+        else {
+            return Route::Refuse(format!(
+                "endpoint {} has no address of the service's family",
+                endpoint.key()
+            ));
+        };
+        return to_workload(endpoint, SocketAddr::new(ip, port));
+    }
+    match unknown {
+        UnknownDestination::Passthrough => Route::Passthrough(dst),
+        UnknownDestination::Deny => Route::Refuse(format!("{dst} is not in the mesh")),
+    }
+}
+
+fn to_workload(workload: &Arc<Workload>, target: SocketAddr) -> Route {
+    if workload.enrolled {
+        Route::Hbone {
+            endpoint: workload.clone(),
+            target,
+        }
+    } else {
+        Route::Passthrough(target)
+    }
+}
+
+/// Accepts captured connections of `local` until the listener is dropped.
+pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                tokio::spawn(handle(ctx.clone(), local.clone(), tcp));
+            }
+            Err(e) => warn!(workload = %local.workload.key(), error = %e, "outbound accept failed"),
+        }
+    }
+}
+
+async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream) {
+    let dst = match original_dst(&tcp) {
+        Ok(dst) => dst,
+        Err(e) => {
+            warn!(workload = %local.workload.key(), error = %e, "outbound connection without an original destination");
+            return abort_socket(&tcp);
+        }
+    };
+    let state = ctx.state();
+    match route(
+        &state,
+        dst,
+        ctx.settings.unknown_destination,
+        ctx.next_endpoint(),
+    ) {
+        Route::Hbone { endpoint, target } => {
+            proxy_hbone(&ctx, &local, &mut tcp, &endpoint, target).await
+        }
+        Route::Passthrough(target) => passthrough(&ctx, &local, tcp, target).await,
+        Route::Refuse(reason) => {
+            warn!(source = %local.workload.key(), destination = %dst, %reason, "outbound connection refused");
+            abort_socket(&tcp);
+        }
+    }
+}
+
+async fn proxy_hbone(
+    ctx: &Arc<Context>,
+    local: &Arc<LocalWorkload>,
+    tcp: &mut TcpStream,
+    endpoint: &Workload,
+    target: SocketAddr,
+) {
+    let src = &local.workload.identity;
+    let Some(src_ip) = local.address_for(target.ip()) else {
+        warn!(source = %local.workload.key(), %target, "no source address of the destination's family");
+        return abort_socket(tcp);
+    };
+    let key = PoolKey {
+        src: src.clone(),
+        src_ip,
+        dst: endpoint.identity.clone(),
+        dst_addr: SocketAddr::new(target.ip(), HBONE_PORT),
+    };
+    let meta = TunnelMeta {
+        forwarded_for: ctx.settings.send_forwarded.then_some(src_ip),
+        traceparent: None,
+    };
+    let dialer = PodDialer { ctx, local };
+    let (send, recv, _guard) = match ctx.pool.open(&key, target, &meta, &dialer).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            warn!(source = %src, destination = %endpoint.identity, %target, error = %e, "HBONE tunnel failed");
+            return abort_socket(tcp);
+        }
+    };
+    let meter = ctx.track_connection(labels(
+        Direction::Outbound,
+        Some(src),
+        Some(&endpoint.identity),
+    ));
+    let started = tokio::time::Instant::now();
+    let result = splice(
+        tcp,
+        send,
+        recv,
+        |n| {
+            meter.sent.inc_by(n as u64);
+        },
+        |n| {
+            meter.received.inc_by(n as u64);
+        },
+    )
+    .await;
+    match result {
+        Ok(t) => {
+            debug!(source = %src, destination = %endpoint.identity, %target, sent = t.to_stream, received = t.to_socket, duration_ms = started.elapsed().as_millis() as u64, "outbound connection complete")
+        }
+        Err(e) => {
+            debug!(source = %src, destination = %endpoint.identity, %target, error = %e, "outbound connection aborted")
+        }
+    }
+}
+
+async fn passthrough(ctx: &Context, local: &LocalWorkload, mut tcp: TcpStream, target: SocketAddr) {
+    let connect = async { local.netns.socket(target.ip())?.connect(target).await };
+    let mut upstream = match tokio::time::timeout(ctx.settings.connect_timeout, connect).await {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(e)) => {
+            debug!(source = %local.workload.key(), %target, error = %e, "passthrough connect failed");
+            return abort_socket(&tcp);
+        }
+        Err(_) => return abort_socket(&tcp),
+    };
+    let meter = ctx.track_connection(labels(
+        Direction::Outbound,
+        Some(&local.workload.identity),
+        None,
+    ));
+    if let Ok((sent, received)) = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await {
+        meter.sent.inc_by(sent);
+        meter.received.inc_by(received);
+    }
+}
+
+/// The address a captured connection was originally sent to.
+pub fn original_dst(tcp: &TcpStream) -> std::io::Result<SocketAddr> {
+    let local = tcp.local_addr()?;
+    if local.is_ipv4() {
+        let addr = getsockopt(tcp, sockopt::OriginalDst).map_err(std::io::Error::from)?;
+        let ip = std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+        Ok(SocketAddr::new(ip.into(), u16::from_be(addr.sin_port)))
+    } else {
+        let addr = getsockopt(tcp, sockopt::Ip6tOriginalDst).map_err(std::io::Error::from)?;
+        let ip = std::net::Ipv6Addr::from(addr.sin6_addr.s6_addr);
+        Ok(SocketAddr::new(ip.into(), u16::from_be(addr.sin6_port)))
+    }
+}
+
+/// Dials HBONE connections from inside a pod's namespace with its certificate.
+struct PodDialer<'a> {
+    ctx: &'a Context,
+    local: &'a LocalWorkload,
+}
+
+impl Dialer for PodDialer<'_> {
+    fn dial<'a>(&'a self, key: &'a PoolKey) -> BoxFuture<'a, Result<H2Client, ConnectError>> {
+        Box::pin(async move {
+            let cert = self
+                .local
+                .cert
+                .current()
+                .ok_or_else(|| ConnectError::NoCertificate(key.src.clone()))?;
+            let tls = client_config(self.ctx.bundle.clone(), &cert, vec![key.dst.clone()]);
+            let connect = async {
+                let socket = self.local.netns.socket(key.dst_addr.ip())?;
+                socket.connect(key.dst_addr).await
+            };
+            let tcp = tokio::time::timeout(self.ctx.settings.h2.handshake_timeout, connect)
+                .await
+                .map_err(|_| ConnectError::Timeout(self.ctx.settings.h2.handshake_timeout))?
+                .map_err(ConnectError::Tcp)?;
+            let client = H2Client::handshake(tcp, tls, &self.ctx.settings.h2)
+                .await
+                .inspect_err(|e| {
+                    if matches!(e, ConnectError::Tls(_) | ConnectError::Alpn) {
+                        self.ctx
+                            .metrics
+                            .handshake_failures
+                            .get_or_create(&HandshakeLabels {
+                                direction: Direction::Outbound,
+                                local_identity: Principal(Some(key.src.clone())),
+                            })
+                            .inc();
+                    }
+                })?;
+            self.ctx
+                .metrics
+                .hbone_connections_opened
+                .get_or_create(&ConnectionLabels {
+                    direction: Direction::Outbound,
+                    source_identity: Principal(Some(key.src.clone())),
+                    destination_identity: Principal(Some(key.dst.clone())),
+                })
+                .inc();
+            info!(source = %key.src, destination = %key.dst, address = %key.dst_addr, "opened HBONE connection");
+            Ok(client)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

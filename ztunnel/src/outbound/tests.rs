@@ -1,0 +1,97 @@
+use veil_mesh::discovery::MeshSettings;
+use veil_mesh::discovery::local::parse;
+
+use super::*;
+
+const MESH: &str = r#"
+workloads:
+  - {name: profile-0, namespace: user-data, serviceAccount: profile, node: b, ips: [10.2.0.10], labels: {app: profile}}
+  - {name: profile-1, namespace: user-data, serviceAccount: profile, node: b, ips: [10.2.0.11], labels: {app: profile}}
+  - {name: legacy, namespace: user-data, serviceAccount: legacy, node: b, ips: [10.2.0.20], labels: {app: legacy}, enrolled: false}
+services:
+  - {name: profile, namespace: user-data, vips: [10.96.0.10], ports: [{port: 80, targetPort: 8080}], selector: {app: profile}}
+  - {name: legacy, namespace: user-data, vips: [10.96.0.20], ports: [{port: 80, targetPort: 9090}], selector: {app: legacy}}
+  - {name: empty, namespace: user-data, vips: [10.96.0.30], ports: [{port: 80}], selector: {app: nobody}}
+"#;
+
+fn state() -> MeshState {
+    parse(MESH, &MeshSettings::default()).unwrap()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn mesh_workloads_are_reached_over_hbone_on_the_port_dialled() {
+    match route(
+        &state(),
+        addr("10.2.0.10:8080"),
+        UnknownDestination::Passthrough,
+        0,
+    ) {
+        Route::Hbone { endpoint, target } => {
+            assert_eq!(endpoint.name, "profile-0");
+            assert_eq!(target, addr("10.2.0.10:8080"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn services_are_balanced_over_their_endpoints_with_the_target_port() {
+    let mut seen = Vec::new();
+    for pick in 0..4 {
+        match route(
+            &state(),
+            addr("10.96.0.10:80"),
+            UnknownDestination::Passthrough,
+            pick,
+        ) {
+            Route::Hbone { endpoint, target } => {
+                assert_eq!(target.port(), 8080);
+                assert_eq!(target.ip(), endpoint.ips[0]);
+                seen.push(endpoint.name.clone());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, ["profile-0", "profile-1", "profile-0", "profile-1"]);
+}
+
+#[test]
+fn workloads_outside_the_mesh_and_unknown_addresses_pass_through_unless_denied() {
+    let s = state();
+    assert!(matches!(
+        route(&s, addr("10.2.0.20:9090"), UnknownDestination::Passthrough, 0),
+        Route::Passthrough(a) if a == addr("10.2.0.20:9090")
+    ));
+    assert!(matches!(
+        route(&s, addr("10.96.0.20:80"), UnknownDestination::Passthrough, 0),
+        Route::Passthrough(a) if a == addr("10.2.0.20:9090")
+    ));
+    assert!(matches!(
+        route(
+            &s,
+            addr("192.0.2.1:443"),
+            UnknownDestination::Passthrough,
+            0
+        ),
+        Route::Passthrough(_)
+    ));
+    assert!(matches!(
+        route(&s, addr("192.0.2.1:443"), UnknownDestination::Deny, 0),
+        Route::Refuse(_)
+    ));
+}
+
+#[test]
+fn services_without_the_port_or_endpoints_are_refused() {
+    let s = state();
+    assert!(
+        matches!(route(&s, addr("10.96.0.10:81"), UnknownDestination::Passthrough, 0), Route::Refuse(r) if r.contains("no port 81"))
+    );
+    assert!(
+        matches!(route(&s, addr("10.96.0.30:80"), UnknownDestination::Passthrough, 0), Route::Refuse(r) if r.contains("no endpoints"))
+    );
+}

@@ -1,0 +1,91 @@
+//! Inbound plaintext: TCP that reaches a pod without HBONE, captured on 15006 inside its namespace.
+//!
+//! Under STRICT (the default) it is refused with a reset. Under PERMISSIVE it is admitted subject to
+//! L4 policy, with no peer identity: rules on principals or namespaces cannot match it.
+
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+use veil_mesh::hbone::abort_socket;
+use veil_mesh::policy::{Attributes, PeerMode, evaluate};
+use veil_mesh::telemetry::metrics::{
+    DecisionLabels, Direction, Outcome, PolicyLabel, Principal, WorkloadLabels,
+};
+
+use crate::capture::PROXY_PORTS;
+use crate::context::{Context, LocalWorkload, labels};
+use crate::inbound::ACCESS_LOG;
+use crate::outbound::original_dst;
+
+/// Accepts plaintext connections for `local` until the listener is dropped.
+pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                tokio::spawn(handle(ctx.clone(), local.clone(), tcp));
+            }
+            Err(e) => {
+                warn!(workload = %local.workload.key(), error = %e, "plaintext accept failed")
+            }
+        }
+    }
+}
+
+async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream) {
+    let (Ok(dst), Ok(peer)) = (original_dst(&tcp), tcp.peer_addr()) else {
+        return abort_socket(&tcp);
+    };
+    if !local.workload.ips.contains(&dst.ip()) || PROXY_PORTS.contains(&dst.port()) {
+        return abort_socket(&tcp);
+    }
+    let state = ctx.state();
+    let Some(workload) = state.workload(&local.workload.uid).cloned() else {
+        return abort_socket(&tcp);
+    };
+    if state.peer_mode(&workload, dst.port()) == PeerMode::Strict {
+        ctx.metrics
+            .plaintext_rejected
+            .get_or_create(&WorkloadLabels {
+                workload: workload.key(),
+            })
+            .inc();
+        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), reason = "plaintext refused: mutual TLS is STRICT", "connection denied");
+        return abort_socket(&tcp);
+    }
+    let attrs = Attributes {
+        source: None,
+        source_ip: peer.ip(),
+        destination_ip: dst.ip(),
+        destination_port: dst.port(),
+        http: None,
+    };
+    let decision = evaluate(&state.authz_for(&workload), &attrs);
+    ctx.metrics
+        .policy_decisions
+        .get_or_create(&DecisionLabels {
+            decision: if decision.allowed() {
+                Outcome::Allow
+            } else {
+                Outcome::Deny
+            },
+            policy: PolicyLabel(decision.policy().cloned()),
+            source_identity: Principal(None),
+            destination_identity: Principal(Some(workload.identity.clone())),
+        })
+        .inc();
+    if !decision.allowed() {
+        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), policy = %decision.policy().map_or("-".to_owned(), ToString::to_string), "plaintext connection denied");
+        return abort_socket(&tcp);
+    }
+    let connect = async { local.netns.socket(dst.ip())?.connect(dst).await };
+    let Ok(Ok(mut app)) = tokio::time::timeout(ctx.settings.connect_timeout, connect).await else {
+        return abort_socket(&tcp);
+    };
+    let meter = ctx.track_connection(labels(Direction::Inbound, None, Some(&workload.identity)));
+    if let Ok((sent, received)) = tokio::io::copy_bidirectional(&mut tcp, &mut app).await {
+        meter.sent.inc_by(sent);
+        meter.received.inc_by(received);
+        info!(target: ACCESS_LOG, decision = "allow", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), bytes_sent = sent, bytes_received = received, "plaintext connection complete (PERMISSIVE)");
+    }
+}

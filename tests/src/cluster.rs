@@ -1,0 +1,316 @@
+//! A small cluster in Linux network namespaces: a fabric (one bridge) joining a control-plane
+//! namespace and the nodes; each node a router with a bridge for its pods; each pod a namespace with
+//! one interface. Everything is torn down on drop, and namespaces left by a crashed earlier run are
+//! removed on start.
+//!
+//! Addresses (only inside these namespaces): fabric 10.10.0.0/24 (control plane .2, node i .10+i),
+//! pods of node i 10.(20+i).0.0/24 with the node's bridge at .1.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context as _, bail};
+
+/// Prefix of every namespace the harness creates.
+pub const PREFIX: &str = "ve2e";
+
+/// A node.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Name (`node-a`).
+    pub name: String,
+    /// Its namespace.
+    pub netns: String,
+    /// Its address on the fabric.
+    pub ip: Ipv4Addr,
+    index: u8,
+    pods: u8,
+}
+
+/// A pod.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    /// Name.
+    pub name: String,
+    /// The node it runs on.
+    pub node: String,
+    /// Its namespace.
+    pub netns: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+}
+
+impl Pod {
+    /// The path of its namespace, as ztunnel opens it.
+    pub fn netns_path(&self) -> String {
+        format!("/var/run/netns/{}", self.netns)
+    }
+}
+
+/// The cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Prefix of its namespaces.
+    pub id: String,
+    /// The fabric namespace (the inter-node "wire").
+    pub fabric: String,
+    /// The control-plane namespace (the CA).
+    pub control_plane: String,
+    /// Its address.
+    pub control_plane_ip: Ipv4Addr,
+    /// Nodes.
+    pub nodes: Vec<Node>,
+    /// Pods.
+    pub pods: Vec<Pod>,
+    created: Vec<String>,
+}
+
+/// Runs `ip` with `args`; fails with its stderr.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run("ip", args)
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Runs a command inside namespace `netns`.
+pub fn exec(netns: &str, argv: &[&str]) -> anyhow::Result<Output> {
+    Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(argv)
+        .output()
+        .with_context(|| format!("running {argv:?} in {netns}"))
+}
+
+fn sysctl(netns: &str, setting: &str) -> anyhow::Result<()> {
+    let out = exec(netns, &["sysctl", "-q", "-w", setting])?;
+    if !out.status.success() {
+        bail!(
+            "sysctl {setting} in {netns}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// Creates the fabric, the control plane and `nodes`.
+    pub fn new(nodes: &[&str]) -> anyhow::Result<Self> {
+        remove_stale();
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let id = format!(
+            "{PREFIX}{}x{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut cluster = Self {
+            fabric: format!("{id}-fab"),
+            control_plane: format!("{id}-cp"),
+            control_plane_ip: Ipv4Addr::new(10, 10, 0, 2),
+            id,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            created: Vec::new(),
+        };
+        let fabric = cluster.fabric.clone();
+        cluster.add_netns(&fabric)?;
+        ip(&["-n", &fabric, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &fabric, "link", "set", "br0", "up"])?;
+        let cp = cluster.control_plane.clone();
+        cluster.add_netns(&cp)?;
+        cluster.attach_to_fabric(&cp, "vcp", cluster.control_plane_ip)?;
+        for (i, name) in nodes.iter().enumerate() {
+            cluster.add_node(name, u8::try_from(i)?)?;
+        }
+        // Each node and the control plane route the other nodes' pod networks through the fabric.
+        for b in &cluster.nodes {
+            let cidr = format!("10.{}.0.0/24", 20 + b.index);
+            let via = b.ip.to_string();
+            for a in cluster.nodes.iter().filter(|a| a.index != b.index) {
+                ip(&["-n", &a.netns, "route", "add", &cidr, "via", &via])?;
+            }
+            ip(&[
+                "-n",
+                &cluster.control_plane,
+                "route",
+                "add",
+                &cidr,
+                "via",
+                &via,
+            ])?;
+        }
+        Ok(cluster)
+    }
+
+    fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
+        ip(&["netns", "add", name])?;
+        self.created.push(name.to_owned());
+        ip(&["-n", name, "link", "set", "lo", "up"])
+    }
+
+    fn attach_to_fabric(&self, netns: &str, port: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
+        ip(&[
+            "-n",
+            netns,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            &self.fabric,
+        ])?;
+        ip(&[
+            "-n",
+            &self.fabric,
+            "link",
+            "set",
+            port,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            netns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", netns, "link", "set", "eth0", "up"])
+    }
+
+    fn add_node(&mut self, name: &str, index: u8) -> anyhow::Result<()> {
+        let netns = format!("{}-{name}", self.id);
+        self.add_netns(&netns)?;
+        let node_ip = Ipv4Addr::new(10, 10, 0, 10 + index);
+        self.attach_to_fabric(&netns, &format!("vn{index}"), node_ip)?;
+        sysctl(&netns, "net.ipv4.ip_forward=1")?;
+        ip(&["-n", &netns, "link", "add", "cbr0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("10.{}.0.1/24", 20 + index),
+            "dev",
+            "cbr0",
+        ])?;
+        ip(&["-n", &netns, "link", "set", "cbr0", "up"])?;
+        self.nodes.push(Node {
+            name: name.to_owned(),
+            netns,
+            ip: node_ip,
+            index,
+            pods: 0,
+        });
+        Ok(())
+    }
+
+    /// Adds pod `name` on `node`.
+    pub fn add_pod(&mut self, name: &str, node: &str) -> anyhow::Result<Pod> {
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == node)
+            .with_context(|| format!("no node {node}"))?;
+        n.pods += 1;
+        let (index, k, node_ns) = (n.index, n.pods, n.netns.clone());
+        let netns = format!("{}-{name}", self.id);
+        self.add_netns(&netns)?;
+        let pod_ip = Ipv4Addr::new(10, 20 + index, 0, 10 + k);
+        let port = format!("vp{k}");
+        ip(&[
+            "-n", &netns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
+            &node_ns,
+        ])?;
+        ip(&["-n", &node_ns, "link", "set", &port, "master", "cbr0", "up"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{pod_ip}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.{}.0.1", 20 + index),
+        ])?;
+        let pod = Pod {
+            name: name.to_owned(),
+            node: node.to_owned(),
+            netns,
+            ip: pod_ip,
+        };
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    /// The pod called `name`.
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for netns in self.created.iter().rev() {
+            let _ = ip(&["netns", "del", netns]);
+        }
+    }
+}
+
+/// Deletes namespaces of earlier runs whose process is gone (a crash or a killed test).
+pub fn remove_stale() {
+    let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('x').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+}

@@ -1,0 +1,577 @@
+//! A running mesh on a [`Cluster`]: the real `veil-ca` in the control-plane namespace, one real
+//! `veil-ztunnel` per node, an application in every pod, and the configuration files they share.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use anyhow::{Context as _, bail};
+
+use crate::cluster::{Cluster, exec};
+use crate::process::Proc;
+
+/// Trust domain of test meshes.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// A pod to create.
+#[derive(Clone, Debug)]
+pub struct PodSpec {
+    /// Pod name (also the app's name).
+    pub name: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+    /// Node.
+    pub node: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// In the mesh (captured) or not.
+    pub enrolled: bool,
+}
+
+impl PodSpec {
+    /// An enrolled pod whose service account and `app` label are its name.
+    pub fn new(name: &str, namespace: &str, node: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            service_account: name.to_owned(),
+            node: node.to_owned(),
+            labels: BTreeMap::from([("app".to_owned(), name.to_owned())]),
+            enrolled: true,
+        }
+    }
+
+    /// The same pod, outside the mesh.
+    pub fn not_enrolled(mut self) -> Self {
+        self.enrolled = false;
+        self
+    }
+
+    /// Its SPIFFE identity.
+    pub fn identity(&self) -> String {
+        format!(
+            "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
+/// A service in front of the pods whose `app` label is `selects`.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Virtual address.
+    pub vip: String,
+    /// `app` label selected.
+    pub selects: String,
+    /// (service port, target port).
+    pub ports: Vec<(u16, u16)>,
+}
+
+/// What to start.
+#[derive(Clone, Debug, Default)]
+pub struct MeshSpec {
+    /// Node names.
+    pub nodes: Vec<String>,
+    /// Pods.
+    pub pods: Vec<PodSpec>,
+    /// Services.
+    pub services: Vec<ServiceSpec>,
+    /// `policies:` entries (a YAML sequence, without the key).
+    pub policies: String,
+    /// Longest certificate lifetime the CA grants.
+    pub max_cert_ttl: Option<String>,
+    /// Nodes that get no ztunnel (their pods are on their own).
+    pub without_ztunnel: Vec<String>,
+    /// Extra CA tokens: (token, identity), for workloads that ask for their own certificate.
+    pub extra_tokens: Vec<(String, String)>,
+    /// Enrolled workloads whose network namespace does not exist (capture must fail loudly).
+    pub ghost_pods: Vec<PodSpec>,
+}
+
+/// Where the workspace's binaries are: next to this test binary's `deps/` folder (or this binary).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current executable");
+    let mut dir = exe.parent().expect("executable has a folder").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo xtask test` (or `cargo build --workspace --bins`) first",
+        path.display()
+    );
+    path
+}
+
+/// True (after a loud message) when end-to-end tests cannot run here: they need root.
+pub fn skip_unless_root(test: &str) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        eprintln!(
+            "\n*** SKIPPED {test}: end-to-end tests need root (network namespaces, iptables). Run the suite as root. ***\n"
+        );
+    }
+    !root
+}
+
+/// The running mesh.
+#[derive(Debug)]
+pub struct Mesh {
+    /// The namespaces.
+    pub cluster: Cluster,
+    /// Config files and logs.
+    pub dir: PathBuf,
+    /// The CA.
+    pub ca: Proc,
+    /// ztunnels by node.
+    pub ztunnels: BTreeMap<String, Proc>,
+    /// Applications by pod.
+    pub apps: BTreeMap<String, Proc>,
+    /// The spec it was started from.
+    pub spec: MeshSpec,
+    mesh_config: PathBuf,
+}
+
+impl Mesh {
+    /// Builds the cluster and starts everything; returns once every ztunnel is ready.
+    pub fn start(spec: MeshSpec) -> anyhow::Result<Self> {
+        let nodes: Vec<&str> = spec.nodes.iter().map(String::as_str).collect();
+        let mut cluster = Cluster::new(&nodes)?;
+        for pod in &spec.pods {
+            cluster.add_pod(&pod.name, &pod.node)?;
+        }
+        let dir = std::env::temp_dir().join(&cluster.id);
+        std::fs::create_dir_all(&dir)?;
+        let mesh_config = dir.join("mesh.yaml");
+        write_atomically(&mesh_config, &render(&spec, &cluster, &spec.policies))?;
+
+        let mut tokens = String::from("tokens:\n");
+        for node in &spec.nodes {
+            let token = format!("token-of-{node}-0123456789");
+            std::fs::write(dir.join(format!("token-{node}")), &token)?;
+            writeln!(
+                tokens,
+                "  - token: {token}\n    identity: spiffe://{TRUST_DOMAIN}/ns/veil-system/sa/ztunnel\n    node: {node}"
+            )?;
+        }
+        for (token, identity) in &spec.extra_tokens {
+            writeln!(tokens, "  - token: {token}\n    identity: {identity}")?;
+        }
+        std::fs::write(dir.join("tokens.yaml"), tokens)?;
+
+        let ca = start_ca(&cluster, &dir, &mesh_config, spec.max_cert_ttl.as_deref())?;
+        let mut mesh = Self {
+            cluster,
+            dir,
+            ca,
+            ztunnels: BTreeMap::new(),
+            apps: BTreeMap::new(),
+            spec,
+            mesh_config,
+        };
+        for pod in mesh.spec.pods.clone() {
+            let netns = mesh.cluster.pod(&pod.name).netns.clone();
+            let app = bin("e2e-app").to_string_lossy().into_owned();
+            let mut proc = Proc::spawn(
+                &pod.name,
+                Some(&netns),
+                &[&app, "serve", "--name", &pod.name],
+                &[],
+                &mesh.dir.join(format!("app-{}.log", pod.name)),
+            )?;
+            proc.wait_for("serving", Duration::from_secs(10))?;
+            mesh.apps.insert(pod.name.clone(), proc);
+        }
+        for node in mesh.spec.nodes.clone() {
+            if !mesh.spec.without_ztunnel.contains(&node) {
+                let haunted = mesh.spec.ghost_pods.iter().any(|g| g.node == node);
+                mesh.start_ztunnel_with(&node, !haunted)?;
+            }
+        }
+        Ok(mesh)
+    }
+
+    /// Starts (or restarts) the ztunnel of `node` and waits until it is ready.
+    pub fn start_ztunnel(&mut self, node: &str) -> anyhow::Result<()> {
+        self.start_ztunnel_with(node, true)
+    }
+
+    fn start_ztunnel_with(&mut self, node: &str, wait_ready: bool) -> anyhow::Result<()> {
+        if let Some(mut old) = self.ztunnels.remove(node) {
+            old.kill();
+        }
+        let netns = self.cluster.node(node).netns.clone();
+        let ca_address = format!("{}:15012", self.cluster.control_plane_ip);
+        let argv = [
+            bin("veil-ztunnel").to_string_lossy().into_owned(),
+            "--node".into(),
+            node.into(),
+            "--mesh-config".into(),
+            self.mesh_config.to_string_lossy().into_owned(),
+            "--config-poll-interval".into(),
+            "200ms".into(),
+            "--root-cert".into(),
+            self.dir
+                .join("ca/root-cert.pem")
+                .to_string_lossy()
+                .into_owned(),
+            "--ca-address".into(),
+            ca_address,
+            "--ca-token-file".into(),
+            self.dir
+                .join(format!("token-{node}"))
+                .to_string_lossy()
+                .into_owned(),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let proc = Proc::spawn(
+            &format!("ztunnel {node}"),
+            Some(&netns),
+            &argv,
+            &[("RUST_LOG", "info")],
+            &self.dir.join(format!("ztunnel-{node}.log")),
+        )?;
+        self.ztunnels.insert(node.to_owned(), proc);
+        if wait_ready {
+            self.wait_ready(node, Duration::from_secs(30))
+        } else {
+            let z = self.ztunnels.get_mut(node).expect("just inserted");
+            z.wait_for("veil-ztunnel running", Duration::from_secs(30))
+        }
+    }
+
+    /// The readiness answer of `node`'s ztunnel.
+    pub fn readiness(&self, node: &str) -> String {
+        let netns = &self.cluster.node(node).netns;
+        exec(
+            netns,
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "2",
+                "http://127.0.0.1:15021/healthz/ready",
+            ],
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+    }
+
+    /// Takes pod `pod` out of the mesh (or puts it back) in the configuration.
+    pub fn set_enrolled(&mut self, pod: &str, enrolled: bool) -> anyhow::Result<()> {
+        for p in self.spec.pods.iter_mut().filter(|p| p.name == pod) {
+            p.enrolled = enrolled;
+        }
+        self.set_policies(&self.spec.policies.clone())
+    }
+
+    /// Waits until the readiness endpoint of `node`'s ztunnel answers 200.
+    pub fn wait_ready(&mut self, node: &str, timeout: Duration) -> anyhow::Result<()> {
+        let netns = self.cluster.node(node).netns.clone();
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let out = exec(
+                &netns,
+                &[
+                    "curl",
+                    "-s",
+                    "-m",
+                    "2",
+                    "http://127.0.0.1:15021/healthz/ready",
+                ],
+            )?;
+            last = String::from_utf8_lossy(&out.stdout).into_owned();
+            if last.starts_with("ready") {
+                return Ok(());
+            }
+            if let Some(z) = self.ztunnels.get_mut(node)
+                && !z.running()
+            {
+                bail!("ztunnel {node} exited:\n{}", z.output());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = self
+            .ztunnels
+            .get(node)
+            .map(Proc::output)
+            .unwrap_or_default();
+        bail!("ztunnel {node} not ready within {timeout:?}: {last}\n{log}")
+    }
+
+    /// Replaces the policies in the mesh configuration (ztunnels pick it up within a poll interval).
+    pub fn set_policies(&mut self, policies: &str) -> anyhow::Result<()> {
+        self.spec.policies = policies.to_owned();
+        write_atomically(
+            &self.mesh_config,
+            &render(&self.spec, &self.cluster, policies),
+        )
+    }
+
+    /// `curl` from pod `from` to `url`: the HTTP status, or the curl error.
+    pub fn curl(&self, from: &str, url: &str) -> Result<(u16, String), String> {
+        let netns = &self.cluster.pod(from).netns;
+        let out = exec(
+            netns,
+            &["curl", "-s", "-m", "5", "-w", "\n%{http_code}", url],
+        )
+        .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(format!("curl exit {:?}: {text}", out.status.code()));
+        }
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        Ok((code.parse().unwrap_or(0), body.to_owned()))
+    }
+
+    /// The Rust TCP client from pod `from`: sends `message` `count` times to `addr`, returns replies.
+    pub fn tcp(&self, from: &str, addr: &str, message: &str, count: u32) -> Result<String, String> {
+        let netns = &self.cluster.pod(from).netns;
+        let app = bin("e2e-app").to_string_lossy().into_owned();
+        let count = count.to_string();
+        let out = exec(netns, &[&app, "tcp", addr, message, "--count", &count])
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Starts `argv` in pod `pod` (kept running until the mesh is dropped).
+    pub fn spawn_in_pod(
+        &mut self,
+        pod: &str,
+        name: &str,
+        argv: &[&str],
+    ) -> anyhow::Result<&mut Proc> {
+        let netns = self.cluster.pod(pod).netns.clone();
+        let proc = Proc::spawn(
+            name,
+            Some(&netns),
+            argv,
+            &[],
+            &self.dir.join(format!("{name}.log")),
+        )?;
+        self.apps.insert(name.to_owned(), proc);
+        Ok(self.apps.get_mut(name).expect("just inserted"))
+    }
+
+    /// Runs `argv` in pod `pod` to completion.
+    pub fn run_in_pod(&self, pod: &str, argv: &[&str]) -> anyhow::Result<std::process::Output> {
+        exec(&self.cluster.pod(pod).netns, argv)
+    }
+
+    /// The address of the CA.
+    pub fn ca_address(&self) -> String {
+        format!("{}:15012", self.cluster.control_plane_ip)
+    }
+
+    /// The mesh root certificate file.
+    pub fn root_cert(&self) -> PathBuf {
+        self.dir.join("ca/root-cert.pem")
+    }
+
+    /// The Prometheus metrics of `node`'s ztunnel.
+    pub fn metrics(&self, node: &str) -> String {
+        let netns = &self.cluster.node(node).netns;
+        exec(
+            netns,
+            &["curl", "-s", "-m", "2", "http://127.0.0.1:15020/metrics"],
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+    }
+
+    /// The sum of metric `name` over the series whose labels contain every `labels` pair.
+    pub fn metric(&self, node: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+        sum_metric(&self.metrics(node), name, labels)
+    }
+
+    /// The log of `node`'s ztunnel.
+    pub fn ztunnel_log(&self, node: &str) -> String {
+        self.ztunnels
+            .get(node)
+            .map(Proc::output)
+            .unwrap_or_default()
+    }
+
+    /// The log of the application in `pod`.
+    pub fn app_log(&self, pod: &str) -> String {
+        self.apps.get(pod).map(Proc::output).unwrap_or_default()
+    }
+
+    /// Waits until `f` holds, polling.
+    pub fn eventually(&self, timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        f()
+    }
+
+    /// The pod spec called `name`.
+    pub fn pod(&self, name: &str) -> &PodSpec {
+        self.spec
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for proc in self.ztunnels.values_mut().chain(self.apps.values_mut()) {
+            proc.kill();
+        }
+        self.ca.kill();
+        if std::thread::panicking() {
+            eprintln!("logs and configuration kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn start_ca(
+    cluster: &Cluster,
+    dir: &Path,
+    mesh_config: &Path,
+    max_ttl: Option<&str>,
+) -> anyhow::Result<Proc> {
+    let listen = format!("{}:15012", cluster.control_plane_ip);
+    let argv = [
+        bin("veil-ca").to_string_lossy().into_owned(),
+        "--listen".into(),
+        listen,
+        "--root-dir".into(),
+        dir.join("ca").to_string_lossy().into_owned(),
+        "--tokens".into(),
+        dir.join("tokens.yaml").to_string_lossy().into_owned(),
+        "--mesh-config".into(),
+        mesh_config.to_string_lossy().into_owned(),
+        "--max-ttl".into(),
+        max_ttl.unwrap_or("1h").into(),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut ca = Proc::spawn(
+        "veil-ca",
+        Some(&cluster.control_plane),
+        &argv,
+        &[],
+        &dir.join("ca.log"),
+    )?;
+    ca.wait_for("veil-ca serving", Duration::from_secs(20))
+        .context("starting veil-ca")?;
+    Ok(ca)
+}
+
+/// The mesh configuration for `spec` on `cluster`, with `policies`.
+fn render(spec: &MeshSpec, cluster: &Cluster, policies: &str) -> String {
+    let mut out = String::from("workloads:\n");
+    for pod in &spec.pods {
+        let p = cluster.pod(&pod.name);
+        let labels: Vec<String> = pod
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  - {{name: {}, namespace: {}, serviceAccount: {}, node: {}, ips: [{}], netns: {}, enrolled: {}, labels: {{{}}}}}",
+            pod.name,
+            pod.namespace,
+            pod.service_account,
+            pod.node,
+            p.ip,
+            p.netns_path(),
+            pod.enrolled,
+            labels.join(", ")
+        );
+    }
+    for (i, ghost) in spec.ghost_pods.iter().enumerate() {
+        let node = cluster.node(&ghost.node);
+        let _ = writeln!(
+            out,
+            "  - {{name: {}, namespace: {}, serviceAccount: {}, node: {}, ips: [10.99.{}.{}], netns: /var/run/netns/{}-missing-{}}}",
+            ghost.name,
+            ghost.namespace,
+            ghost.service_account,
+            ghost.node,
+            node.ip.octets()[3],
+            10 + i,
+            cluster.id,
+            ghost.name
+        );
+    }
+    out.push_str("services:\n");
+    for s in &spec.services {
+        let ports: Vec<String> = s
+            .ports
+            .iter()
+            .map(|(port, target)| format!("{{port: {port}, targetPort: {target}}}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  - {{name: {}, namespace: {}, vips: [{}], ports: [{}], selector: {{app: {}}}}}",
+            s.name,
+            s.namespace,
+            s.vip,
+            ports.join(", "),
+            s.selects
+        );
+    }
+    out.push_str("policies:\n");
+    out.push_str(policies);
+    if !policies.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The sum of metric `name` over series whose labels contain every pair of `labels`.
+pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

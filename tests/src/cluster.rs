@@ -298,18 +298,41 @@ impl Drop for Cluster {
     }
 }
 
-/// Deletes namespaces of earlier runs whose process is gone (a crash or a killed test).
+/// Cleans up after earlier runs whose process is gone (a crash or a killed test): kills the processes
+/// they started, deletes their namespaces and their files.
 pub fn remove_stale() {
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    let owner = |name: &str| {
+        name.strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('x').next())
+            .and_then(|p| p.parse::<u32>().ok())
+    };
+    if let Ok(dirs) = std::fs::read_dir(std::env::temp_dir()) {
+        for dir in dirs.flatten() {
+            let name = dir.file_name().to_string_lossy().into_owned();
+            if owner(&name).is_none_or(alive) {
+                continue;
+            }
+            let pids = std::fs::read_to_string(dir.path().join(crate::process::PID_FILE))
+                .unwrap_or_default();
+            for pid in pids
+                .lines()
+                .filter_map(|l| l.trim().parse::<u32>().ok())
+                .filter(|p| alive(*p))
+            {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            let _ = std::fs::remove_dir_all(dir.path());
+        }
+    }
     let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let pid = rest.split('x').next().and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+        if owner(&name).is_some_and(|pid| !alive(pid)) {
             let _ = ip(&["netns", "del", &name]);
         }
     }

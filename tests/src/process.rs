@@ -9,6 +9,9 @@ use tokio::time::Instant;
 
 use anyhow::{Context as _, bail};
 
+/// The file, next to the logs, that lists the processes a run started.
+pub const PID_FILE: &str = "pids";
+
 /// A process in a namespace.
 #[derive(Debug)]
 pub struct Proc {
@@ -49,6 +52,16 @@ impl Proc {
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {name}: {argv:?}"))?;
+        // Recorded so that a later run can clean up after this one if it crashes.
+        if let Some(dir) = log.parent() {
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(PID_FILE))
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, format!("{}\n", child.id()).as_bytes())
+                });
+        }
         Ok(Self {
             name: name.to_owned(),
             child,

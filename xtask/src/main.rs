@@ -6,6 +6,7 @@
     reason = "xtask is a command-line tool that reports to its user"
 )]
 
+mod demo;
 mod proto;
 mod test;
 
@@ -26,6 +27,13 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Set up and run the local demo mesh in network namespaces (needs root; installs missing tools
+    /// with apt-get).
+    Demo {
+        /// Keep the mesh running after the scenario until Enter is pressed.
+        #[arg(long)]
+        hold: bool,
+    },
     /// Build every binary and run the whole test suite, end-to-end tests included (those need root).
     Test {
         /// Extra arguments for the test runner (e.g. a test-name filter).
@@ -37,6 +45,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::GenProto { check } => proto::generate(check),
+        Task::Demo { hold } => demo::run(hold),
         Task::Test { args } => test::run(&args),
     }
 }

@@ -115,7 +115,7 @@ async fn reconcile(
         }
         match enrol(ctx, workload.clone()).await {
             Ok(e) => {
-                info!(workload = %workload.key(), identity = %workload.identity, netns = ?workload.netns, "captured pod");
+                info!(workload = %workload.key(), identity = %workload.identity, netns = %workload.netns.as_deref().map(|p| p.display().to_string()).unwrap_or_default(), "captured pod");
                 enrolled.insert(uid.clone(), e);
                 lock(status).insert(uid, CaptureStatus::Captured);
             }

@@ -6,5 +6,5 @@ pub mod local;
 mod model;
 mod state;
 
-pub use model::{Service, ServicePort, Workload, selects};
+pub use model::{Service, ServicePort, Waypoint, WaypointRef, Workload, selects};
 pub use state::{ConfigError, MeshSettings, MeshState, Summary};

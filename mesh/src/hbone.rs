@@ -2,11 +2,13 @@
 //! wire-compatible with Istio's ztunnel.
 
 mod client;
+mod io;
 mod request;
 mod server;
 mod tunnel;
 
 pub use client::{ConnectError, H2Client, H2Settings};
+pub use io::H2Io;
 pub use request::{
     BAGGAGE, BadRequest, ConnectTarget, FORWARDED, HBONE_PORT, TRACEPARENT, TunnelMeta,
     connect_request, parse_connect,

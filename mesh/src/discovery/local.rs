@@ -37,7 +37,7 @@ use veil_crd::API_VERSION;
 use veil_crd::authorization::AuthorizationPolicySpec;
 use veil_crd::peer_authentication::PeerAuthenticationSpec;
 
-use super::model::{Service, ServicePort, Workload};
+use super::model::{Service, ServicePort, Waypoint, WaypointRef, Workload};
 use super::state::{ConfigError, MeshSettings, MeshState};
 use crate::identity::Identity;
 use crate::policy::{compile_authz, compile_peer_auth};
@@ -52,7 +52,31 @@ struct LocalFile {
     services: Option<Vec<ServiceEntry>>,
     #[serde(default)]
     policies: Option<Vec<PolicyObject>>,
+    #[serde(default)]
+    namespaces: Option<Vec<NamespaceEntry>>,
+    #[serde(default)]
+    waypoints: Option<Vec<WaypointEntry>>,
 }
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NamespaceEntry {
+    name: String,
+    #[serde(default)]
+    use_waypoint: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WaypointEntry {
+    name: String,
+    namespace: String,
+    service_account: String,
+    ips: Vec<IpAddr>,
+}
+
+/// `useWaypoint: none` opts a workload or service out of its namespace's waypoint.
+const NO_WAYPOINT: &str = "none";
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -70,6 +94,8 @@ struct WorkloadEntry {
     netns: Option<PathBuf>,
     #[serde(default = "yes")]
     enrolled: bool,
+    #[serde(default)]
+    use_waypoint: Option<String>,
 }
 
 fn yes() -> bool {
@@ -85,6 +111,8 @@ struct ServiceEntry {
     ports: Vec<PortEntry>,
     #[serde(default)]
     selector: BTreeMap<String, String>,
+    #[serde(default)]
+    use_waypoint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -116,19 +144,26 @@ struct Metadata {
 pub fn parse(text: &str, settings: &MeshSettings) -> Result<MeshState, ConfigError> {
     let file: LocalFile =
         serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    let waypoints: Vec<Waypoint> = file
+        .waypoints
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| waypoint(w, settings))
+        .collect::<Result<_, _>>()?;
+    let bindings = Bindings::new(file.namespaces.unwrap_or_default(), &waypoints)?;
     let workloads = file
         .workloads
         .unwrap_or_default()
         .into_iter()
         .enumerate()
-        .map(|(i, w)| workload(i, w, settings))
+        .map(|(i, w)| workload(i, w, settings, &bindings))
         .collect::<Result<_, _>>()?;
     let services = file
         .services
         .unwrap_or_default()
         .into_iter()
         .enumerate()
-        .map(|(i, s)| service(i, s))
+        .map(|(i, s)| service(i, s, &bindings))
         .collect::<Result<_, _>>()?;
     let mut authz = Vec::new();
     let mut peer_auth = Vec::new();
@@ -161,7 +196,88 @@ pub fn parse(text: &str, settings: &MeshSettings) -> Result<MeshState, ConfigErr
             }
         }
     }
-    MeshState::build(settings.clone(), workloads, services, authz, peer_auth)
+    MeshState::build(
+        settings.clone(),
+        workloads,
+        services,
+        waypoints,
+        authz,
+        peer_auth,
+    )
+}
+
+/// Which waypoint each namespace uses by default, and which waypoints exist.
+struct Bindings {
+    defaults: BTreeMap<String, String>,
+    known: std::collections::BTreeSet<WaypointRef>,
+}
+
+impl Bindings {
+    fn new(namespaces: Vec<NamespaceEntry>, waypoints: &[Waypoint]) -> Result<Self, ConfigError> {
+        let known = waypoints.iter().map(Waypoint::reference).collect();
+        let mut defaults = BTreeMap::new();
+        for ns in namespaces {
+            if let Some(name) = ns.use_waypoint.filter(|n| n != NO_WAYPOINT) {
+                defaults.insert(ns.name, name);
+            }
+        }
+        let bindings = Self { defaults, known };
+        for (ns, name) in &bindings.defaults {
+            bindings.check(&format!("namespaces ({ns})"), ns, name)?;
+        }
+        Ok(bindings)
+    }
+
+    /// The waypoint of an object in `namespace` with its own `explicit` choice.
+    fn resolve(
+        &self,
+        at: &str,
+        namespace: &str,
+        explicit: Option<&str>,
+    ) -> Result<Option<WaypointRef>, ConfigError> {
+        let name = match explicit {
+            Some(NO_WAYPOINT) => return Ok(None),
+            Some(name) => name,
+            None => match self.defaults.get(namespace) {
+                Some(name) => name,
+                None => return Ok(None),
+            },
+        };
+        self.check(at, namespace, name).map(Some)
+    }
+
+    fn check(&self, at: &str, namespace: &str, name: &str) -> Result<WaypointRef, ConfigError> {
+        let reference = WaypointRef {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        if self.known.contains(&reference) {
+            Ok(reference)
+        } else {
+            Err(ConfigError::invalid(
+                at,
+                format!("useWaypoint: no waypoint {reference} is defined"),
+            ))
+        }
+    }
+}
+
+fn waypoint(w: WaypointEntry, settings: &MeshSettings) -> Result<Waypoint, ConfigError> {
+    let at = format!("waypoints ({}/{})", w.namespace, w.name);
+    if w.ips.is_empty() {
+        return Err(ConfigError::invalid(
+            at,
+            "needs at least one address in ips",
+        ));
+    }
+    let identity = Identity::new(&settings.trust_domain, &w.namespace, &w.service_account)
+        .map_err(|e| ConfigError::invalid(&at, e.to_string()))?;
+    Ok(Waypoint {
+        name: w.name,
+        namespace: w.namespace,
+        identity,
+        ips: w.ips,
+    })
 }
 
 fn spec_of<T: serde::de::DeserializeOwned + Default>(
@@ -174,7 +290,12 @@ fn spec_of<T: serde::de::DeserializeOwned + Default>(
     T::deserialize(spec).map_err(|e| ConfigError::invalid(format!("{at}: spec"), e.to_string()))
 }
 
-fn workload(i: usize, w: WorkloadEntry, settings: &MeshSettings) -> Result<Workload, ConfigError> {
+fn workload(
+    i: usize,
+    w: WorkloadEntry,
+    settings: &MeshSettings,
+    bindings: &Bindings,
+) -> Result<Workload, ConfigError> {
     let at = format!("workloads[{i}] ({}/{})", w.namespace, w.name);
     if w.name.is_empty() || w.node.is_empty() {
         return Err(ConfigError::invalid(at, "name and node must not be empty"));
@@ -187,6 +308,7 @@ fn workload(i: usize, w: WorkloadEntry, settings: &MeshSettings) -> Result<Workl
     }
     let identity = Identity::new(&settings.trust_domain, &w.namespace, &w.service_account)
         .map_err(|e| ConfigError::invalid(&at, e.to_string()))?;
+    let waypoint = bindings.resolve(&at, &w.namespace, w.use_waypoint.as_deref())?;
     Ok(Workload {
         uid: w
             .uid
@@ -200,12 +322,14 @@ fn workload(i: usize, w: WorkloadEntry, settings: &MeshSettings) -> Result<Workl
         netns: w.netns,
         enrolled: w.enrolled,
         identity,
+        waypoint,
         policies: Default::default(),
     })
 }
 
-fn service(i: usize, s: ServiceEntry) -> Result<Service, ConfigError> {
+fn service(i: usize, s: ServiceEntry, bindings: &Bindings) -> Result<Service, ConfigError> {
     let at = format!("services[{i}] ({}/{})", s.namespace, s.name);
+    let waypoint = bindings.resolve(&at, &s.namespace, s.use_waypoint.as_deref())?;
     if s.vips.is_empty() {
         return Err(ConfigError::invalid(
             at,
@@ -236,6 +360,7 @@ fn service(i: usize, s: ServiceEntry) -> Result<Service, ConfigError> {
         ports,
         selector: s.selector,
         endpoints: Vec::new(),
+        waypoint,
     })
 }
 

@@ -37,6 +37,9 @@ pub struct Workload {
     pub enrolled: bool,
     /// Its SPIFFE identity.
     pub identity: Identity,
+    /// The waypoint all its traffic goes through, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<WaypointRef>,
     #[serde(skip)]
     pub(crate) policies: OnceLock<Arc<[Arc<AuthzPolicy>]>>,
 }
@@ -72,6 +75,9 @@ pub struct Service {
     pub selector: BTreeMap<String, String>,
     /// The workloads selected, by uid.
     pub endpoints: Vec<String>,
+    /// The waypoint its traffic goes through, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<WaypointRef>,
 }
 
 impl Service {
@@ -92,4 +98,43 @@ impl Service {
 /// Whether `labels` carry every pair of `selector` (an empty selector selects nothing for services).
 pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A reference to a waypoint by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct WaypointRef {
+    /// Namespace of the waypoint.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl std::fmt::Display for WaypointRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A waypoint: the L7 proxy that the traffic of some services and workloads must pass.
+#[derive(Debug, Serialize)]
+pub struct Waypoint {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// The identity its instances prove; destination ztunnels accept only this one for the
+    /// workloads behind it.
+    pub identity: Identity,
+    /// Addresses of its instances (HBONE on 15008).
+    pub ips: Vec<IpAddr>,
+}
+
+impl Waypoint {
+    /// Its reference.
+    pub fn reference(&self) -> WaypointRef {
+        WaypointRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
 }

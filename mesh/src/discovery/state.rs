@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::model::{Service, Workload, selects};
+use super::model::{Service, Waypoint, WaypointRef, Workload, selects};
 use crate::policy::{
-    AuthzPolicy, PeerAuthPolicy, PeerMode, PolicyError, PolicyId, PolicyIndex, Scope,
+    AuthzPolicy, PeerAuthPolicy, PeerMode, PolicyError, PolicyId, PolicyIndex, Scope, Target,
     resolve_peer_mode,
 };
 
@@ -62,6 +62,7 @@ pub struct MeshState {
     by_ip: HashMap<IpAddr, Arc<Workload>>,
     services: Vec<Arc<Service>>,
     by_vip: HashMap<IpAddr, Arc<Service>>,
+    waypoints: HashMap<WaypointRef, Arc<Waypoint>>,
     authz: PolicyIndex,
     peer_auth: Vec<PeerAuthPolicy>,
 }
@@ -73,13 +74,42 @@ impl MeshState {
         settings: MeshSettings,
         workloads: Vec<Workload>,
         services: Vec<Service>,
+        waypoints: Vec<Waypoint>,
         authz: Vec<AuthzPolicy>,
         peer_auth: Vec<PeerAuthPolicy>,
     ) -> Result<Self, ConfigError> {
         let mut state = Self::default();
+        let mut waypoint_ips = HashMap::new();
+        for waypoint in waypoints {
+            let waypoint = Arc::new(waypoint);
+            for ip in &waypoint.ips {
+                if waypoint_ips.insert(*ip, waypoint.reference()).is_some() {
+                    return Err(ConfigError::invalid(
+                        format!("waypoint {}", waypoint.reference()),
+                        format!("address {ip} is used twice"),
+                    ));
+                }
+            }
+            if state
+                .waypoints
+                .insert(waypoint.reference(), waypoint.clone())
+                .is_some()
+            {
+                return Err(ConfigError::invalid(
+                    format!("waypoint {}", waypoint.reference()),
+                    "defined twice",
+                ));
+            }
+        }
         for workload in workloads {
             let workload = Arc::new(workload);
             for ip in &workload.ips {
+                if let Some(w) = waypoint_ips.get(ip) {
+                    return Err(ConfigError::invalid(
+                        format!("workload {}", workload.key()),
+                        format!("address {ip} is also waypoint {w}"),
+                    ));
+                }
                 if let Some(other) = state.by_ip.insert(*ip, workload.clone()) {
                     return Err(ConfigError::invalid(
                         format!("workload {}", workload.key()),
@@ -102,6 +132,12 @@ impl MeshState {
             service.endpoints = state.selected_by(&service);
             let service = Arc::new(service);
             for vip in &service.vips {
+                if let Some(w) = waypoint_ips.get(vip) {
+                    return Err(ConfigError::invalid(
+                        format!("service {}", service.key()),
+                        format!("address {vip} is also waypoint {w}"),
+                    ));
+                }
                 if let Some(w) = state.by_ip.get(vip) {
                     return Err(ConfigError::invalid(
                         format!("service {}", service.key()),
@@ -159,12 +195,33 @@ impl MeshState {
         self.by_vip.get(&ip)
     }
 
+    /// The waypoint `reference` names, if it exists. Traffic bound to a missing waypoint fails.
+    pub fn waypoint(&self, reference: &WaypointRef) -> Option<&Arc<Waypoint>> {
+        self.waypoints.get(reference)
+    }
+
+    /// Every waypoint, sorted.
+    pub fn waypoints(&self) -> Vec<Arc<Waypoint>> {
+        let mut out: Vec<_> = self.waypoints.values().cloned().collect();
+        out.sort_by_key(|w| w.reference());
+        out
+    }
+
     /// The workloads behind `service`, in a stable order.
     pub fn endpoints(&self, service: &Service) -> Vec<Arc<Workload>> {
         service
             .endpoints
             .iter()
             .filter_map(|uid| self.workloads.get(uid).cloned())
+            .collect()
+    }
+
+    /// The services `workload` is an endpoint of.
+    pub fn services_of(&self, workload: &Workload) -> Vec<Arc<Service>> {
+        self.services
+            .iter()
+            .filter(|s| s.endpoints.contains(&workload.uid))
+            .cloned()
             .collect()
     }
 
@@ -221,15 +278,25 @@ impl MeshState {
         self.authz.all()
     }
 
-    /// Policies with HTTP attributes that apply to workloads directly: an L4 proxy cannot check
+    /// The policies attached to a target through `targetRefs`.
+    pub fn authz_for_target(&self, namespace: &str, target: &Target) -> Vec<Arc<AuthzPolicy>> {
+        self.authz.for_target(namespace, target)
+    }
+
+    /// Policies with HTTP attributes that apply to workloads without a waypoint: ztunnel cannot check
     /// those attributes, so they deny whatever they could match.
     pub fn l7_policies_enforced_at_l4(&self) -> Vec<PolicyId> {
-        self.authz
-            .all()
-            .iter()
+        let mut out: Vec<PolicyId> = self
+            .workloads
+            .values()
+            .filter(|w| w.waypoint.is_none())
+            .flat_map(|w| self.authz_for(w).iter().cloned().collect::<Vec<_>>())
             .filter(|p| p.uses_l7 && !matches!(p.scope, Scope::Targets(_)))
             .map(|p| p.id.clone())
-            .collect()
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Counts, for logs.
@@ -237,6 +304,7 @@ impl MeshState {
         Summary {
             workloads: self.workloads.len(),
             services: self.services.len(),
+            waypoints: self.waypoints.len(),
             authorization_policies: self.authz.all().len(),
             peer_authentications: self.peer_auth.len(),
         }
@@ -250,6 +318,8 @@ pub struct Summary {
     pub workloads: usize,
     /// Services.
     pub services: usize,
+    /// Waypoints.
+    pub waypoints: usize,
     /// AuthorizationPolicies.
     pub authorization_policies: usize,
     /// PeerAuthentications.

@@ -49,6 +49,8 @@ pub struct Decision {
     pub verdict: Verdict,
     /// The first AUDIT policy that matched, if any.
     pub audit: Option<PolicyId>,
+    /// Index (in `spec.rules`) of the rule of the deciding policy that matched, if one did.
+    pub rule: Option<usize>,
 }
 
 /// Allowed or denied, and by what.
@@ -71,6 +73,8 @@ pub enum DenyReason {
     NoAllowMatched(PolicyId),
     /// The only ALLOW rules that could match need HTTP attributes this proxy cannot see.
     AllowUndecidable(PolicyId),
+    /// The workload is reachable only through this waypoint, and the peer is not it.
+    NotFromWaypoint(String),
 }
 
 impl Decision {
@@ -89,6 +93,7 @@ impl Decision {
                 | DenyReason::NoAllowMatched(p)
                 | DenyReason::AllowUndecidable(p),
             ) => Some(p),
+            Verdict::Deny(DenyReason::NotFromWaypoint(_)) => None,
         }
     }
 }
@@ -98,14 +103,15 @@ pub fn evaluate(policies: &[Arc<AuthzPolicy>], attrs: &Attributes<'_>) -> Decisi
     let mut audit = None;
     let mut first_allow: Option<&PolicyId> = None;
     let mut undecidable_allow: Option<&PolicyId> = None;
-    let mut allowed_by: Option<&PolicyId> = None;
+    let mut allowed_by: Option<(&PolicyId, Option<usize>)> = None;
     for policy in policies {
-        let truth = policy.matches(attrs);
+        let (truth, rule) = policy.matching_rule(attrs);
         match policy.action {
             Action::Deny => match truth {
-                Truth::Yes => return deny(DenyReason::DenyPolicy(policy.id.clone()), audit),
+                Truth::Yes => return deny(DenyReason::DenyPolicy(policy.id.clone()), audit, rule),
                 Truth::Unknown => {
-                    return deny(DenyReason::DenyPolicyUndecidable(policy.id.clone()), audit);
+                    let reason = DenyReason::DenyPolicyUndecidable(policy.id.clone());
+                    return deny(reason, audit, rule);
                 }
                 Truth::No => {}
             },
@@ -119,7 +125,7 @@ pub fn evaluate(policies: &[Arc<AuthzPolicy>], attrs: &Attributes<'_>) -> Decisi
                 first_allow.get_or_insert(&policy.id);
                 match truth {
                     Truth::Yes => {
-                        allowed_by.get_or_insert(&policy.id);
+                        allowed_by.get_or_insert((&policy.id, rule));
                     }
                     Truth::Unknown => {
                         undecidable_allow.get_or_insert(&policy.id);
@@ -129,28 +135,49 @@ pub fn evaluate(policies: &[Arc<AuthzPolicy>], attrs: &Attributes<'_>) -> Decisi
             }
         }
     }
-    let verdict = match (allowed_by, undecidable_allow, first_allow) {
-        (Some(p), _, _) => Verdict::Allow(Some(p.clone())),
-        (None, _, None) => Verdict::Allow(None),
-        (None, Some(p), _) => Verdict::Deny(DenyReason::AllowUndecidable(p.clone())),
-        (None, None, Some(p)) => Verdict::Deny(DenyReason::NoAllowMatched(p.clone())),
+    let (verdict, rule) = match (allowed_by, undecidable_allow, first_allow) {
+        (Some((p, rule)), _, _) => (Verdict::Allow(Some(p.clone())), rule),
+        (None, _, None) => (Verdict::Allow(None), None),
+        (None, Some(p), _) => (Verdict::Deny(DenyReason::AllowUndecidable(p.clone())), None),
+        (None, None, Some(p)) => (Verdict::Deny(DenyReason::NoAllowMatched(p.clone())), None),
     };
-    Decision { verdict, audit }
+    Decision {
+        verdict,
+        audit,
+        rule,
+    }
 }
 
-fn deny(reason: DenyReason, audit: Option<PolicyId>) -> Decision {
+fn deny(reason: DenyReason, audit: Option<PolicyId>, rule: Option<usize>) -> Decision {
     Decision {
         verdict: Verdict::Deny(reason),
         audit,
+        rule,
     }
 }
 
 impl AuthzPolicy {
     /// Whether any rule matches. A policy without rules matches nothing.
     pub fn matches(&self, attrs: &Attributes<'_>) -> Truth {
-        self.rules
-            .iter()
-            .fold(Truth::No, |acc, rule| acc.or(rule.matches(attrs)))
+        self.matching_rule(attrs).0
+    }
+
+    /// Whether any rule matches, and the first that does (definitely, else possibly).
+    fn matching_rule(&self, attrs: &Attributes<'_>) -> (Truth, Option<usize>) {
+        let mut possible = None;
+        for (i, rule) in self.rules.iter().enumerate() {
+            match rule.matches(attrs) {
+                Truth::Yes => return (Truth::Yes, Some(i)),
+                Truth::Unknown => {
+                    possible.get_or_insert(i);
+                }
+                Truth::No => {}
+            }
+        }
+        match possible {
+            Some(i) => (Truth::Unknown, Some(i)),
+            None => (Truth::No, None),
+        }
     }
 }
 

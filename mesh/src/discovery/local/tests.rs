@@ -164,6 +164,54 @@ fn invalid_files_are_refused_with_the_object_named() {
     }
 }
 
+#[test]
+fn waypoints_bind_by_namespace_with_per_object_overrides() {
+    let yaml = r#"
+namespaces: [{name: user-data, useWaypoint: waypoint}]
+waypoints: [{name: waypoint, namespace: user-data, serviceAccount: waypoint, ips: [10.2.0.50]}]
+workloads:
+  - {name: profile-0, namespace: user-data, serviceAccount: profile, node: b, ips: [10.2.0.10], labels: {app: profile}}
+  - {name: batch, namespace: user-data, serviceAccount: batch, node: b, ips: [10.2.0.11], useWaypoint: none}
+  - {name: account, namespace: production, serviceAccount: account, node: a, ips: [10.1.0.10]}
+services:
+  - {name: profile, namespace: user-data, vips: [10.96.0.20], ports: [{port: 80}], selector: {app: profile}}
+"#;
+    let state = parse(yaml, &settings()).unwrap();
+    let wp = WaypointRef {
+        namespace: "user-data".into(),
+        name: "waypoint".into(),
+    };
+    let ip = |s: &str| s.parse().unwrap();
+    assert_eq!(
+        state.workload_by_ip(ip("10.2.0.10")).unwrap().waypoint,
+        Some(wp.clone())
+    );
+    assert_eq!(
+        state.workload_by_ip(ip("10.2.0.11")).unwrap().waypoint,
+        None
+    );
+    assert_eq!(
+        state.workload_by_ip(ip("10.1.0.10")).unwrap().waypoint,
+        None
+    );
+    assert_eq!(
+        state.service_by_vip(ip("10.96.0.20")).unwrap().waypoint,
+        Some(wp.clone())
+    );
+    let waypoint = state.waypoint(&wp).unwrap();
+    assert_eq!(
+        waypoint.identity.as_str(),
+        "spiffe://cluster.local/ns/user-data/sa/waypoint"
+    );
+
+    let unknown = "namespaces: [{name: user-data, useWaypoint: nope}]";
+    let err = parse(unknown, &settings()).unwrap_err().to_string();
+    assert!(err.contains("no waypoint user-data/nope"), "{err}");
+    let clash = "waypoints: [{name: w, namespace: n, serviceAccount: w, ips: [10.0.0.1]}]\nworkloads: [{name: a, namespace: n, serviceAccount: s, node: x, ips: [10.0.0.1]}]";
+    let err = parse(clash, &settings()).unwrap_err().to_string();
+    assert!(err.contains("also waypoint n/w"), "{err}");
+}
+
 #[tokio::test]
 async fn the_watcher_applies_good_changes_and_keeps_the_last_good_state_on_bad_ones() {
     let dir = tempfile::tempdir().unwrap();

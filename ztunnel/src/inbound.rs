@@ -12,10 +12,12 @@ use std::sync::Arc;
 use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
+use veil_mesh::discovery::{MeshState, WaypointRef, Workload};
 use veil_mesh::hbone::{
     ConnectError, InboundStream, parse_connect, refuse, serve_connection, splice,
 };
-use veil_mesh::policy::{Attributes, Decision, evaluate};
+use veil_mesh::identity::Identity;
+use veil_mesh::policy::{Attributes, Decision, DenyReason, Verdict, evaluate};
 use veil_mesh::telemetry::metrics::{
     DecisionLabels, Direction, HandshakeLabels, Outcome, PolicyLabel, Principal,
 };
@@ -68,14 +70,21 @@ async fn stream_task(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut stream: I
         // Removed since enrolment; its listeners are about to go.
         return refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
     };
-    let attrs = Attributes {
-        source: Some(&stream.peer),
-        source_ip: stream.peer_addr.ip(),
-        destination_ip: target.ip(),
-        destination_port: target.port(),
-        http: None,
+    let decision = match &workload.waypoint {
+        // Behind a waypoint: only the waypoint may reach the workload, and it enforced the
+        // workload's policies already, with the client's identity and at L7.
+        Some(reference) => from_waypoint(&state, reference, &stream.peer),
+        None => {
+            let attrs = Attributes {
+                source: Some(&stream.peer),
+                source_ip: stream.peer_addr.ip(),
+                destination_ip: target.ip(),
+                destination_port: target.port(),
+                http: None,
+            };
+            evaluate(&state.authz_for(&workload), &attrs)
+        }
     };
-    let decision = evaluate(&state.authz_for(&workload), &attrs);
     count_decision(&ctx, &stream, &local, &decision);
     if !decision.allowed() {
         warn!(
@@ -87,7 +96,8 @@ async fn stream_task(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut stream: I
             destination_workload = %workload.key(),
             port = target.port(),
             policy = %decision.policy().map_or("-".to_owned(), ToString::to_string),
-            reason = ?decision.verdict,
+            rule = ?decision.rule,
+            reason = %deny_reason(&decision, &workload),
             "connection denied"
         );
         return refuse(&mut stream.respond, StatusCode::UNAUTHORIZED);
@@ -156,6 +166,31 @@ async fn stream_task(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut stream: I
             error = %e,
             "connection aborted"
         ),
+    }
+}
+
+/// The decision for a tunnel to a workload behind `reference`: allowed only from that waypoint.
+fn from_waypoint(state: &MeshState, reference: &WaypointRef, peer: &Identity) -> Decision {
+    let allowed = state
+        .waypoint(reference)
+        .is_some_and(|waypoint| &waypoint.identity == peer);
+    Decision {
+        verdict: if allowed {
+            Verdict::Allow(None)
+        } else {
+            Verdict::Deny(DenyReason::NotFromWaypoint(reference.to_string()))
+        },
+        audit: None,
+        rule: None,
+    }
+}
+
+fn deny_reason(decision: &Decision, workload: &Workload) -> String {
+    match &decision.verdict {
+        Verdict::Deny(DenyReason::NotFromWaypoint(w)) => {
+            format!("{} is reachable only through waypoint {w}", workload.key())
+        }
+        verdict => format!("{verdict:?}"),
     }
 }
 

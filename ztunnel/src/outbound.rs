@@ -5,13 +5,13 @@
 //! certificate and must prove the endpoint's identity; anything else passes through in plaintext
 //! (or is refused, if so configured).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
-use veil_mesh::discovery::{MeshState, Workload};
+use veil_mesh::discovery::{MeshState, Waypoint, WaypointRef, Workload};
 use veil_mesh::hbone::{ConnectError, H2Client, HBONE_PORT, TunnelMeta, abort_socket, splice};
 use veil_mesh::identity::{BoxFuture, client_config};
 use veil_mesh::pool::{Dialer, PoolKey};
@@ -29,6 +29,15 @@ pub enum Route {
         /// The address the tunnel leads to (endpoint address, endpoint port).
         target: SocketAddr,
     },
+    /// Over HBONE to the waypoint in front of the destination, which takes it from there.
+    Waypoint {
+        /// The waypoint.
+        waypoint: Arc<Waypoint>,
+        /// One of its addresses.
+        address: IpAddr,
+        /// The original destination (a service address or a workload address).
+        target: SocketAddr,
+    },
     /// Plaintext to this address.
     Passthrough(SocketAddr),
     /// Refused, with the reason.
@@ -43,9 +52,15 @@ pub fn route(
     pick: usize,
 ) -> Route {
     if let Some(workload) = state.workload_by_ip(dst.ip()) {
+        if let (true, Some(reference)) = (workload.enrolled, &workload.waypoint) {
+            return via_waypoint(state, reference, dst, pick);
+        }
         return to_workload(workload, dst);
     }
     if let Some(service) = state.service_by_vip(dst.ip()) {
+        if let Some(reference) = &service.waypoint {
+            return via_waypoint(state, reference, dst, pick);
+        }
         let Some(port) = service.target_port(dst.port()) else {
             return Route::Refuse(format!(
                 "service {} has no port {}",
@@ -74,6 +89,34 @@ pub fn route(
     match unknown {
         UnknownDestination::Passthrough => Route::Passthrough(dst),
         UnknownDestination::Deny => Route::Refuse(format!("{dst} is not in the mesh")),
+    }
+}
+
+/// Through the waypoint `reference`, never around it: a missing waypoint refuses the connection.
+fn via_waypoint(
+    state: &MeshState,
+    reference: &WaypointRef,
+    target: SocketAddr,
+    pick: usize,
+) -> Route {
+    let Some(waypoint) = state.waypoint(reference) else {
+        return Route::Refuse(format!("waypoint {reference} is not available"));
+    };
+    let addresses: Vec<IpAddr> = waypoint
+        .ips
+        .iter()
+        .copied()
+        .filter(|ip| ip.is_ipv4() == target.is_ipv4())
+        .collect();
+    if addresses.is_empty() {
+        return Route::Refuse(format!(
+            "waypoint {reference} has no address of the destination's family"
+        ));
+    }
+    Route::Waypoint {
+        waypoint: waypoint.clone(),
+        address: addresses[pick % addresses.len()],
+        target,
     }
 }
 
@@ -116,7 +159,22 @@ async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream
         ctx.next_endpoint(),
     ) {
         Route::Hbone { endpoint, target } => {
-            proxy_hbone(&ctx, &local, &mut tcp, &endpoint, target).await
+            let peer = Peer {
+                identity: &endpoint.identity,
+                address: target.ip(),
+            };
+            proxy_hbone(&ctx, &local, &mut tcp, peer, target).await;
+        }
+        Route::Waypoint {
+            waypoint,
+            address,
+            target,
+        } => {
+            let peer = Peer {
+                identity: &waypoint.identity,
+                address,
+            };
+            proxy_hbone(&ctx, &local, &mut tcp, peer, target).await;
         }
         Route::Passthrough(target) => passthrough(&ctx, &local, tcp, target).await,
         Route::Refuse(reason) => {
@@ -126,23 +184,29 @@ async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream
     }
 }
 
+/// The HBONE server a tunnel goes to: the destination workload, or its waypoint.
+struct Peer<'a> {
+    identity: &'a veil_mesh::identity::Identity,
+    address: IpAddr,
+}
+
 async fn proxy_hbone(
     ctx: &Arc<Context>,
     local: &Arc<LocalWorkload>,
     tcp: &mut TcpStream,
-    endpoint: &Workload,
+    peer: Peer<'_>,
     target: SocketAddr,
 ) {
     let src = &local.workload.identity;
-    let Some(src_ip) = local.address_for(target.ip()) else {
+    let Some(src_ip) = local.address_for(peer.address) else {
         warn!(source = %local.workload.key(), %target, "no source address of the destination's family");
         return abort_socket(tcp);
     };
     let key = PoolKey {
         src: src.clone(),
         src_ip,
-        dst: endpoint.identity.clone(),
-        dst_addr: SocketAddr::new(target.ip(), HBONE_PORT),
+        dst: peer.identity.clone(),
+        dst_addr: SocketAddr::new(peer.address, HBONE_PORT),
     };
     let meta = TunnelMeta {
         forwarded_for: ctx.settings.send_forwarded.then_some(src_ip),
@@ -152,15 +216,11 @@ async fn proxy_hbone(
     let (send, recv, _guard) = match ctx.pool.open(&key, target, &meta, &dialer).await {
         Ok(stream) => stream,
         Err(e) => {
-            warn!(source = %src, destination = %endpoint.identity, %target, error = %e, "HBONE tunnel failed");
+            warn!(source = %src, destination = %peer.identity, %target, error = %e, "HBONE tunnel failed");
             return abort_socket(tcp);
         }
     };
-    let meter = ctx.track_connection(labels(
-        Direction::Outbound,
-        Some(src),
-        Some(&endpoint.identity),
-    ));
+    let meter = ctx.track_connection(labels(Direction::Outbound, Some(src), Some(peer.identity)));
     let started = tokio::time::Instant::now();
     let result = splice(
         tcp,
@@ -176,10 +236,10 @@ async fn proxy_hbone(
     .await;
     match result {
         Ok(t) => {
-            debug!(source = %src, destination = %endpoint.identity, %target, sent = t.to_stream, received = t.to_socket, duration_ms = started.elapsed().as_millis() as u64, "outbound connection complete")
+            debug!(source = %src, destination = %peer.identity, %target, sent = t.to_stream, received = t.to_socket, duration_ms = started.elapsed().as_millis() as u64, "outbound connection complete")
         }
         Err(e) => {
-            debug!(source = %src, destination = %endpoint.identity, %target, error = %e, "outbound connection aborted")
+            debug!(source = %src, destination = %peer.identity, %target, error = %e, "outbound connection aborted")
         }
     }
 }

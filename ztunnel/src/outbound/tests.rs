@@ -95,3 +95,45 @@ fn services_without_the_port_or_endpoints_are_refused() {
         matches!(route(&s, addr("10.96.0.30:80"), UnknownDestination::Passthrough, 0), Route::Refuse(r) if r.contains("no endpoints"))
     );
 }
+
+const WITH_WAYPOINT: &str = r#"
+namespaces: [{name: user-data, useWaypoint: waypoint}]
+waypoints: [{name: waypoint, namespace: user-data, serviceAccount: waypoint, ips: [10.2.0.50, 10.2.0.51]}]
+workloads:
+  - {name: profile-0, namespace: user-data, serviceAccount: profile, node: b, ips: [10.2.0.10], labels: {app: profile}}
+  - {name: batch, namespace: user-data, serviceAccount: batch, node: b, ips: [10.2.0.11], useWaypoint: none}
+services:
+  - {name: profile, namespace: user-data, vips: [10.96.0.10], ports: [{port: 80, targetPort: 8080}], selector: {app: profile}}
+"#;
+
+#[test]
+fn services_and_workloads_behind_a_waypoint_are_sent_to_it_never_around_it() {
+    let s = parse(WITH_WAYPOINT, &MeshSettings::default()).unwrap();
+    for (dst, pick, want_address) in [
+        ("10.96.0.10:80", 0, "10.2.0.50"),
+        ("10.96.0.10:80", 1, "10.2.0.51"),
+        ("10.2.0.10:8080", 0, "10.2.0.50"),
+    ] {
+        match route(&s, addr(dst), UnknownDestination::Passthrough, pick) {
+            Route::Waypoint {
+                waypoint,
+                address,
+                target,
+            } => {
+                assert_eq!(waypoint.name, "waypoint");
+                assert_eq!(address.to_string(), want_address);
+                assert_eq!(
+                    target,
+                    addr(dst),
+                    "the waypoint gets the original destination"
+                );
+            }
+            other => panic!("{dst}: {other:?}"),
+        }
+    }
+    // Opted out: direct.
+    assert!(matches!(
+        route(&s, addr("10.2.0.11:80"), UnknownDestination::Passthrough, 0),
+        Route::Hbone { .. }
+    ));
+}

@@ -1,0 +1,170 @@
+//! Assembly: from the configuration to a running waypoint, and its clean drain on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use veil_mesh::discovery::local::FileSource;
+use veil_mesh::discovery::{MeshSettings, WaypointRef};
+use veil_mesh::hbone::H2Settings;
+use veil_mesh::identity::{
+    CertManager, GrpcCaClient, Identity, ManagerConfig, TokenSource, TrustBundle,
+    parse_trust_domain, server_config,
+};
+use veil_mesh::pool::{Pool, PoolSettings};
+use veil_mesh::telemetry::http::{Handler, serve, text};
+use veil_mesh::telemetry::metrics::Metrics;
+
+use crate::access_log::AccessLog;
+use crate::config::Config;
+use crate::context::{Context, Settings};
+use crate::drain::Drain;
+use crate::inbound;
+use crate::upstream::Upstreams;
+
+/// Why the waypoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A port could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn config_err(e: impl ToString) -> StartError {
+    StartError::Config(e.to_string())
+}
+
+/// Runs the waypoint until `shutdown`, then drains in-flight requests.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let trust_domain = parse_trust_domain(&config.trust_domain).map_err(config_err)?;
+    let identity = Identity::new(&trust_domain, &config.namespace, &config.service_account)
+        .map_err(config_err)?;
+    let bundle =
+        Arc::new(TrustBundle::from_pem_file(&trust_domain, &config.root_cert).map_err(config_err)?);
+    let ca = GrpcCaClient::new(
+        &config.ca_address,
+        &config.ca_server_name,
+        &bundle,
+        TokenSource::File(config.ca_token_file.clone()),
+        Duration::from_secs(10),
+    )
+    .map_err(config_err)?;
+    let certs = CertManager::new(
+        Arc::new(ca),
+        bundle.clone(),
+        ManagerConfig {
+            ttl: config.cert_ttl,
+            ..ManagerConfig::default()
+        },
+    );
+    let cert = certs.track(identity.clone());
+    let settings = MeshSettings {
+        trust_domain,
+        root_namespace: config.root_namespace.clone(),
+    };
+    let (source, state) = FileSource::load(&config.mesh_config, settings).map_err(config_err)?;
+    let me = WaypointRef {
+        namespace: config.namespace.clone(),
+        name: config.name.clone(),
+    };
+    match state.waypoint(&me) {
+        Some(w) if w.identity != identity => {
+            warn!(configured = %w.identity, %identity, "the mesh expects another identity for this waypoint: its tunnels will be refused")
+        }
+        None => warn!(waypoint = %me, "the mesh does not define this waypoint (yet)"),
+        Some(_) => {}
+    }
+    let (tx, rx) = watch::channel(Arc::new(state));
+    let metrics = Arc::new(Metrics::new());
+    let rejected = metrics.clone();
+    tokio::spawn(source.watch(config.config_poll_interval, tx, move |_| {
+        rejected.config_rejected.inc();
+    }));
+
+    let headers = |names: &[String]| -> Result<Vec<HeaderName>, StartError> {
+        names
+            .iter()
+            .map(|n| HeaderName::from_bytes(n.trim().as_bytes()).map_err(config_err))
+            .collect()
+    };
+    let access_log = AccessLog::new(
+        config.access_log,
+        headers(&config.log_headers)?,
+        &headers(&config.redact_headers)?,
+        config.redact_query_params.clone(),
+    );
+    let upstreams = Arc::new(Upstreams {
+        me: me.clone(),
+        identity: identity.clone(),
+        cert: cert.clone(),
+        bundle: bundle.clone(),
+        state: rx,
+        pool: Pool::new(PoolSettings::default()),
+        h2: H2Settings::default(),
+        metrics: metrics.clone(),
+    });
+    let ctx = Arc::new(Context::new(
+        upstreams,
+        access_log,
+        Settings {
+            request_timeout: config.request_timeout,
+            sniff_timeout: config.sniff_timeout,
+        },
+    ));
+    let endpoints: [(std::net::SocketAddr, Handler); 2] = [
+        (config.metrics_addr, {
+            let (metrics, certs) = (metrics.clone(), certs.clone());
+            Arc::new(move |req| match req.uri.path() {
+                "/metrics" => text(StatusCode::OK, metrics.encode(Some(&certs))),
+                _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            })
+        }),
+        (config.readiness_addr, {
+            let cert = cert.clone();
+            Arc::new(move |req| match (req.uri.path(), cert.current()) {
+                ("/healthz/ready", Some(_)) => text(StatusCode::OK, "ready\n"),
+                ("/healthz/ready", None) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: no certificate yet\n",
+                ),
+                _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            })
+        }),
+    ];
+    for (addr, handler) in endpoints {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        tokio::spawn(serve(listener, handler));
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let tls = server_config(bundle, Arc::new(cert));
+    info!(waypoint = %me, %identity, listen = %config.listen, "veil-waypoint running");
+    let drain = Drain::default();
+    inbound::run(ctx, listener, tls, &drain, shutdown).await;
+    info!("draining in-flight requests");
+    if tokio::time::timeout(config.drain_timeout, drain.drain())
+        .await
+        .is_err()
+    {
+        warn!("requests still in flight after the drain timeout; closing them");
+    }
+    info!("veil-waypoint stopped");
+    Ok(())
+}

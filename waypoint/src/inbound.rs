@@ -1,0 +1,197 @@
+//! Tunnels arriving at the waypoint (HBONE on 15008), from source ztunnels.
+//!
+//! `run → tunnel`: the target must be a service or workload that uses this waypoint (400 otherwise);
+//! then the first bytes decide: HTTP is served request by request (`l7`: each one authorized, a
+//! denied one answered 403), anything else is forwarded as TCP with L4 policy only — and a policy
+//! that needs HTTP attributes denies it, since they cannot be checked. Nothing reaches an endpoint
+//! before it is authorized.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use http::StatusCode;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+use veil_mesh::hbone::{
+    ConnectError, H2Io, InboundStream, parse_connect, refuse, serve_connection,
+};
+use veil_mesh::policy::{Attributes, Decision, evaluate};
+use veil_mesh::telemetry::metrics::{ConnectionLabels, Direction, HandshakeLabels, Principal};
+
+use crate::access_log::TARGET;
+use crate::context::Context;
+use crate::drain::{Drain, DrainWatch};
+use crate::io::Prefixed;
+use crate::l7::{self, Tunnel};
+use crate::sniff::{MAX_SNIFF, Protocol, classify};
+use crate::target::resolve;
+
+/// Accepts HBONE connections until `shutdown`; tunnels then finish through `drain`.
+pub async fn run(
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    drain: &Drain,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let ctx = ctx.clone();
+        let tls = tls.clone();
+        let watch = drain.watch();
+        tokio::spawn(async move {
+            let h2 = ctx.upstreams.h2.clone();
+            let handler = |stream| tunnel(ctx.clone(), stream, watch.clone());
+            match serve_connection(tcp, tls, &h2, handler).await {
+                Ok(()) => {}
+                Err(e @ (ConnectError::Tls(_) | ConnectError::Alpn)) => {
+                    ctx.upstreams
+                        .metrics
+                        .handshake_failures
+                        .get_or_create(&HandshakeLabels {
+                            direction: Direction::Inbound,
+                            local_identity: Principal(Some(ctx.upstreams.identity.clone())),
+                        })
+                        .inc();
+                    warn!(%peer, error = %e, "TLS handshake refused");
+                }
+                Err(e) => debug!(%peer, error = %e, "HBONE connection ended"),
+            }
+        });
+    }
+}
+
+async fn tunnel(ctx: Arc<Context>, mut stream: InboundStream, drain: DrainWatch) {
+    let target = match parse_connect(&stream.request) {
+        Ok(t) => t.target,
+        Err(e) => {
+            warn!(source = %stream.peer, error = %e, "malformed HBONE request");
+            return refuse(&mut stream.respond, StatusCode::BAD_REQUEST);
+        }
+    };
+    let state = ctx.state();
+    let dest = match resolve(&state, &ctx.upstreams.me, target) {
+        Ok(dest) => dest,
+        Err(e) => {
+            warn!(source = %stream.peer, %target, reason = %e, "tunnel not for this waypoint");
+            return refuse(&mut stream.respond, StatusCode::BAD_REQUEST);
+        }
+    };
+    let Ok(send) = stream.respond.send_response(http::Response::new(()), false) else {
+        return;
+    };
+    let mut io = H2Io::new(send, stream.request.into_body());
+    let (protocol, sniffed) = sniff(&mut io, ctx.settings.sniff_timeout).await;
+    let io = Prefixed::new(sniffed.freeze(), io);
+    let tunnel = Tunnel {
+        peer: stream.peer.clone(),
+        peer_addr: stream.peer_addr,
+        target,
+        dest,
+    };
+    match protocol {
+        Protocol::Http1 | Protocol::Http2 => l7::serve(ctx, tunnel, io, drain).await,
+        // Held until the bytes stop: a drain waits for opaque tunnels up to its timeout.
+        Protocol::Opaque => forward_tcp(&ctx, &tunnel, io, drain).await,
+    }
+}
+
+fn log_tcp_deny(peer: &veil_mesh::identity::Identity, dest: &str, decision: &Decision) {
+    warn!(
+        target: TARGET,
+        decision = "deny",
+        source = %peer,
+        destination = dest,
+        policy = %decision.policy().map_or("-".to_owned(), ToString::to_string),
+        rule = %decision.rule.map_or("-".to_owned(), |r| r.to_string()),
+        reason = ?decision.verdict,
+        "connection denied"
+    );
+}
+
+/// Reads until the protocol is known, the first bytes are too many, or `timeout` passes without
+/// enough (a server-speaks-first protocol): then it is opaque.
+async fn sniff(io: &mut H2Io, timeout: std::time::Duration) -> (Protocol, BytesMut) {
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(protocol) = classify(&buf) {
+            return (protocol, buf);
+        }
+        if buf.len() >= MAX_SNIFF {
+            return (Protocol::Opaque, buf);
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return (Protocol::Opaque, buf),
+        }
+    }
+}
+
+/// Opaque TCP: L4 policy with the chosen endpoint, then bytes both ways.
+async fn forward_tcp(ctx: &Context, tunnel: &Tunnel, mut io: Prefixed<H2Io>, _drain: DrainWatch) {
+    let state = ctx.state();
+    let Some((endpoint, addr)) = tunnel.dest.endpoint(&state, tunnel.target, ctx.next()) else {
+        return warn!(destination = %tunnel.dest.key(), "no endpoint for TCP tunnel");
+    };
+    let attrs = Attributes {
+        source: Some(&tunnel.peer),
+        source_ip: tunnel.peer_addr.ip(),
+        destination_ip: addr.ip(),
+        destination_port: addr.port(),
+        http: None,
+    };
+    let policies = tunnel
+        .dest
+        .policies(&state, &ctx.upstreams.me, Some(&endpoint));
+    let decision = evaluate(&policies, &attrs);
+    if !decision.allowed() {
+        // Also when only HTTP attributes could have allowed it: this is not HTTP.
+        return log_tcp_deny(&tunnel.peer, &tunnel.dest.key(), &decision);
+    }
+    let mut upstream = match ctx.upstreams.open(addr).await {
+        Ok(upstream) => upstream,
+        Err(e) => return warn!(endpoint = %addr, error = %e, "TCP tunnel to endpoint failed"),
+    };
+    let labels = ConnectionLabels {
+        direction: Direction::Inbound,
+        source_identity: Principal(Some(tunnel.peer.clone())),
+        destination_identity: Principal(Some(endpoint.identity.clone())),
+    };
+    ctx.upstreams
+        .metrics
+        .connections_opened
+        .get_or_create(&labels)
+        .inc();
+    let result = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
+    ctx.upstreams
+        .metrics
+        .connections_closed
+        .get_or_create(&labels)
+        .inc();
+    if let Ok((sent, received)) = result {
+        ctx.upstreams
+            .metrics
+            .sent_bytes
+            .get_or_create(&labels)
+            .inc_by(sent);
+        ctx.upstreams
+            .metrics
+            .received_bytes
+            .get_or_create(&labels)
+            .inc_by(received);
+    }
+}

@@ -1,0 +1,452 @@
+//! HTTP inside a client's tunnel: each request is authorized on its own (method, path, host,
+//! headers, and the client's verified identity), then sent to an endpoint over a pooled tunnel in
+//! the client's protocol — HTTP/1.1 kept alive, or HTTP/2 multiplexed (gRPC).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tracing::debug;
+use veil_mesh::identity::Identity;
+use veil_mesh::policy::{Attributes, HttpAttributes, evaluate};
+use veil_mesh::telemetry::metrics::{DecisionLabels, Outcome, PolicyLabel, Principal};
+
+use crate::access_log::Record;
+use crate::context::Context;
+use crate::drain::DrainWatch;
+use crate::target::Destination;
+
+/// Who is asking, and for what, on this tunnel.
+#[derive(Clone, Debug)]
+pub struct Tunnel {
+    /// The client's verified identity.
+    pub peer: Identity,
+    /// The client's address.
+    pub peer_addr: SocketAddr,
+    /// The tunnel's target (service or workload address).
+    pub target: SocketAddr,
+    /// What that is.
+    pub dest: Destination,
+}
+
+type DownstreamBody = BoxBody<Bytes, hyper::Error>;
+
+/// Serves HTTP on `io` until the client closes it; when the waypoint drains, in-flight requests
+/// complete and the connection closes.
+pub async fn serve<T>(ctx: Arc<Context>, tunnel: Tunnel, io: T, mut drain: DrainWatch)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle(ctx.clone(), tunnel.clone(), req));
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = drain.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "HTTP connection in tunnel ended with an error");
+    }
+}
+
+async fn handle(
+    ctx: Arc<Context>,
+    tunnel: Tunnel,
+    req: Request<Incoming>,
+) -> Result<Response<DownstreamBody>, Infallible> {
+    let started = Instant::now();
+    let state = ctx.state();
+    let host = host_of(&req);
+    let Some((endpoint, addr)) = tunnel.dest.endpoint(&state, tunnel.target, ctx.next()) else {
+        return Ok(local_reply(
+            is_grpc(&req),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy endpoint",
+        ));
+    };
+    let policies = tunnel
+        .dest
+        .policies(&state, &ctx.upstreams.me, Some(&endpoint));
+    let decision = evaluate(
+        &policies,
+        &Attributes {
+            source: Some(&tunnel.peer),
+            source_ip: tunnel.peer_addr.ip(),
+            destination_ip: addr.ip(),
+            destination_port: addr.port(),
+            http: Some(HttpAttributes {
+                method: req.method().as_str(),
+                path: req.uri().path(),
+                host: &host,
+                headers: req.headers(),
+            }),
+        },
+    );
+    ctx.upstreams
+        .metrics
+        .policy_decisions
+        .get_or_create(&DecisionLabels {
+            decision: if decision.allowed() {
+                Outcome::Allow
+            } else {
+                Outcome::Deny
+            },
+            policy: PolicyLabel(decision.policy().cloned()),
+            source_identity: Principal(Some(tunnel.peer.clone())),
+            destination_identity: Principal(Some(endpoint.identity.clone())),
+        })
+        .inc();
+    let destination = tunnel.dest.key();
+    let endpoint_key = endpoint.key();
+    let grpc = is_grpc(&req);
+    if !decision.allowed() {
+        ctx.access_log.log(&Record {
+            source: &tunnel.peer,
+            destination: &destination,
+            endpoint: Some(&endpoint_key),
+            decision: "deny",
+            policy: decision.policy(),
+            rule: decision.rule,
+            status: 403,
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: started.elapsed(),
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            host: &host,
+            headers: req.headers(),
+        });
+        return Ok(local_reply(
+            grpc,
+            StatusCode::FORBIDDEN,
+            "RBAC: access denied",
+        ));
+    }
+    // What the log needs once the response is done; the request itself moves upstream.
+    let log_ctx = ctx.clone();
+    let log_line = LogLine {
+        peer: tunnel.peer.clone(),
+        destination,
+        endpoint: endpoint_key,
+        policy: decision.policy().cloned(),
+        rule: decision.rule,
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+        query: req.uri().query().map(str::to_owned),
+        host: host.clone(),
+        headers: req.headers().clone(),
+        started,
+    };
+    let version = req.version();
+    let (parts, body) = req.into_parts();
+    let received = Arc::new(AtomicU64::new(0));
+    let body = Counted {
+        inner: body,
+        count: received.clone(),
+        on_end: None,
+    };
+    let mut upstream = Request::from_parts(parts, body.boxed());
+    *upstream.uri_mut() = upstream_uri(addr, upstream.uri());
+    strip_hop_by_hop(upstream.headers_mut());
+    let client = if version == Version::HTTP_2 {
+        *upstream.version_mut() = Version::HTTP_2;
+        &ctx.http2
+    } else {
+        *upstream.version_mut() = Version::HTTP_11;
+        &ctx.http1
+    };
+    let response =
+        match tokio::time::timeout(ctx.settings.request_timeout, client.request(upstream)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                debug!(error = %e, endpoint = %addr, "upstream request failed");
+                let status = if e.is_connect() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                log_line.write(
+                    &log_ctx,
+                    status.as_u16(),
+                    received.load(Ordering::Relaxed),
+                    0,
+                );
+                return Ok(local_reply(grpc, status, "upstream unavailable"));
+            }
+            Err(_) => {
+                log_line.write(&log_ctx, 504, received.load(Ordering::Relaxed), 0);
+                return Ok(local_reply(
+                    grpc,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream timed out",
+                ));
+            }
+        };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let status = parts.status.as_u16();
+    let sent = Arc::new(AtomicU64::new(0));
+    let body = Counted {
+        inner: body,
+        count: sent.clone(),
+        on_end: Some(Box::new(move || {
+            log_line.write(
+                &log_ctx,
+                status,
+                received.load(Ordering::Relaxed),
+                sent.load(Ordering::Relaxed),
+            );
+        })),
+    };
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// An access-log line written when the response body ends (or the client goes away).
+struct LogLine {
+    peer: Identity,
+    destination: String,
+    endpoint: String,
+    policy: Option<veil_mesh::policy::PolicyId>,
+    rule: Option<usize>,
+    method: String,
+    path: String,
+    query: Option<String>,
+    host: String,
+    headers: HeaderMap,
+    started: Instant,
+}
+
+impl LogLine {
+    fn write(&self, ctx: &Context, status: u16, received: u64, sent: u64) {
+        ctx.access_log.log(&Record {
+            source: &self.peer,
+            destination: &self.destination,
+            endpoint: Some(&self.endpoint),
+            decision: "allow",
+            policy: self.policy.as_ref(),
+            rule: self.rule,
+            status,
+            bytes_received: received,
+            bytes_sent: sent,
+            duration: self.started.elapsed(),
+            method: &self.method,
+            path: &self.path,
+            query: self.query.as_deref(),
+            host: &self.host,
+            headers: &self.headers,
+        });
+    }
+}
+
+/// The request's host, without a port: `:authority` (HTTP/2) or `Host` (HTTP/1.1).
+fn host_of<B>(req: &Request<B>) -> String {
+    let raw = match req.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default(),
+    };
+    strip_port(raw).to_owned()
+}
+
+/// `host:port` → `host`, `[v6]:port` → `v6`.
+fn strip_port(raw: &str) -> &str {
+    if let Some(bracketed) = raw.strip_prefix('[') {
+        return bracketed.split(']').next().unwrap_or(bracketed);
+    }
+    match raw.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => raw,
+    }
+}
+
+/// `http://<endpoint><path and query of uri>`.
+fn upstream_uri(addr: SocketAddr, uri: &Uri) -> Uri {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("http://{addr}{path}")
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// Removes headers that describe one hop, not the message (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TRAILER,
+    ] {
+        headers.remove(name);
+    }
+    // `te: trailers` is how gRPC says it accepts trailers; any other value is hop-by-hop.
+    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+/// Whether the request is gRPC (its errors must be gRPC statuses, not bare HTTP errors).
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// An answer produced by the waypoint itself: plain text, or for gRPC a trailers-only response with
+/// the gRPC status that corresponds to `status`.
+fn local_reply(grpc: bool, status: StatusCode, message: &'static str) -> Response<DownstreamBody> {
+    let empty = || {
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed()
+    };
+    if grpc {
+        // gRPC's codes for these situations: PERMISSION_DENIED, DEADLINE_EXCEEDED, UNAVAILABLE.
+        let code = match status {
+            StatusCode::FORBIDDEN => "7",
+            StatusCode::GATEWAY_TIMEOUT => "4",
+            _ => "14",
+        };
+        let mut response = Response::new(empty());
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", http::HeaderValue::from_static(code));
+        headers.insert("grpc-message", http::HeaderValue::from_static(message));
+        return response;
+    }
+    let mut response = Response::new(
+        Full::new(Bytes::from(format!("{message}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+/// A body that counts its data bytes and calls `on_end` once, at its end or when dropped early.
+struct Counted<B> {
+    inner: B,
+    count: Arc<AtomicU64>,
+    on_end: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl<B> Drop for Counted<B> {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_end.take() {
+            f();
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(f) = self.on_end.take() {
+                    f();
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_lose_their_port() {
+        let req = |authority: Option<&str>, host: Option<&str>| {
+            let mut b = Request::builder().uri(match authority {
+                Some(a) => format!("http://{a}/p"),
+                None => "/p".to_owned(),
+            });
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(()).unwrap()
+        };
+        assert_eq!(host_of(&req(Some("svc.ns:8080"), None)), "svc.ns");
+        assert_eq!(host_of(&req(None, Some("svc.ns:80"))), "svc.ns");
+        assert_eq!(host_of(&req(None, Some("svc.ns"))), "svc.ns");
+        assert_eq!(host_of(&req(Some("[fd00::1]:80"), None)), "fd00::1");
+        assert_eq!(host_of(&req(None, None)), "");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_but_grpc_te_is_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-hop".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["te", "x-keep"]);
+    }
+}

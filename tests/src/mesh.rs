@@ -76,9 +76,31 @@ pub struct ServiceSpec {
     pub ports: Vec<(u16, u16)>,
 }
 
+/// A waypoint to run (in a pod of its own, outside capture, like a waypoint Deployment).
+#[derive(Clone, Debug)]
+pub struct WaypointSpec {
+    /// Its name (and its pod's).
+    pub name: String,
+    /// Its namespace; the namespace's traffic uses it.
+    pub namespace: String,
+    /// The node its pod runs on.
+    pub node: String,
+    /// Extra flags.
+    pub args: Vec<String>,
+}
+
+impl WaypointSpec {
+    /// The identity of its service account (`waypoint`).
+    pub fn identity(&self) -> String {
+        format!("spiffe://{TRUST_DOMAIN}/ns/{}/sa/waypoint", self.namespace)
+    }
+}
+
 /// What to start.
 #[derive(Clone, Debug, Default)]
 pub struct MeshSpec {
+    /// Waypoints; each namespace listed here uses its waypoint.
+    pub waypoints: Vec<WaypointSpec>,
     /// Node names.
     pub nodes: Vec<String>,
     /// Pods.
@@ -144,6 +166,8 @@ pub struct Mesh {
     pub ztunnels: BTreeMap<String, Proc>,
     /// Applications by pod.
     pub apps: BTreeMap<String, Proc>,
+    /// Waypoints by name.
+    pub waypoints: BTreeMap<String, Proc>,
     /// The spec it was started from.
     pub spec: MeshSpec,
     mesh_config: PathBuf,
@@ -156,6 +180,9 @@ impl Mesh {
         let mut cluster = Cluster::new(&nodes)?;
         for pod in &spec.pods {
             cluster.add_pod(&pod.name, &pod.node)?;
+        }
+        for waypoint in &spec.waypoints {
+            cluster.add_pod(&waypoint.name, &waypoint.node)?;
         }
         let dir = std::env::temp_dir().join(&cluster.id);
         std::fs::create_dir_all(&dir)?;
@@ -171,6 +198,15 @@ impl Mesh {
                 "  - token: {token}\n    identity: spiffe://{TRUST_DOMAIN}/ns/veil-system/sa/ztunnel\n    node: {node}"
             )?;
         }
+        for waypoint in &spec.waypoints {
+            let token = format!("token-of-{}-0123456789", waypoint.name);
+            std::fs::write(dir.join(format!("token-{}", waypoint.name)), &token)?;
+            writeln!(
+                tokens,
+                "  - token: {token}\n    identity: {}",
+                waypoint.identity()
+            )?;
+        }
         for (token, identity) in &spec.extra_tokens {
             writeln!(tokens, "  - token: {token}\n    identity: {identity}")?;
         }
@@ -183,6 +219,7 @@ impl Mesh {
             ca,
             ztunnels: BTreeMap::new(),
             apps: BTreeMap::new(),
+            waypoints: BTreeMap::new(),
             spec,
             mesh_config,
         };
@@ -198,6 +235,9 @@ impl Mesh {
             )?;
             proc.wait_for("serving", Duration::from_secs(10))?;
             mesh.apps.insert(pod.name.clone(), proc);
+        }
+        for waypoint in mesh.spec.waypoints.clone() {
+            mesh.start_waypoint(&waypoint.name)?;
         }
         for node in mesh.spec.nodes.clone() {
             if !mesh.spec.without_ztunnel.contains(&node) {
@@ -257,6 +297,89 @@ impl Mesh {
             let z = self.ztunnels.get_mut(node).expect("just inserted");
             z.wait_for("veil-ztunnel running", Duration::from_secs(30))
         }
+    }
+
+    /// Starts (or restarts) waypoint `name` and waits until it has its certificate.
+    pub fn start_waypoint(&mut self, name: &str) -> anyhow::Result<()> {
+        let spec = self
+            .spec
+            .waypoints
+            .iter()
+            .find(|w| w.name == name)
+            .with_context(|| format!("no waypoint {name}"))?
+            .clone();
+        if let Some(mut old) = self.waypoints.remove(name) {
+            old.kill();
+        }
+        let netns = self.cluster.pod(name).netns.clone();
+        let mut argv = vec![
+            bin("veil-waypoint").to_string_lossy().into_owned(),
+            "--name".into(),
+            spec.name.clone(),
+            "--namespace".into(),
+            spec.namespace.clone(),
+            "--mesh-config".into(),
+            self.mesh_config.to_string_lossy().into_owned(),
+            "--config-poll-interval".into(),
+            "200ms".into(),
+            "--root-cert".into(),
+            self.root_cert().to_string_lossy().into_owned(),
+            "--ca-address".into(),
+            self.ca_address(),
+            "--ca-token-file".into(),
+            self.dir
+                .join(format!("token-{name}"))
+                .to_string_lossy()
+                .into_owned(),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        argv.extend(spec.args.iter().cloned());
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let proc = Proc::spawn(
+            &format!("waypoint {name}"),
+            Some(&netns),
+            &argv,
+            &[("RUST_LOG", "info")],
+            &self.dir.join(format!("waypoint-{name}.log")),
+        )?;
+        self.waypoints.insert(name.to_owned(), proc);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let out = exec(
+                &netns,
+                &[
+                    "curl",
+                    "-s",
+                    "-m",
+                    "2",
+                    "http://127.0.0.1:15021/healthz/ready",
+                ],
+            )?;
+            if String::from_utf8_lossy(&out.stdout).starts_with("ready") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("waypoint {name} not ready:\n{}", self.waypoint_log(name))
+    }
+
+    /// Stops waypoint `name`.
+    pub fn stop_waypoint(&mut self, name: &str) {
+        if let Some(mut w) = self.waypoints.remove(name) {
+            w.kill();
+        }
+    }
+
+    /// The log of waypoint `name`.
+    pub fn waypoint_log(&self, name: &str) -> String {
+        self.waypoints
+            .get(name)
+            .map(Proc::output)
+            .unwrap_or_else(|| {
+                std::fs::read_to_string(self.dir.join(format!("waypoint-{name}.log")))
+                    .unwrap_or_default()
+            })
     }
 
     /// The readiness answer of `node`'s ztunnel.
@@ -330,12 +453,16 @@ impl Mesh {
 
     /// `curl` from pod `from` to `url`: the HTTP status, or the curl error.
     pub fn curl(&self, from: &str, url: &str) -> Result<(u16, String), String> {
+        self.curl_with(from, &[], url)
+    }
+
+    /// `curl` with extra arguments (`-X PUT`, `-H …`).
+    pub fn curl_with(&self, from: &str, args: &[&str], url: &str) -> Result<(u16, String), String> {
         let netns = &self.cluster.pod(from).netns;
-        let out = exec(
-            netns,
-            &["curl", "-s", "-m", "5", "-w", "\n%{http_code}", url],
-        )
-        .map_err(|e| e.to_string())?;
+        let mut argv = vec!["curl", "-s", "-m", "5", "-w", "\n%{http_code}"];
+        argv.extend_from_slice(args);
+        argv.push(url);
+        let out = exec(netns, &argv).map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             return Err(format!("curl exit {:?}: {text}", out.status.code()));
@@ -445,7 +572,12 @@ impl Mesh {
 
 impl Drop for Mesh {
     fn drop(&mut self) {
-        for proc in self.ztunnels.values_mut().chain(self.apps.values_mut()) {
+        for proc in self
+            .ztunnels
+            .values_mut()
+            .chain(self.apps.values_mut())
+            .chain(self.waypoints.values_mut())
+        {
             proc.kill();
         }
         self.ca.kill();
@@ -528,6 +660,24 @@ fn render(spec: &MeshSpec, cluster: &Cluster, policies: &str) -> String {
             10 + i,
             cluster.id,
             ghost.name
+        );
+    }
+    out.push_str("waypoints:\n");
+    for w in &spec.waypoints {
+        let _ = writeln!(
+            out,
+            "  - {{name: {}, namespace: {}, serviceAccount: waypoint, ips: [{}]}}",
+            w.name,
+            w.namespace,
+            cluster.pod(&w.name).ip
+        );
+    }
+    out.push_str("namespaces:\n");
+    for w in &spec.waypoints {
+        let _ = writeln!(
+            out,
+            "  - {{name: {}, useWaypoint: {}}}",
+            w.namespace, w.name
         );
     }
     out.push_str("services:\n");

@@ -47,6 +47,23 @@ enum Mode {
         #[arg(long)]
         expect: String,
     },
+    /// An HBONE client with a genuine certificate for `identity` (from the CA with `token`) that
+    /// dials `addr` (a pod's 15008) directly and asks for `target`; prints the answer.
+    HboneDirect {
+        addr: SocketAddr,
+        target: SocketAddr,
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        ca: String,
+        #[arg(long)]
+        root: std::path::PathBuf,
+        #[arg(long)]
+        token: String,
+        /// The identity the server must prove.
+        #[arg(long)]
+        expect: String,
+    },
     /// An impostor HBONE server on 0.0.0.0:15008 with a genuine certificate for `identity`
     /// obtained from the CA with `token`.
     HboneServe {
@@ -59,6 +76,17 @@ enum Mode {
         #[arg(long)]
         token: String,
     },
+    /// Send requests (`METHOD:/path`) one after the other on a single connection to `addr`, HTTP/1.1
+    /// keep-alive or HTTP/2 with prior knowledge; print `STATUS METHOD PATH` for each.
+    Http {
+        addr: SocketAddr,
+        #[arg(long)]
+        h2: bool,
+        requests: Vec<String>,
+    },
+    /// Call the gRPC method `istio.v1.auth.IstioCertificateService/CreateCertificate` at `addr`
+    /// (plaintext h2c); print `OK` or the gRPC status code.
+    Grpc { addr: SocketAddr },
     /// Connect to `addr`, send `message`, half-close, print what comes back.
     Tcp {
         addr: SocketAddr,
@@ -75,10 +103,14 @@ async fn main() -> anyhow::Result<()> {
         Mode::Serve { name, http, echo } => {
             let http_listener = TcpListener::bind(("0.0.0.0", http)).await?;
             let echo_listener = TcpListener::bind(("0.0.0.0", echo)).await?;
-            println!("serving {name}: http {http}, echo {echo}");
+            let grpc_listener = TcpListener::bind(("0.0.0.0", GRPC_PORT)).await?;
+            println!("serving {name}: http {http}, echo {echo}, grpc {GRPC_PORT}");
             tokio::spawn(serve_echo(echo_listener));
+            tokio::spawn(grpc::serve(grpc_listener));
             serve_http(http_listener, name).await
         }
+        Mode::Http { addr, h2, requests } => one_connection(addr, h2, &requests).await,
+        Mode::Grpc { addr } => grpc::call(addr).await,
         Mode::HboneForeignRoot {
             addr,
             target,
@@ -86,6 +118,15 @@ async fn main() -> anyhow::Result<()> {
             root,
             expect,
         } => probe::foreign_root(addr, target, &identity, &root, &expect).await,
+        Mode::HboneDirect {
+            addr,
+            target,
+            identity,
+            ca,
+            root,
+            token,
+            expect,
+        } => probe::direct(addr, target, &identity, &ca, &root, &token, &expect).await,
         Mode::HboneServe {
             identity,
             ca,
@@ -147,12 +188,13 @@ mod probe {
         }
     }
 
-    pub(crate) async fn serve(
+    /// A genuine certificate for `identity`, from the CA at `ca` with `token`.
+    async fn genuine(
         identity: &str,
         ca: &str,
         root: &Path,
         token: &str,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<(Arc<TrustBundle>, veil_mesh::identity::WorkloadCert)> {
         let bundle = Arc::new(TrustBundle::from_pem_file("cluster.local", root)?);
         let client = GrpcCaClient::new(
             ca,
@@ -164,7 +206,42 @@ mod probe {
         let id = Identity::parse(identity)?;
         let cert = fetch(&id, &client, &bundle, Duration::from_secs(3600))
             .await
-            .context("getting the impostor's certificate")?;
+            .context("getting a certificate")?;
+        Ok((bundle, cert))
+    }
+
+    pub(crate) async fn direct(
+        addr: SocketAddr,
+        target: SocketAddr,
+        identity: &str,
+        ca: &str,
+        root: &Path,
+        token: &str,
+        expect: &str,
+    ) -> anyhow::Result<()> {
+        let (bundle, cert) = genuine(identity, ca, root, token).await?;
+        let tls = client_config(bundle, &cert, vec![Identity::parse(expect)?]);
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let client = H2Client::handshake(tcp, tls, &H2Settings::default()).await?;
+        match client
+            .open(connect_request(target, &TunnelMeta::default()))
+            .await
+        {
+            Ok(_) => {
+                println!("ACCEPTED");
+                Ok(())
+            }
+            Err(e) => anyhow::bail!("REFUSED: {e}"),
+        }
+    }
+
+    pub(crate) async fn serve(
+        identity: &str,
+        ca: &str,
+        root: &Path,
+        token: &str,
+    ) -> anyhow::Result<()> {
+        let (bundle, cert) = genuine(identity, ca, root, token).await?;
         let tls = server_config(
             bundle,
             Arc::new(veil_mesh::identity::FixedCert(cert.certified_key().clone())),
@@ -186,6 +263,110 @@ mod probe {
                 }
             });
         }
+    }
+}
+
+/// The port of the gRPC server.
+const GRPC_PORT: u16 = 50051;
+
+async fn one_connection(addr: SocketAddr, h2: bool, requests: &[String]) -> anyhow::Result<()> {
+    let tcp = TokioIo::new(TcpStream::connect(addr).await?);
+    let send = |method: &str, path: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("host", addr.to_string())
+            .body(http_body_util::Empty::<Bytes>::new())
+    };
+    let mut statuses = Vec::new();
+    if h2 {
+        let (mut client, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), tcp).await?;
+        tokio::spawn(conn);
+        for r in requests {
+            let (method, path) = r.split_once(':').unwrap_or(("GET", r));
+            let response = client.send_request(send(method, path)?).await?;
+            statuses.push(format!("{} {method} {path}", response.status().as_u16()));
+        }
+    } else {
+        let (mut client, conn) = hyper::client::conn::http1::handshake(tcp).await?;
+        tokio::spawn(conn);
+        for r in requests {
+            let (method, path) = r.split_once(':').unwrap_or(("GET", r));
+            client.ready().await?;
+            let response = client.send_request(send(method, path)?).await?;
+            let status = response.status().as_u16();
+            // Read the body so the connection can carry the next request.
+            response.into_body().collect().await?;
+            statuses.push(format!("{status} {method} {path}"));
+        }
+    }
+    for line in statuses {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// A real gRPC service and client: the CA API's `CreateCertificate`, answering a fixed chain.
+mod grpc {
+    use std::net::SocketAddr;
+
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::net::TcpListener;
+    use veil_mesh::identity::proto::istio_certificate_service_client::IstioCertificateServiceClient;
+    use veil_mesh::identity::proto::istio_certificate_service_server::{
+        IstioCertificateService, IstioCertificateServiceServer,
+    };
+    use veil_mesh::identity::proto::{IstioCertificateRequest, IstioCertificateResponse};
+
+    struct Fake;
+
+    #[tonic::async_trait]
+    impl IstioCertificateService for Fake {
+        async fn create_certificate(
+            &self,
+            request: tonic::Request<IstioCertificateRequest>,
+        ) -> Result<tonic::Response<IstioCertificateResponse>, tonic::Status> {
+            println!("grpc CreateCertificate csr={}", request.get_ref().csr);
+            Ok(tonic::Response::new(IstioCertificateResponse {
+                cert_chain: vec!["fake-chain".into()],
+            }))
+        }
+    }
+
+    pub(crate) async fn serve(listener: TcpListener) {
+        let service = IstioCertificateServiceServer::new(Fake);
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = service.clone();
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .http2_only()
+                    .serve_connection(
+                        TokioIo::new(tcp),
+                        hyper_util::service::TowerToHyperService::new(service),
+                    )
+                    .await;
+            });
+        }
+    }
+
+    pub(crate) async fn call(addr: SocketAddr) -> anyhow::Result<()> {
+        let mut client = IstioCertificateServiceClient::connect(format!("http://{addr}")).await?;
+        let result = client
+            .create_certificate(IstioCertificateRequest {
+                csr: "hello".into(),
+                validity_duration: 60,
+                metadata: None,
+            })
+            .await;
+        match result {
+            Ok(response) => println!("OK {}", response.into_inner().cert_chain.join(",")),
+            Err(status) => println!("{:?}", status.code()),
+        }
+        Ok(())
     }
 }
 

@@ -257,27 +257,37 @@ pub async fn spawn_hbone_server(
             let expect_peer = expect_peer.clone();
             tokio::spawn(async move {
                 let settings = H2Settings::default();
-                let _ = serve_connection(tcp, tls, &settings, move |mut stream| {
-                    let expect_peer = expect_peer.clone();
-                    async move {
-                        if let Some(peer) = expect_peer {
-                            assert_eq!(stream.peer, peer);
+                let _ = serve_connection(
+                    tcp,
+                    tls,
+                    &settings,
+                    move |mut stream| {
+                        let expect_peer = expect_peer.clone();
+                        async move {
+                            if let Some(peer) = expect_peer {
+                                assert_eq!(stream.peer, peer);
+                            }
+                            let target = parse_connect(&stream.request).unwrap().target;
+                            if target.port() == REFUSED_PORT {
+                                return refuse(&mut stream.respond, StatusCode::UNAUTHORIZED);
+                            }
+                            let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await
+                            else {
+                                return refuse(
+                                    &mut stream.respond,
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                );
+                            };
+                            let send = stream
+                                .respond
+                                .send_response(http::Response::new(()), false)
+                                .unwrap();
+                            let recv = stream.request.into_body();
+                            let _ = splice(&mut upstream, send, recv, |_| {}, |_| {}).await;
                         }
-                        let target = parse_connect(&stream.request).unwrap().target;
-                        if target.port() == REFUSED_PORT {
-                            return refuse(&mut stream.respond, StatusCode::UNAUTHORIZED);
-                        }
-                        let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
-                            return refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
-                        };
-                        let send = stream
-                            .respond
-                            .send_response(http::Response::new(()), false)
-                            .unwrap();
-                        let recv = stream.request.into_body();
-                        let _ = splice(&mut upstream, send, recv, |_| {}, |_| {}).await;
-                    }
-                })
+                    },
+                    std::future::pending(),
+                )
                 .await;
             });
         }

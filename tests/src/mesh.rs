@@ -364,6 +364,11 @@ impl Mesh {
         bail!("waypoint {name} not ready:\n{}", self.waypoint_log(name))
     }
 
+    /// The running waypoint `name`.
+    pub fn waypoint(&mut self, name: &str) -> Option<&mut Proc> {
+        self.waypoints.get_mut(name)
+    }
+
     /// Stops waypoint `name`.
     pub fn stop_waypoint(&mut self, name: &str) {
         if let Some(mut w) = self.waypoints.remove(name) {

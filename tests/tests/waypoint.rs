@@ -274,3 +274,39 @@ fn opaque_tcp_through_the_waypoint_gets_l4_policy_only_and_l7_rules_fail_closed(
     }));
     assert!(m.tcp("reporting", &echo, "hello", 1).is_err());
 }
+
+#[test]
+fn a_stopping_waypoint_finishes_in_flight_requests_and_takes_no_new_ones() {
+    if skip_unless_root("l7_drain") {
+        return;
+    }
+    let mut m = mesh();
+    let slow = format!("http://{VIP}/api/v1/profiles/slow");
+    let in_flight = std::thread::scope(|scope| {
+        let m = &m;
+        let request = scope.spawn(move || status(m, "account-service", "GET", &slow));
+        std::thread::sleep(Duration::from_millis(400));
+        m.waypoints.get("waypoint").unwrap().terminate();
+        request.join().unwrap()
+    });
+    assert_eq!(in_flight, Ok(200), "the in-flight request was cut");
+    let waypoint = m.waypoint("waypoint").unwrap();
+    assert!(
+        waypoint.wait_exit(Duration::from_secs(15)),
+        "the waypoint did not exit"
+    );
+    let log = m.waypoint_log("waypoint");
+    assert!(
+        log.contains("draining in-flight requests") && log.contains("veil-waypoint stopped"),
+        "{log}"
+    );
+    assert!(
+        status(
+            &m,
+            "account-service",
+            "GET",
+            &format!("http://{VIP}/api/v1/profiles/1")
+        )
+        .is_err()
+    );
+}

@@ -55,7 +55,17 @@ pub async fn run(
         tokio::spawn(async move {
             let h2 = ctx.upstreams.h2.clone();
             let handler = |stream| tunnel(ctx.clone(), stream, watch.clone());
-            match serve_connection(tcp, tls, &h2, handler).await {
+            // On drain: GOAWAY, so clients take new tunnels elsewhere while open ones finish.
+            let mut on_drain = watch.clone();
+            match serve_connection(
+                tcp,
+                tls,
+                &h2,
+                handler,
+                async move { on_drain.signaled().await },
+            )
+            .await
+            {
                 Ok(()) => {}
                 Err(e @ (ConnectError::Tls(_) | ConnectError::Alpn)) => {
                     ctx.upstreams

@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
-use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, skip_unless_root};
+use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, skip_unless_root};
 use veil_e2e::wire::Capture;
 
 use crate::proto::workspace_root;
@@ -23,48 +23,60 @@ const TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
 ];
 
+/// The service holding personal data, behind the `user-data` waypoint.
+const VIP: &str = "10.96.0.20";
+
 const POLICY: &str = r#"
   - apiVersion: security.veil.dev/v1
     kind: AuthorizationPolicy
     metadata: {name: user-profile-access, namespace: user-data}
     spec:
-      selector: {matchLabels: {app: user-profile-service}}
-      action: ALLOW
+      targetRefs: [{kind: Service, name: user-profile-service}]
       rules:
-        - from:
-            - source:
-                principals:
-                  - cluster.local/ns/production/sa/account-service
-                  - cluster.local/ns/production/sa/admin-service
+        - from: [{source: {principals: [cluster.local/ns/production/sa/account-service]}}]
+          to: [{operation: {methods: [GET], paths: [/api/v1/profiles/*]}}]
+        - from: [{source: {principals: [cluster.local/ns/production/sa/admin-service]}}]
+          to: [{operation: {methods: [GET, PUT], paths: [/api/v1/profiles/*]}}]
 "#;
 
 /// One call of the scenario.
 struct Call {
     from: &'static str,
-    to: &'static str,
-    why: &'static str,
+    method: &'static str,
+    /// Through the service (and so the waypoint), or to the pod's own address.
+    via_service: bool,
 }
 
 const CALLS: &[Call] = &[
     Call {
         from: "account-service",
-        to: "user-profile-service",
-        why: "allowed by policy",
+        method: "GET",
+        via_service: true,
+    },
+    Call {
+        from: "account-service",
+        method: "PUT",
+        via_service: true,
     },
     Call {
         from: "admin-service",
-        to: "user-profile-service",
-        why: "allowed by policy",
+        method: "PUT",
+        via_service: true,
     },
     Call {
         from: "reporting",
-        to: "user-profile-service",
-        why: "not in the policy",
+        method: "GET",
+        via_service: true,
+    },
+    Call {
+        from: "reporting",
+        method: "GET",
+        via_service: false,
     },
     Call {
         from: "rogue",
-        to: "user-profile-service",
-        why: "not in the mesh: plaintext",
+        method: "GET",
+        via_service: false,
     },
 ];
 
@@ -85,17 +97,40 @@ pub(crate) fn run(hold: bool) -> anyhow::Result<()> {
     build()?;
     let mesh = Mesh::start(spec()).context("starting the demo mesh")?;
     print_topology(&mesh);
-    let rows = CALLS
+    let mut rows = CALLS
         .iter()
         .enumerate()
         .map(|(i, call)| play(&mesh, i + 1, call))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // The waypoint goes away: traffic bound to it fails closed; nothing goes around it.
+    let mut mesh = mesh;
+    mesh.stop_waypoint("waypoint");
+    let served_before = mesh
+        .app_log("user-profile-service")
+        .matches("http from")
+        .count();
+    let call = Call {
+        from: "admin-service",
+        method: "GET",
+        via_service: true,
+    };
+    let mut row = play(&mesh, rows.len() + 1, &call)?;
+    let served_after = mesh
+        .app_log("user-profile-service")
+        .matches("http from")
+        .count();
+    row.call.push_str(" [waypoint stopped]");
+    row.decided_by = format!(
+        "no waypoint: fails closed, {} request(s) reached the service",
+        served_after - served_before
+    );
+    rows.push(row);
     print_table(&rows);
     if hold {
         println!(
-            "\nThe mesh keeps running. Try, for example:\n  ip netns exec {} curl -s http://{}:8080/\nLogs and configuration: {}\nPress Enter to tear it down.",
+            "\nThe mesh keeps running. Try, for example:\n  ip netns exec {} curl -s http://{}/api/v1/profiles/1\nLogs and configuration: {}\nPress Enter to tear it down.",
             mesh.cluster.pod("account-service").netns,
-            mesh.cluster.pod("user-profile-service").ip,
+            VIP,
             mesh.dir.display()
         );
         let mut line = String::new();
@@ -116,6 +151,19 @@ fn spec() -> MeshSpec {
             PodSpec::new("rogue", "default", "node-a").not_enrolled(),
             PodSpec::new("user-profile-service", "user-data", "node-b"),
         ],
+        services: vec![ServiceSpec {
+            name: "user-profile-service".into(),
+            namespace: "user-data".into(),
+            vip: VIP.into(),
+            selects: "user-profile-service".into(),
+            ports: vec![(80, 8080)],
+        }],
+        waypoints: vec![WaypointSpec {
+            name: "waypoint".into(),
+            namespace: "user-data".into(),
+            node: "node-b".into(),
+            args: vec![],
+        }],
         policies: POLICY.into(),
         ..MeshSpec::default()
     }
@@ -182,13 +230,25 @@ fn print_topology(mesh: &Mesh) {
         );
     }
     println!(
-        "Policy: only production/account-service and production/admin-service may reach user-data/user-profile-service."
+        "Namespace user-data is behind waypoint user-data/waypoint. Policy on user-profile-service ({VIP}):"
+    );
+    println!(
+        "  account-service may GET /api/v1/profiles/*; admin-service may GET and PUT it; nothing else is allowed."
     );
 }
 
 fn play(mesh: &Mesh, n: usize, call: &Call) -> anyhow::Result<Row> {
-    let to = mesh.cluster.pod(call.to);
-    let log_before = mesh.ztunnel_log(&mesh.pod(call.to).node).len();
+    let profile = mesh.cluster.pod("user-profile-service");
+    let (target, to) = if call.via_service {
+        (format!("{VIP}:80"), "user-profile-service")
+    } else {
+        (
+            format!("{}:8080", profile.ip),
+            "user-profile-service's pod address",
+        )
+    };
+    let ztunnel_before = mesh.ztunnel_log("node-b").len();
+    let waypoint_before = mesh.waypoint_log("waypoint").len();
     let marker = format!("personal-record-{n}-{}", std::process::id());
     let capture = Capture::start(
         &mesh.cluster.fabric,
@@ -196,16 +256,15 @@ fn play(mesh: &Mesh, n: usize, call: &Call) -> anyhow::Result<Row> {
         &mesh.dir.join(format!("call-{n}.pcap")),
         &mesh.dir.join(format!("tcpdump-{n}.log")),
     )?;
-    let outcome = mesh.curl(
-        call.from,
-        &format!("http://{}:8080/api/v1/profiles/{marker}", to.ip),
-    );
+    let url = format!("http://{target}/api/v1/profiles/{marker}");
+    let outcome = mesh.curl_with(call.from, &["-X", call.method], &url);
     let wire = capture.finish()?;
     let result = match &outcome {
-        Ok((status, _)) => format!("ALLOWED (HTTP {status})"),
+        Ok((status, _)) if *status < 400 => format!("ALLOWED (HTTP {status})"),
+        Ok((status, _)) => format!("DENIED (HTTP {status})"),
         Err(_) => "DENIED (connection refused)".to_owned(),
     };
-    let plaintext_packets = wire.packets_on_port(8080);
+    let plaintext_packets = wire.packets_on_port(8080) + wire.packets_on_port(80);
     let wire_text = if wire.contains(marker.as_bytes()) {
         "PLAINTEXT: the request is readable".to_owned()
     } else if plaintext_packets > 0 {
@@ -215,29 +274,41 @@ fn play(mesh: &Mesh, n: usize, call: &Call) -> anyhow::Result<Row> {
     } else {
         "nothing".to_owned()
     };
-    let log = mesh.ztunnel_log(&mesh.pod(call.to).node);
-    let event = log[log_before..]
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["target"] == "veil::access");
+    // The decision is in the waypoint's access log (L7), or else the destination ztunnel's.
+    let events = |log: &str, from: usize| -> Option<serde_json::Value> {
+        log.get(from..)?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["target"] == "veil::access")
+    };
+    let event = events(&mesh.waypoint_log("waypoint"), waypoint_before)
+        .or_else(|| events(&mesh.ztunnel_log("node-b"), ztunnel_before));
     let field = |key: &str| {
         event
             .as_ref()
-            .and_then(|v| v[key].as_str())
-            .unwrap_or("-")
-            .to_owned()
+            .and_then(|v| {
+                v[key]
+                    .as_str()
+                    .map(str::to_owned)
+                    .or_else(|| v.get(key).map(|x| x.to_string()))
+            })
+            .unwrap_or_else(|| "-".to_owned())
     };
-    let decided_by = match field("policy").as_str() {
-        "-" if field("reason").contains("STRICT") => "STRICT mTLS".to_owned(),
-        "-" => format!("no policy ({})", call.why),
-        policy => format!("{policy} ({})", call.why),
+    let decided_by = match (field("policy").as_str(), field("rule").as_str()) {
+        ("-", _) if field("reason").contains("STRICT") => {
+            "ztunnel: STRICT mTLS refuses plaintext".to_owned()
+        }
+        ("-", _) => "-".to_owned(),
+        (policy, "-") => format!("waypoint: {policy}, no rule matches"),
+        (policy, rule) => format!("waypoint: {policy}, rule {rule}"),
     };
-    let identities = match field("source").as_str() {
-        "-" => format!("none: plaintext from {}", field("source_ip")),
-        source => format!("{} -> {}", short(source), short(&field("destination"))),
+    let identities = match (event.is_some(), field("source").as_str()) {
+        (false, _) => "-".to_owned(),
+        (true, "-") => format!("none: plaintext from {}", field("source_ip")),
+        (true, source) => format!("{} -> {}", short(source), field("destination")),
     };
     Ok(Row {
-        call: format!("{n}. {} -> {}", call.from, call.to),
+        call: format!("{n}. {} {} {to}", call.from, call.method),
         result,
         decided_by,
         wire: wire_text,

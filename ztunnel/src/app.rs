@@ -35,6 +35,24 @@ pub enum StartError {
     },
 }
 
+/// Warns, at start and whenever the set changes, about policies with HTTP attributes that apply to
+/// workloads without a waypoint: ztunnel cannot check those attributes and denies what they match.
+async fn report_l7_at_l4(mut rx: watch::Receiver<Arc<veil_mesh::discovery::MeshState>>) {
+    let mut reported = Vec::new();
+    loop {
+        let current = rx.borrow_and_update().l7_policies_enforced_at_l4();
+        if current != reported {
+            for policy in current.iter().filter(|p| !reported.contains(*p)) {
+                warn!(%policy, "policy uses HTTP attributes but applies to workloads without a waypoint: ztunnel cannot check them and DENIES what the policy could match (attach it to a waypoint with targetRefs)");
+            }
+            reported = current;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs ztunnel until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     netns::init().map_err(|e| StartError::Config(format!("reading own network namespace: {e}")))?;
@@ -67,10 +85,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (source, state) = FileSource::load(&config.mesh_config, settings)
         .map_err(|e| StartError::Config(e.to_string()))?;
     info!(node = %config.node, summary = ?state.summary(), "loaded mesh configuration");
-    for policy in state.l7_policies_enforced_at_l4() {
-        warn!(%policy, "policy uses HTTP attributes but applies to workloads directly: ztunnel cannot check them and denies what they could match");
-    }
     let (tx, rx) = watch::channel(Arc::new(state));
+    tokio::spawn(report_l7_at_l4(rx.clone()));
     let metrics = Arc::new(Metrics::new());
     let rejected = metrics.clone();
     tokio::spawn(source.watch(config.config_poll_interval, tx, move |_| {

@@ -43,7 +43,9 @@ pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpList
 async fn connection(ctx: Arc<Context>, local: Arc<LocalWorkload>, tcp: TcpStream) {
     let peer = tcp.peer_addr().ok();
     let handler = |stream| stream_task(ctx.clone(), local.clone(), stream);
-    match serve_connection(tcp, local.tls.clone(), &ctx.settings.h2, handler).await {
+    // A pod's listener lives as long as the pod is captured; its connections end with it.
+    let forever = std::future::pending();
+    match serve_connection(tcp, local.tls.clone(), &ctx.settings.h2, handler, forever).await {
         Ok(()) => {}
         Err(e @ (ConnectError::Tls(_) | ConnectError::Alpn)) => {
             ctx.metrics

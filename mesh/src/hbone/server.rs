@@ -41,12 +41,14 @@ pub fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode) {
 }
 
 /// Serves one accepted TCP connection: TLS with `tls`, then HTTP/2; each stream goes to `handler`
-/// in its own task. Returns when the connection ends.
+/// in its own task. When `shutdown` completes, GOAWAY tells the client to open no more streams here;
+/// the connection ends once its open streams have. Returns when the connection ends.
 pub async fn serve_connection<F, Fut>(
     tcp: TcpStream,
     tls: Arc<ServerConfig>,
     settings: &H2Settings,
     handler: F,
+    shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConnectError>
 where
     F: Fn(InboundStream) -> Fut,
@@ -79,7 +81,18 @@ where
         .map_err(|_| ConnectError::Timeout(settings.handshake_timeout))??;
     let ping = conn.ping_pong();
     let serve = async {
-        while let Some(accepted) = conn.accept().await {
+        tokio::pin!(shutdown);
+        let mut draining = false;
+        loop {
+            let accepted = tokio::select! {
+                accepted = conn.accept() => accepted,
+                () = &mut shutdown, if !draining => {
+                    draining = true;
+                    conn.graceful_shutdown();
+                    continue;
+                }
+            };
+            let Some(accepted) = accepted else { break };
             match accepted {
                 Ok((request, respond)) => {
                     tokio::spawn(handler(InboundStream {

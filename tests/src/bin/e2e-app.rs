@@ -252,12 +252,17 @@ mod probe {
             let (tcp, _) = listener.accept().await?;
             let tls = tls.clone();
             tokio::spawn(async move {
-                let result =
-                    serve_connection(tcp, tls, &H2Settings::default(), |mut stream| async move {
+                let result = serve_connection(
+                    tcp,
+                    tls,
+                    &H2Settings::default(),
+                    |mut stream| async move {
                         println!("impostor got a tunnel request from {}", stream.peer);
                         let _ = stream.respond.send_response(http::Response::new(()), true);
-                    })
-                    .await;
+                    },
+                    std::future::pending(),
+                )
+                .await;
                 if let Err(e) = result {
                     println!("impostor connection failed: {e}");
                 }

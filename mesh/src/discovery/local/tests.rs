@@ -204,6 +204,20 @@ services:
         "spiffe://cluster.local/ns/user-data/sa/waypoint"
     );
 
+    // L7 policies fail closed only where no waypoint can enforce them.
+    let l7 = format!(
+        "{yaml}policies:\n{}\n{}\n",
+        "  - {apiVersion: security.veil.dev/v1, kind: AuthorizationPolicy, metadata: {name: l7-on-waypointed, namespace: user-data}, spec: {selector: {matchLabels: {app: profile}}, rules: [{to: [{operation: {methods: [GET]}}]}]}}",
+        "  - {apiVersion: security.veil.dev/v1, kind: AuthorizationPolicy, metadata: {name: l7-on-plain, namespace: production}, spec: {rules: [{to: [{operation: {paths: [/x]}}]}]}}"
+    );
+    let state = parse(&l7, &settings()).unwrap();
+    let ids: Vec<String> = state
+        .l7_policies_enforced_at_l4()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(ids, ["production/l7-on-plain"]);
+
     let unknown = "namespaces: [{name: user-data, useWaypoint: nope}]";
     let err = parse(unknown, &settings()).unwrap_err().to_string();
     assert!(err.contains("no waypoint user-data/nope"), "{err}");

@@ -3,12 +3,29 @@
 //! Field names and nesting are Istio's, so existing policies deserialize unchanged. Unknown fields are
 //! refused rather than ignored: a misspelt `notPrincipals` silently dropped would widen access.
 
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::selector::{PolicyTargetReference, WorkloadSelector};
+use crate::status::PolicyStatus;
 
 /// The `spec` of an AuthorizationPolicy.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "security.veil.dev",
+    version = "v1",
+    kind = "AuthorizationPolicy",
+    namespaced,
+    status = "PolicyStatus",
+    shortname = "ap",
+    category = "veil",
+    doc = "Who may reach which workloads, and how. Istio's security.istio.io/v1 schema.",
+    printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Enforced","type":"string","jsonPath":".status.conditions[?(@.type==\"Enforced\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
     /// The workloads of the policy's namespace it applies to. Without `selector` and `targetRefs` it
@@ -33,7 +50,7 @@ pub struct AuthorizationPolicySpec {
 }
 
 /// What a policy does when one of its rules matches.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Action {
     /// Allow the request (and deny what no ALLOW policy matches).
@@ -48,7 +65,7 @@ pub enum Action {
 }
 
 /// The external authorizer of a CUSTOM policy.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExtensionProvider {
     /// The provider's name in the mesh configuration.
@@ -56,7 +73,7 @@ pub struct ExtensionProvider {
 }
 
 /// One rule: `from` AND `to` AND every `when`. An empty rule matches everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
     /// Sources, ORed; empty matches any source.
@@ -71,7 +88,7 @@ pub struct Rule {
 }
 
 /// A source clause.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct From {
     /// Who the request comes from.
@@ -81,7 +98,7 @@ pub struct From {
 
 /// Source attributes. Fields are ANDed, the values of one field ORed; a `not*` field matches when
 /// none of its values do.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Source {
     /// Peer identities without the scheme: `cluster.local/ns/<ns>/sa/<sa>`.
@@ -93,7 +110,7 @@ pub struct Source {
     /// JWT `iss/sub` (not supported by veil).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_principals: Vec<String>,
-    /// See `request_principals`.
+    /// See `requestPrincipals`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_request_principals: Vec<String>,
     /// Namespaces of the peer identity.
@@ -106,25 +123,25 @@ pub struct Source {
     /// `principals` or `namespaces`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_accounts: Vec<String>,
-    /// See `service_accounts`.
+    /// See `serviceAccounts`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_service_accounts: Vec<String>,
     /// Source IP addresses or CIDRs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_blocks: Vec<String>,
-    /// See `ip_blocks`.
+    /// See `ipBlocks`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ip_blocks: Vec<String>,
     /// Original client addresses from `X-Forwarded-For` (not supported by veil).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remote_ip_blocks: Vec<String>,
-    /// See `remote_ip_blocks`.
+    /// See `remoteIpBlocks`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_remote_ip_blocks: Vec<String>,
 }
 
 /// An operation clause.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct To {
     /// What the request does.
@@ -133,7 +150,7 @@ pub struct To {
 }
 
 /// Operation attributes; combined as in [`Source`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Operation {
     /// HTTP `Host` / `:authority` values (L7).
@@ -163,7 +180,7 @@ pub struct Operation {
 }
 
 /// A `when` condition: the attribute `key` must match one of `values` and none of `notValues`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Condition {
     /// The attribute, e.g. `source.ip` or `request.headers[x-tenant]`.

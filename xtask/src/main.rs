@@ -6,6 +6,7 @@
     reason = "xtask is a command-line tool that reports to its user"
 )]
 
+mod crds;
 mod demo;
 mod proto;
 mod test;
@@ -27,6 +28,8 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Write the CustomResourceDefinitions generated from crd/src into charts/veil/crds.
+    GenCrds,
     /// Set up and run the local demo mesh in network namespaces (needs root; installs missing tools
     /// with apt-get).
     Demo {
@@ -45,6 +48,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::GenProto { check } => proto::generate(check),
+        Task::GenCrds => crds::generate(),
         Task::Demo { hold } => demo::run(hold),
         Task::Test { args } => test::run(&args),
     }

@@ -11,7 +11,9 @@ use crate::selector::{PolicyTargetReference, WorkloadSelector};
 use crate::status::PolicyStatus;
 
 /// The `spec` of an AuthorizationPolicy.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
+)]
 #[kube(
     group = "security.veil.dev",
     version = "v1",

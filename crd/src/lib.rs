@@ -24,8 +24,14 @@ use kube::core::crd::merge_crds;
 /// The CustomResourceDefinitions of veil, as YAML documents.
 pub fn crd_yaml() -> Vec<(&'static str, String)> {
     let docs = [
-        ("authorizationpolicies.yaml", authorization::AuthorizationPolicy::crd()),
-        ("peerauthentications.yaml", peer_authentication::PeerAuthentication::crd()),
+        (
+            "authorizationpolicies.yaml",
+            authorization::AuthorizationPolicy::crd(),
+        ),
+        (
+            "peerauthentications.yaml",
+            peer_authentication::PeerAuthentication::crd(),
+        ),
     ];
     docs.into_iter()
         .map(|(file, crd)| {
@@ -51,7 +57,9 @@ mod tests {
 
     #[test]
     fn checked_in_crds_match_the_types() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(super::CRD_DIR);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(super::CRD_DIR);
         for (file, generated) in super::crd_yaml() {
             let path = dir.join(file);
             let checked_in = std::fs::read_to_string(&path)

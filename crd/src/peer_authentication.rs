@@ -10,7 +10,9 @@ use crate::selector::WorkloadSelector;
 use crate::status::PolicyStatus;
 
 /// The `spec` of a PeerAuthentication.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
+)]
 #[kube(
     group = "security.veil.dev",
     version = "v1",

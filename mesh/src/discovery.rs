@@ -2,6 +2,7 @@
 //! sources that feed it. Sources publish whole immutable snapshots ([`MeshState`]) on a watch
 //! channel.
 
+pub mod kubernetes;
 pub mod local;
 mod model;
 mod state;

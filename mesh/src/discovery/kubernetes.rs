@@ -1,0 +1,8 @@
+//! The Kubernetes source: the cluster's Namespaces, Pods, Services and veil policies, watched and
+//! translated into the same model the local file produces.
+
+mod translate;
+mod watch;
+
+pub use translate::{DATAPLANE_MODE, Objects, Translation, USE_WAYPOINT, WAYPOINT, translate};
+pub use watch::{Snapshot, start};

@@ -1,0 +1,414 @@
+//! From Kubernetes objects to the mesh model: pure functions, tested against API JSON.
+//!
+//! - A pod is **enrolled** when its namespace has `veil.dev/dataplane-mode=ambient` and the pod does
+//!   not say `veil.dev/dataplane-mode=none`. Pods without an address, on the host network, or finished
+//!   are not workloads; a waypoint's pods are part of the waypoint.
+//! - `veil.dev/use-waypoint=<name>` on a namespace, service or pod routes through that waypoint of
+//!   the same namespace (the most specific wins; `none` opts out).
+//! - A waypoint is a Service labelled `veil.dev/waypoint=<name>`: its instances are the pods it
+//!   selects, its identity their service account.
+//! - A policy that fails validation is replaced by one that denies everything in its scope (the
+//!   error is kept for its status): dropping it could open what it was meant to close.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service as KubeService};
+use kube::ResourceExt;
+use tracing::warn;
+use veil_crd::authorization::{Action, AuthorizationPolicy, AuthorizationPolicySpec, Rule};
+use veil_crd::peer_authentication::{
+    MtlsMode, MutualTls, PeerAuthentication, PeerAuthenticationSpec,
+};
+
+use crate::discovery::model::{Service, ServicePort, Waypoint, WaypointRef, Workload, selects};
+use crate::discovery::state::{ConfigError, MeshSettings, MeshState};
+use crate::identity::Identity;
+use crate::policy::{AuthzPolicy, PeerAuthPolicy, PolicyError, compile_authz, compile_peer_auth};
+
+/// Label (namespace, pod) that enrols workloads: `ambient` on a namespace, `none` on a pod.
+pub const DATAPLANE_MODE: &str = "veil.dev/dataplane-mode";
+/// Label (namespace, service, pod) naming the waypoint to use, or `none`.
+pub const USE_WAYPOINT: &str = "veil.dev/use-waypoint";
+/// Label of a waypoint's Service: the waypoint's name.
+pub const WAYPOINT: &str = "veil.dev/waypoint";
+
+/// Everything the watches hold.
+#[derive(Debug, Default, Clone)]
+pub struct Objects {
+    /// Namespaces.
+    pub namespaces: Vec<Namespace>,
+    /// Pods.
+    pub pods: Vec<Pod>,
+    /// Services.
+    pub services: Vec<KubeService>,
+    /// veil AuthorizationPolicies.
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// veil PeerAuthentications.
+    pub peer_authentications: Vec<PeerAuthentication>,
+}
+
+/// A translated snapshot, with the policies that failed validation.
+#[derive(Debug)]
+pub struct Translation {
+    /// The mesh.
+    pub state: MeshState,
+    /// Policies refused by validation (enforced as deny-all / STRICT instead).
+    pub invalid: Vec<PolicyError>,
+}
+
+/// Translates `objects` into a snapshot.
+pub fn translate(objects: &Objects, settings: &MeshSettings) -> Result<Translation, ConfigError> {
+    let namespaces: HashMap<String, &Namespace> = objects
+        .namespaces
+        .iter()
+        .map(|ns| (ns.name_any(), ns))
+        .collect();
+    let waypoints = waypoints(objects, settings);
+    let waypoint_pods: Vec<(String, IpAddr)> = waypoints
+        .iter()
+        .flat_map(|w| w.ips.iter().map(|ip| (w.namespace.clone(), *ip)))
+        .collect();
+    let workloads = workloads(objects, &namespaces, &waypoint_pods, settings);
+    let services = services(objects, &namespaces);
+    let mut invalid = Vec::new();
+    let authz = objects
+        .authorization_policies
+        .iter()
+        .map(|p| authz_policy(p, &mut invalid))
+        .collect();
+    let peer_auth = objects
+        .peer_authentications
+        .iter()
+        .map(|p| peer_auth_policy(p, &mut invalid))
+        .collect();
+    let state = MeshState::build(
+        settings.clone(),
+        workloads,
+        services,
+        waypoints,
+        authz,
+        peer_auth,
+    )?;
+    Ok(Translation { state, invalid })
+}
+
+fn label<'a>(labels: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'a str> {
+    labels.and_then(|l| l.get(key)).map(String::as_str)
+}
+
+fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    let Some(status) = &pod.status else {
+        return Vec::new();
+    };
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if ips.is_empty() {
+        ips.extend(
+            status
+                .pod_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<IpAddr>().ok()),
+        );
+    }
+    ips
+}
+
+/// Pods that can carry mesh traffic at all: an address of their own, not finished.
+fn live(pod: &Pod) -> bool {
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !host_network && !matches!(phase, Some("Succeeded" | "Failed")) && !pod_ips(pod).is_empty()
+}
+
+fn service_account(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .filter(|sa| !sa.is_empty())
+        .unwrap_or("default")
+}
+
+fn waypoints(objects: &Objects, settings: &MeshSettings) -> Vec<Waypoint> {
+    let mut out = Vec::new();
+    for svc in &objects.services {
+        let Some(name) = label(svc.metadata.labels.as_ref(), WAYPOINT) else {
+            continue;
+        };
+        let namespace = svc.namespace().unwrap_or_default();
+        let selector = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default();
+        let instances: Vec<&Pod> = objects
+            .pods
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()) && live(p))
+            .filter(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| selects(&selector, l))
+            })
+            .collect();
+        let accounts: std::collections::BTreeSet<&str> =
+            instances.iter().map(|p| service_account(p)).collect();
+        let identity = match accounts.iter().next() {
+            Some(sa) if accounts.len() == 1 => {
+                Identity::new(&settings.trust_domain, &namespace, sa)
+            }
+            _ => {
+                if !instances.is_empty() {
+                    warn!(waypoint = %format!("{namespace}/{name}"), "waypoint instances run as several service accounts; the waypoint is unusable");
+                }
+                continue;
+            }
+        };
+        let Ok(identity) = identity else { continue };
+        out.push(Waypoint {
+            name: name.to_owned(),
+            namespace,
+            identity,
+            ips: instances.iter().flat_map(|p| pod_ips(p)).collect(),
+        });
+    }
+    out
+}
+
+/// The waypoint an object uses: its own label, else its namespace's; `none` opts out.
+fn waypoint_ref(
+    own: Option<&str>,
+    namespace: &str,
+    namespaces: &HashMap<String, &Namespace>,
+) -> Option<WaypointRef> {
+    let ns_choice = namespaces
+        .get(namespace)
+        .and_then(|ns| label(ns.metadata.labels.as_ref(), USE_WAYPOINT));
+    match own.or(ns_choice)? {
+        "none" => None,
+        name => Some(WaypointRef {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }),
+    }
+}
+
+fn workloads(
+    objects: &Objects,
+    namespaces: &HashMap<String, &Namespace>,
+    waypoint_pods: &[(String, IpAddr)],
+    settings: &MeshSettings,
+) -> Vec<Workload> {
+    // Newest first, so that an address reused by a new pod wins over a terminating one.
+    let mut pods: Vec<&Pod> = objects.pods.iter().filter(|p| live(p)).collect();
+    pods.sort_by(|a, b| {
+        b.metadata
+            .creation_timestamp
+            .cmp(&a.metadata.creation_timestamp)
+    });
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for pod in pods {
+        let namespace = pod.namespace().unwrap_or_default();
+        let ips: Vec<IpAddr> = pod_ips(pod)
+            .into_iter()
+            .filter(|ip| seen.insert(*ip))
+            .collect();
+        if ips.is_empty() {
+            continue;
+        }
+        if ips
+            .iter()
+            .any(|ip| waypoint_pods.contains(&(namespace.clone(), *ip)))
+        {
+            continue; // a waypoint instance: part of the waypoint, not a workload
+        }
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let ns_ambient = namespaces
+            .get(&namespace)
+            .and_then(|ns| label(ns.metadata.labels.as_ref(), DATAPLANE_MODE))
+            == Some("ambient");
+        let opted_out = labels.get(DATAPLANE_MODE).map(String::as_str) == Some("none");
+        let enrolled = ns_ambient && !opted_out;
+        let Ok(identity) = Identity::new(&settings.trust_domain, &namespace, service_account(pod))
+        else {
+            warn!(pod = %format!("{namespace}/{}", pod.name_any()), "service account does not make a valid identity; ignored");
+            continue;
+        };
+        let waypoint = if enrolled {
+            waypoint_ref(
+                labels.get(USE_WAYPOINT).map(String::as_str),
+                &namespace,
+                namespaces,
+            )
+        } else {
+            None
+        };
+        out.push(Workload {
+            uid: pod
+                .metadata
+                .uid
+                .clone()
+                .unwrap_or_else(|| format!("{namespace}/{}", pod.name_any())),
+            name: pod.name_any(),
+            namespace,
+            service_account: service_account(pod).to_owned(),
+            node: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            ips,
+            labels,
+            netns: None,
+            enrolled,
+            identity,
+            waypoint,
+            policies: Default::default(),
+        });
+    }
+    out.sort_by(|a, b| a.uid.cmp(&b.uid));
+    out
+}
+
+fn services(objects: &Objects, namespaces: &HashMap<String, &Namespace>) -> Vec<Service> {
+    let mut out = Vec::new();
+    for svc in &objects.services {
+        if label(svc.metadata.labels.as_ref(), WAYPOINT).is_some() {
+            continue;
+        }
+        let Some(spec) = &svc.spec else { continue };
+        let vips: Vec<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse().ok())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if vips.is_empty() {
+            continue; // headless or ExternalName: no virtual address to capture
+        }
+        let namespace = svc.namespace().unwrap_or_default();
+        let selector = spec.selector.clone().unwrap_or_default();
+        let backends: Vec<&Pod> = objects
+            .pods
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
+            .filter(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| selects(&selector, l))
+            })
+            .collect();
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| {
+                let port = u16::try_from(p.port).ok()?;
+                let target_port = target_port(p.target_port.as_ref(), port, &backends)?;
+                Some(ServicePort { port, target_port })
+            })
+            .collect();
+        out.push(Service {
+            name: svc.name_any(),
+            namespace: namespace.clone(),
+            vips,
+            ports,
+            selector,
+            endpoints: Vec::new(),
+            waypoint: waypoint_ref(
+                label(svc.metadata.labels.as_ref(), USE_WAYPOINT),
+                &namespace,
+                namespaces,
+            ),
+        });
+    }
+    out
+}
+
+/// A service port's target: a number, or a container port name looked up in the backing pods.
+fn target_port(
+    target: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+    port: u16,
+    backends: &[&Pod],
+) -> Option<u16> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    match target {
+        None => Some(port),
+        Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+        Some(IntOrString::String(name)) => backends.iter().find_map(|pod| {
+            pod.spec.as_ref()?.containers.iter().find_map(|c| {
+                c.ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .and_then(|p| u16::try_from(p.container_port).ok())
+            })
+        }),
+    }
+}
+
+fn authz_policy(p: &AuthorizationPolicy, invalid: &mut Vec<PolicyError>) -> AuthzPolicy {
+    let namespace = p.namespace().unwrap_or_default();
+    let name = p.name_any();
+    match compile_authz(&namespace, &name, &p.spec) {
+        Ok(policy) => policy,
+        Err(e) => {
+            warn!(error = %e, "invalid policy: denying everything it applies to until it is fixed");
+            invalid.push(e);
+            deny_all(&namespace, &name, &p.spec)
+        }
+    }
+}
+
+/// A DENY-everything policy with the scope of `spec` (its namespace, if even the scope is invalid).
+fn deny_all(namespace: &str, name: &str, spec: &AuthorizationPolicySpec) -> AuthzPolicy {
+    let scoped = AuthorizationPolicySpec {
+        selector: spec.selector.clone(),
+        target_ref: spec.target_ref.clone(),
+        target_refs: spec.target_refs.clone(),
+        rules: vec![Rule::default()],
+        action: Action::Deny,
+        provider: None,
+    };
+    compile_authz(namespace, name, &scoped).unwrap_or_else(|_| {
+        let namespace_wide = AuthorizationPolicySpec {
+            rules: vec![Rule::default()],
+            action: Action::Deny,
+            ..AuthorizationPolicySpec::default()
+        };
+        compile_authz(namespace, name, &namespace_wide).expect("a namespace-wide deny-all compiles")
+    })
+}
+
+fn peer_auth_policy(p: &PeerAuthentication, invalid: &mut Vec<PolicyError>) -> PeerAuthPolicy {
+    let namespace = p.namespace().unwrap_or_default();
+    let name = p.name_any();
+    compile_peer_auth(&namespace, &name, &p.spec).unwrap_or_else(|e| {
+        warn!(error = %e, "invalid PeerAuthentication: enforcing STRICT in its scope until it is fixed");
+        invalid.push(e);
+        let strict = PeerAuthenticationSpec {
+            selector: p.spec.selector.clone(),
+            mtls: Some(MutualTls { mode: MtlsMode::Strict }),
+            port_level_mtls: BTreeMap::new(),
+        };
+        compile_peer_auth(&namespace, &name, &strict).expect("a STRICT PeerAuthentication compiles")
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,217 @@
+//! Translation of API objects (JSON in the API server's format, under `../testdata/`) into the model.
+
+use std::net::IpAddr;
+
+use serde::de::DeserializeOwned;
+
+use super::*;
+use crate::policy::PeerMode;
+
+fn list<K: DeserializeOwned>(json: &str) -> Vec<K> {
+    #[derive(serde::Deserialize)]
+    struct List<K> {
+        items: Vec<K>,
+    }
+    serde_json::from_str::<List<K>>(json)
+        .expect("API list JSON")
+        .items
+}
+
+fn objects() -> Objects {
+    Objects {
+        namespaces: list(include_str!("../testdata/namespaces.json")),
+        pods: list(include_str!("../testdata/pods.json")),
+        services: list(include_str!("../testdata/services.json")),
+        authorization_policies: list(include_str!("../testdata/authorizationpolicies.json")),
+        peer_authentications: list(include_str!("../testdata/peerauthentications.json")),
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn translated(objects: &Objects) -> Translation {
+    translate(objects, &MeshSettings::default()).unwrap()
+}
+
+#[test]
+fn labelled_namespaces_enrol_their_pods_unless_a_pod_opts_out() {
+    let t = translated(&objects());
+    let state = &t.state;
+    let account = state.workload_by_ip(ip("10.244.1.10")).unwrap();
+    assert!(account.enrolled);
+    assert_eq!(
+        account.identity.as_str(),
+        "spiffe://cluster.local/ns/production/sa/account-service"
+    );
+    assert_eq!(account.node, "node-a");
+    assert_eq!(account.uid, "a1a1a1a1-0000-4000-8000-000000000001");
+    // Opted out by its own label.
+    assert!(!state.workload_by_ip(ip("10.244.1.11")).unwrap().enrolled);
+    // Namespace without the label: known (for routing), not enrolled; default service account.
+    let legacy = state.workload_by_ip(ip("10.244.1.12")).unwrap();
+    assert!(!legacy.enrolled);
+    assert_eq!(legacy.service_account, "default");
+    // Finished, host-network and address-less pods are not workloads at all.
+    assert!(state.workload_by_ip(ip("10.244.1.13")).is_none());
+    assert!(state.workload_by_ip(ip("172.18.0.3")).is_none());
+    assert_eq!(state.workloads().len(), 4);
+    // Dual stack: both addresses.
+    let profile = state.workload_by_ip(ip("fd00:10:244:2::a")).unwrap();
+    assert_eq!(profile.ips.len(), 2);
+    assert_eq!(state.workloads_on_node("node-b").len(), 1);
+}
+
+#[test]
+fn waypoints_are_their_labelled_service_and_are_used_by_namespace_or_object_labels() {
+    let t = translated(&objects());
+    let state = &t.state;
+    let reference = WaypointRef {
+        namespace: "user-data".into(),
+        name: "waypoint".into(),
+    };
+    let waypoint = state.waypoint(&reference).expect("the waypoint");
+    assert_eq!(
+        waypoint.identity.as_str(),
+        "spiffe://cluster.local/ns/user-data/sa/waypoint"
+    );
+    assert_eq!(waypoint.ips, vec![ip("10.244.2.11")]);
+    // Its instance is part of the waypoint (it speaks HBONE itself), not a workload, and its Service
+    // is not a service of the mesh.
+    assert!(state.workload_by_ip(ip("10.244.2.11")).is_none());
+    assert!(state.service_by_vip(ip("10.96.0.21")).is_none());
+    // The namespace's label routes its workload and service through it…
+    let profile = state.workload_by_ip(ip("10.244.2.10")).unwrap();
+    assert_eq!(profile.waypoint, Some(reference.clone()));
+    let service = state.service_by_vip(ip("10.96.0.20")).unwrap();
+    assert_eq!(service.waypoint, Some(reference));
+    // …unless the service opts out; and outside the namespace nothing uses it.
+    assert_eq!(
+        state.service_by_vip(ip("10.96.0.22")).unwrap().waypoint,
+        None
+    );
+    assert_eq!(
+        state.service_by_vip(ip("10.96.0.30")).unwrap().waypoint,
+        None
+    );
+}
+
+#[test]
+fn services_map_named_and_numbered_ports_and_skip_headless_and_udp() {
+    let t = translated(&objects());
+    let state = &t.state;
+    let service = state.service_by_vip(ip("10.96.0.20")).unwrap();
+    assert_eq!(service.vips, vec![ip("10.96.0.20"), ip("fd00:10:96::20")]);
+    assert_eq!(
+        service.target_port(80),
+        Some(8080),
+        "named targetPort resolved on the pods"
+    );
+    assert_eq!(service.target_port(50051), Some(50051));
+    assert_eq!(
+        service.target_port(9999),
+        None,
+        "UDP ports are not TCP ports"
+    );
+    assert_eq!(
+        service.endpoints,
+        vec!["a1a1a1a1-0000-4000-8000-000000000003".to_owned()]
+    );
+    assert_eq!(
+        state.services().len(),
+        3,
+        "headless and waypoint services are not mesh services"
+    );
+}
+
+#[test]
+fn invalid_policies_deny_everything_in_their_scope_and_are_reported() {
+    let t = translated(&objects());
+    assert_eq!(t.invalid.len(), 1);
+    assert_eq!(t.invalid[0].policy.to_string(), "production/typo");
+    assert_eq!(t.invalid[0].field, "spec.rules[0].when[0].key");
+    let account = t.state.workload_by_ip(ip("10.244.1.10")).unwrap();
+    let policies = t.state.authz_for(account);
+    assert_eq!(policies.len(), 1);
+    assert_eq!(policies[0].action, Action::Deny, "fails closed");
+    assert_eq!(t.state.peer_mode(account, 8080), PeerMode::Permissive);
+}
+
+#[test]
+fn policy_additions_changes_and_deletions_show_in_the_next_snapshot() {
+    let mut objects = objects();
+    let profile_ip = ip("10.244.2.10");
+    let target = crate::policy::Target::Service("user-profile-service".into());
+    let names = |t: &Translation| -> Vec<String> {
+        t.state
+            .authz_for_target("user-data", &target)
+            .iter()
+            .map(|p| p.id.to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&translated(&objects)),
+        ["user-data/user-profile-access"]
+    );
+
+    // Changed: a DENY now.
+    objects.authorization_policies[0].spec.action = Action::Deny;
+    let t = translated(&objects);
+    assert_eq!(
+        t.state.authz_for_target("user-data", &target)[0].action,
+        Action::Deny
+    );
+
+    // Added: a selector policy on the workload.
+    let mut added = objects.authorization_policies[0].clone();
+    added.metadata.name = Some("extra".into());
+    added.spec = serde_json::from_value(
+        serde_json::json!({"selector": {"matchLabels": {"app": "user-profile-service"}}}),
+    )
+    .unwrap();
+    objects.authorization_policies.push(added);
+    let t = translated(&objects);
+    let profile = t.state.workload_by_ip(profile_ip).unwrap();
+    assert_eq!(
+        t.state.authz_for(profile)[0].id.to_string(),
+        "user-data/extra"
+    );
+
+    // Deleted: gone from the next snapshot.
+    objects
+        .authorization_policies
+        .retain(|p| p.metadata.name.as_deref() != Some("user-profile-access"));
+    let t = translated(&objects);
+    assert!(names(&t).is_empty());
+}
+
+#[test]
+fn a_namespace_label_change_enrols_and_releases_its_pods() {
+    let mut objects = objects();
+    let legacy = ip("10.244.1.12");
+    assert!(
+        !translated(&objects)
+            .state
+            .workload_by_ip(legacy)
+            .unwrap()
+            .enrolled
+    );
+    let default = objects
+        .namespaces
+        .iter_mut()
+        .find(|n| n.metadata.name.as_deref() == Some("default"))
+        .unwrap();
+    default
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert(DATAPLANE_MODE.into(), "ambient".into());
+    assert!(
+        translated(&objects)
+            .state
+            .workload_by_ip(legacy)
+            .unwrap()
+            .enrolled
+    );
+}

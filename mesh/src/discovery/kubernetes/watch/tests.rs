@@ -1,0 +1,73 @@
+//! The watch path through kube's real client on a mock API server: a failed list is retried with
+//! backoff, and the snapshot arrives with what the retry returned.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+
+use super::*;
+
+fn json(path: &str) -> &'static str {
+    match path {
+        "/api/v1/namespaces" => include_str!("../testdata/namespaces.json"),
+        "/api/v1/pods" => include_str!("../testdata/pods.json"),
+        "/api/v1/services" => include_str!("../testdata/services.json"),
+        "/apis/security.veil.dev/v1/authorizationpolicies" => {
+            include_str!("../testdata/authorizationpolicies.json")
+        }
+        "/apis/security.veil.dev/v1/peerauthentications" => {
+            include_str!("../testdata/peerauthentications.json")
+        }
+        other => panic!("unexpected request for {other}"),
+    }
+}
+
+/// What the API server answers while etcd is electing a leader.
+const INTERNAL_ERROR: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"etcdserver: leader changed","reason":"InternalError","code":500}"#;
+
+#[tokio::test]
+async fn a_failed_list_is_retried_with_backoff_and_the_snapshot_carries_its_result() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let source = tokio::spawn(start(client, MeshSettings::default(), |_| {}));
+
+    let mut pod_lists = 0;
+    let mut open_watches = Vec::new();
+    let rx = loop {
+        tokio::select! {
+            done = &mut Box::pin(async { while !source.is_finished() { tokio::time::sleep(Duration::from_millis(10)).await } }) => {
+                let () = done;
+                break source.await.unwrap().expect("the source starts");
+            }
+            request = handle.next_request() => {
+                let (request, respond) = request.expect("the client is alive");
+                let path = request.uri().path().to_owned();
+                if request.uri().query().is_some_and(|q| q.contains("watch=true")) {
+                    // Keep watches open: answer nothing.
+                    open_watches.push(respond);
+                    continue;
+                }
+                let (status, body) = if path == "/api/v1/pods" && { pod_lists += 1; pod_lists == 1 } {
+                    (StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_ERROR)
+                } else {
+                    (StatusCode::OK, json(&path))
+                };
+                respond.send_response(
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Body::from(body.as_bytes().to_vec()))
+                        .unwrap(),
+                );
+            }
+        }
+    };
+    assert_eq!(pod_lists, 2, "the failed list was retried");
+    let snapshot = rx.borrow().clone();
+    let account: IpAddr = "10.244.1.10".parse().unwrap();
+    assert!(snapshot.state.workload_by_ip(account).unwrap().enrolled);
+    assert_eq!(snapshot.invalid.len(), 1);
+    assert_eq!(snapshot.objects.pods.len(), 8);
+}

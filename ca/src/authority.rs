@@ -43,16 +43,16 @@ pub enum AuthorityError {
         #[source]
         source: std::io::Error,
     },
-    /// A file does not hold what it should.
-    #[error("{path}: {source}")]
+    /// A file or Secret key does not hold what it should.
+    #[error("{origin}: {source}")]
     Pem {
-        path: PathBuf,
+        origin: String,
         #[source]
         source: PemError,
     },
     /// A certificate or key cannot be used.
-    #[error("{path}: {reason}")]
-    Invalid { path: PathBuf, reason: String },
+    #[error("{origin}: {reason}")]
+    Invalid { origin: String, reason: String },
     /// Only one of the root's two files exists: refusing to overwrite or guess.
     #[error(
         "{present} exists but {missing} does not; restore it or remove both to generate a new root"
@@ -77,6 +77,28 @@ pub struct PluggedFiles {
     pub intermediates: Option<PathBuf>,
     /// The root. When the signing certificate is itself the root, the same file as `cert`.
     pub root: PathBuf,
+}
+
+/// A piece of PEM text and where it came from (for errors).
+#[derive(Clone, Debug)]
+pub struct Named {
+    /// A file path, or `secret <ns>/<name> key <key>`.
+    pub origin: String,
+    /// The PEM.
+    pub text: String,
+}
+
+/// The PEM material of a CA.
+#[derive(Clone, Debug)]
+pub struct CaPem {
+    /// The signing certificate (an intermediate, or a root).
+    pub cert: Named,
+    /// Its PKCS#8 key.
+    pub key: Named,
+    /// Certificates between the signing certificate and the root, issuer order.
+    pub intermediates: Option<Named>,
+    /// The root (the same text as `cert` for a root CA).
+    pub root: Named,
 }
 
 /// A certificate the CA issued.
@@ -132,15 +154,38 @@ impl Authority {
     /// A CA from files: the signing certificate must be a CA certificate that matches its key, is
     /// valid now, and chains through the intermediates to the root.
     pub fn plugged(files: &PluggedFiles) -> Result<Self, AuthorityError> {
-        let signing = read_single(&files.cert, SectionKind::Certificate)?;
-        let root = read_single(&files.root, SectionKind::Certificate)?;
-        let intermediates = match &files.intermediates {
-            Some(path) => read_certs(path)?,
+        let named = |path: &Path| -> Result<Named, AuthorityError> {
+            Ok(Named {
+                origin: path.display().to_string(),
+                text: read_text(path)?,
+            })
+        };
+        Self::from_pem(&CaPem {
+            cert: named(&files.cert)?,
+            key: named(&files.key)?,
+            intermediates: files.intermediates.as_deref().map(named).transpose()?,
+            root: named(&files.root)?,
+        })
+    }
+
+    /// A CA from PEM text (files, or a Kubernetes Secret), checked as [`Self::plugged`] says.
+    pub fn from_pem(pem: &CaPem) -> Result<Self, AuthorityError> {
+        let single = |n: &Named| {
+            single_section(n.text.as_bytes(), SectionKind::Certificate).map_err(|source| {
+                AuthorityError::Pem {
+                    origin: n.origin.clone(),
+                    source,
+                }
+            })
+        };
+        let signing = single(&pem.cert)?;
+        let root = single(&pem.root)?;
+        let intermediates = match &pem.intermediates {
+            Some(n) => certs(n)?,
             None => Vec::new(),
         };
-        let key_pem = read_text(&files.key)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| AuthorityError::Invalid {
-            path: files.key.clone(),
+        let key = KeyPair::from_pem(&pem.key.text).map_err(|e| AuthorityError::Invalid {
+            origin: pem.key.origin.clone(),
             reason: format!("{e} (the key must be PKCS#8 PEM: `openssl pkcs8 -topk8 -nocrypt`)"),
         })?;
 
@@ -149,12 +194,12 @@ impl Authority {
         if signing != root {
             chain_der.push(root.clone());
         }
-        let not_after = check_chain(&chain_der, &files.cert)?;
-        let cert = parse(&signing, &files.cert)?;
+        let not_after = check_chain(&chain_der, &pem.cert.origin)?;
+        let cert = parse(&signing, &pem.cert.origin)?;
         if cert.public_key().raw != key.subject_public_key_info().as_slice() {
             return Err(AuthorityError::Invalid {
-                path: files.key.clone(),
-                reason: format!("does not match the certificate in {}", files.cert.display()),
+                origin: pem.key.origin.clone(),
+                reason: format!("does not match the certificate in {}", pem.cert.origin),
             });
         }
         let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(signing.clone()), key)?;
@@ -306,6 +351,17 @@ fn generate_root(
             path: dir.to_owned(),
             source,
         })?;
+    let (cert_pem, key_pem) = new_root(trust_domain)?;
+    // Key first: a crash between the two writes leaves a key without a certificate, which the next
+    // start reports instead of silently generating a second root.
+    write_atomically(key_path, key_pem.as_bytes(), 0o600)?;
+    write_atomically(cert_path, cert_pem.as_bytes(), 0o644)?;
+    tracing::info!(dir = %dir.display(), "generated a new self-signed root");
+    Ok(())
+}
+
+/// A new self-signed ECDSA P-256 root for `trust_domain`, valid for ten years: (certificate, key) PEM.
+pub fn new_root(trust_domain: &str) -> Result<(String, String), AuthorityError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -326,12 +382,7 @@ fn generate_root(
     params.not_before = (now - Duration::from_secs(3600)).into();
     params.not_after = (now + ROOT_LIFETIME).into();
     let cert = params.self_signed(&key)?;
-    // Key first: a crash between the two writes leaves a key without a certificate, which the next
-    // start reports instead of silently generating a second root.
-    write_atomically(key_path, key.serialize_pem().as_bytes(), 0o600)?;
-    write_atomically(cert_path, cert.pem().as_bytes(), 0o644)?;
-    tracing::info!(dir = %dir.display(), "generated a new self-signed root");
-    Ok(())
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// Writes through a temporary file in the same directory and renames it into place, so that a crash
@@ -356,14 +407,14 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), Autho
 
 /// Checks each certificate is a currently valid CA signed by the next, and the last is self-signed.
 /// Returns the earliest expiry along the chain.
-fn check_chain(chain: &[Vec<u8>], path: &Path) -> Result<SystemTime, AuthorityError> {
+fn check_chain(chain: &[Vec<u8>], origin: &str) -> Result<SystemTime, AuthorityError> {
     let invalid = |reason: String| AuthorityError::Invalid {
-        path: path.to_owned(),
+        origin: origin.to_owned(),
         reason,
     };
     let certs = chain
         .iter()
-        .map(|der| parse(der, path))
+        .map(|der| parse(der, origin))
         .collect::<Result<Vec<_>, _>>()?;
     let now = SystemTime::now();
     let mut earliest = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::MAX >> 2);
@@ -402,11 +453,11 @@ fn check_chain(chain: &[Vec<u8>], path: &Path) -> Result<SystemTime, AuthorityEr
     Ok(earliest)
 }
 
-fn parse<'a>(der: &'a [u8], path: &Path) -> Result<X509Certificate<'a>, AuthorityError> {
+fn parse<'a>(der: &'a [u8], origin: &str) -> Result<X509Certificate<'a>, AuthorityError> {
     match X509Certificate::from_der(der) {
         Ok(([], cert)) => Ok(cert),
         _ => Err(AuthorityError::Invalid {
-            path: path.to_owned(),
+            origin: origin.to_owned(),
             reason: "malformed certificate".into(),
         }),
     }
@@ -419,20 +470,13 @@ fn read_text(path: &Path) -> Result<String, AuthorityError> {
     })
 }
 
-fn read_single(path: &Path, kind: SectionKind) -> Result<Vec<u8>, AuthorityError> {
-    single_section(read_text(path)?.as_bytes(), kind).map_err(|source| AuthorityError::Pem {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn read_certs(path: &Path) -> Result<Vec<Vec<u8>>, AuthorityError> {
+fn certs(n: &Named) -> Result<Vec<Vec<u8>>, AuthorityError> {
     use rustls_pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(read_text(path)?.as_bytes())
+    CertificateDer::pem_slice_iter(n.text.as_bytes())
         .map(|c| c.map(|der| der.to_vec()))
         .collect::<Result<_, _>>()
         .map_err(|e| AuthorityError::Pem {
-            path: path.to_owned(),
+            origin: n.origin.clone(),
             source: PemError::Malformed(e.to_string()),
         })
 }

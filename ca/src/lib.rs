@@ -6,5 +6,7 @@ pub mod authn;
 pub mod authority;
 pub mod authz;
 pub mod csr;
+pub mod kubernetes;
 pub mod server;
 pub mod service;
+pub mod status;

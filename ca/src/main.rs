@@ -9,11 +9,15 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::info;
-use veil_ca::authn::StaticTokens;
+use veil_ca::authn::{Authenticator, StaticTokens};
 use veil_ca::authority::{Authority, PluggedFiles};
 use veil_ca::authz::{Authorizer, MeshFilePlacement, Placement, StaticPlacement};
+use veil_ca::kubernetes::{
+    KubePlacement, TokenReviewer, plugged_from_secret, publish_root, root_from_secret,
+};
 use veil_ca::server::{ServerLimits, ServingCert, serve};
 use veil_ca::service::{CaService, IssuePolicy};
+use veil_ca::status;
 use veil_mesh::discovery::MeshSettings;
 use veil_mesh::identity::{Identity, parse_trust_domain};
 use veil_mesh::telemetry::{LogFormat, init_logging};
@@ -43,9 +47,20 @@ struct Args {
     /// Plugged-in CA: certificates between the signing certificate and the root.
     #[arg(long, requires = "signing_cert")]
     intermediates: Option<PathBuf>,
+    /// Kubernetes mode: callers by TokenReview (audience veil-ca), placement from the API, the root
+    /// in a Secret, the root certificate published to every namespace, policy status written.
+    #[arg(long, env = "VEIL_CA_KUBERNETES", conflicts_with_all = ["tokens", "placement", "mesh_config"])]
+    kubernetes: bool,
+    /// Kubernetes mode: the CA's own namespace (where its root Secret lives).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "veil-system")]
+    namespace: String,
+    /// Kubernetes mode: a Secret of a plugged-in CA (keys ca-cert.pem, ca-key.pem, root-cert.pem,
+    /// optionally cert-chain.pem) instead of a generated root.
+    #[arg(long, requires = "kubernetes")]
+    ca_secret: Option<String>,
     /// Local mode: file mapping bearer tokens to callers.
-    #[arg(long, env = "VEIL_CA_TOKENS")]
-    tokens: PathBuf,
+    #[arg(long, env = "VEIL_CA_TOKENS", required_unless_present = "kubernetes")]
+    tokens: Option<PathBuf>,
     /// Local mode: file mapping nodes to the identities of their workloads.
     #[arg(long, env = "VEIL_CA_PLACEMENT", conflicts_with = "mesh_config")]
     placement: Option<PathBuf>,
@@ -80,27 +95,42 @@ async fn main() -> anyhow::Result<()> {
     init_logging(args.log_format, "info");
     let trust_domain = parse_trust_domain(&args.trust_domain)?;
 
-    let authority = Arc::new(match &args.signing_cert {
-        Some(cert) => Authority::plugged(&PluggedFiles {
+    let kube = if args.kubernetes {
+        Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?,
+        )
+    } else {
+        None
+    };
+    let authority = Arc::new(match (&kube, &args.signing_cert, &args.ca_secret) {
+        (_, Some(cert), _) => Authority::plugged(&PluggedFiles {
             cert: cert.clone(),
             key: args.signing_key.clone().context("--signing-key")?,
             intermediates: args.intermediates.clone(),
             root: args.root_cert.clone().context("--root-cert")?,
         })?,
-        None => Authority::self_signed(&args.root_dir, &trust_domain)?,
+        (Some(client), None, Some(secret)) => {
+            plugged_from_secret(client, &args.namespace, secret).await?
+        }
+        (Some(client), None, None) => {
+            root_from_secret(client, &args.namespace, &trust_domain).await?
+        }
+        (None, None, _) => Authority::self_signed(&args.root_dir, &trust_domain)?,
     });
-    let authn = Arc::new(StaticTokens::from_file(&args.tokens)?);
-    let placement: Arc<dyn Placement> = match (&args.placement, &args.mesh_config) {
-        (Some(path), _) => Arc::new(StaticPlacement::from_file(path).map_err(anyhow::Error::msg)?),
-        (None, Some(path)) => Arc::new(MeshFilePlacement::new(
-            path.clone(),
-            MeshSettings {
-                trust_domain: trust_domain.clone(),
-                root_namespace: args.root_namespace.clone(),
-            },
-        )),
-        (None, None) => Arc::new(StaticPlacement::default()),
-    };
+    let (authn, placement): (Arc<dyn Authenticator>, Arc<dyn Placement>) =
+        match (&kube, &args.tokens) {
+            (Some(client), _) => (
+                Arc::new(TokenReviewer::new(client.clone(), trust_domain.clone())),
+                Arc::new(KubePlacement::new(client.clone())),
+            ),
+            (None, Some(tokens)) => (
+                Arc::new(StaticTokens::from_file(tokens)?),
+                local_placement(&args, &trust_domain)?,
+            ),
+            (None, None) => bail!("--tokens is required outside Kubernetes"),
+        };
     let node_agents = if args.node_agents.is_empty() {
         vec![Identity::new(&trust_domain, "veil-system", "ztunnel")?]
     } else {
@@ -119,6 +149,17 @@ async fn main() -> anyhow::Result<()> {
     };
     let service = CaService::new(authority.clone(), authn, authz, policy);
 
+    if let Some(client) = &kube {
+        let root = authority.root_pem().to_owned();
+        tokio::spawn(publish_root(client.clone(), root, Duration::from_secs(300)));
+        let settings = MeshSettings {
+            trust_domain: trust_domain.clone(),
+            root_namespace: args.root_namespace.clone(),
+        };
+        let snapshots =
+            veil_mesh::discovery::kubernetes::start(client.clone(), settings, |_| {}).await?;
+        tokio::spawn(status::write_forever(client.clone(), snapshots));
+    }
     let serving = ServingCert::new(
         &authority,
         args.server_names.clone(),
@@ -143,6 +184,22 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     Ok(())
+}
+
+/// Local mode's placement: a node map, the mesh description ztunnel reads, or none (impersonation
+/// refused).
+fn local_placement(args: &Args, trust_domain: &str) -> anyhow::Result<Arc<dyn Placement>> {
+    Ok(match (&args.placement, &args.mesh_config) {
+        (Some(path), _) => Arc::new(StaticPlacement::from_file(path).map_err(anyhow::Error::msg)?),
+        (None, Some(path)) => Arc::new(MeshFilePlacement::new(
+            path.clone(),
+            MeshSettings {
+                trust_domain: trust_domain.to_owned(),
+                root_namespace: args.root_namespace.clone(),
+            },
+        )),
+        (None, None) => Arc::new(StaticPlacement::default()),
+    })
 }
 
 /// Completes on SIGTERM (Kubernetes) or SIGINT (a terminal).

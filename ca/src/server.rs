@@ -97,7 +97,7 @@ fn issue(
             .key_provider
             .load_private_key(key)
             .map_err(|e| AuthorityError::Invalid {
-                path: "serving key".into(),
+                origin: "serving key".into(),
                 reason: e.to_string(),
             })?;
     Ok(Arc::new(CertifiedKey::new(chain, signer)))

@@ -294,3 +294,46 @@ pub async fn spawn_hbone_server(
     });
     addr
 }
+
+/// A fake Kubernetes API server: kube's real client over a mock transport, each request answered by
+/// `handler(method, path and query, body)` with `Some((status, JSON))`, or left unanswered with
+/// `None` (how watches stay open).
+pub fn fake_kube<F>(handler: F) -> kube::Client
+where
+    F: Fn(&http::Method, &str, &[u8]) -> Option<(u16, String)> + Send + Sync + 'static,
+{
+    use http_body_util::BodyExt;
+    use kube::client::Body;
+
+    let (service, mut handle) =
+        tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
+    tokio::spawn(async move {
+        let mut pending = Vec::new();
+        while let Some((request, respond)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            // kube writes an empty query as a bare `?`.
+            let target = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .trim_end_matches('?')
+                .to_owned();
+            match handler(&parts.method, &target, &body) {
+                Some((status, json)) => respond.send_response(
+                    http::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Body::from(json.into_bytes()))
+                        .unwrap(),
+                ),
+                None => pending.push(respond),
+            }
+        }
+    });
+    kube::Client::new(service, "default")
+}

@@ -1,0 +1,251 @@
+//! Policy status: whether each AuthorizationPolicy and PeerAuthentication was accepted, and where
+//! and how it is enforced — in particular when it fails closed. Computed from the same snapshot the
+//! proxies use, written to the status subresource only when it changed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+use tracing::warn;
+use veil_crd::authorization::AuthorizationPolicy;
+use veil_crd::peer_authentication::PeerAuthentication;
+use veil_crd::status::{
+    ACCEPTED, ENFORCED, PolicyStatus, REASON_ACCEPTED, REASON_FAILING_CLOSED, REASON_INVALID,
+    REASON_NO_TARGETS, REASON_WAYPOINT, REASON_ZTUNNEL,
+};
+use veil_mesh::discovery::kubernetes::Snapshot;
+use veil_mesh::discovery::{MeshState, Workload};
+use veil_mesh::policy::{AuthzPolicy, PolicyError, PolicyId, Scope};
+
+/// `(status, reason, message)` of one condition.
+type Verdict = (&'static str, &'static str, String);
+
+/// The `Accepted` and `Enforced` conditions of AuthorizationPolicy `id`.
+pub fn authz_conditions(state: &MeshState, id: &PolicyId, invalid: &[PolicyError]) -> [Verdict; 2] {
+    if let Some(e) = invalid
+        .iter()
+        .find(|e| &e.policy == id && e.kind == "AuthorizationPolicy")
+    {
+        return [
+            ("False", REASON_INVALID, e.to_string()),
+            (
+                "True",
+                REASON_FAILING_CLOSED,
+                "refused: everything it applies to is denied until it is fixed".into(),
+            ),
+        ];
+    }
+    let accepted = ("True", REASON_ACCEPTED, "valid".to_owned());
+    let Some(policy) = state.authz_policies().iter().find(|p| &p.id == id) else {
+        return [accepted, ("False", REASON_NO_TARGETS, "not found".into())];
+    };
+    [accepted, enforcement(state, policy)]
+}
+
+fn enforcement(state: &MeshState, policy: &AuthzPolicy) -> Verdict {
+    if let Scope::Targets(targets) = &policy.scope {
+        return (
+            "True",
+            REASON_WAYPOINT,
+            format!("attached to {targets:?}; enforced by the waypoint that serves them"),
+        );
+    }
+    let selected: Vec<Arc<Workload>> = state
+        .workloads()
+        .into_iter()
+        .filter(|w| {
+            w.enrolled
+                && state
+                    .authz_for(w)
+                    .iter()
+                    .any(|p| std::ptr::eq(p.as_ref(), policy))
+        })
+        .collect();
+    if selected.is_empty() {
+        return (
+            "False",
+            REASON_NO_TARGETS,
+            "selects no enrolled workload".into(),
+        );
+    }
+    let (behind_waypoint, direct): (Vec<_>, Vec<_>) =
+        selected.iter().partition(|w| w.waypoint.is_some());
+    if policy.uses_l7 && !direct.is_empty() {
+        let names: Vec<String> = direct.iter().take(5).map(|w| w.key()).collect();
+        return (
+            "True",
+            REASON_FAILING_CLOSED,
+            format!(
+                "uses HTTP attributes on {} workload(s) without a waypoint ({}): ztunnel cannot check them and denies what the policy could match",
+                direct.len(),
+                names.join(", ")
+            ),
+        );
+    }
+    if direct.is_empty() {
+        return (
+            "True",
+            REASON_WAYPOINT,
+            format!(
+                "enforced per request by the waypoint of {} workload(s)",
+                behind_waypoint.len()
+            ),
+        );
+    }
+    (
+        "True",
+        REASON_ZTUNNEL,
+        format!(
+            "enforced by ztunnel on {} workload(s){}",
+            direct.len(),
+            if behind_waypoint.is_empty() {
+                String::new()
+            } else {
+                format!(" and by the waypoint of {} more", behind_waypoint.len())
+            }
+        ),
+    )
+}
+
+/// The conditions of PeerAuthentication `id`.
+pub fn peer_auth_conditions(id: &PolicyId, invalid: &[PolicyError]) -> [Verdict; 2] {
+    match invalid
+        .iter()
+        .find(|e| &e.policy == id && e.kind == "PeerAuthentication")
+    {
+        Some(e) => [
+            ("False", REASON_INVALID, e.to_string()),
+            (
+                "True",
+                REASON_FAILING_CLOSED,
+                "refused: STRICT applies in its scope until it is fixed".into(),
+            ),
+        ],
+        None => [
+            ("True", REASON_ACCEPTED, "valid".into()),
+            (
+                "True",
+                REASON_ZTUNNEL,
+                "enforced by ztunnel on plaintext arriving at the selected workloads".into(),
+            ),
+        ],
+    }
+}
+
+/// The status for `verdicts`, keeping transition times of conditions whose status did not change.
+pub fn status_of(
+    verdicts: &[Verdict; 2],
+    previous: Option<&PolicyStatus>,
+    generation: Option<i64>,
+) -> PolicyStatus {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let conditions = [ACCEPTED, ENFORCED]
+        .iter()
+        .zip(verdicts)
+        .map(|(kind, (status, reason, message))| {
+            let before = previous
+                .and_then(|p| p.conditions.iter().find(|c| c.type_ == *kind))
+                .filter(|c| c.status == *status);
+            Condition {
+                type_: (*kind).to_owned(),
+                status: (*status).to_owned(),
+                reason: (*reason).to_owned(),
+                message: message.clone(),
+                observed_generation: generation,
+                last_transition_time: before
+                    .map_or(now.clone(), |c| c.last_transition_time.clone()),
+            }
+        })
+        .collect();
+    PolicyStatus { conditions }
+}
+
+/// Whether two statuses say the same (ignoring transition times).
+fn same(a: Option<&PolicyStatus>, b: &PolicyStatus) -> bool {
+    let key = |s: &PolicyStatus| -> BTreeMap<String, (String, String, String, Option<i64>)> {
+        s.conditions
+            .iter()
+            .map(|c| {
+                (
+                    c.type_.clone(),
+                    (
+                        c.status.clone(),
+                        c.reason.clone(),
+                        c.message.clone(),
+                        c.observed_generation,
+                    ),
+                )
+            })
+            .collect()
+    };
+    a.is_some_and(|a| key(a) == key(b))
+}
+
+/// Writes the status of every policy whose status changed, for each new snapshot, forever.
+pub async fn write_forever(client: Client, mut snapshots: watch::Receiver<Arc<Snapshot>>) {
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        write(&client, &snapshot).await;
+        if snapshots.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes the status of every policy of `snapshot` whose status changed.
+pub async fn write(client: &Client, snapshot: &Snapshot) {
+    for policy in &snapshot.objects.authorization_policies {
+        let id = PolicyId::new(&policy.namespace().unwrap_or_default(), &policy.name_any());
+        let verdicts = authz_conditions(&snapshot.state, &id, &snapshot.invalid);
+        let api = Api::<AuthorizationPolicy>::namespaced(client.clone(), &id.namespace);
+        patch(
+            &api,
+            &id,
+            policy.status.as_ref(),
+            &verdicts,
+            policy.metadata.generation,
+        )
+        .await;
+    }
+    for policy in &snapshot.objects.peer_authentications {
+        let id = PolicyId::new(&policy.namespace().unwrap_or_default(), &policy.name_any());
+        let verdicts = peer_auth_conditions(&id, &snapshot.invalid);
+        let api = Api::<PeerAuthentication>::namespaced(client.clone(), &id.namespace);
+        patch(
+            &api,
+            &id,
+            policy.status.as_ref(),
+            &verdicts,
+            policy.metadata.generation,
+        )
+        .await;
+    }
+}
+
+async fn patch<K>(
+    api: &Api<K>,
+    id: &PolicyId,
+    previous: Option<&PolicyStatus>,
+    verdicts: &[Verdict; 2],
+    generation: Option<i64>,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let status = status_of(verdicts, previous, generation);
+    if same(previous, &status) {
+        return;
+    }
+    let body = serde_json::json!({ "status": status });
+    if let Err(e) = api
+        .patch_status(&id.name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+    {
+        warn!(policy = %id, error = %e, "could not write policy status");
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -5,7 +5,9 @@
 pub mod kubernetes;
 pub mod local;
 mod model;
+mod source;
 mod state;
 
 pub use model::{Service, ServicePort, Waypoint, WaypointRef, Workload, selects};
+pub use source::{AddressLookup, NodeAddresses, Origin, open};
 pub use state::{ConfigError, MeshSettings, MeshState, Summary};

@@ -324,6 +324,7 @@ pub fn remove_stale() {
                     .args(["-KILL", &pid.to_string()])
                     .status();
             }
+            crate::mesh::unpin_all(&dir.path().join("netns"));
             let _ = std::fs::remove_dir_all(dir.path());
         }
     }

@@ -9,6 +9,7 @@
 )]
 
 pub mod cluster;
+pub mod kube;
 pub mod mesh;
 pub mod process;
 pub mod wire;

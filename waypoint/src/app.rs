@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use http::{HeaderName, StatusCode};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::{info, warn};
-use veil_mesh::discovery::local::FileSource;
-use veil_mesh::discovery::{MeshSettings, WaypointRef};
+use veil_mesh::discovery::{self, MeshSettings, Origin, WaypointRef};
 use veil_mesh::hbone::H2Settings;
 use veil_mesh::identity::{
     CertManager, GrpcCaClient, Identity, ManagerConfig, TokenSource, TrustBundle,
@@ -73,7 +71,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         trust_domain,
         root_namespace: config.root_namespace.clone(),
     };
-    let (source, state) = FileSource::load(&config.mesh_config, settings).map_err(config_err)?;
+    let origin = match &config.mesh_config {
+        Some(path) => Origin::File {
+            path: path.clone(),
+            poll: config.config_poll_interval,
+        },
+        None => Origin::Kubernetes,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let rejected = metrics.clone();
+    let rx = discovery::open(
+        &origin,
+        settings,
+        move |_| {
+            rejected.config_rejected.inc();
+        },
+        None,
+    )
+    .await
+    .map_err(config_err)?;
+    let state = rx.borrow().clone();
     let me = WaypointRef {
         namespace: config.namespace.clone(),
         name: config.name.clone(),
@@ -85,12 +102,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => warn!(waypoint = %me, "the mesh does not define this waypoint (yet)"),
         Some(_) => {}
     }
-    let (tx, rx) = watch::channel(Arc::new(state));
-    let metrics = Arc::new(Metrics::new());
-    let rejected = metrics.clone();
-    tokio::spawn(source.watch(config.config_poll_interval, tx, move |_| {
-        rejected.config_rejected.inc();
-    }));
 
     let headers = |names: &[String]| -> Result<Vec<HeaderName>, StartError> {
         names

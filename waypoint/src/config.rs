@@ -26,9 +26,10 @@ pub struct Config {
         default_value = "waypoint"
     )]
     pub service_account: String,
-    /// The mesh description (local mode), re-read on change.
+    /// The mesh description (local mode), re-read on change. Without it, the waypoint watches the
+    /// Kubernetes API (in-cluster or kubeconfig credentials).
     #[arg(long = "mesh-config", env = "VEIL_MESH_CONFIG")]
-    pub mesh_config: PathBuf,
+    pub mesh_config: Option<PathBuf>,
     /// How often the mesh description is checked for changes.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub config_poll_interval: Duration,

@@ -1,13 +1,14 @@
 //! Assembly: from the configuration to a running ztunnel.
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{info, warn};
-use veil_mesh::discovery::MeshSettings;
-use veil_mesh::discovery::local::FileSource;
+use tracing::{error, info, warn};
+use veil_mesh::discovery::{self, MeshSettings, MeshState, NodeAddresses, Origin};
 use veil_mesh::identity::{
     CertManager, GrpcCaClient, ManagerConfig, TokenSource, TrustBundle, parse_trust_domain,
 };
@@ -15,10 +16,12 @@ use veil_mesh::pool::{Pool, PoolSettings};
 use veil_mesh::telemetry::http::serve;
 use veil_mesh::telemetry::metrics::Metrics;
 
+use crate::cni::cleanup::Cleanup;
 use crate::config::Config;
 use crate::context::{Context, DataPathSettings};
 use crate::enrol::{self, StatusMap};
-use crate::{netns, ops};
+use crate::registry::Registry;
+use crate::{cni, netns, ops};
 
 /// Why ztunnel could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +40,7 @@ pub enum StartError {
 
 /// Warns, at start and whenever the set changes, about policies with HTTP attributes that apply to
 /// workloads without a waypoint: ztunnel cannot check those attributes and denies what they match.
-async fn report_l7_at_l4(mut rx: watch::Receiver<Arc<veil_mesh::discovery::MeshState>>) {
+async fn report_l7_at_l4(mut rx: watch::Receiver<Arc<MeshState>>) {
     let mut reported = Vec::new();
     loop {
         let current = rx.borrow_and_update().l7_policies_enforced_at_l4();
@@ -51,6 +54,40 @@ async fn report_l7_at_l4(mut rx: watch::Receiver<Arc<veil_mesh::discovery::MeshS
             return;
         }
     }
+}
+
+/// Keeps `path` listing the namespaces whose pods must be captured, for the `veil-cni` plugin.
+/// Each version replaces the file whole, so the plugin never reads half of one.
+async fn keep_ambient_file(path: PathBuf, mut rx: watch::Receiver<Arc<MeshState>>) {
+    let mut written = None;
+    loop {
+        let current = rx.borrow_and_update().ambient_namespaces().clone();
+        if written.as_ref() != Some(&current) {
+            match write_atomically(&path, &current) {
+                Ok(()) => {
+                    info!(file = %path.display(), namespaces = ?current, "ambient namespaces written for the CNI plugin");
+                    written = Some(current);
+                }
+                Err(e) => {
+                    error!(file = %path.display(), error = %e, "could not write the ambient namespaces: new pods may be captured by stale rules or refused; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn write_atomically(path: &Path, namespaces: &BTreeSet<String>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(namespaces)?)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Runs ztunnel until `shutdown` completes.
@@ -82,16 +119,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         trust_domain,
         root_namespace: config.root_namespace.clone(),
     };
-    let (source, state) = FileSource::load(&config.mesh_config, settings)
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    info!(node = %config.node, summary = ?state.summary(), "loaded mesh configuration");
-    let (tx, rx) = watch::channel(Arc::new(state));
-    tokio::spawn(report_l7_at_l4(rx.clone()));
     let metrics = Arc::new(Metrics::new());
+    let registry = Arc::new(Registry::default());
+    let origin = match &config.mesh_config {
+        Some(path) => Origin::File {
+            path: path.clone(),
+            poll: config.config_poll_interval,
+        },
+        None => Origin::Kubernetes,
+    };
     let rejected = metrics.clone();
-    tokio::spawn(source.watch(config.config_poll_interval, tx, move |_| {
-        rejected.config_rejected.inc();
-    }));
+    let known = registry.clone();
+    // Pods the CNI plugin handed over get their addresses before the API lists them.
+    let node = NodeAddresses {
+        changed: registry.subscribe(),
+        lookup: Box::new(move |namespace, name| {
+            known.get(&cni::pod_key(namespace, name)).map(|p| p.ips)
+        }),
+    };
+    let rx = discovery::open(
+        &origin,
+        settings,
+        move |_| {
+            rejected.config_rejected.inc();
+        },
+        Some(node),
+    )
+    .await
+    .map_err(|e| StartError::Config(e.to_string()))?;
+    tokio::spawn(report_l7_at_l4(rx.clone()));
+    if let Some(path) = &config.ambient_file {
+        tokio::spawn(keep_ambient_file(path.clone(), rx.clone()));
+    }
 
     let ctx = Arc::new(Context::new(
         config.node.clone(),
@@ -120,11 +179,44 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .map_err(|source| StartError::Bind { addr, source })?;
         tokio::spawn(serve(listener, handler));
     }
-    let reconciler = tokio::spawn(enrol::run(ctx, status));
+    let cni = match &config.cni_socket {
+        Some(path) => {
+            let listener = cni::server::bind(path).map_err(|e| {
+                StartError::Config(format!("binding the CNI socket {}: {e}", path.display()))
+            })?;
+            info!(socket = %path.display(), "serving the veil-cni plugin");
+            Some(tokio::spawn(cni::server::run(
+                ctx.clone(),
+                registry.clone(),
+                status.clone(),
+                listener,
+            )))
+        }
+        None => None,
+    };
+    let reconciler = tokio::spawn(enrol::run(ctx, registry, status, config.netns_dir.clone()));
     info!(node = %config.node, "veil-ztunnel running");
     shutdown.await;
     // Capture rules stay in place: while ztunnel is away, pods' traffic fails closed.
     reconciler.abort();
+    if let Some(cni) = cni {
+        cni.abort();
+    }
+    if let (None, Some(bin_dir), Some(conf_dir)) = (
+        &config.mesh_config,
+        &config.cni_bin_dir,
+        &config.cni_conf_dir,
+    ) {
+        Cleanup {
+            bin_dir: bin_dir.clone(),
+            conf_dir: conf_dir.clone(),
+            namespace: config.namespace.clone(),
+            daemonset: config.daemonset.clone(),
+            ambient_file: config.ambient_file.clone(),
+        }
+        .on_shutdown()
+        .await;
+    }
     info!("veil-ztunnel stopped");
     Ok(())
 }

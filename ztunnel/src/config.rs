@@ -17,8 +17,33 @@ pub struct Config {
     #[arg(long, env = "VEIL_NODE_NAME")]
     pub node: String,
     /// The mesh description (local mode): workloads, services and policies, re-read on change.
+    /// Without it, ztunnel watches the Kubernetes API (in-cluster or kubeconfig credentials).
     #[arg(long = "mesh-config", env = "VEIL_MESH_CONFIG")]
-    pub mesh_config: PathBuf,
+    pub mesh_config: Option<PathBuf>,
+    /// Serve the `veil-cni` plugin on this unix socket (the Helm chart sets it).
+    #[arg(long, env = "VEIL_CNI_SOCKET")]
+    pub cni_socket: Option<PathBuf>,
+    /// Keep this file listing the namespaces whose pods must be captured, for the `veil-cni`
+    /// plugin (the Helm chart sets it).
+    #[arg(long, env = "VEIL_AMBIENT_FILE")]
+    pub ambient_file: Option<PathBuf>,
+    /// The node's CNI bin directory as mounted: with `--cni-conf-dir`, ztunnel removes `veil-cni`
+    /// from the node when it stops because veil is uninstalled (its DaemonSet is gone).
+    #[arg(long, requires = "cni_conf_dir")]
+    pub cni_bin_dir: Option<PathBuf>,
+    /// The node's CNI configuration directory as mounted (see `--cni-bin-dir`).
+    #[arg(long, requires = "cni_bin_dir")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// ztunnel's namespace (Kubernetes mode).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "veil-system")]
+    pub namespace: String,
+    /// ztunnel's DaemonSet (Kubernetes mode).
+    #[arg(long, default_value = "veil-ztunnel")]
+    pub daemonset: String,
+    /// Where the container runtime pins pods' network namespaces: searched for pods that were
+    /// running before their namespace joined the mesh.
+    #[arg(long, default_value = "/var/run/netns")]
+    pub netns_dir: PathBuf,
     /// How often the mesh description is checked for changes.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub config_poll_interval: Duration,

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +21,8 @@ use veil_mesh::telemetry::metrics::WorkloadLabels;
 
 use crate::capture::{self, Family, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::context::{Context, LocalWorkload};
-use crate::netns::NetNs;
+use crate::netns::{NetNs, NsId};
+use crate::registry::Registry;
 use crate::{inbound, outbound, plaintext};
 
 /// How long to wait before retrying a pod whose capture failed.
@@ -30,13 +32,18 @@ const RETRY: Duration = Duration::from_secs(3);
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum CaptureStatus {
-    /// Listeners up, rules in place.
-    Captured,
+    /// Listeners up, rules in place, in this namespace.
+    Captured {
+        /// The namespace captured.
+        netns: NsId,
+    },
     /// Capture failed; retried.
     Failed {
         /// Why.
         reason: String,
     },
+    /// The pod's network was torn down (CNI DEL): it is going away and has nothing to capture.
+    Released,
 }
 
 /// Capture status of every pod this ztunnel should capture, by uid.
@@ -46,20 +53,33 @@ struct Enrolled {
     local: Arc<LocalWorkload>,
     tasks: Vec<JoinHandle<()>>,
     families: Vec<Family>,
+    netns_id: NsId,
 }
 
-/// Reconciles forever, on every state change and periodically while some capture is failing.
-pub async fn run(ctx: Arc<Context>, status: StatusMap) {
+/// Reconciles forever: on every state change, every change of the CNI registry, and periodically
+/// while some capture is failing.
+/// Pods that were running before enrolment are looked for in `pinned_dir` (see
+/// [`crate::netns::find_by_address`]).
+pub async fn run(
+    ctx: Arc<Context>,
+    registry: Arc<Registry>,
+    status: StatusMap,
+    pinned_dir: PathBuf,
+) {
     let mut rx = ctx.state.clone();
+    let mut cni = registry.subscribe();
     let mut enrolled: HashMap<String, Enrolled> = HashMap::new();
     loop {
         let state = rx.borrow_and_update().clone();
-        reconcile(&ctx, &state, &mut enrolled, &status).await;
+        cni.borrow_and_update();
+        reconcile(&ctx, &registry, &state, &mut enrolled, &status, &pinned_dir).await;
+        registry.set_captured(enrolled.values().map(|e| e.local.workload.key()).collect());
         let failing = lock(&status)
             .values()
             .any(|s| matches!(s, CaptureStatus::Failed { .. }));
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { break },
+            changed = cni.changed() => if changed.is_err() { break },
             () = tokio::time::sleep(RETRY), if failing => {}
         }
     }
@@ -80,14 +100,25 @@ fn desired(ctx: &Context, state: &MeshState) -> Vec<Arc<Workload>> {
 
 /// Whether a change to the workload needs a fresh capture (not just new policies).
 fn same_capture(a: &Workload, b: &Workload) -> bool {
-    a.ips == b.ips && a.identity == b.identity && a.netns == b.netns
+    a.ips == b.ips && a.identity == b.identity
+}
+
+/// Where a workload's network namespace is known to be, without scanning: the mesh description
+/// (local mode), or what the CNI plugin said.
+fn known_netns(workload: &Workload, registry: &Registry) -> Option<PathBuf> {
+    workload
+        .netns
+        .clone()
+        .or_else(|| registry.get(&workload.key()).map(|p| p.netns))
 }
 
 async fn reconcile(
     ctx: &Arc<Context>,
+    registry: &Arc<Registry>,
     state: &MeshState,
     enrolled: &mut HashMap<String, Enrolled>,
     status: &StatusMap,
+    pinned_dir: &Path,
 ) {
     let want: HashMap<String, Arc<Workload>> = desired(ctx, state)
         .into_iter()
@@ -96,8 +127,11 @@ async fn reconcile(
     let stale: Vec<String> = enrolled
         .iter()
         .filter(|(uid, e)| {
-            want.get(*uid)
-                .is_none_or(|w| !same_capture(w, &e.local.workload))
+            want.get(*uid).is_none_or(|w| {
+                !same_capture(w, &e.local.workload)
+                    || registry.released(&w.key())
+                    || known_netns(w, registry).is_some_and(|p| !e.local.netns.is_at(&p))
+            })
         })
         .map(|(uid, _)| uid.clone())
         .collect();
@@ -113,11 +147,24 @@ async fn reconcile(
         if enrolled.contains_key(&uid) {
             continue;
         }
-        match enrol(ctx, workload.clone()).await {
+        if registry.released(&workload.key()) {
+            // Its CNI DEL has run: it is going away, not to be captured again.
+            lock(status).insert(uid, CaptureStatus::Released);
+            continue;
+        }
+        match enrol(
+            ctx,
+            workload.clone(),
+            known_netns(&workload, registry),
+            pinned_dir,
+        )
+        .await
+        {
             Ok(e) => {
-                info!(workload = %workload.key(), identity = %workload.identity, netns = %workload.netns.as_deref().map(|p| p.display().to_string()).unwrap_or_default(), "captured pod");
+                info!(workload = %workload.key(), identity = %workload.identity, netns = %e.local.netns.path().display(), "captured pod");
+                let netns = e.netns_id;
                 enrolled.insert(uid.clone(), e);
-                lock(status).insert(uid, CaptureStatus::Captured);
+                lock(status).insert(uid, CaptureStatus::Captured { netns });
             }
             Err(reason) => {
                 error!(workload = %workload.key(), %reason, "CAPTURE FAILED: the pod's traffic is not protected; retrying");
@@ -133,12 +180,20 @@ async fn reconcile(
     }
 }
 
-async fn enrol(ctx: &Arc<Context>, workload: Arc<Workload>) -> Result<Enrolled, String> {
-    let path = workload
-        .netns
-        .clone()
-        .ok_or("no network namespace is known for this pod")?;
-    let netns = NetNs::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+async fn enrol(
+    ctx: &Arc<Context>,
+    workload: Arc<Workload>,
+    netns_from: Option<PathBuf>,
+    pinned_dir: &Path,
+) -> Result<Enrolled, String> {
+    let netns = match &netns_from {
+        Some(path) => NetNs::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?,
+        None => find_netns(&workload, pinned_dir).await?,
+    };
+    let path = netns.stable_path();
+    let netns_id = netns
+        .id()
+        .map_err(|e| format!("reading the namespace's identity: {e}"))?;
     let cert = ctx.certs.track(workload.identity.clone());
     let tls = server_config(ctx.bundle.clone(), Arc::new(cert.clone()));
     let local = Arc::new(LocalWorkload {
@@ -157,6 +212,7 @@ async fn enrol(ctx: &Arc<Context>, workload: Arc<Workload>) -> Result<Enrolled, 
         local,
         tasks,
         families,
+        netns_id,
     };
     if let Err(e) = install(&path, enrolled.families.clone()).await {
         enrolled.families.clear();
@@ -164,6 +220,17 @@ async fn enrol(ctx: &Arc<Context>, workload: Arc<Workload>) -> Result<Enrolled, 
         return Err(e);
     }
     Ok(enrolled)
+}
+
+/// A pod that was running before it was enrolled: its namespace is found by its address.
+async fn find_netns(workload: &Workload, pinned_dir: &Path) -> Result<Arc<NetNs>, String> {
+    let ip = *workload.ips.first().ok_or("the pod has no address")?;
+    let dir = pinned_dir.to_owned();
+    tokio::task::spawn_blocking(move || crate::netns::find_by_address(ip, &dir))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("scanning for the pod's network namespace: {e}"))?
+        .ok_or_else(|| format!("no network namespace on this node holds {ip} (not known from the CNI plugin either)"))
 }
 
 fn start_listeners(
@@ -222,7 +289,7 @@ async fn install(path: &std::path::Path, families: Vec<Family>) -> Result<(), St
 
 /// Rules out first, so that nothing is redirected to listeners that are going away.
 async fn release(enrolled: Enrolled) {
-    let path = enrolled.local.netns.path().to_owned();
+    let path = enrolled.local.netns.stable_path();
     let families = enrolled.families.clone();
     let removed = tokio::task::spawn_blocking(move || {
         families

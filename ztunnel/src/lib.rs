@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod capture;
+pub mod cni;
 pub mod config;
 pub mod context;
 pub mod enrol;
@@ -17,3 +18,4 @@ pub mod netns;
 pub mod ops;
 pub mod outbound;
 pub mod plaintext;
+pub mod registry;

@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -36,6 +36,28 @@ pub fn init() -> io::Result<()> {
     host().map(|_| ())
 }
 
+/// A namespace's identity, whatever path it is reached by: its device and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NsId {
+    dev: u64,
+    ino: u64,
+}
+
+impl NsId {
+    /// The namespace at `path`.
+    pub fn of(path: &Path) -> io::Result<Self> {
+        Self::from_metadata(&std::fs::metadata(path)?)
+    }
+
+    fn from_metadata(meta: &std::fs::Metadata) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
 /// A pod's network namespace.
 #[derive(Debug)]
 pub struct NetNs {
@@ -53,9 +75,44 @@ impl NetNs {
         }))
     }
 
-    /// Where the namespace lives.
+    /// Which namespace this is.
+    pub fn id(&self) -> io::Result<NsId> {
+        NsId::from_metadata(&self.file.metadata()?)
+    }
+
+    /// Whether `path` is this namespace (or a path to it).
+    pub fn is_at(&self, path: &Path) -> bool {
+        matches!((self.id(), NsId::of(path)), (Ok(a), Ok(b)) if a == b)
+    }
+
+    /// Where the namespace was opened from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A path to this namespace that stays valid as long as ztunnel holds it open, whatever happens
+    /// to the path it was opened from (a pod's process may exit): ztunnel's own descriptor.
+    pub fn stable_path(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            self.file.as_raw_fd()
+        ))
+    }
+
+    /// The addresses configured in this namespace.
+    pub fn addresses(&self) -> io::Result<Vec<IpAddr>> {
+        self.run(|| {
+            let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+            Ok(addrs
+                .filter_map(|a| a.address)
+                .filter_map(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| IpAddr::V4(v4.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                })
+                .collect())
+        })
     }
 
     /// Runs `f` with the current thread inside this namespace.
@@ -96,4 +153,20 @@ impl NetNs {
         socket.bind(addr)?;
         socket.listen(1024)
     }
+}
+
+/// Finds the network namespace holding address `ip` among those pinned in `pinned_dir` (where
+/// containerd and CRI-O keep pods' namespaces): how pods that were running before their namespace
+/// joined the mesh are found.
+pub fn find_by_address(ip: IpAddr, pinned_dir: &Path) -> io::Result<Option<Arc<NetNs>>> {
+    for entry in std::fs::read_dir(pinned_dir)?.flatten() {
+        // Namespaces come and go while we look: skip what vanished.
+        let Ok(netns) = NetNs::open(&entry.path()) else {
+            continue;
+        };
+        if netns.addresses().is_ok_and(|addrs| addrs.contains(&ip)) {
+            return Ok(Some(netns));
+        }
+    }
+    Ok(None)
 }

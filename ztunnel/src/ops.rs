@@ -50,7 +50,8 @@ fn not_ready(ctx: &Context, status: &StatusMap) -> Vec<String> {
         .filter(|w| w.enrolled)
     {
         match statuses.get(&workload.uid) {
-            Some(CaptureStatus::Captured) => {}
+            Some(CaptureStatus::Captured { .. }) => {}
+            Some(CaptureStatus::Released) => continue,
             Some(CaptureStatus::Failed { reason }) => {
                 problems.push(format!("{}: capture failed: {reason}", workload.key()));
             }

@@ -4,5 +4,7 @@
 mod translate;
 mod watch;
 
-pub use translate::{DATAPLANE_MODE, Objects, Translation, USE_WAYPOINT, WAYPOINT, translate};
-pub use watch::{Snapshot, start};
+pub use translate::{
+    DATAPLANE_MODE, Objects, Translation, USE_WAYPOINT, WAYPOINT, translate, with_cni_addresses,
+};
+pub use watch::{Snapshot, publish, start};

@@ -64,6 +64,9 @@ struct NamespaceEntry {
     name: String,
     #[serde(default)]
     use_waypoint: Option<String>,
+    /// `ambient`: the namespace is in the mesh even before it has pods.
+    #[serde(default)]
+    dataplane_mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -150,14 +153,26 @@ pub fn parse(text: &str, settings: &MeshSettings) -> Result<MeshState, ConfigErr
         .into_iter()
         .map(|w| waypoint(w, settings))
         .collect::<Result<_, _>>()?;
-    let bindings = Bindings::new(file.namespaces.unwrap_or_default(), &waypoints)?;
-    let workloads = file
+    let namespaces = file.namespaces.unwrap_or_default();
+    let mut ambient: std::collections::BTreeSet<String> = namespaces
+        .iter()
+        .filter(|ns| ns.dataplane_mode.as_deref() == Some("ambient"))
+        .map(|ns| ns.name.clone())
+        .collect();
+    let bindings = Bindings::new(namespaces, &waypoints)?;
+    let workloads: Vec<Workload> = file
         .workloads
         .unwrap_or_default()
         .into_iter()
         .enumerate()
         .map(|(i, w)| workload(i, w, settings, &bindings))
         .collect::<Result<_, _>>()?;
+    ambient.extend(
+        workloads
+            .iter()
+            .filter(|w| w.enrolled)
+            .map(|w| w.namespace.clone()),
+    );
     let services = file
         .services
         .unwrap_or_default()
@@ -196,14 +211,15 @@ pub fn parse(text: &str, settings: &MeshSettings) -> Result<MeshState, ConfigErr
             }
         }
     }
-    MeshState::build(
+    Ok(MeshState::build(
         settings.clone(),
         workloads,
         services,
         waypoints,
         authz,
         peer_auth,
-    )
+    )?
+    .with_ambient_namespaces(ambient))
 }
 
 /// Which waypoint each namespace uses by default, and which waypoints exist.

@@ -65,6 +65,7 @@ pub struct MeshState {
     waypoints: HashMap<WaypointRef, Arc<Waypoint>>,
     authz: PolicyIndex,
     peer_auth: Vec<PeerAuthPolicy>,
+    ambient_namespaces: std::collections::BTreeSet<String>,
 }
 
 impl MeshState {
@@ -173,6 +174,17 @@ impl MeshState {
             .collect();
         uids.sort();
         uids
+    }
+
+    /// Declares which namespaces are in the mesh: their new pods must be captured before they start.
+    pub fn with_ambient_namespaces(mut self, namespaces: impl IntoIterator<Item = String>) -> Self {
+        self.ambient_namespaces = namespaces.into_iter().collect();
+        self
+    }
+
+    /// The namespaces in the mesh.
+    pub fn ambient_namespaces(&self) -> &std::collections::BTreeSet<String> {
+        &self.ambient_namespaces
     }
 
     /// The settings it was built with.

@@ -87,6 +87,13 @@ enum Mode {
     /// Call the gRPC method `istio.v1.auth.IstioCertificateService/CreateCertificate` at `addr`
     /// (plaintext h2c); print `OK` or the gRPC status code.
     Grpc { addr: SocketAddr },
+    /// Stand in for the Kubernetes API server: list and watch the objects in `dir`.
+    FakeApi {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
     /// Connect to `addr`, send `message`, half-close, print what comes back.
     Tcp {
         addr: SocketAddr,
@@ -111,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Mode::Http { addr, h2, requests } => one_connection(addr, h2, &requests).await,
         Mode::Grpc { addr } => grpc::call(addr).await,
+        Mode::FakeApi { listen, dir } => fake_api::serve(listen, dir).await,
         Mode::HboneForeignRoot {
             addr,
             target,
@@ -148,6 +156,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+#[path = "e2e-app/fake_api.rs"]
+mod fake_api;
 
 /// Rogue HBONE peers, built from veil's own library.
 mod probe {

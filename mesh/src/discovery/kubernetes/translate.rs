@@ -57,6 +57,34 @@ pub struct Translation {
     pub invalid: Vec<PolicyError>,
 }
 
+/// `objects` with the addresses the CNI plugin gave pods that the API does not list yet (a pod's
+/// status gets its address only after the CNI ADD that must capture it has returned); `None` when
+/// there was nothing to fill in.
+pub fn with_cni_addresses(
+    objects: &Objects,
+    known: impl Fn(&str, &str) -> Option<Vec<IpAddr>>,
+) -> Option<Objects> {
+    let mut objects = objects.clone();
+    let mut filled = false;
+    for pod in &mut objects.pods {
+        if !pod_ips(pod).is_empty() {
+            continue;
+        }
+        let Some(ips) = known(&pod.namespace().unwrap_or_default(), &pod.name_any()) else {
+            continue;
+        };
+        let status = pod.status.get_or_insert_default();
+        status.pod_ips = Some(
+            ips.iter()
+                .map(|ip| k8s_openapi::api::core::v1::PodIP { ip: ip.to_string() })
+                .collect(),
+        );
+        status.pod_ip = ips.first().map(ToString::to_string);
+        filled = true;
+    }
+    filled.then_some(objects)
+}
+
 /// Translates `objects` into a snapshot.
 pub fn translate(objects: &Objects, settings: &MeshSettings) -> Result<Translation, ConfigError> {
     let namespaces: HashMap<String, &Namespace> = objects
@@ -82,6 +110,11 @@ pub fn translate(objects: &Objects, settings: &MeshSettings) -> Result<Translati
         .iter()
         .map(|p| peer_auth_policy(p, &mut invalid))
         .collect();
+    let ambient = objects
+        .namespaces
+        .iter()
+        .filter(|ns| label(ns.metadata.labels.as_ref(), DATAPLANE_MODE) == Some("ambient"))
+        .map(ResourceExt::name_any);
     let state = MeshState::build(
         settings.clone(),
         workloads,
@@ -89,7 +122,8 @@ pub fn translate(objects: &Objects, settings: &MeshSettings) -> Result<Translati
         waypoints,
         authz,
         peer_auth,
-    )?;
+    )?
+    .with_ambient_namespaces(ambient);
     Ok(Translation { state, invalid })
 }
 

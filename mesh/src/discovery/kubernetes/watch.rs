@@ -4,6 +4,7 @@
 //! one stays published; while a watch is down, its last listed objects stay in its store.
 
 use std::fmt::Debug;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tracing::{error, info, warn};
 use veil_crd::authorization::AuthorizationPolicy;
 use veil_crd::peer_authentication::PeerAuthentication;
 
-use super::translate::{Objects, translate};
+use super::translate::{Objects, translate, with_cni_addresses};
 use crate::discovery::state::{ConfigError, MeshSettings, MeshState};
 use crate::policy::PolicyError;
 
@@ -104,6 +105,39 @@ pub async fn start(
         }
     });
     Ok(rx)
+}
+
+/// Publishes the mesh of every snapshot on `tx`, with the addresses `known` gives for pods the API
+/// lists without one yet (see [`with_cni_addresses`]); publishes again whenever `refresh` changes.
+/// Returns when `snapshots` ends.
+pub async fn publish(
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    settings: MeshSettings,
+    tx: watch::Sender<Arc<MeshState>>,
+    mut refresh: watch::Receiver<u64>,
+    known: impl Fn(&str, &str) -> Option<Vec<IpAddr>>,
+) {
+    let mut refresh_open = true;
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        refresh.borrow_and_update();
+        let state = match with_cni_addresses(&snapshot.objects, &known) {
+            None => Ok(snapshot.state.clone()),
+            Some(objects) => translate(&objects, &settings).map(|t| Arc::new(t.state)),
+        };
+        match state {
+            Ok(state) => {
+                tx.send_replace(state);
+            }
+            // The snapshot itself translated; its overlay cannot fail differently in practice,
+            // but if it does the published state stays as it was.
+            Err(e) => error!(error = %e, "could not add node-local pod addresses to the mesh"),
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return },
+            changed = refresh.changed(), if refresh_open => refresh_open = changed.is_ok(),
+        }
+    }
 }
 
 fn build(stores: &Stores, settings: &MeshSettings) -> Result<Snapshot, ConfigError> {

@@ -215,3 +215,35 @@ fn a_namespace_label_change_enrols_and_releases_its_pods() {
             .enrolled
     );
 }
+
+#[test]
+fn ambient_namespaces_and_cni_addresses_for_pods_the_api_has_no_address_for_yet() {
+    let objects = objects();
+    let t = translated(&objects);
+    let ambient: Vec<&str> = t
+        .state
+        .ambient_namespaces()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(ambient, ["production", "user-data"]);
+    // The pending account-service pod has no address in the API; the CNI plugin gave it one.
+    let cni_ip = ip("10.244.1.99");
+    let overlaid = with_cni_addresses(&objects, |ns, name| {
+        (ns == "production" && name == "account-service-7d9f8c6b5-pending").then(|| vec![cni_ip])
+    })
+    .expect("the pending pod gets the CNI's address");
+    let t = translated(&overlaid);
+    assert!(t.state.workload_by_ip(cni_ip).unwrap().enrolled);
+}
+
+#[test]
+fn cni_addresses_never_override_the_api() {
+    let objects = objects();
+    // Every pod but the pending one has an address in the API: only that one may be filled in.
+    assert!(
+        with_cni_addresses(&objects, |_, name| (!name.ends_with("-pending"))
+            .then(|| vec![ip("10.9.9.9")]))
+        .is_none()
+    );
+}

@@ -6,6 +6,7 @@
     reason = "xtask is a command-line tool that reports to its user"
 )]
 
+mod charts;
 mod crds;
 mod demo;
 mod proto;
@@ -37,7 +38,16 @@ enum Task {
         #[arg(long)]
         hold: bool,
     },
-    /// Build every binary and run the whole test suite, end-to-end tests included (those need root).
+    /// Lint and render the Helm charts (Helm v4 SDK), validate the manifests for Kubernetes 1.33,
+    /// check that broken values are refused, validate the example custom resources (needs python3
+    /// with venv; installs pinned tools from PyPI into target/chart-tools).
+    CheckCharts {
+        /// Also render CHART with this values file (CHART=FILE, e.g. veil=my-values.yaml).
+        #[arg(long = "values", value_name = "CHART=FILE")]
+        values: Vec<String>,
+    },
+    /// Build every binary and run the whole test suite, end-to-end tests included (those need root),
+    /// then the chart checks (without a filter).
     Test {
         /// Extra arguments for the test runner (e.g. a test-name filter).
         #[arg(trailing_var_arg = true)]
@@ -49,6 +59,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::GenProto { check } => proto::generate(check),
         Task::GenCrds => crds::generate(),
+        Task::CheckCharts { values } => charts::check(&values),
         Task::Demo { hold } => demo::run(hold),
         Task::Test { args } => test::run(&args),
     }

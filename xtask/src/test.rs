@@ -2,7 +2,8 @@
 //!
 //! The end-to-end tests start the real binaries of several packages, so every binary is built first;
 //! then the suite runs under cargo-nextest when it is installed (parallel, one process per test) and
-//! under `cargo test` otherwise.
+//! under `cargo test` otherwise; then the chart checks (`check-charts`). With a test filter, only the
+//! matching tests run.
 
 use std::process::Command;
 
@@ -24,7 +25,17 @@ pub(crate) fn run(extra: &[String]) -> anyhow::Result<()> {
         vec!["test", "--workspace", "--no-fail-fast"]
     };
     args.extend(extra.iter().map(String::as_str));
-    cargo(&root, &args)
+    let suite = cargo(&root, &args);
+    if !extra.is_empty() {
+        return suite;
+    }
+    // The whole suite includes the charts.
+    let charts = crate::charts::check(&[]);
+    match (suite, charts) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(tests), Err(charts)) => bail!("{tests:#}; and {charts:#}"),
+    }
 }
 
 fn cargo(root: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {

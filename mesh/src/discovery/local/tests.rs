@@ -262,3 +262,27 @@ async fn the_watcher_applies_good_changes_and_keeps_the_last_good_state_on_bad_o
     assert_eq!(rx.borrow().summary().workloads, 3);
     task.abort();
 }
+
+#[test]
+fn the_documented_example_policies_are_accepted_as_written() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+    let mut policies = String::from("policies:\n");
+    let mut kinds = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let doc: serde_json::Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let kind = doc["kind"].as_str().unwrap().to_owned();
+        if kind == "AuthorizationPolicy" || kind == "PeerAuthentication" {
+            policies.push_str(&format!("  - {doc}\n"));
+            kinds.push(kind);
+        }
+    }
+    assert!(kinds.iter().any(|k| k == "AuthorizationPolicy"));
+    assert!(kinds.iter().any(|k| k == "PeerAuthentication"));
+    let state = parse(&policies, &settings()).unwrap_or_else(|e| panic!("{e}\n{policies}"));
+    assert_eq!(
+        state.summary().authorization_policies + state.summary().peer_authentications,
+        kinds.len()
+    );
+}

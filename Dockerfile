@@ -1,0 +1,21 @@
+# One image for every veil component: veil-ca, veil-ztunnel, veil-cni and veil-waypoint.
+# Not built by CI: the development machines have no container engine. See docs/install.md.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p veil-ca -p veil-ztunnel -p veil-waypoint --bins
+
+FROM debian:bookworm-slim
+# ztunnel installs capture rules with iptables-restore inside pods' namespaces (entered with
+# nsenter, from util-linux, which the base image has).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iptables ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build \
+  /src/target/release/veil-ca \
+  /src/target/release/veil-ztunnel \
+  /src/target/release/veil-cni \
+  /src/target/release/veil-waypoint \
+  /usr/local/bin/
+# Non-root by default; the chart runs ztunnel and the CNI installer as root, nothing else.
+USER 65532:65532

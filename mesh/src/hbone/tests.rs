@@ -230,3 +230,33 @@ async fn one_connection_carries_many_concurrent_tunnels() {
         with_timeout(t).await.unwrap();
     }
 }
+
+/// A tunnel that has sent and now waits must not keep the connection's flow-control window: the
+/// other tunnels of the connection still flow (regression: each tunnel used to reserve a whole
+/// chunk of window in advance, so with the default 64 KiB connection window the first idle tunnel
+/// starved all the others).
+#[tokio::test]
+async fn an_idle_tunnel_does_not_starve_the_others_of_window() {
+    let pki = TestPki::new("cluster.local");
+    let proxy = server_proxy(&pki).await;
+    let echo = target(|mut tcp| async move {
+        let (mut rd, mut wr) = tcp.split();
+        let _ = tokio::io::copy(&mut rd, &mut wr).await;
+    })
+    .await;
+    let client = client(&pki, proxy).await;
+    let mut idle = Vec::new();
+    for i in 0..8u8 {
+        let mut app = tunnel(&client, echo).await;
+        let msg = vec![i; 1024];
+        with_timeout(async {
+            app.write_all(&msg).await.unwrap();
+            let mut back = vec![0u8; msg.len()];
+            app.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, msg);
+        })
+        .await;
+        // Kept open and idle while the next tunnels run.
+        idle.push(app);
+    }
+}

@@ -5,16 +5,18 @@
 //! - a reset of the socket becomes RST_STREAM, and RST_STREAM (or the loss of the whole HTTP/2
 //!   connection) becomes a TCP reset, so neither application mistakes an abort for a clean end.
 //!
-//! Memory: the socket is read only up to the send window the peer granted (backpressure end to end),
-//! and a buffer exists only while data is in flight: an idle tunnel holds none.
+//! Memory: a chunk read from the socket is sent as the peer's window allows before the next read
+//! (backpressure end to end); window is reserved only for data in hand, and a buffer exists only
+//! while data is in flight: an idle tunnel holds neither.
 
 use std::future::poll_fn;
 use std::io;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
 
 /// The largest chunk read from the socket at once.
 pub const CHUNK: usize = 64 * 1024;
@@ -49,9 +51,9 @@ pub async fn splice(
     on_to_socket: impl Fn(usize),
 ) -> Result<Transferred, TunnelError> {
     let result = {
-        let (mut rd, mut wr) = socket.split();
+        let (rd, mut wr) = socket.split();
         tokio::try_join!(
-            socket_to_stream(&mut rd, &mut send, &on_to_stream),
+            socket_to_stream(&rd, &mut send, &on_to_stream),
             stream_to_socket(&mut recv, &mut wr, &on_to_socket),
         )
     };
@@ -81,22 +83,30 @@ pub fn abort_socket(socket: &TcpStream) {
     let _ = socket.set_zero_linger();
 }
 
+/// A read buffer with less room than this is replaced by a fresh one of [`CHUNK`] bytes.
+const MIN_READ: usize = 4 * 1024;
+
 async fn socket_to_stream(
-    rd: &mut (impl AsyncRead + Unpin),
+    rd: &ReadHalf<'_>,
     send: &mut SendStream<Bytes>,
     on_chunk: &impl Fn(usize),
 ) -> Result<u64, TunnelError> {
     let mut total = 0u64;
+    let mut buf = BytesMut::new();
     loop {
-        let Some(window) = send_window(send).await? else {
-            // The stream is closed for sending: the peer reset it; its error surfaces on receive.
-            return Ok(total);
+        if buf.capacity() < MIN_READ {
+            buf.reserve(CHUNK);
+        }
+        let n = match rd.try_read_buf(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Nothing to send: wait without a buffer, so an idle tunnel holds none.
+                buf = BytesMut::new();
+                rd.readable().await.map_err(TunnelError::Socket)?;
+                continue;
+            }
+            Err(e) => return Err(TunnelError::Socket(e)),
         };
-        let mut buf = BytesMut::with_capacity(window.min(CHUNK));
-        let n = rd
-            .read_buf(&mut (&mut buf).limit(window.min(CHUNK)))
-            .await
-            .map_err(TunnelError::Socket)?;
         if n == 0 {
             send.send_data(Bytes::new(), true)
                 .map_err(TunnelError::Stream)?;
@@ -104,16 +114,28 @@ async fn socket_to_stream(
         }
         total += n as u64;
         on_chunk(n);
-        send.send_data(buf.freeze(), false)
-            .map_err(TunnelError::Stream)?;
+        let mut data = buf.split().freeze();
+        while !data.is_empty() {
+            let Some(window) = send_window(send, data.len()).await? else {
+                // The stream is closed for sending: the peer reset it; its error surfaces on receive.
+                return Ok(total);
+            };
+            send.send_data(data.split_to(window.min(data.len())), false)
+                .map_err(TunnelError::Stream)?;
+        }
     }
 }
 
-/// Waits until the peer's flow-control window lets us send, and returns how much (`None`: the stream
-/// can no longer send). `poll_capacity` only reports *changes* of capacity, so capacity already
-/// granted is read with `capacity()` first.
-async fn send_window(send: &mut SendStream<Bytes>) -> Result<Option<usize>, TunnelError> {
-    send.reserve_capacity(CHUNK);
+/// Waits until the peer's flow-control window lets us send some of `wanted` bytes, and returns how
+/// much (`None`: the stream can no longer send). Window is reserved only for data in hand, so a
+/// tunnel waiting for its socket holds none of the connection's window from the others.
+/// `poll_capacity` only reports *changes* of capacity, so capacity already granted is read with
+/// `capacity()` first.
+async fn send_window(
+    send: &mut SendStream<Bytes>,
+    wanted: usize,
+) -> Result<Option<usize>, TunnelError> {
+    send.reserve_capacity(wanted);
     loop {
         let granted = send.capacity();
         if granted > 0 {

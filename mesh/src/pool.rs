@@ -9,6 +9,9 @@
 //! One HTTP/2 connection is served by one task, which is one core. So a new tunnel prefers an idle
 //! connection, and when every connection of a key is busy a new one is opened (up to a limit) rather
 //! than queueing the flow behind the others: parallel flows between one pair use parallel cores.
+//! Beyond that limit tunnels share connections, up to the number of streams each server accepts at
+//! once; when every connection is full another is opened, whatever the limit: a tunnel never waits
+//! for another to end.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -48,7 +51,8 @@ pub trait Dialer: Send + Sync {
 pub struct PoolSettings {
     /// A connection with at least this many open tunnels counts as busy.
     pub busy_streams: usize,
-    /// At most this many connections per key.
+    /// Busy connections are added up to this many per key; beyond, tunnels share them (and more
+    /// are opened only when every connection has as many streams as its server accepts).
     pub max_connections_per_key: usize,
     /// Connections without tunnels for this long are closed.
     pub idle_timeout: Duration,
@@ -205,15 +209,20 @@ impl Pool {
         }
     }
 
-    /// The least-loaded live connection of `key`, if it is not busy (or `any` is set, or no more
-    /// connections may be opened). Increments its active count.
+    /// The least-loaded live connection of `key` with room for another stream, if it is not busy
+    /// (or `any` is set, or no more connections may be opened for parallelism). Increments its
+    /// active count.
     fn pick(&self, key: &PoolKey, any: bool) -> Option<Arc<Conn>> {
         let mut slots = self.lock();
         let slot = slots.get_mut(key)?;
         slot.conns.retain(|c| !c.client.is_closed());
-        let full = slot.conns.len() >= self.inner.settings.max_connections_per_key;
-        let best = slot.conns.iter().min_by_key(|c| c.active())?;
-        if any || full || best.active() < self.inner.settings.busy_streams {
+        let enough = slot.conns.len() >= self.inner.settings.max_connections_per_key;
+        let best = slot
+            .conns
+            .iter()
+            .filter(|c| c.active() < c.client.max_streams())
+            .min_by_key(|c| c.active())?;
+        if any || enough || best.active() < self.inner.settings.busy_streams {
             best.active.fetch_add(1, Ordering::AcqRel);
             return Some(best.clone());
         }

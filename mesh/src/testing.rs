@@ -238,7 +238,23 @@ pub async fn spawn_hbone_server(
     identity: &Identity,
     expect_peer: Option<&Identity>,
 ) -> std::net::SocketAddr {
-    use crate::hbone::{H2Settings, parse_connect, refuse, serve_connection, splice};
+    spawn_hbone_server_with(
+        pki,
+        identity,
+        expect_peer,
+        crate::hbone::H2Settings::default(),
+    )
+    .await
+}
+
+/// [`spawn_hbone_server`] with HTTP/2 `settings` of its own.
+pub async fn spawn_hbone_server_with(
+    pki: &TestPki,
+    identity: &Identity,
+    expect_peer: Option<&Identity>,
+    settings: crate::hbone::H2Settings,
+) -> std::net::SocketAddr {
+    use crate::hbone::{parse_connect, refuse, serve_connection, splice};
     use crate::identity::{FixedCert, server_config};
     use http::StatusCode;
 
@@ -255,8 +271,8 @@ pub async fn spawn_hbone_server(
             let (tcp, _) = listener.accept().await.unwrap();
             let tls = tls.clone();
             let expect_peer = expect_peer.clone();
+            let settings = settings.clone();
             tokio::spawn(async move {
-                let settings = H2Settings::default();
                 let _ = serve_connection(
                     tcp,
                     tls,

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 use veil_mesh::discovery::{self, MeshSettings, MeshState, NodeAddresses, Origin};
+use veil_mesh::hbone::H2Settings;
 use veil_mesh::identity::{
     CertManager, GrpcCaClient, ManagerConfig, TokenSource, TrustBundle, parse_trust_domain,
 };
@@ -161,6 +162,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         DataPathSettings {
             unknown_destination: config.unknown_destination,
             send_forwarded: config.send_forwarded,
+            h2: H2Settings {
+                stream_window: config.hbone_stream_window,
+                connection_window: config.hbone_connection_window,
+                max_frame_size: config.hbone_max_frame_size,
+                ..H2Settings::default()
+            },
             ..DataPathSettings::default()
         },
     ));

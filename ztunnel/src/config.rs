@@ -94,4 +94,18 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, env = "VEIL_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// HTTP/2 flow-control window of each HBONE tunnel, in bytes: how much may be in flight
+    /// unacknowledged per tunnel (memory is taken only when a receiver falls behind).
+    #[arg(long, env = "VEIL_HBONE_STREAM_WINDOW", default_value_t = veil_mesh::hbone::H2Settings::default().stream_window, value_parser = clap::value_parser!(u32).range(65_535..=(1 << 30)))]
+    pub hbone_stream_window: u32,
+    /// HTTP/2 flow-control window of each HBONE connection (all its tunnels), in bytes.
+    #[arg(long, env = "VEIL_HBONE_CONNECTION_WINDOW", default_value_t = veil_mesh::hbone::H2Settings::default().connection_window, value_parser = clap::value_parser!(u32).range(65_535..=(1 << 30)))]
+    pub hbone_connection_window: u32,
+    /// HTTP/2 frame size HBONE peers may send us, in bytes (16 KiB to 16 MiB).
+    #[arg(long, env = "VEIL_HBONE_MAX_FRAME_SIZE", default_value_t = veil_mesh::hbone::H2Settings::default().max_frame_size, value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
+    pub hbone_max_frame_size: u32,
+    /// Threads that carry traffic, the node agent's CPU ceiling [default: half the node's cores,
+    /// at most 2].
+    #[arg(long, env = "VEIL_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub worker_threads: Option<u16>,
 }

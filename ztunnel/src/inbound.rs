@@ -40,7 +40,7 @@ pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpList
     }
 }
 
-async fn connection(ctx: Arc<Context>, local: Arc<LocalWorkload>, tcp: TcpStream) {
+pub(crate) async fn connection(ctx: Arc<Context>, local: Arc<LocalWorkload>, tcp: TcpStream) {
     let peer = tcp.peer_addr().ok();
     let handler = |stream| stream_task(ctx.clone(), local.clone(), stream);
     // A pod's listener lives as long as the pod is captured; its connections end with it.
@@ -63,7 +63,11 @@ async fn connection(ctx: Arc<Context>, local: Arc<LocalWorkload>, tcp: TcpStream
     }
 }
 
-async fn stream_task(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut stream: InboundStream) {
+pub(crate) async fn stream_task(
+    ctx: Arc<Context>,
+    local: Arc<LocalWorkload>,
+    mut stream: InboundStream,
+) {
     let Some(target) = check_target(&local, &mut stream) else {
         return;
     };

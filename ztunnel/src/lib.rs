@@ -19,3 +19,6 @@ pub mod ops;
 pub mod outbound;
 pub mod plaintext;
 pub mod registry;
+
+#[cfg(test)]
+mod footprint;

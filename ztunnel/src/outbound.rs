@@ -143,7 +143,7 @@ pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpList
     }
 }
 
-async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream) {
+pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream) {
     let dst = match original_dst(&tcp) {
         Ok(dst) => dst,
         Err(e) => {

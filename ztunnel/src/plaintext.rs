@@ -32,7 +32,7 @@ pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpList
     }
 }
 
-async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream) {
+pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream) {
     let (Ok(dst), Ok(peer)) = (original_dst(&tcp), tcp.peer_addr()) else {
         return abort_socket(&tcp);
     };

@@ -76,7 +76,9 @@ where
             .await?;
         Ok((conn, peer))
     };
-    let (mut conn, peer) = tokio::time::timeout(settings.handshake_timeout, handshake)
+    // Boxed: the handshakes' state is large and needed only until they end, not for the
+    // connection's life.
+    let (mut conn, peer) = tokio::time::timeout(settings.handshake_timeout, Box::pin(handshake))
         .await
         .map_err(|_| ConnectError::Timeout(settings.handshake_timeout))??;
     let ping = conn.ping_pong();

@@ -7,7 +7,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::*;
 use crate::hbone::{H2Settings, splice};
 use crate::identity::client_config;
-use crate::testing::{TestPki, spawn_hbone_server};
+use crate::testing::{TestPki, spawn_hbone_server, spawn_hbone_server_with};
 
 fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "default", sa).unwrap()
@@ -38,8 +38,22 @@ struct Setup {
 }
 
 async fn setup(settings: PoolSettings) -> Setup {
+    setup_with(settings, None).await
+}
+
+/// With `max_streams`, the server accepts only that many streams at once per connection.
+async fn setup_with(settings: PoolSettings, max_streams: Option<u32>) -> Setup {
     let pki = Arc::new(TestPki::new("cluster.local"));
-    let server = spawn_hbone_server(&pki, &id("server"), Some(&id("client"))).await;
+    let server = match max_streams {
+        None => spawn_hbone_server(&pki, &id("server"), Some(&id("client"))).await,
+        Some(n) => {
+            let h2 = H2Settings {
+                max_concurrent_streams: n,
+                ..H2Settings::default()
+            };
+            spawn_hbone_server_with(&pki, &id("server"), Some(&id("client")), h2).await
+        }
+    };
     let echo_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let echo = echo_listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -139,4 +153,35 @@ async fn idle_connections_expire() {
     assert_eq!(s.pool.connections(), 0);
     drop(round_trip(&s).await);
     assert_eq!(s.pool.opened_total(), 2);
+}
+
+#[tokio::test]
+async fn when_every_connection_is_full_another_is_opened_beyond_the_limit() {
+    let s = setup_with(
+        PoolSettings {
+            max_connections_per_key: 1,
+            ..PoolSettings::default()
+        },
+        Some(2),
+    )
+    .await;
+    // Learn the server's limit (its SETTINGS arrive with the first exchange).
+    drop(round_trip(&s).await);
+    let mut open = Vec::new();
+    for i in 0..5 {
+        let tunnel = tokio::time::timeout(
+            Duration::from_secs(5),
+            s.pool
+                .open(&s.key, s.echo, &TunnelMeta::default(), &s.dialer),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("tunnel {i} waited for a stream slot"))
+        .unwrap();
+        open.push(tunnel);
+    }
+    assert_eq!(
+        s.pool.opened_total(),
+        3,
+        "2 streams per connection: 5 tunnels need 3"
+    );
 }

@@ -1,0 +1,52 @@
+//! The memory a connection costs ztunnel, bounded at compile time: every proxied connection is one
+//! task per side whose future is allocated whole when the task is spawned, so its size is paid by
+//! every open connection, idle or not. Buffers are not in these futures (they are taken only while
+//! data flows); an `async fn` that grows past these bounds has started keeping something large
+//! across an `.await`.
+
+use std::future::Future;
+use std::mem::size_of;
+
+/// The size of the future `f` returns, without calling it.
+fn future_size<A, B, C, F: Future>(_f: impl Fn(A, B, C) -> F) -> usize {
+    size_of::<F>()
+}
+
+/// Bytes of one tunnel's task future (out of the 8 KiB per connection the whole of ztunnel may spend
+/// on it, kernel socket buffers aside).
+const TUNNEL_BUDGET: usize = 2048;
+
+/// Bytes of one HBONE connection's task future, shared by all the tunnels it carries.
+const HBONE_CONNECTION_BUDGET: usize = 4096;
+
+#[test]
+fn the_per_connection_futures_fit_their_budgets() {
+    let tasks = [
+        (
+            "outbound tunnel (source side)",
+            future_size(crate::outbound::handle),
+            TUNNEL_BUDGET,
+        ),
+        (
+            "inbound tunnel (destination side)",
+            future_size(crate::inbound::stream_task),
+            TUNNEL_BUDGET,
+        ),
+        (
+            "plaintext connection",
+            future_size(crate::plaintext::handle),
+            TUNNEL_BUDGET,
+        ),
+        (
+            "inbound HBONE connection",
+            future_size(crate::inbound::connection),
+            HBONE_CONNECTION_BUDGET,
+        ),
+    ];
+    let over: Vec<String> = tasks
+        .iter()
+        .filter(|(_, size, budget)| size > budget)
+        .map(|(what, size, budget)| format!("the {what} future is {size} bytes, over its {budget}"))
+        .collect();
+    assert!(over.is_empty(), "{over:#?}");
+}

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::{RecvStream, SendStream};
+use h2::{Reason, RecvStream, SendStream};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -57,6 +57,10 @@ pub struct PoolSettings {
     /// Connections without tunnels for this long are closed.
     pub idle_timeout: Duration,
 }
+
+/// Times a tunnel is retried after the server refused its stream (REFUSED_STREAM: not processed,
+/// safe to retry) before the refusal is reported.
+const MAX_REFUSALS: usize = 3;
 
 impl Default for PoolSettings {
     fn default() -> Self {
@@ -153,10 +157,21 @@ impl Pool {
         dialer: &dyn Dialer,
     ) -> Result<PooledStream, ConnectError> {
         let mut retried = false;
+        let mut refusals = 0;
         loop {
             let conn = self.checkout(key, dialer).await?;
             match conn.client.open(connect_request(target, meta)).await {
                 Ok((send, recv)) => return Ok((send, recv, StreamGuard { conn })),
+                Err(ConnectError::H2(e))
+                    if refusals < MAX_REFUSALS && e.reason() == Some(Reason::REFUSED_STREAM) =>
+                {
+                    // Over the server's stream limit (a fresh connection learns it from the
+                    // server's SETTINGS, which may arrive after the first streams were sent). The
+                    // server did nothing with the stream: try again, elsewhere if this one is full.
+                    debug!("stream refused; retrying");
+                    conn.active.fetch_sub(1, Ordering::AcqRel);
+                    refusals += 1;
+                }
                 Err(ConnectError::H2(e))
                     if !retried && (e.is_go_away() || e.is_io() || conn.client.is_closed()) =>
                 {

@@ -185,3 +185,31 @@ async fn when_every_connection_is_full_another_is_opened_beyond_the_limit() {
         "2 streams per connection: 5 tunnels need 3"
     );
 }
+
+#[tokio::test]
+async fn a_burst_on_a_fresh_connection_beyond_the_server_limit_is_retried_not_refused() {
+    let s = setup_with(
+        PoolSettings {
+            max_connections_per_key: 1,
+            ..PoolSettings::default()
+        },
+        Some(4),
+    )
+    .await;
+    // All at once, before the server's SETTINGS (and its limit of 4) can have arrived.
+    let meta = TunnelMeta::default();
+    let opens = (0..12).map(|_| s.pool.open(&s.key, s.echo, &meta, &s.dialer));
+    let tunnels = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::future::join_all(opens),
+    )
+    .await
+    .expect("tunnels waited");
+    for (i, tunnel) in tunnels.iter().enumerate() {
+        assert!(tunnel.is_ok(), "tunnel {i}: {:?}", tunnel.as_ref().err());
+    }
+    assert!(
+        s.pool.opened_total() >= 3,
+        "4 streams per connection: 12 tunnels need at least 3 connections"
+    );
+}

@@ -8,6 +8,7 @@
     reason = "the harness reports skipped tests and kept logs"
 )]
 
+pub mod certs;
 pub mod cluster;
 pub mod kube;
 pub mod mesh;

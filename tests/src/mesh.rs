@@ -126,10 +126,22 @@ pub struct MeshSpec {
     pub ambient_namespaces: Vec<String>,
 }
 
-/// Where the workspace's binaries are: next to this test binary's `deps/` folder (or this binary).
+/// Where binaries are taken from, when not next to the running program (see [`use_binaries_from`]).
+static BIN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Takes the workspace's binaries from `dir` (the benchmarks run release builds).
+pub fn use_binaries_from(dir: PathBuf) {
+    let _ = BIN_DIR.set(dir);
+}
+
+/// Where the workspace's binaries are: next to this test binary's `deps/` folder (or this binary),
+/// unless [`use_binaries_from`] said otherwise.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current executable");
-    let mut dir = exe.parent().expect("executable has a folder").to_path_buf();
+    let mut dir = match BIN_DIR.get() {
+        Some(dir) => dir.clone(),
+        None => exe.parent().expect("executable has a folder").to_path_buf(),
+    };
     if dir.ends_with("deps") {
         dir.pop();
     }
@@ -180,6 +192,8 @@ pub struct Mesh {
     /// Kubernetes mode: the API objects, and the fake API server serving them.
     pub api: Option<(ApiObjects, Proc)>,
     mesh_config: PathBuf,
+    /// Keep the logs and configuration when dropped (they are kept anyway after a panic).
+    pub keep_logs: bool,
 }
 
 impl Mesh {
@@ -232,6 +246,7 @@ impl Mesh {
             spec,
             api: None,
             mesh_config,
+            keep_logs: false,
         };
         if mesh.spec.kubernetes {
             mesh.start_api()?;
@@ -822,7 +837,7 @@ impl Drop for Mesh {
             api.kill();
         }
         unpin_all(&self.dir.join("netns"));
-        if std::thread::panicking() {
+        if std::thread::panicking() || self.keep_logs {
             eprintln!("logs and configuration kept in {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);

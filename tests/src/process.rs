@@ -69,6 +69,45 @@ impl Proc {
         })
     }
 
+    /// Its process id (a process started in a namespace is `ip netns exec`, which becomes it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time it has used so far (user + system), from `/proc`.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // Linux reports in USER_HZ, 100 on every architecture it supports.
+        Some(ticks as f64 / 100.0)
+    }
+
+    /// Its resident memory, in bytes, from `/proc`: all of it (`VmRSS`, which counts the pages of
+    /// its executable that are mapped in, shared with any other process running it).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        self.status_kib("VmRSS:").map(|kib| kib * 1024)
+    }
+
+    /// Its private anonymous resident memory (heap, stacks), in bytes, from `/proc`.
+    pub fn rss_anon_bytes(&self) -> Option<u64> {
+        self.status_kib("RssAnon:").map(|kib| kib * 1024)
+    }
+
+    fn status_kib(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Everything it has written so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

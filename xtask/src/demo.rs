@@ -4,13 +4,11 @@
 //! decided, what the wire showed, and which identities were verified. Everything it creates is
 //! removed at the end; what a crashed earlier run left behind is removed at the start.
 
-use std::process::Command;
-
 use anyhow::{Context as _, bail};
 use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, skip_unless_root};
 use veil_e2e::wire::Capture;
 
-use crate::proto::workspace_root;
+use crate::setup::{build, install_tools};
 
 /// Tools the demo runs, and the Debian packages that provide them.
 const TOOLS: &[(&str, &str)] = &[
@@ -93,8 +91,8 @@ pub(crate) fn run(hold: bool) -> anyhow::Result<()> {
     if skip_unless_root("the demo") {
         bail!("the demo builds network namespaces and iptables rules: run it as root");
     }
-    install_tools()?;
-    build()?;
+    install_tools(TOOLS)?;
+    build(false)?;
     let mesh = Mesh::start(spec()).context("starting the demo mesh")?;
     print_topology(&mesh);
     let mut rows = CALLS
@@ -167,50 +165,6 @@ fn spec() -> MeshSpec {
         policies: POLICY.into(),
         ..MeshSpec::default()
     }
-}
-
-fn install_tools() -> anyhow::Result<()> {
-    let missing: Vec<&str> = TOOLS
-        .iter()
-        .filter(|(tool, _)| !on_path(tool))
-        .map(|(_, package)| *package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    println!("Installing {} with apt-get…", missing.join(", "));
-    let ok = Command::new("apt-get")
-        .args(["update", "-qq"])
-        .status()?
-        .success()
-        && Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()?
-            .success();
-    if !ok {
-        bail!("could not install {} (apt-get failed)", missing.join(", "));
-    }
-    Ok(())
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-}
-
-fn build() -> anyhow::Result<()> {
-    println!("Building veil…");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--workspace", "--bins"])
-        .current_dir(workspace_root())
-        .status()?;
-    if !status.success() {
-        bail!("the build failed");
-    }
-    Ok(())
 }
 
 fn print_topology(mesh: &Mesh) {

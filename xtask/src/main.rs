@@ -6,10 +6,12 @@
     reason = "xtask is a command-line tool that reports to its user"
 )]
 
+mod bench;
 mod charts;
 mod crds;
 mod demo;
 mod proto;
+mod setup;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +48,21 @@ enum Task {
         #[arg(long = "values", value_name = "CHART=FILE")]
         values: Vec<String>,
     },
+    /// Measure the data path against the bare wire (release build, needs root): throughput,
+    /// latency, connection rate, CPU, memory, the waypoint, a policy decision; writes
+    /// docs/benchmarks.json and the results section of docs/benchmarks.md.
+    Bench {
+        /// Seconds per measurement.
+        #[arg(long, default_value = "5")]
+        seconds: f64,
+        /// Rounds of every comparison (medians are reported).
+        #[arg(long, default_value = "3")]
+        rounds: usize,
+        /// Run only these sections (for tuning; nothing is written): throughput, latency,
+        /// connections, waypoint, memory, policy.
+        #[arg(long, value_delimiter = ',', value_parser = bench::SECTIONS)]
+        only: Vec<String>,
+    },
     /// Build every binary and run the whole test suite, end-to-end tests included (those need root),
     /// then the chart checks (without a filter).
     Test {
@@ -60,6 +77,15 @@ fn main() -> anyhow::Result<()> {
         Task::GenProto { check } => proto::generate(check),
         Task::GenCrds => crds::generate(),
         Task::CheckCharts { values } => charts::check(&values),
+        Task::Bench {
+            seconds,
+            rounds,
+            only,
+        } => bench::run(bench::Options {
+            seconds,
+            rounds: rounds.max(1),
+            only,
+        }),
         Task::Demo { hold } => demo::run(hold),
         Task::Test { args } => test::run(&args),
     }

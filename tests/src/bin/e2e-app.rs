@@ -165,13 +165,10 @@ mod probe {
     use std::net::SocketAddr;
     use std::path::Path;
     use std::sync::Arc;
-    use std::time::Duration;
 
-    use anyhow::Context as _;
+    use veil_e2e::certs::genuine;
     use veil_mesh::hbone::{H2Client, H2Settings, TunnelMeta, connect_request, serve_connection};
-    use veil_mesh::identity::{
-        GrpcCaClient, Identity, TokenSource, TrustBundle, client_config, fetch, server_config,
-    };
+    use veil_mesh::identity::{Identity, TrustBundle, client_config, server_config};
     use veil_mesh::testing::TestPki;
 
     pub(crate) async fn foreign_root(
@@ -197,28 +194,6 @@ mod probe {
             }
             Err(e) => anyhow::bail!("REFUSED: {e}"),
         }
-    }
-
-    /// A genuine certificate for `identity`, from the CA at `ca` with `token`.
-    async fn genuine(
-        identity: &str,
-        ca: &str,
-        root: &Path,
-        token: &str,
-    ) -> anyhow::Result<(Arc<TrustBundle>, veil_mesh::identity::WorkloadCert)> {
-        let bundle = Arc::new(TrustBundle::from_pem_file("cluster.local", root)?);
-        let client = GrpcCaClient::new(
-            ca,
-            "veil-ca.veil-system.svc",
-            &bundle,
-            TokenSource::Static(token.to_owned()),
-            Duration::from_secs(10),
-        )?;
-        let id = Identity::parse(identity)?;
-        let cert = fetch(&id, &client, &bundle, Duration::from_secs(3600))
-            .await
-            .context("getting a certificate")?;
-        Ok((bundle, cert))
     }
 
     pub(crate) async fn direct(

@@ -1,0 +1,861 @@
+//! `cargo xtask bench`: veil's data path measured against the bare wire, in one run, on a cluster in
+//! network namespaces like the end-to-end tests'. Every figure is paired with a baseline measured in
+//! the same run (the same pods connected directly, a plain TLS 1.3 tunnel) and reported as a ratio:
+//! absolute numbers on a noisy 2-core machine mean little from one run to the next.
+//!
+//! Writes the table to stdout, every figure to `docs/benchmarks.json`, and the results section of
+//! `docs/benchmarks.md` (between its markers; the analysis around it is written by hand).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use veil_e2e::cluster::exec;
+use veil_e2e::mesh::{
+    Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, bin, skip_unless_root, use_binaries_from,
+};
+use veil_e2e::process::Proc;
+
+use crate::proto::workspace_root;
+use crate::setup::{build, install_tools};
+
+/// Tools the benchmarks run, and the Debian packages that provide them.
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("iptables-restore", "iptables"),
+    ("nsenter", "util-linux"),
+    ("curl", "curl"),
+    ("iperf3", "iperf3"),
+];
+
+/// The sections of a run, for `--only`.
+pub(crate) const SECTIONS: [&str; 6] = [
+    "throughput",
+    "latency",
+    "connections",
+    "waypoint",
+    "memory",
+    "policy",
+];
+
+/// How long and how often each measurement runs.
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    /// Seconds per measurement.
+    pub(crate) seconds: f64,
+    /// Rounds of every comparison (the median is reported); variants alternate within a round.
+    pub(crate) rounds: usize,
+    /// Only these sections (all when empty); a partial run writes nothing.
+    pub(crate) only: Vec<String>,
+}
+
+impl Options {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+const WAYPOINT_VIP: &str = "10.96.0.50";
+
+/// The waypoint's L7 policy: only the client, only GET, only /bench/*.
+const POLICY: &str = r#"
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: bench-l7, namespace: shop}
+    spec:
+      targetRefs: [{kind: Service, name: wserver}]
+      rules:
+        - from: [{source: {principals: [cluster.local/ns/bench/sa/client]}}]
+          to: [{operation: {methods: [GET], paths: [/bench/*]}}]
+"#;
+
+const DCLIENT_ID: &str = "spiffe://cluster.local/ns/plain/sa/dclient";
+const DSERVER_ID: &str = "spiffe://cluster.local/ns/plain/sa/dserver";
+
+fn spec() -> MeshSpec {
+    MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        pods: vec![
+            // The mesh pair, and the same pair outside the mesh (the baseline), on the same nodes.
+            PodSpec::new("client", "bench", "node-a"),
+            PodSpec::new("server", "bench", "node-b"),
+            PodSpec::new("dclient", "plain", "node-a").not_enrolled(),
+            PodSpec::new("dserver", "plain", "node-b").not_enrolled(),
+            // Behind the waypoint.
+            PodSpec::new("wserver", "shop", "node-b"),
+        ],
+        services: vec![ServiceSpec {
+            name: "wserver".into(),
+            namespace: "shop".into(),
+            vip: WAYPOINT_VIP.into(),
+            selects: "wserver".into(),
+            ports: vec![(80, 9080)],
+        }],
+        waypoints: vec![WaypointSpec {
+            name: "wp".into(),
+            namespace: "shop".into(),
+            node: "node-b".into(),
+            args: vec!["--access-log".into(), "metadata".into()],
+        }],
+        policies: POLICY.into(),
+        extra_tokens: vec![
+            ("bench-token-dclient-0123456789".into(), DCLIENT_ID.into()),
+            ("bench-token-dserver-0123456789".into(), DSERVER_ID.into()),
+        ],
+        ..MeshSpec::default()
+    }
+}
+
+/// The running benchmark cluster.
+struct Bench {
+    mesh: Mesh,
+    opts: Options,
+}
+
+impl Bench {
+    fn start(opts: Options) -> anyhow::Result<Self> {
+        let mut mesh = Mesh::start(spec()).context("starting the benchmark mesh")?;
+        let tool = bin("veil-bench").to_string_lossy().into_owned();
+        for pod in ["server", "dserver", "wserver"] {
+            mesh.spawn_in_pod(pod, &format!("bench-server-{pod}"), &[&tool, "serve"])?
+                .wait_for("bench server ready", Duration::from_secs(10))?;
+        }
+        // The plain TLS 1.3 baseline: dclient 127.0.0.1:7001 → TLS → dserver:9443 → sink.
+        let (ca, root) = (
+            mesh.ca_address(),
+            mesh.root_cert().to_string_lossy().into_owned(),
+        );
+        let dserver = mesh.cluster.pod("dserver").ip;
+        let cert = |id: &str, token: &str| {
+            vec![
+                "--identity".to_owned(),
+                id.to_owned(),
+                "--ca".to_owned(),
+                ca.clone(),
+                "--root".to_owned(),
+                root.clone(),
+                "--token".to_owned(),
+                token.to_owned(),
+            ]
+        };
+        let mut argv = vec![
+            tool.clone(),
+            "tls-server".into(),
+            "--listen".into(),
+            "0.0.0.0:9443".into(),
+            "--upstream".into(),
+            "127.0.0.1:9001".into(),
+        ];
+        argv.extend(cert(DSERVER_ID, "bench-token-dserver-0123456789"));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        mesh.spawn_in_pod("dserver", "tls-server", &argv)?
+            .wait_for("tls server ready", Duration::from_secs(10))?;
+        let mut argv = vec![
+            tool.clone(),
+            "tls-client".into(),
+            "--listen".into(),
+            "127.0.0.1:7001".into(),
+            "--upstream".into(),
+            format!("{dserver}:9443"),
+            "--expect".into(),
+            DSERVER_ID.into(),
+        ];
+        argv.extend(cert(DCLIENT_ID, "bench-token-dclient-0123456789"));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        mesh.spawn_in_pod("dclient", "tls-client", &argv)?
+            .wait_for("tls client ready", Duration::from_secs(10))?;
+        for pod in ["server", "dserver"] {
+            mesh.spawn_in_pod(pod, &format!("iperf3-{pod}"), &["iperf3", "-s"])?;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(Self { mesh, opts })
+    }
+
+    fn ip(&self, pod: &str) -> String {
+        self.mesh.cluster.pod(pod).ip.to_string()
+    }
+
+    /// Runs the load tool in `pod`; its JSON line.
+    fn tool(&self, pod: &str, args: &[&str]) -> anyhow::Result<Value> {
+        let tool = bin("veil-bench").to_string_lossy().into_owned();
+        let mut argv = vec![tool.as_str()];
+        argv.extend_from_slice(args);
+        let out = exec(&self.mesh.cluster.pod(pod).netns, &argv)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "veil-bench {args:?} in {pod} failed: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let line = stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(line).with_context(|| format!("veil-bench printed {stdout:?}"))
+    }
+
+    fn seconds(&self) -> String {
+        self.opts.seconds.to_string()
+    }
+
+    fn ztunnels(&self) -> [&Proc; 2] {
+        [&self.mesh.ztunnels["node-a"], &self.mesh.ztunnels["node-b"]]
+    }
+
+    /// CPU seconds both ztunnels have used.
+    fn ztunnel_cpu(&self) -> f64 {
+        self.ztunnels().iter().filter_map(|z| z.cpu_seconds()).sum()
+    }
+
+    fn ztunnel_rss(&self) -> [u64; 2] {
+        self.ztunnels().map(|z| z.rss_bytes().unwrap_or(0))
+    }
+
+    fn ztunnel_rss_anon(&self) -> [u64; 2] {
+        self.ztunnels().map(|z| z.rss_anon_bytes().unwrap_or(0))
+    }
+}
+
+/// The median of the rounds' values.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The round whose `key` is the median, whole (latency percentiles stay consistent).
+fn median_run(mut runs: Vec<Value>, key: &str) -> Value {
+    runs.sort_by(|a, b| {
+        a[key]
+            .as_f64()
+            .unwrap_or(0.0)
+            .total_cmp(&b[key].as_f64().unwrap_or(0.0))
+    });
+    runs.get(runs.len() / 2).cloned().unwrap_or(Value::Null)
+}
+
+fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
+    let mut out = json!({});
+    for streams in ["1", "4"] {
+        let mut runs: [Vec<f64>; 3] = Default::default();
+        for _ in 0..b.opts.rounds {
+            let direct = b.tool(
+                "dclient",
+                &[
+                    "throughput",
+                    &format!("{}:9001", b.ip("dserver")),
+                    "--streams",
+                    streams,
+                    "--seconds",
+                    &b.seconds(),
+                ],
+            )?;
+            let tls = b.tool(
+                "dclient",
+                &[
+                    "throughput",
+                    "127.0.0.1:7001",
+                    "--streams",
+                    streams,
+                    "--seconds",
+                    &b.seconds(),
+                ],
+            )?;
+            let before = b.ztunnel_cpu();
+            let mesh = b.tool(
+                "client",
+                &[
+                    "throughput",
+                    &format!("{}:9001", b.ip("server")),
+                    "--streams",
+                    streams,
+                    "--seconds",
+                    &b.seconds(),
+                ],
+            )?;
+            cpu.0 += b.ztunnel_cpu() - before;
+            cpu.1 += mesh["bytes"].as_f64().unwrap_or(0.0);
+            for (i, run) in [direct, tls, mesh].iter().enumerate() {
+                runs[i].push(run["gbit_per_s"].as_f64().unwrap_or(f64::NAN));
+            }
+        }
+        let [direct, tls, mesh] = runs.map(median);
+        println!(
+            "  throughput, {streams} stream(s): direct {direct:.2} Gbit/s, plain TLS {tls:.2}, mesh {mesh:.2} ({:.0}% of direct)",
+            100.0 * mesh / direct
+        );
+        out[streams] =
+            json!({"direct_gbit_per_s": direct, "tls_gbit_per_s": tls, "mesh_gbit_per_s": mesh});
+    }
+    Ok(out)
+}
+
+fn iperf(b: &Bench) -> anyhow::Result<Value> {
+    let run = |from: &str, to: &str| -> anyhow::Result<f64> {
+        let out = exec(
+            &b.mesh.cluster.pod(from).netns,
+            &["iperf3", "-c", &b.ip(to), "-t", &b.seconds(), "-J"],
+        )?;
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("iperf3 printed {}", String::from_utf8_lossy(&out.stdout)))?;
+        report["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .map(|bps| bps / 1e9)
+            .with_context(|| format!("iperf3 failed: {}", report["error"]))
+    };
+    let direct = run("dclient", "dserver")?;
+    let mesh = run("client", "server")?;
+    println!(
+        "  iperf3, 1 stream: direct {direct:.2} Gbit/s, mesh {mesh:.2} ({:.0}%)",
+        100.0 * mesh / direct
+    );
+    Ok(json!({"direct_gbit_per_s": direct, "mesh_gbit_per_s": mesh}))
+}
+
+fn latency(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
+    let mut out = json!({});
+    for conns in ["1", "16"] {
+        let (mut direct, mut mesh) = (Vec::new(), Vec::new());
+        for _ in 0..b.opts.rounds {
+            direct.push(b.tool(
+                "dclient",
+                &[
+                    "rr",
+                    &format!("{}:9002", b.ip("dserver")),
+                    "--conns",
+                    conns,
+                    "--seconds",
+                    &b.seconds(),
+                ],
+            )?);
+            let before = b.ztunnel_cpu();
+            let run = b.tool(
+                "client",
+                &[
+                    "rr",
+                    &format!("{}:9002", b.ip("server")),
+                    "--conns",
+                    conns,
+                    "--seconds",
+                    &b.seconds(),
+                ],
+            )?;
+            if conns == "16" {
+                cpu.0 += b.ztunnel_cpu() - before;
+                cpu.1 += run["requests"].as_f64().unwrap_or(0.0);
+            }
+            mesh.push(run);
+        }
+        let (direct, mesh) = (median_run(direct, "p50_us"), median_run(mesh, "p50_us"));
+        println!(
+            "  1 KiB request/response, {conns} connection(s): direct p50 {} p99 {} µs, {:.0}/s; mesh p50 {} p99 {} µs, {:.0}/s",
+            direct["p50_us"],
+            direct["p99_us"],
+            direct["requests_per_s"].as_f64().unwrap_or(0.0),
+            mesh["p50_us"],
+            mesh["p99_us"],
+            mesh["requests_per_s"].as_f64().unwrap_or(0.0)
+        );
+        out[conns] = json!({"direct": direct, "mesh": mesh});
+    }
+    Ok(out)
+}
+
+fn connections(b: &Bench) -> anyhow::Result<Value> {
+    let (mut direct, mut mesh) = (Vec::new(), Vec::new());
+    for _ in 0..b.opts.rounds {
+        direct.push(b.tool(
+            "dclient",
+            &[
+                "connrate",
+                &format!("{}:9003", b.ip("dserver")),
+                "--seconds",
+                &b.seconds(),
+            ],
+        )?);
+        mesh.push(b.tool(
+            "client",
+            &[
+                "connrate",
+                &format!("{}:9003", b.ip("server")),
+                "--seconds",
+                &b.seconds(),
+            ],
+        )?);
+    }
+    let (direct, mesh) = (
+        median_run(direct, "connections_per_s"),
+        median_run(mesh, "connections_per_s"),
+    );
+    println!(
+        "  new connections: direct {:.0}/s, mesh {:.0}/s ({} failed)",
+        direct["connections_per_s"].as_f64().unwrap_or(0.0),
+        mesh["connections_per_s"].as_f64().unwrap_or(0.0),
+        mesh["failures"]
+    );
+    Ok(json!({"direct": direct, "mesh": mesh}))
+}
+
+/// Each ztunnel's RSS while `count` idle connections are held open through the mesh.
+fn held(b: &mut Bench, count: usize) -> anyhow::Result<[u64; 2]> {
+    let tool = bin("veil-bench").to_string_lossy().into_owned();
+    let target = format!("{}:9001", b.ip("server"));
+    let name = format!("hold-{count}");
+    let count_arg = count.to_string();
+    let proc = b.mesh.spawn_in_pod(
+        "client",
+        &name,
+        &[&tool, "hold", &target, "--conns", &count_arg],
+    )?;
+    proc.wait_for("holding", Duration::from_secs(120))
+        .with_context(|| format!("holding {count} connections through the mesh"))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let rss = b.ztunnel_rss();
+    if let Some(mut p) = b.mesh.apps.remove(&name) {
+        p.kill();
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    Ok(rss)
+}
+
+fn memory(b: &mut Bench, (idle_start, idle_anon): ([u64; 2], [u64; 2])) -> anyhow::Result<Value> {
+    let before = b.ztunnel_rss();
+    let k1 = held(b, 1_000)?;
+    let k10 = held(b, 10_000)?;
+    let per_conn: Vec<f64> = (0..2)
+        .map(|i| (k10[i] as f64 - before[i] as f64) / 10_000.0)
+        .collect();
+    let mib = |v: u64| v as f64 / (1024.0 * 1024.0);
+    println!(
+        "  ztunnel RSS (node-a, node-b): idle {:.1}/{:.1} MiB (anonymous {:.1}/{:.1}), 1k conns {:.1}/{:.1}, 10k conns {:.1}/{:.1} → {:.1}/{:.1} KiB per connection",
+        mib(idle_start[0]),
+        mib(idle_start[1]),
+        mib(idle_anon[0]),
+        mib(idle_anon[1]),
+        mib(k1[0]),
+        mib(k1[1]),
+        mib(k10[0]),
+        mib(k10[1]),
+        per_conn[0] / 1024.0,
+        per_conn[1] / 1024.0
+    );
+    Ok(json!({
+        "idle_start_bytes": idle_start,
+        "idle_start_anon_bytes": idle_anon,
+        "before_hold_bytes": before,
+        "conns_1000_bytes": k1,
+        "conns_10000_bytes": k10,
+        "per_connection_bytes": per_conn,
+    }))
+}
+
+fn waypoint(b: &Bench) -> anyhow::Result<Value> {
+    let mut out = json!({});
+    let direct_url = format!("http://{}:9080/bench/item", b.ip("dserver"));
+    let mesh_url = format!("http://{WAYPOINT_VIP}/bench/item");
+    for (label, h2) in [("http1", false), ("http2", true)] {
+        let (mut direct, mut through) = (Vec::new(), Vec::new());
+        for _ in 0..b.opts.rounds {
+            let mut args = vec![
+                "http",
+                direct_url.as_str(),
+                "--concurrency",
+                "16",
+                "--seconds",
+            ];
+            let secs = b.seconds();
+            args.push(&secs);
+            if h2 {
+                args.push("--h2");
+            }
+            direct.push(b.tool("dclient", &args)?);
+            args[1] = mesh_url.as_str();
+            through.push(b.tool("client", &args)?);
+        }
+        let (direct, through) = (
+            median_run(direct, "requests_per_s"),
+            median_run(through, "requests_per_s"),
+        );
+        println!(
+            "  waypoint {label}, 16 concurrent: direct {:.0} req/s p99 {} µs; through the waypoint {:.0} req/s p99 {} µs ({} failed)",
+            direct["requests_per_s"].as_f64().unwrap_or(0.0),
+            direct["p99_us"],
+            through["requests_per_s"].as_f64().unwrap_or(0.0),
+            through["p99_us"],
+            through["failures"]
+        );
+        out[label] = json!({"direct": direct, "waypoint": through});
+    }
+    // A steady 1,000 requests/s: the waypoint's CPU and memory at that load.
+    let wp = &b.mesh.waypoints["wp"];
+    let (cpu0, t0) = (wp.cpu_seconds().unwrap_or(0.0), tokio::time::Instant::now());
+    let secs = b.seconds();
+    let paced = b.tool(
+        "client",
+        &[
+            "http",
+            &mesh_url,
+            "--concurrency",
+            "16",
+            "--rate",
+            "1000",
+            "--seconds",
+            &secs,
+        ],
+    )?;
+    let wall = (tokio::time::Instant::now() - t0).as_secs_f64();
+    let vcpu = (wp.cpu_seconds().unwrap_or(0.0) - cpu0) / wall;
+    let rss = wp.rss_bytes().unwrap_or(0);
+    println!(
+        "  waypoint at {:.0} req/s: {vcpu:.3} vCPU, RSS {:.1} MiB",
+        paced["requests_per_s"].as_f64().unwrap_or(0.0),
+        rss as f64 / 1048576.0
+    );
+    out["paced_1000"] = json!({"run": paced, "vcpu": vcpu, "rss_bytes": rss});
+    Ok(out)
+}
+
+/// The criterion benchmark of a policy decision among 10,000 policies; median nanoseconds.
+fn policy(root: &Path) -> anyhow::Result<Value> {
+    println!("Benchmarking a policy decision among 10,000 policies (criterion)…");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "bench",
+            "--quiet",
+            "-p",
+            "veil-mesh",
+            "--bench",
+            "policy_decision",
+            "--",
+        ])
+        .args(["--warm-up-time", "1", "--measurement-time", "3", "--noplot"])
+        .current_dir(root)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("the policy benchmark failed");
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
+    let median_ns = |name: &str| -> anyhow::Result<f64> {
+        let path = target.join(format!(
+            "criterion/policy_decision_10k/{name}/new/estimates.json"
+        ));
+        let estimates: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        estimates["median"]["point_estimate"]
+            .as_f64()
+            .with_context(|| format!("no median in {}", path.display()))
+    };
+    let lookup = median_ns("lookup_and_evaluate")?;
+    let cached = median_ns("evaluate_cached")?;
+    println!(
+        "  policy decision: {lookup:.0} ns (lookup + evaluate), {cached:.0} ns (evaluate, policies cached)"
+    );
+    Ok(json!({"lookup_and_evaluate_ns": lookup, "evaluate_cached_ns": cached}))
+}
+
+pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
+    if skip_unless_root("the benchmarks") {
+        bail!("the benchmarks build network namespaces and iptables rules: run them as root");
+    }
+    install_tools(TOOLS)?;
+    build(true)?;
+    let root = workspace_root();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
+    use_binaries_from(target.join("release"));
+    veil_e2e::cluster::remove_stale();
+    let mut results = json!({
+        "settings": {"seconds": opts.seconds, "rounds": opts.rounds, "cpus": cpus()},
+    });
+    if opts.runs("policy") {
+        results["policy"] = policy(&root)?;
+    }
+
+    println!("Starting the benchmark cluster…");
+    let (rounds, seconds) = (opts.rounds, opts.seconds);
+    let mut b = Bench::start(opts.clone())?;
+    std::thread::sleep(Duration::from_secs(2));
+    println!("Measuring ({rounds} round(s) of {seconds} s per comparison)…");
+    let mut bulk_cpu = (0.0, 0.0);
+    let mut rr_cpu = (0.0, 0.0);
+    if let Err(e) = measure(&mut b, &opts, &mut results, &mut bulk_cpu, &mut rr_cpu) {
+        b.mesh.keep_logs = true;
+        return Err(e);
+    }
+    drop(b);
+    if opts.runs("throughput") && opts.runs("latency") {
+        results["cpu"] = json!({
+            "ztunnel_seconds_per_gib": bulk_cpu.0 / (bulk_cpu.1 / f64::from(1u32 << 30)),
+            "ztunnel_seconds_per_10k_requests": rr_cpu.0 / (rr_cpu.1 / 10_000.0),
+        });
+        println!(
+            "  ztunnel CPU (both): {:.2} s per GiB, {:.3} s per 10k requests",
+            f(&results["cpu"]["ztunnel_seconds_per_gib"]),
+            f(&results["cpu"]["ztunnel_seconds_per_10k_requests"])
+        );
+    }
+    if !opts.only.is_empty() {
+        println!("Partial run (--only): nothing written.");
+        return Ok(());
+    }
+    let report = report(&results);
+    println!("\n{report}");
+    std::fs::write(
+        root.join("docs/benchmarks.json"),
+        serde_json::to_string_pretty(&results)? + "\n",
+    )?;
+    write_results_section(&root.join("docs/benchmarks.md"), &report)?;
+    println!("Wrote docs/benchmarks.json and the results section of docs/benchmarks.md.");
+    Ok(())
+}
+
+/// Runs the sections `opts` asks for, into `results`.
+fn measure(
+    b: &mut Bench,
+    opts: &Options,
+    results: &mut Value,
+    bulk_cpu: &mut (f64, f64),
+    rr_cpu: &mut (f64, f64),
+) -> anyhow::Result<()> {
+    let idle_start = (b.ztunnel_rss(), b.ztunnel_rss_anon());
+    if opts.runs("throughput") {
+        results["throughput"] = throughput(b, bulk_cpu)?;
+        results["iperf3"] = iperf(b)?;
+    }
+    if opts.runs("latency") {
+        results["latency"] = latency(b, rr_cpu)?;
+    }
+    if opts.runs("connections") {
+        results["connections"] = connections(b)?;
+    }
+    if opts.runs("waypoint") {
+        results["waypoint"] = waypoint(b)?;
+    }
+    if opts.runs("memory") {
+        results["memory"] = memory(b, idle_start)?;
+        std::thread::sleep(Duration::from_secs(5));
+        results["memory_idle_end_bytes"] = json!(b.ztunnel_rss());
+    }
+    Ok(())
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, usize::from)
+}
+
+/// A result against its target, as a table row.
+struct Row {
+    what: String,
+    measured: String,
+    target: String,
+    met: Option<bool>,
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// The results table, in Markdown.
+fn report(r: &Value) -> String {
+    let t = &r["throughput"];
+    let one = f(&t["1"]["mesh_gbit_per_s"]) / f(&t["1"]["direct_gbit_per_s"]);
+    let one_tls = f(&t["1"]["mesh_gbit_per_s"]) / f(&t["1"]["tls_gbit_per_s"]);
+    let four = f(&t["4"]["mesh_gbit_per_s"]) / f(&t["1"]["mesh_gbit_per_s"]);
+    let four_direct = f(&t["4"]["mesh_gbit_per_s"]) / f(&t["4"]["direct_gbit_per_s"]);
+    let l = &r["latency"];
+    let p50 = f(&l["1"]["mesh"]["p50_us"]) / f(&l["1"]["direct"]["p50_us"]);
+    let p99 = f(&l["1"]["mesh"]["p99_us"]) / f(&l["1"]["direct"]["p99_us"]);
+    let rps16 = f(&l["16"]["mesh"]["requests_per_s"]) / f(&l["16"]["direct"]["requests_per_s"]);
+    let p99_16 = f(&l["16"]["mesh"]["p99_us"]) / f(&l["16"]["direct"]["p99_us"]);
+    let c = &r["connections"];
+    let cps = f(&c["mesh"]["connections_per_s"]) / f(&c["direct"]["connections_per_s"]);
+    let m = &r["memory"];
+    let mib = |v: &Value| f(v) / 1048576.0;
+    let idle = mib(&m["idle_start_bytes"][0]).max(mib(&m["idle_start_bytes"][1]));
+    let idle_anon = mib(&m["idle_start_anon_bytes"][0]).max(mib(&m["idle_start_anon_bytes"][1]));
+    let per_conn = f(&m["per_connection_bytes"][0]).max(f(&m["per_connection_bytes"][1])) / 1024.0;
+    let w = &r["waypoint"];
+    let wp = |p: &str, k: &str| f(&w[p]["waypoint"][k]) / f(&w[p]["direct"][k]);
+    let paced = &w["paced_1000"];
+    let per_1k = f(&paced["run"]["requests_per_s"]) / 1000.0;
+    let vcpu = f(&paced["vcpu"]) / per_1k;
+    let wp_mib = mib(&paced["rss_bytes"]) / per_1k;
+    let p = &r["policy"];
+    let pct = |x: f64| format!("{:.0}%", 100.0 * x);
+    let times = |x: f64| format!("{x:.2}×");
+    let rows = vec![
+        Row {
+            what: "throughput, 1 stream, vs direct".into(),
+            measured: pct(one),
+            target: "≥ 45%".into(),
+            met: Some(one >= 0.45),
+        },
+        Row {
+            what: "throughput, 1 stream, vs plain TLS 1.3".into(),
+            measured: pct(one_tls),
+            target: "—".into(),
+            met: None,
+        },
+        Row {
+            what: "throughput, 4 streams, vs 1 stream (mesh)".into(),
+            measured: times(four),
+            target: "≥ 1.5×".into(),
+            met: Some(four >= 1.5),
+        },
+        Row {
+            what: "throughput, 4 streams, vs direct".into(),
+            measured: pct(four_direct),
+            target: "—".into(),
+            met: None,
+        },
+        Row {
+            what: "1 KiB req/resp p50, 1 connection, vs direct".into(),
+            measured: times(p50),
+            target: "≤ 1.4×".into(),
+            met: Some(p50 <= 1.4),
+        },
+        Row {
+            what: "1 KiB req/resp p99, 1 connection, vs direct".into(),
+            measured: times(p99),
+            target: "≤ 1.6×".into(),
+            met: Some(p99 <= 1.6),
+        },
+        Row {
+            what: "1 KiB req/resp, 16 connections, requests/s vs direct".into(),
+            measured: pct(rps16),
+            target: "≥ 35%".into(),
+            met: Some(rps16 >= 0.35),
+        },
+        Row {
+            what: "1 KiB req/resp p99, 16 connections, vs direct".into(),
+            measured: times(p99_16),
+            target: "—".into(),
+            met: None,
+        },
+        Row {
+            what: "new connections/s vs direct".into(),
+            measured: pct(cps),
+            target: "≥ 35%".into(),
+            met: Some(cps >= 0.35),
+        },
+        Row {
+            what: "policy decision, 10,000 policies (lookup + evaluate)".into(),
+            measured: format!("{:.2} µs", f(&p["lookup_and_evaluate_ns"]) / 1000.0),
+            target: "≤ 10 µs".into(),
+            met: Some(f(&p["lookup_and_evaluate_ns"]) <= 10_000.0),
+        },
+        Row {
+            what: "ztunnel RSS, idle (larger of the two)".into(),
+            measured: format!("{idle:.1} MiB"),
+            target: "≤ 8 MiB".into(),
+            met: Some(idle <= 8.0),
+        },
+        Row {
+            what:
+                "ztunnel anonymous RSS, idle (heap and stacks: RSS without the executable's pages)"
+                    .into(),
+            measured: format!("{idle_anon:.1} MiB"),
+            target: "—".into(),
+            met: None,
+        },
+        Row {
+            what: "ztunnel memory per idle open connection".into(),
+            measured: format!("{per_conn:.1} KiB"),
+            target: "≤ 8 KiB".into(),
+            met: Some(per_conn <= 8.0),
+        },
+        Row {
+            what: "ztunnel CPU per GiB moved (both ends)".into(),
+            measured: format!("{:.2} s", f(&r["cpu"]["ztunnel_seconds_per_gib"])),
+            target: "—".into(),
+            met: None,
+        },
+        Row {
+            what: "ztunnel CPU per 10k requests (both ends)".into(),
+            measured: format!("{:.3} s", f(&r["cpu"]["ztunnel_seconds_per_10k_requests"])),
+            target: "—".into(),
+            met: None,
+        },
+        Row {
+            what: "waypoint HTTP/1.1 requests/s vs direct".into(),
+            measured: pct(wp("http1", "requests_per_s")),
+            target: "—".into(),
+            met: None,
+        },
+        Row {
+            what: "waypoint HTTP/1.1 p99 vs direct".into(),
+            measured: times(wp("http1", "p99_us")),
+            target: "—".into(),
+            met: None,
+        },
+        Row {
+            what: "waypoint HTTP/2 requests/s vs direct".into(),
+            measured: pct(wp("http2", "requests_per_s")),
+            target: "—".into(),
+            met: None,
+        },
+        Row {
+            what: "waypoint HTTP/2 p99 vs direct".into(),
+            measured: times(wp("http2", "p99_us")),
+            target: "—".into(),
+            met: None,
+        },
+        Row {
+            what: "waypoint CPU per 1k req/s".into(),
+            measured: format!("{vcpu:.3} vCPU"),
+            target: "≤ 0.05 vCPU".into(),
+            met: Some(vcpu <= 0.05),
+        },
+        Row {
+            what: "waypoint RSS per 1k req/s".into(),
+            measured: format!("{wp_mib:.1} MiB"),
+            target: "≤ 20 MiB".into(),
+            met: Some(wp_mib <= 20.0),
+        },
+    ];
+    let mut out = format!(
+        "Run: {} CPUs, {} round(s) of {} s per comparison (medians). Raw figures: docs/benchmarks.json.\n\n| measure | veil | target | |\n|---|---|---|---|\n",
+        r["settings"]["cpus"], r["settings"]["rounds"], r["settings"]["seconds"]
+    );
+    for row in rows {
+        let mark = match row.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "",
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {mark} |",
+            row.what, row.measured, row.target
+        );
+    }
+    let _ = write!(
+        out,
+        "\nBaselines of this run: direct {:.2} Gbit/s (1 stream), {:.2} (4 streams); plain TLS 1.3 {:.2} (1 stream); 1 KiB round trip p50 {} µs / p99 {} µs; {:.0} new connections/s; iperf3 direct {:.2} Gbit/s vs mesh {:.2}.\n",
+        f(&t["1"]["direct_gbit_per_s"]),
+        f(&t["4"]["direct_gbit_per_s"]),
+        f(&t["1"]["tls_gbit_per_s"]),
+        l["1"]["direct"]["p50_us"],
+        l["1"]["direct"]["p99_us"],
+        f(&c["direct"]["connections_per_s"]),
+        f(&r["iperf3"]["direct_gbit_per_s"]),
+        f(&r["iperf3"]["mesh_gbit_per_s"])
+    );
+    out
+}
+
+const BEGIN: &str = "<!-- results:begin (written by cargo xtask bench) -->";
+const END: &str = "<!-- results:end -->";
+
+/// Replaces the text between the markers of `path` with `results`.
+fn write_results_section(path: &Path, results: &str) -> anyhow::Result<()> {
+    let doc =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (Some(start), Some(end)) = (doc.find(BEGIN), doc.find(END)) else {
+        bail!("{} lacks the results markers", path.display());
+    };
+    let updated = format!("{}{BEGIN}\n{results}{}", &doc[..start], &doc[end..]);
+    std::fs::write(path, updated)?;
+    Ok(())
+}

@@ -6,6 +6,7 @@ pub mod hbone;
 pub mod identity;
 pub mod policy;
 pub mod pool;
+pub mod relay;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -226,6 +226,15 @@ fn strict_refuses_plaintext_from_an_unenrolled_pod_and_permissive_admits_it() {
         ],
         "",
     );
+    // The other way, an enrolled pod reaches the pod outside the mesh: plaintext passthrough.
+    let rogue = url(&m, "rogue", 8080, "/");
+    let passthrough = m.curl("server", &rogue);
+    assert!(
+        passthrough.as_ref().is_ok_and(|r| r.0 == 200),
+        "passthrough to a pod outside the mesh failed: {passthrough:?}"
+    );
+    assert!(m.app_log("rogue").contains("http from"));
+
     let server = url(&m, "server", 8080, "/");
     let refused = m.curl("rogue", &server);
     assert!(

@@ -15,6 +15,7 @@ use veil_mesh::discovery::{MeshState, Waypoint, WaypointRef, Workload};
 use veil_mesh::hbone::{ConnectError, H2Client, HBONE_PORT, TunnelMeta, abort_socket, splice};
 use veil_mesh::identity::{BoxFuture, client_config};
 use veil_mesh::pool::{Dialer, PoolKey};
+use veil_mesh::relay::relay;
 use veil_mesh::telemetry::metrics::{ConnectionLabels, Direction, HandshakeLabels, Principal};
 
 use crate::context::{Context, LocalWorkload, UnknownDestination, labels};
@@ -259,7 +260,7 @@ async fn passthrough(ctx: &Context, local: &LocalWorkload, mut tcp: TcpStream, t
         Some(&local.workload.identity),
         None,
     ));
-    if let Ok((sent, received)) = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await {
+    if let Ok((sent, received)) = relay(&mut tcp, &mut upstream).await {
         meter.sent.inc_by(sent);
         meter.received.inc_by(received);
     }

@@ -9,6 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 use veil_mesh::hbone::abort_socket;
 use veil_mesh::policy::{Attributes, PeerMode, evaluate};
+use veil_mesh::relay::relay;
 use veil_mesh::telemetry::metrics::{
     DecisionLabels, Direction, Outcome, PolicyLabel, Principal, WorkloadLabels,
 };
@@ -83,7 +84,7 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
         return abort_socket(&tcp);
     };
     let meter = ctx.track_connection(labels(Direction::Inbound, None, Some(&workload.identity)));
-    if let Ok((sent, received)) = tokio::io::copy_bidirectional(&mut tcp, &mut app).await {
+    if let Ok((sent, received)) = relay(&mut tcp, &mut app).await {
         meter.sent.inc_by(sent);
         meter.received.inc_by(received);
         info!(target: ACCESS_LOG, decision = "allow", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), bytes_sent = sent, bytes_received = received, "plaintext connection complete (PERMISSIVE)");

@@ -145,6 +145,9 @@ pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpList
 }
 
 pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream) {
+    // A proxy must not add Nagle's delay to what the application wrote without it: chunks are
+    // written as they arrive. (Only fails on a socket already gone, which the next I/O reports.)
+    let _ = tcp.set_nodelay(true);
     let dst = match original_dst(&tcp) {
         Ok(dst) => dst,
         Err(e) => {

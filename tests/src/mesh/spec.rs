@@ -1,0 +1,198 @@
+//! What a test mesh is made of (pods, services, waypoints, policies), and the mesh configuration
+//! file ztunnels, waypoints and the CA read for it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::TRUST_DOMAIN;
+use crate::cluster::Cluster;
+
+/// A pod to create.
+#[derive(Clone, Debug)]
+pub struct PodSpec {
+    /// Pod name (also the app's name).
+    pub name: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+    /// Node.
+    pub node: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// In the mesh (captured) or not.
+    pub enrolled: bool,
+}
+
+impl PodSpec {
+    /// An enrolled pod whose service account and `app` label are its name.
+    pub fn new(name: &str, namespace: &str, node: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            service_account: name.to_owned(),
+            node: node.to_owned(),
+            labels: BTreeMap::from([("app".to_owned(), name.to_owned())]),
+            enrolled: true,
+        }
+    }
+
+    /// The same pod, outside the mesh.
+    pub fn not_enrolled(mut self) -> Self {
+        self.enrolled = false;
+        self
+    }
+
+    /// Its SPIFFE identity.
+    pub fn identity(&self) -> String {
+        format!(
+            "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
+/// A service in front of the pods whose `app` label is `selects`.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Virtual address.
+    pub vip: String,
+    /// `app` label selected.
+    pub selects: String,
+    /// (service port, target port).
+    pub ports: Vec<(u16, u16)>,
+}
+
+/// A waypoint to run (in a pod of its own, outside capture, like a waypoint Deployment).
+#[derive(Clone, Debug)]
+pub struct WaypointSpec {
+    /// Its name (and its pod's).
+    pub name: String,
+    /// Its namespace; the namespace's traffic uses it.
+    pub namespace: String,
+    /// The node its pod runs on.
+    pub node: String,
+    /// Extra flags.
+    pub args: Vec<String>,
+}
+
+impl WaypointSpec {
+    /// The identity of its service account (`waypoint`).
+    pub fn identity(&self) -> String {
+        format!("spiffe://{TRUST_DOMAIN}/ns/{}/sa/waypoint", self.namespace)
+    }
+}
+
+/// What to start.
+#[derive(Clone, Debug, Default)]
+pub struct MeshSpec {
+    /// Waypoints; each namespace listed here uses its waypoint.
+    pub waypoints: Vec<WaypointSpec>,
+    /// Node names.
+    pub nodes: Vec<String>,
+    /// Pods.
+    pub pods: Vec<PodSpec>,
+    /// Services.
+    pub services: Vec<ServiceSpec>,
+    /// `policies:` entries (a YAML sequence, without the key).
+    pub policies: String,
+    /// Longest certificate lifetime the CA grants.
+    pub max_cert_ttl: Option<String>,
+    /// Nodes that get no ztunnel (their pods are on their own).
+    pub without_ztunnel: Vec<String>,
+    /// Extra CA tokens: (token, identity), for workloads that ask for their own certificate.
+    pub extra_tokens: Vec<(String, String)>,
+    /// Enrolled workloads whose network namespace does not exist (capture must fail loudly).
+    pub ghost_pods: Vec<PodSpec>,
+    /// ztunnels watch the Kubernetes API (a fake API server serving the spec as API objects)
+    /// instead of reading the mesh file, serve the CNI plugin, and find pods' network namespaces
+    /// by scanning (the pods' entries carry no path). The CA keeps reading the mesh file.
+    pub kubernetes: bool,
+    /// Kubernetes mode: namespaces labelled ambient besides those with an enrolled pod.
+    pub ambient_namespaces: Vec<String>,
+}
+
+/// The mesh configuration for `spec` on `cluster`, with `policies`.
+pub(super) fn render(spec: &MeshSpec, cluster: &Cluster, policies: &str) -> String {
+    let mut out = String::from("workloads:\n");
+    for pod in &spec.pods {
+        let p = cluster.pod(&pod.name);
+        let labels: Vec<String> = pod
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  - {{name: {}, namespace: {}, serviceAccount: {}, node: {}, ips: [{}], netns: {}, enrolled: {}, labels: {{{}}}}}",
+            pod.name,
+            pod.namespace,
+            pod.service_account,
+            pod.node,
+            p.ip,
+            p.netns_path(),
+            pod.enrolled,
+            labels.join(", ")
+        );
+    }
+    for (i, ghost) in spec.ghost_pods.iter().enumerate() {
+        let node = cluster.node(&ghost.node);
+        let _ = writeln!(
+            out,
+            "  - {{name: {}, namespace: {}, serviceAccount: {}, node: {}, ips: [10.99.{}.{}], netns: /var/run/netns/{}-missing-{}}}",
+            ghost.name,
+            ghost.namespace,
+            ghost.service_account,
+            ghost.node,
+            node.ip.octets()[3],
+            10 + i,
+            cluster.id,
+            ghost.name
+        );
+    }
+    out.push_str("waypoints:\n");
+    for w in &spec.waypoints {
+        let _ = writeln!(
+            out,
+            "  - {{name: {}, namespace: {}, serviceAccount: waypoint, ips: [{}]}}",
+            w.name,
+            w.namespace,
+            cluster.pod(&w.name).ip
+        );
+    }
+    out.push_str("namespaces:\n");
+    for w in &spec.waypoints {
+        let _ = writeln!(
+            out,
+            "  - {{name: {}, useWaypoint: {}}}",
+            w.namespace, w.name
+        );
+    }
+    out.push_str("services:\n");
+    for s in &spec.services {
+        let ports: Vec<String> = s
+            .ports
+            .iter()
+            .map(|(port, target)| format!("{{port: {port}, targetPort: {target}}}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  - {{name: {}, namespace: {}, vips: [{}], ports: [{}], selector: {{app: {}}}}}",
+            s.name,
+            s.namespace,
+            s.vip,
+            ports.join(", "),
+            s.selects
+        );
+    }
+    out.push_str("policies:\n");
+    out.push_str(policies);
+    if !policies.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}

@@ -323,6 +323,16 @@ fn percentiles(mut samples: Vec<u64>) -> serde_json::Value {
     json!({"p50_us": at(0.50), "p90_us": at(0.90), "p99_us": at(0.99)})
 }
 
+/// What a run of requests measured: latency percentiles of `samples` (nanoseconds), how many, and
+/// their rate over `duration`.
+fn summary(samples: Vec<u64>, duration: Duration) -> serde_json::Value {
+    let requests = samples.len();
+    let mut out = percentiles(samples);
+    out["requests"] = json!(requests);
+    out["requests_per_s"] = json!(requests as f64 / duration.as_secs_f64());
+    out
+}
+
 /// An exchange or transfer making no progress for this long fails the run instead of hanging it.
 const STALL: Duration = Duration::from_secs(10);
 
@@ -368,11 +378,7 @@ async fn round_trips(
     for task in tasks {
         all.extend(task.await??);
     }
-    let requests = all.len();
-    let mut out = percentiles(all);
-    out["requests"] = json!(requests);
-    out["requests_per_s"] = json!(requests as f64 / duration.as_secs_f64());
-    println!("{out}");
+    println!("{}", summary(all, duration));
     Ok(())
 }
 
@@ -541,11 +547,8 @@ async fn http_load(
     for task in tasks {
         all.extend(task.await??);
     }
-    let requests = all.len();
-    let mut out = percentiles(all);
-    out["requests"] = json!(requests);
+    let mut out = summary(all, duration);
     out["failures"] = json!(failures.load(Ordering::Relaxed));
-    out["requests_per_s"] = json!(requests as f64 / duration.as_secs_f64());
     println!("{out}");
     Ok(())
 }

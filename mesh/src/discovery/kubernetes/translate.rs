@@ -153,6 +153,21 @@ fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
 }
 
 /// Pods that can carry mesh traffic at all: an address of their own, not finished.
+/// The pods of `namespace` that `selector` selects (a Service's label selector).
+fn selected<'p: 's, 's>(
+    pods: &'p [Pod],
+    namespace: &'s str,
+    selector: &'s BTreeMap<String, String>,
+) -> impl Iterator<Item = &'p Pod> + 's {
+    pods.iter().filter(move |p| {
+        p.namespace().as_deref() == Some(namespace)
+            && p.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| selects(selector, l))
+    })
+}
+
 fn live(pod: &Pod) -> bool {
     let host_network = pod
         .spec
@@ -183,16 +198,8 @@ fn waypoints(objects: &Objects, settings: &MeshSettings) -> Vec<Waypoint> {
             .as_ref()
             .and_then(|s| s.selector.clone())
             .unwrap_or_default();
-        let instances: Vec<&Pod> = objects
-            .pods
-            .iter()
-            .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()) && live(p))
-            .filter(|p| {
-                p.metadata
-                    .labels
-                    .as_ref()
-                    .is_some_and(|l| selects(&selector, l))
-            })
+        let instances: Vec<&Pod> = selected(&objects.pods, &namespace, &selector)
+            .filter(|p| live(p))
             .collect();
         let accounts: std::collections::BTreeSet<&str> =
             instances.iter().map(|p| service_account(p)).collect();
@@ -335,17 +342,7 @@ fn services(objects: &Objects, namespaces: &HashMap<String, &Namespace>) -> Vec<
         }
         let namespace = svc.namespace().unwrap_or_default();
         let selector = spec.selector.clone().unwrap_or_default();
-        let backends: Vec<&Pod> = objects
-            .pods
-            .iter()
-            .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
-            .filter(|p| {
-                p.metadata
-                    .labels
-                    .as_ref()
-                    .is_some_and(|l| selects(&selector, l))
-            })
-            .collect();
+        let backends: Vec<&Pod> = selected(&objects.pods, &namespace, &selector).collect();
         let ports = spec
             .ports
             .iter()

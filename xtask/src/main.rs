@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Regenerate the checked-in Rust code of the CA's gRPC API from mesh/proto (needs protoc).
+    /// Regenerate the checked-in Rust code of the CA's gRPC API from mesh/proto (pure
+    /// Rust: no protoc needed).
     GenProto {
         /// Fail instead of writing when the checked-in code differs from what protoc generates.
         #[arg(long)]

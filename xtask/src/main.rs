@@ -10,6 +10,7 @@ mod bench;
 mod charts;
 mod crds;
 mod demo;
+mod fuzz;
 mod proto;
 mod setup;
 mod test;
@@ -64,8 +65,20 @@ enum Task {
         #[arg(long, value_delimiter = ',', value_parser = bench::SECTIONS)]
         only: Vec<String>,
     },
+    /// Build the fuzz targets in fuzz/ (cargo-fuzz, installed when missing) and run each from its
+    /// seed corpus; fails on any crash, panic or hang.
+    Fuzz {
+        /// Targets to run (all when none is given); `cargo fuzz list` names them.
+        targets: Vec<String>,
+        /// Seconds per target (default 30 when --runs is not given).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Executions per target.
+        #[arg(long)]
+        runs: Option<u64>,
+    },
     /// Build every binary and run the whole test suite, end-to-end tests included (those need root),
-    /// then the chart checks (without a filter).
+    /// then the chart checks and a short smoke run of every fuzz target (without a filter).
     Test {
         /// Extra arguments for the test runner (e.g. a test-name filter).
         #[arg(trailing_var_arg = true)]
@@ -88,6 +101,17 @@ fn main() -> anyhow::Result<()> {
             only,
         }),
         Task::Demo { hold } => demo::run(hold),
+        Task::Fuzz {
+            targets,
+            seconds,
+            runs,
+        } => fuzz::run(
+            &targets,
+            fuzz::Budget {
+                runs,
+                seconds: seconds.or(runs.is_none().then_some(30)),
+            },
+        ),
         Task::Test { args } => test::run(&args),
     }
 }

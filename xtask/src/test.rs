@@ -3,7 +3,7 @@
 //! The end-to-end tests start the real binaries of several packages, so every binary is built first;
 //! then the suite runs under cargo-nextest when it is installed (parallel, one process per test) and
 //! under `cargo test` otherwise; then the chart checks (`check-charts`). With a test filter, only the
-//! matching tests run.
+//! matching tests run. Without a filter, a short smoke run of every fuzz target follows (`fuzz`).
 
 use std::process::Command;
 
@@ -29,13 +29,15 @@ pub(crate) fn run(extra: &[String]) -> anyhow::Result<()> {
     if !extra.is_empty() {
         return suite;
     }
-    // The whole suite includes the charts.
-    let charts = crate::charts::check(&[]);
-    match (suite, charts) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
-        (Err(tests), Err(charts)) => bail!("{tests:#}; and {charts:#}"),
+    // The whole suite includes the charts and the fuzz smoke; every part runs, all failures count.
+    let failures: Vec<String> = [suite, crate::charts::check(&[]), crate::fuzz::smoke()]
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; and "));
     }
+    Ok(())
 }
 
 fn cargo(root: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {

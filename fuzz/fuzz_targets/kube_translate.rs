@@ -1,0 +1,53 @@
+//! The Kubernetes translation (`veil_mesh::discovery::kubernetes::translate`): Namespaces, Pods,
+//! Services and the two veil CRDs, as the API server serves them in JSON, into a mesh state.
+//!
+//! Input: one JSON object whose lists are the watched objects,
+//! `{"namespaces": [...], "pods": [...], "services": [...], "authorizationPolicies": [...],
+//! "peerAuthentications": [...]}` (every list optional).
+
+#![no_main]
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use libfuzzer_sys::fuzz_target;
+use serde::Deserialize;
+use veil_crd::authorization::AuthorizationPolicy;
+use veil_crd::peer_authentication::PeerAuthentication;
+use veil_mesh::discovery::MeshSettings;
+use veil_mesh::discovery::kubernetes::{Objects, translate, with_cni_addresses};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Input {
+    #[serde(default)]
+    namespaces: Vec<Namespace>,
+    #[serde(default)]
+    pods: Vec<Pod>,
+    #[serde(default)]
+    services: Vec<Service>,
+    #[serde(default)]
+    authorization_policies: Vec<AuthorizationPolicy>,
+    #[serde(default)]
+    peer_authentications: Vec<PeerAuthentication>,
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(input) = serde_json::from_slice::<Input>(data) else {
+        return;
+    };
+    let objects = Objects {
+        namespaces: input.namespaces,
+        pods: input.pods,
+        services: input.services,
+        authorization_policies: input.authorization_policies,
+        peer_authentications: input.peer_authentications,
+    };
+    let settings = MeshSettings::default();
+    let _ = translate(&objects, &settings);
+    // Pods the API lists without an address yet get the one the CNI plugin reported.
+    let cni: IpAddr = "10.244.9.9".parse().expect("an address");
+    if let Some(filled) = with_cni_addresses(&objects, |_, _| Some(vec![cni])) {
+        let _ = translate(&filled, &settings);
+    }
+});

@@ -7,8 +7,11 @@
 //!
 //! `Authorization`, `Proxy-Authorization`, `Cookie` and `Set-Cookie` are never written, nor are the
 //! headers named in `--redact-header`. Values of query parameters named in `--redact-query-param`
-//! (and of a default list of credential-like names) are replaced by `REDACTED`. Every denial is
-//! logged, whatever the level, with the policy and rule that decided it.
+//! (and of a default list of credential-like names) are replaced by `REDACTED`; names are compared
+//! as a backend reads them (percent-decoded, `+` as space, case-folded, `&` and `;` both
+//! separators), and a parameter whose name cannot be decoded is redacted whole. Every denial is
+//! logged, whatever the level, with the policy and rule that decided it (or why the request could
+//! not be judged).
 
 use std::time::Duration;
 
@@ -79,6 +82,8 @@ pub struct Record<'a> {
     pub rule: Option<usize>,
     /// The response status sent to the client.
     pub status: u16,
+    /// Why a request was refused before policy (400), if it was.
+    pub reason: Option<&'a str>,
     /// Request body bytes.
     pub bytes_received: u64,
     /// Response body bytes.
@@ -129,18 +134,38 @@ impl AccessLog {
         self.level
     }
 
-    /// `query` with the values of redacted parameters replaced.
+    /// `query` with the values of redacted parameters replaced; separators are kept as they were.
     pub fn redact_query(&self, query: &str) -> String {
-        query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, _)) if self.redact_params.contains(&name.to_ascii_lowercase()) => {
-                    format!("{name}=REDACTED")
-                }
-                _ => pair.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join("&")
+        let mut out = String::with_capacity(query.len());
+        let mut rest = query;
+        loop {
+            let end = rest.find(['&', ';']).unwrap_or(rest.len());
+            let (pair, tail) = rest.split_at(end);
+            self.redact_pair(pair, &mut out);
+            let mut tail = tail.chars();
+            match tail.next() {
+                Some(separator) => out.push(separator),
+                None => return out,
+            }
+            rest = tail.as_str();
+        }
+    }
+
+    /// Appends `pair` to `out`, its value redacted if its decoded name is a redacted one, or all of
+    /// it if the name cannot be decoded (it might be one).
+    fn redact_pair(&self, pair: &str, out: &mut String) {
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        match decode_component(name) {
+            None => out.push_str("REDACTED"),
+            Some(decoded)
+                if pair.len() > name.len()
+                    && self.redact_params.contains(&decoded.to_lowercase()) =>
+            {
+                out.push_str(name);
+                out.push_str("=REDACTED");
+            }
+            Some(_) => out.push_str(pair),
+        }
     }
 
     /// The configured headers present in `headers`, as `name: value` pairs.
@@ -166,6 +191,7 @@ impl AccessLog {
         let policy = r.policy.map_or("-".to_owned(), ToString::to_string);
         let rule = r.rule.map_or("-".to_owned(), |i| i.to_string());
         let endpoint = r.endpoint.unwrap_or("-");
+        let reason = r.reason.unwrap_or("-");
         let duration_ms = r.duration.as_millis() as u64;
         match (level, deny) {
             (Level::Off, _) => {}
@@ -173,19 +199,37 @@ impl AccessLog {
                 info!(target: TARGET, decision = r.decision, source = %r.source, destination = r.destination, endpoint, policy, rule, status = r.status, bytes_received = r.bytes_received, bytes_sent = r.bytes_sent, duration_ms, "request")
             }
             (Level::Metadata, true) => {
-                warn!(target: TARGET, decision = r.decision, source = %r.source, destination = r.destination, policy, rule, status = r.status, "request denied")
+                warn!(target: TARGET, decision = r.decision, source = %r.source, destination = r.destination, policy, rule, status = r.status, reason, "request denied")
             }
             (Level::Full, _) => {
                 let query = r.query.map(|q| self.redact_query(q)).unwrap_or_default();
                 let headers = self.selected_headers(r.headers);
                 if deny {
-                    warn!(target: TARGET, decision = r.decision, source = %r.source, destination = r.destination, policy, rule, status = r.status, method = r.method, path = r.path, query, host = r.host, headers, "request denied");
+                    warn!(target: TARGET, decision = r.decision, source = %r.source, destination = r.destination, policy, rule, status = r.status, reason, method = r.method, path = r.path, query, host = r.host, headers, "request denied");
                 } else {
                     info!(target: TARGET, decision = r.decision, source = %r.source, destination = r.destination, endpoint, policy, rule, status = r.status, bytes_received = r.bytes_received, bytes_sent = r.bytes_sent, duration_ms, method = r.method, path = r.path, query, host = r.host, headers, "request");
                 }
             }
         }
     }
+}
+
+/// A query component as an application reads it (`application/x-www-form-urlencoded`): `+` is a
+/// space, `%XX` a byte; `None` if an escape is invalid or the bytes are not UTF-8.
+fn decode_component(raw: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut input = raw.bytes();
+    while let Some(b) = input.next() {
+        bytes.push(match b {
+            b'+' => b' ',
+            b'%' => {
+                let digits = [input.next()?, input.next()?];
+                u8::from_str_radix(std::str::from_utf8(&digits).ok()?, 16).ok()?
+            }
+            b => b,
+        });
+    }
+    String::from_utf8(bytes).ok()
 }
 
 #[cfg(test)]
@@ -226,6 +270,19 @@ mod tests {
             ("SESSION=xyz&q=rust", "SESSION=REDACTED&q=rust"),
             ("access_token=1&flag", "access_token=REDACTED&flag"),
             ("q=token", "q=token"),
+            // Names as the backend decodes them (issue 10, class 9).
+            ("%74oken=abc&page=2", "%74oken=REDACTED&page=2"),
+            ("page=2;token=abc", "page=2;token=REDACTED"),
+            ("access%5Ftoken=abc", "access%5Ftoken=REDACTED"),
+            ("TOKEN=abc", "TOKEN=REDACTED"),
+            ("%54%4F%4b%45%4e=abc", "%54%4F%4b%45%4e=REDACTED"),
+            ("api+key=abc&x=1", "api+key=abc&x=1"),
+            ("to%zzken=abc&page=2", "REDACTED&page=2"),
+            ("%ff%fe=abc;q=1", "REDACTED;q=1"),
+            ("%=abc", "REDACTED"),
+            ("sess%69on=1;;&", "sess%69on=REDACTED;;&"),
+            ("token", "token"),
+            ("", ""),
         ];
         for (query, want) in cases {
             assert_eq!(log.redact_query(query), want, "{query}");

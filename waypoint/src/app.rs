@@ -131,6 +131,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Settings {
             request_timeout: config.request_timeout,
             sniff_timeout: config.sniff_timeout,
+            path_normalization: config.path_normalization,
         },
     ));
     let endpoints: [(std::net::SocketAddr, Handler); 2] = [

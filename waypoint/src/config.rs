@@ -8,6 +8,7 @@ use clap::Parser;
 use veil_mesh::telemetry::LogFormat;
 
 use crate::access_log::Level;
+use crate::canon::Normalization;
 
 /// veil's per-namespace L7 proxy.
 #[derive(Parser, Debug, Clone)]
@@ -77,6 +78,15 @@ pub struct Config {
     /// Query parameters whose values are never written (in addition to the built-in list).
     #[arg(long = "redact-query-param", value_delimiter = ',')]
     pub redact_query_params: Vec<String>,
+    /// How request paths are canonicalized before policy and forwarding (Istio's
+    /// `pathNormalization` levels). `%2F`/`%5C` are refused below DECODE_AND_MERGE_SLASHES.
+    #[arg(
+        long,
+        env = "VEIL_WAYPOINT_PATH_NORMALIZATION",
+        value_enum,
+        default_value = "MERGE_SLASHES"
+    )]
+    pub path_normalization: Normalization,
     /// Time for an upstream response to start.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,

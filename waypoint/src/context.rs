@@ -10,6 +10,7 @@ use hyper_util::rt::TokioExecutor;
 use veil_mesh::discovery::MeshState;
 
 use crate::access_log::AccessLog;
+use crate::canon::Normalization;
 use crate::upstream::{Connector, Upstreams};
 
 /// Body type of requests sent upstream.
@@ -22,6 +23,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// How long to wait for a client's first bytes before treating the tunnel as opaque TCP.
     pub sniff_timeout: Duration,
+    /// How request paths are canonicalized before policy and forwarding.
+    pub path_normalization: Normalization,
 }
 
 /// Shared by all handlers.

@@ -1,6 +1,7 @@
-//! HTTP inside a client's tunnel: each request is authorized on its own (method, path, host,
-//! headers, and the client's verified identity), then sent to an endpoint over a pooled tunnel in
-//! the client's protocol — HTTP/1.1 kept alive, or HTTP/2 multiplexed (gRPC).
+//! HTTP inside a client's tunnel: each request is canonicalized (`canon`: what cannot be judged gets
+//! 400), authorized on its own (method, path, host, headers, and the client's verified identity),
+//! then sent with that same path and host to an endpoint over a pooled tunnel in the client's
+//! protocol — HTTP/1.1 kept alive, or HTTP/2 multiplexed (gRPC).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,11 +20,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::debug;
+use veil_mesh::discovery::{MeshState, Workload};
 use veil_mesh::identity::Identity;
-use veil_mesh::policy::{Attributes, HttpAttributes, evaluate};
+use veil_mesh::policy::{Attributes, Decision, HttpAttributes, evaluate};
 use veil_mesh::telemetry::metrics::{DecisionLabels, Outcome, PolicyLabel, Principal};
 
 use crate::access_log::Record;
+use crate::canon::{self, Canonical, Refusal};
 use crate::context::Context;
 use crate::drain::DrainWatch;
 use crate::target::Destination;
@@ -71,18 +74,80 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<DownstreamBody>, Infallible> {
     let started = Instant::now();
+    let grpc = is_grpc(&req);
+    // One path and one host, judged and forwarded: nothing the endpoint sees differs from what
+    // policy decided on.
+    let canon = match canon::request(&req, ctx.settings.path_normalization) {
+        Ok(canon) => canon,
+        Err(refusal) => return Ok(refuse(&ctx, &tunnel, &req, &refusal, started)),
+    };
     let state = ctx.state();
-    let host = host_of(&req);
     let Some((endpoint, addr)) = tunnel.dest.endpoint(&state, tunnel.target, ctx.next()) else {
         return Ok(local_reply(
-            is_grpc(&req),
+            grpc,
             StatusCode::SERVICE_UNAVAILABLE,
             "no healthy endpoint",
         ));
     };
+    let decision = authorize(&ctx, &tunnel, &state, &endpoint, addr, &req, &canon);
+    let destination = tunnel.dest.key();
+    let endpoint_key = endpoint.key();
+    if !decision.allowed() {
+        ctx.access_log.log(&Record {
+            source: &tunnel.peer,
+            destination: &destination,
+            endpoint: Some(&endpoint_key),
+            decision: "deny",
+            policy: decision.policy(),
+            rule: decision.rule,
+            status: 403,
+            reason: None,
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: started.elapsed(),
+            method: req.method().as_str(),
+            path: &canon.path,
+            query: canon.query.as_deref(),
+            host: &canon.host,
+            headers: req.headers(),
+        });
+        return Ok(local_reply(
+            grpc,
+            StatusCode::FORBIDDEN,
+            "RBAC: access denied",
+        ));
+    }
+    // What the log needs once the response is done; the request itself moves upstream.
+    let log_line = LogLine {
+        peer: tunnel.peer.clone(),
+        destination,
+        endpoint: endpoint_key,
+        policy: decision.policy().cloned(),
+        rule: decision.rule,
+        method: req.method().to_string(),
+        path: canon.path.clone(),
+        query: canon.query.clone(),
+        host: canon.host.clone(),
+        headers: req.headers().clone(),
+        started,
+    };
+    Ok(forward(ctx, req, &canon, addr, log_line, grpc).await)
+}
+
+/// Evaluates the policies of the request's destination on its canonical path and host, and counts
+/// the decision.
+fn authorize(
+    ctx: &Context,
+    tunnel: &Tunnel,
+    state: &MeshState,
+    endpoint: &Workload,
+    addr: SocketAddr,
+    req: &Request<Incoming>,
+    canon: &Canonical,
+) -> Decision {
     let policies = tunnel
         .dest
-        .policies(&state, &ctx.upstreams.me, Some(&endpoint));
+        .policies(state, &ctx.upstreams.me, Some(endpoint));
     let decision = evaluate(
         &policies,
         &Attributes {
@@ -92,8 +157,8 @@ async fn handle(
             destination_port: addr.port(),
             http: Some(HttpAttributes {
                 method: req.method().as_str(),
-                path: req.uri().path(),
-                host: &host,
+                path: &canon.path,
+                host: &canon.host,
                 headers: req.headers(),
             }),
         },
@@ -112,48 +177,49 @@ async fn handle(
             destination_identity: Principal(Some(endpoint.identity.clone())),
         })
         .inc();
-    let destination = tunnel.dest.key();
-    let endpoint_key = endpoint.key();
-    let grpc = is_grpc(&req);
-    if !decision.allowed() {
-        ctx.access_log.log(&Record {
-            source: &tunnel.peer,
-            destination: &destination,
-            endpoint: Some(&endpoint_key),
-            decision: "deny",
-            policy: decision.policy(),
-            rule: decision.rule,
-            status: 403,
-            bytes_received: 0,
-            bytes_sent: 0,
-            duration: started.elapsed(),
-            method: req.method().as_str(),
-            path: req.uri().path(),
-            query: req.uri().query(),
-            host: &host,
-            headers: req.headers(),
-        });
-        return Ok(local_reply(
-            grpc,
-            StatusCode::FORBIDDEN,
-            "RBAC: access denied",
-        ));
-    }
-    // What the log needs once the response is done; the request itself moves upstream.
-    let log_ctx = ctx.clone();
-    let log_line = LogLine {
-        peer: tunnel.peer.clone(),
-        destination,
-        endpoint: endpoint_key,
-        policy: decision.policy().cloned(),
-        rule: decision.rule,
-        method: req.method().to_string(),
-        path: req.uri().path().to_owned(),
-        query: req.uri().query().map(str::to_owned),
-        host: host.clone(),
-        headers: req.headers().clone(),
-        started,
-    };
+    decision
+}
+
+/// A request that cannot be judged: 400, and a denial line saying why (no path or host: they are
+/// what could not be read).
+fn refuse(
+    ctx: &Context,
+    tunnel: &Tunnel,
+    req: &Request<Incoming>,
+    refusal: &Refusal,
+    started: Instant,
+) -> Response<DownstreamBody> {
+    let reason = refusal.to_string();
+    ctx.access_log.log(&Record {
+        source: &tunnel.peer,
+        destination: &tunnel.dest.key(),
+        endpoint: None,
+        decision: "deny",
+        policy: None,
+        rule: None,
+        status: 400,
+        reason: Some(&reason),
+        bytes_received: 0,
+        bytes_sent: 0,
+        duration: started.elapsed(),
+        method: req.method().as_str(),
+        path: "-",
+        query: None,
+        host: "-",
+        headers: req.headers(),
+    });
+    local_reply(is_grpc(req), StatusCode::BAD_REQUEST, "bad request")
+}
+
+/// Sends an allowed request to `addr` with its canonical path and host, and relays the answer.
+async fn forward(
+    ctx: Arc<Context>,
+    req: Request<Incoming>,
+    canon: &Canonical,
+    addr: SocketAddr,
+    log_line: LogLine,
+    grpc: bool,
+) -> Response<DownstreamBody> {
     let version = req.version();
     let (parts, body) = req.into_parts();
     let received = Arc::new(AtomicU64::new(0));
@@ -163,13 +229,17 @@ async fn handle(
         on_end: None,
     };
     let mut upstream = Request::from_parts(parts, body.boxed());
-    *upstream.uri_mut() = upstream_uri(addr, upstream.uri());
+    *upstream.uri_mut() = upstream_uri(addr, &canon.path_and_query());
     strip_hop_by_hop(upstream.headers_mut());
     let client = if version == Version::HTTP_2 {
         *upstream.version_mut() = Version::HTTP_2;
+        // The endpoint address is the upstream `:authority` (see docs/waypoint.md); a Host header
+        // naming something else would contradict it.
+        upstream.headers_mut().remove(header::HOST);
         &ctx.http2
     } else {
         *upstream.version_mut() = Version::HTTP_11;
+        set_host(upstream.headers_mut(), &canon.host);
         &ctx.http1
     };
     let response =
@@ -182,27 +252,19 @@ async fn handle(
                 } else {
                     StatusCode::BAD_GATEWAY
                 };
-                log_line.write(
-                    &log_ctx,
-                    status.as_u16(),
-                    received.load(Ordering::Relaxed),
-                    0,
-                );
-                return Ok(local_reply(grpc, status, "upstream unavailable"));
+                log_line.write(&ctx, status.as_u16(), received.load(Ordering::Relaxed), 0);
+                return local_reply(grpc, status, "upstream unavailable");
             }
             Err(_) => {
-                log_line.write(&log_ctx, 504, received.load(Ordering::Relaxed), 0);
-                return Ok(local_reply(
-                    grpc,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream timed out",
-                ));
+                log_line.write(&ctx, 504, received.load(Ordering::Relaxed), 0);
+                return local_reply(grpc, StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
             }
         };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let status = parts.status.as_u16();
     let sent = Arc::new(AtomicU64::new(0));
+    let log_ctx = ctx.clone();
     let body = Counted {
         inner: body,
         count: sent.clone(),
@@ -215,7 +277,19 @@ async fn handle(
             );
         })),
     };
-    Ok(Response::from_parts(parts, body.boxed()))
+    Response::from_parts(parts, body.boxed())
+}
+
+/// The upstream Host is the canonical one (none when the client named none: HTTP/1.0).
+fn set_host(headers: &mut HeaderMap, host: &str) {
+    match http::HeaderValue::from_str(host) {
+        Ok(value) if !host.is_empty() => {
+            headers.insert(header::HOST, value);
+        }
+        _ => {
+            headers.remove(header::HOST);
+        }
+    }
 }
 
 /// An access-log line written when the response body ends (or the client goes away).
@@ -243,6 +317,7 @@ impl LogLine {
             policy: self.policy.as_ref(),
             rule: self.rule,
             status,
+            reason: None,
             bytes_received: received,
             bytes_sent: sent,
             duration: self.started.elapsed(),
@@ -255,34 +330,9 @@ impl LogLine {
     }
 }
 
-/// The request's host, without a port: `:authority` (HTTP/2) or `Host` (HTTP/1.1).
-fn host_of<B>(req: &Request<B>) -> String {
-    let raw = match req.uri().authority() {
-        Some(authority) => authority.as_str(),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default(),
-    };
-    strip_port(raw).to_owned()
-}
-
-/// `host:port` → `host`, `[v6]:port` → `v6`.
-fn strip_port(raw: &str) -> &str {
-    if let Some(bracketed) = raw.strip_prefix('[') {
-        return bracketed.split(']').next().unwrap_or(bracketed);
-    }
-    match raw.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => raw,
-    }
-}
-
-/// `http://<endpoint><path and query of uri>`.
-fn upstream_uri(addr: SocketAddr, uri: &Uri) -> Uri {
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    format!("http://{addr}{path}")
+/// `http://<endpoint><canonical path and query>`.
+fn upstream_uri(addr: SocketAddr, path_and_query: &str) -> Uri {
+    format!("http://{addr}{path_and_query}")
         .parse()
         .unwrap_or_else(|_| Uri::from_static("/"))
 }
@@ -334,9 +384,11 @@ fn local_reply(grpc: bool, status: StatusCode, message: &'static str) -> Respons
             .boxed()
     };
     if grpc {
-        // gRPC's codes for these situations: PERMISSION_DENIED, DEADLINE_EXCEEDED, UNAVAILABLE.
+        // gRPC's codes for these situations: PERMISSION_DENIED, INVALID_ARGUMENT, DEADLINE_EXCEEDED,
+        // UNAVAILABLE.
         let code = match status {
             StatusCode::FORBIDDEN => "7",
+            StatusCode::BAD_REQUEST => "3",
             StatusCode::GATEWAY_TIMEOUT => "4",
             _ => "14",
         };
@@ -415,25 +467,6 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_lose_their_port() {
-        let req = |authority: Option<&str>, host: Option<&str>| {
-            let mut b = Request::builder().uri(match authority {
-                Some(a) => format!("http://{a}/p"),
-                None => "/p".to_owned(),
-            });
-            if let Some(h) = host {
-                b = b.header("host", h);
-            }
-            b.body(()).unwrap()
-        };
-        assert_eq!(host_of(&req(Some("svc.ns:8080"), None)), "svc.ns");
-        assert_eq!(host_of(&req(None, Some("svc.ns:80"))), "svc.ns");
-        assert_eq!(host_of(&req(None, Some("svc.ns"))), "svc.ns");
-        assert_eq!(host_of(&req(Some("[fd00::1]:80"), None)), "fd00::1");
-        assert_eq!(host_of(&req(None, None)), "");
-    }
 
     #[test]
     fn hop_by_hop_headers_are_removed_but_grpc_te_is_kept() {

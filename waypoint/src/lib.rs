@@ -3,11 +3,12 @@
 //! authorizes every request with the client's verified identity, and forwards allowed requests to an
 //! endpoint over HBONE with its own identity. Non-HTTP traffic gets L4 policy only.
 //!
-//! A tunnel's path: `inbound` (target, L4 gate, sniffing) → `l7` (per request: `target` for the
-//! endpoint and policies, `veil_mesh::policy::evaluate`, `upstream` to forward) or opaque TCP.
+//! A tunnel's path: `inbound` (target, L4 gate, sniffing) → `l7` (per request: `canon` for the one
+//! path and host judged and forwarded, `target` for the endpoint and policies, `veil_mesh::policy::evaluate`, `upstream` to forward) or opaque TCP.
 
 pub mod access_log;
 pub mod app;
+pub mod canon;
 pub mod config;
 pub mod context;
 pub mod drain;

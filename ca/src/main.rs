@@ -157,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
             root_namespace: args.root_namespace.clone(),
         };
         let snapshots =
-            veil_mesh::discovery::kubernetes::start(client.clone(), settings, |_| {}).await?;
+            veil_mesh::discovery::kubernetes::start(client.clone(), settings, |_| {}).await;
         tokio::spawn(status::write_forever(client.clone(), snapshots));
     }
     let serving = ServingCert::new(

@@ -14,11 +14,11 @@ use veil_crd::authorization::AuthorizationPolicy;
 use veil_crd::peer_authentication::PeerAuthentication;
 use veil_crd::status::{
     ACCEPTED, ENFORCED, PolicyStatus, REASON_ACCEPTED, REASON_FAILING_CLOSED, REASON_INVALID,
-    REASON_NO_TARGETS, REASON_WAYPOINT, REASON_ZTUNNEL,
+    REASON_NO_TARGETS, REASON_NO_WAYPOINT, REASON_WAYPOINT, REASON_ZTUNNEL,
 };
 use veil_mesh::discovery::kubernetes::Snapshot;
 use veil_mesh::discovery::{MeshState, Workload};
-use veil_mesh::policy::{AuthzPolicy, PolicyError, PolicyId, Scope};
+use veil_mesh::policy::{AuthzPolicy, PolicyError, PolicyId, Scope, Target};
 
 /// `(status, reason, message)` of one condition.
 type Verdict = (&'static str, &'static str, String);
@@ -47,11 +47,7 @@ pub fn authz_conditions(state: &MeshState, id: &PolicyId, invalid: &[PolicyError
 
 fn enforcement(state: &MeshState, policy: &AuthzPolicy) -> Verdict {
     if let Scope::Targets(targets) = &policy.scope {
-        return (
-            "True",
-            REASON_WAYPOINT,
-            format!("attached to {targets:?}; enforced by the waypoint that serves them"),
-        );
+        return targets_enforcement(state, &policy.id.namespace, targets);
     }
     let selected: Vec<Arc<Workload>> = state
         .workloads()
@@ -106,6 +102,36 @@ fn enforcement(state: &MeshState, policy: &AuthzPolicy) -> Verdict {
             } else {
                 format!(" and by the waypoint of {} more", behind_waypoint.len())
             }
+        ),
+    )
+}
+
+/// Where a `targetRefs` policy is enforced: by the waypoint of what it is attached to, or, for a
+/// Service without a waypoint, by the ztunnels of the Service's pods at L4 (failing closed on its HTTP
+/// conditions) — never silently nowhere.
+fn targets_enforcement(state: &MeshState, namespace: &str, targets: &[Target]) -> Verdict {
+    let without_waypoint: Vec<String> = targets
+        .iter()
+        .filter_map(|t| match t {
+            Target::Service(name) => state.service(namespace, name),
+            Target::Gateway(_) => None,
+        })
+        .filter(|s| s.waypoint.is_none())
+        .map(|s| s.key())
+        .collect();
+    if without_waypoint.is_empty() {
+        return (
+            "True",
+            REASON_WAYPOINT,
+            format!("attached to {targets:?}; enforced by the waypoint that serves them"),
+        );
+    }
+    (
+        "True",
+        REASON_NO_WAYPOINT,
+        format!(
+            "attached to Service(s) without a waypoint ({}): no proxy checks it per request, so the ztunnels of their pods enforce it at L4 and deny whatever its HTTP conditions could match; give the Service a waypoint (label veil.dev/use-waypoint) to enforce it as written",
+            without_waypoint.join(", ")
         ),
     )
 }

@@ -21,6 +21,9 @@ pub const REASON_ZTUNNEL: &str = "Ztunnel";
 pub const REASON_WAYPOINT: &str = "Waypoint";
 /// Uses HTTP attributes on workloads without a waypoint: denies whatever it could match.
 pub const REASON_FAILING_CLOSED: &str = "FailingClosed";
+/// Attached to a Service without a waypoint: enforced at L4 by the ztunnels of its pods, its HTTP
+/// conditions denying whatever they could match.
+pub const REASON_NO_WAYPOINT: &str = "NoWaypoint";
 /// Selects nothing at the moment.
 pub const REASON_NO_TARGETS: &str = "NoTargets";
 

@@ -79,7 +79,7 @@ pub(crate) async fn stream_task(
     let decision = match &workload.waypoint {
         // Behind a waypoint: only the waypoint may reach the workload, and it enforced the
         // workload's policies already, with the client's identity and at L7.
-        Some(reference) => from_waypoint(&state, reference, &stream.peer),
+        Some(reference) => from_waypoint(&state, &workload, reference, &stream.peer),
         None => {
             let attrs = Attributes {
                 source: Some(&stream.peer),
@@ -175,11 +175,18 @@ pub(crate) async fn stream_task(
     }
 }
 
-/// The decision for a tunnel to a workload behind `reference`: allowed only from that waypoint.
-fn from_waypoint(state: &MeshState, reference: &WaypointRef, peer: &Identity) -> Decision {
-    let allowed = state
-        .waypoint(reference)
-        .is_some_and(|waypoint| &waypoint.identity == peer);
+/// The decision for a tunnel to a workload behind `reference`: allowed only from that waypoint, and
+/// from none while other waypoints claim the workload too (which one fronts it is ambiguous).
+fn from_waypoint(
+    state: &MeshState,
+    workload: &Workload,
+    reference: &WaypointRef,
+    peer: &Identity,
+) -> Decision {
+    let allowed = workload.waypoint_conflict().is_empty()
+        && state
+            .waypoint(reference)
+            .is_some_and(|waypoint| &waypoint.identity == peer);
     Decision {
         verdict: if allowed {
             Verdict::Allow(None)
@@ -193,6 +200,14 @@ fn from_waypoint(state: &MeshState, reference: &WaypointRef, peer: &Identity) ->
 
 fn deny_reason(decision: &Decision, workload: &Workload) -> String {
     match &decision.verdict {
+        Verdict::Deny(DenyReason::NotFromWaypoint(_))
+            if !workload.waypoint_conflict().is_empty() =>
+        {
+            format!(
+                "{} is claimed by several waypoints and admits no traffic until that is fixed",
+                workload.key()
+            )
+        }
         Verdict::Deny(DenyReason::NotFromWaypoint(w)) => {
             format!("{} is reachable only through waypoint {w}", workload.key())
         }

@@ -54,6 +54,12 @@ pub fn route(
 ) -> Route {
     if let Some(workload) = state.workload_by_ip(dst.ip()) {
         if let (true, Some(reference)) = (workload.enrolled, &workload.waypoint) {
+            if !workload.waypoint_conflict().is_empty() {
+                return Route::Refuse(format!(
+                    "{} is claimed by several waypoints",
+                    workload.key()
+                ));
+            }
             return via_waypoint(state, reference, dst, pick);
         }
         return to_workload(workload, dst);

@@ -1,12 +1,15 @@
 //! Inbound plaintext: TCP that reaches a pod without HBONE, captured on 15006 inside its namespace.
 //!
 //! Under STRICT (the default) it is refused with a reset. Under PERMISSIVE it is admitted subject to
-//! L4 policy, with no peer identity: rules on principals or namespaces cannot match it.
+//! L4 policy, with no peer identity: rules on principals or namespaces cannot match it. A workload
+//! behind a waypoint admits only HBONE from its waypoint, whatever the mode: plaintext would step
+//! around the waypoint's L7 policy.
 
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
+use veil_mesh::discovery::Workload;
 use veil_mesh::hbone::abort_socket;
 use veil_mesh::policy::{Attributes, PeerMode, evaluate};
 use veil_mesh::relay::relay;
@@ -47,13 +50,13 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
     let Some(workload) = state.workload(&local.workload.uid).cloned() else {
         return abort_socket(&tcp);
     };
+    if let Some(waypoint) = &workload.waypoint {
+        count_rejected(&ctx, &workload);
+        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), reason = %format!("plaintext refused: {} is reachable only through waypoint {waypoint}", workload.key()), "connection denied");
+        return abort_socket(&tcp);
+    }
     if state.peer_mode(&workload, dst.port()) == PeerMode::Strict {
-        ctx.metrics
-            .plaintext_rejected
-            .get_or_create(&WorkloadLabels {
-                workload: workload.key(),
-            })
-            .inc();
+        count_rejected(&ctx, &workload);
         warn!(target: ACCESS_LOG, decision = "deny", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), reason = "plaintext refused: mutual TLS is STRICT", "connection denied");
         return abort_socket(&tcp);
     }
@@ -92,4 +95,13 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
         meter.received.inc_by(received);
         info!(target: ACCESS_LOG, decision = "allow", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), bytes_sent = sent, bytes_received = received, "plaintext connection complete (PERMISSIVE)");
     }
+}
+
+fn count_rejected(ctx: &Context, workload: &Workload) {
+    ctx.metrics
+        .plaintext_rejected
+        .get_or_create(&WorkloadLabels {
+            workload: workload.key(),
+        })
+        .inc();
 }

@@ -339,6 +339,7 @@ fn workload(
         enrolled: w.enrolled,
         identity,
         waypoint,
+        waypoint_conflict: Vec::new(),
         policies: Default::default(),
     })
 }

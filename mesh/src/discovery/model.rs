@@ -37,9 +37,14 @@ pub struct Workload {
     pub enrolled: bool,
     /// Its SPIFFE identity.
     pub identity: Identity,
-    /// The waypoint all its traffic goes through, if any.
+    /// The waypoint all its traffic goes through, if any: its own (pod or namespace label), or, once
+    /// the snapshot is built, that of a service it backs (a pod cannot opt out of its service's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waypoint: Option<WaypointRef>,
+    /// Further waypoints that claim it (it backs services with different waypoints): ambiguous, so
+    /// its ztunnel admits nothing until the conflict is fixed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) waypoint_conflict: Vec<WaypointRef>,
     #[serde(skip)]
     pub(crate) policies: OnceLock<Arc<[Arc<AuthzPolicy>]>>,
 }
@@ -48,6 +53,12 @@ impl Workload {
     /// `namespace/name`, for logs.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The other waypoints that claim this workload besides [`Self::waypoint`]; when there are any,
+    /// no traffic may reach it.
+    pub fn waypoint_conflict(&self) -> &[WaypointRef] {
+        &self.waypoint_conflict
     }
 }
 

@@ -39,8 +39,9 @@ pub struct NodeAddresses {
 }
 
 /// Opens the source and returns the channel it publishes the mesh on. With the Kubernetes API this
-/// returns once every watched kind has been listed. `on_reject` is told about every snapshot that
-/// was refused (the last good one stays published).
+/// returns once every watched kind has been listed. `on_reject` is told about every refusal: of a
+/// whole local file (the last good one stays published), or of one Kubernetes object (left out, the
+/// rest published).
 pub async fn open(
     origin: &Origin,
     settings: MeshSettings,
@@ -62,7 +63,7 @@ pub async fn open(
                 ))
             })?;
             info!("watching the Kubernetes API");
-            let snapshots = kubernetes::start(client, settings.clone(), on_reject).await?;
+            let snapshots = kubernetes::start(client, settings.clone(), on_reject).await;
             let (tx, rx) = watch::channel(snapshots.borrow().state.clone());
             let NodeAddresses { changed, lookup } = node.unwrap_or_else(|| NodeAddresses {
                 changed: watch::channel(0).1,

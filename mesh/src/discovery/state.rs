@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::model::{Service, Waypoint, WaypointRef, Workload, selects};
+use super::model::{Service, Waypoint, WaypointRef, Workload};
+mod assemble;
+
 use crate::policy::{
-    AuthzPolicy, PeerAuthPolicy, PeerMode, PolicyError, PolicyId, PolicyIndex, Scope, Target,
+    AuthzPolicy, PeerAuthPolicy, PeerMode, PolicyError, PolicyId, PolicyIndex, Target,
     resolve_peer_mode,
 };
 
@@ -32,7 +34,7 @@ impl Default for MeshSettings {
 }
 
 /// Why a configuration was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// An object is invalid or conflicts with another.
     #[error("{object}: {reason}")]
@@ -66,11 +68,15 @@ pub struct MeshState {
     authz: PolicyIndex,
     peer_auth: Vec<PeerAuthPolicy>,
     ambient_namespaces: std::collections::BTreeSet<String>,
+    /// The services each workload (by uid) is an endpoint of.
+    services_of: HashMap<String, Vec<Arc<Service>>>,
+    rejected: Vec<ConfigError>,
 }
 
 impl MeshState {
     /// Builds and cross-checks a snapshot: unique workload ids and addresses, service addresses that
-    /// collide with nothing, unique policy names.
+    /// collide with nothing, unique policy names, one waypoint per workload. The first problem is an
+    /// error (for sources that are validated whole, like the local file).
     pub fn build(
         settings: MeshSettings,
         workloads: Vec<Workload>,
@@ -79,101 +85,75 @@ impl MeshState {
         authz: Vec<AuthzPolicy>,
         peer_auth: Vec<PeerAuthPolicy>,
     ) -> Result<Self, ConfigError> {
+        let state =
+            Self::build_isolating(settings, workloads, services, waypoints, authz, peer_auth);
+        match state.rejected.first() {
+            Some(e) => Err(e.clone()),
+            None => Ok(state),
+        }
+    }
+
+    /// Builds a snapshot from what is consistent: an object that fails a cross-check is left out
+    /// (or, for a workload claimed by several waypoints, kept but unreachable) and listed in
+    /// [`Self::rejected`], and the rest of the mesh is built as usual. For sources where one author
+    /// must not be able to stop everyone else's updates (Kubernetes).
+    pub fn build_isolating(
+        settings: MeshSettings,
+        workloads: Vec<Workload>,
+        services: Vec<Service>,
+        waypoints: Vec<Waypoint>,
+        authz: Vec<AuthzPolicy>,
+        peer_auth: Vec<PeerAuthPolicy>,
+    ) -> Self {
+        let mut rejected = Vec::new();
+        let waypoints = assemble::waypoints(waypoints, &mut rejected);
+        let waypoint_ips: HashMap<IpAddr, WaypointRef> = waypoints
+            .iter()
+            .flat_map(|w| w.ips.iter().map(|ip| (*ip, w.reference())))
+            .collect();
+        let mut workloads = assemble::workloads(workloads, &waypoint_ips, &mut rejected);
+        let services = assemble::services(services, &workloads, &waypoint_ips, &mut rejected);
+        assemble::front(&mut workloads, &services, &mut rejected);
+        let authz = assemble::unique("AuthorizationPolicy", authz, |p| &p.id, &mut rejected);
+        let peer_auth = assemble::unique("PeerAuthentication", peer_auth, |p| &p.id, &mut rejected);
+
         let mut state = Self::default();
-        let mut waypoint_ips = HashMap::new();
         for waypoint in waypoints {
-            let waypoint = Arc::new(waypoint);
-            for ip in &waypoint.ips {
-                if waypoint_ips.insert(*ip, waypoint.reference()).is_some() {
-                    return Err(ConfigError::invalid(
-                        format!("waypoint {}", waypoint.reference()),
-                        format!("address {ip} is used twice"),
-                    ));
-                }
-            }
-            if state
+            state
                 .waypoints
-                .insert(waypoint.reference(), waypoint.clone())
-                .is_some()
-            {
-                return Err(ConfigError::invalid(
-                    format!("waypoint {}", waypoint.reference()),
-                    "defined twice",
-                ));
-            }
+                .insert(waypoint.reference(), Arc::new(waypoint));
         }
         for workload in workloads {
             let workload = Arc::new(workload);
             for ip in &workload.ips {
-                if let Some(w) = waypoint_ips.get(ip) {
-                    return Err(ConfigError::invalid(
-                        format!("workload {}", workload.key()),
-                        format!("address {ip} is also waypoint {w}"),
-                    ));
-                }
-                if let Some(other) = state.by_ip.insert(*ip, workload.clone()) {
-                    return Err(ConfigError::invalid(
-                        format!("workload {}", workload.key()),
-                        format!("address {ip} is also used by workload {}", other.key()),
-                    ));
-                }
+                state.by_ip.insert(*ip, workload.clone());
             }
-            if state
-                .workloads
-                .insert(workload.uid.clone(), workload.clone())
-                .is_some()
-            {
-                return Err(ConfigError::invalid(
-                    format!("workload {}", workload.key()),
-                    format!("uid {:?} is used twice", workload.uid),
-                ));
-            }
+            state.workloads.insert(workload.uid.clone(), workload);
         }
-        for mut service in services {
-            service.endpoints = state.selected_by(&service);
+        for service in services {
             let service = Arc::new(service);
             for vip in &service.vips {
-                if let Some(w) = waypoint_ips.get(vip) {
-                    return Err(ConfigError::invalid(
-                        format!("service {}", service.key()),
-                        format!("address {vip} is also waypoint {w}"),
-                    ));
-                }
-                if let Some(w) = state.by_ip.get(vip) {
-                    return Err(ConfigError::invalid(
-                        format!("service {}", service.key()),
-                        format!("address {vip} is also workload {}", w.key()),
-                    ));
-                }
-                if let Some(other) = state.by_vip.insert(*vip, service.clone()) {
-                    return Err(ConfigError::invalid(
-                        format!("service {}", service.key()),
-                        format!("address {vip} is also service {}", other.key()),
-                    ));
-                }
+                state.by_vip.insert(*vip, service.clone());
+            }
+            for uid in &service.endpoints {
+                let of = state.services_of.entry(uid.clone()).or_default();
+                of.push(service.clone());
             }
             state.services.push(service);
         }
-        check_unique("AuthorizationPolicy", authz.iter().map(|p| &p.id))?;
-        check_unique("PeerAuthentication", peer_auth.iter().map(|p| &p.id))?;
         state.authz = PolicyIndex::new(
             &settings.root_namespace,
             authz.into_iter().map(Arc::new).collect(),
         );
         state.peer_auth = peer_auth;
         state.settings = Some(settings);
-        Ok(state)
+        state.rejected = rejected;
+        state
     }
 
-    fn selected_by(&self, service: &Service) -> Vec<String> {
-        let mut uids: Vec<String> = self
-            .workloads
-            .values()
-            .filter(|w| w.namespace == service.namespace && selects(&service.selector, &w.labels))
-            .map(|w| w.uid.clone())
-            .collect();
-        uids.sort();
-        uids
+    /// The objects left out of this snapshot (or kept but unreachable), and why.
+    pub fn rejected(&self) -> &[ConfigError] {
+        &self.rejected
     }
 
     /// Declares which namespaces are in the mesh: their new pods must be captured before they start.
@@ -230,11 +210,10 @@ impl MeshState {
 
     /// The services `workload` is an endpoint of.
     pub fn services_of(&self, workload: &Workload) -> Vec<Arc<Service>> {
-        self.services
-            .iter()
-            .filter(|s| s.endpoints.contains(&workload.uid))
+        self.services_of
+            .get(&workload.uid)
             .cloned()
-            .collect()
+            .unwrap_or_default()
     }
 
     /// The workloads on `node`, sorted by uid.
@@ -261,16 +240,39 @@ impl MeshState {
         &self.services
     }
 
-    /// The AuthorizationPolicies that apply to `workload` (computed once per snapshot).
+    /// The AuthorizationPolicies that apply to `workload` (computed once per snapshot): those that
+    /// select it, and those attached to a Service it backs that has no waypoint. Nothing would
+    /// enforce the latter per request, so its pods' ztunnels enforce them at L4, where their HTTP
+    /// conditions deny whatever they could match: fail closed, never a silent no-op.
     pub fn authz_for(&self, workload: &Workload) -> Arc<[Arc<AuthzPolicy>]> {
         workload
             .policies
             .get_or_init(|| {
-                self.authz
-                    .for_workload(&workload.namespace, &workload.labels)
-                    .into()
+                let mut out = self
+                    .authz
+                    .for_workload(&workload.namespace, &workload.labels);
+                for service in self.services_of(workload) {
+                    if service.waypoint.is_some() {
+                        continue;
+                    }
+                    let target = Target::Service(service.name.clone());
+                    for policy in self.authz.for_target(&service.namespace, &target) {
+                        if !out.iter().any(|p| Arc::ptr_eq(p, &policy)) {
+                            out.push(policy);
+                        }
+                    }
+                }
+                out.sort_by(|a, b| a.id.cmp(&b.id));
+                out.into()
             })
             .clone()
+    }
+
+    /// The Service `namespace/name`, if it is in the mesh.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
+        self.services
+            .iter()
+            .find(|s| s.namespace == namespace && s.name == name)
     }
 
     /// Whether `port` of `workload` accepts plaintext.
@@ -295,15 +297,18 @@ impl MeshState {
         self.authz.for_target(namespace, target)
     }
 
-    /// Policies with HTTP attributes that apply to workloads without a waypoint: ztunnel cannot check
-    /// those attributes, so they deny whatever they could match.
+    /// Policies with HTTP attributes that apply to workloads without a waypoint (selected, or attached
+    /// to a Service without one): ztunnel cannot check those attributes, so they deny whatever they
+    /// could match.
     pub fn l7_policies_enforced_at_l4(&self) -> Vec<PolicyId> {
         let mut out: Vec<PolicyId> = self
             .workloads
             .values()
             .filter(|w| w.waypoint.is_none())
             .flat_map(|w| self.authz_for(w).iter().cloned().collect::<Vec<_>>())
-            .filter(|p| p.uses_l7 && !matches!(p.scope, Scope::Targets(_)))
+            // Only policies ztunnel enforces are here: gateway-attached ones never, service-attached
+            // ones when the service has no waypoint.
+            .filter(|p| p.uses_l7)
             .map(|p| p.id.clone())
             .collect();
         out.sort();
@@ -336,20 +341,4 @@ pub struct Summary {
     pub authorization_policies: usize,
     /// PeerAuthentications.
     pub peer_authentications: usize,
-}
-
-fn check_unique<'a>(
-    kind: &str,
-    ids: impl Iterator<Item = &'a PolicyId>,
-) -> Result<(), ConfigError> {
-    let mut seen = std::collections::HashSet::new();
-    for id in ids {
-        if !seen.insert(id) {
-            return Err(ConfigError::invalid(
-                format!("{kind} {id}"),
-                "defined twice",
-            ));
-        }
-    }
-    Ok(())
 }

@@ -139,7 +139,7 @@ pub struct Metrics {
     pub received_bytes: Family<ConnectionLabels, Counter>,
     /// Authorization decisions.
     pub policy_decisions: Family<DecisionLabels, Counter>,
-    /// Plaintext connections refused under STRICT.
+    /// Plaintext connections refused: under STRICT, or to a workload behind a waypoint.
     pub plaintext_rejected: Family<WorkloadLabels, Counter>,
     /// TLS handshakes that failed.
     pub handshake_failures: Family<HandshakeLabels, Counter>,
@@ -147,7 +147,7 @@ pub struct Metrics {
     pub hbone_connections_opened: Family<ConnectionLabels, Counter>,
     /// Pods whose capture failed.
     pub capture_failures: Family<WorkloadLabels, Counter>,
-    /// Configuration updates refused.
+    /// Configuration updates refused (a whole local file), or objects left out of the mesh.
     pub config_rejected: Counter,
     /// Unix time at which each workload certificate expires.
     pub certificate_expiry: Family<CertLabels, Gauge>,
@@ -205,7 +205,7 @@ impl Metrics {
         );
         r.register(
             "plaintext_rejected",
-            "Plaintext connections refused under STRICT",
+            "Plaintext connections refused (STRICT, or the workload is behind a waypoint)",
             m.plaintext_rejected.clone(),
         );
         r.register(
@@ -225,7 +225,7 @@ impl Metrics {
         );
         r.register(
             "config_rejected",
-            "Configuration updates refused",
+            "Configuration updates refused, or objects left out of the mesh",
             m.config_rejected.clone(),
         );
         r.register(

@@ -9,6 +9,9 @@
 //!   selects, its identity their service account.
 //! - A policy that fails validation is replaced by one that denies everything in its scope (the
 //!   error is kept for its status): dropping it could open what it was meant to close.
+//! - Translation is per object: one that cannot be translated or conflicts with another (two
+//!   waypoints of one name, an address claimed twice) is left out and reported, and the rest of the
+//!   mesh is translated as usual (see [`MeshState::build_isolating`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -22,7 +25,7 @@ use veil_crd::peer_authentication::{
 };
 
 use crate::discovery::model::{Service, ServicePort, Waypoint, WaypointRef, Workload, selects};
-use crate::discovery::state::{ConfigError, MeshSettings, MeshState};
+use crate::discovery::state::{MeshSettings, MeshState};
 use crate::identity::Identity;
 use crate::policy::{AuthzPolicy, PeerAuthPolicy, PolicyError, compile_authz, compile_peer_auth};
 
@@ -48,7 +51,8 @@ pub struct Objects {
     pub peer_authentications: Vec<PeerAuthentication>,
 }
 
-/// A translated snapshot, with the policies that failed validation.
+/// A translated snapshot, with the policies that failed validation. Objects that conflict with
+/// others are listed in [`MeshState::rejected`].
 #[derive(Debug)]
 pub struct Translation {
     /// The mesh.
@@ -85,8 +89,10 @@ pub fn with_cni_addresses(
     filled.then_some(objects)
 }
 
-/// Translates `objects` into a snapshot.
-pub fn translate(objects: &Objects, settings: &MeshSettings) -> Result<Translation, ConfigError> {
+/// Translates `objects` into a snapshot. Never fails as a whole: an object that cannot be translated
+/// or conflicts with another is isolated (see [`MeshState::build_isolating`]) so that one namespace's
+/// mistake, or malice, does not hold every other namespace at an old state.
+pub fn translate(objects: &Objects, settings: &MeshSettings) -> Translation {
     let namespaces: HashMap<String, &Namespace> = objects
         .namespaces
         .iter()
@@ -115,16 +121,16 @@ pub fn translate(objects: &Objects, settings: &MeshSettings) -> Result<Translati
         .iter()
         .filter(|ns| label(ns.metadata.labels.as_ref(), DATAPLANE_MODE) == Some("ambient"))
         .map(ResourceExt::name_any);
-    let state = MeshState::build(
+    let state = MeshState::build_isolating(
         settings.clone(),
         workloads,
         services,
         waypoints,
         authz,
         peer_auth,
-    )?
+    )
     .with_ambient_namespaces(ambient);
-    Ok(Translation { state, invalid })
+    Translation { state, invalid }
 }
 
 fn label<'a>(labels: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'a str> {
@@ -314,6 +320,7 @@ fn workloads(
             enrolled,
             identity,
             waypoint,
+            waypoint_conflict: Vec::new(),
             policies: Default::default(),
         });
     }

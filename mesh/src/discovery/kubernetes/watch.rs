@@ -1,7 +1,8 @@
 //! The Kubernetes source: one reflector per kind, kept in sync by kube-rs watchers that restart with
 //! backoff on errors; every change marks the snapshot dirty, and a debounced rebuild translates the
-//! stores and publishes the result. A snapshot that fails to translate is reported and the last good
-//! one stays published; while a watch is down, its last listed objects stay in its store.
+//! stores and publishes the result. Translation is per object: an object that cannot be translated is
+//! left out and reported (an error line and `on_reject`, once each time it becomes rejected), and the
+//! rest is published; while a watch is down, its last listed objects stay in its store.
 
 use std::fmt::Debug;
 use std::net::IpAddr;
@@ -70,13 +71,13 @@ impl Stores {
 }
 
 /// Starts watching through `client`; returns once every kind has been listed once, with the first
-/// snapshot published on the returned channel. `on_reject` is told about snapshots that could not
-/// be built.
+/// snapshot published on the returned channel. `on_reject` is told about every object that becomes
+/// rejected (left out of the mesh, or kept but unreachable).
 pub async fn start(
     client: Client,
     settings: MeshSettings,
     on_reject: impl Fn(&ConfigError) + Send + 'static,
-) -> Result<watch::Receiver<Arc<Snapshot>>, ConfigError> {
+) -> watch::Receiver<Arc<Snapshot>> {
     let dirty = Arc::new(Notify::new());
     let stores = Stores {
         namespaces: reflect::<Namespace>(&client, &dirty),
@@ -86,25 +87,30 @@ pub async fn start(
         peer_authentications: reflect::<PeerAuthentication>(&client, &dirty),
     };
     stores.ready().await;
-    let first = build(&stores, &settings)?;
+    let first = build(&stores, &settings);
+    report_rejected(&[], first.state.rejected(), &on_reject);
     info!(summary = ?first.state.summary(), "synced with the Kubernetes API");
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         loop {
             dirty.notified().await;
             tokio::time::sleep(DEBOUNCE).await;
-            match build(&stores, &settings) {
-                Ok(snapshot) => {
-                    tx.send_replace(Arc::new(snapshot));
-                }
-                Err(e) => {
-                    error!(error = %e, "could not build the mesh from the cluster; keeping the last good state");
-                    on_reject(&e);
-                }
-            }
+            let snapshot = build(&stores, &settings);
+            let previous = tx.borrow().state.clone();
+            report_rejected(previous.rejected(), snapshot.state.rejected(), &on_reject);
+            tx.send_replace(Arc::new(snapshot));
         }
     });
-    Ok(rx)
+    rx
+}
+
+/// Reports each object of `now` that was not already rejected in `before`: rebuilds are frequent,
+/// and a standing problem is reported once, not on every rebuild.
+fn report_rejected(before: &[ConfigError], now: &[ConfigError], on_reject: &impl Fn(&ConfigError)) {
+    for e in now.iter().filter(|e| !before.contains(e)) {
+        error!(error = %e, "object left out of the mesh (what it affects fails closed); the rest of the mesh is up to date");
+        on_reject(e);
+    }
 }
 
 /// Publishes the mesh of every snapshot on `tx`, with the addresses `known` gives for pods the API
@@ -122,17 +128,10 @@ pub async fn publish(
         let snapshot = snapshots.borrow_and_update().clone();
         refresh.borrow_and_update();
         let state = match with_cni_addresses(&snapshot.objects, &known) {
-            None => Ok(snapshot.state.clone()),
-            Some(objects) => translate(&objects, &settings).map(|t| Arc::new(t.state)),
+            None => snapshot.state.clone(),
+            Some(objects) => Arc::new(translate(&objects, &settings).state),
         };
-        match state {
-            Ok(state) => {
-                tx.send_replace(state);
-            }
-            // The snapshot itself translated; its overlay cannot fail differently in practice,
-            // but if it does the published state stays as it was.
-            Err(e) => error!(error = %e, "could not add node-local pod addresses to the mesh"),
-        }
+        tx.send_replace(state);
         tokio::select! {
             changed = snapshots.changed() => if changed.is_err() { return },
             changed = refresh.changed(), if refresh_open => refresh_open = changed.is_ok(),
@@ -140,14 +139,14 @@ pub async fn publish(
     }
 }
 
-fn build(stores: &Stores, settings: &MeshSettings) -> Result<Snapshot, ConfigError> {
+fn build(stores: &Stores, settings: &MeshSettings) -> Snapshot {
     let objects = stores.objects();
-    let translation = translate(&objects, settings)?;
-    Ok(Snapshot {
+    let translation = translate(&objects, settings);
+    Snapshot {
         objects,
         state: Arc::new(translation.state),
         invalid: translation.invalid,
-    })
+    }
 }
 
 /// A store of every `K` in the cluster, kept current by a watcher that backs off and retries on

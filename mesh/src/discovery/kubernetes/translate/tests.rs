@@ -32,7 +32,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn translated(objects: &Objects) -> Translation {
-    translate(objects, &MeshSettings::default()).unwrap()
+    translate(objects, &MeshSettings::default())
 }
 
 #[test]

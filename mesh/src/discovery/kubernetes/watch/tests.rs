@@ -39,7 +39,7 @@ async fn a_failed_list_is_retried_with_backoff_and_the_snapshot_carries_its_resu
         tokio::select! {
             done = &mut Box::pin(async { while !source.is_finished() { tokio::time::sleep(Duration::from_millis(10)).await } }) => {
                 let () = done;
-                break source.await.unwrap().expect("the source starts");
+                break source.await.unwrap();
             }
             request = handle.next_request() => {
                 let (request, respond) = request.expect("the client is alive");

@@ -1,0 +1,197 @@
+//! Assembling a snapshot from a source's objects: the cross-object checks (unique names and
+//! addresses) and the waypoint that fronts each workload.
+//!
+//! A check that fails leaves the offending object out and records why, instead of refusing the
+//! whole snapshot: in a cluster, anyone who may create a Service in one namespace must not be able
+//! to freeze enrolment and policy everywhere. What is left out fails closed: a waypoint claimed
+//! twice exists for nobody (traffic bound to it is refused), a workload or service whose address is
+//! taken is not reachable through the mesh under that address. Strict sources (the local file)
+//! turn the first record into an error instead.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+
+use super::ConfigError;
+use crate::discovery::model::{Service, Waypoint, WaypointRef, Workload, selects};
+use crate::policy::PolicyId;
+
+/// The waypoints whose name and addresses are their own. A name or an address claimed by several
+/// waypoints leaves all of them out: no claimant can be told to be the right one.
+pub(super) fn waypoints(all: Vec<Waypoint>, rejected: &mut Vec<ConfigError>) -> Vec<Waypoint> {
+    let mut names: HashMap<WaypointRef, usize> = HashMap::new();
+    let mut owners: HashMap<IpAddr, BTreeSet<WaypointRef>> = HashMap::new();
+    for w in &all {
+        *names.entry(w.reference()).or_default() += 1;
+        for ip in &w.ips {
+            owners.entry(*ip).or_default().insert(w.reference());
+        }
+    }
+    let mut out = Vec::with_capacity(all.len());
+    for w in all {
+        let object = format!("waypoint {}", w.reference());
+        if names[&w.reference()] > 1 {
+            rejected.push(ConfigError::invalid(
+                object,
+                "defined twice; no definition is used, traffic bound to it is refused",
+            ));
+            continue;
+        }
+        // A waypoint may list one address twice; only another waypoint's claim is a conflict.
+        if let Some(ip) = w.ips.iter().find(|ip| owners[*ip].len() > 1) {
+            rejected.push(ConfigError::invalid(
+                object,
+                format!("address {ip} is used twice; left out, traffic bound to it is refused"),
+            ));
+            continue;
+        }
+        out.push(w);
+    }
+    out
+}
+
+/// The workloads whose uid and addresses are unique; of two that claim one, the first is kept.
+/// An address of a waypoint is never a workload's.
+pub(super) fn workloads(
+    all: Vec<Workload>,
+    waypoint_ips: &HashMap<IpAddr, WaypointRef>,
+    rejected: &mut Vec<ConfigError>,
+) -> Vec<Workload> {
+    let mut by_ip: HashMap<IpAddr, String> = HashMap::new();
+    let mut uids = HashSet::new();
+    let mut out = Vec::with_capacity(all.len());
+    for w in all {
+        let object = format!("workload {}", w.key());
+        let conflict = w.ips.iter().find_map(|ip| {
+            if let Some(wp) = waypoint_ips.get(ip) {
+                return Some(format!("address {ip} is also waypoint {wp}"));
+            }
+            let other = by_ip.get(ip)?;
+            Some(format!("address {ip} is also used by workload {other}"))
+        });
+        let conflict = conflict.or_else(|| {
+            uids.contains(&w.uid)
+                .then(|| format!("uid {:?} is used twice", w.uid))
+        });
+        if let Some(reason) = conflict {
+            rejected.push(ConfigError::invalid(object, reason));
+            continue;
+        }
+        uids.insert(w.uid.clone());
+        by_ip.extend(w.ips.iter().map(|ip| (*ip, w.key())));
+        out.push(w);
+    }
+    out
+}
+
+/// The services whose addresses collide with nothing (the first of two is kept), each with the
+/// workloads it selects.
+pub(super) fn services(
+    all: Vec<Service>,
+    workloads: &[Workload],
+    waypoint_ips: &HashMap<IpAddr, WaypointRef>,
+    rejected: &mut Vec<ConfigError>,
+) -> Vec<Service> {
+    let workload_ips: HashMap<IpAddr, String> = workloads
+        .iter()
+        .flat_map(|w| w.ips.iter().map(|ip| (*ip, w.key())))
+        .collect();
+    let mut vips: HashMap<IpAddr, String> = HashMap::new();
+    let mut out = Vec::with_capacity(all.len());
+    for mut service in all {
+        let conflict = service.vips.iter().find_map(|vip| {
+            if let Some(w) = waypoint_ips.get(vip) {
+                Some(format!("address {vip} is also waypoint {w}"))
+            } else if let Some(w) = workload_ips.get(vip) {
+                Some(format!("address {vip} is also workload {w}"))
+            } else {
+                vips.get(vip)
+                    .map(|other| format!("address {vip} is also service {other}"))
+            }
+        });
+        if let Some(reason) = conflict {
+            rejected.push(ConfigError::invalid(
+                format!("service {}", service.key()),
+                reason,
+            ));
+            continue;
+        }
+        let mut endpoints: Vec<String> = workloads
+            .iter()
+            .filter(|w| w.namespace == service.namespace && selects(&service.selector, &w.labels))
+            .map(|w| w.uid.clone())
+            .collect();
+        endpoints.sort();
+        service.endpoints = endpoints;
+        vips.extend(service.vips.iter().map(|vip| (*vip, service.key())));
+        out.push(service);
+    }
+    out
+}
+
+/// Puts every enrolled workload that backs a service with a waypoint behind that waypoint too:
+/// otherwise calling the pod's address would step around the service's L7 policy. A workload that
+/// would be behind several waypoints (its own and its services', or two services') is ambiguous: it
+/// keeps one of them but is marked conflicting, and its ztunnel admits no one until that is fixed.
+pub(super) fn front(
+    workloads: &mut [Workload],
+    services: &[Service],
+    rejected: &mut Vec<ConfigError>,
+) {
+    let mut claims: HashMap<&str, BTreeSet<&WaypointRef>> = HashMap::new();
+    for service in services {
+        let Some(reference) = &service.waypoint else {
+            continue;
+        };
+        for uid in &service.endpoints {
+            claims.entry(uid.as_str()).or_default().insert(reference);
+        }
+    }
+    for workload in workloads.iter_mut().filter(|w| w.enrolled) {
+        let Some(by_services) = claims.get(workload.uid.as_str()) else {
+            continue;
+        };
+        let mut all: BTreeSet<WaypointRef> = by_services.iter().map(|r| (*r).clone()).collect();
+        all.extend(workload.waypoint.clone());
+        let chosen = workload
+            .waypoint
+            .clone()
+            .or_else(|| all.iter().next().cloned());
+        if all.len() > 1 {
+            let names: Vec<String> = all.iter().map(ToString::to_string).collect();
+            rejected.push(ConfigError::invalid(
+                format!("workload {}", workload.key()),
+                format!(
+                    "is fronted by several waypoints ({}): it admits no traffic until it is behind one",
+                    names.join(", ")
+                ),
+            ));
+            workload.waypoint_conflict = all
+                .into_iter()
+                .filter(|r| Some(r) != chosen.as_ref())
+                .collect();
+        }
+        workload.waypoint = chosen;
+    }
+}
+
+/// The policies whose `namespace/name` is unique; of two with one name, the first is kept.
+pub(super) fn unique<T>(
+    kind: &str,
+    all: Vec<T>,
+    id: impl Fn(&T) -> &PolicyId,
+    rejected: &mut Vec<ConfigError>,
+) -> Vec<T> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(all.len());
+    for policy in all {
+        if seen.insert(id(&policy).clone()) {
+            out.push(policy);
+        } else {
+            rejected.push(ConfigError::invalid(
+                format!("{kind} {}", id(&policy)),
+                "defined twice",
+            ));
+        }
+    }
+    out
+}

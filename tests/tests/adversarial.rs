@@ -1,0 +1,4 @@
+//! Adversarial end-to-end tests: veil attacked as an attacker would, on the network-namespace
+//! harness. Every case asserts the safe outcome and that the proxy is still ready afterwards.
+
+mod budgets;

@@ -13,7 +13,7 @@ pub use request::{
     BAGGAGE, BadRequest, ConnectTarget, FORWARDED, HBONE_PORT, TRACEPARENT, TunnelMeta,
     connect_request, parse_connect,
 };
-pub use server::{InboundStream, refuse, serve_connection};
+pub use server::{InboundStream, refuse, serve_connection, serve_connection_with};
 pub use tunnel::{CHUNK, Transferred, TunnelError, abort_socket, splice};
 
 #[cfg(test)]

@@ -4,5 +4,7 @@
 pub mod http;
 mod logging;
 pub mod metrics;
+pub mod ratelimit;
 
 pub use logging::{LogFormat, init_logging};
+pub use ratelimit::LogLimiter;

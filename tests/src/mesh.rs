@@ -171,6 +171,7 @@ impl Mesh {
             "--log-format".into(),
             "json".into(),
         ]);
+        argv.extend(self.spec.ztunnel_args.iter().cloned());
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let proc = Proc::spawn(
             &format!("ztunnel {node}"),

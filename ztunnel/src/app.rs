@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::context::{Context, DataPathSettings};
 use crate::enrol::{self, StatusMap};
 use crate::registry::Registry;
-use crate::{cni, netns, ops};
+use crate::{budget, cni, netns, ops};
 
 /// Why ztunnel could not start.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +153,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(keep_ambient_file(path.clone(), rx.clone()));
     }
 
+    let nofile = budget::raise_nofile();
+    let limits = config.limits(nofile);
+    if !limits.fit(nofile) {
+        warn!(
+            nofile,
+            descriptors = limits.descriptors(),
+            ?limits,
+            "the connection limits could hold more descriptors than the process may open: under load, accepts will fail (EMFILE) before the limits refuse"
+        );
+    }
+    info!(node = ?limits.node, per_pod = ?limits.pod, order = "hbone_connections, tls_handshakes, inbound_tunnels, outbound_connections, plaintext_connections", "connection budgets");
     let ctx = Arc::new(Context::new(
         config.node.clone(),
         rx,
@@ -166,8 +177,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 stream_window: config.hbone_stream_window,
                 connection_window: config.hbone_connection_window,
                 max_frame_size: config.hbone_max_frame_size,
+                max_concurrent_streams: config.hbone_max_streams,
+                handshake_timeout: config.hbone_handshake_timeout,
                 ..H2Settings::default()
             },
+            limits,
             ..DataPathSettings::default()
         },
     ));

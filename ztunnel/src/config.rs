@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use veil_mesh::telemetry::LogFormat;
 
+use crate::budget::Limits;
 use crate::context::UnknownDestination;
 
 /// veil's per-node tunnel.
@@ -104,8 +105,80 @@ pub struct Config {
     /// HTTP/2 frame size HBONE peers may send us, in bytes (16 KiB to 16 MiB).
     #[arg(long, env = "VEIL_HBONE_MAX_FRAME_SIZE", default_value_t = veil_mesh::hbone::H2Settings::default().max_frame_size, value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
     pub hbone_max_frame_size: u32,
+    /// Most HBONE (mTLS) connections open at once on the node; more are refused [default: derived from the descriptor limit].
+    #[arg(long, env = "VEIL_MAX_HBONE_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_hbone_connections: Option<u32>,
+    /// Most HBONE (mTLS) connections open at once for one pod [default: a quarter of the node's].
+    #[arg(long, env = "VEIL_MAX_HBONE_CONNECTIONS_PER_POD", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_hbone_connections_per_pod: Option<u32>,
+    /// Most inbound TLS handshakes in progress at once on the node; more are refused [default: derived from the descriptor limit].
+    #[arg(long, env = "VEIL_MAX_TLS_HANDSHAKES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tls_handshakes: Option<u32>,
+    /// Most inbound TLS handshakes in progress at once for one pod [default: a quarter of the node's].
+    #[arg(long, env = "VEIL_MAX_TLS_HANDSHAKES_PER_POD", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tls_handshakes_per_pod: Option<u32>,
+    /// Most inbound HBONE tunnels (CONNECT streams, each with a connection to the application) open at once on the node; more are refused [default: derived from the descriptor limit].
+    #[arg(long, env = "VEIL_MAX_INBOUND_TUNNELS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_inbound_tunnels: Option<u32>,
+    /// Most inbound HBONE tunnels (CONNECT streams, each with a connection to the application) open at once for one pod [default: a quarter of the node's].
+    #[arg(long, env = "VEIL_MAX_INBOUND_TUNNELS_PER_POD", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_inbound_tunnels_per_pod: Option<u32>,
+    /// Most captured outbound connections open at once on the node; more are refused [default: derived from the descriptor limit].
+    #[arg(long, env = "VEIL_MAX_OUTBOUND_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_outbound_connections: Option<u32>,
+    /// Most captured outbound connections open at once for one pod [default: a quarter of the node's].
+    #[arg(long, env = "VEIL_MAX_OUTBOUND_CONNECTIONS_PER_POD", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_outbound_connections_per_pod: Option<u32>,
+    /// Most captured plaintext inbound connections open at once on the node; more are refused [default: derived from the descriptor limit].
+    #[arg(long, env = "VEIL_MAX_PLAINTEXT_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_plaintext_connections: Option<u32>,
+    /// Most captured plaintext inbound connections open at once for one pod [default: a quarter of the node's].
+    #[arg(long, env = "VEIL_MAX_PLAINTEXT_CONNECTIONS_PER_POD", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_plaintext_connections_per_pod: Option<u32>,
+    /// Time an HBONE peer has for the TCP, TLS and HTTP/2 handshakes.
+    #[arg(long, env = "VEIL_HBONE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub hbone_handshake_timeout: Duration,
+    /// HBONE tunnels (streams) a client may have open at once on one connection; more are
+    /// refused with REFUSED_STREAM.
+    #[arg(long, env = "VEIL_HBONE_MAX_STREAMS", default_value_t = veil_mesh::hbone::H2Settings::default().max_concurrent_streams, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub hbone_max_streams: u32,
     /// Threads that carry traffic, the node agent's CPU ceiling [default: half the node's cores,
     /// at most 2].
     #[arg(long, env = "VEIL_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub worker_threads: Option<u16>,
+}
+
+impl Config {
+    /// The connection budgets: the flags given, the defaults for `nofile` descriptors for the rest.
+    pub fn limits(&self, nofile: usize) -> Limits {
+        let mut limits = Limits::for_nofile(nofile);
+        let given = [
+            (
+                self.max_hbone_connections,
+                self.max_hbone_connections_per_pod,
+            ),
+            (self.max_tls_handshakes, self.max_tls_handshakes_per_pod),
+            (self.max_inbound_tunnels, self.max_inbound_tunnels_per_pod),
+            (
+                self.max_outbound_connections,
+                self.max_outbound_connections_per_pod,
+            ),
+            (
+                self.max_plaintext_connections,
+                self.max_plaintext_connections_per_pod,
+            ),
+        ];
+        for (i, (node, pod)) in given.into_iter().enumerate() {
+            if let Some(node) = node {
+                limits.node[i] = node as usize;
+                limits.pod[i] = (node as usize / 4).max(1);
+            }
+            if let Some(pod) = pod {
+                limits.pod[i] = pod as usize;
+            }
+            // A pod's share can never exceed the node's whole.
+            limits.pod[i] = limits.pod[i].min(limits.node[i]);
+        }
+        limits
+    }
 }

@@ -12,7 +12,11 @@ use veil_mesh::discovery::{MeshState, Workload};
 use veil_mesh::hbone::H2Settings;
 use veil_mesh::identity::{CertHandle, CertManager, TrustBundle};
 use veil_mesh::pool::Pool;
+use veil_mesh::telemetry::LogLimiter;
 use veil_mesh::telemetry::metrics::{ConnectionLabels, Counter, Direction, Metrics, Principal};
+
+use crate::accept::LogKey;
+use crate::budget::{Budgets, Limits, PodBudget};
 
 use crate::netns::NetNs;
 
@@ -36,6 +40,8 @@ pub struct DataPathSettings {
     pub connect_timeout: Duration,
     /// HTTP/2 settings of HBONE.
     pub h2: H2Settings,
+    /// Connection budgets.
+    pub limits: Limits,
 }
 
 impl Default for DataPathSettings {
@@ -45,6 +51,7 @@ impl Default for DataPathSettings {
             send_forwarded: false,
             connect_timeout: Duration::from_secs(5),
             h2: H2Settings::default(),
+            limits: Limits::for_nofile(1024),
         }
     }
 }
@@ -66,6 +73,10 @@ pub struct Context {
     pub bundle: Arc<TrustBundle>,
     /// Settings.
     pub settings: DataPathSettings,
+    /// Connection budgets of the node and its pods.
+    pub budgets: Budgets,
+    /// Limits the log lines of refusals and accept errors.
+    pub logs: LogLimiter<LogKey>,
     /// Round-robin position for picking service endpoints.
     next_endpoint: AtomicUsize,
 }
@@ -81,6 +92,7 @@ impl Context {
         settings: DataPathSettings,
     ) -> Self {
         let bundle = certs.bundle().clone();
+        let budgets = Budgets::new(settings.limits, &metrics);
         Self {
             node,
             state,
@@ -89,6 +101,9 @@ impl Context {
             metrics,
             bundle,
             settings,
+            budgets,
+            // One line per second per reason: enough to see an attack, not enough to fill a disk.
+            logs: LogLimiter::new(Duration::from_secs(1)),
             next_endpoint: AtomicUsize::new(0),
         }
     }
@@ -155,6 +170,8 @@ pub struct LocalWorkload {
     pub cert: CertHandle,
     /// The TLS server configuration of its HBONE listener.
     pub tls: Arc<ServerConfig>,
+    /// What its connections hold of the node's budgets.
+    pub budget: PodBudget,
 }
 
 impl LocalWorkload {

@@ -19,6 +19,7 @@ use veil_mesh::hbone::HBONE_PORT;
 use veil_mesh::identity::server_config;
 use veil_mesh::telemetry::metrics::WorkloadLabels;
 
+use crate::budget::PodBudget;
 use crate::capture::{self, Family, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::context::{Context, LocalWorkload};
 use crate::netns::{NetNs, NsId};
@@ -201,6 +202,7 @@ async fn enrol(
         netns,
         cert,
         tls,
+        budget: PodBudget::default(),
     });
     let families: Vec<Family> = if workload.ips.iter().any(IpAddr::is_ipv6) {
         vec![Family::V4, Family::V6]

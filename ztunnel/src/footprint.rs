@@ -12,6 +12,11 @@ fn future_size<A, B, C, F: Future>(_f: impl Fn(A, B, C) -> F) -> usize {
     size_of::<F>()
 }
 
+/// [`future_size`] of a four-argument `f`.
+fn future_size4<A, B, C, D, F: Future>(_f: impl Fn(A, B, C, D) -> F) -> usize {
+    size_of::<F>()
+}
+
 /// Bytes of one tunnel's task future (out of the 8 KiB per connection the whole of ztunnel may spend
 /// on it, kernel socket buffers aside).
 const TUNNEL_BUDGET: usize = 2048;
@@ -29,7 +34,7 @@ fn the_per_connection_futures_fit_their_budgets() {
         ),
         (
             "inbound tunnel (destination side)",
-            future_size(crate::inbound::stream_task),
+            future_size(crate::inbound::tunnel),
             TUNNEL_BUDGET,
         ),
         (
@@ -39,7 +44,7 @@ fn the_per_connection_futures_fit_their_budgets() {
         ),
         (
             "inbound HBONE connection",
-            future_size(crate::inbound::connection),
+            future_size4(crate::inbound::connection),
             HBONE_CONNECTION_BUDGET,
         ),
     ];

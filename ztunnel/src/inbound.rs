@@ -14,38 +14,66 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 use veil_mesh::discovery::{MeshState, WaypointRef, Workload};
 use veil_mesh::hbone::{
-    ConnectError, InboundStream, parse_connect, refuse, serve_connection, splice,
+    ConnectError, InboundStream, parse_connect, refuse, serve_connection_with, splice,
 };
 use veil_mesh::identity::Identity;
 use veil_mesh::policy::{Attributes, Decision, DenyReason, Verdict, evaluate};
 use veil_mesh::telemetry::metrics::{
-    DecisionLabels, Direction, HandshakeLabels, Outcome, PolicyLabel, Principal,
+    DecisionLabels, Direction, HandshakeLabels, Outcome, PolicyLabel, Principal, Resource,
 };
 
+use crate::accept;
+use crate::budget::Permit;
 use crate::capture::PROXY_PORTS;
 use crate::context::{Context, LocalWorkload, labels};
 
 /// The access log's tracing target.
 pub const ACCESS_LOG: &str = "veil::access";
 
-/// Accepts HBONE connections for `local` until the listener is dropped.
+/// Accepts HBONE connections for `local` until the listener is dropped. Each holds an HBONE
+/// connection permit for its life and a handshake permit until its handshakes are over.
 pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, _)) => {
-                tokio::spawn(connection(ctx.clone(), local.clone(), tcp));
+    let admit = |tcp: TcpStream, permit: Permit| {
+        let handshake = ctx.budgets.acquire(&local.budget, Resource::TlsHandshakes);
+        let (ctx, local) = (ctx.clone(), local.clone());
+        async move {
+            match handshake {
+                Ok(handshake) => connection(ctx, local, tcp, handshake).await,
+                Err(refused) => accept::refuse(&ctx, &local, &tcp, &refused),
             }
-            Err(e) => warn!(workload = %local.workload.key(), error = %e, "inbound accept failed"),
+            drop(permit);
         }
-    }
+    };
+    accept::serve(
+        ctx.clone(),
+        local.clone(),
+        listener,
+        Resource::HboneConnections,
+        admit,
+    )
+    .await;
 }
 
-pub(crate) async fn connection(ctx: Arc<Context>, local: Arc<LocalWorkload>, tcp: TcpStream) {
+pub(crate) async fn connection(
+    ctx: Arc<Context>,
+    local: Arc<LocalWorkload>,
+    tcp: TcpStream,
+    handshake: Permit,
+) {
     let peer = tcp.peer_addr().ok();
-    let handler = |stream| stream_task(ctx.clone(), local.clone(), stream);
+    let handler = |stream| tunnel(ctx.clone(), local.clone(), stream);
     // A pod's listener lives as long as the pod is captured; its connections end with it.
     let forever = std::future::pending();
-    match serve_connection(tcp, local.tls.clone(), &ctx.settings.h2, handler, forever).await {
+    let handshaken = move || drop(handshake);
+    let served = serve_connection_with(
+        tcp,
+        local.tls.clone(),
+        &ctx.settings.h2,
+        handler,
+        forever,
+        handshaken,
+    );
+    match served.await {
         Ok(()) => {}
         Err(e @ (ConnectError::Tls(_) | ConnectError::Alpn)) => {
             ctx.metrics
@@ -59,6 +87,21 @@ pub(crate) async fn connection(ctx: Arc<Context>, local: Arc<LocalWorkload>, tcp
         }
         Err(e) => {
             debug!(workload = %local.workload.key(), ?peer, error = %e, "inbound HBONE connection ended")
+        }
+    }
+}
+
+/// Admits a `CONNECT` stream against the tunnel budget (503 when it is spent), then serves it.
+pub(crate) async fn tunnel(
+    ctx: Arc<Context>,
+    local: Arc<LocalWorkload>,
+    mut stream: InboundStream,
+) {
+    match ctx.budgets.acquire(&local.budget, Resource::InboundTunnels) {
+        Ok(_permit) => stream_task(ctx, local, stream).await,
+        Err(refused) => {
+            accept::count_refusal(&ctx, &local, &refused);
+            refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
         }
     }
 }

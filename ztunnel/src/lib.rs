@@ -7,7 +7,9 @@
 //! `plaintext` (15006). `enrol` keeps the captured pods in step with the mesh; `capture` and
 //! `netns` do the namespace work.
 
+pub mod accept;
 pub mod app;
+pub mod budget;
 pub mod capture;
 pub mod cni;
 pub mod config;

@@ -16,8 +16,12 @@ use veil_mesh::hbone::{ConnectError, H2Client, HBONE_PORT, TunnelMeta, abort_soc
 use veil_mesh::identity::{BoxFuture, client_config};
 use veil_mesh::pool::{Dialer, PoolKey};
 use veil_mesh::relay::relay;
-use veil_mesh::telemetry::metrics::{ConnectionLabels, Direction, HandshakeLabels, Principal};
+use veil_mesh::telemetry::metrics::{
+    ConnectionLabels, Direction, HandshakeLabels, Principal, Resource,
+};
 
+use crate::accept;
+use crate::budget::Permit;
 use crate::context::{Context, LocalWorkload, UnknownDestination, labels};
 
 /// Where an outbound connection goes.
@@ -140,14 +144,22 @@ fn to_workload(workload: &Arc<Workload>, target: SocketAddr) -> Route {
 
 /// Accepts captured connections of `local` until the listener is dropped.
 pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, _)) => {
-                tokio::spawn(handle(ctx.clone(), local.clone(), tcp));
-            }
-            Err(e) => warn!(workload = %local.workload.key(), error = %e, "outbound accept failed"),
+    // The permit lives as long as the connection's task.
+    let admit = |tcp, permit: Permit| {
+        let handling = handle(ctx.clone(), local.clone(), tcp);
+        async move {
+            handling.await;
+            drop(permit);
         }
-    }
+    };
+    accept::serve(
+        ctx.clone(),
+        local.clone(),
+        listener,
+        Resource::OutboundConnections,
+        admit,
+    )
+    .await;
 }
 
 pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream) {

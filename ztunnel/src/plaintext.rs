@@ -14,9 +14,11 @@ use veil_mesh::hbone::abort_socket;
 use veil_mesh::policy::{Attributes, PeerMode, evaluate};
 use veil_mesh::relay::relay;
 use veil_mesh::telemetry::metrics::{
-    DecisionLabels, Direction, Outcome, PolicyLabel, Principal, WorkloadLabels,
+    DecisionLabels, Direction, Outcome, PolicyLabel, Principal, Resource, WorkloadLabels,
 };
 
+use crate::accept;
+use crate::budget::Permit;
 use crate::capture::PROXY_PORTS;
 use crate::context::{Context, LocalWorkload, labels};
 use crate::inbound::ACCESS_LOG;
@@ -24,16 +26,22 @@ use crate::outbound::original_dst;
 
 /// Accepts plaintext connections for `local` until the listener is dropped.
 pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, _)) => {
-                tokio::spawn(handle(ctx.clone(), local.clone(), tcp));
-            }
-            Err(e) => {
-                warn!(workload = %local.workload.key(), error = %e, "plaintext accept failed")
-            }
+    // The permit lives as long as the connection's task.
+    let admit = |tcp, permit: Permit| {
+        let handling = handle(ctx.clone(), local.clone(), tcp);
+        async move {
+            handling.await;
+            drop(permit);
         }
-    }
+    };
+    accept::serve(
+        ctx.clone(),
+        local.clone(),
+        listener,
+        Resource::PlaintextConnections,
+        admit,
+    )
+    .await;
 }
 
 pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream) {

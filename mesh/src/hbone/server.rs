@@ -54,6 +54,23 @@ where
     F: Fn(InboundStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    serve_connection_with(tcp, tls, settings, handler, shutdown, || {}).await
+}
+
+/// [`serve_connection`], calling `handshaken` once the handshakes are over (completed, failed or
+/// timed out), e.g. to give back a budget of handshakes in progress.
+pub async fn serve_connection_with<F, Fut>(
+    tcp: TcpStream,
+    tls: Arc<ServerConfig>,
+    settings: &H2Settings,
+    handler: F,
+    shutdown: impl Future<Output = ()>,
+    handshaken: impl FnOnce(),
+) -> Result<(), ConnectError>
+where
+    F: Fn(InboundStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let peer_addr = tcp.peer_addr().map_err(ConnectError::Tcp)?;
     tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
     let handshake = async {
@@ -78,9 +95,10 @@ where
     };
     // Boxed: the handshakes' state is large and needed only until they end, not for the
     // connection's life.
-    let (mut conn, peer) = tokio::time::timeout(settings.handshake_timeout, Box::pin(handshake))
-        .await
-        .map_err(|_| ConnectError::Timeout(settings.handshake_timeout))??;
+    let handshake = tokio::time::timeout(settings.handshake_timeout, Box::pin(handshake)).await;
+    handshaken();
+    let (mut conn, peer) =
+        handshake.map_err(|_| ConnectError::Timeout(settings.handshake_timeout))??;
     let ping = conn.ping_pong();
     let serve = async {
         tokio::pin!(shutdown);

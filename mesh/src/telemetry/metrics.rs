@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 pub use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::identity::{CertManager, Identity};
@@ -118,6 +118,109 @@ pub struct WorkloadLabels {
     pub workload: String,
 }
 
+/// A budgeted resource of a proxy (each entry holds descriptors for as long as it lasts).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Resource {
+    /// Accepted HBONE (TLS) connections.
+    HboneConnections,
+    /// HBONE connections still in their TLS/HTTP/2 handshake.
+    TlsHandshakes,
+    /// HBONE `CONNECT` tunnels, each with a connection to the application.
+    InboundTunnels,
+    /// Captured outbound connections.
+    OutboundConnections,
+    /// Captured plaintext inbound connections.
+    PlaintextConnections,
+}
+
+impl Resource {
+    /// Every resource, in a fixed order (the index of each is its position).
+    pub const ALL: [Self; 5] = [
+        Self::HboneConnections,
+        Self::TlsHandshakes,
+        Self::InboundTunnels,
+        Self::OutboundConnections,
+        Self::PlaintextConnections,
+    ];
+
+    /// The resource's position in [`Resource::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HboneConnections => "hbone_connections",
+            Self::TlsHandshakes => "tls_handshakes",
+            Self::InboundTunnels => "inbound_tunnels",
+            Self::OutboundConnections => "outbound_connections",
+            Self::PlaintextConnections => "plaintext_connections",
+        }
+    }
+
+    /// Which way the connections it counts go.
+    pub fn direction(self) -> Direction {
+        match self {
+            Self::OutboundConnections => Direction::Outbound,
+            _ => Direction::Inbound,
+        }
+    }
+}
+
+impl EncodeLabelValue for Resource {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Why a connection was refused before it was handled.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The node-wide limit of the resource is reached.
+    NodeLimit,
+    /// The pod's own limit of the resource is reached.
+    PodLimit,
+}
+
+impl EncodeLabelValue for RefusalReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::NodeLimit => "node_limit",
+            Self::PodLimit => "pod_limit",
+        })
+    }
+}
+
+/// Labels of connections refused over budget. `workload` is one of the node's pods (bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// Inbound or outbound.
+    pub direction: Direction,
+    /// The exhausted resource.
+    pub resource: Resource,
+    /// Node-wide or per-pod limit.
+    pub reason: RefusalReason,
+    /// `namespace/name` of the pod the connection was for or from.
+    pub workload: String,
+}
+
+/// Labels of a resource's node-wide use.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// The resource.
+    pub resource: Resource,
+}
+
+/// Labels of failed `accept` calls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcceptErrorLabels {
+    /// The listener's resource (which port of the pod).
+    pub resource: Resource,
+    /// The error, e.g. `EMFILE` (bounded: an errno name or `other`).
+    pub error: &'static str,
+}
+
 /// Labels of certificate expiry.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertLabels {
@@ -147,6 +250,12 @@ pub struct Metrics {
     pub hbone_connections_opened: Family<ConnectionLabels, Counter>,
     /// Pods whose capture failed.
     pub capture_failures: Family<WorkloadLabels, Counter>,
+    /// Connections refused over a budget.
+    pub connections_refused: Family<RefusalLabels, Counter>,
+    /// Node-wide use of each budgeted resource.
+    pub resource_in_use: Family<ResourceLabels, Gauge>,
+    /// `accept` calls that failed (each is followed by a back-off).
+    pub accept_errors: Family<AcceptErrorLabels, Counter>,
     /// Configuration updates refused (a whole local file), or objects left out of the mesh.
     pub config_rejected: Counter,
     /// Unix time at which each workload certificate expires.
@@ -173,6 +282,9 @@ impl Metrics {
             handshake_failures: Family::default(),
             hbone_connections_opened: Family::default(),
             capture_failures: Family::default(),
+            connections_refused: Family::default(),
+            resource_in_use: Family::default(),
+            accept_errors: Family::default(),
             config_rejected: Counter::default(),
             certificate_expiry: Family::default(),
             registry: Registry::default(),
@@ -222,6 +334,21 @@ impl Metrics {
             "capture_failures",
             "Pods whose traffic could not be captured",
             m.capture_failures.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections refused because a node-wide or per-pod limit was reached",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "resource_in_use",
+            "Node-wide use of each budgeted resource",
+            m.resource_in_use.clone(),
+        );
+        r.register(
+            "accept_errors",
+            "Failed accept calls (followed by a back-off)",
+            m.accept_errors.clone(),
         );
         r.register(
             "config_rejected",

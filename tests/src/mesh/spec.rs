@@ -114,6 +114,8 @@ pub struct MeshSpec {
     pub kubernetes: bool,
     /// Kubernetes mode: namespaces labelled ambient besides those with an enrolled pod.
     pub ambient_namespaces: Vec<String>,
+    /// Extra flags for every ztunnel (e.g. lower limits).
+    pub ztunnel_args: Vec<String>,
 }
 
 /// The mesh configuration for `spec` on `cluster`, with `policies`.

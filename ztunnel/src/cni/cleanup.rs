@@ -3,11 +3,13 @@
 //! A ztunnel that stops for an upgrade must leave the plugin chained: pods of ambient namespaces
 //! then fail to start until the new ztunnel is up, instead of starting uncaptured. A ztunnel that
 //! stops because veil is being uninstalled must remove it, or every such pod would keep failing.
-//! The difference is whether ztunnel's DaemonSet still exists: on `helm uninstall` it is deleted
-//! first, and the service account and RBAC with it (so the question is refused). When the API
-//! cannot be asked at all, the plugin stays: stuck pods are recoverable, plaintext is not.
+//! The difference is whether ztunnel's DaemonSet still exists, and only a positive answer counts:
+//! the API server said 404 NotFound for it, or returned it with a `deletionTimestamp`. Anything
+//! else — 401/403 (an expired token, an RBAC change, a hostile proxy), 5xx, a timeout, no
+//! connection — keeps the plugin: stuck pods are recoverable, pods started in plaintext are not.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use kube::{Api, Client};
@@ -20,19 +22,35 @@ use super::install;
 pub enum Fate {
     /// The DaemonSet is there: ztunnel is being restarted or upgraded.
     Staying,
-    /// The DaemonSet is gone or being deleted, or ztunnel's credentials already are.
+    /// The API server said the DaemonSet is gone (404) or being deleted (`deletionTimestamp`).
     Uninstalled,
-    /// The API could not tell.
+    /// The API could not tell (refused the question, failed, or did not answer in time).
     Unknown(String),
 }
 
-/// Asks the API about DaemonSet `name` in `namespace`.
-pub async fn fate(client: Client, namespace: &str, name: &str) -> Fate {
+/// How long a stopping ztunnel waits for the API server's answer before keeping the plugin.
+pub const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asks the API about DaemonSet `name` in `namespace`, waiting at most `timeout`.
+pub async fn fate(client: Client, namespace: &str, name: &str, timeout: Duration) -> Fate {
     let api: Api<DaemonSet> = Api::namespaced(client, namespace);
-    match api.get_opt(name).await {
+    let answer = match tokio::time::timeout(timeout, api.get_opt(name)).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            return Fate::Unknown(format!("no answer from the API server within {timeout:?}"));
+        }
+    };
+    match answer {
         Ok(Some(ds)) if ds.metadata.deletion_timestamp.is_none() => Fate::Staying,
+        // `get_opt` reads 404 NotFound as `None`: the DaemonSet positively does not exist.
         Ok(_) => Fate::Uninstalled,
-        Err(kube::Error::Api(status)) if matches!(status.code, 401 | 403) => Fate::Uninstalled,
+        // A refusal says something about our credentials, nothing about the DaemonSet.
+        Err(kube::Error::Api(status)) if matches!(status.code, 401 | 403) => {
+            Fate::Unknown(format!(
+                "the API server refused to say ({} {}): credentials revoked or RBAC changed, not proof of an uninstall",
+                status.code, status.reason
+            ))
+        }
         Err(e) => Fate::Unknown(e.to_string()),
     }
 }
@@ -56,7 +74,7 @@ impl Cleanup {
     /// Removes the plugin if veil is being uninstalled.
     pub async fn on_shutdown(&self) {
         let fate = match Client::try_default().await {
-            Ok(client) => fate(client, &self.namespace, &self.daemonset).await,
+            Ok(client) => fate(client, &self.namespace, &self.daemonset, API_TIMEOUT).await,
             Err(e) => Fate::Unknown(e.to_string()),
         };
         match fate {
@@ -103,24 +121,57 @@ mod tests {
         )
     }
 
+    const LIVE: &str = r#"{"apiVersion":"apps/v1","kind":"DaemonSet","metadata":{"name":"veil-ztunnel","namespace":"veil-system"}}"#;
+    const DELETING: &str = r#"{"apiVersion":"apps/v1","kind":"DaemonSet","metadata":{"name":"veil-ztunnel","namespace":"veil-system","deletionTimestamp":"2026-11-22T10:00:00Z"}}"#;
+
+    async fn fate_of(client: Client) -> Fate {
+        fate(client, "veil-system", "veil-ztunnel", API_TIMEOUT).await
+    }
+
+    /// Only positive evidence of an uninstall removes the plugin; every other answer keeps it.
     #[tokio::test]
-    async fn stays_while_the_daemonset_exists_and_goes_when_it_is_deleted() {
-        let live = r#"{"apiVersion":"apps/v1","kind":"DaemonSet","metadata":{"name":"veil-ztunnel","namespace":"veil-system"}}"#;
-        let deleting = r#"{"apiVersion":"apps/v1","kind":"DaemonSet","metadata":{"name":"veil-ztunnel","namespace":"veil-system","deletionTimestamp":"2026-11-22T10:00:00Z"}}"#;
-        let fate_of = |c| fate(c, "veil-system", "veil-ztunnel");
-        assert_eq!(fate_of(answering(200, live)).await, Fate::Staying);
-        assert_eq!(fate_of(answering(200, deleting)).await, Fate::Uninstalled);
-        assert_eq!(
-            fate_of(answering(404, status(404, "NotFound"))).await,
-            Fate::Uninstalled
+    async fn removes_the_plugin_only_on_positive_evidence_of_an_uninstall() {
+        let table: [(u16, String, bool); 9] = [
+            (200, LIVE.to_owned(), false),
+            (200, DELETING.to_owned(), true),
+            (404, status(404, "NotFound"), true),
+            (401, status(401, "Unauthorized"), false),
+            (403, status(403, "Forbidden"), false),
+            (429, status(429, "TooManyRequests"), false),
+            (500, status(500, "InternalError"), false),
+            (503, status(503, "ServiceUnavailable"), false),
+            (200, "<html>captive portal</html>".to_owned(), false),
+        ];
+        for (code, body, uninstalled) in table {
+            let got = fate_of(answering(code, body.clone())).await;
+            assert_eq!(
+                got == Fate::Uninstalled,
+                uninstalled,
+                "{code} {body}: {got:?}"
+            );
+        }
+        assert_eq!(fate_of(answering(200, LIVE)).await, Fate::Staying);
+    }
+
+    #[tokio::test]
+    async fn an_auth_refusal_is_reported_as_such() {
+        let Fate::Unknown(reason) = fate_of(answering(403, status(403, "Forbidden"))).await else {
+            panic!("a 403 must not decide");
+        };
+        assert!(
+            reason.contains("403") && reason.contains("not proof"),
+            "{reason}"
         );
-        assert_eq!(
-            fate_of(answering(403, status(403, "Forbidden"))).await,
-            Fate::Uninstalled
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_api_server_that_does_not_answer_keeps_the_plugin() {
+        // The mock never answers a request it is not given a response for.
+        let silent = fake_kube(|_, _, _| None);
+        let got = fate(silent, "veil-system", "veil-ztunnel", API_TIMEOUT).await;
+        assert!(
+            matches!(got, Fate::Unknown(ref r) if r.contains("no answer")),
+            "{got:?}"
         );
-        assert!(matches!(
-            fate_of(answering(500, status(500, "InternalError"))).await,
-            Fate::Unknown(_)
-        ));
     }
 }

@@ -47,6 +47,28 @@ struct Stats {
     seconds: f64,
 }
 
+/// A `cargo` command without the package variables `cargo run` gave xtask: ring's build script
+/// declares it depends on `CARGO_PKG_NAME` and friends, so leaving xtask's values in would rebuild
+/// ring and everything above it whenever the targets are built from a shell instead, and back.
+fn cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    for (name, _) in std::env::vars_os() {
+        let leaked = name.to_str().is_some_and(|n| {
+            n.starts_with("CARGO_PKG_")
+                || n.starts_with("CARGO_MANIFEST_")
+                || n.starts_with("CARGO_CFG_")
+                || matches!(
+                    n,
+                    "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+                )
+        });
+        if leaked {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 /// `cargo xtask fuzz [TARGET…]`: every target when none is named.
 pub(crate) fn run(targets: &[String], budget: Budget) -> anyhow::Result<()> {
     let root = workspace_root();
@@ -88,7 +110,7 @@ pub(crate) fn smoke() -> anyhow::Result<()> {
 
 /// cargo-fuzz, installed (pinned by its lock file) when it is missing.
 fn ensure_cargo_fuzz() -> anyhow::Result<()> {
-    let present = Command::new("cargo")
+    let present = cargo()
         .args(["fuzz", "--version"])
         .output()
         .is_ok_and(|out| out.status.success());
@@ -99,7 +121,7 @@ fn ensure_cargo_fuzz() -> anyhow::Result<()> {
         "cargo-fuzz not found: installing it with `cargo install cargo-fuzz --locked` \
          (once, a few minutes)"
     );
-    let status = Command::new("cargo")
+    let status = cargo()
         .args(["install", "cargo-fuzz", "--locked"])
         .status()
         .context("running cargo install cargo-fuzz")?;
@@ -111,7 +133,7 @@ fn ensure_cargo_fuzz() -> anyhow::Result<()> {
 
 /// The targets `fuzz/Cargo.toml` declares.
 fn list(root: &Path) -> anyhow::Result<Vec<String>> {
-    let out = Command::new("cargo")
+    let out = cargo()
         .args(["fuzz", "list"])
         .current_dir(root)
         .output()
@@ -134,7 +156,7 @@ fn list(root: &Path) -> anyhow::Result<Vec<String>> {
 /// safe Rust gets bounds and overflow checks (debug assertions are on) without it.
 fn build(root: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
-    let status = Command::new("cargo")
+    let status = cargo()
         .args(["fuzz", "build", "--sanitizer", "none"])
         .current_dir(root)
         .status()
@@ -159,7 +181,7 @@ fn fuzz_one(root: &Path, target: &str, budget: Budget) -> anyhow::Result<Stats> 
     std::fs::create_dir_all(log_path.parent().expect("a log directory"))?;
     let log =
         File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let mut cmd = Command::new("cargo");
+    let mut cmd = cargo();
     // The first corpus directory receives new inputs; the seeds stay as checked in.
     cmd.args(["fuzz", "run", "--sanitizer", "none", target])
         .arg(&corpus)

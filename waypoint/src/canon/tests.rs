@@ -186,7 +186,9 @@ fn req(version: Version, method: &str, uri: &str, hosts: &[&str]) -> Request<()>
 
 #[test]
 fn the_host_is_the_authority_and_the_host_header_agreeing() {
-    use Version::{HTTP_2, HTTP_10, HTTP_11};
+    const HTTP_10: Version = Version::HTTP_10;
+    const HTTP_11: Version = Version::HTTP_11;
+    const HTTP_2: Version = Version::HTTP_2;
     let host = |r: Request<()>| request(&r, MergeSlashes).map(|c| c.host);
     let ok = |s: &str| Ok(s.to_owned());
     assert_eq!(host(req(HTTP_11, "GET", "/", &["A.b."])), ok("a.b"));

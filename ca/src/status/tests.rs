@@ -12,12 +12,14 @@ workloads:
   - {name: legacy, namespace: production, serviceAccount: legacy, node: a, ips: [10.1.0.11], labels: {app: legacy}, enrolled: false}
 services:
   - {name: profile, namespace: user-data, vips: [10.96.0.20], ports: [{port: 80}], selector: {app: profile}}
+  - {name: account, namespace: production, vips: [10.96.0.10], ports: [{port: 80}], selector: {app: account}}
 policies:
   - {apiVersion: security.veil.dev/v1, kind: AuthorizationPolicy, metadata: {name: l4, namespace: production}, spec: {selector: {matchLabels: {app: account}}, rules: [{from: [{source: {namespaces: [user-data]}}]}]}}
   - {apiVersion: security.veil.dev/v1, kind: AuthorizationPolicy, metadata: {name: l7-no-waypoint, namespace: production}, spec: {selector: {matchLabels: {app: account}}, action: DENY, rules: [{to: [{operation: {paths: [/admin*]}}]}]}}
   - {apiVersion: security.veil.dev/v1, kind: AuthorizationPolicy, metadata: {name: l7-waypoint, namespace: user-data}, spec: {selector: {matchLabels: {app: profile}}, rules: [{to: [{operation: {methods: [GET]}}]}]}}
   - {apiVersion: security.veil.dev/v1, kind: AuthorizationPolicy, metadata: {name: on-service, namespace: user-data}, spec: {targetRefs: [{kind: Service, name: profile}], rules: [{}]}}
   - {apiVersion: security.veil.dev/v1, kind: AuthorizationPolicy, metadata: {name: nobody, namespace: production}, spec: {selector: {matchLabels: {app: legacy}}}}
+  - {apiVersion: security.veil.dev/v1, kind: AuthorizationPolicy, metadata: {name: on-bare-service, namespace: production}, spec: {targetRefs: [{kind: Service, name: account}], rules: [{from: [{source: {namespaces: [user-data]}}]}]}}
 "#;
 
 fn state() -> MeshState {
@@ -51,6 +53,16 @@ fn enforcement_says_where_and_reports_failing_closed() {
     assert_eq!(
         enforced(&state, "production", "nobody").0,
         REASON_NO_TARGETS
+    );
+}
+
+#[test]
+fn a_policy_on_a_service_without_a_waypoint_says_it_is_enforced_at_the_pods() {
+    let (reason, message) = enforced(&state(), "production", "on-bare-service");
+    assert_eq!(reason, REASON_NO_WAYPOINT);
+    assert!(
+        message.contains("production/account") && message.contains("ztunnels of their pods"),
+        "{message}"
     );
 }
 

@@ -342,3 +342,6 @@ pub struct Summary {
     /// PeerAuthentications.
     pub peer_authentications: usize,
 }
+
+#[cfg(test)]
+mod tests;

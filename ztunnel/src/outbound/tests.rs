@@ -137,3 +137,27 @@ fn services_and_workloads_behind_a_waypoint_are_sent_to_it_never_around_it() {
         Route::Hbone { .. }
     ));
 }
+
+const FRONTED: &str = r#"
+waypoints: [{name: wp, namespace: shop, serviceAccount: wp, ips: [10.3.0.50]}]
+workloads:
+  - {name: cart-0, namespace: shop, serviceAccount: cart, node: b, ips: [10.3.0.10], labels: {app: cart}, useWaypoint: none}
+services:
+  - {name: cart, namespace: shop, vips: [10.96.3.10], ports: [{port: 80, targetPort: 8080}], selector: {app: cart}, useWaypoint: wp}
+"#;
+
+#[test]
+fn the_pod_address_of_a_service_behind_a_waypoint_goes_to_the_waypoint_on_every_port() {
+    let state = parse(FRONTED, &MeshSettings::default()).unwrap();
+    for dst in ["10.3.0.10:8080", "10.3.0.10:9090", "10.96.3.10:80"] {
+        match route(&state, addr(dst), UnknownDestination::Passthrough, 0) {
+            Route::Waypoint {
+                waypoint, target, ..
+            } => {
+                assert_eq!(waypoint.name, "wp");
+                assert_eq!(target, addr(dst));
+            }
+            other => panic!("{dst}: {other:?}"),
+        }
+    }
+}

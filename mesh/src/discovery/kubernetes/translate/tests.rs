@@ -247,3 +247,134 @@ fn cni_addresses_never_override_the_api() {
         .is_none()
     );
 }
+
+/// The test cluster plus `conflicts.json` (a `kubectl get -o json` List of mixed kinds): namespace
+/// `tenant` with two waypoint Services claiming the name `wp`, and namespace `shop` with services in
+/// front of waypoints, a pod backing two services with different waypoints, and a service-attached
+/// policy on a service without one.
+fn with_conflicts() -> Objects {
+    let list: serde_json::Value =
+        serde_json::from_str(include_str!("../testdata/conflicts.json")).unwrap();
+    let mut objects = objects();
+    for item in list["items"].as_array().unwrap() {
+        let item = item.clone();
+        match item["kind"].as_str().unwrap() {
+            "Namespace" => objects
+                .namespaces
+                .push(serde_json::from_value(item).unwrap()),
+            "Pod" => objects.pods.push(serde_json::from_value(item).unwrap()),
+            "Service" => objects.services.push(serde_json::from_value(item).unwrap()),
+            "AuthorizationPolicy" => objects
+                .authorization_policies
+                .push(serde_json::from_value(item).unwrap()),
+            other => panic!("unexpected kind {other}"),
+        }
+    }
+    objects
+}
+
+fn wp(namespace: &str, name: &str) -> WaypointRef {
+    WaypointRef {
+        namespace: namespace.into(),
+        name: name.into(),
+    }
+}
+
+#[test]
+fn two_waypoints_of_one_name_are_isolated_and_the_rest_of_the_mesh_still_updates() {
+    let t = translated(&with_conflicts());
+    let state = &t.state;
+    // The claimed name exists for nobody: traffic bound to it is refused (fails closed)…
+    assert!(state.waypoint(&wp("tenant", "wp")).is_none());
+    let app = state.workload_by_ip(ip("10.244.3.21")).unwrap();
+    assert_eq!(app.waypoint, Some(wp("tenant", "wp")));
+    // …both claimants are reported on themselves…
+    let rejected: Vec<String> = state.rejected().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        rejected
+            .iter()
+            .filter(|r| r.starts_with("waypoint tenant/wp: defined twice"))
+            .count(),
+        2,
+        "{rejected:?}"
+    );
+    // …and everything else is current: other namespaces' workloads, waypoints and a new policy.
+    assert!(state.workload_by_ip(ip("10.244.1.10")).unwrap().enrolled);
+    assert!(state.waypoint(&wp("shop", "shop-wp")).is_some());
+    assert!(state.waypoint(&wp("user-data", "waypoint")).is_some());
+    let account = state.workload_by_ip(ip("10.244.1.10")).unwrap();
+    let policies: Vec<String> = state
+        .authz_for(account)
+        .iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    assert!(
+        policies.contains(&"production/deny-legacy".to_owned()),
+        "{policies:?}"
+    );
+}
+
+#[test]
+fn pods_of_a_service_with_a_waypoint_are_behind_it_even_if_they_opt_out() {
+    let t = translated(&with_conflicts());
+    let state = &t.state;
+    // `cart-0` says `use-waypoint: none`, but backs `cart`, which uses shop-wp: calling the pod's
+    // address must not step around the service's waypoint.
+    let cart = state.workload_by_ip(ip("10.244.4.22")).unwrap();
+    assert_eq!(cart.waypoint, Some(wp("shop", "shop-wp")));
+    assert!(cart.waypoint_conflict().is_empty());
+    // The profile pod backs a waypoint service and an opted-out one: one waypoint, no conflict.
+    let profile = state.workload_by_ip(ip("10.244.2.10")).unwrap();
+    assert_eq!(profile.waypoint, Some(wp("user-data", "waypoint")));
+    assert!(profile.waypoint_conflict().is_empty());
+}
+
+#[test]
+fn a_pod_behind_two_services_with_different_waypoints_is_unreachable_and_reported() {
+    let t = translated(&with_conflicts());
+    let ledger = t.state.workload_by_ip(ip("10.244.4.23")).unwrap();
+    assert!(ledger.waypoint.is_some());
+    assert_eq!(ledger.waypoint_conflict().len(), 1, "{ledger:?}");
+    let rejected: Vec<String> = t.state.rejected().iter().map(ToString::to_string).collect();
+    assert!(
+        rejected
+            .iter()
+            .any(|r| r.starts_with("workload shop/ledger-0")
+                && r.contains("shop/audit-wp, shop/shop-wp")),
+        "{rejected:?}"
+    );
+}
+
+#[test]
+fn a_policy_on_a_service_without_a_waypoint_applies_at_its_pods() {
+    let t = translated(&with_conflicts());
+    let stock = t.state.workload_by_ip(ip("10.244.4.24")).unwrap();
+    assert!(stock.waypoint.is_none());
+    let policies: Vec<String> = t
+        .state
+        .authz_for(stock)
+        .iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    assert_eq!(policies, ["shop/stock-writers"]);
+    // It needs HTTP (POST), which ztunnel cannot see: it is among the policies that fail closed.
+    assert!(
+        t.state
+            .l7_policies_enforced_at_l4()
+            .contains(&crate::policy::PolicyId::new("shop", "stock-writers"))
+    );
+    // Enforced at L4 it denies: no connection can prove it is a POST.
+    let attrs = crate::policy::Attributes {
+        source: Some(&stock.identity),
+        source_ip: ip("10.244.4.22"),
+        destination_ip: ip("10.244.4.24"),
+        destination_port: 8080,
+        http: None,
+    };
+    let cart = crate::identity::Identity::new("cluster.local", "shop", "cart").unwrap();
+    let attrs = crate::policy::Attributes {
+        source: Some(&cart),
+        ..attrs
+    };
+    assert!(!crate::policy::evaluate(&t.state.authz_for(stock), &attrs).allowed());
+}

@@ -1,0 +1,154 @@
+//! Snapshot assembly: a conflicting object is isolated (left out and reported) by
+//! `build_isolating`, and is an error for `build`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::*;
+use crate::discovery::model::ServicePort;
+use crate::identity::Identity;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn workload(name: &str, address: &str, app: &str) -> Workload {
+    Workload {
+        uid: format!("shop/{name}"),
+        name: name.into(),
+        namespace: "shop".into(),
+        service_account: name.into(),
+        node: "node-a".into(),
+        ips: vec![ip(address)],
+        labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+        netns: None,
+        enrolled: true,
+        identity: Identity::new("cluster.local", "shop", name).unwrap(),
+        waypoint: None,
+        waypoint_conflict: Vec::new(),
+        policies: Default::default(),
+    }
+}
+
+fn service(name: &str, vip: &str, app: &str) -> Service {
+    Service {
+        name: name.into(),
+        namespace: "shop".into(),
+        vips: vec![ip(vip)],
+        ports: vec![ServicePort {
+            port: 80,
+            target_port: 8080,
+        }],
+        selector: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+        endpoints: Vec::new(),
+        waypoint: None,
+    }
+}
+
+fn waypoint(name: &str, address: &str) -> Waypoint {
+    Waypoint {
+        name: name.into(),
+        namespace: "shop".into(),
+        identity: Identity::new("cluster.local", "shop", name).unwrap(),
+        ips: vec![ip(address)],
+    }
+}
+
+#[test]
+fn a_service_address_taken_twice_isolates_the_later_service_only() {
+    let parts = || {
+        (
+            vec![workload("cart", "10.1.0.1", "cart")],
+            vec![
+                service("cart", "10.96.0.1", "cart"),
+                service("squatter", "10.96.0.1", "cart"),
+                service("other", "10.96.0.2", "cart"),
+            ],
+        )
+    };
+    let (w, s) = parts();
+    let state = MeshState::build_isolating(
+        MeshSettings::default(),
+        w,
+        s,
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    assert_eq!(state.service_by_vip(ip("10.96.0.1")).unwrap().name, "cart");
+    assert_eq!(state.service_by_vip(ip("10.96.0.2")).unwrap().name, "other");
+    assert_eq!(state.services().len(), 2);
+    let rejected: Vec<String> = state.rejected().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        rejected,
+        ["service shop/squatter: address 10.96.0.1 is also service shop/cart"]
+    );
+    // The cart pod backs both remaining services.
+    let cart = state.workload_by_ip(ip("10.1.0.1")).unwrap();
+    assert_eq!(state.services_of(cart).len(), 2);
+    // A strict source refuses the whole thing with the same reason.
+    let (w, s) = parts();
+    let err = MeshState::build(
+        MeshSettings::default(),
+        w,
+        s,
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), rejected[0]);
+}
+
+#[test]
+fn waypoints_sharing_an_address_are_both_left_out_and_their_workloads_fail_closed() {
+    let mut fronted = workload("cart", "10.1.0.1", "cart");
+    fronted.waypoint = Some(WaypointRef {
+        namespace: "shop".into(),
+        name: "wp-a".into(),
+    });
+    let state = MeshState::build_isolating(
+        MeshSettings::default(),
+        vec![fronted],
+        Vec::new(),
+        vec![
+            waypoint("wp-a", "10.1.0.50"),
+            waypoint("wp-b", "10.1.0.50"),
+            waypoint("wp-c", "10.1.0.51"),
+        ],
+        Vec::new(),
+        Vec::new(),
+    );
+    assert_eq!(state.waypoints().len(), 1);
+    assert_eq!(state.rejected().len(), 2);
+    let cart = state.workload_by_ip(ip("10.1.0.1")).unwrap();
+    // Still behind wp-a, which no longer exists: nothing can reach it (fails closed).
+    let reference = cart.waypoint.as_ref().unwrap();
+    assert!(state.waypoint(reference).is_none());
+}
+
+#[test]
+fn a_workload_fronted_by_two_waypoints_is_marked_conflicting() {
+    let mut a = service("cart", "10.96.0.1", "cart");
+    a.waypoint = Some(WaypointRef {
+        namespace: "shop".into(),
+        name: "wp-a".into(),
+    });
+    let mut b = service("cart-admin", "10.96.0.2", "cart");
+    b.waypoint = Some(WaypointRef {
+        namespace: "shop".into(),
+        name: "wp-b".into(),
+    });
+    let state = MeshState::build_isolating(
+        MeshSettings::default(),
+        vec![workload("cart", "10.1.0.1", "cart")],
+        vec![a, b],
+        vec![waypoint("wp-a", "10.1.0.50"), waypoint("wp-b", "10.1.0.51")],
+        Vec::new(),
+        Vec::new(),
+    );
+    let cart = state.workload_by_ip(ip("10.1.0.1")).unwrap();
+    assert_eq!(cart.waypoint.as_ref().unwrap().name, "wp-a");
+    assert_eq!(cart.waypoint_conflict()[0].name, "wp-b");
+    assert_eq!(state.rejected().len(), 1);
+}

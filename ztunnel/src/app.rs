@@ -168,6 +168,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 max_frame_size: config.hbone_max_frame_size,
                 ..H2Settings::default()
             },
+            udp: config.udp_allowance(),
             ..DataPathSettings::default()
         },
     ));

@@ -14,6 +14,7 @@ use veil_mesh::identity::{CertHandle, CertManager, TrustBundle};
 use veil_mesh::pool::Pool;
 use veil_mesh::telemetry::metrics::{ConnectionLabels, Counter, Direction, Metrics, Principal};
 
+use crate::capture::UdpAllowance;
 use crate::netns::NetNs;
 
 /// What to do with outbound traffic to an address the mesh does not know.
@@ -36,6 +37,8 @@ pub struct DataPathSettings {
     pub connect_timeout: Duration,
     /// HTTP/2 settings of HBONE.
     pub h2: H2Settings,
+    /// UDP destinations enrolled pods may reach in clear (everything else non-TCP is refused).
+    pub udp: UdpAllowance,
 }
 
 impl Default for DataPathSettings {
@@ -45,6 +48,7 @@ impl Default for DataPathSettings {
             send_forwarded: false,
             connect_timeout: Duration::from_secs(5),
             h2: H2Settings::default(),
+            udp: UdpAllowance::default(),
         }
     }
 }

@@ -40,21 +40,29 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
     let (Ok(dst), Ok(peer)) = (original_dst(&tcp), tcp.peer_addr()) else {
         return abort_socket(&tcp);
     };
-    if !local.workload.ips.contains(&dst.ip()) || PROXY_PORTS.contains(&dst.port()) {
-        return abort_socket(&tcp);
-    }
     let state = ctx.state();
     let Some(workload) = state.workload(&local.workload.uid).cloned() else {
         return abort_socket(&tcp);
     };
-    if state.peer_mode(&workload, dst.port()) == PeerMode::Strict {
+    // An address the mesh does not list for the pod (IPv6 link-local, which every pod has) has no
+    // PeerAuthentication of its own: plaintext there is refused whatever the mode, never admitted.
+    let reason = if !local.workload.ips.contains(&dst.ip()) {
+        Some("plaintext refused: not one of the workload's mesh addresses")
+    } else if PROXY_PORTS.contains(&dst.port()) {
+        Some("plaintext refused: a proxy port")
+    } else if state.peer_mode(&workload, dst.port()) == PeerMode::Strict {
+        Some("plaintext refused: mutual TLS is STRICT")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
         ctx.metrics
             .plaintext_rejected
             .get_or_create(&WorkloadLabels {
                 workload: workload.key(),
             })
             .inc();
-        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), reason = "plaintext refused: mutual TLS is STRICT", "connection denied");
+        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %peer.ip(), destination = %workload.identity, destination_ip = %dst.ip(), port = dst.port(), reason, "connection denied");
         return abort_socket(&tcp);
     }
     let attrs = Attributes {

@@ -147,6 +147,9 @@ pub struct Metrics {
     pub hbone_connections_opened: Family<ConnectionLabels, Counter>,
     /// Pods whose capture failed.
     pub capture_failures: Family<WorkloadLabels, Counter>,
+    /// Captured connections refused because their destination would lead back into the proxy
+    /// (its own ports, loopback) or out of the mesh's reach (IPv6 link-local).
+    pub forbidden_destinations: Family<WorkloadLabels, Counter>,
     /// Configuration updates refused.
     pub config_rejected: Counter,
     /// Unix time at which each workload certificate expires.
@@ -173,6 +176,7 @@ impl Metrics {
             handshake_failures: Family::default(),
             hbone_connections_opened: Family::default(),
             capture_failures: Family::default(),
+            forbidden_destinations: Family::default(),
             config_rejected: Counter::default(),
             certificate_expiry: Family::default(),
             registry: Registry::default(),
@@ -222,6 +226,11 @@ impl Metrics {
             "capture_failures",
             "Pods whose traffic could not be captured",
             m.capture_failures.clone(),
+        );
+        r.register(
+            "forbidden_destinations",
+            "Captured connections refused: their destination was the proxy itself, loopback or link-local",
+            m.forbidden_destinations.clone(),
         );
         r.register(
             "config_rejected",

@@ -182,6 +182,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 ..H2Settings::default()
             },
             limits,
+            udp: config.udp_allowance(),
             ..DataPathSettings::default()
         },
     ));

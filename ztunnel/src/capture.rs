@@ -1,17 +1,32 @@
-//! Traffic capture inside a pod's network namespace.
+//! Traffic capture inside a pod's network namespace, for IPv4 and IPv6 alike (every pod has IPv6,
+//! if only link-local: a family left out would be a way around the mesh).
 //!
-//! Rules (nat table, IPv4 and, for pods with IPv6 addresses, IPv6):
+//! `nat` table:
 //! - outbound TCP the pod opens is redirected to ztunnel's outbound listener (15001), except
 //!   loopback traffic and ztunnel's own marked sockets;
 //! - inbound TCP is redirected to the plaintext listener (15006), except HBONE (15008).
 //!
-//! Rules are generated as text (pure, tested) and applied atomically with `iptables-restore`
-//! inside the namespace. Install order matters for safety: listeners first, then rules, so a
-//! redirected connection always finds ztunnel; removal takes rules out before listeners.
+//! `filter` table:
+//! - the capture listeners (15001, 15006) take only connections that were redirected to them
+//!   (conntrack state `DNAT`): an application dialling `127.0.0.1:15001` itself is reset by the
+//!   kernel and never makes ztunnel read its own listener as a destination (a loop);
+//! - inbound, whatever capture does not handle is dropped: only TCP (captured), loopback, replies
+//!   to the pod's own flows (`ESTABLISHED`/`RELATED`) and ICMP (errors, echo, IPv6 neighbour
+//!   discovery) pass;
+//! - outbound, what the mesh cannot carry is refused at the source: UDP (and any other protocol
+//!   but TCP and ICMP) leaves the pod only to the allowed UDP ports and CIDRs (DNS by default).
+//!
+//! Rules are generated as text (pure, tested) and applied with `iptables-restore --noflush` inside
+//! the namespace: each table's rules are swapped in as one unit, re-installing replaces veil's
+//! chains in place (the jumps into them are added only where missing), and a failed install is
+//! undone by the caller. Listeners come first, then rules, so a redirected connection always
+//! finds ztunnel; removal takes rules out before listeners.
 
 use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 
+use ipnet::IpNet;
 use veil_mesh::hbone::HBONE_PORT;
 
 use super::netns::SOCKET_MARK;
@@ -23,8 +38,26 @@ pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 /// The ports ztunnel itself listens on inside a pod; never a valid destination for a tunnel.
 pub const PROXY_PORTS: [u16; 3] = [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT];
 
-const OUT_CHAIN: &str = "VEIL_OUTPUT";
-const IN_CHAIN: &str = "VEIL_INBOUND";
+/// nat: outbound TCP → 15001.
+const NAT_OUT: &str = "VEIL_OUTPUT";
+/// nat: inbound TCP → 15006.
+const NAT_IN: &str = "VEIL_INBOUND";
+/// filter: what may enter the pod.
+const FILTER_IN: &str = "VEIL_IN_FILTER";
+/// filter: what may leave the pod.
+const FILTER_OUT: &str = "VEIL_OUT_FILTER";
+
+/// Every jump veil adds: (table, built-in chain, match, veil chain). The match is part of the rule's
+/// identity for `-C`/`-D`, so it must be spelled the same in install, check and removal.
+const JUMPS: [(&str, &str, &str, &str); 4] = [
+    ("filter", "INPUT", "", FILTER_IN),
+    ("filter", "OUTPUT", "", FILTER_OUT),
+    ("nat", "OUTPUT", "-p tcp ", NAT_OUT),
+    ("nat", "PREROUTING", "-p tcp ", NAT_IN),
+];
+
+/// `iptables-restore` accepts at most 15 ports per `multiport` match.
+const MULTIPORT_MAX: usize = 15;
 
 /// IP family of a rule set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +69,9 @@ pub enum Family {
 }
 
 impl Family {
+    /// Both families: capture is installed for each in every pod.
+    pub const ALL: [Self; 2] = [Self::V4, Self::V6];
+
     fn loopback(self) -> &'static str {
         match self {
             Self::V4 => "127.0.0.0/8",
@@ -43,10 +79,38 @@ impl Family {
         }
     }
 
+    fn icmp(self) -> &'static str {
+        match self {
+            Self::V4 => "icmp",
+            Self::V6 => "ipv6-icmp",
+        }
+    }
+
+    fn prohibited(self) -> &'static str {
+        match self {
+            Self::V4 => "icmp-admin-prohibited",
+            Self::V6 => "icmp6-adm-prohibited",
+        }
+    }
+
+    fn holds(self, net: &IpNet) -> bool {
+        matches!(
+            (self, net),
+            (Self::V4, IpNet::V4(_)) | (Self::V6, IpNet::V6(_))
+        )
+    }
+
     fn restore(self) -> &'static str {
         match self {
             Self::V4 => "iptables-restore",
             Self::V6 => "ip6tables-restore",
+        }
+    }
+
+    fn save(self) -> &'static str {
+        match self {
+            Self::V4 => "iptables-save",
+            Self::V6 => "ip6tables-save",
         }
     }
 
@@ -58,24 +122,156 @@ impl Family {
     }
 }
 
-/// The `iptables-restore` input that installs capture (to be applied after [`uninstall`]).
-pub fn rules(family: Family) -> String {
-    let hbone = HBONE_PORT;
-    let loopback = family.loopback();
+/// Which UDP destinations an enrolled pod may reach in clear (the mesh cannot carry UDP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UdpAllowance {
+    /// Destination ports allowed to any address.
+    pub ports: Vec<u16>,
+    /// Destination networks allowed on any port.
+    pub cidrs: Vec<IpNet>,
+}
+
+impl Default for UdpAllowance {
+    /// DNS only: pods must resolve names through the cluster DNS, which is outside the mesh.
+    fn default() -> Self {
+        Self {
+            ports: vec![53],
+            cidrs: Vec::new(),
+        }
+    }
+}
+
+/// The `iptables-restore --noflush` input that installs capture for `family`. Declaring veil's
+/// chains empties them, so applying it again replaces them; `jumps` are the jumps still missing
+/// (see [`missing_jumps`]).
+pub fn rules(family: Family, udp: &UdpAllowance, jumps: &[usize]) -> String {
+    let mut filter = format!("*filter\n:{FILTER_IN} - [0:0]\n:{FILTER_OUT} - [0:0]\n");
+    filter.push_str(&filter_in(family));
+    filter.push_str(&filter_out(family, udp));
+    let mut nat = format!("*nat\n:{NAT_OUT} - [0:0]\n:{NAT_IN} - [0:0]\n");
+    nat.push_str(&nat_rules(family));
+    for &i in jumps {
+        let (table, hook, matcher, chain) = JUMPS[i];
+        let line = format!("-I {hook} 1 {matcher}-j {chain}\n");
+        if table == "filter" {
+            filter.push_str(&line);
+        } else {
+            nat.push_str(&line);
+        }
+    }
+    // filter first: without it, nat alone would already capture (safe); the reverse order would
+    // leave a moment with loop protection but no capture, equally safe, and filter-first keeps the
+    // listeners guarded from the start.
+    format!("{filter}COMMIT\n{nat}COMMIT\n")
+}
+
+fn filter_in(family: Family) -> String {
+    let (icmp, out, plain) = (family.icmp(), OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT);
+    // The capture listeners are only for redirected connections: reached directly (dialled as
+    // 127.0.0.1:15001, or the pod's address on 15006) ztunnel would read itself as the original
+    // destination. TCP resets give the caller a clear, immediate error.
     format!(
-        "*nat
-:{OUT_CHAIN} - [0:0]
-:{IN_CHAIN} - [0:0]
--A {OUT_CHAIN} -m mark --mark {SOCKET_MARK:#x}/0xfff -j RETURN
--A {OUT_CHAIN} -d {loopback} -j RETURN
--A {OUT_CHAIN} -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}
--A {IN_CHAIN} -p tcp --dport {hbone} -j RETURN
--A {IN_CHAIN} -p tcp -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}
--I OUTPUT 1 -p tcp -j {OUT_CHAIN}
--I PREROUTING 1 -p tcp -j {IN_CHAIN}
-COMMIT
+        "-A {FILTER_IN} -p tcp -m multiport --dports {out},{plain} -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset
+-A {FILTER_IN} -p tcp -j RETURN
+-A {FILTER_IN} -i lo -j RETURN
+-A {FILTER_IN} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+-A {FILTER_IN} -p {icmp} -j RETURN
+-A {FILTER_IN} -j DROP
 "
     )
+}
+
+fn filter_out(family: Family, udp: &UdpAllowance) -> String {
+    let icmp = family.icmp();
+    let mut out = format!(
+        "-A {FILTER_OUT} -p tcp -j RETURN
+-A {FILTER_OUT} -o lo -j RETURN
+-A {FILTER_OUT} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+-A {FILTER_OUT} -p {icmp} -j RETURN
+"
+    );
+    for chunk in udp.ports.chunks(MULTIPORT_MAX) {
+        let ports: Vec<String> = chunk.iter().map(u16::to_string).collect();
+        out.push_str(&format!(
+            "-A {FILTER_OUT} -p udp -m multiport --dports {} -j RETURN\n",
+            ports.join(",")
+        ));
+    }
+    for net in udp.cidrs.iter().filter(|n| family.holds(n)) {
+        out.push_str(&format!("-A {FILTER_OUT} -p udp -d {net} -j RETURN\n"));
+    }
+    // REJECT, not DROP: the application learns at once that the mesh does not carry it.
+    out.push_str(&format!(
+        "-A {FILTER_OUT} -j REJECT --reject-with {}\n",
+        family.prohibited()
+    ));
+    out
+}
+
+fn nat_rules(family: Family) -> String {
+    let (loopback, hbone) = (family.loopback(), HBONE_PORT);
+    format!(
+        "-A {NAT_OUT} -m mark --mark {SOCKET_MARK:#x}/0xfff -j RETURN
+-A {NAT_OUT} -d {loopback} -j RETURN
+-A {NAT_OUT} -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}
+-A {NAT_IN} -p tcp --dport {hbone} -j RETURN
+-A {NAT_IN} -p tcp -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}
+"
+    )
+}
+
+/// The indices in [`JUMPS`] of the jumps absent from `save` (`iptables-save` output).
+pub fn missing_jumps(save: &str) -> Vec<usize> {
+    let mut table = "";
+    let mut present = [false; JUMPS.len()];
+    for line in save.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = name.trim();
+            continue;
+        }
+        for (i, (t, hook, matcher, chain)) in JUMPS.iter().enumerate() {
+            if *t == table && line.trim() == format!("-A {hook} {matcher}-j {chain}") {
+                present[i] = true;
+            }
+        }
+    }
+    (0..JUMPS.len()).filter(|&i| !present[i]).collect()
+}
+
+/// Why ztunnel will not connect a captured connection to its original destination: every case
+/// would lead back into ztunnel (a loop) or out of the mesh's reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Forbidden {
+    /// One of ztunnel's own in-pod ports, on any address: connecting there reaches ztunnel again.
+    #[error("port {0} is one of ztunnel's own ports")]
+    ProxyPort(u16),
+    /// Loopback: capture never redirects loopback, so such a connection reached the listener
+    /// directly and "passing it through" would connect ztunnel to itself.
+    #[error("loopback is never a captured destination")]
+    Loopback,
+    /// Unspecified, multicast or broadcast: not the address of any one peer.
+    #[error("not a unicast address")]
+    NotUnicast,
+    /// IPv6 link-local: the original destination carries no interface, and no mesh identity can be
+    /// told from it; passing it through would be plaintext to a neighbour.
+    #[error("IPv6 link-local destinations are not carried")]
+    LinkLocal,
+}
+
+/// Whether `dst` must be refused whatever the mesh says about it.
+pub fn forbidden(dst: SocketAddr) -> Option<Forbidden> {
+    if PROXY_PORTS.contains(&dst.port()) {
+        return Some(Forbidden::ProxyPort(dst.port()));
+    }
+    match dst.ip().to_canonical() {
+        ip if ip.is_loopback() => Some(Forbidden::Loopback),
+        IpAddr::V4(v4) if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() => {
+            Some(Forbidden::NotUnicast)
+        }
+        IpAddr::V6(v6) if v6.is_unspecified() || v6.is_multicast() => Some(Forbidden::NotUnicast),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some(Forbidden::LinkLocal),
+        _ => None,
+    }
 }
 
 /// Why capture could not be changed.
@@ -97,52 +293,55 @@ pub enum CaptureError {
     },
 }
 
-/// Installs capture in the namespace at `netns` for `family`, replacing any earlier veil rules.
-pub fn install(netns: &std::path::Path, family: Family) -> Result<(), CaptureError> {
-    uninstall(netns, family)?;
-    run_in(
-        netns,
-        family.restore(),
-        &["--noflush"],
-        Some(&rules(family)),
-    )
+/// Installs capture in the namespace at `netns` for `family`, replacing any earlier veil rules in
+/// place (no moment without them when re-installing).
+pub fn install(
+    netns: &std::path::Path,
+    family: Family,
+    udp: &UdpAllowance,
+) -> Result<(), CaptureError> {
+    let save = run_in(netns, family.save(), &[], None)?;
+    let input = rules(family, udp, &missing_jumps(&save));
+    run_in(netns, family.restore(), &["--noflush"], Some(&input)).map(drop)
 }
 
-/// Removes veil's capture from the namespace at `netns` (no error if there is none).
+/// Removes veil's capture from the namespace at `netns` (no error if there is none): every jump,
+/// then veil's chains, in both tables.
 pub fn uninstall(netns: &std::path::Path, family: Family) -> Result<(), CaptureError> {
-    for (chain, hook) in [(OUT_CHAIN, "OUTPUT"), (IN_CHAIN, "PREROUTING")] {
-        // Delete every jump (there should be one), then the chain.
-        while run_in(
-            netns,
-            family.tool(),
-            &["-t", "nat", "-D", hook, "-p", "tcp", "-j", chain],
-            None,
-        )
-        .is_ok()
-        {}
-        let _ = run_in(netns, family.tool(), &["-t", "nat", "-F", chain], None);
-        let _ = run_in(netns, family.tool(), &["-t", "nat", "-X", chain], None);
+    for (table, hook, matcher, chain) in JUMPS {
+        let mut args = vec!["-t", table, "-D", hook];
+        args.extend(matcher.split_whitespace());
+        args.extend(["-j", chain]);
+        // Delete every jump (there should be one; a crash between two installs could leave two).
+        while run_in(netns, family.tool(), &args, None).is_ok() {}
     }
-    Ok(())
+    for (table, _, _, chain) in JUMPS {
+        let _ = run_in(netns, family.tool(), &["-t", table, "-F", chain], None);
+        let _ = run_in(netns, family.tool(), &["-t", table, "-X", chain], None);
+    }
+    let left = run_in(netns, family.save(), &[], None)?;
+    match left.lines().find(|l| l.contains("VEIL_")) {
+        Some(line) => Err(CaptureError::Failed {
+            tool: family.tool(),
+            netns: netns.display().to_string(),
+            stderr: format!("rule left behind after removal: {line}"),
+        }),
+        None => Ok(()),
+    }
 }
 
-/// Whether capture is in place (the jump into veil's outbound chain exists).
+/// Whether capture is complete: every jump into veil's chains exists.
 pub fn installed(netns: &std::path::Path, family: Family) -> bool {
-    run_in(
-        netns,
-        family.tool(),
-        &["-t", "nat", "-C", "OUTPUT", "-p", "tcp", "-j", OUT_CHAIN],
-        None,
-    )
-    .is_ok()
+    run_in(netns, family.save(), &[], None).is_ok_and(|save| missing_jumps(&save).is_empty())
 }
 
+/// Runs `tool args` inside the namespace at `netns`; its standard output.
 fn run_in(
     netns: &std::path::Path,
     tool: &'static str,
     args: &[&str],
     stdin: Option<&str>,
-) -> Result<(), CaptureError> {
+) -> Result<String, CaptureError> {
     let mut child = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
         .arg("--")
@@ -153,7 +352,7 @@ fn run_in(
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| CaptureError::Spawn { tool, source })?;
@@ -165,7 +364,7 @@ fn run_in(
         .wait_with_output()
         .map_err(|source| CaptureError::Spawn { tool, source })?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(CaptureError::Failed {
             tool,
@@ -176,28 +375,4 @@ fn run_in(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rules_redirect_pod_traffic_except_loopback_hbone_and_ztunnel_itself() {
-        let v4 = rules(Family::V4);
-        assert!(v4.starts_with("*nat\n") && v4.ends_with("COMMIT\n"));
-        let lines: Vec<&str> = v4.lines().collect();
-        let pos = |needle: &str| {
-            lines
-                .iter()
-                .position(|l| l.contains(needle))
-                .unwrap_or_else(|| panic!("no rule with {needle:?} in\n{v4}"))
-        };
-        // Exclusions come before the redirect in each chain.
-        assert!(pos("--mark 0x539/0xfff -j RETURN") < pos("REDIRECT --to-ports 15001"));
-        assert!(pos("-d 127.0.0.0/8 -j RETURN") < pos("REDIRECT --to-ports 15001"));
-        assert!(pos("--dport 15008 -j RETURN") < pos("REDIRECT --to-ports 15006"));
-        assert!(v4.contains("-I OUTPUT 1 -p tcp -j VEIL_OUTPUT"));
-        assert!(v4.contains("-I PREROUTING 1 -p tcp -j VEIL_INBOUND"));
-        let v6 = rules(Family::V6);
-        assert!(v6.contains("-d ::1/128 -j RETURN"));
-        assert!(!v6.contains("127.0.0.0"));
-    }
-}
+mod tests;

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ipnet::IpNet;
 use veil_mesh::telemetry::LogFormat;
 
 use crate::budget::Limits;
+use crate::capture::UdpAllowance;
 use crate::context::UnknownDestination;
 
 /// veil's per-node tunnel.
@@ -80,6 +82,15 @@ pub struct Config {
     /// What to do with outbound traffic to destinations outside the mesh.
     #[arg(long, value_enum, default_value = "passthrough")]
     pub unknown_destination: UnknownDestination,
+    /// UDP destination ports enrolled pods may send to in clear, comma-separated (the mesh cannot
+    /// carry UDP: all other UDP leaving an enrolled pod is refused at the source). The flag with no
+    /// value allows none.
+    #[arg(long, env = "VEIL_UDP_ALLOWED_PORTS", value_delimiter = ',', num_args = 0.., default_value = "53")]
+    pub udp_allowed_ports: Vec<u16>,
+    /// Networks (CIDRs or addresses) enrolled pods may send UDP to in clear on any port,
+    /// comma-separated.
+    #[arg(long, env = "VEIL_UDP_ALLOWED_CIDRS", value_delimiter = ',', value_parser = parse_net)]
+    pub udp_allowed_cidrs: Vec<IpNet>,
     /// Send the client address to the destination in the HBONE `forwarded` header.
     #[arg(long)]
     pub send_forwarded: bool,
@@ -180,5 +191,74 @@ impl Config {
             limits.pod[i] = limits.pod[i].min(limits.node[i]);
         }
         limits
+    }
+
+    /// The UDP destinations allowed out of enrolled pods.
+    pub fn udp_allowance(&self) -> UdpAllowance {
+        UdpAllowance {
+            ports: self.udp_allowed_ports.clone(),
+            cidrs: self.udp_allowed_cidrs.clone(),
+        }
+    }
+}
+
+/// A network (`10.96.0.0/12`) or one address (`10.96.0.10`); host bits must be clear, so that a
+/// typo does not silently allow a wider or different network.
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return if net.trunc() == net {
+            Ok(net)
+        } else {
+            Err(format!(
+                "{s:?} has host bits set (did you mean {}?)",
+                net.trunc()
+            ))
+        };
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, clap::Error> {
+        let mut argv = vec![
+            "veil-ztunnel",
+            "--node=a",
+            "--root-cert=/r",
+            "--ca-token-file=/t",
+        ];
+        argv.extend_from_slice(extra);
+        Config::try_parse_from(argv)
+    }
+
+    #[test]
+    fn udp_allowance_defaults_to_dns_and_takes_ports_and_networks() {
+        assert_eq!(parse(&[]).unwrap().udp_allowance(), UdpAllowance::default());
+        let c = parse(&[
+            "--udp-allowed-ports=53,123",
+            "--udp-allowed-cidrs=10.96.0.10,fd00::/8",
+        ])
+        .unwrap();
+        let udp = c.udp_allowance();
+        assert_eq!(udp.ports, vec![53, 123]);
+        assert_eq!(
+            udp.cidrs,
+            vec![
+                "10.96.0.10/32".parse::<IpNet>().unwrap(),
+                "fd00::/8".parse().unwrap()
+            ]
+        );
+        assert!(
+            parse(&["--udp-allowed-ports"])
+                .unwrap()
+                .udp_allowed_ports
+                .is_empty()
+        );
+        assert!(parse(&["--udp-allowed-cidrs=10.96.0.1/12"]).is_err());
+        assert!(parse(&["--udp-allowed-ports=99999"]).is_err());
     }
 }

@@ -18,6 +18,7 @@ use veil_mesh::telemetry::metrics::{ConnectionLabels, Counter, Direction, Metric
 use crate::accept::LogKey;
 use crate::budget::{Budgets, Limits, PodBudget};
 
+use crate::capture::UdpAllowance;
 use crate::netns::NetNs;
 
 /// What to do with outbound traffic to an address the mesh does not know.
@@ -42,6 +43,8 @@ pub struct DataPathSettings {
     pub h2: H2Settings,
     /// Connection budgets.
     pub limits: Limits,
+    /// UDP destinations enrolled pods may reach in clear (everything else non-TCP is refused).
+    pub udp: UdpAllowance,
 }
 
 impl Default for DataPathSettings {
@@ -52,6 +55,7 @@ impl Default for DataPathSettings {
             connect_timeout: Duration::from_secs(5),
             h2: H2Settings::default(),
             limits: Limits::for_nofile(1024),
+            udp: UdpAllowance::default(),
         }
     }
 }

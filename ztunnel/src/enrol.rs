@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 use veil_mesh::discovery::{MeshState, Workload};
@@ -20,7 +21,7 @@ use veil_mesh::identity::server_config;
 use veil_mesh::telemetry::metrics::WorkloadLabels;
 
 use crate::budget::PodBudget;
-use crate::capture::{self, Family, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::capture::{self, Family, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, UdpAllowance};
 use crate::context::{Context, LocalWorkload};
 use crate::netns::{NetNs, NsId};
 use crate::registry::Registry;
@@ -53,7 +54,6 @@ pub type StatusMap = Arc<Mutex<BTreeMap<String, CaptureStatus>>>;
 struct Enrolled {
     local: Arc<LocalWorkload>,
     tasks: Vec<JoinHandle<()>>,
-    families: Vec<Family>,
     netns_id: NsId,
 }
 
@@ -204,20 +204,14 @@ async fn enrol(
         tls,
         budget: PodBudget::default(),
     });
-    let families: Vec<Family> = if workload.ips.iter().any(IpAddr::is_ipv6) {
-        vec![Family::V4, Family::V6]
-    } else {
-        vec![Family::V4]
-    };
-    let tasks = start_listeners(ctx, &local, &families).map_err(|e| format!("listeners: {e}"))?;
-    let mut enrolled = Enrolled {
+    let tasks = start_listeners(ctx, &local).map_err(|e| format!("listeners: {e}"))?;
+    let enrolled = Enrolled {
         local,
         tasks,
-        families,
         netns_id,
     };
-    if let Err(e) = install(&path, enrolled.families.clone()).await {
-        enrolled.families.clear();
+    if let Err(e) = install(&path, ctx.settings.udp.clone()).await {
+        // Whatever part of the rules went in comes out again: no half-captured pod.
         release(enrolled).await;
         return Err(e);
     }
@@ -238,27 +232,14 @@ async fn find_netns(workload: &Workload, pinned_dir: &Path) -> Result<Arc<NetNs>
 fn start_listeners(
     ctx: &Arc<Context>,
     local: &Arc<LocalWorkload>,
-    families: &[Family],
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
-    let abort_all = |tasks: &Vec<JoinHandle<()>>| tasks.iter().for_each(JoinHandle::abort);
-    for family in families {
-        let (loopback, any): (IpAddr, IpAddr) = match family {
-            Family::V4 => (Ipv4Addr::LOCALHOST.into(), Ipv4Addr::UNSPECIFIED.into()),
-            Family::V6 => (Ipv6Addr::LOCALHOST.into(), Ipv6Addr::UNSPECIFIED.into()),
-        };
-        let bind = |ip, port| local.netns.listen(SocketAddr::new(ip, port));
-        let listeners = (|| {
-            Ok::<_, std::io::Error>((
-                bind(loopback, OUTBOUND_PORT)?,
-                bind(any, HBONE_PORT)?,
-                bind(any, INBOUND_PLAINTEXT_PORT)?,
-            ))
-        })();
-        let (out, hbone, plain) = match listeners {
-            Ok(l) => l,
+    for family in Family::ALL {
+        let (out, hbone, plain) = match bind_family(local, family) {
+            Ok(Some(listeners)) => listeners,
+            Ok(None) => continue,
             Err(e) => {
-                abort_all(&tasks);
+                tasks.iter().for_each(JoinHandle::abort);
                 return Err(e);
             }
         };
@@ -277,11 +258,43 @@ fn start_listeners(
     Ok(tasks)
 }
 
-async fn install(path: &std::path::Path, families: Vec<Family>) -> Result<(), String> {
+type Listeners = (TcpListener, TcpListener, TcpListener);
+
+/// The outbound, HBONE and plaintext listeners of one family, or none if the namespace has IPv6
+/// turned off (no `::1`): then no IPv6 packet can reach or leave the pod, and the IPv6 rules, which
+/// are installed anyway, drop what could.
+fn bind_family(local: &LocalWorkload, family: Family) -> std::io::Result<Option<Listeners>> {
+    let (loopback, any): (IpAddr, IpAddr) = match family {
+        Family::V4 => (Ipv4Addr::LOCALHOST.into(), Ipv4Addr::UNSPECIFIED.into()),
+        Family::V6 => (Ipv6Addr::LOCALHOST.into(), Ipv6Addr::UNSPECIFIED.into()),
+    };
+    let bind = |ip, port| local.netns.listen(SocketAddr::new(ip, port));
+    let out = match bind(loopback, OUTBOUND_PORT) {
+        Ok(out) => out,
+        Err(e) if family == Family::V6 && ipv6_off(&e) => {
+            info!(workload = %local.workload.key(), error = %e, "IPv6 is off in the pod: no IPv6 listeners");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Some((
+        out,
+        bind(any, HBONE_PORT)?,
+        bind(any, INBOUND_PLAINTEXT_PORT)?,
+    )))
+}
+
+fn ipv6_off(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::AddrNotAvailable
+        || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT)
+}
+
+/// Both families, always: a pod with only IPv4 in the mesh still has IPv6 link-local addresses.
+async fn install(path: &std::path::Path, udp: UdpAllowance) -> Result<(), String> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
-        for family in families {
-            capture::install(&path, family).map_err(|e| e.to_string())?;
+        for family in Family::ALL {
+            capture::install(&path, family, &udp).map_err(|e| e.to_string())?;
         }
         Ok(())
     })
@@ -292,14 +305,12 @@ async fn install(path: &std::path::Path, families: Vec<Family>) -> Result<(), St
 /// Rules out first, so that nothing is redirected to listeners that are going away.
 async fn release(enrolled: Enrolled) {
     let path = enrolled.local.netns.stable_path();
-    let families = enrolled.families.clone();
+    // Each family on its own: a failure in one must not leave the other's rules behind.
     let removed = tokio::task::spawn_blocking(move || {
-        families
-            .into_iter()
-            .try_for_each(|family| capture::uninstall(&path, family))
+        Family::ALL.map(|family| capture::uninstall(&path, family))
     })
     .await;
-    if let Ok(Err(e)) = removed {
+    for e in removed.iter().flatten().filter_map(|r| r.as_ref().err()) {
         error!(netns = %enrolled.local.netns.path().display(), error = %e, "could not remove capture rules");
     }
     for task in enrolled.tasks {

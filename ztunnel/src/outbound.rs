@@ -17,11 +17,12 @@ use veil_mesh::identity::{BoxFuture, client_config};
 use veil_mesh::pool::{Dialer, PoolKey};
 use veil_mesh::relay::relay;
 use veil_mesh::telemetry::metrics::{
-    ConnectionLabels, Direction, HandshakeLabels, Principal, Resource,
+    ConnectionLabels, Direction, HandshakeLabels, Principal, Resource, WorkloadLabels,
 };
 
 use crate::accept;
 use crate::budget::Permit;
+use crate::capture::{Forbidden, forbidden};
 use crate::context::{Context, LocalWorkload, UnknownDestination, labels};
 
 /// Where an outbound connection goes.
@@ -47,6 +48,9 @@ pub enum Route {
     Passthrough(SocketAddr),
     /// Refused, with the reason.
     Refuse(String),
+    /// Refused whatever the mesh says: the destination (as dialled, or the endpoint it resolved
+    /// to) would lead back into ztunnel or out of the mesh's reach.
+    Forbidden(SocketAddr, Forbidden),
 }
 
 /// Decides the route to `dst`. `pick` chooses among a service's endpoints.
@@ -56,6 +60,22 @@ pub fn route(
     unknown: UnknownDestination,
     pick: usize,
 ) -> Route {
+    if let Some(why) = forbidden(dst) {
+        return Route::Forbidden(dst, why);
+    }
+    let route = resolve(state, dst, unknown, pick);
+    // A service may map a port onto one of ztunnel's: checked again after resolution.
+    let target = match &route {
+        Route::Hbone { target, .. } | Route::Passthrough(target) => *target,
+        _ => return route,
+    };
+    match forbidden(target) {
+        Some(why) => Route::Forbidden(target, why),
+        None => route,
+    }
+}
+
+fn resolve(state: &MeshState, dst: SocketAddr, unknown: UnknownDestination, pick: usize) -> Route {
     if let Some(workload) = state.workload_by_ip(dst.ip()) {
         if let (true, Some(reference)) = (workload.enrolled, &workload.waypoint) {
             if !workload.waypoint_conflict().is_empty() {
@@ -201,6 +221,16 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
         Route::Passthrough(target) => passthrough(&ctx, &local, tcp, target).await,
         Route::Refuse(reason) => {
             warn!(source = %local.workload.key(), destination = %dst, %reason, "outbound connection refused");
+            abort_socket(&tcp);
+        }
+        Route::Forbidden(target, why) => {
+            ctx.metrics
+                .forbidden_destinations
+                .get_or_create(&WorkloadLabels {
+                    workload: local.workload.key(),
+                })
+                .inc();
+            warn!(source = %local.workload.key(), destination = %target, reason = %why, "outbound connection refused: forbidden destination");
             abort_socket(&tcp);
         }
     }

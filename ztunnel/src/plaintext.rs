@@ -51,21 +51,33 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
     let (Ok(dst), Ok(peer)) = (original_dst(&tcp), tcp.peer_addr()) else {
         return abort_socket(&tcp);
     };
-    if !local.workload.ips.contains(&dst.ip()) || PROXY_PORTS.contains(&dst.port()) {
-        return abort_socket(&tcp);
-    }
     let state = ctx.state();
     let Some(workload) = state.workload(&local.workload.uid).cloned() else {
         return abort_socket(&tcp);
     };
-    if let Some(waypoint) = &workload.waypoint {
+    // An address the mesh does not list for the pod (IPv6 link-local, which every pod has) has no
+    // PeerAuthentication of its own: plaintext there is refused whatever the mode, never admitted.
+    // A workload behind a waypoint is reachable only through it, whatever the mode.
+    let reason: Option<std::borrow::Cow<'static, str>> = if !local.workload.ips.contains(&dst.ip()) {
+        Some("plaintext refused: not one of the workload's mesh addresses".into())
+    } else if PROXY_PORTS.contains(&dst.port()) {
+        Some("plaintext refused: a proxy port".into())
+    } else if let Some(waypoint) = &workload.waypoint {
+        Some(
+            format!(
+                "plaintext refused: {} is reachable only through waypoint {waypoint}",
+                workload.key()
+            )
+            .into(),
+        )
+    } else if state.peer_mode(&workload, dst.port()) == PeerMode::Strict {
+        Some("plaintext refused: mutual TLS is STRICT".into())
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
         count_rejected(&ctx, &workload);
-        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), reason = %format!("plaintext refused: {} is reachable only through waypoint {waypoint}", workload.key()), "connection denied");
-        return abort_socket(&tcp);
-    }
-    if state.peer_mode(&workload, dst.port()) == PeerMode::Strict {
-        count_rejected(&ctx, &workload);
-        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), reason = "plaintext refused: mutual TLS is STRICT", "connection denied");
+        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %peer.ip(), destination = %workload.identity, destination_ip = %dst.ip(), port = dst.port(), reason = %reason, "connection denied");
         return abort_socket(&tcp);
     }
     let attrs = Attributes {

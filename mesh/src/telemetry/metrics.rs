@@ -256,6 +256,9 @@ pub struct Metrics {
     pub resource_in_use: Family<ResourceLabels, Gauge>,
     /// `accept` calls that failed (each is followed by a back-off).
     pub accept_errors: Family<AcceptErrorLabels, Counter>,
+    /// Captured connections refused because their destination would lead back into the proxy
+    /// (its own ports, loopback) or out of the mesh's reach (IPv6 link-local).
+    pub forbidden_destinations: Family<WorkloadLabels, Counter>,
     /// Configuration updates refused (a whole local file), or objects left out of the mesh.
     pub config_rejected: Counter,
     /// Unix time at which each workload certificate expires.
@@ -285,6 +288,7 @@ impl Metrics {
             connections_refused: Family::default(),
             resource_in_use: Family::default(),
             accept_errors: Family::default(),
+            forbidden_destinations: Family::default(),
             config_rejected: Counter::default(),
             certificate_expiry: Family::default(),
             registry: Registry::default(),
@@ -349,6 +353,11 @@ impl Metrics {
             "accept_errors",
             "Failed accept calls (followed by a back-off)",
             m.accept_errors.clone(),
+        );
+        r.register(
+            "forbidden_destinations",
+            "Captured connections refused: their destination was the proxy itself, loopback or link-local",
+            m.forbidden_destinations.clone(),
         );
         r.register(
             "config_rejected",

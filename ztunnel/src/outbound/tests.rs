@@ -161,3 +161,26 @@ fn the_pod_address_of_a_service_behind_a_waypoint_goes_to_the_waypoint_on_every_
         }
     }
 }
+
+#[test]
+fn own_ports_loopback_and_link_local_are_refused_before_and_after_service_mapping() {
+    let state = parse(
+        &format!(
+            "{MESH}  - {{name: sneaky, namespace: user-data, vips: [10.96.0.40], ports: [{{port: 80, targetPort: 15008}}], selector: {{app: profile}}}}\n"
+        ),
+        &MeshSettings::default(),
+    )
+    .unwrap();
+    for (dst, why) in [
+        ("127.0.0.1:15001", Forbidden::ProxyPort(15001)),
+        ("10.2.0.10:15006", Forbidden::ProxyPort(15006)),
+        ("127.0.0.1:8080", Forbidden::Loopback),
+        ("[fe80::1]:8080", Forbidden::LinkLocal),
+        ("10.96.0.40:80", Forbidden::ProxyPort(15008)),
+    ] {
+        match route(&state, addr(dst), UnknownDestination::Passthrough, 0) {
+            Route::Forbidden(_, got) => assert_eq!(got, why, "{dst}"),
+            other => panic!("{dst}: {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+use super::*;
+
+fn position(rules: &str, needle: &str) -> usize {
+    rules
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no rule with {needle:?} in\n{rules}"))
+}
+
+fn all_jumps() -> Vec<usize> {
+    (0..JUMPS.len()).collect()
+}
+
+#[test]
+fn rules_redirect_pod_traffic_except_loopback_hbone_and_ztunnel_itself() {
+    let v4 = rules(Family::V4, &UdpAllowance::default(), &all_jumps());
+    assert!(v4.starts_with("*filter\n") && v4.ends_with("COMMIT\n"));
+    assert!(v4.contains("COMMIT\n*nat\n"), "{v4}");
+    let pos = |needle| position(&v4, needle);
+    // Exclusions come before the redirect in each chain.
+    assert!(pos("--mark 0x539/0xfff -j RETURN") < pos("REDIRECT --to-ports 15001"));
+    assert!(pos("-d 127.0.0.0/8 -j RETURN") < pos("REDIRECT --to-ports 15001"));
+    assert!(pos("--dport 15008 -j RETURN") < pos("REDIRECT --to-ports 15006"));
+    assert!(v4.contains("-I OUTPUT 1 -p tcp -j VEIL_OUTPUT"));
+    assert!(v4.contains("-I PREROUTING 1 -p tcp -j VEIL_INBOUND"));
+    let v6 = rules(Family::V6, &UdpAllowance::default(), &all_jumps());
+    assert!(v6.contains("-d ::1/128 -j RETURN"));
+    assert!(v6.contains("REDIRECT --to-ports 15001") && v6.contains("REDIRECT --to-ports 15006"));
+    assert!(!v6.contains("127.0.0.0"));
+}
+
+#[test]
+fn capture_listeners_take_only_redirected_connections() {
+    for family in Family::ALL {
+        let r = rules(family, &UdpAllowance::default(), &all_jumps());
+        let guard = "-A VEIL_IN_FILTER -p tcp -m multiport --dports 15001,15006 -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset";
+        // First in the chain: nothing may let a direct connection to a listener through before it.
+        assert_eq!(
+            r.lines().find(|l| l.starts_with("-A VEIL_IN_FILTER")),
+            Some(guard),
+            "{r}"
+        );
+        assert!(r.contains("-I INPUT 1 -j VEIL_IN_FILTER"), "{r}");
+    }
+}
+
+#[test]
+fn inbound_drops_what_capture_does_not_handle_but_keeps_replies_icmp_and_loopback() {
+    for (family, icmp) in [(Family::V4, "icmp"), (Family::V6, "ipv6-icmp")] {
+        let r = rules(family, &UdpAllowance::default(), &all_jumps());
+        let pos = |needle| position(&r, needle);
+        let drop = pos("-A VEIL_IN_FILTER -j DROP");
+        for allowed in [
+            "-A VEIL_IN_FILTER -p tcp -j RETURN",
+            "-A VEIL_IN_FILTER -i lo -j RETURN",
+            "-A VEIL_IN_FILTER -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+            &format!("-A VEIL_IN_FILTER -p {icmp} -j RETURN"),
+        ] {
+            assert!(pos(allowed) < drop, "{allowed} after the drop in\n{r}");
+        }
+        // Nothing after the drop: it is the chain's last word.
+        assert!(
+            !r.lines()
+                .skip(drop + 1)
+                .any(|l| l.starts_with("-A VEIL_IN_FILTER")),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn outbound_udp_is_refused_at_the_source_except_dns_by_default() {
+    let r = rules(Family::V4, &UdpAllowance::default(), &all_jumps());
+    let pos = |needle| position(&r, needle);
+    let reject = pos("-A VEIL_OUT_FILTER -j REJECT --reject-with icmp-admin-prohibited");
+    assert!(pos("-A VEIL_OUT_FILTER -p udp -m multiport --dports 53 -j RETURN") < reject);
+    assert!(pos("-A VEIL_OUT_FILTER -p tcp -j RETURN") < reject);
+    assert!(pos("-A VEIL_OUT_FILTER -p icmp -j RETURN") < reject);
+    assert!(r.contains("-I OUTPUT 1 -j VEIL_OUT_FILTER"));
+    let v6 = rules(Family::V6, &UdpAllowance::default(), &all_jumps());
+    assert!(v6.contains("-A VEIL_OUT_FILTER -j REJECT --reject-with icmp6-adm-prohibited"));
+    // Nothing allowed: only the final refusal mentions UDP-less traffic.
+    let none = UdpAllowance {
+        ports: vec![],
+        cidrs: vec![],
+    };
+    assert!(!rules(Family::V4, &none, &[]).contains("-p udp"));
+}
+
+#[test]
+fn allowed_udp_ports_and_cidrs_go_to_their_family_and_long_port_lists_are_split() {
+    let udp = UdpAllowance {
+        ports: (1000..1020).collect(),
+        cidrs: vec!["10.96.0.0/12".parse().unwrap(), "fd00::/8".parse().unwrap()],
+    };
+    let v4 = rules(Family::V4, &udp, &[]);
+    assert!(v4.contains("-A VEIL_OUT_FILTER -p udp -d 10.96.0.0/12 -j RETURN"));
+    assert!(!v4.contains("fd00::/8"));
+    let v6 = rules(Family::V6, &udp, &[]);
+    assert!(v6.contains("-A VEIL_OUT_FILTER -p udp -d fd00::/8 -j RETURN"));
+    assert!(!v6.contains("10.96.0.0/12"));
+    let multiport: Vec<&str> = v4
+        .lines()
+        .filter(|l| l.contains("multiport --dports 10"))
+        .collect();
+    assert_eq!(multiport.len(), 2, "{v4}");
+    assert!(
+        multiport
+            .iter()
+            .all(|l| l.split(',').count() <= MULTIPORT_MAX)
+    );
+}
+
+#[test]
+fn reinstalling_adds_only_the_missing_jumps() {
+    let save = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j VEIL_IN_FILTER\n-A OUTPUT -j KUBE\nCOMMIT\n*nat\n-A OUTPUT -p tcp -j VEIL_OUTPUT\n-A PREROUTING -p tcp -j VEIL_INBOUND\nCOMMIT\n";
+    let missing = missing_jumps(save);
+    assert_eq!(missing.len(), 1);
+    assert_eq!(JUMPS[missing[0]].3, FILTER_OUT);
+    let r = rules(Family::V4, &UdpAllowance::default(), &missing);
+    assert_eq!(r.matches("-I ").count(), 1, "{r}");
+    assert!(missing_jumps("").len() == JUMPS.len());
+    // A jump of the same name in the other table does not count.
+    assert_eq!(
+        missing_jumps("*nat\n-A INPUT -j VEIL_IN_FILTER\n").len(),
+        JUMPS.len()
+    );
+}
+
+#[test]
+fn ztunnel_never_connects_to_its_own_ports_loopback_or_link_local() {
+    let f = |s: &str| forbidden(s.parse().unwrap());
+    for port in PROXY_PORTS {
+        assert_eq!(
+            f(&format!("10.0.0.5:{port}")),
+            Some(Forbidden::ProxyPort(port))
+        );
+    }
+    assert_eq!(f("127.0.0.1:8080"), Some(Forbidden::Loopback));
+    assert_eq!(f("127.1.2.3:80"), Some(Forbidden::Loopback));
+    assert_eq!(f("[::1]:8080"), Some(Forbidden::Loopback));
+    assert_eq!(f("[::ffff:127.0.0.1]:8080"), Some(Forbidden::Loopback));
+    assert_eq!(f("0.0.0.0:80"), Some(Forbidden::NotUnicast));
+    assert_eq!(f("[::]:80"), Some(Forbidden::NotUnicast));
+    assert_eq!(f("224.0.0.1:80"), Some(Forbidden::NotUnicast));
+    assert_eq!(f("255.255.255.255:80"), Some(Forbidden::NotUnicast));
+    assert_eq!(f("[fe80::1]:80"), Some(Forbidden::LinkLocal));
+    assert_eq!(f("10.0.0.5:8080"), None);
+    assert_eq!(f("[fd00::5]:8080"), None);
+    // Cloud metadata (IPv4 link-local) is an ordinary destination.
+    assert_eq!(f("169.254.169.254:80"), None);
+}

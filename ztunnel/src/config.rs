@@ -79,6 +79,10 @@ pub struct Config {
     /// What to do with outbound traffic to destinations outside the mesh.
     #[arg(long, value_enum, default_value = "passthrough")]
     pub unknown_destination: UnknownDestination,
+    /// How long a live inbound connection that a policy change now denies may go on before it is
+    /// closed (0: at once, as the policy says). Every mesh change re-checks every live connection.
+    #[arg(long, env = "VEIL_POLICY_RECHECK_GRACE", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub policy_recheck_grace: Duration,
     /// Send the client address to the destination in the HBONE `forwarded` header.
     #[arg(long)]
     pub send_forwarded: bool,

@@ -14,6 +14,7 @@ use veil_mesh::identity::{CertHandle, CertManager, TrustBundle};
 use veil_mesh::pool::Pool;
 use veil_mesh::telemetry::metrics::{ConnectionLabels, Counter, Direction, Metrics, Principal};
 
+use crate::conntrack::LiveConnections;
 use crate::netns::NetNs;
 
 /// What to do with outbound traffic to an address the mesh does not know.
@@ -36,6 +37,8 @@ pub struct DataPathSettings {
     pub connect_timeout: Duration,
     /// HTTP/2 settings of HBONE.
     pub h2: H2Settings,
+    /// How long a live connection that a new mesh state denies may go on before it is closed.
+    pub recheck_grace: Duration,
 }
 
 impl Default for DataPathSettings {
@@ -45,6 +48,7 @@ impl Default for DataPathSettings {
             send_forwarded: false,
             connect_timeout: Duration::from_secs(5),
             h2: H2Settings::default(),
+            recheck_grace: Duration::ZERO,
         }
     }
 }
@@ -66,6 +70,8 @@ pub struct Context {
     pub bundle: Arc<TrustBundle>,
     /// Settings.
     pub settings: DataPathSettings,
+    /// Live inbound connections, re-checked on every mesh change.
+    pub live: Arc<LiveConnections>,
     /// Round-robin position for picking service endpoints.
     next_endpoint: AtomicUsize,
 }
@@ -89,6 +95,7 @@ impl Context {
             metrics,
             bundle,
             settings,
+            live: Arc::default(),
             next_endpoint: AtomicUsize::new(0),
         }
     }

@@ -7,10 +7,12 @@
 //! `plaintext` (15006). `enrol` keeps the captured pods in step with the mesh; `capture` and
 //! `netns` do the namespace work.
 
+pub mod admission;
 pub mod app;
 pub mod capture;
 pub mod cni;
 pub mod config;
+pub mod conntrack;
 pub mod context;
 pub mod enrol;
 pub mod inbound;

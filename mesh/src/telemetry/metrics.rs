@@ -139,6 +139,8 @@ pub struct Metrics {
     pub received_bytes: Family<ConnectionLabels, Counter>,
     /// Authorization decisions.
     pub policy_decisions: Family<DecisionLabels, Counter>,
+    /// Live connections closed because a re-check against a new mesh state denied them.
+    pub connections_closed_by_recheck: Family<DecisionLabels, Counter>,
     /// Plaintext connections refused under STRICT.
     pub plaintext_rejected: Family<WorkloadLabels, Counter>,
     /// TLS handshakes that failed.
@@ -169,6 +171,7 @@ impl Metrics {
             sent_bytes: Family::default(),
             received_bytes: Family::default(),
             policy_decisions: Family::default(),
+            connections_closed_by_recheck: Family::default(),
             plaintext_rejected: Family::default(),
             handshake_failures: Family::default(),
             hbone_connections_opened: Family::default(),
@@ -202,6 +205,11 @@ impl Metrics {
             "policy_decisions",
             "Authorization decisions",
             m.policy_decisions.clone(),
+        );
+        r.register(
+            "connections_closed_by_recheck",
+            "Live connections closed because the policy re-checked on a mesh change denied them",
+            m.connections_closed_by_recheck.clone(),
         );
         r.register(
             "plaintext_rejected",

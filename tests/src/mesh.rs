@@ -172,6 +172,12 @@ impl Mesh {
             "json".into(),
         ]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        env.extend(
+            self.spec
+                .ztunnel_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         let proc = Proc::spawn(
             &format!("ztunnel {node}"),
             Some(&netns),

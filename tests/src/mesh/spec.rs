@@ -114,6 +114,8 @@ pub struct MeshSpec {
     pub kubernetes: bool,
     /// Kubernetes mode: namespaces labelled ambient besides those with an enrolled pod.
     pub ambient_namespaces: Vec<String>,
+    /// Extra environment of every ztunnel (`VEIL_…` settings).
+    pub ztunnel_env: Vec<(String, String)>,
 }
 
 /// The mesh configuration for `spec` on `cluster`, with `policies`.

@@ -1,0 +1,4 @@
+//! Adversarial end-to-end cases (issue 10): each tries an attack on the real binaries in network
+//! namespaces, asserts the safe outcome and that the proxy is still ready afterwards.
+
+mod live;

@@ -17,10 +17,12 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 use tracing::{debug, info, warn};
 use veil_mesh::identity::proto::istio_certificate_service_server::IstioCertificateServiceServer;
 use veil_mesh::identity::{ALPN_H2, provider};
 
+use crate::audit::{AuditSlot, audit_unrecorded};
 use crate::authority::{Authority, AuthorityError};
 use crate::service::{CaService, PeerAddr};
 
@@ -166,12 +168,18 @@ pub async fn serve(
                 Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => return debug!(%peer, "TLS handshake timed out"),
             };
-            let service = tower::ServiceBuilder::new()
-                .map_request(move |mut req: http::Request<Incoming>| {
-                    req.extensions_mut().insert(PeerAddr(peer));
-                    req
-                })
-                .service(grpc);
+            let service = tower::service_fn(move |mut req: http::Request<Incoming>| {
+                let slot = AuditSlot::default();
+                req.extensions_mut().insert(PeerAddr(peer));
+                req.extensions_mut().insert(slot.clone());
+                let method = req.uri().path().to_owned();
+                let call = grpc.clone().oneshot(req);
+                async move {
+                    let response = call.await?;
+                    audit_unrecorded(&response, &slot, peer, &method);
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(64)

@@ -14,6 +14,7 @@ use veil_mesh::identity::proto::{
 };
 use veil_mesh::identity::{Identity, rfc3339};
 
+use crate::audit::AuditSlot;
 use crate::authn::{Authenticator, AuthnError, Caller, bearer};
 use crate::authority::Authority;
 use crate::authz::{Authorizer, AuthzError};
@@ -210,6 +211,10 @@ impl IstioCertificateService for CaService {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
+        // Marked before the line is written: the server's fallback audit must not add a second.
+        if let Some(slot) = request.extensions().get::<AuditSlot>() {
+            slot.mark();
+        }
         let outcome = tokio::time::timeout(self.policy.request_timeout, self.issue(request))
             .await
             .unwrap_or_else(|_| {

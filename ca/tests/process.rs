@@ -268,6 +268,48 @@ async fn refusals_carry_clear_grpc_codes_and_are_audited() {
     assert_eq!(json_field(&lines[0].1, "node"), "node-a");
 }
 
+#[tokio::test]
+async fn an_oversized_request_is_refused_out_of_range_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::start(dir.path(), 0, "1h");
+    let mut raw = raw_client(&ca).await;
+    // Over the 64 KiB message limit: tonic refuses it before the certificate service runs.
+    let mut request = tonic::Request::new(IstioCertificateRequest {
+        csr: "A".repeat(100 * 1024),
+        validity_duration: 60,
+        metadata: None,
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ACCOUNT_TOKEN}").parse().unwrap(),
+    );
+    let status = raw.create_certificate(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status}");
+    // The log is read by another thread: give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ca.audit().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let audit = ca.audit();
+    assert_eq!(audit.len(), 1, "one audit line per refusal: {audit:?}");
+    let (outcome, line) = &audit[0];
+    assert_eq!(outcome, "refused");
+    assert_eq!(json_field(line, "code"), "OutOfRange");
+    assert!(json_field(line, "reason").contains("too large"), "{line}");
+    assert!(json_field(line, "peer").starts_with("127.0.0.1:"), "{line}");
+
+    // The CA still serves: a valid request after the refusal is issued.
+    let bundle = ca.bundle();
+    fetch(
+        &id(ACCOUNT),
+        &ca.client(ACCOUNT_TOKEN),
+        &bundle,
+        Duration::from_secs(600),
+    )
+    .await
+    .expect("the CA still issues after an oversized request");
+}
+
 /// A gRPC client with no bearer token, over the same TLS as veil's client.
 async fn raw_client(ca: &Ca) -> IstioCertificateServiceClient<tonic::transport::Channel> {
     // GrpcCaClient always sends a token; this one speaks tonic directly over the same TLS config.

@@ -173,6 +173,12 @@ impl Mesh {
         ]);
         argv.extend(self.spec.ztunnel_args.iter().cloned());
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        env.extend(
+            self.spec
+                .ztunnel_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         let proc = Proc::spawn(
             &format!("ztunnel {node}"),
             Some(&netns),

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::context::{Context, DataPathSettings};
 use crate::enrol::{self, StatusMap};
 use crate::registry::Registry;
-use crate::{budget, cni, netns, ops};
+use crate::{budget, cni, conntrack, netns, ops};
 
 /// Why ztunnel could not start.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +173,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         DataPathSettings {
             unknown_destination: config.unknown_destination,
             send_forwarded: config.send_forwarded,
+            recheck_grace: config.policy_recheck_grace,
             h2: H2Settings {
                 stream_window: config.hbone_stream_window,
                 connection_window: config.hbone_connection_window,
@@ -185,6 +186,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             udp: config.udp_allowance(),
             ..DataPathSettings::default()
         },
+    ));
+    tokio::spawn(conntrack::run(
+        ctx.live.clone(),
+        ctx.state.clone(),
+        config.policy_recheck_grace,
     ));
     let status = StatusMap::default();
     let endpoints = [

@@ -91,6 +91,10 @@ pub struct Config {
     /// comma-separated.
     #[arg(long, env = "VEIL_UDP_ALLOWED_CIDRS", value_delimiter = ',', value_parser = parse_net)]
     pub udp_allowed_cidrs: Vec<IpNet>,
+    /// How long a live inbound connection that a policy change now denies may go on before it is
+    /// closed (0: at once, as the policy says). Every mesh change re-checks every live connection.
+    #[arg(long, env = "VEIL_POLICY_RECHECK_GRACE", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub policy_recheck_grace: Duration,
     /// Send the client address to the destination in the HBONE `forwarded` header.
     #[arg(long)]
     pub send_forwarded: bool,

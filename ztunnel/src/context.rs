@@ -17,8 +17,8 @@ use veil_mesh::telemetry::metrics::{ConnectionLabels, Counter, Direction, Metric
 
 use crate::accept::LogKey;
 use crate::budget::{Budgets, Limits, PodBudget};
-
 use crate::capture::UdpAllowance;
+use crate::conntrack::LiveConnections;
 use crate::netns::NetNs;
 
 /// What to do with outbound traffic to an address the mesh does not know.
@@ -45,6 +45,8 @@ pub struct DataPathSettings {
     pub limits: Limits,
     /// UDP destinations enrolled pods may reach in clear (everything else non-TCP is refused).
     pub udp: UdpAllowance,
+    /// How long a live connection that a new mesh state denies may go on before it is closed.
+    pub recheck_grace: Duration,
 }
 
 impl Default for DataPathSettings {
@@ -56,6 +58,7 @@ impl Default for DataPathSettings {
             h2: H2Settings::default(),
             limits: Limits::for_nofile(1024),
             udp: UdpAllowance::default(),
+            recheck_grace: Duration::ZERO,
         }
     }
 }
@@ -81,6 +84,8 @@ pub struct Context {
     pub budgets: Budgets,
     /// Limits the log lines of refusals and accept errors.
     pub logs: LogLimiter<LogKey>,
+    /// Live inbound connections, re-checked on every mesh change.
+    pub live: Arc<LiveConnections>,
     /// Round-robin position for picking service endpoints.
     next_endpoint: AtomicUsize,
 }
@@ -108,6 +113,7 @@ impl Context {
             budgets,
             // One line per second per reason: enough to see an attack, not enough to fill a disk.
             logs: LogLimiter::new(Duration::from_secs(1)),
+            live: Arc::default(),
             next_endpoint: AtomicUsize::new(0),
         }
     }

@@ -4,7 +4,8 @@
 //! identity; each `CONNECT` must name this pod, is checked against the L4 policies that apply to
 //! it (401 on deny), and is connected to the application from inside the pod with a marked socket so
 //! that it is not captured again (503 when the application does not answer, 400 for a malformed or
-//! misdirected request).
+//! misdirected request). A tunnel stays registered in `conntrack` while it lives, and is closed if
+//! a later mesh state denies it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,19 +13,20 @@ use std::sync::Arc;
 use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
-use veil_mesh::discovery::{MeshState, WaypointRef, Workload};
+use veil_mesh::discovery::Workload;
 use veil_mesh::hbone::{
-    ConnectError, InboundStream, parse_connect, refuse, serve_connection_with, splice,
+    ConnectError, InboundStream, abort_socket, parse_connect, refuse, serve_connection_with, splice,
 };
-use veil_mesh::identity::Identity;
-use veil_mesh::policy::{Attributes, Decision, DenyReason, Verdict, evaluate};
+use veil_mesh::policy::{Decision, PolicyId};
 use veil_mesh::telemetry::metrics::{
     DecisionLabels, Direction, HandshakeLabels, Outcome, PolicyLabel, Principal, Resource,
 };
 
 use crate::accept;
 use crate::budget::Permit;
+use crate::admission::{Admitted, decide};
 use crate::capture::PROXY_PORTS;
+use crate::conntrack::{Tracked, report_closed};
 use crate::context::{Context, LocalWorkload, labels};
 
 /// The access log's tracing target.
@@ -114,46 +116,16 @@ pub(crate) async fn stream_task(
     let Some(target) = check_target(&local, &mut stream) else {
         return;
     };
-    let state = ctx.state();
-    let Some(workload) = state.workload(&local.workload.uid).cloned() else {
-        // Removed since enrolment; its listeners are about to go.
-        return refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
+    // Registered before the state is read, so that no later state can miss it (see `track`).
+    let mut tracked = ctx.live.track(Admitted {
+        workload_uid: local.workload.uid.clone(),
+        source: Some(stream.peer.clone()),
+        source_ip: stream.peer_addr.ip(),
+        destination: target,
+    });
+    let Some((workload, policy)) = admit(&ctx, &local, &mut stream, &tracked) else {
+        return;
     };
-    let decision = match &workload.waypoint {
-        // Behind a waypoint: only the waypoint may reach the workload, and it enforced the
-        // workload's policies already, with the client's identity and at L7.
-        Some(reference) => from_waypoint(&state, &workload, reference, &stream.peer),
-        None => {
-            let attrs = Attributes {
-                source: Some(&stream.peer),
-                source_ip: stream.peer_addr.ip(),
-                destination_ip: target.ip(),
-                destination_port: target.port(),
-                http: None,
-            };
-            evaluate(&state.authz_for(&workload), &attrs)
-        }
-    };
-    count_decision(&ctx, &stream, &local, &decision);
-    if !decision.allowed() {
-        warn!(
-            target: ACCESS_LOG,
-            decision = "deny",
-            source = %stream.peer,
-            source_ip = %stream.peer_addr.ip(),
-            destination = %workload.identity,
-            destination_workload = %workload.key(),
-            port = target.port(),
-            policy = %decision.policy().map_or("-".to_owned(), ToString::to_string),
-            rule = ?decision.rule,
-            reason = %deny_reason(&decision, &workload),
-            "connection denied"
-        );
-        return refuse(&mut stream.respond, StatusCode::UNAUTHORIZED);
-    }
-    if let Some(audit) = &decision.audit {
-        info!(target: ACCESS_LOG, policy = %audit, source = %stream.peer, destination = %workload.identity, port = target.port(), "audited connection");
-    }
     let connect = async { local.netns.socket(target.ip())?.connect(target).await };
     let mut app = match tokio::time::timeout(ctx.settings.connect_timeout, connect).await {
         Ok(Ok(app)) => app,
@@ -177,7 +149,7 @@ pub(crate) async fn stream_task(
     ));
     let started = tokio::time::Instant::now();
     // From the application back to the client is "received" from the source's point of view.
-    let result = splice(
+    let spliced = splice(
         &mut app,
         send,
         recv,
@@ -187,8 +159,19 @@ pub(crate) async fn stream_task(
         |n| {
             meter.sent.inc_by(n as u64);
         },
-    )
-    .await;
+    );
+    let outcome = tokio::select! {
+        result = spliced => Ok(result),
+        closing = tracked.closed() => Err(closing),
+    };
+    let result = match outcome {
+        Ok(result) => result,
+        Err(closing) => {
+            // The splice is dropped: that resets the stream; the application gets a reset too.
+            abort_socket(&app);
+            return report_closed(&ctx.metrics, &tracked, &closing, &workload);
+        }
+    };
     let duration_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(t) => info!(
@@ -199,7 +182,7 @@ pub(crate) async fn stream_task(
             destination = %workload.identity,
             destination_workload = %workload.key(),
             port = target.port(),
-            policy = %decision.policy().map_or("-".to_owned(), ToString::to_string),
+            policy = %policy.as_ref().map_or("-".to_owned(), ToString::to_string),
             bytes_sent = t.to_socket,
             bytes_received = t.to_stream,
             duration_ms,
@@ -218,44 +201,46 @@ pub(crate) async fn stream_task(
     }
 }
 
-/// The decision for a tunnel to a workload behind `reference`: allowed only from that waypoint, and
-/// from none while other waypoints claim the workload too (which one fronts it is ambiguous).
-fn from_waypoint(
-    state: &MeshState,
-    workload: &Workload,
-    reference: &WaypointRef,
-    peer: &Identity,
-) -> Decision {
-    let allowed = workload.waypoint_conflict().is_empty()
-        && state
-            .waypoint(reference)
-            .is_some_and(|waypoint| &waypoint.identity == peer);
-    Decision {
-        verdict: if allowed {
-            Verdict::Allow(None)
-        } else {
-            Verdict::Deny(DenyReason::NotFromWaypoint(reference.to_string()))
-        },
-        audit: None,
-        rule: None,
+/// Decides a tunnel against the current state; answers the refusal (401, or 503 when the workload
+/// has gone) and returns `None` unless it is allowed: then the workload and the allowing policy
+/// (only that is kept, not the whole decision: this lives as long as the tunnel).
+fn admit(
+    ctx: &Context,
+    local: &LocalWorkload,
+    stream: &mut InboundStream,
+    tracked: &Tracked,
+) -> Option<(Arc<Workload>, Option<PolicyId>)> {
+    let state = ctx.state();
+    let Some(workload) = state.workload(&local.workload.uid).cloned() else {
+        // Removed since enrolment; its listeners are about to go.
+        refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
+        return None;
+    };
+    let admission = decide(&state, &workload, tracked.admitted());
+    let decision = admission.decision();
+    count_decision(ctx, stream, local, admission.allowed(), decision);
+    if !admission.allowed() {
+        warn!(
+            target: ACCESS_LOG,
+            decision = "deny",
+            source = %stream.peer,
+            source_ip = %stream.peer_addr.ip(),
+            destination = %workload.identity,
+            destination_workload = %workload.key(),
+            port = tracked.admitted().destination.port(),
+            policy = %decision.and_then(Decision::policy).map_or("-".to_owned(), ToString::to_string),
+            rule = ?decision.and_then(|d| d.rule),
+            reason = %admission.reason(&workload),
+            "connection denied"
+        );
+        refuse(&mut stream.respond, StatusCode::UNAUTHORIZED);
+        return None;
     }
-}
-
-fn deny_reason(decision: &Decision, workload: &Workload) -> String {
-    match &decision.verdict {
-        Verdict::Deny(DenyReason::NotFromWaypoint(_))
-            if !workload.waypoint_conflict().is_empty() =>
-        {
-            format!(
-                "{} is claimed by several waypoints and admits no traffic until that is fixed",
-                workload.key()
-            )
-        }
-        Verdict::Deny(DenyReason::NotFromWaypoint(w)) => {
-            format!("{} is reachable only through waypoint {w}", workload.key())
-        }
-        verdict => format!("{verdict:?}"),
+    if let Some(audit) = decision.and_then(|d| d.audit.as_ref()) {
+        info!(target: ACCESS_LOG, policy = %audit, source = %stream.peer, destination = %workload.identity, port = tracked.admitted().destination.port(), "audited connection");
     }
+    let policy = decision.and_then(Decision::policy).cloned();
+    Some((workload, policy))
 }
 
 /// The tunnel's target, if the request is a valid CONNECT to this pod; otherwise answers 400.
@@ -280,17 +265,18 @@ fn count_decision(
     ctx: &Context,
     stream: &InboundStream,
     local: &LocalWorkload,
-    decision: &Decision,
+    allowed: bool,
+    decision: Option<&Decision>,
 ) {
     ctx.metrics
         .policy_decisions
         .get_or_create(&DecisionLabels {
-            decision: if decision.allowed() {
+            decision: if allowed {
                 Outcome::Allow
             } else {
                 Outcome::Deny
             },
-            policy: PolicyLabel(decision.policy().cloned()),
+            policy: PolicyLabel(decision.and_then(Decision::policy).cloned()),
             source_identity: Principal(Some(stream.peer.clone())),
             destination_identity: Principal(Some(local.workload.identity.clone())),
         })

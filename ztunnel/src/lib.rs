@@ -8,11 +8,13 @@
 //! `netns` do the namespace work.
 
 pub mod accept;
+pub mod admission;
 pub mod app;
 pub mod budget;
 pub mod capture;
 pub mod cni;
 pub mod config;
+pub mod conntrack;
 pub mod context;
 pub mod enrol;
 pub mod inbound;

@@ -3,7 +3,8 @@
 //! Under STRICT (the default) it is refused with a reset. Under PERMISSIVE it is admitted subject to
 //! L4 policy, with no peer identity: rules on principals or namespaces cannot match it. A workload
 //! behind a waypoint admits only HBONE from its waypoint, whatever the mode: plaintext would step
-//! around the waypoint's L7 policy.
+//! around the waypoint's L7 policy. An admitted connection stays registered in `conntrack` and is
+//! closed if a later mesh state denies it (a STRICT PeerAuthentication included).
 
 use std::sync::Arc;
 
@@ -11,7 +12,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 use veil_mesh::discovery::Workload;
 use veil_mesh::hbone::abort_socket;
-use veil_mesh::policy::{Attributes, PeerMode, evaluate};
 use veil_mesh::relay::relay;
 use veil_mesh::telemetry::metrics::{
     DecisionLabels, Direction, Outcome, PolicyLabel, Principal, Resource, WorkloadLabels,
@@ -19,7 +19,9 @@ use veil_mesh::telemetry::metrics::{
 
 use crate::accept;
 use crate::budget::Permit;
+use crate::admission::{Admitted, decide};
 use crate::capture::PROXY_PORTS;
+use crate::conntrack::{Tracked, report_closed};
 use crate::context::{Context, LocalWorkload, labels};
 use crate::inbound::ACCESS_LOG;
 use crate::outbound::original_dst;
@@ -51,43 +53,66 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
     let (Ok(dst), Ok(peer)) = (original_dst(&tcp), tcp.peer_addr()) else {
         return abort_socket(&tcp);
     };
-    let state = ctx.state();
-    let Some(workload) = state.workload(&local.workload.uid).cloned() else {
-        return abort_socket(&tcp);
-    };
     // An address the mesh does not list for the pod (IPv6 link-local, which every pod has) has no
     // PeerAuthentication of its own: plaintext there is refused whatever the mode, never admitted.
-    // A workload behind a waypoint is reachable only through it, whatever the mode.
-    let reason: Option<std::borrow::Cow<'static, str>> = if !local.workload.ips.contains(&dst.ip()) {
-        Some("plaintext refused: not one of the workload's mesh addresses".into())
+    let refused = if !local.workload.ips.contains(&dst.ip()) {
+        Some("plaintext refused: not one of the workload's mesh addresses")
     } else if PROXY_PORTS.contains(&dst.port()) {
-        Some("plaintext refused: a proxy port".into())
-    } else if let Some(waypoint) = &workload.waypoint {
-        Some(
-            format!(
-                "plaintext refused: {} is reachable only through waypoint {waypoint}",
-                workload.key()
-            )
-            .into(),
-        )
-    } else if state.peer_mode(&workload, dst.port()) == PeerMode::Strict {
-        Some("plaintext refused: mutual TLS is STRICT".into())
+        Some("plaintext refused: a proxy port")
     } else {
         None
     };
-    if let Some(reason) = reason {
-        count_rejected(&ctx, &workload);
-        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %peer.ip(), destination = %workload.identity, destination_ip = %dst.ip(), port = dst.port(), reason = %reason, "connection denied");
+    if let Some(reason) = refused {
+        count_rejected(&ctx, &local.workload);
+        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %peer.ip(), destination = %local.workload.identity, destination_ip = %dst.ip(), port = dst.port(), reason, "connection denied");
         return abort_socket(&tcp);
     }
-    let attrs = Attributes {
+    // Registered before the state is read, so that no later state can miss it (see `track`).
+    let mut tracked = ctx.live.track(Admitted {
+        workload_uid: local.workload.uid.clone(),
         source: None,
         source_ip: peer.ip(),
-        destination_ip: dst.ip(),
-        destination_port: dst.port(),
-        http: None,
+        destination: dst,
+    });
+    let Some(workload) = admit(&ctx, &tracked) else {
+        return abort_socket(&tcp);
     };
-    let decision = evaluate(&state.authz_for(&workload), &attrs);
+    let connect = async { local.netns.socket(dst.ip())?.connect(dst).await };
+    let Ok(Ok(mut app)) = tokio::time::timeout(ctx.settings.connect_timeout, connect).await else {
+        return abort_socket(&tcp);
+    };
+    let meter = ctx.track_connection(labels(Direction::Inbound, None, Some(&workload.identity)));
+    let outcome = tokio::select! {
+        relayed = relay(&mut tcp, &mut app) => Ok(relayed),
+        closing = tracked.closed() => Err(closing),
+    };
+    let relayed = match outcome {
+        Ok(relayed) => relayed,
+        Err(closing) => {
+            abort_socket(&tcp);
+            abort_socket(&app);
+            return report_closed(&ctx.metrics, &tracked, &closing, &workload);
+        }
+    };
+    if let Ok((sent, received)) = relayed {
+        meter.sent.inc_by(sent);
+        meter.received.inc_by(received);
+        info!(target: ACCESS_LOG, decision = "allow", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), bytes_sent = sent, bytes_received = received, "plaintext connection complete (PERMISSIVE)");
+    }
+}
+
+/// Decides a plaintext connection against the current state (STRICT refuses it outright); the
+/// workload when it is allowed.
+fn admit(ctx: &Context, tracked: &Tracked) -> Option<Arc<Workload>> {
+    let conn = tracked.admitted();
+    let state = ctx.state();
+    let workload = state.workload(&conn.workload_uid).cloned()?;
+    let admission = decide(&state, &workload, conn);
+    let Some(decision) = admission.decision() else {
+        count_rejected(ctx, &workload);
+        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %conn.source_ip, destination = %workload.identity, port = conn.destination.port(), reason = %admission.reason(&workload), "connection denied");
+        return None;
+    };
     ctx.metrics
         .policy_decisions
         .get_or_create(&DecisionLabels {
@@ -102,19 +127,10 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
         })
         .inc();
     if !decision.allowed() {
-        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), policy = %decision.policy().map_or("-".to_owned(), ToString::to_string), "plaintext connection denied");
-        return abort_socket(&tcp);
+        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %conn.source_ip, destination = %workload.identity, port = conn.destination.port(), policy = %decision.policy().map_or("-".to_owned(), ToString::to_string), "plaintext connection denied");
+        return None;
     }
-    let connect = async { local.netns.socket(dst.ip())?.connect(dst).await };
-    let Ok(Ok(mut app)) = tokio::time::timeout(ctx.settings.connect_timeout, connect).await else {
-        return abort_socket(&tcp);
-    };
-    let meter = ctx.track_connection(labels(Direction::Inbound, None, Some(&workload.identity)));
-    if let Ok((sent, received)) = relay(&mut tcp, &mut app).await {
-        meter.sent.inc_by(sent);
-        meter.received.inc_by(received);
-        info!(target: ACCESS_LOG, decision = "allow", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), bytes_sent = sent, bytes_received = received, "plaintext connection complete (PERMISSIVE)");
-    }
+    Some(workload)
 }
 
 fn count_rejected(ctx: &Context, workload: &Workload) {

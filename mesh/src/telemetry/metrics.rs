@@ -242,7 +242,10 @@ pub struct Metrics {
     pub received_bytes: Family<ConnectionLabels, Counter>,
     /// Authorization decisions.
     pub policy_decisions: Family<DecisionLabels, Counter>,
-    /// Plaintext connections refused: under STRICT, or to a workload behind a waypoint.
+    /// Live connections closed because a re-check against a new mesh state denied them.
+    pub connections_closed_by_recheck: Family<DecisionLabels, Counter>,
+    /// Plaintext connections refused: under STRICT, to a workload behind a waypoint, or to an
+    /// address or port the mesh does not admit plaintext on.
     pub plaintext_rejected: Family<WorkloadLabels, Counter>,
     /// TLS handshakes that failed.
     pub handshake_failures: Family<HandshakeLabels, Counter>,
@@ -281,6 +284,7 @@ impl Metrics {
             sent_bytes: Family::default(),
             received_bytes: Family::default(),
             policy_decisions: Family::default(),
+            connections_closed_by_recheck: Family::default(),
             plaintext_rejected: Family::default(),
             handshake_failures: Family::default(),
             hbone_connections_opened: Family::default(),
@@ -318,6 +322,11 @@ impl Metrics {
             "policy_decisions",
             "Authorization decisions",
             m.policy_decisions.clone(),
+        );
+        r.register(
+            "connections_closed_by_recheck",
+            "Live connections closed because the policy re-checked on a mesh change denied them",
+            m.connections_closed_by_recheck.clone(),
         );
         r.register(
             "plaintext_rejected",

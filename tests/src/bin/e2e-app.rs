@@ -94,6 +94,26 @@ enum Mode {
         #[arg(long)]
         dir: std::path::PathBuf,
     },
+    /// Keep one connection to `addr` (a streaming echo server) ticking every `--interval-ms`;
+    /// print each echo, then how the connection ended.
+    Stream {
+        addr: SocketAddr,
+        #[arg(long, default_value = "100")]
+        interval_ms: u64,
+    },
+    /// Ask the CA at `ca` to sign a CSR of `--bytes` bytes for `identity`; print the answer's code.
+    OversizedCsr {
+        #[arg(long)]
+        ca: String,
+        #[arg(long)]
+        root: std::path::PathBuf,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        bytes: usize,
+    },
     /// Connect to `addr`, send `message`, half-close, print what comes back.
     Tcp {
         addr: SocketAddr,
@@ -111,8 +131,10 @@ async fn main() -> anyhow::Result<()> {
             let http_listener = TcpListener::bind(("0.0.0.0", http)).await?;
             let echo_listener = TcpListener::bind(("0.0.0.0", echo)).await?;
             let grpc_listener = TcpListener::bind(("0.0.0.0", GRPC_PORT)).await?;
+            let stream_listener = TcpListener::bind(("0.0.0.0", stream::STREAM_PORT)).await?;
             println!("serving {name}: http {http}, echo {echo}, grpc {GRPC_PORT}");
             tokio::spawn(serve_echo(echo_listener));
+            tokio::spawn(stream::serve(stream_listener));
             tokio::spawn(grpc::serve(grpc_listener));
             serve_http(http_listener, name).await
         }
@@ -141,6 +163,16 @@ async fn main() -> anyhow::Result<()> {
             root,
             token,
         } => probe::serve(&identity, &ca, &root, &token).await,
+        Mode::Stream { addr, interval_ms } => {
+            stream::client(addr, Duration::from_millis(interval_ms)).await
+        }
+        Mode::OversizedCsr {
+            ca,
+            root,
+            token,
+            identity,
+            bytes,
+        } => stream::oversized_csr(&ca, &root, &token, &identity, bytes).await,
         Mode::Tcp {
             addr,
             message,
@@ -159,6 +191,8 @@ async fn main() -> anyhow::Result<()> {
 
 #[path = "e2e-app/fake_api.rs"]
 mod fake_api;
+#[path = "e2e-app/stream.rs"]
+mod stream;
 
 /// Rogue HBONE peers, built from veil's own library.
 mod probe {

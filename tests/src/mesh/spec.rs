@@ -116,6 +116,8 @@ pub struct MeshSpec {
     pub ambient_namespaces: Vec<String>,
     /// Extra flags for every ztunnel (e.g. lower limits).
     pub ztunnel_args: Vec<String>,
+    /// Extra environment of every ztunnel (`VEIL_…` settings).
+    pub ztunnel_env: Vec<(String, String)>,
 }
 
 /// The mesh configuration for `spec` on `cluster`, with `policies`.

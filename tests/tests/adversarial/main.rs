@@ -3,4 +3,6 @@
 //! afterwards. One module per area of attack.
 
 mod budgets;
+mod bypass;
+mod live;
 mod waypoint;

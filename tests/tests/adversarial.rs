@@ -2,4 +2,5 @@
 //! run on the network-namespace harness; every case asserts the safe outcome and that the proxies
 //! stay ready. One module per class of attack.
 
+#[path = "adversarial/bypass.rs"]
 mod bypass;

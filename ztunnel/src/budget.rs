@@ -42,8 +42,9 @@ pub fn descriptors(resource: Resource) -> usize {
 }
 
 impl Limits {
-    /// Defaults for a process allowed `nofile` descriptors: three quarters of what is left after
-    /// the reserve, shared so that a pod may take at most a quarter of the node's budget of each.
+    /// Defaults for a process allowed `nofile` descriptors: at full use they hold five eighths of
+    /// what is left after the reserve (HBONE connections 1/8, tunnels 1/4, outbound and plaintext
+    /// 1/16 each at two descriptors apiece); a pod may take at most a quarter of each.
     pub fn for_nofile(nofile: usize) -> Self {
         let usable = nofile.saturating_sub(reserve(nofile));
         let hbone = usable / 8;

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Decides which log lines are written. Keys must come from a bounded set (an enum of reasons,
 /// perhaps with a direction): the limiter keeps one slot per key for its whole life.

@@ -7,9 +7,10 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sched::{CloneFlags, setns};
+use tokio::time::Instant;
 use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, skip_unless_root};
 
 const SETTLE: Duration = Duration::from_secs(10);

@@ -223,8 +223,10 @@ fn decode_component(raw: &str) -> Option<String> {
         bytes.push(match b {
             b'+' => b' ',
             b'%' => {
-                let digits = [input.next()?, input.next()?];
-                u8::from_str_radix(std::str::from_utf8(&digits).ok()?, 16).ok()?
+                // Two hex digits, nothing else (`from_str_radix` would also take a sign).
+                let mut digit = || char::from(input.next()?).to_digit(16);
+                let (hi, lo) = (digit()?, digit()?);
+                u8::try_from(hi * 16 + lo).ok()?
             }
             b => b,
         });
@@ -280,6 +282,7 @@ mod tests {
             ("to%zzken=abc&page=2", "REDACTED&page=2"),
             ("%ff%fe=abc;q=1", "REDACTED;q=1"),
             ("%=abc", "REDACTED"),
+            ("%+5token=abc", "REDACTED"),
             ("sess%69on=1;;&", "sess%69on=REDACTED;;&"),
             ("token", "token"),
             ("", ""),

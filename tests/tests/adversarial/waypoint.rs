@@ -144,8 +144,8 @@ fn start_nginx(mesh: &mut Mesh, bin: &Path, test: &str) -> PathBuf {
         &[&bin, "-p", &prefix, "-c", &conf, "-g", "daemon off;"],
     )
     .expect("starting nginx");
-    let ip = mesh.cluster.pod("backend").ip.to_string();
-    let url = format!("http://{ip}:{NGINX_PORT}/api/v1/profiles/public");
+    // Over loopback: the pod's own address is captured, and reachable only through the waypoint.
+    let url = format!("http://127.0.0.1:{NGINX_PORT}/api/v1/profiles/public");
     let netns = mesh.cluster.pod("backend").netns.clone();
     let up = mesh.eventually(Duration::from_secs(10), || {
         exec(&netns, &["curl", "-s", "-m", "1", &url])

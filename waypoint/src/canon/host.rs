@@ -53,7 +53,7 @@ pub fn canonicalize(raw: &[u8]) -> Result<String, HostError> {
 fn split_port(raw: &str) -> Result<(&str, Option<u16>), HostError> {
     let colon = if raw.starts_with('[') {
         let close = raw.find(']').ok_or(HostError::InvalidIpv6)?;
-        match raw[close + 1..].as_bytes().first() {
+        match raw.as_bytes().get(close + 1) {
             None => None,
             Some(b':') => Some(close + 1),
             Some(_) => return Err(HostError::InvalidIpv6),

@@ -83,7 +83,7 @@ fn decode(raw: &[u8], level: Normalization) -> Result<String, PathError> {
                     _ => return Err(PathError::InvalidPercent),
                 };
                 i += 2;
-                let byte = hi << 4 | lo;
+                let byte = (hi << 4) | lo;
                 match byte {
                     0 => return Err(PathError::EncodedNul),
                     b'/' | b'\\' if level == Normalization::DecodeAndMergeSlashes => out.push('/'),

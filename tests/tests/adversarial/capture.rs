@@ -364,6 +364,8 @@ fn plaintext_tcp_over_ipv6_link_local_into_an_enrolled_pod_is_refused() {
     let mut m = mesh();
     serve(&mut m, "client", "v6-server", TCP_SERVER, &["::", "9999"]);
     let target = link_local(&m, "client");
+    // The source's own link-local address must be usable too (duplicate address detection).
+    link_local(&m, "outsider");
     let reply = tcp(&m, "outsider", &target, 9999, "LINK-LOCAL-IN");
     assert!(!reply.contains("LINK-LOCAL-IN"), "{reply}");
     assert!(
@@ -382,6 +384,7 @@ fn plaintext_tcp_over_ipv6_link_local_out_of_an_enrolled_pod_is_captured_and_ref
     let mut m = mesh();
     serve(&mut m, "outsider", "v6-server", TCP_SERVER, &["::", "9999"]);
     let target = link_local(&m, "outsider");
+    link_local(&m, "client");
     let started = tokio::time::Instant::now();
     let reply = tcp(&m, "client", &target, 9999, "LINK-LOCAL-OUT");
     // Refused at once with a reset (not left to time out), and nothing reached the neighbour.
@@ -448,6 +451,7 @@ fn plaintext_udp_from_outside_the_mesh_into_an_enrolled_pod_is_dropped() {
     serve(&mut m, "client", "udp4", UDP_SERVER, &["0.0.0.0", "5353"]);
     serve(&mut m, "client", "udp6", UDP_SERVER, &["::", "5354"]);
     let v4 = udp(&m, "outsider", &ip(&m, "client"), 5353, "UDP-IN-V4");
+    link_local(&m, "outsider");
     let v6 = udp(&m, "outsider", &link_local(&m, "client"), 5354, "UDP-IN-V6");
     assert!(
         !v4.starts_with("REPLY") && !v6.starts_with("REPLY"),

@@ -56,6 +56,9 @@ const JUMPS: [(&str, &str, &str, &str); 4] = [
     ("nat", "PREROUTING", "-p tcp ", NAT_IN),
 ];
 
+/// IPv6 link-local unicast.
+const LINK_LOCAL_V6: &str = "fe80::/10";
+
 /// `iptables-restore` accepts at most 15 ports per `multiport` match.
 const MULTIPORT_MAX: usize = 15;
 
@@ -183,13 +186,22 @@ fn filter_in(family: Family) -> String {
 
 fn filter_out(family: Family, udp: &UdpAllowance) -> String {
     let icmp = family.icmp();
-    let mut out = format!(
+    let mut out = String::new();
+    if family == Family::V6 {
+        // IPv6 link-local is not redirected (see `nat_rules`): new TCP to a neighbour's link-local
+        // address is refused here, with a reset, so it never leaves the pod in plaintext (replies
+        // to connections into the pod, captured on 15006, are not new and pass).
+        out.push_str(&format!(
+            "-A {FILTER_OUT} ! -o lo -p tcp -d {LINK_LOCAL_V6} -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset\n"
+        ));
+    }
+    out.push_str(&format!(
         "-A {FILTER_OUT} -p tcp -j RETURN
 -A {FILTER_OUT} -o lo -j RETURN
 -A {FILTER_OUT} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
 -A {FILTER_OUT} -p {icmp} -j RETURN
 "
-    );
+    ));
     for chunk in udp.ports.chunks(MULTIPORT_MAX) {
         let ports: Vec<String> = chunk.iter().map(u16::to_string).collect();
         out.push_str(&format!(
@@ -210,10 +222,16 @@ fn filter_out(family: Family, udp: &UdpAllowance) -> String {
 
 fn nat_rules(family: Family) -> String {
     let (loopback, hbone) = (family.loopback(), HBONE_PORT);
+    // A connection to a neighbour's IPv6 link-local address is bound to an interface: redirected
+    // to `::1` it cannot be routed and hangs. It is left to the filter table, which resets it.
+    let link_local = match family {
+        Family::V4 => String::new(),
+        Family::V6 => format!("-A {NAT_OUT} -d {LINK_LOCAL_V6} -j RETURN\n"),
+    };
     format!(
         "-A {NAT_OUT} -m mark --mark {SOCKET_MARK:#x}/0xfff -j RETURN
 -A {NAT_OUT} -d {loopback} -j RETURN
--A {NAT_OUT} -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}
+{link_local}-A {NAT_OUT} -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}
 -A {NAT_IN} -p tcp --dport {hbone} -j RETURN
 -A {NAT_IN} -p tcp -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}
 "

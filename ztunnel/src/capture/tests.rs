@@ -150,3 +150,15 @@ fn ztunnel_never_connects_to_its_own_ports_loopback_or_link_local() {
     // Cloud metadata (IPv4 link-local) is an ordinary destination.
     assert_eq!(f("169.254.169.254:80"), None);
 }
+
+#[test]
+fn ipv6_link_local_tcp_out_is_reset_not_redirected_into_a_dead_end() {
+    let v6 = rules(Family::V6, &UdpAllowance::default(), &all_jumps());
+    let pos = |needle| position(&v6, needle);
+    assert!(pos("-A VEIL_OUTPUT -d fe80::/10 -j RETURN") < pos("REDIRECT --to-ports 15001"));
+    let reset = pos(
+        "-A VEIL_OUT_FILTER ! -o lo -p tcp -d fe80::/10 -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset",
+    );
+    assert!(reset < pos("-A VEIL_OUT_FILTER -p tcp -j RETURN"));
+    assert!(!rules(Family::V4, &UdpAllowance::default(), &[]).contains("fe80"));
+}

@@ -4,7 +4,9 @@
 //! the mesh's policies change under it: the connection must be cut once the new state denies it,
 //! and must keep flowing when the new state still allows it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, bin, skip_unless_root};
 

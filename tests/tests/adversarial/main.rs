@@ -4,5 +4,6 @@
 
 mod budgets;
 mod bypass;
+mod capture;
 mod live;
 mod waypoint;

@@ -154,9 +154,11 @@ impl Tracked {
     /// Completes when a re-check has found the connection denied and its grace has passed; never
     /// if it stays allowed (or is allowed again before the grace ends).
     pub async fn closed(&mut self) -> Closing {
+        // Only the deadline is kept across an await: this future lives in every tunnel's task, so
+        // the decision itself (and the timer, boxed) are taken only once a close is scheduled.
         loop {
-            let current = self.rx.borrow_and_update().clone();
-            match current {
+            let at = self.rx.borrow_and_update().as_ref().map(|c| c.at);
+            match at {
                 None => {
                     // The sender lives in the registry entry this guard keeps alive, so this never
                     // fails; if it did, nothing could ever ask to close: wait forever, not spin.
@@ -164,9 +166,16 @@ impl Tracked {
                         std::future::pending::<()>().await;
                     }
                 }
-                Some(closing) => {
+                Some(at) => {
                     tokio::select! {
-                        () = tokio::time::sleep_until(closing.at) => return closing,
+                        () = Box::pin(tokio::time::sleep_until(at)) => {
+                            // Reprieved (or rescheduled) while the timer ran: look again.
+                            if let Some(closing) = self.rx.borrow_and_update().clone()
+                                && closing.at <= Instant::now()
+                            {
+                                return closing;
+                            }
+                        }
                         _ = self.rx.changed() => {}
                     }
                 }

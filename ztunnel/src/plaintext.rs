@@ -18,8 +18,8 @@ use veil_mesh::telemetry::metrics::{
 };
 
 use crate::accept;
-use crate::budget::Permit;
 use crate::admission::{Admitted, decide};
+use crate::budget::Permit;
 use crate::capture::PROXY_PORTS;
 use crate::conntrack::{Tracked, report_closed};
 use crate::context::{Context, LocalWorkload, labels};

@@ -17,9 +17,9 @@ fuzz_target!(|data: &[u8]| {
     if data.len() >= MAX_SNIFF {
         assert!(verdict.is_some(), "undecided after {} bytes", data.len());
     }
-    // The same start followed by filler up to the limit must be decided: the waypoint reads at
+    // An undecided start followed by filler up to the limit must be decided: the waypoint reads at
     // most MAX_SNIFF bytes before it has to choose.
-    if data.len() < MAX_SNIFF {
+    if verdict.is_none() {
         let mut padded = data.to_vec();
         padded.resize(MAX_SNIFF, data.last().copied().unwrap_or(b' '));
         assert!(classify(&padded).is_some(), "undecided at the limit");

@@ -59,6 +59,28 @@ impl Backoff {
     }
 }
 
+/// [`serve`] for connections that one call of `handle` serves whole: the permit is held until it
+/// returns.
+pub async fn serve_each<F, Fut>(
+    ctx: Arc<Context>,
+    local: Arc<LocalWorkload>,
+    listener: TcpListener,
+    resource: Resource,
+    handle: F,
+) where
+    F: Fn(Arc<Context>, Arc<LocalWorkload>, TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let admit = |tcp, permit: Permit| {
+        let handling = handle(ctx.clone(), local.clone(), tcp);
+        async move {
+            handling.await;
+            drop(permit);
+        }
+    };
+    serve(ctx.clone(), local.clone(), listener, resource, admit).await;
+}
+
 /// Accepts connections on `listener` for `local` until it is dropped: each takes a `resource`
 /// permit and goes to `handler` in its own task, or is reset at once when over budget.
 pub async fn serve<F, Fut>(

@@ -21,7 +21,6 @@ use veil_mesh::telemetry::metrics::{
 };
 
 use crate::accept;
-use crate::budget::Permit;
 use crate::capture::{Forbidden, forbidden};
 use crate::context::{Context, LocalWorkload, UnknownDestination, labels};
 
@@ -164,22 +163,7 @@ fn to_workload(workload: &Arc<Workload>, target: SocketAddr) -> Route {
 
 /// Accepts captured connections of `local` until the listener is dropped.
 pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpListener) {
-    // The permit lives as long as the connection's task.
-    let admit = |tcp, permit: Permit| {
-        let handling = handle(ctx.clone(), local.clone(), tcp);
-        async move {
-            handling.await;
-            drop(permit);
-        }
-    };
-    accept::serve(
-        ctx.clone(),
-        local.clone(),
-        listener,
-        Resource::OutboundConnections,
-        admit,
-    )
-    .await;
+    accept::serve_each(ctx, local, listener, Resource::OutboundConnections, handle).await;
 }
 
 pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream) {

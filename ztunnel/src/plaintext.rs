@@ -19,7 +19,6 @@ use veil_mesh::telemetry::metrics::{
 
 use crate::accept;
 use crate::admission::{Admitted, decide};
-use crate::budget::Permit;
 use crate::capture::PROXY_PORTS;
 use crate::conntrack::{Tracked, report_closed};
 use crate::context::{Context, LocalWorkload, labels};
@@ -28,22 +27,7 @@ use crate::outbound::original_dst;
 
 /// Accepts plaintext connections for `local` until the listener is dropped.
 pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpListener) {
-    // The permit lives as long as the connection's task.
-    let admit = |tcp, permit: Permit| {
-        let handling = handle(ctx.clone(), local.clone(), tcp);
-        async move {
-            handling.await;
-            drop(permit);
-        }
-    };
-    accept::serve(
-        ctx.clone(),
-        local.clone(),
-        listener,
-        Resource::PlaintextConnections,
-        admit,
-    )
-    .await;
+    accept::serve_each(ctx, local, listener, Resource::PlaintextConnections, handle).await;
 }
 
 pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream) {

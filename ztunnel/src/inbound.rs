@@ -192,6 +192,7 @@ pub(crate) async fn stream_task(
             target: ACCESS_LOG,
             decision = "allow",
             source = %stream.peer,
+            source_ip = %stream.peer_addr.ip(),
             destination = %workload.identity,
             port = target.port(),
             duration_ms,

@@ -47,22 +47,24 @@ enum Mode {
         #[arg(long)]
         expect: String,
     },
-    /// An HBONE client with a genuine certificate for `identity` (from the CA with `token`) that
-    /// dials `addr` (a pod's 15008) directly and asks for `target`; prints the answer.
+    /// An HBONE client with a genuine certificate that dials `addr` (a pod's 15008) directly and
+    /// asks for `target`; prints the answer.
     HboneDirect {
         addr: SocketAddr,
         target: SocketAddr,
-        #[arg(long)]
-        identity: String,
-        #[arg(long)]
-        ca: String,
-        #[arg(long)]
-        root: std::path::PathBuf,
-        #[arg(long)]
-        token: String,
-        /// The identity the server must prove.
-        #[arg(long)]
-        expect: String,
+        #[command(flatten)]
+        peer: probe::Genuine,
+    },
+    /// An HBONE client with a genuine certificate that dials `addr` (a pod's 15008) directly and
+    /// sends, on that one connection, each of `requests` (`METHOD URI [NAME=VALUE]...`, e.g.
+    /// `CONNECT 127.0.0.1:8080` or `CONNECT 10.0.0.1:8080 forwarded=for=10.0.0.2`); prints
+    /// `URI STATUS` per request, `URI RESET …` for a refused stream, `URI INVALID` when the request
+    /// cannot be built.
+    HboneRaw {
+        addr: SocketAddr,
+        #[command(flatten)]
+        peer: probe::Genuine,
+        requests: Vec<String>,
     },
     /// An impostor HBONE server on 0.0.0.0:15008 with a genuine certificate for `identity`
     /// obtained from the CA with `token`.
@@ -148,15 +150,12 @@ async fn main() -> anyhow::Result<()> {
             root,
             expect,
         } => probe::foreign_root(addr, target, &identity, &root, &expect).await,
-        Mode::HboneDirect {
+        Mode::HboneDirect { addr, target, peer } => probe::direct(addr, target, &peer).await,
+        Mode::HboneRaw {
             addr,
-            target,
-            identity,
-            ca,
-            root,
-            token,
-            expect,
-        } => probe::direct(addr, target, &identity, &ca, &root, &token, &expect).await,
+            peer,
+            requests,
+        } => probe::raw(addr, &peer, &requests).await,
         Mode::HboneServe {
             identity,
             ca,
@@ -200,8 +199,11 @@ mod probe {
     use std::path::Path;
     use std::sync::Arc;
 
+    use anyhow::Context as _;
     use veil_e2e::certs::genuine;
-    use veil_mesh::hbone::{H2Client, H2Settings, TunnelMeta, connect_request, serve_connection};
+    use veil_mesh::hbone::{
+        ConnectError, H2Client, H2Settings, TunnelMeta, connect_request, serve_connection,
+    };
     use veil_mesh::identity::{Identity, TrustBundle, client_config, server_config};
     use veil_mesh::testing::TestPki;
 
@@ -230,19 +232,38 @@ mod probe {
         }
     }
 
+    /// A client with a genuine mesh certificate for `identity`, obtained from the CA at `ca` with
+    /// `token`, that verifies the server against `root` and expects it to be `expect`.
+    #[derive(clap::Args)]
+    pub(crate) struct Genuine {
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        ca: String,
+        #[arg(long)]
+        root: std::path::PathBuf,
+        #[arg(long)]
+        token: String,
+        /// The identity the server must prove.
+        #[arg(long)]
+        expect: String,
+    }
+
+    impl Genuine {
+        async fn dial(&self, addr: SocketAddr) -> anyhow::Result<H2Client> {
+            let (bundle, cert) = genuine(&self.identity, &self.ca, &self.root, &self.token).await?;
+            let tls = client_config(bundle, &cert, vec![Identity::parse(&self.expect)?]);
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            Ok(H2Client::handshake(tcp, tls, &H2Settings::default()).await?)
+        }
+    }
+
     pub(crate) async fn direct(
         addr: SocketAddr,
         target: SocketAddr,
-        identity: &str,
-        ca: &str,
-        root: &Path,
-        token: &str,
-        expect: &str,
+        peer: &Genuine,
     ) -> anyhow::Result<()> {
-        let (bundle, cert) = genuine(identity, ca, root, token).await?;
-        let tls = client_config(bundle, &cert, vec![Identity::parse(expect)?]);
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        let client = H2Client::handshake(tcp, tls, &H2Settings::default()).await?;
+        let client = peer.dial(addr).await?;
         match client
             .open(connect_request(target, &TunnelMeta::default()))
             .await
@@ -253,6 +274,37 @@ mod probe {
             }
             Err(e) => anyhow::bail!("REFUSED: {e}"),
         }
+    }
+
+    pub(crate) async fn raw(
+        addr: SocketAddr,
+        peer: &Genuine,
+        requests: &[String],
+    ) -> anyhow::Result<()> {
+        let client = peer.dial(addr).await?;
+        for spec in requests {
+            let mut words = spec.split_whitespace();
+            let (Some(method), Some(uri)) = (words.next(), words.next()) else {
+                anyhow::bail!("request {spec:?} is not `METHOD URI [NAME=VALUE]...`");
+            };
+            let mut builder = http::Request::builder().method(method).uri(uri);
+            for header in words {
+                let (name, value) = header
+                    .split_once('=')
+                    .with_context(|| format!("header {header:?} is not NAME=VALUE"))?;
+                builder = builder.header(name, value);
+            }
+            let Ok(request) = builder.body(()) else {
+                println!("{uri} INVALID");
+                continue;
+            };
+            match client.open(request).await {
+                Ok(_) => println!("{uri} 200"),
+                Err(ConnectError::Status(status)) => println!("{uri} {}", status.as_u16()),
+                Err(e) => println!("{uri} RESET {e}"),
+            }
+        }
+        Ok(())
     }
 
     pub(crate) async fn serve(

@@ -5,5 +5,6 @@
 mod budgets;
 mod bypass;
 mod capture;
+mod hbone;
 mod live;
 mod waypoint;

@@ -170,14 +170,16 @@ impl GrpcCaClient {
     }
 }
 
-/// Refusals are final for this request; anything else is the CA being unavailable.
+/// Refusals are final for this request (asking again unchanged gets the same answer; the CA refuses
+/// an oversized request with `OUT_OF_RANGE`); anything else is the CA being unavailable.
 fn classify(status: tonic::Status) -> CaClientError {
     use tonic::Code;
     match status.code() {
         Code::Unauthenticated
         | Code::PermissionDenied
         | Code::InvalidArgument
-        | Code::FailedPrecondition => CaClientError::Refused {
+        | Code::FailedPrecondition
+        | Code::OutOfRange => CaClientError::Refused {
             code: status.code(),
             message: status.message().to_owned(),
         },
@@ -229,5 +231,41 @@ impl tower::Service<Uri> for CaConnector {
             tcp.set_nodelay(true)?;
             Ok(TokioIo::new(tls.connect(server_name, tcp).await?))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::{Code, Status};
+
+    use super::{CaClientError, classify};
+
+    #[test]
+    fn refusals_and_unavailability_are_told_apart() {
+        for code in [
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::InvalidArgument,
+            Code::FailedPrecondition,
+            Code::OutOfRange,
+        ] {
+            let error = classify(Status::new(code, "no"));
+            assert!(
+                matches!(&error, CaClientError::Refused { code: c, message } if *c == code && message == "no"),
+                "{code:?}: {error}"
+            );
+        }
+        for code in [
+            Code::Unavailable,
+            Code::Internal,
+            Code::DeadlineExceeded,
+            Code::Unknown,
+        ] {
+            let error = classify(Status::new(code, "busy"));
+            assert!(
+                matches!(error, CaClientError::Unavailable(_)),
+                "{code:?}: {error}"
+            );
+        }
     }
 }

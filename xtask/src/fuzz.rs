@@ -255,9 +255,15 @@ fn print_table(rows: &[(String, Stats)]) {
         "target", "executions", "exec/s", "seconds", "cov", "ft", "corpus"
     );
     for (target, s) in rows {
+        // libFuzzer divides by whole seconds: a run shorter than one second reports 0, shown as `-`.
+        let rate = if s.exec_per_sec == 0 && s.runs > 0 {
+            "-".to_owned()
+        } else {
+            s.exec_per_sec.to_string()
+        };
         println!(
             "{:<16} {:>12} {:>8} {:>8.0} {:>7} {:>7} {:>7}",
-            target, s.runs, s.exec_per_sec, s.seconds, s.cov, s.ft, s.corpus
+            target, s.runs, rate, s.seconds, s.cov, s.ft, s.corpus
         );
     }
 }

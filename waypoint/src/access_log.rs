@@ -215,23 +215,24 @@ impl AccessLog {
 }
 
 /// A query component as an application reads it (`application/x-www-form-urlencoded`): `+` is a
-/// space, `%XX` a byte; `None` if an escape is invalid or the bytes are not UTF-8.
+/// space, `%XX` a byte; `None` if an escape is not `%` and two hex digits (applications disagree on
+/// those) or the bytes are not UTF-8.
 fn decode_component(raw: &str) -> Option<String> {
-    let mut bytes = Vec::with_capacity(raw.len());
-    let mut input = raw.bytes();
-    while let Some(b) = input.next() {
-        bytes.push(match b {
-            b'+' => b' ',
-            b'%' => {
-                // Two hex digits, nothing else (`from_str_radix` would also take a sign).
-                let mut digit = || char::from(input.next()?).to_digit(16);
-                let (hi, lo) = (digit()?, digit()?);
-                u8::try_from(hi * 16 + lo).ok()?
-            }
-            b => b,
-        });
+    let bytes = raw.as_bytes();
+    let escapes_valid = bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_valid {
+        return None;
     }
-    String::from_utf8(bytes).ok()
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 #[cfg(test)]

@@ -26,8 +26,16 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(canonical) = host::canonicalize(raw) {
         let again = host::canonicalize(canonical.as_bytes());
-        assert_eq!(again.as_deref().ok(), Some(canonical.as_str()), "host not a fixed point");
-        assert_eq!(canonical, canonical.to_ascii_lowercase(), "host not lower-case");
+        assert_eq!(
+            again.as_deref().ok(),
+            Some(canonical.as_str()),
+            "host not a fixed point"
+        );
+        assert_eq!(
+            canonical,
+            canonical.to_ascii_lowercase(),
+            "host not lower-case"
+        );
     }
 });
 
@@ -36,13 +44,20 @@ fn check_path(canonical: &str, level: Normalization) {
         return;
     }
     let again = path::canonicalize(canonical.as_bytes(), level);
-    assert_eq!(again.as_deref().ok(), Some(canonical), "path not a fixed point at {level:?}");
+    assert_eq!(
+        again.as_deref().ok(),
+        Some(canonical),
+        "path not a fixed point at {level:?}"
+    );
     assert!(
         !canonical.split('/').any(|s| s == "." || s == ".."),
         "dot segment left in {canonical:?} at {level:?}"
     );
     assert!(!canonical.contains('\\'), "backslash left in {canonical:?}");
     if level != Normalization::Base {
-        assert!(!canonical.contains("//"), "empty segment left in {canonical:?}");
+        assert!(
+            !canonical.contains("//"),
+            "empty segment left in {canonical:?}"
+        );
     }
 }

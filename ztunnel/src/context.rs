@@ -1,7 +1,7 @@
 //! What every connection handler shares: the current mesh state, certificates, the pool, metrics,
 //! and settings. Plus the per-pod state of an enrolled workload.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use veil_mesh::telemetry::metrics::{ConnectionLabels, Counter, Direction, Metric
 
 use crate::accept::LogKey;
 use crate::budget::{Budgets, Limits, PodBudget};
-use crate::capture::UdpAllowance;
+use crate::capture::{PROXY_PORTS, UdpAllowance};
 use crate::conntrack::LiveConnections;
 use crate::netns::NetNs;
 
@@ -192,5 +192,18 @@ impl LocalWorkload {
             .iter()
             .copied()
             .find(|ip| ip.is_ipv4() == peer.is_ipv4())
+    }
+
+    /// Why a connection into the pod for `dst` must be refused before any policy runs: `dst` is
+    /// not one of the pod's mesh addresses (loopback, another pod, IPv6 link-local…) or is one of
+    /// ztunnel's own ports. `None` when the pod serves it.
+    pub fn misdirected(&self, dst: SocketAddr) -> Option<&'static str> {
+        if !self.workload.ips.contains(&dst.ip()) {
+            Some("not one of the workload's mesh addresses")
+        } else if PROXY_PORTS.contains(&dst.port()) {
+            Some("a proxy port")
+        } else {
+            None
+        }
     }
 }

@@ -17,6 +17,7 @@ use veil_mesh::discovery::Workload;
 use veil_mesh::hbone::{
     ConnectError, InboundStream, abort_socket, parse_connect, refuse, serve_connection_with, splice,
 };
+use veil_mesh::identity::Identity;
 use veil_mesh::policy::{Decision, PolicyId};
 use veil_mesh::telemetry::metrics::{
     DecisionLabels, Direction, HandshakeLabels, Outcome, PolicyLabel, Principal, Resource,
@@ -25,7 +26,6 @@ use veil_mesh::telemetry::metrics::{
 use crate::accept;
 use crate::admission::{Admitted, decide};
 use crate::budget::Permit;
-use crate::capture::PROXY_PORTS;
 use crate::conntrack::{Tracked, report_closed};
 use crate::context::{Context, LocalWorkload, labels};
 
@@ -219,7 +219,13 @@ fn admit(
     };
     let admission = decide(&state, &workload, tracked.admitted());
     let decision = admission.decision();
-    count_decision(ctx, stream, local, admission.allowed(), decision);
+    count_decision(
+        ctx,
+        Some(&stream.peer),
+        &local.workload.identity,
+        admission.allowed(),
+        decision.and_then(Decision::policy),
+    );
     if !admission.allowed() {
         warn!(
             target: ACCESS_LOG,
@@ -254,20 +260,22 @@ fn check_target(local: &LocalWorkload, stream: &mut InboundStream) -> Option<Soc
             return None;
         }
     };
-    if !local.workload.ips.contains(&target.ip()) || PROXY_PORTS.contains(&target.port()) {
-        warn!(source = %stream.peer, workload = %local.workload.key(), %target, "HBONE request for another destination");
+    if let Some(misdirected) = local.misdirected(target) {
+        warn!(source = %stream.peer, workload = %local.workload.key(), %target, reason = misdirected, "HBONE request for another destination");
         refuse(&mut stream.respond, StatusCode::BAD_REQUEST);
         return None;
     }
     Some(target)
 }
 
-fn count_decision(
+/// Counts one policy decision about a connection from `source` (`None`: plaintext) to
+/// `destination`, and the policy that made it.
+pub(crate) fn count_decision(
     ctx: &Context,
-    stream: &InboundStream,
-    local: &LocalWorkload,
+    source: Option<&Identity>,
+    destination: &Identity,
     allowed: bool,
-    decision: Option<&Decision>,
+    policy: Option<&PolicyId>,
 ) {
     ctx.metrics
         .policy_decisions
@@ -277,9 +285,9 @@ fn count_decision(
             } else {
                 Outcome::Deny
             },
-            policy: PolicyLabel(decision.and_then(Decision::policy).cloned()),
-            source_identity: Principal(Some(stream.peer.clone())),
-            destination_identity: Principal(Some(local.workload.identity.clone())),
+            policy: PolicyLabel(policy.cloned()),
+            source_identity: Principal(source.cloned()),
+            destination_identity: Principal(Some(destination.clone())),
         })
         .inc();
 }

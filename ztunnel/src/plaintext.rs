@@ -13,16 +13,13 @@ use tracing::{info, warn};
 use veil_mesh::discovery::Workload;
 use veil_mesh::hbone::abort_socket;
 use veil_mesh::relay::relay;
-use veil_mesh::telemetry::metrics::{
-    DecisionLabels, Direction, Outcome, PolicyLabel, Principal, Resource, WorkloadLabels,
-};
+use veil_mesh::telemetry::metrics::{Direction, Resource, WorkloadLabels};
 
 use crate::accept;
 use crate::admission::{Admitted, decide};
-use crate::capture::PROXY_PORTS;
 use crate::conntrack::{Tracked, report_closed};
 use crate::context::{Context, LocalWorkload, labels};
-use crate::inbound::ACCESS_LOG;
+use crate::inbound::{ACCESS_LOG, count_decision};
 use crate::outbound::original_dst;
 
 /// Accepts plaintext connections for `local` until the listener is dropped.
@@ -39,15 +36,9 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
     };
     // An address the mesh does not list for the pod (IPv6 link-local, which every pod has) has no
     // PeerAuthentication of its own: plaintext there is refused whatever the mode, never admitted.
-    let refused = if !local.workload.ips.contains(&dst.ip()) {
-        Some("plaintext refused: not one of the workload's mesh addresses")
-    } else if PROXY_PORTS.contains(&dst.port()) {
-        Some("plaintext refused: a proxy port")
-    } else {
-        None
-    };
-    if let Some(reason) = refused {
+    if let Some(misdirected) = local.misdirected(dst) {
         count_rejected(&ctx, &local.workload);
+        let reason = format!("plaintext refused: {misdirected}");
         warn!(target: ACCESS_LOG, decision = "deny", source_ip = %peer.ip(), destination = %local.workload.identity, destination_ip = %dst.ip(), port = dst.port(), reason, "connection denied");
         return abort_socket(&tcp);
     }
@@ -97,19 +88,13 @@ fn admit(ctx: &Context, tracked: &Tracked) -> Option<Arc<Workload>> {
         warn!(target: ACCESS_LOG, decision = "deny", source_ip = %conn.source_ip, destination = %workload.identity, port = conn.destination.port(), reason = %admission.reason(&workload), "connection denied");
         return None;
     };
-    ctx.metrics
-        .policy_decisions
-        .get_or_create(&DecisionLabels {
-            decision: if decision.allowed() {
-                Outcome::Allow
-            } else {
-                Outcome::Deny
-            },
-            policy: PolicyLabel(decision.policy().cloned()),
-            source_identity: Principal(None),
-            destination_identity: Principal(Some(workload.identity.clone())),
-        })
-        .inc();
+    count_decision(
+        ctx,
+        None,
+        &workload.identity,
+        decision.allowed(),
+        decision.policy(),
+    );
     if !decision.allowed() {
         warn!(target: ACCESS_LOG, decision = "deny", source_ip = %conn.source_ip, destination = %workload.identity, port = conn.destination.port(), policy = %decision.policy().map_or("-".to_owned(), ToString::to_string), "plaintext connection denied");
         return None;

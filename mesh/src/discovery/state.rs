@@ -111,8 +111,15 @@ impl MeshState {
             .iter()
             .flat_map(|w| w.ips.iter().map(|ip| (*ip, w.reference())))
             .collect();
-        let mut workloads = assemble::workloads(workloads, &waypoint_ips, &mut rejected);
-        let services = assemble::services(services, &workloads, &waypoint_ips, &mut rejected);
+        let (mut workloads, workload_ips) =
+            assemble::workloads(workloads, &waypoint_ips, &mut rejected);
+        let services = assemble::services(
+            services,
+            &workloads,
+            &workload_ips,
+            &waypoint_ips,
+            &mut rejected,
+        );
         assemble::front(&mut workloads, &services, &mut rejected);
         let authz = assemble::unique("AuthorizationPolicy", authz, |p| &p.id, &mut rejected);
         let peer_auth = assemble::unique("PeerAuthentication", peer_auth, |p| &p.id, &mut rejected);

@@ -28,10 +28,10 @@ pub(super) fn waypoints(all: Vec<Waypoint>, rejected: &mut Vec<ConfigError>) -> 
     }
     let mut out = Vec::with_capacity(all.len());
     for w in all {
-        let object = format!("waypoint {}", w.reference());
+        let object = || format!("waypoint {}", w.reference());
         if names[&w.reference()] > 1 {
             rejected.push(ConfigError::invalid(
-                object,
+                object(),
                 "defined twice; no definition is used, traffic bound to it is refused",
             ));
             continue;
@@ -39,7 +39,7 @@ pub(super) fn waypoints(all: Vec<Waypoint>, rejected: &mut Vec<ConfigError>) -> 
         // A waypoint may list one address twice; only another waypoint's claim is a conflict.
         if let Some(ip) = w.ips.iter().find(|ip| owners[*ip].len() > 1) {
             rejected.push(ConfigError::invalid(
-                object,
+                object(),
                 format!("address {ip} is used twice; left out, traffic bound to it is refused"),
             ));
             continue;
@@ -50,17 +50,17 @@ pub(super) fn waypoints(all: Vec<Waypoint>, rejected: &mut Vec<ConfigError>) -> 
 }
 
 /// The workloads whose uid and addresses are unique; of two that claim one, the first is kept.
-/// An address of a waypoint is never a workload's.
+/// An address of a waypoint is never a workload's. Also returns which workload (its key) each kept
+/// address belongs to.
 pub(super) fn workloads(
     all: Vec<Workload>,
     waypoint_ips: &HashMap<IpAddr, WaypointRef>,
     rejected: &mut Vec<ConfigError>,
-) -> Vec<Workload> {
+) -> (Vec<Workload>, HashMap<IpAddr, String>) {
     let mut by_ip: HashMap<IpAddr, String> = HashMap::new();
     let mut uids = HashSet::new();
     let mut out = Vec::with_capacity(all.len());
     for w in all {
-        let object = format!("workload {}", w.key());
         let conflict = w.ips.iter().find_map(|ip| {
             if let Some(wp) = waypoint_ips.get(ip) {
                 return Some(format!("address {ip} is also waypoint {wp}"));
@@ -73,28 +73,28 @@ pub(super) fn workloads(
                 .then(|| format!("uid {:?} is used twice", w.uid))
         });
         if let Some(reason) = conflict {
-            rejected.push(ConfigError::invalid(object, reason));
+            rejected.push(ConfigError::invalid(
+                format!("workload {}", w.key()),
+                reason,
+            ));
             continue;
         }
         uids.insert(w.uid.clone());
         by_ip.extend(w.ips.iter().map(|ip| (*ip, w.key())));
         out.push(w);
     }
-    out
+    (out, by_ip)
 }
 
 /// The services whose addresses collide with nothing (the first of two is kept), each with the
-/// workloads it selects.
+/// workloads it selects. `workload_ips` is what [`workloads`] returned with `workloads`.
 pub(super) fn services(
     all: Vec<Service>,
     workloads: &[Workload],
+    workload_ips: &HashMap<IpAddr, String>,
     waypoint_ips: &HashMap<IpAddr, WaypointRef>,
     rejected: &mut Vec<ConfigError>,
 ) -> Vec<Service> {
-    let workload_ips: HashMap<IpAddr, String> = workloads
-        .iter()
-        .flat_map(|w| w.ips.iter().map(|ip| (*ip, w.key())))
-        .collect();
     let mut vips: HashMap<IpAddr, String> = HashMap::new();
     let mut out = Vec::with_capacity(all.len());
     for mut service in all {

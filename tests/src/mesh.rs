@@ -495,19 +495,12 @@ impl Mesh {
 
     /// The readiness answer of `node`'s ztunnel.
     pub fn readiness(&self, node: &str) -> String {
-        let netns = &self.cluster.node(node).netns;
-        exec(
-            netns,
-            &[
-                "curl",
-                "-s",
-                "-m",
-                "2",
-                "http://127.0.0.1:15021/healthz/ready",
-            ],
-        )
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+        ready_answer(&self.cluster.node(node).netns)
+    }
+
+    /// The readiness answer of the waypoint called `name`.
+    pub fn waypoint_readiness(&self, name: &str) -> String {
+        ready_answer(&self.cluster.pod(name).netns)
     }
 
     /// Takes pod `pod` out of the mesh (or puts it back) in the configuration.
@@ -737,6 +730,14 @@ fn start_ca(
     ca.wait_for("veil-ca serving", Duration::from_secs(20))
         .context("starting veil-ca")?;
     Ok(ca)
+}
+
+/// What the readiness endpoint (15021) in namespace `netns` answers; empty if it does not.
+fn ready_answer(netns: &str) -> String {
+    let url = "http://127.0.0.1:15021/healthz/ready";
+    exec(netns, &["curl", "-s", "-m", "2", url])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// Unmounts the pinned namespaces under `dir` (they would otherwise outlive the cluster).

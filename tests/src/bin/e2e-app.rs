@@ -69,14 +69,8 @@ enum Mode {
     /// An impostor HBONE server on 0.0.0.0:15008 with a genuine certificate for `identity`
     /// obtained from the CA with `token`.
     HboneServe {
-        #[arg(long)]
-        identity: String,
-        #[arg(long)]
-        ca: String,
-        #[arg(long)]
-        root: std::path::PathBuf,
-        #[arg(long)]
-        token: String,
+        #[command(flatten)]
+        creds: probe::Creds,
     },
     /// Send requests (`METHOD:/path`) one after the other on a single connection to `addr`, HTTP/1.1
     /// keep-alive or HTTP/2 with prior knowledge; print `STATUS METHOD PATH` for each.
@@ -105,14 +99,8 @@ enum Mode {
     },
     /// Ask the CA at `ca` to sign a CSR of `--bytes` bytes for `identity`; print the answer's code.
     OversizedCsr {
-        #[arg(long)]
-        ca: String,
-        #[arg(long)]
-        root: std::path::PathBuf,
-        #[arg(long)]
-        token: String,
-        #[arg(long)]
-        identity: String,
+        #[command(flatten)]
+        creds: probe::Creds,
         #[arg(long)]
         bytes: usize,
     },
@@ -156,22 +144,14 @@ async fn main() -> anyhow::Result<()> {
             peer,
             requests,
         } => probe::raw(addr, &peer, &requests).await,
-        Mode::HboneServe {
-            identity,
-            ca,
-            root,
-            token,
-        } => probe::serve(&identity, &ca, &root, &token).await,
+        Mode::HboneServe { creds } => probe::serve(&creds).await,
         Mode::Stream { addr, interval_ms } => {
             stream::client(addr, Duration::from_millis(interval_ms)).await
         }
-        Mode::OversizedCsr {
-            ca,
-            root,
-            token,
-            identity,
-            bytes,
-        } => stream::oversized_csr(&ca, &root, &token, &identity, bytes).await,
+        Mode::OversizedCsr { creds, bytes } => {
+            stream::oversized_csr(&creds.ca, &creds.root, &creds.token, &creds.identity, bytes)
+                .await
+        }
         Mode::Tcp {
             addr,
             message,
@@ -232,18 +212,25 @@ mod probe {
         }
     }
 
-    /// A client with a genuine mesh certificate for `identity`, obtained from the CA at `ca` with
-    /// `token`, that verifies the server against `root` and expects it to be `expect`.
+    /// A workload's standing at the CA: a genuine certificate for `identity` is asked of the CA at
+    /// `ca` with `token`; `root` is the mesh root.
+    #[derive(clap::Args)]
+    pub(crate) struct Creds {
+        #[arg(long)]
+        pub(crate) identity: String,
+        #[arg(long)]
+        pub(crate) ca: String,
+        #[arg(long)]
+        pub(crate) root: std::path::PathBuf,
+        #[arg(long)]
+        pub(crate) token: String,
+    }
+
+    /// A client with a genuine mesh certificate that expects the server to be `expect`.
     #[derive(clap::Args)]
     pub(crate) struct Genuine {
-        #[arg(long)]
-        identity: String,
-        #[arg(long)]
-        ca: String,
-        #[arg(long)]
-        root: std::path::PathBuf,
-        #[arg(long)]
-        token: String,
+        #[command(flatten)]
+        creds: Creds,
         /// The identity the server must prove.
         #[arg(long)]
         expect: String,
@@ -251,7 +238,8 @@ mod probe {
 
     impl Genuine {
         async fn dial(&self, addr: SocketAddr) -> anyhow::Result<H2Client> {
-            let (bundle, cert) = genuine(&self.identity, &self.ca, &self.root, &self.token).await?;
+            let c = &self.creds;
+            let (bundle, cert) = genuine(&c.identity, &c.ca, &c.root, &c.token).await?;
             let tls = client_config(bundle, &cert, vec![Identity::parse(&self.expect)?]);
             let tcp = tokio::net::TcpStream::connect(addr).await?;
             Ok(H2Client::handshake(tcp, tls, &H2Settings::default()).await?)
@@ -307,13 +295,9 @@ mod probe {
         Ok(())
     }
 
-    pub(crate) async fn serve(
-        identity: &str,
-        ca: &str,
-        root: &Path,
-        token: &str,
-    ) -> anyhow::Result<()> {
-        let (bundle, cert) = genuine(identity, ca, root, token).await?;
+    pub(crate) async fn serve(creds: &Creds) -> anyhow::Result<()> {
+        let identity = &creds.identity;
+        let (bundle, cert) = genuine(identity, &creds.ca, &creds.root, &creds.token).await?;
         let tls = server_config(
             bundle,
             Arc::new(veil_mesh::identity::FixedCert(cert.certified_key().clone())),

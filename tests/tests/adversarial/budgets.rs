@@ -13,7 +13,8 @@ use nix::sched::{CloneFlags, setns};
 use tokio::time::Instant;
 use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, skip_unless_root};
 
-const SETTLE: Duration = Duration::from_secs(10);
+use crate::SETTLE;
+
 /// Requests another pod makes while an attack runs: every one must succeed.
 const PROBES: usize = 10;
 

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use serde_json::json;
-use veil_e2e::cluster::exec;
 use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, bin, skip_unless_root};
 
 const VIP: &str = "10.96.0.20";
@@ -86,20 +85,8 @@ fn assert_proxies_ready(m: &mut Mesh) {
             .expect("ztunnel ready after the attack");
     }
     if m.waypoints.contains_key("waypoint") {
-        let netns = m.cluster.pod("waypoint").netns.clone();
-        let out = exec(
-            &netns,
-            &[
-                "curl",
-                "-s",
-                "-m",
-                "2",
-                "http://127.0.0.1:15021/healthz/ready",
-            ],
-        )
-        .unwrap();
         assert!(
-            String::from_utf8_lossy(&out.stdout).starts_with("ready"),
+            m.waypoint_readiness("waypoint").starts_with("ready"),
             "waypoint not ready: {}",
             m.waypoint_log("waypoint")
         );

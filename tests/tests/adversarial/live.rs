@@ -10,7 +10,8 @@ use tokio::time::Instant;
 
 use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, bin, skip_unless_root};
 
-const SETTLE: Duration = Duration::from_secs(10);
+use crate::{SETTLE, apply};
+
 /// The streaming echo port of the test application.
 const STREAM_PORT: u16 = 7070;
 
@@ -78,22 +79,6 @@ fn stream_state(m: &Mesh, name: &str) -> (u64, Option<String>) {
         .find(|l| l.starts_with("closed after"))
         .map(str::to_owned);
     (ticks, closed)
-}
-
-/// Applies `policies` and waits until node-b's ztunnel has applied them (a new state published).
-fn apply(m: &mut Mesh, policies: &str) {
-    let applied = |m: &Mesh| {
-        m.ztunnel_log("node-b")
-            .matches("applied new mesh configuration")
-            .count()
-    };
-    let before = applied(m);
-    m.set_policies(policies).unwrap();
-    assert!(
-        m.eventually(SETTLE, || applied(m) > before),
-        "node-b never applied the new policies:\n{}",
-        m.ztunnel_log("node-b")
-    );
 }
 
 /// The stream keeps flowing for `for_how_long`: more ticks echoed, no end.

@@ -216,19 +216,7 @@ impl Fixture {
                 "nginx was asked for {protected}:\n{served}"
             );
         }
-        let netns = &self.mesh.cluster.pod("waypoint").netns;
-        let ready = exec(
-            netns,
-            &[
-                "curl",
-                "-s",
-                "-m",
-                "2",
-                "http://127.0.0.1:15021/healthz/ready",
-            ],
-        )
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+        let ready = self.mesh.waypoint_readiness("waypoint");
         assert!(ready.starts_with("ready"), "waypoint not ready: {ready:?}");
     }
 

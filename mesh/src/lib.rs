@@ -10,3 +10,4 @@ pub mod relay;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod xds;

@@ -2,10 +2,10 @@
 //! per change and evaluated without allocation. ztunnel evaluates the L4 part, the waypoint L4 + L7,
 //! with this one implementation.
 
-mod compile;
+pub(crate) mod compile;
 mod eval;
 mod index;
-mod matcher;
+pub(crate) mod matcher;
 mod peer_auth;
 
 pub use compile::{
@@ -14,7 +14,9 @@ pub use compile::{
 pub use eval::{Attributes, Decision, DenyReason, HttpAttributes, Verdict, evaluate};
 pub use index::PolicyIndex;
 pub use matcher::Truth;
-pub use peer_auth::{PeerAuthPolicy, PeerMode, compile_peer_auth, resolve_peer_mode};
+pub use peer_auth::{
+    PeerAuthPolicy, PeerMode, PeerProfile, compile_peer_auth, peer_profile, resolve_peer_mode,
+};
 
 #[cfg(test)]
 mod tests;

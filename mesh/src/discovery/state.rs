@@ -11,8 +11,8 @@ use super::model::{Service, Waypoint, WaypointRef, Workload};
 mod assemble;
 
 use crate::policy::{
-    AuthzPolicy, PeerAuthPolicy, PeerMode, PolicyError, PolicyId, PolicyIndex, Target,
-    resolve_peer_mode,
+    AuthzPolicy, PeerAuthPolicy, PeerMode, PeerProfile, PolicyError, PolicyId, PolicyIndex, Target,
+    peer_profile, resolve_peer_mode,
 };
 
 /// Settings every source shares.
@@ -291,6 +291,17 @@ impl MeshState {
             &workload.namespace,
             &workload.labels,
             port,
+        )
+    }
+
+    /// What every port of `workload` accepts.
+    pub fn peer_profile(&self, workload: &Workload) -> PeerProfile {
+        let settings = self.settings();
+        peer_profile(
+            &self.peer_auth,
+            &settings.root_namespace,
+            &workload.namespace,
+            &workload.labels,
         )
     }
 

@@ -11,7 +11,7 @@ use veil_crd::peer_authentication::{MtlsMode, PeerAuthenticationSpec};
 use super::compile::{PolicyError, PolicyId};
 
 /// What a workload port accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum PeerMode {
     /// Only mutual TLS (HBONE).
     Strict,
@@ -110,4 +110,36 @@ pub fn resolve_peer_mode(
         }
     }
     PeerMode::Strict
+}
+
+/// What every port of one workload accepts: a mode for all ports, and the ports that differ.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerProfile {
+    /// The mode of any port not listed in `exceptions`.
+    pub default: PeerMode,
+    /// Ports whose mode is not `default` (the other mode), sorted.
+    pub exceptions: Vec<u16>,
+}
+
+/// The [`PeerProfile`] of a workload of `namespace` with `labels`: [`resolve_peer_mode`] for every
+/// port at once.
+pub fn peer_profile(
+    policies: &[PeerAuthPolicy],
+    root_namespace: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> PeerProfile {
+    let mode = |port| resolve_peer_mode(policies, root_namespace, namespace, labels, port);
+    // Port 0 is never a port-level entry (compilation refuses it): it resolves as any unlisted port.
+    let default = mode(0);
+    let listed: std::collections::BTreeSet<u16> = policies
+        .iter()
+        .filter(|p| &*p.id.namespace == namespace)
+        .flat_map(|p| p.ports.keys().copied())
+        .collect();
+    let exceptions = listed.into_iter().filter(|p| mode(*p) != default).collect();
+    PeerProfile {
+        default,
+        exceptions,
+    }
 }

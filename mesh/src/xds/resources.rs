@@ -1,0 +1,425 @@
+//! A [`MeshState`] as the set of xDS resources a ztunnel subscribes to, each with a content version.
+//!
+//! Names follow Istio: a workload is named by its `uid` (`Kubernetes//Pod/<namespace>/<name>`), a
+//! service by `<namespace>/<hostname>`, an Authorization by `<namespace>/<name>`. What veil decides
+//! that Istio's schema has no field for is expressed as Authorizations veil generates, so that any
+//! ztunnel that enforces Istio's Authorizations enforces it too. They live in the root namespace and
+//! their names contain `:`, which no Kubernetes object name can, so they never collide with a policy
+//! of a user:
+//!
+//! - `veil:deny-all` — a workload two waypoints claim, or whose waypoint does not exist, admits
+//!   nothing;
+//! - `veil:waypoint-only:<namespace>.<name>` — a workload behind a waypoint admits only that
+//!   waypoint's identity (its policies are the waypoint's to enforce);
+//! - `veil:peer-strict`, `veil:peer-strict-except:<ports>` and `veil:peer-strict-on:<ports>` — the
+//!   ports where PeerAuthentication refuses plaintext.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::authorization::{authorization, ip_bytes};
+use super::proto::istio::security as sec;
+use super::proto::istio::workload as wl;
+use crate::discovery::{MeshState, Service, Waypoint, WaypointRef, Workload};
+use crate::identity::Identity;
+use crate::policy::{PeerMode, PeerProfile, Scope};
+
+/// The cluster id veil reports (Istio's default for a single cluster).
+pub const CLUSTER_ID: &str = "Kubernetes";
+/// The DNS domain of Service hostnames.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// The name prefix of the generated policies that admit only a waypoint.
+pub const WAYPOINT_ONLY_PREFIX: &str = "veil:waypoint-only:";
+const DENY_ALL: &str = "veil:deny-all";
+const PEER_STRICT: &str = "veil:peer-strict";
+/// The port HBONE is served on.
+const HBONE_PORT: u32 = 15008;
+
+/// The two resource types a ztunnel subscribes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `istio.workload.Address`: workloads and services.
+    Address,
+    /// `istio.security.Authorization`.
+    Authorization,
+}
+
+impl Kind {
+    /// Both kinds.
+    pub const ALL: [Kind; 2] = [Kind::Address, Kind::Authorization];
+
+    /// Its type URL.
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Self::Address => super::ADDRESS_TYPE,
+            Self::Authorization => super::AUTHORIZATION_TYPE,
+        }
+    }
+
+    /// The kind of a type URL.
+    pub fn from_type_url(url: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.type_url() == url)
+    }
+}
+
+/// One resource: its encoded message and a version that changes when, and only when, the message
+/// does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// A hash of `body`.
+    pub version: Arc<str>,
+    /// The encoded `istio.workload.Address` or `istio.security.Authorization`.
+    pub body: Bytes,
+}
+
+impl Entry {
+    fn new(message: &impl Message) -> Self {
+        let body = Bytes::from(message.encode_to_vec());
+        let mut hasher = std::hash::DefaultHasher::new();
+        body.hash(&mut hasher);
+        Self {
+            version: format!("{:016x}", hasher.finish()).into(),
+            body,
+        }
+    }
+}
+
+/// Every resource of a mesh, by kind and name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    addresses: BTreeMap<Arc<str>, Entry>,
+    authorizations: BTreeMap<Arc<str>, Entry>,
+}
+
+/// The xDS name (and `uid`) of a workload.
+pub fn workload_name(namespace: &str, name: &str) -> String {
+    format!("{CLUSTER_ID}//Pod/{namespace}/{name}")
+}
+
+/// The xDS name of the workload that stands for a waypoint's instances.
+fn waypoint_workload_name(reference: &WaypointRef) -> String {
+    format!(
+        "{CLUSTER_ID}//Waypoint/{}/{}",
+        reference.namespace, reference.name
+    )
+}
+
+/// A Service's hostname.
+fn hostname(namespace: &str, name: &str) -> String {
+    format!("{name}.{namespace}.svc.{CLUSTER_DOMAIN}")
+}
+
+/// The xDS name of a Service (`<namespace>/<hostname>`).
+pub fn service_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{}", hostname(namespace, name))
+}
+
+impl Resources {
+    /// Translates a snapshot. Workloads that would share an xDS name (the same namespace and name
+    /// under different uids) are sent once, the first by uid.
+    pub fn from_state(state: &MeshState) -> Self {
+        let settings = state.settings();
+        let root = settings.root_namespace.as_str();
+        let mut out = Self::default();
+        let mut generated: BTreeMap<String, sec::Authorization> = BTreeMap::new();
+
+        for policy in state.authz_policies() {
+            // Policies attached to waypoints and Services with waypoints are the waypoint's; those
+            // attached to Services without one are listed on the Services' workloads below.
+            if let Some(message) = authorization(policy, root) {
+                out.insert_authorization(&format!("{}", policy.id), &message);
+            }
+        }
+        for workload in state.workloads() {
+            let policies = policy_names(state, &workload, root, &mut generated);
+            let message = workload_message(state, &workload, policies);
+            let name = message.uid.clone();
+            if out.addresses.contains_key(name.as_str()) {
+                continue;
+            }
+            out.insert_address(&name, wl::address::Type::Workload(message));
+        }
+        for waypoint in state.waypoints() {
+            let message = waypoint_message(&waypoint);
+            out.insert_address(&message.uid.clone(), wl::address::Type::Workload(message));
+        }
+        for service in state.services() {
+            let message = service_message(state, service);
+            out.insert_address(
+                &service_name(&service.namespace, &service.name),
+                wl::address::Type::Service(message),
+            );
+        }
+        for (name, message) in generated {
+            out.insert_authorization(&format!("{root}/{name}"), &message);
+        }
+        out
+    }
+
+    fn insert_address(&mut self, name: &str, kind: wl::address::Type) {
+        let entry = Entry::new(&wl::Address { r#type: Some(kind) });
+        self.addresses.insert(name.into(), entry);
+    }
+
+    fn insert_authorization(&mut self, name: &str, message: &sec::Authorization) {
+        self.authorizations.insert(name.into(), Entry::new(message));
+    }
+
+    /// The resources of one kind, by name.
+    pub fn of(&self, kind: Kind) -> &BTreeMap<Arc<str>, Entry> {
+        match kind {
+            Kind::Address => &self.addresses,
+            Kind::Authorization => &self.authorizations,
+        }
+    }
+
+    /// How many resources of both kinds.
+    pub fn len(&self) -> usize {
+        self.addresses.len() + self.authorizations.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The WORKLOAD_SELECTOR Authorizations that apply to `workload`, by xDS name; generated ones are
+/// added to `generated`. Namespace-wide and mesh-wide policies apply through their scope.
+fn policy_names(
+    state: &MeshState,
+    workload: &Workload,
+    root: &str,
+    generated: &mut BTreeMap<String, sec::Authorization>,
+) -> Vec<String> {
+    if !workload.enrolled {
+        return Vec::new();
+    }
+    let mut use_generated = |name: String, make: &dyn Fn(&str) -> sec::Authorization| {
+        generated.entry(name.clone()).or_insert_with(|| make(&name));
+        format!("{root}/{name}")
+    };
+    let deny_all = |name: &str| generated_policy(name, root, vec![sec::Rule { clauses: vec![] }]);
+    if !workload.waypoint_conflict().is_empty() {
+        return vec![use_generated(DENY_ALL.into(), &deny_all)];
+    }
+    if let Some(reference) = &workload.waypoint {
+        let Some(waypoint) = state.waypoint(reference) else {
+            return vec![use_generated(DENY_ALL.into(), &deny_all)];
+        };
+        let identity = waypoint.identity.clone();
+        let name = format!(
+            "{WAYPOINT_ONLY_PREFIX}{}.{}",
+            reference.namespace, reference.name
+        );
+        return vec![use_generated(name, &|name| {
+            waypoint_only(name, root, &identity)
+        })];
+    }
+    let mut names: Vec<String> = state
+        .authz_for(workload)
+        .iter()
+        .filter(|p| !matches!(p.scope, Scope::Namespace))
+        .filter(|p| authorization(p, root).is_some())
+        .map(|p| p.id.to_string())
+        .collect();
+    let profile = state.peer_profile(workload);
+    if let Some(name) = peer_policy_name(&profile) {
+        names.push(use_generated(name, &|name| {
+            peer_policy(name, root, &profile)
+        }));
+    }
+    names
+}
+
+fn generated_policy(name: &str, root: &str, rules: Vec<sec::Rule>) -> sec::Authorization {
+    sec::Authorization {
+        name: name.into(),
+        namespace: root.into(),
+        scope: sec::Scope::WorkloadSelector as i32,
+        action: sec::Action::Deny as i32,
+        rules,
+        dry_run: false,
+        extensions: Vec::new(),
+    }
+}
+
+fn exact(value: &str) -> sec::StringMatch {
+    sec::StringMatch {
+        match_type: Some(sec::string_match::MatchType::Exact(value.into())),
+    }
+}
+
+fn presence() -> sec::StringMatch {
+    sec::StringMatch {
+        match_type: Some(sec::string_match::MatchType::Presence(())),
+    }
+}
+
+fn clause(m: sec::Match) -> sec::Clause {
+    sec::Clause { matches: vec![m] }
+}
+
+/// Denies every peer but the waypoint (plaintext has no identity and is denied too).
+fn waypoint_only(name: &str, root: &str, waypoint: &Identity) -> sec::Authorization {
+    let rule = sec::Rule {
+        clauses: vec![clause(sec::Match {
+            not_principals: vec![exact(waypoint.principal())],
+            ..Default::default()
+        })],
+    };
+    generated_policy(name, root, vec![rule])
+}
+
+fn peer_policy_name(profile: &PeerProfile) -> Option<String> {
+    let ports = || {
+        profile
+            .exceptions
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match (profile.default, profile.exceptions.is_empty()) {
+        (PeerMode::Strict, true) => Some(PEER_STRICT.into()),
+        (PeerMode::Strict, false) => Some(format!("{PEER_STRICT}-except:{}", ports())),
+        (PeerMode::Permissive, true) => None,
+        (PeerMode::Permissive, false) => Some(format!("{PEER_STRICT}-on:{}", ports())),
+    }
+}
+
+/// Denies plaintext (no principal) on the ports where `profile` is STRICT.
+fn peer_policy(name: &str, root: &str, profile: &PeerProfile) -> sec::Authorization {
+    let plaintext = clause(sec::Match {
+        not_principals: vec![presence()],
+        ..Default::default()
+    });
+    let ports: Vec<u32> = profile.exceptions.iter().map(|p| u32::from(*p)).collect();
+    let mut clauses = vec![plaintext];
+    match profile.default {
+        PeerMode::Strict if !ports.is_empty() => clauses.push(clause(sec::Match {
+            not_destination_ports: ports,
+            ..Default::default()
+        })),
+        PeerMode::Strict => {}
+        PeerMode::Permissive => clauses.push(clause(sec::Match {
+            destination_ports: ports,
+            ..Default::default()
+        })),
+    }
+    generated_policy(name, root, vec![sec::Rule { clauses }])
+}
+
+fn gateway(state: &MeshState, reference: &WaypointRef) -> wl::GatewayAddress {
+    let destination = match state.waypoint(reference).and_then(|w| w.ips.first()) {
+        Some(ip) => wl::gateway_address::Destination::Address(network_address(*ip)),
+        // A waypoint that does not exist: a hostname nothing resolves, so traffic fails closed.
+        None => wl::gateway_address::Destination::Hostname(wl::NamespacedHostname {
+            namespace: reference.namespace.clone(),
+            hostname: hostname(&reference.namespace, &reference.name),
+        }),
+    };
+    wl::GatewayAddress {
+        destination: Some(destination),
+        hbone_mtls_port: HBONE_PORT,
+    }
+}
+
+fn network_address(ip: IpAddr) -> wl::NetworkAddress {
+    wl::NetworkAddress {
+        network: String::new(),
+        address: ip_bytes(ip),
+        length: None,
+    }
+}
+
+fn ports(service: &Service) -> Vec<wl::Port> {
+    service
+        .ports
+        .iter()
+        .map(|p| wl::Port {
+            service_port: u32::from(p.port),
+            target_port: u32::from(p.target_port),
+            app_protocol: wl::AppProtocol::Unknown as i32,
+        })
+        .collect()
+}
+
+fn workload_message(state: &MeshState, w: &Workload, policies: Vec<String>) -> wl::Workload {
+    let canonical = ["app.kubernetes.io/name", "app"]
+        .iter()
+        .find_map(|k| w.labels.get(*k))
+        .unwrap_or(&w.name);
+    wl::Workload {
+        uid: workload_name(&w.namespace, &w.name),
+        name: w.name.clone(),
+        namespace: w.namespace.clone(),
+        addresses: w.ips.iter().map(|ip| ip_bytes(*ip)).collect(),
+        tunnel_protocol: if w.enrolled {
+            wl::TunnelProtocol::Hbone
+        } else {
+            wl::TunnelProtocol::None
+        } as i32,
+        trust_domain: w.identity.trust_domain().into(),
+        service_account: w.service_account.clone(),
+        waypoint: w
+            .waypoint
+            .as_ref()
+            .filter(|_| w.enrolled)
+            .map(|r| gateway(state, r)),
+        node: w.node.clone(),
+        canonical_name: canonical.clone(),
+        workload_name: w.name.clone(),
+        workload_type: wl::WorkloadType::Pod as i32,
+        authorization_policies: policies,
+        status: wl::WorkloadStatus::Healthy as i32,
+        cluster_id: CLUSTER_ID.into(),
+        services: state
+            .services_of(w)
+            .iter()
+            .map(|s| {
+                let key = service_name(&s.namespace, &s.name);
+                (key, wl::PortList { ports: ports(s) })
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The instances of a waypoint, as one workload with all their addresses: what a ztunnel needs to
+/// verify the waypoint's identity when it tunnels to it.
+fn waypoint_message(w: &Waypoint) -> wl::Workload {
+    wl::Workload {
+        uid: waypoint_workload_name(&w.reference()),
+        name: w.name.clone(),
+        // The namespace of its identity: a ztunnel verifies the waypoint as this workload.
+        namespace: w.identity.namespace().into(),
+        addresses: w.ips.iter().map(|ip| ip_bytes(*ip)).collect(),
+        tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
+        trust_domain: w.identity.trust_domain().into(),
+        service_account: w.identity.service_account().into(),
+        canonical_name: w.name.clone(),
+        workload_name: w.name.clone(),
+        workload_type: wl::WorkloadType::Deployment as i32,
+        status: wl::WorkloadStatus::Healthy as i32,
+        cluster_id: CLUSTER_ID.into(),
+        ..Default::default()
+    }
+}
+
+fn service_message(state: &MeshState, s: &Service) -> wl::Service {
+    wl::Service {
+        name: s.name.clone(),
+        namespace: s.namespace.clone(),
+        hostname: hostname(&s.namespace, &s.name),
+        addresses: s.vips.iter().map(|ip| network_address(*ip)).collect(),
+        ports: ports(s),
+        waypoint: s.waypoint.as_ref().map(|r| gateway(state, r)),
+        ..Default::default()
+    }
+}

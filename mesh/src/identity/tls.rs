@@ -35,11 +35,33 @@ pub fn server_config(
     let mut config = ServerConfig::builder_with_provider(provider().clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
-        .with_client_cert_verifier(Arc::new(TrustDomainClient { bundle }))
+        .with_client_cert_verifier(Arc::new(TrustDomainClient {
+            bundle,
+            mandatory: true,
+        }))
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    Arc::new(config)
+}
+
+/// The control plane's TLS 1.3 server side: presents `certs`; a client certificate is optional,
+/// but one that is presented must be a valid certificate of the bundle's trust domain (clients
+/// without one authenticate by bearer token, as Istio's ztunnel does).
+pub fn control_server_config(
+    bundle: Arc<TrustBundle>,
+    certs: Arc<dyn ResolvesServerCert>,
+) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider().clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .with_client_cert_verifier(Arc::new(TrustDomainClient {
+            bundle,
+            mandatory: false,
+        }))
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Arc::new(config)
 }
 

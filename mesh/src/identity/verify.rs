@@ -178,6 +178,9 @@ impl ServerCertVerifier for ExpectedServer {
 /// what is decided later, by policy, from the identity this verifier established.
 pub(crate) struct TrustDomainClient {
     pub(crate) bundle: Arc<TrustBundle>,
+    /// Whether a client without a certificate is refused in the handshake (mesh mTLS), or let
+    /// through to authenticate otherwise (the control plane, where Istio's ztunnel sends a token).
+    pub(crate) mandatory: bool,
 }
 
 impl fmt::Debug for TrustDomainClient {
@@ -211,7 +214,7 @@ impl ClientCertVerifier for TrustDomainClient {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn verify_tls12_signature(

@@ -170,6 +170,23 @@ impl Resources {
         self.authorizations.insert(name.into(), Entry::new(message));
     }
 
+    /// Makes every entry equal to one of `previous` share its bytes, so that snapshots held at
+    /// the same time cost memory only for what differs between them.
+    pub fn share_unchanged(&mut self, previous: &Resources) {
+        for kind in Kind::ALL {
+            let old = previous.of(kind);
+            let new = match kind {
+                Kind::Address => &mut self.addresses,
+                Kind::Authorization => &mut self.authorizations,
+            };
+            for (name, entry) in new.iter_mut() {
+                if let Some(prior) = old.get(name).filter(|p| p.version == entry.version) {
+                    *entry = prior.clone();
+                }
+            }
+        }
+    }
+
     /// The resources of one kind, by name.
     pub fn of(&self, kind: Kind) -> &BTreeMap<Arc<str>, Entry> {
         match kind {

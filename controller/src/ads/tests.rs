@@ -1,0 +1,243 @@
+use std::collections::HashMap;
+
+use veil_mesh::discovery::{MeshSettings, local};
+use veil_mesh::xds::Resources;
+use veil_mesh::xds::proto::discovery::Status as RpcStatus;
+
+use super::*;
+
+fn resources(yaml: &str) -> Resources {
+    Resources::from_state(&local::parse(yaml, &MeshSettings::default()).unwrap())
+}
+
+fn mesh(pods: &[(&str, &str)]) -> Resources {
+    let mut yaml = String::from("workloads:\n");
+    for (name, ip) in pods {
+        yaml.push_str(&format!(
+            "  - {{name: {name}, namespace: n, serviceAccount: {name}, node: x, ips: [{ip}]}}\n"
+        ));
+    }
+    resources(&yaml)
+}
+
+fn pod(name: &str) -> String {
+    format!("Kubernetes//Pod/n/{name}")
+}
+
+fn request(kind: Kind) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: kind.type_url().to_owned(),
+        ..Default::default()
+    }
+}
+
+fn ack(kind: Kind, response: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        response_nonce: response.nonce.clone(),
+        ..request(kind)
+    }
+}
+
+fn names(response: &DeltaDiscoveryResponse) -> Vec<String> {
+    response.resources.iter().map(|r| r.name.clone()).collect()
+}
+
+#[test]
+fn every_first_request_is_answered_even_when_there_is_nothing() {
+    let hub = Hub::new(Resources::default());
+    let mut stream = Stream::new(hub);
+    for kind in Kind::ALL {
+        assert!(stream.next_response(kind).is_none(), "not asked yet");
+        stream.on_request(request(kind)).unwrap();
+        let response = stream.next_response(kind).expect("answered");
+        assert_eq!(response.type_url, kind.type_url());
+        assert!(!response.nonce.is_empty());
+        assert!(response.resources.is_empty() && response.removed_resources.is_empty());
+        assert!(stream.next_response(kind).is_none(), "answered once");
+    }
+}
+
+#[test]
+fn wildcard_gets_everything_then_only_changes_once_acknowledged() {
+    let hub = Hub::new(mesh(&[("a", "10.0.0.1"), ("b", "10.0.0.2")]));
+    let mut stream = Stream::new(hub.clone());
+    stream.on_request(request(Kind::Address)).unwrap();
+    let first = stream.next_response(Kind::Address).unwrap();
+    assert_eq!(names(&first), [pod("a"), pod("b")]);
+    assert!(first.resources.iter().all(|r| {
+        let any = r.resource.as_ref().unwrap();
+        any.type_url == Kind::Address.type_url() && !r.version.is_empty()
+    }));
+
+    // Two changes before the acknowledgement: nothing is sent until then, and then one response
+    // brings the client to the newest snapshot.
+    hub.publish(mesh(&[("a", "10.0.0.1"), ("b", "10.0.0.3")]));
+    assert!(
+        stream.next_response(Kind::Address).is_none(),
+        "unacknowledged"
+    );
+    hub.publish(mesh(&[("b", "10.0.0.3"), ("c", "10.0.0.4")]));
+    assert_eq!(stream.on_request(ack(Kind::Address, &first)).unwrap(), None);
+    let second = stream.next_response(Kind::Address).unwrap();
+    assert_eq!(names(&second), [pod("b"), pod("c")]);
+    assert_eq!(second.removed_resources, [pod("a")]);
+    assert_ne!(second.nonce, first.nonce);
+
+    // Acknowledged and nothing changed: nothing to say.
+    stream.on_request(ack(Kind::Address, &second)).unwrap();
+    assert!(stream.next_response(Kind::Address).is_none());
+    // A republication of the same content sends nothing either.
+    hub.publish(mesh(&[("b", "10.0.0.3"), ("c", "10.0.0.4")]));
+    assert!(stream.next_response(Kind::Address).is_none());
+}
+
+#[test]
+fn a_reconnecting_client_gets_only_what_differs_and_removals_of_what_is_gone() {
+    let hub = Hub::new(mesh(&[("a", "10.0.0.1"), ("b", "10.0.0.2")]));
+    let mut first = Stream::new(hub.clone());
+    first.on_request(request(Kind::Address)).unwrap();
+    let held: HashMap<String, String> = first
+        .next_response(Kind::Address)
+        .unwrap()
+        .resources
+        .into_iter()
+        .map(|r| (r.name, r.version))
+        .collect();
+    drop(first);
+    // While it was away: b changed, a left, c arrived.
+    hub.publish(mesh(&[("b", "10.0.0.9"), ("c", "10.0.0.3")]));
+    let mut again = Stream::new(hub);
+    again
+        .on_request(DeltaDiscoveryRequest {
+            initial_resource_versions: held,
+            ..request(Kind::Address)
+        })
+        .unwrap();
+    let response = again.next_response(Kind::Address).unwrap();
+    assert_eq!(names(&response), [pod("b"), pod("c")]);
+    assert_eq!(response.removed_resources, [pod("a")]);
+}
+
+#[test]
+fn a_client_up_to_date_on_reconnect_gets_an_empty_answer() {
+    let hub = Hub::new(mesh(&[("a", "10.0.0.1")]));
+    let mut first = Stream::new(hub.clone());
+    first.on_request(request(Kind::Address)).unwrap();
+    let held = first.next_response(Kind::Address).unwrap().resources;
+    let mut again = Stream::new(hub);
+    again
+        .on_request(DeltaDiscoveryRequest {
+            initial_resource_versions: held.into_iter().map(|r| (r.name, r.version)).collect(),
+            ..request(Kind::Address)
+        })
+        .unwrap();
+    let response = again.next_response(Kind::Address).expect("still answered");
+    assert!(response.resources.is_empty() && response.removed_resources.is_empty());
+}
+
+#[test]
+fn explicit_names_are_answered_as_resources_or_removed() {
+    let hub = Hub::new(mesh(&[("a", "10.0.0.1"), ("b", "10.0.0.2")]));
+    let mut stream = Stream::new(hub.clone());
+    stream
+        .on_request(DeltaDiscoveryRequest {
+            resource_names_subscribe: vec![pod("a"), pod("ghost")],
+            ..request(Kind::Address)
+        })
+        .unwrap();
+    let response = stream.next_response(Kind::Address).unwrap();
+    assert_eq!(names(&response), [pod("a")]);
+    assert_eq!(response.removed_resources, [pod("ghost")]);
+    stream.on_request(ack(Kind::Address, &response)).unwrap();
+    // b changes: not subscribed, not sent. a changes: sent.
+    hub.publish(mesh(&[("a", "10.0.0.1"), ("b", "10.0.0.7")]));
+    assert!(stream.next_response(Kind::Address).is_none());
+    hub.publish(mesh(&[("a", "10.0.0.5"), ("b", "10.0.0.7")]));
+    let response = stream.next_response(Kind::Address).unwrap();
+    assert_eq!(names(&response), [pod("a")]);
+    stream.on_request(ack(Kind::Address, &response)).unwrap();
+    // Subscribing again to a name it holds is answered anyway; unsubscribed names go quiet.
+    stream
+        .on_request(DeltaDiscoveryRequest {
+            resource_names_subscribe: vec![pod("b")],
+            resource_names_unsubscribe: vec![pod("a")],
+            ..request(Kind::Address)
+        })
+        .unwrap();
+    let response = stream.next_response(Kind::Address).unwrap();
+    assert_eq!(names(&response), [pod("b")]);
+    stream.on_request(ack(Kind::Address, &response)).unwrap();
+    hub.publish(mesh(&[("a", "10.0.0.6"), ("b", "10.0.0.7")]));
+    assert!(stream.next_response(Kind::Address).is_none());
+    // Istio's on-demand opener: subscribe and unsubscribe `*` at once means nothing yet.
+    let mut on_demand = Stream::new(hub);
+    on_demand
+        .on_request(DeltaDiscoveryRequest {
+            resource_names_subscribe: vec!["*".into()],
+            resource_names_unsubscribe: vec!["*".into()],
+            ..request(Kind::Address)
+        })
+        .unwrap();
+    let response = on_demand.next_response(Kind::Address).expect("answered");
+    assert!(response.resources.is_empty());
+}
+
+#[test]
+fn refusals_are_reported_and_stale_nonces_do_not_acknowledge() {
+    let hub = Hub::new(mesh(&[("a", "10.0.0.1")]));
+    let mut stream = Stream::new(hub.clone());
+    stream.on_request(request(Kind::Address)).unwrap();
+    let first = stream.next_response(Kind::Address).unwrap();
+    // A reply with another nonce acknowledges nothing.
+    stream
+        .on_request(DeltaDiscoveryRequest {
+            response_nonce: "stale".into(),
+            ..request(Kind::Address)
+        })
+        .unwrap();
+    hub.publish(mesh(&[("a", "10.0.0.2")]));
+    assert!(stream.next_response(Kind::Address).is_none());
+    // A NACK (error_detail with code 0, as Istio's ztunnel sends it) is a reply too.
+    let nack = stream
+        .on_request(DeltaDiscoveryRequest {
+            error_detail: Some(RpcStatus {
+                code: 0,
+                message: "Kubernetes//Pod/n/a: bad".into(),
+                details: vec![],
+            }),
+            ..ack(Kind::Address, &first)
+        })
+        .unwrap();
+    assert_eq!(
+        nack,
+        Some(Nack {
+            kind: Kind::Address,
+            message: "Kubernetes//Pod/n/a: bad".into()
+        })
+    );
+    assert_eq!(stream.acks(), 1);
+    let next = stream.next_response(Kind::Address).unwrap();
+    assert_eq!(names(&next), [pod("a")]);
+}
+
+#[test]
+fn unknown_types_and_late_initial_versions_are_refused() {
+    let hub = Hub::new(Resources::default());
+    let mut stream = Stream::new(hub);
+    let err = stream
+        .on_request(DeltaDiscoveryRequest {
+            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    stream.on_request(request(Kind::Authorization)).unwrap();
+    let response = stream.next_response(Kind::Authorization).unwrap();
+    let err = stream
+        .on_request(DeltaDiscoveryRequest {
+            initial_resource_versions: [("x".to_owned(), "1".to_owned())].into(),
+            ..ack(Kind::Authorization, &response)
+        })
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}

@@ -1,0 +1,162 @@
+//! `veil-controller`: see the crate documentation.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use http::StatusCode;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+use veil_ca::authn::{Authenticator, StaticTokens};
+use veil_ca::kubernetes::TokenReviewer;
+use veil_controller::auth::SubscriberAuth;
+use veil_controller::metrics::Metrics;
+use veil_controller::server::{ServerLimits, load_serving_cert, serve};
+use veil_controller::service::Discovery;
+use veil_controller::translate;
+use veil_mesh::discovery::{self, MeshSettings, Origin};
+use veil_mesh::identity::{Identity, TrustBundle, parse_trust_domain};
+use veil_mesh::telemetry::http::{Handler, text};
+use veil_mesh::telemetry::{LogFormat, init_logging};
+
+/// veil's control plane: serves the mesh to ztunnels over Istio's workload discovery (delta xDS).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Where discovery is served (TLS, HTTP/2, gRPC).
+    #[arg(long, env = "VEIL_CONTROLLER_LISTEN", default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+    /// Where /metrics and /ready are served (plain HTTP).
+    #[arg(long, env = "VEIL_CONTROLLER_METRICS", default_value = "0.0.0.0:15014")]
+    metrics_listen: SocketAddr,
+    /// The trust domain of mesh identities.
+    #[arg(long, env = "VEIL_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// The namespace whose policies apply mesh-wide.
+    #[arg(long, env = "VEIL_ROOT_NAMESPACE", default_value = "veil-system")]
+    root_namespace: String,
+    /// The serving certificate chain (PEM); its names must match what subscribers dial.
+    #[arg(long, env = "VEIL_CONTROLLER_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// The serving certificate's private key (PEM).
+    #[arg(long, env = "VEIL_CONTROLLER_TLS_KEY")]
+    tls_key: PathBuf,
+    /// The mesh's root certificates (PEM), to verify subscribers' client certificates.
+    #[arg(long, env = "VEIL_TRUST_BUNDLE")]
+    trust_bundle: PathBuf,
+    /// Local mode: the mesh file to serve (instead of the Kubernetes API).
+    #[arg(long, env = "VEIL_MESH_CONFIG")]
+    mesh_config: Option<PathBuf>,
+    /// How often the mesh file is checked for changes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    poll: Duration,
+    /// Local mode: file mapping bearer tokens to identities (subscribers without a client
+    /// certificate, such as Istio's ztunnel). In Kubernetes, tokens are checked by TokenReview.
+    #[arg(long, env = "VEIL_CONTROLLER_TOKENS")]
+    tokens: Option<PathBuf>,
+    /// An identity allowed to subscribe (repeat); by default veil's ztunnel.
+    #[arg(long = "subscriber")]
+    subscribers: Vec<Identity>,
+    /// Log format: text or json.
+    #[arg(long, env = "VEIL_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format, "info");
+    let trust_domain = parse_trust_domain(&args.trust_domain)?;
+    let settings = MeshSettings {
+        trust_domain: trust_domain.clone(),
+        root_namespace: args.root_namespace.clone(),
+    };
+    let subscribers = if args.subscribers.is_empty() {
+        vec![Identity::new(&trust_domain, "veil-system", "ztunnel")?]
+    } else {
+        args.subscribers.clone()
+    };
+    if let Some(foreign) = subscribers
+        .iter()
+        .find(|id| id.trust_domain() != trust_domain)
+    {
+        bail!("subscriber {foreign} is not in trust domain {trust_domain}");
+    }
+    let bundle = Arc::new(
+        TrustBundle::from_pem_file(&trust_domain, &args.trust_bundle)
+            .with_context(|| format!("reading {}", args.trust_bundle.display()))?,
+    );
+    let serving = load_serving_cert(&args.tls_cert, &args.tls_key)?;
+    let tokens: Option<Arc<dyn Authenticator>> = match (&args.mesh_config, &args.tokens) {
+        (_, Some(path)) => Some(Arc::new(StaticTokens::from_file(path)?)),
+        (Some(_), None) => None,
+        (None, None) => Some(Arc::new(TokenReviewer::new(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?,
+            trust_domain.clone(),
+        ))),
+    };
+    let origin = match &args.mesh_config {
+        Some(path) => Origin::File {
+            path: path.clone(),
+            poll: args.poll,
+        },
+        None => Origin::Kubernetes,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let states = discovery::open(
+        &origin,
+        settings,
+        |e| warn!(error = %e, "configuration refused"),
+        None,
+    )
+    .await?;
+    let hub = translate::first(&states.borrow(), &metrics);
+    tokio::spawn(translate::follow(states, hub.clone(), metrics.clone()));
+
+    let ops = TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_listen))?;
+    let handler_metrics = metrics.clone();
+    let handler: Handler = Arc::new(move |parts| match parts.uri.path() {
+        "/metrics" => text(StatusCode::OK, handler_metrics.encode()),
+        "/ready" => text(StatusCode::OK, "ready\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    });
+    tokio::spawn(veil_mesh::telemetry::http::serve(ops, handler));
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    info!(
+        listen = %listener.local_addr()?,
+        subscribers = ?subscribers.iter().map(Identity::as_str).collect::<Vec<_>>(),
+        resources = hub.current().resources.len(),
+        "veil-controller serving"
+    );
+    let auth = SubscriberAuth::new(tokens, subscribers);
+    let discovery = Discovery::new(hub, auth, metrics);
+    serve(
+        listener,
+        discovery,
+        serving,
+        bundle,
+        ServerLimits::default(),
+        shutdown_signal(),
+    )
+    .await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

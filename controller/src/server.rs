@@ -1,0 +1,148 @@
+//! The endpoint: TLS 1.3 with the controller's serving certificate (client certificates optional:
+//! verified when presented), HTTP/2, the discovery service behind it. Handshakes are bounded in time
+//! and connections in number, so a slow or hostile client holds neither the accept loop nor memory.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use tracing::{debug, info, warn};
+use veil_mesh::identity::{FixedCert, TrustBundle, control_server_config, peer_identity, provider};
+use veil_mesh::xds::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+
+use crate::auth::PeerIdentity;
+use crate::service::Discovery;
+
+/// Limits of the endpoint.
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    /// Time allowed for a TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Connections served at once; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Largest request accepted: a reconnecting client lists every resource it holds.
+    pub max_message_bytes: usize,
+    /// Time given to open streams on shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 16_384,
+            max_message_bytes: 32 * 1024 * 1024,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Loads a PEM certificate chain and its PEM private key.
+pub fn load_serving_cert(cert: &Path, key: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
+    let chain_pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let chain: Vec<CertificateDer<'static>> = pem::parse_many(&chain_pem)
+        .with_context(|| format!("{} is not PEM", cert.display()))?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| CertificateDer::from(p.into_contents()))
+        .collect();
+    anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
+    let key_pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+    let key_pem = pem::parse(&key_pem).with_context(|| format!("{} is not PEM", key.display()))?;
+    let der = match key_pem.tag() {
+        "PRIVATE KEY" => PrivateKeyDer::Pkcs8(key_pem.into_contents().into()),
+        "EC PRIVATE KEY" => PrivateKeyDer::Sec1(key_pem.into_contents().into()),
+        "RSA PRIVATE KEY" => PrivateKeyDer::Pkcs1(key_pem.into_contents().into()),
+        other => anyhow::bail!("{}: unsupported key type {other:?}", key.display()),
+    };
+    let signer = provider()
+        .key_provider
+        .load_private_key(der)
+        .with_context(|| format!("{}: unusable private key", key.display()))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signer)))
+}
+
+/// Serves `discovery` on `listener` until `shutdown` completes, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    discovery: Discovery,
+    serving: Arc<CertifiedKey>,
+    bundle: Arc<TrustBundle>,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(control_server_config(bundle, Arc::new(FixedCert(serving))));
+    let grpc = AggregatedDiscoveryServiceServer::new(discovery)
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(usize::MAX);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+        };
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let grpc = grpc.clone();
+        let watcher = graceful.watcher();
+        let handshake_timeout = limits.handshake_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return debug!(%peer, "TLS handshake timed out"),
+            };
+            // A certificate was verified in the handshake if one was presented.
+            let identity = peer_identity(tls.get_ref().1).ok().map(PeerIdentity);
+            let service = tower::service_fn(move |mut req: http::Request<Incoming>| {
+                if let Some(identity) = &identity {
+                    req.extensions_mut().insert(identity.clone());
+                }
+                grpc.clone().oneshot(req)
+            });
+            let conn = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(16)
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+            if let Err(e) = watcher.watch(conn).await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    info!("shutting down: draining connections");
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after the drain timeout; closing them");
+    }
+}

@@ -1,0 +1,163 @@
+//! The gRPC service: `DeltaAggregatedResources` streams, each driven by its own task.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream as FutureStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+use veil_mesh::telemetry::LogLimiter;
+use veil_mesh::xds::Kind;
+use veil_mesh::xds::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use veil_mesh::xds::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+
+use crate::ads::Stream;
+use crate::auth::{Subscriber, SubscriberAuth};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// How long a client may leave a response unacknowledged before its stream is ended (it reconnects
+/// and resumes from what it holds); until then it holds one snapshot reference, never a queue.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The discovery service.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    hub: Arc<Hub>,
+    auth: SubscriberAuth,
+    metrics: Arc<Metrics>,
+    ack_timeout: Duration,
+    nack_log: Arc<LogLimiter<String>>,
+}
+
+impl Discovery {
+    /// Serves `hub` to the subscribers `auth` admits.
+    pub fn new(hub: Arc<Hub>, auth: SubscriberAuth, metrics: Arc<Metrics>) -> Self {
+        Self {
+            hub,
+            auth,
+            metrics,
+            ack_timeout: ACK_TIMEOUT,
+            nack_log: Arc::new(LogLimiter::new(Duration::from_secs(10))),
+        }
+    }
+
+    /// Overrides [`ACK_TIMEOUT`] (tests).
+    pub fn with_ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+}
+
+type Responses = Pin<Box<dyn FutureStream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Discovery {
+    type DeltaAggregatedResourcesStream = Responses;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Responses>, Status> {
+        let subscriber = match self.auth.check(&request).await {
+            Ok(s) => s,
+            Err(status) => {
+                self.metrics.refused.inc();
+                warn!(code = ?status.code(), reason = status.message(), "subscription refused");
+                return Err(status);
+            }
+        };
+        info!(identity = %subscriber.identity, node = ?subscriber.node, "subscriber connected");
+        // Two types, at most one unacknowledged response each: the channel never holds more.
+        let (tx, rx) = mpsc::channel(Kind::ALL.len());
+        tokio::spawn(drive(self.clone(), subscriber, request.into_inner(), tx));
+        let responses = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+}
+
+async fn drive(
+    service: Discovery,
+    subscriber: Subscriber,
+    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+) {
+    let metrics = &service.metrics;
+    metrics.streams.inc();
+    let mut stream = Stream::new(service.hub.clone());
+    let mut snapshots = service.hub.subscribe();
+    let mut waiting_since: Option<Instant> = None;
+    let mut acks = 0;
+    let end = loop {
+        let deadline = waiting_since.map(|t| t + service.ack_timeout);
+        tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(request)) => match stream.on_request(request) {
+                    Ok(Some(nack)) => {
+                        metrics.nacks.inc();
+                        let key = format!("{}", subscriber.identity);
+                        if let Some(held) = service.nack_log.admit(key) {
+                            warn!(identity = %subscriber.identity, kind = ?nack.kind, reason = %nack.message, held_back = held, "subscriber refused resources");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(status) => {
+                        let _ = tx.send(Err(status.clone())).await;
+                        break format!("refused a request: {}", status.message());
+                    }
+                },
+                Ok(None) => break "the client closed the stream".to_owned(),
+                Err(status) => break format!("stream error: {}", status.message()),
+            },
+            changed = snapshots.changed() => if changed.is_err() {
+                break "the controller is shutting down".to_owned();
+            },
+            () = sleep_until(deadline) => {
+                let status = Status::deadline_exceeded(format!(
+                    "no acknowledgement within {}s: reconnect and resume",
+                    service.ack_timeout.as_secs()
+                ));
+                let _ = tx.send(Err(status)).await;
+                metrics.ack_timeouts.inc();
+                break "no acknowledgement in time".to_owned();
+            },
+            () = tx.closed() => break "the client went away".to_owned(),
+        }
+        for kind in Kind::ALL {
+            if let Some(response) = stream.next_response(kind) {
+                metrics.responses.inc();
+                metrics
+                    .resources_sent
+                    .inc_by(response.resources.len() as u64);
+                if tx.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+        }
+        // The clock runs from the last sign of life: a client that keeps acknowledging is never
+        // cut off, however busy the mesh.
+        let progressed = stream.acks() != acks;
+        acks = stream.acks();
+        waiting_since = match (stream.awaiting_ack(), waiting_since) {
+            (false, _) => None,
+            (true, None) => Some(Instant::now()),
+            (true, Some(_)) if progressed => Some(Instant::now()),
+            (true, since) => since,
+        };
+    };
+    metrics.streams.dec();
+    debug!(identity = %subscriber.identity, reason = %end, "stream ended");
+    info!(identity = %subscriber.identity, reason = %end, "subscriber disconnected");
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

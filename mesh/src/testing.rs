@@ -104,6 +104,31 @@ impl TestPki {
         (vec![cert.der().clone()], key)
     }
 
+    /// A server certificate for DNS names and IP addresses (PEM chain with the root last, PEM
+    /// PKCS#8 key), valid for a day: the serving certificate of a component dialled by name.
+    pub fn server_pem(&self, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let now = SystemTime::now();
+        let mut params = leaf_params(
+            &[],
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(86_400),
+        );
+        params.subject_alt_names = names
+            .iter()
+            .map(|name| match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*name).try_into().unwrap()),
+            })
+            .collect();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (
+            format!("{}{}", cert.pem(), self.root_pem),
+            key.serialize_pem(),
+        )
+    }
+
     /// Signs `csr_pem` for the given URI SAN (by default the CSR's own public key), answering as the
     /// CA does: leaf PEM first, root PEM last.
     pub fn sign_csr(&self, csr_pem: &str, uri: &str, ttl: Duration) -> Vec<String> {

@@ -10,6 +10,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod controlplane;
 pub mod kube;
 pub mod mesh;
 pub mod process;

@@ -236,6 +236,11 @@ impl Mesh {
         Ok(())
     }
 
+    /// The mesh file the ztunnels, the CA and the controller read (local mode).
+    pub fn mesh_config(&self) -> &Path {
+        &self.mesh_config
+    }
+
     /// Kubernetes mode: the API objects.
     pub fn api(&self) -> &ApiObjects {
         &self.api.as_ref().expect("a Kubernetes-mode mesh").0

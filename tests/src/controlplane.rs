@@ -1,0 +1,241 @@
+//! The control plane in a test mesh: the real `veil-controller` in the control-plane namespace,
+//! serving the mesh file; and Istio's ztunnel (from `../shared/upstream/`, when present) subscribed
+//! to it, the way it subscribes to istiod.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use veil_mesh::testing::TestPki;
+
+use crate::cluster::exec;
+use crate::mesh::{Mesh, bin};
+use crate::process::Proc;
+
+/// The port the controller serves discovery on in tests (the CA has 15012).
+pub const XDS_PORT: u16 = 15010;
+/// Its metrics port.
+pub const METRICS_PORT: u16 = 15014;
+/// The DNS name in the controller's serving certificate.
+pub const SERVER_NAME: &str = "veil-controller.veil-system.svc";
+
+/// A running controller.
+#[derive(Debug)]
+pub struct Controller {
+    /// The process.
+    pub proc: Proc,
+    /// The root of its serving certificate (what subscribers trust for it).
+    pub serving_root: PathBuf,
+    /// `https://<ip>:<port>`.
+    pub url: String,
+    /// `<ip>:<metrics port>`.
+    pub metrics: String,
+}
+
+/// Starts `veil-controller` on the mesh's file, accepting the CA's tokens and mesh certificates
+/// of `subscribers`; returns once it serves.
+pub fn start_controller(mesh: &Mesh, subscribers: &[String]) -> anyhow::Result<Controller> {
+    let dir = mesh.dir.join("controller");
+    std::fs::create_dir_all(&dir)?;
+    // Its serving certificate comes from a PKI of its own, as from cert-manager in a cluster; a
+    // restarted controller keeps it.
+    let ip = mesh.cluster.control_plane_ip.to_string();
+    if !dir.join("root.pem").exists() {
+        let pki = TestPki::new("cluster.local");
+        let (chain, key) = pki.server_pem(&[SERVER_NAME, &ip]);
+        std::fs::write(dir.join("cert.pem"), chain)?;
+        std::fs::write(dir.join("key.pem"), key)?;
+        std::fs::write(dir.join("root.pem"), pki.root_pem())?;
+    }
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let listen = format!("{ip}:{XDS_PORT}");
+    let metrics = format!("{ip}:{METRICS_PORT}");
+    let mut argv = vec![
+        bin("veil-controller").to_string_lossy().into_owned(),
+        "--listen".into(),
+        listen.clone(),
+        "--metrics-listen".into(),
+        metrics.clone(),
+        "--tls-cert".into(),
+        path("cert.pem"),
+        "--tls-key".into(),
+        path("key.pem"),
+        "--trust-bundle".into(),
+        mesh.root_cert().to_string_lossy().into_owned(),
+        "--mesh-config".into(),
+        mesh.mesh_config().to_string_lossy().into_owned(),
+        "--poll".into(),
+        "200ms".into(),
+        "--tokens".into(),
+        mesh.dir.join("tokens.yaml").to_string_lossy().into_owned(),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    for subscriber in subscribers {
+        argv.extend(["--subscriber".into(), subscriber.clone()]);
+    }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut proc = Proc::spawn(
+        "veil-controller",
+        Some(&mesh.cluster.control_plane),
+        &argv,
+        &[("RUST_LOG", "info")],
+        &mesh.dir.join("controller.log"),
+    )?;
+    proc.wait_for("veil-controller serving", Duration::from_secs(20))
+        .context("starting veil-controller")?;
+    Ok(Controller {
+        proc,
+        serving_root: dir.join("root.pem"),
+        url: format!("https://{listen}"),
+        metrics,
+    })
+}
+
+impl Controller {
+    /// Its metrics text, fetched from the control-plane namespace.
+    pub fn metrics_text(&self, mesh: &Mesh) -> String {
+        let url = format!("http://{}/metrics", self.metrics);
+        exec(
+            &mesh.cluster.control_plane,
+            &["curl", "-s", "-m", "2", &url],
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+    }
+}
+
+/// Istio's ztunnel binary: `$VEIL_UPSTREAM_ZTUNNEL`, else `../shared/upstream/ztunnel` next to
+/// the workspace. `None` (and the caller skips loudly) when it is not there.
+pub fn upstream_ztunnel() -> Option<PathBuf> {
+    let candidate = match std::env::var_os("VEIL_UPSTREAM_ZTUNNEL") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream/ztunnel"),
+    };
+    candidate.is_file().then_some(candidate)
+}
+
+/// Starts Istio's ztunnel in dedicated mode inside `pod`'s namespace (it serves that one pod, whose
+/// outbound TCP it captures), taking its configuration from `controller` and its certificate from
+/// veil's CA, both with `token` (a file of the tokens file the CA and controller read). Returns
+/// once it is ready — which it is only after its first Address and Authorization responses.
+pub fn start_upstream(
+    mesh: &Mesh,
+    binary: &Path,
+    pod: &str,
+    controller: &Controller,
+    token: &Path,
+) -> anyhow::Result<Proc> {
+    let spec = mesh.pod(pod).clone();
+    let netns = mesh.cluster.pod(pod).netns.clone();
+    let ip = mesh.cluster.pod(pod).ip.to_string();
+    let cp = mesh.cluster.control_plane_ip.to_string();
+    // Capture as the upstream README does: everything leaving the pod but the control plane, and
+    // but ztunnel's own (marked) sockets, goes to its outbound listener.
+    for rule in [
+        vec![
+            "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", &cp, "-j", "RETURN",
+        ],
+        vec![
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "!",
+            "-o",
+            "lo",
+            "-m",
+            "mark",
+            "!",
+            "--mark",
+            "0x539/0xfff",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ],
+    ] {
+        let mut argv = vec!["iptables"];
+        argv.extend(rule);
+        let out = exec(&netns, &argv)?;
+        anyhow::ensure!(out.status.success(), "iptables in {pod}: {out:?}");
+    }
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let env = [
+        "RUST_LOG=info".to_owned(),
+        "PROXY_MODE=dedicated".to_owned(),
+        format!(
+            "PROXY_WORKLOAD_INFO={}/{}/{}",
+            spec.namespace, spec.name, spec.service_account
+        ),
+        format!("XDS_ADDRESS={}", controller.url),
+        format!("XDS_ROOT_CA={}", s(&controller.serving_root)),
+        format!("CA_ADDRESS=https://{cp}:15012"),
+        format!("CA_ROOT_CA={}", s(&mesh.root_cert())),
+        "ALT_CA_HOSTNAME=veil-ca".to_owned(),
+        format!("AUTH_TOKEN={}", s(token)),
+        format!("POD_NAME={}", spec.name),
+        format!("POD_NAMESPACE={}", spec.namespace),
+        format!("INSTANCE_IP={ip}"),
+        format!("NODE_NAME={}", spec.node),
+        "PACKET_MARK=1337".to_owned(),
+        "ENABLE_ORIG_SRC=false".to_owned(),
+        "ZTUNNEL_WORKER_THREADS=1".to_owned(),
+        format!("PATH={}", std::env::var("PATH").unwrap_or_default()),
+    ];
+    let mut argv = vec!["env".to_owned(), "-i".to_owned()];
+    argv.extend(env);
+    argv.push(s(binary));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut proc = Proc::spawn(
+        &format!("istio ztunnel {pod}"),
+        Some(&netns),
+        &argv,
+        &[],
+        &mesh.dir.join(format!("upstream-{pod}.log")),
+    )?;
+    let ready = mesh.eventually(Duration::from_secs(30), || {
+        exec(
+            &netns,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-m",
+                "1",
+                "http://127.0.0.1:15021/healthz/ready",
+            ],
+        )
+        .is_ok_and(|o| o.stdout == b"200")
+    });
+    if !ready {
+        proc.kill();
+        anyhow::bail!(
+            "Istio's ztunnel in {pod} did not become ready:\n{}",
+            proc.output()
+        );
+    }
+    Ok(proc)
+}
+
+/// Istio's ztunnel's configuration dump (admin port, loopback of the pod).
+pub fn upstream_config_dump(mesh: &Mesh, pod: &str) -> String {
+    let netns = &mesh.cluster.pod(pod).netns;
+    exec(
+        netns,
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "2",
+            "http://127.0.0.1:15000/config_dump",
+        ],
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    .unwrap_or_default()
+}

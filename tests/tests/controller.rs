@@ -1,0 +1,158 @@
+//! End-to-end tests of the control plane: the real `veil-controller` serving the mesh file over
+//! Istio's workload discovery, and Istio's own ztunnel (from `../shared/upstream/`, skipped with a
+//! loud message where it is absent) running on it next to veil's ztunnels. Need root.
+
+use std::time::Duration;
+
+use veil_e2e::controlplane::{
+    start_controller, start_upstream, upstream_config_dump, upstream_ztunnel,
+};
+use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, skip_unless_root};
+
+const SETTLE: Duration = Duration::from_secs(15);
+const UPSTREAM_TOKEN: &str = "token-of-istio-ztunnel-0123456789";
+
+fn only_from(principal: &str) -> String {
+    format!(
+        r#"
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {{name: upstream-access, namespace: shop}}
+    spec:
+      selector: {{matchLabels: {{app: upstream}}}}
+      rules: [{{from: [{{source: {{principals: [cluster.local/ns/shop/sa/{principal}]}}}}]}}]
+"#
+    )
+}
+
+const DENY_INTRUDER: &str = r#"
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: no-intruder, namespace: shop}
+    spec:
+      action: DENY
+      rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/intruder]}}]}]
+"#;
+
+fn reaches(m: &Mesh, from: &str, to: &str) -> bool {
+    let url = format!("http://{}:8080/hello", m.cluster.pod(to).ip);
+    matches!(m.curl(from, &url), Ok((200, _)))
+}
+
+#[test]
+fn istio_ztunnel_runs_on_veils_controller_and_carries_traffic_with_veils_ztunnels() {
+    if skip_unless_root("istio_ztunnel_on_veil_controller") {
+        return;
+    }
+    let Some(binary) = upstream_ztunnel() else {
+        eprintln!(
+            "\n*** SKIPPED istio_ztunnel_on_veil_controller: Istio's ztunnel is not at ../shared/upstream/ztunnel (set VEIL_UPSTREAM_ZTUNNEL to its path) ***\n"
+        );
+        return;
+    };
+    let upstream = PodSpec::new("upstream", "shop", "node-b");
+    let mut m = Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        // node-b's only pod is served by Istio's ztunnel, inside the pod.
+        without_ztunnel: vec!["node-b".into()],
+        pods: vec![
+            PodSpec::new("server", "shop", "node-a"),
+            PodSpec::new("client", "shop", "node-a"),
+            PodSpec::new("intruder", "shop", "node-a"),
+            upstream.clone(),
+        ],
+        extra_tokens: vec![(UPSTREAM_TOKEN.into(), upstream.identity())],
+        policies: only_from("client"),
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh");
+    let controller = start_controller(&m, &[upstream.identity()]).expect("starting the controller");
+    let token = m.dir.join("token-upstream");
+    std::fs::write(&token, UPSTREAM_TOKEN).unwrap();
+    let istio = start_upstream(&m, &binary, "upstream", &controller, &token)
+        .expect("Istio's ztunnel on veil's controller");
+
+    // It received veil's workloads, services and policies, generated ones included.
+    let dump = upstream_config_dump(&m, "upstream");
+    for needle in [
+        "Kubernetes//Pod/shop/server",
+        "Kubernetes//Pod/shop/upstream",
+        "upstream-access",
+        "veil:peer-strict",
+    ] {
+        assert!(
+            dump.contains(needle),
+            "{needle} missing from Istio's ztunnel:\n{dump}"
+        );
+    }
+
+    // Istio's ztunnel → veil's: its SPIFFE identity arrives at veil's ztunnel.
+    assert!(reaches(&m, "upstream", "server"), "{}", istio.output());
+    assert!(
+        m.eventually(SETTLE, || m
+            .ztunnel_log("node-a")
+            .contains("spiffe://cluster.local/ns/shop/sa/upstream")),
+        "veil's ztunnel did not see Istio's ztunnel's identity"
+    );
+    // veil's → Istio's, which enforces veil's policy: the client is admitted, the intruder not.
+    assert!(reaches(&m, "client", "upstream"), "{}", istio.output());
+    assert!(!reaches(&m, "intruder", "upstream"));
+
+    // A policy change reaches it as a delta: now only the intruder.
+    m.set_policies(&only_from("intruder")).unwrap();
+    assert!(
+        m.eventually(SETTLE, || reaches(&m, "intruder", "upstream")
+            && !reaches(&m, "client", "upstream")),
+        "the policy change did not reach Istio's ztunnel:\n{}",
+        istio.output()
+    );
+
+    assert!(
+        m.eventually(SETTLE, || istio.output().lines().any(|l| l
+            .contains("src.workload=\"intruder\"")
+            && l.contains("policy rejection"))),
+        "Istio's ztunnel did not refuse the intruder by policy:\n{}",
+        istio.output()
+    );
+
+    let metrics = controller.metrics_text(&m);
+    assert!(metrics.contains("veil_controller_streams 1"), "{metrics}");
+    assert!(
+        metrics.contains("veil_controller_nacks_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("veil_controller_subscriptions_refused_total 0"),
+        "{metrics}"
+    );
+
+    // A namespace-wide policy (an Authorization no workload lists by name: only its removal
+    // takes it away) keeps the intruder out.
+    m.set_policies(DENY_INTRUDER).unwrap();
+    assert!(
+        m.eventually(SETTLE, || reaches(&m, "client", "upstream")
+            && !reaches(&m, "intruder", "upstream")),
+        "the namespace-wide policy did not reach Istio's ztunnel:\n{}",
+        istio.output()
+    );
+    // The controller goes away: traffic keeps flowing on the state Istio's ztunnel holds.
+    drop(controller);
+    assert!(reaches(&m, "client", "upstream"));
+    assert!(!reaches(&m, "intruder", "upstream"));
+    assert!(reaches(&m, "upstream", "server"));
+    // While it is away the policy is deleted. Back, the controller learns from the reconnecting
+    // client what it holds and removes what no longer exists.
+    m.set_policies("").unwrap();
+    let controller =
+        start_controller(&m, &[upstream.identity()]).expect("restarting the controller");
+    assert!(
+        m.eventually(SETTLE, || reaches(&m, "intruder", "upstream")),
+        "the removal did not reach Istio's ztunnel after it reconnected:\n{}",
+        istio.output()
+    );
+    let metrics = controller.metrics_text(&m);
+    assert!(
+        metrics.contains("veil_controller_nacks_total 0"),
+        "{metrics}"
+    );
+}

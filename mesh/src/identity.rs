@@ -13,7 +13,7 @@ mod tls;
 mod verify;
 
 pub use bundle::{BundleError, TrustBundle};
-pub use ca_client::{BoxFuture, CaClient, CaClientError, GrpcCaClient, TokenSource};
+pub use ca_client::{BoxFuture, CaClient, CaClientError, GrpcCaClient, TokenSource, tls_channel};
 pub use cert::{CertError, CertInfo, WorkloadCert, hex, inspect, rfc3339};
 pub use id::{Identity, IdentityError, parse_trust_domain};
 pub use manager::{CertHandle, CertManager, FetchError, ManagerConfig, fetch};

@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -116,17 +117,8 @@ impl GrpcCaClient {
         timeout: Duration,
     ) -> Result<Self, CaClientError> {
         let config = ca_client_config(bundle).map_err(|e| CaClientError::Config(e.to_string()))?;
-        let server_name = ServerName::try_from(server_name.to_owned())
-            .map_err(|e| CaClientError::Config(format!("CA server name {server_name:?}: {e}")))?;
-        let endpoint = Endpoint::from_shared(format!("https://{address}"))
-            .map_err(|e| CaClientError::Config(format!("CA address {address:?}: {e}")))?
-            .connect_timeout(timeout)
-            .timeout(timeout);
-        let connector = CaConnector {
-            tls: TlsConnector::from(config),
-            server_name,
-        };
-        let channel = endpoint.connect_with_connector_lazy(connector);
+        let channel = tls_channel(address, server_name, config, timeout)
+            .map_err(|e| CaClientError::Config(format!("CA {e}")))?;
         Ok(Self {
             client: IstioCertificateServiceClient::new(channel),
             token,
@@ -198,7 +190,28 @@ impl CaClient for GrpcCaClient {
     }
 }
 
-/// Dials the CA: TCP to the URI's authority, then TLS for the configured server name.
+/// A lazily connecting gRPC channel to `address` (`host:port`) over TLS with `config`, whose
+/// server must be valid for `server_name`; it reconnects on its own. The CA client and the
+/// control-plane clients use it.
+pub fn tls_channel(
+    address: &str,
+    server_name: &str,
+    config: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<Channel, String> {
+    let server_name = ServerName::try_from(server_name.to_owned())
+        .map_err(|e| format!("server name {server_name:?}: {e}"))?;
+    let endpoint = Endpoint::from_shared(format!("https://{address}"))
+        .map_err(|e| format!("address {address:?}: {e}"))?
+        .connect_timeout(timeout);
+    let connector = CaConnector {
+        tls: TlsConnector::from(config),
+        server_name,
+    };
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+/// Dials a TLS server: TCP to the URI's authority, then TLS for the configured server name.
 #[derive(Clone)]
 struct CaConnector {
     tls: TlsConnector,

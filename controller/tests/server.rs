@@ -1,0 +1,238 @@
+//! The controller's endpoint over real TLS and gRPC: who is served, who is refused and how, and a
+//! client that stops acknowledging.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tonic::{Code, Request, Status, Streaming};
+use veil_ca::authn::StaticTokens;
+use veil_controller::auth::SubscriberAuth;
+use veil_controller::hub::Hub;
+use veil_controller::metrics::Metrics;
+use veil_controller::server::{ServerLimits, load_serving_cert, serve};
+use veil_controller::service::Discovery;
+use veil_mesh::discovery::{MeshSettings, local};
+use veil_mesh::identity::{Identity, ca_client_config, provider, tls_channel};
+use veil_mesh::testing::TestPki;
+use veil_mesh::xds::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use veil_mesh::xds::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use veil_mesh::xds::{Kind, Resources};
+
+const MESH: &str =
+    "workloads:\n  - {name: a, namespace: n, serviceAccount: a, node: x, ips: [10.0.0.1]}\n";
+const GOOD_TOKEN: &str = "good-token-0123456789abcdef";
+const OTHER_TOKEN: &str = "other-token-0123456789abcdef";
+
+fn ztunnel() -> Identity {
+    Identity::new("cluster.local", "veil-system", "ztunnel").unwrap()
+}
+
+struct Server {
+    address: String,
+    pki: Arc<TestPki>,
+    hub: Arc<Hub>,
+}
+
+async fn start(ack_timeout: Duration) -> Server {
+    let pki = Arc::new(TestPki::new("cluster.local"));
+    let dir = tempfile::tempdir().unwrap();
+    let (chain, key) = pki.server_pem(&["veil-controller.test"]);
+    std::fs::write(dir.path().join("cert.pem"), chain).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key).unwrap();
+    let serving =
+        load_serving_cert(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
+    let tokens = StaticTokens::from_yaml(&format!(
+        "tokens:\n  - token: {GOOD_TOKEN}\n    identity: {}\n  - token: {OTHER_TOKEN}\n    identity: spiffe://cluster.local/ns/shop/sa/web\n",
+        ztunnel()
+    ))
+    .unwrap();
+    let auth = SubscriberAuth::new(Some(Arc::new(tokens)), vec![ztunnel()]);
+    let state = local::parse(MESH, &MeshSettings::default()).unwrap();
+    let hub = Hub::new(Resources::from_state(&state));
+    let discovery =
+        Discovery::new(hub.clone(), auth, Arc::new(Metrics::new())).with_ack_timeout(ack_timeout);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(serve(
+        listener,
+        discovery,
+        serving,
+        pki.bundle(),
+        ServerLimits::default(),
+        std::future::pending(),
+    ));
+    Server { address, pki, hub }
+}
+
+/// TLS trusting `server.pki`, optionally presenting a mesh certificate issued by `client_pki`.
+fn client(
+    server: &Server,
+    cert: Option<(&TestPki, &Identity)>,
+) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+    let config = match cert {
+        None => ca_client_config(&server.pki.bundle()).unwrap(),
+        Some((pki, identity)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(server.pki.root_der().clone()).unwrap();
+            let workload = pki.issue(identity);
+            let mut config = rustls::ClientConfig::builder_with_provider(provider().clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+                    workload.certified_key().clone(),
+                )));
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            Arc::new(config)
+        }
+    };
+    let channel = tls_channel(
+        &server.address,
+        "veil-controller.test",
+        config,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    AggregatedDiscoveryServiceClient::new(channel)
+}
+
+type Open = (
+    mpsc::Sender<DeltaDiscoveryRequest>,
+    Result<Streaming<DeltaDiscoveryResponse>, Status>,
+);
+
+async fn open(
+    client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    token: Option<&str>,
+) -> Open {
+    let (tx, rx) = mpsc::channel(8);
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut request = Request::new(requests);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    for kind in Kind::ALL {
+        tx.send(DeltaDiscoveryRequest {
+            type_url: kind.type_url().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let result = client
+        .delta_aggregated_resources(request)
+        .await
+        .map(|r| r.into_inner());
+    (tx, result)
+}
+
+async fn next(
+    stream: &mut Streaming<DeltaDiscoveryResponse>,
+) -> Result<DeltaDiscoveryResponse, Status> {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an answer within 10s")
+        .and_then(|m| m.ok_or_else(|| Status::unknown("stream ended")))
+}
+
+/// The first responses of both types, with the Address one first.
+async fn initial(stream: &mut Streaming<DeltaDiscoveryResponse>) -> Vec<DeltaDiscoveryResponse> {
+    let mut out = vec![next(stream).await.unwrap(), next(stream).await.unwrap()];
+    out.sort_by_key(|r| r.type_url != Kind::Address.type_url());
+    out
+}
+
+async fn refused(result: Result<Streaming<DeltaDiscoveryResponse>, Status>) -> Code {
+    match result {
+        Err(status) => status.code(),
+        Ok(mut stream) => next(&mut stream)
+            .await
+            .map(|_| Code::Ok)
+            .unwrap_or_else(|s| s.code()),
+    }
+}
+
+#[tokio::test]
+async fn a_token_or_a_mesh_certificate_of_an_allowed_identity_is_served() {
+    let server = start(Duration::from_secs(60)).await;
+    let (_tx, result) = open(&mut client(&server, None), Some(GOOD_TOKEN)).await;
+    let responses = initial(&mut result.unwrap()).await;
+    assert_eq!(responses[0].resources[0].name, "Kubernetes//Pod/n/a");
+    assert_eq!(responses[1].type_url, Kind::Authorization.type_url());
+
+    let (_tx, result) = open(&mut client(&server, Some((&server.pki, &ztunnel()))), None).await;
+    let responses = initial(&mut result.unwrap()).await;
+    assert_eq!(responses[0].resources.len(), 1);
+}
+
+#[tokio::test]
+async fn everyone_else_is_refused_before_anything_is_sent() {
+    let server = start(Duration::from_secs(60)).await;
+    let cases: Vec<(&str, Option<&str>, Option<Identity>, Code)> = vec![
+        ("no credential", None, None, Code::Unauthenticated),
+        (
+            "unknown token",
+            Some("not-a-token-0123456789"),
+            None,
+            Code::Unauthenticated,
+        ),
+        (
+            "token of an identity not allowed",
+            Some(OTHER_TOKEN),
+            None,
+            Code::PermissionDenied,
+        ),
+        (
+            "mesh certificate of an identity not allowed",
+            None,
+            Some(Identity::new("cluster.local", "shop", "web").unwrap()),
+            Code::PermissionDenied,
+        ),
+    ];
+    for (name, token, cert, want) in cases {
+        let mut c = match &cert {
+            Some(identity) => client(&server, Some((&server.pki, identity))),
+            None => client(&server, None),
+        };
+        let (_tx, result) = open(&mut c, token).await;
+        assert_eq!(refused(result).await, want, "{name}");
+    }
+    // A certificate of another root does not get past the handshake.
+    let foreign = TestPki::new("cluster.local");
+    let (_tx, result) = open(&mut client(&server, Some((&foreign, &ztunnel()))), None).await;
+    assert_ne!(refused(result).await, Code::Ok);
+}
+
+#[tokio::test]
+async fn changes_follow_acknowledgements_and_a_silent_client_is_cut_off() {
+    let server = start(Duration::from_millis(500)).await;
+    let (tx, result) = open(&mut client(&server, None), Some(GOOD_TOKEN)).await;
+    let mut stream = result.unwrap();
+    let responses = initial(&mut stream).await;
+    for response in &responses {
+        tx.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let state = local::parse(
+        &MESH.replace("10.0.0.1", "10.0.0.2"),
+        &MeshSettings::default(),
+    )
+    .unwrap();
+    server.hub.publish(Resources::from_state(&state));
+    let update = next(&mut stream).await.unwrap();
+    assert_eq!(update.type_url, Kind::Address.type_url());
+    assert_eq!(update.resources[0].name, "Kubernetes//Pod/n/a");
+    // Never acknowledged: after the timeout the stream ends, telling it to reconnect.
+    let end = next(&mut stream).await.unwrap_err();
+    assert_eq!(end.code(), Code::DeadlineExceeded, "{end:?}");
+}

@@ -1,9 +1,9 @@
-# One image for every veil component: veil-ca, veil-ztunnel, veil-cni and veil-waypoint.
+# One image for every veil component: veil-ca, veil-controller, veil-ztunnel, veil-cni and veil-waypoint.
 # Not built by CI: the development machines have no container engine. See docs/install.md.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p veil-ca -p veil-ztunnel -p veil-waypoint --bins
+RUN cargo build --release --locked -p veil-ca -p veil-controller -p veil-ztunnel -p veil-waypoint --bins
 
 FROM debian:bookworm-slim
 # ztunnel installs capture rules with iptables-restore inside pods' namespaces (entered with
@@ -13,6 +13,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build \
   /src/target/release/veil-ca \
+  /src/target/release/veil-controller \
   /src/target/release/veil-ztunnel \
   /src/target/release/veil-cni \
   /src/target/release/veil-waypoint \

@@ -32,7 +32,8 @@ pub struct Controller {
     pub metrics: String,
 }
 
-/// Starts `veil-controller` on the mesh's file, accepting the CA's tokens and mesh certificates
+/// Starts `veil-controller` on the mesh's file (or, for a Kubernetes-mode mesh, its API server),
+/// accepting the CA's tokens and mesh certificates
 /// of `subscribers`; returns once it serves.
 pub fn start_controller(mesh: &Mesh, subscribers: &[String]) -> anyhow::Result<Controller> {
     let dir = mesh.dir.join("controller");
@@ -62,10 +63,6 @@ pub fn start_controller(mesh: &Mesh, subscribers: &[String]) -> anyhow::Result<C
         path("key.pem"),
         "--trust-bundle".into(),
         mesh.root_cert().to_string_lossy().into_owned(),
-        "--mesh-config".into(),
-        mesh.mesh_config().to_string_lossy().into_owned(),
-        "--poll".into(),
-        "200ms".into(),
         "--tokens".into(),
         mesh.dir.join("tokens.yaml").to_string_lossy().into_owned(),
         "--log-format".into(),
@@ -74,12 +71,25 @@ pub fn start_controller(mesh: &Mesh, subscribers: &[String]) -> anyhow::Result<C
     for subscriber in subscribers {
         argv.extend(["--subscriber".into(), subscriber.clone()]);
     }
+    // Kubernetes mode: the fake API server, as ztunnel watches it; otherwise the mesh file.
+    let kubeconfig = mesh.dir.join("kubeconfig").to_string_lossy().into_owned();
+    let mut env = vec![("RUST_LOG", "info")];
+    if mesh.spec.kubernetes {
+        env.push(("KUBECONFIG", &kubeconfig));
+    } else {
+        argv.extend([
+            "--mesh-config".into(),
+            mesh.mesh_config().to_string_lossy().into_owned(),
+            "--poll".into(),
+            "200ms".into(),
+        ]);
+    }
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let mut proc = Proc::spawn(
         "veil-controller",
         Some(&mesh.cluster.control_plane),
         &argv,
-        &[("RUST_LOG", "info")],
+        &env,
         &mesh.dir.join("controller.log"),
     )?;
     proc.wait_for("veil-controller serving", Duration::from_secs(20))

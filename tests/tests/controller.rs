@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use veil_e2e::controlplane::{
     start_controller, start_upstream, upstream_config_dump, upstream_ztunnel,
 };
@@ -154,5 +156,74 @@ fn istio_ztunnel_runs_on_veils_controller_and_carries_traffic_with_veils_ztunnel
     assert!(
         metrics.contains("veil_controller_nacks_total 0"),
         "{metrics}"
+    );
+}
+
+#[test]
+fn in_kubernetes_mode_the_controller_watches_the_api_and_one_bad_object_spoils_nothing_else() {
+    if skip_unless_root("controller_kubernetes_mode") {
+        return;
+    }
+    let Some(binary) = upstream_ztunnel() else {
+        eprintln!(
+            "\n*** SKIPPED controller_kubernetes_mode: Istio's ztunnel is not at ../shared/upstream/ztunnel (set VEIL_UPSTREAM_ZTUNNEL to its path) ***\n"
+        );
+        return;
+    };
+    let upstream = PodSpec::new("upstream", "shop", "node-b");
+    let m = Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        without_ztunnel: vec!["node-b".into()],
+        pods: vec![
+            PodSpec::new("server", "shop", "node-a"),
+            PodSpec::new("client", "shop", "node-a"),
+            upstream.clone(),
+        ],
+        extra_tokens: vec![(UPSTREAM_TOKEN.into(), upstream.identity())],
+        kubernetes: true,
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh");
+    let controller = start_controller(&m, &[upstream.identity()]).expect("starting the controller");
+    let token = m.dir.join("token-upstream");
+    std::fs::write(&token, UPSTREAM_TOKEN).unwrap();
+    let istio = start_upstream(&m, &binary, "upstream", &controller, &token)
+        .expect("Istio's ztunnel on veil's controller");
+    assert!(reaches(&m, "client", "upstream"), "{}", istio.output());
+    assert!(reaches(&m, "upstream", "server"), "{}", istio.output());
+
+    // A Service claiming a pod's address is left out and reported on itself...
+    let api = m.api();
+    let server_ip = m.cluster.pod("server").ip.to_string();
+    api.put(
+        "services",
+        "squatter",
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "squatter", "namespace": "shop", "uid": "svc-squatter"}, "spec": {"clusterIP": server_ip, "clusterIPs": [server_ip], "selector": {"app": "server"}, "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}}),
+    )
+    .unwrap();
+    // ...while a policy written after it still reaches Istio's ztunnel.
+    api.put(
+        "authorizationpolicies",
+        "deny-client",
+        &json!({"apiVersion": "security.veil.dev/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "deny-client", "namespace": "shop", "uid": "ap-deny-client", "generation": 1}, "spec": {"action": "DENY", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/client"]}}]}]}}),
+    )
+    .unwrap();
+    assert!(
+        m.eventually(SETTLE, || !reaches(&m, "client", "upstream")),
+        "the policy from the API did not reach Istio's ztunnel:\n{}",
+        istio.output()
+    );
+    assert!(reaches(&m, "upstream", "server"));
+    assert!(
+        m.eventually(SETTLE, || controller
+            .metrics_text(&m)
+            .contains("veil_controller_rejected_objects 1")),
+        "{}",
+        controller.metrics_text(&m)
+    );
+    let log = controller.proc.output();
+    assert!(
+        log.contains("squatter"),
+        "the bad Service was not reported:\n{log}"
     );
 }

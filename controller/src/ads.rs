@@ -4,8 +4,8 @@
 //! - every first request of a type is answered, even with nothing (ztunnel is not ready until it is);
 //! - a type subscribed without names, or with `*`, is a wildcard: everything is sent;
 //! - a new stream's `initial_resource_versions` say what the client already holds: only what differs
-//!   is sent, and what it holds that no longer exists is listed in `removed_resources` (clients
-//!   keep their state across streams and rely on that);
+//!   is sent, what it holds that no longer exists is listed in `removed_resources` (clients keep
+//!   their state across streams and rely on that), and what it holds stays subscribed;
 //! - a name subscribed explicitly is always answered, as a resource or as removed when it does not
 //!   exist;
 //! - at most one response per type is unacknowledged: the next one is computed from the newest
@@ -13,11 +13,18 @@
 //!   controller hold nothing but a reference to the snapshot it last received;
 //! - a refusal (NACK) is logged and counted; the refused resources are not sent again until they
 //!   change.
+//!
+//! **Make before break.** A workload names the Authorizations that apply to it, and a ztunnel skips
+//! a name it does not hold: a workload that arrived before its policies would be admitted without
+//! them. So Authorizations of a snapshot are sent, and acknowledged, before the Addresses of that
+//! snapshot; and an Authorization is removed only once the client holds Addresses of a snapshot
+//! that no longer names it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use prost_types::Any;
+use tokio::time::Instant;
 use tonic::Status;
 use veil_mesh::xds::Kind;
 use veil_mesh::xds::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
@@ -26,6 +33,8 @@ use crate::hub::{Hub, Snapshot};
 
 /// Largest number of names one stream may subscribe to explicitly, per type.
 pub const MAX_NAMES: usize = 1 << 20;
+/// Longest resource name accepted (Kubernetes names are far shorter).
+pub const MAX_NAME_BYTES: usize = 1024;
 
 /// A refusal the client sent back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,16 +57,25 @@ struct TypeState {
     /// The snapshot the client was last brought up to.
     held: Option<Arc<Snapshot>>,
     /// Explicitly subscribed names to answer whatever the client holds.
-    requested: Vec<String>,
+    requested: BTreeSet<String>,
+    /// Send everything wanted next time (the subscription widened to `*`).
+    resync: bool,
     /// Answer the next time, even with nothing.
     must_answer: bool,
-    /// The nonce of the response not yet acknowledged.
-    pending: Option<String>,
+    /// The nonce of the response not yet acknowledged, and since when.
+    pending: Option<(String, Instant)>,
+    /// Removals held back until the client's Addresses no longer need them (Authorizations).
+    deferred: BTreeSet<String>,
 }
 
 impl TypeState {
     fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
+    }
+
+    /// Holds `seq` and has acknowledged it.
+    fn settled_at(&self, seq: u64) -> bool {
+        self.pending.is_none() && self.held.as_ref().is_some_and(|h| h.seq == seq)
     }
 }
 
@@ -91,21 +109,34 @@ impl Stream {
                 Kind::Authorization.type_url()
             )));
         };
+        let too_long = request
+            .resource_names_subscribe
+            .iter()
+            .chain(&request.resource_names_unsubscribe)
+            .chain(request.initial_resource_versions.keys())
+            .any(|name| name.len() > MAX_NAME_BYTES);
+        if too_long {
+            return Err(Status::invalid_argument(format!(
+                "resource names are at most {MAX_NAME_BYTES} bytes"
+            )));
+        }
         let state = self.types.entry(kind).or_insert_with(|| TypeState {
             // A first request without names is a (legacy) wildcard subscription.
             wildcard: request.resource_names_subscribe.is_empty(),
             names: BTreeSet::new(),
             initial: Some(HashMap::new()),
             held: None,
-            requested: Vec::new(),
+            requested: BTreeSet::new(),
+            resync: false,
             must_answer: true,
             pending: None,
+            deferred: BTreeSet::new(),
         });
         let mut nack = None;
         if !request.response_nonce.is_empty() {
             // A reply to a response of an earlier nonce is stale: its subscription changes count,
             // its acknowledgement does not.
-            if state.pending.as_deref() == Some(request.response_nonce.as_str()) {
+            if state.pending.as_ref().map(|(n, _)| n.as_str()) == Some(&*request.response_nonce) {
                 state.pending = None;
                 self.acks += 1;
                 if let Some(error) = request.error_detail {
@@ -117,20 +148,29 @@ impl Stream {
             }
         }
         if !request.initial_resource_versions.is_empty() {
-            match &mut state.initial {
-                Some(initial) => initial.extend(request.initial_resource_versions),
-                None => {
-                    return Err(Status::invalid_argument(
-                        "initial_resource_versions after the first response of the stream",
-                    ));
-                }
+            let Some(initial) = &mut state.initial else {
+                return Err(Status::invalid_argument(
+                    "initial_resource_versions after the first response of the stream",
+                ));
+            };
+            // What a client holds stays subscribed, as if it had asked for it again.
+            if !state.wildcard {
+                state
+                    .names
+                    .extend(request.initial_resource_versions.keys().cloned());
             }
+            initial.extend(request.initial_resource_versions);
         }
         for name in request.resource_names_subscribe {
             if name == "*" {
+                if !state.wildcard && state.held.is_some() {
+                    state.resync = true;
+                }
                 state.wildcard = true;
-            } else if state.names.insert(name.clone()) {
-                state.requested.push(name);
+            } else {
+                // Asked again for a name it has: answered anyway, as the protocol requires.
+                state.names.insert(name.clone());
+                state.requested.insert(name);
             }
         }
         for name in request.resource_names_unsubscribe {
@@ -138,6 +178,7 @@ impl Stream {
                 state.wildcard = false;
             } else {
                 state.names.remove(&name);
+                state.requested.remove(&name);
             }
         }
         if state.names.len() > MAX_NAMES {
@@ -149,28 +190,49 @@ impl Stream {
     }
 
     /// The response owed for `kind` given the newest snapshot, if one is owed and none is awaiting
-    /// its acknowledgement.
+    /// its acknowledgement. Call for [`Kind::Authorization`] before [`Kind::Address`].
     pub fn next_response(&mut self, kind: Kind) -> Option<DeltaDiscoveryResponse> {
+        let current = self.hub.current();
+        // Make before break: Addresses of a snapshot only once its Authorizations are held.
+        if kind == Kind::Address
+            && self
+                .types
+                .get(&Kind::Authorization)
+                .is_some_and(|a| !a.settled_at(current.seq))
+        {
+            return None;
+        }
+        let addresses_settled = self
+            .types
+            .get(&Kind::Address)
+            .is_none_or(|a| a.settled_at(current.seq));
         let hub = self.hub.clone();
-        let current = hub.current();
         let state = self.types.get_mut(&kind)?;
         if state.pending.is_some() {
             return None;
         }
         let outdated = state.held.as_ref().is_none_or(|h| h.seq != current.seq);
-        if !state.must_answer && !outdated && state.requested.is_empty() {
+        let release = addresses_settled && !state.deferred.is_empty();
+        if !state.must_answer
+            && !outdated
+            && state.requested.is_empty()
+            && !state.resync
+            && !release
+        {
             return None;
         }
         let entries = current.resources.of(kind);
         let mut updated: BTreeSet<Arc<str>> = BTreeSet::new();
         let mut removed: BTreeSet<String> = BTreeSet::new();
+        if std::mem::take(&mut state.resync) {
+            updated.extend(entries.keys().filter(|n| state.wants(n)).cloned());
+        }
         match (state.initial.take(), &state.held) {
             // First response: everything wanted that the client does not already hold as it is.
             (Some(initial), _) => {
                 for (name, entry) in entries {
-                    if state.wants(name)
-                        && initial.get(&**name).map(String::as_str) != Some(&*entry.version)
-                    {
+                    let held = initial.get(&**name).map(String::as_str);
+                    if state.wants(name) && held != Some(&*entry.version) {
                         updated.insert(name.clone());
                     }
                 }
@@ -193,7 +255,7 @@ impl Stream {
             }
             _ => {}
         }
-        for name in state.requested.drain(..) {
+        for name in std::mem::take(&mut state.requested) {
             match entries.get_key_value(name.as_str()) {
                 Some((key, _)) => {
                     updated.insert(key.clone());
@@ -203,6 +265,16 @@ impl Stream {
                 }
             }
         }
+        if kind == Kind::Authorization {
+            // A policy leaves only after the workloads that name it have been updated.
+            state.deferred.append(&mut removed);
+            state
+                .deferred
+                .retain(|name| !entries.contains_key(name.as_str()));
+            if addresses_settled {
+                removed = std::mem::take(&mut state.deferred);
+            }
+        }
         let must_answer = std::mem::take(&mut state.must_answer);
         state.held = Some(current.clone());
         if updated.is_empty() && removed.is_empty() && !must_answer {
@@ -210,7 +282,7 @@ impl Stream {
         }
         self.sent += 1;
         let nonce = format!("{}-{}", current.seq, self.sent);
-        state.pending = Some(nonce.clone());
+        state.pending = Some((nonce.clone(), Instant::now()));
         Some(DeltaDiscoveryResponse {
             system_version_info: current.seq.to_string(),
             type_url: kind.type_url().to_owned(),
@@ -239,11 +311,22 @@ impl Stream {
         self.acks
     }
 
+    /// When the oldest unacknowledged response was sent, if any is.
+    pub fn oldest_pending(&self) -> Option<Instant> {
+        self.types
+            .values()
+            .filter_map(|s| s.pending.as_ref().map(|(_, at)| *at))
+            .min()
+    }
+
     /// Whether a response of any type awaits its acknowledgement.
     pub fn awaiting_ack(&self) -> bool {
-        self.types.values().any(|s| s.pending.is_some())
+        self.oldest_pending().is_some()
     }
 }
+
+/// The order responses are computed in: Authorizations first (make before break).
+pub const ORDER: [Kind; 2] = [Kind::Authorization, Kind::Address];
 
 #[cfg(test)]
 mod tests;

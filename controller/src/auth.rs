@@ -14,6 +14,12 @@ use veil_mesh::identity::Identity;
 #[derive(Clone, Debug)]
 pub struct PeerIdentity(pub Identity);
 
+/// Set on a connection once one of its requests was authenticated and allowed; a connection that
+/// is not within [`crate::server::ServerLimits::auth_timeout`] of its handshake is closed, so that
+/// clients without a credential cannot hold connection slots.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionAuth(pub Arc<std::sync::atomic::AtomicBool>);
+
 /// An authenticated, allowed subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subscriber {

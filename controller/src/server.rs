@@ -23,7 +23,9 @@ use tracing::{debug, info, warn};
 use veil_mesh::identity::{FixedCert, TrustBundle, control_server_config, peer_identity, provider};
 use veil_mesh::xds::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 
-use crate::auth::PeerIdentity;
+use std::sync::atomic::Ordering;
+
+use crate::auth::{ConnectionAuth, PeerIdentity};
 use crate::service::Discovery;
 
 /// Limits of the endpoint.
@@ -37,6 +39,8 @@ pub struct ServerLimits {
     pub max_message_bytes: usize,
     /// Time given to open streams on shutdown.
     pub drain_timeout: Duration,
+    /// Time a connection has, from its handshake, to authenticate a request; then it is closed.
+    pub auth_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -46,6 +50,7 @@ impl Default for ServerLimits {
             max_connections: 16_384,
             max_message_bytes: 32 * 1024 * 1024,
             drain_timeout: Duration::from_secs(5),
+            auth_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -112,6 +117,7 @@ pub async fn serve(
         let grpc = grpc.clone();
         let watcher = graceful.watcher();
         let handshake_timeout = limits.handshake_timeout;
+        let auth_timeout = limits.auth_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
@@ -121,10 +127,13 @@ pub async fn serve(
             };
             // A certificate was verified in the handshake if one was presented.
             let identity = peer_identity(tls.get_ref().1).ok().map(PeerIdentity);
+            let authenticated = ConnectionAuth::default();
+            let flag = authenticated.clone();
             let service = tower::service_fn(move |mut req: http::Request<Incoming>| {
                 if let Some(identity) = &identity {
                     req.extensions_mut().insert(identity.clone());
                 }
+                req.extensions_mut().insert(flag.clone());
                 grpc.clone().oneshot(req)
             });
             let conn = http2::Builder::new(TokioExecutor::new())
@@ -133,7 +142,20 @@ pub async fn serve(
                 .keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
-            if let Err(e) = watcher.watch(conn).await {
+            let conn = watcher.watch(conn);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = &mut conn => Some(ended),
+                () = tokio::time::sleep(auth_timeout) => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None if !authenticated.0.load(Ordering::Relaxed) => {
+                    return debug!(%peer, "closed: no authenticated request in time");
+                }
+                None => conn.await,
+            };
+            if let Err(e) = ended {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });

@@ -14,8 +14,8 @@ use veil_mesh::xds::Kind;
 use veil_mesh::xds::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use veil_mesh::xds::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
-use crate::ads::Stream;
-use crate::auth::{Subscriber, SubscriberAuth};
+use crate::ads::{ORDER, Stream};
+use crate::auth::{ConnectionAuth, Subscriber, SubscriberAuth};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -70,6 +70,9 @@ impl AggregatedDiscoveryService for Discovery {
                 return Err(status);
             }
         };
+        if let Some(ConnectionAuth(flag)) = request.extensions().get::<ConnectionAuth>() {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         info!(identity = %subscriber.identity, node = ?subscriber.node, "subscriber connected");
         // Two types, at most one unacknowledged response each: the channel never holds more.
         let (tx, rx) = mpsc::channel(Kind::ALL.len());
@@ -91,10 +94,10 @@ async fn drive(
     metrics.streams.inc();
     let mut stream = Stream::new(service.hub.clone());
     let mut snapshots = service.hub.subscribe();
-    let mut waiting_since: Option<Instant> = None;
-    let mut acks = 0;
-    let end = loop {
-        let deadline = waiting_since.map(|t| t + service.ack_timeout);
+    let end = 'stream: loop {
+        // The oldest unacknowledged response, of whichever type, sets the deadline: a client
+        // that acknowledges one type but not the other is cut off all the same.
+        let deadline = stream.oldest_pending().map(|t| t + service.ack_timeout);
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(request)) => match stream.on_request(request) {
@@ -107,7 +110,8 @@ async fn drive(
                     }
                     Ok(None) => {}
                     Err(status) => {
-                        let _ = tx.send(Err(status.clone())).await;
+                        // Never wait on a client that does not read: the error is best effort.
+                        let _ = tx.try_send(Err(status.clone()));
                         break format!("refused a request: {}", status.message());
                     }
                 },
@@ -122,33 +126,25 @@ async fn drive(
                     "no acknowledgement within {}s: reconnect and resume",
                     service.ack_timeout.as_secs()
                 ));
-                let _ = tx.send(Err(status)).await;
+                let _ = tx.try_send(Err(status));
                 metrics.ack_timeouts.inc();
                 break "no acknowledgement in time".to_owned();
             },
             () = tx.closed() => break "the client went away".to_owned(),
         }
-        for kind in Kind::ALL {
+        for kind in ORDER {
             if let Some(response) = stream.next_response(kind) {
                 metrics.responses.inc();
                 metrics
                     .resources_sent
                     .inc_by(response.resources.len() as u64);
-                if tx.send(Ok(response)).await.is_err() {
-                    break;
+                // Room is guaranteed: one unacknowledged response per type, and an acknowledged
+                // one has left the channel. A full channel means a broken client.
+                if tx.try_send(Ok(response)).is_err() {
+                    break 'stream "the client does not read its responses".to_owned();
                 }
             }
         }
-        // The clock runs from the last sign of life: a client that keeps acknowledging is never
-        // cut off, however busy the mesh.
-        let progressed = stream.acks() != acks;
-        acks = stream.acks();
-        waiting_since = match (stream.awaiting_ack(), waiting_since) {
-            (false, _) => None,
-            (true, None) => Some(Instant::now()),
-            (true, Some(_)) if progressed => Some(Instant::now()),
-            (true, since) => since,
-        };
     };
     metrics.streams.dec();
     debug!(identity = %subscriber.identity, reason = %end, "stream ended");

@@ -60,7 +60,10 @@ async fn start(ack_timeout: Duration) -> Server {
         discovery,
         serving,
         pki.bundle(),
-        ServerLimits::default(),
+        ServerLimits {
+            auth_timeout: Duration::from_secs(1),
+            ..ServerLimits::default()
+        },
         std::future::pending(),
     ));
     Server { address, pki, hub }
@@ -235,4 +238,49 @@ async fn changes_follow_acknowledgements_and_a_silent_client_is_cut_off() {
     // Never acknowledged: after the timeout the stream ends, telling it to reconnect.
     let end = next(&mut stream).await.unwrap_err();
     assert_eq!(end.code(), Code::DeadlineExceeded, "{end:?}");
+}
+
+#[tokio::test]
+async fn a_connection_that_authenticates_nothing_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let server = start(Duration::from_secs(60)).await;
+    let config = ca_client_config(&server.pki.bundle()).unwrap();
+    let tcp = tokio::net::TcpStream::connect(&server.address)
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("veil-controller.test").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("the handshake itself succeeds");
+    // Idle after the handshake: the server closes it once the authentication time is up.
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the idle connection was not closed");
+    // An authenticated subscriber on its own connection is not affected by the limit.
+    let (tx, result) = open(&mut client(&server, None), Some(GOOD_TOKEN)).await;
+    let mut stream = result.unwrap();
+    for response in initial(&mut stream).await {
+        tx.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.hub.publish(Resources::default());
+    let update = next(&mut stream)
+        .await
+        .expect("still served after the limit");
+    assert_eq!(update.removed_resources, ["Kubernetes//Pod/n/a"]);
 }

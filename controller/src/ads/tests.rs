@@ -241,3 +241,150 @@ fn unknown_types_and_late_initial_versions_are_refused() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
+
+const POLICY: &str = "policies:\n  - apiVersion: security.veil.dev/v1\n    kind: AuthorizationPolicy\n    metadata: {name: only-b, namespace: n}\n    spec:\n      selector: {matchLabels: {app: a}}\n      rules: [{from: [{source: {principals: [cluster.local/ns/n/sa/b]}}]}]\n";
+
+fn with_policy(policy: bool) -> Resources {
+    let mut yaml = String::from(
+        "workloads:\n  - {name: a, namespace: n, serviceAccount: a, node: x, ips: [10.0.0.1], labels: {app: a}}\n",
+    );
+    if policy {
+        yaml.push_str(POLICY);
+    }
+    resources(&yaml)
+}
+
+fn open_both(stream: &mut Stream) {
+    for kind in Kind::ALL {
+        stream.on_request(request(kind)).unwrap();
+    }
+}
+
+#[test]
+fn a_workload_never_arrives_before_the_policies_it_names() {
+    let hub = Hub::new(with_policy(false));
+    let mut stream = Stream::new(hub.clone());
+    open_both(&mut stream);
+    // Addresses wait for the Authorizations of the same snapshot to be acknowledged.
+    assert!(stream.next_response(Kind::Address).is_none());
+    let authz = stream.next_response(Kind::Authorization).unwrap();
+    assert!(
+        stream.next_response(Kind::Address).is_none(),
+        "not acknowledged yet"
+    );
+    stream.on_request(ack(Kind::Authorization, &authz)).unwrap();
+    let addresses = stream.next_response(Kind::Address).unwrap();
+    stream.on_request(ack(Kind::Address, &addresses)).unwrap();
+
+    // A policy appears that the workload names: the policy first, then the workload.
+    hub.publish(with_policy(true));
+    assert!(stream.next_response(Kind::Address).is_none());
+    let authz = stream.next_response(Kind::Authorization).unwrap();
+    assert_eq!(names(&authz), ["n/only-b"]);
+    assert!(stream.next_response(Kind::Address).is_none());
+    stream.on_request(ack(Kind::Authorization, &authz)).unwrap();
+    let addresses = stream.next_response(Kind::Address).unwrap();
+    assert_eq!(names(&addresses), [pod("a")]);
+    stream.on_request(ack(Kind::Address, &addresses)).unwrap();
+
+    // It goes away: the workload that no longer names it first, then its removal.
+    hub.publish(with_policy(false));
+    let authz = stream.next_response(Kind::Authorization);
+    assert!(
+        authz.is_none(),
+        "nothing to add, and the removal waits: {authz:?}"
+    );
+    let addresses = stream.next_response(Kind::Address).unwrap();
+    assert_eq!(names(&addresses), [pod("a")]);
+    assert!(
+        stream.next_response(Kind::Authorization).is_none(),
+        "workload not acknowledged"
+    );
+    stream.on_request(ack(Kind::Address, &addresses)).unwrap();
+    let authz = stream.next_response(Kind::Authorization).unwrap();
+    assert_eq!(authz.removed_resources, ["n/only-b"]);
+}
+
+#[test]
+fn what_a_named_client_holds_stays_subscribed_and_a_widened_subscription_resyncs() {
+    let hub = Hub::new(mesh(&[("a", "10.0.0.1"), ("b", "10.0.0.2")]));
+    // Istio's on-demand client reconnecting: nothing by wildcard, but it holds a.
+    let mut stream = Stream::new(hub.clone());
+    stream
+        .on_request(DeltaDiscoveryRequest {
+            resource_names_subscribe: vec!["*".into()],
+            resource_names_unsubscribe: vec!["*".into()],
+            initial_resource_versions: [(pod("a"), "stale".to_owned())].into(),
+            ..request(Kind::Address)
+        })
+        .unwrap();
+    let first = stream.next_response(Kind::Address).unwrap();
+    assert_eq!(names(&first), [pod("a")]);
+    stream.on_request(ack(Kind::Address, &first)).unwrap();
+    hub.publish(mesh(&[("a", "10.0.0.9"), ("b", "10.0.0.7")]));
+    assert_eq!(
+        names(&stream.next_response(Kind::Address).unwrap()),
+        [pod("a")]
+    );
+
+    // A named subscriber that widens to `*` gets everything, not only what changes later.
+    let mut named = Stream::new(hub);
+    named
+        .on_request(DeltaDiscoveryRequest {
+            resource_names_subscribe: vec![pod("a")],
+            ..request(Kind::Address)
+        })
+        .unwrap();
+    let first = named.next_response(Kind::Address).unwrap();
+    named.on_request(ack(Kind::Address, &first)).unwrap();
+    named
+        .on_request(DeltaDiscoveryRequest {
+            resource_names_subscribe: vec!["*".into()],
+            ..request(Kind::Address)
+        })
+        .unwrap();
+    assert_eq!(
+        names(&named.next_response(Kind::Address).unwrap()),
+        [pod("a"), pod("b")]
+    );
+}
+
+#[test]
+fn oversized_names_are_refused_and_churning_subscriptions_do_not_accumulate() {
+    let hub = Hub::new(mesh(&[("a", "10.0.0.1")]));
+    let mut stream = Stream::new(hub);
+    let err = stream
+        .on_request(DeltaDiscoveryRequest {
+            resource_names_subscribe: vec!["x".repeat(MAX_NAME_BYTES + 1)],
+            ..request(Kind::Address)
+        })
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    stream
+        .on_request(DeltaDiscoveryRequest {
+            resource_names_subscribe: vec![pod("a")],
+            ..request(Kind::Address)
+        })
+        .unwrap();
+    let first = stream.next_response(Kind::Address).unwrap();
+    // While that response is unacknowledged, a client subscribes and unsubscribes in a loop.
+    for _ in 0..10_000 {
+        stream
+            .on_request(DeltaDiscoveryRequest {
+                resource_names_subscribe: vec![pod("ghost")],
+                ..request(Kind::Address)
+            })
+            .unwrap();
+        stream
+            .on_request(DeltaDiscoveryRequest {
+                resource_names_unsubscribe: vec![pod("ghost")],
+                ..request(Kind::Address)
+            })
+            .unwrap();
+    }
+    stream.on_request(ack(Kind::Address, &first)).unwrap();
+    assert!(
+        stream.next_response(Kind::Address).is_none(),
+        "an unsubscribed name is not answered"
+    );
+}

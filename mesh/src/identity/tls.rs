@@ -62,6 +62,9 @@ pub fn control_server_config(
         }))
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No resumption: every connection's client certificate is verified afresh.
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Arc::new(config)
 }
 

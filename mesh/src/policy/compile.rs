@@ -158,6 +158,11 @@ impl Ctx<'_> {
         if values.is_empty() {
             return Ok(None);
         }
+        // An empty pattern matches nothing here, but an absent value elsewhere (Istio's ztunnel
+        // reads a plaintext peer's namespace as ""): refused rather than read two ways.
+        if let Some(i) = values.iter().position(String::is_empty) {
+            return Err(self.err(format!("{field}[{i}]"), "an empty pattern matches nothing"));
+        }
         AnyOf::parse(values)
             .map(Some)
             .map_err(|reason| self.err(field, reason))

@@ -444,6 +444,16 @@ fn l7_policies_fail_closed_where_only_l4_is_visible() {
 fn validation_names_the_policy_and_field() {
     let cases: &[(&str, &str, &str)] = &[
         (
+            "rules: [{from: [{source: {namespaces: [prod, '']}}]}]",
+            "spec.rules[0].from[0].source.namespaces[1]",
+            "empty pattern",
+        ),
+        (
+            "rules: [{when: [{key: source.principal, notValues: ['']}]}]",
+            "spec.rules[0].when[0].notValues[0]",
+            "empty pattern",
+        ),
+        (
             "rules: [{when: [{key: source.user, values: [x]}]}]",
             "spec.rules[0].when[0].key",
             "unknown condition key",

@@ -20,6 +20,7 @@ use veil_ca::service::{CaService, IssuePolicy};
 use veil_ca::status;
 use veil_mesh::discovery::MeshSettings;
 use veil_mesh::identity::{Identity, parse_trust_domain};
+use veil_mesh::serve::shutdown_signal;
 use veil_mesh::telemetry::{LogFormat, init_logging};
 
 /// veil's certificate authority.
@@ -200,14 +201,4 @@ fn local_placement(args: &Args, trust_domain: &str) -> anyhow::Result<Arc<dyn Pl
         )),
         (None, None) => Arc::new(StaticPlacement::default()),
     })
-}
-
-/// Completes on SIGTERM (Kubernetes) or SIGINT (a terminal).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -9,18 +9,17 @@ use std::time::{Duration, SystemTime};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 use veil_mesh::identity::proto::istio_certificate_service_server::IstioCertificateServiceServer;
 use veil_mesh::identity::{ALPN_H2, provider};
+use veil_mesh::serve::{AcceptLimits, serve_tls};
 
 use crate::audit::{AuditSlot, audit_unrecorded};
 use crate::authority::{Authority, AuthorityError};
@@ -137,64 +136,41 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls_config(cert));
     let grpc = IstioCertificateServiceServer::new(service)
         .max_decoding_message_size(limits.max_message_bytes);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-        };
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+    let accept = AcceptLimits {
+        handshake_timeout: limits.handshake_timeout,
+        max_connections: limits.max_connections,
+        drain_timeout: limits.drain_timeout,
+    };
+    serve_tls(
+        listener,
+        acceptor,
+        &accept,
+        shutdown,
+        move |tls, peer, watcher| {
+            let grpc = grpc.clone();
+            async move {
+                let service = tower::service_fn(move |mut req: http::Request<Incoming>| {
+                    let slot = AuditSlot::default();
+                    req.extensions_mut().insert(PeerAddr(peer));
+                    req.extensions_mut().insert(slot.clone());
+                    let method = req.uri().path().to_owned();
+                    let call = grpc.clone().oneshot(req);
+                    async move {
+                        let response = call.await?;
+                        audit_unrecorded(&response, &slot, peer, &method);
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let conn = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(64)
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+                if let Err(e) = watcher.watch(conn).await {
+                    debug!(%peer, error = %e, "connection ended with an error");
                 }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let grpc = grpc.clone();
-        let watcher = graceful.watcher();
-        let handshake_timeout = limits.handshake_timeout;
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return debug!(%peer, "TLS handshake timed out"),
-            };
-            let service = tower::service_fn(move |mut req: http::Request<Incoming>| {
-                let slot = AuditSlot::default();
-                req.extensions_mut().insert(PeerAddr(peer));
-                req.extensions_mut().insert(slot.clone());
-                let method = req.uri().path().to_owned();
-                let call = grpc.clone().oneshot(req);
-                async move {
-                    let response = call.await?;
-                    audit_unrecorded(&response, &slot, peer, &method);
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            });
-            let conn = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(64)
-                .keep_alive_interval(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
-            if let Err(e) = watcher.watch(conn).await {
-                debug!(%peer, error = %e, "connection ended with an error");
             }
-        });
-    }
-    info!("shutting down: draining connections");
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!("connections still open after the drain timeout; closing them");
-    }
+        },
+    )
+    .await;
 }

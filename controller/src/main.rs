@@ -19,6 +19,7 @@ use veil_controller::service::Discovery;
 use veil_controller::translate;
 use veil_mesh::discovery::{self, MeshSettings, Origin};
 use veil_mesh::identity::{Identity, TrustBundle, parse_trust_domain};
+use veil_mesh::serve::shutdown_signal;
 use veil_mesh::telemetry::http::{Handler, text};
 use veil_mesh::telemetry::{LogFormat, init_logging};
 
@@ -150,13 +151,4 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -11,16 +11,15 @@ use anyhow::Context;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
-use tracing::{debug, info, warn};
+use tracing::debug;
 use veil_mesh::identity::{FixedCert, TrustBundle, control_server_config, peer_identity, provider};
+use veil_mesh::serve::{AcceptLimits, serve_tls};
 use veil_mesh::xds::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 
 use std::sync::atomic::Ordering;
@@ -93,78 +92,55 @@ pub async fn serve(
     let grpc = AggregatedDiscoveryServiceServer::new(discovery)
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(usize::MAX);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-        };
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+    let accept = AcceptLimits {
+        handshake_timeout: limits.handshake_timeout,
+        max_connections: limits.max_connections,
+        drain_timeout: limits.drain_timeout,
+    };
+    let auth_timeout = limits.auth_timeout;
+    serve_tls(
+        listener,
+        acceptor,
+        &accept,
+        shutdown,
+        move |tls, peer, watcher| {
+            let grpc = grpc.clone();
+            async move {
+                // A certificate was verified in the handshake if one was presented.
+                let identity = peer_identity(tls.get_ref().1).ok().map(PeerIdentity);
+                let authenticated = ConnectionAuth::default();
+                let flag = authenticated.clone();
+                let service = tower::service_fn(move |mut req: http::Request<Incoming>| {
+                    if let Some(identity) = &identity {
+                        req.extensions_mut().insert(identity.clone());
+                    }
+                    req.extensions_mut().insert(flag.clone());
+                    grpc.clone().oneshot(req)
+                });
+                let conn = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(16)
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+                let conn = watcher.watch(conn);
+                tokio::pin!(conn);
+                let ended = tokio::select! {
+                    ended = &mut conn => Some(ended),
+                    () = tokio::time::sleep(auth_timeout) => None,
+                };
+                let ended = match ended {
+                    Some(ended) => ended,
+                    None if !authenticated.0.load(Ordering::Relaxed) => {
+                        return debug!(%peer, "closed: no authenticated request in time");
+                    }
+                    None => conn.await,
+                };
+                if let Err(e) = ended {
+                    debug!(%peer, error = %e, "connection ended with an error");
                 }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let grpc = grpc.clone();
-        let watcher = graceful.watcher();
-        let handshake_timeout = limits.handshake_timeout;
-        let auth_timeout = limits.auth_timeout;
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return debug!(%peer, "TLS handshake timed out"),
-            };
-            // A certificate was verified in the handshake if one was presented.
-            let identity = peer_identity(tls.get_ref().1).ok().map(PeerIdentity);
-            let authenticated = ConnectionAuth::default();
-            let flag = authenticated.clone();
-            let service = tower::service_fn(move |mut req: http::Request<Incoming>| {
-                if let Some(identity) = &identity {
-                    req.extensions_mut().insert(identity.clone());
-                }
-                req.extensions_mut().insert(flag.clone());
-                grpc.clone().oneshot(req)
-            });
-            let conn = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(16)
-                .keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
-            let conn = watcher.watch(conn);
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                ended = &mut conn => Some(ended),
-                () = tokio::time::sleep(auth_timeout) => None,
-            };
-            let ended = match ended {
-                Some(ended) => ended,
-                None if !authenticated.0.load(Ordering::Relaxed) => {
-                    return debug!(%peer, "closed: no authenticated request in time");
-                }
-                None => conn.await,
-            };
-            if let Err(e) = ended {
-                debug!(%peer, error = %e, "connection ended with an error");
             }
-        });
-    }
-    info!("shutting down: draining connections");
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!("connections still open after the drain timeout; closing them");
-    }
+        },
+    )
+    .await;
 }

@@ -150,6 +150,21 @@ async fn initial(stream: &mut Streaming<DeltaDiscoveryResponse>) -> Vec<DeltaDis
     out
 }
 
+async fn acknowledge(
+    tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+    responses: &[DeltaDiscoveryResponse],
+) {
+    for response in responses {
+        tx.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+}
+
 async fn refused(result: Result<Streaming<DeltaDiscoveryResponse>, Status>) -> Code {
     match result {
         Err(status) => status.code(),
@@ -216,16 +231,7 @@ async fn changes_follow_acknowledgements_and_a_silent_client_is_cut_off() {
     let server = start(Duration::from_millis(500)).await;
     let (tx, result) = open(&mut client(&server, None), Some(GOOD_TOKEN)).await;
     let mut stream = result.unwrap();
-    let responses = initial(&mut stream).await;
-    for response in &responses {
-        tx.send(DeltaDiscoveryRequest {
-            type_url: response.type_url.clone(),
-            response_nonce: response.nonce.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
+    acknowledge(&tx, &initial(&mut stream).await).await;
     let state = local::parse(
         &MESH.replace("10.0.0.1", "10.0.0.2"),
         &MeshSettings::default(),
@@ -268,15 +274,7 @@ async fn a_connection_that_authenticates_nothing_is_closed() {
     // An authenticated subscriber on its own connection is not affected by the limit.
     let (tx, result) = open(&mut client(&server, None), Some(GOOD_TOKEN)).await;
     let mut stream = result.unwrap();
-    for response in initial(&mut stream).await {
-        tx.send(DeltaDiscoveryRequest {
-            type_url: response.type_url.clone(),
-            response_nonce: response.nonce.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
+    acknowledge(&tx, &initial(&mut stream).await).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     server.hub.publish(Resources::default());
     let update = next(&mut stream)

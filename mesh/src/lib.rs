@@ -7,6 +7,7 @@ pub mod identity;
 pub mod policy;
 pub mod pool;
 pub mod relay;
+pub mod serve;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

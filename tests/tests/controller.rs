@@ -7,9 +7,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use veil_e2e::controlplane::{
-    start_controller, start_upstream, upstream_config_dump, upstream_ztunnel,
+    Controller, start_controller, start_upstream, upstream_config_dump, upstream_ztunnel,
 };
 use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, skip_unless_root};
+use veil_e2e::process::Proc;
 
 const SETTLE: Duration = Duration::from_secs(15);
 const UPSTREAM_TOKEN: &str = "token-of-istio-ztunnel-0123456789";
@@ -41,30 +42,37 @@ fn reaches(m: &Mesh, from: &str, to: &str) -> bool {
     matches!(m.curl(from, &url), Ok((200, _)))
 }
 
-#[test]
-fn istio_ztunnel_runs_on_veils_controller_and_carries_traffic_with_veils_ztunnels() {
-    if skip_unless_root("istio_ztunnel_on_veil_controller") {
-        return;
+/// A mesh where node-b's only pod, `upstream`, is served by Istio's ztunnel (inside the pod) on
+/// veil's controller, and node-a's pods by veil's ztunnel; `None` (after a loud message) where
+/// the tests cannot run.
+fn upstream_mesh(
+    test: &str,
+    node_a: &[&str],
+    kubernetes: bool,
+    policies: &str,
+) -> Option<(Mesh, Controller, Proc)> {
+    if skip_unless_root(test) {
+        return None;
     }
     let Some(binary) = upstream_ztunnel() else {
         eprintln!(
-            "\n*** SKIPPED istio_ztunnel_on_veil_controller: Istio's ztunnel is not at ../shared/upstream/ztunnel (set VEIL_UPSTREAM_ZTUNNEL to its path) ***\n"
+            "\n*** SKIPPED {test}: Istio's ztunnel is not at ../shared/upstream/ztunnel (set VEIL_UPSTREAM_ZTUNNEL to its path) ***\n"
         );
-        return;
+        return None;
     };
     let upstream = PodSpec::new("upstream", "shop", "node-b");
-    let mut m = Mesh::start(MeshSpec {
+    let mut pods: Vec<PodSpec> = node_a
+        .iter()
+        .map(|name| PodSpec::new(name, "shop", "node-a"))
+        .collect();
+    pods.push(upstream.clone());
+    let m = Mesh::start(MeshSpec {
         nodes: vec!["node-a".into(), "node-b".into()],
-        // node-b's only pod is served by Istio's ztunnel, inside the pod.
         without_ztunnel: vec!["node-b".into()],
-        pods: vec![
-            PodSpec::new("server", "shop", "node-a"),
-            PodSpec::new("client", "shop", "node-a"),
-            PodSpec::new("intruder", "shop", "node-a"),
-            upstream.clone(),
-        ],
+        pods,
         extra_tokens: vec![(UPSTREAM_TOKEN.into(), upstream.identity())],
-        policies: only_from("client"),
+        policies: policies.into(),
+        kubernetes,
         ..MeshSpec::default()
     })
     .expect("starting the mesh");
@@ -73,6 +81,20 @@ fn istio_ztunnel_runs_on_veils_controller_and_carries_traffic_with_veils_ztunnel
     std::fs::write(&token, UPSTREAM_TOKEN).unwrap();
     let istio = start_upstream(&m, &binary, "upstream", &controller, &token)
         .expect("Istio's ztunnel on veil's controller");
+    Some((m, controller, istio))
+}
+
+#[test]
+fn istio_ztunnel_runs_on_veils_controller_and_carries_traffic_with_veils_ztunnels() {
+    let Some((mut m, controller, istio)) = upstream_mesh(
+        "istio_ztunnel_on_veil_controller",
+        &["server", "client", "intruder"],
+        false,
+        &only_from("client"),
+    ) else {
+        return;
+    };
+    let upstream = m.pod("upstream").clone();
 
     // It received veil's workloads, services and policies, generated ones included.
     let dump = upstream_config_dump(&m, "upstream");
@@ -161,34 +183,14 @@ fn istio_ztunnel_runs_on_veils_controller_and_carries_traffic_with_veils_ztunnel
 
 #[test]
 fn in_kubernetes_mode_the_controller_watches_the_api_and_one_bad_object_spoils_nothing_else() {
-    if skip_unless_root("controller_kubernetes_mode") {
-        return;
-    }
-    let Some(binary) = upstream_ztunnel() else {
-        eprintln!(
-            "\n*** SKIPPED controller_kubernetes_mode: Istio's ztunnel is not at ../shared/upstream/ztunnel (set VEIL_UPSTREAM_ZTUNNEL to its path) ***\n"
-        );
+    let Some((m, controller, istio)) = upstream_mesh(
+        "controller_kubernetes_mode",
+        &["server", "client"],
+        true,
+        "",
+    ) else {
         return;
     };
-    let upstream = PodSpec::new("upstream", "shop", "node-b");
-    let m = Mesh::start(MeshSpec {
-        nodes: vec!["node-a".into(), "node-b".into()],
-        without_ztunnel: vec!["node-b".into()],
-        pods: vec![
-            PodSpec::new("server", "shop", "node-a"),
-            PodSpec::new("client", "shop", "node-a"),
-            upstream.clone(),
-        ],
-        extra_tokens: vec![(UPSTREAM_TOKEN.into(), upstream.identity())],
-        kubernetes: true,
-        ..MeshSpec::default()
-    })
-    .expect("starting the mesh");
-    let controller = start_controller(&m, &[upstream.identity()]).expect("starting the controller");
-    let token = m.dir.join("token-upstream");
-    std::fs::write(&token, UPSTREAM_TOKEN).unwrap();
-    let istio = start_upstream(&m, &binary, "upstream", &controller, &token)
-        .expect("Istio's ztunnel on veil's controller");
     assert!(reaches(&m, "client", "upstream"), "{}", istio.output());
     assert!(reaches(&m, "upstream", "server"), "{}", istio.output());
 

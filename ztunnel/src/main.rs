@@ -1,6 +1,7 @@
 //! The `veil-ztunnel` binary.
 
 use clap::Parser;
+use veil_mesh::serve::shutdown_signal;
 use veil_mesh::telemetry::init_logging;
 use veil_ztunnel::app;
 use veil_ztunnel::config::Config;
@@ -27,14 +28,4 @@ fn main() -> anyhow::Result<()> {
 fn default_workers() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     (cores / 2).clamp(1, 2)
-}
-
-/// Completes on SIGTERM (Kubernetes) or SIGINT (a terminal).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -32,18 +32,7 @@ pub fn server_config(
     bundle: Arc<TrustBundle>,
     certs: Arc<dyn ResolvesServerCert>,
 ) -> Arc<ServerConfig> {
-    let mut config = ServerConfig::builder_with_provider(provider().clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("ring supports TLS 1.3")
-        .with_client_cert_verifier(Arc::new(TrustDomainClient {
-            bundle,
-            mandatory: true,
-        }))
-        .with_cert_resolver(certs);
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    Arc::new(config)
+    tls13_server(bundle, certs, true)
 }
 
 /// The control plane's TLS 1.3 server side: presents `certs`; a client certificate is optional,
@@ -53,16 +42,22 @@ pub fn control_server_config(
     bundle: Arc<TrustBundle>,
     certs: Arc<dyn ResolvesServerCert>,
 ) -> Arc<ServerConfig> {
+    tls13_server(bundle, certs, false)
+}
+
+/// TLS 1.3, ALPN h2, client certificates of the bundle's trust domain (`mandatory` or not), and no
+/// resumption: every connection's client certificate is verified afresh.
+fn tls13_server(
+    bundle: Arc<TrustBundle>,
+    certs: Arc<dyn ResolvesServerCert>,
+    mandatory: bool,
+) -> Arc<ServerConfig> {
     let mut config = ServerConfig::builder_with_provider(provider().clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
-        .with_client_cert_verifier(Arc::new(TrustDomainClient {
-            bundle,
-            mandatory: false,
-        }))
+        .with_client_cert_verifier(Arc::new(TrustDomainClient { bundle, mandatory }))
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    // No resumption: every connection's client certificate is verified afresh.
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Arc::new(config)

@@ -28,23 +28,21 @@ use crate::service::{CaService, PeerAddr};
 /// Limits of the endpoint.
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
-    /// Time allowed for a TLS handshake.
-    pub handshake_timeout: Duration,
-    /// Connections served at once; further ones wait in the kernel's backlog.
-    pub max_connections: usize,
+    /// Connections, handshakes and draining.
+    pub accept: AcceptLimits,
     /// Largest request message accepted.
     pub max_message_bytes: usize,
-    /// Time given to in-flight requests on shutdown.
-    pub drain_timeout: Duration,
 }
 
 impl Default for ServerLimits {
     fn default() -> Self {
         Self {
-            handshake_timeout: Duration::from_secs(10),
-            max_connections: 1024,
+            accept: AcceptLimits {
+                handshake_timeout: Duration::from_secs(10),
+                max_connections: 1024,
+                drain_timeout: Duration::from_secs(5),
+            },
             max_message_bytes: 64 * 1024,
-            drain_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -136,15 +134,10 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls_config(cert));
     let grpc = IstioCertificateServiceServer::new(service)
         .max_decoding_message_size(limits.max_message_bytes);
-    let accept = AcceptLimits {
-        handshake_timeout: limits.handshake_timeout,
-        max_connections: limits.max_connections,
-        drain_timeout: limits.drain_timeout,
-    };
     serve_tls(
         listener,
         acceptor,
-        &accept,
+        &limits.accept,
         shutdown,
         move |tls, peer, watcher| {
             let grpc = grpc.clone();

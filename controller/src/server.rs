@@ -30,14 +30,10 @@ use crate::service::Discovery;
 /// Limits of the endpoint.
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
-    /// Time allowed for a TLS handshake.
-    pub handshake_timeout: Duration,
-    /// Connections served at once; further ones wait in the kernel's backlog.
-    pub max_connections: usize,
+    /// Connections, handshakes and draining.
+    pub accept: AcceptLimits,
     /// Largest request accepted: a reconnecting client lists every resource it holds.
     pub max_message_bytes: usize,
-    /// Time given to open streams on shutdown.
-    pub drain_timeout: Duration,
     /// Time a connection has, from its handshake, to authenticate a request; then it is closed.
     pub auth_timeout: Duration,
 }
@@ -45,10 +41,12 @@ pub struct ServerLimits {
 impl Default for ServerLimits {
     fn default() -> Self {
         Self {
-            handshake_timeout: Duration::from_secs(10),
-            max_connections: 16_384,
+            accept: AcceptLimits {
+                handshake_timeout: Duration::from_secs(10),
+                max_connections: 16_384,
+                drain_timeout: Duration::from_secs(5),
+            },
             max_message_bytes: 32 * 1024 * 1024,
-            drain_timeout: Duration::from_secs(5),
             auth_timeout: Duration::from_secs(10),
         }
     }
@@ -92,16 +90,11 @@ pub async fn serve(
     let grpc = AggregatedDiscoveryServiceServer::new(discovery)
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(usize::MAX);
-    let accept = AcceptLimits {
-        handshake_timeout: limits.handshake_timeout,
-        max_connections: limits.max_connections,
-        drain_timeout: limits.drain_timeout,
-    };
     let auth_timeout = limits.auth_timeout;
     serve_tls(
         listener,
         acceptor,
-        &accept,
+        &limits.accept,
         shutdown,
         move |tls, peer, watcher| {
             let grpc = grpc.clone();

@@ -21,7 +21,7 @@ pub struct Caller {
 }
 
 /// Why a caller was not authenticated.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthnError {
     /// No `authorization` header.
     #[error("missing bearer token")]

@@ -4,11 +4,16 @@
 //! istiod). Only identities on the allow list are served; everything else is refused before any
 //! resource is sent.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use ring::digest::{SHA256, digest};
+use tokio::sync::{OnceCell, Semaphore};
+use tokio::time::Instant;
 use tonic::{Request, Status};
-use veil_ca::authn::{Authenticator, AuthnError, bearer};
-use veil_mesh::identity::Identity;
+use veil_ca::authn::{Authenticator, AuthnError, Caller, bearer};
+use veil_mesh::identity::{BoxFuture, Identity};
 
 /// The identity a client proved in the TLS handshake (set by the server on each request).
 #[derive(Clone, Debug)]
@@ -86,5 +91,176 @@ fn refusal(e: AuthnError) -> Status {
     match e {
         AuthnError::Unavailable(_) => Status::unavailable(e.to_string()),
         _ => Status::unauthenticated(e.to_string()),
+    }
+}
+
+/// TokenReviews in flight at once; further subscribers wait for a slot.
+const REVIEWS_IN_FLIGHT: usize = 8;
+/// How long a subscriber waits for a review slot before it is told to retry.
+const REVIEW_WAIT: Duration = Duration::from_secs(5);
+/// How long a verdict is reused: an accepted token, a refused one.
+const ACCEPTED_FOR: Duration = Duration::from_secs(60);
+const REFUSED_FOR: Duration = Duration::from_secs(10);
+/// Verdicts remembered at most.
+const CACHED_VERDICTS: usize = 16_384;
+
+type Verdict = Result<Caller, AuthnError>;
+
+/// Puts an authenticator that costs an API call per token (TokenReview) behind a bound on calls in
+/// flight and a short memory of verdicts (by SHA-256 of the token), so that reconnecting ztunnels
+/// and a client repeating a bad token cost the API server little. The backend being unavailable is
+/// never remembered.
+#[derive(Debug)]
+pub struct ReviewBudget {
+    inner: Arc<dyn Authenticator>,
+    slots: Semaphore,
+    verdicts: Mutex<HashMap<[u8; 32], (Verdict, Instant)>>,
+    /// Reviews under way, shared by every subscriber presenting the same token meanwhile.
+    in_flight: Mutex<HashMap<[u8; 32], Arc<OnceCell<Verdict>>>>,
+}
+
+impl ReviewBudget {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Authenticator>) -> Self {
+        Self {
+            inner,
+            slots: Semaphore::new(REVIEWS_IN_FLIGHT),
+            verdicts: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn remembered(&self, key: &[u8; 32]) -> Option<Verdict> {
+        let verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        verdicts
+            .get(key)
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(verdict, _)| verdict.clone())
+    }
+
+    fn remember(&self, key: [u8; 32], verdict: &Verdict) {
+        let keep = match verdict {
+            Ok(_) => ACCEPTED_FOR,
+            Err(AuthnError::Unavailable(_)) => return,
+            Err(_) => REFUSED_FOR,
+        };
+        let mut verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        if verdicts.len() >= CACHED_VERDICTS {
+            let now = Instant::now();
+            verdicts.retain(|_, (_, until)| now < *until);
+            if verdicts.len() >= CACHED_VERDICTS {
+                verdicts.clear();
+            }
+        }
+        verdicts.insert(key, (verdict.clone(), Instant::now() + keep));
+    }
+
+    async fn review(&self, token: &str) -> Verdict {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+        if let Some(verdict) = self.remembered(&key) {
+            return verdict;
+        }
+        let cell = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let verdict = cell
+            .get_or_init(|| async {
+                let Ok(Ok(_slot)) = tokio::time::timeout(REVIEW_WAIT, self.slots.acquire()).await
+                else {
+                    return Err(AuthnError::Unavailable(
+                        "too many token reviews in flight; retry".into(),
+                    ));
+                };
+                let verdict = self.inner.authenticate(token).await;
+                self.remember(key, &verdict);
+                verdict
+            })
+            .await
+            .clone();
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        verdict
+    }
+}
+
+impl Authenticator for ReviewBudget {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Verdict> {
+        Box::pin(self.review(token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[derive(Debug, Default)]
+    struct Counting {
+        calls: AtomicUsize,
+    }
+
+    impl Authenticator for Counting {
+        fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Verdict> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let verdict = match token {
+                "good" => Ok(Caller {
+                    identity: Identity::new("cluster.local", "veil-system", "ztunnel").unwrap(),
+                    node: Some("node-a".into()),
+                }),
+                "flaky" => Err(AuthnError::Unavailable("API server down".into())),
+                _ => Err(AuthnError::Invalid("unknown".into())),
+            };
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                verdict
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn verdicts_are_reused_and_reviews_in_flight_are_bounded() {
+        let inner = Arc::new(Counting::default());
+        let budget = Arc::new(ReviewBudget::new(inner.clone()));
+        // A thousand subscribers reconnecting with one token: one review.
+        let all = (0..1000).map(|_| {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.authenticate("good").await })
+        });
+        for joined in futures_util::future::join_all(all).await {
+            assert!(joined.unwrap().is_ok());
+        }
+        // A bad token repeated: remembered too; an unavailable backend is asked every time.
+        for _ in 0..100 {
+            assert!(matches!(
+                budget.authenticate("bad").await,
+                Err(AuthnError::Invalid(_))
+            ));
+        }
+        for _ in 0..3 {
+            assert!(matches!(
+                budget.authenticate("flaky").await,
+                Err(AuthnError::Unavailable(_))
+            ));
+        }
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1 + 1 + 3);
+        // Distinct tokens at once never have more than the bound in flight; each waits its turn.
+        let started = Instant::now();
+        let distinct = (0..32).map(|i| {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.authenticate(&format!("t{i}")).await })
+        });
+        futures_util::future::join_all(distinct).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(20 * (32 / REVIEWS_IN_FLIGHT as u64)),
+            "more than {REVIEWS_IN_FLIGHT} reviews ran at once"
+        );
     }
 }

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 use veil_ca::authn::{Authenticator, StaticTokens};
 use veil_ca::kubernetes::TokenReviewer;
-use veil_controller::auth::SubscriberAuth;
+use veil_controller::auth::{ReviewBudget, SubscriberAuth};
 use veil_controller::metrics::Metrics;
 use veil_controller::server::{ServerLimits, load_serving_cert, serve};
 use veil_controller::service::Discovery;
@@ -94,12 +94,12 @@ async fn main() -> anyhow::Result<()> {
     let tokens: Option<Arc<dyn Authenticator>> = match (&args.mesh_config, &args.tokens) {
         (_, Some(path)) => Some(Arc::new(StaticTokens::from_file(path)?)),
         (Some(_), None) => None,
-        (None, None) => Some(Arc::new(TokenReviewer::new(
+        (None, None) => Some(Arc::new(ReviewBudget::new(Arc::new(TokenReviewer::new(
             kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API")?,
             trust_domain.clone(),
-        ))),
+        ))))),
     };
     let origin = match &args.mesh_config {
         Some(path) => Origin::File {

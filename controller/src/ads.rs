@@ -31,6 +31,9 @@ use veil_mesh::xds::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResp
 
 use crate::hub::{Hub, Snapshot};
 
+/// How long Addresses wait at the start of a stream for the client to subscribe to Authorizations.
+pub const AUTHORIZATION_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Largest number of names one stream may subscribe to explicitly, per type.
 pub const MAX_NAMES: usize = 1 << 20;
 /// Longest resource name accepted (Kubernetes names are far shorter).
@@ -86,6 +89,8 @@ pub struct Stream {
     types: HashMap<Kind, TypeState>,
     sent: u64,
     acks: u64,
+    opened: Instant,
+    grace: std::time::Duration,
 }
 
 impl Stream {
@@ -96,7 +101,15 @@ impl Stream {
             types: HashMap::new(),
             sent: 0,
             acks: 0,
+            opened: Instant::now(),
+            grace: AUTHORIZATION_GRACE,
         }
+    }
+
+    /// Overrides [`AUTHORIZATION_GRACE`].
+    pub fn with_authorization_grace(mut self, grace: std::time::Duration) -> Self {
+        self.grace = grace;
+        self
     }
 
     /// Takes in one request. Returns the refusal it carried, if any.
@@ -193,14 +206,15 @@ impl Stream {
     /// its acknowledgement. Call for [`Kind::Authorization`] before [`Kind::Address`].
     pub fn next_response(&mut self, kind: Kind) -> Option<DeltaDiscoveryResponse> {
         let current = self.hub.current();
-        // Make before break: Addresses of a snapshot only once its Authorizations are held.
-        if kind == Kind::Address
-            && self
-                .types
-                .get(&Kind::Authorization)
-                .is_some_and(|a| !a.settled_at(current.seq))
-        {
-            return None;
+        // Make before break: Addresses of a snapshot only once its Authorizations are held. A
+        // client subscribes to both types at the start of a stream; until it has, or until
+        // [`AUTHORIZATION_GRACE`] has passed (a client that wants no Authorizations), Addresses wait.
+        if kind == Kind::Address {
+            match self.types.get(&Kind::Authorization) {
+                Some(a) if !a.settled_at(current.seq) => return None,
+                None if Instant::now() < self.opened + self.grace => return None,
+                _ => {}
+            }
         }
         let addresses_settled = self
             .types
@@ -304,6 +318,15 @@ impl Stream {
                 .collect(),
             removed_resources: removed.into_iter().collect(),
         })
+    }
+
+    /// When the stream must be looked at again even if nothing arrives: the end of the wait for an
+    /// Authorization subscription, while Addresses are subscribed and it has not come.
+    pub fn wake_at(&self) -> Option<Instant> {
+        let waiting = self.types.contains_key(&Kind::Address)
+            && !self.types.contains_key(&Kind::Authorization);
+        let at = self.opened + self.grace;
+        (waiting && Instant::now() < at).then_some(at)
     }
 
     /// How many responses were acknowledged or refused so far.

@@ -131,6 +131,7 @@ async fn drive(
                 break "no acknowledgement in time".to_owned();
             },
             () = tx.closed() => break "the client went away".to_owned(),
+            () = sleep_until(stream.wake_at()) => {}
         }
         for kind in ORDER {
             if let Some(response) = stream.next_response(kind) {

@@ -143,11 +143,18 @@ async fn next(
         .and_then(|m| m.ok_or_else(|| Status::unknown("stream ended")))
 }
 
-/// The first responses of both types, with the Address one first.
-async fn initial(stream: &mut Streaming<DeltaDiscoveryResponse>) -> Vec<DeltaDiscoveryResponse> {
-    let mut out = vec![next(stream).await.unwrap(), next(stream).await.unwrap()];
-    out.sort_by_key(|r| r.type_url != Kind::Address.type_url());
-    out
+/// The first responses of both types, with the Address one first. Authorizations come first and
+/// must be acknowledged before the Addresses that may name them are sent (make before break).
+async fn initial(
+    tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+    stream: &mut Streaming<DeltaDiscoveryResponse>,
+) -> Vec<DeltaDiscoveryResponse> {
+    let authorizations = next(stream).await.unwrap();
+    assert_eq!(authorizations.type_url, Kind::Authorization.type_url());
+    acknowledge(tx, std::slice::from_ref(&authorizations)).await;
+    let addresses = next(stream).await.unwrap();
+    assert_eq!(addresses.type_url, Kind::Address.type_url());
+    vec![addresses, authorizations]
 }
 
 async fn acknowledge(
@@ -178,13 +185,13 @@ async fn refused(result: Result<Streaming<DeltaDiscoveryResponse>, Status>) -> C
 #[tokio::test]
 async fn a_token_or_a_mesh_certificate_of_an_allowed_identity_is_served() {
     let server = start(Duration::from_secs(60)).await;
-    let (_tx, result) = open(&mut client(&server, None), Some(GOOD_TOKEN)).await;
-    let responses = initial(&mut result.unwrap()).await;
+    let (tx, result) = open(&mut client(&server, None), Some(GOOD_TOKEN)).await;
+    let responses = initial(&tx, &mut result.unwrap()).await;
     assert_eq!(responses[0].resources[0].name, "Kubernetes//Pod/n/a");
     assert_eq!(responses[1].type_url, Kind::Authorization.type_url());
 
-    let (_tx, result) = open(&mut client(&server, Some((&server.pki, &ztunnel()))), None).await;
-    let responses = initial(&mut result.unwrap()).await;
+    let (tx, result) = open(&mut client(&server, Some((&server.pki, &ztunnel()))), None).await;
+    let responses = initial(&tx, &mut result.unwrap()).await;
     assert_eq!(responses[0].resources.len(), 1);
 }
 
@@ -231,7 +238,7 @@ async fn changes_follow_acknowledgements_and_a_silent_client_is_cut_off() {
     let server = start(Duration::from_millis(500)).await;
     let (tx, result) = open(&mut client(&server, None), Some(GOOD_TOKEN)).await;
     let mut stream = result.unwrap();
-    acknowledge(&tx, &initial(&mut stream).await).await;
+    acknowledge(&tx, &initial(&tx, &mut stream).await).await;
     let state = local::parse(
         &MESH.replace("10.0.0.1", "10.0.0.2"),
         &MeshSettings::default(),
@@ -274,7 +281,7 @@ async fn a_connection_that_authenticates_nothing_is_closed() {
     // An authenticated subscriber on its own connection is not affected by the limit.
     let (tx, result) = open(&mut client(&server, None), Some(GOOD_TOKEN)).await;
     let mut stream = result.unwrap();
-    acknowledge(&tx, &initial(&mut stream).await).await;
+    acknowledge(&tx, &initial(&tx, &mut stream).await).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     server.hub.publish(Resources::default());
     let update = next(&mut stream)

@@ -20,6 +20,12 @@ fn mesh(pods: &[(&str, &str)]) -> Resources {
     resources(&yaml)
 }
 
+/// A stream that does not wait for an Authorization subscription (most tests subscribe to
+/// Addresses only).
+fn stream_of(hub: Arc<Hub>) -> Stream {
+    Stream::new(hub).with_authorization_grace(std::time::Duration::ZERO)
+}
+
 fn pod(name: &str) -> String {
     format!("Kubernetes//Pod/n/{name}")
 }
@@ -45,7 +51,7 @@ fn names(response: &DeltaDiscoveryResponse) -> Vec<String> {
 #[test]
 fn every_first_request_is_answered_even_when_there_is_nothing() {
     let hub = Hub::new(Resources::default());
-    let mut stream = Stream::new(hub);
+    let mut stream = stream_of(hub);
     for kind in Kind::ALL {
         assert!(stream.next_response(kind).is_none(), "not asked yet");
         stream.on_request(request(kind)).unwrap();
@@ -60,7 +66,7 @@ fn every_first_request_is_answered_even_when_there_is_nothing() {
 #[test]
 fn wildcard_gets_everything_then_only_changes_once_acknowledged() {
     let hub = Hub::new(mesh(&[("a", "10.0.0.1"), ("b", "10.0.0.2")]));
-    let mut stream = Stream::new(hub.clone());
+    let mut stream = stream_of(hub.clone());
     stream.on_request(request(Kind::Address)).unwrap();
     let first = stream.next_response(Kind::Address).unwrap();
     assert_eq!(names(&first), [pod("a"), pod("b")]);
@@ -94,7 +100,7 @@ fn wildcard_gets_everything_then_only_changes_once_acknowledged() {
 #[test]
 fn a_reconnecting_client_gets_only_what_differs_and_removals_of_what_is_gone() {
     let hub = Hub::new(mesh(&[("a", "10.0.0.1"), ("b", "10.0.0.2")]));
-    let mut first = Stream::new(hub.clone());
+    let mut first = stream_of(hub.clone());
     first.on_request(request(Kind::Address)).unwrap();
     let held: HashMap<String, String> = first
         .next_response(Kind::Address)
@@ -106,7 +112,7 @@ fn a_reconnecting_client_gets_only_what_differs_and_removals_of_what_is_gone() {
     drop(first);
     // While it was away: b changed, a left, c arrived.
     hub.publish(mesh(&[("b", "10.0.0.9"), ("c", "10.0.0.3")]));
-    let mut again = Stream::new(hub);
+    let mut again = stream_of(hub);
     again
         .on_request(DeltaDiscoveryRequest {
             initial_resource_versions: held,
@@ -121,10 +127,10 @@ fn a_reconnecting_client_gets_only_what_differs_and_removals_of_what_is_gone() {
 #[test]
 fn a_client_up_to_date_on_reconnect_gets_an_empty_answer() {
     let hub = Hub::new(mesh(&[("a", "10.0.0.1")]));
-    let mut first = Stream::new(hub.clone());
+    let mut first = stream_of(hub.clone());
     first.on_request(request(Kind::Address)).unwrap();
     let held = first.next_response(Kind::Address).unwrap().resources;
-    let mut again = Stream::new(hub);
+    let mut again = stream_of(hub);
     again
         .on_request(DeltaDiscoveryRequest {
             initial_resource_versions: held.into_iter().map(|r| (r.name, r.version)).collect(),
@@ -138,7 +144,7 @@ fn a_client_up_to_date_on_reconnect_gets_an_empty_answer() {
 #[test]
 fn explicit_names_are_answered_as_resources_or_removed() {
     let hub = Hub::new(mesh(&[("a", "10.0.0.1"), ("b", "10.0.0.2")]));
-    let mut stream = Stream::new(hub.clone());
+    let mut stream = stream_of(hub.clone());
     stream
         .on_request(DeltaDiscoveryRequest {
             resource_names_subscribe: vec![pod("a"), pod("ghost")],
@@ -170,7 +176,7 @@ fn explicit_names_are_answered_as_resources_or_removed() {
     hub.publish(mesh(&[("a", "10.0.0.6"), ("b", "10.0.0.7")]));
     assert!(stream.next_response(Kind::Address).is_none());
     // Istio's on-demand opener: subscribe and unsubscribe `*` at once means nothing yet.
-    let mut on_demand = Stream::new(hub);
+    let mut on_demand = stream_of(hub);
     on_demand
         .on_request(DeltaDiscoveryRequest {
             resource_names_subscribe: vec!["*".into()],
@@ -185,7 +191,7 @@ fn explicit_names_are_answered_as_resources_or_removed() {
 #[test]
 fn refusals_are_reported_and_stale_nonces_do_not_acknowledge() {
     let hub = Hub::new(mesh(&[("a", "10.0.0.1")]));
-    let mut stream = Stream::new(hub.clone());
+    let mut stream = stream_of(hub.clone());
     stream.on_request(request(Kind::Address)).unwrap();
     let first = stream.next_response(Kind::Address).unwrap();
     // A reply with another nonce acknowledges nothing.
@@ -223,7 +229,7 @@ fn refusals_are_reported_and_stale_nonces_do_not_acknowledge() {
 #[test]
 fn unknown_types_and_late_initial_versions_are_refused() {
     let hub = Hub::new(Resources::default());
-    let mut stream = Stream::new(hub);
+    let mut stream = stream_of(hub);
     let err = stream
         .on_request(DeltaDiscoveryRequest {
             type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
@@ -263,7 +269,7 @@ fn open_both(stream: &mut Stream) {
 #[test]
 fn a_workload_never_arrives_before_the_policies_it_names() {
     let hub = Hub::new(with_policy(false));
-    let mut stream = Stream::new(hub.clone());
+    let mut stream = stream_of(hub.clone());
     open_both(&mut stream);
     // Addresses wait for the Authorizations of the same snapshot to be acknowledged.
     assert!(stream.next_response(Kind::Address).is_none());
@@ -309,7 +315,7 @@ fn a_workload_never_arrives_before_the_policies_it_names() {
 fn what_a_named_client_holds_stays_subscribed_and_a_widened_subscription_resyncs() {
     let hub = Hub::new(mesh(&[("a", "10.0.0.1"), ("b", "10.0.0.2")]));
     // Istio's on-demand client reconnecting: nothing by wildcard, but it holds a.
-    let mut stream = Stream::new(hub.clone());
+    let mut stream = stream_of(hub.clone());
     stream
         .on_request(DeltaDiscoveryRequest {
             resource_names_subscribe: vec!["*".into()],
@@ -328,7 +334,7 @@ fn what_a_named_client_holds_stays_subscribed_and_a_widened_subscription_resyncs
     );
 
     // A named subscriber that widens to `*` gets everything, not only what changes later.
-    let mut named = Stream::new(hub);
+    let mut named = stream_of(hub);
     named
         .on_request(DeltaDiscoveryRequest {
             resource_names_subscribe: vec![pod("a")],
@@ -352,7 +358,7 @@ fn what_a_named_client_holds_stays_subscribed_and_a_widened_subscription_resyncs
 #[test]
 fn oversized_names_are_refused_and_churning_subscriptions_do_not_accumulate() {
     let hub = Hub::new(mesh(&[("a", "10.0.0.1")]));
-    let mut stream = Stream::new(hub);
+    let mut stream = stream_of(hub);
     let err = stream
         .on_request(DeltaDiscoveryRequest {
             resource_names_subscribe: vec!["x".repeat(MAX_NAME_BYTES + 1)],
@@ -386,5 +392,22 @@ fn oversized_names_are_refused_and_churning_subscriptions_do_not_accumulate() {
     assert!(
         stream.next_response(Kind::Address).is_none(),
         "an unsubscribed name is not answered"
+    );
+}
+
+#[tokio::test]
+async fn addresses_wait_a_moment_for_an_authorization_subscription() {
+    let hub = Hub::new(mesh(&[("a", "10.0.0.1")]));
+    let mut stream =
+        Stream::new(hub).with_authorization_grace(std::time::Duration::from_millis(100));
+    stream.on_request(request(Kind::Address)).unwrap();
+    assert!(stream.next_response(Kind::Address).is_none(), "too early");
+    assert!(stream.wake_at().is_some());
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    // No Authorization subscription came: a client that wants none is served all the same.
+    assert!(stream.wake_at().is_none());
+    assert_eq!(
+        names(&stream.next_response(Kind::Address).unwrap()),
+        [pod("a")]
     );
 }

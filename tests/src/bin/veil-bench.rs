@@ -111,6 +111,8 @@ enum Mode {
     },
     /// A plain TLS 1.3 tunnel, server end: accepts mutual TLS on `listen` and forwards the plaintext
     /// to `upstream`.
+    /// Many subscribers on veil-controller; how long a change takes to reach them all.
+    XdsLoad(xds::Load),
     TlsServer {
         #[arg(long)]
         listen: SocketAddr,
@@ -179,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
             upstream,
             cert,
         } => tls::server(listen, upstream, &cert).await,
+        Mode::XdsLoad(load) => xds::run(load).await,
     }
 }
 
@@ -555,6 +558,9 @@ async fn http_load(
 
 /// The plain TLS 1.3 baseline: veil's own TLS configurations, one TLS connection per TCP
 /// connection, no HTTP/2.
+#[path = "veil-bench/xds.rs"]
+mod xds;
+
 mod tls {
     use std::net::SocketAddr;
     use std::sync::Arc;

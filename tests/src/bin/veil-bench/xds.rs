@@ -1,0 +1,199 @@
+//! `veil-bench xds-load`: many subscribers on a controller at once, and how long a change takes to
+//! reach all of them. Each subscriber has its own TLS connection and delta ADS stream, subscribes
+//! to both types by wildcard and acknowledges every response. The change is made by rewriting the
+//! mesh file the controller reads (one pod's address, back and forth), so the figures include the
+//! controller's file polling.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prost::Message;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use veil_mesh::identity::{TrustBundle, ca_client_config, tls_channel};
+use veil_mesh::xds::Kind;
+use veil_mesh::xds::proto::discovery::DeltaDiscoveryRequest;
+use veil_mesh::xds::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+
+/// What the load is.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Load {
+    /// The controller, `host:port`.
+    #[arg(long)]
+    target: String,
+    /// The name in its serving certificate.
+    #[arg(long)]
+    server_name: String,
+    /// The root of its serving certificate (PEM).
+    #[arg(long)]
+    root: PathBuf,
+    /// A file holding the bearer token subscribers send.
+    #[arg(long)]
+    token: PathBuf,
+    /// How many subscribers.
+    #[arg(long, default_value = "1000")]
+    subscribers: usize,
+    /// The mesh file the controller reads.
+    #[arg(long)]
+    mesh_file: PathBuf,
+    /// Text in the mesh file swapped with `--to` and back, once per change.
+    #[arg(long)]
+    from: String,
+    /// The replacement.
+    #[arg(long)]
+    to: String,
+    /// The resource whose new version marks a change as arrived.
+    #[arg(long)]
+    watch: String,
+    /// How many changes.
+    #[arg(long, default_value = "5")]
+    changes: usize,
+}
+
+/// One subscriber's report: a response arrived, of this size, carrying the watched resource or not.
+struct Arrival {
+    at: Instant,
+    bytes: usize,
+    watched: bool,
+}
+
+pub(crate) async fn run(load: Load) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(&load.token)?.trim().to_owned();
+    let bundle = TrustBundle::from_pem_file("cluster.local", &load.root)?;
+    let config = ca_client_config(&bundle)?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Arrival>();
+    let started = Instant::now();
+    for _ in 0..load.subscribers {
+        let channel = tls_channel(
+            &load.target,
+            &load.server_name,
+            config.clone(),
+            Duration::from_secs(30),
+        )
+        .map_err(anyhow::Error::msg)?;
+        tokio::spawn(subscriber(
+            channel,
+            token.clone(),
+            load.watch.clone(),
+            tx.clone(),
+        ));
+    }
+    drop(tx);
+    // Initial sync: every subscriber has the watched resource.
+    let mut synced = 0;
+    let mut initial_bytes = 0;
+    while synced < load.subscribers {
+        let arrival = tokio::time::timeout(Duration::from_secs(120), rx.recv())
+            .await
+            .context("initial sync did not finish in 120 s")?
+            .context("subscribers ended")?;
+        initial_bytes += arrival.bytes;
+        synced += usize::from(arrival.watched);
+    }
+    let sync = started.elapsed();
+    let mut latencies = Vec::new();
+    let mut change_bytes = 0;
+    for change in 0..load.changes {
+        let (from, to) = if change % 2 == 0 {
+            (&load.from, &load.to)
+        } else {
+            (&load.to, &load.from)
+        };
+        let t0 = Instant::now();
+        rewrite(&load.mesh_file, from, to)?;
+        let mut arrived = 0;
+        while arrived < load.subscribers {
+            let arrival = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .context("a change did not reach every subscriber in 60 s")?
+                .context("subscribers ended")?;
+            change_bytes += arrival.bytes;
+            if arrival.watched {
+                arrived += 1;
+                latencies.push(arrival.at.duration_since(t0).as_nanos() as u64);
+            }
+        }
+        // Let the acknowledgements settle before the next change.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let report = json!({
+        "subscribers": load.subscribers,
+        "initial_sync_s": sync.as_secs_f64(),
+        "initial_bytes_per_subscriber": initial_bytes / load.subscribers.max(1),
+        "changes": load.changes,
+        "propagation": crate::percentiles(latencies),
+        "bytes_per_change_per_subscriber": change_bytes / (load.subscribers * load.changes).max(1),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+fn rewrite(path: &Path, from: &str, to: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    anyhow::ensure!(text.contains(from), "{from:?} is not in {}", path.display());
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text.replacen(from, to, 1))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+async fn subscriber(
+    channel: tonic::transport::Channel,
+    token: String,
+    watch: String,
+    report: mpsc::UnboundedSender<Arrival>,
+) {
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+    let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
+    for kind in Kind::ALL {
+        let _ = tx.send(DeltaDiscoveryRequest {
+            type_url: kind.type_url().into(),
+            ..Default::default()
+        });
+    }
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut request = tonic::Request::new(requests);
+    let Ok(value) = format!("Bearer {token}").parse() else {
+        return;
+    };
+    request.metadata_mut().insert("authorization", value);
+    let Ok(response) = client.delta_aggregated_resources(request).await else {
+        return;
+    };
+    let mut stream = response.into_inner();
+    let tx = Arc::new(tx);
+    while let Ok(Some(response)) = stream.message().await {
+        if std::env::var_os("XDS_DEBUG").is_some() {
+            eprintln!(
+                "{} {} resources, {} removed, first {:?}",
+                response.type_url,
+                response.resources.len(),
+                response.removed_resources.len(),
+                response
+                    .resources
+                    .iter()
+                    .take(3)
+                    .map(|r| r.name.clone())
+                    .collect::<Vec<_>>()
+            );
+        }
+        let arrival = Arrival {
+            at: Instant::now(),
+            bytes: response.encoded_len(),
+            watched: response.resources.iter().any(|r| r.name == watch),
+        };
+        let _ = tx.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        });
+        if report.send(arrival).is_err() {
+            return;
+        }
+    }
+}

@@ -88,7 +88,6 @@ pub struct Stream {
     hub: Arc<Hub>,
     types: HashMap<Kind, TypeState>,
     sent: u64,
-    acks: u64,
     opened: Instant,
     grace: std::time::Duration,
 }
@@ -100,7 +99,6 @@ impl Stream {
             hub,
             types: HashMap::new(),
             sent: 0,
-            acks: 0,
             opened: Instant::now(),
             grace: AUTHORIZATION_GRACE,
         }
@@ -151,7 +149,6 @@ impl Stream {
             // its acknowledgement does not.
             if state.pending.as_ref().map(|(n, _)| n.as_str()) == Some(&*request.response_nonce) {
                 state.pending = None;
-                self.acks += 1;
                 if let Some(error) = request.error_detail {
                     nack = Some(Nack {
                         kind,
@@ -329,22 +326,12 @@ impl Stream {
         (waiting && Instant::now() < at).then_some(at)
     }
 
-    /// How many responses were acknowledged or refused so far.
-    pub fn acks(&self) -> u64 {
-        self.acks
-    }
-
     /// When the oldest unacknowledged response was sent, if any is.
     pub fn oldest_pending(&self) -> Option<Instant> {
         self.types
             .values()
             .filter_map(|s| s.pending.as_ref().map(|(_, at)| *at))
             .min()
-    }
-
-    /// Whether a response of any type awaits its acknowledgement.
-    pub fn awaiting_ack(&self) -> bool {
-        self.oldest_pending().is_some()
     }
 }
 

@@ -8,7 +8,7 @@ use futures_util::Stream as FutureStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use veil_mesh::telemetry::LogLimiter;
 use veil_mesh::xds::Kind;
 use veil_mesh::xds::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
@@ -148,7 +148,6 @@ async fn drive(
         }
     };
     metrics.streams.dec();
-    debug!(identity = %subscriber.identity, reason = %end, "stream ended");
     info!(identity = %subscriber.identity, reason = %end, "subscriber disconnected");
 }
 

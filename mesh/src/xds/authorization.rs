@@ -24,11 +24,7 @@ use crate::policy::matcher::{AnyOf, StringMatch};
 /// them by name); namespace-wide ones as `NAMESPACE`, or `GLOBAL` in `root_namespace`. AUDIT
 /// policies decide nothing and have no Istio form: `None`.
 pub fn authorization(policy: &AuthzPolicy, root_namespace: &str) -> Option<pb::Authorization> {
-    let action = match policy.action {
-        Action::Allow => pb::Action::Allow,
-        Action::Deny => pb::Action::Deny,
-        Action::Audit | Action::Custom => return None,
-    };
+    let action = istio_action(policy)?;
     let scope = match &policy.scope {
         Scope::Namespace if &*policy.id.namespace == root_namespace => pb::Scope::Global,
         Scope::Namespace => pb::Scope::Namespace,
@@ -48,6 +44,16 @@ pub fn authorization(policy: &AuthzPolicy, root_namespace: &str) -> Option<pb::A
         dry_run: false,
         extensions: Vec::new(),
     })
+}
+
+/// The Istio action of `policy`, or `None` for a policy that decides nothing (AUDIT) and so has no
+/// Istio form.
+pub(crate) fn istio_action(policy: &AuthzPolicy) -> Option<pb::Action> {
+    match policy.action {
+        Action::Allow => Some(pb::Action::Allow),
+        Action::Deny => Some(pb::Action::Deny),
+        Action::Audit | Action::Custom => None,
+    }
 }
 
 /// One rule, or `None` when it can never match at L4 (an ALLOW rule that needs HTTP).

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use prost::Message;
 
-use super::authorization::{authorization, ip_bytes};
+use super::authorization::{authorization, ip_bytes, istio_action};
 use super::proto::istio::security as sec;
 use super::proto::istio::workload as wl;
 use crate::discovery::{MeshState, Service, Waypoint, WaypointRef, Workload};
@@ -242,7 +242,7 @@ fn policy_names(
         .authz_for(workload)
         .iter()
         .filter(|p| !matches!(p.scope, Scope::Namespace))
-        .filter(|p| authorization(p, root).is_some())
+        .filter(|p| istio_action(p).is_some())
         .map(|p| p.id.to_string())
         .collect();
     let profile = state.peer_profile(workload);

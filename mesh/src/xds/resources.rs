@@ -129,8 +129,10 @@ impl Resources {
         let mut generated: BTreeMap<String, sec::Authorization> = BTreeMap::new();
 
         for policy in state.authz_policies() {
-            // Policies attached to waypoints and Services with waypoints are the waypoint's; those
-            // attached to Services without one are listed on the Services' workloads below.
+            // Every deciding policy is sent; one applies to a workload only through its scope or
+            // when the workload names it (below). Policies attached to waypoints, or to Services
+            // with one, are named by no workload: the waypoint enforces them, ztunnels hold them
+            // inert.
             if let Some(message) = authorization(policy, root) {
                 out.insert_authorization(&format!("{}", policy.id), &message);
             }

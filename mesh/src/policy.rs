@@ -5,6 +5,7 @@
 pub(crate) mod compile;
 mod eval;
 mod index;
+mod istio;
 pub(crate) mod matcher;
 mod peer_auth;
 
@@ -13,6 +14,7 @@ pub use compile::{
 };
 pub use eval::{Attributes, Decision, DenyReason, HttpAttributes, Verdict, evaluate};
 pub use index::PolicyIndex;
+pub use istio::{compile_istio, deny_everything, istio_policy_name};
 pub use matcher::Truth;
 pub use peer_auth::{
     PeerAuthPolicy, PeerMode, PeerProfile, compile_peer_auth, peer_profile, resolve_peer_mode,

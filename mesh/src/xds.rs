@@ -5,13 +5,19 @@
 //! beyond Istio's schema is expressed in it (generated Authorizations) rather than beside it.
 
 mod authorization;
+mod client;
 mod resources;
+mod store;
 
 pub use authorization::authorization;
+pub(crate) use authorization::ip_from_bytes;
+pub use client::{Subscription, XdsConfig, subscribe};
+pub(crate) use resources::service_name_of;
 pub use resources::{
     CLUSTER_DOMAIN, CLUSTER_ID, Entry, Kind, Resources, WAYPOINT_ONLY_PREFIX, service_name,
     workload_name,
 };
+pub use store::{Refusal, Store};
 
 /// Generated from `mesh/proto` by `cargo xtask gen-proto`, checked in.
 #[allow(

@@ -92,7 +92,14 @@ pub fn decide(state: &MeshState, workload: &Workload, conn: &Admitted) -> Admiss
     Admission::Policy(match &workload.waypoint {
         // Behind a waypoint: only the waypoint may reach the workload, and it enforced the
         // workload's policies already, with the client's identity and at L7.
-        Some(reference) => from_waypoint(state, workload, reference, peer),
+        Some(reference) => match from_waypoint(state, workload, reference, peer) {
+            // Received in Istio's form, the workload's Authorizations apply to its waypoint's
+            // tunnels too (they name the waypoint's identity where they mean to admit it).
+            decision if decision.allowed() && state.istio_semantics() => {
+                evaluate(&state.authz_for(workload), &attributes(conn, Some(peer)))
+            }
+            decision => decision,
+        },
         None => evaluate(&state.authz_for(workload), &attributes(conn, Some(peer))),
     })
 }

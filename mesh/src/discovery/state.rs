@@ -71,6 +71,8 @@ pub struct MeshState {
     /// The services each workload (by uid) is an endpoint of.
     services_of: HashMap<String, Vec<Arc<Service>>>,
     rejected: Vec<ConfigError>,
+    /// Received from a control plane in Istio's form (see [`Self::istio_semantics`]).
+    istio_semantics: bool,
 }
 
 impl MeshState {
@@ -161,6 +163,32 @@ impl MeshState {
     /// The objects left out of this snapshot (or kept but unreachable), and why.
     pub fn rejected(&self) -> &[ConfigError] {
         &self.rejected
+    }
+
+    /// Marks a snapshot received from a control plane in Istio's form: the Authorizations each
+    /// workload is to be checked against are given by `policies` (the control plane selected them),
+    /// PeerAuthentication arrives as Authorizations that refuse plaintext (so every port's own mode
+    /// is PERMISSIVE and those policies decide), and a workload's Authorizations also apply to the
+    /// tunnels its waypoint opens to it, as in Istio's ztunnel.
+    pub(crate) fn with_istio_policies(
+        mut self,
+        policies: impl Fn(&Workload) -> Arc<[Arc<AuthzPolicy>]>,
+        rejected: Vec<ConfigError>,
+    ) -> Self {
+        for workload in self.workloads.values() {
+            // Fresh workloads: nothing has read their policies yet.
+            let _ = workload.policies.set(policies(workload));
+        }
+        self.istio_semantics = true;
+        self.rejected.extend(rejected);
+        self
+    }
+
+    /// Whether this snapshot came from a control plane in Istio's form: PeerAuthentication is
+    /// expressed in the Authorizations, and those a workload names also apply to its waypoint's
+    /// tunnels.
+    pub fn istio_semantics(&self) -> bool {
+        self.istio_semantics
     }
 
     /// Declares which namespaces are in the mesh: their new pods must be captured before they start.
@@ -284,6 +312,9 @@ impl MeshState {
 
     /// Whether `port` of `workload` accepts plaintext.
     pub fn peer_mode(&self, workload: &Workload, port: u16) -> PeerMode {
+        if self.istio_semantics {
+            return PeerMode::Permissive;
+        }
         let settings = self.settings();
         resolve_peer_mode(
             &self.peer_auth,
@@ -296,6 +327,12 @@ impl MeshState {
 
     /// What every port of `workload` accepts.
     pub fn peer_profile(&self, workload: &Workload) -> PeerProfile {
+        if self.istio_semantics {
+            return PeerProfile {
+                default: PeerMode::Permissive,
+                exceptions: Vec::new(),
+            };
+        }
         let settings = self.settings();
         peer_profile(
             &self.peer_auth,

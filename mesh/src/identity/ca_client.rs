@@ -70,7 +70,7 @@ pub enum TokenSource {
 }
 
 impl TokenSource {
-    fn read(&self) -> Result<String, CaClientError> {
+    pub(crate) fn read(&self) -> Result<String, CaClientError> {
         match self {
             Self::Static(token) => Ok(token.clone()),
             Self::File(path) => std::fs::read_to_string(path)

@@ -62,6 +62,12 @@ pub enum Scope {
     Selector(BTreeMap<String, String>),
     /// Services or waypoints, enforced by the waypoint.
     Targets(Vec<Target>),
+    /// Every workload of the mesh, whatever the policy's namespace (Istio's `GLOBAL`, as received
+    /// over xDS).
+    Mesh,
+    /// The workloads that name it (Istio's `WORKLOAD_SELECTOR`, as received over xDS: the selection
+    /// was made by the control plane).
+    Named,
 }
 
 /// A `targetRefs` entry.
@@ -82,9 +88,18 @@ pub struct AuthzPolicy {
     pub action: Action,
     /// What it applies to.
     pub scope: Scope,
-    pub(crate) rules: Vec<Rule>,
+    pub(crate) rules: Rules,
     /// Whether any rule needs HTTP attributes (so only a waypoint can enforce it fully).
     pub uses_l7: bool,
+}
+
+/// A policy's rules, in the form it was written in.
+#[derive(Debug)]
+pub(crate) enum Rules {
+    /// From an AuthorizationPolicy (`from`, `to`, `when`).
+    Veil(Vec<Rule>),
+    /// From Istio's L4 `Authorization`, received over xDS.
+    Istio(Vec<super::istio::IstioRule>),
 }
 
 #[derive(Debug, Default)]
@@ -248,7 +263,7 @@ pub fn compile_authz(
         id,
         action: spec.action,
         scope,
-        rules,
+        rules: Rules::Veil(rules),
         uses_l7,
     })
 }

@@ -9,7 +9,8 @@ use ipnet::IpNet;
 use veil_crd::authorization::Action;
 
 use super::compile::{
-    AuthzPolicy, Condition, OperationClause, Pair, PolicyId, Rule, ServiceAccount, SourceClause,
+    AuthzPolicy, Condition, OperationClause, Pair, PolicyId, Rule, Rules, ServiceAccount,
+    SourceClause,
 };
 use super::matcher::{AnyOf, Truth, in_any};
 use crate::identity::Identity;
@@ -164,20 +165,28 @@ impl AuthzPolicy {
 
     /// Whether any rule matches, and the first that does (definitely, else possibly).
     fn matching_rule(&self, attrs: &Attributes<'_>) -> (Truth, Option<usize>) {
-        let mut possible = None;
-        for (i, rule) in self.rules.iter().enumerate() {
-            match rule.matches(attrs) {
-                Truth::Yes => return (Truth::Yes, Some(i)),
-                Truth::Unknown => {
-                    possible.get_or_insert(i);
-                }
-                Truth::No => {}
+        match &self.rules {
+            Rules::Veil(rules) => first_match(rules.iter().map(|r| r.matches(attrs))),
+            Rules::Istio(rules) => first_match(rules.iter().map(|r| r.matches(attrs))),
+        }
+    }
+}
+
+/// The first rule that definitely matches, else the first that possibly does.
+fn first_match(truths: impl Iterator<Item = Truth>) -> (Truth, Option<usize>) {
+    let mut possible = None;
+    for (i, truth) in truths.enumerate() {
+        match truth {
+            Truth::Yes => return (Truth::Yes, Some(i)),
+            Truth::Unknown => {
+                possible.get_or_insert(i);
             }
+            Truth::No => {}
         }
-        match possible {
-            Some(i) => (Truth::Unknown, Some(i)),
-            None => (Truth::No, None),
-        }
+    }
+    match possible {
+        Some(i) => (Truth::Unknown, Some(i)),
+        None => (Truth::No, None),
     }
 }
 

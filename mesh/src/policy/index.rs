@@ -38,6 +38,13 @@ impl PolicyIndex {
                     .entry(ns)
                     .or_default()
                     .push(policy.clone()),
+                Scope::Mesh => index
+                    .namespace_wide
+                    .entry(root_namespace.to_owned())
+                    .or_default()
+                    .push(policy.clone()),
+                // Named by the workloads it applies to: nothing to index.
+                Scope::Named => {}
                 Scope::Selector(labels) => {
                     if let Some((k, v)) = labels.iter().next() {
                         let key = (ns, k.clone(), v.clone());

@@ -16,19 +16,24 @@ use veil_crd::authorization::Action;
 use super::proto::istio::security as pb;
 use crate::policy::AuthzPolicy;
 use crate::policy::Scope;
-use crate::policy::compile::{Condition, OperationClause, Pair, Rule, SourceClause};
+use crate::policy::compile::{Condition, OperationClause, Pair, Rule, Rules, SourceClause};
 use crate::policy::matcher::{AnyOf, StringMatch};
 
 /// `policy` as an Istio Authorization named by its namespace and name. Policies that apply by
 /// selector or through a Service are sent as `WORKLOAD_SELECTOR` (the workloads they apply to list
 /// them by name); namespace-wide ones as `NAMESPACE`, or `GLOBAL` in `root_namespace`. AUDIT
-/// policies decide nothing and have no Istio form: `None`.
+/// policies decide nothing and have no Istio form: `None`; neither do policies that were received
+/// in Istio's form (a subscriber's, never re-sent).
 pub fn authorization(policy: &AuthzPolicy, root_namespace: &str) -> Option<pb::Authorization> {
     let action = istio_action(policy)?;
+    let Rules::Veil(rules) = &policy.rules else {
+        return None;
+    };
     let scope = match &policy.scope {
         Scope::Namespace if &*policy.id.namespace == root_namespace => pb::Scope::Global,
+        Scope::Mesh => pb::Scope::Global,
         Scope::Namespace => pb::Scope::Namespace,
-        Scope::Selector(_) | Scope::Targets(_) => pb::Scope::WorkloadSelector,
+        Scope::Selector(_) | Scope::Targets(_) | Scope::Named => pb::Scope::WorkloadSelector,
     };
     let deny = action == pb::Action::Deny;
     Some(pb::Authorization {
@@ -36,8 +41,7 @@ pub fn authorization(policy: &AuthzPolicy, root_namespace: &str) -> Option<pb::A
         namespace: policy.id.namespace.to_string(),
         scope: scope as i32,
         action: action as i32,
-        rules: policy
-            .rules
+        rules: rules
             .iter()
             .filter_map(|rule| translate_rule(rule, deny))
             .collect(),
@@ -193,6 +197,17 @@ fn ports(p: &Pair<Vec<u16>>) -> (Vec<u32>, Vec<u32>) {
 }
 
 /// An address as Istio sends it: 4 bytes for IPv4, 16 for IPv6.
+/// An address as Istio's messages carry it: 4 or 16 bytes.
+pub(crate) fn ip_from_bytes(bytes: &[u8]) -> Result<IpAddr, String> {
+    match bytes.len() {
+        4 => Ok(IpAddr::from(<[u8; 4]>::try_from(bytes).unwrap_or_default())),
+        16 => Ok(IpAddr::from(
+            <[u8; 16]>::try_from(bytes).unwrap_or_default(),
+        )),
+        n => Err(format!("an address of {n} bytes (4 or 16 expected)")),
+    }
+}
+
 pub(crate) fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(v4) => v4.octets().to_vec(),

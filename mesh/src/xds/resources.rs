@@ -116,7 +116,12 @@ fn hostname(namespace: &str, name: &str) -> String {
 
 /// The xDS name of a Service (`<namespace>/<hostname>`).
 pub fn service_name(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{}", hostname(namespace, name))
+    service_name_of(namespace, &hostname(namespace, name))
+}
+
+/// The xDS name of the Service with `hostname`.
+pub(crate) fn service_name_of(namespace: &str, hostname: &str) -> String {
+    format!("{namespace}/{hostname}")
 }
 
 impl Resources {

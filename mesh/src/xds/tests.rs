@@ -414,3 +414,396 @@ fn istio_evaluation_of_the_translation_decides_as_veil_does() {
     }
     assert!(checked > 1000, "{checked} cases");
 }
+
+// ---- The subscriber's side: the resources received back into a mesh, decided by veil ----
+
+fn resource(
+    kind: Kind,
+    name: &str,
+    version: &str,
+    body: Vec<u8>,
+) -> super::proto::discovery::Resource {
+    super::proto::discovery::Resource {
+        name: name.into(),
+        version: version.into(),
+        resource: Some(prost_types::Any {
+            type_url: kind.type_url().into(),
+            value: body,
+        }),
+        ..Default::default()
+    }
+}
+
+fn received(resources: &Resources) -> Store {
+    let mut store = Store::new(MeshSettings::default());
+    for kind in Kind::ALL {
+        let list: Vec<_> = resources
+            .of(kind)
+            .iter()
+            .map(|(name, e)| resource(kind, name, &e.version, e.body.to_vec()))
+            .collect();
+        assert_eq!(store.apply(kind, &list, &[]), vec![], "{kind:?}");
+    }
+    store
+}
+
+/// veil ztunnel's admission (ztunnel/src/admission.rs) on either kind of mesh.
+fn admits(state: &MeshState, w: &crate::discovery::Workload, c: &Conn<'_>) -> bool {
+    match (&w.waypoint, c.source) {
+        (Some(_), None) => false,
+        (Some(reference), Some(peer)) => {
+            let from_waypoint = w.waypoint_conflict().is_empty()
+                && state
+                    .waypoint(reference)
+                    .is_some_and(|wp| &wp.identity == peer);
+            let attrs = Attributes {
+                source: c.source,
+                source_ip: c.source_ip,
+                destination_ip: c.destination_ip,
+                destination_port: c.port,
+                http: None,
+            };
+            from_waypoint
+                && (!state.istio_semantics() || evaluate(&state.authz_for(w), &attrs).allowed())
+        }
+        (None, _) => veil_allows(state, w, c),
+    }
+}
+
+#[test]
+fn a_mesh_received_over_xds_decides_as_the_mesh_it_was_sent_from() {
+    let native = state();
+    let xds = received(&Resources::from_state(&native)).to_state();
+    assert!(xds.istio_semantics());
+    assert_eq!(xds.rejected(), &[], "nothing refused");
+    let id = |ns: &str, sa: &str| Identity::new("cluster.local", ns, sa).unwrap();
+    let peers = [
+        Some(id("shop", "web")),
+        Some(id("shop", "api")),
+        Some(id("ops", "admin")),
+        Some(id("ops", "batch")),
+        Some(id("shop", "wp")),
+        None,
+    ];
+    let source_ips: [IpAddr; 4] = [
+        "10.1.0.1".parse().unwrap(),
+        "10.1.0.2".parse().unwrap(),
+        "10.1.0.5".parse().unwrap(),
+        "10.2.0.1".parse().unwrap(),
+    ];
+    let ports = [22, 23, 80, 5432, 8080, 8443, 9090, 9187];
+    let mut checked = 0;
+    let mut admitted = 0;
+    for w in native.workloads() {
+        let x = xds
+            .workload_by_ip(w.ips[0])
+            .unwrap_or_else(|| panic!("{} was not received", w.key()));
+        assert_eq!(
+            (x.enrolled, &x.identity, &x.node),
+            (w.enrolled, &w.identity, &w.node)
+        );
+        assert_eq!(x.waypoint.is_some(), w.waypoint.is_some(), "{}", w.key());
+        if !w.enrolled {
+            continue;
+        }
+        for peer in &peers {
+            for source_ip in source_ips {
+                for port in ports {
+                    let c = Conn {
+                        source: peer.as_ref(),
+                        source_ip,
+                        destination_ip: w.ips[0],
+                        port,
+                    };
+                    let theirs = admits(&native, &w, &c);
+                    let ours = admits(&xds, x, &c);
+                    let case = || {
+                        format!(
+                            "{} from {:?} at {source_ip} to port {port}",
+                            w.key(),
+                            peer.as_ref().map(Identity::principal)
+                        )
+                    };
+                    if w.waypoint.is_none() {
+                        assert_eq!(ours, theirs, "{}", case());
+                    } else {
+                        // Istio's reading also applies mesh- and namespace-wide policies to the
+                        // waypoint's tunnels: it may deny more, never admit more.
+                        assert!(!ours || theirs, "{}", case());
+                    }
+                    admitted += usize::from(theirs);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 1000 && admitted > 100 && admitted < checked - 100,
+        "{admitted} of {checked}"
+    );
+    // Services, their endpoints and the waypoint come back too.
+    let api = xds.service("shop", "api").expect("service api");
+    assert_eq!(api.target_port(80), Some(8080));
+    assert_eq!(xds.endpoints(api).len(), 1);
+    let wp = xds.waypoints();
+    assert_eq!(wp.len(), 1);
+    assert_eq!(wp[0].identity, id("shop", "wp"));
+    assert_eq!(wp[0].ips.len(), 2);
+    assert_eq!(
+        xds.ambient_namespaces().iter().collect::<Vec<_>>(),
+        ["ops", "shop"]
+    );
+}
+
+fn policy_body(a: &sec::Authorization) -> Vec<u8> {
+    a.encode_to_vec()
+}
+
+fn allow_from(ns: &str, name: &str, scope: sec::Scope, principal: &str) -> sec::Authorization {
+    sec::Authorization {
+        name: name.into(),
+        namespace: ns.into(),
+        scope: scope as i32,
+        action: sec::Action::Allow as i32,
+        rules: vec![sec::Rule {
+            clauses: vec![sec::Clause {
+                matches: vec![sec::Match {
+                    principals: vec![sec::StringMatch {
+                        match_type: Some(sec::string_match::MatchType::Exact(principal.into())),
+                    }],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        ..Default::default()
+    }
+}
+
+fn decide(state: &MeshState, ip: &str, peer: &Identity) -> bool {
+    let w = state.workload_by_ip(ip.parse().unwrap()).unwrap();
+    let c = Conn {
+        source: Some(peer),
+        source_ip: "10.1.0.1".parse().unwrap(),
+        destination_ip: w.ips[0],
+        port: 8080,
+    };
+    admits(state, w, &c)
+}
+
+#[test]
+fn what_is_refused_or_missing_fails_closed_and_the_rest_is_applied() {
+    let native = state();
+    let mut store = received(&Resources::from_state(&native));
+    let web = Identity::new("cluster.local", "shop", "web").unwrap();
+    let api_ip = "10.1.0.2";
+    let admin_ip = "10.2.0.1";
+    assert!(decide(&store.to_state(), api_ip, &web));
+    assert!(decide(&store.to_state(), admin_ip, &web));
+
+    // A new version of a policy the api names, with an address of 5 bytes: refused, NACKed by
+    // name, and the api admits nothing; the rest of the mesh still decides as before.
+    let mut bad = allow_from(
+        "shop",
+        "api-from-web",
+        sec::Scope::WorkloadSelector,
+        "cluster.local/ns/shop/sa/web",
+    );
+    bad.rules[0].clauses[0].matches[0].source_ips = vec![sec::Address {
+        address: vec![10, 0, 0, 0, 1],
+        length: 8,
+    }];
+    let refused = store.apply(
+        Kind::Authorization,
+        &[resource(
+            Kind::Authorization,
+            "shop/api-from-web",
+            "v2",
+            policy_body(&bad),
+        )],
+        &[],
+    );
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].name, "shop/api-from-web");
+    assert!(
+        refused[0].reason.contains("5 bytes"),
+        "{}",
+        refused[0].reason
+    );
+    let state = store.to_state();
+    assert!(!decide(&state, api_ip, &web), "the api admits nothing");
+    assert!(
+        decide(&state, admin_ip, &web),
+        "the rest of the mesh is unaffected"
+    );
+    assert!(
+        state
+            .rejected()
+            .iter()
+            .any(|e| e.to_string().contains("shop/api-from-web"))
+    );
+    // Its versions are remembered, so a resumed stream does not get the same bad copy again.
+    assert_eq!(
+        store.versions(Kind::Authorization)["shop/api-from-web"],
+        "v2"
+    );
+
+    // A valid version restores it.
+    let good = allow_from(
+        "shop",
+        "api-from-web",
+        sec::Scope::WorkloadSelector,
+        "cluster.local/ns/shop/sa/web",
+    );
+    assert_eq!(
+        store.apply(
+            Kind::Authorization,
+            &[resource(
+                Kind::Authorization,
+                "shop/api-from-web",
+                "v3",
+                policy_body(&good)
+            )],
+            &[]
+        ),
+        vec![]
+    );
+    assert!(decide(&store.to_state(), api_ip, &web));
+
+    // Removed while the api still names it: the api admits nothing.
+    store.apply(Kind::Authorization, &[], &["shop/api-from-web".into()]);
+    let state = store.to_state();
+    assert!(!decide(&state, api_ip, &web));
+    assert!(
+        state
+            .rejected()
+            .iter()
+            .any(|e| e.to_string().contains("not received"))
+    );
+    store.apply(
+        Kind::Authorization,
+        &[resource(
+            Kind::Authorization,
+            "shop/api-from-web",
+            "v3",
+            policy_body(&good),
+        )],
+        &[],
+    );
+
+    // A namespace-wide policy that cannot be read denies its namespace only.
+    let mut ns_wide = allow_from("ops", "broken", sec::Scope::Namespace, "x");
+    ns_wide.rules[0].clauses[0].matches[0].principals[0].match_type = None;
+    let refused = store.apply(
+        Kind::Authorization,
+        &[resource(
+            Kind::Authorization,
+            "ops/broken",
+            "v1",
+            policy_body(&ns_wide),
+        )],
+        &[],
+    );
+    assert!(
+        refused[0].reason.contains("without a pattern"),
+        "{refused:?}"
+    );
+    let state = store.to_state();
+    assert!(!decide(&state, admin_ip, &web), "ops admits nothing");
+    assert!(decide(&state, api_ip, &web), "shop is unaffected");
+    // Garbage under a root-namespace name denies the whole mesh: its scope could be GLOBAL.
+    let refused = store.apply(
+        Kind::Authorization,
+        &[resource(
+            Kind::Authorization,
+            "veil-system/junk",
+            "v1",
+            vec![0xff, 0xff],
+        )],
+        &[],
+    );
+    assert_eq!(refused.len(), 1);
+    assert!(!decide(&store.to_state(), api_ip, &web));
+    store.apply(
+        Kind::Authorization,
+        &[],
+        &["veil-system/junk".into(), "ops/broken".into()],
+    );
+    assert!(decide(&store.to_state(), api_ip, &web));
+
+    // A workload that cannot be read is left out; the others stay.
+    let name = workload_name("shop", "db");
+    let mut db = workload(&Resources::from_state(&native), "shop", "db");
+    db.addresses.push(vec![1, 2, 3]);
+    let body = wl::Address {
+        r#type: Some(wl::address::Type::Workload(db)),
+    }
+    .encode_to_vec();
+    let refused = store.apply(
+        Kind::Address,
+        &[resource(Kind::Address, &name, "v9", body)],
+        &[],
+    );
+    assert_eq!(refused.len(), 1);
+    let state = store.to_state();
+    assert!(state.workload_by_ip("10.1.0.3".parse().unwrap()).is_none());
+    assert!(state.workload_by_ip("10.1.0.2".parse().unwrap()).is_some());
+
+    // A resource under another's name, or of the wrong type, is refused.
+    let web_name = workload_name("shop", "web");
+    let entry = &Resources::from_state(&native).of(Kind::Address)[web_name.as_str()].clone();
+    let refused = store.apply(
+        Kind::Address,
+        &[resource(
+            Kind::Address,
+            &workload_name("shop", "api"),
+            "v9",
+            entry.body.to_vec(),
+        )],
+        &[],
+    );
+    assert!(refused[0].reason.contains("uid"), "{refused:?}");
+    let mut wrong = resource(Kind::Address, "shop/x", "v1", vec![]);
+    wrong.resource.as_mut().unwrap().type_url = Kind::Authorization.type_url().into();
+    assert!(
+        store.apply(Kind::Address, &[wrong], &[])[0]
+            .reason
+            .contains("type")
+    );
+}
+
+#[test]
+fn istio_forms_veil_does_not_know_are_refused_not_widened() {
+    let mut a = allow_from("shop", "p", sec::Scope::Namespace, "x");
+    a.extensions.push(wl::Extension::default());
+    assert!(crate::policy::compile_istio("shop/p", &a).is_err());
+    let mut a = allow_from("shop", "p", sec::Scope::Namespace, "x");
+    a.rules[0].clauses[0].matches[0].destination_ports = vec![70000];
+    assert!(crate::policy::compile_istio("shop/p", &a).is_err());
+    let mut a = allow_from("shop", "p", sec::Scope::Namespace, "x");
+    a.rules[0].clauses[0].matches[0].not_source_ips = vec![sec::Address {
+        address: vec![10, 0, 0, 0],
+        length: 33,
+    }];
+    assert!(crate::policy::compile_istio("shop/p", &a).is_err());
+    let a = allow_from("shop", "p", sec::Scope::Namespace, "x");
+    assert!(
+        crate::policy::compile_istio("shop/other", &a).is_err(),
+        "name mismatch"
+    );
+    let mut a = allow_from("shop", "p", sec::Scope::Namespace, "x");
+    a.action = 7;
+    assert!(crate::policy::compile_istio("shop/p", &a).is_err());
+    // A dry-run policy decides nothing.
+    let mut a = allow_from("shop", "p", sec::Scope::Namespace, "x");
+    a.dry_run = true;
+    let p = crate::policy::compile_istio("shop/p", &a).unwrap();
+    let web = Identity::new("cluster.local", "shop", "web").unwrap();
+    let attrs = Attributes {
+        source: Some(&web),
+        source_ip: "10.1.0.1".parse().unwrap(),
+        destination_ip: "10.1.0.2".parse().unwrap(),
+        destination_port: 80,
+        http: None,
+    };
+    assert!(evaluate(&[std::sync::Arc::new(p)], &attrs).allowed());
+}

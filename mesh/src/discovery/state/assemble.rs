@@ -115,12 +115,24 @@ pub(super) fn services(
             ));
             continue;
         }
-        let mut endpoints: Vec<String> = workloads
-            .iter()
-            .filter(|w| w.namespace == service.namespace && selects(&service.selector, &w.labels))
-            .map(|w| w.uid.clone())
-            .collect();
+        let mut endpoints: Vec<String> = if service.selector.is_empty() {
+            // Endpoints named by the source (a control plane that selected them): those that exist.
+            let known: HashSet<&str> = workloads.iter().map(|w| w.uid.as_str()).collect();
+            std::mem::take(&mut service.endpoints)
+                .into_iter()
+                .filter(|uid| known.contains(uid.as_str()))
+                .collect()
+        } else {
+            workloads
+                .iter()
+                .filter(|w| {
+                    w.namespace == service.namespace && selects(&service.selector, &w.labels)
+                })
+                .map(|w| w.uid.clone())
+                .collect()
+        };
         endpoints.sort();
+        endpoints.dedup();
         service.endpoints = endpoints;
         vips.extend(service.vips.iter().map(|vip| (*vip, service.key())));
         out.push(service);

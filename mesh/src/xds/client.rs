@@ -1,0 +1,229 @@
+//! A subscriber of a control plane (veil's controller, or istiod): one delta ADS stream carrying
+//! both resource types by wildcard, every response validated, applied and acknowledged (or
+//! NACKed, naming what was refused and why), the resulting mesh published whole.
+//!
+//! When the stream breaks, the last mesh stays published and the subscriber reconnects with
+//! backoff, resuming from the versions it holds (`initial_resource_versions`), so the control plane
+//! sends only what changed and what was removed meanwhile. Whether the stream is up is published
+//! too: while it is down, the mesh may be stale, and the data path refuses destinations it does not
+//! know rather than guessing they are outside the mesh.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::Kind;
+use super::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use super::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
+use super::store::{Refusal, Store};
+use crate::discovery::{ConfigError, MeshSettings, MeshState};
+use crate::identity::{TokenSource, tls_channel};
+
+/// Where the control plane is and how to authenticate to it.
+#[derive(Clone, Debug)]
+pub struct XdsConfig {
+    /// `host:port`.
+    pub address: String,
+    /// The name its serving certificate must be valid for.
+    pub server_name: String,
+    /// TLS settings (the mesh roots; a client certificate when one is used).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// The bearer token sent on every stream (re-read for each).
+    pub token: Option<TokenSource>,
+    /// This subscriber's node id (the node a ztunnel serves).
+    pub node: String,
+    /// How long a connection attempt may take.
+    pub connect_timeout: Duration,
+}
+
+/// A running subscription.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The mesh as last received.
+    pub state: watch::Receiver<Arc<MeshState>>,
+    /// Whether the stream to the control plane is up.
+    pub connected: watch::Receiver<bool>,
+}
+
+/// gRPC's INVALID_ARGUMENT, the code of a NACK.
+const INVALID_ARGUMENT: i32 = 3;
+/// The longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+
+/// Connects and returns once the first version of both resource types has arrived (retrying until
+/// then); keeps the subscription going in the background. `on_reject` is told about every object
+/// the mesh leaves out or makes deny.
+pub async fn subscribe(
+    config: XdsConfig,
+    settings: MeshSettings,
+    on_reject: impl Fn(&ConfigError) + Send + Sync + 'static,
+) -> Subscription {
+    let (state_tx, state) = watch::channel(Arc::new(MeshState::default()));
+    let (connected_tx, connected) = watch::channel(false);
+    let (synced_tx, mut synced) = watch::channel(false);
+    tokio::spawn(run(
+        config,
+        Store::new(settings),
+        state_tx,
+        connected_tx,
+        synced_tx,
+        on_reject,
+    ));
+    let _ = synced.wait_for(|s| *s).await;
+    Subscription { state, connected }
+}
+
+async fn run(
+    config: XdsConfig,
+    mut store: Store,
+    state: watch::Sender<Arc<MeshState>>,
+    connected: watch::Sender<bool>,
+    synced: watch::Sender<bool>,
+    on_reject: impl Fn(&ConfigError) + Send + Sync,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut reported: Vec<ConfigError> = Vec::new();
+    loop {
+        let outcome = stream(&config, &mut store, &state, &connected, &synced, &mut |s| {
+            for e in s.rejected() {
+                if !reported.contains(e) {
+                    on_reject(e);
+                }
+            }
+            reported = s.rejected().to_vec();
+        })
+        .await;
+        connected.send_replace(false);
+        match outcome {
+            Ok(()) => {
+                warn!(address = %config.address, "the control plane ended the stream; keeping the last mesh and reconnecting");
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => {
+                warn!(address = %config.address, error = %e, retry_in = ?backoff, "no stream to the control plane; keeping the last mesh, refusing unknown destinations");
+            }
+        }
+        let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One stream, until it ends.
+async fn stream(
+    config: &XdsConfig,
+    store: &mut Store,
+    state: &watch::Sender<Arc<MeshState>>,
+    connected: &watch::Sender<bool>,
+    synced: &watch::Sender<bool>,
+    report: &mut impl FnMut(&MeshState),
+) -> Result<(), String> {
+    let channel = tls_channel(
+        &config.address,
+        &config.server_name,
+        config.tls.clone(),
+        config.connect_timeout,
+    )?;
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+    let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
+    let node = Node {
+        id: config.node.clone(),
+        ..Default::default()
+    };
+    // Policies first: a control plane that keeps Istio's order sends workloads only with the
+    // policies they name.
+    for kind in [Kind::Authorization, Kind::Address] {
+        let _ = tx.send(DeltaDiscoveryRequest {
+            node: Some(node.clone()),
+            type_url: kind.type_url().into(),
+            initial_resource_versions: store.versions(kind),
+            ..Default::default()
+        });
+    }
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut request = tonic::Request::new(requests);
+    if let Some(token) = &config.token {
+        let token = token.read().map_err(|e| e.to_string())?;
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the token is not a valid header value".to_owned())?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut responses = client
+        .delta_aggregated_resources(request)
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut received: HashMap<Kind, bool> = HashMap::new();
+    loop {
+        let response = match responses.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return Ok(()),
+            Err(s) => return Err(format!("{}: {}", s.code(), s.message())),
+        };
+        if !*connected.borrow() {
+            connected.send_replace(true);
+            info!(address = %config.address, "streaming from the control plane");
+        }
+        let (ack, kind) = handle(store, &response);
+        let _ = tx.send(ack);
+        let Some(kind) = kind else {
+            continue;
+        };
+        received.insert(kind, true);
+        // The first time, the mesh is published once both types are here; after that (resumed
+        // streams included), every response changes it.
+        if *synced.borrow() || Kind::ALL.iter().all(|k| received.contains_key(k)) {
+            let mesh = store.to_state();
+            report(&mesh);
+            if !*synced.borrow() {
+                info!(summary = ?mesh.summary(), "first mesh received from the control plane");
+            }
+            state.send_replace(Arc::new(mesh));
+            synced.send_replace(true);
+        }
+    }
+}
+
+/// Applies one response; returns its acknowledgement (a NACK naming what was refused) and its kind.
+fn handle(
+    store: &mut Store,
+    response: &DeltaDiscoveryResponse,
+) -> (DeltaDiscoveryRequest, Option<Kind>) {
+    let mut ack = DeltaDiscoveryRequest {
+        type_url: response.type_url.clone(),
+        response_nonce: response.nonce.clone(),
+        ..Default::default()
+    };
+    let Some(kind) = Kind::from_type_url(&response.type_url) else {
+        warn!(type_url = %response.type_url, "a response of a type never subscribed to");
+        ack.error_detail = Some(nack(format!("unknown type {}", response.type_url)));
+        return (ack, None);
+    };
+    let refused = store.apply(kind, &response.resources, &response.removed_resources);
+    if !refused.is_empty() {
+        for Refusal { name, reason } in refused.iter().take(10) {
+            warn!(%name, %reason, "resource refused; what it would decide is denied");
+        }
+        let message = refused
+            .iter()
+            .map(|r| format!("{}: {}", r.name, r.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        ack.error_detail = Some(nack(message));
+    }
+    (ack, Some(kind))
+}
+
+fn nack(message: String) -> Status {
+    Status {
+        code: INVALID_ARGUMENT,
+        message,
+        details: Vec::new(),
+    }
+}

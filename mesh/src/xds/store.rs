@@ -1,0 +1,629 @@
+//! A subscriber's copy of the resources a control plane sent, and the [`MeshState`] they make.
+//!
+//! Every resource is validated on arrival; one that is not valid is reported (the response is then
+//! NACKed with its name and reason) and the rest are applied. What a refused resource would have
+//! said is unknown, so it fails closed:
+//!
+//! - a refused workload or service is left out (its addresses are unknown destinations, its pods
+//!   are not captured by this source);
+//! - a refused Authorization denies everything in the scope it declares (or, when it cannot even
+//!   be decoded, in the namespace its name gives; the whole mesh if that is the root namespace);
+//! - a workload naming an Authorization that is not here (never sent, or removed) admits nothing
+//!   until it arrives.
+//!
+//! Waypoints have no resource of their own in Istio's schema: a workload's or service's waypoint
+//! is a gateway address, either an address (of the workload that is the waypoint) or a hostname
+//! (of the waypoint's Service, whose endpoints are its instances). Instances that do not share one
+//! identity make the waypoint unusable, and traffic bound to it fails closed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use prost::Message;
+
+use super::proto::discovery::Resource;
+use super::proto::istio::security as sec;
+use super::proto::istio::workload as wl;
+use super::{Kind, ip_from_bytes};
+use crate::discovery::{
+    ConfigError, MeshSettings, MeshState, Service, ServicePort, Waypoint, WaypointRef, Workload,
+};
+use crate::identity::Identity;
+use crate::policy::{AuthzPolicy, PolicyId, Scope, compile_istio, deny_everything};
+
+/// A resource that was refused, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Its xDS name.
+    pub name: String,
+    /// Why.
+    pub reason: String,
+}
+
+#[derive(Debug)]
+struct Received<T> {
+    version: String,
+    value: Result<T, String>,
+}
+
+/// An Authorization as enforced: the policy received, or, when it was refused, a policy that
+/// denies everything in its scope.
+#[derive(Debug)]
+struct Policy {
+    version: String,
+    policy: Arc<AuthzPolicy>,
+    refused: Option<String>,
+}
+
+/// A validated workload or service, as received.
+#[derive(Debug)]
+enum AddressEntry {
+    Workload(WorkloadEntry),
+    Service(ServiceEntry),
+}
+
+#[derive(Debug)]
+struct WorkloadEntry {
+    uid: String,
+    name: String,
+    namespace: String,
+    service_account: String,
+    node: String,
+    ips: Vec<IpAddr>,
+    enrolled: bool,
+    identity: Identity,
+    waypoint: Option<Gateway>,
+    policies: Vec<String>,
+    /// The services it backs (xDS names), with their ports.
+    services: BTreeMap<String, Vec<(u16, u16)>>,
+}
+
+#[derive(Debug)]
+struct ServiceEntry {
+    name: String,
+    namespace: String,
+    hostname: String,
+    vips: Vec<IpAddr>,
+    ports: Vec<(u16, u16)>,
+    waypoint: Option<Gateway>,
+}
+
+/// Where a waypoint is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Gateway {
+    Address(IpAddr),
+    Hostname { namespace: String, hostname: String },
+}
+
+/// The resources received so far.
+#[derive(Debug)]
+pub struct Store {
+    settings: MeshSettings,
+    addresses: HashMap<String, Received<AddressEntry>>,
+    authorizations: HashMap<String, Policy>,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new(settings: MeshSettings) -> Self {
+        Self {
+            settings,
+            addresses: HashMap::new(),
+            authorizations: HashMap::new(),
+        }
+    }
+
+    /// The version of every resource of `kind` held, for `initial_resource_versions` when a stream
+    /// resumes (refused ones included: the same version would be refused again).
+    pub fn versions(&self, kind: Kind) -> HashMap<String, String> {
+        match kind {
+            Kind::Address => versions(&self.addresses),
+            Kind::Authorization => self
+                .authorizations
+                .iter()
+                .map(|(name, p)| (name.clone(), p.version.clone()))
+                .collect(),
+        }
+    }
+
+    /// How many resources of `kind` are held.
+    pub fn len(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Address => self.addresses.len(),
+            Kind::Authorization => self.authorizations.len(),
+        }
+    }
+
+    /// Applies one response: `resources` added or replaced, `removed` gone. Returns what was
+    /// refused (the rest is applied).
+    pub fn apply(
+        &mut self,
+        kind: Kind,
+        resources: &[Resource],
+        removed: &[String],
+    ) -> Vec<Refusal> {
+        for name in removed {
+            match kind {
+                Kind::Address => drop(self.addresses.remove(name)),
+                Kind::Authorization => drop(self.authorizations.remove(name)),
+            }
+        }
+        let mut refused = Vec::new();
+        for resource in resources {
+            let name = &resource.name;
+            let version = resource.version.clone();
+            let refusal = match kind {
+                Kind::Address => {
+                    let value = decode::<wl::Address>(kind, resource)
+                        .and_then(|a| address_entry(name, &a, &self.settings));
+                    let refusal = value.as_ref().err().cloned();
+                    // A refused one is left out: what it would say now is unknown.
+                    self.addresses
+                        .insert(name.clone(), Received { version, value });
+                    refusal
+                }
+                Kind::Authorization => {
+                    let (policy, refusal) = match decode::<sec::Authorization>(kind, resource) {
+                        Ok(a) => match compile_istio(name, &a) {
+                            Ok(policy) => (policy, None),
+                            Err(e) => (
+                                placeholder(name, Some(&a), &self.settings),
+                                Some(e.to_string()),
+                            ),
+                        },
+                        Err(reason) => (placeholder(name, None, &self.settings), Some(reason)),
+                    };
+                    self.authorizations.insert(
+                        name.clone(),
+                        Policy {
+                            version,
+                            policy: Arc::new(policy),
+                            refused: refusal.clone(),
+                        },
+                    );
+                    refusal
+                }
+            };
+            if let Some(reason) = refusal {
+                refused.push(Refusal {
+                    name: name.clone(),
+                    reason,
+                });
+            }
+        }
+        refused
+    }
+
+    /// The mesh these resources describe.
+    pub fn to_state(&self) -> MeshState {
+        let mut rejected: Vec<ConfigError> = Vec::new();
+        let mut workloads: Vec<&WorkloadEntry> = Vec::new();
+        let mut services: Vec<&ServiceEntry> = Vec::new();
+        for (name, received) in &self.addresses {
+            match &received.value {
+                Ok(AddressEntry::Workload(w)) => workloads.push(w),
+                Ok(AddressEntry::Service(s)) => services.push(s),
+                Err(reason) => {
+                    rejected.push(ConfigError::invalid(
+                        format!("address {name}"),
+                        reason.clone(),
+                    ));
+                }
+            }
+        }
+        workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
+        services.sort_by(|a, b| (&a.namespace, &a.hostname).cmp(&(&b.namespace, &b.hostname)));
+        // Who backs each service, and who has each address: built once, not scanned per service.
+        let mut backing: HashMap<&str, Vec<&WorkloadEntry>> = HashMap::new();
+        let mut by_ip: HashMap<IpAddr, Vec<&WorkloadEntry>> = HashMap::new();
+        for w in &workloads {
+            for key in w.services.keys() {
+                backing.entry(key).or_default().push(w);
+            }
+            for ip in &w.ips {
+                by_ip.entry(*ip).or_default().push(w);
+            }
+        }
+        let service_names: HashMap<(&str, &str), &str> = services
+            .iter()
+            .map(|s| ((s.namespace.as_str(), s.hostname.as_str()), s.name.as_str()))
+            .collect();
+
+        // The waypoints named anywhere, and the workloads that are their instances.
+        let gateways: BTreeSet<&Gateway> = workloads
+            .iter()
+            .filter_map(|w| w.waypoint.as_ref())
+            .chain(services.iter().filter_map(|s| s.waypoint.as_ref()))
+            .collect();
+        let mut references: HashMap<&Gateway, WaypointRef> = HashMap::new();
+        let mut waypoints = Vec::new();
+        let mut instances: BTreeSet<&str> = BTreeSet::new();
+        for gateway in gateways {
+            let (reference, found) = match gateway {
+                Gateway::Address(ip) => {
+                    let found = by_ip.get(ip).cloned().unwrap_or_default();
+                    let reference = found.first().map_or_else(
+                        || WaypointRef {
+                            namespace: String::new(),
+                            name: ip.to_string(),
+                        },
+                        |w| WaypointRef {
+                            namespace: w.namespace.clone(),
+                            name: w.name.clone(),
+                        },
+                    );
+                    (reference, found)
+                }
+                Gateway::Hostname {
+                    namespace,
+                    hostname,
+                } => {
+                    let name = service_names
+                        .get(&(namespace.as_str(), hostname.as_str()))
+                        .map_or_else(
+                            || hostname.split('.').next().unwrap_or_default().to_owned(),
+                            |n| (*n).to_owned(),
+                        );
+                    let key = super::service_name_of(namespace, hostname);
+                    let found = backing.get(key.as_str()).cloned().unwrap_or_default();
+                    let reference = WaypointRef {
+                        namespace: namespace.clone(),
+                        name,
+                    };
+                    (reference, found)
+                }
+            };
+            match waypoint(&reference, &found) {
+                Ok(waypoint) => {
+                    instances.extend(found.iter().map(|w| w.uid.as_str()));
+                    waypoints.push(waypoint);
+                }
+                Err(reason) => {
+                    rejected.push(ConfigError::invalid(
+                        format!("waypoint {reference}"),
+                        reason,
+                    ));
+                }
+            }
+            references.insert(gateway, reference);
+        }
+        let reference = |g: &Option<Gateway>| g.as_ref().map(|g| references[g].clone());
+
+        let mut model_workloads = Vec::with_capacity(workloads.len());
+        let mut named: HashMap<&str, &[String]> = HashMap::new();
+        for w in workloads
+            .iter()
+            .filter(|w| !instances.contains(w.uid.as_str()))
+        {
+            named.insert(&w.uid, &w.policies);
+            model_workloads.push(Workload {
+                uid: w.uid.clone(),
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                service_account: w.service_account.clone(),
+                node: w.node.clone(),
+                ips: w.ips.clone(),
+                labels: BTreeMap::new(),
+                netns: None,
+                enrolled: w.enrolled,
+                identity: w.identity.clone(),
+                waypoint: reference(&w.waypoint),
+                waypoint_conflict: Vec::new(),
+                policies: Default::default(),
+            });
+        }
+        let mut model_services = Vec::with_capacity(services.len());
+        for s in &services {
+            let key = super::service_name_of(&s.namespace, &s.hostname);
+            let backing = backing.get(key.as_str()).map_or(&[][..], Vec::as_slice);
+            let mut ports = Vec::new();
+            for (port, target) in &s.ports {
+                match target_port(*port, *target, backing, &key) {
+                    Some(target_port) => ports.push(ServicePort {
+                        port: *port,
+                        target_port,
+                    }),
+                    None => rejected.push(ConfigError::invalid(
+                        format!("service {key}"),
+                        format!("port {port}: no target port, or endpoints that disagree on it; the port is left out"),
+                    )),
+                }
+            }
+            model_services.push(Service {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                vips: s.vips.clone(),
+                ports,
+                selector: BTreeMap::new(),
+                endpoints: backing.iter().map(|w| w.uid.clone()).collect(),
+                waypoint: reference(&s.waypoint),
+            });
+        }
+
+        // Which policies apply: by scope, and by name.
+        let mut mesh_wide = Vec::new();
+        let mut by_namespace: HashMap<&str, Vec<Arc<AuthzPolicy>>> = HashMap::new();
+        for (name, p) in &self.authorizations {
+            match p.policy.scope {
+                Scope::Mesh => mesh_wide.push(p.policy.clone()),
+                Scope::Namespace => by_namespace
+                    .entry(&p.policy.id.namespace)
+                    .or_default()
+                    .push(p.policy.clone()),
+                _ => {}
+            }
+            if let Some(reason) = &p.refused {
+                rejected.push(ConfigError::invalid(
+                    format!("authorization {name}"),
+                    format!(
+                        "{reason}; everything in its scope is denied until a valid version arrives"
+                    ),
+                ));
+            }
+        }
+        let mut missing: BTreeMap<&str, Arc<AuthzPolicy>> = BTreeMap::new();
+        for name in named.values().flat_map(|n| n.iter()) {
+            if !self.authorizations.contains_key(name) && !missing.contains_key(name.as_str()) {
+                rejected.push(ConfigError::invalid(
+                    format!("authorization {name}"),
+                    "named by a workload but not received: that workload admits nothing until it is",
+                ));
+                missing.insert(name, Arc::new(placeholder(name, None, &self.settings)));
+            }
+        }
+        let applicable = |w: &Workload| -> Arc<[Arc<AuthzPolicy>]> {
+            let mut out: Vec<Arc<AuthzPolicy>> = mesh_wide.clone();
+            out.extend(
+                by_namespace
+                    .get(w.namespace.as_str())
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+            for name in named.get(w.uid.as_str()).copied().unwrap_or_default() {
+                match self.authorizations.get(name) {
+                    Some(p) => out.push(p.policy.clone()),
+                    None => out.extend(missing.get(name.as_str()).cloned()),
+                }
+            }
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            out.into()
+        };
+        let ambient: BTreeSet<String> = model_workloads
+            .iter()
+            .filter(|w| w.enrolled)
+            .map(|w| w.namespace.clone())
+            .collect();
+        MeshState::build_isolating(
+            self.settings.clone(),
+            model_workloads,
+            model_services,
+            waypoints,
+            Vec::new(),
+            Vec::new(),
+        )
+        .with_istio_policies(applicable, rejected)
+        .with_ambient_namespaces(ambient)
+    }
+}
+
+fn versions<T>(map: &HashMap<String, Received<T>>) -> HashMap<String, String> {
+    map.iter()
+        .map(|(name, r)| (name.clone(), r.version.clone()))
+        .collect()
+}
+
+/// The message of `resource`, which must be of `kind`.
+fn decode<M: Message + Default>(kind: Kind, resource: &Resource) -> Result<M, String> {
+    let Some(any) = &resource.resource else {
+        return Err("no resource body".into());
+    };
+    if any.type_url != kind.type_url() {
+        return Err(format!(
+            "type {:?} in a response of type {:?}",
+            any.type_url,
+            kind.type_url()
+        ));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| format!("not a valid {}: {e}", kind.type_url()))
+}
+
+fn address_entry(
+    name: &str,
+    a: &wl::Address,
+    settings: &MeshSettings,
+) -> Result<AddressEntry, String> {
+    match &a.r#type {
+        Some(wl::address::Type::Workload(w)) => {
+            workload_entry(name, w, settings).map(AddressEntry::Workload)
+        }
+        Some(wl::address::Type::Service(s)) => service_entry(name, s).map(AddressEntry::Service),
+        None => Err("an address that is neither a workload nor a service".into()),
+    }
+}
+
+fn workload_entry(
+    name: &str,
+    w: &wl::Workload,
+    settings: &MeshSettings,
+) -> Result<WorkloadEntry, String> {
+    if w.uid != name {
+        return Err(format!(
+            "sent under the name {name:?}, but its uid is {:?}",
+            w.uid
+        ));
+    }
+    if w.name.is_empty() || w.namespace.is_empty() {
+        return Err("a workload needs a name and a namespace".into());
+    }
+    let trust_domain = if w.trust_domain.is_empty() {
+        settings.trust_domain.as_str()
+    } else {
+        w.trust_domain.as_str()
+    };
+    let service_account = if w.service_account.is_empty() {
+        "default"
+    } else {
+        w.service_account.as_str()
+    };
+    let identity = Identity::new(trust_domain, &w.namespace, service_account)
+        .map_err(|e| format!("identity: {e}"))?;
+    let ips = w
+        .addresses
+        .iter()
+        .map(|a| ip_from_bytes(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let enrolled = match wl::TunnelProtocol::try_from(w.tunnel_protocol) {
+        Ok(wl::TunnelProtocol::Hbone) => true,
+        Ok(wl::TunnelProtocol::None) => false,
+        // Neither carried nor plaintext-safe: refused rather than guessed.
+        Ok(other) => return Err(format!("tunnel protocol {other:?} is not supported")),
+        Err(_) => return Err(format!("unknown tunnel protocol {}", w.tunnel_protocol)),
+    };
+    if w.network_gateway.is_some() {
+        return Err("network gateways (multi-network) are not supported".into());
+    }
+    let mut services = BTreeMap::new();
+    for (key, list) in &w.services {
+        let ports = list
+            .ports
+            .iter()
+            .map(|p| Ok((port(p.service_port)?, optional_port(p.target_port)?)))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| format!("services[{key}]: {e}"))?;
+        services.insert(key.clone(), ports);
+    }
+    Ok(WorkloadEntry {
+        uid: w.uid.clone(),
+        name: w.name.clone(),
+        namespace: w.namespace.clone(),
+        service_account: service_account.to_owned(),
+        node: w.node.clone(),
+        ips,
+        enrolled,
+        identity,
+        waypoint: w.waypoint.as_ref().map(gateway).transpose()?,
+        policies: w.authorization_policies.clone(),
+        services,
+    })
+}
+
+fn service_entry(name: &str, s: &wl::Service) -> Result<ServiceEntry, String> {
+    if s.name.is_empty() || s.namespace.is_empty() || s.hostname.is_empty() {
+        return Err("a service needs a name, a namespace and a hostname".into());
+    }
+    let expected = super::service_name_of(&s.namespace, &s.hostname);
+    if name != expected {
+        return Err(format!("sent under the name {name:?}, not {expected:?}"));
+    }
+    let vips = s
+        .addresses
+        .iter()
+        .map(|a| ip_from_bytes(&a.address))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ports = s
+        .ports
+        .iter()
+        .map(|p| Ok((port(p.service_port)?, optional_port(p.target_port)?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(ServiceEntry {
+        name: s.name.clone(),
+        namespace: s.namespace.clone(),
+        hostname: s.hostname.clone(),
+        vips,
+        ports,
+        waypoint: s.waypoint.as_ref().map(gateway).transpose()?,
+    })
+}
+
+fn port(p: u32) -> Result<u16, String> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{p} is not a port (1-65535)"))
+}
+
+/// A target port; 0 means "per endpoint".
+fn optional_port(p: u32) -> Result<u16, String> {
+    u16::try_from(p).map_err(|_| format!("{p} is not a port (1-65535)"))
+}
+
+fn gateway(g: &wl::GatewayAddress) -> Result<Gateway, String> {
+    use wl::gateway_address::Destination;
+    if g.hbone_mtls_port != 0 && g.hbone_mtls_port != 15008 {
+        return Err(format!(
+            "waypoint HBONE port {} (veil reaches waypoints on 15008 only)",
+            g.hbone_mtls_port
+        ));
+    }
+    match &g.destination {
+        Some(Destination::Address(a)) => ip_from_bytes(&a.address).map(Gateway::Address),
+        Some(Destination::Hostname(h)) if !h.hostname.is_empty() => Ok(Gateway::Hostname {
+            namespace: h.namespace.clone(),
+            hostname: h.hostname.clone(),
+        }),
+        _ => Err("a waypoint without an address or a hostname".into()),
+    }
+}
+
+/// The waypoint `reference` whose instances are `found`, when they share one identity.
+fn waypoint(reference: &WaypointRef, found: &[&WorkloadEntry]) -> Result<Waypoint, String> {
+    let Some(first) = found.first() else {
+        return Err("no instance of it is known: traffic bound to it fails".into());
+    };
+    if let Some(other) = found.iter().find(|w| w.identity != first.identity) {
+        return Err(format!(
+            "its instances have different identities ({} and {}): it is not used, and traffic bound to it fails",
+            first.identity, other.identity
+        ));
+    }
+    Ok(Waypoint {
+        name: reference.name.clone(),
+        namespace: reference.namespace.clone(),
+        identity: first.identity.clone(),
+        ips: found.iter().flat_map(|w| w.ips.iter().copied()).collect(),
+    })
+}
+
+/// The target port of service port `port`: the service's own, else the one its endpoints agree on.
+fn target_port(port: u16, target: u16, backing: &[&WorkloadEntry], key: &str) -> Option<u16> {
+    if target != 0 {
+        return Some(target);
+    }
+    let mut found = None;
+    for w in backing {
+        let Some(ports) = w.services.get(key) else {
+            continue;
+        };
+        for (p, t) in ports {
+            if *p == port && *t != 0 {
+                match found {
+                    None => found = Some(*t),
+                    Some(f) if f == *t => {}
+                    Some(_) => return None,
+                }
+            }
+        }
+    }
+    found
+}
+
+/// A policy that denies everything in the scope `name` (and, when decoded, `policy`) declares.
+fn placeholder(
+    name: &str,
+    policy: Option<&sec::Authorization>,
+    settings: &MeshSettings,
+) -> AuthzPolicy {
+    let (namespace, policy_name) = name.split_once('/').unwrap_or((name, ""));
+    let id = PolicyId::new(namespace, policy_name);
+    let scope = match policy.map(|p| sec::Scope::try_from(p.scope)) {
+        Some(Ok(sec::Scope::WorkloadSelector)) => Scope::Named,
+        Some(Ok(sec::Scope::Namespace)) => Scope::Namespace,
+        Some(Ok(sec::Scope::Global)) => Scope::Mesh,
+        _ if namespace == settings.root_namespace => Scope::Mesh,
+        _ => Scope::Namespace,
+    };
+    deny_everything(id, scope)
+}

@@ -199,6 +199,21 @@ impl Stream {
         Ok(nack)
     }
 
+    /// Every response owed now, in [`ORDER`]. Asking for Addresses can settle them without a
+    /// response (nothing a client holds changed), which is what releases the Authorization
+    /// removals deferred until then: those are asked for once more.
+    pub fn due(&mut self) -> Vec<DeltaDiscoveryResponse> {
+        let mut out: Vec<DeltaDiscoveryResponse> = ORDER
+            .iter()
+            .filter_map(|kind| self.next_response(*kind))
+            .collect();
+        let authorization = Kind::Authorization.type_url();
+        if !out.iter().any(|r| r.type_url == authorization) {
+            out.extend(self.next_response(Kind::Authorization));
+        }
+        out
+    }
+
     /// The response owed for `kind` given the newest snapshot, if one is owed and none is awaiting
     /// its acknowledgement. Call for [`Kind::Authorization`] before [`Kind::Address`].
     pub fn next_response(&mut self, kind: Kind) -> Option<DeltaDiscoveryResponse> {

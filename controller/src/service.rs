@@ -14,7 +14,7 @@ use veil_mesh::xds::Kind;
 use veil_mesh::xds::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use veil_mesh::xds::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
-use crate::ads::{ORDER, Stream};
+use crate::ads::Stream;
 use crate::auth::{ConnectionAuth, Subscriber, SubscriberAuth};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -133,8 +133,8 @@ async fn drive(
             () = tx.closed() => break "the client went away".to_owned(),
             () = sleep_until(stream.wake_at()) => {}
         }
-        for kind in ORDER {
-            if let Some(response) = stream.next_response(kind) {
+        for response in stream.due() {
+            {
                 metrics.responses.inc();
                 metrics
                     .resources_sent

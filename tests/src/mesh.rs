@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use anyhow::{Context as _, bail};
 
 use crate::cluster::{Cluster, exec};
+use crate::controlplane::{Controller, SERVER_NAME, XDS_PORT, start_controller};
 use crate::kube::{self, ApiObjects};
 use crate::process::Proc;
 
@@ -43,6 +44,8 @@ pub struct Mesh {
     pub spec: MeshSpec,
     /// Kubernetes mode: the API objects, and the fake API server serving them.
     pub api: Option<(ApiObjects, Proc)>,
+    /// The controller the ztunnels subscribe to ([`MeshSpec::uses_controller`]).
+    pub controller: Option<Controller>,
     mesh_config: PathBuf,
     /// Keep the logs and configuration when dropped (they are kept anyway after a panic).
     pub keep_logs: bool,
@@ -97,11 +100,19 @@ impl Mesh {
             waypoints: BTreeMap::new(),
             spec,
             api: None,
+            controller: None,
             mesh_config,
             keep_logs: false,
         };
         if mesh.spec.kubernetes {
             mesh.start_api()?;
+        }
+        if mesh.spec.uses_controller() {
+            std::fs::create_dir_all(mesh.dir.join("netns"))?;
+            for pod in mesh.spec.pods.clone() {
+                mesh.pin(&pod.name)?;
+            }
+            mesh.controller = Some(start_controller(&mesh, &[])?);
         }
         for pod in mesh.spec.pods.clone() {
             mesh.start_app(&pod.name)?;
@@ -147,6 +158,17 @@ impl Mesh {
                 path(self.dir.join("netns")),
             ]);
             env.push(("KUBECONFIG", &kubeconfig));
+        } else if let Some(controller) = &self.controller {
+            argv.extend([
+                "--xds-address".into(),
+                format!("{}:{XDS_PORT}", self.cluster.control_plane_ip),
+                "--xds-server-name".into(),
+                SERVER_NAME.into(),
+                "--xds-root-cert".into(),
+                path(controller.serving_root.clone()),
+                "--netns-dir".into(),
+                path(self.dir.join("netns")),
+            ]);
         } else {
             argv.extend([
                 "--mesh-config".into(),
@@ -690,6 +712,9 @@ impl Drop for Mesh {
             proc.kill();
         }
         self.ca.kill();
+        if let Some(controller) = &mut self.controller {
+            controller.proc.kill();
+        }
         if let Some((_, api)) = &mut self.api {
             api.kill();
         }

@@ -73,6 +73,8 @@ fn upstream_mesh(
         extra_tokens: vec![(UPSTREAM_TOKEN.into(), upstream.identity())],
         policies: policies.into(),
         kubernetes,
+        // This test runs a controller of its own, for Istio's ztunnel.
+        through_controller: Some(false),
         ..MeshSpec::default()
     })
     .expect("starting the mesh");

@@ -84,10 +84,17 @@ pub fn decide(state: &MeshState, workload: &Workload, conn: &Admitted) -> Admiss
         if state.peer_mode(workload, port) == PeerMode::Strict {
             return Admission::Strict;
         }
-        return Admission::Policy(evaluate(
-            &state.authz_for(workload),
-            &attributes(conn, None),
-        ));
+        let policies = state.authz_for(workload);
+        let decision = evaluate(&policies, &attributes(conn, None));
+        // In Istio's form STRICT is a policy that denies what has no identity: reported as such.
+        if let Verdict::Deny(DenyReason::DenyPolicy(id)) = &decision.verdict
+            && policies
+                .iter()
+                .any(|p| &p.id == id && p.only_refuses_plaintext())
+        {
+            return Admission::Strict;
+        }
+        return Admission::Policy(decision);
     };
     Admission::Policy(match &workload.waypoint {
         // Behind a waypoint: only the waypoint may reach the workload, and it enforced the

@@ -11,11 +11,13 @@ use tracing::{error, info, warn};
 use veil_mesh::discovery::{self, MeshSettings, MeshState, NodeAddresses, Origin};
 use veil_mesh::hbone::H2Settings;
 use veil_mesh::identity::{
-    CertManager, GrpcCaClient, ManagerConfig, TokenSource, TrustBundle, parse_trust_domain,
+    CertManager, GrpcCaClient, ManagerConfig, TokenSource, TrustBundle, ca_client_config,
+    parse_trust_domain,
 };
 use veil_mesh::pool::{Pool, PoolSettings};
 use veil_mesh::telemetry::http::serve;
 use veil_mesh::telemetry::metrics::Metrics;
+use veil_mesh::xds::{self, XdsConfig};
 
 use crate::cni::cleanup::Cleanup;
 use crate::config::Config;
@@ -138,16 +140,51 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             known.get(&cni::pod_key(namespace, name)).map(|p| p.ips)
         }),
     };
-    let rx = discovery::open(
-        &origin,
-        settings,
-        move |_| {
-            rejected.config_rejected.inc();
-        },
-        Some(node),
-    )
-    .await
-    .map_err(|e| StartError::Config(e.to_string()))?;
+    let (rx, control_plane) = match &config.xds_address {
+        Some(address) => {
+            let roots = match &config.xds_root_cert {
+                Some(path) => Arc::new(
+                    TrustBundle::from_pem_file(&settings.trust_domain, path)
+                        .map_err(|e| StartError::Config(e.to_string()))?,
+                ),
+                None => certs.bundle().clone(),
+            };
+            let tls = ca_client_config(&roots)
+                .map_err(|e| StartError::Config(format!("TLS to the control plane: {e}")))?;
+            let token = config
+                .xds_token_file
+                .clone()
+                .unwrap_or_else(|| config.ca_token_file.clone());
+            let xds = XdsConfig {
+                address: address.clone(),
+                server_name: config.xds_server_name.clone(),
+                tls,
+                token: Some(TokenSource::File(token)),
+                node: config.node.clone(),
+                connect_timeout: Duration::from_secs(10),
+            };
+            info!(%address, "receiving the mesh from the control plane");
+            let subscription = xds::subscribe(xds, settings, move |e| {
+                warn!(error = %e, "refused by this ztunnel (what it would decide is denied)");
+                rejected.config_rejected.inc();
+            })
+            .await;
+            (subscription.state, Some(subscription.connected))
+        }
+        None => {
+            let rx = discovery::open(
+                &origin,
+                settings,
+                move |_| {
+                    rejected.config_rejected.inc();
+                },
+                Some(node),
+            )
+            .await
+            .map_err(|e| StartError::Config(e.to_string()))?;
+            (rx, None)
+        }
+    };
     tokio::spawn(report_l7_at_l4(rx.clone()));
     if let Some(path) = &config.ambient_file {
         tokio::spawn(keep_ambient_file(path.clone(), rx.clone()));
@@ -164,7 +201,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
     }
     info!(node = ?limits.node, per_pod = ?limits.pod, order = "hbone_connections, tls_handshakes, inbound_tunnels, outbound_connections, plaintext_connections", "connection budgets");
-    let ctx = Arc::new(Context::new(
+    let ctx = Context::new(
         config.node.clone(),
         rx,
         certs,
@@ -186,7 +223,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             udp: config.udp_allowance(),
             ..DataPathSettings::default()
         },
-    ));
+    );
+    let ctx = Arc::new(match control_plane {
+        Some(connected) => ctx.with_control_plane(connected),
+        None => ctx,
+    });
     tokio::spawn(conntrack::run(
         ctx.live.clone(),
         ctx.state.clone(),

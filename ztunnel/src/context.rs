@@ -88,6 +88,8 @@ pub struct Context {
     pub live: Arc<LiveConnections>,
     /// Round-robin position for picking service endpoints.
     next_endpoint: AtomicUsize,
+    /// Whether the stream from the control plane is up, when the mesh comes from one.
+    control_plane: Option<watch::Receiver<bool>>,
 }
 
 impl Context {
@@ -115,6 +117,23 @@ impl Context {
             logs: LogLimiter::new(Duration::from_secs(1)),
             live: Arc::default(),
             next_endpoint: AtomicUsize::new(0),
+            control_plane: None,
+        }
+    }
+
+    /// Makes the data path depend on the control plane's stream being up (`connected`): while it
+    /// is down, destinations the last mesh does not know are refused whatever
+    /// [`DataPathSettings::unknown_destination`] says — they may be pods created meanwhile.
+    pub fn with_control_plane(mut self, connected: watch::Receiver<bool>) -> Self {
+        self.control_plane = Some(connected);
+        self
+    }
+
+    /// What to do with a destination the mesh does not know, now.
+    pub fn unknown_destination(&self) -> UnknownDestination {
+        match &self.control_plane {
+            Some(connected) if !*connected.borrow() => UnknownDestination::Deny,
+            _ => self.settings.unknown_destination,
         }
     }
 

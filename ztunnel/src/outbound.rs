@@ -178,12 +178,7 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
         }
     };
     let state = ctx.state();
-    match route(
-        &state,
-        dst,
-        ctx.settings.unknown_destination,
-        ctx.next_endpoint(),
-    ) {
+    match route(&state, dst, ctx.unknown_destination(), ctx.next_endpoint()) {
         Route::Hbone { endpoint, target } => {
             let peer = Peer {
                 identity: &endpoint.identity,

@@ -414,3 +414,44 @@ async fn addresses_wait_a_moment_for_an_authorization_subscription() {
         [pod("a")]
     );
 }
+
+#[test]
+fn a_policy_no_workload_names_is_removed_even_when_no_workload_changes() {
+    let ns_wide = |name: &str| {
+        resources(&format!(
+            "workloads:\n  - {{name: a, namespace: n, serviceAccount: a, node: x, ips: [10.0.0.1]}}\npolicies:\n  - apiVersion: security.veil.dev/v1\n    kind: AuthorizationPolicy\n    metadata: {{name: {name}, namespace: n}}\n    spec: {{}}\n"
+        ))
+    };
+    let hub = Hub::new(ns_wide("first"));
+    let mut stream = stream_of(hub.clone());
+    open_both(&mut stream);
+    for response in stream.due() {
+        let kind = Kind::from_type_url(&response.type_url).unwrap();
+        stream.on_request(ack(kind, &response)).unwrap();
+    }
+    let addresses = stream.due();
+    assert_eq!(
+        addresses.len(),
+        1,
+        "the addresses, once the policies are held"
+    );
+    stream
+        .on_request(ack(Kind::Address, &addresses[0]))
+        .unwrap();
+    assert!(stream.due().is_empty());
+
+    // The namespace-wide policy is replaced: no workload names either, so no Address changes.
+    hub.publish(ns_wide("second"));
+    let due = stream.due();
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(names(&due[0]), ["n/second"]);
+    // The removal waits for the Addresses of this snapshot to settle; asking for them settles
+    // them (nothing changed), and the removal is released in the same round.
+    stream
+        .on_request(ack(Kind::Authorization, &due[0]))
+        .unwrap();
+    let due = stream.due();
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(due[0].type_url, Kind::Authorization.type_url());
+    assert_eq!(due[0].removed_resources, ["n/first"]);
+}

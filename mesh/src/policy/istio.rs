@@ -296,3 +296,27 @@ pub fn deny_everything(id: PolicyId, scope: Scope) -> AuthzPolicy {
         uses_l7: false,
     }
 }
+
+impl AuthzPolicy {
+    /// Whether this policy can only ever deny peers without an identity: how PeerAuthentication
+    /// STRICT arrives in Istio's form (a DENY whose every rule needs "no principal"). Such a
+    /// denial is reported as STRICT refusing plaintext.
+    pub fn only_refuses_plaintext(&self) -> bool {
+        let Rules::Istio(rules) = &self.rules else {
+            return false;
+        };
+        self.action == Action::Deny
+            && !rules.is_empty()
+            && rules.iter().all(|rule| {
+                rule.clauses.iter().any(|clause| {
+                    !clause.is_empty()
+                        && clause.iter().all(|m| {
+                            m.principals
+                                .not
+                                .iter()
+                                .any(|p| matches!(p.0, StringMatch::Present))
+                        })
+                })
+            })
+    }
+}

@@ -181,7 +181,9 @@ async fn stream(
         if *synced.borrow() || Kind::ALL.iter().all(|k| received.contains_key(k)) {
             let mesh = store.to_state();
             report(&mesh);
-            if !*synced.borrow() {
+            if *synced.borrow() {
+                info!(summary = ?mesh.summary(), "applied new mesh configuration");
+            } else {
                 info!(summary = ?mesh.summary(), "first mesh received from the control plane");
             }
             state.send_replace(Arc::new(mesh));

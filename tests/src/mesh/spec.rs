@@ -118,6 +118,20 @@ pub struct MeshSpec {
     pub ztunnel_args: Vec<String>,
     /// Extra environment of every ztunnel (`VEIL_…` settings).
     pub ztunnel_env: Vec<(String, String)>,
+    /// Local mode: ztunnels receive the mesh over xDS from a `veil-controller` that reads the mesh
+    /// file, instead of reading the file themselves, and find pods' network namespaces by
+    /// scanning. `None`: as `VEIL_E2E_THROUGH_CONTROLLER` says (`1`: yes).
+    pub through_controller: Option<bool>,
+}
+
+impl MeshSpec {
+    /// Whether the ztunnels of this mesh subscribe to a controller.
+    pub fn uses_controller(&self) -> bool {
+        !self.kubernetes
+            && self.through_controller.unwrap_or_else(|| {
+                std::env::var("VEIL_E2E_THROUGH_CONTROLLER").is_ok_and(|v| v == "1")
+            })
+    }
 }
 
 /// The mesh configuration for `spec` on `cluster`, with `policies`.

@@ -674,6 +674,19 @@ impl Mesh {
             .unwrap_or_default()
     }
 
+    /// Whether the first change of the mesh file has reached `node`'s ztunnel: it applied it (read
+    /// from the file), or, through a controller, the controller published it (the ztunnel is sent
+    /// only what changed for it, possibly nothing, so its own log may never say).
+    pub fn first_change_applied(&self, node: &str) -> bool {
+        match &self.controller {
+            // The controller logs every snapshot after its first.
+            Some(controller) => controller.proc.output().contains("published a snapshot"),
+            None => self
+                .ztunnel_log(node)
+                .contains("applied new mesh configuration"),
+        }
+    }
+
     /// The log of the application in `pod`.
     pub fn app_log(&self, pod: &str) -> String {
         self.apps.get(pod).map(Proc::output).unwrap_or_default()

@@ -9,7 +9,7 @@ use serde_json::json;
 use veil_e2e::controlplane::{
     Controller, start_controller, start_upstream, upstream_config_dump, upstream_ztunnel,
 };
-use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, skip_unless_root};
+use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, skip_unless_root, sum_metric};
 use veil_e2e::process::Proc;
 
 const SETTLE: Duration = Duration::from_secs(15);
@@ -230,4 +230,105 @@ fn in_kubernetes_mode_the_controller_watches_the_api_and_one_bad_object_spoils_n
         log.contains("squatter"),
         "the bad Service was not reported:\n{log}"
     );
+}
+
+/// Whether `from` gets any HTTP answer from `url` (a refused connection is an error).
+fn answers(m: &Mesh, from: &str, url: &str) -> bool {
+    m.curl_with(from, &["-k"], url).is_ok()
+}
+
+#[test]
+fn veils_ztunnels_keep_their_mesh_through_a_controller_outage_and_resume_on_another_replica() {
+    if skip_unless_root("veil_ztunnel_on_controller") {
+        return;
+    }
+    let mut m = Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        pods: vec![
+            PodSpec::new("client", "shop", "node-a"),
+            PodSpec::new("intruder", "shop", "node-a"),
+            PodSpec::new("server", "shop", "node-b"),
+        ],
+        policies: DENY_INTRUDER.into(),
+        through_controller: Some(true),
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh");
+    for node in ["node-a", "node-b"] {
+        assert!(
+            m.ztunnel_log(node)
+                .contains("first mesh received from the control plane"),
+            "{node} did not take its mesh from the controller"
+        );
+    }
+    assert!(reaches(&m, "client", "server"));
+    assert!(
+        !reaches(&m, "intruder", "server"),
+        "the DENY arrived over xDS"
+    );
+    // A destination outside the mesh (the CA's port on the control-plane address): passthrough.
+    let outside = format!("https://{}:15012/", m.cluster.control_plane_ip);
+    assert!(
+        answers(&m, "client", &outside),
+        "passthrough while connected"
+    );
+
+    // The controller goes away: the ztunnels keep the mesh they hold.
+    drop(m.controller.take());
+    assert!(m.eventually(SETTLE, || {
+        ["node-a", "node-b"]
+            .iter()
+            .all(|n| m.ztunnel_log(n).contains("keeping the last mesh"))
+    }));
+    assert!(
+        reaches(&m, "client", "server"),
+        "traffic flows on the last mesh"
+    );
+    assert!(!reaches(&m, "intruder", "server"), "and so do its denials");
+    // What the last mesh does not know might be a pod created meanwhile: refused, not guessed.
+    assert!(
+        !answers(&m, "client", &outside),
+        "an unknown destination passed while the control plane was away"
+    );
+    assert!(
+        m.ztunnel_log("node-a")
+            .contains("outbound connection refused")
+    );
+
+    // Meanwhile the DENY is deleted. Another replica, which never saw these ztunnels, comes up;
+    // they resume from the versions they hold and get only what changed.
+    m.set_policies("").unwrap();
+    let replica = start_controller(&m, &[]).expect("another controller replica");
+    assert!(
+        m.eventually(Duration::from_secs(40), || reaches(
+            &m, "intruder", "server"
+        )),
+        "the deletion made during the outage did not arrive"
+    );
+    assert!(
+        answers(&m, "client", &outside),
+        "passthrough again once connected"
+    );
+    let metrics = replica.metrics_text(&m);
+    assert_eq!(
+        sum_metric(&metrics, "veil_controller_streams", &[]),
+        2.0,
+        "{metrics}"
+    );
+    // Resumed, not re-sent: the only change was a removal, so no resource was sent at all.
+    assert_eq!(
+        sum_metric(&metrics, "veil_controller_resources_sent_total", &[]),
+        0.0,
+        "{metrics}"
+    );
+    for node in ["node-a", "node-b"] {
+        assert_eq!(
+            m.ztunnel_log(node)
+                .matches("first mesh received from the control plane")
+                .count(),
+            1,
+            "{node} started over instead of resuming"
+        );
+    }
+    m.controller = Some(replica);
 }

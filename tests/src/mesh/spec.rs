@@ -119,8 +119,8 @@ pub struct MeshSpec {
     /// Extra environment of every ztunnel (`VEIL_…` settings).
     pub ztunnel_env: Vec<(String, String)>,
     /// Local mode: ztunnels receive the mesh over xDS from a `veil-controller` that reads the mesh
-    /// file, instead of reading the file themselves, and find pods' network namespaces by
-    /// scanning. `None`: as `VEIL_E2E_THROUGH_CONTROLLER` says (`1`: yes).
+    /// file, as in production, and find pods' network namespaces by scanning; `false`: they read
+    /// the file themselves. `None`: yes, unless `VEIL_E2E_THROUGH_CONTROLLER=0`.
     pub through_controller: Option<bool>,
 }
 
@@ -129,7 +129,7 @@ impl MeshSpec {
     pub fn uses_controller(&self) -> bool {
         !self.kubernetes
             && self.through_controller.unwrap_or_else(|| {
-                std::env::var("VEIL_E2E_THROUGH_CONTROLLER").is_ok_and(|v| v == "1")
+                std::env::var("VEIL_E2E_THROUGH_CONTROLLER").map_or(true, |v| v != "0")
             })
     }
 }

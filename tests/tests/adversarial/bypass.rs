@@ -202,14 +202,16 @@ fn pod_of_a_service_that_uses_a_waypoint_cannot_be_called_around_it() {
     let direct = profile_url(&m, 8080);
     // Once applied: the Service is policed by its waypoint, and so is its pod's own address.
     assert!(m.eventually(Duration::from_secs(10), || {
-        m.ztunnel_log("node-a")
-            .contains("applied new mesh configuration")
-            && m.ztunnel_log("node-b")
-                .contains("applied new mesh configuration")
+        m.first_change_applied("node-a")
+            && m.first_change_applied("node-b")
             && m.waypoint_log("waypoint")
                 .contains("applied new mesh configuration")
     }));
-    assert_eq!(code(&m, "reporting", &svc), Ok(403));
+    // Through a controller, "published" is not yet "received": allow the push its moment.
+    assert!(
+        m.eventually(Duration::from_secs(5), || code(&m, "reporting", &svc)
+            == Ok(403))
+    );
     assert_eq!(code(&m, "reporting", &direct), Ok(403));
     assert_eq!(code(&m, "account-service", &direct), Ok(200));
     assert_eq!(served(&m), 1, "a denied request reached the application");

@@ -199,6 +199,16 @@ impl Stream {
         Ok(nack)
     }
 
+    /// Whether the initial sync is over: every type subscribed to has had its first response,
+    /// and none is awaiting acknowledgement.
+    pub fn synced(&self) -> bool {
+        !self.types.is_empty()
+            && self
+                .types
+                .values()
+                .all(|t| t.initial.is_none() && t.pending.is_none() && t.held.is_some())
+    }
+
     /// Every response owed now, in [`ORDER`]. Asking for Addresses can settle them without a
     /// response (nothing a client holds changed), which is what releases the Authorization
     /// removals deferred until then: those are asked for once more.

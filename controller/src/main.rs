@@ -61,6 +61,10 @@ struct Args {
     /// An identity allowed to subscribe (repeat); by default veil's ztunnel.
     #[arg(long = "subscriber")]
     subscribers: Vec<Identity>,
+    /// How many subscribers may be in their initial sync at once (each holds a copy of the whole
+    /// mesh until it acknowledges); the others wait their turn.
+    #[arg(long, env = "VEIL_CONTROLLER_CONCURRENT_SYNCS", default_value_t = veil_controller::service::CONCURRENT_SYNCS as u16, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrent_syncs: u16,
     /// Log format: text or json.
     #[arg(long, env = "VEIL_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -140,7 +144,8 @@ async fn main() -> anyhow::Result<()> {
         "veil-controller serving"
     );
     let auth = SubscriberAuth::new(tokens, subscribers);
-    let discovery = Discovery::new(hub, auth, metrics);
+    let discovery = Discovery::new(hub, auth, metrics)
+        .with_concurrent_syncs(usize::from(args.concurrent_syncs));
     serve(
         listener,
         discovery,

@@ -11,6 +11,8 @@ pub struct Metrics {
     registry: Registry,
     /// Open discovery streams.
     pub streams: Gauge,
+    /// Streams waiting for their turn to sync.
+    pub waiting_syncs: Gauge,
     /// Subscriptions refused (no credential, unknown or unauthorized identity).
     pub refused: Counter,
     /// Responses sent.
@@ -40,6 +42,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("veil_controller");
         let streams = Gauge::default();
+        let waiting_syncs = Gauge::default();
         let refused = Counter::default();
         let responses = Counter::default();
         let resources_sent = Counter::default();
@@ -49,6 +52,11 @@ impl Metrics {
         let resources = Gauge::default();
         let rejected_objects = Gauge::default();
         registry.register("streams", "Open discovery streams", streams.clone());
+        registry.register(
+            "waiting_syncs",
+            "Streams waiting for their turn to sync (a bounded number sync at once)",
+            waiting_syncs.clone(),
+        );
         registry.register(
             "subscriptions_refused",
             "Subscriptions refused: no valid credential, or an identity not allowed",
@@ -84,6 +92,7 @@ impl Metrics {
         Self {
             registry,
             streams,
+            waiting_syncs,
             refused,
             responses,
             resources_sent,

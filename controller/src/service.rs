@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream as FutureStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
@@ -23,6 +23,12 @@ use crate::metrics::Metrics;
 /// and resumes from what it holds); until then it holds one snapshot reference, never a queue.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How many streams may be in their initial sync at once. A first response carries the whole mesh
+/// (about 3 MB at 10,000 pods), copied and encoded per subscriber; a thousand ztunnels reconnecting
+/// together would otherwise hold a thousand of them at once. The others wait their turn (their
+/// ztunnels are not ready yet, or keep serving their last state).
+pub const CONCURRENT_SYNCS: usize = 16;
+
 /// The discovery service.
 #[derive(Debug, Clone)]
 pub struct Discovery {
@@ -31,6 +37,7 @@ pub struct Discovery {
     metrics: Arc<Metrics>,
     ack_timeout: Duration,
     nack_log: Arc<LogLimiter<String>>,
+    syncs: Arc<Semaphore>,
 }
 
 impl Discovery {
@@ -42,7 +49,14 @@ impl Discovery {
             metrics,
             ack_timeout: ACK_TIMEOUT,
             nack_log: Arc::new(LogLimiter::new(Duration::from_secs(10))),
+            syncs: Arc::new(Semaphore::new(CONCURRENT_SYNCS)),
         }
+    }
+
+    /// Overrides [`CONCURRENT_SYNCS`].
+    pub fn with_concurrent_syncs(mut self, syncs: usize) -> Self {
+        self.syncs = Arc::new(Semaphore::new(syncs.max(1)));
+        self
     }
 
     /// Overrides [`ACK_TIMEOUT`] (tests).
@@ -91,6 +105,19 @@ async fn drive(
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
     let metrics = &service.metrics;
+    // The initial sync waits for its turn; the turn is held until the first responses are
+    // acknowledged (or the stream ends).
+    metrics.waiting_syncs.inc();
+    let permit = tokio::select! {
+        permit = service.syncs.clone().acquire_owned() => permit.ok(),
+        () = tx.closed() => None,
+    };
+    metrics.waiting_syncs.dec();
+    let Some(permit) = permit else {
+        info!(identity = %subscriber.identity, "subscriber left before its initial sync");
+        return;
+    };
+    let mut sync_turn = Some(permit);
     metrics.streams.inc();
     let mut stream = Stream::new(service.hub.clone());
     let mut snapshots = service.hub.subscribe();
@@ -132,6 +159,9 @@ async fn drive(
             },
             () = tx.closed() => break "the client went away".to_owned(),
             () = sleep_until(stream.wake_at()) => {}
+        }
+        if sync_turn.is_some() && stream.synced() {
+            sync_turn = None;
         }
         for response in stream.due() {
             {

@@ -36,6 +36,10 @@ struct Server {
 }
 
 async fn start(ack_timeout: Duration) -> Server {
+    start_with(ack_timeout, veil_controller::service::CONCURRENT_SYNCS).await
+}
+
+async fn start_with(ack_timeout: Duration, syncs: usize) -> Server {
     let pki = Arc::new(TestPki::new("cluster.local"));
     let dir = tempfile::tempdir().unwrap();
     let (chain, key) = pki.server_pem(&["veil-controller.test"]);
@@ -51,8 +55,9 @@ async fn start(ack_timeout: Duration) -> Server {
     let auth = SubscriberAuth::new(Some(Arc::new(tokens)), vec![ztunnel()]);
     let state = local::parse(MESH, &MeshSettings::default()).unwrap();
     let hub = Hub::new(Resources::from_state(&state));
-    let discovery =
-        Discovery::new(hub.clone(), auth, Arc::new(Metrics::new())).with_ack_timeout(ack_timeout);
+    let discovery = Discovery::new(hub.clone(), auth, Arc::new(Metrics::new()))
+        .with_ack_timeout(ack_timeout)
+        .with_concurrent_syncs(syncs);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     tokio::spawn(serve(
@@ -288,4 +293,38 @@ async fn a_connection_that_authenticates_nothing_is_closed() {
         .await
         .expect("still served after the limit");
     assert_eq!(update.removed_resources, ["Kubernetes//Pod/n/a"]);
+}
+
+#[tokio::test]
+async fn initial_syncs_take_turns_and_a_turn_ends_with_the_acknowledgement() {
+    let server = start_with(Duration::from_secs(30), 1).await;
+    let (tx_a, a) = open(&mut client(&server, None), Some(GOOD_TOKEN)).await;
+    let mut a = a.unwrap();
+    let first = next(&mut a).await.unwrap();
+    assert_eq!(first.type_url, Kind::Authorization.type_url());
+    // A second subscriber waits while the first one's sync is unacknowledged.
+    let (tx_b, b) = open(&mut client(&server, None), Some(GOOD_TOKEN)).await;
+    let mut b = b.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(1500), b.message()).await;
+    assert!(waited.is_err(), "the second sync did not wait: {waited:?}");
+    // The first acknowledges its initial responses: the turn passes.
+    acknowledge(&tx_a, std::slice::from_ref(&first)).await;
+    let addresses = next(&mut a).await.unwrap();
+    acknowledge(&tx_a, std::slice::from_ref(&addresses)).await;
+    let responses = initial(&tx_b, &mut b).await;
+    assert!(!responses[0].resources.is_empty());
+    acknowledge(&tx_b, &responses).await;
+    // Syncing was a turn, not a cap on subscribers: both still get changes.
+    let state = local::parse(
+        &MESH.replace("10.0.0.1", "10.0.0.2"),
+        &MeshSettings::default(),
+    )
+    .unwrap();
+    server.hub.publish(Resources::from_state(&state));
+    for stream in [&mut a, &mut b] {
+        assert_eq!(
+            next(stream).await.unwrap().type_url,
+            Kind::Address.type_url()
+        );
+    }
 }

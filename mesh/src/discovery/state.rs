@@ -172,9 +172,12 @@ impl MeshState {
     /// tunnels its waypoint opens to it, as in Istio's ztunnel.
     pub(crate) fn with_istio_policies(
         mut self,
+        all: Vec<Arc<AuthzPolicy>>,
         policies: impl Fn(&Workload) -> Arc<[Arc<AuthzPolicy>]>,
         rejected: Vec<ConfigError>,
     ) -> Self {
+        let root = self.settings().root_namespace;
+        self.authz = PolicyIndex::new(&root, all);
         for workload in self.workloads.values() {
             // Fresh workloads: nothing has read their policies yet.
             let _ = workload.policies.set(policies(workload));

@@ -196,14 +196,19 @@ fn ports(p: &Pair<Vec<u16>>) -> (Vec<u32>, Vec<u32>) {
     (list(&p.is), list(&p.not))
 }
 
-/// An address as Istio sends it: 4 bytes for IPv4, 16 for IPv6.
-/// An address as Istio's messages carry it: 4 or 16 bytes.
+/// An address as Istio's messages carry it: 4 bytes for IPv4, 16 for IPv6.
 pub(crate) fn ip_from_bytes(bytes: &[u8]) -> Result<IpAddr, String> {
     match bytes.len() {
         4 => Ok(IpAddr::from(<[u8; 4]>::try_from(bytes).unwrap_or_default())),
-        16 => Ok(IpAddr::from(
-            <[u8; 16]>::try_from(bytes).unwrap_or_default(),
-        )),
+        16 => {
+            let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).unwrap_or_default());
+            // Connections are matched with IPv4 addresses as IPv4: a mapped form would never
+            // match, and silently.
+            if v6.to_ipv4_mapped().is_some() {
+                return Err(format!("{v6}: an IPv4 address must be sent as 4 bytes"));
+            }
+            Ok(IpAddr::V6(v6))
+        }
         n => Err(format!("an address of {n} bytes (4 or 16 expected)")),
     }
 }

@@ -50,6 +50,11 @@ pub struct Subscription {
 
 /// gRPC's INVALID_ARGUMENT, the code of a NACK.
 const INVALID_ARGUMENT: i32 = 3;
+/// The largest response accepted: a whole mesh of about 1,000,000 pods. A larger one ends the
+/// stream (and the last mesh stays) rather than the memory.
+const MAX_RESPONSE_BYTES: usize = 512 << 20;
+/// How many refusals a NACK names (then how many more there are).
+const NACK_NAMES: usize = 20;
 /// The longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
@@ -127,8 +132,8 @@ async fn stream(
         config.tls.clone(),
         config.connect_timeout,
     )?;
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+    let mut client = AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES);
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
     let node = Node {
         id: config.node.clone(),
@@ -166,16 +171,19 @@ async fn stream(
             Ok(None) => return Ok(()),
             Err(s) => return Err(format!("{}: {}", s.code(), s.message())),
         };
-        if !*connected.borrow() {
-            connected.send_replace(true);
-            info!(address = %config.address, "streaming from the control plane");
-        }
         let (ack, kind) = handle(store, &response);
         let _ = tx.send(ack);
         let Some(kind) = kind else {
             continue;
         };
         received.insert(kind, true);
+        // Up to date only once both types have answered on this stream (a control plane answers
+        // every first subscription, even with nothing): until then, pods created during an
+        // outage may still be unknown.
+        if !*connected.borrow() && Kind::ALL.iter().all(|k| received.contains_key(k)) {
+            connected.send_replace(true);
+            info!(address = %config.address, "streaming from the control plane");
+        }
         // The first time, the mesh is published once both types are here; after that (resumed
         // streams included), every response changes it.
         if *synced.borrow() || Kind::ALL.iter().all(|k| received.contains_key(k)) {
@@ -212,11 +220,15 @@ fn handle(
         for Refusal { name, reason } in refused.iter().take(10) {
             warn!(%name, %reason, "resource refused; what it would decide is denied");
         }
-        let message = refused
+        let mut message = refused
             .iter()
+            .take(NACK_NAMES)
             .map(|r| format!("{}: {}", r.name, r.reason))
             .collect::<Vec<_>>()
             .join("; ");
+        if refused.len() > NACK_NAMES {
+            message.push_str(&format!("; and {} more", refused.len() - NACK_NAMES));
+        }
         ack.error_detail = Some(nack(message));
     }
     (ack, Some(kind))

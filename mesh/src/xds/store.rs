@@ -41,10 +41,20 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// A workload or service as received: the newest valid version, and whether a newer one was
+/// refused.
 #[derive(Debug)]
-struct Received<T> {
+struct Received {
     version: String,
-    value: Result<T, String>,
+    /// The newest valid version received under this name.
+    entry: Option<AddressEntry>,
+    /// Why the newest version was refused. The older valid version, if any, stands in: a workload
+    /// stays known (its pod stays captured, its address stays in the mesh) but admits nothing; a
+    /// service keeps its last valid form.
+    refused: Option<String>,
+    /// When this name was first received: of two workloads claiming an address, the older claim
+    /// wins.
+    since: u64,
 }
 
 /// An Authorization as enforced: the policy received, or, when it was refused, a policy that
@@ -100,8 +110,9 @@ enum Gateway {
 #[derive(Debug)]
 pub struct Store {
     settings: MeshSettings,
-    addresses: HashMap<String, Received<AddressEntry>>,
+    addresses: HashMap<String, Received>,
     authorizations: HashMap<String, Policy>,
+    arrivals: u64,
 }
 
 impl Store {
@@ -111,6 +122,7 @@ impl Store {
             settings,
             addresses: HashMap::new(),
             authorizations: HashMap::new(),
+            arrivals: 0,
         }
     }
 
@@ -118,7 +130,11 @@ impl Store {
     /// resumes (refused ones included: the same version would be refused again).
     pub fn versions(&self, kind: Kind) -> HashMap<String, String> {
         match kind {
-            Kind::Address => versions(&self.addresses),
+            Kind::Address => self
+                .addresses
+                .iter()
+                .map(|(name, r)| (name.clone(), r.version.clone()))
+                .collect(),
             Kind::Authorization => self
                 .authorizations
                 .iter()
@@ -157,11 +173,26 @@ impl Store {
                 Kind::Address => {
                     let value = decode::<wl::Address>(kind, resource)
                         .and_then(|a| address_entry(name, &a, &self.settings));
-                    let refusal = value.as_ref().err().cloned();
-                    // A refused one is left out: what it would say now is unknown.
-                    self.addresses
-                        .insert(name.clone(), Received { version, value });
-                    refusal
+                    self.arrivals += 1;
+                    let arrival = self.arrivals;
+                    let received = self.addresses.entry(name.clone()).or_insert(Received {
+                        version: String::new(),
+                        entry: None,
+                        refused: None,
+                        since: arrival,
+                    });
+                    received.version = version;
+                    match value {
+                        Ok(entry) => {
+                            received.entry = Some(entry);
+                            received.refused = None;
+                            None
+                        }
+                        Err(reason) => {
+                            received.refused = Some(reason.clone());
+                            Some(reason)
+                        }
+                    }
                 }
                 Kind::Authorization => {
                     let (policy, refusal) = match decode::<sec::Authorization>(kind, resource) {
@@ -198,19 +229,53 @@ impl Store {
     /// The mesh these resources describe.
     pub fn to_state(&self) -> MeshState {
         let mut rejected: Vec<ConfigError> = Vec::new();
-        let mut workloads: Vec<&WorkloadEntry> = Vec::new();
+        let mut claims: Vec<(u64, &WorkloadEntry)> = Vec::new();
         let mut services: Vec<&ServiceEntry> = Vec::new();
+        let mut quarantined: BTreeSet<&str> = BTreeSet::new();
         for (name, received) in &self.addresses {
-            match &received.value {
-                Ok(AddressEntry::Workload(w)) => workloads.push(w),
-                Ok(AddressEntry::Service(s)) => services.push(s),
-                Err(reason) => {
-                    rejected.push(ConfigError::invalid(
-                        format!("address {name}"),
-                        reason.clone(),
-                    ));
-                }
+            if let Some(reason) = &received.refused {
+                let outcome = match &received.entry {
+                    Some(AddressEntry::Workload(_)) => {
+                        "its previous version stays known and admits nothing until a valid one arrives"
+                    }
+                    Some(AddressEntry::Service(_)) => "its previous version stays in force",
+                    None => "left out",
+                };
+                rejected.push(ConfigError::invalid(
+                    format!("address {name}"),
+                    format!("{reason}; {outcome}"),
+                ));
             }
+            match &received.entry {
+                Some(AddressEntry::Workload(w)) => {
+                    if received.refused.is_some() {
+                        quarantined.insert(&w.uid);
+                    }
+                    claims.push((received.since, w));
+                }
+                Some(AddressEntry::Service(s)) => services.push(s),
+                None => {}
+            }
+        }
+        // Of two workloads claiming an address, the one received first keeps it; the later claim
+        // is left out (a new object cannot take over a running pod's address).
+        claims.sort_by(|a, b| (a.0, &a.1.uid).cmp(&(b.0, &b.1.uid)));
+        let mut claimed: HashMap<IpAddr, &str> = HashMap::new();
+        let mut workloads: Vec<&WorkloadEntry> = Vec::with_capacity(claims.len());
+        for (_, w) in claims {
+            if let Some((ip, owner)) = w
+                .ips
+                .iter()
+                .find_map(|ip| claimed.get(ip).map(|owner| (ip, *owner)))
+            {
+                rejected.push(ConfigError::invalid(
+                    format!("address {}", w.uid),
+                    format!("{ip} is already workload {owner}'s; left out"),
+                ));
+                continue;
+            }
+            claimed.extend(w.ips.iter().map(|ip| (*ip, w.uid.as_str())));
+            workloads.push(w);
         }
         workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
         services.sort_by(|a, b| (&a.namespace, &a.hostname).cmp(&(&b.namespace, &b.hostname)));
@@ -225,6 +290,10 @@ impl Store {
                 by_ip.entry(*ip).or_default().push(w);
             }
         }
+        let vips: HashMap<IpAddr, &ServiceEntry> = services
+            .iter()
+            .flat_map(|s| s.vips.iter().map(move |ip| (*ip, *s)))
+            .collect();
         let service_names: HashMap<(&str, &str), &str> = services
             .iter()
             .map(|s| ((s.namespace.as_str(), s.hostname.as_str()), s.name.as_str()))
@@ -241,6 +310,18 @@ impl Store {
         let mut instances: BTreeSet<&str> = BTreeSet::new();
         for gateway in gateways {
             let (reference, found) = match gateway {
+                // A service's address (istiod names a waypoint by its Service's VIP): the
+                // service's endpoints are its instances.
+                Gateway::Address(ip) if vips.contains_key(ip) => {
+                    let s = vips[ip];
+                    let key = super::service_name_of(&s.namespace, &s.hostname);
+                    let found = backing.get(key.as_str()).cloned().unwrap_or_default();
+                    let reference = WaypointRef {
+                        namespace: s.namespace.clone(),
+                        name: s.name.clone(),
+                    };
+                    (reference, found)
+                }
                 Gateway::Address(ip) => {
                     let found = by_ip.get(ip).cloned().unwrap_or_default();
                     let reference = found.first().map_or_else(
@@ -372,7 +453,14 @@ impl Store {
                 missing.insert(name, Arc::new(placeholder(name, None, &self.settings)));
             }
         }
+        let refused_update = Arc::new(deny_everything(
+            PolicyId::new("veil", "refused-update"),
+            Scope::Named,
+        ));
         let applicable = |w: &Workload| -> Arc<[Arc<AuthzPolicy>]> {
+            if quarantined.contains(w.uid.as_str()) {
+                return Arc::from(vec![refused_update.clone()]);
+            }
             let mut out: Vec<Arc<AuthzPolicy>> = mesh_wide.clone();
             out.extend(
                 by_namespace
@@ -404,15 +492,16 @@ impl Store {
             Vec::new(),
             Vec::new(),
         )
-        .with_istio_policies(applicable, rejected)
+        .with_istio_policies(
+            self.authorizations
+                .values()
+                .map(|p| p.policy.clone())
+                .collect(),
+            applicable,
+            rejected,
+        )
         .with_ambient_namespaces(ambient)
     }
-}
-
-fn versions<T>(map: &HashMap<String, Received<T>>) -> HashMap<String, String> {
-    map.iter()
-        .map(|(name, r)| (name.clone(), r.version.clone()))
-        .collect()
 }
 
 /// The message of `resource`, which must be of `kind`.
@@ -616,7 +705,11 @@ fn placeholder(
     policy: Option<&sec::Authorization>,
     settings: &MeshSettings,
 ) -> AuthzPolicy {
-    let (namespace, policy_name) = name.split_once('/').unwrap_or((name, ""));
+    // What it declares, when it could be decoded (the scope it meant to apply in); else its name.
+    let (namespace, policy_name) = match policy {
+        Some(p) if !p.namespace.is_empty() => (p.namespace.as_str(), p.name.as_str()),
+        _ => name.split_once('/').unwrap_or((name, "")),
+    };
     let id = PolicyId::new(namespace, policy_name);
     let scope = match policy.map(|p| sec::Scope::try_from(p.scope)) {
         Some(Ok(sec::Scope::WorkloadSelector)) => Scope::Named,

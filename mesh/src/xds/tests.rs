@@ -730,7 +730,8 @@ fn what_is_refused_or_missing_fails_closed_and_the_rest_is_applied() {
     );
     assert!(decide(&store.to_state(), api_ip, &web));
 
-    // A workload that cannot be read is left out; the others stay.
+    // A workload whose new version cannot be read stays known (its pod stays captured, its
+    // address in the mesh) and admits nothing; the others are unaffected.
     let name = workload_name("shop", "db");
     let mut db = workload(&Resources::from_state(&native), "shop", "db");
     db.addresses.push(vec![1, 2, 3]);
@@ -745,8 +746,30 @@ fn what_is_refused_or_missing_fails_closed_and_the_rest_is_applied() {
     );
     assert_eq!(refused.len(), 1);
     let state = store.to_state();
-    assert!(state.workload_by_ip("10.1.0.3".parse().unwrap()).is_none());
+    let db = state
+        .workload_by_ip("10.1.0.3".parse().unwrap())
+        .expect("db stays known");
+    assert!(
+        state
+            .workloads_on_node("node-b")
+            .iter()
+            .any(|w| w.uid == db.uid)
+    );
+    let api = Identity::new("cluster.local", "shop", "api").unwrap();
+    let from_api = Conn {
+        source: Some(&api),
+        source_ip: "10.1.0.2".parse().unwrap(),
+        destination_ip: db.ips[0],
+        port: 5432,
+    };
+    assert!(!admits(&state, db, &from_api), "db admits nothing");
     assert!(state.workload_by_ip("10.1.0.2".parse().unwrap()).is_some());
+    assert!(
+        state
+            .rejected()
+            .iter()
+            .any(|e| e.to_string().contains("admits nothing"))
+    );
 
     // A resource under another's name, or of the wrong type, is refused.
     let web_name = workload_name("shop", "web");
@@ -806,4 +829,142 @@ fn istio_forms_veil_does_not_know_are_refused_not_widened() {
         http: None,
     };
     assert!(evaluate(&[std::sync::Arc::new(p)], &attrs).allowed());
+}
+
+// ---- Found by review: what must not fail open ----
+
+fn address_resource(
+    name: &str,
+    version: &str,
+    t: wl::address::Type,
+) -> super::proto::discovery::Resource {
+    resource(
+        Kind::Address,
+        name,
+        version,
+        wl::Address { r#type: Some(t) }.encode_to_vec(),
+    )
+}
+
+fn conn_to<'a>(peer: Option<&'a Identity>, dst: &str, port: u16) -> Conn<'a> {
+    Conn {
+        source: peer,
+        source_ip: "10.1.0.1".parse().unwrap(),
+        destination_ip: dst.parse().unwrap(),
+        port,
+    }
+}
+
+#[test]
+fn a_later_claim_on_a_running_workloads_address_is_left_out() {
+    let native = state();
+    let mut store = received(&Resources::from_state(&native));
+    let web = Identity::new("cluster.local", "shop", "web").unwrap();
+    // An impostor sorting before shop/db claims db's address.
+    let impostor = wl::Workload {
+        uid: workload_name("aaa", "x"),
+        name: "x".into(),
+        namespace: "aaa".into(),
+        service_account: "x".into(),
+        addresses: vec![vec![10, 1, 0, 3]],
+        tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
+        node: "node-b".into(),
+        ..Default::default()
+    };
+    store.apply(
+        Kind::Address,
+        &[address_resource(
+            &workload_name("aaa", "x"),
+            "v1",
+            wl::address::Type::Workload(impostor),
+        )],
+        &[],
+    );
+    let s = store.to_state();
+    let db = s.workload_by_ip("10.1.0.3".parse().unwrap()).unwrap();
+    assert_eq!(db.namespace, "shop", "the running pod keeps its address");
+    assert!(s.workload(&workload_name("aaa", "x")).is_none());
+    assert!(!admits(&s, db, &conn_to(Some(&web), "10.1.0.3", 5432)));
+    assert!(
+        s.rejected()
+            .iter()
+            .any(|e| e.to_string().contains("already workload"))
+    );
+}
+
+#[test]
+fn a_refused_service_update_keeps_its_waypoint_in_front() {
+    let native = state();
+    let mut store = received(&Resources::from_state(&native));
+    let web = Identity::new("cluster.local", "shop", "web").unwrap();
+    let name = service_name("shop", "api");
+    let wl::address::Type::Service(mut svc) = address(&Resources::from_state(&native), &name)
+    else {
+        panic!("not a service");
+    };
+    svc.waypoint = Some(wl::GatewayAddress {
+        destination: Some(wl::gateway_address::Destination::Address(
+            wl::NetworkAddress {
+                network: String::new(),
+                address: vec![10, 9, 0, 1],
+                length: None,
+            },
+        )),
+        hbone_mtls_port: 15008,
+    });
+    let v2 = address_resource(&name, "v2", wl::address::Type::Service(svc.clone()));
+    assert_eq!(store.apply(Kind::Address, &[v2], &[]), vec![]);
+    let s = store.to_state();
+    let api = s.workload_by_ip("10.1.0.2".parse().unwrap()).unwrap();
+    assert!(api.waypoint.is_some(), "fronted by its service's waypoint");
+    assert!(!admits(&s, api, &conn_to(Some(&web), "10.1.0.2", 8080)));
+    // v3 cannot be read: v2 stays in force.
+    svc.waypoint.as_mut().unwrap().hbone_mtls_port = 15009;
+    let v3 = address_resource(&name, "v3", wl::address::Type::Service(svc));
+    assert_eq!(store.apply(Kind::Address, &[v3], &[]).len(), 1);
+    let s = store.to_state();
+    let api = s.workload_by_ip("10.1.0.2".parse().unwrap()).unwrap();
+    assert!(api.waypoint.is_some(), "still fronted");
+    assert!(s.service_by_vip("10.96.0.2".parse().unwrap()).is_some());
+    assert!(!admits(&s, api, &conn_to(Some(&web), "10.1.0.2", 8080)));
+}
+
+#[test]
+fn a_refused_policy_denies_in_the_scope_it_declares() {
+    let native = state();
+    let mut store = received(&Resources::from_state(&native));
+    let web = Identity::new("cluster.local", "shop", "web").unwrap();
+    let mut deny = allow_from(
+        "shop",
+        "deny-web",
+        sec::Scope::Namespace,
+        "cluster.local/ns/shop/sa/web",
+    );
+    deny.action = sec::Action::Deny as i32;
+    // A valid body for shop, sent under an ops name: refused, and shop (its scope) is denied.
+    let sent = resource(
+        Kind::Authorization,
+        "ops/deny-web",
+        "v1",
+        policy_body(&deny),
+    );
+    assert_eq!(store.apply(Kind::Authorization, &[sent], &[]).len(), 1);
+    let s = store.to_state();
+    assert!(
+        !decide(&s, "10.1.0.2", &web),
+        "shop, the declared scope, is denied"
+    );
+}
+
+#[test]
+fn addresses_in_ipv4_mapped_form_are_refused() {
+    let mut a = allow_from("shop", "p", sec::Scope::Namespace, "x");
+    let mut mapped = vec![0u8; 10];
+    mapped.extend([0xff, 0xff, 10, 0, 0, 0]);
+    a.rules[0].clauses[0].matches[0].source_ips = vec![sec::Address {
+        address: mapped,
+        length: 104,
+    }];
+    let e = crate::policy::compile_istio("shop/p", &a).unwrap_err();
+    assert!(e.to_string().contains("4 bytes"), "{e}");
 }

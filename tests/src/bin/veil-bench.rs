@@ -113,6 +113,9 @@ enum Mode {
     /// to `upstream`.
     /// Many subscribers on veil-controller; how long a change takes to reach them all.
     XdsLoad(xds::Load),
+    /// veil's own xDS subscriber (what a ztunnel runs) on veil-controller: its memory per workload
+    /// and CPU per change.
+    XdsClient(xds::Client),
     TlsServer {
         #[arg(long)]
         listen: SocketAddr,
@@ -182,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
             cert,
         } => tls::server(listen, upstream, &cert).await,
         Mode::XdsLoad(load) => xds::run(load).await,
+        Mode::XdsClient(c) => xds::client(c).await,
     }
 }
 

@@ -97,6 +97,8 @@ pub(super) fn services(
 ) -> Vec<Service> {
     let mut vips: HashMap<IpAddr, String> = HashMap::new();
     let mut out = Vec::with_capacity(all.len());
+    // Built once, when a service names its endpoints.
+    let mut known: Option<HashSet<&str>> = None;
     for mut service in all {
         let conflict = service.vips.iter().find_map(|vip| {
             if let Some(w) = waypoint_ips.get(vip) {
@@ -117,7 +119,12 @@ pub(super) fn services(
         }
         let mut endpoints: Vec<String> = if service.selector.is_empty() {
             // Endpoints named by the source (a control plane that selected them): those that exist.
-            let known: HashSet<&str> = workloads.iter().map(|w| w.uid.as_str()).collect();
+            let known = known.get_or_insert_with(|| {
+                workloads
+                    .iter()
+                    .map(|w| w.uid.as_str())
+                    .collect::<HashSet<&str>>()
+            });
             std::mem::take(&mut service.endpoints)
                 .into_iter()
                 .filter(|uid| known.contains(uid.as_str()))

@@ -197,3 +197,119 @@ async fn subscriber(
         }
     }
 }
+
+/// What one full subscriber is pointed at.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Client {
+    /// The controller, `host:port`.
+    #[arg(long)]
+    target: String,
+    /// The name in its serving certificate.
+    #[arg(long)]
+    server_name: String,
+    /// The root of its serving certificate (PEM).
+    #[arg(long)]
+    root: PathBuf,
+    /// A file holding the bearer token.
+    #[arg(long)]
+    token: PathBuf,
+    /// The mesh file the controller reads.
+    #[arg(long)]
+    mesh_file: PathBuf,
+    /// Text in the mesh file swapped with `--to` and back, once per change.
+    #[arg(long)]
+    from: String,
+    /// The replacement.
+    #[arg(long)]
+    to: String,
+    /// How many changes.
+    #[arg(long, default_value = "10")]
+    changes: usize,
+}
+
+/// `veil-bench xds-client`: veil's own subscriber (what a ztunnel runs: validation, the store, the
+/// mesh rebuilt per change) in this process; its memory per workload received and its CPU per
+/// change.
+pub(crate) async fn client(c: Client) -> anyhow::Result<()> {
+    let bundle = TrustBundle::from_pem_file("cluster.local", &c.root)?;
+    let config = veil_mesh::xds::XdsConfig {
+        address: c.target.clone(),
+        server_name: c.server_name.clone(),
+        tls: ca_client_config(&bundle)?,
+        token: Some(veil_mesh::identity::TokenSource::File(c.token.clone())),
+        node: "bench".into(),
+        connect_timeout: Duration::from_secs(10),
+    };
+    let rss_before = rss_bytes()?;
+    let (cpu_before, started) = (cpu_seconds()?, Instant::now());
+    let sub = veil_mesh::xds::subscribe(
+        config,
+        veil_mesh::discovery::MeshSettings::default(),
+        |_| {},
+    )
+    .await;
+    let sync = started.elapsed();
+    let sync_cpu = cpu_seconds()? - cpu_before;
+    let mut state = sub.state.clone();
+    let summary = state.borrow_and_update().summary();
+    // Let the allocator settle (the decoded response is gone once the mesh is built).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_synced = rss_bytes()?;
+    let mut cpu = Vec::new();
+    let mut latency = Vec::new();
+    for change in 0..c.changes {
+        let (from, to) = if change % 2 == 0 {
+            (&c.from, &c.to)
+        } else {
+            (&c.to, &c.from)
+        };
+        let t0 = Instant::now();
+        let c0 = cpu_seconds()?;
+        rewrite(&c.mesh_file, from, to)?;
+        tokio::time::timeout(Duration::from_secs(60), state.changed())
+            .await
+            .context("a change did not arrive in 60 s")??;
+        state.borrow_and_update();
+        cpu.push(((cpu_seconds()? - c0) * 1e9) as u64);
+        latency.push(t0.elapsed().as_nanos() as u64);
+        // Let the controller's polling go quiet before the next change.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let report = json!({
+        "workloads": summary.workloads,
+        "services": summary.services,
+        "authorization_policies": summary.authorization_policies,
+        "initial_sync_s": sync.as_secs_f64(),
+        "initial_sync_cpu_s": sync_cpu,
+        "rss_before_mb": rss_before as f64 / 1e6,
+        "rss_synced_mb": rss_synced as f64 / 1e6,
+        "bytes_per_workload": (rss_synced.saturating_sub(rss_before)) / summary.workloads.max(1) as u64,
+        "cpu_per_change_ns": crate::percentiles(cpu),
+        "change_latency_ns": crate::percentiles(latency),
+        "rss_after_changes_mb": rss_bytes()? as f64 / 1e6,
+    });
+    println!("{report}");
+    Ok(())
+}
+
+fn proc_self(file: &str) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(format!("/proc/self/{file}"))?)
+}
+
+fn rss_bytes() -> anyhow::Result<u64> {
+    let status = proc_self("status")?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024)
+}
+
+/// User and system CPU of this process (all threads), at microsecond resolution.
+fn cpu_seconds() -> anyhow::Result<f64> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_SELF)?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Ok(secs(usage.user_time()) + secs(usage.system_time()))
+}

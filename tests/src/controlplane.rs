@@ -42,11 +42,7 @@ pub fn start_controller(mesh: &Mesh, subscribers: &[String]) -> anyhow::Result<C
     // restarted controller keeps it.
     let ip = mesh.cluster.control_plane_ip.to_string();
     if !dir.join("root.pem").exists() {
-        let pki = TestPki::new("cluster.local");
-        let (chain, key) = pki.server_pem(&[SERVER_NAME, &ip]);
-        std::fs::write(dir.join("cert.pem"), chain)?;
-        std::fs::write(dir.join("key.pem"), key)?;
-        std::fs::write(dir.join("root.pem"), pki.root_pem())?;
+        write_serving_pki(&dir, &[SERVER_NAME, &ip])?;
     }
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let listen = format!("{ip}:{XDS_PORT}");
@@ -100,6 +96,17 @@ pub fn start_controller(mesh: &Mesh, subscribers: &[String]) -> anyhow::Result<C
         url: format!("https://{listen}"),
         metrics,
     })
+}
+
+/// Writes a serving certificate valid for `names` into `dir` (`cert.pem`, `key.pem`), issued by a
+/// root of its own (`root.pem`), as cert-manager would provide one.
+pub fn write_serving_pki(dir: &Path, names: &[&str]) -> anyhow::Result<()> {
+    let pki = TestPki::new("cluster.local");
+    let (chain, key) = pki.server_pem(names);
+    std::fs::write(dir.join("cert.pem"), chain)?;
+    std::fs::write(dir.join("key.pem"), key)?;
+    std::fs::write(dir.join("root.pem"), pki.root_pem())?;
+    Ok(())
 }
 
 impl Controller {

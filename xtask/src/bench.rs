@@ -19,6 +19,7 @@ use veil_e2e::process::Proc;
 
 use crate::proto::workspace_root;
 
+mod controlplane;
 mod report;
 
 use crate::setup::{build, install_tools};
@@ -34,14 +35,18 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 /// The sections of a run, for `--only`.
-pub(crate) const SECTIONS: [&str; 6] = [
+pub(crate) const SECTIONS: [&str; 7] = [
     "throughput",
     "latency",
     "connections",
     "waypoint",
     "memory",
     "policy",
+    "controlplane",
 ];
+
+/// Sections that run without the benchmark cluster.
+const OUTSIDE_THE_CLUSTER: [&str; 2] = ["policy", "controlplane"];
 
 /// How long and how often each measurement runs.
 #[derive(Clone, Debug)]
@@ -573,6 +578,16 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
     });
     if opts.runs("policy") {
         results["policy"] = policy(&root)?;
+    }
+    if opts.runs("controlplane") {
+        results["controlplane"] = controlplane::controlplane()?;
+    }
+    let in_cluster = SECTIONS
+        .iter()
+        .any(|s| !OUTSIDE_THE_CLUSTER.contains(s) && opts.runs(s));
+    if !in_cluster {
+        println!("Partial run (--only): nothing written.");
+        return Ok(());
     }
 
     println!("Starting the benchmark cluster…");

@@ -168,9 +168,12 @@ fn spec() -> MeshSpec {
 }
 
 fn print_topology(mesh: &Mesh) {
-    println!(
-        "\nA cluster in network namespaces: a CA, two nodes each running veil-ztunnel, and pods:"
-    );
+    let control = if mesh.controller.is_some() {
+        "a CA, a controller serving the mesh over xDS, two nodes each running veil-ztunnel on it"
+    } else {
+        "a CA, two nodes each running veil-ztunnel"
+    };
+    println!("\nA cluster in network namespaces: {control}, and pods:");
     for pod in &mesh.spec.pods {
         let p = mesh.cluster.pod(&pod.name);
         let state = if pod.enrolled {

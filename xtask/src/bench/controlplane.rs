@@ -1,0 +1,217 @@
+//! The `controlplane` section: veil-controller serving a generated mesh of N pods from the local
+//! file, measured with the same release binaries as the rest of the run — the controller's start,
+//! memory and peak memory; one veil subscriber (the code a ztunnel runs: validation, the store, the
+//! mesh) and what it costs per workload and per change; and many subscribers at once (initial sync,
+//! propagation of one pod change to all of them, bytes per change).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use veil_e2e::controlplane::write_serving_pki;
+use veil_e2e::mesh::bin;
+use veil_e2e::process::Proc;
+
+/// Mesh sizes, in pods.
+const SIZES: [usize; 2] = [1_000, 10_000];
+/// Subscribers at once.
+const SUBSCRIBERS: usize = 1_000;
+const TOKEN: &str = "bench-token-0123456789abcdef";
+const LISTEN: &str = "127.0.0.1:25012";
+const METRICS: &str = "127.0.0.1:25014";
+
+/// A mesh of `pods` pods in 100 namespaces, a tenth as many Services and AuthorizationPolicies.
+/// Pod 1's address is the one changes toggle.
+fn mesh(pods: usize) -> String {
+    let groups = (pods / 10).max(1);
+    let mut out = String::from("namespaces:\n");
+    for ns in 0..100 {
+        let _ = writeln!(out, "  - {{name: ns{ns}, dataplaneMode: ambient}}");
+    }
+    out.push_str("workloads:\n");
+    for i in 0..pods {
+        let g = i % groups;
+        let _ = writeln!(
+            out,
+            "  - {{name: pod-{i}, namespace: ns{}, serviceAccount: sa{g}, node: node-{}, ips: [10.{}.{}.{}], labels: {{app: app{g}}}}}",
+            g % 100,
+            i % 500,
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        );
+    }
+    out.push_str("services:\n");
+    for g in 0..groups {
+        let _ = writeln!(
+            out,
+            "  - {{name: svc{g}, namespace: ns{}, vips: [172.16.{}.{}], ports: [{{port: 80, targetPort: 8080}}], selector: {{app: app{g}}}}}",
+            g % 100,
+            g >> 8,
+            g & 255
+        );
+    }
+    out.push_str("policies:\n");
+    for g in 0..groups {
+        let _ = write!(
+            out,
+            "  - apiVersion: security.veil.dev/v1\n    kind: AuthorizationPolicy\n    metadata: {{name: p{g}, namespace: ns{}}}\n    spec:\n      selector: {{matchLabels: {{app: app{g}}}}}\n      rules: [{{from: [{{source: {{principals: [cluster.local/ns/ns{}/sa/sa{g}]}}}}], to: [{{operation: {{ports: [\"8080\"]}}}}]}}]\n",
+            g % 100,
+            (g + 1) % 100
+        );
+    }
+    out
+}
+
+/// A value of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`).
+fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} for {pid}"))?;
+    Ok(kb * 1024)
+}
+
+fn tool(args: &[&str]) -> anyhow::Result<Value> {
+    let out = std::process::Command::new(bin("veil-bench"))
+        .args(args)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "veil-bench {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("veil-bench printed {stdout:?}"))
+}
+
+fn one_size(dir: &Path, pods: usize) -> anyhow::Result<Value> {
+    let file = dir.join(format!("mesh-{pods}.yaml"));
+    std::fs::write(&file, mesh(pods))?;
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let started = Instant::now();
+    let mut controller = Proc::spawn(
+        "veil-controller",
+        None,
+        &[
+            &bin("veil-controller").to_string_lossy(),
+            "--listen",
+            LISTEN,
+            "--metrics-listen",
+            METRICS,
+            "--tls-cert",
+            &path("cert.pem"),
+            "--tls-key",
+            &path("key.pem"),
+            "--trust-bundle",
+            &path("root.pem"),
+            "--tokens",
+            &path("tokens.yaml"),
+            "--mesh-config",
+            &file.to_string_lossy(),
+            "--poll",
+            "100ms",
+            "--log-format",
+            "json",
+        ],
+        &[("RUST_LOG", "warn,veil_controller=info")],
+        &dir.join(format!("controller-{pods}.log")),
+    )?;
+    controller.wait_for("veil-controller serving", Duration::from_secs(120))?;
+    let serving_s = started.elapsed().as_secs_f64();
+    let pid = controller.pid();
+    let idle = status_bytes(pid, "VmRSS")?;
+    let common = |mode: &str| {
+        vec![
+            mode.to_owned(),
+            "--target".into(),
+            LISTEN.into(),
+            "--server-name".into(),
+            "veil-controller".into(),
+            "--root".into(),
+            path("root.pem"),
+            "--token".into(),
+            path("token"),
+            "--mesh-file".into(),
+            file.to_string_lossy().into_owned(),
+        ]
+    };
+    // 10.250.x.x is no pod's address: the mesh stays valid either way.
+    let (from, to) = ("ips: [10.0.0.1]", "ips: [10.250.0.1]");
+    let mut args = common("xds-client");
+    args.extend(["--from".into(), from.into(), "--to".into(), to.into()]);
+    args.extend(["--changes".into(), "6".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let subscriber = tool(&args)?;
+    let mut args = common("xds-load");
+    args.extend(["--from".into(), from.into(), "--to".into(), to.into()]);
+    args.extend([
+        "--watch".into(),
+        "Kubernetes//Pod/ns1/pod-1".into(),
+        "--subscribers".into(),
+        SUBSCRIBERS.to_string(),
+        "--changes".into(),
+        "4".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let load = tool(&args)?;
+    let after = status_bytes(pid, "VmRSS")?;
+    let peak = status_bytes(pid, "VmHWM")?;
+    controller.kill();
+    let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "  {pods} pods: controller serving in {serving_s:.2} s, {:.0} MB idle, {:.0} MB peak with {SUBSCRIBERS} subscribers",
+        mb(idle),
+        mb(peak)
+    );
+    println!(
+        "    one subscriber: {} B per workload, {:.1} ms CPU per change (p50); {SUBSCRIBERS} subscribers: sync {:.1} s, change p99 {:.0} ms, {} B per change each",
+        subscriber["bytes_per_workload"],
+        subscriber["cpu_per_change_ns"]["p50_us"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e3,
+        load["initial_sync_s"].as_f64().unwrap_or(0.0),
+        load["propagation"]["p99_us"].as_f64().unwrap_or(0.0) / 1e3,
+        load["bytes_per_change_per_subscriber"]
+    );
+    Ok(json!({
+        "pods": pods,
+        "controller": {
+            "start_to_serving_s": serving_s,
+            "rss_idle_mb": mb(idle),
+            "rss_after_mb": mb(after),
+            "rss_peak_mb": mb(peak),
+        },
+        "subscriber": subscriber,
+        "subscribers": load,
+    }))
+}
+
+/// The section: every size in [`SIZES`].
+pub(crate) fn controlplane() -> anyhow::Result<Value> {
+    println!("Benchmarking the control plane ({SUBSCRIBERS} subscribers on loopback)…");
+    let dir = std::env::temp_dir().join(format!("veil-bench-cp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    write_serving_pki(&dir, &["veil-controller", "127.0.0.1"])?;
+    std::fs::write(dir.join("token"), TOKEN)?;
+    std::fs::write(
+        dir.join("tokens.yaml"),
+        format!(
+            "tokens:\n  - token: {TOKEN}\n    identity: spiffe://cluster.local/ns/veil-system/sa/ztunnel\n"
+        ),
+    )?;
+    let mut out = Vec::new();
+    for pods in SIZES {
+        out.push(one_size(&dir, pods)?);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Value::Array(out))
+}

@@ -241,3 +241,57 @@ fn nack(message: String) -> Status {
         details: Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::proto::discovery::Resource;
+
+    fn response(type_url: &str, resources: Vec<Resource>) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: type_url.into(),
+            nonce: "n1".into(),
+            resources,
+            ..Default::default()
+        }
+    }
+
+    fn garbage(kind: Kind, name: &str) -> Resource {
+        Resource {
+            name: name.into(),
+            version: "v1".into(),
+            resource: Some(prost_types::Any {
+                type_url: kind.type_url().into(),
+                value: vec![0xff; 3],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_response_is_acknowledged_or_nacked_naming_what_was_refused() {
+        let mut store = Store::new(MeshSettings::default());
+        let (ack, kind) = handle(&mut store, &response(Kind::Address.type_url(), vec![]));
+        assert_eq!(kind, Some(Kind::Address));
+        assert_eq!(
+            (ack.response_nonce.as_str(), ack.error_detail),
+            ("n1", None)
+        );
+
+        let bad: Vec<Resource> = (0..25)
+            .map(|i| garbage(Kind::Authorization, &format!("ns/p{i:02}")))
+            .collect();
+        let (nack, kind) = handle(&mut store, &response(Kind::Authorization.type_url(), bad));
+        assert_eq!(kind, Some(Kind::Authorization));
+        let detail = nack.error_detail.expect("a NACK");
+        assert_eq!(detail.code, INVALID_ARGUMENT);
+        assert!(detail.message.contains("ns/p00"), "{}", detail.message);
+        assert!(detail.message.ends_with("and 5 more"), "{}", detail.message);
+        // What was refused is held (denying), so a resumed stream does not get it again.
+        assert_eq!(store.versions(Kind::Authorization).len(), 25);
+
+        let (nack, kind) = handle(&mut store, &response("type.googleapis.com/other", vec![]));
+        assert_eq!(kind, None);
+        assert!(nack.error_detail.is_some());
+    }
+}

@@ -1,0 +1,81 @@
+//! What a ztunnel receives from a control plane (`veil_mesh::xds::Store`): any sequence of
+//! resources (Istio's `Address` and `Authorization` messages, valid or not) and removals, then the
+//! mesh they make and a decision for every workload in it. Nothing a control plane sends may crash
+//! or stall a subscriber.
+//!
+//! Input: records of `[flags][length: u16 LE][body]`; flags bit 0 picks the type (Address,
+//! Authorization), bit 1 makes the record a removal. A body that decodes is sent under its own
+//! name (its uid, `namespace/hostname` or `namespace/name`), so validation goes past the name check.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+use veil_mesh::discovery::MeshSettings;
+use veil_mesh::identity::Identity;
+use veil_mesh::policy::{Attributes, evaluate};
+use veil_mesh::xds::proto::discovery::Resource;
+use veil_mesh::xds::proto::istio::security::Authorization;
+use veil_mesh::xds::proto::istio::workload::{Address, address};
+use veil_mesh::xds::{Kind, Store};
+
+fn natural_name(kind: Kind, body: &[u8]) -> Option<String> {
+    match kind {
+        Kind::Address => match Address::decode(body).ok()?.r#type? {
+            address::Type::Workload(w) => Some(w.uid),
+            address::Type::Service(s) => Some(format!("{}/{}", s.namespace, s.hostname)),
+        },
+        Kind::Authorization => {
+            let a = Authorization::decode(body).ok()?;
+            Some(format!("{}/{}", a.namespace, a.name))
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut store = Store::new(MeshSettings::default());
+    let mut rest = data;
+    let mut version = 0u32;
+    while rest.len() >= 3 && version < 64 {
+        let flags = rest[0];
+        let kind = if flags & 1 == 0 { Kind::Address } else { Kind::Authorization };
+        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
+        let body = &rest[3..3 + len];
+        rest = &rest[3 + len..];
+        let name = natural_name(kind, body)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(24)]).into_owned());
+        version += 1;
+        if flags & 2 != 0 {
+            let _ = store.apply(kind, &[], &[name]);
+        } else {
+            let resource = Resource {
+                name,
+                version: version.to_string(),
+                resource: Some(prost_types::Any {
+                    type_url: kind.type_url().into(),
+                    value: body.to_vec(),
+                }),
+                ..Default::default()
+            };
+            let _ = store.apply(kind, &[resource], &[]);
+        }
+    }
+    let state = store.to_state();
+    let peer = Identity::new("cluster.local", "ns", "sa").expect("a valid identity");
+    for workload in state.workloads() {
+        for source in [Some(&peer), None] {
+            let Some(ip) = workload.ips.first() else {
+                continue;
+            };
+            let attrs = Attributes {
+                source,
+                source_ip: *ip,
+                destination_ip: *ip,
+                destination_port: 8080,
+                http: None,
+            };
+            let _ = evaluate(&state.authz_for(&workload), &attrs);
+        }
+    }
+    let _ = state.summary();
+});

@@ -355,26 +355,40 @@ fn veil_allows(state: &MeshState, w: &crate::discovery::Workload, c: &Conn<'_>) 
     evaluate(&state.authz_for(w), &attrs).allowed()
 }
 
+/// The connections the equivalence tests walk: peers (the last one plaintext), source addresses,
+/// destination ports.
+struct Grid {
+    peers: [Option<Identity>; 6],
+    source_ips: [IpAddr; 4],
+    ports: [u16; 8],
+}
+
+fn grid() -> Grid {
+    let id = |ns: &str, sa: &str| Some(Identity::new("cluster.local", ns, sa).unwrap());
+    Grid {
+        peers: [
+            id("shop", "web"),
+            id("shop", "api"),
+            id("ops", "admin"),
+            id("ops", "batch"),
+            id("shop", "wp"),
+            None,
+        ],
+        source_ips: ["10.1.0.1", "10.1.0.2", "10.1.0.5", "10.2.0.1"].map(|ip| ip.parse().unwrap()),
+        ports: [22, 23, 80, 5432, 8080, 8443, 9090, 9187],
+    }
+}
+
 #[test]
 fn istio_evaluation_of_the_translation_decides_as_veil_does() {
     let state = state();
     let resources = Resources::from_state(&state);
     let id = |ns: &str, sa: &str| Identity::new("cluster.local", ns, sa).unwrap();
-    let peers = [
-        Some(id("shop", "web")),
-        Some(id("shop", "api")),
-        Some(id("ops", "admin")),
-        Some(id("ops", "batch")),
-        Some(id("shop", "wp")),
-        None,
-    ];
-    let source_ips: [IpAddr; 4] = [
-        "10.1.0.1".parse().unwrap(),
-        "10.1.0.2".parse().unwrap(),
-        "10.1.0.5".parse().unwrap(),
-        "10.2.0.1".parse().unwrap(),
-    ];
-    let ports = [22, 23, 80, 5432, 8080, 8443, 9090, 9187];
+    let Grid {
+        peers,
+        source_ips,
+        ports,
+    } = grid();
     let mut checked = 0;
     for w in state.workloads().iter().filter(|w| w.enrolled) {
         let istio = workload(&resources, &w.namespace, &w.name);
@@ -477,21 +491,11 @@ fn a_mesh_received_over_xds_decides_as_the_mesh_it_was_sent_from() {
     assert!(xds.istio_semantics());
     assert_eq!(xds.rejected(), &[], "nothing refused");
     let id = |ns: &str, sa: &str| Identity::new("cluster.local", ns, sa).unwrap();
-    let peers = [
-        Some(id("shop", "web")),
-        Some(id("shop", "api")),
-        Some(id("ops", "admin")),
-        Some(id("ops", "batch")),
-        Some(id("shop", "wp")),
-        None,
-    ];
-    let source_ips: [IpAddr; 4] = [
-        "10.1.0.1".parse().unwrap(),
-        "10.1.0.2".parse().unwrap(),
-        "10.1.0.5".parse().unwrap(),
-        "10.2.0.1".parse().unwrap(),
-    ];
-    let ports = [22, 23, 80, 5432, 8080, 8443, 9090, 9187];
+    let Grid {
+        peers,
+        source_ips,
+        ports,
+    } = grid();
     let mut checked = 0;
     let mut admitted = 0;
     for w in native.workloads() {

@@ -18,9 +18,9 @@ use veil_mesh::xds::Kind;
 use veil_mesh::xds::proto::discovery::DeltaDiscoveryRequest;
 use veil_mesh::xds::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 
-/// What the load is.
+/// The controller under test, and the change made to the mesh file it reads.
 #[derive(Debug, clap::Args)]
-pub(crate) struct Load {
+pub(crate) struct Target {
     /// The controller, `host:port`.
     #[arg(long)]
     target: String,
@@ -33,9 +33,6 @@ pub(crate) struct Load {
     /// A file holding the bearer token subscribers send.
     #[arg(long)]
     token: PathBuf,
-    /// How many subscribers.
-    #[arg(long, default_value = "1000")]
-    subscribers: usize,
     /// The mesh file the controller reads.
     #[arg(long)]
     mesh_file: PathBuf,
@@ -45,6 +42,28 @@ pub(crate) struct Load {
     /// The replacement.
     #[arg(long)]
     to: String,
+}
+
+impl Target {
+    /// The swap of change number `change`: there and back.
+    fn swap(&self, change: usize) -> anyhow::Result<()> {
+        let (from, to) = if change.is_multiple_of(2) {
+            (&self.from, &self.to)
+        } else {
+            (&self.to, &self.from)
+        };
+        rewrite(&self.mesh_file, from, to)
+    }
+}
+
+/// What the load is.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Load {
+    #[command(flatten)]
+    at: Target,
+    /// How many subscribers.
+    #[arg(long, default_value = "1000")]
+    subscribers: usize,
     /// The resource whose new version marks a change as arrived.
     #[arg(long)]
     watch: String,
@@ -61,15 +80,15 @@ struct Arrival {
 }
 
 pub(crate) async fn run(load: Load) -> anyhow::Result<()> {
-    let token = std::fs::read_to_string(&load.token)?.trim().to_owned();
-    let bundle = TrustBundle::from_pem_file("cluster.local", &load.root)?;
+    let token = std::fs::read_to_string(&load.at.token)?.trim().to_owned();
+    let bundle = TrustBundle::from_pem_file("cluster.local", &load.at.root)?;
     let config = ca_client_config(&bundle)?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Arrival>();
     let started = Instant::now();
     for _ in 0..load.subscribers {
         let channel = tls_channel(
-            &load.target,
-            &load.server_name,
+            &load.at.target,
+            &load.at.server_name,
             config.clone(),
             Duration::from_secs(30),
         )
@@ -97,13 +116,8 @@ pub(crate) async fn run(load: Load) -> anyhow::Result<()> {
     let mut latencies = Vec::new();
     let mut change_bytes = 0;
     for change in 0..load.changes {
-        let (from, to) = if change % 2 == 0 {
-            (&load.from, &load.to)
-        } else {
-            (&load.to, &load.from)
-        };
         let t0 = Instant::now();
-        rewrite(&load.mesh_file, from, to)?;
+        load.at.swap(change)?;
         let mut arrived = 0;
         while arrived < load.subscribers {
             let arrival = tokio::time::timeout(Duration::from_secs(60), rx.recv())
@@ -201,27 +215,8 @@ async fn subscriber(
 /// What one full subscriber is pointed at.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Client {
-    /// The controller, `host:port`.
-    #[arg(long)]
-    target: String,
-    /// The name in its serving certificate.
-    #[arg(long)]
-    server_name: String,
-    /// The root of its serving certificate (PEM).
-    #[arg(long)]
-    root: PathBuf,
-    /// A file holding the bearer token.
-    #[arg(long)]
-    token: PathBuf,
-    /// The mesh file the controller reads.
-    #[arg(long)]
-    mesh_file: PathBuf,
-    /// Text in the mesh file swapped with `--to` and back, once per change.
-    #[arg(long)]
-    from: String,
-    /// The replacement.
-    #[arg(long)]
-    to: String,
+    #[command(flatten)]
+    at: Target,
     /// How many changes.
     #[arg(long, default_value = "10")]
     changes: usize,
@@ -231,12 +226,12 @@ pub(crate) struct Client {
 /// mesh rebuilt per change) in this process; its memory per workload received and its CPU per
 /// change.
 pub(crate) async fn client(c: Client) -> anyhow::Result<()> {
-    let bundle = TrustBundle::from_pem_file("cluster.local", &c.root)?;
+    let bundle = TrustBundle::from_pem_file("cluster.local", &c.at.root)?;
     let config = veil_mesh::xds::XdsConfig {
-        address: c.target.clone(),
-        server_name: c.server_name.clone(),
+        address: c.at.target.clone(),
+        server_name: c.at.server_name.clone(),
         tls: ca_client_config(&bundle)?,
-        token: Some(veil_mesh::identity::TokenSource::File(c.token.clone())),
+        token: Some(veil_mesh::identity::TokenSource::File(c.at.token.clone())),
         node: "bench".into(),
         connect_timeout: Duration::from_secs(10),
     };
@@ -258,14 +253,9 @@ pub(crate) async fn client(c: Client) -> anyhow::Result<()> {
     let mut cpu = Vec::new();
     let mut latency = Vec::new();
     for change in 0..c.changes {
-        let (from, to) = if change % 2 == 0 {
-            (&c.from, &c.to)
-        } else {
-            (&c.to, &c.from)
-        };
         let t0 = Instant::now();
         let c0 = cpu_seconds()?;
-        rewrite(&c.mesh_file, from, to)?;
+        c.at.swap(change)?;
         tokio::time::timeout(Duration::from_secs(60), state.changed())
             .await
             .context("a change did not arrive in 60 s")??;

@@ -264,6 +264,18 @@ struct Conn<'a> {
     port: u16,
 }
 
+impl Conn<'_> {
+    fn attributes(&self) -> Attributes<'_> {
+        Attributes {
+            source: self.source,
+            source_ip: self.source_ip,
+            destination_ip: self.destination_ip,
+            destination_port: self.port,
+            http: None,
+        }
+    }
+}
+
 fn string_match(m: &sec::StringMatch, value: &str) -> bool {
     use sec::string_match::MatchType;
     match m.match_type.as_ref().unwrap() {
@@ -345,13 +357,7 @@ fn veil_allows(state: &MeshState, w: &crate::discovery::Workload, c: &Conn<'_>) 
     if c.source.is_none() && state.peer_mode(w, c.port) == PeerMode::Strict {
         return false;
     }
-    let attrs = Attributes {
-        source: c.source,
-        source_ip: c.source_ip,
-        destination_ip: c.destination_ip,
-        destination_port: c.port,
-        http: None,
-    };
+    let attrs = c.attributes();
     evaluate(&state.authz_for(w), &attrs).allowed()
 }
 
@@ -361,6 +367,22 @@ struct Grid {
     peers: [Option<Identity>; 6],
     source_ips: [IpAddr; 4],
     ports: [u16; 8],
+}
+
+impl Grid {
+    /// Every connection of the grid to `destination_ip`.
+    fn conns(&self, destination_ip: IpAddr) -> impl Iterator<Item = Conn<'_>> {
+        self.peers.iter().flat_map(move |peer| {
+            self.source_ips.iter().flat_map(move |source_ip| {
+                self.ports.iter().map(move |port| Conn {
+                    source: peer.as_ref(),
+                    source_ip: *source_ip,
+                    destination_ip,
+                    port: *port,
+                })
+            })
+        })
+    }
 }
 
 fn grid() -> Grid {
@@ -384,46 +406,33 @@ fn istio_evaluation_of_the_translation_decides_as_veil_does() {
     let state = state();
     let resources = Resources::from_state(&state);
     let id = |ns: &str, sa: &str| Identity::new("cluster.local", ns, sa).unwrap();
-    let Grid {
-        peers,
-        source_ips,
-        ports,
-    } = grid();
+    let cases = grid();
     let mut checked = 0;
     for w in state.workloads().iter().filter(|w| w.enrolled) {
         let istio = workload(&resources, &w.namespace, &w.name);
-        for peer in &peers {
-            for source_ip in source_ips {
-                for port in ports {
-                    let c = Conn {
-                        source: peer.as_ref(),
-                        source_ip,
-                        destination_ip: w.ips[0],
-                        port,
-                    };
-                    let veil = match &w.waypoint {
-                        // Behind a waypoint: only it, over mTLS.
-                        Some(_) => peer.as_ref().is_some_and(|p| p == &id("shop", "wp")),
-                        None => veil_allows(&state, w, &c),
-                    };
-                    let ours = istio_allows(&resources, &istio, &c);
-                    if w.waypoint.is_none() {
-                        assert_eq!(
-                            ours,
-                            veil,
-                            "{} from {:?} at {source_ip} to port {port}",
-                            w.key(),
-                            peer.as_ref().map(Identity::principal)
-                        );
-                    } else if veil {
-                        // Istio also applies namespace-wide policies to the waypoint's traffic;
-                        // what veil denies, Istio's reading must deny too.
-                    } else {
-                        assert!(!ours, "{} admitted {peer:?} around its waypoint", w.key());
-                    }
-                    checked += 1;
-                }
+        for c in cases.conns(w.ips[0]) {
+            let (peer, source_ip, port) = (c.source, c.source_ip, c.port);
+            let veil = match &w.waypoint {
+                // Behind a waypoint: only it, over mTLS.
+                Some(_) => peer.is_some_and(|p| p == &id("shop", "wp")),
+                None => veil_allows(&state, w, &c),
+            };
+            let ours = istio_allows(&resources, &istio, &c);
+            if w.waypoint.is_none() {
+                assert_eq!(
+                    ours,
+                    veil,
+                    "{} from {:?} at {source_ip} to port {port}",
+                    w.key(),
+                    peer.map(Identity::principal)
+                );
+            } else if veil {
+                // Istio also applies namespace-wide policies to the waypoint's traffic;
+                // what veil denies, Istio's reading must deny too.
+            } else {
+                assert!(!ours, "{} admitted {peer:?} around its waypoint", w.key());
             }
+            checked += 1;
         }
     }
     assert!(checked > 1000, "{checked} cases");
@@ -470,13 +479,7 @@ fn admits(state: &MeshState, w: &crate::discovery::Workload, c: &Conn<'_>) -> bo
                 && state
                     .waypoint(reference)
                     .is_some_and(|wp| &wp.identity == peer);
-            let attrs = Attributes {
-                source: c.source,
-                source_ip: c.source_ip,
-                destination_ip: c.destination_ip,
-                destination_port: c.port,
-                http: None,
-            };
+            let attrs = c.attributes();
             from_waypoint
                 && (!state.istio_semantics() || evaluate(&state.authz_for(w), &attrs).allowed())
         }
@@ -491,11 +494,7 @@ fn a_mesh_received_over_xds_decides_as_the_mesh_it_was_sent_from() {
     assert!(xds.istio_semantics());
     assert_eq!(xds.rejected(), &[], "nothing refused");
     let id = |ns: &str, sa: &str| Identity::new("cluster.local", ns, sa).unwrap();
-    let Grid {
-        peers,
-        source_ips,
-        ports,
-    } = grid();
+    let cases = grid();
     let mut checked = 0;
     let mut admitted = 0;
     for w in native.workloads() {
@@ -510,35 +509,26 @@ fn a_mesh_received_over_xds_decides_as_the_mesh_it_was_sent_from() {
         if !w.enrolled {
             continue;
         }
-        for peer in &peers {
-            for source_ip in source_ips {
-                for port in ports {
-                    let c = Conn {
-                        source: peer.as_ref(),
-                        source_ip,
-                        destination_ip: w.ips[0],
-                        port,
-                    };
-                    let theirs = admits(&native, &w, &c);
-                    let ours = admits(&xds, x, &c);
-                    let case = || {
-                        format!(
-                            "{} from {:?} at {source_ip} to port {port}",
-                            w.key(),
-                            peer.as_ref().map(Identity::principal)
-                        )
-                    };
-                    if w.waypoint.is_none() {
-                        assert_eq!(ours, theirs, "{}", case());
-                    } else {
-                        // Istio's reading also applies mesh- and namespace-wide policies to the
-                        // waypoint's tunnels: it may deny more, never admit more.
-                        assert!(!ours || theirs, "{}", case());
-                    }
-                    admitted += usize::from(theirs);
-                    checked += 1;
-                }
+        for c in cases.conns(w.ips[0]) {
+            let (peer, source_ip, port) = (c.source, c.source_ip, c.port);
+            let theirs = admits(&native, &w, &c);
+            let ours = admits(&xds, x, &c);
+            let case = || {
+                format!(
+                    "{} from {:?} at {source_ip} to port {port}",
+                    w.key(),
+                    peer.map(Identity::principal)
+                )
+            };
+            if w.waypoint.is_none() {
+                assert_eq!(ours, theirs, "{}", case());
+            } else {
+                // Istio's reading also applies mesh- and namespace-wide policies to the
+                // waypoint's tunnels: it may deny more, never admit more.
+                assert!(!ours || theirs, "{}", case());
             }
+            admitted += usize::from(theirs);
+            checked += 1;
         }
     }
     assert!(
@@ -658,19 +648,13 @@ fn what_is_refused_or_missing_fails_closed_and_the_rest_is_applied() {
         sec::Scope::WorkloadSelector,
         "cluster.local/ns/shop/sa/web",
     );
-    assert_eq!(
-        store.apply(
-            Kind::Authorization,
-            &[resource(
-                Kind::Authorization,
-                "shop/api-from-web",
-                "v3",
-                policy_body(&good)
-            )],
-            &[]
-        ),
-        vec![]
-    );
+    let restore = [resource(
+        Kind::Authorization,
+        "shop/api-from-web",
+        "v3",
+        policy_body(&good),
+    )];
+    assert_eq!(store.apply(Kind::Authorization, &restore, &[]), vec![]);
     assert!(decide(&store.to_state(), api_ip, &web));
 
     // Removed while the api still names it: the api admits nothing.
@@ -683,16 +667,7 @@ fn what_is_refused_or_missing_fails_closed_and_the_rest_is_applied() {
             .iter()
             .any(|e| e.to_string().contains("not received"))
     );
-    store.apply(
-        Kind::Authorization,
-        &[resource(
-            Kind::Authorization,
-            "shop/api-from-web",
-            "v3",
-            policy_body(&good),
-        )],
-        &[],
-    );
+    assert_eq!(store.apply(Kind::Authorization, &restore, &[]), vec![]);
 
     // A namespace-wide policy that cannot be read denies its namespace only.
     let mut ns_wide = allow_from("ops", "broken", sec::Scope::Namespace, "x");

@@ -280,6 +280,7 @@ fn veils_ztunnels_keep_their_mesh_through_a_controller_outage_and_resume_on_anot
             .iter()
             .all(|n| m.ztunnel_log(n).contains("keeping the last mesh"))
     }));
+    assert_eq!(m.metric("node-a", "veil_control_plane_connected", &[]), 0.0);
     assert!(
         reaches(&m, "client", "server"),
         "traffic flows on the last mesh"
@@ -292,7 +293,7 @@ fn veils_ztunnels_keep_their_mesh_through_a_controller_outage_and_resume_on_anot
     );
     assert!(
         m.ztunnel_log("node-a")
-            .contains("outbound connection refused")
+            .contains("unreachable: the mesh may be stale")
     );
 
     // Meanwhile the DENY is deleted. Another replica, which never saw these ztunnels, comes up;
@@ -309,6 +310,7 @@ fn veils_ztunnels_keep_their_mesh_through_a_controller_outage_and_resume_on_anot
         answers(&m, "client", &outside),
         "passthrough again once connected"
     );
+    assert_eq!(m.metric("node-a", "veil_control_plane_connected", &[]), 1.0);
     let metrics = replica.metrics_text(&m);
     assert_eq!(
         sum_metric(&metrics, "veil_controller_streams", &[]),

@@ -59,6 +59,17 @@ async fn report_l7_at_l4(mut rx: watch::Receiver<Arc<MeshState>>) {
     }
 }
 
+/// Keeps the `control_plane_connected` gauge at what `connected` says.
+async fn report_connected(mut connected: watch::Receiver<bool>, metrics: Arc<Metrics>) {
+    loop {
+        let up = *connected.borrow_and_update();
+        metrics.control_plane_connected.set(i64::from(up));
+        if connected.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Keeps `path` listing the namespaces whose pods must be captured, for the `veil-cni` plugin.
 /// Each version replaces the file whole, so the plugin never reads half of one.
 async fn keep_ambient_file(path: PathBuf, mut rx: watch::Receiver<Arc<MeshState>>) {
@@ -225,7 +236,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     );
     let ctx = Arc::new(match control_plane {
-        Some(connected) => ctx.with_control_plane(connected),
+        Some(connected) => {
+            tokio::spawn(report_connected(connected.clone(), ctx.metrics.clone()));
+            ctx.with_control_plane(connected)
+        }
         None => ctx,
     });
     tokio::spawn(conntrack::run(

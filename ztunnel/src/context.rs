@@ -129,11 +129,19 @@ impl Context {
         self
     }
 
+    /// Whether the mesh comes from a control plane whose stream is down.
+    pub fn control_plane_down(&self) -> bool {
+        self.control_plane
+            .as_ref()
+            .is_some_and(|connected| !*connected.borrow())
+    }
+
     /// What to do with a destination the mesh does not know, now.
     pub fn unknown_destination(&self) -> UnknownDestination {
-        match &self.control_plane {
-            Some(connected) if !*connected.borrow() => UnknownDestination::Deny,
-            _ => self.settings.unknown_destination,
+        if self.control_plane_down() {
+            UnknownDestination::Deny
+        } else {
+            self.settings.unknown_destination
         }
     }
 

@@ -199,7 +199,12 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
         }
         Route::Passthrough(target) => passthrough(&ctx, &local, tcp, target).await,
         Route::Refuse(reason) => {
-            warn!(source = %local.workload.key(), destination = %dst, %reason, "outbound connection refused");
+            let control_plane = if ctx.control_plane_down() {
+                "unreachable: the mesh may be stale"
+            } else {
+                "-"
+            };
+            warn!(source = %local.workload.key(), destination = %dst, %reason, control_plane, "outbound connection refused");
             abort_socket(&tcp);
         }
         Route::Forbidden(target, why) => {

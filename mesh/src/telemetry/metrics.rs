@@ -264,6 +264,8 @@ pub struct Metrics {
     pub forbidden_destinations: Family<WorkloadLabels, Counter>,
     /// Configuration updates refused (a whole local file), or objects left out of the mesh.
     pub config_rejected: Counter,
+    /// 1 while the stream from the control plane is up (when the mesh comes from one), else 0.
+    pub control_plane_connected: Gauge,
     /// Unix time at which each workload certificate expires.
     pub certificate_expiry: Family<CertLabels, Gauge>,
 }
@@ -294,6 +296,7 @@ impl Metrics {
             accept_errors: Family::default(),
             forbidden_destinations: Family::default(),
             config_rejected: Counter::default(),
+            control_plane_connected: Gauge::default(),
             certificate_expiry: Family::default(),
             registry: Registry::default(),
         };
@@ -372,6 +375,11 @@ impl Metrics {
             "config_rejected",
             "Configuration updates refused, or objects left out of the mesh",
             m.config_rejected.clone(),
+        );
+        r.register(
+            "control_plane_connected",
+            "1 while the stream from the control plane is up (the mesh received from one); while 0 the last mesh is in force and unknown destinations are refused",
+            m.control_plane_connected.clone(),
         );
         r.register(
             "certificate_expiry_seconds",

@@ -80,11 +80,11 @@ pub async fn start(
 ) -> watch::Receiver<Arc<Snapshot>> {
     let dirty = Arc::new(Notify::new());
     let stores = Stores {
-        namespaces: reflect::<Namespace>(&client, &dirty),
-        pods: reflect::<Pod>(&client, &dirty),
-        services: reflect::<Service>(&client, &dirty),
-        authorization_policies: reflect::<AuthorizationPolicy>(&client, &dirty),
-        peer_authentications: reflect::<PeerAuthentication>(&client, &dirty),
+        namespaces: reflect::<Namespace>(&client, &dirty, slim_meta),
+        pods: reflect::<Pod>(&client, &dirty, slim_pod),
+        services: reflect::<Service>(&client, &dirty, slim_meta),
+        authorization_policies: reflect::<AuthorizationPolicy>(&client, &dirty, slim_meta),
+        peer_authentications: reflect::<PeerAuthentication>(&client, &dirty, slim_meta),
     };
     stores.ready().await;
     let first = build(&stores, &settings);
@@ -149,16 +149,59 @@ fn build(stores: &Stores, settings: &MeshSettings) -> Snapshot {
     }
 }
 
-/// A store of every `K` in the cluster, kept current by a watcher that backs off and retries on
-/// errors; each change notifies `dirty`.
-fn reflect<K>(client: &Client, dirty: &Arc<Notify>) -> Store<K>
+/// What no translation reads of any object: the field managers' bookkeeping and annotations (the
+/// last applied configuration alone can double an object's size).
+pub(crate) fn slim_meta<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+}
+
+/// Only what translation reads of a Pod — its names, labels, node, service account, host
+/// networking, container ports, phase and addresses — not its environment, volumes, images, probes
+/// or conditions: a store of every pod in the cluster costs what the mesh needs, not the pods' size.
+pub(crate) fn slim_pod(pod: &mut Pod) {
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+    slim_meta(pod);
+    if let Some(spec) = pod.spec.take() {
+        pod.spec = Some(PodSpec {
+            containers: spec
+                .containers
+                .into_iter()
+                .map(|c| Container {
+                    name: c.name,
+                    ports: c.ports,
+                    ..Container::default()
+                })
+                .collect(),
+            host_network: spec.host_network,
+            node_name: spec.node_name,
+            service_account_name: spec.service_account_name,
+            ..PodSpec::default()
+        });
+    }
+    if let Some(status) = pod.status.take() {
+        pod.status = Some(PodStatus {
+            phase: status.phase,
+            pod_ip: status.pod_ip,
+            pod_ips: status.pod_ips,
+            ..PodStatus::default()
+        });
+    }
+}
+
+/// A store of every `K` in the cluster, each object cut down by `slim` before it is stored, kept
+/// current by a watcher that backs off and retries on errors; each change notifies `dirty`.
+fn reflect<K>(client: &Client, dirty: &Arc<Notify>, slim: fn(&mut K)) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store::<K>();
     let stream = reflector::reflector(
         writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()).default_backoff(),
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .modify(slim),
     );
     let dirty = dirty.clone();
     tokio::spawn(async move {

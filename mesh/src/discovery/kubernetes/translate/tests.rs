@@ -378,3 +378,63 @@ fn a_policy_on_a_service_without_a_waypoint_applies_at_its_pods() {
     };
     assert!(!crate::policy::evaluate(&t.state.authz_for(stock), &attrs).allowed());
 }
+
+#[test]
+fn slim_stores_translate_to_the_same_mesh_for_a_fraction_of_the_size() {
+    use crate::discovery::kubernetes::watch::{slim_meta, slim_pod};
+    let full = objects();
+    let mut slim = objects();
+    slim.pods.iter_mut().for_each(slim_pod);
+    slim.namespaces.iter_mut().for_each(slim_meta);
+    slim.services.iter_mut().for_each(slim_meta);
+    slim.authorization_policies.iter_mut().for_each(slim_meta);
+    slim.peer_authentications.iter_mut().for_each(slim_meta);
+    let (a, b) = (translated(&full), translated(&slim));
+    let json = |v: &dyn erased::Json| v.json();
+    assert_eq!(json(&a.state.workloads()), json(&b.state.workloads()));
+    assert_eq!(
+        json(&a.state.services().to_vec()),
+        json(&b.state.services().to_vec())
+    );
+    assert_eq!(json(&a.state.waypoints()), json(&b.state.waypoints()));
+    assert_eq!(a.state.rejected(), b.state.rejected());
+    assert_eq!(a.state.summary(), b.state.summary());
+    for w in a.state.workloads() {
+        let ids = |s: &MeshState| -> Vec<String> {
+            let w = s.workload(&w.uid).unwrap();
+            s.authz_for(w).iter().map(|p| p.id.to_string()).collect()
+        };
+        assert_eq!(ids(&a.state), ids(&b.state), "{}", w.key());
+    }
+    // A pod as the API server serves one of a Deployment (field managers, annotations, env,
+    // volumes, probes, conditions): the store keeps a small part of it, and the same workload.
+    let served: Vec<Pod> = list(include_str!("../testdata/pod-as-served.json"));
+    let mut kept = served.clone();
+    kept.iter_mut().for_each(slim_pod);
+    let size = |pods: &[Pod]| serde_json::to_vec(pods).unwrap().len();
+    assert!(
+        size(&kept) * 5 < size(&served),
+        "{} bytes kept of {}",
+        size(&kept),
+        size(&served)
+    );
+    let with = |pods: Vec<Pod>| {
+        let mut o = objects();
+        o.pods = pods;
+        json(&translated(&o).state.workloads())
+    };
+    let workloads = with(kept);
+    assert!(workloads.contains("10.244.3.17"), "{workloads}");
+    assert_eq!(workloads, with(served));
+}
+
+mod erased {
+    pub(super) trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap()
+        }
+    }
+}

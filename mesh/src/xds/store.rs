@@ -4,17 +4,20 @@
 //! NACKed with its name and reason) and the rest are applied. What a refused resource would have
 //! said is unknown, so it fails closed:
 //!
-//! - a refused workload or service is left out (its addresses are unknown destinations, its pods
-//!   are not captured by this source);
+//! - a refused new version of a workload leaves the previous valid one known (its pod stays
+//!   captured, its address in the mesh) admitting nothing; of a service, the previous valid one in
+//!   force; one never received valid is left out;
+//! - of two workloads claiming one address, the one received first keeps it;
 //! - a refused Authorization denies everything in the scope it declares (or, when it cannot even
 //!   be decoded, in the namespace its name gives; the whole mesh if that is the root namespace);
 //! - a workload naming an Authorization that is not here (never sent, or removed) admits nothing
 //!   until it arrives.
 //!
 //! Waypoints have no resource of their own in Istio's schema: a workload's or service's waypoint
-//! is a gateway address, either an address (of the workload that is the waypoint) or a hostname
-//! (of the waypoint's Service, whose endpoints are its instances). Instances that do not share one
-//! identity make the waypoint unusable, and traffic bound to it fails closed.
+//! is a gateway address, either an address (a Service's, istiod's form, whose endpoints are the
+//! instances; else the workload that is the waypoint, veil's form) or a hostname (of the waypoint's
+//! Service). Instances that do not share one identity make the waypoint unusable, and traffic
+//! bound to it fails closed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;

@@ -12,10 +12,11 @@ use anyhow::{Context as _, bail};
 
 use crate::cluster::{Cluster, exec};
 use crate::controlplane::{Controller, SERVER_NAME, XDS_PORT, start_controller};
-use crate::kube::{self, ApiObjects};
+use crate::kube::ApiObjects;
 use crate::process::Proc;
 
 mod binaries;
+mod kubernetes;
 mod spec;
 
 pub use binaries::{bin, skip_unless_root, use_binaries_from};
@@ -217,189 +218,9 @@ impl Mesh {
         }
     }
 
-    /// Kubernetes mode: starts the fake API server with the spec's objects, pins the pods'
-    /// namespaces where ztunnel scans for them, and writes ztunnel's kubeconfig.
-    fn start_api(&mut self) -> anyhow::Result<()> {
-        let objects = ApiObjects::new(self.dir.join("api"))?;
-        std::fs::create_dir_all(self.dir.join("netns"))?;
-        let namespaces = kube::namespaces(&self.spec.pods, &self.spec.ambient_namespaces);
-        for (name, ambient) in &namespaces {
-            objects.put("namespaces", name, &kube::namespace(name, *ambient))?;
-        }
-        for pod in &self.spec.pods {
-            let ambient = namespaces.iter().any(|(n, a)| *n == pod.namespace && *a);
-            let ip = self.cluster.pod(&pod.name).ip;
-            objects.put(
-                "pods",
-                &pod.name,
-                &kube::pod(pod, ambient && !pod.enrolled, Some(ip)),
-            )?;
-            self.pin(&pod.name)?;
-        }
-        for service in &self.spec.services {
-            objects.put("services", &service.name, &kube::service(service))?;
-        }
-        let listen = format!("{}:{}", self.cluster.control_plane_ip, kube::API_PORT);
-        std::fs::write(
-            self.dir.join("kubeconfig"),
-            kube::kubeconfig(&format!("http://{listen}")),
-        )?;
-        let app = bin("e2e-app").to_string_lossy().into_owned();
-        let dir = objects.dir().to_string_lossy().into_owned();
-        let mut proc = Proc::spawn(
-            "fake API server",
-            Some(&self.cluster.control_plane),
-            &[&app, "fake-api", "--listen", &listen, "--dir", &dir],
-            &[],
-            &self.dir.join("fake-api.log"),
-        )?;
-        proc.wait_for("fake API server listening", Duration::from_secs(10))?;
-        self.api = Some((objects, proc));
-        Ok(())
-    }
-
     /// The mesh file the ztunnels, the CA and the controller read (local mode).
     pub fn mesh_config(&self) -> &Path {
         &self.mesh_config
-    }
-
-    /// Kubernetes mode: the API objects.
-    pub fn api(&self) -> &ApiObjects {
-        &self.api.as_ref().expect("a Kubernetes-mode mesh").0
-    }
-
-    /// Pins pod `name`'s namespace where ztunnel looks for pods' namespaces, as containerd does.
-    fn pin(&self, name: &str) -> anyhow::Result<()> {
-        let pod = self.cluster.pod(name);
-        let pinned = self.dir.join("netns").join(&pod.netns);
-        std::fs::write(&pinned, "")?;
-        let out = std::process::Command::new("mount")
-            .args(["--bind", &pod.netns_path()])
-            .arg(&pinned)
-            .output()?;
-        if !out.status.success() {
-            bail!("pinning {name}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    }
-
-    /// Kubernetes mode: a new pod, as the kubelet sees it before the CNI ADD: scheduled on its node,
-    /// its network namespace set up by the network plugin (the harness), its address not yet in the
-    /// API, nothing running in it.
-    pub fn add_pending_pod(&mut self, spec: PodSpec) -> anyhow::Result<()> {
-        self.cluster.add_pod(&spec.name, &spec.node)?;
-        self.pin(&spec.name)?;
-        let ambient = self.ambient_in_api(&spec.namespace);
-        self.api().put(
-            "pods",
-            &spec.name,
-            &kube::pod(&spec, ambient && !spec.enrolled, None),
-        )?;
-        self.spec.pods.push(spec);
-        // The CA places service accounts on nodes from the mesh file.
-        self.set_policies(&self.spec.policies.clone())
-    }
-
-    /// Kubernetes mode: records that pod `name` is running with its address (the kubelet's status
-    /// update after the CNI ADD) and starts its application.
-    pub fn pod_started(&mut self, name: &str) -> anyhow::Result<()> {
-        let spec = self.pod(name).clone();
-        let ambient = self.ambient_in_api(&spec.namespace);
-        let ip = self.cluster.pod(name).ip;
-        self.api().put(
-            "pods",
-            name,
-            &kube::pod(&spec, ambient && !spec.enrolled, Some(ip)),
-        )?;
-        self.start_app(name)
-    }
-
-    /// Kubernetes mode: labels namespace `name` ambient, or removes the label. Its pods follow
-    /// (none of them is opted out) in the mesh file too, which the CA places identities by.
-    pub fn label_namespace(&mut self, name: &str, ambient: bool) -> anyhow::Result<()> {
-        for pod in self.spec.pods.iter_mut().filter(|p| p.namespace == name) {
-            pod.enrolled = ambient;
-        }
-        self.set_policies(&self.spec.policies.clone())?;
-        self.api()
-            .put("namespaces", name, &kube::namespace(name, ambient))?;
-        Ok(())
-    }
-
-    fn ambient_in_api(&self, namespace: &str) -> bool {
-        let path = self
-            .api()
-            .dir()
-            .join("namespaces")
-            .join(format!("{namespace}.json"));
-        std::fs::read_to_string(path)
-            .is_ok_and(|t| t.contains(r#""veil.dev/dataplane-mode":"ambient""#))
-    }
-
-    /// The CNI socket of `node`'s ztunnel (Kubernetes mode).
-    pub fn cni_socket(&self, node: &str) -> PathBuf {
-        self.dir.join(format!("cni-{node}.sock"))
-    }
-
-    /// The ambient-namespaces file of `node`'s ztunnel (Kubernetes mode).
-    pub fn ambient_file(&self, node: &str) -> PathBuf {
-        self.dir.join(format!("ambient-{node}.json"))
-    }
-
-    /// Invokes `veil-cni` for pod `name` exactly as a container runtime does after the network
-    /// plugin: `CNI_*` in the environment, the chained configuration with the previous result on
-    /// stdin. Returns the exit status success, and stdout parsed as JSON.
-    pub fn cni(&self, command: &str, name: &str) -> anyhow::Result<(bool, serde_json::Value)> {
-        use std::io::Write as _;
-        let spec = self.pod(name);
-        let pod = self.cluster.pod(name);
-        let conf = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "e2e-net",
-            "type": "veil-cni",
-            "ztunnelSocket": self.cni_socket(&spec.node),
-            "ambientFile": self.ambient_file(&spec.node),
-            "excludeNamespaces": ["kube-system", "veil-system"],
-            "timeoutSeconds": 10,
-            "prevResult": {
-                "cniVersion": "1.0.0",
-                "interfaces": [{"name": "eth0", "sandbox": pod.netns_path()}],
-                "ips": [{"address": format!("{}/24", pod.ip), "interface": 0}],
-            },
-        });
-        let mut child = std::process::Command::new(bin("veil-cni"))
-            .env_clear()
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", format!("sandbox-{name}"))
-            .env("CNI_NETNS", pod.netns_path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/opt/cni/bin")
-            .env(
-                "CNI_ARGS",
-                format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=sandbox-{name};K8S_POD_UID=uid-{name}",
-                    spec.namespace
-                ),
-            )
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .context("running veil-cni")?;
-        child
-            .stdin
-            .take()
-            .context("veil-cni stdin")?
-            .write_all(conf.to_string().as_bytes())?;
-        let out = child.wait_with_output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let json = serde_json::from_str(&stdout).with_context(|| {
-            format!(
-                "veil-cni printed no JSON: {stdout:?} (stderr {:?})",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
-        Ok((out.status.success(), json))
     }
 
     /// The `nat` rules in pod `pod`'s namespace.

@@ -91,6 +91,11 @@ impl Proc {
         self.status_kib("VmRSS:").map(|kib| kib * 1024)
     }
 
+    /// The most resident memory it has had, in bytes (`VmHWM` in `/proc`).
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        self.status_kib("VmHWM:").map(|kib| kib * 1024)
+    }
+
     /// Its private anonymous resident memory (heap, stacks), in bytes, from `/proc`.
     pub fn rss_anon_bytes(&self) -> Option<u64> {
         self.status_kib("RssAnon:").map(|kib| kib * 1024)

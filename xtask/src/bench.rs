@@ -116,6 +116,19 @@ fn spec() -> MeshSpec {
     }
 }
 
+/// The report `veil-bench args` printed (its last line, JSON), or why there is none.
+fn report_of(args: &[&str], out: &std::process::Output) -> anyhow::Result<Value> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "veil-bench {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("veil-bench printed {stdout:?}"))
+}
+
 /// The running benchmark cluster.
 struct Bench {
     mesh: Mesh,
@@ -191,15 +204,7 @@ impl Bench {
         let mut argv = vec![tool.as_str()];
         argv.extend_from_slice(args);
         let out = exec(&self.mesh.cluster.pod(pod).netns, &argv)?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!(
-                "veil-bench {args:?} in {pod} failed: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let line = stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(line).with_context(|| format!("veil-bench printed {stdout:?}"))
+        report_of(args, &out).with_context(|| format!("in {pod}"))
     }
 
     fn seconds(&self) -> String {

@@ -146,14 +146,6 @@ impl Store {
         }
     }
 
-    /// How many resources of `kind` are held.
-    pub fn len(&self, kind: Kind) -> usize {
-        match kind {
-            Kind::Address => self.addresses.len(),
-            Kind::Authorization => self.authorizations.len(),
-        }
-    }
-
     /// Applies one response: `resources` added or replaced, `removed` gone. Returns what was
     /// refused (the rest is applied).
     pub fn apply(
@@ -263,13 +255,14 @@ impl Store {
         // Of two workloads claiming an address, the one received first keeps it; the later claim
         // is left out (a new object cannot take over a running pod's address).
         claims.sort_by(|a, b| (a.0, &a.1.uid).cmp(&(b.0, &b.1.uid)));
-        let mut claimed: HashMap<IpAddr, &str> = HashMap::new();
+        // Who has each address (one workload at most, after this).
+        let mut by_ip: HashMap<IpAddr, &WorkloadEntry> = HashMap::new();
         let mut workloads: Vec<&WorkloadEntry> = Vec::with_capacity(claims.len());
         for (_, w) in claims {
             if let Some((ip, owner)) = w
                 .ips
                 .iter()
-                .find_map(|ip| claimed.get(ip).map(|owner| (ip, *owner)))
+                .find_map(|ip| by_ip.get(ip).map(|owner| (ip, owner.uid.as_str())))
             {
                 rejected.push(ConfigError::invalid(
                     format!("address {}", w.uid),
@@ -277,20 +270,16 @@ impl Store {
                 ));
                 continue;
             }
-            claimed.extend(w.ips.iter().map(|ip| (*ip, w.uid.as_str())));
+            by_ip.extend(w.ips.iter().map(|ip| (*ip, w)));
             workloads.push(w);
         }
         workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
         services.sort_by(|a, b| (&a.namespace, &a.hostname).cmp(&(&b.namespace, &b.hostname)));
-        // Who backs each service, and who has each address: built once, not scanned per service.
+        // Who backs each service: built once, not scanned per service.
         let mut backing: HashMap<&str, Vec<&WorkloadEntry>> = HashMap::new();
-        let mut by_ip: HashMap<IpAddr, Vec<&WorkloadEntry>> = HashMap::new();
         for w in &workloads {
             for key in w.services.keys() {
                 backing.entry(key).or_default().push(w);
-            }
-            for ip in &w.ips {
-                by_ip.entry(*ip).or_default().push(w);
             }
         }
         let vips: HashMap<IpAddr, &ServiceEntry> = services
@@ -326,7 +315,7 @@ impl Store {
                     (reference, found)
                 }
                 Gateway::Address(ip) => {
-                    let found = by_ip.get(ip).cloned().unwrap_or_default();
+                    let found: Vec<&WorkloadEntry> = by_ip.get(ip).copied().into_iter().collect();
                     let reference = found.first().map_or_else(
                         || WaypointRef {
                             namespace: String::new(),

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use veil_e2e::controlplane::write_serving_pki;
@@ -66,30 +66,11 @@ fn mesh(pods: usize) -> String {
     out
 }
 
-/// A value of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`).
-fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} for {pid}"))?;
-    Ok(kb * 1024)
-}
-
 fn tool(args: &[&str]) -> anyhow::Result<Value> {
     let out = std::process::Command::new(bin("veil-bench"))
         .args(args)
         .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "veil-bench {args:?} failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).with_context(|| format!("veil-bench printed {stdout:?}"))
+    super::report_of(args, &out)
 }
 
 fn one_size(dir: &Path, pods: usize) -> anyhow::Result<Value> {
@@ -126,8 +107,8 @@ fn one_size(dir: &Path, pods: usize) -> anyhow::Result<Value> {
     )?;
     controller.wait_for("veil-controller serving", Duration::from_secs(120))?;
     let serving_s = started.elapsed().as_secs_f64();
-    let pid = controller.pid();
-    let idle = status_bytes(pid, "VmRSS")?;
+    let rss = |p: &Proc| p.rss_bytes().context("the controller's memory");
+    let idle = rss(&controller)?;
     let common = |mode: &str| {
         vec![
             mode.to_owned(),
@@ -162,8 +143,10 @@ fn one_size(dir: &Path, pods: usize) -> anyhow::Result<Value> {
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let load = tool(&args)?;
-    let after = status_bytes(pid, "VmRSS")?;
-    let peak = status_bytes(pid, "VmHWM")?;
+    let after = rss(&controller)?;
+    let peak = controller
+        .peak_rss_bytes()
+        .context("the controller's peak memory")?;
     controller.kill();
     let mb = |b: u64| b as f64 / 1e6;
     println!(

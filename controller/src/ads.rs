@@ -12,7 +12,12 @@
 //!   snapshot when the client has acknowledged (or refused) the last, so a slow client makes the
 //!   controller hold nothing but a reference to the snapshot it last received;
 //! - a refusal (NACK) is logged and counted; the refused resources are not sent again until they
-//!   change.
+//!   change;
+//! - to a client that accepts split responses (veil's extension, [`veil_mesh::xds::SPLIT_RESPONSES`]),
+//!   a response larger than [`RESPONSE_BUDGET`] is sent in parts, each acknowledged before the next
+//!   is made from the newest snapshot: the transport's buffers, which keep the size of the largest
+//!   message a stream has sent, stay that small for every stream. The rest of a split response is
+//!   kept as names only, so a client that falls behind still costs no copy of anything.
 //!
 //! **Make before break.** A workload names the Authorizations that apply to it, and a ztunnel skips
 //! a name it does not hold: a workload that arrived before its policies would be admitted without
@@ -38,6 +43,9 @@ pub const AUTHORIZATION_GRACE: std::time::Duration = std::time::Duration::from_s
 pub const MAX_NAMES: usize = 1 << 20;
 /// Longest resource name accepted (Kubernetes names are far shorter).
 pub const MAX_NAME_BYTES: usize = 1024;
+/// The size a response is split at, for a client that accepts split responses (one resource larger
+/// than this is still sent, alone).
+pub const RESPONSE_BUDGET: usize = 128 << 10;
 
 /// A refusal the client sent back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +77,9 @@ struct TypeState {
     pending: Option<(String, Instant)>,
     /// Removals held back until the client's Addresses no longer need them (Authorizations).
     deferred: BTreeSet<String>,
+    /// What a split response has still to send: names updated and names removed, looked up again
+    /// in the newest snapshot when the next part is made.
+    rest: Option<(Vec<Arc<str>>, Vec<String>)>,
 }
 
 impl TypeState {
@@ -76,9 +87,11 @@ impl TypeState {
         self.wildcard || self.names.contains(name)
     }
 
-    /// Holds `seq` and has acknowledged it.
+    /// Holds all of `seq` and has acknowledged it.
     fn settled_at(&self, seq: u64) -> bool {
-        self.pending.is_none() && self.held.as_ref().is_some_and(|h| h.seq == seq)
+        self.pending.is_none()
+            && self.rest.is_none()
+            && self.held.as_ref().is_some_and(|h| h.seq == seq)
     }
 }
 
@@ -90,6 +103,9 @@ pub struct Stream {
     sent: u64,
     opened: Instant,
     grace: std::time::Duration,
+    /// The client accepts split responses.
+    split: bool,
+    budget: usize,
 }
 
 impl Stream {
@@ -101,7 +117,15 @@ impl Stream {
             sent: 0,
             opened: Instant::now(),
             grace: AUTHORIZATION_GRACE,
+            split: false,
+            budget: RESPONSE_BUDGET,
         }
+    }
+
+    /// Overrides [`RESPONSE_BUDGET`] (tests).
+    pub fn with_response_budget(mut self, budget: usize) -> Self {
+        self.budget = budget.max(1);
+        self
     }
 
     /// Overrides [`AUTHORIZATION_GRACE`].
@@ -131,6 +155,9 @@ impl Stream {
                 "resource names are at most {MAX_NAME_BYTES} bytes"
             )));
         }
+        if veil_mesh::xds::accepts_split(request.node.as_ref()) {
+            self.split = true;
+        }
         let state = self.types.entry(kind).or_insert_with(|| TypeState {
             // A first request without names is a (legacy) wildcard subscription.
             wildcard: request.resource_names_subscribe.is_empty(),
@@ -142,6 +169,7 @@ impl Stream {
             must_answer: true,
             pending: None,
             deferred: BTreeSet::new(),
+            rest: None,
         });
         let mut nack = None;
         if !request.response_nonce.is_empty() {
@@ -203,10 +231,9 @@ impl Stream {
     /// and none is awaiting acknowledgement.
     pub fn synced(&self) -> bool {
         !self.types.is_empty()
-            && self
-                .types
-                .values()
-                .all(|t| t.initial.is_none() && t.pending.is_none() && t.held.is_some())
+            && self.types.values().all(|t| {
+                t.initial.is_none() && t.pending.is_none() && t.rest.is_none() && t.held.is_some()
+            })
     }
 
     /// Every response owed now, in [`ORDER`]. Asking for Addresses can settle them without a
@@ -254,6 +281,7 @@ impl Stream {
             && state.requested.is_empty()
             && !state.resync
             && !release
+            && state.rest.is_none()
         {
             return None;
         }
@@ -291,6 +319,23 @@ impl Stream {
             }
             _ => {}
         }
+        // The rest of a split response: what each name is now.
+        if let Some((rest_updated, rest_removed)) = state.rest.take() {
+            let names = rest_updated
+                .iter()
+                .map(|n| &**n)
+                .chain(rest_removed.iter().map(String::as_str));
+            for name in names {
+                match entries.get_key_value(name) {
+                    Some((key, _)) if state.wants(key) => {
+                        updated.insert(key.clone());
+                    }
+                    _ => {
+                        removed.insert(name.to_owned());
+                    }
+                }
+            }
+        }
         for name in std::mem::take(&mut state.requested) {
             match entries.get_key_value(name.as_str()) {
                 Some((key, _)) => {
@@ -316,11 +361,27 @@ impl Stream {
         if updated.is_empty() && removed.is_empty() && !must_answer {
             return None;
         }
+        let mut updated: Vec<Arc<str>> = updated.into_iter().collect();
+        let mut removed: Vec<String> = removed.into_iter().collect();
+        if self.split {
+            let (rest_updated, rest_removed) =
+                split(&mut updated, &mut removed, self.budget, |n| {
+                    let entry = &entries[n];
+                    n.len() + entry.version.len() + entry.body.len() + kind.type_url().len()
+                });
+            if !rest_updated.is_empty() || !rest_removed.is_empty() {
+                state.rest = Some((rest_updated, rest_removed));
+            }
+        }
+        let mut version = current.seq.to_string();
+        if state.rest.is_some() {
+            version.push_str(veil_mesh::xds::PARTIAL_MARK);
+        }
         self.sent += 1;
         let nonce = format!("{}-{}", current.seq, self.sent);
         state.pending = Some((nonce.clone(), Instant::now()));
         Some(DeltaDiscoveryResponse {
-            system_version_info: current.seq.to_string(),
+            system_version_info: version,
             type_url: kind.type_url().to_owned(),
             nonce,
             resources: updated
@@ -362,6 +423,33 @@ impl Stream {
 
 /// The order responses are computed in: Authorizations first (make before break).
 pub const ORDER: [Kind; 2] = [Kind::Authorization, Kind::Address];
+
+/// Keeps in `updated` and `removed` what fits in `budget` bytes (at least one name), updates first,
+/// and returns the rest. `size` is what an updated name costs.
+fn split(
+    updated: &mut Vec<Arc<str>>,
+    removed: &mut Vec<String>,
+    budget: usize,
+    size: impl Fn(&str) -> usize,
+) -> (Vec<Arc<str>>, Vec<String>) {
+    // Framing of a resource or a removed name: tags and lengths, a generous bound.
+    const FRAMING: usize = 16;
+    let mut used = 0;
+    let mut fits = |cost: usize| {
+        let first = used == 0;
+        used += cost + FRAMING;
+        first || used <= budget
+    };
+    let keep = updated.iter().take_while(|n| fits(size(n))).count();
+    let rest_updated = updated.split_off(keep);
+    let keep = if rest_updated.is_empty() {
+        removed.iter().take_while(|n| fits(n.len())).count()
+    } else {
+        0
+    };
+    let rest_removed = removed.split_off(keep);
+    (rest_updated, rest_removed)
+}
 
 #[cfg(test)]
 mod tests;

@@ -38,6 +38,7 @@ pub struct Discovery {
     ack_timeout: Duration,
     nack_log: Arc<LogLimiter<String>>,
     syncs: Arc<Semaphore>,
+    response_budget: usize,
 }
 
 impl Discovery {
@@ -50,7 +51,14 @@ impl Discovery {
             ack_timeout: ACK_TIMEOUT,
             nack_log: Arc::new(LogLimiter::new(Duration::from_secs(10))),
             syncs: Arc::new(Semaphore::new(CONCURRENT_SYNCS)),
+            response_budget: crate::ads::RESPONSE_BUDGET,
         }
+    }
+
+    /// Overrides [`RESPONSE_BUDGET`](crate::ads::RESPONSE_BUDGET).
+    pub fn with_response_budget(mut self, budget: usize) -> Self {
+        self.response_budget = budget;
+        self
     }
 
     /// Overrides [`CONCURRENT_SYNCS`].
@@ -119,7 +127,7 @@ async fn drive(
     };
     let mut sync_turn = Some(permit);
     metrics.streams.inc();
-    let mut stream = Stream::new(service.hub.clone());
+    let mut stream = Stream::new(service.hub.clone()).with_response_budget(service.response_budget);
     let mut snapshots = service.hub.subscribe();
     let end = 'stream: loop {
         // The oldest unacknowledged response, of whichever type, sets the deadline: a client

@@ -36,10 +36,15 @@ struct Server {
 }
 
 async fn start(ack_timeout: Duration) -> Server {
-    start_with(ack_timeout, veil_controller::service::CONCURRENT_SYNCS).await
+    start_with(
+        ack_timeout,
+        veil_controller::service::CONCURRENT_SYNCS,
+        veil_controller::ads::RESPONSE_BUDGET,
+    )
+    .await
 }
 
-async fn start_with(ack_timeout: Duration, syncs: usize) -> Server {
+async fn start_with(ack_timeout: Duration, syncs: usize, budget: usize) -> Server {
     let pki = Arc::new(TestPki::new("cluster.local"));
     let dir = tempfile::tempdir().unwrap();
     let (chain, key) = pki.server_pem(&["veil-controller.test"]);
@@ -57,7 +62,8 @@ async fn start_with(ack_timeout: Duration, syncs: usize) -> Server {
     let hub = Hub::new(Resources::from_state(&state));
     let discovery = Discovery::new(hub.clone(), auth, Arc::new(Metrics::new()))
         .with_ack_timeout(ack_timeout)
-        .with_concurrent_syncs(syncs);
+        .with_concurrent_syncs(syncs)
+        .with_response_budget(budget);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     tokio::spawn(serve(
@@ -297,7 +303,12 @@ async fn a_connection_that_authenticates_nothing_is_closed() {
 
 #[tokio::test]
 async fn initial_syncs_take_turns_and_a_turn_ends_with_the_acknowledgement() {
-    let server = start_with(Duration::from_secs(30), 1).await;
+    let server = start_with(
+        Duration::from_secs(30),
+        1,
+        veil_controller::ads::RESPONSE_BUDGET,
+    )
+    .await;
     let (tx_a, a) = open(&mut client(&server, None), Some(GOOD_TOKEN)).await;
     let mut a = a.unwrap();
     let first = next(&mut a).await.unwrap();
@@ -327,4 +338,58 @@ async fn initial_syncs_take_turns_and_a_turn_ends_with_the_acknowledgement() {
             Kind::Address.type_url()
         );
     }
+}
+
+fn pods(n: usize) -> Resources {
+    let mut yaml = String::from("workloads:\n");
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - {{name: p{i}, namespace: n, serviceAccount: a, node: x, ips: [10.1.{}.{}]}}\n",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    Resources::from_state(&local::parse(&yaml, &MeshSettings::default()).unwrap())
+}
+
+#[tokio::test]
+async fn veils_subscriber_takes_a_split_mesh_as_current_only_once_it_is_whole() {
+    // A budget of a few resources per response: hundreds of parts.
+    let server = start_with(
+        Duration::from_secs(30),
+        veil_controller::service::CONCURRENT_SYNCS,
+        1024,
+    )
+    .await;
+    server.hub.publish(pods(300));
+    let config = veil_mesh::xds::XdsConfig {
+        address: server.address.clone(),
+        server_name: "veil-controller.test".into(),
+        tls: ca_client_config(&server.pki.bundle()).unwrap(),
+        token: Some(veil_mesh::identity::TokenSource::Static(GOOD_TOKEN.into())),
+        node: "x".into(),
+        connect_timeout: Duration::from_secs(5),
+    };
+    let subscription = tokio::time::timeout(
+        Duration::from_secs(20),
+        veil_mesh::xds::subscribe(config, MeshSettings::default(), |e| panic!("refused: {e}")),
+    )
+    .await
+    .expect("synced");
+    let mut state = subscription.state;
+    assert_eq!(state.borrow_and_update().workloads().len(), 300);
+    // 500 more pods: every mesh published on the way has all of them or none.
+    server.hub.publish(pods(800));
+    loop {
+        tokio::time::timeout(Duration::from_secs(20), state.changed())
+            .await
+            .expect("the change arrives")
+            .unwrap();
+        let n = state.borrow_and_update().workloads().len();
+        assert!(n == 300 || n == 800, "a partial mesh was published: {n}");
+        if n == 800 {
+            break;
+        }
+    }
+    assert!(*subscription.connected.borrow());
 }

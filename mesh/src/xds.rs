@@ -52,5 +52,47 @@ pub const ADDRESS_TYPE: &str = "type.googleapis.com/istio.workload.Address";
 /// The type URL of authorization resources.
 pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authorization";
 
+/// veil's extension of delta ADS, for large meshes: a subscriber that sets this key of its node's
+/// metadata to `true` accepts a response split into parts, each acknowledged before the next is
+/// sent. Every part but the last is marked ([`is_partial`]); a subscriber applies a part but takes
+/// its mesh as current only with the last. A control plane that does not know the key sends whole
+/// responses, and a subscriber that does not set it (Istio's ztunnel, which becomes ready on its
+/// first response of each type) always receives them whole.
+pub const SPLIT_RESPONSES: &str = "VEIL_SPLIT_RESPONSES";
+/// What ends the `system_version_info` of every part of a split response but the last.
+pub const PARTIAL_MARK: &str = "+partial";
+
+/// Whether `node` accepts split responses.
+pub fn accepts_split(node: Option<&proto::discovery::Node>) -> bool {
+    use prost_types::value::Kind as Value;
+    let value = node
+        .and_then(|n| n.metadata.as_ref())
+        .and_then(|m| m.fields.get(SPLIT_RESPONSES))
+        .and_then(|v| v.kind.as_ref());
+    match value {
+        Some(Value::BoolValue(b)) => *b,
+        Some(Value::StringValue(s)) => s == "true",
+        _ => false,
+    }
+}
+
+/// The node metadata of a subscriber that accepts split responses.
+pub fn split_metadata() -> prost_types::Struct {
+    prost_types::Struct {
+        fields: [(
+            SPLIT_RESPONSES.to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::BoolValue(true)),
+            },
+        )]
+        .into(),
+    }
+}
+
+/// Whether `response` is a part of a split response that more parts follow.
+pub fn is_partial(response: &proto::discovery::DeltaDiscoveryResponse) -> bool {
+    response.system_version_info.ends_with(PARTIAL_MARK)
+}
+
 #[cfg(test)]
 mod tests;

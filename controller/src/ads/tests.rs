@@ -1,3 +1,4 @@
+use prost::Message as _;
 use std::collections::HashMap;
 
 use veil_mesh::discovery::{MeshSettings, local};
@@ -454,4 +455,177 @@ fn a_policy_no_workload_names_is_removed_even_when_no_workload_changes() {
     assert_eq!(due.len(), 1, "{due:?}");
     assert_eq!(due[0].type_url, Kind::Authorization.type_url());
     assert_eq!(due[0].removed_resources, ["n/first"]);
+}
+
+/// A mesh of `pods` pods in three groups, each group's policy present when `policies` says so.
+fn grouped(round: u64, pods: usize, policies: [bool; 3]) -> Resources {
+    let mut yaml = String::from("workloads:\n");
+    for i in 0..pods {
+        let ip = 10 + (i as u64 + round) % 200;
+        yaml.push_str(&format!(
+            "  - {{name: p{i:03}, namespace: n, serviceAccount: s, node: x, ips: [10.0.{}.{ip}], labels: {{app: g{}}}}}\n",
+            round % 3,
+            i % 3
+        ));
+    }
+    yaml.push_str("policies:\n");
+    for (g, present) in policies.iter().enumerate() {
+        if *present {
+            yaml.push_str(&format!(
+                "  - apiVersion: security.veil.dev/v1\n    kind: AuthorizationPolicy\n    metadata: {{name: pol-g{g}, namespace: n}}\n    spec:\n      selector: {{matchLabels: {{app: g{g}}}}}\n      rules: [{{from: [{{source: {{principals: [cluster.local/ns/n/sa/s{round}]}}}}]}}]\n"
+            ));
+        }
+    }
+    resources(&yaml)
+}
+
+/// What a client holds: every name and its version, per type.
+#[derive(Default)]
+struct Held(HashMap<Kind, HashMap<String, String>>);
+
+impl Held {
+    fn apply(&mut self, kind: Kind, response: &DeltaDiscoveryResponse) {
+        let held = self.0.entry(kind).or_default();
+        for name in &response.removed_resources {
+            held.remove(name);
+        }
+        for r in &response.resources {
+            held.insert(r.name.clone(), r.version.clone());
+        }
+    }
+
+    fn of(&self, kind: Kind) -> HashMap<String, String> {
+        self.0.get(&kind).cloned().unwrap_or_default()
+    }
+}
+
+fn snapshot_of(hub: &Hub, kind: Kind) -> HashMap<String, String> {
+    hub.current()
+        .resources
+        .of(kind)
+        .iter()
+        .map(|(name, entry)| (name.to_string(), entry.version.to_string()))
+        .collect()
+}
+
+fn split_request(kind: Kind) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        node: Some(veil_mesh::xds::proto::discovery::Node {
+            id: "x".into(),
+            metadata: Some(veil_mesh::xds::split_metadata()),
+            ..Default::default()
+        }),
+        ..request(kind)
+    }
+}
+
+#[test]
+fn split_responses_stay_within_the_budget_and_bring_a_client_to_the_newest_snapshot() {
+    const BUDGET: usize = 700;
+    let hub = Hub::new(grouped(0, 40, [true, true, true]));
+    let mut stream = stream_of(hub.clone()).with_response_budget(BUDGET);
+    for kind in Kind::ALL {
+        stream.on_request(split_request(kind)).unwrap();
+    }
+    let mut held = Held::default();
+    let mut parts = 0;
+    let mut seed = 7_u64;
+    // Rounds of: a few responses acknowledged, then maybe a new snapshot (pods readdressed,
+    // policies come and go), so that parts of one split response are made from later snapshots.
+    for round in 1..400_u64 {
+        for response in stream.due() {
+            let kind = Kind::from_type_url(&response.type_url).unwrap();
+            let size: usize = response.resources.iter().map(|r| r.encoded_len()).sum();
+            assert!(
+                response.resources.len() <= 1 || size <= BUDGET,
+                "{size} bytes in {} resources",
+                response.resources.len()
+            );
+            parts += usize::from(veil_mesh::xds::is_partial(&response));
+            held.apply(kind, &response);
+            // Make before break, across parts: every policy a held workload names is held.
+            if kind == Kind::Address {
+                let policies = held.of(Kind::Authorization);
+                for r in &response.resources {
+                    let body = &r.resource.as_ref().unwrap().value;
+                    let address =
+                        veil_mesh::xds::proto::istio::workload::Address::decode(&body[..]).unwrap();
+                    let Some(veil_mesh::xds::proto::istio::workload::address::Type::Workload(w)) =
+                        address.r#type
+                    else {
+                        continue;
+                    };
+                    for named in &w.authorization_policies {
+                        assert!(
+                            policies.contains_key(named),
+                            "{} names {named}, not held (round {round})",
+                            r.name
+                        );
+                    }
+                }
+            }
+            stream.on_request(ack(kind, &response)).unwrap();
+        }
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        if round < 300 && (seed >> 33).is_multiple_of(4) {
+            let bits = seed >> 40;
+            hub.publish(grouped(
+                round,
+                30 + (bits % 15) as usize,
+                [bits & 1 == 0, bits & 2 == 0, bits & 4 == 0],
+            ));
+        }
+    }
+    assert!(parts > 50, "responses were split ({parts} parts)");
+    assert!(stream.synced() && stream.due().is_empty());
+    for kind in Kind::ALL {
+        assert_eq!(held.of(kind), snapshot_of(&hub, kind), "{kind:?}");
+    }
+}
+
+#[test]
+fn a_client_that_does_not_accept_split_responses_gets_them_whole() {
+    let hub = Hub::new(grouped(0, 40, [true, true, true]));
+    let mut stream = stream_of(hub.clone()).with_response_budget(700);
+    open_both(&mut stream);
+    let authz = stream.next_response(Kind::Authorization).unwrap();
+    assert_eq!(
+        authz.resources.len(),
+        snapshot_of(&hub, Kind::Authorization).len()
+    );
+    stream.on_request(ack(Kind::Authorization, &authz)).unwrap();
+    let addresses = stream.next_response(Kind::Address).unwrap();
+    assert_eq!(addresses.resources.len(), 40);
+    assert!(!veil_mesh::xds::is_partial(&addresses));
+
+    // The same client, announcing it accepts them: parts, the last one unmarked.
+    let mut stream = stream_of(hub.clone()).with_response_budget(700);
+    for kind in Kind::ALL {
+        stream.on_request(split_request(kind)).unwrap();
+    }
+    let mut marks = Vec::new();
+    while let Some(response) = stream.due().pop() {
+        if response.type_url == Kind::Address.type_url() {
+            marks.push(veil_mesh::xds::is_partial(&response));
+        }
+        let kind = Kind::from_type_url(&response.type_url).unwrap();
+        stream.on_request(ack(kind, &response)).unwrap();
+    }
+    assert!(marks.len() > 2, "{marks:?}");
+    assert_eq!(marks.last(), Some(&false));
+    assert!(marks[..marks.len() - 1].iter().all(|m| *m));
+
+    // One resource per part: an acknowledged part of the Authorizations does not let Addresses
+    // through while more parts are to come.
+    let mut stream = stream_of(hub).with_response_budget(1);
+    for kind in Kind::ALL {
+        stream.on_request(split_request(kind)).unwrap();
+    }
+    let first = stream.next_response(Kind::Authorization).unwrap();
+    assert_eq!(first.resources.len(), 1);
+    assert!(veil_mesh::xds::is_partial(&first));
+    stream.on_request(ack(Kind::Authorization, &first)).unwrap();
+    assert!(stream.next_response(Kind::Address).is_none());
 }

@@ -2,6 +2,9 @@
 //! both resource types by wildcard, every response validated, applied and acknowledged (or
 //! NACKed, naming what was refused and why), the resulting mesh published whole.
 //!
+//! A large response may arrive split into parts (veil's extension, [`super::SPLIT_RESPONSES`]):
+//! each part is applied and acknowledged, and the mesh is rebuilt and published only with the last.
+//!
 //! When the stream breaks, the last mesh stays published and the subscriber reconnects with
 //! backoff, resuming from the versions it holds (`initial_resource_versions`), so the control plane
 //! sends only what changed and what was removed meanwhile. Whether the stream is up is published
@@ -137,6 +140,7 @@ async fn stream(
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
     let node = Node {
         id: config.node.clone(),
+        metadata: Some(super::split_metadata()),
         ..Default::default()
     };
     // Policies first: a control plane that keeps Istio's order sends workloads only with the
@@ -176,6 +180,10 @@ async fn stream(
         let Some(kind) = kind else {
             continue;
         };
+        // A part of a split response is applied, but the mesh is whole only with the last part.
+        if super::is_partial(&response) {
+            continue;
+        }
         received.insert(kind, true);
         // Up to date only once both types have answered on this stream (a control plane answers
         // every first subscription, even with nothing): until then, pods created during an

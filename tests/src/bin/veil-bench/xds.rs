@@ -1,6 +1,7 @@
 //! `veil-bench xds-load`: many subscribers on a controller at once, and how long a change takes to
 //! reach all of them. Each subscriber has its own TLS connection and delta ADS stream, subscribes
-//! to both types by wildcard and acknowledges every response. The change is made by rewriting the
+//! to both types by wildcard, accepts split responses as veil's ztunnel does, and acknowledges every
+//! response; a change has arrived once the last part carrying it has. The change is made by rewriting the
 //! mesh file the controller reads (one pod's address, back and forth), so the figures include the
 //! controller's file polling.
 
@@ -72,7 +73,8 @@ pub(crate) struct Load {
     changes: usize,
 }
 
-/// One subscriber's report: a response arrived, of this size, carrying the watched resource or not.
+/// One subscriber's report: a response arrived, of this size, completing the arrival of the
+/// watched resource (the last part of the response that carried it) or not.
 struct Arrival {
     at: Instant,
     bytes: usize,
@@ -165,6 +167,11 @@ async fn subscriber(
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
     for kind in Kind::ALL {
         let _ = tx.send(DeltaDiscoveryRequest {
+            node: Some(veil_mesh::xds::proto::discovery::Node {
+                id: "bench".into(),
+                metadata: Some(veil_mesh::xds::split_metadata()),
+                ..Default::default()
+            }),
             type_url: kind.type_url().into(),
             ..Default::default()
         });
@@ -181,6 +188,7 @@ async fn subscriber(
     };
     let mut stream = response.into_inner();
     let tx = Arc::new(tx);
+    let mut seen = false;
     while let Ok(Some(response)) = stream.message().await {
         if std::env::var_os("XDS_DEBUG").is_some() {
             eprintln!(
@@ -196,10 +204,17 @@ async fn subscriber(
                     .collect::<Vec<_>>()
             );
         }
+        // The watched resource is an Address: parts of the Authorizations do not complete it.
+        let addresses = response.type_url == Kind::Address.type_url();
+        seen |= response.resources.iter().any(|r| r.name == watch);
+        let complete = seen && addresses && !veil_mesh::xds::is_partial(&response);
+        if complete {
+            seen = false;
+        }
         let arrival = Arrival {
             at: Instant::now(),
             bytes: response.encoded_len(),
-            watched: response.resources.iter().any(|r| r.name == watch),
+            watched: complete,
         };
         let _ = tx.send(DeltaDiscoveryRequest {
             type_url: response.type_url.clone(),

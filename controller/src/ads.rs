@@ -14,10 +14,11 @@
 //! - a refusal (NACK) is logged and counted; the refused resources are not sent again until they
 //!   change;
 //! - to a client that accepts split responses (veil's extension, [`veil_mesh::xds::SPLIT_RESPONSES`]),
-//!   a response larger than [`RESPONSE_BUDGET`] is sent in parts, each acknowledged before the next
-//!   is made from the newest snapshot: the transport's buffers, which keep the size of the largest
-//!   message a stream has sent, stay that small for every stream. The rest of a split response is
-//!   kept as names only, so a client that falls behind still costs no copy of anything.
+//!   a response larger than [`RESPONSE_BUDGET`] is sent in parts, each acknowledged before the
+//!   next: the transport's buffers, which keep the size of the largest message a stream has sent,
+//!   stay that small for every stream. All parts are made from one snapshot (the rest is kept as
+//!   names), so the last part leaves the client holding a whole snapshot however fast the mesh
+//!   changes; what changed meanwhile follows.
 //!
 //! **Make before break.** A workload names the Authorizations that apply to it, and a ztunnel skips
 //! a name it does not hold: a workload that arrived before its policies would be admitted without
@@ -25,7 +26,7 @@
 //! snapshot; and an Authorization is removed only once the client holds Addresses of a snapshot
 //! that no longer names it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use prost_types::Any;
@@ -77,9 +78,10 @@ struct TypeState {
     pending: Option<(String, Instant)>,
     /// Removals held back until the client's Addresses no longer need them (Authorizations).
     deferred: BTreeSet<String>,
-    /// What a split response has still to send: names updated and names removed, looked up again
-    /// in the newest snapshot when the next part is made.
-    rest: Option<(Vec<Arc<str>>, Vec<String>)>,
+    /// The names a split response has still to send, from the snapshot in `held`: each part is
+    /// made from that snapshot, and only once it is all sent is the next one considered, so every
+    /// last part leaves the client holding a whole snapshot.
+    rest: Option<VecDeque<Arc<str>>>,
 }
 
 impl TypeState {
@@ -274,6 +276,11 @@ impl Stream {
         if state.pending.is_some() {
             return None;
         }
+        if let Some(rest) = state.rest.take() {
+            let snapshot = state.held.clone()?;
+            let budget = if self.split { self.budget } else { usize::MAX };
+            return Some(part(state, kind, &snapshot, rest, budget, &mut self.sent));
+        }
         let outdated = state.held.as_ref().is_none_or(|h| h.seq != current.seq);
         let release = addresses_settled && !state.deferred.is_empty();
         if !state.must_answer
@@ -319,23 +326,6 @@ impl Stream {
             }
             _ => {}
         }
-        // The rest of a split response: what each name is now.
-        if let Some((rest_updated, rest_removed)) = state.rest.take() {
-            let names = rest_updated
-                .iter()
-                .map(|n| &**n)
-                .chain(rest_removed.iter().map(String::as_str));
-            for name in names {
-                match entries.get_key_value(name) {
-                    Some((key, _)) if state.wants(key) => {
-                        updated.insert(key.clone());
-                    }
-                    _ => {
-                        removed.insert(name.to_owned());
-                    }
-                }
-            }
-        }
         for name in std::mem::take(&mut state.requested) {
             match entries.get_key_value(name.as_str()) {
                 Some((key, _)) => {
@@ -361,46 +351,12 @@ impl Stream {
         if updated.is_empty() && removed.is_empty() && !must_answer {
             return None;
         }
-        let mut updated: Vec<Arc<str>> = updated.into_iter().collect();
-        let mut removed: Vec<String> = removed.into_iter().collect();
-        if self.split {
-            let (rest_updated, rest_removed) =
-                split(&mut updated, &mut removed, self.budget, |n| {
-                    let entry = &entries[n];
-                    n.len() + entry.version.len() + entry.body.len() + kind.type_url().len()
-                });
-            if !rest_updated.is_empty() || !rest_removed.is_empty() {
-                state.rest = Some((rest_updated, rest_removed));
-            }
-        }
-        let mut version = current.seq.to_string();
-        if state.rest.is_some() {
-            version.push_str(veil_mesh::xds::PARTIAL_MARK);
-        }
-        self.sent += 1;
-        let nonce = format!("{}-{}", current.seq, self.sent);
-        state.pending = Some((nonce.clone(), Instant::now()));
-        Some(DeltaDiscoveryResponse {
-            system_version_info: version,
-            type_url: kind.type_url().to_owned(),
-            nonce,
-            resources: updated
-                .into_iter()
-                .map(|name| {
-                    let entry = &entries[&name];
-                    Resource {
-                        name: name.to_string(),
-                        version: entry.version.to_string(),
-                        resource: Some(Any {
-                            type_url: kind.type_url().to_owned(),
-                            value: entry.body.to_vec(),
-                        }),
-                        ..Default::default()
-                    }
-                })
-                .collect(),
-            removed_resources: removed.into_iter().collect(),
-        })
+        let names = updated
+            .into_iter()
+            .chain(removed.into_iter().map(Arc::from))
+            .collect();
+        let budget = if self.split { self.budget } else { usize::MAX };
+        Some(part(state, kind, &current, names, budget, &mut self.sent))
     }
 
     /// When the stream must be looked at again even if nothing arrives: the end of the wait for an
@@ -421,35 +377,88 @@ impl Stream {
     }
 }
 
+/// The next response of `kind`: as many of `names` as the budget takes, each as it is in
+/// `snapshot` (sent if it is there and wanted, removed if not). What is left is kept for the
+/// next part, and the response is marked as a part.
+fn part(
+    state: &mut TypeState,
+    kind: Kind,
+    snapshot: &Arc<Snapshot>,
+    mut names: VecDeque<Arc<str>>,
+    budget: usize,
+    sent: &mut u64,
+) -> DeltaDiscoveryResponse {
+    let entries = snapshot.resources.of(kind);
+    let type_url = kind.type_url();
+    let mut budget = Budget {
+        left: budget,
+        first: true,
+    };
+    let mut resources = Vec::new();
+    let mut removed = Vec::new();
+    while let Some(name) = names.front() {
+        let entry = entries.get(name).filter(|_| state.wants(name));
+        let cost = entry.map_or(0, |e| e.version.len() + e.body.len() + type_url.len())
+            + name.len()
+            + FRAMING;
+        if !budget.take(cost) {
+            break;
+        }
+        match entry {
+            Some(entry) => resources.push(Resource {
+                name: name.to_string(),
+                version: entry.version.to_string(),
+                resource: Some(Any {
+                    type_url: type_url.to_owned(),
+                    value: entry.body.to_vec(),
+                }),
+                ..Default::default()
+            }),
+            None => removed.push(name.to_string()),
+        }
+        names.pop_front();
+    }
+    let mut version = snapshot.seq.to_string();
+    if !names.is_empty() {
+        version.push_str(veil_mesh::xds::PARTIAL_MARK);
+        state.rest = Some(names);
+    }
+    *sent += 1;
+    let nonce = format!("{}-{}", snapshot.seq, sent);
+    state.pending = Some((nonce.clone(), Instant::now()));
+    DeltaDiscoveryResponse {
+        system_version_info: version,
+        type_url: type_url.to_owned(),
+        nonce,
+        resources,
+        removed_resources: removed,
+    }
+}
+
+/// The bytes a response part may still take: the first name always fits.
+struct Budget {
+    left: usize,
+    first: bool,
+}
+
+impl Budget {
+    /// Takes `cost` if it fits; once one does not, nothing more does.
+    fn take(&mut self, cost: usize) -> bool {
+        let fits = std::mem::take(&mut self.first) || cost <= self.left;
+        self.left = if fits {
+            self.left.saturating_sub(cost)
+        } else {
+            0
+        };
+        fits
+    }
+}
+
+/// Framing of a resource or a removed name in a response: tags and lengths, a generous bound.
+const FRAMING: usize = 32;
+
 /// The order responses are computed in: Authorizations first (make before break).
 pub const ORDER: [Kind; 2] = [Kind::Authorization, Kind::Address];
-
-/// Keeps in `updated` and `removed` what fits in `budget` bytes (at least one name), updates first,
-/// and returns the rest. `size` is what an updated name costs.
-fn split(
-    updated: &mut Vec<Arc<str>>,
-    removed: &mut Vec<String>,
-    budget: usize,
-    size: impl Fn(&str) -> usize,
-) -> (Vec<Arc<str>>, Vec<String>) {
-    // Framing of a resource or a removed name: tags and lengths, a generous bound.
-    const FRAMING: usize = 16;
-    let mut used = 0;
-    let mut fits = |cost: usize| {
-        let first = used == 0;
-        used += cost + FRAMING;
-        first || used <= budget
-    };
-    let keep = updated.iter().take_while(|n| fits(size(n))).count();
-    let rest_updated = updated.split_off(keep);
-    let keep = if rest_updated.is_empty() {
-        removed.iter().take_while(|n| fits(n.len())).count()
-    } else {
-        0
-    };
-    let rest_removed = removed.split_off(keep);
-    (rest_updated, rest_removed)
-}
 
 #[cfg(test)]
 mod tests;

@@ -528,6 +528,7 @@ fn split_responses_stay_within_the_budget_and_bring_a_client_to_the_newest_snaps
         stream.on_request(split_request(kind)).unwrap();
     }
     let mut held = Held::default();
+    let mut published = HashMap::from([(hub.current().seq, hub.current())]);
     let mut parts = 0;
     let mut seed = 7_u64;
     // Rounds of: a few responses acknowledged, then maybe a new snapshot (pods readdressed,
@@ -541,8 +542,25 @@ fn split_responses_stay_within_the_budget_and_bring_a_client_to_the_newest_snaps
                 "{size} bytes in {} resources",
                 response.resources.len()
             );
-            parts += usize::from(veil_mesh::xds::is_partial(&response));
+            let partial = veil_mesh::xds::is_partial(&response);
+            parts += usize::from(partial);
             held.apply(kind, &response);
+            // The last part leaves the client holding all of one snapshot (Authorizations: and
+            // the removals still held back).
+            if !partial {
+                let seq: u64 = response.system_version_info.parse().unwrap();
+                let whole: HashMap<String, String> = published[&seq]
+                    .resources
+                    .of(kind)
+                    .iter()
+                    .map(|(n, e)| (n.to_string(), e.version.to_string()))
+                    .collect();
+                let mut have = held.of(kind);
+                if kind == Kind::Authorization {
+                    have.retain(|name, _| whole.contains_key(name));
+                }
+                assert_eq!(have, whole, "{kind:?} after the last part of {seq}");
+            }
             // Make before break, across parts: every policy a held workload names is held.
             if kind == Kind::Address {
                 let policies = held.of(Kind::Authorization);
@@ -571,15 +589,17 @@ fn split_responses_stay_within_the_budget_and_bring_a_client_to_the_newest_snaps
             .wrapping_add(1442695040888963407);
         if round < 300 && (seed >> 33).is_multiple_of(4) {
             let bits = seed >> 40;
-            hub.publish(grouped(
+            let next = hub.publish(grouped(
                 round,
                 30 + (bits % 15) as usize,
                 [bits & 1 == 0, bits & 2 == 0, bits & 4 == 0],
             ));
+            published.insert(next.seq, next);
         }
     }
     assert!(parts > 50, "responses were split ({parts} parts)");
-    assert!(stream.synced() && stream.due().is_empty());
+    let due = stream.due();
+    assert!(stream.synced() && due.is_empty(), "{due:?} {stream:?}");
     for kind in Kind::ALL {
         assert_eq!(held.of(kind), snapshot_of(&hub, kind), "{kind:?}");
     }

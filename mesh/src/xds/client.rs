@@ -11,7 +11,9 @@
 //! too: while it is down, the mesh may be stale, and the data path refuses destinations it does not
 //! know rather than guessing they are outside the mesh.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+use futures_util::FutureExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,43 +171,82 @@ async fn stream(
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
     let mut received: HashMap<Kind, bool> = HashMap::new();
+    // Types whose last response was a part of a split response: the store is not whole.
+    let mut parts: HashSet<Kind> = HashSet::new();
+    let mut changed = false;
     loop {
-        let response = match responses.message().await {
-            Ok(Some(response)) => response,
-            Ok(None) => return Ok(()),
-            Err(s) => return Err(format!("{}: {}", s.code(), s.message())),
-        };
-        let (ack, kind) = handle(store, &response);
-        let _ = tx.send(ack);
-        let Some(kind) = kind else {
-            continue;
-        };
-        // A part of a split response is applied, but the mesh is whole only with the last part.
-        if super::is_partial(&response) {
-            continue;
+        let mut next = Some(responses.message().await);
+        let mut end = None;
+        while let Some(message) = next.take() {
+            let response = match message {
+                Ok(Some(response)) => response,
+                Ok(None) => {
+                    end = Some(Ok(()));
+                    break;
+                }
+                Err(s) => {
+                    end = Some(Err(format!("{}: {}", s.code(), s.message())));
+                    break;
+                }
+            };
+            let (ack, kind) = handle(store, &response);
+            let _ = tx.send(ack);
+            if let Some(kind) = kind {
+                changed = true;
+                // A part of a split response is applied, but the mesh is whole only with the last.
+                if super::is_partial(&response) {
+                    parts.insert(kind);
+                } else {
+                    parts.remove(&kind);
+                    received.insert(kind, true);
+                }
+            }
+            // What has already arrived is taken in before the mesh is rebuilt: one rebuild for a
+            // burst of responses, however long the burst.
+            next = responses.message().now_or_never();
         }
-        received.insert(kind, true);
+        let both = Kind::ALL.iter().all(|k| received.contains_key(k));
         // Up to date only once both types have answered on this stream (a control plane answers
         // every first subscription, even with nothing): until then, pods created during an
         // outage may still be unknown.
-        if !*connected.borrow() && Kind::ALL.iter().all(|k| received.contains_key(k)) {
+        if !*connected.borrow() && both && parts.is_empty() && end.is_none() {
             connected.send_replace(true);
             info!(address = %config.address, "streaming from the control plane");
         }
         // The first time, the mesh is published once both types are here; after that (resumed
-        // streams included), every response changes it.
-        if *synced.borrow() || Kind::ALL.iter().all(|k| received.contains_key(k)) {
-            let mesh = store.to_state();
+        // streams included), whenever what arrived is whole.
+        if changed && parts.is_empty() && (*synced.borrow() || both) {
+            let mesh = rebuild(store).await?;
+            changed = false;
             report(&mesh);
             if *synced.borrow() {
                 info!(summary = ?mesh.summary(), "applied new mesh configuration");
             } else {
                 info!(summary = ?mesh.summary(), "first mesh received from the control plane");
             }
-            state.send_replace(Arc::new(mesh));
+            let old = state.send_replace(Arc::new(mesh));
             synced.send_replace(true);
+            // The last reference to a large mesh is freed off the data path too.
+            tokio::task::spawn_blocking(move || drop(old));
+        }
+        if let Some(end) = end {
+            return end;
         }
     }
+}
+
+/// The mesh `store` makes, built on a blocking thread: at tens of thousands of workloads a rebuild
+/// takes milliseconds the data path's workers must not lose.
+async fn rebuild(store: &mut Store) -> Result<MeshState, String> {
+    let taken = std::mem::replace(store, store.empty_like());
+    let (taken, mesh) = tokio::task::spawn_blocking(move || {
+        let mesh = taken.to_state();
+        (taken, mesh)
+    })
+    .await
+    .map_err(|e| format!("building the mesh failed ({e}); starting over from nothing"))?;
+    *store = taken;
+    Ok(mesh)
 }
 
 /// Applies one response; returns its acknowledgement (a NACK naming what was refused) and its kind.

@@ -129,6 +129,11 @@ impl Store {
         }
     }
 
+    /// An empty store with the same settings.
+    pub fn empty_like(&self) -> Self {
+        Self::new(self.settings.clone())
+    }
+
     /// The version of every resource of `kind` held, for `initial_resource_versions` when a stream
     /// resumes (refused ones included: the same version would be refused again).
     pub fn versions(&self, kind: Kind) -> HashMap<String, String> {

@@ -61,8 +61,9 @@ struct Args {
     /// An identity allowed to subscribe (repeat); by default veil's ztunnel.
     #[arg(long = "subscriber")]
     subscribers: Vec<Identity>,
-    /// How many subscribers may be in their initial sync at once (each holds a copy of the whole
-    /// mesh until it acknowledges); the others wait their turn.
+    /// How many subscribers may be in their initial sync at once (a client sent whole responses,
+    /// such as Istio's ztunnel, holds a copy of the whole mesh until it acknowledges; veil's hold
+    /// one 128 KiB part at a time); the others wait their turn.
     #[arg(long, env = "VEIL_CONTROLLER_CONCURRENT_SYNCS", default_value_t = veil_controller::service::CONCURRENT_SYNCS as u16, value_parser = clap::value_parser!(u16).range(1..))]
     concurrent_syncs: u16,
     /// Log format: text or json.

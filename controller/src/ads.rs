@@ -267,10 +267,14 @@ impl Stream {
                 _ => {}
             }
         }
-        let addresses_settled = self
-            .types
-            .get(&Kind::Address)
-            .is_none_or(|a| a.settled_at(current.seq));
+        // A client that has not subscribed to Addresses on this stream may still hold Addresses
+        // from an earlier one (veil's subscriber resumes Authorizations first): until they are
+        // brought up to date, or the wait for an Address subscription is over, they may name
+        // policies that are gone.
+        let addresses_settled = match self.types.get(&Kind::Address) {
+            Some(a) => a.settled_at(current.seq),
+            None => Instant::now() >= self.opened + self.grace,
+        };
         let hub = self.hub.clone();
         let state = self.types.get_mut(&kind)?;
         if state.pending.is_some() {
@@ -359,11 +363,15 @@ impl Stream {
         Some(part(state, kind, &current, names, budget, &mut self.sent))
     }
 
-    /// When the stream must be looked at again even if nothing arrives: the end of the wait for an
-    /// Authorization subscription, while Addresses are subscribed and it has not come.
+    /// When the stream must be looked at again even if nothing arrives: the end of the wait for the
+    /// other type's subscription, while Addresses wait for Authorizations or Authorization removals
+    /// wait for Addresses.
     pub fn wake_at(&self) -> Option<Instant> {
-        let waiting = self.types.contains_key(&Kind::Address)
-            && !self.types.contains_key(&Kind::Authorization);
+        let addresses = self.types.contains_key(&Kind::Address);
+        let authorizations = self.types.get(&Kind::Authorization);
+        // Addresses waiting for Authorizations, or Authorization removals for Addresses.
+        let waiting = (addresses && authorizations.is_none())
+            || (!addresses && authorizations.is_some_and(|a| !a.deferred.is_empty()));
         let at = self.opened + self.grace;
         (waiting && Instant::now() < at).then_some(at)
     }

@@ -393,3 +393,114 @@ async fn veils_subscriber_takes_a_split_mesh_as_current_only_once_it_is_whole() 
     }
     assert!(*subscription.connected.borrow());
 }
+
+/// A TCP relay to `to` that, once armed, cuts every connection after `after` more bytes from the
+/// server.
+async fn relay(to: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    // usize::MAX: not armed; otherwise bytes left before the cut.
+    let budget = Arc::new(AtomicUsize::new(usize::MAX));
+    let left = budget.clone();
+    tokio::spawn(async move {
+        loop {
+            let (client, _) = listener.accept().await.unwrap();
+            let server = tokio::net::TcpStream::connect(&to).await.unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let up = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut cr, &mut sw).await;
+            });
+            let left = left.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let l = left.load(Ordering::SeqCst);
+                    if l != usize::MAX {
+                        if l < n {
+                            left.store(usize::MAX, Ordering::SeqCst);
+                            break;
+                        }
+                        left.store(l - n, Ordering::SeqCst);
+                    }
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                up.abort();
+                // Dropping both halves closes the connection.
+            });
+        }
+    });
+    (address, budget)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_response_cut_off_midway_is_published_and_trusted_only_once_completed() {
+    let server = start_with(
+        Duration::from_secs(30),
+        veil_controller::service::CONCURRENT_SYNCS,
+        1024,
+    )
+    .await;
+    server.hub.publish(pods(300));
+    let (address, cut) = relay(server.address.clone()).await;
+    let config = veil_mesh::xds::XdsConfig {
+        address,
+        server_name: "veil-controller.test".into(),
+        tls: ca_client_config(&server.pki.bundle()).unwrap(),
+        token: Some(veil_mesh::identity::TokenSource::Static(GOOD_TOKEN.into())),
+        node: "x".into(),
+        connect_timeout: Duration::from_secs(5),
+    };
+    let subscription = tokio::time::timeout(
+        Duration::from_secs(20),
+        veil_mesh::xds::subscribe(config, MeshSettings::default(), |e| panic!("refused: {e}")),
+    )
+    .await
+    .expect("synced");
+    let mut state = subscription.state;
+    let mut connected = subscription.connected;
+    assert_eq!(state.borrow_and_update().workloads().len(), 300);
+    // The connection breaks about 30 KB into the 500 new pods (about 100 parts of 1 KiB); the
+    // subscriber reconnects and resumes from the part it holds.
+    cut.store(30_000, std::sync::atomic::Ordering::SeqCst);
+    server.hub.publish(pods(800));
+    tokio::time::timeout(Duration::from_secs(20), connected.wait_for(|c| !*c))
+        .await
+        .expect("the stream breaks")
+        .unwrap();
+    // Every mesh published on the way, recorded as it comes.
+    let mut watcher = state.clone();
+    let seen = tokio::spawn(async move {
+        let mut seen = vec![];
+        loop {
+            watcher.changed().await.unwrap();
+            let n = watcher.borrow_and_update().workloads().len();
+            seen.push(n);
+            if n == 800 {
+                return seen;
+            }
+        }
+    });
+    // Connected again (trusted to know every destination) only with the whole mesh published.
+    tokio::time::timeout(Duration::from_secs(20), connected.wait_for(|c| *c))
+        .await
+        .expect("reconnected")
+        .unwrap();
+    assert_eq!(state.borrow().workloads().len(), 800);
+    let seen = tokio::time::timeout(Duration::from_secs(20), seen)
+        .await
+        .expect("the mesh is completed")
+        .unwrap();
+    assert!(
+        seen.iter().all(|n| *n == 300 || *n == 800),
+        "a partial mesh was published: {seen:?}"
+    );
+}

@@ -649,3 +649,5 @@ fn a_client_that_does_not_accept_split_responses_gets_them_whole() {
     stream.on_request(ack(Kind::Authorization, &first)).unwrap();
     assert!(stream.next_response(Kind::Address).is_none());
 }
+
+mod model;

@@ -96,15 +96,26 @@ async fn run(
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut reported: Vec<ConfigError> = Vec::new();
+    // Kept across streams: a split response cut off by a broken stream leaves the store holding
+    // part of it until a later stream completes it.
+    let mut unpublished = Unpublished::default();
     loop {
-        let outcome = stream(&config, &mut store, &state, &connected, &synced, &mut |s| {
-            for e in s.rejected() {
-                if !reported.contains(e) {
-                    on_reject(e);
+        let outcome = stream(
+            &config,
+            &mut store,
+            &mut unpublished,
+            &state,
+            &connected,
+            &synced,
+            &mut |s| {
+                for e in s.rejected() {
+                    if !reported.contains(e) {
+                        on_reject(e);
+                    }
                 }
-            }
-            reported = s.rejected().to_vec();
-        })
+                reported = s.rejected().to_vec();
+            },
+        )
         .await;
         connected.send_replace(false);
         match outcome {
@@ -122,10 +133,20 @@ async fn run(
     }
 }
 
+/// What the store holds that the published mesh does not.
+#[derive(Debug, Default)]
+struct Unpublished {
+    /// Types whose last response was a part of a split response: the store is not whole.
+    parts: HashSet<Kind>,
+    /// The store changed since the mesh was last published.
+    changed: bool,
+}
+
 /// One stream, until it ends.
 async fn stream(
     config: &XdsConfig,
     store: &mut Store,
+    unpublished: &mut Unpublished,
     state: &watch::Sender<Arc<MeshState>>,
     connected: &watch::Sender<bool>,
     synced: &watch::Sender<bool>,
@@ -171,9 +192,7 @@ async fn stream(
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
     let mut received: HashMap<Kind, bool> = HashMap::new();
-    // Types whose last response was a part of a split response: the store is not whole.
-    let mut parts: HashSet<Kind> = HashSet::new();
-    let mut changed = false;
+    let Unpublished { parts, changed } = unpublished;
     loop {
         let mut next = Some(responses.message().await);
         let mut end = None;
@@ -192,7 +211,7 @@ async fn stream(
             let (ack, kind) = handle(store, &response);
             let _ = tx.send(ack);
             if let Some(kind) = kind {
-                changed = true;
+                *changed = true;
                 // A part of a split response is applied, but the mesh is whole only with the last.
                 if super::is_partial(&response) {
                     parts.insert(kind);
@@ -206,18 +225,11 @@ async fn stream(
             next = responses.message().now_or_never();
         }
         let both = Kind::ALL.iter().all(|k| received.contains_key(k));
-        // Up to date only once both types have answered on this stream (a control plane answers
-        // every first subscription, even with nothing): until then, pods created during an
-        // outage may still be unknown.
-        if !*connected.borrow() && both && parts.is_empty() && end.is_none() {
-            connected.send_replace(true);
-            info!(address = %config.address, "streaming from the control plane");
-        }
         // The first time, the mesh is published once both types are here; after that (resumed
         // streams included), whenever what arrived is whole.
-        if changed && parts.is_empty() && (*synced.borrow() || both) {
+        if *changed && parts.is_empty() && (*synced.borrow() || both) {
             let mesh = rebuild(store).await?;
-            changed = false;
+            *changed = false;
             report(&mesh);
             if *synced.borrow() {
                 info!(summary = ?mesh.summary(), "applied new mesh configuration");
@@ -228,6 +240,13 @@ async fn stream(
             synced.send_replace(true);
             // The last reference to a large mesh is freed off the data path too.
             tokio::task::spawn_blocking(move || drop(old));
+        }
+        // Up to date only once both types have answered on this stream (a control plane answers
+        // every first subscription, even with nothing) and what they brought is published: until
+        // then, pods created during an outage may still be unknown.
+        if !*connected.borrow() && both && !*changed && end.is_none() {
+            connected.send_replace(true);
+            info!(address = %config.address, "streaming from the control plane");
         }
         if let Some(end) = end {
             return end;

@@ -352,9 +352,9 @@ fn pods(n: usize) -> Resources {
     Resources::from_state(&local::parse(&yaml, &MeshSettings::default()).unwrap())
 }
 
-#[tokio::test]
-async fn veils_subscriber_takes_a_split_mesh_as_current_only_once_it_is_whole() {
-    // A budget of a few resources per response: hundreds of parts.
+/// A server of 300 pods whose responses are split at 1 KiB: a few resources per part, hundreds of
+/// parts.
+async fn split_server() -> Server {
     let server = start_with(
         Duration::from_secs(30),
         veil_controller::service::CONCURRENT_SYNCS,
@@ -362,20 +362,31 @@ async fn veils_subscriber_takes_a_split_mesh_as_current_only_once_it_is_whole() 
     )
     .await;
     server.hub.publish(pods(300));
+    server
+}
+
+/// veil's subscriber on `server`, dialling `address`, once synced.
+async fn subscribe(server: &Server, address: String) -> veil_mesh::xds::Subscription {
     let config = veil_mesh::xds::XdsConfig {
-        address: server.address.clone(),
+        address,
         server_name: "veil-controller.test".into(),
         tls: ca_client_config(&server.pki.bundle()).unwrap(),
         token: Some(veil_mesh::identity::TokenSource::Static(GOOD_TOKEN.into())),
         node: "x".into(),
         connect_timeout: Duration::from_secs(5),
     };
-    let subscription = tokio::time::timeout(
+    tokio::time::timeout(
         Duration::from_secs(20),
         veil_mesh::xds::subscribe(config, MeshSettings::default(), |e| panic!("refused: {e}")),
     )
     .await
-    .expect("synced");
+    .expect("synced")
+}
+
+#[tokio::test]
+async fn veils_subscriber_takes_a_split_mesh_as_current_only_once_it_is_whole() {
+    let server = split_server().await;
+    let subscription = subscribe(&server, server.address.clone()).await;
     let mut state = subscription.state;
     assert_eq!(state.borrow_and_update().workloads().len(), 300);
     // 500 more pods: every mesh published on the way has all of them or none.
@@ -443,28 +454,9 @@ async fn relay(to: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_response_cut_off_midway_is_published_and_trusted_only_once_completed() {
-    let server = start_with(
-        Duration::from_secs(30),
-        veil_controller::service::CONCURRENT_SYNCS,
-        1024,
-    )
-    .await;
-    server.hub.publish(pods(300));
+    let server = split_server().await;
     let (address, cut) = relay(server.address.clone()).await;
-    let config = veil_mesh::xds::XdsConfig {
-        address,
-        server_name: "veil-controller.test".into(),
-        tls: ca_client_config(&server.pki.bundle()).unwrap(),
-        token: Some(veil_mesh::identity::TokenSource::Static(GOOD_TOKEN.into())),
-        node: "x".into(),
-        connect_timeout: Duration::from_secs(5),
-    };
-    let subscription = tokio::time::timeout(
-        Duration::from_secs(20),
-        veil_mesh::xds::subscribe(config, MeshSettings::default(), |e| panic!("refused: {e}")),
-    )
-    .await
-    .expect("synced");
+    let subscription = subscribe(&server, address).await;
     let mut state = subscription.state;
     let mut connected = subscription.connected;
     assert_eq!(state.borrow_and_update().workloads().len(), 300);

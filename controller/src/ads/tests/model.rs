@@ -222,21 +222,14 @@ fn fuzz(seed: u64, budget: usize, split: bool, ops: u64) -> Result<(), String> {
                 log.push(format!("publish {}", hub.current().seq));
                 inflight.extend(stream.due());
             }
-            2..=6 => deliver(
+            // Deliveries, one in six refused.
+            n @ 2..=7 => deliver(
                 &mut stream,
                 &mut model,
                 &mut inflight,
                 &mut nonces,
                 &mut log,
-                false,
-            )?,
-            7 => deliver(
-                &mut stream,
-                &mut model,
-                &mut inflight,
-                &mut nonces,
-                &mut log,
-                true,
+                n == 7,
             )?,
             8 if !nonces.is_empty() => {
                 // A stale (duplicate) acknowledgement.

@@ -43,10 +43,19 @@ pub enum StartError {
 
 /// Warns, at start and whenever the set changes, about policies with HTTP attributes that apply to
 /// workloads without a waypoint: ztunnel cannot check those attributes and denies what they match.
+/// The set is computed over every workload, on a blocking thread: off the data path's workers.
 async fn report_l7_at_l4(mut rx: watch::Receiver<Arc<MeshState>>) {
     let mut reported = Vec::new();
     loop {
-        let current = rx.borrow_and_update().l7_policies_enforced_at_l4();
+        let mesh = rx.borrow_and_update().clone();
+        let current = match tokio::task::spawn_blocking(move || mesh.l7_policies_enforced_at_l4())
+            .await
+        {
+            Ok(current) => current,
+            Err(e) => {
+                return error!(error = %e, "listing the policies enforced at L4 failed; no longer reported");
+            }
+        };
         if current != reported {
             for policy in current.iter().filter(|p| !reported.contains(*p)) {
                 warn!(%policy, "policy uses HTTP attributes but applies to workloads without a waypoint: ztunnel cannot check them and DENIES what the policy could match (attach it to a waypoint with targetRefs)");

@@ -276,13 +276,13 @@ impl Stream {
             None => Instant::now() >= self.opened + self.grace,
         };
         let hub = self.hub.clone();
+        let budget = if self.split { self.budget } else { usize::MAX };
         let state = self.types.get_mut(&kind)?;
         if state.pending.is_some() {
             return None;
         }
         if let Some(rest) = state.rest.take() {
             let snapshot = state.held.clone()?;
-            let budget = if self.split { self.budget } else { usize::MAX };
             return Some(part(state, kind, &snapshot, rest, budget, &mut self.sent));
         }
         let outdated = state.held.as_ref().is_none_or(|h| h.seq != current.seq);
@@ -292,7 +292,6 @@ impl Stream {
             && state.requested.is_empty()
             && !state.resync
             && !release
-            && state.rest.is_none()
         {
             return None;
         }
@@ -359,7 +358,6 @@ impl Stream {
             .into_iter()
             .chain(removed.into_iter().map(Arc::from))
             .collect();
-        let budget = if self.split { self.budget } else { usize::MAX };
         Some(part(state, kind, &current, names, budget, &mut self.sent))
     }
 
@@ -385,13 +383,13 @@ impl Stream {
     }
 }
 
-/// The next response of `kind`: as many of `names` as the budget takes, each as it is in
-/// `snapshot` (sent if it is there and wanted, removed if not). What is left is kept for the
-/// next part, and the response is marked as a part.
+/// The next response of `kind`: as many of `names` as `budget` bytes take, each as it is in
+/// `snapshot` (sent if it is there and wanted, removed if not). What is left, if anything, is kept
+/// for the next part, and the response is marked as a part.
 fn part(
     state: &mut TypeState,
     kind: Kind,
-    snapshot: &Arc<Snapshot>,
+    snapshot: &Snapshot,
     mut names: VecDeque<Arc<str>>,
     budget: usize,
     sent: &mut u64,

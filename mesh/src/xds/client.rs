@@ -11,11 +11,11 @@
 //! too: while it is down, the mesh may be stale, and the data path refuses destinations it does not
 //! know rather than guessing they are outside the mesh.
 
-use std::collections::{HashMap, HashSet};
-
-use futures_util::FutureExt as _;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::FutureExt as _;
 
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -191,7 +191,8 @@ async fn stream(
         .await
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
-    let mut received: HashMap<Kind, bool> = HashMap::new();
+    // The types that have answered whole on this stream.
+    let mut received: HashSet<Kind> = HashSet::new();
     let Unpublished { parts, changed } = unpublished;
     loop {
         let mut next = Some(responses.message().await);
@@ -217,14 +218,14 @@ async fn stream(
                     parts.insert(kind);
                 } else {
                     parts.remove(&kind);
-                    received.insert(kind, true);
+                    received.insert(kind);
                 }
             }
             // What has already arrived is taken in before the mesh is rebuilt: one rebuild for a
             // burst of responses, however long the burst.
             next = responses.message().now_or_never();
         }
-        let both = Kind::ALL.iter().all(|k| received.contains_key(k));
+        let both = Kind::ALL.iter().all(|k| received.contains(k));
         // The first time, the mesh is published once both types are here; after that (resumed
         // streams included), whenever what arrived is whole.
         if *changed && parts.is_empty() && (*synced.borrow() || both) {

@@ -139,11 +139,11 @@ impl Stream {
     /// Takes in one request. Returns the refusal it carried, if any.
     pub fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<Option<Nack>, Status> {
         let Some(kind) = Kind::from_type_url(&request.type_url) else {
+            let served: Vec<&str> = Kind::ALL.iter().map(|k| k.type_url()).collect();
             return Err(Status::invalid_argument(format!(
-                "type {:?} is not served (only {} and {})",
+                "type {:?} is not served (only {})",
                 request.type_url,
-                Kind::Address.type_url(),
-                Kind::Authorization.type_url()
+                served.join(", ")
             )));
         };
         let too_long = request
@@ -463,8 +463,10 @@ impl Budget {
 /// Framing of a resource or a removed name in a response: tags and lengths, a generous bound.
 const FRAMING: usize = 32;
 
-/// The order responses are computed in: Authorizations first (make before break).
-pub const ORDER: [Kind; 2] = [Kind::Authorization, Kind::Address];
+/// The order responses are computed in: enrolled namespaces (independent of the rest: a subscriber
+/// takes a namespace as enrolled when either they or its workloads say so), then Authorizations
+/// before Addresses (make before break).
+pub const ORDER: [Kind; 3] = [Kind::Namespace, Kind::Authorization, Kind::Address];
 
 #[cfg(test)]
 mod tests;

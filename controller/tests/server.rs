@@ -130,7 +130,8 @@ async fn open(
             .metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
-    for kind in Kind::ALL {
+    // Istio's two types, as Istio's ztunnel asks for them.
+    for kind in [Kind::Address, Kind::Authorization] {
         tx.send(DeltaDiscoveryRequest {
             type_url: kind.type_url().into(),
             ..Default::default()
@@ -374,10 +375,16 @@ async fn subscribe(server: &Server, address: String) -> veil_mesh::xds::Subscrip
         token: Some(veil_mesh::identity::TokenSource::Static(GOOD_TOKEN.into())),
         node: "x".into(),
         connect_timeout: Duration::from_secs(5),
+        ambient_namespaces: true,
     };
     tokio::time::timeout(
         Duration::from_secs(20),
-        veil_mesh::xds::subscribe(config, MeshSettings::default(), |e| panic!("refused: {e}")),
+        veil_mesh::xds::subscribe(
+            config,
+            MeshSettings::default(),
+            |e| panic!("refused: {e}"),
+            None,
+        ),
     )
     .await
     .expect("synced")

@@ -2,7 +2,9 @@
 //! `istio.security.Authorization`) carried by Envoy's delta ADS, and the translation of a
 //! [`MeshState`](crate::discovery::MeshState) into them. veil's controller serves these resources to
 //! veil's and Istio's ztunnels alike, so the schema, names and numbers are Istio's; what veil needs
-//! beyond Istio's schema is expressed in it (generated Authorizations) rather than beside it.
+//! beyond Istio's schema is expressed in it (generated Authorizations) rather than beside it, with
+//! one exception: the namespaces enrolled in the mesh ([`NAMESPACE_TYPE`]), a type of veil's own
+//! that only veil's ztunnel subscribes to.
 
 mod authorization;
 mod client;
@@ -41,6 +43,10 @@ pub mod proto {
             include!("xds/proto/istio.security.rs");
         }
     }
+    /// veil's own resources (`veil.discovery`).
+    pub mod veil {
+        include!("xds/proto/veil.discovery.rs");
+    }
     /// Envoy's discovery service, the delta ADS part.
     pub mod discovery {
         include!("xds/proto/envoy.service.discovery.v3.rs");
@@ -51,6 +57,9 @@ pub mod proto {
 pub const ADDRESS_TYPE: &str = "type.googleapis.com/istio.workload.Address";
 /// The type URL of authorization resources.
 pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authorization";
+/// The type URL of the namespaces enrolled in the mesh (veil's extension; Istio's schema has no
+/// namespace resource, and Istio's ztunnel learns enrolment from istio-cni instead).
+pub const NAMESPACE_TYPE: &str = "type.googleapis.com/veil.discovery.AmbientNamespace";
 
 /// veil's extension of delta ADS, for large meshes: a subscriber that sets this key of its node's
 /// metadata to `true` accepts a response split into parts, each acknowledged before the next is

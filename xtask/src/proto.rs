@@ -29,6 +29,7 @@ const GENERATIONS: &[Generation] = &[
             "envoy/discovery.proto",
             "istio/workload.proto",
             "istio/authorization.proto",
+            "veil/discovery.proto",
         ],
         outputs: &[
             (
@@ -37,6 +38,7 @@ const GENERATIONS: &[Generation] = &[
             ),
             ("istio.workload.rs", "mesh/src/xds/proto/istio.workload.rs"),
             ("istio.security.rs", "mesh/src/xds/proto/istio.security.rs"),
+            ("veil.discovery.rs", "mesh/src/xds/proto/veil.discovery.rs"),
         ],
     },
 ];

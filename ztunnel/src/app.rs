@@ -182,12 +182,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 token: Some(TokenSource::File(token)),
                 node: config.node.clone(),
                 connect_timeout: Duration::from_secs(10),
+                ambient_namespaces: config.xds_ambient_namespaces,
             };
             info!(%address, "receiving the mesh from the control plane");
-            let subscription = xds::subscribe(xds, settings, move |e| {
-                warn!(error = %e, "refused by this ztunnel (what it would decide is denied)");
-                rejected.config_rejected.inc();
-            })
+            let subscription = xds::subscribe(
+                xds,
+                settings,
+                move |e| {
+                    warn!(error = %e, "refused by this ztunnel (what it would decide is denied)");
+                    rejected.config_rejected.inc();
+                },
+                Some(node),
+            )
             .await;
             (subscription.state, Some(subscription.connected))
         }

@@ -43,6 +43,12 @@ pub struct Config {
     /// defaults to `--ca-token-file`.
     #[arg(long, env = "VEIL_XDS_TOKEN_FILE")]
     pub xds_token_file: Option<PathBuf>,
+    /// Also receive the namespaces enrolled in the mesh from the control plane (veil's own
+    /// resource type; veil's controller serves it). Set to `false` on istiod, which refuses or
+    /// ignores it: enrolment is then known only from the enrolled workloads, and a namespace
+    /// enrolled before its first pod has that pod start uncaptured.
+    #[arg(long, env = "VEIL_XDS_AMBIENT_NAMESPACES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub xds_ambient_namespaces: bool,
     /// Serve the `veil-cni` plugin on this unix socket (the Helm chart sets it).
     #[arg(long, env = "VEIL_CNI_SOCKET")]
     pub cni_socket: Option<PathBuf>,

@@ -68,6 +68,9 @@ pub struct MeshState {
     authz: PolicyIndex,
     peer_auth: Vec<PeerAuthPolicy>,
     ambient_namespaces: std::collections::BTreeSet<String>,
+    /// Pods scheduled to a node whose network is not set up yet (no address): not part of the
+    /// mesh, but described to control-plane subscribers so the node can capture them at once.
+    pending: Vec<Arc<Workload>>,
     /// The services each workload (by uid) is an endpoint of.
     services_of: HashMap<String, Vec<Arc<Service>>>,
     rejected: Vec<ConfigError>,
@@ -198,6 +201,20 @@ impl MeshState {
     pub fn with_ambient_namespaces(mut self, namespaces: impl IntoIterator<Item = String>) -> Self {
         self.ambient_namespaces = namespaces.into_iter().collect();
         self
+    }
+
+    /// Declares the pods that are scheduled but have no address yet (see [`Self::pending`]).
+    pub fn with_pending(mut self, pending: impl IntoIterator<Item = Workload>) -> Self {
+        self.pending = pending.into_iter().map(Arc::new).collect();
+        self
+    }
+
+    /// Pods scheduled to a node whose network is not set up yet: everything a workload has but an
+    /// address. They take no part in the mesh (nothing can reach them); a control plane describes
+    /// them to its subscribers so that the node's ztunnel knows a new pod's identity and policies
+    /// when the CNI plugin hands it the pod's address, before the API lists that address.
+    pub fn pending(&self) -> &[Arc<Workload>] {
+        &self.pending
     }
 
     /// The namespaces in the mesh.

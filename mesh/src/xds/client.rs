@@ -1,6 +1,11 @@
 //! A subscriber of a control plane (veil's controller, or istiod): one delta ADS stream carrying
-//! both resource types by wildcard, every response validated, applied and acknowledged (or
-//! NACKed, naming what was refused and why), the resulting mesh published whole.
+//! Istio's two resource types by wildcard (and, from veil's controller, the enrolled namespaces),
+//! every response validated, applied and acknowledged (or NACKed, naming what was refused and
+//! why), the resulting mesh published whole.
+//!
+//! A pod whose network is being set up arrives without an address; the subscriber of its node
+//! gives it the address its CNI plugin handed over ([`crate::discovery::NodeAddresses`]) and
+//! publishes the mesh again whenever those change.
 //!
 //! A large response may arrive split into parts (veil's extension, [`super::SPLIT_RESPONSES`]):
 //! each part is applied and acknowledged, and the mesh is rebuilt and published only with the last.
@@ -24,7 +29,7 @@ use super::Kind;
 use super::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use super::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
 use super::store::{Refusal, Store};
-use crate::discovery::{ConfigError, MeshSettings, MeshState};
+use crate::discovery::{ConfigError, MeshSettings, MeshState, NodeAddresses};
 use crate::identity::{TokenSource, tls_channel};
 
 /// Where the control plane is and how to authenticate to it.
@@ -42,6 +47,22 @@ pub struct XdsConfig {
     pub node: String,
     /// How long a connection attempt may take.
     pub connect_timeout: Duration,
+    /// Also subscribe to the namespaces enrolled in the mesh, veil's own resource type: veil's
+    /// controller serves it; a control plane that does not (istiod) may never answer it.
+    pub ambient_namespaces: bool,
+}
+
+impl XdsConfig {
+    /// The types subscribed to, in the order they are asked for: policies before the workloads
+    /// that name them, so that a control plane that keeps Istio's order sends workloads only with
+    /// their policies.
+    fn kinds(&self) -> Vec<Kind> {
+        let mut kinds = vec![Kind::Authorization, Kind::Address];
+        if self.ambient_namespaces {
+            kinds.insert(0, Kind::Namespace);
+        }
+        kinds
+    }
 }
 
 /// A running subscription.
@@ -63,35 +84,52 @@ const NACK_NAMES: usize = 20;
 /// The longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
-/// Connects and returns once the first version of both resource types has arrived (retrying until
-/// then); keeps the subscription going in the background. `on_reject` is told about every object
-/// the mesh leaves out or makes deny.
+/// Connects and returns once the first version of every type subscribed to has arrived (retrying
+/// until then); keeps the subscription going in the background. `on_reject` is told about every
+/// object the mesh leaves out or makes deny. `node`, on a node with a CNI plugin, gives the
+/// addresses of its pods that the control plane does not know yet.
 pub async fn subscribe(
     config: XdsConfig,
     settings: MeshSettings,
     on_reject: impl Fn(&ConfigError) + Send + Sync + 'static,
+    node: Option<NodeAddresses>,
 ) -> Subscription {
     let (state_tx, state) = watch::channel(Arc::new(MeshState::default()));
     let (connected_tx, connected) = watch::channel(false);
     let (synced_tx, mut synced) = watch::channel(false);
-    tokio::spawn(run(
-        config,
-        Store::new(settings),
-        state_tx,
-        connected_tx,
-        synced_tx,
-        on_reject,
-    ));
+    let (store, refresh) = match node {
+        Some(NodeAddresses { changed, lookup }) => (
+            Store::new(settings).with_node_addresses(config.node.clone(), Arc::from(lookup)),
+            Some(changed),
+        ),
+        None => (Store::new(settings), None),
+    };
+    let out = Outputs {
+        state: state_tx,
+        connected: connected_tx,
+        synced: synced_tx,
+    };
+    tokio::spawn(run(config, store, refresh, out, on_reject));
     let _ = synced.wait_for(|s| *s).await;
     Subscription { state, connected }
+}
+
+/// What a subscription publishes.
+#[derive(Debug)]
+struct Outputs {
+    /// The mesh.
+    state: watch::Sender<Arc<MeshState>>,
+    /// Whether the stream is up and what it brought is published.
+    connected: watch::Sender<bool>,
+    /// Whether a first whole mesh was published.
+    synced: watch::Sender<bool>,
 }
 
 async fn run(
     config: XdsConfig,
     mut store: Store,
-    state: watch::Sender<Arc<MeshState>>,
-    connected: watch::Sender<bool>,
-    synced: watch::Sender<bool>,
+    mut refresh: Option<watch::Receiver<u64>>,
+    out: Outputs,
     on_reject: impl Fn(&ConfigError) + Send + Sync,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -103,10 +141,9 @@ async fn run(
         let outcome = stream(
             &config,
             &mut store,
+            &mut refresh,
             &mut unpublished,
-            &state,
-            &connected,
-            &synced,
+            &out,
             &mut |s| {
                 for e in s.rejected() {
                     if !reported.contains(e) {
@@ -117,7 +154,7 @@ async fn run(
             },
         )
         .await;
-        connected.send_replace(false);
+        out.connected.send_replace(false);
         match outcome {
             Ok(()) => {
                 warn!(address = %config.address, "the control plane ended the stream; keeping the last mesh and reconnecting");
@@ -146,12 +183,16 @@ struct Unpublished {
 async fn stream(
     config: &XdsConfig,
     store: &mut Store,
+    refresh: &mut Option<watch::Receiver<u64>>,
     unpublished: &mut Unpublished,
-    state: &watch::Sender<Arc<MeshState>>,
-    connected: &watch::Sender<bool>,
-    synced: &watch::Sender<bool>,
+    out: &Outputs,
     report: &mut impl FnMut(&MeshState),
 ) -> Result<(), String> {
+    let Outputs {
+        state,
+        connected,
+        synced,
+    } = out;
     let channel = tls_channel(
         &config.address,
         &config.server_name,
@@ -166,9 +207,8 @@ async fn stream(
         metadata: Some(super::split_metadata()),
         ..Default::default()
     };
-    // Policies first: a control plane that keeps Istio's order sends workloads only with the
-    // policies they name.
-    for kind in [Kind::Authorization, Kind::Address] {
+    let kinds = config.kinds();
+    for kind in kinds.iter().copied() {
         let _ = tx.send(DeltaDiscoveryRequest {
             node: Some(node.clone()),
             type_url: kind.type_url().into(),
@@ -195,7 +235,17 @@ async fn stream(
     let mut received: HashSet<Kind> = HashSet::new();
     let Unpublished { parts, changed } = unpublished;
     loop {
-        let mut next = Some(responses.message().await);
+        // The next response, or new addresses from this node's CNI plugin.
+        let mut next = tokio::select! {
+            message = responses.message() => Some(message),
+            open = node_changed(refresh) => {
+                if !open {
+                    *refresh = None;
+                }
+                *changed = true;
+                None
+            }
+        };
         let mut end = None;
         while let Some(message) = next.take() {
             let response = match message {
@@ -225,8 +275,8 @@ async fn stream(
             // burst of responses, however long the burst.
             next = responses.message().now_or_never();
         }
-        let both = Kind::ALL.iter().all(|k| received.contains(k));
-        // The first time, the mesh is published once both types are here; after that (resumed
+        let both = kinds.iter().all(|k| received.contains(k));
+        // The first time, the mesh is published once every type is here; after that (resumed
         // streams included), whenever what arrived is whole.
         if *changed && parts.is_empty() && (*synced.borrow() || both) {
             let mesh = rebuild(store).await?;
@@ -242,7 +292,7 @@ async fn stream(
             // The last reference to a large mesh is freed off the data path too.
             tokio::task::spawn_blocking(move || drop(old));
         }
-        // Up to date only once both types have answered on this stream (a control plane answers
+        // Up to date only once every type has answered on this stream (a control plane answers
         // every first subscription, even with nothing) and what they brought is published: until
         // then, pods created during an outage may still be unknown.
         if !*connected.borrow() && both && !*changed && end.is_none() {
@@ -252,6 +302,14 @@ async fn stream(
         if let Some(end) = end {
             return end;
         }
+    }
+}
+
+/// Resolves when this node's pod addresses change: `false` when they never will again.
+async fn node_changed(refresh: &mut Option<watch::Receiver<u64>>) -> bool {
+    match refresh {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -25,6 +25,7 @@ use prost::Message;
 use super::authorization::{authorization, ip_bytes, istio_action};
 use super::proto::istio::security as sec;
 use super::proto::istio::workload as wl;
+use super::proto::veil::AmbientNamespace;
 use crate::discovery::{MeshState, Service, Waypoint, WaypointRef, Workload};
 use crate::identity::Identity;
 use crate::policy::{PeerMode, PeerProfile, Scope};
@@ -40,24 +41,27 @@ const PEER_STRICT: &str = "veil:peer-strict";
 /// The port HBONE is served on.
 const HBONE_PORT: u32 = 15008;
 
-/// The two resource types a ztunnel subscribes to.
+/// The resource types a ztunnel subscribes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     /// `istio.workload.Address`: workloads and services.
     Address,
     /// `istio.security.Authorization`.
     Authorization,
+    /// `veil.discovery.AmbientNamespace`: the namespaces enrolled in the mesh (veil's extension).
+    Namespace,
 }
 
 impl Kind {
-    /// Both kinds.
-    pub const ALL: [Kind; 2] = [Kind::Address, Kind::Authorization];
+    /// Every kind.
+    pub const ALL: [Kind; 3] = [Kind::Address, Kind::Authorization, Kind::Namespace];
 
     /// Its type URL.
     pub fn type_url(self) -> &'static str {
         match self {
             Self::Address => super::ADDRESS_TYPE,
             Self::Authorization => super::AUTHORIZATION_TYPE,
+            Self::Namespace => super::NAMESPACE_TYPE,
         }
     }
 
@@ -73,7 +77,8 @@ impl Kind {
 pub struct Entry {
     /// A hash of `body`.
     pub version: Arc<str>,
-    /// The encoded `istio.workload.Address` or `istio.security.Authorization`.
+    /// The encoded message (`istio.workload.Address`, `istio.security.Authorization` or
+    /// `veil.discovery.AmbientNamespace`).
     pub body: Bytes,
 }
 
@@ -94,6 +99,7 @@ impl Entry {
 pub struct Resources {
     addresses: BTreeMap<Arc<str>, Entry>,
     authorizations: BTreeMap<Arc<str>, Entry>,
+    namespaces: BTreeMap<Arc<str>, Entry>,
 }
 
 /// The xDS name (and `uid`) of a workload.
@@ -151,6 +157,17 @@ impl Resources {
             }
             out.insert_address(&name, wl::address::Type::Workload(message));
         }
+        // Pods whose network is being set up: no address and no service yet, but their identity and
+        // policies, for their node's ztunnel to capture them with the address its CNI plugin knows.
+        for workload in state.pending() {
+            let policies = policy_names(state, workload, root, &mut generated);
+            let message = workload_message(state, workload, policies);
+            let name = message.uid.clone();
+            if out.addresses.contains_key(name.as_str()) {
+                continue;
+            }
+            out.insert_address(&name, wl::address::Type::Workload(message));
+        }
         for waypoint in state.waypoints() {
             let message = waypoint_message(&waypoint);
             out.insert_address(&message.uid.clone(), wl::address::Type::Workload(message));
@@ -164,6 +181,13 @@ impl Resources {
         }
         for (name, message) in generated {
             out.insert_authorization(&format!("{root}/{name}"), &message);
+        }
+        for namespace in state.ambient_namespaces() {
+            let message = AmbientNamespace {
+                name: namespace.clone(),
+            };
+            out.namespaces
+                .insert(namespace.as_str().into(), Entry::new(&message));
         }
         out
     }
@@ -185,6 +209,7 @@ impl Resources {
             let new = match kind {
                 Kind::Address => &mut self.addresses,
                 Kind::Authorization => &mut self.authorizations,
+                Kind::Namespace => &mut self.namespaces,
             };
             for (name, entry) in new.iter_mut() {
                 if let Some(prior) = old.get(name).filter(|p| p.version == entry.version) {
@@ -199,12 +224,13 @@ impl Resources {
         match kind {
             Kind::Address => &self.addresses,
             Kind::Authorization => &self.authorizations,
+            Kind::Namespace => &self.namespaces,
         }
     }
 
-    /// How many resources of both kinds.
+    /// How many resources of every kind.
     pub fn len(&self) -> usize {
-        self.addresses.len() + self.authorizations.len()
+        self.addresses.len() + self.authorizations.len() + self.namespaces.len()
     }
 
     /// Whether there are none.
@@ -401,7 +427,12 @@ fn workload_message(state: &MeshState, w: &Workload, policies: Vec<String>) -> w
         workload_name: w.name.clone(),
         workload_type: wl::WorkloadType::Pod as i32,
         authorization_policies: policies,
-        status: wl::WorkloadStatus::Healthy as i32,
+        // Without an address (a pod being set up) it can be no endpoint yet.
+        status: if w.ips.is_empty() {
+            wl::WorkloadStatus::Unhealthy
+        } else {
+            wl::WorkloadStatus::Healthy
+        } as i32,
         cluster_id: CLUSTER_ID.into(),
         services: state
             .services_of(w)

@@ -13,6 +13,16 @@
 //! - a workload naming an Authorization that is not here (never sent, or removed) admits nothing
 //!   until it arrives.
 //!
+//! A workload without an address is a pod whose network is not set up yet: on this subscriber's
+//! node it takes the address the CNI plugin handed over (see [`Store::with_node_addresses`]); else
+//! it is not part of the mesh until one arrives. A workload marked unhealthy (a pod not ready) is
+//! in the mesh but no service's endpoint.
+//!
+//! Namespaces enrolled in the mesh (veil's [`Kind::Namespace`]) add to those that have an enrolled
+//! workload: a namespace is taken as enrolled when either says so, so that neither a namespace
+//! enrolled before its first pod nor a subscriber of a control plane that does not send them
+//! (istiod) lets a new pod start uncaptured.
+//!
 //! Waypoints have no resource of their own in Istio's schema: a workload's or service's waypoint
 //! is a gateway address, either an address (a Service's, istiod's form, whose endpoints are the
 //! instances; else the workload that is the waypoint, veil's form) or a hostname (of the waypoint's
@@ -28,9 +38,11 @@ use prost::Message;
 use super::proto::discovery::Resource;
 use super::proto::istio::security as sec;
 use super::proto::istio::workload as wl;
+use super::proto::veil::AmbientNamespace;
 use super::{Kind, ip_from_bytes};
 use crate::discovery::{
-    ConfigError, MeshSettings, MeshState, Service, ServicePort, Waypoint, WaypointRef, Workload,
+    AddressLookup, ConfigError, MeshSettings, MeshState, Service, ServicePort, Waypoint,
+    WaypointRef, Workload,
 };
 use crate::identity::Identity;
 use crate::policy::{AuthzPolicy, PolicyId, Scope, compile_istio, deny_everything};
@@ -85,6 +97,8 @@ struct WorkloadEntry {
     node: String,
     ips: Vec<IpAddr>,
     enrolled: bool,
+    /// Not marked unhealthy: may be a service's endpoint.
+    healthy: bool,
     identity: Identity,
     waypoint: Option<Gateway>,
     policies: Vec<String>,
@@ -110,12 +124,28 @@ enum Gateway {
 }
 
 /// The resources received so far.
-#[derive(Debug)]
+#[allow(missing_debug_implementations, reason = "holds a closure")]
 pub struct Store {
     settings: MeshSettings,
     addresses: HashMap<String, Received>,
     authorizations: HashMap<String, Policy>,
+    /// Enrolled namespaces: their versions, and why one was refused (see [`Self::apply`]).
+    namespaces: HashMap<String, (String, Option<String>)>,
     arrivals: u64,
+    /// This subscriber's node, and the addresses its pods were given before the control plane
+    /// knew them.
+    node: Option<(String, Arc<AddressLookup>)>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("addresses", &self.addresses.len())
+            .field("authorizations", &self.authorizations.len())
+            .field("namespaces", &self.namespaces.len())
+            .field("node", &self.node.as_ref().map(|(n, _)| n))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -125,13 +155,25 @@ impl Store {
             settings,
             addresses: HashMap::new(),
             authorizations: HashMap::new(),
+            namespaces: HashMap::new(),
             arrivals: 0,
+            node: None,
         }
     }
 
-    /// An empty store with the same settings.
+    /// Gives the workloads of `node` that arrive without an address (pods whose network is being
+    /// set up) the addresses `lookup` knows, by namespace and name.
+    pub fn with_node_addresses(mut self, node: String, lookup: Arc<AddressLookup>) -> Self {
+        self.node = Some((node, lookup));
+        self
+    }
+
+    /// An empty store with the same settings and node.
     pub fn empty_like(&self) -> Self {
-        Self::new(self.settings.clone())
+        Self {
+            node: self.node.clone(),
+            ..Self::new(self.settings.clone())
+        }
     }
 
     /// The version of every resource of `kind` held, for `initial_resource_versions` when a stream
@@ -148,11 +190,18 @@ impl Store {
                 .iter()
                 .map(|(name, p)| (name.clone(), p.version.clone()))
                 .collect(),
+            Kind::Namespace => self
+                .namespaces
+                .iter()
+                .map(|(name, (version, _))| (name.clone(), version.clone()))
+                .collect(),
         }
     }
 
     /// Applies one response: `resources` added or replaced, `removed` gone. Returns what was
-    /// refused (the rest is applied).
+    /// refused (the rest is applied). A refused namespace is taken as enrolled: when it is not, a
+    /// new pod of it waits for a capture that does not come, and its start fails loudly, where the
+    /// other way round it would start uncaptured.
     pub fn apply(
         &mut self,
         kind: Kind,
@@ -163,6 +212,7 @@ impl Store {
             match kind {
                 Kind::Address => drop(self.addresses.remove(name)),
                 Kind::Authorization => drop(self.authorizations.remove(name)),
+                Kind::Namespace => drop(self.namespaces.remove(name)),
             }
         }
         let mut refused = Vec::new();
@@ -215,6 +265,14 @@ impl Store {
                     );
                     refusal
                 }
+                Kind::Namespace => {
+                    let refusal = decode::<AmbientNamespace>(kind, resource)
+                        .and_then(|n| namespace_entry(name, &n))
+                        .err();
+                    self.namespaces
+                        .insert(name.clone(), (version, refusal.clone()));
+                    refusal
+                }
             };
             if let Some(reason) = refusal {
                 refused.push(Refusal {
@@ -257,15 +315,20 @@ impl Store {
                 None => {}
             }
         }
+        let filled = self.node_addresses(&claims);
         // Of two workloads claiming an address, the one received first keeps it; the later claim
-        // is left out (a new object cannot take over a running pod's address).
-        claims.sort_by(|a, b| (a.0, &a.1.uid).cmp(&(b.0, &b.1.uid)));
+        // is left out (a new object cannot take over a running pod's address). Except that the
+        // addresses this node's network plugin has just given a pod are that pod's: it claims first.
+        claims.sort_by_key(|(since, w)| (!filled.contains_key(w.uid.as_str()), *since, &w.uid));
         // Who has each address (one workload at most, after this).
         let mut by_ip: HashMap<IpAddr, &WorkloadEntry> = HashMap::new();
-        let mut workloads: Vec<&WorkloadEntry> = Vec::with_capacity(claims.len());
+        let mut workloads: Vec<(&WorkloadEntry, &[IpAddr])> = Vec::with_capacity(claims.len());
         for (_, w) in claims {
-            if let Some((ip, owner)) = w
-                .ips
+            let ips = ips_of(w, &filled);
+            if ips.is_empty() {
+                continue; // a pod whose network is not set up yet, elsewhere: not in the mesh yet
+            }
+            if let Some((ip, owner)) = ips
                 .iter()
                 .find_map(|ip| by_ip.get(ip).map(|owner| (ip, owner.uid.as_str())))
             {
@@ -275,14 +338,14 @@ impl Store {
                 ));
                 continue;
             }
-            by_ip.extend(w.ips.iter().map(|ip| (*ip, w)));
-            workloads.push(w);
+            by_ip.extend(ips.iter().map(|ip| (*ip, w)));
+            workloads.push((w, ips));
         }
-        workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
+        workloads.sort_by(|a, b| a.0.uid.cmp(&b.0.uid));
         services.sort_by(|a, b| (&a.namespace, &a.hostname).cmp(&(&b.namespace, &b.hostname)));
         // Who backs each service: built once, not scanned per service.
         let mut backing: HashMap<&str, Vec<&WorkloadEntry>> = HashMap::new();
-        for w in &workloads {
+        for (w, _) in &workloads {
             for key in w.services.keys() {
                 backing.entry(key).or_default().push(w);
             }
@@ -299,7 +362,7 @@ impl Store {
         // The waypoints named anywhere, and the workloads that are their instances.
         let gateways: BTreeSet<&Gateway> = workloads
             .iter()
-            .filter_map(|w| w.waypoint.as_ref())
+            .filter_map(|(w, _)| w.waypoint.as_ref())
             .chain(services.iter().filter_map(|s| s.waypoint.as_ref()))
             .collect();
         let mut references: HashMap<&Gateway, WaypointRef> = HashMap::new();
@@ -370,9 +433,9 @@ impl Store {
 
         let mut model_workloads = Vec::with_capacity(workloads.len());
         let mut named: HashMap<&str, &[String]> = HashMap::new();
-        for w in workloads
+        for (w, ips) in workloads
             .iter()
-            .filter(|w| !instances.contains(w.uid.as_str()))
+            .filter(|(w, _)| !instances.contains(w.uid.as_str()))
         {
             named.insert(&w.uid, &w.policies);
             model_workloads.push(Workload {
@@ -381,7 +444,7 @@ impl Store {
                 namespace: w.namespace.clone(),
                 service_account: w.service_account.clone(),
                 node: w.node.clone(),
-                ips: w.ips.clone(),
+                ips: ips.to_vec(),
                 labels: BTreeMap::new(),
                 netns: None,
                 enrolled: w.enrolled,
@@ -414,7 +477,11 @@ impl Store {
                 vips: s.vips.clone(),
                 ports,
                 selector: BTreeMap::new(),
-                endpoints: backing.iter().map(|w| w.uid.clone()).collect(),
+                endpoints: backing
+                    .iter()
+                    .filter(|w| w.healthy)
+                    .map(|w| w.uid.clone())
+                    .collect(),
                 waypoint: reference(&s.waypoint),
             });
         }
@@ -476,10 +543,19 @@ impl Store {
             out.dedup_by(|a, b| Arc::ptr_eq(a, b));
             out.into()
         };
+        for (name, (_, refused)) in &self.namespaces {
+            if let Some(reason) = refused {
+                rejected.push(ConfigError::invalid(
+                    format!("namespace {name}"),
+                    format!("{reason}; taken as enrolled: its new pods wait for a capture"),
+                ));
+            }
+        }
         let ambient: BTreeSet<String> = model_workloads
             .iter()
             .filter(|w| w.enrolled)
             .map(|w| w.namespace.clone())
+            .chain(self.namespaces.keys().cloned())
             .collect();
         MeshState::build_isolating(
             self.settings.clone(),
@@ -498,6 +574,35 @@ impl Store {
             rejected,
         )
         .with_ambient_namespaces(ambient)
+    }
+}
+
+impl Store {
+    /// The addresses this node's network plugin gave its workloads that arrived without one.
+    fn node_addresses<'a>(
+        &self,
+        claims: &[(u64, &'a WorkloadEntry)],
+    ) -> HashMap<&'a str, Vec<IpAddr>> {
+        let Some((node, lookup)) = &self.node else {
+            return HashMap::new();
+        };
+        claims
+            .iter()
+            .filter(|(_, w)| w.ips.is_empty() && w.node == *node)
+            .filter_map(|(_, w)| {
+                let ips = lookup(&w.namespace, &w.name).filter(|ips| !ips.is_empty())?;
+                Some((w.uid.as_str(), ips))
+            })
+            .collect()
+    }
+}
+
+/// A workload's addresses: as received, or, when it arrived without any, as its node filled in.
+fn ips_of<'a>(w: &'a WorkloadEntry, filled: &'a HashMap<&str, Vec<IpAddr>>) -> &'a [IpAddr] {
+    if w.ips.is_empty() {
+        filled.get(w.uid.as_str()).map_or(&[], Vec::as_slice)
+    } else {
+        &w.ips
     }
 }
 
@@ -571,6 +676,8 @@ fn workload_entry(
     if w.network_gateway.is_some() {
         return Err("network gateways (multi-network) are not supported".into());
     }
+    // Unknown statuses count as unhealthy: a workload is an endpoint only when said to be ready.
+    let healthy = w.status == wl::WorkloadStatus::Healthy as i32;
     let mut services = BTreeMap::new();
     for (key, list) in &w.services {
         let ports = list
@@ -589,11 +696,34 @@ fn workload_entry(
         node: w.node.clone(),
         ips,
         enrolled,
+        healthy,
         identity,
         waypoint: w.waypoint.as_ref().map(gateway).transpose()?,
         policies: w.authorization_policies.clone(),
         services,
     })
+}
+
+/// Checks an enrolled namespace: sent under its own name, which is a Kubernetes namespace name (an
+/// RFC 1123 label).
+fn namespace_entry(name: &str, n: &AmbientNamespace) -> Result<(), String> {
+    if n.name != name {
+        return Err(format!(
+            "sent under the name {name:?}, but names namespace {:?}",
+            n.name
+        ));
+    }
+    let label = |s: &str| {
+        (1..=63).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    if !label(name) {
+        return Err("not a namespace name (an RFC 1123 label)".into());
+    }
+    Ok(())
 }
 
 fn service_entry(name: &str, s: &wl::Service) -> Result<ServiceEntry, String> {

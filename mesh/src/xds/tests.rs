@@ -438,4 +438,5 @@ fn istio_evaluation_of_the_translation_decides_as_veil_does() {
     assert!(checked > 1000, "{checked} cases");
 }
 
+mod enrolment;
 mod subscriber;

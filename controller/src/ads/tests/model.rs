@@ -313,7 +313,7 @@ fn fuzz(seed: u64, budget: usize, split: bool, ops: u64) -> Result<(), String> {
     if !due.is_empty() {
         return Err(format!("still due after all acknowledged: {due:?}"));
     }
-    for kind in Kind::ALL {
+    for kind in [Kind::Authorization, Kind::Address] {
         let (have, want) = (model.versions(kind), model.expected(&hub, kind));
         if have != want {
             let mut extra: Vec<_> = have
@@ -446,7 +446,7 @@ fn a_new_snapshot_between_every_part_still_converges() {
                 assert!(delivered < 100_000, "no end");
             }
             assert!(stream.due().is_empty() && stream.synced());
-            for kind in Kind::ALL {
+            for kind in [Kind::Authorization, Kind::Address] {
                 assert_eq!(
                     model.versions(kind),
                     snapshot_of(&hub, kind),

@@ -103,7 +103,7 @@ pub fn translate(objects: &Objects, settings: &MeshSettings) -> Translation {
         .iter()
         .flat_map(|w| w.ips.iter().map(|ip| (w.namespace.clone(), *ip)))
         .collect();
-    let workloads = workloads(objects, &namespaces, &waypoint_pods, settings);
+    let (workloads, pending) = workloads(objects, &namespaces, &waypoint_pods, settings);
     let services = services(objects, &namespaces);
     let mut invalid = Vec::new();
     let authz = objects
@@ -129,7 +129,8 @@ pub fn translate(objects: &Objects, settings: &MeshSettings) -> Translation {
         authz,
         peer_auth,
     )
-    .with_ambient_namespaces(ambient);
+    .with_ambient_namespaces(ambient)
+    .with_pending(pending);
     Translation { state, invalid }
 }
 
@@ -175,13 +176,33 @@ fn selected<'p: 's, 's>(
 }
 
 fn live(pod: &Pod) -> bool {
+    running_in_pod_network(pod) && !pod_ips(pod).is_empty()
+}
+
+/// Not on the host's network, and not finished.
+fn running_in_pod_network(pod: &Pod) -> bool {
     let host_network = pod
         .spec
         .as_ref()
         .and_then(|s| s.host_network)
         .unwrap_or(false);
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    !host_network && !matches!(phase, Some("Succeeded" | "Failed")) && !pod_ips(pod).is_empty()
+    !host_network && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// Bound to a node, on the pod network, not finished and not being deleted: a pod whose network
+/// its node may set up any moment.
+fn scheduled(pod: &Pod) -> bool {
+    node_name(pod).is_some()
+        && pod.metadata.deletion_timestamp.is_none()
+        && running_in_pod_network(pod)
+}
+
+fn node_name(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
 }
 
 fn service_account(pod: &Pod) -> &str {
@@ -249,12 +270,14 @@ fn waypoint_ref(
     }
 }
 
+/// The workloads: live pods with addresses. And the pending ones: pods scheduled to a node, not
+/// finished, whose network is not set up yet (see [`MeshState::pending`]).
 fn workloads(
     objects: &Objects,
     namespaces: &HashMap<String, &Namespace>,
     waypoint_pods: &[(String, IpAddr)],
     settings: &MeshSettings,
-) -> Vec<Workload> {
+) -> (Vec<Workload>, Vec<Workload>) {
     // Newest first, so that an address reused by a new pod wins over a terminating one.
     let mut pods: Vec<&Pod> = objects.pods.iter().filter(|p| live(p)).collect();
     pods.sort_by(|a, b| {
@@ -279,53 +302,67 @@ fn workloads(
         {
             continue; // a waypoint instance: part of the waypoint, not a workload
         }
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        let ns_ambient = namespaces
-            .get(&namespace)
-            .and_then(|ns| label(ns.metadata.labels.as_ref(), DATAPLANE_MODE))
-            == Some("ambient");
-        let opted_out = labels.get(DATAPLANE_MODE).map(String::as_str) == Some("none");
-        let enrolled = ns_ambient && !opted_out;
-        let Ok(identity) = Identity::new(&settings.trust_domain, &namespace, service_account(pod))
-        else {
-            warn!(pod = %format!("{namespace}/{}", pod.name_any()), "service account does not make a valid identity; ignored");
-            continue;
-        };
-        let waypoint = if enrolled {
-            waypoint_ref(
-                labels.get(USE_WAYPOINT).map(String::as_str),
-                &namespace,
-                namespaces,
-            )
-        } else {
-            None
-        };
-        out.push(Workload {
-            uid: pod
-                .metadata
-                .uid
-                .clone()
-                .unwrap_or_else(|| format!("{namespace}/{}", pod.name_any())),
-            name: pod.name_any(),
-            namespace,
-            service_account: service_account(pod).to_owned(),
-            node: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default(),
-            ips,
-            labels,
-            netns: None,
-            enrolled,
-            identity,
-            waypoint,
-            waypoint_conflict: Vec::new(),
-            policies: Default::default(),
-        });
+        out.extend(workload(pod, ips, namespaces, settings));
     }
     out.sort_by(|a, b| a.uid.cmp(&b.uid));
-    out
+    let mut pending: Vec<Workload> = objects
+        .pods
+        .iter()
+        .filter(|p| scheduled(p) && pod_ips(p).is_empty())
+        .filter_map(|p| workload(p, Vec::new(), namespaces, settings))
+        .collect();
+    pending.sort_by(|a, b| a.uid.cmp(&b.uid));
+    (out, pending)
+}
+
+/// A pod as a workload with `ips`; `None` when its service account makes no valid identity.
+fn workload(
+    pod: &Pod,
+    ips: Vec<IpAddr>,
+    namespaces: &HashMap<String, &Namespace>,
+    settings: &MeshSettings,
+) -> Option<Workload> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let ns_ambient = namespaces
+        .get(&namespace)
+        .and_then(|ns| label(ns.metadata.labels.as_ref(), DATAPLANE_MODE))
+        == Some("ambient");
+    let opted_out = labels.get(DATAPLANE_MODE).map(String::as_str) == Some("none");
+    let enrolled = ns_ambient && !opted_out;
+    let Ok(identity) = Identity::new(&settings.trust_domain, &namespace, service_account(pod))
+    else {
+        warn!(pod = %format!("{namespace}/{}", pod.name_any()), "service account does not make a valid identity; ignored");
+        return None;
+    };
+    let waypoint = if enrolled {
+        waypoint_ref(
+            labels.get(USE_WAYPOINT).map(String::as_str),
+            &namespace,
+            namespaces,
+        )
+    } else {
+        None
+    };
+    Some(Workload {
+        uid: pod
+            .metadata
+            .uid
+            .clone()
+            .unwrap_or_else(|| format!("{namespace}/{}", pod.name_any())),
+        name: pod.name_any(),
+        namespace,
+        service_account: service_account(pod).to_owned(),
+        node: node_name(pod).unwrap_or_default().to_owned(),
+        ips,
+        labels,
+        netns: None,
+        enrolled,
+        identity,
+        waypoint,
+        waypoint_conflict: Vec::new(),
+        policies: Default::default(),
+    })
 }
 
 fn services(objects: &Objects, namespaces: &HashMap<String, &Namespace>) -> Vec<Service> {

@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn resource(
+pub(super) fn resource(
     kind: Kind,
     name: &str,
     version: &str,
@@ -20,7 +20,7 @@ fn resource(
     }
 }
 
-fn received(resources: &Resources) -> Store {
+pub(super) fn received(resources: &Resources) -> Store {
     let mut store = Store::new(MeshSettings::default());
     for kind in Kind::ALL {
         let list: Vec<_> = resources
@@ -375,7 +375,7 @@ fn istio_forms_veil_does_not_know_are_refused_not_widened() {
 
 // ---- Found by review: what must not fail open ----
 
-fn address_resource(
+pub(super) fn address_resource(
     name: &str,
     version: &str,
     t: wl::address::Type,

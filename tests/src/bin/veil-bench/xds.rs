@@ -249,6 +249,7 @@ pub(crate) async fn client(c: Client) -> anyhow::Result<()> {
         token: Some(veil_mesh::identity::TokenSource::File(c.at.token.clone())),
         node: "bench".into(),
         connect_timeout: Duration::from_secs(10),
+        ambient_namespaces: true,
     };
     let rss_before = rss_bytes()?;
     let (cpu_before, started) = (cpu_seconds()?, Instant::now());
@@ -256,6 +257,7 @@ pub(crate) async fn client(c: Client) -> anyhow::Result<()> {
         config,
         veil_mesh::discovery::MeshSettings::default(),
         |_| {},
+        None,
     )
     .await;
     let sync = started.elapsed();

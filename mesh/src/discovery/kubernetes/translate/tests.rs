@@ -238,6 +238,47 @@ fn ambient_namespaces_and_cni_addresses_for_pods_the_api_has_no_address_for_yet(
 }
 
 #[test]
+fn scheduled_pods_without_an_address_yet_are_pending_not_workloads() {
+    let mut objects = objects();
+    let pending_name = "account-service-7d9f8c6b5-pending";
+    // Not scheduled yet: no node will set it up, nothing to say.
+    assert!(translated(&objects).state.pending().is_empty());
+    let pod = objects
+        .pods
+        .iter_mut()
+        .find(|p| p.name_any() == pending_name)
+        .unwrap();
+    pod.spec.as_mut().unwrap().node_name = Some("node-a".into());
+    let t = translated(&objects);
+    let names: Vec<&str> = t.state.pending().iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, [pending_name]);
+    let w = &t.state.pending()[0];
+    assert!(w.ips.is_empty() && w.enrolled && w.node == "node-a");
+    assert_eq!(
+        w.identity.as_str(),
+        "spiffe://cluster.local/ns/production/sa/account-service"
+    );
+    assert!(t.state.workloads().iter().all(|w| w.name != pending_name));
+    // Being deleted, on the host's network, or finished: never set up, not pending.
+    for change in [
+        |p: &mut Pod| {
+            p.metadata.deletion_timestamp = p.metadata.creation_timestamp.clone();
+        },
+        |p: &mut Pod| p.spec.as_mut().unwrap().host_network = Some(true),
+        |p: &mut Pod| p.status.as_mut().unwrap().phase = Some("Failed".into()),
+    ] {
+        let mut changed = objects.clone();
+        let pod = changed
+            .pods
+            .iter_mut()
+            .find(|p| p.name_any() == pending_name)
+            .unwrap();
+        change(pod);
+        assert!(translated(&changed).state.pending().is_empty());
+    }
+}
+
+#[test]
 fn cni_addresses_never_override_the_api() {
     let objects = objects();
     // Every pod but the pending one has an address in the API: only that one may be filled in.

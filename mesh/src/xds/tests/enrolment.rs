@@ -1,0 +1,188 @@
+//! What a node needs to capture new pods: the enrolled namespaces (veil's resource type), pods
+//! whose network is being set up (workloads without an address), and the addresses the node's CNI
+//! plugin filled in for them. Also: an unhealthy workload is in the mesh but no endpoint.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::subscriber::{address_resource, received, resource};
+use super::*;
+use crate::discovery::Workload;
+use crate::xds::proto::veil::AmbientNamespace;
+
+/// `name` in `namespace` on `node`, scheduled but without an address yet.
+fn pending(namespace: &str, name: &str, node: &str, labels: &[(&str, &str)]) -> Workload {
+    Workload {
+        uid: format!("uid-{namespace}-{name}"),
+        name: name.into(),
+        namespace: namespace.into(),
+        service_account: name.into(),
+        node: node.into(),
+        ips: Vec::new(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<BTreeMap<_, _>>(),
+        netns: None,
+        enrolled: true,
+        identity: Identity::new("cluster.local", namespace, name).unwrap(),
+        waypoint: None,
+        waypoint_conflict: Vec::new(),
+        policies: Default::default(),
+    }
+}
+
+/// The test mesh with a pending `web2` (backs shop/api through its labels) on node-a.
+fn with_pending() -> MeshState {
+    state().with_pending([pending("shop", "web2", "node-a", &[("app", "api")])])
+}
+
+fn namespace(name: &str, body_name: &str) -> super::proto::discovery::Resource {
+    resource(
+        Kind::Namespace,
+        name,
+        "v1",
+        AmbientNamespace {
+            name: body_name.into(),
+        }
+        .encode_to_vec(),
+    )
+}
+
+#[test]
+fn enrolled_namespaces_are_sent_and_received_even_without_workloads() {
+    let native = state().with_ambient_namespaces(["shop".to_owned(), "empty".to_owned()]);
+    let resources = Resources::from_state(&native);
+    let names: Vec<&str> = resources.of(Kind::Namespace).keys().map(|n| &**n).collect();
+    assert_eq!(names, ["empty", "shop"]);
+    let received = received(&resources).to_state();
+    assert!(received.ambient_namespaces().contains("empty"));
+    assert!(received.ambient_namespaces().contains("shop"));
+    // ops has enrolled workloads: enrolled however the namespace resources read.
+    assert!(received.ambient_namespaces().contains("ops"));
+}
+
+#[test]
+fn a_refused_namespace_is_taken_as_enrolled_and_reported() {
+    let mut store = received(&Resources::from_state(&state()));
+    let refused = store.apply(
+        Kind::Namespace,
+        &[
+            namespace("fresh", "fresh"),
+            namespace("other", "not-other"),
+            namespace("Bad_Name", "Bad_Name"),
+        ],
+        &[],
+    );
+    let names: Vec<&str> = refused.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["other", "Bad_Name"]);
+    let s = store.to_state();
+    for ns in ["fresh", "other", "Bad_Name"] {
+        assert!(s.ambient_namespaces().contains(ns), "{ns}");
+    }
+    assert_eq!(
+        s.rejected()
+            .iter()
+            .filter(|e| e.to_string().contains("taken as enrolled"))
+            .count(),
+        2
+    );
+    // Removed: no longer enrolled (no workload of it is).
+    store.apply(Kind::Namespace, &[], &["fresh".into(), "other".into()]);
+    let s = store.to_state();
+    assert!(!s.ambient_namespaces().contains("fresh"));
+    assert!(!s.ambient_namespaces().contains("other"));
+    assert!(s.ambient_namespaces().contains("Bad_Name"));
+}
+
+#[test]
+fn a_pending_pod_is_sent_without_address_or_service_but_with_its_policies() {
+    let resources = Resources::from_state(&with_pending());
+    let w = workload(&resources, "shop", "web2");
+    assert!(w.addresses.is_empty());
+    assert_eq!(w.status, wl::WorkloadStatus::Unhealthy as i32);
+    assert_eq!(w.tunnel_protocol, wl::TunnelProtocol::Hbone as i32);
+    assert!(w.services.is_empty(), "no endpoint of anything yet");
+    assert_eq!(w.service_account, "web2");
+    // A running workload is healthy.
+    let api = workload(&resources, "shop", "api");
+    assert_eq!(api.status, wl::WorkloadStatus::Healthy as i32);
+}
+
+#[test]
+fn a_pending_pod_takes_the_address_its_node_knows_and_only_there() {
+    let resources = Resources::from_state(&with_pending());
+    let fresh: std::net::IpAddr = "10.1.0.50".parse().unwrap();
+    let lookup = move |ns: &str, name: &str| (ns == "shop" && name == "web2").then(|| vec![fresh]);
+
+    // Elsewhere: not in the mesh (nothing can reach it) until the control plane knows its address.
+    let s = received(&resources).to_state();
+    assert!(s.workload_by_ip(fresh).is_none());
+    assert!(
+        s.workloads_on_node("node-a")
+            .iter()
+            .all(|w| w.name != "web2")
+    );
+
+    // On its node: in the mesh with the address the CNI plugin gave, its identity and policies.
+    let store = received(&resources).with_node_addresses("node-a".into(), Arc::new(lookup));
+    let s = store.to_state();
+    let w = s.workload_by_ip(fresh).expect("filled in");
+    assert_eq!((w.namespace.as_str(), w.name.as_str()), ("shop", "web2"));
+    assert!(w.enrolled);
+    assert_eq!(
+        w.identity.as_str(),
+        "spiffe://cluster.local/ns/shop/sa/web2"
+    );
+    // Not an endpoint of shop/api before it is ready.
+    let api = s.service_by_vip("10.96.0.2".parse().unwrap()).unwrap();
+    assert!(!api.endpoints.iter().any(|uid| uid.contains("web2")));
+
+    // Another node's subscriber does not fill it in.
+    let store = received(&resources).with_node_addresses("node-b".into(), Arc::new(lookup));
+    assert!(store.to_state().workload_by_ip(fresh).is_none());
+}
+
+#[test]
+fn an_address_the_node_just_gave_a_pod_is_that_pods() {
+    // A pod that ended still holds 10.1.0.1 at the control plane (web, received first); this
+    // node's network plugin has given the address to the new pod.
+    let resources = Resources::from_state(&with_pending());
+    let reused: std::net::IpAddr = "10.1.0.1".parse().unwrap();
+    let lookup = move |_: &str, name: &str| (name == "web2").then(|| vec![reused]);
+    let store = received(&resources).with_node_addresses("node-a".into(), Arc::new(lookup));
+    let s = store.to_state();
+    assert_eq!(s.workload_by_ip(reused).unwrap().name, "web2");
+    assert!(
+        s.rejected()
+            .iter()
+            .any(|e| e.to_string().contains("already workload"))
+    );
+}
+
+#[test]
+fn an_unhealthy_workload_is_in_the_mesh_but_no_endpoint() {
+    let native = state();
+    let resources = Resources::from_state(&native);
+    let mut store = received(&resources);
+    let mut api = workload(&resources, "shop", "api");
+    api.status = wl::WorkloadStatus::Unhealthy as i32;
+    let name = api.uid.clone();
+    let update = address_resource(&name, "v2", wl::address::Type::Workload(api));
+    assert_eq!(store.apply(Kind::Address, &[update], &[]), vec![]);
+    let s = store.to_state();
+    let api = s
+        .workload_by_ip("10.1.0.2".parse().unwrap())
+        .expect("in the mesh");
+    let service = s.service_by_vip("10.96.0.2".parse().unwrap()).unwrap();
+    assert!(!service.endpoints.contains(&api.uid));
+    // An unknown status counts as unhealthy.
+    let mut db = workload(&resources, "shop", "db");
+    db.status = 7;
+    let name = db.uid.clone();
+    let update = address_resource(&name, "v2", wl::address::Type::Workload(db));
+    assert_eq!(store.apply(Kind::Address, &[update], &[]), vec![]);
+    let s = store.to_state();
+    let service = s.service_by_vip("10.96.0.3".parse().unwrap()).unwrap();
+    assert!(service.endpoints.is_empty());
+}

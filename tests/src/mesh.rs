@@ -109,9 +109,12 @@ impl Mesh {
             mesh.start_api()?;
         }
         if mesh.spec.uses_controller() {
-            std::fs::create_dir_all(mesh.dir.join("netns"))?;
-            for pod in mesh.spec.pods.clone() {
-                mesh.pin(&pod.name)?;
+            if !mesh.spec.kubernetes {
+                // Pinned where ztunnel scans for running pods, as in Kubernetes mode (above).
+                std::fs::create_dir_all(mesh.dir.join("netns"))?;
+                for pod in mesh.spec.pods.clone() {
+                    mesh.pin(&pod.name)?;
+                }
             }
             mesh.controller = Some(start_controller(&mesh, &[])?);
         }
@@ -155,11 +158,15 @@ impl Mesh {
                 path(self.cni_socket(node)),
                 "--ambient-file".into(),
                 path(self.ambient_file(node)),
-                "--netns-dir".into(),
-                path(self.dir.join("netns")),
             ]);
-            env.push(("KUBECONFIG", &kubeconfig));
-        } else if let Some(controller) = &self.controller {
+            if self.controller.is_none() {
+                // Without a controller, ztunnel watches the API itself; with one, it has no
+                // access to the API at all.
+                argv.extend(["--netns-dir".into(), path(self.dir.join("netns"))]);
+                env.push(("KUBECONFIG", &kubeconfig));
+            }
+        }
+        if let Some(controller) = &self.controller {
             argv.extend([
                 "--xds-address".into(),
                 format!("{}:{XDS_PORT}", self.cluster.control_plane_ip),
@@ -170,7 +177,7 @@ impl Mesh {
                 "--netns-dir".into(),
                 path(self.dir.join("netns")),
             ]);
-        } else {
+        } else if !self.spec.kubernetes {
             argv.extend([
                 "--mesh-config".into(),
                 path(self.mesh_config.clone()),

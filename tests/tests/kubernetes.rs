@@ -1,7 +1,8 @@
-//! End-to-end tests of ztunnel in Kubernetes mode: it watches an API server (the harness's fake one,
-//! serving the objects a cluster would hold), the `veil-cni` plugin is invoked exactly as a container
-//! runtime invokes it, and pods' network namespaces are real. Need root; skip with a loud message
-//! otherwise.
+//! End-to-end tests of ztunnel in Kubernetes mode: the controller watches an API server (the
+//! harness's fake one, serving the objects a cluster would hold) and ztunnel receives the mesh from
+//! it, with no access to the API, as the chart runs them (`VEIL_E2E_THROUGH_CONTROLLER=0`: ztunnel
+//! watches the API itself); the `veil-cni` plugin is invoked exactly as a container runtime invokes
+//! it, and pods' network namespaces are real. Need root; skip with a loud message otherwise.
 
 use std::time::Duration;
 
@@ -182,4 +183,32 @@ fn labelling_a_namespace_enrols_its_running_pods_and_api_policies_apply() {
     m.label_namespace("legacy", false).unwrap();
     assert!(m.eventually(SETTLE, || !m.nat_rules("old").contains("VEIL")));
     assert!(m.eventually(SETTLE, || ambient_file(&m) == ["shop"]));
+}
+
+#[test]
+fn a_namespace_enrolled_before_its_first_pod_has_that_pod_captured_at_its_start() {
+    if skip_unless_root("enrolled_empty_namespace") {
+        return;
+    }
+    let mut m = kube_mesh(vec![PodSpec::new("web", "shop", "node-a")]);
+    // Through the controller, ztunnel has no access to the API at all: what it knows of
+    // namespaces and new pods comes over xDS.
+    if m.controller.is_some() {
+        let log = m.ztunnel_log("node-a");
+        assert!(log.contains("streaming from the control plane"), "{log}");
+        assert!(!log.contains("watching the Kubernetes API"), "{log}");
+    }
+    // A namespace labelled while it has no pod: the node learns it all the same.
+    m.label_namespace("fresh", true).unwrap();
+    assert!(m.eventually(SETTLE, || ambient_file(&m) == ["fresh", "shop"]));
+    // Its first pod: the plugin waits for the capture, which needs the pod's identity before the
+    // API lists its address.
+    m.add_pending_pod(PodSpec::new("first", "fresh", "node-a"))
+        .unwrap();
+    let (ok, out) = m.cni("ADD", "first").unwrap();
+    assert!(ok, "{out}");
+    assert!(m.nat_rules("first").contains("VEIL_OUTPUT"));
+    m.pod_started("first").unwrap();
+    assert_eq!(m.curl("first", &url(&m, "web")).unwrap().0, 200);
+    assert!(outbound_from(&m, "spiffe://cluster.local/ns/fresh/sa/first") >= 1.0);
 }

@@ -127,10 +127,9 @@ pub struct MeshSpec {
 impl MeshSpec {
     /// Whether the ztunnels of this mesh subscribe to a controller.
     pub fn uses_controller(&self) -> bool {
-        !self.kubernetes
-            && self.through_controller.unwrap_or_else(|| {
-                std::env::var("VEIL_E2E_THROUGH_CONTROLLER").map_or(true, |v| v != "0")
-            })
+        self.through_controller.unwrap_or_else(|| {
+            std::env::var("VEIL_E2E_THROUGH_CONTROLLER").map_or(true, |v| v != "0")
+        })
     }
 }
 

@@ -33,11 +33,13 @@ const NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 /// …and the pod, from which the node can be read on clusters that do not add the node.
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 
-/// Authenticates bearer tokens with the API server's TokenReview, for audience [`AUDIENCE`].
+/// Authenticates bearer tokens with the API server's TokenReview, for audience [`AUDIENCE`] (or
+/// those of [`TokenReviewer::with_audiences`]).
 #[derive(Clone)]
 pub struct TokenReviewer {
     client: Client,
     trust_domain: String,
+    audiences: Vec<String>,
 }
 
 impl std::fmt::Debug for TokenReviewer {
@@ -52,14 +54,25 @@ impl TokenReviewer {
         Self {
             client,
             trust_domain,
+            audiences: vec![AUDIENCE.to_owned()],
         }
+    }
+
+    /// Accepts tokens issued for any of `audiences` instead (at least one): a service other than
+    /// the CA takes tokens minted for itself, which the CA would refuse, so that a token it is sent
+    /// cannot be replayed to the CA.
+    pub fn with_audiences(mut self, audiences: Vec<String>) -> Self {
+        if !audiences.is_empty() {
+            self.audiences = audiences;
+        }
+        self
     }
 
     async fn review(&self, token: &str) -> Result<Caller, AuthnError> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
-                audiences: Some(vec![AUDIENCE.to_owned()]),
+                audiences: Some(self.audiences.clone()),
             },
             ..TokenReview::default()
         };
@@ -80,10 +93,11 @@ impl TokenReviewer {
             .audiences
             .unwrap_or_default()
             .iter()
-            .any(|a| a == AUDIENCE)
+            .any(|a| self.audiences.contains(a))
         {
             return Err(AuthnError::Invalid(format!(
-                "token is not for audience {AUDIENCE}"
+                "token is not for audience {}",
+                self.audiences.join(" or ")
             )));
         }
         let user = status.user.unwrap_or_default();

@@ -8,17 +8,21 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use http::StatusCode;
+use rustls::server::ResolvesServerCert;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 use veil_ca::authn::{Authenticator, StaticTokens};
 use veil_ca::kubernetes::TokenReviewer;
 use veil_controller::auth::{ReviewBudget, SubscriberAuth};
 use veil_controller::metrics::Metrics;
-use veil_controller::server::{ServerLimits, load_serving_cert, serve};
+use veil_controller::server::{ServerLimits, fixed, load_serving_cert, serve};
 use veil_controller::service::Discovery;
 use veil_controller::translate;
 use veil_mesh::discovery::{self, MeshSettings, Origin};
-use veil_mesh::identity::{Identity, TrustBundle, parse_trust_domain};
+use veil_mesh::identity::{
+    CertManager, GrpcCaClient, Identity, ManagerConfig, TokenSource, TrustBundle,
+    parse_trust_domain,
+};
 use veil_mesh::serve::shutdown_signal;
 use veil_mesh::telemetry::http::{Handler, text};
 use veil_mesh::telemetry::{LogFormat, init_logging};
@@ -39,12 +43,41 @@ struct Args {
     /// The namespace whose policies apply mesh-wide.
     #[arg(long, env = "VEIL_ROOT_NAMESPACE", default_value = "veil-system")]
     root_namespace: String,
-    /// The serving certificate chain (PEM); its names must match what subscribers dial.
-    #[arg(long, env = "VEIL_CONTROLLER_TLS_CERT")]
-    tls_cert: PathBuf,
+    /// A serving certificate chain (PEM) whose DNS names match what subscribers dial (for clients
+    /// that verify a DNS name, such as Istio's ztunnel); read once. Without it the controller serves
+    /// with its mesh certificate, from the CA (`--ca-address`).
+    #[arg(long, env = "VEIL_CONTROLLER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
     /// The serving certificate's private key (PEM).
-    #[arg(long, env = "VEIL_CONTROLLER_TLS_KEY")]
-    tls_key: PathBuf,
+    #[arg(long, env = "VEIL_CONTROLLER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA to get the controller's mesh certificate from (`host:port`), when it serves with it:
+    /// veil's ztunnel verifies the controller's SPIFFE identity (`--xds-identity`).
+    #[arg(long, env = "VEIL_CA_ADDRESS", conflicts_with = "tls_cert")]
+    ca_address: Option<String>,
+    /// The name the CA's serving certificate must be valid for.
+    #[arg(
+        long,
+        env = "VEIL_CA_SERVER_NAME",
+        default_value = "veil-ca.veil-system.svc"
+    )]
+    ca_server_name: String,
+    /// File holding the controller's bearer token for the CA (re-read for every request).
+    #[arg(long, env = "VEIL_CA_TOKEN_FILE", requires = "ca_address")]
+    ca_token_file: Option<PathBuf>,
+    /// The mesh identity the controller serves with; by default
+    /// `spiffe://<trust domain>/ns/<root namespace>/sa/veil-controller`.
+    #[arg(long, env = "VEIL_CONTROLLER_IDENTITY")]
+    identity: Option<Identity>,
+    /// In Kubernetes, the audience subscribers' tokens must be issued for (repeat for several).
+    /// Not the CA's: a token the controller is sent must not be good for a certificate.
+    #[arg(
+        long = "token-audience",
+        env = "VEIL_CONTROLLER_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        default_value = "veil-controller"
+    )]
+    token_audiences: Vec<String>,
     /// The mesh's root certificates (PEM), to verify subscribers' client certificates.
     #[arg(long, env = "VEIL_TRUST_BUNDLE")]
     trust_bundle: PathBuf,
@@ -95,16 +128,20 @@ async fn main() -> anyhow::Result<()> {
         TrustBundle::from_pem_file(&trust_domain, &args.trust_bundle)
             .with_context(|| format!("reading {}", args.trust_bundle.display()))?,
     );
-    let serving = load_serving_cert(&args.tls_cert, &args.tls_key)?;
+    // Kept for the life of the process: it renews the mesh certificate served.
+    let (serving, _certs) = serving_cert(&args, &trust_domain, &bundle).await?;
     let tokens: Option<Arc<dyn Authenticator>> = match (&args.mesh_config, &args.tokens) {
         (_, Some(path)) => Some(Arc::new(StaticTokens::from_file(path)?)),
         (Some(_), None) => None,
-        (None, None) => Some(Arc::new(ReviewBudget::new(Arc::new(TokenReviewer::new(
-            kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API")?,
-            trust_domain.clone(),
-        ))))),
+        (None, None) => Some(Arc::new(ReviewBudget::new(Arc::new(
+            TokenReviewer::new(
+                kube::Client::try_default()
+                    .await
+                    .context("connecting to the Kubernetes API")?,
+                trust_domain.clone(),
+            )
+            .with_audiences(args.token_audiences.clone()),
+        )))),
     };
     let origin = match &args.mesh_config {
         Some(path) => Origin::File {
@@ -157,4 +194,45 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     Ok(())
+}
+
+/// The certificate the controller serves with: from files, or its mesh certificate from the CA
+/// (renewed by the manager returned, which must be kept). Returns once there is one.
+async fn serving_cert(
+    args: &Args,
+    trust_domain: &str,
+    bundle: &Arc<TrustBundle>,
+) -> anyhow::Result<(Arc<dyn ResolvesServerCert>, Option<CertManager>)> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        return Ok((fixed(load_serving_cert(cert, key)?), None));
+    }
+    let (Some(address), Some(token)) = (&args.ca_address, &args.ca_token_file) else {
+        bail!(
+            "no serving certificate: give --tls-cert and --tls-key, or --ca-address and --ca-token-file to serve with the controller's mesh certificate"
+        );
+    };
+    let identity = match &args.identity {
+        Some(identity) => identity.clone(),
+        None => Identity::new(trust_domain, &args.root_namespace, "veil-controller")?,
+    };
+    if identity.trust_domain() != trust_domain {
+        bail!("identity {identity} is not in trust domain {trust_domain}");
+    }
+    let ca = GrpcCaClient::new(
+        address,
+        &args.ca_server_name,
+        bundle,
+        TokenSource::File(token.clone()),
+        Duration::from_secs(10),
+    )
+    .context("the CA client")?;
+    let certs = CertManager::new(Arc::new(ca), bundle.clone(), ManagerConfig::default());
+    let handle = certs.track(identity.clone());
+    info!(%identity, ca = %address, "getting the serving certificate from the CA");
+    let cert = handle
+        .ready()
+        .await
+        .context("the certificate manager stopped before a certificate was issued")?;
+    info!(%identity, not_after = ?cert.not_after(), "serving with the mesh certificate");
+    Ok((Arc::new(handle), Some(certs)))
 }

@@ -1,5 +1,6 @@
-//! The endpoint: TLS 1.3 with the controller's serving certificate (client certificates optional:
-//! verified when presented), HTTP/2, the discovery service behind it. Handshakes are bounded in time
+//! The endpoint: TLS 1.3 with the controller's serving certificate — one from files (a DNS name,
+//! for clients such as Istio's ztunnel) or its mesh certificate, renewed (veil's ztunnel verifies its
+//! SPIFFE identity) — client certificates optional: verified when presented, HTTP/2, the discovery service behind it. Handshakes are bounded in time
 //! and connections in number, so a slow or hostile client holds neither the accept loop nor memory.
 
 use std::future::Future;
@@ -12,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -77,16 +79,22 @@ pub fn load_serving_cert(cert: &Path, key: &Path) -> anyhow::Result<Arc<Certifie
     Ok(Arc::new(CertifiedKey::new(chain, signer)))
 }
 
-/// Serves `discovery` on `listener` until `shutdown` completes, then drains.
+/// A serving certificate that never changes.
+pub fn fixed(key: Arc<CertifiedKey>) -> Arc<dyn ResolvesServerCert> {
+    Arc::new(FixedCert(key))
+}
+
+/// Serves `discovery` on `listener` with the certificate `serving` resolves to, until `shutdown`
+/// completes, then drains.
 pub async fn serve(
     listener: TcpListener,
     discovery: Discovery,
-    serving: Arc<CertifiedKey>,
+    serving: Arc<dyn ResolvesServerCert>,
     bundle: Arc<TrustBundle>,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(control_server_config(bundle, Arc::new(FixedCert(serving))));
+    let acceptor = TlsAcceptor::from(control_server_config(bundle, serving));
     let grpc = AggregatedDiscoveryServiceServer::new(discovery)
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(usize::MAX);

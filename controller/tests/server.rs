@@ -11,10 +11,12 @@ use veil_ca::authn::StaticTokens;
 use veil_controller::auth::SubscriberAuth;
 use veil_controller::hub::Hub;
 use veil_controller::metrics::Metrics;
-use veil_controller::server::{ServerLimits, load_serving_cert, serve};
+use veil_controller::server::{ServerLimits, fixed, load_serving_cert, serve};
 use veil_controller::service::Discovery;
 use veil_mesh::discovery::{MeshSettings, local};
-use veil_mesh::identity::{Identity, ca_client_config, provider, tls_channel};
+use veil_mesh::identity::{
+    Identity, ca_client_config, control_client_config, provider, tls_channel,
+};
 use veil_mesh::testing::TestPki;
 use veil_mesh::xds::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use veil_mesh::xds::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
@@ -45,13 +47,24 @@ async fn start(ack_timeout: Duration) -> Server {
 }
 
 async fn start_with(ack_timeout: Duration, syncs: usize, budget: usize) -> Server {
+    start_serving(ack_timeout, syncs, budget, |pki| {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, key) = pki.server_pem(&["veil-controller.test"]);
+        std::fs::write(dir.path().join("cert.pem"), chain).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key).unwrap();
+        fixed(load_serving_cert(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap())
+    })
+    .await
+}
+
+async fn start_serving(
+    ack_timeout: Duration,
+    syncs: usize,
+    budget: usize,
+    serving: impl FnOnce(&TestPki) -> Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Server {
     let pki = Arc::new(TestPki::new("cluster.local"));
-    let dir = tempfile::tempdir().unwrap();
-    let (chain, key) = pki.server_pem(&["veil-controller.test"]);
-    std::fs::write(dir.path().join("cert.pem"), chain).unwrap();
-    std::fs::write(dir.path().join("key.pem"), key).unwrap();
-    let serving =
-        load_serving_cert(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
+    let serving = serving(&pki);
     let tokens = StaticTokens::from_yaml(&format!(
         "tokens:\n  - token: {GOOD_TOKEN}\n    identity: {}\n  - token: {OTHER_TOKEN}\n    identity: spiffe://cluster.local/ns/shop/sa/web\n",
         ztunnel()
@@ -368,17 +381,29 @@ async fn split_server() -> Server {
 
 /// veil's subscriber on `server`, dialling `address`, once synced.
 async fn subscribe(server: &Server, address: String) -> veil_mesh::xds::Subscription {
+    let tls = ca_client_config(&server.pki.bundle()).unwrap();
+    subscribe_with(tls, address, Duration::from_secs(20))
+        .await
+        .expect("synced")
+}
+
+/// veil's subscriber dialling `address` with `tls`, once synced; `None` if not within `wait`.
+async fn subscribe_with(
+    tls: Arc<rustls::ClientConfig>,
+    address: String,
+    wait: Duration,
+) -> Option<veil_mesh::xds::Subscription> {
     let config = veil_mesh::xds::XdsConfig {
         address,
         server_name: "veil-controller.test".into(),
-        tls: ca_client_config(&server.pki.bundle()).unwrap(),
+        tls,
         token: Some(veil_mesh::identity::TokenSource::Static(GOOD_TOKEN.into())),
         node: "x".into(),
         connect_timeout: Duration::from_secs(5),
         ambient_namespaces: true,
     };
     tokio::time::timeout(
-        Duration::from_secs(20),
+        wait,
         veil_mesh::xds::subscribe(
             config,
             MeshSettings::default(),
@@ -387,7 +412,51 @@ async fn subscribe(server: &Server, address: String) -> veil_mesh::xds::Subscrip
         ),
     )
     .await
-    .expect("synced")
+    .ok()
+}
+
+#[tokio::test]
+async fn serving_with_its_mesh_certificate_the_controller_is_verified_by_identity() {
+    let controller = Identity::new("cluster.local", "veil-system", "veil-controller").unwrap();
+    let issued = controller.clone();
+    let server = start_serving(
+        Duration::from_secs(30),
+        veil_controller::service::CONCURRENT_SYNCS,
+        veil_controller::ads::RESPONSE_BUDGET,
+        move |pki| fixed(pki.issue(&issued).certified_key().clone()),
+    )
+    .await;
+    let bundle = server.pki.bundle();
+    let by_identity = control_client_config(bundle.clone(), controller);
+    let sub = subscribe_with(by_identity, server.address.clone(), Duration::from_secs(20))
+        .await
+        .expect("the controller's identity is accepted");
+    assert_eq!(sub.state.borrow().workloads().len(), 1);
+    // Expecting another identity (a workload posing as the control plane would prove its own): no
+    // stream, nothing received.
+    let impostor_check = control_client_config(bundle.clone(), ztunnel());
+    let wait = Duration::from_secs(3);
+    assert!(
+        subscribe_with(impostor_check, server.address.clone(), wait)
+            .await
+            .is_none()
+    );
+    // A client verifying a DNS name finds none in a mesh certificate.
+    let by_name = ca_client_config(&bundle).unwrap();
+    assert!(
+        subscribe_with(by_name, server.address.clone(), wait)
+            .await
+            .is_none()
+    );
+    // And a client expecting the controller's identity refuses a server with only DNS names.
+    let dns_server = start(Duration::from_secs(30)).await;
+    let controller = Identity::new("cluster.local", "veil-system", "veil-controller").unwrap();
+    let by_identity = control_client_config(dns_server.pki.bundle(), controller);
+    assert!(
+        subscribe_with(by_identity, dns_server.address.clone(), wait)
+            .await
+            .is_none()
+    );
 }
 
 #[tokio::test]

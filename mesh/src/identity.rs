@@ -19,7 +19,7 @@ pub use id::{Identity, IdentityError, parse_trust_domain};
 pub use manager::{CertHandle, CertManager, FetchError, ManagerConfig, fetch};
 pub use pem::{PemError, single_section};
 pub use tls::{
-    ALPN_H2, FixedCert, ca_client_config, client_config, control_server_config, peer_identity,
-    provider, server_config,
+    ALPN_H2, FixedCert, ca_client_config, client_config, control_client_config,
+    control_server_config, peer_identity, provider, server_config,
 };
 pub use verify::{Usage, VerifyError, verify_identity};

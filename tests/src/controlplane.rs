@@ -19,13 +19,19 @@ pub const METRICS_PORT: u16 = 15014;
 /// The DNS name in the controller's serving certificate.
 pub const SERVER_NAME: &str = "veil-controller.veil-system.svc";
 
+/// The controller's mesh identity.
+pub const CONTROLLER_IDENTITY: &str = "spiffe://cluster.local/ns/veil-system/sa/veil-controller";
+/// Its token for the CA (in the tokens file).
+pub const CONTROLLER_TOKEN: &str = "token-of-veil-controller-0123456789";
+
 /// A running controller.
 #[derive(Debug)]
 pub struct Controller {
     /// The process.
     pub proc: Proc,
-    /// The root of its serving certificate (what subscribers trust for it).
-    pub serving_root: PathBuf,
+    /// The root of its serving certificate (what subscribers trust for it); `None` when it serves
+    /// with its mesh certificate (Kubernetes mode), which subscribers verify by identity.
+    pub serving_root: Option<PathBuf>,
     /// `https://<ip>:<port>`.
     pub url: String,
     /// `<ip>:<metrics port>`.
@@ -53,17 +59,35 @@ pub fn start_controller(mesh: &Mesh, subscribers: &[String]) -> anyhow::Result<C
         listen.clone(),
         "--metrics-listen".into(),
         metrics.clone(),
-        "--tls-cert".into(),
-        path("cert.pem"),
-        "--tls-key".into(),
-        path("key.pem"),
+    ];
+    let serving_root = if mesh.spec.kubernetes {
+        argv.extend([
+            "--ca-address".into(),
+            format!("{ip}:15012"),
+            "--ca-token-file".into(),
+            mesh.dir
+                .join("token-veil-controller")
+                .to_string_lossy()
+                .into_owned(),
+        ]);
+        None
+    } else {
+        argv.extend([
+            "--tls-cert".into(),
+            path("cert.pem"),
+            "--tls-key".into(),
+            path("key.pem"),
+        ]);
+        Some(dir.join("root.pem"))
+    };
+    argv.extend([
         "--trust-bundle".into(),
         mesh.root_cert().to_string_lossy().into_owned(),
         "--tokens".into(),
         mesh.dir.join("tokens.yaml").to_string_lossy().into_owned(),
         "--log-format".into(),
         "json".into(),
-    ];
+    ]);
     for subscriber in subscribers {
         argv.extend(["--subscriber".into(), subscriber.clone()]);
     }
@@ -92,7 +116,7 @@ pub fn start_controller(mesh: &Mesh, subscribers: &[String]) -> anyhow::Result<C
         .context("starting veil-controller")?;
     Ok(Controller {
         proc,
-        serving_root: dir.join("root.pem"),
+        serving_root,
         url: format!("https://{listen}"),
         metrics,
     })
@@ -188,7 +212,12 @@ pub fn start_upstream(
             spec.namespace, spec.name, spec.service_account
         ),
         format!("XDS_ADDRESS={}", controller.url),
-        format!("XDS_ROOT_CA={}", s(&controller.serving_root)),
+        format!(
+            "XDS_ROOT_CA={}",
+            s(controller.serving_root.as_deref().context(
+                "Istio's ztunnel verifies the controller's DNS name: a local-mode mesh"
+            )?)
+        ),
         format!("CA_ADDRESS=https://{cp}:15012"),
         format!("CA_ROOT_CA={}", s(&mesh.root_cert())),
         "ALT_CA_HOSTNAME=veil-ca".to_owned(),

@@ -11,7 +11,9 @@ use tokio::time::Instant;
 use anyhow::{Context as _, bail};
 
 use crate::cluster::{Cluster, exec};
-use crate::controlplane::{Controller, SERVER_NAME, XDS_PORT, start_controller};
+use crate::controlplane::{
+    CONTROLLER_IDENTITY, CONTROLLER_TOKEN, Controller, SERVER_NAME, XDS_PORT, start_controller,
+};
 use crate::kube::ApiObjects;
 use crate::process::Proc;
 
@@ -86,6 +88,12 @@ impl Mesh {
                 waypoint.identity()
             )?;
         }
+        // The controller's, for its own mesh certificate (Kubernetes mode, as the chart runs it).
+        std::fs::write(dir.join("token-veil-controller"), CONTROLLER_TOKEN)?;
+        writeln!(
+            tokens,
+            "  - token: {CONTROLLER_TOKEN}\n    identity: {CONTROLLER_IDENTITY}"
+        )?;
         for (token, identity) in &spec.extra_tokens {
             writeln!(tokens, "  - token: {token}\n    identity: {identity}")?;
         }
@@ -172,11 +180,15 @@ impl Mesh {
                 format!("{}:{XDS_PORT}", self.cluster.control_plane_ip),
                 "--xds-server-name".into(),
                 SERVER_NAME.into(),
-                "--xds-root-cert".into(),
-                path(controller.serving_root.clone()),
                 "--netns-dir".into(),
                 path(self.dir.join("netns")),
             ]);
+            // In Kubernetes mode the controller serves with its mesh certificate, as the chart
+            // runs it; otherwise with a DNS certificate of its own PKI (which Istio's ztunnel needs).
+            match &controller.serving_root {
+                Some(root) => argv.extend(["--xds-root-cert".into(), path(root.clone())]),
+                None => argv.extend(["--xds-identity".into(), CONTROLLER_IDENTITY.into()]),
+            }
         } else if !self.spec.kubernetes {
             argv.extend([
                 "--mesh-config".into(),

@@ -12,7 +12,7 @@ use veil_mesh::discovery::{self, MeshSettings, MeshState, NodeAddresses, Origin}
 use veil_mesh::hbone::H2Settings;
 use veil_mesh::identity::{
     CertManager, GrpcCaClient, ManagerConfig, TokenSource, TrustBundle, ca_client_config,
-    parse_trust_domain,
+    control_client_config, parse_trust_domain,
 };
 use veil_mesh::pool::{Pool, PoolSettings};
 use veil_mesh::telemetry::http::serve;
@@ -169,8 +169,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 ),
                 None => certs.bundle().clone(),
             };
-            let tls = ca_client_config(&roots)
-                .map_err(|e| StartError::Config(format!("TLS to the control plane: {e}")))?;
+            let tls = match &config.xds_identity {
+                Some(identity) => control_client_config(roots, identity.clone()),
+                None => ca_client_config(&roots)
+                    .map_err(|e| StartError::Config(format!("TLS to the control plane: {e}")))?,
+            };
             let token = config
                 .xds_token_file
                 .clone()

@@ -35,6 +35,12 @@ pub struct Config {
         default_value = "veil-controller.veil-system.svc"
     )]
     pub xds_server_name: String,
+    /// The control plane's mesh identity (e.g. `spiffe://cluster.local/ns/veil-system/sa/veil-controller`):
+    /// its serving certificate must prove this SPIFFE identity, under the mesh roots; its DNS names
+    /// are not looked at. Without it, the certificate must be valid for `--xds-server-name` under
+    /// `--xds-root-cert`.
+    #[arg(long, env = "VEIL_XDS_IDENTITY", conflicts_with = "xds_root_cert")]
+    pub xds_identity: Option<veil_mesh::identity::Identity>,
     /// PEM file of the root(s) the control plane's serving certificate chains to; defaults to
     /// `--root-cert` (istiod serves with a mesh certificate).
     #[arg(long, env = "VEIL_XDS_ROOT_CERT")]

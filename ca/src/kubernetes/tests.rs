@@ -73,6 +73,39 @@ async fn an_accepted_review_yields_the_service_account_and_its_node() {
 }
 
 #[tokio::test]
+async fn a_reviewer_for_another_service_asks_for_its_audience_and_refuses_the_cas() {
+    // The controller's reviewer: a token minted for the CA is refused, one for the controller is
+    // taken (and the API server is asked for the controller's audience).
+    let for_ca = review_answer(
+        true,
+        "system:serviceaccount:veil-system:ztunnel",
+        &["veil-ca"],
+        ZTUNNEL_EXTRA,
+        "",
+    );
+    let (ca_reviewer, seen) = reviewer(for_ca);
+    let controllers = ca_reviewer.with_audiences(vec!["veil-controller".into()]);
+    let refused = controllers.authenticate("the-token").await.unwrap_err();
+    assert!(refused.to_string().contains("veil-controller"), "{refused}");
+    assert_eq!(
+        seen.lock().unwrap()[0]["spec"]["audiences"],
+        serde_json::json!(["veil-controller"])
+    );
+    let for_controller = review_answer(
+        true,
+        "system:serviceaccount:veil-system:ztunnel",
+        &["veil-controller"],
+        ZTUNNEL_EXTRA,
+        "",
+    );
+    let controllers = reviewer(for_controller)
+        .0
+        .with_audiences(vec!["veil-controller".into()]);
+    let caller = controllers.authenticate("the-token").await.unwrap();
+    assert_eq!(caller.node.as_deref(), Some("node-a"));
+}
+
+#[tokio::test]
 async fn rejected_tokens_wrong_audiences_and_non_service_accounts_are_refused() {
     let cases = [
         (

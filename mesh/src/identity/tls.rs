@@ -83,6 +83,23 @@ pub fn client_config(
     Arc::new(config)
 }
 
+/// TLS 1.3 to a control plane that serves with its mesh identity: the server must prove `expected`
+/// with a certificate of the bundle's trust domain (its DNS names are not looked at); no client
+/// certificate (the subscriber authenticates by token).
+pub fn control_client_config(bundle: Arc<TrustBundle>, expected: Identity) -> Arc<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(provider().clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ExpectedServer {
+            bundle,
+            expected: vec![expected],
+        }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Arc::new(config)
+}
+
 /// Plain server-authenticated TLS 1.3 (no client certificate) against the mesh roots: how components
 /// reach the CA, which authenticates callers by token instead.
 pub fn ca_client_config(bundle: &TrustBundle) -> Result<Arc<ClientConfig>, rustls::Error> {

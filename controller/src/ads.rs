@@ -20,6 +20,11 @@
 //!   names), so the last part leaves the client holding a whole snapshot however fast the mesh
 //!   changes; what changed meanwhile follows.
 //!
+//! **Per node.** A resource that is of use to one node only (a pod being set up: [`Entry::node`]) is
+//! sent only to subscribers of that node: the one its credential names (a bound token), else the
+//! one it declares (`node.id`). It is not secret — the pod's workload goes to everyone once it has
+//! an address — so a declared node is enough; what is saved is every other node's bytes and work.
+//!
 //! **Make before break.** A workload names the Authorizations that apply to it, and a ztunnel skips
 //! a name it does not hold: a workload that arrived before its policies would be admitted without
 //! them. So Authorizations of a snapshot are sent, and acknowledged, before the Addresses of that
@@ -32,8 +37,8 @@ use std::sync::Arc;
 use prost_types::Any;
 use tokio::time::Instant;
 use tonic::Status;
-use veil_mesh::xds::Kind;
 use veil_mesh::xds::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use veil_mesh::xds::{Entry, Kind};
 
 use crate::hub::{Hub, Snapshot};
 
@@ -82,11 +87,18 @@ struct TypeState {
     /// made from that snapshot, and only once it is all sent is the next one considered, so every
     /// last part leaves the client holding a whole snapshot.
     rest: Option<VecDeque<Arc<str>>>,
+    /// The client's node, if known: resources for another node are not for it.
+    node: Option<Arc<str>>,
 }
 
 impl TypeState {
     fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
+    }
+
+    /// Whether `entry` is to be sent to this client at all.
+    fn shows(&self, entry: &Entry) -> bool {
+        entry.is_for(self.node.as_deref())
     }
 
     /// Holds all of `seq` and has acknowledged it.
@@ -108,6 +120,10 @@ pub struct Stream {
     /// The client accepts split responses.
     split: bool,
     budget: usize,
+    /// The client's node: from its credential, else as it declares it.
+    node: Option<Arc<str>>,
+    /// `node` comes from the credential: what the client declares does not change it.
+    node_authenticated: bool,
 }
 
 impl Stream {
@@ -121,7 +137,18 @@ impl Stream {
             grace: AUTHORIZATION_GRACE,
             split: false,
             budget: RESPONSE_BUDGET,
+            node: None,
+            node_authenticated: false,
         }
+    }
+
+    /// The node the client's credential names, if any: it overrides what the client declares.
+    pub fn with_node(mut self, node: Option<&str>) -> Self {
+        if let Some(node) = node {
+            self.node = Some(node.into());
+            self.node_authenticated = true;
+        }
+        self
     }
 
     /// Overrides [`RESPONSE_BUDGET`] (tests).
@@ -160,6 +187,14 @@ impl Stream {
         if veil_mesh::xds::accepts_split(request.node.as_ref()) {
             self.split = true;
         }
+        if let Some(declared) = request.node.as_ref().filter(|n| !n.id.is_empty()) {
+            // Declared once, in the first request that carries it (a change later would leave
+            // what was sent for the old node with the client).
+            if self.node.is_none() && !self.node_authenticated {
+                self.node = Some(declared.id.as_str().into());
+            }
+        }
+        let node = self.node.clone();
         let state = self.types.entry(kind).or_insert_with(|| TypeState {
             // A first request without names is a (legacy) wildcard subscription.
             wildcard: request.resource_names_subscribe.is_empty(),
@@ -172,6 +207,7 @@ impl Stream {
             pending: None,
             deferred: BTreeSet::new(),
             rest: None,
+            node,
         });
         let mut nack = None;
         if !request.response_nonce.is_empty() {
@@ -299,31 +335,44 @@ impl Stream {
         let mut updated: BTreeSet<Arc<str>> = BTreeSet::new();
         let mut removed: BTreeSet<String> = BTreeSet::new();
         if std::mem::take(&mut state.resync) {
-            updated.extend(entries.keys().filter(|n| state.wants(n)).cloned());
+            updated.extend(
+                entries
+                    .iter()
+                    .filter(|(n, e)| state.wants(n) && state.shows(e))
+                    .map(|(n, _)| n.clone()),
+            );
         }
         match (state.initial.take(), &state.held) {
             // First response: everything wanted that the client does not already hold as it is.
             (Some(initial), _) => {
                 for (name, entry) in entries {
                     let held = initial.get(&**name).map(String::as_str);
-                    if state.wants(name) && held != Some(&*entry.version) {
+                    if state.wants(name) && state.shows(entry) && held != Some(&*entry.version) {
                         updated.insert(name.clone());
                     }
                 }
                 removed.extend(
                     initial
                         .into_keys()
-                        .filter(|name| !entries.contains_key(name.as_str())),
+                        .filter(|name| !entries.get(name.as_str()).is_some_and(|e| state.shows(e))),
                 );
             }
             (None, Some(held)) if held.seq != current.seq => {
                 let changes = hub.changes(kind, held, &current);
-                updated.extend(changes.updated.iter().filter(|n| state.wants(n)).cloned());
+                let before = held.resources.of(kind);
+                let was_shown = |n: &str| before.get(n).is_some_and(|e| state.shows(e));
+                for name in changes.updated.iter().filter(|n| state.wants(n)) {
+                    if entries.get(name).is_some_and(|e| state.shows(e)) {
+                        updated.insert(name.clone());
+                    } else if was_shown(name) {
+                        removed.insert(name.to_string());
+                    }
+                }
                 removed.extend(
                     changes
                         .removed
                         .iter()
-                        .filter(|n| state.wants(n))
+                        .filter(|n| state.wants(n) && was_shown(n))
                         .map(|n| n.to_string()),
                 );
             }
@@ -403,7 +452,9 @@ fn part(
     let mut resources = Vec::new();
     let mut removed = Vec::new();
     while let Some(name) = names.front() {
-        let entry = entries.get(name).filter(|_| state.wants(name));
+        let entry = entries
+            .get(name)
+            .filter(|e| state.wants(name) && state.shows(e));
         let cost = entry.map_or(0, |e| e.version.len() + e.body.len() + type_url.len())
             + name.len()
             + FRAMING;

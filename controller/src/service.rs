@@ -130,7 +130,9 @@ async fn drive(
     };
     let mut sync_turn = Some(permit);
     metrics.streams.inc();
-    let mut stream = Stream::new(service.hub.clone()).with_response_budget(service.response_budget);
+    let mut stream = Stream::new(service.hub.clone())
+        .with_response_budget(service.response_budget)
+        .with_node(subscriber.node.as_deref());
     let mut snapshots = service.hub.subscribe();
     let end = 'stream: loop {
         // The oldest unacknowledged response, of whichever type, sets the deadline: a client

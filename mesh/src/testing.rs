@@ -378,3 +378,24 @@ where
     });
     kube::Client::new(service, "default")
 }
+
+/// A pod scheduled to `node` whose network is not set up yet (no address), enrolled, running as
+/// service account `name`: what [`MeshState::with_pending`](crate::discovery::MeshState::with_pending)
+/// takes.
+pub fn pending_workload(namespace: &str, name: &str, node: &str) -> crate::discovery::Workload {
+    crate::discovery::Workload {
+        uid: format!("{namespace}/{name}"),
+        name: name.into(),
+        namespace: namespace.into(),
+        service_account: name.into(),
+        node: node.into(),
+        ips: Vec::new(),
+        labels: Default::default(),
+        netns: None,
+        enrolled: true,
+        identity: Identity::new("cluster.local", namespace, name).unwrap(),
+        waypoint: None,
+        waypoint_conflict: Vec::new(),
+        policies: Default::default(),
+    }
+}

@@ -39,9 +39,15 @@ pub struct Controller {
 }
 
 /// Starts `veil-controller` on the mesh's file (or, for a Kubernetes-mode mesh, its API server),
-/// accepting the CA's tokens and mesh certificates
-/// of `subscribers`; returns once it serves.
-pub fn start_controller(mesh: &Mesh, subscribers: &[String]) -> anyhow::Result<Controller> {
+/// accepting the CA's tokens and mesh certificates of `subscribers`; returns once it serves. It
+/// serves with its mesh certificate from the CA when `mesh_identity` (as the chart runs it: veil's
+/// ztunnels verify it by identity), else with a DNS certificate of its own PKI (which Istio's
+/// ztunnel needs).
+pub fn start_controller(
+    mesh: &Mesh,
+    subscribers: &[String],
+    mesh_identity: bool,
+) -> anyhow::Result<Controller> {
     let dir = mesh.dir.join("controller");
     std::fs::create_dir_all(&dir)?;
     // Its serving certificate comes from a PKI of its own, as from cert-manager in a cluster; a
@@ -60,7 +66,7 @@ pub fn start_controller(mesh: &Mesh, subscribers: &[String]) -> anyhow::Result<C
         "--metrics-listen".into(),
         metrics.clone(),
     ];
-    let serving_root = if mesh.spec.kubernetes {
+    let serving_root = if mesh_identity {
         argv.extend([
             "--ca-address".into(),
             format!("{ip}:15012"),

@@ -124,7 +124,9 @@ impl Mesh {
                     mesh.pin(&pod.name)?;
                 }
             }
-            mesh.controller = Some(start_controller(&mesh, &[])?);
+            // In Kubernetes mode as the chart runs it: serving with its mesh certificate.
+            let mesh_identity = mesh.spec.kubernetes;
+            mesh.controller = Some(start_controller(&mesh, &[], mesh_identity)?);
         }
         for pod in mesh.spec.pods.clone() {
             mesh.start_app(&pod.name)?;

@@ -78,7 +78,8 @@ fn upstream_mesh(
         ..MeshSpec::default()
     })
     .expect("starting the mesh");
-    let controller = start_controller(&m, &[upstream.identity()]).expect("starting the controller");
+    let controller =
+        start_controller(&m, &[upstream.identity()], false).expect("starting the controller");
     let token = m.dir.join("token-upstream");
     std::fs::write(&token, UPSTREAM_TOKEN).unwrap();
     let istio = start_upstream(&m, &binary, "upstream", &controller, &token)
@@ -170,7 +171,7 @@ fn istio_ztunnel_runs_on_veils_controller_and_carries_traffic_with_veils_ztunnel
     // client what it holds and removes what no longer exists.
     m.set_policies("").unwrap();
     let controller =
-        start_controller(&m, &[upstream.identity()]).expect("restarting the controller");
+        start_controller(&m, &[upstream.identity()], false).expect("restarting the controller");
     assert!(
         m.eventually(SETTLE, || reaches(&m, "intruder", "upstream")),
         "the removal did not reach Istio's ztunnel after it reconnected:\n{}",
@@ -299,7 +300,7 @@ fn veils_ztunnels_keep_their_mesh_through_a_controller_outage_and_resume_on_anot
     // Meanwhile the DENY is deleted. Another replica, which never saw these ztunnels, comes up;
     // they resume from the versions they hold and get only what changed.
     m.set_policies("").unwrap();
-    let replica = start_controller(&m, &[]).expect("another controller replica");
+    let replica = start_controller(&m, &[], m.spec.kubernetes).expect("another controller replica");
     assert!(
         m.eventually(Duration::from_secs(40), || reaches(
             &m, "intruder", "server"

@@ -651,3 +651,87 @@ fn a_client_that_does_not_accept_split_responses_gets_them_whole() {
 }
 
 mod model;
+
+/// `pods` running (address `10.0.0.<i>`), plus `pending` being set up on their node.
+fn with_pending(pods: &[(&str, &str)], pending: &[(&str, &str)]) -> Resources {
+    let mut yaml = String::from("workloads:\n");
+    for (name, ip) in pods {
+        yaml.push_str(&format!(
+            "  - {{name: {name}, namespace: n, serviceAccount: {name}, node: x, ips: [{ip}]}}\n"
+        ));
+    }
+    let state = local::parse(&yaml, &MeshSettings::default())
+        .unwrap()
+        .with_pending(
+            pending
+                .iter()
+                .map(|(name, node)| veil_mesh::testing::pending_workload("n", name, node)),
+        );
+    Resources::from_state(&state)
+}
+
+fn node_stream(hub: Arc<Hub>, authenticated: Option<&str>, declared: &str) -> Stream {
+    let mut stream = stream_of(hub).with_node(authenticated);
+    let mut first = request(Kind::Address);
+    first.node = Some(veil_mesh::xds::proto::discovery::Node {
+        id: declared.into(),
+        ..Default::default()
+    });
+    stream.on_request(first).unwrap();
+    stream
+}
+
+#[test]
+fn a_pod_being_set_up_goes_to_its_node_alone_until_it_has_an_address() {
+    let hub = Hub::new(with_pending(&[("a", "10.0.0.1")], &[("p", "node-a")]));
+    // Node a declares itself; node b's credential names it (what it declares does not count).
+    let mut on_a = node_stream(hub.clone(), None, "node-a");
+    let mut on_b = node_stream(hub.clone(), Some("node-b"), "node-a");
+    let first_a = on_a.next_response(Kind::Address).unwrap();
+    let first_b = on_b.next_response(Kind::Address).unwrap();
+    assert_eq!(names(&first_a), [pod("a"), pod("p")]);
+    assert_eq!(names(&first_b), [pod("a")]);
+    on_a.on_request(ack(Kind::Address, &first_a)).unwrap();
+    on_b.on_request(ack(Kind::Address, &first_b)).unwrap();
+
+    // It gets its address: everyone gets it (an update for a, new for b).
+    hub.publish(mesh(&[("a", "10.0.0.1"), ("p", "10.0.0.2")]));
+    let second_a = on_a.next_response(Kind::Address).unwrap();
+    let second_b = on_b.next_response(Kind::Address).unwrap();
+    assert_eq!(names(&second_a), [pod("p")]);
+    assert_eq!(names(&second_b), [pod("p")]);
+    on_a.on_request(ack(Kind::Address, &second_a)).unwrap();
+    on_b.on_request(ack(Kind::Address, &second_b)).unwrap();
+
+    // Another pod is set up on a, then deleted before it had an address: b hears of neither.
+    hub.publish(with_pending(
+        &[("a", "10.0.0.1"), ("p", "10.0.0.2")],
+        &[("q", "node-a")],
+    ));
+    let third_a = on_a.next_response(Kind::Address).unwrap();
+    assert_eq!(names(&third_a), [pod("q")]);
+    assert!(on_b.next_response(Kind::Address).is_none());
+    on_a.on_request(ack(Kind::Address, &third_a)).unwrap();
+    hub.publish(mesh(&[("a", "10.0.0.1"), ("p", "10.0.0.2")]));
+    let fourth_a = on_a.next_response(Kind::Address).unwrap();
+    assert_eq!(fourth_a.removed_resources, [pod("q")]);
+    assert!(on_b.next_response(Kind::Address).is_none());
+}
+
+#[test]
+fn a_resumed_stream_drops_what_it_holds_of_another_nodes_pods() {
+    let hub = Hub::new(with_pending(&[("a", "10.0.0.1")], &[("p", "node-a")]));
+    let current = hub.current();
+    let entries = current.resources.of(Kind::Address);
+    // A client of node b claims to hold node a's pod being set up (it never should have).
+    let mut stream = stream_of(hub.clone()).with_node(Some("node-b"));
+    let mut resume = request(Kind::Address);
+    resume.initial_resource_versions = entries
+        .iter()
+        .map(|(n, e)| (n.to_string(), e.version.to_string()))
+        .collect();
+    stream.on_request(resume).unwrap();
+    let first = stream.next_response(Kind::Address).unwrap();
+    assert!(first.resources.is_empty());
+    assert_eq!(first.removed_resources, [pod("p")]);
+}

@@ -80,6 +80,9 @@ pub struct Entry {
     /// The encoded message (`istio.workload.Address`, `istio.security.Authorization` or
     /// `veil.discovery.AmbientNamespace`).
     pub body: Bytes,
+    /// The one node it is for, when it is of use to that node only (a pod being set up): a control
+    /// plane sends it to that node's subscribers alone.
+    pub node: Option<Arc<str>>,
 }
 
 impl Entry {
@@ -90,7 +93,13 @@ impl Entry {
         Self {
             version: format!("{:016x}", hasher.finish()).into(),
             body,
+            node: None,
         }
+    }
+
+    /// Whether a subscriber on `node` (if known) is to receive it.
+    pub fn is_for(&self, node: Option<&str>) -> bool {
+        self.node.as_deref().is_none_or(|n| Some(n) == node)
     }
 }
 
@@ -158,7 +167,8 @@ impl Resources {
             out.insert_address(&name, wl::address::Type::Workload(message));
         }
         // Pods whose network is being set up: no address and no service yet, but their identity and
-        // policies, for their node's ztunnel to capture them with the address its CNI plugin knows.
+        // policies, for their node's ztunnel (and it alone) to capture them with the address its
+        // CNI plugin knows.
         for workload in state.pending() {
             let policies = policy_names(state, workload, root, &mut generated);
             let message = workload_message(state, workload, policies);
@@ -166,7 +176,11 @@ impl Resources {
             if out.addresses.contains_key(name.as_str()) {
                 continue;
             }
-            out.insert_address(&name, wl::address::Type::Workload(message));
+            let mut entry = Entry::new(&wl::Address {
+                r#type: Some(wl::address::Type::Workload(message)),
+            });
+            entry.node = Some(workload.node.as_str().into());
+            out.addresses.insert(name.into(), entry);
         }
         for waypoint in state.waypoints() {
             let message = waypoint_message(&waypoint);

@@ -49,6 +49,11 @@ pub enum AuthzError {
     /// Placement could not be determined; refused rather than guessed.
     #[error("cannot determine placement: {0}")]
     PlacementUnavailable(String),
+    /// The identity is one of the control plane's, which no node agent may act for.
+    #[error(
+        "{requested} belongs to the control plane's namespace: only its own pods may request it"
+    )]
+    ControlPlane { requested: Identity },
 }
 
 /// The authorization rules.
@@ -57,6 +62,8 @@ pub struct Authorizer {
     trust_domain: String,
     node_agents: HashSet<Identity>,
     placement: Arc<dyn Placement>,
+    /// Namespaces no node agent may act for.
+    protected: HashSet<String>,
 }
 
 impl Authorizer {
@@ -70,7 +77,19 @@ impl Authorizer {
             trust_domain,
             node_agents: node_agents.into_iter().collect(),
             placement,
+            protected: HashSet::new(),
         }
+    }
+
+    /// Refuses node agents every identity of `namespaces` (the control plane's): a node that runs
+    /// a control-plane pod must not get its identity — veil's ztunnels trust the controller's to
+    /// tell them the mesh. Only the pod itself may request it.
+    pub fn with_protected_namespaces(
+        mut self,
+        namespaces: impl IntoIterator<Item = String>,
+    ) -> Self {
+        self.protected.extend(namespaces);
+        self
     }
 
     /// Decides whether `caller` may get a certificate for `requested`.
@@ -87,6 +106,11 @@ impl Authorizer {
         if !self.node_agents.contains(&caller.identity) {
             return Err(AuthzError::NotNodeAgent {
                 caller: caller.identity.clone(),
+                requested: requested.clone(),
+            });
+        }
+        if self.protected.contains(requested.namespace()) {
+            return Err(AuthzError::ControlPlane {
                 requested: requested.clone(),
             });
         }

@@ -143,7 +143,9 @@ async fn main() -> anyhow::Result<()> {
     {
         bail!("node agent {foreign} is not in trust domain {trust_domain}");
     }
-    let authz = Authorizer::new(trust_domain.clone(), node_agents, placement);
+    // The control plane's namespace: a node running one of its pods gets none of its identities.
+    let authz = Authorizer::new(trust_domain.clone(), node_agents, placement)
+        .with_protected_namespaces([args.namespace.clone(), args.root_namespace.clone()]);
     let policy = IssuePolicy {
         max_ttl: args.max_ttl,
         ..IssuePolicy::default()

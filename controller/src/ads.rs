@@ -29,7 +29,8 @@
 //! a name it does not hold: a workload that arrived before its policies would be admitted without
 //! them. So Authorizations of a snapshot are sent, and acknowledged, before the Addresses of that
 //! snapshot; and an Authorization is removed only once the client holds Addresses of a snapshot
-//! that no longer names it.
+//! that no longer names it. Enrolled namespaces of a snapshot follow its Addresses: a node takes a
+//! namespace as enrolled when its workloads are already marked so.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -303,6 +304,16 @@ impl Stream {
                 _ => {}
             }
         }
+        // And enrolled namespaces only once the Addresses of their snapshot are held: a node that
+        // took a namespace as enrolled while its pods being set up still said otherwise would let
+        // a new pod start uncaptured.
+        if kind == Kind::Namespace {
+            match self.types.get(&Kind::Address) {
+                Some(a) if !a.settled_at(current.seq) => return None,
+                None if Instant::now() < self.opened + self.grace => return None,
+                _ => {}
+            }
+        }
         // A client that has not subscribed to Addresses on this stream may still hold Addresses
         // from an earlier one (veil's subscriber resumes Authorizations first): until they are
         // brought up to date, or the wait for an Address subscription is over, they may name
@@ -416,9 +427,13 @@ impl Stream {
     pub fn wake_at(&self) -> Option<Instant> {
         let addresses = self.types.contains_key(&Kind::Address);
         let authorizations = self.types.get(&Kind::Authorization);
-        // Addresses waiting for Authorizations, or Authorization removals for Addresses.
-        let waiting = (addresses && authorizations.is_none())
-            || (!addresses && authorizations.is_some_and(|a| !a.deferred.is_empty()));
+        let namespaces = self.types.contains_key(&Kind::Namespace);
+        // Addresses waiting for Authorizations, Authorization removals or namespaces for Addresses.
+        let waiting = if addresses {
+            authorizations.is_none()
+        } else {
+            namespaces || authorizations.is_some_and(|a| !a.deferred.is_empty())
+        };
         let at = self.opened + self.grace;
         (waiting && Instant::now() < at).then_some(at)
     }
@@ -514,10 +529,9 @@ impl Budget {
 /// Framing of a resource or a removed name in a response: tags and lengths, a generous bound.
 const FRAMING: usize = 32;
 
-/// The order responses are computed in: enrolled namespaces (independent of the rest: a subscriber
-/// takes a namespace as enrolled when either they or its workloads say so), then Authorizations
-/// before Addresses (make before break).
-pub const ORDER: [Kind; 3] = [Kind::Namespace, Kind::Authorization, Kind::Address];
+/// The order responses are computed in: Authorizations before the Addresses that name them, and
+/// those before the enrolled namespaces (make before break).
+pub const ORDER: [Kind; 3] = [Kind::Authorization, Kind::Address, Kind::Namespace];
 
 #[cfg(test)]
 mod tests;

@@ -94,6 +94,28 @@ async fn authorization_rules() {
 }
 
 #[tokio::test]
+async fn no_node_agent_gets_a_control_plane_identity_even_where_its_pod_runs() {
+    const CONTROLLER: &str = "spiffe://cluster.local/ns/veil-system/sa/veil-controller";
+    // The controller's pod runs on node-a.
+    let placement: Arc<dyn Placement> = Arc::new(StaticPlacement::new([
+        ("node-a".to_owned(), id(CONTROLLER)),
+        ("node-a".to_owned(), id(ACCOUNT)),
+    ]));
+    let authz = authorizer(placement).with_protected_namespaces(["veil-system".to_owned()]);
+    let on_a = caller(ZTUNNEL, Some("node-a"));
+    assert!(matches!(
+        authz.authorize(&on_a, &id(CONTROLLER)).await,
+        Err(AuthzError::ControlPlane { .. })
+    ));
+    // Its workloads' identities it still gets; the controller gets its own.
+    authz.authorize(&on_a, &id(ACCOUNT)).await.unwrap();
+    authz
+        .authorize(&caller(CONTROLLER, None), &id(CONTROLLER))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn unknown_placement_is_refused_not_guessed() {
     let rules = authorizer(Arc::new(BrokenPlacement));
     let err = rules

@@ -61,6 +61,8 @@ fn every_first_request_is_answered_even_when_there_is_nothing() {
         assert!(!response.nonce.is_empty());
         assert!(response.resources.is_empty() && response.removed_resources.is_empty());
         assert!(stream.next_response(kind).is_none(), "answered once");
+        // Acknowledged: enrolled namespaces wait for the Addresses to be held.
+        stream.on_request(ack(kind, &response)).unwrap();
     }
 }
 
@@ -264,8 +266,9 @@ fn with_policy(policy: bool) -> Resources {
     resources(&yaml)
 }
 
+/// Subscribes to Istio's two types, as Istio's ztunnel does.
 fn open_both(stream: &mut Stream) {
-    for kind in Kind::ALL {
+    for kind in [Kind::Authorization, Kind::Address] {
         stream.on_request(request(kind)).unwrap();
     }
 }
@@ -734,4 +737,43 @@ fn a_resumed_stream_drops_what_it_holds_of_another_nodes_pods() {
     let first = stream.next_response(Kind::Address).unwrap();
     assert!(first.resources.is_empty());
     assert_eq!(first.removed_resources, [pod("p")]);
+}
+
+#[test]
+fn enrolled_namespaces_follow_the_addresses_of_their_snapshot() {
+    let enrolled = |ambient: bool| {
+        let state = local::parse(
+            "workloads:\n  - {name: a, namespace: n, serviceAccount: a, node: x, ips: [10.0.0.1]}\n",
+            &MeshSettings::default(),
+        )
+        .unwrap();
+        let namespaces = if ambient {
+            vec!["fresh".to_owned()]
+        } else {
+            vec![]
+        };
+        Resources::from_state(&state.with_ambient_namespaces(namespaces))
+    };
+    let hub = Hub::new(enrolled(false));
+    let mut stream = stream_of(hub.clone());
+    for kind in [Kind::Authorization, Kind::Address, Kind::Namespace] {
+        stream.on_request(request(kind)).unwrap();
+    }
+    let mut sent = Vec::new();
+    // Each type's first response comes once the one before it is acknowledged.
+    for expected in [Kind::Authorization, Kind::Address, Kind::Namespace] {
+        let due = stream.due();
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].type_url, expected.type_url());
+        stream.on_request(ack(expected, &due[0])).unwrap();
+        sent.push(expected);
+    }
+    assert!(stream.due().is_empty() && stream.synced());
+    // A namespace enrolled: sent once the snapshot's Addresses are held (here they did not change,
+    // and asking for them settles them in the same round).
+    hub.publish(enrolled(true));
+    let due = stream.due();
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(due[0].type_url, Kind::Namespace.type_url());
+    assert_eq!(names(&due[0]), ["fresh"]);
 }

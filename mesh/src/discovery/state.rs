@@ -203,9 +203,33 @@ impl MeshState {
         self
     }
 
-    /// Declares the pods that are scheduled but have no address yet (see [`Self::pending`]).
+    /// Declares the pods that are scheduled but have no address yet (see [`Self::pending`]). Call
+    /// once the services are in: a pod is judged as the services that select it will make it
+    /// (their waypoint in front, the policies attached to them), though it is no endpoint yet.
     pub fn with_pending(mut self, pending: impl IntoIterator<Item = Workload>) -> Self {
-        self.pending = pending.into_iter().map(Arc::new).collect();
+        let mut out = Vec::new();
+        for mut workload in pending {
+            let services: Vec<Arc<Service>> = self
+                .services
+                .iter()
+                .filter(|s| {
+                    s.namespace == workload.namespace
+                        && !s.selector.is_empty()
+                        && super::model::selects(&s.selector, &workload.labels)
+                })
+                .cloned()
+                .collect();
+            // A conflict is reported once the pod runs; until then it only admits nothing.
+            let _ = assemble::front_one(
+                &mut workload,
+                services.iter().filter_map(|s| s.waypoint.as_ref()),
+            );
+            if !services.is_empty() {
+                self.services_of.insert(workload.uid.clone(), services);
+            }
+            out.push(Arc::new(workload));
+        }
+        self.pending = out;
         self
     }
 

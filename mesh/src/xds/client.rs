@@ -48,7 +48,9 @@ pub struct XdsConfig {
     /// How long a connection attempt may take.
     pub connect_timeout: Duration,
     /// Also subscribe to the namespaces enrolled in the mesh, veil's own resource type: veil's
-    /// controller serves it; a control plane that does not (istiod) may never answer it.
+    /// controller serves it. A control plane that ends the stream naming the type (an older veil
+    /// controller, istiod) is asked again without it, for good; one that never answers it keeps
+    /// the subscriber from becoming ready: turn this off for istiod.
     pub ambient_namespaces: bool,
 }
 
@@ -59,7 +61,7 @@ impl XdsConfig {
     fn kinds(&self) -> Vec<Kind> {
         let mut kinds = vec![Kind::Authorization, Kind::Address];
         if self.ambient_namespaces {
-            kinds.insert(0, Kind::Namespace);
+            kinds.push(Kind::Namespace);
         }
         kinds
     }
@@ -126,7 +128,7 @@ struct Outputs {
 }
 
 async fn run(
-    config: XdsConfig,
+    mut config: XdsConfig,
     mut store: Store,
     mut refresh: Option<watch::Receiver<u64>>,
     out: Outputs,
@@ -155,6 +157,13 @@ async fn run(
         )
         .await;
         out.connected.send_replace(false);
+        if let Err(e) = &outcome
+            && config.ambient_namespaces
+            && e.contains(super::NAMESPACE_TYPE)
+        {
+            warn!(address = %config.address, error = %e, "the control plane does not serve veil's enrolled namespaces: enrolment is known from workloads only, and a namespace enrolled before its first pod lets that pod start uncaptured");
+            config.ambient_namespaces = false;
+        }
         match outcome {
             Ok(()) => {
                 warn!(address = %config.address, "the control plane ended the stream; keeping the last mesh and reconnecting");

@@ -448,14 +448,19 @@ fn workload_message(state: &MeshState, w: &Workload, policies: Vec<String>) -> w
             wl::WorkloadStatus::Healthy
         } as i32,
         cluster_id: CLUSTER_ID.into(),
-        services: state
-            .services_of(w)
-            .iter()
-            .map(|s| {
-                let key = service_name(&s.namespace, &s.name);
-                (key, wl::PortList { ports: ports(s) })
-            })
-            .collect(),
+        // A pod without an address is no endpoint yet (the services it will back still judge it:
+        // their waypoint and policies are in the fields above).
+        services: (if w.ips.is_empty() {
+            Vec::new()
+        } else {
+            state.services_of(w)
+        })
+        .iter()
+        .map(|s| {
+            let key = service_name(&s.namespace, &s.name);
+            (key, wl::PortList { ports: ports(s) })
+        })
+        .collect(),
         ..Default::default()
     }
 }

@@ -165,18 +165,11 @@ pub(super) fn front(
             claims.entry(uid.as_str()).or_default().insert(reference);
         }
     }
-    for workload in workloads.iter_mut().filter(|w| w.enrolled) {
+    for workload in workloads.iter_mut() {
         let Some(by_services) = claims.get(workload.uid.as_str()) else {
             continue;
         };
-        let mut all: BTreeSet<WaypointRef> = by_services.iter().map(|r| (*r).clone()).collect();
-        all.extend(workload.waypoint.clone());
-        let chosen = workload
-            .waypoint
-            .clone()
-            .or_else(|| all.iter().next().cloned());
-        if all.len() > 1 {
-            let names: Vec<String> = all.iter().map(ToString::to_string).collect();
+        if let Some(names) = front_one(workload, by_services.iter().copied()) {
             rejected.push(ConfigError::invalid(
                 format!("workload {}", workload.key()),
                 format!(
@@ -184,13 +177,35 @@ pub(super) fn front(
                     names.join(", ")
                 ),
             ));
-            workload.waypoint_conflict = all
-                .into_iter()
-                .filter(|r| Some(r) != chosen.as_ref())
-                .collect();
         }
-        workload.waypoint = chosen;
     }
+}
+
+/// Puts `workload`, if enrolled, behind the waypoints of the services it backs (`by_services`) as
+/// well as its own; when that is more than one, marks it conflicting and returns their names.
+pub(super) fn front_one<'a>(
+    workload: &mut Workload,
+    by_services: impl IntoIterator<Item = &'a WaypointRef>,
+) -> Option<Vec<String>> {
+    if !workload.enrolled {
+        return None;
+    }
+    let mut all: BTreeSet<WaypointRef> = by_services.into_iter().cloned().collect();
+    all.extend(workload.waypoint.clone());
+    let chosen = workload
+        .waypoint
+        .clone()
+        .or_else(|| all.iter().next().cloned());
+    let conflict = (all.len() > 1).then(|| {
+        let names = all.iter().map(ToString::to_string).collect();
+        workload.waypoint_conflict = all
+            .into_iter()
+            .filter(|r| Some(r) != chosen.as_ref())
+            .collect();
+        names
+    });
+    workload.waypoint = chosen;
+    conflict
 }
 
 /// The policies whose `namespace/name` is unique; of two with one name, the first is kept.

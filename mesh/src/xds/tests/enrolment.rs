@@ -186,3 +186,47 @@ fn an_unhealthy_workload_is_in_the_mesh_but_no_endpoint() {
     let service = s.service_by_vip("10.96.0.3".parse().unwrap()).unwrap();
     assert!(service.endpoints.is_empty());
 }
+
+#[test]
+fn a_pending_pod_is_judged_as_the_services_that_select_it_will_make_it() {
+    // db2 will back shop/db, which a policy targets (enforced at L4: no waypoint); web3 will back a
+    // service with a waypoint. Neither is an endpoint yet, but both are sent as they will be judged.
+    let native = local::parse(
+        &MESH.replace(
+            "services:\n",
+            "services:\n  - {name: fronted, namespace: shop, vips: [10.96.0.9], ports: [{port: 80}], selector: {app: web3}, useWaypoint: wp}\n",
+        ),
+        &MeshSettings::default(),
+    )
+    .expect("the test mesh is valid")
+    .with_pending([
+        pending("shop", "db2", "node-b", &[("app", "db")]),
+        pending("shop", "web3", "node-a", &[("app", "web3")]),
+    ]);
+    let resources = Resources::from_state(&native);
+    let db2 = workload(&resources, "shop", "db2");
+    assert!(
+        db2.authorization_policies
+            .contains(&"shop/db-from-api".to_owned()),
+        "{:?}",
+        db2.authorization_policies
+    );
+    assert!(db2.services.is_empty());
+    let web3 = workload(&resources, "shop", "web3");
+    assert!(web3.waypoint.is_some(), "behind its service's waypoint");
+    assert!(
+        web3.authorization_policies
+            .iter()
+            .any(|p| p.contains(WAYPOINT_ONLY_PREFIX)),
+        "{:?}",
+        web3.authorization_policies
+    );
+    // Received on its node with the address the CNI plugin gave: it admits only the waypoint.
+    let fresh: std::net::IpAddr = "10.1.0.60".parse().unwrap();
+    let lookup = move |_: &str, name: &str| (name == "web3").then(|| vec![fresh]);
+    let s = received(&resources)
+        .with_node_addresses("node-a".into(), Arc::new(lookup))
+        .to_state();
+    let w = s.workload_by_ip(fresh).unwrap();
+    assert!(w.waypoint.is_some());
+}

@@ -8,6 +8,7 @@
     reason = "the harness reports skipped tests and kept logs"
 )]
 
+pub mod apiserver;
 pub mod certs;
 pub mod cluster;
 pub mod controlplane;

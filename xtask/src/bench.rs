@@ -21,6 +21,7 @@ use crate::proto::workspace_root;
 
 mod controlplane;
 mod report;
+mod scale;
 
 use crate::setup::{build, install_tools};
 use report::{f, report, write_results_section};
@@ -35,7 +36,7 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 /// The sections of a run, for `--only`.
-pub(crate) const SECTIONS: [&str; 7] = [
+pub(crate) const SECTIONS: [&str; 8] = [
     "throughput",
     "latency",
     "connections",
@@ -43,10 +44,11 @@ pub(crate) const SECTIONS: [&str; 7] = [
     "memory",
     "policy",
     "controlplane",
+    "scale",
 ];
 
 /// Sections that run without the benchmark cluster.
-const OUTSIDE_THE_CLUSTER: [&str; 2] = ["policy", "controlplane"];
+const OUTSIDE_THE_CLUSTER: [&str; 3] = ["policy", "controlplane", "scale"];
 
 /// How long and how often each measurement runs.
 #[derive(Clone, Debug)]
@@ -586,6 +588,9 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
     }
     if opts.runs("controlplane") {
         results["controlplane"] = controlplane::controlplane()?;
+    }
+    if opts.runs("scale") {
+        results["scale"] = scale::scale()?;
     }
     let in_cluster = SECTIONS
         .iter()

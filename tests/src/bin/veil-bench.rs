@@ -116,6 +116,8 @@ enum Mode {
     /// veil's own xDS subscriber (what a ztunnel runs) on veil-controller: its memory per workload
     /// and CPU per change.
     XdsClient(xds::Client),
+    /// A stand-in Kubernetes API server holding a generated cluster (the scale benchmark).
+    Api(api::Cluster),
     TlsServer {
         #[arg(long)]
         listen: SocketAddr,
@@ -185,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
             cert,
         } => tls::server(listen, upstream, &cert).await,
         Mode::XdsLoad(load) => xds::run(load).await,
+        Mode::Api(cluster) => api::run(cluster).await,
         Mode::XdsClient(c) => xds::client(c).await,
     }
 }
@@ -560,11 +563,13 @@ async fn http_load(
     Ok(())
 }
 
-/// The plain TLS 1.3 baseline: veil's own TLS configurations, one TLS connection per TCP
-/// connection, no HTTP/2.
+#[path = "veil-bench/api.rs"]
+mod api;
 #[path = "veil-bench/xds.rs"]
 mod xds;
 
+/// The plain TLS 1.3 baseline: veil's own TLS configurations, one TLS connection per TCP
+/// connection, no HTTP/2.
 mod tls {
     use std::net::SocketAddr;
     use std::sync::Arc;

@@ -3,7 +3,8 @@
 //! to both types by wildcard, accepts split responses as veil's ztunnel does, and acknowledges every
 //! response; a change has arrived once the last part carrying it has. The change is made by rewriting the
 //! mesh file the controller reads (one pod's address, back and forth), so the figures include the
-//! controller's file polling.
+//! controller's file polling; or, in Kubernetes mode, by the stand-in API server (`veil-bench api`)
+//! moving that pod, so they include the controller's watch.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,27 +35,55 @@ pub(crate) struct Target {
     /// A file holding the bearer token subscribers send.
     #[arg(long)]
     token: PathBuf,
-    /// The mesh file the controller reads.
-    #[arg(long)]
-    mesh_file: PathBuf,
+    /// The mesh file the controller reads (local mode).
+    #[arg(long, required_unless_present = "change_api", requires_all = ["from", "to"])]
+    mesh_file: Option<PathBuf>,
     /// Text in the mesh file swapped with `--to` and back, once per change.
     #[arg(long)]
-    from: String,
+    from: Option<String>,
     /// The replacement.
     #[arg(long)]
-    to: String,
+    to: Option<String>,
+    /// Kubernetes mode: the stand-in API server (`veil-bench api`, `host:port`) the controller
+    /// watches; each change is asked of it.
+    #[arg(long, conflicts_with = "mesh_file")]
+    change_api: Option<String>,
 }
 
 impl Target {
-    /// The swap of change number `change`: there and back.
+    /// Change number `change`: there and back.
     fn swap(&self, change: usize) -> anyhow::Result<()> {
-        let (from, to) = if change.is_multiple_of(2) {
-            (&self.from, &self.to)
-        } else {
-            (&self.to, &self.from)
+        if let Some(api) = &self.change_api {
+            return post_change(api);
+        }
+        let (Some(file), Some(a), Some(b)) = (&self.mesh_file, &self.from, &self.to) else {
+            anyhow::bail!("--mesh-file, --from and --to, or --change-api");
         };
-        rewrite(&self.mesh_file, from, to)
+        let (from, to) = if change.is_multiple_of(2) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        rewrite(file, from, to)
     }
+}
+
+/// Asks the stand-in API server for the next change.
+fn post_change(api: &str) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut tcp =
+        std::net::TcpStream::connect(api).with_context(|| format!("connecting to {api}"))?;
+    write!(
+        tcp,
+        "POST /bench/change HTTP/1.1\r\nHost: {api}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer)?;
+    anyhow::ensure!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the change was refused: {answer}"
+    );
+    Ok(())
 }
 
 /// What the load is.
@@ -107,9 +136,9 @@ pub(crate) async fn run(load: Load) -> anyhow::Result<()> {
     let mut synced = 0;
     let mut initial_bytes = 0;
     while synced < load.subscribers {
-        let arrival = tokio::time::timeout(Duration::from_secs(120), rx.recv())
+        let arrival = tokio::time::timeout(Duration::from_secs(900), rx.recv())
             .await
-            .context("initial sync did not finish in 120 s")?
+            .context("initial sync did not finish in 900 s")?
             .context("subscribers ended")?;
         initial_bytes += arrival.bytes;
         synced += usize::from(arrival.watched);

@@ -1,0 +1,363 @@
+//! A stand-in for the Kubernetes API server, enough for kube-rs reflectors: paginated lists and
+//! watches from a resourceVersion of the kinds veil reads, in the JSON the real one serves. The
+//! objects are put in by the caller (the end-to-end tests from files, the scale benchmark from a
+//! generator); every change becomes a watch event with a fresh resourceVersion. Only the newest
+//! events are kept: a watch from an older version gets `410 Expired`, as from a real API server
+//! whose watch cache has moved on, and the client lists again.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+/// (URL path, resource, kind of its items): the kinds veil watches.
+pub const RESOURCES: &[(&str, &str, &str)] = &[
+    ("/api/v1/namespaces", "namespaces", "Namespace"),
+    ("/api/v1/pods", "pods", "Pod"),
+    ("/api/v1/services", "services", "Service"),
+    (
+        "/apis/security.veil.dev/v1/authorizationpolicies",
+        "authorizationpolicies",
+        "AuthorizationPolicy",
+    ),
+    (
+        "/apis/security.veil.dev/v1/peerauthentications",
+        "peerauthentications",
+        "PeerAuthentication",
+    ),
+];
+
+/// How many events are kept for watches that resume.
+const EVENTS_KEPT: usize = 100_000;
+
+struct Event {
+    version: u64,
+    resource: &'static str,
+    /// The watch line: `{"type": …, "object": …}` and a newline.
+    line: Bytes,
+}
+
+/// The objects and the recent events.
+#[derive(Default)]
+#[allow(missing_debug_implementations, reason = "megabytes of JSON")]
+pub struct ApiStore {
+    version: u64,
+    /// (resource, `namespace/name`) → the object as served.
+    objects: BTreeMap<(&'static str, String), Bytes>,
+    events: VecDeque<Event>,
+}
+
+impl ApiStore {
+    fn resource(resource: &str) -> &'static str {
+        RESOURCES
+            .iter()
+            .find(|(_, r, _)| *r == resource)
+            .map(|(_, r, _)| *r)
+            .unwrap_or_else(|| panic!("{resource} is not a resource served"))
+    }
+
+    /// Creates or replaces `object` (under `key`, unique within its resource), stamped with the
+    /// next resourceVersion; `announce` records the watch event (`false` while loading what exists
+    /// before anyone watches).
+    pub fn put(&mut self, resource: &str, key: &str, mut object: Value, announce: bool) {
+        let resource = Self::resource(resource);
+        self.version += 1;
+        object["metadata"]["resourceVersion"] = json!(self.version.to_string());
+        let kind = if self.objects.contains_key(&(resource, key.to_owned())) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        let served = Bytes::from(object.to_string());
+        if announce {
+            self.record(resource, kind, &served);
+        }
+        self.objects.insert((resource, key.to_owned()), served);
+    }
+
+    /// Deletes the object under `key`, if there is one.
+    pub fn delete(&mut self, resource: &str, key: &str) {
+        let resource = Self::resource(resource);
+        if let Some(served) = self.objects.remove(&(resource, key.to_owned())) {
+            self.version += 1;
+            self.record(resource, "DELETED", &served);
+        }
+    }
+
+    /// The keys of the objects of `resource`.
+    pub fn keys(&self, resource: &str) -> Vec<String> {
+        let resource = Self::resource(resource);
+        self.objects
+            .keys()
+            .filter(|(r, _)| *r == resource)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+
+    /// The current resourceVersion.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn record(&mut self, resource: &'static str, kind: &str, object: &[u8]) {
+        let mut line = Vec::with_capacity(object.len() + 32);
+        line.extend_from_slice(format!(r#"{{"type":"{kind}","object":"#).as_bytes());
+        line.extend_from_slice(object);
+        line.extend_from_slice(b"}\n");
+        self.events.push_back(Event {
+            version: self.version,
+            resource,
+            line: Bytes::from(line),
+        });
+        while self.events.len() > EVENTS_KEPT {
+            self.events.pop_front();
+        }
+    }
+
+    /// One page of `resource`'s list: at most `limit` objects after the `after` key.
+    fn page(&self, resource: &'static str, kind: &str, limit: usize, after: &str) -> Bytes {
+        let start = (resource, after.to_owned());
+        let mut items = self
+            .objects
+            .range(start..)
+            .take_while(|((r, _), _)| *r == resource)
+            .filter(|((_, k), _)| after.is_empty() || k.as_str() > after)
+            .take(limit.saturating_add(1))
+            .collect::<Vec<_>>();
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let mut metadata = json!({"resourceVersion": self.version.to_string()});
+        if more && let Some(((_, last), _)) = items.last() {
+            metadata["continue"] = json!(last);
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(
+            format!(r#"{{"kind":"{kind}List","apiVersion":"v1","metadata":{metadata},"items":["#)
+                .as_bytes(),
+        );
+        for (i, (_, object)) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(object);
+        }
+        out.extend_from_slice(b"]}");
+        Bytes::from(out)
+    }
+}
+
+/// The store shared by the server and whoever changes it, and the signal of a change.
+#[derive(Clone)]
+#[allow(missing_debug_implementations, reason = "megabytes of JSON")]
+pub struct Api {
+    store: Arc<Mutex<ApiStore>>,
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self {
+            store: Arc::default(),
+            changed: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+/// A response body.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+impl Api {
+    /// Changes the store; watchers are told when `change` returns.
+    pub fn change<T>(&self, change: impl FnOnce(&mut ApiStore) -> T) -> T {
+        let (out, version) = {
+            let mut store = self.lock();
+            let out = change(&mut store);
+            (out, store.version)
+        };
+        self.changed.send_replace(version);
+        out
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ApiStore> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The answer to a list or watch of a served kind; `None` for any other path.
+    pub fn handle<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+        let &(_, resource, kind) = RESOURCES.iter().find(|(p, ..)| *p == req.uri().path())?;
+        let query: BTreeMap<&str, &str> = req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let store = self.lock();
+        if matches!(query.get("watch"), Some(&("true" | "1"))) {
+            let from: u64 = query
+                .get("resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(store.version);
+            let oldest = store.events.front().map_or(store.version, |e| e.version);
+            if from + 1 < oldest {
+                let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": format!("too old resource version: {from} ({oldest})"), "reason": "Expired", "code": 410}});
+                return Some(json_response(StatusCode::OK, format!("{gone}\n").into()));
+            }
+            drop(store);
+            return Some(self.watch(resource, from));
+        }
+        let limit = query
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
+        let after = query.get("continue").copied().unwrap_or_default();
+        Some(json_response(
+            StatusCode::OK,
+            store.page(resource, kind, limit, after),
+        ))
+    }
+
+    /// The events of `resource` after version `from`, then each new one as it happens.
+    fn watch(&self, resource: &'static str, from: u64) -> Response<Body> {
+        let api = self.clone();
+        let changed = self.changed.subscribe();
+        let events = stream::unfold((changed, from), move |(mut changed, mut after)| {
+            let api = api.clone();
+            async move {
+                loop {
+                    let lines: Vec<u8> = {
+                        let s = api.lock();
+                        let fresh: Vec<u8> = s
+                            .events
+                            .iter()
+                            .filter(|e| e.version > after && e.resource == resource)
+                            .flat_map(|e| e.line.iter().copied())
+                            .collect();
+                        after = s.version;
+                        fresh
+                    };
+                    if !lines.is_empty() {
+                        return Some((Ok(Frame::data(Bytes::from(lines))), (changed, after)));
+                    }
+                    changed.changed().await.ok()?;
+                }
+            }
+        });
+        let mut response = Response::new(StreamBody::new(events).boxed());
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The API's `404 NotFound` status.
+pub fn not_found() -> Response<Body> {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+    json_response(StatusCode::NOT_FOUND, status.to_string().into())
+}
+
+/// Serves `api` on `listener` until the process ends; `other` answers paths that are not the API's.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    other: impl Fn(&Request<hyper::body::Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
+) -> std::io::Result<()> {
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let (api, other) = (api.clone(), other.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = api.handle(&req).unwrap_or_else(|| other(&req));
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(api: &Api, uri: &str) -> Value {
+        let req = Request::get(uri).body(()).unwrap();
+        let response = api.handle(&req).expect("a served path");
+        let body = futures_util::FutureExt::now_or_never(response.into_body().collect())
+            .expect("a whole body")
+            .unwrap()
+            .to_bytes();
+        let line = body.split(|b| *b == b'\n').next().unwrap();
+        serde_json::from_slice(line).unwrap()
+    }
+
+    #[test]
+    fn lists_are_paginated_as_kube_rs_asks_and_old_watches_expire() {
+        let api = Api::default();
+        api.change(|s| {
+            for i in 0..5 {
+                let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p{i}"), "namespace": "n"}});
+                s.put("pods", &format!("n/p{i}"), pod, false);
+            }
+        });
+        let mut names = Vec::new();
+        let mut uri = "/api/v1/pods?limit=2".to_owned();
+        loop {
+            let page = get(&api, &uri);
+            assert_eq!(page["kind"], "PodList");
+            assert_eq!(page["metadata"]["resourceVersion"], "5");
+            let items = page["items"].as_array().unwrap();
+            assert!(items.len() <= 2);
+            names.extend(
+                items
+                    .iter()
+                    .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned()),
+            );
+            match page["metadata"]["continue"].as_str() {
+                Some(token) => uri = format!("/api/v1/pods?limit=2&continue={token}"),
+                None => break,
+            }
+        }
+        assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"]);
+        assert_eq!(get(&api, "/api/v1/services")["items"], json!([]));
+
+        // Past the events kept, a watch is told its version is gone (410), and lists again.
+        api.change(|s| {
+            for i in 0..=EVENTS_KEPT {
+                s.put(
+                    "namespaces",
+                    "n",
+                    json!({"metadata": {"name": "n", "generation": i}}),
+                    true,
+                );
+            }
+        });
+        let gone = get(&api, "/api/v1/pods?watch=1&resourceVersion=5");
+        assert_eq!(gone["type"], "ERROR");
+        assert_eq!(gone["object"]["code"], 410);
+    }
+}

@@ -380,9 +380,14 @@ where
 }
 
 /// A pod scheduled to `node` whose network is not set up yet (no address), enrolled, running as
-/// service account `name`: what [`MeshState::with_pending`](crate::discovery::MeshState::with_pending)
-/// takes.
-pub fn pending_workload(namespace: &str, name: &str, node: &str) -> crate::discovery::Workload {
+/// service account `name`, with `labels`: what
+/// [`MeshState::with_pending`](crate::discovery::MeshState::with_pending) takes.
+pub fn pending_workload(
+    namespace: &str,
+    name: &str,
+    node: &str,
+    labels: &[(&str, &str)],
+) -> crate::discovery::Workload {
     crate::discovery::Workload {
         uid: format!("{namespace}/{name}"),
         name: name.into(),
@@ -390,7 +395,10 @@ pub fn pending_workload(namespace: &str, name: &str, node: &str) -> crate::disco
         service_account: name.into(),
         node: node.into(),
         ips: Vec::new(),
-        labels: Default::default(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
         netns: None,
         enrolled: true,
         identity: Identity::new("cluster.local", namespace, name).unwrap(),

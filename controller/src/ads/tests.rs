@@ -668,7 +668,7 @@ fn with_pending(pods: &[(&str, &str)], pending: &[(&str, &str)]) -> Resources {
         .with_pending(
             pending
                 .iter()
-                .map(|(name, node)| veil_mesh::testing::pending_workload("n", name, node)),
+                .map(|(name, node)| veil_mesh::testing::pending_workload("n", name, node, &[])),
         );
     Resources::from_state(&state)
 }

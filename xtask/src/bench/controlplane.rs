@@ -18,7 +18,7 @@ use veil_e2e::process::Proc;
 /// Mesh sizes, in pods.
 const SIZES: [usize; 2] = [1_000, 10_000];
 /// Subscribers at once.
-const SUBSCRIBERS: usize = 1_000;
+pub(super) const SUBSCRIBERS: usize = 1_000;
 const TOKEN: &str = "bench-token-0123456789abcdef";
 const LISTEN: &str = "127.0.0.1:25012";
 const METRICS: &str = "127.0.0.1:25014";
@@ -76,63 +76,110 @@ fn tool(args: &[&str]) -> anyhow::Result<Value> {
 fn one_size(dir: &Path, pods: usize) -> anyhow::Result<Value> {
     let file = dir.join(format!("mesh-{pods}.yaml"));
     std::fs::write(&file, mesh(pods))?;
+    measure(dir, pods, &Source::File(&file), (LISTEN, METRICS))
+}
+
+/// Where the controller under test reads the mesh, and how a change is made there.
+pub(super) enum Source<'a> {
+    /// The local file: pod 1's address is swapped in it.
+    File(&'a Path),
+    /// A stand-in API server (`veil-bench api`, `host:port`) and a kubeconfig for it: it moves pod 1.
+    Api(&'a str, &'a Path),
+}
+
+/// Starts the controller on `source` (serving on `ports`: discovery, metrics), then measures it with
+/// one veil subscriber and with [`SUBSCRIBERS`] at once, `pods` pods in the mesh.
+pub(super) fn measure(
+    dir: &Path,
+    pods: usize,
+    source: &Source<'_>,
+    (listen, metrics): (&str, &str),
+) -> anyhow::Result<Value> {
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let mut argv = vec![
+        bin("veil-controller").to_string_lossy().into_owned(),
+        "--listen".into(),
+        listen.into(),
+        "--metrics-listen".into(),
+        metrics.into(),
+        "--tls-cert".into(),
+        path("cert.pem"),
+        "--tls-key".into(),
+        path("key.pem"),
+        "--trust-bundle".into(),
+        path("root.pem"),
+        "--tokens".into(),
+        path("tokens.yaml"),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    let mut env = vec![(
+        "RUST_LOG".to_owned(),
+        "warn,veil_controller=info".to_owned(),
+    )];
+    // What the load tools do for a change (10.250.x.x is no pod's address: valid either way).
+    let change: Vec<String> = match source {
+        Source::File(file) => {
+            let file = file.to_string_lossy().into_owned();
+            argv.extend([
+                "--mesh-config".into(),
+                file.clone(),
+                "--poll".into(),
+                "100ms".into(),
+            ]);
+            [
+                "--mesh-file",
+                &file,
+                "--from",
+                "ips: [10.0.0.1]",
+                "--to",
+                "ips: [10.250.0.1]",
+            ]
+            .map(str::to_owned)
+            .into()
+        }
+        Source::Api(api, kubeconfig) => {
+            env.push((
+                "KUBECONFIG".into(),
+                kubeconfig.to_string_lossy().into_owned(),
+            ));
+            vec!["--change-api".into(), (*api).to_owned()]
+        }
+    };
     let started = Instant::now();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut controller = Proc::spawn(
         "veil-controller",
         None,
-        &[
-            &bin("veil-controller").to_string_lossy(),
-            "--listen",
-            LISTEN,
-            "--metrics-listen",
-            METRICS,
-            "--tls-cert",
-            &path("cert.pem"),
-            "--tls-key",
-            &path("key.pem"),
-            "--trust-bundle",
-            &path("root.pem"),
-            "--tokens",
-            &path("tokens.yaml"),
-            "--mesh-config",
-            &file.to_string_lossy(),
-            "--poll",
-            "100ms",
-            "--log-format",
-            "json",
-        ],
-        &[("RUST_LOG", "warn,veil_controller=info")],
+        &argv,
+        &env,
         &dir.join(format!("controller-{pods}.log")),
     )?;
-    controller.wait_for("veil-controller serving", Duration::from_secs(120))?;
+    controller.wait_for("veil-controller serving", Duration::from_secs(600))?;
     let serving_s = started.elapsed().as_secs_f64();
     let rss = |p: &Proc| p.rss_bytes().context("the controller's memory");
     let idle = rss(&controller)?;
     let common = |mode: &str| {
-        vec![
+        let mut args: Vec<String> = vec![
             mode.to_owned(),
             "--target".into(),
-            LISTEN.into(),
+            listen.into(),
             "--server-name".into(),
             "veil-controller".into(),
             "--root".into(),
             path("root.pem"),
             "--token".into(),
             path("token"),
-            "--mesh-file".into(),
-            file.to_string_lossy().into_owned(),
-        ]
+        ];
+        args.extend(change.iter().cloned());
+        args
     };
-    // 10.250.x.x is no pod's address: the mesh stays valid either way.
-    let (from, to) = ("ips: [10.0.0.1]", "ips: [10.250.0.1]");
     let mut args = common("xds-client");
-    args.extend(["--from".into(), from.into(), "--to".into(), to.into()]);
     args.extend(["--changes".into(), "6".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let subscriber = tool(&args)?;
     let mut args = common("xds-load");
-    args.extend(["--from".into(), from.into(), "--to".into(), to.into()]);
     args.extend([
         "--watch".into(),
         "Kubernetes//Pod/ns1/pod-1".into(),
@@ -178,12 +225,9 @@ fn one_size(dir: &Path, pods: usize) -> anyhow::Result<Value> {
     }))
 }
 
-/// The section: every size in [`SIZES`].
-pub(crate) fn controlplane() -> anyhow::Result<Value> {
-    println!("Benchmarking the control plane ({SUBSCRIBERS} subscribers on loopback)…");
-    let dir = std::env::temp_dir().join(format!("veil-bench-cp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    write_serving_pki(&dir, &["veil-controller", "127.0.0.1"])?;
+/// The serving certificate, the subscribers' token and the tokens file, in `dir`.
+pub(super) fn credentials(dir: &Path) -> anyhow::Result<()> {
+    write_serving_pki(dir, &["veil-controller", "127.0.0.1"])?;
     std::fs::write(dir.join("token"), TOKEN)?;
     std::fs::write(
         dir.join("tokens.yaml"),
@@ -191,6 +235,15 @@ pub(crate) fn controlplane() -> anyhow::Result<Value> {
             "tokens:\n  - token: {TOKEN}\n    identity: spiffe://cluster.local/ns/veil-system/sa/ztunnel\n"
         ),
     )?;
+    Ok(())
+}
+
+/// The section: every size in [`SIZES`].
+pub(crate) fn controlplane() -> anyhow::Result<Value> {
+    println!("Benchmarking the control plane ({SUBSCRIBERS} subscribers on loopback)…");
+    let dir = std::env::temp_dir().join(format!("veil-bench-cp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    credentials(&dir)?;
     let mut out = Vec::new();
     for pods in SIZES {
         out.push(one_size(&dir, pods)?);

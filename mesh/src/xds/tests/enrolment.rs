@@ -2,35 +2,13 @@
 //! whose network is being set up (workloads without an address), and the addresses the node's CNI
 //! plugin filled in for them. Also: an unhealthy workload is in the mesh but no endpoint.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::subscriber::{address_resource, received, resource};
 use super::*;
-use crate::discovery::Workload;
 use crate::xds::proto::veil::AmbientNamespace;
 
-/// `name` in `namespace` on `node`, scheduled but without an address yet.
-fn pending(namespace: &str, name: &str, node: &str, labels: &[(&str, &str)]) -> Workload {
-    Workload {
-        uid: format!("uid-{namespace}-{name}"),
-        name: name.into(),
-        namespace: namespace.into(),
-        service_account: name.into(),
-        node: node.into(),
-        ips: Vec::new(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect::<BTreeMap<_, _>>(),
-        netns: None,
-        enrolled: true,
-        identity: Identity::new("cluster.local", namespace, name).unwrap(),
-        waypoint: None,
-        waypoint_conflict: Vec::new(),
-        policies: Default::default(),
-    }
-}
+use crate::testing::pending_workload as pending;
 
 /// The test mesh with a pending `web2` (backs shop/api through its labels) on node-a.
 fn with_pending() -> MeshState {

@@ -92,16 +92,6 @@ impl ApiStore {
         }
     }
 
-    /// The keys of the objects of `resource`.
-    pub fn keys(&self, resource: &str) -> Vec<String> {
-        let resource = Self::resource(resource);
-        self.objects
-            .keys()
-            .filter(|(r, _)| *r == resource)
-            .map(|(_, k)| k.clone())
-            .collect()
-    }
-
     /// The current resourceVersion.
     pub fn version(&self) -> u64 {
         self.version

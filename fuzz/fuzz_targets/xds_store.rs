@@ -1,11 +1,13 @@
 //! What a ztunnel receives from a control plane (`veil_mesh::xds::Store`): any sequence of
-//! resources (Istio's `Address` and `Authorization` messages, valid or not) and removals, then the
-//! mesh they make and a decision for every workload in it. Nothing a control plane sends may crash
-//! or stall a subscriber.
+//! resources (Istio's `Address` and `Authorization` messages and veil's `AmbientNamespace`, valid
+//! or not) and removals, then the mesh they make — with the addresses this node's CNI plugin gave
+//! pods that arrive without one — and a decision for every workload in it. Nothing a control plane
+//! sends may crash or stall a subscriber.
 //!
-//! Input: records of `[flags][length: u16 LE][body]`; flags bit 0 picks the type (Address,
-//! Authorization), bit 1 makes the record a removal. A body that decodes is sent under its own
-//! name (its uid, `namespace/hostname` or `namespace/name`), so validation goes past the name check.
+//! Input: records of `[flags][length: u16 LE][body]`; flags bits 0-1 pick the type (Address,
+//! Authorization, AmbientNamespace, Address), bit 2 makes the record a removal. A body that decodes
+//! is sent under its own name (its uid, `namespace/hostname`, `namespace/name` or the namespace),
+//! so validation goes past the name check.
 
 #![no_main]
 
@@ -17,6 +19,7 @@ use veil_mesh::policy::{Attributes, evaluate};
 use veil_mesh::xds::proto::discovery::Resource;
 use veil_mesh::xds::proto::istio::security::Authorization;
 use veil_mesh::xds::proto::istio::workload::{Address, address};
+use veil_mesh::xds::proto::veil::AmbientNamespace;
 use veil_mesh::xds::{Kind, Store};
 
 fn natural_name(kind: Kind, body: &[u8]) -> Option<String> {
@@ -29,23 +32,31 @@ fn natural_name(kind: Kind, body: &[u8]) -> Option<String> {
             let a = Authorization::decode(body).ok()?;
             Some(format!("{}/{}", a.namespace, a.name))
         }
+        Kind::Namespace => Some(AmbientNamespace::decode(body).ok()?.name),
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut store = Store::new(MeshSettings::default());
+    // This node's CNI plugin gave an address to every pod whose name starts with `a`.
+    let lookup = |_: &str, name: &str| name.starts_with('a').then(|| vec!["10.0.0.1".parse().unwrap()]);
+    let mut store =
+        Store::new(MeshSettings::default()).with_node_addresses("node-a".into(), std::sync::Arc::new(lookup));
     let mut rest = data;
     let mut version = 0u32;
     while rest.len() >= 3 && version < 64 {
         let flags = rest[0];
-        let kind = if flags & 1 == 0 { Kind::Address } else { Kind::Authorization };
+        let kind = match flags & 3 {
+            1 => Kind::Authorization,
+            2 => Kind::Namespace,
+            _ => Kind::Address,
+        };
         let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
         let body = &rest[3..3 + len];
         rest = &rest[3 + len..];
         let name = natural_name(kind, body)
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(24)]).into_owned());
         version += 1;
-        if flags & 2 != 0 {
+        if flags & 4 != 0 {
             let _ = store.apply(kind, &[], &[name]);
         } else {
             let resource = Resource {
@@ -78,4 +89,5 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = state.summary();
+    let _ = state.ambient_namespaces();
 });

@@ -126,7 +126,7 @@ impl ApiStore {
         items.truncate(limit);
         let mut metadata = json!({"resourceVersion": self.version.to_string()});
         if more && let Some(((_, last), _)) = items.last() {
-            metadata["continue"] = json!(last);
+            metadata["continue"] = json!(continue_token(last));
         }
         let mut out = Vec::new();
         out.extend_from_slice(
@@ -209,10 +209,22 @@ impl Api {
             .and_then(|l| l.parse().ok())
             .filter(|l| *l > 0)
             .unwrap_or(usize::MAX);
-        let after = query.get("continue").copied().unwrap_or_default();
+        let after = match query.get("continue") {
+            None => String::new(),
+            Some(token) => match after_token(token) {
+                Some(key) => key,
+                None => {
+                    let bad = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "invalid continue token", "reason": "BadRequest", "code": 400});
+                    return Some(json_response(
+                        StatusCode::BAD_REQUEST,
+                        bad.to_string().into(),
+                    ));
+                }
+            },
+        };
         Some(json_response(
             StatusCode::OK,
-            store.page(resource, kind, limit, after),
+            store.page(resource, kind, limit, &after),
         ))
     }
 
@@ -249,6 +261,23 @@ impl Api {
         );
         response
     }
+}
+
+/// The continue token after `key`: opaque and URL-safe, as the real API server's (hex).
+fn continue_token(key: &str) -> String {
+    key.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key a continue token names.
+fn after_token(token: &str) -> Option<String> {
+    if !token.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// A JSON response.
@@ -328,12 +357,20 @@ mod tests {
                     .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned()),
             );
             match page["metadata"]["continue"].as_str() {
-                Some(token) => uri = format!("/api/v1/pods?limit=2&continue={token}"),
+                Some(token) => {
+                    // Passed back as clients do, URL-encoded: it must need no encoding.
+                    assert!(token.bytes().all(|b| b.is_ascii_alphanumeric()), "{token}");
+                    uri = format!("/api/v1/pods?limit=2&continue={token}");
+                }
                 None => break,
             }
         }
         assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"]);
         assert_eq!(get(&api, "/api/v1/services")["items"], json!([]));
+        assert_eq!(
+            get(&api, "/api/v1/pods?limit=2&continue=n%2Fp1")["code"],
+            400
+        );
 
         // Past the events kept, a watch is told its version is gone (410), and lists again.
         api.change(|s| {

@@ -98,13 +98,14 @@ pub fn translate(objects: &Objects, settings: &MeshSettings) -> Translation {
         .iter()
         .map(|ns| (ns.name_any(), ns))
         .collect();
-    let waypoints = waypoints(objects, settings);
+    let pods = PodIndex::new(&objects.pods);
+    let waypoints = waypoints(objects, &pods, settings);
     let waypoint_pods: Vec<(String, IpAddr)> = waypoints
         .iter()
         .flat_map(|w| w.ips.iter().map(|ip| (w.namespace.clone(), *ip)))
         .collect();
     let (workloads, pending) = workloads(objects, &namespaces, &waypoint_pods, settings);
-    let services = services(objects, &namespaces);
+    let services = services(objects, &pods, &namespaces);
     let mut invalid = Vec::new();
     let authz = objects
         .authorization_policies
@@ -159,20 +160,47 @@ fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
     ips
 }
 
-/// Pods that can carry mesh traffic at all: an address of their own, not finished.
-/// The pods of `namespace` that `selector` selects (a Service's label selector).
-fn selected<'p: 's, 's>(
-    pods: &'p [Pod],
-    namespace: &'s str,
-    selector: &'s BTreeMap<String, String>,
-) -> impl Iterator<Item = &'p Pod> + 's {
-    pods.iter().filter(move |p| {
-        p.namespace().as_deref() == Some(namespace)
-            && p.metadata
-                .labels
-                .as_ref()
-                .is_some_and(|l| selects(selector, l))
-    })
+/// Pods by (namespace, label key, label value), built once per translation: a Service's pods are
+/// found among those carrying the rarest of its selector's labels, not by scanning every pod.
+struct PodIndex<'p>(HashMap<(&'p str, &'p str, &'p str), Vec<&'p Pod>>);
+
+impl<'p> PodIndex<'p> {
+    fn new(pods: &'p [Pod]) -> Self {
+        let mut index: HashMap<(&str, &str, &str), Vec<&Pod>> = HashMap::new();
+        for pod in pods {
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+            for (k, v) in pod.metadata.labels.iter().flatten() {
+                index
+                    .entry((namespace, k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(pod);
+            }
+        }
+        Self(index)
+    }
+
+    /// The pods of `namespace` that `selector` selects (a Service's label selector; an empty one
+    /// selects nothing).
+    fn selected(&self, namespace: &str, selector: &BTreeMap<String, String>) -> Vec<&'p Pod> {
+        selector
+            .iter()
+            .map(|(k, v)| {
+                self.0
+                    .get(&(namespace, k.as_str(), v.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|candidates| candidates.len())
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| selects(selector, l))
+            })
+            .copied()
+            .collect()
+    }
 }
 
 fn live(pod: &Pod) -> bool {
@@ -213,7 +241,7 @@ fn service_account(pod: &Pod) -> &str {
         .unwrap_or("default")
 }
 
-fn waypoints(objects: &Objects, settings: &MeshSettings) -> Vec<Waypoint> {
+fn waypoints(objects: &Objects, pods: &PodIndex<'_>, settings: &MeshSettings) -> Vec<Waypoint> {
     let mut out = Vec::new();
     for svc in &objects.services {
         let Some(name) = label(svc.metadata.labels.as_ref(), WAYPOINT) else {
@@ -225,7 +253,9 @@ fn waypoints(objects: &Objects, settings: &MeshSettings) -> Vec<Waypoint> {
             .as_ref()
             .and_then(|s| s.selector.clone())
             .unwrap_or_default();
-        let instances: Vec<&Pod> = selected(&objects.pods, &namespace, &selector)
+        let instances: Vec<&Pod> = pods
+            .selected(&namespace, &selector)
+            .into_iter()
             .filter(|p| live(p))
             .collect();
         let accounts: std::collections::BTreeSet<&str> =
@@ -365,7 +395,11 @@ fn workload(
     })
 }
 
-fn services(objects: &Objects, namespaces: &HashMap<String, &Namespace>) -> Vec<Service> {
+fn services(
+    objects: &Objects,
+    pods: &PodIndex<'_>,
+    namespaces: &HashMap<String, &Namespace>,
+) -> Vec<Service> {
     let mut out = Vec::new();
     for svc in &objects.services {
         if label(svc.metadata.labels.as_ref(), WAYPOINT).is_some() {
@@ -386,7 +420,7 @@ fn services(objects: &Objects, namespaces: &HashMap<String, &Namespace>) -> Vec<
         }
         let namespace = svc.namespace().unwrap_or_default();
         let selector = spec.selector.clone().unwrap_or_default();
-        let backends: Vec<&Pod> = selected(&objects.pods, &namespace, &selector).collect();
+        let backends: Vec<&Pod> = pods.selected(&namespace, &selector);
         let ports = spec
             .ports
             .iter()

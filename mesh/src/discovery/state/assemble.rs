@@ -99,6 +99,8 @@ pub(super) fn services(
     let mut out = Vec::with_capacity(all.len());
     // Built once, when a service names its endpoints.
     let mut known: Option<HashSet<&str>> = None;
+    // Built once, when a service has a selector.
+    let mut labelled: Option<LabelIndex<'_>> = None;
     for mut service in all {
         let conflict = service.vips.iter().find_map(|vip| {
             if let Some(w) = waypoint_ips.get(vip) {
@@ -130,11 +132,21 @@ pub(super) fn services(
                 .filter(|uid| known.contains(uid.as_str()))
                 .collect()
         } else {
-            workloads
+            // The workloads of the service's namespace carrying the rarest of its selector's
+            // labels, then checked against the whole selector: no scan of every workload per service.
+            let labelled = labelled.get_or_insert_with(|| by_label(workloads));
+            service
+                .selector
                 .iter()
-                .filter(|w| {
-                    w.namespace == service.namespace && selects(&service.selector, &w.labels)
+                .map(|(k, v)| {
+                    labelled
+                        .get(&(service.namespace.as_str(), k.as_str(), v.as_str()))
+                        .map_or(&[][..], Vec::as_slice)
                 })
+                .min_by_key(|candidates| candidates.len())
+                .unwrap_or_default()
+                .iter()
+                .filter(|w| selects(&service.selector, &w.labels))
                 .map(|w| w.uid.clone())
                 .collect()
         };
@@ -145,6 +157,22 @@ pub(super) fn services(
         out.push(service);
     }
     out
+}
+
+/// Workloads by (namespace, label key, label value).
+type LabelIndex<'a> = HashMap<(&'a str, &'a str, &'a str), Vec<&'a Workload>>;
+
+fn by_label(workloads: &[Workload]) -> LabelIndex<'_> {
+    let mut index: LabelIndex<'_> = HashMap::new();
+    for w in workloads {
+        for (k, v) in &w.labels {
+            index
+                .entry((w.namespace.as_str(), k.as_str(), v.as_str()))
+                .or_default()
+                .push(w);
+        }
+    }
+    index
 }
 
 /// Puts every enrolled workload that backs a service with a waypoint behind that waypoint too:

@@ -10,4 +10,5 @@ mod state;
 
 pub use model::{Service, ServicePort, Waypoint, WaypointRef, Workload, selects};
 pub use source::{AddressLookup, NodeAddresses, Origin, open};
+pub(crate) use state::front_one;
 pub use state::{ConfigError, MeshSettings, MeshState, Summary};

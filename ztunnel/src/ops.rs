@@ -118,7 +118,7 @@ pub fn admin(ctx: Arc<Context>, status: StatusMap) -> Handler {
                 })
                 .collect(),
             workloads: state.workloads(),
-            services: state.services().to_vec(),
+            services: state.services().cloned().collect::<Vec<_>>(),
             authorization_policies: state
                 .authz_policies()
                 .iter()

@@ -1,7 +1,7 @@
 //! An immutable, indexed snapshot of the mesh. A source builds a new one for every change and
 //! publishes it whole, so a connection always sees one consistent view.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::model::{Service, Waypoint, WaypointRef, Workload};
 mod assemble;
+pub(crate) use assemble::front_one;
 
 use crate::policy::{
     AuthzPolicy, PeerAuthPolicy, PeerMode, PeerProfile, PolicyError, PolicyId, PolicyIndex, Target,
@@ -56,24 +57,30 @@ impl ConfigError {
     }
 }
 
-/// The snapshot.
-#[derive(Debug, Default)]
+/// A service's key: its namespace and name.
+pub(crate) type ServiceKey = (String, String);
+
+/// The snapshot. Its maps are persistent: a clone shares them, so a subscriber can patch a copy
+/// for one changed workload in time that does not grow with the mesh (see `xds::store`).
+#[derive(Clone, Debug, Default)]
 pub struct MeshState {
     settings: Option<MeshSettings>,
-    workloads: HashMap<String, Arc<Workload>>,
-    by_ip: HashMap<IpAddr, Arc<Workload>>,
-    services: Vec<Arc<Service>>,
-    by_vip: HashMap<IpAddr, Arc<Service>>,
-    waypoints: HashMap<WaypointRef, Arc<Waypoint>>,
-    authz: PolicyIndex,
-    peer_auth: Vec<PeerAuthPolicy>,
-    ambient_namespaces: std::collections::BTreeSet<String>,
+    workloads: imbl::HashMap<String, Arc<Workload>>,
+    by_ip: imbl::HashMap<IpAddr, Arc<Workload>>,
+    /// The uids of the workloads on each node.
+    by_node: imbl::HashMap<String, imbl::OrdSet<String>>,
+    services: imbl::OrdMap<ServiceKey, Arc<Service>>,
+    by_vip: imbl::HashMap<IpAddr, Arc<Service>>,
+    waypoints: Arc<HashMap<WaypointRef, Arc<Waypoint>>>,
+    authz: Arc<PolicyIndex>,
+    peer_auth: Arc<[PeerAuthPolicy]>,
+    ambient_namespaces: Arc<BTreeSet<String>>,
     /// Pods scheduled to a node whose network is not set up yet (no address): not part of the
     /// mesh, but described to control-plane subscribers so the node can capture them at once.
-    pending: Vec<Arc<Workload>>,
+    pending: Arc<[Arc<Workload>]>,
     /// The services each workload (by uid) is an endpoint of.
-    services_of: HashMap<String, Vec<Arc<Service>>>,
-    rejected: Vec<ConfigError>,
+    services_of: imbl::HashMap<String, Arc<[ServiceKey]>>,
+    rejected: Arc<[ConfigError]>,
     /// Received from a control plane in Istio's form (see [`Self::istio_semantics`]).
     istio_semantics: bool,
 }
@@ -129,38 +136,116 @@ impl MeshState {
         let authz = assemble::unique("AuthorizationPolicy", authz, |p| &p.id, &mut rejected);
         let peer_auth = assemble::unique("PeerAuthentication", peer_auth, |p| &p.id, &mut rejected);
 
-        let mut state = Self::default();
-        for waypoint in waypoints {
-            state
-                .waypoints
-                .insert(waypoint.reference(), Arc::new(waypoint));
-        }
+        let mut state = Self {
+            waypoints: Arc::new(
+                waypoints
+                    .into_iter()
+                    .map(|w| (w.reference(), Arc::new(w)))
+                    .collect(),
+            ),
+            ..Self::default()
+        };
         for workload in workloads {
-            let workload = Arc::new(workload);
-            for ip in &workload.ips {
-                state.by_ip.insert(*ip, workload.clone());
-            }
-            state.workloads.insert(workload.uid.clone(), workload);
+            state.put_workload(Arc::new(workload));
         }
+        let mut services_of: HashMap<String, Vec<ServiceKey>> = HashMap::new();
         for service in services {
-            let service = Arc::new(service);
-            for vip in &service.vips {
-                state.by_vip.insert(*vip, service.clone());
+            let key = (service.namespace.clone(), service.name.clone());
+            if state.services.contains_key(&key) {
+                rejected.push(ConfigError::invalid(
+                    format!("service {}", service.key()),
+                    "defined twice; the first definition is used",
+                ));
+                continue;
             }
             for uid in &service.endpoints {
-                let of = state.services_of.entry(uid.clone()).or_default();
-                of.push(service.clone());
+                services_of
+                    .entry(uid.clone())
+                    .or_default()
+                    .push(key.clone());
             }
-            state.services.push(service);
+            state.put_service(Arc::new(service));
         }
-        state.authz = PolicyIndex::new(
+        state.services_of = services_of
+            .into_iter()
+            .map(|(uid, keys)| (uid, keys.into()))
+            .collect();
+        state.authz = Arc::new(PolicyIndex::new(
             &settings.root_namespace,
             authz.into_iter().map(Arc::new).collect(),
-        );
-        state.peer_auth = peer_auth;
+        ));
+        state.peer_auth = peer_auth.into();
         state.settings = Some(settings);
-        state.rejected = rejected;
+        state.rejected = rejected.into();
         state
+    }
+
+    /// Adds `workload` under its uid, its addresses and its node (replacing what they led to).
+    fn put_workload(&mut self, workload: Arc<Workload>) {
+        for ip in &workload.ips {
+            self.by_ip.insert(*ip, workload.clone());
+        }
+        self.by_node
+            .entry(workload.node.clone())
+            .or_default()
+            .insert(workload.uid.clone());
+        self.workloads.insert(workload.uid.clone(), workload);
+    }
+
+    /// Adds `service` under its key and its addresses (replacing what they led to).
+    fn put_service(&mut self, service: Arc<Service>) {
+        for vip in &service.vips {
+            self.by_vip.insert(*vip, service.clone());
+        }
+        let key = (service.namespace.clone(), service.name.clone());
+        self.services.insert(key, service);
+    }
+
+    /// Takes the workload `uid` out: its addresses, its node's list, the services it backs (which
+    /// the caller replaces). Returns it.
+    pub(crate) fn remove_workload(&mut self, uid: &str) -> Option<Arc<Workload>> {
+        let workload = self.workloads.remove(uid)?;
+        for ip in &workload.ips {
+            if self
+                .by_ip
+                .get(ip)
+                .is_some_and(|w| Arc::ptr_eq(w, &workload))
+            {
+                self.by_ip.remove(ip);
+            }
+        }
+        if let Some(uids) = self.by_node.get_mut(&workload.node) {
+            uids.remove(uid);
+            if uids.is_empty() {
+                self.by_node.remove(&workload.node);
+            }
+        }
+        self.services_of.remove(uid);
+        Some(workload)
+    }
+
+    /// Adds `workload`, an endpoint of the services `services`. Its addresses must be free.
+    pub(crate) fn insert_workload(&mut self, workload: Arc<Workload>, services: Vec<ServiceKey>) {
+        if !services.is_empty() {
+            self.services_of
+                .insert(workload.uid.clone(), services.into());
+        }
+        self.put_workload(workload);
+    }
+
+    /// Replaces the service with the same key and addresses as `service`.
+    pub(crate) fn replace_service(&mut self, service: Arc<Service>) {
+        self.put_service(service);
+    }
+
+    /// The service `key`, if in the mesh.
+    pub(crate) fn service_by_key(&self, key: &ServiceKey) -> Option<&Arc<Service>> {
+        self.services.get(key)
+    }
+
+    /// The namespaces in the mesh, to change.
+    pub(crate) fn ambient_namespaces_mut(&mut self) -> &mut BTreeSet<String> {
+        Arc::make_mut(&mut self.ambient_namespaces)
     }
 
     /// The objects left out of this snapshot (or kept but unreachable), and why.
@@ -180,13 +265,13 @@ impl MeshState {
         rejected: Vec<ConfigError>,
     ) -> Self {
         let root = self.settings().root_namespace;
-        self.authz = PolicyIndex::new(&root, all);
+        self.authz = Arc::new(PolicyIndex::new(&root, all));
         for workload in self.workloads.values() {
             // Fresh workloads: nothing has read their policies yet.
             let _ = workload.policies.set(policies(workload));
         }
         self.istio_semantics = true;
-        self.rejected.extend(rejected);
+        self.rejected = self.rejected.iter().cloned().chain(rejected).collect();
         self
     }
 
@@ -199,7 +284,7 @@ impl MeshState {
 
     /// Declares which namespaces are in the mesh: their new pods must be captured before they start.
     pub fn with_ambient_namespaces(mut self, namespaces: impl IntoIterator<Item = String>) -> Self {
-        self.ambient_namespaces = namespaces.into_iter().collect();
+        self.ambient_namespaces = Arc::new(namespaces.into_iter().collect());
         self
     }
 
@@ -211,7 +296,7 @@ impl MeshState {
         for mut workload in pending {
             let services: Vec<Arc<Service>> = self
                 .services
-                .iter()
+                .values()
                 .filter(|s| {
                     s.namespace == workload.namespace
                         && !s.selector.is_empty()
@@ -225,11 +310,15 @@ impl MeshState {
                 services.iter().filter_map(|s| s.waypoint.as_ref()),
             );
             if !services.is_empty() {
-                self.services_of.insert(workload.uid.clone(), services);
+                let keys: Vec<ServiceKey> = services
+                    .iter()
+                    .map(|s| (s.namespace.clone(), s.name.clone()))
+                    .collect();
+                self.services_of.insert(workload.uid.clone(), keys.into());
             }
             out.push(Arc::new(workload));
         }
-        self.pending = out;
+        self.pending = out.into();
         self
     }
 
@@ -242,7 +331,7 @@ impl MeshState {
     }
 
     /// The namespaces in the mesh.
-    pub fn ambient_namespaces(&self) -> &std::collections::BTreeSet<String> {
+    pub fn ambient_namespaces(&self) -> &BTreeSet<String> {
         &self.ambient_namespaces
     }
 
@@ -291,20 +380,20 @@ impl MeshState {
     pub fn services_of(&self, workload: &Workload) -> Vec<Arc<Service>> {
         self.services_of
             .get(&workload.uid)
-            .cloned()
-            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|keys| keys.iter())
+            .filter_map(|key| self.services.get(key).cloned())
+            .collect()
     }
 
     /// The workloads on `node`, sorted by uid.
     pub fn workloads_on_node(&self, node: &str) -> Vec<Arc<Workload>> {
-        let mut out: Vec<_> = self
-            .workloads
-            .values()
-            .filter(|w| w.node == node)
-            .cloned()
-            .collect();
-        out.sort_by(|a, b| a.uid.cmp(&b.uid));
-        out
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|uid| self.workloads.get(uid).cloned())
+            .collect()
     }
 
     /// Every workload, sorted by uid.
@@ -314,9 +403,9 @@ impl MeshState {
         out
     }
 
-    /// Every service.
-    pub fn services(&self) -> &[Arc<Service>] {
-        &self.services
+    /// Every service, by namespace and name.
+    pub fn services(&self) -> impl ExactSizeIterator<Item = &Arc<Service>> + '_ {
+        self.services.values()
     }
 
     /// The AuthorizationPolicies that apply to `workload` (computed once per snapshot): those that
@@ -349,9 +438,7 @@ impl MeshState {
 
     /// The Service `namespace/name`, if it is in the mesh.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
-        self.services
-            .iter()
-            .find(|s| s.namespace == namespace && s.name == name)
+        self.services.get(&(namespace.to_owned(), name.to_owned()))
     }
 
     /// Whether `port` of `workload` accepts plaintext.
@@ -400,6 +487,10 @@ impl MeshState {
     /// to a Service without one): ztunnel cannot check those attributes, so they deny whatever they
     /// could match.
     pub fn l7_policies_enforced_at_l4(&self) -> Vec<PolicyId> {
+        // Most meshes have none: no pass over every workload then.
+        if !self.authz.all().iter().any(|p| p.uses_l7) {
+            return Vec::new();
+        }
         let mut out: Vec<PolicyId> = self
             .workloads
             .values()

@@ -251,6 +251,7 @@ async fn stream(
                 if !open {
                     *refresh = None;
                 }
+                store.node_addresses_changed();
                 *changed = true;
                 None
             }
@@ -322,12 +323,17 @@ async fn node_changed(refresh: &mut Option<watch::Receiver<u64>>) -> bool {
     }
 }
 
-/// The mesh `store` makes, built on a blocking thread: at tens of thousands of workloads a rebuild
-/// takes milliseconds the data path's workers must not lose.
+/// The mesh `store` makes: the last one patched where it can be (microseconds, whatever the mesh's
+/// size), else built whole on a blocking thread: at tens of thousands of workloads that takes
+/// milliseconds the data path's workers must not lose.
 async fn rebuild(store: &mut Store) -> Result<MeshState, String> {
+    if let Some(mesh) = store.patch() {
+        return Ok(mesh);
+    }
     let taken = std::mem::replace(store, store.empty_like());
     let (taken, mesh) = tokio::task::spawn_blocking(move || {
-        let mesh = taken.to_state();
+        let mut taken = taken;
+        let mesh = taken.build_whole();
         (taken, mesh)
     })
     .await

@@ -29,23 +29,26 @@
 //! Service). Instances that do not share one identity make the waypoint unusable, and traffic
 //! bound to it fails closed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use prost::Message;
+mod entries;
+mod patch;
 
+use super::Kind;
 use super::proto::discovery::Resource;
 use super::proto::istio::security as sec;
 use super::proto::istio::workload as wl;
 use super::proto::veil::AmbientNamespace;
-use super::{Kind, ip_from_bytes};
 use crate::discovery::{
     AddressLookup, ConfigError, MeshSettings, MeshState, Service, ServicePort, Waypoint,
     WaypointRef, Workload,
 };
-use crate::identity::Identity;
 use crate::policy::{AuthzPolicy, PolicyId, Scope, compile_istio, deny_everything};
+use entries::{
+    AddressEntry, Gateway, ServiceEntry, WorkloadEntry, address_entry, decode, namespace_entry,
+};
 
 /// A resource that was refused, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,48 +84,6 @@ struct Policy {
     refused: Option<String>,
 }
 
-/// A validated workload or service, as received.
-#[derive(Debug)]
-enum AddressEntry {
-    Workload(WorkloadEntry),
-    Service(ServiceEntry),
-}
-
-#[derive(Debug)]
-struct WorkloadEntry {
-    uid: String,
-    name: String,
-    namespace: String,
-    service_account: String,
-    node: String,
-    ips: Vec<IpAddr>,
-    enrolled: bool,
-    /// Not marked unhealthy: may be a service's endpoint.
-    healthy: bool,
-    identity: Identity,
-    waypoint: Option<Gateway>,
-    policies: Vec<String>,
-    /// The services it backs (xDS names), with their ports.
-    services: BTreeMap<String, Vec<(u16, u16)>>,
-}
-
-#[derive(Debug)]
-struct ServiceEntry {
-    name: String,
-    namespace: String,
-    hostname: String,
-    vips: Vec<IpAddr>,
-    ports: Vec<(u16, u16)>,
-    waypoint: Option<Gateway>,
-}
-
-/// Where a waypoint is.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Gateway {
-    Address(IpAddr),
-    Hostname { namespace: String, hostname: String },
-}
-
 /// The resources received so far.
 #[allow(missing_debug_implementations, reason = "holds a closure")]
 pub struct Store {
@@ -135,6 +96,13 @@ pub struct Store {
     /// This subscriber's node, and the addresses its pods were given before the control plane
     /// knew them.
     node: Option<(String, Arc<AddressLookup>)>,
+    /// Workloads of this node received without an address (names): the network plugin may fill
+    /// theirs in at any time.
+    unaddressed: BTreeSet<String>,
+    /// What changed since the mesh was last made.
+    changes: patch::Changes,
+    /// What the last mesh built whole knew, for patching the next one from it.
+    derived: Option<patch::Derived>,
 }
 
 impl std::fmt::Debug for Store {
@@ -158,6 +126,9 @@ impl Store {
             namespaces: HashMap::new(),
             arrivals: 0,
             node: None,
+            unaddressed: BTreeSet::new(),
+            changes: patch::Changes::default(),
+            derived: None,
         }
     }
 
@@ -208,9 +179,17 @@ impl Store {
         resources: &[Resource],
         removed: &[String],
     ) -> Vec<Refusal> {
+        if kind != Kind::Address && !(resources.is_empty() && removed.is_empty()) {
+            // Policies and enrolment reach every workload: the next mesh is built whole.
+            self.changes.everything();
+        }
         for name in removed {
             match kind {
-                Kind::Address => drop(self.addresses.remove(name)),
+                Kind::Address => {
+                    let before = self.addresses.remove(name);
+                    self.unaddressed.remove(name);
+                    self.changes.address(name, before, false);
+                }
                 Kind::Authorization => drop(self.authorizations.remove(name)),
                 Kind::Namespace => drop(self.namespaces.remove(name)),
             }
@@ -224,25 +203,43 @@ impl Store {
                     let value = decode::<wl::Address>(kind, resource)
                         .and_then(|a| address_entry(name, &a, &self.settings));
                     self.arrivals += 1;
-                    let arrival = self.arrivals;
-                    let received = self.addresses.entry(name.clone()).or_insert(Received {
-                        version: String::new(),
-                        entry: None,
-                        refused: None,
-                        since: arrival,
-                    });
-                    received.version = version;
-                    match value {
+                    let before = self.addresses.remove(name);
+                    let since = before.as_ref().map_or(self.arrivals, |b| b.since);
+                    let (received, refusal) = match value {
                         Ok(entry) => {
-                            received.entry = Some(entry);
-                            received.refused = None;
-                            None
+                            let service = matches!(entry, AddressEntry::Service(_));
+                            let here = self.node.as_ref().map(|(node, _)| node.as_str());
+                            match &entry {
+                                AddressEntry::Workload(w)
+                                    if w.ips.is_empty() && Some(w.node.as_str()) == here =>
+                                {
+                                    self.unaddressed.insert(name.clone())
+                                }
+                                _ => self.unaddressed.remove(name),
+                            };
+                            self.changes.address(name, before, service);
+                            let received = Received {
+                                version,
+                                entry: Some(entry),
+                                refused: None,
+                                since,
+                            };
+                            (received, None)
                         }
                         Err(reason) => {
-                            received.refused = Some(reason.clone());
-                            Some(reason)
+                            // The previous valid version stands in, quarantined.
+                            self.changes.everything();
+                            let received = Received {
+                                version,
+                                entry: before.and_then(|b| b.entry),
+                                refused: Some(reason.clone()),
+                                since,
+                            };
+                            (received, Some(reason))
                         }
-                    }
+                    };
+                    self.addresses.insert(name.clone(), received);
+                    refusal
                 }
                 Kind::Authorization => {
                     let (policy, refusal) = match decode::<sec::Authorization>(kind, resource) {
@@ -286,6 +283,37 @@ impl Store {
 
     /// The mesh these resources describe.
     pub fn to_state(&self) -> MeshState {
+        self.build().0
+    }
+
+    /// The mesh these resources describe, built whole; the next ones are patched from it where
+    /// they can be (see [`Self::patch`]).
+    pub fn build_whole(&mut self) -> MeshState {
+        let (state, derived) = self.build();
+        self.derived = Some(derived);
+        self.changes = patch::Changes::default();
+        state
+    }
+
+    /// Marks the workloads of this node that arrived without an address as changed: its network
+    /// plugin has new addresses.
+    pub fn node_addresses_changed(&mut self) {
+        for name in &self.unaddressed {
+            match self.addresses.get(name) {
+                Some(Received {
+                    entry: Some(AddressEntry::Workload(w)),
+                    refused: None,
+                    ..
+                }) => self.changes.refill(name, w),
+                // Quarantined: what stands in for it is decided over everything.
+                _ => self.changes.everything(),
+            }
+        }
+    }
+
+    fn build(&self) -> (MeshState, patch::Derived) {
+        let mut reserved: HashSet<IpAddr> = HashSet::new();
+        let mut left_out: HashSet<String> = HashSet::new();
         let mut rejected: Vec<ConfigError> = Vec::new();
         let mut claims: Vec<(u64, &WorkloadEntry)> = Vec::new();
         let mut services: Vec<&ServiceEntry> = Vec::new();
@@ -336,6 +364,9 @@ impl Store {
                     format!("address {}", w.uid),
                     format!("{ip} is already workload {owner}'s; left out"),
                 ));
+                // Who holds a contested address depends on every claim: not patched.
+                reserved.extend(ips.iter().copied());
+                left_out.insert(w.uid.clone());
                 continue;
             }
             by_ip.extend(ips.iter().map(|ip| (*ip, w)));
@@ -360,11 +391,17 @@ impl Store {
             .collect();
 
         // The waypoints named anywhere, and the workloads that are their instances.
-        let gateways: BTreeSet<&Gateway> = workloads
+        let mut gateway_users: HashMap<Gateway, usize> = HashMap::new();
+        for gateway in workloads
             .iter()
             .filter_map(|(w, _)| w.waypoint.as_ref())
             .chain(services.iter().filter_map(|s| s.waypoint.as_ref()))
-            .collect();
+        {
+            *gateway_users.entry(gateway.clone()).or_default() += 1;
+        }
+        let gateways: BTreeSet<&Gateway> = gateway_users.keys().collect();
+        reserved.extend(vips.keys().copied());
+        let mut gateway_services: HashSet<String> = HashSet::new();
         let mut references: HashMap<&Gateway, WaypointRef> = HashMap::new();
         let mut waypoints = Vec::new();
         let mut instances: BTreeSet<&str> = BTreeSet::new();
@@ -375,6 +412,7 @@ impl Store {
                 Gateway::Address(ip) if vips.contains_key(ip) => {
                     let s = vips[ip];
                     let key = super::service_name_of(&s.namespace, &s.hostname);
+                    gateway_services.insert(key.clone());
                     let found = backing.get(key.as_str()).cloned().unwrap_or_default();
                     let reference = WaypointRef {
                         namespace: s.namespace.clone(),
@@ -383,6 +421,7 @@ impl Store {
                     (reference, found)
                 }
                 Gateway::Address(ip) => {
+                    reserved.insert(*ip);
                     let found: Vec<&WorkloadEntry> = by_ip.get(ip).copied().into_iter().collect();
                     let reference = found.first().map_or_else(
                         || WaypointRef {
@@ -408,6 +447,7 @@ impl Store {
                         );
                     let key = super::service_name_of(namespace, hostname);
                     let found = backing.get(key.as_str()).cloned().unwrap_or_default();
+                    gateway_services.insert(key.clone());
                     let reference = WaypointRef {
                         namespace: namespace.clone(),
                         name,
@@ -418,6 +458,7 @@ impl Store {
             match waypoint(&reference, &found) {
                 Ok(waypoint) => {
                     instances.extend(found.iter().map(|w| w.uid.as_str()));
+                    reserved.extend(waypoint.ips.iter().copied());
                     waypoints.push(waypoint);
                 }
                 Err(reason) => {
@@ -454,6 +495,16 @@ impl Store {
                 policies: Default::default(),
             });
         }
+        // Services that share a namespace and name: the mesh keeps one of them.
+        let mut unpatchable_services: HashSet<String> = HashSet::new();
+        let mut named_services: HashMap<(&str, &str), &str> = HashMap::new();
+        for s in &services {
+            let key = super::service_name_of(&s.namespace, &s.hostname);
+            if let Some(other) = named_services.insert((&s.namespace, &s.name), &s.hostname) {
+                unpatchable_services.insert(key);
+                unpatchable_services.insert(super::service_name_of(&s.namespace, other));
+            }
+        }
         let mut model_services = Vec::with_capacity(services.len());
         for s in &services {
             let key = super::service_name_of(&s.namespace, &s.hostname);
@@ -465,10 +516,13 @@ impl Store {
                         port: *port,
                         target_port,
                     }),
-                    None => rejected.push(ConfigError::invalid(
-                        format!("service {key}"),
-                        format!("port {port}: no target port, or endpoints that disagree on it; the port is left out"),
-                    )),
+                    None => {
+                        rejected.push(ConfigError::invalid(
+                            format!("service {key}"),
+                            format!("port {port}: no target port, or endpoints that disagree on it; the port is left out"),
+                        ));
+                        unpatchable_services.insert(key.clone());
+                    }
                 }
             }
             model_services.push(Service {
@@ -539,9 +593,7 @@ impl Store {
                     None => out.extend(missing.get(name.as_str()).cloned()),
                 }
             }
-            out.sort_by(|a, b| a.id.cmp(&b.id));
-            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
-            out.into()
+            gather(out)
         };
         for (name, (_, refused)) in &self.namespaces {
             if let Some(reason) = refused {
@@ -551,13 +603,42 @@ impl Store {
                 ));
             }
         }
-        let ambient: BTreeSet<String> = model_workloads
-            .iter()
-            .filter(|w| w.enrolled)
-            .map(|w| w.namespace.clone())
+        let mut enrolled: HashMap<String, usize> = HashMap::new();
+        for w in model_workloads.iter().filter(|w| w.enrolled) {
+            *enrolled.entry(w.namespace.clone()).or_default() += 1;
+        }
+        let ambient: BTreeSet<String> = enrolled
+            .keys()
+            .cloned()
             .chain(self.namespaces.keys().cloned())
             .collect();
-        MeshState::build_isolating(
+        let derived = patch::Derived {
+            state: MeshState::default(),
+            reserved,
+            gateway_services,
+            references: references
+                .iter()
+                .map(|(g, r)| ((*g).clone(), r.clone()))
+                .collect(),
+            gateway_users: gateway_users.clone(),
+            instances: instances.iter().map(|uid| (*uid).to_owned()).collect(),
+            unpatchable_services,
+            left_out,
+            mesh_wide: mesh_wide.clone(),
+            by_namespace: by_namespace
+                .iter()
+                .map(|(ns, p)| ((*ns).to_owned(), p.clone()))
+                .collect(),
+            backing: backing
+                .iter()
+                .map(|(key, ws)| {
+                    let uids = ws.iter().map(|w| w.uid.clone()).collect();
+                    ((*key).to_owned(), uids)
+                })
+                .collect(),
+            enrolled,
+        };
+        let state = MeshState::build_isolating(
             self.settings.clone(),
             model_workloads,
             model_services,
@@ -573,7 +654,12 @@ impl Store {
             applicable,
             rejected,
         )
-        .with_ambient_namespaces(ambient)
+        .with_ambient_namespaces(ambient);
+        let derived = patch::Derived {
+            state: state.clone(),
+            ..derived
+        };
+        (state, derived)
     }
 }
 
@@ -583,18 +669,37 @@ impl Store {
         &self,
         claims: &[(u64, &'a WorkloadEntry)],
     ) -> HashMap<&'a str, Vec<IpAddr>> {
-        let Some((node, lookup)) = &self.node else {
-            return HashMap::new();
-        };
         claims
             .iter()
-            .filter(|(_, w)| w.ips.is_empty() && w.node == *node)
-            .filter_map(|(_, w)| {
-                let ips = lookup(&w.namespace, &w.name).filter(|ips| !ips.is_empty())?;
-                Some((w.uid.as_str(), ips))
-            })
+            .filter(|(_, w)| w.ips.is_empty())
+            .filter_map(|(_, w)| Some((w.uid.as_str(), self.filled_in(w)?)))
             .collect()
     }
+
+    /// The addresses of `w`, received without any, that this node's network plugin gave it.
+    fn filled_in(&self, w: &WorkloadEntry) -> Option<Vec<IpAddr>> {
+        let (node, lookup) = self.node.as_ref()?;
+        if !w.ips.is_empty() || w.node != *node {
+            return None;
+        }
+        lookup(&w.namespace, &w.name).filter(|ips| !ips.is_empty())
+    }
+
+    /// The addresses of `w`: as received, or as this node filled them in.
+    fn addresses_of(&self, w: &WorkloadEntry) -> Vec<IpAddr> {
+        if w.ips.is_empty() {
+            self.filled_in(w).unwrap_or_default()
+        } else {
+            w.ips.clone()
+        }
+    }
+}
+
+/// A workload's policies in a stable order, each once.
+fn gather(mut policies: Vec<Arc<AuthzPolicy>>) -> Arc<[Arc<AuthzPolicy>]> {
+    policies.sort_by(|a, b| a.id.cmp(&b.id));
+    policies.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    policies.into()
 }
 
 /// A workload's addresses: as received, or, when it arrived without any, as its node filled in.
@@ -603,184 +708,6 @@ fn ips_of<'a>(w: &'a WorkloadEntry, filled: &'a HashMap<&str, Vec<IpAddr>>) -> &
         filled.get(w.uid.as_str()).map_or(&[], Vec::as_slice)
     } else {
         &w.ips
-    }
-}
-
-/// The message of `resource`, which must be of `kind`.
-fn decode<M: Message + Default>(kind: Kind, resource: &Resource) -> Result<M, String> {
-    let Some(any) = &resource.resource else {
-        return Err("no resource body".into());
-    };
-    if any.type_url != kind.type_url() {
-        return Err(format!(
-            "type {:?} in a response of type {:?}",
-            any.type_url,
-            kind.type_url()
-        ));
-    }
-    M::decode(any.value.as_slice()).map_err(|e| format!("not a valid {}: {e}", kind.type_url()))
-}
-
-fn address_entry(
-    name: &str,
-    a: &wl::Address,
-    settings: &MeshSettings,
-) -> Result<AddressEntry, String> {
-    match &a.r#type {
-        Some(wl::address::Type::Workload(w)) => {
-            workload_entry(name, w, settings).map(AddressEntry::Workload)
-        }
-        Some(wl::address::Type::Service(s)) => service_entry(name, s).map(AddressEntry::Service),
-        None => Err("an address that is neither a workload nor a service".into()),
-    }
-}
-
-fn workload_entry(
-    name: &str,
-    w: &wl::Workload,
-    settings: &MeshSettings,
-) -> Result<WorkloadEntry, String> {
-    if w.uid != name {
-        return Err(format!(
-            "sent under the name {name:?}, but its uid is {:?}",
-            w.uid
-        ));
-    }
-    if w.name.is_empty() || w.namespace.is_empty() {
-        return Err("a workload needs a name and a namespace".into());
-    }
-    let trust_domain = if w.trust_domain.is_empty() {
-        settings.trust_domain.as_str()
-    } else {
-        w.trust_domain.as_str()
-    };
-    let service_account = if w.service_account.is_empty() {
-        "default"
-    } else {
-        w.service_account.as_str()
-    };
-    let identity = Identity::new(trust_domain, &w.namespace, service_account)
-        .map_err(|e| format!("identity: {e}"))?;
-    let ips = w
-        .addresses
-        .iter()
-        .map(|a| ip_from_bytes(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let enrolled = match wl::TunnelProtocol::try_from(w.tunnel_protocol) {
-        Ok(wl::TunnelProtocol::Hbone) => true,
-        Ok(wl::TunnelProtocol::None) => false,
-        // Neither carried nor plaintext-safe: refused rather than guessed.
-        Ok(other) => return Err(format!("tunnel protocol {other:?} is not supported")),
-        Err(_) => return Err(format!("unknown tunnel protocol {}", w.tunnel_protocol)),
-    };
-    if w.network_gateway.is_some() {
-        return Err("network gateways (multi-network) are not supported".into());
-    }
-    // Unknown statuses count as unhealthy: a workload is an endpoint only when said to be ready.
-    let healthy = w.status == wl::WorkloadStatus::Healthy as i32;
-    let mut services = BTreeMap::new();
-    for (key, list) in &w.services {
-        let ports = list
-            .ports
-            .iter()
-            .map(|p| Ok((port(p.service_port)?, optional_port(p.target_port)?)))
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|e| format!("services[{key}]: {e}"))?;
-        services.insert(key.clone(), ports);
-    }
-    Ok(WorkloadEntry {
-        uid: w.uid.clone(),
-        name: w.name.clone(),
-        namespace: w.namespace.clone(),
-        service_account: service_account.to_owned(),
-        node: w.node.clone(),
-        ips,
-        enrolled,
-        healthy,
-        identity,
-        waypoint: w.waypoint.as_ref().map(gateway).transpose()?,
-        policies: w.authorization_policies.clone(),
-        services,
-    })
-}
-
-/// Checks an enrolled namespace: sent under its own name, which is a Kubernetes namespace name (an
-/// RFC 1123 label).
-fn namespace_entry(name: &str, n: &AmbientNamespace) -> Result<(), String> {
-    if n.name != name {
-        return Err(format!(
-            "sent under the name {name:?}, but names namespace {:?}",
-            n.name
-        ));
-    }
-    let label = |s: &str| {
-        (1..=63).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-')
-    };
-    if !label(name) {
-        return Err("not a namespace name (an RFC 1123 label)".into());
-    }
-    Ok(())
-}
-
-fn service_entry(name: &str, s: &wl::Service) -> Result<ServiceEntry, String> {
-    if s.name.is_empty() || s.namespace.is_empty() || s.hostname.is_empty() {
-        return Err("a service needs a name, a namespace and a hostname".into());
-    }
-    let expected = super::service_name_of(&s.namespace, &s.hostname);
-    if name != expected {
-        return Err(format!("sent under the name {name:?}, not {expected:?}"));
-    }
-    let vips = s
-        .addresses
-        .iter()
-        .map(|a| ip_from_bytes(&a.address))
-        .collect::<Result<Vec<_>, _>>()?;
-    let ports = s
-        .ports
-        .iter()
-        .map(|p| Ok((port(p.service_port)?, optional_port(p.target_port)?)))
-        .collect::<Result<Vec<_>, String>>()?;
-    Ok(ServiceEntry {
-        name: s.name.clone(),
-        namespace: s.namespace.clone(),
-        hostname: s.hostname.clone(),
-        vips,
-        ports,
-        waypoint: s.waypoint.as_ref().map(gateway).transpose()?,
-    })
-}
-
-fn port(p: u32) -> Result<u16, String> {
-    u16::try_from(p)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{p} is not a port (1-65535)"))
-}
-
-/// A target port; 0 means "per endpoint".
-fn optional_port(p: u32) -> Result<u16, String> {
-    u16::try_from(p).map_err(|_| format!("{p} is not a port (1-65535)"))
-}
-
-fn gateway(g: &wl::GatewayAddress) -> Result<Gateway, String> {
-    use wl::gateway_address::Destination;
-    if g.hbone_mtls_port != 0 && g.hbone_mtls_port != 15008 {
-        return Err(format!(
-            "waypoint HBONE port {} (veil reaches waypoints on 15008 only)",
-            g.hbone_mtls_port
-        ));
-    }
-    match &g.destination {
-        Some(Destination::Address(a)) => ip_from_bytes(&a.address).map(Gateway::Address),
-        Some(Destination::Hostname(h)) if !h.hostname.is_empty() => Ok(Gateway::Hostname {
-            namespace: h.namespace.clone(),
-            hostname: h.hostname.clone(),
-        }),
-        _ => Err("a waypoint without an address or a hostname".into()),
     }
 }
 

@@ -211,7 +211,7 @@ pub(super) fn front(
 
 /// Puts `workload`, if enrolled, behind the waypoints of the services it backs (`by_services`) as
 /// well as its own; when that is more than one, marks it conflicting and returns their names.
-pub(super) fn front_one<'a>(
+pub(crate) fn front_one<'a>(
     workload: &mut Workload,
     by_services: impl IntoIterator<Item = &'a WaypointRef>,
 ) -> Option<Vec<String>> {

@@ -434,8 +434,8 @@ fn slim_stores_translate_to_the_same_mesh_for_a_fraction_of_the_size() {
     let json = |v: &dyn erased::Json| v.json();
     assert_eq!(json(&a.state.workloads()), json(&b.state.workloads()));
     assert_eq!(
-        json(&a.state.services().to_vec()),
-        json(&b.state.services().to_vec())
+        json(&a.state.services().cloned().collect::<Vec<_>>()),
+        json(&b.state.services().cloned().collect::<Vec<_>>())
     );
     assert_eq!(json(&a.state.waypoints()), json(&b.state.waypoints()));
     assert_eq!(a.state.rejected(), b.state.rejected());

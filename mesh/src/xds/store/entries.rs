@@ -1,0 +1,233 @@
+//! Reading resources into entries: every field checked, a clear reason for what is refused.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use prost::Message;
+
+use super::super::proto::discovery::Resource;
+use super::super::proto::istio::workload as wl;
+use super::super::proto::veil::AmbientNamespace;
+use super::super::{Kind, ip_from_bytes};
+use crate::discovery::MeshSettings;
+use crate::identity::Identity;
+
+/// A validated workload or service, as received.
+#[derive(Debug)]
+pub(super) enum AddressEntry {
+    Workload(WorkloadEntry),
+    Service(ServiceEntry),
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct WorkloadEntry {
+    pub(super) uid: String,
+    pub(super) name: String,
+    pub(super) namespace: String,
+    pub(super) service_account: String,
+    pub(super) node: String,
+    pub(super) ips: Vec<IpAddr>,
+    pub(super) enrolled: bool,
+    /// Not marked unhealthy: may be a service's endpoint.
+    pub(super) healthy: bool,
+    pub(super) identity: Identity,
+    pub(super) waypoint: Option<Gateway>,
+    pub(super) policies: Vec<String>,
+    /// The services it backs (xDS names), with their ports.
+    pub(super) services: BTreeMap<String, Vec<(u16, u16)>>,
+}
+
+#[derive(Debug)]
+pub(super) struct ServiceEntry {
+    pub(super) name: String,
+    pub(super) namespace: String,
+    pub(super) hostname: String,
+    pub(super) vips: Vec<IpAddr>,
+    pub(super) ports: Vec<(u16, u16)>,
+    pub(super) waypoint: Option<Gateway>,
+}
+
+/// Where a waypoint is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) enum Gateway {
+    Address(IpAddr),
+    Hostname { namespace: String, hostname: String },
+}
+
+/// The message of `resource`, which must be of `kind`.
+pub(super) fn decode<M: Message + Default>(kind: Kind, resource: &Resource) -> Result<M, String> {
+    let Some(any) = &resource.resource else {
+        return Err("no resource body".into());
+    };
+    if any.type_url != kind.type_url() {
+        return Err(format!(
+            "type {:?} in a response of type {:?}",
+            any.type_url,
+            kind.type_url()
+        ));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| format!("not a valid {}: {e}", kind.type_url()))
+}
+
+pub(super) fn address_entry(
+    name: &str,
+    a: &wl::Address,
+    settings: &MeshSettings,
+) -> Result<AddressEntry, String> {
+    match &a.r#type {
+        Some(wl::address::Type::Workload(w)) => {
+            workload_entry(name, w, settings).map(AddressEntry::Workload)
+        }
+        Some(wl::address::Type::Service(s)) => service_entry(name, s).map(AddressEntry::Service),
+        None => Err("an address that is neither a workload nor a service".into()),
+    }
+}
+
+fn workload_entry(
+    name: &str,
+    w: &wl::Workload,
+    settings: &MeshSettings,
+) -> Result<WorkloadEntry, String> {
+    if w.uid != name {
+        return Err(format!(
+            "sent under the name {name:?}, but its uid is {:?}",
+            w.uid
+        ));
+    }
+    if w.name.is_empty() || w.namespace.is_empty() {
+        return Err("a workload needs a name and a namespace".into());
+    }
+    let trust_domain = if w.trust_domain.is_empty() {
+        settings.trust_domain.as_str()
+    } else {
+        w.trust_domain.as_str()
+    };
+    let service_account = if w.service_account.is_empty() {
+        "default"
+    } else {
+        w.service_account.as_str()
+    };
+    let identity = Identity::new(trust_domain, &w.namespace, service_account)
+        .map_err(|e| format!("identity: {e}"))?;
+    let ips = w
+        .addresses
+        .iter()
+        .map(|a| ip_from_bytes(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let enrolled = match wl::TunnelProtocol::try_from(w.tunnel_protocol) {
+        Ok(wl::TunnelProtocol::Hbone) => true,
+        Ok(wl::TunnelProtocol::None) => false,
+        // Neither carried nor plaintext-safe: refused rather than guessed.
+        Ok(other) => return Err(format!("tunnel protocol {other:?} is not supported")),
+        Err(_) => return Err(format!("unknown tunnel protocol {}", w.tunnel_protocol)),
+    };
+    if w.network_gateway.is_some() {
+        return Err("network gateways (multi-network) are not supported".into());
+    }
+    // Unknown statuses count as unhealthy: a workload is an endpoint only when said to be ready.
+    let healthy = w.status == wl::WorkloadStatus::Healthy as i32;
+    let mut services = BTreeMap::new();
+    for (key, list) in &w.services {
+        let ports = list
+            .ports
+            .iter()
+            .map(|p| Ok((port(p.service_port)?, optional_port(p.target_port)?)))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| format!("services[{key}]: {e}"))?;
+        services.insert(key.clone(), ports);
+    }
+    Ok(WorkloadEntry {
+        uid: w.uid.clone(),
+        name: w.name.clone(),
+        namespace: w.namespace.clone(),
+        service_account: service_account.to_owned(),
+        node: w.node.clone(),
+        ips,
+        enrolled,
+        healthy,
+        identity,
+        waypoint: w.waypoint.as_ref().map(gateway).transpose()?,
+        policies: w.authorization_policies.clone(),
+        services,
+    })
+}
+
+/// Checks an enrolled namespace: sent under its own name, which is a Kubernetes namespace name (an
+/// RFC 1123 label).
+pub(super) fn namespace_entry(name: &str, n: &AmbientNamespace) -> Result<(), String> {
+    if n.name != name {
+        return Err(format!(
+            "sent under the name {name:?}, but names namespace {:?}",
+            n.name
+        ));
+    }
+    let label = |s: &str| {
+        (1..=63).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    if !label(name) {
+        return Err("not a namespace name (an RFC 1123 label)".into());
+    }
+    Ok(())
+}
+
+fn service_entry(name: &str, s: &wl::Service) -> Result<ServiceEntry, String> {
+    if s.name.is_empty() || s.namespace.is_empty() || s.hostname.is_empty() {
+        return Err("a service needs a name, a namespace and a hostname".into());
+    }
+    let expected = super::super::service_name_of(&s.namespace, &s.hostname);
+    if name != expected {
+        return Err(format!("sent under the name {name:?}, not {expected:?}"));
+    }
+    let vips = s
+        .addresses
+        .iter()
+        .map(|a| ip_from_bytes(&a.address))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ports = s
+        .ports
+        .iter()
+        .map(|p| Ok((port(p.service_port)?, optional_port(p.target_port)?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(ServiceEntry {
+        name: s.name.clone(),
+        namespace: s.namespace.clone(),
+        hostname: s.hostname.clone(),
+        vips,
+        ports,
+        waypoint: s.waypoint.as_ref().map(gateway).transpose()?,
+    })
+}
+
+fn port(p: u32) -> Result<u16, String> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{p} is not a port (1-65535)"))
+}
+
+/// A target port; 0 means "per endpoint".
+fn optional_port(p: u32) -> Result<u16, String> {
+    u16::try_from(p).map_err(|_| format!("{p} is not a port (1-65535)"))
+}
+
+fn gateway(g: &wl::GatewayAddress) -> Result<Gateway, String> {
+    use wl::gateway_address::Destination;
+    if g.hbone_mtls_port != 0 && g.hbone_mtls_port != 15008 {
+        return Err(format!(
+            "waypoint HBONE port {} (veil reaches waypoints on 15008 only)",
+            g.hbone_mtls_port
+        ));
+    }
+    match &g.destination {
+        Some(Destination::Address(a)) => ip_from_bytes(&a.address).map(Gateway::Address),
+        Some(Destination::Hostname(h)) if !h.hostname.is_empty() => Ok(Gateway::Hostname {
+            namespace: h.namespace.clone(),
+            hostname: h.hostname.clone(),
+        }),
+        _ => Err("a waypoint without an address or a hostname".into()),
+    }
+}

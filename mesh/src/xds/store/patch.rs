@@ -1,0 +1,399 @@
+//! Patching the last mesh for changed workloads, in time that does not grow with the mesh.
+//!
+//! In a cluster almost every change is one pod: started, readied, moved, gone. Building the whole
+//! mesh again for each costs a subscriber time in proportion to the cluster (most of a second at
+//! 100,000 pods) on every node. The mesh's maps are persistent, so a copy of the last one is
+//! patched instead: the workload taken out and put back, the services it backs recomputed.
+//!
+//! A patch must give exactly the mesh a whole build would. Where a change reaches further than
+//! the workload and its services, it is not patched and the mesh is built whole:
+//!
+//! - anything but workloads changed (services, Authorizations, enrolled namespaces), or a
+//!   resource was refused (what stands in for it is decided over everything);
+//! - an address involved is contested (two workloads claim it: who holds it depends on every
+//!   claim), a service's, or a waypoint's;
+//! - the workload is a waypoint's instance, backs a service that is a waypoint, names a waypoint
+//!   not named before, or names an Authorization not received;
+//! - it is, or would be, behind several waypoints, or backs a service whose ports depend on
+//!   endpoints that disagree (those are reported, and a report covers the whole mesh).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tracing::debug;
+
+use super::entries::{AddressEntry, Gateway, WorkloadEntry};
+use super::{Received, Store, target_port};
+use crate::discovery::{MeshState, Service, ServicePort, WaypointRef, Workload};
+use crate::policy::AuthzPolicy;
+
+/// What changed since the mesh was last made.
+#[derive(Debug, Default)]
+pub(super) struct Changes {
+    /// Something a patch does not follow: the next mesh is built whole.
+    whole: bool,
+    /// Changed workloads (by name, their uid), each with the entry it had when the mesh was last
+    /// made (none: it is new).
+    workloads: HashMap<String, Option<WorkloadEntry>>,
+}
+
+impl Changes {
+    /// The next mesh is built whole.
+    pub(super) fn everything(&mut self) {
+        self.whole = true;
+        self.workloads.clear();
+    }
+
+    /// The address `name` changed: it was `before`, it is now a service when `service`.
+    pub(super) fn address(&mut self, name: &str, before: Option<Received>, service: bool) {
+        if self.whole {
+            return;
+        }
+        let before = match before {
+            None => None,
+            Some(Received {
+                refused: Some(_), ..
+            }) => return self.everything(),
+            Some(Received { entry, .. }) => match entry {
+                Some(AddressEntry::Workload(w)) => Some(w),
+                Some(AddressEntry::Service(_)) => return self.everything(),
+                None => None,
+            },
+        };
+        if service {
+            return self.everything();
+        }
+        self.workloads.entry(name.to_owned()).or_insert(before);
+    }
+
+    /// The workload `name`, unchanged as received, may have a new address from this node.
+    pub(super) fn refill(&mut self, name: &str, current: &WorkloadEntry) {
+        if !self.whole && !self.workloads.contains_key(name) {
+            self.workloads
+                .insert(name.to_owned(), Some(current.clone()));
+        }
+    }
+}
+
+/// What the last mesh built whole knew beyond the mesh itself.
+#[derive(Debug)]
+pub(super) struct Derived {
+    /// The mesh as last published.
+    pub(super) state: MeshState,
+    /// Addresses no patch may take or free: contested, a service's, a waypoint's.
+    pub(super) reserved: HashSet<IpAddr>,
+    /// Services (xDS names) that are waypoints: their endpoints are the waypoint's instances.
+    pub(super) gateway_services: HashSet<String>,
+    /// The waypoint each gateway named turned out to be.
+    pub(super) references: HashMap<Gateway, WaypointRef>,
+    /// How many workloads in the mesh and services name each gateway: a waypoint is in the mesh
+    /// (or reported missing) while anything names it.
+    pub(super) gateway_users: HashMap<Gateway, usize>,
+    /// Workloads (uids) that are waypoint instances.
+    pub(super) instances: HashSet<String>,
+    /// Services (xDS names) with a port left out (its endpoints disagree on the target port), or
+    /// whose namespace and name another service has too.
+    pub(super) unpatchable_services: HashSet<String>,
+    /// Workloads (uids) left out because an address of theirs is another's.
+    pub(super) left_out: HashSet<String>,
+    /// The Authorizations for every workload, and for every workload of a namespace.
+    pub(super) mesh_wide: Vec<Arc<AuthzPolicy>>,
+    pub(super) by_namespace: HashMap<String, Vec<Arc<AuthzPolicy>>>,
+    /// The workloads with an address (uids) that back each service (xDS name).
+    pub(super) backing: HashMap<String, BTreeSet<String>>,
+    /// How many enrolled workloads each namespace has in the mesh.
+    pub(super) enrolled: HashMap<String, usize>,
+}
+
+/// A change a patch does not follow, and why.
+struct Whole(&'static str);
+
+impl Store {
+    /// The mesh patched for what changed since the last one was made, when a patch can follow
+    /// every change (see the module's documentation); else `None`, and the next mesh must be
+    /// built whole ([`Self::build_whole`]).
+    pub fn patch(&mut self) -> Option<MeshState> {
+        let changes = std::mem::take(&mut self.changes);
+        let mut derived = self.derived.take()?;
+        if changes.whole {
+            return None;
+        }
+        let mut next = derived.state.clone();
+        let mut affected: BTreeSet<String> = BTreeSet::new();
+        for (uid, before) in &changes.workloads {
+            if let Err(Whole(why)) =
+                self.patch_workload(&mut derived, &mut next, uid, before.as_ref(), &mut affected)
+            {
+                debug!(workload = %uid, why, "the mesh is built whole");
+                return None;
+            }
+        }
+        for key in &affected {
+            if let Err(Whole(why)) = self.patch_service(&derived, &mut next, key) {
+                debug!(service = %key, why, "the mesh is built whole");
+                return None;
+            }
+        }
+        derived.state = next.clone();
+        self.derived = Some(derived);
+        Some(next)
+    }
+
+    fn patch_workload(
+        &self,
+        derived: &mut Derived,
+        next: &mut MeshState,
+        uid: &str,
+        before: Option<&WorkloadEntry>,
+        affected: &mut BTreeSet<String>,
+    ) -> Result<(), Whole> {
+        // What it was.
+        let old = next.workload(uid).cloned();
+        if derived.instances.contains(uid) || derived.left_out.contains(uid) {
+            return Err(Whole(
+                "a waypoint instance, or left out for an address another has",
+            ));
+        }
+        if let Some(old) = &old {
+            let reserved = old.ips.iter().any(|ip| derived.reserved.contains(ip));
+            if reserved || !old.waypoint_conflict().is_empty() || before.is_none() {
+                return Err(Whole(
+                    "an address of it is reserved, or it is behind several waypoints",
+                ));
+            }
+        }
+        // What it is.
+        let current = match self.addresses.get(uid) {
+            None => None,
+            Some(Received {
+                entry: Some(AddressEntry::Workload(w)),
+                refused: None,
+                ..
+            }) => Some(w),
+            Some(_) => return Err(Whole("quarantined")),
+        };
+        // A missing Authorization it named is reported while a workload in the mesh names it.
+        let names_missing = |w: &WorkloadEntry| {
+            w.policies
+                .iter()
+                .any(|p| !self.authorizations.contains_key(p))
+        };
+        let ips = current.map(|w| self.addresses_of(w)).unwrap_or_default();
+        if let Some(w) = current {
+            for ip in &ips {
+                let taken = next.workload_by_ip(*ip).is_some_and(|o| o.uid != uid);
+                if taken || derived.reserved.contains(ip) {
+                    return Err(Whole("an address it claims is taken or contested"));
+                }
+            }
+            let gateway_known = w
+                .waypoint
+                .as_ref()
+                .is_none_or(|g| derived.references.contains_key(g));
+            if !gateway_known || names_missing(w) {
+                return Err(Whole("it names a waypoint or an Authorization not known"));
+            }
+        }
+        let backs_gateway = |w: &WorkloadEntry| {
+            w.services
+                .keys()
+                .any(|k| derived.gateway_services.contains(k))
+        };
+        if before.is_some_and(backs_gateway) || current.is_some_and(backs_gateway) {
+            return Err(Whole("it backs a waypoint"));
+        }
+        if old.is_some() && before.is_some_and(names_missing) {
+            return Err(Whole("it named an Authorization not received"));
+        }
+        // The last one to name a waypoint takes it out of the mesh.
+        let last_user = |w: &WorkloadEntry| {
+            w.waypoint
+                .as_ref()
+                .is_some_and(|g| derived.gateway_users.get(g).is_none_or(|n| *n <= 1))
+        };
+        if old.is_some() && before.is_some_and(last_user) {
+            return Err(Whole("it was the last to name its waypoint"));
+        }
+
+        // Out with the old.
+        if let (Some(old), Some(before)) = (next.remove_workload(uid), before) {
+            if let Some(users) = before
+                .waypoint
+                .as_ref()
+                .and_then(|g| derived.gateway_users.get_mut(g))
+            {
+                *users -= 1;
+            }
+            for key in before.services.keys() {
+                if let Some(uids) = derived.backing.get_mut(key) {
+                    uids.remove(uid);
+                    if uids.is_empty() {
+                        derived.backing.remove(key);
+                    }
+                }
+                affected.insert(key.clone());
+            }
+            if old.enrolled {
+                self.unenrol(derived, next, &old.namespace);
+            }
+        }
+        // In with the new.
+        let Some(w) = current.filter(|_| !ips.is_empty()) else {
+            return Ok(()); // gone, or not in the mesh until it has an address
+        };
+        if let Some(users) = w
+            .waypoint
+            .as_ref()
+            .and_then(|g| derived.gateway_users.get_mut(g))
+        {
+            *users += 1;
+        }
+        for key in w.services.keys() {
+            derived
+                .backing
+                .entry(key.clone())
+                .or_default()
+                .insert(uid.to_owned());
+            affected.insert(key.clone());
+        }
+        let mut workload = Workload {
+            uid: w.uid.clone(),
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            service_account: w.service_account.clone(),
+            node: w.node.clone(),
+            ips,
+            labels: Default::default(),
+            netns: None,
+            enrolled: w.enrolled,
+            identity: w.identity.clone(),
+            waypoint: w.waypoint.as_ref().map(|g| derived.references[g].clone()),
+            waypoint_conflict: Vec::new(),
+            policies: Default::default(),
+        };
+        // The services it is an endpoint of (when healthy), and the waypoints they put in front.
+        let mut services = Vec::new();
+        let mut fronting = Vec::new();
+        for key in w.services.keys().filter(|_| w.healthy) {
+            let Some(service) = self.service_key(key).and_then(|k| next.service_by_key(&k)) else {
+                continue;
+            };
+            fronting.extend(service.waypoint.clone());
+            services.push((service.namespace.clone(), service.name.clone()));
+        }
+        if crate::discovery::front_one(&mut workload, fronting.iter()).is_some() {
+            return Err(Whole("behind several waypoints")); // a conflict to report
+        }
+        let mut policies = derived.mesh_wide.clone();
+        policies.extend(
+            derived
+                .by_namespace
+                .get(&w.namespace)
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        policies.extend(
+            w.policies
+                .iter()
+                .filter_map(|p| self.authorizations.get(p))
+                .map(|p| p.policy.clone()),
+        );
+        let _ = workload.policies.set(super::gather(policies));
+        if workload.enrolled {
+            let count = derived.enrolled.entry(w.namespace.clone()).or_default();
+            *count += 1;
+            if *count == 1 {
+                next.ambient_namespaces_mut().insert(w.namespace.clone());
+            }
+        }
+        next.insert_workload(Arc::new(workload), services);
+        Ok(())
+    }
+
+    /// One enrolled workload fewer in `namespace`.
+    fn unenrol(&self, derived: &mut Derived, next: &mut MeshState, namespace: &str) {
+        let Some(count) = derived.enrolled.get_mut(namespace) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            derived.enrolled.remove(namespace);
+            if !self.namespaces.contains_key(namespace) {
+                next.ambient_namespaces_mut().remove(namespace);
+            }
+        }
+    }
+
+    /// Recomputes the service `key` (an xDS name) from the workloads that back it now.
+    fn patch_service(
+        &self,
+        derived: &Derived,
+        next: &mut MeshState,
+        key: &str,
+    ) -> Result<(), Whole> {
+        // A service whose newest version was refused keeps its last valid one, endpoints included.
+        let Some(Received {
+            entry: Some(AddressEntry::Service(s)),
+            ..
+        }) = self.addresses.get(key)
+        else {
+            return Ok(()); // backed, but no such service (yet)
+        };
+        let Some(old) = next.service_by_key(&(s.namespace.clone(), s.name.clone())) else {
+            return Ok(()); // left out of the mesh
+        };
+        if derived.unpatchable_services.contains(key) {
+            return Err(Whole("its service has ports in question"));
+        }
+        let uids = derived.backing.get(key);
+        let backing: Vec<&WorkloadEntry> = uids
+            .into_iter()
+            .flatten()
+            .filter_map(|uid| match self.addresses.get(uid) {
+                Some(Received {
+                    entry: Some(AddressEntry::Workload(w)),
+                    ..
+                }) => Some(w),
+                _ => None,
+            })
+            .collect();
+        let mut ports = Vec::with_capacity(s.ports.len());
+        for (port, target) in &s.ports {
+            let target_port = target_port(*port, *target, &backing, key)
+                .ok_or(Whole("its endpoints disagree on a target port"))?;
+            ports.push(ServicePort {
+                port: *port,
+                target_port,
+            });
+        }
+        let endpoints = backing
+            .iter()
+            .filter(|w| w.healthy && !derived.instances.contains(&w.uid))
+            .map(|w| w.uid.clone())
+            .collect();
+        let service = Service {
+            name: old.name.clone(),
+            namespace: old.namespace.clone(),
+            vips: old.vips.clone(),
+            ports,
+            selector: Default::default(),
+            endpoints,
+            waypoint: old.waypoint.clone(),
+        };
+        next.replace_service(Arc::new(service));
+        Ok(())
+    }
+
+    /// The key (namespace, name) of the service received as `key`.
+    fn service_key(&self, key: &str) -> Option<(String, String)> {
+        match self.addresses.get(key)? {
+            Received {
+                entry: Some(AddressEntry::Service(s)),
+                ..
+            } => Some((s.namespace.clone(), s.name.clone())),
+            _ => None,
+        }
+    }
+}

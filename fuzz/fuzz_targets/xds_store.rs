@@ -4,8 +4,12 @@
 //! pods that arrive without one — and a decision for every workload in it. Nothing a control plane
 //! sends may crash or stall a subscriber.
 //!
+//! A subscriber patches the last mesh for changed workloads instead of building it whole: every
+//! mesh it publishes (after records with bit 3 set) must be the mesh a whole build gives.
+//!
 //! Input: records of `[flags][length: u16 LE][body]`; flags bits 0-1 pick the type (Address,
-//! Authorization, AmbientNamespace, Address), bit 2 makes the record a removal. A body that decodes
+//! Authorization, AmbientNamespace, Address), bit 2 makes the record a removal, bit 3 publishes
+//! the mesh after it. A body that decodes
 //! is sent under its own name (its uid, `namespace/hostname`, `namespace/name` or the namespace),
 //! so validation goes past the name check.
 
@@ -16,6 +20,7 @@ use prost::Message;
 use veil_mesh::discovery::MeshSettings;
 use veil_mesh::identity::Identity;
 use veil_mesh::policy::{Attributes, evaluate};
+use veil_mesh::testing::mesh_fingerprint;
 use veil_mesh::xds::proto::discovery::Resource;
 use veil_mesh::xds::proto::istio::security::Authorization;
 use veil_mesh::xds::proto::istio::workload::{Address, address};
@@ -69,6 +74,15 @@ fuzz_target!(|data: &[u8]| {
                 ..Default::default()
             };
             let _ = store.apply(kind, &[resource], &[]);
+        }
+        if flags & 8 != 0 {
+            let published = match store.patch() {
+                Some(mesh) => mesh,
+                None => store.build_whole(),
+            };
+            let addresses = ["10.0.0.1".parse().unwrap()];
+            let whole = mesh_fingerprint(&store.to_state(), &addresses);
+            assert_eq!(mesh_fingerprint(&published, &addresses), whole, "a patched mesh differs from a whole build");
         }
     }
     let state = store.to_state();

@@ -407,3 +407,56 @@ pub fn pending_workload(
         policies: Default::default(),
     }
 }
+
+/// Everything a proxy can read of a mesh, in a stable order, as text: two meshes a proxy cannot
+/// tell apart have the same. `addresses` are looked up too (who has each).
+pub fn mesh_fingerprint(s: &crate::discovery::MeshState, addresses: &[std::net::IpAddr]) -> String {
+    let mut out = format!("{:?}\n", s.summary());
+    for w in s.workloads() {
+        let policies: Vec<String> = s.authz_for(&w).iter().map(|p| p.id.to_string()).collect();
+        let services: Vec<String> = s.services_of(&w).iter().map(|s| s.key()).collect();
+        out += &format!(
+            "workload {} {}/{} node={} ips={:?} enrolled={} id={} wp={:?} conflict={:?} policies={policies:?} services={services:?}\n",
+            w.uid,
+            w.namespace,
+            w.name,
+            w.node,
+            w.ips,
+            w.enrolled,
+            w.identity,
+            w.waypoint,
+            w.waypoint_conflict(),
+        );
+    }
+    for svc in s.services() {
+        out += &format!(
+            "service {} vips={:?} ports={:?} endpoints={:?} wp={:?}\n",
+            svc.key(),
+            svc.vips,
+            svc.ports,
+            svc.endpoints,
+            svc.waypoint
+        );
+    }
+    for wp in s.waypoints() {
+        out += &format!("waypoint {} {} {:?}\n", wp.reference(), wp.identity, wp.ips);
+    }
+    for node in ["node-a", "node-b"] {
+        let uids: Vec<String> = s
+            .workloads_on_node(node)
+            .iter()
+            .map(|w| w.uid.clone())
+            .collect();
+        out += &format!("on {node}: {uids:?}\n");
+    }
+    for ip in addresses {
+        let owner = s.workload_by_ip(*ip).map(|w| w.uid.clone());
+        let service = s.service_by_vip(*ip).map(|s| s.key());
+        out += &format!("{ip}: {owner:?} {service:?}\n");
+    }
+    out += &format!("ambient {:?}\n", s.ambient_namespaces());
+    let mut rejected: Vec<String> = s.rejected().iter().map(ToString::to_string).collect();
+    rejected.sort();
+    out += &format!("rejected {rejected:#?}\n");
+    out
+}

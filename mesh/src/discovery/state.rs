@@ -65,12 +65,12 @@ pub(crate) type ServiceKey = (String, String);
 #[derive(Clone, Debug, Default)]
 pub struct MeshState {
     settings: Option<MeshSettings>,
-    workloads: imbl::HashMap<String, Arc<Workload>>,
-    by_ip: imbl::HashMap<IpAddr, Arc<Workload>>,
+    workloads: imbl::OrdMap<String, Arc<Workload>>,
+    by_ip: imbl::OrdMap<IpAddr, Arc<Workload>>,
     /// The uids of the workloads on each node.
-    by_node: imbl::HashMap<String, imbl::OrdSet<String>>,
+    by_node: imbl::OrdMap<String, imbl::OrdSet<String>>,
     services: imbl::OrdMap<ServiceKey, Arc<Service>>,
-    by_vip: imbl::HashMap<IpAddr, Arc<Service>>,
+    by_vip: imbl::OrdMap<IpAddr, Arc<Service>>,
     waypoints: Arc<HashMap<WaypointRef, Arc<Waypoint>>>,
     authz: Arc<PolicyIndex>,
     peer_auth: Arc<[PeerAuthPolicy]>,
@@ -79,7 +79,7 @@ pub struct MeshState {
     /// mesh, but described to control-plane subscribers so the node can capture them at once.
     pending: Arc<[Arc<Workload>]>,
     /// The services each workload (by uid) is an endpoint of.
-    services_of: imbl::HashMap<String, Arc<[ServiceKey]>>,
+    services_of: imbl::OrdMap<String, Arc<[ServiceKey]>>,
     rejected: Arc<[ConfigError]>,
     /// Received from a control plane in Istio's form (see [`Self::istio_semantics`]).
     istio_semantics: bool,
@@ -168,7 +168,7 @@ impl MeshState {
         }
         state.services_of = services_of
             .into_iter()
-            .map(|(uid, keys)| (uid, keys.into()))
+            .map(|(uid, keys)| (uid, Arc::<[ServiceKey]>::from(keys)))
             .collect();
         state.authz = Arc::new(PolicyIndex::new(
             &settings.root_namespace,

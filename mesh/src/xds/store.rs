@@ -63,13 +63,13 @@ pub struct Refusal {
 /// refused.
 #[derive(Debug)]
 struct Received {
-    version: String,
+    version: Box<str>,
     /// The newest valid version received under this name.
     entry: Option<AddressEntry>,
     /// Why the newest version was refused. The older valid version, if any, stands in: a workload
     /// stays known (its pod stays captured, its address stays in the mesh) but admits nothing; a
     /// service keeps its last valid form.
-    refused: Option<String>,
+    refused: Option<Box<str>>,
     /// When this name was first received: of two workloads claiming an address, the older claim
     /// wins.
     since: u64,
@@ -154,7 +154,7 @@ impl Store {
             Kind::Address => self
                 .addresses
                 .iter()
-                .map(|(name, r)| (name.clone(), r.version.clone()))
+                .map(|(name, r)| (name.clone(), r.version.to_string()))
                 .collect(),
             Kind::Authorization => self
                 .authorizations
@@ -179,8 +179,10 @@ impl Store {
         resources: &[Resource],
         removed: &[String],
     ) -> Vec<Refusal> {
-        if kind != Kind::Address && !(resources.is_empty() && removed.is_empty()) {
-            // Policies and enrolment reach every workload: the next mesh is built whole.
+        let something = !(resources.is_empty() && removed.is_empty());
+        if something && (kind != Kind::Address || self.derived.is_none()) {
+            // Policies and enrolment reach every workload, and with no mesh built yet there is
+            // nothing to patch: the next mesh is built whole.
             self.changes.everything();
         }
         for name in removed {
@@ -219,7 +221,7 @@ impl Store {
                             };
                             self.changes.address(name, before, service);
                             let received = Received {
-                                version,
+                                version: version.into(),
                                 entry: Some(entry),
                                 refused: None,
                                 since,
@@ -230,9 +232,9 @@ impl Store {
                             // The previous valid version stands in, quarantined.
                             self.changes.everything();
                             let received = Received {
-                                version,
+                                version: version.into(),
                                 entry: before.and_then(|b| b.entry),
-                                refused: Some(reason.clone()),
+                                refused: Some(reason.clone().into()),
                                 since,
                             };
                             (received, Some(reason))

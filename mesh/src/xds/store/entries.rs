@@ -1,6 +1,5 @@
 //! Reading resources into entries: every field checked, a clear reason for what is refused.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use prost::Message;
@@ -15,8 +14,9 @@ use crate::identity::Identity;
 /// A validated workload or service, as received.
 #[derive(Debug)]
 pub(super) enum AddressEntry {
-    Workload(WorkloadEntry),
-    Service(ServiceEntry),
+    // Boxed: a store holds one per workload, and the map's spare slots are then small.
+    Workload(Box<WorkloadEntry>),
+    Service(Box<ServiceEntry>),
 }
 
 #[derive(Clone, Debug)]
@@ -32,9 +32,30 @@ pub(super) struct WorkloadEntry {
     pub(super) healthy: bool,
     pub(super) identity: Identity,
     pub(super) waypoint: Option<Gateway>,
-    pub(super) policies: Vec<String>,
-    /// The services it backs (xDS names), with their ports.
-    pub(super) services: BTreeMap<String, Vec<(u16, u16)>>,
+    pub(super) policies: Box<[String]>,
+    /// The services it backs, with their ports.
+    pub(super) services: Backs,
+}
+
+/// The services a workload backs (xDS names, sorted), with their ports. A sorted slice: most
+/// workloads back one service, for which a map's node would be most of the workload's memory.
+#[derive(Clone, Debug)]
+pub(super) struct Backs(Box<[(String, Ports)]>);
+
+/// Service ports and their target ports (0: per endpoint).
+type Ports = Box<[(u16, u16)]>;
+
+impl Backs {
+    /// The services' xDS names, sorted.
+    pub(super) fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(key, _)| key)
+    }
+
+    /// The ports of service `key`, if it backs it.
+    pub(super) fn get(&self, key: &str) -> Option<&[(u16, u16)]> {
+        let i = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+        Some(&self.0[i].1)
+    }
 }
 
 #[derive(Debug)]
@@ -76,9 +97,11 @@ pub(super) fn address_entry(
 ) -> Result<AddressEntry, String> {
     match &a.r#type {
         Some(wl::address::Type::Workload(w)) => {
-            workload_entry(name, w, settings).map(AddressEntry::Workload)
+            workload_entry(name, w, settings).map(|w| AddressEntry::Workload(Box::new(w)))
         }
-        Some(wl::address::Type::Service(s)) => service_entry(name, s).map(AddressEntry::Service),
+        Some(wl::address::Type::Service(s)) => {
+            service_entry(name, s).map(|s| AddressEntry::Service(Box::new(s)))
+        }
         None => Err("an address that is neither a workload nor a service".into()),
     }
 }
@@ -126,16 +149,17 @@ fn workload_entry(
     }
     // Unknown statuses count as unhealthy: a workload is an endpoint only when said to be ready.
     let healthy = w.status == wl::WorkloadStatus::Healthy as i32;
-    let mut services = BTreeMap::new();
+    let mut services = Vec::with_capacity(w.services.len());
     for (key, list) in &w.services {
         let ports = list
             .ports
             .iter()
             .map(|p| Ok((port(p.service_port)?, optional_port(p.target_port)?)))
-            .collect::<Result<Vec<_>, String>>()
+            .collect::<Result<Box<[_]>, String>>()
             .map_err(|e| format!("services[{key}]: {e}"))?;
-        services.insert(key.clone(), ports);
+        services.push((key.clone(), ports));
     }
+    services.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(WorkloadEntry {
         uid: w.uid.clone(),
         name: w.name.clone(),
@@ -147,8 +171,8 @@ fn workload_entry(
         healthy,
         identity,
         waypoint: w.waypoint.as_ref().map(gateway).transpose()?,
-        policies: w.authorization_policies.clone(),
-        services,
+        policies: w.authorization_policies.clone().into(),
+        services: Backs(services.into()),
     })
 }
 

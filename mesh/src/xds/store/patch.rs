@@ -35,7 +35,7 @@ pub(super) struct Changes {
     whole: bool,
     /// Changed workloads (by name, their uid), each with the entry it had when the mesh was last
     /// made (none: it is new).
-    workloads: HashMap<String, Option<WorkloadEntry>>,
+    workloads: HashMap<String, Option<Box<WorkloadEntry>>>,
 }
 
 impl Changes {
@@ -71,7 +71,7 @@ impl Changes {
     pub(super) fn refill(&mut self, name: &str, current: &WorkloadEntry) {
         if !self.whole && !self.workloads.contains_key(name) {
             self.workloads
-                .insert(name.to_owned(), Some(current.clone()));
+                .insert(name.to_owned(), Some(Box::new(current.clone())));
         }
     }
 }
@@ -122,9 +122,13 @@ impl Store {
         let mut next = derived.state.clone();
         let mut affected: BTreeSet<String> = BTreeSet::new();
         for (uid, before) in &changes.workloads {
-            if let Err(Whole(why)) =
-                self.patch_workload(&mut derived, &mut next, uid, before.as_ref(), &mut affected)
-            {
+            if let Err(Whole(why)) = self.patch_workload(
+                &mut derived,
+                &mut next,
+                uid,
+                before.as_deref(),
+                &mut affected,
+            ) {
                 debug!(workload = %uid, why, "the mesh is built whole");
                 return None;
             }
@@ -170,7 +174,7 @@ impl Store {
                 entry: Some(AddressEntry::Workload(w)),
                 refused: None,
                 ..
-            }) => Some(w),
+            }) => Some(&**w),
             Some(_) => return Err(Whole("quarantined")),
         };
         // A missing Authorization it named is reported while a workload in the mesh names it.
@@ -355,7 +359,7 @@ impl Store {
                 Some(Received {
                     entry: Some(AddressEntry::Workload(w)),
                     ..
-                }) => Some(w),
+                }) => Some(&**w),
                 _ => None,
             })
             .collect();

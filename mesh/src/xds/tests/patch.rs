@@ -10,58 +10,7 @@ use std::sync::{Arc, Mutex};
 use super::subscriber::{address_resource, received, resource};
 use super::*;
 use crate::discovery::{MeshState, Workload};
-
-/// Everything a proxy can read of a mesh, in a stable order.
-fn fingerprint(s: &MeshState, addresses: &[IpAddr]) -> String {
-    let mut out = format!("{:?}\n", s.summary());
-    for w in s.workloads() {
-        let policies: Vec<String> = s.authz_for(&w).iter().map(|p| p.id.to_string()).collect();
-        let services: Vec<String> = s.services_of(&w).iter().map(|s| s.key()).collect();
-        out += &format!(
-            "workload {} {}/{} node={} ips={:?} enrolled={} id={} wp={:?} conflict={:?} policies={policies:?} services={services:?}\n",
-            w.uid,
-            w.namespace,
-            w.name,
-            w.node,
-            w.ips,
-            w.enrolled,
-            w.identity,
-            w.waypoint,
-            w.waypoint_conflict(),
-        );
-    }
-    for svc in s.services() {
-        out += &format!(
-            "service {} vips={:?} ports={:?} endpoints={:?} wp={:?}\n",
-            svc.key(),
-            svc.vips,
-            svc.ports,
-            svc.endpoints,
-            svc.waypoint
-        );
-    }
-    for wp in s.waypoints() {
-        out += &format!("waypoint {} {} {:?}\n", wp.reference(), wp.identity, wp.ips);
-    }
-    for node in ["node-a", "node-b"] {
-        let uids: Vec<String> = s
-            .workloads_on_node(node)
-            .iter()
-            .map(|w| w.uid.clone())
-            .collect();
-        out += &format!("on {node}: {uids:?}\n");
-    }
-    for ip in addresses {
-        let owner = s.workload_by_ip(*ip).map(|w| w.uid.clone());
-        let service = s.service_by_vip(*ip).map(|s| s.key());
-        out += &format!("{ip}: {owner:?} {service:?}\n");
-    }
-    out += &format!("ambient {:?}\n", s.ambient_namespaces());
-    let mut rejected: Vec<String> = s.rejected().iter().map(ToString::to_string).collect();
-    rejected.sort();
-    out += &format!("rejected {rejected:#?}\n");
-    out
-}
+use crate::testing::mesh_fingerprint;
 
 /// A node's network plugin: the addresses it gave pods, by namespace and name.
 type Table = HashMap<(String, String), Vec<IpAddr>>;
@@ -313,8 +262,8 @@ fn a_patched_mesh_is_the_mesh_a_whole_build_gives() {
         } else {
             whole += 1;
         }
-        let expected = fingerprint(&store.to_state(), &addresses);
-        let got = fingerprint(&mesh, &addresses);
+        let expected = mesh_fingerprint(&store.to_state(), &addresses);
+        let got = mesh_fingerprint(&mesh, &addresses);
         if expected != got {
             let only = |a: &str, b: &str| -> Vec<String> {
                 a.lines()

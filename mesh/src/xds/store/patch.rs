@@ -28,6 +28,11 @@ use super::{Received, Store, target_port};
 use crate::discovery::{MeshState, Service, ServicePort, WaypointRef, Workload};
 use crate::policy::AuthzPolicy;
 
+/// The most workloads one patch takes on: a patch runs on the caller's thread (an async worker), a
+/// whole build on a blocking one, and a larger burst (a node drained, a big rollout) is built whole
+/// rather than stall the caller.
+const PATCH_AT_MOST: usize = 512;
+
 /// What changed since the mesh was last made.
 #[derive(Debug, Default)]
 pub(super) struct Changes {
@@ -116,7 +121,7 @@ impl Store {
     pub fn patch(&mut self) -> Option<MeshState> {
         let changes = std::mem::take(&mut self.changes);
         let mut derived = self.derived.take()?;
-        if changes.whole {
+        if changes.whole || changes.workloads.len() > PATCH_AT_MOST {
             return None;
         }
         let mut next = derived.state.clone();

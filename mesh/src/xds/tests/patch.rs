@@ -313,3 +313,31 @@ fn a_patch_touches_only_the_changed_workload_and_its_services() {
     let svc = after.service_by_vip("10.96.0.2".parse().unwrap()).unwrap();
     assert_eq!(after.endpoints(svc)[0].name, "api");
 }
+
+#[test]
+fn a_burst_of_many_workloads_is_built_whole_off_the_caller() {
+    let resources = Resources::from_state(&state());
+    let template = workload(&resources, "shop", "web");
+    let burst = |store: &mut Store, n: u8, from: u8| {
+        let list: Vec<_> = (0..n)
+            .flat_map(|hi| (0..=3).map(move |lo| (hi, lo)))
+            .map(|(hi, lo)| {
+                let mut w = template.clone();
+                w.name = format!("b{from}-{hi}-{lo}");
+                w.uid = workload_name("shop", &w.name);
+                w.addresses = vec![vec![10, 7 + from, hi, lo]];
+                address_resource(&w.uid.clone(), "v1", wl::address::Type::Workload(w))
+            })
+            .collect();
+        store.apply(Kind::Address, &list, &[]);
+    };
+    let mut store = received(&resources);
+    store.build_whole();
+    burst(&mut store, 100, 0); // 400 workloads
+    let patched = store.patch().expect("a burst of 400 is patched");
+    assert_eq!(patched.summary().workloads, state().summary().workloads + 400);
+    burst(&mut store, 150, 1); // 600 workloads
+    assert!(store.patch().is_none(), "a burst of 600 is built whole");
+    let whole = store.build_whole();
+    assert_eq!(whole.summary().workloads, state().summary().workloads + 1000);
+}

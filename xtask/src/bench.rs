@@ -36,19 +36,20 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 /// The sections of a run, for `--only`.
-pub(crate) const SECTIONS: [&str; 8] = [
+pub(crate) const SECTIONS: [&str; 9] = [
     "throughput",
     "latency",
     "connections",
     "waypoint",
     "memory",
     "policy",
+    "subscriber",
     "controlplane",
     "scale",
 ];
 
 /// Sections that run without the benchmark cluster.
-const OUTSIDE_THE_CLUSTER: [&str; 3] = ["policy", "controlplane", "scale"];
+const OUTSIDE_THE_CLUSTER: [&str; 4] = ["policy", "subscriber", "controlplane", "scale"];
 
 /// How long and how often each measurement runs.
 #[derive(Clone, Debug)]
@@ -532,24 +533,7 @@ fn waypoint(b: &Bench) -> anyhow::Result<Value> {
 /// The criterion benchmark of a policy decision among 10,000 policies; median nanoseconds.
 fn policy(root: &Path) -> anyhow::Result<Value> {
     println!("Benchmarking a policy decision among 10,000 policies (criterion)…");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args([
-            "bench",
-            "--quiet",
-            "-p",
-            "veil-mesh",
-            "--bench",
-            "policy_decision",
-            "--",
-        ])
-        .args(["--warm-up-time", "1", "--measurement-time", "3", "--noplot"])
-        .current_dir(root)
-        .stdout(std::process::Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("the policy benchmark failed");
-    }
+    criterion_run(root, "policy_decision")?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
     let median_ns = |name: &str| -> anyhow::Result<f64> {
@@ -569,6 +553,55 @@ fn policy(root: &Path) -> anyhow::Result<Value> {
     Ok(json!({"lookup_and_evaluate_ns": lookup, "evaluate_cached_ns": cached}))
 }
 
+/// One pod change applied and patched by a subscriber holding 10,000 and 100,000 workloads
+/// (criterion), and the heap it holds per workload (counted by the bench's allocator).
+fn subscriber(root: &Path) -> anyhow::Result<Value> {
+    println!("Benchmarking a subscriber's patch for one pod change (criterion)…");
+    criterion_run(root, "subscriber_patch")?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
+    let dir = target.join("criterion/subscriber_patch");
+    let memory: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("memory.json"))?)?;
+    let mut out = json!({});
+    for pods in ["10000", "100000"] {
+        let path = dir.join(pods).join("new/estimates.json");
+        let estimates: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        let median = estimates["median"]["point_estimate"]
+            .as_f64()
+            .with_context(|| format!("no median in {}", path.display()))?;
+        let heap = &memory["heap_bytes_per_workload"][pods];
+        println!(
+            "  {pods} workloads: {:.1} µs per change (median), {heap} B of heap per workload",
+            median / 1000.0
+        );
+        out[pods] = json!({"change_ns": median, "heap_bytes_per_workload": heap});
+    }
+    Ok(out)
+}
+
+/// Runs the criterion benchmark `bench` of veil-mesh (short: 1 s warm-up, 3 s measurement).
+fn criterion_run(root: &Path, bench: &str) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "bench",
+            "--quiet",
+            "-p",
+            "veil-mesh",
+            "--bench",
+            bench,
+            "--",
+        ])
+        .args(["--warm-up-time", "1", "--measurement-time", "3", "--noplot"])
+        .current_dir(root)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("the {bench} benchmark failed");
+    }
+    Ok(())
+}
+
 pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
     if skip_unless_root("the benchmarks") {
         bail!("the benchmarks build network namespaces and iptables rules: run them as root");
@@ -585,6 +618,9 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
     });
     if opts.runs("policy") {
         results["policy"] = policy(&root)?;
+    }
+    if opts.runs("subscriber") {
+        results["subscriber"] = subscriber(&root)?;
     }
     if opts.runs("controlplane") {
         results["controlplane"] = controlplane::controlplane()?;

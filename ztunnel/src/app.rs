@@ -43,7 +43,9 @@ pub enum StartError {
 
 /// Warns, at start and whenever the set changes, about policies with HTTP attributes that apply to
 /// workloads without a waypoint: ztunnel cannot check those attributes and denies what they match.
-/// The set is computed over every workload, on a blocking thread: off the data path's workers.
+/// The set is computed over every workload, on a blocking thread: off the data path's workers, and
+/// at most once per [`L7_REPORT_INTERVAL`] (changes in between are taken together), so that a
+/// cluster's pod churn does not cost a scan of the whole mesh per change.
 async fn report_l7_at_l4(mut rx: watch::Receiver<Arc<MeshState>>) {
     let mut reported = Vec::new();
     loop {
@@ -62,11 +64,15 @@ async fn report_l7_at_l4(mut rx: watch::Receiver<Arc<MeshState>>) {
             }
             reported = current;
         }
+        tokio::time::sleep(L7_REPORT_INTERVAL).await;
         if rx.changed().await.is_err() {
             return;
         }
     }
 }
+
+/// How often, at most, [`report_l7_at_l4`] scans the mesh.
+const L7_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Keeps the `control_plane_connected` gauge at what `connected` says.
 async fn report_connected(mut connected: watch::Receiver<bool>, metrics: Arc<Metrics>) {

@@ -119,6 +119,24 @@ pub(super) fn report(r: &Value) -> String {
             f(&p["lookup_and_evaluate_ns"]) <= 10_000.0,
         ),
         Row::goal(
+            "subscriber: one pod change applied and patched, 100,000 workloads (median)",
+            format!(
+                "{:.1} µs",
+                f(&r["subscriber"]["100000"]["change_ns"]) / 1000.0
+            ),
+            "≤ 50 µs",
+            f(&r["subscriber"]["100000"]["change_ns"]) <= 50_000.0,
+        ),
+        Row::goal(
+            "subscriber: heap held per workload, 100,000 workloads",
+            format!(
+                "{:.2} KB",
+                f(&r["subscriber"]["100000"]["heap_bytes_per_workload"]) / 1000.0
+            ),
+            "≤ 1.5 KB",
+            f(&r["subscriber"]["100000"]["heap_bytes_per_workload"]) <= 1500.0,
+        ),
+        Row::goal(
             "ztunnel RSS, idle (larger of the two)",
             format!("{idle:.1} MiB"),
             "≤ 8 MiB",

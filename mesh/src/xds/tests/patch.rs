@@ -335,9 +335,15 @@ fn a_burst_of_many_workloads_is_built_whole_off_the_caller() {
     store.build_whole();
     burst(&mut store, 100, 0); // 400 workloads
     let patched = store.patch().expect("a burst of 400 is patched");
-    assert_eq!(patched.summary().workloads, state().summary().workloads + 400);
+    assert_eq!(
+        patched.summary().workloads,
+        state().summary().workloads + 400
+    );
     burst(&mut store, 150, 1); // 600 workloads
     assert!(store.patch().is_none(), "a burst of 600 is built whole");
     let whole = store.build_whole();
-    assert_eq!(whole.summary().workloads, state().summary().workloads + 1000);
+    assert_eq!(
+        whole.summary().workloads,
+        state().summary().workloads + 1000
+    );
 }

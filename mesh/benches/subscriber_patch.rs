@@ -55,15 +55,7 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 fn resource(kind: Kind, name: &str, version: &str, body: Vec<u8>) -> Resource {
-    Resource {
-        name: name.into(),
-        version: version.into(),
-        resource: Some(prost_types::Any {
-            type_url: kind.type_url().into(),
-            value: body,
-        }),
-        ..Default::default()
-    }
+    kind.resource(name, version, body)
 }
 
 /// Pod `i` of a mesh with `groups` apps: in namespace `ns{g % 100}`, backing Service `svc{g}` and

@@ -399,15 +399,7 @@ mod tests {
     }
 
     fn garbage(kind: Kind, name: &str) -> Resource {
-        Resource {
-            name: name.into(),
-            version: "v1".into(),
-            resource: Some(prost_types::Any {
-                type_url: kind.type_url().into(),
-                value: vec![0xff; 3],
-            }),
-            ..Default::default()
-        }
+        kind.resource(name, "v1", vec![0xff; 3])
     }
 
     #[test]

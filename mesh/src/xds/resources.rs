@@ -69,6 +69,24 @@ impl Kind {
     pub fn from_type_url(url: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.type_url() == url)
     }
+
+    /// A resource of this kind as it travels: `body` (an encoded message) under `name`, `version`.
+    pub fn resource(
+        self,
+        name: &str,
+        version: &str,
+        body: Vec<u8>,
+    ) -> super::proto::discovery::Resource {
+        super::proto::discovery::Resource {
+            name: name.into(),
+            version: version.into(),
+            resource: Some(prost_types::Any {
+                type_url: self.type_url().into(),
+                value: body,
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 /// One resource: its encoded message and a version that changes when, and only when, the message

@@ -9,15 +9,7 @@ pub(super) fn resource(
     version: &str,
     body: Vec<u8>,
 ) -> super::proto::discovery::Resource {
-    super::proto::discovery::Resource {
-        name: name.into(),
-        version: version.into(),
-        resource: Some(prost_types::Any {
-            type_url: kind.type_url().into(),
-            value: body,
-        }),
-        ..Default::default()
-    }
+    kind.resource(name, version, body)
 }
 
 pub(super) fn received(resources: &Resources) -> Store {

@@ -57,6 +57,37 @@ impl ConfigError {
     }
 }
 
+/// A workload ordered by its uid alone (a node's workloads, sorted without a copy of each uid).
+#[derive(Clone, Debug)]
+struct ByUid(Arc<Workload>);
+
+impl PartialEq for ByUid {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.uid == other.0.uid
+    }
+}
+
+impl Eq for ByUid {}
+
+impl PartialOrd for ByUid {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByUid {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.uid.cmp(&other.0.uid)
+    }
+}
+
+// Ordered as the uid is: maps and sets of these are looked up by uid.
+impl std::borrow::Borrow<str> for ByUid {
+    fn borrow(&self) -> &str {
+        &self.0.uid
+    }
+}
+
 /// A service's key: its namespace and name.
 pub(crate) type ServiceKey = (String, String);
 
@@ -65,10 +96,11 @@ pub(crate) type ServiceKey = (String, String);
 #[derive(Clone, Debug, Default)]
 pub struct MeshState {
     settings: Option<MeshSettings>,
-    workloads: imbl::OrdMap<String, Arc<Workload>>,
+    /// Workloads by uid.
+    workloads: imbl::OrdSet<ByUid>,
     by_ip: imbl::OrdMap<IpAddr, Arc<Workload>>,
     /// The uids of the workloads on each node.
-    by_node: imbl::OrdMap<String, imbl::OrdSet<String>>,
+    by_node: imbl::OrdMap<String, imbl::OrdSet<ByUid>>,
     services: imbl::OrdMap<ServiceKey, Arc<Service>>,
     by_vip: imbl::OrdMap<IpAddr, Arc<Service>>,
     waypoints: Arc<HashMap<WaypointRef, Arc<Waypoint>>>,
@@ -79,7 +111,7 @@ pub struct MeshState {
     /// mesh, but described to control-plane subscribers so the node can capture them at once.
     pending: Arc<[Arc<Workload>]>,
     /// The services each workload (by uid) is an endpoint of.
-    services_of: imbl::OrdMap<String, Arc<[ServiceKey]>>,
+    services_of: imbl::OrdMap<ByUid, Arc<[ServiceKey]>>,
     rejected: Arc<[ConfigError]>,
     /// Received from a control plane in Istio's form (see [`Self::istio_semantics`]).
     istio_semantics: bool,
@@ -168,7 +200,10 @@ impl MeshState {
         }
         state.services_of = services_of
             .into_iter()
-            .map(|(uid, keys)| (uid, Arc::<[ServiceKey]>::from(keys)))
+            .filter_map(|(uid, keys)| {
+                let workload = state.workloads.get(uid.as_str())?.clone();
+                Some((workload, Arc::<[ServiceKey]>::from(keys)))
+            })
             .collect();
         state.authz = Arc::new(PolicyIndex::new(
             &settings.root_namespace,
@@ -188,8 +223,8 @@ impl MeshState {
         self.by_node
             .entry(workload.node.clone())
             .or_default()
-            .insert(workload.uid.clone());
-        self.workloads.insert(workload.uid.clone(), workload);
+            .insert(ByUid(workload.clone()));
+        self.workloads.insert(ByUid(workload));
     }
 
     /// Adds `service` under its key and its addresses (replacing what they led to).
@@ -204,7 +239,7 @@ impl MeshState {
     /// Takes the workload `uid` out: its addresses, its node's list, the services it backs (which
     /// the caller replaces). Returns it.
     pub(crate) fn remove_workload(&mut self, uid: &str) -> Option<Arc<Workload>> {
-        let workload = self.workloads.remove(uid)?;
+        let workload = self.workloads.remove(uid)?.0;
         for ip in &workload.ips {
             if self
                 .by_ip
@@ -215,7 +250,7 @@ impl MeshState {
             }
         }
         if let Some(uids) = self.by_node.get_mut(&workload.node) {
-            uids.remove(uid);
+            uids.remove(&ByUid(workload.clone()));
             if uids.is_empty() {
                 self.by_node.remove(&workload.node);
             }
@@ -228,7 +263,7 @@ impl MeshState {
     pub(crate) fn insert_workload(&mut self, workload: Arc<Workload>, services: Vec<ServiceKey>) {
         if !services.is_empty() {
             self.services_of
-                .insert(workload.uid.clone(), services.into());
+                .insert(ByUid(workload.clone()), services.into());
         }
         self.put_workload(workload);
     }
@@ -266,7 +301,7 @@ impl MeshState {
     ) -> Self {
         let root = self.settings().root_namespace;
         self.authz = Arc::new(PolicyIndex::new(&root, all));
-        for workload in self.workloads.values() {
+        for ByUid(workload) in &self.workloads {
             // Fresh workloads: nothing has read their policies yet.
             let _ = workload.policies.set(policies(workload));
         }
@@ -314,7 +349,11 @@ impl MeshState {
                     .iter()
                     .map(|s| (s.namespace.clone(), s.name.clone()))
                     .collect();
-                self.services_of.insert(workload.uid.clone(), keys.into());
+                let workload = Arc::new(workload);
+                self.services_of
+                    .insert(ByUid(workload.clone()), keys.into());
+                out.push(workload);
+                continue;
             }
             out.push(Arc::new(workload));
         }
@@ -347,7 +386,7 @@ impl MeshState {
 
     /// The workload with `uid`.
     pub fn workload(&self, uid: &str) -> Option<&Arc<Workload>> {
-        self.workloads.get(uid)
+        self.workloads.get(uid).map(|w| &w.0)
     }
 
     /// The service with virtual address `ip`.
@@ -372,14 +411,14 @@ impl MeshState {
         service
             .endpoints
             .iter()
-            .filter_map(|uid| self.workloads.get(uid).cloned())
+            .filter_map(|uid| self.workloads.get(uid.as_str()).map(|w| w.0.clone()))
             .collect()
     }
 
     /// The services `workload` is an endpoint of.
     pub fn services_of(&self, workload: &Workload) -> Vec<Arc<Service>> {
         self.services_of
-            .get(&workload.uid)
+            .get(workload.uid.as_str())
             .into_iter()
             .flat_map(|keys| keys.iter())
             .filter_map(|key| self.services.get(key).cloned())
@@ -392,13 +431,13 @@ impl MeshState {
             .get(node)
             .into_iter()
             .flatten()
-            .filter_map(|uid| self.workloads.get(uid).cloned())
+            .map(|w| w.0.clone())
             .collect()
     }
 
     /// Every workload, sorted by uid.
     pub fn workloads(&self) -> Vec<Arc<Workload>> {
-        let mut out: Vec<_> = self.workloads.values().cloned().collect();
+        let mut out: Vec<_> = self.workloads.iter().map(|w| w.0.clone()).collect();
         out.sort_by(|a, b| a.uid.cmp(&b.uid));
         out
     }
@@ -493,7 +532,8 @@ impl MeshState {
         }
         let mut out: Vec<PolicyId> = self
             .workloads
-            .values()
+            .iter()
+            .map(|w| &w.0)
             .filter(|w| w.waypoint.is_none())
             .flat_map(|w| self.authz_for(w).iter().cloned().collect::<Vec<_>>())
             // Only policies ztunnel enforces are here: gateway-attached ones never, service-attached

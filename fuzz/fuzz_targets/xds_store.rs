@@ -42,8 +42,10 @@ fn natural_name(kind: Kind, body: &[u8]) -> Option<String> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // This node's CNI plugin gave an address to every pod whose name starts with `a`.
-    let lookup = |_: &str, name: &str| name.starts_with('a').then(|| vec!["10.0.0.1".parse().unwrap()]);
+    // This node's CNI plugin gave addresses to every pod whose name starts with `a`.
+    let lookup = |_: &str, name: &str| {
+        name.starts_with('a').then(|| vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()])
+    };
     let mut store =
         Store::new(MeshSettings::default()).with_node_addresses("node-a".into(), std::sync::Arc::new(lookup));
     let mut rest = data;
@@ -80,7 +82,7 @@ fuzz_target!(|data: &[u8]| {
                 Some(mesh) => mesh,
                 None => store.build_whole(),
             };
-            let addresses = ["10.0.0.1".parse().unwrap()];
+            let addresses = ["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
             let whole = mesh_fingerprint(&store.to_state(), &addresses);
             assert_eq!(mesh_fingerprint(&published, &addresses), whole, "a patched mesh differs from a whole build");
         }

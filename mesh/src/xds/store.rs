@@ -457,7 +457,7 @@ impl Store {
                     (reference, found)
                 }
             };
-            match waypoint(&reference, &found) {
+            match waypoint(&reference, &found, &filled) {
                 Ok(waypoint) => {
                     instances.extend(found.iter().map(|w| w.uid.as_str()));
                     reserved.extend(waypoint.ips.iter().copied());
@@ -714,7 +714,12 @@ fn ips_of<'a>(w: &'a WorkloadEntry, filled: &'a HashMap<&str, Vec<IpAddr>>) -> &
 }
 
 /// The waypoint `reference` whose instances are `found`, when they share one identity.
-fn waypoint(reference: &WaypointRef, found: &[&WorkloadEntry]) -> Result<Waypoint, String> {
+/// Its addresses are theirs as received or, where this node filled them in, as filled in.
+fn waypoint(
+    reference: &WaypointRef,
+    found: &[&WorkloadEntry],
+    filled: &HashMap<&str, Vec<IpAddr>>,
+) -> Result<Waypoint, String> {
     let Some(first) = found.first() else {
         return Err("no instance of it is known: traffic bound to it fails".into());
     };
@@ -728,7 +733,10 @@ fn waypoint(reference: &WaypointRef, found: &[&WorkloadEntry]) -> Result<Waypoin
         name: reference.name.clone(),
         namespace: reference.namespace.clone(),
         identity: first.identity.clone(),
-        ips: found.iter().flat_map(|w| w.ips.iter().copied()).collect(),
+        ips: found
+            .iter()
+            .flat_map(|w| ips_of(w, filled).iter().copied())
+            .collect(),
     })
 }
 

@@ -282,15 +282,30 @@ impl Store {
             policies: Default::default(),
         };
         // The services it is an endpoint of (when healthy), and the waypoints they put in front.
-        let mut services = Vec::new();
-        let mut fronting = Vec::new();
+        let mut backed = Vec::new();
         for key in w.services.keys().filter(|_| w.healthy) {
-            let Some(service) = self.service_key(key).and_then(|k| next.service_by_key(&k)) else {
+            let Some(Received {
+                entry: Some(AddressEntry::Service(s)),
+                ..
+            }) = self.addresses.get(key.as_str())
+            else {
                 continue;
             };
-            fronting.extend(service.waypoint.clone());
-            services.push((service.namespace.clone(), service.name.clone()));
+            let Some(service) = next.service_by_key(&(s.namespace.clone(), s.name.clone())) else {
+                continue;
+            };
+            backed.push((&s.namespace, &s.hostname, service.clone()));
         }
+        // In the order a whole build lists them: by namespace and hostname.
+        backed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let fronting: Vec<WaypointRef> = backed
+            .iter()
+            .filter_map(|(_, _, service)| service.waypoint.clone())
+            .collect();
+        let services = backed
+            .iter()
+            .map(|(_, _, service)| (service.namespace.clone(), service.name.clone()))
+            .collect();
         if crate::discovery::front_one(&mut workload, fronting.iter()).is_some() {
             return Err(Whole("behind several waypoints")); // a conflict to report
         }
@@ -350,9 +365,6 @@ impl Store {
         else {
             return Ok(()); // backed, but no such service (yet)
         };
-        let Some(old) = next.service_by_key(&(s.namespace.clone(), s.name.clone())) else {
-            return Ok(()); // left out of the mesh
-        };
         if derived.unpatchable_services.contains(key) {
             return Err(Whole("its service has ports in question"));
         }
@@ -377,6 +389,10 @@ impl Store {
                 target_port,
             });
         }
+        // A service left out of the mesh is still judged (its ports reported), as above.
+        let Some(old) = next.service_by_key(&(s.namespace.clone(), s.name.clone())) else {
+            return Ok(());
+        };
         let endpoints = backing
             .iter()
             .filter(|w| w.healthy && !derived.instances.contains(&w.uid))
@@ -393,16 +409,5 @@ impl Store {
         };
         next.replace_service(Arc::new(service));
         Ok(())
-    }
-
-    /// The key (namespace, name) of the service received as `key`.
-    fn service_key(&self, key: &str) -> Option<(String, String)> {
-        match self.addresses.get(key)? {
-            Received {
-                entry: Some(AddressEntry::Service(s)),
-                ..
-            } => Some((s.namespace.clone(), s.name.clone())),
-            _ => None,
-        }
     }
 }

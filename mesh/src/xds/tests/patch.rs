@@ -347,3 +347,181 @@ fn a_burst_of_many_workloads_is_built_whole_off_the_caller() {
         state().summary().workloads + 1000
     );
 }
+
+// ---- Found by review: cases the random changes above do not reach ----
+
+fn pod(namespace: &str, name: &str, node: &str, ips: &[[u8; 4]]) -> wl::Workload {
+    wl::Workload {
+        uid: workload_name(namespace, name),
+        name: name.into(),
+        namespace: namespace.into(),
+        service_account: name.into(),
+        node: node.into(),
+        addresses: ips.iter().map(|ip| ip.to_vec()).collect(),
+        tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
+        status: wl::WorkloadStatus::Healthy as i32,
+        ..Default::default()
+    }
+}
+
+fn backs(mut w: wl::Workload, service: &str, port: u32, target: u32) -> wl::Workload {
+    let ports = wl::PortList {
+        ports: vec![wl::Port {
+            service_port: port,
+            target_port: target,
+            ..Default::default()
+        }],
+    };
+    w.services.insert(service.into(), ports);
+    w
+}
+
+fn service(namespace: &str, name: &str, vip: [u8; 4], port: u32, target: u32) -> wl::Service {
+    wl::Service {
+        name: name.into(),
+        namespace: namespace.into(),
+        hostname: format!("{name}.{namespace}.svc.cluster.local"),
+        addresses: vec![wl::NetworkAddress {
+            address: vip.to_vec(),
+            ..Default::default()
+        }],
+        ports: vec![wl::Port {
+            service_port: port,
+            target_port: target,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Sends `addresses` (workloads and services), then publishes as the client does and checks the
+/// mesh against a whole build.
+fn send_and_compare(store: &mut Store, addresses: Vec<wl::address::Type>, looked_up: &[IpAddr]) {
+    let mut list = Vec::new();
+    for (i, a) in addresses.into_iter().enumerate() {
+        let name = match &a {
+            wl::address::Type::Workload(w) => w.uid.clone(),
+            wl::address::Type::Service(s) => format!("{}/{}", s.namespace, s.hostname),
+        };
+        list.push(address_resource(
+            &name,
+            &format!("v{i}-{}", fastrand::u32(..)),
+            a,
+        ));
+    }
+    assert_eq!(store.apply(Kind::Address, &list, &[]), vec![]);
+    let published = match store.patch() {
+        Some(mesh) => mesh,
+        None => store.build_whole(),
+    };
+    assert_eq!(
+        mesh_fingerprint(&published, looked_up),
+        mesh_fingerprint(&store.to_state(), looked_up)
+    );
+}
+
+#[test]
+fn a_waypoint_instance_with_addresses_from_the_node_keeps_them() {
+    use wl::address::Type::{Service as S, Workload as W};
+    let filled: Vec<IpAddr> = vec!["10.1.0.50".parse().unwrap(), "10.1.0.51".parse().unwrap()];
+    let lookup = {
+        let filled = filled.clone();
+        move |ns: &str, name: &str| (ns == "shop" && name == "wp-0").then(|| filled.clone())
+    };
+    let mut store =
+        Store::new(MeshSettings::default()).with_node_addresses("node-a".into(), Arc::new(lookup));
+    let wp_key = "shop/wp.shop.svc.cluster.local";
+    let mut front = pod("shop", "front", "node-b", &[[10, 1, 0, 1]]);
+    front.waypoint = Some(wl::GatewayAddress {
+        destination: Some(wl::gateway_address::Destination::Hostname(
+            wl::NamespacedHostname {
+                namespace: "shop".into(),
+                hostname: "wp.shop.svc.cluster.local".into(),
+            },
+        )),
+        hbone_mtls_port: 15008,
+    });
+    let instance = backs(pod("shop", "wp-0", "node-a", &[]), wp_key, 15008, 15008);
+    send_and_compare(
+        &mut store,
+        vec![
+            S(service("shop", "wp", [10, 96, 0, 9], 15008, 15008)),
+            W(front),
+            W(instance),
+        ],
+        &filled,
+    );
+    let mesh = store.to_state();
+    let waypoint = mesh
+        .waypoints()
+        .into_iter()
+        .find(|w| w.name == "wp")
+        .expect("the waypoint");
+    assert_eq!(
+        waypoint.ips, filled,
+        "its instance's addresses, as the node filled them in"
+    );
+    // A later claim on the instance's second address is left out, patched or not.
+    send_and_compare(
+        &mut store,
+        vec![W(pod("shop", "late", "node-b", &[[10, 1, 0, 51]]))],
+        &filled,
+    );
+    assert!(store.to_state().workload_by_ip(filled[1]).is_none());
+}
+
+#[test]
+fn reports_on_services_left_out_of_the_mesh_follow_their_endpoints() {
+    use wl::address::Type::{Service as S, Workload as W};
+    let mut store = Store::new(MeshSettings::default());
+    // shop/b shares shop/a's address: left out, but its port is still judged.
+    let w = backs(
+        pod("shop", "w", "node-b", &[[10, 1, 0, 7]]),
+        "shop/b.shop.svc.cluster.local",
+        80,
+        8080,
+    );
+    send_and_compare(
+        &mut store,
+        vec![
+            S(service("shop", "a", [10, 96, 0, 1], 80, 8080)),
+            S(service("shop", "b", [10, 96, 0, 1], 80, 0)),
+            W(w.clone()),
+        ],
+        &[],
+    );
+    store.apply(Kind::Address, &[], std::slice::from_ref(&w.uid));
+    let published = store.patch().unwrap_or_else(|| store.build_whole());
+    assert_eq!(
+        mesh_fingerprint(&published, &[]),
+        mesh_fingerprint(&store.to_state(), &[])
+    );
+    send_and_compare(&mut store, vec![W(w)], &[]);
+}
+
+#[test]
+fn a_workload_of_services_in_two_namespaces_lists_them_as_a_whole_build_does() {
+    use wl::address::Type::{Service as S, Workload as W};
+    let mut store = Store::new(MeshSettings::default());
+    let w = backs(
+        backs(
+            pod("a", "w", "node-b", &[[10, 1, 0, 7]]),
+            "a/x.a.svc.cluster.local",
+            80,
+            8080,
+        ),
+        "a-b/y.a-b.svc.cluster.local",
+        80,
+        8080,
+    );
+    send_and_compare(
+        &mut store,
+        vec![
+            S(service("a", "x", [10, 96, 0, 1], 80, 8080)),
+            S(service("a-b", "y", [10, 96, 0, 2], 80, 8080)),
+            W(w.clone()),
+        ],
+        &[],
+    );
+    send_and_compare(&mut store, vec![W(w)], &[]);
+}

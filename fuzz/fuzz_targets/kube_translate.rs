@@ -8,6 +8,7 @@
 #![no_main]
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use libfuzzer_sys::fuzz_target;
@@ -36,12 +37,15 @@ fuzz_target!(|data: &[u8]| {
     let Ok(input) = serde_json::from_slice::<Input>(data) else {
         return;
     };
+    fn shared<K>(objects: Vec<K>) -> Vec<Arc<K>> {
+        objects.into_iter().map(Arc::new).collect()
+    }
     let objects = Objects {
-        namespaces: input.namespaces,
-        pods: input.pods,
-        services: input.services,
-        authorization_policies: input.authorization_policies,
-        peer_authentications: input.peer_authentications,
+        namespaces: shared(input.namespaces),
+        pods: shared(input.pods),
+        services: shared(input.services),
+        authorization_policies: shared(input.authorization_policies),
+        peer_authentications: shared(input.peer_authentications),
     };
     let settings = MeshSettings::default();
     let _ = translate(&objects, &settings);

@@ -116,7 +116,7 @@ async fn statuses_are_written_to_the_status_subresource_once() {
     .unwrap();
     let snapshot = Snapshot {
         objects: veil_mesh::discovery::kubernetes::Objects {
-            authorization_policies: vec![policy.clone()],
+            authorization_policies: vec![Arc::new(policy.clone())],
             ..Default::default()
         },
         state: state.clone(),
@@ -141,7 +141,7 @@ async fn statuses_are_written_to_the_status_subresource_once() {
     policy.status = Some(serde_json::from_value(written[0].1["status"].clone()).unwrap());
     let snapshot = Snapshot {
         objects: veil_mesh::discovery::kubernetes::Objects {
-            authorization_policies: vec![policy],
+            authorization_policies: vec![Arc::new(policy)],
             ..Default::default()
         },
         state,

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service as KubeService};
 use kube::ResourceExt;
@@ -36,19 +37,20 @@ pub const USE_WAYPOINT: &str = "veil.dev/use-waypoint";
 /// Label of a waypoint's Service: the waypoint's name.
 pub const WAYPOINT: &str = "veil.dev/waypoint";
 
-/// Everything the watches hold.
+/// Everything the watches hold. The objects are shared with the watches' stores: a snapshot of
+/// 100,000 pods costs a list of pointers, not a copy of every pod.
 #[derive(Debug, Default, Clone)]
 pub struct Objects {
     /// Namespaces.
-    pub namespaces: Vec<Namespace>,
+    pub namespaces: Vec<Arc<Namespace>>,
     /// Pods.
-    pub pods: Vec<Pod>,
+    pub pods: Vec<Arc<Pod>>,
     /// Services.
-    pub services: Vec<KubeService>,
+    pub services: Vec<Arc<KubeService>>,
     /// veil AuthorizationPolicies.
-    pub authorization_policies: Vec<AuthorizationPolicy>,
+    pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
     /// veil PeerAuthentications.
-    pub peer_authentications: Vec<PeerAuthentication>,
+    pub peer_authentications: Vec<Arc<PeerAuthentication>>,
 }
 
 /// A translated snapshot, with the policies that failed validation. Objects that conflict with
@@ -63,20 +65,27 @@ pub struct Translation {
 
 /// `objects` with the addresses the CNI plugin gave pods that the API does not list yet (a pod's
 /// status gets its address only after the CNI ADD that must capture it has returned); `None` when
-/// there was nothing to fill in.
+/// there was nothing to fill in. Only the pods filled in are copied.
 pub fn with_cni_addresses(
     objects: &Objects,
     known: impl Fn(&str, &str) -> Option<Vec<IpAddr>>,
 ) -> Option<Objects> {
+    let fills: Vec<(usize, Vec<IpAddr>)> = objects
+        .pods
+        .iter()
+        .enumerate()
+        .filter(|(_, pod)| pod_ips(pod).is_empty())
+        .filter_map(|(i, pod)| {
+            let namespace = pod.namespace().unwrap_or_default();
+            Some((i, known(&namespace, &pod.name_any())?))
+        })
+        .collect();
+    if fills.is_empty() {
+        return None;
+    }
     let mut objects = objects.clone();
-    let mut filled = false;
-    for pod in &mut objects.pods {
-        if !pod_ips(pod).is_empty() {
-            continue;
-        }
-        let Some(ips) = known(&pod.namespace().unwrap_or_default(), &pod.name_any()) else {
-            continue;
-        };
+    for (i, ips) in fills {
+        let pod = Arc::make_mut(&mut objects.pods[i]);
         let status = pod.status.get_or_insert_default();
         status.pod_ips = Some(
             ips.iter()
@@ -84,9 +93,8 @@ pub fn with_cni_addresses(
                 .collect(),
         );
         status.pod_ip = ips.first().map(ToString::to_string);
-        filled = true;
     }
-    filled.then_some(objects)
+    Some(objects)
 }
 
 /// Translates `objects` into a snapshot. Never fails as a whole: an object that cannot be translated
@@ -96,7 +104,7 @@ pub fn translate(objects: &Objects, settings: &MeshSettings) -> Translation {
     let namespaces: HashMap<String, &Namespace> = objects
         .namespaces
         .iter()
-        .map(|ns| (ns.name_any(), ns))
+        .map(|ns| (ns.name_any(), &**ns))
         .collect();
     let pods = PodIndex::new(&objects.pods);
     let waypoints = waypoints(objects, &pods, settings);
@@ -121,7 +129,7 @@ pub fn translate(objects: &Objects, settings: &MeshSettings) -> Translation {
         .namespaces
         .iter()
         .filter(|ns| label(ns.metadata.labels.as_ref(), DATAPLANE_MODE) == Some("ambient"))
-        .map(ResourceExt::name_any);
+        .map(|ns| ns.name_any());
     let state = MeshState::build_isolating(
         settings.clone(),
         workloads,
@@ -165,9 +173,9 @@ fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
 struct PodIndex<'p>(HashMap<(&'p str, &'p str, &'p str), Vec<&'p Pod>>);
 
 impl<'p> PodIndex<'p> {
-    fn new(pods: &'p [Pod]) -> Self {
+    fn new(pods: &'p [Arc<Pod>]) -> Self {
         let mut index: HashMap<(&str, &str, &str), Vec<&Pod>> = HashMap::new();
-        for pod in pods {
+        for pod in pods.iter().map(|p| &**p) {
             let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
             for (k, v) in pod.metadata.labels.iter().flatten() {
                 index
@@ -309,7 +317,12 @@ fn workloads(
     settings: &MeshSettings,
 ) -> (Vec<Workload>, Vec<Workload>) {
     // Newest first, so that an address reused by a new pod wins over a terminating one.
-    let mut pods: Vec<&Pod> = objects.pods.iter().filter(|p| live(p)).collect();
+    let mut pods: Vec<&Pod> = objects
+        .pods
+        .iter()
+        .map(|p| &**p)
+        .filter(|p| live(p))
+        .collect();
     pods.sort_by(|a, b| {
         b.metadata
             .creation_timestamp

@@ -48,8 +48,8 @@ struct Stores {
 
 impl Stores {
     fn objects(&self) -> Objects {
-        fn all<K: Clone + Resource<DynamicType = ()>>(store: &Store<K>) -> Vec<K> {
-            store.state().iter().map(|k| (**k).clone()).collect()
+        fn all<K: Clone + Resource<DynamicType = ()>>(store: &Store<K>) -> Vec<Arc<K>> {
+            store.state()
         }
         Objects {
             namespaces: all(&self.namespaces),

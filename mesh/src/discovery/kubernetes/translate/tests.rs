@@ -7,10 +7,10 @@ use serde::de::DeserializeOwned;
 use super::*;
 use crate::policy::PeerMode;
 
-fn list<K: DeserializeOwned>(json: &str) -> Vec<K> {
+fn list<K: DeserializeOwned>(json: &str) -> Vec<Arc<K>> {
     #[derive(serde::Deserialize)]
     struct List<K> {
-        items: Vec<K>,
+        items: Vec<Arc<K>>,
     }
     serde_json::from_str::<List<K>>(json)
         .expect("API list JSON")
@@ -156,7 +156,9 @@ fn policy_additions_changes_and_deletions_show_in_the_next_snapshot() {
     );
 
     // Changed: a DENY now.
-    objects.authorization_policies[0].spec.action = Action::Deny;
+    Arc::make_mut(&mut objects.authorization_policies[0])
+        .spec
+        .action = Action::Deny;
     let t = translated(&objects);
     assert_eq!(
         t.state.authz_for_target("user-data", &target)[0].action,
@@ -164,13 +166,13 @@ fn policy_additions_changes_and_deletions_show_in_the_next_snapshot() {
     );
 
     // Added: a selector policy on the workload.
-    let mut added = objects.authorization_policies[0].clone();
+    let mut added = (*objects.authorization_policies[0]).clone();
     added.metadata.name = Some("extra".into());
     added.spec = serde_json::from_value(
         serde_json::json!({"selector": {"matchLabels": {"app": "user-profile-service"}}}),
     )
     .unwrap();
-    objects.authorization_policies.push(added);
+    objects.authorization_policies.push(Arc::new(added));
     let t = translated(&objects);
     let profile = t.state.workload_by_ip(profile_ip).unwrap();
     assert_eq!(
@@ -202,7 +204,7 @@ fn a_namespace_label_change_enrols_and_releases_its_pods() {
         .iter_mut()
         .find(|n| n.metadata.name.as_deref() == Some("default"))
         .unwrap();
-    default
+    Arc::make_mut(default)
         .metadata
         .labels
         .get_or_insert_default()
@@ -235,6 +237,16 @@ fn ambient_namespaces_and_cni_addresses_for_pods_the_api_has_no_address_for_yet(
     .expect("the pending pod gets the CNI's address");
     let t = translated(&overlaid);
     assert!(t.state.workload_by_ip(cni_ip).unwrap().enrolled);
+    // Only the pod filled in is a copy: every other object is the watches' own.
+    let copies: Vec<String> = objects
+        .pods
+        .iter()
+        .zip(&overlaid.pods)
+        .filter(|(a, b)| !Arc::ptr_eq(a, b))
+        .map(|(a, _)| a.name_any())
+        .collect();
+    assert_eq!(copies, ["account-service-7d9f8c6b5-pending"]);
+    assert!(Arc::ptr_eq(&objects.services[0], &overlaid.services[0]));
 }
 
 #[test]
@@ -248,7 +260,7 @@ fn scheduled_pods_without_an_address_yet_are_pending_not_workloads() {
         .iter_mut()
         .find(|p| p.name_any() == pending_name)
         .unwrap();
-    pod.spec.as_mut().unwrap().node_name = Some("node-a".into());
+    Arc::make_mut(pod).spec.as_mut().unwrap().node_name = Some("node-a".into());
     let t = translated(&objects);
     let names: Vec<&str> = t.state.pending().iter().map(|w| w.name.as_str()).collect();
     assert_eq!(names, [pending_name]);
@@ -273,7 +285,7 @@ fn scheduled_pods_without_an_address_yet_are_pending_not_workloads() {
             .iter_mut()
             .find(|p| p.name_any() == pending_name)
             .unwrap();
-        change(pod);
+        change(Arc::make_mut(pod));
         assert!(translated(&changed).state.pending().is_empty());
     }
 }
@@ -425,11 +437,14 @@ fn slim_stores_translate_to_the_same_mesh_for_a_fraction_of_the_size() {
     use crate::discovery::kubernetes::watch::{slim_meta, slim_pod};
     let full = objects();
     let mut slim = objects();
-    slim.pods.iter_mut().for_each(slim_pod);
-    slim.namespaces.iter_mut().for_each(slim_meta);
-    slim.services.iter_mut().for_each(slim_meta);
-    slim.authorization_policies.iter_mut().for_each(slim_meta);
-    slim.peer_authentications.iter_mut().for_each(slim_meta);
+    fn each<K: Clone>(objects: &mut [Arc<K>], slim: fn(&mut K)) {
+        objects.iter_mut().for_each(|k| slim(Arc::make_mut(k)));
+    }
+    each(&mut slim.pods, slim_pod);
+    each(&mut slim.namespaces, slim_meta);
+    each(&mut slim.services, slim_meta);
+    each(&mut slim.authorization_policies, slim_meta);
+    each(&mut slim.peer_authentications, slim_meta);
     let (a, b) = (translated(&full), translated(&slim));
     let json = |v: &dyn erased::Json| v.json();
     assert_eq!(json(&a.state.workloads()), json(&b.state.workloads()));
@@ -449,17 +464,17 @@ fn slim_stores_translate_to_the_same_mesh_for_a_fraction_of_the_size() {
     }
     // A pod as the API server serves one of a Deployment (field managers, annotations, env,
     // volumes, probes, conditions): the store keeps a small part of it, and the same workload.
-    let served: Vec<Pod> = list(include_str!("../testdata/pod-as-served.json"));
+    let served: Vec<Arc<Pod>> = list(include_str!("../testdata/pod-as-served.json"));
     let mut kept = served.clone();
-    kept.iter_mut().for_each(slim_pod);
-    let size = |pods: &[Pod]| serde_json::to_vec(pods).unwrap().len();
+    each(&mut kept, slim_pod);
+    let size = |pods: &[Arc<Pod>]| serde_json::to_vec(pods).unwrap().len();
     assert!(
         size(&kept) * 5 < size(&served),
         "{} bytes kept of {}",
         size(&kept),
         size(&served)
     );
-    let with = |pods: Vec<Pod>| {
+    let with = |pods: Vec<Arc<Pod>>| {
         let mut o = objects();
         o.pods = pods;
         json(&translated(&o).state.workloads())

@@ -10,13 +10,13 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use veil_crd::authorization::AuthorizationPolicy;
 use veil_crd::peer_authentication::PeerAuthentication;
 use veil_mesh::discovery::MeshSettings;
-use veil_mesh::discovery::kubernetes::{Objects, translate, with_cni_addresses};
+use veil_mesh::discovery::kubernetes::{Objects, SlimPod, translate, with_cni_addresses};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -24,7 +24,7 @@ struct Input {
     #[serde(default)]
     namespaces: Vec<Namespace>,
     #[serde(default)]
-    pods: Vec<Pod>,
+    pods: Vec<SlimPod>,
     #[serde(default)]
     services: Vec<Service>,
     #[serde(default)]

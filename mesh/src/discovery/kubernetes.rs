@@ -1,9 +1,11 @@
 //! The Kubernetes source: the cluster's Namespaces, Pods, Services and veil policies, watched and
 //! translated into the same model the local file produces.
 
+mod pod;
 mod translate;
 mod watch;
 
+pub use pod::{SlimContainer, SlimPod, SlimPodSpec, SlimPodStatus};
 pub use translate::{
     DATAPLANE_MODE, Objects, Translation, USE_WAYPOINT, WAYPOINT, translate, with_cni_addresses,
 };

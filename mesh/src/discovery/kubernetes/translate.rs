@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service as KubeService};
+use k8s_openapi::api::core::v1::{Namespace, PodIP, Service as KubeService};
 use kube::ResourceExt;
 use tracing::warn;
 use veil_crd::authorization::{Action, AuthorizationPolicy, AuthorizationPolicySpec, Rule};
@@ -25,6 +25,7 @@ use veil_crd::peer_authentication::{
     MtlsMode, MutualTls, PeerAuthentication, PeerAuthenticationSpec,
 };
 
+use super::pod::SlimPod;
 use crate::discovery::model::{Service, ServicePort, Waypoint, WaypointRef, Workload, selects};
 use crate::discovery::state::{MeshSettings, MeshState};
 use crate::identity::Identity;
@@ -44,7 +45,7 @@ pub struct Objects {
     /// Namespaces.
     pub namespaces: Vec<Arc<Namespace>>,
     /// Pods.
-    pub pods: Vec<Arc<Pod>>,
+    pub pods: Vec<Arc<SlimPod>>,
     /// Services.
     pub services: Vec<Arc<KubeService>>,
     /// veil AuthorizationPolicies.
@@ -87,11 +88,7 @@ pub fn with_cni_addresses(
     for (i, ips) in fills {
         let pod = Arc::make_mut(&mut objects.pods[i]);
         let status = pod.status.get_or_insert_default();
-        status.pod_ips = Some(
-            ips.iter()
-                .map(|ip| k8s_openapi::api::core::v1::PodIP { ip: ip.to_string() })
-                .collect(),
-        );
+        status.pod_ips = Some(ips.iter().map(|ip| PodIP { ip: ip.to_string() }).collect());
         status.pod_ip = ips.first().map(ToString::to_string);
     }
     Some(objects)
@@ -147,7 +144,7 @@ fn label<'a>(labels: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<
     labels.and_then(|l| l.get(key)).map(String::as_str)
 }
 
-fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+fn pod_ips(pod: &SlimPod) -> Vec<IpAddr> {
     let Some(status) = &pod.status else {
         return Vec::new();
     };
@@ -170,11 +167,11 @@ fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
 
 /// Pods by (namespace, label key, label value), built once per translation: a Service's pods are
 /// found among those carrying the rarest of its selector's labels, not by scanning every pod.
-struct PodIndex<'p>(HashMap<(&'p str, &'p str, &'p str), Vec<&'p Pod>>);
+struct PodIndex<'p>(HashMap<(&'p str, &'p str, &'p str), Vec<&'p SlimPod>>);
 
 impl<'p> PodIndex<'p> {
-    fn new(pods: &'p [Arc<Pod>]) -> Self {
-        let mut index: HashMap<(&str, &str, &str), Vec<&Pod>> = HashMap::new();
+    fn new(pods: &'p [Arc<SlimPod>]) -> Self {
+        let mut index: HashMap<(&str, &str, &str), Vec<&SlimPod>> = HashMap::new();
         for pod in pods.iter().map(|p| &**p) {
             let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
             for (k, v) in pod.metadata.labels.iter().flatten() {
@@ -189,7 +186,7 @@ impl<'p> PodIndex<'p> {
 
     /// The pods of `namespace` that `selector` selects (a Service's label selector; an empty one
     /// selects nothing).
-    fn selected(&self, namespace: &str, selector: &BTreeMap<String, String>) -> Vec<&'p Pod> {
+    fn selected(&self, namespace: &str, selector: &BTreeMap<String, String>) -> Vec<&'p SlimPod> {
         selector
             .iter()
             .map(|(k, v)| {
@@ -211,12 +208,12 @@ impl<'p> PodIndex<'p> {
     }
 }
 
-fn live(pod: &Pod) -> bool {
+fn live(pod: &SlimPod) -> bool {
     running_in_pod_network(pod) && !pod_ips(pod).is_empty()
 }
 
 /// Not on the host's network, and not finished.
-fn running_in_pod_network(pod: &Pod) -> bool {
+fn running_in_pod_network(pod: &SlimPod) -> bool {
     let host_network = pod
         .spec
         .as_ref()
@@ -228,20 +225,20 @@ fn running_in_pod_network(pod: &Pod) -> bool {
 
 /// Bound to a node, on the pod network, not finished and not being deleted: a pod whose network
 /// its node may set up any moment.
-fn scheduled(pod: &Pod) -> bool {
+fn scheduled(pod: &SlimPod) -> bool {
     node_name(pod).is_some()
         && pod.metadata.deletion_timestamp.is_none()
         && running_in_pod_network(pod)
 }
 
-fn node_name(pod: &Pod) -> Option<&str> {
+fn node_name(pod: &SlimPod) -> Option<&str> {
     pod.spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
         .filter(|n| !n.is_empty())
 }
 
-fn service_account(pod: &Pod) -> &str {
+fn service_account(pod: &SlimPod) -> &str {
     pod.spec
         .as_ref()
         .and_then(|s| s.service_account_name.as_deref())
@@ -261,7 +258,7 @@ fn waypoints(objects: &Objects, pods: &PodIndex<'_>, settings: &MeshSettings) ->
             .as_ref()
             .and_then(|s| s.selector.clone())
             .unwrap_or_default();
-        let instances: Vec<&Pod> = pods
+        let instances: Vec<&SlimPod> = pods
             .selected(&namespace, &selector)
             .into_iter()
             .filter(|p| live(p))
@@ -317,7 +314,7 @@ fn workloads(
     settings: &MeshSettings,
 ) -> (Vec<Workload>, Vec<Workload>) {
     // Newest first, so that an address reused by a new pod wins over a terminating one.
-    let mut pods: Vec<&Pod> = objects
+    let mut pods: Vec<&SlimPod> = objects
         .pods
         .iter()
         .map(|p| &**p)
@@ -360,7 +357,7 @@ fn workloads(
 
 /// A pod as a workload with `ips`; `None` when its service account makes no valid identity.
 fn workload(
-    pod: &Pod,
+    pod: &SlimPod,
     ips: Vec<IpAddr>,
     namespaces: &HashMap<String, &Namespace>,
     settings: &MeshSettings,
@@ -433,7 +430,7 @@ fn services(
         }
         let namespace = svc.namespace().unwrap_or_default();
         let selector = spec.selector.clone().unwrap_or_default();
-        let backends: Vec<&Pod> = pods.selected(&namespace, &selector);
+        let backends: Vec<&SlimPod> = pods.selected(&namespace, &selector);
         let ports = spec
             .ports
             .iter()
@@ -466,7 +463,7 @@ fn services(
 fn target_port(
     target: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
     port: u16,
-    backends: &[&Pod],
+    backends: &[&SlimPod],
 ) -> Option<u16> {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     match target {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 use veil_crd::authorization::AuthorizationPolicy;
 use veil_crd::peer_authentication::PeerAuthentication;
 
+use super::pod::SlimPod;
 use super::translate::{Objects, translate, with_cni_addresses};
 use crate::discovery::state::{ConfigError, MeshSettings, MeshState};
 use crate::policy::PolicyError;
@@ -40,7 +41,7 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 
 struct Stores {
     namespaces: Store<Namespace>,
-    pods: Store<Pod>,
+    pods: Store<SlimPod>,
     services: Store<Service>,
     authorization_policies: Store<AuthorizationPolicy>,
     peer_authentications: Store<PeerAuthentication>,
@@ -81,7 +82,7 @@ pub async fn start(
     let dirty = Arc::new(Notify::new());
     let stores = Stores {
         namespaces: reflect::<Namespace>(&client, &dirty, slim_meta),
-        pods: reflect::<Pod>(&client, &dirty, slim_pod),
+        pods: reflect::<SlimPod>(&client, &dirty, slim_pod),
         services: reflect::<Service>(&client, &dirty, slim_meta),
         authorization_policies: reflect::<AuthorizationPolicy>(&client, &dirty, slim_meta),
         peer_authentications: reflect::<PeerAuthentication>(&client, &dirty, slim_meta),
@@ -157,37 +158,14 @@ pub(crate) fn slim_meta<K: Resource>(object: &mut K) {
     meta.annotations = None;
 }
 
-/// Only what translation reads of a Pod — its names, labels, node, service account, host
-/// networking, container ports, phase and addresses — not its environment, volumes, images, probes
-/// or conditions: a store of every pod in the cluster costs what the mesh needs, not the pods' size.
-pub(crate) fn slim_pod(pod: &mut Pod) {
-    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+/// What a pod's metadata holds beyond what every kind keeps and translation reads: its owners,
+/// finalizers and name prefix (the rest of the pod is never read: [`SlimPod`]).
+pub(crate) fn slim_pod(pod: &mut SlimPod) {
     slim_meta(pod);
-    if let Some(spec) = pod.spec.take() {
-        pod.spec = Some(PodSpec {
-            containers: spec
-                .containers
-                .into_iter()
-                .map(|c| Container {
-                    name: c.name,
-                    ports: c.ports,
-                    ..Container::default()
-                })
-                .collect(),
-            host_network: spec.host_network,
-            node_name: spec.node_name,
-            service_account_name: spec.service_account_name,
-            ..PodSpec::default()
-        });
-    }
-    if let Some(status) = pod.status.take() {
-        pod.status = Some(PodStatus {
-            phase: status.phase,
-            pod_ip: status.pod_ip,
-            pod_ips: status.pod_ips,
-            ..PodStatus::default()
-        });
-    }
+    let meta = &mut pod.metadata;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
 }
 
 /// A store of every `K` in the cluster, each object cut down by `slim` before it is stored, kept

@@ -273,11 +273,11 @@ fn scheduled_pods_without_an_address_yet_are_pending_not_workloads() {
     assert!(t.state.workloads().iter().all(|w| w.name != pending_name));
     // Being deleted, on the host's network, or finished: never set up, not pending.
     for change in [
-        |p: &mut Pod| {
+        |p: &mut SlimPod| {
             p.metadata.deletion_timestamp = p.metadata.creation_timestamp.clone();
         },
-        |p: &mut Pod| p.spec.as_mut().unwrap().host_network = Some(true),
-        |p: &mut Pod| p.status.as_mut().unwrap().phase = Some("Failed".into()),
+        |p: &mut SlimPod| p.spec.as_mut().unwrap().host_network = Some(true),
+        |p: &mut SlimPod| p.status.as_mut().unwrap().phase = Some("Failed".into()),
     ] {
         let mut changed = objects.clone();
         let pod = changed
@@ -464,17 +464,18 @@ fn slim_stores_translate_to_the_same_mesh_for_a_fraction_of_the_size() {
     }
     // A pod as the API server serves one of a Deployment (field managers, annotations, env,
     // volumes, probes, conditions): the store keeps a small part of it, and the same workload.
-    let served: Vec<Arc<Pod>> = list(include_str!("../testdata/pod-as-served.json"));
+    let served_json = include_str!("../testdata/pod-as-served.json");
+    let served: Vec<Arc<SlimPod>> = list(served_json);
     let mut kept = served.clone();
     each(&mut kept, slim_pod);
-    let size = |pods: &[Arc<Pod>]| serde_json::to_vec(pods).unwrap().len();
+    let size = |pods: &[Arc<SlimPod>]| serde_json::to_vec(pods).unwrap().len();
     assert!(
-        size(&kept) * 5 < size(&served),
+        size(&kept) * 5 < served_json.len(),
         "{} bytes kept of {}",
         size(&kept),
-        size(&served)
+        served_json.len()
     );
-    let with = |pods: Vec<Arc<Pod>>| {
+    let with = |pods: Vec<Arc<SlimPod>>| {
         let mut o = objects();
         o.pods = pods;
         json(&translated(&o).state.workloads())
@@ -482,6 +483,53 @@ fn slim_stores_translate_to_the_same_mesh_for_a_fraction_of_the_size() {
     let workloads = with(kept);
     assert!(workloads.contains("10.244.3.17"), "{workloads}");
     assert_eq!(workloads, with(served));
+}
+
+/// A `SlimPod` reads every field translation uses exactly as `k8s_openapi`'s Pod does (a misspelt
+/// field would read as absent: a host-network pod taken for a workload, an address missed).
+#[test]
+fn slim_pods_read_what_the_api_types_read() {
+    use k8s_openapi::api::core::v1::Pod;
+    let mut json: Vec<serde_json::Value> = Vec::new();
+    for file in [
+        include_str!("../testdata/pods.json"),
+        include_str!("../testdata/pod-as-served.json"),
+    ] {
+        let list: serde_json::Value = serde_json::from_str(file).unwrap();
+        json.extend(list["items"].as_array().unwrap().iter().cloned());
+    }
+    // The fields that are absent or false in the test data, set once.
+    let mut host = json[0].clone();
+    host["spec"]["hostNetwork"] = true.into();
+    host["status"]["phase"] = "Succeeded".into();
+    json.push(host);
+    let mut seen_host_network = false;
+    for item in json {
+        let full: Pod = serde_json::from_value(item.clone()).unwrap();
+        let slim: SlimPod = serde_json::from_value(item).unwrap();
+        assert_eq!(full.metadata, slim.metadata);
+        let (fs, ss) = (full.spec.unwrap(), slim.spec.unwrap());
+        assert_eq!(fs.host_network, ss.host_network);
+        seen_host_network |= ss.host_network == Some(true);
+        assert_eq!(fs.node_name, ss.node_name);
+        assert_eq!(fs.service_account_name, ss.service_account_name);
+        let full_ports: Vec<_> = fs
+            .containers
+            .into_iter()
+            .map(|c| (c.name, c.ports))
+            .collect();
+        let slim_ports: Vec<_> = ss
+            .containers
+            .into_iter()
+            .map(|c| (c.name, c.ports))
+            .collect();
+        assert_eq!(full_ports, slim_ports);
+        let (fst, sst) = (full.status.unwrap(), slim.status.unwrap());
+        assert_eq!(fst.phase, sst.phase);
+        assert_eq!(fst.pod_ip, sst.pod_ip);
+        assert_eq!(fst.pod_ips, sst.pod_ips);
+    }
+    assert!(seen_host_network);
 }
 
 mod erased {

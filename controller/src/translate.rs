@@ -19,20 +19,26 @@ pub fn first(state: &MeshState, metrics: &Metrics) -> Arc<Hub> {
     Hub::new(resources)
 }
 
-/// Publishes a snapshot for every change of `states`, until the source ends.
+/// Publishes a snapshot for every change of `states`, until the source ends. Each translation
+/// starts from the previous one: what did not change is reused, not encoded again (see
+/// [`Resources::from_state_after`]).
 pub async fn follow(
     mut states: watch::Receiver<Arc<MeshState>>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
 ) {
+    let mut previous = states.borrow_and_update().clone();
     while states.changed().await.is_ok() {
         let state = states.borrow_and_update().clone();
+        let published = hub.current();
+        let prior = previous.clone();
         let translated = tokio::task::spawn_blocking(move || {
-            let resources = Resources::from_state(&state);
-            (state, resources)
+            let started = tokio::time::Instant::now();
+            let resources = Resources::from_state_after(&state, &prior, &published.resources);
+            (state, resources, started.elapsed())
         })
         .await;
-        let (state, resources) = match translated {
+        let (state, resources, took) = match translated {
             Ok(done) => done,
             Err(e) => {
                 // A panic in translation is a bug; the previous snapshot stays served.
@@ -45,8 +51,10 @@ pub async fn follow(
         info!(
             seq = snapshot.seq,
             resources = snapshot.resources.len(),
+            took_ms = took.as_millis(),
             "published a snapshot"
         );
+        previous = state;
     }
     warn!("the mesh source ended; serving the last snapshot");
 }

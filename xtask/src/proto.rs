@@ -62,6 +62,10 @@ pub(crate) fn generate(check: bool) -> anyhow::Result<()> {
             // Generated code is not held to the workspace's lints (protoc-based generation adds
             // this itself; the descriptor path does not).
             .type_attribute(".", "#[allow(clippy::all)]")
+            // Maps in the resources the controller encodes are ordered: a resource's version is a
+            // hash of its bytes, and a hash map would encode the same workload differently from
+            // one translation (or replica) to the next.
+            .btree_map(".istio.workload")
             .out_dir(&out)
             .compile_fds(descriptors)
             .context("generating Rust code from the compiled protos")?;

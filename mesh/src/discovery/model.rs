@@ -60,6 +60,38 @@ impl Workload {
     pub fn waypoint_conflict(&self) -> &[WaypointRef] {
         &self.waypoint_conflict
     }
+
+    /// Whether `other` is this workload with every field equal (the cache of the policies that
+    /// apply to it aside).
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        let Self {
+            uid,
+            name,
+            namespace,
+            service_account,
+            node,
+            ips,
+            labels,
+            netns,
+            enrolled,
+            identity,
+            waypoint,
+            waypoint_conflict,
+            policies: _,
+        } = self;
+        *uid == other.uid
+            && *name == other.name
+            && *namespace == other.namespace
+            && *service_account == other.service_account
+            && *node == other.node
+            && *ips == other.ips
+            && *labels == other.labels
+            && *netns == other.netns
+            && *enrolled == other.enrolled
+            && *identity == other.identity
+            && *waypoint == other.waypoint
+            && *waypoint_conflict == other.waypoint_conflict
+    }
 }
 
 /// A port of a service.
@@ -97,6 +129,25 @@ impl Service {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// Whether `other` defines the same service: every field equal but the endpoints.
+    pub(crate) fn same_definition(&self, other: &Self) -> bool {
+        let Self {
+            name,
+            namespace,
+            vips,
+            ports,
+            selector,
+            endpoints: _,
+            waypoint,
+        } = self;
+        *name == other.name
+            && *namespace == other.namespace
+            && *vips == other.vips
+            && *ports == other.ports
+            && *selector == other.selector
+            && *waypoint == other.waypoint
+    }
+
     /// The endpoint port behind service port `port`.
     pub fn target_port(&self, port: u16) -> Option<u16> {
         self.ports
@@ -127,7 +178,7 @@ impl std::fmt::Display for WaypointRef {
 }
 
 /// A waypoint: the L7 proxy that the traffic of some services and workloads must pass.
-#[derive(Debug, Serialize)]
+#[derive(Debug, PartialEq, Eq, Serialize)]
 pub struct Waypoint {
     /// Name.
     pub name: String,

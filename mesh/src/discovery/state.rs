@@ -17,7 +17,7 @@ use crate::policy::{
 };
 
 /// Settings every source shares.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MeshSettings {
     /// The trust domain identities are in.
     pub trust_domain: String,
@@ -281,6 +281,43 @@ impl MeshState {
     /// The namespaces in the mesh, to change.
     pub(crate) fn ambient_namespaces_mut(&mut self) -> &mut BTreeSet<String> {
         Arc::make_mut(&mut self.ambient_namespaces)
+    }
+
+    /// Whether everything a workload's resources depend on besides the workload itself and the
+    /// services it backs is the same in `self` and `other`: the settings, which policies apply
+    /// where (their ids, scopes and actions; their rules are in resources of their own), peer
+    /// authentication, the waypoints, and the services' definitions (not their endpoints).
+    pub(crate) fn same_surroundings(&self, other: &Self) -> bool {
+        fn by_id<T>(items: &[T], id: impl Fn(&T) -> &PolicyId) -> Vec<&T> {
+            let mut sorted: Vec<&T> = items.iter().collect();
+            sorted.sort_by(|a, b| id(a).cmp(id(b)));
+            sorted
+        }
+        let applies = |p: &&Arc<AuthzPolicy>| (p.id.clone(), p.scope.clone(), p.action);
+        let policies = |s: &Self| -> Vec<_> {
+            by_id(s.authz.all(), |p| &p.id)
+                .iter()
+                .map(applies)
+                .collect()
+        };
+        self.settings == other.settings
+            && self.istio_semantics == other.istio_semantics
+            && by_id(&self.peer_auth, |p| &p.id) == by_id(&other.peer_auth, |p| &p.id)
+            && self.waypoints == other.waypoints
+            && self.services.len() == other.services.len()
+            && self
+                .services
+                .iter()
+                .zip(other.services.iter())
+                .all(|((ka, a), (kb, b))| ka == kb && a.same_definition(b))
+            && policies(self) == policies(other)
+    }
+
+    /// The keys of the services `workload` is an endpoint of.
+    pub(crate) fn service_keys_of(&self, workload: &Workload) -> &[ServiceKey] {
+        self.services_of
+            .get(workload.uid.as_str())
+            .map_or(&[], |keys| &keys[..])
     }
 
     /// The objects left out of this snapshot (or kept but unreachable), and why.

@@ -20,7 +20,7 @@ pub enum PeerMode {
 }
 
 /// A compiled PeerAuthentication.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerAuthPolicy {
     /// Which policy.
     pub id: PolicyId,

@@ -127,7 +127,16 @@ pub struct Resources {
     addresses: BTreeMap<Arc<str>, Entry>,
     authorizations: BTreeMap<Arc<str>, Entry>,
     namespaces: BTreeMap<Arc<str>, Entry>,
+    /// The generated Authorizations (their names in the root namespace) each workload names, by
+    /// the workload's address: what a later translation reusing that address must keep sending.
+    generated_uses: BTreeMap<Arc<str>, Box<[String]>>,
+    /// Two workloads had one xDS name (only the first by uid was sent): which workload an address
+    /// came from is not known by its name, so a later translation reuses none of them.
+    shared_names: bool,
 }
+
+/// The previous mesh and its translation, for a translation that reuses what did not change.
+type Prior<'a> = (&'a MeshState, &'a Resources);
 
 /// The xDS name (and `uid`) of a workload.
 pub fn workload_name(namespace: &str, name: &str) -> String {
@@ -161,10 +170,36 @@ impl Resources {
     /// Translates a snapshot. Workloads that would share an xDS name (the same namespace and name
     /// under different uids) are sent once, the first by uid.
     pub fn from_state(state: &MeshState) -> Self {
+        Self::translate(state, None).unwrap_or_default()
+    }
+
+    /// Translates `state` as [`Self::from_state`] does, reusing what `previous` (the translation
+    /// of `previous_state`) encoded for each workload, service and waypoint that did not change —
+    /// when nothing else a workload's resource depends on changed either (the policies that apply
+    /// where, peer authentication, waypoints, services' definitions: see
+    /// `MeshState::same_surroundings`). A pod changing costs encoding that pod, not the mesh;
+    /// anything else is translated whole. Authorizations, pods being set up and enrolled
+    /// namespaces are always encoded afresh.
+    pub fn from_state_after(
+        state: &MeshState,
+        previous_state: &MeshState,
+        previous: &Resources,
+    ) -> Self {
+        let prior = (!previous.shared_names && state.same_surroundings(previous_state))
+            .then_some((previous_state, previous));
+        Self::translate(state, prior)
+            .or_else(|| Self::translate(state, None))
+            .unwrap_or_default()
+    }
+
+    /// The translation; `None` only when `prior` turned out not to hold what it should (a
+    /// generated Authorization a reused workload names), and the caller translates without it.
+    fn translate(state: &MeshState, prior: Option<Prior<'_>>) -> Option<Self> {
         let settings = state.settings();
         let root = settings.root_namespace.as_str();
         let mut out = Self::default();
         let mut generated: BTreeMap<String, sec::Authorization> = BTreeMap::new();
+        let mut reused_generated: Vec<String> = Vec::new();
 
         for policy in state.authz_policies() {
             // Every deciding policy is sent; one applies to a workload only through its scope or
@@ -176,19 +211,33 @@ impl Resources {
             }
         }
         for workload in state.workloads() {
-            let policies = policy_names(state, &workload, root, &mut generated);
-            let message = workload_message(state, &workload, policies);
-            let name = message.uid.clone();
-            if out.addresses.contains_key(name.as_str()) {
+            let name: Arc<str> = workload_name(&workload.namespace, &workload.name).into();
+            if out.addresses.contains_key(&name) {
+                out.shared_names = true;
                 continue;
             }
+            if let Some((entry, uses)) = prior.and_then(|p| unchanged(p, state, &workload, &name)) {
+                if let Some(uses) = uses {
+                    reused_generated.extend(uses.iter().cloned());
+                    out.generated_uses.insert(name.clone(), uses.into());
+                }
+                out.addresses.insert(name, entry.clone());
+                continue;
+            }
+            let mut uses = Vec::new();
+            let policies = policy_names(state, &workload, root, &mut generated, &mut uses);
+            if !uses.is_empty() {
+                out.generated_uses.insert(name.clone(), uses.into());
+            }
+            let message = workload_message(state, &workload, policies);
             out.insert_address(&name, wl::address::Type::Workload(message));
         }
         // Pods whose network is being set up: no address and no service yet, but their identity and
         // policies, for their node's ztunnel (and it alone) to capture them with the address its
         // CNI plugin knows.
         for workload in state.pending() {
-            let policies = policy_names(state, workload, root, &mut generated);
+            let mut uses = Vec::new();
+            let policies = policy_names(state, workload, root, &mut generated, &mut uses);
             let message = workload_message(state, workload, policies);
             let name = message.uid.clone();
             if out.addresses.contains_key(name.as_str()) {
@@ -201,15 +250,31 @@ impl Resources {
             out.addresses.insert(name.into(), entry);
         }
         for waypoint in state.waypoints() {
+            let name = waypoint_workload_name(&waypoint.reference());
+            if let Some(entry) = prior.and_then(|(_, p)| p.addresses.get(name.as_str())) {
+                out.addresses.insert(name.into(), entry.clone());
+                continue;
+            }
             let message = waypoint_message(&waypoint);
-            out.insert_address(&message.uid.clone(), wl::address::Type::Workload(message));
+            out.insert_address(&name, wl::address::Type::Workload(message));
         }
         for service in state.services() {
+            let name = service_name(&service.namespace, &service.name);
+            if let Some(entry) = prior.and_then(|(_, p)| p.addresses.get(name.as_str())) {
+                out.addresses.insert(name.into(), entry.clone());
+                continue;
+            }
             let message = service_message(state, service);
-            out.insert_address(
-                &service_name(&service.namespace, &service.name),
-                wl::address::Type::Service(message),
-            );
+            out.insert_address(&name, wl::address::Type::Service(message));
+        }
+        for name in reused_generated {
+            if generated.contains_key(&name) {
+                continue;
+            }
+            let full = format!("{root}/{name}");
+            let (_, previous) = prior?;
+            let entry = previous.authorizations.get(full.as_str())?;
+            out.authorizations.insert(full.into(), entry.clone());
         }
         for (name, message) in generated {
             out.insert_authorization(&format!("{root}/{name}"), &message);
@@ -221,7 +286,7 @@ impl Resources {
             out.namespaces
                 .insert(namespace.as_str().into(), Entry::new(&message));
         }
-        out
+        Some(out)
     }
 
     fn insert_address(&mut self, name: &str, kind: wl::address::Type) {
@@ -272,19 +337,22 @@ impl Resources {
 }
 
 /// The WORKLOAD_SELECTOR Authorizations that apply to `workload`, by xDS name; generated ones are
-/// added to `generated`. Namespace-wide and mesh-wide policies apply through their scope.
+/// added to `generated` and their names to `uses`. Namespace-wide and mesh-wide policies apply through their scope.
 fn policy_names(
     state: &MeshState,
     workload: &Workload,
     root: &str,
     generated: &mut BTreeMap<String, sec::Authorization>,
+    uses: &mut Vec<String>,
 ) -> Vec<String> {
     if !workload.enrolled {
         return Vec::new();
     }
     let mut use_generated = |name: String, make: &dyn Fn(&str) -> sec::Authorization| {
         generated.entry(name.clone()).or_insert_with(|| make(&name));
-        format!("{root}/{name}")
+        let full = format!("{root}/{name}");
+        uses.push(name);
+        full
     };
     let deny_all = |name: &str| generated_policy(name, root, vec![sec::Rule { clauses: vec![] }]);
     if !workload.waypoint_conflict().is_empty() {
@@ -317,6 +385,25 @@ fn policy_names(
         }));
     }
     names
+}
+
+/// What `prior` sent for `workload` (at `name`), and the generated Authorizations it names, when
+/// its resource would be the same: the workload is the one the prior mesh had, unchanged, backing
+/// the same services (the rest of what its resource depends on was checked for the whole mesh).
+fn unchanged<'p>(
+    (prior_state, prior): Prior<'p>,
+    state: &MeshState,
+    workload: &Workload,
+    name: &str,
+) -> Option<(&'p Entry, Option<&'p [String]>)> {
+    let before = prior_state.workload(&workload.uid)?;
+    let same = before.same_as(workload)
+        && prior_state.service_keys_of(before) == state.service_keys_of(workload);
+    let entry = prior
+        .addresses
+        .get(name)
+        .filter(|e| same && e.node.is_none())?;
+    Some((entry, prior.generated_uses.get(name).map(|uses| &uses[..])))
 }
 
 fn generated_policy(name: &str, root: &str, rules: Vec<sec::Rule>) -> sec::Authorization {

@@ -280,8 +280,11 @@ pub struct Workload {
     #[prost(string, tag = "21")]
     pub hostname: ::prost::alloc::string::String,
     /// Services it backs, keyed by namespace/hostname.
-    #[prost(map = "string, message", tag = "22")]
-    pub services: ::std::collections::HashMap<::prost::alloc::string::String, PortList>,
+    #[prost(btree_map = "string, message", tag = "22")]
+    pub services: ::prost::alloc::collections::BTreeMap<
+        ::prost::alloc::string::String,
+        PortList,
+    >,
     #[prost(message, optional, tag = "23")]
     pub application_tunnel: ::core::option::Option<ApplicationTunnel>,
     #[prost(message, optional, tag = "24")]

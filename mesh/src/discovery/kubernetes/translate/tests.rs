@@ -7,6 +7,8 @@ use serde::de::DeserializeOwned;
 use super::*;
 use crate::policy::PeerMode;
 
+mod reuse;
+
 fn list<K: DeserializeOwned>(json: &str) -> Vec<Arc<K>> {
     #[derive(serde::Deserialize)]
     struct List<K> {

@@ -95,19 +95,20 @@ impl Hub {
     }
 }
 
-/// Merges the two sorted name lists once.
+/// Walks the two snapshots' entries once, skipping what they share (a snapshot translated from
+/// the previous one shares everything that did not change).
 fn diff(kind: Kind, from: &Snapshot, to: &Snapshot) -> Changes {
-    let old = from.resources.of(kind);
-    let new = to.resources.of(kind);
+    use imbl::ordmap::DiffItem;
     let mut out = Changes::default();
-    for (name, entry) in new {
-        if old.get(name).is_none_or(|e| e.version != entry.version) {
-            out.updated.push(name.clone());
-        }
-    }
-    for name in old.keys() {
-        if !new.contains_key(name) {
-            out.removed.push(name.clone());
+    for item in from.resources.of(kind).diff(to.resources.of(kind)) {
+        match item {
+            DiffItem::Add(name, _) => out.updated.push(name.clone()),
+            DiffItem::Update {
+                old: (_, before),
+                new: (name, after),
+            } if before.version != after.version => out.updated.push(name.clone()),
+            DiffItem::Update { .. } => {}
+            DiffItem::Remove(name, _) => out.removed.push(name.clone()),
         }
     }
     out

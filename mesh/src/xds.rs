@@ -16,7 +16,7 @@ pub(crate) use authorization::ip_from_bytes;
 pub use client::{Subscription, XdsConfig, subscribe};
 pub(crate) use resources::service_name_of;
 pub use resources::{
-    CLUSTER_DOMAIN, CLUSTER_ID, Entry, Kind, Resources, WAYPOINT_ONLY_PREFIX, service_name,
+    ByName, CLUSTER_DOMAIN, CLUSTER_ID, Entry, Kind, Resources, WAYPOINT_ONLY_PREFIX, service_name,
     workload_name,
 };
 pub use store::{Refusal, Store};

@@ -479,6 +479,11 @@ impl MeshState {
         out
     }
 
+    /// Every workload, in the order of their uids, without a copy of the list.
+    pub(crate) fn workloads_by_uid(&self) -> impl Iterator<Item = &Arc<Workload>> + '_ {
+        self.workloads.iter().map(|w| &w.0)
+    }
+
     /// Every service, by namespace and name.
     pub fn services(&self) -> impl ExactSizeIterator<Item = &Arc<Service>> + '_ {
         self.services.values()

@@ -14,7 +14,7 @@
 //! - `veil:peer-strict`, `veil:peer-strict-except:<ports>` and `veil:peer-strict-on:<ports>` — the
 //!   ports where PeerAuthentication refuses plaintext.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -121,17 +121,26 @@ impl Entry {
     }
 }
 
+/// Resources of one kind by name. Persistent: a translation that starts from the previous one
+/// shares every entry it keeps, and the difference between the two is found without visiting them.
+pub type ByName = imbl::OrdMap<Arc<str>, Entry>;
+
 /// Every resource of a mesh, by kind and name.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Resources {
-    addresses: BTreeMap<Arc<str>, Entry>,
-    authorizations: BTreeMap<Arc<str>, Entry>,
-    namespaces: BTreeMap<Arc<str>, Entry>,
+    addresses: ByName,
+    authorizations: ByName,
+    namespaces: ByName,
     /// The generated Authorizations (their names in the root namespace) each workload names, by
-    /// the workload's address: what a later translation reusing that address must keep sending.
-    generated_uses: BTreeMap<Arc<str>, Box<[String]>>,
+    /// the workload's address.
+    generated_uses: imbl::OrdMap<Arc<str>, Box<[String]>>,
+    /// What the pods being set up name of them.
+    pending_uses: Box<[String]>,
+    /// How many workloads and pods being set up name each generated Authorization: it is sent
+    /// while any does.
+    generated_users: BTreeMap<String, usize>,
     /// Two workloads had one xDS name (only the first by uid was sent): which workload an address
-    /// came from is not known by its name, so a later translation reuses none of them.
+    /// came from is not known by its name, so a later translation does not start from this one.
     shared_names: bool,
 }
 
@@ -170,123 +179,220 @@ impl Resources {
     /// Translates a snapshot. Workloads that would share an xDS name (the same namespace and name
     /// under different uids) are sent once, the first by uid.
     pub fn from_state(state: &MeshState) -> Self {
-        Self::translate(state, None).unwrap_or_default()
-    }
-
-    /// Translates `state` as [`Self::from_state`] does, reusing what `previous` (the translation
-    /// of `previous_state`) encoded for each workload, service and waypoint that did not change —
-    /// when nothing else a workload's resource depends on changed either (the policies that apply
-    /// where, peer authentication, waypoints, services' definitions: see
-    /// `MeshState::same_surroundings`). A pod changing costs encoding that pod, not the mesh;
-    /// anything else is translated whole. Authorizations, pods being set up and enrolled
-    /// namespaces are always encoded afresh.
-    pub fn from_state_after(
-        state: &MeshState,
-        previous_state: &MeshState,
-        previous: &Resources,
-    ) -> Self {
-        let prior = (!previous.shared_names && state.same_surroundings(previous_state))
-            .then_some((previous_state, previous));
-        Self::translate(state, prior)
-            .or_else(|| Self::translate(state, None))
-            .unwrap_or_default()
-    }
-
-    /// The translation; `None` only when `prior` turned out not to hold what it should (a
-    /// generated Authorization a reused workload names), and the caller translates without it.
-    fn translate(state: &MeshState, prior: Option<Prior<'_>>) -> Option<Self> {
         let settings = state.settings();
         let root = settings.root_namespace.as_str();
         let mut out = Self::default();
         let mut generated: BTreeMap<String, sec::Authorization> = BTreeMap::new();
-        let mut reused_generated: Vec<String> = Vec::new();
-
-        for policy in state.authz_policies() {
-            // Every deciding policy is sent; one applies to a workload only through its scope or
-            // when the workload names it (below). Policies attached to waypoints, or to Services
-            // with one, are named by no workload: the waypoint enforces them, ztunnels hold them
-            // inert.
-            if let Some(message) = authorization(policy, root) {
-                out.insert_authorization(&format!("{}", policy.id), &message);
-            }
-        }
-        for workload in state.workloads() {
+        out.authorizations = policies(state, root);
+        for workload in state.workloads_by_uid() {
             let name: Arc<str> = workload_name(&workload.namespace, &workload.name).into();
             if out.addresses.contains_key(&name) {
                 out.shared_names = true;
                 continue;
             }
-            if let Some((entry, uses)) = prior.and_then(|p| unchanged(p, state, &workload, &name)) {
-                if let Some(uses) = uses {
-                    reused_generated.extend(uses.iter().cloned());
-                    out.generated_uses.insert(name.clone(), uses.into());
-                }
-                out.addresses.insert(name, entry.clone());
-                continue;
-            }
-            let mut uses = Vec::new();
-            let policies = policy_names(state, &workload, root, &mut generated, &mut uses);
-            if !uses.is_empty() {
-                out.generated_uses.insert(name.clone(), uses.into());
-            }
-            let message = workload_message(state, &workload, policies);
-            out.insert_address(&name, wl::address::Type::Workload(message));
+            out.put_workload(state, workload, name, root, &mut generated);
         }
-        // Pods whose network is being set up: no address and no service yet, but their identity and
-        // policies, for their node's ztunnel (and it alone) to capture them with the address its
-        // CNI plugin knows.
+        out.put_pending(state, root, &mut generated);
+        for waypoint in state.waypoints() {
+            let message = waypoint_message(&waypoint);
+            out.insert_address(&message.uid.clone(), wl::address::Type::Workload(message));
+        }
+        for service in state.services() {
+            let message = service_message(state, service);
+            out.insert_address(
+                &service_name(&service.namespace, &service.name),
+                wl::address::Type::Service(message),
+            );
+        }
+        out.put_generated(root, generated);
+        out.namespaces = namespaces(state);
+        out
+    }
+
+    /// Translates `state` as [`Self::from_state`] does, starting from `previous` (the translation
+    /// of `previous_state`) when nothing a workload's resource depends on besides the workload and
+    /// the services it backs changed (the policies that apply where, peer authentication,
+    /// waypoints, services' definitions: see `MeshState::same_surroundings`): only the workloads
+    /// that changed are encoded, everything else is `previous`'s, shared. A pod changing then costs
+    /// encoding that pod (and a pass over the uids of both meshes), not the mesh. Authorizations,
+    /// pods being set up and enrolled namespaces are always encoded afresh (entries equal to
+    /// `previous`'s are kept as they were).
+    pub fn from_state_after(
+        state: &MeshState,
+        previous_state: &MeshState,
+        previous: &Resources,
+    ) -> Self {
+        if previous.shared_names || !state.same_surroundings(previous_state) {
+            return Self::from_state(state);
+        }
+        Self::patched(state, previous_state, previous).unwrap_or_else(|| Self::from_state(state))
+    }
+
+    /// `previous` patched for the workloads that changed; `None` when a changed workload's name
+    /// is taken by another (left to a whole translation, which settles who has it).
+    fn patched(
+        state: &MeshState,
+        previous_state: &MeshState,
+        previous: &Resources,
+    ) -> Option<Self> {
+        let settings = state.settings();
+        let root = settings.root_namespace.as_str();
+        let mut out = Self {
+            addresses: previous.addresses.clone(),
+            authorizations: previous.authorizations.clone(),
+            namespaces: previous.namespaces.clone(),
+            generated_uses: previous.generated_uses.clone(),
+            pending_uses: Box::default(),
+            generated_users: previous.generated_users.clone(),
+            shared_names: false,
+        };
+        let (gone, new) = changed_workloads((previous_state, previous), state);
+        for workload in previous_state.pending() {
+            let name = workload_name(&workload.namespace, &workload.name);
+            if out
+                .addresses
+                .get(name.as_str())
+                .is_some_and(|e| e.node.is_some())
+            {
+                out.addresses.remove(name.as_str());
+            }
+        }
+        out.drop_users(&previous.pending_uses);
+        for workload in gone {
+            let name = workload_name(&workload.namespace, &workload.name);
+            out.addresses.remove(name.as_str());
+            if let Some(uses) = out.generated_uses.remove(name.as_str()) {
+                out.drop_users(&uses);
+            }
+        }
+        let mut generated: BTreeMap<String, sec::Authorization> = BTreeMap::new();
+        for workload in new {
+            let name: Arc<str> = workload_name(&workload.namespace, &workload.name).into();
+            if out.addresses.contains_key(&name) {
+                return None;
+            }
+            out.put_workload(state, workload, name, root, &mut generated);
+        }
+        out.put_pending(state, root, &mut generated);
+        // A pod still being set up as it was keeps its entry as it was.
+        for workload in state.pending() {
+            let name = workload_name(&workload.namespace, &workload.name);
+            if let Some(prior) = previous.addresses.get(name.as_str())
+                && out.addresses.get(name.as_str()) == Some(prior)
+            {
+                out.addresses.insert(name.into(), prior.clone());
+            }
+        }
+        // Policies that are gone; the others kept where unchanged, replaced where not.
+        let fresh = policies(state, root);
+        let generated_names: BTreeSet<String> = out
+            .generated_users
+            .keys()
+            .chain(previous.generated_users.keys())
+            .map(|name| format!("{root}/{name}"))
+            .collect();
+        for name in previous.authorizations.keys() {
+            if !fresh.contains_key(name) && !generated_names.contains(&**name) {
+                out.authorizations.remove(name);
+            }
+        }
+        keep_unchanged(&mut out.authorizations, fresh);
+        for name in previous.generated_users.keys() {
+            if !out.generated_users.contains_key(name) {
+                out.authorizations.remove(format!("{root}/{name}").as_str());
+            }
+        }
+        out.put_generated(root, generated);
+        let fresh = namespaces(state);
+        for name in previous.namespaces.keys() {
+            if !fresh.contains_key(name) {
+                out.namespaces.remove(name);
+            }
+        }
+        keep_unchanged(&mut out.namespaces, fresh);
+        Some(out)
+    }
+
+    /// Encodes `workload` at `name`, with the Authorizations it names (generated ones into
+    /// `generated`).
+    fn put_workload(
+        &mut self,
+        state: &MeshState,
+        workload: &Workload,
+        name: Arc<str>,
+        root: &str,
+        generated: &mut BTreeMap<String, sec::Authorization>,
+    ) {
+        let mut uses = Vec::new();
+        let policies = policy_names(state, workload, root, generated, &mut uses);
+        self.add_users(&uses);
+        if !uses.is_empty() {
+            self.generated_uses.insert(name.clone(), uses.into());
+        }
+        let message = workload_message(state, workload, policies);
+        let entry = Entry::new(&wl::Address {
+            r#type: Some(wl::address::Type::Workload(message)),
+        });
+        self.addresses.insert(name, entry);
+    }
+
+    /// Pods whose network is being set up: no address and no service yet, but their identity and
+    /// policies, for their node's ztunnel (and it alone) to capture them with the address its CNI
+    /// plugin knows. A workload with the same name comes first.
+    fn put_pending(
+        &mut self,
+        state: &MeshState,
+        root: &str,
+        generated: &mut BTreeMap<String, sec::Authorization>,
+    ) {
+        let mut all_uses = Vec::new();
         for workload in state.pending() {
             let mut uses = Vec::new();
-            let policies = policy_names(state, workload, root, &mut generated, &mut uses);
+            let policies = policy_names(state, workload, root, generated, &mut uses);
+            all_uses.extend(uses);
             let message = workload_message(state, workload, policies);
             let name = message.uid.clone();
-            if out.addresses.contains_key(name.as_str()) {
+            if self.addresses.contains_key(name.as_str()) {
                 continue;
             }
             let mut entry = Entry::new(&wl::Address {
                 r#type: Some(wl::address::Type::Workload(message)),
             });
             entry.node = Some(workload.node.as_str().into());
-            out.addresses.insert(name.into(), entry);
+            self.addresses.insert(name.into(), entry);
         }
-        for waypoint in state.waypoints() {
-            let name = waypoint_workload_name(&waypoint.reference());
-            if let Some(entry) = prior.and_then(|(_, p)| p.addresses.get(name.as_str())) {
-                out.addresses.insert(name.into(), entry.clone());
-                continue;
-            }
-            let message = waypoint_message(&waypoint);
-            out.insert_address(&name, wl::address::Type::Workload(message));
-        }
-        for service in state.services() {
-            let name = service_name(&service.namespace, &service.name);
-            if let Some(entry) = prior.and_then(|(_, p)| p.addresses.get(name.as_str())) {
-                out.addresses.insert(name.into(), entry.clone());
-                continue;
-            }
-            let message = service_message(state, service);
-            out.insert_address(&name, wl::address::Type::Service(message));
-        }
-        for name in reused_generated {
-            if generated.contains_key(&name) {
-                continue;
-            }
-            let full = format!("{root}/{name}");
-            let (_, previous) = prior?;
-            let entry = previous.authorizations.get(full.as_str())?;
-            out.authorizations.insert(full.into(), entry.clone());
-        }
+        self.add_users(&all_uses);
+        self.pending_uses = all_uses.into();
+    }
+
+    /// Sends the generated Authorizations in `generated` that something names.
+    fn put_generated(&mut self, root: &str, generated: BTreeMap<String, sec::Authorization>) {
         for (name, message) in generated {
-            out.insert_authorization(&format!("{root}/{name}"), &message);
+            if self.generated_users.contains_key(&name) {
+                let entry = Entry::new(&message);
+                let full: Arc<str> = format!("{root}/{name}").into();
+                if self.authorizations.get(&full) != Some(&entry) {
+                    self.authorizations.insert(full, entry);
+                }
+            }
         }
-        for namespace in state.ambient_namespaces() {
-            let message = AmbientNamespace {
-                name: namespace.clone(),
-            };
-            out.namespaces
-                .insert(namespace.as_str().into(), Entry::new(&message));
+    }
+
+    fn add_users(&mut self, uses: &[String]) {
+        for name in uses {
+            *self.generated_users.entry(name.clone()).or_default() += 1;
         }
-        Some(out)
+    }
+
+    fn drop_users(&mut self, uses: &[String]) {
+        for name in uses {
+            if let Some(count) = self.generated_users.get_mut(name) {
+                *count -= 1;
+                if *count == 0 {
+                    self.generated_users.remove(name);
+                }
+            }
+        }
     }
 
     fn insert_address(&mut self, name: &str, kind: wl::address::Type) {
@@ -294,12 +400,9 @@ impl Resources {
         self.addresses.insert(name.into(), entry);
     }
 
-    fn insert_authorization(&mut self, name: &str, message: &sec::Authorization) {
-        self.authorizations.insert(name.into(), Entry::new(message));
-    }
-
     /// Makes every entry equal to one of `previous` share its bytes, so that snapshots held at
-    /// the same time cost memory only for what differs between them.
+    /// the same time cost memory only for what differs between them (one walk over both, in
+    /// order; entries a patched translation already shares are left alone).
     pub fn share_unchanged(&mut self, previous: &Resources) {
         for kind in Kind::ALL {
             let old = previous.of(kind);
@@ -308,16 +411,27 @@ impl Resources {
                 Kind::Authorization => &mut self.authorizations,
                 Kind::Namespace => &mut self.namespaces,
             };
-            for (name, entry) in new.iter_mut() {
-                if let Some(prior) = old.get(name).filter(|p| p.version == entry.version) {
-                    *entry = prior.clone();
+            let mut equal: Vec<(Arc<str>, Entry)> = Vec::new();
+            let mut before = old.iter().peekable();
+            for (name, entry) in new.iter() {
+                while before.next_if(|(prior, _)| *prior < name).is_some() {}
+                if let Some((_, prior)) = before.next_if(|(prior, _)| *prior == name)
+                    && prior.version == entry.version
+                    && prior.body.as_ptr() != entry.body.as_ptr()
+                {
+                    equal.push((name.clone(), prior.clone()));
+                }
+            }
+            for (name, prior) in equal {
+                if let Some(entry) = new.get_mut(&name) {
+                    *entry = prior;
                 }
             }
         }
     }
 
     /// The resources of one kind, by name.
-    pub fn of(&self, kind: Kind) -> &BTreeMap<Arc<str>, Entry> {
+    pub fn of(&self, kind: Kind) -> &ByName {
         match kind {
             Kind::Address => &self.addresses,
             Kind::Authorization => &self.authorizations,
@@ -387,23 +501,84 @@ fn policy_names(
     names
 }
 
-/// What `prior` sent for `workload` (at `name`), and the generated Authorizations it names, when
-/// its resource would be the same: the workload is the one the prior mesh had, unchanged, backing
-/// the same services (the rest of what its resource depends on was checked for the whole mesh).
-fn unchanged<'p>(
-    (prior_state, prior): Prior<'p>,
-    state: &MeshState,
-    workload: &Workload,
-    name: &str,
-) -> Option<(&'p Entry, Option<&'p [String]>)> {
-    let before = prior_state.workload(&workload.uid)?;
-    let same = before.same_as(workload)
-        && prior_state.service_keys_of(before) == state.service_keys_of(workload);
-    let entry = prior
-        .addresses
-        .get(name)
-        .filter(|e| same && e.node.is_none())?;
-    Some((entry, prior.generated_uses.get(name).map(|uses| &uses[..])))
+/// The workloads of `prior`'s mesh that are gone or changed, and those of `state` that are new or
+/// changed, found by walking both in the order of their uids. A workload is unchanged when it is
+/// equal in every field and backs the same services (the rest of what its resource depends on
+/// was checked for the whole mesh).
+fn changed_workloads<'a>(
+    (prior_state, _): Prior<'a>,
+    state: &'a MeshState,
+) -> (Vec<&'a Arc<Workload>>, Vec<&'a Arc<Workload>>) {
+    let (mut gone, mut new) = (Vec::new(), Vec::new());
+    let mut before = prior_state.workloads_by_uid().peekable();
+    let mut after = state.workloads_by_uid().peekable();
+    loop {
+        match (before.peek(), after.peek()) {
+            (None, None) => break,
+            (Some(b), Some(a)) if b.uid == a.uid => {
+                let same = Arc::ptr_eq(b, a)
+                    || (b.same_as(a) && prior_state.service_keys_of(b) == state.service_keys_of(a));
+                if !same {
+                    gone.push(*b);
+                    new.push(*a);
+                }
+                before.next();
+                after.next();
+            }
+            (Some(b), Some(a)) if b.uid < a.uid => {
+                gone.push(*b);
+                before.next();
+            }
+            (Some(b), None) => {
+                gone.push(*b);
+                before.next();
+            }
+            (_, Some(a)) => {
+                new.push(*a);
+                after.next();
+            }
+        }
+    }
+    (gone, new)
+}
+
+/// Every deciding policy, by xDS name. One applies to a workload only through its scope or when
+/// the workload names it. Policies attached to waypoints, or to Services with one, are named by no
+/// workload: the waypoint enforces them, ztunnels hold them inert.
+fn policies(state: &MeshState, root: &str) -> ByName {
+    state
+        .authz_policies()
+        .iter()
+        .filter_map(|policy| {
+            let message = authorization(policy, root)?;
+            let name: Arc<str> = format!("{}", policy.id).into();
+            Some((name, Entry::new(&message)))
+        })
+        .collect()
+}
+
+/// The enrolled namespaces.
+fn namespaces(state: &MeshState) -> ByName {
+    state
+        .ambient_namespaces()
+        .iter()
+        .map(|namespace| {
+            let message = AmbientNamespace {
+                name: namespace.clone(),
+            };
+            (Arc::from(namespace.as_str()), Entry::new(&message))
+        })
+        .collect()
+}
+
+/// Puts `fresh` into `into`, leaving alone the entries it already has as they are (so that what
+/// is unchanged stays shared with the snapshot `into` was copied from).
+fn keep_unchanged(into: &mut ByName, fresh: ByName) {
+    for (name, entry) in fresh {
+        if into.get(&name) != Some(&entry) {
+            into.insert(name, entry);
+        }
+    }
 }
 
 fn generated_policy(name: &str, root: &str, rules: Vec<sec::Rule>) -> sec::Authorization {

@@ -54,7 +54,7 @@ fn change(rng: &mut fastrand::Rng, objects: &mut Objects, added: &mut usize) -> 
     let pod = |objects: &mut Objects, change: &mut dyn FnMut(&mut Value)| {
         edit(&mut objects.pods[i], |p| change(p))
     };
-    match rng.u8(..15) {
+    match rng.u8(..17) {
         0 => {
             let app = *pick(rng, &APPS);
             pod(objects, &mut |p| {
@@ -167,6 +167,19 @@ fn change(rng: &mut fastrand::Rng, objects: &mut Objects, added: &mut usize) -> 
             pod(objects, &mut |p| p["status"]["phase"] = phase.into());
             "a pod's phase"
         }
+        14 => {
+            pod(objects, &mut |p| {
+                p["spec"]["nodeName"] = "node-c".into();
+                p["status"]["podIP"] = Value::Null;
+                p["status"]["podIPs"] = Value::Null;
+            });
+            "a pod scheduled, its network not set up yet"
+        }
+        15 => {
+            let node = *pick(rng, &[None, Some("node-a"), Some("node-b")]);
+            pod(objects, &mut |p| p["spec"]["nodeName"] = node.into());
+            "a pod's node"
+        }
         _ => "nothing",
     }
 }
@@ -205,7 +218,7 @@ fn a_translation_reusing_the_previous_one_is_the_whole_translation() {
     let mut previous = translated(&objects).state;
     let mut previous_resources = Resources::from_state(&previous);
     let (mut added, mut reused_somewhere) = (0, 0);
-    for step in 0..600 {
+    for step in 0..1500 {
         let what = change(&mut rng, &mut objects, &mut added);
         let state = translated(&objects).state;
         let whole = Resources::from_state(&state);

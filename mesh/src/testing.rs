@@ -414,7 +414,8 @@ pub fn mesh_fingerprint(s: &crate::discovery::MeshState, addresses: &[std::net::
     let mut out = format!("{:?}\n", s.summary());
     for w in s.workloads() {
         let policies: Vec<String> = s.authz_for(&w).iter().map(|p| p.id.to_string()).collect();
-        let services: Vec<String> = s.services_of(&w).iter().map(|s| s.key()).collect();
+        let mut services: Vec<String> = s.services_of(&w).iter().map(|s| s.key()).collect();
+        services.sort();
         out += &format!(
             "workload {} {}/{} node={} ips={:?} enrolled={} id={} wp={:?} conflict={:?} policies={policies:?} services={services:?}\n",
             w.uid,
@@ -453,6 +454,14 @@ pub fn mesh_fingerprint(s: &crate::discovery::MeshState, addresses: &[std::net::
         let owner = s.workload_by_ip(*ip).map(|w| w.uid.clone());
         let service = s.service_by_vip(*ip).map(|s| s.key());
         out += &format!("{ip}: {owner:?} {service:?}\n");
+    }
+    for w in s.pending() {
+        let mut services: Vec<String> = s.services_of(w).iter().map(|s| s.key()).collect();
+        services.sort();
+        out += &format!(
+            "pending {} {}/{} node={} enrolled={} id={} wp={:?} services={services:?}\n",
+            w.uid, w.namespace, w.name, w.node, w.enrolled, w.identity, w.waypoint
+        );
     }
     out += &format!("ambient {:?}\n", s.ambient_namespaces());
     let mut rejected: Vec<String> = s.rejected().iter().map(ToString::to_string).collect();

@@ -1,6 +1,7 @@
 //! The Kubernetes source: the cluster's Namespaces, Pods, Services and veil policies, watched and
 //! translated into the same model the local file produces.
 
+mod patch;
 mod pod;
 mod translate;
 mod watch;

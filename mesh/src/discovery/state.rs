@@ -315,9 +315,12 @@ impl MeshState {
 
     /// The keys of the services `workload` is an endpoint of.
     pub(crate) fn service_keys_of(&self, workload: &Workload) -> &[ServiceKey] {
-        self.services_of
-            .get(workload.uid.as_str())
-            .map_or(&[], |keys| &keys[..])
+        self.service_keys_of_uid(&workload.uid)
+    }
+
+    /// The keys of the services the workload (or pod being set up) `uid` is an endpoint of.
+    pub(crate) fn service_keys_of_uid(&self, uid: &str) -> &[ServiceKey] {
+        self.services_of.get(uid).map_or(&[], |keys| &keys[..])
     }
 
     /// The objects left out of this snapshot (or kept but unreachable), and why.
@@ -364,38 +367,69 @@ impl MeshState {
     /// once the services are in: a pod is judged as the services that select it will make it
     /// (their waypoint in front, the policies attached to them), though it is no endpoint yet.
     pub fn with_pending(mut self, pending: impl IntoIterator<Item = Workload>) -> Self {
-        let mut out = Vec::new();
-        for mut workload in pending {
-            let services: Vec<Arc<Service>> = self
-                .services
-                .values()
-                .filter(|s| {
-                    s.namespace == workload.namespace
-                        && !s.selector.is_empty()
-                        && super::model::selects(&s.selector, &workload.labels)
-                })
-                .cloned()
-                .collect();
-            // A conflict is reported once the pod runs; until then it only admits nothing.
-            let _ = assemble::front_one(
-                &mut workload,
-                services.iter().filter_map(|s| s.waypoint.as_ref()),
-            );
-            if !services.is_empty() {
-                let keys: Vec<ServiceKey> = services
-                    .iter()
-                    .map(|s| (s.namespace.clone(), s.name.clone()))
-                    .collect();
-                let workload = Arc::new(workload);
-                self.services_of
-                    .insert(ByUid(workload.clone()), keys.into());
-                out.push(workload);
-                continue;
-            }
-            out.push(Arc::new(workload));
-        }
+        let out: Vec<Arc<Workload>> = pending
+            .into_iter()
+            .map(|workload| self.judge_pending(workload))
+            .collect();
         self.pending = out.into();
         self
+    }
+
+    /// `workload`, a pod being set up, judged as the services that select it will make it (their
+    /// waypoint) and listed as backing them.
+    fn judge_pending(&mut self, mut workload: Workload) -> Arc<Workload> {
+        let services = self.services_selecting(&workload.namespace, &workload.labels);
+        // A conflict is reported once the pod runs; until then it only admits nothing.
+        let _ = assemble::front_one(
+            &mut workload,
+            services.iter().filter_map(|s| s.waypoint.as_ref()),
+        );
+        let workload = Arc::new(workload);
+        if !services.is_empty() {
+            let keys: Vec<ServiceKey> = services
+                .iter()
+                .map(|s| (s.namespace.clone(), s.name.clone()))
+                .collect();
+            self.services_of
+                .insert(ByUid(workload.clone()), keys.into());
+        }
+        workload
+    }
+
+    /// The services of `namespace` whose selector `labels` match.
+    pub(crate) fn services_selecting(
+        &self,
+        namespace: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<Arc<Service>> {
+        self.services
+            .values()
+            .filter(|s| {
+                s.namespace == namespace
+                    && !s.selector.is_empty()
+                    && super::model::selects(&s.selector, labels)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Adds `workload` to the pods being set up (see [`Self::with_pending`]).
+    pub(crate) fn add_pending(&mut self, workload: Workload) {
+        let workload = self.judge_pending(workload);
+        let mut pending = self.pending.to_vec();
+        let at = pending.partition_point(|w| w.uid < workload.uid);
+        pending.insert(at, workload);
+        self.pending = pending.into();
+    }
+
+    /// Takes the pod being set up `uid` out of the list; returns it.
+    pub(crate) fn remove_pending(&mut self, uid: &str) -> Option<Arc<Workload>> {
+        let at = self.pending.iter().position(|w| w.uid == uid)?;
+        let mut pending = self.pending.to_vec();
+        let workload = pending.remove(at);
+        self.pending = pending.into();
+        self.services_of.remove(uid);
+        Some(workload)
     }
 
     /// Pods scheduled to a node whose network is not set up yet: everything a workload has but an

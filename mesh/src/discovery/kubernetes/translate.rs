@@ -140,11 +140,14 @@ pub fn translate(objects: &Objects, settings: &MeshSettings) -> Translation {
     Translation { state, invalid }
 }
 
-fn label<'a>(labels: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'a str> {
+pub(crate) fn label<'a>(
+    labels: Option<&'a BTreeMap<String, String>>,
+    key: &str,
+) -> Option<&'a str> {
     labels.and_then(|l| l.get(key)).map(String::as_str)
 }
 
-fn pod_ips(pod: &SlimPod) -> Vec<IpAddr> {
+pub(crate) fn pod_ips(pod: &SlimPod) -> Vec<IpAddr> {
     let Some(status) = &pod.status else {
         return Vec::new();
     };
@@ -208,7 +211,15 @@ impl<'p> PodIndex<'p> {
     }
 }
 
-fn live(pod: &SlimPod) -> bool {
+/// A pod's uid (its namespace and name where the API gave none).
+pub(crate) fn pod_uid(pod: &SlimPod) -> String {
+    pod.metadata.uid.clone().unwrap_or_else(|| {
+        let namespace = pod.namespace().unwrap_or_default();
+        format!("{namespace}/{}", pod.name_any())
+    })
+}
+
+pub(crate) fn live(pod: &SlimPod) -> bool {
     running_in_pod_network(pod) && !pod_ips(pod).is_empty()
 }
 
@@ -225,7 +236,7 @@ fn running_in_pod_network(pod: &SlimPod) -> bool {
 
 /// Bound to a node, on the pod network, not finished and not being deleted: a pod whose network
 /// its node may set up any moment.
-fn scheduled(pod: &SlimPod) -> bool {
+pub(crate) fn scheduled(pod: &SlimPod) -> bool {
     node_name(pod).is_some()
         && pod.metadata.deletion_timestamp.is_none()
         && running_in_pod_network(pod)
@@ -356,7 +367,7 @@ fn workloads(
 }
 
 /// A pod as a workload with `ips`; `None` when its service account makes no valid identity.
-fn workload(
+pub(crate) fn workload(
     pod: &SlimPod,
     ips: Vec<IpAddr>,
     namespaces: &HashMap<String, &Namespace>,
@@ -385,11 +396,7 @@ fn workload(
         None
     };
     Some(Workload {
-        uid: pod
-            .metadata
-            .uid
-            .clone()
-            .unwrap_or_else(|| format!("{namespace}/{}", pod.name_any())),
+        uid: pod_uid(pod),
         name: pod.name_any(),
         namespace,
         service_account: service_account(pod).to_owned(),

@@ -1,25 +1,29 @@
 //! The Kubernetes source: one reflector per kind, kept in sync by kube-rs watchers that restart with
-//! backoff on errors; every change marks the snapshot dirty, and a debounced rebuild translates the
-//! stores and publishes the result. Translation is per object: an object that cannot be translated is
-//! left out and reported (an error line and `on_reject`, once each time it becomes rejected), and the
-//! rest is published; while a watch is down, its last listed objects stay in its store.
+//! backoff on errors; every change marks the snapshot dirty, and a debounced rebuild publishes the
+//! next mesh. When only pods changed since the last one, that mesh is patched for them (see
+//! `patch`: time in proportion to the change, not the cluster); otherwise the stores are translated
+//! whole. Translation is per object: an object that cannot be translated is left out and reported
+//! (an error line and `on_reject`, once each time it becomes rejected), and the rest is published;
+//! while a watch is down, its last listed objects stay in its store.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use veil_crd::authorization::AuthorizationPolicy;
 use veil_crd::peer_authentication::PeerAuthentication;
 
+use super::patch::{self, Whole};
 use super::pod::SlimPod;
 use super::translate::{Objects, translate, with_cni_addresses};
 use crate::discovery::state::{ConfigError, MeshSettings, MeshState};
@@ -80,15 +84,28 @@ pub async fn start(
     on_reject: impl Fn(&ConfigError) + Send + 'static,
 ) -> watch::Receiver<Arc<Snapshot>> {
     let dirty = Arc::new(Notify::new());
+    let changes = Arc::new(Mutex::new(Pending::default()));
     let stores = Stores {
-        namespaces: reflect::<Namespace>(&client, &dirty, slim_meta),
-        pods: reflect::<SlimPod>(&client, &dirty, slim_pod),
-        services: reflect::<Service>(&client, &dirty, slim_meta),
-        authorization_policies: reflect::<AuthorizationPolicy>(&client, &dirty, slim_meta),
-        peer_authentications: reflect::<PeerAuthentication>(&client, &dirty, slim_meta),
+        namespaces: reflect::<Namespace>(&client, &dirty, slim_meta, whole(&changes)),
+        pods: reflect::<SlimPod>(&client, &dirty, slim_pod, pods(&changes)),
+        services: reflect::<Service>(&client, &dirty, slim_meta, whole(&changes)),
+        authorization_policies: reflect::<AuthorizationPolicy>(
+            &client,
+            &dirty,
+            slim_meta,
+            whole(&changes),
+        ),
+        peer_authentications: reflect::<PeerAuthentication>(
+            &client,
+            &dirty,
+            slim_meta,
+            whole(&changes),
+        ),
     };
     stores.ready().await;
-    let first = build(&stores, &settings);
+    // What the watches delivered before this first translation is in it.
+    std::mem::take(&mut *lock(&changes));
+    let (first, mut last) = build(&stores, &settings);
     report_rejected(&[], first.state.rejected(), &on_reject);
     info!(summary = ?first.state.summary(), "synced with the Kubernetes API");
     let (tx, rx) = watch::channel(Arc::new(first));
@@ -96,13 +113,117 @@ pub async fn start(
         loop {
             dirty.notified().await;
             tokio::time::sleep(DEBOUNCE).await;
-            let snapshot = build(&stores, &settings);
-            let previous = tx.borrow().state.clone();
-            report_rejected(previous.rejected(), snapshot.state.rejected(), &on_reject);
+            let delivered = std::mem::take(&mut *lock(&changes));
+            let previous = tx.borrow().clone();
+            let snapshot = match patched(&stores, &settings, &previous, &mut last, delivered) {
+                Ok(snapshot) => snapshot,
+                Err(Whole(why)) => {
+                    debug!(why, "translating the whole cluster");
+                    let (snapshot, now) = build(&stores, &settings);
+                    last = now;
+                    snapshot
+                }
+            };
+            report_rejected(
+                previous.state.rejected(),
+                snapshot.state.rejected(),
+                &on_reject,
+            );
             tx.send_replace(Arc::new(snapshot));
         }
     });
     rx
+}
+
+/// What the watches delivered since the last translation.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Something a patch does not follow (anything but a pod, or a watch listing again).
+    whole: bool,
+    /// The pods (namespace, name) that were applied or deleted.
+    pods: BTreeSet<(String, String)>,
+}
+
+fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    pending.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Notes every event of a watch as one a patch does not follow.
+fn whole<K>(pending: &Arc<Mutex<Pending>>) -> impl Fn(&watcher::Event<K>) + Send + 'static {
+    let pending = pending.clone();
+    move |_| lock(&pending).whole = true
+}
+
+/// Notes the pod of each event; a listing again (after an error, or an expired version) is
+/// followed by a whole translation.
+fn pods(pending: &Arc<Mutex<Pending>>) -> impl Fn(&watcher::Event<SlimPod>) + Send + 'static {
+    let pending = pending.clone();
+    move |event| {
+        let mut pending = lock(&pending);
+        match event {
+            watcher::Event::Apply(pod) | watcher::Event::Delete(pod) => {
+                let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+                pending.pods.insert(key);
+            }
+            watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => {
+                pending.whole = true;
+            }
+        }
+    }
+}
+
+/// What the last translation was made from, for the next one to patch.
+struct Last {
+    /// The pods it saw, by namespace and name.
+    pods: HashMap<(String, String), Arc<SlimPod>>,
+    /// The addresses no patch may take or free (see [`patch::contested`]).
+    contested: HashSet<IpAddr>,
+}
+
+/// The last snapshot patched for the pods `delivered` names (see [`patch`]).
+fn patched(
+    stores: &Stores,
+    settings: &MeshSettings,
+    previous: &Snapshot,
+    last: &mut Last,
+    delivered: Pending,
+) -> Result<Snapshot, Whole> {
+    if delivered.whole {
+        return Err(Whole("more than pods changed, or a watch listed again"));
+    }
+    if delivered.pods.len() > patch::PATCH_AT_MOST {
+        return Err(Whole("too many pods changed at once"));
+    }
+    let changes: Vec<_> = delivered
+        .pods
+        .iter()
+        .map(|(namespace, name)| {
+            let now = stores.pods.get(&ObjectRef::new(name).within(namespace));
+            (
+                last.pods.get(&(namespace.clone(), name.clone())).cloned(),
+                now,
+            )
+        })
+        .collect();
+    let objects = stores.objects();
+    let state = patch::patch(
+        &previous.state,
+        &objects,
+        settings,
+        &last.contested,
+        &changes,
+    )?;
+    for (key, (_, now)) in delivered.pods.into_iter().zip(changes) {
+        match now {
+            Some(pod) => last.pods.insert(key, pod),
+            None => last.pods.remove(&key),
+        };
+    }
+    Ok(Snapshot {
+        objects,
+        state: Arc::new(state),
+        invalid: previous.invalid.clone(),
+    })
 }
 
 /// Reports each object of `now` that was not already rejected in `before`: rebuilds are frequent,
@@ -140,14 +261,23 @@ pub async fn publish(
     }
 }
 
-fn build(stores: &Stores, settings: &MeshSettings) -> Snapshot {
+fn build(stores: &Stores, settings: &MeshSettings) -> (Snapshot, Last) {
     let objects = stores.objects();
     let translation = translate(&objects, settings);
-    Snapshot {
+    let last = Last {
+        pods: objects
+            .pods
+            .iter()
+            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.clone()))
+            .collect(),
+        contested: patch::contested(&objects, &translation.state),
+    };
+    let snapshot = Snapshot {
         objects,
         state: Arc::new(translation.state),
         invalid: translation.invalid,
-    }
+    };
+    (snapshot, last)
 }
 
 /// What no translation reads of any object: the field managers' bookkeeping and annotations (the
@@ -169,8 +299,14 @@ pub(crate) fn slim_pod(pod: &mut SlimPod) {
 }
 
 /// A store of every `K` in the cluster, each object cut down by `slim` before it is stored, kept
-/// current by a watcher that backs off and retries on errors; each change notifies `dirty`.
-fn reflect<K>(client: &Client, dirty: &Arc<Notify>, slim: fn(&mut K)) -> Store<K>
+/// current by a watcher that backs off and retries on errors; each change is shown to `note` and
+/// notifies `dirty`.
+fn reflect<K>(
+    client: &Client,
+    dirty: &Arc<Notify>,
+    slim: fn(&mut K),
+    note: impl Fn(&watcher::Event<K>) + Send + 'static,
+) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -186,7 +322,10 @@ where
         futures_util::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => dirty.notify_one(),
+                Ok(event) => {
+                    note(&event);
+                    dirty.notify_one();
+                }
                 Err(e) => {
                     warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff")
                 }

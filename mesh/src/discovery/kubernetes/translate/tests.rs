@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use super::*;
 use crate::policy::PeerMode;
 
+mod patch;
 mod reuse;
 
 fn list<K: DeserializeOwned>(json: &str) -> Vec<Arc<K>> {

@@ -9,7 +9,7 @@ use super::*;
 use crate::xds::{Kind, Resources};
 
 /// `object` changed through its JSON form (a copy: the previous snapshot keeps the original).
-fn edit<K: Serialize + DeserializeOwned + Clone>(
+pub(super) fn edit<K: Serialize + DeserializeOwned + Clone>(
     object: &mut Arc<K>,
     change: impl FnOnce(&mut Value),
 ) {
@@ -48,8 +48,17 @@ const APPS: [&str; 9] = [
 const WAYPOINTS: [Option<&str>; 4] = [None, Some("none"), Some("shop-wp"), Some("waypoint")];
 
 /// One random change of any kind the watches can deliver (or none); says which.
-fn change(rng: &mut fastrand::Rng, objects: &mut Objects, added: &mut usize) -> &'static str {
-    let ip = format!("10.244.9.{}", rng.u8(..6));
+pub(super) fn change(
+    rng: &mut fastrand::Rng,
+    objects: &mut Objects,
+    added: &mut usize,
+) -> &'static str {
+    // Mostly a few addresses pods contend for; now and then a service's or a waypoint's.
+    let ip = match rng.u8(..12) {
+        0 => "10.96.0.30".to_string(),
+        1 => "10.244.2.11".to_string(),
+        n => format!("10.244.9.{}", n % 6),
+    };
     let i = rng.usize(..objects.pods.len());
     let pod = |objects: &mut Objects, change: &mut dyn FnMut(&mut Value)| {
         edit(&mut objects.pods[i], |p| change(p))

@@ -300,17 +300,24 @@ impl MeshState {
                 .map(applies)
                 .collect()
         };
+        // A mesh patched from the other shares what it did not change: those are not compared.
         self.settings == other.settings
             && self.istio_semantics == other.istio_semantics
-            && by_id(&self.peer_auth, |p| &p.id) == by_id(&other.peer_auth, |p| &p.id)
-            && self.waypoints == other.waypoints
+            && (Arc::ptr_eq(&self.peer_auth, &other.peer_auth)
+                || by_id(&self.peer_auth, |p| &p.id) == by_id(&other.peer_auth, |p| &p.id))
+            && (Arc::ptr_eq(&self.waypoints, &other.waypoints) || self.waypoints == other.waypoints)
             && self.services.len() == other.services.len()
             && self
                 .services
                 .iter()
                 .zip(other.services.iter())
-                .all(|((ka, a), (kb, b))| ka == kb && a.same_definition(b))
-            && policies(self) == policies(other)
+                .all(|((ka, a), (kb, b))| ka == kb && (Arc::ptr_eq(a, b) || a.same_definition(b)))
+            && (self.same_policies(other) || policies(self) == policies(other))
+    }
+
+    /// Whether the policies are the very same as `other`'s (a mesh patched from the other).
+    pub(crate) fn same_policies(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.authz, &other.authz)
     }
 
     /// The keys of the services `workload` is an endpoint of.

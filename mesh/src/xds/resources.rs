@@ -283,20 +283,23 @@ impl Resources {
                 out.addresses.insert(name.into(), prior.clone());
             }
         }
-        // Policies that are gone; the others kept where unchanged, replaced where not.
-        let fresh = policies(state, root);
-        let generated_names: BTreeSet<String> = out
-            .generated_users
-            .keys()
-            .chain(previous.generated_users.keys())
-            .map(|name| format!("{root}/{name}"))
-            .collect();
-        for name in previous.authorizations.keys() {
-            if !fresh.contains_key(name) && !generated_names.contains(&**name) {
-                out.authorizations.remove(name);
+        // Policies that are gone; the others kept where unchanged, replaced where not (nothing to
+        // do when the mesh was patched from the previous one and holds its very policies).
+        if !state.same_policies(previous_state) {
+            let fresh = policies(state, root);
+            let generated_names: BTreeSet<String> = out
+                .generated_users
+                .keys()
+                .chain(previous.generated_users.keys())
+                .map(|name| format!("{root}/{name}"))
+                .collect();
+            for name in previous.authorizations.keys() {
+                if !fresh.contains_key(name) && !generated_names.contains(&**name) {
+                    out.authorizations.remove(name);
+                }
             }
+            keep_unchanged(&mut out.authorizations, fresh);
         }
-        keep_unchanged(&mut out.authorizations, fresh);
         for name in previous.generated_users.keys() {
             if !out.generated_users.contains_key(name) {
                 out.authorizations.remove(format!("{root}/{name}").as_str());

@@ -252,29 +252,41 @@ fn a_translation_reusing_the_previous_one_is_the_whole_translation() {
     assert!(reused_somewhere > 100, "reused in {reused_somewhere} steps");
 }
 
-#[test]
-fn one_changed_pod_is_the_only_workload_encoded_again() {
-    let objects = with_conflicts();
+/// The cluster with conflicts translated, then again after `change` edited the object `name` of
+/// the list `list` picks: the resources before, and those the controller derives from them after
+/// (checked equal to a whole translation).
+fn around_one_edit<K>(
+    list: fn(&mut Objects) -> &mut Vec<Arc<K>>,
+    name: &str,
+    change: impl FnOnce(&mut Value),
+) -> (Resources, Resources)
+where
+    K: Serialize + DeserializeOwned + Clone + kube::Resource,
+{
+    let mut objects = with_conflicts();
     let before = translated(&objects).state;
     let before_resources = Resources::from_state(&before);
-    let mut changed = objects.clone();
-    let i = changed
-        .pods
-        .iter()
-        .position(|p| p.name_any() == "stock-0")
-        .unwrap();
-    edit(&mut changed.pods[i], |p| {
-        p["spec"]["serviceAccountName"] = "stock-v2".into()
-    });
-    let after = translated(&changed).state;
+    let changed = list(&mut objects);
+    let i = changed.iter().position(|o| o.name_any() == name).unwrap();
+    edit(&mut changed[i], change);
+    let after = translated(&objects).state;
     let reused = Resources::from_state_after(&after, &before, &before_resources);
-    assert!(reused == Resources::from_state(&after));
-    let addresses = reused.of(Kind::Address);
-    let fresh: Vec<&str> = addresses
+    let whole = Resources::from_state(&after);
+    assert!(reused == whole, "{}", differences(&reused, &whole));
+    (before_resources, reused)
+}
+
+#[test]
+fn one_changed_pod_is_the_only_workload_encoded_again() {
+    let (before, reused) = around_one_edit(
+        |o| &mut o.pods,
+        "stock-0",
+        |p| p["spec"]["serviceAccountName"] = "stock-v2".into(),
+    );
+    let fresh: Vec<&str> = reused
+        .of(Kind::Address)
         .iter()
-        .filter(|(name, e)| {
-            before_resources.of(Kind::Address)[*name].body.as_ptr() != e.body.as_ptr()
-        })
+        .filter(|(name, e)| before.of(Kind::Address)[*name].body.as_ptr() != e.body.as_ptr())
         .map(|(name, _)| &**name)
         .collect();
     assert_eq!(fresh, ["Kubernetes//Pod/shop/stock-0"]);
@@ -304,24 +316,10 @@ fn a_workload_backing_several_services_encodes_the_same_every_time() {
 /// (a reused one would not, and the workload would go unprotected by it).
 #[test]
 fn a_workload_a_policy_comes_to_select_is_encoded_again() {
-    let objects = with_conflicts();
-    let before = translated(&objects).state;
-    let before_resources = Resources::from_state(&before);
-    let mut changed = objects.clone();
-    let i = changed
-        .authorization_policies
-        .iter()
-        .position(|p| p.name_any() == "deny-legacy")
-        .unwrap();
-    edit(&mut changed.authorization_policies[i], |p| {
-        p["spec"]["selector"] = json!({"matchLabels": {"app": "account-service"}})
-    });
-    let after = translated(&changed).state;
-    let reused = Resources::from_state_after(&after, &before, &before_resources);
-    assert!(
-        reused == Resources::from_state(&after),
-        "{}",
-        differences(&reused, &Resources::from_state(&after))
+    let (before_resources, reused) = around_one_edit(
+        |o| &mut o.authorization_policies,
+        "deny-legacy",
+        |p| p["spec"]["selector"] = json!({"matchLabels": {"app": "account-service"}}),
     );
     let name = "Kubernetes//Pod/production/account-service-7d9f8c6b5-x2k4p";
     let entry = |r: &Resources| r.of(Kind::Address)[name].clone();

@@ -158,8 +158,13 @@ async fn main() -> anyhow::Result<()> {
         None,
     )
     .await?;
-    let hub = translate::first(&states.borrow(), &metrics);
-    tokio::spawn(translate::follow(states, hub.clone(), metrics.clone()));
+    let (hub, translated) = translate::first(&states, &metrics);
+    tokio::spawn(translate::follow(
+        states,
+        hub.clone(),
+        metrics.clone(),
+        translated,
+    ));
 
     let ops = TcpListener::bind(args.metrics_listen)
         .await

@@ -129,6 +129,19 @@ impl Service {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// This service with `endpoints` instead of its own.
+    pub(crate) fn with_endpoints(&self, endpoints: Vec<String>) -> Self {
+        Self {
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            vips: self.vips.clone(),
+            ports: self.ports.clone(),
+            selector: self.selector.clone(),
+            endpoints,
+            waypoint: self.waypoint.clone(),
+        }
+    }
+
     /// Whether `other` defines the same service: every field equal but the endpoints.
     pub(crate) fn same_definition(&self, other: &Self) -> bool {
         let Self {

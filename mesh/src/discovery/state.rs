@@ -515,9 +515,7 @@ impl MeshState {
 
     /// Every workload, sorted by uid.
     pub fn workloads(&self) -> Vec<Arc<Workload>> {
-        let mut out: Vec<_> = self.workloads.iter().map(|w| w.0.clone()).collect();
-        out.sort_by(|a, b| a.uid.cmp(&b.uid));
-        out
+        self.workloads_by_uid().cloned().collect()
     }
 
     /// Every workload, in the order of their uids, without a copy of the list.

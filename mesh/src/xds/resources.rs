@@ -144,9 +144,6 @@ pub struct Resources {
     shared_names: bool,
 }
 
-/// The previous mesh and its translation, for a translation that reuses what did not change.
-type Prior<'a> = (&'a MeshState, &'a Resources);
-
 /// The xDS name (and `uid`) of a workload.
 pub fn workload_name(namespace: &str, name: &str) -> String {
     format!("{CLUSTER_ID}//Pod/{namespace}/{name}")
@@ -214,9 +211,9 @@ impl Resources {
     /// the services it backs changed (the policies that apply where, peer authentication,
     /// waypoints, services' definitions: see `MeshState::same_surroundings`): only the workloads
     /// that changed are encoded, everything else is `previous`'s, shared. A pod changing then costs
-    /// encoding that pod (and a pass over the uids of both meshes), not the mesh. Authorizations,
-    /// pods being set up and enrolled namespaces are always encoded afresh (entries equal to
-    /// `previous`'s are kept as they were).
+    /// encoding that pod (and a pass over the uids of both meshes), not the mesh. Pods being set
+    /// up, enrolled namespaces and, unless the mesh holds `previous_state`'s very policies,
+    /// Authorizations are encoded afresh (entries equal to `previous`'s are kept as they were).
     pub fn from_state_after(
         state: &MeshState,
         previous_state: &MeshState,
@@ -246,7 +243,7 @@ impl Resources {
             generated_users: previous.generated_users.clone(),
             shared_names: false,
         };
-        let (gone, new) = changed_workloads((previous_state, previous), state);
+        let (gone, new) = changed_workloads(previous_state, state);
         for workload in previous_state.pending() {
             let name = workload_name(&workload.namespace, &workload.name);
             if out
@@ -504,12 +501,12 @@ fn policy_names(
     names
 }
 
-/// The workloads of `prior`'s mesh that are gone or changed, and those of `state` that are new or
+/// The workloads of `prior_state` that are gone or changed, and those of `state` that are new or
 /// changed, found by walking both in the order of their uids. A workload is unchanged when it is
 /// equal in every field and backs the same services (the rest of what its resource depends on
 /// was checked for the whole mesh).
 fn changed_workloads<'a>(
-    (prior_state, _): Prior<'a>,
+    prior_state: &'a MeshState,
     state: &'a MeshState,
 ) -> (Vec<&'a Arc<Workload>>, Vec<&'a Arc<Workload>>) {
     let (mut gone, mut new) = (Vec::new(), Vec::new());

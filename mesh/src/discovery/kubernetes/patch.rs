@@ -27,11 +27,11 @@ use kube::ResourceExt;
 
 use super::pod::SlimPod;
 use super::translate::{Objects, WAYPOINT, label, live, pod_ips, pod_uid, scheduled, workload};
-use crate::discovery::model::{Service, selects};
+use crate::discovery::model::selects;
 use crate::discovery::state::{MeshSettings, MeshState, ServiceKey, front_one};
 
 /// The most pods one patch takes on: a rollout of more is translated whole.
-pub(crate) const PATCH_AT_MOST: usize = 512;
+const PATCH_AT_MOST: usize = 512;
 
 /// A pod as it was and as it is (`None`: absent).
 pub(crate) type PodChange = (Option<Arc<SlimPod>>, Option<Arc<SlimPod>>);
@@ -167,16 +167,8 @@ pub(crate) fn patch(
             .collect();
         endpoints.sort();
         endpoints.dedup();
-        let updated = Service {
-            name: service.name.clone(),
-            namespace: service.namespace.clone(),
-            vips: service.vips.clone(),
-            ports: service.ports.clone(),
-            selector: service.selector.clone(),
-            endpoints,
-            waypoint: service.waypoint.clone(),
-        };
-        state.replace_service(Arc::new(updated));
+        let updated = Arc::new(service.with_endpoints(endpoints));
+        state.replace_service(updated);
     }
     Ok(state)
 }
@@ -192,8 +184,7 @@ fn check_pod(pod: &SlimPod, objects: &Objects) -> Result<(), Whole> {
             continue;
         }
         let Some(spec) = &service.spec else { continue };
-        let selector = spec.selector.clone().unwrap_or_default();
-        if !selects(&selector, labels) {
+        if !spec.selector.as_ref().is_some_and(|s| selects(s, labels)) {
             continue;
         }
         if label(service.metadata.labels.as_ref(), WAYPOINT).is_some() {

@@ -71,6 +71,14 @@ pub struct SlimPodStatus {
     pub pod_ips: Option<Vec<PodIP>>,
 }
 
+impl SlimPod {
+    /// Its namespace and name: what identifies it in the watches' stores and events.
+    pub fn key(&self) -> (String, String) {
+        use kube::ResourceExt;
+        (self.namespace().unwrap_or_default(), self.name_any())
+    }
+}
+
 impl kube::Resource for SlimPod {
     type DynamicType = ();
     type Scope = NamespaceResourceScope;

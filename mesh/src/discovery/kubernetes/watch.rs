@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, error, info, warn};
@@ -162,8 +162,7 @@ fn pods(pending: &Arc<Mutex<Pending>>) -> impl Fn(&watcher::Event<SlimPod>) + Se
         let mut pending = lock(&pending);
         match event {
             watcher::Event::Apply(pod) | watcher::Event::Delete(pod) => {
-                let key = (pod.namespace().unwrap_or_default(), pod.name_any());
-                pending.pods.insert(key);
+                pending.pods.insert(pod.key());
             }
             watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => {
                 pending.whole = true;
@@ -190,9 +189,6 @@ fn patched(
 ) -> Result<Snapshot, Whole> {
     if delivered.whole {
         return Err(Whole("more than pods changed, or a watch listed again"));
-    }
-    if delivered.pods.len() > patch::PATCH_AT_MOST {
-        return Err(Whole("too many pods changed at once"));
     }
     let changes: Vec<_> = delivered
         .pods
@@ -265,11 +261,7 @@ fn build(stores: &Stores, settings: &MeshSettings) -> (Snapshot, Last) {
     let objects = stores.objects();
     let translation = translate(&objects, settings);
     let last = Last {
-        pods: objects
-            .pods
-            .iter()
-            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.clone()))
-            .collect(),
+        pods: objects.pods.iter().map(|p| (p.key(), p.clone())).collect(),
         contested: patch::contested(&objects, &translation.state),
     };
     let snapshot = Snapshot {

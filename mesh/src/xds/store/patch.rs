@@ -399,13 +399,9 @@ impl Store {
             .map(|w| w.uid.clone())
             .collect();
         let service = Service {
-            name: old.name.clone(),
-            namespace: old.namespace.clone(),
-            vips: old.vips.clone(),
             ports,
             selector: Default::default(),
-            endpoints,
-            waypoint: old.waypoint.clone(),
+            ..old.with_endpoints(endpoints)
         };
         next.replace_service(Arc::new(service));
         Ok(())

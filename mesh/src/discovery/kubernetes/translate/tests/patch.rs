@@ -25,9 +25,8 @@ fn pod_changes(before: &Objects, after: &Objects) -> Option<Vec<PodChange>> {
     if !others_same {
         return None;
     }
-    let key = |p: &Arc<SlimPod>| (p.namespace().unwrap_or_default(), p.name_any());
-    let old: HashMap<_, _> = before.pods.iter().map(|p| (key(p), p.clone())).collect();
-    let new: HashMap<_, _> = after.pods.iter().map(|p| (key(p), p.clone())).collect();
+    let old: HashMap<_, _> = before.pods.iter().map(|p| (p.key(), p.clone())).collect();
+    let new: HashMap<_, _> = after.pods.iter().map(|p| (p.key(), p.clone())).collect();
     let mut out = Vec::new();
     for (k, p) in &new {
         match old.get(k) {

@@ -39,7 +39,7 @@ use prost_types::Any;
 use tokio::time::Instant;
 use tonic::Status;
 use veil_mesh::xds::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use veil_mesh::xds::{Entry, Kind};
+use veil_mesh::xds::{Audience, Entry, Kind};
 
 use crate::hub::{Hub, Snapshot};
 
@@ -90,6 +90,10 @@ struct TypeState {
     rest: Option<VecDeque<Arc<str>>>,
     /// The client's node, if known: resources for another node are not for it.
     node: Option<Arc<str>>,
+    /// The type.
+    kind: Kind,
+    /// Who the client is: a waypoint is sent its namespace's resources only.
+    audience: Audience,
 }
 
 impl TypeState {
@@ -97,9 +101,9 @@ impl TypeState {
         self.wildcard || self.names.contains(name)
     }
 
-    /// Whether `entry` is to be sent to this client at all.
-    fn shows(&self, entry: &Entry) -> bool {
-        entry.is_for(self.node.as_deref())
+    /// Whether `entry`, named `name`, is to be sent to this client at all.
+    fn shows(&self, name: &str, entry: &Entry) -> bool {
+        entry.is_for(self.node.as_deref()) && self.audience.admits(self.kind, name)
     }
 
     /// Holds all of `seq` and has acknowledged it.
@@ -125,6 +129,8 @@ pub struct Stream {
     node: Option<Arc<str>>,
     /// `node` comes from the credential: what the client declares does not change it.
     node_authenticated: bool,
+    /// Who the client is.
+    audience: Audience,
 }
 
 impl Stream {
@@ -140,7 +146,14 @@ impl Stream {
             budget: RESPONSE_BUDGET,
             node: None,
             node_authenticated: false,
+            audience: Audience::Mesh,
         }
+    }
+
+    /// Serves `audience` only what is for it (a waypoint, its namespace).
+    pub fn with_audience(mut self, audience: Audience) -> Self {
+        self.audience = audience;
+        self
     }
 
     /// The node the client's credential names, if any: it overrides what the client declares.
@@ -196,6 +209,7 @@ impl Stream {
             }
         }
         let node = self.node.clone();
+        let audience = self.audience.clone();
         let state = self.types.entry(kind).or_insert_with(|| TypeState {
             // A first request without names is a (legacy) wildcard subscription.
             wildcard: request.resource_names_subscribe.is_empty(),
@@ -209,6 +223,8 @@ impl Stream {
             deferred: BTreeSet::new(),
             rest: None,
             node,
+            kind,
+            audience,
         });
         let mut nack = None;
         if !request.response_nonce.is_empty() {
@@ -283,9 +299,10 @@ impl Stream {
             .iter()
             .filter_map(|kind| self.next_response(*kind))
             .collect();
-        let authorization = Kind::Authorization.type_url();
-        if !out.iter().any(|r| r.type_url == authorization) {
-            out.extend(self.next_response(Kind::Authorization));
+        for kind in ORDER.into_iter().filter(|k| k.is_policy()) {
+            if !out.iter().any(|r| r.type_url == kind.type_url()) {
+                out.extend(self.next_response(kind));
+            }
         }
         out
     }
@@ -298,10 +315,17 @@ impl Stream {
         // client subscribes to both types at the start of a stream; until it has, or until
         // [`AUTHORIZATION_GRACE`] has passed (a client that wants no Authorizations), Addresses wait.
         if kind == Kind::Address {
-            match self.types.get(&Kind::Authorization) {
-                Some(a) if !a.settled_at(current.seq) => return None,
-                None if Instant::now() < self.opened + self.grace => return None,
-                _ => {}
+            let mut policies = self
+                .types
+                .values()
+                .filter(|t| t.kind.is_policy())
+                .peekable();
+            if policies.peek().is_none() {
+                if Instant::now() < self.opened + self.grace {
+                    return None;
+                }
+            } else if policies.any(|p| !p.settled_at(current.seq)) {
+                return None;
             }
         }
         // And enrolled namespaces only once the Addresses of their snapshot are held: a node that
@@ -349,7 +373,7 @@ impl Stream {
             updated.extend(
                 entries
                     .iter()
-                    .filter(|(n, e)| state.wants(n) && state.shows(e))
+                    .filter(|(n, e)| state.wants(n) && state.shows(n, e))
                     .map(|(n, _)| n.clone()),
             );
         }
@@ -358,22 +382,25 @@ impl Stream {
             (Some(initial), _) => {
                 for (name, entry) in entries {
                     let held = initial.get(&**name).map(String::as_str);
-                    if state.wants(name) && state.shows(entry) && held != Some(&*entry.version) {
+                    if state.wants(name)
+                        && state.shows(name, entry)
+                        && held != Some(&*entry.version)
+                    {
                         updated.insert(name.clone());
                     }
                 }
-                removed.extend(
-                    initial
-                        .into_keys()
-                        .filter(|name| !entries.get(name.as_str()).is_some_and(|e| state.shows(e))),
-                );
+                removed.extend(initial.into_keys().filter(|name| {
+                    !entries
+                        .get(name.as_str())
+                        .is_some_and(|e| state.shows(name, e))
+                }));
             }
             (None, Some(held)) if held.seq != current.seq => {
                 let changes = hub.changes(kind, held, &current);
                 let before = held.resources.of(kind);
-                let was_shown = |n: &str| before.get(n).is_some_and(|e| state.shows(e));
+                let was_shown = |n: &str| before.get(n).is_some_and(|e| state.shows(n, e));
                 for name in changes.updated.iter().filter(|n| state.wants(n)) {
-                    if entries.get(name).is_some_and(|e| state.shows(e)) {
+                    if entries.get(name).is_some_and(|e| state.shows(name, e)) {
                         updated.insert(name.clone());
                     } else if was_shown(name) {
                         removed.insert(name.to_string());
@@ -399,7 +426,7 @@ impl Stream {
                 }
             }
         }
-        if kind == Kind::Authorization {
+        if kind.is_policy() {
             // A policy leaves only after the workloads that name it have been updated.
             state.deferred.append(&mut removed);
             state
@@ -426,13 +453,13 @@ impl Stream {
     /// wait for Addresses.
     pub fn wake_at(&self) -> Option<Instant> {
         let addresses = self.types.contains_key(&Kind::Address);
-        let authorizations = self.types.get(&Kind::Authorization);
+        let mut policies = self.types.values().filter(|t| t.kind.is_policy());
         let namespaces = self.types.contains_key(&Kind::Namespace);
-        // Addresses waiting for Authorizations, Authorization removals or namespaces for Addresses.
+        // Addresses waiting for policies, policy removals or namespaces for Addresses.
         let waiting = if addresses {
-            authorizations.is_none()
+            policies.next().is_none()
         } else {
-            namespaces || authorizations.is_some_and(|a| !a.deferred.is_empty())
+            namespaces || policies.any(|p| !p.deferred.is_empty())
         };
         let at = self.opened + self.grace;
         (waiting && Instant::now() < at).then_some(at)
@@ -469,7 +496,7 @@ fn part(
     while let Some(name) = names.front() {
         let entry = entries
             .get(name)
-            .filter(|e| state.wants(name) && state.shows(e));
+            .filter(|e| state.wants(name) && state.shows(name, e));
         let cost = entry.map_or(0, |e| e.version.len() + e.body.len() + type_url.len())
             + name.len()
             + FRAMING;
@@ -529,9 +556,16 @@ impl Budget {
 /// Framing of a resource or a removed name in a response: tags and lengths, a generous bound.
 const FRAMING: usize = 32;
 
-/// The order responses are computed in: Authorizations before the Addresses that name them, and
-/// those before the enrolled namespaces (make before break).
-pub const ORDER: [Kind; 3] = [Kind::Authorization, Kind::Address, Kind::Namespace];
+/// The order responses are computed in: policies (Authorizations; for waypoints, policies as
+/// written and their bindings) before the Addresses that name them, and those before the enrolled
+/// namespaces (make before break).
+pub const ORDER: [Kind; 5] = [
+    Kind::Authorization,
+    Kind::Policy,
+    Kind::Binding,
+    Kind::Address,
+    Kind::Namespace,
+];
 
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,9 @@
 //! Who may subscribe. A subscriber proves an identity either with a mesh certificate (veil's
 //! proxies, mutual TLS) or with a bearer token (Istio's ztunnel, which presents no client
 //! certificate to its control plane and sends its service-account token instead, as it does to
-//! istiod). Only identities on the allow list are served; everything else is refused before any
-//! resource is sent.
+//! istiod). Identities on the allow list are served the whole mesh; the identity of one of the
+//! mesh's waypoints, when waypoints are served, its own namespace only; everything else is refused
+//! before any resource is sent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 use tonic::{Request, Status};
 use veil_ca::authn::{Authenticator, AuthnError, Caller, bearer};
 use veil_mesh::identity::{BoxFuture, Identity};
+use veil_mesh::xds::Audience;
 
 /// The identity a client proved in the TLS handshake (set by the server on each request).
 #[derive(Clone, Debug)]
@@ -32,6 +34,8 @@ pub struct Subscriber {
     pub identity: Identity,
     /// The node it runs on, when its credential says so.
     pub node: Option<String>,
+    /// What it is served.
+    pub audience: Audience,
 }
 
 /// Authenticates and authorizes subscribers.
@@ -39,6 +43,8 @@ pub struct Subscriber {
 pub struct SubscriberAuth {
     tokens: Option<Arc<dyn Authenticator>>,
     allowed: Arc<[Identity]>,
+    /// The root namespace, when waypoints are served (their namespace and this one).
+    waypoints: Option<Arc<str>>,
 }
 
 impl SubscriberAuth {
@@ -47,17 +53,31 @@ impl SubscriberAuth {
         Self {
             tokens,
             allowed: allowed.into(),
+            waypoints: None,
         }
     }
 
+    /// Also serves the mesh's waypoints, each the resources of its own namespace and the
+    /// policies of `root_namespace`.
+    pub fn with_waypoints(mut self, root_namespace: &str) -> Self {
+        self.waypoints = Some(root_namespace.into());
+        self
+    }
+
     /// The subscriber behind `request`, or the status refusing it: `Unauthenticated` without a
-    /// valid credential, `PermissionDenied` for an identity not on the list, `Unavailable` when
-    /// the token could not be checked (never let through).
-    pub async fn check<T>(&self, request: &Request<T>) -> Result<Subscriber, Status> {
-        let subscriber = match request.extensions().get::<PeerIdentity>() {
+    /// valid credential, `PermissionDenied` for an identity neither on the list nor (when
+    /// waypoints are served) one `is_waypoint` knows, `Unavailable` when the token could not be
+    /// checked (never let through).
+    pub async fn check<T>(
+        &self,
+        request: &Request<T>,
+        is_waypoint: impl Fn(&Identity) -> bool,
+    ) -> Result<Subscriber, Status> {
+        let mut subscriber = match request.extensions().get::<PeerIdentity>() {
             Some(PeerIdentity(identity)) => Subscriber {
                 identity: identity.clone(),
                 node: None,
+                audience: Audience::Mesh,
             },
             None => {
                 let Some(tokens) = &self.tokens else {
@@ -74,16 +94,26 @@ impl SubscriberAuth {
                 Subscriber {
                     identity: caller.identity,
                     node: caller.node,
+                    audience: Audience::Mesh,
                 }
             }
         };
-        if !self.allowed.contains(&subscriber.identity) {
-            return Err(Status::permission_denied(format!(
-                "{} may not subscribe to the mesh",
-                subscriber.identity
-            )));
+        if self.allowed.contains(&subscriber.identity) {
+            return Ok(subscriber);
         }
-        Ok(subscriber)
+        match &self.waypoints {
+            Some(root) if is_waypoint(&subscriber.identity) => {
+                subscriber.audience = Audience::Waypoint {
+                    namespace: subscriber.identity.namespace().into(),
+                    root: root.clone(),
+                };
+                Ok(subscriber)
+            }
+            _ => Err(Status::permission_denied(format!(
+                "{} may not subscribe to the mesh (neither an allowed subscriber nor a waypoint of the mesh)",
+                subscriber.identity
+            ))),
+        }
     }
 }
 

@@ -94,6 +94,11 @@ struct Args {
     /// An identity allowed to subscribe (repeat); by default veil's ztunnel.
     #[arg(long = "subscriber")]
     subscribers: Vec<Identity>,
+    /// Serve the mesh's waypoints: an identity the mesh gives one of its waypoints may subscribe
+    /// and is sent the resources of its own namespace and the policies of the root namespace
+    /// (policies as written, for it to enforce), nothing else.
+    #[arg(long, env = "VEIL_CONTROLLER_WAYPOINTS", default_value_t = true, action = clap::ArgAction::Set)]
+    waypoints: bool,
     /// How many subscribers may be in their initial sync at once (a client sent whole responses,
     /// such as Istio's ztunnel, holds a copy of the whole mesh until it acknowledges; veil's hold
     /// one 128 KiB part at a time); the others wait their turn.
@@ -187,6 +192,11 @@ async fn main() -> anyhow::Result<()> {
         "veil-controller serving"
     );
     let auth = SubscriberAuth::new(tokens, subscribers);
+    let auth = if args.waypoints {
+        auth.with_waypoints(&args.root_namespace)
+    } else {
+        auth
+    };
     let discovery = Discovery::new(hub, auth, metrics)
         .with_concurrent_syncs(usize::from(args.concurrent_syncs));
     serve(

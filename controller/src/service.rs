@@ -9,6 +9,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
+use veil_mesh::identity::Identity;
 use veil_mesh::telemetry::LogLimiter;
 use veil_mesh::xds::Kind;
 use veil_mesh::xds::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
@@ -87,7 +88,9 @@ impl AggregatedDiscoveryService for Discovery {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Responses>, Status> {
-        let subscriber = match self.auth.check(&request).await {
+        let hub = self.hub.clone();
+        let is_waypoint = move |id: &Identity| hub.current().resources.is_waypoint(id);
+        let subscriber = match self.auth.check(&request, is_waypoint).await {
             Ok(s) => s,
             Err(status) => {
                 self.metrics.refused.inc();
@@ -98,7 +101,7 @@ impl AggregatedDiscoveryService for Discovery {
         if let Some(ConnectionAuth(flag)) = request.extensions().get::<ConnectionAuth>() {
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        info!(identity = %subscriber.identity, node = ?subscriber.node, "subscriber connected");
+        info!(identity = %subscriber.identity, node = ?subscriber.node, audience = ?subscriber.audience, "subscriber connected");
         // Two types, at most one unacknowledged response each: the channel never holds more.
         let (tx, rx) = mpsc::channel(Kind::ALL.len());
         tokio::spawn(drive(self.clone(), subscriber, request.into_inner(), tx));
@@ -132,7 +135,8 @@ async fn drive(
     metrics.streams.inc();
     let mut stream = Stream::new(service.hub.clone())
         .with_response_budget(service.response_budget)
-        .with_node(subscriber.node.as_deref());
+        .with_node(subscriber.node.as_deref())
+        .with_audience(subscriber.audience.clone());
     let mut snapshots = service.hub.subscribe();
     let end = 'stream: loop {
         // The oldest unacknowledged response, of whichever type, sets the deadline: a client

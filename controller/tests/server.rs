@@ -70,7 +70,8 @@ async fn start_serving(
         ztunnel()
     ))
     .unwrap();
-    let auth = SubscriberAuth::new(Some(Arc::new(tokens)), vec![ztunnel()]);
+    let auth =
+        SubscriberAuth::new(Some(Arc::new(tokens)), vec![ztunnel()]).with_waypoints("veil-system");
     let state = local::parse(MESH, &MeshSettings::default()).unwrap();
     let hub = Hub::new(Resources::from_state(&state));
     let discovery = Discovery::new(hub.clone(), auth, Arc::new(Metrics::new()))
@@ -134,6 +135,15 @@ async fn open(
     client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
     token: Option<&str>,
 ) -> Open {
+    // Istio's two types, as Istio's ztunnel asks for them.
+    open_kinds(client, token, &[Kind::Address, Kind::Authorization]).await
+}
+
+async fn open_kinds(
+    client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    token: Option<&str>,
+    kinds: &[Kind],
+) -> Open {
     let (tx, rx) = mpsc::channel(8);
     let requests =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
@@ -143,8 +153,7 @@ async fn open(
             .metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
-    // Istio's two types, as Istio's ztunnel asks for them.
-    for kind in [Kind::Address, Kind::Authorization] {
+    for kind in kinds.iter().copied() {
         tx.send(DeltaDiscoveryRequest {
             type_url: kind.type_url().into(),
             ..Default::default()
@@ -401,6 +410,7 @@ async fn subscribe_with(
         node: "x".into(),
         connect_timeout: Duration::from_secs(5),
         ambient_namespaces: true,
+        waypoint: false,
     };
     tokio::time::timeout(
         wait,
@@ -571,4 +581,99 @@ async fn a_split_response_cut_off_midway_is_published_and_trusted_only_once_comp
         seen.iter().all(|n| *n == 300 || *n == 800),
         "a partial mesh was published: {seen:?}"
     );
+}
+
+const WAYPOINTS: &str = r#"
+namespaces:
+  - {name: shop, dataplaneMode: ambient, useWaypoint: wp}
+  - {name: bank, dataplaneMode: ambient, useWaypoint: vault}
+waypoints:
+  - {name: wp, namespace: shop, serviceAccount: wp, ips: [10.9.0.1]}
+  - {name: vault, namespace: bank, serviceAccount: vault, ips: [10.9.1.1]}
+workloads:
+  - {name: web, namespace: shop, serviceAccount: web, node: x, ips: [10.1.0.1], labels: {app: web}}
+  - {name: ledger, namespace: bank, serviceAccount: ledger, node: x, ips: [10.2.0.1], labels: {app: ledger}}
+services:
+  - {name: web, namespace: shop, vips: [10.96.0.1], ports: [{port: 80}], selector: {app: web}}
+  - {name: ledger, namespace: bank, vips: [10.96.1.1], ports: [{port: 80}], selector: {app: ledger}}
+policies:
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: web-gets, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: web}}
+      rules: [{to: [{operation: {methods: [GET]}}]}]
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: tellers, namespace: bank}
+    spec:
+      rules: [{from: [{source: {principals: [cluster.local/ns/bank/sa/teller]}}]}]
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: no-telnet, namespace: veil-system}
+    spec: {action: DENY, rules: [{to: [{operation: {ports: ["23"]}}]}]}
+"#;
+
+#[tokio::test]
+async fn a_waypoint_is_served_its_own_namespace_and_nothing_else() {
+    let server = start(Duration::from_secs(60)).await;
+    server.hub.publish(Resources::from_state(
+        &local::parse(WAYPOINTS, &MeshSettings::default()).unwrap(),
+    ));
+    let kinds = [Kind::Policy, Kind::Binding, Kind::Address];
+    let wp = Identity::new("cluster.local", "shop", "wp").unwrap();
+    let mut c = client(&server, Some((&server.pki, &wp)));
+    let (tx, result) = open_kinds(&mut c, None, &kinds).await;
+    let mut stream = result.unwrap();
+    // Policies and their bindings first, each acknowledged before the workloads that need them.
+    let mut received: Vec<(Kind, String)> = Vec::new();
+    for kind in kinds {
+        let response = next(&mut stream).await.unwrap();
+        assert_eq!(response.type_url, kind.type_url());
+        received.extend(response.resources.iter().map(|r| (kind, r.name.clone())));
+        acknowledge(&tx, std::slice::from_ref(&response)).await;
+    }
+    let names = |kind: Kind| -> Vec<&str> {
+        received
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, n)| n.as_str())
+            .collect()
+    };
+    assert_eq!(
+        names(Kind::Policy),
+        ["shop/web-gets", "veil-system/no-telnet"]
+    );
+    assert_eq!(names(Kind::Binding), ["Kubernetes//Pod/shop/web"]);
+    assert_eq!(
+        names(Kind::Address),
+        [
+            "Kubernetes//Pod/shop/web",
+            "Kubernetes//Waypoint/shop/wp",
+            "shop/web.shop.svc.cluster.local"
+        ]
+    );
+    // Asking for another namespace's workload by name gets it reported absent, not sent.
+    tx.send(DeltaDiscoveryRequest {
+        type_url: Kind::Address.type_url().into(),
+        resource_names_subscribe: vec!["Kubernetes//Pod/bank/ledger".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let answer = next(&mut stream).await.unwrap();
+    assert!(answer.resources.is_empty(), "{:?}", answer.resources);
+    assert_eq!(answer.removed_resources, ["Kubernetes//Pod/bank/ledger"]);
+
+    // An identity of the namespace that is no waypoint's is refused, with a token or a certificate.
+    let teller = Identity::new("cluster.local", "bank", "teller").unwrap();
+    let (_tx, result) = open_kinds(
+        &mut client(&server, Some((&server.pki, &teller))),
+        None,
+        &kinds,
+    )
+    .await;
+    assert_eq!(refused(result).await, Code::PermissionDenied);
+    let (_tx, result) = open_kinds(&mut client(&server, None), Some(OTHER_TOKEN), &kinds).await;
+    assert_eq!(refused(result).await, Code::PermissionDenied);
 }

@@ -3,13 +3,16 @@
 //! [`MeshState`](crate::discovery::MeshState) into them. veil's controller serves these resources to
 //! veil's and Istio's ztunnels alike, so the schema, names and numbers are Istio's; what veil needs
 //! beyond Istio's schema is expressed in it (generated Authorizations) rather than beside it, with
-//! one exception: the namespaces enrolled in the mesh ([`NAMESPACE_TYPE`]), a type of veil's own
-//! that only veil's ztunnel subscribes to.
+//! exceptions, types of veil's own that only veil's proxies subscribe to: the namespaces enrolled
+//! in the mesh ([`NAMESPACE_TYPE`], for ztunnels) and AuthorizationPolicies as written
+//! ([`POLICY_TYPE`] and [`BINDING_TYPE`], for waypoints, which enforce what Istio's L4 form cannot
+//! carry).
 
 mod authorization;
 mod client;
 mod resources;
 mod store;
+mod waypoint;
 
 pub use authorization::authorization;
 pub(crate) use authorization::ip_from_bytes;
@@ -20,6 +23,7 @@ pub use resources::{
     workload_name,
 };
 pub use store::{Refusal, Store};
+pub use waypoint::{Audience, namespace_of};
 
 /// Generated from `mesh/proto` by `cargo xtask gen-proto`, checked in.
 #[allow(
@@ -60,6 +64,12 @@ pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authori
 /// The type URL of the namespaces enrolled in the mesh (veil's extension; Istio's schema has no
 /// namespace resource, and Istio's ztunnel learns enrolment from istio-cni instead).
 pub const NAMESPACE_TYPE: &str = "type.googleapis.com/veil.discovery.AmbientNamespace";
+/// The type URL of AuthorizationPolicies as written, HTTP conditions and `targetRefs` included
+/// (veil's extension, for waypoints: Istio sends its waypoints Envoy's configuration instead).
+pub const POLICY_TYPE: &str = "type.googleapis.com/veil.discovery.AuthorizationPolicy";
+/// The type URL of the policies a waypoint enforces for each workload behind it (veil's extension:
+/// Istio's workloads carry no labels to select them by).
+pub const BINDING_TYPE: &str = "type.googleapis.com/veil.discovery.PolicyBinding";
 
 /// veil's extension of delta ADS, for large meshes: a subscriber that sets this key of its node's
 /// metadata to `true` accepts a response split into parts, each acknowledged before the next is

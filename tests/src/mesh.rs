@@ -293,10 +293,33 @@ impl Mesh {
             spec.name.clone(),
             "--namespace".into(),
             spec.namespace.clone(),
-            "--mesh-config".into(),
-            self.mesh_config.to_string_lossy().into_owned(),
-            "--config-poll-interval".into(),
-            "200ms".into(),
+        ];
+        // Through the controller when there is one (its namespace only, no API access), as the
+        // chart runs it; else the mesh file.
+        match &self.controller {
+            Some(controller) => {
+                argv.extend([
+                    "--xds-address".into(),
+                    format!("{}:{XDS_PORT}", self.cluster.control_plane_ip),
+                    "--xds-server-name".into(),
+                    SERVER_NAME.into(),
+                ]);
+                match &controller.serving_root {
+                    Some(root) => argv.extend([
+                        "--xds-root-cert".into(),
+                        root.to_string_lossy().into_owned(),
+                    ]),
+                    None => argv.extend(["--xds-identity".into(), CONTROLLER_IDENTITY.into()]),
+                }
+            }
+            None => argv.extend([
+                "--mesh-config".into(),
+                self.mesh_config.to_string_lossy().into_owned(),
+                "--config-poll-interval".into(),
+                "200ms".into(),
+            ]),
+        }
+        argv.extend([
             "--root-cert".into(),
             self.root_cert().to_string_lossy().into_owned(),
             "--ca-address".into(),
@@ -308,7 +331,7 @@ impl Mesh {
                 .into_owned(),
             "--log-format".into(),
             "json".into(),
-        ];
+        ]);
         argv.extend(spec.args.iter().cloned());
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let proc = Proc::spawn(

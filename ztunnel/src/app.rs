@@ -192,6 +192,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 node: config.node.clone(),
                 connect_timeout: Duration::from_secs(10),
                 ambient_namespaces: config.xds_ambient_namespaces,
+                waypoint: false,
             };
             info!(%address, "receiving the mesh from the control plane");
             let subscription = xds::subscribe(

@@ -335,16 +335,18 @@ impl MeshState {
         &self.rejected
     }
 
-    /// Marks a snapshot received from a control plane in Istio's form: the Authorizations each
-    /// workload is to be checked against are given by `policies` (the control plane selected them),
-    /// PeerAuthentication arrives as Authorizations that refuse plaintext (so every port's own mode
-    /// is PERMISSIVE and those policies decide), and a workload's Authorizations also apply to the
-    /// tunnels its waypoint opens to it, as in Istio's ztunnel.
-    pub(crate) fn with_istio_policies(
+    /// Marks a snapshot received from a control plane: the policies each workload is to be
+    /// checked against are given by `policies` (the control plane selected them). With
+    /// `istio_semantics` (a ztunnel's, in Istio's form) PeerAuthentication arrives as
+    /// Authorizations that refuse plaintext (so every port's own mode is PERMISSIVE and those
+    /// policies decide), and a workload's Authorizations also apply to the tunnels its waypoint
+    /// opens to it, as in Istio's ztunnel; without (a waypoint's, policies as written) neither.
+    pub(crate) fn with_received_policies(
         mut self,
         all: Vec<Arc<AuthzPolicy>>,
         policies: impl Fn(&Workload) -> Arc<[Arc<AuthzPolicy>]>,
         rejected: Vec<ConfigError>,
+        istio_semantics: bool,
     ) -> Self {
         let root = self.settings().root_namespace;
         self.authz = Arc::new(PolicyIndex::new(&root, all));
@@ -352,7 +354,7 @@ impl MeshState {
             // Fresh workloads: nothing has read their policies yet.
             let _ = workload.policies.set(policies(workload));
         }
-        self.istio_semantics = true;
+        self.istio_semantics = istio_semantics;
         self.rejected = self.rejected.iter().cloned().chain(rejected).collect();
         self
     }

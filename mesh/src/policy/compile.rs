@@ -91,6 +91,9 @@ pub struct AuthzPolicy {
     pub(crate) rules: Rules,
     /// Whether any rule needs HTTP attributes (so only a waypoint can enforce it fully).
     pub uses_l7: bool,
+    /// The AuthorizationPolicy's spec it was compiled from (a control plane sends it to waypoints
+    /// as written); none for Istio's L4 form received over xDS.
+    pub spec: Option<Arc<AuthorizationPolicySpec>>,
 }
 
 /// A policy's rules, in the form it was written in.
@@ -265,6 +268,7 @@ pub fn compile_authz(
         scope,
         rules: Rules::Veil(rules),
         uses_l7,
+        spec: Some(Arc::new(spec.clone())),
     })
 }
 

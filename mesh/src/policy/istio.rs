@@ -155,6 +155,7 @@ pub fn compile_istio(name: &str, policy: &pb::Authorization) -> Result<AuthzPoli
         scope,
         rules: Rules::Istio(rules),
         uses_l7: false,
+        spec: None,
     })
 }
 
@@ -294,6 +295,7 @@ pub fn deny_everything(id: PolicyId, scope: Scope) -> AuthzPolicy {
             clauses: Vec::new(),
         }]),
         uses_l7: false,
+        spec: None,
     }
 }
 

@@ -52,6 +52,10 @@ pub struct XdsConfig {
     /// controller, istiod) is asked again without it, for good; one that never answers it keeps
     /// the subscriber from becoming ready: turn this off for istiod.
     pub ambient_namespaces: bool,
+    /// A waypoint's subscription: AuthorizationPolicies as written and which apply to whom
+    /// (veil's own types), then workloads and services; no Authorizations (Istio's L4 form) and
+    /// no enrolled namespaces. veil's controller sends a waypoint its own namespace only.
+    pub waypoint: bool,
 }
 
 impl XdsConfig {
@@ -59,6 +63,9 @@ impl XdsConfig {
     /// that name them, so that a control plane that keeps Istio's order sends workloads only with
     /// their policies.
     fn kinds(&self) -> Vec<Kind> {
+        if self.waypoint {
+            return vec![Kind::Policy, Kind::Binding, Kind::Address];
+        }
         let mut kinds = vec![Kind::Authorization, Kind::Address];
         if self.ambient_namespaces {
             kinds.push(Kind::Namespace);
@@ -105,6 +112,11 @@ pub async fn subscribe(
             Some(changed),
         ),
         None => (Store::new(settings), None),
+    };
+    let store = if config.waypoint {
+        store.for_waypoint()
+    } else {
+        store
     };
     let out = Outputs {
         state: state_tx,

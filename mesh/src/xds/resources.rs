@@ -36,7 +36,7 @@ pub const CLUSTER_ID: &str = "Kubernetes";
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// The name prefix of the generated policies that admit only a waypoint.
 pub const WAYPOINT_ONLY_PREFIX: &str = "veil:waypoint-only:";
-const DENY_ALL: &str = "veil:deny-all";
+pub(crate) const DENY_ALL: &str = "veil:deny-all";
 const PEER_STRICT: &str = "veil:peer-strict";
 /// The port HBONE is served on.
 const HBONE_PORT: u32 = 15008;
@@ -50,11 +50,28 @@ pub enum Kind {
     Authorization,
     /// `veil.discovery.AmbientNamespace`: the namespaces enrolled in the mesh (veil's extension).
     Namespace,
+    /// `veil.discovery.AuthorizationPolicy`: policies as written, for waypoints (veil's extension).
+    Policy,
+    /// `veil.discovery.PolicyBinding`: the policies a waypoint enforces for a workload behind it
+    /// (veil's extension).
+    Binding,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 3] = [Kind::Address, Kind::Authorization, Kind::Namespace];
+    pub const ALL: [Kind; 5] = [
+        Kind::Address,
+        Kind::Authorization,
+        Kind::Namespace,
+        Kind::Policy,
+        Kind::Binding,
+    ];
+
+    /// Whether it carries policies, which a subscriber must hold before the workloads that name
+    /// them.
+    pub fn is_policy(self) -> bool {
+        matches!(self, Self::Authorization | Self::Policy | Self::Binding)
+    }
 
     /// Its type URL.
     pub fn type_url(self) -> &'static str {
@@ -62,6 +79,8 @@ impl Kind {
             Self::Address => super::ADDRESS_TYPE,
             Self::Authorization => super::AUTHORIZATION_TYPE,
             Self::Namespace => super::NAMESPACE_TYPE,
+            Self::Policy => super::POLICY_TYPE,
+            Self::Binding => super::BINDING_TYPE,
         }
     }
 
@@ -104,7 +123,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(message: &impl Message) -> Self {
+    pub(super) fn new(message: &impl Message) -> Self {
         let body = Bytes::from(message.encode_to_vec());
         let mut hasher = std::hash::DefaultHasher::new();
         body.hash(&mut hasher);
@@ -131,6 +150,13 @@ pub struct Resources {
     addresses: ByName,
     authorizations: ByName,
     namespaces: ByName,
+    /// AuthorizationPolicies as written (for waypoints).
+    policies: ByName,
+    /// Which of them apply to each workload behind a waypoint, by the workload's name (for its
+    /// waypoint).
+    bindings: ByName,
+    /// The identities of the mesh's waypoints: each may subscribe to what its namespace needs.
+    waypoint_identities: BTreeSet<Identity>,
     /// The generated Authorizations (their names in the root namespace) each workload names, by
     /// the workload's address.
     generated_uses: imbl::OrdMap<Arc<str>, Box<[String]>>,
@@ -147,6 +173,13 @@ pub struct Resources {
 /// The xDS name (and `uid`) of a workload.
 pub fn workload_name(namespace: &str, name: &str) -> String {
     format!("{CLUSTER_ID}//Pod/{namespace}/{name}")
+}
+
+/// The namespace in a workload's xDS name.
+pub(crate) fn workload_name_namespace(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(CLUSTER_ID)?.strip_prefix("//Pod/")?;
+    let (namespace, name) = rest.split_once('/')?;
+    (!namespace.is_empty() && !name.is_empty()).then_some(namespace)
 }
 
 /// The xDS name of the workload that stands for a waypoint's instances.
@@ -203,6 +236,8 @@ impl Resources {
         }
         out.put_generated(root, generated);
         out.namespaces = namespaces(state);
+        out.policies = super::waypoint::policies(state);
+        out.waypoint_identities = super::waypoint::identities(state);
         out
     }
 
@@ -238,6 +273,9 @@ impl Resources {
             addresses: previous.addresses.clone(),
             authorizations: previous.authorizations.clone(),
             namespaces: previous.namespaces.clone(),
+            policies: previous.policies.clone(),
+            bindings: previous.bindings.clone(),
+            waypoint_identities: super::waypoint::identities(state),
             generated_uses: previous.generated_uses.clone(),
             pending_uses: Box::default(),
             generated_users: previous.generated_users.clone(),
@@ -258,6 +296,7 @@ impl Resources {
         for workload in gone {
             let name = workload_name(&workload.namespace, &workload.name);
             out.addresses.remove(name.as_str());
+            out.bindings.remove(name.as_str());
             if let Some(uses) = out.generated_uses.remove(name.as_str()) {
                 out.drop_users(&uses);
             }
@@ -296,6 +335,13 @@ impl Resources {
                 }
             }
             keep_unchanged(&mut out.authorizations, fresh);
+            let fresh = super::waypoint::policies(state);
+            for name in previous.policies.keys() {
+                if !fresh.contains_key(name) {
+                    out.policies.remove(name);
+                }
+            }
+            keep_unchanged(&mut out.policies, fresh);
         }
         for name in previous.generated_users.keys() {
             if !out.generated_users.contains_key(name) {
@@ -333,6 +379,10 @@ impl Resources {
         let entry = Entry::new(&wl::Address {
             r#type: Some(wl::address::Type::Workload(message)),
         });
+        match super::waypoint::binding(state, workload) {
+            Some(binding) => self.bindings.insert(name.clone(), binding),
+            None => self.bindings.remove(&name),
+        };
         self.addresses.insert(name, entry);
     }
 
@@ -410,6 +460,8 @@ impl Resources {
                 Kind::Address => &mut self.addresses,
                 Kind::Authorization => &mut self.authorizations,
                 Kind::Namespace => &mut self.namespaces,
+                Kind::Policy => &mut self.policies,
+                Kind::Binding => &mut self.bindings,
             };
             let mut equal: Vec<(Arc<str>, Entry)> = Vec::new();
             let mut before = old.iter().peekable();
@@ -436,12 +488,19 @@ impl Resources {
             Kind::Address => &self.addresses,
             Kind::Authorization => &self.authorizations,
             Kind::Namespace => &self.namespaces,
+            Kind::Policy => &self.policies,
+            Kind::Binding => &self.bindings,
         }
+    }
+
+    /// Whether `identity` is a waypoint's: it may subscribe to what its namespace needs.
+    pub fn is_waypoint(&self, identity: &Identity) -> bool {
+        self.waypoint_identities.contains(identity)
     }
 
     /// How many resources of every kind.
     pub fn len(&self) -> usize {
-        self.addresses.len() + self.authorizations.len() + self.namespaces.len()
+        Kind::ALL.into_iter().map(|k| self.of(k).len()).sum()
     }
 
     /// Whether there are none.
@@ -573,7 +632,7 @@ fn namespaces(state: &MeshState) -> ByName {
 
 /// Puts `fresh` into `into`, leaving alone the entries it already has as they are (so that what
 /// is unchanged stays shared with the snapshot `into` was copied from).
-fn keep_unchanged(into: &mut ByName, fresh: ByName) {
+pub(super) fn keep_unchanged(into: &mut ByName, fresh: ByName) {
     for (name, entry) in fresh {
         if into.get(&name) != Some(&entry) {
             into.insert(name, entry);

@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 mod entries;
 mod patch;
+mod waypoint;
 
 use super::Kind;
 use super::proto::discovery::Resource;
@@ -103,6 +104,9 @@ pub struct Store {
     changes: patch::Changes,
     /// What the last mesh built whole knew, for patching the next one from it.
     derived: Option<patch::Derived>,
+    /// A waypoint's store: policies as written and their bindings, which its mesh is checked
+    /// against instead of Authorizations.
+    waypoint: Option<waypoint::Held>,
 }
 
 impl std::fmt::Debug for Store {
@@ -129,7 +133,17 @@ impl Store {
             unaddressed: BTreeSet::new(),
             changes: patch::Changes::default(),
             derived: None,
+            waypoint: None,
         }
+    }
+
+    /// A waypoint's store: its mesh is checked against the AuthorizationPolicies as written
+    /// ([`Kind::Policy`], [`Kind::Binding`]), HTTP conditions and `targetRefs` included, never
+    /// against Istio's L4 Authorizations; it is built whole on every change (a waypoint holds one
+    /// namespace).
+    pub fn for_waypoint(mut self) -> Self {
+        self.waypoint = Some(waypoint::Held::default());
+        self
     }
 
     /// Gives the workloads of `node` that arrive without an address (pods whose network is being
@@ -143,6 +157,7 @@ impl Store {
     pub fn empty_like(&self) -> Self {
         Self {
             node: self.node.clone(),
+            waypoint: self.waypoint.as_ref().map(|_| waypoint::Held::default()),
             ..Self::new(self.settings.clone())
         }
     }
@@ -166,6 +181,11 @@ impl Store {
                 .iter()
                 .map(|(name, (version, _))| (name.clone(), version.clone()))
                 .collect(),
+            Kind::Policy | Kind::Binding => self
+                .waypoint
+                .as_ref()
+                .map(|held| held.versions(kind))
+                .unwrap_or_default(),
         }
     }
 
@@ -180,7 +200,8 @@ impl Store {
         removed: &[String],
     ) -> Vec<Refusal> {
         let something = !(resources.is_empty() && removed.is_empty());
-        if something && (kind != Kind::Address || self.derived.is_none()) {
+        if something && (kind != Kind::Address || self.derived.is_none() || self.waypoint.is_some())
+        {
             // Policies and enrolment reach every workload, and with no mesh built yet there is
             // nothing to patch: the next mesh is built whole.
             self.changes.everything();
@@ -194,6 +215,11 @@ impl Store {
                 }
                 Kind::Authorization => drop(self.authorizations.remove(name)),
                 Kind::Namespace => drop(self.namespaces.remove(name)),
+                Kind::Policy | Kind::Binding => {
+                    if let Some(held) = &mut self.waypoint {
+                        held.remove(kind, name);
+                    }
+                }
             }
         }
         let mut refused = Vec::new();
@@ -272,6 +298,10 @@ impl Store {
                         .insert(name.clone(), (version, refusal.clone()));
                     refusal
                 }
+                Kind::Policy | Kind::Binding => match &mut self.waypoint {
+                    Some(held) => held.apply(kind, resource, &self.settings),
+                    None => Some("only a waypoint subscribes to this type".to_owned()),
+                },
             };
             if let Some(reason) = refusal {
                 refused.push(Refusal {
@@ -564,7 +594,9 @@ impl Store {
             }
         }
         let mut missing: BTreeMap<&str, Arc<AuthzPolicy>> = BTreeMap::new();
-        for name in named.values().flat_map(|n| n.iter()) {
+        // A waypoint holds no Authorizations: what the names say is read from its bindings.
+        let istio_named = named.values().filter(|_| self.waypoint.is_none());
+        for name in istio_named.flat_map(|n| n.iter()) {
             if !self.authorizations.contains_key(name) && !missing.contains_key(name.as_str()) {
                 rejected.push(ConfigError::invalid(
                     format!("authorization {name}"),
@@ -577,9 +609,17 @@ impl Store {
             PolicyId::new("veil", "refused-update"),
             Scope::Named,
         ));
+        let view = self.waypoint.as_ref().map(|held| {
+            held.rejected(&mut rejected);
+            held.view(&self.settings)
+        });
         let applicable = |w: &Workload| -> Arc<[Arc<AuthzPolicy>]> {
             if quarantined.contains(w.uid.as_str()) {
                 return Arc::from(vec![refused_update.clone()]);
+            }
+            if let Some(view) = &view {
+                let named = named.get(w.uid.as_str()).copied().unwrap_or_default();
+                return gather(view.applicable(w, named));
             }
             let mut out: Vec<Arc<AuthzPolicy>> = mesh_wide.clone();
             out.extend(
@@ -648,13 +688,18 @@ impl Store {
             Vec::new(),
             Vec::new(),
         )
-        .with_istio_policies(
-            self.authorizations
-                .values()
-                .map(|p| p.policy.clone())
-                .collect(),
+        .with_received_policies(
+            match &view {
+                Some(view) => view.all.clone(),
+                None => self
+                    .authorizations
+                    .values()
+                    .map(|p| p.policy.clone())
+                    .collect(),
+            },
             applicable,
             rejected,
+            view.is_none(),
         )
         .with_ambient_namespaces(ambient);
         let derived = patch::Derived {

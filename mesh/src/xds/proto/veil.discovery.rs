@@ -11,3 +11,35 @@ pub struct AmbientNamespace {
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
 }
+/// An AuthorizationPolicy as veil reads it, HTTP conditions and `targetRefs` included: what a
+/// waypoint enforces. Istio's `istio.security.Authorization` is the L4 form ztunnels enforce and
+/// cannot carry either. Named `<namespace>/<name>`, as its Authorization is; sent to waypoints, each
+/// receiving those of its own namespace and of the root namespace.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AuthorizationPolicy {
+    /// The policy's namespace.
+    #[prost(string, tag = "1")]
+    pub namespace: ::prost::alloc::string::String,
+    /// Its name.
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// Its `spec`, as JSON in the schema of veil's AuthorizationPolicy resource
+    /// (`policy.veil.dev/v1`). A policy the control plane found invalid is sent as the DENY-everything
+    /// policy it enforces in its place.
+    #[prost(string, tag = "3")]
+    pub spec: ::prost::alloc::string::String,
+}
+/// The AuthorizationPolicies that select a workload behind a waypoint, or are attached to a Service
+/// it backs that has no waypoint: what its waypoint enforces for it besides namespace-wide and
+/// mesh-wide policies. Istio's workloads carry no labels to select them by, and a workload behind a
+/// waypoint names only the generated policy admitting its waypoint. Named as the workload is; sent
+/// to waypoints. A waypoint holding a workload behind a waypoint without its binding admits nothing
+/// for it.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PolicyBinding {
+    /// The policies' names (`<namespace>/<name>`, as their AuthorizationPolicy resources).
+    #[prost(string, repeated, tag = "1")]
+    pub policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}

@@ -121,7 +121,7 @@ impl Store {
     pub fn patch(&mut self) -> Option<MeshState> {
         let changes = std::mem::take(&mut self.changes);
         let mut derived = self.derived.take()?;
-        if changes.whole || changes.workloads.len() > PATCH_AT_MOST {
+        if changes.whole || self.waypoint.is_some() || changes.workloads.len() > PATCH_AT_MOST {
             return None;
         }
         let mut next = derived.state.clone();

@@ -14,7 +14,8 @@ pub(super) fn resource(
 
 pub(super) fn received(resources: &Resources) -> Store {
     let mut store = Store::new(MeshSettings::default());
-    for kind in Kind::ALL {
+    // What a ztunnel subscribes to (policies as written are for waypoints).
+    for kind in [Kind::Authorization, Kind::Address, Kind::Namespace] {
         let list: Vec<_> = resources
             .of(kind)
             .iter()

@@ -1,0 +1,322 @@
+//! A waypoint's side: what the control plane sends it (its namespace, policies as written) back into
+//! a mesh, deciding every request as the mesh it was sent from; and what fails closed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::subscriber::resource;
+use super::*;
+use crate::discovery::{WaypointRef, Workload};
+use crate::policy::{AuthzPolicy, HttpAttributes, Target};
+use crate::xds::proto::veil::{AuthorizationPolicy, PolicyBinding};
+
+const WAYPOINT_MESH: &str = r#"
+namespaces:
+  - {name: shop, dataplaneMode: ambient, useWaypoint: wp}
+  - {name: bank, dataplaneMode: ambient, useWaypoint: vault}
+waypoints:
+  - {name: wp, namespace: shop, serviceAccount: wp, ips: [10.9.0.1]}
+  - {name: vault, namespace: bank, serviceAccount: vault, ips: [10.9.1.1]}
+workloads:
+  - {name: web, namespace: shop, serviceAccount: web, node: node-a, ips: [10.1.0.1], labels: {app: web}}
+  - {name: api, namespace: shop, serviceAccount: api, node: node-b, ips: [10.1.0.2], labels: {app: api, tier: gold}}
+  - {name: db, namespace: shop, serviceAccount: db, node: node-b, ips: [10.1.0.3], labels: {app: db}, useWaypoint: none}
+  - {name: ledger, namespace: bank, serviceAccount: ledger, node: node-a, ips: [10.2.0.1], labels: {app: ledger}}
+services:
+  - {name: api, namespace: shop, vips: [10.96.0.2], ports: [{port: 80, targetPort: 8080}], selector: {app: api}}
+  - {name: db, namespace: shop, vips: [10.96.0.3], ports: [{port: 5432}], selector: {app: db}, useWaypoint: none}
+  - {name: ledger, namespace: bank, vips: [10.96.1.1], ports: [{port: 80}], selector: {app: ledger}}
+policies:
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: api-reads, namespace: shop}
+    spec:
+      targetRefs: [{kind: Service, group: "", name: api}]
+      rules:
+        - from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]
+          to: [{operation: {methods: [GET], paths: ["/items/*"]}}]
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: no-admin, namespace: shop}
+    spec:
+      targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]
+      action: DENY
+      rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: gold-only-posts, namespace: shop}
+    spec:
+      selector: {matchLabels: {tier: gold}}
+      action: DENY
+      rules: [{to: [{operation: {methods: [POST]}}], from: [{source: {notNamespaces: [shop]}}]}]
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: db-from-api, namespace: shop}
+    spec:
+      targetRefs: [{kind: Service, group: "", name: db}]
+      rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/api]}}]}]
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: mesh-no-debug, namespace: veil-system}
+    spec:
+      selector: {matchLabels: {app: api}}
+      action: DENY
+      rules: [{when: [{key: "request.headers[x-debug]", values: ["1"]}]}]
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: ledger-tellers, namespace: bank}
+    spec:
+      rules: [{from: [{source: {principals: [cluster.local/ns/bank/sa/teller]}}]}]
+"#;
+
+fn waypoint_state() -> MeshState {
+    local::parse(WAYPOINT_MESH, &MeshSettings::default()).expect("the test mesh is valid")
+}
+
+fn shop() -> Audience {
+    Audience::Waypoint {
+        namespace: "shop".into(),
+        root: "veil-system".into(),
+    }
+}
+
+/// What the controller sends `audience` of the kinds a waypoint subscribes to, as its store holds
+/// it.
+fn received_by(resources: &Resources, audience: &Audience) -> Store {
+    let mut store = Store::new(MeshSettings::default()).for_waypoint();
+    for kind in [Kind::Policy, Kind::Binding, Kind::Address] {
+        let list: Vec<_> = resources
+            .of(kind)
+            .iter()
+            .filter(|(name, _)| audience.admits(kind, name))
+            .map(|(name, e)| resource(kind, name, &e.version, e.body.to_vec()))
+            .collect();
+        assert_eq!(store.apply(kind, &list, &[]), vec![], "{kind:?}");
+    }
+    store
+}
+
+fn ids(policies: &[Arc<AuthzPolicy>]) -> BTreeSet<String> {
+    policies.iter().map(|p| p.id.to_string()).collect()
+}
+
+/// What waypoint `wp` checks a request to `workload` (addressed through `service`, if any) against,
+/// as veil's waypoint gathers it (waypoint/src/target.rs).
+fn checked(state: &MeshState, workload: &Workload, service: Option<&str>) -> Vec<Arc<AuthzPolicy>> {
+    let mut out = state.authz_for_target("shop", &Target::Gateway("wp".into()));
+    if let Some(service) = service {
+        out.extend(state.authz_for_target("shop", &Target::Service(service.into())));
+    }
+    out.extend(state.authz_for(workload).iter().cloned());
+    out
+}
+
+#[test]
+fn a_waypoint_is_sent_its_namespace_and_decides_every_request_as_the_mesh_it_was_sent_from() {
+    let native = waypoint_state();
+    let resources = Resources::from_state(&native);
+    let store = received_by(&resources, &shop());
+    let xds = store.to_state();
+    assert_eq!(xds.rejected(), &[], "nothing refused");
+    assert!(
+        !xds.istio_semantics(),
+        "policies as written, not Istio's L4 form"
+    );
+    // Its namespace only: no workload, service or policy of bank.
+    let names = |state: &MeshState| -> BTreeSet<String> {
+        state
+            .workloads()
+            .iter()
+            .map(|w| w.key())
+            .chain(state.services().map(|s| s.key()))
+            .collect()
+    };
+    assert_eq!(
+        names(&xds),
+        ["shop/api", "shop/db", "shop/web"].map(String::from).into()
+    );
+    assert!(
+        xds.authz_policies()
+            .iter()
+            .all(|p| &*p.id.namespace != "bank")
+    );
+    let me = WaypointRef {
+        namespace: "shop".into(),
+        name: "wp".into(),
+    };
+    assert_eq!(
+        xds.waypoint(&me).map(|w| w.identity.clone()),
+        native.waypoint(&me).map(|w| w.identity.clone())
+    );
+
+    let id = |ns: &str, sa: &str| Identity::new("cluster.local", ns, sa).unwrap();
+    let peers = [id("shop", "web"), id("shop", "api"), id("bank", "ledger")];
+    let requests = [
+        ("GET", "/items/1", ""),
+        ("GET", "/admin/users", ""),
+        ("POST", "/items/1", ""),
+        ("GET", "/items/1", "1"),
+        ("DELETE", "/other", ""),
+    ];
+    let mut decided = 0;
+    let mut allowed = 0;
+    for (key, service) in [
+        ("shop/web", None),
+        ("shop/api", Some("api")),
+        ("shop/db", Some("db")),
+    ] {
+        let w = native
+            .workloads()
+            .into_iter()
+            .find(|w| w.key() == key)
+            .unwrap();
+        let x = xds.workload_by_ip(w.ips[0]).unwrap();
+        assert_eq!(x.waypoint, w.waypoint, "{key}");
+        let (want, got) = (checked(&native, &w, service), checked(&xds, x, service));
+        assert_eq!(ids(&got), ids(&want), "{key} via {service:?}");
+        for peer in &peers {
+            for (method, path, debug) in requests {
+                let mut headers = http::HeaderMap::new();
+                if !debug.is_empty() {
+                    headers.insert("x-debug", debug.parse().unwrap());
+                }
+                let attributes = Attributes {
+                    source: Some(peer),
+                    source_ip: "10.1.0.1".parse().unwrap(),
+                    destination_ip: w.ips[0],
+                    destination_port: 8080,
+                    http: Some(HttpAttributes {
+                        method,
+                        path,
+                        host: "api.shop.svc.cluster.local",
+                        headers: &headers,
+                    }),
+                };
+                let decision = evaluate(&want, &attributes).allowed();
+                assert_eq!(
+                    evaluate(&got, &attributes).allowed(),
+                    decision,
+                    "{key} via {service:?}: {peer} {method} {path} x-debug={debug:?}"
+                );
+                decided += 1;
+                allowed += usize::from(decision);
+            }
+        }
+    }
+    // Both outcomes occur: the comparison is not vacuous.
+    assert!(allowed > 0 && allowed < decided, "{allowed} of {decided}");
+}
+
+#[test]
+fn what_a_waypoint_cannot_read_fails_closed() {
+    let native = waypoint_state();
+    let resources = Resources::from_state(&native);
+    let api = "Kubernetes//Pod/shop/api";
+    let api_ip: IpAddr = "10.1.0.2".parse().unwrap();
+    let denies_everything = |state: &MeshState| {
+        let w = state.workload_by_ip(api_ip).unwrap();
+        let headers = http::HeaderMap::new();
+        let attributes = Attributes {
+            source: Some(&Identity::new("cluster.local", "shop", "web").unwrap()),
+            source_ip: "10.1.0.1".parse().unwrap(),
+            destination_ip: api_ip,
+            destination_port: 8080,
+            http: Some(HttpAttributes {
+                method: "GET",
+                path: "/items/1",
+                host: "api.shop.svc.cluster.local",
+                headers: &headers,
+            }),
+        };
+        !evaluate(&checked(state, w, Some("api")), &attributes).allowed()
+    };
+    // As sent, that request is admitted.
+    assert!(!denies_everything(
+        &received_by(&resources, &shop()).to_state()
+    ));
+
+    // A workload behind the waypoint whose binding has not arrived admits nothing.
+    let mut store = received_by(&resources, &shop());
+    store.apply(Kind::Binding, &[], &[api.to_owned()]);
+    assert!(denies_everything(&store.to_state()));
+
+    // A binding naming a policy of another namespace is refused, and its workload admits nothing.
+    let mut store = received_by(&resources, &shop());
+    let foreign = PolicyBinding {
+        policies: vec!["bank/ledger-tellers".into()],
+    };
+    let refused = store.apply(
+        Kind::Binding,
+        &[resource(Kind::Binding, api, "x", foreign.encode_to_vec())],
+        &[],
+    );
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let state = store.to_state();
+    assert!(denies_everything(&state));
+    assert!(state.rejected().iter().any(|e| e.to_string().contains(api)));
+
+    // A policy whose spec is not valid denies everything in its namespace, and is reported.
+    for spec in ["{not json", r#"{"action": "CUSTOM"}"#] {
+        let mut store = received_by(&resources, &shop());
+        let bad = AuthorizationPolicy {
+            namespace: "shop".into(),
+            name: "api-reads".into(),
+            spec: spec.into(),
+        };
+        let name = "shop/api-reads";
+        let refused = store.apply(
+            Kind::Policy,
+            &[resource(Kind::Policy, name, "x", bad.encode_to_vec())],
+            &[],
+        );
+        assert_eq!(refused.len(), 1, "{spec}: {refused:?}");
+        let state = store.to_state();
+        assert!(denies_everything(&state), "{spec}");
+        assert!(
+            state
+                .rejected()
+                .iter()
+                .any(|e| e.to_string().contains(name))
+        );
+    }
+
+    // A policy sent under another policy's name is refused.
+    let mut store = received_by(&resources, &shop());
+    let renamed = AuthorizationPolicy {
+        namespace: "shop".into(),
+        name: "something-else".into(),
+        spec: "{}".into(),
+    };
+    let refused = store.apply(
+        Kind::Policy,
+        &[resource(
+            Kind::Policy,
+            "shop/api-reads",
+            "x",
+            renamed.encode_to_vec(),
+        )],
+        &[],
+    );
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(denies_everything(&store.to_state()));
+
+    // A policy a binding names that is gone admits nothing for its workloads.
+    let mut store = received_by(&resources, &shop());
+    store.apply(Kind::Policy, &[], &["veil-system/mesh-no-debug".to_owned()]);
+    assert!(denies_everything(&store.to_state()));
+
+    // A ztunnel's store takes none of a waypoint's types.
+    let mut ztunnel = Store::new(MeshSettings::default());
+    let entry = &resources.of(Kind::Policy)["shop/api-reads"];
+    let refused = ztunnel.apply(
+        Kind::Policy,
+        &[resource(
+            Kind::Policy,
+            "shop/api-reads",
+            &entry.version,
+            entry.body.to_vec(),
+        )],
+        &[],
+    );
+    assert_eq!(refused.len(), 1);
+}

@@ -1,0 +1,158 @@
+//! What a waypoint receives from the control plane, and no more: the resources of its own
+//! namespace (workloads, services, policies) and the policies of the root namespace, which apply
+//! mesh-wide. Waypoints are of their namespace (a `useWaypoint` names a waypoint of the object's own
+//! namespace), and a Service selects pods of its own namespace, so that is everything a waypoint
+//! serves, the policies that apply to it and the endpoints behind it.
+//!
+//! A waypoint enforces policies as written, HTTP conditions and `targetRefs` included, which
+//! Istio's L4 `Authorization` cannot carry: they travel as veil's [`Kind::Policy`], and which of
+//! them select each workload behind a waypoint as [`Kind::Binding`] (Istio's workloads carry no
+//! labels, and a workload behind a waypoint names only the generated policy that admits its
+//! waypoint).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::proto::veil::{AuthorizationPolicy, PolicyBinding};
+use super::resources::{ByName, CLUSTER_ID, Entry, Kind};
+use crate::discovery::{MeshState, Workload};
+use crate::identity::Identity;
+use crate::policy::Scope;
+
+/// Who a stream serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Audience {
+    /// A node's ztunnel (or any subscriber on the control plane's allow list): the whole mesh.
+    Mesh,
+    /// A waypoint: what namespace `namespace` needs, and the policies of `root` (mesh-wide).
+    Waypoint {
+        /// The waypoint's namespace.
+        namespace: Arc<str>,
+        /// The mesh's root namespace.
+        root: Arc<str>,
+    },
+}
+
+impl Audience {
+    /// Whether the resource `name` of `kind` is for this audience.
+    pub fn admits(&self, kind: Kind, name: &str) -> bool {
+        match self {
+            Self::Mesh => true,
+            Self::Waypoint { namespace, root } => match namespace_of(kind, name) {
+                Some(ns) => ns == &**namespace || (kind.is_policy() && ns == &**root),
+                None => false,
+            },
+        }
+    }
+}
+
+/// The namespace of the resource veil names `name` (workloads `Kubernetes//Pod/<ns>/<name>`,
+/// waypoints `Kubernetes//Waypoint/<ns>/<name>`, enrolled namespaces by their name, everything else
+/// `<ns>/<name>`). `None` for a name veil does not give.
+pub fn namespace_of(kind: Kind, name: &str) -> Option<&str> {
+    if kind == Kind::Namespace {
+        return Some(name);
+    }
+    let rest = name
+        .strip_prefix(CLUSTER_ID)
+        .and_then(|r| r.strip_prefix("//"))
+        .and_then(|r| r.split_once('/'))
+        .map_or(name, |(_, r)| r);
+    let (namespace, _) = rest.split_once('/')?;
+    (!namespace.is_empty()).then_some(namespace)
+}
+
+/// Every AuthorizationPolicy as written, by name (`<namespace>/<name>`).
+pub(super) fn policies(state: &MeshState) -> ByName {
+    state
+        .authz_policies()
+        .iter()
+        .filter_map(|policy| {
+            let spec = policy.spec.as_ref()?;
+            let message = AuthorizationPolicy {
+                namespace: policy.id.namespace.to_string(),
+                name: policy.id.name.to_string(),
+                // A spec that was read from JSON or YAML serializes.
+                spec: serde_json::to_string(&**spec).ok()?,
+            };
+            Some((Arc::from(policy.id.to_string()), Entry::new(&message)))
+        })
+        .collect()
+}
+
+/// The identities of the mesh's waypoints.
+pub(super) fn identities(state: &MeshState) -> BTreeSet<Identity> {
+    state
+        .waypoints()
+        .into_iter()
+        .map(|w| w.identity.clone())
+        .collect()
+}
+
+/// What the waypoint of `workload` enforces for it besides namespace-wide and mesh-wide policies;
+/// `None` for a workload its waypoint does not serve (none, a conflict, a waypoint that does not
+/// exist: the workload then admits nothing, and names only that).
+pub(super) fn binding(state: &MeshState, workload: &Workload) -> Option<Entry> {
+    let reference = workload.waypoint.as_ref()?;
+    if !workload.enrolled
+        || !workload.waypoint_conflict().is_empty()
+        || state.waypoint(reference).is_none()
+    {
+        return None;
+    }
+    let policies = state
+        .authz_for(workload)
+        .iter()
+        .filter(|p| !matches!(p.scope, Scope::Namespace) && p.spec.is_some())
+        .map(|p| p.id.to_string())
+        .collect();
+    Some(Entry::new(&PolicyBinding { policies }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_give_their_namespace_and_waypoints_see_only_theirs() {
+        let cases = [
+            (Kind::Address, "Kubernetes//Pod/shop/web-1", Some("shop")),
+            (Kind::Address, "Kubernetes//Waypoint/shop/wp", Some("shop")),
+            (
+                Kind::Address,
+                "shop/web.shop.svc.cluster.local",
+                Some("shop"),
+            ),
+            (Kind::Policy, "veil-system/allow-all", Some("veil-system")),
+            (
+                Kind::Authorization,
+                "veil-system/veil:deny-all",
+                Some("veil-system"),
+            ),
+            (Kind::Binding, "Kubernetes//Pod/shop/web-1", Some("shop")),
+            (Kind::Namespace, "shop", Some("shop")),
+            (Kind::Address, "no-namespace", None),
+            (Kind::Address, "/x", None),
+            (Kind::Address, "Kubernetes//Pod/", None),
+        ];
+        for (kind, name, namespace) in cases {
+            assert_eq!(namespace_of(kind, name), namespace, "{kind:?} {name}");
+        }
+        let shop = Audience::Waypoint {
+            namespace: "shop".into(),
+            root: "veil-system".into(),
+        };
+        assert!(shop.admits(Kind::Address, "Kubernetes//Pod/shop/web-1"));
+        assert!(!shop.admits(Kind::Address, "Kubernetes//Pod/bank/api-1"));
+        assert!(!shop.admits(Kind::Address, "bank/api.bank.svc.cluster.local"));
+        // The root namespace's policies apply mesh-wide; its workloads are not the waypoint's.
+        assert!(shop.admits(Kind::Policy, "veil-system/allow-all"));
+        assert!(shop.admits(Kind::Authorization, "veil-system/veil:deny-all"));
+        assert!(!shop.admits(Kind::Address, "Kubernetes//Pod/veil-system/ca-1"));
+        assert!(!shop.admits(Kind::Policy, "bank/deny-all"));
+        assert!(!shop.admits(Kind::Namespace, "bank"));
+        // A name that says no namespace is nobody's.
+        assert!(!shop.admits(Kind::Address, "no-namespace"));
+        assert!(Audience::Mesh.admits(Kind::Address, "no-namespace"));
+    }
+}

@@ -73,6 +73,10 @@ pub fn namespace(name: &str, ambient: bool) -> Value {
 
 /// A scheduled Pod; `ip` is absent while the runtime is still setting up its network.
 pub fn pod(spec: &PodSpec, opted_out: bool, ip: Option<Ipv4Addr>) -> Value {
+    pod_value(spec, opted_out, ip)
+}
+
+fn pod_value(spec: &PodSpec, opted_out: bool, ip: Option<Ipv4Addr>) -> Value {
     let mut labels = json!(spec.labels);
     if opted_out {
         labels[DATAPLANE_MODE] = json!("none");
@@ -102,6 +106,38 @@ pub fn pod(spec: &PodSpec, opted_out: bool, ip: Option<Ipv4Addr>) -> Value {
         },
         "status": status,
     })
+}
+
+/// The objects of a waypoint as the waypoint chart makes them: its pod (outside capture, service
+/// account `waypoint`) at `ip`, and the Service labelled as the waypoint `name`, selecting it.
+pub fn waypoint(name: &str, namespace: &str, node: &str, ip: Ipv4Addr, vip: &str) -> [Value; 2] {
+    let app = format!("waypoint-{name}");
+    let pod = PodSpec {
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        service_account: "waypoint".into(),
+        node: node.to_owned(),
+        labels: [("app".to_owned(), app.clone())].into(),
+        enrolled: false,
+    };
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": format!("svc-{namespace}-{name}"),
+            "labels": {"veil.dev/waypoint": name},
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": vip,
+            "clusterIPs": [vip],
+            "selector": {"app": app},
+            "ports": [{"name": "hbone", "port": 15008, "targetPort": 15008, "protocol": "TCP"}],
+        },
+    });
+    [pod_value(&pod, true, Some(ip)), service]
 }
 
 /// A ClusterIP Service.

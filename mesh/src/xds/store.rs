@@ -621,15 +621,19 @@ impl Store {
                 let named = named.get(w.uid.as_str()).copied().unwrap_or_default();
                 return gather(view.applicable(w, named));
             }
-            let mut out: Vec<Arc<AuthzPolicy>> = mesh_wide.clone();
-            out.extend(
-                by_namespace
-                    .get(w.namespace.as_str())
-                    .into_iter()
-                    .flatten()
-                    .cloned(),
-            );
-            for name in named.get(w.uid.as_str()).copied().unwrap_or_default() {
+            let names = named.get(w.uid.as_str()).copied().unwrap_or_default();
+            let mut out: Vec<Arc<AuthzPolicy>> = Vec::new();
+            if !left_to_its_waypoint(names) {
+                out.extend(mesh_wide.iter().cloned());
+                out.extend(
+                    by_namespace
+                        .get(w.namespace.as_str())
+                        .into_iter()
+                        .flatten()
+                        .cloned(),
+                );
+            }
+            for name in names {
                 match self.authorizations.get(name) {
                     Some(p) => out.push(p.policy.clone()),
                     None => out.extend(missing.get(name.as_str()).cloned()),
@@ -743,6 +747,19 @@ impl Store {
 }
 
 /// A workload's policies in a stable order, each once.
+/// Whether a workload naming `names` is one veil's controller put behind a waypoint: it names the
+/// Authorization veil generates to admit that waypoint alone. The waypoint enforces every other
+/// policy (namespace-wide and mesh-wide ones included) with the client's identity, so they do not
+/// apply to its tunnels here: applied to them, with the waypoint as the peer, a namespace-wide
+/// ALLOW of a client would refuse the waypoint, and one with HTTP conditions everything. From
+/// istiod, which names no such policy, they apply, as in Istio's ztunnel.
+fn left_to_its_waypoint(names: &[String]) -> bool {
+    names.iter().any(|n| {
+        n.split_once('/')
+            .is_some_and(|(_, local)| local.starts_with(super::WAYPOINT_ONLY_PREFIX))
+    })
+}
+
 fn gather(mut policies: Vec<Arc<AuthzPolicy>>) -> Arc<[Arc<AuthzPolicy>]> {
     policies.sort_by(|a, b| a.id.cmp(&b.id));
     policies.dedup_by(|a, b| Arc::ptr_eq(a, b));

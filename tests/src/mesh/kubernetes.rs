@@ -33,6 +33,18 @@ impl Mesh {
         for service in &self.spec.services {
             objects.put("services", &service.name, &kube::service(service))?;
         }
+        // Waypoints as the waypoint chart makes them, their namespace labelled to use them.
+        for (i, w) in self.spec.waypoints.iter().enumerate() {
+            let ip = self.cluster.pod(&w.name).ip;
+            let vip = format!("10.96.250.{}", i + 1);
+            let [pod, service] = kube::waypoint(&w.name, &w.namespace, &w.node, ip, &vip);
+            objects.put("pods", &w.name, &pod)?;
+            objects.put("services", &format!("waypoint-{}", w.name), &service)?;
+            let ambient = namespaces.iter().any(|(n, a)| *n == w.namespace && *a);
+            let mut namespace = kube::namespace(&w.namespace, ambient);
+            namespace["metadata"]["labels"]["veil.dev/use-waypoint"] = w.name.clone().into();
+            objects.put("namespaces", &w.namespace, &namespace)?;
+        }
         let listen = format!("{}:{}", self.cluster.control_plane_ip, kube::API_PORT);
         std::fs::write(
             self.dir.join("kubeconfig"),

@@ -309,15 +309,18 @@ impl Store {
         if crate::discovery::front_one(&mut workload, fronting.iter()).is_some() {
             return Err(Whole("behind several waypoints")); // a conflict to report
         }
-        let mut policies = derived.mesh_wide.clone();
-        policies.extend(
-            derived
-                .by_namespace
-                .get(&w.namespace)
-                .into_iter()
-                .flatten()
-                .cloned(),
-        );
+        let mut policies = Vec::new();
+        if !super::left_to_its_waypoint(&w.policies) {
+            policies.extend(derived.mesh_wide.iter().cloned());
+            policies.extend(
+                derived
+                    .by_namespace
+                    .get(&w.namespace)
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+        }
         policies.extend(
             w.policies
                 .iter()

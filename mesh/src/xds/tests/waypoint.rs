@@ -320,3 +320,22 @@ fn what_a_waypoint_cannot_read_fails_closed() {
     );
     assert_eq!(refused.len(), 1);
 }
+
+#[test]
+fn a_ztunnel_leaves_every_policy_of_a_workload_behind_a_waypoint_to_the_waypoint() {
+    // shop has a namespace-wide policy too: with the waypoint as the peer, its rules would refuse
+    // the waypoint's tunnels (Istio's ztunnel applies it so; veil's, on veil's controller, not).
+    let yaml = format!(
+        "{WAYPOINT_MESH}  - apiVersion: security.veil.dev/v1\n    kind: AuthorizationPolicy\n    metadata: {{name: clients-only, namespace: shop}}\n    spec:\n      rules: [{{from: [{{source: {{principals: [cluster.local/ns/shop/sa/web]}}}}]}}]\n"
+    );
+    let native = local::parse(&yaml, &MeshSettings::default()).unwrap();
+    let ztunnel = super::subscriber::received(&Resources::from_state(&native)).to_state();
+    let web = ztunnel.workload_by_ip("10.1.0.1".parse().unwrap()).unwrap();
+    assert_eq!(
+        ids(&ztunnel.authz_for(web)),
+        ["veil-system/veil:waypoint-only:shop.wp".to_owned()].into()
+    );
+    // A workload of the namespace behind no waypoint is subject to it.
+    let db = ztunnel.workload_by_ip("10.1.0.3".parse().unwrap()).unwrap();
+    assert!(ids(&ztunnel.authz_for(db)).contains("shop/clients-only"));
+}

@@ -48,6 +48,18 @@ pub fn start_controller(
     subscribers: &[String],
     mesh_identity: bool,
 ) -> anyhow::Result<Controller> {
+    start_replica(mesh, subscribers, mesh_identity, 0)
+}
+
+/// Starts replica `replica` of `veil-controller` as [`start_controller`] starts the first (0):
+/// replica `n` serves on [`XDS_PORT`]` + 100 n` and [`METRICS_PORT`]` + 100 n`, beside the others,
+/// and logs to `controller-<n>.log` (the first, `controller.log`).
+pub fn start_replica(
+    mesh: &Mesh,
+    subscribers: &[String],
+    mesh_identity: bool,
+    replica: u16,
+) -> anyhow::Result<Controller> {
     let dir = mesh.dir.join("controller");
     std::fs::create_dir_all(&dir)?;
     // Its serving certificate comes from a PKI of its own, as from cert-manager in a cluster; a
@@ -57,8 +69,8 @@ pub fn start_controller(
         write_serving_pki(&dir, &[SERVER_NAME, &ip])?;
     }
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let listen = format!("{ip}:{XDS_PORT}");
-    let metrics = format!("{ip}:{METRICS_PORT}");
+    let listen = format!("{ip}:{}", XDS_PORT + 100 * replica);
+    let metrics = format!("{ip}:{}", METRICS_PORT + 100 * replica);
     let mut argv = vec![
         bin("veil-controller").to_string_lossy().into_owned(),
         "--listen".into(),
@@ -116,7 +128,10 @@ pub fn start_controller(
         Some(&mesh.cluster.control_plane),
         &argv,
         &env,
-        &mesh.dir.join("controller.log"),
+        &mesh.dir.join(match replica {
+            0 => "controller.log".to_owned(),
+            n => format!("controller-{n}.log"),
+        }),
     )?;
     proc.wait_for("veil-controller serving", Duration::from_secs(20))
         .context("starting veil-controller")?;

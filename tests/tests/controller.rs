@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use veil_e2e::cluster::exec;
 use veil_e2e::controlplane::{
-    Controller, start_controller, start_upstream, upstream_config_dump, upstream_ztunnel,
+    Controller, XDS_PORT, start_controller, start_replica, start_upstream, upstream_config_dump,
+    upstream_ztunnel,
 };
 use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, skip_unless_root, sum_metric};
 use veil_e2e::process::Proc;
@@ -343,4 +345,106 @@ fn veils_ztunnels_keep_their_mesh_through_a_controller_outage_and_resume_on_anot
         );
     }
     m.controller = Some(replica);
+}
+
+/// Sends the xDS connections from `source` (any, when `None`) arriving at the control-plane
+/// address to replica `replica` instead, as a Service moves clients between replicas.
+fn route_to_replica(m: &Mesh, source: Option<std::net::Ipv4Addr>, replica: u16) {
+    let port = (XDS_PORT + 100 * replica).to_string();
+    let dport = XDS_PORT.to_string();
+    let source = source.map(|ip| ip.to_string());
+    let mut argv = vec!["iptables", "-t", "nat", "-I", "PREROUTING", "-p", "tcp"];
+    if let Some(ip) = &source {
+        argv.extend(["-s", ip.as_str()]);
+    }
+    argv.extend(["--dport", &dport, "-j", "REDIRECT", "--to-ports", &port]);
+    let out = exec(&m.cluster.control_plane, &argv).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn streams(m: &Mesh, c: &Controller) -> f64 {
+    sum_metric(&c.metrics_text(m), "veil_controller_streams", &[])
+}
+
+fn sent(m: &Mesh, c: &Controller) -> f64 {
+    sum_metric(
+        &c.metrics_text(m),
+        "veil_controller_resources_sent_total",
+        &[],
+    )
+}
+
+#[test]
+fn two_replicas_serve_side_by_side_and_a_ztunnel_moves_between_them_without_starting_over() {
+    if skip_unless_root("controller_replicas") {
+        return;
+    }
+    let mut m = Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        pods: vec![
+            PodSpec::new("client", "shop", "node-a"),
+            PodSpec::new("intruder", "shop", "node-a"),
+            PodSpec::new("server", "shop", "node-b"),
+        ],
+        through_controller: Some(true),
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh");
+    // A second replica beside the first, each reading the mesh on its own; node-b's connections
+    // go to the second.
+    let second = start_replica(&m, &[], m.spec.kubernetes, 1).expect("a second replica");
+    route_to_replica(&m, Some(m.cluster.node("node-b").ip), 1);
+    m.start_ztunnel("node-b")
+        .expect("node-b's ztunnel, on the second replica");
+    let first = m.controller.take().expect("the first replica");
+    assert!(m.eventually(SETTLE, || streams(&m, &first) == 1.0
+        && streams(&m, &second) == 1.0));
+    assert!(reaches(&m, "intruder", "server"));
+
+    // A change reaches both nodes, each through its own replica.
+    m.set_policies(DENY_INTRUDER).unwrap();
+    assert!(
+        m.eventually(SETTLE, || !reaches(&m, "intruder", "server")),
+        "node-b's replica never sent the DENY"
+    );
+    assert!(reaches(&m, "client", "server"));
+
+    // The first replica goes away and node-a's connections go to the second: node-a resumes from
+    // what it holds, which the second replica's versions match (content hashes of deterministic
+    // encodings): nothing is sent again.
+    let before = sent(&m, &second);
+    drop(first);
+    route_to_replica(&m, None, 1);
+    assert!(
+        m.eventually(Duration::from_secs(30), || streams(&m, &second) == 2.0),
+        "node-a never reached the second replica:\n{}",
+        m.ztunnel_log("node-a")
+    );
+    assert!(m.eventually(SETTLE, || m.metric(
+        "node-a",
+        "veil_control_plane_connected",
+        &[]
+    ) == 1.0));
+    assert_eq!(sent(&m, &second), before, "node-a was sent what it held");
+    assert_eq!(
+        m.ztunnel_log("node-a")
+            .matches("first mesh received from the control plane")
+            .count(),
+        1,
+        "node-a started over instead of resuming"
+    );
+    // And follows the second replica from there: the DENY is lifted for both nodes.
+    m.set_policies("").unwrap();
+    assert!(m.eventually(SETTLE, || reaches(&m, "intruder", "server")));
+    assert!(m.eventually(SETTLE, || {
+        m.ztunnel_log("node-a")
+            .matches("applied new mesh configuration")
+            .count()
+            >= 2
+    }));
+    m.controller = Some(second);
 }

@@ -187,6 +187,12 @@ impl Stream {
                 served.join(", ")
             )));
         };
+        if !self.audience.serves(kind) {
+            return Err(Status::permission_denied(format!(
+                "type {:?} is not served to a waypoint",
+                request.type_url
+            )));
+        }
         let too_long = request
             .resource_names_subscribe
             .iter()
@@ -327,6 +333,15 @@ impl Stream {
             } else if policies.any(|p| !p.settled_at(current.seq)) {
                 return None;
             }
+        }
+        // A waypoint's bindings of a snapshot only once its policies are held: each binding says
+        // which policies it was made with, and until the waypoint holds those it admits nothing
+        // for the workload (better briefly than from a binding that raced ahead).
+        if kind == Kind::Binding
+            && let Some(policies) = self.types.get(&Kind::Policy)
+            && !policies.settled_at(current.seq)
+        {
+            return None;
         }
         // And enrolled namespaces only once the Addresses of their snapshot are held: a node that
         // took a namespace as enrolled while its pods being set up still said otherwise would let

@@ -665,6 +665,17 @@ async fn a_waypoint_is_served_its_own_namespace_and_nothing_else() {
     assert!(answer.resources.is_empty(), "{:?}", answer.resources);
     assert_eq!(answer.removed_resources, ["Kubernetes//Pod/bank/ledger"]);
 
+    // A waypoint is not served Istio's Authorizations (the root namespace's name every waypoint of
+    // the mesh) nor enrolled namespaces.
+    for kind in [Kind::Authorization, Kind::Namespace] {
+        let (_tx, result) = open_kinds(
+            &mut client(&server, Some((&server.pki, &wp))),
+            None,
+            &[kind],
+        )
+        .await;
+        assert_eq!(refused(result).await, Code::PermissionDenied, "{kind:?}");
+    }
     // An identity of the namespace that is no waypoint's is refused, with a token or a certificate.
     let teller = Identity::new("cluster.local", "bank", "teller").unwrap();
     let (_tx, result) = open_kinds(

@@ -416,6 +416,16 @@ fn two_replicas_serve_side_by_side_and_a_ztunnel_moves_between_them_without_star
     // The first replica goes away and node-a's connections go to the second: node-a resumes from
     // what it holds, which the second replica's versions match (content hashes of deterministic
     // encodings): nothing is sent again.
+    // Once both nodes hold all of it (what each replica sends them has stopped growing).
+    let steady = |what: &dyn Fn() -> f64| {
+        let mut last = what();
+        m.eventually(SETTLE, || {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = what();
+            std::mem::replace(&mut last, now) == now
+        })
+    };
+    assert!(steady(&|| sent(&m, &first)) && steady(&|| sent(&m, &second)));
     let before = sent(&m, &second);
     drop(first);
     route_to_replica(&m, None, 1);

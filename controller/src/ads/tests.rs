@@ -21,11 +21,11 @@ fn mesh(pods: &[(&str, &str)]) -> Resources {
     resources(&yaml)
 }
 
-/// A stream that does not wait for an Authorization subscription (most tests subscribe to
-/// Addresses only).
 /// What a ztunnel subscribes to.
 const ZTUNNEL_KINDS: [Kind; 3] = [Kind::Authorization, Kind::Address, Kind::Namespace];
 
+/// A stream that does not wait for an Authorization subscription (most tests subscribe to
+/// Addresses only).
 fn stream_of(hub: Arc<Hub>) -> Stream {
     Stream::new(hub).with_authorization_grace(std::time::Duration::ZERO)
 }
@@ -657,6 +657,7 @@ fn a_client_that_does_not_accept_split_responses_gets_them_whole() {
 }
 
 mod model;
+mod waypoint;
 
 /// `pods` running (address `10.0.0.<i>`), plus `pending` being set up on their node.
 fn with_pending(pods: &[(&str, &str)], pending: &[(&str, &str)]) -> Resources {

@@ -214,6 +214,8 @@ impl Resources {
         let mut out = Self::default();
         let mut generated: BTreeMap<String, sec::Authorization> = BTreeMap::new();
         out.authorizations = policies(state, root);
+        // Before the workloads: their bindings say which policies they were made with.
+        out.policies = super::waypoint::policies(state);
         for workload in state.workloads_by_uid() {
             let name: Arc<str> = workload_name(&workload.namespace, &workload.name).into();
             if out.addresses.contains_key(&name) {
@@ -236,7 +238,6 @@ impl Resources {
         }
         out.put_generated(root, generated);
         out.namespaces = namespaces(state);
-        out.policies = super::waypoint::policies(state);
         out.waypoint_identities = super::waypoint::identities(state);
         out
     }
@@ -261,7 +262,9 @@ impl Resources {
     }
 
     /// `previous` patched for the workloads that changed; `None` when a changed workload's name
-    /// is taken by another (left to a whole translation, which settles who has it).
+    /// is taken by another (left to a whole translation, which settles who has it), or when
+    /// policies as written changed while workloads have bindings (each says what it was made
+    /// with).
     fn patched(
         state: &MeshState,
         previous_state: &MeshState,
@@ -281,6 +284,21 @@ impl Resources {
             generated_users: previous.generated_users.clone(),
             shared_names: false,
         };
+        // Policies as written first: the bindings of the workloads put below say which they were
+        // made with. A binding of an unchanged workload says so too, so when they changed and
+        // there are bindings, everything is translated afresh.
+        if !state.same_policies(previous_state) {
+            let fresh = super::waypoint::policies(state);
+            for name in previous.policies.keys() {
+                if !fresh.contains_key(name) {
+                    out.policies.remove(name);
+                }
+            }
+            keep_unchanged(&mut out.policies, fresh);
+            if out.policies != previous.policies && !previous.bindings.is_empty() {
+                return None;
+            }
+        }
         let (gone, new) = changed_workloads(previous_state, state);
         for workload in previous_state.pending() {
             let name = workload_name(&workload.namespace, &workload.name);
@@ -335,13 +353,6 @@ impl Resources {
                 }
             }
             keep_unchanged(&mut out.authorizations, fresh);
-            let fresh = super::waypoint::policies(state);
-            for name in previous.policies.keys() {
-                if !fresh.contains_key(name) {
-                    out.policies.remove(name);
-                }
-            }
-            keep_unchanged(&mut out.policies, fresh);
         }
         for name in previous.generated_users.keys() {
             if !out.generated_users.contains_key(name) {
@@ -379,7 +390,7 @@ impl Resources {
         let entry = Entry::new(&wl::Address {
             r#type: Some(wl::address::Type::Workload(message)),
         });
-        match super::waypoint::binding(state, workload) {
+        match super::waypoint::binding(state, workload, &self.policies) {
             Some(binding) => self.bindings.insert(name.clone(), binding),
             None => self.bindings.remove(&name),
         };

@@ -623,7 +623,7 @@ impl Store {
             }
             let names = named.get(w.uid.as_str()).copied().unwrap_or_default();
             let mut out: Vec<Arc<AuthzPolicy>> = Vec::new();
-            if !left_to_its_waypoint(names) {
+            if !left_to_its_waypoint(&self.settings.root_namespace, w.waypoint.is_some(), names) {
                 out.extend(mesh_wide.iter().cloned());
                 out.extend(
                     by_namespace
@@ -746,20 +746,23 @@ impl Store {
     }
 }
 
-/// A workload's policies in a stable order, each once.
-/// Whether a workload naming `names` is one veil's controller put behind a waypoint: it names the
-/// Authorization veil generates to admit that waypoint alone. The waypoint enforces every other
+/// Whether a workload naming `names` is one veil's controller put behind a waypoint: it has a
+/// waypoint and names the Authorization veil generates, in the root namespace `root`, to admit that
+/// waypoint alone (no Kubernetes name has a `:`, so no policy of istiod's can be taken for it). The waypoint enforces every other
 /// policy (namespace-wide and mesh-wide ones included) with the client's identity, so they do not
 /// apply to its tunnels here: applied to them, with the waypoint as the peer, a namespace-wide
 /// ALLOW of a client would refuse the waypoint, and one with HTTP conditions everything. From
 /// istiod, which names no such policy, they apply, as in Istio's ztunnel.
-fn left_to_its_waypoint(names: &[String]) -> bool {
-    names.iter().any(|n| {
-        n.split_once('/')
-            .is_some_and(|(_, local)| local.starts_with(super::WAYPOINT_ONLY_PREFIX))
-    })
+fn left_to_its_waypoint(root: &str, behind_a_waypoint: bool, names: &[String]) -> bool {
+    behind_a_waypoint
+        && names.iter().any(|n| {
+            n.split_once('/').is_some_and(|(ns, local)| {
+                ns == root && local.starts_with(super::WAYPOINT_ONLY_PREFIX)
+            })
+        })
 }
 
+/// A workload's policies in a stable order, each once.
 fn gather(mut policies: Vec<Arc<AuthzPolicy>>) -> Arc<[Arc<AuthzPolicy>]> {
     policies.sort_by(|a, b| a.id.cmp(&b.id));
     policies.dedup_by(|a, b| Arc::ptr_eq(a, b));

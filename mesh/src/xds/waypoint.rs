@@ -24,7 +24,8 @@ use crate::policy::Scope;
 pub enum Audience {
     /// A node's ztunnel (or any subscriber on the control plane's allow list): the whole mesh.
     Mesh,
-    /// A waypoint: what namespace `namespace` needs, and the policies of `root` (mesh-wide).
+    /// A waypoint: what namespace `namespace` needs, and the policies (as written) of `root`, which
+    /// may apply there. Of the resource types, only those a waypoint needs ([`Self::serves`]).
     Waypoint {
         /// The waypoint's namespace.
         namespace: Arc<str>,
@@ -34,14 +35,27 @@ pub enum Audience {
 }
 
 impl Audience {
+    /// Whether resources of `kind` are served to this audience at all: a waypoint is sent policies
+    /// as written, their bindings and Addresses; never Istio's Authorizations (the root namespace's
+    /// generated ones name every waypoint of the mesh and its identity) nor enrolled namespaces.
+    pub fn serves(&self, kind: Kind) -> bool {
+        match self {
+            Self::Mesh => true,
+            Self::Waypoint { .. } => matches!(kind, Kind::Policy | Kind::Binding | Kind::Address),
+        }
+    }
+
     /// Whether the resource `name` of `kind` is for this audience.
     pub fn admits(&self, kind: Kind, name: &str) -> bool {
         match self {
             Self::Mesh => true,
-            Self::Waypoint { namespace, root } => match namespace_of(kind, name) {
-                Some(ns) => ns == &**namespace || (kind.is_policy() && ns == &**root),
-                None => false,
-            },
+            Self::Waypoint { namespace, root } => {
+                self.serves(kind)
+                    && match namespace_of(kind, name) {
+                        Some(ns) => ns == &**namespace || (kind == Kind::Policy && ns == &**root),
+                        None => false,
+                    }
+            }
         }
     }
 }
@@ -89,10 +103,39 @@ pub(super) fn identities(state: &MeshState) -> BTreeSet<Identity> {
         .collect()
 }
 
-/// What the waypoint of `workload` enforces for it besides namespace-wide and mesh-wide policies;
-/// `None` for a workload its waypoint does not serve (none, a conflict, a waypoint that does not
-/// exist: the workload then admits nothing, and names only that).
-pub(super) fn binding(state: &MeshState, workload: &Workload) -> Option<Entry> {
+/// The digest of the policies (as written) of `namespace` and of `root`, given as `(name, version)`
+/// in any order (see `PolicyBinding.policies_digest`): what a binding was made with, and what a
+/// waypoint holds.
+pub(crate) fn policies_digest<'a>(
+    namespace: &str,
+    root: &str,
+    policies: impl Iterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let mut lines: Vec<(&str, &str)> = policies
+        .filter(|(name, _)| {
+            name.split_once('/')
+                .is_some_and(|(ns, _)| ns == namespace || ns == root)
+        })
+        .collect();
+    lines.sort_unstable();
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for (name, version) in lines {
+        for part in [name, "\t", version, "\n"] {
+            context.update(part.as_bytes());
+        }
+    }
+    let digest = context.finish();
+    digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What the waypoint of `workload` enforces for it besides namespace-wide and mesh-wide policies,
+/// made with `policies` (those being sent); `None` for a workload its waypoint does not serve
+/// (none, a conflict, a waypoint that does not exist: the workload then admits nothing, and names
+/// only that).
+pub(super) fn binding(state: &MeshState, workload: &Workload, policies: &ByName) -> Option<Entry> {
     let reference = workload.waypoint.as_ref()?;
     if !workload.enrolled
         || !workload.waypoint_conflict().is_empty()
@@ -100,13 +143,19 @@ pub(super) fn binding(state: &MeshState, workload: &Workload) -> Option<Entry> {
     {
         return None;
     }
-    let policies = state
+    let names = state
         .authz_for(workload)
         .iter()
         .filter(|p| !matches!(p.scope, Scope::Namespace) && p.spec.is_some())
         .map(|p| p.id.to_string())
         .collect();
-    Some(Entry::new(&PolicyBinding { policies }))
+    let root = state.settings().root_namespace;
+    let held = policies.iter().map(|(n, e)| (&**n, &*e.version));
+    let policies_digest = policies_digest(&workload.namespace, &root, held);
+    Some(Entry::new(&PolicyBinding {
+        policies: names,
+        policies_digest,
+    }))
 }
 
 #[cfg(test)]
@@ -145,9 +194,15 @@ mod tests {
         assert!(shop.admits(Kind::Address, "Kubernetes//Pod/shop/web-1"));
         assert!(!shop.admits(Kind::Address, "Kubernetes//Pod/bank/api-1"));
         assert!(!shop.admits(Kind::Address, "bank/api.bank.svc.cluster.local"));
-        // The root namespace's policies apply mesh-wide; its workloads are not the waypoint's.
+        // The root namespace's policies apply mesh-wide; its workloads, and which policies select
+        // them, are not the waypoint's.
         assert!(shop.admits(Kind::Policy, "veil-system/allow-all"));
-        assert!(shop.admits(Kind::Authorization, "veil-system/veil:deny-all"));
+        assert!(!shop.admits(Kind::Binding, "Kubernetes//Pod/veil-system/ca-1"));
+        // Istio's Authorizations and enrolled namespaces are not served to a waypoint at all.
+        assert!(!shop.admits(Kind::Authorization, "veil-system/veil:deny-all"));
+        assert!(!shop.admits(Kind::Authorization, "shop/allow-all"));
+        assert!(!shop.admits(Kind::Namespace, "shop"));
+        assert!(!shop.serves(Kind::Authorization) && shop.serves(Kind::Binding));
         assert!(!shop.admits(Kind::Address, "Kubernetes//Pod/veil-system/ca-1"));
         assert!(!shop.admits(Kind::Policy, "bank/deny-all"));
         assert!(!shop.admits(Kind::Namespace, "bank"));

@@ -42,4 +42,12 @@ pub struct PolicyBinding {
     /// The policies' names (`<namespace>/<name>`, as their AuthorizationPolicy resources).
     #[prost(string, repeated, tag = "1")]
     pub policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The policies (as written) of the workload's namespace and of the root namespace this binding
+    /// was made with: the lowercase hex of the first 16 bytes of the SHA-256 of their
+    /// `<name>\t<version>\n` lines, in the order of their names. A policy and its binding travel
+    /// apart; a waypoint whose policies of those namespaces give another digest holds a binding of
+    /// another moment than its policies (a policy's rules of one, its selection of another), and the
+    /// workload admits nothing until they agree.
+    #[prost(string, tag = "2")]
+    pub policies_digest: ::prost::alloc::string::String,
 }

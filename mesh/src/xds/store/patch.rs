@@ -310,7 +310,8 @@ impl Store {
             return Err(Whole("behind several waypoints")); // a conflict to report
         }
         let mut policies = Vec::new();
-        if !super::left_to_its_waypoint(&w.policies) {
+        let root = &self.settings.root_namespace;
+        if !super::left_to_its_waypoint(root, workload.waypoint.is_some(), &w.policies) {
             policies.extend(derived.mesh_wide.iter().cloned());
             policies.extend(
                 derived

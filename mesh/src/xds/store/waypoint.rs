@@ -6,7 +6,10 @@
 //! - a policy that cannot be decoded or compiled denies everything in its namespace (the whole
 //!   mesh, in the root namespace) until a valid version arrives;
 //! - a policy a binding or a workload names that is not here admits nothing for that workload;
-//! - a workload behind a waypoint whose binding has not arrived, or was refused, admits nothing.
+//! - a workload behind a waypoint whose binding has not arrived, or was refused, admits nothing;
+//! - so does one whose binding was made with other policies than those held (a policy and its
+//!   binding travel apart: applying one's rules with the other's selection could admit what
+//!   neither moment does), until the two agree.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,16 +20,18 @@ use super::super::Kind;
 use super::super::proto::discovery::Resource;
 use super::super::proto::veil::{AuthorizationPolicy, PolicyBinding};
 use super::super::resources::{DENY_ALL, WAYPOINT_ONLY_PREFIX, workload_name_namespace};
+use super::super::waypoint::policies_digest;
 use super::Policy;
 use super::entries::decode;
 use crate::discovery::{ConfigError, MeshSettings, Workload};
 use crate::policy::{AuthzPolicy, PolicyId, PolicyIndex, Scope, compile_authz, deny_everything};
 
-/// A binding as received: its version and the policies it names, or why it was refused.
+/// A binding as received: its version and the policies it names with the digest of those it was
+/// made with, or why it was refused.
 #[derive(Debug)]
 struct Binding {
     version: String,
-    policies: Result<Vec<String>, String>,
+    policies: Result<(Vec<String>, String), String>,
 }
 
 /// Policies as written and bindings, by name.
@@ -120,8 +125,20 @@ impl Held {
     /// The policies, and which apply to whom.
     pub(super) fn view(&self, settings: &MeshSettings) -> View<'_> {
         let all: Vec<Arc<AuthzPolicy>> = self.policies.values().map(|p| p.policy.clone()).collect();
+        // What the policies held of each namespace a binding is for give (one or two).
+        let mut digests: HashMap<&str, String> = HashMap::new();
+        for name in self.bindings.keys() {
+            if let Some(namespace) = workload_name_namespace(name) {
+                digests.entry(namespace).or_insert_with(|| {
+                    let held = self.policies.iter();
+                    let held = held.map(|(n, p)| (n.as_str(), p.version.as_str()));
+                    policies_digest(namespace, &settings.root_namespace, held)
+                });
+            }
+        }
         View {
             held: self,
+            digests,
             index: PolicyIndex::new(&settings.root_namespace, all.clone()),
             all,
             deny: Arc::new(deny_everything(
@@ -135,6 +152,8 @@ impl Held {
 /// The policies a waypoint's mesh is built with.
 pub(super) struct View<'a> {
     held: &'a Held,
+    /// The digest of the policies held, per namespace of a binding.
+    digests: HashMap<&'a str, String>,
     index: PolicyIndex,
     /// Every policy held.
     pub(super) all: Vec<Arc<AuthzPolicy>>,
@@ -161,12 +180,13 @@ impl View<'_> {
             };
         match self.held.bindings.get(&workload.uid) {
             Some(Binding {
-                policies: Ok(names),
+                policies: Ok((names, digest)),
                 ..
-            }) => names.iter().for_each(|n| by_name(n, &mut out)),
-            Some(Binding {
-                policies: Err(_), ..
-            }) => out.push(self.deny.clone()),
+            }) if self.digests.get(workload.namespace.as_str()) == Some(digest) => {
+                names.iter().for_each(|n| by_name(n, &mut out))
+            }
+            // Refused, or made with other policies than those held: not current.
+            Some(_) => out.push(self.deny.clone()),
             None => {
                 for name in named {
                     let local = name.split_once('/').map_or(name.as_str(), |(_, n)| n);
@@ -215,7 +235,7 @@ fn check_binding(
     name: &str,
     binding: PolicyBinding,
     settings: &MeshSettings,
-) -> Result<Vec<String>, String> {
+) -> Result<(Vec<String>, String), String> {
     let namespace = workload_name_namespace(name)
         .ok_or_else(|| format!("{name:?} is not a workload's name"))?;
     for policy in &binding.policies {
@@ -229,5 +249,5 @@ fn check_binding(
             }
         }
     }
-    Ok(binding.policies)
+    Ok((binding.policies, binding.policies_digest))
 }

@@ -244,6 +244,7 @@ fn what_a_waypoint_cannot_read_fails_closed() {
     let mut store = received_by(&resources, &shop());
     let foreign = PolicyBinding {
         policies: vec!["bank/ledger-tellers".into()],
+        policies_digest: String::new(),
     };
     let refused = store.apply(
         Kind::Binding,
@@ -338,4 +339,75 @@ fn a_ztunnel_leaves_every_policy_of_a_workload_behind_a_waypoint_to_the_waypoint
     // A workload of the namespace behind no waypoint is subject to it.
     let db = ztunnel.workload_by_ip("10.1.0.3".parse().unwrap()).unwrap();
     assert!(ids(&ztunnel.authz_for(db)).contains("shop/clients-only"));
+}
+
+/// Applies what `resources` hold of `kind` for waypoint shop/wp.
+fn apply_kind(store: &mut Store, resources: &Resources, kind: Kind) {
+    let list: Vec<_> = resources
+        .of(kind)
+        .iter()
+        .filter(|(name, _)| shop().admits(kind, name))
+        .map(|(name, e)| resource(kind, name, &e.version, e.body.to_vec()))
+        .collect();
+    assert_eq!(store.apply(kind, &list, &[]), vec![], "{kind:?}");
+}
+
+#[test]
+fn a_policy_and_its_binding_of_different_moments_admit_nothing_until_they_agree() {
+    // Moment 1: `reads` selects api and admits only web. Moment 2: it selects db instead and
+    // admits everyone. Applying moment 2's rules with moment 1's selection would admit bank's
+    // ledger to api; moment 1's rules with moment 2's selection would deny what moment 2 allows.
+    let policy = |selects: &str, from: &str| {
+        format!(
+            "  - apiVersion: security.veil.dev/v1\n    kind: AuthorizationPolicy\n    metadata: {{name: reads, namespace: shop}}\n    spec:\n      selector: {{matchLabels: {{app: {selects}}}}}\n      rules: [{{from: [{{source: {{{from}}}}}]}}]\n"
+        )
+    };
+    let one = format!(
+        "{WAYPOINT_MESH}{}",
+        policy("api", "principals: [cluster.local/ns/shop/sa/web]")
+    );
+    let two = format!("{WAYPOINT_MESH}{}", policy("db", "namespaces: [\"*\"]"));
+    let resources =
+        |yaml: &str| Resources::from_state(&local::parse(yaml, &MeshSettings::default()).unwrap());
+    let (one, two) = (resources(&one), resources(&two));
+    let ledger_to_api = |store: &Store| {
+        let state = store.to_state();
+        let api = state.workload_by_ip("10.1.0.2".parse().unwrap()).unwrap();
+        let headers = http::HeaderMap::new();
+        let ledger = Identity::new("cluster.local", "bank", "ledger").unwrap();
+        let attributes = Attributes {
+            source: Some(&ledger),
+            source_ip: "10.2.0.1".parse().unwrap(),
+            destination_ip: "10.1.0.2".parse().unwrap(),
+            destination_port: 8080,
+            http: Some(HttpAttributes {
+                method: "GET",
+                path: "/items/1",
+                host: "api.shop.svc.cluster.local",
+                headers: &headers,
+            }),
+        };
+        evaluate(&state.authz_for(api), &attributes).allowed()
+    };
+    // The new policy before the new bindings: the old binding of api is not current.
+    let mut store = received_by(&one, &shop());
+    assert!(!ledger_to_api(&store), "moment 1 denies it");
+    apply_kind(&mut store, &two, Kind::Policy);
+    assert!(
+        !ledger_to_api(&store),
+        "moment 2's rules with moment 1's selection"
+    );
+    apply_kind(&mut store, &two, Kind::Binding);
+    // Moment 2: api is selected by nothing now; only moment 1's namespace-wide DENYs remain.
+    let settled = received_by(&two, &shop());
+    assert_eq!(ledger_to_api(&store), ledger_to_api(&settled));
+    // The new bindings before the new policy: not current either.
+    let mut store = received_by(&two, &shop());
+    apply_kind(&mut store, &one, Kind::Binding);
+    let state = store.to_state();
+    let api = state.workload_by_ip("10.1.0.2".parse().unwrap()).unwrap();
+    assert!(
+        ids(&state.authz_for(api)).contains("veil/unknown-policies"),
+        "a binding ahead of its policies admits nothing"
+    );
 }

@@ -10,6 +10,7 @@
 
 mod authorization;
 mod client;
+mod flags;
 mod resources;
 mod store;
 mod waypoint;
@@ -17,6 +18,7 @@ mod waypoint;
 pub use authorization::authorization;
 pub(crate) use authorization::ip_from_bytes;
 pub use client::{Subscription, XdsConfig, subscribe};
+pub use flags::{Subscriber, XdsFlags};
 pub(crate) use resources::service_name_of;
 pub use resources::{
     ByName, CLUSTER_DOMAIN, CLUSTER_ID, Entry, Kind, Resources, WAYPOINT_ONLY_PREFIX, service_name,

@@ -240,23 +240,28 @@ fn answers(m: &Mesh, from: &str, url: &str) -> bool {
     m.curl_with(from, &["-k"], url).is_ok()
 }
 
-#[test]
-fn veils_ztunnels_keep_their_mesh_through_a_controller_outage_and_resume_on_another_replica() {
-    if skip_unless_root("veil_ztunnel_on_controller") {
-        return;
-    }
-    let mut m = Mesh::start(MeshSpec {
+/// Through the controller: `client` and `intruder` on node-a, `server` on node-b.
+fn client_intruder_server(policies: &str) -> Mesh {
+    Mesh::start(MeshSpec {
         nodes: vec!["node-a".into(), "node-b".into()],
         pods: vec![
             PodSpec::new("client", "shop", "node-a"),
             PodSpec::new("intruder", "shop", "node-a"),
             PodSpec::new("server", "shop", "node-b"),
         ],
-        policies: DENY_INTRUDER.into(),
+        policies: policies.into(),
         through_controller: Some(true),
         ..MeshSpec::default()
     })
-    .expect("starting the mesh");
+    .expect("starting the mesh")
+}
+
+#[test]
+fn veils_ztunnels_keep_their_mesh_through_a_controller_outage_and_resume_on_another_replica() {
+    if skip_unless_root("veil_ztunnel_on_controller") {
+        return;
+    }
+    let mut m = client_intruder_server(DENY_INTRUDER);
     for node in ["node-a", "node-b"] {
         assert!(
             m.ztunnel_log(node)
@@ -383,17 +388,7 @@ fn two_replicas_serve_side_by_side_and_a_ztunnel_moves_between_them_without_star
     if skip_unless_root("controller_replicas") {
         return;
     }
-    let mut m = Mesh::start(MeshSpec {
-        nodes: vec!["node-a".into(), "node-b".into()],
-        pods: vec![
-            PodSpec::new("client", "shop", "node-a"),
-            PodSpec::new("intruder", "shop", "node-a"),
-            PodSpec::new("server", "shop", "node-b"),
-        ],
-        through_controller: Some(true),
-        ..MeshSpec::default()
-    })
-    .expect("starting the mesh");
+    let mut m = client_intruder_server("");
     // A second replica beside the first, each reading the mesh on its own; node-b's connections
     // go to the second.
     let second = start_replica(&m, &[], m.spec.kubernetes, 1).expect("a second replica");

@@ -10,13 +10,13 @@ use tracing::{info, warn};
 use veil_mesh::discovery::{self, ConfigError, MeshSettings, Origin, WaypointRef};
 use veil_mesh::hbone::H2Settings;
 use veil_mesh::identity::{
-    CertManager, GrpcCaClient, Identity, ManagerConfig, TokenSource, TrustBundle, ca_client_config,
-    control_client_config, parse_trust_domain, server_config,
+    CertManager, GrpcCaClient, Identity, ManagerConfig, TokenSource, TrustBundle,
+    parse_trust_domain, server_config,
 };
 use veil_mesh::pool::{Pool, PoolSettings};
 use veil_mesh::telemetry::http::{Handler, serve, text};
 use veil_mesh::telemetry::metrics::Metrics;
-use veil_mesh::xds::{self, XdsConfig};
+use veil_mesh::xds;
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
@@ -42,43 +42,6 @@ pub enum StartError {
 
 fn config_err(e: impl ToString) -> StartError {
     StartError::Config(e.to_string())
-}
-
-/// How to subscribe to the control plane at `address`: as a waypoint (its namespace, policies as
-/// written), authenticated by its token.
-fn xds_config(
-    config: &Config,
-    address: &str,
-    me: &WaypointRef,
-    bundle: &Arc<TrustBundle>,
-    settings: &MeshSettings,
-) -> Result<XdsConfig, StartError> {
-    let roots = match &config.xds_root_cert {
-        Some(path) => {
-            Arc::new(TrustBundle::from_pem_file(&settings.trust_domain, path).map_err(config_err)?)
-        }
-        None => bundle.clone(),
-    };
-    let tls = match &config.xds_identity {
-        Some(identity) => control_client_config(roots, identity.clone()),
-        None => ca_client_config(&roots)
-            .map_err(|e| config_err(format!("TLS to the control plane: {e}")))?,
-    };
-    let token = config
-        .xds_token_file
-        .clone()
-        .unwrap_or_else(|| config.ca_token_file.clone());
-    Ok(XdsConfig {
-        address: address.to_owned(),
-        server_name: config.xds_server_name.clone(),
-        tls,
-        token: Some(TokenSource::File(token)),
-        // Not a node: no node's pods being set up are for it (no node name has a '/').
-        node: me.to_string(),
-        connect_timeout: Duration::from_secs(10),
-        ambient_namespaces: false,
-        waypoint: true,
-    })
 }
 
 /// Runs the waypoint until `shutdown`, then drains in-flight requests.
@@ -126,9 +89,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         namespace: config.namespace.clone(),
         name: config.name.clone(),
     };
-    let rx = match &config.xds_address {
+    let rx = match &config.xds.address {
         Some(address) => {
-            let xds = xds_config(&config, address, &me, &bundle, &settings)?;
+            let subscriber = xds::Subscriber {
+                trust_domain: &settings.trust_domain,
+                mesh_roots: &bundle,
+                ca_token_file: &config.ca_token_file,
+                // Not a node: no node's pods being set up are for it (no node name has a '/').
+                node: me.to_string(),
+                ambient_namespaces: false,
+                waypoint: true,
+            };
+            let xds = config.xds.client(address, subscriber).map_err(config_err)?;
             info!(%address, "receiving this waypoint's namespace from the control plane");
             xds::subscribe(xds, settings, on_reject, None).await.state
         }

@@ -31,32 +31,9 @@ pub struct Config {
     /// waypoint watches the Kubernetes API (in-cluster or kubeconfig credentials).
     #[arg(long = "mesh-config", env = "VEIL_MESH_CONFIG")]
     pub mesh_config: Option<PathBuf>,
-    /// The control plane (`host:port` of veil-controller): the mesh is received from it over
-    /// delta xDS (this waypoint's namespace only, policies as written) instead of read from
-    /// `--mesh-config` or the Kubernetes API, so the waypoint needs no Kubernetes access. While
-    /// it is unreachable the last mesh received stays in force.
-    #[arg(long, env = "VEIL_XDS_ADDRESS", conflicts_with = "mesh_config")]
-    pub xds_address: Option<String>,
-    /// The name the control plane's serving certificate must be valid for.
-    #[arg(
-        long,
-        env = "VEIL_XDS_SERVER_NAME",
-        default_value = "veil-controller.veil-system.svc"
-    )]
-    pub xds_server_name: String,
-    /// The control plane's mesh identity: its serving certificate must prove this SPIFFE
-    /// identity under the mesh roots (its DNS names are not looked at). Without it, the
-    /// certificate must be valid for `--xds-server-name` under `--xds-root-cert`.
-    #[arg(long, env = "VEIL_XDS_IDENTITY", conflicts_with = "xds_root_cert")]
-    pub xds_identity: Option<veil_mesh::identity::Identity>,
-    /// PEM file of the root(s) the control plane's serving certificate chains to; defaults to
-    /// `--root-cert`.
-    #[arg(long, env = "VEIL_XDS_ROOT_CERT")]
-    pub xds_root_cert: Option<PathBuf>,
-    /// File holding the bearer token sent to the control plane (re-read on every reconnection);
-    /// defaults to `--ca-token-file`.
-    #[arg(long, env = "VEIL_XDS_TOKEN_FILE")]
-    pub xds_token_file: Option<PathBuf>,
+    /// The control plane (`--xds-address` and how to trust and authenticate to it).
+    #[command(flatten)]
+    pub xds: veil_mesh::xds::XdsFlags,
     /// How often the mesh description is checked for changes.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub config_poll_interval: Duration,

@@ -11,13 +11,12 @@ use tracing::{error, info, warn};
 use veil_mesh::discovery::{self, MeshSettings, MeshState, NodeAddresses, Origin};
 use veil_mesh::hbone::H2Settings;
 use veil_mesh::identity::{
-    CertManager, GrpcCaClient, ManagerConfig, TokenSource, TrustBundle, ca_client_config,
-    control_client_config, parse_trust_domain,
+    CertManager, GrpcCaClient, ManagerConfig, TokenSource, TrustBundle, parse_trust_domain,
 };
 use veil_mesh::pool::{Pool, PoolSettings};
 use veil_mesh::telemetry::http::serve;
 use veil_mesh::telemetry::metrics::Metrics;
-use veil_mesh::xds::{self, XdsConfig};
+use veil_mesh::xds;
 
 use crate::cni::cleanup::Cleanup;
 use crate::config::Config;
@@ -166,34 +165,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             known.get(&cni::pod_key(namespace, name)).map(|p| p.ips)
         }),
     };
-    let (rx, control_plane) = match &config.xds_address {
+    let (rx, control_plane) = match &config.xds.address {
         Some(address) => {
-            let roots = match &config.xds_root_cert {
-                Some(path) => Arc::new(
-                    TrustBundle::from_pem_file(&settings.trust_domain, path)
-                        .map_err(|e| StartError::Config(e.to_string()))?,
-                ),
-                None => certs.bundle().clone(),
-            };
-            let tls = match &config.xds_identity {
-                Some(identity) => control_client_config(roots, identity.clone()),
-                None => ca_client_config(&roots)
-                    .map_err(|e| StartError::Config(format!("TLS to the control plane: {e}")))?,
-            };
-            let token = config
-                .xds_token_file
-                .clone()
-                .unwrap_or_else(|| config.ca_token_file.clone());
-            let xds = XdsConfig {
-                address: address.clone(),
-                server_name: config.xds_server_name.clone(),
-                tls,
-                token: Some(TokenSource::File(token)),
-                node: config.node.clone(),
-                connect_timeout: Duration::from_secs(10),
-                ambient_namespaces: config.xds_ambient_namespaces,
-                waypoint: false,
-            };
+            let xds = config
+                .xds
+                .client(
+                    address,
+                    xds::Subscriber {
+                        trust_domain: &settings.trust_domain,
+                        mesh_roots: certs.bundle(),
+                        ca_token_file: &config.ca_token_file,
+                        node: config.node.clone(),
+                        ambient_namespaces: config.xds_ambient_namespaces,
+                        waypoint: false,
+                    },
+                )
+                .map_err(StartError::Config)?;
             info!(%address, "receiving the mesh from the control plane");
             let subscription = xds::subscribe(
                 xds,

@@ -23,32 +23,9 @@ pub struct Config {
     /// Without it, ztunnel watches the Kubernetes API (in-cluster or kubeconfig credentials).
     #[arg(long = "mesh-config", env = "VEIL_MESH_CONFIG")]
     pub mesh_config: Option<PathBuf>,
-    /// The control plane (`host:port` of veil-controller, or istiod): the mesh is received from it
-    /// over delta xDS instead of read from `--mesh-config` or the Kubernetes API. While it is
-    /// unreachable the last mesh received stays in force and unknown destinations are refused.
-    #[arg(long, env = "VEIL_XDS_ADDRESS", conflicts_with = "mesh_config")]
-    pub xds_address: Option<String>,
-    /// The name the control plane's serving certificate must be valid for.
-    #[arg(
-        long,
-        env = "VEIL_XDS_SERVER_NAME",
-        default_value = "veil-controller.veil-system.svc"
-    )]
-    pub xds_server_name: String,
-    /// The control plane's mesh identity (e.g. `spiffe://cluster.local/ns/veil-system/sa/veil-controller`):
-    /// its serving certificate must prove this SPIFFE identity, under the mesh roots; its DNS names
-    /// are not looked at. Without it, the certificate must be valid for `--xds-server-name` under
-    /// `--xds-root-cert`.
-    #[arg(long, env = "VEIL_XDS_IDENTITY", conflicts_with = "xds_root_cert")]
-    pub xds_identity: Option<veil_mesh::identity::Identity>,
-    /// PEM file of the root(s) the control plane's serving certificate chains to; defaults to
-    /// `--root-cert` (istiod serves with a mesh certificate).
-    #[arg(long, env = "VEIL_XDS_ROOT_CERT")]
-    pub xds_root_cert: Option<PathBuf>,
-    /// File holding the bearer token sent to the control plane (re-read on every reconnection);
-    /// defaults to `--ca-token-file`.
-    #[arg(long, env = "VEIL_XDS_TOKEN_FILE")]
-    pub xds_token_file: Option<PathBuf>,
+    /// The control plane (`--xds-address` and how to trust and authenticate to it).
+    #[command(flatten)]
+    pub xds: veil_mesh::xds::XdsFlags,
     /// Also receive the namespaces enrolled in the mesh from the control plane (veil's own
     /// resource type; veil's controller serves it). Set to `false` on istiod, which refuses or
     /// ignores it: enrolment is then known only from the enrolled workloads, and a namespace

@@ -207,6 +207,26 @@ fn a_waypoint_is_sent_its_namespace_and_decides_every_request_as_the_mesh_it_was
     assert!(allowed > 0 && allowed < decided, "{allowed} of {decided}");
 }
 
+/// `GET /items/1` to api (10.1.0.2:8080) from `source` at `source_ip`.
+fn get_item<'a>(
+    source: &'a Identity,
+    source_ip: &str,
+    headers: &'a http::HeaderMap,
+) -> Attributes<'a> {
+    Attributes {
+        source: Some(source),
+        source_ip: source_ip.parse().unwrap(),
+        destination_ip: "10.1.0.2".parse().unwrap(),
+        destination_port: 8080,
+        http: Some(HttpAttributes {
+            method: "GET",
+            path: "/items/1",
+            host: "api.shop.svc.cluster.local",
+            headers,
+        }),
+    }
+}
+
 #[test]
 fn what_a_waypoint_cannot_read_fails_closed() {
     let native = waypoint_state();
@@ -215,19 +235,9 @@ fn what_a_waypoint_cannot_read_fails_closed() {
     let api_ip: IpAddr = "10.1.0.2".parse().unwrap();
     let denies_everything = |state: &MeshState| {
         let w = state.workload_by_ip(api_ip).unwrap();
+        let web = Identity::new("cluster.local", "shop", "web").unwrap();
         let headers = http::HeaderMap::new();
-        let attributes = Attributes {
-            source: Some(&Identity::new("cluster.local", "shop", "web").unwrap()),
-            source_ip: "10.1.0.1".parse().unwrap(),
-            destination_ip: api_ip,
-            destination_port: 8080,
-            http: Some(HttpAttributes {
-                method: "GET",
-                path: "/items/1",
-                host: "api.shop.svc.cluster.local",
-                headers: &headers,
-            }),
-        };
+        let attributes = get_item(&web, "10.1.0.1", &headers);
         !evaluate(&checked(state, w, Some("api")), &attributes).allowed()
     };
     // As sent, that request is admitted.
@@ -246,12 +256,7 @@ fn what_a_waypoint_cannot_read_fails_closed() {
         policies: vec!["bank/ledger-tellers".into()],
         policies_digest: String::new(),
     };
-    let refused = store.apply(
-        Kind::Binding,
-        &[resource(Kind::Binding, api, "x", foreign.encode_to_vec())],
-        &[],
-    );
-    assert_eq!(refused.len(), 1, "{refused:?}");
+    refuses(&mut store, Kind::Binding, api, foreign.encode_to_vec());
     let state = store.to_state();
     assert!(denies_everything(&state));
     assert!(state.rejected().iter().any(|e| e.to_string().contains(api)));
@@ -265,12 +270,7 @@ fn what_a_waypoint_cannot_read_fails_closed() {
             spec: spec.into(),
         };
         let name = "shop/api-reads";
-        let refused = store.apply(
-            Kind::Policy,
-            &[resource(Kind::Policy, name, "x", bad.encode_to_vec())],
-            &[],
-        );
-        assert_eq!(refused.len(), 1, "{spec}: {refused:?}");
+        refuses(&mut store, Kind::Policy, name, bad.encode_to_vec());
         let state = store.to_state();
         assert!(denies_everything(&state), "{spec}");
         assert!(
@@ -288,17 +288,12 @@ fn what_a_waypoint_cannot_read_fails_closed() {
         name: "something-else".into(),
         spec: "{}".into(),
     };
-    let refused = store.apply(
+    refuses(
+        &mut store,
         Kind::Policy,
-        &[resource(
-            Kind::Policy,
-            "shop/api-reads",
-            "x",
-            renamed.encode_to_vec(),
-        )],
-        &[],
+        "shop/api-reads",
+        renamed.encode_to_vec(),
     );
-    assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(denies_everything(&store.to_state()));
 
     // A policy a binding names that is gone admits nothing for its workloads.
@@ -309,17 +304,12 @@ fn what_a_waypoint_cannot_read_fails_closed() {
     // A ztunnel's store takes none of a waypoint's types.
     let mut ztunnel = Store::new(MeshSettings::default());
     let entry = &resources.of(Kind::Policy)["shop/api-reads"];
-    let refused = ztunnel.apply(
+    refuses(
+        &mut ztunnel,
         Kind::Policy,
-        &[resource(
-            Kind::Policy,
-            "shop/api-reads",
-            &entry.version,
-            entry.body.to_vec(),
-        )],
-        &[],
+        "shop/api-reads",
+        entry.body.to_vec(),
     );
-    assert_eq!(refused.len(), 1);
 }
 
 #[test]
@@ -339,6 +329,12 @@ fn a_ztunnel_leaves_every_policy_of_a_workload_behind_a_waypoint_to_the_waypoint
     // A workload of the namespace behind no waypoint is subject to it.
     let db = ztunnel.workload_by_ip("10.1.0.3".parse().unwrap()).unwrap();
     assert!(ids(&ztunnel.authz_for(db)).contains("shop/clients-only"));
+}
+
+/// Applies `body` as `name` of `kind` to `store`, which must refuse it.
+fn refuses(store: &mut Store, kind: Kind, name: &str, body: Vec<u8>) {
+    let refused = store.apply(kind, &[resource(kind, name, "x", body)], &[]);
+    assert_eq!(refused.len(), 1, "{name}: {refused:?}");
 }
 
 /// Applies what `resources` hold of `kind` for waypoint shop/wp.
@@ -375,18 +371,7 @@ fn a_policy_and_its_binding_of_different_moments_admit_nothing_until_they_agree(
         let api = state.workload_by_ip("10.1.0.2".parse().unwrap()).unwrap();
         let headers = http::HeaderMap::new();
         let ledger = Identity::new("cluster.local", "bank", "ledger").unwrap();
-        let attributes = Attributes {
-            source: Some(&ledger),
-            source_ip: "10.2.0.1".parse().unwrap(),
-            destination_ip: "10.1.0.2".parse().unwrap(),
-            destination_port: 8080,
-            http: Some(HttpAttributes {
-                method: "GET",
-                path: "/items/1",
-                host: "api.shop.svc.cluster.local",
-                headers: &headers,
-            }),
-        };
+        let attributes = get_item(&ledger, "10.2.0.1", &headers);
         evaluate(&state.authz_for(api), &attributes).allowed()
     };
     // The new policy before the new bindings: the old binding of api is not current.

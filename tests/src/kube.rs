@@ -137,7 +137,11 @@ pub fn waypoint(name: &str, namespace: &str, node: &str, ip: Ipv4Addr, vip: &str
             "ports": [{"name": "hbone", "port": 15008, "targetPort": 15008, "protocol": "TCP"}],
         },
     });
-    [pod_value(&pod, true, Some(ip)), service]
+    // Not ready: the kubelet reports it ready only once it serves, which it does once the
+    // controller has sent it its mesh; it must be a waypoint to the controller before that.
+    let mut pod = pod_value(&pod, true, Some(ip));
+    pod["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    [pod, service]
 }
 
 /// A ClusterIP Service.

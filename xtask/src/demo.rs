@@ -169,9 +169,9 @@ fn spec() -> MeshSpec {
 
 fn print_topology(mesh: &Mesh) {
     let control = if mesh.controller.is_some() {
-        "a CA, a controller serving the mesh over xDS, two nodes each running veil-ztunnel on it"
+        "a CA, a controller serving the mesh over xDS, two nodes each running veil-ztunnel on it, and a waypoint on it for user-data"
     } else {
-        "a CA, two nodes each running veil-ztunnel"
+        "a CA, two nodes each running veil-ztunnel, and a waypoint for user-data"
     };
     println!("\nA cluster in network namespaces: {control}, and pods:");
     for pod in &mesh.spec.pods {

@@ -213,6 +213,7 @@ impl Resources {
         let root = settings.root_namespace.as_str();
         let mut out = Self::default();
         let mut generated: BTreeMap<String, sec::Authorization> = BTreeMap::new();
+        let mut digests = super::waypoint::Digests::default();
         out.authorizations = policies(state, root);
         // Before the workloads: their bindings say which policies they were made with.
         out.policies = super::waypoint::policies(state);
@@ -222,7 +223,7 @@ impl Resources {
                 out.shared_names = true;
                 continue;
             }
-            out.put_workload(state, workload, name, root, &mut generated);
+            out.put_workload(state, workload, name, root, &mut generated, &mut digests);
         }
         out.put_pending(state, root, &mut generated);
         for waypoint in state.waypoints() {
@@ -320,12 +321,13 @@ impl Resources {
             }
         }
         let mut generated: BTreeMap<String, sec::Authorization> = BTreeMap::new();
+        let mut digests = super::waypoint::Digests::default();
         for workload in new {
             let name: Arc<str> = workload_name(&workload.namespace, &workload.name).into();
             if out.addresses.contains_key(&name) {
                 return None;
             }
-            out.put_workload(state, workload, name, root, &mut generated);
+            out.put_workload(state, workload, name, root, &mut generated, &mut digests);
         }
         out.put_pending(state, root, &mut generated);
         // A pod still being set up as it was keeps its entry as it was.
@@ -379,6 +381,7 @@ impl Resources {
         name: Arc<str>,
         root: &str,
         generated: &mut BTreeMap<String, sec::Authorization>,
+        digests: &mut super::waypoint::Digests,
     ) {
         let mut uses = Vec::new();
         let policies = policy_names(state, workload, root, generated, &mut uses);
@@ -390,7 +393,7 @@ impl Resources {
         let entry = Entry::new(&wl::Address {
             r#type: Some(wl::address::Type::Workload(message)),
         });
-        match super::waypoint::binding(state, workload, &self.policies) {
+        match super::waypoint::binding(state, workload, &self.policies, digests) {
             Some(binding) => self.bindings.insert(name.clone(), binding),
             None => self.bindings.remove(&name),
         };

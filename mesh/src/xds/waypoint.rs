@@ -10,7 +10,8 @@
 //! labels, and a workload behind a waypoint names only the generated policy that admits its
 //! waypoint).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use super::proto::veil::{AuthorizationPolicy, PolicyBinding};
@@ -131,11 +132,49 @@ pub(crate) fn policies_digest<'a>(
         .collect()
 }
 
+/// The digests of the policies being sent, per namespace, computed once per translation (each from
+/// that namespace's policies and the root namespace's, found by range).
+#[derive(Debug, Default)]
+pub(super) struct Digests(HashMap<String, String>);
+
+impl Digests {
+    fn of(&mut self, policies: &ByName, namespace: &str, root: &str) -> String {
+        self.0
+            .entry(namespace.to_owned())
+            .or_insert_with(|| {
+                let mut held: Vec<(&str, &str)> = Vec::new();
+                let namespaces = if namespace == root {
+                    &[root][..]
+                } else {
+                    &[namespace, root][..]
+                };
+                for ns in namespaces {
+                    // Names are `<namespace>/<name>`: those of a namespace sort between `ns/` and
+                    // `ns0` ('0' follows '/').
+                    let (from, to) = (format!("{ns}/"), format!("{ns}0"));
+                    let range = (Bound::Included(from.as_str()), Bound::Excluded(to.as_str()));
+                    held.extend(
+                        policies
+                            .range::<_, str>(range)
+                            .map(|(n, e)| (&**n, &*e.version)),
+                    );
+                }
+                policies_digest(namespace, root, held.into_iter())
+            })
+            .clone()
+    }
+}
+
 /// What the waypoint of `workload` enforces for it besides namespace-wide and mesh-wide policies,
-/// made with `policies` (those being sent); `None` for a workload its waypoint does not serve
-/// (none, a conflict, a waypoint that does not exist: the workload then admits nothing, and names
-/// only that).
-pub(super) fn binding(state: &MeshState, workload: &Workload, policies: &ByName) -> Option<Entry> {
+/// made with `policies` (those being sent; `digests` remembers what they give per namespace);
+/// `None` for a workload its waypoint does not serve (none, a conflict, a waypoint that does not
+/// exist: the workload then admits nothing, and names only that).
+pub(super) fn binding(
+    state: &MeshState,
+    workload: &Workload,
+    policies: &ByName,
+    digests: &mut Digests,
+) -> Option<Entry> {
     let reference = workload.waypoint.as_ref()?;
     if !workload.enrolled
         || !workload.waypoint_conflict().is_empty()
@@ -150,8 +189,7 @@ pub(super) fn binding(state: &MeshState, workload: &Workload, policies: &ByName)
         .map(|p| p.id.to_string())
         .collect();
     let root = state.settings().root_namespace;
-    let held = policies.iter().map(|(n, e)| (&**n, &*e.version));
-    let policies_digest = policies_digest(&workload.namespace, &root, held);
+    let policies_digest = digests.of(policies, &workload.namespace, &root);
     Some(Entry::new(&PolicyBinding {
         policies: names,
         policies_digest,
@@ -161,6 +199,50 @@ pub(super) fn binding(state: &MeshState, workload: &Workload, policies: &ByName)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_namespace_digest_found_by_range_is_the_one_a_waypoint_computes_from_all_it_holds() {
+        let names = [
+            "shop/a",
+            "shop/b",
+            "shop-2/a",
+            "shop0/a",
+            "shoq/a",
+            "sho/a",
+            "veil-system/m",
+            "veil-system0/x",
+            "a/shop",
+        ];
+        let policies: ByName = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let entry = Entry::new(&PolicyBinding {
+                    policies: vec![format!("{i}")],
+                    policies_digest: String::new(),
+                });
+                (Arc::from(*n), entry)
+            })
+            .collect();
+        let all = || policies.iter().map(|(n, e)| (&**n, &*e.version));
+        let mut digests = Digests::default();
+        for ns in ["shop", "shop-2", "shop0", "sho", "veil-system", "none"] {
+            assert_eq!(
+                digests.of(&policies, ns, "veil-system"),
+                policies_digest(ns, "veil-system", all()),
+                "{ns}"
+            );
+        }
+        // Another policy of the namespace, or of the root namespace, changes it; one elsewhere not.
+        let shop = policies_digest("shop", "veil-system", all());
+        let with = |extra: &'static str| {
+            let more: Vec<(&str, &str)> = all().chain([(extra, "v")]).collect();
+            policies_digest("shop", "veil-system", more.into_iter())
+        };
+        assert_ne!(with("shop/c"), shop);
+        assert_ne!(with("veil-system/n"), shop);
+        assert_eq!(with("shop-2/c"), shop);
+    }
 
     #[test]
     fn names_give_their_namespace_and_waypoints_see_only_theirs() {

@@ -10,4 +10,3 @@ pub mod csr;
 pub mod kubernetes;
 pub mod server;
 pub mod service;
-pub mod status;

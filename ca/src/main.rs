@@ -17,7 +17,6 @@ use veil_ca::kubernetes::{
 };
 use veil_ca::server::{ServerLimits, ServingCert, serve};
 use veil_ca::service::{CaService, IssuePolicy};
-use veil_ca::status;
 use veil_mesh::discovery::MeshSettings;
 use veil_mesh::identity::{Identity, parse_trust_domain};
 use veil_mesh::serve::shutdown_signal;
@@ -49,7 +48,7 @@ struct Args {
     #[arg(long, requires = "signing_cert")]
     intermediates: Option<PathBuf>,
     /// Kubernetes mode: callers by TokenReview (audience veil-ca), placement from the API, the root
-    /// in a Secret, the root certificate published to every namespace, policy status written.
+    /// in a Secret, the root certificate published to every namespace (policy status is the controller's).
     #[arg(long, env = "VEIL_CA_KUBERNETES", conflicts_with_all = ["tokens", "placement", "mesh_config"])]
     kubernetes: bool,
     /// Kubernetes mode: the CA's own namespace (where its root Secret lives).
@@ -155,13 +154,6 @@ async fn main() -> anyhow::Result<()> {
     if let Some(client) = &kube {
         let root = authority.root_pem().to_owned();
         tokio::spawn(publish_root(client.clone(), root, Duration::from_secs(300)));
-        let settings = MeshSettings {
-            trust_domain: trust_domain.clone(),
-            root_namespace: args.root_namespace.clone(),
-        };
-        let snapshots =
-            veil_mesh::discovery::kubernetes::start(client.clone(), settings, |_| {}).await;
-        tokio::spawn(status::write_forever(client.clone(), snapshots));
     }
     let serving = ServingCert::new(
         &authority,

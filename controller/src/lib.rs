@@ -5,7 +5,9 @@
 pub mod ads;
 pub mod auth;
 pub mod hub;
+pub mod lease;
 pub mod metrics;
 pub mod server;
 pub mod service;
+pub mod status;
 pub mod translate;

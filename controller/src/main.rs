@@ -14,11 +14,12 @@ use tracing::{info, warn};
 use veil_ca::authn::{Authenticator, StaticTokens};
 use veil_ca::kubernetes::TokenReviewer;
 use veil_controller::auth::{ReviewBudget, SubscriberAuth};
+use veil_controller::lease::LeaseConfig;
 use veil_controller::metrics::Metrics;
 use veil_controller::server::{ServerLimits, fixed, load_serving_cert, serve};
 use veil_controller::service::Discovery;
-use veil_controller::translate;
-use veil_mesh::discovery::{self, MeshSettings, Origin};
+use veil_controller::{status, translate};
+use veil_mesh::discovery::{self, MeshSettings, Origin, kubernetes};
 use veil_mesh::identity::{
     CertManager, GrpcCaClient, Identity, ManagerConfig, TokenSource, TrustBundle,
     parse_trust_domain,
@@ -104,6 +105,27 @@ struct Args {
     /// one 128 KiB part at a time); the others wait their turn.
     #[arg(long, env = "VEIL_CONTROLLER_CONCURRENT_SYNCS", default_value_t = veil_controller::service::CONCURRENT_SYNCS as u16, value_parser = clap::value_parser!(u16).range(1..))]
     concurrent_syncs: u16,
+    /// In Kubernetes: write each policy's status (its Accepted and Enforced conditions). Only the
+    /// replica holding the status lease writes.
+    #[arg(long, env = "VEIL_CONTROLLER_WRITE_STATUS", default_value_t = true, action = clap::ArgAction::Set)]
+    write_status: bool,
+    /// The Lease (in `--namespace`) whose holder writes policy status.
+    #[arg(
+        long,
+        env = "VEIL_CONTROLLER_STATUS_LEASE",
+        default_value = "veil-controller-status"
+    )]
+    status_lease: String,
+    /// How long the status lease holds without being renewed: how long status goes unwritten after
+    /// its holder dies without releasing it.
+    #[arg(long, env = "VEIL_CONTROLLER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// The controller's own namespace (where the status lease is).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "veil-system")]
+    namespace: String,
+    /// This replica's name as the lease's holder; by default `$HOSTNAME` (a pod's name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "VEIL_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -135,34 +157,53 @@ async fn main() -> anyhow::Result<()> {
     );
     // Kept for the life of the process: it renews the mesh certificate served.
     let (serving, _certs) = serving_cert(&args, &trust_domain, &bundle).await?;
-    let tokens: Option<Arc<dyn Authenticator>> = match (&args.mesh_config, &args.tokens) {
+    let lease = lease_config(&args)?;
+    // Without the mesh file, the Kubernetes API: the mesh, token reviews and policy status.
+    let kube = match &args.mesh_config {
+        Some(_) => None,
+        None => Some(
+            kube::Client::try_default()
+                .await
+                .context("no --mesh-config, and no Kubernetes API to watch instead")?,
+        ),
+    };
+    let tokens: Option<Arc<dyn Authenticator>> = match (&kube, &args.tokens) {
         (_, Some(path)) => Some(Arc::new(StaticTokens::from_file(path)?)),
-        (Some(_), None) => None,
-        (None, None) => Some(Arc::new(ReviewBudget::new(Arc::new(
-            TokenReviewer::new(
-                kube::Client::try_default()
-                    .await
-                    .context("connecting to the Kubernetes API")?,
-                trust_domain.clone(),
-            )
-            .with_audiences(args.token_audiences.clone()),
+        (None, None) => None,
+        (Some(client), None) => Some(Arc::new(ReviewBudget::new(Arc::new(
+            TokenReviewer::new(client.clone(), trust_domain.clone())
+                .with_audiences(args.token_audiences.clone()),
         )))),
     };
-    let origin = match &args.mesh_config {
-        Some(path) => Origin::File {
-            path: path.clone(),
-            poll: args.poll,
-        },
-        None => Origin::Kubernetes,
-    };
     let metrics = Arc::new(Metrics::new());
-    let states = discovery::open(
-        &origin,
-        settings,
-        |e| warn!(error = %e, "configuration refused"),
-        None,
-    )
-    .await?;
+    let on_reject = |e: &discovery::ConfigError| warn!(error = %e, "configuration refused");
+    let (states, status) = match (&kube, &args.mesh_config) {
+        (Some(client), _) => {
+            info!("watching the Kubernetes API");
+            let snapshots = kubernetes::start(client.clone(), settings.clone(), on_reject).await;
+            let status = lease.map(|lease| {
+                let (leading, competing) = veil_controller::lease::compete(client.clone(), lease);
+                let writing = tokio::spawn(status::write_while_leading(
+                    client.clone(),
+                    leading.clone(),
+                    snapshots.clone(),
+                ));
+                (leading, competing, writing)
+            });
+            (discovery::states_of(snapshots, settings, None), status)
+        }
+        (None, Some(path)) => {
+            let origin = Origin::File {
+                path: path.clone(),
+                poll: args.poll,
+            };
+            (
+                discovery::open(&origin, settings, on_reject, None).await?,
+                None,
+            )
+        }
+        (None, None) => unreachable!("a client is made when there is no mesh file"),
+    };
     let (hub, translated) = translate::first(&states, &metrics);
     tokio::spawn(translate::follow(
         states,
@@ -208,7 +249,36 @@ async fn main() -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await;
+    // Hand the status lease on now rather than when it runs out.
+    if let Some((leading, competing, writing)) = status {
+        writing.abort();
+        let _ = writing.await;
+        drop(leading);
+        let _ = tokio::time::timeout(Duration::from_secs(5), competing).await;
+    }
     Ok(())
+}
+
+/// The status lease this replica competes for; `None` where no status is written (the mesh file,
+/// or `--write-status=false`).
+fn lease_config(args: &Args) -> anyhow::Result<Option<LeaseConfig>> {
+    if args.mesh_config.is_some() || !args.write_status {
+        return Ok(None);
+    }
+    let holder = match &args.pod_name {
+        Some(name) => name.clone(),
+        None => std::env::var("HOSTNAME").context(
+            "the status lease needs this replica's name: set --pod-name (POD_NAME), or --write-status=false",
+        )?,
+    };
+    let config = LeaseConfig {
+        name: args.status_lease.clone(),
+        namespace: args.namespace.clone(),
+        holder,
+        duration: args.lease_duration,
+    };
+    config.validate().map_err(anyhow::Error::msg)?;
+    Ok(Some(config))
 }
 
 /// The certificate the controller serves with: from files, or its mesh certificate from the CA

@@ -9,6 +9,6 @@ mod source;
 mod state;
 
 pub use model::{Service, ServicePort, Waypoint, WaypointRef, Workload, selects};
-pub use source::{AddressLookup, NodeAddresses, Origin, open};
+pub use source::{AddressLookup, NodeAddresses, Origin, open, states_of};
 pub(crate) use state::front_one;
 pub use state::{ConfigError, MeshSettings, MeshState, Summary};

@@ -64,15 +64,25 @@ pub async fn open(
             })?;
             info!("watching the Kubernetes API");
             let snapshots = kubernetes::start(client, settings.clone(), on_reject).await;
-            let (tx, rx) = watch::channel(snapshots.borrow().state.clone());
-            let NodeAddresses { changed, lookup } = node.unwrap_or_else(|| NodeAddresses {
-                changed: watch::channel(0).1,
-                lookup: Box::new(|_, _| None),
-            });
-            tokio::spawn(kubernetes::publish(
-                snapshots, settings, tx, changed, lookup,
-            ));
-            Ok(rx)
+            Ok(states_of(snapshots, settings, node))
         }
     }
+}
+
+/// The mesh of each of the Kubernetes API's snapshots, as [`open`] publishes it, for a caller
+/// that reads the snapshots too (the controller writes policy status from their objects).
+pub fn states_of(
+    snapshots: watch::Receiver<Arc<kubernetes::Snapshot>>,
+    settings: MeshSettings,
+    node: Option<NodeAddresses>,
+) -> watch::Receiver<Arc<MeshState>> {
+    let (tx, rx) = watch::channel(snapshots.borrow().state.clone());
+    let NodeAddresses { changed, lookup } = node.unwrap_or_else(|| NodeAddresses {
+        changed: watch::channel(0).1,
+        lookup: Box::new(|_, _| None),
+    });
+    tokio::spawn(kubernetes::publish(
+        snapshots, settings, tx, changed, lookup,
+    ));
+    rx
 }

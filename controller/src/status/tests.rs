@@ -108,6 +108,7 @@ async fn statuses_are_written_to_the_status_subresource_once() {
         Some((200, serde_json::json!({"apiVersion": "security.veil.dev/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "x", "namespace": "production"}, "spec": {}, "status": value["status"]}).to_string()))
     });
     let state = Arc::new(state());
+    let (_lease, leading) = watch::channel(true);
     let mut policy: AuthorizationPolicy = serde_json::from_value(serde_json::json!({
         "apiVersion": "security.veil.dev/v1", "kind": "AuthorizationPolicy",
         "metadata": {"name": "l4", "namespace": "production", "generation": 4},
@@ -122,7 +123,7 @@ async fn statuses_are_written_to_the_status_subresource_once() {
         state: state.clone(),
         invalid: vec![],
     };
-    write(&client, &snapshot).await;
+    write(&client, &snapshot, &leading).await;
     let written = patches.lock().unwrap().clone();
     assert_eq!(written.len(), 1);
     assert!(
@@ -147,6 +148,96 @@ async fn statuses_are_written_to_the_status_subresource_once() {
         state,
         invalid: vec![],
     };
-    write(&client, &snapshot).await;
+    write(&client, &snapshot, &leading).await;
     assert_eq!(patches.lock().unwrap().len(), 1);
+}
+
+/// A client recording every PATCH it is sent (path, body), answering each as the API server would.
+fn recording_client() -> (Client, Arc<std::sync::Mutex<Vec<String>>>) {
+    let patches: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let log = patches.clone();
+    let client = veil_mesh::testing::fake_kube(move |method, path, body| {
+        assert_eq!(method, http::Method::PATCH);
+        let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+        log.lock().unwrap().push(path.to_owned());
+        Some((200, serde_json::json!({"apiVersion": "security.veil.dev/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "x", "namespace": "production"}, "spec": {}, "status": value["status"]}).to_string()))
+    });
+    (client, patches)
+}
+
+fn snapshot_of(names: &[&str]) -> Arc<Snapshot> {
+    let policies = names
+        .iter()
+        .map(|name| {
+            Arc::new(
+                serde_json::from_value::<AuthorizationPolicy>(serde_json::json!({
+                    "apiVersion": "security.veil.dev/v1", "kind": "AuthorizationPolicy",
+                    "metadata": {"name": name, "namespace": "production", "generation": 1},
+                    "spec": {"selector": {"matchLabels": {"app": "account"}}}
+                }))
+                .unwrap(),
+            )
+        })
+        .collect();
+    Arc::new(Snapshot {
+        objects: veil_mesh::discovery::kubernetes::Objects {
+            authorization_policies: policies,
+            ..Default::default()
+        },
+        state: Arc::new(state()),
+        invalid: vec![],
+    })
+}
+
+#[tokio::test]
+async fn only_the_replica_holding_the_lease_writes_and_it_stops_when_it_loses_it() {
+    let (client, patches) = recording_client();
+    let (lease, leading) = watch::channel(false);
+    let (snapshots_tx, snapshots) = watch::channel(snapshot_of(&["first"]));
+    let writer = tokio::spawn(write_while_leading(client, leading, snapshots));
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(200));
+
+    settle().await;
+    assert!(
+        patches.lock().unwrap().is_empty(),
+        "written without the lease"
+    );
+
+    // Taking the lease writes what the newest snapshot says.
+    lease.send_replace(true);
+    settle().await;
+    assert_eq!(patches.lock().unwrap().len(), 1);
+    assert!(patches.lock().unwrap()[0].contains("/authorizationpolicies/first/status"));
+
+    // Each new snapshot while leading is written...
+    snapshots_tx.send_replace(snapshot_of(&["second"]));
+    settle().await;
+    assert_eq!(patches.lock().unwrap().len(), 2);
+
+    // ...and none after the lease is lost.
+    lease.send_replace(false);
+    settle().await;
+    snapshots_tx.send_replace(snapshot_of(&["third"]));
+    settle().await;
+    assert_eq!(
+        patches.lock().unwrap().len(),
+        2,
+        "written after losing the lease"
+    );
+
+    // The source going away ends the writer.
+    drop(snapshots_tx);
+    lease.send_replace(true);
+    tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+        .await
+        .expect("the writer ends with its source")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_writer_without_the_lease_writes_nothing() {
+    let (client, patches) = recording_client();
+    let (_lease, leading) = watch::channel(false);
+    write(&client, &snapshot_of(&["a", "b"]), &leading).await;
+    assert!(patches.lock().unwrap().is_empty());
 }

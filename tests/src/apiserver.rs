@@ -3,7 +3,12 @@
 //! objects are put in by the caller (the end-to-end tests from files, the scale benchmark from a
 //! generator); every change becomes a watch event with a fresh resourceVersion. Only the newest
 //! events are kept: a watch from an older version gets `410 Expired`, as from a real API server
-//! whose watch cache has moved on, and the client lists again.
+//! whose watch cache has moved on, and the client lists again. The writes the controller makes
+//! (its status Lease, policy status) are served too ([`writes`]).
+
+mod writes;
+
+pub use writes::Write;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -53,15 +58,20 @@ pub struct ApiStore {
     /// (resource, `namespace/name`) → the object as served.
     objects: BTreeMap<(&'static str, String), Bytes>,
     events: VecDeque<Event>,
+    /// `namespace/name` → a Lease.
+    leases: BTreeMap<String, writes::Lease>,
 }
 
 impl ApiStore {
     fn resource(resource: &str) -> &'static str {
+        Self::served(resource).unwrap_or_else(|| panic!("{resource} is not a resource served"))
+    }
+
+    fn served(resource: &str) -> Option<&'static str> {
         RESOURCES
             .iter()
             .find(|(_, r, _)| *r == resource)
             .map(|(_, r, _)| *r)
-            .unwrap_or_else(|| panic!("{resource} is not a resource served"))
     }
 
     /// Creates or replaces `object` (under `key`, unique within its resource), stamped with the
@@ -301,15 +311,49 @@ pub fn not_found() -> Response<Body> {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     api: Api,
-    other: impl Fn(&Request<hyper::body::Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
+    other: impl Fn(&http::request::Parts) -> Response<Body> + Clone + Send + Sync + 'static,
 ) -> std::io::Result<()> {
     loop {
         let (tcp, _) = listener.accept().await?;
         let (api, other) = (api.clone(), other.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let response = api.handle(&req).unwrap_or_else(|| other(&req));
-                async move { Ok::<_, Infallible>(response) }
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (api, other) = (api.clone(), other.clone());
+                async move {
+                    if req.method() == http::Method::GET
+                        && let Some(response) = api.handle(&req)
+                    {
+                        return Ok::<_, Infallible>(response);
+                    }
+                    let (parts, body) = req.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let query: BTreeMap<&str, &str> = parts
+                        .uri
+                        .query()
+                        .unwrap_or_default()
+                        .split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .collect();
+                    let content_type = parts
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    let write = Write {
+                        method: &parts.method,
+                        path: parts.uri.path(),
+                        query: &query,
+                        content_type,
+                        body: &body,
+                    };
+                    Ok(api
+                        .change(|s| s.write(&write))
+                        .unwrap_or_else(|| other(&parts)))
+                }
             });
             let _ =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -321,6 +365,8 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use http::Method;
+
     use super::*;
 
     fn get(api: &Api, uri: &str) -> Value {
@@ -386,5 +432,174 @@ mod tests {
         let gone = get(&api, "/api/v1/pods?watch=1&resourceVersion=5");
         assert_eq!(gone["type"], "ERROR");
         assert_eq!(gone["object"]["code"], 410);
+    }
+
+    fn write(
+        api: &Api,
+        method: Method,
+        uri: &str,
+        content_type: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+        let query: BTreeMap<&str, &str> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let body = body.to_string();
+        let w = Write {
+            method: &method,
+            path,
+            query: &query,
+            content_type,
+            body: body.as_bytes(),
+        };
+        let response = api.change(|s| s.write(&w)).expect("a served path");
+        let code = response.status().as_u16();
+        let body = futures_util::FutureExt::now_or_never(response.into_body().collect())
+            .expect("a whole body")
+            .unwrap()
+            .to_bytes();
+        (code, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[test]
+    fn two_appliers_of_a_lease_conflict_until_the_holder_is_cleared() {
+        let api = Api::default();
+        let lease = "/apis/coordination.k8s.io/v1/namespaces/veil-system/leases/l";
+        let apply = "application/apply-patch+yaml";
+        let strategic = "application/strategic-merge-patch+json";
+        let holder = |h: &str| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": {"holderIdentity": h, "leaseDurationSeconds": 15}});
+        assert_eq!(write(&api, Method::GET, lease, "", Value::Null).0, 404);
+        let (code, created) = write(
+            &api,
+            Method::POST,
+            "/apis/coordination.k8s.io/v1/namespaces/veil-system/leases?fieldManager=a",
+            "application/json",
+            json!({"metadata": {"name": "l"}, "spec": {}}),
+        );
+        assert_eq!(code, 201, "{created}");
+        assert_eq!(
+            write(
+                &api,
+                Method::POST,
+                "/apis/coordination.k8s.io/v1/namespaces/veil-system/leases",
+                "application/json",
+                json!({"metadata": {"name": "l"}})
+            )
+            .0,
+            409
+        );
+
+        // a takes it; b, applying another holder, conflicts; a renewing does not.
+        assert_eq!(
+            write(
+                &api,
+                Method::PATCH,
+                &format!("{lease}?fieldManager=a"),
+                apply,
+                holder("a")
+            )
+            .0,
+            200
+        );
+        let (code, refused) = write(
+            &api,
+            Method::PATCH,
+            &format!("{lease}?fieldManager=b"),
+            apply,
+            holder("b"),
+        );
+        assert_eq!(
+            (code, refused["reason"].as_str()),
+            (409, Some("Conflict")),
+            "{refused}"
+        );
+        assert_eq!(
+            write(
+                &api,
+                Method::PATCH,
+                &format!("{lease}?fieldManager=a"),
+                strategic,
+                json!({"spec": {"renewTime": "2026-12-03T12:00:00.000000Z"}})
+            )
+            .0,
+            200
+        );
+
+        // Cleared (released, or an expired holder cleared by b), b's apply goes through.
+        let clear = json!({"spec": {"holderIdentity": null, "renewTime": null}});
+        assert_eq!(
+            write(
+                &api,
+                Method::PATCH,
+                &format!("{lease}?fieldManager=b"),
+                strategic,
+                clear
+            )
+            .0,
+            200
+        );
+        let (code, taken) = write(
+            &api,
+            Method::PATCH,
+            &format!("{lease}?fieldManager=b"),
+            apply,
+            holder("b"),
+        );
+        assert_eq!(code, 200, "{taken}");
+        assert_eq!(taken["spec"]["holderIdentity"], "b");
+        assert!(taken["spec"].get("renewTime").is_none());
+        let (_, read) = write(&api, Method::GET, lease, "", Value::Null);
+        assert_eq!(read["spec"]["holderIdentity"], "b");
+    }
+
+    #[test]
+    fn a_status_patch_is_stored_and_announced() {
+        let api = Api::default();
+        api.change(|s| {
+            let policy = json!({"apiVersion": "security.veil.dev/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "p", "namespace": "n"}, "spec": {"action": "DENY"}});
+            s.put("authorizationpolicies", "p.json", policy, true);
+        });
+        let uri = "/apis/security.veil.dev/v1/namespaces/n/authorizationpolicies/p/status";
+        let status = json!({"status": {"conditions": [{"type": "Accepted", "status": "True"}]}});
+        let (code, written) = write(
+            &api,
+            Method::PATCH,
+            uri,
+            "application/merge-patch+json",
+            status.clone(),
+        );
+        assert_eq!(code, 200, "{written}");
+        assert_eq!(written["status"], status["status"]);
+        assert_eq!(written["spec"]["action"], "DENY", "the spec is kept");
+        let missing = uri.replace("/p/", "/q/");
+        assert_eq!(
+            write(
+                &api,
+                Method::PATCH,
+                &missing,
+                "application/merge-patch+json",
+                status
+            )
+            .0,
+            404
+        );
+        // A MODIFIED event for watchers.
+        assert_eq!(
+            api.lock().events.back().map(|e| e.resource),
+            Some("authorizationpolicies")
+        );
+        assert!(
+            api.lock()
+                .events
+                .back()
+                .is_some_and(|e| e.line.starts_with(br#"{"type":"MODIFIED""#))
+        );
+        let list = get(&api, "/apis/security.veil.dev/v1/authorizationpolicies");
+        assert_eq!(
+            list["items"][0]["status"]["conditions"][0]["type"],
+            "Accepted"
+        );
     }
 }

@@ -114,6 +114,14 @@ pub fn start_replica(
     let mut env = vec![("RUST_LOG", "info")];
     if mesh.spec.kubernetes {
         env.push(("KUBECONFIG", &kubeconfig));
+        // Its name as the status lease's holder, as the chart passes the pod's; a lease that a
+        // killed replica's successor takes over within seconds.
+        argv.extend([
+            "--pod-name".into(),
+            format!("veil-controller-{replica}"),
+            "--lease-duration".into(),
+            "4s".into(),
+        ]);
     } else {
         argv.extend([
             "--mesh-config".into(),

@@ -289,3 +289,132 @@ fn a_waypoint_receives_its_namespace_from_the_controller_and_enforces_api_polici
     assert_eq!(bank, 403);
     m.stop_waypoint("waypoint");
 }
+
+/// The statuses the fake API server was sent for AuthorizationPolicy `shop/<name>`.
+fn statuses(m: &Mesh, name: &str) -> Vec<String> {
+    let prefix = format!("status of authorizationpolicies shop/{name}: ");
+    m.api_log()
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn policy(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "security.veil.dev/v1", "kind": "AuthorizationPolicy", "metadata": {"name": name, "namespace": "shop", "uid": format!("ap-{name}"), "generation": 1}, "spec": spec})
+}
+
+const HOLDING: &str = "holding the status lease";
+
+#[test]
+fn policy_status_is_written_once_by_the_replica_holding_the_lease_and_another_takes_over() {
+    use veil_e2e::controlplane::start_replica;
+    if skip_unless_root("status_lease") {
+        return;
+    }
+    let mut m = kube_mesh(vec![
+        PodSpec::new("client", "shop", "node-a"),
+        PodSpec::new("server", "shop", "node-a"),
+    ]);
+    let first = m.controller.take().expect("the first replica");
+    let second = start_replica(&m, &[], true, 1).expect("a second replica");
+
+    // A policy with a typo is refused and says so on itself, written by one replica.
+    let typo = json!({"selector": {"matchLabels": {"app": "server"}}, "rules": [{"when": [{"key": "request.bogus", "values": ["x"]}]}]});
+    m.api()
+        .put("authorizationpolicies", "typo", &policy("typo", typo))
+        .unwrap();
+    assert!(
+        m.eventually(SETTLE, || statuses(&m, "typo").len() == 1),
+        "no status for the refused policy:\n{}",
+        m.api_log()
+    );
+    assert!(
+        statuses(&m, "typo")[0].contains("Invalid"),
+        "{:?}",
+        statuses(&m, "typo")
+    );
+    let holders = |replicas: &[&veil_e2e::controlplane::Controller]| {
+        replicas
+            .iter()
+            .filter(|c| c.proc.output().contains(HOLDING))
+            .count()
+    };
+    assert_eq!(
+        holders(&[&first, &second]),
+        1,
+        "not exactly one replica holds the lease"
+    );
+
+    // A valid policy: written once, though both replicas see it.
+    let allow = json!({"selector": {"matchLabels": {"app": "server"}}, "rules": [{"from": [{"source": {"namespaces": ["shop"]}}]}]});
+    m.api()
+        .put("authorizationpolicies", "allow", &policy("allow", allow))
+        .unwrap();
+    assert!(m.eventually(SETTLE, || !statuses(&m, "allow").is_empty()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        statuses(&m, "allow").len(),
+        1,
+        "{:?}",
+        statuses(&m, "allow")
+    );
+    assert!(
+        statuses(&m, "allow")[0].contains("Ztunnel"),
+        "{:?}",
+        statuses(&m, "allow")
+    );
+    assert_eq!(
+        statuses(&m, "typo").len(),
+        1,
+        "an unchanged status was written again"
+    );
+
+    // The holder crashes (SIGKILL: it releases nothing); the other takes the lease once it runs
+    // out, and writes what changed meanwhile.
+    let (mut holder, mut survivor) = if first.proc.output().contains(HOLDING) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    holder.proc.kill();
+    let late = json!({"selector": {"matchLabels": {"app": "client"}}, "rules": [{}]});
+    m.api()
+        .put("authorizationpolicies", "late", &policy("late", late))
+        .unwrap();
+    assert!(
+        m.eventually(Duration::from_secs(30), || statuses(&m, "late").len() == 1),
+        "the surviving replica never wrote status:\n{}",
+        survivor.proc.output()
+    );
+    assert!(survivor.proc.output().contains(HOLDING));
+
+    // A replica stopped gracefully hands the lease over as it goes.
+    let third = start_replica(&m, &[], true, 2).expect("a third replica");
+    survivor.proc.terminate();
+    assert!(
+        survivor.proc.wait_exit(Duration::from_secs(10)),
+        "the replica did not stop"
+    );
+    assert!(
+        survivor.proc.output().contains("released the status lease"),
+        "{}",
+        survivor.proc.output()
+    );
+    assert!(
+        m.eventually(SETTLE, || third.proc.output().contains(HOLDING)),
+        "{}",
+        third.proc.output()
+    );
+    let gone = json!({"selector": {"matchLabels": {"app": "nothing"}}, "rules": [{}]});
+    m.api()
+        .put("authorizationpolicies", "gone", &policy("gone", gone))
+        .unwrap();
+    assert!(m.eventually(SETTLE, || statuses(&m, "gone").len() == 1));
+    assert!(
+        statuses(&m, "gone")[0].contains("NoTargets"),
+        "{:?}",
+        statuses(&m, "gone")
+    );
+    m.controller = Some(third);
+}

@@ -64,6 +64,15 @@ impl Mesh {
         Ok(())
     }
 
+    /// Kubernetes mode: what the fake API server logged (among it, each status written).
+    pub fn api_log(&self) -> String {
+        self.api
+            .as_ref()
+            .expect("a Kubernetes-mode mesh")
+            .1
+            .output()
+    }
+
     /// Kubernetes mode: the API objects.
     pub fn api(&self) -> &ApiObjects {
         &self.api.as_ref().expect("a Kubernetes-mode mesh").0

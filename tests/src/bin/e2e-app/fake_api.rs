@@ -69,7 +69,7 @@ pub(crate) async fn serve(listen: SocketAddr, dir: PathBuf) -> anyhow::Result<()
     let listener = TcpListener::bind(listen).await?;
     println!("fake API server listening on {listen}");
     serve_api(listener, api, |req| {
-        println!("{} {} (not served)", req.method(), req.uri());
+        println!("{} {} (not served)", req.method, req.uri);
         not_found()
     })
     .await?;

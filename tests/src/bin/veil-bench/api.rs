@@ -138,7 +138,7 @@ pub(crate) async fn run(c: Cluster) -> anyhow::Result<()> {
     let moved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (api_for_changes, groups_for_changes) = (api.clone(), groups);
     serve(listener, api, move |req| {
-        if req.method() != http::Method::POST || req.uri().path() != "/bench/change" {
+        if req.method != http::Method::POST || req.uri.path() != "/bench/change" {
             return not_found();
         }
         let away = !moved.fetch_xor(true, std::sync::atomic::Ordering::SeqCst);

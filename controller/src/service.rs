@@ -11,9 +11,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 use veil_mesh::identity::Identity;
 use veil_mesh::telemetry::LogLimiter;
-use veil_mesh::xds::Kind;
 use veil_mesh::xds::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use veil_mesh::xds::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use veil_mesh::xds::{Audience, Kind};
 
 use crate::ads::Stream;
 use crate::auth::{ConnectionAuth, Subscriber, SubscriberAuth};
@@ -162,8 +162,23 @@ async fn drive(
                 Ok(None) => break "the client closed the stream".to_owned(),
                 Err(status) => break format!("stream error: {}", status.message()),
             },
-            changed = snapshots.changed() => if changed.is_err() {
-                break "the controller is shutting down".to_owned();
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break "the controller is shutting down".to_owned();
+                }
+                // A waypoint is served for as long as the mesh has it as one: its Service
+                // relabelled, or its pods running as another account, ends the stream.
+                if matches!(subscriber.audience, Audience::Waypoint { .. })
+                    && !service.hub.current().resources.is_waypoint(&subscriber.identity)
+                {
+                    let status = Status::permission_denied(format!(
+                        "{} is no longer a waypoint of the mesh",
+                        subscriber.identity
+                    ));
+                    let _ = tx.try_send(Err(status));
+                    metrics.refused.inc();
+                    break "no longer a waypoint of the mesh".to_owned();
+                }
             },
             () = sleep_until(deadline) => {
                 let status = Status::deadline_exceeded(format!(

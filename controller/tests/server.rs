@@ -687,4 +687,22 @@ async fn a_waypoint_is_served_its_own_namespace_and_nothing_else() {
     assert_eq!(refused(result).await, Code::PermissionDenied);
     let (_tx, result) = open_kinds(&mut client(&server, None), Some(OTHER_TOKEN), &kinds).await;
     assert_eq!(refused(result).await, Code::PermissionDenied);
+
+    // The waypoint now runs as another account: the old identity's open stream ends, refused.
+    let without_wp = WAYPOINTS.replace(
+        "{name: wp, namespace: shop, serviceAccount: wp,",
+        "{name: wp, namespace: shop, serviceAccount: wp-v2,",
+    );
+    assert_ne!(without_wp, WAYPOINTS);
+    server.hub.publish(Resources::from_state(
+        &local::parse(&without_wp, &MeshSettings::default()).unwrap(),
+    ));
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream ends");
+    assert_eq!(
+        end.expect_err("refused").code(),
+        Code::PermissionDenied,
+        "a waypoint that is no longer one was kept"
+    );
 }

@@ -530,3 +530,126 @@ fn a_pod_that_cannot_be_captured_is_reported_not_silently_skipped() {
     );
     assert!(m.ztunnel_log("node-a").contains("CAPTURE FAILED"));
 }
+
+/// `curl` from the network namespace `netns` (a node's: what the kubelet runs in), with `args`.
+fn curl_in(netns: &str, args: &[&str], url: &str) -> Option<u16> {
+    let mut argv = vec![
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-m",
+        "5",
+        "-w",
+        "%{http_code}",
+    ];
+    argv.extend_from_slice(args);
+    argv.push(url);
+    let out = veil_e2e::cluster::exec(netns, &argv).ok()?;
+    let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    (out.status.success() && code != 0).then_some(code)
+}
+
+/// Packets the node's probe guard dropped.
+fn guard_drops(node: &str) -> u64 {
+    let guard = veil_e2e::cluster::exec(
+        node,
+        &[
+            "iptables",
+            "-t",
+            "raw",
+            "-L",
+            "VEIL_PROBE_GUARD",
+            "-v",
+            "-n",
+            "-x",
+        ],
+    )
+    .unwrap();
+    String::from_utf8_lossy(&guard.stdout)
+        .lines()
+        .find(|l| l.contains("DROP"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn kubelet_probes_from_the_node_pass_under_strict_and_nothing_else_gets_plaintext_in() {
+    if skip_unless_root("kubelet_probes") {
+        return;
+    }
+    let m = mesh(
+        vec![
+            PodSpec::new("server", "user-data", "node-a"),
+            PodSpec::new("rogue", "default", "node-a").not_enrolled(),
+        ],
+        "",
+    );
+    let node_a = m.cluster.node("node-a").netns.clone();
+    let node_b = m.cluster.node("node-b").netns.clone();
+    let server = url(&m, "server", 8080, "/healthz");
+    assert!(
+        m.eventually(SETTLE, || m
+            .ztunnel_log("node-a")
+            .contains("kubelet probe rules set on the node")),
+        "{}",
+        m.ztunnel_log("node-a")
+    );
+
+    // The kubelet's HTTP probe (plaintext from the node) reaches the application, from the probe
+    // source; so does a TCP probe.
+    assert_eq!(curl_in(&node_a, &[], &server), Some(200));
+    assert!(
+        m.app_log("server").contains("http from 169.254.7.127"),
+        "{}",
+        m.app_log("server")
+    );
+    let tcp = veil_e2e::cluster::exec(
+        &node_a,
+        &[
+            "timeout",
+            "5",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{}/9090", m.cluster.pod("server").ip),
+        ],
+    )
+    .unwrap();
+    assert!(tcp.status.success(), "TCP probe failed: {tcp:?}");
+
+    // A pod outside the mesh on the same node gets nothing in plaintext, not even when it forges
+    // the probe source (the node drops it on arrival).
+    assert_eq!(m.curl("rogue", &server).ok().map(|r| r.0), None);
+    let rogue = m.cluster.pod("rogue").netns.clone();
+    veil_e2e::cluster::exec(
+        &rogue,
+        &["ip", "addr", "add", "169.254.7.127/32", "dev", "eth0"],
+    )
+    .unwrap();
+    assert_eq!(
+        curl_in(&rogue, &["--interface", "169.254.7.127"], &server),
+        None,
+        "a pod forging the probe source got in"
+    );
+    // Dropped by the node's guard (bridged between two pods of the node as it is), not merely
+    // unanswered.
+    assert!(guard_drops(&node_a) > 0, "the node's guard dropped nothing");
+    // Another node is not this node: its plaintext is refused, forged probe source or not.
+    assert_eq!(curl_in(&node_b, &[], &server), None);
+    veil_e2e::cluster::exec(
+        &node_b,
+        &["ip", "addr", "add", "169.254.7.127/32", "dev", "lo"],
+    )
+    .unwrap();
+    assert_eq!(
+        curl_in(&node_b, &["--interface", "169.254.7.127"], &server),
+        None,
+        "another node forging the probe source got in"
+    );
+    assert_eq!(
+        m.app_log("server").matches("http from").count(),
+        1,
+        "only the probe reached the application:\n{}",
+        m.app_log("server")
+    );
+}

@@ -244,6 +244,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             },
             limits,
             udp: config.udp_allowance(),
+            kubelet_probes: config.kubelet_probes,
             ..DataPathSettings::default()
         },
     );

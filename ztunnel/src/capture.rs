@@ -4,7 +4,9 @@
 //! `nat` table:
 //! - outbound TCP the pod opens is redirected to ztunnel's outbound listener (15001), except
 //!   loopback traffic and ztunnel's own marked sockets;
-//! - inbound TCP is redirected to the plaintext listener (15006), except HBONE (15008).
+//! - inbound TCP is redirected to the plaintext listener (15006), except HBONE (15008) and, with
+//!   kubelet probes admitted, TCP from the reserved probe source ([`PROBE_SOURCE_V4`]), which only
+//!   this node's own processes can originate ([`crate::probes`]).
 //!
 //! `filter` table:
 //! - the capture listeners (15001, 15006) take only connections that were redirected to them
@@ -56,6 +58,15 @@ const JUMPS: [(&str, &str, &str, &str); 4] = [
     ("nat", "PREROUTING", "-p tcp ", NAT_IN),
 ];
 
+/// The source address the node gives its own connections to captured pods (the kubelet's probes):
+/// link-local, so no other node routes it; the node drops it arriving from any interface. The same
+/// addresses as Istio's ambient mode, which operators' firewalls may already know.
+pub const PROBE_SOURCE_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 7, 127);
+/// The IPv6 probe source (unique-local, reserved the same way).
+pub const PROBE_SOURCE_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(
+    0xfd16, 0x9254, 0x7127, 0x1337, 0xffff, 0xffff, 0xffff, 0xffff,
+);
+
 /// IPv6 link-local unicast.
 const LINK_LOCAL_V6: &str = "fe80::/10";
 
@@ -103,21 +114,29 @@ impl Family {
         )
     }
 
-    fn restore(self) -> &'static str {
+    pub(crate) fn restore(self) -> &'static str {
         match self {
             Self::V4 => "iptables-restore",
             Self::V6 => "ip6tables-restore",
         }
     }
 
-    fn save(self) -> &'static str {
+    pub(crate) fn save(self) -> &'static str {
         match self {
             Self::V4 => "iptables-save",
             Self::V6 => "ip6tables-save",
         }
     }
 
-    fn tool(self) -> &'static str {
+    /// The probe source of this family, as a host network.
+    pub(crate) fn probe_source(self) -> String {
+        match self {
+            Self::V4 => format!("{PROBE_SOURCE_V4}/32"),
+            Self::V6 => format!("{PROBE_SOURCE_V6}/128"),
+        }
+    }
+
+    pub(crate) fn tool(self) -> &'static str {
         match self {
             Self::V4 => "iptables",
             Self::V6 => "ip6tables",
@@ -146,13 +165,13 @@ impl Default for UdpAllowance {
 
 /// The `iptables-restore --noflush` input that installs capture for `family`. Declaring veil's
 /// chains empties them, so applying it again replaces them; `jumps` are the jumps still missing
-/// (see [`missing_jumps`]).
-pub fn rules(family: Family, udp: &UdpAllowance, jumps: &[usize]) -> String {
+/// (see [`missing_jumps`]). `probes`: admit the node's probe source in plaintext.
+pub fn rules(family: Family, udp: &UdpAllowance, probes: bool, jumps: &[usize]) -> String {
     let mut filter = format!("*filter\n:{FILTER_IN} - [0:0]\n:{FILTER_OUT} - [0:0]\n");
     filter.push_str(&filter_in(family));
     filter.push_str(&filter_out(family, udp));
     let mut nat = format!("*nat\n:{NAT_OUT} - [0:0]\n:{NAT_IN} - [0:0]\n");
-    nat.push_str(&nat_rules(family));
+    nat.push_str(&nat_rules(family, probes));
     for &i in jumps {
         let (table, hook, matcher, chain) = JUMPS[i];
         let line = format!("-I {hook} 1 {matcher}-j {chain}\n");
@@ -220,8 +239,18 @@ fn filter_out(family: Family, udp: &UdpAllowance) -> String {
     out
 }
 
-fn nat_rules(family: Family) -> String {
+fn nat_rules(family: Family, probes: bool) -> String {
     let (loopback, hbone) = (family.loopback(), HBONE_PORT);
+    // The kubelet's probes reach the application as they would without the mesh: plaintext from
+    // the node itself, which the node marks with the probe source (see `crate::probes`).
+    let probe = if probes {
+        format!(
+            "-A {NAT_IN} -p tcp -s {} -j RETURN\n",
+            family.probe_source()
+        )
+    } else {
+        String::new()
+    };
     // A connection to a neighbour's IPv6 link-local address is bound to an interface: redirected
     // to `::1` it cannot be routed and hangs. It is left to the filter table, which resets it.
     let link_local = match family {
@@ -233,27 +262,32 @@ fn nat_rules(family: Family) -> String {
 -A {NAT_OUT} -d {loopback} -j RETURN
 {link_local}-A {NAT_OUT} -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}
 -A {NAT_IN} -p tcp --dport {hbone} -j RETURN
--A {NAT_IN} -p tcp -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}
+{probe}-A {NAT_IN} -p tcp -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}
 "
     )
 }
 
 /// The indices in [`JUMPS`] of the jumps absent from `save` (`iptables-save` output).
 pub fn missing_jumps(save: &str) -> Vec<usize> {
+    missing(save, &JUMPS)
+}
+
+/// The indices in `jumps` of those absent from `save`.
+pub(crate) fn missing(save: &str, jumps: &[(&str, &str, &str, &str)]) -> Vec<usize> {
     let mut table = "";
-    let mut present = [false; JUMPS.len()];
+    let mut present = vec![false; jumps.len()];
     for line in save.lines() {
         if let Some(name) = line.strip_prefix('*') {
             table = name.trim();
             continue;
         }
-        for (i, (t, hook, matcher, chain)) in JUMPS.iter().enumerate() {
+        for (i, (t, hook, matcher, chain)) in jumps.iter().enumerate() {
             if *t == table && line.trim() == format!("-A {hook} {matcher}-j {chain}") {
                 present[i] = true;
             }
         }
     }
-    (0..JUMPS.len()).filter(|&i| !present[i]).collect()
+    (0..jumps.len()).filter(|&i| !present[i]).collect()
 }
 
 /// Why ztunnel will not connect a captured connection to its original destination: every case
@@ -317,9 +351,10 @@ pub fn install(
     netns: &std::path::Path,
     family: Family,
     udp: &UdpAllowance,
+    probes: bool,
 ) -> Result<(), CaptureError> {
     let save = run_in(netns, family.save(), &[], None)?;
-    let input = rules(family, udp, &missing_jumps(&save));
+    let input = rules(family, udp, probes, &missing_jumps(&save));
     run_in(netns, family.restore(), &["--noflush"], Some(&input)).map(drop)
 }
 
@@ -360,11 +395,33 @@ fn run_in(
     args: &[&str],
     stdin: Option<&str>,
 ) -> Result<String, CaptureError> {
-    let mut child = Command::new("nsenter")
+    let mut command = Command::new("nsenter");
+    command
         .arg(format!("--net={}", netns.display()))
         .arg("--")
         .arg(tool)
-        .args(args)
+        .args(args);
+    run(command, tool, &netns.display().to_string(), stdin)
+}
+
+/// Runs `tool args` in ztunnel's own network namespace (the node's); its standard output.
+pub(crate) fn run_here(
+    tool: &'static str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, CaptureError> {
+    let mut command = Command::new(tool);
+    command.args(args);
+    run(command, tool, "the node's namespace", stdin)
+}
+
+fn run(
+    mut command: Command,
+    tool: &'static str,
+    netns: &str,
+    stdin: Option<&str>,
+) -> Result<String, CaptureError> {
+    let mut child = command
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -386,7 +443,7 @@ fn run_in(
     } else {
         Err(CaptureError::Failed {
             tool,
-            netns: netns.display().to_string(),
+            netns: netns.to_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         })
     }

@@ -100,6 +100,12 @@ pub struct Config {
     /// comma-separated.
     #[arg(long, env = "VEIL_UDP_ALLOWED_CIDRS", value_delimiter = ',', value_parser = parse_net)]
     pub udp_allowed_cidrs: Vec<IpNet>,
+    /// Admit the kubelet's probes to enrolled pods under STRICT: this node's own connections to the
+    /// pods it captured leave with a reserved source (169.254.7.127, fd16:9254:7127:1337:ffff:ffff:ffff:ffff)
+    /// that each pod lets through in plaintext and the node drops from anywhere else. Anything in
+    /// the node's network namespace (hostNetwork pods too) then reaches them in plaintext.
+    #[arg(long, env = "VEIL_KUBELET_PROBES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub kubelet_probes: bool,
     /// How long a live inbound connection that a policy change now denies may go on before it is
     /// closed (0: at once, as the policy says). Every mesh change re-checks every live connection.
     #[arg(long, env = "VEIL_POLICY_RECHECK_GRACE", default_value = "0s", value_parser = humantime::parse_duration)]

@@ -45,6 +45,9 @@ pub struct DataPathSettings {
     pub limits: Limits,
     /// UDP destinations enrolled pods may reach in clear (everything else non-TCP is refused).
     pub udp: UdpAllowance,
+    /// Admit the kubelet's probes: the node's own connections to captured pods reach them in
+    /// plaintext, with a source only the node can originate ([`crate::probes`]).
+    pub kubelet_probes: bool,
     /// How long a live connection that a new mesh state denies may go on before it is closed.
     pub recheck_grace: Duration,
 }
@@ -58,6 +61,7 @@ impl Default for DataPathSettings {
             h2: H2Settings::default(),
             limits: Limits::for_nofile(1024),
             udp: UdpAllowance::default(),
+            kubelet_probes: true,
             recheck_grace: Duration::ZERO,
         }
     }

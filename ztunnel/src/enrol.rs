@@ -5,7 +5,7 @@
 //! readiness endpoint, and retried: a pod is never left enrolled but uncaptured without anyone
 //! knowing. A removed pod loses its rules first, then its listeners.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -70,18 +70,54 @@ pub async fn run(
     let mut rx = ctx.state.clone();
     let mut cni = registry.subscribe();
     let mut enrolled: HashMap<String, Enrolled> = HashMap::new();
+    // The captured addresses the node's probe rules were last written for.
+    let mut probed: Option<BTreeSet<IpAddr>> = None;
     loop {
         let state = rx.borrow_and_update().clone();
         cni.borrow_and_update();
         reconcile(&ctx, &registry, &state, &mut enrolled, &status, &pinned_dir).await;
         registry.set_captured(enrolled.values().map(|e| e.local.workload.key()).collect());
-        let failing = lock(&status)
-            .values()
-            .any(|s| matches!(s, CaptureStatus::Failed { .. }));
+        let probes_failing =
+            ctx.settings.kubelet_probes && !sync_probes(&enrolled, &mut probed).await;
+        let failing = probes_failing
+            || lock(&status)
+                .values()
+                .any(|s| matches!(s, CaptureStatus::Failed { .. }));
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { break },
             changed = cni.changed() => if changed.is_err() { break },
             () = tokio::time::sleep(RETRY), if failing => {}
+        }
+    }
+}
+
+/// Brings the node's probe rules in line with the captured pods' addresses (when they changed);
+/// false if that failed (logged; retried with the next round).
+async fn sync_probes(
+    enrolled: &HashMap<String, Enrolled>,
+    probed: &mut Option<BTreeSet<IpAddr>>,
+) -> bool {
+    let pods: BTreeSet<IpAddr> = enrolled
+        .values()
+        .flat_map(|e| e.local.workload.ips.iter().copied())
+        .collect();
+    if probed.as_ref() == Some(&pods) {
+        return true;
+    }
+    let wanted = pods.clone();
+    match tokio::task::spawn_blocking(move || crate::probes::sync(&wanted)).await {
+        Ok(Ok(())) => {
+            info!(pods = pods.len(), "kubelet probe rules set on the node");
+            *probed = Some(pods);
+            true
+        }
+        Ok(Err(e)) => {
+            error!(error = %e, "could not set the node's kubelet probe rules: probes of newly captured pods fail under STRICT until this succeeds");
+            false
+        }
+        Err(e) => {
+            error!(error = %e, "the kubelet probe rules task failed");
+            false
         }
     }
 }
@@ -210,7 +246,7 @@ async fn enrol(
         tasks,
         netns_id,
     };
-    if let Err(e) = install(&path, ctx.settings.udp.clone()).await {
+    if let Err(e) = install(&path, ctx.settings.udp.clone(), ctx.settings.kubelet_probes).await {
         // Whatever part of the rules went in comes out again: no half-captured pod.
         release(enrolled).await;
         return Err(e);
@@ -290,11 +326,11 @@ fn ipv6_off(e: &std::io::Error) -> bool {
 }
 
 /// Both families, always: a pod with only IPv4 in the mesh still has IPv6 link-local addresses.
-async fn install(path: &std::path::Path, udp: UdpAllowance) -> Result<(), String> {
+async fn install(path: &std::path::Path, udp: UdpAllowance, probes: bool) -> Result<(), String> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         for family in Family::ALL {
-            capture::install(&path, family, &udp).map_err(|e| e.to_string())?;
+            capture::install(&path, family, &udp, probes).map_err(|e| e.to_string())?;
         }
         Ok(())
     })

@@ -22,6 +22,7 @@ pub mod netns;
 pub mod ops;
 pub mod outbound;
 pub mod plaintext;
+pub mod probes;
 pub mod registry;
 
 #[cfg(test)]

@@ -401,6 +401,7 @@ pub fn pending_workload(
             .collect(),
         netns: None,
         enrolled: true,
+        serving: crate::discovery::Serving::Ready,
         identity: Identity::new("cluster.local", namespace, name).unwrap(),
         waypoint: None,
         waypoint_conflict: Vec::new(),

@@ -83,6 +83,13 @@ pub const SPLIT_RESPONSES: &str = "VEIL_SPLIT_RESPONSES";
 /// What ends the `system_version_info` of every part of a split response but the last.
 pub const PARTIAL_MARK: &str = "+partial";
 
+/// veil's extension of Istio's Workload: the name of an `extensions` entry (no config) marking a
+/// workload that is being deleted but still ready (draining). Its `status` is `UNHEALTHY`, so a
+/// subscriber that does not know the extension (Istio's ztunnel) never sends it new connections;
+/// veil's ztunnel does, to a service that has no ready endpoint left (as kube-proxy uses
+/// terminating endpoints that are still serving).
+pub const SERVING_WHILE_TERMINATING: &str = "veil.dev/serving-while-terminating";
+
 /// Whether `node` accepts split responses.
 pub fn accepts_split(node: Option<&proto::discovery::Node>) -> bool {
     use prost_types::value::Kind as Value;

@@ -418,3 +418,147 @@ fn policy_status_is_written_once_by_the_replica_holding_the_lease_and_another_ta
     );
     m.controller = Some(third);
 }
+
+/// Rewrites pod `name` in the API as `change` makes it.
+fn edit_pod(m: &Mesh, name: &str, change: impl FnOnce(&mut serde_json::Value)) {
+    let path = m.api().dir().join("pods").join(format!("{name}.json"));
+    let mut pod: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    change(&mut pod);
+    m.api().put("pods", name, &pod).unwrap();
+}
+
+fn set_ready(pod: &mut serde_json::Value, ready: bool) {
+    pod["status"]["conditions"] =
+        json!([{"type": "Ready", "status": if ready { "True" } else { "False" }}]);
+}
+
+/// Requests `server` answered so far.
+fn served(m: &Mesh, server: &str) -> usize {
+    m.app_log(server).matches("http from").count()
+}
+
+/// Whether `server` answers no request for a while (the others do).
+fn idle(m: &Mesh, server: &str) -> bool {
+    let before = served(m, server);
+    std::thread::sleep(Duration::from_millis(1500));
+    served(m, server) == before
+}
+
+#[test]
+fn a_rollout_behind_a_service_loses_no_request_and_unready_pods_get_none() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use veil_e2e::mesh::ServiceSpec;
+    if skip_unless_root("rollout") {
+        return;
+    }
+    let mut server = PodSpec::new("server-1", "shop", "node-b");
+    server.labels.insert("app".into(), "server".into());
+    let mut m = Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        pods: vec![PodSpec::new("client", "shop", "node-a"), server.clone()],
+        services: vec![ServiceSpec {
+            name: "server".into(),
+            namespace: "shop".into(),
+            vip: "10.96.0.80".into(),
+            selects: "server".into(),
+            ports: vec![(80, 8080)],
+        }],
+        kubernetes: true,
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh");
+    assert_eq!(m.curl("client", "http://10.96.0.80/").unwrap().0, 200);
+
+    // A client calls the Service throughout, one new connection per request, retrying nothing.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let client_netns = m.cluster.pod("client").netns.clone();
+    let calls = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let out = veil_e2e::cluster::exec(
+                    &client_netns,
+                    &[
+                        "curl",
+                        "-s",
+                        "-m",
+                        "5",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "http://10.96.0.80/",
+                    ],
+                )
+                .unwrap();
+                match String::from_utf8_lossy(&out.stdout).trim() {
+                    "200" => ok += 1,
+                    other => {
+                        failed.push(format!("{other} {}", String::from_utf8_lossy(&out.stderr)))
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (ok, failed)
+        })
+    };
+
+    // The new pod starts, not ready yet: it gets nothing.
+    let mut next = PodSpec::new("server-2", "shop", "node-b");
+    next.labels.insert("app".into(), "server".into());
+    m.add_pending_pod(next).unwrap();
+    let (added, result) = m.cni("ADD", "server-2").unwrap();
+    assert!(added, "CNI ADD failed: {result}");
+    m.start_app("server-2").unwrap();
+    let ip = m.cluster.pod("server-2").ip;
+    let mut pod = veil_e2e::kube::pod(m.pod("server-2"), false, Some(ip));
+    set_ready(&mut pod, false);
+    m.api().put("pods", "server-2", &pod).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        served(&m, "server-2"),
+        0,
+        "an unready pod was sent requests"
+    );
+
+    // Ready: it takes requests. The old one is being deleted (still ready): it gets no new ones.
+    edit_pod(&m, "server-2", |p| set_ready(p, true));
+    assert!(m.eventually(SETTLE, || served(&m, "server-2") > 0));
+    edit_pod(&m, "server-1", |p| {
+        p["metadata"]["deletionTimestamp"] = "2026-12-03T12:00:00Z".into();
+    });
+    assert!(
+        m.eventually(SETTLE, || idle(&m, "server-1")),
+        "a terminating pod kept getting requests while another was ready"
+    );
+
+    // The new one fails its readiness probe: the terminating one, still serving, is all there is.
+    edit_pod(&m, "server-2", |p| set_ready(p, false));
+    let before = served(&m, "server-1");
+    assert!(
+        m.eventually(SETTLE, || served(&m, "server-1") > before),
+        "the draining pod was not used when nothing else was ready"
+    );
+    edit_pod(&m, "server-2", |p| set_ready(p, true));
+    assert!(m.eventually(SETTLE, || idle(&m, "server-1")));
+
+    // The old one stops serving, then goes.
+    edit_pod(&m, "server-1", |p| set_ready(p, false));
+    assert!(m.eventually(SETTLE, || idle(&m, "server-1")));
+    m.apps.remove("server-1");
+    m.api().delete("pods", "server-1").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = calls.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok >= 50, "only {ok} requests made");
+    assert!(served(&m, "server-2") > 0);
+}

@@ -108,7 +108,7 @@ impl Destination {
                 ..
             } => {
                 let candidates: Vec<(Arc<Workload>, SocketAddr)> = state
-                    .endpoints(service)
+                    .serving_endpoints(service)
                     .into_iter()
                     .filter_map(|w| {
                         let ip = w

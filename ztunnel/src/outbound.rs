@@ -98,9 +98,9 @@ fn resolve(state: &MeshState, dst: SocketAddr, unknown: UnknownDestination, pick
                 dst.port()
             ));
         };
-        let endpoints = state.endpoints(service);
+        let endpoints = state.serving_endpoints(service);
         if endpoints.is_empty() {
-            return Route::Refuse(format!("service {} has no endpoints", service.key()));
+            return Route::Refuse(format!("service {} has no ready endpoints", service.key()));
         }
         let endpoint = &endpoints[pick % endpoints.len()];
         let Some(ip) = endpoint

@@ -37,7 +37,7 @@ use veil_crd::API_VERSION;
 use veil_crd::authorization::AuthorizationPolicySpec;
 use veil_crd::peer_authentication::PeerAuthenticationSpec;
 
-use super::model::{Service, ServicePort, Waypoint, WaypointRef, Workload};
+use super::model::{Service, ServicePort, Serving, Waypoint, WaypointRef, Workload};
 use super::state::{ConfigError, MeshSettings, MeshState};
 use crate::identity::Identity;
 use crate::policy::{compile_authz, compile_peer_auth};
@@ -99,6 +99,12 @@ struct WorkloadEntry {
     enrolled: bool,
     #[serde(default)]
     use_waypoint: Option<String>,
+    /// Its readiness (default ready).
+    #[serde(default = "yes")]
+    ready: bool,
+    /// Being deleted (default not).
+    #[serde(default)]
+    terminating: bool,
 }
 
 fn yes() -> bool {
@@ -337,6 +343,7 @@ fn workload(
         labels: w.labels,
         netns: w.netns,
         enrolled: w.enrolled,
+        serving: Serving::of(w.ready, w.terminating),
         identity,
         waypoint,
         waypoint_conflict: Vec::new(),

@@ -12,6 +12,32 @@ use serde::Serialize;
 use crate::identity::Identity;
 use crate::policy::AuthzPolicy;
 
+/// Whether a workload takes new connections as a service's endpoint (its pod's `Ready` condition
+/// and whether it is being deleted, as EndpointSlices tell them apart).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Serving {
+    /// Ready and not terminating: an endpoint.
+    #[default]
+    Ready,
+    /// Terminating but still ready (draining): an endpoint only while its service has no ready one.
+    Terminating,
+    /// Not ready (starting, failing its readiness probe, or terminating and no longer serving): no
+    /// endpoint. Still in the mesh: its own traffic and the connections it has are unaffected.
+    NotReady,
+}
+
+impl Serving {
+    /// From a pod's readiness and whether it is being deleted.
+    pub fn of(ready: bool, terminating: bool) -> Self {
+        match (ready, terminating) {
+            (true, false) => Self::Ready,
+            (true, true) => Self::Terminating,
+            (false, _) => Self::NotReady,
+        }
+    }
+}
+
 /// A pod (or VM) with an address and an identity.
 #[derive(Debug, Serialize)]
 pub struct Workload {
@@ -35,6 +61,8 @@ pub struct Workload {
     /// Whether it is in the mesh (its traffic captured, reachable over HBONE). Traffic to a workload
     /// outside the mesh is plaintext passthrough.
     pub enrolled: bool,
+    /// Whether it takes new connections as a service's endpoint.
+    pub serving: Serving,
     /// Its SPIFFE identity.
     pub identity: Identity,
     /// The waypoint all its traffic goes through, if any: its own (pod or namespace label), or, once
@@ -74,6 +102,7 @@ impl Workload {
             labels,
             netns,
             enrolled,
+            serving,
             identity,
             waypoint,
             waypoint_conflict,
@@ -88,6 +117,7 @@ impl Workload {
             && *labels == other.labels
             && *netns == other.netns
             && *enrolled == other.enrolled
+            && *serving == other.serving
             && *identity == other.identity
             && *waypoint == other.waypoint
             && *waypoint_conflict == other.waypoint_conflict

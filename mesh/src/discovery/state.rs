@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::model::{Service, Waypoint, WaypointRef, Workload};
+use super::model::{Service, Serving, Waypoint, WaypointRef, Workload};
 mod assemble;
 pub(crate) use assemble::front_one;
 
@@ -492,6 +492,24 @@ impl MeshState {
             .endpoints
             .iter()
             .filter_map(|uid| self.workloads.get(uid.as_str()).map(|w| w.0.clone()))
+            .collect()
+    }
+
+    /// The endpoints of `service` that take new connections: those ready; when none is, those
+    /// being deleted that are still ready (draining), as kube-proxy falls back to terminating
+    /// endpoints that still serve; never one that is not ready. In a stable order.
+    pub fn serving_endpoints(&self, service: &Service) -> Vec<Arc<Workload>> {
+        let all = self.endpoints(service);
+        let ready: Vec<Arc<Workload>> = all
+            .iter()
+            .filter(|w| w.serving == Serving::Ready)
+            .cloned()
+            .collect();
+        if !ready.is_empty() {
+            return ready;
+        }
+        all.into_iter()
+            .filter(|w| w.serving == Serving::Terminating)
             .collect()
     }
 

@@ -26,7 +26,7 @@ use super::authorization::{authorization, ip_bytes, istio_action};
 use super::proto::istio::security as sec;
 use super::proto::istio::workload as wl;
 use super::proto::veil::AmbientNamespace;
-use crate::discovery::{MeshState, Service, Waypoint, WaypointRef, Workload};
+use crate::discovery::{MeshState, Service, Serving, Waypoint, WaypointRef, Workload};
 use crate::identity::Identity;
 use crate::policy::{PeerMode, PeerProfile, Scope};
 
@@ -794,12 +794,21 @@ fn workload_message(state: &MeshState, w: &Workload, policies: Vec<String>) -> w
         workload_name: w.name.clone(),
         workload_type: wl::WorkloadType::Pod as i32,
         authorization_policies: policies,
-        // Without an address (a pod being set up) it can be no endpoint yet.
-        status: if w.ips.is_empty() {
+        // Without an address (a pod being set up) it can be no endpoint yet; nor when it is not
+        // ready, or being deleted (draining: see `extensions`).
+        status: if w.ips.is_empty() || w.serving != Serving::Ready {
             wl::WorkloadStatus::Unhealthy
         } else {
             wl::WorkloadStatus::Healthy
         } as i32,
+        extensions: if w.serving == Serving::Terminating && !w.ips.is_empty() {
+            vec![wl::Extension {
+                name: super::SERVING_WHILE_TERMINATING.into(),
+                config: None,
+            }]
+        } else {
+            Vec::new()
+        },
         cluster_id: CLUSTER_ID.into(),
         // A pod without an address is no endpoint yet (the services it will back still judge it:
         // their waypoint and policies are in the fields above).

@@ -521,6 +521,7 @@ impl Store {
                 labels: BTreeMap::new(),
                 netns: None,
                 enrolled: w.enrolled,
+                serving: w.serving,
                 identity: w.identity.clone(),
                 waypoint: reference(&w.waypoint),
                 waypoint_conflict: Vec::new(),
@@ -563,11 +564,11 @@ impl Store {
                 vips: s.vips.clone(),
                 ports,
                 selector: BTreeMap::new(),
-                endpoints: backing
-                    .iter()
-                    .filter(|w| w.healthy)
-                    .map(|w| w.uid.clone())
-                    .collect(),
+                // Every workload that backs it, ready or not: which of them take new connections
+                // is read from each when one is picked (`MeshState::serving_endpoints`), and an
+                // unready pod addressed directly is still behind its services' waypoint and
+                // policies.
+                endpoints: backing.iter().map(|w| w.uid.clone()).collect(),
                 waypoint: reference(&s.waypoint),
             });
         }

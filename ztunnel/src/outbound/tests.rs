@@ -92,7 +92,7 @@ fn services_without_the_port_or_endpoints_are_refused() {
         matches!(route(&s, addr("10.96.0.10:81"), UnknownDestination::Passthrough, 0), Route::Refuse(r) if r.contains("no port 81"))
     );
     assert!(
-        matches!(route(&s, addr("10.96.0.30:80"), UnknownDestination::Passthrough, 0), Route::Refuse(r) if r.contains("no endpoints"))
+        matches!(route(&s, addr("10.96.0.30:80"), UnknownDestination::Passthrough, 0), Route::Refuse(r) if r.contains("no ready endpoints"))
     );
 }
 

@@ -1,7 +1,7 @@
 //! A Pod as the mesh reads it. The watches deserialize the API's Pods into this type directly: the
 //! fields translation reads (names, labels, node, service account, host networking, container
-//! ports, phase, addresses) and nothing else — a pod's environment, volumes, images, probes and
-//! conditions are skipped as the JSON is read, never allocated. A store of every pod in a cluster
+//! ports, phase, addresses, whether it is ready) and nothing else — a pod's environment, volumes,
+//! images, probes and other conditions are skipped as the JSON is read, never allocated. A store of every pod in a cluster
 //! then costs what the mesh needs: `k8s_openapi`'s Pod, even cut down to these fields, is a
 //! 2,176-byte struct with two containers of about as much each (≈8.7 KB per pod at 100,000 pods).
 
@@ -69,9 +69,53 @@ pub struct SlimPodStatus {
     /// All its addresses (one per family).
     #[serde(rename = "podIPs", default, skip_serializing_if = "Option::is_none")]
     pub pod_ips: Option<Vec<PodIP>>,
+    /// Whether its `Ready` condition is `True`; `None` without one. The other conditions are
+    /// skipped as they are read.
+    #[serde(
+        rename = "conditions",
+        default,
+        deserialize_with = "ready_condition",
+        serialize_with = "as_conditions",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ready: Option<bool>,
+}
+
+/// A pod condition as read: its type and status (time stamps, reasons and messages skipped).
+#[derive(Deserialize)]
+struct Condition<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+}
+
+fn ready_condition<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    let conditions: Option<Vec<Condition<'de>>> = Option::deserialize(d)?;
+    Ok(conditions
+        .unwrap_or_default()
+        .iter()
+        .find(|c| c.kind == "Ready")
+        .map(|c| c.status == "True"))
+}
+
+fn as_conditions<S: serde::Serializer>(ready: &Option<bool>, s: S) -> Result<S::Ok, S::Error> {
+    let conditions: Vec<serde_json::Value> = ready
+        .iter()
+        .map(|r| serde_json::json!({"type": "Ready", "status": if *r { "True" } else { "False" }}))
+        .collect();
+    conditions.serialize(s)
 }
 
 impl SlimPod {
+    /// Whether it takes new connections as a service's endpoint: its `Ready` condition (ready
+    /// without one, as a pod read from a source that does not say), and whether it is being
+    /// deleted.
+    pub fn serving(&self) -> crate::discovery::Serving {
+        let ready = self.status.as_ref().and_then(|s| s.ready).unwrap_or(true);
+        crate::discovery::Serving::of(ready, self.metadata.deletion_timestamp.is_some())
+    }
+
     /// Its namespace and name: what identifies it in the watches' stores and events.
     pub fn key(&self) -> (String, String) {
         use kube::ResourceExt;

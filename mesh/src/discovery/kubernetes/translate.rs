@@ -405,6 +405,7 @@ pub(crate) fn workload(
         labels,
         netns: None,
         enrolled,
+        serving: pod.serving(),
         identity,
         waypoint,
         waypoint_conflict: Vec::new(),

@@ -23,6 +23,7 @@ fn workload(name: &str, address: &str, app: &str) -> Workload {
         labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
         netns: None,
         enrolled: true,
+        serving: crate::discovery::Serving::Ready,
         identity: Identity::new("cluster.local", "shop", name).unwrap(),
         waypoint: None,
         waypoint_conflict: Vec::new(),

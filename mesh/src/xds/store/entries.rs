@@ -8,8 +8,9 @@ use super::super::proto::discovery::Resource;
 use super::super::proto::istio::workload as wl;
 use super::super::proto::veil::AmbientNamespace;
 use super::super::{Kind, ip_from_bytes};
-use crate::discovery::MeshSettings;
+use crate::discovery::{MeshSettings, Serving};
 use crate::identity::Identity;
+use crate::xds::SERVING_WHILE_TERMINATING;
 
 /// A validated workload or service, as received.
 #[derive(Debug)]
@@ -28,8 +29,8 @@ pub(super) struct WorkloadEntry {
     pub(super) node: String,
     pub(super) ips: Vec<IpAddr>,
     pub(super) enrolled: bool,
-    /// Not marked unhealthy: may be a service's endpoint.
-    pub(super) healthy: bool,
+    /// Whether it may be a service's endpoint.
+    pub(super) serving: Serving,
     pub(super) identity: Identity,
     pub(super) waypoint: Option<Gateway>,
     pub(super) policies: Box<[String]>,
@@ -147,8 +148,19 @@ fn workload_entry(
     if w.network_gateway.is_some() {
         return Err("network gateways (multi-network) are not supported".into());
     }
-    // Unknown statuses count as unhealthy: a workload is an endpoint only when said to be ready.
-    let healthy = w.status == wl::WorkloadStatus::Healthy as i32;
+    // Unknown statuses count as unhealthy: a workload is an endpoint only when said to be ready,
+    // or (veil's extension) said to be draining.
+    let serving = if w.status == wl::WorkloadStatus::Healthy as i32 {
+        Serving::Ready
+    } else if w
+        .extensions
+        .iter()
+        .any(|e| e.name == SERVING_WHILE_TERMINATING)
+    {
+        Serving::Terminating
+    } else {
+        Serving::NotReady
+    };
     let mut services = Vec::with_capacity(w.services.len());
     for (key, list) in &w.services {
         let ports = list
@@ -168,7 +180,7 @@ fn workload_entry(
         node: w.node.clone(),
         ips,
         enrolled,
-        healthy,
+        serving,
         identity,
         waypoint: w.waypoint.as_ref().map(gateway).transpose()?,
         policies: w.authorization_policies.clone().into(),

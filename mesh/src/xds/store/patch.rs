@@ -276,14 +276,15 @@ impl Store {
             labels: Default::default(),
             netns: None,
             enrolled: w.enrolled,
+            serving: w.serving,
             identity: w.identity.clone(),
             waypoint: w.waypoint.as_ref().map(|g| derived.references[g].clone()),
             waypoint_conflict: Vec::new(),
             policies: Default::default(),
         };
-        // The services it is an endpoint of (when healthy), and the waypoints they put in front.
+        // The services it backs (ready or not), and the waypoints they put in front.
         let mut backed = Vec::new();
-        for key in w.services.keys().filter(|_| w.healthy) {
+        for key in w.services.keys() {
             let Some(Received {
                 entry: Some(AddressEntry::Service(s)),
                 ..
@@ -399,7 +400,7 @@ impl Store {
         };
         let endpoints = backing
             .iter()
-            .filter(|w| w.healthy && !derived.instances.contains(&w.uid))
+            .filter(|w| !derived.instances.contains(&w.uid))
             .map(|w| w.uid.clone())
             .collect();
         let service = Service {

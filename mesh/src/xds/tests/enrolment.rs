@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::subscriber::{address_resource, received, resource};
 use super::*;
+use crate::discovery::Serving;
 use crate::xds::proto::veil::AmbientNamespace;
 
 use crate::testing::pending_workload as pending;
@@ -152,8 +153,11 @@ fn an_unhealthy_workload_is_in_the_mesh_but_no_endpoint() {
     let api = s
         .workload_by_ip("10.1.0.2".parse().unwrap())
         .expect("in the mesh");
+    assert_eq!(api.serving, Serving::NotReady);
     let service = s.service_by_vip("10.96.0.2".parse().unwrap()).unwrap();
-    assert!(!service.endpoints.contains(&api.uid));
+    // Still one of the service's (its waypoint and policies judge it), but never picked.
+    assert!(service.endpoints.contains(&api.uid));
+    assert!(s.serving_endpoints(service).is_empty());
     // An unknown status counts as unhealthy.
     let mut db = workload(&resources, "shop", "db");
     db.status = 7;
@@ -162,7 +166,22 @@ fn an_unhealthy_workload_is_in_the_mesh_but_no_endpoint() {
     assert_eq!(store.apply(Kind::Address, &[update], &[]), vec![]);
     let s = store.to_state();
     let service = s.service_by_vip("10.96.0.3".parse().unwrap()).unwrap();
-    assert!(service.endpoints.is_empty());
+    assert!(s.serving_endpoints(service).is_empty());
+    // Unhealthy and marked draining (veil's extension): picked, as the service has nothing else.
+    let mut db = workload(&resources, "shop", "db");
+    db.status = wl::WorkloadStatus::Unhealthy as i32;
+    db.extensions.push(wl::Extension {
+        name: crate::xds::SERVING_WHILE_TERMINATING.into(),
+        config: None,
+    });
+    let name = db.uid.clone();
+    let update = address_resource(&name, "v3", wl::address::Type::Workload(db));
+    assert_eq!(store.apply(Kind::Address, &[update], &[]), vec![]);
+    let s = store.to_state();
+    let service = s.service_by_vip("10.96.0.3".parse().unwrap()).unwrap();
+    let picked = s.serving_endpoints(service);
+    assert_eq!(picked.len(), 1);
+    assert_eq!(picked[0].serving, Serving::Terminating);
 }
 
 #[test]
@@ -207,4 +226,77 @@ fn a_pending_pod_is_judged_as_the_services_that_select_it_will_make_it() {
         .to_state();
     let w = s.workload_by_ip(fresh).unwrap();
     assert!(w.waypoint.is_some());
+}
+
+const ROLLOUT: &str = r#"
+namespaces: [{name: shop, dataplaneMode: ambient}]
+workloads:
+  - {name: old, namespace: shop, serviceAccount: api, node: a, ips: [10.1.0.1], labels: {app: api}, terminating: true}
+  - {name: new, namespace: shop, serviceAccount: api, node: b, ips: [10.1.0.2], labels: {app: api}}
+  - {name: next, namespace: shop, serviceAccount: api, node: b, ips: [10.1.0.3], labels: {app: api}, ready: false}
+services:
+  - {name: api, namespace: shop, vips: [10.96.0.1], ports: [{port: 80, targetPort: 8080}], selector: {app: api}}
+"#;
+
+/// Picked endpoints, by name, of the service at 10.96.0.1.
+fn picked(state: &MeshState) -> Vec<String> {
+    let service = state.service_by_vip("10.96.0.1".parse().unwrap()).unwrap();
+    state
+        .serving_endpoints(service)
+        .iter()
+        .map(|w| w.name.clone())
+        .collect()
+}
+
+#[test]
+fn a_rollout_is_followed_on_both_sides_of_the_wire_and_istio_sees_only_ready_endpoints() {
+    let mesh = |yaml: &str| local::parse(yaml, &MeshSettings::default()).unwrap();
+    let native = mesh(ROLLOUT);
+    let resources = Resources::from_state(&native);
+    // Istio's view: only the ready one is HEALTHY; the draining one is marked by veil's extension.
+    let status = |name: &str| {
+        let w = workload(&resources, "shop", name);
+        let marked: Vec<String> = w.extensions.iter().map(|e| e.name.clone()).collect();
+        (wl::WorkloadStatus::try_from(w.status).unwrap(), marked)
+    };
+    assert_eq!(status("new"), (wl::WorkloadStatus::Healthy, vec![]));
+    assert_eq!(
+        status("old"),
+        (
+            wl::WorkloadStatus::Unhealthy,
+            vec![crate::xds::SERVING_WHILE_TERMINATING.to_owned()]
+        )
+    );
+    assert_eq!(status("next"), (wl::WorkloadStatus::Unhealthy, vec![]));
+    // Every one still backs the service (its waypoint and policies judge it).
+    assert_eq!(workload(&resources, "shop", "next").services.len(), 1);
+
+    // Both sides pick the ready endpoint only.
+    let store = received(&resources);
+    assert_eq!(picked(&native), ["new"]);
+    assert_eq!(picked(&store.to_state()), ["new"]);
+
+    // The ready one gone: the draining one serves until another is ready, never the unready one.
+    let without_new = ROLLOUT.replace(
+        "  - {name: new, namespace: shop, serviceAccount: api, node: b, ips: [10.1.0.2], labels: {app: api}}\n",
+        "",
+    );
+    let native = mesh(&without_new);
+    assert_eq!(picked(&native), ["old"]);
+    assert_eq!(
+        picked(&received(&Resources::from_state(&native)).to_state()),
+        ["old"]
+    );
+    // Nothing ready nor draining: nothing to pick (the connection is refused, never sent to `next`).
+    let native =
+        mesh(&without_new.replace(", terminating: true}", ", ready: false, terminating: true}"));
+    assert!(picked(&native).is_empty());
+    assert!(picked(&received(&Resources::from_state(&native)).to_state()).is_empty());
+    // `next` becomes ready: it takes over from the draining one.
+    let native = mesh(&without_new.replace(", ready: false}", "}"));
+    assert_eq!(picked(&native), ["next"]);
+    assert_eq!(
+        picked(&received(&Resources::from_state(&native)).to_state()),
+        ["next"]
+    );
 }

@@ -506,6 +506,14 @@ fn slim_pods_read_what_the_api_types_read() {
     host["spec"]["hostNetwork"] = true.into();
     host["status"]["phase"] = "Succeeded".into();
     json.push(host);
+    let mut draining = json[0].clone();
+    draining["metadata"]["deletionTimestamp"] = "2026-12-03T12:00:00Z".into();
+    draining["status"]["conditions"] = serde_json::json!([
+        {"type": "Initialized", "status": "True"},
+        {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": "2026-12-03T12:00:01Z"},
+    ]);
+    json.push(draining);
+    let mut seen_readiness = [false; 2];
     let mut seen_host_network = false;
     for item in json {
         let full: Pod = serde_json::from_value(item.clone()).unwrap();
@@ -531,8 +539,53 @@ fn slim_pods_read_what_the_api_types_read() {
         assert_eq!(fst.phase, sst.phase);
         assert_eq!(fst.pod_ip, sst.pod_ip);
         assert_eq!(fst.pod_ips, sst.pod_ips);
+        let ready = fst
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.status == "True");
+        assert_eq!(ready, sst.ready);
+        if let Some(ready) = ready {
+            seen_readiness[usize::from(ready)] = true;
+        }
     }
     assert!(seen_host_network);
+    assert_eq!(seen_readiness, [true, true], "both readinesses in the data");
+}
+
+/// Readiness and deletion make a pod's serving state, and a service picks its endpoints by it.
+#[test]
+fn endpoints_follow_readiness_and_deletion() {
+    use crate::discovery::Serving;
+    let pod = |ready: Option<&str>, deleted: bool| -> SlimPod {
+        let mut json = serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"nodeName": "node-a"},
+            "status": {"phase": "Running", "podIP": "10.1.0.9", "podIPs": [{"ip": "10.1.0.9"}]},
+        });
+        if let Some(status) = ready {
+            json["status"]["conditions"] = serde_json::json!([
+                {"type": "ContainersReady", "status": "True"},
+                {"type": "Ready", "status": status},
+            ]);
+        }
+        if deleted {
+            json["metadata"]["deletionTimestamp"] = "2026-12-03T12:00:00Z".into();
+        }
+        serde_json::from_value(json).unwrap()
+    };
+    assert_eq!(pod(Some("True"), false).serving(), Serving::Ready);
+    assert_eq!(pod(Some("True"), true).serving(), Serving::Terminating);
+    assert_eq!(pod(Some("False"), false).serving(), Serving::NotReady);
+    assert_eq!(pod(Some("False"), true).serving(), Serving::NotReady);
+    assert_eq!(pod(Some("Unknown"), false).serving(), Serving::NotReady);
+    // A source that says nothing about readiness (no Ready condition): ready.
+    assert_eq!(pod(None, false).serving(), Serving::Ready);
+    // Read back as written, the other conditions gone.
+    let again: SlimPod =
+        serde_json::from_value(serde_json::to_value(pod(Some("False"), false)).unwrap()).unwrap();
+    assert_eq!(again.serving(), Serving::NotReady);
 }
 
 mod erased {

@@ -562,3 +562,48 @@ fn a_rollout_behind_a_service_loses_no_request_and_unready_pods_get_none() {
     assert!(ok >= 50, "only {ok} requests made");
     assert!(served(&m, "server-2") > 0);
 }
+
+#[test]
+fn a_network_plugin_rewriting_its_configuration_does_not_leave_new_pods_uncaptured() {
+    if skip_unless_root("cni_repair") {
+        return;
+    }
+    let mut m = kube_mesh(vec![PodSpec::new("web", "shop", "node-a")]);
+    let primary = json!({"cniVersion": "1.0.0", "name": "e2e-net", "plugins": [{"type": "bridge", "bridge": "cbr0"}]});
+    m.install_cni("node-a", &primary).unwrap();
+    assert!(
+        m.ztunnel_log("node-a")
+            .contains("keeping veil-cni in the node's CNI chain")
+    );
+    let (bin_dir, conf_dir) = m.cni_dirs("node-a");
+    let file = conf_dir.join("10-e2e.conflist");
+    let chained = || {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .contains("veil-cni")
+    };
+    assert!(chained());
+
+    // The network plugin restarts and writes its configuration again, without veil's entry.
+    std::fs::write(&file, primary.to_string()).unwrap();
+    assert!(
+        m.eventually(SETTLE, chained),
+        "the chain was not repaired:\n{}",
+        m.ztunnel_log("node-a")
+    );
+    assert!(m.ztunnel_log("node-a").contains("put back"));
+    // The next pod: the runtime runs the chain as it is now, and veil-cni captures it before it
+    // starts.
+    m.add_pending_pod(PodSpec::new("next", "shop", "node-a"))
+        .unwrap();
+    let (ok, result) = m
+        .cni_from_chain("ADD", "next")
+        .unwrap()
+        .expect("veil-cni is in the chain the runtime runs");
+    assert!(ok, "{result}");
+    assert!(m.nat_rules("next").contains("VEIL_INBOUND"));
+
+    // The plugin binary deleted from the node is put back too.
+    std::fs::remove_file(bin_dir.join("veil-cni")).unwrap();
+    assert!(m.eventually(SETTLE, || bin_dir.join("veil-cni").is_file()));
+}

@@ -290,6 +290,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         None => None,
     };
+    let repair = keep_cni_chain(&config);
     let reconciler = tokio::spawn(enrol::run(ctx, registry, status, config.netns_dir.clone()));
     info!(node = %config.node, "veil-ztunnel running");
     shutdown.await;
@@ -297,6 +298,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     reconciler.abort();
     if let Some(cni) = cni {
         cni.abort();
+    }
+    if let Some(repair) = repair {
+        repair.abort();
     }
     if let (None, Some(bin_dir), Some(conf_dir)) = (
         &config.mesh_config,
@@ -315,4 +319,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     info!("veil-ztunnel stopped");
     Ok(())
+}
+
+/// In Kubernetes, with the node's CNI directories: keeps veil-cni in the node's plugin chain, with
+/// the entry the init container chained (the binary copied from beside ztunnel's own when missing).
+fn keep_cni_chain(config: &Config) -> Option<tokio::task::JoinHandle<()>> {
+    let (None, Some(bin_dir), Some(conf_dir)) = (
+        &config.mesh_config,
+        &config.cni_bin_dir,
+        &config.cni_conf_dir,
+    ) else {
+        return None;
+    };
+    let entry = match cni::repair::current_entry(conf_dir) {
+        Ok(Some(entry)) => entry,
+        Ok(None) => {
+            error!(conf_dir = %conf_dir.display(), "veil-cni is not in the node's CNI chain at start (did the install-cni init container run?): the chain is not kept");
+            return None;
+        }
+        Err(e) => {
+            error!(error = %e, "cannot read the node's CNI chain at start: the chain is not kept");
+            return None;
+        }
+    };
+    let binary = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name(cni::install::PLUGIN_TYPE),
+        Err(e) => {
+            error!(error = %e, "cannot tell where veil-cni is: the chain is not kept");
+            return None;
+        }
+    };
+    info!(conf_dir = %conf_dir.display(), "keeping veil-cni in the node's CNI chain");
+    let chain = cni::repair::Chain {
+        bin_dir: bin_dir.clone(),
+        conf_dir: conf_dir.clone(),
+        entry,
+        binary,
+    };
+    Some(tokio::spawn(chain.keep(std::time::Duration::from_secs(1))))
 }

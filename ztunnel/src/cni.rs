@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub mod cleanup;
 pub mod install;
 pub mod plugin;
+pub mod repair;
 pub mod server;
 
 /// Where ztunnel listens for the plugin.

@@ -160,9 +160,7 @@ impl Mesh {
     /// plugin: `CNI_*` in the environment, the chained configuration with the previous result on
     /// stdin. Returns the exit status success, and stdout parsed as JSON.
     pub fn cni(&self, command: &str, name: &str) -> anyhow::Result<(bool, serde_json::Value)> {
-        use std::io::Write as _;
         let spec = self.pod(name);
-        let pod = self.cluster.pod(name);
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "e2e-net",
@@ -171,13 +169,106 @@ impl Mesh {
             "ambientFile": self.ambient_file(&spec.node),
             "excludeNamespaces": ["kube-system", "veil-system"],
             "timeoutSeconds": 10,
-            "prevResult": {
-                "cniVersion": "1.0.0",
-                "interfaces": [{"name": "eth0", "sandbox": pod.netns_path()}],
-                "ips": [{"address": format!("{}/24", pod.ip), "interface": 0}],
-            },
         });
-        let mut child = std::process::Command::new(bin("veil-cni"))
+        self.run_plugin(&bin("veil-cni"), conf, command, name)
+    }
+
+    /// Kubernetes mode: the CNI bin and configuration directories of `node`.
+    pub fn cni_dirs(&self, node: &str) -> (PathBuf, PathBuf) {
+        let dir = self.dir.join(format!("cni-{node}"));
+        (dir.join("bin"), dir.join("net.d"))
+    }
+
+    /// Kubernetes mode, one node: gives `node` a network plugin's configuration `primary`, installs
+    /// veil-cni there as the ztunnel DaemonSet's init container does, and restarts the node's
+    /// ztunnel with the directories (as the chart mounts them).
+    pub fn install_cni(&mut self, node: &str, primary: &serde_json::Value) -> anyhow::Result<()> {
+        let (bin_dir, conf_dir) = self.cni_dirs(node);
+        std::fs::create_dir_all(&bin_dir)?;
+        std::fs::create_dir_all(&conf_dir)?;
+        std::fs::write(conf_dir.join("10-e2e.conflist"), primary.to_string())?;
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let out = std::process::Command::new(bin("veil-cni"))
+            .args([
+                "install",
+                "--bin-dir",
+                &path(&bin_dir),
+                "--conf-dir",
+                &path(&conf_dir),
+            ])
+            .args(["--socket", &path(&self.cni_socket(node))])
+            .args(["--ambient-file", &path(&self.ambient_file(node))])
+            .args(["--exclude-namespaces", "kube-system,veil-system"])
+            .output()?;
+        if !out.status.success() {
+            bail!("veil-cni install: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        self.spec.ztunnel_args.extend([
+            "--cni-bin-dir".into(),
+            path(&bin_dir),
+            "--cni-conf-dir".into(),
+            path(&conf_dir),
+        ]);
+        self.start_ztunnel(node)
+    }
+
+    /// Kubernetes mode: what a container runtime does for pod `name` with the chain its node has
+    /// now (the first configuration of the node's directory, by name): `None` when veil-cni is not
+    /// in it (the runtime would not call it), else veil-cni's answer as [`Self::cni`] gives it,
+    /// from the binary installed on the node.
+    pub fn cni_from_chain(
+        &self,
+        command: &str,
+        name: &str,
+    ) -> anyhow::Result<Option<(bool, serde_json::Value)>> {
+        let (bin_dir, conf_dir) = self.cni_dirs(&self.pod(name).node);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&conf_dir)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| e == "conflist" || e == "conf")
+            })
+            .collect();
+        files.sort();
+        let Some(first) = files.first() else {
+            return Ok(None);
+        };
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(first)?)?;
+        let entry = config["plugins"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["type"] == "veil-cni");
+        match entry {
+            None => Ok(None),
+            Some(entry) => {
+                let mut conf = entry.clone();
+                conf["cniVersion"] = config["cniVersion"].clone();
+                conf["name"] = config["name"].clone();
+                self.run_plugin(&bin_dir.join("veil-cni"), conf, command, name)
+                    .map(Some)
+            }
+        }
+    }
+
+    /// Runs the CNI plugin `binary` for pod `name` with `conf` (the previous plugin's result added).
+    fn run_plugin(
+        &self,
+        binary: &std::path::Path,
+        mut conf: serde_json::Value,
+        command: &str,
+        name: &str,
+    ) -> anyhow::Result<(bool, serde_json::Value)> {
+        use std::io::Write as _;
+        let spec = self.pod(name);
+        let pod = self.cluster.pod(name);
+        conf["prevResult"] = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": pod.netns_path()}],
+            "ips": [{"address": format!("{}/24", pod.ip), "interface": 0}],
+        });
+        let mut child = std::process::Command::new(binary)
             .env_clear()
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", format!("sandbox-{name}"))

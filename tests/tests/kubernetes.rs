@@ -587,11 +587,11 @@ fn a_network_plugin_rewriting_its_configuration_does_not_leave_new_pods_uncaptur
     // The network plugin restarts and writes its configuration again, without veil's entry.
     std::fs::write(&file, primary.to_string()).unwrap();
     assert!(
-        m.eventually(SETTLE, chained),
+        m.eventually(SETTLE, || chained()
+            && m.ztunnel_log("node-a").contains("put back")),
         "the chain was not repaired:\n{}",
         m.ztunnel_log("node-a")
     );
-    assert!(m.ztunnel_log("node-a").contains("put back"));
     // The next pod: the runtime runs the chain as it is now, and veil-cni captures it before it
     // starts.
     m.add_pending_pod(PodSpec::new("next", "shop", "node-a"))

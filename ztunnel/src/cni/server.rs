@@ -91,21 +91,39 @@ async fn handle(ctx: &Context, registry: &Registry, status: &StatusMap, request:
         }
         Command::Del => {
             registry.remove(&key);
-            let reply = await_release(registry, &key).await;
+            let reply = await_release(ctx, registry, status, &key).await;
             info!(pod = %key, released = reply.error.is_none(), error = ?reply.error, "CNI DEL");
             reply
         }
     }
 }
 
-/// Waits until enrolment has taken the pod's capture down, if it had one.
-async fn await_release(registry: &Registry, key: &str) -> Reply {
+/// Waits until enrolment has taken the pod's capture down, if it had one, and recorded the pod as
+/// released (a pod of the mesh; its capture may also have gone for another reason just before, in
+/// which case the release is recorded by the next round).
+async fn await_release(ctx: &Context, registry: &Registry, status: &StatusMap, key: &str) -> Reply {
     let deadline = tokio::time::Instant::now() + CAPTURE_WAIT;
-    while registry.is_captured(key) {
+    let recorded = || {
+        let state = ctx.state();
+        let Some(w) = state
+            .workloads_on_node(&ctx.node)
+            .into_iter()
+            .find(|w| w.key() == key && w.enrolled)
+        else {
+            return true;
+        };
+        matches!(
+            status.lock().unwrap_or_else(|e| e.into_inner()).get(&w.uid),
+            Some(CaptureStatus::Released)
+        )
+    };
+    while registry.is_captured(key) || !recorded() {
         if tokio::time::Instant::now() > deadline {
             return Reply {
                 captured: true,
-                error: Some(format!("{key} is still captured")),
+                error: Some(format!(
+                    "{key} is still captured, or its release not yet recorded"
+                )),
             };
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -11,8 +11,6 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use veil_crd::authorization::AuthorizationPolicy;
-use veil_crd::peer_authentication::PeerAuthentication;
 use veil_crd::status::{
     ACCEPTED, ENFORCED, PolicyStatus, REASON_ACCEPTED, REASON_FAILING_CLOSED, REASON_INVALID,
     REASON_NO_TARGETS, REASON_NO_WAYPOINT, REASON_WAYPOINT, REASON_ZTUNNEL,
@@ -291,35 +289,50 @@ pub async fn write_while_leading(
 /// Writes the status of every policy of `snapshot` whose status changed, while `leading`.
 pub async fn write(client: &Client, snapshot: &Snapshot, leading: &watch::Receiver<bool>) {
     let enforcement = Enforcement::new(&snapshot.state, &snapshot.invalid);
-    for policy in &snapshot.objects.authorization_policies {
+    let objects = &snapshot.objects;
+    write_kind(
+        client,
+        &objects.authorization_policies,
+        |p| p.status.as_ref(),
+        |id| enforcement.authz(id),
+        leading,
+    )
+    .await;
+    write_kind(
+        client,
+        &objects.peer_authentications,
+        |p| p.status.as_ref(),
+        |id| peer_auth_conditions(id, &snapshot.invalid),
+        leading,
+    )
+    .await;
+}
+
+/// Writes the status of each of `policies` (of one kind) whose status changed, while `leading`.
+async fn write_kind<K>(
+    client: &Client,
+    policies: &[Arc<K>],
+    status: impl Fn(&K) -> Option<&PolicyStatus>,
+    verdicts: impl Fn(&PolicyId) -> [Verdict; 2],
+    leading: &watch::Receiver<bool>,
+) where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    for policy in policies {
         if !*leading.borrow() {
             return;
         }
         let id = PolicyId::new(&policy.namespace().unwrap_or_default(), &policy.name_any());
-        let verdicts = enforcement.authz(&id);
-        let api = Api::<AuthorizationPolicy>::namespaced(client.clone(), &id.namespace);
+        let api = Api::<K>::namespaced(client.clone(), &id.namespace);
         patch(
             &api,
             &id,
-            policy.status.as_ref(),
-            &verdicts,
-            policy.metadata.generation,
-        )
-        .await;
-    }
-    for policy in &snapshot.objects.peer_authentications {
-        if !*leading.borrow() {
-            return;
-        }
-        let id = PolicyId::new(&policy.namespace().unwrap_or_default(), &policy.name_any());
-        let verdicts = peer_auth_conditions(&id, &snapshot.invalid);
-        let api = Api::<PeerAuthentication>::namespaced(client.clone(), &id.namespace);
-        patch(
-            &api,
-            &id,
-            policy.status.as_ref(),
-            &verdicts,
-            policy.metadata.generation,
+            status(policy),
+            &verdicts(&id),
+            policy.meta().generation,
         )
         .await;
     }

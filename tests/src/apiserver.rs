@@ -193,13 +193,7 @@ impl Api {
     /// The answer to a list or watch of a served kind; `None` for any other path.
     pub fn handle<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
         let &(_, resource, kind) = RESOURCES.iter().find(|(p, ..)| *p == req.uri().path())?;
-        let query: BTreeMap<&str, &str> = req
-            .uri()
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .collect();
+        let query = query_pairs(req.uri().query());
         let store = self.lock();
         if matches!(query.get("watch"), Some(&("true" | "1"))) {
             let from: u64 = query
@@ -273,6 +267,15 @@ impl Api {
     }
 }
 
+/// The `key=value` pairs of a query string.
+fn query_pairs(query: Option<&str>) -> BTreeMap<&str, &str> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect()
+}
+
 /// The continue token after `key`: opaque and URL-safe, as the real API server's (hex).
 fn continue_token(key: &str) -> String {
     key.bytes().map(|b| format!("{b:02x}")).collect()
@@ -331,13 +334,7 @@ pub async fn serve(
                         .await
                         .map(|b| b.to_bytes())
                         .unwrap_or_default();
-                    let query: BTreeMap<&str, &str> = parts
-                        .uri
-                        .query()
-                        .unwrap_or_default()
-                        .split('&')
-                        .filter_map(|kv| kv.split_once('='))
-                        .collect();
+                    let query = query_pairs(parts.uri.query());
                     let content_type = parts
                         .headers
                         .get(http::header::CONTENT_TYPE)

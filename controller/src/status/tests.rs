@@ -1,3 +1,4 @@
+use veil_crd::authorization::AuthorizationPolicy;
 use veil_mesh::discovery::MeshSettings;
 use veil_mesh::discovery::local::parse;
 

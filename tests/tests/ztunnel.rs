@@ -578,13 +578,17 @@ fn kubelet_probes_from_the_node_pass_under_strict_and_nothing_else_gets_plaintex
     if skip_unless_root("kubelet_probes") {
         return;
     }
-    let m = mesh(
-        vec![
+    // ztunnel runs in the node's namespace here, as the chart runs it with probes admitted.
+    let m = Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        pods: vec![
             PodSpec::new("server", "user-data", "node-a"),
             PodSpec::new("rogue", "default", "node-a").not_enrolled(),
         ],
-        "",
-    );
+        ztunnel_args: vec!["--kubelet-probes=true".into()],
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh");
     let node_a = m.cluster.node("node-a").netns.clone();
     let node_b = m.cluster.node("node-b").netns.clone();
     let server = url(&m, "server", 8080, "/healthz");

@@ -165,8 +165,9 @@ impl Default for UdpAllowance {
 
 /// The `iptables-restore --noflush` input that installs capture for `family`. Declaring veil's
 /// chains empties them, so applying it again replaces them; `jumps` are the jumps still missing
-/// (see [`missing_jumps`]). `probes`: admit the node's probe source in plaintext.
-pub fn rules(family: Family, udp: &UdpAllowance, probes: bool, jumps: &[usize]) -> String {
+/// (see [`missing_jumps`]). `probes`: the pod's own addresses, to which the node's probe source is
+/// admitted in plaintext (none: not admitted).
+pub fn rules(family: Family, udp: &UdpAllowance, probes: &[IpAddr], jumps: &[usize]) -> String {
     let mut filter = format!("*filter\n:{FILTER_IN} - [0:0]\n:{FILTER_OUT} - [0:0]\n");
     filter.push_str(&filter_in(family));
     filter.push_str(&filter_out(family, udp));
@@ -239,18 +240,24 @@ fn filter_out(family: Family, udp: &UdpAllowance) -> String {
     out
 }
 
-fn nat_rules(family: Family, probes: bool) -> String {
+fn nat_rules(family: Family, probes: &[IpAddr]) -> String {
     let (loopback, hbone) = (family.loopback(), HBONE_PORT);
     // The kubelet's probes reach the application as they would without the mesh: plaintext from
-    // the node itself, which the node marks with the probe source (see `crate::probes`).
-    let probe = if probes {
-        format!(
-            "-A {NAT_IN} -p tcp -s {} -j RETURN\n",
-            family.probe_source()
-        )
-    } else {
-        String::new()
-    };
+    // the node itself, which the node marks with the probe source (see `crate::probes`), to the
+    // pod's own addresses only (not its link-local ones, nor a secondary interface's, which may
+    // not pass through the node's guard).
+    let probe: String = probes
+        .iter()
+        .map(|ip| ip.to_canonical())
+        .filter(|ip| ip.is_ipv4() == (family == Family::V4))
+        .map(|ip| {
+            let host = if ip.is_ipv4() { 32 } else { 128 };
+            format!(
+                "-A {NAT_IN} -p tcp -s {} -d {ip}/{host} -j RETURN\n",
+                family.probe_source()
+            )
+        })
+        .collect();
     // A connection to a neighbour's IPv6 link-local address is bound to an interface: redirected
     // to `::1` it cannot be routed and hangs. It is left to the filter table, which resets it.
     let link_local = match family {
@@ -351,7 +358,7 @@ pub fn install(
     netns: &std::path::Path,
     family: Family,
     udp: &UdpAllowance,
-    probes: bool,
+    probes: &[IpAddr],
 ) -> Result<(), CaptureError> {
     let save = run_in(netns, family.save(), &[], None)?;
     let input = rules(family, udp, probes, &missing_jumps(&save));

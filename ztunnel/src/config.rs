@@ -104,7 +104,9 @@ pub struct Config {
     /// pods it captured leave with a reserved source (169.254.7.127, fd16:9254:7127:1337:ffff:ffff:ffff:ffff)
     /// that each pod lets through in plaintext and the node drops from anywhere else. Anything in
     /// the node's network namespace (hostNetwork pods too) then reaches them in plaintext.
-    #[arg(long, env = "VEIL_KUBELET_PROBES", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Off by default: only where ztunnel runs in the node's network namespace (the chart's
+    /// `hostNetwork`), where its guard protects the pods.
+    #[arg(long, env = "VEIL_KUBELET_PROBES", default_value_t = false, action = clap::ArgAction::Set)]
     pub kubelet_probes: bool,
     /// How long a live inbound connection that a policy change now denies may go on before it is
     /// closed (0: at once, as the policy says). Every mesh change re-checks every live connection.

@@ -61,7 +61,7 @@ impl Default for DataPathSettings {
             h2: H2Settings::default(),
             limits: Limits::for_nofile(1024),
             udp: UdpAllowance::default(),
-            kubelet_probes: true,
+            kubelet_probes: false,
             recheck_grace: Duration::ZERO,
         }
     }
@@ -90,6 +90,11 @@ pub struct Context {
     pub logs: LogLimiter<LogKey>,
     /// Live inbound connections, re-checked on every mesh change.
     pub live: Arc<LiveConnections>,
+    /// Whether the node's guard against the kubelet probe source is in place (only then do pods
+    /// admit that source).
+    pub probe_guard: std::sync::atomic::AtomicBool,
+    /// Why the node's kubelet probe rules could not be set, while they cannot (for readiness).
+    pub probe_error: std::sync::Mutex<Option<String>>,
     /// Round-robin position for picking service endpoints.
     next_endpoint: AtomicUsize,
     /// Whether the stream from the control plane is up, when the mesh comes from one.
@@ -120,6 +125,8 @@ impl Context {
             // One line per second per reason: enough to see an attack, not enough to fill a disk.
             logs: LogLimiter::new(Duration::from_secs(1)),
             live: Arc::default(),
+            probe_guard: std::sync::atomic::AtomicBool::new(false),
+            probe_error: std::sync::Mutex::new(None),
             next_endpoint: AtomicUsize::new(0),
             control_plane: None,
         }

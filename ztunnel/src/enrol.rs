@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +30,9 @@ use crate::{inbound, outbound, plaintext};
 
 /// How long to wait before retrying a pod whose capture failed.
 const RETRY: Duration = Duration::from_secs(3);
+
+/// How often the node's kubelet probe rules are written again whatever changed.
+const PROBE_RESYNC: Duration = Duration::from_secs(30);
 
 /// The capture state of one pod, for readiness and the admin dump.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -72,13 +76,18 @@ pub async fn run(
     let mut enrolled: HashMap<String, Enrolled> = HashMap::new();
     // The captured addresses the node's probe rules were last written for.
     let mut probed: Option<BTreeSet<IpAddr>> = None;
+    // The guard against the probe source goes in before any pod admits it.
+    if ctx.settings.kubelet_probes {
+        sync_probes(&ctx, &enrolled, &mut probed).await;
+    }
+    let mut resync = tokio::time::interval(PROBE_RESYNC);
     loop {
         let state = rx.borrow_and_update().clone();
         cni.borrow_and_update();
         reconcile(&ctx, &registry, &state, &mut enrolled, &status, &pinned_dir).await;
         registry.set_captured(enrolled.values().map(|e| e.local.workload.key()).collect());
         let probes_failing =
-            ctx.settings.kubelet_probes && !sync_probes(&enrolled, &mut probed).await;
+            ctx.settings.kubelet_probes && !sync_probes(&ctx, &enrolled, &mut probed).await;
         let failing = probes_failing
             || lock(&status)
                 .values()
@@ -87,6 +96,8 @@ pub async fn run(
             changed = rx.changed() => if changed.is_err() { break },
             changed = cni.changed() => if changed.is_err() { break },
             () = tokio::time::sleep(RETRY), if failing => {}
+            // The node's rules are written again now and then: something may have flushed them.
+            _ = resync.tick(), if ctx.settings.kubelet_probes => probed = None,
         }
     }
 }
@@ -94,6 +105,7 @@ pub async fn run(
 /// Brings the node's probe rules in line with the captured pods' addresses (when they changed);
 /// false if that failed (logged; retried with the next round).
 async fn sync_probes(
+    ctx: &Context,
     enrolled: &HashMap<String, Enrolled>,
     probed: &mut Option<BTreeSet<IpAddr>>,
 ) -> bool {
@@ -109,10 +121,15 @@ async fn sync_probes(
         Ok(Ok(())) => {
             info!(pods = pods.len(), "kubelet probe rules set on the node");
             *probed = Some(pods);
+            ctx.probe_guard.store(true, Ordering::Release);
+            *ctx.probe_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
             true
         }
         Ok(Err(e)) => {
-            error!(error = %e, "could not set the node's kubelet probe rules: probes of newly captured pods fail under STRICT until this succeeds");
+            error!(error = %e, "could not set the node's kubelet probe rules: probes of enrolled pods fail under STRICT until this succeeds");
+            *ctx.probe_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+            // Unsure the guard is there: pods captured from now on do not admit the source.
+            ctx.probe_guard.store(false, Ordering::Release);
             false
         }
         Err(e) => {
@@ -246,7 +263,14 @@ async fn enrol(
         tasks,
         netns_id,
     };
-    if let Err(e) = install(&path, ctx.settings.udp.clone(), ctx.settings.kubelet_probes).await {
+    // The probe source is admitted only to the pod's own addresses, and only once the node's guard
+    // against it is in place.
+    let probes = if ctx.settings.kubelet_probes && ctx.probe_guard.load(Ordering::Acquire) {
+        workload.ips.clone()
+    } else {
+        Vec::new()
+    };
+    if let Err(e) = install(&path, ctx.settings.udp.clone(), probes).await {
         // Whatever part of the rules went in comes out again: no half-captured pod.
         release(enrolled).await;
         return Err(e);
@@ -326,11 +350,15 @@ fn ipv6_off(e: &std::io::Error) -> bool {
 }
 
 /// Both families, always: a pod with only IPv4 in the mesh still has IPv6 link-local addresses.
-async fn install(path: &std::path::Path, udp: UdpAllowance, probes: bool) -> Result<(), String> {
+async fn install(
+    path: &std::path::Path,
+    udp: UdpAllowance,
+    probes: Vec<IpAddr>,
+) -> Result<(), String> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         for family in Family::ALL {
-            capture::install(&path, family, &udp, probes).map_err(|e| e.to_string())?;
+            capture::install(&path, family, &udp, &probes).map_err(|e| e.to_string())?;
         }
         Ok(())
     })

@@ -44,6 +44,16 @@ fn not_ready(ctx: &Context, status: &StatusMap) -> Vec<String> {
     let statuses = status.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let expiries = ctx.certs.expiries();
     let mut problems = Vec::new();
+    if let Some(e) = ctx
+        .probe_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        problems.push(format!(
+            "kubelet probe rules could not be set on the node (probes of enrolled pods fail under STRICT): {e}"
+        ));
+    }
     for workload in state
         .workloads_on_node(&ctx.node)
         .iter()

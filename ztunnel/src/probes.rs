@@ -71,7 +71,9 @@ pub fn node_rules(family: Family, pods: &BTreeSet<IpAddr>, jumps: &[usize]) -> S
 /// Sets the node's probe rules, both families, to the pods at `pods`.
 pub fn sync(pods: &BTreeSet<IpAddr>) -> Result<(), CaptureError> {
     for family in Family::ALL {
-        let save = run_here(family.save(), &[], None)?;
+        // Only the two tables written: a node's nat table can be large (kube-proxy).
+        let mut save = run_here(family.save(), &["-t", "raw"], None)?;
+        save.push_str(&run_here(family.save(), &["-t", "nat"], None)?);
         let input = node_rules(family, pods, &missing(&save, &JUMPS));
         run_here(family.restore(), &["--noflush"], Some(&input))?;
     }

@@ -13,7 +13,12 @@ fn all_jumps() -> Vec<usize> {
 
 #[test]
 fn rules_redirect_pod_traffic_except_loopback_hbone_and_ztunnel_itself() {
-    let v4 = rules(Family::V4, &UdpAllowance::default(), true, &all_jumps());
+    let v4 = rules(
+        Family::V4,
+        &UdpAllowance::default(),
+        &pod_ips(),
+        &all_jumps(),
+    );
     assert!(v4.starts_with("*filter\n") && v4.ends_with("COMMIT\n"));
     assert!(v4.contains("COMMIT\n*nat\n"), "{v4}");
     let pos = |needle| position(&v4, needle);
@@ -23,7 +28,12 @@ fn rules_redirect_pod_traffic_except_loopback_hbone_and_ztunnel_itself() {
     assert!(pos("--dport 15008 -j RETURN") < pos("REDIRECT --to-ports 15006"));
     assert!(v4.contains("-I OUTPUT 1 -p tcp -j VEIL_OUTPUT"));
     assert!(v4.contains("-I PREROUTING 1 -p tcp -j VEIL_INBOUND"));
-    let v6 = rules(Family::V6, &UdpAllowance::default(), true, &all_jumps());
+    let v6 = rules(
+        Family::V6,
+        &UdpAllowance::default(),
+        &pod_ips(),
+        &all_jumps(),
+    );
     assert!(v6.contains("-d ::1/128 -j RETURN"));
     assert!(v6.contains("REDIRECT --to-ports 15001") && v6.contains("REDIRECT --to-ports 15006"));
     assert!(!v6.contains("127.0.0.0"));
@@ -32,7 +42,7 @@ fn rules_redirect_pod_traffic_except_loopback_hbone_and_ztunnel_itself() {
 #[test]
 fn capture_listeners_take_only_redirected_connections() {
     for family in Family::ALL {
-        let r = rules(family, &UdpAllowance::default(), true, &all_jumps());
+        let r = rules(family, &UdpAllowance::default(), &pod_ips(), &all_jumps());
         let guard = "-A VEIL_IN_FILTER -p tcp -m multiport --dports 15001,15006 -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset";
         // First in the chain: nothing may let a direct connection to a listener through before it.
         assert_eq!(
@@ -47,7 +57,7 @@ fn capture_listeners_take_only_redirected_connections() {
 #[test]
 fn inbound_drops_what_capture_does_not_handle_but_keeps_replies_icmp_and_loopback() {
     for (family, icmp) in [(Family::V4, "icmp"), (Family::V6, "ipv6-icmp")] {
-        let r = rules(family, &UdpAllowance::default(), true, &all_jumps());
+        let r = rules(family, &UdpAllowance::default(), &pod_ips(), &all_jumps());
         let pos = |needle| position(&r, needle);
         let drop = pos("-A VEIL_IN_FILTER -j DROP");
         for allowed in [
@@ -70,21 +80,31 @@ fn inbound_drops_what_capture_does_not_handle_but_keeps_replies_icmp_and_loopbac
 
 #[test]
 fn outbound_udp_is_refused_at_the_source_except_dns_by_default() {
-    let r = rules(Family::V4, &UdpAllowance::default(), true, &all_jumps());
+    let r = rules(
+        Family::V4,
+        &UdpAllowance::default(),
+        &pod_ips(),
+        &all_jumps(),
+    );
     let pos = |needle| position(&r, needle);
     let reject = pos("-A VEIL_OUT_FILTER -j REJECT --reject-with icmp-admin-prohibited");
     assert!(pos("-A VEIL_OUT_FILTER -p udp -m multiport --dports 53 -j RETURN") < reject);
     assert!(pos("-A VEIL_OUT_FILTER -p tcp -j RETURN") < reject);
     assert!(pos("-A VEIL_OUT_FILTER -p icmp -j RETURN") < reject);
     assert!(r.contains("-I OUTPUT 1 -j VEIL_OUT_FILTER"));
-    let v6 = rules(Family::V6, &UdpAllowance::default(), true, &all_jumps());
+    let v6 = rules(
+        Family::V6,
+        &UdpAllowance::default(),
+        &pod_ips(),
+        &all_jumps(),
+    );
     assert!(v6.contains("-A VEIL_OUT_FILTER -j REJECT --reject-with icmp6-adm-prohibited"));
     // Nothing allowed: only the final refusal mentions UDP-less traffic.
     let none = UdpAllowance {
         ports: vec![],
         cidrs: vec![],
     };
-    assert!(!rules(Family::V4, &none, true, &[]).contains("-p udp"));
+    assert!(!rules(Family::V4, &none, &pod_ips(), &[]).contains("-p udp"));
 }
 
 #[test]
@@ -93,10 +113,10 @@ fn allowed_udp_ports_and_cidrs_go_to_their_family_and_long_port_lists_are_split(
         ports: (1000..1020).collect(),
         cidrs: vec!["10.96.0.0/12".parse().unwrap(), "fd00::/8".parse().unwrap()],
     };
-    let v4 = rules(Family::V4, &udp, true, &[]);
+    let v4 = rules(Family::V4, &udp, &pod_ips(), &[]);
     assert!(v4.contains("-A VEIL_OUT_FILTER -p udp -d 10.96.0.0/12 -j RETURN"));
     assert!(!v4.contains("fd00::/8"));
-    let v6 = rules(Family::V6, &udp, true, &[]);
+    let v6 = rules(Family::V6, &udp, &pod_ips(), &[]);
     assert!(v6.contains("-A VEIL_OUT_FILTER -p udp -d fd00::/8 -j RETURN"));
     assert!(!v6.contains("10.96.0.0/12"));
     let multiport: Vec<&str> = v4
@@ -117,7 +137,7 @@ fn reinstalling_adds_only_the_missing_jumps() {
     let missing = missing_jumps(save);
     assert_eq!(missing.len(), 1);
     assert_eq!(JUMPS[missing[0]].3, FILTER_OUT);
-    let r = rules(Family::V4, &UdpAllowance::default(), true, &missing);
+    let r = rules(Family::V4, &UdpAllowance::default(), &pod_ips(), &missing);
     assert_eq!(r.matches("-I ").count(), 1, "{r}");
     assert!(missing_jumps("").len() == JUMPS.len());
     // A jump of the same name in the other table does not count.
@@ -153,24 +173,34 @@ fn ztunnel_never_connects_to_its_own_ports_loopback_or_link_local() {
 
 #[test]
 fn ipv6_link_local_tcp_out_is_reset_not_redirected_into_a_dead_end() {
-    let v6 = rules(Family::V6, &UdpAllowance::default(), true, &all_jumps());
+    let v6 = rules(
+        Family::V6,
+        &UdpAllowance::default(),
+        &pod_ips(),
+        &all_jumps(),
+    );
     let pos = |needle| position(&v6, needle);
     assert!(pos("-A VEIL_OUTPUT -d fe80::/10 -j RETURN") < pos("REDIRECT --to-ports 15001"));
     let reset = pos(
         "-A VEIL_OUT_FILTER ! -o lo -p tcp -d fe80::/10 -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset",
     );
     assert!(reset < pos("-A VEIL_OUT_FILTER -p tcp -j RETURN"));
-    assert!(!rules(Family::V4, &UdpAllowance::default(), true, &[]).contains("fe80"));
+    assert!(!rules(Family::V4, &UdpAllowance::default(), &pod_ips(), &[]).contains("fe80"));
 }
 
 #[test]
 fn the_nodes_probe_source_goes_to_the_application_only_when_probes_are_admitted() {
-    for (family, source) in [
-        (Family::V4, "169.254.7.127/32"),
-        (Family::V6, "fd16:9254:7127:1337:ffff:ffff:ffff:ffff/128"),
+    for (family, source, pod) in [
+        (Family::V4, "169.254.7.127/32", "10.1.0.5/32"),
+        (
+            Family::V6,
+            "fd16:9254:7127:1337:ffff:ffff:ffff:ffff/128",
+            "fd00::5/128",
+        ),
     ] {
-        let r = rules(family, &UdpAllowance::default(), true, &[]);
-        let probe = format!("-A VEIL_INBOUND -p tcp -s {source} -j RETURN");
+        let r = rules(family, &UdpAllowance::default(), &pod_ips(), &[]);
+        // Only to the pod's own address of the family: not link-local, not another interface's.
+        let probe = format!("-A VEIL_INBOUND -p tcp -s {source} -d {pod} -j RETURN");
         let at = r.find(&probe).unwrap_or_else(|| panic!("{r}"));
         let redirect = r.find("-A VEIL_INBOUND -p tcp -j REDIRECT").unwrap();
         assert!(
@@ -182,7 +212,16 @@ fn the_nodes_probe_source_goes_to_the_application_only_when_probes_are_admitted(
             1,
             "nothing else names the probe source"
         );
-        let off = rules(family, &UdpAllowance::default(), false, &[]);
+        let off = rules(family, &UdpAllowance::default(), &[], &[]);
         assert!(!off.contains(source), "{off}");
     }
+    // A pod with no IPv6 address of its own (link-local only) admits no IPv6 probe at all.
+    let v4_only: Vec<std::net::IpAddr> = vec!["10.1.0.5".parse().unwrap()];
+    let v6 = rules(Family::V6, &UdpAllowance::default(), &v4_only, &[]);
+    assert!(!v6.contains("fd16:9254"), "{v6}");
+}
+
+/// A pod's own addresses, one of each family.
+fn pod_ips() -> Vec<std::net::IpAddr> {
+    vec!["10.1.0.5".parse().unwrap(), "fd00::5".parse().unwrap()]
 }

@@ -187,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
                     client.clone(),
                     leading.clone(),
                     snapshots.clone(),
+                    status::RETRY,
                 ));
                 (leading, competing, writing)
             });

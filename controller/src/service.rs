@@ -138,6 +138,8 @@ async fn drive(
         .with_node(subscriber.node.as_deref())
         .with_audience(subscriber.audience.clone());
     let mut snapshots = service.hub.subscribe();
+    // A waypoint demoted while it waited for its turn: checked against the mesh it would be sent.
+    snapshots.mark_changed();
     let end = 'stream: loop {
         // The oldest unacknowledged response, of whichever type, sets the deadline: a client
         // that acknowledges one type but not the other is cut off all the same.

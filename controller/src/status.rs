@@ -256,11 +256,12 @@ fn same(a: Option<&PolicyStatus>, b: &PolicyStatus) -> bool {
 
 /// Writes policy status while `leading` says this replica holds the status lease: the status of
 /// every policy whose status changed, for the newest snapshot, each time there is a new one (and once
-/// on taking the lease). Returns when either channel closes.
+/// on taking the lease), and again `retry` after a write failed. Returns when either channel closes.
 pub async fn write_while_leading(
     client: Client,
     mut leading: watch::Receiver<bool>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    retry: std::time::Duration,
 ) {
     loop {
         if leading.wait_for(|l| *l).await.is_err() {
@@ -269,7 +270,7 @@ pub async fn write_while_leading(
         info!("holding the status lease: writing policy status");
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
-            write(&client, &snapshot, &leading).await;
+            let written = write(&client, &snapshot, &leading).await;
             tokio::select! {
                 changed = snapshots.changed() => if changed.is_err() {
                     return;
@@ -277,6 +278,8 @@ pub async fn write_while_leading(
                 changed = leading.changed() => if changed.is_err() {
                     return;
                 },
+                // A write that failed is tried again, even if nothing changes meanwhile.
+                () = tokio::time::sleep(retry), if !written => {}
             }
             if !*leading.borrow() {
                 info!("lost the status lease: another replica writes policy status");
@@ -286,11 +289,15 @@ pub async fn write_while_leading(
     }
 }
 
-/// Writes the status of every policy of `snapshot` whose status changed, while `leading`.
-pub async fn write(client: &Client, snapshot: &Snapshot, leading: &watch::Receiver<bool>) {
+/// How long after a failed status write it is tried again.
+pub const RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writes the status of every policy of `snapshot` whose status changed, while `leading`; whether
+/// every write that was due succeeded.
+pub async fn write(client: &Client, snapshot: &Snapshot, leading: &watch::Receiver<bool>) -> bool {
     let enforcement = Enforcement::new(&snapshot.state, &snapshot.invalid);
     let objects = &snapshot.objects;
-    write_kind(
+    let authz = write_kind(
         client,
         &objects.authorization_policies,
         |p| p.status.as_ref(),
@@ -298,7 +305,7 @@ pub async fn write(client: &Client, snapshot: &Snapshot, leading: &watch::Receiv
         leading,
     )
     .await;
-    write_kind(
+    let peer = write_kind(
         client,
         &objects.peer_authentications,
         |p| p.status.as_ref(),
@@ -306,6 +313,7 @@ pub async fn write(client: &Client, snapshot: &Snapshot, leading: &watch::Receiv
         leading,
     )
     .await;
+    authz && peer
 }
 
 /// Writes the status of each of `policies` (of one kind) whose status changed, while `leading`.
@@ -315,19 +323,21 @@ async fn write_kind<K>(
     status: impl Fn(&K) -> Option<&PolicyStatus>,
     verdicts: impl Fn(&PolicyId) -> [Verdict; 2],
     leading: &watch::Receiver<bool>,
-) where
+) -> bool
+where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
+    let mut all = true;
     for policy in policies {
         if !*leading.borrow() {
-            return;
+            return true;
         }
         let id = PolicyId::new(&policy.namespace().unwrap_or_default(), &policy.name_any());
         let api = Api::<K>::namespaced(client.clone(), &id.namespace);
-        patch(
+        all &= patch(
             &api,
             &id,
             status(policy),
@@ -336,6 +346,7 @@ async fn write_kind<K>(
         )
         .await;
     }
+    all
 }
 
 async fn patch<K>(
@@ -344,21 +355,27 @@ async fn patch<K>(
     previous: Option<&PolicyStatus>,
     verdicts: &[Verdict; 2],
     generation: Option<i64>,
-) where
+) -> bool
+where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let status = status_of(verdicts, previous, generation);
     if same(previous, &status) {
-        return;
+        return true;
     }
     let body = serde_json::json!({ "status": status });
-    if let Err(e) = api
+    match api
         .patch_status(&id.name, &PatchParams::default(), &Patch::Merge(&body))
         .await
     {
-        warn!(policy = %id, error = %e, "could not write policy status");
-    } else {
-        debug!(policy = %id, "wrote policy status");
+        Ok(_) => {
+            debug!(policy = %id, "wrote policy status");
+            true
+        }
+        Err(e) => {
+            warn!(policy = %id, error = %e, "could not write policy status; tried again shortly");
+            false
+        }
     }
 }
 

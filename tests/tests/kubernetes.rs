@@ -606,4 +606,15 @@ fn a_network_plugin_rewriting_its_configuration_does_not_leave_new_pods_uncaptur
     // The plugin binary deleted from the node is put back too.
     std::fs::remove_file(bin_dir.join("veil-cni")).unwrap();
     assert!(m.eventually(SETTLE, || bin_dir.join("veil-cni").is_file()));
+
+    // Rewritten while ztunnel is away (between the init container and ztunnel's start): the
+    // restarted ztunnel puts back the entry its installer saved.
+    m.stop_ztunnel("node-a");
+    std::fs::write(&file, primary.to_string()).unwrap();
+    m.start_ztunnel("node-a").unwrap();
+    assert!(
+        m.eventually(SETTLE, chained),
+        "not repaired after a restart:\n{}",
+        m.ztunnel_log("node-a")
+    );
 }

@@ -290,7 +290,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         None => None,
     };
-    let repair = keep_cni_chain(&config);
+    let repair_stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let repair = keep_cni_chain(&config, &repair_stopped);
     let reconciler = tokio::spawn(enrol::run(ctx, registry, status, config.netns_dir.clone()));
     info!(node = %config.node, "veil-ztunnel running");
     shutdown.await;
@@ -299,6 +300,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(cni) = cni {
         cni.abort();
     }
+    // No repair after this point: an uninstall's cleanup below must not be undone.
+    repair_stopped.store(true, std::sync::atomic::Ordering::Release);
     if let Some(repair) = repair {
         repair.abort();
     }
@@ -323,7 +326,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 /// In Kubernetes, with the node's CNI directories: keeps veil-cni in the node's plugin chain, with
 /// the entry the init container chained (the binary copied from beside ztunnel's own when missing).
-fn keep_cni_chain(config: &Config) -> Option<tokio::task::JoinHandle<()>> {
+fn keep_cni_chain(
+    config: &Config,
+    stopped: &Arc<std::sync::atomic::AtomicBool>,
+) -> Option<tokio::task::JoinHandle<()>> {
     let (None, Some(bin_dir), Some(conf_dir)) = (
         &config.mesh_config,
         &config.cni_bin_dir,
@@ -331,13 +337,18 @@ fn keep_cni_chain(config: &Config) -> Option<tokio::task::JoinHandle<()>> {
     ) else {
         return None;
     };
-    let entry = match cni::repair::current_entry(conf_dir) {
-        Ok(Some(entry)) => entry,
-        Ok(None) => {
-            error!(conf_dir = %conf_dir.display(), "veil-cni is not in the node's CNI chain at start (did the install-cni init container run?): the chain is not kept");
+    let saved = config
+        .ambient_file
+        .as_deref()
+        .and_then(std::path::Path::parent)
+        .and_then(cni::repair::saved_entry);
+    let entry = match (saved, cni::repair::current_entry(conf_dir)) {
+        (Some(entry), _) | (None, Ok(Some(entry))) => entry,
+        (None, Ok(None)) => {
+            error!(conf_dir = %conf_dir.display(), "veil-cni is not in the node's CNI chain at start and its installer saved no entry (did the install-cni init container run?): the chain is not kept");
             return None;
         }
-        Err(e) => {
+        (None, Err(e)) => {
             error!(error = %e, "cannot read the node's CNI chain at start: the chain is not kept");
             return None;
         }
@@ -355,6 +366,7 @@ fn keep_cni_chain(config: &Config) -> Option<tokio::task::JoinHandle<()>> {
         conf_dir: conf_dir.clone(),
         entry,
         binary,
+        stopped: stopped.clone(),
     };
     Some(tokio::spawn(chain.keep(std::time::Duration::from_secs(1))))
 }

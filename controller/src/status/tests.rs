@@ -195,7 +195,12 @@ async fn only_the_replica_holding_the_lease_writes_and_it_stops_when_it_loses_it
     let (client, patches) = recording_client();
     let (lease, leading) = watch::channel(false);
     let (snapshots_tx, snapshots) = watch::channel(snapshot_of(&["first"]));
-    let writer = tokio::spawn(write_while_leading(client, leading, snapshots));
+    let writer = tokio::spawn(write_while_leading(
+        client,
+        leading,
+        snapshots,
+        std::time::Duration::from_secs(60),
+    ));
     let settle = || tokio::time::sleep(std::time::Duration::from_millis(200));
 
     settle().await;
@@ -241,4 +246,30 @@ async fn a_writer_without_the_lease_writes_nothing() {
     let (_lease, leading) = watch::channel(false);
     write(&client, &snapshot_of(&["a", "b"]), &leading).await;
     assert!(patches.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_write_is_tried_again_without_waiting_for_a_change() {
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = attempts.clone();
+    let client = veil_mesh::testing::fake_kube(move |_, _, body| {
+        // The API server refuses the first write (a 500 during an etcd leader change, say).
+        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            return Some((500, r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"InternalError","code":500}"#.into()));
+        }
+        let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+        Some((200, serde_json::json!({"apiVersion": "security.veil.dev/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "first", "namespace": "production"}, "spec": {}, "status": value["status"]}).to_string()))
+    });
+    let (_lease, leading) = watch::channel(true);
+    let (_source, snapshots) = watch::channel(snapshot_of(&["first"]));
+    let writer = tokio::spawn(write_while_leading(
+        client,
+        leading,
+        snapshots,
+        std::time::Duration::from_millis(100),
+    ));
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    writer.abort();
+    // Tried again after the failure, and not again once it succeeded.
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

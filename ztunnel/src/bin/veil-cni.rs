@@ -16,6 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::json;
 use veil_ztunnel::cni::install::{self, PLUGIN_TYPE};
+use veil_ztunnel::cni::repair;
 use veil_ztunnel::cni::{DEFAULT_AMBIENT_FILE, DEFAULT_SOCKET, plugin};
 
 /// Installs or removes veil's CNI plugin on this node.
@@ -102,6 +103,16 @@ fn admin(command: Admin) -> Result<(), install::InstallError> {
                 path: "/proc/self/exe".into(),
                 source,
             })?;
+            // Kept beside ztunnel's list, for ztunnel to put the entry back even if the network
+            // plugin rewrites its configuration before ztunnel starts.
+            if let Some(dir) = ambient_file.parent()
+                && let Err(e) = repair::save_entry(dir, &entry)
+            {
+                eprintln!(
+                    "veil-cni: warning: could not save the entry in {}: {e} (ztunnel repairs the chain only with the entry it finds chained)",
+                    dir.display()
+                );
+            }
             loop {
                 match install::install(&binary, &dirs.bin_dir, &dirs.conf_dir, &entry)? {
                     Some(conf) => {

@@ -4,8 +4,9 @@
 //! chain every second and puts its entry back, as its init container first wrote it, together with
 //! the binary if that went too.
 //!
-//! The entry is the one found in the chain when ztunnel starts (what this release's init container
-//! wrote), so ztunnel needs none of the installer's settings. Any `veil-cni` entry counts as
+//! The entry is the one this release's init container wrote beside ztunnel's list of ambient
+//! namespaces ([`ENTRY_FILE`]), or else the one found in the chain when ztunnel starts, so ztunnel
+//! needs none of the installer's settings. Any `veil-cni` entry counts as
 //! present: two ztunnels of different releases on one node (an upgrade) never rewrite each other's.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,23 @@ use serde_json::Value;
 use tracing::{error, info, warn};
 
 use super::install::{self, InstallError, PLUGIN_TYPE, primary_config};
+
+/// The file, in the directory of ztunnel's list of ambient namespaces, where the installer keeps the
+/// entry it chained (for ztunnel to put back even if the chain was rewritten before it started).
+pub const ENTRY_FILE: &str = "cni-entry.json";
+
+/// Writes `entry` to `dir`/[`ENTRY_FILE`].
+pub fn save_entry(dir: &Path, entry: &Value) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{ENTRY_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(entry)?)?;
+    std::fs::rename(tmp, dir.join(ENTRY_FILE))
+}
+
+/// The entry saved in `dir`, if there is a valid one.
+pub fn saved_entry(dir: &Path) -> Option<Value> {
+    let entry: Value = serde_json::from_slice(&std::fs::read(dir.join(ENTRY_FILE)).ok()?).ok()?;
+    (entry["type"] == PLUGIN_TYPE).then_some(entry)
+}
 
 /// What a check found.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,6 +57,8 @@ pub struct Chain {
     pub entry: Value,
     /// Where to copy the plugin binary from when it is missing.
     pub binary: PathBuf,
+    /// Set when ztunnel stops: no repair may follow (it could undo an uninstall's cleanup).
+    pub stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// veil's entry in the primary configuration of `conf_dir`, if it is there.
@@ -70,6 +90,9 @@ fn plugins(path: &Path) -> Result<Vec<Value>, InstallError> {
 impl Chain {
     /// Checks the chain and repairs it.
     pub fn check(&self) -> Result<Checked, InstallError> {
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(Checked::Intact);
+        }
         let Some(primary) = primary_config(&self.conf_dir)? else {
             return Ok(Checked::NoConfig);
         };
@@ -135,6 +158,7 @@ mod tests {
             conf_dir: conf,
             entry: current_entry(&dir.path().join("net.d")).unwrap().unwrap(),
             binary,
+            stopped: Default::default(),
         };
         (dir, chain)
     }
@@ -204,5 +228,21 @@ mod tests {
         assert_eq!(chain.check().unwrap(), Checked::NoConfig);
         std::fs::write(chain.conf_dir.join("00-broken.conflist"), "{not json").unwrap();
         assert!(chain.check().is_err());
+    }
+
+    #[test]
+    fn the_saved_entry_is_read_back_and_a_stopped_chain_is_left_alone() {
+        let (dir, chain) = node();
+        save_entry(dir.path(), &chain.entry).unwrap();
+        assert_eq!(saved_entry(dir.path()), Some(chain.entry.clone()));
+        std::fs::write(dir.path().join(ENTRY_FILE), r#"{"type": "bridge"}"#).unwrap();
+        assert_eq!(saved_entry(dir.path()), None, "not veil's");
+        chain
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        let file = chain.conf_dir.join("10-pods.conflist");
+        std::fs::write(&file, BRIDGE).unwrap();
+        assert_eq!(chain.check().unwrap(), Checked::Intact);
+        assert_eq!(chain_of(&file), ["bridge"], "repaired after stopping");
     }
 }

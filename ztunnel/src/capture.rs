@@ -129,11 +129,26 @@ impl Family {
     }
 
     /// The probe source of this family, as a host network.
-    pub(crate) fn probe_source(self) -> String {
+    /// The probe source of this family.
+    pub(crate) fn probe_address(self) -> IpAddr {
         match self {
-            Self::V4 => format!("{PROBE_SOURCE_V4}/32"),
-            Self::V6 => format!("{PROBE_SOURCE_V6}/128"),
+            Self::V4 => PROBE_SOURCE_V4.into(),
+            Self::V6 => PROBE_SOURCE_V6.into(),
         }
+    }
+
+    /// The probe source of this family, as a network of one address.
+    pub(crate) fn probe_source(self) -> String {
+        host_net(self.probe_address())
+    }
+
+    /// Those of `ips` of this family (IPv4-mapped IPv6 counting as IPv4), as host networks.
+    pub(crate) fn hosts<'a>(self, ips: impl IntoIterator<Item = &'a IpAddr>) -> Vec<String> {
+        ips.into_iter()
+            .map(|ip| ip.to_canonical())
+            .filter(|ip| ip.is_ipv4() == (self == Self::V4))
+            .map(host_net)
+            .collect()
     }
 
     pub(crate) fn tool(self) -> &'static str {
@@ -173,9 +188,7 @@ pub fn rules(family: Family, udp: &UdpAllowance, probes: &[IpAddr], jumps: &[usi
     filter.push_str(&filter_out(family, udp));
     let mut nat = format!("*nat\n:{NAT_OUT} - [0:0]\n:{NAT_IN} - [0:0]\n");
     nat.push_str(&nat_rules(family, probes));
-    for &i in jumps {
-        let (table, hook, matcher, chain) = JUMPS[i];
-        let line = format!("-I {hook} 1 {matcher}-j {chain}\n");
+    for (table, line) in jump_lines(&JUMPS, jumps) {
         if table == "filter" {
             filter.push_str(&line);
         } else {
@@ -246,17 +259,11 @@ fn nat_rules(family: Family, probes: &[IpAddr]) -> String {
     // the node itself, which the node marks with the probe source (see `crate::probes`), to the
     // pod's own addresses only (not its link-local ones, nor a secondary interface's, which may
     // not pass through the node's guard).
-    let probe: String = probes
+    let source = family.probe_source();
+    let probe: String = family
+        .hosts(probes)
         .iter()
-        .map(|ip| ip.to_canonical())
-        .filter(|ip| ip.is_ipv4() == (family == Family::V4))
-        .map(|ip| {
-            let host = if ip.is_ipv4() { 32 } else { 128 };
-            format!(
-                "-A {NAT_IN} -p tcp -s {} -d {ip}/{host} -j RETURN\n",
-                family.probe_source()
-            )
-        })
+        .map(|pod| format!("-A {NAT_IN} -p tcp -s {source} -d {pod} -j RETURN\n"))
         .collect();
     // A connection to a neighbour's IPv6 link-local address is bound to an interface: redirected
     // to `::1` it cannot be routed and hangs. It is left to the filter table, which resets it.
@@ -272,6 +279,23 @@ fn nat_rules(family: Family, probes: &[IpAddr]) -> String {
 {probe}-A {NAT_IN} -p tcp -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}
 "
     )
+}
+
+/// `ip` as a network of one address (`/32`, `/128`).
+fn host_net(ip: IpAddr) -> String {
+    let bits = if ip.is_ipv4() { 32 } else { 128 };
+    format!("{ip}/{bits}")
+}
+
+/// The rules adding the jumps of `all` at indices `missing`, each with its table.
+pub(crate) fn jump_lines<'a>(
+    all: &'a [(&'a str, &'a str, &'a str, &'a str)],
+    missing: &'a [usize],
+) -> impl Iterator<Item = (&'a str, String)> + 'a {
+    missing.iter().map(|&i| {
+        let (table, hook, matcher, chain) = all[i];
+        (table, format!("-I {hook} 1 {matcher}-j {chain}\n"))
+    })
 }
 
 /// The indices in [`JUMPS`] of the jumps absent from `save` (`iptables-save` output).

@@ -80,7 +80,9 @@ pub async fn run(
     if ctx.settings.kubelet_probes {
         sync_probes(&ctx, &enrolled, &mut probed).await;
     }
-    let mut resync = tokio::time::interval(PROBE_RESYNC);
+    // Its first tick a period from now: the rules were just written.
+    let mut resync =
+        tokio::time::interval_at(tokio::time::Instant::now() + PROBE_RESYNC, PROBE_RESYNC);
     loop {
         let state = rx.borrow_and_update().clone();
         cni.borrow_and_update();

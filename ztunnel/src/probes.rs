@@ -20,7 +20,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::capture::{CaptureError, Family, missing, run_here};
+use crate::capture::{CaptureError, Family, jump_lines, missing, run_here};
 pub use crate::capture::{PROBE_SOURCE_V4, PROBE_SOURCE_V6};
 
 /// raw: drop the probe source arriving from outside.
@@ -37,27 +37,15 @@ const JUMPS: [(&str, &str, &str, &str); 2] = [
 /// The `iptables-restore --noflush` input that sets the node's probe rules for `family` to the pods
 /// at `pods` (addresses of other families are left out); `jumps` are the jumps still missing.
 pub fn node_rules(family: Family, pods: &BTreeSet<IpAddr>, jumps: &[usize]) -> String {
-    let source = family.probe_source();
-    let bare = source.split('/').next().unwrap_or_default();
+    let (source, bare) = (family.probe_source(), family.probe_address());
     let mut raw = format!("*raw\n:{GUARD} - [0:0]\n-A {GUARD} -s {source} -j DROP\n");
     let mut nat = format!("*nat\n:{SNAT} - [0:0]\n");
-    let host = match family {
-        Family::V4 => 32,
-        Family::V6 => 128,
-    };
-    for ip in pods.iter().map(|ip| ip.to_canonical()).filter(|ip| {
-        matches!(
-            (family, ip),
-            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
-        )
-    }) {
+    for pod in family.hosts(pods) {
         nat.push_str(&format!(
-            "-A {SNAT} -d {ip}/{host} -p tcp -m owner --socket-exists -j SNAT --to-source {bare}\n"
+            "-A {SNAT} -d {pod} -p tcp -m owner --socket-exists -j SNAT --to-source {bare}\n"
         ));
     }
-    for &i in jumps {
-        let (table, hook, matcher, chain) = JUMPS[i];
-        let line = format!("-I {hook} 1 {matcher}-j {chain}\n");
+    for (table, line) in jump_lines(&JUMPS, jumps) {
         if table == "raw" {
             raw.push_str(&line);
         } else {

@@ -499,18 +499,14 @@ impl MeshState {
     /// being deleted that are still ready (draining), as kube-proxy falls back to terminating
     /// endpoints that still serve; never one that is not ready. In a stable order.
     pub fn serving_endpoints(&self, service: &Service) -> Vec<Arc<Workload>> {
-        let all = self.endpoints(service);
-        let ready: Vec<Arc<Workload>> = all
-            .iter()
-            .filter(|w| w.serving == Serving::Ready)
-            .cloned()
-            .collect();
-        if !ready.is_empty() {
-            return ready;
-        }
-        all.into_iter()
-            .filter(|w| w.serving == Serving::Terminating)
-            .collect()
+        let mut endpoints = self.endpoints(service);
+        let wanted = if endpoints.iter().any(|w| w.serving == Serving::Ready) {
+            Serving::Ready
+        } else {
+            Serving::Terminating
+        };
+        endpoints.retain(|w| w.serving == wanted);
+        endpoints
     }
 
     /// The services `workload` is an endpoint of.

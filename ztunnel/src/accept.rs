@@ -81,8 +81,9 @@ pub async fn serve_each<F, Fut>(
     serve(ctx.clone(), local.clone(), listener, resource, admit).await;
 }
 
-/// Accepts connections on `listener` for `local` until it is dropped: each takes a `resource`
-/// permit and goes to `handler` in its own task, or is reset at once when over budget.
+/// Accepts connections on `listener` for `local` until it is dropped or ztunnel drains: each takes
+/// a `resource` permit and goes to `handler` in its own task, or is reset at once when over
+/// budget. Draining drops the listener; connections already accepted go on in their tasks.
 pub async fn serve<F, Fut>(
     ctx: Arc<Context>,
     local: Arc<LocalWorkload>,
@@ -94,8 +95,15 @@ pub async fn serve<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut backoff = Backoff::default();
+    let drain = ctx.drain_started();
+    tokio::pin!(drain);
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut drain => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
             Ok((tcp, _)) => {
                 backoff.succeeded();
                 match ctx.budgets.acquire(&local.budget, resource) {

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 use veil_mesh::discovery::{self, MeshSettings, MeshState, NodeAddresses, Origin};
@@ -14,7 +13,6 @@ use veil_mesh::identity::{
     CertManager, GrpcCaClient, ManagerConfig, TokenSource, TrustBundle, parse_trust_domain,
 };
 use veil_mesh::pool::{Pool, PoolSettings};
-use veil_mesh::telemetry::http::serve;
 use veil_mesh::telemetry::metrics::Metrics;
 use veil_mesh::xds;
 
@@ -23,7 +21,7 @@ use crate::config::Config;
 use crate::context::{Context, DataPathSettings};
 use crate::enrol::{self, StatusMap};
 use crate::registry::Registry;
-use crate::{budget, cni, conntrack, netns, ops};
+use crate::{budget, cni, conntrack, handover, lifecycle, netns, ops};
 
 /// Why ztunnel could not start.
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +116,8 @@ fn write_atomically(path: &Path, namespaces: &BTreeSet<String>) -> std::io::Resu
     std::fs::rename(&tmp, path)
 }
 
-/// Runs ztunnel until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+/// Runs ztunnel until the first of `stops`, then drains (until the next, at most).
+pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), StartError> {
     netns::init().map_err(|e| StartError::Config(format!("reading own network namespace: {e}")))?;
     let trust_domain =
         parse_trust_domain(&config.trust_domain).map_err(|e| StartError::Config(e.to_string()))?;
@@ -261,7 +259,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.policy_recheck_grace,
     ));
     let status = StatusMap::default();
-    let endpoints = [
+    // A ztunnel already running on the node hands its pods over before anything is bound: the
+    // admin ports and the CNI socket are let go of for this one.
+    let inherited = match &config.handover_dir {
+        Some(dir) => {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || handover::take_over(&dir))
+                .await
+                .map_err(|e| StartError::Config(format!("taking over from a predecessor: {e}")))?
+        }
+        None => handover::Inherited::default(),
+    };
+    let endpoints = vec![
         (config.metrics_addr, ops::metrics(ctx.clone())),
         (
             config.readiness_addr,
@@ -269,12 +278,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ),
         (config.admin_addr, ops::admin(ctx.clone(), status.clone())),
     ];
-    for (addr, handler) in endpoints {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        tokio::spawn(serve(listener, handler));
-    }
+    let ops = lifecycle::serve_ops(endpoints)
+        .await
+        .map_err(|(addr, source)| StartError::Bind { addr, source })?;
     let cni = match &config.cni_socket {
         Some(path) => {
             let listener = cni::server::bind(path).map_err(|e| {
@@ -292,14 +298,37 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let repair_stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let repair = keep_cni_chain(&config, &repair_stopped);
-    let reconciler = tokio::spawn(enrol::run(ctx, registry, status, config.netns_dir.clone()));
+    let (stop_enrolment, stop) = watch::channel(false);
+    let held = handover::Held::default();
+    let reconciler = tokio::spawn(enrol::run(
+        ctx.clone(),
+        registry,
+        status,
+        config.netns_dir.clone(),
+        enrol::Handover {
+            held: held.clone(),
+            inherited,
+            stop,
+        },
+    ));
+    let handover = match &config.handover_dir {
+        Some(dir) => Some(handover::Server::start(dir).map_err(|e| {
+            StartError::Config(format!("the handover socket in {}: {e}", dir.display()))
+        })?),
+        None => None,
+    };
+    let mut owner = lifecycle::Owner {
+        ctx,
+        reconciler: Some(reconciler),
+        stop_enrolment,
+        ops,
+        cni,
+        held,
+        handover,
+    };
     info!(node = %config.node, "veil-ztunnel running");
-    shutdown.await;
-    // Capture rules stay in place: while ztunnel is away, pods' traffic fails closed.
-    reconciler.abort();
-    if let Some(cni) = cni {
-        cni.abort();
-    }
+    owner.run_until_stopped(&mut stops).await;
+    // Capture rules stay in place: while no ztunnel serves a pod, its traffic fails closed.
     // No repair after this point: an uninstall's cleanup below must not be undone.
     repair_stopped.store(true, std::sync::atomic::Ordering::Release);
     if let Some(repair) = repair {
@@ -320,6 +349,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .on_shutdown()
         .await;
     }
+    owner.drain(config.drain_period, &mut stops).await;
     info!("veil-ztunnel stopped");
     Ok(())
 }

@@ -168,6 +168,19 @@ impl Budgets {
         }
     }
 
+    /// Connections open now on the whole node (HBONE, outbound and plaintext inbound): what a
+    /// draining ztunnel waits for.
+    pub fn connections(&self) -> usize {
+        [
+            Resource::HboneConnections,
+            Resource::OutboundConnections,
+            Resource::PlaintextConnections,
+        ]
+        .iter()
+        .map(|r| self.in_use[r.index()].load(Ordering::Acquire))
+        .sum()
+    }
+
     /// The limits.
     pub fn limits(&self) -> &Limits {
         &self.limits

@@ -52,6 +52,16 @@ pub struct Config {
     /// ztunnel's DaemonSet (Kubernetes mode).
     #[arg(long, default_value = "veil-ztunnel")]
     pub daemonset: String,
+    /// Hand this node's pods over between ztunnels through sockets in this directory: a ztunnel
+    /// starting takes over the listening sockets of the one running (an upgrade refuses and cuts
+    /// no connection), and offers its own to the next (the Helm chart sets it; see
+    /// docs/ztunnel.md, "Upgrades").
+    #[arg(long, env = "VEIL_HANDOVER_DIR")]
+    pub handover_dir: Option<PathBuf>,
+    /// On SIGTERM, how long connections already open are served before ztunnel exits (it exits as
+    /// soon as the last one ends; a second SIGTERM or SIGINT exits at once).
+    #[arg(long, env = "VEIL_DRAIN_PERIOD", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub drain_period: Duration,
     /// Where the container runtime pins pods' network namespaces: searched for pods that were
     /// running before their namespace joined the mesh.
     #[arg(long, default_value = "/var/run/netns")]

@@ -99,6 +99,8 @@ pub struct Context {
     next_endpoint: AtomicUsize,
     /// Whether the stream from the control plane is up, when the mesh comes from one.
     control_plane: Option<watch::Receiver<bool>>,
+    /// Set when ztunnel stops: listeners stop accepting, HBONE connections are told to go away.
+    draining: watch::Sender<bool>,
 }
 
 impl Context {
@@ -129,6 +131,7 @@ impl Context {
             probe_error: std::sync::Mutex::new(None),
             next_endpoint: AtomicUsize::new(0),
             control_plane: None,
+            draining: watch::Sender::new(false),
         }
     }
 
@@ -153,6 +156,21 @@ impl Context {
             UnknownDestination::Deny
         } else {
             self.settings.unknown_destination
+        }
+    }
+
+    /// Starts draining: no connection is accepted from now on, and peers are told to open no more
+    /// tunnels on the HBONE connections they have here. Live connections go on.
+    pub fn start_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Completes once draining has started.
+    pub fn drain_started(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut draining = self.draining.subscribe();
+        async move {
+            // An error means the context is gone: nothing is served any more either.
+            let _ = draining.wait_for(|d| *d).await;
         }
     }
 

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 use veil_mesh::discovery::{MeshState, Workload};
@@ -24,6 +26,7 @@ use veil_mesh::telemetry::metrics::WorkloadLabels;
 use crate::budget::PodBudget;
 use crate::capture::{self, Family, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, UdpAllowance};
 use crate::context::{Context, LocalWorkload};
+use crate::handover::{Handoff, Held, Inherited};
 use crate::netns::{NetNs, NsId};
 use crate::registry::Registry;
 use crate::{inbound, outbound, plaintext};
@@ -61,8 +64,20 @@ struct Enrolled {
     netns_id: NsId,
 }
 
-/// Reconciles forever: on every state change, every change of the CNI registry, and periodically
-/// while some capture is failing.
+/// What enrolment shares with the handover to and from other ztunnels ([`crate::handover`]).
+#[derive(Debug)]
+pub struct Handover {
+    /// The pods enrolled here, as they would be handed over; kept up to date by enrolment.
+    pub held: Held,
+    /// The pods a predecessor handed over, taken by enrolment as it captures them.
+    pub inherited: Inherited,
+    /// Set when enrolment must stop at the end of its round (another ztunnel takes the node over,
+    /// or this one stops): captured pods are left as they are, their listeners still accepting.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Reconciles until `handover.stop` is set: on every state change, every change of the CNI
+/// registry, and periodically while some capture is failing.
 /// Pods that were running before enrolment are looked for in `pinned_dir` (see
 /// [`crate::netns::find_by_address`]).
 pub async fn run(
@@ -70,6 +85,7 @@ pub async fn run(
     registry: Arc<Registry>,
     status: StatusMap,
     pinned_dir: PathBuf,
+    mut handover: Handover,
 ) {
     let mut rx = ctx.state.clone();
     let mut cni = registry.subscribe();
@@ -86,7 +102,17 @@ pub async fn run(
     loop {
         let state = rx.borrow_and_update().clone();
         cni.borrow_and_update();
-        reconcile(&ctx, &registry, &state, &mut enrolled, &status, &pinned_dir).await;
+        if *handover.stop.borrow_and_update() {
+            break;
+        }
+        let round = Round {
+            ctx: &ctx,
+            registry: &registry,
+            status: &status,
+            pinned_dir: &pinned_dir,
+            handover: &handover,
+        };
+        round.reconcile(&state, &mut enrolled).await;
         registry.set_captured(enrolled.values().map(|e| e.local.workload.key()).collect());
         let probes_failing =
             ctx.settings.kubelet_probes && !sync_probes(&ctx, &enrolled, &mut probed).await;
@@ -95,6 +121,7 @@ pub async fn run(
                 .values()
                 .any(|s| matches!(s, CaptureStatus::Failed { .. }));
         tokio::select! {
+            changed = handover.stop.changed() => if changed.is_err() { break },
             changed = rx.changed() => if changed.is_err() { break },
             changed = cni.changed() => if changed.is_err() { break },
             () = tokio::time::sleep(RETRY), if failing => {}
@@ -168,116 +195,174 @@ fn known_netns(workload: &Workload, registry: &Registry) -> Option<PathBuf> {
         .or_else(|| registry.get(&workload.key()).map(|p| p.netns))
 }
 
-async fn reconcile(
-    ctx: &Arc<Context>,
-    registry: &Arc<Registry>,
-    state: &MeshState,
-    enrolled: &mut HashMap<String, Enrolled>,
-    status: &StatusMap,
-    pinned_dir: &Path,
-) {
-    let want: HashMap<String, Arc<Workload>> = desired(ctx, state)
-        .into_iter()
-        .map(|w| (w.uid.clone(), w))
-        .collect();
-    let stale: Vec<String> = enrolled
-        .iter()
-        .filter(|(uid, e)| {
-            want.get(*uid).is_none_or(|w| {
-                !same_capture(w, &e.local.workload)
-                    || registry.released(&w.key())
-                    || known_netns(w, registry).is_some_and(|p| !e.local.netns.is_at(&p))
+/// One reconciliation's view of what enrolment works with.
+struct Round<'a> {
+    ctx: &'a Arc<Context>,
+    registry: &'a Arc<Registry>,
+    status: &'a StatusMap,
+    pinned_dir: &'a Path,
+    handover: &'a Handover,
+}
+
+impl Round<'_> {
+    async fn reconcile(&self, state: &MeshState, enrolled: &mut HashMap<String, Enrolled>) {
+        let (ctx, registry, status) = (self.ctx, self.registry, self.status);
+        let want: HashMap<String, Arc<Workload>> = desired(ctx, state)
+            .into_iter()
+            .map(|w| (w.uid.clone(), w))
+            .collect();
+        let stale: Vec<String> = enrolled
+            .iter()
+            .filter(|(uid, e)| {
+                want.get(*uid).is_none_or(|w| {
+                    !same_capture(w, &e.local.workload)
+                        || registry.released(&w.key())
+                        || known_netns(w, registry).is_some_and(|p| !e.local.netns.is_at(&p))
+                })
             })
-        })
-        .map(|(uid, _)| uid.clone())
-        .collect();
-    for uid in stale {
-        if let Some(e) = enrolled.remove(&uid) {
-            release(e).await;
-            lock(status).remove(&uid);
-            info!(workload = %uid, "released pod");
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in stale {
+            if let Some(e) = enrolled.remove(&uid) {
+                held(&self.handover.held).remove(&uid);
+                release(e).await;
+                lock(status).remove(&uid);
+                info!(workload = %uid, "released pod");
+            }
+        }
+        lock(status).retain(|uid, _| want.contains_key(uid));
+        for (uid, workload) in want {
+            if enrolled.contains_key(&uid) {
+                continue;
+            }
+            if registry.released(&workload.key()) {
+                // Its CNI DEL has run: it is going away, not to be captured again.
+                lock(status).insert(uid, CaptureStatus::Released);
+                continue;
+            }
+            match self
+                .enrol(workload.clone(), known_netns(&workload, registry))
+                .await
+            {
+                Ok((e, handoff)) => {
+                    info!(workload = %workload.key(), identity = %workload.identity, netns = %e.local.netns.path().display(), "captured pod");
+                    let netns = e.netns_id;
+                    enrolled.insert(uid.clone(), e);
+                    held(&self.handover.held).insert(uid.clone(), handoff);
+                    lock(status).insert(uid, CaptureStatus::Captured { netns });
+                }
+                Err(reason) => {
+                    error!(workload = %workload.key(), %reason, "CAPTURE FAILED: the pod's traffic is not protected; retrying");
+                    ctx.metrics
+                        .capture_failures
+                        .get_or_create(&WorkloadLabels {
+                            workload: workload.key(),
+                        })
+                        .inc();
+                    lock(status).insert(uid, CaptureStatus::Failed { reason });
+                }
+            }
         }
     }
-    lock(status).retain(|uid, _| want.contains_key(uid));
-    for (uid, workload) in want {
-        if enrolled.contains_key(&uid) {
-            continue;
-        }
-        if registry.released(&workload.key()) {
-            // Its CNI DEL has run: it is going away, not to be captured again.
-            lock(status).insert(uid, CaptureStatus::Released);
-            continue;
-        }
-        match enrol(
-            ctx,
-            workload.clone(),
-            known_netns(&workload, registry),
-            pinned_dir,
-        )
-        .await
-        {
-            Ok(e) => {
-                info!(workload = %workload.key(), identity = %workload.identity, netns = %e.local.netns.path().display(), "captured pod");
-                let netns = e.netns_id;
-                enrolled.insert(uid.clone(), e);
-                lock(status).insert(uid, CaptureStatus::Captured { netns });
+
+    /// What a predecessor handed over for `uid`, if it is the namespace the pod is known to be in
+    /// (a copy: the original is kept until the capture succeeds).
+    fn inherited(&self, uid: &str, netns_from: Option<&Path>) -> Option<Handoff> {
+        let mut inherited = held(&self.handover.inherited);
+        let pod = inherited.get(uid)?;
+        let same = match netns_from {
+            Some(path) => matches!((pod.netns_id(), NsId::of(path)), (Ok(a), Ok(b)) if a == b),
+            None => true,
+        };
+        match pod.try_clone() {
+            Ok(copy) if same => Some(copy),
+            Ok(_) => {
+                info!(workload = %uid, "the pod handed over is in another namespace now: captured afresh");
+                inherited.remove(uid);
+                None
             }
-            Err(reason) => {
-                error!(workload = %workload.key(), %reason, "CAPTURE FAILED: the pod's traffic is not protected; retrying");
-                ctx.metrics
-                    .capture_failures
-                    .get_or_create(&WorkloadLabels {
-                        workload: workload.key(),
-                    })
-                    .inc();
-                lock(status).insert(uid, CaptureStatus::Failed { reason });
+            Err(e) => {
+                error!(workload = %uid, error = %e, "cannot use the sockets handed over for the pod");
+                None
             }
         }
+    }
+
+    async fn enrol(
+        &self,
+        workload: Arc<Workload>,
+        netns_from: Option<PathBuf>,
+    ) -> Result<(Enrolled, Handoff), String> {
+        let ctx = self.ctx;
+        let inherited = self.inherited(&workload.uid, netns_from.as_deref());
+        let netns = match (&inherited, &netns_from) {
+            (Some(pod), _) => NetNs::from_file(
+                pod.netns_path.clone(),
+                pod.netns_file()
+                    .map_err(|e| format!("the namespace handed over: {e}"))?,
+            ),
+            (None, Some(path)) => {
+                NetNs::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?
+            }
+            (None, None) => find_netns(&workload, self.pinned_dir).await?,
+        };
+        let path = netns.stable_path();
+        let netns_id = netns
+            .id()
+            .map_err(|e| format!("reading the namespace's identity: {e}"))?;
+        let cert = ctx.certs.track(workload.identity.clone());
+        let tls = server_config(ctx.bundle.clone(), Arc::new(cert.clone()));
+        let local = Arc::new(LocalWorkload {
+            workload: workload.clone(),
+            netns,
+            cert,
+            tls,
+            budget: PodBudget::default(),
+        });
+        let (tasks, listeners) = start_listeners(ctx, &local, inherited.as_ref())
+            .map_err(|e| format!("listeners: {e}"))?;
+        let handoff = Handoff {
+            netns_path: local.netns.path().to_owned(),
+            netns: local
+                .netns
+                .dup()
+                .map_err(|e| format!("keeping the namespace for a successor: {e}"))?,
+            listeners,
+        };
+        let enrolled = Enrolled {
+            local,
+            tasks,
+            netns_id,
+        };
+        // The probe source is admitted only to the pod's own addresses, and only once the node's
+        // guard against it is in place.
+        let probes = if ctx.settings.kubelet_probes && ctx.probe_guard.load(Ordering::Acquire) {
+            workload.ips.clone()
+        } else {
+            Vec::new()
+        };
+        if let Err(e) = install(&path, ctx.settings.udp.clone(), probes).await {
+            // Whatever part of the rules went in comes out again: no half-captured pod. Not for
+            // a pod handed over: its rules are the predecessor's, and its sockets still serve.
+            if inherited.is_some() {
+                for task in enrolled.tasks {
+                    task.abort();
+                }
+            } else {
+                release(enrolled).await;
+            }
+            return Err(e);
+        }
+        if inherited.is_some() {
+            held(&self.handover.inherited).remove(&workload.uid);
+            info!(workload = %workload.key(), "serving the sockets handed over by the previous ztunnel");
+        }
+        Ok((enrolled, handoff))
     }
 }
 
-async fn enrol(
-    ctx: &Arc<Context>,
-    workload: Arc<Workload>,
-    netns_from: Option<PathBuf>,
-    pinned_dir: &Path,
-) -> Result<Enrolled, String> {
-    let netns = match &netns_from {
-        Some(path) => NetNs::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?,
-        None => find_netns(&workload, pinned_dir).await?,
-    };
-    let path = netns.stable_path();
-    let netns_id = netns
-        .id()
-        .map_err(|e| format!("reading the namespace's identity: {e}"))?;
-    let cert = ctx.certs.track(workload.identity.clone());
-    let tls = server_config(ctx.bundle.clone(), Arc::new(cert.clone()));
-    let local = Arc::new(LocalWorkload {
-        workload: workload.clone(),
-        netns,
-        cert,
-        tls,
-        budget: PodBudget::default(),
-    });
-    let tasks = start_listeners(ctx, &local).map_err(|e| format!("listeners: {e}"))?;
-    let enrolled = Enrolled {
-        local,
-        tasks,
-        netns_id,
-    };
-    // The probe source is admitted only to the pod's own addresses, and only once the node's guard
-    // against it is in place.
-    let probes = if ctx.settings.kubelet_probes && ctx.probe_guard.load(Ordering::Acquire) {
-        workload.ips.clone()
-    } else {
-        Vec::new()
-    };
-    if let Err(e) = install(&path, ctx.settings.udp.clone(), probes).await {
-        // Whatever part of the rules went in comes out again: no half-captured pod.
-        release(enrolled).await;
-        return Err(e);
-    }
-    Ok(enrolled)
+fn held(map: &Held) -> std::sync::MutexGuard<'_, HashMap<String, Handoff>> {
+    map.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A pod that was running before it was enrolled: its namespace is found by its address.
@@ -291,13 +376,24 @@ async fn find_netns(workload: &Workload, pinned_dir: &Path) -> Result<Arc<NetNs>
         .ok_or_else(|| format!("no network namespace on this node holds {ip} (not known from the CNI plugin either)"))
 }
 
+/// Starts serving the pod's listeners: those handed over in `inherited`, else bound afresh. Also
+/// returns a copy of each, for a successor. Listeners handed over start accepting once the pod's
+/// certificate is there: until then the predecessor, which shares them, takes every connection.
 fn start_listeners(
     ctx: &Arc<Context>,
     local: &Arc<LocalWorkload>,
-) -> std::io::Result<Vec<JoinHandle<()>>> {
-    let mut tasks = Vec::new();
+    inherited: Option<&Handoff>,
+) -> std::io::Result<(Vec<JoinHandle<()>>, Vec<FamilyListeners>)> {
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    let mut copies = Vec::new();
     for family in Family::ALL {
-        let (out, hbone, plain) = match bind_family(local, family) {
+        let listeners = match inherited {
+            Some(pod) => pod
+                .tokio_listeners(family)
+                .map(|l| l.map(|[a, b, c]| (a, b, c))),
+            None => bind_family(local, family),
+        };
+        let (out, hbone, plain) = match listeners {
             Ok(Some(listeners)) => listeners,
             Ok(None) => continue,
             Err(e) => {
@@ -305,20 +401,50 @@ fn start_listeners(
                 return Err(e);
             }
         };
-        tasks.push(tokio::spawn(outbound::run(ctx.clone(), local.clone(), out)));
-        tasks.push(tokio::spawn(inbound::run(
-            ctx.clone(),
-            local.clone(),
-            hbone,
-        )));
-        tasks.push(tokio::spawn(plaintext::run(
-            ctx.clone(),
-            local.clone(),
-            plain,
-        )));
+        let dup = |l: &TcpListener| l.as_fd().try_clone_to_owned();
+        match (dup(&out), dup(&hbone), dup(&plain)) {
+            (Ok(a), Ok(b), Ok(c)) => copies.push((family, [a, b, c])),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                tasks.iter().for_each(JoinHandle::abort);
+                return Err(e);
+            }
+        }
+        let wait = inherited.is_some();
+        tasks.push(spawn_after_cert(
+            wait,
+            local,
+            outbound::run(ctx.clone(), local.clone(), out),
+        ));
+        tasks.push(spawn_after_cert(
+            wait,
+            local,
+            inbound::run(ctx.clone(), local.clone(), hbone),
+        ));
+        tasks.push(spawn_after_cert(
+            wait,
+            local,
+            plaintext::run(ctx.clone(), local.clone(), plain),
+        ));
     }
-    Ok(tasks)
+    Ok((tasks, copies))
 }
+
+fn spawn_after_cert(
+    wait: bool,
+    local: &Arc<LocalWorkload>,
+    serve: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    let local = local.clone();
+    tokio::spawn(async move {
+        if wait {
+            local.cert.ready().await;
+        }
+        serve.await;
+    })
+}
+
+/// A family's listeners as handed over: outbound, HBONE, plaintext.
+type FamilyListeners = (Family, [OwnedFd; 3]);
 
 type Listeners = (TcpListener, TcpListener, TcpListener);
 

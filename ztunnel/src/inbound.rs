@@ -64,15 +64,16 @@ pub(crate) async fn connection(
 ) {
     let peer = tcp.peer_addr().ok();
     let handler = |stream| tunnel(ctx.clone(), local.clone(), stream);
-    // A pod's listener lives as long as the pod is captured; its connections end with it.
-    let forever = std::future::pending();
+    // When ztunnel drains, the peer is told to open its next tunnels elsewhere (GOAWAY): on the
+    // successor sharing the listener, after an upgrade. Open tunnels go on.
+    let drained = ctx.drain_started();
     let handshaken = move || drop(handshake);
     let served = serve_connection_with(
         tcp,
         local.tls.clone(),
         &ctx.settings.h2,
         handler,
-        forever,
+        drained,
         handshaken,
     );
     match served.await {

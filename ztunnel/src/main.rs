@@ -1,7 +1,6 @@
 //! The `veil-ztunnel` binary.
 
 use clap::Parser;
-use veil_mesh::serve::shutdown_signal;
 use veil_mesh::telemetry::init_logging;
 use veil_ztunnel::app;
 use veil_ztunnel::config::Config;
@@ -18,7 +17,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
-            app::run(config, shutdown_signal()).await?;
+            app::run(config, stop_requests()?).await?;
             Ok(())
         })
 }
@@ -28,4 +27,22 @@ fn main() -> anyhow::Result<()> {
 fn default_workers() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     (cores / 2).clamp(1, 2)
+}
+
+/// SIGTERM and SIGINT, each one a stop request: the first drains, the next stops at once.
+fn stop_requests() -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for kind in [SignalKind::terminate(), SignalKind::interrupt()] {
+        let mut signals = signal(kind)?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while signals.recv().await.is_some() {
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(rx)
 }

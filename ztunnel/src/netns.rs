@@ -49,6 +49,11 @@ impl NsId {
         Self::from_metadata(&std::fs::metadata(path)?)
     }
 
+    /// The namespace `file` is open on.
+    pub fn of_file(file: &File) -> io::Result<Self> {
+        Self::from_metadata(&file.metadata()?)
+    }
+
     fn from_metadata(meta: &std::fs::Metadata) -> io::Result<Self> {
         use std::os::unix::fs::MetadataExt;
         Ok(Self {
@@ -75,6 +80,11 @@ impl NetNs {
         }))
     }
 
+    /// The namespace `file` is open on, first opened at `path`.
+    pub fn from_file(path: PathBuf, file: File) -> Arc<Self> {
+        Arc::new(Self { path, file })
+    }
+
     /// Which namespace this is.
     pub fn id(&self) -> io::Result<NsId> {
         NsId::from_metadata(&self.file.metadata()?)
@@ -83,6 +93,11 @@ impl NetNs {
     /// Whether `path` is this namespace (or a path to it).
     pub fn is_at(&self, path: &Path) -> bool {
         matches!((self.id(), NsId::of(path)), (Ok(a), Ok(b)) if a == b)
+    }
+
+    /// Another descriptor of the namespace (to hand it over).
+    pub fn dup(&self) -> io::Result<std::os::fd::OwnedFd> {
+        self.file.as_fd().try_clone_to_owned()
     }
 
     /// Where the namespace was opened from.

@@ -1,0 +1,153 @@
+use std::os::unix::fs::MetadataExt;
+
+use super::*;
+
+/// The device and inode of a file: equal for two descriptors of one socket.
+type Inode = (u64, u64);
+
+/// The device and inode of the file behind `fd`.
+fn inode(fd: &impl AsFd) -> Inode {
+    let file = File::from(fd.as_fd().try_clone_to_owned().unwrap());
+    let meta = file.metadata().unwrap();
+    (meta.dev(), meta.ino())
+}
+
+/// A pod of its own: a new network namespace (on a thread of its own, which stays in it) with
+/// ztunnel's three IPv4 listeners bound in it.
+fn pod() -> Handoff {
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("a new network namespace (root)");
+        let bind = |port| OwnedFd::from(TcpListener::bind(("0.0.0.0", port)).unwrap());
+        Handoff {
+            netns_path: PathBuf::from("/proc/thread-self/ns/net"),
+            netns: OwnedFd::from(File::open("/proc/thread-self/ns/net").unwrap()),
+            listeners: vec![(
+                Family::V4,
+                [
+                    bind(OUTBOUND_PORT),
+                    bind(HBONE_PORT),
+                    bind(INBOUND_PLAINTEXT_PORT),
+                ],
+            )],
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+/// A predecessor answering every successor with copies of `pods`.
+fn predecessor(dir: &Path, pods: HashMap<String, Handoff>) -> Server {
+    let (server, mut requests) = Server::start(dir).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            while let Some(reply) = requests.recv().await {
+                let copies = pods
+                    .iter()
+                    .map(|(uid, pod)| (uid.clone(), pod.try_clone().unwrap()))
+                    .collect();
+                let _ = reply.send(copies);
+            }
+        });
+    });
+    server
+}
+
+#[test]
+fn a_successor_gets_the_very_sockets_and_namespace_of_each_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (pod(), pod());
+    let expected: Vec<(String, Inode, Vec<Inode>)> = [("uid-a", &a), ("uid-b", &b)]
+        .iter()
+        .map(|(uid, p)| {
+            let fds = p.listeners[0].1.iter().map(inode).collect();
+            (uid.to_string(), inode(&p.netns), fds)
+        })
+        .collect();
+    let server = predecessor(
+        dir.path(),
+        HashMap::from([("uid-a".to_owned(), a), ("uid-b".to_owned(), b)]),
+    );
+    let inherited = take_over(dir.path());
+    let inherited = inherited.lock().unwrap();
+    assert_eq!(inherited.len(), 2);
+    for (uid, netns, fds) in expected {
+        let pod = &inherited[&uid];
+        assert_eq!(inode(&pod.netns), netns, "{uid}: not the same namespace");
+        let got: Vec<_> = pod.listeners[0].1.iter().map(inode).collect();
+        assert_eq!(got, fds, "{uid}: not the same sockets");
+        assert_eq!(pod.listeners[0].0, Family::V4);
+        assert!(pod.tokio_listeners(Family::V6).unwrap().is_none());
+    }
+    // A second successor (the first crashed) is answered the same.
+    assert_eq!(take_over(dir.path()).lock().unwrap().len(), 2);
+    server.close();
+    assert!(
+        take_over(dir.path()).lock().unwrap().is_empty(),
+        "a closed predecessor still answered"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "socket left behind"
+    );
+}
+
+#[test]
+fn the_socket_of_a_ztunnel_that_is_gone_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("ztunnel-1-1.sock");
+    let fd = seqpacket().unwrap();
+    net::bind(&fd, &unix_addr(&stale).unwrap()).unwrap();
+    drop(fd);
+    assert!(stale.exists());
+    assert!(take_over(dir.path()).lock().unwrap().is_empty());
+    assert!(!stale.exists());
+    // No directory at all: nothing to take over.
+    assert!(
+        take_over(&dir.path().join("none"))
+            .lock()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn descriptors_that_are_not_the_pods_listeners_are_refused() {
+    let p = pod();
+    let netns = || p.netns.try_clone().unwrap();
+    let listeners = || {
+        p.listeners[0]
+            .1
+            .each_ref()
+            .map(|fd| fd.try_clone().unwrap())
+    };
+    let v4 = vec!["v4".to_owned()];
+    // Right.
+    let [a, b, c] = listeners();
+    assert!(handoff(PathBuf::from("/x"), &v4, vec![netns(), a, b, c]).is_ok());
+    // One missing.
+    let [a, b, _] = listeners();
+    let err = handoff(PathBuf::from("/x"), &v4, vec![netns(), a, b]).unwrap_err();
+    assert!(err.to_string().contains("3 descriptors"), "{err}");
+    // A file where a listener should be.
+    let file = OwnedFd::from(File::open("/dev/null").unwrap());
+    let [a, b, _] = listeners();
+    let err = handoff(PathBuf::from("/x"), &v4, vec![netns(), a, b, file]).unwrap_err();
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    // The listeners out of order: a port that is not the expected one.
+    let [a, b, c] = listeners();
+    let err = handoff(PathBuf::from("/x"), &v4, vec![netns(), b, a, c]).unwrap_err();
+    assert!(err.to_string().contains("expected v4 port 15001"), "{err}");
+    // Said to be IPv6.
+    let [a, b, c] = listeners();
+    let v6 = vec!["v6".to_owned()];
+    assert!(handoff(PathBuf::from("/x"), &v6, vec![netns(), a, b, c]).is_err());
+    // A family twice, or an unknown one.
+    let twice = vec!["v4".to_owned(), "v4".to_owned()];
+    assert!(handoff(PathBuf::from("/x"), &twice, vec![netns()]).is_err());
+    assert!(handoff(PathBuf::from("/x"), &["v5".to_owned()], vec![netns()]).is_err());
+}

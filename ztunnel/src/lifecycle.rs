@@ -1,0 +1,181 @@
+//! A running ztunnel's life on its node: owning it, handing it over to a successor, draining.
+//!
+//! While it owns the node, ztunnel enrols pods, answers the CNI plugin and serves its admin ports.
+//! A successor taking over ([`crate::handover`]) ends all three at once — enrolment at the end of
+//! its round, so no pod is left half captured — and gets copies of the pods' listening sockets;
+//! both then serve them until this one is told to stop. On the first stop request it stops
+//! accepting, sends GOAWAY on its HBONE connections, and serves the connections it has until the
+//! last one ends, the drain period passes, or a second stop request comes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+use veil_mesh::telemetry::http::{Handler, serve};
+
+use crate::context::Context;
+use crate::handover::{self, Held, Request};
+
+/// Stop requests (SIGTERM, SIGINT): the first drains, the next stops at once.
+pub type Stops = mpsc::UnboundedReceiver<()>;
+
+/// How long a successor retries binding the admin ports its predecessor is letting go of.
+const BIND_RETRY: Duration = Duration::from_secs(10);
+
+/// How often a draining ztunnel logs what is left.
+const DRAIN_REPORT: Duration = Duration::from_secs(10);
+
+/// Binds the admin endpoints and serves them; an address still held (by a predecessor letting go
+/// of it) is retried for [`BIND_RETRY`].
+pub async fn serve_ops(
+    endpoints: Vec<(SocketAddr, Handler)>,
+) -> Result<Vec<JoinHandle<()>>, (SocketAddr, std::io::Error)> {
+    let mut tasks = Vec::new();
+    for (addr, handler) in endpoints {
+        let deadline = tokio::time::Instant::now() + BIND_RETRY;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    tasks.iter().for_each(JoinHandle::abort);
+                    return Err((addr, e));
+                }
+            }
+        };
+        tasks.push(tokio::spawn(serve(listener, handler)));
+    }
+    Ok(tasks)
+}
+
+/// What this ztunnel runs while it owns the node.
+#[derive(Debug)]
+pub struct Owner {
+    /// The shared context.
+    pub ctx: Arc<Context>,
+    /// The enrolment loop.
+    pub reconciler: Option<JoinHandle<()>>,
+    /// Tells enrolment to stop.
+    pub stop_enrolment: watch::Sender<bool>,
+    /// The admin endpoints (metrics, readiness, admin).
+    pub ops: Vec<JoinHandle<()>>,
+    /// The CNI plugin's socket.
+    pub cni: Option<JoinHandle<()>>,
+    /// The pods as they would be handed over.
+    pub held: Held,
+    /// The handover socket, when there is one, and its requests.
+    pub handover: Option<(handover::Server, mpsc::Receiver<Request>)>,
+}
+
+impl Owner {
+    /// Serves until the first stop request, handing the node over to any successor that asks.
+    pub async fn run_until_stopped(&mut self, stops: &mut Stops) {
+        loop {
+            let request = async {
+                match &mut self.handover {
+                    Some((_, requests)) => requests.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stops.recv() => return,
+                request = request => match request {
+                    Some(reply) => self.hand_over(reply).await,
+                    None => self.handover = None,
+                },
+            }
+        }
+    }
+
+    /// A successor takes the node over: enrolment, the CNI socket and the admin ports are let go
+    /// of; the pods' sockets are copied to it and go on being served here too until the stop.
+    async fn hand_over(&mut self, reply: Request) {
+        self.stop_owning().await;
+        for task in self.ops.drain(..) {
+            task.abort();
+            // Awaited: the listener is closed once the task is gone, so the successor can bind.
+            let _ = task.await;
+        }
+        let pods: HashMap<_, _> = lock(&self.held)
+            .iter()
+            .filter_map(|(uid, pod)| match pod.try_clone() {
+                Ok(copy) => Some((uid.clone(), copy)),
+                Err(e) => {
+                    error!(workload = %uid, error = %e, "cannot copy the pod's sockets for the successor: it binds them afresh once this ztunnel lets go");
+                    None
+                }
+            })
+            .collect();
+        info!(
+            pods = pods.len(),
+            "a successor is taking this node over: enrolment, the CNI socket and the admin ports are now its own"
+        );
+        let _ = reply.send(pods);
+    }
+
+    /// Stops enrolling pods and answering the CNI plugin (enrolment finishes its round first).
+    async fn stop_owning(&mut self) {
+        self.stop_enrolment.send_replace(true);
+        if let Some(reconciler) = self.reconciler.take() {
+            let _ = reconciler.await;
+        }
+        if let Some(cni) = self.cni.take() {
+            cni.abort();
+            let _ = cni.await;
+        }
+    }
+
+    /// Stops accepting anything and serves the connections open until they end, `period` passes
+    /// or another stop request comes. Nothing is handed over any more.
+    pub async fn drain(mut self, period: Duration, stops: &mut Stops) {
+        self.stop_owning().await;
+        if let Some((server, _)) = self.handover.take() {
+            server.close();
+        }
+        // This ztunnel's own copies of the pods' sockets: a successor that took them holds its own.
+        lock(&self.held).clear();
+        self.ctx.start_draining();
+        let open = self.ctx.budgets.connections();
+        info!(
+            connections = open,
+            period = ?period,
+            "draining: no new connection is accepted here; the open ones are served until they end"
+        );
+        let deadline = tokio::time::Instant::now() + period;
+        let mut report = tokio::time::interval(DRAIN_REPORT);
+        report.tick().await;
+        loop {
+            let open = self.ctx.budgets.connections();
+            if open == 0 {
+                info!("drained: no connection left");
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    warn!(connections = open, "drain period over: the connections left are closed");
+                    return;
+                }
+                _ = stops.recv() => {
+                    warn!(connections = open, "stopped again while draining: the connections left are closed");
+                    return;
+                }
+                _ = report.tick() => info!(connections = open, "draining"),
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+}
+
+fn lock(held: &Held) -> std::sync::MutexGuard<'_, HashMap<String, handover::Handoff>> {
+    held.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -152,6 +152,35 @@ impl Mesh {
         if let Some(mut old) = self.ztunnels.remove(node) {
             old.kill();
         }
+        self.spawn_ztunnel(node)?;
+        if wait_ready {
+            self.wait_ready(node, Duration::from_secs(30))
+        } else {
+            let z = self.ztunnels.get_mut(node).expect("just inserted");
+            z.wait_for("veil-ztunnel running", Duration::from_secs(30))
+        }
+    }
+
+    /// Upgrades `node`'s ztunnel as a DaemonSet rollout with `maxSurge` does: a new one starts
+    /// beside the running one (taking its pods over through the handover directory) and is waited
+    /// for until ready. The old one is returned still running, for the caller to stop.
+    pub fn upgrade_ztunnel(&mut self, node: &str) -> anyhow::Result<Proc> {
+        let old = self
+            .ztunnels
+            .remove(node)
+            .ok_or_else(|| anyhow::anyhow!("no ztunnel runs on {node}"))?;
+        let generation = self.dir.join(format!("ztunnel-{node}.log"));
+        let n = (1..)
+            .find(|n| !generation.with_extension(format!("log.{n}")).exists())
+            .expect("a free log name");
+        // The old one's log keeps its name; the new one writes beside it.
+        std::fs::rename(&generation, generation.with_extension(format!("log.{n}")))?;
+        self.spawn_ztunnel(node)?;
+        self.wait_ready(node, Duration::from_secs(30))?;
+        Ok(old)
+    }
+
+    fn spawn_ztunnel(&mut self, node: &str) -> anyhow::Result<()> {
         let netns = self.cluster.node(node).netns.clone();
         let ca_address = format!("{}:15012", self.cluster.control_plane_ip);
         let mut argv = vec![
@@ -214,6 +243,8 @@ impl Mesh {
                 .into_owned(),
             "--log-format".into(),
             "json".into(),
+            "--handover-dir".into(),
+            path(self.dir.join(format!("handover-{node}"))),
         ]);
         argv.extend(self.spec.ztunnel_args.iter().cloned());
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -231,12 +262,7 @@ impl Mesh {
             &self.dir.join(format!("ztunnel-{node}.log")),
         )?;
         self.ztunnels.insert(node.to_owned(), proc);
-        if wait_ready {
-            self.wait_ready(node, Duration::from_secs(30))
-        } else {
-            let z = self.ztunnels.get_mut(node).expect("just inserted");
-            z.wait_for("veil-ztunnel running", Duration::from_secs(30))
-        }
+        Ok(())
     }
 
     /// The mesh file the ztunnels, the CA and the controller read (local mode).

@@ -618,3 +618,140 @@ fn a_network_plugin_rewriting_its_configuration_does_not_leave_new_pods_uncaptur
         m.ztunnel_log("node-a")
     );
 }
+
+/// Traffic for an upgrade. `serve PORT`: echoes each line back as it comes, on every connection.
+/// `ADDRESS PORT STOP`: one long-lived stream (a line echoed every 50 ms on one connection) and a
+/// new connection every 50 ms, until the file STOP exists; prints what it counted. Any error is
+/// recorded, nothing is retried.
+const UPGRADE_TRAFFIC: &str = include_str!("upgrade_traffic.py");
+
+#[test]
+fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
+    use veil_e2e::wire::Capture;
+    if skip_unless_root("upgrade") {
+        return;
+    }
+    let mut m = Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        pods: vec![
+            PodSpec::new("client", "shop", "node-a"),
+            PodSpec::new("server", "shop", "node-b"),
+        ],
+        kubernetes: true,
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh");
+    let capture = Capture::start(
+        &m.cluster.fabric,
+        "br0",
+        &m.dir.join("wire.pcap"),
+        &m.dir.join("tcpdump.log"),
+    )
+    .unwrap();
+    let script = m.dir.join("upgrade-traffic.py");
+    std::fs::write(&script, UPGRADE_TRAFFIC).unwrap();
+    let stop = m.dir.join("upgrade-traffic.stop");
+    m.spawn_in_pod(
+        "server",
+        "line-echo",
+        &["python3", script.to_str().unwrap(), "serve", "9191"],
+    )
+    .unwrap()
+    .wait_for("serving", Duration::from_secs(10))
+    .unwrap();
+    let server = m.cluster.pod("server").ip.to_string();
+    let client_netns = m.cluster.pod("client").netns.clone();
+    let traffic = {
+        let (script, stop) = (script.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let argv = [
+                "python3",
+                script.to_str().unwrap(),
+                &server,
+                "9191",
+                stop.to_str().unwrap(),
+            ];
+            veil_e2e::cluster::exec(&client_netns, &argv).unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The client's node, then the server's: each new ztunnel starts beside the old one, takes its
+    // pods over, is ready; the old one is then told to stop, as the kubelet does.
+    let mut old = Vec::new();
+    for node in ["node-a", "node-b"] {
+        let previous = m.upgrade_ztunnel(node).expect("upgrading");
+        std::thread::sleep(Duration::from_secs(1));
+        previous.terminate();
+        std::thread::sleep(Duration::from_secs(2));
+        old.push((node, previous));
+    }
+    // The long-lived stream still goes through both old ones: they drain, still running.
+    for (node, previous) in &mut old {
+        assert!(
+            previous.running(),
+            "{node}'s old ztunnel exited with a stream still open"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&stop, "").unwrap();
+    let out = traffic.join().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(report["stream_errors"], json!([]), "{report}");
+    assert_eq!(report["call_errors"], json!([]), "{report}");
+    // About 9 s of traffic at one echo and one call each 50 ms (and a little more time each).
+    assert!(report["echoes"].as_u64().unwrap() > 60, "{report}");
+    assert!(report["calls"].as_u64().unwrap() > 30, "{report}");
+
+    // Once the stream ended, the old ones had nothing left: they exit.
+    for (node, previous) in &mut old {
+        assert!(
+            previous.wait_exit(Duration::from_secs(10)),
+            "{node}'s old ztunnel still running after its last connection ended"
+        );
+    }
+    let old_log = std::fs::read_to_string(m.dir.join("ztunnel-node-a.log.1")).unwrap();
+    for line in [
+        "handed this node's pods over",
+        "draining",
+        "drained: no connection left",
+    ] {
+        assert!(
+            old_log.contains(line),
+            "{line:?} not in the old log:\n{old_log}"
+        );
+    }
+    // The new ones served the pods with the sockets handed over, and carried traffic.
+    for node in ["node-a", "node-b"] {
+        let log = m.ztunnel_log(node);
+        assert!(
+            log.contains("serving the sockets handed over"),
+            "{node}:\n{log}"
+        );
+    }
+    let client = m.pod("client").identity();
+    let carried = m.metric(
+        "node-a",
+        "veil_tcp_connections_opened_total",
+        &[("source_identity", &client), ("direction", "outbound")],
+    );
+    assert!(
+        carried > 5.0,
+        "the new ztunnel carried {carried} connections"
+    );
+    // Nothing crossed in plaintext meanwhile.
+    let wire = capture.finish().unwrap();
+    assert!(wire.packets_on_port(15008) > 0, "{}", wire.summary);
+    assert_eq!(wire.packets_on_port(9191), 0, "{}", wire.summary);
+    assert!(
+        !wire.contains(b"stream 1"),
+        "the stream crossed in plaintext"
+    );
+    assert!(!wire.contains(b"call 1"), "a call crossed in plaintext");
+}

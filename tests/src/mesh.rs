@@ -163,8 +163,10 @@ impl Mesh {
 
     /// Upgrades `node`'s ztunnel as a DaemonSet rollout with `maxSurge` does: a new one starts
     /// beside the running one (taking its pods over through the handover directory) and is waited
-    /// for until ready. The old one is returned still running, for the caller to stop.
-    pub fn upgrade_ztunnel(&mut self, node: &str) -> anyhow::Result<Proc> {
+    /// for until ready. The old one is returned still running, for the caller to stop — or, with
+    /// `stop_old_first`, already told to stop (SIGTERM) before the new one starts, as when the
+    /// kubelet took the old one's readiness answer for the new one's.
+    pub fn upgrade_ztunnel(&mut self, node: &str, stop_old_first: bool) -> anyhow::Result<Proc> {
         let old = self
             .ztunnels
             .remove(node)
@@ -175,6 +177,10 @@ impl Mesh {
             .expect("a free log name");
         // The old one's log keeps its name; the new one writes beside it.
         std::fs::rename(&generation, generation.with_extension(format!("log.{n}")))?;
+        if stop_old_first {
+            old.terminate();
+            std::thread::sleep(Duration::from_millis(500));
+        }
         self.spawn_ztunnel(node)?;
         self.wait_ready(node, Duration::from_secs(30))?;
         Ok(old)

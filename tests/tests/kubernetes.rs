@@ -676,13 +676,17 @@ fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
     };
     std::thread::sleep(Duration::from_secs(2));
 
-    // The client's node, then the server's: each new ztunnel starts beside the old one, takes its
-    // pods over, is ready; the old one is then told to stop, as the kubelet does.
+    // The client's node: the new ztunnel starts beside the old one, takes its pods over, is
+    // ready; the old one is then told to stop, as the kubelet does. The server's node: the old one
+    // is told to stop first (the kubelet took its readiness answer for the new one's), then the
+    // new one starts and takes over the sockets the old one keeps open for it.
     let mut old = Vec::new();
-    for node in ["node-a", "node-b"] {
-        let previous = m.upgrade_ztunnel(node).expect("upgrading");
-        std::thread::sleep(Duration::from_secs(1));
-        previous.terminate();
+    for (node, stop_old_first) in [("node-a", false), ("node-b", true)] {
+        let previous = m.upgrade_ztunnel(node, stop_old_first).expect("upgrading");
+        if !stop_old_first {
+            std::thread::sleep(Duration::from_secs(1));
+            previous.terminate();
+        }
         std::thread::sleep(Duration::from_secs(2));
         old.push((node, previous));
     }

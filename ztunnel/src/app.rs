@@ -325,6 +325,7 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
         cni,
         held,
         handover,
+        handed_over: false,
     };
     info!(node = %config.node, "veil-ztunnel running");
     owner.run_until_stopped(&mut stops).await;

@@ -478,11 +478,13 @@ fn serve(listener: &OwnedFd, requests: &mpsc::Sender<Request>, closed: &AtomicBo
                 continue;
             }
         }
+        info!("a successor asks for this node's pods");
         let (reply, answer) = oneshot::channel();
         if requests.blocking_send(reply).is_err() {
             return;
         }
         let Ok(pods) = answer.blocking_recv() else {
+            warn!("no pods to hand over: this ztunnel is stopping");
             continue;
         };
         match answer_successor(&conn, &pods) {

@@ -30,6 +30,12 @@ const BIND_RETRY: Duration = Duration::from_secs(10);
 /// How often a draining ztunnel logs what is left.
 const DRAIN_REPORT: Duration = Duration::from_secs(10);
 
+/// How long a draining ztunnel that handed nothing over yet keeps the pods' sockets open (not
+/// accepting) for a successor that is still starting: the kubelet may have stopped it early, on a
+/// readiness answer that came from it rather than from the successor (with `hostNetwork` both
+/// share the port). Connections meanwhile wait in the sockets' queues instead of being refused.
+const HANDOVER_WAIT: Duration = Duration::from_secs(30);
+
 /// Binds the admin endpoints and serves them; an address still held (by a predecessor letting go
 /// of it) is retried for [`BIND_RETRY`].
 pub async fn serve_ops(
@@ -75,6 +81,8 @@ pub struct Owner {
     pub held: Held,
     /// The handover socket, when there is one, and its requests.
     pub handover: Option<(handover::Server, mpsc::Receiver<Request>)>,
+    /// Whether a successor took the pods over.
+    pub handed_over: bool,
 }
 
 impl Owner {
@@ -101,12 +109,18 @@ impl Owner {
     /// of; the pods' sockets are copied to it and go on being served here too until the stop.
     async fn hand_over(&mut self, reply: Request) {
         self.stop_owning().await;
-        for task in self.ops.drain(..) {
-            task.abort();
-            // Awaited: the listener is closed once the task is gone, so the successor can bind.
-            let _ = task.await;
-        }
-        let pods: HashMap<_, _> = lock(&self.held)
+        self.handed_over = true;
+        let pods = self.copies();
+        info!(
+            pods = pods.len(),
+            "a successor is taking this node over: enrolment, the CNI socket and the admin ports are now its own"
+        );
+        let _ = reply.send(pods);
+    }
+
+    /// Copies of the pods' namespaces and sockets, for a successor.
+    fn copies(&self) -> HashMap<String, handover::Handoff> {
+        lock(&self.held)
             .iter()
             .filter_map(|(uid, pod)| match pod.try_clone() {
                 Ok(copy) => Some((uid.clone(), copy)),
@@ -115,35 +129,31 @@ impl Owner {
                     None
                 }
             })
-            .collect();
-        info!(
-            pods = pods.len(),
-            "a successor is taking this node over: enrolment, the CNI socket and the admin ports are now its own"
-        );
-        let _ = reply.send(pods);
+            .collect()
     }
 
-    /// Stops enrolling pods and answering the CNI plugin (enrolment finishes its round first).
+    /// Stops enrolling pods, answering the CNI plugin (enrolment finishes its round first) and
+    /// serving the admin ports (awaited: a successor can bind them once this returns).
     async fn stop_owning(&mut self) {
         self.stop_enrolment.send_replace(true);
         if let Some(reconciler) = self.reconciler.take() {
             let _ = reconciler.await;
         }
-        if let Some(cni) = self.cni.take() {
-            cni.abort();
-            let _ = cni.await;
+        for task in self.cni.take().into_iter().chain(self.ops.drain(..)) {
+            task.abort();
+            let _ = task.await;
         }
     }
 
     /// Stops accepting anything and serves the connections open until they end, `period` passes
-    /// or another stop request comes. Nothing is handed over any more.
+    /// or another stop request comes. For [`HANDOVER_WAIT`] of that, a successor may still take
+    /// the pods' sockets over (they stay open, not accepting); then nothing is handed over.
     pub async fn drain(mut self, period: Duration, stops: &mut Stops) {
         self.stop_owning().await;
-        if let Some((server, _)) = self.handover.take() {
-            server.close();
+        if self.handed_over {
+            // The successor holds the sockets already.
+            self.stop_handing_over();
         }
-        // This ztunnel's own copies of the pods' sockets: a successor that took them holds its own.
-        lock(&self.held).clear();
         self.ctx.start_draining();
         let open = self.ctx.budgets.connections();
         info!(
@@ -152,14 +162,22 @@ impl Owner {
             "draining: no new connection is accepted here; the open ones are served until they end"
         );
         let deadline = tokio::time::Instant::now() + period;
+        let handover_ends = tokio::time::Instant::now() + HANDOVER_WAIT.min(period);
         let mut report = tokio::time::interval(DRAIN_REPORT);
         report.tick().await;
         loop {
             let open = self.ctx.budgets.connections();
-            if open == 0 {
+            let handing_over = self.handover.is_some();
+            if open == 0 && !handing_over {
                 info!("drained: no connection left");
                 return;
             }
+            let request = async {
+                match &mut self.handover {
+                    Some((_, requests)) => requests.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {
                     warn!(connections = open, "drain period over: the connections left are closed");
@@ -169,10 +187,28 @@ impl Owner {
                     warn!(connections = open, "stopped again while draining: the connections left are closed");
                     return;
                 }
+                Some(reply) = request => {
+                    let pods = self.copies();
+                    info!(pods = pods.len(), "a successor took this node's pods over while this ztunnel drains");
+                    let _ = reply.send(pods);
+                    // Its copies are its own now; this ztunnel's would only keep sockets open that
+                    // nothing here accepts from.
+                    self.stop_handing_over();
+                }
+                () = tokio::time::sleep_until(handover_ends), if handing_over => self.stop_handing_over(),
                 _ = report.tick() => info!(connections = open, "draining"),
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = tokio::time::sleep(Duration::from_millis(100)), if open > 0 => {}
             }
         }
+    }
+
+    /// Nothing more is handed over: the socket is removed and this ztunnel's copies of the pods'
+    /// sockets are closed (a successor that took them holds its own).
+    fn stop_handing_over(&mut self) {
+        if let Some((server, _)) = self.handover.take() {
+            server.close();
+        }
+        lock(&self.held).clear();
     }
 }
 

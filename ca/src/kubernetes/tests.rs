@@ -286,6 +286,56 @@ async fn the_root_is_generated_once_into_a_secret_and_reused() {
     assert_eq!(first.root(), second.root(), "a restart keeps the root");
 }
 
+/// Two replicas starting together both find no root and both generate one: the API server keeps
+/// the first Secret created and answers the second 409 AlreadyExists; the loser reads the winner's
+/// root, so both sign with the same one.
+#[tokio::test]
+async fn replicas_racing_to_create_the_root_end_with_the_same_one() {
+    let stored: Arc<Mutex<Option<serde_json::Value>>> = Arc::default();
+    let gets = Arc::new(Mutex::new(0));
+    let conflicts = Arc::new(Mutex::new(0));
+    let secret_path = "/api/v1/namespaces/veil-system/secrets";
+    let api = {
+        let (stored, gets, conflicts) = (stored.clone(), gets.clone(), conflicts.clone());
+        fake_kube(move |method, path, body| {
+            let path = path.split('?').next().unwrap();
+            match (method, path) {
+                (&Method::GET, p) if p == format!("{secret_path}/{ROOT_SECRET}") => {
+                    let mut gets = gets.lock().unwrap();
+                    *gets += 1;
+                    // Both replicas look before either has created it.
+                    match (&*stored.lock().unwrap(), *gets <= 2) {
+                        (Some(secret), false) => Some((200, secret.to_string())),
+                        _ => Some((404, r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"secrets \"veil-ca-root\" not found","reason":"NotFound","details":{"name":"veil-ca-root","kind":"secrets"},"code":404}"#.into())),
+                    }
+                }
+                (&Method::POST, p) if p == secret_path => {
+                    let mut stored = stored.lock().unwrap();
+                    if stored.is_some() {
+                        *conflicts.lock().unwrap() += 1;
+                        return Some((409, r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"secrets \"veil-ca-root\" already exists","reason":"AlreadyExists","details":{"name":"veil-ca-root","kind":"secrets"},"code":409}"#.into()));
+                    }
+                    let secret: serde_json::Value = serde_json::from_slice(body).unwrap();
+                    *stored = Some(secret.clone());
+                    Some((201, secret.to_string()))
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        })
+    };
+    let (a, b) = tokio::join!(
+        root_from_secret(&api, "veil-system", "cluster.local"),
+        root_from_secret(&api, "veil-system", "cluster.local"),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        *conflicts.lock().unwrap(),
+        1,
+        "both replicas should have tried to create it"
+    );
+    assert_eq!(a.root(), b.root(), "the replicas sign with different roots");
+}
+
 #[tokio::test]
 async fn the_root_certificate_is_published_to_every_namespace() {
     let applied: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use serde_json::json;
-use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, WaypointSpec, skip_unless_root};
+use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, WaypointSpec, bin, skip_unless_root};
+use veil_e2e::process::Proc;
 
 const SETTLE: Duration = Duration::from_secs(15);
 
@@ -619,10 +620,8 @@ fn a_network_plugin_rewriting_its_configuration_does_not_leave_new_pods_uncaptur
     );
 }
 
-/// Traffic for an upgrade. `serve PORT`: echoes each line back as it comes, on every connection.
-/// `ADDRESS PORT STOP`: one long-lived stream (a line echoed every 50 ms on one connection) and a
-/// new connection every 50 ms, until the file STOP exists; prints what it counted. Any error is
-/// recorded, nothing is retried.
+/// Traffic for an upgrade: one long-lived stream and a new connection every 50 ms, to a server
+/// echoing as it reads; what each saw goes to standard output (see the script).
 const UPGRADE_TRAFFIC: &str = include_str!("upgrade_traffic.py");
 
 #[test]
@@ -638,9 +637,28 @@ fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
             PodSpec::new("server", "shop", "node-b"),
         ],
         kubernetes: true,
+        ztunnel_args: vec!["--kubelet-probes=true".into()],
         ..MeshSpec::default()
     })
     .expect("starting the mesh");
+    // Each node's "kubelet" probes its pod throughout (HTTP and TCP, every 100 ms), in plaintext
+    // from the node, as under STRICT only the node's probe source may.
+    let mut kubelets = Vec::new();
+    for (node, pod) in [("node-a", "client"), ("node-b", "server")] {
+        let ip = m.cluster.pod(pod).ip;
+        let (http, tcp) = (
+            format!("http://{ip}:8080/healthz"),
+            format!("tcp://{ip}:9090"),
+        );
+        let app = bin("e2e-app").to_string_lossy().into_owned();
+        let argv = [app.as_str(), "kubelet", &http, &tcp, "--period-ms", "100"];
+        let log = m.dir.join(format!("kubelet-{node}.log"));
+        let netns = m.cluster.node(node).netns.clone();
+        kubelets.push((
+            node,
+            Proc::spawn(&format!("kubelet {node}"), Some(&netns), &argv, &[], &log).unwrap(),
+        ));
+    }
     let capture = Capture::start(
         &m.cluster.fabric,
         "br0",
@@ -651,14 +669,6 @@ fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
     let script = m.dir.join("upgrade-traffic.py");
     std::fs::write(&script, UPGRADE_TRAFFIC).unwrap();
     let stop = m.dir.join("upgrade-traffic.stop");
-    m.spawn_in_pod(
-        "server",
-        "line-echo",
-        &["python3", script.to_str().unwrap(), "serve", "9191"],
-    )
-    .unwrap()
-    .wait_for("serving", Duration::from_secs(10))
-    .unwrap();
     let server = m.cluster.pod("server").ip.to_string();
     let client_netns = m.cluster.pod("client").netns.clone();
     let traffic = {
@@ -668,7 +678,7 @@ fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
                 "python3",
                 script.to_str().unwrap(),
                 &server,
-                "9191",
+                "7070",
                 stop.to_str().unwrap(),
             ];
             veil_e2e::cluster::exec(&client_netns, &argv).unwrap()
@@ -749,10 +759,30 @@ fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
         carried > 5.0,
         "the new ztunnel carried {carried} connections"
     );
+    // The kubelets' probes all passed, before, during and after.
+    for (node, kubelet) in &mut kubelets {
+        let out = kubelet.output();
+        let last = out
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("probes "))
+            .unwrap_or_default();
+        assert!(
+            last.ends_with(" failed=0"),
+            "{node}'s kubelet: {last}\n{out}"
+        );
+        let ok: u64 = last
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.strip_prefix("ok="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(ok > 100, "{node}'s kubelet probed {ok} times");
+    }
     // Nothing crossed in plaintext meanwhile.
     let wire = capture.finish().unwrap();
     assert!(wire.packets_on_port(15008) > 0, "{}", wire.summary);
-    assert_eq!(wire.packets_on_port(9191), 0, "{}", wire.summary);
+    assert_eq!(wire.packets_on_port(7070), 0, "{}", wire.summary);
     assert!(
         !wire.contains(b"stream 1"),
         "the stream crossed in plaintext"

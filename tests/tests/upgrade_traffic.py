@@ -1,16 +1,8 @@
-# Traffic for an upgrade. `serve PORT`: echoes each line back as it comes, on every connection.
+# Traffic for an upgrade, to a server echoing what it gets as it gets it (e2e-app's stream port):
 # `ADDRESS PORT STOP`: one long-lived stream (a line echoed every 50 ms on one connection) and a
 # new connection every 50 ms, until the file STOP exists; prints what it counted. Any error is
 # recorded, nothing is retried.
-import json, os, socket, socketserver, sys, threading, time
-if sys.argv[1] == "serve":
-    class Echo(socketserver.StreamRequestHandler):
-        def handle(self):
-            for line in self.rfile:
-                self.wfile.write(line)
-    socketserver.ThreadingTCPServer.allow_reuse_address = True
-    print("serving", flush=True)
-    socketserver.ThreadingTCPServer(("0.0.0.0", int(sys.argv[2])), Echo).serve_forever()
+import json, os, socket, sys, threading, time
 addr, stop = (sys.argv[1], int(sys.argv[2])), sys.argv[3]
 out = {"echoes": 0, "stream_errors": [], "calls": 0, "call_errors": []}
 def stream():

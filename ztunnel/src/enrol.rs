@@ -92,9 +92,18 @@ pub async fn run(
     let mut enrolled: HashMap<String, Enrolled> = HashMap::new();
     // The captured addresses the node's probe rules were last written for.
     let mut probed: Option<BTreeSet<IpAddr>> = None;
-    // The guard against the probe source goes in before any pod admits it.
+    // The guard against the probe source goes in before any pod admits it. The pods a predecessor
+    // handed over keep their probe rules meanwhile: it still serves them, admitting the source.
     if ctx.settings.kubelet_probes {
-        sync_probes(&ctx, &enrolled, &mut probed).await;
+        let handed_over: BTreeSet<IpAddr> = {
+            let inherited = held(&handover.inherited);
+            desired(&ctx, &rx.borrow())
+                .iter()
+                .filter(|w| inherited.contains_key(&w.uid))
+                .flat_map(|w| w.ips.iter().copied())
+                .collect()
+        };
+        sync_probes(&ctx, handed_over, &mut probed).await;
     }
     // Its first tick a period from now: the rules were just written.
     let mut resync =
@@ -114,8 +123,8 @@ pub async fn run(
         };
         round.reconcile(&state, &mut enrolled).await;
         registry.set_captured(enrolled.values().map(|e| e.local.workload.key()).collect());
-        let probes_failing =
-            ctx.settings.kubelet_probes && !sync_probes(&ctx, &enrolled, &mut probed).await;
+        let probes_failing = ctx.settings.kubelet_probes
+            && !sync_probes(&ctx, addresses(&enrolled), &mut probed).await;
         let failing = probes_failing
             || lock(&status)
                 .values()
@@ -131,17 +140,21 @@ pub async fn run(
     }
 }
 
-/// Brings the node's probe rules in line with the captured pods' addresses (when they changed);
+/// The addresses of the pods captured here.
+fn addresses(enrolled: &HashMap<String, Enrolled>) -> BTreeSet<IpAddr> {
+    enrolled
+        .values()
+        .flat_map(|e| e.local.workload.ips.iter().copied())
+        .collect()
+}
+
+/// Brings the node's probe rules in line with `pods` (when they changed);
 /// false if that failed (logged; retried with the next round).
 async fn sync_probes(
     ctx: &Context,
-    enrolled: &HashMap<String, Enrolled>,
+    pods: BTreeSet<IpAddr>,
     probed: &mut Option<BTreeSet<IpAddr>>,
 ) -> bool {
-    let pods: BTreeSet<IpAddr> = enrolled
-        .values()
-        .flat_map(|e| e.local.workload.ips.iter().copied())
-        .collect();
     if probed.as_ref() == Some(&pods) {
         return true;
     }

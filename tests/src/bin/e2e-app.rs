@@ -104,6 +104,13 @@ enum Mode {
         #[arg(long)]
         bytes: usize,
     },
+    /// Probe `targets` (`http://IP:PORT/PATH`, `tcp://IP:PORT`) every `--period-ms` as the kubelet
+    /// does, from where it runs (a node's namespace); print failures and running counts.
+    Kubelet {
+        targets: Vec<String>,
+        #[arg(long, default_value = "200")]
+        period_ms: u64,
+    },
     /// Connect to `addr`, send `message`, half-close, print what comes back.
     Tcp {
         addr: SocketAddr,
@@ -130,6 +137,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Mode::Http { addr, h2, requests } => one_connection(addr, h2, &requests).await,
         Mode::Grpc { addr } => grpc::call(addr).await,
+        Mode::Kubelet { targets, period_ms } => {
+            kubelet::run(targets, Duration::from_millis(period_ms)).await
+        }
         Mode::FakeApi { listen, dir } => fake_api::serve(listen, dir).await,
         Mode::HboneForeignRoot {
             addr,
@@ -170,6 +180,8 @@ async fn main() -> anyhow::Result<()> {
 
 #[path = "e2e-app/fake_api.rs"]
 mod fake_api;
+#[path = "e2e-app/kubelet.rs"]
+mod kubelet;
 #[path = "e2e-app/stream.rs"]
 mod stream;
 

@@ -1,5 +1,7 @@
 # One image for every veil component: veil-ca, veil-controller, veil-ztunnel, veil-cni and veil-waypoint.
-# Not built by CI: the development machines have no container engine. See docs/install.md.
+# For machines with Docker. The image CI builds and tests comes from `cargo xtask image` instead
+# (static binaries FROM scratch, no engine or registry needed; docs/install.md): prefer it, since
+# veil-cni from this Dockerfile links the build image's glibc and may not run on older nodes.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .

@@ -11,6 +11,7 @@ mod charts;
 mod crds;
 mod demo;
 mod fuzz;
+mod image;
 mod proto;
 mod setup;
 mod test;
@@ -77,6 +78,16 @@ enum Task {
         #[arg(long)]
         runs: Option<u64>,
     },
+    /// Build the OCI image of every binary (static release build, FROM scratch with buildah, no
+    /// registry), smoke-test it, and write target/image/veil-TAG.oci.tar (needs root and buildah).
+    Image {
+        /// The image's tag.
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+        /// Use the static binaries already built (target/<host>/release) instead of building.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Build every binary and run the whole test suite, end-to-end tests included (those need root),
     /// then the chart checks and a short smoke run of every fuzz target (without a filter).
     Test {
@@ -112,6 +123,7 @@ fn main() -> anyhow::Result<()> {
                 seconds: seconds.or(runs.is_none().then_some(30)),
             },
         ),
+        Task::Image { tag, no_build } => image::run(&tag, !no_build).map(drop),
         Task::Test { args } => test::run(&args),
     }
 }

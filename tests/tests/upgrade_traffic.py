@@ -4,7 +4,9 @@
 # recorded, nothing is retried.
 import json, os, socket, sys, threading, time
 addr, stop = (sys.argv[1], int(sys.argv[2])), sys.argv[3]
-out = {"echoes": 0, "stream_errors": [], "calls": 0, "call_errors": []}
+out = {"echoes": 0, "stream_errors": [], "calls": 0, "call_errors": [], "slowest_echo_ms": 0, "slowest_call_ms": 0}
+def slowest(key, start):
+    out[key] = max(out[key], round((time.monotonic() - start) * 1000))
 def stream():
     try:
         s = socket.create_connection(addr, timeout=5)
@@ -12,8 +14,10 @@ def stream():
         i = 0
         while not os.path.exists(stop):
             line = ("stream %d\n" % i).encode()
+            start = time.monotonic()
             s.sendall(line)
             got = f.readline()
+            slowest("slowest_echo_ms", start)
             if got != line:
                 out["stream_errors"].append("sent %r, got %r" % (line, got))
                 return
@@ -26,6 +30,7 @@ def stream():
 def calls():
     i = 0
     while not os.path.exists(stop):
+        start = time.monotonic()
         try:
             with socket.create_connection(addr, timeout=5) as s:
                 line = ("call %d\n" % i).encode()
@@ -35,6 +40,7 @@ def calls():
                     out["call_errors"].append("%d: got %r" % (i, got))
                 else:
                     out["calls"] += 1
+                    slowest("slowest_call_ms", start)
         except Exception as e:
             out["call_errors"].append("%d: %r" % (i, e))
         i += 1

@@ -298,35 +298,21 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
     };
     let repair_stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let repair = keep_cni_chain(&config, &repair_stopped);
-    let (stop_enrolment, stop) = watch::channel(false);
-    let held = handover::Held::default();
-    let reconciler = tokio::spawn(enrol::run(
-        ctx.clone(),
-        registry,
-        status,
-        config.netns_dir.clone(),
-        enrol::Handover {
-            held: held.clone(),
-            inherited,
-            stop,
-        },
-    ));
     let handover = match &config.handover_dir {
         Some(dir) => Some(handover::Server::start(dir).map_err(|e| {
             StartError::Config(format!("the handover socket in {}: {e}", dir.display()))
         })?),
         None => None,
     };
-    let mut owner = lifecycle::Owner {
+    let enrolment = enrol::Enrolment {
         ctx,
-        reconciler: Some(reconciler),
-        stop_enrolment,
-        ops,
-        cni,
-        held,
-        handover,
-        handed_over: false,
+        registry,
+        status,
+        pinned_dir: config.netns_dir.clone(),
+        held: handover::Held::default(),
+        inherited,
     };
+    let mut owner = lifecycle::Owner::start(enrolment, ops, cni, handover);
     info!(node = %config.node, "veil-ztunnel running");
     owner.run_until_stopped(&mut stops).await;
     // Capture rules stay in place: while no ztunnel serves a pod, its traffic fails closed.

@@ -64,46 +64,55 @@ struct Enrolled {
     netns_id: NsId,
 }
 
-/// What enrolment shares with the handover to and from other ztunnels ([`crate::handover`]).
-#[derive(Debug)]
-pub struct Handover {
-    /// The pods enrolled here, as they would be handed over; kept up to date by enrolment.
+/// Everything enrolment works with (cloned to start it again where it stopped).
+#[derive(Clone, Debug)]
+pub struct Enrolment {
+    /// The shared context.
+    pub ctx: Arc<Context>,
+    /// What the CNI plugin handed over.
+    pub registry: Arc<Registry>,
+    /// Capture status of every pod, for readiness and the admin dump.
+    pub status: StatusMap,
+    /// Where pods that were running before enrolment are looked for (see
+    /// [`crate::netns::find_by_address`]).
+    pub pinned_dir: PathBuf,
+    /// The pods enrolled here, as they would be handed over ([`crate::handover`]).
     pub held: Held,
-    /// The pods a predecessor handed over, taken by enrolment as it captures them.
+    /// The pods a predecessor handed over, taken as they are captured; dropped once not wanted.
     pub inherited: Inherited,
-    /// Set when enrolment must stop at the end of its round (another ztunnel takes the node over,
-    /// or this one stops): captured pods are left as they are, their listeners still accepting.
-    pub stop: watch::Receiver<bool>,
 }
 
-/// Reconciles until `handover.stop` is set: on every state change, every change of the CNI
-/// registry, and periodically while some capture is failing.
-/// Pods that were running before enrolment are looked for in `pinned_dir` (see
-/// [`crate::netns::find_by_address`]).
-pub async fn run(
-    ctx: Arc<Context>,
-    registry: Arc<Registry>,
-    status: StatusMap,
-    pinned_dir: PathBuf,
-    mut handover: Handover,
-) {
+/// The pods enrolment captured, given back when it stops: it starts again from them.
+#[derive(Default)]
+pub struct Captured(HashMap<String, Enrolled>);
+
+impl std::fmt::Debug for Captured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Captured").field(&self.0.len()).finish()
+    }
+}
+
+impl Enrolment {
+    /// Reconciles from `captured` until `stop` is set (at the end of a round: captured pods are
+    /// left as they are, their listeners still accepting), then gives back what it captured.
+    pub fn spawn(self, stop: watch::Receiver<bool>, captured: Captured) -> JoinHandle<Captured> {
+        tokio::spawn(run(self, stop, captured))
+    }
+}
+
+/// Reconciles on every state change, every change of the CNI registry, and periodically while some
+/// capture is failing; until `stop` is set.
+async fn run(e: Enrolment, mut stop: watch::Receiver<bool>, captured: Captured) -> Captured {
+    let ctx = e.ctx.clone();
     let mut rx = ctx.state.clone();
-    let mut cni = registry.subscribe();
-    let mut enrolled: HashMap<String, Enrolled> = HashMap::new();
+    let mut cni = e.registry.subscribe();
+    let Captured(mut enrolled) = captured;
     // The captured addresses the node's probe rules were last written for.
     let mut probed: Option<BTreeSet<IpAddr>> = None;
-    // The guard against the probe source goes in before any pod admits it. The pods a predecessor
-    // handed over keep their probe rules meanwhile: it still serves them, admitting the source.
+    // The guard against the probe source goes in before any pod admits it.
     if ctx.settings.kubelet_probes {
-        let handed_over: BTreeSet<IpAddr> = {
-            let inherited = held(&handover.inherited);
-            desired(&ctx, &rx.borrow())
-                .iter()
-                .filter(|w| inherited.contains_key(&w.uid))
-                .flat_map(|w| w.ips.iter().copied())
-                .collect()
-        };
-        sync_probes(&ctx, handed_over, &mut probed).await;
+        let targets = probe_targets(&e, &rx.borrow(), &enrolled);
+        sync_probes(&ctx, targets, &mut probed).await;
     }
     // Its first tick a period from now: the rules were just written.
     let mut resync =
@@ -111,33 +120,45 @@ pub async fn run(
     loop {
         let state = rx.borrow_and_update().clone();
         cni.borrow_and_update();
-        if *handover.stop.borrow_and_update() {
-            break;
+        if *stop.borrow_and_update() {
+            return Captured(enrolled);
         }
-        let round = Round {
-            ctx: &ctx,
-            registry: &registry,
-            status: &status,
-            pinned_dir: &pinned_dir,
-            handover: &handover,
-        };
-        round.reconcile(&state, &mut enrolled).await;
-        registry.set_captured(enrolled.values().map(|e| e.local.workload.key()).collect());
+        Round { e: &e }.reconcile(&state, &mut enrolled).await;
+        e.registry
+            .set_captured(enrolled.values().map(|e| e.local.workload.key()).collect());
         let probes_failing = ctx.settings.kubelet_probes
-            && !sync_probes(&ctx, addresses(&enrolled), &mut probed).await;
+            && !sync_probes(&ctx, probe_targets(&e, &state, &enrolled), &mut probed).await;
         let failing = probes_failing
-            || lock(&status)
+            || lock(&e.status)
                 .values()
                 .any(|s| matches!(s, CaptureStatus::Failed { .. }));
         tokio::select! {
-            changed = handover.stop.changed() => if changed.is_err() { break },
-            changed = rx.changed() => if changed.is_err() { break },
-            changed = cni.changed() => if changed.is_err() { break },
+            changed = stop.changed() => if changed.is_err() { return Captured(enrolled) },
+            changed = rx.changed() => if changed.is_err() { return Captured(enrolled) },
+            changed = cni.changed() => if changed.is_err() { return Captured(enrolled) },
             () = tokio::time::sleep(RETRY), if failing => {}
             // The node's rules are written again now and then: something may have flushed them.
             _ = resync.tick(), if ctx.settings.kubelet_probes => probed = None,
         }
     }
+}
+
+/// The pods the node's probe rules are for: those captured here, and those a predecessor handed
+/// over that are not captured here yet (it still serves them, admitting the probe source).
+fn probe_targets(
+    e: &Enrolment,
+    state: &MeshState,
+    enrolled: &HashMap<String, Enrolled>,
+) -> BTreeSet<IpAddr> {
+    let inherited = held(&e.inherited);
+    let mut targets = addresses(enrolled);
+    targets.extend(
+        desired(&e.ctx, state)
+            .iter()
+            .filter(|w| inherited.contains_key(&w.uid) && !enrolled.contains_key(&w.uid))
+            .flat_map(|w| w.ips.iter().copied()),
+    );
+    targets
 }
 
 /// The addresses of the pods captured here.
@@ -208,18 +229,14 @@ fn known_netns(workload: &Workload, registry: &Registry) -> Option<PathBuf> {
         .or_else(|| registry.get(&workload.key()).map(|p| p.netns))
 }
 
-/// One reconciliation's view of what enrolment works with.
+/// One reconciliation.
 struct Round<'a> {
-    ctx: &'a Arc<Context>,
-    registry: &'a Arc<Registry>,
-    status: &'a StatusMap,
-    pinned_dir: &'a Path,
-    handover: &'a Handover,
+    e: &'a Enrolment,
 }
 
 impl Round<'_> {
     async fn reconcile(&self, state: &MeshState, enrolled: &mut HashMap<String, Enrolled>) {
-        let (ctx, registry, status) = (self.ctx, self.registry, self.status);
+        let (ctx, registry, status) = (&self.e.ctx, &self.e.registry, &self.e.status);
         let want: HashMap<String, Arc<Workload>> = desired(ctx, state)
             .into_iter()
             .map(|w| (w.uid.clone(), w))
@@ -237,13 +254,17 @@ impl Round<'_> {
             .collect();
         for uid in stale {
             if let Some(e) = enrolled.remove(&uid) {
-                held(&self.handover.held).remove(&uid);
+                held(&self.e.held).remove(&uid);
                 release(e).await;
                 lock(status).remove(&uid);
                 info!(workload = %uid, "released pod");
             }
         }
         lock(status).retain(|uid, _| want.contains_key(uid));
+        // Sockets handed over for pods no longer wanted here (deleted, unenrolled, released) are
+        // let go of: their connections are refused, not left waiting in a queue nobody serves.
+        held(&self.e.inherited)
+            .retain(|uid, _| want.get(uid).is_some_and(|w| !registry.released(&w.key())));
         for (uid, workload) in want {
             if enrolled.contains_key(&uid) {
                 continue;
@@ -261,7 +282,7 @@ impl Round<'_> {
                     info!(workload = %workload.key(), identity = %workload.identity, netns = %e.local.netns.path().display(), "captured pod");
                     let netns = e.netns_id;
                     enrolled.insert(uid.clone(), e);
-                    held(&self.handover.held).insert(uid.clone(), handoff);
+                    held(&self.e.held).insert(uid.clone(), handoff);
                     lock(status).insert(uid, CaptureStatus::Captured { netns });
                 }
                 Err(reason) => {
@@ -281,7 +302,7 @@ impl Round<'_> {
     /// What a predecessor handed over for `uid`, if it is the namespace the pod is known to be in
     /// (a copy: the original is kept until the capture succeeds).
     fn inherited(&self, uid: &str, netns_from: Option<&Path>) -> Option<Handoff> {
-        let mut inherited = held(&self.handover.inherited);
+        let mut inherited = held(&self.e.inherited);
         let pod = inherited.get(uid)?;
         let same = match netns_from {
             Some(path) => matches!((pod.netns_id(), NsId::of(path)), (Ok(a), Ok(b)) if a == b),
@@ -306,7 +327,7 @@ impl Round<'_> {
         workload: Arc<Workload>,
         netns_from: Option<PathBuf>,
     ) -> Result<(Enrolled, Handoff), String> {
-        let ctx = self.ctx;
+        let ctx = &self.e.ctx;
         let inherited = self.inherited(&workload.uid, netns_from.as_deref());
         let netns = match (&inherited, &netns_from) {
             (Some(pod), _) => NetNs::from_file(
@@ -317,7 +338,7 @@ impl Round<'_> {
             (None, Some(path)) => {
                 NetNs::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?
             }
-            (None, None) => find_netns(&workload, self.pinned_dir).await?,
+            (None, None) => find_netns(&workload, &self.e.pinned_dir).await?,
         };
         let path = netns.stable_path();
         let netns_id = netns
@@ -367,7 +388,7 @@ impl Round<'_> {
             return Err(e);
         }
         if inherited.is_some() {
-            held(&self.handover.inherited).remove(&workload.uid);
+            held(&self.e.inherited).remove(&workload.uid);
             info!(workload = %workload.key(), "serving the sockets handed over by the previous ztunnel");
         }
         Ok((enrolled, handoff))

@@ -46,8 +46,10 @@ use veil_mesh::hbone::HBONE_PORT;
 const MAX_MESSAGE: usize = 64 * 1024;
 /// The most descriptors one message carries: the namespace and three listeners per family.
 const MAX_FDS: usize = 1 + 3 * Family::ALL.len();
-/// How long a successor waits for a predecessor's answer.
+/// How long either side waits for the other's next message, or to send one.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a successor gives one predecessor for the whole handover.
+const HANDOVER_DEADLINE: Duration = Duration::from_secs(60);
 
 /// What one captured pod holds that its successor needs: its namespace and its listeners, in the
 /// order outbound, HBONE, plaintext inbound, per family.
@@ -126,6 +128,8 @@ enum Message {
     },
     /// The end: `pods` pod messages were sent.
     Done { pods: usize },
+    /// The successor's answer to `Done`: it holds `pods` of them now (those it found valid).
+    Taken { pods: usize },
 }
 
 fn family_name(family: Family) -> &'static str {
@@ -174,6 +178,14 @@ fn seqpacket() -> Result<OwnedFd, HandoverError> {
         None,
     )
     .map_err(io("creating a handover socket"))
+}
+
+/// Sending and receiving on `fd` wait at most [`ANSWER_TIMEOUT`].
+fn bound_waits(fd: &OwnedFd) -> Result<(), Errno> {
+    for kind in [sockopt::Timeout::Recv, sockopt::Timeout::Send] {
+        sockopt::set_socket_timeout(fd, kind, Some(ANSWER_TIMEOUT))?;
+    }
+    Ok(())
 }
 
 fn unix_addr(path: &Path) -> Result<SocketAddrUnix, HandoverError> {
@@ -310,14 +322,28 @@ fn handoff(
     })
 }
 
-/// Asks the predecessor listening at `path` for its pods.
+/// Asks the predecessor listening at `path` for its pods, and tells it which it took: a pod whose
+/// message is invalid is skipped (logged), the others are taken.
 fn ask(path: &Path) -> Result<HashMap<String, Handoff>, HandoverError> {
     let fd = seqpacket()?;
     net::connect(&fd, &unix_addr(path)?).map_err(io("connecting to the predecessor"))?;
-    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, Some(ANSWER_TIMEOUT))
-        .map_err(io("setting the answer timeout"))?;
-    let mut pods = HashMap::new();
+    let peer =
+        sockopt::socket_peercred(&fd).map_err(io("reading the predecessor's credentials"))?;
+    if peer.uid != rustix::process::geteuid() {
+        return Err(HandoverError::Invalid(format!(
+            "the socket belongs to user {}, not this one",
+            peer.uid.as_raw()
+        )));
+    }
+    bound_waits(&fd).map_err(io("setting the handover timeouts"))?;
+    let deadline = tokio::time::Instant::now() + HANDOVER_DEADLINE;
+    let (mut pods, mut skipped) = (HashMap::new(), 0);
     loop {
+        if tokio::time::Instant::now() > deadline {
+            return Err(HandoverError::Invalid(format!(
+                "not done within {HANDOVER_DEADLINE:?}"
+            )));
+        }
         match receive(&fd)? {
             (
                 Message::Pod {
@@ -326,15 +352,29 @@ fn ask(path: &Path) -> Result<HashMap<String, Handoff>, HandoverError> {
                     families,
                 },
                 fds,
-            ) => {
-                pods.insert(uid, handoff(netns_path, &families, fds)?);
+            ) => match handoff(netns_path, &families, fds) {
+                Ok(pod) => {
+                    pods.insert(uid, pod);
+                }
+                Err(e) => {
+                    skipped += 1;
+                    warn!(workload = %uid, error = %e, "a pod handed over is skipped: its sockets are bound afresh once the predecessor lets go of them");
+                }
+            },
+            (Message::Done { pods: sent }, _) if sent == pods.len() + skipped => {
+                send(&fd, &Message::Taken { pods: pods.len() }, &[])?;
+                return Ok(pods);
             }
-            (Message::Done { pods: sent }, _) if sent == pods.len() => return Ok(pods),
             (Message::Done { pods: sent }, _) => {
                 return Err(HandoverError::Invalid(format!(
                     "{sent} pods announced, {} received",
-                    pods.len()
+                    pods.len() + skipped
                 )));
+            }
+            (Message::Taken { .. }, _) => {
+                return Err(HandoverError::Invalid(
+                    "a successor's answer from a predecessor".into(),
+                ));
             }
         }
     }
@@ -382,8 +422,15 @@ pub fn take_over(dir: &Path) -> Inherited {
     Arc::new(Mutex::new(inherited))
 }
 
-/// A request from a successor: answered with the pods to hand over.
-pub type Request = oneshot::Sender<HashMap<String, Handoff>>;
+/// A request from a successor: answered with the pods to hand over (`reply`); `outcome` then says
+/// whether the successor took them (how many), or why not. Only then has it taken over.
+#[derive(Debug)]
+pub struct Request {
+    /// Where the pods to hand over go.
+    pub reply: oneshot::Sender<HashMap<String, Handoff>>,
+    /// What became of them.
+    pub outcome: oneshot::Receiver<Result<usize, String>>,
+}
 
 /// This ztunnel's end: answers successors until [`Server::close`].
 #[derive(Debug)]
@@ -409,15 +456,22 @@ impl Server {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let path = dir.join(format!("ztunnel-{}-{nanos}.sock", std::process::id()));
+        // Bound and listening under a name successors ignore, then published whole: a successor
+        // never finds it not yet listening (and takes it for a stale one).
+        let unpublished = path.with_extension("binding");
         let fd = seqpacket()?;
-        net::bind(&fd, &unix_addr(&path)?).map_err(io("binding the handover socket"))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+        net::bind(&fd, &unix_addr(&unpublished)?).map_err(io("binding the handover socket"))?;
+        std::fs::set_permissions(&unpublished, std::fs::Permissions::from_mode(0o600)).map_err(
             |source| HandoverError::Io {
                 what: "restricting the handover socket",
                 source,
             },
         )?;
         net::listen(&fd, 4).map_err(io("listening on the handover socket"))?;
+        std::fs::rename(&unpublished, &path).map_err(|source| HandoverError::Io {
+            what: "publishing the handover socket",
+            source,
+        })?;
         let (tx, rx) = mpsc::channel(1);
         let closed = Arc::new(AtomicBool::new(false));
         let stop = closed.clone();
@@ -479,25 +533,38 @@ fn serve(listener: &OwnedFd, requests: &mpsc::Sender<Request>, closed: &AtomicBo
             }
         }
         info!("a successor asks for this node's pods");
+        if let Err(e) = bound_waits(&conn) {
+            warn!(error = %e, "handover refused: cannot bound its waits");
+            continue;
+        }
         let (reply, answer) = oneshot::channel();
-        if requests.blocking_send(reply).is_err() {
+        let (report, outcome) = oneshot::channel();
+        if requests.blocking_send(Request { reply, outcome }).is_err() {
             return;
         }
         let Ok(pods) = answer.blocking_recv() else {
             warn!("no pods to hand over: this ztunnel is stopping");
             continue;
         };
-        match answer_successor(&conn, &pods) {
-            Ok(()) => info!(
-                pods = pods.len(),
-                "handed this node's pods over to a successor"
+        let result = answer_successor(&conn, &pods);
+        match &result {
+            Ok(taken) => info!(
+                offered = pods.len(),
+                taken, "handed this node's pods over to a successor"
             ),
-            Err(e) => warn!(error = %e, "handover to a successor failed"),
+            Err(e) => {
+                warn!(error = %e, "handover to a successor failed: this ztunnel keeps the node")
+            }
         }
+        // The handover's owner decides what follows; it may be gone already (stopping).
+        let _ = report.send(result.map_err(|e| e.to_string()));
     }
 }
 
-fn answer_successor(conn: &OwnedFd, pods: &HashMap<String, Handoff>) -> Result<(), HandoverError> {
+fn answer_successor(
+    conn: &OwnedFd,
+    pods: &HashMap<String, Handoff>,
+) -> Result<usize, HandoverError> {
     for (uid, pod) in pods {
         let mut fds = vec![pod.netns.as_fd()];
         let mut families = Vec::new();
@@ -512,7 +579,13 @@ fn answer_successor(conn: &OwnedFd, pods: &HashMap<String, Handoff>) -> Result<(
         };
         send(conn, &message, &fds)?;
     }
-    send(conn, &Message::Done { pods: pods.len() }, &[])
+    send(conn, &Message::Done { pods: pods.len() }, &[])?;
+    match receive(conn)? {
+        (Message::Taken { pods }, _) => Ok(pods),
+        (other, _) => Err(HandoverError::Invalid(format!(
+            "the successor answered {other:?}"
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use veil_mesh::telemetry::http::{Handler, serve};
 
 use crate::context::Context;
+use crate::enrol;
 use crate::handover::{self, Held, Request};
 
 /// Stop requests (SIGTERM, SIGINT): the first drains, the next stops at once.
@@ -67,18 +68,18 @@ pub async fn serve_ops(
 /// What this ztunnel runs while it owns the node.
 #[derive(Debug)]
 pub struct Owner {
-    /// The shared context.
-    pub ctx: Arc<Context>,
-    /// The enrolment loop.
-    pub reconciler: Option<JoinHandle<()>>,
+    /// Enrolment's inputs, to start it (again).
+    pub enrolment: enrol::Enrolment,
+    /// The enrolment loop, while it runs.
+    pub reconciler: Option<JoinHandle<enrol::Captured>>,
+    /// What enrolment captured, while it is stopped.
+    pub captured: Option<enrol::Captured>,
     /// Tells enrolment to stop.
     pub stop_enrolment: watch::Sender<bool>,
     /// The admin endpoints (metrics, readiness, admin).
     pub ops: Vec<JoinHandle<()>>,
     /// The CNI plugin's socket.
     pub cni: Option<JoinHandle<()>>,
-    /// The pods as they would be handed over.
-    pub held: Held,
     /// The handover socket, when there is one, and its requests.
     pub handover: Option<(handover::Server, mpsc::Receiver<Request>)>,
     /// Whether a successor took the pods over.
@@ -86,6 +87,31 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// Starts owning the node: enrolment runs.
+    pub fn start(
+        enrolment: enrol::Enrolment,
+        ops: Vec<JoinHandle<()>>,
+        cni: Option<JoinHandle<()>>,
+        handover: Option<(handover::Server, mpsc::Receiver<Request>)>,
+    ) -> Self {
+        let (stop_enrolment, stop) = watch::channel(false);
+        let reconciler = enrolment.clone().spawn(stop, enrol::Captured::default());
+        Self {
+            enrolment,
+            reconciler: Some(reconciler),
+            captured: None,
+            stop_enrolment,
+            ops,
+            cni,
+            handover,
+            handed_over: false,
+        }
+    }
+
+    fn ctx(&self) -> &Arc<Context> {
+        &self.enrolment.ctx
+    }
+
     /// Serves until the first stop request, handing the node over to any successor that asks.
     pub async fn run_until_stopped(&mut self, stops: &mut Stops) {
         loop {
@@ -98,30 +124,51 @@ impl Owner {
             tokio::select! {
                 _ = stops.recv() => return,
                 request = request => match request {
-                    Some(reply) => self.hand_over(reply).await,
+                    Some(request) => self.hand_over(request).await,
                     None => self.handover = None,
                 },
             }
         }
     }
 
-    /// A successor takes the node over: enrolment, the CNI socket and the admin ports are let go
-    /// of; the pods' sockets are copied to it and go on being served here too until the stop.
-    async fn hand_over(&mut self, reply: Request) {
-        self.stop_owning().await;
-        self.handed_over = true;
+    /// A successor asks for the node. Enrolment stops (at the end of its round) and the pods'
+    /// sockets are copied to it; once it says it took them, the CNI socket and the admin ports
+    /// are let go of for it and the node is its own (this ztunnel goes on serving the sockets too
+    /// until it is stopped). If it did not take them, enrolment starts again here.
+    async fn hand_over(&mut self, request: Request) {
+        self.stop_enrolling().await;
         let pods = self.copies();
-        info!(
-            pods = pods.len(),
-            "a successor is taking this node over: enrolment, the CNI socket and the admin ports are now its own"
-        );
-        let _ = reply.send(pods);
+        let offered = pods.len();
+        let _ = request.reply.send(pods);
+        match request.outcome.await {
+            Ok(Ok(taken)) => {
+                self.let_go_of_ports().await;
+                self.handed_over = true;
+                info!(
+                    offered,
+                    taken,
+                    "a successor took this node over: enrolment, the CNI socket and the admin ports are now its own"
+                );
+            }
+            Ok(Err(reason)) => {
+                warn!(%reason, "the handover failed: this ztunnel keeps the node");
+                self.resume_enrolling();
+            }
+            Err(_) => {
+                warn!("the handover was dropped: this ztunnel keeps the node");
+                self.resume_enrolling();
+            }
+        }
     }
 
-    /// Copies of the pods' namespaces and sockets, for a successor.
+    /// Copies of the pods' namespaces and sockets for a successor: those enrolled here, and those
+    /// handed over here and not enrolled yet.
     fn copies(&self) -> HashMap<String, handover::Handoff> {
-        lock(&self.held)
+        let held = lock(&self.enrolment.held);
+        let inherited = lock(&self.enrolment.inherited);
+        inherited
             .iter()
+            .chain(held.iter())
             .filter_map(|(uid, pod)| match pod.try_clone() {
                 Ok(copy) => Some((uid.clone(), copy)),
                 Err(e) => {
@@ -129,16 +176,38 @@ impl Owner {
                     None
                 }
             })
+            // Enrolled wins over handed over (chained last).
             .collect()
     }
 
-    /// Stops enrolling pods, answering the CNI plugin (enrolment finishes its round first) and
-    /// serving the admin ports (awaited: a successor can bind them once this returns).
-    async fn stop_owning(&mut self) {
+    /// Stops enrolment at the end of its round, keeping what it captured.
+    async fn stop_enrolling(&mut self) {
         self.stop_enrolment.send_replace(true);
         if let Some(reconciler) = self.reconciler.take() {
-            let _ = reconciler.await;
+            match reconciler.await {
+                Ok(captured) => self.captured = Some(captured),
+                Err(e) => error!(error = %e, "enrolment ended abnormally"),
+            }
         }
+    }
+
+    /// Starts enrolment again from what it had captured.
+    fn resume_enrolling(&mut self) {
+        if self.reconciler.is_some() {
+            return;
+        }
+        self.stop_enrolment.send_replace(false);
+        let captured = self.captured.take().unwrap_or_default();
+        self.reconciler = Some(
+            self.enrolment
+                .clone()
+                .spawn(self.stop_enrolment.subscribe(), captured),
+        );
+    }
+
+    /// Closes the CNI socket and the admin ports (awaited: a successor can bind them once this
+    /// returns).
+    async fn let_go_of_ports(&mut self) {
         for task in self.cni.take().into_iter().chain(self.ops.drain(..)) {
             task.abort();
             let _ = task.await;
@@ -149,13 +218,14 @@ impl Owner {
     /// or another stop request comes. For [`HANDOVER_WAIT`] of that, a successor may still take
     /// the pods' sockets over (they stay open, not accepting); then nothing is handed over.
     pub async fn drain(mut self, period: Duration, stops: &mut Stops) {
-        self.stop_owning().await;
-        if self.handed_over {
-            // The successor holds the sockets already.
+        self.stop_enrolling().await;
+        self.let_go_of_ports().await;
+        if self.handed_over || self.handover.is_none() {
+            // The successor holds the sockets already, or none can come.
             self.stop_handing_over();
         }
-        self.ctx.start_draining();
-        let open = self.ctx.budgets.connections();
+        self.ctx().start_draining();
+        let open = self.ctx().budgets.connections();
         info!(
             connections = open,
             period = ?period,
@@ -166,7 +236,7 @@ impl Owner {
         let mut report = tokio::time::interval(DRAIN_REPORT);
         report.tick().await;
         loop {
-            let open = self.ctx.budgets.connections();
+            let open = self.ctx().budgets.connections();
             let handing_over = self.handover.is_some();
             if open == 0 && !handing_over {
                 info!("drained: no connection left");
@@ -187,13 +257,15 @@ impl Owner {
                     warn!(connections = open, "stopped again while draining: the connections left are closed");
                     return;
                 }
-                Some(reply) = request => {
+                Some(request) = request => {
                     let pods = self.copies();
-                    info!(pods = pods.len(), "a successor took this node's pods over while this ztunnel drains");
-                    let _ = reply.send(pods);
-                    // Its copies are its own now; this ztunnel's would only keep sockets open that
-                    // nothing here accepts from.
-                    self.stop_handing_over();
+                    let _ = request.reply.send(pods);
+                    if let Ok(Ok(taken)) = request.outcome.await {
+                        info!(taken, "a successor took this node's pods over while this ztunnel drains");
+                        // Its copies are its own now; this ztunnel's would only keep sockets
+                        // open that nothing here accepts from.
+                        self.stop_handing_over();
+                    }
                 }
                 () = tokio::time::sleep_until(handover_ends), if handing_over => self.stop_handing_over(),
                 _ = report.tick() => info!(connections = open, "draining"),
@@ -208,10 +280,13 @@ impl Owner {
         if let Some((server, _)) = self.handover.take() {
             server.close();
         }
-        lock(&self.held).clear();
+        lock(&self.enrolment.held).clear();
+        lock(&self.enrolment.inherited).clear();
+        // What enrolment captured holds no socket copies (its listener tasks hold the sockets).
+        self.captured = None;
     }
 }
 
-fn lock(held: &Held) -> std::sync::MutexGuard<'_, HashMap<String, handover::Handoff>> {
-    held.lock().unwrap_or_else(|e| e.into_inner())
+fn lock(map: &Held) -> std::sync::MutexGuard<'_, HashMap<String, handover::Handoff>> {
+    map.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -36,24 +36,31 @@ fn pod() -> Handoff {
     .unwrap()
 }
 
-/// A predecessor answering every successor with copies of `pods`.
-fn predecessor(dir: &Path, pods: HashMap<String, Handoff>) -> Server {
+/// A predecessor answering every successor with copies of `pods`; what became of each handover
+/// arrives on the returned channel.
+fn predecessor(
+    dir: &Path,
+    pods: HashMap<String, Handoff>,
+) -> (Server, std::sync::mpsc::Receiver<Result<usize, String>>) {
     let (server, mut requests) = Server::start(dir).unwrap();
+    let (outcomes, seen) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         rt.block_on(async {
-            while let Some(reply) = requests.recv().await {
+            while let Some(request) = requests.recv().await {
                 let copies = pods
                     .iter()
                     .map(|(uid, pod)| (uid.clone(), pod.try_clone().unwrap()))
                     .collect();
-                let _ = reply.send(copies);
+                let _ = request.reply.send(copies);
+                let outcome = request.outcome.await.unwrap_or(Err("dropped".into()));
+                let _ = outcomes.send(outcome);
             }
         });
     });
-    server
+    (server, seen)
 }
 
 #[test]
@@ -67,11 +74,16 @@ fn a_successor_gets_the_very_sockets_and_namespace_of_each_pod() {
             (uid.to_string(), inode(&p.netns), fds)
         })
         .collect();
-    let server = predecessor(
+    let (server, outcomes) = predecessor(
         dir.path(),
         HashMap::from([("uid-a".to_owned(), a), ("uid-b".to_owned(), b)]),
     );
     let inherited = take_over(dir.path());
+    assert_eq!(
+        outcomes.recv().unwrap(),
+        Ok(2),
+        "the predecessor was not told both were taken"
+    );
     let inherited = inherited.lock().unwrap();
     assert_eq!(inherited.len(), 2);
     for (uid, netns, fds) in expected {
@@ -84,6 +96,7 @@ fn a_successor_gets_the_very_sockets_and_namespace_of_each_pod() {
     }
     // A second successor (the first crashed) is answered the same.
     assert_eq!(take_over(dir.path()).lock().unwrap().len(), 2);
+    assert_eq!(outcomes.recv().unwrap(), Ok(2));
     server.close();
     assert!(
         take_over(dir.path()).lock().unwrap().is_empty(),
@@ -150,4 +163,50 @@ fn descriptors_that_are_not_the_pods_listeners_are_refused() {
     let twice = vec!["v4".to_owned(), "v4".to_owned()];
     assert!(handoff(PathBuf::from("/x"), &twice, vec![netns()]).is_err());
     assert!(handoff(PathBuf::from("/x"), &["v5".to_owned()], vec![netns()]).is_err());
+}
+
+#[test]
+fn a_successor_that_goes_away_before_answering_leaves_the_node_to_its_predecessor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, outcomes) = predecessor(dir.path(), HashMap::from([("uid-a".to_owned(), pod())]));
+    let socket = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "sock"))
+        .unwrap();
+    // It reads everything, then vanishes without saying what it took.
+    let fd = seqpacket().unwrap();
+    net::connect(&fd, &unix_addr(&socket).unwrap()).unwrap();
+    loop {
+        match receive(&fd).unwrap() {
+            (Message::Done { pods }, _) => break assert_eq!(pods, 1),
+            (Message::Pod { .. }, fds) => assert_eq!(fds.len(), 4),
+            (other, _) => panic!("{other:?}"),
+        }
+    }
+    drop(fd);
+    let outcome = outcomes.recv().unwrap();
+    assert!(outcome.is_err(), "{outcome:?}");
+    // It is still there for the next one.
+    assert_eq!(take_over(dir.path()).lock().unwrap().len(), 1);
+    assert_eq!(outcomes.recv().unwrap(), Ok(1));
+    drop(server);
+}
+
+#[test]
+fn an_invalid_pod_is_skipped_and_the_rest_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = pod();
+    let mut bad = pod();
+    // Its listeners out of order: the HBONE socket where the outbound one should be.
+    bad.listeners[0].1.swap(0, 1);
+    let (_server, outcomes) = predecessor(
+        dir.path(),
+        HashMap::from([("good".to_owned(), good), ("bad".to_owned(), bad)]),
+    );
+    let inherited = take_over(dir.path());
+    let inherited = inherited.lock().unwrap();
+    assert_eq!(inherited.keys().collect::<Vec<_>>(), ["good"]);
+    assert_eq!(outcomes.recv().unwrap(), Ok(1));
 }

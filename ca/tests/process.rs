@@ -111,6 +111,19 @@ impl Ca {
             .collect()
     }
 
+    /// The audit lines once there are at least `n` (the log is read as the CA writes it, after it
+    /// answers), or what there is after 5 s.
+    async fn audit_of(&self, n: usize) -> Vec<(String, String)> {
+        for _ in 0..50 {
+            let audit = self.audit();
+            if audit.len() >= n {
+                return audit;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        self.audit()
+    }
+
     fn stop(mut self) -> u16 {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -178,7 +191,7 @@ async fn issues_a_certificate_that_openssl_verifies_with_the_spiffe_san_and_life
     );
     assert!(text.contains("CA:FALSE"), "{text}");
 
-    let audit = ca.audit();
+    let audit = ca.audit_of(1).await;
     assert_eq!(audit.len(), 1, "{audit:?}");
     let (outcome, line) = &audit[0];
     assert_eq!(outcome, "issued");
@@ -257,7 +270,7 @@ async fn refusals_carry_clear_grpc_codes_and_are_audited() {
     let status = raw.create_certificate(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
 
-    let outcomes: Vec<String> = ca.audit().into_iter().map(|(o, _)| o).collect();
+    let outcomes: Vec<String> = ca.audit_of(6).await.into_iter().map(|(o, _)| o).collect();
     assert_eq!(
         outcomes,
         vec!["refused"; 6],

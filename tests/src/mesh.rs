@@ -186,6 +186,38 @@ impl Mesh {
         Ok(old)
     }
 
+    /// Plays a successor that reads everything `node`'s running ztunnels offer on their handover
+    /// sockets and vanishes without saying what it took.
+    pub fn vanishing_successor(&self, node: &str) -> anyhow::Result<()> {
+        const VANISH: &str = "import socket, sys\ns = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\ns.connect(sys.argv[1])\nwhile b'done' not in s.recvmsg(65536, 4096)[0]: pass\n";
+        for entry in std::fs::read_dir(self.dir.join(format!("handover-{node}")))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "sock") {
+                let out = std::process::Command::new("python3")
+                    .args(["-c", VANISH])
+                    .arg(&path)
+                    .output()?;
+                anyhow::ensure!(out.status.success(), "{out:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a stand-in for `node`'s kubelet probing `targets` every 100 ms (`e2e-app kubelet`).
+    pub fn start_kubelet(&self, node: &str, targets: &[String]) -> anyhow::Result<Proc> {
+        let app = bin("e2e-app").to_string_lossy().into_owned();
+        let mut argv = vec![app.as_str(), "kubelet", "--period-ms", "100"];
+        argv.extend(targets.iter().map(String::as_str));
+        let log = self.dir.join(format!("kubelet-{node}.log"));
+        Proc::spawn(
+            &format!("kubelet {node}"),
+            Some(&self.cluster.node(node).netns),
+            &argv,
+            &[],
+            &log,
+        )
+    }
+
     fn spawn_ztunnel(&mut self, node: &str) -> anyhow::Result<()> {
         let netns = self.cluster.node(node).netns.clone();
         let ca_address = format!("{}:15012", self.cluster.control_plane_ip);
@@ -708,4 +740,20 @@ pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A kubelet stand-in's last count: (probes passed, probes failed).
+pub fn kubelet_counts(output: &str) -> (u64, u64) {
+    let last = output
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("probes "))
+        .unwrap_or_default();
+    let count = |key: &str| {
+        last.split_whitespace()
+            .find_map(|f| f.strip_prefix(key))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (count("ok="), count("failed="))
 }

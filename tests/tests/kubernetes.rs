@@ -7,8 +7,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, WaypointSpec, bin, skip_unless_root};
-use veil_e2e::process::Proc;
+use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, WaypointSpec, skip_unless_root};
 
 const SETTLE: Duration = Duration::from_secs(15);
 
@@ -646,18 +645,11 @@ fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
     let mut kubelets = Vec::new();
     for (node, pod) in [("node-a", "client"), ("node-b", "server")] {
         let ip = m.cluster.pod(pod).ip;
-        let (http, tcp) = (
+        let targets = [
             format!("http://{ip}:8080/healthz"),
             format!("tcp://{ip}:9090"),
-        );
-        let app = bin("e2e-app").to_string_lossy().into_owned();
-        let argv = [app.as_str(), "kubelet", &http, &tcp, "--period-ms", "100"];
-        let log = m.dir.join(format!("kubelet-{node}.log"));
-        let netns = m.cluster.node(node).netns.clone();
-        kubelets.push((
-            node,
-            Proc::spawn(&format!("kubelet {node}"), Some(&netns), &argv, &[], &log).unwrap(),
-        ));
+        ];
+        kubelets.push((node, m.start_kubelet(node, &targets).unwrap()));
     }
     let capture = Capture::start(
         &m.cluster.fabric,
@@ -685,6 +677,16 @@ fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
         })
     };
     std::thread::sleep(Duration::from_secs(2));
+    // A successor that reads the handover and vanishes: the running ztunnel keeps the node.
+    m.vanishing_successor("node-a").unwrap();
+    let kept =
+        |m: &Mesh, line: &str| m.eventually(SETTLE, || m.ztunnel_log("node-a").contains(line));
+    assert!(kept(&m, "the handover failed: this ztunnel keeps the node"));
+    assert!(
+        m.readiness("node-a").starts_with("ready"),
+        "{}",
+        m.readiness("node-a")
+    );
 
     // The client's node: the new ztunnel starts beside the old one, takes its pods over, is
     // ready; the old one is then told to stop, as the kubelet does. The server's node: the old one
@@ -694,6 +696,8 @@ fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
     for (node, stop_old_first) in [("node-a", false), ("node-b", true)] {
         let previous = m.upgrade_ztunnel(node, stop_old_first).expect("upgrading");
         if !stop_old_first {
+            // Another successor vanishing now changes nothing: the new one keeps the node.
+            m.vanishing_successor(node).unwrap();
             std::thread::sleep(Duration::from_secs(1));
             previous.terminate();
         }
@@ -770,24 +774,21 @@ fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
     );
     // The kubelets' probes all passed, before, during and after.
     for (node, kubelet) in &mut kubelets {
-        let out = kubelet.output();
-        let last = out
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("probes "))
-            .unwrap_or_default();
+        let (ok, failed) = veil_e2e::mesh::kubelet_counts(&kubelet.output());
         assert!(
-            last.ends_with(" failed=0"),
-            "{node}'s kubelet: {last}\n{out}"
+            failed == 0 && ok > 100,
+            "{node}'s kubelet: {}",
+            kubelet.output()
         );
-        let ok: u64 = last
-            .split_whitespace()
-            .nth(1)
-            .and_then(|f| f.strip_prefix("ok="))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        assert!(ok > 100, "{node}'s kubelet probed {ok} times");
     }
+    let served = m.metric(
+        "node-b",
+        "veil_tcp_connections_opened_total",
+        &[("source_identity", &client), ("direction", "inbound")],
+    );
+    assert!(served > 5.0, "the server's new ztunnel served {served}");
+    let a_old = std::fs::read_to_string(m.dir.join("ztunnel-node-a.log.1")).unwrap();
+    assert!(a_old.contains("a second handover failed; the node stays with the successor"));
     // Nothing crossed in plaintext meanwhile.
     let wire = capture.finish().unwrap();
     assert_eq!(wire.packets_on_port(7070), 0, "{}", wire.summary);

@@ -150,6 +150,15 @@ impl Owner {
                     "a successor took this node over: enrolment, the CNI socket and the admin ports are now its own"
                 );
             }
+            // A successor that took the node before still has it: nothing changes here.
+            Ok(Err(reason)) if self.handed_over => {
+                warn!(%reason, "a second handover failed; the node stays with the successor that took it");
+            }
+            Err(_) if self.handed_over => {
+                warn!(
+                    "a second handover was dropped; the node stays with the successor that took it"
+                );
+            }
             Ok(Err(reason)) => {
                 warn!(%reason, "the handover failed: this ztunnel keeps the node");
                 self.resume_enrolling();

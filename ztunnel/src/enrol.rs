@@ -26,7 +26,7 @@ use veil_mesh::telemetry::metrics::WorkloadLabels;
 use crate::budget::PodBudget;
 use crate::capture::{self, Family, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, UdpAllowance};
 use crate::context::{Context, LocalWorkload};
-use crate::handover::{Handoff, Held, Inherited};
+use crate::handover::{Handoff, Held, Inherited, pods};
 use crate::netns::{NetNs, NsId};
 use crate::registry::Registry;
 use crate::{inbound, outbound, plaintext};
@@ -123,7 +123,7 @@ async fn run(e: Enrolment, mut stop: watch::Receiver<bool>, captured: Captured) 
         if *stop.borrow_and_update() {
             return Captured(enrolled);
         }
-        Round { e: &e }.reconcile(&state, &mut enrolled).await;
+        e.reconcile(&state, &mut enrolled).await;
         e.registry
             .set_captured(enrolled.values().map(|e| e.local.workload.key()).collect());
         let probes_failing = ctx.settings.kubelet_probes
@@ -150,8 +150,11 @@ fn probe_targets(
     state: &MeshState,
     enrolled: &HashMap<String, Enrolled>,
 ) -> BTreeSet<IpAddr> {
-    let inherited = held(&e.inherited);
+    let inherited = pods(&e.inherited);
     let mut targets = addresses(enrolled);
+    if inherited.is_empty() {
+        return targets;
+    }
     targets.extend(
         desired(&e.ctx, state)
             .iter()
@@ -229,14 +232,9 @@ fn known_netns(workload: &Workload, registry: &Registry) -> Option<PathBuf> {
         .or_else(|| registry.get(&workload.key()).map(|p| p.netns))
 }
 
-/// One reconciliation.
-struct Round<'a> {
-    e: &'a Enrolment,
-}
-
-impl Round<'_> {
+impl Enrolment {
     async fn reconcile(&self, state: &MeshState, enrolled: &mut HashMap<String, Enrolled>) {
-        let (ctx, registry, status) = (&self.e.ctx, &self.e.registry, &self.e.status);
+        let (ctx, registry, status) = (&self.ctx, &self.registry, &self.status);
         let want: HashMap<String, Arc<Workload>> = desired(ctx, state)
             .into_iter()
             .map(|w| (w.uid.clone(), w))
@@ -254,7 +252,7 @@ impl Round<'_> {
             .collect();
         for uid in stale {
             if let Some(e) = enrolled.remove(&uid) {
-                held(&self.e.held).remove(&uid);
+                pods(&self.held).remove(&uid);
                 release(e).await;
                 lock(status).remove(&uid);
                 info!(workload = %uid, "released pod");
@@ -263,7 +261,7 @@ impl Round<'_> {
         lock(status).retain(|uid, _| want.contains_key(uid));
         // Sockets handed over for pods no longer wanted here (deleted, unenrolled, released) are
         // let go of: their connections are refused, not left waiting in a queue nobody serves.
-        held(&self.e.inherited)
+        pods(&self.inherited)
             .retain(|uid, _| want.get(uid).is_some_and(|w| !registry.released(&w.key())));
         for (uid, workload) in want {
             if enrolled.contains_key(&uid) {
@@ -282,7 +280,7 @@ impl Round<'_> {
                     info!(workload = %workload.key(), identity = %workload.identity, netns = %e.local.netns.path().display(), "captured pod");
                     let netns = e.netns_id;
                     enrolled.insert(uid.clone(), e);
-                    held(&self.e.held).insert(uid.clone(), handoff);
+                    pods(&self.held).insert(uid.clone(), handoff);
                     lock(status).insert(uid, CaptureStatus::Captured { netns });
                 }
                 Err(reason) => {
@@ -302,7 +300,7 @@ impl Round<'_> {
     /// What a predecessor handed over for `uid`, if it is the namespace the pod is known to be in
     /// (a copy: the original is kept until the capture succeeds).
     fn inherited(&self, uid: &str, netns_from: Option<&Path>) -> Option<Handoff> {
-        let mut inherited = held(&self.e.inherited);
+        let mut inherited = pods(&self.inherited);
         let pod = inherited.get(uid)?;
         let same = match netns_from {
             Some(path) => matches!((pod.netns_id(), NsId::of(path)), (Ok(a), Ok(b)) if a == b),
@@ -327,7 +325,7 @@ impl Round<'_> {
         workload: Arc<Workload>,
         netns_from: Option<PathBuf>,
     ) -> Result<(Enrolled, Handoff), String> {
-        let ctx = &self.e.ctx;
+        let ctx = &self.ctx;
         let inherited = self.inherited(&workload.uid, netns_from.as_deref());
         let netns = match (&inherited, &netns_from) {
             (Some(pod), _) => NetNs::from_file(
@@ -338,7 +336,7 @@ impl Round<'_> {
             (None, Some(path)) => {
                 NetNs::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?
             }
-            (None, None) => find_netns(&workload, &self.e.pinned_dir).await?,
+            (None, None) => find_netns(&workload, &self.pinned_dir).await?,
         };
         let path = netns.stable_path();
         let netns_id = netns
@@ -388,15 +386,11 @@ impl Round<'_> {
             return Err(e);
         }
         if inherited.is_some() {
-            held(&self.e.inherited).remove(&workload.uid);
+            pods(&self.inherited).remove(&workload.uid);
             info!(workload = %workload.key(), "serving the sockets handed over by the previous ztunnel");
         }
         Ok((enrolled, handoff))
     }
-}
-
-fn held(map: &Held) -> std::sync::MutexGuard<'_, HashMap<String, Handoff>> {
-    map.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A pod that was running before it was enrolled: its namespace is found by its address.

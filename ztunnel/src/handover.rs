@@ -115,6 +115,11 @@ pub type Held = Arc<Mutex<HashMap<String, Handoff>>>;
 /// The pods handed over by predecessors, by uid, until enrolment takes them.
 pub type Inherited = Arc<Mutex<HashMap<String, Handoff>>>;
 
+/// The pods in `map` (a [`Held`] or an [`Inherited`]), whatever a panicking holder left.
+pub fn pods(map: &Held) -> std::sync::MutexGuard<'_, HashMap<String, Handoff>> {
+    map.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The header of one message.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

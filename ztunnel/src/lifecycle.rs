@@ -20,7 +20,7 @@ use veil_mesh::telemetry::http::{Handler, serve};
 
 use crate::context::Context;
 use crate::enrol;
-use crate::handover::{self, Held, Request};
+use crate::handover::{self, Request};
 
 /// Stop requests (SIGTERM, SIGINT): the first drains, the next stops at once.
 pub type Stops = mpsc::UnboundedReceiver<()>;
@@ -115,12 +115,7 @@ impl Owner {
     /// Serves until the first stop request, handing the node over to any successor that asks.
     pub async fn run_until_stopped(&mut self, stops: &mut Stops) {
         loop {
-            let request = async {
-                match &mut self.handover {
-                    Some((_, requests)) => requests.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let request = next_request(&mut self.handover);
             tokio::select! {
                 _ = stops.recv() => return,
                 request = request => match request {
@@ -173,8 +168,8 @@ impl Owner {
     /// Copies of the pods' namespaces and sockets for a successor: those enrolled here, and those
     /// handed over here and not enrolled yet.
     fn copies(&self) -> HashMap<String, handover::Handoff> {
-        let held = lock(&self.enrolment.held);
-        let inherited = lock(&self.enrolment.inherited);
+        let held = handover::pods(&self.enrolment.held);
+        let inherited = handover::pods(&self.enrolment.inherited);
         inherited
             .iter()
             .chain(held.iter())
@@ -251,12 +246,7 @@ impl Owner {
                 info!("drained: no connection left");
                 return;
             }
-            let request = async {
-                match &mut self.handover {
-                    Some((_, requests)) => requests.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let request = next_request(&mut self.handover);
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {
                     warn!(connections = open, "drain period over: the connections left are closed");
@@ -289,13 +279,19 @@ impl Owner {
         if let Some((server, _)) = self.handover.take() {
             server.close();
         }
-        lock(&self.enrolment.held).clear();
-        lock(&self.enrolment.inherited).clear();
+        handover::pods(&self.enrolment.held).clear();
+        handover::pods(&self.enrolment.inherited).clear();
         // What enrolment captured holds no socket copies (its listener tasks hold the sockets).
         self.captured = None;
     }
 }
 
-fn lock(map: &Held) -> std::sync::MutexGuard<'_, HashMap<String, handover::Handoff>> {
-    map.lock().unwrap_or_else(|e| e.into_inner())
+/// The next successor's request, once there is a handover socket (never without one).
+async fn next_request(
+    handover: &mut Option<(handover::Server, mpsc::Receiver<Request>)>,
+) -> Option<Request> {
+    match handover {
+        Some((_, requests)) => requests.recv().await,
+        None => std::future::pending().await,
+    }
 }

@@ -8,7 +8,7 @@ mod model;
 mod source;
 mod state;
 
-pub use model::{Service, ServicePort, Serving, Waypoint, WaypointRef, Workload, selects};
+pub use model::{Naming, Service, ServicePort, Serving, Waypoint, WaypointRef, Workload, selects};
 pub use source::{AddressLookup, NodeAddresses, Origin, open, states_of};
 pub(crate) use state::front_one;
 pub use state::{ConfigError, MeshSettings, MeshState, Summary};

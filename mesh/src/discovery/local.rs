@@ -37,7 +37,7 @@ use veil_crd::API_VERSION;
 use veil_crd::authorization::AuthorizationPolicySpec;
 use veil_crd::peer_authentication::PeerAuthenticationSpec;
 
-use super::model::{Service, ServicePort, Serving, Waypoint, WaypointRef, Workload};
+use super::model::{Naming, Service, ServicePort, Serving, Waypoint, WaypointRef, Workload};
 use super::state::{ConfigError, MeshSettings, MeshState};
 use crate::identity::Identity;
 use crate::policy::{compile_authz, compile_peer_auth};
@@ -93,6 +93,9 @@ struct WorkloadEntry {
     ips: Vec<IpAddr>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// What telemetry calls it, shared by its replicas (default: its name).
+    #[serde(default)]
+    workload_name: Option<String>,
     #[serde(default)]
     netns: Option<PathBuf>,
     #[serde(default = "yes")]
@@ -331,6 +334,7 @@ fn workload(
     let identity = Identity::new(&settings.trust_domain, &w.namespace, &w.service_account)
         .map_err(|e| ConfigError::invalid(&at, e.to_string()))?;
     let waypoint = bindings.resolve(&at, &w.namespace, w.use_waypoint.as_deref())?;
+    let naming = Naming::new(w.workload_name.unwrap_or_else(|| w.name.clone()), &w.labels);
     Ok(Workload {
         uid: w
             .uid
@@ -341,6 +345,7 @@ fn workload(
         node: w.node,
         ips: w.ips,
         labels: w.labels,
+        naming,
         netns: w.netns,
         enrolled: w.enrolled,
         serving: Serving::of(w.ready, w.terminating),

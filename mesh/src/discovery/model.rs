@@ -38,6 +38,43 @@ impl Serving {
     }
 }
 
+/// What telemetry calls a workload: names shared by every replica and kept across restarts (a
+/// pod's own name is neither), so that metric series stay few.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Naming {
+    /// The controller that runs it (Deployment, StatefulSet, DaemonSet, CronJob…), else its name.
+    pub workload: String,
+    /// The application (`service.istio.io/canonical-name`, `app.kubernetes.io/name` or `app`
+    /// label), else the workload.
+    pub app: String,
+    /// Its version (`service.istio.io/canonical-revision`, `app.kubernetes.io/version` or
+    /// `version` label), else `latest`.
+    pub version: String,
+}
+
+impl Naming {
+    /// A workload's names from its controller's name (or its own) and its labels, as Istio derives
+    /// its canonical service and revision.
+    pub fn new(workload: String, labels: &BTreeMap<String, String>) -> Self {
+        let first = |keys: [&str; 3]| keys.iter().find_map(|k| labels.get(*k)).cloned();
+        Self {
+            app: first([
+                "service.istio.io/canonical-name",
+                "app.kubernetes.io/name",
+                "app",
+            ])
+            .unwrap_or_else(|| workload.clone()),
+            version: first([
+                "service.istio.io/canonical-revision",
+                "app.kubernetes.io/version",
+                "version",
+            ])
+            .unwrap_or_else(|| "latest".to_owned()),
+            workload,
+        }
+    }
+}
+
 /// A pod (or VM) with an address and an identity.
 #[derive(Debug, Serialize)]
 pub struct Workload {
@@ -55,6 +92,8 @@ pub struct Workload {
     pub ips: Vec<IpAddr>,
     /// Labels (policy selectors, service selectors).
     pub labels: BTreeMap<String, String>,
+    /// What telemetry calls it.
+    pub naming: Naming,
     /// The network namespace of a pod on this node (in-pod capture).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,
@@ -100,6 +139,7 @@ impl Workload {
             node,
             ips,
             labels,
+            naming,
             netns,
             enrolled,
             serving,
@@ -115,6 +155,7 @@ impl Workload {
             && *node == other.node
             && *ips == other.ips
             && *labels == other.labels
+            && *naming == other.naming
             && *netns == other.netns
             && *enrolled == other.enrolled
             && *serving == other.serving

@@ -522,6 +522,7 @@ impl Store {
                 node: w.node.clone(),
                 ips: ips.to_vec(),
                 labels: BTreeMap::new(),
+                naming: w.naming.clone(),
                 netns: None,
                 enrolled: w.enrolled,
                 serving: w.serving,

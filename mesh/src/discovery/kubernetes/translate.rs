@@ -26,7 +26,9 @@ use veil_crd::peer_authentication::{
 };
 
 use super::pod::SlimPod;
-use crate::discovery::model::{Service, ServicePort, Waypoint, WaypointRef, Workload, selects};
+use crate::discovery::model::{
+    Naming, Service, ServicePort, Waypoint, WaypointRef, Workload, selects,
+};
 use crate::discovery::state::{MeshSettings, MeshState};
 use crate::identity::Identity;
 use crate::policy::{AuthzPolicy, PeerAuthPolicy, PolicyError, compile_authz, compile_peer_auth};
@@ -242,6 +244,47 @@ pub(crate) fn scheduled(pod: &SlimPod) -> bool {
         && running_in_pod_network(pod)
 }
 
+/// The name of what runs the pod: its controller's, with the suffix a Deployment's ReplicaSet or a
+/// CronJob's Job adds taken off; the pod's own name when nothing controls it.
+fn workload_name(pod: &SlimPod) -> String {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let Some(owner) = owner else {
+        return pod.name_any();
+    };
+    match owner.kind.as_str() {
+        // `<deployment>-<pod-template-hash>`.
+        "ReplicaSet" => {
+            let hash = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"));
+            hash.and_then(|h| owner.name.strip_suffix(h.as_str()))
+                .and_then(|n| n.strip_suffix('-'))
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&owner.name)
+                .to_owned()
+        }
+        // `<cronjob>-<scheduled time in minutes>`.
+        "Job" => match owner.name.rsplit_once('-') {
+            Some((cronjob, minutes))
+                if !cronjob.is_empty()
+                    && minutes.len() >= 8
+                    && minutes.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                cronjob.to_owned()
+            }
+            _ => owner.name.clone(),
+        },
+        _ => owner.name.clone(),
+    }
+}
+
 fn node_name(pod: &SlimPod) -> Option<&str> {
     pod.spec
         .as_ref()
@@ -395,6 +438,7 @@ pub(crate) fn workload(
     } else {
         None
     };
+    let naming = Naming::new(workload_name(pod), &labels);
     Some(Workload {
         uid: pod_uid(pod),
         name: pod.name_any(),
@@ -403,6 +447,7 @@ pub(crate) fn workload(
         node: node_name(pod).unwrap_or_default().to_owned(),
         ips,
         labels,
+        naming,
         netns: None,
         enrolled,
         serving: pod.serving(),

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -280,12 +281,21 @@ pub(crate) fn slim_meta<K: Resource>(object: &mut K) {
     meta.annotations = None;
 }
 
-/// What a pod's metadata holds beyond what every kind keeps and translation reads: its owners,
-/// finalizers and name prefix (the rest of the pod is never read: [`SlimPod`]).
+/// What a pod's metadata holds beyond what every kind keeps and translation reads: its owners
+/// other than its controller (whose kind and name name the workload in telemetry), finalizers and
+/// name prefix (the rest of the pod is never read: [`SlimPod`]).
 pub(crate) fn slim_pod(pod: &mut SlimPod) {
     slim_meta(pod);
     let meta = &mut pod.metadata;
-    meta.owner_references = None;
+    meta.owner_references = meta.owner_references.take().and_then(|owners| {
+        let controller = owners.into_iter().find(|o| o.controller == Some(true))?;
+        Some(vec![OwnerReference {
+            controller: Some(true),
+            kind: controller.kind,
+            name: controller.name,
+            ..OwnerReference::default()
+        }])
+    });
     meta.finalizers = None;
     meta.generate_name = None;
 }

@@ -21,6 +21,11 @@ fn workload(name: &str, address: &str, app: &str) -> Workload {
         node: "node-a".into(),
         ips: vec![ip(address)],
         labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+        naming: crate::discovery::Naming {
+            workload: name.into(),
+            app: app.into(),
+            version: "latest".into(),
+        },
         netns: None,
         enrolled: true,
         serving: crate::discovery::Serving::Ready,

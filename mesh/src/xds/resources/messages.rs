@@ -42,10 +42,6 @@ pub(super) fn workload_message(
     w: &Workload,
     policies: Vec<String>,
 ) -> wl::Workload {
-    let canonical = ["app.kubernetes.io/name", "app"]
-        .iter()
-        .find_map(|k| w.labels.get(*k))
-        .unwrap_or(&w.name);
     wl::Workload {
         uid: workload_name(&w.namespace, &w.name),
         name: w.name.clone(),
@@ -64,8 +60,9 @@ pub(super) fn workload_message(
             .filter(|_| w.enrolled)
             .map(|r| gateway(state, r)),
         node: w.node.clone(),
-        canonical_name: canonical.clone(),
-        workload_name: w.name.clone(),
+        canonical_name: w.naming.app.clone(),
+        canonical_revision: w.naming.version.clone(),
+        workload_name: w.naming.workload.clone(),
         workload_type: wl::WorkloadType::Pod as i32,
         authorization_policies: policies,
         // Without an address (a pod being set up) it can be no endpoint yet; nor when it is not

@@ -8,7 +8,7 @@ use super::super::proto::discovery::Resource;
 use super::super::proto::istio::workload as wl;
 use super::super::proto::veil::AmbientNamespace;
 use super::super::{Kind, ip_from_bytes};
-use crate::discovery::{MeshSettings, Serving};
+use crate::discovery::{MeshSettings, Naming, Serving};
 use crate::identity::Identity;
 use crate::xds::SERVING_WHILE_TERMINATING;
 
@@ -26,6 +26,7 @@ pub(super) struct WorkloadEntry {
     pub(super) name: String,
     pub(super) namespace: String,
     pub(super) service_account: String,
+    pub(super) naming: Naming,
     pub(super) node: String,
     pub(super) ips: Vec<IpAddr>,
     pub(super) enrolled: bool,
@@ -177,6 +178,7 @@ fn workload_entry(
         name: w.name.clone(),
         namespace: w.namespace.clone(),
         service_account: service_account.to_owned(),
+        naming: naming(w),
         node: w.node.clone(),
         ips,
         enrolled,
@@ -186,6 +188,25 @@ fn workload_entry(
         policies: w.authorization_policies.clone().into(),
         services: Backs(services.into()),
     })
+}
+
+/// What telemetry calls the workload. These names only label metrics, so a name that is missing or
+/// could not be a Kubernetes name or label value (they end up in every series: long or odd values
+/// would let a sender bloat them) is replaced, never refused.
+fn naming(w: &wl::Workload) -> Naming {
+    let pick = |s: &str, fallback: &str| {
+        [s, fallback]
+            .into_iter()
+            .find(|s| crate::telemetry::valid_name(s))
+            .unwrap_or("unknown")
+            .to_owned()
+    };
+    let workload = pick(&w.workload_name, &w.name);
+    Naming {
+        app: pick(&w.canonical_name, &workload),
+        version: pick(&w.canonical_revision, "latest"),
+        workload,
+    }
 }
 
 /// Checks an enrolled namespace: sent under its own name, which is a Kubernetes namespace name (an

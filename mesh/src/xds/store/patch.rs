@@ -274,6 +274,7 @@ impl Store {
             node: w.node.clone(),
             ips,
             labels: Default::default(),
+            naming: w.naming.clone(),
             netns: None,
             enrolled: w.enrolled,
             serving: w.serving,

@@ -485,7 +485,57 @@ fn slim_stores_translate_to_the_same_mesh_for_a_fraction_of_the_size() {
     };
     let workloads = with(kept);
     assert!(workloads.contains("10.244.3.17"), "{workloads}");
+    // Telemetry names it after its Deployment (its ReplicaSet less the template hash), not the pod.
+    assert!(
+        workloads
+            .contains(r#""naming":{"workload":"checkout","app":"checkout","version":"2.14.1"}"#),
+        "{workloads}"
+    );
     assert_eq!(workloads, with(served));
+}
+
+/// The name of what runs a pod, for each kind of controller.
+#[test]
+fn pods_are_named_after_their_controller() {
+    let named = |owner: serde_json::Value, labels: serde_json::Value| {
+        let pod: SlimPod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p-0", "namespace": "shop", "labels": labels,
+                         "ownerReferences": owner},
+        }))
+        .unwrap();
+        super::workload_name(&pod)
+    };
+    let owner = |kind: &str, name: &str, controller: bool| {
+        serde_json::json!([{"apiVersion": "v1", "kind": kind, "name": name, "uid": "u",
+                            "controller": controller}])
+    };
+    let hash = serde_json::json!({"pod-template-hash": "5d8f"});
+    let none = serde_json::json!({});
+    assert_eq!(
+        named(owner("ReplicaSet", "web-5d8f", true), hash.clone()),
+        "web"
+    );
+    // A ReplicaSet of its own (no template hash in its name): its name.
+    assert_eq!(named(owner("ReplicaSet", "web", true), hash), "web");
+    assert_eq!(
+        named(owner("ReplicaSet", "web-5d8f", true), none.clone()),
+        "web-5d8f"
+    );
+    assert_eq!(named(owner("StatefulSet", "db", true), none.clone()), "db");
+    assert_eq!(
+        named(owner("Job", "report-29000000", true), none.clone()),
+        "report"
+    );
+    assert_eq!(
+        named(owner("Job", "migrate-2", true), none.clone()),
+        "migrate-2"
+    );
+    // Not the controller, or no owner at all: the pod itself.
+    assert_eq!(
+        named(owner("ReplicaSet", "web-5d8f", false), none.clone()),
+        "p-0"
+    );
+    assert_eq!(named(serde_json::Value::Null, none), "p-0");
 }
 
 /// A `SlimPod` reads every field translation uses exactly as `k8s_openapi`'s Pod does (a misspelt

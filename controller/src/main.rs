@@ -25,7 +25,7 @@ use veil_mesh::identity::{
     parse_trust_domain,
 };
 use veil_mesh::serve::shutdown_signal;
-use veil_mesh::telemetry::http::{Handler, text};
+use veil_mesh::telemetry::http::{Handler, openmetrics, text};
 use veil_mesh::telemetry::{LogFormat, init_logging};
 
 /// veil's control plane: serves the mesh to ztunnels over Istio's workload discovery (delta xDS).
@@ -218,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.metrics_listen))?;
     let handler_metrics = metrics.clone();
     let handler: Handler = Arc::new(move |parts| match parts.uri.path() {
-        "/metrics" => text(StatusCode::OK, handler_metrics.encode()),
+        "/metrics" => openmetrics(handler_metrics.encode()),
         "/ready" => text(StatusCode::OK, "ready\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     });

@@ -5,6 +5,8 @@ pub mod http;
 mod logging;
 pub mod metrics;
 pub mod ratelimit;
+mod traffic;
 
 pub use logging::{LogFormat, init_logging};
 pub use ratelimit::LogLimiter;
+pub(crate) use traffic::valid_name;

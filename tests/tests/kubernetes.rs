@@ -29,8 +29,8 @@ fn url(m: &Mesh, pod: &str) -> String {
 fn outbound_from(m: &Mesh, identity: &str) -> f64 {
     m.metric(
         "node-a",
-        "veil_tcp_connections_opened_total",
-        &[("source_identity", identity), ("direction", "outbound")],
+        "istio_tcp_connections_opened_total",
+        &[("source_principal", identity), ("reporter", "source")],
     )
 }
 
@@ -765,8 +765,8 @@ fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
     let client = m.pod("client").identity();
     let carried = m.metric(
         "node-a",
-        "veil_tcp_connections_opened_total",
-        &[("source_identity", &client), ("direction", "outbound")],
+        "istio_tcp_connections_opened_total",
+        &[("source_principal", &client), ("reporter", "source")],
     );
     assert!(
         carried > 5.0,
@@ -783,8 +783,8 @@ fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
     }
     let served = m.metric(
         "node-b",
-        "veil_tcp_connections_opened_total",
-        &[("source_identity", &client), ("direction", "inbound")],
+        "istio_tcp_connections_opened_total",
+        &[("source_principal", &client), ("reporter", "destination")],
     );
     assert!(served > 5.0, "the server's new ztunnel served {served}");
     let a_old = std::fs::read_to_string(m.dir.join("ztunnel-node-a.log.1")).unwrap();

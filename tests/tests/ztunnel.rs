@@ -414,27 +414,62 @@ fn sequential_connections_share_one_pooled_tls_connection() {
         m.metric("node-a", "veil_hbone_connections_opened_total", &pair),
         1.0
     );
-    let outbound = [pair[0], pair[1], ("direction", "outbound")];
+    // Istio's standard metrics, at both ends: named after the workloads, mutual TLS.
+    let principals = [
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/production/sa/client",
+        ),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/user-data/sa/server",
+        ),
+        ("source_workload", "client"),
+        ("source_workload_namespace", "production"),
+        ("destination_workload", "server"),
+        ("destination_workload_namespace", "user-data"),
+        ("connection_security_policy", "mutual_tls"),
+        ("request_protocol", "tcp"),
+    ];
+    let at = |reporter| {
+        let mut labels = principals.to_vec();
+        labels.push(("reporter", reporter));
+        labels
+    };
     assert_eq!(
-        m.metric("node-a", "veil_tcp_connections_opened_total", &outbound),
+        m.metric(
+            "node-a",
+            "istio_tcp_connections_opened_total",
+            &at("source")
+        ),
         10.0
     );
     assert!(m.eventually(SETTLE, || m.metric(
         "node-a",
-        "veil_tcp_connections_closed_total",
-        &outbound
+        "istio_tcp_connections_closed_total",
+        &at("source")
     ) == 10.0));
+    // "received" is the request side (client to server), "sent" the response side.
     assert_eq!(
-        m.metric("node-a", "veil_tcp_sent_bytes_total", &outbound),
+        m.metric("node-a", "istio_tcp_received_bytes_total", &at("source")),
         50.0
     );
     assert_eq!(
+        m.metric("node-a", "istio_tcp_sent_bytes_total", &at("source")),
+        50.0
+    );
+    assert!(m.eventually(SETTLE, || m.metric(
+        "node-b",
+        "istio_tcp_received_bytes_total",
+        &at("destination")
+    ) == 50.0));
+    assert_eq!(
         m.metric(
             "node-b",
-            "veil_tcp_received_bytes_total",
-            &[("direction", "inbound")]
+            "istio_tcp_connections_opened_total",
+            &at("destination")
         ),
-        50.0
+        10.0
     );
 }
 

@@ -14,7 +14,7 @@ use veil_mesh::identity::{
     parse_trust_domain, server_config,
 };
 use veil_mesh::pool::{Pool, PoolSettings};
-use veil_mesh::telemetry::http::{Handler, serve, text};
+use veil_mesh::telemetry::http::{Handler, openmetrics, serve, text};
 use veil_mesh::telemetry::metrics::Metrics;
 use veil_mesh::xds;
 
@@ -152,7 +152,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         (config.metrics_addr, {
             let (metrics, certs) = (metrics.clone(), certs.clone());
             Arc::new(move |req| match req.uri.path() {
-                "/metrics" => text(StatusCode::OK, metrics.encode(Some(&certs))),
+                "/metrics" => openmetrics(metrics.encode(Some(&certs))),
                 _ => text(StatusCode::NOT_FOUND, "not found\n"),
             })
         }),

@@ -15,16 +15,17 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 use veil_mesh::hbone::{
-    ConnectError, H2Io, InboundStream, parse_connect, refuse, serve_connection,
+    BAGGAGE, ConnectError, H2Io, InboundStream, parse_connect, refuse, serve_connection,
 };
 use veil_mesh::policy::{Attributes, Decision, evaluate};
-use veil_mesh::telemetry::metrics::{ConnectionLabels, Direction, HandshakeLabels, Principal};
+use veil_mesh::telemetry::metrics::{Direction, HandshakeLabels, Principal};
 
 use crate::access_log::TARGET;
 use crate::context::Context;
 use crate::drain::{Drain, DrainWatch};
 use crate::io::Prefixed;
 use crate::l7::{self, Tunnel};
+use crate::report::Report;
 use crate::sniff::{MAX_SNIFF, Protocol, classify};
 use crate::target::resolve;
 
@@ -100,6 +101,14 @@ async fn tunnel(ctx: Arc<Context>, mut stream: InboundStream, drain: DrainWatch)
             return refuse(&mut stream.respond, StatusCode::BAD_REQUEST);
         }
     };
+    // The client tunnels from its own address: the workload listed there names it if it is the one
+    // that authenticated (a waypoint on the controller lists only its own namespace), else the
+    // names its ztunnel sent.
+    let source = ctx.upstreams.metrics.peers.name(
+        &stream.peer,
+        state.workload_by_ip(stream.peer_addr.ip()).map(|w| &**w),
+        stream.request.headers().get(&BAGGAGE),
+    );
     let Ok(send) = stream.respond.send_response(http::Response::new(()), false) else {
         return;
     };
@@ -111,6 +120,7 @@ async fn tunnel(ctx: Arc<Context>, mut stream: InboundStream, drain: DrainWatch)
         peer_addr: stream.peer_addr,
         target,
         dest,
+        source: Arc::new(source),
     };
     match protocol {
         Protocol::Http1 | Protocol::Http2 => l7::serve(ctx, tunnel, io, drain).await,
@@ -176,32 +186,27 @@ async fn forward_tcp(ctx: &Context, tunnel: &Tunnel, mut io: Prefixed<H2Io>, _dr
         Ok(upstream) => upstream,
         Err(e) => return warn!(endpoint = %addr, error = %e, "TCP tunnel to endpoint failed"),
     };
-    let labels = ConnectionLabels {
-        direction: Direction::Inbound,
-        source_identity: Principal(Some(tunnel.peer.clone())),
-        destination_identity: Principal(Some(endpoint.identity.clone())),
-    };
-    ctx.upstreams
-        .metrics
-        .connections_opened
-        .get_or_create(&labels)
-        .inc();
+    let mut report = Report::new(
+        &state,
+        &tunnel.source,
+        &tunnel.dest,
+        tunnel.target,
+        veil_mesh::telemetry::metrics::Protocol::Tcp,
+    );
+    report.to_endpoint(&endpoint);
+    let metrics = &ctx.upstreams.metrics;
+    let labels = report.labels();
+    metrics.tcp_opened.get_or_create(labels).inc();
     let result = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
-    ctx.upstreams
-        .metrics
-        .connections_closed
-        .get_or_create(&labels)
-        .inc();
-    if let Ok((sent, received)) = result {
-        ctx.upstreams
-            .metrics
-            .sent_bytes
-            .get_or_create(&labels)
-            .inc_by(sent);
-        ctx.upstreams
-            .metrics
-            .received_bytes
-            .get_or_create(&labels)
-            .inc_by(received);
+    metrics.tcp_closed.get_or_create(labels).inc();
+    if let Ok((to_endpoint, to_client)) = result {
+        metrics
+            .tcp_received_bytes
+            .get_or_create(labels)
+            .inc_by(to_endpoint);
+        metrics
+            .tcp_sent_bytes
+            .get_or_create(labels)
+            .inc_by(to_client);
     }
 }

@@ -23,12 +23,15 @@ use tracing::debug;
 use veil_mesh::discovery::{MeshState, Workload};
 use veil_mesh::identity::Identity;
 use veil_mesh::policy::{Attributes, Decision, HttpAttributes, evaluate};
-use veil_mesh::telemetry::metrics::{DecisionLabels, Outcome, PolicyLabel, Principal};
+use veil_mesh::telemetry::metrics::{
+    DecisionLabels, Outcome, Party, PolicyLabel, Principal, Protocol,
+};
 
 use crate::access_log::Record;
 use crate::canon::{self, Canonical, Refusal};
 use crate::context::Context;
 use crate::drain::DrainWatch;
+use crate::report::Report;
 use crate::target::Destination;
 
 /// Who is asking, and for what, on this tunnel.
@@ -42,6 +45,8 @@ pub struct Tunnel {
     pub target: SocketAddr,
     /// What that is.
     pub dest: Destination,
+    /// What metrics call the client.
+    pub source: Arc<Party>,
 }
 
 type DownstreamBody = BoxBody<Bytes, hyper::Error>;
@@ -75,24 +80,35 @@ async fn handle(
 ) -> Result<Response<DownstreamBody>, Infallible> {
     let started = Instant::now();
     let grpc = is_grpc(&req);
+    let state = ctx.state();
+    let protocol = if grpc { Protocol::Grpc } else { Protocol::Http };
+    let mut report = Report::new(
+        &state,
+        &tunnel.source,
+        &tunnel.dest,
+        tunnel.target,
+        protocol,
+    );
     // One path and one host, judged and forwarded: nothing the endpoint sees differs from what
     // policy decided on.
     let canon = match canon::request(&req, ctx.settings.path_normalization) {
         Ok(canon) => canon,
-        Err(refusal) => return Ok(refuse(&ctx, &tunnel, &req, &refusal, started)),
+        Err(refusal) => return Ok(refuse(&ctx, &tunnel, &req, &refusal, started, &report)),
     };
-    let state = ctx.state();
     let Some((endpoint, addr)) = tunnel.dest.endpoint(&state, tunnel.target, ctx.next()) else {
+        report.request(&ctx.upstreams.metrics, 503, 0, 0, started.elapsed());
         return Ok(local_reply(
             grpc,
             StatusCode::SERVICE_UNAVAILABLE,
             "no healthy endpoint",
         ));
     };
+    report.to_endpoint(&endpoint);
     let decision = authorize(&ctx, &tunnel, &state, &endpoint, addr, &req, &canon);
     let destination = tunnel.dest.key();
     let endpoint_key = endpoint.key();
     if !decision.allowed() {
+        report.request(&ctx.upstreams.metrics, 403, 0, 0, started.elapsed());
         ctx.access_log.log(&Record {
             source: &tunnel.peer,
             destination: &destination,
@@ -130,6 +146,7 @@ async fn handle(
         host: canon.host.clone(),
         headers: req.headers().clone(),
         started,
+        report,
     };
     Ok(forward(ctx, req, &canon, addr, log_line, grpc).await)
 }
@@ -188,7 +205,9 @@ fn refuse(
     req: &Request<Incoming>,
     refusal: &Refusal,
     started: Instant,
+    report: &Report,
 ) -> Response<DownstreamBody> {
+    report.request(&ctx.upstreams.metrics, 400, 0, 0, started.elapsed());
     let reason = refusal.to_string();
     ctx.access_log.log(&Record {
         source: &tunnel.peer,
@@ -305,10 +324,19 @@ struct LogLine {
     host: String,
     headers: HeaderMap,
     started: Instant,
+    report: Report,
 }
 
 impl LogLine {
+    /// Writes the line and counts the request in the metrics.
     fn write(&self, ctx: &Context, status: u16, received: u64, sent: u64) {
+        self.report.request(
+            &ctx.upstreams.metrics,
+            status,
+            received,
+            sent,
+            self.started.elapsed(),
+        );
         ctx.access_log.log(&Record {
             source: &self.peer,
             destination: &self.destination,

@@ -15,6 +15,7 @@ pub mod drain;
 pub mod inbound;
 pub mod io;
 pub mod l7;
+pub mod report;
 pub mod sniff;
 pub mod target;
 pub mod upstream;

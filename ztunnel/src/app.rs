@@ -231,6 +231,7 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
         DataPathSettings {
             unknown_destination: config.unknown_destination,
             send_forwarded: config.send_forwarded,
+            send_baggage: config.send_baggage,
             recheck_grace: config.policy_recheck_grace,
             h2: H2Settings {
                 stream_window: config.hbone_stream_window,

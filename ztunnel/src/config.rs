@@ -125,6 +125,11 @@ pub struct Config {
     /// Send the client address to the destination in the HBONE `forwarded` header.
     #[arg(long)]
     pub send_forwarded: bool,
+    /// Send each pod's workload names (namespace, controller, app, version) in `baggage` on its
+    /// HBONE requests, so that the server's ztunnel or waypoint names it in metrics even when it
+    /// does not list it; `--send-baggage=false` to keep them to the pod's own node.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub send_baggage: bool,
     /// Prometheus metrics endpoint.
     #[arg(long, default_value = "0.0.0.0:15020")]
     pub metrics_addr: SocketAddr,

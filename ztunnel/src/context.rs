@@ -13,7 +13,7 @@ use veil_mesh::hbone::H2Settings;
 use veil_mesh::identity::{CertHandle, CertManager, TrustBundle};
 use veil_mesh::pool::Pool;
 use veil_mesh::telemetry::LogLimiter;
-use veil_mesh::telemetry::metrics::{ConnectionLabels, Counter, Direction, Metrics, Principal};
+use veil_mesh::telemetry::metrics::{Counter, Metrics, TrafficLabels};
 
 use crate::accept::LogKey;
 use crate::budget::{Budgets, Limits, PodBudget};
@@ -37,6 +37,8 @@ pub struct DataPathSettings {
     pub unknown_destination: UnknownDestination,
     /// Send the client address in `forwarded` on HBONE requests.
     pub send_forwarded: bool,
+    /// Send the client workload's names in `baggage` on HBONE requests (for the server's metrics).
+    pub send_baggage: bool,
     /// Time allowed to connect to an application or a passthrough destination.
     pub connect_timeout: Duration,
     /// HTTP/2 settings of HBONE.
@@ -57,6 +59,7 @@ impl Default for DataPathSettings {
         Self {
             unknown_destination: UnknownDestination::Passthrough,
             send_forwarded: false,
+            send_baggage: true,
             connect_timeout: Duration::from_secs(5),
             h2: H2Settings::default(),
             limits: Limits::for_nofile(1024),
@@ -185,13 +188,13 @@ impl Context {
     }
 
     /// Opens a connection's metric handles and counts it opened; counts it closed when dropped.
-    pub fn track_connection(&self, labels: ConnectionLabels) -> ConnectionMeter {
+    pub fn track_connection(&self, labels: TrafficLabels) -> ConnectionMeter {
         let m = &self.metrics;
-        m.connections_opened.get_or_create(&labels).inc();
+        m.tcp_opened.get_or_create(&labels).inc();
         ConnectionMeter {
-            sent: m.sent_bytes.get_or_create_owned(&labels),
-            received: m.received_bytes.get_or_create_owned(&labels),
-            closed: m.connections_closed.get_or_create_owned(&labels),
+            to_destination: m.tcp_received_bytes.get_or_create_owned(&labels),
+            to_source: m.tcp_sent_bytes.get_or_create_owned(&labels),
+            closed: m.tcp_closed.get_or_create_owned(&labels),
         }
     }
 }
@@ -200,28 +203,15 @@ impl Context {
 #[derive(Debug)]
 pub struct ConnectionMeter {
     /// Bytes source → destination.
-    pub sent: Counter,
+    pub to_destination: Counter,
     /// Bytes destination → source.
-    pub received: Counter,
+    pub to_source: Counter,
     closed: Counter,
 }
 
 impl Drop for ConnectionMeter {
     fn drop(&mut self) {
         self.closed.inc();
-    }
-}
-
-/// Connection labels.
-pub fn labels(
-    direction: Direction,
-    source: Option<&veil_mesh::identity::Identity>,
-    destination: Option<&veil_mesh::identity::Identity>,
-) -> ConnectionLabels {
-    ConnectionLabels {
-        direction,
-        source_identity: Principal(source.cloned()),
-        destination_identity: Principal(destination.cloned()),
     }
 }
 
@@ -238,6 +228,8 @@ pub struct LocalWorkload {
     pub tls: Arc<ServerConfig>,
     /// What its connections hold of the node's budgets.
     pub budget: PodBudget,
+    /// Its names as `baggage` for its tunnels (`None` when not sent).
+    pub baggage: Option<http::HeaderValue>,
 }
 
 impl LocalWorkload {

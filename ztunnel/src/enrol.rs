@@ -21,7 +21,7 @@ use tracing::{error, info};
 use veil_mesh::discovery::{MeshState, Workload};
 use veil_mesh::hbone::HBONE_PORT;
 use veil_mesh::identity::server_config;
-use veil_mesh::telemetry::metrics::WorkloadLabels;
+use veil_mesh::telemetry::metrics::{Party, WorkloadLabels};
 
 use crate::budget::PodBudget;
 use crate::capture::{self, Family, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, UdpAllowance};
@@ -350,6 +350,11 @@ impl Enrolment {
             cert,
             tls,
             budget: PodBudget::default(),
+            baggage: ctx
+                .settings
+                .send_baggage
+                .then(|| Party::baggage(&workload))
+                .flatten(),
         });
         let (tasks, listeners) = start_listeners(ctx, &local, inherited.as_ref())
             .map_err(|e| format!("listeners: {e}"))?;

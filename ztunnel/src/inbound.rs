@@ -15,19 +15,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 use veil_mesh::discovery::Workload;
 use veil_mesh::hbone::{
-    ConnectError, InboundStream, abort_socket, parse_connect, refuse, serve_connection_with, splice,
+    BAGGAGE, ConnectError, InboundStream, abort_socket, parse_connect, refuse,
+    serve_connection_with, splice,
 };
 use veil_mesh::identity::Identity;
 use veil_mesh::policy::{Decision, PolicyId};
 use veil_mesh::telemetry::metrics::{
-    DecisionLabels, Direction, HandshakeLabels, Outcome, PolicyLabel, Principal, Resource,
+    DecisionLabels, Direction, HandshakeLabels, Outcome, Party, PolicyLabel, Principal, Protocol,
+    Reporter, Resource, Security, ServiceLabel, TrafficLabels,
 };
 
 use crate::accept;
 use crate::admission::{Admitted, decide};
 use crate::budget::Permit;
 use crate::conntrack::{Tracked, report_closed};
-use crate::context::{Context, LocalWorkload, labels};
+use crate::context::{Context, LocalWorkload};
 
 /// The access log's tracing target.
 pub const ACCESS_LOG: &str = "veil::access";
@@ -142,23 +144,33 @@ pub(crate) async fn stream_task(
     let Ok(send) = stream.respond.send_response(http::Response::new(()), false) else {
         return;
     };
+    let meter = {
+        let state = ctx.state();
+        ctx.track_connection(TrafficLabels {
+            reporter: Reporter::Destination,
+            source: ctx.metrics.peers.name(
+                &stream.peer,
+                state.workload_by_ip(stream.peer_addr.ip()).map(|w| &**w),
+                stream.request.headers().get(&BAGGAGE),
+            ),
+            destination: Party::of(&workload),
+            service: ServiceLabel::for_destination(&state, target, Some(&workload)),
+            protocol: Protocol::Tcp,
+            security: Security::MutualTls,
+        })
+    };
     let recv = stream.request.into_body();
-    let meter = ctx.track_connection(labels(
-        Direction::Inbound,
-        Some(&stream.peer),
-        Some(&workload.identity),
-    ));
     let started = tokio::time::Instant::now();
-    // From the application back to the client is "received" from the source's point of view.
+    // The splice's first count is what the application sends back: the response side.
     let spliced = splice(
         &mut app,
         send,
         recv,
         |n| {
-            meter.received.inc_by(n as u64);
+            meter.to_source.inc_by(n as u64);
         },
         |n| {
-            meter.sent.inc_by(n as u64);
+            meter.to_destination.inc_by(n as u64);
         },
     );
     let outcome = tokio::select! {

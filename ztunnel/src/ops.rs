@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use serde::Serialize;
 use veil_mesh::identity::rfc3339;
-use veil_mesh::telemetry::http::{Handler, json, text};
+use veil_mesh::telemetry::http::{Handler, json, openmetrics, text};
 
 use crate::context::Context;
 use crate::enrol::{CaptureStatus, StatusMap};
@@ -14,9 +14,7 @@ use crate::enrol::{CaptureStatus, StatusMap};
 /// `/metrics`.
 pub fn metrics(ctx: Arc<Context>) -> Handler {
     Arc::new(move |req| match req.uri.path() {
-        "/metrics" | "/stats/prometheus" => {
-            text(StatusCode::OK, ctx.metrics.encode(Some(&ctx.certs)))
-        }
+        "/metrics" | "/stats/prometheus" => openmetrics(ctx.metrics.encode(Some(&ctx.certs))),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
 }

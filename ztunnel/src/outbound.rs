@@ -17,12 +17,13 @@ use veil_mesh::identity::{BoxFuture, client_config};
 use veil_mesh::pool::{Dialer, PoolKey};
 use veil_mesh::relay::relay;
 use veil_mesh::telemetry::metrics::{
-    ConnectionLabels, Direction, HandshakeLabels, Principal, Resource, WorkloadLabels,
+    ConnectionLabels, Direction, HandshakeLabels, Party, Principal, Protocol, Reporter, Resource,
+    Security, ServiceLabel, TrafficLabels, WorkloadLabels,
 };
 
 use crate::accept;
 use crate::capture::{Forbidden, forbidden};
-use crate::context::{Context, LocalWorkload, UnknownDestination, labels};
+use crate::context::{Context, LocalWorkload, UnknownDestination};
 
 /// Where an outbound connection goes.
 #[derive(Debug)]
@@ -183,7 +184,10 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
             let peer = Peer {
                 identity: &endpoint.identity,
                 address: target.ip(),
+                labels: Party::of(&endpoint),
+                service: ServiceLabel::for_destination(&state, dst, Some(&endpoint)),
             };
+            drop(state);
             proxy_hbone(&ctx, &local, &mut tcp, peer, target).await;
         }
         Route::Waypoint {
@@ -194,10 +198,26 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
             let peer = Peer {
                 identity: &waypoint.identity,
                 address,
+                labels: Party::waypoint(&waypoint),
+                service: ServiceLabel::for_destination(&state, dst, None),
             };
+            drop(state);
             proxy_hbone(&ctx, &local, &mut tcp, peer, target).await;
         }
-        Route::Passthrough(target) => passthrough(&ctx, &local, tcp, target).await,
+        Route::Passthrough(target) => {
+            let labels = TrafficLabels {
+                reporter: Reporter::Source,
+                source: Party::of(&local.workload),
+                destination: state
+                    .workload_by_ip(target.ip())
+                    .map_or_else(Party::unknown, |w| Party::of(w)),
+                service: ServiceLabel::for_destination(&state, dst, None),
+                protocol: Protocol::Tcp,
+                security: Security::Unknown,
+            };
+            drop(state);
+            passthrough(&ctx, &local, tcp, target, labels).await;
+        }
         Route::Refuse(reason) => {
             let control_plane = if ctx.control_plane_down() {
                 "unreachable: the mesh may be stale"
@@ -224,6 +244,10 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
 struct Peer<'a> {
     identity: &'a veil_mesh::identity::Identity,
     address: IpAddr,
+    /// What metrics call it.
+    labels: Party,
+    /// The service the connection was for.
+    service: ServiceLabel,
 }
 
 async fn proxy_hbone(
@@ -247,6 +271,7 @@ async fn proxy_hbone(
     let meta = TunnelMeta {
         forwarded_for: ctx.settings.send_forwarded.then_some(src_ip),
         traceparent: None,
+        baggage: local.baggage.clone(),
     };
     let dialer = PodDialer { ctx, local };
     let (send, recv, _guard) = match ctx.pool.open(&key, target, &meta, &dialer).await {
@@ -256,17 +281,24 @@ async fn proxy_hbone(
             return abort_socket(tcp);
         }
     };
-    let meter = ctx.track_connection(labels(Direction::Outbound, Some(src), Some(peer.identity)));
+    let meter = ctx.track_connection(TrafficLabels {
+        reporter: Reporter::Source,
+        source: Party::of(&local.workload),
+        destination: peer.labels,
+        service: peer.service,
+        protocol: Protocol::Tcp,
+        security: Security::MutualTls,
+    });
     let started = tokio::time::Instant::now();
     let result = splice(
         tcp,
         send,
         recv,
         |n| {
-            meter.sent.inc_by(n as u64);
+            meter.to_destination.inc_by(n as u64);
         },
         |n| {
-            meter.received.inc_by(n as u64);
+            meter.to_source.inc_by(n as u64);
         },
     )
     .await;
@@ -280,7 +312,13 @@ async fn proxy_hbone(
     }
 }
 
-async fn passthrough(ctx: &Context, local: &LocalWorkload, mut tcp: TcpStream, target: SocketAddr) {
+async fn passthrough(
+    ctx: &Context,
+    local: &LocalWorkload,
+    mut tcp: TcpStream,
+    target: SocketAddr,
+    labels: TrafficLabels,
+) {
     let connect = async { local.netns.socket(target.ip())?.connect(target).await };
     let mut upstream = match tokio::time::timeout(ctx.settings.connect_timeout, connect).await {
         Ok(Ok(upstream)) => upstream,
@@ -290,14 +328,10 @@ async fn passthrough(ctx: &Context, local: &LocalWorkload, mut tcp: TcpStream, t
         }
         Err(_) => return abort_socket(&tcp),
     };
-    let meter = ctx.track_connection(labels(
-        Direction::Outbound,
-        Some(&local.workload.identity),
-        None,
-    ));
+    let meter = ctx.track_connection(labels);
     if let Ok((sent, received)) = relay(&mut tcp, &mut upstream).await {
-        meter.sent.inc_by(sent);
-        meter.received.inc_by(received);
+        meter.to_destination.inc_by(sent);
+        meter.to_source.inc_by(received);
     }
 }
 

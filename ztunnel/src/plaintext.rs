@@ -13,12 +13,14 @@ use tracing::{info, warn};
 use veil_mesh::discovery::Workload;
 use veil_mesh::hbone::abort_socket;
 use veil_mesh::relay::relay;
-use veil_mesh::telemetry::metrics::{Direction, Resource, WorkloadLabels};
+use veil_mesh::telemetry::metrics::{
+    Party, Protocol, Reporter, Resource, Security, ServiceLabel, TrafficLabels, WorkloadLabels,
+};
 
 use crate::accept;
 use crate::admission::{Admitted, decide};
 use crate::conntrack::{Tracked, report_closed};
-use crate::context::{Context, LocalWorkload, labels};
+use crate::context::{Context, LocalWorkload};
 use crate::inbound::{ACCESS_LOG, count_decision};
 use crate::outbound::original_dst;
 
@@ -56,7 +58,15 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
     let Ok(Ok(mut app)) = tokio::time::timeout(ctx.settings.connect_timeout, connect).await else {
         return abort_socket(&tcp);
     };
-    let meter = ctx.track_connection(labels(Direction::Inbound, None, Some(&workload.identity)));
+    // The source is not authenticated: its address names no one.
+    let meter = ctx.track_connection(TrafficLabels {
+        reporter: Reporter::Destination,
+        source: Party::unknown(),
+        destination: Party::of(&workload),
+        service: ServiceLabel::for_destination(&ctx.state(), dst, Some(&workload)),
+        protocol: Protocol::Tcp,
+        security: Security::Unknown,
+    });
     let outcome = tokio::select! {
         relayed = relay(&mut tcp, &mut app) => Ok(relayed),
         closing = tracked.closed() => Err(closing),
@@ -70,8 +80,8 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
         }
     };
     if let Ok((sent, received)) = relayed {
-        meter.sent.inc_by(sent);
-        meter.received.inc_by(received);
+        meter.to_destination.inc_by(sent);
+        meter.to_source.inc_by(received);
         info!(target: ACCESS_LOG, decision = "allow", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), bytes_sent = sent, bytes_received = received, "plaintext connection complete (PERMISSIVE)");
     }
 }

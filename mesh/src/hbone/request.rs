@@ -14,8 +14,9 @@ pub const HBONE_PORT: u16 = 15008;
 pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// `traceparent` (W3C Trace Context).
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-/// `baggage` (W3C): never sent by default, since it would carry workload names in the clear to
-/// every hop that terminates the tunnel.
+/// `baggage` (W3C): the names of the client's workload (namespace, controller, application,
+/// version), which the server's ztunnel or waypoint puts in its metrics. Inside the tunnel's TLS;
+/// read only by the proxy that terminates it, never passed to an application.
 pub static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
 /// Optional metadata of a tunnel.
@@ -25,6 +26,8 @@ pub struct TunnelMeta {
     pub forwarded_for: Option<IpAddr>,
     /// A W3C `traceparent` to propagate.
     pub traceparent: Option<HeaderValue>,
+    /// The client's names, as `baggage` (see [`BAGGAGE`]).
+    pub baggage: Option<HeaderValue>,
 }
 
 /// The `CONNECT` request for a tunnel to `target`.
@@ -52,6 +55,9 @@ pub fn connect_request(target: SocketAddr, meta: &TunnelMeta) -> Request<()> {
     }
     if let Some(tp) = &meta.traceparent {
         headers.insert(TRACEPARENT.clone(), tp.clone());
+    }
+    if let Some(baggage) = &meta.baggage {
+        headers.insert(BAGGAGE.clone(), baggage.clone());
     }
     request
 }
@@ -145,22 +151,20 @@ mod tests {
         assert_eq!(req.method(), Method::CONNECT);
         assert_eq!(req.uri().to_string(), "10.2.0.10:8080");
         assert_eq!(req.version(), Version::HTTP_2);
-        assert!(
-            req.headers().is_empty(),
-            "no metadata by default, baggage never"
-        );
+        assert!(req.headers().is_empty(), "no metadata unless asked");
         let v6: SocketAddr = "[fd00::10]:443".parse().unwrap();
         let meta = TunnelMeta {
             forwarded_for: Some("fd00::5".parse().unwrap()),
             traceparent: Some(HeaderValue::from_static(
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             )),
+            baggage: Some(HeaderValue::from_static("k8s.namespace.name=shop")),
         };
         let req = connect_request(v6, &meta);
         assert_eq!(req.uri().to_string(), "[fd00::10]:443");
         assert_eq!(req.headers()[&FORWARDED], "for=\"[fd00::5]\"");
         assert!(req.headers().contains_key(&TRACEPARENT));
-        assert!(!req.headers().contains_key(&BAGGAGE));
+        assert_eq!(req.headers()[&BAGGAGE], "k8s.namespace.name=shop");
         assert_eq!(parse_connect(&req).unwrap().target, v6);
     }
 
@@ -169,7 +173,7 @@ mod tests {
         let target: SocketAddr = "10.2.0.10:8080".parse().unwrap();
         let meta = TunnelMeta {
             forwarded_for: Some("10.1.0.10".parse().unwrap()),
-            traceparent: None,
+            ..TunnelMeta::default()
         };
         let parsed = parse_connect(&connect_request(target, &meta)).unwrap();
         assert_eq!(parsed.target, target);

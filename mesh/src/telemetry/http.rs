@@ -49,6 +49,16 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>>
     respond(status, "text/plain; charset=utf-8", body)
 }
 
+/// A metrics exposition, in the OpenMetrics text format the encoder writes (Prometheus reads
+/// counter types and the `# EOF` end marker only when told the format).
+pub fn openmetrics(body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    respond(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        body,
+    )
+}
+
 /// A JSON response.
 pub fn json(body: &impl serde::Serialize) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(body) {

@@ -1,4 +1,5 @@
-//! Prometheus metrics of the data path, labelled by source and destination identity.
+//! Prometheus metrics of the data path: Istio's standard traffic metrics (`istio_*`, see
+//! [`super::traffic`]) and veil's own (`veil_*`, labelled by identity and policy).
 //!
 //! Label values hold `Identity` / `PolicyId` handles (reference-counted), so counting a connection
 //! allocates no strings; they are written out only when scraped.
@@ -10,7 +11,32 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 pub use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 pub use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+pub use super::traffic::{
+    BAGGAGE_NAMES, Party, PeerNames, Protocol, Reporter, RequestLabels, Security, ServiceLabel,
+    TrafficLabels,
+};
+
+/// Bucket bounds of request durations, in milliseconds (Istio's).
+const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// Bucket bounds of body sizes, in bytes (powers of ten up to 100 MB).
+const SIZE_BUCKETS: [f64; 9] = [
+    1.0,
+    10.0,
+    100.0,
+    1000.0,
+    10000.0,
+    100000.0,
+    1000000.0,
+    10000000.0,
+    100000000.0,
+];
 
 use crate::identity::{CertManager, Identity};
 use crate::policy::PolicyId;
@@ -228,18 +254,31 @@ pub struct CertLabels {
     pub identity: Principal,
 }
 
+/// Histograms of requests, one per label set.
+pub type RequestHistograms = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
 /// Every metric of a proxy.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// Connections accepted or opened.
-    pub connections_opened: Family<ConnectionLabels, Counter>,
-    /// Connections finished.
-    pub connections_closed: Family<ConnectionLabels, Counter>,
-    /// Bytes from source to destination.
-    pub sent_bytes: Family<ConnectionLabels, Counter>,
-    /// Bytes from destination back to source.
-    pub received_bytes: Family<ConnectionLabels, Counter>,
+    /// Connections proxied (`istio_tcp_connections_opened_total`).
+    pub tcp_opened: Family<TrafficLabels, Counter>,
+    /// Connections proxied and finished.
+    pub tcp_closed: Family<TrafficLabels, Counter>,
+    /// Bytes from the source to the destination (Istio's `received`: the request side).
+    pub tcp_received_bytes: Family<TrafficLabels, Counter>,
+    /// Bytes from the destination back to the source (Istio's `sent`: the response side).
+    pub tcp_sent_bytes: Family<TrafficLabels, Counter>,
+    /// HTTP requests answered (`istio_requests_total`).
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time from a request's arrival to the end of its response, in milliseconds.
+    pub request_duration: RequestHistograms,
+    /// Request body sizes in bytes.
+    pub request_bytes: RequestHistograms,
+    /// Response body sizes in bytes.
+    pub response_bytes: RequestHistograms,
+    /// How authenticated peers are named in the labels.
+    pub peers: PeerNames,
     /// Authorization decisions.
     pub policy_decisions: Family<DecisionLabels, Counter>,
     /// Live connections closed because a re-check against a new mesh state denied them.
@@ -277,14 +316,25 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric under the `veil_` prefix.
+    /// Registers Istio's standard metrics under `istio_`, the rest under `veil_`.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("veil");
+        let mut registry = Registry::default();
         let m = Self {
-            connections_opened: Family::default(),
-            connections_closed: Family::default(),
-            sent_bytes: Family::default(),
-            received_bytes: Family::default(),
+            tcp_opened: Family::default(),
+            tcp_closed: Family::default(),
+            tcp_received_bytes: Family::default(),
+            tcp_sent_bytes: Family::default(),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(|| {
+                Histogram::new(DURATION_BUCKETS_MS.iter().copied())
+            }),
+            request_bytes: Family::new_with_constructor(|| {
+                Histogram::new(SIZE_BUCKETS.iter().copied())
+            }),
+            response_bytes: Family::new_with_constructor(|| {
+                Histogram::new(SIZE_BUCKETS.iter().copied())
+            }),
+            peers: PeerNames::default(),
             policy_decisions: Family::default(),
             connections_closed_by_recheck: Family::default(),
             plaintext_rejected: Family::default(),
@@ -300,27 +350,44 @@ impl Metrics {
             certificate_expiry: Family::default(),
             registry: Registry::default(),
         };
-        let r = &mut registry;
+        let r = registry.sub_registry_with_prefix("istio");
         r.register(
             "tcp_connections_opened",
             "TCP connections opened",
-            m.connections_opened.clone(),
+            m.tcp_opened.clone(),
         );
         r.register(
             "tcp_connections_closed",
             "TCP connections closed",
-            m.connections_closed.clone(),
-        );
-        r.register(
-            "tcp_sent_bytes",
-            "Bytes sent from source to destination",
-            m.sent_bytes.clone(),
+            m.tcp_closed.clone(),
         );
         r.register(
             "tcp_received_bytes",
-            "Bytes sent from destination to source",
-            m.received_bytes.clone(),
+            "Bytes from the source to the destination (the request side)",
+            m.tcp_received_bytes.clone(),
         );
+        r.register(
+            "tcp_sent_bytes",
+            "Bytes from the destination to the source (the response side)",
+            m.tcp_sent_bytes.clone(),
+        );
+        r.register("requests", "HTTP requests answered", m.requests.clone());
+        r.register(
+            "request_duration_milliseconds",
+            "Time from a request's arrival to the end of its response, in milliseconds",
+            m.request_duration.clone(),
+        );
+        r.register(
+            "request_bytes",
+            "Request body sizes in bytes",
+            m.request_bytes.clone(),
+        );
+        r.register(
+            "response_bytes",
+            "Response body sizes in bytes",
+            m.response_bytes.clone(),
+        );
+        let r = registry.sub_registry_with_prefix("veil");
         r.register(
             "policy_decisions",
             "Authorization decisions",
@@ -428,7 +495,7 @@ mod tests {
                 destination_identity: Principal(None),
             })
             .inc();
-        m.connections_opened
+        m.hbone_connections_opened
             .get_or_create(&ConnectionLabels {
                 direction: Direction::Inbound,
                 source_identity: Principal(None),
@@ -440,7 +507,7 @@ mod tests {
             "veil_policy_decisions_total{decision=\"deny\",policy=\"user-data/only-account\",source_identity=\"spiffe://cluster.local/ns/prod/sa/web\",destination_identity=\"unknown\"} 1"
         ), "{text}");
         assert!(
-            text.contains("veil_tcp_connections_opened_total{direction=\"inbound\""),
+            text.contains("veil_hbone_connections_opened_total{direction=\"inbound\""),
             "{text}"
         );
     }

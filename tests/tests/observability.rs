@@ -1,0 +1,397 @@
+//! End-to-end: a real Prometheus (Debian's `prometheus`) scrapes both ztunnels and the waypoint of a
+//! running mesh, and the queries of Istio's standard Grafana dashboards return the series of the
+//! traffic sent — HTTP through the waypoint, TCP straight between ztunnels — named after workloads
+//! and services, with nothing a client sent (tokens, cookies, query values, paths) and no address in
+//! any label.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use serde_json::Value;
+use veil_e2e::cluster::exec;
+use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, bin, skip_unless_root};
+use veil_e2e::process::Proc;
+
+const PROFILE_VIP: &str = "10.96.0.20";
+const LEDGER_VIP: &str = "10.96.0.30";
+const PROMETHEUS: &str = "127.0.0.1:9091";
+/// What the clients send that must never show up in telemetry.
+const SECRETS: [&str; 3] = ["token-5ecret-in-header", "cookie-5ecret", "query-5ecret"];
+
+const POLICY: &str = r#"
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: account-reads, namespace: user-data}
+    spec:
+      targetRefs: [{kind: Service, name: user-profile-service}]
+      rules:
+        - from: [{source: {principals: [cluster.local/ns/production/sa/account-service]}}]
+          to: [{operation: {methods: [GET], paths: [/api/*]}}]
+"#;
+
+fn mesh() -> Mesh {
+    let labelled = |name: &str, namespace: &str, node: &str, version: &str| {
+        let mut pod = PodSpec::new(name, namespace, node);
+        pod.labels.insert("app".into(), name.into());
+        pod.labels.insert("version".into(), version.into());
+        pod
+    };
+    Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        pods: vec![
+            labelled("account-service", "production", "node-a", "v1"),
+            labelled("user-profile-service", "user-data", "node-b", "v3"),
+            labelled("ledger", "finance", "node-b", "v2"),
+        ],
+        services: vec![
+            ServiceSpec {
+                name: "user-profile-service".into(),
+                namespace: "user-data".into(),
+                vip: PROFILE_VIP.into(),
+                selects: "user-profile-service".into(),
+                ports: vec![(80, 8080)],
+            },
+            ServiceSpec {
+                name: "ledger".into(),
+                namespace: "finance".into(),
+                vip: LEDGER_VIP.into(),
+                selects: "ledger".into(),
+                ports: vec![(9090, 9090)],
+            },
+        ],
+        waypoints: vec![WaypointSpec {
+            name: "waypoint".into(),
+            namespace: "user-data".into(),
+            node: "node-b".into(),
+            args: Vec::new(),
+        }],
+        policies: POLICY.into(),
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh")
+}
+
+/// Prometheus in the control plane's namespace, scraping every second.
+fn prometheus(m: &Mesh) -> Proc {
+    let binary = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("this test needs Prometheus: apt-get install prometheus (.ci/run does)");
+    let targets = |addrs: Vec<String>| {
+        addrs
+            .iter()
+            .map(|a| format!("'{a}:15020'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let nodes = targets(m.cluster.nodes.iter().map(|n| n.ip.to_string()).collect());
+    let waypoint = targets(vec![m.cluster.pod("waypoint").ip.to_string()]);
+    let config = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+         scrape_configs:\n\
+         - job_name: ztunnel\n  static_configs: [{{targets: [{nodes}]}}]\n\
+         - job_name: waypoint\n  static_configs: [{{targets: [{waypoint}]}}]\n"
+    );
+    let dir = m.dir.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config).unwrap();
+    let config_arg = format!("--config.file={}", file.display());
+    let storage = format!("--storage.tsdb.path={}", dir.join("data").display());
+    let listen = format!("--web.listen-address={PROMETHEUS}");
+    Proc::spawn(
+        "prometheus",
+        Some(&m.cluster.control_plane),
+        &[binary, &config_arg, &storage, &listen, "--log.level=warn"],
+        &[],
+        &m.dir.join("prometheus.log"),
+    )
+    .expect("starting Prometheus")
+}
+
+/// Client traffic until dropped: GETs the policy allows and DELETEs it denies, through the
+/// waypoint, each with credentials and a query value; TCP exchanges with the ledger.
+fn traffic(m: &Mesh) -> Vec<Proc> {
+    let [token, cookie, query] = SECRETS;
+    let http = format!(
+        "while :; do \
+           curl -s -o /dev/null -H 'authorization: Bearer {token}' -H 'cookie: s={cookie}' \
+             'http://{PROFILE_VIP}/api/v1/profiles/1?key={query}'; \
+           curl -s -o /dev/null -X DELETE 'http://{PROFILE_VIP}/api/v1/profiles/2?key={query}'; \
+           sleep 0.1; \
+         done"
+    );
+    let app = bin("e2e-app").to_string_lossy().into_owned();
+    let tcp =
+        format!("while :; do {app} tcp {LEDGER_VIP}:9090 ledger-line --count 3; sleep 0.1; done");
+    let netns = m.cluster.pod("account-service").netns.clone();
+    [("http", http), ("tcp", tcp)]
+        .into_iter()
+        .map(|(name, script)| {
+            Proc::spawn(
+                &format!("{name} client"),
+                Some(&netns),
+                &["sh", "-c", &script],
+                &[],
+                &m.dir.join(format!("{name}-client.log")),
+            )
+            .expect("starting a client")
+        })
+        .collect()
+}
+
+/// Asks Prometheus `path` (an API call with its query string).
+fn api(m: &Mesh, path: &str, params: &[(&str, &str)]) -> Value {
+    let mut argv = vec!["curl", "-s", "-m", "5", "--get"];
+    let encoded: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for p in &encoded {
+        argv.extend(["--data-urlencode", p.as_str()]);
+    }
+    let url = format!("http://{PROMETHEUS}{path}");
+    argv.push(&url);
+    let out = exec(&m.cluster.control_plane, &argv).expect("curl");
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// The result vector of a PromQL query: each series' labels and value.
+fn query(m: &Mesh, promql: &str) -> Vec<(Value, f64)> {
+    let answer = api(m, "/api/v1/query", &[("query", promql)]);
+    answer["data"]["result"]
+        .as_array()
+        .map(|series| {
+            series
+                .iter()
+                .map(|s| {
+                    let value = s["value"][1].as_str().and_then(|v| v.parse().ok());
+                    (s["metric"].clone(), value.unwrap_or(f64::NAN))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A dashboard query with its Grafana variables filled in.
+fn dashboard(expr: &str, vars: &[(&str, &str)]) -> String {
+    let mut q = expr.replace("$__rate_interval", "30s");
+    for (name, value) in vars {
+        q = q.replace(&format!("${name}"), value);
+    }
+    q
+}
+
+/// Polls until `check` holds for the answer to `promql`, or reports the last answer.
+fn until(m: &Mesh, what: &str, promql: &str, check: impl Fn(&[(Value, f64)]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        last = query(m, promql);
+        if check(&last) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("{what}: {promql}\nanswered {last:?}");
+}
+
+fn has(labels: &Value, pairs: &[(&str, &str)]) -> bool {
+    pairs.iter().all(|(k, v)| labels[*k] == *v)
+}
+
+#[test]
+fn prometheus_answers_istios_dashboard_queries_for_the_mesh_traffic() {
+    if skip_unless_root("prometheus_dashboards") {
+        return;
+    }
+    let m = mesh();
+    let _prometheus = prometheus(&m);
+    // Every target scraped and parsed (the exposition is OpenMetrics).
+    until(&m, "all targets up", "sum(up)", |r| {
+        r.first().is_some_and(|(_, v)| *v == 3.0)
+    });
+    let _clients = traffic(&m);
+
+    // Istio Mesh Dashboard.
+    until(
+        &m,
+        "global request volume",
+        &dashboard(
+            r#"round(sum (rate(istio_requests_total{reporter=~"source|waypoint"}[$__rate_interval])), 0.01)"#,
+            &[],
+        ),
+        |r| r.first().is_some_and(|(_, v)| *v > 0.5),
+    );
+    until(
+        &m,
+        "global success rate (no 5xx)",
+        &dashboard(
+            r#"sum (rate(istio_requests_total{reporter=~"source|waypoint",response_code!~"5.."}[$__rate_interval])) / sum (rate(istio_requests_total{reporter=~"source|waypoint"}[$__rate_interval]))"#,
+            &[],
+        ),
+        |r| r.first().is_some_and(|(_, v)| *v == 1.0),
+    );
+    until(
+        &m,
+        "4xx (the denied DELETEs)",
+        &dashboard(
+            r#"round(sum (rate(istio_requests_total{reporter=~"source|waypoint",response_code=~"4.."}[$__rate_interval])), 0.01)or vector(0)"#,
+            &[],
+        ),
+        |r| r.first().is_some_and(|(_, v)| *v > 0.2),
+    );
+    let profile = [
+        ("destination_workload", "user-profile-service"),
+        ("destination_workload_namespace", "user-data"),
+        (
+            "destination_service",
+            "user-profile-service.user-data.svc.cluster.local",
+        ),
+    ];
+    until(
+        &m,
+        "HTTP workloads",
+        &dashboard(
+            r#"label_join(sum by (destination_workload,destination_workload_namespace,destination_service) (rate(istio_requests_total{reporter=~"source|waypoint"}[$__rate_interval])), "destination_workload_var", ".", "destination_workload", "destination_workload_namespace")"#,
+            &[],
+        ),
+        |r| {
+            r.iter().any(|(l, v)| {
+                has(l, &profile)
+                    && l["destination_workload_var"] == "user-profile-service.user-data"
+                    && *v > 0.5
+            })
+        },
+    );
+    until(
+        &m,
+        "P50 latency of the HTTP workload",
+        &dashboard(
+            r#"label_join(histogram_quantile(0.5, sum by (le,destination_workload,destination_workload_namespace) (rate(istio_request_duration_milliseconds_bucket{reporter=~"source|waypoint"}[$__rate_interval]))), "destination_workload_var", ".", "destination_workload", "destination_workload_namespace")"#,
+            &[],
+        ),
+        |r| {
+            r.iter()
+                .any(|(l, v)| has(l, &profile[..2]) && v.is_finite() && *v > 0.0)
+        },
+    );
+    let ledger = [
+        ("destination_workload", "ledger"),
+        ("destination_workload_namespace", "finance"),
+        ("destination_service", "ledger.finance.svc.cluster.local"),
+    ];
+    until(
+        &m,
+        "TCP workloads",
+        &dashboard(
+            r#"label_join(sum by (destination_workload,destination_workload_namespace,destination_service) (rate(istio_tcp_received_bytes_total{reporter=~"source|waypoint"}[$__rate_interval])), "destination_workload_var", ".", "destination_workload", "destination_workload_namespace")"#,
+            &[],
+        ),
+        |r| r.iter().any(|(l, v)| has(l, &ledger) && *v > 0.0),
+    );
+
+    // Istio Workload Dashboard, for the ledger as the server's ztunnel reports it.
+    let ledger_vars = [
+        ("qrep", "destination"),
+        ("namespace", "finance"),
+        ("workload", "ledger"),
+        ("srcwl", ".*"),
+        ("srcns", ".*"),
+    ];
+    until(
+        &m,
+        "inbound TCP bytes",
+        &dashboard(
+            r#"sum(irate(istio_tcp_sent_bytes_total{reporter=~"$qrep", destination_workload_namespace=~"$namespace", destination_workload=~"$workload"}[$__rate_interval])) + sum(irate(istio_tcp_received_bytes_total{reporter=~"$qrep", destination_workload_namespace=~"$namespace", destination_workload=~"$workload"}[$__rate_interval]))"#,
+            &ledger_vars,
+        ),
+        |r| r.first().is_some_and(|(_, v)| *v > 0.0),
+    );
+    until(
+        &m,
+        "inbound mTLS TCP by source workload",
+        &dashboard(
+            r#"round(sum(irate(istio_tcp_received_bytes_total{reporter=~"$qrep", connection_security_policy="mutual_tls", destination_workload_namespace=~"$namespace", destination_workload=~"$workload", source_workload=~"$srcwl", source_workload_namespace=~"$srcns"}[$__rate_interval])) by (source_workload, source_workload_namespace), 0.001)"#,
+            &ledger_vars,
+        ),
+        |r| {
+            r.iter().any(|(l, v)| {
+                has(
+                    l,
+                    &[
+                        ("source_workload", "account-service"),
+                        ("source_workload_namespace", "production"),
+                    ],
+                ) && *v > 0.0
+            })
+        },
+    );
+    // The client's side of the same traffic (Workload Dashboard, outbound by service).
+    until(
+        &m,
+        "outbound mTLS TCP by destination service",
+        &dashboard(
+            r#"round(sum(irate(istio_tcp_received_bytes_total{connection_security_policy="mutual_tls", reporter="source", source_workload_namespace=~"$namespace", source_workload=~"$workload", destination_service=~"$dstsvc"}[$__rate_interval])) by (destination_service), 0.001)"#,
+            &[
+                ("namespace", "production"),
+                ("workload", "account-service"),
+                ("dstsvc", ".*"),
+            ],
+        ),
+        |r| r.iter().any(|(l, v)| has(l, &ledger[2..]) && *v > 0.0),
+    );
+
+    // The waypoint names its cross-namespace client (which it does not list) by what the
+    // client's ztunnel sent, bounded by the client's identity.
+    until(
+        &m,
+        "requests at the waypoint by source and status",
+        r#"sum by (source_workload, source_workload_namespace, source_principal, source_version, response_code) (istio_requests_total{reporter="waypoint"})"#,
+        |r| {
+            ["200", "403"].iter().all(|code| {
+                r.iter().any(|(l, _)| {
+                    has(
+                        l,
+                        &[
+                            ("source_workload", "account-service"),
+                            ("source_workload_namespace", "production"),
+                            (
+                                "source_principal",
+                                "spiffe://cluster.local/ns/production/sa/account-service",
+                            ),
+                            ("source_version", "v1"),
+                            ("response_code", code),
+                        ],
+                    )
+                })
+            })
+        },
+    );
+
+    // Bounded labels: nothing a client sent, no path and no address, in any series of the mesh.
+    let series = api(
+        &m,
+        "/api/v1/series",
+        &[("match[]", r#"{__name__=~"istio_.*|veil_.*"}"#)],
+    );
+    let series = series["data"].as_array().cloned().unwrap_or_default();
+    assert!(series.len() > 10, "{series:?}");
+    for s in &series {
+        let text = s.to_string();
+        for secret in SECRETS {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        for forbidden in ["/api", "profiles", "10.2", "10.96.", "10.10."] {
+            let labels = s.as_object().unwrap();
+            for (k, v) in labels {
+                if k == "instance" {
+                    continue;
+                }
+                assert!(
+                    !v.as_str().unwrap_or_default().contains(forbidden),
+                    "{forbidden} in {k}={v}"
+                );
+            }
+        }
+    }
+}

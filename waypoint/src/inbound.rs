@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use veil_mesh::hbone::{
     BAGGAGE, ConnectError, H2Io, InboundStream, parse_connect, refuse, serve_connection,
 };
-use veil_mesh::policy::{Attributes, Decision, evaluate};
+use veil_mesh::policy::Decision;
 use veil_mesh::telemetry::metrics::{Direction, HandshakeLabels, Principal};
 
 use crate::access_log::TARGET;
@@ -27,7 +27,7 @@ use crate::io::Prefixed;
 use crate::l7::{self, Tunnel};
 use crate::report::Report;
 use crate::sniff::{MAX_SNIFF, Protocol, classify};
-use crate::target::resolve;
+use crate::target::{self, resolve};
 
 /// Accepts HBONE connections until `shutdown`; tunnels then finish through `drain`.
 pub async fn run(
@@ -167,17 +167,16 @@ async fn forward_tcp(ctx: &Context, tunnel: &Tunnel, mut io: Prefixed<H2Io>, _dr
     let Some((endpoint, addr)) = tunnel.dest.endpoint(&state, tunnel.target, ctx.next()) else {
         return warn!(destination = %tunnel.dest.key(), "no endpoint for TCP tunnel");
     };
-    let attrs = Attributes {
-        source: Some(&tunnel.peer),
-        source_ip: tunnel.peer_addr.ip(),
-        destination_ip: addr.ip(),
-        destination_port: addr.port(),
-        http: None,
-    };
-    let policies = tunnel
-        .dest
-        .policies(&state, &ctx.upstreams.me, Some(&endpoint));
-    let decision = evaluate(&policies, &attrs);
+    let decision = target::decide(
+        &state,
+        &ctx.upstreams.me,
+        &tunnel.dest,
+        &endpoint,
+        addr,
+        &tunnel.peer,
+        tunnel.peer_addr.ip(),
+        None,
+    );
     if !decision.allowed() {
         // Also when only HTTP attributes could have allowed it: this is not HTTP.
         return log_tcp_deny(&tunnel.peer, &tunnel.dest.key(), &decision);

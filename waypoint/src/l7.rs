@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::debug;
 use veil_mesh::discovery::{MeshState, Workload};
 use veil_mesh::identity::Identity;
-use veil_mesh::policy::{Attributes, Decision, HttpAttributes, evaluate};
+use veil_mesh::policy::{Decision, HttpAttributes};
 use veil_mesh::telemetry::metrics::{
     DecisionLabels, Outcome, Party, PolicyLabel, Principal, Protocol,
 };
@@ -162,23 +162,20 @@ fn authorize(
     req: &Request<Incoming>,
     canon: &Canonical,
 ) -> Decision {
-    let policies = tunnel
-        .dest
-        .policies(state, &ctx.upstreams.me, Some(endpoint));
-    let decision = evaluate(
-        &policies,
-        &Attributes {
-            source: Some(&tunnel.peer),
-            source_ip: tunnel.peer_addr.ip(),
-            destination_ip: addr.ip(),
-            destination_port: addr.port(),
-            http: Some(HttpAttributes {
-                method: req.method().as_str(),
-                path: &canon.path,
-                host: &canon.host,
-                headers: req.headers(),
-            }),
-        },
+    let decision = crate::target::decide(
+        state,
+        &ctx.upstreams.me,
+        &tunnel.dest,
+        endpoint,
+        addr,
+        &tunnel.peer,
+        tunnel.peer_addr.ip(),
+        Some(HttpAttributes {
+            method: req.method().as_str(),
+            path: &canon.path,
+            host: &canon.host,
+            headers: req.headers(),
+        }),
     );
     ctx.upstreams
         .metrics

@@ -1,11 +1,12 @@
 //! What a tunnel to the waypoint is for: a service or a workload that uses this waypoint, the
 //! endpoints behind it, and the policies that apply — all pure functions of the mesh state.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use veil_mesh::discovery::{MeshState, Service, WaypointRef, Workload};
-use veil_mesh::policy::{AuthzPolicy, Target};
+use veil_mesh::identity::Identity;
+use veil_mesh::policy::{Attributes, AuthzPolicy, Decision, HttpAttributes, Target, evaluate};
 
 /// A destination this waypoint serves.
 #[derive(Clone, Debug)]
@@ -74,6 +75,33 @@ pub fn resolve(
         });
     }
     Err(NotServed::Unknown(target))
+}
+
+/// The decision of waypoint `me` on traffic for `dest` from `source` (verified identity, address),
+/// sent to `endpoint` at `addr`: a request with its HTTP attributes, or opaque TCP with `None`.
+/// The one decision the waypoint takes (and `veil explain` reproduces).
+#[allow(clippy::too_many_arguments)]
+pub fn decide(
+    state: &MeshState,
+    me: &WaypointRef,
+    dest: &Destination,
+    endpoint: &Workload,
+    addr: SocketAddr,
+    source: &Identity,
+    source_ip: IpAddr,
+    http: Option<HttpAttributes<'_>>,
+) -> Decision {
+    let policies = dest.policies(state, me, Some(endpoint));
+    evaluate(
+        &policies,
+        &Attributes {
+            source: Some(source),
+            source_ip,
+            destination_ip: addr.ip(),
+            destination_port: addr.port(),
+            http,
+        },
+    )
 }
 
 impl Destination {

@@ -1,0 +1,165 @@
+//! `veil`: the mesh's command line.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use veil_cli::explain::{self, Answer, From, Question, Request, To};
+use veil_cli::mesh_file;
+use veil_waypoint::canon::Normalization;
+
+/// veil's command line.
+#[derive(Parser)]
+#[command(name = "veil", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Would SOURCE reach DESTINATION on PORT (with this HTTP request)? Which proxies, policies and
+    /// rules decide. Exit status: 0 allowed (on every endpoint it may reach), 1 denied (on at least
+    /// one), 2 the question or the mesh could not be read.
+    Explain(ExplainArgs),
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// The mesh, as a local mesh file (docs/local-mesh.md).
+    #[arg(long, short = 'f')]
+    mesh: PathBuf,
+    /// Further policy files (YAML documents or lists of AuthorizationPolicy/PeerAuthentication),
+    /// evaluated as if added to the mesh: try a policy before applying it.
+    #[arg(long = "with-policy")]
+    with_policies: Vec<PathBuf>,
+    /// The client: `namespace/workload`, or `sa:namespace/service-account`.
+    #[arg(long)]
+    from: String,
+    /// The destination: `namespace/service`, `workload:namespace/name`, or an address.
+    #[arg(long)]
+    to: String,
+    /// The port dialled (a service's port for a service).
+    #[arg(long)]
+    port: u16,
+    /// HTTP method: the connection carries this request (without it: a connection that is not HTTP).
+    #[arg(long)]
+    method: Option<String>,
+    /// HTTP path and query, as the client sends them.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// HTTP host (default: the service's cluster name).
+    #[arg(long)]
+    host: Option<String>,
+    /// HTTP request headers, `name: value` (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// The waypoints' path normalization.
+    #[arg(long, value_enum, default_value = "MERGE_SLASHES")]
+    path_normalization: Normalization,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Explain(args) => match run_explain(&args) {
+            Ok(answer) if answer.allowed => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("veil explain: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn run_explain(args: &ExplainArgs) -> anyhow::Result<Answer> {
+    let state = mesh_file::load(&args.mesh, &args.with_policies)?;
+    let question = Question {
+        from: parse_from(&args.from)?,
+        to: parse_to(&args.to)?,
+        port: args.port,
+        http: args
+            .method
+            .as_ref()
+            .map(|method| -> anyhow::Result<Request> {
+                Ok(Request {
+                    method: method.clone(),
+                    path: args.path.clone(),
+                    host: args.host.clone(),
+                    headers: args
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            h.split_once(':')
+                                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                                .with_context(|| format!("header {h:?} is not `name: value`"))
+                        })
+                        .collect::<anyhow::Result<_>>()?,
+                })
+            })
+            .transpose()?,
+        normalization: args.path_normalization,
+    };
+    let answer = explain::explain(&state, &question).map_err(anyhow::Error::msg)?;
+    let text = match args.output {
+        Output::Table => veil_cli::table(&answer),
+        Output::Json => serde_json::to_string_pretty(&answer)? + "\n",
+        Output::Yaml => serde_saphyr::to_string(&answer)?,
+    };
+    // The answer is the command's output: written to stdout, and a failed write is an error.
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .context("writing the answer")?;
+    Ok(answer)
+}
+
+fn namespaced(s: &str, what: &str) -> anyhow::Result<(String, String)> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => bail!("{what} {s:?} is not namespace/name"),
+    }
+}
+
+fn parse_from(s: &str) -> anyhow::Result<From> {
+    Ok(match s.strip_prefix("sa:") {
+        Some(rest) => {
+            let (namespace, name) = namespaced(rest, "service account")?;
+            From::ServiceAccount { namespace, name }
+        }
+        None => {
+            let (namespace, name) = namespaced(s.strip_prefix("workload:").unwrap_or(s), "source")?;
+            From::Workload { namespace, name }
+        }
+    })
+}
+
+fn parse_to(s: &str) -> anyhow::Result<To> {
+    if let Ok(ip) = s.parse() {
+        return Ok(To::Address(ip));
+    }
+    Ok(match s.strip_prefix("workload:") {
+        Some(rest) => {
+            let (namespace, name) = namespaced(rest, "workload")?;
+            To::Workload { namespace, name }
+        }
+        None => {
+            let (namespace, name) = namespaced(s.strip_prefix("svc:").unwrap_or(s), "service")?;
+            To::Service { namespace, name }
+        }
+    })
+}

@@ -1,0 +1,255 @@
+//! End-to-end: `veil explain`, asked about the mesh file the running mesh was started from, agrees
+//! with what the data plane actually does — every case of the L7 policy test (through the waypoint,
+//! by service and by pod address, canonicalized paths, plaintext from outside the mesh) and of L4
+//! policy under STRICT (allowed, denied, plaintext refused).
+
+use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, bin, skip_unless_root};
+
+const PROFILE_VIP: &str = "10.96.0.20";
+const LEDGER_VIP: &str = "10.96.0.30";
+
+const POLICIES: &str = r#"
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: user-profile-access, namespace: user-data}
+    spec:
+      targetRefs: [{kind: Service, name: user-profile-service}]
+      rules:
+        - from: [{source: {principals: [cluster.local/ns/production/sa/account-service]}}]
+          to: [{operation: {methods: [GET], paths: [/api/v1/profiles/*]}}]
+        - from: [{source: {principals: [cluster.local/ns/production/sa/admin-service]}}]
+          to: [{operation: {methods: [GET, PUT], paths: [/api/v1/profiles/*]}}]
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: ledger-writers, namespace: finance}
+    spec:
+      selector: {matchLabels: {app: ledger}}
+      rules:
+        - from: [{source: {principals: [cluster.local/ns/production/sa/account-service]}}]
+  - apiVersion: security.veil.dev/v1
+    kind: PeerAuthentication
+    metadata: {name: strict, namespace: finance}
+    spec: {mtls: {mode: STRICT}}
+"#;
+
+fn mesh() -> Mesh {
+    let app = |name: &str, namespace: &str, node: &str| {
+        let mut pod = PodSpec::new(name, namespace, node);
+        pod.labels.insert("app".into(), name.into());
+        pod
+    };
+    Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        pods: vec![
+            PodSpec::new("account-service", "production", "node-a"),
+            PodSpec::new("admin-service", "production", "node-a"),
+            PodSpec::new("reporting", "production", "node-a"),
+            PodSpec::new("rogue", "default", "node-a").not_enrolled(),
+            app("user-profile-service", "user-data", "node-b"),
+            app("ledger", "finance", "node-b"),
+        ],
+        services: vec![
+            ServiceSpec {
+                name: "user-profile-service".into(),
+                namespace: "user-data".into(),
+                vip: PROFILE_VIP.into(),
+                selects: "user-profile-service".into(),
+                ports: vec![(80, 8080)],
+            },
+            ServiceSpec {
+                name: "ledger".into(),
+                namespace: "finance".into(),
+                vip: LEDGER_VIP.into(),
+                selects: "ledger".into(),
+                ports: vec![(9090, 9090)],
+            },
+        ],
+        waypoints: vec![WaypointSpec {
+            name: "waypoint".into(),
+            namespace: "user-data".into(),
+            node: "node-b".into(),
+            args: Vec::new(),
+        }],
+        policies: POLICIES.into(),
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh")
+}
+
+/// One case: who, to what (as `veil explain --to` and as an address), and the request.
+struct Case {
+    from: &'static str,
+    to: &'static str,
+    address: String,
+    port: u16,
+    /// Method and path of an HTTP request; `None`: TCP.
+    http: Option<(&'static str, &'static str)>,
+}
+
+/// What the data plane did: the request answered 2xx, or the TCP echo came back.
+fn data_plane(m: &Mesh, case: &Case) -> bool {
+    match case.http {
+        Some((method, path)) => {
+            let url = format!("http://{}:{}{path}", case.address, case.port);
+            let args = ["-X", method, "--path-as-is"];
+            matches!(m.curl_with(case.from, &args, &url), Ok((code, _)) if (200..300).contains(&code))
+        }
+        None => {
+            let addr = format!("{}:{}", case.address, case.port);
+            m.tcp(case.from, &addr, "explain-me", 1)
+                .is_ok_and(|replies| replies.contains("explain-me"))
+        }
+    }
+}
+
+/// What `veil explain` says, with its answer for the failure message.
+fn explained(m: &Mesh, case: &Case) -> (bool, String) {
+    let namespace = |pod: &str| m.pod(pod).namespace.clone();
+    let from = format!("{}/{}", namespace(case.from), case.from);
+    let port = case.port.to_string();
+    let mesh_file = m.mesh_config().to_string_lossy().into_owned();
+    let mut argv = vec![
+        "explain", "-f", &mesh_file, "--from", &from, "--to", case.to, "--port", &port,
+    ];
+    if let Some((method, path)) = case.http {
+        argv.extend(["--method", method, "--path", path]);
+    }
+    let out = std::process::Command::new(bin("veil"))
+        .args(&argv)
+        .output()
+        .expect("running veil");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.code() {
+        Some(0) => (true, text),
+        Some(1) => (false, text),
+        other => panic!("veil explain {argv:?} failed ({other:?}): {text}"),
+    }
+}
+
+#[test]
+fn veil_explain_agrees_with_the_data_plane_on_every_policy_case() {
+    if skip_unless_root("explain_agrees") {
+        return;
+    }
+    let m = mesh();
+    let profile_pod = m.cluster.pod("user-profile-service").ip.to_string();
+    let ledger_pod = m.cluster.pod("ledger").ip.to_string();
+    let svc = "user-data/user-profile-service";
+    let pod = "workload:user-data/user-profile-service";
+    let http = |from, to, address: &str, port, method, path| Case {
+        from,
+        to,
+        address: address.to_owned(),
+        port,
+        http: Some((method, path)),
+    };
+    let tcp = |from, to, address: &str| Case {
+        from,
+        to,
+        address: address.to_owned(),
+        port: 9090,
+        http: None,
+    };
+    let profile = "/api/v1/profiles/42";
+    let cases = [
+        http("account-service", svc, PROFILE_VIP, 80, "GET", profile),
+        http("account-service", svc, PROFILE_VIP, 80, "PUT", profile),
+        http("admin-service", svc, PROFILE_VIP, 80, "PUT", profile),
+        http("reporting", svc, PROFILE_VIP, 80, "GET", profile),
+        http(
+            "admin-service",
+            svc,
+            PROFILE_VIP,
+            80,
+            "GET",
+            "/internal/metrics",
+        ),
+        // Paths the waypoint canonicalizes before judging (and forwards as judged).
+        http(
+            "admin-service",
+            svc,
+            PROFILE_VIP,
+            80,
+            "GET",
+            "/api/v1/profiles/../../../internal/metrics",
+        ),
+        http(
+            "account-service",
+            svc,
+            PROFILE_VIP,
+            80,
+            "GET",
+            "/api/v1//profiles/42",
+        ),
+        http(
+            "account-service",
+            svc,
+            PROFILE_VIP,
+            80,
+            "GET",
+            "/api/v1/profiles/%2e%2e/42",
+        ),
+        // The pod's own address goes through the waypoint too; plaintext to it is refused.
+        http(
+            "account-service",
+            pod,
+            &profile_pod,
+            8080,
+            "GET",
+            "/api/v1/profiles/7",
+        ),
+        http(
+            "reporting",
+            pod,
+            &profile_pod,
+            8080,
+            "GET",
+            "/api/v1/profiles/7",
+        ),
+        http(
+            "rogue",
+            pod,
+            &profile_pod,
+            8080,
+            "GET",
+            "/api/v1/profiles/7",
+        ),
+        // L4 policy at the ledger's ztunnel, STRICT in its namespace.
+        tcp("account-service", "finance/ledger", LEDGER_VIP),
+        tcp("reporting", "finance/ledger", LEDGER_VIP),
+        tcp("account-service", "workload:finance/ledger", &ledger_pod),
+        tcp("rogue", "workload:finance/ledger", &ledger_pod),
+    ];
+    let mut allowed = 0;
+    for case in &cases {
+        let actual = data_plane(&m, case);
+        let (said, answer) = explained(&m, case);
+        assert_eq!(
+            said,
+            actual,
+            "{} → {} {:?}: the data plane {}, veil explain said:\n{answer}",
+            case.from,
+            case.to,
+            case.http,
+            if actual { "let it through" } else { "did not" }
+        );
+        eprintln!(
+            "{} → {} {:?}: {}",
+            case.from,
+            case.to,
+            case.http,
+            if actual { "allowed" } else { "denied" }
+        );
+        allowed += usize::from(actual);
+    }
+    // Both outcomes were exercised, not one of them throughout.
+    assert!(
+        (4..cases.len() - 4).contains(&allowed),
+        "{allowed} of {} allowed",
+        cases.len()
+    );
+}

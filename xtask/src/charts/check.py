@@ -11,6 +11,7 @@ Exits non-zero on the first category of failure, after reporting every failure f
 """
 
 import argparse
+import json
 import pathlib
 import subprocess
 import sys
@@ -81,6 +82,24 @@ def validate_manifests(docs, validator, kube_version, workdir):
     return None
 
 
+def embedded_json_problem(docs):
+    """A ConfigMap entry named *.json that is not JSON (a dashboard Grafana would not load)."""
+    for _, doc in docs:
+        if doc.get("kind") != "ConfigMap":
+            continue
+        for key, value in (doc.get("data") or {}).items():
+            if not key.endswith(".json"):
+                continue
+            try:
+                parsed = json.loads(value)
+            except ValueError as e:
+                return f"ConfigMap {doc['metadata']['name']}: {key} is not JSON: {e}"
+            for panel in parsed.get("panels", []) if isinstance(parsed, dict) else []:
+                if not all(t.get("expr") for t in panel.get("targets", [])) or not panel.get("targets"):
+                    return f"ConfigMap {doc['metadata']['name']}: {key}: panel {panel.get('title')!r} has no query"
+    return None
+
+
 def scenario_values(path):
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
@@ -101,7 +120,10 @@ def check_chart(chart, extra, args, tmp):
             continue
         problem = validate_manifests(docs, args.validator, args.kube_version, tmp / chart.name / label.replace("/", "_"))
         if problem:
-            fail(f"{chart.name} ({label}): kubernetes-validate --strict -k {args.kube_version}:\n{problem}")
+            problem = f"kubernetes-validate --strict -k {args.kube_version}:\n{problem}"
+        problem = problem or embedded_json_problem(docs)
+        if problem:
+            fail(f"{chart.name} ({label}): {problem}")
         else:
             kinds = sorted({d.get("kind") for _, d in docs})
             ok(f"{chart.name} ({label}): {len(docs)} manifests valid for Kubernetes {args.kube_version} ({', '.join(kinds)})")

@@ -49,6 +49,9 @@ pub fn audit_unrecorded<B>(
     slot.mark();
     warn!(
         target: AUDIT_TARGET,
+        audit = veil_mesh::telemetry::audit::SCHEMA,
+        event = "certificate_refused",
+        component = "ca",
         outcome = "refused",
         code = ?status.code(),
         caller = "-",

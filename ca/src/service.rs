@@ -13,6 +13,7 @@ use veil_mesh::identity::proto::{
     IMPERSONATED_IDENTITY, IstioCertificateRequest, IstioCertificateResponse,
 };
 use veil_mesh::identity::{Identity, rfc3339};
+use veil_mesh::telemetry::audit::SCHEMA;
 
 use crate::audit::AuditSlot;
 use crate::authn::{Authenticator, AuthnError, Caller, bearer};
@@ -21,7 +22,7 @@ use crate::authz::{Authorizer, AuthzError};
 use crate::csr::{self, CsrError};
 
 /// The audit log's tracing target: one line per issuance or refusal.
-pub const AUDIT_TARGET: &str = "veil_ca::audit";
+pub const AUDIT_TARGET: &str = veil_mesh::telemetry::audit::AUDIT;
 
 /// The remote address of a request, put in its extensions by the server.
 #[derive(Clone, Copy, Debug)]
@@ -150,6 +151,9 @@ impl CaService {
             .map_err(|e| with_both(Refusal::new(Code::Internal, e)))?;
         info!(
             target: AUDIT_TARGET,
+            audit = SCHEMA,
+            event = "certificate_issued",
+            component = "ca",
             outcome = "issued",
             caller = %caller.identity,
             node = caller.node.as_deref().unwrap_or("-"),
@@ -226,6 +230,9 @@ impl IstioCertificateService for CaService {
         outcome.map(Response::new).map_err(|refusal| {
             warn!(
                 target: AUDIT_TARGET,
+                audit = SCHEMA,
+                event = "certificate_refused",
+                component = "ca",
                 outcome = "refused",
                 code = ?refusal.code,
                 caller = refusal.caller.as_ref().map_or("-".to_owned(), |c| c.identity.to_string()),

@@ -106,7 +106,7 @@ impl Ca {
             .lock()
             .unwrap()
             .iter()
-            .filter(|l| l.contains("veil_ca::audit"))
+            .filter(|l| l.contains("veil::audit"))
             .map(|l| (json_field(l, "outcome"), l.clone()))
             .collect()
     }

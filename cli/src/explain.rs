@@ -491,32 +491,12 @@ fn refused(at: &str, reason: String) -> Hop {
 
 impl Hop {
     fn of(at: &str, decision: &Decision) -> Self {
-        let (policy, reason) = match &decision.verdict {
-            Verdict::Allow(Some(p)) => (Some(p), "allowed by this policy".to_owned()),
-            Verdict::Allow(None) => (None, "allowed: no ALLOW policy applies".to_owned()),
-            Verdict::Deny(DenyReason::DenyPolicy(p)) => (Some(p), "denied by this DENY policy".into()),
-            Verdict::Deny(DenyReason::DenyPolicyUndecidable(p)) => (
-                Some(p),
-                "denied: this DENY policy has HTTP conditions this proxy cannot check".into(),
-            ),
-            Verdict::Deny(DenyReason::NoAllowMatched(p)) => {
-                (Some(p), "denied: ALLOW policies apply and no rule matched".into())
-            }
-            Verdict::Deny(DenyReason::AllowUndecidable(p)) => (
-                Some(p),
-                "denied: the only ALLOW rules that could match need HTTP, which this proxy cannot see"
-                    .into(),
-            ),
-            Verdict::Deny(DenyReason::NotFromWaypoint(w)) => {
-                (None, format!("denied: reachable only through waypoint {w}"))
-            }
-        };
         Self {
             at: at.to_owned(),
             allowed: decision.allowed(),
-            policy: policy.map(ToString::to_string),
+            policy: decision.policy().map(ToString::to_string),
             rule: decision.rule,
-            reason,
+            reason: decision.explanation(),
         }
     }
 }

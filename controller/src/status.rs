@@ -3,7 +3,7 @@
 //! controller serves, written to the status subresource only when it changed, by one replica at a
 //! time: the one holding the status lease ([`crate::lease`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -18,6 +18,7 @@ use veil_crd::status::{
 use veil_mesh::discovery::MeshState;
 use veil_mesh::discovery::kubernetes::Snapshot;
 use veil_mesh::policy::{AuthzPolicy, PolicyError, PolicyId, Scope, Target};
+use veil_mesh::telemetry::audit::{AUDIT, SCHEMA};
 
 /// `(status, reason, message)` of one condition.
 type Verdict = (&'static str, &'static str, String);
@@ -268,9 +269,12 @@ pub async fn write_while_leading(
             return;
         }
         info!("holding the status lease: writing policy status");
+        // The policies seen while leading: those gone from a later snapshot are audited as removed.
+        let mut known: Option<BTreeSet<(&'static str, PolicyId)>> = None;
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
             let written = write(&client, &snapshot, &leading).await;
+            audit_removed(&mut known, &snapshot);
             tokio::select! {
                 changed = snapshots.changed() => if changed.is_err() {
                     return;
@@ -287,6 +291,32 @@ pub async fn write_while_leading(
             }
         }
     }
+}
+
+/// Audits the policies of the previous snapshot (`known`) that `snapshot` no longer has, and
+/// remembers `snapshot`'s.
+fn audit_removed(known: &mut Option<BTreeSet<(&'static str, PolicyId)>>, snapshot: &Snapshot) {
+    let ids = |kind, namespace: Option<String>, name: String| {
+        (kind, PolicyId::new(&namespace.unwrap_or_default(), &name))
+    };
+    let objects = &snapshot.objects;
+    let now: BTreeSet<(&'static str, PolicyId)> = objects
+        .authorization_policies
+        .iter()
+        .map(|p| ids("AuthorizationPolicy", p.namespace(), p.name_any()))
+        .chain(
+            objects
+                .peer_authentications
+                .iter()
+                .map(|p| ids("PeerAuthentication", p.namespace(), p.name_any())),
+        )
+        .collect();
+    if let Some(before) = known.as_ref() {
+        for (kind, id) in before.difference(&now) {
+            info!(target: AUDIT, audit = SCHEMA, event = "policy_removed", component = "controller", kind, policy = %id, "policy removed");
+        }
+    }
+    *known = Some(now);
 }
 
 /// How long after a failed status write it is tried again.
@@ -357,7 +387,7 @@ async fn patch<K>(
     generation: Option<i64>,
 ) -> bool
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let status = status_of(verdicts, previous, generation);
     if same(previous, &status) {
@@ -370,6 +400,30 @@ where
     {
         Ok(_) => {
             debug!(policy = %id, "wrote policy status");
+            let [
+                (accepted, reason, message),
+                (enforced, enforcement, enforcement_message),
+            ] = verdicts;
+            let event = if *accepted == "True" {
+                "policy_accepted"
+            } else {
+                "policy_rejected"
+            };
+            info!(
+                target: AUDIT,
+                audit = SCHEMA,
+                event,
+                component = "controller",
+                kind = %K::kind(&()),
+                policy = %id,
+                generation,
+                reason,
+                detail = message.as_str(),
+                enforced,
+                enforcement,
+                enforcement_detail = enforcement_message.as_str(),
+                "policy status"
+            );
             true
         }
         Err(e) => {

@@ -1,6 +1,7 @@
 //! Telemetry: structured logs, Prometheus metrics, and the small HTTP endpoints that expose them
 //! (metrics, readiness, admin).
 
+pub mod audit;
 pub mod http;
 mod logging;
 pub mod metrics;

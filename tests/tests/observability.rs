@@ -405,6 +405,16 @@ fn prometheus_answers_istios_dashboard_queries_for_the_mesh_traffic() {
         },
     );
 
+    // The waypoint's and ztunnels' audit lines (the denied DELETEs among them) follow the schema.
+    let lines = audit_lines(&m);
+    assert!(
+        lines.iter().any(|l| l["event"] == "request_denied"
+            && l["policy"] == "user-data/account-reads"
+            && l["status"] == 403),
+        "{lines:#?}"
+    );
+    check_audit_schema(&lines);
+
     // Bounded labels: nothing a client sent, no path and no address, in any series of the mesh.
     let series = api(
         &m,
@@ -429,6 +439,269 @@ fn prometheus_answers_istios_dashboard_queries_for_the_mesh_traffic() {
                     "{forbidden} in {k}={v}"
                 );
             }
+        }
+    }
+}
+
+/// The fields every line of each audit event carries (docs/observability.md, schema `v1`).
+const AUDIT_EVENTS: [(&str, &[&str]); 11] = [
+    (
+        "connection_denied",
+        &["source", "destination", "policy", "reason"],
+    ),
+    (
+        "connection_refused",
+        &["source", "destination", "reason", "control_plane"],
+    ),
+    (
+        "connection_closed",
+        &[
+            "source",
+            "source_ip",
+            "destination",
+            "port",
+            "policy",
+            "reason",
+        ],
+    ),
+    (
+        "request_denied",
+        &[
+            "source",
+            "destination",
+            "policy",
+            "rule",
+            "status",
+            "reason",
+        ],
+    ),
+    (
+        "certificate_issued",
+        &["caller", "node", "identity", "serial", "not_after", "key"],
+    ),
+    (
+        "certificate_refused",
+        &["code", "caller", "node", "identity", "peer", "reason"],
+    ),
+    (
+        "policy_accepted",
+        &[
+            "kind",
+            "policy",
+            "reason",
+            "generation",
+            "detail",
+            "enforced",
+            "enforcement",
+            "enforcement_detail",
+        ],
+    ),
+    (
+        "policy_rejected",
+        &[
+            "kind",
+            "policy",
+            "reason",
+            "generation",
+            "detail",
+            "enforced",
+            "enforcement",
+            "enforcement_detail",
+        ],
+    ),
+    ("policy_removed", &["kind", "policy"]),
+    (
+        "workload_enrolled",
+        &["node", "workload", "uid", "identity", "netns"],
+    ),
+    ("workload_released", &["node", "workload", "uid"]),
+];
+
+/// Every audit line the mesh's processes wrote (their logs are JSON lines in the mesh's directory).
+fn audit_lines(m: &Mesh) -> Vec<Value> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(&m.dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        lines.extend(
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v["target"] == "veil::audit"),
+        );
+    }
+    lines
+}
+
+fn audited(m: &Mesh, event: &str, pairs: &[(&str, &str)]) -> bool {
+    audit_lines(m)
+        .iter()
+        .any(|l| l["event"] == event && has(l, pairs))
+}
+
+#[test]
+fn one_audit_stream_records_enrolment_certificates_policies_and_denials_with_a_stable_schema() {
+    if skip_unless_root("audit_stream") {
+        return;
+    }
+    let mut m = Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into()],
+        pods: vec![
+            PodSpec::new("client", "shop", "node-a"),
+            PodSpec::new("server", "shop", "node-a"),
+        ],
+        kubernetes: true,
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh");
+    let server = format!("{}:9090", m.cluster.pod("server").ip);
+    assert!(m.tcp("client", &server, "hello", 1).is_ok());
+    let settle = Duration::from_secs(20);
+
+    // A policy accepted, one rejected, a connection it denies, then the policy removed.
+    let policy = |name: &str, spec: Value| {
+        serde_json::json!({"apiVersion": "security.veil.dev/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "shop", "uid": format!("ap-{name}"), "generation": 1},
+            "spec": spec})
+    };
+    let api = m.api();
+    api.put(
+        "authorizationpolicies",
+        "no-client",
+        &policy(
+            "no-client",
+            serde_json::json!({"action": "DENY", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/client"]}}]}]}),
+        ),
+    )
+    .unwrap();
+    api.put(
+        "authorizationpolicies",
+        "broken",
+        &policy(
+            "broken",
+            // It fails closed on what it selects: nothing here.
+            serde_json::json!({"selector": {"matchLabels": {"app": "nobody"}},
+                "rules": [{"from": [{"source": {"ipBlocks": ["not-an-address"]}}]}]}),
+        ),
+    )
+    .unwrap();
+    assert!(m.eventually(settle, || m.tcp("client", &server, "hello", 1).is_err()));
+    // A new connection, refused on arrival (the one above may have been cut as the policy came).
+    assert!(m.tcp("client", &server, "hello", 1).is_err());
+    assert!(
+        m.eventually(settle, || audited(
+            &m,
+            "policy_accepted",
+            &[("policy", "shop/no-client")]
+        ) && audited(
+            &m,
+            "policy_rejected",
+            &[("policy", "shop/broken")]
+        )),
+        "{:#?}",
+        audit_lines(&m)
+    );
+    m.api()
+        .delete("authorizationpolicies", "no-client")
+        .unwrap();
+    assert!(m.eventually(settle, || audited(
+        &m,
+        "policy_removed",
+        &[
+            ("policy", "shop/no-client"),
+            ("kind", "AuthorizationPolicy")
+        ]
+    )));
+
+    // A certificate refused: a request with a token the API server does not know.
+    let app = bin("e2e-app").to_string_lossy().into_owned();
+    let root = m.root_cert().to_string_lossy().into_owned();
+    let ca = m.ca_address();
+    let client = m.pod("client").identity();
+    let out = m
+        .run_in_pod(
+            "client",
+            &[
+                &app,
+                "hbone-direct",
+                &server.replace(":9090", ":15008"),
+                &server,
+                "--identity",
+                &client,
+                "--ca",
+                &ca,
+                "--root",
+                &root,
+                "--token",
+                "no-such-token",
+                "--expect",
+                &client,
+            ],
+        )
+        .unwrap();
+    assert!(!out.status.success());
+
+    // Both pods released when their namespace leaves the mesh.
+    m.label_namespace("shop", false).unwrap();
+    assert!(m.eventually(settle, || {
+        audit_lines(&m)
+            .iter()
+            .filter(|l| l["event"] == "workload_released")
+            .count()
+            == 2
+    }));
+
+    let lines = audit_lines(&m);
+    let server_identity = m.pod("server").identity();
+    for (event, pairs) in [
+        (
+            "workload_enrolled",
+            vec![("workload", "shop/client"), ("node", "node-a")],
+        ),
+        (
+            "workload_released",
+            vec![("workload", "shop/server"), ("node", "node-a")],
+        ),
+        ("certificate_issued", vec![("identity", client.as_str())]),
+        ("certificate_refused", vec![("component", "ca")]),
+        (
+            "connection_denied",
+            vec![
+                ("source", client.as_str()),
+                ("destination", server_identity.as_str()),
+                ("policy", "shop/no-client"),
+            ],
+        ),
+    ] {
+        assert!(
+            lines.iter().any(|l| l["event"] == event && has(l, &pairs)),
+            "no {event} {pairs:?} in {lines:#?}"
+        );
+    }
+    check_audit_schema(&lines);
+}
+
+/// Every audit line: the schema version, a known event from a known component, and its fields.
+fn check_audit_schema(lines: &[Value]) {
+    for line in lines {
+        assert_eq!(line["audit"], "v1", "{line}");
+        assert!(
+            ["ztunnel", "waypoint", "ca", "controller"]
+                .contains(&line["component"].as_str().unwrap_or("")),
+            "{line}"
+        );
+        let event = line["event"].as_str().unwrap_or_default();
+        let (_, fields) = AUDIT_EVENTS
+            .iter()
+            .find(|(name, _)| *name == event)
+            .unwrap_or_else(|| panic!("unknown audit event in {line}"));
+        for field in *fields {
+            assert!(
+                line.get(*field).is_some(),
+                "{event} without {field}: {line}"
+            );
         }
     }
 }

@@ -19,6 +19,7 @@ use http::{HeaderMap, HeaderName};
 use tracing::{info, warn};
 use veil_mesh::identity::Identity;
 use veil_mesh::policy::PolicyId;
+use veil_mesh::telemetry::audit::{AUDIT, SCHEMA};
 
 /// Tracing target of the access log.
 pub const TARGET: &str = "veil::access";
@@ -199,13 +200,13 @@ impl AccessLog {
                 info!(target: TARGET, decision = r.decision, source = %r.source, destination = r.destination, endpoint, policy, rule, status = r.status, bytes_received = r.bytes_received, bytes_sent = r.bytes_sent, duration_ms, "request")
             }
             (Level::Metadata, true) => {
-                warn!(target: TARGET, decision = r.decision, source = %r.source, destination = r.destination, policy, rule, status = r.status, reason, "request denied")
+                warn!(target: AUDIT, audit = SCHEMA, event = "request_denied", component = "waypoint", decision = r.decision, source = %r.source, destination = r.destination, policy, rule, status = r.status, reason, "request denied")
             }
             (Level::Full, _) => {
                 let query = r.query.map(|q| self.redact_query(q)).unwrap_or_default();
                 let headers = self.selected_headers(r.headers);
                 if deny {
-                    warn!(target: TARGET, decision = r.decision, source = %r.source, destination = r.destination, policy, rule, status = r.status, reason, method = r.method, path = r.path, query, host = r.host, headers, "request denied");
+                    warn!(target: AUDIT, audit = SCHEMA, event = "request_denied", component = "waypoint", decision = r.decision, source = %r.source, destination = r.destination, policy, rule, status = r.status, reason, method = r.method, path = r.path, query, host = r.host, headers, "request denied");
                 } else {
                     info!(target: TARGET, decision = r.decision, source = %r.source, destination = r.destination, endpoint, policy, rule, status = r.status, bytes_received = r.bytes_received, bytes_sent = r.bytes_sent, duration_ms, method = r.method, path = r.path, query, host = r.host, headers, "request");
                 }

@@ -18,9 +18,9 @@ use veil_mesh::hbone::{
     BAGGAGE, ConnectError, H2Io, InboundStream, parse_connect, refuse, serve_connection,
 };
 use veil_mesh::policy::Decision;
+use veil_mesh::telemetry::audit::{AUDIT, SCHEMA};
 use veil_mesh::telemetry::metrics::{Direction, HandshakeLabels, Principal};
 
-use crate::access_log::TARGET;
 use crate::context::Context;
 use crate::drain::{Drain, DrainWatch};
 use crate::io::Prefixed;
@@ -131,13 +131,16 @@ async fn tunnel(ctx: Arc<Context>, mut stream: InboundStream, drain: DrainWatch)
 
 fn log_tcp_deny(peer: &veil_mesh::identity::Identity, dest: &str, decision: &Decision) {
     warn!(
-        target: TARGET,
+        target: AUDIT,
+        audit = SCHEMA,
+        event = "connection_denied",
+        component = "waypoint",
         decision = "deny",
         source = %peer,
         destination = dest,
         policy = %decision.policy().map_or("-".to_owned(), ToString::to_string),
         rule = %decision.rule.map_or("-".to_owned(), |r| r.to_string()),
-        reason = ?decision.verdict,
+        reason = %decision.explanation(),
         "connection denied"
     );
 }

@@ -63,7 +63,7 @@ impl Admission {
                 verdict: Verdict::Deny(DenyReason::NotFromWaypoint(w)),
                 ..
             }) => format!("{} is reachable only through waypoint {w}", workload.key()),
-            Self::Policy(decision) => format!("{:?}", decision.verdict),
+            Self::Policy(decision) => decision.explanation(),
             Self::Strict => "plaintext refused: mutual TLS is STRICT".to_owned(),
             Self::PlaintextBehindWaypoint(w) => format!(
                 "plaintext refused: {} is reachable only through waypoint {w}",

@@ -21,10 +21,10 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use veil_mesh::discovery::{MeshState, Workload};
 use veil_mesh::policy::Decision;
+use veil_mesh::telemetry::audit::{AUDIT, SCHEMA};
 use veil_mesh::telemetry::metrics::{DecisionLabels, Metrics, Outcome, PolicyLabel, Principal};
 
 use crate::admission::{Admission, Admitted, decide};
-use crate::inbound::ACCESS_LOG;
 
 /// Connections decided between two yields to the runtime during a re-check.
 const BATCH: usize = 512;
@@ -235,7 +235,10 @@ pub fn report_closed(
         })
         .inc();
     warn!(
-        target: ACCESS_LOG,
+        target: AUDIT,
+        audit = SCHEMA,
+        event = "connection_closed",
+        component = "ztunnel",
         decision = "deny",
         source = conn.source.as_ref().map_or("-".to_owned(), ToString::to_string),
         source_ip = %conn.source_ip,

@@ -230,6 +230,8 @@ pub struct LocalWorkload {
     pub budget: PodBudget,
     /// Its names as `baggage` for its tunnels (`None` when not sent).
     pub baggage: Option<http::HeaderValue>,
+    /// What metrics call it (computed once: every connection it opens is labelled with it).
+    pub party: veil_mesh::telemetry::metrics::Party,
 }
 
 impl LocalWorkload {

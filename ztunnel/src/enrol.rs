@@ -21,6 +21,7 @@ use tracing::{error, info};
 use veil_mesh::discovery::{MeshState, Workload};
 use veil_mesh::hbone::HBONE_PORT;
 use veil_mesh::identity::server_config;
+use veil_mesh::telemetry::audit::{AUDIT, SCHEMA};
 use veil_mesh::telemetry::metrics::{Party, WorkloadLabels};
 
 use crate::budget::PodBudget;
@@ -253,9 +254,10 @@ impl Enrolment {
         for uid in stale {
             if let Some(e) = enrolled.remove(&uid) {
                 pods(&self.held).remove(&uid);
+                let workload = e.local.workload.key();
                 release(e).await;
                 lock(status).remove(&uid);
-                info!(workload = %uid, "released pod");
+                info!(target: AUDIT, audit = SCHEMA, event = "workload_released", component = "ztunnel", node = %self.ctx.node, workload, uid = %uid, "released pod");
             }
         }
         lock(status).retain(|uid, _| want.contains_key(uid));
@@ -277,7 +279,7 @@ impl Enrolment {
                 .await
             {
                 Ok((e, handoff)) => {
-                    info!(workload = %workload.key(), identity = %workload.identity, netns = %e.local.netns.path().display(), "captured pod");
+                    info!(target: AUDIT, audit = SCHEMA, event = "workload_enrolled", component = "ztunnel", node = %workload.node, workload = %workload.key(), uid = %workload.uid, identity = %workload.identity, netns = %e.local.netns.path().display(), "captured pod");
                     let netns = e.netns_id;
                     enrolled.insert(uid.clone(), e);
                     pods(&self.held).insert(uid.clone(), handoff);
@@ -355,6 +357,7 @@ impl Enrolment {
                 .send_baggage
                 .then(|| Party::baggage(&workload))
                 .flatten(),
+            party: Party::of(&workload),
         });
         let (tasks, listeners) = start_listeners(ctx, &local, inherited.as_ref())
             .map_err(|e| format!("listeners: {e}"))?;

@@ -20,6 +20,7 @@ use veil_mesh::hbone::{
 };
 use veil_mesh::identity::Identity;
 use veil_mesh::policy::{Decision, PolicyId};
+use veil_mesh::telemetry::audit::{AUDIT, SCHEMA};
 use veil_mesh::telemetry::metrics::{
     DecisionLabels, Direction, HandshakeLabels, Outcome, Party, PolicyLabel, Principal, Protocol,
     Reporter, Resource, Security, ServiceLabel, TrafficLabels,
@@ -241,7 +242,10 @@ fn admit(
     );
     if !admission.allowed() {
         warn!(
-            target: ACCESS_LOG,
+            target: AUDIT,
+            audit = SCHEMA,
+            event = "connection_denied",
+            component = "ztunnel",
             decision = "deny",
             source = %stream.peer,
             source_ip = %stream.peer_addr.ip(),

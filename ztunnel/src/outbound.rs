@@ -16,6 +16,7 @@ use veil_mesh::hbone::{ConnectError, H2Client, HBONE_PORT, TunnelMeta, abort_soc
 use veil_mesh::identity::{BoxFuture, client_config};
 use veil_mesh::pool::{Dialer, PoolKey};
 use veil_mesh::relay::relay;
+use veil_mesh::telemetry::audit::{AUDIT, SCHEMA};
 use veil_mesh::telemetry::metrics::{
     ConnectionLabels, Direction, HandshakeLabels, Party, Principal, Protocol, Reporter, Resource,
     Security, ServiceLabel, TrafficLabels, WorkloadLabels,
@@ -207,7 +208,7 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
         Route::Passthrough(target) => {
             let labels = TrafficLabels {
                 reporter: Reporter::Source,
-                source: Party::of(&local.workload),
+                source: local.party.clone(),
                 destination: state
                     .workload_by_ip(target.ip())
                     .map_or_else(Party::unknown, |w| Party::of(w)),
@@ -224,7 +225,7 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
             } else {
                 "-"
             };
-            warn!(source = %local.workload.key(), destination = %dst, %reason, control_plane, "outbound connection refused");
+            warn!(target: AUDIT, audit = SCHEMA, event = "connection_refused", component = "ztunnel", source = %local.workload.key(), destination = %dst, %reason, control_plane, "outbound connection refused");
             abort_socket(&tcp);
         }
         Route::Forbidden(target, why) => {
@@ -234,7 +235,7 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
                     workload: local.workload.key(),
                 })
                 .inc();
-            warn!(source = %local.workload.key(), destination = %target, reason = %why, "outbound connection refused: forbidden destination");
+            warn!(target: AUDIT, audit = SCHEMA, event = "connection_refused", component = "ztunnel", source = %local.workload.key(), destination = %target, reason = %why, control_plane = "-", "outbound connection refused: forbidden destination");
             abort_socket(&tcp);
         }
     }
@@ -283,7 +284,7 @@ async fn proxy_hbone(
     };
     let meter = ctx.track_connection(TrafficLabels {
         reporter: Reporter::Source,
-        source: Party::of(&local.workload),
+        source: local.party.clone(),
         destination: peer.labels,
         service: peer.service,
         protocol: Protocol::Tcp,

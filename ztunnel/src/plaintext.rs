@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use veil_mesh::discovery::Workload;
 use veil_mesh::hbone::abort_socket;
 use veil_mesh::relay::relay;
+use veil_mesh::telemetry::audit::{AUDIT, SCHEMA};
 use veil_mesh::telemetry::metrics::{
     Party, Protocol, Reporter, Resource, Security, ServiceLabel, TrafficLabels, WorkloadLabels,
 };
@@ -41,7 +42,7 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
     if let Some(misdirected) = local.misdirected(dst) {
         count_rejected(&ctx, &local.workload);
         let reason = format!("plaintext refused: {misdirected}");
-        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %peer.ip(), destination = %local.workload.identity, destination_ip = %dst.ip(), port = dst.port(), reason, "connection denied");
+        warn!(target: AUDIT, audit = SCHEMA, event = "connection_denied", component = "ztunnel", decision = "deny", source = "-", source_ip = %peer.ip(), destination = %local.workload.identity, destination_ip = %dst.ip(), port = dst.port(), policy = "-", reason, "connection denied");
         return abort_socket(&tcp);
     }
     // Registered before the state is read, so that no later state can miss it (see `track`).
@@ -95,7 +96,7 @@ fn admit(ctx: &Context, tracked: &Tracked) -> Option<Arc<Workload>> {
     let admission = decide(&state, &workload, conn);
     let Some(decision) = admission.decision() else {
         count_rejected(ctx, &workload);
-        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %conn.source_ip, destination = %workload.identity, port = conn.destination.port(), reason = %admission.reason(&workload), "connection denied");
+        warn!(target: AUDIT, audit = SCHEMA, event = "connection_denied", component = "ztunnel", decision = "deny", source = "-", source_ip = %conn.source_ip, destination = %workload.identity, port = conn.destination.port(), policy = "-", reason = %admission.reason(&workload), "connection denied");
         return None;
     };
     count_decision(
@@ -106,7 +107,7 @@ fn admit(ctx: &Context, tracked: &Tracked) -> Option<Arc<Workload>> {
         decision.policy(),
     );
     if !decision.allowed() {
-        warn!(target: ACCESS_LOG, decision = "deny", source_ip = %conn.source_ip, destination = %workload.identity, port = conn.destination.port(), policy = %decision.policy().map_or("-".to_owned(), ToString::to_string), "plaintext connection denied");
+        warn!(target: AUDIT, audit = SCHEMA, event = "connection_denied", component = "ztunnel", decision = "deny", source = "-", source_ip = %conn.source_ip, destination = %workload.identity, port = conn.destination.port(), policy = %decision.policy().map_or("-".to_owned(), ToString::to_string), reason = "PERMISSIVE plaintext denied by policy", "plaintext connection denied");
         return None;
     }
     Some(workload)

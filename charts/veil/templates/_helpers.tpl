@@ -17,8 +17,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 veil-ca.{{ .Release.Namespace }}.svc
 {{- end -}}
 
-{{/* RUST_LOG for a component: the log level, with ztunnel's access log set apart. */}}
+{{/* RUST_LOG for ztunnel: the log level, with its access log set apart, and the audit stream
+always on. */}}
 {{- define "veil.rustLog" -}}
 {{- $access := dict "all" "info" "denied" "warn" "off" "off" -}}
-{{ .Values.logLevel }},veil::access={{ get $access .Values.accessLogLevel }}
+{{ .Values.logLevel }},veil::access={{ get $access .Values.accessLogLevel }},veil::audit=info
+{{- end -}}
+
+{{/* RUST_LOG for the CA and the controller: the log level, and the audit stream always on. */}}
+{{- define "veil.rustLogAudited" -}}
+{{ .Values.logLevel }},veil::audit=info
 {{- end -}}

@@ -97,6 +97,28 @@ impl Decision {
             Verdict::Deny(DenyReason::NotFromWaypoint(_)) => None,
         }
     }
+
+    /// Why, in words (the policy that decided is [`Decision::policy`]).
+    pub fn explanation(&self) -> String {
+        match &self.verdict {
+            Verdict::Allow(Some(_)) => "allowed by a rule of this ALLOW policy".into(),
+            Verdict::Allow(None) => "allowed: no ALLOW policy applies".into(),
+            Verdict::Deny(DenyReason::DenyPolicy(_)) => "denied by a rule of this DENY policy".into(),
+            Verdict::Deny(DenyReason::DenyPolicyUndecidable(_)) => {
+                "denied: this DENY policy has HTTP conditions this proxy cannot check".into()
+            }
+            Verdict::Deny(DenyReason::NoAllowMatched(_)) => {
+                "denied: ALLOW policies apply and no rule of theirs matched".into()
+            }
+            Verdict::Deny(DenyReason::AllowUndecidable(_)) => {
+                "denied: the only ALLOW rules that could match need HTTP, which this proxy cannot see"
+                    .into()
+            }
+            Verdict::Deny(DenyReason::NotFromWaypoint(w)) => {
+                format!("denied: reachable only through waypoint {w}")
+            }
+        }
+    }
 }
 
 /// Evaluates `policies` (those that apply to the destination) in Istio's order: DENY, then ALLOW.

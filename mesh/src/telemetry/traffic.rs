@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
 
@@ -96,9 +96,9 @@ impl EncodeLabelValue for Protocol {
     }
 }
 
-/// A label value, `unknown` when absent.
+/// A label value, `unknown` when absent. Shared: a label set is cloned for every series it creates.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
-struct Known(Option<String>);
+struct Known(Option<Arc<str>>);
 
 impl EncodeLabelValue for Known {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
@@ -114,7 +114,7 @@ impl EncodeLabelValue for &Known {
 
 impl From<&str> for Known {
     fn from(s: &str) -> Self {
-        Self(Some(s.to_owned()))
+        Self(Some(s.into()))
     }
 }
 
@@ -267,10 +267,9 @@ impl ServiceLabel {
     /// `service`, by its cluster hostname.
     pub fn of(service: &Service) -> Self {
         Self {
-            host: Known(Some(format!(
-                "{}.{}.svc.cluster.local",
-                service.name, service.namespace
-            ))),
+            host: Known(Some(
+                format!("{}.{}.svc.cluster.local", service.name, service.namespace).into(),
+            )),
             name: service.name.as_str().into(),
             namespace: service.namespace.as_str().into(),
         }

@@ -317,7 +317,7 @@ fn oversized_csr_is_refused_and_audited_by_the_ca() {
     let audited = |m: &Mesh| {
         m.ca.output()
             .lines()
-            .any(|l| l.contains("veil_ca::audit") && l.contains("OutOfRange"))
+            .any(|l| l.contains("veil::audit") && l.contains("OutOfRange"))
     };
     assert!(m.eventually(SETTLE, || audited(&m)), "{}", m.ca.output());
     // The CA still serves the mesh: traffic between pods still gets certificates and flows.

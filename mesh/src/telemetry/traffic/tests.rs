@@ -154,7 +154,7 @@ fn a_peer_cannot_grow_the_series_by_sending_new_names() {
         )
     };
     for i in 0..BAGGAGE_NAMES {
-        assert_eq!(name(i).workload, Known(Some(format!("w{i}"))));
+        assert_eq!(name(i).workload, Known::from(format!("w{i}").as_str()));
     }
     // Past the bound: new names are not believed; those already kept still are.
     assert_eq!(name(BAGGAGE_NAMES), Party::authenticated(&w.identity, None));

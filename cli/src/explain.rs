@@ -14,6 +14,7 @@ use veil_mesh::policy::{Decision, DenyReason, HttpAttributes, Verdict};
 use veil_waypoint::canon::{self, Normalization};
 use veil_waypoint::target::{self, Destination};
 use veil_ztunnel::admission::{Admission, Admitted, decide};
+use veil_ztunnel::capture::PROXY_PORTS;
 use veil_ztunnel::context::UnknownDestination;
 use veil_ztunnel::outbound::{Route, route};
 
@@ -63,6 +64,9 @@ pub struct Question {
     pub http: Option<Request>,
     /// The waypoints' path normalization (their `--path-normalization`).
     pub normalization: Normalization,
+    /// What the client's ztunnel does with destinations outside the mesh (its
+    /// `--unknown-destination`).
+    pub unknown: UnknownDestination,
 }
 
 /// The answer.
@@ -217,7 +221,7 @@ fn captured(
 ) -> Vec<Path> {
     let mut paths: Vec<Path> = Vec::new();
     for pick in 0..choices(state, dst) {
-        let path = match route(state, dst, UnknownDestination::Passthrough, pick) {
+        let path = match route(state, dst, q.unknown, pick) {
             Route::Hbone { endpoint, target } => {
                 let hop = admission(state, &endpoint, Some(identity.clone()), source_ip, target);
                 Path::of(Some(endpoint.key()), vec![hop])
@@ -247,7 +251,16 @@ fn captured(
                     let mut hops = vec![at_waypoint(
                         state, q, &me, &dest, &endpoint, addr, identity, source_ip, &at,
                     )];
-                    if hops[0].allowed {
+                    if hops[0].allowed && !endpoint.enrolled {
+                        // It forwards over HBONE only (`veil_waypoint::upstream`).
+                        hops.push(refused(
+                            &at,
+                            format!(
+                                "503: {} is not in the mesh; a waypoint forwards only to mesh workloads",
+                                endpoint.key()
+                            ),
+                        ));
+                    } else if hops[0].allowed {
                         hops.push(admission(
                             state,
                             &endpoint,
@@ -256,7 +269,10 @@ fn captured(
                             addr,
                         ));
                     }
-                    paths.push(Path::of(Some(endpoint.key()), hops));
+                    let path = Path::of(Some(endpoint.key()), hops);
+                    if !paths.contains(&path) {
+                        paths.push(path);
+                    }
                 }
                 continue;
             }
@@ -388,6 +404,12 @@ fn admission(
         endpoint.node,
         endpoint.key()
     );
+    if PROXY_PORTS.contains(&target.port()) {
+        return refused(
+            &at,
+            format!("port {} is one of ztunnel's own", target.port()),
+        );
+    }
     if !endpoint.enrolled {
         return Hop {
             at,
@@ -438,18 +460,7 @@ fn plaintext(state: &MeshState, source_ip: IpAddr, dst: SocketAddr) -> Vec<Path>
                     )],
                 )];
             };
-            state
-                .serving_endpoints(service)
-                .into_iter()
-                .filter_map(|w| {
-                    let ip = w
-                        .ips
-                        .iter()
-                        .copied()
-                        .find(|ip| ip.is_ipv4() == dst.is_ipv4())?;
-                    Some((w, SocketAddr::new(ip, port)))
-                })
-                .collect()
+            state.serving_addresses(service, dst.ip(), port)
         }
         None => state
             .workload_by_ip(dst.ip())

@@ -8,7 +8,9 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use veil_cli::explain::{self, Answer, From, Question, Request, To};
 use veil_cli::mesh_file;
+use veil_mesh::discovery::MeshSettings;
 use veil_waypoint::canon::Normalization;
+use veil_ztunnel::context::UnknownDestination;
 
 /// veil's command line.
 #[derive(Parser)]
@@ -56,9 +58,18 @@ struct ExplainArgs {
     /// HTTP request headers, `name: value` (repeatable).
     #[arg(long = "header", short = 'H')]
     headers: Vec<String>,
-    /// The waypoints' path normalization.
+    /// The waypoints' path normalization (as their `--path-normalization`).
     #[arg(long, value_enum, default_value = "MERGE_SLASHES")]
     path_normalization: Normalization,
+    /// What ztunnels do with destinations outside the mesh (as their `--unknown-destination`).
+    #[arg(long, value_enum, default_value = "passthrough")]
+    unknown_destination: UnknownDestination,
+    /// The mesh's trust domain (as the proxies' `--trust-domain`).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The namespace whose policies apply mesh-wide (as the proxies' `--root-namespace`).
+    #[arg(long, default_value = "veil-system")]
+    root_namespace: String,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "table")]
     output: Output,
@@ -86,7 +97,11 @@ fn main() -> ExitCode {
 }
 
 fn run_explain(args: &ExplainArgs) -> anyhow::Result<Answer> {
-    let state = mesh_file::load(&args.mesh, &args.with_policies)?;
+    let settings = MeshSettings {
+        trust_domain: args.trust_domain.clone(),
+        root_namespace: args.root_namespace.clone(),
+    };
+    let state = mesh_file::load(&args.mesh, &args.with_policies, &settings)?;
     let question = Question {
         from: parse_from(&args.from)?,
         to: parse_to(&args.to)?,
@@ -112,6 +127,7 @@ fn run_explain(args: &ExplainArgs) -> anyhow::Result<Answer> {
             })
             .transpose()?,
         normalization: args.path_normalization,
+        unknown: args.unknown_destination,
     };
     let answer = explain::explain(&state, &question).map_err(anyhow::Error::msg)?;
     let text = match args.output {

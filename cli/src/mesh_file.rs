@@ -10,7 +10,7 @@ use veil_mesh::discovery::{MeshSettings, MeshState};
 /// Reads the mesh file `path` and adds the policies of `extra` (each a YAML stream of policy objects
 /// or of lists of them). Refuses a mesh that would not load in ztunnel: a rejected object is an
 /// error here, not a silent gap in the answer.
-pub fn load(path: &Path, extra: &[PathBuf]) -> anyhow::Result<MeshState> {
+pub fn load(path: &Path, extra: &[PathBuf], settings: &MeshSettings) -> anyhow::Result<MeshState> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let text = if extra.is_empty() {
@@ -48,8 +48,7 @@ pub fn load(path: &Path, extra: &[PathBuf]) -> anyhow::Result<MeshState> {
         }
         serde_json::to_string(&mesh)?
     };
-    let state = parse(&text, &MeshSettings::default())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let state = parse(&text, settings).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     if let Some(first) = state.rejected().first() {
         anyhow::bail!(
             "the mesh has objects ztunnel would refuse ({} in all), first: {first}",
@@ -83,8 +82,14 @@ mod tests {
              \x20 metadata: {name: two, namespace: shop}\n  spec: {mtls: {mode: STRICT}}\n",
         )
         .unwrap();
-        assert!(load(&mesh, &[]).unwrap().authz_policies().is_empty());
-        let state = load(&mesh, std::slice::from_ref(&policies)).unwrap();
+        let settings = MeshSettings::default();
+        assert!(
+            load(&mesh, &[], &settings)
+                .unwrap()
+                .authz_policies()
+                .is_empty()
+        );
+        let state = load(&mesh, std::slice::from_ref(&policies), &settings).unwrap();
         let ids: Vec<String> = state
             .authz_policies()
             .iter()
@@ -97,7 +102,7 @@ mod tests {
             "[{apiVersion: v9, kind: Nope, metadata: {name: x, namespace: shop}}]\n",
         )
         .unwrap();
-        assert!(load(&mesh, &[policies]).is_err());
+        assert!(load(&mesh, &[policies], &settings).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

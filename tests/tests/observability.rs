@@ -46,20 +46,13 @@ fn mesh() -> Mesh {
             labelled("ledger", "finance", "node-b", "v2"),
         ],
         services: vec![
-            ServiceSpec {
-                name: "user-profile-service".into(),
-                namespace: "user-data".into(),
-                vip: PROFILE_VIP.into(),
-                selects: "user-profile-service".into(),
-                ports: vec![(80, 8080)],
-            },
-            ServiceSpec {
-                name: "ledger".into(),
-                namespace: "finance".into(),
-                vip: LEDGER_VIP.into(),
-                selects: "ledger".into(),
-                ports: vec![(9090, 9090)],
-            },
+            ServiceSpec::new(
+                "user-data",
+                "user-profile-service",
+                PROFILE_VIP,
+                &[(80, 8080)],
+            ),
+            ServiceSpec::new("finance", "ledger", LEDGER_VIP, &[(9090, 9090)]),
         ],
         waypoints: vec![WaypointSpec {
             name: "waypoint".into(),
@@ -179,6 +172,20 @@ fn dashboard(expr: &str, vars: &[(&str, &str)]) -> String {
         q = q.replace(&format!("${name}"), value);
     }
     q
+}
+
+/// The metric families a query names (`istio_…`/`veil_…`, without `_total`, `_bucket`…).
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|t| t.starts_with("istio_") || t.starts_with("veil_"))
+        .map(|t| {
+            ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| t.strip_suffix(suffix))
+                .unwrap_or(t)
+                .to_owned()
+        })
+        .collect()
 }
 
 /// A query of veil's dashboard with Grafana's rate interval filled in.
@@ -382,10 +389,24 @@ fn prometheus_answers_istios_dashboard_queries_for_the_mesh_traffic() {
     .unwrap();
     let panels = dashboard["panels"].as_array().unwrap();
     assert!(panels.len() >= 10);
+    // Every metric a panel names is one the proxies register (`or vector(0)` would hide a misspelt
+    // one; a family that never counted anything is not in the exposition, so the registry's source
+    // is what is read).
+    let registry = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../mesh/src/telemetry/metrics.rs"
+    ));
     for panel in panels {
         for target in panel["targets"].as_array().unwrap() {
             let expr = dashboard_expr(target["expr"].as_str().unwrap());
             let title = panel["title"].as_str().unwrap();
+            for name in metric_names(&expr) {
+                let registered = name
+                    .strip_prefix("istio_")
+                    .or_else(|| name.strip_prefix("veil_"))
+                    .is_some_and(|short| registry.contains(&format!("\"{short}\",")));
+                assert!(registered, "{title}: no metric {name} is registered");
+            }
             let answer = api(&m, "/api/v1/query", &[("query", &expr)]);
             assert_eq!(answer["status"], "success", "{title}: {expr}: {answer}");
             until(&m, title, &expr, |r| {
@@ -443,6 +464,18 @@ fn prometheus_answers_istios_dashboard_queries_for_the_mesh_traffic() {
     }
 }
 
+/// The fields of the audit lines of a policy's status.
+const POLICY_STATUS: &[&str] = &[
+    "kind",
+    "policy",
+    "generation",
+    "reason",
+    "detail",
+    "enforced",
+    "enforcement",
+    "enforcement_detail",
+];
+
 /// The fields every line of each audit event carries (docs/observability.md, schema `v1`).
 const AUDIT_EVENTS: [(&str, &[&str]); 11] = [
     (
@@ -483,32 +516,8 @@ const AUDIT_EVENTS: [(&str, &[&str]); 11] = [
         "certificate_refused",
         &["code", "caller", "node", "identity", "peer", "reason"],
     ),
-    (
-        "policy_accepted",
-        &[
-            "kind",
-            "policy",
-            "reason",
-            "generation",
-            "detail",
-            "enforced",
-            "enforcement",
-            "enforcement_detail",
-        ],
-    ),
-    (
-        "policy_rejected",
-        &[
-            "kind",
-            "policy",
-            "reason",
-            "generation",
-            "detail",
-            "enforced",
-            "enforcement",
-            "enforcement_detail",
-        ],
-    ),
+    ("policy_accepted", POLICY_STATUS),
+    ("policy_rejected", POLICY_STATUS),
     ("policy_removed", &["kind", "policy"]),
     (
         "workload_enrolled",

@@ -252,6 +252,27 @@ fn keep_alive_http2_and_grpc_are_authorized_request_by_request() {
             .count(),
         1
     );
+    // Counted as gRPC clients saw them: HTTP 200, with the code from the app's trailers or the
+    // waypoint's own denial.
+    let metrics = veil_e2e::cluster::exec(
+        &m.cluster.pod("waypoint").netns,
+        &["curl", "-s", "-m", "2", "http://127.0.0.1:15020/metrics"],
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    .unwrap();
+    for (client, code) in [("account-service", "0"), ("reporting", "7")] {
+        let labels = [
+            ("source_workload", client),
+            ("request_protocol", "grpc"),
+            ("response_code", "200"),
+            ("grpc_response_status", code),
+        ];
+        assert_eq!(
+            veil_e2e::mesh::sum_metric(&metrics, "istio_requests_total", &labels),
+            1.0,
+            "{client}: {metrics}"
+        );
+    }
 }
 
 #[test]

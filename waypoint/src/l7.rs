@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
@@ -96,7 +96,8 @@ async fn handle(
         Err(refusal) => return Ok(refuse(&ctx, &tunnel, &req, &refusal, started, &report)),
     };
     let Some((endpoint, addr)) = tunnel.dest.endpoint(&state, tunnel.target, ctx.next()) else {
-        report.request(&ctx.upstreams.metrics, 503, 0, 0, started.elapsed());
+        let wire = on_the_wire(grpc, StatusCode::SERVICE_UNAVAILABLE);
+        report.request(&ctx.upstreams.metrics, wire, 0, 0, started.elapsed());
         return Ok(local_reply(
             grpc,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -108,7 +109,8 @@ async fn handle(
     let destination = tunnel.dest.key();
     let endpoint_key = endpoint.key();
     if !decision.allowed() {
-        report.request(&ctx.upstreams.metrics, 403, 0, 0, started.elapsed());
+        let wire = on_the_wire(grpc, StatusCode::FORBIDDEN);
+        report.request(&ctx.upstreams.metrics, wire, 0, 0, started.elapsed());
         ctx.access_log.log(&Record {
             source: &tunnel.peer,
             destination: &destination,
@@ -204,7 +206,8 @@ fn refuse(
     started: Instant,
     report: &Report,
 ) -> Response<DownstreamBody> {
-    report.request(&ctx.upstreams.metrics, 400, 0, 0, started.elapsed());
+    let wire = on_the_wire(is_grpc(req), StatusCode::BAD_REQUEST);
+    report.request(&ctx.upstreams.metrics, wire, 0, 0, started.elapsed());
     let reason = refusal.to_string();
     ctx.access_log.log(&Record {
         source: &tunnel.peer,
@@ -242,6 +245,7 @@ async fn forward(
     let body = Counted {
         inner: body,
         count: received.clone(),
+        grpc_status: None,
         on_end: None,
     };
     let mut upstream = Request::from_parts(parts, body.boxed());
@@ -268,26 +272,43 @@ async fn forward(
                 } else {
                     StatusCode::BAD_GATEWAY
                 };
-                log_line.write(&ctx, status.as_u16(), received.load(Ordering::Relaxed), 0);
+                let wire = on_the_wire(grpc, status);
+                log_line.write(
+                    &ctx,
+                    status.as_u16(),
+                    wire,
+                    received.load(Ordering::Relaxed),
+                    0,
+                );
                 return local_reply(grpc, status, "upstream unavailable");
             }
             Err(_) => {
-                log_line.write(&ctx, 504, received.load(Ordering::Relaxed), 0);
+                let wire = on_the_wire(grpc, StatusCode::GATEWAY_TIMEOUT);
+                log_line.write(&ctx, 504, wire, received.load(Ordering::Relaxed), 0);
                 return local_reply(grpc, StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
             }
         };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let status = parts.status.as_u16();
+    // A gRPC answer's code: in its headers (a trailers-only answer), else in its trailers.
+    let grpc_status = Arc::new(AtomicU32::new(
+        grpc_code(&parts.headers).map_or(NO_CODE, u32::from),
+    ));
     let sent = Arc::new(AtomicU64::new(0));
     let log_ctx = ctx.clone();
+    let trailer_status = grpc_status.clone();
     let body = Counted {
         inner: body,
         count: sent.clone(),
+        grpc_status: grpc.then_some(grpc_status),
         on_end: Some(Box::new(move || {
+            let code = trailer_status.load(Ordering::Relaxed);
+            let code = (grpc && code != NO_CODE).then(|| u16::try_from(code).unwrap_or(u16::MAX));
             log_line.write(
                 &log_ctx,
                 status,
+                (status, code),
                 received.load(Ordering::Relaxed),
                 sent.load(Ordering::Relaxed),
             );
@@ -325,11 +346,19 @@ struct LogLine {
 }
 
 impl LogLine {
-    /// Writes the line and counts the request in the metrics.
-    fn write(&self, ctx: &Context, status: u16, received: u64, sent: u64) {
+    /// Writes the line (with `status`, the answer's meaning) and counts the request in the metrics
+    /// (with `wire`, what the client received: see [`on_the_wire`]).
+    fn write(
+        &self,
+        ctx: &Context,
+        status: u16,
+        wire: (u16, Option<u16>),
+        received: u64,
+        sent: u64,
+    ) {
         self.report.request(
             &ctx.upstreams.metrics,
-            status,
+            wire,
             received,
             sent,
             self.started.elapsed(),
@@ -409,21 +438,16 @@ fn local_reply(grpc: bool, status: StatusCode, message: &'static str) -> Respons
             .boxed()
     };
     if grpc {
-        // gRPC's codes for these situations: PERMISSION_DENIED, INVALID_ARGUMENT, DEADLINE_EXCEEDED,
-        // UNAVAILABLE.
-        let code = match status {
-            StatusCode::FORBIDDEN => "7",
-            StatusCode::BAD_REQUEST => "3",
-            StatusCode::GATEWAY_TIMEOUT => "4",
-            _ => "14",
-        };
         let mut response = Response::new(empty());
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/grpc"),
         );
-        headers.insert("grpc-status", http::HeaderValue::from_static(code));
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(grpc_code_for(status)),
+        );
         headers.insert("grpc-message", http::HeaderValue::from_static(message));
         return response;
     }
@@ -440,10 +464,47 @@ fn local_reply(grpc: bool, status: StatusCode, message: &'static str) -> Respons
     response
 }
 
-/// A body that counts its data bytes and calls `on_end` once, at its end or when dropped early.
+/// No gRPC code seen.
+const NO_CODE: u32 = u32::MAX;
+
+/// The gRPC code for an answer the waypoint gives itself: PERMISSION_DENIED, INVALID_ARGUMENT,
+/// DEADLINE_EXCEEDED, else UNAVAILABLE.
+fn grpc_code_for(status: StatusCode) -> u16 {
+    match status {
+        StatusCode::FORBIDDEN => 7,
+        StatusCode::BAD_REQUEST => 3,
+        StatusCode::GATEWAY_TIMEOUT => 4,
+        _ => 14,
+    }
+}
+
+/// What a client receives when the waypoint answers `status` itself: that status, or, to a gRPC
+/// client, 200 with the matching gRPC code ([`local_reply`]).
+fn on_the_wire(grpc: bool, status: StatusCode) -> (u16, Option<u16>) {
+    if grpc {
+        (200, Some(grpc_code_for(status)))
+    } else {
+        (status.as_u16(), None)
+    }
+}
+
+/// The `grpc-status` in `headers`, if it is a number.
+fn grpc_code(headers: &HeaderMap) -> Option<u16> {
+    headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A body that counts its data bytes and calls `on_end` once, at its end or when dropped early;
+/// with `grpc_status`, it notes the code of gRPC trailers that pass through.
 struct Counted<B> {
     inner: B,
     count: Arc<AtomicU64>,
+    grpc_status: Option<Arc<AtomicU32>>,
     on_end: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
@@ -468,6 +529,11 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                if let (Some(slot), Some(code)) =
+                    (&self.grpc_status, frame.trailers_ref().and_then(grpc_code))
+                {
+                    slot.store(u32::from(code), Ordering::Relaxed);
                 }
             }
             Poll::Ready(None) => {

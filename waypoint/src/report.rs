@@ -52,11 +52,12 @@ impl Report {
         &self.labels
     }
 
-    /// Counts one answered request: its status, body sizes and duration.
+    /// Counts one answered request: what went to the client on the wire (the HTTP status, and a
+    /// gRPC answer's code), its body sizes and duration.
     pub fn request(
         &self,
         metrics: &Metrics,
-        status: u16,
+        (status, grpc_status): (u16, Option<u16>),
         request_bytes: u64,
         response_bytes: u64,
         duration: std::time::Duration,
@@ -64,6 +65,7 @@ impl Report {
         let labels = RequestLabels {
             traffic: self.labels.clone(),
             response_code: status,
+            grpc_response_status: grpc_status,
         };
         metrics.requests.get_or_create(&labels).inc();
         metrics

@@ -135,18 +135,7 @@ impl Destination {
                 target_port,
                 ..
             } => {
-                let candidates: Vec<(Arc<Workload>, SocketAddr)> = state
-                    .serving_endpoints(service)
-                    .into_iter()
-                    .filter_map(|w| {
-                        let ip = w
-                            .ips
-                            .iter()
-                            .copied()
-                            .find(|ip| ip.is_ipv4() == family_of.is_ipv4())?;
-                        Some((w, SocketAddr::new(ip, *target_port)))
-                    })
-                    .collect();
+                let candidates = state.serving_addresses(service, family_of.ip(), *target_port);
                 if candidates.is_empty() {
                     return None;
                 }

@@ -253,7 +253,7 @@ fn admit(
             destination_workload = %workload.key(),
             port = tracked.admitted().destination.port(),
             policy = %decision.and_then(Decision::policy).map_or("-".to_owned(), ToString::to_string),
-            rule = ?decision.and_then(|d| d.rule),
+            rule = %decision.and_then(|d| d.rule).map_or("-".to_owned(), |r| r.to_string()),
             reason = %admission.reason(&workload),
             "connection denied"
         );

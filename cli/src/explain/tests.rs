@@ -12,9 +12,11 @@ workloads:
   - {name: profile-0, namespace: user-data, serviceAccount: profile, node: node-b, ips: [10.21.0.11], labels: {app: profile}}
   - {name: ledger-0, namespace: finance, serviceAccount: ledger, node: node-b, ips: [10.21.0.12], labels: {app: ledger}}
   - {name: ledger-1, namespace: finance, serviceAccount: ledger, node: node-c, ips: [10.22.0.12], labels: {app: ledger}}
+  - {name: legacy-0, namespace: user-data, serviceAccount: legacy, node: node-b, ips: [10.21.0.13], labels: {app: legacy}, enrolled: false}
 services:
   - {name: profile, namespace: user-data, vips: [10.96.0.20], ports: [{port: 80, targetPort: 8080}], selector: {app: profile}}
   - {name: ledger, namespace: finance, vips: [10.96.0.30], ports: [{port: 9090}], selector: {app: ledger}}
+  - {name: legacy, namespace: user-data, vips: [10.96.0.40], ports: [{port: 80}], selector: {app: legacy}}
 policies:
   - apiVersion: security.veil.dev/v1
     kind: AuthorizationPolicy
@@ -58,6 +60,7 @@ fn ask(from: &str, to: To, port: u16, http: Option<(&str, &str)>) -> Answer {
             ..Request::default()
         }),
         normalization: Normalization::MergeSlashes,
+        unknown: UnknownDestination::Passthrough,
     };
     explain(&state(), &question).unwrap()
 }
@@ -218,9 +221,53 @@ fn destinations_outside_the_mesh_pass_through_and_unknown_names_are_errors() {
         port: 9090,
         http: None,
         normalization: Normalization::MergeSlashes,
+        unknown: UnknownDestination::Passthrough,
     };
     assert_eq!(
         explain(&state(), &missing).unwrap_err(),
         "no workload production/nobody in the mesh"
+    );
+}
+
+#[test]
+fn what_the_data_path_refuses_besides_policy_is_refused_too() {
+    // A waypoint forwards only to mesh workloads.
+    let a = ask(
+        "production/account",
+        service("user-data", "legacy"),
+        80,
+        None,
+    );
+    assert!(!a.allowed, "{a:#?}");
+    let hops = &a.paths[0].hops;
+    assert!(hops.last().unwrap().reason.starts_with("503"), "{hops:#?}");
+    // Plaintext to one of ztunnel's own ports on a pod.
+    let pod = To::Workload {
+        namespace: "finance".into(),
+        name: "ledger-0".into(),
+    };
+    let a = ask("default/rogue", pod, 15008, None);
+    assert!(!a.allowed);
+    assert!(
+        a.paths[0].hops[0].reason.contains("ztunnel's own"),
+        "{a:#?}"
+    );
+    // A ztunnel that refuses destinations outside the mesh.
+    let question = Question {
+        from: From::Workload {
+            namespace: "production".into(),
+            name: "account".into(),
+        },
+        to: To::Address("192.0.2.1".parse().unwrap()),
+        port: 443,
+        http: None,
+        normalization: Normalization::MergeSlashes,
+        unknown: UnknownDestination::Deny,
+    };
+    let a = explain(&state(), &question).unwrap();
+    assert!(!a.allowed);
+    assert!(
+        a.paths[0].hops[0].reason.contains("not in the mesh"),
+        "{a:#?}"
     );
 }

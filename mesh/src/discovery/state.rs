@@ -2,7 +2,7 @@
 //! publishes it whole, so a connection always sees one consistent view.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -507,6 +507,28 @@ impl MeshState {
         };
         endpoints.retain(|w| w.serving == wanted);
         endpoints
+    }
+
+    /// The [serving endpoints](Self::serving_endpoints) of `service` with their address of
+    /// `family`'s family and `port`: where a connection to the service may go. Endpoints without
+    /// such an address are left out.
+    pub fn serving_addresses(
+        &self,
+        service: &Service,
+        family: IpAddr,
+        port: u16,
+    ) -> Vec<(Arc<Workload>, SocketAddr)> {
+        self.serving_endpoints(service)
+            .into_iter()
+            .filter_map(|w| {
+                let ip = w
+                    .ips
+                    .iter()
+                    .copied()
+                    .find(|ip| ip.is_ipv4() == family.is_ipv4())?;
+                Some((w, SocketAddr::new(ip, port)))
+            })
+            .collect()
     }
 
     /// The services `workload` is an endpoint of.

@@ -15,8 +15,8 @@ pub use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 pub use super::traffic::{
-    BAGGAGE_NAMES, Party, PeerNames, Protocol, Reporter, RequestLabels, Security, ServiceLabel,
-    TrafficLabels,
+    BAGGAGE_NAMES, BAGGAGE_NAMES_PER_IDENTITY, Party, PeerNames, Protocol, Reporter, RequestLabels,
+    Security, ServiceLabel, TrafficLabels,
 };
 
 /// Bucket bounds of request durations, in milliseconds (Istio's).

@@ -6,7 +6,7 @@
 //! address, a path or anything a client sent, so the number of series follows the number of
 //! workloads and services, not of pods or requests.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
@@ -22,10 +22,14 @@ use crate::identity::Identity;
 /// The cluster every workload is reported in (Istio's default name of a single cluster).
 const CLUSTER: &str = "Kubernetes";
 
-/// How many distinct peers named only by their `baggage` a proxy keeps apart; past that, such peers
-/// are named by their identity alone (a peer cannot grow the metrics without bound by sending new
-/// names).
+/// How many distinct names learnt from `baggage` a proxy keeps apart; past that, new ones are not
+/// believed and such peers are named by their identity alone.
 pub const BAGGAGE_NAMES: usize = 2048;
+
+/// How many of them one client identity may use (a service account runs a few workloads and
+/// versions, not hundreds): one client cannot take the proxy's whole allowance, nor multiply its
+/// series by more than this.
+pub const BAGGAGE_NAMES_PER_IDENTITY: usize = 16;
 
 /// Whether `s` can be a name in a label: what Kubernetes names and label values are made of, at
 /// most as long as the longest Kubernetes name.
@@ -224,11 +228,17 @@ impl Party {
     }
 }
 
-/// Names authenticated peers, keeping apart at most [`BAGGAGE_NAMES`] peers known only by what
-/// they said of themselves.
+/// Names authenticated peers, keeping apart at most [`BAGGAGE_NAMES`] names known only from what
+/// peers said of themselves, [`BAGGAGE_NAMES_PER_IDENTITY`] per client identity.
 #[derive(Debug, Default)]
 pub struct PeerNames {
-    said: Mutex<HashSet<Party>>,
+    said: Mutex<Said>,
+}
+
+#[derive(Debug, Default)]
+struct Said {
+    names: HashSet<Party>,
+    per_identity: HashMap<Known, usize>,
 }
 
 impl PeerNames {
@@ -244,10 +254,19 @@ impl PeerNames {
             return Party::of(w);
         }
         if let Some(party) = baggage.and_then(|b| Party::from_baggage(identity, b)) {
-            // A poisoned lock only means another thread panicked mid-insert: the set is still sound.
+            // A poisoned lock only means another thread panicked mid-insert: the sets are sound.
             let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
-            if said.contains(&party) || said.len() < BAGGAGE_NAMES {
-                said.insert(party.clone());
+            if said.names.contains(&party) {
+                return party;
+            }
+            let used = said
+                .per_identity
+                .get(&party.principal)
+                .copied()
+                .unwrap_or(0);
+            if said.names.len() < BAGGAGE_NAMES && used < BAGGAGE_NAMES_PER_IDENTITY {
+                said.per_identity.insert(party.principal.clone(), used + 1);
+                said.names.insert(party.clone());
                 return party;
             }
         }
@@ -360,14 +379,22 @@ fn party(encoder: &mut LabelSetEncoder<'_>, side: &str, p: &Party) -> Result<(),
 pub struct RequestLabels {
     /// Who, to whom, how.
     pub traffic: TrafficLabels,
-    /// The HTTP status sent to the client (also for answers the proxy gave itself: 403 on a deny).
+    /// The HTTP status sent to the client (also for answers the proxy gave itself: 403 on a deny;
+    /// gRPC answers are 200 with their code in `grpc_response_status`).
     pub response_code: u16,
+    /// The gRPC status of a gRPC answer (empty for other requests, or when none arrived).
+    pub grpc_response_status: Option<u16>,
 }
 
 impl EncodeLabelSet for RequestLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
         self.traffic.encode(encoder)?;
-        ("response_code", self.response_code).encode(encoder.encode_label())
+        ("response_code", self.response_code).encode(encoder.encode_label())?;
+        let grpc = self
+            .grpc_response_status
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        ("grpc_response_status", grpc.as_str()).encode(encoder.encode_label())
     }
 }
 

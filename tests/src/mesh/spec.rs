@@ -67,6 +67,19 @@ pub struct ServiceSpec {
     pub ports: Vec<(u16, u16)>,
 }
 
+impl ServiceSpec {
+    /// Service `namespace/name` at `vip`, in front of the pods whose `app` label is its name.
+    pub fn new(namespace: &str, name: &str, vip: &str, ports: &[(u16, u16)]) -> Self {
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+            vip: vip.into(),
+            selects: name.into(),
+            ports: ports.to_vec(),
+        }
+    }
+}
+
 /// A waypoint to run (in a pod of its own, outside capture, like a waypoint Deployment).
 #[derive(Clone, Debug)]
 pub struct WaypointSpec {

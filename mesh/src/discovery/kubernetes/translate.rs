@@ -281,6 +281,8 @@ fn workload_name(pod: &SlimPod) -> String {
             }
             _ => owner.name.clone(),
         },
+        // A static pod, mirrored by its node's kubelet: the pod itself.
+        "Node" => pod.name_any(),
         _ => owner.name.clone(),
     }
 }

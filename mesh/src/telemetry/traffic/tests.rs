@@ -85,13 +85,14 @@ fn requests_carry_the_status_and_the_service_by_its_hostname() {
             security: Security::MutualTls,
         },
         response_code: 403,
+        grpc_response_status: None,
     };
     m.requests.get_or_create(&labels).inc();
     m.request_duration.get_or_create(&labels).observe(3.0);
     let text = m.encode(None);
     for expected in [
         "destination_service=\"api.shop.svc.cluster.local\",destination_service_name=\"api\",destination_service_namespace=\"shop\"",
-        "request_protocol=\"http\",response_flags=\"-\",connection_security_policy=\"mutual_tls\",response_code=\"403\"} 1",
+        "request_protocol=\"http\",response_flags=\"-\",connection_security_policy=\"mutual_tls\",response_code=\"403\",grpc_response_status=\"\"} 1",
     ] {
         assert!(text.contains(expected), "{expected} not in {text}");
     }
@@ -143,20 +144,30 @@ fn baggage_names_a_peer_the_proxy_does_not_list_within_its_own_namespace_only() 
 
 #[test]
 fn a_peer_cannot_grow_the_series_by_sending_new_names() {
-    let w = web();
     let names = PeerNames::default();
-    let name = |i: usize| {
+    let name = |sa: usize, i: usize| {
+        let identity = Identity::new("cluster.local", "shop", &format!("sa{sa}")).unwrap();
         let value = format!("k8s.namespace.name=shop,k8s.deployment.name=w{i}");
         names.name(
-            &w.identity,
+            &identity,
             None,
             Some(&HeaderValue::from_str(&value).unwrap()),
         )
     };
-    for i in 0..BAGGAGE_NAMES {
-        assert_eq!(name(i).workload, Known::from(format!("w{i}").as_str()));
+    // One identity: its own allowance, then its identity alone; what it was allowed stays.
+    for i in 0..BAGGAGE_NAMES_PER_IDENTITY {
+        assert_eq!(name(0, i).workload, Known::from(format!("w{i}").as_str()));
     }
-    // Past the bound: new names are not believed; those already kept still are.
-    assert_eq!(name(BAGGAGE_NAMES), Party::authenticated(&w.identity, None));
-    assert_eq!(name(7).workload, Known::from("w7"));
+    assert_eq!(name(0, BAGGAGE_NAMES_PER_IDENTITY).workload, Known(None));
+    assert_eq!(name(0, 3).workload, Known::from("w3"));
+    // Others keep theirs, until the proxy's whole allowance is used.
+    let identities = BAGGAGE_NAMES / BAGGAGE_NAMES_PER_IDENTITY;
+    for sa in 1..identities {
+        for i in 0..BAGGAGE_NAMES_PER_IDENTITY {
+            assert_eq!(name(sa, i).workload, Known::from(format!("w{i}").as_str()));
+        }
+    }
+    let late = name(identities, 0);
+    assert_eq!(late.workload, Known(None));
+    assert_eq!(late.namespace, Known::from("shop"));
 }

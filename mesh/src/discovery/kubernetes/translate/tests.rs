@@ -522,6 +522,7 @@ fn pods_are_named_after_their_controller() {
         "web-5d8f"
     );
     assert_eq!(named(owner("StatefulSet", "db", true), none.clone()), "db");
+    assert_eq!(named(owner("Node", "node-a", true), none.clone()), "p-0");
     assert_eq!(
         named(owner("Job", "report-29000000", true), none.clone()),
         "report"

@@ -1,5 +1,6 @@
 //! veil's command line: `veil explain` (see docs/cli.md).
 
+pub mod config;
 pub mod explain;
 pub mod mesh_file;
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use veil_cli::explain::{self, Answer, From, Question, Request, To};
-use veil_cli::mesh_file;
+use veil_cli::{config, mesh_file};
 use veil_mesh::discovery::MeshSettings;
 use veil_waypoint::canon::Normalization;
 use veil_ztunnel::context::UnknownDestination;
@@ -26,6 +26,34 @@ enum Command {
     /// rules decide. Exit status: 0 allowed (on every endpoint it may reach), 1 denied (on at least
     /// one), 2 the question or the mesh could not be read.
     Explain(ExplainArgs),
+    /// What one ztunnel or waypoint holds: workloads, services, policies, certificates and
+    /// connections, read from its admin endpoint (or a saved /config_dump). Exit status: 0 read,
+    /// 2 could not be read.
+    Config(ConfigArgs),
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// What to show.
+    #[arg(value_enum, default_value = "all")]
+    section: config::Section,
+    /// The proxy's admin address (`kubectl port-forward -n veil-system <ztunnel or waypoint pod>
+    /// 15000` makes it reachable here).
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:15000",
+        conflicts_with = "file"
+    )]
+    admin: String,
+    /// A saved /config_dump to read instead.
+    #[arg(long, short = 'f')]
+    file: Option<PathBuf>,
+    /// Only what concerns this namespace.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    output: Output,
 }
 
 #[derive(clap::Args)]
@@ -85,6 +113,13 @@ enum Output {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Config(args) => match run_config(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("veil config: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Explain(args) => match run_explain(&args) {
             Ok(answer) if answer.allowed => ExitCode::SUCCESS,
             Ok(_) => ExitCode::from(1),
@@ -135,11 +170,38 @@ fn run_explain(args: &ExplainArgs) -> anyhow::Result<Answer> {
         Output::Json => serde_json::to_string_pretty(&answer)? + "\n",
         Output::Yaml => serde_saphyr::to_string(&answer)?,
     };
-    // The answer is the command's output: written to stdout, and a failed write is an error.
+    write_out(&text)?;
+    Ok(answer)
+}
+
+fn run_config(args: &ConfigArgs) -> anyhow::Result<()> {
+    let mut dump = match &args.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            config::read(&text).with_context(|| format!("{}", path.display()))?
+        }
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(config::fetch(&args.admin))?,
+    };
+    if let Some(namespace) = &args.namespace {
+        config::only_namespace(&mut dump, namespace);
+    }
+    let text = match args.output {
+        Output::Table => config::table(&dump, args.section, std::time::SystemTime::now()),
+        Output::Json => serde_json::to_string_pretty(&config::select(&dump, args.section)?)? + "\n",
+        Output::Yaml => serde_saphyr::to_string(&config::select(&dump, args.section)?)?,
+    };
+    write_out(&text)
+}
+
+/// Writes the command's output to stdout; a failed write is an error.
+fn write_out(text: &str) -> anyhow::Result<()> {
     std::io::stdout()
         .write_all(text.as_bytes())
-        .context("writing the answer")?;
-    Ok(answer)
+        .context("writing the answer")
 }
 
 fn namespaced(s: &str, what: &str) -> anyhow::Result<(String, String)> {

@@ -1,6 +1,7 @@
 //! veil-mesh: the common language of veil's components — SPIFFE identity and mesh mTLS, the CA
 //! client and the certificate manager, and authorization policy.
 
+pub mod admin;
 pub mod discovery;
 pub mod hbone;
 pub mod identity;

@@ -255,6 +255,20 @@ impl Pool {
         self.lock().values().map(|s| s.conns.len()).sum()
     }
 
+    /// Open connections per peer, by key.
+    pub fn connections_by_peer(&self) -> Vec<(PoolKey, usize)> {
+        let mut out: Vec<(PoolKey, usize)> = self
+            .lock()
+            .iter()
+            .filter(|(_, s)| !s.conns.is_empty())
+            .map(|(k, s)| (k.clone(), s.conns.len()))
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.0.src, &a.0.dst, a.0.dst_addr).cmp(&(&b.0.src, &b.0.dst, b.0.dst_addr))
+        });
+        out
+    }
+
     /// Connections opened since the pool was created.
     pub fn opened_total(&self) -> u64 {
         self.inner.opened.load(Ordering::Relaxed)

@@ -1,8 +1,12 @@
-//! End-to-end: `veil explain`, asked about the mesh file the running mesh was started from, agrees
-//! with what the data plane actually does — every case of the L7 policy test (through the waypoint,
-//! by service and by pod address, canonicalized paths, plaintext from outside the mesh) and of L4
-//! policy under STRICT (allowed, denied, plaintext refused).
+//! End-to-end: the `veil` command against a running mesh.
+//!
+//! `veil explain`, asked about the mesh file the running mesh was started from, agrees with what
+//! the data plane actually does — every case of the L7 policy test (through the waypoint, by
+//! service and by pod address, canonicalized paths, plaintext from outside the mesh) and of L4
+//! policy under STRICT (allowed, denied, plaintext refused). `veil config` shows what a ztunnel and
+//! a waypoint hold, live connections included.
 
+use veil_e2e::cluster::exec;
 use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, bin, skip_unless_root};
 
 const PROFILE_VIP: &str = "10.96.0.20";
@@ -268,4 +272,122 @@ fn veil_explain_agrees_with_the_data_plane_on_every_policy_case() {
         "{allowed} of {} allowed",
         cases.len()
     );
+}
+
+/// `veil config` run where an operator's port-forward leads: in the proxy's own network namespace,
+/// against its loopback admin port.
+fn veil_config(netns: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let veil = bin("veil").to_string_lossy().into_owned();
+    let mut argv = vec![veil.as_str(), "config"];
+    argv.extend(args);
+    let out = exec(netns, &argv).expect("running veil config");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn config_json(netns: &str, args: &[&str]) -> serde_json::Value {
+    let mut argv = args.to_vec();
+    argv.extend(["-o", "json"]);
+    let (code, out, err) = veil_config(netns, &argv);
+    assert_eq!(code, Some(0), "veil config {args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn find<'a>(list: &'a serde_json::Value, field: &str, value: &str) -> &'a serde_json::Value {
+    list.as_array()
+        .and_then(|l| l.iter().find(|e| e[field] == value))
+        .unwrap_or_else(|| panic!("no {field}={value} in {list:#}"))
+}
+
+#[test]
+fn veil_config_shows_what_each_proxy_holds() {
+    if skip_unless_root("veil_config") {
+        return;
+    }
+    let mut m = mesh();
+    let ledger_ip = m.cluster.pod("ledger").ip.to_string();
+    let account = "spiffe://cluster.local/ns/production/sa/account-service";
+    let ledger = "spiffe://cluster.local/ns/finance/sa/ledger";
+    // A long-lived connection from account-service (node-a) to the ledger (node-b).
+    let app = bin("e2e-app").to_string_lossy().into_owned();
+    let target = format!("{ledger_ip}:7070");
+    m.spawn_in_pod("account-service", "stream", &[&app, "stream", &target])
+        .expect("starting the stream")
+        .wait_for("echoed 5", std::time::Duration::from_secs(20))
+        .expect("the stream never flowed");
+
+    // The destination's ztunnel: the mesh, the policies, its certificates, the connection.
+    let node_b = m.cluster.node("node-b").netns.clone();
+    let dump = config_json(&node_b, &[]);
+    assert_eq!(dump["proxy"]["kind"], "ztunnel");
+    assert_eq!(dump["proxy"]["name"], "node-b");
+    let profile = find(&dump["workloads"], "name", "user-profile-service");
+    assert_eq!(profile["waypoint"], "user-data/waypoint");
+    assert_eq!(profile["protocol"], "HBONE");
+    assert_eq!(find(&dump["workloads"], "name", "rogue")["protocol"], "TCP");
+    // Over xDS, policies arrive as Istio's ztunnel gets them: selected by the control plane, and
+    // STRICT as a generated DENY of plaintext.
+    let writers = find(&dump["policies"], "name", "ledger-writers");
+    assert_eq!(writers["action"], "ALLOW");
+    assert_eq!(writers["applies_to"], "1 workload(s): finance/ledger");
+    let strict = find(&dump["policies"], "name", "veil:peer-strict");
+    assert_eq!(strict["action"], "DENY");
+    assert!(
+        strict["applies_to"]
+            .as_str()
+            .is_some_and(|t| t.contains("finance/ledger")),
+        "{strict}"
+    );
+    let cert = find(&dump["certificates"], "identity", ledger);
+    let expiry = cert["not_after"]
+        .as_str()
+        .expect("a held certificate has an expiry");
+    let expiry = humantime::parse_rfc3339(expiry).expect("RFC 3339");
+    assert!(expiry > std::time::SystemTime::now(), "{cert}");
+    let conn = find(
+        &dump["connections"]["inbound"],
+        "workload",
+        "finance/ledger",
+    );
+    assert_eq!(conn["source_identity"], account);
+    assert_eq!(conn["destination"], target.as_str());
+    assert!(conn.get("closing").is_none(), "{conn}");
+
+    // The same as a table, one section, one namespace.
+    let (code, table, err) = veil_config(&node_b, &["connections", "-n", "finance"]);
+    assert_eq!(code, Some(0), "{err}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("finance/ledger"))
+        .unwrap_or_else(|| panic!("no connection row in\n{table}"));
+    assert!(row.contains(account) && row.contains(&target), "{table}");
+    assert!(!table.contains("WORKLOADS"), "one section only:\n{table}");
+
+    // The source's ztunnel pools an HBONE connection to the ledger's.
+    let node_a = m.cluster.node("node-a").netns.clone();
+    let pooled = config_json(&node_a, &["connections"]);
+    let out = find(&pooled["outbound"], "destination_identity", ledger);
+    assert_eq!(out["source_identity"], account);
+    assert_eq!(out["destination"], format!("{ledger_ip}:15008").as_str());
+
+    // The waypoint: its namespace's part of the mesh and its own certificate.
+    let waypoint = m.cluster.pod("waypoint").netns.clone();
+    let dump = config_json(&waypoint, &[]);
+    assert_eq!(dump["proxy"]["kind"], "waypoint");
+    assert_eq!(dump["proxy"]["name"], "user-data/waypoint");
+    let access = find(&dump["policies"], "name", "user-profile-access");
+    assert_eq!(access["applies_to"], "service user-profile-service");
+    find(
+        &dump["certificates"],
+        "identity",
+        "spiffe://cluster.local/ns/user-data/sa/waypoint",
+    );
+
+    // Nothing listening there: exit 2, and what to do about it.
+    let (code, _, err) = veil_config(&node_b, &["--admin", "127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("port-forward"), "{err}");
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
+use veil_mesh::admin::{CertificateInfo, ConfigDump, PooledConnection, ProxyInfo};
 use veil_mesh::discovery::{self, ConfigError, MeshSettings, Origin, WaypointRef};
 use veil_mesh::hbone::H2Settings;
 use veil_mesh::identity::{
@@ -14,7 +15,7 @@ use veil_mesh::identity::{
     parse_trust_domain, server_config,
 };
 use veil_mesh::pool::{Pool, PoolSettings};
-use veil_mesh::telemetry::http::{Handler, openmetrics, serve, text};
+use veil_mesh::telemetry::http::{Handler, json, openmetrics, serve, text};
 use veil_mesh::telemetry::metrics::Metrics;
 use veil_mesh::xds;
 
@@ -140,7 +141,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics: metrics.clone(),
     });
     let ctx = Arc::new(Context::new(
-        upstreams,
+        upstreams.clone(),
         access_log,
         Settings {
             request_timeout: config.request_timeout,
@@ -148,7 +149,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             path_normalization: config.path_normalization,
         },
     ));
-    let endpoints: [(std::net::SocketAddr, Handler); 2] = [
+    let endpoints: [(std::net::SocketAddr, Handler); 3] = [
         (config.metrics_addr, {
             let (metrics, certs) = (metrics.clone(), certs.clone());
             Arc::new(move |req| match req.uri.path() {
@@ -165,6 +166,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     "not ready: no certificate yet\n",
                 ),
                 _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            })
+        }),
+        (config.admin_addr, {
+            let (upstreams, certs) = (upstreams.clone(), certs.clone());
+            Arc::new(move |req| match req.uri.path() {
+                "/config_dump" => json(&config_dump(&upstreams, &certs)),
+                _ => text(StatusCode::NOT_FOUND, "not found (try /config_dump)\n"),
             })
         }),
     ];
@@ -193,4 +201,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     info!("veil-waypoint stopped");
     Ok(())
+}
+
+/// What this waypoint holds, in the schema `veil config` reads: its namespace's part of the mesh, its
+/// certificate and its pooled tunnels.
+fn config_dump(upstreams: &Upstreams, certs: &CertManager) -> ConfigDump {
+    let state = upstreams.state.borrow().clone();
+    let mut dump = ConfigDump::from_state(
+        ProxyInfo {
+            kind: "waypoint".to_owned(),
+            name: upstreams.me.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+        &state,
+    );
+    dump.certificates = certs
+        .expiries()
+        .iter()
+        .map(|(id, exp)| CertificateInfo::of(id, *exp))
+        .collect();
+    dump.connections.outbound = upstreams
+        .pool
+        .connections_by_peer()
+        .into_iter()
+        .map(|(key, connections)| PooledConnection {
+            source_identity: key.src.to_string(),
+            destination_identity: key.dst.to_string(),
+            destination: key.dst_addr,
+            connections,
+        })
+        .collect();
+    dump
 }

@@ -105,6 +105,10 @@ pub struct Config {
     /// Readiness endpoint.
     #[arg(long, default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
+    /// Admin endpoint (`/config_dump`: what this waypoint holds, as `veil config` shows it). Keep it
+    /// on loopback: it names every workload and policy the waypoint knows.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
     /// Log format: text or json.
     #[arg(long, env = "VEIL_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,

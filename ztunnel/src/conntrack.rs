@@ -97,6 +97,15 @@ impl LiveConnections {
         self.lock().len()
     }
 
+    /// Every registered connection, with its closing decision if a re-check made one.
+    pub fn snapshot(&self) -> Vec<(Admitted, Option<Closing>)> {
+        let entries: Vec<Arc<Entry>> = self.lock().values().cloned().collect();
+        entries
+            .iter()
+            .map(|e| (e.conn.clone(), e.closing.borrow().clone()))
+            .collect()
+    }
+
     /// Whether no connection is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -1,13 +1,15 @@
 //! Operational endpoints: Prometheus metrics (15020), readiness (15021), and the admin config dump
-//! (15000, loopback only). The dump shows certificates by serial and expiry, never key material.
+//! (15000, loopback only). The dump shows certificates by identity and expiry, never key material.
 
 use std::sync::Arc;
 
 use http::StatusCode;
-use serde::Serialize;
-use veil_mesh::identity::rfc3339;
+use veil_mesh::admin::{
+    CertificateInfo, ConfigDump, InboundConnection, PooledConnection, ProxyInfo,
+};
 use veil_mesh::telemetry::http::{Handler, json, openmetrics, text};
 
+use crate::conntrack::Denial;
 use crate::context::Context;
 use crate::enrol::{CaptureStatus, StatusMap};
 
@@ -79,69 +81,80 @@ fn not_ready(ctx: &Context, status: &StatusMap) -> Vec<String> {
     problems
 }
 
-#[derive(Serialize)]
-struct Dump {
-    node: String,
-    summary: veil_mesh::discovery::Summary,
-    captured: std::collections::BTreeMap<String, CaptureStatus>,
-    certificates: Vec<CertDump>,
-    workloads: Vec<Arc<veil_mesh::discovery::Workload>>,
-    services: Vec<Arc<veil_mesh::discovery::Service>>,
-    authorization_policies: Vec<PolicyDump>,
-    l7_policies_failing_closed_at_l4: Vec<String>,
-    hbone_connections: usize,
-}
-
-#[derive(Serialize)]
-struct CertDump {
-    identity: String,
-    not_after: Option<String>,
-}
-
-#[derive(Serialize)]
-struct PolicyDump {
-    id: String,
-    action: String,
-    uses_l7: bool,
-}
-
 /// `/config_dump`.
 pub fn admin(ctx: Arc<Context>, status: StatusMap) -> Handler {
     Arc::new(move |req| {
         if req.uri.path() != "/config_dump" {
             return text(StatusCode::NOT_FOUND, "not found (try /config_dump)\n");
         }
-        let state = ctx.state();
-        json(&Dump {
-            node: ctx.node.clone(),
-            summary: state.summary(),
-            captured: status.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            certificates: ctx
-                .certs
-                .expiries()
-                .into_iter()
-                .map(|(id, exp)| CertDump {
-                    identity: id.to_string(),
-                    not_after: exp.map(rfc3339),
-                })
-                .collect(),
-            workloads: state.workloads(),
-            services: state.services().cloned().collect::<Vec<_>>(),
-            authorization_policies: state
-                .authz_policies()
-                .iter()
-                .map(|p| PolicyDump {
-                    id: p.id.to_string(),
-                    action: format!("{:?}", p.action).to_uppercase(),
-                    uses_l7: p.uses_l7,
-                })
-                .collect(),
-            l7_policies_failing_closed_at_l4: state
-                .l7_policies_enforced_at_l4()
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            hbone_connections: ctx.pool.connections(),
-        })
+        json(&config_dump(&ctx, &status))
     })
+}
+
+/// What this ztunnel holds, in the schema `veil config` reads.
+pub fn config_dump(ctx: &Context, status: &StatusMap) -> ConfigDump {
+    let state = ctx.state();
+    let mut dump = ConfigDump::from_state(
+        ProxyInfo {
+            kind: "ztunnel".to_owned(),
+            name: ctx.node.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+        &state,
+    );
+    dump.captured = status
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(uid, s)| {
+            let value = serde_json::to_value(s).unwrap_or_else(|e| e.to_string().into());
+            (uid.clone(), value)
+        })
+        .collect();
+    dump.certificates = ctx
+        .certs
+        .expiries()
+        .iter()
+        .map(|(id, exp)| CertificateInfo::of(id, *exp))
+        .collect();
+    let now = tokio::time::Instant::now();
+    dump.connections.inbound = ctx
+        .live
+        .snapshot()
+        .into_iter()
+        .map(|(conn, closing)| {
+            let workload = state.workload(&conn.workload_uid);
+            InboundConnection {
+                source_identity: conn.source.as_ref().map(ToString::to_string),
+                source_ip: conn.source_ip,
+                destination: conn.destination,
+                workload: workload.map_or_else(|| conn.workload_uid.clone(), |w| w.key()),
+                closing: closing.map(|c| {
+                    let reason = match (&c.denial, workload) {
+                        (Denial::Denied(admission), Some(w)) => admission.reason(w),
+                        (Denial::Denied(_), None) | (Denial::Gone, _) => {
+                            "the workload is no longer in the mesh".to_owned()
+                        }
+                    };
+                    let left = c.at.saturating_duration_since(now);
+                    format!("in {} s: {reason}", left.as_secs())
+                }),
+            }
+        })
+        .collect();
+    dump.connections.inbound.sort_by(|a, b| {
+        (&a.workload, a.destination, a.source_ip).cmp(&(&b.workload, b.destination, b.source_ip))
+    });
+    dump.connections.outbound = ctx
+        .pool
+        .connections_by_peer()
+        .into_iter()
+        .map(|(key, connections)| PooledConnection {
+            source_identity: key.src.to_string(),
+            destination_identity: key.dst.to_string(),
+            destination: key.dst_addr,
+            connections,
+        })
+        .collect();
+    dump
 }

@@ -631,6 +631,11 @@ impl MeshState {
         )
     }
 
+    /// Every PeerAuthentication.
+    pub fn peer_auth_policies(&self) -> &[PeerAuthPolicy] {
+        &self.peer_auth
+    }
+
     /// Every AuthorizationPolicy.
     pub fn authz_policies(&self) -> &[Arc<AuthzPolicy>] {
         self.authz.all()

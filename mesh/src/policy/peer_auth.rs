@@ -70,6 +70,32 @@ pub fn compile_peer_auth(
     })
 }
 
+impl PeerAuthPolicy {
+    /// The workload labels it selects by; none when it applies to its whole namespace.
+    pub fn selector(&self) -> Option<&BTreeMap<String, String>> {
+        self.selector.as_ref()
+    }
+
+    /// Its modes in words: `STRICT`, or e.g. `UNSET (port 8080: PERMISSIVE)`.
+    pub fn describe_mode(&self) -> String {
+        let name = |m: MtlsMode| match m {
+            MtlsMode::Unset => "UNSET",
+            MtlsMode::Strict => "STRICT",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Disable => "DISABLE",
+        };
+        if self.ports.is_empty() {
+            return name(self.mode).to_owned();
+        }
+        let ports: Vec<String> = self
+            .ports
+            .iter()
+            .map(|(port, mode)| format!("port {port}: {}", name(*mode)))
+            .collect();
+        format!("{} ({})", name(self.mode), ports.join(", "))
+    }
+}
+
 /// Resolves the mode of `port` on a workload of `namespace` with `labels`.
 pub fn resolve_peer_mode(
     policies: &[PeerAuthPolicy],

@@ -75,7 +75,8 @@ pub(crate) fn check(extra: &[String]) -> anyhow::Result<()> {
         .args(["--kube-version", KUBE_VERSION, "--namespace", "veil-system"])
         .arg("--validator")
         .arg(venv.join("bin/kubernetes-validate"))
-        .args(["--crds", veil_crd::CRD_DIR, "--examples", "docs/examples"]);
+        .args(["--crds", veil_crd::CRD_DIR, "--examples", "docs/examples"])
+        .args(["--foreign-crds", "xtask/src/charts/foreign-crds"]);
     for values in extra {
         cmd.arg("--values").arg(values);
     }

@@ -118,9 +118,7 @@ def check_chart(chart, extra, args, tmp):
         except helm_python.HelmError as e:
             fail(f"{chart.name} ({label}): render: {e}")
             continue
-        problem = validate_manifests(docs, args.validator, args.kube_version, tmp / chart.name / label.replace("/", "_"))
-        if problem:
-            problem = f"kubernetes-validate --strict -k {args.kube_version}:\n{problem}"
+        problem = manifests_problem(docs, args, tmp / chart.name / label.replace("/", "_"))
         problem = problem or embedded_json_problem(docs)
         if problem:
             fail(f"{chart.name} ({label}): {problem}")
@@ -135,11 +133,34 @@ def check_chart(chart, extra, args, tmp):
             reason = str(e).strip().splitlines()
             ok(f"{chart.name} ({label}): refused at render: {' '.join(reason)[:300]}")
             continue
-        problem = validate_manifests(docs, args.validator, args.kube_version, tmp / chart.name / label.replace("/", "_"))
+        problem = manifests_problem(docs, args, tmp / chart.name / label.replace("/", "_"))
         if problem:
-            ok(f"{chart.name} ({label}): refused by kubernetes-validate: {problem.splitlines()[0][:300]}")
+            ok(f"{chart.name} ({label}): refused: {problem.splitlines()[0][:300]}")
         else:
             fail(f"{chart.name} ({label}): a deliberately broken value was NOT caught")
+
+
+def manifests_problem(docs, args, workdir):
+    """Objects of another project's CRDs (`--foreign-crds`, e.g. the Prometheus Operator's PodMonitor)
+    against their schemas, the rest with kubernetes-validate; the first problem found, else None."""
+    foreign = crd_schemas(pathlib.Path(args.foreign_crds))
+    mine, theirs = [], []
+    for item in docs:
+        doc = item[1]
+        (theirs if (doc.get("apiVersion"), doc.get("kind")) in foreign else mine).append(item)
+    for _, doc in theirs:
+        key = (doc.get("apiVersion"), doc.get("kind"))
+        errors = sorted(
+            jsonschema.Draft7Validator(foreign[key]).iter_errors(doc),
+            key=lambda e: list(e.absolute_path),
+        )
+        if errors:
+            e = errors[0]
+            return f"{key[1]} {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message} (its CRD's schema)"
+    problem = validate_manifests(mine, args.validator, args.kube_version, workdir)
+    if problem:
+        return f"kubernetes-validate --strict -k {args.kube_version}:\n{problem}"
+    return None
 
 
 def strict(schema):
@@ -224,6 +245,7 @@ def main():
     parser.add_argument("--validator", required=True)
     parser.add_argument("--crds", required=True)
     parser.add_argument("--examples", required=True)
+    parser.add_argument("--foreign-crds", required=True, help="other projects' CRDs the charts may render objects of")
     parser.add_argument("--values", action="append", default=[], help="CHART=FILE: render CHART with FILE too")
     parser.add_argument("charts", nargs="+")
     args = parser.parse_args()

@@ -640,7 +640,7 @@ fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
         ..MeshSpec::default()
     })
     .expect("starting the mesh");
-    // Each node's "kubelet" probes its pod throughout (HTTP and TCP, every 100 ms), in plaintext
+    // Each node's "kubelet" probes its pod throughout (HTTP, TCP and gRPC, every 100 ms), in plaintext
     // from the node, as under STRICT only the node's probe source may.
     let mut kubelets = Vec::new();
     for (node, pod) in [("node-a", "client"), ("node-b", "server")] {
@@ -648,6 +648,7 @@ fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
         let targets = [
             format!("http://{ip}:8080/healthz"),
             format!("tcp://{ip}:9090"),
+            format!("grpc://{ip}:50051"),
         ];
         kubelets.push((node, m.start_kubelet(node, &targets).unwrap()));
     }

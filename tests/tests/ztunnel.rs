@@ -655,9 +655,43 @@ fn kubelet_probes_from_the_node_pass_under_strict_and_nothing_else_gets_plaintex
     )
     .unwrap();
     assert!(tcp.status.success(), "TCP probe failed: {tcp:?}");
+    // A gRPC probe (grpc.health.v1 over plaintext HTTP/2 on the application's port) too.
+    let grpc = format!("grpc://{}:50051", m.cluster.pod("server").ip);
+    let probe = |netns: &str| {
+        let app = bin("e2e-app").to_string_lossy().into_owned();
+        veil_e2e::cluster::exec(netns, &[&app, "probe", &grpc]).unwrap()
+    };
+    let passed = probe(&node_a);
+    assert!(passed.status.success(), "gRPC probe failed: {passed:?}");
+    // An exec probe runs in the pod: what it reaches over the pod's loopback is not captured.
+    let exec_probe = veil_e2e::cluster::exec(
+        &m.cluster.pod("server").netns,
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:8080/healthz",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&exec_probe.stdout),
+        "200",
+        "{exec_probe:?}"
+    );
 
     // A pod outside the mesh on the same node gets nothing in plaintext, not even when it forges
-    // the probe source (the node drops it on arrival).
+    // the probe source (the node drops it on arrival). Nor does a gRPC probe from it.
+    let refused = probe(&m.cluster.pod("rogue").netns);
+    assert!(
+        !refused.status.success(),
+        "a pod outside the mesh passed a gRPC probe"
+    );
     assert_eq!(m.curl("rogue", &server).ok().map(|r| r.0), None);
     let rogue = m.cluster.pod("rogue").netns.clone();
     veil_e2e::cluster::exec(
@@ -675,6 +709,10 @@ fn kubelet_probes_from_the_node_pass_under_strict_and_nothing_else_gets_plaintex
     assert!(guard_drops(&node_a) > 0, "the node's guard dropped nothing");
     // Another node is not this node: its plaintext is refused, forged probe source or not.
     assert_eq!(curl_in(&node_b, &[], &server), None);
+    assert!(
+        !probe(&node_b).status.success(),
+        "another node passed a gRPC probe"
+    );
     veil_e2e::cluster::exec(
         &node_b,
         &["ip", "addr", "add", "169.254.7.127/32", "dev", "lo"],
@@ -687,8 +725,8 @@ fn kubelet_probes_from_the_node_pass_under_strict_and_nothing_else_gets_plaintex
     );
     assert_eq!(
         m.app_log("server").matches("http from").count(),
-        1,
-        "only the probe reached the application:\n{}",
+        2,
+        "only the probes (the kubelet's and the exec probe) reached the application:\n{}",
         m.app_log("server")
     );
 }

@@ -111,6 +111,9 @@ enum Mode {
         #[arg(long, default_value = "200")]
         period_ms: u64,
     },
+    /// Probe `target` once as the kubelet would (see `kubelet`); exit 0 passed, 1 failed (why on
+    /// stderr).
+    Probe { target: String },
     /// Connect to `addr`, send `message`, half-close, print what comes back.
     Tcp {
         addr: SocketAddr,
@@ -140,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
         Mode::Kubelet { targets, period_ms } => {
             kubelet::run(targets, Duration::from_millis(period_ms)).await
         }
+        Mode::Probe { target } => kubelet::once(&target).await,
         Mode::FakeApi { listen, dir } => fake_api::serve(listen, dir).await,
         Mode::HboneForeignRoot {
             addr,
@@ -384,8 +388,10 @@ async fn one_connection(addr: SocketAddr, h2: bool, requests: &[String]) -> anyh
 mod grpc {
     use std::net::SocketAddr;
 
+    use hyper::body::Incoming;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::net::TcpListener;
+    use tower::Service as _;
     use veil_mesh::identity::proto::istio_certificate_service_client::IstioCertificateServiceClient;
     use veil_mesh::identity::proto::istio_certificate_service_server::{
         IstioCertificateService, IstioCertificateServiceServer,
@@ -407,20 +413,30 @@ mod grpc {
         }
     }
 
+    /// Serves the CA API and, on the same port as applications do, `grpc.health.v1.Health` (the
+    /// whole server `SERVING`): what a kubelet gRPC probe asks.
     pub(crate) async fn serve(listener: TcpListener) {
         let service = IstioCertificateServiceServer::new(Fake);
+        let (_reporter, health) = tonic_health::server::health_reporter();
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
-            let service = service.clone();
+            let (service, health) = (service.clone(), health.clone());
+            let both = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+                let (mut service, mut health) = (service.clone(), health.clone());
+                async move {
+                    if request.uri().path().starts_with("/grpc.health.v1.Health/") {
+                        health.call(request).await
+                    } else {
+                        service.call(request).await
+                    }
+                }
+            });
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .http2_only()
-                    .serve_connection(
-                        TokioIo::new(tcp),
-                        hyper_util::service::TowerToHyperService::new(service),
-                    )
+                    .serve_connection(TokioIo::new(tcp), both)
                     .await;
             });
         }

@@ -5,6 +5,9 @@
 //!   `User-Agent: kube-probe/1.33`, `Accept: */*` and `Connection: close`; a status from 200 to 399
 //!   passes (the kubelet's rule); anything else, or no answer within the timeout, fails.
 //! - `tcp://IP:PORT`: the connection is opened and closed; opened within the timeout passes.
+//! - `grpc://IP:PORT[/SERVICE]`: a new plaintext HTTP/2 connection per probe, `grpc.health.v1.Health/
+//!   Check` for SERVICE (the whole server when absent) with the kubelet's user agent; `SERVING`
+//!   passes, any other answer or none within the timeout fails.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,6 +24,7 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 enum Target {
     Http { addr: SocketAddr, path: String },
     Tcp { addr: SocketAddr },
+    Grpc { addr: SocketAddr, service: String },
 }
 
 fn parse(target: &str) -> anyhow::Result<Target> {
@@ -36,11 +40,37 @@ fn parse(target: &str) -> anyhow::Result<Target> {
             addr: addr.parse()?,
         });
     }
-    anyhow::bail!("a probe target is http://IP:PORT/PATH or tcp://IP:PORT, not {target:?}")
+    if let Some(rest) = target.strip_prefix("grpc://") {
+        let (addr, service) = rest.split_once('/').unwrap_or((rest, ""));
+        return Ok(Target::Grpc {
+            addr: addr.parse()?,
+            service: service.to_owned(),
+        });
+    }
+    anyhow::bail!(
+        "a probe target is http://IP:PORT/PATH, tcp://IP:PORT or grpc://IP:PORT[/SERVICE], not {target:?}"
+    )
 }
 
 async fn probe(target: &Target) -> anyhow::Result<()> {
     match target {
+        Target::Grpc { addr, service } => {
+            use tonic_health::pb::health_check_response::ServingStatus;
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .connect_timeout(TIMEOUT)
+                .timeout(TIMEOUT)
+                .user_agent("kube-probe/1.33")?
+                .connect()
+                .await?;
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+            let request = tonic_health::pb::HealthCheckRequest {
+                service: service.clone(),
+            };
+            let answer = tokio::time::timeout(TIMEOUT, client.check(request)).await??;
+            let status = answer.into_inner().status();
+            anyhow::ensure!(status == ServingStatus::Serving, "status {status:?}");
+            Ok(())
+        }
         Target::Tcp { addr } => {
             tokio::time::timeout(TIMEOUT, TcpStream::connect(addr)).await??;
             Ok(())
@@ -85,4 +115,9 @@ pub(crate) async fn run(targets: Vec<String>, period: Duration) -> anyhow::Resul
         }
         println!("probes ok={ok} failed={failed}");
     }
+}
+
+/// Probes `target` once, as the kubelet would; an error says why it failed.
+pub(crate) async fn once(target: &str) -> anyhow::Result<()> {
+    probe(&parse(target)?).await
 }

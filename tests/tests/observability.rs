@@ -436,6 +436,18 @@ fn prometheus_answers_istios_dashboard_queries_for_the_mesh_traffic() {
     );
     check_audit_schema(&lines);
 
+    // Nothing a client sent in any log of the mesh: ztunnels', the waypoint's (access and audit
+    // lines included), the controller's, the CA's.
+    let scanned = scan_logs_for_secrets(&m.dir);
+    let waypoint_log = m.waypoint_log("waypoint");
+    // The waypoint logged the requests (metadata, the default): without their paths.
+    assert!(
+        scanned >= 4
+            && waypoint_log.contains("bytes_sent")
+            && !waypoint_log.contains("/api/v1/profiles"),
+        "{scanned} files scanned; the waypoint's log:\n{waypoint_log}"
+    );
+
     // Bounded labels: nothing a client sent, no path and no address, in any series of the mesh.
     let series = api(
         &m,
@@ -462,6 +474,37 @@ fn prometheus_answers_istios_dashboard_queries_for_the_mesh_traffic() {
             }
         }
     }
+}
+
+/// Every file the run wrote that a proxy, the controller or the CA could have put a client's
+/// secret in: everything under the mesh's directory except the applications' and clients' own
+/// output (an application sees its requests) and Prometheus's storage (checked through its API).
+/// Returns how many files were read, panicking on the first secret found.
+fn scan_logs_for_secrets(dir: &std::path::Path) -> usize {
+    let mut scanned = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if path.is_dir() {
+            if name != "prometheus" {
+                pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            }
+            continue;
+        }
+        if name.starts_with("app-") || name.ends_with("-client.log") || !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        for secret in SECRETS {
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{secret} in {}", path.display());
+        }
+        scanned += 1;
+    }
+    scanned
 }
 
 /// The fields of the audit lines of a policy's status.

@@ -1,6 +1,7 @@
-//! veil's command line: `veil explain` (see docs/cli.md).
+//! veil's command line: `veil explain`, `veil config`, `veil policy convert` (see docs/cli.md).
 
 pub mod config;
+pub mod convert;
 pub mod explain;
 pub mod mesh_file;
 

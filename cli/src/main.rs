@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use veil_cli::explain::{self, Answer, From, Question, Request, To};
-use veil_cli::{config, mesh_file};
+use veil_cli::{config, convert, mesh_file};
 use veil_mesh::discovery::MeshSettings;
 use veil_waypoint::canon::Normalization;
 use veil_ztunnel::context::UnknownDestination;
@@ -30,6 +30,34 @@ enum Command {
     /// connections, read from its admin endpoint (or a saved /config_dump). Exit status: 0 read,
     /// 2 could not be read.
     Config(ConfigArgs),
+    /// Policies: `veil policy convert` (Istio's to veil's).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Istio AuthorizationPolicy and PeerAuthentication YAML to veil's: the converted objects on
+    /// stdout, a report of everything that did not carry over unchanged on stderr. Exit status: 0
+    /// nothing lost, 1 something changed or was not carried over, 2 the input could not be read.
+    Convert(ConvertArgs),
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// The Istio objects (YAML documents, or lists as `kubectl get -o yaml` prints them); `-` for
+    /// stdin.
+    #[arg(long, short = 'f')]
+    file: PathBuf,
+    /// Istio's root namespace (its mesh-wide policies).
+    #[arg(long, default_value = "istio-system")]
+    root_namespace_from: String,
+    /// veil's root namespace, where mesh-wide policies move.
+    #[arg(long, default_value = "veil-system")]
+    root_namespace: String,
+    /// The report's format (the converted objects are always YAML).
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    output: Output,
 }
 
 #[derive(clap::Args)]
@@ -120,6 +148,14 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Policy(PolicyCommand::Convert(args)) => match run_convert(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("veil policy convert: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Explain(args) => match run_explain(&args) {
             Ok(answer) if answer.allowed => ExitCode::SUCCESS,
             Ok(_) => ExitCode::from(1),
@@ -195,6 +231,36 @@ fn run_config(args: &ConfigArgs) -> anyhow::Result<()> {
         Output::Yaml => serde_saphyr::to_string(&config::select(&dump, args.section)?)?,
     };
     write_out(&text)
+}
+
+/// Converts; `Ok(true)` when nothing was lost.
+fn run_convert(args: &ConvertArgs) -> anyhow::Result<bool> {
+    let input = if args.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?
+    };
+    let options = convert::Options {
+        root_namespace_from: args.root_namespace_from.clone(),
+        root_namespace_to: args.root_namespace.clone(),
+    };
+    let conversion = convert::convert(&input, &options)?;
+    let report = match args.output {
+        Output::Table => convert::report_table(&conversion),
+        Output::Json => {
+            serde_json::to_string_pretty(&serde_json::json!({"findings": conversion.findings}))?
+                + "\n"
+        }
+        Output::Yaml => {
+            serde_saphyr::to_string(&serde_json::json!({"findings": conversion.findings}))?
+        }
+    };
+    write_out(&conversion.objects_yaml())?;
+    std::io::stderr()
+        .write_all(report.as_bytes())
+        .context("writing the report")?;
+    Ok(conversion.is_lossless())
 }
 
 /// Writes the command's output to stdout; a failed write is an error.

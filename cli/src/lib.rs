@@ -1,5 +1,6 @@
 //! veil's command line: `veil explain`, `veil config`, `veil policy convert` (see docs/cli.md).
 
+pub mod check;
 pub mod config;
 pub mod convert;
 pub mod explain;

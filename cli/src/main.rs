@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use veil_cli::explain::{self, Answer, From, Question, Request, To};
-use veil_cli::{config, convert, mesh_file};
+use veil_cli::{check, config, convert, mesh_file};
 use veil_mesh::discovery::MeshSettings;
 use veil_waypoint::canon::Normalization;
 use veil_ztunnel::context::UnknownDestination;
@@ -30,9 +30,23 @@ enum Command {
     /// connections, read from its admin endpoint (or a saved /config_dump). Exit status: 0 read,
     /// 2 could not be read.
     Config(ConfigArgs),
+    /// Is veil installed and healthy? The API server, veil's CRDs, the CA and the controller, a
+    /// ready ztunnel on every node with valid certificates, the CA reachable, every policy
+    /// accepted. Exit status: 0 healthy (warnings allowed), 1 a check failed, 2 the cluster could
+    /// not be asked.
+    Check(CheckArgs),
     /// Policies: `veil policy convert` (Istio's to veil's).
     #[command(subcommand)]
     Policy(PolicyCommand),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    options: check::Options,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    output: Output,
 }
 
 #[derive(Subcommand)]
@@ -148,6 +162,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Check(args) => run_check(&args),
         Command::Policy(PolicyCommand::Convert(args)) => match run_convert(&args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
@@ -231,6 +246,37 @@ fn run_config(args: &ConfigArgs) -> anyhow::Result<()> {
         Output::Yaml => serde_saphyr::to_string(&config::select(&dump, args.section)?)?,
     };
     write_out(&text)
+}
+
+fn run_check(args: &CheckArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("veil check: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = runtime.block_on(async {
+        match kube::Config::infer().await {
+            Ok(config) => check::check(config, &args.options).await,
+            Err(e) => check::Report::unreachable(&args.options.namespace, &e),
+        }
+    });
+    let text = match args.output {
+        Output::Table => Ok(check::table(&report)),
+        Output::Json => serde_json::to_string_pretty(&report)
+            .map(|j| j + "\n")
+            .map_err(anyhow::Error::from),
+        Output::Yaml => serde_saphyr::to_string(&report).map_err(anyhow::Error::from),
+    };
+    if let Err(e) = text.and_then(|t| write_out(&t)) {
+        eprintln!("veil check: writing the report: {e:#}");
+        return ExitCode::from(2);
+    }
+    ExitCode::from(report.exit_code())
 }
 
 /// Converts; `Ok(true)` when nothing was lost.

@@ -4,8 +4,11 @@
 //! generator); every change becomes a watch event with a fresh resourceVersion. Only the newest
 //! events are kept: a watch from an older version gets `410 Expired`, as from a real API server
 //! whose watch cache has moved on, and the client lists again. The writes the controller makes
-//! (its status Lease, policy status) are served too ([`writes`]).
+//! (its status Lease, policy status) are served too ([`writes`]), and what `veil check` reads: single
+//! objects, a namespace's objects by label and field ([`reads`]), and the pod proxy ([`proxy`]).
 
+mod proxy;
+mod reads;
 mod writes;
 
 pub use writes::Write;
@@ -37,6 +40,21 @@ pub const RESOURCES: &[(&str, &str, &str)] = &[
         "/apis/security.veil.dev/v1/peerauthentications",
         "peerauthentications",
         "PeerAuthentication",
+    ),
+    // What `veil check` reads of an install.
+    ("/apis/apps/v1/deployments", "deployments", "Deployment"),
+    ("/apis/apps/v1/daemonsets", "daemonsets", "DaemonSet"),
+    ("/api/v1/events", "events", "Event"),
+    ("/api/v1/configmaps", "configmaps", "ConfigMap"),
+    (
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "endpointslices",
+        "EndpointSlice",
+    ),
+    (
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
     ),
 ];
 
@@ -232,6 +250,13 @@ impl Api {
         ))
     }
 
+    /// The answer to a GET of one object, of a namespace's objects or of `/version`; `None` for
+    /// any other path.
+    pub fn read<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+        let query = query_pairs(req.uri().query());
+        self.lock().read(req.uri().path(), &query)
+    }
+
     /// The events of `resource` after version `from`, then each new one as it happens.
     fn watch(&self, resource: &'static str, from: u64) -> Response<Body> {
         let api = self.clone();
@@ -323,10 +348,18 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (api, other) = (api.clone(), other.clone());
                 async move {
-                    if req.method() == http::Method::GET
-                        && let Some(response) = api.handle(&req)
-                    {
-                        return Ok::<_, Infallible>(response);
+                    if req.method() == http::Method::GET {
+                        if let Some(response) = api.handle(&req).or_else(|| api.read(&req)) {
+                            return Ok::<_, Infallible>(response);
+                        }
+                        let route = api.lock().proxy_route(req.uri().path(), req.uri().query());
+                        match route {
+                            Some(Ok((target, path))) => {
+                                return Ok(proxy::forward(target, path).await);
+                            }
+                            Some(Err(refused)) => return Ok(refused),
+                            None => {}
+                        }
                     }
                     let (parts, body) = req.into_parts();
                     let body = body
@@ -358,6 +391,48 @@ pub async fn serve(
                     .await;
         });
     }
+}
+
+/// Serves `api` on `listener` (bound where its clients are) from a thread of its own in network
+/// namespace `netns`: the connections the server opens — the pod proxy's — start there, as a real API
+/// server's start from the cluster's network. The thread lives as long as the process.
+pub fn spawn_in_netns(
+    listener: std::net::TcpListener,
+    api: Api,
+    netns: &str,
+) -> std::io::Result<()> {
+    let namespace = std::fs::File::open(format!("/var/run/netns/{netns}"))?;
+    listener.set_nonblocking(true)?;
+    let (started, result) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("api-{netns}"))
+        .spawn(move || {
+            let runtime = nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+                .and_then(|()| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                });
+            let runtime = match runtime {
+                Ok(r) => {
+                    let _ = started.send(Ok(()));
+                    r
+                }
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
+                    let _ = serve(listener, api, |_| not_found()).await;
+                }
+            });
+        })?;
+    result
+        .recv()
+        .map_err(|_| std::io::Error::other("the API server's thread ended"))?
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod apiserver;
 pub mod certs;
 pub mod cluster;
 pub mod controlplane;
+pub mod install;
 pub mod kube;
 pub mod mesh;
 pub mod process;

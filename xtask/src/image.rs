@@ -19,21 +19,23 @@ use anyhow::{Context, bail, ensure};
 
 use crate::proto::workspace_root;
 
-/// Every binary the charts run.
-const BINARIES: [&str; 5] = [
+/// Every binary the charts run (`veil` for `helm test`: `veil check`).
+const BINARIES: [&str; 6] = [
     "veil-ca",
     "veil-controller",
     "veil-ztunnel",
     "veil-cni",
     "veil-waypoint",
+    "veil",
 ];
 
 /// The packages that hold them.
-const PACKAGES: [&str; 4] = [
+const PACKAGES: [&str; 5] = [
     "veil-ca",
     "veil-controller",
     "veil-ztunnel",
     "veil-waypoint",
+    "veil-cli",
 ];
 
 /// The names ztunnel runs iptables by, all one multi-call binary.

@@ -6,11 +6,14 @@
 //! whose watch cache has moved on, and the client lists again. The writes the controller makes
 //! (its status Lease, policy status) are served too ([`writes`]), and what `veil check` reads: single
 //! objects, a namespace's objects by label and field ([`reads`]), and the pod proxy ([`proxy`]).
+//! A test can keep a journal of the requests answered and hold GETs back ([`journal`]).
 
+mod journal;
 mod proxy;
 mod reads;
 mod writes;
 
+pub use journal::Noted;
 pub use writes::Write;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -46,6 +49,8 @@ pub const RESOURCES: &[(&str, &str, &str)] = &[
     ("/apis/apps/v1/daemonsets", "daemonsets", "DaemonSet"),
     ("/api/v1/events", "events", "Event"),
     ("/api/v1/configmaps", "configmaps", "ConfigMap"),
+    // What the CA keeps its root in.
+    ("/api/v1/secrets", "secrets", "Secret"),
     (
         "/apis/discovery.k8s.io/v1/endpointslices",
         "endpointslices",
@@ -178,6 +183,7 @@ impl ApiStore {
 pub struct Api {
     store: Arc<Mutex<ApiStore>>,
     changed: Arc<watch::Sender<u64>>,
+    watched: Arc<journal::Watched>,
 }
 
 impl Default for Api {
@@ -185,6 +191,7 @@ impl Default for Api {
         Self {
             store: Arc::default(),
             changed: Arc::new(watch::channel(0).0),
+            watched: Arc::default(),
         }
     }
 }
@@ -348,41 +355,16 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (api, other) = (api.clone(), other.clone());
                 async move {
-                    if req.method() == http::Method::GET {
-                        if let Some(response) = api.handle(&req).or_else(|| api.read(&req)) {
-                            return Ok::<_, Infallible>(response);
-                        }
-                        let route = api.lock().proxy_route(req.uri().path(), req.uri().query());
-                        match route {
-                            Some(Ok((target, path))) => {
-                                return Ok(proxy::forward(target, path).await);
-                            }
-                            Some(Err(refused)) => return Ok(refused),
-                            None => {}
-                        }
-                    }
                     let (parts, body) = req.into_parts();
                     let body = body
                         .collect()
                         .await
                         .map(|b| b.to_bytes())
                         .unwrap_or_default();
-                    let query = query_pairs(parts.uri.query());
-                    let content_type = parts
-                        .headers
-                        .get(http::header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default();
-                    let write = Write {
-                        method: &parts.method,
-                        path: parts.uri.path(),
-                        query: &query,
-                        content_type,
-                        body: &body,
-                    };
-                    Ok(api
-                        .change(|s| s.write(&write))
-                        .unwrap_or_else(|| other(&parts)))
+                    api.held(&parts).await;
+                    let response = answer(&api, &parts, &body, &other).await;
+                    api.note(&parts, &body, response.status());
+                    Ok::<_, Infallible>(response)
                 }
             });
             let _ =
@@ -391,6 +373,43 @@ pub async fn serve(
                     .await;
         });
     }
+}
+
+/// The answer to one request: a list or watch, a read, the pod proxy, a write, or `other`'s.
+async fn answer(
+    api: &Api,
+    parts: &http::request::Parts,
+    body: &Bytes,
+    other: &impl Fn(&http::request::Parts) -> Response<Body>,
+) -> Response<Body> {
+    if parts.method == http::Method::GET {
+        let mut req = Request::new(());
+        *req.uri_mut() = parts.uri.clone();
+        if let Some(response) = api.handle(&req).or_else(|| api.read(&req)) {
+            return response;
+        }
+        let route = api.lock().proxy_route(parts.uri.path(), parts.uri.query());
+        match route {
+            Some(Ok((target, path))) => return proxy::forward(target, path).await,
+            Some(Err(refused)) => return refused,
+            None => {}
+        }
+    }
+    let query = query_pairs(parts.uri.query());
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let write = Write {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: &query,
+        content_type,
+        body,
+    };
+    api.change(|s| s.write(&write))
+        .unwrap_or_else(|| other(parts))
 }
 
 /// Serves `api` on `listener` (bound where its clients are) from a thread of its own in network

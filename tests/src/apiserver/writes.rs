@@ -1,7 +1,9 @@
 //! The writes the stand-in API server takes: coordination.k8s.io Leases (get, create, server-side
 //! apply and merge patches, with the field ownership that makes two appliers of a different
-//! `holderIdentity` conflict, as the real server's does), and merge patches of policies' status
-//! subresource (stored, announced to watches, logged). Anything else is not served.
+//! `holderIdentity` conflict, as the real server's does), merge patches of policies' status
+//! subresource (stored, announced to watches, logged), and creates and server-side applies of
+//! Secrets and ConfigMaps (what the CA writes: its root Secret, once, and the root ConfigMap in
+//! every namespace). Anything else is not served.
 //!
 //! Field ownership is modelled for the Lease's `spec` fields only, one owner per field: an apply
 //! that changes a field another manager set is refused with `409 Conflict` (unless forced); an
@@ -16,6 +18,8 @@ use serde_json::{Map, Value, json};
 use super::{ApiStore, Body, json_response};
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/";
+/// The core kinds created and applied here.
+const CORE: &[&str] = &["secrets", "configmaps"];
 
 /// A Lease and who owns each of its `spec` fields.
 #[derive(Debug, Default)]
@@ -75,7 +79,106 @@ impl ApiStore {
         if let Some(rest) = w.path.strip_prefix(LEASES) {
             return Some(self.lease(w, rest));
         }
+        if let Some(answer) = self.core(w) {
+            return Some(answer);
+        }
         self.status_patch(w)
+    }
+
+    /// `POST /api/v1/namespaces/<ns>/<kind>` (create: `409 AlreadyExists` if the name is taken)
+    /// and `PATCH …/<kind>/<name>` (a server-side apply or merge patch: created if absent, with
+    /// `201`, as the real server does) of Secrets and ConfigMaps. Field ownership is not modelled:
+    /// the CA, their only writer, forces its applies.
+    fn core(&mut self, w: &Write<'_>) -> Option<http::Response<Body>> {
+        let rest = w.path.strip_prefix("/api/v1/namespaces/")?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let (namespace, resource, named) = match parts.as_slice() {
+            [ns, r] => (*ns, *r, None),
+            [ns, r, name] => (*ns, *r, Some(*name)),
+            _ => return None,
+        };
+        let resource = *CORE.iter().find(|r| **r == resource)?;
+        let Ok(body) = serde_json::from_slice::<Value>(w.body) else {
+            return Some(status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON"));
+        };
+        Some(match (w.method, named) {
+            (&Method::POST, None) => self.create(resource, namespace, body),
+            (&Method::PATCH, Some(name)) => self.apply(resource, namespace, name, &body),
+            _ => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "not served",
+            ),
+        })
+    }
+
+    fn create(
+        &mut self,
+        resource: &str,
+        namespace: &str,
+        mut object: Value,
+    ) -> http::Response<Body> {
+        let Some(name) = object["metadata"]["name"].as_str().map(str::to_owned) else {
+            return status(StatusCode::BAD_REQUEST, "BadRequest", "no name");
+        };
+        let key = format!("{namespace}/{name}");
+        if self.stored(resource, &key).is_some() {
+            let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("{resource} \"{name}\" already exists"), "reason": "AlreadyExists", "details": {"name": name, "kind": resource}, "code": 409});
+            return json_response(StatusCode::CONFLICT, body.to_string().into());
+        }
+        self.stamp_new(&mut object, namespace);
+        self.put(resource, &key, object, true);
+        self.answer(StatusCode::CREATED, resource, &key)
+    }
+
+    fn apply(
+        &mut self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> http::Response<Body> {
+        let key = format!("{namespace}/{name}");
+        let (code, mut object) = match self.stored(resource, &key) {
+            Some(existing) => (StatusCode::OK, existing),
+            None => {
+                let mut fresh = json!({"metadata": {"name": name}});
+                self.stamp_new(&mut fresh, namespace);
+                (StatusCode::CREATED, fresh)
+            }
+        };
+        // The object applied owns all its fields: its `data` replaces what was there.
+        if let Some(data) = patch.get("data") {
+            object["data"] = data.clone();
+        }
+        let mut rest = patch.clone();
+        if let Some(fields) = rest.as_object_mut() {
+            fields.remove("data");
+        }
+        merge(&mut object, &rest);
+        self.put(resource, &key, object, true);
+        self.answer(code, resource, &key)
+    }
+
+    /// The object under `key`, parsed.
+    fn stored(&self, resource: &str, key: &str) -> Option<Value> {
+        let resource = Self::served(resource)?;
+        let served = self.objects.get(&(resource, key.to_owned()))?;
+        serde_json::from_slice(served).ok()
+    }
+
+    /// What the API server adds to an object it creates (the resourceVersion is `put`'s).
+    fn stamp_new(&self, object: &mut Value, namespace: &str) {
+        let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        object["metadata"]["namespace"] = json!(namespace);
+        object["metadata"]["uid"] = json!(format!("uid-{}", self.version + 1));
+        object["metadata"]["creationTimestamp"] = json!(created.to_string());
+    }
+
+    fn answer(&self, code: StatusCode, resource: &str, key: &str) -> http::Response<Body> {
+        let resource = Self::resource(resource);
+        let served = self.objects[&(resource, key.to_owned())].clone();
+        json_response(code, served)
     }
 
     fn lease(&mut self, w: &Write<'_>, rest: &str) -> http::Response<Body> {

@@ -161,6 +161,9 @@ pub enum Severity {
     /// The object was not converted and a fail-closed stand-in takes its place: a policy that admits
     /// no more than the original did (it allows nothing, or denies everything).
     StandIn,
+    /// Converted as written, but veil enforces it in a way that can admit what Istio refused (veil's
+    /// semantics, not the conversion, differ): review it before applying.
+    Widens,
     /// The whole object was not converted: converting it would widen access, or veil refuses it.
     /// Without a [`Severity::StandIn`] finding next to it, nothing takes its place.
     NotConverted,
@@ -172,6 +175,7 @@ impl fmt::Display for Severity {
             Self::Changed => "changed",
             Self::Dropped => "dropped",
             Self::StandIn => "stand_in",
+            Self::Widens => "widens",
             Self::NotConverted => "not_converted",
         })
     }
@@ -578,5 +582,13 @@ pub fn report_table(conversion: &Conversion) -> String {
             "; see the findings above."
         }
     );
+    let widens = objects_with(Severity::Widens).len();
+    if widens > 0 {
+        let _ = writeln!(
+            out,
+            "WARNING: {widens} converted object(s) may admit traffic Istio refused (severity \
+             widens): review them before applying."
+        );
+    }
     out
 }

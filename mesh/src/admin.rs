@@ -11,8 +11,9 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::discovery::{MeshState, Serving, Summary, Workload};
-use crate::identity::Identity;
 use crate::identity::rfc3339;
+use crate::identity::{CertManager, Identity};
+use crate::pool::Pool;
 use veil_crd::authorization::Action;
 
 use crate::policy::{AuthzPolicy, PolicyId, Scope, Target};
@@ -299,6 +300,26 @@ pub struct PooledConnection {
 }
 
 impl ConfigDump {
+    /// Adds what every proxy holds besides its mesh: its certificates and pooled connections.
+    pub fn with_certificates_and_pool(mut self, certs: &CertManager, pool: &Pool) -> Self {
+        self.certificates = certs
+            .expiries()
+            .iter()
+            .map(|(id, exp)| CertificateInfo::of(id, *exp))
+            .collect();
+        self.connections.outbound = pool
+            .connections_by_peer()
+            .into_iter()
+            .map(|(key, connections)| PooledConnection {
+                source_identity: key.src.to_string(),
+                destination_identity: key.dst.to_string(),
+                destination: key.dst_addr,
+                connections,
+            })
+            .collect();
+        self
+    }
+
     /// The parts every proxy shares, from its mesh state: workloads, services, policies, counts.
     pub fn from_state(proxy: ProxyInfo, state: &MeshState) -> Self {
         let at_l4 = state.l7_policies_enforced_at_l4();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
-use veil_mesh::admin::{CertificateInfo, ConfigDump, PooledConnection, ProxyInfo};
+use veil_mesh::admin::{ConfigDump, ProxyInfo};
 use veil_mesh::discovery::{self, ConfigError, MeshSettings, Origin, WaypointRef};
 use veil_mesh::hbone::H2Settings;
 use veil_mesh::identity::{
@@ -149,6 +149,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             path_normalization: config.path_normalization,
         },
     ));
+    if !config.admin_addr.ip().is_loopback() {
+        warn!(admin = %config.admin_addr, "the admin endpoint (/config_dump: every workload and policy this waypoint knows) listens beyond loopback");
+    }
     let endpoints: [(std::net::SocketAddr, Handler); 3] = [
         (config.metrics_addr, {
             let (metrics, certs) = (metrics.clone(), certs.clone());
@@ -207,29 +210,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// certificate and its pooled tunnels.
 fn config_dump(upstreams: &Upstreams, certs: &CertManager) -> ConfigDump {
     let state = upstreams.state.borrow().clone();
-    let mut dump = ConfigDump::from_state(
+    ConfigDump::from_state(
         ProxyInfo {
             kind: "waypoint".to_owned(),
             name: upstreams.me.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         },
         &state,
-    );
-    dump.certificates = certs
-        .expiries()
-        .iter()
-        .map(|(id, exp)| CertificateInfo::of(id, *exp))
-        .collect();
-    dump.connections.outbound = upstreams
-        .pool
-        .connections_by_peer()
-        .into_iter()
-        .map(|(key, connections)| PooledConnection {
-            source_identity: key.src.to_string(),
-            destination_identity: key.dst.to_string(),
-            destination: key.dst_addr,
-            connections,
-        })
-        .collect();
-    dump
+    )
+    .with_certificates_and_pool(certs, &upstreams.pool)
 }

@@ -4,9 +4,7 @@
 use std::sync::Arc;
 
 use http::StatusCode;
-use veil_mesh::admin::{
-    CertificateInfo, ConfigDump, InboundConnection, PooledConnection, ProxyInfo,
-};
+use veil_mesh::admin::{ConfigDump, InboundConnection, ProxyInfo};
 use veil_mesh::telemetry::http::{Handler, json, openmetrics, text};
 
 use crate::conntrack::Denial;
@@ -101,7 +99,8 @@ pub fn config_dump(ctx: &Context, status: &StatusMap) -> ConfigDump {
             version: env!("CARGO_PKG_VERSION").to_owned(),
         },
         &state,
-    );
+    )
+    .with_certificates_and_pool(&ctx.certs, &ctx.pool);
     dump.captured = status
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -110,12 +109,6 @@ pub fn config_dump(ctx: &Context, status: &StatusMap) -> ConfigDump {
             let value = serde_json::to_value(s).unwrap_or_else(|e| e.to_string().into());
             (uid.clone(), value)
         })
-        .collect();
-    dump.certificates = ctx
-        .certs
-        .expiries()
-        .iter()
-        .map(|(id, exp)| CertificateInfo::of(id, *exp))
         .collect();
     let now = tokio::time::Instant::now();
     dump.connections.inbound = ctx
@@ -145,16 +138,5 @@ pub fn config_dump(ctx: &Context, status: &StatusMap) -> ConfigDump {
     dump.connections.inbound.sort_by(|a, b| {
         (&a.workload, a.destination, a.source_ip).cmp(&(&b.workload, b.destination, b.source_ip))
     });
-    dump.connections.outbound = ctx
-        .pool
-        .connections_by_peer()
-        .into_iter()
-        .map(|(key, connections)| PooledConnection {
-            source_identity: key.src.to_string(),
-            destination_identity: key.dst.to_string(),
-            destination: key.dst_addr,
-            connections,
-        })
-        .collect();
     dump
 }

@@ -17,6 +17,8 @@ const MAX_BODY: usize = 32 * 1024 * 1024;
 
 /// Objects asked for per page of a list.
 pub(crate) const PAGE: usize = 500;
+/// The most pages one list is followed for: 1,000,000 objects, beyond any cluster's.
+const MAX_PAGES: usize = 2_000;
 
 /// Characters escaped in query values: all but the unreserved ones.
 const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
@@ -185,7 +187,7 @@ impl Reader {
     ) -> Result<Vec<Value>, ReadError> {
         let mut items = Vec::new();
         let mut token: Option<String> = None;
-        loop {
+        for _ in 0..MAX_PAGES {
             let mut query: Vec<(&str, &str)> = selectors.to_vec();
             let limit = PAGE.to_string();
             query.push(("limit", &limit));
@@ -209,6 +211,9 @@ impl Reader {
                 return Ok(items);
             }
         }
+        Err(ReadError::Malformed(format!(
+            "{path}: more than {MAX_PAGES} pages of {PAGE} (a server that never ends its list?)"
+        )))
     }
 }
 

@@ -240,7 +240,7 @@ pub(crate) fn judge_daemonset(
     let mut details: Vec<String> = down.iter().map(|u| describe(u)).collect();
     if ready < desired || !down.is_empty() {
         let nodes: Vec<&str> = down.iter().map(|u| u.node.as_str()).collect();
-        let missing = usize::try_from(desired - ready)
+        let missing = usize::try_from(desired.saturating_sub(ready))
             .unwrap_or(0)
             .saturating_sub(down.len());
         if missing > 0 {
@@ -254,7 +254,9 @@ pub(crate) fn judge_daemonset(
         } else {
             format!(" on {}", nodes.join(", "))
         };
-        let not_ready = (desired - ready).max(i32::try_from(down.len()).unwrap_or(i32::MAX));
+        let not_ready = desired
+            .saturating_sub(ready)
+            .max(i32::try_from(down.len()).unwrap_or(i32::MAX));
         return Check::failed(
             CHECK,
             format!("{not_ready} of {desired} ztunnels not ready{named}: enrolled pods there have no mesh"),

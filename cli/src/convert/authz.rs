@@ -277,23 +277,27 @@ fn explain_differences(policy: &veil_mesh::policy::AuthzPolicy, notes: &mut Note
                               addressed to the Service's pods, and has their ztunnels enforce it \
                               when the Service has no waypoint; Istio does neither"
                 .to_owned();
-            if policy.action == Action::Allow {
+            let severity = if policy.action == Action::Allow {
                 reason.push_str(
                     ": with other ALLOW policies on those pods, it can admit pod-addressed traffic \
                      that Istio refused",
                 );
-            }
-            notes.note(Severity::Changed, "spec.targetRefs", reason);
+                Severity::Widens
+            } else {
+                Severity::Changed
+            };
+            notes.note(severity, "spec.targetRefs", reason);
         }
         Scope::Targets(_) => {}
         _ if policy.uses_l7 && policy.action != Action::Audit => notes.note(
-            Severity::Changed,
+            Severity::Widens,
             "spec.rules",
             "uses HTTP attributes (hosts, methods, paths, request.headers) in a policy on \
              workloads: veil evaluates them at the workload's waypoint, with the client's \
-             identity (Istio's ztunnel ignores such rules); a workload without a waypoint cannot \
-             see HTTP, so there an ALLOW rule with them never matches and a DENY rule matches on \
-             its other conditions alone",
+             identity, where Istio's ztunnel cannot (it fails such rules closed): behind a \
+             waypoint an ALLOW rule can admit, and a DENY rule let through, what Istio's ambient \
+             mode refused; a workload without a waypoint cannot see HTTP, so there an ALLOW rule \
+             with them never matches and a DENY rule matches on its other conditions alone",
         ),
         _ => {}
     }

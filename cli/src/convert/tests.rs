@@ -8,6 +8,7 @@ mod fail_closed;
 mod hostile;
 mod load_back;
 mod peer_authentication;
+mod widens;
 
 use super::*;
 
@@ -138,7 +139,7 @@ spec:
     assert_eq!(conversion.objects_yaml(), text(expected));
     assert_eq!(
         findings(&conversion),
-        ["AuthorizationPolicy default/details-viewer (document 1) | changed | spec.rules"]
+        ["AuthorizationPolicy default/details-viewer (document 1) | widens | spec.rules"]
     );
     assert!(reason(&conversion, "spec.rules").contains("an ALLOW rule with them never matches"));
 }
@@ -190,7 +191,7 @@ spec:
     assert_eq!(conversion.objects_yaml(), text(expected));
     assert_eq!(
         findings(&conversion),
-        ["AuthorizationPolicy foo/deny-method-get (document 1) | changed | spec.rules"]
+        ["AuthorizationPolicy foo/deny-method-get (document 1) | widens | spec.rules"]
     );
     assert!(reason(&conversion, "spec.rules").contains("a DENY rule matches on its other"));
 }
@@ -650,7 +651,7 @@ spec:
         findings(&conversion),
         [
             format!("{at} | changed | spec.targetRefs[0].group"),
-            format!("{at} | changed | spec.targetRefs"),
+            format!("{at} | widens | spec.targetRefs"),
         ]
     );
     assert!(reason(&conversion, "spec.targetRefs").contains("can admit pod-addressed traffic"));

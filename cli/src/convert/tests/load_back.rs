@@ -224,11 +224,11 @@ fn the_mixed_input_reports_what_it_changed_replaced_and_left_out() {
     let expected = [
         "AuthorizationPolicy foo/httpbin (document 2) | dropped | spec.rules[0].when[0].key",
         "AuthorizationPolicy foo/httpbin (document 2) | changed | spec.rules[1].from[0].source.serviceAccounts[0]",
-        "AuthorizationPolicy foo/httpbin (document 2) | changed | spec.rules",
+        "AuthorizationPolicy foo/httpbin (document 2) | widens | spec.rules",
         "AuthorizationPolicy istio-system/dry (document 3) | changed | spec.action",
         "AuthorizationPolicy istio-system/dry (document 3) | changed | metadata.namespace",
         "AuthorizationPolicy foo/svc (document 5) | changed | spec.targetRefs[0].group",
-        "AuthorizationPolicy foo/svc (document 5) | changed | spec.targetRefs",
+        "AuthorizationPolicy foo/svc (document 5) | widens | spec.targetRefs",
         "PeerAuthentication istio-system/default (document 6) | changed | metadata.namespace",
         "PeerAuthentication foo/finance (document 7) | changed | spec.portLevelMtls[8080].mode",
         "AuthorizationPolicy foo/custom (document 8) | not_converted | spec.action",
@@ -250,7 +250,9 @@ fn the_mixed_input_reports_what_it_changed_replaced_and_left_out() {
     );
     assert!(
         table.ends_with(
-            "\n7 converted, 4 replaced by fail-closed stand-ins, 1 left out; see the findings above.\n"
+            "\n7 converted, 4 replaced by fail-closed stand-ins, 1 left out; see the findings above.\n\
+             WARNING: 2 converted object(s) may admit traffic Istio refused (severity widens): \
+             review them before applying.\n"
         ),
         "{table}"
     );

@@ -61,7 +61,7 @@ pub async fn fetch(admin: &str) -> anyhow::Result<ConfigDump> {
             .with_context(|| {
                 format!(
                     "connecting to {authority} (a ztunnel's or waypoint's admin port: \
-                     `kubectl port-forward -n veil-system ds/ztunnel 15000` first?)"
+                     `kubectl port-forward -n veil-system pod/<the node's ztunnel> 15000` first?)"
                 )
             })?;
         let (mut sender, connection) =

@@ -386,6 +386,26 @@ fn veil_config_shows_what_each_proxy_holds() {
         "spiffe://cluster.local/ns/user-data/sa/waypoint",
     );
 
+    // The raw dumps hold no key material or PEM of any kind, from either kind of proxy.
+    for netns in [&node_a, &node_b, &waypoint] {
+        let raw = exec(
+            netns,
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "5",
+                "http://127.0.0.1:15000/config_dump",
+            ],
+        )
+        .expect("curl");
+        let raw = String::from_utf8_lossy(&raw.stdout);
+        assert!(raw.contains("veil.dev/config-dump/v1"), "{raw}");
+        for forbidden in ["PRIVATE KEY", "BEGIN ", "-----"] {
+            assert!(!raw.contains(forbidden), "{forbidden} in a config dump");
+        }
+    }
+
     // Nothing listening there: exit 2, and what to do about it.
     let (code, _, err) = veil_config(&node_b, &["--admin", "127.0.0.1:1"]);
     assert_eq!(code, Some(2), "{err}");

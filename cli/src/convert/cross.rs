@@ -243,7 +243,7 @@ fn peer_auth_conflicts(
         VeilSpec::PeerAuthentication(spec) => modes(spec),
         VeilSpec::AuthorizationPolicy(_) => unreachable!("grouped by PeerAuthentication scope"),
     };
-    for group in groups(converted, keep, scope) {
+    for group in overlapping(groups_of_one(converted, keep, scope)) {
         if group.iter().all(|&i| spec(i) == spec(group[0])) {
             continue;
         }
@@ -259,8 +259,9 @@ fn peer_auth_conflicts(
             keep[i] = false;
             let reason = match oldest {
                 Some(o) => format!(
-                    "Istio applies only the oldest PeerAuthentication of this scope (document {}, \
-                     created {}); veil would choose by name, so this one is not converted",
+                    "Istio applies only the oldest PeerAuthentication of this scope or of \
+                     selectors a pod can match together (document {}, created {}); veil would \
+                     choose by name, so this one is not converted",
                     converted[o].at.document,
                     converted[o].created.as_deref().unwrap_or_default()
                 ),
@@ -280,6 +281,62 @@ fn peer_auth_conflicts(
             findings.push(finding(&converted[i].at, Severity::NotConverted, left_out));
         }
     }
+}
+
+/// Every PeerAuthentication kept, with its scope: (index, namespace, selector labels; empty for a
+/// namespace-wide one).
+type Scoped = (usize, Option<String>, BTreeMap<String, String>);
+
+fn groups_of_one(
+    converted: &[Converted],
+    keep: &[bool],
+    scope: impl Fn(&Converted) -> Option<(Option<String>, BTreeMap<String, String>)>,
+) -> Vec<Scoped> {
+    converted
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keep[*i])
+        .filter_map(|(i, c)| scope(c).map(|(ns, labels)| (i, ns, labels)))
+        .collect()
+}
+
+/// Groups of two or more PeerAuthentications Istio chooses between for some pod: namespace-wide
+/// ones of one namespace, and selector ones of one namespace whose selectors a pod can match
+/// together (no label required with two different values), transitively. Istio applies the oldest
+/// of those matching a pod, veil the first by name: where their modes differ, only one may be
+/// converted.
+fn overlapping(scoped: Vec<Scoped>) -> Vec<Vec<usize>> {
+    let compatible = |a: &BTreeMap<String, String>, b: &BTreeMap<String, String>| {
+        a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
+    };
+    // Union-find over the list positions.
+    let mut parent: Vec<usize> = (0..scoped.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for a in 0..scoped.len() {
+        for b in a + 1..scoped.len() {
+            let (_, ns_a, sel_a) = &scoped[a];
+            let (_, ns_b, sel_b) = &scoped[b];
+            let together = ns_a == ns_b
+                && (sel_a.is_empty() == sel_b.is_empty())
+                && (sel_a.is_empty() || compatible(sel_a, sel_b));
+            if together {
+                let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+                parent[ra] = rb;
+            }
+        }
+    }
+    let mut by_root: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (position, (index, _, _)) in scoped.iter().enumerate() {
+        let r = root(&mut parent, position);
+        by_root.entry(r).or_default().push(*index);
+    }
+    by_root.into_values().filter(|g| g.len() > 1).collect()
 }
 
 /// The one object of `group` created first, if every one says when and none ties with it.

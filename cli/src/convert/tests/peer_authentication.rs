@@ -215,3 +215,50 @@ fn leaving_a_peer_authentication_out_says_whether_that_widens_access() {
         "0 converted, 0 replaced by fail-closed stand-ins, 7 left out; see the findings above.\n"
     ));
 }
+
+/// Istio applies the oldest of the PeerAuthentications that match a pod, veil the first by name:
+/// with selectors a pod can match together and different modes, only the oldest is converted.
+#[test]
+fn overlapping_selectors_with_different_modes_keep_only_the_oldest() {
+    let input = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: a-permissive, namespace: shop, creationTimestamp: "2026-11-02T00:00:00Z"}
+spec: {selector: {matchLabels: {app: web}}, mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: b-strict, namespace: shop, creationTimestamp: "2026-11-01T00:00:00Z"}
+spec: {selector: {matchLabels: {app: web, tier: front}}, mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: c-db, namespace: shop, creationTimestamp: "2026-11-03T00:00:00Z"}
+spec: {selector: {matchLabels: {app: db}}, mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: d-other-namespace, namespace: blog, creationTimestamp: "2026-11-04T00:00:00Z"}
+spec: {selector: {matchLabels: {app: web}}, mtls: {mode: PERMISSIVE}}
+"#;
+    let conversion = run(input);
+    let kept: Vec<&str> = conversion
+        .objects
+        .iter()
+        .map(|o| o.metadata.name.as_str())
+        .collect();
+    // a-permissive would win in veil (first by name) for a pod labelled app=web,tier=front, where
+    // Istio applies b-strict (older): it is left out. c-db and the other namespace's cannot meet
+    // a pod of b-strict's.
+    assert_eq!(kept, ["b-strict", "c-db", "d-other-namespace"]);
+    let left_out: Vec<&str> = conversion
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::NotConverted)
+        .filter_map(|f| f.object.name.as_deref())
+        .collect();
+    assert!(
+        !left_out.is_empty() && left_out.iter().all(|n| *n == "a-permissive"),
+        "{left_out:?}"
+    );
+}

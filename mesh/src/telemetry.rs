@@ -1,4 +1,4 @@
-//! Telemetry: structured logs, Prometheus metrics, and the small HTTP endpoints that expose them
+//! Telemetry: structured logs, Prometheus metrics, OpenTelemetry traces, and the small HTTP endpoints that expose them
 //! (metrics, readiness, admin).
 
 pub mod audit;
@@ -6,6 +6,7 @@ pub mod http;
 mod logging;
 pub mod metrics;
 pub mod ratelimit;
+pub mod trace;
 mod traffic;
 
 pub use logging::{LogFormat, init_logging};

@@ -17,6 +17,7 @@ use veil_mesh::identity::{
 use veil_mesh::pool::{Pool, PoolSettings};
 use veil_mesh::telemetry::http::{Handler, json, openmetrics, serve, text};
 use veil_mesh::telemetry::metrics::Metrics;
+use veil_mesh::telemetry::trace::Tracing;
 use veil_mesh::xds;
 
 use crate::access_log::AccessLog;
@@ -140,15 +141,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         h2: H2Settings::default(),
         metrics: metrics.clone(),
     });
-    let ctx = Arc::new(Context::new(
-        upstreams.clone(),
-        access_log,
-        Settings {
-            request_timeout: config.request_timeout,
-            sniff_timeout: config.sniff_timeout,
-            path_normalization: config.path_normalization,
-        },
-    ));
+    let instance = format!("{}/{}", config.namespace, config.name);
+    let tracing = Tracing::start(&config.trace, "veil-waypoint", &instance)
+        .map_err(|e| StartError::Config(e.to_string()))?
+        .map(Arc::new);
+    let ctx = Arc::new(
+        Context::new(
+            upstreams.clone(),
+            access_log,
+            Settings {
+                request_timeout: config.request_timeout,
+                sniff_timeout: config.sniff_timeout,
+                path_normalization: config.path_normalization,
+            },
+        )
+        .with_tracing(tracing.clone()),
+    );
     if !config.admin_addr.ip().is_loopback() {
         warn!(admin = %config.admin_addr, "the admin endpoint (/config_dump: every workload and policy this waypoint knows) listens beyond loopback");
     }
@@ -201,6 +209,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .is_err()
     {
         warn!("requests still in flight after the drain timeout; closing them");
+    }
+    if let Some(tracing) = tracing {
+        // Flushing blocks until the exporter, which runs on this runtime, is done.
+        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
     }
     info!("veil-waypoint stopped");
     Ok(())

@@ -34,6 +34,8 @@ pub struct Config {
     /// The control plane (`--xds-address` and how to trust and authenticate to it).
     #[command(flatten)]
     pub xds: veil_mesh::xds::XdsFlags,
+    #[command(flatten)]
+    pub trace: veil_mesh::telemetry::trace::TraceFlags,
     /// How often the mesh description is checked for changes.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub config_poll_interval: Duration,

@@ -4,10 +4,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use http::HeaderValue;
 use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use veil_mesh::discovery::MeshState;
+use veil_mesh::telemetry::trace::{Span, SpanKind, Tracing};
 
 use crate::access_log::AccessLog;
 use crate::canon::Normalization;
@@ -40,6 +42,8 @@ pub struct Context {
     pub access_log: AccessLog,
     /// Settings.
     pub settings: Settings,
+    /// Spans of requests and tunnels, when traces are exported.
+    pub tracing: Option<Arc<Tracing>>,
     next: AtomicUsize,
 }
 
@@ -60,7 +64,23 @@ impl Context {
             http2,
             access_log,
             settings,
+            tracing: None,
             next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Exports spans with `tracing`.
+    pub fn with_tracing(mut self, tracing: Option<Arc<Tracing>>) -> Self {
+        self.tracing = tracing;
+        self
+    }
+
+    /// A span (none when traces are off) whose parent is the first of `parents` that is a valid
+    /// `traceparent` — the others that are become its links — or the root of a new trace.
+    pub fn span(&self, name: &'static str, kind: SpanKind, parents: &[&HeaderValue]) -> Span {
+        match &self.tracing {
+            Some(t) => t.span(name, kind, parents, t.sampling()),
+            None => Span::none(),
         }
     }
 

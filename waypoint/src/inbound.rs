@@ -15,11 +15,13 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 use veil_mesh::hbone::{
-    BAGGAGE, ConnectError, H2Io, InboundStream, parse_connect, refuse, serve_connection,
+    BAGGAGE, ConnectError, H2Io, InboundStream, TRACEPARENT, parse_connect, refuse,
+    serve_connection,
 };
 use veil_mesh::policy::Decision;
 use veil_mesh::telemetry::audit::{AUDIT, SCHEMA};
 use veil_mesh::telemetry::metrics::{Direction, HandshakeLabels, Principal};
+use veil_mesh::telemetry::trace::{KeyValue, SpanKind};
 
 use crate::context::Context;
 use crate::drain::{Drain, DrainWatch};
@@ -109,6 +111,7 @@ async fn tunnel(ctx: Arc<Context>, mut stream: InboundStream, drain: DrainWatch)
         state.workload_by_ip(stream.peer_addr.ip()).map(|w| &**w),
         stream.request.headers().get(&BAGGAGE),
     );
+    let traceparent = stream.request.headers().get(&TRACEPARENT).cloned();
     let Ok(send) = stream.respond.send_response(http::Response::new(()), false) else {
         return;
     };
@@ -121,6 +124,7 @@ async fn tunnel(ctx: Arc<Context>, mut stream: InboundStream, drain: DrainWatch)
         target,
         dest,
         source: Arc::new(source),
+        traceparent,
     };
     match protocol {
         Protocol::Http1 | Protocol::Http2 => l7::serve(ctx, tunnel, io, drain).await,
@@ -180,13 +184,23 @@ async fn forward_tcp(ctx: &Context, tunnel: &Tunnel, mut io: Prefixed<H2Io>, _dr
         tunnel.peer_addr.ip(),
         None,
     );
+    let mut span = ctx.span(
+        "waypoint tcp",
+        SpanKind::Server,
+        &tunnel.traceparent.iter().collect::<Vec<_>>(),
+    );
+    span.set_all(|| tunnel.attributes(&endpoint));
     if !decision.allowed() {
+        span.fail("denied by policy");
         // Also when only HTTP attributes could have allowed it: this is not HTTP.
         return log_tcp_deny(&tunnel.peer, &tunnel.dest.key(), &decision);
     }
-    let mut upstream = match ctx.upstreams.open(addr).await {
+    let mut upstream = match ctx.upstreams.open(addr, span.traceparent()).await {
         Ok(upstream) => upstream,
-        Err(e) => return warn!(endpoint = %addr, error = %e, "TCP tunnel to endpoint failed"),
+        Err(e) => {
+            span.fail("tunnel to endpoint failed");
+            return warn!(endpoint = %addr, error = %e, "TCP tunnel to endpoint failed");
+        }
     };
     let mut report = Report::new(
         &state,
@@ -201,6 +215,15 @@ async fn forward_tcp(ctx: &Context, tunnel: &Tunnel, mut io: Prefixed<H2Io>, _dr
     metrics.tcp_opened.get_or_create(labels).inc();
     let result = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
     metrics.tcp_closed.get_or_create(labels).inc();
+    match &result {
+        Ok((to_endpoint, to_client)) => span.set_all(|| {
+            [
+                KeyValue::new("veil.bytes_received", *to_endpoint as i64),
+                KeyValue::new("veil.bytes_sent", *to_client as i64),
+            ]
+        }),
+        Err(_) => span.fail("connection aborted"),
+    }
     if let Ok((to_endpoint, to_client)) = result {
         metrics
             .tcp_received_bytes

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -21,11 +21,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::debug;
 use veil_mesh::discovery::{MeshState, Workload};
+use veil_mesh::hbone::TRACEPARENT;
 use veil_mesh::identity::Identity;
 use veil_mesh::policy::{Decision, HttpAttributes};
 use veil_mesh::telemetry::metrics::{
-    DecisionLabels, Outcome, Party, PolicyLabel, Principal, Protocol,
+    DecisionLabels, Outcome, Party, PolicyLabel, Principal, Protocol, ServiceLabel,
 };
+use veil_mesh::telemetry::trace::{KeyValue, Span, SpanKind};
 
 use crate::access_log::Record;
 use crate::canon::{self, Canonical, Refusal};
@@ -33,6 +35,7 @@ use crate::context::Context;
 use crate::drain::DrainWatch;
 use crate::report::Report;
 use crate::target::Destination;
+use crate::upstream::REQUEST_TRACE;
 
 /// Who is asking, and for what, on this tunnel.
 #[derive(Clone, Debug)]
@@ -47,6 +50,87 @@ pub struct Tunnel {
     pub dest: Destination,
     /// What metrics call the client.
     pub source: Arc<Party>,
+    /// The `traceparent` of the tunnel, as the client's ztunnel sent it.
+    pub traceparent: Option<HeaderValue>,
+}
+
+impl Tunnel {
+    /// Span attributes: who asked, which service, which endpoint serves it, on which port.
+    pub fn attributes(&self, endpoint: &Workload) -> Vec<KeyValue> {
+        let service = match &self.dest {
+            Destination::Service { service, .. } => ServiceLabel::of(service).span_attribute(),
+            Destination::Workload { .. } => None,
+        };
+        self.source
+            .span_attributes("source")
+            .chain(Party::of(endpoint).span_attributes("destination"))
+            .chain(service)
+            .chain([KeyValue::new("server.port", i64::from(self.target.port()))])
+            .collect()
+    }
+}
+
+/// The span of one request: a child of the trace the request carries, linked to its tunnel's; else
+/// a child of its tunnel's. Named by the method (semantic conventions: no path in span names).
+fn request_span(ctx: &Context, tunnel: &Tunnel, req: &Request<Incoming>, grpc: bool) -> Span {
+    let own = req.headers().get(&TRACEPARENT);
+    let parents: Vec<&HeaderValue> = own.into_iter().chain(&tunnel.traceparent).collect();
+    let method = known_method(req.method());
+    let mut span = ctx.span(method.unwrap_or("HTTP"), SpanKind::Server, &parents);
+    span.set_all(|| {
+        [
+            KeyValue::new("http.request.method", method.unwrap_or("_OTHER")),
+            KeyValue::new(
+                "network.protocol.version",
+                if req.version() == Version::HTTP_2 {
+                    "2"
+                } else {
+                    "1.1"
+                },
+            ),
+            KeyValue::new("veil.request_protocol", if grpc { "grpc" } else { "http" }),
+        ]
+    });
+    span
+}
+
+/// A method's name when it is one of HTTP's own (any other could be anything a client made up).
+fn known_method(method: &http::Method) -> Option<&'static str> {
+    [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ]
+    .into_iter()
+    .find(|m| *m == method.as_str())
+}
+
+/// The answer's status on the request's span; 5xx marks it failed.
+fn span_status(span: &mut Span, status: u16) {
+    span.set_all(|| {
+        [KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        )]
+    });
+    if status >= 500 {
+        span.fail("server error");
+    }
+}
+
+/// The decision on the request's span.
+fn span_decision(span: &mut Span, decision: &Decision) {
+    span.set_all(|| {
+        [KeyValue::new(
+            "veil.decision",
+            if decision.allowed() { "allow" } else { "deny" },
+        )]
+        .into_iter()
+        .chain(
+            decision
+                .policy()
+                .map(|p| KeyValue::new("veil.policy", p.to_string())),
+        )
+        .collect::<Vec<_>>()
+    });
 }
 
 type DownstreamBody = BoxBody<Bytes, hyper::Error>;
@@ -80,6 +164,7 @@ async fn handle(
 ) -> Result<Response<DownstreamBody>, Infallible> {
     let started = Instant::now();
     let grpc = is_grpc(&req);
+    let mut span = request_span(&ctx, &tunnel, &req, grpc);
     let state = ctx.state();
     let protocol = if grpc { Protocol::Grpc } else { Protocol::Http };
     let mut report = Report::new(
@@ -93,11 +178,15 @@ async fn handle(
     // policy decided on.
     let canon = match canon::request(&req, ctx.settings.path_normalization) {
         Ok(canon) => canon,
-        Err(refusal) => return Ok(refuse(&ctx, &tunnel, &req, &refusal, started, &report)),
+        Err(refusal) => {
+            span_status(&mut span, 400);
+            return Ok(refuse(&ctx, &tunnel, &req, &refusal, started, &report));
+        }
     };
     let Some((endpoint, addr)) = tunnel.dest.endpoint(&state, tunnel.target, ctx.next()) else {
         let wire = on_the_wire(grpc, StatusCode::SERVICE_UNAVAILABLE);
         report.request(&ctx.upstreams.metrics, wire, 0, 0, started.elapsed());
+        span_status(&mut span, 503);
         return Ok(local_reply(
             grpc,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -105,12 +194,15 @@ async fn handle(
         ));
     };
     report.to_endpoint(&endpoint);
+    span.set_all(|| tunnel.attributes(&endpoint));
     let decision = authorize(&ctx, &tunnel, &state, &endpoint, addr, &req, &canon);
+    span_decision(&mut span, &decision);
     let destination = tunnel.dest.key();
     let endpoint_key = endpoint.key();
     if !decision.allowed() {
         let wire = on_the_wire(grpc, StatusCode::FORBIDDEN);
         report.request(&ctx.upstreams.metrics, wire, 0, 0, started.elapsed());
+        span_status(&mut span, 403);
         ctx.access_log.log(&Record {
             source: &tunnel.peer,
             destination: &destination,
@@ -149,6 +241,7 @@ async fn handle(
         headers: req.headers().clone(),
         started,
         report,
+        span,
     };
     Ok(forward(ctx, req, &canon, addr, log_line, grpc).await)
 }
@@ -251,6 +344,13 @@ async fn forward(
     let mut upstream = Request::from_parts(parts, body.boxed());
     *upstream.uri_mut() = upstream_uri(addr, &canon.path_and_query());
     strip_hop_by_hop(upstream.headers_mut());
+    // The application continues the trace from this request's span.
+    let traceparent = log_line.span.traceparent();
+    if let Some(tp) = &traceparent {
+        upstream
+            .headers_mut()
+            .insert(TRACEPARENT.clone(), tp.clone());
+    }
     let client = if version == Version::HTTP_2 {
         *upstream.version_mut() = Version::HTTP_2;
         // The endpoint address is the upstream `:authority` (see docs/waypoint.md); a Host header
@@ -262,32 +362,32 @@ async fn forward(
         set_host(upstream.headers_mut(), &canon.host);
         &ctx.http1
     };
-    let response =
-        match tokio::time::timeout(ctx.settings.request_timeout, client.request(upstream)).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => {
-                debug!(error = %e, endpoint = %addr, "upstream request failed");
-                let status = if e.is_connect() {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::BAD_GATEWAY
-                };
-                let wire = on_the_wire(grpc, status);
-                log_line.write(
-                    &ctx,
-                    status.as_u16(),
-                    wire,
-                    received.load(Ordering::Relaxed),
-                    0,
-                );
-                return local_reply(grpc, status, "upstream unavailable");
-            }
-            Err(_) => {
-                let wire = on_the_wire(grpc, StatusCode::GATEWAY_TIMEOUT);
-                log_line.write(&ctx, 504, wire, received.load(Ordering::Relaxed), 0);
-                return local_reply(grpc, StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
-            }
-        };
+    let sent = REQUEST_TRACE.scope(traceparent, client.request(upstream));
+    let response = match tokio::time::timeout(ctx.settings.request_timeout, sent).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            debug!(error = %e, endpoint = %addr, "upstream request failed");
+            let status = if e.is_connect() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            let wire = on_the_wire(grpc, status);
+            log_line.write(
+                &ctx,
+                status.as_u16(),
+                wire,
+                received.load(Ordering::Relaxed),
+                0,
+            );
+            return local_reply(grpc, status, "upstream unavailable");
+        }
+        Err(_) => {
+            let wire = on_the_wire(grpc, StatusCode::GATEWAY_TIMEOUT);
+            log_line.write(&ctx, 504, wire, received.load(Ordering::Relaxed), 0);
+            return local_reply(grpc, StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
+        }
+    };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let status = parts.status.as_u16();
@@ -343,13 +443,14 @@ struct LogLine {
     headers: HeaderMap,
     started: Instant,
     report: Report,
+    span: Span,
 }
 
 impl LogLine {
     /// Writes the line (with `status`, the answer's meaning) and counts the request in the metrics
     /// (with `wire`, what the client received: see [`on_the_wire`]).
     fn write(
-        &self,
+        mut self,
         ctx: &Context,
         status: u16,
         wire: (u16, Option<u16>),
@@ -363,6 +464,7 @@ impl LogLine {
             sent,
             self.started.elapsed(),
         );
+        span_status(&mut self.span, status);
         ctx.access_log.log(&Record {
             source: &self.peer,
             destination: &self.destination,

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
+use http::HeaderValue;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -42,8 +43,13 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Opens a tunnel to endpoint address `target`, which must be an enrolled mesh workload.
-    pub async fn open(&self, target: SocketAddr) -> Result<Upstream, ConnectError> {
+    /// Opens a tunnel to endpoint address `target`, which must be an enrolled mesh workload;
+    /// `traceparent` (the span that needs it) goes with its `CONNECT`.
+    pub async fn open(
+        &self,
+        target: SocketAddr,
+        traceparent: Option<HeaderValue>,
+    ) -> Result<Upstream, ConnectError> {
         let workload = self
             .state
             .borrow()
@@ -66,10 +72,11 @@ impl Upstreams {
             dst: workload.identity.clone(),
             dst_addr: SocketAddr::new(target.ip(), HBONE_PORT),
         };
-        let (send, recv, guard) = self
-            .pool
-            .open(&key, target, &TunnelMeta::default(), self)
-            .await?;
+        let meta = TunnelMeta {
+            traceparent,
+            ..TunnelMeta::default()
+        };
+        let (send, recv, guard) = self.pool.open(&key, target, &meta, self).await?;
         Ok(Upstream::new(H2Io::new(send, recv), guard))
     }
 }
@@ -114,6 +121,13 @@ impl Dialer for Upstreams {
     }
 }
 
+tokio::task_local! {
+    /// The `traceparent` of the request being sent, for the tunnel hyper's client opens for it
+    /// (it opens one in the request's task when none is pooled; a tunnel opened elsewhere, or
+    /// reused, carries none of its own).
+    pub static REQUEST_TRACE: Option<HeaderValue>;
+}
+
 /// hyper's connector: the URI's authority is the endpoint address.
 #[derive(Clone, Debug)]
 pub struct Connector(pub Arc<Upstreams>);
@@ -129,6 +143,7 @@ impl tower::Service<http::Uri> for Connector {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let upstreams = self.0.clone();
+        let traceparent = REQUEST_TRACE.try_with(Clone::clone).ok().flatten();
         Box::pin(async move {
             let target: SocketAddr = uri
                 .authority()
@@ -136,7 +151,7 @@ impl tower::Service<http::Uri> for Connector {
                 .ok_or_else(|| {
                     ConnectError::Tcp(std::io::Error::other(format!("bad upstream URI {uri}")))
                 })?;
-            Ok(TokioIo::new(upstreams.open(target).await?))
+            Ok(TokioIo::new(upstreams.open(target, traceparent).await?))
         })
     }
 }

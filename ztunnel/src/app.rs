@@ -14,6 +14,7 @@ use veil_mesh::identity::{
 };
 use veil_mesh::pool::{Pool, PoolSettings};
 use veil_mesh::telemetry::metrics::Metrics;
+use veil_mesh::telemetry::trace::Tracing;
 use veil_mesh::xds;
 
 use crate::cni::cleanup::Cleanup;
@@ -247,6 +248,10 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
             ..DataPathSettings::default()
         },
     );
+    let tracing = Tracing::start(&config.trace, "veil-ztunnel", &config.node)
+        .map_err(|e| StartError::Config(e.to_string()))?
+        .map(Arc::new);
+    let ctx = ctx.with_tracing(tracing.clone());
     let ctx = Arc::new(match control_plane {
         Some(connected) => {
             tokio::spawn(report_connected(connected.clone(), ctx.metrics.clone()));
@@ -338,6 +343,10 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
         .await;
     }
     owner.drain(config.drain_period, &mut stops).await;
+    if let Some(tracing) = tracing {
+        // Flushing blocks until the exporter, which runs on this runtime, is done.
+        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    }
     info!("veil-ztunnel stopped");
     Ok(())
 }

@@ -26,6 +26,8 @@ pub struct Config {
     /// The control plane (`--xds-address` and how to trust and authenticate to it).
     #[command(flatten)]
     pub xds: veil_mesh::xds::XdsFlags,
+    #[command(flatten)]
+    pub trace: veil_mesh::telemetry::trace::TraceFlags,
     /// Also receive the namespaces enrolled in the mesh from the control plane (veil's own
     /// resource type; veil's controller serves it). Set to `false` on istiod, which refuses or
     /// ignores it: enrolment is then known only from the enrolled workloads, and a namespace

@@ -14,6 +14,7 @@ use veil_mesh::identity::{CertHandle, CertManager, TrustBundle};
 use veil_mesh::pool::Pool;
 use veil_mesh::telemetry::LogLimiter;
 use veil_mesh::telemetry::metrics::{Counter, Metrics, TrafficLabels};
+use veil_mesh::telemetry::trace::{Span, SpanKind, Tracing};
 
 use crate::accept::LogKey;
 use crate::budget::{Budgets, Limits, PodBudget};
@@ -98,6 +99,8 @@ pub struct Context {
     pub probe_guard: std::sync::atomic::AtomicBool,
     /// Why the node's kubelet probe rules could not be set, while they cannot (for readiness).
     pub probe_error: std::sync::Mutex<Option<String>>,
+    /// Spans of tunnels, when traces are exported.
+    pub tracing: Option<Arc<Tracing>>,
     /// Round-robin position for picking service endpoints.
     next_endpoint: AtomicUsize,
     /// Whether the stream from the control plane is up, when the mesh comes from one.
@@ -132,6 +135,7 @@ impl Context {
             live: Arc::default(),
             probe_guard: std::sync::atomic::AtomicBool::new(false),
             probe_error: std::sync::Mutex::new(None),
+            tracing: None,
             next_endpoint: AtomicUsize::new(0),
             control_plane: None,
             draining: watch::Sender::new(false),
@@ -144,6 +148,26 @@ impl Context {
     pub fn with_control_plane(mut self, connected: watch::Receiver<bool>) -> Self {
         self.control_plane = Some(connected);
         self
+    }
+
+    /// Exports spans of tunnels with `tracing`.
+    pub fn with_tracing(mut self, tracing: Option<Arc<Tracing>>) -> Self {
+        self.tracing = tracing;
+        self
+    }
+
+    /// A span for a tunnel (none when traces are off), child of `parent` (a `traceparent` a peer
+    /// sent) or the root of a new trace.
+    pub fn span(
+        &self,
+        name: &'static str,
+        kind: SpanKind,
+        parent: Option<&http::HeaderValue>,
+    ) -> Span {
+        match &self.tracing {
+            Some(t) => t.span(name, kind, parent.as_slice(), t.sampling()),
+            None => Span::none(),
+        }
     }
 
     /// Whether the mesh comes from a control plane whose stream is down.

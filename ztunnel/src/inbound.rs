@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 use veil_mesh::discovery::Workload;
 use veil_mesh::hbone::{
-    BAGGAGE, ConnectError, InboundStream, abort_socket, parse_connect, refuse,
+    BAGGAGE, ConnectError, InboundStream, TRACEPARENT, abort_socket, parse_connect, refuse,
     serve_connection_with, splice,
 };
 use veil_mesh::identity::Identity;
@@ -25,6 +25,7 @@ use veil_mesh::telemetry::metrics::{
     DecisionLabels, Direction, HandshakeLabels, Outcome, Party, PolicyLabel, Principal, Protocol,
     Reporter, Resource, Security, ServiceLabel, TrafficLabels,
 };
+use veil_mesh::telemetry::trace::{KeyValue, Span, SpanKind};
 
 use crate::accept;
 use crate::admission::{Admitted, decide};
@@ -127,9 +128,30 @@ pub(crate) async fn stream_task(
         source_ip: stream.peer_addr.ip(),
         destination: target,
     });
-    let Some((workload, policy)) = admit(&ctx, &local, &mut stream, &tracked) else {
+    let mut span = ctx.span(
+        "ztunnel inbound",
+        SpanKind::Server,
+        stream.request.headers().get(&TRACEPARENT),
+    );
+    span.set_all(|| {
+        [
+            KeyValue::new("veil.source.principal", stream.peer.to_string()),
+            KeyValue::new("server.port", i64::from(target.port())),
+        ]
+    });
+    let Some((workload, policy)) = admit(&ctx, &local, &mut stream, &tracked, &mut span) else {
         return;
     };
+    span.set_all(|| {
+        Party::of(&workload)
+            .span_attributes("destination")
+            .chain(
+                policy
+                    .as_ref()
+                    .map(|p| KeyValue::new("veil.policy", p.to_string())),
+            )
+            .collect::<Vec<_>>()
+    });
     let connect = async { local.netns.socket(target.ip())?.connect(target).await };
     let mut app = match tokio::time::timeout(ctx.settings.connect_timeout, connect).await {
         Ok(Ok(app)) => app,
@@ -139,6 +161,7 @@ pub(crate) async fn stream_task(
                 _ => "timed out".to_owned(),
             };
             warn!(source = %stream.peer, destination = %workload.key(), %target, %error, "application unreachable");
+            span.fail("application unreachable");
             return refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
         }
     };
@@ -183,10 +206,20 @@ pub(crate) async fn stream_task(
         Err(closing) => {
             // The splice is dropped: that resets the stream; the application gets a reset too.
             abort_socket(&app);
+            span.fail("closed: no longer allowed");
             return report_closed(&ctx.metrics, &tracked, &closing, &workload);
         }
     };
     let duration_ms = started.elapsed().as_millis() as u64;
+    match &result {
+        Ok(t) => span.set_all(|| {
+            [
+                KeyValue::new("veil.bytes_sent", t.to_socket as i64),
+                KeyValue::new("veil.bytes_received", t.to_stream as i64),
+            ]
+        }),
+        Err(_) => span.fail("connection aborted"),
+    }
     match result {
         Ok(t) => info!(
             target: ACCESS_LOG,
@@ -224,10 +257,12 @@ fn admit(
     local: &LocalWorkload,
     stream: &mut InboundStream,
     tracked: &Tracked,
+    span: &mut Span,
 ) -> Option<(Arc<Workload>, Option<PolicyId>)> {
     let state = ctx.state();
     let Some(workload) = state.workload(&local.workload.uid).cloned() else {
         // Removed since enrolment; its listeners are about to go.
+        span.fail("workload gone");
         refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
         return None;
     };
@@ -257,6 +292,12 @@ fn admit(
             reason = %admission.reason(&workload),
             "connection denied"
         );
+        span.set_all(|| {
+            decision
+                .and_then(Decision::policy)
+                .map(|p| KeyValue::new("veil.policy", p.to_string()))
+        });
+        span.fail("denied by policy");
         refuse(&mut stream.respond, StatusCode::UNAUTHORIZED);
         return None;
     }

@@ -21,6 +21,7 @@ use veil_mesh::telemetry::metrics::{
     ConnectionLabels, Direction, HandshakeLabels, Party, Principal, Protocol, Reporter, Resource,
     Security, ServiceLabel, TrafficLabels, WorkloadLabels,
 };
+use veil_mesh::telemetry::trace::{KeyValue, SpanKind};
 
 use crate::accept;
 use crate::capture::{Forbidden, forbidden};
@@ -269,9 +270,19 @@ async fn proxy_hbone(
         dst: peer.identity.clone(),
         dst_addr: SocketAddr::new(peer.address, HBONE_PORT),
     };
+    let mut span = ctx.span("ztunnel outbound", SpanKind::Client, None);
+    span.set_all(|| {
+        local
+            .party
+            .span_attributes("source")
+            .chain(peer.labels.span_attributes("destination"))
+            .chain(peer.service.span_attribute())
+            .chain([KeyValue::new("server.port", i64::from(target.port()))])
+            .collect::<Vec<_>>()
+    });
     let meta = TunnelMeta {
         forwarded_for: ctx.settings.send_forwarded.then_some(src_ip),
-        traceparent: None,
+        traceparent: span.traceparent(),
         baggage: local.baggage.clone(),
     };
     let dialer = PodDialer { ctx, local };
@@ -279,6 +290,7 @@ async fn proxy_hbone(
         Ok(stream) => stream,
         Err(e) => {
             warn!(source = %src, destination = %peer.identity, %target, error = %e, "HBONE tunnel failed");
+            span.fail(tunnel_failure(&e));
             return abort_socket(tcp);
         }
     };
@@ -305,11 +317,29 @@ async fn proxy_hbone(
     .await;
     match result {
         Ok(t) => {
+            span.set_all(|| {
+                [
+                    KeyValue::new("veil.bytes_sent", t.to_stream as i64),
+                    KeyValue::new("veil.bytes_received", t.to_socket as i64),
+                ]
+            });
             debug!(source = %src, destination = %peer.identity, %target, sent = t.to_stream, received = t.to_socket, duration_ms = started.elapsed().as_millis() as u64, "outbound connection complete")
         }
         Err(e) => {
+            span.fail("connection aborted");
             debug!(source = %src, destination = %peer.identity, %target, error = %e, "outbound connection aborted")
         }
+    }
+}
+
+/// Why a tunnel could not be opened, in a few words for its span (no address, no identity).
+fn tunnel_failure(e: &ConnectError) -> &'static str {
+    match e {
+        ConnectError::Status(_) => "refused by the destination",
+        ConnectError::Tcp(_) => "connection failed",
+        ConnectError::Tls(_) | ConnectError::Alpn => "TLS handshake failed",
+        ConnectError::Timeout(_) => "timed out",
+        _ => "tunnel failed",
     }
 }
 

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
+use opentelemetry::KeyValue;
 
 use prometheus_client::encoding::{
     EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
@@ -160,6 +161,24 @@ impl Party {
         }
     }
 
+    /// Span attributes naming this party: `veil.<side>.workload`, `.namespace`, `.principal` (those
+    /// known).
+    pub fn span_attributes(&self, side: &'static str) -> impl Iterator<Item = KeyValue> + '_ {
+        [
+            ("workload", &self.workload),
+            ("namespace", &self.namespace),
+            ("principal", &self.principal),
+        ]
+        .into_iter()
+        .filter_map(move |(field, value)| {
+            let value = value.0.as_deref()?;
+            Some(KeyValue::new(
+                format!("veil.{side}.{field}"),
+                value.to_owned(),
+            ))
+        })
+    }
+
     /// A waypoint (the destination of a tunnel to it).
     pub fn waypoint(w: &Waypoint) -> Self {
         Self {
@@ -292,6 +311,12 @@ impl ServiceLabel {
             name: service.name.as_str().into(),
             namespace: service.namespace.as_str().into(),
         }
+    }
+
+    /// The service's cluster hostname as a span attribute (`veil.destination.service`), if known.
+    pub fn span_attribute(&self) -> Option<KeyValue> {
+        let host = self.host.0.as_deref()?;
+        Some(KeyValue::new("veil.destination.service", host.to_owned()))
     }
 
     /// No service (a workload addressed directly, or one that backs several on that port).

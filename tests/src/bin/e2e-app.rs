@@ -507,7 +507,21 @@ async fn serve_http(listener: TcpListener, name: String) -> anyhow::Result<()> {
                     );
                     let reply =
                         format!("hello from {name}: {} {}\n", parts.method, parts.uri.path());
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(reply))))
+                    let mut response = http::Response::new(Full::new(Bytes::from(reply)));
+                    // What a trace reached the application with (the tracing e2e reads it).
+                    if let Some(tp) = parts.headers.get("traceparent") {
+                        response
+                            .headers_mut()
+                            .insert("x-seen-traceparent", tp.clone());
+                    }
+                    // Asked to: end the connection after this answer (a proxy's pooled upstream
+                    // connection, and so its tunnel, ends with it).
+                    if parts.headers.contains_key("x-close") {
+                        response
+                            .headers_mut()
+                            .insert("connection", http::HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(response)
                 }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -23,7 +23,7 @@ mod spec;
 
 pub use binaries::{bin, skip_unless_root, use_binaries_from};
 use spec::render;
-pub use spec::{MeshSpec, PodSpec, ServiceSpec, WaypointSpec};
+pub use spec::{ACCOUNT_READS, MeshSpec, PodSpec, ServiceSpec, WaypointSpec};
 
 /// Trust domain of test meshes.
 pub const TRUST_DOMAIN: &str = "cluster.local";

@@ -56,21 +56,8 @@ fn mesh() -> Mesh {
             app("user-profile-service", "user-data", "node-b"),
             app("ledger", "finance", "node-b"),
         ],
-        services: vec![
-            ServiceSpec::new(
-                "user-data",
-                "user-profile-service",
-                PROFILE_VIP,
-                &[(80, 8080)],
-            ),
-            ServiceSpec::new("finance", "ledger", LEDGER_VIP, &[(9090, 9090)]),
-        ],
-        waypoints: vec![WaypointSpec {
-            name: "waypoint".into(),
-            namespace: "user-data".into(),
-            node: "node-b".into(),
-            args: Vec::new(),
-        }],
+        services: ServiceSpec::demo(PROFILE_VIP, LEDGER_VIP),
+        waypoints: vec![WaypointSpec::demo(Vec::new())],
         policies: POLICIES.into(),
         ..MeshSpec::default()
     })

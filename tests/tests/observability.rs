@@ -11,7 +11,9 @@ use tokio::time::Instant;
 
 use serde_json::Value;
 use veil_e2e::cluster::exec;
-use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, bin, skip_unless_root};
+use veil_e2e::mesh::{
+    ACCOUNT_READS, Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, bin, skip_unless_root,
+};
 use veil_e2e::process::Proc;
 
 const PROFILE_VIP: &str = "10.96.0.20";
@@ -19,17 +21,6 @@ const LEDGER_VIP: &str = "10.96.0.30";
 const PROMETHEUS: &str = "127.0.0.1:9091";
 /// What the clients send that must never show up in telemetry.
 const SECRETS: [&str; 3] = ["token-5ecret-in-header", "cookie-5ecret", "query-5ecret"];
-
-const POLICY: &str = r#"
-  - apiVersion: security.veil.dev/v1
-    kind: AuthorizationPolicy
-    metadata: {name: account-reads, namespace: user-data}
-    spec:
-      targetRefs: [{kind: Service, name: user-profile-service}]
-      rules:
-        - from: [{source: {principals: [cluster.local/ns/production/sa/account-service]}}]
-          to: [{operation: {methods: [GET], paths: [/api/*]}}]
-"#;
 
 fn mesh() -> Mesh {
     let labelled = |name: &str, namespace: &str, node: &str, version: &str| {
@@ -45,22 +36,9 @@ fn mesh() -> Mesh {
             labelled("user-profile-service", "user-data", "node-b", "v3"),
             labelled("ledger", "finance", "node-b", "v2"),
         ],
-        services: vec![
-            ServiceSpec::new(
-                "user-data",
-                "user-profile-service",
-                PROFILE_VIP,
-                &[(80, 8080)],
-            ),
-            ServiceSpec::new("finance", "ledger", LEDGER_VIP, &[(9090, 9090)]),
-        ],
-        waypoints: vec![WaypointSpec {
-            name: "waypoint".into(),
-            namespace: "user-data".into(),
-            node: "node-b".into(),
-            args: Vec::new(),
-        }],
-        policies: POLICY.into(),
+        services: ServiceSpec::demo(PROFILE_VIP, LEDGER_VIP),
+        waypoints: vec![WaypointSpec::demo(Vec::new())],
+        policies: ACCOUNT_READS.into(),
         ..MeshSpec::default()
     })
     .expect("starting the mesh")

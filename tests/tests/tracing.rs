@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 use veil_e2e::cluster::exec;
-use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, bin, skip_unless_root};
+use veil_e2e::mesh::{
+    ACCOUNT_READS, Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, bin, skip_unless_root,
+};
 use veil_e2e::process::Proc;
 
 const PROFILE_VIP: &str = "10.96.0.20";
@@ -24,17 +26,6 @@ const SECRETS: [&str; 3] = ["token-5ecret-in-header", "cookie-5ecret", "query-5e
 /// The trace a client starts itself (W3C's example IDs).
 const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CLIENT_SPAN: &str = "b7ad6b7169203331";
-
-const POLICY: &str = r#"
-  - apiVersion: security.veil.dev/v1
-    kind: AuthorizationPolicy
-    metadata: {name: account-reads, namespace: user-data}
-    spec:
-      targetRefs: [{kind: Service, name: user-profile-service}]
-      rules:
-        - from: [{source: {principals: [cluster.local/ns/production/sa/account-service]}}]
-          to: [{operation: {methods: [GET], paths: [/api/*]}}]
-"#;
 
 fn mesh() -> Mesh {
     let tracing = || {
@@ -52,22 +43,9 @@ fn mesh() -> Mesh {
             PodSpec::new("user-profile-service", "user-data", "node-b"),
             PodSpec::new("ledger", "finance", "node-b"),
         ],
-        services: vec![
-            ServiceSpec::new(
-                "user-data",
-                "user-profile-service",
-                PROFILE_VIP,
-                &[(80, 8080)],
-            ),
-            ServiceSpec::new("finance", "ledger", LEDGER_VIP, &[(9090, 9090)]),
-        ],
-        waypoints: vec![WaypointSpec {
-            name: "waypoint".into(),
-            namespace: "user-data".into(),
-            node: "node-b".into(),
-            args: tracing(),
-        }],
-        policies: POLICY.into(),
+        services: ServiceSpec::demo(PROFILE_VIP, LEDGER_VIP),
+        waypoints: vec![WaypointSpec::demo(tracing())],
+        policies: ACCOUNT_READS.into(),
         ztunnel_args: tracing(),
         ..MeshSpec::default()
     })

@@ -52,6 +52,19 @@ impl PodSpec {
     }
 }
 
+/// The demo's L7 policy: the account service may GET `/api/*` of the user profile service (through
+/// its waypoint), nothing else may.
+pub const ACCOUNT_READS: &str = r#"
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: account-reads, namespace: user-data}
+    spec:
+      targetRefs: [{kind: Service, name: user-profile-service}]
+      rules:
+        - from: [{source: {principals: [cluster.local/ns/production/sa/account-service]}}]
+          to: [{operation: {methods: [GET], paths: [/api/*]}}]
+"#;
+
 /// A service in front of the pods whose `app` label is `selects`.
 #[derive(Clone, Debug)]
 pub struct ServiceSpec {
@@ -78,6 +91,20 @@ impl ServiceSpec {
             ports: ports.to_vec(),
         }
     }
+
+    /// The demo's two services on node-b: `user-data/user-profile-service` (80 → 8080, at
+    /// `profile_vip`) and `finance/ledger` (9090, at `ledger_vip`).
+    pub fn demo(profile_vip: &str, ledger_vip: &str) -> Vec<Self> {
+        vec![
+            Self::new(
+                "user-data",
+                "user-profile-service",
+                profile_vip,
+                &[(80, 8080)],
+            ),
+            Self::new("finance", "ledger", ledger_vip, &[(9090, 9090)]),
+        ]
+    }
 }
 
 /// A waypoint to run (in a pod of its own, outside capture, like a waypoint Deployment).
@@ -94,6 +121,16 @@ pub struct WaypointSpec {
 }
 
 impl WaypointSpec {
+    /// The demo's waypoint: `user-data/waypoint` on node-b, with `args`.
+    pub fn demo(args: Vec<String>) -> Self {
+        Self {
+            name: "waypoint".into(),
+            namespace: "user-data".into(),
+            node: "node-b".into(),
+            args,
+        }
+    }
+
     /// The identity of its service account (`waypoint`).
     pub fn identity(&self) -> String {
         format!("spiffe://{TRUST_DOMAIN}/ns/{}/sa/waypoint", self.namespace)

@@ -9,6 +9,6 @@ pub mod ratelimit;
 pub mod trace;
 mod traffic;
 
-pub use logging::{LogFormat, init_logging};
+pub use logging::{LogExport, LogFormat, init_logging, init_logging_exporting};
 pub use ratelimit::LogLimiter;
 pub(crate) use traffic::valid_name;

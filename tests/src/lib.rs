@@ -15,5 +15,6 @@ pub mod controlplane;
 pub mod install;
 pub mod kube;
 pub mod mesh;
+pub mod otlp;
 pub mod process;
 pub mod wire;

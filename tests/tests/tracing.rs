@@ -4,7 +4,9 @@
 //! request) → the server's ztunnel (inbound tunnel) → the application, which receives a
 //! `traceparent` naming the waypoint's span. A request that carries its own trace is continued
 //! (and linked to its tunnel); TCP between ztunnels is linked too; a denied request is a span with
-//! the policy that denied it. No span holds a credential, a query value, a path or an address.
+//! the policy that denied it. No span holds a credential, a query value, a path or an address. With
+//! `--otlp-logs`, the audit stream and the access log reach the receiver as log records, and
+//! nothing else does.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,58 +15,16 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 use veil_e2e::cluster::exec;
-use veil_e2e::mesh::{
-    ACCOUNT_READS, Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, bin, skip_unless_root,
-};
-use veil_e2e::process::Proc;
+use veil_e2e::mesh::{Mesh, bin, skip_unless_root};
+use veil_e2e::otlp::{self, LEDGER_VIP, PROFILE_VIP};
 
-const PROFILE_VIP: &str = "10.96.0.20";
-const LEDGER_VIP: &str = "10.96.0.30";
-/// Where the receiver listens: the control plane's address on the fabric.
-const RECEIVER: &str = "10.10.0.2:4317";
 const SECRETS: [&str; 3] = ["token-5ecret-in-header", "cookie-5ecret", "query-5ecret"];
 /// The trace a client starts itself (W3C's example IDs).
 const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CLIENT_SPAN: &str = "b7ad6b7169203331";
 
 fn mesh() -> Mesh {
-    let tracing = || {
-        vec![
-            "--otlp-endpoint".to_owned(),
-            format!("http://{RECEIVER}"),
-            "--trace-sampling".to_owned(),
-            "1".to_owned(),
-        ]
-    };
-    Mesh::start(MeshSpec {
-        nodes: vec!["node-a".into(), "node-b".into()],
-        pods: vec![
-            PodSpec::new("account-service", "production", "node-a"),
-            PodSpec::new("user-profile-service", "user-data", "node-b"),
-            PodSpec::new("ledger", "finance", "node-b"),
-        ],
-        services: ServiceSpec::demo(PROFILE_VIP, LEDGER_VIP),
-        waypoints: vec![WaypointSpec::demo(tracing())],
-        policies: ACCOUNT_READS.into(),
-        ztunnel_args: tracing(),
-        ..MeshSpec::default()
-    })
-    .expect("starting the mesh")
-}
-
-fn receiver(m: &Mesh) -> (Proc, std::path::PathBuf) {
-    let out = m.dir.join("spans.jsonl");
-    let receiver = bin("otlp-receiver").to_string_lossy().into_owned();
-    let out_arg = out.to_string_lossy().into_owned();
-    let proc = Proc::spawn(
-        "otlp-receiver",
-        Some(&m.cluster.control_plane),
-        &[&receiver, "--listen", RECEIVER, "--out", &out_arg],
-        &[],
-        &m.dir.join("otlp-receiver.log"),
-    )
-    .expect("starting the OTLP receiver");
-    (proc, out)
+    Mesh::start(otlp::demo(&otlp::proxy_args(true))).expect("starting the mesh")
 }
 
 /// `curl` from the account service; returns the response headers (lower-cased names) and status.
@@ -164,7 +124,8 @@ fn spans_link_ztunnel_waypoint_ztunnel_and_the_application_sees_the_trace() {
         return;
     }
     let m = mesh();
-    let (_receiver, file) = receiver(&m);
+    let receiver = otlp::start(&m).expect("starting the OTLP receiver");
+    let file = receiver.spans.clone();
 
     // 1. A request with no trace of its own: the client's ztunnel starts one.
     let (status, headers) = request(&m, &[], "GET");
@@ -274,6 +235,39 @@ fn spans_link_ztunnel_waypoint_ztunnel_and_the_application_sees_the_trace() {
         "ledger.finance.svc.cluster.local"
     );
     assert!(ledger_in["attributes"]["veil.bytes_received"].as_i64() > Some(0));
+
+    // With --otlp-logs, the audit stream and the access log arrive as log records too.
+    let logs = receiver.logs.clone();
+    let denial = wait_for(&logs, "the denial on the audit stream", |r| {
+        r["service"] == "veil-waypoint" && r["attributes"]["event"] == "request_denied"
+    });
+    assert_eq!(denial["attributes"]["audit"], "v1");
+    assert_eq!(denial["attributes"]["status"], 403);
+    let access = wait_for(&logs, "ztunnel's access line for the ledger", |r| {
+        r["service"] == "veil-ztunnel"
+            && r["body"] == "connection complete"
+            && r["attributes"]["destination_workload"] == "finance/ledger"
+    });
+    assert_eq!(access["instance"], "node-b");
+    let exported = std::fs::read_to_string(&logs).unwrap();
+    assert!(
+        exported.lines().all(|l| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            let a = &r["attributes"];
+            a["audit"] == "v1"
+                || r["body"] == "connection complete"
+                || r["body"] == "request"
+                || r["body"] == "connection aborted"
+                || r["body"] == "audited connection"
+        }),
+        "only the audit stream and the access log are exported:\n{exported}"
+    );
+    for secret in SECRETS {
+        assert!(
+            !exported.contains(secret),
+            "{secret} in an exported log record"
+        );
+    }
 
     // Nothing a client sent, no path and no address in any span.
     let all = spans(&file);

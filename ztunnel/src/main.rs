@@ -1,13 +1,12 @@
 //! The `veil-ztunnel` binary.
 
 use clap::Parser;
-use veil_mesh::telemetry::init_logging;
+use veil_mesh::telemetry::{LogExport, init_logging_exporting};
 use veil_ztunnel::app;
 use veil_ztunnel::config::Config;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    init_logging(config.log_format, "info");
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(
             config
@@ -17,7 +16,14 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
-            app::run(config, stop_requests()?).await?;
+            // The OTLP exporter's connection runs on this runtime: logging starts inside it.
+            let export = LogExport::start(&config.trace, "veil-ztunnel", &config.node)?;
+            init_logging_exporting(config.log_format, "info", export.as_ref());
+            let result = app::run(config, stop_requests()?).await;
+            if let Some(export) = export {
+                let _ = tokio::task::spawn_blocking(move || export.shutdown()).await;
+            }
+            result?;
             Ok(())
         })
 }

@@ -43,9 +43,13 @@ pub struct TraceFlags {
     /// its own decision.
     #[arg(long, env = "VEIL_TRACE_SAMPLING", default_value_t = DEFAULT_SAMPLING, value_parser = parse_ratio)]
     pub trace_sampling: f64,
-    /// At most this many finished spans wait for export; more are dropped.
+    /// At most this many finished spans (and, with `--otlp-logs`, log records) wait for export;
+    /// more are dropped.
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub trace_queue: u32,
+    /// Also send the audit stream and the access log to the OTLP endpoint, as log records.
+    #[arg(long, env = "VEIL_OTLP_LOGS", requires = "otlp_endpoint")]
+    pub otlp_logs: bool,
 }
 
 /// Istio's default sampling: 1% of new traces.
@@ -57,6 +61,7 @@ impl Default for TraceFlags {
             otlp_endpoint: None,
             trace_sampling: DEFAULT_SAMPLING,
             trace_queue: 2048,
+            otlp_logs: false,
         }
     }
 }
@@ -83,12 +88,34 @@ fn parse_endpoint(s: &str) -> Result<http::Uri, String> {
     }
 }
 
-/// Why tracing could not start.
+/// Why an OTLP exporter could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("OTLP exporter for {endpoint}: {source}")]
 pub struct TraceError {
     endpoint: String,
     source: opentelemetry_otlp::ExporterBuildError,
+}
+
+impl TraceError {
+    pub(crate) fn new(
+        endpoint: &http::Uri,
+        source: opentelemetry_otlp::ExporterBuildError,
+    ) -> Self {
+        Self {
+            endpoint: endpoint.to_string(),
+            source,
+        }
+    }
+}
+
+/// What names the exporting process: `service.name` and `service.instance.id`.
+pub(crate) fn resource(service: &'static str, instance: &str) -> Resource {
+    Resource::builder_empty()
+        .with_attributes([
+            KeyValue::new("service.name", service),
+            KeyValue::new("service.instance.id", instance.to_owned()),
+        ])
+        .build()
 }
 
 /// What a root span is sampled at; carried in the context its sampler sees.
@@ -149,10 +176,7 @@ impl Tracing {
             .with_endpoint(endpoint.to_string())
             .with_timeout(Duration::from_secs(5))
             .build()
-            .map_err(|source| TraceError {
-                endpoint: endpoint.to_string(),
-                source,
-            })?;
+            .map_err(|source| TraceError::new(endpoint, source))?;
         let queue = flags.trace_queue as usize;
         let processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(
@@ -163,12 +187,7 @@ impl Tracing {
                     .build(),
             )
             .build();
-        let resource = Resource::builder_empty()
-            .with_attributes([
-                KeyValue::new("service.name", service),
-                KeyValue::new("service.instance.id", instance.to_owned()),
-            ])
-            .build();
+        let resource = resource(service, instance);
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .with_sampler(Sampler::ParentBased(Box::new(RootByRatio)))

@@ -9,6 +9,7 @@ fn tracing(sampling: f64) -> Tracing {
         otlp_endpoint: Some("http://127.0.0.1:9".parse().unwrap()),
         trace_sampling: sampling,
         trace_queue: 16,
+        otlp_logs: false,
     };
     Tracing::start(&flags, "veil-test", "test")
         .unwrap()

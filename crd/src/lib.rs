@@ -10,6 +10,7 @@ pub mod authorization;
 pub mod peer_authentication;
 pub mod selector;
 pub mod status;
+pub mod telemetry;
 
 /// The API group.
 pub const GROUP: &str = "security.veil.dev";
@@ -32,6 +33,7 @@ pub fn crd_yaml() -> Vec<(&'static str, String)> {
             "peerauthentications.yaml",
             peer_authentication::PeerAuthentication::crd(),
         ),
+        ("telemetries.yaml", telemetry::Telemetry::crd()),
     ];
     docs.into_iter()
         .map(|(file, crd)| {

@@ -16,7 +16,9 @@ use serde::Deserialize;
 use veil_crd::authorization::AuthorizationPolicy;
 use veil_crd::peer_authentication::PeerAuthentication;
 use veil_mesh::discovery::MeshSettings;
-use veil_mesh::discovery::kubernetes::{Objects, SlimPod, translate, with_cni_addresses};
+use veil_mesh::discovery::kubernetes::{
+    Objects, SlimPod, TelemetryObject, translate, with_cni_addresses,
+};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -31,6 +33,8 @@ struct Input {
     authorization_policies: Vec<AuthorizationPolicy>,
     #[serde(default)]
     peer_authentications: Vec<PeerAuthentication>,
+    #[serde(default)]
+    telemetries: Vec<TelemetryObject>,
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -46,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
         services: shared(input.services),
         authorization_policies: shared(input.authorization_policies),
         peer_authentications: shared(input.peer_authentications),
+        telemetries: shared(input.telemetries),
     };
     let settings = MeshSettings::default();
     let _ = translate(&objects, &settings);

@@ -1,13 +1,15 @@
-//! AuthorizationPolicy and PeerAuthentication compilation (`veil_mesh::policy::compile_authz`,
-//! `compile_peer_auth`) from the objects as users write them: JSON as the API server serves it
-//! (the Kubernetes source) and YAML as the local mesh file holds it.
+//! AuthorizationPolicy, PeerAuthentication and Telemetry compilation (`veil_mesh::policy::
+//! compile_authz`, `compile_peer_auth`, `compile_telemetry`, and a Telemetry's resolution for a
+//! workload) from the objects as users write them: JSON as the API server serves it (the
+//! Kubernetes source) and YAML as the local mesh file holds it.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use veil_crd::authorization::AuthorizationPolicy;
 use veil_crd::peer_authentication::PeerAuthentication;
-use veil_mesh::policy::{compile_authz, compile_peer_auth};
+use veil_crd::telemetry::Telemetry;
+use veil_mesh::policy::{compile_authz, compile_peer_auth, compile_telemetry, resolve_telemetry};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -25,7 +27,26 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(p) = serde_saphyr::from_str::<PeerAuthentication>(text) {
         peer_auth(&p);
     }
+    if let Ok(t) = serde_json::from_str::<Telemetry>(text) {
+        telemetry(&t);
+    }
+    if let Ok(t) = serde_saphyr::from_str::<Telemetry>(text) {
+        telemetry(&t);
+    }
 });
+
+fn telemetry(t: &Telemetry) {
+    let (namespace, name) = names(&t.metadata);
+    if let Ok(compiled) = compile_telemetry(namespace, name, &t.spec) {
+        let labels = compiled.selector().cloned().unwrap_or_default();
+        let settings = resolve_telemetry(&[compiled], "veil-system", namespace, &labels);
+        // What a control plane sends must read back the same.
+        let json = serde_json::to_string(&settings).expect("settings serialize");
+        let back: veil_mesh::policy::TelemetrySettings =
+            serde_json::from_str(&json).expect("settings read back");
+        assert_eq!(back, settings);
+    }
+}
 
 fn authz(p: &AuthorizationPolicy) {
     let (namespace, name) = names(&p.metadata);

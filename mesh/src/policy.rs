@@ -1,4 +1,5 @@
-//! Authorization: AuthorizationPolicy and PeerAuthentication with Istio's semantics, compiled once
+//! Authorization: AuthorizationPolicy and PeerAuthentication with Istio's semantics (and the
+//! Telemetry resource, resolved per workload the same way), compiled once
 //! per change and evaluated without allocation. ztunnel evaluates the L4 part, the waypoint L4 + L7,
 //! with this one implementation.
 
@@ -8,6 +9,7 @@ mod index;
 mod istio;
 pub(crate) mod matcher;
 mod peer_auth;
+mod telemetry;
 
 pub use compile::{
     AuthzPolicy, PolicyError, PolicyId, SUPPORTED_WHEN_KEYS, Scope, Target, compile_authz,
@@ -19,6 +21,10 @@ pub use matcher::Truth;
 pub use peer_auth::{
     PeerAuthPolicy, PeerMode, PeerProfile, compile_peer_auth, peer_profile, resolve_peer_mode,
 };
+pub use telemetry::{
+    TelemetryPolicy, TelemetrySettings, compile_telemetry, resolve_telemetry, telemetry_fail_closed,
+};
+pub use veil_crd::telemetry::AccessLogLevel;
 
 #[cfg(test)]
 mod tests;

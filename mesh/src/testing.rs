@@ -406,6 +406,7 @@ pub fn pending_workload(
         identity: Identity::new("cluster.local", namespace, name).unwrap(),
         waypoint: None,
         waypoint_conflict: Vec::new(),
+        telemetry: None,
         policies: Default::default(),
     }
 }

@@ -90,6 +90,24 @@ pub const PARTIAL_MARK: &str = "+partial";
 /// terminating endpoints that are still serving).
 pub const SERVING_WHILE_TERMINATING: &str = "veil.dev/serving-while-terminating";
 
+/// veil's extension of Istio's Workload: the name of an `extensions` entry carrying the Telemetry
+/// that applies to the workload, as the control plane resolved it from the workload's labels
+/// (subscribers receive no labels). Its config is a `google.protobuf.StringValue` holding
+/// [`TelemetrySettings`](crate::policy::TelemetrySettings) as JSON. Absent: none applies. A
+/// subscriber that cannot read it records nothing about the workload (privacy fails closed);
+/// Istio's ztunnel ignores it.
+pub const TELEMETRY_EXTENSION: &str = "veil.dev/telemetry";
+/// The type of [`TELEMETRY_EXTENSION`]'s config.
+pub const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
+
+/// `google.protobuf.StringValue`, for [`TELEMETRY_EXTENSION`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StringValue {
+    /// The string.
+    #[prost(string, tag = "1")]
+    pub(crate) value: String,
+}
+
 /// Whether `node` accepts split responses.
 pub fn accepts_split(node: Option<&proto::discovery::Node>) -> bool {
     use prost_types::value::Kind as Value;

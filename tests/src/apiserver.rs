@@ -7,12 +7,17 @@
 //! (its status Lease, policy status) are served too ([`writes`]), and what `veil check` reads: single
 //! objects, a namespace's objects by label and field ([`reads`]), and the pod proxy ([`proxy`]).
 //! A test can keep a journal of the requests answered and hold GETs back ([`journal`]).
+//!
+//! veil's own kinds are served as a real API server serves a CRD's kinds: only while the CRD is
+//! installed ([`crds`]).
 
+mod crds;
 mod journal;
 mod proxy;
 mod reads;
 mod writes;
 
+pub use crds::unknown_resource;
 pub use journal::Noted;
 pub use writes::Write;
 
@@ -43,6 +48,11 @@ pub const RESOURCES: &[(&str, &str, &str)] = &[
         "/apis/security.veil.dev/v1/peerauthentications",
         "peerauthentications",
         "PeerAuthentication",
+    ),
+    (
+        "/apis/security.veil.dev/v1/telemetries",
+        "telemetries",
+        "Telemetry",
     ),
     // What `veil check` reads of an install.
     ("/apis/apps/v1/deployments", "deployments", "Deployment"),
@@ -220,6 +230,9 @@ impl Api {
         let &(_, resource, kind) = RESOURCES.iter().find(|(p, ..)| *p == req.uri().path())?;
         let query = query_pairs(req.uri().query());
         let store = self.lock();
+        if !store.serves(resource) {
+            return Some(unknown_resource());
+        }
         if matches!(query.get("watch"), Some(&("true" | "1"))) {
             let from: u64 = query
                 .get("resourceVersion")
@@ -264,7 +277,8 @@ impl Api {
         self.lock().read(req.uri().path(), &query)
     }
 
-    /// The events of `resource` after version `from`, then each new one as it happens.
+    /// The events of `resource` after version `from`, then each new one as it happens; ends once
+    /// the resource is no longer served (its CRD deleted), as the real server ends such watches.
     fn watch(&self, resource: &'static str, from: u64) -> Response<Body> {
         let api = self.clone();
         let changed = self.changed.subscribe();
@@ -272,7 +286,7 @@ impl Api {
             let api = api.clone();
             async move {
                 loop {
-                    let lines: Vec<u8> = {
+                    let (lines, served) = {
                         let s = api.lock();
                         let fresh: Vec<u8> = s
                             .events
@@ -281,10 +295,13 @@ impl Api {
                             .flat_map(|e| e.line.iter().copied())
                             .collect();
                         after = s.version;
-                        fresh
+                        (fresh, s.serves(resource))
                     };
                     if !lines.is_empty() {
                         return Some((Ok(Frame::data(Bytes::from(lines))), (changed, after)));
+                    }
+                    if !served {
+                        return None;
                     }
                     changed.changed().await.ok()?;
                 }
@@ -454,6 +471,17 @@ pub fn spawn_in_netns(
         .map_err(|_| std::io::Error::other("the API server's thread ended"))?
 }
 
+/// A response's status and JSON body, read at once (test answers are whole when made).
+#[cfg(test)]
+fn status_and_json(response: Response<Body>) -> (u16, Value) {
+    let code = response.status().as_u16();
+    let body = futures_util::FutureExt::now_or_never(response.into_body().collect())
+        .expect("a whole body")
+        .unwrap()
+        .to_bytes();
+    (code, serde_json::from_slice(&body).unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     use http::Method;
@@ -546,12 +574,7 @@ mod tests {
             body: body.as_bytes(),
         };
         let response = api.change(|s| s.write(&w)).expect("a served path");
-        let code = response.status().as_u16();
-        let body = futures_util::FutureExt::now_or_never(response.into_body().collect())
-            .expect("a whole body")
-            .unwrap()
-            .to_bytes();
-        (code, serde_json::from_slice(&body).unwrap())
+        super::status_and_json(response)
     }
 
     #[test]

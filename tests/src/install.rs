@@ -48,6 +48,7 @@ fn resource(kind: &str) -> &'static str {
         "ConfigMap" => "configmaps",
         "AuthorizationPolicy" => "authorizationpolicies",
         "PeerAuthentication" => "peerauthentications",
+        "Telemetry" => "telemetries",
         other => panic!("{other} is not served"),
     }
 }
@@ -121,6 +122,12 @@ pub fn deployment(name: &str) -> Value {
         .into_iter()
         .find(|d| d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no Deployment {name}"))
+}
+
+/// The CustomResourceDefinitions of veil's kinds as the chart installs them (their schemas
+/// abridged), established.
+pub fn crds() -> Vec<Value> {
+    template("CustomResourceDefinition")
 }
 
 /// An AuthorizationPolicy of the install, with its status as the controller writes it.

@@ -13,12 +13,13 @@
 //! logged, whatever the level, with the policy and rule that decided it (or why the request could
 //! not be judged).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
 use tracing::{info, warn};
 use veil_mesh::identity::Identity;
-use veil_mesh::policy::PolicyId;
+use veil_mesh::policy::{AccessLogLevel, PolicyId, TelemetrySettings};
 use veil_mesh::telemetry::audit::{AUDIT, SCHEMA};
 
 /// Tracing target of the access log.
@@ -63,6 +64,7 @@ pub enum Level {
 pub struct AccessLog {
     level: Level,
     headers: Vec<HeaderName>,
+    redact_headers: Vec<HeaderName>,
     redact_params: Vec<String>,
 }
 
@@ -112,10 +114,8 @@ impl AccessLog {
         redact_headers: &[HeaderName],
         redact_params: Vec<String>,
     ) -> Self {
-        let headers = headers
-            .into_iter()
-            .filter(|h| !NEVER_LOGGED.contains(&h.as_str()) && !redact_headers.contains(h))
-            .collect();
+        let redact_headers = redact_headers.to_vec();
+        let headers = loggable(headers, &redact_headers);
         let mut redact_params: Vec<String> = redact_params
             .into_iter()
             .chain(DEFAULT_REDACTED_PARAMS.iter().map(|p| (*p).to_owned()))
@@ -126,8 +126,41 @@ impl AccessLog {
         Self {
             level,
             headers,
+            redact_headers,
             redact_params,
         }
+    }
+
+    /// The log of requests to a workload whose Telemetry says `t`: its level and headers instead
+    /// of this process's where it sets them, its redacted parameters besides this process's.
+    /// Credentials and `--redact-header`s are never written, whatever it says.
+    pub fn for_workload(&self, t: &TelemetrySettings) -> Cow<'_, Self> {
+        if t.access_log.is_none() && t.headers.is_none() && t.redact_query_parameters.is_empty() {
+            return Cow::Borrowed(self);
+        }
+        let mut log = self.clone();
+        if let Some(level) = t.access_log {
+            log.level = match level {
+                AccessLogLevel::Off => Level::Off,
+                AccessLogLevel::Metadata => Level::Metadata,
+                AccessLogLevel::Full => Level::Full,
+            };
+        }
+        if let Some(headers) = &t.headers {
+            let named = headers
+                .iter()
+                .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                .collect();
+            log.headers = loggable(named, &self.redact_headers);
+        }
+        log.redact_params.extend(
+            t.redact_query_parameters
+                .iter()
+                .map(|p| p.to_ascii_lowercase()),
+        );
+        log.redact_params.sort();
+        log.redact_params.dedup();
+        Cow::Owned(log)
     }
 
     /// The level.
@@ -215,6 +248,14 @@ impl AccessLog {
     }
 }
 
+/// `headers` without credentials and the `redact` ones.
+fn loggable(headers: Vec<HeaderName>, redact: &[HeaderName]) -> Vec<HeaderName> {
+    headers
+        .into_iter()
+        .filter(|h| !NEVER_LOGGED.contains(&h.as_str()) && !redact.contains(h))
+        .collect()
+}
+
 /// A query component as an application reads it (`application/x-www-form-urlencoded`): `+` is a
 /// space, `%XX` a byte; `None` if an escape is not `%` and two hex digits (applications disagree on
 /// those) or the bytes are not UTF-8.
@@ -264,6 +305,49 @@ mod tests {
         headers.insert("x-tenant", "acme".parse().unwrap());
         let selected = log.selected_headers(&headers);
         assert_eq!(selected, "x-request-id: req-1");
+    }
+
+    #[test]
+    fn a_workloads_telemetry_sets_level_and_headers_and_adds_redactions_never_credentials() {
+        let log = AccessLog::new(
+            Level::Metadata,
+            vec![HeaderName::from_static("x-request-id")],
+            &[HeaderName::from_static("x-tenant")],
+            vec!["session".into()],
+        );
+        let nothing = TelemetrySettings::default();
+        assert!(matches!(log.for_workload(&nothing), Cow::Borrowed(_)));
+        let t = TelemetrySettings {
+            access_log: Some(AccessLogLevel::Full),
+            headers: Some(vec![
+                "x-trace".into(),
+                "authorization".into(),
+                "x-tenant".into(),
+                "not a header".into(),
+            ]),
+            redact_query_parameters: vec!["Email".into()],
+            ..TelemetrySettings::default()
+        };
+        let own = log.for_workload(&t);
+        assert_eq!(own.level(), Level::Full);
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer secret".parse().unwrap());
+        headers.insert("x-tenant", "acme".parse().unwrap());
+        headers.insert("x-trace", "t1".parse().unwrap());
+        headers.insert("x-request-id", "r1".parse().unwrap());
+        assert_eq!(own.selected_headers(&headers), "x-trace: t1");
+        assert_eq!(
+            own.redact_query("email=a@b&session=s&page=1"),
+            "email=REDACTED&session=REDACTED&page=1"
+        );
+        let off = TelemetrySettings {
+            access_log: Some(AccessLogLevel::Off),
+            ..TelemetrySettings::default()
+        };
+        assert_eq!(log.for_workload(&off).level(), Level::Off);
+        // The process's settings are untouched.
+        assert_eq!(log.level(), Level::Metadata);
+        assert_eq!(log.selected_headers(&headers), "x-request-id: r1");
     }
 
     #[test]

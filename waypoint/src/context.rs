@@ -9,6 +9,7 @@ use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use veil_mesh::discovery::MeshState;
+use veil_mesh::policy::TelemetrySettings;
 use veil_mesh::telemetry::trace::{Span, SpanKind, Tracing};
 
 use crate::access_log::AccessLog;
@@ -75,12 +76,22 @@ impl Context {
         self
     }
 
-    /// A span (none when traces are off) whose parent is the first of `parents` that is a valid
-    /// `traceparent` — the others that are become its links — or the root of a new trace.
-    pub fn span(&self, name: &'static str, kind: SpanKind, parents: &[&HeaderValue]) -> Span {
+    /// A span (none when traces are off, or `telemetry` turns them off) whose parent is the first
+    /// of `parents` that is a valid `traceparent` — the others that are become its links — or the
+    /// root of a new trace, sampled as `telemetry` says (else as configured).
+    pub fn span(
+        &self,
+        name: &'static str,
+        kind: SpanKind,
+        parents: &[&HeaderValue],
+        telemetry: &TelemetrySettings,
+    ) -> Span {
         match &self.tracing {
-            Some(t) => t.span(name, kind, parents, t.sampling()),
-            None => Span::none(),
+            Some(t) if !telemetry.no_spans() => {
+                let sampling = telemetry.sampling.unwrap_or(t.sampling());
+                t.span(name, kind, parents, sampling)
+            }
+            _ => Span::none(),
         }
     }
 

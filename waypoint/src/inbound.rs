@@ -188,6 +188,7 @@ async fn forward_tcp(ctx: &Context, tunnel: &Tunnel, mut io: Prefixed<H2Io>, _dr
         "waypoint tcp",
         SpanKind::Server,
         &tunnel.traceparent.iter().collect::<Vec<_>>(),
+        &state.telemetry_for(&endpoint),
     );
     span.set_all(|| tunnel.attributes(&endpoint));
     if !decision.allowed() {
@@ -195,7 +196,9 @@ async fn forward_tcp(ctx: &Context, tunnel: &Tunnel, mut io: Prefixed<H2Io>, _dr
         // Also when only HTTP attributes could have allowed it: this is not HTTP.
         return log_tcp_deny(&tunnel.peer, &tunnel.dest.key(), &decision);
     }
-    let mut upstream = match ctx.upstreams.open(addr, span.traceparent()).await {
+    // Where this hop makes no span, the tunnel's trace goes on unchanged.
+    let traceparent = span.traceparent().or_else(|| tunnel.traceparent.clone());
+    let mut upstream = match ctx.upstreams.open(addr, traceparent).await {
         Ok(upstream) => upstream,
         Err(e) => {
             span.fail("tunnel to endpoint failed");

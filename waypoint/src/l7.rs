@@ -23,7 +23,7 @@ use tracing::debug;
 use veil_mesh::discovery::{MeshState, Workload};
 use veil_mesh::hbone::TRACEPARENT;
 use veil_mesh::identity::Identity;
-use veil_mesh::policy::{Decision, HttpAttributes};
+use veil_mesh::policy::{Decision, HttpAttributes, TelemetrySettings};
 use veil_mesh::telemetry::metrics::{
     DecisionLabels, Outcome, Party, PolicyLabel, Principal, Protocol, ServiceLabel,
 };
@@ -71,12 +71,24 @@ impl Tunnel {
 }
 
 /// The span of one request: a child of the trace the request carries, linked to its tunnel's; else
-/// a child of its tunnel's. Named by the method (semantic conventions: no path in span names).
-fn request_span(ctx: &Context, tunnel: &Tunnel, req: &Request<Incoming>, grpc: bool) -> Span {
+/// a child of its tunnel's. Named by the method (semantic conventions: no path in span names). None
+/// where the destination's Telemetry turns spans off.
+fn request_span(
+    ctx: &Context,
+    tunnel: &Tunnel,
+    req: &Request<Incoming>,
+    grpc: bool,
+    telemetry: &TelemetrySettings,
+) -> Span {
     let own = req.headers().get(&TRACEPARENT);
     let parents: Vec<&HeaderValue> = own.into_iter().chain(&tunnel.traceparent).collect();
     let method = known_method(req.method());
-    let mut span = ctx.span(method.unwrap_or("HTTP"), SpanKind::Server, &parents);
+    let mut span = ctx.span(
+        method.unwrap_or("HTTP"),
+        SpanKind::Server,
+        &parents,
+        telemetry,
+    );
     span.set_all(|| {
         [
             KeyValue::new("http.request.method", method.unwrap_or("_OTHER")),
@@ -164,8 +176,9 @@ async fn handle(
 ) -> Result<Response<DownstreamBody>, Infallible> {
     let started = Instant::now();
     let grpc = is_grpc(&req);
-    let mut span = request_span(&ctx, &tunnel, &req, grpc);
     let state = ctx.state();
+    // Before an endpoint is chosen, the waypoint's own settings; then the endpoint's Telemetry.
+    let unknown = TelemetrySettings::default();
     let protocol = if grpc { Protocol::Grpc } else { Protocol::Http };
     let mut report = Report::new(
         &state,
@@ -179,6 +192,7 @@ async fn handle(
     let canon = match canon::request(&req, ctx.settings.path_normalization) {
         Ok(canon) => canon,
         Err(refusal) => {
+            let mut span = request_span(&ctx, &tunnel, &req, grpc, &unknown);
             span_status(&mut span, 400);
             return Ok(refuse(&ctx, &tunnel, &req, &refusal, started, &report));
         }
@@ -186,6 +200,7 @@ async fn handle(
     let Some((endpoint, addr)) = tunnel.dest.endpoint(&state, tunnel.target, ctx.next()) else {
         let wire = on_the_wire(grpc, StatusCode::SERVICE_UNAVAILABLE);
         report.request(&ctx.upstreams.metrics, wire, 0, 0, started.elapsed());
+        let mut span = request_span(&ctx, &tunnel, &req, grpc, &unknown);
         span_status(&mut span, 503);
         return Ok(local_reply(
             grpc,
@@ -194,6 +209,8 @@ async fn handle(
         ));
     };
     report.to_endpoint(&endpoint);
+    let telemetry = state.telemetry_for(&endpoint);
+    let mut span = request_span(&ctx, &tunnel, &req, grpc, &telemetry);
     span.set_all(|| tunnel.attributes(&endpoint));
     let decision = authorize(&ctx, &tunnel, &state, &endpoint, addr, &req, &canon);
     span_decision(&mut span, &decision);
@@ -203,7 +220,7 @@ async fn handle(
         let wire = on_the_wire(grpc, StatusCode::FORBIDDEN);
         report.request(&ctx.upstreams.metrics, wire, 0, 0, started.elapsed());
         span_status(&mut span, 403);
-        ctx.access_log.log(&Record {
+        ctx.access_log.for_workload(&telemetry).log(&Record {
             source: &tunnel.peer,
             destination: &destination,
             endpoint: Some(&endpoint_key),
@@ -242,6 +259,13 @@ async fn handle(
         started,
         report,
         span,
+        // Where this hop makes no span, the trace the request came in goes on unchanged.
+        pass_through: req
+            .headers()
+            .get(&TRACEPARENT)
+            .or(tunnel.traceparent.as_ref())
+            .cloned(),
+        telemetry,
     };
     Ok(forward(ctx, req, &canon, addr, log_line, grpc).await)
 }
@@ -345,7 +369,10 @@ async fn forward(
     *upstream.uri_mut() = upstream_uri(addr, &canon.path_and_query());
     strip_hop_by_hop(upstream.headers_mut());
     // The application continues the trace from this request's span.
-    let traceparent = log_line.span.traceparent();
+    let traceparent = log_line
+        .span
+        .traceparent()
+        .or_else(|| log_line.pass_through.clone());
     if let Some(tp) = &traceparent {
         upstream
             .headers_mut()
@@ -444,6 +471,11 @@ struct LogLine {
     started: Instant,
     report: Report,
     span: Span,
+    /// The `traceparent` passed on unchanged when this hop makes no span (traces off here, or the
+    /// endpoint's Telemetry turns spans off).
+    pass_through: Option<HeaderValue>,
+    /// The endpoint's Telemetry.
+    telemetry: TelemetrySettings,
 }
 
 impl LogLine {
@@ -465,7 +497,7 @@ impl LogLine {
             self.started.elapsed(),
         );
         span_status(&mut self.span, status);
-        ctx.access_log.log(&Record {
+        ctx.access_log.for_workload(&self.telemetry).log(&Record {
             source: &self.peer,
             destination: &self.destination,
             endpoint: Some(&self.endpoint),

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use veil_mesh::discovery::{MeshState, Workload};
 use veil_mesh::hbone::H2Settings;
 use veil_mesh::identity::{CertHandle, CertManager, TrustBundle};
+use veil_mesh::policy::TelemetrySettings;
 use veil_mesh::pool::Pool;
 use veil_mesh::telemetry::LogLimiter;
 use veil_mesh::telemetry::metrics::{Counter, Metrics, TrafficLabels};
@@ -156,17 +157,22 @@ impl Context {
         self
     }
 
-    /// A span for a tunnel (none when traces are off), child of `parent` (a `traceparent` a peer
-    /// sent) or the root of a new trace.
+    /// A span for a tunnel (none when traces are off, or `telemetry` turns them off), child of
+    /// `parent` (a `traceparent` a peer sent) or the root of a new trace, sampled as `telemetry`
+    /// says (else as configured).
     pub fn span(
         &self,
         name: &'static str,
         kind: SpanKind,
         parent: Option<&http::HeaderValue>,
+        telemetry: &TelemetrySettings,
     ) -> Span {
         match &self.tracing {
-            Some(t) => t.span(name, kind, parent.as_slice(), t.sampling()),
-            None => Span::none(),
+            Some(t) if !telemetry.no_spans() => {
+                let sampling = telemetry.sampling.unwrap_or(t.sampling());
+                t.span(name, kind, parent.as_slice(), sampling)
+            }
+            _ => Span::none(),
         }
     }
 

@@ -19,7 +19,7 @@ use veil_mesh::hbone::{
     serve_connection_with, splice,
 };
 use veil_mesh::identity::Identity;
-use veil_mesh::policy::{Decision, PolicyId};
+use veil_mesh::policy::{AccessLogLevel, Decision, PolicyId};
 use veil_mesh::telemetry::audit::{AUDIT, SCHEMA};
 use veil_mesh::telemetry::metrics::{
     DecisionLabels, Direction, HandshakeLabels, Outcome, Party, PolicyLabel, Principal, Protocol,
@@ -128,11 +128,21 @@ pub(crate) async fn stream_task(
         source_ip: stream.peer_addr.ip(),
         destination: target,
     });
-    let mut span = ctx.span(
-        "ztunnel inbound",
-        SpanKind::Server,
-        stream.request.headers().get(&TRACEPARENT),
-    );
+    // What may be recorded about this workload's traffic (its Telemetry): spans and the access log.
+    let (mut span, logged) = {
+        let state = ctx.state();
+        let current = state
+            .workload(&local.workload.uid)
+            .unwrap_or(&local.workload);
+        let telemetry = state.telemetry_for(current);
+        let span = ctx.span(
+            "ztunnel inbound",
+            SpanKind::Server,
+            stream.request.headers().get(&TRACEPARENT),
+            &telemetry,
+        );
+        (span, telemetry.access_log != Some(AccessLogLevel::Off))
+    };
     span.set_all(|| {
         [
             KeyValue::new("veil.source.principal", stream.peer.to_string()),
@@ -221,6 +231,7 @@ pub(crate) async fn stream_task(
         Err(_) => span.fail("connection aborted"),
     }
     match result {
+        _ if !logged => {}
         Ok(t) => info!(
             target: ACCESS_LOG,
             decision = "allow",
@@ -241,6 +252,7 @@ pub(crate) async fn stream_task(
             source = %stream.peer,
             source_ip = %stream.peer_addr.ip(),
             destination = %workload.identity,
+            destination_workload = %workload.key(),
             port = target.port(),
             duration_ms,
             error = %e,

@@ -21,7 +21,7 @@ use veil_mesh::telemetry::metrics::{
     ConnectionLabels, Direction, HandshakeLabels, Party, Principal, Protocol, Reporter, Resource,
     Security, ServiceLabel, TrafficLabels, WorkloadLabels,
 };
-use veil_mesh::telemetry::trace::{KeyValue, SpanKind};
+use veil_mesh::telemetry::trace::{KeyValue, Span, SpanKind};
 
 use crate::accept;
 use crate::capture::{Forbidden, forbidden};
@@ -270,7 +270,21 @@ async fn proxy_hbone(
         dst: peer.identity.clone(),
         dst_addr: SocketAddr::new(peer.address, HBONE_PORT),
     };
-    let mut span = ctx.span("ztunnel outbound", SpanKind::Client, None);
+    let mut span = match &ctx.tracing {
+        Some(_) => {
+            let state = ctx.state();
+            let current = state
+                .workload(&local.workload.uid)
+                .unwrap_or(&local.workload);
+            ctx.span(
+                "ztunnel outbound",
+                SpanKind::Client,
+                None,
+                &state.telemetry_for(current),
+            )
+        }
+        None => Span::none(),
+    };
     span.set_all(|| {
         local
             .party

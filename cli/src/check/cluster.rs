@@ -13,9 +13,10 @@ pub(crate) const API_SERVER: &str = "kubernetes-api";
 
 /// The custom resource definitions the chart installs (charts/veil/crds/), with the version veil
 /// reads.
-pub(crate) const CRDS: [&str; 2] = [
+pub(crate) const CRDS: [&str; 3] = [
     "authorizationpolicies.security.veil.dev",
     "peerauthentications.security.veil.dev",
+    "telemetries.security.veil.dev",
 ];
 /// The version of them veil serves and reads.
 pub(crate) const CRD_VERSION: &str = "v1";

@@ -36,11 +36,12 @@ use tracing::{error, info};
 use veil_crd::API_VERSION;
 use veil_crd::authorization::AuthorizationPolicySpec;
 use veil_crd::peer_authentication::PeerAuthenticationSpec;
+use veil_crd::telemetry::TelemetrySpec;
 
 use super::model::{Naming, Service, ServicePort, Serving, Waypoint, WaypointRef, Workload};
 use super::state::{ConfigError, MeshSettings, MeshState};
 use crate::identity::Identity;
-use crate::policy::{compile_authz, compile_peer_auth};
+use crate::policy::{compile_authz, compile_peer_auth, compile_telemetry};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -191,6 +192,7 @@ pub fn parse(text: &str, settings: &MeshSettings) -> Result<MeshState, ConfigErr
         .collect::<Result<_, _>>()?;
     let mut authz = Vec::new();
     let mut peer_auth = Vec::new();
+    let mut telemetry = Vec::new();
     for (i, object) in file.policies.unwrap_or_default().into_iter().enumerate() {
         let (ns, name) = (&object.metadata.namespace, &object.metadata.name);
         let at = format!("policies[{i}] ({} {ns}/{name})", object.kind);
@@ -212,15 +214,21 @@ pub fn parse(text: &str, settings: &MeshSettings) -> Result<MeshState, ConfigErr
                 let spec: PeerAuthenticationSpec = spec_of(&object.spec, &at)?;
                 peer_auth.push(compile_peer_auth(ns, name, &spec)?);
             }
+            "Telemetry" => {
+                let spec: TelemetrySpec = spec_of(&object.spec, &at)?;
+                telemetry.push(compile_telemetry(ns, name, &spec)?);
+            }
             other => {
                 return Err(ConfigError::invalid(
                     at,
-                    format!("unknown kind {other:?} (AuthorizationPolicy or PeerAuthentication)"),
+                    format!(
+                        "unknown kind {other:?} (AuthorizationPolicy, PeerAuthentication or Telemetry)"
+                    ),
                 ));
             }
         }
     }
-    Ok(MeshState::build(
+    let state = MeshState::build(
         settings.clone(),
         workloads,
         services,
@@ -228,7 +236,12 @@ pub fn parse(text: &str, settings: &MeshSettings) -> Result<MeshState, ConfigErr
         authz,
         peer_auth,
     )?
-    .with_ambient_namespaces(ambient))
+    .with_telemetry(telemetry);
+    // Validated whole: a second Telemetry of one name is an error, as for the other kinds.
+    if let Some(e) = state.rejected().first() {
+        return Err(e.clone());
+    }
+    Ok(state.with_ambient_namespaces(ambient))
 }
 
 /// Which waypoint each namespace uses by default, and which waypoints exist.
@@ -352,6 +365,7 @@ fn workload(
         identity,
         waypoint,
         waypoint_conflict: Vec::new(),
+        telemetry: None,
         policies: Default::default(),
     })
 }

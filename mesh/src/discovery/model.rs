@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use serde::Serialize;
 
 use crate::identity::Identity;
-use crate::policy::AuthzPolicy;
+use crate::policy::{AuthzPolicy, TelemetrySettings};
 
 /// Whether a workload takes new connections as a service's endpoint (its pod's `Ready` condition
 /// and whether it is being deleted, as EndpointSlices tell them apart).
@@ -114,6 +114,10 @@ pub struct Workload {
     pub(crate) waypoint_conflict: Vec<WaypointRef>,
     #[serde(skip)]
     pub(crate) policies: OnceLock<Arc<[Arc<AuthzPolicy>]>>,
+    /// The Telemetry that applies to it, as a control plane resolved it (a subscriber has no labels
+    /// to resolve it by); `None`: resolved from the mesh's Telemetry objects and its labels.
+    #[serde(skip)]
+    pub(crate) telemetry: Option<Arc<TelemetrySettings>>,
 }
 
 impl Workload {
@@ -147,6 +151,7 @@ impl Workload {
             waypoint,
             waypoint_conflict,
             policies: _,
+            telemetry,
         } = self;
         *uid == other.uid
             && *name == other.name
@@ -162,6 +167,7 @@ impl Workload {
             && *identity == other.identity
             && *waypoint == other.waypoint
             && *waypoint_conflict == other.waypoint_conflict
+            && *telemetry == other.telemetry
     }
 }
 

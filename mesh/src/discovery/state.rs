@@ -13,7 +13,7 @@ pub(crate) use assemble::front_one;
 
 use crate::policy::{
     AuthzPolicy, PeerAuthPolicy, PeerMode, PeerProfile, PolicyError, PolicyId, PolicyIndex, Target,
-    peer_profile, resolve_peer_mode,
+    TelemetryPolicy, TelemetrySettings, peer_profile, resolve_peer_mode, resolve_telemetry,
 };
 
 /// Settings every source shares.
@@ -106,6 +106,7 @@ pub struct MeshState {
     waypoints: Arc<HashMap<WaypointRef, Arc<Waypoint>>>,
     authz: Arc<PolicyIndex>,
     peer_auth: Arc<[PeerAuthPolicy]>,
+    telemetry: Arc<[TelemetryPolicy]>,
     ambient_namespaces: Arc<BTreeSet<String>>,
     /// Pods scheduled to a node whose network is not set up yet (no address): not part of the
     /// mesh, but described to control-plane subscribers so the node can capture them at once.
@@ -305,6 +306,8 @@ impl MeshState {
             && self.istio_semantics == other.istio_semantics
             && (Arc::ptr_eq(&self.peer_auth, &other.peer_auth)
                 || by_id(&self.peer_auth, |p| &p.id) == by_id(&other.peer_auth, |p| &p.id))
+            && (Arc::ptr_eq(&self.telemetry, &other.telemetry)
+                || by_id(&self.telemetry, |p| &p.id) == by_id(&other.telemetry, |p| &p.id))
             && (Arc::ptr_eq(&self.waypoints, &other.waypoints) || self.waypoints == other.waypoints)
             && self.services.len() == other.services.len()
             && self
@@ -364,6 +367,37 @@ impl MeshState {
     /// tunnels.
     pub fn istio_semantics(&self) -> bool {
         self.istio_semantics
+    }
+
+    /// Sets the Telemetry objects (two of one name: the first is kept, the second reported).
+    pub fn with_telemetry(mut self, telemetry: Vec<TelemetryPolicy>) -> Self {
+        let mut rejected = self.rejected.to_vec();
+        let telemetry = assemble::unique("Telemetry", telemetry, |p| &p.id, &mut rejected);
+        self.rejected = rejected.into();
+        self.telemetry = telemetry.into();
+        self
+    }
+
+    /// Every Telemetry object.
+    pub fn telemetry_policies(&self) -> &[TelemetryPolicy] {
+        &self.telemetry
+    }
+
+    /// What the proxies may record about `workload`'s traffic: as its control plane resolved it,
+    /// else from the Telemetry objects that select it. Empty: the proxies' own settings.
+    pub fn telemetry_for(&self, workload: &Workload) -> TelemetrySettings {
+        if let Some(resolved) = &workload.telemetry {
+            return (**resolved).clone();
+        }
+        if self.telemetry.is_empty() {
+            return TelemetrySettings::default();
+        }
+        resolve_telemetry(
+            &self.telemetry,
+            &self.settings().root_namespace,
+            &workload.namespace,
+            &workload.labels,
+        )
     }
 
     /// Declares which namespaces are in the mesh: their new pods must be captured before they start.

@@ -36,11 +36,7 @@ pub fn compile_peer_auth(
     spec: &PeerAuthenticationSpec,
 ) -> Result<PeerAuthPolicy, PolicyError> {
     let id = PolicyId::new(namespace, name);
-    let selector = spec
-        .selector
-        .as_ref()
-        .filter(|s| !s.match_labels.is_empty())
-        .map(|s| s.match_labels.clone());
+    let selector = selector_labels(spec.selector.as_ref());
     if selector.is_none() && !spec.port_level_mtls.is_empty() {
         return Err(PolicyError {
             kind: "PeerAuthentication",
@@ -68,6 +64,15 @@ pub fn compile_peer_auth(
         mode: spec.mtls.as_ref().map_or(MtlsMode::Unset, |m| m.mode),
         ports,
     })
+}
+
+/// The labels a selector selects by; none when it is absent or empty (the whole namespace).
+pub(super) fn selector_labels(
+    selector: Option<&veil_crd::selector::WorkloadSelector>,
+) -> Option<BTreeMap<String, String>> {
+    selector
+        .filter(|s| !s.match_labels.is_empty())
+        .map(|s| s.match_labels.clone())
 }
 
 impl PeerAuthPolicy {

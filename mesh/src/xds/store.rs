@@ -529,6 +529,7 @@ impl Store {
                 identity: w.identity.clone(),
                 waypoint: reference(&w.waypoint),
                 waypoint_conflict: Vec::new(),
+                telemetry: w.telemetry.clone(),
                 policies: Default::default(),
             });
         }

@@ -441,4 +441,5 @@ fn istio_evaluation_of_the_translation_decides_as_veil_does() {
 mod enrolment;
 mod patch;
 mod subscriber;
+mod telemetry;
 mod waypoint;

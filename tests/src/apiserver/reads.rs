@@ -63,6 +63,9 @@ impl ApiStore {
                     .unwrap_or("");
                 Some((resource, kind, group, target))
             })?;
+        if !self.serves(resource) {
+            return Some(super::unknown_resource());
+        }
         Some(match target {
             Target::Object { namespace, name } => match self.find(resource, namespace, name) {
                 Some(object) => json_response(StatusCode::OK, object.to_string().into()),
@@ -80,7 +83,12 @@ impl ApiStore {
             .filter_map(|(_, bytes)| serde_json::from_slice::<Value>(bytes).ok())
     }
 
-    fn find(&self, resource: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+    pub(super) fn find(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
         self.objects_of(resource).find(|o| {
             o.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
                 && o.pointer("/metadata/namespace").and_then(Value::as_str) == namespace
@@ -225,7 +233,6 @@ fn bad_request(message: &str) -> http::Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use http_body_util::BodyExt;
     use serde_json::{Value, json};
 
     use super::super::Api;
@@ -233,12 +240,7 @@ mod tests {
     fn read(api: &Api, uri: &str) -> (u16, Value) {
         let req = http::Request::get(uri).body(()).unwrap();
         let response = api.read(&req).expect("a served path");
-        let code = response.status().as_u16();
-        let body = futures_util::FutureExt::now_or_never(response.into_body().collect())
-            .expect("a whole body")
-            .unwrap()
-            .to_bytes();
-        (code, serde_json::from_slice(&body).unwrap())
+        crate::apiserver::status_and_json(response)
     }
 
     fn pod(ns: &str, name: &str, app: &str, phase: &str) -> Value {

@@ -1,10 +1,12 @@
-//! Kubernetes mode of the test mesh: the fake API server and its objects, pods pinned where
-//! ztunnel scans for them, and `veil-cni` invoked as a container runtime does.
+//! Kubernetes mode of the test mesh: the fake API server and its objects (veil's CRDs installed,
+//! the spec's policies and Telemetries among them), pods pinned where ztunnel scans for them, and
+//! `veil-cni` invoked as a container runtime does.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
 
 use super::{Mesh, PodSpec, bin};
 use crate::kube::{self, ApiObjects};
@@ -15,6 +17,18 @@ impl Mesh {
     /// namespaces where ztunnel scans for them, and writes ztunnel's kubeconfig.
     pub(super) fn start_api(&mut self) -> anyhow::Result<()> {
         let objects = ApiObjects::new(self.dir.join("api"))?;
+        for resource in ["telemetries", "customresourcedefinitions"] {
+            std::fs::create_dir_all(objects.dir().join(resource))?;
+        }
+        // Installed as the chart's first install does; a test may delete one, as `helm upgrade`
+        // leaves a CRD the chart gained since uninstalled.
+        for crd in crate::install::crds() {
+            let name = crd["metadata"]["name"].as_str().context("a CRD's name")?;
+            objects.put("customresourcedefinitions", name, &crd)?;
+        }
+        for (resource, key, object) in api_policies(&self.spec.policies)? {
+            objects.put(resource, &key, &object)?;
+        }
         std::fs::create_dir_all(self.dir.join("netns"))?;
         let namespaces = kube::namespaces(&self.spec.pods, &self.spec.ambient_namespaces);
         for (name, ambient) in &namespaces {
@@ -301,5 +315,95 @@ impl Mesh {
             )
         })?;
         Ok((out.status.success(), json))
+    }
+}
+
+/// The objects of a spec's `policies` as the API server holds them (a uid, a generation and a
+/// creation time added): (resource, file name, object). The harness reads no YAML, so in
+/// Kubernetes mode each entry is one line, `- {…}` with the object in JSON (YAML too, for the mesh
+/// file); anything else is refused rather than left out of the API.
+pub(super) fn api_policies(policies: &str) -> anyhow::Result<Vec<(&'static str, String, Value)>> {
+    let mut out = Vec::new();
+    let lines = policies.lines().map(str::trim);
+    for (i, line) in lines
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .enumerate()
+    {
+        let entry = line.strip_prefix("- ").with_context(|| {
+            format!("policies[{i}]: in Kubernetes mode each policy is one line, `- {{…}}` in JSON: {line:?}")
+        })?;
+        let mut object: Value = serde_json::from_str(entry).with_context(|| {
+            format!("policies[{i}]: in Kubernetes mode each policy is one line of JSON: {entry:?}")
+        })?;
+        let field = |pointer: &str| {
+            object
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .with_context(|| format!("policies[{i}]: no {pointer}"))
+        };
+        let (kind, namespace, name) = (
+            field("/kind")?,
+            field("/metadata/namespace")?,
+            field("/metadata/name")?,
+        );
+        let resource = match kind.as_str() {
+            "AuthorizationPolicy" => "authorizationpolicies",
+            "PeerAuthentication" => "peerauthentications",
+            "Telemetry" => "telemetries",
+            other => bail!("policies[{i}]: {other} is not a kind of veil's API"),
+        };
+        let metadata = object["metadata"]
+            .as_object_mut()
+            .with_context(|| format!("policies[{i}]: metadata is no object"))?;
+        for (key, value) in [
+            ("uid", json!(format!("uid-{resource}-{namespace}-{name}"))),
+            ("generation", json!(1)),
+            ("creationTimestamp", json!("2026-12-01T09:00:00Z")),
+        ] {
+            metadata.entry(key).or_insert(value);
+        }
+        out.push((resource, format!("{namespace}.{name}"), object));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_become_api_objects_and_entries_the_harness_cannot_read_are_refused() {
+        let policies = r#"
+  - {"apiVersion": "security.veil.dev/v1", "kind": "Telemetry", "metadata": {"name": "quiet", "namespace": "user-data"}, "spec": {"accessLog": {"level": "off"}}}
+  # a comment
+  - {"apiVersion": "security.veil.dev/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "deny", "namespace": "shop", "uid": "ap-1"}, "spec": {"action": "DENY"}}
+"#;
+        let objects = api_policies(policies).unwrap();
+        assert_eq!(objects.len(), 2);
+        let (resource, key, telemetry) = &objects[0];
+        assert_eq!(
+            (*resource, key.as_str()),
+            ("telemetries", "user-data.quiet")
+        );
+        assert_eq!(telemetry["spec"]["accessLog"]["level"], "off");
+        assert_eq!(
+            telemetry["metadata"]["uid"],
+            "uid-telemetries-user-data-quiet"
+        );
+        assert_eq!(telemetry["metadata"]["generation"], 1);
+        assert_eq!(objects[1].0, "authorizationpolicies");
+        assert_eq!(objects[1].2["metadata"]["uid"], "ap-1", "kept");
+        assert!(api_policies("").unwrap().is_empty());
+
+        let block = "  - apiVersion: security.veil.dev/v1\n    kind: Telemetry\n";
+        let e = api_policies(block).unwrap_err().to_string();
+        assert!(e.contains("one line of JSON"), "{e}");
+        let unknown = r#"  - {"kind": "Sidecar", "metadata": {"name": "s", "namespace": "n"}}"#;
+        let e = api_policies(unknown).unwrap_err().to_string();
+        assert!(e.contains("not a kind of veil's API"), "{e}");
+        let nameless = r#"  - {"kind": "Telemetry", "metadata": {"namespace": "n"}}"#;
+        let e = api_policies(nameless).unwrap_err().to_string();
+        assert!(e.contains("no /metadata/name"), "{e}");
     }
 }

@@ -8,7 +8,8 @@
 //! - A waypoint is a Service labelled `veil.dev/waypoint=<name>`: its instances are the pods it
 //!   selects, its identity their service account.
 //! - A policy that fails validation is replaced by one that denies everything in its scope (the
-//!   error is kept for its status): dropping it could open what it was meant to close.
+//!   error is kept for its status): dropping it could open what it was meant to close. A Telemetry
+//!   that fails is replaced by one that records nothing in its scope (privacy fails closed).
 //! - Translation is per object: one that cannot be translated or conflicts with another (two
 //!   waypoints of one name, an address claimed twice) is left out and reported, and the rest of the
 //!   mesh is translated as usual (see [`MeshState::build_isolating`]).
@@ -26,6 +27,7 @@ use veil_crd::peer_authentication::{
 };
 
 use super::pod::SlimPod;
+use super::telemetry::{TelemetryObject, telemetry_policies};
 use crate::discovery::model::{
     Naming, Service, ServicePort, Waypoint, WaypointRef, Workload, selects,
 };
@@ -54,6 +56,8 @@ pub struct Objects {
     pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
     /// veil PeerAuthentications.
     pub peer_authentications: Vec<Arc<PeerAuthentication>>,
+    /// veil Telemetries (none while their CRD is not installed).
+    pub telemetries: Vec<Arc<TelemetryObject>>,
 }
 
 /// A translated snapshot, with the policies that failed validation. Objects that conflict with
@@ -62,7 +66,8 @@ pub struct Objects {
 pub struct Translation {
     /// The mesh.
     pub state: MeshState,
-    /// Policies refused by validation (enforced as deny-all / STRICT instead).
+    /// Policies refused by validation (enforced as deny-all / STRICT, Telemetry as recording
+    /// nothing, instead).
     pub invalid: Vec<PolicyError>,
 }
 
@@ -124,6 +129,7 @@ pub fn translate(objects: &Objects, settings: &MeshSettings) -> Translation {
         .iter()
         .map(|p| peer_auth_policy(p, &mut invalid))
         .collect();
+    let telemetry = telemetry_policies(&objects.telemetries, &mut invalid);
     let ambient = objects
         .namespaces
         .iter()
@@ -138,7 +144,8 @@ pub fn translate(objects: &Objects, settings: &MeshSettings) -> Translation {
         peer_auth,
     )
     .with_ambient_namespaces(ambient)
-    .with_pending(pending);
+    .with_pending(pending)
+    .with_telemetry(telemetry);
     Translation { state, invalid }
 }
 
@@ -456,6 +463,7 @@ pub(crate) fn workload(
         identity,
         waypoint,
         waypoint_conflict: Vec::new(),
+        telemetry: None,
         policies: Default::default(),
     })
 }

@@ -4,7 +4,11 @@
 //! `patch`: time in proportion to the change, not the cluster); otherwise the stores are translated
 //! whole. Translation is per object: an object that cannot be translated is left out and reported
 //! (an error line and `on_reject`, once each time it becomes rejected), and the rest is published;
-//! while a watch is down, its last listed objects stay in its store.
+//! while a watch is down, its last listed objects stay in its store. Telemetries are watched as a
+//! kind whose CRD may be missing (see [`optional`]): they never hold the first sync or the rest of
+//! the mesh back.
+
+mod optional;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
@@ -26,6 +30,7 @@ use veil_crd::peer_authentication::PeerAuthentication;
 
 use super::patch::{self, Whole};
 use super::pod::SlimPod;
+use super::telemetry::TelemetryObject;
 use super::translate::{Objects, translate, with_cni_addresses};
 use crate::discovery::state::{ConfigError, MeshSettings, MeshState};
 use crate::policy::PolicyError;
@@ -37,12 +42,19 @@ pub struct Snapshot {
     pub objects: Objects,
     /// The mesh.
     pub state: Arc<MeshState>,
-    /// Policies refused by validation (enforced as deny-all / STRICT).
+    /// Policies refused by validation (enforced as deny-all / STRICT; Telemetries as recording
+    /// nothing).
     pub invalid: Vec<PolicyError>,
 }
 
 /// How long changes are gathered before a rebuild: a burst of events (a rollout) costs one.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// The Telemetry CRD, added to the chart after its first releases.
+const TELEMETRY_CRD: optional::Crd = optional::Crd {
+    name: "telemetries.security.veil.dev",
+    file: "charts/veil/crds/telemetries.yaml",
+};
 
 struct Stores {
     namespaces: Store<Namespace>,
@@ -50,6 +62,7 @@ struct Stores {
     services: Store<Service>,
     authorization_policies: Store<AuthorizationPolicy>,
     peer_authentications: Store<PeerAuthentication>,
+    telemetries: optional::Optional<TelemetryObject>,
 }
 
 impl Stores {
@@ -63,22 +76,29 @@ impl Stores {
             services: all(&self.services),
             authorization_policies: all(&self.authorization_policies),
             peer_authentications: all(&self.peer_authentications),
+            telemetries: all(&self.telemetries.store),
         }
     }
 
+    /// Every kind listed, but Telemetries only answered (listed, missing or failing: see
+    /// [`optional`]).
     async fn ready(&self) {
-        // Errors mean a writer was dropped, which only happens on shutdown.
-        let _ = self.namespaces.wait_until_ready().await;
-        let _ = self.pods.wait_until_ready().await;
-        let _ = self.services.wait_until_ready().await;
-        let _ = self.authorization_policies.wait_until_ready().await;
-        let _ = self.peer_authentications.wait_until_ready().await;
+        let required = async {
+            // Errors mean a writer was dropped, which only happens on shutdown.
+            let _ = self.namespaces.wait_until_ready().await;
+            let _ = self.pods.wait_until_ready().await;
+            let _ = self.services.wait_until_ready().await;
+            let _ = self.authorization_policies.wait_until_ready().await;
+            let _ = self.peer_authentications.wait_until_ready().await;
+        };
+        tokio::join!(required, self.telemetries.answered());
     }
 }
 
-/// Starts watching through `client`; returns once every kind has been listed once, with the first
-/// snapshot published on the returned channel. `on_reject` is told about every object that becomes
-/// rejected (left out of the mesh, or kept but unreachable).
+/// Starts watching through `client`; returns once every kind has been listed once (Telemetries:
+/// answered, see [`optional`]), with the first snapshot published on the returned channel.
+/// `on_reject` is told about every object that becomes rejected (left out of the mesh, or kept but
+/// unreachable).
 pub async fn start(
     client: Client,
     settings: MeshSettings,
@@ -101,6 +121,13 @@ pub async fn start(
             &dirty,
             slim_meta,
             whole(&changes),
+        ),
+        telemetries: optional::reflect::<TelemetryObject>(
+            &client,
+            &dirty,
+            slim_meta,
+            whole(&changes),
+            TELEMETRY_CRD,
         ),
     };
     stores.ready().await;

@@ -32,6 +32,7 @@ fn workload(name: &str, address: &str, app: &str) -> Workload {
         identity: Identity::new("cluster.local", "shop", name).unwrap(),
         waypoint: None,
         waypoint_conflict: Vec::new(),
+        telemetry: None,
         policies: Default::default(),
     }
 }

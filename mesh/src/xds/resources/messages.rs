@@ -72,14 +72,7 @@ pub(super) fn workload_message(
         } else {
             wl::WorkloadStatus::Healthy
         } as i32,
-        extensions: if w.serving == Serving::Terminating && !w.ips.is_empty() {
-            vec![wl::Extension {
-                name: crate::xds::SERVING_WHILE_TERMINATING.into(),
-                config: None,
-            }]
-        } else {
-            Vec::new()
-        },
+        extensions: extensions(state, w),
         cluster_id: CLUSTER_ID.into(),
         // A pod without an address is no endpoint yet (the services it will back still judge it:
         // their waypoint and policies are in the fields above).
@@ -96,6 +89,29 @@ pub(super) fn workload_message(
         .collect(),
         ..Default::default()
     }
+}
+
+/// veil's extensions of a workload: draining, and the Telemetry that applies to it.
+fn extensions(state: &MeshState, w: &Workload) -> Vec<wl::Extension> {
+    let mut extensions = Vec::new();
+    if w.serving == Serving::Terminating && !w.ips.is_empty() {
+        extensions.push(wl::Extension {
+            name: crate::xds::SERVING_WHILE_TERMINATING.into(),
+            config: None,
+        });
+    }
+    let telemetry = state.telemetry_for(w);
+    if !telemetry.is_empty() {
+        let json = serde_json::to_string(&telemetry).expect("settings serialize");
+        extensions.push(wl::Extension {
+            name: crate::xds::TELEMETRY_EXTENSION.into(),
+            config: Some(prost_types::Any {
+                type_url: crate::xds::STRING_VALUE_TYPE.into(),
+                value: prost::Message::encode_to_vec(&crate::xds::StringValue { value: json }),
+            }),
+        });
+    }
+    extensions
 }
 
 /// The instances of a waypoint, as one workload with all their addresses: what a ztunnel needs to

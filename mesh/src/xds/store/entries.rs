@@ -1,6 +1,7 @@
 //! Reading resources into entries: every field checked, a clear reason for what is refused.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use prost::Message;
 
@@ -10,6 +11,7 @@ use super::super::proto::veil::AmbientNamespace;
 use super::super::{Kind, ip_from_bytes};
 use crate::discovery::{MeshSettings, Naming, Serving};
 use crate::identity::Identity;
+use crate::policy::TelemetrySettings;
 use crate::xds::SERVING_WHILE_TERMINATING;
 
 /// A validated workload or service, as received.
@@ -37,6 +39,8 @@ pub(super) struct WorkloadEntry {
     pub(super) policies: Box<[String]>,
     /// The services it backs, with their ports.
     pub(super) services: Backs,
+    /// The Telemetry the control plane resolved for it ([`crate::xds::TELEMETRY_EXTENSION`]).
+    pub(super) telemetry: Option<Arc<TelemetrySettings>>,
 }
 
 /// The services a workload backs (xDS names, sorted), with their ports. A sorted slice: most
@@ -187,7 +191,30 @@ fn workload_entry(
         waypoint: w.waypoint.as_ref().map(gateway).transpose()?,
         policies: w.authorization_policies.clone().into(),
         services: Backs(services.into()),
+        telemetry: telemetry(w),
     })
+}
+
+/// The Telemetry of [`crate::xds::TELEMETRY_EXTENSION`]; one that cannot be read records nothing
+/// (privacy fails closed: the workload's traffic is not logged or traced).
+fn telemetry(w: &wl::Workload) -> Option<Arc<TelemetrySettings>> {
+    let extension = w
+        .extensions
+        .iter()
+        .find(|e| e.name == crate::xds::TELEMETRY_EXTENSION)?;
+    let settings = extension
+        .config
+        .as_ref()
+        .filter(|any| any.type_url == crate::xds::STRING_VALUE_TYPE)
+        .and_then(|any| {
+            <crate::xds::StringValue as prost::Message>::decode(any.value.as_slice()).ok()
+        })
+        .and_then(|s| serde_json::from_str::<TelemetrySettings>(&s.value).ok())
+        .unwrap_or_else(|| {
+            tracing::warn!(workload = %w.uid, "unreadable telemetry extension: recording nothing about this workload");
+            TelemetrySettings::record_nothing()
+        });
+    Some(Arc::new(settings))
 }
 
 /// What telemetry calls the workload. These names only label metrics, so a name that is missing or

@@ -281,6 +281,7 @@ impl Store {
             identity: w.identity.clone(),
             waypoint: w.waypoint.as_ref().map(|g| derived.references[g].clone()),
             waypoint_conflict: Vec::new(),
+            telemetry: w.telemetry.clone(),
             policies: Default::default(),
         };
         // The services it backs (ready or not), and the waypoints they put in front.

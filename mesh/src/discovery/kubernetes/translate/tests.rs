@@ -9,6 +9,7 @@ use crate::policy::PeerMode;
 
 mod patch;
 mod reuse;
+mod telemetry;
 
 fn list<K: DeserializeOwned>(json: &str) -> Vec<Arc<K>> {
     #[derive(serde::Deserialize)]
@@ -27,6 +28,7 @@ fn objects() -> Objects {
         services: list(include_str!("../testdata/services.json")),
         authorization_policies: list(include_str!("../testdata/authorizationpolicies.json")),
         peer_authentications: list(include_str!("../testdata/peerauthentications.json")),
+        telemetries: list(include_str!("../testdata/telemetries.json")),
     }
 }
 
@@ -448,7 +450,10 @@ fn slim_stores_translate_to_the_same_mesh_for_a_fraction_of_the_size() {
     each(&mut slim.services, slim_meta);
     each(&mut slim.authorization_policies, slim_meta);
     each(&mut slim.peer_authentications, slim_meta);
+    each(&mut slim.telemetries, slim_meta);
+    assert!(slim.telemetries[0].metadata.managed_fields.is_none());
     let (a, b) = (translated(&full), translated(&slim));
+    assert_eq!(a.state.telemetry_policies(), b.state.telemetry_policies());
     let json = |v: &dyn erased::Json| v.json();
     assert_eq!(json(&a.state.workloads()), json(&b.state.workloads()));
     assert_eq!(

@@ -9,6 +9,8 @@ use kube::client::Body;
 
 use super::*;
 
+mod telemetry;
+
 fn json(path: &str) -> &'static str {
     match path {
         "/api/v1/namespaces" => include_str!("../testdata/namespaces.json"),
@@ -20,6 +22,7 @@ fn json(path: &str) -> &'static str {
         "/apis/security.veil.dev/v1/peerauthentications" => {
             include_str!("../testdata/peerauthentications.json")
         }
+        "/apis/security.veil.dev/v1/telemetries" => include_str!("../testdata/telemetries.json"),
         other => panic!("unexpected request for {other}"),
     }
 }
@@ -70,4 +73,5 @@ async fn a_failed_list_is_retried_with_backoff_and_the_snapshot_carries_its_resu
     assert!(snapshot.state.workload_by_ip(account).unwrap().enrolled);
     assert_eq!(snapshot.invalid.len(), 1);
     assert_eq!(snapshot.objects.pods.len(), 8);
+    assert_eq!(snapshot.state.telemetry_policies().len(), 2);
 }

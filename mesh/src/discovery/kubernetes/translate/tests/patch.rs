@@ -21,7 +21,8 @@ fn pod_changes(before: &Objects, after: &Objects) -> Option<Vec<PodChange>> {
             &before.authorization_policies,
             &after.authorization_policies,
         )
-        && same(&before.peer_authentications, &after.peer_authentications);
+        && same(&before.peer_authentications, &after.peer_authentications)
+        && same(&before.telemetries, &after.telemetries);
     if !others_same {
         return None;
     }

@@ -128,20 +128,18 @@ pub(crate) async fn stream_task(
         source_ip: stream.peer_addr.ip(),
         destination: target,
     });
-    // What may be recorded about this workload's traffic (its Telemetry): spans and the access log.
-    let (mut span, logged) = {
+    // Whether this workload's traffic may be traced (its Telemetry).
+    let mut span = {
         let state = ctx.state();
         let current = state
             .workload(&local.workload.uid)
             .unwrap_or(&local.workload);
-        let telemetry = state.telemetry_for(current);
-        let span = ctx.span(
+        ctx.span(
             "ztunnel inbound",
             SpanKind::Server,
             stream.request.headers().get(&TRACEPARENT),
-            &telemetry,
-        );
-        (span, telemetry.access_log != Some(AccessLogLevel::Off))
+            &state.telemetry_for(current),
+        )
     };
     span.set_all(|| {
         [
@@ -221,6 +219,12 @@ pub(crate) async fn stream_task(
         }
     };
     let duration_ms = started.elapsed().as_millis() as u64;
+    // Whether its access log is on, as its Telemetry says now (a connection can outlive a change).
+    let logged = {
+        let state = ctx.state();
+        let current = state.workload(&workload.uid).unwrap_or(&workload);
+        state.telemetry_for(current).access_log != Some(AccessLogLevel::Off)
+    };
     match &result {
         Ok(t) => span.set_all(|| {
             [

@@ -276,12 +276,20 @@ async fn proxy_hbone(
             let current = state
                 .workload(&local.workload.uid)
                 .unwrap_or(&local.workload);
-            ctx.span(
-                "ztunnel outbound",
-                SpanKind::Client,
-                None,
-                &state.telemetry_for(current),
-            )
+            // A destination whose Telemetry turns spans off is not described in a span either.
+            let private = state
+                .workload_by_ip(peer.address)
+                .is_some_and(|w| state.telemetry_for(w).no_spans());
+            if private {
+                Span::none()
+            } else {
+                ctx.span(
+                    "ztunnel outbound",
+                    SpanKind::Client,
+                    None,
+                    &state.telemetry_for(current),
+                )
+            }
         }
         None => Span::none(),
     };

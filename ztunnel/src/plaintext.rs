@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 use veil_mesh::discovery::Workload;
 use veil_mesh::hbone::abort_socket;
+use veil_mesh::policy::AccessLogLevel;
 use veil_mesh::relay::relay;
 use veil_mesh::telemetry::audit::{AUDIT, SCHEMA};
 use veil_mesh::telemetry::metrics::{
@@ -83,7 +84,12 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
     if let Ok((sent, received)) = relayed {
         meter.to_destination.inc_by(sent);
         meter.to_source.inc_by(received);
-        info!(target: ACCESS_LOG, decision = "allow", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), bytes_sent = sent, bytes_received = received, "plaintext connection complete (PERMISSIVE)");
+        // Unless the workload's Telemetry turns its access log off (read now: it may have changed).
+        let state = ctx.state();
+        let current = state.workload(&workload.uid).unwrap_or(&workload);
+        if state.telemetry_for(current).access_log != Some(AccessLogLevel::Off) {
+            info!(target: ACCESS_LOG, decision = "allow", source_ip = %peer.ip(), destination = %workload.identity, port = dst.port(), bytes_sent = sent, bytes_received = received, "plaintext connection complete (PERMISSIVE)");
+        }
     }
 }
 

@@ -21,11 +21,15 @@ pub struct TelemetryPolicy {
     pub id: PolicyId,
     selector: Option<BTreeMap<String, String>>,
     settings: TelemetrySettings,
+    /// A stand-in for an object that could not be read: without a readable selector it applies to
+    /// every workload of its namespace at the selected level too, so that no selector object can
+    /// outrank it there.
+    fail_closed: bool,
 }
 
 /// What one object (or, resolved, all that apply to a workload) says; `None`: not said here.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// Access-log level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,6 +181,7 @@ pub fn compile_telemetry(
         id,
         selector,
         settings,
+        fail_closed: false,
     })
 }
 
@@ -191,6 +196,7 @@ pub fn telemetry_fail_closed(
         id: PolicyId::new(namespace, name),
         selector: selector.filter(|s| !s.is_empty()),
         settings: TelemetrySettings::record_nothing(),
+        fail_closed: true,
     }
 }
 
@@ -227,9 +233,10 @@ pub fn resolve_telemetry(
     };
     let selected = level(&|p| {
         &*p.id.namespace == namespace
-            && p.selector
-                .as_ref()
-                .is_some_and(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            && match &p.selector {
+                Some(sel) => sel.iter().all(|(k, v)| labels.get(k) == Some(v)),
+                None => p.fail_closed,
+            }
     });
     let own = level(&|p| &*p.id.namespace == namespace && p.selector.is_none());
     let mesh = level(&|p| &*p.id.namespace == root_namespace && p.selector.is_none());

@@ -139,6 +139,21 @@ fn invalid_objects_are_refused_with_the_field_and_their_stand_in_records_nothing
     assert_eq!(web.headers.as_deref(), Some(&[][..]));
     // Its scope only.
     assert!(resolve_telemetry(&[stand_in], ROOT, "shop", &labels(&[("app", "db")])).is_empty());
+    // Without a readable selector it covers the namespace, and no selector object outranks it.
+    let unreadable = telemetry_fail_closed("shop", "broken", None);
+    let loud = compile(
+        "shop",
+        "loud",
+        "{selector: {matchLabels: {app: web}}, accessLog: {level: full}, tracing: {disableSpanReporting: false}}",
+    );
+    let web = resolve_telemetry(
+        &[unreadable, loud],
+        ROOT,
+        "shop",
+        &labels(&[("app", "web")]),
+    );
+    assert_eq!(web.access_log, Some(AccessLogLevel::Off));
+    assert!(web.no_spans());
 }
 
 #[test]
@@ -156,4 +171,8 @@ fn header_names_are_lower_cased_and_settings_survive_json() {
     let back: TelemetrySettings = serde_json::from_str(&json).unwrap();
     assert_eq!(&back, t.settings());
     assert_eq!(back.sampling, Some(0.0));
+    // A field this version does not know might restrict more: not read as nothing said.
+    assert!(
+        serde_json::from_str::<TelemetrySettings>("{\"accessLog\":\"off\",\"future\":1}").is_err()
+    );
 }

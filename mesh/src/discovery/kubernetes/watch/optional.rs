@@ -2,8 +2,9 @@
 //! `crds/` gained after its first install, so a cluster upgraded to a veil that reads a new kind
 //! (Telemetry) may not serve it yet. Such a kind never holds the rest of the mesh back:
 //!
-//! - the first sync waits for its first answer (objects, a 404, any error), at most [`GRACE`], not
-//!   for a successful list;
+//! - the first sync waits for its first answer (objects or a 404), at most [`GRACE`]: an error
+//!   (403, 500) is no answer, so a transient one at start does not publish a mesh without the
+//!   kind's objects; past [`GRACE`] the mesh goes on without them (logged) until a list succeeds;
 //! - while the API answers 404 for it, it has no objects: one warning says how to install the CRD,
 //!   and it is listed again after [`RETRY_FIRST`], doubling up to [`RETRY_MAX`], so its objects
 //!   appear once the CRD is installed (and go if it is deleted). A missing kind costs no
@@ -111,9 +112,11 @@ where
                         }
                     }
                     Err(e) if not_found(&e) => break,
+                    // Not an answer: the first sync waits for a list (or a 404) up to GRACE,
+                    // so that a transient error at start does not send every workload without
+                    // its Telemetry (privacy would fail open until the next list).
                     Err(e) => {
                         warn!(%kind, error = %e, "watch failed; retrying with backoff (the rest of the mesh is not held back)");
-                        answered_tx.send_replace(true);
                     }
                 }
             }

@@ -86,13 +86,7 @@ impl Context {
         parents: &[&HeaderValue],
         telemetry: &TelemetrySettings,
     ) -> Span {
-        match &self.tracing {
-            Some(t) if !telemetry.no_spans() => {
-                let sampling = telemetry.sampling.unwrap_or(t.sampling());
-                t.span(name, kind, parents, sampling)
-            }
-            _ => Span::none(),
-        }
+        Tracing::span_for(self.tracing.as_deref(), name, kind, parents, telemetry)
     }
 
     /// The current mesh.

@@ -167,13 +167,13 @@ impl Context {
         parent: Option<&http::HeaderValue>,
         telemetry: &TelemetrySettings,
     ) -> Span {
-        match &self.tracing {
-            Some(t) if !telemetry.no_spans() => {
-                let sampling = telemetry.sampling.unwrap_or(t.sampling());
-                t.span(name, kind, parent.as_slice(), sampling)
-            }
-            _ => Span::none(),
-        }
+        Tracing::span_for(
+            self.tracing.as_deref(),
+            name,
+            kind,
+            parent.as_slice(),
+            telemetry,
+        )
     }
 
     /// Whether the mesh comes from a control plane whose stream is down.

@@ -235,6 +235,26 @@ impl Tracing {
         Span(Some(Box::new(span)))
     }
 
+    /// [`Self::span`] for a hop whose workload's Telemetry is `telemetry`: none when it turns spans
+    /// off (or traces are off: `tracing` is `None`), else sampled as it says, or as configured.
+    pub fn span_for(
+        tracing: Option<&Self>,
+        name: &'static str,
+        kind: SpanKind,
+        parents: &[&HeaderValue],
+        telemetry: &crate::policy::TelemetrySettings,
+    ) -> Span {
+        match tracing {
+            Some(t) if !telemetry.no_spans() => t.span(
+                name,
+                kind,
+                parents,
+                telemetry.sampling.unwrap_or(t.sampling),
+            ),
+            _ => Span::none(),
+        }
+    }
+
     /// Exports what is queued and stops. Blocks: call it off the runtime's worker threads (the
     /// exporter needs them to send).
     pub fn shutdown(&self) {

@@ -11,6 +11,7 @@ mod certificates;
 mod cluster;
 mod components;
 mod policies;
+mod preflight;
 mod ztunnel;
 
 #[cfg(test)]
@@ -43,6 +44,10 @@ pub struct Options {
     /// How long each request to the API server may take.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Before installing: can veil be installed in this cluster, into --namespace, by these
+    /// credentials (nothing is created)?
+    #[arg(long)]
+    pub pre: bool,
 }
 
 impl Default for Options {
@@ -52,6 +57,7 @@ impl Default for Options {
             cert_expiry_warning: None,
             root_expiry_warning: Duration::from_secs(30 * 24 * 3600),
             request_timeout: Duration::from_secs(10),
+            pre: false,
         }
     }
 }
@@ -142,6 +148,8 @@ impl Check {
 pub struct Report {
     /// The namespace checked.
     pub namespace: String,
+    /// Whether this is the preflight (`--pre`): can veil be installed there?
+    pub preflight: bool,
     /// Whether the API server answered at all.
     pub api_reachable: bool,
     /// The worst verdict.
@@ -155,6 +163,7 @@ impl Report {
         let result = checks.iter().map(|c| c.result).max().unwrap_or(Outcome::Ok);
         Self {
             namespace: namespace.to_owned(),
+            preflight: false,
             api_reachable,
             result,
             checks,
@@ -200,6 +209,13 @@ pub async fn check(config: kube::Config, options: &Options) -> Report {
             "pass --namespace the namespace veil is installed in",
         ));
         return Report::new(ns, true, checks);
+    }
+    if options.pre {
+        checks.extend(preflight::checks(&api, ns).await);
+        return Report {
+            preflight: true,
+            ..Report::new(ns, true, checks)
+        };
     }
     if let Some(missing) = cluster::namespace(&api, ns).await {
         checks.push(missing);
@@ -260,7 +276,12 @@ pub fn table(report: &Report) -> String {
         (true, Outcome::Warning) => "passed with warnings",
         (true, Outcome::Failed) => "some checks failed",
     };
-    let _ = writeln!(out, "\nveil in namespace {}: {verdict}", report.namespace);
+    let subject = if report.preflight {
+        "installing veil into namespace"
+    } else {
+        "veil in namespace"
+    };
+    let _ = writeln!(out, "\n{subject} {}: {verdict}", report.namespace);
     out
 }
 

@@ -32,8 +32,8 @@ enum Command {
     Config(ConfigArgs),
     /// Is veil installed and healthy? The API server, veil's CRDs, the CA and the controller, a
     /// ready ztunnel on every node with valid certificates, the CA reachable, every policy
-    /// accepted. Exit status: 0 healthy (warnings allowed), 1 a check failed, 2 the cluster could
-    /// not be asked.
+    /// accepted. With --pre, before installing: can veil be installed here, by you? Exit status:
+    /// 0 healthy (warnings allowed), 1 a check failed, 2 the cluster could not be asked.
     Check(CheckArgs),
     /// Policies: `veil policy convert` (Istio's to veil's).
     #[command(subcommand)]

@@ -5,7 +5,8 @@
 //! events are kept: a watch from an older version gets `410 Expired`, as from a real API server
 //! whose watch cache has moved on, and the client lists again. The writes the controller makes
 //! (its status Lease, policy status) are served too ([`writes`]), and what `veil check` reads: single
-//! objects, a namespace's objects by label and field ([`reads`]), and the pod proxy ([`proxy`]).
+//! objects, a namespace's objects by label and field ([`reads`]), the pod proxy ([`proxy`]), and
+//! access reviews ([`reviews`]).
 //! A test can keep a journal of the requests answered and hold GETs back ([`journal`]).
 //!
 //! veil's own kinds are served as a real API server serves a CRD's kinds: only while the CRD is
@@ -15,6 +16,7 @@ mod crds;
 mod journal;
 mod proxy;
 mod reads;
+mod reviews;
 mod writes;
 
 pub use crds::unknown_resource;
@@ -59,6 +61,18 @@ pub const RESOURCES: &[(&str, &str, &str)] = &[
     ("/apis/apps/v1/daemonsets", "daemonsets", "DaemonSet"),
     ("/api/v1/events", "events", "Event"),
     ("/api/v1/configmaps", "configmaps", "ConfigMap"),
+    // What `veil check --pre` reads before an install.
+    ("/api/v1/nodes", "nodes", "Node"),
+    (
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        "clusterroles",
+        "ClusterRole",
+    ),
+    (
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+    ),
     // What the CA keeps its root in.
     ("/api/v1/secrets", "secrets", "Secret"),
     (
@@ -93,6 +107,8 @@ pub struct ApiStore {
     events: VecDeque<Event>,
     /// `namespace/name` → a Lease.
     leases: BTreeMap<String, writes::Lease>,
+    /// (group, resource) that access reviews deny.
+    denied: std::collections::BTreeSet<(String, String)>,
 }
 
 impl ApiStore {
@@ -438,34 +454,48 @@ pub fn spawn_in_netns(
     netns: &str,
 ) -> std::io::Result<()> {
     let namespace = std::fs::File::open(format!("/var/run/netns/{netns}"))?;
+    spawn_thread(listener, api, format!("api-{netns}"), move || {
+        nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)
+    })
+}
+
+/// Serves `api` on `listener` from a thread of its own in this process's network namespace (for
+/// clients that need no pod proxy). The thread lives as long as the process.
+pub fn spawn(listener: std::net::TcpListener, api: Api) -> std::io::Result<()> {
+    spawn_thread(listener, api, "api".into(), || Ok(()))
+}
+
+fn spawn_thread(
+    listener: std::net::TcpListener,
+    api: Api,
+    name: String,
+    enter: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let (started, result) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("api-{netns}"))
-        .spawn(move || {
-            let runtime = nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
-                .and_then(|()| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                });
-            let runtime = match runtime {
-                Ok(r) => {
-                    let _ = started.send(Ok(()));
-                    r
-                }
-                Err(e) => {
-                    let _ = started.send(Err(e));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
-                    let _ = serve(listener, api, |_| not_found()).await;
-                }
-            });
-        })?;
+    std::thread::Builder::new().name(name).spawn(move || {
+        let runtime = enter().and_then(|()| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        });
+        let runtime = match runtime {
+            Ok(r) => {
+                let _ = started.send(Ok(()));
+                r
+            }
+            Err(e) => {
+                let _ = started.send(Err(e));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
+                let _ = serve(listener, api, |_| not_found()).await;
+            }
+        });
+    })?;
     result
         .recv()
         .map_err(|_| std::io::Error::other("the API server's thread ended"))?

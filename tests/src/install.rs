@@ -31,6 +31,12 @@ fn template(kind: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The install's objects of `kind` (`Namespace`, `Deployment`, `DaemonSet`, …), as the API serves
+/// them.
+pub fn objects(kind: &str) -> Vec<Value> {
+    template(kind)
+}
+
 fn one(kind: &str) -> Value {
     template(kind).remove(0)
 }
@@ -49,6 +55,9 @@ fn resource(kind: &str) -> &'static str {
         "AuthorizationPolicy" => "authorizationpolicies",
         "PeerAuthentication" => "peerauthentications",
         "Telemetry" => "telemetries",
+        "Node" => "nodes",
+        "ClusterRole" => "clusterroles",
+        "ClusterRoleBinding" => "clusterrolebindings",
         other => panic!("{other} is not served"),
     }
 }

@@ -78,7 +78,7 @@ impl Answer {
     }
 }
 
-/// GETs from the API server.
+/// GETs from the API server (and reviews, which change nothing).
 #[derive(Clone)]
 pub(crate) struct Reader {
     client: kube::Client,
@@ -142,6 +142,29 @@ impl Reader {
             .header(http::header::ACCEPT, "application/json, */*")
             .body(kube::client::Body::empty())
             .map_err(|e| ReadError::Malformed(format!("request for {path}: {e}")))?;
+        self.exchange(client, request).await
+    }
+
+    /// The JSON answer to `POST path` with `body` — for reviews (`SelfSubjectAccessReview`), which
+    /// the API server answers without storing anything; any status but 2xx is an error.
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, ReadError> {
+        let request = http::Request::post(path)
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(kube::client::Body::from(body.to_string().into_bytes()))
+            .map_err(|e| ReadError::Malformed(format!("request for {path}: {e}")))?;
+        let answer = self.exchange(&self.client, request).await?;
+        if !answer.status.is_success() {
+            return Err(status_error(&answer));
+        }
+        serde_json::from_slice(&answer.body).map_err(|e| ReadError::Malformed(e.to_string()))
+    }
+
+    async fn exchange(
+        &self,
+        client: &kube::Client,
+        request: http::Request<kube::client::Body>,
+    ) -> Result<Answer, ReadError> {
         let exchange = async {
             let response = client
                 .send(request)

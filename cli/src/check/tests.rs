@@ -3,6 +3,7 @@
 
 mod certificates;
 mod objects;
+mod preflight;
 mod ztunnel;
 
 use std::time::{Duration, SystemTime};

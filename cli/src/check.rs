@@ -131,14 +131,24 @@ impl Check {
 
     /// The same check, told that `unreadable` objects (each said why) could not be judged: at least
     /// a warning then, never ok.
-    pub(crate) fn with_unreadable(mut self, unreadable: Vec<String>) -> Self {
-        if !unreadable.is_empty() && self.result == Outcome::Ok {
+    pub(crate) fn with_unreadable(self, unreadable: Vec<String>) -> Self {
+        self.with_unjudged(
+            unreadable,
+            "objects could not be read",
+            "see the details: an object the API serves does not have the shape Kubernetes gives it",
+        )
+    }
+
+    /// The same check, told that `unjudged` things (each said why) were not judged: at least a
+    /// warning then (its message saying how many `what`, its hint `hint`), never ok.
+    pub(crate) fn with_unjudged(mut self, unjudged: Vec<String>, what: &str, hint: &str) -> Self {
+        if !unjudged.is_empty() && self.result == Outcome::Ok {
             self.result = Outcome::Warning;
             self.message
-                .push_str(&format!("; {} objects could not be read", unreadable.len()));
-            self.hint = Some("see the details: an object the API serves does not have the shape Kubernetes gives it".into());
+                .push_str(&format!("; {} {what}", unjudged.len()));
+            self.hint = Some(hint.into());
         }
-        self.details.extend(bounded(unreadable, 10));
+        self.details.extend(bounded(unjudged, 10));
         self
     }
 }

@@ -6,13 +6,14 @@
 //! ztunnels' metrics and readiness.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use http::Method;
 use serde_json::{Value, json};
 
 use crate::apiserver::{Api, ApiStore, Write, spawn_in_netns};
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, bin};
 
 /// The namespace of the install.
 pub const NAMESPACE: &str = "veil-system";
@@ -218,4 +219,71 @@ pub fn kubeconfig(mesh: &Mesh, server: SocketAddr) -> anyhow::Result<PathBuf> {
     let path = mesh.dir.join("check-kubeconfig");
     std::fs::write(&path, crate::kube::kubeconfig(&format!("http://{server}")))?;
     Ok(path)
+}
+
+/// What one `veil check` said: its exit status, its report (JSON runs), its stdout and stderr.
+#[derive(Debug)]
+pub struct CheckRun {
+    /// The exit status.
+    pub code: i32,
+    /// The JSON report (`Null` for a table).
+    pub report: Value,
+    /// What it printed.
+    pub stdout: String,
+    /// What it printed on stderr.
+    pub stderr: String,
+}
+
+impl CheckRun {
+    /// The check called `name`.
+    pub fn check(&self, name: &str) -> &Value {
+        self.report["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == name))
+            .unwrap_or_else(|| panic!("no check {name} in {:#}", self.report))
+    }
+
+    /// The checks that are not ok, by name.
+    pub fn not_ok(&self) -> Vec<String> {
+        self.report["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["result"] != "ok")
+            .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// The details of check `name`, as JSON text.
+    pub fn details(&self, name: &str) -> String {
+        self.check(name)["details"].to_string()
+    }
+}
+
+/// `veil check --namespace ns args…` with only `kubeconfig`; `-o json` in `args` gets the report
+/// parsed.
+pub fn veil_check(ns: &str, kubeconfig: &Path, args: &[&str]) -> CheckRun {
+    let out = Command::new(bin("veil"))
+        .args(["check", "--namespace", ns])
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        // Only the kubeconfig: never the cluster this test may itself run in.
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .expect("running veil");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = if args.windows(2).any(|w| w == ["-o", "json"]) {
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("not a JSON report ({e}): {stdout}\nstderr: {stderr}"))
+    } else {
+        Value::Null
+    };
+    CheckRun {
+        code: out.status.code().unwrap_or(-1),
+        report,
+        stdout,
+        stderr,
+    }
 }

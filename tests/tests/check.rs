@@ -8,67 +8,19 @@
 use std::path::Path;
 use std::process::Command;
 
-use serde_json::{Value, json};
-use veil_e2e::install::{self, NAMESPACE};
+use serde_json::json;
+use veil_e2e::install::{self, CheckRun, NAMESPACE};
 use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, bin, skip_unless_root};
 
-/// What one run said: its exit status, its JSON report and its stderr.
-struct Run {
-    code: i32,
-    report: Value,
-    stderr: String,
-}
-
-impl Run {
-    /// The check called `name`.
-    fn check(&self, name: &str) -> &Value {
-        self.report["checks"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["name"] == name))
-            .unwrap_or_else(|| panic!("no check {name} in {:#}", self.report))
-    }
-
-    /// The checks that are not ok, by name.
-    fn not_ok(&self) -> Vec<String> {
-        self.report["checks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["result"] != "ok")
-            .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    }
-
-    fn details(&self, name: &str) -> String {
-        self.check(name)["details"].to_string()
-    }
-}
-
 /// `veil check -o json` of veil's namespace, with `kubeconfig` and `args`.
-fn veil_check(kubeconfig: &Path, args: &[&str]) -> Run {
+fn veil_check(kubeconfig: &Path, args: &[&str]) -> CheckRun {
     veil_check_in(NAMESPACE, kubeconfig, args)
 }
 
 /// `veil check -o json` of namespace `ns`.
-fn veil_check_in(ns: &str, kubeconfig: &Path, args: &[&str]) -> Run {
-    let out = Command::new(bin("veil"))
-        .args(["check", "-o", "json", "--namespace", ns])
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        // Only the kubeconfig: never the cluster this test may itself run in.
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("KUBERNETES_SERVICE_PORT")
-        .output()
-        .expect("running veil");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let report = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("not a JSON report ({e}): {stdout}\nstderr: {stderr}"));
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        report,
-        stderr,
-    }
+fn veil_check_in(ns: &str, kubeconfig: &Path, args: &[&str]) -> CheckRun {
+    let args: Vec<&str> = ["-o", "json"].iter().chain(args).copied().collect();
+    install::veil_check(ns, kubeconfig, &args)
 }
 
 fn mesh() -> Mesh {

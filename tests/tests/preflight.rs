@@ -6,67 +6,17 @@
 //! concerned change, with the exit status. Loopback only: needs no root.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{Value, json};
 use veil_e2e::apiserver::{Api, spawn};
-use veil_e2e::install::{self, NAMESPACE};
-use veil_e2e::mesh::bin;
+use veil_e2e::install::{self, CheckRun, NAMESPACE};
 
-/// What one run said.
-struct Run {
-    code: i32,
-    report: Value,
-    stdout: String,
+fn preflight(kubeconfig: &Path, output: &[&str]) -> CheckRun {
+    let args: Vec<&str> = ["--pre"].iter().chain(output).copied().collect();
+    install::veil_check(NAMESPACE, kubeconfig, &args)
 }
 
-impl Run {
-    fn check(&self, name: &str) -> &Value {
-        self.report["checks"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["name"] == name))
-            .unwrap_or_else(|| panic!("no check {name} in {:#}", self.report))
-    }
-
-    fn not_ok(&self) -> Vec<String> {
-        self.report["checks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["result"] != "ok")
-            .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    }
-}
-
-fn preflight(kubeconfig: &Path, output: &[&str]) -> Run {
-    let out = Command::new(bin("veil"))
-        .args(["check", "--pre", "--namespace", NAMESPACE])
-        .args(output)
-        .env("KUBECONFIG", kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("KUBERNETES_SERVICE_PORT")
-        .output()
-        .expect("running veil");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let report = if output.contains(&"json") {
-        serde_json::from_str(&stdout).unwrap_or_else(|e| {
-            panic!(
-                "not a JSON report ({e}): {stdout}\nstderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-    } else {
-        Value::Null
-    };
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        report,
-        stdout,
-    }
-}
-
-fn json_run(kubeconfig: &Path) -> Run {
+fn json_run(kubeconfig: &Path) -> CheckRun {
     preflight(kubeconfig, &["-o", "json"])
 }
 

@@ -18,15 +18,12 @@ use super::{Check, Outcome, bounded};
 impl Check {
     /// The same check, told that `unasked` things (each said why) could not be read: at least a
     /// warning then, never ok.
-    fn with_unasked(mut self, unasked: Vec<String>) -> Self {
-        if !unasked.is_empty() && self.result == Outcome::Ok {
-            self.result = Outcome::Warning;
-            self.message
-                .push_str(&format!("; {} things could not be read", unasked.len()));
-            self.hint = Some("see the details: what could not be read was not judged".into());
-        }
-        self.details.extend(bounded(unasked, 10));
-        self
+    fn with_unasked(self, unasked: Vec<String>) -> Self {
+        self.with_unjudged(
+            unasked,
+            "things could not be read",
+            "see the details: what could not be read was not judged",
+        )
     }
 }
 

@@ -35,6 +35,26 @@ pub enum Section {
 
 /// Reads a dump from `admin`: `http://host:port` (or `host:port`), the proxy's admin address.
 pub async fn fetch(admin: &str) -> anyhow::Result<ConfigDump> {
+    let (_, body) = get(
+        admin,
+        "/config_dump",
+        MAX_DUMP,
+        "a ztunnel's or waypoint's admin port: `kubectl port-forward -n veil-system pod/<the node's ztunnel> 15000` first?",
+    )
+    .await?;
+    let text = std::str::from_utf8(&body).context("the dump is not UTF-8")?;
+    read(text).with_context(|| format!("the dump from {admin}"))
+}
+
+/// `GET path` from an admin endpoint `admin` (`http://host:port` or `host:port`): the answer's
+/// headers and body (at most `max` bytes); any status but 2xx is an error. `hint` says what to
+/// check when nothing answers.
+pub async fn get(
+    admin: &str,
+    path: &str,
+    max: usize,
+    hint: &str,
+) -> anyhow::Result<(http::HeaderMap, Bytes)> {
     let with_scheme = if admin.contains("://") {
         admin.to_owned()
     } else {
@@ -55,40 +75,34 @@ pub async fn fetch(admin: &str) -> anyhow::Result<ConfigDump> {
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let body = tokio::time::timeout(TIMEOUT, async {
+    tokio::time::timeout(TIMEOUT, async {
         let stream = tokio::net::TcpStream::connect((host, port))
             .await
-            .with_context(|| {
-                format!(
-                    "connecting to {authority} (a ztunnel's or waypoint's admin port: \
-                     `kubectl port-forward -n veil-system pod/<the node's ztunnel> 15000` first?)"
-                )
-            })?;
+            .with_context(|| format!("connecting to {authority} ({hint})"))?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        let request = http::Request::get("/config_dump")
+        let request = http::Request::get(path)
             .header(http::header::HOST, authority.as_str())
             .body(Empty::<Bytes>::new())?;
         let response = sender.send_request(request).await?;
         let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_DUMP)
+        let headers = response.headers().clone();
+        let body = Limited::new(response.into_body(), max)
             .collect()
             .await
-            .map_err(|e| anyhow::anyhow!("reading the dump: {e}"))?
+            .map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?
             .to_bytes();
         if !status.is_success() {
             bail!(
-                "{authority} answered {status}: {}",
+                "{authority} answered {status} to {path}: {}",
                 String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
             );
         }
-        anyhow::Ok(body)
+        anyhow::Ok((headers, body))
     })
     .await
-    .with_context(|| format!("{authority} did not answer within {} s", TIMEOUT.as_secs()))??;
-    let text = std::str::from_utf8(&body).context("the dump is not UTF-8")?;
-    read(text).with_context(|| format!("the dump from {authority}"))
+    .with_context(|| format!("{authority} did not answer within {} s", TIMEOUT.as_secs()))?
 }
 
 /// Reads a dump from its JSON, refusing one of another schema.

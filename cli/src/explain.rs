@@ -117,11 +117,38 @@ struct Source {
 
 /// Answers `q` against `state`.
 pub fn explain(state: &MeshState, q: &Question) -> Result<Answer, String> {
+    explain_in(Views::one(state), q)
+}
+
+/// The mesh as each kind of proxy holds it. From a mesh file both are the same; from a control
+/// plane, ztunnels hold Istio's form (L4 Authorizations chosen per workload, PeerAuthentication as
+/// Authorizations) and waypoints the policies as written.
+#[derive(Clone, Copy, Debug)]
+pub struct Views<'a> {
+    /// What ztunnels route and admit with.
+    pub ztunnel: &'a MeshState,
+    /// What waypoints decide with.
+    pub waypoint: &'a MeshState,
+}
+
+impl<'a> Views<'a> {
+    /// One mesh for every proxy.
+    pub fn one(state: &'a MeshState) -> Self {
+        Self {
+            ztunnel: state,
+            waypoint: state,
+        }
+    }
+}
+
+/// [`explain`], each hop decided with the mesh as that kind of proxy holds it.
+pub fn explain_in(views: Views<'_>, q: &Question) -> Result<Answer, String> {
+    let state = views.ztunnel;
     let source = resolve_source(state, &q.from)?;
     let dst = SocketAddr::new(resolve_destination(state, &q.to, source.ip)?, q.port);
     let source_ip = source.ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let paths = if source.captured {
-        captured(state, q, &source.identity, source_ip, dst)
+        captured(views, q, &source.identity, source_ip, dst)
     } else {
         plaintext(state, source_ip, dst)
     };
@@ -213,12 +240,14 @@ fn resolve_destination(
 /// A client in the mesh: its ztunnel routes the connection (to each endpoint it may choose), then
 /// the waypoint (if any) and the destination's ztunnel decide.
 fn captured(
-    state: &MeshState,
+    views: Views<'_>,
     q: &Question,
     identity: &Identity,
     source_ip: IpAddr,
     dst: SocketAddr,
 ) -> Vec<Path> {
+    let state = views.ztunnel;
+    let held = views.waypoint;
     let mut paths: Vec<Path> = Vec::new();
     for pick in 0..choices(state, dst) {
         let path = match route(state, dst, q.unknown, pick) {
@@ -231,7 +260,7 @@ fn captured(
             } => {
                 let me = waypoint.reference();
                 let at = format!("waypoint {me}");
-                let dest = match target::resolve(state, &me, target) {
+                let dest = match target::resolve(held, &me, target) {
                     Ok(dest) => dest,
                     Err(e) => {
                         paths.push(Path::of(None, vec![refused(&at, e.to_string())]));
@@ -243,13 +272,13 @@ fn captured(
                     .iter()
                     .copied()
                     .find(|ip| ip.is_ipv4() == target.is_ipv4());
-                for j in 0..endpoints_behind(state, &dest) {
-                    let Some((endpoint, addr)) = dest.endpoint(state, target, j) else {
+                for j in 0..endpoints_behind(held, &dest) {
+                    let Some((endpoint, addr)) = dest.endpoint(held, target, j) else {
                         paths.push(Path::of(None, vec![refused(&at, "no endpoint".into())]));
                         break;
                     };
                     let mut hops = vec![at_waypoint(
-                        state, q, &me, &dest, &endpoint, addr, identity, source_ip, &at,
+                        held, q, &me, &dest, &endpoint, addr, identity, source_ip, &at,
                     )];
                     if hops[0].allowed && !endpoint.enrolled {
                         // It forwards over HBONE only (`veil_waypoint::upstream`).
@@ -261,13 +290,23 @@ fn captured(
                             ),
                         ));
                     } else if hops[0].allowed {
-                        hops.push(admission(
-                            state,
-                            &endpoint,
-                            Some(waypoint.identity.clone()),
-                            waypoint_ip.unwrap_or(source_ip),
-                            addr,
-                        ));
+                        // The destination's ztunnel judges the workload as it holds it.
+                        hops.push(match state.workload_by_ip(addr.ip()) {
+                            Some(at_ztunnel) => admission(
+                                state,
+                                at_ztunnel,
+                                Some(waypoint.identity.clone()),
+                                waypoint_ip.unwrap_or(source_ip),
+                                addr,
+                            ),
+                            None => refused(
+                                &format!("ztunnel on {}", endpoint.node),
+                                format!(
+                                    "{} ({addr}) is not in the mesh ztunnels hold",
+                                    endpoint.key()
+                                ),
+                            ),
+                        });
                     }
                     let path = Path::of(Some(endpoint.key()), hops);
                     if !paths.contains(&path) {

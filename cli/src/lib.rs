@@ -1,9 +1,11 @@
-//! veil's command line: `veil explain`, `veil config`, `veil policy convert` (see docs/cli.md).
+//! veil's command line: `veil explain`, `veil check`, `veil config`, `veil policy convert` (see
+//! docs/cli.md).
 
 pub mod check;
 pub mod config;
 pub mod convert;
 pub mod explain;
+pub mod live;
 pub mod mesh_file;
 
 use std::fmt::Write as _;

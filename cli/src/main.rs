@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use veil_cli::explain::{self, Answer, From, Question, Request, To};
-use veil_cli::{check, config, convert, mesh_file};
+use veil_cli::{check, config, convert, live, mesh_file};
 use veil_mesh::discovery::MeshSettings;
 use veil_waypoint::canon::Normalization;
 use veil_ztunnel::context::UnknownDestination;
@@ -101,8 +101,13 @@ struct ConfigArgs {
 #[derive(clap::Args)]
 struct ExplainArgs {
     /// The mesh, as a local mesh file (docs/local-mesh.md).
-    #[arg(long, short = 'f')]
-    mesh: PathBuf,
+    #[arg(long, short = 'f', required_unless_present = "live")]
+    mesh: Option<PathBuf>,
+    /// The live mesh instead: the controller's admin address (`http://127.0.0.1:15000` after
+    /// `kubectl port-forward -n veil-system deployment/veil-controller 15000`). Its trust domain
+    /// and root namespace are the controller's.
+    #[arg(long, conflicts_with_all = ["mesh", "with_policies", "trust_domain", "root_namespace"])]
+    live: Option<String>,
     /// Further policy files (YAML documents or lists of AuthorizationPolicy/PeerAuthentication),
     /// evaluated as if added to the mesh: try a policy before applying it.
     #[arg(long = "with-policy")]
@@ -134,12 +139,13 @@ struct ExplainArgs {
     /// What ztunnels do with destinations outside the mesh (as their `--unknown-destination`).
     #[arg(long, value_enum, default_value = "passthrough")]
     unknown_destination: UnknownDestination,
-    /// The mesh's trust domain (as the proxies' `--trust-domain`).
-    #[arg(long, default_value = "cluster.local")]
-    trust_domain: String,
-    /// The namespace whose policies apply mesh-wide (as the proxies' `--root-namespace`).
-    #[arg(long, default_value = "veil-system")]
-    root_namespace: String,
+    /// The mesh's trust domain (as the proxies' `--trust-domain`; default `cluster.local`).
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// The namespace whose policies apply mesh-wide (as the proxies' `--root-namespace`; default
+    /// `veil-system`).
+    #[arg(long)]
+    root_namespace: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "table")]
     output: Output,
@@ -183,12 +189,58 @@ fn main() -> ExitCode {
 }
 
 fn run_explain(args: &ExplainArgs) -> anyhow::Result<Answer> {
-    let settings = MeshSettings {
-        trust_domain: args.trust_domain.clone(),
-        root_namespace: args.root_namespace.clone(),
+    let question = question(args)?;
+    let answer = match (&args.live, &args.mesh) {
+        (Some(admin), _) => {
+            let live = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(live::fetch(admin))?;
+            if !live.refused.is_empty() {
+                eprintln!(
+                    "veil explain: the proxies refuse {} of the controller's resources (each fails closed there, and in this answer):",
+                    live.refused.len()
+                );
+                for r in &live.refused {
+                    eprintln!("  {}: {}", r.name, r.reason);
+                }
+            }
+            let views = explain::Views {
+                ztunnel: &live.ztunnel,
+                waypoint: &live.waypoint,
+            };
+            explain::explain_in(views, &question)
+        }
+        (None, Some(mesh)) => {
+            let defaults = MeshSettings::default();
+            let settings = MeshSettings {
+                trust_domain: args
+                    .trust_domain
+                    .clone()
+                    .unwrap_or(defaults.trust_domain),
+                root_namespace: args
+                    .root_namespace
+                    .clone()
+                    .unwrap_or(defaults.root_namespace),
+            };
+            let state = mesh_file::load(mesh, &args.with_policies, &settings)?;
+            explain::explain(&state, &question)
+        }
+        (None, None) => anyhow::bail!("give the mesh: -f FILE or --live ADMIN"),
+    }
+    .map_err(anyhow::Error::msg)?;
+    let text = match args.output {
+        Output::Table => veil_cli::table(&answer),
+        Output::Json => serde_json::to_string_pretty(&answer)? + "\n",
+        Output::Yaml => serde_saphyr::to_string(&answer)?,
     };
-    let state = mesh_file::load(&args.mesh, &args.with_policies, &settings)?;
-    let question = Question {
+    write_out(&text)?;
+    Ok(answer)
+}
+
+/// The question the flags ask.
+fn question(args: &ExplainArgs) -> anyhow::Result<Question> {
+    Ok(Question {
         from: parse_from(&args.from)?,
         to: parse_to(&args.to)?,
         port: args.port,
@@ -214,15 +266,7 @@ fn run_explain(args: &ExplainArgs) -> anyhow::Result<Answer> {
             .transpose()?,
         normalization: args.path_normalization,
         unknown: args.unknown_destination,
-    };
-    let answer = explain::explain(&state, &question).map_err(anyhow::Error::msg)?;
-    let text = match args.output {
-        Output::Table => veil_cli::table(&answer),
-        Output::Json => serde_json::to_string_pretty(&answer)? + "\n",
-        Output::Yaml => serde_saphyr::to_string(&answer)?,
-    };
-    write_out(&text)?;
-    Ok(answer)
+    })
 }
 
 fn run_config(args: &ConfigArgs) -> anyhow::Result<()> {

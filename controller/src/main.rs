@@ -25,8 +25,9 @@ use veil_mesh::identity::{
     parse_trust_domain,
 };
 use veil_mesh::serve::shutdown_signal;
-use veil_mesh::telemetry::http::{Handler, openmetrics, text};
+use veil_mesh::telemetry::http::{Handler, document, openmetrics, text};
 use veil_mesh::telemetry::{LogFormat, init_logging};
+use veil_mesh::xds::dump;
 
 /// veil's control plane: serves the mesh to ztunnels over Istio's workload discovery (delta xDS).
 #[derive(Debug, Parser)]
@@ -38,6 +39,11 @@ struct Args {
     /// Where /metrics and /ready are served (plain HTTP).
     #[arg(long, env = "VEIL_CONTROLLER_METRICS", default_value = "0.0.0.0:15014")]
     metrics_listen: SocketAddr,
+    /// Where the admin endpoint is served (plain HTTP, loopback by default: reach it with a
+    /// port-forward): `/debug/resources`, every resource the controller serves, for
+    /// `veil explain --live`.
+    #[arg(long, env = "VEIL_CONTROLLER_ADMIN", default_value = "127.0.0.1:15000")]
+    admin_listen: SocketAddr,
     /// The trust domain of mesh identities.
     #[arg(long, env = "VEIL_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
@@ -140,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
         trust_domain: trust_domain.clone(),
         root_namespace: args.root_namespace.clone(),
     };
+    let admin_settings = settings.clone();
     let subscribers = if args.subscribers.is_empty() {
         vec![Identity::new(&trust_domain, "veil-system", "ztunnel")?]
     } else {
@@ -223,6 +230,13 @@ async fn main() -> anyhow::Result<()> {
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     });
     tokio::spawn(veil_mesh::telemetry::http::serve(ops, handler));
+    let admin = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", args.admin_listen))?;
+    tokio::spawn(veil_mesh::telemetry::http::serve(
+        admin,
+        admin_handler(hub.clone(), admin_settings),
+    ));
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -321,4 +335,24 @@ async fn serving_cert(
         .context("the certificate manager stopped before a certificate was issued")?;
     info!(%identity, not_after = ?cert.not_after(), "serving with the mesh certificate");
     Ok((Arc::new(handle), Some(certs)))
+}
+
+/// The admin endpoint: `/debug/resources`, every resource of the newest translation as one
+/// document ([`dump`]), with the settings it was made with.
+fn admin_handler(hub: Arc<veil_controller::hub::Hub>, settings: MeshSettings) -> Handler {
+    Arc::new(move |parts| match parts.uri.path() {
+        "/debug/resources" => {
+            let mut response = document(dump::CONTENT_TYPE, dump::encode(&hub.current().resources));
+            for (name, value) in [
+                (dump::TRUST_DOMAIN_HEADER, &settings.trust_domain),
+                (dump::ROOT_NAMESPACE_HEADER, &settings.root_namespace),
+            ] {
+                if let Ok(value) = http::HeaderValue::from_str(value) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+            response
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    })
 }

@@ -10,6 +10,7 @@
 
 mod authorization;
 mod client;
+pub mod dump;
 mod flags;
 mod resources;
 mod store;

@@ -16,6 +16,8 @@ use crate::process::Proc;
 pub const XDS_PORT: u16 = 15010;
 /// Its metrics port.
 pub const METRICS_PORT: u16 = 15014;
+/// Its admin port (on the control plane's loopback).
+pub const ADMIN_PORT: u16 = 15000;
 /// The DNS name in the controller's serving certificate.
 pub const SERVER_NAME: &str = "veil-controller.veil-system.svc";
 
@@ -36,6 +38,8 @@ pub struct Controller {
     pub url: String,
     /// `<ip>:<metrics port>`.
     pub metrics: String,
+    /// `http://127.0.0.1:<admin port>`, in the control plane's network namespace.
+    pub admin: String,
 }
 
 /// Starts `veil-controller` on the mesh's file (or, for a Kubernetes-mode mesh, its API server),
@@ -71,12 +75,15 @@ pub fn start_replica(
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let listen = format!("{ip}:{}", XDS_PORT + 100 * replica);
     let metrics = format!("{ip}:{}", METRICS_PORT + 100 * replica);
+    let admin = format!("127.0.0.1:{}", ADMIN_PORT + 100 * replica);
     let mut argv = vec![
         bin("veil-controller").to_string_lossy().into_owned(),
         "--listen".into(),
         listen.clone(),
         "--metrics-listen".into(),
         metrics.clone(),
+        "--admin-listen".into(),
+        admin.clone(),
     ];
     let serving_root = if mesh_identity {
         argv.extend([
@@ -148,6 +155,7 @@ pub fn start_replica(
         serving_root,
         url: format!("https://{listen}"),
         metrics,
+        admin: format!("http://{admin}"),
     })
 }
 

@@ -1,7 +1,8 @@
 //! End-to-end: the `veil` command against a running mesh.
 //!
-//! `veil explain`, asked about the mesh file the running mesh was started from, agrees with what
-//! the data plane actually does — every case of the L7 policy test (through the waypoint, by
+//! `veil explain`, asked about the mesh file the running mesh was started from and about the live
+//! mesh (the controller's resources, decoded as the proxies decode them), agrees with what the
+//! data plane actually does — every case of the L7 policy test (through the waypoint, by
 //! service and by pod address, canonicalized paths, plaintext from outside the mesh) and of L4
 //! policy under STRICT (allowed, denied, plaintext refused). `veil config` shows what a ztunnel and
 //! a waypoint hold, live connections included.
@@ -106,22 +107,34 @@ fn data_plane(m: &Mesh, case: &Case) -> bool {
     }
 }
 
+/// Where `veil explain` reads the mesh.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// The mesh file the mesh was started from.
+    File,
+    /// The controller's admin endpoint, as an operator's port-forward reaches it: from the control
+    /// plane's network namespace, on its loopback.
+    Live,
+}
+
 /// What `veil explain` says, with its answer for the failure message.
-fn explained(m: &Mesh, case: &Case) -> (bool, String) {
+fn explained(m: &Mesh, case: &Case, source: Source) -> (bool, String) {
     let namespace = |pod: &str| m.pod(pod).namespace.clone();
     let from = format!("{}/{}", namespace(case.from), case.from);
     let port = case.port.to_string();
+    let veil = bin("veil").to_string_lossy().into_owned();
     let mesh_file = m.mesh_config().to_string_lossy().into_owned();
-    let mut argv = vec![
-        "explain", "-f", &mesh_file, "--from", &from, "--to", case.to, "--port", &port,
-    ];
+    let controller = m.controller.as_ref().expect("the mesh runs a controller");
+    let mut argv = vec![veil.as_str(), "explain"];
+    match source {
+        Source::File => argv.extend(["-f", &mesh_file]),
+        Source::Live => argv.extend(["--live", &controller.admin]),
+    }
+    argv.extend(["--from", &from, "--to", case.to, "--port", &port]);
     if let Some((method, path)) = case.http {
         argv.extend(["--method", method, "--path", path]);
     }
-    let out = std::process::Command::new(bin("veil"))
-        .args(&argv)
-        .output()
-        .expect("running veil");
+    let out = exec(&m.cluster.control_plane, &argv).expect("running veil");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -234,16 +247,18 @@ fn veil_explain_agrees_with_the_data_plane_on_every_policy_case() {
     let mut allowed = 0;
     for case in &cases {
         let actual = data_plane(&m, case);
-        let (said, answer) = explained(&m, case);
-        assert_eq!(
-            said,
-            actual,
-            "{} → {} {:?}: the data plane {}, veil explain said:\n{answer}",
-            case.from,
-            case.to,
-            case.http,
-            if actual { "let it through" } else { "did not" }
-        );
+        for source in [Source::File, Source::Live] {
+            let (said, answer) = explained(&m, case, source);
+            assert_eq!(
+                said,
+                actual,
+                "{} → {} {:?}: the data plane {}, veil explain ({source:?}) said:\n{answer}",
+                case.from,
+                case.to,
+                case.http,
+                if actual { "let it through" } else { "did not" }
+            );
+        }
         eprintln!(
             "{} → {} {:?}: {}",
             case.from,
@@ -253,6 +268,28 @@ fn veil_explain_agrees_with_the_data_plane_on_every_policy_case() {
         );
         allowed += usize::from(actual);
     }
+    // Pointed at a proxy's admin port instead of the controller's: refused, saying why.
+    let veil = bin("veil").to_string_lossy().into_owned();
+    let node_a = m.cluster.node("node-a").netns.clone();
+    let wrong = exec(
+        &node_a,
+        &[
+            &veil,
+            "explain",
+            "--live",
+            "http://127.0.0.1:15000",
+            "--from",
+            "production/account-service",
+            "--to",
+            "finance/ledger",
+            "--port",
+            "9090",
+        ],
+    )
+    .expect("running veil");
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(2), "{err}");
+    assert!(err.contains("/debug/resources"), "{err}");
     // Both outcomes were exercised, not one of them throughout.
     assert!(
         (4..cases.len() - 4).contains(&allowed),

@@ -59,6 +59,11 @@ pub fn openmetrics(body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     )
 }
 
+/// A response of `content_type` (binary documents: `veil explain --live`'s resources).
+pub fn document(content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    respond(StatusCode::OK, content_type, body)
+}
+
 /// A JSON response.
 pub fn json(body: &impl serde::Serialize) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(body) {

@@ -102,6 +102,9 @@ pub(super) fn measure(
         listen.into(),
         "--metrics-listen".into(),
         metrics.into(),
+        // Not read here: any free port, so that runs side by side do not collide.
+        "--admin-listen".into(),
+        "127.0.0.1:0".into(),
         "--tls-cert".into(),
         path("cert.pem"),
         "--tls-key".into(),

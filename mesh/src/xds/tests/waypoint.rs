@@ -69,7 +69,7 @@ policies:
       rules: [{from: [{source: {principals: [cluster.local/ns/bank/sa/teller]}}]}]
 "#;
 
-fn waypoint_state() -> MeshState {
+pub(super) fn waypoint_state() -> MeshState {
     local::parse(WAYPOINT_MESH, &MeshSettings::default()).expect("the test mesh is valid")
 }
 

@@ -254,6 +254,16 @@ impl CheckRun {
             .collect()
     }
 
+    /// The names of the checks, in the order run.
+    pub fn names(&self) -> Vec<&str> {
+        self.report["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect()
+    }
+
     /// The details of check `name`, as JSON text.
     pub fn details(&self, name: &str) -> String {
         self.check(name)["details"].to_string()

@@ -58,14 +58,8 @@ fn check_judges_an_install_from_its_api_objects_and_its_ztunnels() {
     );
     assert_eq!(healthy.code, 0, "{}", healthy.stderr);
     assert_eq!(healthy.report["result"], "ok");
-    let names: Vec<&str> = healthy.report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
     assert_eq!(
-        names,
+        healthy.names(),
         [
             "kubernetes-api",
             "crds",

@@ -87,14 +87,8 @@ fn preflight_judges_a_cluster_before_veil_is_installed() {
     assert_eq!(ready.not_ok(), Vec::<String>::new(), "{:#}", ready.report);
     assert_eq!(ready.code, 0);
     assert_eq!(ready.report["preflight"], true);
-    let names: Vec<&str> = ready.report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
     assert_eq!(
-        names,
+        ready.names(),
         [
             "kubernetes-api",
             "kubernetes-version",

@@ -6,7 +6,7 @@
 //! Writes the table to stdout, every figure to `docs/benchmarks.json`, and the results section of
 //! `docs/benchmarks.md` (between its markers; the analysis around it is written by hand).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -22,6 +22,7 @@ use crate::proto::workspace_root;
 mod controlplane;
 mod report;
 mod scale;
+mod upstream;
 
 use crate::setup::{build, install_tools};
 use report::{f, report, write_results_section};
@@ -60,6 +61,8 @@ pub(crate) struct Options {
     pub(crate) rounds: usize,
     /// Only these sections (all when empty); a partial run writes nothing.
     pub(crate) only: Vec<String>,
+    /// Istio's ztunnel, to run every data-path comparison through as well ([`upstream`]).
+    pub(crate) upstream_ztunnel: Option<PathBuf>,
 }
 
 impl Options {
@@ -85,8 +88,8 @@ const POLICY: &str = r#"
 const DCLIENT_ID: &str = "spiffe://cluster.local/ns/plain/sa/dclient";
 const DSERVER_ID: &str = "spiffe://cluster.local/ns/plain/sa/dserver";
 
-fn spec() -> MeshSpec {
-    MeshSpec {
+fn spec(upstream: bool) -> MeshSpec {
+    let mut spec = MeshSpec {
         nodes: vec!["node-a".into(), "node-b".into()],
         pods: vec![
             // The mesh pair, and the same pair outside the mesh (the baseline), on the same nodes.
@@ -116,7 +119,16 @@ fn spec() -> MeshSpec {
             ("bench-token-dserver-0123456789".into(), DSERVER_ID.into()),
         ],
         ..MeshSpec::default()
+    };
+    if upstream {
+        for (pod, token) in upstream::pods() {
+            spec.nodes.push(pod.node.clone());
+            spec.without_ztunnel.push(pod.node.clone());
+            spec.extra_tokens.push((token, pod.identity()));
+            spec.pods.push(pod);
+        }
     }
+    spec
 }
 
 /// The report `veil-bench args` printed (its last line, JSON), or why there is none.
@@ -136,11 +148,15 @@ fn report_of(args: &[&str], out: &std::process::Output) -> anyhow::Result<Value>
 struct Bench {
     mesh: Mesh,
     opts: Options,
+    upstream: Option<upstream::Upstream>,
+    /// The larger ztunnel RSS seen after a run through veil's mesh.
+    rss_peak: std::cell::Cell<u64>,
 }
 
 impl Bench {
-    fn start(opts: Options) -> anyhow::Result<Self> {
-        let mut mesh = Mesh::start(spec()).context("starting the benchmark mesh")?;
+    fn start(opts: Options, upstream_binary: Option<&Path>) -> anyhow::Result<Self> {
+        let mut mesh =
+            Mesh::start(spec(upstream_binary.is_some())).context("starting the benchmark mesh")?;
         let tool = bin("veil-bench").to_string_lossy().into_owned();
         for pod in ["server", "dserver", "wserver"] {
             mesh.spawn_in_pod(pod, &format!("bench-server-{pod}"), &[&tool, "serve"])?
@@ -193,21 +209,46 @@ impl Bench {
         for pod in ["server", "dserver"] {
             mesh.spawn_in_pod(pod, &format!("iperf3-{pod}"), &["iperf3", "-s"])?;
         }
+        let upstream = match upstream_binary {
+            Some(binary) => Some(upstream::Upstream::start(&mut mesh, binary)?),
+            None => None,
+        };
         std::thread::sleep(Duration::from_secs(1));
-        Ok(Self { mesh, opts })
+        Ok(Self {
+            mesh,
+            opts,
+            upstream,
+            rss_peak: std::cell::Cell::new(0),
+        })
     }
 
     fn ip(&self, pod: &str) -> String {
         self.mesh.cluster.pod(pod).ip.to_string()
     }
 
-    /// Runs the load tool in `pod`; its JSON line.
+    /// Runs the load tool in `pod`; its JSON line. After a run through veil's mesh (from
+    /// `client`), the ztunnels' RSS is sampled for the peak.
     fn tool(&self, pod: &str, args: &[&str]) -> anyhow::Result<Value> {
-        let tool = bin("veil-bench").to_string_lossy().into_owned();
-        let mut argv = vec![tool.as_str()];
-        argv.extend_from_slice(args);
-        let out = exec(&self.mesh.cluster.pod(pod).netns, &argv)?;
-        report_of(args, &out).with_context(|| format!("in {pod}"))
+        let run = tool_in(&self.mesh, pod, args)?;
+        if pod == "client" {
+            let rss = self.ztunnel_rss().into_iter().max().unwrap_or(0);
+            self.rss_peak.set(self.rss_peak.get().max(rss));
+        }
+        Ok(run)
+    }
+
+    /// The same run through Istio's ztunnel (`uclient` → `userver:port`), when it is measured.
+    fn upstream(
+        &self,
+        command: &str,
+        port: u16,
+        args: &[&str],
+        count: upstream::Count,
+    ) -> anyhow::Result<Option<Value>> {
+        self.upstream
+            .as_ref()
+            .map(|u| u.tool(&self.mesh, command, port, args, count))
+            .transpose()
     }
 
     fn seconds(&self) -> String {
@@ -232,6 +273,15 @@ impl Bench {
     }
 }
 
+/// Runs the load tool in `pod` of `mesh`; its JSON line.
+fn tool_in(mesh: &Mesh, pod: &str, args: &[&str]) -> anyhow::Result<Value> {
+    let tool = bin("veil-bench").to_string_lossy().into_owned();
+    let mut argv = vec![tool.as_str()];
+    argv.extend_from_slice(args);
+    let out = exec(&mesh.cluster.pod(pod).netns, &argv)?;
+    report_of(args, &out).with_context(|| format!("in {pod}"))
+}
+
 /// The median of the rounds' values.
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -253,6 +303,7 @@ fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
     let mut out = json!({});
     for streams in ["1", "4"] {
         let mut runs: [Vec<f64>; 3] = Default::default();
+        let mut upstream = Vec::new();
         for _ in 0..b.opts.rounds {
             let direct = b.tool(
                 "dclient",
@@ -293,6 +344,15 @@ fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
             for (i, run) in [direct, tls, mesh].iter().enumerate() {
                 runs[i].push(run["gbit_per_s"].as_f64().unwrap_or(f64::NAN));
             }
+            let args = ["--streams", streams, "--seconds", &b.seconds()];
+            if let Some(run) = b.upstream("throughput", 9001, &args, upstream::Count::Bytes)? {
+                upstream.push(f(&run["gbit_per_s"]));
+            }
+        }
+        if let Some(u) = &b.upstream {
+            let gbit = median(upstream);
+            println!("  throughput, {streams} stream(s): Istio's ztunnel {gbit:.2} Gbit/s");
+            u.record(&["throughput", streams], json!(gbit));
         }
         let [direct, tls, mesh] = runs.map(median);
         println!(
@@ -330,7 +390,12 @@ fn iperf(b: &Bench) -> anyhow::Result<Value> {
 fn latency(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
     let mut out = json!({});
     for conns in ["1", "16"] {
-        let (mut direct, mut mesh) = (Vec::new(), Vec::new());
+        let (mut direct, mut mesh, mut upstream) = (Vec::new(), Vec::new(), Vec::new());
+        let count = if conns == "16" {
+            upstream::Count::Requests
+        } else {
+            upstream::Count::Nothing
+        };
         for _ in 0..b.opts.rounds {
             direct.push(b.tool(
                 "dclient",
@@ -360,6 +425,18 @@ fn latency(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
                 cpu.1 += run["requests"].as_f64().unwrap_or(0.0);
             }
             mesh.push(run);
+            let args = ["--conns", conns, "--seconds", &b.seconds()];
+            upstream.extend(b.upstream("rr", 9002, &args, count)?);
+        }
+        if let Some(u) = &b.upstream {
+            let run = median_run(upstream, "p50_us");
+            println!(
+                "  1 KiB request/response, {conns} connection(s): Istio's ztunnel p50 {} p99 {} µs, {:.0}/s",
+                run["p50_us"],
+                run["p99_us"],
+                f(&run["requests_per_s"])
+            );
+            u.record(&["latency", conns], run);
         }
         let (direct, mesh) = (median_run(direct, "p50_us"), median_run(mesh, "p50_us"));
         println!(
@@ -377,7 +454,7 @@ fn latency(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
 }
 
 fn connections(b: &Bench) -> anyhow::Result<Value> {
-    let (mut direct, mut mesh) = (Vec::new(), Vec::new());
+    let (mut direct, mut mesh, mut upstream) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..b.opts.rounds {
         direct.push(b.tool(
             "dclient",
@@ -397,6 +474,17 @@ fn connections(b: &Bench) -> anyhow::Result<Value> {
                 &b.seconds(),
             ],
         )?);
+        let args = ["--seconds", &b.seconds()];
+        upstream.extend(b.upstream("connrate", 9003, &args, upstream::Count::Nothing)?);
+    }
+    if let Some(u) = &b.upstream {
+        let run = median_run(upstream, "connections_per_s");
+        println!(
+            "  new connections: Istio's ztunnel {:.0}/s ({} failed)",
+            f(&run["connections_per_s"]),
+            run["failures"]
+        );
+        u.record(&["connections"], run);
     }
     let (direct, mesh) = (
         median_run(direct, "connections_per_s"),
@@ -636,9 +724,19 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let upstream_binary = upstream::binary(opts.upstream_ztunnel.as_deref())?;
+    match &upstream_binary {
+        Some(path) => println!(
+            "Istio's ztunnel: {} (every data-path comparison runs through it too)",
+            path.display()
+        ),
+        None => println!(
+            "Istio's ztunnel: none (--upstream-ztunnel PATH, $VEIL_UPSTREAM_ZTUNNEL or ../shared/upstream/ztunnel): the comparison with it is skipped"
+        ),
+    }
     println!("Starting the benchmark cluster…");
     let (rounds, seconds) = (opts.rounds, opts.seconds);
-    let mut b = Bench::start(opts.clone())?;
+    let mut b = Bench::start(opts.clone(), upstream_binary.as_deref())?;
     std::thread::sleep(Duration::from_secs(2));
     println!("Measuring ({rounds} round(s) of {seconds} s per comparison)…");
     let mut bulk_cpu = (0.0, 0.0);
@@ -646,6 +744,10 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
     if let Err(e) = measure(&mut b, &opts, &mut results, &mut bulk_cpu, &mut rr_cpu) {
         b.mesh.keep_logs = true;
         return Err(e);
+    }
+    if let Some(u) = b.upstream.take() {
+        results["upstream"] = u.finish();
+        results["upstream"]["veil_rss_peak_bytes"] = json!(b.rss_peak.get());
     }
     drop(b);
     if opts.runs("throughput") && opts.runs("latency") {

@@ -65,6 +65,10 @@ enum Task {
         /// connections, waypoint, memory, policy.
         #[arg(long, value_delimiter = ',', value_parser = bench::SECTIONS)]
         only: Vec<String>,
+        /// Istio's ztunnel binary: every data-path comparison also runs through it, in the same
+        /// round (default: $VEIL_UPSTREAM_ZTUNNEL, else ../shared/upstream/ztunnel when there).
+        #[arg(long, value_name = "PATH")]
+        upstream_ztunnel: Option<std::path::PathBuf>,
     },
     /// Build the fuzz targets in fuzz/ (cargo-fuzz, installed when missing) and run each from its
     /// seed corpus; fails on any crash, panic or hang.
@@ -106,10 +110,12 @@ fn main() -> anyhow::Result<()> {
             seconds,
             rounds,
             only,
+            upstream_ztunnel,
         } => bench::run(bench::Options {
             seconds,
             rounds: rounds.max(1),
             only,
+            upstream_ztunnel,
         }),
         Task::Demo { hold } => demo::run(hold),
         Task::Fuzz {

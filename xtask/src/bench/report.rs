@@ -189,6 +189,8 @@ pub(super) fn report(r: &Value) -> String {
             wp_mib <= 20.0,
         ),
     ];
+    let mut rows = rows;
+    rows.extend(upstream_rows(r));
     let mut out = format!(
         "Run: {} CPUs, {} round(s) of {} s per comparison (medians). Raw figures: docs/benchmarks.json.\n\n| measure | veil | target | |\n|---|---|---|---|\n",
         r["settings"]["cpus"], r["settings"]["rounds"], r["settings"]["seconds"]
@@ -218,6 +220,99 @@ pub(super) fn report(r: &Value) -> String {
         f(&r["iperf3"]["mesh_gbit_per_s"])
     );
     out
+}
+
+/// veil against Istio's ztunnel, measured in the same rounds (issue 14's targets); none when it was
+/// not measured.
+fn upstream_rows(r: &Value) -> Vec<Row> {
+    let u = &r["upstream"];
+    if !u.is_object() {
+        return Vec::new();
+    }
+    let (t, l, c) = (&r["throughput"], &r["latency"], &r["connections"]);
+    let ratio = |veil: f64, istio: f64| veil / istio;
+    let x = |v: f64| format!("{v:.2}×");
+    let one = ratio(f(&t["1"]["mesh_gbit_per_s"]), f(&u["throughput"]["1"]));
+    let four = ratio(f(&t["4"]["mesh_gbit_per_s"]), f(&u["throughput"]["4"]));
+    let rps16 = ratio(
+        f(&l["16"]["mesh"]["requests_per_s"]),
+        f(&u["latency"]["16"]["requests_per_s"]),
+    );
+    let p99_16 = ratio(
+        f(&l["16"]["mesh"]["p99_us"]),
+        f(&u["latency"]["16"]["p99_us"]),
+    );
+    let p50_1 = ratio(
+        f(&l["1"]["mesh"]["p50_us"]),
+        f(&u["latency"]["1"]["p50_us"]),
+    );
+    let cps = ratio(
+        f(&c["mesh"]["connections_per_s"]),
+        f(&u["connections"]["connections_per_s"]),
+    );
+    let gib = ratio(
+        f(&r["cpu"]["ztunnel_seconds_per_gib"]),
+        f(&u["cpu"]["ztunnel_seconds_per_gib"]),
+    );
+    let per_10k = ratio(
+        f(&r["cpu"]["ztunnel_seconds_per_10k_requests"]),
+        f(&u["cpu"]["ztunnel_seconds_per_10k_requests"]),
+    );
+    let peak = ratio(f(&u["veil_rss_peak_bytes"]), f(&u["rss_peak_bytes"]));
+    let idle = ratio(
+        f(&r["memory"]["idle_start_bytes"][0]).max(f(&r["memory"]["idle_start_bytes"][1])),
+        f(&u["rss_idle_bytes"]),
+    );
+    vec![
+        Row::goal(
+            "throughput, 1 stream, vs Istio's ztunnel",
+            x(one),
+            "≥ 1.3×",
+            one >= 1.3,
+        ),
+        Row::goal(
+            "throughput, 4 streams, vs Istio's ztunnel",
+            x(four),
+            "≥ 1.5×",
+            four >= 1.5,
+        ),
+        Row::goal(
+            "1 KiB req/resp, 16 connections, requests/s vs Istio's ztunnel",
+            x(rps16),
+            "≥ 1.3×",
+            rps16 >= 1.3,
+        ),
+        Row::goal(
+            "1 KiB req/resp p99, 16 connections, vs Istio's ztunnel",
+            x(p99_16),
+            "≤ 0.8×",
+            p99_16 <= 0.8,
+        ),
+        Row::info(
+            "1 KiB req/resp p50, 1 connection, vs Istio's ztunnel",
+            x(p50_1),
+        ),
+        Row::goal(
+            "new connections/s vs Istio's ztunnel",
+            x(cps),
+            "≥ 2×",
+            cps >= 2.0,
+        ),
+        Row::goal(
+            "CPU per GiB moved vs Istio's ztunnel",
+            x(gib),
+            "≤ 0.8×",
+            gib <= 0.8,
+        ),
+        Row::info("CPU per 10k requests vs Istio's ztunnel", x(per_10k)),
+        Row::goal(
+            "ztunnel RSS under load (peak, larger of the two) vs Istio's ztunnel",
+            x(peak),
+            "≤ 0.6×",
+            peak <= 0.6,
+        ),
+        Row::info("ztunnel RSS idle vs Istio's ztunnel", x(idle)),
+    ]
 }
 
 const BEGIN: &str = "<!-- results:begin (written by cargo xtask bench) -->";

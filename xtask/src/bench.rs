@@ -21,11 +21,13 @@ use crate::proto::workspace_root;
 
 mod controlplane;
 mod report;
+mod runs;
 mod scale;
 mod upstream;
 
 use crate::setup::{build, install_tools};
 use report::{f, report, write_results_section};
+use runs::{median, median_run, report_of, tool_in};
 
 /// Tools the benchmarks run, and the Debian packages that provide them.
 const TOOLS: &[(&str, &str)] = &[
@@ -129,19 +131,6 @@ fn spec(upstream: bool) -> MeshSpec {
         }
     }
     spec
-}
-
-/// The report `veil-bench args` printed (its last line, JSON), or why there is none.
-fn report_of(args: &[&str], out: &std::process::Output) -> anyhow::Result<Value> {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "veil-bench {args:?} failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).with_context(|| format!("veil-bench printed {stdout:?}"))
 }
 
 /// The running benchmark cluster.
@@ -271,32 +260,6 @@ impl Bench {
     fn ztunnel_rss_anon(&self) -> [u64; 2] {
         self.ztunnels().map(|z| z.rss_anon_bytes().unwrap_or(0))
     }
-}
-
-/// Runs the load tool in `pod` of `mesh`; its JSON line.
-fn tool_in(mesh: &Mesh, pod: &str, args: &[&str]) -> anyhow::Result<Value> {
-    let tool = bin("veil-bench").to_string_lossy().into_owned();
-    let mut argv = vec![tool.as_str()];
-    argv.extend_from_slice(args);
-    let out = exec(&mesh.cluster.pod(pod).netns, &argv)?;
-    report_of(args, &out).with_context(|| format!("in {pod}"))
-}
-
-/// The median of the rounds' values.
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// The round whose `key` is the median, whole (latency percentiles stay consistent).
-fn median_run(mut runs: Vec<Value>, key: &str) -> Value {
-    runs.sort_by(|a, b| {
-        a[key]
-            .as_f64()
-            .unwrap_or(0.0)
-            .total_cmp(&b[key].as_f64().unwrap_or(0.0))
-    });
-    runs.get(runs.len() / 2).cloned().unwrap_or(Value::Null)
 }
 
 fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {

@@ -112,7 +112,7 @@ impl Upstream {
         let mut argv = vec![command, target.as_str()];
         argv.extend_from_slice(args);
         let before = self.cpu_seconds();
-        let run = super::tool_in(mesh, "uclient", &argv)?;
+        let run = super::runs::tool_in(mesh, "uclient", &argv)?;
         let used = self.cpu_seconds() - before;
         let mut cpu = self.cpu.borrow_mut();
         match count {

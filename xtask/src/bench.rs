@@ -215,18 +215,14 @@ impl Bench {
         self.mesh.cluster.pod(pod).ip.to_string()
     }
 
-    /// Runs the load tool in `pod`; its JSON line. After a run through veil's mesh (from
-    /// `client`), the ztunnels' RSS is sampled for the peak.
+    /// Runs the load tool in `pod`; its JSON line.
     fn tool(&self, pod: &str, args: &[&str]) -> anyhow::Result<Value> {
-        let run = tool_in(&self.mesh, pod, args)?;
-        if pod == "client" {
-            let rss = self.ztunnel_rss().into_iter().max().unwrap_or(0);
-            self.rss_peak.set(self.rss_peak.get().max(rss));
-        }
-        Ok(run)
+        tool_in(&self.mesh, pod, args)
     }
 
     /// The same run through Istio's ztunnel (`uclient` → `userver:port`), when it is measured.
+    /// Called right after veil's run of the same comparison: veil's ztunnels' RSS is sampled
+    /// then, so both peaks come from the same comparisons.
     fn upstream(
         &self,
         command: &str,
@@ -234,10 +230,12 @@ impl Bench {
         args: &[&str],
         count: upstream::Count,
     ) -> anyhow::Result<Option<Value>> {
-        self.upstream
-            .as_ref()
-            .map(|u| u.tool(&self.mesh, command, port, args, count))
-            .transpose()
+        let Some(u) = &self.upstream else {
+            return Ok(None);
+        };
+        let rss = self.ztunnel_rss().into_iter().max().unwrap_or(0);
+        self.rss_peak.set(self.rss_peak.get().max(rss));
+        u.tool(&self.mesh, command, port, args, count).map(Some)
     }
 
     fn seconds(&self) -> String {

@@ -49,8 +49,8 @@ pub(crate) const CREATES: [(&str, &str, bool); 11] = [
     ("policy", "poddisruptionbudgets", true),
 ];
 
-/// The cluster-wide objects the chart names after its namespace, and the waypoint chart's one
-/// shared role: left behind by an earlier install (Helm keeps nothing, but a failed or manual
+/// The cluster-wide objects the chart names after its namespace, and the waypoints' one shared
+/// role: left behind by an earlier install (Helm keeps nothing, but a failed or manual
 /// removal may), they make `helm install` fail ("exists and cannot be imported").
 fn cluster_objects(ns: &str) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
@@ -58,6 +58,9 @@ fn cluster_objects(ns: &str) -> Vec<(&'static str, String)> {
         out.push(("clusterroles", format!("{component}-{ns}")));
         out.push(("clusterrolebindings", format!("{component}-{ns}")));
     }
+    // The waypoints' role is one for the whole cluster: a second install (or a leftover) of it
+    // makes `helm install` fail too.
+    out.push(("clusterroles", "veil-waypoint".to_owned()));
     out
 }
 
@@ -255,6 +258,9 @@ pub(crate) fn judge_permissions(answers: &[(String, Access)]) -> Check {
 async fn existing(api: &Reader, ns: &str, namespace: &Result<Option<Value>, String>) -> Check {
     let mut components = Vec::new();
     let mut unreadable = Vec::new();
+    if let Err(e) = namespace {
+        unreadable.push(format!("namespace {ns}: {e}"));
+    }
     if matches!(namespace, Ok(Some(_))) {
         for (kind, path) in [
             (
@@ -526,16 +532,30 @@ async fn network_plugin(api: &Reader, daemonsets: &Result<Vec<Value>, ReadError>
             .object("/api/v1/namespaces/kube-system/configmaps/cilium-config")
             .await
         {
-            Ok(Some(cm)) => decode::<ConfigMap>("ConfigMap", &cm)
-                .ok()
-                .and_then(|c| c.data)
-                .and_then(|mut d| d.remove("cni-exclusive")),
-            _ => None,
+            Ok(Some(cm)) => match decode::<ConfigMap>("ConfigMap", &cm) {
+                Ok(c) => c.data.and_then(|mut d| d.remove("cni-exclusive")),
+                Err(e) => return unread_cilium(&found, &e),
+            },
+            Ok(None) => None,
+            Err(e) => return unread_cilium(&found, &e.to_string()),
         }
     } else {
         None
     };
     judge_network_plugin(&found, cilium.as_deref())
+}
+
+/// Cilium runs, but whether it is exclusive could not be read: not judged, never ok.
+fn unread_cilium(found: &[(&'static str, &'static str)], why: &str) -> Check {
+    let names: Vec<&str> = found.iter().map(|(_, p)| *p).collect();
+    Check::warning(
+        "network-plugin",
+        format!(
+            "{}: Cilium's cni-exclusive could not be read from kube-system/cilium-config: {why}",
+            names.join(", ")
+        ),
+        "make sure Cilium runs with `cni.exclusive=false`: otherwise it deletes veil's CNI configuration",
+    )
 }
 
 /// The known network plugins among the DaemonSets `items`: (DaemonSet, plugin).
@@ -601,8 +621,12 @@ pub(crate) fn other_meshes(
     match daemonsets {
         Ok(items) => {
             for item in items {
-                let Ok(ds) = decode::<DaemonSet>("DaemonSet", item) else {
-                    continue;
+                let ds = match decode::<DaemonSet>("DaemonSet", item) {
+                    Ok(ds) => ds,
+                    Err(e) => {
+                        unreadable.push(e);
+                        continue;
+                    }
                 };
                 let name = ds.metadata.name.unwrap_or_default();
                 let namespace = ds.metadata.namespace.unwrap_or_default();
@@ -618,8 +642,12 @@ pub(crate) fn other_meshes(
     match namespaces {
         Ok(items) => {
             for item in items {
-                let Ok(n) = decode::<Namespace>("Namespace", item) else {
-                    continue;
+                let n = match decode::<Namespace>("Namespace", item) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        unreadable.push(e);
+                        continue;
+                    }
                 };
                 let name = n.metadata.name.unwrap_or_default();
                 let labels = n.metadata.labels.unwrap_or_default();

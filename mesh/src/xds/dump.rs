@@ -24,6 +24,10 @@ pub const ROOT_NAMESPACE_HEADER: &str = "veil-root-namespace";
 /// The largest document decoded (a 100,000-pod mesh is about 40 MB).
 pub const MAX_DOCUMENT: usize = 512 * 1024 * 1024;
 
+/// The most resources decoded (each becomes a decoded entry far larger than its smallest
+/// encoding): ten times a 100,000-pod mesh's.
+pub const MAX_RESOURCES: usize = 2_000_000;
+
 /// `resources` as one document.
 pub fn encode(resources: &Resources) -> Bytes {
     let mut out = BytesMut::new();
@@ -70,6 +74,10 @@ pub fn decode(mut body: &[u8], settings: &MeshSettings) -> Result<Decoded, Strin
             .map_err(|e| format!("not a resources document: {e}"))?;
         let kind = Kind::from_type_url(&message.type_url)
             .ok_or_else(|| format!("resources of an unknown type {:?}", message.type_url))?;
+        let held: usize = by_kind.iter().map(|(_, m)| m.resources.len()).sum();
+        if held + message.resources.len() > MAX_RESOURCES {
+            return Err(format!("more than {MAX_RESOURCES} resources"));
+        }
         if by_kind.iter().any(|(k, _)| *k == kind) {
             return Err(format!("{} appears twice", message.type_url));
         }

@@ -457,4 +457,12 @@ fn another_mesh_is_found_and_a_namespace_in_two_fails() {
         Outcome::Warning,
         "DaemonSets not read: not judged fine"
     );
+    let mut malformed = namespace("shop", json!({}));
+    malformed["metadata"]["labels"] = json!("istio-injection=enabled");
+    let check = other_meshes("veil-system", &Ok(Vec::new()), &Ok(vec![malformed]));
+    assert_eq!(
+        check.result,
+        Outcome::Warning,
+        "a namespace not read is not judged fine"
+    );
 }

@@ -2,12 +2,14 @@
 //! wire-compatible with Istio's ztunnel.
 
 mod client;
+mod early;
 mod io;
 mod request;
 mod server;
 mod tunnel;
 
 pub use client::{ConnectError, H2Client, H2Settings};
+pub use early::EarlyData;
 pub use io::H2Io;
 pub use request::{
     BAGGAGE, BadRequest, ConnectTarget, FORWARDED, HBONE_PORT, TRACEPARENT, TunnelMeta,

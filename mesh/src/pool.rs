@@ -24,7 +24,7 @@ use h2::{Reason, RecvStream, SendStream};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::hbone::{ConnectError, H2Client, TunnelMeta, connect_request};
+use crate::hbone::{ConnectError, EarlyData, H2Client, TunnelMeta, connect_request};
 use crate::identity::{BoxFuture, Identity};
 
 /// Which connections a tunnel may share.
@@ -148,19 +148,26 @@ impl Pool {
     }
 
     /// Opens a tunnel to `target` for `key`, on a pooled connection or a new one from `dialer`.
-    /// A connection found dead is replaced once.
+    /// With `early`, the client's first bytes are sent right behind the `CONNECT`
+    /// ([`EarlyData`]); a tunnel whose bytes went out is retried elsewhere only when its server
+    /// refused the stream unprocessed.
     pub async fn open(
         &self,
         key: &PoolKey,
         target: SocketAddr,
         meta: &TunnelMeta,
         dialer: &dyn Dialer,
+        mut early: Option<&mut EarlyData<'_>>,
     ) -> Result<PooledStream, ConnectError> {
         let mut retried = false;
         let mut refusals = 0;
         loop {
             let conn = self.checkout(key, dialer).await?;
-            match conn.client.open(connect_request(target, meta)).await {
+            let opened = conn
+                .client
+                .open(connect_request(target, meta), early.as_deref_mut())
+                .await;
+            match opened {
                 Ok((send, recv)) => return Ok((send, recv, StreamGuard { conn })),
                 Err(ConnectError::H2(e))
                     if refusals < MAX_REFUSALS && e.reason() == Some(Reason::REFUSED_STREAM) =>
@@ -173,7 +180,9 @@ impl Pool {
                     refusals += 1;
                 }
                 Err(ConnectError::H2(e))
-                    if !retried && (e.is_go_away() || e.is_io() || conn.client.is_closed()) =>
+                    if !retried
+                        && !early.as_ref().is_some_and(|early| early.went_out())
+                        && (e.is_go_away() || e.is_io() || conn.client.is_closed()) =>
                 {
                     // Dropped by the peer between uses: forget it and dial again, once.
                     debug!(error = %e, "pooled connection is gone; redialing");

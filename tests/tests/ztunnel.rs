@@ -148,6 +148,22 @@ fn l4_policy_denies_by_principal_namespace_and_port_and_allow_nothing_denies_all
         !m.app_log("profile").contains("10.20.0.12"),
         "the denied request reached the app"
     );
+    // A client that speaks first has its bytes sent right behind the CONNECT (early data): the
+    // destination still decides before any of them reaches the application.
+    let echo = echo_addr(&m, "profile");
+    assert!(
+        m.tcp("reporting", &echo, "EARLY-DATA-OF-A-DENIED-PEER", 1)
+            .is_err()
+    );
+    assert_eq!(
+        m.tcp("account", &echo, "EARLY-DATA-OF-AN-ALLOWED-PEER", 1)
+            .unwrap()
+            .trim(),
+        "EARLY-DATA-OF-AN-ALLOWED-PEER"
+    );
+    let app = m.app_log("profile");
+    assert!(app.contains("EARLY-DATA-OF-AN-ALLOWED-PEER"), "{app}");
+    assert!(!app.contains("EARLY-DATA-OF-A-DENIED-PEER"), "{app}");
 
     // By namespace (a DENY), applied without restarting anything.
     m.set_policies(
@@ -203,7 +219,7 @@ fn l4_policy_denies_by_principal_namespace_and_port_and_allow_nothing_denies_all
     assert!(m.curl("account", &profile).is_err());
     assert!(m.curl("reporting", &profile).is_err());
     assert!(m.ztunnel_log("node-b").contains("user-data/allow-nothing"));
-    assert!(denies(&m) >= 5.0);
+    assert!(denies(&m) >= 6.0);
     // One ztunnel process throughout: its log only grew.
     assert!(m.ztunnel_log("node-b").len() > ztunnel_pid_before);
     assert_eq!(

@@ -76,7 +76,7 @@ impl Upstreams {
             traceparent,
             ..TunnelMeta::default()
         };
-        let (send, recv, guard) = self.pool.open(&key, target, &meta, self).await?;
+        let (send, recv, guard) = self.pool.open(&key, target, &meta, self, None).await?;
         Ok(Upstream::new(H2Io::new(send, recv), guard))
     }
 }

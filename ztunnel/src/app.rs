@@ -227,7 +227,10 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
         config.node.clone(),
         rx,
         certs,
-        Pool::new(PoolSettings::default()),
+        Pool::new(PoolSettings {
+            max_connections_per_key: config.connections_per_peer(),
+            ..PoolSettings::default()
+        }),
         metrics,
         DataPathSettings {
             unknown_destination: config.unknown_destination,
@@ -242,6 +245,7 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
                 handshake_timeout: config.hbone_handshake_timeout,
                 ..H2Settings::default()
             },
+            early_data: config.hbone_early_data,
             limits,
             udp: config.udp_allowance(),
             kubelet_probes: config.kubelet_probes,

@@ -154,6 +154,11 @@ pub struct Config {
     /// HTTP/2 frame size HBONE peers may send us, in bytes (16 KiB to 16 MiB).
     #[arg(long, env = "VEIL_HBONE_MAX_FRAME_SIZE", default_value_t = veil_mesh::hbone::H2Settings::default().max_frame_size, value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
     pub hbone_max_frame_size: u32,
+    /// Send a connection's first bytes right behind its HBONE CONNECT instead of waiting for the
+    /// 200 (one round trip less per new connection; the destination still admits the tunnel
+    /// before any byte reaches the application). `false` for peers that refuse data before the 200.
+    #[arg(long, env = "VEIL_HBONE_EARLY_DATA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hbone_early_data: bool,
     /// Most HBONE (mTLS) connections open at once on the node; more are refused [default: derived from the descriptor limit].
     #[arg(long, env = "VEIL_MAX_HBONE_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_hbone_connections: Option<u32>,
@@ -195,9 +200,34 @@ pub struct Config {
     /// at most 2].
     #[arg(long, env = "VEIL_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub worker_threads: Option<u16>,
+    /// HBONE connections to one peer (per source pod) among which busy tunnels are spread before
+    /// they share them [default: the worker threads]. One connection is one core's work: more
+    /// connections than threads buy no parallelism and lose HTTP/2's batching of several
+    /// tunnels' frames into one TLS write.
+    #[arg(long, env = "VEIL_HBONE_CONNECTIONS_PER_PEER", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub hbone_connections_per_peer: Option<u16>,
 }
 
 impl Config {
+    /// The threads that carry traffic: `--worker-threads`, else half the node's cores, at most 2
+    /// (ztunnel shares the node with the workloads it serves, and on a 2-core node one thread
+    /// measured faster than two: docs/benchmarks.md).
+    pub fn workers(&self) -> usize {
+        self.worker_threads.map_or_else(
+            || {
+                let cores = std::thread::available_parallelism().map_or(1, usize::from);
+                (cores / 2).clamp(1, 2)
+            },
+            usize::from,
+        )
+    }
+
+    /// Connections per HBONE peer the pool spreads busy tunnels over.
+    pub fn connections_per_peer(&self) -> usize {
+        self.hbone_connections_per_peer
+            .map_or_else(|| self.workers(), usize::from)
+    }
+
     /// The connection budgets: the flags given, the defaults for `nofile` descriptors for the rest.
     pub fn limits(&self, nofile: usize) -> Limits {
         let mut limits = Limits::for_nofile(nofile);

@@ -45,6 +45,9 @@ pub struct DataPathSettings {
     pub connect_timeout: Duration,
     /// HTTP/2 settings of HBONE.
     pub h2: H2Settings,
+    /// Send a connection's first bytes right behind its HBONE `CONNECT` instead of after the `200`
+    /// (one round trip less per new connection; see [`veil_mesh::hbone::EarlyData`]).
+    pub early_data: bool,
     /// Connection budgets.
     pub limits: Limits,
     /// UDP destinations enrolled pods may reach in clear (everything else non-TCP is refused).
@@ -64,6 +67,7 @@ impl Default for DataPathSettings {
             send_baggage: true,
             connect_timeout: Duration::from_secs(5),
             h2: H2Settings::default(),
+            early_data: true,
             limits: Limits::for_nofile(1024),
             udp: UdpAllowance::default(),
             kubelet_probes: false,

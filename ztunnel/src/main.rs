@@ -8,11 +8,7 @@ use veil_ztunnel::config::Config;
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            config
-                .worker_threads
-                .map_or_else(default_workers, usize::from),
-        )
+        .worker_threads(config.workers())
         .enable_all()
         .build()?
         .block_on(async {
@@ -26,13 +22,6 @@ fn main() -> anyhow::Result<()> {
             result?;
             Ok(())
         })
-}
-
-/// Half the node's cores, at most 2: ztunnel shares the node with the workloads it serves, and on
-/// a 2-core node one thread measured faster than two (docs/benchmarks.md).
-fn default_workers() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    (cores / 2).clamp(1, 2)
 }
 
 /// SIGTERM and SIGINT, each one a stop request: the first drains, the next stops at once.

@@ -12,7 +12,9 @@ use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 use veil_mesh::discovery::{MeshState, Waypoint, WaypointRef, Workload};
-use veil_mesh::hbone::{ConnectError, H2Client, HBONE_PORT, TunnelMeta, abort_socket, splice};
+use veil_mesh::hbone::{
+    ConnectError, EarlyData, H2Client, HBONE_PORT, TunnelMeta, abort_socket, splice,
+};
 use veil_mesh::identity::{BoxFuture, client_config};
 use veil_mesh::pool::{Dialer, PoolKey};
 use veil_mesh::relay::relay;
@@ -308,8 +310,25 @@ async fn proxy_hbone(
         baggage: local.baggage.clone(),
     };
     let dialer = PodDialer { ctx, local };
-    let (send, recv, _guard) = match ctx.pool.open(&key, target, &meta, &dialer).await {
+    let mut early = EarlyData::new(tcp);
+    let opened = ctx
+        .pool
+        .open(
+            &key,
+            target,
+            &meta,
+            &dialer,
+            ctx.settings.early_data.then_some(&mut early),
+        )
+        .await;
+    let early = early.len();
+    let (send, recv, _guard) = match opened {
         Ok(stream) => stream,
+        Err(ConnectError::Source(e)) => {
+            debug!(source = %src, destination = %peer.identity, %target, error = %e, "outbound connection aborted before its tunnel opened");
+            span.fail("connection aborted");
+            return abort_socket(tcp);
+        }
         Err(e) => {
             warn!(source = %src, destination = %peer.identity, %target, error = %e, "HBONE tunnel failed");
             span.fail(tunnel_failure(&e));
@@ -324,6 +343,8 @@ async fn proxy_hbone(
         protocol: Protocol::Tcp,
         security: Security::MutualTls,
     });
+    // Sent with the CONNECT, before the splice.
+    meter.to_destination.inc_by(early as u64);
     let started = tokio::time::Instant::now();
     let result = splice(
         tcp,
@@ -338,7 +359,8 @@ async fn proxy_hbone(
     )
     .await;
     match result {
-        Ok(t) => {
+        Ok(mut t) => {
+            t.to_stream += early as u64;
             span.set_all(|| {
                 [
                     KeyValue::new("veil.bytes_sent", t.to_stream as i64),

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
+use super::early::EarlyData;
 use crate::identity::{ALPN_H2, Identity, peer_identity};
 
 /// HTTP/2 and liveness settings of HBONE connections (both sides).
@@ -45,7 +46,11 @@ impl Default for H2Settings {
             // not yet written on.
             stream_window: 1 << 20,
             connection_window: 4 << 20,
-            max_frame_size: 16_384,
+            // A tunnel's read (64 KiB less a frame header) travels as one DATA frame: one write
+            // and four full TLS records instead of four writes and eight records (a 16 KiB
+            // frame's 9-byte header pushes each over one record). The receiver buffers at most one
+            // frame per connection while decoding it.
+            max_frame_size: 65_536,
             max_concurrent_streams: 100,
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
@@ -78,6 +83,9 @@ pub enum ConnectError {
     /// No certificate is available for the source identity.
     #[error("no valid certificate for {0}")]
     NoCertificate(Identity),
+    /// The client's own socket failed (reset) while its first bytes were read for the tunnel.
+    #[error("source socket: {0}")]
+    Source(#[source] std::io::Error),
 }
 
 /// An established HBONE connection, ready to carry streams.
@@ -160,14 +168,19 @@ impl H2Client {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Opens a tunnel stream with `request` (a `CONNECT`) and waits for a 200.
+    /// Opens a tunnel stream with `request` (a `CONNECT`) and waits for a 200; with `early`, the
+    /// socket's first bytes follow the `CONNECT` without waiting for it.
     pub async fn open(
         &self,
         request: Request<()>,
+        early: Option<&mut EarlyData<'_>>,
     ) -> Result<(SendStream<Bytes>, RecvStream), ConnectError> {
         let mut send = self.send.clone().ready().await?;
-        let (response, stream) = send.send_request(request, false)?;
-        let response = response.await?;
+        let (response, mut stream) = send.send_request(request, false)?;
+        let response = match early {
+            Some(early) => early.send_until_answered(&mut stream, response).await?,
+            None => response.await?,
+        };
         if response.status() != StatusCode::OK {
             return Err(ConnectError::Status(response.status()));
         }

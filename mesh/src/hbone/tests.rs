@@ -35,7 +35,7 @@ async fn client(pki: &TestPki, proxy: SocketAddr) -> H2Client {
 /// Opens a tunnel to `target` and returns the application's end of it.
 async fn tunnel(client: &H2Client, target: SocketAddr) -> TcpStream {
     let (send, recv) = client
-        .open(connect_request(target, &TunnelMeta::default()))
+        .open(connect_request(target, &TunnelMeta::default()), None)
         .await
         .unwrap();
     let app_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -177,7 +177,7 @@ async fn refusals_and_upstream_failures_come_back_as_statuses() {
     let client = client(&pki, proxy).await;
     let refused: SocketAddr = format!("127.0.0.1:{REFUSED_PORT}").parse().unwrap();
     let err = client
-        .open(connect_request(refused, &TunnelMeta::default()))
+        .open(connect_request(refused, &TunnelMeta::default()), None)
         .await
         .unwrap_err();
     assert!(
@@ -191,7 +191,7 @@ async fn refusals_and_upstream_failures_come_back_as_statuses() {
         .local_addr()
         .unwrap();
     let err = client
-        .open(connect_request(closed, &TunnelMeta::default()))
+        .open(connect_request(closed, &TunnelMeta::default()), None)
         .await
         .unwrap_err();
     assert!(

@@ -69,13 +69,18 @@ async fn setup_with(settings: PoolSettings, max_streams: Option<u32>) -> Setup {
     Setup {
         pool: Pool::new(settings),
         dialer: TestDialer { pki },
-        key: PoolKey {
-            src: id("client"),
-            src_ip: "127.0.0.1".parse().unwrap(),
-            dst: id("server"),
-            dst_addr: server,
-        },
+        key: client_key(server),
         echo,
+    }
+}
+
+/// The key of the test client's tunnels to `server`.
+fn client_key(server: SocketAddr) -> PoolKey {
+    PoolKey {
+        src: id("client"),
+        src_ip: "127.0.0.1".parse().unwrap(),
+        dst: id("server"),
+        dst_addr: server,
     }
 }
 
@@ -83,7 +88,7 @@ async fn setup_with(settings: PoolSettings, max_streams: Option<u32>) -> Setup {
 async fn round_trip(s: &Setup) -> StreamGuard {
     let (send, recv, guard) = s
         .pool
-        .open(&s.key, s.echo, &TunnelMeta::default(), &s.dialer)
+        .open(&s.key, s.echo, &TunnelMeta::default(), &s.dialer, None)
         .await
         .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -172,7 +177,7 @@ async fn when_every_connection_is_full_another_is_opened_beyond_the_limit() {
         let tunnel = tokio::time::timeout(
             Duration::from_secs(5),
             s.pool
-                .open(&s.key, s.echo, &TunnelMeta::default(), &s.dialer),
+                .open(&s.key, s.echo, &TunnelMeta::default(), &s.dialer, None),
         )
         .await
         .unwrap_or_else(|_| panic!("tunnel {i} waited for a stream slot"))
@@ -198,7 +203,7 @@ async fn a_burst_on_a_fresh_connection_beyond_the_server_limit_is_retried_not_re
     .await;
     // All at once, before the server's SETTINGS (and its limit of 4) can have arrived.
     let meta = TunnelMeta::default();
-    let opens = (0..12).map(|_| s.pool.open(&s.key, s.echo, &meta, &s.dialer));
+    let opens = (0..12).map(|_| s.pool.open(&s.key, s.echo, &meta, &s.dialer, None));
     let tunnels = tokio::time::timeout(
         Duration::from_secs(10),
         futures_util::future::join_all(opens),
@@ -213,3 +218,5 @@ async fn a_burst_on_a_fresh_connection_beyond_the_server_limit_is_retried_not_re
         "4 streams per connection: 12 tunnels need at least 3 connections"
     );
 }
+
+mod early;

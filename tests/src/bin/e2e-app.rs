@@ -217,7 +217,7 @@ mod probe {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let client = H2Client::handshake(tcp, tls, &H2Settings::default()).await?;
         let stream = client
-            .open(connect_request(target, &TunnelMeta::default()))
+            .open(connect_request(target, &TunnelMeta::default()), None)
             .await;
         match stream {
             Ok(_) => {
@@ -269,7 +269,7 @@ mod probe {
     ) -> anyhow::Result<()> {
         let client = peer.dial(addr).await?;
         match client
-            .open(connect_request(target, &TunnelMeta::default()))
+            .open(connect_request(target, &TunnelMeta::default()), None)
             .await
         {
             Ok(_) => {
@@ -302,7 +302,7 @@ mod probe {
                 println!("{uri} INVALID");
                 continue;
             };
-            match client.open(request).await {
+            match client.open(request, None).await {
                 Ok(_) => println!("{uri} 200"),
                 Err(ConnectError::Status(status)) => println!("{uri} {}", status.as_u16()),
                 Err(e) => println!("{uri} RESET {e}"),

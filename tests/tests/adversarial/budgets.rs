@@ -451,7 +451,7 @@ fn tunnel_flood(
         let (mut held, mut refused) = (Vec::new(), 0);
         for _ in 0..count {
             match client
-                .open(connect_request(target, &TunnelMeta::default()))
+                .open(connect_request(target, &TunnelMeta::default()), None)
                 .await
             {
                 Ok(tunnel) => held.push(tunnel),

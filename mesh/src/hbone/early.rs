@@ -1,0 +1,119 @@
+//! Early data: a tunnel's first bytes travel with its `CONNECT` instead of after its `200`.
+//!
+//! A client that speaks first (HTTP, TLS, most protocols) has usually written its first bytes by
+//! the time ztunnel opens the tunnel for it. Sending them right behind the `CONNECT` saves a round
+//! trip between the two ends on every new connection. Nothing about admission changes: the
+//! destination buffers the bytes in the stream (its flow-control window bounds them) and writes
+//! them to the application only once it has authorized the tunnel and connected; a refused tunnel's
+//! bytes are dropped with its stream, and the client's connection is reset as before.
+//!
+//! Bounds and replay. While the answer is awaited at most one read (16 KiB) is taken from
+//! the socket and kept, so that a stream the server refused unprocessed (`REFUSED_STREAM`) can be
+//! retried with the same bytes. Bytes that went out on a connection that then failed are never
+//! replayed on another one: the server may already have delivered them, and an application behind
+//! a direct TCP connection never sees its bytes twice either.
+
+use std::io;
+
+use bytes::Bytes;
+use h2::SendStream;
+use h2::client::ResponseFuture;
+use http::Response;
+use tokio::net::TcpStream;
+
+use super::client::ConnectError;
+
+/// The most read from the socket before the answer: a request's head, a TLS ClientHello.
+const EARLY: usize = 16 * 1024;
+
+/// The first bytes of a tunnel, read from its socket while the `CONNECT` is answered.
+#[derive(Debug)]
+pub struct EarlyData<'a> {
+    socket: &'a TcpStream,
+    /// What was read (at most [`EARLY`] bytes), kept for a retry.
+    read: Bytes,
+    /// No more is read before the answer: a read is in hand, or the socket said end of stream
+    /// (which the tunnel reads again, and carries, once it is open).
+    done: bool,
+}
+
+impl<'a> EarlyData<'a> {
+    /// Nothing read yet from `socket`.
+    pub fn new(socket: &'a TcpStream) -> Self {
+        Self {
+            socket,
+            read: Bytes::new(),
+            done: false,
+        }
+    }
+
+    /// The bytes taken from the socket (and sent on the tunnel once it is open).
+    pub fn len(&self) -> usize {
+        self.read.len()
+    }
+
+    /// Whether no byte was taken from the socket.
+    pub fn is_empty(&self) -> bool {
+        self.read.is_empty()
+    }
+
+    /// Whether bytes went out on a stream, so that a failure of its connection must not be retried
+    /// elsewhere. Bytes are sent on the stream as soon as they are read, so these are the bytes
+    /// read.
+    pub(crate) fn went_out(&self) -> bool {
+        !self.read.is_empty()
+    }
+
+    /// Sends what the socket has (now and until `response` arrives, one read at most) on `stream`,
+    /// and returns the response.
+    pub(crate) async fn send_until_answered(
+        &mut self,
+        stream: &mut SendStream<Bytes>,
+        response: ResponseFuture,
+    ) -> Result<Response<h2::RecvStream>, ConnectError> {
+        // Bytes already read (for a stream the server refused) go first, in the same flight as
+        // the CONNECT's headers; so do bytes already waiting in the socket.
+        if self.read.is_empty() && !self.done {
+            self.try_read()?;
+        }
+        self.send(stream)?;
+        tokio::pin!(response);
+        while !self.done {
+            tokio::select! {
+                biased;
+                answered = &mut response => return Ok(answered?),
+                readable = self.socket.readable() => {
+                    readable.map_err(ConnectError::Source)?;
+                    self.try_read()?;
+                    self.send(stream)?;
+                }
+            }
+        }
+        Ok(response.await?)
+    }
+
+    fn send(&mut self, stream: &mut SendStream<Bytes>) -> Result<(), ConnectError> {
+        if !self.read.is_empty() {
+            // Queued without reserved capacity: h2 sends it as the window allows (16 KiB is well
+            // inside every HBONE peer's initial window, and inside HTTP/2's default one).
+            stream.send_data(self.read.clone(), false)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what the socket has without waiting, into a buffer of its size (a read that finds
+    /// nothing allocates nothing).
+    fn try_read(&mut self) -> Result<(), ConnectError> {
+        let mut first = [0u8; EARLY];
+        match self.socket.try_read(&mut first) {
+            Ok(0) => self.done = true,
+            Ok(n) => {
+                self.read = Bytes::copy_from_slice(&first[..n]);
+                self.done = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(ConnectError::Source(e)),
+        }
+        Ok(())
+    }
+}

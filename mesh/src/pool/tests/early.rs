@@ -1,0 +1,236 @@
+//! Early data through the pool: the first bytes go with the CONNECT, are retried with the stream
+//! when the server refused it unprocessed, and are never replayed after a connection failure.
+
+use std::sync::Mutex as StdMutex;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use tokio_rustls::TlsAcceptor;
+
+use super::*;
+use crate::identity::{FixedCert, server_config};
+
+/// What the scripted server does with the n-th stream it receives (counted over all connections).
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// RST_STREAM(REFUSED_STREAM) at once: not processed.
+    Refuse,
+    /// Waits for the stream's first DATA *before* answering, then answers 200 and echoes.
+    AnswerAfterData,
+    /// Waits for the stream's first DATA, then drops the whole connection without answering.
+    DropAfterData,
+    /// Drops the whole connection without answering.
+    DropAtOnce,
+    /// Answers 200 at once and ends the stream when the client does.
+    Answer,
+}
+
+#[derive(Default)]
+struct Seen {
+    connections: usize,
+    /// The first DATA of each stream that sent some before its answer.
+    early: Vec<Bytes>,
+}
+
+async fn scripted_server(pki: &TestPki, script: Vec<Step>) -> (SocketAddr, Arc<StdMutex<Seen>>) {
+    let cert = pki.issue(&id("server"));
+    let tls = server_config(
+        pki.bundle(),
+        Arc::new(FixedCert(cert.certified_key().clone())),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(StdMutex::new(Seen::default()));
+    let script = Arc::new(StdMutex::new(script.into_iter()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            record.lock().unwrap().connections += 1;
+            let tls = TlsAcceptor::from(tls.clone()).accept(tcp).await.unwrap();
+            let mut conn = h2::server::handshake(tls).await.unwrap();
+            let (script, record) = (script.clone(), record.clone());
+            tokio::spawn(async move {
+                while let Some(Ok((request, respond))) = conn.accept().await {
+                    let step = script
+                        .lock()
+                        .unwrap()
+                        .next()
+                        .expect("more streams than scripted");
+                    let body = request.into_body();
+                    match step {
+                        Step::Refuse => {
+                            let mut respond = respond;
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        }
+                        Step::AnswerAfterData => {
+                            tokio::spawn(answer_after_data(body, respond, record.clone()));
+                        }
+                        Step::DropAfterData => {
+                            let mut body = body;
+                            let data = body.data().await.unwrap().unwrap();
+                            record.lock().unwrap().early.push(data);
+                            // The connection (and every stream on it) goes away unanswered.
+                            return;
+                        }
+                        Step::DropAtOnce => return,
+                        Step::Answer => {
+                            let mut respond = respond;
+                            let _ = respond.send_response(http::Response::new(()), false);
+                            drop(body);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn answer_after_data(
+    mut body: h2::RecvStream,
+    mut respond: SendResponse<Bytes>,
+    record: Arc<StdMutex<Seen>>,
+) {
+    let Some(Ok(first)) = body.data().await else {
+        return;
+    };
+    let _ = body.flow_control().release_capacity(first.len());
+    record.lock().unwrap().early.push(first.clone());
+    let mut send = respond
+        .send_response(http::Response::new(()), false)
+        .unwrap();
+    send.send_data(first, false).unwrap();
+    while let Some(Ok(more)) = body.data().await {
+        let _ = body.flow_control().release_capacity(more.len());
+        send.send_data(more, false).unwrap();
+    }
+    let _ = send.send_data(Bytes::new(), true);
+}
+
+/// An application connection whose first bytes are already written, and ztunnel's end of it.
+async fn app_that_spoke_first(first: &[u8]) -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut app = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (proxied, _) = listener.accept().await.unwrap();
+    app.write_all(first).await.unwrap();
+    // Until the bytes are readable on the other end, so that the test does not race the kernel.
+    proxied.readable().await.unwrap();
+    (app, proxied)
+}
+
+/// A pool that reaches `server`, as ztunnel's would.
+struct Client {
+    pool: Pool,
+    dialer: TestDialer,
+    key: PoolKey,
+}
+
+impl Client {
+    fn new(pki: Arc<TestPki>, server: SocketAddr) -> Self {
+        Self {
+            pool: Pool::new(PoolSettings::default()),
+            dialer: TestDialer { pki },
+            key: client_key(server),
+        }
+    }
+
+    /// Opens a tunnel with early data; panics if it is not decided within 10 s.
+    async fn open(&self, early: &mut EarlyData<'_>) -> Result<PooledStream, ConnectError> {
+        let meta = TunnelMeta::default();
+        let opening = self
+            .pool
+            .open(&self.key, target(), &meta, &self.dialer, Some(early));
+        tokio::time::timeout(Duration::from_secs(10), opening)
+            .await
+            .expect("the CONNECT was not decided within 10 s")
+    }
+}
+
+fn target() -> SocketAddr {
+    "127.0.0.1:9".parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_first_bytes_travel_before_the_answer_and_the_rest_follows_in_order() {
+    let pki = Arc::new(TestPki::new("cluster.local"));
+    let (server, seen) = scripted_server(&pki, vec![Step::AnswerAfterData]).await;
+    let client = Client::new(pki, server);
+    let (mut app, mut proxied) = app_that_spoke_first(b"hello ").await;
+
+    // The server answers only after it has the stream's data: without early data this would wait
+    // for ever.
+    let mut early = EarlyData::new(&proxied);
+    let opened = client.open(&mut early).await.unwrap();
+    assert_eq!(early.len(), 6);
+    let (send, recv, _guard) = opened;
+    let tunnel = tokio::spawn(async move {
+        splice(&mut proxied, send, recv, |_| {}, |_| {})
+            .await
+            .unwrap()
+    });
+    app.write_all(b"world").await.unwrap();
+    app.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    app.read_to_end(&mut echoed).await.unwrap();
+    assert_eq!(echoed, b"hello world");
+    // The splice counts only what it moved itself; the first bytes went with the CONNECT.
+    assert_eq!(tunnel.await.unwrap().to_stream, 5);
+    assert_eq!(
+        seen.lock().unwrap().early,
+        vec![Bytes::from_static(b"hello ")]
+    );
+}
+
+#[tokio::test]
+async fn a_stream_refused_unprocessed_is_retried_with_the_same_first_bytes() {
+    let pki = Arc::new(TestPki::new("cluster.local"));
+    let (server, seen) = scripted_server(&pki, vec![Step::Refuse, Step::AnswerAfterData]).await;
+    let client = Client::new(pki, server);
+    let (_app, proxied) = app_that_spoke_first(b"GET / HTTP/1.1\r\n").await;
+    let mut early = EarlyData::new(&proxied);
+    let opened = client.open(&mut early).await;
+    assert!(opened.is_ok());
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.early, vec![Bytes::from_static(b"GET / HTTP/1.1\r\n")]);
+    assert_eq!(seen.connections, 1);
+}
+
+#[tokio::test]
+async fn first_bytes_sent_on_a_connection_that_failed_are_not_replayed_elsewhere() {
+    let pki = Arc::new(TestPki::new("cluster.local"));
+    let (server, seen) =
+        scripted_server(&pki, vec![Step::DropAfterData, Step::AnswerAfterData]).await;
+    let client = Client::new(pki, server);
+    let (_app, proxied) = app_that_spoke_first(b"POST /pay").await;
+    let mut early = EarlyData::new(&proxied);
+    let opened = client.open(&mut early).await;
+    let err = opened.expect_err("the tunnel failed");
+    assert!(matches!(err, ConnectError::H2(_)), "{err}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.early, vec![Bytes::from_static(b"POST /pay")]);
+    assert_eq!(
+        seen.connections, 1,
+        "the bytes were sent once, on one connection"
+    );
+}
+
+#[tokio::test]
+async fn a_tunnel_that_sent_nothing_yet_is_still_redialled_once_after_a_failure() {
+    let pki = Arc::new(TestPki::new("cluster.local"));
+    let (server, seen) = scripted_server(&pki, vec![Step::DropAtOnce, Step::Answer]).await;
+    let client = Client::new(pki, server);
+    // A server-speaks-first protocol: the client has written nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _app = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (proxied, _) = listener.accept().await.unwrap();
+    let mut early = EarlyData::new(&proxied);
+    let opened = client.open(&mut early).await;
+    assert!(opened.is_ok());
+    assert!(early.is_empty());
+    assert_eq!(seen.lock().unwrap().connections, 2);
+}

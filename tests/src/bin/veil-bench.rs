@@ -404,8 +404,10 @@ async fn connection_rate(
     for _ in 0..concurrency {
         let failures = failures.clone();
         tasks.push(tokio::spawn(async move {
-            let mut done = 0u64;
+            // Each exchange's time, connect to close (nanoseconds).
+            let mut times = Vec::new();
             while Instant::now() < deadline {
+                let began = Instant::now();
                 let exchange = async {
                     let mut stream = TcpStream::connect(target).await?;
                     stream.set_nodelay(true)?;
@@ -419,25 +421,27 @@ async fn connection_rate(
                     }
                 };
                 match tokio::time::timeout(Duration::from_secs(5), exchange).await {
-                    Ok(Ok(())) => done += 1,
+                    Ok(Ok(())) => times.push(began.elapsed().as_nanos() as u64),
                     _ => {
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
-            done
+            times
         }));
     }
-    let mut connections = 0;
+    let mut times = Vec::new();
     for task in tasks {
-        connections += task.await?;
+        times.extend(task.await?);
     }
+    let connections = times.len();
     let seconds = (Instant::now() - start).as_secs_f64();
-    println!(
-        "{}",
-        json!({"connections": connections, "failures": failures.load(Ordering::Relaxed),
-               "seconds": seconds, "connections_per_s": connections as f64 / seconds})
-    );
+    let mut out = percentiles(times);
+    out["connections"] = json!(connections);
+    out["failures"] = json!(failures.load(Ordering::Relaxed));
+    out["seconds"] = json!(seconds);
+    out["connections_per_s"] = json!(connections as f64 / seconds);
+    println!("{out}");
     Ok(())
 }
 

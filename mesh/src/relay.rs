@@ -1,5 +1,5 @@
-//! Relaying bytes between two TCP sockets (plaintext paths: passthrough, PERMISSIVE inbound), both
-//! ways, a FIN from one side becoming a shutdown of the other.
+//! Relaying bytes between two TCP sockets (plaintext paths: passthrough, PERMISSIVE inbound, the
+//! same-node path), both ways, a FIN from one side becoming a shutdown of the other.
 //!
 //! Unlike `tokio::io::copy_bidirectional`, which keeps two buffers for a connection's whole life, a
 //! direction takes a buffer only while its socket has data to read and drops it once drained: an
@@ -16,12 +16,29 @@ use crate::hbone::CHUNK;
 /// Relays until both directions have ended; returns the bytes moved from `a` to `b` and from `b`
 /// to `a`. The first I/O error ends the relay.
 pub async fn relay(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<(u64, u64)> {
-    let (a_rd, mut a_wr) = a.split();
-    let (b_rd, mut b_wr) = b.split();
-    tokio::try_join!(one_way(&a_rd, &mut b_wr), one_way(&b_rd, &mut a_wr))
+    relay_counted(a, b, |_| {}, |_| {}).await
 }
 
-async fn one_way(rd: &ReadHalf<'_>, wr: &mut WriteHalf<'_>) -> io::Result<u64> {
+/// [`relay`], telling `a_to_b` and `b_to_a` of each chunk as it is written (live byte counters).
+pub async fn relay_counted(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    a_to_b: impl FnMut(usize),
+    b_to_a: impl FnMut(usize),
+) -> io::Result<(u64, u64)> {
+    let (a_rd, mut a_wr) = a.split();
+    let (b_rd, mut b_wr) = b.split();
+    tokio::try_join!(
+        one_way(&a_rd, &mut b_wr, a_to_b),
+        one_way(&b_rd, &mut a_wr, b_to_a)
+    )
+}
+
+async fn one_way(
+    rd: &ReadHalf<'_>,
+    wr: &mut WriteHalf<'_>,
+    mut written: impl FnMut(usize),
+) -> io::Result<u64> {
     let mut total = 0u64;
     let mut buf = Vec::new();
     loop {
@@ -36,6 +53,7 @@ async fn one_way(rd: &ReadHalf<'_>, wr: &mut WriteHalf<'_>) -> io::Result<u64> {
             }
             Ok(n) => {
                 wr.write_all(&buf[..n]).await?;
+                written(n);
                 total += n as u64;
             }
             // Drained: wait for more without a buffer.
@@ -47,6 +65,9 @@ async fn one_way(rd: &ReadHalf<'_>, wr: &mut WriteHalf<'_>) -> io::Result<u64> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
@@ -64,7 +85,22 @@ mod tests {
     async fn relays_both_ways_with_half_close_and_counts_bytes() {
         let (mut client, mut a) = pair().await;
         let (mut b, mut server) = pair().await;
-        let relayed = tokio::spawn(async move { relay(&mut a, &mut b).await });
+        // Live counts, chunk by chunk, as the same-node path's metrics take them.
+        let (up_live, down_live) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (up_count, down_count) = (up_live.clone(), down_live.clone());
+        let relayed = tokio::spawn(async move {
+            relay_counted(
+                &mut a,
+                &mut b,
+                move |n| {
+                    up_count.fetch_add(n as u64, Ordering::Relaxed);
+                },
+                move |n| {
+                    down_count.fetch_add(n as u64, Ordering::Relaxed);
+                },
+            )
+            .await
+        });
 
         // More than one chunk from the client, then its FIN; the server still answers after it.
         let request = vec![7u8; 3 * CHUNK + 5];
@@ -84,5 +120,12 @@ mod tests {
 
         let (up, down) = relayed.await.unwrap().unwrap();
         assert_eq!((up, down), (request.len() as u64, answer.len() as u64));
+        assert_eq!(
+            (
+                up_live.load(Ordering::Relaxed),
+                down_live.load(Ordering::Relaxed)
+            ),
+            (up, down)
+        );
     }
 }

@@ -38,6 +38,26 @@ impl Captured {
             .filter(|l| l.contains(&format!("{tag}:")) || l.contains(&format!("{tag} >")))
             .count()
     }
+
+    /// Packets sent from address `ip`.
+    pub fn packets_from(&self, ip: impl std::fmt::Display) -> usize {
+        // `… IP 10.20.0.2.43210 > 10.20.0.4.15008: …`: each address, then its port after a dot.
+        let tag = format!(" IP {ip}.");
+        self.summary.lines().filter(|l| l.contains(&tag)).count()
+    }
+
+    /// Packets sent from address `from` to address `to`.
+    pub fn packets_between(
+        &self,
+        from: impl std::fmt::Display,
+        to: impl std::fmt::Display,
+    ) -> usize {
+        let (src, dst) = (format!(" IP {from}."), format!(" > {to}."));
+        self.summary
+            .lines()
+            .filter(|l| l.contains(&src) && l.contains(&dst))
+            .count()
+    }
 }
 
 impl Capture {

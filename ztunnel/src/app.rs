@@ -246,6 +246,7 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
                 ..H2Settings::default()
             },
             early_data: config.hbone_early_data,
+            same_node: config.same_node_fast_path,
             limits,
             udp: config.udp_allowance(),
             kubelet_probes: config.kubelet_probes,

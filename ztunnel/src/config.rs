@@ -159,6 +159,11 @@ pub struct Config {
     /// before any byte reaches the application). `false` for peers that refuse data before the 200.
     #[arg(long, env = "VEIL_HBONE_EARLY_DATA", default_value_t = true, action = clap::ArgAction::Set)]
     pub hbone_early_data: bool,
+    /// Connections between two pods of this node skip HBONE: ztunnel, which holds both pods'
+    /// identities, admits them with the destination's policies and joins the two sockets (no TLS;
+    /// no byte leaves the node). `false` sends them through HBONE like any other.
+    #[arg(long, env = "VEIL_SAME_NODE_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub same_node_fast_path: bool,
     /// Most HBONE (mTLS) connections open at once on the node; more are refused [default: derived from the descriptor limit].
     #[arg(long, env = "VEIL_MAX_HBONE_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_hbone_connections: Option<u32>,

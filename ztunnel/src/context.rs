@@ -1,9 +1,10 @@
 //! What every connection handler shares: the current mesh state, certificates, the pool, metrics,
 //! and settings. Plus the per-pod state of an enrolled workload.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::ServerConfig;
@@ -48,6 +49,8 @@ pub struct DataPathSettings {
     /// Send a connection's first bytes right behind its HBONE `CONNECT` instead of after the `200`
     /// (one round trip less per new connection; see [`veil_mesh::hbone::EarlyData`]).
     pub early_data: bool,
+    /// Join connections between two pods of this node without HBONE ([`crate::local`]).
+    pub same_node: bool,
     /// Connection budgets.
     pub limits: Limits,
     /// UDP destinations enrolled pods may reach in clear (everything else non-TCP is refused).
@@ -68,6 +71,7 @@ impl Default for DataPathSettings {
             connect_timeout: Duration::from_secs(5),
             h2: H2Settings::default(),
             early_data: true,
+            same_node: true,
             limits: Limits::for_nofile(1024),
             udp: UdpAllowance::default(),
             kubelet_probes: false,
@@ -99,6 +103,8 @@ pub struct Context {
     pub logs: LogLimiter<LogKey>,
     /// Live inbound connections, re-checked on every mesh change.
     pub live: Arc<LiveConnections>,
+    /// The pods enrolled on this node.
+    pub locals: Locals,
     /// Whether the node's guard against the kubelet probe source is in place (only then do pods
     /// admit that source).
     pub probe_guard: std::sync::atomic::AtomicBool,
@@ -138,6 +144,7 @@ impl Context {
             // One line per second per reason: enough to see an attack, not enough to fill a disk.
             logs: LogLimiter::new(Duration::from_secs(1)),
             live: Arc::default(),
+            locals: Locals::default(),
             probe_guard: std::sync::atomic::AtomicBool::new(false),
             probe_error: std::sync::Mutex::new(None),
             tracing: None,
@@ -289,5 +296,30 @@ impl LocalWorkload {
         } else {
             None
         }
+    }
+}
+
+/// The pods enrolled on this node, by uid: captured, their listeners serving. Kept by enrolment;
+/// where the same-node path finds a destination.
+#[derive(Debug, Default)]
+pub struct Locals(RwLock<HashMap<String, Arc<LocalWorkload>>>);
+
+impl Locals {
+    /// Records an enrolled pod.
+    pub fn insert(&self, local: Arc<LocalWorkload>) {
+        let mut locals = self.0.write().unwrap_or_else(|e| e.into_inner());
+        locals.insert(local.workload.uid.clone(), local);
+    }
+
+    /// Forgets a pod (before its capture is taken down).
+    pub fn remove(&self, uid: &str) {
+        let mut locals = self.0.write().unwrap_or_else(|e| e.into_inner());
+        locals.remove(uid);
+    }
+
+    /// The enrolled pod `uid`.
+    pub fn get(&self, uid: &str) -> Option<Arc<LocalWorkload>> {
+        let locals = self.0.read().unwrap_or_else(|e| e.into_inner());
+        locals.get(uid).cloned()
     }
 }

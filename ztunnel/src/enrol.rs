@@ -253,6 +253,8 @@ impl Enrolment {
             .collect();
         for uid in stale {
             if let Some(e) = enrolled.remove(&uid) {
+                // No new same-node connection goes to it from now on.
+                ctx.locals.remove(&uid);
                 pods(&self.held).remove(&uid);
                 let workload = e.local.workload.key();
                 release(e).await;
@@ -281,6 +283,7 @@ impl Enrolment {
                 Ok((e, handoff)) => {
                     info!(target: AUDIT, audit = SCHEMA, event = "workload_enrolled", component = "ztunnel", node = %workload.node, workload = %workload.key(), uid = %workload.uid, identity = %workload.identity, netns = %e.local.netns.path().display(), "captured pod");
                     let netns = e.netns_id;
+                    ctx.locals.insert(e.local.clone());
                     enrolled.insert(uid.clone(), e);
                     pods(&self.held).insert(uid.clone(), handoff);
                     lock(status).insert(uid, CaptureStatus::Captured { netns });

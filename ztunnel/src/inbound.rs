@@ -147,8 +147,9 @@ pub(crate) async fn stream_task(
             KeyValue::new("server.port", i64::from(target.port())),
         ]
     });
-    let Some((workload, policy)) = admit(&ctx, &local, &mut stream, &tracked, &mut span) else {
-        return;
+    let (workload, policy) = match admit(&ctx, &local, &stream.peer, &tracked, &mut span) {
+        Ok(admitted) => admitted,
+        Err(status) => return refuse(&mut stream.respond, status),
     };
     span.set_all(|| {
         Party::of(&workload)
@@ -219,12 +220,6 @@ pub(crate) async fn stream_task(
         }
     };
     let duration_ms = started.elapsed().as_millis() as u64;
-    // Whether its access log is on, as its Telemetry says now (a connection can outlive a change).
-    let logged = {
-        let state = ctx.state();
-        let current = state.workload(&workload.uid).unwrap_or(&workload);
-        state.telemetry_for(current).access_log != Some(AccessLogLevel::Off)
-    };
     match &result {
         Ok(t) => span.set_all(|| {
             [
@@ -234,59 +229,97 @@ pub(crate) async fn stream_task(
         }),
         Err(_) => span.fail("connection aborted"),
     }
-    match result {
-        _ if !logged => {}
-        Ok(t) => info!(
+    let moved = result
+        .map(|t| (t.to_socket, t.to_stream))
+        .map_err(|e| e.to_string());
+    log_finished(
+        &ctx,
+        tracked.admitted(),
+        &stream.peer,
+        &workload,
+        policy.as_ref(),
+        moved,
+        duration_ms,
+        "hbone",
+    );
+}
+
+/// The access log's line for a connection to `workload` that has ended (when its Telemetry, as it
+/// says now, keeps access logs: a connection can outlive a change): bytes `moved` toward the
+/// workload and back, or the error that ended it. `path`: `hbone` or `local` (the same-node path).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn log_finished(
+    ctx: &Context,
+    conn: &Admitted,
+    peer: &Identity,
+    workload: &Workload,
+    policy: Option<&PolicyId>,
+    moved: Result<(u64, u64), String>,
+    duration_ms: u64,
+    path: &'static str,
+) {
+    let logged = {
+        let state = ctx.state();
+        let current = state.workload(&workload.uid).map_or(workload, |w| &**w);
+        state.telemetry_for(current).access_log != Some(AccessLogLevel::Off)
+    };
+    if !logged {
+        return;
+    }
+    match moved {
+        Ok((sent, received)) => info!(
             target: ACCESS_LOG,
             decision = "allow",
-            source = %stream.peer,
-            source_ip = %stream.peer_addr.ip(),
+            source = %peer,
+            source_ip = %conn.source_ip,
             destination = %workload.identity,
             destination_workload = %workload.key(),
-            port = target.port(),
-            policy = %policy.as_ref().map_or("-".to_owned(), ToString::to_string),
-            bytes_sent = t.to_socket,
-            bytes_received = t.to_stream,
+            port = conn.destination.port(),
+            policy = %policy.map_or("-".to_owned(), ToString::to_string),
+            bytes_sent = sent,
+            bytes_received = received,
             duration_ms,
+            path,
             "connection complete"
         ),
-        Err(e) => info!(
+        Err(error) => info!(
             target: ACCESS_LOG,
             decision = "allow",
-            source = %stream.peer,
-            source_ip = %stream.peer_addr.ip(),
+            source = %peer,
+            source_ip = %conn.source_ip,
             destination = %workload.identity,
             destination_workload = %workload.key(),
-            port = target.port(),
+            port = conn.destination.port(),
             duration_ms,
-            error = %e,
+            %error,
+            path,
             "connection aborted"
         ),
     }
 }
 
-/// Decides a tunnel against the current state; answers the refusal (401, or 503 when the workload
-/// has gone) and returns `None` unless it is allowed: then the workload and the allowing policy
-/// (only that is kept, not the whole decision: this lives as long as the tunnel).
-fn admit(
+/// Decides a connection from `peer` against the current state (counted, a deny audited): the
+/// workload and the allowing policy when it is allowed (only that is kept, not the whole decision:
+/// this lives as long as the connection), else the status that refuses it (401, or 503 when the
+/// workload has gone).
+pub(crate) fn admit(
     ctx: &Context,
     local: &LocalWorkload,
-    stream: &mut InboundStream,
+    peer: &Identity,
     tracked: &Tracked,
     span: &mut Span,
-) -> Option<(Arc<Workload>, Option<PolicyId>)> {
+) -> Result<(Arc<Workload>, Option<PolicyId>), StatusCode> {
     let state = ctx.state();
     let Some(workload) = state.workload(&local.workload.uid).cloned() else {
         // Removed since enrolment; its listeners are about to go.
         span.fail("workload gone");
-        refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
-        return None;
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
     };
     let admission = decide(&state, &workload, tracked.admitted());
     let decision = admission.decision();
     count_decision(
         ctx,
-        Some(&stream.peer),
+        Some(peer),
         &local.workload.identity,
         admission.allowed(),
         decision.and_then(Decision::policy),
@@ -298,8 +331,8 @@ fn admit(
             event = "connection_denied",
             component = "ztunnel",
             decision = "deny",
-            source = %stream.peer,
-            source_ip = %stream.peer_addr.ip(),
+            source = %peer,
+            source_ip = %tracked.admitted().source_ip,
             destination = %workload.identity,
             destination_workload = %workload.key(),
             port = tracked.admitted().destination.port(),
@@ -314,14 +347,13 @@ fn admit(
                 .map(|p| KeyValue::new("veil.policy", p.to_string()))
         });
         span.fail("denied by policy");
-        refuse(&mut stream.respond, StatusCode::UNAUTHORIZED);
-        return None;
+        return Err(StatusCode::UNAUTHORIZED);
     }
     if let Some(audit) = decision.and_then(|d| d.audit.as_ref()) {
-        info!(target: ACCESS_LOG, policy = %audit, source = %stream.peer, destination = %workload.identity, port = tracked.admitted().destination.port(), "audited connection");
+        info!(target: ACCESS_LOG, policy = %audit, source = %peer, destination = %workload.identity, port = tracked.admitted().destination.port(), "audited connection");
     }
     let policy = decision.and_then(Decision::policy).cloned();
-    Some((workload, policy))
+    Ok((workload, policy))
 }
 
 /// The tunnel's target, if the request is a valid CONNECT to this pod; otherwise answers 400.

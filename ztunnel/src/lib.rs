@@ -20,6 +20,7 @@ pub mod enrol;
 pub mod handover;
 pub mod inbound;
 pub mod lifecycle;
+pub mod local;
 pub mod netns;
 pub mod ops;
 pub mod outbound;

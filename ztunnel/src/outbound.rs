@@ -2,8 +2,9 @@
 //!
 //! `run → handle → route → (proxy_hbone | passthrough)`: the original destination is looked up in
 //! the mesh; a mesh workload or a service endpoint is reached over HBONE with the pod's own
-//! certificate and must prove the endpoint's identity; anything else passes through in plaintext
-//! (or is refused, if so configured).
+//! certificate and must prove the endpoint's identity (or, on this node, joined on the same-node
+//! path: [`crate::local`]); anything else passes through in plaintext (or is refused, if so
+//! configured).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use veil_mesh::telemetry::trace::{KeyValue, Span, SpanKind};
 use crate::accept;
 use crate::capture::{Forbidden, forbidden};
 use crate::context::{Context, LocalWorkload, UnknownDestination};
+use crate::local;
 
 /// Where an outbound connection goes.
 #[derive(Debug)]
@@ -185,6 +187,11 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
     let state = ctx.state();
     match route(&state, dst, ctx.unknown_destination(), ctx.next_endpoint()) {
         Route::Hbone { endpoint, target } => {
+            if let Some(here) = local::destination(&ctx, &local, &endpoint) {
+                let service = ServiceLabel::for_destination(&state, dst, Some(&endpoint));
+                drop(state);
+                return local::proxy(&ctx, &local, here, &mut tcp, target, service).await;
+            }
             let peer = Peer {
                 identity: &endpoint.identity,
                 address: target.ip(),

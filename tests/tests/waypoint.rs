@@ -39,6 +39,8 @@ fn mesh() -> Mesh {
             PodSpec::new("reporting", "production", "node-a"),
             // Outside capture: where a bypass attempt comes from.
             PodSpec::new("rogue", "default", "node-a").not_enrolled(),
+            // On the profile service's node: where the same-node path could step around it.
+            PodSpec::new("neighbour", "production", "node-b"),
             profile,
         ],
         services: vec![ServiceSpec {
@@ -117,6 +119,11 @@ fn l7_policy_is_enforced_per_request_by_the_waypoint_and_cannot_be_bypassed() {
     assert_eq!(status(&m, "account-service", "GET", &direct), Ok(200));
     assert_eq!(status(&m, "reporting", "GET", &direct), Ok(403));
     assert_eq!(served(&m), 3);
+    // A pod on the service's own node goes through the waypoint too (its 403, not a reset or a
+    // 200): the same-node path never steps around a waypoint.
+    assert_eq!(status(&m, "neighbour", "GET", &direct), Ok(403));
+    assert_eq!(status(&m, "neighbour", "GET", &svc), Ok(403));
+    assert_eq!(served(&m), 3);
 
     // Bypass: a genuine certificate of a workload that *is* allowed, used from outside capture to
     // dial the pod's HBONE port directly instead of the waypoint: refused by the destination ztunnel.
@@ -162,7 +169,8 @@ fn l7_policy_is_enforced_per_request_by_the_waypoint_and_cannot_be_bypassed() {
         .lines()
         .filter(|l| l.contains("request denied"))
         .collect();
-    assert_eq!(denials.len(), 4, "{log}");
+    // account-service's PUT, reporting's two, admin-service's GET of /internal; the neighbour's two.
+    assert_eq!(denials.len(), 6, "{log}");
     let put = denials
         .iter()
         .find(|l| l.contains("\"method\":\"PUT\""))

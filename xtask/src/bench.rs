@@ -99,6 +99,10 @@ fn spec(upstream: bool) -> MeshSpec {
             PodSpec::new("server", "bench", "node-b"),
             PodSpec::new("dclient", "plain", "node-a").not_enrolled(),
             PodSpec::new("dserver", "plain", "node-b").not_enrolled(),
+            // Servers on the client's node: over the same-node path, and outside the mesh (its
+            // baseline).
+            PodSpec::new("lserver", "bench", "node-a"),
+            PodSpec::new("dlserver", "plain", "node-a").not_enrolled(),
             // Behind the waypoint.
             PodSpec::new("wserver", "shop", "node-b"),
         ],
@@ -160,7 +164,7 @@ impl Bench {
         let mut mesh =
             Mesh::start(spec(upstream_binary.is_some())).context("starting the benchmark mesh")?;
         let tool = bin("veil-bench").to_string_lossy().into_owned();
-        for pod in ["server", "dserver", "wserver"] {
+        for pod in ["server", "dserver", "lserver", "dlserver", "wserver"] {
             mesh.spawn_in_pod(pod, &format!("bench-server-{pod}"), &[&tool, "serve"])?
                 .wait_for("bench server ready", Duration::from_secs(10))?;
         }
@@ -275,21 +279,26 @@ impl Bench {
 
 fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
     let mut out = json!({});
+    // ztunnel CPU and bytes of the same-node path.
+    let mut local_cpu = (0.0, 0.0);
     for streams in ["1", "4"] {
-        let mut runs: [Vec<f64>; 3] = Default::default();
+        let mut runs: [Vec<f64>; 5] = Default::default();
         let mut upstream = Vec::new();
-        for _ in 0..b.opts.rounds {
-            let direct = b.tool(
-                "dclient",
+        let bulk = |from: &str, to: &str| {
+            b.tool(
+                from,
                 &[
                     "throughput",
-                    &format!("{}:9001", b.ip("dserver")),
+                    &format!("{}:9001", b.ip(to)),
                     "--streams",
                     streams,
                     "--seconds",
                     &b.seconds(),
                 ],
-            )?;
+            )
+        };
+        for _ in 0..b.opts.rounds {
+            let direct = bulk("dclient", "dserver")?;
             let tls = b.tool(
                 "dclient",
                 &[
@@ -302,20 +311,15 @@ fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
                 ],
             )?;
             let before = b.ztunnel_cpu();
-            let mesh = b.tool(
-                "client",
-                &[
-                    "throughput",
-                    &format!("{}:9001", b.ip("server")),
-                    "--streams",
-                    streams,
-                    "--seconds",
-                    &b.seconds(),
-                ],
-            )?;
+            let mesh = bulk("client", "server")?;
             cpu.0 += b.ztunnel_cpu() - before;
             cpu.1 += mesh["bytes"].as_f64().unwrap_or(0.0);
-            for (i, run) in [direct, tls, mesh].iter().enumerate() {
+            let direct_local = bulk("dclient", "dlserver")?;
+            let before = b.ztunnel_cpu();
+            let local = bulk("client", "lserver")?;
+            local_cpu.0 += b.ztunnel_cpu() - before;
+            local_cpu.1 += local["bytes"].as_f64().unwrap_or(0.0);
+            for (i, run) in [direct, tls, mesh, direct_local, local].iter().enumerate() {
                 runs[i].push(run["gbit_per_s"].as_f64().unwrap_or(f64::NAN));
             }
             let args = ["--streams", streams, "--seconds", &b.seconds()];
@@ -328,14 +332,24 @@ fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
             println!("  throughput, {streams} stream(s): Istio's ztunnel {gbit:.2} Gbit/s");
             u.record(&["throughput", streams], json!(gbit));
         }
-        let [direct, tls, mesh] = runs.map(median);
+        let [direct, tls, mesh, direct_local, local] = runs.map(median);
         println!(
             "  throughput, {streams} stream(s): direct {direct:.2} Gbit/s, plain TLS {tls:.2}, mesh {mesh:.2} ({:.0}% of direct)",
             100.0 * mesh / direct
         );
-        out[streams] =
-            json!({"direct_gbit_per_s": direct, "tls_gbit_per_s": tls, "mesh_gbit_per_s": mesh});
+        println!(
+            "  throughput, {streams} stream(s), same node: direct {direct_local:.2} Gbit/s, mesh (same-node path) {local:.2} ({:.0}% of direct)",
+            100.0 * local / direct_local
+        );
+        out[streams] = json!({
+            "direct_gbit_per_s": direct,
+            "tls_gbit_per_s": tls,
+            "mesh_gbit_per_s": mesh,
+            "same_node": {"direct_gbit_per_s": direct_local, "mesh_gbit_per_s": local},
+        });
     }
+    out["same_node"]["ztunnel_seconds_per_gib"] =
+        json!(local_cpu.0 / (local_cpu.1 / f64::from(1u32 << 30)));
     Ok(out)
 }
 

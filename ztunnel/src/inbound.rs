@@ -151,28 +151,10 @@ pub(crate) async fn stream_task(
         Ok(admitted) => admitted,
         Err(status) => return refuse(&mut stream.respond, status),
     };
-    span.set_all(|| {
-        Party::of(&workload)
-            .span_attributes("destination")
-            .chain(
-                policy
-                    .as_ref()
-                    .map(|p| KeyValue::new("veil.policy", p.to_string())),
-            )
-            .collect::<Vec<_>>()
-    });
-    let connect = async { local.netns.socket(target.ip())?.connect(target).await };
-    let mut app = match tokio::time::timeout(ctx.settings.connect_timeout, connect).await {
-        Ok(Ok(app)) => app,
-        outcome => {
-            let error = match outcome {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".to_owned(),
-            };
-            warn!(source = %stream.peer, destination = %workload.key(), %target, %error, "application unreachable");
-            span.fail("application unreachable");
-            return refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
-        }
+    span.set_all(|| admitted_attributes(&workload, policy.as_ref()));
+    let Some(mut app) = connect_app(&ctx, &local, &stream.peer, &workload, target, &mut span).await
+    else {
+        return refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
     };
     let Ok(send) = stream.respond.send_response(http::Response::new(()), false) else {
         return;
@@ -242,6 +224,36 @@ pub(crate) async fn stream_task(
         duration_ms,
         "hbone",
     );
+}
+
+/// The span attributes of an admitted connection: its destination and the policy that allowed it.
+pub(crate) fn admitted_attributes(workload: &Workload, policy: Option<&PolicyId>) -> Vec<KeyValue> {
+    Party::of(workload)
+        .span_attributes("destination")
+        .chain(policy.map(|p| KeyValue::new("veil.policy", p.to_string())))
+        .collect()
+}
+
+/// Connects to the application at `target` from inside `local`'s namespace (a marked socket, not
+/// captured again), within the connect timeout; `None` (logged, the span failed) when it does not
+/// answer.
+pub(crate) async fn connect_app(
+    ctx: &Context,
+    local: &LocalWorkload,
+    peer: &Identity,
+    workload: &Workload,
+    target: SocketAddr,
+    span: &mut Span,
+) -> Option<TcpStream> {
+    let connect = async { local.netns.socket(target.ip())?.connect(target).await };
+    let error = match tokio::time::timeout(ctx.settings.connect_timeout, connect).await {
+        Ok(Ok(app)) => return Some(app),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
+    warn!(source = %peer, destination = %workload.key(), %target, %error, "application unreachable");
+    span.fail("application unreachable");
+    None
 }
 
 /// The access log's line for a connection to `workload` that has ended (when its Telemetry, as it

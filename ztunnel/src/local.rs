@@ -88,28 +88,13 @@ pub(crate) async fn proxy(
         Err(_) => return abort_socket(tcp),
     };
     span.set_all(|| {
-        Party::of(&workload)
-            .span_attributes("destination")
-            .chain(service.span_attribute())
-            .chain(
-                policy
-                    .as_ref()
-                    .map(|p| KeyValue::new("veil.policy", p.to_string())),
-            )
-            .collect::<Vec<_>>()
+        let mut attributes = inbound::admitted_attributes(&workload, policy.as_ref());
+        attributes.extend(service.span_attribute());
+        attributes
     });
-    let connect = async { dst.netns.socket(target.ip())?.connect(target).await };
-    let mut app = match tokio::time::timeout(ctx.settings.connect_timeout, connect).await {
-        Ok(Ok(app)) => app,
-        outcome => {
-            let error = match outcome {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".to_owned(),
-            };
-            warn!(source = %peer, destination = %workload.key(), %target, %error, "application unreachable");
-            span.fail("application unreachable");
-            return abort_socket(tcp);
-        }
+    let Some(mut app) = inbound::connect_app(ctx, &dst, peer, &workload, target, &mut span).await
+    else {
+        return abort_socket(tcp);
     };
     // Both ends' metrics, as the two ztunnels of an HBONE tunnel would count it.
     let (outbound, inbound) = {

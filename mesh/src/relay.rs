@@ -1,5 +1,6 @@
 //! Relaying bytes between two TCP sockets (plaintext paths: passthrough, PERMISSIVE inbound, the
-//! same-node path), both ways, a FIN from one side becoming a shutdown of the other.
+//! same-node path), both ways, a FIN from one side becoming a shutdown of the other and an abort
+//! (reset, or any error) of either side an abort of both.
 //!
 //! Unlike `tokio::io::copy_bidirectional`, which keeps two buffers for a connection's whole life, a
 //! direction takes a buffer only while its socket has data to read and drops it once drained: an
@@ -11,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
-use crate::hbone::CHUNK;
+use crate::hbone::{CHUNK, abort_socket};
 
 /// Relays until both directions have ended; returns the bytes moved from `a` to `b` and from `b`
 /// to `a`. The first I/O error ends the relay.
@@ -26,12 +27,21 @@ pub async fn relay_counted(
     a_to_b: impl FnMut(usize),
     b_to_a: impl FnMut(usize),
 ) -> io::Result<(u64, u64)> {
-    let (a_rd, mut a_wr) = a.split();
-    let (b_rd, mut b_wr) = b.split();
-    tokio::try_join!(
-        one_way(&a_rd, &mut b_wr, a_to_b),
-        one_way(&b_rd, &mut a_wr, b_to_a)
-    )
+    let relayed = {
+        let (a_rd, mut a_wr) = a.split();
+        let (b_rd, mut b_wr) = b.split();
+        tokio::try_join!(
+            one_way(&a_rd, &mut b_wr, a_to_b),
+            one_way(&b_rd, &mut a_wr, b_to_a)
+        )
+    };
+    if relayed.is_err() {
+        // An abort on either side reaches the other as one (when the caller closes them), as
+        // through a tunnel: neither application takes a cut-off transfer for a complete one.
+        abort_socket(a);
+        abort_socket(b);
+    }
+    relayed
 }
 
 async fn one_way(
@@ -79,6 +89,33 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
         (client.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_one_side_reaches_the_other_as_a_reset_not_an_end() {
+        for server_resets in [true, false] {
+            let (mut client, mut a) = pair().await;
+            let (mut b, mut server) = pair().await;
+            let relayed = tokio::spawn(async move { relay(&mut a, &mut b).await });
+            client.write_all(b"part of a request").await.unwrap();
+            let mut got = [0u8; 17];
+            server.read_exact(&mut got).await.unwrap();
+            let (aborting, mut other) = if server_resets {
+                (server, client)
+            } else {
+                (client, server)
+            };
+            abort_socket(&aborting);
+            drop(aborting);
+            assert!(relayed.await.unwrap().is_err(), "the relay saw the reset");
+            let mut buf = [0u8; 16];
+            let read = other.read(&mut buf).await;
+            assert_eq!(
+                read.map_err(|e| e.kind()),
+                Err(std::io::ErrorKind::ConnectionReset),
+                "server reset: {server_resets}"
+            );
+        }
     }
 
     #[tokio::test]

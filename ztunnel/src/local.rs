@@ -45,7 +45,10 @@ pub(crate) fn destination(
         return None;
     }
     let dst = ctx.locals.get(&endpoint.uid)?;
-    (src.cert.current().is_some() && dst.cert.current().is_some()).then_some(dst)
+    // The pod as enrolled must be the endpoint as the mesh has it now (a handshake would check the
+    // identity; a pod whose identity or addresses changed is enrolled afresh, over HBONE till then).
+    let current = dst.workload.identity == endpoint.identity && dst.workload.ips == endpoint.ips;
+    (current && src.cert.current().is_some() && dst.cert.current().is_some()).then_some(dst)
 }
 
 /// Admits and joins a connection from `src` to `target` in `dst` (`service`: the service it was
@@ -99,18 +102,25 @@ pub(crate) async fn proxy(
     // Both ends' metrics, as the two ztunnels of an HBONE tunnel would count it.
     let (outbound, inbound) = {
         let state = ctx.state();
-        let labels = |reporter, service| TrafficLabels {
+        // Each end names the source as it does over HBONE: the source's ztunnel as the pod was
+        // enrolled, the destination's from the current state.
+        let labels = |reporter, source, service| TrafficLabels {
             reporter,
-            source: src.party.clone(),
+            source,
             destination: Party::of(&workload),
             service,
             protocol: Protocol::Tcp,
             security: Security::MutualTls,
         };
+        let seen =
+            ctx.metrics
+                .peers
+                .name(peer, state.workload(&src.workload.uid).map(|w| &**w), None);
         (
-            ctx.track_connection(labels(Reporter::Source, service)),
+            ctx.track_connection(labels(Reporter::Source, src.party.clone(), service)),
             ctx.track_connection(labels(
                 Reporter::Destination,
+                seen,
                 ServiceLabel::for_destination(&state, target, Some(&workload)),
             )),
         )

@@ -181,7 +181,7 @@ impl Pool {
                 }
                 Err(ConnectError::H2(e))
                     if !retried
-                        && !early.as_ref().is_some_and(|early| early.went_out())
+                        && early.as_ref().is_none_or(|early| early.is_empty())
                         && (e.is_go_away() || e.is_io() || conn.client.is_closed()) =>
                 {
                     // Dropped by the peer between uses: forget it and dial again, once.

@@ -187,8 +187,8 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
     let state = ctx.state();
     match route(&state, dst, ctx.unknown_destination(), ctx.next_endpoint()) {
         Route::Hbone { endpoint, target } => {
+            let service = ServiceLabel::for_destination(&state, dst, Some(&endpoint));
             if let Some(here) = local::destination(&ctx, &local, &endpoint) {
-                let service = ServiceLabel::for_destination(&state, dst, Some(&endpoint));
                 drop(state);
                 return local::proxy(&ctx, &local, here, &mut tcp, target, service).await;
             }
@@ -196,7 +196,7 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
                 identity: &endpoint.identity,
                 address: target.ip(),
                 labels: Party::of(&endpoint),
-                service: ServiceLabel::for_destination(&state, dst, Some(&endpoint)),
+                service,
             };
             drop(state);
             proxy_hbone(&ctx, &local, &mut tcp, peer, target).await;

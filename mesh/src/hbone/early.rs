@@ -52,16 +52,11 @@ impl<'a> EarlyData<'a> {
         self.read.len()
     }
 
-    /// Whether no byte was taken from the socket.
+    /// Whether no byte was taken from the socket. Bytes are sent on the stream as soon as they are
+    /// read: when this is false, some went out, and a failure of their connection must not be
+    /// retried elsewhere.
     pub fn is_empty(&self) -> bool {
         self.read.is_empty()
-    }
-
-    /// Whether bytes went out on a stream, so that a failure of its connection must not be retried
-    /// elsewhere. Bytes are sent on the stream as soon as they are read, so these are the bytes
-    /// read.
-    pub(crate) fn went_out(&self) -> bool {
-        !self.read.is_empty()
     }
 
     /// Sends what the socket has (now and until `response` arrives, one read at most) on `stream`,

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
-use veil_e2e::cluster::exec;
 use veil_e2e::mesh::{
     Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, bin, skip_unless_root, use_binaries_from,
 };
@@ -23,11 +22,13 @@ mod controlplane;
 mod report;
 mod runs;
 mod scale;
+mod throughput;
 mod upstream;
 
 use crate::setup::{build, install_tools};
 use report::{f, report, write_results_section};
-use runs::{median, median_run, report_of, tool_in};
+use runs::{median_run, per_gib, report_of, tool_in};
+use throughput::{iperf, throughput};
 
 /// Tools the benchmarks run, and the Debian packages that provide them.
 const TOOLS: &[(&str, &str)] = &[
@@ -275,104 +276,6 @@ impl Bench {
     fn ztunnel_rss_anon(&self) -> [u64; 2] {
         self.ztunnels().map(|z| z.rss_anon_bytes().unwrap_or(0))
     }
-}
-
-fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
-    let mut out = json!({});
-    // ztunnel CPU and bytes of the same-node path.
-    let mut local_cpu = (0.0, 0.0);
-    for streams in ["1", "4"] {
-        let mut runs: [Vec<f64>; 5] = Default::default();
-        let mut upstream = Vec::new();
-        let bulk = |from: &str, to: &str| {
-            b.tool(
-                from,
-                &[
-                    "throughput",
-                    &format!("{}:9001", b.ip(to)),
-                    "--streams",
-                    streams,
-                    "--seconds",
-                    &b.seconds(),
-                ],
-            )
-        };
-        for _ in 0..b.opts.rounds {
-            let direct = bulk("dclient", "dserver")?;
-            let tls = b.tool(
-                "dclient",
-                &[
-                    "throughput",
-                    "127.0.0.1:7001",
-                    "--streams",
-                    streams,
-                    "--seconds",
-                    &b.seconds(),
-                ],
-            )?;
-            let before = b.ztunnel_cpu();
-            let mesh = bulk("client", "server")?;
-            cpu.0 += b.ztunnel_cpu() - before;
-            cpu.1 += mesh["bytes"].as_f64().unwrap_or(0.0);
-            let direct_local = bulk("dclient", "dlserver")?;
-            let before = b.ztunnel_cpu();
-            let local = bulk("client", "lserver")?;
-            local_cpu.0 += b.ztunnel_cpu() - before;
-            local_cpu.1 += local["bytes"].as_f64().unwrap_or(0.0);
-            for (i, run) in [direct, tls, mesh, direct_local, local].iter().enumerate() {
-                runs[i].push(run["gbit_per_s"].as_f64().unwrap_or(f64::NAN));
-            }
-            let args = ["--streams", streams, "--seconds", &b.seconds()];
-            if let Some(run) = b.upstream("throughput", 9001, &args, upstream::Count::Bytes)? {
-                upstream.push(f(&run["gbit_per_s"]));
-            }
-        }
-        if let Some(u) = &b.upstream {
-            let gbit = median(upstream);
-            println!("  throughput, {streams} stream(s): Istio's ztunnel {gbit:.2} Gbit/s");
-            u.record(&["throughput", streams], json!(gbit));
-        }
-        let [direct, tls, mesh, direct_local, local] = runs.map(median);
-        println!(
-            "  throughput, {streams} stream(s): direct {direct:.2} Gbit/s, plain TLS {tls:.2}, mesh {mesh:.2} ({:.0}% of direct)",
-            100.0 * mesh / direct
-        );
-        println!(
-            "  throughput, {streams} stream(s), same node: direct {direct_local:.2} Gbit/s, mesh (same-node path) {local:.2} ({:.0}% of direct)",
-            100.0 * local / direct_local
-        );
-        out[streams] = json!({
-            "direct_gbit_per_s": direct,
-            "tls_gbit_per_s": tls,
-            "mesh_gbit_per_s": mesh,
-            "same_node": {"direct_gbit_per_s": direct_local, "mesh_gbit_per_s": local},
-        });
-    }
-    out["same_node"]["ztunnel_seconds_per_gib"] =
-        json!(local_cpu.0 / (local_cpu.1 / f64::from(1u32 << 30)));
-    Ok(out)
-}
-
-fn iperf(b: &Bench) -> anyhow::Result<Value> {
-    let run = |from: &str, to: &str| -> anyhow::Result<f64> {
-        let out = exec(
-            &b.mesh.cluster.pod(from).netns,
-            &["iperf3", "-c", &b.ip(to), "-t", &b.seconds(), "-J"],
-        )?;
-        let report: Value = serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("iperf3 printed {}", String::from_utf8_lossy(&out.stdout)))?;
-        report["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .map(|bps| bps / 1e9)
-            .with_context(|| format!("iperf3 failed: {}", report["error"]))
-    };
-    let direct = run("dclient", "dserver")?;
-    let mesh = run("client", "server")?;
-    println!(
-        "  iperf3, 1 stream: direct {direct:.2} Gbit/s, mesh {mesh:.2} ({:.0}%)",
-        100.0 * mesh / direct
-    );
-    Ok(json!({"direct_gbit_per_s": direct, "mesh_gbit_per_s": mesh}))
 }
 
 fn latency(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
@@ -743,7 +646,7 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
     drop(b);
     if opts.runs("throughput") && opts.runs("latency") {
         results["cpu"] = json!({
-            "ztunnel_seconds_per_gib": bulk_cpu.0 / (bulk_cpu.1 / f64::from(1u32 << 30)),
+            "ztunnel_seconds_per_gib": per_gib(bulk_cpu),
             "ztunnel_seconds_per_10k_requests": rr_cpu.0 / (rr_cpu.1 / 10_000.0),
         });
         println!(

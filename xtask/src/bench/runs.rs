@@ -43,3 +43,8 @@ pub(super) fn median_run(mut runs: Vec<Value>, key: &str) -> Value {
     });
     runs.get(runs.len() / 2).cloned().unwrap_or(Value::Null)
 }
+
+/// CPU seconds per GiB moved, from (CPU seconds, bytes).
+pub(super) fn per_gib((seconds, bytes): (f64, f64)) -> f64 {
+    seconds / (bytes / f64::from(1u32 << 30))
+}

@@ -153,7 +153,7 @@ impl Upstream {
         let [bulk, rr] = *self.cpu.borrow();
         let mut results = self.results.into_inner();
         results["cpu"] = json!({
-            "ztunnel_seconds_per_gib": bulk.0 / (bulk.1 / f64::from(1u32 << 30)),
+            "ztunnel_seconds_per_gib": super::runs::per_gib(bulk),
             "ztunnel_seconds_per_10k_requests": rr.0 / (rr.1 / 10_000.0),
         });
         results

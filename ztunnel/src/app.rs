@@ -222,7 +222,7 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
             "the connection limits could hold more descriptors than the process may open: under load, accepts will fail (EMFILE) before the limits refuse"
         );
     }
-    info!(node = ?limits.node, per_pod = ?limits.pod, order = "hbone_connections, tls_handshakes, inbound_tunnels, outbound_connections, plaintext_connections", "connection budgets");
+    info!(node = ?limits.node, per_pod = ?limits.pod, splice_pipes = limits.pipes, order = "hbone_connections, tls_handshakes, inbound_tunnels, outbound_connections, plaintext_connections", "connection budgets");
     let ctx = Context::new(
         config.node.clone(),
         rx,

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tracing::{info, warn};
 
+use veil_mesh::relay::Pipes;
 use veil_mesh::telemetry::metrics::{
     Gauge, Metrics, RefusalLabels, RefusalReason, Resource, ResourceLabels,
 };
@@ -24,6 +25,10 @@ pub struct Limits {
     pub node: [usize; 5],
     /// For one pod.
     pub pod: [usize; 5],
+    /// Pipes the plaintext relays (the same-node path, passthrough, PERMISSIVE) may splice
+    /// through at once, for the whole node; two descriptors each. With none left a relay copies
+    /// through a buffer instead: a pod using them all slows others' relays, never refuses them.
+    pub pipes: usize,
 }
 
 /// Descriptors kept aside from the budgets for everything else: listeners, pooled HBONE client
@@ -31,6 +36,11 @@ pub struct Limits {
 fn reserve(nofile: usize) -> usize {
     (nofile / 16).max(256)
 }
+
+/// The most pipes by default: each pipe is charged 16 pages against its user's
+/// `/proc/sys/fs/pipe-user-pages-soft` (16,384 by default) when made, and past that the kernel
+/// makes them too small to be worth splicing through (unless ztunnel runs with CAP_SYS_RESOURCE).
+const MOST_PIPES: usize = 1024;
 
 /// Descriptors one unit of `resource` holds (a handshake's is counted by its HBONE connection).
 pub fn descriptors(resource: Resource) -> usize {
@@ -42,9 +52,10 @@ pub fn descriptors(resource: Resource) -> usize {
 }
 
 impl Limits {
-    /// Defaults for a process allowed `nofile` descriptors: at full use they hold five eighths of
-    /// what is left after the reserve (HBONE connections 1/8, tunnels 1/4, outbound and plaintext
-    /// 1/16 each at two descriptors apiece); a pod may take at most a quarter of each.
+    /// Defaults for a process allowed `nofile` descriptors: at full use they hold at most eleven
+    /// sixteenths of what is left after the reserve (HBONE connections 1/8, tunnels 1/4, outbound
+    /// and plaintext 1/16 each at two descriptors apiece, pipes 1/16 at two apiece, and no more
+    /// than [`MOST_PIPES`]); a pod may take at most a quarter of each connection kind.
     pub fn for_nofile(nofile: usize) -> Self {
         let usable = nofile.saturating_sub(reserve(nofile));
         let hbone = usable / 8;
@@ -59,6 +70,7 @@ impl Limits {
         Self {
             node: node.map(|n| n.max(1)),
             pod: node.map(|n| (n / 4).max(1)),
+            pipes: (usable / 32).min(MOST_PIPES),
         }
     }
 
@@ -67,7 +79,8 @@ impl Limits {
         Resource::ALL
             .iter()
             .map(|r| self.node[r.index()] * descriptors(*r))
-            .sum()
+            .sum::<usize>()
+            + self.pipes * 2
     }
 
     /// Whether the node-wide limits fit in `nofile` descriptors with the reserve kept aside.
@@ -85,6 +98,8 @@ pub struct PodBudget {
 /// The node's budgets.
 #[derive(Debug)]
 pub struct Budgets {
+    /// The pipes relays splice through, within [`Limits::pipes`].
+    pub pipes: Pipes,
     limits: Limits,
     in_use: [Arc<AtomicUsize>; 5],
     gauges: [Gauge; 5],
@@ -162,6 +177,7 @@ impl Budgets {
                 .get_or_create_owned(&ResourceLabels { resource })
         });
         Self {
+            pipes: Pipes::new(limits.pipes),
             limits,
             in_use: Default::default(),
             gauges,

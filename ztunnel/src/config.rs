@@ -194,6 +194,11 @@ pub struct Config {
     /// Most captured plaintext inbound connections open at once for one pod [default: a quarter of the node's].
     #[arg(long, env = "VEIL_MAX_PLAINTEXT_CONNECTIONS_PER_POD", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_plaintext_connections_per_pod: Option<u32>,
+    /// Most pipes the plaintext relays (same-node path, passthrough, PERMISSIVE) splice through at
+    /// once, two descriptors each; 0 copies through buffers instead [default: 1/32 of the
+    /// descriptors left after the reserve, at most 1,024].
+    #[arg(long, env = "VEIL_MAX_SPLICE_PIPES")]
+    pub max_splice_pipes: Option<u32>,
     /// Time an HBONE peer has for the TCP, TLS and HTTP/2 handshakes.
     #[arg(long, env = "VEIL_HBONE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub hbone_handshake_timeout: Duration,
@@ -262,6 +267,9 @@ impl Config {
             }
             // A pod's share can never exceed the node's whole.
             limits.pod[i] = limits.pod[i].min(limits.node[i]);
+        }
+        if let Some(pipes) = self.max_splice_pipes {
+            limits.pipes = pipes as usize;
         }
         limits
     }

@@ -6,7 +6,8 @@
 //! budget, the same check of the target, the same policies ([`inbound::admit`]), the same re-checks
 //! while it lives — then joins the source's socket to one it opens inside the destination's
 //! namespace. Nothing crosses a pod's interface: no byte of the connection leaves the node, in clear
-//! or encrypted, and no TLS is spent on it. What stays as over HBONE: identities, policy, STRICT
+//! or encrypted, and no TLS is spent on it; the bytes are spliced from socket to socket in the
+//! kernel ([`veil_mesh::relay`]). What stays as over HBONE: identities, policy, STRICT
 //! (the source is a mesh identity, as a tunnel's is), metrics from both ends (`mutual_tls`: the
 //! source is authenticated), the access log (`path=local`).
 //!
@@ -129,6 +130,7 @@ pub(crate) async fn proxy(
     let joined = relay_counted(
         tcp,
         &mut app,
+        &ctx.budgets.pipes,
         |n| {
             outbound.to_destination.inc_by(n as u64);
             inbound.to_destination.inc_by(n as u64);

@@ -411,7 +411,7 @@ async fn passthrough(
         Err(_) => return abort_socket(&tcp),
     };
     let meter = ctx.track_connection(labels);
-    if let Ok((sent, received)) = relay(&mut tcp, &mut upstream).await {
+    if let Ok((sent, received)) = relay(&mut tcp, &mut upstream, &ctx.budgets.pipes).await {
         meter.to_destination.inc_by(sent);
         meter.to_source.inc_by(received);
     }

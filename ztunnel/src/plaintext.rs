@@ -70,7 +70,7 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
         security: Security::Unknown,
     });
     let outcome = tokio::select! {
-        relayed = relay(&mut tcp, &mut app) => Ok(relayed),
+        relayed = relay(&mut tcp, &mut app, &ctx.budgets.pipes) => Ok(relayed),
         closing = tracked.closed() => Err(closing),
     };
     let relayed = match outcome {

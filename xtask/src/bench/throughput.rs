@@ -79,7 +79,9 @@ pub(super) fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Valu
             "same_node": {"direct_gbit_per_s": direct_local, "mesh_gbit_per_s": local},
         });
     }
-    out["same_node"]["ztunnel_seconds_per_gib"] = json!(per_gib(local_cpu));
+    let local_per_gib = per_gib(local_cpu);
+    println!("  same-node path: node-a's ztunnel CPU {local_per_gib:.2} s per GiB");
+    out["same_node"]["ztunnel_seconds_per_gib"] = json!(local_per_gib);
     Ok(out)
 }
 

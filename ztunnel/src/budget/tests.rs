@@ -4,6 +4,7 @@ fn small() -> Limits {
     Limits {
         node: [3; 5],
         pod: [2; 5],
+        pipes: 0,
     }
 }
 
@@ -71,6 +72,15 @@ fn defaults_fit_the_descriptor_limit_they_are_derived_from() {
             assert!(limits.pod[r.index()] <= limits.node[r.index()]);
             assert!(limits.pod[r.index()] >= 1);
         }
+        assert!(
+            limits.pipes >= 1 && limits.pipes <= MOST_PIPES,
+            "{limits:?}"
+        );
     }
+    // The pipes are part of what must fit.
+    let mut limits = Limits::for_nofile(4096);
+    let spare = 4096 - reserve(4096) - limits.descriptors();
+    limits.pipes += spare / 2 + 1;
+    assert!(!limits.fit(4096), "{limits:?}");
     assert!(!Limits::for_nofile(1 << 20).fit(1024));
 }

@@ -1,0 +1,218 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+use super::*;
+
+/// A connected pair of sockets.
+async fn pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap());
+    let (client, accepted) = tokio::join!(client, listener.accept());
+    (client.unwrap(), accepted.unwrap().0)
+}
+
+#[tokio::test]
+async fn a_reset_on_one_side_reaches_the_other_as_a_reset_not_an_end() {
+    for (server_resets, pipes) in [(true, 0), (false, 0), (true, 4), (false, 4)] {
+        let limit = pipes;
+        let pipes = Pipes::new(limit);
+        let (mut client, mut a) = pair().await;
+        let (mut b, mut server) = pair().await;
+        let relayed = tokio::spawn(async move { relay(&mut a, &mut b, &pipes).await });
+        client.write_all(b"part of a request").await.unwrap();
+        let mut got = [0u8; 17];
+        server.read_exact(&mut got).await.unwrap();
+        let (aborting, mut other) = if server_resets {
+            (server, client)
+        } else {
+            (client, server)
+        };
+        abort_socket(&aborting);
+        drop(aborting);
+        assert!(relayed.await.unwrap().is_err(), "the relay saw the reset");
+        let mut buf = [0u8; 16];
+        let read = other.read(&mut buf).await;
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "server reset: {server_resets}, pipes: {limit}"
+        );
+    }
+}
+
+/// Bytes no two chunks of which are alike, so that a reordered or repeated part shows.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i / 251) as u8)
+        .collect()
+}
+
+#[tokio::test]
+async fn relays_both_ways_with_half_close_and_counts_bytes() {
+    // No pipes (copied), one (one direction spliced, the other copied), enough for both.
+    for limit in [0, 1, 4] {
+        let pipes = Arc::new(Pipes::new(limit));
+        let (mut client, mut a) = pair().await;
+        let (mut b, mut server) = pair().await;
+        // Live counts, chunk by chunk, as the same-node path's metrics take them.
+        let (up_live, down_live) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (up_count, down_count) = (up_live.clone(), down_live.clone());
+        let relaying = pipes.clone();
+        let relayed = tokio::spawn(async move {
+            relay_counted(
+                &mut a,
+                &mut b,
+                &relaying,
+                move |n| {
+                    up_count.fetch_add(n as u64, Ordering::Relaxed);
+                },
+                move |n| {
+                    down_count.fetch_add(n as u64, Ordering::Relaxed);
+                },
+            )
+            .await
+        });
+
+        // Many pipes' and buffers' worth from the client, then its FIN; the server reads it in small
+        // parts (the relay's writes block on a full socket) and still answers after the FIN.
+        let request = pattern(64 * CHUNK + 5);
+        let sent = request.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        let mut part = vec![0u8; 4096];
+        loop {
+            let n = server.read(&mut part).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&part[..n]);
+        }
+        assert!(
+            got == request,
+            "the server reads everything in order, then EOF ({limit} pipes)"
+        );
+        let mut client = writer.await.unwrap();
+        let answer = pattern(3 * CHUNK + 17);
+        server.write_all(&answer).await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got == answer,
+            "the answer after the client's FIN ({limit} pipes)"
+        );
+
+        let (up, down) = relayed.await.unwrap().unwrap();
+        assert_eq!((up, down), (request.len() as u64, answer.len() as u64));
+        assert_eq!(
+            (
+                up_live.load(Ordering::Relaxed),
+                down_live.load(Ordering::Relaxed)
+            ),
+            (up, down)
+        );
+        // The pipes used are kept, empty, for the next relay: never more than the limit.
+        assert!(pipes.live() <= limit, "{} pipes of {limit}", pipes.live());
+        if limit > 0 {
+            assert!(pipes.live() > 0, "the relay spliced ({limit} pipes)");
+        }
+    }
+}
+
+#[tokio::test]
+async fn small_bursts_are_copied_without_a_pipe() {
+    let pipes = Pipes::new(8);
+    let (mut client, mut a) = pair().await;
+    let (mut b, mut server) = pair().await;
+    client.write_all(b"a request").await.unwrap();
+    client.shutdown().await.unwrap();
+    server.write_all(b"an answer").await.unwrap();
+    server.shutdown().await.unwrap();
+    assert_eq!(relay(&mut a, &mut b, &pipes).await.unwrap(), (9, 9));
+    assert_eq!(pipes.live(), 0);
+}
+
+#[tokio::test]
+async fn pipes_are_reused_not_made_per_connection() {
+    let pipes = Pipes::new(8);
+    for round in 0..20 {
+        let (mut client, mut a) = pair().await;
+        let (mut b, mut server) = pair().await;
+        // More than a buffer's worth: spliced.
+        let message = pattern(2 * CHUNK + round);
+        let sent = message.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+        });
+        server.shutdown().await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        relay(&mut a, &mut b, &pipes).await.unwrap();
+        writer.await.unwrap();
+        assert!(reader.await.unwrap() == message);
+    }
+    assert!(
+        (1..=2).contains(&pipes.live()),
+        "one relay at a time needs at most two pipes: {}",
+        pipes.live()
+    );
+}
+
+#[tokio::test]
+async fn urgent_data_is_stepped_over_not_taken_for_a_stall_or_an_end() {
+    // splice(2) stops at TCP urgent data; recv steps over the urgent byte (as the copy path always
+    // did). With a FIN queued behind the mark, a splice reports an end; without, nothing at all.
+    for (fin, limit) in [(true, 4), (false, 4), (true, 0), (false, 0)] {
+        let pipes = Arc::new(Pipes::new(limit));
+        let (mut client, mut a) = pair().await;
+        let (mut b, mut server) = pair().await;
+        let relaying = pipes.clone();
+        let relayed = tokio::spawn(async move { relay(&mut a, &mut b, &relaying).await });
+        // A bulk burst first: the direction splices from then on.
+        let bulk = pattern(8 * CHUNK);
+        let sent = bulk.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client
+        });
+        let mut got = vec![0u8; bulk.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert!(got == bulk);
+        let mut client = writer.await.unwrap();
+        if limit > 0 {
+            assert!(pipes.live() > 0, "the bulk was spliced");
+        }
+
+        rustix::net::send(&client, b"!", rustix::net::SendFlags::OOB).unwrap();
+        client.write_all(b"after the mark").await.unwrap();
+        if fin {
+            client.shutdown().await.unwrap();
+        }
+        let mut got = [0u8; 14];
+        let read = tokio::time::timeout(Duration::from_secs(5), server.read_exact(&mut got)).await;
+        let case = format!("FIN behind the mark: {fin}, pipes: {limit}");
+        assert!(read.is_ok(), "the bytes past the mark never came ({case})");
+        read.unwrap().unwrap_or_else(|e| panic!("{e}: {case}"));
+        assert_eq!(&got, b"after the mark", "{case}");
+        if !fin {
+            client.shutdown().await.unwrap();
+        }
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{case}");
+        server.shutdown().await.unwrap();
+        relayed.await.unwrap().unwrap();
+    }
+}

@@ -121,6 +121,10 @@ enum Mode {
         /// Repeat this many times, sequentially.
         #[arg(long, default_value = "1")]
         count: u32,
+        /// Send the message this many times over in each connection; above 1, the echo is checked
+        /// byte for byte and only its size is printed.
+        #[arg(long, default_value = "1")]
+        repeat: usize,
     },
 }
 
@@ -170,12 +174,24 @@ async fn main() -> anyhow::Result<()> {
             addr,
             message,
             count,
+            repeat,
         } => {
+            let message = message.repeat(repeat);
             for _ in 0..count {
                 let reply =
                     tokio::time::timeout(Duration::from_secs(10), round_trip(addr, &message))
                         .await??;
-                println!("{reply}");
+                if repeat == 1 {
+                    println!("{reply}");
+                } else if reply == message {
+                    println!("echoed {} bytes intact", reply.len());
+                } else {
+                    anyhow::bail!(
+                        "echo of {} bytes came back as {} others",
+                        message.len(),
+                        reply.len()
+                    );
+                }
             }
             Ok(())
         }

@@ -1,6 +1,7 @@
 //! The same-node path: two pods of one node joined by their ztunnel without HBONE.
 
-use veil_e2e::mesh::{PodSpec, bin, skip_unless_root};
+use veil_e2e::cluster::exec;
+use veil_e2e::mesh::{Mesh, PodSpec, bin, skip_unless_root};
 use veil_e2e::wire::Capture;
 
 use crate::{SETTLE, echo_addr, mesh, url};
@@ -53,6 +54,25 @@ fn same_node_connections_never_reach_the_wire_and_keep_identity_policy_and_stric
         3,
         "{echoed}"
     );
+    // Bulk both ways (1 MiB up, echoed back): spliced through pipes by node-a's ztunnel, which then
+    // keeps them for the next burst; every byte arrives in order.
+    let pipes_before = pipes_held(&m, "node-a");
+    let app_bin = bin("e2e-app").to_string_lossy().into_owned();
+    let bulk = exec(
+        &m.cluster.pod("account").netns,
+        &[&app_bin, "tcp", &echo, "LOCAL-BULK-", "--repeat", "95325"],
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&bulk.stdout).trim(),
+        "echoed 1048575 bytes intact",
+        "{}",
+        String::from_utf8_lossy(&bulk.stderr)
+    );
+    assert!(
+        pipes_held(&m, "node-a") > pipes_before,
+        "the bulk was not spliced (no pipe kept)"
+    );
     // Denied by the destination's policy, as over HBONE: its bytes never reach the application.
     let denied = m.curl(
         "reporting",
@@ -97,7 +117,7 @@ fn same_node_connections_never_reach_the_wire_and_keep_identity_policy_and_stric
     );
     assert_eq!(wire.packets_on_port(8080), 0, "{}", wire.summary);
     assert_eq!(wire.packets_on_port(9090), 0, "{}", wire.summary);
-    for marker in ["MARKER", "hello from", "GET /"] {
+    for marker in ["MARKER", "LOCAL-BULK", "hello from", "GET /"] {
         assert!(
             !wire.contains(marker.as_bytes()),
             "{marker:?} crossed the bridge"
@@ -136,8 +156,8 @@ fn same_node_connections_never_reach_the_wire_and_keep_identity_policy_and_stric
                 ("connection_security_policy", "mutual_tls"),
             ],
         );
-        // One HTTP request, three echoes.
-        assert_eq!(opened, 4.0, "reported by the {reporter}");
+        // One HTTP request, three echoes, the bulk echo.
+        assert_eq!(opened, 5.0, "reported by the {reporter}");
     }
     assert_eq!(
         m.metric(
@@ -181,4 +201,14 @@ fn same_node_connections_never_reach_the_wire_and_keep_identity_policy_and_stric
             .contains("live connection closed: the mesh's policy now denies it")
     );
     assert!(m.curl("account", &url(&m, "profile", 8080, "/")).is_err());
+}
+
+/// Pipes `node`'s ztunnel holds open (the relays' pipes, kept for reuse, and any others).
+fn pipes_held(m: &Mesh, node: &str) -> usize {
+    let pid = m.ztunnels[node].pid();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+        .count()
 }

@@ -29,6 +29,8 @@ pub struct Limits {
     /// through at once, for the whole node; two descriptors each. With none left a relay copies
     /// through a buffer instead: a pod using them all slows others' relays, never refuses them.
     pub pipes: usize,
+    /// Bytes each pipe is asked to hold (0: the kernel's default, 64 KiB).
+    pub pipe_capacity: usize,
 }
 
 /// Descriptors kept aside from the budgets for everything else: listeners, pooled HBONE client
@@ -37,10 +39,14 @@ fn reserve(nofile: usize) -> usize {
     (nofile / 16).max(256)
 }
 
-/// The most pipes by default: each pipe is charged 16 pages against its user's
-/// `/proc/sys/fs/pipe-user-pages-soft` (16,384 by default) when made, and past that the kernel
-/// makes them too small to be worth splicing through (unless ztunnel runs with CAP_SYS_RESOURCE).
-const MOST_PIPES: usize = 1024;
+/// The most pipes by default. A pipe holds up to its capacity of a connection's bytes that no
+/// socket's buffer accounting covers any more (a destination that does not read keeps them there):
+/// together at most `MOST_PIPES × PIPE_CAPACITY` (64 MiB) of kernel memory.
+const MOST_PIPES: usize = 64;
+
+/// What each pipe is asked to hold by default: with the kernel's 64 KiB, the same-node path moved
+/// less on one stream than copying did; with 1 MiB, as much at half the CPU (docs/benchmarks.md).
+pub const PIPE_CAPACITY: usize = 1 << 20;
 
 /// Descriptors one unit of `resource` holds (a handshake's is counted by its HBONE connection).
 pub fn descriptors(resource: Resource) -> usize {
@@ -54,7 +60,7 @@ pub fn descriptors(resource: Resource) -> usize {
 impl Limits {
     /// Defaults for a process allowed `nofile` descriptors: at full use they hold at most eleven
     /// sixteenths of what is left after the reserve (HBONE connections 1/8, tunnels 1/4, outbound
-    /// and plaintext 1/16 each at two descriptors apiece, pipes 1/16 at two apiece, and no more
+    /// and plaintext 1/16 each at two descriptors apiece, pipes 1/32 at two apiece, and no more
     /// than [`MOST_PIPES`]); a pod may take at most a quarter of each connection kind.
     pub fn for_nofile(nofile: usize) -> Self {
         let usable = nofile.saturating_sub(reserve(nofile));
@@ -71,6 +77,7 @@ impl Limits {
             node: node.map(|n| n.max(1)),
             pod: node.map(|n| (n / 4).max(1)),
             pipes: (usable / 32).min(MOST_PIPES),
+            pipe_capacity: PIPE_CAPACITY,
         }
     }
 
@@ -177,7 +184,7 @@ impl Budgets {
                 .get_or_create_owned(&ResourceLabels { resource })
         });
         Self {
-            pipes: Pipes::new(limits.pipes),
+            pipes: Pipes::new(limits.pipes).with_capacity(limits.pipe_capacity),
             limits,
             in_use: Default::default(),
             gauges,

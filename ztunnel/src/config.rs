@@ -196,9 +196,13 @@ pub struct Config {
     pub max_plaintext_connections_per_pod: Option<u32>,
     /// Most pipes the plaintext relays (same-node path, passthrough, PERMISSIVE) splice through at
     /// once, two descriptors each; 0 copies through buffers instead [default: 1/32 of the
-    /// descriptors left after the reserve, at most 1,024].
+    /// descriptors left after the reserve, at most 64].
     #[arg(long, env = "VEIL_MAX_SPLICE_PIPES")]
     pub max_splice_pipes: Option<u32>,
+    /// Bytes each splice pipe is asked to hold (the kernel rounds up to a power of two pages and
+    /// keeps its default, 64 KiB, where it refuses); 0: the kernel's default.
+    #[arg(long, env = "VEIL_SPLICE_PIPE_SIZE", default_value_t = crate::budget::PIPE_CAPACITY)]
+    pub splice_pipe_size: usize,
     /// Time an HBONE peer has for the TCP, TLS and HTTP/2 handshakes.
     #[arg(long, env = "VEIL_HBONE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub hbone_handshake_timeout: Duration,
@@ -271,6 +275,7 @@ impl Config {
         if let Some(pipes) = self.max_splice_pipes {
             limits.pipes = pipes as usize;
         }
+        limits.pipe_capacity = self.splice_pipe_size;
         limits
     }
 

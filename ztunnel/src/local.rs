@@ -42,14 +42,29 @@ pub(crate) fn destination(
     src: &LocalWorkload,
     endpoint: &Workload,
 ) -> Option<Arc<LocalWorkload>> {
-    if !ctx.settings.same_node || endpoint.node != ctx.node {
+    if !here(ctx.settings.same_node, &ctx.node, endpoint) {
         return None;
     }
     let dst = ctx.locals.get(&endpoint.uid)?;
-    // The pod as enrolled must be the endpoint as the mesh has it now (a handshake would check the
-    // identity; a pod whose identity or addresses changed is enrolled afresh, over HBONE till then).
-    let current = dst.workload.identity == endpoint.identity && dst.workload.ips == endpoint.ips;
-    (current && src.cert.current().is_some() && dst.cert.current().is_some()).then_some(dst)
+    let certified = src.cert.current().is_some() && dst.cert.current().is_some();
+    joinable(&dst.workload, endpoint, certified).then_some(dst)
+}
+
+/// Whether the same-node path is on (`enabled`) and `endpoint` is on this `node`.
+fn here(enabled: bool, node: &str, endpoint: &Workload) -> bool {
+    enabled && endpoint.node == node
+}
+
+/// Whether a connection to `endpoint`, as the mesh has it now, may be joined to the pod `enrolled`
+/// here: both pods hold a valid certificate now (`certified`: identities the CA issued, as a
+/// handshake between them would need) and the pod as enrolled is the endpoint (a handshake would
+/// check the identity; a pod whose identity or addresses changed is enrolled afresh, over HBONE
+/// till then).
+fn joinable(enrolled: &Workload, endpoint: &Workload, certified: bool) -> bool {
+    certified
+        && enrolled.uid == endpoint.uid
+        && enrolled.identity == endpoint.identity
+        && enrolled.ips == endpoint.ips
 }
 
 /// Admits and joins a connection from `src` to `target` in `dst` (`service`: the service it was
@@ -203,3 +218,6 @@ fn span(ctx: &Context, src: &LocalWorkload, dst: &LocalWorkload, target: SocketA
     });
     span
 }
+
+#[cfg(test)]
+mod tests;

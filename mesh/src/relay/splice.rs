@@ -6,7 +6,7 @@
 //! socket has data to read, as it would a buffer, and hands it back empty for the next one; with
 //! no pipe to be had (the limit reached, or the kernel refusing one) it copies through a buffer.
 //! A pipe holding bytes is never handed back: a relay cut while bytes are in it closes it. The
-//! bytes in pipes are not charged to any socket: at most 64 KiB per pipe (its default capacity).
+//! bytes in pipes are not charged to any socket: at most a pipe's capacity each.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -28,6 +28,8 @@ const FLAGS: SpliceFlags = SpliceFlags::NONBLOCK.union(SpliceFlags::MOVE);
 #[derive(Debug)]
 pub struct Pipes {
     limit: usize,
+    /// Bytes asked of the kernel for each new pipe (0: its default, 64 KiB).
+    capacity: usize,
     live: AtomicUsize,
     free: Mutex<Vec<Pipe>>,
     /// Set when the kernel refused to splice a socket (or a filter forbids the call): copy only.
@@ -45,10 +47,19 @@ impl Pipes {
     pub fn new(limit: usize) -> Self {
         Self {
             limit,
+            capacity: 0,
             live: AtomicUsize::new(0),
             free: Mutex::new(Vec::new()),
             disabled: AtomicBool::new(false),
         }
+    }
+
+    /// Pipes of `bytes` each (rounded up by the kernel to a power of two pages), where the kernel
+    /// allows it: past `/proc/sys/fs/pipe-max-size`, or the user's pipe pages, a process without
+    /// CAP_SYS_RESOURCE or CAP_SYS_ADMIN keeps the default size.
+    pub fn with_capacity(mut self, bytes: usize) -> Self {
+        self.capacity = bytes;
+        self
     }
 
     /// The most pipes that may exist at once.
@@ -89,7 +100,13 @@ impl Pipes {
                     });
                 claimed.ok()?;
                 match pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) {
-                    Ok((read, write)) => Pipe { read, write },
+                    Ok((read, write)) => {
+                        if self.capacity > 0 {
+                            // Refused: the default size still splices, in smaller steps.
+                            let _ = rustix::pipe::fcntl_setpipe_size(&write, self.capacity);
+                        }
+                        Pipe { read, write }
+                    }
                     Err(_) => {
                         // Out of descriptors or pipe pages: this burst is copied instead.
                         self.live.fetch_sub(1, Ordering::AcqRel);

@@ -53,9 +53,10 @@ fn pattern(len: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn relays_both_ways_with_half_close_and_counts_bytes() {
-    // No pipes (copied), one (one direction spliced, the other copied), enough for both.
-    for limit in [0, 1, 4] {
-        let pipes = Arc::new(Pipes::new(limit));
+    // No pipes (copied), one (one direction spliced, the other copied), enough for both, of the
+    // kernel's size and of 1 MiB.
+    for (limit, capacity) in [(0, 0), (1, 0), (4, 0), (4, 1 << 20)] {
+        let pipes = Arc::new(Pipes::new(limit).with_capacity(capacity));
         let (mut client, mut a) = pair().await;
         let (mut b, mut server) = pair().await;
         // Live counts, chunk by chunk, as the same-node path's metrics take them.

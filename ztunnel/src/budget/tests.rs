@@ -5,6 +5,7 @@ fn small() -> Limits {
         node: [3; 5],
         pod: [2; 5],
         pipes: 0,
+        pipe_capacity: 0,
     }
 }
 

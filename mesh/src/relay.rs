@@ -35,12 +35,24 @@ pub async fn relay_counted(
     a_to_b: impl FnMut(usize),
     b_to_a: impl FnMut(usize),
 ) -> io::Result<(u64, u64)> {
+    relay_from(a, b, pipes, Mode::Copy, a_to_b, b_to_a).await
+}
+
+/// [`relay_counted`], both directions reading their first burst as `first` says.
+async fn relay_from(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    pipes: &Pipes,
+    first: Mode,
+    a_to_b: impl FnMut(usize),
+    b_to_a: impl FnMut(usize),
+) -> io::Result<(u64, u64)> {
     let relayed = {
         let (a_rd, mut a_wr) = a.split();
         let (b_rd, mut b_wr) = b.split();
         tokio::try_join!(
-            one_way(&a_rd, &mut b_wr, pipes, a_to_b),
-            one_way(&b_rd, &mut a_wr, pipes, b_to_a)
+            one_way(&a_rd, &mut b_wr, pipes, first, a_to_b),
+            one_way(&b_rd, &mut a_wr, pipes, first, b_to_a)
         )
     };
     if relayed.is_err() {
@@ -65,12 +77,12 @@ async fn one_way(
     rd: &ReadHalf<'_>,
     wr: &mut WriteHalf<'_>,
     pipes: &Pipes,
+    mut mode: Mode,
     mut written: impl FnMut(usize),
 ) -> io::Result<u64> {
     let mut total = 0u64;
     let mut buf = Vec::new();
     let mut pipe = None;
-    let mut mode = Mode::Copy;
     // Bytes moved since the socket was last found drained.
     let mut burst = 0usize;
     loop {
@@ -84,6 +96,10 @@ async fn one_way(
                     held.drain(wr.as_ref(), &mut written).await?;
                     total += n as u64;
                     burst += n;
+                    // Readiness waits and `try_io` spend none of the task's budget (a copy's
+                    // writes do): without this, a busy pair of sockets would keep the worker
+                    // thread from every other task, this relay's re-check included.
+                    tokio::task::coop::consume_budget().await;
                     continue;
                 }
                 // Nothing spliced: the socket is drained, at its end, or stopped at TCP urgent

@@ -6,8 +6,8 @@
 //! budget, the same check of the target, the same policies ([`inbound::admit`]), the same re-checks
 //! while it lives — then joins the source's socket to one it opens inside the destination's
 //! namespace. Nothing crosses a pod's interface: no byte of the connection leaves the node, in clear
-//! or encrypted, and no TLS is spent on it; the bytes are spliced from socket to socket in the
-//! kernel ([`veil_mesh::relay`]). What stays as over HBONE: identities, policy, STRICT
+//! or encrypted, and no TLS is spent on it; bulk is spliced from socket to socket in the kernel
+//! ([`veil_mesh::relay`]). What stays as over HBONE: identities, policy, STRICT
 //! (the source is a mesh identity, as a tunnel's is), metrics from both ends (`mutual_tls`: the
 //! source is authenticated), the access log (`path=local`).
 //!

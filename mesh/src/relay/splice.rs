@@ -11,14 +11,13 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// At most this many bytes are asked of one `splice` (the pipe takes what its capacity allows,
-/// 64 KiB by default).
+/// At most this many bytes are asked of one `splice` (the pipe takes what its capacity allows).
 const MOST: usize = 1 << 20;
 
 const FLAGS: SpliceFlags = SpliceFlags::NONBLOCK.union(SpliceFlags::MOVE);
@@ -34,6 +33,8 @@ pub struct Pipes {
     free: Mutex<Vec<Pipe>>,
     /// Set when the kernel refused to splice a socket (or a filter forbids the call): copy only.
     disabled: AtomicBool,
+    /// Bytes spliced out of pipes, all relays together.
+    spliced: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -51,12 +52,14 @@ impl Pipes {
             live: AtomicUsize::new(0),
             free: Mutex::new(Vec::new()),
             disabled: AtomicBool::new(false),
+            spliced: AtomicU64::new(0),
         }
     }
 
     /// Pipes of `bytes` each (rounded up by the kernel to a power of two pages), where the kernel
-    /// allows it: past `/proc/sys/fs/pipe-max-size`, or the user's pipe pages, a process without
-    /// CAP_SYS_RESOURCE or CAP_SYS_ADMIN keeps the default size.
+    /// allows it: past `/proc/sys/fs/pipe-max-size` only with CAP_SYS_RESOURCE, past the user's
+    /// `pipe-user-pages-soft` only with CAP_SYS_RESOURCE or CAP_SYS_ADMIN (refused, a pipe keeps
+    /// the size it was made with: 64 KiB, or two pages for a user past that soft limit).
     pub fn with_capacity(mut self, bytes: usize) -> Self {
         self.capacity = bytes;
         self
@@ -72,11 +75,19 @@ impl Pipes {
         self.limit > 0 && !self.disabled.load(Ordering::Relaxed)
     }
 
-    /// Stops all splicing: this kernel (or a seccomp filter) will not splice sockets.
+    /// Stops all splicing: this kernel (or a seccomp filter) will not splice sockets. The pipes
+    /// kept for reuse are closed (those lent out are, when handed back).
     pub(super) fn disable(&self) {
         if !self.disabled.swap(true, Ordering::Relaxed) {
             tracing::warn!("splice(2) is refused here: plaintext relays copy through buffers");
         }
+        let kept = std::mem::take(&mut *self.free.lock().unwrap_or_else(|e| e.into_inner()));
+        self.live.fetch_sub(kept.len(), Ordering::AcqRel);
+    }
+
+    /// Bytes spliced so far, all relays together.
+    pub fn spliced(&self) -> u64 {
+        self.spliced.load(Ordering::Relaxed)
     }
 
     /// Pipes in existence now (held by relays or kept empty for reuse).
@@ -174,6 +185,7 @@ impl Held<'_> {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.pending -= n;
+                    self.pipes.spliced.fetch_add(n as u64, Ordering::Relaxed);
                     written(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -187,7 +199,7 @@ impl Held<'_> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         let Some(pipe) = self.pipe.take() else { return };
-        if self.pending == 0 {
+        if self.pending == 0 && self.pipes.usable() {
             self.pipes
                 .free
                 .lock()

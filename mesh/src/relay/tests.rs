@@ -123,7 +123,9 @@ async fn relays_both_ways_with_half_close_and_counts_bytes() {
         // The pipes used are kept, empty, for the next relay: never more than the limit.
         assert!(pipes.live() <= limit, "{} pipes of {limit}", pipes.live());
         if limit > 0 {
-            assert!(pipes.live() > 0, "the relay spliced ({limit} pipes)");
+            assert!(pipes.spliced() > 0, "the relay spliced ({limit} pipes)");
+        } else {
+            assert_eq!(pipes.spliced(), 0);
         }
     }
 }
@@ -175,45 +177,77 @@ async fn pipes_are_reused_not_made_per_connection() {
 async fn urgent_data_is_stepped_over_not_taken_for_a_stall_or_an_end() {
     // splice(2) stops at TCP urgent data; recv steps over the urgent byte (as the copy path always
     // did). With a FIN queued behind the mark, a splice reports an end; without, nothing at all.
-    for (fin, limit) in [(true, 4), (false, 4), (true, 0), (false, 0)] {
-        let pipes = Arc::new(Pipes::new(limit));
+    for fin in [true, false] {
+        let pipes = Arc::new(Pipes::new(4));
         let (mut client, mut a) = pair().await;
         let (mut b, mut server) = pair().await;
-        let relaying = pipes.clone();
-        let relayed = tokio::spawn(async move { relay(&mut a, &mut b, &relaying).await });
-        // A bulk burst first: the direction splices from then on.
-        let bulk = pattern(8 * CHUNK);
-        let sent = bulk.clone();
-        let writer = tokio::spawn(async move {
-            client.write_all(&sent).await.unwrap();
-            client
-        });
-        let mut got = vec![0u8; bulk.len()];
-        server.read_exact(&mut got).await.unwrap();
-        assert!(got == bulk);
-        let mut client = writer.await.unwrap();
-        if limit > 0 {
-            assert!(pipes.live() > 0, "the bulk was spliced");
-        }
-
+        // All of it queued before the relay's first read, which splices.
+        client.write_all(b"before the mark ").await.unwrap();
         rustix::net::send(&client, b"!", rustix::net::SendFlags::OOB).unwrap();
         client.write_all(b"after the mark").await.unwrap();
         if fin {
             client.shutdown().await.unwrap();
         }
-        let mut got = [0u8; 14];
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let relaying = pipes.clone();
+        let relayed = tokio::spawn(async move {
+            relay_from(&mut a, &mut b, &relaying, Mode::Splice, |_| {}, |_| {}).await
+        });
+        let mut got = [0u8; 30];
         let read = tokio::time::timeout(Duration::from_secs(5), server.read_exact(&mut got)).await;
-        let case = format!("FIN behind the mark: {fin}, pipes: {limit}");
-        assert!(read.is_ok(), "the bytes past the mark never came ({case})");
-        read.unwrap().unwrap_or_else(|e| panic!("{e}: {case}"));
-        assert_eq!(&got, b"after the mark", "{case}");
+        assert!(
+            read.is_ok(),
+            "the bytes past the mark never came (FIN: {fin})"
+        );
+        read.unwrap().unwrap_or_else(|e| panic!("{e}: FIN: {fin}"));
+        assert_eq!(&got, b"before the mark after the mark", "FIN: {fin}");
+        assert_eq!(pipes.spliced(), 16, "what preceded the mark was spliced");
         if !fin {
             client.shutdown().await.unwrap();
         }
         let mut rest = Vec::new();
         server.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty(), "{case}");
+        assert!(rest.is_empty(), "FIN: {fin}");
         server.shutdown().await.unwrap();
         relayed.await.unwrap().unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_relay_cut_with_bytes_in_its_pipe_closes_the_pipe() {
+    let pipes = Arc::new(Pipes::new(4).with_capacity(1 << 20));
+    let (mut client, mut a) = pair().await;
+    let (mut b, _server) = pair().await;
+    let relaying = pipes.clone();
+    let relayed = tokio::spawn(async move {
+        relay_from(&mut a, &mut b, &relaying, Mode::Splice, |_| {}, |_| {}).await
+    });
+    // The server never reads: once every buffer on the way is full, the relay waits to write
+    // what its pipe holds.
+    let writer = tokio::spawn(async move {
+        let _ = client.write_all(&pattern(64 << 20)).await;
+        client
+    });
+    let stalled = async {
+        let mut last = u64::MAX;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if pipes.spliced() == last && last > 0 {
+                break;
+            }
+            last = pipes.spliced();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), stalled)
+        .await
+        .expect("the relay spliced and then stalled");
+    assert_eq!(pipes.live(), 1, "one direction holds a pipe");
+    relayed.abort();
+    assert!(relayed.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        pipes.live(),
+        0,
+        "the pipe with bytes in it was closed, not kept"
+    );
+    writer.abort();
 }

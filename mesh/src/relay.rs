@@ -92,7 +92,7 @@ async fn one_way(
         }
         if let Some(held) = &mut pipe {
             match held.fill(rd.as_ref()) {
-                Ok(Some(n)) if n > 0 => {
+                Ok(n) if n > 0 => {
                     held.drain(wr.as_ref(), &mut written).await?;
                     total += n as u64;
                     burst += n;
@@ -126,13 +126,13 @@ async fn one_way(
                 total += n as u64;
                 burst += n;
                 // A full buffer: more is likely behind it.
-                if n == buf.len() && pipes.usable() {
+                if n == buf.len() {
                     mode = Mode::Splice;
                 }
             }
             // Drained: wait for more holding neither buffer nor pipe.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                mode = if burst >= CHUNK && pipes.usable() {
+                mode = if burst >= CHUNK {
                     Mode::Splice
                 } else {
                     Mode::Copy

@@ -65,11 +65,6 @@ impl Pipes {
         self
     }
 
-    /// The most pipes that may exist at once.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// Whether relays may splice at all (a limit above 0, and splicing not found unsupported).
     pub fn usable(&self) -> bool {
         self.limit > 0 && !self.disabled.load(Ordering::Relaxed)
@@ -151,22 +146,20 @@ impl Held<'_> {
             .expect("a held pipe is there until dropped")
     }
 
-    /// Splices what `from` has to read into the pipe (the pipe must be empty): the bytes moved,
-    /// 0 at the end of `from`'s stream (or at urgent data), `None` when nothing could be spliced
-    /// now. `None` leaves the socket's readiness set: splicing stops at urgent data, where a
+    /// Splices what `from` has to read into the pipe (the pipe must be empty): the bytes moved, 0
+    /// when none (at the end of `from`'s stream, at urgent data, or nothing to read now). A splice
+    /// finding nothing leaves the socket's readiness set: splicing stops at urgent data, where a
     /// `recv` would go on, so the caller's read finds out whether the socket is really drained.
-    pub(super) fn fill(&mut self, from: &TcpStream) -> io::Result<Option<usize>> {
+    pub(super) fn fill(&mut self, from: &TcpStream) -> io::Result<usize> {
         debug_assert_eq!(self.pending, 0, "filled only once drained");
         let write = &self.pipe().write;
-        let spliced = from.try_io(Interest::READABLE, || {
+        self.pending = from.try_io(Interest::READABLE, || {
             match splice(from.as_fd(), None, write, None, MOST, FLAGS) {
-                Ok(n) => Ok(Some(n)),
-                Err(rustix::io::Errno::AGAIN) => Ok(None),
-                Err(e) => Err(io::Error::from(e)),
+                Err(rustix::io::Errno::AGAIN) => Ok(0),
+                spliced => spliced.map_err(io::Error::from),
             }
         })?;
-        self.pending = spliced.unwrap_or(0);
-        Ok(spliced)
+        Ok(self.pending)
     }
 
     /// Splices everything in the pipe out to `to`, telling `written` of each part as it goes.

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod http;
 mod logging;
 pub mod metrics;
+mod otlp;
 pub mod ratelimit;
 pub mod trace;
 mod traffic;

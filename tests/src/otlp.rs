@@ -1,7 +1,9 @@
 //! The OTLP receiver of the tracing and telemetry tests (`otlp-receiver`, in the control plane's
 //! namespace), the flags that point the proxies at it, and the demo mesh they trace.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 use crate::mesh::{ACCOUNT_READS, Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, bin};
 use crate::process::Proc;
@@ -54,29 +56,49 @@ pub struct Receiver {
     pub spans: PathBuf,
     /// The log records received.
     pub logs: PathBuf,
+    /// The metric data points received.
+    pub metrics: PathBuf,
 }
 
 /// Starts the receiver for mesh `m`.
 pub fn start(m: &Mesh) -> anyhow::Result<Receiver> {
-    let spans = m.dir.join("spans.jsonl");
-    let logs = m.dir.join("logs.jsonl");
-    let receiver = bin("otlp-receiver").to_string_lossy().into_owned();
-    let (spans_arg, logs_arg) = (
-        spans.to_string_lossy().into_owned(),
-        logs.to_string_lossy().into_owned(),
+    start_with(m, None)
+}
+
+/// Starts the receiver for mesh `m`, serving TLS with `tls`'s server certificate and requiring
+/// client certificates from its CA when given.
+pub fn start_with(m: &Mesh, tls: Option<&TlsFiles>) -> anyhow::Result<Receiver> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let (spans, logs, metrics) = (
+        m.dir.join("spans.jsonl"),
+        m.dir.join("logs.jsonl"),
+        m.dir.join("metrics.jsonl"),
     );
+    let mut argv = vec![
+        path(&bin("otlp-receiver")),
+        "--listen".into(),
+        RECEIVER.into(),
+        "--out".into(),
+        path(&spans),
+        "--logs-out".into(),
+        path(&logs),
+        "--metrics-out".into(),
+        path(&metrics),
+    ];
+    if let Some(tls) = tls {
+        for (flag, file) in [
+            ("--tls-cert", &tls.server_cert),
+            ("--tls-key", &tls.server_key),
+            ("--tls-client-ca", &tls.ca),
+        ] {
+            argv.extend([flag.to_owned(), path(file)]);
+        }
+    }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let proc = Proc::spawn(
         "otlp-receiver",
         Some(&m.cluster.control_plane),
-        &[
-            &receiver,
-            "--listen",
-            RECEIVER,
-            "--out",
-            &spans_arg,
-            "--logs-out",
-            &logs_arg,
-        ],
+        &argv,
         &[],
         &m.dir.join("otlp-receiver.log"),
     )?;
@@ -84,5 +106,74 @@ pub fn start(m: &Mesh) -> anyhow::Result<Receiver> {
         _proc: proc,
         spans,
         logs,
+        metrics,
     })
+}
+
+/// PEM files for OTLP over TLS: a CA of the collector's own (not the mesh's), the receiver's
+/// certificate for its address, and a client certificate for the proxies.
+#[derive(Debug)]
+pub struct TlsFiles {
+    /// The CA's certificate.
+    pub ca: PathBuf,
+    /// The receiver's certificate (IP SAN: the receiver's address).
+    pub server_cert: PathBuf,
+    /// Its key.
+    pub server_key: PathBuf,
+    /// The proxies' client certificate.
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+}
+
+/// Writes [`TlsFiles`] into `dir`.
+pub fn tls_files(dir: &Path) -> anyhow::Result<TlsFiles> {
+    std::fs::create_dir_all(dir)?;
+    let ca_key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(params, ca_key);
+    let (receiver_ip, _) = RECEIVER.split_once(':').expect("host:port");
+    let write = |name: &str, pem: String| -> anyhow::Result<PathBuf> {
+        let file = dir.join(name);
+        std::fs::write(&file, pem)?;
+        Ok(file)
+    };
+    let leaf = |name: &str| -> anyhow::Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(vec![name.to_owned()])?.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let (server_cert, server_key) = leaf(receiver_ip)?;
+    let (client_cert, client_key) = leaf("veil-proxy")?;
+    Ok(TlsFiles {
+        ca: write("otlp-ca.pem", ca.pem())?,
+        server_cert: write("otlp-server.pem", server_cert)?,
+        server_key: write("otlp-server-key.pem", server_key)?,
+        client_cert: write("otlp-client.pem", client_cert)?,
+        client_key: write("otlp-client-key.pem", client_key)?,
+    })
+}
+
+/// Flags of a proxy that exports traces, logs and metrics (every second) to the receiver over
+/// TLS with `tls`.
+pub fn tls_proxy_args(tls: &TlsFiles) -> Vec<String> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    vec![
+        "--otlp-endpoint".into(),
+        format!("https://{RECEIVER}"),
+        "--otlp-ca-file".into(),
+        path(&tls.ca),
+        "--otlp-client-cert".into(),
+        path(&tls.client_cert),
+        "--otlp-client-key".into(),
+        path(&tls.client_key),
+        "--trace-sampling".into(),
+        "1".into(),
+        "--otlp-logs".into(),
+        "--otlp-metrics".into(),
+        "--otlp-metrics-interval".into(),
+        "1s".into(),
+    ]
 }

@@ -17,6 +17,7 @@ use veil_mesh::identity::{
 use veil_mesh::pool::{Pool, PoolSettings};
 use veil_mesh::telemetry::http::{Handler, json, openmetrics, serve, text};
 use veil_mesh::telemetry::metrics::Metrics;
+use veil_mesh::telemetry::metrics::export::MetricsExport;
 use veil_mesh::telemetry::trace::Tracing;
 use veil_mesh::xds;
 
@@ -145,6 +146,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let tracing = Tracing::start(&config.trace, "veil-waypoint", &instance)
         .map_err(|e| StartError::Config(e.to_string()))?
         .map(Arc::new);
+    let metrics_export = MetricsExport::start(
+        &config.trace,
+        "veil-waypoint",
+        &instance,
+        metrics.clone(),
+        Some(certs.clone()),
+    )
+    .map_err(|e| StartError::Config(e.to_string()))?;
     let ctx = Arc::new(
         Context::new(
             upstreams.clone(),
@@ -209,6 +218,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .is_err()
     {
         warn!("requests still in flight after the drain timeout; closing them");
+    }
+    if let Some(export) = metrics_export {
+        export.shutdown().await;
     }
     if let Some(tracing) = tracing {
         // Flushing blocks until the exporter, which runs on this runtime, is done.

@@ -14,6 +14,7 @@ use veil_mesh::identity::{
 };
 use veil_mesh::pool::{Pool, PoolSettings};
 use veil_mesh::telemetry::metrics::Metrics;
+use veil_mesh::telemetry::metrics::export::MetricsExport;
 use veil_mesh::telemetry::trace::Tracing;
 use veil_mesh::xds;
 
@@ -257,6 +258,14 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
         .map_err(|e| StartError::Config(e.to_string()))?
         .map(Arc::new);
     let ctx = ctx.with_tracing(tracing.clone());
+    let metrics_export = MetricsExport::start(
+        &config.trace,
+        "veil-ztunnel",
+        &config.node,
+        ctx.metrics.clone(),
+        Some(ctx.certs.clone()),
+    )
+    .map_err(|e| StartError::Config(e.to_string()))?;
     let ctx = Arc::new(match control_plane {
         Some(connected) => {
             tokio::spawn(report_connected(connected.clone(), ctx.metrics.clone()));
@@ -348,6 +357,9 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
         .await;
     }
     owner.drain(config.drain_period, &mut stops).await;
+    if let Some(export) = metrics_export {
+        export.shutdown().await;
+    }
     if let Some(tracing) = tracing {
         // Flushing blocks until the exporter, which runs on this runtime, is done.
         let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::logs::{BatchConfigBuilder, BatchLogProcessor, SdkLoggerProvider};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
@@ -92,10 +92,14 @@ impl LogExport {
         let (true, Some(endpoint)) = (flags.otlp_logs, &flags.otlp_endpoint) else {
             return Ok(None);
         };
-        let exporter = opentelemetry_otlp::LogExporter::builder()
+        let mut exporter = opentelemetry_otlp::LogExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint.to_string())
-            .with_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(5));
+        if let Some(channel) = super::otlp::tls_channel(flags)? {
+            exporter = exporter.with_channel(channel);
+        }
+        let exporter = exporter
             .build()
             .map_err(|source| TraceError::new(endpoint, source))?;
         let queue = flags.trace_queue as usize;

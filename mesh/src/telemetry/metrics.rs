@@ -14,6 +14,8 @@ pub use prometheus_client::metrics::gauge::Gauge;
 pub use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+pub mod export;
+
 pub use super::traffic::{
     BAGGAGE_NAMES, BAGGAGE_NAMES_PER_IDENTITY, Party, PeerNames, Protocol, Reporter, RequestLabels,
     Security, ServiceLabel, TrafficLabels,
@@ -261,6 +263,11 @@ pub type RequestHistograms = Family<RequestLabels, Histogram, fn() -> Histogram>
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// When counting started (the start of every cumulative value).
+    pub started: SystemTime,
+    /// Held while the certificate gauges are refreshed and read: a scrape and an OTLP export at
+    /// once must not see them cleared.
+    reading: std::sync::Mutex<()>,
     /// Connections proxied (`istio_tcp_connections_opened_total`).
     pub tcp_opened: Family<TrafficLabels, Counter>,
     /// Connections proxied and finished.
@@ -349,6 +356,8 @@ impl Metrics {
             control_plane_connected: Gauge::default(),
             certificate_expiry: Family::default(),
             registry: Registry::default(),
+            started: SystemTime::now(),
+            reading: std::sync::Mutex::default(),
         };
         let r = registry.sub_registry_with_prefix("istio");
         r.register(
@@ -458,24 +467,46 @@ impl Metrics {
 
     /// The text exposition, with certificate expiries read from `certs` first.
     pub fn encode(&self, certs: Option<&CertManager>) -> String {
-        if let Some(certs) = certs {
-            self.certificate_expiry.clear();
-            for (identity, expiry) in certs.expiries() {
-                let Some(expiry) = expiry else { continue };
-                let secs = expiry
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                self.certificate_expiry
-                    .get_or_create(&CertLabels {
-                        identity: Principal(Some(identity)),
-                    })
-                    .set(i64::try_from(secs).unwrap_or(i64::MAX));
-            }
-        }
+        let _reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh(certs);
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The same values as [`Self::encode`], as data (for the OTLP export).
+    pub(crate) fn snapshot(
+        &self,
+        certs: Option<&CertManager>,
+    ) -> Vec<prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily>
+    {
+        let _reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh(certs);
+        // Only label encoding can fail, and veil's label values write to a String.
+        prometheus_client::encoding::prometheus_protobuf::encode(&self.registry).unwrap_or_else(
+            |e| {
+                tracing::warn!(error = %e, "reading the metrics failed");
+                Vec::new()
+            },
+        )
+    }
+
+    /// Sets the certificate expiry gauges to what `certs` holds now.
+    fn refresh(&self, certs: Option<&CertManager>) {
+        let Some(certs) = certs else { return };
+        self.certificate_expiry.clear();
+        for (identity, expiry) in certs.expiries() {
+            let Some(expiry) = expiry else { continue };
+            let secs = expiry
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.certificate_expiry
+                .get_or_create(&CertLabels {
+                    identity: Principal(Some(identity)),
+                })
+                .set(i64::try_from(secs).unwrap_or(i64::MAX));
+        }
     }
 }
 

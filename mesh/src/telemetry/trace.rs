@@ -10,6 +10,7 @@
 //! status codes and byte counts — never a path, query, header value or address.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -21,7 +22,7 @@ use opentelemetry::Context;
 use opentelemetry::trace::{
     Link, Span as _, Status, TraceContextExt, TraceId, Tracer as _, TracerProvider as _,
 };
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -35,8 +36,8 @@ const TRACEPARENT_NAME: &str = "traceparent";
 /// Tracing settings, shared by ztunnel and the waypoint.
 #[derive(Clone, Debug, clap::Args)]
 pub struct TraceFlags {
-    /// OTLP/gRPC endpoint spans are exported to, e.g. `http://otel-collector.observability:4317`.
-    /// Unset: no spans, no `traceparent` sent.
+    /// OTLP/gRPC endpoint spans are exported to, e.g. `http://otel-collector.observability:4317`
+    /// (`https://` with `--otlp-ca-file`). Unset: no spans, no `traceparent` sent.
     #[arg(long, env = "VEIL_OTLP_ENDPOINT", value_parser = parse_endpoint)]
     pub otlp_endpoint: Option<http::Uri>,
     /// Fraction (0–1) of the traces started here that are sampled. A trace started upstream keeps
@@ -50,10 +51,50 @@ pub struct TraceFlags {
     /// Also send the audit stream and the access log to the OTLP endpoint, as log records.
     #[arg(long, env = "VEIL_OTLP_LOGS", requires = "otlp_endpoint")]
     pub otlp_logs: bool,
+    /// Also send the metrics (those of `/metrics`) to the OTLP endpoint, every
+    /// `--otlp-metrics-interval`.
+    #[arg(long, env = "VEIL_OTLP_METRICS", requires = "otlp_endpoint")]
+    pub otlp_metrics: bool,
+    /// How often the metrics are sent with `--otlp-metrics`.
+    #[arg(long, env = "VEIL_OTLP_METRICS_INTERVAL", default_value = "60s", value_parser = parse_interval)]
+    pub otlp_metrics_interval: Duration,
+    /// For an `https://` endpoint: the CA certificates (PEM) the collector's certificate is
+    /// verified against. Required with `https://`.
+    #[arg(long, env = "VEIL_OTLP_CA_FILE", requires = "otlp_endpoint")]
+    pub otlp_ca_file: Option<PathBuf>,
+    /// For an `https://` endpoint: the certificate chain (PEM) this proxy presents to the collector
+    /// (with `--otlp-client-key`). Unset: no client certificate.
+    #[arg(
+        long,
+        env = "VEIL_OTLP_CLIENT_CERT",
+        requires = "otlp_client_key",
+        requires = "otlp_endpoint"
+    )]
+    pub otlp_client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--otlp-client-cert`.
+    #[arg(
+        long,
+        env = "VEIL_OTLP_CLIENT_KEY",
+        requires = "otlp_client_cert",
+        requires = "otlp_endpoint"
+    )]
+    pub otlp_client_key: Option<PathBuf>,
 }
 
 /// Istio's default sampling: 1% of new traces.
 pub const DEFAULT_SAMPLING: f64 = 0.01;
+
+/// How often metrics are exported by default (OpenTelemetry's default).
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
+        Ok(d)
+    } else {
+        Err(format!("{s} is not between 1s and 1h"))
+    }
+}
 
 impl Default for TraceFlags {
     fn default() -> Self {
@@ -62,6 +103,11 @@ impl Default for TraceFlags {
             trace_sampling: DEFAULT_SAMPLING,
             trace_queue: 2048,
             otlp_logs: false,
+            otlp_metrics: false,
+            otlp_metrics_interval: DEFAULT_METRICS_INTERVAL,
+            otlp_ca_file: None,
+            otlp_client_cert: None,
+            otlp_client_key: None,
         }
     }
 }
@@ -80,20 +126,25 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
 fn parse_endpoint(s: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
     match uri.scheme_str() {
-        Some("http") if uri.authority().is_some() => Ok(uri),
-        Some("https") => Err(format!(
-            "{s}: OTLP over TLS is not supported yet; use a collector on the node or in the cluster over http://"
+        Some("http" | "https") if uri.authority().is_some() => Ok(uri),
+        _ => Err(format!(
+            "{s} is not an http://host:port or https://host:port URL"
         )),
-        _ => Err(format!("{s} is not an http://host:port URL")),
     }
 }
 
 /// Why an OTLP exporter could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("OTLP exporter for {endpoint}: {source}")]
-pub struct TraceError {
-    endpoint: String,
-    source: opentelemetry_otlp::ExporterBuildError,
+pub enum TraceError {
+    /// The exporter refused its settings.
+    #[error("OTLP exporter for {endpoint}: {source}")]
+    Exporter {
+        endpoint: String,
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    /// The TLS settings are incomplete, or a file does not hold what it should.
+    #[error("OTLP over TLS: {0}")]
+    Tls(String),
 }
 
 impl TraceError {
@@ -101,7 +152,7 @@ impl TraceError {
         endpoint: &http::Uri,
         source: opentelemetry_otlp::ExporterBuildError,
     ) -> Self {
-        Self {
+        Self::Exporter {
             endpoint: endpoint.to_string(),
             source,
         }
@@ -171,10 +222,14 @@ impl Tracing {
         let Some(endpoint) = &flags.otlp_endpoint else {
             return Ok(None);
         };
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint.to_string())
-            .with_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(5));
+        if let Some(channel) = super::otlp::tls_channel(flags)? {
+            exporter = exporter.with_channel(channel);
+        }
+        let exporter = exporter
             .build()
             .map_err(|source| TraceError::new(endpoint, source))?;
         let queue = flags.trace_queue as usize;

@@ -1,7 +1,10 @@
 //! A small OTLP/gRPC receiver for the end-to-end tests, built from the published
 //! `opentelemetry-proto` definitions: every span exported to it is appended to a file as one JSON
-//! line (service, IDs in hex, parent, name, kind, attributes, links, status), and every log record
-//! to another (service, scope, severity, body, attributes), which the tests read.
+//! line (service, IDs in hex, parent, name, kind, attributes, links, status), every log record
+//! to another (service, scope, severity, body, attributes), and every metric data point to a third
+//! (service, name, kind, temporality, attributes, value or buckets), which the tests read. With
+//! `--tls-cert`, it speaks only TLS, and with `--tls-client-ca` it requires a client certificate
+//! that CA signed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +19,12 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -23,9 +32,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
+use tokio_rustls::rustls;
 use tonic::{Request, Response, Status};
 use tower::Service as _;
 
@@ -40,6 +53,18 @@ struct Args {
     /// The file log records are appended to, one JSON object per line.
     #[arg(long)]
     logs_out: Option<PathBuf>,
+    /// The file metric data points are appended to, one JSON object per line.
+    #[arg(long)]
+    metrics_out: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM)…
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// …and this key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 struct Receiver {
@@ -157,9 +182,124 @@ impl TraceService for Receiver {
     }
 }
 
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let mut lines = String::new();
+        let mut push = |line: Value| {
+            lines.push_str(&line.to_string());
+            lines.push('\n');
+        };
+        for resource_metrics in &request.get_ref().resource_metrics {
+            let resource = resource_metrics
+                .resource
+                .as_ref()
+                .map(|r| attributes(&r.attributes))
+                .unwrap_or_default();
+            for scope in &resource_metrics.scope_metrics {
+                for m in &scope.metrics {
+                    let head = json!({
+                        "service": resource.get("service.name"),
+                        "instance": resource.get("service.instance.id"),
+                        "scope": scope.scope.as_ref().map(|s| s.name.clone()),
+                        "name": m.name,
+                        "description": m.description,
+                    });
+                    let number = |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| {
+                        let value = match p.value {
+                            Some(number_data_point::Value::AsDouble(d)) => json!(d),
+                            Some(number_data_point::Value::AsInt(i)) => json!(i),
+                            None => Value::Null,
+                        };
+                        (
+                            value,
+                            attributes(&p.attributes),
+                            p.start_time_unix_nano,
+                            p.time_unix_nano,
+                        )
+                    };
+                    let mut point = |extra: Value| {
+                        let mut line = head.clone();
+                        line.as_object_mut()
+                            .unwrap()
+                            .extend(extra.as_object().unwrap().clone());
+                        push(line);
+                    };
+                    match &m.data {
+                        Some(metric::Data::Sum(sum)) => {
+                            for p in &sum.data_points {
+                                let (value, attrs, start, time) = number(p);
+                                point(json!({"kind": "sum", "monotonic": sum.is_monotonic,
+                                    "temporality": sum.aggregation_temporality, "value": value,
+                                    "attributes": attrs, "start": start, "time": time}));
+                            }
+                        }
+                        Some(metric::Data::Gauge(gauge)) => {
+                            for p in &gauge.data_points {
+                                let (value, attrs, start, time) = number(p);
+                                point(json!({"kind": "gauge", "value": value,
+                                    "attributes": attrs, "start": start, "time": time}));
+                            }
+                        }
+                        Some(metric::Data::Histogram(h)) => {
+                            for p in &h.data_points {
+                                point(json!({"kind": "histogram",
+                                    "temporality": h.aggregation_temporality,
+                                    "count": p.count, "sum": p.sum,
+                                    "bucket_counts": p.bucket_counts,
+                                    "explicit_bounds": p.explicit_bounds,
+                                    "attributes": attributes(&p.attributes),
+                                    "start": p.start_time_unix_nano, "time": p.time_unix_nano}));
+                            }
+                        }
+                        other => point(json!({"kind": format!("{other:?}")})),
+                    }
+                }
+            }
+        }
+        append(&self.out, &lines).await?;
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// The TLS the receiver serves with `--tls-cert`: h2 only, client certificates from
+/// `--tls-client-ca` required when given.
+fn tls(args: &Args) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &args.tls_client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)? {
+                roots.add(c?)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let tls = tls(&args)?;
     let open = |path: PathBuf| async move {
         tokio::fs::OpenOptions::new()
             .create(true)
@@ -172,31 +312,45 @@ async fn main() -> anyhow::Result<()> {
         out: open(args.out.clone()).await?,
     });
     let logs = LogsServiceServer::new(Receiver {
-        out: open(args.logs_out.unwrap_or(args.out)).await?,
+        out: open(args.logs_out.unwrap_or(args.out.clone())).await?,
+    });
+    let metrics = MetricsServiceServer::new(Receiver {
+        out: open(args.metrics_out.unwrap_or(args.out)).await?,
     });
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     loop {
         let (tcp, _) = listener.accept().await?;
-        let (spans, logs) = (spans.clone(), logs.clone());
-        // One connection carries either service: route by the gRPC path.
+        let (spans, logs, metrics) = (spans.clone(), logs.clone(), metrics.clone());
+        // One connection carries any service: route by the gRPC path.
         let service = tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-            let (mut spans, mut logs) = (spans.clone(), logs.clone());
+            let (mut spans, mut logs, mut metrics) = (spans.clone(), logs.clone(), metrics.clone());
             async move {
-                if request
-                    .uri()
-                    .path()
-                    .starts_with("/opentelemetry.proto.collector.logs.")
-                {
+                let path = request.uri().path();
+                if path.starts_with("/opentelemetry.proto.collector.logs.") {
                     logs.call(request).await
+                } else if path.starts_with("/opentelemetry.proto.collector.metrics.") {
+                    metrics.call(request).await
                 } else {
                     spans.call(request).await
                 }
             }
         });
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
-                .await;
+            let http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            let service = TowerToHyperService::new(service);
+            match tls {
+                // A handshake that fails (no client certificate, an untrusted one, plaintext)
+                // ends the connection: nothing is received.
+                Some(tls) => {
+                    if let Ok(stream) = tls.accept(tcp).await {
+                        let _ = http2.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
+                None => {
+                    let _ = http2.serve_connection(TokioIo::new(tcp), service).await;
+                }
+            }
         });
     }
 }

@@ -2,8 +2,11 @@
 //! namespace), the flags that point the proxies at it, and the demo mesh they trace.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use serde_json::Value;
+use tokio::time::Instant;
 
 use crate::mesh::{ACCOUNT_READS, Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec, bin};
 use crate::process::Proc;
@@ -46,6 +49,18 @@ pub fn demo(args: &[String]) -> MeshSpec {
         ztunnel_args: args.to_vec(),
         ..MeshSpec::default()
     }
+}
+
+/// One TCP connection from the account service to the ledger (no waypoint on the way), which
+/// echoes a line; panics if it fails.
+pub fn ledger_line(m: &Mesh) {
+    let app = bin("e2e-app").to_string_lossy().into_owned();
+    let out = crate::cluster::exec(
+        &m.cluster.pod("account-service").netns,
+        &[&app, "tcp", &format!("{LEDGER_VIP}:9090"), "ledger-line"],
+    )
+    .expect("tcp client");
+    assert!(out.status.success(), "{out:?}");
 }
 
 /// A running receiver and the files it writes (one JSON object per line).
@@ -176,4 +191,38 @@ pub fn tls_proxy_args(tls: &TlsFiles) -> Vec<String> {
         "--otlp-metrics-interval".into(),
         "1s".into(),
     ]
+}
+
+/// What the receiver wrote to `file` so far: one JSON object per line.
+pub fn received(file: &Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// Waits (30 s at most, else panics naming `what`) until a line satisfying `pred` is in `file`;
+/// returns the latest such line (a metric's newest value).
+pub fn wait_for(file: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = received(file);
+        if let Some(line) = all.iter().rev().find(|l| pred(l)) {
+            return line.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing received: {what}\nreceived {} lines in {}, the last:\n{}",
+            all.len(),
+            file.display(),
+            all.iter()
+                .rev()
+                .take(40)
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

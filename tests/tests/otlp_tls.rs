@@ -5,42 +5,13 @@
 //! cumulative sums and histograms), and nothing of it crosses the wire in clear: a capture of the
 //! fabric holds the exports' packets but none of the names, services or lines they carry.
 
-use std::time::Duration;
-
 use serde_json::Value;
-use tokio::time::Instant;
 use veil_e2e::cluster::exec;
-use veil_e2e::mesh::{Mesh, bin, skip_unless_root};
-use veil_e2e::otlp::{self, LEDGER_VIP, PROFILE_VIP};
+use veil_e2e::mesh::{Mesh, skip_unless_root};
+use veil_e2e::otlp::{self, PROFILE_VIP, wait_for};
 use veil_e2e::wire::Capture;
 
 const SECRETS: [&str; 2] = ["token-5ecret-in-header", "query-5ecret"];
-
-fn lines(file: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
-}
-
-/// Waits until a line satisfying `pred` has arrived in `file`; returns it.
-fn wait_for(file: &std::path::Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let all = lines(file);
-        if let Some(line) = all.iter().rev().find(|l| pred(l)) {
-            return line.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing received: {what}\nreceived {} lines in {}",
-            all.len(),
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
 
 fn point<'a>(
     service: &'a str,
@@ -92,13 +63,7 @@ fn spans_logs_and_metrics_reach_a_tls_collector_and_nothing_crosses_in_clear() {
     )
     .expect("curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{out:?}");
-    let app = bin("e2e-app").to_string_lossy().into_owned();
-    let out = exec(
-        &m.cluster.pod("account-service").netns,
-        &[&app, "tcp", &format!("{LEDGER_VIP}:9090"), "ledger-line"],
-    )
-    .expect("tcp client");
-    assert!(out.status.success(), "{out:?}");
+    otlp::ledger_line(&m);
 
     // Metrics: node-b's ztunnel reports the ledger connection as Istio's standard sum…
     let ledger = [

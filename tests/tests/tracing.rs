@@ -10,13 +10,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use serde_json::Value;
-use tokio::time::Instant;
 use veil_e2e::cluster::exec;
-use veil_e2e::mesh::{Mesh, bin, skip_unless_root};
-use veil_e2e::otlp::{self, LEDGER_VIP, PROFILE_VIP};
+use veil_e2e::mesh::{Mesh, skip_unless_root};
+use veil_e2e::otlp::{self, PROFILE_VIP, received as spans, wait_for};
 
 const SECRETS: [&str; 3] = ["token-5ecret-in-header", "cookie-5ecret", "query-5ecret"];
 /// The trace a client starts itself (W3C's example IDs).
@@ -68,35 +66,6 @@ fn request(m: &Mesh, extra: &[&str], method: &str) -> (u16, HashMap<String, Stri
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     (status, headers)
-}
-
-/// The spans received so far.
-fn spans(file: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
-}
-
-/// Waits until a span satisfying `pred` has arrived; returns it.
-fn wait_for(file: &std::path::Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let all = spans(file);
-        if let Some(span) = all.iter().find(|s| pred(s)) {
-            return span.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no span: {what}\nreceived:\n{}",
-            all.iter()
-                .map(Value::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 fn by_id<'a>(id: &'a str) -> impl Fn(&Value) -> bool + 'a {
@@ -211,13 +180,7 @@ fn spans_link_ztunnel_waypoint_ztunnel_and_the_application_sees_the_trace() {
     assert_eq!(denied["attributes"]["http.response.status_code"], 403);
 
     // 4. TCP between ztunnels (no waypoint): the server's tunnel span is the client's child.
-    let app = bin("e2e-app").to_string_lossy().into_owned();
-    let out = exec(
-        &m.cluster.pod("account-service").netns,
-        &[&app, "tcp", &format!("{LEDGER_VIP}:9090"), "ledger-line"],
-    )
-    .expect("tcp client");
-    assert!(out.status.success(), "{out:?}");
+    otlp::ledger_line(&m);
     let ledger_in = wait_for(&file, "the ledger's inbound tunnel", |s| {
         is(s, "veil-ztunnel", "ztunnel inbound", SERVER)
             && s["attributes"]["veil.destination.workload"] == "ledger"

@@ -117,7 +117,7 @@ async fn run(
             Ok(requests) => requests,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the metrics for OTLP failed");
-                return;
+                Vec::new()
             }
         };
         for request in requests {
@@ -205,8 +205,8 @@ fn attributes(labels: &[pm::LabelPair]) -> Vec<KeyValue> {
 }
 
 /// Prometheus' metric families as OTLP metrics (points from `start` to `now`, in Unix
-/// nanoseconds). Summaries and gauge histograms (which the registry cannot hold) and histograms
-/// whose buckets do not add up are left out.
+/// nanoseconds). Summaries and gauge histograms (which the registry cannot hold), histograms
+/// whose buckets do not add up, and families with no series are left out.
 pub(crate) fn convert(families: Vec<pm::MetricFamily>, start: u64, now: u64) -> Vec<otlp::Metric> {
     use otlp::number_data_point::Value as N;
     let number = |labels: &[pm::LabelPair], value| otlp::NumberDataPoint {
@@ -257,6 +257,16 @@ pub(crate) fn convert(families: Vec<pm::MetricFamily>, start: u64, now: u64) -> 
             }),
             pm::MetricType::Summary | pm::MetricType::GaugeHistogram => continue,
         };
+        let points = match &data {
+            otlp::metric::Data::Sum(s) => s.data_points.len(),
+            otlp::metric::Data::Gauge(g) => g.data_points.len(),
+            otlp::metric::Data::Histogram(h) => h.data_points.len(),
+            _ => 0,
+        };
+        // A family with no series yet (or none left) is not sent.
+        if points == 0 {
+            continue;
+        }
         out.push(otlp::Metric {
             name,
             description: family.help,

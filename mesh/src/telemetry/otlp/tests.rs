@@ -23,23 +23,8 @@ impl Files {
 
 /// A CA, a client certificate it signed (PEM), its key, and an unrelated key.
 fn pki() -> (String, String, String, String) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["ztunnel".to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let other = KeyPair::generate().unwrap();
-    (
-        ca.pem(),
-        leaf.pem(),
-        key.serialize_pem(),
-        other.serialize_pem(),
-    )
+    let (ca, leaf, key) = leaf_pki("ztunnel");
+    (ca, leaf, key, KeyPair::generate().unwrap().serialize_pem())
 }
 
 fn flags(endpoint: &str) -> TraceFlags {
@@ -109,8 +94,8 @@ fn a_client_certificate_needs_its_own_key() {
     assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
 }
 
-/// A CA and a server certificate for `san` it signed (PEM: CA, certificate, key).
-fn server_pki(san: &str) -> (String, String, String) {
+/// A CA and a certificate for `san` it signed (PEM: CA, certificate, key).
+fn leaf_pki(san: &str) -> (String, String, String) {
     let ca_key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -170,17 +155,17 @@ async fn handshake_completes(ca: &str, cert: &str, key: &str) -> bool {
 /// The collector is verified: by the CA file, and for the endpoint's address.
 #[tokio::test]
 async fn the_collector_must_prove_itself_to_the_ca_file_for_its_address() {
-    let (ca, cert, key) = server_pki("127.0.0.1");
+    let (ca, cert, key) = leaf_pki("127.0.0.1");
     assert!(
         handshake_completes(&ca, &cert, &key).await,
         "the control case"
     );
-    let (other_ca, ..) = server_pki("127.0.0.1");
+    let (other_ca, ..) = leaf_pki("127.0.0.1");
     assert!(
         !handshake_completes(&other_ca, &cert, &key).await,
         "another CA"
     );
-    let (ca, cert, key) = server_pki("10.9.9.9");
+    let (ca, cert, key) = leaf_pki("10.9.9.9");
     assert!(
         !handshake_completes(&ca, &cert, &key).await,
         "another address"

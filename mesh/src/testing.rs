@@ -399,7 +399,10 @@ pub fn pending_workload(
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
-        naming: crate::discovery::Naming::new(name.into(), &Default::default()),
+        naming: Arc::new(crate::discovery::Naming::new(
+            name.into(),
+            &Default::default(),
+        )),
         netns: None,
         enrolled: true,
         serving: crate::discovery::Serving::Ready,

@@ -347,7 +347,10 @@ fn workload(
     let identity = Identity::new(&settings.trust_domain, &w.namespace, &w.service_account)
         .map_err(|e| ConfigError::invalid(&at, e.to_string()))?;
     let waypoint = bindings.resolve(&at, &w.namespace, w.use_waypoint.as_deref())?;
-    let naming = Naming::new(w.workload_name.unwrap_or_else(|| w.name.clone()), &w.labels);
+    let naming = Arc::new(Naming::new(
+        w.workload_name.unwrap_or_else(|| w.name.clone()),
+        &w.labels,
+    ));
     Ok(Workload {
         uid: w
             .uid

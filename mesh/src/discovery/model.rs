@@ -92,8 +92,9 @@ pub struct Workload {
     pub ips: Vec<IpAddr>,
     /// Labels (policy selectors, service selectors).
     pub labels: BTreeMap<String, String>,
-    /// What telemetry calls it.
-    pub naming: Naming,
+    /// What telemetry calls it (shared: a control plane's subscriber holds it for the workload as
+    /// received and for the mesh's copy).
+    pub naming: Arc<Naming>,
     /// The network namespace of a pod on this node (in-pod capture).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,

@@ -199,11 +199,17 @@ impl MeshState {
             }
             state.put_service(Arc::new(service));
         }
+        // Workloads backing the same services (a Deployment's replicas) share one list.
+        let mut shared: HashMap<Vec<ServiceKey>, Arc<[ServiceKey]>> = HashMap::new();
         state.services_of = services_of
             .into_iter()
             .filter_map(|(uid, keys)| {
                 let workload = state.workloads.get(uid.as_str())?.clone();
-                Some((workload, Arc::<[ServiceKey]>::from(keys)))
+                let keys = shared
+                    .entry(keys)
+                    .or_insert_with_key(|keys| keys.as_slice().into())
+                    .clone();
+                Some((workload, keys))
             })
             .collect();
         state.authz = Arc::new(PolicyIndex::new(
@@ -263,10 +269,52 @@ impl MeshState {
     /// Adds `workload`, an endpoint of the services `services`. Its addresses must be free.
     pub(crate) fn insert_workload(&mut self, workload: Arc<Workload>, services: Vec<ServiceKey>) {
         if !services.is_empty() {
-            self.services_of
-                .insert(ByUid(workload.clone()), services.into());
+            let services = self.shared_services(services);
+            self.services_of.insert(ByUid(workload.clone()), services);
         }
         self.put_workload(workload);
+    }
+
+    /// `policies` as a list another endpoint of the first of `services` (its services) already
+    /// holds, if one does: a patched workload shares its replicas' list as a built one does.
+    pub(crate) fn shared_policies(
+        &self,
+        services: &[ServiceKey],
+        policies: Arc<[Arc<AuthzPolicy>]>,
+    ) -> Arc<[Arc<AuthzPolicy>]> {
+        let same = |held: &Arc<[Arc<AuthzPolicy>]>| {
+            held.len() == policies.len()
+                && held
+                    .iter()
+                    .zip(policies.iter())
+                    .all(|(a, b)| Arc::ptr_eq(a, b))
+        };
+        let held = services
+            .first()
+            .and_then(|first| self.services.get(first))
+            .into_iter()
+            .flat_map(|service| service.endpoints.iter().take(4))
+            .filter_map(|uid| self.workload(uid)?.policies.get())
+            .find(|held| same(held))
+            .cloned();
+        held.unwrap_or(policies)
+    }
+
+    /// `services` as a list another endpoint of the first of them already holds, if one does: a
+    /// patched workload shares its replicas' list as a built one does (else churn would unshare
+    /// them one restart at a time). A few endpoints are asked; a miss makes a list of its own.
+    fn shared_services(&self, services: Vec<ServiceKey>) -> Arc<[ServiceKey]> {
+        let held = self
+            .services
+            .get(&services[0])
+            .into_iter()
+            .flat_map(|service| service.endpoints.iter().take(4))
+            .filter_map(|uid| self.services_of.get(uid.as_str()))
+            .find(|keys| keys[..] == services[..]);
+        match held {
+            Some(keys) => keys.clone(),
+            None => services.into(),
+        }
     }
 
     /// Replaces the service with the same key and addresses as `service`.
@@ -353,9 +401,17 @@ impl MeshState {
     ) -> Self {
         let root = self.settings().root_namespace;
         self.authz = Arc::new(PolicyIndex::new(&root, all));
+        // Workloads with the same policies (a Deployment's replicas, a namespace's pods) share
+        // one list of them.
+        let mut shared: HashMap<Vec<*const AuthzPolicy>, Arc<[Arc<AuthzPolicy>]>> = HashMap::new();
         for ByUid(workload) in &self.workloads {
+            let list = policies(workload);
+            let list = shared
+                .entry(list.iter().map(Arc::as_ptr).collect())
+                .or_insert(list)
+                .clone();
             // Fresh workloads: nothing has read their policies yet.
-            let _ = workload.policies.set(policies(workload));
+            let _ = workload.policies.set(list);
         }
         self.istio_semantics = istio_semantics;
         self.rejected = self.rejected.iter().cloned().chain(rejected).collect();
@@ -433,8 +489,8 @@ impl MeshState {
                 .iter()
                 .map(|s| (s.namespace.clone(), s.name.clone()))
                 .collect();
-            self.services_of
-                .insert(ByUid(workload.clone()), keys.into());
+            let keys = self.shared_services(keys);
+            self.services_of.insert(ByUid(workload.clone()), keys);
         }
         workload
     }

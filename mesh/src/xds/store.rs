@@ -51,7 +51,8 @@ use crate::discovery::{
 };
 use crate::policy::{AuthzPolicy, PolicyId, Scope, compile_istio, deny_everything};
 use entries::{
-    AddressEntry, Gateway, ServiceEntry, WorkloadEntry, address_entry, decode, namespace_entry,
+    AddressEntry, Gateway, Named, ServiceEntry, WorkloadEntry, address_entry, decode,
+    namespace_entry,
 };
 
 /// A resource that was refused, and why.
@@ -92,7 +93,7 @@ struct Policy {
 #[allow(missing_debug_implementations, reason = "holds a closure")]
 pub struct Store {
     settings: MeshSettings,
-    addresses: HashMap<String, Received>,
+    addresses: HashMap<Box<str>, Received>,
     authorizations: HashMap<String, Policy>,
     /// Enrolled namespaces: their versions, and why one was refused (see [`Self::apply`]).
     namespaces: HashMap<String, (String, Option<String>)>,
@@ -172,7 +173,7 @@ impl Store {
             Kind::Address => self
                 .addresses
                 .iter()
-                .map(|(name, r)| (name.clone(), r.version.to_string()))
+                .map(|(name, r)| (name.to_string(), r.version.to_string()))
                 .collect(),
             Kind::Authorization => self
                 .authorizations
@@ -212,7 +213,7 @@ impl Store {
         for name in removed {
             match kind {
                 Kind::Address => {
-                    let before = self.addresses.remove(name);
+                    let before = self.addresses.remove(name.as_str());
                     self.unaddressed.remove(name);
                     self.changes.address(name, before, false);
                 }
@@ -234,7 +235,7 @@ impl Store {
                     let value = decode::<wl::Address>(kind, resource)
                         .and_then(|a| address_entry(name, &a, &self.settings));
                     self.arrivals += 1;
-                    let before = self.addresses.remove(name);
+                    let before = self.addresses.remove(name.as_str());
                     let since = before.as_ref().map_or(self.arrivals, |b| b.since);
                     let (received, refusal) = match value {
                         Ok(entry) => {
@@ -242,7 +243,7 @@ impl Store {
                             let here = self.node.as_ref().map(|(node, _)| node.as_str());
                             match &entry {
                                 AddressEntry::Workload(w)
-                                    if w.ips.is_empty() && Some(w.node.as_str()) == here =>
+                                    if w.ips.is_empty() && Some(&*w.node) == here =>
                                 {
                                     self.unaddressed.insert(name.clone())
                                 }
@@ -269,7 +270,7 @@ impl Store {
                             (received, Some(reason))
                         }
                     };
-                    self.addresses.insert(name.clone(), received);
+                    self.addresses.insert(name.as_str().into(), received);
                     refusal
                 }
                 Kind::Authorization => {
@@ -334,7 +335,7 @@ impl Store {
     /// plugin has new addresses.
     pub fn node_addresses_changed(&mut self) {
         for name in &self.unaddressed {
-            match self.addresses.get(name) {
+            match self.addresses.get(name.as_str()) {
                 Some(Received {
                     entry: Some(AddressEntry::Workload(w)),
                     refused: None,
@@ -350,7 +351,7 @@ impl Store {
         let mut reserved: HashSet<IpAddr> = HashSet::new();
         let mut left_out: HashSet<String> = HashSet::new();
         let mut rejected: Vec<ConfigError> = Vec::new();
-        let mut claims: Vec<(u64, &WorkloadEntry)> = Vec::new();
+        let mut claims: Vec<(u64, Named<'_>)> = Vec::new();
         let mut services: Vec<&ServiceEntry> = Vec::new();
         let mut quarantined: BTreeSet<&str> = BTreeSet::new();
         for (name, received) in &self.addresses {
@@ -370,9 +371,9 @@ impl Store {
             match &received.entry {
                 Some(AddressEntry::Workload(w)) => {
                     if received.refused.is_some() {
-                        quarantined.insert(&w.uid);
+                        quarantined.insert(name);
                     }
-                    claims.push((received.since, w));
+                    claims.push((received.since, Named { uid: name, w }));
                 }
                 Some(AddressEntry::Service(s)) => services.push(s),
                 None => {}
@@ -382,10 +383,10 @@ impl Store {
         // Of two workloads claiming an address, the one received first keeps it; the later claim
         // is left out (a new object cannot take over a running pod's address). Except that the
         // addresses this node's network plugin has just given a pod are that pod's: it claims first.
-        claims.sort_by_key(|(since, w)| (!filled.contains_key(w.uid.as_str()), *since, &w.uid));
+        claims.sort_by_key(|(since, w)| (!filled.contains_key(w.uid), *since, w.uid));
         // Who has each address (one workload at most, after this).
-        let mut by_ip: HashMap<IpAddr, &WorkloadEntry> = HashMap::new();
-        let mut workloads: Vec<(&WorkloadEntry, &[IpAddr])> = Vec::with_capacity(claims.len());
+        let mut by_ip: HashMap<IpAddr, Named<'_>> = HashMap::new();
+        let mut workloads: Vec<(Named<'_>, &[IpAddr])> = Vec::with_capacity(claims.len());
         for (_, w) in claims {
             let ips = ips_of(w, &filled);
             if ips.is_empty() {
@@ -393,7 +394,7 @@ impl Store {
             }
             if let Some((ip, owner)) = ips
                 .iter()
-                .find_map(|ip| by_ip.get(ip).map(|owner| (ip, owner.uid.as_str())))
+                .find_map(|ip| by_ip.get(ip).map(|owner| (ip, owner.uid)))
             {
                 rejected.push(ConfigError::invalid(
                     format!("address {}", w.uid),
@@ -401,19 +402,19 @@ impl Store {
                 ));
                 // Who holds a contested address depends on every claim: not patched.
                 reserved.extend(ips.iter().copied());
-                left_out.insert(w.uid.clone());
+                left_out.insert(w.uid.to_owned());
                 continue;
             }
             by_ip.extend(ips.iter().map(|ip| (*ip, w)));
             workloads.push((w, ips));
         }
-        workloads.sort_by(|a, b| a.0.uid.cmp(&b.0.uid));
+        workloads.sort_by(|a, b| a.0.uid.cmp(b.0.uid));
         services.sort_by(|a, b| (&a.namespace, &a.hostname).cmp(&(&b.namespace, &b.hostname)));
         // Who backs each service: built once, not scanned per service.
-        let mut backing: HashMap<&str, Vec<&WorkloadEntry>> = HashMap::new();
+        let mut backing: HashMap<&str, Vec<Named<'_>>> = HashMap::new();
         for (w, _) in &workloads {
             for key in w.services.keys() {
-                backing.entry(key).or_default().push(w);
+                backing.entry(key).or_default().push(*w);
             }
         }
         let vips: HashMap<IpAddr, &ServiceEntry> = services
@@ -429,7 +430,7 @@ impl Store {
         let mut gateway_users: HashMap<Gateway, usize> = HashMap::new();
         for gateway in workloads
             .iter()
-            .filter_map(|(w, _)| w.waypoint.as_ref())
+            .filter_map(|(w, _)| w.waypoint.as_deref())
             .chain(services.iter().filter_map(|s| s.waypoint.as_ref()))
         {
             *gateway_users.entry(gateway.clone()).or_default() += 1;
@@ -457,15 +458,15 @@ impl Store {
                 }
                 Gateway::Address(ip) => {
                     reserved.insert(*ip);
-                    let found: Vec<&WorkloadEntry> = by_ip.get(ip).copied().into_iter().collect();
+                    let found: Vec<Named<'_>> = by_ip.get(ip).copied().into_iter().collect();
                     let reference = found.first().map_or_else(
                         || WaypointRef {
                             namespace: String::new(),
                             name: ip.to_string(),
                         },
                         |w| WaypointRef {
-                            namespace: w.namespace.clone(),
-                            name: w.name.clone(),
+                            namespace: w.namespace.to_string(),
+                            name: w.name.to_string(),
                         },
                     );
                     (reference, found)
@@ -492,7 +493,7 @@ impl Store {
             };
             match waypoint(&reference, &found, &filled) {
                 Ok(waypoint) => {
-                    instances.extend(found.iter().map(|w| w.uid.as_str()));
+                    instances.extend(found.iter().map(|w| w.uid));
                     reserved.extend(waypoint.ips.iter().copied());
                     waypoints.push(waypoint);
                 }
@@ -505,21 +506,18 @@ impl Store {
             }
             references.insert(gateway, reference);
         }
-        let reference = |g: &Option<Gateway>| g.as_ref().map(|g| references[g].clone());
+        let reference = |g: Option<&Gateway>| g.map(|g| references[g].clone());
 
         let mut model_workloads = Vec::with_capacity(workloads.len());
-        let mut named: HashMap<&str, &[String]> = HashMap::new();
-        for (w, ips) in workloads
-            .iter()
-            .filter(|(w, _)| !instances.contains(w.uid.as_str()))
-        {
-            named.insert(&w.uid, &w.policies);
+        let mut named: HashMap<&str, &[Box<str>]> = HashMap::new();
+        for (w, ips) in workloads.iter().filter(|(w, _)| !instances.contains(w.uid)) {
+            named.insert(w.uid, &w.policies);
             model_workloads.push(Workload {
-                uid: w.uid.clone(),
-                name: w.name.clone(),
-                namespace: w.namespace.clone(),
-                service_account: w.service_account.clone(),
-                node: w.node.clone(),
+                uid: w.uid.to_owned(),
+                name: w.name.to_string(),
+                namespace: w.namespace.to_string(),
+                service_account: w.service_account.to_string(),
+                node: w.node.to_string(),
                 ips: ips.to_vec(),
                 labels: BTreeMap::new(),
                 naming: w.naming.clone(),
@@ -527,7 +525,7 @@ impl Store {
                 enrolled: w.enrolled,
                 serving: w.serving,
                 identity: w.identity.clone(),
-                waypoint: reference(&w.waypoint),
+                waypoint: reference(w.waypoint.as_deref()),
                 waypoint_conflict: Vec::new(),
                 telemetry: w.telemetry.clone(),
                 policies: Default::default(),
@@ -573,8 +571,8 @@ impl Store {
                 // is read from each when one is picked (`MeshState::serving_endpoints`), and an
                 // unready pod addressed directly is still behind its services' waypoint and
                 // policies.
-                endpoints: backing.iter().map(|w| w.uid.clone()).collect(),
-                waypoint: reference(&s.waypoint),
+                endpoints: backing.iter().map(|w| w.uid.to_owned()).collect(),
+                waypoint: reference(s.waypoint.as_ref()),
             });
         }
 
@@ -603,7 +601,7 @@ impl Store {
         // A waypoint holds no Authorizations: what the names say is read from its bindings.
         let istio_named = named.values().filter(|_| self.waypoint.is_none());
         for name in istio_named.flat_map(|n| n.iter()) {
-            if !self.authorizations.contains_key(name) && !missing.contains_key(name.as_str()) {
+            if !self.authorizations.contains_key(&**name) && !missing.contains_key(&**name) {
                 rejected.push(ConfigError::invalid(
                     format!("authorization {name}"),
                     "named by a workload but not received: that workload admits nothing until it is",
@@ -640,9 +638,9 @@ impl Store {
                 );
             }
             for name in names {
-                match self.authorizations.get(name) {
+                match self.authorizations.get(&**name) {
                     Some(p) => out.push(p.policy.clone()),
-                    None => out.extend(missing.get(name.as_str()).cloned()),
+                    None => out.extend(missing.get(&**name).cloned()),
                 }
             }
             gather(out)
@@ -684,7 +682,7 @@ impl Store {
             backing: backing
                 .iter()
                 .map(|(key, ws)| {
-                    let uids = ws.iter().map(|w| w.uid.clone()).collect();
+                    let uids = ws.iter().map(|w| w.uid.into()).collect();
                     ((*key).to_owned(), uids)
                 })
                 .collect(),

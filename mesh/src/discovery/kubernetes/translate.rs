@@ -447,7 +447,7 @@ pub(crate) fn workload(
     } else {
         None
     };
-    let naming = Naming::new(workload_name(pod), &labels);
+    let naming = Arc::new(Naming::new(workload_name(pod), &labels));
     Some(Workload {
         uid: pod_uid(pod),
         name: pod.name_any(),

@@ -21,11 +21,11 @@ fn workload(name: &str, address: &str, app: &str) -> Workload {
         node: "node-a".into(),
         ips: vec![ip(address)],
         labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
-        naming: crate::discovery::Naming {
+        naming: std::sync::Arc::new(crate::discovery::Naming {
             workload: name.into(),
             app: app.into(),
             version: "latest".into(),
-        },
+        }),
         netns: None,
         enrolled: true,
         serving: crate::discovery::Serving::Ready,
@@ -158,4 +158,77 @@ fn a_workload_fronted_by_two_waypoints_is_marked_conflicting() {
     assert_eq!(cart.waypoint.as_ref().unwrap().name, "wp-a");
     assert_eq!(cart.waypoint_conflict()[0].name, "wp-b");
     assert_eq!(state.rejected().len(), 1);
+}
+
+/// Replicas backing the same services share one list of them, built or patched in: a subscriber
+/// holds it once per set of services, not once per pod (issue 11's memory per workload).
+#[test]
+fn replicas_share_the_list_of_services_they_back() {
+    let endpoints = ["shop/cart-1", "shop/cart-2", "shop/cart-3"].map(String::from);
+    let services = ["cart", "cart-admin"].map(|name| Service {
+        endpoints: endpoints.to_vec(),
+        ..service(
+            name,
+            if name == "cart" {
+                "10.96.0.1"
+            } else {
+                "10.96.0.2"
+            },
+            "cart",
+        )
+    });
+    let workloads = (1..=3)
+        .map(|i| workload(&format!("cart-{i}"), &format!("10.1.0.{i}"), "cart"))
+        .collect();
+    let mut state = MeshState::build(
+        MeshSettings::default(),
+        workloads,
+        services.into(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    )
+    .unwrap();
+    let first = state.service_keys_of_uid("shop/cart-1");
+    assert_eq!(first.len(), 2);
+    assert!(std::ptr::eq(
+        first,
+        state.service_keys_of_uid("shop/cart-2")
+    ));
+    // A restarted replica, patched in: it shares its replicas' list.
+    let keys = first.to_vec();
+    let restarted = state.remove_workload("shop/cart-3").unwrap();
+    state.insert_workload(restarted, keys.clone());
+    assert!(std::ptr::eq(
+        state.service_keys_of_uid("shop/cart-3"),
+        state.service_keys_of_uid("shop/cart-1")
+    ));
+    // Backing other services: a list of its own.
+    let moved = state.remove_workload("shop/cart-3").unwrap();
+    state.insert_workload(moved, keys[..1].to_vec());
+    assert_eq!(state.service_keys_of_uid("shop/cart-3"), &keys[..1]);
+    assert_eq!(state.service_keys_of_uid("shop/cart-1").len(), 2);
+
+    // Their policies too: equal lists (the same policies) are one list, built or patched in.
+    use crate::policy::{PolicyId, Scope, deny_everything};
+    let policy = Arc::new(deny_everything(PolicyId::new("shop", "p"), Scope::Named));
+    let other = Arc::new(deny_everything(PolicyId::new("shop", "q"), Scope::Named));
+    let list = |w: &Workload| -> Arc<[Arc<AuthzPolicy>]> {
+        let p = if w.name == "cart-3" { &other } else { &policy };
+        Arc::from(vec![p.clone()])
+    };
+    let state = state.with_received_policies(Vec::new(), list, Vec::new(), true);
+    let held = |uid: &str| state.workload(uid).unwrap().policies.get().unwrap().clone();
+    assert!(Arc::ptr_eq(&held("shop/cart-1"), &held("shop/cart-2")));
+    assert!(!Arc::ptr_eq(&held("shop/cart-1"), &held("shop/cart-3")));
+    let fresh: Arc<[Arc<AuthzPolicy>]> = Arc::from(vec![policy.clone()]);
+    let shared = state.shared_policies(&keys, fresh.clone());
+    assert!(Arc::ptr_eq(&shared, &held("shop/cart-1")));
+    // Other policies (same names are not enough: the same objects): its own list.
+    let renewed = Arc::new(deny_everything(PolicyId::new("shop", "p"), Scope::Named));
+    let own: Arc<[Arc<AuthzPolicy>]> = Arc::from(vec![renewed]);
+    assert!(Arc::ptr_eq(
+        &state.shared_policies(&keys, own.clone()),
+        &own
+    ));
 }

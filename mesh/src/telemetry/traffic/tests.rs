@@ -4,14 +4,14 @@ use crate::testing::pending_workload;
 
 fn web() -> Workload {
     let mut w = pending_workload("shop", "web-7d9f8-abcde", "node-a", &[("app", "web")]);
-    w.naming = crate::discovery::Naming::new(
+    w.naming = std::sync::Arc::new(crate::discovery::Naming::new(
         "web".into(),
         &[
             ("app".to_owned(), "web".to_owned()),
             ("version".to_owned(), "v2".to_owned()),
         ]
         .into(),
-    );
+    ));
     w
 }
 

@@ -6,19 +6,19 @@ impl Store {
     /// The addresses this node's network plugin gave its workloads that arrived without one.
     pub(super) fn node_addresses<'a>(
         &self,
-        claims: &[(u64, &'a WorkloadEntry)],
+        claims: &[(u64, Named<'a>)],
     ) -> HashMap<&'a str, Vec<IpAddr>> {
         claims
             .iter()
             .filter(|(_, w)| w.ips.is_empty())
-            .filter_map(|(_, w)| Some((w.uid.as_str(), self.filled_in(w)?)))
+            .filter_map(|(_, w)| Some((w.uid, self.filled_in(w)?)))
             .collect()
     }
 
     /// The addresses of `w`, received without any, that this node's network plugin gave it.
     pub(super) fn filled_in(&self, w: &WorkloadEntry) -> Option<Vec<IpAddr>> {
         let (node, lookup) = self.node.as_ref()?;
-        if !w.ips.is_empty() || w.node != *node {
+        if !w.ips.is_empty() || *w.node != **node {
             return None;
         }
         lookup(&w.namespace, &w.name).filter(|ips| !ips.is_empty())
@@ -29,7 +29,7 @@ impl Store {
         if w.ips.is_empty() {
             self.filled_in(w).unwrap_or_default()
         } else {
-            w.ips.clone()
+            w.ips.to_vec()
         }
     }
 }
@@ -41,7 +41,11 @@ impl Store {
 /// apply to its tunnels here: applied to them, with the waypoint as the peer, a namespace-wide
 /// ALLOW of a client would refuse the waypoint, and one with HTTP conditions everything. From
 /// istiod, which names no such policy, they apply, as in Istio's ztunnel.
-pub(super) fn left_to_its_waypoint(root: &str, behind_a_waypoint: bool, names: &[String]) -> bool {
+pub(super) fn left_to_its_waypoint(
+    root: &str,
+    behind_a_waypoint: bool,
+    names: &[Box<str>],
+) -> bool {
     behind_a_waypoint
         && names.iter().any(|n| {
             n.split_once('/').is_some_and(|(ns, local)| {
@@ -58,14 +62,11 @@ pub(super) fn gather(mut policies: Vec<Arc<AuthzPolicy>>) -> Arc<[Arc<AuthzPolic
 }
 
 /// A workload's addresses: as received, or, when it arrived without any, as its node filled in.
-pub(super) fn ips_of<'a>(
-    w: &'a WorkloadEntry,
-    filled: &'a HashMap<&str, Vec<IpAddr>>,
-) -> &'a [IpAddr] {
+pub(super) fn ips_of<'a>(w: Named<'a>, filled: &'a HashMap<&str, Vec<IpAddr>>) -> &'a [IpAddr] {
     if w.ips.is_empty() {
-        filled.get(w.uid.as_str()).map_or(&[], Vec::as_slice)
+        filled.get(w.uid).map_or(&[], Vec::as_slice)
     } else {
-        &w.ips
+        &w.w.ips
     }
 }
 
@@ -73,7 +74,7 @@ pub(super) fn ips_of<'a>(
 /// Its addresses are theirs as received or, where this node filled them in, as filled in.
 pub(super) fn waypoint(
     reference: &WaypointRef,
-    found: &[&WorkloadEntry],
+    found: &[Named<'_>],
     filled: &HashMap<&str, Vec<IpAddr>>,
 ) -> Result<Waypoint, String> {
     let Some(first) = found.first() else {
@@ -91,18 +92,13 @@ pub(super) fn waypoint(
         identity: first.identity.clone(),
         ips: found
             .iter()
-            .flat_map(|w| ips_of(w, filled).iter().copied())
+            .flat_map(|w| ips_of(*w, filled).iter().copied())
             .collect(),
     })
 }
 
 /// The target port of service port `port`: the service's own, else the one its endpoints agree on.
-pub(super) fn target_port(
-    port: u16,
-    target: u16,
-    backing: &[&WorkloadEntry],
-    key: &str,
-) -> Option<u16> {
+pub(super) fn target_port(port: u16, target: u16, backing: &[Named<'_>], key: &str) -> Option<u16> {
     if target != 0 {
         return Some(target);
     }

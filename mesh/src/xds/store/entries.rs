@@ -24,42 +24,57 @@ pub(super) enum AddressEntry {
 
 #[derive(Clone, Debug)]
 pub(super) struct WorkloadEntry {
-    pub(super) uid: String,
-    pub(super) name: String,
-    pub(super) namespace: String,
-    pub(super) service_account: String,
-    pub(super) naming: Naming,
-    pub(super) node: String,
-    pub(super) ips: Vec<IpAddr>,
+    // Boxed strings and slices, a boxed gateway, no uid (the store's key): a store holds one
+    // entry per workload of the cluster (issue 11's memory target), and most have no waypoint.
+    pub(super) name: Box<str>,
+    pub(super) namespace: Box<str>,
+    pub(super) service_account: Box<str>,
+    pub(super) naming: Arc<Naming>,
+    pub(super) node: Box<str>,
+    pub(super) ips: Box<[IpAddr]>,
     pub(super) enrolled: bool,
     /// Whether it may be a service's endpoint.
     pub(super) serving: Serving,
     pub(super) identity: Identity,
-    pub(super) waypoint: Option<Gateway>,
-    pub(super) policies: Box<[String]>,
+    pub(super) waypoint: Option<Box<Gateway>>,
+    pub(super) policies: Box<[Box<str>]>,
     /// The services it backs, with their ports.
     pub(super) services: Backs,
     /// The Telemetry the control plane resolved for it ([`crate::xds::TELEMETRY_EXTENSION`]).
     pub(super) telemetry: Option<Arc<TelemetrySettings>>,
 }
 
+/// A workload entry with its uid: the xDS name it is held under, not held twice.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Named<'a> {
+    pub(super) uid: &'a str,
+    pub(super) w: &'a WorkloadEntry,
+}
+
+impl std::ops::Deref for Named<'_> {
+    type Target = WorkloadEntry;
+    fn deref(&self) -> &WorkloadEntry {
+        self.w
+    }
+}
+
 /// The services a workload backs (xDS names, sorted), with their ports. A sorted slice: most
 /// workloads back one service, for which a map's node would be most of the workload's memory.
 #[derive(Clone, Debug)]
-pub(super) struct Backs(Box<[(String, Ports)]>);
+pub(super) struct Backs(Box<[(Box<str>, Ports)]>);
 
 /// Service ports and their target ports (0: per endpoint).
 type Ports = Box<[(u16, u16)]>;
 
 impl Backs {
     /// The services' xDS names, sorted.
-    pub(super) fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(key, _)| key)
+    pub(super) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(key, _)| &**key)
     }
 
     /// The ports of service `key`, if it backs it.
     pub(super) fn get(&self, key: &str) -> Option<&[(u16, u16)]> {
-        let i = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+        let i = self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
         Some(&self.0[i].1)
     }
 }
@@ -174,22 +189,25 @@ fn workload_entry(
             .map(|p| Ok((port(p.service_port)?, optional_port(p.target_port)?)))
             .collect::<Result<Box<[_]>, String>>()
             .map_err(|e| format!("services[{key}]: {e}"))?;
-        services.push((key.clone(), ports));
+        services.push((key.as_str().into(), ports));
     }
-    services.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    services.sort_unstable_by(|a: &(Box<str>, Ports), b| a.0.cmp(&b.0));
     Ok(WorkloadEntry {
-        uid: w.uid.clone(),
-        name: w.name.clone(),
-        namespace: w.namespace.clone(),
-        service_account: service_account.to_owned(),
-        naming: naming(w),
-        node: w.node.clone(),
-        ips,
+        name: w.name.as_str().into(),
+        namespace: w.namespace.as_str().into(),
+        service_account: service_account.into(),
+        naming: Arc::new(naming(w)),
+        node: w.node.as_str().into(),
+        ips: ips.into(),
         enrolled,
         serving,
         identity,
-        waypoint: w.waypoint.as_ref().map(gateway).transpose()?,
-        policies: w.authorization_policies.clone().into(),
+        waypoint: w.waypoint.as_ref().map(gateway).transpose()?.map(Box::new),
+        policies: w
+            .authorization_policies
+            .iter()
+            .map(|p| p.as_str().into())
+            .collect(),
         services: Backs(services.into()),
         telemetry: telemetry(w),
     })

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use tracing::debug;
 
-use super::entries::{AddressEntry, Gateway, WorkloadEntry};
+use super::entries::{AddressEntry, Gateway, Named, WorkloadEntry};
 use super::{Received, Store, target_port};
 use crate::discovery::{MeshState, Service, ServicePort, WaypointRef, Workload};
 use crate::policy::AuthzPolicy;
@@ -106,7 +106,7 @@ pub(super) struct Derived {
     pub(super) mesh_wide: Vec<Arc<AuthzPolicy>>,
     pub(super) by_namespace: HashMap<String, Vec<Arc<AuthzPolicy>>>,
     /// The workloads with an address (uids) that back each service (xDS name).
-    pub(super) backing: HashMap<String, BTreeSet<String>>,
+    pub(super) backing: HashMap<String, BTreeSet<Box<str>>>,
     /// How many enrolled workloads each namespace has in the mesh.
     pub(super) enrolled: HashMap<String, usize>,
 }
@@ -186,7 +186,7 @@ impl Store {
         let names_missing = |w: &WorkloadEntry| {
             w.policies
                 .iter()
-                .any(|p| !self.authorizations.contains_key(p))
+                .any(|p| !self.authorizations.contains_key(&**p))
         };
         let ips = current.map(|w| self.addresses_of(w)).unwrap_or_default();
         if let Some(w) = current {
@@ -198,7 +198,7 @@ impl Store {
             }
             let gateway_known = w
                 .waypoint
-                .as_ref()
+                .as_deref()
                 .is_none_or(|g| derived.references.contains_key(g));
             if !gateway_known || names_missing(w) {
                 return Err(Whole("it names a waypoint or an Authorization not known"));
@@ -218,7 +218,7 @@ impl Store {
         // The last one to name a waypoint takes it out of the mesh.
         let last_user = |w: &WorkloadEntry| {
             w.waypoint
-                .as_ref()
+                .as_deref()
                 .is_some_and(|g| derived.gateway_users.get(g).is_none_or(|n| *n <= 1))
         };
         if old.is_some() && before.is_some_and(last_user) {
@@ -229,7 +229,7 @@ impl Store {
         if let (Some(old), Some(before)) = (next.remove_workload(uid), before) {
             if let Some(users) = before
                 .waypoint
-                .as_ref()
+                .as_deref()
                 .and_then(|g| derived.gateway_users.get_mut(g))
             {
                 *users -= 1;
@@ -241,7 +241,7 @@ impl Store {
                         derived.backing.remove(key);
                     }
                 }
-                affected.insert(key.clone());
+                affected.insert(key.to_owned());
             }
             if old.enrolled {
                 self.unenrol(derived, next, &old.namespace);
@@ -253,7 +253,7 @@ impl Store {
         };
         if let Some(users) = w
             .waypoint
-            .as_ref()
+            .as_deref()
             .and_then(|g| derived.gateway_users.get_mut(g))
         {
             *users += 1;
@@ -261,17 +261,17 @@ impl Store {
         for key in w.services.keys() {
             derived
                 .backing
-                .entry(key.clone())
+                .entry(key.to_owned())
                 .or_default()
-                .insert(uid.to_owned());
-            affected.insert(key.clone());
+                .insert(uid.into());
+            affected.insert(key.to_owned());
         }
         let mut workload = Workload {
-            uid: w.uid.clone(),
-            name: w.name.clone(),
-            namespace: w.namespace.clone(),
-            service_account: w.service_account.clone(),
-            node: w.node.clone(),
+            uid: uid.to_owned(),
+            name: w.name.to_string(),
+            namespace: w.namespace.to_string(),
+            service_account: w.service_account.to_string(),
+            node: w.node.to_string(),
             ips,
             labels: Default::default(),
             naming: w.naming.clone(),
@@ -279,7 +279,7 @@ impl Store {
             enrolled: w.enrolled,
             serving: w.serving,
             identity: w.identity.clone(),
-            waypoint: w.waypoint.as_ref().map(|g| derived.references[g].clone()),
+            waypoint: w.waypoint.as_deref().map(|g| derived.references[g].clone()),
             waypoint_conflict: Vec::new(),
             telemetry: w.telemetry.clone(),
             policies: Default::default(),
@@ -290,7 +290,7 @@ impl Store {
             let Some(Received {
                 entry: Some(AddressEntry::Service(s)),
                 ..
-            }) = self.addresses.get(key.as_str())
+            }) = self.addresses.get(key)
             else {
                 continue;
             };
@@ -305,7 +305,7 @@ impl Store {
             .iter()
             .filter_map(|(_, _, service)| service.waypoint.clone())
             .collect();
-        let services = backed
+        let services: Vec<(String, String)> = backed
             .iter()
             .map(|(_, _, service)| (service.namespace.clone(), service.name.clone()))
             .collect();
@@ -319,7 +319,7 @@ impl Store {
             policies.extend(
                 derived
                     .by_namespace
-                    .get(&w.namespace)
+                    .get(&*w.namespace)
                     .into_iter()
                     .flatten()
                     .cloned(),
@@ -328,15 +328,17 @@ impl Store {
         policies.extend(
             w.policies
                 .iter()
-                .filter_map(|p| self.authorizations.get(p))
+                .filter_map(|p| self.authorizations.get(&**p))
                 .map(|p| p.policy.clone()),
         );
-        let _ = workload.policies.set(super::gather(policies));
+        let policies = next.shared_policies(&services, super::gather(policies));
+        let _ = workload.policies.set(policies);
         if workload.enrolled {
-            let count = derived.enrolled.entry(w.namespace.clone()).or_default();
+            let count = derived.enrolled.entry(w.namespace.to_string()).or_default();
             *count += 1;
             if *count == 1 {
-                next.ambient_namespaces_mut().insert(w.namespace.clone());
+                next.ambient_namespaces_mut()
+                    .insert(w.namespace.to_string());
             }
         }
         next.insert_workload(Arc::new(workload), services);
@@ -376,14 +378,14 @@ impl Store {
             return Err(Whole("its service has ports in question"));
         }
         let uids = derived.backing.get(key);
-        let backing: Vec<&WorkloadEntry> = uids
+        let backing: Vec<Named<'_>> = uids
             .into_iter()
             .flatten()
             .filter_map(|uid| match self.addresses.get(uid) {
                 Some(Received {
                     entry: Some(AddressEntry::Workload(w)),
                     ..
-                }) => Some(&**w),
+                }) => Some(Named { uid, w }),
                 _ => None,
             })
             .collect();
@@ -402,8 +404,8 @@ impl Store {
         };
         let endpoints = backing
             .iter()
-            .filter(|w| !derived.instances.contains(&w.uid))
-            .map(|w| w.uid.clone())
+            .filter(|w| !derived.instances.contains(w.uid))
+            .map(|w| w.uid.to_owned())
             .collect();
         let service = Service {
             ports,

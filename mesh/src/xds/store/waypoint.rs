@@ -168,7 +168,7 @@ impl View<'_> {
     pub(super) fn applicable(
         &self,
         workload: &Workload,
-        named: &[String],
+        named: &[Box<str>],
     ) -> Vec<Arc<AuthzPolicy>> {
         let mut out = self
             .index
@@ -189,7 +189,7 @@ impl View<'_> {
             Some(_) => out.push(self.deny.clone()),
             None => {
                 for name in named {
-                    let local = name.split_once('/').map_or(name.as_str(), |(_, n)| n);
+                    let local = name.split_once('/').map_or(&**name, |(_, n)| n);
                     if local == DENY_ALL || local.starts_with(WAYPOINT_ONLY_PREFIX) {
                         // Admits nothing, or behind a waypoint and its binding not here yet.
                         out.push(self.deny.clone());

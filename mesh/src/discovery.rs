@@ -10,5 +10,5 @@ mod state;
 
 pub use model::{Naming, Service, ServicePort, Serving, Waypoint, WaypointRef, Workload, selects};
 pub use source::{AddressLookup, NodeAddresses, Origin, open, states_of};
-pub(crate) use state::front_one;
 pub use state::{ConfigError, MeshSettings, MeshState, Summary};
+pub(crate) use state::{ServiceKey, front_one};

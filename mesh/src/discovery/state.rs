@@ -267,54 +267,28 @@ impl MeshState {
     }
 
     /// Adds `workload`, an endpoint of the services `services`. Its addresses must be free.
-    pub(crate) fn insert_workload(&mut self, workload: Arc<Workload>, services: Vec<ServiceKey>) {
+    pub(crate) fn insert_workload(
+        &mut self,
+        workload: Arc<Workload>,
+        services: impl Into<Arc<[ServiceKey]>>,
+    ) {
+        let services = services.into();
         if !services.is_empty() {
-            let services = self.shared_services(services);
             self.services_of.insert(ByUid(workload.clone()), services);
         }
         self.put_workload(workload);
     }
 
-    /// `policies` as a list another endpoint of the first of `services` (its services) already
-    /// holds, if one does: a patched workload shares its replicas' list as a built one does.
-    pub(crate) fn shared_policies(
-        &self,
-        services: &[ServiceKey],
-        policies: Arc<[Arc<AuthzPolicy>]>,
-    ) -> Arc<[Arc<AuthzPolicy>]> {
-        let same = |held: &Arc<[Arc<AuthzPolicy>]>| {
-            held.len() == policies.len()
-                && held
-                    .iter()
-                    .zip(policies.iter())
-                    .all(|(a, b)| Arc::ptr_eq(a, b))
-        };
-        let held = services
-            .first()
-            .and_then(|first| self.services.get(first))
-            .into_iter()
-            .flat_map(|service| service.endpoints.iter().take(4))
-            .filter_map(|uid| self.workload(uid)?.policies.get())
-            .find(|held| same(held))
-            .cloned();
-        held.unwrap_or(policies)
+    /// The lists of services the workloads back, as held (replicas share one).
+    pub(crate) fn service_lists(&self) -> impl Iterator<Item = &Arc<[ServiceKey]>> {
+        self.services_of.values()
     }
 
-    /// `services` as a list another endpoint of the first of them already holds, if one does: a
-    /// patched workload shares its replicas' list as a built one does (else churn would unshare
-    /// them one restart at a time). A few endpoints are asked; a miss makes a list of its own.
-    fn shared_services(&self, services: Vec<ServiceKey>) -> Arc<[ServiceKey]> {
-        let held = self
-            .services
-            .get(&services[0])
-            .into_iter()
-            .flat_map(|service| service.endpoints.iter().take(4))
-            .filter_map(|uid| self.services_of.get(uid.as_str()))
-            .find(|keys| keys[..] == services[..]);
-        match held {
-            Some(keys) => keys.clone(),
-            None => services.into(),
-        }
+    /// The lists of policies the workloads hold (replicas share one).
+    pub(crate) fn policy_lists(&self) -> impl Iterator<Item = &Arc<[Arc<AuthzPolicy>]>> {
+        self.workloads
+            .iter()
+            .filter_map(|ByUid(w)| w.policies.get())
     }
 
     /// Replaces the service with the same key and addresses as `service`.
@@ -489,8 +463,8 @@ impl MeshState {
                 .iter()
                 .map(|s| (s.namespace.clone(), s.name.clone()))
                 .collect();
-            let keys = self.shared_services(keys);
-            self.services_of.insert(ByUid(workload.clone()), keys);
+            self.services_of
+                .insert(ByUid(workload.clone()), keys.into());
         }
         workload
     }

@@ -525,3 +525,78 @@ fn a_workload_of_services_in_two_namespaces_lists_them_as_a_whole_build_does() {
     );
     send_and_compare(&mut store, vec![W(w)], &[]);
 }
+
+/// Replicas hold one list of the services they back and one of their policies, and a replica
+/// patched in after a restart takes those lists rather than copies (else churn would unshare them
+/// one restart at a time: issue 11's memory per workload).
+#[test]
+fn a_restarted_replica_shares_its_replicas_lists() {
+    use wl::address::Type::{Service as S, Workload as W};
+    let mut store = Store::new(MeshSettings::default());
+    let policy = sec::Authorization {
+        name: "reads".into(),
+        namespace: "shop".into(),
+        scope: sec::Scope::WorkloadSelector as i32,
+        action: sec::Action::Allow as i32,
+        ..Default::default()
+    };
+    let policies = [resource(
+        Kind::Authorization,
+        "shop/reads",
+        "v1",
+        policy.encode_to_vec(),
+    )];
+    assert_eq!(store.apply(Kind::Authorization, &policies, &[]), vec![]);
+    let replica = |i: u8, ip: u8| {
+        let mut w = backs(
+            pod("shop", &format!("web-{i}"), "node-b", &[[10, 1, 0, ip]]),
+            "shop/web.shop.svc.cluster.local",
+            80,
+            8080,
+        );
+        w.authorization_policies = vec!["shop/reads".into()];
+        W(w)
+    };
+    let mut list = vec![S(service("shop", "web", [10, 96, 0, 1], 80, 8080))];
+    list.extend((1..=6).map(|i| replica(i, i)));
+    send_and_compare(&mut store, list, &[]);
+    let lists = |mesh: &MeshState, name: &str| {
+        let uid = workload_name("shop", name);
+        let services = mesh.service_keys_of_uid(&uid).as_ptr();
+        let policies = mesh.workload(&uid).unwrap().policies.get().unwrap().clone();
+        (services, policies)
+    };
+    let mesh = store.build_whole();
+    let (services, policies) = lists(&mesh, "web-1");
+    assert_eq!(policies.len(), 1);
+    for i in 2..=6 {
+        let (s, p) = lists(&mesh, &format!("web-{i}"));
+        assert_eq!(s, services, "built whole: one list of services");
+        assert!(
+            Arc::ptr_eq(&p, &policies),
+            "built whole: one list of policies"
+        );
+    }
+    // web-6 restarts (a new version at a new address): patched, and it shares the lists.
+    let W(restarted) = replica(6, 16) else {
+        unreachable!()
+    };
+    let update = address_resource(&restarted.uid.clone(), "v2", W(restarted));
+    assert_eq!(store.apply(Kind::Address, &[update], &[]), vec![]);
+    let patched = store.patch().expect("one restarted replica is patched");
+    assert_eq!(
+        mesh_fingerprint(&patched, &[]),
+        mesh_fingerprint(&store.to_state(), &[])
+    );
+    assert!(
+        patched
+            .workload_by_ip("10.1.0.16".parse().unwrap())
+            .is_some()
+    );
+    let (s, p) = lists(&patched, "web-6");
+    assert_eq!(s, services, "patched: the replicas' list of services");
+    assert!(
+        Arc::ptr_eq(&p, &policies),
+        "patched: the replicas' policies"
+    );
+}

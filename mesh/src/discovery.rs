@@ -11,4 +11,4 @@ mod state;
 pub use model::{Naming, Service, ServicePort, Serving, Waypoint, WaypointRef, Workload, selects};
 pub use source::{AddressLookup, NodeAddresses, Origin, open, states_of};
 pub use state::{ConfigError, MeshSettings, MeshState, Summary};
-pub(crate) use state::{ServiceKey, front_one};
+pub(crate) use state::{Lists, ServiceKey, front_one};

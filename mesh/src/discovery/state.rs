@@ -9,7 +9,10 @@ use serde::Serialize;
 
 use super::model::{Service, Serving, Waypoint, WaypointRef, Workload};
 mod assemble;
+mod lists;
+
 pub(crate) use assemble::front_one;
+pub(crate) use lists::Lists;
 
 use crate::policy::{
     AuthzPolicy, PeerAuthPolicy, PeerMode, PeerProfile, PolicyError, PolicyId, PolicyIndex, Target,
@@ -200,16 +203,12 @@ impl MeshState {
             state.put_service(Arc::new(service));
         }
         // Workloads backing the same services (a Deployment's replicas) share one list.
-        let mut shared: HashMap<Vec<ServiceKey>, Arc<[ServiceKey]>> = HashMap::new();
+        let mut lists = Lists::default();
         state.services_of = services_of
             .into_iter()
             .filter_map(|(uid, keys)| {
                 let workload = state.workloads.get(uid.as_str())?.clone();
-                let keys = shared
-                    .entry(keys)
-                    .or_insert_with_key(|keys| keys.as_slice().into())
-                    .clone();
-                Some((workload, keys))
+                Some((workload, lists.services(keys)))
             })
             .collect();
         state.authz = Arc::new(PolicyIndex::new(
@@ -377,15 +376,10 @@ impl MeshState {
         self.authz = Arc::new(PolicyIndex::new(&root, all));
         // Workloads with the same policies (a Deployment's replicas, a namespace's pods) share
         // one list of them.
-        let mut shared: HashMap<Vec<*const AuthzPolicy>, Arc<[Arc<AuthzPolicy>]>> = HashMap::new();
+        let mut lists = Lists::default();
         for ByUid(workload) in &self.workloads {
-            let list = policies(workload);
-            let list = shared
-                .entry(list.iter().map(Arc::as_ptr).collect())
-                .or_insert(list)
-                .clone();
             // Fresh workloads: nothing has read their policies yet.
-            let _ = workload.policies.set(list);
+            let _ = workload.policies.set(lists.policies(policies(workload)));
         }
         self.istio_semantics = istio_semantics;
         self.rejected = self.rejected.iter().cloned().chain(rejected).collect();

@@ -687,7 +687,7 @@ impl Store {
                 })
                 .collect(),
             enrolled,
-            lists: patch::Lists::default(),
+            lists: crate::discovery::Lists::default(),
         };
         let state = MeshState::build_isolating(
             self.settings.clone(),
@@ -713,7 +713,7 @@ impl Store {
         .with_ambient_namespaces(ambient);
         let derived = patch::Derived {
             state: state.clone(),
-            lists: patch::Lists::of(&state),
+            lists: crate::discovery::Lists::of(&state),
             ..derived
         };
         (state, derived)

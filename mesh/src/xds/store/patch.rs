@@ -25,7 +25,7 @@ use tracing::debug;
 
 use super::entries::{AddressEntry, Gateway, Named, WorkloadEntry};
 use super::{Received, Store, target_port};
-use crate::discovery::ServiceKey;
+use crate::discovery::{Lists, ServiceKey};
 use crate::discovery::{MeshState, Service, ServicePort, WaypointRef, Workload};
 use crate::policy::AuthzPolicy;
 
@@ -112,78 +112,6 @@ pub(super) struct Derived {
     pub(super) enrolled: HashMap<String, usize>,
     /// The lists workloads hold alike, one copy of each.
     pub(super) lists: Lists,
-}
-
-/// Lists many workloads hold alike — the services they back, their policies (a Deployment's
-/// replicas, a namespace's pods): one copy of each, whether a workload came with a whole build or
-/// with a patch (a restarted replica takes the list the others hold, so churn does not unshare
-/// them). Made anew from each whole build (any change but a workload's is built whole), so a list
-/// no workload holds any more lives until the next one at most.
-#[derive(Debug, Default)]
-pub(super) struct Lists {
-    services: HashSet<Arc<[ServiceKey]>>,
-    policies: HashSet<SamePolicies>,
-}
-
-/// A list of policies, equal to another holding the same policy objects (not equal ones: a
-/// policy received anew is another policy).
-#[derive(Debug)]
-struct SamePolicies(Arc<[Arc<AuthzPolicy>]>);
-
-impl PartialEq for SamePolicies {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.len() == other.0.len()
-            && self
-                .0
-                .iter()
-                .zip(other.0.iter())
-                .all(|(a, b)| Arc::ptr_eq(a, b))
-    }
-}
-
-impl Eq for SamePolicies {}
-
-impl std::hash::Hash for SamePolicies {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        for p in self.0.iter() {
-            Arc::as_ptr(p).hash(state);
-        }
-    }
-}
-
-impl Lists {
-    /// The lists `state`'s workloads hold.
-    pub(super) fn of(state: &MeshState) -> Self {
-        let mut lists = Self::default();
-        for services in state.service_lists() {
-            lists.services.insert(services.clone());
-        }
-        for policies in state.policy_lists() {
-            lists.policies(policies.clone());
-        }
-        lists
-    }
-
-    /// `keys` as the list held, if one is.
-    pub(super) fn services(&mut self, keys: Vec<ServiceKey>) -> Arc<[ServiceKey]> {
-        if let Some(held) = self.services.get(keys.as_slice()) {
-            return held.clone();
-        }
-        let list: Arc<[ServiceKey]> = keys.into();
-        self.services.insert(list.clone());
-        list
-    }
-
-    /// `list` as the list of the same policies held, if one is.
-    pub(super) fn policies(&mut self, list: Arc<[Arc<AuthzPolicy>]>) -> Arc<[Arc<AuthzPolicy>]> {
-        let list = SamePolicies(list);
-        if let Some(held) = self.policies.get(&list) {
-            return held.0.clone();
-        }
-        let held = list.0.clone();
-        self.policies.insert(list);
-        held
-    }
 }
 
 /// A change a patch does not follow, and why.

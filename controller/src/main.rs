@@ -19,7 +19,7 @@ use veil_controller::metrics::Metrics;
 use veil_controller::server::{ServerLimits, fixed, load_serving_cert, serve};
 use veil_controller::service::Discovery;
 use veil_controller::{status, translate};
-use veil_mesh::discovery::{self, MeshSettings, Origin, kubernetes};
+use veil_mesh::discovery::{self, MeshSettings, kubernetes};
 use veil_mesh::identity::{
     CertManager, GrpcCaClient, Identity, ManagerConfig, TokenSource, TrustBundle,
     parse_trust_domain,
@@ -198,18 +198,9 @@ async fn main() -> anyhow::Result<()> {
                 ));
                 (leading, competing, writing)
             });
-            (discovery::states_of(snapshots, settings, None), status)
+            (discovery::states_of(snapshots), status)
         }
-        (None, Some(path)) => {
-            let origin = Origin::File {
-                path: path.clone(),
-                poll: args.poll,
-            };
-            (
-                discovery::open(&origin, settings, on_reject, None).await?,
-                None,
-            )
-        }
+        (None, Some(path)) => (discovery::open(path, args.poll, settings, on_reject)?, None),
         (None, None) => unreachable!("a client is made when there is no mesh file"),
     };
     let (hub, translated) = translate::first(&states, &metrics);

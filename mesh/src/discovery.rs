@@ -2,6 +2,7 @@
 //! sources that feed it. Sources publish whole immutable snapshots ([`MeshState`]) on a watch
 //! channel.
 
+#[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod local;
 mod model;
@@ -9,6 +10,8 @@ mod source;
 mod state;
 
 pub use model::{Naming, Service, ServicePort, Serving, Waypoint, WaypointRef, Workload, selects};
-pub use source::{AddressLookup, NodeAddresses, Origin, open, states_of};
+#[cfg(feature = "kubernetes")]
+pub use source::states_of;
+pub use source::{AddressLookup, NodeAddresses, open};
 pub use state::{ConfigError, MeshSettings, MeshState, Summary};
 pub(crate) use state::{Lists, ServiceKey, front_one};

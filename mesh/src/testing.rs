@@ -336,6 +336,7 @@ pub async fn spawn_hbone_server_with(
     addr
 }
 
+#[cfg(any(feature = "testing", feature = "kubernetes"))]
 /// A fake Kubernetes API server: kube's real client over a mock transport, each request answered by
 /// `handler(method, path and query, body)` with `Some((status, JSON))`, or left unanswered with
 /// `None` (how watches stay open).

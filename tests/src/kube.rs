@@ -46,6 +46,7 @@ impl ApiObjects {
     pub fn put(&self, resource: &str, name: &str, object: &Value) -> std::io::Result<()> {
         let path = self.dir.join(resource).join(format!("{name}.json"));
         let tmp = self.dir.join(resource).join(format!(".{name}.tmp"));
+        std::fs::create_dir_all(self.dir.join(resource))?;
         std::fs::write(&tmp, object.to_string())?;
         std::fs::rename(tmp, path)
     }

@@ -227,8 +227,8 @@ impl Mesh {
             node.into(),
         ];
         let path = |p: PathBuf| p.to_string_lossy().into_owned();
-        let kubeconfig = path(self.dir.join("kubeconfig"));
         let mut env = vec![("RUST_LOG", "info")];
+        // ztunnel does not watch the API: a Kubernetes-mode mesh always has a controller.
         if self.spec.kubernetes {
             argv.extend([
                 "--cni-socket".into(),
@@ -236,12 +236,6 @@ impl Mesh {
                 "--ambient-file".into(),
                 path(self.ambient_file(node)),
             ]);
-            if self.controller.is_none() {
-                // Without a controller, ztunnel watches the API itself; with one, it has no
-                // access to the API at all.
-                argv.extend(["--netns-dir".into(), path(self.dir.join("netns"))]);
-                env.push(("KUBECONFIG", &kubeconfig));
-            }
         }
         if let Some(controller) = &self.controller {
             argv.extend([

@@ -75,13 +75,15 @@ fn upstream_mesh(
         extra_tokens: vec![(UPSTREAM_TOKEN.into(), upstream.identity())],
         policies: policies.into(),
         kubernetes,
-        // This test runs a controller of its own, for Istio's ztunnel.
+        // This test runs a controller of its own, for Istio's ztunnel; in Kubernetes mode veil's
+        // ztunnels subscribe to the mesh's (they do not watch the API themselves).
         through_controller: Some(false),
         ..MeshSpec::default()
     })
     .expect("starting the mesh");
-    let controller =
-        start_controller(&m, &[upstream.identity()], false).expect("starting the controller");
+    // Beside the mesh's, when there is one.
+    let controller = start_replica(&m, &[upstream.identity()], false, u16::from(kubernetes))
+        .expect("starting the controller");
     let token = m.dir.join("token-upstream");
     std::fs::write(&token, UPSTREAM_TOKEN).unwrap();
     let istio = start_upstream(&m, &binary, "upstream", &controller, &token)

@@ -618,3 +618,71 @@ fn a_network_plugin_rewriting_its_configuration_does_not_leave_new_pods_uncaptur
         m.ztunnel_log("node-a")
     );
 }
+
+/// ztunnel, stopping, runs `veil-cni uninstall --if-daemonset-gone` (the Kubernetes client is in
+/// that binary, not in ztunnel's): the plugin goes only when the API says the DaemonSet is gone.
+#[test]
+fn a_stopping_ztunnel_removes_veil_cni_only_when_its_daemonset_is_gone() {
+    if skip_unless_root("cni_cleanup") {
+        return;
+    }
+    let mut m = kube_mesh(vec![PodSpec::new("web", "shop", "node-a")]);
+    // No handover to wait for (it would hold a stop for 30 s).
+    m.spec.ztunnel_args.push("--drain-period=1s".into());
+    let primary = json!({"cniVersion": "1.0.0", "name": "e2e-net", "plugins": [{"type": "bridge", "bridge": "cbr0"}]});
+    let (bin_dir, conf_dir) = m.cni_dirs("node-a");
+    let file = conf_dir.join("10-e2e.conflist");
+    let chained = || {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .contains("veil-cni")
+    };
+    // A graceful stop (SIGTERM), as the kubelet's; what the stopped ztunnel logged.
+    let stop = |m: &mut Mesh| {
+        let mut z = m.ztunnels.remove("node-a").expect("node-a's ztunnel");
+        z.terminate();
+        assert!(
+            z.wait_exit(Duration::from_secs(30)),
+            "ztunnel did not stop:\n{}",
+            z.output()
+        );
+        z.output()
+    };
+
+    // No credentials at all: nothing is proven, the plugin stays.
+    m.install_cni("node-a", &primary).unwrap();
+    let log = stop(&mut m);
+    assert!(
+        log.contains("cannot tell whether veil is being uninstalled"),
+        "{log}"
+    );
+    assert!(chained() && bin_dir.join("veil-cni").is_file());
+
+    // With the access the chart grants (its own DaemonSet, read-only): the DaemonSet is there,
+    // an upgrade or a restart: the plugin stays.
+    let kubeconfig = m.dir.join("kubeconfig").to_string_lossy().into_owned();
+    m.spec.ztunnel_env.push(("KUBECONFIG".into(), kubeconfig));
+    let daemonset = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "veil-ztunnel", "namespace": "veil-system", "uid": "ds-ztunnel"}});
+    m.api()
+        .put("daemonsets", "veil-ztunnel", &daemonset)
+        .unwrap();
+    m.start_ztunnel("node-a").unwrap();
+    let log = stop(&mut m);
+    assert!(
+        log.contains("DaemonSet veil-system/veil-ztunnel remains"),
+        "{log}"
+    );
+    assert!(chained() && bin_dir.join("veil-cni").is_file());
+    assert!(m.ambient_file("node-a").exists());
+
+    // Uninstalled: the DaemonSet is gone; the plugin, its binary and the ambient file go too.
+    m.api().delete("daemonsets", "veil-ztunnel").unwrap();
+    m.start_ztunnel("node-a").unwrap();
+    // The fake API server reads its directory every 100 ms.
+    std::thread::sleep(Duration::from_millis(500));
+    let log = stop(&mut m);
+    assert!(log.contains("veil is being uninstalled"), "{log}");
+    assert!(!chained(), "still chained:\n{log}");
+    assert!(!bin_dir.join("veil-cni").exists());
+    assert!(!m.ambient_file("node-a").exists());
+}

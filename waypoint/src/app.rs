@@ -8,7 +8,7 @@ use http::{HeaderName, StatusCode};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 use veil_mesh::admin::{ConfigDump, ProxyInfo};
-use veil_mesh::discovery::{self, ConfigError, MeshSettings, Origin, WaypointRef};
+use veil_mesh::discovery::{self, ConfigError, MeshSettings, WaypointRef};
 use veil_mesh::hbone::H2Settings;
 use veil_mesh::identity::{
     CertManager, GrpcCaClient, Identity, ManagerConfig, TokenSource, TrustBundle,
@@ -75,13 +75,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         trust_domain,
         root_namespace: config.root_namespace.clone(),
     };
-    let origin = match &config.mesh_config {
-        Some(path) => Origin::File {
-            path: path.clone(),
-            poll: config.config_poll_interval,
-        },
-        None => Origin::Kubernetes,
-    };
     let metrics = Arc::new(Metrics::new());
     let rejected = metrics.clone();
     let on_reject = move |e: &ConfigError| {
@@ -107,9 +100,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             info!(%address, "receiving this waypoint's namespace from the control plane");
             xds::subscribe(xds, settings, on_reject, None).await.state
         }
-        None => discovery::open(&origin, settings, on_reject, None)
-            .await
-            .map_err(config_err)?,
+        None => {
+            // The command line requires one of the two.
+            let Some(path) = &config.mesh_config else {
+                return Err(config_err("no mesh source: --xds-address or --mesh-config"));
+            };
+            discovery::open(path, config.config_poll_interval, settings, on_reject)
+                .map_err(config_err)?
+        }
     };
     let state = rx.borrow().clone();
     match state.waypoint(&me) {

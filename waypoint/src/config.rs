@@ -13,6 +13,9 @@ use crate::canon::Normalization;
 /// veil's per-namespace L7 proxy.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "veil-waypoint", version, about)]
+// The mesh comes from the controller or from a local file: the waypoint does not watch the
+// Kubernetes API itself (its binary holds no Kubernetes client).
+#[command(group(clap::ArgGroup::new("mesh_source").required(true).args(["mesh_config", "xds_address"])))]
 pub struct Config {
     /// This waypoint's name (services and workloads name it in `useWaypoint`).
     #[arg(long, env = "VEIL_WAYPOINT_NAME", default_value = "waypoint")]
@@ -27,8 +30,8 @@ pub struct Config {
         default_value = "waypoint"
     )]
     pub service_account: String,
-    /// The mesh description (local mode), re-read on change. Without it or `--xds-address`, the
-    /// waypoint watches the Kubernetes API (in-cluster or kubeconfig credentials).
+    /// The mesh description (local mode), re-read on change. One of it or `--xds-address` is
+    /// needed.
     #[arg(long = "mesh-config", env = "VEIL_MESH_CONFIG")]
     pub mesh_config: Option<PathBuf>,
     /// The control plane (`--xds-address` and how to trust and authenticate to it).

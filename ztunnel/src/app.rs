@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::{error, info, warn};
-use veil_mesh::discovery::{self, MeshSettings, MeshState, NodeAddresses, Origin};
+use veil_mesh::discovery::{self, MeshSettings, MeshState, NodeAddresses};
 use veil_mesh::hbone::H2Settings;
 use veil_mesh::identity::{
     CertManager, GrpcCaClient, ManagerConfig, TokenSource, TrustBundle, parse_trust_domain,
@@ -149,16 +149,9 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
     };
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::default());
-    let origin = match &config.mesh_config {
-        Some(path) => Origin::File {
-            path: path.clone(),
-            poll: config.config_poll_interval,
-        },
-        None => Origin::Kubernetes,
-    };
     let rejected = metrics.clone();
     let known = registry.clone();
-    // Pods the CNI plugin handed over get their addresses before the API lists them.
+    // Pods the CNI plugin handed over get their addresses before the controller lists them.
     let node = NodeAddresses {
         changed: registry.subscribe(),
         lookup: Box::new(move |namespace, name| {
@@ -195,15 +188,15 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
             (subscription.state, Some(subscription.connected))
         }
         None => {
-            let rx = discovery::open(
-                &origin,
-                settings,
-                move |_| {
-                    rejected.config_rejected.inc();
-                },
-                Some(node),
-            )
-            .await
+            // The command line requires one of the two.
+            let Some(path) = &config.mesh_config else {
+                return Err(StartError::Config(
+                    "no mesh source: --xds-address or --mesh-config".into(),
+                ));
+            };
+            let rx = discovery::open(path, config.config_poll_interval, settings, move |_| {
+                rejected.config_rejected.inc();
+            })
             .map_err(|e| StartError::Config(e.to_string()))?;
             (rx, None)
         }
@@ -346,15 +339,24 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
         &config.cni_bin_dir,
         &config.cni_conf_dir,
     ) {
-        Cleanup {
+        let cleanup = Cleanup {
             bin_dir: bin_dir.clone(),
             conf_dir: conf_dir.clone(),
             namespace: config.namespace.clone(),
             daemonset: config.daemonset.clone(),
             ambient_file: config.ambient_file.clone(),
+        };
+        // veil-cni, beside this binary, asks the API server (ztunnel holds no Kubernetes client).
+        match std::env::current_exe() {
+            Ok(exe) => {
+                cleanup
+                    .on_shutdown(&exe.with_file_name(cni::install::PLUGIN_TYPE))
+                    .await;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot tell where veil-cni is: keeping it installed (run `veil-cni uninstall` on the node if veil is being uninstalled)");
+            }
         }
-        .on_shutdown()
-        .await;
     }
     owner.drain(config.drain_period, &mut stops).await;
     if let Some(export) = metrics_export {

@@ -15,12 +15,15 @@ use crate::context::UnknownDestination;
 /// veil's per-node tunnel.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "veil-ztunnel", version, about)]
+// The mesh comes from the controller or from a local file: ztunnel does not watch the Kubernetes
+// API itself (its binary holds no Kubernetes client).
+#[command(group(clap::ArgGroup::new("mesh_source").required(true).args(["mesh_config", "xds_address"])))]
 pub struct Config {
     /// The node this ztunnel serves: it captures the enrolled pods placed on it.
     #[arg(long, env = "VEIL_NODE_NAME")]
     pub node: String,
     /// The mesh description (local mode): workloads, services and policies, re-read on change.
-    /// Without it, ztunnel watches the Kubernetes API (in-cluster or kubeconfig credentials).
+    /// One of it or `--xds-address` is needed.
     #[arg(long = "mesh-config", env = "VEIL_MESH_CONFIG")]
     pub mesh_config: Option<PathBuf>,
     /// The control plane (`--xds-address` and how to trust and authenticate to it).
@@ -48,10 +51,10 @@ pub struct Config {
     /// The node's CNI configuration directory as mounted (see `--cni-bin-dir`).
     #[arg(long, requires = "cni_bin_dir")]
     pub cni_conf_dir: Option<PathBuf>,
-    /// ztunnel's namespace (Kubernetes mode).
+    /// ztunnel's namespace (Kubernetes: where its DaemonSet is).
     #[arg(long, env = "POD_NAMESPACE", default_value = "veil-system")]
     pub namespace: String,
-    /// ztunnel's DaemonSet (Kubernetes mode).
+    /// ztunnel's DaemonSet (Kubernetes: when it is gone at stop, veil is being uninstalled).
     #[arg(long, default_value = "veil-ztunnel")]
     pub daemonset: String,
     /// Hand this node's pods over between ztunnels through sockets in this directory: a ztunnel
@@ -310,7 +313,7 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
 mod tests {
     use super::*;
 
-    fn parse(extra: &[&str]) -> Result<Config, clap::Error> {
+    fn parse_with_source(extra: &[&str]) -> Result<Config, clap::Error> {
         let mut argv = vec![
             "veil-ztunnel",
             "--node=a",
@@ -319,6 +322,23 @@ mod tests {
         ];
         argv.extend_from_slice(extra);
         Config::try_parse_from(argv)
+    }
+
+    fn parse(extra: &[&str]) -> Result<Config, clap::Error> {
+        parse_with_source(&[&["--mesh-config=/m"], extra].concat())
+    }
+
+    #[test]
+    fn the_mesh_comes_from_the_controller_or_a_file_and_nowhere_else() {
+        // No Kubernetes API watch to fall back on: neither source is a usage error naming both.
+        let e = parse_with_source(&[]).unwrap_err().to_string();
+        assert!(
+            e.contains("--mesh-config") && e.contains("--xds-address"),
+            "{e}"
+        );
+        assert!(parse_with_source(&["--xds-address=c:15012"]).is_ok());
+        assert!(parse_with_source(&["--mesh-config=/m"]).is_ok());
+        assert!(parse_with_source(&["--mesh-config=/m", "--xds-address=c:15012"]).is_err());
     }
 
     #[test]

@@ -19,8 +19,6 @@ pub(crate) struct Component {
     pub(crate) port: &'static str,
     /// What depends on it, for messages.
     pub(crate) role: &'static str,
-    /// Whether the chart may leave it out (`controller.enabled: false`).
-    pub(crate) optional: bool,
 }
 
 /// The certificate authority.
@@ -29,7 +27,6 @@ pub(crate) const CA: Component = Component {
     name: "veil-ca",
     port: "grpc-ca",
     role: "ztunnels cannot get or renew workload certificates",
-    optional: false,
 };
 
 /// The control plane.
@@ -38,7 +35,6 @@ pub(crate) const CONTROLLER: Component = Component {
     name: "veil-controller",
     port: "grpc-xds",
     role: "ztunnels keep the last mesh they received and get no changes; policy status is not written",
-    optional: true,
 };
 
 /// A Deployment's check, and whether the Deployment exists.
@@ -69,17 +65,6 @@ pub(crate) async fn deployment(api: &Reader, ns: &str, component: &Component) ->
                 installed: true,
             }
         }
-        Ok(None) if component.optional => Deployed {
-            check: Check::warning(
-                component.check,
-                format!(
-                    "Deployment {} not installed: ztunnels watch the API themselves, and policy status is not written",
-                    component.name
-                ),
-                "nothing to do if installed with controller.enabled=false; otherwise helm upgrade veil charts/veil",
-            ),
-            installed: false,
-        },
         Ok(None) => Deployed {
             check: Check::failed(
                 component.check,

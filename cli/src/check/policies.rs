@@ -62,7 +62,7 @@ pub(crate) async fn check(
         };
         writer(ns, lease, now)
     } else {
-        Writer("no controller is installed to write it (controller.enabled=false)".into())
+        Writer("no controller is installed to write it (see the controller check)".into())
     };
     let mut checks = Vec::new();
     for (name, kind, path) in KINDS {

@@ -9,7 +9,5 @@ mod watch;
 
 pub use pod::{SlimContainer, SlimPod, SlimPodSpec, SlimPodStatus};
 pub use telemetry::TelemetryObject;
-pub use translate::{
-    DATAPLANE_MODE, Objects, Translation, USE_WAYPOINT, WAYPOINT, translate, with_cni_addresses,
-};
+pub use translate::{DATAPLANE_MODE, Objects, Translation, USE_WAYPOINT, WAYPOINT, translate};
 pub use watch::{Snapshot, publish, start};

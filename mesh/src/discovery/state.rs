@@ -481,6 +481,7 @@ impl MeshState {
     }
 
     /// Adds `workload` to the pods being set up (see [`Self::with_pending`]).
+    #[cfg(feature = "kubernetes")]
     pub(crate) fn add_pending(&mut self, workload: Workload) {
         let workload = self.judge_pending(workload);
         let mut pending = self.pending.to_vec();
@@ -490,6 +491,7 @@ impl MeshState {
     }
 
     /// Takes the pod being set up `uid` out of the list; returns it.
+    #[cfg(feature = "kubernetes")]
     pub(crate) fn remove_pending(&mut self, uid: &str) -> Option<Arc<Workload>> {
         let at = self.pending.iter().position(|w| w.uid == uid)?;
         let mut pending = self.pending.to_vec();

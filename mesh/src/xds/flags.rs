@@ -14,8 +14,8 @@ use crate::identity::{
 #[derive(clap::Args, Debug, Clone)]
 pub struct XdsFlags {
     /// The control plane (`host:port` of veil-controller; for a ztunnel, also istiod): the mesh is
-    /// received from it over delta xDS instead of read from `--mesh-config` or the Kubernetes API
-    /// (a waypoint is sent its own namespace only). While it is unreachable the last mesh received
+    /// received from it over delta xDS instead of read from `--mesh-config` (a waypoint is sent
+    /// its own namespace only). While it is unreachable the last mesh received
     /// stays in force (and a ztunnel refuses unknown destinations).
     #[arg(
         id = "xds_address",

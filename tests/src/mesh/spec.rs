@@ -170,16 +170,18 @@ pub struct MeshSpec {
     pub ztunnel_env: Vec<(String, String)>,
     /// Local mode: ztunnels receive the mesh over xDS from a `veil-controller` that reads the mesh
     /// file, as in production, and find pods' network namespaces by scanning; `false`: they read
-    /// the file themselves. `None`: yes, unless `VEIL_E2E_THROUGH_CONTROLLER=0`.
+    /// the file themselves. `None`: yes, unless `VEIL_E2E_THROUGH_CONTROLLER=0`. Kubernetes mode
+    /// always has a controller (ztunnel does not watch the API itself).
     pub through_controller: Option<bool>,
 }
 
 impl MeshSpec {
     /// Whether the ztunnels of this mesh subscribe to a controller.
     pub fn uses_controller(&self) -> bool {
-        self.through_controller.unwrap_or_else(|| {
-            std::env::var("VEIL_E2E_THROUGH_CONTROLLER").map_or(true, |v| v != "0")
-        })
+        self.kubernetes
+            || self.through_controller.unwrap_or_else(|| {
+                std::env::var("VEIL_E2E_THROUGH_CONTROLLER").map_or(true, |v| v != "0")
+            })
     }
 }
 

@@ -7,8 +7,13 @@
 //! the API server said 404 NotFound for it, or returned it with a `deletionTimestamp`. Anything
 //! else — 401/403 (an expired token, an RBAC change, a hostile proxy), 5xx, a timeout, no
 //! connection — keeps the plugin: stuck pods are recoverable, pods started in plaintext are not.
+//!
+//! The question is asked by `veil-cni uninstall --if-daemonset-gone`, which ztunnel runs as it stops:
+//! the Kubernetes client lives in that binary, not in ztunnel's.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -55,6 +60,13 @@ pub async fn fate(client: Client, namespace: &str, name: &str, timeout: Duration
     }
 }
 
+/// `veil-cni uninstall --if-daemonset-gone`'s exit status when the API could not tell (the plugin
+/// is kept).
+pub const EXIT_UNKNOWN: i32 = 3;
+
+/// How long a stopping ztunnel waits for `veil-cni` to decide and remove the plugin.
+pub const DECISION_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Where the plugin was installed, and what identifies the DaemonSet.
 #[derive(Clone, Debug)]
 pub struct Cleanup {
@@ -70,32 +82,83 @@ pub struct Cleanup {
     pub ambient_file: Option<PathBuf>,
 }
 
+/// What [`Cleanup::remove_if_uninstalled`] did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// veil is being uninstalled: the plugin was taken out of these files (and its binary removed).
+    Removed(Vec<PathBuf>),
+    /// The DaemonSet is there (a restart or an upgrade): the plugin stays.
+    Staying,
+    /// The API could not tell: the plugin stays.
+    Unknown(String),
+}
+
 impl Cleanup {
-    /// Removes the plugin if veil is being uninstalled.
-    pub async fn on_shutdown(&self) {
+    /// Removes the plugin if veil is being uninstalled: `veil-cni`'s side (it holds the Kubernetes
+    /// client; ztunnel's binary does not).
+    pub async fn remove_if_uninstalled(&self) -> Result<Outcome, install::InstallError> {
         let fate = match Client::try_default().await {
             Ok(client) => fate(client, &self.namespace, &self.daemonset, API_TIMEOUT).await,
-            Err(e) => Fate::Unknown(e.to_string()),
+            Err(e) => Fate::Unknown(format!("no Kubernetes API credentials: {e}")),
         };
         match fate {
-            Fate::Staying => {
-                info!(daemonset = %self.daemonset, "DaemonSet remains: keeping veil-cni installed");
+            Fate::Staying => return Ok(Outcome::Staying),
+            Fate::Unknown(reason) => return Ok(Outcome::Unknown(reason)),
+            Fate::Uninstalled => {}
+        }
+        let changed = install::uninstall(&self.bin_dir, &self.conf_dir)?;
+        if let Some(file) = &self.ambient_file {
+            let _ = std::fs::remove_file(file);
+        }
+        Ok(Outcome::Removed(changed))
+    }
+
+    /// The arguments that have `veil-cni` run [`Self::remove_if_uninstalled`].
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "uninstall".into(),
+            "--if-daemonset-gone".into(),
+            format!("{}/{}", self.namespace, self.daemonset).into(),
+            "--bin-dir".into(),
+            self.bin_dir.clone().into(),
+            "--conf-dir".into(),
+            self.conf_dir.clone().into(),
+        ];
+        if let Some(file) = &self.ambient_file {
+            args.extend(["--ambient-file".into(), file.clone().into()]);
+        }
+        args
+    }
+
+    /// ztunnel's side, when it stops: has `veil_cni` (the plugin's binary beside ztunnel's own)
+    /// remove the plugin if veil is being uninstalled, waiting at most [`DECISION_TIMEOUT`]. Any
+    /// failure keeps the plugin.
+    pub async fn on_shutdown(&self, veil_cni: &Path) {
+        let mut command = tokio::process::Command::new(veil_cni);
+        command
+            .args(self.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let keep = "keeping veil-cni installed (run `veil-cni uninstall` on the node if veil is being uninstalled)";
+        let output = match tokio::time::timeout(DECISION_TIMEOUT, command.output()).await {
+            Err(_) => {
+                warn!(timeout = ?DECISION_TIMEOUT, "veil-cni did not decide in time: {keep}");
+                return;
             }
-            Fate::Unknown(reason) => {
-                warn!(%reason, "cannot tell whether veil is being uninstalled: keeping veil-cni installed (run `veil-cni uninstall` on the node if it is)");
+            Ok(Err(e)) => {
+                error!(error = %e, path = %veil_cni.display(), "could not run veil-cni: {keep}");
+                return;
             }
-            Fate::Uninstalled => match install::uninstall(&self.bin_dir, &self.conf_dir) {
-                Ok(changed) => {
-                    if let Some(file) = &self.ambient_file {
-                        let _ = std::fs::remove_file(file);
-                    }
-                    info!(
-                        ?changed,
-                        "veil is being uninstalled: veil-cni removed from the node"
-                    );
-                }
-                Err(e) => error!(error = %e, "could not remove veil-cni from the node"),
-            },
+            Ok(Ok(output)) => output,
+        };
+        let said = String::from_utf8_lossy(&output.stderr);
+        let said = said.trim();
+        match output.status.code() {
+            Some(0) => info!(daemonset = %self.daemonset, "{said}"),
+            Some(EXIT_UNKNOWN) => warn!("{said}"),
+            _ => error!(status = %output.status, "veil-cni failed: {said}; {keep}"),
         }
     }
 }

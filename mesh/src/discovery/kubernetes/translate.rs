@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, PodIP, Service as KubeService};
+use k8s_openapi::api::core::v1::{Namespace, Service as KubeService};
 use kube::ResourceExt;
 use tracing::warn;
 use veil_crd::authorization::{Action, AuthorizationPolicy, AuthorizationPolicySpec, Rule};
@@ -69,36 +69,6 @@ pub struct Translation {
     /// Policies refused by validation (enforced as deny-all / STRICT, Telemetry as recording
     /// nothing, instead).
     pub invalid: Vec<PolicyError>,
-}
-
-/// `objects` with the addresses the CNI plugin gave pods that the API does not list yet (a pod's
-/// status gets its address only after the CNI ADD that must capture it has returned); `None` when
-/// there was nothing to fill in. Only the pods filled in are copied.
-pub fn with_cni_addresses(
-    objects: &Objects,
-    known: impl Fn(&str, &str) -> Option<Vec<IpAddr>>,
-) -> Option<Objects> {
-    let fills: Vec<(usize, Vec<IpAddr>)> = objects
-        .pods
-        .iter()
-        .enumerate()
-        .filter(|(_, pod)| pod_ips(pod).is_empty())
-        .filter_map(|(i, pod)| {
-            let namespace = pod.namespace().unwrap_or_default();
-            Some((i, known(&namespace, &pod.name_any())?))
-        })
-        .collect();
-    if fills.is_empty() {
-        return None;
-    }
-    let mut objects = objects.clone();
-    for (i, ips) in fills {
-        let pod = Arc::make_mut(&mut objects.pods[i]);
-        let status = pod.status.get_or_insert_default();
-        status.pod_ips = Some(ips.iter().map(|ip| PodIP { ip: ip.to_string() }).collect());
-        status.pod_ip = ips.first().map(ToString::to_string);
-    }
-    Some(objects)
 }
 
 /// Translates `objects` into a snapshot. Never fails as a whole: an object that cannot be translated

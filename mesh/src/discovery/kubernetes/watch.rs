@@ -31,7 +31,7 @@ use veil_crd::peer_authentication::PeerAuthentication;
 use super::patch::{self, Whole};
 use super::pod::SlimPod;
 use super::telemetry::TelemetryObject;
-use super::translate::{Objects, translate, with_cni_addresses};
+use super::translate::{Objects, translate};
 use crate::discovery::state::{ConfigError, MeshSettings, MeshState};
 use crate::policy::PolicyError;
 
@@ -259,28 +259,16 @@ fn report_rejected(before: &[ConfigError], now: &[ConfigError], on_reject: &impl
     }
 }
 
-/// Publishes the mesh of every snapshot on `tx`, with the addresses `known` gives for pods the API
-/// lists without one yet (see [`with_cni_addresses`]); publishes again whenever `refresh` changes.
-/// Returns when `snapshots` ends.
+/// Publishes the mesh of every snapshot on `tx`. Returns when `snapshots` ends.
 pub async fn publish(
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    settings: MeshSettings,
     tx: watch::Sender<Arc<MeshState>>,
-    mut refresh: watch::Receiver<u64>,
-    known: impl Fn(&str, &str) -> Option<Vec<IpAddr>>,
 ) {
-    let mut refresh_open = true;
     loop {
-        let snapshot = snapshots.borrow_and_update().clone();
-        refresh.borrow_and_update();
-        let state = match with_cni_addresses(&snapshot.objects, &known) {
-            None => snapshot.state.clone(),
-            Some(objects) => Arc::new(translate(&objects, &settings).state),
-        };
+        let state = snapshots.borrow_and_update().state.clone();
         tx.send_replace(state);
-        tokio::select! {
-            changed = snapshots.changed() => if changed.is_err() { return },
-            changed = refresh.changed(), if refresh_open => refresh_open = changed.is_ok(),
+        if snapshots.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -224,7 +224,7 @@ fn a_namespace_label_change_enrols_and_releases_its_pods() {
 }
 
 #[test]
-fn ambient_namespaces_and_cni_addresses_for_pods_the_api_has_no_address_for_yet() {
+fn ambient_namespaces() {
     let objects = objects();
     let t = translated(&objects);
     let ambient: Vec<&str> = t
@@ -234,24 +234,6 @@ fn ambient_namespaces_and_cni_addresses_for_pods_the_api_has_no_address_for_yet(
         .map(String::as_str)
         .collect();
     assert_eq!(ambient, ["production", "user-data"]);
-    // The pending account-service pod has no address in the API; the CNI plugin gave it one.
-    let cni_ip = ip("10.244.1.99");
-    let overlaid = with_cni_addresses(&objects, |ns, name| {
-        (ns == "production" && name == "account-service-7d9f8c6b5-pending").then(|| vec![cni_ip])
-    })
-    .expect("the pending pod gets the CNI's address");
-    let t = translated(&overlaid);
-    assert!(t.state.workload_by_ip(cni_ip).unwrap().enrolled);
-    // Only the pod filled in is a copy: every other object is the watches' own.
-    let copies: Vec<String> = objects
-        .pods
-        .iter()
-        .zip(&overlaid.pods)
-        .filter(|(a, b)| !Arc::ptr_eq(a, b))
-        .map(|(a, _)| a.name_any())
-        .collect();
-    assert_eq!(copies, ["account-service-7d9f8c6b5-pending"]);
-    assert!(Arc::ptr_eq(&objects.services[0], &overlaid.services[0]));
 }
 
 #[test]
@@ -293,17 +275,6 @@ fn scheduled_pods_without_an_address_yet_are_pending_not_workloads() {
         change(Arc::make_mut(pod));
         assert!(translated(&changed).state.pending().is_empty());
     }
-}
-
-#[test]
-fn cni_addresses_never_override_the_api() {
-    let objects = objects();
-    // Every pod but the pending one has an address in the API: only that one may be filled in.
-    assert!(
-        with_cni_addresses(&objects, |_, name| (!name.ends_with("-pending"))
-            .then(|| vec![ip("10.9.9.9")]))
-        .is_none()
-    );
 }
 
 /// The test cluster plus `conflicts.json` (a `kubectl get -o json` List of mixed kinds): namespace

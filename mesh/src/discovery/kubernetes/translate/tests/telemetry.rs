@@ -1,6 +1,7 @@
 //! Telemetry objects from the API: resolved per workload, an invalid or unreadable one reported and
 //! recording nothing in its scope (and nowhere else), and kept by a patch for pods.
 
+use k8s_openapi::api::core::v1::PodIP;
 use serde_json::{Value, json};
 use veil_crd::telemetry::AccessLogLevel;
 

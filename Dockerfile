@@ -1,4 +1,5 @@
-# One image for every veil component: veil-ca, veil-controller, veil-ztunnel, veil-cni, veil-waypoint,
+# One image for every veil component: veil-ca, veil-controller, veil-ztunnel, veil-cni (and
+# veil-cni-cleanup, which a stopping ztunnel runs), veil-waypoint,
 # and the veil command (`helm test` runs `veil check`).
 # For machines with Docker. The image CI builds and tests comes from `cargo xtask image` instead
 # (static binaries FROM scratch, no engine or registry needed; docs/install.md): prefer it, since
@@ -19,6 +20,7 @@ COPY --from=build \
   /src/target/release/veil-controller \
   /src/target/release/veil-ztunnel \
   /src/target/release/veil-cni \
+  /src/target/release/veil-cni-cleanup \
   /src/target/release/veil-waypoint \
   /src/target/release/veil \
   /usr/local/bin/

@@ -116,7 +116,7 @@ pub fn start_replica(
     for subscriber in subscribers {
         argv.extend(["--subscriber".into(), subscriber.clone()]);
     }
-    // Kubernetes mode: the fake API server, as ztunnel watches it; otherwise the mesh file.
+    // Kubernetes mode: the fake API server; otherwise the mesh file.
     let kubeconfig = mesh.dir.join("kubeconfig").to_string_lossy().into_owned();
     let mut env = vec![("RUST_LOG", "info")];
     if mesh.spec.kubernetes {

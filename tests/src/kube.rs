@@ -1,6 +1,7 @@
 //! The Kubernetes side of a test mesh: the API objects a real cluster would hold for the spec
 //! (Namespaces, Pods, Services, in the JSON the API server returns), written where the fake API
-//! server (`e2e-app fake-api`) serves them from, and the kubeconfig that points ztunnel at it.
+//! server (`e2e-app fake-api`) serves them from, and the kubeconfig that points the controller at
+//! it.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;

@@ -1,8 +1,7 @@
 //! End-to-end tests of ztunnel in Kubernetes mode: the controller watches an API server (the
 //! harness's fake one, serving the objects a cluster would hold) and ztunnel receives the mesh from
-//! it, with no access to the API, as the chart runs them (`VEIL_E2E_THROUGH_CONTROLLER=0`: ztunnel
-//! watches the API itself); the `veil-cni` plugin is invoked exactly as a container runtime invokes
-//! it, and pods' network namespaces are real. Need root; skip with a loud message otherwise.
+//! it, with no access to the API, as the chart runs them; the `veil-cni` plugin is invoked exactly
+//! as a container runtime invokes it, and pods' network namespaces are real. Need root; skip with a loud message otherwise.
 
 use std::time::Duration;
 
@@ -191,13 +190,10 @@ fn a_namespace_enrolled_before_its_first_pod_has_that_pod_captured_at_its_start(
         return;
     }
     let mut m = kube_mesh(vec![PodSpec::new("web", "shop", "node-a")]);
-    // Through the controller, ztunnel has no access to the API at all: what it knows of
-    // namespaces and new pods comes over xDS.
-    if m.controller.is_some() {
-        let log = m.ztunnel_log("node-a");
-        assert!(log.contains("streaming from the control plane"), "{log}");
-        assert!(!log.contains("watching the Kubernetes API"), "{log}");
-    }
+    // ztunnel has no access to the API at all: what it knows of namespaces and new pods comes
+    // over xDS.
+    let log = m.ztunnel_log("node-a");
+    assert!(log.contains("streaming from the control plane"), "{log}");
     // A namespace labelled while it has no pod: the node learns it all the same.
     m.label_namespace("fresh", true).unwrap();
     assert!(m.eventually(SETTLE, || ambient_file(&m) == ["fresh", "shop"]));
@@ -245,10 +241,6 @@ fn a_waypoint_receives_its_namespace_from_the_controller_and_enforces_api_polici
         ..MeshSpec::default()
     })
     .expect("starting the mesh");
-    if !m.spec.uses_controller() {
-        eprintln!("k8s_waypoint: skipped without a controller (VEIL_E2E_THROUGH_CONTROLLER=0)");
-        return;
-    }
     let log = m.waypoint_log("waypoint");
     assert!(
         log.contains("receiving this waypoint's namespace from the control plane"),
@@ -619,16 +611,21 @@ fn a_network_plugin_rewriting_its_configuration_does_not_leave_new_pods_uncaptur
     );
 }
 
-/// ztunnel, stopping, runs `veil-cni uninstall --if-daemonset-gone` (the Kubernetes client is in
-/// that binary, not in ztunnel's): the plugin goes only when the API says the DaemonSet is gone.
+/// ztunnel, stopping, runs `veil-cni-cleanup` (the Kubernetes client is in that binary, not in
+/// ztunnel's nor in the plugin's): the plugin goes only when the API says the DaemonSet is gone.
 #[test]
 fn a_stopping_ztunnel_removes_veil_cni_only_when_its_daemonset_is_gone() {
     if skip_unless_root("cni_cleanup") {
         return;
     }
     let mut m = kube_mesh(vec![PodSpec::new("web", "shop", "node-a")]);
-    // No handover to wait for (it would hold a stop for 30 s).
-    m.spec.ztunnel_args.push("--drain-period=1s".into());
+    // No handover to wait for (it would hold a stop for 30 s); the DaemonSet named whatever the
+    // runner's environment says.
+    m.spec.ztunnel_args.extend([
+        "--drain-period=1s".into(),
+        "--namespace=veil-system".into(),
+        "--daemonset=veil-ztunnel".into(),
+    ]);
     let primary = json!({"cniVersion": "1.0.0", "name": "e2e-net", "plugins": [{"type": "bridge", "bridge": "cbr0"}]});
     let (bin_dir, conf_dir) = m.cni_dirs("node-a");
     let file = conf_dir.join("10-e2e.conflist");
@@ -649,7 +646,13 @@ fn a_stopping_ztunnel_removes_veil_cni_only_when_its_daemonset_is_gone() {
         z.output()
     };
 
-    // No credentials at all: nothing is proven, the plugin stays.
+    // An API server that does not answer (and never the runner's own credentials): nothing is
+    // proven, the plugin stays.
+    let nowhere = m.dir.join("kubeconfig-nowhere");
+    std::fs::write(&nowhere, veil_e2e::kube::kubeconfig("https://127.0.0.1:9")).unwrap();
+    let env =
+        |path: &std::path::Path| ("KUBECONFIG".to_owned(), path.to_string_lossy().into_owned());
+    m.spec.ztunnel_env.push(env(&nowhere));
     m.install_cni("node-a", &primary).unwrap();
     let log = stop(&mut m);
     assert!(
@@ -660,8 +663,9 @@ fn a_stopping_ztunnel_removes_veil_cni_only_when_its_daemonset_is_gone() {
 
     // With the access the chart grants (its own DaemonSet, read-only): the DaemonSet is there,
     // an upgrade or a restart: the plugin stays.
-    let kubeconfig = m.dir.join("kubeconfig").to_string_lossy().into_owned();
-    m.spec.ztunnel_env.push(("KUBECONFIG".into(), kubeconfig));
+    let kubeconfig = m.dir.join("kubeconfig");
+    m.spec.ztunnel_env.retain(|(k, _)| k != "KUBECONFIG");
+    m.spec.ztunnel_env.push(env(&kubeconfig));
     let daemonset = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "veil-ztunnel", "namespace": "veil-system", "uid": "ds-ztunnel"}});
     m.api()
         .put("daemonsets", "veil-ztunnel", &daemonset)

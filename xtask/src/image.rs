@@ -19,12 +19,14 @@ use anyhow::{Context, bail, ensure};
 
 use crate::proto::workspace_root;
 
-/// Every binary the charts run (`veil` for `helm test`: `veil check`).
-const BINARIES: [&str; 6] = [
+/// Every binary the charts run (`veil` for `helm test`: `veil check`; `veil-cni-cleanup` run by a
+/// stopping ztunnel).
+const BINARIES: [&str; 7] = [
     "veil-ca",
     "veil-controller",
     "veil-ztunnel",
     "veil-cni",
+    "veil-cni-cleanup",
     "veil-waypoint",
     "veil",
 ];

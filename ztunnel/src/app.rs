@@ -346,15 +346,16 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
             daemonset: config.daemonset.clone(),
             ambient_file: config.ambient_file.clone(),
         };
-        // veil-cni, beside this binary, asks the API server (ztunnel holds no Kubernetes client).
+        // veil-cni-cleanup, beside this binary, asks the API server (ztunnel holds no Kubernetes
+        // client).
         match std::env::current_exe() {
             Ok(exe) => {
                 cleanup
-                    .on_shutdown(&exe.with_file_name(cni::install::PLUGIN_TYPE))
+                    .on_shutdown(&exe.with_file_name(cni::cleanup::BINARY))
                     .await;
             }
             Err(e) => {
-                error!(error = %e, "cannot tell where veil-cni is: keeping it installed (run `veil-cni uninstall` on the node if veil is being uninstalled)");
+                error!(error = %e, "cannot tell where veil-cni-cleanup is: keeping veil-cni installed (run `veil-cni uninstall` on the node if veil is being uninstalled)");
             }
         }
     }

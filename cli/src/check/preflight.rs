@@ -49,18 +49,17 @@ pub(crate) const CREATES: [(&str, &str, bool); 11] = [
     ("policy", "poddisruptionbudgets", true),
 ];
 
-/// The cluster-wide objects the chart names after its namespace, and the waypoints' one shared
-/// role: left behind by an earlier install (Helm keeps nothing, but a failed or manual
-/// removal may), they make `helm install` fail ("exists and cannot be imported").
+/// The cluster-wide objects an install renders, named after its namespace: left behind by an
+/// earlier install (Helm keeps nothing, but a failed or manual removal may), they make
+/// `helm install` fail ("exists and cannot be imported"). (ztunnel's ClusterRole and the
+/// waypoints' `veil-waypoint` are rendered only with `ztunnel.apiAccess`, an upgrade setting: a
+/// leftover of them does not stand in an install's way.)
 fn cluster_objects(ns: &str) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
-    for component in ["veil-ca", "veil-controller", "veil-ztunnel"] {
+    for component in ["veil-ca", "veil-controller"] {
         out.push(("clusterroles", format!("{component}-{ns}")));
         out.push(("clusterrolebindings", format!("{component}-{ns}")));
     }
-    // The waypoints' role is one for the whole cluster: a second install (or a leftover) of it
-    // makes `helm install` fail too.
-    out.push(("clusterroles", "veil-waypoint".to_owned()));
     out
 }
 

@@ -14,7 +14,7 @@ use crate::process::Proc;
 
 impl Mesh {
     /// Kubernetes mode: starts the fake API server with the spec's objects, pins the pods'
-    /// namespaces where ztunnel scans for them, and writes ztunnel's kubeconfig.
+    /// namespaces where ztunnel scans for them, and writes the controller's kubeconfig.
     pub(super) fn start_api(&mut self) -> anyhow::Result<()> {
         let objects = ApiObjects::new(self.dir.join("api"))?;
         for resource in ["telemetries", "customresourcedefinitions"] {

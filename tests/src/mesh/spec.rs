@@ -158,9 +158,10 @@ pub struct MeshSpec {
     pub extra_tokens: Vec<(String, String)>,
     /// Enrolled workloads whose network namespace does not exist (capture must fail loudly).
     pub ghost_pods: Vec<PodSpec>,
-    /// ztunnels watch the Kubernetes API (a fake API server serving the spec as API objects)
-    /// instead of reading the mesh file, serve the CNI plugin, and find pods' network namespaces
-    /// by scanning (the pods' entries carry no path). The CA keeps reading the mesh file.
+    /// The controller watches the Kubernetes API (a fake API server serving the spec as API
+    /// objects) instead of reading the mesh file; ztunnels subscribe to it, serve the CNI plugin,
+    /// and find pods' network namespaces by scanning (the pods' entries carry no path). The CA
+    /// keeps reading the mesh file.
     pub kubernetes: bool,
     /// Kubernetes mode: namespaces labelled ambient besides those with an enrolled pod.
     pub ambient_namespaces: Vec<String>,

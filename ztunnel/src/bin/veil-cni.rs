@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde_json::json;
-use veil_ztunnel::cni::cleanup::{Cleanup, EXIT_UNKNOWN, Outcome};
 use veil_ztunnel::cni::install::{self, PLUGIN_TYPE};
 use veil_ztunnel::cni::repair;
 use veil_ztunnel::cni::{DEFAULT_AMBIENT_FILE, DEFAULT_SOCKET, plugin};
@@ -46,15 +45,6 @@ enum Admin {
     Uninstall {
         #[command(flatten)]
         dirs: Dirs,
-        /// Only if the API server says this DaemonSet (`NAMESPACE/NAME`, ztunnel's) is gone or being
-        /// deleted, that is if veil is being uninstalled; any other answer, or none within 10 s,
-        /// keeps the plugin (exit status 3). In-cluster or kubeconfig credentials. ztunnel runs
-        /// this as it stops.
-        #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_daemonset)]
-        if_daemonset_gone: Option<(String, String)>,
-        /// ztunnel's ambient-namespaces file, removed with the plugin.
-        #[arg(long, requires = "if_daemonset_gone")]
-        ambient_file: Option<PathBuf>,
     },
 }
 
@@ -143,44 +133,7 @@ fn admin(command: Admin) -> Result<(), install::InstallError> {
                 }
             }
         }
-        Admin::Uninstall {
-            dirs,
-            if_daemonset_gone: Some((namespace, daemonset)),
-            ambient_file,
-        } => {
-            let cleanup = Cleanup {
-                bin_dir: dirs.bin_dir,
-                conf_dir: dirs.conf_dir,
-                namespace,
-                daemonset,
-                ambient_file,
-            };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|source| install::InstallError::Io {
-                    path: "(tokio runtime)".into(),
-                    source,
-                })?;
-            let name = format!("{}/{}", cleanup.namespace, cleanup.daemonset);
-            match runtime.block_on(cleanup.remove_if_uninstalled())? {
-                Outcome::Removed(changed) => eprintln!(
-                    "veil is being uninstalled (DaemonSet {name} is gone): veil-cni removed from {changed:?} and {}",
-                    cleanup.bin_dir.display()
-                ),
-                Outcome::Staying => eprintln!(
-                    "DaemonSet {name} remains (a restart or an upgrade): veil-cni kept installed"
-                ),
-                Outcome::Unknown(reason) => {
-                    eprintln!(
-                        "cannot tell whether veil is being uninstalled ({reason}): veil-cni kept installed (run `veil-cni uninstall` on the node if it is)"
-                    );
-                    std::process::exit(EXIT_UNKNOWN);
-                }
-            }
-            Ok(())
-        }
-        Admin::Uninstall { dirs, .. } => {
+        Admin::Uninstall { dirs } => {
             let changed = install::uninstall(&dirs.bin_dir, &dirs.conf_dir)?;
             eprintln!(
                 "veil-cni: removed from {changed:?} and {}",
@@ -188,16 +141,5 @@ fn admin(command: Admin) -> Result<(), install::InstallError> {
             );
             Ok(())
         }
-    }
-}
-
-fn parse_daemonset(s: &str) -> Result<(String, String), String> {
-    match s.split_once('/') {
-        Some((namespace, name))
-            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
-        {
-            Ok((namespace.to_owned(), name.to_owned()))
-        }
-        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
     }
 }

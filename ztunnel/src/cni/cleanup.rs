@@ -8,8 +8,8 @@
 //! else — 401/403 (an expired token, an RBAC change, a hostile proxy), 5xx, a timeout, no
 //! connection — keeps the plugin: stuck pods are recoverable, pods started in plaintext are not.
 //!
-//! The question is asked by `veil-cni uninstall --if-daemonset-gone`, which ztunnel runs as it stops:
-//! the Kubernetes client lives in that binary, not in ztunnel's.
+//! The question is asked by `veil-cni-cleanup`, which ztunnel runs as it stops: the Kubernetes
+//! client lives in that binary, not in ztunnel's nor in the plugin's.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -60,11 +60,13 @@ pub async fn fate(client: Client, namespace: &str, name: &str, timeout: Duration
     }
 }
 
-/// `veil-cni uninstall --if-daemonset-gone`'s exit status when the API could not tell (the plugin
-/// is kept).
+/// The binary that asks and removes (beside ztunnel's own).
+pub const BINARY: &str = "veil-cni-cleanup";
+
+/// [`BINARY`]'s exit status when the API could not tell (the plugin is kept).
 pub const EXIT_UNKNOWN: i32 = 3;
 
-/// How long a stopping ztunnel waits for `veil-cni` to decide and remove the plugin.
+/// How long a stopping ztunnel waits for [`BINARY`] to decide and remove the plugin.
 pub const DECISION_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where the plugin was installed, and what identifies the DaemonSet.
@@ -94,7 +96,7 @@ pub enum Outcome {
 }
 
 impl Cleanup {
-    /// Removes the plugin if veil is being uninstalled: `veil-cni`'s side (it holds the Kubernetes
+    /// Removes the plugin if veil is being uninstalled: [`BINARY`]'s side (it holds the Kubernetes
     /// client; ztunnel's binary does not).
     pub async fn remove_if_uninstalled(&self) -> Result<Outcome, install::InstallError> {
         let fate = match Client::try_default().await {
@@ -113,54 +115,73 @@ impl Cleanup {
         Ok(Outcome::Removed(changed))
     }
 
-    /// The arguments that have `veil-cni` run [`Self::remove_if_uninstalled`].
+    /// The arguments that have [`BINARY`] run [`Self::remove_if_uninstalled`].
     pub fn args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec![
-            "uninstall".into(),
-            "--if-daemonset-gone".into(),
-            format!("{}/{}", self.namespace, self.daemonset).into(),
-            "--bin-dir".into(),
-            self.bin_dir.clone().into(),
-            "--conf-dir".into(),
-            self.conf_dir.clone().into(),
+        let flag = |name: &str, value: &Path| {
+            let mut arg = OsString::from(format!("--{name}="));
+            arg.push(value);
+            arg
+        };
+        let mut args = vec![
+            OsString::from(format!("--daemonset={}/{}", self.namespace, self.daemonset)),
+            flag("bin-dir", &self.bin_dir),
+            flag("conf-dir", &self.conf_dir),
         ];
         if let Some(file) = &self.ambient_file {
-            args.extend(["--ambient-file".into(), file.clone().into()]);
+            args.push(flag("ambient-file", file));
         }
         args
     }
 
-    /// ztunnel's side, when it stops: has `veil_cni` (the plugin's binary beside ztunnel's own)
-    /// remove the plugin if veil is being uninstalled, waiting at most [`DECISION_TIMEOUT`]. Any
-    /// failure keeps the plugin.
-    pub async fn on_shutdown(&self, veil_cni: &Path) {
-        let mut command = tokio::process::Command::new(veil_cni);
+    /// ztunnel's side: runs `binary` ([`BINARY`], beside ztunnel's own) to remove the plugin if veil
+    /// is being uninstalled, waiting at most `timeout` (then it is killed).
+    pub async fn ask(&self, binary: &Path, timeout: Duration) -> Answer {
+        let mut command = tokio::process::Command::new(binary);
         command
             .args(self.args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let keep = "keeping veil-cni installed (run `veil-cni uninstall` on the node if veil is being uninstalled)";
-        let output = match tokio::time::timeout(DECISION_TIMEOUT, command.output()).await {
-            Err(_) => {
-                warn!(timeout = ?DECISION_TIMEOUT, "veil-cni did not decide in time: {keep}");
-                return;
-            }
+        let output = match tokio::time::timeout(timeout, command.output()).await {
+            Err(_) => return Answer::Failed(format!("no decision within {timeout:?}")),
             Ok(Err(e)) => {
-                error!(error = %e, path = %veil_cni.display(), "could not run veil-cni: {keep}");
-                return;
+                return Answer::Failed(format!("could not run {}: {e}", binary.display()));
             }
             Ok(Ok(output)) => output,
         };
-        let said = String::from_utf8_lossy(&output.stderr);
-        let said = said.trim();
+        let said = String::from_utf8_lossy(&output.stderr).trim().to_owned();
         match output.status.code() {
-            Some(0) => info!(daemonset = %self.daemonset, "{said}"),
-            Some(EXIT_UNKNOWN) => warn!("{said}"),
-            _ => error!(status = %output.status, "veil-cni failed: {said}; {keep}"),
+            Some(0) => Answer::Decided(said),
+            Some(EXIT_UNKNOWN) => Answer::CouldNotTell(said),
+            _ => Answer::Failed(format!("{} ({}): {said}", binary.display(), output.status)),
         }
     }
+
+    /// When ztunnel stops: [`Self::ask`], within [`DECISION_TIMEOUT`], and says what came of it.
+    /// Any failure keeps the plugin.
+    pub async fn on_shutdown(&self, binary: &Path) {
+        match self.ask(binary, DECISION_TIMEOUT).await {
+            Answer::Decided(said) => info!(daemonset = %self.daemonset, "{said}"),
+            Answer::CouldNotTell(said) => warn!(daemonset = %self.daemonset, "{said}"),
+            Answer::Failed(why) => error!(
+                daemonset = %self.daemonset,
+                "{why}: keeping veil-cni installed (run `veil-cni uninstall` on the node if veil is being uninstalled)"
+            ),
+        }
+    }
+}
+
+/// What [`Cleanup::ask`] learnt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Removed, or kept because the DaemonSet remains: what was said.
+    Decided(String),
+    /// The API could not tell; the plugin was kept: what was said.
+    CouldNotTell(String),
+    /// No decision (it could not run, failed, or did not finish in time); the plugin was kept
+    /// unless it had already been removed.
+    Failed(String),
 }
 
 #[cfg(test)]
@@ -236,5 +257,90 @@ mod tests {
             matches!(got, Fate::Unknown(ref r) if r.contains("no answer")),
             "{got:?}"
         );
+    }
+
+    /// A stand-in for [`BINARY`]: a shell script `body` (`$DIR` is the test's directory).
+    fn stand_in(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join(BINARY);
+        let text = format!("#!/bin/sh\nDIR='{}'\n{body}\n", dir.display());
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn cleanup(dir: &Path) -> Cleanup {
+        Cleanup {
+            bin_dir: dir.join("cni bin"),
+            conf_dir: dir.join("-net.d"),
+            namespace: "veil-system".into(),
+            daemonset: "ztunnel".into(),
+            ambient_file: Some(dir.join("ambient.json")),
+        }
+    }
+
+    #[tokio::test]
+    async fn ztunnel_passes_its_flags_and_tells_the_answers_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cleanup(dir.path());
+        let said = stand_in(
+            dir.path(),
+            r#"printf '%s\n' "$@" > "$DIR/args"; echo 'DaemonSet veil-system/ztunnel remains' >&2"#,
+        );
+        assert_eq!(
+            c.ask(&said, Duration::from_secs(10)).await,
+            Answer::Decided("DaemonSet veil-system/ztunnel remains".into())
+        );
+        // One argument each, whatever the paths hold (a space, a leading '-').
+        let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+        let d = dir.path().display();
+        assert_eq!(
+            args.lines().collect::<Vec<_>>(),
+            [
+                "--daemonset=veil-system/ztunnel".to_owned(),
+                format!("--bin-dir={d}/cni bin"),
+                format!("--conf-dir={d}/-net.d"),
+                format!("--ambient-file={d}/ambient.json"),
+            ]
+        );
+        let unknown = stand_in(dir.path(), "echo 'cannot tell' >&2; exit 3");
+        assert_eq!(
+            c.ask(&unknown, Duration::from_secs(10)).await,
+            Answer::CouldNotTell("cannot tell".into())
+        );
+        let failed = stand_in(dir.path(), "echo 'permission denied' >&2; exit 1");
+        assert!(
+            matches!(c.ask(&failed, Duration::from_secs(10)).await, Answer::Failed(why) if why.contains("permission denied")),
+        );
+        let missing = dir.path().join("nowhere");
+        assert!(
+            matches!(c.ask(&missing, Duration::from_secs(10)).await, Answer::Failed(why) if why.contains("could not run")),
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cleanup_that_hangs_is_killed_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let hangs = stand_in(dir.path(), r#"echo $$ > "$DIR/pid"; exec sleep 60"#);
+        let started = tokio::time::Instant::now();
+        let answer = cleanup(dir.path())
+            .ask(&hangs, Duration::from_millis(500))
+            .await;
+        assert!(
+            matches!(&answer, Answer::Failed(why) if why.contains("no decision within")),
+            "{answer:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // Killed, not left running (a zombie until reaped is dead enough).
+        let pid = std::fs::read_to_string(dir.path().join("pid")).unwrap();
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+                .is_ok_and(|stat| !stat.contains(") Z "))
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while running() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!running(), "the hung cleanup still runs");
     }
 }

@@ -301,7 +301,7 @@ async fn stream(
         // The first time, the mesh is published once every type is here; after that (resumed
         // streams included), whenever what arrived is whole.
         if *changed && parts.is_empty() && (*synced.borrow() || both) {
-            let mesh = rebuild(store).await?;
+            let (mesh, whole) = rebuild(store).await?;
             *changed = false;
             report(&mesh);
             if *synced.borrow() {
@@ -311,8 +311,14 @@ async fn stream(
             }
             let old = state.send_replace(Arc::new(mesh));
             synced.send_replace(true);
-            // The last reference to a large mesh is freed off the data path too.
-            tokio::task::spawn_blocking(move || drop(old));
+            // The last reference to a large mesh is freed off the data path too, and after a whole
+            // build what it and the build freed goes back to the kernel.
+            tokio::task::spawn_blocking(move || {
+                drop(old);
+                if whole {
+                    return_freed_memory();
+                }
+            });
         }
         // Up to date only once every type has answered on this stream (a control plane answers
         // every first subscription, even with nothing) and what they brought is published: until
@@ -338,9 +344,9 @@ async fn node_changed(refresh: &mut Option<watch::Receiver<u64>>) -> bool {
 /// The mesh `store` makes: the last one patched where it can be (microseconds, whatever the mesh's
 /// size), else built whole on a blocking thread: at tens of thousands of workloads that takes
 /// milliseconds the data path's workers must not lose.
-async fn rebuild(store: &mut Store) -> Result<MeshState, String> {
+async fn rebuild(store: &mut Store) -> Result<(MeshState, bool), String> {
     if let Some(mesh) = store.patch() {
-        return Ok(mesh);
+        return Ok((mesh, false));
     }
     let taken = std::mem::replace(store, store.empty_like());
     let (taken, mesh) = tokio::task::spawn_blocking(move || {
@@ -351,7 +357,23 @@ async fn rebuild(store: &mut Store) -> Result<MeshState, String> {
     .await
     .map_err(|e| format!("building the mesh failed ({e}); starting over from nothing"))?;
     *store = taken;
-    Ok(mesh)
+    Ok((mesh, true))
+}
+
+/// Hands the allocator's free memory back to the kernel. glibc returns only the top of each heap on
+/// `free`; what a whole build (or decoding the initial sync) freed below live data stays mapped, for
+/// reuse that a subscriber patching its mesh never makes (docs/controller.md has the figures).
+/// `malloc_trim` releases every free page of every arena.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` has no preconditions and is thread-safe (it locks each arena).
+    #[allow(
+        unsafe_code,
+        reason = "glibc's malloc_trim, which no safe wrapper offers"
+    )]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Applies one response; returns its acknowledgement (a NACK naming what was refused) and its kind.

@@ -208,8 +208,10 @@ pub(super) fn measure(
         mb(peak)
     );
     println!(
-        "    one subscriber: {} B per workload, {:.1} ms CPU per change (p50); {SUBSCRIBERS} subscribers: sync {:.1} s, change p99 {:.0} ms, {} B per change each",
+        "    one subscriber: {} B per workload (heap {:.0} MB in use, {:.0} MB free), {:.1} ms CPU per change (p50); {SUBSCRIBERS} subscribers: sync {:.1} s, change p99 {:.0} ms, {} B per change each",
         subscriber["bytes_per_workload"],
+        subscriber["heap"]["in_use_mb"].as_f64().unwrap_or(0.0),
+        subscriber["heap"]["free_mb"].as_f64().unwrap_or(0.0),
         subscriber["cpu_per_change_ns"]["p50_us"]
             .as_f64()
             .unwrap_or(0.0)

@@ -326,6 +326,7 @@ pub(crate) async fn client(c: Client) -> anyhow::Result<()> {
         "cpu_per_change_ns": crate::percentiles(cpu),
         "change_latency_ns": crate::percentiles(latency),
         "rss_after_changes_mb": rss_bytes()? as f64 / 1e6,
+        "heap": heap(),
     });
     println!("{report}");
     Ok(())
@@ -333,6 +334,27 @@ pub(crate) async fn client(c: Client) -> anyhow::Result<()> {
 
 fn proc_self(file: &str) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(format!("/proc/self/{file}"))?)
+}
+
+/// glibc's own count of the heap: what is allocated and what it holds free (in MB), after the
+/// changes — to tell the subscriber's data from the allocator's leftovers in its RSS.
+fn heap() -> serde_json::Value {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: `mallinfo2` has no preconditions; it only reads the allocator's counters.
+        #[allow(
+            unsafe_code,
+            reason = "glibc's mallinfo2, which no safe wrapper offers"
+        )]
+        let info = unsafe { libc::mallinfo2() };
+        json!({
+            "in_use_mb": (info.uordblks + info.hblkhd) as f64 / 1e6,
+            "free_mb": info.fordblks as f64 / 1e6,
+            "releasable_mb": info.keepcost as f64 / 1e6,
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    serde_json::Value::Null
 }
 
 fn rss_bytes() -> anyhow::Result<u64> {

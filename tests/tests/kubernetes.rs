@@ -20,6 +20,13 @@ fn kube_mesh(pods: Vec<PodSpec>) -> Mesh {
     .expect("starting the mesh")
 }
 
+/// Whether the network configuration `file` chains veil-cni.
+fn chained(file: &std::path::Path) -> bool {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .contains("veil-cni")
+}
+
 fn url(m: &Mesh, pod: &str) -> String {
     format!("http://{}:8080/", m.cluster.pod(pod).ip)
 }
@@ -569,11 +576,7 @@ fn a_network_plugin_rewriting_its_configuration_does_not_leave_new_pods_uncaptur
     );
     let (bin_dir, conf_dir) = m.cni_dirs("node-a");
     let file = conf_dir.join("10-e2e.conflist");
-    let chained = || {
-        std::fs::read_to_string(&file)
-            .unwrap_or_default()
-            .contains("veil-cni")
-    };
+    let chained = || chained(&file);
     assert!(chained());
 
     // The network plugin restarts and writes its configuration again, without veil's entry.
@@ -619,21 +622,15 @@ fn a_stopping_ztunnel_removes_veil_cni_only_when_its_daemonset_is_gone() {
         return;
     }
     let mut m = kube_mesh(vec![PodSpec::new("web", "shop", "node-a")]);
-    // No handover to wait for (it would hold a stop for 30 s); the DaemonSet named whatever the
-    // runner's environment says.
-    m.spec.ztunnel_args.extend([
-        "--drain-period=1s".into(),
-        "--namespace=veil-system".into(),
-        "--daemonset=veil-ztunnel".into(),
-    ]);
+    // No handover to wait for (it would hold a stop for 30 s); the namespace whatever the runner's
+    // environment says (the harness names the DaemonSet, veil-ztunnel).
+    m.spec
+        .ztunnel_args
+        .extend(["--drain-period=1s".into(), "--namespace=veil-system".into()]);
     let primary = json!({"cniVersion": "1.0.0", "name": "e2e-net", "plugins": [{"type": "bridge", "bridge": "cbr0"}]});
     let (bin_dir, conf_dir) = m.cni_dirs("node-a");
     let file = conf_dir.join("10-e2e.conflist");
-    let chained = || {
-        std::fs::read_to_string(&file)
-            .unwrap_or_default()
-            .contains("veil-cni")
-    };
+    let chained = || chained(&file);
     // A graceful stop (SIGTERM), as the kubelet's; what the stopped ztunnel logged.
     let stop = |m: &mut Mesh| {
         let mut z = m.ztunnels.remove("node-a").expect("node-a's ztunnel");

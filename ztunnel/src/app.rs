@@ -334,16 +334,17 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
     if let Some(repair) = repair {
         repair.abort();
     }
-    if let (None, Some(bin_dir), Some(conf_dir)) = (
+    if let (None, Some(bin_dir), Some(conf_dir), Some(daemonset)) = (
         &config.mesh_config,
         &config.cni_bin_dir,
         &config.cni_conf_dir,
+        &config.daemonset,
     ) {
         let cleanup = Cleanup {
             bin_dir: bin_dir.clone(),
             conf_dir: conf_dir.clone(),
             namespace: config.namespace.clone(),
-            daemonset: config.daemonset.clone(),
+            daemonset: daemonset.clone(),
             ambient_file: config.ambient_file.clone(),
         };
         // veil-cni-cleanup, beside this binary, asks the API server (ztunnel holds no Kubernetes

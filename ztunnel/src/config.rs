@@ -44,9 +44,10 @@ pub struct Config {
     /// plugin (the Helm chart sets it).
     #[arg(long, env = "VEIL_AMBIENT_FILE")]
     pub ambient_file: Option<PathBuf>,
-    /// The node's CNI bin directory as mounted: with `--cni-conf-dir`, ztunnel removes `veil-cni`
-    /// from the node when it stops because veil is uninstalled (its DaemonSet is gone).
-    #[arg(long, requires = "cni_conf_dir")]
+    /// The node's CNI bin directory as mounted: with `--cni-conf-dir` and `--daemonset`, ztunnel
+    /// removes `veil-cni` from the node when it stops because veil is uninstalled (its DaemonSet is
+    /// gone).
+    #[arg(long, requires_all = ["cni_conf_dir", "daemonset"])]
     pub cni_bin_dir: Option<PathBuf>,
     /// The node's CNI configuration directory as mounted (see `--cni-bin-dir`).
     #[arg(long, requires = "cni_bin_dir")]
@@ -54,9 +55,10 @@ pub struct Config {
     /// ztunnel's namespace (Kubernetes: where its DaemonSet is).
     #[arg(long, env = "POD_NAMESPACE", default_value = "veil-system")]
     pub namespace: String,
-    /// ztunnel's DaemonSet (Kubernetes: when it is gone at stop, veil is being uninstalled).
-    #[arg(long, default_value = "veil-ztunnel")]
-    pub daemonset: String,
+    /// ztunnel's DaemonSet (Kubernetes: when it is gone at stop, veil is being uninstalled). No
+    /// default: a wrong name would read as "gone" and take the plugin off the node at every restart.
+    #[arg(long)]
+    pub daemonset: Option<String>,
     /// Hand this node's pods over between ztunnels through sockets in this directory: a ztunnel
     /// starting takes over the listening sockets of the one running (an upgrade refuses and cuts
     /// no connection), and offers its own to the next (the Helm chart sets it; see
@@ -339,6 +341,16 @@ mod tests {
         assert!(parse_with_source(&["--xds-address=c:15012"]).is_ok());
         assert!(parse_with_source(&["--mesh-config=/m"]).is_ok());
         assert!(parse_with_source(&["--mesh-config=/m", "--xds-address=c:15012"]).is_err());
+    }
+
+    #[test]
+    fn removing_the_plugin_at_uninstall_needs_the_daemonset_named() {
+        // No default name: a wrong one would read as "gone" and remove the plugin at every stop.
+        let dirs = ["--cni-bin-dir=/b", "--cni-conf-dir=/c"];
+        let e = parse(&dirs).unwrap_err().to_string();
+        assert!(e.contains("--daemonset"), "{e}");
+        let c = parse(&[&dirs[..], &["--daemonset=ztunnel"]].concat()).unwrap();
+        assert_eq!(c.daemonset.as_deref(), Some("ztunnel"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Kind;
 use super::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -316,7 +316,9 @@ async fn stream(
             tokio::task::spawn_blocking(move || {
                 drop(old);
                 if whole {
+                    let started = tokio::time::Instant::now();
                     return_freed_memory();
+                    debug!(took = ?started.elapsed(), "freed memory handed back to the kernel");
                 }
             });
         }
@@ -363,7 +365,9 @@ async fn rebuild(store: &mut Store) -> Result<(MeshState, bool), String> {
 /// Hands the allocator's free memory back to the kernel. glibc returns only the top of each heap on
 /// `free`; what a whole build (or decoding the initial sync) freed below live data stays mapped, for
 /// reuse that a subscriber patching its mesh never makes (docs/controller.md has the figures).
-/// `malloc_trim` releases every free page of every arena.
+/// `malloc_trim` releases the whole free pages inside every arena's free chunks (and the main
+/// heap's top); it holds each arena's lock while it walks it, which a whole build's rarity and the
+/// milliseconds it takes make acceptable (not measured under data-path load).
 fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `malloc_trim` has no preconditions and is thread-safe (it locks each arena).

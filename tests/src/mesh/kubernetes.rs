@@ -222,6 +222,7 @@ impl Mesh {
             path(&bin_dir),
             "--cni-conf-dir".into(),
             path(&conf_dir),
+            "--daemonset=veil-ztunnel".into(),
         ]);
         self.start_ztunnel(node)
     }

@@ -269,6 +269,20 @@ mod tests {
         path
     }
 
+    /// [`Cleanup::ask`], again when the script was still open for writing in a child another
+    /// test thread forked meanwhile ("Text file busy": only when tests share a process).
+    async fn ask(c: &Cleanup, script: &Path, timeout: Duration) -> Answer {
+        for _ in 0..20 {
+            match c.ask(script, timeout).await {
+                Answer::Failed(why) if why.contains("Text file busy") => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                answer => return answer,
+            }
+        }
+        panic!("{} stayed busy", script.display());
+    }
+
     fn cleanup(dir: &Path) -> Cleanup {
         Cleanup {
             bin_dir: dir.join("cni bin"),
@@ -288,7 +302,7 @@ mod tests {
             r#"printf '%s\n' "$@" > "$DIR/args"; echo 'DaemonSet veil-system/ztunnel remains' >&2"#,
         );
         assert_eq!(
-            c.ask(&said, Duration::from_secs(10)).await,
+            ask(&c, &said, Duration::from_secs(10)).await,
             Answer::Decided("DaemonSet veil-system/ztunnel remains".into())
         );
         // One argument each, whatever the paths hold (a space, a leading '-').
@@ -305,16 +319,16 @@ mod tests {
         );
         let unknown = stand_in(dir.path(), "echo 'cannot tell' >&2; exit 3");
         assert_eq!(
-            c.ask(&unknown, Duration::from_secs(10)).await,
+            ask(&c, &unknown, Duration::from_secs(10)).await,
             Answer::CouldNotTell("cannot tell".into())
         );
         let failed = stand_in(dir.path(), "echo 'permission denied' >&2; exit 1");
         assert!(
-            matches!(c.ask(&failed, Duration::from_secs(10)).await, Answer::Failed(why) if why.contains("permission denied")),
+            matches!(ask(&c, &failed, Duration::from_secs(10)).await, Answer::Failed(why) if why.contains("permission denied")),
         );
         let missing = dir.path().join("nowhere");
         assert!(
-            matches!(c.ask(&missing, Duration::from_secs(10)).await, Answer::Failed(why) if why.contains("could not run")),
+            matches!(ask(&c, &missing, Duration::from_secs(10)).await, Answer::Failed(why) if why.contains("could not run")),
         );
     }
 
@@ -323,9 +337,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hangs = stand_in(dir.path(), r#"echo $$ > "$DIR/pid"; exec sleep 60"#);
         let started = tokio::time::Instant::now();
-        let answer = cleanup(dir.path())
-            .ask(&hangs, Duration::from_millis(500))
-            .await;
+        let answer = ask(&cleanup(dir.path()), &hangs, Duration::from_millis(500)).await;
         assert!(
             matches!(&answer, Answer::Failed(why) if why.contains("no decision within")),
             "{answer:?}"

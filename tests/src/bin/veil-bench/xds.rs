@@ -336,8 +336,9 @@ fn proc_self(file: &str) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(format!("/proc/self/{file}"))?)
 }
 
-/// glibc's own count of the heap: what is allocated and what it holds free (in MB), after the
-/// changes — to tell the subscriber's data from the allocator's leftovers in its RSS.
+/// glibc's own count of the heap (`mallinfo2`, glibc ≥ 2.33): what is allocated and what it counts
+/// free (in MB), after the changes — to tell the subscriber's data from the allocator's leftovers
+/// in its RSS.
 fn heap() -> serde_json::Value {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -349,8 +350,8 @@ fn heap() -> serde_json::Value {
         let info = unsafe { libc::mallinfo2() };
         json!({
             "in_use_mb": (info.uordblks + info.hblkhd) as f64 / 1e6,
+            // Counted free, whether its pages are still resident or were handed back.
             "free_mb": info.fordblks as f64 / 1e6,
-            "releasable_mb": info.keepcost as f64 / 1e6,
         })
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

@@ -252,7 +252,7 @@ impl Mesh {
                 Some(root) => argv.extend(["--xds-root-cert".into(), path(root.clone())]),
                 None => argv.extend(["--xds-identity".into(), CONTROLLER_IDENTITY.into()]),
             }
-        } else if !self.spec.kubernetes {
+        } else {
             argv.extend([
                 "--mesh-config".into(),
                 path(self.mesh_config.clone()),

@@ -150,16 +150,16 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::default());
     let rejected = metrics.clone();
-    let known = registry.clone();
-    // Pods the CNI plugin handed over get their addresses before the controller lists them.
-    let node = NodeAddresses {
-        changed: registry.subscribe(),
-        lookup: Box::new(move |namespace, name| {
-            known.get(&cni::pod_key(namespace, name)).map(|p| p.ips)
-        }),
-    };
     let (rx, control_plane) = match &config.xds.address {
         Some(address) => {
+            let known = registry.clone();
+            // Pods the CNI plugin handed over get their addresses before the controller lists them.
+            let node = NodeAddresses {
+                changed: registry.subscribe(),
+                lookup: Box::new(move |namespace, name| {
+                    known.get(&cni::pod_key(namespace, name)).map(|p| p.ips)
+                }),
+            };
             let xds = config
                 .xds
                 .client(

@@ -10,4 +10,4 @@ mod watch;
 pub use pod::{SlimContainer, SlimPod, SlimPodSpec, SlimPodStatus};
 pub use telemetry::TelemetryObject;
 pub use translate::{DATAPLANE_MODE, Objects, Translation, USE_WAYPOINT, WAYPOINT, translate};
-pub use watch::{Snapshot, publish, start};
+pub use watch::{Snapshot, start};

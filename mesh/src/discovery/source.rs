@@ -46,9 +46,14 @@ pub fn open(
 /// The mesh of each of the Kubernetes API's snapshots, for a caller that reads the snapshots too
 /// (the controller writes policy status from their objects).
 pub fn states_of(
-    snapshots: watch::Receiver<Arc<kubernetes::Snapshot>>,
+    mut snapshots: watch::Receiver<Arc<kubernetes::Snapshot>>,
 ) -> watch::Receiver<Arc<MeshState>> {
-    let (tx, rx) = watch::channel(snapshots.borrow().state.clone());
-    tokio::spawn(kubernetes::publish(snapshots, tx));
+    let (tx, rx) = watch::channel(snapshots.borrow_and_update().state.clone());
+    tokio::spawn(async move {
+        while snapshots.changed().await.is_ok() {
+            let state = snapshots.borrow_and_update().state.clone();
+            tx.send_replace(state);
+        }
+    });
     rx
 }

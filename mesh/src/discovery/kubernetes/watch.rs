@@ -259,20 +259,6 @@ fn report_rejected(before: &[ConfigError], now: &[ConfigError], on_reject: &impl
     }
 }
 
-/// Publishes the mesh of every snapshot on `tx`. Returns when `snapshots` ends.
-pub async fn publish(
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    tx: watch::Sender<Arc<MeshState>>,
-) {
-    loop {
-        let state = snapshots.borrow_and_update().state.clone();
-        tx.send_replace(state);
-        if snapshots.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 fn build(stores: &Stores, settings: &MeshSettings) -> (Snapshot, Last) {
     let objects = stores.objects();
     let translation = translate(&objects, settings);

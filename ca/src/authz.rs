@@ -216,7 +216,7 @@ impl MeshFilePlacement {
                                 .workloads()
                                 .into_iter()
                                 .filter(|w| w.enrolled)
-                                .map(|w| (w.node.clone(), w.identity.clone())),
+                                .map(|w| (w.node.to_string(), w.identity.clone())),
                         ));
                         *cache = Some((bytes, placement.clone()));
                         Ok(placement)

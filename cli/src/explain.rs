@@ -205,7 +205,7 @@ fn find_workload(
     state
         .workloads()
         .into_iter()
-        .find(|w| w.namespace == namespace && w.name == name)
+        .find(|w| *w.namespace == *namespace && *w.name == *name)
         .ok_or_else(|| format!("no workload {namespace}/{name} in the mesh"))
 }
 
@@ -418,7 +418,7 @@ fn http_request(r: &Request, dest: &Destination, port: u16) -> Result<http::Requ
                 format!("{name}:{port}")
             }
         }
-        Destination::Workload { workload, .. } => workload.name.clone(),
+        Destination::Workload { workload, .. } => workload.name.to_string(),
     });
     let mut builder = http::Request::builder()
         .method(r.method.as_str())

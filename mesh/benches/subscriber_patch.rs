@@ -2,8 +2,11 @@
 //! cluster): a new version of one workload applied to a `Store` holding 10,000 or 100,000
 //! workloads (a Service and an Authorization per ten), and the mesh patched. Also the heap the
 //! store and its mesh hold per workload, counted by this binary's allocator and written to
-//! `target/criterion/subscriber_patch/memory.json`. Run by `cargo xtask bench`, or
-//! `cargo bench -p veil-mesh --bench subscriber_patch`.
+//! `target/criterion/subscriber_patch/memory.json`: the bytes requested, the allocations, and what
+//! glibc's malloc spends on them (each allocation takes a 16-byte-aligned chunk of at least 32
+//! bytes, 8 of them its header): many small allocations cost far more than they ask for. The
+//! workloads carry what veil's controller sends for a pod (names, canonical names, the node, two
+//! Authorizations). Run by `cargo xtask bench`, or `cargo bench -p veil-mesh --bench subscriber_patch`.
 
 #![allow(
     missing_docs,
@@ -24,31 +27,62 @@ use veil_mesh::xds::proto::istio::security as sec;
 use veil_mesh::xds::proto::istio::workload as wl;
 use veil_mesh::xds::{Kind, Store, workload_name};
 
-/// Counts the bytes allocated and not yet freed.
+/// Counts the bytes and allocations not yet freed, and the malloc chunks they take.
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static CHUNKS: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY: every call is passed on to the system allocator unchanged; only a counter is added.
+/// The chunk glibc's malloc takes for `size` bytes on a 64-bit machine: the size and an 8-byte
+/// header, rounded up to 16, at least 32.
+fn chunk(size: usize) -> usize {
+    ((size + 8).next_multiple_of(16)).max(32)
+}
+
+/// Counts `size` bytes held, and one more allocation when `new` (not a reallocation).
+fn count(size: usize, new: bool) {
+    LIVE.fetch_add(size, Ordering::Relaxed);
+    CHUNKS.fetch_add(chunk(size), Ordering::Relaxed);
+    if new {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts `size` bytes no longer held, and one allocation fewer when `freed` (not reallocated).
+fn uncount(size: usize, freed: bool) {
+    LIVE.fetch_sub(size, Ordering::Relaxed);
+    CHUNKS.fetch_sub(chunk(size), Ordering::Relaxed);
+    if freed {
+        ALLOCATIONS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged; only counters are added.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        count(layout.size(), true);
         // SAFETY: the caller's guarantees, passed on.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        uncount(layout.size(), true);
         // SAFETY: the caller's guarantees, passed on.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, size: usize) -> *mut u8 {
-        LIVE.fetch_add(size, Ordering::Relaxed);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        count(size, false);
+        uncount(layout.size(), false);
         // SAFETY: the caller's guarantees, passed on.
         unsafe { System.realloc(ptr, layout, size) }
     }
+}
+
+/// Bytes requested, allocations and malloc chunks' bytes held now.
+fn held() -> [usize; 3] {
+    [&LIVE, &ALLOCATIONS, &CHUNKS].map(|c| c.load(Ordering::Relaxed))
 }
 
 #[global_allocator]
@@ -76,6 +110,12 @@ fn pod(i: usize, groups: usize, address: [u8; 4]) -> (String, Vec<u8>) {
             addresses: vec![address.to_vec()],
             tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
             status: wl::WorkloadStatus::Healthy as i32,
+            trust_domain: "cluster.local".into(),
+            canonical_name: format!("app{g}"),
+            canonical_revision: "2.14.1".into(),
+            workload_name: format!("deploy{g}"),
+            workload_type: wl::WorkloadType::Pod as i32,
+            cluster_id: "Kubernetes".into(),
             services: [(
                 service,
                 wl::PortList {
@@ -87,7 +127,11 @@ fn pod(i: usize, groups: usize, address: [u8; 4]) -> (String, Vec<u8>) {
                 },
             )]
             .into(),
-            authorization_policies: vec![format!("{ns}/p{g}")],
+            // Its own, and the one veil's controller names for every pod under a STRICT mesh.
+            authorization_policies: vec![
+                format!("{ns}/p{g}"),
+                "veil-system/veil:peer-strict".into(),
+            ],
             ..Default::default()
         })),
     }
@@ -161,6 +205,30 @@ fn store(pods: usize) -> Store {
             policy.encode_to_vec(),
         ));
     }
+    // What veil's controller sends for a STRICT mesh: plaintext refused on every port.
+    let peer_strict = sec::Authorization {
+        name: "veil:peer-strict".into(),
+        namespace: "veil-system".into(),
+        scope: sec::Scope::WorkloadSelector as i32,
+        action: sec::Action::Deny as i32,
+        rules: vec![sec::Rule {
+            clauses: vec![sec::Clause {
+                matches: vec![sec::Match {
+                    not_principals: vec![sec::StringMatch {
+                        match_type: Some(sec::string_match::MatchType::Presence(())),
+                    }],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        ..Default::default()
+    };
+    authorizations.push(resource(
+        Kind::Authorization,
+        "veil-system/veil:peer-strict",
+        "v1",
+        peer_strict.encode_to_vec(),
+    ));
     let mut store = Store::new(MeshSettings::default());
     assert!(
         store
@@ -168,7 +236,8 @@ fn store(pods: usize) -> Store {
             .is_empty()
     );
     assert!(store.apply(Kind::Address, &addresses, &[]).is_empty());
-    store.build_whole();
+    let mesh = store.build_whole();
+    assert!(mesh.rejected().is_empty(), "{:?}", mesh.rejected());
     store
 }
 
@@ -176,10 +245,17 @@ fn patch(c: &mut Criterion) {
     let mut memory = serde_json::Map::new();
     let mut group = c.benchmark_group("subscriber_patch");
     for pods in [10_000, 100_000] {
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = held();
         let mut store = store(pods);
-        let held = LIVE.load(Ordering::Relaxed).saturating_sub(before);
-        memory.insert(pods.to_string(), (held / pods).into());
+        let [bytes, allocations, chunks] = [0, 1, 2].map(|i| held()[i].saturating_sub(before[i]));
+        memory.insert(
+            pods.to_string(),
+            serde_json::json!({
+                "requested": bytes / pods,
+                "allocations": allocations as f64 / pods as f64,
+                "malloc_chunks": chunks / pods,
+            }),
+        );
         // Pod 1 moves between two addresses no pod has, a new version each time.
         let changes: Vec<Resource> = (0..2u8)
             .map(|k| {

@@ -117,11 +117,11 @@ impl WorkloadInfo {
     /// As a dump shows it.
     pub fn of(w: &Workload) -> Self {
         Self {
-            namespace: w.namespace.clone(),
-            name: w.name.clone(),
+            namespace: w.namespace.to_string(),
+            name: w.name.to_string(),
             workload_name: w.naming.workload.clone(),
             ips: w.ips.clone(),
-            node: w.node.clone(),
+            node: w.node.to_string(),
             identity: w.identity.to_string(),
             protocol: if w.enrolled { "HBONE" } else { "TCP" }.to_owned(),
             serving: match w.serving {
@@ -375,7 +375,11 @@ impl ConfigDump {
                     endpoints: s
                         .endpoints
                         .iter()
-                        .map(|uid| state.workload(uid).map_or_else(|| uid.clone(), |w| w.key()))
+                        .map(|uid| {
+                            state
+                                .workload(uid)
+                                .map_or_else(|| uid.to_string(), |w| w.key())
+                        })
                         .collect(),
                     waypoint: s.waypoint.as_ref().map(ToString::to_string),
                 })

@@ -390,7 +390,7 @@ pub fn pending_workload(
     labels: &[(&str, &str)],
 ) -> crate::discovery::Workload {
     crate::discovery::Workload {
-        uid: format!("{namespace}/{name}"),
+        uid: format!("{namespace}/{name}").into(),
         name: name.into(),
         namespace: namespace.into(),
         service_account: name.into(),
@@ -453,7 +453,7 @@ pub fn mesh_fingerprint(s: &crate::discovery::MeshState, addresses: &[std::net::
         let uids: Vec<String> = s
             .workloads_on_node(node)
             .iter()
-            .map(|w| w.uid.clone())
+            .map(|w| w.uid.to_string())
             .collect();
         out += &format!("on {node}: {uids:?}\n");
     }

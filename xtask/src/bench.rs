@@ -553,8 +553,11 @@ fn subscriber(root: &Path) -> anyhow::Result<Value> {
             .with_context(|| format!("no median in {}", path.display()))?;
         let heap = &memory["heap_bytes_per_workload"][pods];
         println!(
-            "  {pods} workloads: {:.1} µs per change (median), {heap} B of heap per workload",
-            median / 1000.0
+            "  {pods} workloads: {:.1} µs per change (median); heap per workload: {} B requested in {:.1} allocations, {} B of malloc chunks",
+            median / 1000.0,
+            heap["requested"],
+            heap["allocations"].as_f64().unwrap_or(0.0),
+            heap["malloc_chunks"],
         );
         out[pods] = json!({"change_ns": median, "heap_bytes_per_workload": heap});
     }

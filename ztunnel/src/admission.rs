@@ -3,6 +3,7 @@
 //! lives (`conntrack`), so the two can never disagree about what the policies say.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use veil_mesh::discovery::{MeshState, WaypointRef, Workload};
 use veil_mesh::identity::Identity;
@@ -12,7 +13,7 @@ use veil_mesh::policy::{Attributes, Decision, DenyReason, PeerMode, Verdict, eva
 #[derive(Clone, Debug)]
 pub struct Admitted {
     /// The local workload's uid (its current version is looked up in each state).
-    pub workload_uid: String,
+    pub workload_uid: Arc<str>,
     /// The peer's verified identity (HBONE), or `None` for PERMISSIVE plaintext.
     pub source: Option<Identity>,
     /// The peer's address.

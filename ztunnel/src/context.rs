@@ -302,7 +302,7 @@ impl LocalWorkload {
 /// The pods enrolled on this node, by uid: captured, their listeners serving. Kept by enrolment;
 /// where the same-node path finds a destination.
 #[derive(Debug, Default)]
-pub struct Locals(RwLock<HashMap<String, Arc<LocalWorkload>>>);
+pub struct Locals(RwLock<HashMap<Arc<str>, Arc<LocalWorkload>>>);
 
 impl Locals {
     /// Records an enrolled pod.

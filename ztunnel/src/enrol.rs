@@ -159,7 +159,7 @@ fn probe_targets(
     targets.extend(
         desired(&e.ctx, state)
             .iter()
-            .filter(|w| inherited.contains_key(&w.uid) && !enrolled.contains_key(&w.uid))
+            .filter(|w| inherited.contains_key(&*w.uid) && !enrolled.contains_key(&*w.uid))
             .flat_map(|w| w.ips.iter().copied()),
     );
     targets
@@ -238,7 +238,7 @@ impl Enrolment {
         let (ctx, registry, status) = (&self.ctx, &self.registry, &self.status);
         let want: HashMap<String, Arc<Workload>> = desired(ctx, state)
             .into_iter()
-            .map(|w| (w.uid.clone(), w))
+            .map(|w| (w.uid.to_string(), w))
             .collect();
         let stale: Vec<String> = enrolled
             .iter()
@@ -397,7 +397,7 @@ impl Enrolment {
             return Err(e);
         }
         if inherited.is_some() {
-            pods(&self.inherited).remove(&workload.uid);
+            pods(&self.inherited).remove(&*workload.uid);
             info!(workload = %workload.key(), "serving the sockets handed over by the previous ztunnel");
         }
         Ok((enrolled, handoff))

@@ -52,7 +52,7 @@ pub(crate) fn destination(
 
 /// Whether the same-node path is on (`enabled`) and `endpoint` is on this `node`.
 fn here(enabled: bool, node: &str, endpoint: &Workload) -> bool {
-    enabled && endpoint.node == node
+    enabled && *endpoint.node == *node
 }
 
 /// Whether a connection to `endpoint`, as the mesh has it now, may be joined to the pod `enrolled`

@@ -57,7 +57,7 @@ fn not_ready(ctx: &Context, status: &StatusMap) -> Vec<String> {
         .iter()
         .filter(|w| w.enrolled)
     {
-        match statuses.get(&workload.uid) {
+        match statuses.get(&*workload.uid) {
             Some(CaptureStatus::Captured { .. }) => {}
             Some(CaptureStatus::Released) => continue,
             Some(CaptureStatus::Failed { reason }) => {
@@ -121,7 +121,7 @@ pub fn config_dump(ctx: &Context, status: &StatusMap) -> ConfigDump {
                 source_identity: conn.source.as_ref().map(ToString::to_string),
                 source_ip: conn.source_ip,
                 destination: conn.destination,
-                workload: workload.map_or_else(|| conn.workload_uid.clone(), |w| w.key()),
+                workload: workload.map_or_else(|| conn.workload_uid.to_string(), |w| w.key()),
                 closing: closing.map(|c| {
                     let reason = match (&c.denial, workload) {
                         (Denial::Denied(admission), Some(w)) => admission.reason(w),

@@ -181,7 +181,7 @@ pub fn parse(text: &str, settings: &MeshSettings) -> Result<MeshState, ConfigErr
         workloads
             .iter()
             .filter(|w| w.enrolled)
-            .map(|w| w.namespace.clone()),
+            .map(|w| w.namespace.to_string()),
     );
     let services = file
         .services
@@ -354,11 +354,12 @@ fn workload(
     Ok(Workload {
         uid: w
             .uid
-            .unwrap_or_else(|| format!("{}/{}", w.namespace, w.name)),
-        name: w.name,
-        namespace: w.namespace,
-        service_account: w.service_account,
-        node: w.node,
+            .unwrap_or_else(|| format!("{}/{}", w.namespace, w.name))
+            .into(),
+        name: w.name.into(),
+        namespace: w.namespace.into(),
+        service_account: w.service_account.into(),
+        node: w.node.into(),
         ips: w.ips,
         labels: w.labels,
         naming,

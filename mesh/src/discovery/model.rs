@@ -40,7 +40,7 @@ impl Serving {
 
 /// What telemetry calls a workload: names shared by every replica and kept across restarts (a
 /// pod's own name is neither), so that metric series stay few.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Naming {
     /// The controller that runs it (Deployment, StatefulSet, DaemonSet, CronJob…), else its name.
     pub workload: String,
@@ -79,15 +79,15 @@ impl Naming {
 #[derive(Debug, Serialize)]
 pub struct Workload {
     /// Unique id (`namespace/name` unless the source has a better one).
-    pub uid: String,
+    pub uid: Arc<str>,
     /// Name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Service account; with the trust domain it makes the identity.
-    pub service_account: String,
+    pub service_account: Arc<str>,
     /// The node it runs on.
-    pub node: String,
+    pub node: Arc<str>,
     /// Its addresses.
     pub ips: Vec<IpAddr>,
     /// Labels (policy selectors, service selectors).
@@ -195,7 +195,7 @@ pub struct Service {
     /// Picks the endpoints among the workloads of the namespace.
     pub selector: BTreeMap<String, String>,
     /// The workloads selected, by uid.
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<Arc<str>>,
     /// The waypoint its traffic goes through, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waypoint: Option<WaypointRef>,
@@ -208,7 +208,7 @@ impl Service {
     }
 
     /// This service with `endpoints` instead of its own.
-    pub(crate) fn with_endpoints(&self, endpoints: Vec<String>) -> Self {
+    pub(crate) fn with_endpoints(&self, endpoints: Vec<Arc<str>>) -> Self {
         Self {
             name: self.name.clone(),
             namespace: self.namespace.clone(),

@@ -103,7 +103,7 @@ pub struct MeshState {
     workloads: imbl::OrdSet<ByUid>,
     by_ip: imbl::OrdMap<IpAddr, Arc<Workload>>,
     /// The uids of the workloads on each node.
-    by_node: imbl::OrdMap<String, imbl::OrdSet<ByUid>>,
+    by_node: imbl::OrdMap<Arc<str>, imbl::OrdSet<ByUid>>,
     services: imbl::OrdMap<ServiceKey, Arc<Service>>,
     by_vip: imbl::OrdMap<IpAddr, Arc<Service>>,
     waypoints: Arc<HashMap<WaypointRef, Arc<Waypoint>>>,
@@ -184,7 +184,7 @@ impl MeshState {
         for workload in workloads {
             state.put_workload(Arc::new(workload));
         }
-        let mut services_of: HashMap<String, Vec<ServiceKey>> = HashMap::new();
+        let mut services_of: HashMap<Arc<str>, Vec<ServiceKey>> = HashMap::new();
         for service in services {
             let key = (service.namespace.clone(), service.name.clone());
             if state.services.contains_key(&key) {
@@ -207,7 +207,7 @@ impl MeshState {
         state.services_of = services_of
             .into_iter()
             .filter_map(|(uid, keys)| {
-                let workload = state.workloads.get(uid.as_str())?.clone();
+                let workload = state.workloads.get(&*uid)?.clone();
                 Some((workload, lists.services(keys)))
             })
             .collect();
@@ -255,10 +255,10 @@ impl MeshState {
                 self.by_ip.remove(ip);
             }
         }
-        if let Some(uids) = self.by_node.get_mut(&workload.node) {
+        if let Some(uids) = self.by_node.get_mut(&*workload.node) {
             uids.remove(&ByUid(workload.clone()));
             if uids.is_empty() {
-                self.by_node.remove(&workload.node);
+                self.by_node.remove(&*workload.node);
             }
         }
         self.services_of.remove(uid);
@@ -493,7 +493,7 @@ impl MeshState {
     /// Takes the pod being set up `uid` out of the list; returns it.
     #[cfg(feature = "kubernetes")]
     pub(crate) fn remove_pending(&mut self, uid: &str) -> Option<Arc<Workload>> {
-        let at = self.pending.iter().position(|w| w.uid == uid)?;
+        let at = self.pending.iter().position(|w| &*w.uid == uid)?;
         let mut pending = self.pending.to_vec();
         let workload = pending.remove(at);
         self.pending = pending.into();
@@ -551,7 +551,7 @@ impl MeshState {
         service
             .endpoints
             .iter()
-            .filter_map(|uid| self.workloads.get(uid.as_str()).map(|w| w.0.clone()))
+            .filter_map(|uid| self.workloads.get(&**uid).map(|w| w.0.clone()))
             .collect()
     }
 
@@ -594,7 +594,7 @@ impl MeshState {
     /// The services `workload` is an endpoint of.
     pub fn services_of(&self, workload: &Workload) -> Vec<Arc<Service>> {
         self.services_of
-            .get(workload.uid.as_str())
+            .get(&*workload.uid)
             .into_iter()
             .flat_map(|keys| keys.iter())
             .filter_map(|key| self.services.get(key).cloned())

@@ -37,6 +37,11 @@ pub enum IdentityError {
 }
 
 impl Identity {
+    /// How many hold this identity (its clones share one string).
+    pub(crate) fn holders(&self) -> usize {
+        Arc::strong_count(&self.uri)
+    }
+
     /// Parses and validates an identity URI.
     pub fn parse(input: &str) -> Result<Self, IdentityError> {
         let id = SpiffeId::new(input).map_err(|e| IdentityError::NotSpiffe {

@@ -140,7 +140,7 @@ impl Party {
     pub fn of(w: &Workload) -> Self {
         Self {
             workload: w.naming.workload.as_str().into(),
-            namespace: w.namespace.as_str().into(),
+            namespace: (*w.namespace).into(),
             principal: w.identity.as_str().into(),
             app: w.naming.app.as_str().into(),
             version: w.naming.version.as_str().into(),

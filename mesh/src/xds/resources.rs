@@ -426,7 +426,7 @@ impl Resources {
             let mut entry = Entry::new(&wl::Address {
                 r#type: Some(wl::address::Type::Workload(message)),
             });
-            entry.node = Some(workload.node.as_str().into());
+            entry.node = Some((*workload.node).into());
             self.addresses.insert(name.into(), entry);
         }
         self.add_users(&all_uses);

@@ -36,6 +36,7 @@ use std::sync::Arc;
 mod derive;
 mod entries;
 mod patch;
+mod shared;
 mod waypoint;
 
 use derive::{gather, ips_of, left_to_its_waypoint, placeholder, target_port, waypoint};
@@ -93,7 +94,8 @@ struct Policy {
 #[allow(missing_debug_implementations, reason = "holds a closure")]
 pub struct Store {
     settings: MeshSettings,
-    addresses: HashMap<Box<str>, Received>,
+    /// Workloads and services by xDS name (a workload's is its uid, which its mesh copy shares).
+    addresses: HashMap<Arc<str>, Received>,
     authorizations: HashMap<String, Policy>,
     /// Enrolled namespaces: their versions, and why one was refused (see [`Self::apply`]).
     namespaces: HashMap<String, (String, Option<String>)>,
@@ -111,6 +113,8 @@ pub struct Store {
     /// A waypoint's store: policies as written and their bindings, which its mesh is checked
     /// against instead of Authorizations.
     waypoint: Option<waypoint::Held>,
+    /// One copy of what workloads hold alike.
+    shared: shared::Shared,
 }
 
 impl std::fmt::Debug for Store {
@@ -138,6 +142,7 @@ impl Store {
             changes: patch::Changes::default(),
             derived: None,
             waypoint: None,
+            shared: shared::Shared::default(),
         }
     }
 
@@ -233,9 +238,12 @@ impl Store {
             let refusal = match kind {
                 Kind::Address => {
                     let value = decode::<wl::Address>(kind, resource)
-                        .and_then(|a| address_entry(name, &a, &self.settings));
+                        .and_then(|a| address_entry(name, &a, &self.settings, &mut self.shared));
                     self.arrivals += 1;
-                    let before = self.addresses.remove(name.as_str());
+                    let (before_key, before) = self
+                        .addresses
+                        .remove_entry(name.as_str())
+                        .map_or((None, None), |(k, b)| (Some(k), Some(b)));
                     let since = before.as_ref().map_or(self.arrivals, |b| b.since);
                     let (received, refusal) = match value {
                         Ok(entry) => {
@@ -270,7 +278,8 @@ impl Store {
                             (received, Some(reason))
                         }
                     };
-                    self.addresses.insert(name.as_str().into(), received);
+                    let key = before_key.unwrap_or_else(|| name.as_str().into());
+                    self.addresses.insert(key, received);
                     refusal
                 }
                 Kind::Authorization => {
@@ -383,7 +392,7 @@ impl Store {
         // Of two workloads claiming an address, the one received first keeps it; the later claim
         // is left out (a new object cannot take over a running pod's address). Except that the
         // addresses this node's network plugin has just given a pod are that pod's: it claims first.
-        claims.sort_by_key(|(since, w)| (!filled.contains_key(w.uid), *since, w.uid));
+        claims.sort_by_key(|(since, w)| (!filled.contains_key(&**w.uid), *since, w.uid));
         // Who has each address (one workload at most, after this).
         let mut by_ip: HashMap<IpAddr, Named<'_>> = HashMap::new();
         let mut workloads: Vec<(Named<'_>, &[IpAddr])> = Vec::with_capacity(claims.len());
@@ -402,7 +411,7 @@ impl Store {
                 ));
                 // Who holds a contested address depends on every claim: not patched.
                 reserved.extend(ips.iter().copied());
-                left_out.insert(w.uid.to_owned());
+                left_out.insert(w.uid.to_string());
                 continue;
             }
             by_ip.extend(ips.iter().map(|ip| (*ip, w)));
@@ -493,7 +502,7 @@ impl Store {
             };
             match waypoint(&reference, &found, &filled) {
                 Ok(waypoint) => {
-                    instances.extend(found.iter().map(|w| w.uid));
+                    instances.extend(found.iter().map(|w| &**w.uid));
                     reserved.extend(waypoint.ips.iter().copied());
                     waypoints.push(waypoint);
                 }
@@ -509,15 +518,18 @@ impl Store {
         let reference = |g: Option<&Gateway>| g.map(|g| references[g].clone());
 
         let mut model_workloads = Vec::with_capacity(workloads.len());
-        let mut named: HashMap<&str, &[Box<str>]> = HashMap::new();
-        for (w, ips) in workloads.iter().filter(|(w, _)| !instances.contains(w.uid)) {
+        let mut named: HashMap<&str, &[Arc<str>]> = HashMap::new();
+        for (w, ips) in workloads
+            .iter()
+            .filter(|(w, _)| !instances.contains(&**w.uid))
+        {
             named.insert(w.uid, &w.policies);
             model_workloads.push(Workload {
-                uid: w.uid.to_owned(),
-                name: w.name.to_string(),
-                namespace: w.namespace.to_string(),
-                service_account: w.service_account.to_string(),
-                node: w.node.to_string(),
+                uid: w.uid.clone(),
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                service_account: w.service_account.clone(),
+                node: w.node.clone(),
                 ips: ips.to_vec(),
                 labels: BTreeMap::new(),
                 naming: w.naming.clone(),
@@ -571,7 +583,7 @@ impl Store {
                 // is read from each when one is picked (`MeshState::serving_endpoints`), and an
                 // unready pod addressed directly is still behind its services' waypoint and
                 // policies.
-                endpoints: backing.iter().map(|w| w.uid.to_owned()).collect(),
+                endpoints: backing.iter().map(|w| w.uid.clone()).collect(),
                 waypoint: reference(s.waypoint.as_ref()),
             });
         }
@@ -618,20 +630,20 @@ impl Store {
             held.view(&self.settings)
         });
         let applicable = |w: &Workload| -> Arc<[Arc<AuthzPolicy>]> {
-            if quarantined.contains(w.uid.as_str()) {
+            if quarantined.contains(&*w.uid) {
                 return Arc::from(vec![refused_update.clone()]);
             }
             if let Some(view) = &view {
-                let named = named.get(w.uid.as_str()).copied().unwrap_or_default();
+                let named = named.get(&*w.uid).copied().unwrap_or_default();
                 return gather(view.applicable(w, named));
             }
-            let names = named.get(w.uid.as_str()).copied().unwrap_or_default();
+            let names = named.get(&*w.uid).copied().unwrap_or_default();
             let mut out: Vec<Arc<AuthzPolicy>> = Vec::new();
             if !left_to_its_waypoint(&self.settings.root_namespace, w.waypoint.is_some(), names) {
                 out.extend(mesh_wide.iter().cloned());
                 out.extend(
                     by_namespace
-                        .get(w.namespace.as_str())
+                        .get(&*w.namespace)
                         .into_iter()
                         .flatten()
                         .cloned(),
@@ -655,7 +667,7 @@ impl Store {
         }
         let mut enrolled: HashMap<String, usize> = HashMap::new();
         for w in model_workloads.iter().filter(|w| w.enrolled) {
-            *enrolled.entry(w.namespace.clone()).or_default() += 1;
+            *enrolled.entry(w.namespace.to_string()).or_default() += 1;
         }
         let ambient: BTreeSet<String> = enrolled
             .keys()
@@ -682,7 +694,7 @@ impl Store {
             backing: backing
                 .iter()
                 .map(|(key, ws)| {
-                    let uids = ws.iter().map(|w| w.uid.into()).collect();
+                    let uids = ws.iter().map(|w| w.uid.clone()).collect();
                     ((*key).to_owned(), uids)
                 })
                 .collect(),

@@ -113,7 +113,10 @@ async fn await_release(ctx: &Context, registry: &Registry, status: &StatusMap, k
             return true;
         };
         matches!(
-            status.lock().unwrap_or_else(|e| e.into_inner()).get(&w.uid),
+            status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&*w.uid),
             Some(CaptureStatus::Released)
         )
     };
@@ -151,7 +154,11 @@ async fn await_capture(ctx: &Context, status: &StatusMap, key: &str, netns: NsId
                     error: None,
                 };
             }
-            Some(w) => match status.lock().unwrap_or_else(|e| e.into_inner()).get(&w.uid) {
+            Some(w) => match status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&*w.uid)
+            {
                 Some(CaptureStatus::Captured { netns: captured }) if *captured == netns => {
                     return Reply {
                         captured: true,

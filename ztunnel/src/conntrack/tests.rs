@@ -39,7 +39,7 @@ fn state(policies: &str) -> MeshState {
     parse(&yaml, &MeshSettings::default()).unwrap()
 }
 
-fn uid(state: &MeshState) -> String {
+fn uid(state: &MeshState) -> std::sync::Arc<str> {
     state
         .workload_by_ip("10.2.0.10".parse().unwrap())
         .unwrap()

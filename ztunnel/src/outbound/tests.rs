@@ -31,7 +31,7 @@ fn mesh_workloads_are_reached_over_hbone_on_the_port_dialled() {
         0,
     ) {
         Route::Hbone { endpoint, target } => {
-            assert_eq!(endpoint.name, "profile-0");
+            assert_eq!(&*endpoint.name, "profile-0");
             assert_eq!(target, addr("10.2.0.10:8080"));
         }
         other => panic!("{other:?}"),
@@ -51,7 +51,7 @@ fn services_are_balanced_over_their_endpoints_with_the_target_port() {
             Route::Hbone { endpoint, target } => {
                 assert_eq!(target.port(), 8080);
                 assert_eq!(target.ip(), endpoint.ips[0]);
-                seen.push(endpoint.name.clone());
+                seen.push(endpoint.name.to_string());
             }
             other => panic!("{other:?}"),
         }

@@ -36,6 +36,9 @@ const PATCH_AT_MOST: usize = 512;
 /// A pod as it was and as it is (`None`: absent).
 pub(crate) type PodChange = (Option<Arc<SlimPod>>, Option<Arc<SlimPod>>);
 
+/// A pod added by a patch: its namespace, labels and uid.
+type Added = (Arc<str>, BTreeMap<String, String>, Arc<str>);
+
 /// A change a patch does not follow, and why.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Whole(pub(crate) &'static str);
@@ -49,7 +52,7 @@ pub(crate) fn contested(objects: &Objects, state: &MeshState) -> HashSet<IpAddr>
     for pod in objects.pods.iter().filter(|p| live(p)) {
         let uid = pod_uid(pod);
         for ip in pod_ips(pod) {
-            let its_own = state.workload_by_ip(ip).is_some_and(|w| w.uid == uid);
+            let its_own = state.workload_by_ip(ip).is_some_and(|w| *w.uid == *uid);
             if !seen.insert(ip) || !its_own {
                 out.insert(ip);
             }
@@ -89,7 +92,7 @@ pub(crate) fn patch(
     let mut state = previous.clone();
     let mut touched: BTreeSet<ServiceKey> = BTreeSet::new();
     let mut gone: HashSet<String> = HashSet::new();
-    let mut added: Vec<(String, BTreeMap<String, String>, String)> = Vec::new();
+    let mut added: Vec<Added> = Vec::new();
     // Out with what the pods were.
     for before in changes.iter().filter_map(|(b, _)| b.as_ref()) {
         let uid = pod_uid(before);
@@ -151,16 +154,16 @@ pub(crate) fn patch(
         let Some(service) = state.service_by_key(&key) else {
             continue;
         };
-        let mut endpoints: Vec<String> = service
+        let mut endpoints: Vec<Arc<str>> = service
             .endpoints
             .iter()
-            .filter(|uid| !gone.contains(uid.as_str()))
+            .filter(|uid| !gone.contains(&***uid))
             .cloned()
             .chain(
                 added
                     .iter()
                     .filter(|(namespace, labels, _)| {
-                        *namespace == service.namespace && selects(&service.selector, labels)
+                        **namespace == *service.namespace && selects(&service.selector, labels)
                     })
                     .map(|(_, _, uid)| uid.clone()),
             )

@@ -419,11 +419,11 @@ pub(crate) fn workload(
     };
     let naming = Arc::new(Naming::new(workload_name(pod), &labels));
     Some(Workload {
-        uid: pod_uid(pod),
-        name: pod.name_any(),
-        namespace,
-        service_account: service_account(pod).to_owned(),
-        node: node_name(pod).unwrap_or_default().to_owned(),
+        uid: pod_uid(pod).into(),
+        name: pod.name_any().into(),
+        namespace: namespace.into(),
+        service_account: service_account(pod).into(),
+        node: node_name(pod).unwrap_or_default().into(),
         ips,
         labels,
         naming,

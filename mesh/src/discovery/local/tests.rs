@@ -61,7 +61,7 @@ fn a_valid_file_becomes_an_indexed_state() {
         Some(Path::new("/var/run/netns/account"))
     );
     let profile = state.workload_by_ip("fd00::10".parse().unwrap()).unwrap();
-    assert_eq!(profile.uid, "user-data/profile-0");
+    assert_eq!(&*profile.uid, "user-data/profile-0");
     assert!(
         !state
             .workload_by_ip("10.2.0.99".parse().unwrap())
@@ -74,7 +74,7 @@ fn a_valid_file_becomes_an_indexed_state() {
     assert_eq!(service.target_port(81), None);
     let endpoints = state.endpoints(service);
     assert_eq!(endpoints.len(), 1);
-    assert_eq!(endpoints[0].uid, "user-data/profile-0");
+    assert_eq!(&*endpoints[0].uid, "user-data/profile-0");
 
     let policies = state.authz_for(profile);
     assert_eq!(policies.len(), 1);

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::ConfigError;
 use crate::discovery::model::{Service, Waypoint, WaypointRef, Workload, selects};
@@ -119,17 +120,14 @@ pub(super) fn services(
             ));
             continue;
         }
-        let mut endpoints: Vec<String> = if service.selector.is_empty() {
+        let mut endpoints: Vec<Arc<str>> = if service.selector.is_empty() {
             // Endpoints named by the source (a control plane that selected them): those that exist.
             let known = known.get_or_insert_with(|| {
-                workloads
-                    .iter()
-                    .map(|w| w.uid.as_str())
-                    .collect::<HashSet<&str>>()
+                workloads.iter().map(|w| &*w.uid).collect::<HashSet<&str>>()
             });
             std::mem::take(&mut service.endpoints)
                 .into_iter()
-                .filter(|uid| known.contains(uid.as_str()))
+                .filter(|uid| known.contains(&**uid))
                 .collect()
         } else {
             // The workloads of the service's namespace carrying the rarest of its selector's
@@ -167,7 +165,7 @@ fn by_label(workloads: &[Workload]) -> LabelIndex<'_> {
     for w in workloads {
         for (k, v) in &w.labels {
             index
-                .entry((w.namespace.as_str(), k.as_str(), v.as_str()))
+                .entry((&*w.namespace, k.as_str(), v.as_str()))
                 .or_default()
                 .push(w);
         }
@@ -190,11 +188,11 @@ pub(super) fn front(
             continue;
         };
         for uid in &service.endpoints {
-            claims.entry(uid.as_str()).or_default().insert(reference);
+            claims.entry(&**uid).or_default().insert(reference);
         }
     }
     for workload in workloads.iter_mut() {
-        let Some(by_services) = claims.get(workload.uid.as_str()) else {
+        let Some(by_services) = claims.get(&*workload.uid) else {
             continue;
         };
         if let Some(names) = front_one(workload, by_services.iter().copied()) {

@@ -14,7 +14,7 @@ fn ip(s: &str) -> IpAddr {
 
 fn workload(name: &str, address: &str, app: &str) -> Workload {
     Workload {
-        uid: format!("shop/{name}"),
+        uid: format!("shop/{name}").into(),
         name: name.into(),
         namespace: "shop".into(),
         service_account: name.into(),
@@ -165,7 +165,7 @@ fn a_workload_fronted_by_two_waypoints_is_marked_conflicting() {
 /// subscriber holds each once per set, not once per pod (issue 11's memory per workload).
 #[test]
 fn replicas_share_the_lists_they_hold_alike() {
-    let endpoints = ["shop/cart-1", "shop/cart-2", "shop/cart-3"].map(String::from);
+    let endpoints = ["shop/cart-1", "shop/cart-2", "shop/cart-3"].map(std::sync::Arc::<str>::from);
     let services = ["cart", "cart-admin"].map(|name| Service {
         endpoints: endpoints.to_vec(),
         ..service(
@@ -202,7 +202,11 @@ fn replicas_share_the_lists_they_hold_alike() {
     let other = Arc::new(deny_everything(PolicyId::new("shop", "p"), Scope::Named));
     // cart-3's policy has the same name but is another object: its own list.
     let list = |w: &Workload| -> Arc<[Arc<AuthzPolicy>]> {
-        let p = if w.name == "cart-3" { &other } else { &policy };
+        let p = if &*w.name == "cart-3" {
+            &other
+        } else {
+            &policy
+        };
         Arc::from(vec![p.clone()])
     };
     let state = state.with_received_policies(Vec::new(), list, Vec::new(), true);

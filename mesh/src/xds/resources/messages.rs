@@ -44,8 +44,8 @@ pub(super) fn workload_message(
 ) -> wl::Workload {
     wl::Workload {
         uid: workload_name(&w.namespace, &w.name),
-        name: w.name.clone(),
-        namespace: w.namespace.clone(),
+        name: w.name.to_string(),
+        namespace: w.namespace.to_string(),
         addresses: w.ips.iter().map(|ip| ip_bytes(*ip)).collect(),
         tunnel_protocol: if w.enrolled {
             wl::TunnelProtocol::Hbone
@@ -53,13 +53,13 @@ pub(super) fn workload_message(
             wl::TunnelProtocol::None
         } as i32,
         trust_domain: w.identity.trust_domain().into(),
-        service_account: w.service_account.clone(),
+        service_account: w.service_account.to_string(),
         waypoint: w
             .waypoint
             .as_ref()
             .filter(|_| w.enrolled)
             .map(|r| gateway(state, r)),
-        node: w.node.clone(),
+        node: w.node.to_string(),
         canonical_name: w.naming.app.clone(),
         canonical_revision: w.naming.version.clone(),
         workload_name: w.naming.workload.clone(),

@@ -11,7 +11,7 @@ impl Store {
         claims
             .iter()
             .filter(|(_, w)| w.ips.is_empty())
-            .filter_map(|(_, w)| Some((w.uid, self.filled_in(w)?)))
+            .filter_map(|(_, w)| Some((&**w.uid, self.filled_in(w)?)))
             .collect()
     }
 
@@ -44,7 +44,7 @@ impl Store {
 pub(super) fn left_to_its_waypoint(
     root: &str,
     behind_a_waypoint: bool,
-    names: &[Box<str>],
+    names: &[Arc<str>],
 ) -> bool {
     behind_a_waypoint
         && names.iter().any(|n| {
@@ -64,7 +64,7 @@ pub(super) fn gather(mut policies: Vec<Arc<AuthzPolicy>>) -> Arc<[Arc<AuthzPolic
 /// A workload's addresses: as received, or, when it arrived without any, as its node filled in.
 pub(super) fn ips_of<'a>(w: Named<'a>, filled: &'a HashMap<&str, Vec<IpAddr>>) -> &'a [IpAddr] {
     if w.ips.is_empty() {
-        filled.get(w.uid).map_or(&[], Vec::as_slice)
+        filled.get(&**w.uid).map_or(&[], Vec::as_slice)
     } else {
         &w.w.ips
     }

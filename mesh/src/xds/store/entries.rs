@@ -14,6 +14,8 @@ use crate::identity::Identity;
 use crate::policy::TelemetrySettings;
 use crate::xds::SERVING_WHILE_TERMINATING;
 
+use super::shared::Shared;
+
 /// A validated workload or service, as received.
 #[derive(Debug)]
 pub(super) enum AddressEntry {
@@ -24,20 +26,21 @@ pub(super) enum AddressEntry {
 
 #[derive(Clone, Debug)]
 pub(super) struct WorkloadEntry {
-    // Boxed strings and slices, a boxed gateway, no uid (the store's key): a store holds one
-    // entry per workload of the cluster (issue 11's memory target), and most have no waypoint.
-    pub(super) name: Box<str>,
-    pub(super) namespace: Box<str>,
-    pub(super) service_account: Box<str>,
+    // Shared strings and lists (see `shared`), a boxed gateway, no uid (the store's key): a store
+    // holds one entry per workload of the cluster (issue 11's memory target), and most have no
+    // waypoint. The mesh's workloads share these strings too.
+    pub(super) name: Arc<str>,
+    pub(super) namespace: Arc<str>,
+    pub(super) service_account: Arc<str>,
     pub(super) naming: Arc<Naming>,
-    pub(super) node: Box<str>,
+    pub(super) node: Arc<str>,
     pub(super) ips: Box<[IpAddr]>,
     pub(super) enrolled: bool,
     /// Whether it may be a service's endpoint.
     pub(super) serving: Serving,
     pub(super) identity: Identity,
     pub(super) waypoint: Option<Box<Gateway>>,
-    pub(super) policies: Box<[Box<str>]>,
+    pub(super) policies: Arc<[Arc<str>]>,
     /// The services it backs, with their ports.
     pub(super) services: Backs,
     /// The Telemetry the control plane resolved for it ([`crate::xds::TELEMETRY_EXTENSION`]).
@@ -47,7 +50,7 @@ pub(super) struct WorkloadEntry {
 /// A workload entry with its uid: the xDS name it is held under, not held twice.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Named<'a> {
-    pub(super) uid: &'a str,
+    pub(super) uid: &'a Arc<str>,
     pub(super) w: &'a WorkloadEntry,
 }
 
@@ -59,12 +62,13 @@ impl std::ops::Deref for Named<'_> {
 }
 
 /// The services a workload backs (xDS names, sorted), with their ports. A sorted slice: most
-/// workloads back one service, for which a map's node would be most of the workload's memory.
+/// workloads back one service, for which a map's node would be most of the workload's memory;
+/// shared by the workloads that back the same (a Deployment's replicas).
 #[derive(Clone, Debug)]
-pub(super) struct Backs(Box<[(Box<str>, Ports)]>);
+pub(super) struct Backs(Arc<super::shared::ServiceList>);
 
 /// Service ports and their target ports (0: per endpoint).
-type Ports = Box<[(u16, u16)]>;
+pub(super) type Ports = Box<[(u16, u16)]>;
 
 impl Backs {
     /// The services' xDS names, sorted.
@@ -115,10 +119,11 @@ pub(super) fn address_entry(
     name: &str,
     a: &wl::Address,
     settings: &MeshSettings,
+    shared: &mut Shared,
 ) -> Result<AddressEntry, String> {
     match &a.r#type {
         Some(wl::address::Type::Workload(w)) => {
-            workload_entry(name, w, settings).map(|w| AddressEntry::Workload(Box::new(w)))
+            workload_entry(name, w, settings, shared).map(|w| AddressEntry::Workload(Box::new(w)))
         }
         Some(wl::address::Type::Service(s)) => {
             service_entry(name, s).map(|s| AddressEntry::Service(Box::new(s)))
@@ -131,6 +136,7 @@ fn workload_entry(
     name: &str,
     w: &wl::Workload,
     settings: &MeshSettings,
+    shared: &mut Shared,
 ) -> Result<WorkloadEntry, String> {
     if w.uid != name {
         return Err(format!(
@@ -189,26 +195,28 @@ fn workload_entry(
             .map(|p| Ok((port(p.service_port)?, optional_port(p.target_port)?)))
             .collect::<Result<Box<[_]>, String>>()
             .map_err(|e| format!("services[{key}]: {e}"))?;
-        services.push((key.as_str().into(), ports));
+        services.push((shared.str(key), ports));
     }
-    services.sort_unstable_by(|a: &(Box<str>, Ports), b| a.0.cmp(&b.0));
+    services.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let waypoint = w.waypoint.as_ref().map(gateway).transpose()?.map(Box::new);
+    let policies = w
+        .authorization_policies
+        .iter()
+        .map(|p| shared.str(p))
+        .collect();
     Ok(WorkloadEntry {
         name: w.name.as_str().into(),
-        namespace: w.namespace.as_str().into(),
-        service_account: service_account.into(),
-        naming: Arc::new(naming(w)),
-        node: w.node.as_str().into(),
+        namespace: shared.str(&w.namespace),
+        service_account: shared.str(service_account),
+        naming: shared.naming(naming(w)),
+        node: shared.str(&w.node),
         ips: ips.into(),
         enrolled,
         serving,
-        identity,
-        waypoint: w.waypoint.as_ref().map(gateway).transpose()?.map(Box::new),
-        policies: w
-            .authorization_policies
-            .iter()
-            .map(|p| p.as_str().into())
-            .collect(),
-        services: Backs(services.into()),
+        identity: shared.identity(identity),
+        waypoint,
+        policies: shared.policies(policies),
+        services: Backs(shared.services(services)),
         telemetry: telemetry(w),
     })
 }

@@ -107,7 +107,7 @@ pub(super) struct Derived {
     pub(super) mesh_wide: Vec<Arc<AuthzPolicy>>,
     pub(super) by_namespace: HashMap<String, Vec<Arc<AuthzPolicy>>>,
     /// The workloads with an address (uids) that back each service (xDS name).
-    pub(super) backing: HashMap<String, BTreeSet<Box<str>>>,
+    pub(super) backing: HashMap<String, BTreeSet<Arc<str>>>,
     /// How many enrolled workloads each namespace has in the mesh.
     pub(super) enrolled: HashMap<String, usize>,
     /// The lists workloads hold alike, one copy of each.
@@ -194,7 +194,7 @@ impl Store {
         let ips = current.map(|w| self.addresses_of(w)).unwrap_or_default();
         if let Some(w) = current {
             for ip in &ips {
-                let taken = next.workload_by_ip(*ip).is_some_and(|o| o.uid != uid);
+                let taken = next.workload_by_ip(*ip).is_some_and(|o| &*o.uid != uid);
                 if taken || derived.reserved.contains(ip) {
                     return Err(Whole("an address it claims is taken or contested"));
                 }
@@ -261,20 +261,25 @@ impl Store {
         {
             *users += 1;
         }
+        // The uid as the store holds it, shared by the mesh's copy.
+        let shared_uid: Arc<str> = self
+            .addresses
+            .get_key_value(uid)
+            .map_or_else(|| uid.into(), |(key, _)| key.clone());
         for key in w.services.keys() {
             derived
                 .backing
                 .entry(key.to_owned())
                 .or_default()
-                .insert(uid.into());
+                .insert(shared_uid.clone());
             affected.insert(key.to_owned());
         }
         let mut workload = Workload {
-            uid: uid.to_owned(),
-            name: w.name.to_string(),
-            namespace: w.namespace.to_string(),
-            service_account: w.service_account.to_string(),
-            node: w.node.to_string(),
+            uid: shared_uid,
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            service_account: w.service_account.clone(),
+            node: w.node.clone(),
             ips,
             labels: Default::default(),
             naming: w.naming.clone(),
@@ -408,8 +413,8 @@ impl Store {
         };
         let endpoints = backing
             .iter()
-            .filter(|w| !derived.instances.contains(w.uid))
-            .map(|w| w.uid.to_owned())
+            .filter(|w| !derived.instances.contains(&**w.uid))
+            .map(|w| w.uid.clone())
             .collect();
         let service = Service {
             ports,

@@ -168,7 +168,7 @@ impl View<'_> {
     pub(super) fn applicable(
         &self,
         workload: &Workload,
-        named: &[Box<str>],
+        named: &[Arc<str>],
     ) -> Vec<Arc<AuthzPolicy>> {
         let mut out = self
             .index
@@ -178,11 +178,11 @@ impl View<'_> {
                 Some(p) => out.push(p.policy.clone()),
                 None => out.push(self.deny.clone()),
             };
-        match self.held.bindings.get(&workload.uid) {
+        match self.held.bindings.get(&*workload.uid) {
             Some(Binding {
                 policies: Ok((names, digest)),
                 ..
-            }) if self.digests.get(workload.namespace.as_str()) == Some(digest) => {
+            }) if self.digests.get(&*workload.namespace) == Some(digest) => {
                 names.iter().for_each(|n| by_name(n, &mut out))
             }
             // Refused, or made with other policies than those held: not current.

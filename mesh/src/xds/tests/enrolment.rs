@@ -100,14 +100,14 @@ fn a_pending_pod_takes_the_address_its_node_knows_and_only_there() {
     assert!(
         s.workloads_on_node("node-a")
             .iter()
-            .all(|w| w.name != "web2")
+            .all(|w| &*w.name != "web2")
     );
 
     // On its node: in the mesh with the address the CNI plugin gave, its identity and policies.
     let store = received(&resources).with_node_addresses("node-a".into(), Arc::new(lookup));
     let s = store.to_state();
     let w = s.workload_by_ip(fresh).expect("filled in");
-    assert_eq!((w.namespace.as_str(), w.name.as_str()), ("shop", "web2"));
+    assert_eq!((&*w.namespace, &*w.name), ("shop", "web2"));
     assert!(w.enrolled);
     assert_eq!(
         w.identity.as_str(),
@@ -131,7 +131,7 @@ fn an_address_the_node_just_gave_a_pod_is_that_pods() {
     let lookup = move |_: &str, name: &str| (name == "web2").then(|| vec![reused]);
     let store = received(&resources).with_node_addresses("node-a".into(), Arc::new(lookup));
     let s = store.to_state();
-    assert_eq!(s.workload_by_ip(reused).unwrap().name, "web2");
+    assert_eq!(&*s.workload_by_ip(reused).unwrap().name, "web2");
     assert!(
         s.rejected()
             .iter()
@@ -244,7 +244,7 @@ fn picked(state: &MeshState) -> Vec<String> {
     state
         .serving_endpoints(service)
         .iter()
-        .map(|w| w.name.clone())
+        .map(|w| w.name.to_string())
         .collect()
 }
 

@@ -300,7 +300,7 @@ fn a_patch_touches_only_the_changed_workload_and_its_services() {
     );
     let after = store.patch().expect("one workload moved: patched");
     let moved = after.workload_by_ip("10.1.0.42".parse().unwrap()).unwrap();
-    assert_eq!(moved.name, "api");
+    assert_eq!(&*moved.name, "api");
     assert!(after.workload_by_ip("10.1.0.2".parse().unwrap()).is_none());
     // Untouched workloads are the same objects, not copies.
     let web = |s: &MeshState| -> Arc<Workload> {
@@ -311,7 +311,7 @@ fn a_patch_touches_only_the_changed_workload_and_its_services() {
     assert!(Arc::ptr_eq(&web(&before), &web(&after)));
     // The service it backs now leads to it.
     let svc = after.service_by_vip("10.96.0.2".parse().unwrap()).unwrap();
-    assert_eq!(after.endpoints(svc)[0].name, "api");
+    assert_eq!(&*after.endpoints(svc)[0].name, "api");
 }
 
 #[test]
@@ -530,7 +530,7 @@ fn a_workload_of_services_in_two_namespaces_lists_them_as_a_whole_build_does() {
 /// patched in after a restart takes those lists rather than copies (else churn would unshare them
 /// one restart at a time: issue 11's memory per workload).
 #[test]
-fn a_restarted_replica_shares_its_replicas_lists() {
+fn a_restarted_replica_shares_its_replicas_lists_and_strings() {
     use wl::address::Type::{Service as S, Workload as W};
     let mut store = Store::new(MeshSettings::default());
     let policy = sec::Authorization {
@@ -555,6 +555,9 @@ fn a_restarted_replica_shares_its_replicas_lists() {
             8080,
         );
         w.authorization_policies = vec!["shop/reads".into()];
+        // A Deployment's replicas: one account, one set of names.
+        w.service_account = "web".into();
+        w.workload_name = "web".into();
         W(w)
     };
     let mut list = vec![S(service("shop", "web", [10, 96, 0, 1], 80, 8080))];
@@ -599,4 +602,25 @@ fn a_restarted_replica_shares_its_replicas_lists() {
         Arc::ptr_eq(&p, &policies),
         "patched: the replicas' policies"
     );
+    // And one copy of the strings they hold alike: the namespace, node and account of the one
+    // patched in are the other replicas', and its uid is the one the store holds it under.
+    let workload =
+        |mesh: &MeshState, name: &str| mesh.workload(&workload_name("shop", name)).unwrap().clone();
+    let (restarted, other) = (workload(&patched, "web-6"), workload(&mesh, "web-1"));
+    assert!(Arc::ptr_eq(&restarted.namespace, &other.namespace));
+    assert!(Arc::ptr_eq(&restarted.node, &other.node));
+    assert!(Arc::ptr_eq(
+        &restarted.service_account,
+        &other.service_account
+    ));
+    assert!(Arc::ptr_eq(&restarted.naming, &other.naming));
+    let again = store.build_whole();
+    assert!(
+        Arc::ptr_eq(&workload(&again, "web-6").uid, &restarted.uid),
+        "a whole build and a patch share the store's uid"
+    );
+    assert!(Arc::ptr_eq(
+        &workload(&again, "web-1").namespace,
+        &other.namespace
+    ));
 }

@@ -417,7 +417,7 @@ fn a_later_claim_on_a_running_workloads_address_is_left_out() {
     );
     let s = store.to_state();
     let db = s.workload_by_ip("10.1.0.3".parse().unwrap()).unwrap();
-    assert_eq!(db.namespace, "shop", "the running pod keeps its address");
+    assert_eq!(&*db.namespace, "shop", "the running pod keeps its address");
     assert!(s.workload(&workload_name("aaa", "x")).is_none());
     assert!(!admits(&s, db, &conn_to(Some(&web), "10.1.0.3", 5432)));
     assert!(

@@ -50,14 +50,14 @@ fn labelled_namespaces_enrol_their_pods_unless_a_pod_opts_out() {
         account.identity.as_str(),
         "spiffe://cluster.local/ns/production/sa/account-service"
     );
-    assert_eq!(account.node, "node-a");
-    assert_eq!(account.uid, "a1a1a1a1-0000-4000-8000-000000000001");
+    assert_eq!(&*account.node, "node-a");
+    assert_eq!(&*account.uid, "a1a1a1a1-0000-4000-8000-000000000001");
     // Opted out by its own label.
     assert!(!state.workload_by_ip(ip("10.244.1.11")).unwrap().enrolled);
     // Namespace without the label: known (for routing), not enrolled; default service account.
     let legacy = state.workload_by_ip(ip("10.244.1.12")).unwrap();
     assert!(!legacy.enrolled);
-    assert_eq!(legacy.service_account, "default");
+    assert_eq!(&*legacy.service_account, "default");
     // Finished, host-network and address-less pods are not workloads at all.
     assert!(state.workload_by_ip(ip("10.244.1.13")).is_none());
     assert!(state.workload_by_ip(ip("172.18.0.3")).is_none());
@@ -121,7 +121,7 @@ fn services_map_named_and_numbered_ports_and_skip_headless_and_udp() {
     );
     assert_eq!(
         service.endpoints,
-        vec!["a1a1a1a1-0000-4000-8000-000000000003".to_owned()]
+        vec![std::sync::Arc::from("a1a1a1a1-0000-4000-8000-000000000003")]
     );
     assert_eq!(
         state.services().len(),
@@ -249,15 +249,15 @@ fn scheduled_pods_without_an_address_yet_are_pending_not_workloads() {
         .unwrap();
     Arc::make_mut(pod).spec.as_mut().unwrap().node_name = Some("node-a".into());
     let t = translated(&objects);
-    let names: Vec<&str> = t.state.pending().iter().map(|w| w.name.as_str()).collect();
+    let names: Vec<&str> = t.state.pending().iter().map(|w| &*w.name).collect();
     assert_eq!(names, [pending_name]);
     let w = &t.state.pending()[0];
-    assert!(w.ips.is_empty() && w.enrolled && w.node == "node-a");
+    assert!(w.ips.is_empty() && w.enrolled && &*w.node == "node-a");
     assert_eq!(
         w.identity.as_str(),
         "spiffe://cluster.local/ns/production/sa/account-service"
     );
-    assert!(t.state.workloads().iter().all(|w| w.name != pending_name));
+    assert!(t.state.workloads().iter().all(|w| &*w.name != pending_name));
     // Being deleted, on the host's network, or finished: never set up, not pending.
     for change in [
         |p: &mut SlimPod| {

@@ -122,6 +122,31 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// A copy whose policies are not judged yet: they depend on the services it backs
+    /// (`MeshState::authz_for` judges a workload once, and a patch that changes what it backs
+    /// must put back such a copy).
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn unjudged(&self) -> Self {
+        Self {
+            uid: self.uid.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            service_account: self.service_account.clone(),
+            node: self.node.clone(),
+            ips: self.ips.clone(),
+            labels: self.labels.clone(),
+            naming: self.naming.clone(),
+            netns: self.netns.clone(),
+            enrolled: self.enrolled,
+            serving: self.serving,
+            identity: self.identity.clone(),
+            waypoint: self.waypoint.clone(),
+            waypoint_conflict: self.waypoint_conflict.clone(),
+            policies: OnceLock::new(),
+            telemetry: self.telemetry.clone(),
+        }
+    }
+
     /// `namespace/name`, for logs.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)

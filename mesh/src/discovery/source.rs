@@ -52,7 +52,12 @@ pub fn states_of(
     tokio::spawn(async move {
         while snapshots.changed().await.is_ok() {
             let state = snapshots.borrow_and_update().state.clone();
-            tx.send_replace(state);
+            // A snapshot of the same mesh (a policy's status changed) is no new state.
+            tx.send_if_modified(|current| {
+                let new = !Arc::ptr_eq(current, &state);
+                *current = state;
+                new
+            });
         }
     });
     rx

@@ -295,6 +295,114 @@ impl MeshState {
         self.put_service(service);
     }
 
+    /// Takes the service `key` out: its addresses, and its key from the lists of the services its
+    /// endpoints back. Returns it.
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn remove_service(&mut self, key: &ServiceKey) -> Option<Arc<Service>> {
+        let service = self.services.remove(key)?;
+        for vip in &service.vips {
+            if self
+                .by_vip
+                .get(vip)
+                .is_some_and(|s| Arc::ptr_eq(s, &service))
+            {
+                self.by_vip.remove(vip);
+            }
+        }
+        for uid in &service.endpoints {
+            let Some((workload, keys)) = self.services_of.get_key_value(&**uid) else {
+                continue;
+            };
+            let rest: Vec<ServiceKey> = keys.iter().filter(|k| *k != key).cloned().collect();
+            let workload = workload.clone();
+            if rest.is_empty() {
+                self.services_of.remove(&workload);
+            } else {
+                self.services_of.insert(workload, rest.into());
+            }
+        }
+        Some(service)
+    }
+
+    /// Adds `service` (its key and addresses free), its key to the lists of the services its
+    /// endpoints back (ordered by key, as a patch for a pod lists them).
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn add_service(&mut self, service: Arc<Service>) {
+        let key = (service.namespace.clone(), service.name.clone());
+        for uid in &service.endpoints {
+            let Some(workload) = self.workloads.get(&**uid).cloned() else {
+                continue;
+            };
+            let mut keys: Vec<ServiceKey> = self
+                .services_of
+                .get(&**uid)
+                .map(|k| k.to_vec())
+                .unwrap_or_default();
+            if !keys.contains(&key) {
+                keys.push(key.clone());
+                keys.sort();
+            }
+            self.services_of.insert(workload, keys.into());
+        }
+        self.put_service(service);
+    }
+
+    /// Lists the pods being set up in `namespace` as backing the services that select them now
+    /// (as [`Self::with_pending`] lists them; their waypoint is left as it is), each put back as
+    /// a copy whose policies are judged anew (see [`Workload::unjudged`]).
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn relist_pending(&mut self, namespace: &str) {
+        let mut pending = self.pending.to_vec();
+        for workload in pending.iter_mut().filter(|w| *w.namespace == *namespace) {
+            self.services_of.remove(&*workload.uid);
+            *workload = Arc::new(workload.unjudged());
+            let keys: Vec<ServiceKey> = self
+                .services_selecting(namespace, &workload.labels)
+                .iter()
+                .map(|s| (s.namespace.clone(), s.name.clone()))
+                .collect();
+            if !keys.is_empty() {
+                self.services_of
+                    .insert(ByUid(workload.clone()), keys.into());
+            }
+        }
+        self.pending = pending.into();
+    }
+
+    /// Puts the workload `uid` back as a copy whose policies are judged anew (see
+    /// [`Workload::unjudged`]), backing the services it backs.
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn rejudge(&mut self, uid: &str) {
+        let keys = self.services_of.get(uid).cloned();
+        let Some(old) = self.remove_workload(uid) else {
+            return;
+        };
+        let copy = Arc::new(old.unjudged());
+        match keys {
+            Some(keys) => self.insert_workload(copy, keys),
+            None => self.insert_workload(copy, Vec::new()),
+        }
+    }
+
+    /// The workloads of `namespace` that `selector` selects (none for an empty one), by uid.
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn workloads_selected(
+        &self,
+        namespace: &str,
+        selector: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<Arc<str>> {
+        if selector.is_empty() {
+            return Vec::new();
+        }
+        self.workloads
+            .iter()
+            .filter(|ByUid(w)| {
+                *w.namespace == *namespace && super::model::selects(selector, &w.labels)
+            })
+            .map(|ByUid(w)| w.uid.clone())
+            .collect()
+    }
+
     /// The service `key`, if in the mesh.
     pub(crate) fn service_by_key(&self, key: &ServiceKey) -> Option<&Arc<Service>> {
         self.services.get(key)
@@ -305,10 +413,31 @@ impl MeshState {
         Arc::make_mut(&mut self.ambient_namespaces)
     }
 
+    /// The services whose definitions (not their endpoints) differ between `self` and `other`:
+    /// added, removed or changed, by key. One walk over both, in key order; a mesh patched from
+    /// the other shares the services it did not change, and those are not compared.
+    pub(crate) fn services_defined_otherwise(&self, other: &Self) -> Vec<ServiceKey> {
+        let mut out = Vec::new();
+        let mut theirs = other.services.iter().peekable();
+        for (key, ours) in &self.services {
+            while let Some((gone, _)) = theirs.next_if(|(k, _)| *k < key) {
+                out.push(gone.clone());
+            }
+            match theirs.next_if(|(k, _)| *k == key) {
+                Some((_, prior)) if Arc::ptr_eq(ours, prior) || ours.same_definition(prior) => {}
+                _ => out.push(key.clone()),
+            }
+        }
+        out.extend(theirs.map(|(k, _)| k.clone()));
+        out.sort();
+        out
+    }
+
     /// Whether everything a workload's resources depend on besides the workload itself and the
     /// services it backs is the same in `self` and `other`: the settings, which policies apply
     /// where (their ids, scopes and actions; their rules are in resources of their own), peer
-    /// authentication, the waypoints, and the services' definitions (not their endpoints).
+    /// authentication and the waypoints. The services' definitions are compared apart
+    /// ([`Self::services_defined_otherwise`]).
     pub(crate) fn same_surroundings(&self, other: &Self) -> bool {
         fn by_id<T>(items: &[T], id: impl Fn(&T) -> &PolicyId) -> Vec<&T> {
             let mut sorted: Vec<&T> = items.iter().collect();
@@ -330,12 +459,6 @@ impl MeshState {
             && (Arc::ptr_eq(&self.telemetry, &other.telemetry)
                 || by_id(&self.telemetry, |p| &p.id) == by_id(&other.telemetry, |p| &p.id))
             && (Arc::ptr_eq(&self.waypoints, &other.waypoints) || self.waypoints == other.waypoints)
-            && self.services.len() == other.services.len()
-            && self
-                .services
-                .iter()
-                .zip(other.services.iter())
-                .all(|((ka, a), (kb, b))| ka == kb && (Arc::ptr_eq(a, b) || a.same_definition(b)))
             && (self.same_policies(other) || policies(self) == policies(other))
     }
 

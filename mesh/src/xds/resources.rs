@@ -14,7 +14,7 @@
 //! - `veil:peer-strict`, `veil:peer-strict-except:<ports>` and `veil:peer-strict-on:<ports>` — the
 //!   ports where PeerAuthentication refuses plaintext.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use super::authorization::{authorization, ip_bytes, istio_action};
 use super::proto::istio::security as sec;
 use super::proto::istio::workload as wl;
 use super::proto::veil::AmbientNamespace;
-use crate::discovery::{MeshState, Service, Serving, Waypoint, WaypointRef, Workload};
+use crate::discovery::{MeshState, Service, ServiceKey, Serving, Waypoint, WaypointRef, Workload};
 use crate::identity::Identity;
 use crate::policy::{PeerMode, PeerProfile, Scope};
 
@@ -44,6 +44,10 @@ pub(crate) const DENY_ALL: &str = "veil:deny-all";
 const PEER_STRICT: &str = "veil:peer-strict";
 /// The port HBONE is served on.
 const HBONE_PORT: u32 = 15008;
+
+/// The most services defined otherwise that a translation patches for (each costs encoding the
+/// workloads that back it): more are translated whole.
+const SERVICES_PATCHED_AT_MOST: usize = 64;
 
 /// The resource types a ztunnel subscribes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -250,11 +254,12 @@ impl Resources {
     /// Translates `state` as [`Self::from_state`] does, starting from `previous` (the translation
     /// of `previous_state`) when nothing a workload's resource depends on besides the workload and
     /// the services it backs changed (the policies that apply where, peer authentication,
-    /// waypoints, services' definitions: see `MeshState::same_surroundings`): only the workloads
-    /// that changed are encoded, everything else is `previous`'s, shared. A pod changing then costs
-    /// encoding that pod (and a pass over the uids of both meshes), not the mesh. Pods being set
-    /// up, enrolled namespaces and, unless the mesh holds `previous_state`'s very policies,
-    /// Authorizations are encoded afresh (entries equal to `previous`'s are kept as they were).
+    /// waypoints: see `MeshState::same_surroundings`): only the workloads that changed, and the
+    /// services whose definitions changed with the workloads that back them (before or after), are
+    /// encoded; everything else is `previous`'s, shared. A pod changing then costs encoding that
+    /// pod (and a pass over the uids of both meshes), not the mesh. Pods being set up, enrolled
+    /// namespaces and, unless the mesh holds `previous_state`'s very policies, Authorizations are
+    /// encoded afresh (entries equal to `previous`'s are kept as they were).
     pub fn from_state_after(
         state: &MeshState,
         previous_state: &MeshState,
@@ -263,7 +268,12 @@ impl Resources {
         if previous.shared_names || !state.same_surroundings(previous_state) {
             return Self::from_state(state);
         }
-        Self::patched(state, previous_state, previous).unwrap_or_else(|| Self::from_state(state))
+        let services = state.services_defined_otherwise(previous_state);
+        if services.len() > SERVICES_PATCHED_AT_MOST {
+            return Self::from_state(state);
+        }
+        Self::patched(state, previous_state, previous, &services)
+            .unwrap_or_else(|| Self::from_state(state))
     }
 
     /// `previous` patched for the workloads that changed; `None` when a changed workload's name
@@ -274,6 +284,7 @@ impl Resources {
         state: &MeshState,
         previous_state: &MeshState,
         previous: &Resources,
+        services: &[ServiceKey],
     ) -> Option<Self> {
         let settings = state.settings();
         let root = settings.root_namespace.as_str();
@@ -304,7 +315,27 @@ impl Resources {
                 return None;
             }
         }
-        let (gone, new) = changed_workloads(previous_state, state);
+        // The workloads that back a service defined otherwise carry its new definition.
+        let backing: HashSet<&str> = services
+            .iter()
+            .flat_map(|key| {
+                [
+                    previous_state.service_by_key(key),
+                    state.service_by_key(key),
+                ]
+            })
+            .flatten()
+            .flat_map(|service| service.endpoints.iter().map(|uid| &**uid))
+            .collect();
+        for (namespace, name) in services {
+            let xds_name = service_name(namespace, name);
+            out.addresses.remove(xds_name.as_str());
+            if let Some(service) = state.service_by_key(&(namespace.clone(), name.clone())) {
+                let message = service_message(state, service);
+                out.insert_address(&xds_name, wl::address::Type::Service(message));
+            }
+        }
+        let (gone, new) = changed_workloads(previous_state, state, &backing);
         for workload in previous_state.pending() {
             let name = workload_name(&workload.namespace, &workload.name);
             if out
@@ -580,11 +611,12 @@ fn policy_names(
 
 /// The workloads of `prior_state` that are gone or changed, and those of `state` that are new or
 /// changed, found by walking both in the order of their uids. A workload is unchanged when it is
-/// equal in every field and backs the same services (the rest of what its resource depends on
-/// was checked for the whole mesh).
+/// equal in every field and backs the same services, none of them defined otherwise (its uid not
+/// in `backing`; the rest of what its resource depends on was checked for the whole mesh).
 fn changed_workloads<'a>(
     prior_state: &'a MeshState,
     state: &'a MeshState,
+    backing: &HashSet<&str>,
 ) -> (Vec<&'a Arc<Workload>>, Vec<&'a Arc<Workload>>) {
     let (mut gone, mut new) = (Vec::new(), Vec::new());
     let mut before = prior_state.workloads_by_uid().peekable();
@@ -593,8 +625,10 @@ fn changed_workloads<'a>(
         match (before.peek(), after.peek()) {
             (None, None) => break,
             (Some(b), Some(a)) if b.uid == a.uid => {
-                let same = Arc::ptr_eq(b, a)
-                    || (b.same_as(a) && prior_state.service_keys_of(b) == state.service_keys_of(a));
+                let same = !backing.contains(&*a.uid)
+                    && (Arc::ptr_eq(b, a)
+                        || (b.same_as(a)
+                            && prior_state.service_keys_of(b) == state.service_keys_of(a)));
                 if !same {
                     gone.push(*b);
                     new.push(*a);

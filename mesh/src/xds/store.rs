@@ -220,7 +220,7 @@ impl Store {
                 Kind::Address => {
                     let before = self.addresses.remove(name.as_str());
                     self.unaddressed.remove(name);
-                    self.changes.address(name, before, false);
+                    self.changes.address(name, before, None);
                 }
                 Kind::Authorization => drop(self.authorizations.remove(name)),
                 Kind::Namespace => drop(self.namespaces.remove(name)),
@@ -247,7 +247,6 @@ impl Store {
                     let since = before.as_ref().map_or(self.arrivals, |b| b.since);
                     let (received, refusal) = match value {
                         Ok(entry) => {
-                            let service = matches!(entry, AddressEntry::Service(_));
                             let here = self.node.as_ref().map(|(node, _)| node.as_str());
                             match &entry {
                                 AddressEntry::Workload(w)
@@ -257,7 +256,7 @@ impl Store {
                                 }
                                 _ => self.unaddressed.remove(name),
                             };
-                            self.changes.address(name, before, service);
+                            self.changes.address(name, before, Some(&entry));
                             let received = Received {
                                 version: version.into(),
                                 entry: Some(entry),

@@ -5,10 +5,15 @@
 //! pods). The mesh's maps are persistent, so a copy of the last one is patched instead: the pod's
 //! workload taken out and put back, the services it backs given their new endpoints.
 //!
+//! A Service changed is patched too ([`patch_services`]): taken out and put back, its endpoints
+//! found among the workloads of its namespace, its key taken from and given to their lists.
+//!
 //! A patch must give exactly the mesh a whole translation would. Where a change reaches further
 //! than the pod and its services, it is not patched and the whole cluster is translated:
 //!
-//! - anything but pods changed (namespaces, services, policies), or the watches listed again;
+//! - anything but pods and services changed (namespaces, policies), or the watches listed again;
+//! - a service (before or after) is a waypoint, is behind one, has a target port naming a container
+//!   port, or claims an address taken by anything else;
 //! - the last mesh left an object out or found a conflict (what stands in for it is decided over
 //!   everything), or more than [`PATCH_AT_MOST`] pods changed;
 //! - an address involved is contested (two pods list it, or a pod listing it is no workload), a
@@ -21,12 +26,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Service as KubeService};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::pod::SlimPod;
-use super::translate::{Objects, WAYPOINT, label, live, pod_ips, pod_uid, scheduled, workload};
+use super::translate::{
+    Objects, WAYPOINT, label, live, pod_ips, pod_uid, scheduled, service, workload,
+};
 use crate::discovery::model::selects;
 use crate::discovery::state::{MeshSettings, MeshState, ServiceKey, front_one};
 
@@ -35,6 +42,9 @@ const PATCH_AT_MOST: usize = 512;
 
 /// A pod as it was and as it is (`None`: absent).
 pub(crate) type PodChange = (Option<Arc<SlimPod>>, Option<Arc<SlimPod>>);
+
+/// A Service as it was and as it is (`None`: absent).
+pub(crate) type ServiceChange = (Option<Arc<KubeService>>, Option<Arc<KubeService>>);
 
 /// A pod added by a patch: its namespace, labels and uid.
 type Added = (Arc<str>, BTreeMap<String, String>, Arc<str>);
@@ -174,6 +184,110 @@ pub(crate) fn patch(
         state.replace_service(updated);
     }
     Ok(state)
+}
+
+/// `previous` (the mesh of the objects before) patched for changed Services; `objects` are the
+/// objects now, `contested` what [`contested`] said of the mesh before. Pods are patched after,
+/// on the mesh this returns ([`patch`]).
+pub(crate) fn patch_services(
+    previous: &MeshState,
+    objects: &Objects,
+    contested: &HashSet<IpAddr>,
+    changes: &[ServiceChange],
+) -> Result<MeshState, Whole> {
+    if !previous.rejected().is_empty() {
+        return Err(Whole("the last mesh left objects out"));
+    }
+    if changes.len() > PATCH_AT_MOST {
+        return Err(Whole("too many services changed at once"));
+    }
+    let namespaces: HashMap<String, &Namespace> = objects
+        .namespaces
+        .iter()
+        .map(|ns| (ns.name_any(), &**ns))
+        .collect();
+    let waypoint_ips: HashSet<IpAddr> = previous
+        .waypoints()
+        .iter()
+        .flat_map(|w| w.ips.clone())
+        .collect();
+    let mut state = previous.clone();
+    // The workloads whose services change: the policies that apply to them may too (a policy may
+    // target a Service).
+    let mut rejudge: BTreeSet<Arc<str>> = BTreeSet::new();
+    // Out with what they were (all of them first: one may take an address another frees).
+    let mut after = Vec::new();
+    for (before, now) in changes {
+        let Some(object) = now.as_ref().or(before.as_ref()) else {
+            continue;
+        };
+        for svc in [before, now].into_iter().flatten() {
+            check_service(svc)?;
+        }
+        let key = (object.namespace().unwrap_or_default(), object.name_any());
+        if let Some(old) = state.remove_service(&key) {
+            if old.waypoint.is_some() {
+                return Err(Whole("a service behind a waypoint"));
+            }
+            rejudge.extend(old.endpoints.iter().cloned());
+        }
+        after.extend(
+            now.as_ref()
+                .and_then(|svc| service(svc, &namespaces, |_, _| Vec::new())),
+        );
+    }
+    // In with what they are.
+    let mut namespaces_changed: BTreeSet<String> = BTreeSet::new();
+    for (before, now) in changes {
+        namespaces_changed.extend(
+            [before, now]
+                .into_iter()
+                .flatten()
+                .map(|svc| svc.namespace().unwrap_or_default()),
+        );
+    }
+    for mut new in after {
+        if new.waypoint.is_some() {
+            return Err(Whole("a service behind a waypoint"));
+        }
+        for vip in &new.vips {
+            if contested.contains(vip)
+                || waypoint_ips.contains(vip)
+                || state.workload_by_ip(*vip).is_some()
+                || state.service_by_vip(*vip).is_some()
+            {
+                return Err(Whole("a service address taken or contested"));
+            }
+        }
+        new.endpoints = state.workloads_selected(&new.namespace, &new.selector);
+        rejudge.extend(new.endpoints.iter().cloned());
+        state.add_service(Arc::new(new));
+    }
+    for uid in &rejudge {
+        state.rejudge(uid);
+    }
+    // The pods being set up are listed as backing the services that select them.
+    for namespace in &namespaces_changed {
+        state.relist_pending(namespace);
+    }
+    Ok(state)
+}
+
+/// Refuses a Service (as it was or is) whose change reaches beyond its endpoints' lists: a
+/// waypoint's, or one whose ports depend on its endpoints.
+fn check_service(svc: &KubeService) -> Result<(), Whole> {
+    if label(svc.metadata.labels.as_ref(), WAYPOINT).is_some() {
+        return Err(Whole("a waypoint's service"));
+    }
+    let named = svc
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .any(|p| matches!(p.target_port, Some(IntOrString::String(_))));
+    if named {
+        return Err(Whole("a service with a named target port"));
+    }
+    Ok(())
 }
 
 /// Refuses a pod (as it was or is) whose change reaches beyond itself and its services.

@@ -19,6 +19,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Service as KubeService};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use tracing::warn;
 use veil_crd::authorization::{Action, AuthorizationPolicy, AuthorizationPolicySpec, Rule};
@@ -117,6 +118,56 @@ pub fn translate(objects: &Objects, settings: &MeshSettings) -> Translation {
     .with_pending(pending)
     .with_telemetry(telemetry);
     Translation { state, invalid }
+}
+
+/// What translation (and a patch) reads of an object besides its namespace and name: two versions
+/// of an object that read the same translate the same, so a change between them (a status written,
+/// an annotation, a label nothing reads) is no change of the mesh. Kept in step with the readers
+/// above and below: a field read without being named here would be missed.
+pub(crate) trait Reads {
+    /// Whether `self` and `other` read the same.
+    fn reads_as(&self, other: &Self) -> bool;
+}
+
+impl Reads for Namespace {
+    fn reads_as(&self, other: &Self) -> bool {
+        let (a, b) = (
+            self.metadata.labels.as_ref(),
+            other.metadata.labels.as_ref(),
+        );
+        label(a, DATAPLANE_MODE) == label(b, DATAPLANE_MODE)
+            && label(a, USE_WAYPOINT) == label(b, USE_WAYPOINT)
+    }
+}
+
+impl Reads for KubeService {
+    fn reads_as(&self, other: &Self) -> bool {
+        let (a, b) = (
+            self.metadata.labels.as_ref(),
+            other.metadata.labels.as_ref(),
+        );
+        label(a, WAYPOINT) == label(b, WAYPOINT)
+            && label(a, USE_WAYPOINT) == label(b, USE_WAYPOINT)
+            && self.spec == other.spec
+    }
+}
+
+impl Reads for AuthorizationPolicy {
+    fn reads_as(&self, other: &Self) -> bool {
+        self.spec == other.spec
+    }
+}
+
+impl Reads for PeerAuthentication {
+    fn reads_as(&self, other: &Self) -> bool {
+        self.spec == other.spec
+    }
+}
+
+impl Reads for TelemetryObject {
+    fn reads_as(&self, other: &Self) -> bool {
+        self.spec == other.spec
+    }
 }
 
 pub(crate) fn label<'a>(
@@ -443,62 +494,77 @@ fn services(
     pods: &PodIndex<'_>,
     namespaces: &HashMap<String, &Namespace>,
 ) -> Vec<Service> {
-    let mut out = Vec::new();
-    for svc in &objects.services {
-        if label(svc.metadata.labels.as_ref(), WAYPOINT).is_some() {
-            continue;
-        }
-        let Some(spec) = &svc.spec else { continue };
-        let vips: Vec<IpAddr> = spec
-            .cluster_ips
-            .iter()
-            .flatten()
-            .chain(spec.cluster_ip.iter())
-            .filter_map(|ip| ip.parse().ok())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if vips.is_empty() {
-            continue; // headless or ExternalName: no virtual address to capture
-        }
-        let namespace = svc.namespace().unwrap_or_default();
-        let selector = spec.selector.clone().unwrap_or_default();
-        let backends: Vec<&SlimPod> = pods.selected(&namespace, &selector);
-        let ports = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-            .filter_map(|p| {
-                let port = u16::try_from(p.port).ok()?;
-                let target_port = target_port(p.target_port.as_ref(), port, &backends)?;
-                Some(ServicePort { port, target_port })
-            })
-            .collect();
-        out.push(Service {
-            name: svc.name_any(),
-            namespace: namespace.clone(),
-            vips,
-            ports,
-            selector,
-            endpoints: Vec::new(),
-            waypoint: waypoint_ref(
-                label(svc.metadata.labels.as_ref(), USE_WAYPOINT),
-                &namespace,
-                namespaces,
-            ),
-        });
+    objects
+        .services
+        .iter()
+        .filter_map(|svc| service(svc, namespaces, |ns, selector| pods.selected(ns, selector)))
+        .collect()
+}
+
+/// A Service as the mesh's (its endpoints left to the assembly); `None` for a waypoint's, or one
+/// without a virtual address. `backends` gives the pods its selector selects in its namespace,
+/// where a target port names a container port.
+pub(crate) fn service<'p>(
+    svc: &KubeService,
+    namespaces: &HashMap<String, &Namespace>,
+    backends: impl FnOnce(&str, &BTreeMap<String, String>) -> Vec<&'p SlimPod>,
+) -> Option<Service> {
+    if label(svc.metadata.labels.as_ref(), WAYPOINT).is_some() {
+        return None;
     }
-    out
+    let spec = svc.spec.as_ref()?;
+    let vips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if vips.is_empty() {
+        return None; // headless or ExternalName: no virtual address to capture
+    }
+    let namespace = svc.namespace().unwrap_or_default();
+    let selector = spec.selector.clone().unwrap_or_default();
+    let named = spec
+        .ports
+        .iter()
+        .flatten()
+        .any(|p| matches!(p.target_port, Some(IntOrString::String(_))));
+    let backends: Vec<&SlimPod> = if named {
+        backends(&namespace, &selector)
+    } else {
+        Vec::new()
+    };
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| {
+            let port = u16::try_from(p.port).ok()?;
+            let target_port = target_port(p.target_port.as_ref(), port, &backends)?;
+            Some(ServicePort { port, target_port })
+        })
+        .collect();
+    Some(Service {
+        name: svc.name_any(),
+        namespace: namespace.clone(),
+        vips,
+        ports,
+        selector,
+        endpoints: Vec::new(),
+        waypoint: waypoint_ref(
+            label(svc.metadata.labels.as_ref(), USE_WAYPOINT),
+            &namespace,
+            namespaces,
+        ),
+    })
 }
 
 /// A service port's target: a number, or a container port name looked up in the backing pods.
-fn target_port(
-    target: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
-    port: u16,
-    backends: &[&SlimPod],
-) -> Option<u16> {
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+fn target_port(target: Option<&IntOrString>, port: u16, backends: &[&SlimPod]) -> Option<u16> {
     match target {
         None => Some(port),
         Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),

@@ -1,8 +1,10 @@
 //! The Kubernetes source: one reflector per kind, kept in sync by kube-rs watchers that restart with
 //! backoff on errors; every change marks the snapshot dirty, and a debounced rebuild publishes the
-//! next mesh. When only pods changed since the last one, that mesh is patched for them (see
-//! `patch`: time in proportion to the change, not the cluster); otherwise the stores are translated
-//! whole. Translation is per object: an object that cannot be translated is left out and reported
+//! next mesh. A change of a namespace, service or policy that translation does not read (a status
+//! written, an annotation, a label nothing reads: see `translate::Reads`) is no change of the mesh
+//! and publishes nothing. When only pods and Services changed since the last one, that mesh is
+//! patched for them (see `patch`: time in proportion to the change, not the cluster); otherwise the
+//! stores are translated whole. Translation is per object: an object that cannot be translated is left out and reported
 //! (an error line and `on_reject`, once each time it becomes rejected), and the rest is published;
 //! while a watch is down, its last listed objects stay in its store. Telemetries are watched as a
 //! kind whose CRD may be missing (see [`optional`]): they never hold the first sync or the rest of
@@ -28,10 +30,10 @@ use tracing::{debug, error, info, warn};
 use veil_crd::authorization::AuthorizationPolicy;
 use veil_crd::peer_authentication::PeerAuthentication;
 
-use super::patch::{self, Whole};
+use super::patch::{self, ServiceChange, Whole};
 use super::pod::SlimPod;
 use super::telemetry::TelemetryObject;
-use super::translate::{Objects, translate};
+use super::translate::{Objects, Reads, translate};
 use crate::discovery::state::{ConfigError, MeshSettings, MeshState};
 use crate::policy::PolicyError;
 
@@ -107,26 +109,31 @@ pub async fn start(
     let dirty = Arc::new(Notify::new());
     let changes = Arc::new(Mutex::new(Pending::default()));
     let stores = Stores {
-        namespaces: reflect::<Namespace>(&client, &dirty, slim_meta, whole(&changes)),
+        namespaces: reflect::<Namespace>(
+            &client,
+            &dirty,
+            slim_meta,
+            other(&changes, Kind::Namespace),
+        ),
         pods: reflect::<SlimPod>(&client, &dirty, slim_pod, pods(&changes)),
-        services: reflect::<Service>(&client, &dirty, slim_meta, whole(&changes)),
+        services: reflect::<Service>(&client, &dirty, slim_meta, other(&changes, Kind::Service)),
         authorization_policies: reflect::<AuthorizationPolicy>(
             &client,
             &dirty,
             slim_meta,
-            whole(&changes),
+            other(&changes, Kind::AuthorizationPolicy),
         ),
         peer_authentications: reflect::<PeerAuthentication>(
             &client,
             &dirty,
             slim_meta,
-            whole(&changes),
+            other(&changes, Kind::PeerAuthentication),
         ),
         telemetries: optional::reflect::<TelemetryObject>(
             &client,
             &dirty,
             slim_meta,
-            whole(&changes),
+            other(&changes, Kind::Telemetry),
             TELEMETRY_CRD,
         ),
     };
@@ -143,12 +150,24 @@ pub async fn start(
             tokio::time::sleep(DEBOUNCE).await;
             let delivered = std::mem::take(&mut *lock(&changes));
             let previous = tx.borrow().clone();
+            let started = tokio::time::Instant::now();
             let snapshot = match patched(&stores, &settings, &previous, &mut last, delivered) {
-                Ok(snapshot) => snapshot,
+                Ok(Some(snapshot)) => {
+                    debug!(took_us = started.elapsed().as_micros(), "patched the mesh");
+                    snapshot
+                }
+                Ok(None) => {
+                    debug!("nothing translation reads changed");
+                    continue;
+                }
                 Err(Whole(why)) => {
-                    debug!(why, "translating the whole cluster");
                     let (snapshot, now) = build(&stores, &settings);
                     last = now;
+                    info!(
+                        why,
+                        took_ms = started.elapsed().as_millis(),
+                        "translated the whole cluster"
+                    );
                     snapshot
                 }
             };
@@ -166,20 +185,58 @@ pub async fn start(
 /// What the watches delivered since the last translation.
 #[derive(Debug, Default)]
 struct Pending {
-    /// Something a patch does not follow (anything but a pod, or a watch listing again).
+    /// Something a patch does not follow (a watch listing again).
     whole: bool,
     /// The pods (namespace, name) that were applied or deleted.
     pods: BTreeSet<(String, String)>,
+    /// The other objects that were applied or deleted: a patch does not follow them, unless
+    /// nothing translation reads of them changed.
+    others: BTreeSet<(Kind, Key)>,
+}
+
+/// The kinds besides pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Namespace,
+    Service,
+    AuthorizationPolicy,
+    PeerAuthentication,
+    Telemetry,
+}
+
+/// An object's namespace (none: cluster-scoped) and name.
+type Key = (Option<String>, String);
+
+fn key_of<K: Resource>(object: &K) -> Key {
+    let meta = object.meta();
+    (
+        meta.namespace.clone(),
+        meta.name.clone().unwrap_or_default(),
+    )
 }
 
 fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
     pending.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Notes every event of a watch as one a patch does not follow.
-fn whole<K>(pending: &Arc<Mutex<Pending>>) -> impl Fn(&watcher::Event<K>) + Send + 'static {
+/// Notes the object of each event (of `kind`); a listing again (after an error, or an expired
+/// version) is followed by a whole translation.
+fn other<K: Resource>(
+    pending: &Arc<Mutex<Pending>>,
+    kind: Kind,
+) -> impl Fn(&watcher::Event<K>) + Send + 'static {
     let pending = pending.clone();
-    move |_| lock(&pending).whole = true
+    move |event| {
+        let mut pending = lock(&pending);
+        match event {
+            watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
+                pending.others.insert((kind, key_of(object)));
+            }
+            watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => {
+                pending.whole = true;
+            }
+        }
+    }
 }
 
 /// Notes the pod of each event; a listing again (after an error, or an expired version) is
@@ -203,20 +260,117 @@ fn pods(pending: &Arc<Mutex<Pending>>) -> impl Fn(&watcher::Event<SlimPod>) + Se
 struct Last {
     /// The pods it saw, by namespace and name.
     pods: HashMap<(String, String), Arc<SlimPod>>,
+    /// The other objects it saw, or others that read as they do (the stores' own, shared).
+    namespaces: Seen<Namespace>,
+    services: Seen<Service>,
+    authorization_policies: Seen<AuthorizationPolicy>,
+    peer_authentications: Seen<PeerAuthentication>,
+    telemetries: Seen<TelemetryObject>,
     /// The addresses no patch may take or free (see [`patch::contested`]).
     contested: HashSet<IpAddr>,
 }
 
-/// The last snapshot patched for the pods `delivered` names (see [`patch`]).
+impl Last {
+    /// Whether the object `key` of `kind` reads as the one the last translation saw (both
+    /// absent, or present and alike: see [`Reads`]); if so, the store's current version stands
+    /// for it from now on.
+    fn reads_as_before(&mut self, stores: &Stores, (kind, key): &(Kind, Key)) -> bool {
+        match kind {
+            Kind::Namespace => self.namespaces.update(&stores.namespaces, key),
+            Kind::Service => self.services.update(&stores.services, key),
+            Kind::AuthorizationPolicy => self
+                .authorization_policies
+                .update(&stores.authorization_policies, key),
+            Kind::PeerAuthentication => self
+                .peer_authentications
+                .update(&stores.peer_authentications, key),
+            Kind::Telemetry => self.telemetries.update(&stores.telemetries.store, key),
+        }
+    }
+}
+
+/// The objects of one kind a translation saw, by namespace and name.
+struct Seen<K>(HashMap<Key, Arc<K>>);
+
+impl<K: Resource<DynamicType = ()> + Reads + Clone> Seen<K> {
+    fn of(objects: &[Arc<K>]) -> Self {
+        Self(objects.iter().map(|o| (key_of(&**o), o.clone())).collect())
+    }
+
+    /// Whether `store`'s version of `key` reads as the one seen; if so, it is the one seen now
+    /// (the older one is let go).
+    fn update(&mut self, store: &Store<K>, key: &Key) -> bool {
+        self.change(store, key).is_none()
+    }
+
+    /// `store`'s version of `key` against the one seen: `None` when they read alike (the store's
+    /// is the one seen now), else the one seen and the store's (`None`: absent).
+    #[allow(clippy::type_complexity, reason = "a pair of versions, as `PodChange`")]
+    fn change(&mut self, store: &Store<K>, key: &Key) -> Option<(Option<Arc<K>>, Option<Arc<K>>)> {
+        let mut reference = ObjectRef::<K>::new(&key.1);
+        reference.namespace.clone_from(&key.0);
+        match (self.0.get_mut(key), store.get(&reference)) {
+            (None, None) => None,
+            (Some(seen), Some(now)) if seen.reads_as(&now) => {
+                *seen = now;
+                None
+            }
+            (seen, now) => Some((seen.cloned(), now)),
+        }
+    }
+
+    /// Every object seen.
+    fn all(&self) -> Vec<Arc<K>> {
+        self.0.values().cloned().collect()
+    }
+
+    /// `key` is seen as `object` (`None`: absent) from now on.
+    fn set(&mut self, key: Key, object: Option<Arc<K>>) {
+        match object {
+            Some(object) => self.0.insert(key, object),
+            None => self.0.remove(&key),
+        };
+    }
+}
+
+/// The last snapshot patched for the pods and Services `delivered` names (see [`patch`]); the same
+/// mesh with the objects now when nothing translation reads changed but a policy did (its status,
+/// its generation); `None` when nothing else did.
 fn patched(
     stores: &Stores,
     settings: &MeshSettings,
     previous: &Snapshot,
     last: &mut Last,
     delivered: Pending,
-) -> Result<Snapshot, Whole> {
+) -> Result<Option<Snapshot>, Whole> {
     if delivered.whole {
-        return Err(Whole("more than pods changed, or a watch listed again"));
+        return Err(Whole("a watch listed again"));
+    }
+    // (After one that changed, a whole translation makes `last` anew.)
+    let mut services: Vec<(Key, ServiceChange)> = Vec::new();
+    for other in &delivered.others {
+        if other.0 == Kind::Service {
+            services.extend(
+                last.services
+                    .change(&stores.services, &other.1)
+                    .map(|change| (other.1.clone(), change)),
+            );
+        } else if !last.reads_as_before(stores, other) {
+            return Err(Whole("a namespace or policy changed"));
+        }
+    }
+    if delivered.pods.is_empty() && services.is_empty() {
+        // The mesh is the same. A policy's status and generation are read from the snapshot's
+        // objects (the status writer): those are published, with the same mesh.
+        let policies = delivered
+            .others
+            .iter()
+            .any(|(kind, _)| matches!(kind, Kind::AuthorizationPolicy | Kind::PeerAuthentication));
+        return Ok(policies.then(|| Snapshot {
+            objects: stores.objects(),
+            state: previous.state.clone(),
+            invalid: previous.invalid.clone(),
+        }));
     }
     let changes: Vec<_> = delivered
         .pods
@@ -230,24 +384,49 @@ fn patched(
         })
         .collect();
     let objects = stores.objects();
-    let state = patch::patch(
-        &previous.state,
-        &objects,
-        settings,
-        &last.contested,
-        &changes,
-    )?;
+    let service_changes: Vec<ServiceChange> = services.iter().map(|(_, c)| c.clone()).collect();
+    for (key, (_, now)) in services {
+        last.services.set(key, now);
+    }
+    // The patches read namespaces and Services as translated (the last ones seen, with this
+    // round's Services): one the store holds in a newer version is compared at the next round,
+    // and a patch must not have read it meanwhile.
+    let translated = Objects {
+        namespaces: last.namespaces.all(),
+        services: last.services.all(),
+        ..objects.clone()
+    };
+    let with_services = if service_changes.is_empty() {
+        None
+    } else {
+        Some(patch::patch_services(
+            &previous.state,
+            &translated,
+            &last.contested,
+            &service_changes,
+        )?)
+    };
+    let state = match with_services {
+        Some(state) if changes.is_empty() => state,
+        with_services => patch::patch(
+            with_services.as_ref().unwrap_or(&previous.state),
+            &translated,
+            settings,
+            &last.contested,
+            &changes,
+        )?,
+    };
     for (key, (_, now)) in delivered.pods.into_iter().zip(changes) {
         match now {
             Some(pod) => last.pods.insert(key, pod),
             None => last.pods.remove(&key),
         };
     }
-    Ok(Snapshot {
+    Ok(Some(Snapshot {
         objects,
         state: Arc::new(state),
         invalid: previous.invalid.clone(),
-    })
+    }))
 }
 
 /// Reports each object of `now` that was not already rejected in `before`: rebuilds are frequent,
@@ -264,6 +443,11 @@ fn build(stores: &Stores, settings: &MeshSettings) -> (Snapshot, Last) {
     let translation = translate(&objects, settings);
     let last = Last {
         pods: objects.pods.iter().map(|p| (p.key(), p.clone())).collect(),
+        namespaces: Seen::of(&objects.namespaces),
+        services: Seen::of(&objects.services),
+        authorization_policies: Seen::of(&objects.authorization_policies),
+        peer_authentications: Seen::of(&objects.peer_authentications),
+        telemetries: Seen::of(&objects.telemetries),
         contested: patch::contested(&objects, &translation.state),
     };
     let snapshot = Snapshot {

@@ -93,6 +93,25 @@ pub(super) struct ServiceEntry {
     pub(super) waypoint: Option<Gateway>,
 }
 
+impl ServiceEntry {
+    /// Whether `other` is this service but for its ports.
+    pub(super) fn same_but_ports(&self, other: &Self) -> bool {
+        let Self {
+            name,
+            namespace,
+            hostname,
+            vips,
+            ports: _,
+            waypoint,
+        } = self;
+        *name == other.name
+            && *namespace == other.namespace
+            && *hostname == other.hostname
+            && *vips == other.vips
+            && *waypoint == other.waypoint
+    }
+}
+
 /// Where a waypoint is.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) enum Gateway {

@@ -8,8 +8,9 @@
 //! A patch must give exactly the mesh a whole build would. Where a change reaches further than
 //! the workload and its services, it is not patched and the mesh is built whole:
 //!
-//! - anything but workloads changed (services, Authorizations, enrolled namespaces), or a
-//!   resource was refused (what stands in for it is decided over everything);
+//! - anything but workloads and services' ports changed (a service added, removed, or given other
+//!   addresses or another waypoint; Authorizations, enrolled namespaces), or a resource was
+//!   refused (what stands in for it is decided over everything);
 //! - an address involved is contested (two workloads claim it: who holds it depends on every
 //!   claim), a service's, or a waypoint's;
 //! - the workload is a waypoint's instance, backs a service that is a waypoint, names a waypoint
@@ -42,6 +43,8 @@ pub(super) struct Changes {
     /// Changed workloads (by name, their uid), each with the entry it had when the mesh was last
     /// made (none: it is new).
     workloads: HashMap<String, Option<Box<WorkloadEntry>>>,
+    /// Services (xDS names) received again as they were but for their ports.
+    services: BTreeSet<String>,
 }
 
 impl Changes {
@@ -49,10 +52,16 @@ impl Changes {
     pub(super) fn everything(&mut self) {
         self.whole = true;
         self.workloads.clear();
+        self.services.clear();
     }
 
-    /// The address `name` changed: it was `before`, it is now a service when `service`.
-    pub(super) fn address(&mut self, name: &str, before: Option<Received>, service: bool) {
+    /// The address `name` changed: it was `before`, it is now `after` (`None`: removed).
+    pub(super) fn address(
+        &mut self,
+        name: &str,
+        before: Option<Received>,
+        after: Option<&AddressEntry>,
+    ) {
         if self.whole {
             return;
         }
@@ -63,11 +72,19 @@ impl Changes {
             }) => return self.everything(),
             Some(Received { entry, .. }) => match entry {
                 Some(AddressEntry::Workload(w)) => Some(w),
-                Some(AddressEntry::Service(_)) => return self.everything(),
+                Some(AddressEntry::Service(old)) => {
+                    // Its ports are recomputed with its endpoints; anything else reaches further.
+                    return match after {
+                        Some(AddressEntry::Service(new)) if old.same_but_ports(new) => {
+                            self.services.insert(name.to_owned());
+                        }
+                        _ => self.everything(),
+                    };
+                }
                 None => None,
             },
         };
-        if service {
+        if matches!(after, Some(AddressEntry::Service(_))) {
             return self.everything();
         }
         self.workloads.entry(name.to_owned()).or_insert(before);
@@ -124,7 +141,10 @@ impl Store {
     pub fn patch(&mut self) -> Option<MeshState> {
         let changes = std::mem::take(&mut self.changes);
         let mut derived = self.derived.take()?;
-        if changes.whole || self.waypoint.is_some() || changes.workloads.len() > PATCH_AT_MOST {
+        if changes.whole
+            || self.waypoint.is_some()
+            || changes.workloads.len() + changes.services.len() > PATCH_AT_MOST
+        {
             return None;
         }
         let mut next = derived.state.clone();
@@ -140,6 +160,13 @@ impl Store {
                 debug!(workload = %uid, why, "the mesh is built whole");
                 return None;
             }
+        }
+        for key in &changes.services {
+            if derived.gateway_services.contains(key) {
+                debug!(service = %key, "a waypoint's service: the mesh is built whole");
+                return None;
+            }
+            affected.insert(key.clone());
         }
         for key in &affected {
             if let Err(Whole(why)) = self.patch_service(&derived, &mut next, key) {

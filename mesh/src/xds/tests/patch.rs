@@ -314,6 +314,61 @@ fn a_patch_touches_only_the_changed_workload_and_its_services() {
     assert_eq!(&*after.endpoints(svc)[0].name, "api");
 }
 
+/// A service received again with other ports is patched (its ports recomputed); with another
+/// address it is built whole (addresses are decided over the whole mesh).
+#[test]
+fn a_service_given_another_port_is_patched_and_one_given_another_address_is_not() {
+    let resources = Resources::from_state(&state());
+    let mut store = received(&resources);
+    let before = store.build_whole();
+    let name = service_name("shop", "api");
+    let wl::address::Type::Service(mut api) = address(&resources, &name) else {
+        panic!("{name} is not a service");
+    };
+    api.ports.push(wl::Port {
+        service_port: 9090,
+        target_port: 9090,
+        ..Default::default()
+    });
+    let send = |store: &mut Store, s: &wl::Service, version: &str| {
+        let list = [address_resource(
+            &name,
+            version,
+            wl::address::Type::Service(s.clone()),
+        )];
+        assert_eq!(store.apply(Kind::Address, &list, &[]), vec![]);
+    };
+    send(&mut store, &api, "v2");
+    let after = store.patch().expect("a port added: patched");
+    let vip: IpAddr = "10.96.0.2".parse().unwrap();
+    let ports: Vec<(u16, u16)> = after
+        .service_by_vip(vip)
+        .unwrap()
+        .ports
+        .iter()
+        .map(|p| (p.port, p.target_port))
+        .collect();
+    assert_eq!(ports, [(80, 8080), (9090, 9090)]);
+    let looked_up = [vip, "10.1.0.2".parse().unwrap()];
+    assert_eq!(
+        mesh_fingerprint(&after, &looked_up),
+        mesh_fingerprint(&store.to_state(), &looked_up)
+    );
+    // Its endpoints and the workloads are the same objects, not copies.
+    let api_workload = |s: &MeshState| {
+        s.workload_by_ip("10.1.0.2".parse().unwrap())
+            .unwrap()
+            .clone()
+    };
+    assert!(Arc::ptr_eq(&api_workload(&before), &api_workload(&after)));
+
+    api.addresses[0].address = vec![10, 96, 0, 7];
+    send(&mut store, &api, "v3");
+    assert!(store.patch().is_none(), "another address: built whole");
+    let whole = store.build_whole();
+    assert!(whole.service_by_vip("10.96.0.7".parse().unwrap()).is_some());
+}
+
 #[test]
 fn a_burst_of_many_workloads_is_built_whole_off_the_caller() {
     let resources = Resources::from_state(&state());

@@ -2,8 +2,11 @@
 //! for the scale benchmark: `--pods` pods as a real API server serves them (a Deployment's pod, with
 //! field managers, annotations, environment, volumes and conditions: about 6.5 KB of JSON each) in 100
 //! enrolled namespaces on 500 nodes, a tenth as many Services and AuthorizationPolicies. Lists are
-//! paginated as kube-rs asks; `POST /bench/change` moves pod-1 between two addresses (one MODIFIED
-//! event, as a pod replaced at another address), the change `xds-load` and `xds-client` time.
+//! paginated as kube-rs asks; `POST /bench/change` makes the change `xds-load` and `xds-client`
+//! time, one MODIFIED event each, there and back on every other call: by default (`?kind=pod`)
+//! pod-1 moves between two addresses (a pod replaced at another address); `?kind=service`: svc1
+//! gains and loses a second port; `?kind=policy`: p1 allows port 8081 rather than 8080;
+//! `?kind=namespace`: ns1 has its `team` label set to one value or another.
 
 use std::net::SocketAddr;
 
@@ -105,22 +108,21 @@ pub(crate) async fn run(c: Cluster) -> anyhow::Result<()> {
     let api = Api::default();
     api.change(|s| {
         for ns in 0..100 {
-            let namespace = json!({
-                "apiVersion": "v1",
-                "kind": "Namespace",
-                "metadata": {
-                    "name": format!("ns{ns}"),
-                    "uid": format!("00000000-0000-4000-b000-{ns:012}"),
-                    "labels": {"kubernetes.io/metadata.name": format!("ns{ns}"), "veil.dev/dataplane-mode": "ambient"},
-                },
-                "spec": {"finalizers": ["kubernetes"]},
-                "status": {"phase": "Active"},
-            });
-            s.put("namespaces", &format!("ns{ns}"), namespace, false);
+            s.put(
+                "namespaces",
+                &format!("ns{ns}"),
+                namespace_object(ns),
+                false,
+            );
         }
         for i in 0..c.pods {
             let pod = pod(&template, i, groups, &pod_ip(i));
-            s.put("pods", &format!("ns{}/pod-{i}", (i % groups) % 100), pod, false);
+            s.put(
+                "pods",
+                &format!("ns{}/pod-{i}", (i % groups) % 100),
+                pod,
+                false,
+            );
         }
         for g in 0..groups {
             let key = format!("ns{}/svc{g}", g % 100);
@@ -134,24 +136,92 @@ pub(crate) async fn run(c: Cluster) -> anyhow::Result<()> {
         "{}",
         json!({"listening": c.listen.to_string(), "pods": c.pods, "services": groups, "policies": groups})
     );
-    // pod-1 toggles between its own address and one no pod has.
-    let moved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Each kind of change toggles: there on odd calls, back on even ones.
+    let counts: std::sync::Arc<[std::sync::atomic::AtomicUsize; 4]> = std::sync::Arc::default();
     let (api_for_changes, groups_for_changes) = (api.clone(), groups);
     serve(listener, api, move |req| {
         if req.method != http::Method::POST || req.uri.path() != "/bench/change" {
             return not_found();
         }
-        let away = !moved.fetch_xor(true, std::sync::atomic::Ordering::SeqCst);
-        let ip = if away {
-            "10.250.0.1".to_owned()
-        } else {
-            pod_ip(1)
+        let kind = req
+            .uri
+            .query()
+            .and_then(|q| q.strip_prefix("kind="))
+            .unwrap_or("pod");
+        let Some(index) = KINDS.iter().position(|k| *k == kind) else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                format!("{{\"error\":\"no kind of change {kind:?}: one of {KINDS:?}\"}}").into(),
+            );
         };
-        let pod = pod(&template, 1, groups_for_changes, &ip);
-        let key = format!("ns{}/pod-1", 1 % groups_for_changes % 100);
-        api_for_changes.change(|s| s.put("pods", &key, pod, true));
-        json_response(StatusCode::OK, format!("{{\"pod-1\":\"{ip}\"}}").into())
+        let there = counts[index]
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .is_multiple_of(2);
+        let made = change(&api_for_changes, &template, groups_for_changes, kind, there);
+        json_response(StatusCode::OK, made.to_string().into())
     })
     .await?;
     Ok(())
+}
+
+/// The kinds of change `POST /bench/change?kind=` makes.
+const KINDS: [&str; 4] = ["pod", "service", "policy", "namespace"];
+
+/// Makes change `kind` (`there`, or back); says what it made.
+fn change(api: &Api, template: &Value, groups: usize, kind: &str, there: bool) -> Value {
+    let namespace = format!("ns{}", 1 % groups % 100);
+    match kind {
+        "pod" => {
+            // pod-1 between its own address and one no pod has.
+            let ip = if there {
+                "10.250.0.1".to_owned()
+            } else {
+                pod_ip(1)
+            };
+            let pod = pod(template, 1, groups, &ip);
+            api.change(|s| s.put("pods", &format!("{namespace}/pod-1"), pod, true));
+            json!({"pod-1": ip})
+        }
+        "service" => {
+            let mut svc = service(1 % groups);
+            if there && let Some(ports) = svc["spec"]["ports"].as_array_mut() {
+                ports.push(
+                    json!({"name": "metrics", "port": 9090, "targetPort": 9090, "protocol": "TCP"}),
+                );
+            }
+            let ports = svc["spec"]["ports"].as_array().map_or(0, Vec::len);
+            let key = format!("{namespace}/svc{}", 1 % groups);
+            api.change(|s| s.put("services", &key, svc, true));
+            json!({"svc1": {"ports": ports}})
+        }
+        "policy" => {
+            let mut p = policy(1 % groups);
+            let port = if there { "8081" } else { "8080" };
+            p["spec"]["rules"][0]["to"][0]["operation"]["ports"] = json!([port]);
+            let key = format!("{namespace}/p{}", 1 % groups);
+            api.change(|s| s.put("authorizationpolicies", &key, p, true));
+            json!({"p1": {"port": port}})
+        }
+        _ => {
+            let team = if there { "blue" } else { "green" };
+            let mut ns = namespace_object(1 % groups % 100);
+            ns["metadata"]["labels"]["team"] = json!(team);
+            api.change(|s| s.put("namespaces", &namespace, ns, true));
+            json!({"ns1": {"team": team}})
+        }
+    }
+}
+
+fn namespace_object(ns: usize) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": format!("ns{ns}"),
+            "uid": format!("00000000-0000-4000-b000-{ns:012}"),
+            "labels": {"kubernetes.io/metadata.name": format!("ns{ns}"), "veil.dev/dataplane-mode": "ambient"},
+        },
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    })
 }

@@ -48,13 +48,17 @@ pub(crate) struct Target {
     /// watches; each change is asked of it.
     #[arg(long, conflicts_with = "mesh_file")]
     change_api: Option<String>,
+    /// With `--change-api`: what each change changes (`pod`, `service`, `policy`, `namespace`:
+    /// see `veil-bench api`).
+    #[arg(long, default_value = "pod")]
+    change_kind: String,
 }
 
 impl Target {
     /// Change number `change`: there and back.
     fn swap(&self, change: usize) -> anyhow::Result<()> {
         if let Some(api) = &self.change_api {
-            return post_change(api);
+            return post_change(api, &self.change_kind);
         }
         let (Some(file), Some(a), Some(b)) = (&self.mesh_file, &self.from, &self.to) else {
             anyhow::bail!("--mesh-file, --from and --to, or --change-api");
@@ -69,13 +73,13 @@ impl Target {
 }
 
 /// Asks the stand-in API server for the next change.
-fn post_change(api: &str) -> anyhow::Result<()> {
+fn post_change(api: &str, kind: &str) -> anyhow::Result<()> {
     use std::io::{Read as _, Write as _};
     let mut tcp =
         std::net::TcpStream::connect(api).with_context(|| format!("connecting to {api}"))?;
     write!(
         tcp,
-        "POST /bench/change HTTP/1.1\r\nHost: {api}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST /bench/change?kind={kind} HTTP/1.1\r\nHost: {api}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut answer = String::new();
     tcp.read_to_string(&mut answer)?;

@@ -8,6 +8,7 @@ use super::*;
 use crate::policy::PeerMode;
 
 mod patch;
+mod reads;
 mod reuse;
 mod telemetry;
 

@@ -75,3 +75,51 @@ async fn a_failed_list_is_retried_with_backoff_and_the_snapshot_carries_its_resu
     assert_eq!(snapshot.objects.pods.len(), 8);
     assert_eq!(snapshot.state.telemetry_policies().len(), 2);
 }
+
+/// What the last translation saw of a kind, against the store: a version that reads alike takes
+/// its place (the old one is let go); one that reads otherwise, or is gone, or is new, is a change.
+#[test]
+fn an_object_that_reads_as_before_is_no_change_and_replaces_the_one_seen() {
+    let list: serde_json::Value =
+        serde_json::from_str(include_str!("../testdata/authorizationpolicies.json")).unwrap();
+    let policy: AuthorizationPolicy = serde_json::from_value(list["items"][0].clone()).unwrap();
+    let key = key_of(&policy);
+    let (store, mut writer) = reflector::store::<AuthorizationPolicy>();
+    let apply = |writer: &mut reflector::store::Writer<AuthorizationPolicy>,
+                 p: &AuthorizationPolicy| {
+        writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
+    };
+    apply(&mut writer, &policy);
+    let mut seen = Seen::of(&store.state());
+
+    // Its status written: alike, and the store's version is the one seen now.
+    let mut written = policy.clone();
+    written.metadata.resource_version = Some("991".into());
+    written.status = Some(veil_crd::status::PolicyStatus::default());
+    apply(&mut writer, &written);
+    assert!(seen.update(&store, &key));
+    let now = store.get(&ObjectRef::from_obj(&written)).unwrap();
+    assert!(Arc::ptr_eq(&seen.0[&key], &now));
+
+    // Its rules changed: a change, every time it is asked until a translation sees it.
+    let mut changed = written.clone();
+    changed.spec.action = veil_crd::authorization::Action::Deny;
+    assert_ne!(changed.spec, written.spec);
+    apply(&mut writer, &changed);
+    assert!(!seen.update(&store, &key));
+    assert!(!seen.update(&store, &key));
+    // And back as it was seen: no change.
+    apply(&mut writer, &written);
+    assert!(seen.update(&store, &key));
+
+    // Gone; and one never seen.
+    writer.apply_watcher_event(&watcher::Event::Delete(written.clone()));
+    assert!(!seen.update(&store, &key));
+    let other = (Some("elsewhere".to_owned()), "never".to_owned());
+    assert!(seen.update(&store, &other), "absent before and now");
+    let mut new = policy.clone();
+    new.metadata.namespace = Some("elsewhere".into());
+    new.metadata.name = Some("never".into());
+    apply(&mut writer, &new);
+    assert!(!seen.update(&store, &other));
+}

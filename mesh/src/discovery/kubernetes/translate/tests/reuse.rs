@@ -209,7 +209,8 @@ fn differences(a: &Resources, b: &Resources) -> String {
 }
 
 /// How many addresses `b` sends with the very bytes `a` held (reused, not encoded again).
-fn shared(a: &Resources, b: &Resources) -> usize {
+/// How many address entries of `b` share their bytes with `a`'s.
+pub(super) fn shared(a: &Resources, b: &Resources) -> usize {
     b.of(Kind::Address)
         .iter()
         .filter(|(name, e)| {

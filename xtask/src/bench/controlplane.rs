@@ -196,8 +196,9 @@ pub(super) fn measure(
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let load = tool(&args)?;
-    // On the API: what a change of a Service's ports and of a policy's rules costs end to end
-    // (the controller translates them over the whole cluster; see docs/controller.md).
+    let after = rss(&controller)?;
+    // On the API: what a change of a Service's ports (patched) and of a policy's rules (translated
+    // over the whole cluster) costs end to end; after the RSS above, which they would change.
     let mut others = serde_json::Map::new();
     if matches!(source, Source::Api(..)) {
         for kind in ["service", "policy"] {
@@ -211,7 +212,7 @@ pub(super) fn measure(
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let report = tool(&args)?;
             println!(
-                "    one {kind} change: reaches the subscriber in {:.2} s (p50), {:.0} ms of its CPU",
+                "    one {kind} change: reaches the subscriber in {:.2} s (p50), {:.1} ms of its CPU",
                 report["change_latency_ns"]["p50_us"]
                     .as_f64()
                     .unwrap_or(0.0)
@@ -230,7 +231,6 @@ pub(super) fn measure(
             );
         }
     }
-    let after = rss(&controller)?;
     let peak = controller
         .peak_rss_bytes()
         .context("the controller's peak memory")?;

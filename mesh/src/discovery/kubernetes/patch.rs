@@ -71,6 +71,34 @@ pub(crate) fn contested(objects: &Objects, state: &MeshState) -> HashSet<IpAddr>
     out
 }
 
+/// What both patches read around their `count` changes: the namespaces by name, and the
+/// waypoints' addresses. A whole translation when the last mesh left objects out, or (`too_many`)
+/// when the changes are more than [`PATCH_AT_MOST`].
+fn surroundings<'o>(
+    previous: &MeshState,
+    objects: &'o Objects,
+    count: usize,
+    too_many: &'static str,
+) -> Result<(HashMap<String, &'o Namespace>, HashSet<IpAddr>), Whole> {
+    if !previous.rejected().is_empty() {
+        return Err(Whole("the last mesh left objects out"));
+    }
+    if count > PATCH_AT_MOST {
+        return Err(Whole(too_many));
+    }
+    let namespaces = objects
+        .namespaces
+        .iter()
+        .map(|ns| (ns.name_any(), &**ns))
+        .collect();
+    let waypoint_ips = previous
+        .waypoints()
+        .iter()
+        .flat_map(|w| w.ips.clone())
+        .collect();
+    Ok((namespaces, waypoint_ips))
+}
+
 /// `previous` (the mesh of the objects before) patched for `changes`; `objects` are the objects now, `contested` what [`contested`] said of
 /// the mesh before.
 pub(crate) fn patch(
@@ -80,22 +108,12 @@ pub(crate) fn patch(
     contested: &HashSet<IpAddr>,
     changes: &[PodChange],
 ) -> Result<MeshState, Whole> {
-    if !previous.rejected().is_empty() {
-        return Err(Whole("the last mesh left objects out"));
-    }
-    if changes.len() > PATCH_AT_MOST {
-        return Err(Whole("too many pods changed at once"));
-    }
-    let namespaces: HashMap<String, &Namespace> = objects
-        .namespaces
-        .iter()
-        .map(|ns| (ns.name_any(), &**ns))
-        .collect();
-    let waypoint_ips: HashSet<IpAddr> = previous
-        .waypoints()
-        .iter()
-        .flat_map(|w| w.ips.clone())
-        .collect();
+    let (namespaces, waypoint_ips) = surroundings(
+        previous,
+        objects,
+        changes.len(),
+        "too many pods changed at once",
+    )?;
     for pod in changes.iter().flat_map(|(b, a)| [b, a]).flatten() {
         check_pod(pod, objects)?;
     }
@@ -195,22 +213,12 @@ pub(crate) fn patch_services(
     contested: &HashSet<IpAddr>,
     changes: &[ServiceChange],
 ) -> Result<MeshState, Whole> {
-    if !previous.rejected().is_empty() {
-        return Err(Whole("the last mesh left objects out"));
-    }
-    if changes.len() > PATCH_AT_MOST {
-        return Err(Whole("too many services changed at once"));
-    }
-    let namespaces: HashMap<String, &Namespace> = objects
-        .namespaces
-        .iter()
-        .map(|ns| (ns.name_any(), &**ns))
-        .collect();
-    let waypoint_ips: HashSet<IpAddr> = previous
-        .waypoints()
-        .iter()
-        .flat_map(|w| w.ips.clone())
-        .collect();
+    let (namespaces, waypoint_ips) = surroundings(
+        previous,
+        objects,
+        changes.len(),
+        "too many services changed at once",
+    )?;
     let mut state = previous.clone();
     // The workloads whose services change: the policies that apply to them may too (a policy may
     // target a Service).

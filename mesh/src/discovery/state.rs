@@ -10,6 +10,8 @@ use serde::Serialize;
 use super::model::{Service, Serving, Waypoint, WaypointRef, Workload};
 mod assemble;
 mod lists;
+#[cfg(feature = "kubernetes")]
+mod patching;
 
 pub(crate) use assemble::front_one;
 pub(crate) use lists::Lists;
@@ -295,114 +297,6 @@ impl MeshState {
         self.put_service(service);
     }
 
-    /// Takes the service `key` out: its addresses, and its key from the lists of the services its
-    /// endpoints back. Returns it.
-    #[cfg(feature = "kubernetes")]
-    pub(crate) fn remove_service(&mut self, key: &ServiceKey) -> Option<Arc<Service>> {
-        let service = self.services.remove(key)?;
-        for vip in &service.vips {
-            if self
-                .by_vip
-                .get(vip)
-                .is_some_and(|s| Arc::ptr_eq(s, &service))
-            {
-                self.by_vip.remove(vip);
-            }
-        }
-        for uid in &service.endpoints {
-            let Some((workload, keys)) = self.services_of.get_key_value(&**uid) else {
-                continue;
-            };
-            let rest: Vec<ServiceKey> = keys.iter().filter(|k| *k != key).cloned().collect();
-            let workload = workload.clone();
-            if rest.is_empty() {
-                self.services_of.remove(&workload);
-            } else {
-                self.services_of.insert(workload, rest.into());
-            }
-        }
-        Some(service)
-    }
-
-    /// Adds `service` (its key and addresses free), its key to the lists of the services its
-    /// endpoints back (ordered by key, as a patch for a pod lists them).
-    #[cfg(feature = "kubernetes")]
-    pub(crate) fn add_service(&mut self, service: Arc<Service>) {
-        let key = (service.namespace.clone(), service.name.clone());
-        for uid in &service.endpoints {
-            let Some(workload) = self.workloads.get(&**uid).cloned() else {
-                continue;
-            };
-            let mut keys: Vec<ServiceKey> = self
-                .services_of
-                .get(&**uid)
-                .map(|k| k.to_vec())
-                .unwrap_or_default();
-            if !keys.contains(&key) {
-                keys.push(key.clone());
-                keys.sort();
-            }
-            self.services_of.insert(workload, keys.into());
-        }
-        self.put_service(service);
-    }
-
-    /// Lists the pods being set up in `namespace` as backing the services that select them now
-    /// (as [`Self::with_pending`] lists them; their waypoint is left as it is), each put back as
-    /// a copy whose policies are judged anew (see [`Workload::unjudged`]).
-    #[cfg(feature = "kubernetes")]
-    pub(crate) fn relist_pending(&mut self, namespace: &str) {
-        let mut pending = self.pending.to_vec();
-        for workload in pending.iter_mut().filter(|w| *w.namespace == *namespace) {
-            self.services_of.remove(&*workload.uid);
-            *workload = Arc::new(workload.unjudged());
-            let keys: Vec<ServiceKey> = self
-                .services_selecting(namespace, &workload.labels)
-                .iter()
-                .map(|s| (s.namespace.clone(), s.name.clone()))
-                .collect();
-            if !keys.is_empty() {
-                self.services_of
-                    .insert(ByUid(workload.clone()), keys.into());
-            }
-        }
-        self.pending = pending.into();
-    }
-
-    /// Puts the workload `uid` back as a copy whose policies are judged anew (see
-    /// [`Workload::unjudged`]), backing the services it backs.
-    #[cfg(feature = "kubernetes")]
-    pub(crate) fn rejudge(&mut self, uid: &str) {
-        let keys = self.services_of.get(uid).cloned();
-        let Some(old) = self.remove_workload(uid) else {
-            return;
-        };
-        let copy = Arc::new(old.unjudged());
-        match keys {
-            Some(keys) => self.insert_workload(copy, keys),
-            None => self.insert_workload(copy, Vec::new()),
-        }
-    }
-
-    /// The workloads of `namespace` that `selector` selects (none for an empty one), by uid.
-    #[cfg(feature = "kubernetes")]
-    pub(crate) fn workloads_selected(
-        &self,
-        namespace: &str,
-        selector: &std::collections::BTreeMap<String, String>,
-    ) -> Vec<Arc<str>> {
-        if selector.is_empty() {
-            return Vec::new();
-        }
-        self.workloads
-            .iter()
-            .filter(|ByUid(w)| {
-                *w.namespace == *namespace && super::model::selects(selector, &w.labels)
-            })
-            .map(|ByUid(w)| w.uid.clone())
-            .collect()
-    }
-
     /// The service `key`, if in the mesh.
     pub(crate) fn service_by_key(&self, key: &ServiceKey) -> Option<&Arc<Service>> {
         self.services.get(key)
@@ -601,27 +495,6 @@ impl MeshState {
             })
             .cloned()
             .collect()
-    }
-
-    /// Adds `workload` to the pods being set up (see [`Self::with_pending`]).
-    #[cfg(feature = "kubernetes")]
-    pub(crate) fn add_pending(&mut self, workload: Workload) {
-        let workload = self.judge_pending(workload);
-        let mut pending = self.pending.to_vec();
-        let at = pending.partition_point(|w| w.uid < workload.uid);
-        pending.insert(at, workload);
-        self.pending = pending.into();
-    }
-
-    /// Takes the pod being set up `uid` out of the list; returns it.
-    #[cfg(feature = "kubernetes")]
-    pub(crate) fn remove_pending(&mut self, uid: &str) -> Option<Arc<Workload>> {
-        let at = self.pending.iter().position(|w| &*w.uid == uid)?;
-        let mut pending = self.pending.to_vec();
-        let workload = pending.remove(at);
-        self.pending = pending.into();
-        self.services_of.remove(uid);
-        Some(workload)
     }
 
     /// Pods scheduled to a node whose network is not set up yet: everything a workload has but an

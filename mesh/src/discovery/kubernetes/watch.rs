@@ -388,13 +388,13 @@ fn patched(
     for (key, (_, now)) in services {
         last.services.set(key, now);
     }
-    // The patches read namespaces and Services as translated (the last ones seen, with this
-    // round's Services): one the store holds in a newer version is compared at the next round,
-    // and a patch must not have read it meanwhile.
+    // The patches read namespaces and Services (nothing else of `Objects`), as translated: the
+    // last ones seen, with this round's Services. One the store holds in a newer version is
+    // compared at the next round, and a patch must not have read it meanwhile.
     let translated = Objects {
         namespaces: last.namespaces.all(),
         services: last.services.all(),
-        ..objects.clone()
+        ..Objects::default()
     };
     let with_services = if service_changes.is_empty() {
         None

@@ -327,24 +327,17 @@ impl MeshState {
         out
     }
 
-    /// Whether everything a workload's resources depend on besides the workload itself and the
-    /// services it backs is the same in `self` and `other`: the settings, which policies apply
-    /// where (their ids, scopes and actions; their rules are in resources of their own), peer
-    /// authentication and the waypoints. The services' definitions are compared apart
-    /// ([`Self::services_defined_otherwise`]).
+    /// Whether everything a workload's resources depend on besides the workload itself, the
+    /// services it backs and the policies that apply to it is the same in `self` and `other`: the
+    /// settings, peer authentication, telemetry and the waypoints. The services' definitions are
+    /// compared apart ([`Self::services_defined_otherwise`]), and so are the policies, workload by
+    /// workload (`xds::resources`) and one by one ([`Self::policies_replaced`]).
     pub(crate) fn same_surroundings(&self, other: &Self) -> bool {
         fn by_id<T>(items: &[T], id: impl Fn(&T) -> &PolicyId) -> Vec<&T> {
             let mut sorted: Vec<&T> = items.iter().collect();
             sorted.sort_by(|a, b| id(a).cmp(id(b)));
             sorted
         }
-        let applies = |p: &&Arc<AuthzPolicy>| (p.id.clone(), p.scope.clone(), p.action);
-        let policies = |s: &Self| -> Vec<_> {
-            by_id(s.authz.all(), |p| &p.id)
-                .iter()
-                .map(applies)
-                .collect()
-        };
         // A mesh patched from the other shares what it did not change: those are not compared.
         self.settings == other.settings
             && self.istio_semantics == other.istio_semantics
@@ -353,7 +346,28 @@ impl MeshState {
             && (Arc::ptr_eq(&self.telemetry, &other.telemetry)
                 || by_id(&self.telemetry, |p| &p.id) == by_id(&other.telemetry, |p| &p.id))
             && (Arc::ptr_eq(&self.waypoints, &other.waypoints) || self.waypoints == other.waypoints)
-            && (self.same_policies(other) || policies(self) == policies(other))
+    }
+
+    /// The AuthorizationPolicies that are not the very same in `self` and `other` (added, removed
+    /// or replaced), by id, each with `self`'s (`None`: removed). One walk over both, in the
+    /// order of their ids; a mesh patched from the other shares the policies it did not replace.
+    pub(crate) fn policies_replaced(
+        &self,
+        other: &Self,
+    ) -> Vec<(PolicyId, Option<&Arc<AuthzPolicy>>)> {
+        let mut out = Vec::new();
+        let mut theirs = other.authz.all().iter().peekable();
+        for ours in self.authz.all() {
+            while let Some(gone) = theirs.next_if(|p| p.id < ours.id) {
+                out.push((gone.id.clone(), None));
+            }
+            match theirs.next_if(|p| p.id == ours.id) {
+                Some(prior) if Arc::ptr_eq(ours, prior) => {}
+                _ => out.push((ours.id.clone(), Some(ours))),
+            }
+        }
+        out.extend(theirs.map(|p| (p.id.clone(), None)));
+        out
     }
 
     /// Whether the policies are the very same as `other`'s (a mesh patched from the other).

@@ -28,7 +28,8 @@ use super::proto::istio::workload as wl;
 use super::proto::veil::AmbientNamespace;
 use crate::discovery::{MeshState, Service, ServiceKey, Serving, Waypoint, WaypointRef, Workload};
 use crate::identity::Identity;
-use crate::policy::{PeerMode, PeerProfile, Scope};
+use crate::policy::{AuthzPolicy, PeerMode, PeerProfile, PolicyId, Scope};
+use veil_crd::authorization::Action;
 
 mod messages;
 
@@ -300,20 +301,30 @@ impl Resources {
             generated_users: previous.generated_users.clone(),
             shared_names: false,
         };
+        // The AuthorizationPolicies replaced (none when the mesh was patched from the previous
+        // one for pods and services: it holds the very same).
+        let replaced = if state.same_policies(previous_state) {
+            Vec::new()
+        } else {
+            state.policies_replaced(previous_state)
+        };
         // Policies as written first: the bindings of the workloads put below say which they were
         // made with. A binding of an unchanged workload says so too, so when they changed and
         // there are bindings, everything is translated afresh.
-        if !state.same_policies(previous_state) {
-            let fresh = super::waypoint::policies(state);
-            for name in previous.policies.keys() {
-                if !fresh.contains_key(name) {
-                    out.policies.remove(name);
-                }
+        let mut written_changed = false;
+        for (id, now) in &replaced {
+            let name: Arc<str> = id.to_string().into();
+            let entry = now.and_then(|p| super::waypoint::policy_as_written(p));
+            if out.policies.get(&name) != entry.as_ref() {
+                written_changed = true;
+                match entry {
+                    Some(entry) => out.policies.insert(name, entry),
+                    None => out.policies.remove(&name),
+                };
             }
-            keep_unchanged(&mut out.policies, fresh);
-            if out.policies != previous.policies && !previous.bindings.is_empty() {
-                return None;
-            }
+        }
+        if written_changed && !previous.bindings.is_empty() {
+            return None;
         }
         // The workloads that back a service defined otherwise carry its new definition.
         let backing: HashSet<&str> = services
@@ -374,22 +385,20 @@ impl Resources {
                 out.addresses.insert(name.into(), prior.clone());
             }
         }
-        // Policies that are gone; the others kept where unchanged, replaced where not (nothing to
-        // do when the mesh was patched from the previous one and holds its very policies).
-        if !state.same_policies(previous_state) {
-            let fresh = policies(state, root);
-            let generated_names: BTreeSet<String> = out
-                .generated_users
-                .keys()
-                .chain(previous.generated_users.keys())
-                .map(|name| format!("{root}/{name}"))
-                .collect();
-            for name in previous.authorizations.keys() {
-                if !fresh.contains_key(name) && !generated_names.contains(&**name) {
-                    out.authorizations.remove(name);
+        // The policies replaced: encoded anew where they decide, removed where they are gone or
+        // no longer do (a generated Authorization never has a policy's name: it is no
+        // Kubernetes name).
+        for (id, now) in &replaced {
+            let name: Arc<str> = id.to_string().into();
+            match now.and_then(|p| authorization(p, root)) {
+                Some(message) => {
+                    let entry = Entry::new(&message);
+                    if out.authorizations.get(&name) != Some(&entry) {
+                        out.authorizations.insert(name, entry);
+                    }
                 }
+                None => drop(out.authorizations.remove(&name)),
             }
-            keep_unchanged(&mut out.authorizations, fresh);
         }
         for name in previous.generated_users.keys() {
             if !out.generated_users.contains_key(name) {
@@ -628,7 +637,8 @@ fn changed_workloads<'a>(
                 let same = !backing.contains(&*a.uid)
                     && (Arc::ptr_eq(b, a)
                         || (b.same_as(a)
-                            && prior_state.service_keys_of(b) == state.service_keys_of(a)));
+                            && prior_state.service_keys_of(b) == state.service_keys_of(a)
+                            && named_alike(prior_state, b, state, a)));
                 if !same {
                     gone.push(*b);
                     new.push(*a);
@@ -651,6 +661,21 @@ fn changed_workloads<'a>(
         }
     }
     (gone, new)
+}
+
+/// Whether the policies that apply to `b` in `prior_state` and to `a` in `state` are named alike
+/// in their resources: the same ids, actions and forms (as written or not) of those that are not
+/// namespace-wide (a workload names those, and its binding lists them); their rules are in
+/// resources of their own.
+fn named_alike(prior_state: &MeshState, b: &Workload, state: &MeshState, a: &Workload) -> bool {
+    let (before, after) = (prior_state.authz_for(b), state.authz_for(a));
+    let named = |list: &[Arc<AuthzPolicy>]| -> Vec<(PolicyId, Action, bool)> {
+        list.iter()
+            .filter(|p| !matches!(p.scope, Scope::Namespace))
+            .map(|p| (p.id.clone(), p.action, p.spec.is_some()))
+            .collect()
+    };
+    Arc::ptr_eq(&before, &after) || named(&before) == named(&after)
 }
 
 /// Every deciding policy, by xDS name. One applies to a workload only through its scope or when

@@ -18,7 +18,7 @@ use super::proto::veil::{AuthorizationPolicy, PolicyBinding};
 use super::resources::{ByName, CLUSTER_ID, Entry, Kind};
 use crate::discovery::{MeshState, Workload};
 use crate::identity::Identity;
-use crate::policy::Scope;
+use crate::policy::{AuthzPolicy, Scope};
 
 /// Who a stream serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,17 +82,20 @@ pub(super) fn policies(state: &MeshState) -> ByName {
     state
         .authz_policies()
         .iter()
-        .filter_map(|policy| {
-            let spec = policy.spec.as_ref()?;
-            let message = AuthorizationPolicy {
-                namespace: policy.id.namespace.to_string(),
-                name: policy.id.name.to_string(),
-                // A spec that was read from JSON or YAML serializes.
-                spec: serde_json::to_string(&**spec).ok()?,
-            };
-            Some((Arc::from(policy.id.to_string()), Entry::new(&message)))
-        })
+        .filter_map(|policy| Some((Arc::from(policy.id.to_string()), policy_as_written(policy)?)))
         .collect()
+}
+
+/// `policy` as written, when it was (read from an object, not received over xDS).
+pub(super) fn policy_as_written(policy: &AuthzPolicy) -> Option<Entry> {
+    let spec = policy.spec.as_ref()?;
+    let message = AuthorizationPolicy {
+        namespace: policy.id.namespace.to_string(),
+        name: policy.id.name.to_string(),
+        // A spec that was read from JSON or YAML serializes.
+        spec: serde_json::to_string(&**spec).ok()?,
+    };
+    Some(Entry::new(&message))
 }
 
 /// The identities of the mesh's waypoints.

@@ -6,12 +6,16 @@
 //! workload taken out and put back, the services it backs given their new endpoints.
 //!
 //! A Service changed is patched too ([`patch_services`]): taken out and put back, its endpoints
-//! found among the workloads of its namespace, its key taken from and given to their lists.
+//! found among the workloads of its namespace, its key taken from and given to their lists. So is
+//! an AuthorizationPolicy ([`patch_policies`]): compiled alone, and the workloads of its namespace
+//! it may apply to judged anew.
 //!
 //! A patch must give exactly the mesh a whole translation would. Where a change reaches further
 //! than the pod and its services, it is not patched and the whole cluster is translated:
 //!
-//! - anything but pods and services changed (namespaces, policies), or the watches listed again;
+//! - anything but pods, services and AuthorizationPolicies changed (namespaces, PeerAuthentications,
+//!   Telemetries), or the watches listed again; an AuthorizationPolicy of the root namespace
+//!   changed (it applies mesh-wide);
 //! - a service (before or after) is a waypoint, is behind one, has a target port naming a container
 //!   port, or claims an address taken by anything else;
 //! - the last mesh left an object out or found a conflict (what stands in for it is decided over
@@ -32,10 +36,12 @@ use kube::ResourceExt;
 
 use super::pod::SlimPod;
 use super::translate::{
-    Objects, WAYPOINT, label, live, pod_ips, pod_uid, scheduled, service, workload,
+    Objects, WAYPOINT, authz_policy, label, live, pod_ips, pod_uid, scheduled, service, workload,
 };
-use crate::discovery::model::selects;
+use crate::discovery::model::{Workload, selects};
 use crate::discovery::state::{MeshSettings, MeshState, ServiceKey, front_one};
+use crate::policy::{AuthzPolicy, PolicyError, PolicyId, Scope};
+use veil_crd::authorization::AuthorizationPolicy;
 
 /// The most pods one patch takes on: a rollout of more is translated whole.
 const PATCH_AT_MOST: usize = 512;
@@ -45,6 +51,12 @@ pub(crate) type PodChange = (Option<Arc<SlimPod>>, Option<Arc<SlimPod>>);
 
 /// A Service as it was and as it is (`None`: absent).
 pub(crate) type ServiceChange = (Option<Arc<KubeService>>, Option<Arc<KubeService>>);
+
+/// An AuthorizationPolicy as it was and as it is (`None`: absent).
+pub(crate) type PolicyChange = (
+    Option<Arc<AuthorizationPolicy>>,
+    Option<Arc<AuthorizationPolicy>>,
+);
 
 /// A pod added by a patch: its namespace, labels and uid.
 type Added = (Arc<str>, BTreeMap<String, String>, Arc<str>);
@@ -279,6 +291,68 @@ pub(crate) fn patch_services(
         state.relist_pending(namespace);
     }
     Ok(state)
+}
+
+/// `previous` patched for changed AuthorizationPolicies: each compiled alone and put in place of
+/// what it was, and the workloads and pods being set up of its namespace it may apply to, as it
+/// was or as it is, judged anew (the others' judgement does not change: a policy applies only in
+/// its namespace, but for the root namespace's). `invalid` (the policies refused by validation)
+/// is brought up to date. Services are patched before, pods after.
+pub(crate) fn patch_policies(
+    previous: &MeshState,
+    settings: &MeshSettings,
+    changes: &[PolicyChange],
+    invalid: &mut Vec<PolicyError>,
+) -> Result<MeshState, Whole> {
+    if !previous.rejected().is_empty() {
+        return Err(Whole("the last mesh left objects out"));
+    }
+    if changes.len() > PATCH_AT_MOST {
+        return Err(Whole("too many policies changed at once"));
+    }
+    let mut state = previous.clone();
+    let mut gone: Vec<PolicyId> = Vec::new();
+    let mut new: Vec<Arc<AuthzPolicy>> = Vec::new();
+    let mut errors: Vec<PolicyError> = Vec::new();
+    // Per namespace, the scopes the policies had or have.
+    let mut scopes: BTreeMap<String, Vec<Scope>> = BTreeMap::new();
+    for (before, now) in changes {
+        let Some(object) = now.as_ref().or(before.as_ref()) else {
+            continue;
+        };
+        let namespace = object.namespace().unwrap_or_default();
+        if namespace == settings.root_namespace {
+            return Err(Whole("a policy of the root namespace (mesh-wide)"));
+        }
+        let id = PolicyId::new(&namespace, &object.name_any());
+        let all = previous.authz_policies();
+        let old = all
+            .binary_search_by(|p| p.id.cmp(&id))
+            .ok()
+            .map(|at| &all[at]);
+        let compiled = now.as_ref().map(|p| Arc::new(authz_policy(p, &mut errors)));
+        let had = scopes.entry(namespace).or_default();
+        had.extend(old.into_iter().chain(&compiled).map(|p| p.scope.clone()));
+        gone.push(id);
+        new.extend(compiled);
+    }
+    invalid.retain(|e| !(e.kind == "AuthorizationPolicy" && gone.contains(&e.policy)));
+    invalid.extend(errors);
+    state.replace_policies(&gone, new);
+    for (namespace, scopes) in &scopes {
+        state.rejudge_in(namespace, |w| scopes.iter().any(|s| may_apply(s, w)));
+        state.relist_pending(namespace);
+    }
+    Ok(state)
+}
+
+/// Whether a policy of the workload's namespace with `scope` may apply to it: selected by it, or
+/// through a service it backs (taken as may, whichever).
+fn may_apply(scope: &Scope, workload: &Workload) -> bool {
+    match scope {
+        Scope::Selector(labels) => selects(labels, &workload.labels),
+        Scope::Namespace | Scope::Targets(_) | Scope::Mesh | Scope::Named => true,
+    }
 }
 
 /// Refuses a Service (as it was or is) whose change reaches beyond its endpoints' lists: a

@@ -580,7 +580,7 @@ fn target_port(target: Option<&IntOrString>, port: u16, backends: &[&SlimPod]) -
     }
 }
 
-fn authz_policy(p: &AuthorizationPolicy, invalid: &mut Vec<PolicyError>) -> AuthzPolicy {
+pub(crate) fn authz_policy(p: &AuthorizationPolicy, invalid: &mut Vec<PolicyError>) -> AuthzPolicy {
     let namespace = p.namespace().unwrap_or_default();
     let name = p.name_any();
     match compile_authz(&namespace, &name, &p.spec) {

@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 use veil_crd::authorization::AuthorizationPolicy;
 use veil_crd::peer_authentication::PeerAuthentication;
 
-use super::patch::{self, ServiceChange, Whole};
+use super::patch::{self, PolicyChange, ServiceChange, Whole};
 use super::pod::SlimPod;
 use super::telemetry::TelemetryObject;
 use super::translate::{Objects, Reads, translate};
@@ -348,26 +348,43 @@ fn patched(
     }
     // (After one that changed, a whole translation makes `last` anew.)
     let mut services: Vec<(Key, ServiceChange)> = Vec::new();
+    let mut policies: Vec<(Key, PolicyChange)> = Vec::new();
     for other in &delivered.others {
-        if other.0 == Kind::Service {
-            services.extend(
+        match other.0 {
+            Kind::Service => services.extend(
                 last.services
                     .change(&stores.services, &other.1)
                     .map(|change| (other.1.clone(), change)),
-            );
-        } else if !last.reads_as_before(stores, other) {
-            return Err(Whole("a namespace or policy changed"));
+            ),
+            Kind::AuthorizationPolicy => policies.extend(
+                last.authorization_policies
+                    .change(&stores.authorization_policies, &other.1)
+                    .map(|change| (other.1.clone(), change)),
+            ),
+            _ if !last.reads_as_before(stores, other) => {
+                return Err(Whole(
+                    "a namespace, PeerAuthentication or Telemetry changed",
+                ));
+            }
+            _ => {}
         }
     }
-    if delivered.pods.is_empty() && services.is_empty() {
-        // The mesh is the same. A policy's status and generation are read from the snapshot's
-        // objects (the status writer): those are published, with the same mesh.
-        let policies = delivered
+    // A policy's status and generation are read from the snapshot's objects (the status
+    // writer): the policies published are those translated (a newer version in the store is
+    // compared at the next round), with the rest of the objects now.
+    let published = |last: &Last| Objects {
+        authorization_policies: last.authorization_policies.all(),
+        peer_authentications: last.peer_authentications.all(),
+        ..stores.objects()
+    };
+    if delivered.pods.is_empty() && services.is_empty() && policies.is_empty() {
+        // The mesh is the same: published again for the policies' objects, if any changed.
+        let touched = delivered
             .others
             .iter()
             .any(|(kind, _)| matches!(kind, Kind::AuthorizationPolicy | Kind::PeerAuthentication));
-        return Ok(policies.then(|| Snapshot {
-            objects: stores.objects(),
+        return Ok(touched.then(|| Snapshot {
+            objects: published(last),
             state: previous.state.clone(),
             invalid: previous.invalid.clone(),
         }));
@@ -383,11 +400,15 @@ fn patched(
             )
         })
         .collect();
-    let objects = stores.objects();
     let service_changes: Vec<ServiceChange> = services.iter().map(|(_, c)| c.clone()).collect();
     for (key, (_, now)) in services {
         last.services.set(key, now);
     }
+    let policy_changes: Vec<PolicyChange> = policies.iter().map(|(_, c)| c.clone()).collect();
+    for (key, (_, now)) in policies {
+        last.authorization_policies.set(key, now);
+    }
+    let objects = published(last);
     // The patches read namespaces and Services (nothing else of `Objects`), as translated: the
     // last ones seen, with this round's Services. One the store holds in a newer version is
     // compared at the next round, and a patch must not have read it meanwhile.
@@ -406,10 +427,21 @@ fn patched(
             &service_changes,
         )?)
     };
-    let state = match with_services {
-        Some(state) if changes.is_empty() => state,
-        with_services => patch::patch(
+    let mut invalid = previous.invalid.clone();
+    let with_policies = if policy_changes.is_empty() {
+        with_services
+    } else {
+        Some(patch::patch_policies(
             with_services.as_ref().unwrap_or(&previous.state),
+            settings,
+            &policy_changes,
+            &mut invalid,
+        )?)
+    };
+    let state = match with_policies {
+        Some(state) if changes.is_empty() => state,
+        patched => patch::patch(
+            patched.as_ref().unwrap_or(&previous.state),
             &translated,
             settings,
             &last.contested,
@@ -425,7 +457,7 @@ fn patched(
     Ok(Some(Snapshot {
         objects,
         state: Arc::new(state),
-        invalid: previous.invalid.clone(),
+        invalid,
     }))
 }
 

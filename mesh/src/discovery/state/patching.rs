@@ -1,10 +1,12 @@
 //! What the controller's patches of a mesh (`kubernetes::patch`) change in place: services taken
-//! out and put back, pods being set up added and taken out, workloads judged anew.
+//! out and put back, pods being set up added and taken out, workloads judged anew, policies
+//! replaced.
 
 use std::sync::Arc;
 
 use super::{ByUid, MeshState, ServiceKey};
 use crate::discovery::model::{Service, Workload};
+use crate::policy::{AuthzPolicy, PolicyId, PolicyIndex};
 
 impl MeshState {
     /// Takes the service `key` out: its addresses, and its key from the lists of the services its
@@ -89,6 +91,34 @@ impl MeshState {
         match keys {
             Some(keys) => self.insert_workload(copy, keys),
             None => self.insert_workload(copy, Vec::new()),
+        }
+    }
+
+    /// Replaces the AuthorizationPolicies: those with an id in `gone` are taken out, `new` put in
+    /// (the index of them is made anew: its order, and so every decision, is as a whole build's).
+    pub(crate) fn replace_policies(&mut self, gone: &[PolicyId], new: Vec<Arc<AuthzPolicy>>) {
+        let root = self.settings().root_namespace;
+        let all: Vec<Arc<AuthzPolicy>> = self
+            .authz
+            .all()
+            .iter()
+            .filter(|p| !gone.contains(&p.id))
+            .cloned()
+            .chain(new)
+            .collect();
+        self.authz = Arc::new(PolicyIndex::new(&root, all));
+    }
+
+    /// Judges anew (see [`Self::rejudge`]) the workloads of `namespace` for which `maybe` holds.
+    pub(crate) fn rejudge_in(&mut self, namespace: &str, maybe: impl Fn(&Workload) -> bool) {
+        let uids: Vec<Arc<str>> = self
+            .workloads
+            .iter()
+            .filter(|ByUid(w)| *w.namespace == *namespace && maybe(w))
+            .map(|ByUid(w)| w.uid.clone())
+            .collect();
+        for uid in uids {
+            self.rejudge(&uid);
         }
     }
 

@@ -8,10 +8,11 @@ use serde_json::json;
 use super::reuse::{change, shared};
 use super::*;
 use crate::discovery::kubernetes::patch::{
-    PodChange, ServiceChange, Whole, contested, patch, patch_services,
+    PodChange, PolicyChange, ServiceChange, Whole, contested, patch, patch_policies, patch_services,
 };
+use crate::policy::PolicyError;
 use crate::testing::mesh_fingerprint;
-use crate::xds::Resources;
+use crate::xds::{Kind, Resources};
 
 /// The objects (of one kind) that differ between `before` and `after`, as the watches' events
 /// would name them.
@@ -38,26 +39,75 @@ fn differing<K: kube::Resource>(
     out
 }
 
-/// The Services and pods that differ between `before` and `after`, or `None` when anything else
-/// changed.
-fn pod_changes(before: &Objects, after: &Objects) -> Option<(Vec<ServiceChange>, Vec<PodChange>)> {
+/// What a patch follows that differs between `before` and `after` (Services, AuthorizationPolicies,
+/// pods), or `None` when anything else changed.
+fn pod_changes(before: &Objects, after: &Objects) -> Option<Changes> {
     fn same<K>(a: &[Arc<K>], b: &[Arc<K>]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
     }
     let others_same = same(&before.namespaces, &after.namespaces)
-        && same(
-            &before.authorization_policies,
-            &after.authorization_policies,
-        )
         && same(&before.peer_authentications, &after.peer_authentications)
         && same(&before.telemetries, &after.telemetries);
     if !others_same {
         return None;
     }
-    Some((
-        differing(&before.services, &after.services),
-        differing(&before.pods, &after.pods),
-    ))
+    Some(Changes {
+        services: differing(&before.services, &after.services),
+        policies: differing(
+            &before.authorization_policies,
+            &after.authorization_policies,
+        ),
+        pods: differing(&before.pods, &after.pods),
+    })
+}
+
+/// The changes a patch follows, by kind.
+struct Changes {
+    services: Vec<ServiceChange>,
+    policies: Vec<PolicyChange>,
+    pods: Vec<PodChange>,
+}
+
+/// `previous` patched for `changes` as the watch does: Services, then policies, then pods;
+/// `invalid` brought up to date.
+fn patched(
+    previous: &MeshState,
+    objects: &Objects,
+    reserved: &HashSet<IpAddr>,
+    changes: &Changes,
+    invalid: &mut Vec<PolicyError>,
+) -> Result<MeshState, Whole> {
+    let settings = MeshSettings::default();
+    let mut state = None;
+    if !changes.services.is_empty() {
+        state = Some(patch_services(
+            previous,
+            objects,
+            reserved,
+            &changes.services,
+        )?);
+    }
+    if !changes.policies.is_empty() {
+        let on = state.as_ref().unwrap_or(previous);
+        state = Some(patch_policies(on, &settings, &changes.policies, invalid)?);
+    }
+    if state.is_none() || !changes.pods.is_empty() {
+        let on = state.as_ref().unwrap_or(previous);
+        state = Some(patch(on, objects, &settings, reserved, &changes.pods)?);
+    }
+    Ok(state.expect("patched"))
+}
+
+/// Every workload's policies in full (rules and all), and the policies refused: what a patch must
+/// leave exactly as a whole translation does, beyond the names `mesh_fingerprint` compares.
+fn judged(state: &MeshState, invalid: &[PolicyError]) -> String {
+    let mut out = String::new();
+    for w in state.workloads().iter().chain(state.pending()) {
+        out += &format!("{} {:?}\n", w.uid, state.authz_for(w));
+    }
+    let mut invalid: Vec<String> = invalid.iter().map(|e| format!("{e:?}")).collect();
+    invalid.sort();
+    out + &invalid.join("\n")
 }
 
 fn addresses(objects: &Objects) -> Vec<IpAddr> {
@@ -71,69 +121,85 @@ fn addresses(objects: &Objects) -> Vec<IpAddr> {
 
 #[test]
 fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
-    let settings = MeshSettings::default();
     let mut rng = fastrand::Rng::with_seed(23);
     let mut objects = objects();
-    let mut previous = translated(&objects).state;
+    let first = translated(&objects);
+    let (mut previous, mut invalid) = (first.state, first.invalid);
     assert!(previous.rejected().is_empty(), "{:?}", previous.rejected());
     let mut reserved = contested(&objects, &previous);
     // The controller's translation follows the patched meshes as it does in production.
     let mut resources = Resources::from_state(&previous);
-    let (mut added, mut patched, mut services_patched) = (0, 0, 0);
-    // Services defined otherwise whose resources were patched too (entries of the previous ones
-    // kept, not all encoded anew).
-    let mut services_encoded_alone = 0;
+    let (mut added, mut patched_steps) = (0, 0);
+    let (mut services_patched, mut policies_patched) = (0, 0);
+    // Services and policies changed whose resources were patched too (entries of the previous
+    // ones kept, not all encoded anew).
+    let (mut services_encoded_alone, mut policies_encoded_alone) = (0, 0);
     let mut whole_because: HashMap<&'static str, usize> = HashMap::new();
-    for step in 0..2000 {
+    for step in 0..3000 {
         let before = objects.clone();
         let what = change(&mut rng, &mut objects, &mut added);
-        let whole = translated(&objects).state;
-        let result = match pod_changes(&before, &objects) {
-            None => Err(Whole("not only pods changed")),
-            Some((services, pods)) if services.is_empty() => {
-                patch(&previous, &objects, &settings, &reserved, &pods)
-            }
-            Some((services, pods)) => patch_services(&previous, &objects, &reserved, &services)
-                .and_then(|state| {
-                    services_patched += 1;
-                    if pods.is_empty() {
-                        Ok(state)
-                    } else {
-                        patch(&state, &objects, &settings, &reserved, &pods)
-                    }
-                }),
+        let whole = translated(&objects);
+        let changes = pod_changes(&before, &objects);
+        let mut now_invalid = invalid.clone();
+        let result = match &changes {
+            None => Err(Whole("not only pods, Services and policies changed")),
+            Some(changes) => patched(&previous, &objects, &reserved, changes, &mut now_invalid),
         };
         match result {
             Ok(state) => {
                 let ips = addresses(&objects);
                 assert_eq!(
                     mesh_fingerprint(&state, &ips),
-                    mesh_fingerprint(&whole, &ips),
+                    mesh_fingerprint(&whole.state, &ips),
+                    "step {step} ({what})"
+                );
+                assert_eq!(
+                    judged(&state, &now_invalid),
+                    judged(&whole.state, &whole.invalid),
                     "step {step} ({what})"
                 );
                 let after = Resources::from_state_after(&state, &previous, &resources);
                 assert!(
-                    after == Resources::from_state(&whole),
+                    after == Resources::from_state(&whole.state),
                     "step {step} ({what})"
                 );
-                if !state.services_defined_otherwise(&previous).is_empty()
-                    && shared(&resources, &after) > 0
-                {
-                    services_encoded_alone += 1;
+                let changes = changes.expect("patched");
+                let kept = shared(&resources, &after) > 0;
+                if !changes.services.is_empty() {
+                    services_patched += 1;
+                    if !state.services_defined_otherwise(&previous).is_empty() && kept {
+                        services_encoded_alone += 1;
+                    }
                 }
-                patched += 1;
+                if !changes.policies.is_empty() {
+                    policies_patched += 1;
+                    assert_eq!(
+                        authorizations_encoded_again(&resources, &after),
+                        Vec::<String>::new(),
+                        "step {step} ({what}): Authorizations equal to the previous ones encoded again"
+                    );
+                    if kept {
+                        policies_encoded_alone += 1;
+                    }
+                }
+                patched_steps += 1;
                 previous = state;
+                invalid = now_invalid;
                 resources = after;
             }
             Err(Whole(why)) => {
                 *whole_because.entry(why).or_default() += 1;
-                reserved = contested(&objects, &whole);
-                resources = Resources::from_state_after(&whole, &previous, &resources);
-                previous = whole;
+                reserved = contested(&objects, &whole.state);
+                resources = Resources::from_state_after(&whole.state, &previous, &resources);
+                previous = whole.state;
+                invalid = whole.invalid;
             }
         }
     }
-    assert!(patched > 400, "patched {patched}; whole: {whole_because:?}");
+    assert!(
+        patched_steps > 600,
+        "patched {patched_steps}; whole: {whole_because:?}"
+    );
     assert!(
         services_patched > 50,
         "services patched {services_patched}; whole: {whole_because:?}"
@@ -142,6 +208,29 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
         services_encoded_alone > 40,
         "of {services_patched} services patched, {services_encoded_alone} encoded alone"
     );
+    assert!(
+        policies_patched > 150,
+        "policies patched {policies_patched}; whole: {whole_because:?}"
+    );
+    assert!(
+        policies_encoded_alone > 100,
+        "of {policies_patched} policies patched, {policies_encoded_alone} encoded alone"
+    );
+}
+
+/// The Authorizations of `after` equal to `before`'s that do not share their bytes (encoded anew).
+fn authorizations_encoded_again(before: &Resources, after: &Resources) -> Vec<String> {
+    after
+        .of(Kind::Authorization)
+        .iter()
+        .filter(|(name, e)| {
+            before
+                .of(Kind::Authorization)
+                .get(*name)
+                .is_some_and(|p| p.version == e.version && p.body.as_ptr() != e.body.as_ptr())
+        })
+        .map(|(name, _)| name.to_string())
+        .collect()
 }
 
 /// A policy may target a Service: a workload's policies depend on the services it backs, and a

@@ -63,7 +63,7 @@ pub(super) fn change(
     let pod = |objects: &mut Objects, change: &mut dyn FnMut(&mut Value)| {
         edit(&mut objects.pods[i], |p| change(p))
     };
-    match rng.u8(..17) {
+    match rng.u8(..18) {
         0 => {
             let app = *pick(rng, &APPS);
             pod(objects, &mut |p| {
@@ -189,7 +189,63 @@ pub(super) fn change(
             pod(objects, &mut |p| p["spec"]["nodeName"] = node.into());
             "a pod's node"
         }
+        16 => policy_shape(rng, objects, added),
         _ => "nothing",
+    }
+}
+
+/// A policy given another scope or action, made invalid, added (in the root namespace too) or
+/// removed.
+fn policy_shape(rng: &mut fastrand::Rng, objects: &mut Objects, added: &mut usize) -> &'static str {
+    let n = rng.usize(..objects.authorization_policies.len());
+    let policy = &mut objects.authorization_policies[n];
+    match rng.u8(..7) {
+        0 => {
+            edit(policy, |p| {
+                drop(p["spec"].as_object_mut().unwrap().remove("selector"))
+            });
+            "a policy made namespace-wide"
+        }
+        1 => {
+            let service = *pick(rng, &["account-service", "user-profile-service", "cart"]);
+            edit(policy, |p| {
+                p["spec"].as_object_mut().unwrap().remove("selector");
+                p["spec"]["targetRefs"] =
+                    json!([{"kind": "Service", "group": "", "name": service}]);
+            });
+            "a policy made to target a Service"
+        }
+        2 => {
+            let action = *pick(rng, &["ALLOW", "DENY", "AUDIT"]);
+            edit(policy, |p| p["spec"]["action"] = action.into());
+            "a policy's action"
+        }
+        3 => {
+            edit(policy, |p| {
+                p["spec"]["rules"] = json!([{"from": [{"source": {"ipBlocks": ["not-an-ip"]}}]}])
+            });
+            "a policy made invalid"
+        }
+        4 if objects.authorization_policies.len() > 1 => {
+            objects.authorization_policies.remove(n);
+            "a policy removed"
+        }
+        _ => {
+            *added += 1;
+            let namespace = *pick(rng, &["production", "shop", "user-data", "veil-system"]);
+            let app = *pick(rng, &APPS);
+            let mut copy = objects.authorization_policies[n].clone();
+            let count = *added;
+            edit(&mut copy, |p| {
+                p["metadata"]["name"] = format!("added-{count}").into();
+                p["metadata"]["namespace"] = namespace.into();
+                p["metadata"]["uid"] = format!("p-added-{count}").into();
+                p["spec"].as_object_mut().unwrap().remove("targetRefs");
+                p["spec"]["selector"] = json!({"matchLabels": {"app": app}});
+            });
+            objects.authorization_policies.push(copy);
+            "a policy added"
+        }
     }
 }
 

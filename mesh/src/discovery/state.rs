@@ -348,6 +348,25 @@ impl MeshState {
             && (Arc::ptr_eq(&self.waypoints, &other.waypoints) || self.waypoints == other.waypoints)
     }
 
+    /// Replaces the AuthorizationPolicies: those `keep` refuses are taken out, `new` put in (the
+    /// index of them is made anew: its order, and so every decision, is as a whole build's).
+    pub(crate) fn replace_policies(
+        &mut self,
+        keep: impl Fn(&AuthzPolicy) -> bool,
+        new: impl IntoIterator<Item = Arc<AuthzPolicy>>,
+    ) {
+        let root = self.settings().root_namespace;
+        let all: Vec<Arc<AuthzPolicy>> = self
+            .authz
+            .all()
+            .iter()
+            .filter(|p| keep(p))
+            .cloned()
+            .chain(new)
+            .collect();
+        self.authz = Arc::new(PolicyIndex::new(&root, all));
+    }
+
     /// The AuthorizationPolicies that are not the very same in `self` and `other` (added, removed
     /// or replaced), by id, each with `self`'s (`None`: removed). One walk over both, in the
     /// order of their ids; a mesh patched from the other shares the policies it did not replace.

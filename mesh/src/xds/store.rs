@@ -209,10 +209,10 @@ impl Store {
         removed: &[String],
     ) -> Vec<Refusal> {
         let something = !(resources.is_empty() && removed.is_empty());
-        if something && (kind != Kind::Address || self.derived.is_none() || self.waypoint.is_some())
-        {
-            // Policies and enrolment reach every workload, and with no mesh built yet there is
-            // nothing to patch: the next mesh is built whole.
+        let followed = matches!(kind, Kind::Address | Kind::Authorization);
+        if something && (!followed || self.derived.is_none() || self.waypoint.is_some()) {
+            // Enrolment reaches every workload, a waypoint's policies are checked as written, and
+            // with no mesh built yet there is nothing to patch: the next mesh is built whole.
             self.changes.everything();
         }
         for name in removed {
@@ -222,7 +222,10 @@ impl Store {
                     self.unaddressed.remove(name);
                     self.changes.address(name, before, None);
                 }
-                Kind::Authorization => drop(self.authorizations.remove(name)),
+                Kind::Authorization => {
+                    let before = self.authorizations.remove(name);
+                    self.changes.authorization(name, before.as_ref(), false);
+                }
                 Kind::Namespace => drop(self.namespaces.remove(name)),
                 Kind::Policy | Kind::Binding => {
                     if let Some(held) = &mut self.waypoint {
@@ -292,7 +295,7 @@ impl Store {
                         },
                         Err(reason) => (placeholder(name, None, &self.settings), Some(reason)),
                     };
-                    self.authorizations.insert(
+                    let before = self.authorizations.insert(
                         name.clone(),
                         Policy {
                             version,
@@ -300,6 +303,8 @@ impl Store {
                             refused: refusal.clone(),
                         },
                     );
+                    self.changes
+                        .authorization(name, before.as_ref(), refusal.is_some());
                     refusal
                 }
                 Kind::Namespace => {

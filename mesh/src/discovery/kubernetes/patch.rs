@@ -338,7 +338,8 @@ pub(crate) fn patch_policies(
     }
     invalid.retain(|e| !(e.kind == "AuthorizationPolicy" && gone.contains(&e.policy)));
     invalid.extend(errors);
-    state.replace_policies(&gone, new);
+    let replaced: HashSet<&PolicyId> = gone.iter().collect();
+    state.replace_policies(|p| !replaced.contains(&p.id), new);
     for (namespace, scopes) in &scopes {
         state.rejudge_in(namespace, |w| scopes.iter().any(|s| may_apply(s, w)));
         state.relist_pending(namespace);

@@ -1,12 +1,10 @@
 //! What the controller's patches of a mesh (`kubernetes::patch`) change in place: services taken
-//! out and put back, pods being set up added and taken out, workloads judged anew, policies
-//! replaced.
+//! out and put back, pods being set up added and taken out, workloads judged anew.
 
 use std::sync::Arc;
 
 use super::{ByUid, MeshState, ServiceKey};
 use crate::discovery::model::{Service, Workload};
-use crate::policy::{AuthzPolicy, PolicyId, PolicyIndex};
 
 impl MeshState {
     /// Takes the service `key` out: its addresses, and its key from the lists of the services its
@@ -92,21 +90,6 @@ impl MeshState {
             Some(keys) => self.insert_workload(copy, keys),
             None => self.insert_workload(copy, Vec::new()),
         }
-    }
-
-    /// Replaces the AuthorizationPolicies: those with an id in `gone` are taken out, `new` put in
-    /// (the index of them is made anew: its order, and so every decision, is as a whole build's).
-    pub(crate) fn replace_policies(&mut self, gone: &[PolicyId], new: Vec<Arc<AuthzPolicy>>) {
-        let root = self.settings().root_namespace;
-        let all: Vec<Arc<AuthzPolicy>> = self
-            .authz
-            .all()
-            .iter()
-            .filter(|p| !gone.contains(&p.id))
-            .cloned()
-            .chain(new)
-            .collect();
-        self.authz = Arc::new(PolicyIndex::new(&root, all));
     }
 
     /// Judges anew (see [`Self::rejudge`]) the workloads of `namespace` for which `maybe` holds.

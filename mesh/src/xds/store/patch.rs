@@ -8,9 +8,13 @@
 //! A patch must give exactly the mesh a whole build would. Where a change reaches further than
 //! the workload and its services, it is not patched and the mesh is built whole:
 //!
-//! - anything but workloads and services' ports changed (a service added, removed, or given other
-//!   addresses or another waypoint; Authorizations, enrolled namespaces), or a resource was
-//!   refused (what stands in for it is decided over everything);
+//! - anything but workloads, services' ports and Authorizations changed (a service added,
+//!   removed, or given other addresses or another waypoint; enrolled namespaces), or a resource
+//!   was refused (what stands in for it is decided over everything);
+//! - an Authorization is mesh-wide (as it was or is), was named before it arrived or is named but
+//!   removed (those are reported missing), or reaches more than [`PATCH_AT_MOST`] workloads (those
+//!   that name it and, for a namespace-wide one, those of its namespace: each is patched as
+//!   changed, its policies gathered anew);
 //! - an address involved is contested (two workloads claim it: who holds it depends on every
 //!   claim), a service's, or a waypoint's;
 //! - the workload is a waypoint's instance, backs a service that is a waypoint, names a waypoint
@@ -25,10 +29,10 @@ use std::sync::Arc;
 use tracing::debug;
 
 use super::entries::{AddressEntry, Gateway, Named, WorkloadEntry};
-use super::{Received, Store, target_port};
+use super::{Policy, Received, Store, target_port};
 use crate::discovery::{Lists, ServiceKey};
 use crate::discovery::{MeshState, Service, ServicePort, WaypointRef, Workload};
-use crate::policy::AuthzPolicy;
+use crate::policy::{AuthzPolicy, Scope};
 
 /// The most workloads one patch takes on: a patch runs on the caller's thread (an async worker), a
 /// whole build on a blocking one, and a larger burst (a node drained, a big rollout) is built whole
@@ -45,6 +49,9 @@ pub(super) struct Changes {
     workloads: HashMap<String, Option<Box<WorkloadEntry>>>,
     /// Services (xDS names) received again as they were but for their ports.
     services: BTreeSet<String>,
+    /// Changed Authorizations (by name), each with what it was when the mesh was last made
+    /// (none: it is new).
+    authorizations: HashMap<String, Option<Arc<AuthzPolicy>>>,
 }
 
 impl Changes {
@@ -53,6 +60,21 @@ impl Changes {
         self.whole = true;
         self.workloads.clear();
         self.services.clear();
+        self.authorizations.clear();
+    }
+
+    /// The Authorization `name` changed: it was `before` (`None`: absent). One refused, as it was
+    /// or is, is reported, and a report covers the whole mesh.
+    pub(super) fn authorization(&mut self, name: &str, before: Option<&Policy>, refused: bool) {
+        if self.whole {
+            return;
+        }
+        if refused || before.is_some_and(|b| b.refused.is_some()) {
+            return self.everything();
+        }
+        self.authorizations
+            .entry(name.to_owned())
+            .or_insert_with(|| before.map(|b| b.policy.clone()));
     }
 
     /// The address `name` changed: it was `before`, it is now `after` (`None`: removed).
@@ -148,8 +170,23 @@ impl Store {
             return None;
         }
         let mut next = derived.state.clone();
+        let mut workloads = changes.workloads;
+        if !changes.authorizations.is_empty() {
+            if let Err(Whole(why)) = self.patch_authorizations(
+                &mut derived,
+                &mut next,
+                &changes.authorizations,
+                &mut workloads,
+            ) {
+                debug!(why, "the mesh is built whole");
+                return None;
+            }
+            if workloads.len() + changes.services.len() > PATCH_AT_MOST {
+                return None;
+            }
+        }
         let mut affected: BTreeSet<String> = BTreeSet::new();
-        for (uid, before) in &changes.workloads {
+        for (uid, before) in &workloads {
             if let Err(Whole(why)) = self.patch_workload(
                 &mut derived,
                 &mut next,
@@ -378,6 +415,96 @@ impl Store {
         }
         let services = derived.lists.services(services);
         next.insert_workload(Arc::new(workload), services);
+        Ok(())
+    }
+
+    /// Puts the changed Authorizations (`changed`: each as it was) in place of what they were,
+    /// and adds to `workloads` those in the mesh whose policies they reach: that name one, or, for
+    /// a namespace-wide one (as it was or is), of its namespace. Those are patched as changed
+    /// ([`Self::patch_workload`]: their policies gathered anew).
+    fn patch_authorizations(
+        &self,
+        derived: &mut Derived,
+        next: &mut MeshState,
+        changed: &HashMap<String, Option<Arc<AuthzPolicy>>>,
+        workloads: &mut HashMap<String, Option<Box<WorkloadEntry>>>,
+    ) -> Result<(), Whole> {
+        let mut namespaces: HashSet<&str> = HashSet::new();
+        for (name, before) in changed {
+            let now = self.authorizations.get(name).map(|p| &p.policy);
+            for policy in before.iter().chain(now) {
+                match policy.scope {
+                    Scope::Mesh => return Err(Whole("a mesh-wide Authorization")),
+                    Scope::Namespace => drop(namespaces.insert(&policy.id.namespace)),
+                    _ => {}
+                }
+            }
+            if let Some(before) = before.as_ref().filter(|b| b.scope == Scope::Namespace)
+                && let Some(list) = derived.by_namespace.get_mut(&*before.id.namespace)
+            {
+                list.retain(|p| !Arc::ptr_eq(p, before));
+                if list.is_empty() {
+                    derived.by_namespace.remove(&*before.id.namespace);
+                }
+            }
+            if let Some(now) = now.filter(|n| n.scope == Scope::Namespace) {
+                derived
+                    .by_namespace
+                    .entry(now.id.namespace.to_string())
+                    .or_default()
+                    .push(now.clone());
+            }
+        }
+        let names =
+            |w: &WorkloadEntry| -> bool { w.policies.iter().any(|p| changed.contains_key(&**p)) };
+        for (uid, received) in &self.addresses {
+            let Some(AddressEntry::Workload(w)) = &received.entry else {
+                continue;
+            };
+            // What it named when the mesh was last made.
+            let before = match workloads.get(&**uid) {
+                Some(Some(b)) => &**b,
+                Some(None) => continue, // new: nothing of it was judged
+                None => &**w,
+            };
+            let reached = names(w) || names(before) || namespaces.contains(&*w.namespace);
+            if !reached || received.refused.is_some() || next.workload(uid).is_none() {
+                continue; // judged by what stands in for it, or not in the mesh
+            }
+            if before
+                .policies
+                .iter()
+                .any(|p| matches!(changed.get(&**p), Some(None)))
+            {
+                // Reported missing, and stood in for.
+                return Err(Whole("an Authorization named before it arrived"));
+            }
+            if w.policies
+                .iter()
+                .any(|p| changed.contains_key(&**p) && !self.authorizations.contains_key(&**p))
+            {
+                // To be reported missing.
+                return Err(Whole("an Authorization named but removed"));
+            }
+            if !workloads.contains_key(&**uid) {
+                workloads.insert(uid.to_string(), Some(Box::new((**w).clone())));
+                if workloads.len() > PATCH_AT_MOST {
+                    return Err(Whole("too many workloads reached"));
+                }
+            }
+        }
+        next.replace_policies(
+            |p| {
+                !changed
+                    .values()
+                    .flatten()
+                    .any(|before| std::ptr::eq(p, &**before))
+            },
+            changed
+                .keys()
+                .filter_map(|name| self.authorizations.get(name))
+                .map(|p| p.policy.clone()),
+        );
         Ok(())
     }
 

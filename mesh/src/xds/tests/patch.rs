@@ -11,6 +11,7 @@ use super::subscriber::{address_resource, received, resource};
 use super::*;
 use crate::discovery::{MeshState, Workload};
 use crate::testing::mesh_fingerprint;
+use crate::xds::proto::istio::security as sec;
 
 /// A node's network plugin: the addresses it gave pods, by namespace and name.
 type Table = HashMap<(String, String), Vec<IpAddr>>;
@@ -134,6 +135,14 @@ fn a_patched_mesh_is_the_mesh_a_whole_build_gives() {
         )),
         hbone_mtls_port: 15008,
     }));
+    let sent: Vec<(String, sec::Authorization)> = resources
+        .of(Kind::Authorization)
+        .iter()
+        .map(|(name, e)| {
+            let a = sec::Authorization::decode(e.body.as_ref()).unwrap();
+            (name.to_string(), a)
+        })
+        .collect();
     let mut policy_names: Vec<String> = resources
         .of(Kind::Authorization)
         .keys()
@@ -179,10 +188,13 @@ fn a_patched_mesh_is_the_mesh_a_whole_build_gives() {
         addresses: addresses.clone(),
         versions: 0,
     };
-    let (mut patched, mut whole) = (0, 0);
+    let (mut patched, mut whole, mut policies_patched) = (0, 0, 0);
     for step in 0..3_000 {
+        let mut policy_changed = false;
         for _ in 0..g.rng.usize(1..=2) {
-            match g.rng.u8(..100) {
+            let what = g.rng.u8(..106);
+            policy_changed |= what >= 98;
+            match what {
                 0..=69 => {
                     let w = g.workload();
                     let version = g.version();
@@ -242,6 +254,49 @@ fn a_patched_mesh_is_the_mesh_a_whole_build_gives() {
                     let name = g.policies[g.rng.usize(..g.policies.len())].clone();
                     store.apply(Kind::Authorization, &[], &[name]);
                 }
+                100..=105 => {
+                    // One Authorization (or one never sent) with another scope, action or rules.
+                    let name = g.policies[g.rng.usize(..g.policies.len())].clone();
+                    let (namespace, local) = name.split_once('/').unwrap();
+                    let mut a = sent
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map_or_else(sec::Authorization::default, |(_, a)| a.clone());
+                    a.name = local.into();
+                    a.namespace = namespace.into();
+                    a.scope = [
+                        sec::Scope::WorkloadSelector,
+                        sec::Scope::WorkloadSelector,
+                        sec::Scope::Namespace,
+                        sec::Scope::Global,
+                    ][g.rng.usize(..4)] as i32;
+                    a.action = [sec::Action::Allow, sec::Action::Deny][g.rng.usize(..2)] as i32;
+                    if g.rng.bool() {
+                        a.rules = vec![sec::Rule {
+                            clauses: vec![sec::Clause {
+                                matches: vec![sec::Match {
+                                    namespaces: vec![sec::StringMatch {
+                                        match_type: Some(sec::string_match::MatchType::Exact(
+                                            ["shop", "ops"][g.rng.usize(..2)].into(),
+                                        )),
+                                    }],
+                                    ..Default::default()
+                                }],
+                            }],
+                        }];
+                    }
+                    let version = g.version();
+                    store.apply(
+                        Kind::Authorization,
+                        &[resource(
+                            Kind::Authorization,
+                            &name,
+                            &version,
+                            a.encode_to_vec(),
+                        )],
+                        &[],
+                    );
+                }
                 _ => {
                     // Every Authorization (back) as sent.
                     let all: Vec<_> = resources
@@ -259,11 +314,13 @@ fn a_patched_mesh_is_the_mesh_a_whole_build_gives() {
         };
         if was_patched {
             patched += 1;
+            policies_patched += usize::from(policy_changed);
         } else {
             whole += 1;
         }
-        let expected = mesh_fingerprint(&store.to_state(), &addresses);
-        let got = mesh_fingerprint(&mesh, &addresses);
+        let whole_mesh = store.to_state();
+        let expected = mesh_fingerprint(&whole_mesh, &addresses) + &judged(&whole_mesh);
+        let got = mesh_fingerprint(&mesh, &addresses) + &judged(&mesh);
         if expected != got {
             let only = |a: &str, b: &str| -> Vec<String> {
                 a.lines()
@@ -280,6 +337,26 @@ fn a_patched_mesh_is_the_mesh_a_whole_build_gives() {
     }
     // The comparison means something only if most changes were patched.
     assert!(patched > whole, "{patched} patched, {whole} built whole");
+    assert!(
+        policies_patched > 60,
+        "{policies_patched} Authorization changes patched"
+    );
+}
+
+/// Every workload's policies in full (rules and all), and the mesh's: what a patch must leave
+/// exactly as a whole build does, beyond the names `mesh_fingerprint` compares.
+fn judged(mesh: &MeshState) -> String {
+    let mut out = String::new();
+    for w in mesh.workloads() {
+        out += &format!("judged {} {:?}\n", w.uid, mesh.authz_for(&w));
+    }
+    let mut all: Vec<String> = mesh
+        .authz_policies()
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect();
+    all.sort();
+    out + &all.join("\n")
 }
 
 #[test]

@@ -457,6 +457,16 @@ impl Store {
         }
         let names =
             |w: &WorkloadEntry| -> bool { w.policies.iter().any(|p| changed.contains_key(&**p)) };
+        // One that arrived was reported missing if a workload named it when the mesh was last
+        // made (gone since, or changed: their entries then are in `workloads`).
+        let arrived_named = |w: &WorkloadEntry| -> bool {
+            w.policies
+                .iter()
+                .any(|p| matches!(changed.get(&**p), Some(None)))
+        };
+        if workloads.values().flatten().any(|b| arrived_named(b)) {
+            return Err(Whole("an Authorization named before it arrived"));
+        }
         for (uid, received) in &self.addresses {
             let Some(AddressEntry::Workload(w)) = &received.entry else {
                 continue;
@@ -471,11 +481,7 @@ impl Store {
             if !reached || received.refused.is_some() || next.workload(uid).is_none() {
                 continue; // judged by what stands in for it, or not in the mesh
             }
-            if before
-                .policies
-                .iter()
-                .any(|p| matches!(changed.get(&**p), Some(None)))
-            {
+            if arrived_named(before) {
                 // Reported missing, and stood in for.
                 return Err(Whole("an Authorization named before it arrived"));
             }

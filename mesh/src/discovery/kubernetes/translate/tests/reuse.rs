@@ -208,12 +208,17 @@ fn policy_shape(rng: &mut fastrand::Rng, objects: &mut Objects, added: &mut usiz
         }
         1 => {
             let service = *pick(rng, &["account-service", "user-profile-service", "cart"]);
+            let target = match rng.u8(..3) {
+                0 => {
+                    json!({"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"})
+                }
+                _ => json!({"kind": "Service", "group": "", "name": service}),
+            };
             edit(policy, |p| {
                 p["spec"].as_object_mut().unwrap().remove("selector");
-                p["spec"]["targetRefs"] =
-                    json!([{"kind": "Service", "group": "", "name": service}]);
+                p["spec"]["targetRefs"] = json!([target]);
             });
-            "a policy made to target a Service"
+            "a policy made to target a Service or a waypoint"
         }
         2 => {
             let action = *pick(rng, &["ALLOW", "DENY", "AUDIT"]);

@@ -139,6 +139,36 @@ fn pod(i: usize, groups: usize, address: [u8; 4]) -> (String, Vec<u8>) {
     (uid, body)
 }
 
+/// Authorization `p{g}` (named by the pods of app `g`): it allows `port` from app `g + 1`'s
+/// identity. Its xDS name and body.
+fn policy(g: usize, port: u32) -> (String, Vec<u8>) {
+    let ns = format!("ns{}", g % 100);
+    let principal = sec::StringMatch {
+        match_type: Some(sec::string_match::MatchType::Exact(format!(
+            "cluster.local/ns/ns{}/sa/sa{}",
+            (g + 1) % 100,
+            g
+        ))),
+    };
+    let policy = sec::Authorization {
+        name: format!("p{g}"),
+        namespace: ns.clone(),
+        scope: sec::Scope::WorkloadSelector as i32,
+        action: sec::Action::Allow as i32,
+        rules: vec![sec::Rule {
+            clauses: vec![sec::Clause {
+                matches: vec![sec::Match {
+                    principals: vec![principal],
+                    destination_ports: vec![port],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        ..Default::default()
+    };
+    (format!("{ns}/p{g}"), policy.encode_to_vec())
+}
+
 /// A store holding `pods` workloads, `pods / 10` Services and Authorizations, its mesh built.
 fn store(pods: usize) -> Store {
     let groups = pods / 10;
@@ -175,35 +205,8 @@ fn store(pods: usize) -> Store {
             "v1",
             service.encode_to_vec(),
         ));
-        let principal = sec::StringMatch {
-            match_type: Some(sec::string_match::MatchType::Exact(format!(
-                "cluster.local/ns/ns{}/sa/sa{g}",
-                (g + 1) % 100
-            ))),
-        };
-        let policy = sec::Authorization {
-            name: format!("p{g}"),
-            namespace: ns.clone(),
-            scope: sec::Scope::WorkloadSelector as i32,
-            action: sec::Action::Allow as i32,
-            rules: vec![sec::Rule {
-                clauses: vec![sec::Clause {
-                    matches: vec![sec::Match {
-                        principals: vec![principal],
-                        destination_ports: vec![8080],
-                        ..Default::default()
-                    }],
-                }],
-            }],
-            ..Default::default()
-        };
-        let name = format!("{ns}/p{g}");
-        authorizations.push(resource(
-            Kind::Authorization,
-            &name,
-            "v1",
-            policy.encode_to_vec(),
-        ));
+        let (name, body) = policy(g, 8080);
+        authorizations.push(resource(Kind::Authorization, &name, "v1", body));
     }
     // What veil's controller sends for a STRICT mesh: plaintext refused on every port.
     let peer_strict = sec::Authorization {
@@ -269,6 +272,23 @@ fn patch(c: &mut Criterion) {
                 n += 1;
                 store.apply(Kind::Address, &changes[n % 2..][..1], &[]);
                 let mesh = store.patch().expect("one moved workload is patched");
+                black_box(mesh.summary());
+            });
+        });
+        // Authorization p1 (named by the pods of app 1) allows another port, and back.
+        let changes: Vec<Resource> = [8081, 8080]
+            .iter()
+            .enumerate()
+            .map(|(k, port)| {
+                let (name, body) = policy(1, *port);
+                resource(Kind::Authorization, &name, &format!("a{k}"), body)
+            })
+            .collect();
+        group.bench_function(format!("authorization-{pods}"), |b| {
+            b.iter(|| {
+                n += 1;
+                store.apply(Kind::Authorization, &changes[n % 2..][..1], &[]);
+                let mesh = store.patch().expect("one changed Authorization is patched");
                 black_box(mesh.summary());
             });
         });

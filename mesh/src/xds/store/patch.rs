@@ -455,48 +455,54 @@ impl Store {
                     .push(now.clone());
             }
         }
-        let names =
-            |w: &WorkloadEntry| -> bool { w.policies.iter().any(|p| changed.contains_key(&**p)) };
+        // Most changes are one Authorization: compared by hand, not hashed, on the walk below.
+        let is_changed = |name: &str| -> bool {
+            if changed.len() <= 4 {
+                changed.keys().any(|k| k == name)
+            } else {
+                changed.contains_key(name)
+            }
+        };
         // One that arrived was reported missing if a workload named it when the mesh was last
-        // made (gone since, or changed: their entries then are in `workloads`).
+        // made.
         let arrived_named = |w: &WorkloadEntry| -> bool {
             w.policies
                 .iter()
-                .any(|p| matches!(changed.get(&**p), Some(None)))
+                .any(|p| is_changed(p) && matches!(changed.get(&**p), Some(None)))
         };
+        // Those changed or gone since: their entries then are in `workloads`, and they are
+        // patched whatever they name now.
         if workloads.values().flatten().any(|b| arrived_named(b)) {
             return Err(Whole("an Authorization named before it arrived"));
         }
+        // The others, as they were and are: those the changes reach.
         for (uid, received) in &self.addresses {
             let Some(AddressEntry::Workload(w)) = &received.entry else {
                 continue;
             };
-            // What it named when the mesh was last made.
-            let before = match workloads.get(&**uid) {
-                Some(Some(b)) => &**b,
-                Some(None) => continue, // new: nothing of it was judged
-                None => &**w,
-            };
-            let reached = names(w) || names(before) || namespaces.contains(&*w.namespace);
-            if !reached || received.refused.is_some() || next.workload(uid).is_none() {
-                continue; // judged by what stands in for it, or not in the mesh
+            let reached = w.policies.iter().any(|p| is_changed(p))
+                || (!namespaces.is_empty() && namespaces.contains(&*w.namespace));
+            if !reached
+                || workloads.contains_key(&**uid)
+                || received.refused.is_some()
+                || next.workload(uid).is_none()
+            {
+                continue; // patched anyway, judged by what stands in for it, or not in the mesh
             }
-            if arrived_named(before) {
+            if arrived_named(w) {
                 // Reported missing, and stood in for.
                 return Err(Whole("an Authorization named before it arrived"));
             }
             if w.policies
                 .iter()
-                .any(|p| changed.contains_key(&**p) && !self.authorizations.contains_key(&**p))
+                .any(|p| is_changed(p) && !self.authorizations.contains_key(&**p))
             {
                 // To be reported missing.
                 return Err(Whole("an Authorization named but removed"));
             }
-            if !workloads.contains_key(&**uid) {
-                workloads.insert(uid.to_string(), Some(Box::new((**w).clone())));
-                if workloads.len() > PATCH_AT_MOST {
-                    return Err(Whole("too many workloads reached"));
-                }
+            workloads.insert(uid.to_string(), Some(Box::new((**w).clone())));
+            if workloads.len() > PATCH_AT_MOST {
+                return Err(Whole("too many workloads reached"));
             }
         }
         next.replace_policies(

@@ -535,31 +535,41 @@ fn policy(root: &Path) -> anyhow::Result<Value> {
     Ok(json!({"lookup_and_evaluate_ns": lookup, "evaluate_cached_ns": cached}))
 }
 
-/// One pod change applied and patched by a subscriber holding 10,000 and 100,000 workloads
-/// (criterion), and the heap it holds per workload (counted by the bench's allocator).
+/// One pod change, and one Authorization change, applied and patched by a subscriber holding
+/// 10,000 and 100,000 workloads (criterion), and the heap it holds per workload (counted by the
+/// bench's allocator).
 fn subscriber(root: &Path) -> anyhow::Result<Value> {
-    println!("Benchmarking a subscriber's patch for one pod change (criterion)…");
+    println!("Benchmarking a subscriber's patch for one pod or Authorization change (criterion)…");
     criterion_run(root, "subscriber_patch")?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
     let dir = target.join("criterion/subscriber_patch");
     let memory: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("memory.json"))?)?;
+    let median = |name: &str| -> anyhow::Result<f64> {
+        let path = dir.join(name).join("new/estimates.json");
+        let estimates: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        estimates["median"]["point_estimate"]
+            .as_f64()
+            .with_context(|| format!("no median in {}", path.display()))
+    };
     let mut out = json!({});
     for pods in ["10000", "100000"] {
-        let path = dir.join(pods).join("new/estimates.json");
-        let estimates: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-        let median = estimates["median"]["point_estimate"]
-            .as_f64()
-            .with_context(|| format!("no median in {}", path.display()))?;
+        let change = median(pods)?;
+        let authorization = median(&format!("authorization-{pods}"))?;
         let heap = &memory["heap_bytes_per_workload"][pods];
         println!(
-            "  {pods} workloads: {:.1} µs per change (median); heap per workload: {} B requested in {:.1} allocations, {} B of malloc chunks",
-            median / 1000.0,
+            "  {pods} workloads: {:.1} µs per pod change, {:.2} ms per Authorization change (medians); heap per workload: {} B requested in {:.1} allocations, {} B of malloc chunks",
+            change / 1000.0,
+            authorization / 1e6,
             heap["requested"],
             heap["allocations"].as_f64().unwrap_or(0.0),
             heap["malloc_chunks"],
         );
-        out[pods] = json!({"change_ns": median, "heap_bytes_per_workload": heap});
+        out[pods] = json!({
+            "change_ns": change,
+            "authorization_change_ns": authorization,
+            "heap_bytes_per_workload": heap,
+        });
     }
     Ok(out)
 }

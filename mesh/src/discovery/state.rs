@@ -328,10 +328,11 @@ impl MeshState {
     }
 
     /// Whether everything a workload's resources depend on besides the workload itself, the
-    /// services it backs and the policies that apply to it is the same in `self` and `other`: the
-    /// settings, peer authentication, telemetry and the waypoints. The services' definitions are
-    /// compared apart ([`Self::services_defined_otherwise`]), and so are the policies, workload by
-    /// workload (`xds::resources`) and one by one ([`Self::policies_replaced`]).
+    /// services it backs, the policies that apply to it and its peer authentication is the same
+    /// in `self` and `other`: the settings, telemetry and the waypoints. The services' definitions
+    /// are compared apart ([`Self::services_defined_otherwise`]), and so are the policies, workload
+    /// by workload (`xds::resources`) and one by one ([`Self::policies_replaced`]), and peer
+    /// authentication, workload by workload where it changed ([`Self::peer_auth_changed`]).
     pub(crate) fn same_surroundings(&self, other: &Self) -> bool {
         fn by_id<T>(items: &[T], id: impl Fn(&T) -> &PolicyId) -> Vec<&T> {
             let mut sorted: Vec<&T> = items.iter().collect();
@@ -341,11 +342,42 @@ impl MeshState {
         // A mesh patched from the other shares what it did not change: those are not compared.
         self.settings == other.settings
             && self.istio_semantics == other.istio_semantics
-            && (Arc::ptr_eq(&self.peer_auth, &other.peer_auth)
-                || by_id(&self.peer_auth, |p| &p.id) == by_id(&other.peer_auth, |p| &p.id))
             && (Arc::ptr_eq(&self.telemetry, &other.telemetry)
                 || by_id(&self.telemetry, |p| &p.id) == by_id(&other.telemetry, |p| &p.id))
             && (Arc::ptr_eq(&self.waypoints, &other.waypoints) || self.waypoints == other.waypoints)
+    }
+
+    /// Where the PeerAuthentications of `self` and `other` differ: `None` nowhere, else the
+    /// namespaces of those added, removed or changed (`Some(None)`: everywhere, one of the root
+    /// namespace's did, whose apply mesh-wide). One sort of each by id; none when they are the very
+    /// same (a mesh patched from the other for anything else).
+    pub(crate) fn peer_auth_changed(&self, other: &Self) -> Option<Option<BTreeSet<Arc<str>>>> {
+        if Arc::ptr_eq(&self.peer_auth, &other.peer_auth) {
+            return None;
+        }
+        fn sorted(s: &MeshState) -> Vec<&PeerAuthPolicy> {
+            let mut all: Vec<&PeerAuthPolicy> = s.peer_auth.iter().collect();
+            all.sort_by(|a, b| a.id.cmp(&b.id));
+            all
+        }
+        let (ours, theirs) = (sorted(self), sorted(other));
+        let mut namespaces = BTreeSet::new();
+        let mut theirs = theirs.into_iter().peekable();
+        for p in ours {
+            while let Some(gone) = theirs.next_if(|q| q.id < p.id) {
+                namespaces.insert(gone.id.namespace.clone());
+            }
+            match theirs.next_if(|q| q.id == p.id) {
+                Some(prior) if prior == p => {}
+                _ => drop(namespaces.insert(p.id.namespace.clone())),
+            }
+        }
+        namespaces.extend(theirs.map(|q| q.id.namespace.clone()));
+        let root = self.settings().root_namespace;
+        if namespaces.iter().any(|ns| **ns == *root) {
+            return Some(None);
+        }
+        (!namespaces.is_empty()).then_some(Some(namespaces))
     }
 
     /// Replaces the AuthorizationPolicies: those `keep` refuses are taken out, `new` put in (the

@@ -346,7 +346,8 @@ impl Resources {
                 out.insert_address(&xds_name, wl::address::Type::Service(message));
             }
         }
-        let (gone, new) = changed_workloads(previous_state, state, &backing);
+        let peer = state.peer_auth_changed(previous_state);
+        let (gone, new) = changed_workloads(previous_state, state, &backing, peer.as_ref());
         for workload in previous_state.pending() {
             let name = workload_name(&workload.namespace, &workload.name);
             if out
@@ -620,13 +621,21 @@ fn policy_names(
 
 /// The workloads of `prior_state` that are gone or changed, and those of `state` that are new or
 /// changed, found by walking both in the order of their uids. A workload is unchanged when it is
-/// equal in every field and backs the same services, none of them defined otherwise (its uid not
-/// in `backing`; the rest of what its resource depends on was checked for the whole mesh).
+/// equal in every field, backs the same services, none of them defined otherwise (its uid not
+/// in `backing`), names alike the policies that apply to it and, in the namespaces of `peer`
+/// (those whose PeerAuthentications changed; `Some(None)`: all), has the same peer
+/// authentication (the rest of what its resource depends on was checked for the whole mesh).
 fn changed_workloads<'a>(
     prior_state: &'a MeshState,
     state: &'a MeshState,
     backing: &HashSet<&str>,
+    peer: Option<&Option<BTreeSet<Arc<str>>>>,
 ) -> (Vec<&'a Arc<Workload>>, Vec<&'a Arc<Workload>>) {
+    let peer_reaches = |w: &Workload| match peer {
+        None => false,
+        Some(None) => true,
+        Some(Some(namespaces)) => namespaces.contains(&w.namespace),
+    };
     let (mut gone, mut new) = (Vec::new(), Vec::new());
     let mut before = prior_state.workloads_by_uid().peekable();
     let mut after = state.workloads_by_uid().peekable();
@@ -638,7 +647,8 @@ fn changed_workloads<'a>(
                     && (Arc::ptr_eq(b, a)
                         || (b.same_as(a)
                             && prior_state.service_keys_of(b) == state.service_keys_of(a)
-                            && named_alike(prior_state, b, state, a)));
+                            && named_alike(prior_state, b, state, a)))
+                    && (!peer_reaches(a) || prior_state.peer_profile(b) == state.peer_profile(a));
                 if !same {
                     gone.push(*b);
                     new.push(*a);

@@ -8,14 +8,15 @@
 //! A Service changed is patched too ([`patch_services`]): taken out and put back, its endpoints
 //! found among the workloads of its namespace, its key taken from and given to their lists. So is
 //! an AuthorizationPolicy ([`patch_policies`]): compiled alone, and the workloads of its namespace
-//! it may apply to judged anew.
+//! it may apply to judged anew; and a PeerAuthentication ([`patch_peer_authentications`]):
+//! compiled alone (nothing in the mesh holds what it decides).
 //!
 //! A patch must give exactly the mesh a whole translation would. Where a change reaches further
 //! than the pod and its services, it is not patched and the whole cluster is translated:
 //!
-//! - anything but pods, services and AuthorizationPolicies changed (namespaces, PeerAuthentications,
-//!   Telemetries), or the watches listed again; an AuthorizationPolicy of the root namespace
-//!   changed (it applies mesh-wide);
+//! - anything but pods, services, AuthorizationPolicies and PeerAuthentications changed
+//!   (namespaces, Telemetries), or the watches listed again; an AuthorizationPolicy of the root
+//!   namespace changed (it applies mesh-wide);
 //! - a service (before or after) is a waypoint, is behind one, has a target port naming a container
 //!   port, or claims an address taken by anything else;
 //! - the last mesh left an object out or found a conflict (what stands in for it is decided over
@@ -36,12 +37,14 @@ use kube::ResourceExt;
 
 use super::pod::SlimPod;
 use super::translate::{
-    Objects, WAYPOINT, authz_policy, label, live, pod_ips, pod_uid, scheduled, service, workload,
+    Objects, WAYPOINT, authz_policy, label, live, peer_auth_policy, pod_ips, pod_uid, scheduled,
+    service, workload,
 };
 use crate::discovery::model::{Workload, selects};
 use crate::discovery::state::{MeshSettings, MeshState, ServiceKey, front_one};
-use crate::policy::{AuthzPolicy, PolicyError, PolicyId, Scope};
+use crate::policy::{AuthzPolicy, PeerAuthPolicy, PolicyError, PolicyId, Scope};
 use veil_crd::authorization::AuthorizationPolicy;
+use veil_crd::peer_authentication::PeerAuthentication;
 
 /// The most pods one patch takes on: a rollout of more is translated whole.
 const PATCH_AT_MOST: usize = 512;
@@ -56,6 +59,12 @@ pub(crate) type ServiceChange = (Option<Arc<KubeService>>, Option<Arc<KubeServic
 pub(crate) type PolicyChange = (
     Option<Arc<AuthorizationPolicy>>,
     Option<Arc<AuthorizationPolicy>>,
+);
+
+/// A PeerAuthentication as it was and as it is (`None`: absent).
+pub(crate) type PeerChange = (
+    Option<Arc<PeerAuthentication>>,
+    Option<Arc<PeerAuthentication>>,
 );
 
 /// A pod added by a patch: its namespace, labels and uid.
@@ -344,6 +353,42 @@ pub(crate) fn patch_policies(
         state.rejudge_in(namespace, |w| scopes.iter().any(|s| may_apply(s, w)));
         state.relist_pending(namespace);
     }
+    Ok(state)
+}
+
+/// `previous` patched for changed PeerAuthentications: each compiled alone and put in place of
+/// what it was. Nothing in the mesh holds what they decide (a workload's is resolved when read),
+/// so nothing else changes here; the resources find the workloads whose peer authentication
+/// changed (`Resources::from_state_after`). `invalid` (the policies refused by validation) is
+/// brought up to date.
+pub(crate) fn patch_peer_authentications(
+    previous: &MeshState,
+    changes: &[PeerChange],
+    invalid: &mut Vec<PolicyError>,
+) -> Result<MeshState, Whole> {
+    if !previous.rejected().is_empty() {
+        return Err(Whole("the last mesh left objects out"));
+    }
+    if changes.len() > PATCH_AT_MOST {
+        return Err(Whole("too many PeerAuthentications changed at once"));
+    }
+    let mut gone: HashSet<PolicyId> = HashSet::new();
+    let mut new: Vec<PeerAuthPolicy> = Vec::new();
+    let mut errors: Vec<PolicyError> = Vec::new();
+    for (before, now) in changes {
+        let Some(object) = now.as_ref().or(before.as_ref()) else {
+            continue;
+        };
+        gone.insert(PolicyId::new(
+            &object.namespace().unwrap_or_default(),
+            &object.name_any(),
+        ));
+        new.extend(now.as_ref().map(|p| peer_auth_policy(p, &mut errors)));
+    }
+    invalid.retain(|e| !(e.kind == "PeerAuthentication" && gone.contains(&e.policy)));
+    invalid.extend(errors);
+    let mut state = previous.clone();
+    state.replace_peer_auth(|p| !gone.contains(&p.id), new);
     Ok(state)
 }
 

@@ -613,7 +613,10 @@ fn deny_all(namespace: &str, name: &str, spec: &AuthorizationPolicySpec) -> Auth
     })
 }
 
-fn peer_auth_policy(p: &PeerAuthentication, invalid: &mut Vec<PolicyError>) -> PeerAuthPolicy {
+pub(crate) fn peer_auth_policy(
+    p: &PeerAuthentication,
+    invalid: &mut Vec<PolicyError>,
+) -> PeerAuthPolicy {
     let namespace = p.namespace().unwrap_or_default();
     let name = p.name_any();
     compile_peer_auth(&namespace, &name, &p.spec).unwrap_or_else(|e| {

@@ -2,8 +2,8 @@
 //! backoff on errors; every change marks the snapshot dirty, and a debounced rebuild publishes the
 //! next mesh. A change of a namespace, service or policy that translation does not read (a status
 //! written, an annotation, a label nothing reads: see `translate::Reads`) is no change of the mesh
-//! and publishes nothing. When only pods and Services changed since the last one, that mesh is
-//! patched for them (see `patch`: time in proportion to the change, not the cluster); otherwise the
+//! and publishes nothing. When only pods, Services, AuthorizationPolicies and PeerAuthentications
+//! changed since the last one, that mesh is patched for them (see `patch`: time in proportion to the change, not the cluster); otherwise the
 //! stores are translated whole. Translation is per object: an object that cannot be translated is left out and reported
 //! (an error line and `on_reject`, once each time it becomes rejected), and the rest is published;
 //! while a watch is down, its last listed objects stay in its store. Telemetries are watched as a
@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 use veil_crd::authorization::AuthorizationPolicy;
 use veil_crd::peer_authentication::PeerAuthentication;
 
-use super::patch::{self, PolicyChange, ServiceChange, Whole};
+use super::patch::{self, PeerChange, PolicyChange, ServiceChange, Whole};
 use super::pod::SlimPod;
 use super::telemetry::TelemetryObject;
 use super::translate::{Objects, Reads, translate};
@@ -349,6 +349,7 @@ fn patched(
     // (After one that changed, a whole translation makes `last` anew.)
     let mut services: Vec<(Key, ServiceChange)> = Vec::new();
     let mut policies: Vec<(Key, PolicyChange)> = Vec::new();
+    let mut peers: Vec<(Key, PeerChange)> = Vec::new();
     for other in &delivered.others {
         match other.0 {
             Kind::Service => services.extend(
@@ -361,10 +362,13 @@ fn patched(
                     .change(&stores.authorization_policies, &other.1)
                     .map(|change| (other.1.clone(), change)),
             ),
+            Kind::PeerAuthentication => peers.extend(
+                last.peer_authentications
+                    .change(&stores.peer_authentications, &other.1)
+                    .map(|change| (other.1.clone(), change)),
+            ),
             _ if !last.reads_as_before(stores, other) => {
-                return Err(Whole(
-                    "a namespace, PeerAuthentication or Telemetry changed",
-                ));
+                return Err(Whole("a namespace or Telemetry changed"));
             }
             _ => {}
         }
@@ -377,7 +381,7 @@ fn patched(
         peer_authentications: last.peer_authentications.all(),
         ..stores.objects()
     };
-    if delivered.pods.is_empty() && services.is_empty() && policies.is_empty() {
+    if delivered.pods.is_empty() && services.is_empty() && policies.is_empty() && peers.is_empty() {
         // The mesh is the same: published again for the policies' objects, if any changed.
         let touched = delivered
             .others
@@ -407,6 +411,10 @@ fn patched(
     let policy_changes: Vec<PolicyChange> = policies.iter().map(|(_, c)| c.clone()).collect();
     for (key, (_, now)) in policies {
         last.authorization_policies.set(key, now);
+    }
+    let peer_changes: Vec<PeerChange> = peers.iter().map(|(_, c)| c.clone()).collect();
+    for (key, (_, now)) in peers {
+        last.peer_authentications.set(key, now);
     }
     let objects = published(last);
     // The patches read namespaces and Services (nothing else of `Objects`), as translated: the
@@ -438,7 +446,16 @@ fn patched(
             &mut invalid,
         )?)
     };
-    let state = match with_policies {
+    let with_peers = if peer_changes.is_empty() {
+        with_policies
+    } else {
+        Some(patch::patch_peer_authentications(
+            with_policies.as_ref().unwrap_or(&previous.state),
+            &peer_changes,
+            &mut invalid,
+        )?)
+    };
+    let state = match with_peers {
         Some(state) if changes.is_empty() => state,
         patched => patch::patch(
             patched.as_ref().unwrap_or(&previous.state),

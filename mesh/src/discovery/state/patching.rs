@@ -1,10 +1,12 @@
 //! What the controller's patches of a mesh (`kubernetes::patch`) change in place: services taken
-//! out and put back, pods being set up added and taken out, workloads judged anew.
+//! out and put back, pods being set up added and taken out, workloads judged anew,
+//! PeerAuthentications replaced.
 
 use std::sync::Arc;
 
 use super::{ByUid, MeshState, ServiceKey};
 use crate::discovery::model::{Service, Workload};
+use crate::policy::PeerAuthPolicy;
 
 impl MeshState {
     /// Takes the service `key` out: its addresses, and its key from the lists of the services its
@@ -90,6 +92,23 @@ impl MeshState {
             Some(keys) => self.insert_workload(copy, keys),
             None => self.insert_workload(copy, Vec::new()),
         }
+    }
+
+    /// Replaces the PeerAuthentications: those `keep` refuses are taken out, `new` put in. Nothing
+    /// in the mesh holds what they decide: each workload's is resolved when read.
+    pub(crate) fn replace_peer_auth(
+        &mut self,
+        keep: impl Fn(&PeerAuthPolicy) -> bool,
+        new: impl IntoIterator<Item = PeerAuthPolicy>,
+    ) {
+        let all: Vec<PeerAuthPolicy> = self
+            .peer_auth
+            .iter()
+            .filter(|p| keep(p))
+            .cloned()
+            .chain(new)
+            .collect();
+        self.peer_auth = all.into();
     }
 
     /// Judges anew (see [`Self::rejudge`]) the workloads of `namespace` for which `maybe` holds.

@@ -8,7 +8,8 @@ use serde_json::json;
 use super::reuse::{change, shared};
 use super::*;
 use crate::discovery::kubernetes::patch::{
-    PodChange, PolicyChange, ServiceChange, Whole, contested, patch, patch_policies, patch_services,
+    PeerChange, PodChange, PolicyChange, ServiceChange, Whole, contested, patch,
+    patch_peer_authentications, patch_policies, patch_services,
 };
 use crate::policy::PolicyError;
 use crate::testing::mesh_fingerprint;
@@ -46,7 +47,6 @@ fn pod_changes(before: &Objects, after: &Objects) -> Option<Changes> {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
     }
     let others_same = same(&before.namespaces, &after.namespaces)
-        && same(&before.peer_authentications, &after.peer_authentications)
         && same(&before.telemetries, &after.telemetries);
     if !others_same {
         return None;
@@ -57,6 +57,7 @@ fn pod_changes(before: &Objects, after: &Objects) -> Option<Changes> {
             &before.authorization_policies,
             &after.authorization_policies,
         ),
+        peers: differing(&before.peer_authentications, &after.peer_authentications),
         pods: differing(&before.pods, &after.pods),
     })
 }
@@ -65,6 +66,7 @@ fn pod_changes(before: &Objects, after: &Objects) -> Option<Changes> {
 struct Changes {
     services: Vec<ServiceChange>,
     policies: Vec<PolicyChange>,
+    peers: Vec<PeerChange>,
     pods: Vec<PodChange>,
 }
 
@@ -91,6 +93,10 @@ fn patched(
         let on = state.as_ref().unwrap_or(previous);
         state = Some(patch_policies(on, &settings, &changes.policies, invalid)?);
     }
+    if !changes.peers.is_empty() {
+        let on = state.as_ref().unwrap_or(previous);
+        state = Some(patch_peer_authentications(on, &changes.peers, invalid)?);
+    }
     if state.is_none() || !changes.pods.is_empty() {
         let on = state.as_ref().unwrap_or(previous);
         state = Some(patch(on, objects, &settings, reserved, &changes.pods)?);
@@ -103,7 +109,8 @@ fn patched(
 fn judged(state: &MeshState, invalid: &[PolicyError]) -> String {
     let mut out = String::new();
     for w in state.workloads().iter().chain(state.pending()) {
-        out += &format!("{} {:?}\n", w.uid, state.authz_for(w));
+        let peer = state.peer_profile(w);
+        out += &format!("{} {:?} {peer:?}\n", w.uid, state.authz_for(w));
     }
     let mut invalid: Vec<String> = invalid.iter().map(|e| format!("{e:?}")).collect();
     invalid.sort();
@@ -130,7 +137,7 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
     // The controller's translation follows the patched meshes as it does in production.
     let mut resources = Resources::from_state(&previous);
     let (mut added, mut patched_steps) = (0, 0);
-    let (mut services_patched, mut policies_patched) = (0, 0);
+    let (mut services_patched, mut policies_patched, mut peers_patched) = (0, 0, 0);
     // Services and policies changed whose resources were patched too (entries of the previous
     // ones kept, not all encoded anew).
     let (mut services_encoded_alone, mut policies_encoded_alone) = (0, 0);
@@ -171,6 +178,7 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
                         services_encoded_alone += 1;
                     }
                 }
+                peers_patched += usize::from(!changes.peers.is_empty());
                 if !changes.policies.is_empty() {
                     policies_patched += 1;
                     // (With bindings, a policy as written changed encodes everything anew:
@@ -213,6 +221,10 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
     assert!(
         services_encoded_alone > 40,
         "of {services_patched} services patched, {services_encoded_alone} encoded alone"
+    );
+    assert!(
+        peers_patched > 80,
+        "PeerAuthentications patched {peers_patched}; whole: {whole_because:?}"
     );
     assert!(
         policies_patched > 150,
@@ -388,6 +400,7 @@ fn a_policy_patched_where_a_waypoint_binds_and_a_pod_is_being_set_up() {
         let changes = Changes {
             services: Vec::new(),
             policies: vec![(before.clone(), now.clone())],
+            peers: Vec::new(),
             pods: Vec::new(),
         };
         let state = patched(&previous, &next_objects, &reserved, &changes, &mut invalid)
@@ -403,5 +416,92 @@ fn a_policy_patched_where_a_waypoint_binds_and_a_pod_is_being_set_up() {
         let after = Resources::from_state_after(&state, &previous, &resources);
         assert!(after == Resources::from_state(&whole.state), "resources");
         (previous, resources, before) = (state, after, now);
+    }
+}
+
+/// A PeerAuthentication patched in, changed and out, in a namespace and in the root one: the same
+/// mesh, peer authentication and resources as a whole translation, and only the workloads it
+/// reaches encoded again (all of them for the root namespace's).
+#[test]
+fn a_peer_authentication_patched_re_encodes_the_workloads_it_reaches() {
+    // Without its own, account-service's peer authentication is its namespace's, or the mesh's.
+    let mut objects = objects();
+    objects.peer_authentications.clear();
+    let first = translated(&objects);
+    assert!(
+        first.state.rejected().is_empty(),
+        "{:?}",
+        first.state.rejected()
+    );
+    let reserved = contested(&objects, &first.state);
+    let ips = addresses(&objects);
+    let peer = |namespace: &str, mode: &str| -> Arc<PeerAuthentication> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "security.veil.dev/v1",
+                "kind": "PeerAuthentication",
+                "metadata": {"name": "mode", "namespace": namespace, "uid": "pa-mode"},
+                "spec": {"mtls": {"mode": mode}},
+            }))
+            .unwrap(),
+        )
+    };
+    let (mut previous, mut invalid) = (first.state, first.invalid);
+    let mut resources = Resources::from_state(&previous);
+    for namespace in ["production", "veil-system"] {
+        // (None: STRICT, the default.)
+        let versions = [
+            Some(peer(namespace, "PERMISSIVE")),
+            Some(peer(namespace, "STRICT")),
+            Some(peer(namespace, "PERMISSIVE")),
+            None,
+        ];
+        let mut before: Option<Arc<PeerAuthentication>> = None;
+        for now in versions {
+            let mut next_objects = objects.clone();
+            next_objects.peer_authentications.extend(now.clone());
+            let whole = translated(&next_objects);
+            let changes = Changes {
+                services: Vec::new(),
+                policies: Vec::new(),
+                peers: vec![(before.clone(), now.clone())],
+                pods: Vec::new(),
+            };
+            let state = patched(&previous, &next_objects, &reserved, &changes, &mut invalid)
+                .expect("a PeerAuthentication: patched");
+            assert_eq!(
+                mesh_fingerprint(&state, &ips),
+                mesh_fingerprint(&whole.state, &ips)
+            );
+            assert_eq!(
+                judged(&state, &invalid),
+                judged(&whole.state, &whole.invalid)
+            );
+            let after = Resources::from_state_after(&state, &previous, &resources);
+            assert!(after == Resources::from_state(&whole.state), "resources");
+            // Workloads of other namespaces keep their very bytes (a namespace's PeerAuthentication).
+            let encoded: Vec<String> = after
+                .of(Kind::Address)
+                .iter()
+                .filter(|(name, e)| {
+                    resources
+                        .of(Kind::Address)
+                        .get(*name)
+                        .is_some_and(|p| p.body.as_ptr() != e.body.as_ptr())
+                })
+                .map(|(name, _)| name.to_string())
+                .collect();
+            assert!(
+                !encoded.is_empty(),
+                "every step changes account-service's peer authentication"
+            );
+            if namespace == "production" {
+                assert!(
+                    encoded.iter().all(|name| name.contains("/production/")),
+                    "{encoded:?}"
+                );
+            }
+            (previous, resources, before) = (state, after, now);
+        }
     }
 }

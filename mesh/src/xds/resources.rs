@@ -253,9 +253,11 @@ impl Resources {
     }
 
     /// Translates `state` as [`Self::from_state`] does, starting from `previous` (the translation
-    /// of `previous_state`) when nothing a workload's resource depends on besides the workload and
-    /// the services it backs changed (the policies that apply where, peer authentication,
-    /// waypoints: see `MeshState::same_surroundings`): only the workloads that changed, and the
+    /// of `previous_state`) when nothing a workload's resource depends on besides the workload,
+    /// the services it backs, the policies that apply to it and its peer authentication changed
+    /// (telemetry, waypoints: see `MeshState::same_surroundings`; the policies and peer
+    /// authentication are compared workload by workload, see [`changed_workloads`]): only the
+    /// workloads that changed, and the
     /// services whose definitions changed with the workloads that back them (before or after), are
     /// encoded; everything else is `previous`'s, shared. A pod changing then costs encoding that
     /// pod (and a pass over the uids of both meshes), not the mesh. Pods being set up, enrolled
@@ -631,6 +633,11 @@ fn changed_workloads<'a>(
     backing: &HashSet<&str>,
     peer: Option<&Option<BTreeSet<Arc<str>>>>,
 ) -> (Vec<&'a Arc<Workload>>, Vec<&'a Arc<Workload>>) {
+    // A workload names a policy of its peer authentication only when enrolled and neither
+    // behind a waypoint nor in conflict over one (see `policy_names`); a workload that differs
+    // in those is encoded again anyway (`same_as`).
+    let names_peer_policy =
+        |w: &Workload| w.enrolled && w.waypoint.is_none() && w.waypoint_conflict().is_empty();
     let peer_reaches = |w: &Workload| match peer {
         None => false,
         Some(None) => true,
@@ -648,7 +655,9 @@ fn changed_workloads<'a>(
                         || (b.same_as(a)
                             && prior_state.service_keys_of(b) == state.service_keys_of(a)
                             && named_alike(prior_state, b, state, a)))
-                    && (!peer_reaches(a) || prior_state.peer_profile(b) == state.peer_profile(a));
+                    && (!peer_reaches(a)
+                        || !names_peer_policy(a)
+                        || prior_state.peer_profile(b) == state.peer_profile(a));
                 if !same {
                     gone.push(*b);
                     new.push(*a);

@@ -3,9 +3,10 @@
 //! next mesh. A change of a namespace, service or policy that translation does not read (a status
 //! written, an annotation, a label nothing reads: see `translate::Reads`) is no change of the mesh
 //! and publishes nothing. When only pods, Services, AuthorizationPolicies and PeerAuthentications
-//! changed since the last one, that mesh is patched for them (see `patch`: time in proportion to the change, not the cluster); otherwise the
-//! stores are translated whole. Translation is per object: an object that cannot be translated is left out and reported
-//! (an error line and `on_reject`, once each time it becomes rejected), and the rest is published;
+//! changed since the last one, that mesh is patched for them (see `patch`: time in proportion to
+//! the change, not the cluster); otherwise the stores are translated whole. Translation is per
+//! object: an object that cannot be translated is left out and reported (an error line and
+//! `on_reject`, once each time it becomes rejected), and the rest is published;
 //! while a watch is down, its last listed objects stay in its store. Telemetries are watched as a
 //! kind whose CRD may be missing (see [`optional`]): they never hold the first sync or the rest of
 //! the mesh back.

@@ -137,7 +137,8 @@ pub(crate) async fn run(c: Cluster) -> anyhow::Result<()> {
         json!({"listening": c.listen.to_string(), "pods": c.pods, "services": groups, "policies": groups})
     );
     // Each kind of change toggles: there on odd calls, back on even ones.
-    let counts: std::sync::Arc<[std::sync::atomic::AtomicUsize; 4]> = std::sync::Arc::default();
+    let counts: std::sync::Arc<[std::sync::atomic::AtomicUsize; KINDS.len()]> =
+        std::sync::Arc::default();
     let (api_for_changes, groups_for_changes) = (api.clone(), groups);
     serve(listener, api, move |req| {
         if req.method != http::Method::POST || req.uri.path() != "/bench/change" {
@@ -165,7 +166,7 @@ pub(crate) async fn run(c: Cluster) -> anyhow::Result<()> {
 }
 
 /// The kinds of change `POST /bench/change?kind=` makes.
-const KINDS: [&str; 4] = ["pod", "service", "policy", "namespace"];
+const KINDS: [&str; 5] = ["pod", "service", "policy", "peer", "namespace"];
 
 /// Makes change `kind` (`there`, or back); says what it made.
 fn change(api: &Api, template: &Value, groups: usize, kind: &str, there: bool) -> Value {
@@ -201,6 +202,28 @@ fn change(api: &Api, template: &Value, groups: usize, kind: &str, there: bool) -
             let key = format!("{namespace}/p{}", 1 % groups);
             api.change(|s| s.put("authorizationpolicies", &key, p, true));
             json!({"p1": {"port": port}})
+        }
+        "peer" => {
+            // A PeerAuthentication selecting app 1's pods: PERMISSIVE, then STRICT (the default).
+            let mode = if there { "PERMISSIVE" } else { "STRICT" };
+            let g = 1 % groups;
+            let peer = json!({
+                "apiVersion": "security.veil.dev/v1",
+                "kind": "PeerAuthentication",
+                "metadata": {
+                    "name": format!("legacy{g}"),
+                    "namespace": namespace,
+                    "uid": format!("00000000-0000-4000-c000-{g:012}"),
+                    "generation": 1,
+                },
+                "spec": {
+                    "selector": {"matchLabels": {"app": format!("app{g}")}},
+                    "mtls": {"mode": mode},
+                },
+            });
+            let key = format!("{namespace}/legacy{g}");
+            api.change(|s| s.put("peerauthentications", &key, peer, true));
+            json!({"legacy1": {"mode": mode}})
         }
         _ => {
             let team = if there { "blue" } else { "green" };

@@ -161,16 +161,7 @@ pub(super) fn change(
             );
             "a service's port"
         }
-        12 => {
-            let n = rng.usize(..objects.peer_authentications.len());
-            let mode = *pick(rng, &["STRICT", "PERMISSIVE"]);
-            let app = *pick(rng, &APPS);
-            edit(&mut objects.peer_authentications[n], |p| {
-                p["spec"]["mtls"] = json!({ "mode": mode });
-                p["spec"]["selector"] = json!({"matchLabels": {"app": app}});
-            });
-            "a PeerAuthentication"
-        }
+        12 => peer_shape(rng, objects, added),
         13 => {
             let phase = *pick(rng, &["Running", "Succeeded"]);
             pod(objects, &mut |p| p["status"]["phase"] = phase.into());
@@ -191,6 +182,57 @@ pub(super) fn change(
         }
         16 => policy_shape(rng, objects, added),
         _ => "nothing",
+    }
+}
+
+/// A PeerAuthentication given another mode, selector or port-level mode (with or without a
+/// selector: invalid without), added (in the root namespace too) or removed.
+fn peer_shape(rng: &mut fastrand::Rng, objects: &mut Objects, added: &mut usize) -> &'static str {
+    let mode = *pick(rng, &["STRICT", "PERMISSIVE"]);
+    let app = *pick(rng, &APPS);
+    if objects.peer_authentications.is_empty() || rng.u8(..4) == 0 {
+        *added += 1;
+        let namespace = *pick(rng, &["production", "user-data", "default", "veil-system"]);
+        let spec = match rng.u8(..3) {
+            0 => json!({"mtls": {"mode": mode}}),
+            1 => json!({"selector": {"matchLabels": {"app": app}}, "mtls": {"mode": mode}}),
+            _ => json!({"mtls": {"mode": mode}, "portLevelMtls": {"8080": {"mode": "DISABLE"}}}),
+        };
+        let peer: PeerAuthentication = serde_json::from_value(json!({
+            "apiVersion": "security.veil.dev/v1",
+            "kind": "PeerAuthentication",
+            "metadata": {"name": format!("added-{added}"), "namespace": namespace,
+                         "uid": format!("pa-added-{added}")},
+            "spec": spec,
+        }))
+        .unwrap();
+        objects.peer_authentications.push(Arc::new(peer));
+        return "a PeerAuthentication added";
+    }
+    let n = rng.usize(..objects.peer_authentications.len());
+    match rng.u8(..4) {
+        0 => {
+            objects.peer_authentications.remove(n);
+            "a PeerAuthentication removed"
+        }
+        1 => {
+            let port = *pick(rng, &["8080", "9090"]);
+            let with_selector = rng.bool();
+            edit(&mut objects.peer_authentications[n], |p| {
+                p["spec"]["portLevelMtls"] = json!({ port: {"mode": "PERMISSIVE"} });
+                if with_selector {
+                    p["spec"]["selector"] = json!({"matchLabels": {"app": app}});
+                }
+            });
+            "a PeerAuthentication's port-level mode"
+        }
+        _ => {
+            edit(&mut objects.peer_authentications[n], |p| {
+                p["spec"]["mtls"] = json!({ "mode": mode });
+                p["spec"]["selector"] = json!({"matchLabels": {"app": app}});
+            });
+            "a PeerAuthentication"
+        }
     }
 }
 

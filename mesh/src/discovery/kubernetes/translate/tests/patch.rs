@@ -335,6 +335,33 @@ fn a_service_patched_in_or_out_brings_the_policies_that_target_it() {
     );
 }
 
+/// `previous` (translated into `resources`) patched for `changes` that made `objects`: asserted to
+/// be the mesh, the policies and the resources of a whole translation of `objects`. The patched
+/// mesh and its resources.
+fn patched_as_whole(
+    previous: &MeshState,
+    resources: &Resources,
+    objects: &Objects,
+    reserved: &HashSet<IpAddr>,
+    changes: &Changes,
+    invalid: &mut Vec<PolicyError>,
+) -> (MeshState, Resources) {
+    let whole = translated(objects);
+    let state = patched(previous, objects, reserved, changes, invalid).expect("patched");
+    let ips = addresses(objects);
+    assert_eq!(
+        mesh_fingerprint(&state, &ips),
+        mesh_fingerprint(&whole.state, &ips)
+    );
+    assert_eq!(
+        judged(&state, invalid),
+        judged(&whole.state, &whole.invalid)
+    );
+    let after = Resources::from_state_after(&state, previous, resources);
+    assert!(after == Resources::from_state(&whole.state), "resources");
+    (state, after)
+}
+
 /// A policy patched in a namespace whose workloads are behind a waypoint (their bindings say which
 /// policies they were made with) and where a pod is being set up: the same mesh, policies and
 /// resources as a whole translation, as the policy comes to select the pods, is given other
@@ -366,7 +393,6 @@ fn a_policy_patched_where_a_waypoint_binds_and_a_pod_is_being_set_up() {
     let resources = Resources::from_state(&first.state);
     assert!(!resources.of(Kind::Binding).is_empty(), "bindings");
     let reserved = contested(&objects, &first.state);
-    let ips = addresses(&objects);
     let policy = |rules: serde_json::Value| -> Arc<AuthorizationPolicy> {
         Arc::new(
             serde_json::from_value(json!({
@@ -396,25 +422,20 @@ fn a_policy_patched_where_a_waypoint_binds_and_a_pod_is_being_set_up() {
     for now in versions {
         let mut next_objects = objects.clone();
         next_objects.authorization_policies.extend(now.clone());
-        let whole = translated(&next_objects);
         let changes = Changes {
             services: Vec::new(),
             policies: vec![(before.clone(), now.clone())],
             peers: Vec::new(),
             pods: Vec::new(),
         };
-        let state = patched(&previous, &next_objects, &reserved, &changes, &mut invalid)
-            .expect("a policy of a namespace other than the root: patched");
-        assert_eq!(
-            mesh_fingerprint(&state, &ips),
-            mesh_fingerprint(&whole.state, &ips)
+        let (state, after) = patched_as_whole(
+            &previous,
+            &resources,
+            &next_objects,
+            &reserved,
+            &changes,
+            &mut invalid,
         );
-        assert_eq!(
-            judged(&state, &invalid),
-            judged(&whole.state, &whole.invalid)
-        );
-        let after = Resources::from_state_after(&state, &previous, &resources);
-        assert!(after == Resources::from_state(&whole.state), "resources");
         (previous, resources, before) = (state, after, now);
     }
 }
@@ -434,7 +455,6 @@ fn a_peer_authentication_patched_re_encodes_the_workloads_it_reaches() {
         first.state.rejected()
     );
     let reserved = contested(&objects, &first.state);
-    let ips = addresses(&objects);
     let peer = |namespace: &str, mode: &str| -> Arc<PeerAuthentication> {
         Arc::new(
             serde_json::from_value(json!({
@@ -460,25 +480,20 @@ fn a_peer_authentication_patched_re_encodes_the_workloads_it_reaches() {
         for now in versions {
             let mut next_objects = objects.clone();
             next_objects.peer_authentications.extend(now.clone());
-            let whole = translated(&next_objects);
             let changes = Changes {
                 services: Vec::new(),
                 policies: Vec::new(),
                 peers: vec![(before.clone(), now.clone())],
                 pods: Vec::new(),
             };
-            let state = patched(&previous, &next_objects, &reserved, &changes, &mut invalid)
-                .expect("a PeerAuthentication: patched");
-            assert_eq!(
-                mesh_fingerprint(&state, &ips),
-                mesh_fingerprint(&whole.state, &ips)
+            let (state, after) = patched_as_whole(
+                &previous,
+                &resources,
+                &next_objects,
+                &reserved,
+                &changes,
+                &mut invalid,
             );
-            assert_eq!(
-                judged(&state, &invalid),
-                judged(&whole.state, &whole.invalid)
-            );
-            let after = Resources::from_state_after(&state, &previous, &resources);
-            assert!(after == Resources::from_state(&whole.state), "resources");
             // Workloads of other namespaces keep their very bytes (a namespace's PeerAuthentication).
             let encoded: Vec<String> = after
                 .of(Kind::Address)

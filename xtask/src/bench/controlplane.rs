@@ -197,11 +197,12 @@ pub(super) fn measure(
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let load = tool(&args)?;
     let after = rss(&controller)?;
-    // On the API: what a change of a Service's ports (patched) and of a policy's rules (translated
-    // over the whole cluster) costs end to end; after the RSS above, which they would change.
+    // On the API: what a change of a Service's ports, of an AuthorizationPolicy's rules and of a
+    // PeerAuthentication's mode (each patched) costs end to end; after the RSS above, which they
+    // would change.
     let mut others = serde_json::Map::new();
     if matches!(source, Source::Api(..)) {
-        for kind in ["service", "policy"] {
+        for kind in ["service", "policy", "peer"] {
             let mut args = common("xds-client");
             args.extend([
                 "--change-kind".into(),

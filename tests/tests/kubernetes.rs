@@ -185,6 +185,37 @@ fn labelling_a_namespace_enrols_its_running_pods_and_api_policies_apply() {
             .is_ok_and(|(status, _)| status == 200)
     }));
 
+    // A policy selecting web whose rules are edited in place: web names it throughout, so each
+    // edit reaches the ztunnels as that one Authorization changed (patched at the controller and
+    // in each ztunnel's mesh, not rebuilt): every version is enforced, either way.
+    let web_from = |namespace: &str| {
+        json!({
+            "apiVersion": "security.veil.dev/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "web-from", "namespace": "shop", "uid": "ap-2"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "action": "ALLOW",
+                "rules": [{"from": [{"source": {"namespaces": [namespace]}}]}],
+            },
+        })
+    };
+    let admitted = |m: &Mesh| {
+        m.curl("old", &url(m, "web"))
+            .is_ok_and(|(status, _)| status == 200)
+    };
+    for (from, admits) in [("shop", false), ("legacy", true), ("shop", false)] {
+        m.api()
+            .put("authorizationpolicies", "web-from", &web_from(from))
+            .unwrap();
+        assert!(
+            m.eventually(SETTLE, || admitted(&m) == admits),
+            "web-from admitting {from}: legacy admitted is not {admits}"
+        );
+    }
+    m.api().delete("authorizationpolicies", "web-from").unwrap();
+    assert!(m.eventually(SETTLE, || admitted(&m)));
+
     // Unlabelled: released.
     m.label_namespace("legacy", false).unwrap();
     assert!(m.eventually(SETTLE, || !m.nat_rules("old").contains("VEIL")));

@@ -22,7 +22,7 @@ use prost::Message;
 use veil_mesh::discovery::MeshSettings;
 use veil_mesh::identity::Identity;
 use veil_mesh::policy::{Attributes, HttpAttributes, evaluate};
-use veil_mesh::testing::mesh_fingerprint;
+use veil_mesh::testing::{mesh_fingerprint, policies_fingerprint};
 use veil_mesh::xds::proto::discovery::Resource;
 use veil_mesh::xds::proto::istio::security::Authorization;
 use veil_mesh::xds::proto::istio::workload::{Address, address};
@@ -101,8 +101,14 @@ fuzz_target!(|data: &[u8]| {
                 None => store.build_whole(),
             };
             let addresses = ["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
-            let whole = mesh_fingerprint(&store.to_state(), &addresses);
+            let whole_mesh = store.to_state();
+            let whole = mesh_fingerprint(&whole_mesh, &addresses);
             assert_eq!(mesh_fingerprint(&published, &addresses), whole, "a patched mesh differs from a whole build");
+            assert_eq!(
+                policies_fingerprint(&published),
+                policies_fingerprint(&whole_mesh),
+                "a patched mesh judges a workload otherwise than a whole build"
+            );
         }
     }
     let state = store.to_state();

@@ -415,6 +415,30 @@ pub fn pending_workload(
     }
 }
 
+/// Every workload's policies in full (rules and all, not only the names [`mesh_fingerprint`]
+/// lists), and the mesh's, as text in a stable order: two meshes whose workloads are judged alike
+/// have the same. (Policies sharing an id are listed by their text: which of them a decision
+/// names is not compared.)
+pub fn policies_fingerprint(mesh: &crate::discovery::MeshState) -> String {
+    let mut out = String::new();
+    for w in mesh.workloads() {
+        let mut policies: Vec<String> = mesh
+            .authz_for(&w)
+            .iter()
+            .map(|p| format!("{p:?}"))
+            .collect();
+        policies.sort();
+        out += &format!("judged {} {policies:?}\n", w.uid);
+    }
+    let mut all: Vec<String> = mesh
+        .authz_policies()
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect();
+    all.sort();
+    out + &all.join("\n")
+}
+
 /// Everything a proxy can read of a mesh, in a stable order, as text: two meshes a proxy cannot
 /// tell apart have the same. `addresses` are looked up too (who has each).
 pub fn mesh_fingerprint(s: &crate::discovery::MeshState, addresses: &[std::net::IpAddr]) -> String {

@@ -12,6 +12,7 @@
 //! an OCI archive to `target/image/veil-<tag>.oci.tar` (load it with `skopeo copy` or `podman load`).
 
 use std::collections::BTreeSet;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -332,6 +333,9 @@ fn ca_answers(buildah: &Buildah, container: &str) -> anyhow::Result<()> {
             "--listen",
             &listen,
         ])
+        // A group of its own: buildah's chroot helper and the CA under it outlive buildah killed
+        // alone, still listening; the whole group is killed below.
+        .process_group(0)
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(files.join("ca.log"))?)
         .spawn()?;
@@ -378,6 +382,9 @@ fn ca_answers(buildah: &Buildah, container: &str) -> anyhow::Result<()> {
         );
         Ok(())
     })();
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", ca.id())])
+        .status();
     let _ = ca.kill();
     let _ = ca.wait();
     result

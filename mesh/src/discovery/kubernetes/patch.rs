@@ -92,6 +92,19 @@ pub(crate) fn contested(objects: &Objects, state: &MeshState) -> HashSet<IpAddr>
     out
 }
 
+/// Whether `count` changes can be patched into `previous`: not when the last mesh left objects out
+/// (what stands in for them is decided over everything), nor (`too_many`) when they are more than
+/// [`PATCH_AT_MOST`].
+fn patchable(previous: &MeshState, count: usize, too_many: &'static str) -> Result<(), Whole> {
+    if !previous.rejected().is_empty() {
+        return Err(Whole("the last mesh left objects out"));
+    }
+    if count > PATCH_AT_MOST {
+        return Err(Whole(too_many));
+    }
+    Ok(())
+}
+
 /// What both patches read around their `count` changes: the namespaces by name, and the
 /// waypoints' addresses. A whole translation when the last mesh left objects out, or (`too_many`)
 /// when the changes are more than [`PATCH_AT_MOST`].
@@ -101,12 +114,7 @@ fn surroundings<'o>(
     count: usize,
     too_many: &'static str,
 ) -> Result<(HashMap<String, &'o Namespace>, HashSet<IpAddr>), Whole> {
-    if !previous.rejected().is_empty() {
-        return Err(Whole("the last mesh left objects out"));
-    }
-    if count > PATCH_AT_MOST {
-        return Err(Whole(too_many));
-    }
+    patchable(previous, count, too_many)?;
     let namespaces = objects
         .namespaces
         .iter()
@@ -313,12 +321,7 @@ pub(crate) fn patch_policies(
     changes: &[PolicyChange],
     invalid: &mut Vec<PolicyError>,
 ) -> Result<MeshState, Whole> {
-    if !previous.rejected().is_empty() {
-        return Err(Whole("the last mesh left objects out"));
-    }
-    if changes.len() > PATCH_AT_MOST {
-        return Err(Whole("too many policies changed at once"));
-    }
+    patchable(previous, changes.len(), "too many policies changed at once")?;
     let mut state = previous.clone();
     let mut gone: Vec<PolicyId> = Vec::new();
     let mut new: Vec<Arc<AuthzPolicy>> = Vec::new();
@@ -366,12 +369,11 @@ pub(crate) fn patch_peer_authentications(
     changes: &[PeerChange],
     invalid: &mut Vec<PolicyError>,
 ) -> Result<MeshState, Whole> {
-    if !previous.rejected().is_empty() {
-        return Err(Whole("the last mesh left objects out"));
-    }
-    if changes.len() > PATCH_AT_MOST {
-        return Err(Whole("too many PeerAuthentications changed at once"));
-    }
+    patchable(
+        previous,
+        changes.len(),
+        "too many PeerAuthentications changed at once",
+    )?;
     let mut gone: HashSet<PolicyId> = HashSet::new();
     let mut new: Vec<PeerAuthPolicy> = Vec::new();
     let mut errors: Vec<PolicyError> = Vec::new();

@@ -298,6 +298,34 @@ impl MeshState {
         self.put_service(service);
     }
 
+    /// Takes the service `key` out: its addresses, and its key from the lists of the services its
+    /// endpoints back. Returns it.
+    pub(crate) fn remove_service(&mut self, key: &ServiceKey) -> Option<Arc<Service>> {
+        let service = self.services.remove(key)?;
+        for vip in &service.vips {
+            if self
+                .by_vip
+                .get(vip)
+                .is_some_and(|s| Arc::ptr_eq(s, &service))
+            {
+                self.by_vip.remove(vip);
+            }
+        }
+        for uid in &service.endpoints {
+            let Some((workload, keys)) = self.services_of.get_key_value(&**uid) else {
+                continue;
+            };
+            let rest: Vec<ServiceKey> = keys.iter().filter(|k| *k != key).cloned().collect();
+            let workload = workload.clone();
+            if rest.is_empty() {
+                self.services_of.remove(&workload);
+            } else {
+                self.services_of.insert(workload, rest.into());
+            }
+        }
+        Some(service)
+    }
+
     /// The service `key`, if in the mesh.
     pub(crate) fn service_by_key(&self, key: &ServiceKey) -> Option<&Arc<Service>> {
         self.services.get(key)

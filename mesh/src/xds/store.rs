@@ -689,6 +689,7 @@ impl Store {
             gateway_users: gateway_users.clone(),
             instances: instances.iter().map(|uid| (*uid).to_owned()).collect(),
             unpatchable_services,
+            left_out_vips: HashSet::new(),
             left_out,
             mesh_wide: mesh_wide.clone(),
             by_namespace: by_namespace
@@ -727,9 +728,19 @@ impl Store {
             view.is_none(),
         )
         .with_ambient_namespaces(ambient);
+        // The addresses of services left out (an address, or their name, another's).
+        let left_out_vips = services
+            .iter()
+            .filter(|s| {
+                let key = (s.namespace.clone(), s.name.clone());
+                state.service_by_key(&key).is_none_or(|m| m.vips != s.vips)
+            })
+            .flat_map(|s| s.vips.iter().copied())
+            .collect();
         let derived = patch::Derived {
             state: state.clone(),
             lists: crate::discovery::Lists::of(&state),
+            left_out_vips,
             ..derived
         };
         (state, derived)

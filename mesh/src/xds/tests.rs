@@ -441,6 +441,7 @@ fn istio_evaluation_of_the_translation_decides_as_veil_does() {
 mod dump;
 mod enrolment;
 mod patch;
+mod service_patch;
 mod subscriber;
 mod telemetry;
 mod waypoint;

@@ -83,7 +83,7 @@ impl Backs {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct ServiceEntry {
     pub(super) name: String,
     pub(super) namespace: String,

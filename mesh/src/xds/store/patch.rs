@@ -8,9 +8,14 @@
 //! A patch must give exactly the mesh a whole build would. Where a change reaches further than
 //! the workload and its services, it is not patched and the mesh is built whole:
 //!
-//! - anything but workloads, services' ports and Authorizations changed (a service added,
-//!   removed, or given other addresses or another waypoint; enrolled namespaces), or a resource
-//!   was refused (what stands in for it is decided over everything);
+//! - anything but workloads, services and Authorizations changed (enrolled namespaces), or a
+//!   resource was refused (what stands in for it is decided over everything);
+//! - a service is added, removed, or given other addresses, another name or another waypoint (it
+//!   is taken out and put back, and the workloads that back it are patched as changed) while the
+//!   last mesh left objects out (taking one out may let in one left out); or it is a waypoint's
+//!   (or named as one), claims an address or a name already taken, names a waypoint not in the
+//!   mesh, was the last to name its waypoint, or is backed by more than [`PATCH_AT_MOST`]
+//!   workloads;
 //! - an Authorization is mesh-wide (as it was or is), was named before it arrived or is named but
 //!   removed (those are reported missing), or reaches more than [`PATCH_AT_MOST`] workloads (those
 //!   that name it and, for a namespace-wide one, those of its namespace: each is patched as
@@ -28,7 +33,7 @@ use std::sync::Arc;
 
 use tracing::debug;
 
-use super::entries::{AddressEntry, Gateway, Named, WorkloadEntry};
+use super::entries::{AddressEntry, Gateway, Named, ServiceEntry, WorkloadEntry};
 use super::{Policy, Received, Store, target_port};
 use crate::discovery::{Lists, ServiceKey};
 use crate::discovery::{MeshState, Service, ServicePort, WaypointRef, Workload};
@@ -49,6 +54,9 @@ pub(super) struct Changes {
     workloads: HashMap<String, Option<Box<WorkloadEntry>>>,
     /// Services (xDS names) received again as they were but for their ports.
     services: BTreeSet<String>,
+    /// Services (xDS names) added, removed, or received with other addresses, another name or
+    /// another waypoint, each with what it was when the mesh was last made (none: absent).
+    readdressed: HashMap<String, Option<Box<ServiceEntry>>>,
     /// Changed Authorizations (by name), each with what it was when the mesh was last made
     /// (none: it is new).
     authorizations: HashMap<String, Option<Arc<AuthzPolicy>>>,
@@ -60,6 +68,7 @@ impl Changes {
         self.whole = true;
         self.workloads.clear();
         self.services.clear();
+        self.readdressed.clear();
         self.authorizations.clear();
     }
 
@@ -95,19 +104,25 @@ impl Changes {
             Some(Received { entry, .. }) => match entry {
                 Some(AddressEntry::Workload(w)) => Some(w),
                 Some(AddressEntry::Service(old)) => {
-                    // Its ports are recomputed with its endpoints; anything else reaches further.
+                    // Its ports are recomputed with its endpoints; other addresses, name or
+                    // waypoint take it out and put it back.
                     return match after {
                         Some(AddressEntry::Service(new)) if old.same_but_ports(new) => {
                             self.services.insert(name.to_owned());
                         }
-                        _ => self.everything(),
+                        Some(AddressEntry::Workload(_)) => self.everything(),
+                        _ => drop(self.readdressed.entry(name.to_owned()).or_insert(Some(old))),
                     };
                 }
                 None => None,
             },
         };
         if matches!(after, Some(AddressEntry::Service(_))) {
-            return self.everything();
+            if before.is_some() {
+                return self.everything(); // a workload's name now a service's
+            }
+            self.readdressed.entry(name.to_owned()).or_insert(None);
+            return;
         }
         self.workloads.entry(name.to_owned()).or_insert(before);
     }
@@ -140,6 +155,8 @@ pub(super) struct Derived {
     /// Services (xDS names) with a port left out (its endpoints disagree on the target port), or
     /// whose namespace and name another service has too.
     pub(super) unpatchable_services: HashSet<String>,
+    /// The addresses of services left out because an address or their name is another's.
+    pub(super) left_out_vips: HashSet<IpAddr>,
     /// Workloads (uids) left out because an address of theirs is another's.
     pub(super) left_out: HashSet<String>,
     /// The Authorizations for every workload, and for every workload of a namespace.
@@ -163,14 +180,28 @@ impl Store {
     pub fn patch(&mut self) -> Option<MeshState> {
         let changes = std::mem::take(&mut self.changes);
         let mut derived = self.derived.take()?;
-        if changes.whole
-            || self.waypoint.is_some()
-            || changes.workloads.len() + changes.services.len() > PATCH_AT_MOST
-        {
+        let count = changes.workloads.len() + changes.services.len() + changes.readdressed.len();
+        if changes.whole || self.waypoint.is_some() || count > PATCH_AT_MOST {
             return None;
         }
         let mut next = derived.state.clone();
         let mut workloads = changes.workloads;
+        let mut affected: BTreeSet<String> = BTreeSet::new();
+        if !changes.readdressed.is_empty() {
+            if let Err(Whole(why)) = self.readdress_services(
+                &mut derived,
+                &mut next,
+                &changes.readdressed,
+                &mut workloads,
+                &mut affected,
+            ) {
+                debug!(why, "the mesh is built whole");
+                return None;
+            }
+            if workloads.len() + changes.services.len() > PATCH_AT_MOST {
+                return None;
+            }
+        }
         if !changes.authorizations.is_empty() {
             if let Err(Whole(why)) = self.patch_authorizations(
                 &mut derived,
@@ -185,7 +216,6 @@ impl Store {
                 return None;
             }
         }
-        let mut affected: BTreeSet<String> = BTreeSet::new();
         for (uid, before) in &workloads {
             if let Err(Whole(why)) = self.patch_workload(
                 &mut derived,
@@ -517,6 +547,126 @@ impl Store {
                 .filter_map(|name| self.authorizations.get(name))
                 .map(|p| p.policy.clone()),
         );
+        Ok(())
+    }
+
+    /// Takes the services added, removed or readdressed (`changed`: each as it was) out of the
+    /// mesh and puts them back as they are, and adds to `workloads` those that back them: patched
+    /// as changed, the services they list and the waypoints in front of them follow. Their ports
+    /// and endpoints are recomputed with the others' (`affected`).
+    fn readdress_services(
+        &self,
+        derived: &mut Derived,
+        next: &mut MeshState,
+        changed: &HashMap<String, Option<Box<ServiceEntry>>>,
+        workloads: &mut HashMap<String, Option<Box<WorkloadEntry>>>,
+        affected: &mut BTreeSet<String>,
+    ) -> Result<(), Whole> {
+        if changed.keys().any(|key| workloads.contains_key(key)) {
+            return Err(Whole("a name both a workload's and a service's"));
+        }
+        // Out with what they were (all first: one may take an address another frees).
+        for (key, before) in changed {
+            if derived.gateway_services.contains(key) || derived.unpatchable_services.contains(key)
+            {
+                return Err(Whole(
+                    "a waypoint's service, or one with ports or a name in question",
+                ));
+            }
+            let Some(before) = before else {
+                continue;
+            };
+            if let Some(gateway) = &before.waypoint {
+                match derived.gateway_users.get_mut(gateway) {
+                    Some(users) if *users > 1 => *users -= 1,
+                    _ => return Err(Whole("the last to name its waypoint")),
+                }
+            }
+            // Taking it out frees its addresses, unless a service left out claims one too (it
+            // would come in). In the mesh, a service's addresses are reserved for nothing else:
+            // an address a workload or a waypoint also claims would have left it out.
+            if before
+                .vips
+                .iter()
+                .any(|vip| derived.left_out_vips.contains(vip))
+            {
+                return Err(Whole("a service left out claims an address it frees"));
+            }
+            let mesh_key = (before.namespace.clone(), before.name.clone());
+            if next
+                .remove_service(&mesh_key)
+                .is_none_or(|s| s.vips != before.vips)
+            {
+                return Err(Whole("a service not in the mesh"));
+            }
+            for vip in &before.vips {
+                derived.reserved.remove(vip);
+            }
+        }
+        // In with what they are.
+        for key in changed.keys() {
+            let s = match self.addresses.get(key.as_str()) {
+                None => None,
+                Some(Received {
+                    entry: Some(AddressEntry::Service(s)),
+                    refused: None,
+                    ..
+                }) => Some(s),
+                Some(_) => return Err(Whole("quarantined")),
+            };
+            if let Some(s) = s {
+                // (One named as a waypoint is in `gateway_services` by its hostname, above, or
+                // claims an address named as one: reserved.)
+                let taken = s.vips.iter().any(|vip| {
+                    derived.reserved.contains(vip)
+                        || next.workload_by_ip(*vip).is_some()
+                        || next.service_by_vip(*vip).is_some()
+                });
+                let mesh_key = (s.namespace.clone(), s.name.clone());
+                if taken || next.service_by_key(&mesh_key).is_some() {
+                    return Err(Whole("an address or a name it claims is taken"));
+                }
+                let waypoint = match &s.waypoint {
+                    None => None,
+                    Some(gateway) => {
+                        let Some(users) = derived.gateway_users.get_mut(gateway) else {
+                            return Err(Whole("it names a waypoint not known"));
+                        };
+                        *users += 1;
+                        Some(derived.references[gateway].clone())
+                    }
+                };
+                derived.reserved.extend(s.vips.iter().copied());
+                // Its ports and endpoints: recomputed below, with the workloads that back it.
+                next.replace_service(Arc::new(Service {
+                    name: s.name.clone(),
+                    namespace: s.namespace.clone(),
+                    vips: s.vips.clone(),
+                    ports: Vec::new(),
+                    selector: Default::default(),
+                    endpoints: Vec::new(),
+                    waypoint,
+                }));
+            }
+            affected.insert(key.clone());
+            for uid in derived.backing.get(key).into_iter().flatten() {
+                if workloads.contains_key(&**uid) {
+                    continue; // patched anyway
+                }
+                let Some(Received {
+                    entry: Some(AddressEntry::Workload(w)),
+                    refused: None,
+                    ..
+                }) = self.addresses.get(&**uid)
+                else {
+                    return Err(Whole("a workload that backs it is quarantined"));
+                };
+                workloads.insert(uid.to_string(), Some(w.clone()));
+                if workloads.len() > PATCH_AT_MOST {
+                    return Err(Whole("too many workloads back it"));
+                }
+            }
+        }
         Ok(())
     }
 

@@ -3,10 +3,12 @@
 //! field managers, annotations, environment, volumes and conditions: about 6.5 KB of JSON each) in 100
 //! enrolled namespaces on 500 nodes, a tenth as many Services and AuthorizationPolicies. Lists are
 //! paginated as kube-rs asks; `POST /bench/change` makes the change `xds-load` and `xds-client`
-//! time, one MODIFIED event each, there and back on every other call: by default (`?kind=pod`)
-//! pod-1 moves between two addresses (a pod replaced at another address); `?kind=service`: svc1
-//! gains and loses a second port; `?kind=policy`: p1 allows port 8081 rather than 8080;
-//! `?kind=namespace`: ns1 has its `team` label set to one value or another.
+//! time, one event each, there and back on every other call: by default (`?kind=pod`) pod-1 moves
+//! between two addresses (a pod replaced at another address); `?kind=service`: svc1 gains and
+//! loses a second port; `?kind=service-new`: a Service extra1 in front of svc1's pods is created
+//! and deleted; `?kind=policy`: p1 allows port 8081 rather than 8080; `?kind=peer`: legacy1, a
+//! PeerAuthentication of app1's pods, turns PERMISSIVE and back; `?kind=namespace`: ns1 has its
+//! `team` label set to one value or another.
 
 use std::net::SocketAddr;
 
@@ -166,7 +168,14 @@ pub(crate) async fn run(c: Cluster) -> anyhow::Result<()> {
 }
 
 /// The kinds of change `POST /bench/change?kind=` makes.
-const KINDS: [&str; 5] = ["pod", "service", "policy", "peer", "namespace"];
+const KINDS: [&str; 6] = [
+    "pod",
+    "service",
+    "service-new",
+    "policy",
+    "peer",
+    "namespace",
+];
 
 /// Makes change `kind` (`there`, or back); says what it made.
 fn change(api: &Api, template: &Value, groups: usize, kind: &str, there: bool) -> Value {
@@ -194,6 +203,23 @@ fn change(api: &Api, template: &Value, groups: usize, kind: &str, there: bool) -
             let key = format!("{namespace}/svc{}", 1 % groups);
             api.change(|s| s.put("services", &key, svc, true));
             json!({"svc1": {"ports": ports}})
+        }
+        "service-new" => {
+            // A Service of its own in front of app 1's pods: created, then deleted.
+            let g = 1 % groups;
+            let key = format!("{namespace}/extra{g}");
+            if !there {
+                api.change(|s| s.delete("services", &key));
+                return json!({format!("extra{g}"): "deleted"});
+            }
+            let mut svc = service(g);
+            svc["metadata"]["name"] = json!(format!("extra{g}"));
+            svc["metadata"]["uid"] = json!(format!("00000000-0000-4000-9100-{g:012}"));
+            let ip = format!("172.17.{}.{}", g >> 8, g & 255);
+            svc["spec"]["clusterIP"] = json!(ip);
+            svc["spec"]["clusterIPs"] = json!([ip]);
+            api.change(|s| s.put("services", &key, svc, true));
+            json!({format!("extra{g}"): ip})
         }
         "policy" => {
             let mut p = policy(1 % groups);

@@ -48,8 +48,8 @@ pub(crate) struct Target {
     /// watches; each change is asked of it.
     #[arg(long, conflicts_with = "mesh_file")]
     change_api: Option<String>,
-    /// With `--change-api`: what each change changes (`pod`, `service`, `policy`, `peer`,
-    /// `namespace`: see `veil-bench api`).
+    /// With `--change-api`: what each change changes (`pod`, `service`, `service-new`, `policy`,
+    /// `peer`, `namespace`: see `veil-bench api`).
     #[arg(long, default_value = "pod")]
     change_kind: String,
 }

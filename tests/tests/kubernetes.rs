@@ -581,6 +581,32 @@ fn a_rollout_behind_a_service_loses_no_request_and_unready_pods_get_none() {
     m.api().delete("pods", "server-1").unwrap();
     std::thread::sleep(Duration::from_secs(2));
 
+    // While the calls go on: a second Service in front of the same pod is created, answers at its
+    // own address, and once deleted is gone from it; the first gains a port. (Each is patched in
+    // the controller's mesh and in ztunnel's, not rebuilt.)
+    let mut second = ServiceSpec {
+        name: "server-b".into(),
+        namespace: "shop".into(),
+        vip: "10.96.0.81".into(),
+        selects: "server".into(),
+        ports: vec![(80, 8080)],
+    };
+    let answers = |url: &str| m.curl("client", url).is_ok_and(|(status, _)| status == 200);
+    assert!(!answers("http://10.96.0.81/"), "no Service there yet");
+    m.api()
+        .put("services", "server-b", &veil_e2e::kube::service(&second))
+        .unwrap();
+    assert!(m.eventually(SETTLE, || answers("http://10.96.0.81/")));
+    second.name = "server".into();
+    second.vip = "10.96.0.80".into();
+    second.ports.push((81, 8080));
+    m.api()
+        .put("services", "server", &veil_e2e::kube::service(&second))
+        .unwrap();
+    assert!(m.eventually(SETTLE, || answers("http://10.96.0.80:81/")));
+    m.api().delete("services", "server-b").unwrap();
+    assert!(m.eventually(SETTLE, || !answers("http://10.96.0.81/")));
+
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = calls.join().unwrap();
     assert!(

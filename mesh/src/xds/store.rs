@@ -209,10 +209,10 @@ impl Store {
         removed: &[String],
     ) -> Vec<Refusal> {
         let something = !(resources.is_empty() && removed.is_empty());
-        let followed = matches!(kind, Kind::Address | Kind::Authorization);
+        let followed = matches!(kind, Kind::Address | Kind::Authorization | Kind::Namespace);
         if something && (!followed || self.derived.is_none() || self.waypoint.is_some()) {
-            // Enrolment reaches every workload, a waypoint's policies are checked as written, and
-            // with no mesh built yet there is nothing to patch: the next mesh is built whole.
+            // A waypoint's policies are checked as written, and with no mesh built yet there is
+            // nothing to patch: the next mesh is built whole.
             self.changes.everything();
         }
         for name in removed {
@@ -226,7 +226,11 @@ impl Store {
                     let before = self.authorizations.remove(name);
                     self.changes.authorization(name, before.as_ref(), false);
                 }
-                Kind::Namespace => drop(self.namespaces.remove(name)),
+                Kind::Namespace => {
+                    let before = self.namespaces.remove(name);
+                    self.changes
+                        .namespace(name, before.is_some_and(|(_, r)| r.is_some()));
+                }
                 Kind::Policy | Kind::Binding => {
                     if let Some(held) = &mut self.waypoint {
                         held.remove(kind, name);
@@ -311,8 +315,11 @@ impl Store {
                     let refusal = decode::<AmbientNamespace>(kind, resource)
                         .and_then(|n| namespace_entry(name, &n))
                         .err();
-                    self.namespaces
+                    let before = self
+                        .namespaces
                         .insert(name.clone(), (version, refusal.clone()));
+                    let refused = refusal.is_some() || before.is_some_and(|(_, r)| r.is_some());
+                    self.changes.namespace(name, refused);
                     refusal
                 }
                 Kind::Policy | Kind::Binding => match &mut self.waypoint {

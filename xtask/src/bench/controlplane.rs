@@ -202,7 +202,7 @@ pub(super) fn measure(
     // would change.
     let mut others = serde_json::Map::new();
     if matches!(source, Source::Api(..)) {
-        for kind in ["service", "service-new", "policy", "peer"] {
+        for kind in ["service", "service-new", "policy", "peer", "namespace-new"] {
             let mut args = common("xds-client");
             args.extend([
                 "--change-kind".into(),

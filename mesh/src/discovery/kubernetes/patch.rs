@@ -37,8 +37,8 @@ use kube::ResourceExt;
 
 use super::pod::SlimPod;
 use super::translate::{
-    Objects, WAYPOINT, authz_policy, label, live, peer_auth_policy, pod_ips, pod_uid, scheduled,
-    service, workload,
+    DATAPLANE_MODE, Objects, USE_WAYPOINT, WAYPOINT, authz_policy, label, live, peer_auth_policy,
+    pod_ips, pod_uid, scheduled, service, workload,
 };
 use crate::discovery::model::{Workload, selects};
 use crate::discovery::state::{MeshSettings, MeshState, ServiceKey, front_one};
@@ -66,6 +66,9 @@ pub(crate) type PeerChange = (
     Option<Arc<PeerAuthentication>>,
     Option<Arc<PeerAuthentication>>,
 );
+
+/// A Namespace as it was and as it is (`None`: absent).
+pub(crate) type NamespaceChange = (Option<Arc<Namespace>>, Option<Arc<Namespace>>);
 
 /// A pod added by a patch: its namespace, labels and uid.
 type Added = (Arc<str>, BTreeMap<String, String>, Arc<str>);
@@ -447,4 +450,36 @@ fn check_pod(pod: &SlimPod, objects: &Objects) -> Result<(), Whole> {
         }
     }
     Ok(())
+}
+
+/// Whether a Namespace's change can be patched: its enrolment is (its pods are patched as changed,
+/// and it enters or leaves the mesh's namespaces: [`enrol_namespaces`]); the waypoint it names for
+/// its objects (as it was or is) reaches its Services too, and is not.
+pub(crate) fn check_namespace((before, now): &NamespaceChange) -> Result<(), Whole> {
+    let names_waypoint = |ns: &Option<Arc<Namespace>>| {
+        ns.as_ref()
+            .is_some_and(|ns| label(ns.metadata.labels.as_ref(), USE_WAYPOINT).is_some())
+    };
+    if names_waypoint(before) || names_waypoint(now) {
+        return Err(Whole("a namespace naming a waypoint"));
+    }
+    Ok(())
+}
+
+/// Puts the namespaces of `changes` (by name) in the mesh's enrolled namespaces, or takes them
+/// out, as they are now (as a whole translation lists them: those labelled ambient).
+pub(crate) fn enrol_namespaces(state: &mut MeshState, changes: &[(String, NamespaceChange)]) {
+    for (name, (_, now)) in changes {
+        let ambient = now.as_ref().is_some_and(|ns| {
+            label(ns.metadata.labels.as_ref(), DATAPLANE_MODE) == Some("ambient")
+        });
+        if state.ambient_namespaces().contains(name) != ambient {
+            let set = state.ambient_namespaces_mut();
+            if ambient {
+                set.insert(name.clone());
+            } else {
+                set.remove(name);
+            }
+        }
+    }
 }

@@ -31,7 +31,7 @@ use tracing::{debug, error, info, warn};
 use veil_crd::authorization::AuthorizationPolicy;
 use veil_crd::peer_authentication::PeerAuthentication;
 
-use super::patch::{self, PeerChange, PolicyChange, ServiceChange, Whole};
+use super::patch::{self, NamespaceChange, PeerChange, PolicyChange, ServiceChange, Whole};
 use super::pod::SlimPod;
 use super::telemetry::TelemetryObject;
 use super::translate::{Objects, Reads, translate};
@@ -342,17 +342,23 @@ fn patched(
     settings: &MeshSettings,
     previous: &Snapshot,
     last: &mut Last,
-    delivered: Pending,
+    mut delivered: Pending,
 ) -> Result<Option<Snapshot>, Whole> {
     if delivered.whole {
         return Err(Whole("a watch listed again"));
     }
     // (After one that changed, a whole translation makes `last` anew.)
+    let mut namespaces: Vec<(Key, NamespaceChange)> = Vec::new();
     let mut services: Vec<(Key, ServiceChange)> = Vec::new();
     let mut policies: Vec<(Key, PolicyChange)> = Vec::new();
     let mut peers: Vec<(Key, PeerChange)> = Vec::new();
     for other in &delivered.others {
         match other.0 {
+            Kind::Namespace => namespaces.extend(
+                last.namespaces
+                    .change(&stores.namespaces, &other.1)
+                    .map(|change| (other.1.clone(), change)),
+            ),
             Kind::Service => services.extend(
                 last.services
                     .change(&stores.services, &other.1)
@@ -369,7 +375,7 @@ fn patched(
                     .map(|change| (other.1.clone(), change)),
             ),
             _ if !last.reads_as_before(stores, other) => {
-                return Err(Whole("a namespace or Telemetry changed"));
+                return Err(Whole("a Telemetry changed"));
             }
             _ => {}
         }
@@ -382,7 +388,21 @@ fn patched(
         peer_authentications: last.peer_authentications.all(),
         ..stores.objects()
     };
-    if delivered.pods.is_empty() && services.is_empty() && policies.is_empty() && peers.is_empty() {
+    // A namespace enrolled or no longer: its pods are translated anew (as changed pods are).
+    for (key, change) in &namespaces {
+        patch::check_namespace(change)?;
+        let of_it = last
+            .pods
+            .keys()
+            .filter(|(namespace, _)| *namespace == key.1);
+        delivered.pods.extend(of_it.cloned());
+    }
+    if delivered.pods.is_empty()
+        && namespaces.is_empty()
+        && services.is_empty()
+        && policies.is_empty()
+        && peers.is_empty()
+    {
         // The mesh is the same: published again for the policies' objects, if any changed.
         let touched = delivered
             .others
@@ -416,6 +436,13 @@ fn patched(
     let peer_changes: Vec<PeerChange> = peers.iter().map(|(_, c)| c.clone()).collect();
     for (key, (_, now)) in peers {
         last.peer_authentications.set(key, now);
+    }
+    let namespace_changes: Vec<(String, NamespaceChange)> = namespaces
+        .iter()
+        .map(|(key, change)| (key.1.clone(), change.clone()))
+        .collect();
+    for (key, (_, now)) in namespaces {
+        last.namespaces.set(key, now);
     }
     let objects = published(last);
     // The patches read namespaces and Services (nothing else of `Objects`), as translated: the
@@ -456,7 +483,7 @@ fn patched(
             &mut invalid,
         )?)
     };
-    let state = match with_peers {
+    let mut state = match with_peers {
         Some(state) if changes.is_empty() => state,
         patched => patch::patch(
             patched.as_ref().unwrap_or(&previous.state),
@@ -466,6 +493,7 @@ fn patched(
             &changes,
         )?,
     };
+    patch::enrol_namespaces(&mut state, &namespace_changes);
     for (key, (_, now)) in delivered.pods.into_iter().zip(changes) {
         match now {
             Some(pod) => last.pods.insert(key, pod),

@@ -8,8 +8,8 @@
 //! A patch must give exactly the mesh a whole build would. Where a change reaches further than
 //! the workload and its services, it is not patched and the mesh is built whole:
 //!
-//! - anything but workloads, services and Authorizations changed (enrolled namespaces), or a
-//!   resource was refused (what stands in for it is decided over everything);
+//! - a resource was refused (what stands in for it is decided over everything), or the
+//!   subscriber is a waypoint's (its policies are checked as written);
 //! - a service is added, removed, or given other addresses, another name or another waypoint (it
 //!   is taken out and put back, and the workloads that back it are patched as changed) while the
 //!   last mesh left objects out (taking one out may let in one left out); or it is a waypoint's
@@ -60,6 +60,8 @@ pub(super) struct Changes {
     /// Changed Authorizations (by name), each with what it was when the mesh was last made
     /// (none: it is new).
     authorizations: HashMap<String, Option<Arc<AuthzPolicy>>>,
+    /// Enrolled namespaces received or removed.
+    namespaces: BTreeSet<String>,
 }
 
 impl Changes {
@@ -70,6 +72,19 @@ impl Changes {
         self.services.clear();
         self.readdressed.clear();
         self.authorizations.clear();
+        self.namespaces.clear();
+    }
+
+    /// The enrolled namespace `name` was received or removed; `refused`, as it was or is (a
+    /// refused one is reported, and a report covers the whole mesh).
+    pub(super) fn namespace(&mut self, name: &str, refused: bool) {
+        if self.whole {
+            return;
+        }
+        if refused {
+            return self.everything();
+        }
+        self.namespaces.insert(name.to_owned());
     }
 
     /// The Authorization `name` changed: it was `before` (`None`: absent). One refused, as it was
@@ -239,6 +254,19 @@ impl Store {
             if let Err(Whole(why)) = self.patch_service(&derived, &mut next, key) {
                 debug!(service = %key, why, "the mesh is built whole");
                 return None;
+            }
+        }
+        // A namespace is in the mesh while it is enrolled or has an enrolled workload.
+        for namespace in &changes.namespaces {
+            let ambient = self.namespaces.contains_key(namespace.as_str())
+                || derived.enrolled.contains_key(namespace.as_str());
+            if next.ambient_namespaces().contains(namespace.as_str()) != ambient {
+                let set = next.ambient_namespaces_mut();
+                if ambient {
+                    set.insert(namespace.clone());
+                } else {
+                    set.remove(namespace.as_str());
+                }
             }
         }
         derived.state = next.clone();

@@ -188,13 +188,16 @@ fn a_patched_mesh_is_the_mesh_a_whole_build_gives() {
         addresses: addresses.clone(),
         versions: 0,
     };
-    let (mut patched, mut whole, mut policies_patched, mut services_patched) = (0, 0, 0, 0);
+    let (mut patched, mut whole) = (0, 0);
+    let (mut policies_patched, mut services_patched, mut namespaces_patched) = (0, 0, 0);
     for step in 0..3_000 {
-        let (mut policy_changed, mut service_changed) = (false, false);
+        let (mut policy_changed, mut service_changed, mut namespace_changed) =
+            (false, false, false);
         for _ in 0..g.rng.usize(1..=2) {
-            let what = g.rng.u8(..114);
+            let what = g.rng.u8(..118);
             policy_changed |= (98..106).contains(&what);
-            service_changed |= what >= 106;
+            service_changed |= (106..114).contains(&what);
+            namespace_changed |= (114..117).contains(&what);
             match what {
                 0..=69 => {
                     let w = g.workload();
@@ -346,6 +349,26 @@ fn a_patched_mesh_is_the_mesh_a_whole_build_gives() {
                         &[],
                     );
                 }
+                114..=116 => {
+                    // A namespace enrolled (or one that cannot be read), or no longer.
+                    let name = ["shop", "ops", "fresh", "empty"][g.rng.usize(..4)];
+                    if g.rng.bool() {
+                        store.apply(Kind::Namespace, &[], &[name.to_owned()]);
+                    } else {
+                        let body = if g.rng.u8(..6) == 0 {
+                            vec![0xff, 0x01]
+                        } else {
+                            crate::xds::proto::veil::AmbientNamespace { name: name.into() }
+                                .encode_to_vec()
+                        };
+                        let version = g.version();
+                        store.apply(
+                            Kind::Namespace,
+                            &[resource(Kind::Namespace, name, &version, body)],
+                            &[],
+                        );
+                    }
+                }
                 _ => {
                     // Every Authorization (back) as sent.
                     let all: Vec<_> = resources
@@ -365,6 +388,7 @@ fn a_patched_mesh_is_the_mesh_a_whole_build_gives() {
             patched += 1;
             policies_patched += usize::from(policy_changed);
             services_patched += usize::from(service_changed);
+            namespaces_patched += usize::from(namespace_changed);
         } else {
             whole += 1;
         }
@@ -395,6 +419,10 @@ fn a_patched_mesh_is_the_mesh_a_whole_build_gives() {
     assert!(
         services_patched > 40,
         "{services_patched} services added, removed or readdressed, patched"
+    );
+    assert!(
+        namespaces_patched > 40,
+        "{namespaces_patched} namespaces enrolled or not, patched"
     );
 }
 

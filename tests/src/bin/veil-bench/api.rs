@@ -8,7 +8,8 @@
 //! loses a second port; `?kind=service-new`: a Service extra1 in front of svc1's pods is created
 //! and deleted; `?kind=policy`: p1 allows port 8081 rather than 8080; `?kind=peer`: legacy1, a
 //! PeerAuthentication of app1's pods, turns PERMISSIVE and back; `?kind=namespace`: ns1 has its
-//! `team` label set to one value or another.
+//! `team` label set to one value or another; `?kind=namespace-new`: a namespace fresh1, labelled
+//! ambient, is created and deleted.
 
 use std::net::SocketAddr;
 
@@ -168,13 +169,14 @@ pub(crate) async fn run(c: Cluster) -> anyhow::Result<()> {
 }
 
 /// The kinds of change `POST /bench/change?kind=` makes.
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 7] = [
     "pod",
     "service",
     "service-new",
     "policy",
     "peer",
     "namespace",
+    "namespace-new",
 ];
 
 /// Makes change `kind` (`there`, or back); says what it made.
@@ -250,6 +252,19 @@ fn change(api: &Api, template: &Value, groups: usize, kind: &str, there: bool) -
             let key = format!("{namespace}/legacy{g}");
             api.change(|s| s.put("peerauthentications", &key, peer, true));
             json!({"legacy1": {"mode": mode}})
+        }
+        "namespace-new" => {
+            // A namespace enrolled before its first pod: created, then deleted.
+            if !there {
+                api.change(|s| s.delete("namespaces", "fresh1"));
+                return json!({"fresh1": "deleted"});
+            }
+            let mut ns = namespace_object(1);
+            ns["metadata"]["name"] = json!("fresh1");
+            ns["metadata"]["uid"] = json!("00000000-0000-4000-b100-000000000001");
+            ns["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!("fresh1");
+            api.change(|s| s.put("namespaces", "fresh1", ns, true));
+            json!({"fresh1": "ambient"})
         }
         _ => {
             let team = if there { "blue" } else { "green" };

@@ -8,8 +8,8 @@ use serde_json::json;
 use super::reuse::{change, shared};
 use super::*;
 use crate::discovery::kubernetes::patch::{
-    PeerChange, PodChange, PolicyChange, ServiceChange, Whole, contested, patch,
-    patch_peer_authentications, patch_policies, patch_services,
+    NamespaceChange, PeerChange, PodChange, PolicyChange, ServiceChange, Whole, check_namespace,
+    contested, enrol_namespaces, patch, patch_peer_authentications, patch_policies, patch_services,
 };
 use crate::policy::PolicyError;
 use crate::testing::mesh_fingerprint;
@@ -46,24 +46,51 @@ fn pod_changes(before: &Objects, after: &Objects) -> Option<Changes> {
     fn same<K>(a: &[Arc<K>], b: &[Arc<K>]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
     }
-    let others_same = same(&before.namespaces, &after.namespaces)
-        && same(&before.telemetries, &after.telemetries);
-    if !others_same {
+    if !same(&before.telemetries, &after.telemetries) {
         return None;
     }
+    let namespaces: Vec<(String, NamespaceChange)> =
+        differing(&before.namespaces, &after.namespaces)
+            .into_iter()
+            .map(|change| {
+                let name = change.0.as_ref().or(change.1.as_ref()).unwrap().name_any();
+                (name, change)
+            })
+            .collect();
+    // As the watch does: the pods of a namespace changed are changed pods.
+    let mut pods = differing(&before.pods, &after.pods);
+    let key = |p: &SlimPod| (p.namespace(), p.name_any());
+    for (name, _) in &namespaces {
+        for old in before
+            .pods
+            .iter()
+            .filter(|p| p.namespace().as_ref() == Some(name))
+        {
+            if pods
+                .iter()
+                .any(|(b, _)| b.as_ref().is_some_and(|b| key(b) == key(old)))
+            {
+                continue;
+            }
+            let now = after.pods.iter().find(|p| key(p) == key(old)).cloned();
+            pods.push((Some(old.clone()), now));
+        }
+    }
     Some(Changes {
+        namespaces,
         services: differing(&before.services, &after.services),
         policies: differing(
             &before.authorization_policies,
             &after.authorization_policies,
         ),
         peers: differing(&before.peer_authentications, &after.peer_authentications),
-        pods: differing(&before.pods, &after.pods),
+        pods,
     })
 }
 
 /// The changes a patch follows, by kind.
 struct Changes {
+    namespaces: Vec<(String, NamespaceChange)>,
     services: Vec<ServiceChange>,
     policies: Vec<PolicyChange>,
     peers: Vec<PeerChange>,
@@ -80,6 +107,9 @@ fn patched(
     invalid: &mut Vec<PolicyError>,
 ) -> Result<MeshState, Whole> {
     let settings = MeshSettings::default();
+    for (_, change) in &changes.namespaces {
+        check_namespace(change)?;
+    }
     let mut state = None;
     if !changes.services.is_empty() {
         state = Some(patch_services(
@@ -101,7 +131,9 @@ fn patched(
         let on = state.as_ref().unwrap_or(previous);
         state = Some(patch(on, objects, &settings, reserved, &changes.pods)?);
     }
-    Ok(state.expect("patched"))
+    let mut state = state.expect("patched");
+    enrol_namespaces(&mut state, &changes.namespaces);
+    Ok(state)
 }
 
 /// Every workload's policies in full (rules and all), and the policies refused: what a patch must
@@ -138,6 +170,7 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
     let mut resources = Resources::from_state(&previous);
     let (mut added, mut patched_steps) = (0, 0);
     let (mut services_patched, mut policies_patched, mut peers_patched) = (0, 0, 0);
+    let mut namespaces_patched = 0;
     // Services and policies changed whose resources were patched too (entries of the previous
     // ones kept, not all encoded anew).
     let (mut services_encoded_alone, mut policies_encoded_alone) = (0, 0);
@@ -149,7 +182,7 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
         let changes = pod_changes(&before, &objects);
         let mut now_invalid = invalid.clone();
         let result = match &changes {
-            None => Err(Whole("not only pods, Services and policies changed")),
+            None => Err(Whole("a Telemetry changed")),
             Some(changes) => patched(&previous, &objects, &reserved, changes, &mut now_invalid),
         };
         match result {
@@ -179,6 +212,7 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
                     }
                 }
                 peers_patched += usize::from(!changes.peers.is_empty());
+                namespaces_patched += usize::from(!changes.namespaces.is_empty());
                 if !changes.policies.is_empty() {
                     policies_patched += 1;
                     // (With bindings, a policy as written changed encodes everything anew:
@@ -221,6 +255,10 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
     assert!(
         services_encoded_alone > 40,
         "of {services_patched} services patched, {services_encoded_alone} encoded alone"
+    );
+    assert!(
+        namespaces_patched > 20,
+        "namespaces patched {namespaces_patched}; whole: {whole_because:?}"
     );
     assert!(
         peers_patched > 80,
@@ -423,6 +461,7 @@ fn a_policy_patched_where_a_waypoint_binds_and_a_pod_is_being_set_up() {
         let mut next_objects = objects.clone();
         next_objects.authorization_policies.extend(now.clone());
         let changes = Changes {
+            namespaces: Vec::new(),
             services: Vec::new(),
             policies: vec![(before.clone(), now.clone())],
             peers: Vec::new(),
@@ -481,6 +520,7 @@ fn a_peer_authentication_patched_re_encodes_the_workloads_it_reaches() {
             let mut next_objects = objects.clone();
             next_objects.peer_authentications.extend(now.clone());
             let changes = Changes {
+                namespaces: Vec::new(),
                 services: Vec::new(),
                 policies: Vec::new(),
                 peers: vec![(before.clone(), now.clone())],

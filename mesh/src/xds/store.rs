@@ -369,6 +369,8 @@ impl Store {
 
     fn build(&self) -> (MeshState, patch::Derived) {
         let mut reserved: HashSet<IpAddr> = HashSet::new();
+        // Reserved for another reason than a service's address (which a patch may free).
+        let mut held_otherwise: HashSet<IpAddr> = HashSet::new();
         let mut left_out: HashSet<String> = HashSet::new();
         let mut rejected: Vec<ConfigError> = Vec::new();
         let mut claims: Vec<(u64, Named<'_>)> = Vec::new();
@@ -422,6 +424,7 @@ impl Store {
                 ));
                 // Who holds a contested address depends on every claim: not patched.
                 reserved.extend(ips.iter().copied());
+                held_otherwise.extend(ips.iter().copied());
                 left_out.insert(w.uid.to_string());
                 continue;
             }
@@ -478,6 +481,7 @@ impl Store {
                 }
                 Gateway::Address(ip) => {
                     reserved.insert(*ip);
+                    held_otherwise.insert(*ip);
                     let found: Vec<Named<'_>> = by_ip.get(ip).copied().into_iter().collect();
                     let reference = found.first().map_or_else(
                         || WaypointRef {
@@ -515,6 +519,7 @@ impl Store {
                 Ok(waypoint) => {
                     instances.extend(found.iter().map(|w| &**w.uid));
                     reserved.extend(waypoint.ips.iter().copied());
+                    held_otherwise.extend(waypoint.ips.iter().copied());
                     waypoints.push(waypoint);
                 }
                 Err(reason) => {
@@ -688,6 +693,7 @@ impl Store {
         let derived = patch::Derived {
             state: MeshState::default(),
             reserved,
+            held_otherwise,
             gateway_services,
             references: references
                 .iter()
@@ -697,6 +703,7 @@ impl Store {
             instances: instances.iter().map(|uid| (*uid).to_owned()).collect(),
             unpatchable_services,
             left_out_vips: HashSet::new(),
+            left_out_names: HashSet::new(),
             left_out,
             mesh_wide: mesh_wide.clone(),
             by_namespace: by_namespace
@@ -735,19 +742,20 @@ impl Store {
             view.is_none(),
         )
         .with_ambient_namespaces(ambient);
-        // The addresses of services left out (an address, or their name, another's).
-        let left_out_vips = services
-            .iter()
-            .filter(|s| {
-                let key = (s.namespace.clone(), s.name.clone());
-                state.service_by_key(&key).is_none_or(|m| m.vips != s.vips)
-            })
-            .flat_map(|s| s.vips.iter().copied())
-            .collect();
+        // The addresses and names of services left out (an address, or their name, another's).
+        let (mut left_out_vips, mut left_out_names) = (HashSet::new(), HashSet::new());
+        for s in &services {
+            let key = (s.namespace.clone(), s.name.clone());
+            if state.service_by_key(&key).is_none_or(|m| m.vips != s.vips) {
+                left_out_vips.extend(s.vips.iter().copied());
+                left_out_names.insert(key);
+            }
+        }
         let derived = patch::Derived {
             state: state.clone(),
             lists: crate::discovery::Lists::of(&state),
             left_out_vips,
+            left_out_names,
             ..derived
         };
         (state, derived)

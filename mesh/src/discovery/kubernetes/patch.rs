@@ -14,9 +14,10 @@
 //! A patch must give exactly the mesh a whole translation would. Where a change reaches further
 //! than the pod and its services, it is not patched and the whole cluster is translated:
 //!
-//! - anything but pods, services, AuthorizationPolicies and PeerAuthentications changed
-//!   (namespaces, Telemetries), or the watches listed again; an AuthorizationPolicy of the root
-//!   namespace changed (it applies mesh-wide);
+//! - a Telemetry changed, or the watches listed again; an AuthorizationPolicy of the root
+//!   namespace changed (it applies mesh-wide); a namespace that names a waypoint for its objects
+//!   (as it was or is: [`check_namespace`]) changed — one enrolled or no longer is patched, its
+//!   pods as changed pods;
 //! - a service (before or after) is a waypoint, is behind one, has a target port naming a container
 //!   port, or claims an address taken by anything else;
 //! - the last mesh left an object out or found a conflict (what stands in for it is decided over

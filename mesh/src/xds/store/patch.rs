@@ -11,11 +11,11 @@
 //! - a resource was refused (what stands in for it is decided over everything), or the
 //!   subscriber is a waypoint's (its policies are checked as written);
 //! - a service is added, removed, or given other addresses, another name or another waypoint (it
-//!   is taken out and put back, and the workloads that back it are patched as changed) while the
-//!   last mesh left objects out (taking one out may let in one left out); or it is a waypoint's
-//!   (or named as one), claims an address or a name already taken, names a waypoint not in the
-//!   mesh, was the last to name its waypoint, or is backed by more than [`PATCH_AT_MOST`]
-//!   workloads;
+//!   is taken out and put back, and the workloads that back it are patched as changed) where a
+//!   service left out of the mesh claims an address or the name it frees (that one would come
+//!   in); or it is a waypoint's (or named as one), claims an address or a name already taken (by
+//!   anything, in the mesh or left out of it), names a waypoint not in the mesh, was the last to
+//!   name its waypoint, or is backed by more than [`PATCH_AT_MOST`] workloads;
 //! - an Authorization is mesh-wide (as it was or is), was named before it arrived or is named but
 //!   removed (those are reported missing), or reaches more than [`PATCH_AT_MOST`] workloads (those
 //!   that name it and, for a namespace-wide one, those of its namespace: each is patched as
@@ -170,8 +170,13 @@ pub(super) struct Derived {
     /// Services (xDS names) with a port left out (its endpoints disagree on the target port), or
     /// whose namespace and name another service has too.
     pub(super) unpatchable_services: HashSet<String>,
-    /// The addresses of services left out because an address or their name is another's.
+    /// Of `reserved`, those held for another reason than being a service's address: contested by
+    /// workloads, named as a waypoint, a waypoint's.
+    pub(super) held_otherwise: HashSet<IpAddr>,
+    /// The addresses and names (namespace and name) of services left out because an address or
+    /// their name is another's.
     pub(super) left_out_vips: HashSet<IpAddr>,
+    pub(super) left_out_names: HashSet<ServiceKey>,
     /// Workloads (uids) left out because an address of theirs is another's.
     pub(super) left_out: HashSet<String>,
     /// The Authorizations for every workload, and for every workload of a namespace.
@@ -610,17 +615,20 @@ impl Store {
                     _ => return Err(Whole("the last to name its waypoint")),
                 }
             }
-            // Taking it out frees its addresses, unless a service left out claims one too (it
-            // would come in). In the mesh, a service's addresses are reserved for nothing else:
-            // an address a workload or a waypoint also claims would have left it out.
+            // Taking it out frees its addresses (but those held otherwise, as by a workload left
+            // out that claims one too), unless a service left out claims one or its name too (it
+            // would come in).
+            let mesh_key = (before.namespace.clone(), before.name.clone());
             if before
                 .vips
                 .iter()
                 .any(|vip| derived.left_out_vips.contains(vip))
+                || derived.left_out_names.contains(&mesh_key)
             {
-                return Err(Whole("a service left out claims an address it frees"));
+                return Err(Whole(
+                    "a service left out claims an address or the name it frees",
+                ));
             }
-            let mesh_key = (before.namespace.clone(), before.name.clone());
             if next
                 .remove_service(&mesh_key)
                 .is_none_or(|s| s.vips != before.vips)
@@ -628,7 +636,9 @@ impl Store {
                 return Err(Whole("a service not in the mesh"));
             }
             for vip in &before.vips {
-                derived.reserved.remove(vip);
+                if !derived.held_otherwise.contains(vip) {
+                    derived.reserved.remove(vip);
+                }
             }
         }
         // In with what they are.
@@ -651,7 +661,9 @@ impl Store {
                         || next.service_by_vip(*vip).is_some()
                 });
                 let mesh_key = (s.namespace.clone(), s.name.clone());
-                if taken || next.service_by_key(&mesh_key).is_some() {
+                let named = next.service_by_key(&mesh_key).is_some()
+                    || derived.left_out_names.contains(&mesh_key);
+                if taken || named {
                     return Err(Whole("an address or a name it claims is taken"));
                 }
                 let waypoint = match &s.waypoint {

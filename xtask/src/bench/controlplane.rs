@@ -202,7 +202,14 @@ pub(super) fn measure(
     // would change.
     let mut others = serde_json::Map::new();
     if matches!(source, Source::Api(..)) {
-        for kind in ["service", "service-new", "policy", "peer", "namespace-new"] {
+        for kind in [
+            "service",
+            "service-new",
+            "policy",
+            "peer",
+            "namespace-new",
+            "namespace-enrol",
+        ] {
             let mut args = common("xds-client");
             args.extend([
                 "--change-kind".into(),

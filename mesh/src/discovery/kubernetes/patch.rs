@@ -21,7 +21,8 @@
 //! - a service (before or after) is a waypoint, is behind one, has a target port naming a container
 //!   port, or claims an address taken by anything else;
 //! - the last mesh left an object out or found a conflict (what stands in for it is decided over
-//!   everything), or more than [`PATCH_AT_MOST`] pods changed;
+//!   everything), or more than [`PATCH_AT_MOST`] pods changed ([`NAMESPACE_PODS_AT_MOST`] when a
+//!   namespace's enrolment changed);
 //! - an address involved is contested (two pods list it, or a pod listing it is no workload), a
 //!   service's or a waypoint's, or taken by another pod of the same patch;
 //! - the pod (before or after) is a waypoint's instance, backs a service whose target port is a
@@ -48,7 +49,12 @@ use veil_crd::authorization::AuthorizationPolicy;
 use veil_crd::peer_authentication::PeerAuthentication;
 
 /// The most pods one patch takes on: a rollout of more is translated whole.
-const PATCH_AT_MOST: usize = 512;
+pub(crate) const PATCH_AT_MOST: usize = 512;
+
+/// The most pods one patch takes on when a namespace's enrolment changed (its every pod is
+/// translated anew): each costs index lookups, and each Service of the namespace a pass over
+/// them, where a whole translation costs seconds at 100,000 pods.
+pub(crate) const NAMESPACE_PODS_AT_MOST: usize = 4_096;
 
 /// A pod as it was and as it is (`None`: absent).
 pub(crate) type PodChange = (Option<Arc<SlimPod>>, Option<Arc<SlimPod>>);
@@ -98,12 +104,17 @@ pub(crate) fn contested(objects: &Objects, state: &MeshState) -> HashSet<IpAddr>
 
 /// Whether `count` changes can be patched into `previous`: not when the last mesh left objects out
 /// (what stands in for them is decided over everything), nor (`too_many`) when they are more than
-/// [`PATCH_AT_MOST`].
-fn patchable(previous: &MeshState, count: usize, too_many: &'static str) -> Result<(), Whole> {
+/// `at_most`.
+fn patchable(
+    previous: &MeshState,
+    count: usize,
+    at_most: usize,
+    too_many: &'static str,
+) -> Result<(), Whole> {
     if !previous.rejected().is_empty() {
         return Err(Whole("the last mesh left objects out"));
     }
-    if count > PATCH_AT_MOST {
+    if count > at_most {
         return Err(Whole(too_many));
     }
     Ok(())
@@ -111,14 +122,14 @@ fn patchable(previous: &MeshState, count: usize, too_many: &'static str) -> Resu
 
 /// What both patches read around their `count` changes: the namespaces by name, and the
 /// waypoints' addresses. A whole translation when the last mesh left objects out, or (`too_many`)
-/// when the changes are more than [`PATCH_AT_MOST`].
+/// when the changes are more than `at_most`.
 fn surroundings<'o>(
     previous: &MeshState,
     objects: &'o Objects,
-    count: usize,
+    (count, at_most): (usize, usize),
     too_many: &'static str,
 ) -> Result<(HashMap<String, &'o Namespace>, HashSet<IpAddr>), Whole> {
-    patchable(previous, count, too_many)?;
+    patchable(previous, count, at_most, too_many)?;
     let namespaces = objects
         .namespaces
         .iter()
@@ -132,19 +143,21 @@ fn surroundings<'o>(
     Ok((namespaces, waypoint_ips))
 }
 
-/// `previous` (the mesh of the objects before) patched for `changes`; `objects` are the objects now, `contested` what [`contested`] said of
-/// the mesh before.
+/// `previous` (the mesh of the objects before) patched for `changes`, no more than `at_most`
+/// ([`PATCH_AT_MOST`], or [`NAMESPACE_PODS_AT_MOST`] when a namespace changed); `objects` are the
+/// objects now, `contested` what [`contested`] said of the mesh before.
 pub(crate) fn patch(
     previous: &MeshState,
     objects: &Objects,
     settings: &MeshSettings,
     contested: &HashSet<IpAddr>,
     changes: &[PodChange],
+    at_most: usize,
 ) -> Result<MeshState, Whole> {
     let (namespaces, waypoint_ips) = surroundings(
         previous,
         objects,
-        changes.len(),
+        (changes.len(), at_most),
         "too many pods changed at once",
     )?;
     for pod in changes.iter().flat_map(|(b, a)| [b, a]).flatten() {
@@ -210,7 +223,12 @@ pub(crate) fn patch(
             state.add_pending(new);
         }
     }
-    // The services whose endpoints changed: without the pods as they were, with them as they are.
+    // The services whose endpoints changed: without the pods as they were, with them as they are
+    // (those added looked through by namespace: a namespace's every pod may be among them).
+    let mut added_in: HashMap<&str, Vec<&Added>> = HashMap::new();
+    for a in &added {
+        added_in.entry(&*a.0).or_default().push(a);
+    }
     for key in touched {
         let Some(service) = state.service_by_key(&key) else {
             continue;
@@ -221,11 +239,11 @@ pub(crate) fn patch(
             .filter(|uid| !gone.contains(&***uid))
             .cloned()
             .chain(
-                added
-                    .iter()
-                    .filter(|(namespace, labels, _)| {
-                        **namespace == *service.namespace && selects(&service.selector, labels)
-                    })
+                added_in
+                    .get(&*service.namespace)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, labels, _)| selects(&service.selector, labels))
                     .map(|(_, _, uid)| uid.clone()),
             )
             .collect();
@@ -249,7 +267,7 @@ pub(crate) fn patch_services(
     let (namespaces, waypoint_ips) = surroundings(
         previous,
         objects,
-        changes.len(),
+        (changes.len(), PATCH_AT_MOST),
         "too many services changed at once",
     )?;
     let mut state = previous.clone();
@@ -325,7 +343,12 @@ pub(crate) fn patch_policies(
     changes: &[PolicyChange],
     invalid: &mut Vec<PolicyError>,
 ) -> Result<MeshState, Whole> {
-    patchable(previous, changes.len(), "too many policies changed at once")?;
+    patchable(
+        previous,
+        changes.len(),
+        PATCH_AT_MOST,
+        "too many policies changed at once",
+    )?;
     let mut state = previous.clone();
     let mut gone: Vec<PolicyId> = Vec::new();
     let mut new: Vec<Arc<AuthzPolicy>> = Vec::new();
@@ -376,6 +399,7 @@ pub(crate) fn patch_peer_authentications(
     patchable(
         previous,
         changes.len(),
+        PATCH_AT_MOST,
         "too many PeerAuthentications changed at once",
     )?;
     let mut gone: HashSet<PolicyId> = HashSet::new();

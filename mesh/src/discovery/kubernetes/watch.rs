@@ -389,6 +389,11 @@ fn patched(
         ..stores.objects()
     };
     // A namespace enrolled or no longer: its pods are translated anew (as changed pods are).
+    let pods_at_most = if namespaces.is_empty() {
+        patch::PATCH_AT_MOST
+    } else {
+        patch::NAMESPACE_PODS_AT_MOST
+    };
     for (key, change) in &namespaces {
         patch::check_namespace(change)?;
         let of_it = last
@@ -491,6 +496,7 @@ fn patched(
             settings,
             &last.contested,
             &changes,
+            pods_at_most,
         )?,
     };
     patch::enrol_namespaces(&mut state, &namespace_changes);

@@ -8,8 +8,9 @@
 //! loses a second port; `?kind=service-new`: a Service extra1 in front of svc1's pods is created
 //! and deleted; `?kind=policy`: p1 allows port 8081 rather than 8080; `?kind=peer`: legacy1, a
 //! PeerAuthentication of app1's pods, turns PERMISSIVE and back; `?kind=namespace`: ns1 has its
-//! `team` label set to one value or another; `?kind=namespace-new`: a namespace fresh1, labelled
-//! ambient, is created and deleted.
+//! `team` label set to one value or another; `?kind=namespace-enrol`: ns1 loses and regains its
+//! enrolment label (its every pod leaves and rejoins the mesh); `?kind=namespace-new`: a namespace
+//! fresh1, labelled ambient, is created and deleted.
 
 use std::net::SocketAddr;
 
@@ -169,7 +170,7 @@ pub(crate) async fn run(c: Cluster) -> anyhow::Result<()> {
 }
 
 /// The kinds of change `POST /bench/change?kind=` makes.
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 8] = [
     "pod",
     "service",
     "service-new",
@@ -177,6 +178,7 @@ const KINDS: [&str; 7] = [
     "peer",
     "namespace",
     "namespace-new",
+    "namespace-enrol",
 ];
 
 /// Makes change `kind` (`there`, or back); says what it made.
@@ -252,6 +254,15 @@ fn change(api: &Api, template: &Value, groups: usize, kind: &str, there: bool) -
             let key = format!("{namespace}/legacy{g}");
             api.change(|s| s.put("peerauthentications", &key, peer, true));
             json!({"legacy1": {"mode": mode}})
+        }
+        "namespace-enrol" => {
+            // ns1 (a hundredth of the pods) leaves the mesh, then enrols again.
+            let mut ns = namespace_object(1 % groups % 100);
+            if there && let Some(labels) = ns["metadata"]["labels"].as_object_mut() {
+                labels.remove("veil.dev/dataplane-mode");
+            }
+            api.change(|s| s.put("namespaces", &namespace, ns, true));
+            json!({"ns1": {"enrolled": !there}})
         }
         "namespace-new" => {
             // A namespace enrolled before its first pod: created, then deleted.

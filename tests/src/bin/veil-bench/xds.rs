@@ -49,7 +49,7 @@ pub(crate) struct Target {
     #[arg(long, conflicts_with = "mesh_file")]
     change_api: Option<String>,
     /// With `--change-api`: what each change changes (`pod`, `service`, `service-new`, `policy`,
-    /// `peer`, `namespace`, `namespace-new`: see `veil-bench api`).
+    /// `peer`, `namespace`, `namespace-new`, `namespace-enrol`: see `veil-bench api`).
     #[arg(long, default_value = "pod")]
     change_kind: String,
 }

@@ -5,11 +5,12 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::json;
 
-use super::reuse::{change, shared};
+use super::reuse::{change, edit, shared};
 use super::*;
 use crate::discovery::kubernetes::patch::{
-    NamespaceChange, PeerChange, PodChange, PolicyChange, ServiceChange, Whole, check_namespace,
-    contested, enrol_namespaces, patch, patch_peer_authentications, patch_policies, patch_services,
+    NAMESPACE_PODS_AT_MOST, NamespaceChange, PATCH_AT_MOST, PeerChange, PodChange, PolicyChange,
+    ServiceChange, Whole, check_namespace, contested, enrol_namespaces, patch,
+    patch_peer_authentications, patch_policies, patch_services,
 };
 use crate::policy::PolicyError;
 use crate::testing::mesh_fingerprint;
@@ -129,7 +130,19 @@ fn patched(
     }
     if state.is_none() || !changes.pods.is_empty() {
         let on = state.as_ref().unwrap_or(previous);
-        state = Some(patch(on, objects, &settings, reserved, &changes.pods)?);
+        let at_most = if changes.namespaces.is_empty() {
+            PATCH_AT_MOST
+        } else {
+            NAMESPACE_PODS_AT_MOST
+        };
+        state = Some(patch(
+            on,
+            objects,
+            &settings,
+            reserved,
+            &changes.pods,
+            at_most,
+        )?);
     }
     let mut state = state.expect("patched");
     enrol_namespaces(&mut state, &changes.namespaces);
@@ -558,5 +571,76 @@ fn a_peer_authentication_patched_re_encodes_the_workloads_it_reaches() {
             }
             (previous, resources, before) = (state, after, now);
         }
+    }
+}
+
+/// A namespace of more pods than one pod patch takes (but no more than a namespace's) enrolled and
+/// released: patched, each mesh and its resources what a whole translation gives.
+#[test]
+fn a_namespace_of_a_thousand_pods_enrolled_and_released_is_patched() {
+    let mut objects = objects();
+    let template = objects
+        .pods
+        .iter()
+        .find(|p| p.namespace().as_deref() == Some("default"))
+        .expect("a pod of default")
+        .clone();
+    for i in 0..1_000u32 {
+        let mut pod = template.clone();
+        edit(&mut pod, |p| {
+            let ip = format!("10.245.{}.{}", i / 200, i % 200 + 1);
+            p["metadata"]["name"] = format!("many-{i}").into();
+            p["metadata"]["uid"] = format!("uid-many-{i}").into();
+            p["status"]["podIP"] = ip.clone().into();
+            p["status"]["podIPs"] = json!([{ "ip": ip }]);
+        });
+        objects.pods.push(pod);
+    }
+    let first = translated(&objects);
+    assert!(
+        first.state.rejected().is_empty(),
+        "{:?}",
+        first.state.rejected()
+    );
+    let (mut previous, mut invalid) = (first.state, first.invalid);
+    let mut reserved = contested(&objects, &previous);
+    let mut resources = Resources::from_state(&previous);
+    for enrolled in [true, false, true] {
+        let before = objects.clone();
+        let default = objects
+            .namespaces
+            .iter_mut()
+            .find(|n| n.metadata.name.as_deref() == Some("default"))
+            .unwrap();
+        edit(default, |ns| {
+            let labels = &mut ns["metadata"]["labels"];
+            if enrolled {
+                labels[DATAPLANE_MODE] = "ambient".into();
+            } else if let Some(labels) = labels.as_object_mut() {
+                labels.remove(DATAPLANE_MODE);
+            }
+        });
+        let changes = pod_changes(&before, &objects).expect("a namespace changed");
+        assert!(changes.pods.len() > 1_000, "{} pods", changes.pods.len());
+        let whole = translated(&objects);
+        let state = patched(&previous, &objects, &reserved, &changes, &mut invalid)
+            .expect("a namespace's enrolment: patched");
+        let ips = addresses(&objects);
+        assert_eq!(
+            mesh_fingerprint(&state, &ips),
+            mesh_fingerprint(&whole.state, &ips)
+        );
+        assert_eq!(
+            judged(&state, &invalid),
+            judged(&whole.state, &whole.invalid)
+        );
+        let after = Resources::from_state_after(&state, &previous, &resources);
+        assert!(after == Resources::from_state(&whole.state));
+        let many = state.workload_by_ip(ip("10.245.0.1")).unwrap();
+        assert_eq!(many.enrolled, enrolled);
+        assert_eq!(state.ambient_namespaces().contains("default"), enrolled);
+        reserved = contested(&objects, &state);
+        previous = state;
+        resources = after;
     }
 }

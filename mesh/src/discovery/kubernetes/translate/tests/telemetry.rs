@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use veil_crd::telemetry::AccessLogLevel;
 
 use super::*;
-use crate::discovery::kubernetes::patch::{contested, patch};
+use crate::discovery::kubernetes::patch::{PATCH_AT_MOST, contested, patch};
 use crate::discovery::kubernetes::telemetry::TelemetryObject;
 use crate::policy::TelemetrySettings;
 
@@ -174,6 +174,7 @@ fn telemetries_are_kept_by_a_patch_for_pods() {
         &settings,
         &contested(&objects, &previous),
         &[(None, Some(pod))],
+        PATCH_AT_MOST,
     )
     .expect("a pod-only change is patched");
     assert_eq!(patched.telemetry_policies(), previous.telemetry_policies());

@@ -480,13 +480,12 @@ impl MeshState {
         namespace: &str,
         labels: &std::collections::BTreeMap<String, String>,
     ) -> Vec<Arc<Service>> {
+        // Keyed by namespace first: the namespace's services are one range of the map.
         self.services
-            .values()
-            .filter(|s| {
-                s.namespace == namespace
-                    && !s.selector.is_empty()
-                    && super::model::selects(&s.selector, labels)
-            })
+            .range((namespace.to_owned(), String::new())..)
+            .take_while(|((ns, _), _)| ns == namespace)
+            .map(|(_, s)| s)
+            .filter(|s| !s.selector.is_empty() && super::model::selects(&s.selector, labels))
             .cloned()
             .collect()
     }

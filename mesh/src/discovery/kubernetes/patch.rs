@@ -160,8 +160,14 @@ pub(crate) fn patch(
         (changes.len(), at_most),
         "too many pods changed at once",
     )?;
+    // The Services by namespace, gathered once: a namespace's every pod may be checked.
+    let mut services: HashMap<&str, Vec<&KubeService>> = HashMap::new();
+    for service in &objects.services {
+        let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
+        services.entry(namespace).or_default().push(service);
+    }
     for pod in changes.iter().flat_map(|(b, a)| [b, a]).flatten() {
-        check_pod(pod, objects)?;
+        check_pod(pod, &services)?;
     }
     let mut state = previous.clone();
     let mut touched: BTreeSet<ServiceKey> = BTreeSet::new();
@@ -448,16 +454,14 @@ fn check_service(svc: &KubeService) -> Result<(), Whole> {
     Ok(())
 }
 
-/// Refuses a pod (as it was or is) whose change reaches beyond itself and its services.
-fn check_pod(pod: &SlimPod, objects: &Objects) -> Result<(), Whole> {
+/// Refuses a pod (as it was or is) whose change reaches beyond itself and its services (`services`:
+/// the Services by namespace).
+fn check_pod(pod: &SlimPod, services: &HashMap<&str, Vec<&KubeService>>) -> Result<(), Whole> {
     let Some(labels) = pod.metadata.labels.as_ref() else {
         return Ok(());
     };
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-    for service in &objects.services {
-        if service.metadata.namespace.as_deref().unwrap_or_default() != namespace {
-            continue;
-        }
+    for service in services.get(namespace).into_iter().flatten() {
         let Some(spec) = &service.spec else { continue };
         if !spec.selector.as_ref().is_some_and(|s| selects(s, labels)) {
             continue;

@@ -397,7 +397,9 @@ fn workloads(
     waypoint_pods: &[(String, IpAddr)],
     settings: &MeshSettings,
 ) -> (Vec<Workload>, Vec<Workload>) {
-    // Newest first, so that an address reused by a new pod wins over a terminating one.
+    // Newest first, so that an address reused by a new pod wins over a terminating one; of two
+    // created in the same second, by namespace and name (not the stores' order, which differs
+    // between replicas and between translations).
     let mut pods: Vec<&SlimPod> = objects
         .pods
         .iter()
@@ -408,6 +410,8 @@ fn workloads(
         b.metadata
             .creation_timestamp
             .cmp(&a.metadata.creation_timestamp)
+            .then_with(|| a.metadata.namespace.cmp(&b.metadata.namespace))
+            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
     });
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
@@ -632,4 +636,4 @@ pub(crate) fn peer_auth_policy(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

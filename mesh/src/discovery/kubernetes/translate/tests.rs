@@ -9,7 +9,7 @@ use crate::policy::PeerMode;
 
 mod patch;
 mod reads;
-mod reuse;
+pub(crate) mod reuse;
 mod telemetry;
 
 fn list<K: DeserializeOwned>(json: &str) -> Vec<Arc<K>> {
@@ -22,7 +22,7 @@ fn list<K: DeserializeOwned>(json: &str) -> Vec<Arc<K>> {
         .items
 }
 
-fn objects() -> Objects {
+pub(crate) fn objects() -> Objects {
     Objects {
         namespaces: list(include_str!("../testdata/namespaces.json")),
         pods: list(include_str!("../testdata/pods.json")),
@@ -625,4 +625,42 @@ mod erased {
             serde_json::to_string(self).unwrap()
         }
     }
+}
+
+/// Two live pods listing one address, created in the same second: which holds it does not depend
+/// on the order the stores list them in (replicas, and each translation, list them in their own).
+#[test]
+fn of_two_pods_created_together_at_one_address_the_holder_does_not_depend_on_order() {
+    let mut objects = objects();
+    let first = objects
+        .pods
+        .iter()
+        .find(|p| !pod_ips(p).is_empty())
+        .unwrap()
+        .clone();
+    let mut twin = first.clone();
+    reuse::edit(&mut twin, |p| {
+        p["metadata"]["name"] = "aaa-twin".into();
+        p["metadata"]["uid"] = "uid-aaa-twin".into();
+    });
+    let address = pod_ips(&first)[0];
+    objects.pods.push(twin);
+    let all = objects.pods.clone();
+    let holder = |pods: Vec<Arc<SlimPod>>| {
+        let objects = Objects {
+            pods,
+            ..objects.clone()
+        };
+        let state = translated(&objects).state;
+        state.workload_by_ip(address).map(|w| w.name.to_string())
+    };
+    let forward = holder(all.clone());
+    let mut reversed = all;
+    reversed.reverse();
+    assert_eq!(forward, holder(reversed));
+    assert_eq!(
+        forward.as_deref(),
+        Some("aaa-twin"),
+        "by namespace and name"
+    );
 }

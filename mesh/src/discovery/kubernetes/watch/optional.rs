@@ -52,6 +52,15 @@ pub(super) struct Optional<K: Resource<DynamicType = ()> + 'static> {
 }
 
 impl<K: Resource<DynamicType = ()> + 'static> Optional<K> {
+    /// `store`, answered (for tests that fill stores by hand).
+    #[cfg(test)]
+    pub(super) fn answered_with(store: Store<K>) -> Self {
+        Self {
+            store,
+            answered: watch::channel(true).1,
+        }
+    }
+
     /// Returns once the API has answered for the kind (whatever the answer), or after [`GRACE`].
     pub(super) async fn answered(&self) {
         let mut answered = self.answered.clone();

@@ -9,6 +9,7 @@ use kube::client::Body;
 
 use super::*;
 
+mod patch;
 mod telemetry;
 
 fn json(path: &str) -> &'static str {

@@ -9,7 +9,7 @@ use super::*;
 use crate::xds::{Kind, Resources};
 
 /// `object` changed through its JSON form (a copy: the previous snapshot keeps the original).
-pub(super) fn edit<K: Serialize + DeserializeOwned + Clone>(
+pub(crate) fn edit<K: Serialize + DeserializeOwned + Clone>(
     object: &mut Arc<K>,
     change: impl FnOnce(&mut Value),
 ) {
@@ -48,7 +48,7 @@ const APPS: [&str; 9] = [
 const WAYPOINTS: [Option<&str>; 4] = [None, Some("none"), Some("shop-wp"), Some("waypoint")];
 
 /// One random change of any kind the watches can deliver (or none); says which.
-pub(super) fn change(
+pub(crate) fn change(
     rng: &mut fastrand::Rng,
     objects: &mut Objects,
     added: &mut usize,

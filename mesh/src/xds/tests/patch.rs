@@ -100,6 +100,15 @@ impl Generator {
     }
 }
 
+fn send_service(store: &mut Store, name: &str, version: &str, s: wl::Service) {
+    let list = [address_resource(
+        name,
+        version,
+        wl::address::Type::Service(s),
+    )];
+    store.apply(Kind::Address, &list, &[]);
+}
+
 #[test]
 fn a_patched_mesh_is_the_mesh_a_whole_build_gives() {
     let resources = Resources::from_state(&state());
@@ -245,16 +254,7 @@ fn a_patched_mesh_is_the_mesh_a_whole_build_gives() {
                     if g.rng.bool() {
                         s.ports.clear();
                     }
-                    let version = g.version();
-                    store.apply(
-                        Kind::Address,
-                        &[address_resource(
-                            &name,
-                            &version,
-                            wl::address::Type::Service(s),
-                        )],
-                        &[],
-                    );
+                    send_service(&mut store, &name, &g.version(), s);
                 }
                 98 => {
                     let name = g.policies[g.rng.usize(..g.policies.len())].clone();
@@ -341,16 +341,7 @@ fn a_patched_mesh_is_the_mesh_a_whole_build_gives() {
                         3 => s.name = services[g.rng.usize(..services.len())].1.name.clone(),
                         _ => {}
                     }
-                    let version = g.version();
-                    store.apply(
-                        Kind::Address,
-                        &[address_resource(
-                            &name,
-                            &version,
-                            wl::address::Type::Service(s),
-                        )],
-                        &[],
-                    );
+                    send_service(&mut store, &name, &g.version(), s);
                 }
                 114..=116 => {
                     // A namespace enrolled (or one that cannot be read), or no longer.
@@ -519,6 +510,19 @@ pub(super) fn pod(namespace: &str, name: &str, node: &str, ips: &[[u8; 4]]) -> w
     }
 }
 
+/// A waypoint named by its Service's hostname, in `shop`.
+pub(super) fn by_hostname(hostname: &str) -> Option<wl::GatewayAddress> {
+    Some(wl::GatewayAddress {
+        destination: Some(wl::gateway_address::Destination::Hostname(
+            wl::NamespacedHostname {
+                namespace: "shop".into(),
+                hostname: hostname.into(),
+            },
+        )),
+        hbone_mtls_port: 15008,
+    })
+}
+
 pub(super) fn backs(mut w: wl::Workload, service: &str, port: u32, target: u32) -> wl::Workload {
     let ports = wl::PortList {
         ports: vec![wl::Port {
@@ -597,15 +601,7 @@ fn a_waypoint_instance_with_addresses_from_the_node_keeps_them() {
         Store::new(MeshSettings::default()).with_node_addresses("node-a".into(), Arc::new(lookup));
     let wp_key = "shop/wp.shop.svc.cluster.local";
     let mut front = pod("shop", "front", "node-b", &[[10, 1, 0, 1]]);
-    front.waypoint = Some(wl::GatewayAddress {
-        destination: Some(wl::gateway_address::Destination::Hostname(
-            wl::NamespacedHostname {
-                namespace: "shop".into(),
-                hostname: "wp.shop.svc.cluster.local".into(),
-            },
-        )),
-        hbone_mtls_port: 15008,
-    });
+    front.waypoint = by_hostname("wp.shop.svc.cluster.local");
     let instance = backs(pod("shop", "wp-0", "node-a", &[]), wp_key, 15008, 15008);
     send_and_compare(
         &mut store,

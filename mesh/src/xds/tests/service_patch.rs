@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::patch::{backs, pod, service};
+use super::patch::{backs, by_hostname, pod, service};
 use super::subscriber::{address_resource, received};
 use super::*;
 use crate::discovery::{MeshState, WaypointRef};
@@ -176,15 +176,7 @@ fn a_service_added_put_behind_a_waypoint_and_removed_is_patched_with_its_endpoin
     // A waypoint named by hostname before its Service arrives (reported missing); the Service
     // arriving makes it a waypoint, its endpoints its instances: built whole.
     let mut named = pod("shop", "named", "node-b", &[[10, 1, 0, 30]]);
-    named.waypoint = Some(wl::GatewayAddress {
-        destination: Some(wl::gateway_address::Destination::Hostname(
-            wl::NamespacedHostname {
-                namespace: "shop".into(),
-                hostname: "gw.shop.svc.cluster.local".into(),
-            },
-        )),
-        hbone_mtls_port: 15008,
-    });
+    named.waypoint = by_hostname("gw.shop.svc.cluster.local");
     change(&mut store, vec![W(named)], &[], false, &looked_up);
     // (Its name is not its hostname's first label: the waypoint is then known by its name.)
     let mut gw = service("shop", "gateway", [10, 96, 0, 30], 15008, 15008);
@@ -209,18 +201,6 @@ fn a_service_added_put_behind_a_waypoint_and_removed_is_patched_with_its_endpoin
 }
 
 // ---- Found by review: Services left out of the mesh, and addresses held for other reasons ----
-
-fn by_hostname(hostname: &str) -> Option<wl::GatewayAddress> {
-    Some(wl::GatewayAddress {
-        destination: Some(wl::gateway_address::Destination::Hostname(
-            wl::NamespacedHostname {
-                namespace: "shop".into(),
-                hostname: hostname.into(),
-            },
-        )),
-        hbone_mtls_port: 15008,
-    })
-}
 
 /// A Service that takes the name of one left out of the mesh (its address a workload's), by
 /// arriving or by a rename, is built whole: patched in, the next patch of the left-out one (a pod

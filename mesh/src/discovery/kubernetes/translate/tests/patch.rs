@@ -149,28 +149,6 @@ fn patched(
     Ok(state)
 }
 
-/// Every workload's policies in full (rules and all), and the policies refused: what a patch must
-/// leave exactly as a whole translation does, beyond the names `mesh_fingerprint` compares.
-fn judged(state: &MeshState, invalid: &[PolicyError]) -> String {
-    let mut out = String::new();
-    for w in state.workloads().iter().chain(state.pending()) {
-        let peer = state.peer_profile(w);
-        out += &format!("{} {:?} {peer:?}\n", w.uid, state.authz_for(w));
-    }
-    let mut invalid: Vec<String> = invalid.iter().map(|e| format!("{e:?}")).collect();
-    invalid.sort();
-    out + &invalid.join("\n")
-}
-
-fn addresses(objects: &Objects) -> Vec<IpAddr> {
-    let mut out: HashSet<IpAddr> = (0..8).map(|i| ip(&format!("10.244.9.{i}"))).collect();
-    out.extend([ip("10.96.0.30"), ip("10.244.2.11")]);
-    for pod in &objects.pods {
-        out.extend(pod_ips(pod));
-    }
-    out.into_iter().collect()
-}
-
 #[test]
 fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
     let mut rng = fastrand::Rng::with_seed(23);

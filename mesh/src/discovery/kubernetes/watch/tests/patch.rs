@@ -12,9 +12,9 @@ use serde_json::json;
 
 use super::*;
 use crate::discovery::kubernetes::telemetry::TelemetryObject;
-use crate::discovery::kubernetes::translate::tests::objects;
+use crate::discovery::kubernetes::translate::DATAPLANE_MODE;
 use crate::discovery::kubernetes::translate::tests::reuse::{change, edit};
-use crate::discovery::kubernetes::translate::{DATAPLANE_MODE, pod_ips};
+use crate::discovery::kubernetes::translate::tests::{addresses, judged, objects};
 use crate::testing::mesh_fingerprint;
 use crate::xds::Resources;
 
@@ -80,32 +80,6 @@ fn sync_all(w: &mut Writers, before: &Objects, after: &Objects, pending: &mut Pe
     sync(&mut w.pods, &before.pods, &after.pods, |o| {
         pending.pods.insert(o.key());
     });
-}
-
-/// Every workload's and pod's being set up policies in full, with their peer authentication, and
-/// the policies refused.
-fn judged(state: &MeshState, invalid: &[PolicyError]) -> String {
-    let mut out = String::new();
-    for w in state.workloads().iter().chain(state.pending()) {
-        let peer = state.peer_profile(w);
-        out += &format!("{} {:?} {peer:?}\n", w.uid, state.authz_for(w));
-    }
-    let mut invalid: Vec<String> = invalid.iter().map(|e| format!("{e:?}")).collect();
-    invalid.sort();
-    out + &invalid.join("\n")
-}
-
-fn addresses(objects: &Objects) -> Vec<IpAddr> {
-    let mut out: std::collections::BTreeSet<IpAddr> =
-        (0..8).map(|i| IpAddr::from([10, 244, 9, i])).collect();
-    out.extend([
-        IpAddr::from([10, 96, 0, 30]),
-        IpAddr::from([10, 244, 2, 11]),
-    ]);
-    for pod in &objects.pods {
-        out.extend(pod_ips(pod));
-    }
-    out.into_iter().collect()
 }
 
 /// A namespace change: `default` created or deleted, or a namespace enrolled or released.

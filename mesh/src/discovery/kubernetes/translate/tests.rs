@@ -55,7 +55,8 @@ pub(crate) fn judged(state: &MeshState, invalid: &[PolicyError]) -> String {
 }
 
 pub(crate) fn addresses(objects: &Objects) -> Vec<IpAddr> {
-    let mut out: std::collections::HashSet<IpAddr> = (0..8).map(|i| ip(&format!("10.244.9.{i}"))).collect();
+    let mut out: std::collections::HashSet<IpAddr> =
+        (0..8).map(|i| ip(&format!("10.244.9.{i}"))).collect();
     out.extend([ip("10.96.0.30"), ip("10.244.2.11")]);
     for pod in &objects.pods {
         out.extend(pod_ips(pod));

@@ -336,6 +336,20 @@ impl MeshState {
         Arc::make_mut(&mut self.ambient_namespaces)
     }
 
+    /// Puts `namespace` in the mesh's namespaces (`ambient`) or takes it out; the set is copied
+    /// only when that changes it.
+    pub(crate) fn set_ambient(&mut self, namespace: &str, ambient: bool) {
+        if self.ambient_namespaces.contains(namespace) == ambient {
+            return;
+        }
+        let set = self.ambient_namespaces_mut();
+        if ambient {
+            set.insert(namespace.to_owned());
+        } else {
+            set.remove(namespace);
+        }
+    }
+
     /// Replaces the AuthorizationPolicies: those `keep` refuses are taken out, `new` put in (the
     /// index of them is made anew: its order, and so every decision, is as a whole build's).
     pub(crate) fn replace_policies(

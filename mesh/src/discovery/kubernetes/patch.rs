@@ -39,7 +39,7 @@ use kube::ResourceExt;
 
 use super::pod::SlimPod;
 use super::translate::{
-    DATAPLANE_MODE, Objects, USE_WAYPOINT, WAYPOINT, authz_policy, label, live, peer_auth_policy,
+    Objects, USE_WAYPOINT, WAYPOINT, authz_policy, enrolled, label, live, peer_auth_policy,
     pod_ips, pod_uid, scheduled, service, workload,
 };
 use crate::discovery::model::{Workload, selects};
@@ -126,7 +126,8 @@ fn patchable(
 fn surroundings<'o>(
     previous: &MeshState,
     objects: &'o Objects,
-    (count, at_most): (usize, usize),
+    count: usize,
+    at_most: usize,
     too_many: &'static str,
 ) -> Result<(HashMap<String, &'o Namespace>, HashSet<IpAddr>), Whole> {
     patchable(previous, count, at_most, too_many)?;
@@ -157,7 +158,8 @@ pub(crate) fn patch(
     let (namespaces, waypoint_ips) = surroundings(
         previous,
         objects,
-        (changes.len(), at_most),
+        changes.len(),
+        at_most,
         "too many pods changed at once",
     )?;
     // The Services by namespace, gathered once: a namespace's every pod may be checked.
@@ -273,7 +275,8 @@ pub(crate) fn patch_services(
     let (namespaces, waypoint_ips) = surroundings(
         previous,
         objects,
-        (changes.len(), PATCH_AT_MOST),
+        changes.len(),
+        PATCH_AT_MOST,
         "too many services changed at once",
     )?;
     let mut state = previous.clone();
@@ -499,16 +502,6 @@ pub(crate) fn check_namespace((before, now): &NamespaceChange) -> Result<(), Who
 /// out, as they are now (as a whole translation lists them: those labelled ambient).
 pub(crate) fn enrol_namespaces(state: &mut MeshState, changes: &[(String, NamespaceChange)]) {
     for (name, (_, now)) in changes {
-        let ambient = now.as_ref().is_some_and(|ns| {
-            label(ns.metadata.labels.as_ref(), DATAPLANE_MODE) == Some("ambient")
-        });
-        if state.ambient_namespaces().contains(name) != ambient {
-            let set = state.ambient_namespaces_mut();
-            if ambient {
-                set.insert(name.clone());
-            } else {
-                set.remove(name);
-            }
-        }
+        state.set_ambient(name, now.as_deref().is_some_and(enrolled));
     }
 }

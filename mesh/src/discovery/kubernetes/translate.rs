@@ -104,7 +104,7 @@ pub fn translate(objects: &Objects, settings: &MeshSettings) -> Translation {
     let ambient = objects
         .namespaces
         .iter()
-        .filter(|ns| label(ns.metadata.labels.as_ref(), DATAPLANE_MODE) == Some("ambient"))
+        .filter(|ns| enrolled(ns))
         .map(|ns| ns.name_any());
     let state = MeshState::build_isolating(
         settings.clone(),
@@ -371,6 +371,11 @@ fn waypoints(objects: &Objects, pods: &PodIndex<'_>, settings: &MeshSettings) ->
     out
 }
 
+/// Whether the namespace `ns` is enrolled in the mesh (labelled ambient).
+pub(crate) fn enrolled(ns: &Namespace) -> bool {
+    label(ns.metadata.labels.as_ref(), DATAPLANE_MODE) == Some("ambient")
+}
+
 /// The waypoint an object uses: its own label, else its namespace's; `none` opts out.
 fn waypoint_ref(
     own: Option<&str>,
@@ -452,10 +457,7 @@ pub(crate) fn workload(
 ) -> Option<Workload> {
     let namespace = pod.namespace().unwrap_or_default();
     let labels = pod.metadata.labels.clone().unwrap_or_default();
-    let ns_ambient = namespaces
-        .get(&namespace)
-        .and_then(|ns| label(ns.metadata.labels.as_ref(), DATAPLANE_MODE))
-        == Some("ambient");
+    let ns_ambient = namespaces.get(&namespace).is_some_and(|ns| enrolled(ns));
     let opted_out = labels.get(DATAPLANE_MODE).map(String::as_str) == Some("none");
     let enrolled = ns_ambient && !opted_out;
     let Ok(identity) = Identity::new(&settings.trust_domain, &namespace, service_account(pod))

@@ -126,7 +126,9 @@ impl Changes {
                             self.services.insert(name.to_owned());
                         }
                         Some(AddressEntry::Workload(_)) => self.everything(),
-                        _ => drop(self.readdressed.entry(name.to_owned()).or_insert(Some(old))),
+                        _ => {
+                            self.readdressed.entry(name.to_owned()).or_insert(Some(old));
+                        }
                     };
                 }
                 None => None,
@@ -265,14 +267,7 @@ impl Store {
         for namespace in &changes.namespaces {
             let ambient = self.namespaces.contains_key(namespace.as_str())
                 || derived.enrolled.contains_key(namespace.as_str());
-            if next.ambient_namespaces().contains(namespace.as_str()) != ambient {
-                let set = next.ambient_namespaces_mut();
-                if ambient {
-                    set.insert(namespace.clone());
-                } else {
-                    set.remove(namespace.as_str());
-                }
-            }
+            next.set_ambient(namespace, ambient);
         }
         derived.state = next.clone();
         self.derived = Some(derived);

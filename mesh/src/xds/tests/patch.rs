@@ -16,6 +16,20 @@ use crate::xds::proto::istio::security as sec;
 /// A node's network plugin: the addresses it gave pods, by namespace and name.
 type Table = HashMap<(String, String), Vec<IpAddr>>;
 
+/// `store` on node-a, whose network plugin's table (returned) the test changes.
+pub(super) fn with_node_table(store: Store) -> (Store, Arc<Mutex<Table>>) {
+    let table: Arc<Mutex<Table>> = Arc::default();
+    let lookup = {
+        let table = table.clone();
+        move |ns: &str, name: &str| {
+            let table = table.lock().unwrap();
+            table.get(&(ns.to_owned(), name.to_owned())).cloned()
+        }
+    };
+    let store = store.with_node_addresses("node-a".into(), Arc::new(lookup));
+    (store, table)
+}
+
 struct Generator {
     rng: fastrand::Rng,
     templates: Vec<wl::Workload>,
@@ -180,16 +194,7 @@ fn a_patched_mesh_is_the_mesh_a_whole_build_gives() {
     .map(|a| a.parse().unwrap())
     .collect();
 
-    // node-a's network plugin, whose table the test changes.
-    let table: Arc<Mutex<Table>> = Arc::default();
-    let lookup = {
-        let table = table.clone();
-        move |ns: &str, name: &str| {
-            let table = table.lock().unwrap();
-            table.get(&(ns.to_owned(), name.to_owned())).cloned()
-        }
-    };
-    let mut store = received(&resources).with_node_addresses("node-a".into(), Arc::new(lookup));
+    let (mut store, table) = with_node_table(received(&resources));
     store.build_whole();
     let mut g = Generator {
         rng: fastrand::Rng::with_seed(0x5eed),

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::patch::{backs, by_hostname, pod, service};
+use super::patch::{backs, by_hostname, pod, service, with_node_table};
 use super::subscriber::{address_resource, received};
 use super::*;
 use crate::discovery::{MeshState, WaypointRef};
@@ -313,8 +313,6 @@ fn an_address_a_service_frees_stays_reserved_while_held_otherwise() {
 /// given addresses by the node. Every published mesh is compared with a whole build.
 #[test]
 fn services_colliding_in_names_and_addresses_patch_as_a_whole_build() {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
     use wl::address::Type::{Service as S, Workload as W};
     let pool: Vec<[u8; 4]> = (1..=10)
         .map(|i| [10, 0, 0, i])
@@ -328,17 +326,7 @@ fn services_colliding_in_names_and_addresses_patch_as_a_whole_build() {
     let (mut patched_steps, mut readdressed) = (0, 0);
     for seed in 0..300 {
         let mut rng = fastrand::Rng::with_seed(seed);
-        type Table = HashMap<(String, String), Vec<IpAddr>>;
-        let table: Arc<Mutex<Table>> = Arc::default();
-        let lookup = {
-            let table = table.clone();
-            move |ns: &str, name: &str| {
-                let table = table.lock().unwrap();
-                table.get(&(ns.to_owned(), name.to_owned())).cloned()
-            }
-        };
-        let mut store = Store::new(MeshSettings::default())
-            .with_node_addresses("node-a".into(), Arc::new(lookup));
+        let (mut store, table) = with_node_table(Store::new(MeshSettings::default()));
         let gateway = |rng: &mut fastrand::Rng| match rng.u8(..6) {
             0..=2 => None,
             3 | 4 => Some(wl::GatewayAddress {

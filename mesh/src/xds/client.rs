@@ -343,23 +343,31 @@ async fn node_changed(refresh: &mut Option<watch::Receiver<u64>>) -> bool {
     }
 }
 
-/// The mesh `store` makes: the last one patched where it can be (microseconds, whatever the mesh's
-/// size), else built whole on a blocking thread: at tens of thousands of workloads that takes
-/// milliseconds the data path's workers must not lose.
+/// The mesh `store` makes, and whether it was built whole: the last one patched where it can be,
+/// else built whole. A few changed workloads are patched here (microseconds, whatever the mesh's
+/// size); a larger patch, and a whole build, run on a blocking thread: at tens of thousands of
+/// workloads they take milliseconds the data path's workers must not lose.
 async fn rebuild(store: &mut Store) -> Result<(MeshState, bool), String> {
-    if let Some(mesh) = store.patch() {
+    if store.patches_in_place()
+        && let Some(mesh) = store.patch()
+    {
         return Ok((mesh, false));
     }
     let taken = std::mem::replace(store, store.empty_like());
-    let (taken, mesh) = tokio::task::spawn_blocking(move || {
+    let (taken, mesh, whole) = tokio::task::spawn_blocking(move || {
         let mut taken = taken;
-        let mesh = taken.build_whole();
-        (taken, mesh)
+        match taken.patch() {
+            Some(mesh) => (taken, mesh, false),
+            None => {
+                let mesh = taken.build_whole();
+                (taken, mesh, true)
+            }
+        }
     })
     .await
     .map_err(|e| format!("building the mesh failed ({e}); starting over from nothing"))?;
     *store = taken;
-    Ok((mesh, true))
+    Ok((mesh, whole))
 }
 
 /// Hands the allocator's free memory back to the kernel. glibc returns only the top of each heap on

@@ -466,40 +466,94 @@ fn a_patch_touches_only_the_changed_workload_and_its_services() {
 }
 
 #[test]
-fn a_burst_of_many_workloads_is_built_whole_off_the_caller() {
+fn a_burst_of_up_to_a_quarter_of_the_mesh_is_patched_off_the_caller_and_more_built_whole() {
     let resources = Resources::from_state(&state());
     let template = workload(&resources, "shop", "web");
-    let burst = |store: &mut Store, n: u8, from: u8| {
+    let burst = |store: &mut Store, n: u16, from: u8| {
         let list: Vec<_> = (0..n)
-            .flat_map(|hi| (0..=3).map(move |lo| (hi, lo)))
-            .map(|(hi, lo)| {
+            .map(|i| {
                 let mut w = template.clone();
-                w.name = format!("b{from}-{hi}-{lo}");
+                w.name = format!("b{from}-{i}");
                 w.uid = workload_name("shop", &w.name);
-                w.addresses = vec![vec![10, 7 + from, hi, lo]];
+                let [hi, lo] = i.to_be_bytes();
+                w.addresses = vec![vec![10, 20 + from, hi, lo]];
                 address_resource(&w.uid.clone(), "v1", wl::address::Type::Workload(w))
             })
             .collect();
         store.apply(Kind::Address, &list, &[]);
     };
+    // A patched mesh is the mesh a whole build gives (the web service's endpoints included).
+    let same_as_whole = |store: &Store, patched: &MeshState| {
+        assert_eq!(
+            mesh_fingerprint(patched, &[]),
+            mesh_fingerprint(&store.to_state(), &[])
+        );
+    };
     let mut store = received(&resources);
     store.build_whole();
-    burst(&mut store, 100, 0); // 400 workloads
-    let patched = store.patch().expect("a burst of 400 is patched");
-    assert_eq!(
-        patched.summary().workloads,
-        state().summary().workloads + 400
+    burst(&mut store, 64, 0);
+    assert!(
+        store.patches_in_place(),
+        "64 workloads are patched in place"
     );
-    burst(&mut store, 150, 1); // 600 workloads
-    assert!(store.patch().is_none(), "a burst of 600 is built whole");
-    let whole = store.build_whole();
+    store.patch().expect("a burst of 64 is patched");
+    burst(&mut store, 65, 1);
+    assert!(!store.patches_in_place(), "65 are patched off the caller");
+    let mut mesh = store.patch().expect("a burst of 65 is patched");
+    // In a small mesh, up to 512.
+    assert!(mesh.summary().workloads < 4 * 512);
+    burst(&mut store, 512, 2);
+    mesh = store.patch().expect("a burst of 512 is patched");
+    same_as_whole(&store, &mesh);
+    burst(&mut store, 513, 3);
+    assert!(store.patch().is_none(), "a burst of 513 is built whole");
+    store.build_whole();
+    burst(&mut store, 6_000, 4);
+    assert!(store.patch().is_none(), "a burst of 6,000 is built whole");
+    mesh = store.build_whole();
+    // In a larger mesh, up to a quarter of it.
+    let first = u16::try_from(mesh.summary().workloads / 4).unwrap();
+    assert!(first > 512);
+    burst(&mut store, first, 5);
+    mesh = store
+        .patch()
+        .expect("a burst of a quarter of the mesh is patched");
+    same_as_whole(&store, &mesh);
+    let second = u16::try_from(mesh.summary().workloads / 4).unwrap() + 1;
+    burst(&mut store, second, 6);
+    assert!(
+        store.patch().is_none(),
+        "a burst over a quarter is built whole"
+    );
     assert_eq!(
-        whole.summary().workloads,
-        state().summary().workloads + 1000
+        store.build_whole().summary().workloads,
+        state().summary().workloads + 64 + 65 + 512 + 513 + 6_000 + usize::from(first + second)
     );
 }
 
 // ---- Found by review: cases the random changes above do not reach ----
+
+#[test]
+fn an_authorization_changed_is_patched_off_the_caller() {
+    let resources = Resources::from_state(&state());
+    let mut store = received(&resources);
+    store.build_whole();
+    // It reaches the workloads that name it (or, namespace-wide, its namespace's): however many.
+    let (name, mut a) = authorizations(&resources)
+        .into_iter()
+        .find(|(_, a)| !a.rules.is_empty())
+        .expect("an Authorization with rules");
+    a.rules.clear();
+    let sent = resource(Kind::Authorization, &name, "v2", a.encode_to_vec());
+    store.apply(Kind::Authorization, &[sent], &[]);
+    assert!(!store.patches_in_place());
+    let patched = store.patch().expect("an Authorization changed is patched");
+    let whole = store.to_state();
+    assert_eq!(
+        mesh_fingerprint(&patched, &[]) + &policies_fingerprint(&patched),
+        mesh_fingerprint(&whole, &[]) + &policies_fingerprint(&whole)
+    );
+}
 
 pub(super) fn pod(namespace: &str, name: &str, node: &str, ips: &[[u8; 4]]) -> wl::Workload {
     wl::Workload {

@@ -317,6 +317,36 @@ fn a_waypoint_receives_its_namespace_from_the_controller_and_enforces_api_polici
         .curl("ledger", &format!("{}public/a", url(&m, "web")))
         .map_or(0, |(code, _)| code);
     assert_eq!(bank, 403);
+    // The namespace no longer names the waypoint: web is not behind it, and its ztunnel, which
+    // cannot check paths, lets none of the policy's HTTP requests in.
+    m.api()
+        .put(
+            "namespaces",
+            "shop",
+            &veil_e2e::kube::namespace("shop", true),
+        )
+        .unwrap();
+    assert!(m.eventually(SETTLE, || code(&m, "private/a") == 0));
+    // A Service in front of web put behind the waypoint puts web behind it too (the controller
+    // patches the Service and web's workload: no whole translation), at its own address as well.
+    let mut service = veil_e2e::kube::service(&veil_e2e::mesh::ServiceSpec::new(
+        "shop",
+        "web",
+        "10.96.0.90",
+        &[(80, 8080)],
+    ));
+    service["metadata"]["labels"] = json!({"veil.dev/use-waypoint": "waypoint"});
+    m.api().put("services", "web", &service).unwrap();
+    assert!(
+        m.eventually(SETTLE, || code(&m, "private/a") == 200),
+        "{}",
+        m.ztunnel_log("node-a")
+    );
+    assert_eq!(code(&m, "public/a"), 403);
+    // Taken from behind the waypoint again: denied at web's ztunnel as before.
+    service["metadata"]["labels"] = json!({});
+    m.api().put("services", "web", &service).unwrap();
+    assert!(m.eventually(SETTLE, || code(&m, "private/a") == 0));
     m.stop_waypoint("waypoint");
 }
 

@@ -205,6 +205,7 @@ pub(super) fn measure(
         for kind in [
             "service",
             "service-new",
+            "service-waypoint",
             "policy",
             "peer",
             "namespace-new",

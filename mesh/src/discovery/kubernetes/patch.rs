@@ -18,11 +18,12 @@
 //!   namespace changed (it applies mesh-wide); a namespace that names a waypoint for its objects
 //!   (as it was or is: [`check_namespace`]) changed — one enrolled or no longer is patched, its
 //!   pods as changed pods;
-//! - a service (before or after) is a waypoint, is behind one, has a target port naming a container
-//!   port, or claims an address taken by anything else;
+//! - a service (before or after) is a waypoint, has a target port naming a container port, or
+//!   claims an address taken by anything else (one behind a waypoint is patched, the pods it
+//!   selects as changed pods: [`fronted`]);
 //! - the last mesh left an object out or found a conflict (what stands in for it is decided over
-//!   everything), or more than [`PATCH_AT_MOST`] pods changed ([`NAMESPACE_PODS_AT_MOST`] when a
-//!   namespace's enrolment changed);
+//!   everything), or more than [`PATCH_AT_MOST`] pods changed ([`REACHED_PODS_AT_MOST`] when a
+//!   namespace's enrolment or a Service behind a waypoint changed);
 //! - an address involved is contested (two pods list it, or a pod listing it is no workload), a
 //!   service's or a waypoint's, or taken by another pod of the same patch;
 //! - the pod (before or after) is a waypoint's instance, backs a service whose target port is a
@@ -51,10 +52,11 @@ use veil_crd::peer_authentication::PeerAuthentication;
 /// The most pods one patch takes on: a rollout of more is translated whole.
 pub(crate) const PATCH_AT_MOST: usize = 512;
 
-/// The most pods one patch takes on when a namespace's enrolment changed (its every pod is
-/// translated anew): each costs index lookups, and each Service of the namespace a pass over
-/// them, where a whole translation costs seconds at 100,000 pods.
-pub(crate) const NAMESPACE_PODS_AT_MOST: usize = 4_096;
+/// The most pods one patch takes on when a change reached pods besides those that changed (a
+/// namespace's enrolment: its every pod; a Service behind a waypoint: those it selects, as it was
+/// and is), each translated anew: each costs index lookups, and each Service of its namespace a
+/// pass over them, where a whole translation costs seconds at 100,000 pods.
+pub(crate) const REACHED_PODS_AT_MOST: usize = 4_096;
 
 /// A pod as it was and as it is (`None`: absent).
 pub(crate) type PodChange = (Option<Arc<SlimPod>>, Option<Arc<SlimPod>>);
@@ -145,7 +147,7 @@ fn surroundings<'o>(
 }
 
 /// `previous` (the mesh of the objects before) patched for `changes`, no more than `at_most`
-/// ([`PATCH_AT_MOST`], or [`NAMESPACE_PODS_AT_MOST`] when a namespace changed); `objects` are the
+/// ([`PATCH_AT_MOST`], or [`REACHED_PODS_AT_MOST`] when a change reached further pods); `objects` are the
 /// objects now, `contested` what [`contested`] said of the mesh before.
 pub(crate) fn patch(
     previous: &MeshState,
@@ -263,9 +265,64 @@ pub(crate) fn patch(
     Ok(state)
 }
 
+/// The pods whose waypoint a change of Services may move. A Service behind a waypoint puts the
+/// enrolled workloads it selects behind it too (a whole translation: `assemble::front`), so where
+/// a changed Service is or was behind one, the pods it selects, as it was and as it is, are
+/// patched as changed pods after it ([`patch`] fronts each anew): [`Fronted::selects`] tells them.
+/// `previous` is the mesh before, `namespaces` the namespaces as translated.
+pub(crate) fn fronted(
+    previous: &MeshState,
+    namespaces: &[Arc<Namespace>],
+    changes: &[ServiceChange],
+) -> Fronted {
+    let by_name: HashMap<String, &Namespace> =
+        namespaces.iter().map(|ns| (ns.name_any(), &**ns)).collect();
+    let mut out = Vec::new();
+    for (before, now) in changes {
+        let Some(object) = now.as_ref().or(before.as_ref()) else {
+            continue;
+        };
+        let namespace = object.namespace().unwrap_or_default();
+        if let Some(old) = previous.service(&namespace, &object.name_any())
+            && old.waypoint.is_some()
+        {
+            out.push((namespace.clone(), old.selector.clone()));
+        }
+        if let Some(new) = now
+            .as_ref()
+            .and_then(|svc| service(svc, &by_name, |_, _| Vec::new()))
+            && new.waypoint.is_some()
+        {
+            out.push((namespace, new.selector));
+        }
+    }
+    out.retain(|(_, selector)| !selector.is_empty()); // selects nothing
+    Fronted(out)
+}
+
+/// Selectors, each in its namespace, of Services behind a waypoint that changed ([`fronted`]).
+pub(crate) struct Fronted(Vec<(String, BTreeMap<String, String>)>);
+
+impl Fronted {
+    /// Whether no pod is fronted anew.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `pod` is selected by one of the Services.
+    pub(crate) fn selects(&self, pod: &SlimPod) -> bool {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let labels = pod.metadata.labels.as_ref();
+        self.0.iter().any(|(n, selector)| {
+            n == namespace && labels.is_some_and(|labels| selects(selector, labels))
+        })
+    }
+}
+
 /// `previous` (the mesh of the objects before) patched for changed Services; `objects` are the
 /// objects now, `contested` what [`contested`] said of the mesh before. Pods are patched after,
-/// on the mesh this returns ([`patch`]).
+/// on the mesh this returns ([`patch`]), those of [`fronted`] among them: until then, the
+/// workloads a Service behind a waypoint selects (as it was or is) are not fronted as it says.
 pub(crate) fn patch_services(
     previous: &MeshState,
     objects: &Objects,
@@ -294,9 +351,6 @@ pub(crate) fn patch_services(
         }
         let key = (object.namespace().unwrap_or_default(), object.name_any());
         if let Some(old) = state.remove_service(&key) {
-            if old.waypoint.is_some() {
-                return Err(Whole("a service behind a waypoint"));
-            }
             rejudge.extend(old.endpoints.iter().cloned());
         }
         after.extend(
@@ -315,9 +369,6 @@ pub(crate) fn patch_services(
         );
     }
     for mut new in after {
-        if new.waypoint.is_some() {
-            return Err(Whole("a service behind a waypoint"));
-        }
         for vip in &new.vips {
             if contested.contains(vip)
                 || waypoint_ips.contains(vip)

@@ -361,11 +361,14 @@ fn waypoints(objects: &Objects, pods: &PodIndex<'_>, settings: &MeshSettings) ->
             }
         };
         let Ok(identity) = identity else { continue };
+        // Sorted: the stores' order differs between replicas and between translations.
+        let mut ips: Vec<IpAddr> = instances.iter().flat_map(|p| pod_ips(p)).collect();
+        ips.sort();
         out.push(Waypoint {
             name: name.to_owned(),
             namespace,
             identity,
-            ips: instances.iter().flat_map(|p| pod_ips(p)).collect(),
+            ips,
         });
     }
     out

@@ -389,10 +389,10 @@ fn patched(
         ..stores.objects()
     };
     // A namespace enrolled or no longer: its pods are translated anew (as changed pods are).
-    let pods_at_most = if namespaces.is_empty() {
+    let mut pods_at_most = if namespaces.is_empty() {
         patch::PATCH_AT_MOST
     } else {
-        patch::NAMESPACE_PODS_AT_MOST
+        patch::REACHED_PODS_AT_MOST
     };
     for (key, change) in &namespaces {
         patch::check_namespace(change)?;
@@ -401,6 +401,14 @@ fn patched(
             .keys()
             .filter(|(namespace, _)| *namespace == key.1);
         delivered.pods.extend(of_it.cloned());
+    }
+    // A Service behind a waypoint (as it was or is): the pods it selects are fronted anew.
+    let service_changes: Vec<ServiceChange> = services.iter().map(|(_, c)| c.clone()).collect();
+    let fronted = patch::fronted(&previous.state, &last.namespaces.all(), &service_changes);
+    if !fronted.is_empty() {
+        pods_at_most = patch::REACHED_PODS_AT_MOST;
+        let selected = last.pods.iter().filter(|(_, pod)| fronted.selects(pod));
+        delivered.pods.extend(selected.map(|(key, _)| key.clone()));
     }
     if delivered.pods.is_empty()
         && namespaces.is_empty()
@@ -430,7 +438,6 @@ fn patched(
             )
         })
         .collect();
-    let service_changes: Vec<ServiceChange> = services.iter().map(|(_, c)| c.clone()).collect();
     for (key, (_, now)) in services {
         last.services.set(key, now);
     }

@@ -85,6 +85,50 @@ fn service(g: usize) -> Value {
     })
 }
 
+/// ns1's waypoint: its Service, its one instance, and a Service behind it.
+fn waypoint(template: &Value) -> (Value, Value, Value) {
+    let selector = json!({"gateway.networking.k8s.io/gateway-name": "waypoint"});
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "waypoint",
+            "namespace": "ns1",
+            "uid": "00000000-0000-4000-9200-000000000001",
+            "labels": {"veil.dev/waypoint": "waypoint"},
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": "172.18.0.1",
+            "clusterIPs": ["172.18.0.1"],
+            "selector": selector,
+            "ports": [{"name": "mesh", "port": 15008, "protocol": "TCP"}],
+        },
+    });
+    let mut pod = template.clone();
+    let meta = &mut pod["metadata"];
+    meta["name"] = json!("waypoint-0");
+    meta["generateName"] = json!("waypoint-");
+    meta["namespace"] = json!("ns1");
+    meta["uid"] = json!("00000000-0000-4000-8200-000000000001");
+    meta["labels"] = selector;
+    pod["spec"]["nodeName"] = json!("node-1");
+    pod["spec"]["serviceAccountName"] = json!("waypoint");
+    pod["spec"]["serviceAccount"] = json!("waypoint");
+    pod["status"]["podIP"] = json!("10.251.0.1");
+    pod["status"]["podIPs"] = json!([{ "ip": "10.251.0.1" }]);
+    let mut user = service.clone();
+    user["metadata"]["name"] = json!("front1");
+    user["metadata"]["uid"] = json!("00000000-0000-4000-9200-000000000002");
+    user["metadata"]["labels"] = json!({"veil.dev/use-waypoint": "waypoint"});
+    user["spec"]["clusterIP"] = json!("172.18.0.2");
+    user["spec"]["clusterIPs"] = json!(["172.18.0.2"]);
+    user["spec"]["selector"] = json!({"app": "front1"});
+    user["spec"]["ports"] =
+        json!([{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]);
+    (service, pod, user)
+}
+
 fn policy(g: usize) -> Value {
     json!({
         "apiVersion": "security.veil.dev/v1",
@@ -128,6 +172,12 @@ pub(crate) async fn run(c: Cluster) -> anyhow::Result<()> {
                 false,
             );
         }
+        // A waypoint in ns1, for `service-waypoint`: its Service, one instance, and a Service
+        // behind it (selecting no pod) so that svc1 is neither its first user nor its last.
+        let (front, instance, user) = waypoint(&template);
+        s.put("services", "ns1/waypoint", front, false);
+        s.put("pods", "ns1/waypoint-0", instance, false);
+        s.put("services", "ns1/front1", user, false);
         for g in 0..groups {
             let key = format!("ns{}/svc{g}", g % 100);
             s.put("services", &key, service(g), false);
@@ -170,10 +220,11 @@ pub(crate) async fn run(c: Cluster) -> anyhow::Result<()> {
 }
 
 /// The kinds of change `POST /bench/change?kind=` makes.
-const KINDS: [&str; 8] = [
+const KINDS: [&str; 9] = [
     "pod",
     "service",
     "service-new",
+    "service-waypoint",
     "policy",
     "peer",
     "namespace",
@@ -224,6 +275,16 @@ fn change(api: &Api, template: &Value, groups: usize, kind: &str, there: bool) -
             svc["spec"]["clusterIPs"] = json!([ip]);
             api.change(|s| s.put("services", &key, svc, true));
             json!({format!("extra{g}"): ip})
+        }
+        "service-waypoint" => {
+            // svc1 put behind ns1's waypoint (its ten pods with it), then taken out again.
+            let mut svc = service(1 % groups);
+            if there {
+                svc["metadata"]["labels"]["veil.dev/use-waypoint"] = json!("waypoint");
+            }
+            let key = format!("{namespace}/svc{}", 1 % groups);
+            api.change(|s| s.put("services", &key, svc, true));
+            json!({"svc1": {"waypoint": there}})
         }
         "policy" => {
             let mut p = policy(1 % groups);

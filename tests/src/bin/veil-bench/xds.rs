@@ -48,8 +48,9 @@ pub(crate) struct Target {
     /// watches; each change is asked of it.
     #[arg(long, conflicts_with = "mesh_file")]
     change_api: Option<String>,
-    /// With `--change-api`: what each change changes (`pod`, `service`, `service-new`, `policy`,
-    /// `peer`, `namespace`, `namespace-new`, `namespace-enrol`: see `veil-bench api`).
+    /// With `--change-api`: what each change changes (`pod`, `service`, `service-new`,
+    /// `service-waypoint`, `policy`, `peer`, `namespace`, `namespace-new`, `namespace-enrol`: see
+    /// `veil-bench api`).
     #[arg(long, default_value = "pod")]
     change_kind: String,
 }
@@ -327,6 +328,9 @@ pub(crate) async fn client(c: Client) -> anyhow::Result<()> {
         // Let the controller's polling go quiet before the next change.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // What the last change left to free (an old mesh dropped, the heap trimmed, off the caller)
+    // is freed before the heap and RSS are read.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let report = json!({
         "workloads": summary.workloads,
         "services": summary.services,

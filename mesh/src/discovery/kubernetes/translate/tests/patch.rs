@@ -8,8 +8,8 @@ use serde_json::json;
 use super::reuse::{change, edit, shared};
 use super::*;
 use crate::discovery::kubernetes::patch::{
-    NAMESPACE_PODS_AT_MOST, NamespaceChange, PATCH_AT_MOST, PeerChange, PodChange, PolicyChange,
-    ServiceChange, Whole, check_namespace, contested, enrol_namespaces, patch,
+    NamespaceChange, PATCH_AT_MOST, PeerChange, PodChange, PolicyChange, REACHED_PODS_AT_MOST,
+    ServiceChange, Whole, check_namespace, contested, enrol_namespaces, fronted, patch,
     patch_peer_authentications, patch_policies, patch_services,
 };
 use crate::policy::PolicyError;
@@ -41,9 +41,9 @@ fn differing<K: kube::Resource>(
     out
 }
 
-/// What a patch follows that differs between `before` and `after` (Services, AuthorizationPolicies,
-/// pods), or `None` when anything else changed.
-fn pod_changes(before: &Objects, after: &Objects) -> Option<Changes> {
+/// What a patch follows that differs between `before` (translated as `previous`) and `after`
+/// (Services, AuthorizationPolicies, pods), or `None` when anything else changed.
+fn pod_changes(before: &Objects, after: &Objects, previous: &MeshState) -> Option<Changes> {
     fn same<K>(a: &[Arc<K>], b: &[Arc<K>]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
     }
@@ -58,28 +58,33 @@ fn pod_changes(before: &Objects, after: &Objects) -> Option<Changes> {
                 (name, change)
             })
             .collect();
-    // As the watch does: the pods of a namespace changed are changed pods.
+    // As the watch does: the pods of a namespace changed, and those a Service behind a waypoint
+    // selects (as it was or is), are changed pods.
+    let services = differing(&before.services, &after.services);
+    let fronted = fronted(previous, &before.namespaces, &services);
     let mut pods = differing(&before.pods, &after.pods);
     let key = |p: &SlimPod| (p.namespace(), p.name_any());
-    for (name, _) in &namespaces {
-        for old in before
-            .pods
-            .iter()
-            .filter(|p| p.namespace().as_ref() == Some(name))
-        {
-            if pods
+    let reached = |p: &SlimPod| {
+        fronted.selects(p)
+            || namespaces
                 .iter()
-                .any(|(b, _)| b.as_ref().is_some_and(|b| key(b) == key(old)))
-            {
-                continue;
-            }
-            let now = after.pods.iter().find(|p| key(p) == key(old)).cloned();
-            pods.push((Some(old.clone()), now));
+                .any(|(name, _)| p.namespace().as_ref() == Some(name))
+    };
+    for old in before.pods.iter().filter(|p| reached(p)) {
+        if pods
+            .iter()
+            .any(|(b, _)| b.as_ref().is_some_and(|b| key(b) == key(old)))
+        {
+            continue;
         }
+        let now = after.pods.iter().find(|p| key(p) == key(old)).cloned();
+        pods.push((Some(old.clone()), now));
     }
+    let reached_further = !namespaces.is_empty() || !fronted.is_empty();
     Some(Changes {
         namespaces,
-        services: differing(&before.services, &after.services),
+        services,
+        reached_further,
         policies: differing(
             &before.authorization_policies,
             &after.authorization_policies,
@@ -92,6 +97,8 @@ fn pod_changes(before: &Objects, after: &Objects) -> Option<Changes> {
 /// The changes a patch follows, by kind.
 struct Changes {
     namespaces: Vec<(String, NamespaceChange)>,
+    /// Whether pods that did not change are patched for what reached them.
+    reached_further: bool,
     services: Vec<ServiceChange>,
     policies: Vec<PolicyChange>,
     peers: Vec<PeerChange>,
@@ -130,10 +137,10 @@ fn patched(
     }
     if state.is_none() || !changes.pods.is_empty() {
         let on = state.as_ref().unwrap_or(previous);
-        let at_most = if changes.namespaces.is_empty() {
+        let at_most = if !changes.reached_further {
             PATCH_AT_MOST
         } else {
-            NAMESPACE_PODS_AT_MOST
+            REACHED_PODS_AT_MOST
         };
         state = Some(patch(
             on,
@@ -162,6 +169,8 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
     let (mut added, mut patched_steps) = (0, 0);
     let (mut services_patched, mut policies_patched, mut peers_patched) = (0, 0, 0);
     let mut namespaces_patched = 0;
+    // Services behind a waypoint (as they were or are) whose pods were fronted anew.
+    let mut fronted_patched = 0;
     // Services and policies changed whose resources were patched too (entries of the previous
     // ones kept, not all encoded anew).
     let (mut services_encoded_alone, mut policies_encoded_alone) = (0, 0);
@@ -170,7 +179,7 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
         let before = objects.clone();
         let what = change(&mut rng, &mut objects, &mut added);
         let whole = translated(&objects);
-        let changes = pod_changes(&before, &objects);
+        let changes = pod_changes(&before, &objects, &previous);
         let mut now_invalid = invalid.clone();
         let result = match &changes {
             None => Err(Whole("a Telemetry changed")),
@@ -198,6 +207,7 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
                 let kept = shared(&resources, &after) > 0;
                 if !changes.services.is_empty() {
                     services_patched += 1;
+                    fronted_patched += usize::from(changes.reached_further);
                     if !state.services_defined_otherwise(&previous).is_empty() && kept {
                         services_encoded_alone += 1;
                     }
@@ -246,6 +256,10 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
     assert!(
         services_encoded_alone > 40,
         "of {services_patched} services patched, {services_encoded_alone} encoded alone"
+    );
+    assert!(
+        fronted_patched > 100,
+        "services behind a waypoint patched {fronted_patched}; whole: {whole_because:?}"
     );
     assert!(
         namespaces_patched > 20,
@@ -453,6 +467,7 @@ fn a_policy_patched_where_a_waypoint_binds_and_a_pod_is_being_set_up() {
         next_objects.authorization_policies.extend(now.clone());
         let changes = Changes {
             namespaces: Vec::new(),
+            reached_further: false,
             services: Vec::new(),
             policies: vec![(before.clone(), now.clone())],
             peers: Vec::new(),
@@ -512,6 +527,7 @@ fn a_peer_authentication_patched_re_encodes_the_workloads_it_reaches() {
             next_objects.peer_authentications.extend(now.clone());
             let changes = Changes {
                 namespaces: Vec::new(),
+                reached_further: false,
                 services: Vec::new(),
                 policies: Vec::new(),
                 peers: vec![(before.clone(), now.clone())],
@@ -598,7 +614,7 @@ fn a_namespace_of_a_thousand_pods_enrolled_and_released_is_patched() {
                 labels.remove(DATAPLANE_MODE);
             }
         });
-        let changes = pod_changes(&before, &objects).expect("a namespace changed");
+        let changes = pod_changes(&before, &objects, &previous).expect("a namespace changed");
         assert!(changes.pods.len() > 1_000, "{} pods", changes.pods.len());
         let whole = translated(&objects);
         let state = patched(&previous, &objects, &reserved, &changes, &mut invalid)

@@ -63,7 +63,7 @@ pub(crate) fn change(
     let pod = |objects: &mut Objects, change: &mut dyn FnMut(&mut Value)| {
         edit(&mut objects.pods[i], |p| change(p))
     };
-    match rng.u8(..18) {
+    match rng.u8(..19) {
         0 => {
             let app = *pick(rng, &APPS);
             pod(objects, &mut |p| {
@@ -181,6 +181,14 @@ pub(crate) fn change(
             "a pod's node"
         }
         16 => policy_shape(rng, objects, added),
+        17 => {
+            let n = rng.usize(..objects.services.len());
+            let waypoint = *pick(rng, &WAYPOINTS);
+            edit(&mut objects.services[n], |s| {
+                set_label(&mut s["metadata"]["labels"], USE_WAYPOINT, waypoint)
+            });
+            "a service's waypoint"
+        }
         _ => "nothing",
     }
 }

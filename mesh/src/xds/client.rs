@@ -344,9 +344,10 @@ async fn node_changed(refresh: &mut Option<watch::Receiver<u64>>) -> bool {
 }
 
 /// The mesh `store` makes, and whether it was built whole: the last one patched where it can be,
-/// else built whole. A few changed workloads are patched here (microseconds, whatever the mesh's
-/// size); a larger patch, and a whole build, run on a blocking thread: at tens of thousands of
-/// workloads they take milliseconds the data path's workers must not lose.
+/// else built whole. A few changed workloads backing small services are patched here (well under
+/// a millisecond, whatever the mesh's size: [`Store::patches_in_place`]); a larger patch, and a
+/// whole build, run on a blocking thread: they take milliseconds to seconds the data path's
+/// workers must not lose.
 async fn rebuild(store: &mut Store) -> Result<(MeshState, bool), String> {
     if store.patches_in_place()
         && let Some(mesh) = store.patch()

@@ -33,6 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+mod changes;
 mod derive;
 mod entries;
 mod patch;
@@ -107,7 +108,7 @@ pub struct Store {
     /// theirs in at any time.
     unaddressed: BTreeSet<String>,
     /// What changed since the mesh was last made.
-    changes: patch::Changes,
+    changes: changes::Changes,
     /// What the last mesh built whole knew, for patching the next one from it.
     derived: Option<patch::Derived>,
     /// A waypoint's store: policies as written and their bindings, which its mesh is checked
@@ -139,7 +140,7 @@ impl Store {
             arrivals: 0,
             node: None,
             unaddressed: BTreeSet::new(),
-            changes: patch::Changes::default(),
+            changes: changes::Changes::default(),
             derived: None,
             waypoint: None,
             shared: shared::Shared::default(),
@@ -347,7 +348,7 @@ impl Store {
     pub fn build_whole(&mut self) -> MeshState {
         let (state, derived) = self.build();
         self.derived = Some(derived);
-        self.changes = patch::Changes::default();
+        self.changes = changes::Changes::default();
         state
     }
 

@@ -438,6 +438,7 @@ fn istio_evaluation_of_the_translation_decides_as_veil_does() {
     assert!(checked > 1000, "{checked} cases");
 }
 
+mod burst;
 mod dump;
 mod enrolment;
 mod patch;

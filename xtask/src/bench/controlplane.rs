@@ -210,6 +210,7 @@ pub(super) fn measure(
             "peer",
             "namespace-new",
             "namespace-enrol",
+            "namespace-waypoint",
         ] {
             let mut args = common("xds-client");
             args.extend([

@@ -15,9 +15,9 @@
 //! than the pod and its services, it is not patched and the whole cluster is translated:
 //!
 //! - a Telemetry changed, or the watches listed again; an AuthorizationPolicy of the root
-//!   namespace changed (it applies mesh-wide); a namespace that names a waypoint for its objects
-//!   (as it was or is: [`check_namespace`]) changed — one enrolled or no longer is patched, its
-//!   pods as changed pods;
+//!   namespace changed (it applies mesh-wide) — a namespace enrolled or no longer, or naming
+//!   another waypoint, is patched, its pods (and for a waypoint its Services) as changed ones
+//!   ([`Reached`]);
 //! - a service (before or after) is a waypoint, has a target port naming a container port, or
 //!   claims an address taken by anything else (one behind a waypoint is patched, the pods it
 //!   selects as changed pods: [`fronted`]);
@@ -535,18 +535,74 @@ fn check_pod(pod: &SlimPod, services: &HashMap<&str, Vec<&KubeService>>) -> Resu
     Ok(())
 }
 
-/// Whether a Namespace's change can be patched: its enrolment is (its pods are patched as changed,
-/// and it enters or leaves the mesh's namespaces: [`enrol_namespaces`]); the waypoint it names for
-/// its objects (as it was or is) reaches its Services too, and is not.
-pub(crate) fn check_namespace((before, now): &NamespaceChange) -> Result<(), Whole> {
-    let names_waypoint = |ns: &Option<Arc<Namespace>>| {
+/// Whether the waypoint a namespace names for its objects changed (`veil.dev/use-waypoint`, an
+/// absent namespace naming none): its Services are then translated anew as well as its pods
+/// ([`Reached`]).
+pub(crate) fn waypoint_changed((before, now): &NamespaceChange) -> bool {
+    let named = |ns: &Option<Arc<Namespace>>| {
         ns.as_ref()
-            .is_some_and(|ns| label(ns.metadata.labels.as_ref(), USE_WAYPOINT).is_some())
+            .and_then(|ns| label(ns.metadata.labels.as_ref(), USE_WAYPOINT))
+            .map(str::to_owned)
     };
-    if names_waypoint(before) || names_waypoint(now) {
-        return Err(Whole("a namespace naming a waypoint"));
+    named(before) != named(now)
+}
+
+/// What a round's changed namespaces and Services reach besides themselves, patched with them as
+/// if they had changed: every pod of a namespace enrolled or no longer, or naming another
+/// waypoint; every Service of the latter (its waypoint, where it names none itself, is its
+/// namespace's); and the pods a Service behind a waypoint selects ([`fronted`]). A waypoint's own
+/// Service and its instances are left out: their translation reads neither (a change of one of
+/// them is refused by [`check_service`] and [`check_pod`]).
+pub(crate) struct Reached {
+    namespaces: HashSet<String>,
+    waypoint_named: HashSet<String>,
+    fronted: Fronted,
+    instances: HashSet<IpAddr>,
+}
+
+impl Reached {
+    /// What `namespaces` (changed this round, by name) reach; `previous` is the mesh before.
+    pub(crate) fn new(previous: &MeshState, namespaces: &[(String, NamespaceChange)]) -> Self {
+        Self {
+            namespaces: namespaces.iter().map(|(name, _)| name.clone()).collect(),
+            waypoint_named: namespaces
+                .iter()
+                .filter(|(_, change)| waypoint_changed(change))
+                .map(|(name, _)| name.clone())
+                .collect(),
+            fronted: Fronted(Vec::new()),
+            instances: previous
+                .waypoints()
+                .iter()
+                .flat_map(|w| w.ips.iter().copied())
+                .collect(),
+        }
     }
-    Ok(())
+
+    /// Whether `service`, unchanged, is translated anew.
+    pub(crate) fn service(&self, service: &KubeService) -> bool {
+        let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
+        self.waypoint_named.contains(namespace)
+            && label(service.metadata.labels.as_ref(), WAYPOINT).is_none()
+    }
+
+    /// Adds the pods the changed Services (those reached included) front: see [`fronted`].
+    pub(crate) fn fronting(&mut self, fronted: Fronted) {
+        self.fronted = fronted;
+    }
+
+    /// Whether `pod`, unchanged, is translated anew.
+    pub(crate) fn pod(&self, pod: &SlimPod) -> bool {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        (self.namespaces.contains(namespace) || self.fronted.selects(pod))
+            && !pod_ips(pod).iter().any(|ip| self.instances.contains(ip))
+    }
+
+    /// Whether it reaches further than what changed: the patch may then take on more pods
+    /// ([`REACHED_PODS_AT_MOST`]).
+    pub(crate) fn further(&self) -> bool {
+        !self.namespaces.is_empty() || !self.fronted.is_empty()
+    }
 }
 
 /// Puts the namespaces of `changes` (by name) in the mesh's enrolled namespaces, or takes them

@@ -388,28 +388,37 @@ fn patched(
         peer_authentications: last.peer_authentications.all(),
         ..stores.objects()
     };
-    // A namespace enrolled or no longer: its pods are translated anew (as changed pods are).
-    let mut pods_at_most = if namespaces.is_empty() {
-        patch::PATCH_AT_MOST
-    } else {
-        patch::REACHED_PODS_AT_MOST
-    };
-    for (key, change) in &namespaces {
-        patch::check_namespace(change)?;
-        let of_it = last
-            .pods
-            .keys()
-            .filter(|(namespace, _)| *namespace == key.1);
-        delivered.pods.extend(of_it.cloned());
-    }
-    // A Service behind a waypoint (as it was or is): the pods it selects are fronted anew.
+    // What the namespaces and Services changed reach is translated anew with them: a namespace's
+    // pods (and Services, where the waypoint it names changed), a Service's pods where it is or
+    // was behind a waypoint.
+    let namespace_changes: Vec<(String, NamespaceChange)> = namespaces
+        .iter()
+        .map(|(key, change)| (key.1.clone(), change.clone()))
+        .collect();
+    let mut reached = patch::Reached::new(&previous.state, &namespace_changes);
+    let unchanged: Vec<(Key, ServiceChange)> = last
+        .services
+        .0
+        .iter()
+        .filter(|(key, service)| {
+            reached.service(service) && !services.iter().any(|(k, _)| k == *key)
+        })
+        .map(|(key, service)| (key.clone(), (Some(service.clone()), Some(service.clone()))))
+        .collect();
+    services.extend(unchanged);
     let service_changes: Vec<ServiceChange> = services.iter().map(|(_, c)| c.clone()).collect();
-    let fronted = patch::fronted(&previous.state, &last.namespaces.all(), &service_changes);
-    if !fronted.is_empty() {
-        pods_at_most = patch::REACHED_PODS_AT_MOST;
-        let selected = last.pods.iter().filter(|(_, pod)| fronted.selects(pod));
-        delivered.pods.extend(selected.map(|(key, _)| key.clone()));
-    }
+    reached.fronting(patch::fronted(
+        &previous.state,
+        &last.namespaces.all(),
+        &service_changes,
+    ));
+    let pods_at_most = if reached.further() {
+        let of_them = last.pods.iter().filter(|(_, pod)| reached.pod(pod));
+        delivered.pods.extend(of_them.map(|(key, _)| key.clone()));
+        patch::REACHED_PODS_AT_MOST
+    } else {
+        patch::PATCH_AT_MOST
+    };
     if delivered.pods.is_empty()
         && namespaces.is_empty()
         && services.is_empty()
@@ -449,10 +458,6 @@ fn patched(
     for (key, (_, now)) in peers {
         last.peer_authentications.set(key, now);
     }
-    let namespace_changes: Vec<(String, NamespaceChange)> = namespaces
-        .iter()
-        .map(|(key, change)| (key.1.clone(), change.clone()))
-        .collect();
     for (key, (_, now)) in namespaces {
         last.namespaces.set(key, now);
     }

@@ -220,7 +220,7 @@ pub(crate) async fn run(c: Cluster) -> anyhow::Result<()> {
 }
 
 /// The kinds of change `POST /bench/change?kind=` makes.
-const KINDS: [&str; 9] = [
+const KINDS: [&str; 10] = [
     "pod",
     "service",
     "service-new",
@@ -230,6 +230,7 @@ const KINDS: [&str; 9] = [
     "namespace",
     "namespace-new",
     "namespace-enrol",
+    "namespace-waypoint",
 ];
 
 /// Makes change `kind` (`there`, or back); says what it made.
@@ -324,6 +325,16 @@ fn change(api: &Api, template: &Value, groups: usize, kind: &str, there: bool) -
             }
             api.change(|s| s.put("namespaces", &namespace, ns, true));
             json!({"ns1": {"enrolled": !there}})
+        }
+        "namespace-waypoint" => {
+            // ns1 (a hundredth of the pods and Services) names its waypoint for its objects, then
+            // no longer.
+            let mut ns = namespace_object(1 % groups % 100);
+            if there {
+                ns["metadata"]["labels"]["veil.dev/use-waypoint"] = json!("waypoint");
+            }
+            api.change(|s| s.put("namespaces", &namespace, ns, true));
+            json!({"ns1": {"waypoint": there}})
         }
         "namespace-new" => {
             // A namespace enrolled before its first pod: created, then deleted.

@@ -49,8 +49,8 @@ pub(crate) struct Target {
     #[arg(long, conflicts_with = "mesh_file")]
     change_api: Option<String>,
     /// With `--change-api`: what each change changes (`pod`, `service`, `service-new`,
-    /// `service-waypoint`, `policy`, `peer`, `namespace`, `namespace-new`, `namespace-enrol`: see
-    /// `veil-bench api`).
+    /// `service-waypoint`, `policy`, `peer`, `namespace`, `namespace-new`, `namespace-enrol`,
+    /// `namespace-waypoint`: see `veil-bench api`).
     #[arg(long, default_value = "pod")]
     change_kind: String,
 }

@@ -5,11 +5,11 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::json;
 
-use super::reuse::{change, edit, shared};
+use super::reuse::{change, edit, set_label, shared};
 use super::*;
 use crate::discovery::kubernetes::patch::{
     NamespaceChange, PATCH_AT_MOST, PeerChange, PodChange, PolicyChange, REACHED_PODS_AT_MOST,
-    ServiceChange, Whole, check_namespace, contested, enrol_namespaces, fronted, patch,
+    Reached, ServiceChange, Whole, contested, enrol_namespaces, fronted, patch,
     patch_peer_authentications, patch_policies, patch_services,
 };
 use crate::policy::PolicyError;
@@ -58,29 +58,36 @@ fn pod_changes(before: &Objects, after: &Objects, previous: &MeshState) -> Optio
                 (name, change)
             })
             .collect();
-    // As the watch does: the pods of a namespace changed, and those a Service behind a waypoint
-    // selects (as it was or is), are changed pods.
-    let services = differing(&before.services, &after.services);
-    let fronted = fronted(previous, &before.namespaces, &services);
+    // As the watch does: what the namespaces and Services changed reach are changed too.
+    let mut reached = Reached::new(previous, &namespaces);
+    let mut services = differing(&before.services, &after.services);
+    let changed_key = |s: &KubeService| (s.namespace(), s.name_any());
+    for service in before.services.iter().filter(|s| reached.service(s)) {
+        let changed = services.iter().any(|(b, n)| {
+            b.iter()
+                .chain(n)
+                .any(|c| changed_key(c) == changed_key(service))
+        });
+        if !changed {
+            services.push((Some(service.clone()), Some(service.clone())));
+        }
+    }
+    reached.fronting(fronted(previous, &before.namespaces, &services));
     let mut pods = differing(&before.pods, &after.pods);
     let key = |p: &SlimPod| (p.namespace(), p.name_any());
-    let reached = |p: &SlimPod| {
-        fronted.selects(p)
-            || namespaces
+    if reached.further() {
+        for old in before.pods.iter().filter(|p| reached.pod(p)) {
+            if pods
                 .iter()
-                .any(|(name, _)| p.namespace().as_ref() == Some(name))
-    };
-    for old in before.pods.iter().filter(|p| reached(p)) {
-        if pods
-            .iter()
-            .any(|(b, _)| b.as_ref().is_some_and(|b| key(b) == key(old)))
-        {
-            continue;
+                .any(|(b, _)| b.as_ref().is_some_and(|b| key(b) == key(old)))
+            {
+                continue;
+            }
+            let now = after.pods.iter().find(|p| key(p) == key(old)).cloned();
+            pods.push((Some(old.clone()), now));
         }
-        let now = after.pods.iter().find(|p| key(p) == key(old)).cloned();
-        pods.push((Some(old.clone()), now));
     }
-    let reached_further = !namespaces.is_empty() || !fronted.is_empty();
+    let reached_further = reached.further();
     Some(Changes {
         namespaces,
         services,
@@ -115,9 +122,6 @@ fn patched(
     invalid: &mut Vec<PolicyError>,
 ) -> Result<MeshState, Whole> {
     let settings = MeshSettings::default();
-    for (_, change) in &changes.namespaces {
-        check_namespace(change)?;
-    }
     let mut state = None;
     if !changes.services.is_empty() {
         state = Some(patch_services(
@@ -171,6 +175,8 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
     let mut namespaces_patched = 0;
     // Services behind a waypoint (as they were or are) whose pods were fronted anew.
     let mut fronted_patched = 0;
+    // Namespaces naming another waypoint for their objects, patched.
+    let mut namespace_waypoints_patched = 0;
     // Services and policies changed whose resources were patched too (entries of the previous
     // ones kept, not all encoded anew).
     let (mut services_encoded_alone, mut policies_encoded_alone) = (0, 0);
@@ -214,6 +220,7 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
                 }
                 peers_patched += usize::from(!changes.peers.is_empty());
                 namespaces_patched += usize::from(!changes.namespaces.is_empty());
+                namespace_waypoints_patched += usize::from(what == "a namespace's waypoint");
                 if !changes.policies.is_empty() {
                     policies_patched += 1;
                     // (With bindings, a policy as written changed encodes everything anew:
@@ -256,6 +263,10 @@ fn a_patched_mesh_is_the_mesh_a_whole_translation_gives() {
     assert!(
         services_encoded_alone > 40,
         "of {services_patched} services patched, {services_encoded_alone} encoded alone"
+    );
+    assert!(
+        namespace_waypoints_patched > 50,
+        "namespace waypoints patched {namespace_waypoints_patched}; whole: {whole_because:?}"
     );
     assert!(
         fronted_patched > 100,
@@ -634,6 +645,61 @@ fn a_namespace_of_a_thousand_pods_enrolled_and_released_is_patched() {
         assert_eq!(many.enrolled, enrolled);
         assert_eq!(state.ambient_namespaces().contains("default"), enrolled);
         reserved = contested(&objects, &state);
+        previous = state;
+        resources = after;
+    }
+}
+
+/// The namespace holding a waypoint names it for its objects, another, none: patched (its
+/// Services and pods translated anew, the waypoint's own Service and instance left as they are),
+/// each mesh and its resources what a whole translation gives.
+#[test]
+fn a_namespace_naming_its_waypoint_is_patched_around_the_waypoint() {
+    let mut objects = objects();
+    // (A target port naming a container port is looked up in the endpoints: never patched.)
+    for service in objects.services.iter_mut() {
+        let named = service
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .any(|p| matches!(p.target_port, Some(IntOrString::String(_))));
+        if service.namespace().as_deref() == Some("user-data") && named {
+            edit(service, |s| {
+                s["spec"]["ports"] = json!([{"port": 80, "targetPort": 8000, "protocol": "TCP"}])
+            });
+        }
+    }
+    let first = translated(&objects);
+    let (mut previous, mut invalid) = (first.state, first.invalid);
+    let waypoint = previous.waypoints();
+    assert!(
+        waypoint
+            .iter()
+            .any(|w| w.namespace == "user-data" && !w.ips.is_empty()),
+        "a waypoint with an instance in user-data"
+    );
+    let reserved = contested(&objects, &previous);
+    let mut resources = Resources::from_state(&previous);
+    for named in [Some("none"), Some("waypoint"), None, Some("waypoint")] {
+        let before = objects.clone();
+        let namespace = objects
+            .namespaces
+            .iter_mut()
+            .find(|n| n.metadata.name.as_deref() == Some("user-data"))
+            .unwrap();
+        edit(namespace, |ns| {
+            set_label(&mut ns["metadata"]["labels"], USE_WAYPOINT, named)
+        });
+        let changes = pod_changes(&before, &objects, &previous).expect("a namespace changed");
+        assert!(!changes.services.is_empty(), "its Services translated anew");
+        let (state, after) = patched_as_whole(
+            &previous,
+            &resources,
+            &objects,
+            &reserved,
+            &changes,
+            &mut invalid,
+        );
         previous = state;
         resources = after;
     }

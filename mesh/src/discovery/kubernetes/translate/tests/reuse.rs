@@ -23,7 +23,7 @@ fn pick<'a, T>(rng: &mut fastrand::Rng, items: &'a [T]) -> &'a T {
 }
 
 /// Sets `labels[key]` to `value`, or removes it for `None`.
-fn set_label(labels: &mut Value, key: &str, value: Option<&str>) {
+pub(crate) fn set_label(labels: &mut Value, key: &str, value: Option<&str>) {
     if !labels.is_object() {
         *labels = json!({});
     }

@@ -16,6 +16,7 @@ mod patching;
 
 pub(crate) use assemble::front_one;
 pub(crate) use lists::Lists;
+pub(crate) use patching::selected;
 
 use crate::policy::{
     AuthzPolicy, PeerAuthPolicy, PeerMode, PeerProfile, PolicyError, PolicyId, PolicyIndex, Target,

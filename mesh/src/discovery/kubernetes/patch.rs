@@ -44,7 +44,7 @@ use super::translate::{
     pod_ips, pod_uid, scheduled, service, workload,
 };
 use crate::discovery::model::{Workload, selects};
-use crate::discovery::state::{MeshSettings, MeshState, ServiceKey, front_one};
+use crate::discovery::state::{MeshSettings, MeshState, ServiceKey, front_one, selected};
 use crate::policy::{AuthzPolicy, PeerAuthPolicy, PolicyError, PolicyId, Scope};
 use veil_crd::authorization::AuthorizationPolicy;
 use veil_crd::peer_authentication::PeerAuthentication;
@@ -368,6 +368,8 @@ pub(crate) fn patch_services(
                 .map(|svc| svc.namespace().unwrap_or_default()),
         );
     }
+    // Their namespaces' workloads, gathered once (a namespace's every Service may have changed).
+    let workloads = state.workloads_in(&namespaces_changed);
     for mut new in after {
         for vip in &new.vips {
             if contested.contains(vip)
@@ -378,7 +380,7 @@ pub(crate) fn patch_services(
                 return Err(Whole("a service address taken or contested"));
             }
         }
-        new.endpoints = state.workloads_selected(&new.namespace, &new.selector);
+        new.endpoints = selected(workloads.get(&new.namespace), &new.selector);
         rejudge.extend(new.endpoints.iter().cloned());
         state.add_service(Arc::new(new));
     }

@@ -2,6 +2,7 @@
 //! out and put back, pods being set up added and taken out, workloads judged anew,
 //! PeerAuthentications replaced.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{ByUid, MeshState, ServiceKey};
@@ -96,22 +97,21 @@ impl MeshState {
         }
     }
 
-    /// The workloads of `namespace` that `selector` selects (none for an empty one), by uid.
-    pub(crate) fn workloads_selected(
+    /// The workloads of each of `namespaces`, in the order of their uids: one pass over the mesh,
+    /// for the Services of those namespaces to select from ([`selected`]).
+    pub(crate) fn workloads_in(
         &self,
-        namespace: &str,
-        selector: &std::collections::BTreeMap<String, String>,
-    ) -> Vec<Arc<str>> {
-        if selector.is_empty() {
-            return Vec::new();
+        namespaces: &std::collections::BTreeSet<String>,
+    ) -> HashMap<String, Vec<Arc<Workload>>> {
+        let mut out: HashMap<String, Vec<Arc<Workload>>> = HashMap::new();
+        for ByUid(w) in &self.workloads {
+            if namespaces.contains(&*w.namespace) {
+                out.entry(w.namespace.to_string())
+                    .or_default()
+                    .push(w.clone());
+            }
         }
-        self.workloads
-            .iter()
-            .filter(|ByUid(w)| {
-                *w.namespace == *namespace && crate::discovery::model::selects(selector, &w.labels)
-            })
-            .map(|ByUid(w)| w.uid.clone())
-            .collect()
+        out
     }
 
     /// Adds `workload` to the pods being set up (see [`Self::with_pending`]).
@@ -132,4 +132,21 @@ impl MeshState {
         self.services_of.remove(uid);
         Some(workload)
     }
+}
+
+/// Of `workloads` (one namespace's, [`MeshState::workloads_in`]), the uids of those `selector`
+/// selects (none for an empty one), in the order given.
+pub(crate) fn selected(
+    workloads: Option<&Vec<Arc<Workload>>>,
+    selector: &std::collections::BTreeMap<String, String>,
+) -> Vec<Arc<str>> {
+    if selector.is_empty() {
+        return Vec::new();
+    }
+    workloads
+        .into_iter()
+        .flatten()
+        .filter(|w| crate::discovery::model::selects(selector, &w.labels))
+        .map(|w| w.uid.clone())
+        .collect()
 }

@@ -16,6 +16,7 @@ mod patching;
 
 pub(crate) use assemble::front_one;
 pub(crate) use lists::Lists;
+#[cfg(feature = "kubernetes")]
 pub(crate) use patching::selected;
 
 use crate::policy::{

@@ -555,16 +555,18 @@ pub(crate) fn waypoint_changed((before, now): &NamespaceChange) -> bool {
 /// namespace's); and the pods a Service behind a waypoint selects ([`fronted`]). A waypoint's own
 /// Service and its instances are left out: their translation reads neither (a change of one of
 /// them is refused by [`check_service`] and [`check_pod`]).
-pub(crate) struct Reached {
+pub(crate) struct Reached<'a> {
     namespaces: HashSet<String>,
     waypoint_named: HashSet<String>,
     fronted: Fronted,
+    /// The addresses of the waypoints of the mesh before, and that mesh.
     instances: HashSet<IpAddr>,
+    previous: &'a MeshState,
 }
 
-impl Reached {
+impl<'a> Reached<'a> {
     /// What `namespaces` (changed this round, by name) reach; `previous` is the mesh before.
-    pub(crate) fn new(previous: &MeshState, namespaces: &[(String, NamespaceChange)]) -> Self {
+    pub(crate) fn new(previous: &'a MeshState, namespaces: &[(String, NamespaceChange)]) -> Self {
         Self {
             namespaces: namespaces.iter().map(|(name, _)| name.clone()).collect(),
             waypoint_named: namespaces
@@ -578,6 +580,7 @@ impl Reached {
                 .iter()
                 .flat_map(|w| w.ips.iter().copied())
                 .collect(),
+            previous,
         }
     }
 
@@ -593,11 +596,14 @@ impl Reached {
         self.fronted = fronted;
     }
 
-    /// Whether `pod`, unchanged, is translated anew.
+    /// Whether `pod`, unchanged, is translated anew: not when it is a waypoint's instance (one
+    /// of its addresses a waypoint's, and no workload of the mesh: a pod that lost an address to
+    /// a newer instance is a workload under its others, and is translated anew).
     pub(crate) fn pod(&self, pod: &SlimPod) -> bool {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-        (self.namespaces.contains(namespace) || self.fronted.selects(pod))
-            && !pod_ips(pod).iter().any(|ip| self.instances.contains(ip))
+        let instance = pod_ips(pod).iter().any(|ip| self.instances.contains(ip))
+            && self.previous.workload(&pod_uid(pod)).is_none();
+        (self.namespaces.contains(namespace) || self.fronted.selects(pod)) && !instance
     }
 
     /// Whether it reaches further than what changed: the patch may then take on more pods

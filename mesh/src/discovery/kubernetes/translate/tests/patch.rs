@@ -704,3 +704,64 @@ fn a_namespace_naming_its_waypoint_is_patched_around_the_waypoint() {
         resources = after;
     }
 }
+
+/// A pod that lost one of its addresses to a newer waypoint instance is a workload under the
+/// others: a change of its namespace's waypoint reaches it (found by review: it was taken for an
+/// instance and kept the waypoint it had).
+#[test]
+fn a_workload_sharing_an_address_with_a_waypoint_instance_follows_its_namespace() {
+    let mut objects = objects();
+    let instance = objects
+        .pods
+        .iter()
+        .find(|p| p.name_any().starts_with("waypoint-"))
+        .expect("user-data's waypoint instance")
+        .clone();
+    let shared = pod_ips(&instance)[0].to_string();
+    let mut older = objects
+        .pods
+        .iter()
+        .find(|p| p.namespace().as_deref() == Some("default"))
+        .expect("a pod of default")
+        .clone();
+    edit(&mut older, |p| {
+        p["metadata"]["name"] = "older".into();
+        p["metadata"]["uid"] = "uid-older".into();
+        p["metadata"]["creationTimestamp"] = "2026-11-01T00:00:00Z".into();
+        p["status"]["podIP"] = shared.clone().into();
+        p["status"]["podIPs"] = json!([{ "ip": shared }, { "ip": "10.245.7.7" }]);
+    });
+    objects.pods.push(older);
+    let first = translated(&objects);
+    assert!(first.state.workload("uid-older").is_some(), "a workload");
+    let (previous, mut invalid) = (first.state, first.invalid);
+    let reserved = contested(&objects, &previous);
+    let before = objects.clone();
+    let default = objects
+        .namespaces
+        .iter_mut()
+        .find(|n| n.metadata.name.as_deref() == Some("default"))
+        .unwrap();
+    edit(default, |ns| {
+        set_label(
+            &mut ns["metadata"]["labels"],
+            DATAPLANE_MODE,
+            Some("ambient"),
+        );
+        set_label(
+            &mut ns["metadata"]["labels"],
+            USE_WAYPOINT,
+            Some("waypoint"),
+        );
+    });
+    let changes = pod_changes(&before, &objects, &previous).expect("a namespace changed");
+    let whole = translated(&objects);
+    // Patched as a whole translation gives, or not patched (an address it claims is contested).
+    if let Ok(state) = patched(&previous, &objects, &reserved, &changes, &mut invalid) {
+        let ips = addresses(&objects);
+        assert_eq!(
+            mesh_fingerprint(&state, &ips),
+            mesh_fingerprint(&whole.state, &ips)
+        );
+    }
+}

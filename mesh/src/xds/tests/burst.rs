@@ -6,23 +6,26 @@ use super::*;
 use crate::discovery::MeshState;
 use crate::testing::{mesh_fingerprint, policies_fingerprint};
 
+/// Sends `n` copies of `template` named `<prefix><octet>-<i>`, at 10.`octet`.x.y.
+fn copies(store: &mut Store, template: &wl::Workload, prefix: &str, n: u16, octet: u8) {
+    let list: Vec<_> = (0..n)
+        .map(|i| {
+            let mut w = template.clone();
+            w.name = format!("{prefix}{octet}-{i}");
+            w.uid = workload_name("shop", &w.name);
+            let [hi, lo] = i.to_be_bytes();
+            w.addresses = vec![vec![10, octet, hi, lo]];
+            address_resource(&w.uid.clone(), "v1", wl::address::Type::Workload(w))
+        })
+        .collect();
+    store.apply(Kind::Address, &list, &[]);
+}
+
 #[test]
 fn a_burst_of_up_to_a_quarter_of_the_mesh_is_patched_off_the_caller_and_more_built_whole() {
     let resources = Resources::from_state(&state());
     let template = workload(&resources, "shop", "web");
-    let burst = |store: &mut Store, n: u16, from: u8| {
-        let list: Vec<_> = (0..n)
-            .map(|i| {
-                let mut w = template.clone();
-                w.name = format!("b{from}-{i}");
-                w.uid = workload_name("shop", &w.name);
-                let [hi, lo] = i.to_be_bytes();
-                w.addresses = vec![vec![10, 20 + from, hi, lo]];
-                address_resource(&w.uid.clone(), "v1", wl::address::Type::Workload(w))
-            })
-            .collect();
-        store.apply(Kind::Address, &list, &[]);
-    };
+    let burst = |store: &mut Store, n: u16, from: u8| copies(store, &template, "b", n, 20 + from);
     // A patched mesh is the mesh a whole build gives (the web service's endpoints included).
     let same_as_whole = |store: &Store, patched: &MeshState| {
         assert_eq!(
@@ -102,26 +105,15 @@ fn a_pod_of_a_large_service_is_patched_off_the_caller() {
     // Workloads backing the api service: as many as a patch in place may recompute it with, then
     // more.
     let template = workload(&resources, "shop", "api");
-    let backers = |store: &mut Store, n: u16, from: u8| {
-        let list: Vec<_> = (0..n)
-            .map(|i| {
-                let mut w = template.clone();
-                w.name = format!("api{from}-{i}");
-                w.uid = workload_name("shop", &w.name);
-                let [hi, lo] = i.to_be_bytes();
-                w.addresses = vec![vec![10, 40 + from, hi, lo]];
-                address_resource(&w.uid.clone(), "v1", wl::address::Type::Workload(w))
-            })
-            .collect();
-        store.apply(Kind::Address, &list, &[]);
-    };
+    let backers =
+        |store: &mut Store, n: u16, from: u8| copies(store, &template, "api", n, 40 + from);
     let mut store = received(&resources);
     backers(&mut store, 2_000, 0);
     store.build_whole();
     // One of them again, moved: the service has 2,001 backers, under the bound.
     let moved = |store: &mut Store, to: u8| {
         let mut w = template.clone();
-        w.name = "api0-0".into();
+        w.name = "api40-0".into();
         w.uid = workload_name("shop", &w.name);
         w.addresses = vec![vec![10, to, 0, 1]];
         let version = format!("v{to}");

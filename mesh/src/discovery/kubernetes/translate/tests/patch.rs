@@ -612,12 +612,7 @@ fn a_namespace_of_a_thousand_pods_enrolled_and_released_is_patched() {
     let mut resources = Resources::from_state(&previous);
     for enrolled in [true, false, true] {
         let before = objects.clone();
-        let default = objects
-            .namespaces
-            .iter_mut()
-            .find(|n| n.metadata.name.as_deref() == Some("default"))
-            .unwrap();
-        edit(default, |ns| {
+        edit_namespace(&mut objects, "default", |ns| {
             let labels = &mut ns["metadata"]["labels"];
             if enrolled {
                 labels[DATAPLANE_MODE] = "ambient".into();
@@ -682,12 +677,7 @@ fn a_namespace_naming_its_waypoint_is_patched_around_the_waypoint() {
     let mut resources = Resources::from_state(&previous);
     for named in [Some("none"), Some("waypoint"), None, Some("waypoint")] {
         let before = objects.clone();
-        let namespace = objects
-            .namespaces
-            .iter_mut()
-            .find(|n| n.metadata.name.as_deref() == Some("user-data"))
-            .unwrap();
-        edit(namespace, |ns| {
+        edit_namespace(&mut objects, "user-data", |ns| {
             set_label(&mut ns["metadata"]["labels"], USE_WAYPOINT, named)
         });
         let changes = pod_changes(&before, &objects, &previous).expect("a namespace changed");
@@ -737,12 +727,7 @@ fn a_workload_sharing_an_address_with_a_waypoint_instance_follows_its_namespace(
     let (previous, mut invalid) = (first.state, first.invalid);
     let reserved = contested(&objects, &previous);
     let before = objects.clone();
-    let default = objects
-        .namespaces
-        .iter_mut()
-        .find(|n| n.metadata.name.as_deref() == Some("default"))
-        .unwrap();
-    edit(default, |ns| {
+    edit_namespace(&mut objects, "default", |ns| {
         set_label(
             &mut ns["metadata"]["labels"],
             DATAPLANE_MODE,
@@ -764,4 +749,14 @@ fn a_workload_sharing_an_address_with_a_waypoint_instance_follows_its_namespace(
             mesh_fingerprint(&whole.state, &ips)
         );
     }
+}
+
+/// Edits namespace `name` of `objects` as JSON.
+fn edit_namespace(objects: &mut Objects, name: &str, change: impl FnOnce(&mut serde_json::Value)) {
+    let namespace = objects
+        .namespaces
+        .iter_mut()
+        .find(|n| n.metadata.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no namespace {name}"));
+    edit(namespace, change);
 }

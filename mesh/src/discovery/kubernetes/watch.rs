@@ -407,11 +407,14 @@ fn patched(
         .collect();
     services.extend(unchanged);
     let service_changes: Vec<ServiceChange> = services.iter().map(|(_, c)| c.clone()).collect();
-    reached.fronting(patch::fronted(
-        &previous.state,
-        &last.namespaces.all(),
-        &service_changes,
-    ));
+    // (Most rounds change no Service: no copy of the namespaces then.)
+    if !service_changes.is_empty() {
+        reached.fronting(patch::fronted(
+            &previous.state,
+            &last.namespaces.all(),
+            &service_changes,
+        ));
+    }
     let pods_at_most = if reached.further() {
         let of_them = last.pods.iter().filter(|(_, pod)| reached.pod(pod));
         delivered.pods.extend(of_them.map(|(key, _)| key.clone()));

@@ -10,7 +10,7 @@ use crate::policy::AuthzPolicy;
 
 /// The most workloads one patch takes on in any mesh; in a larger mesh, up to a quarter of its
 /// workloads ([`patch_at_most`]). A larger burst is built whole.
-pub(super) const PATCH_AT_MOST: usize = 512;
+const PATCH_AT_MOST: usize = 512;
 
 /// The most workloads one patch of a mesh of `workloads` takes on. Patching costs about 20 µs per
 /// workload changed, a whole build about 8 µs per workload in the mesh (100,000 pods: a 1,000-pod

@@ -94,6 +94,44 @@ async fn data_flows_both_ways_and_a_client_fin_reaches_the_target() {
 }
 
 #[tokio::test]
+async fn a_bulk_tunnel_keeps_every_byte_in_order_and_small_writes_still_flow_after_it() {
+    // Past a mebibyte a tunnel reads four chunks at once and sends them as four frames: both
+    // directions at once, well past the switch, then small writes answered one by one.
+    let pki = TestPki::new("cluster.local");
+    let proxy = server_proxy(&pki).await;
+    let echo = target(|tcp| async move {
+        let (mut rd, mut wr) = tcp.into_split();
+        let _ = tokio::io::copy(&mut rd, &mut wr).await;
+    })
+    .await;
+    let client = client(&pki, proxy).await;
+    let app = tunnel(&client, echo).await;
+    let (mut rd, mut wr) = app.into_split();
+    let payload: Vec<u8> = (0..6_000_011u32).map(|i| (i % 251) as u8).collect();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        // Uneven writes, so reads see every size.
+        for piece in sent.chunks(100_003) {
+            wr.write_all(piece).await.unwrap();
+        }
+        wr
+    });
+    let mut back = vec![0u8; payload.len()];
+    with_timeout(rd.read_exact(&mut back)).await.unwrap();
+    assert!(
+        back == payload,
+        "every byte echoed in order through a bulk tunnel"
+    );
+    let mut wr = writer.await.unwrap();
+    for round in 0..20u8 {
+        wr.write_all(&[round; 7]).await.unwrap();
+        let mut answer = [0u8; 7];
+        with_timeout(rd.read_exact(&mut answer)).await.unwrap();
+        assert_eq!(answer, [round; 7], "a small write after bulk is answered");
+    }
+}
+
+#[tokio::test]
 async fn a_target_fin_reaches_the_client_which_can_still_send() {
     let pki = TestPki::new("cluster.local");
     let proxy = server_proxy(&pki).await;

@@ -27,6 +27,20 @@ pub const CHUNK: usize = 64 * 1024;
 /// of 16 KiB of plaintext).
 const READ: usize = CHUNK - 9;
 
+/// The frame of a bulk transfer: once a tunnel has moved [`BULK_AFTER`] bytes one way and its last
+/// read filled its buffer, it reads this much less a frame header at once and sends it as one DATA
+/// frame of sixteen full records. Fewer, larger reads from the application's socket mean fewer
+/// window updates sent back to it (each a trip through its TCP stack on this thread) and fewer
+/// frames and writes (`cargo xtask bench`, docs/benchmarks.md). An interactive or idle tunnel
+/// never reads this much. Also the largest frame a peer may send: a receiver buffers one frame
+/// per connection while decoding it, within the connection's flow-control window.
+pub(crate) const BULK_CHUNK: usize = 256 * 1024;
+
+const BULK_READ: usize = BULK_CHUNK - 9;
+
+/// Bytes a tunnel moves one way before it may read [`BULK_READ`] at once.
+const BULK_AFTER: u64 = 1 << 20;
+
 /// Bytes moved by a finished tunnel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Transferred {
@@ -99,11 +113,12 @@ async fn socket_to_stream(
 ) -> Result<u64, TunnelError> {
     let mut total = 0u64;
     let mut buf = BytesMut::new();
+    let mut read = READ;
     loop {
         if buf.capacity() < MIN_READ {
-            buf.reserve(CHUNK);
+            buf.reserve(if read == READ { CHUNK } else { BULK_CHUNK });
         }
-        let n = match rd.try_read_buf(&mut (&mut buf).limit(READ)) {
+        let n = match rd.try_read_buf(&mut (&mut buf).limit(read)) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Nothing to send: wait without a buffer, so an idle tunnel holds none.
@@ -120,6 +135,11 @@ async fn socket_to_stream(
         }
         total += n as u64;
         on_chunk(n);
+        read = if n == read && total >= BULK_AFTER {
+            BULK_READ
+        } else {
+            READ
+        };
         let mut data = buf.split().freeze();
         while !data.is_empty() {
             let Some(window) = send_window(send, data.len()).await? else {

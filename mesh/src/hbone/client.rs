@@ -16,7 +16,6 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use super::early::EarlyData;
-use super::tunnel::BULK_CHUNK;
 use crate::identity::{ALPN_H2, Identity, peer_identity};
 
 /// HTTP/2 and liveness settings of HBONE connections (both sides).
@@ -47,11 +46,11 @@ impl Default for H2Settings {
             // not yet written on.
             stream_window: 1 << 20,
             connection_window: 4 << 20,
-            // A tunnel's read (64 KiB less a frame header; 256 KiB in bulk) travels as one DATA
-            // frame: one write and four (sixteen) full TLS records instead of four writes and
-            // eight records (a 16 KiB frame's 9-byte header pushes each over one record). The
-            // receiver buffers at most one frame per connection while decoding it.
-            max_frame_size: BULK_CHUNK as u32,
+            // A tunnel's read (64 KiB less a frame header) travels as one DATA frame: one write
+            // and four full TLS records instead of four writes and eight records (a 16 KiB
+            // frame's 9-byte header pushes each over one record). The receiver buffers at most one
+            // frame per connection while decoding it.
+            max_frame_size: 65_536,
             max_concurrent_streams: 100,
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 use crate::identity::{Identity, client_config};
-use crate::testing::{REFUSED_PORT, TestPki, spawn_hbone_server};
+use crate::testing::{REFUSED_PORT, TestPki, spawn_hbone_server, spawn_hbone_server_with};
 
 fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "default", sa).unwrap()
@@ -95,10 +95,21 @@ async fn data_flows_both_ways_and_a_client_fin_reaches_the_target() {
 
 #[tokio::test]
 async fn a_bulk_tunnel_keeps_every_byte_in_order_and_small_writes_still_flow_after_it() {
-    // Past a mebibyte a tunnel reads four chunks at once and sends them as four frames: both
-    // directions at once, well past the switch, then small writes answered one by one.
+    bulk_then_small(H2Settings::default()).await;
+    // A server that takes only the smallest frames HTTP/2 allows: the client's bulk reads are
+    // split further (by h2), not refused.
+    bulk_then_small(H2Settings {
+        max_frame_size: 16_384,
+        ..H2Settings::default()
+    })
+    .await;
+}
+
+async fn bulk_then_small(server: H2Settings) {
+    // Past a mebibyte a tunnel whose reads fill reads four chunks at once and sends them as four
+    // frames: both directions at once, well past the switch, then small writes answered one by one.
     let pki = TestPki::new("cluster.local");
-    let proxy = server_proxy(&pki).await;
+    let proxy = spawn_hbone_server_with(&pki, &id("server"), Some(&id("client")), server).await;
     let echo = target(|tcp| async move {
         let (mut rd, mut wr) = tcp.into_split();
         let _ = tokio::io::copy(&mut rd, &mut wr).await;

@@ -27,16 +27,14 @@ pub const CHUNK: usize = 64 * 1024;
 /// of 16 KiB of plaintext).
 const READ: usize = CHUNK - 9;
 
-/// The frame of a bulk transfer: once a tunnel has moved [`BULK_AFTER`] bytes one way and its last
-/// read filled its buffer, it reads this much less a frame header at once and sends it as one DATA
-/// frame of sixteen full records. Fewer, larger reads from the application's socket mean fewer
-/// window updates sent back to it (each a trip through its TCP stack on this thread) and fewer
-/// frames and writes (`cargo xtask bench`, docs/benchmarks.md). An interactive or idle tunnel
-/// never reads this much. Also the largest frame a peer may send: a receiver buffers one frame
-/// per connection while decoding it, within the connection's flow-control window.
-pub(crate) const BULK_CHUNK: usize = 256 * 1024;
-
-const BULK_READ: usize = BULK_CHUNK - 9;
+/// What a bulk tunnel reads at once: once it has moved [`BULK_AFTER`] bytes one way and its last
+/// read filled its buffer, four reads' worth, sent as four DATA frames of one [`READ`] each (each
+/// still four full records). Fewer, larger reads from the application's socket mean fewer window
+/// updates sent back to it, each a trip through its TCP stack on this thread (`cargo xtask bench`,
+/// docs/benchmarks.md). Frames keep the 64 KiB limit: a receiver's frame buffer, which h2 takes
+/// before any flow-control check and keeps for the connection's life, is not made larger. After a
+/// short read the tunnel reads [`READ`] again.
+const BULK_READ: usize = 4 * READ;
 
 /// Bytes a tunnel moves one way before it may read [`BULK_READ`] at once.
 const BULK_AFTER: u64 = 1 << 20;
@@ -116,7 +114,7 @@ async fn socket_to_stream(
     let mut read = READ;
     loop {
         if buf.capacity() < MIN_READ {
-            buf.reserve(if read == READ { CHUNK } else { BULK_CHUNK });
+            buf.reserve(if read == READ { CHUNK } else { 4 * CHUNK });
         }
         let n = match rd.try_read_buf(&mut (&mut buf).limit(read)) {
             Ok(n) => n,
@@ -146,7 +144,7 @@ async fn socket_to_stream(
                 // The stream is closed for sending: the peer reset it; its error surfaces on receive.
                 return Ok(total);
             };
-            send.send_data(data.split_to(window.min(data.len())), false)
+            send.send_data(data.split_to(window.min(data.len()).min(READ)), false)
                 .map_err(TunnelError::Stream)?;
         }
     }

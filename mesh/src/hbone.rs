@@ -1,5 +1,6 @@
 //! HBONE: TCP tunnelled through HTTP/2 `CONNECT` streams over mutual TLS 1.3 on port 15008,
-//! wire-compatible with Istio's ztunnel.
+//! wire-compatible with Istio's ztunnel; and UDP flows as `CONNECT-UDP` streams on the same
+//! connections ([`udp`], veil's own: Istio's ztunnel carries no UDP).
 
 mod client;
 mod early;
@@ -7,6 +8,7 @@ mod io;
 mod request;
 mod server;
 mod tunnel;
+pub mod udp;
 
 pub use client::{ConnectError, H2Client, H2Settings};
 pub use early::EarlyData;

@@ -157,16 +157,26 @@ impl Pool {
         target: SocketAddr,
         meta: &TunnelMeta,
         dialer: &dyn Dialer,
+        early: Option<&mut EarlyData<'_>>,
+    ) -> Result<PooledStream, ConnectError> {
+        self.open_with(key, &|| connect_request(target, meta), dialer, early)
+            .await
+    }
+
+    /// [`Pool::open`] with the stream's request made by `request` (once per attempt), e.g. a
+    /// `CONNECT-UDP` ([`crate::hbone::udp`]).
+    pub async fn open_with(
+        &self,
+        key: &PoolKey,
+        request: &(dyn Fn() -> http::Request<()> + Sync),
+        dialer: &dyn Dialer,
         mut early: Option<&mut EarlyData<'_>>,
     ) -> Result<PooledStream, ConnectError> {
         let mut retried = false;
         let mut refusals = 0;
         loop {
             let conn = self.checkout(key, dialer).await?;
-            let opened = conn
-                .client
-                .open(connect_request(target, meta), early.as_deref_mut())
-                .await;
+            let opened = conn.client.open(request(), early.as_deref_mut()).await;
             match opened {
                 Ok((send, recv)) => return Ok((send, recv, StreamGuard { conn })),
                 Err(ConnectError::H2(e))

@@ -42,7 +42,12 @@ pub fn connect_request(target: SocketAddr, meta: &TunnelMeta) -> Request<()> {
         .version(Version::HTTP_2)
         .body(())
         .expect("a CONNECT request is valid");
-    let headers = request.headers_mut();
+    meta_headers(request.headers_mut(), meta);
+    request
+}
+
+/// Adds `meta`'s headers to a tunnel request.
+pub(super) fn meta_headers(headers: &mut http::HeaderMap, meta: &TunnelMeta) {
     if let Some(ip) = meta.forwarded_for {
         let value = match ip {
             IpAddr::V4(v4) => format!("for={v4}"),
@@ -59,7 +64,6 @@ pub fn connect_request(target: SocketAddr, meta: &TunnelMeta) -> Request<()> {
     if let Some(baggage) = &meta.baggage {
         headers.insert(BAGGAGE.clone(), baggage.clone());
     }
-    request
 }
 
 /// A request that is not a valid HBONE `CONNECT` (answered 400).
@@ -71,6 +75,9 @@ pub enum BadRequest {
     /// Extended CONNECT (`:protocol`), or a path or scheme on a plain CONNECT.
     #[error("not a plain CONNECT: {0}")]
     NotPlainConnect(&'static str),
+    /// Not a valid `CONNECT-UDP` ([`super::udp`]): the part that is wrong.
+    #[error("not a valid CONNECT-UDP: {0}")]
+    NotConnectUdp(&'static str),
     /// No `:authority`, or one that is not `ip:port`.
     #[error("authority {0:?} is not ip:port")]
     Authority(String),
@@ -110,15 +117,18 @@ pub fn parse_connect<B>(request: &Request<B>) -> Result<ConnectTarget, BadReques
     if target.port() == 0 {
         return Err(BadRequest::Authority(authority.to_owned()));
     }
-    let forwarded_for = request
-        .headers()
-        .get(&FORWARDED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_forwarded_for);
     Ok(ConnectTarget {
         target,
-        forwarded_for,
+        forwarded_for: forwarded_for(request.headers()),
     })
+}
+
+/// The original client address a tunnel request's `forwarded` names, if any.
+pub(super) fn forwarded_for(headers: &http::HeaderMap) -> Option<IpAddr> {
+    headers
+        .get(&FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_forwarded_for)
 }
 
 /// The first `for=` address of a `forwarded` value (`for=10.0.0.1`, `for="[fd00::1]:80"`).

@@ -89,6 +89,9 @@ where
             .initial_connection_window_size(settings.connection_window)
             .max_frame_size(settings.max_frame_size)
             .max_concurrent_streams(settings.max_concurrent_streams)
+            // Extended CONNECT (RFC 8441), for UDP flows (`super::udp`); whether one is allowed is
+            // the handler's business, as for any stream.
+            .enable_connect_protocol()
             .handshake::<_, Bytes>(tls)
             .await?;
         Ok((conn, peer))

@@ -309,3 +309,91 @@ async fn an_idle_tunnel_does_not_starve_the_others_of_window() {
         idle.push(app);
     }
 }
+
+/// A UDP echo server on loopback.
+async fn udp_echo() -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0; 65_536];
+        loop {
+            let (n, from) = socket.recv_from(&mut buf).await.unwrap();
+            socket.send_to(&buf[..n], from).await.unwrap();
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn udp_flows_carry_every_datagram_size_both_ways_and_end_when_idle() {
+    use super::udp::{
+        DatagramStream, FlowEnd, connect_udp_request, is_connect_udp, parse_connect_udp,
+        relay_datagrams,
+    };
+    let pki = TestPki::new("cluster.local");
+    let cert = pki.issue(&id("server"));
+    let tls = crate::identity::server_config(
+        pki.bundle(),
+        Arc::new(crate::identity::FixedCert(cert.certified_key().clone())),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let (ended_tx, mut ended) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let handler = move |mut stream: InboundStream| {
+            let ended = ended_tx.clone();
+            async move {
+                assert!(is_connect_udp(&stream.request));
+                let target = parse_connect_udp(&stream.request).unwrap().target;
+                let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                socket.connect(target).await.unwrap();
+                let send = stream
+                    .respond
+                    .send_response(http::Response::new(()), false)
+                    .unwrap();
+                let mut flow = DatagramStream::new(send, stream.request.into_body());
+                let idle = Duration::from_millis(300);
+                let (moved, end) = relay_datagrams(&socket, &mut flow, None, idle, |_| {}, |_| {})
+                    .await
+                    .unwrap();
+                flow.finish();
+                ended.send((moved, end)).await.unwrap();
+            }
+        };
+        let _ = serve_connection(
+            tcp,
+            tls,
+            &H2Settings::default(),
+            handler,
+            std::future::pending(),
+        )
+        .await;
+    });
+    let echo = udp_echo().await;
+    let client = client(&pki, proxy).await;
+    let (send, recv) = client
+        .open(connect_udp_request(echo, &TunnelMeta::default()), None)
+        .await
+        .unwrap();
+    let mut flow = DatagramStream::new(send, recv);
+    // 65,507: the largest UDP payload over IPv4.
+    let sizes = [0usize, 1, 63, 64, 1200, 16_383, 16_384, 65_000, 65_507];
+    let mut total = 0u64;
+    for (i, &size) in sizes.iter().enumerate() {
+        let payload: Vec<u8> = (0..size).map(|b| (b + i) as u8).collect();
+        flow.send(&payload).await.unwrap();
+        let back = with_timeout(flow.recv()).await.unwrap().unwrap();
+        assert_eq!(back.len(), size);
+        assert!(
+            back[..] == payload[..],
+            "datagram of {size} bytes came back changed"
+        );
+        total += size as u64;
+    }
+    // Nothing more is sent: the server's flow times out, and ends the stream.
+    let (moved, end) = with_timeout(ended.recv()).await.unwrap();
+    assert_eq!(end, FlowEnd::Idle);
+    assert_eq!((moved.to_socket, moved.to_stream), (total, total));
+    assert!(with_timeout(flow.recv()).await.unwrap().is_none());
+}

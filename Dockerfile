@@ -11,9 +11,9 @@ RUN cargo build --release --locked -p veil-ca -p veil-controller -p veil-ztunnel
 
 FROM debian:bookworm-slim
 # ztunnel installs capture rules with iptables-restore inside pods' namespaces (entered with
-# nsenter, from util-linux, which the base image has).
+# nsenter, from util-linux, which the base image has), and with --carry-udp a routing rule with ip.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables ca-certificates \
+ && apt-get install -y --no-install-recommends iptables iproute2 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build \
   /src/target/release/veil-ca \

@@ -5,11 +5,12 @@
 //! on any Linux whatever its C library (Amazon Linux 2, RHEL 8, the node's CNI plugin directory),
 //! checked to need no program interpreter; and, for ztunnel's capture rules, Debian's `iptables`
 //! (the nft backend, `xtables-nft-multi`) with exactly the shared libraries and extension modules it
-//! loads. Nothing else: no shell, no package manager. The image is assembled `FROM scratch` with
-//! buildah (vfs storage under `target/image`, so nothing outside the repository is touched),
-//! smoke-tested by running each binary from the image's own filesystem (`buildah run --isolation
-//! chroot`) and by having the image's `iptables-restore` parse veil's capture rules, and written as
-//! an OCI archive to `target/image/veil-<tag>.oci.tar` (load it with `skopeo copy` or `podman load`).
+//! loads, and `nsenter` and `ip` with theirs. Nothing else: no shell, no package manager. The image
+//! is assembled `FROM scratch` with buildah (vfs storage under `target/image`, so nothing outside
+//! the repository is touched), smoke-tested by running each binary from the image's own filesystem
+//! (`buildah run --isolation chroot`, `nsenter` and `ip` included) and by having the image's
+//! `iptables-restore` parse veil's capture rules, and written as an OCI archive to
+//! `target/image/veil-<tag>.oci.tar` (load it with `skopeo copy` or `podman load`).
 
 use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
@@ -49,6 +50,14 @@ const IPTABLES_NAMES: [&str; 6] = [
     "ip6tables",
     "ip6tables-restore",
     "ip6tables-save",
+];
+
+/// The other programs ztunnel runs, each with its place in the image (on its `PATH`): `nsenter`
+/// (util-linux) to run iptables and `ip` inside pods' namespaces, `ip` (iproute2) for the routing
+/// rule of carried UDP.
+const TOOLS: [(&str, &str); 2] = [
+    ("/usr/bin/nsenter", "usr/sbin/nsenter"),
+    ("/usr/bin/ip", "usr/sbin/ip"),
 ];
 
 /// Where Debian keeps the nft backend's multi-call binary and its extension modules.
@@ -204,6 +213,16 @@ fn assemble(rootfs: &Path, bin_dir: &Path) -> anyhow::Result<()> {
     for file in &files {
         libraries.extend(shared_libraries(file)?);
     }
+    for (tool, dest) in TOOLS {
+        ensure!(
+            Path::new(tool).exists(),
+            "{tool} is missing: install Debian's util-linux and iproute2"
+        );
+        libraries.extend(shared_libraries(Path::new(tool))?);
+        let dest = rootfs.join(dest);
+        std::fs::create_dir_all(dest.parent().context("a file in a directory")?)?;
+        std::fs::copy(tool, &dest).with_context(|| format!("copying {tool}"))?;
+    }
     files.extend(libraries);
     // Protocol and service names in rules (`-p tcp`), resolved by the C library from files.
     files.extend(["/etc/protocols", "/etc/services"].map(PathBuf::from));
@@ -257,13 +276,26 @@ fn smoke(buildah: &Buildah, container: &str) -> anyhow::Result<()> {
         ensure!(help.contains("Usage"), "{name} --help: {help}");
         println!("smoke: {name} runs from the image");
     }
+    for (args, expect) in [
+        (["nsenter", "--version"], "util-linux"),
+        (["ip", "-V"], "iproute2"),
+    ] {
+        let mut argv = vec!["run", "--isolation", "chroot", container, "--"];
+        argv.extend(args);
+        let out = buildah.output(&argv)?;
+        ensure!(out.contains(expect), "{args:?}: {out}");
+        println!("smoke: {} runs from the image", args[0]);
+    }
     ca_answers(buildah, container)?;
     // Every match and target veil's capture and probe rules use, in both families, checked by
     // the image's own iptables-restore without touching any table (`--test`).
     let rules = "*nat\n:VEIL_TEST - [0:0]\n-A VEIL_TEST -p tcp -m mark --mark 0x539 -j RETURN\n\
         -A VEIL_TEST -p tcp -m multiport --dports 15001,15006,15008 -j RETURN\n\
         -A VEIL_TEST -p tcp -m owner --socket-exists -j RETURN\n\
-        -A VEIL_TEST -p tcp -j REDIRECT --to-ports 15006\nCOMMIT\n";
+        -A VEIL_TEST -p tcp -j REDIRECT --to-ports 15006\nCOMMIT\n\
+        *mangle\n:VEIL_TEST - [0:0]\n-A VEIL_TEST -p udp -j MARK --set-xmark 0x53a/0xfff\n\
+        -A VEIL_TEST -p udp -m mark --mark 0x53a/0xfff -j TPROXY --on-port 15001 --tproxy-mark 0x53a/0xfff\n\
+        -A VEIL_TEST -m mark --mark 0x53a/0xfff ! -o lo -j DROP\nCOMMIT\n";
     for restore in ["iptables-restore", "ip6tables-restore"] {
         let out = buildah.output_with_input(
             &[

@@ -243,6 +243,7 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
             same_node: config.same_node_fast_path,
             limits,
             udp: config.udp_allowance(),
+            udp_idle_timeout: config.udp_idle_timeout,
             kubelet_probes: config.kubelet_probes,
             ..DataPathSettings::default()
         },

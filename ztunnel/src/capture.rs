@@ -18,6 +18,15 @@
 //! - outbound, what the mesh cannot carry is refused at the source: UDP (and any other protocol
 //!   but TCP and ICMP) leaves the pod only to the allowed UDP ports and CIDRs (DNS by default).
 //!
+//! `mangle` table, only where ztunnel carries UDP (`--carry-udp`):
+//! - outbound UDP that is not allowed out in clear, not to the pod itself (`lo`) and not from
+//!   ztunnel's own sockets is marked ([`UDP_MARK`]); a routing rule sends marked packets to the
+//!   local table ([`UDP_ROUTE_TABLE`]: every address local, through `lo`), where `TPROXY` hands
+//!   them to ztunnel's transparent UDP socket on 15001 (`crate::udp`) with their original
+//!   destination intact. Nothing marked leaves the pod: a marked datagram that would leave by
+//!   another device (a socket bound to one) is dropped in `POSTROUTING`; IPv6 link-local is never
+//!   marked (the filter table refuses it, as without carrying).
+//!
 //! Rules are generated as text (pure, tested) and applied with `iptables-restore --noflush` inside
 //! the namespace: each table's rules are swapped in as one unit, re-installing replaces veil's
 //! chains in place (the jumps into them are added only where missing), and a failed install is
@@ -66,6 +75,27 @@ pub const PROBE_SOURCE_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254
 pub const PROBE_SOURCE_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(
     0xfd16, 0x9254, 0x7127, 0x1337, 0xffff, 0xffff, 0xffff, 0xffff,
 );
+
+/// mangle: outbound UDP to be carried → marked.
+const MANGLE_UDP_OUT: &str = "VEIL_UDP_OUT";
+/// mangle: marked UDP arriving on `lo` → ztunnel's socket.
+const MANGLE_UDP_IN: &str = "VEIL_UDP_IN";
+
+/// mangle: a marked packet about to leave by any device but `lo` → dropped.
+const MANGLE_UDP_GUARD: &str = "VEIL_UDP_GUARD";
+
+/// The jumps into the UDP chains (only where ztunnel carries UDP).
+const UDP_JUMPS: [(&str, &str, &str, &str); 3] = [
+    ("mangle", "OUTPUT", "-p udp ", MANGLE_UDP_OUT),
+    ("mangle", "PREROUTING", "-p udp ", MANGLE_UDP_IN),
+    ("mangle", "POSTROUTING", "-p udp ", MANGLE_UDP_GUARD),
+];
+
+/// The mark on outbound UDP packets ztunnel carries (the bits of [`SOCKET_MARK`]'s mask: never
+/// mistaken for ztunnel's own sockets).
+pub const UDP_MARK: u32 = 0x53a;
+/// The routing table (and rule priority) that delivers marked UDP locally.
+pub const UDP_ROUTE_TABLE: u32 = 0x53a;
 
 /// IPv6 link-local unicast.
 const LINK_LOCAL_V6: &str = "fe80::/10";
@@ -159,13 +189,15 @@ impl Family {
     }
 }
 
-/// Which UDP destinations an enrolled pod may reach in clear (the mesh cannot carry UDP).
+/// Which UDP destinations an enrolled pod may reach in clear, and what happens to the rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UdpAllowance {
     /// Destination ports allowed to any address.
     pub ports: Vec<u16>,
     /// Destination networks allowed on any port.
     pub cidrs: Vec<IpNet>,
+    /// The rest is captured and carried by the mesh (`crate::udp`); without, it is refused.
+    pub carry: bool,
 }
 
 impl Default for UdpAllowance {
@@ -174,6 +206,7 @@ impl Default for UdpAllowance {
         Self {
             ports: vec![53],
             cidrs: Vec::new(),
+            carry: false,
         }
     }
 }
@@ -235,15 +268,14 @@ fn filter_out(family: Family, udp: &UdpAllowance) -> String {
 -A {FILTER_OUT} -p {icmp} -j RETURN
 "
     ));
-    for chunk in udp.ports.chunks(MULTIPORT_MAX) {
-        let ports: Vec<String> = chunk.iter().map(u16::to_string).collect();
+    out.push_str(&allowed_udp(FILTER_OUT, family, udp));
+    if udp.carry {
+        // Marked for ztunnel (mangle) and rerouted to `lo`, though this hook still sees the
+        // device first chosen (`-o` is fixed before the mangle table runs). Nothing marked leaves
+        // the pod: mangle's guard drops it on any other device.
         out.push_str(&format!(
-            "-A {FILTER_OUT} -p udp -m multiport --dports {} -j RETURN\n",
-            ports.join(",")
+            "-A {FILTER_OUT} -m mark --mark {UDP_MARK:#x}/0xfff -j RETURN\n"
         ));
-    }
-    for net in udp.cidrs.iter().filter(|n| family.holds(n)) {
-        out.push_str(&format!("-A {FILTER_OUT} -p udp -d {net} -j RETURN\n"));
     }
     // REJECT, not DROP: the application learns at once that the mesh does not carry it.
     out.push_str(&format!(
@@ -251,6 +283,62 @@ fn filter_out(family: Family, udp: &UdpAllowance) -> String {
         family.prohibited()
     ));
     out
+}
+
+/// The rules letting the allowed UDP destinations out of `chain`.
+fn allowed_udp(chain: &str, family: Family, udp: &UdpAllowance) -> String {
+    let mut out = String::new();
+    for chunk in udp.ports.chunks(MULTIPORT_MAX) {
+        let ports: Vec<String> = chunk.iter().map(u16::to_string).collect();
+        out.push_str(&format!(
+            "-A {chain} -p udp -m multiport --dports {} -j RETURN\n",
+            ports.join(",")
+        ));
+    }
+    for net in udp.cidrs.iter().filter(|n| family.holds(n)) {
+        out.push_str(&format!("-A {chain} -p udp -d {net} -j RETURN\n"));
+    }
+    out
+}
+
+/// The `iptables-restore --noflush` input capturing outbound UDP for ztunnel to carry (see the
+/// module's documentation); `jumps`: the indices in [`UDP_JUMPS`] still missing.
+pub fn udp_rules(family: Family, udp: &UdpAllowance, jumps: &[usize]) -> String {
+    let on_ip = match family {
+        Family::V4 => "127.0.0.1",
+        Family::V6 => "::1",
+    };
+    let mut mangle = format!(
+        "*mangle
+:{MANGLE_UDP_OUT} - [0:0]
+:{MANGLE_UDP_IN} - [0:0]
+:{MANGLE_UDP_GUARD} - [0:0]
+-A {MANGLE_UDP_OUT} -m mark --mark {SOCKET_MARK:#x}/0xfff -j RETURN
+-A {MANGLE_UDP_OUT} -o lo -j RETURN
+"
+    );
+    if family == Family::V6 {
+        // A datagram to a neighbour's link-local address is bound to an interface and would not
+        // take the local route: left to the filter table, which refuses it.
+        mangle.push_str(&format!(
+            "-A {MANGLE_UDP_OUT} -d {LINK_LOCAL_V6} -j RETURN\n"
+        ));
+    }
+    mangle.push_str(&allowed_udp(MANGLE_UDP_OUT, family, udp));
+    // The guard: a marked datagram whose socket is bound to another device (`SO_BINDTODEVICE`,
+    // a scoped address) keeps that device whatever the routing rule says; it is dropped on its way
+    // out instead of leaving in clear. The filter table lets marked datagrams pass, because it
+    // still sees the device chosen before the mark.
+    mangle.push_str(&format!(
+        "-A {MANGLE_UDP_OUT} -p udp -j MARK --set-xmark {UDP_MARK:#x}/0xfff
+-A {MANGLE_UDP_IN} -p udp -m mark --mark {UDP_MARK:#x}/0xfff -j TPROXY --on-port {OUTBOUND_PORT} --on-ip {on_ip} --tproxy-mark {UDP_MARK:#x}/0xfff
+-A {MANGLE_UDP_GUARD} -m mark --mark {UDP_MARK:#x}/0xfff ! -o lo -j DROP
+"
+    ));
+    for (_, line) in jump_lines(&UDP_JUMPS, jumps) {
+        mangle.push_str(&line);
+    }
+    format!("{mangle}COMMIT\n")
 }
 
 fn nat_rules(family: Family, probes: &[IpAddr]) -> String {
@@ -386,23 +474,84 @@ pub fn install(
 ) -> Result<(), CaptureError> {
     let save = run_in(netns, family.save(), &[], None)?;
     let input = rules(family, udp, probes, &missing_jumps(&save));
-    run_in(netns, family.restore(), &["--noflush"], Some(&input)).map(drop)
+    run_in(netns, family.restore(), &["--noflush"], Some(&input))?;
+    if udp.carry {
+        // The route first: a marked packet must never find the pod's default route.
+        udp_route(netns, family)?;
+        let input = udp_rules(family, udp, &missing(&save, &UDP_JUMPS));
+        run_in(netns, family.restore(), &["--noflush"], Some(&input))?;
+    } else if save.contains(MANGLE_UDP_OUT) {
+        // Carried before (another setting, an earlier ztunnel): no longer.
+        remove_udp(netns, family);
+    }
+    Ok(())
 }
 
-/// Removes veil's capture from the namespace at `netns` (no error if there is none): every jump,
-/// then veil's chains, in both tables.
-pub fn uninstall(netns: &std::path::Path, family: Family) -> Result<(), CaptureError> {
-    for (table, hook, matcher, chain) in JUMPS {
+/// The rule and local route delivering marked UDP to ztunnel, replacing any earlier ones.
+fn udp_route(netns: &std::path::Path, family: Family) -> Result<(), CaptureError> {
+    let (flag, any) = match family {
+        Family::V4 => ("-4", "0.0.0.0/0"),
+        Family::V6 => ("-6", "::/0"),
+    };
+    let (mark, table) = (format!("{UDP_MARK:#x}/0xfff"), UDP_ROUTE_TABLE.to_string());
+    run_in(
+        netns,
+        "ip",
+        &[
+            flag, "route", "replace", "local", any, "dev", "lo", "table", &table,
+        ],
+        None,
+    )?;
+    let rule = [
+        flag, "rule", "del", "fwmark", &mark, "lookup", &table, "priority", &table,
+    ];
+    while run_in(netns, "ip", &rule, None).is_ok() {}
+    let mut add = rule;
+    add[2] = "add";
+    run_in(netns, "ip", &add, None).map(drop)
+}
+
+/// Removes UDP capture (best effort: none there is no error): the jumps and chains, then the
+/// routing rule and table.
+fn remove_udp(netns: &std::path::Path, family: Family) {
+    remove_chains(netns, family, &UDP_JUMPS);
+    let flag = match family {
+        Family::V4 => "-4",
+        Family::V6 => "-6",
+    };
+    let (mark, table) = (format!("{UDP_MARK:#x}/0xfff"), UDP_ROUTE_TABLE.to_string());
+    let rule = [
+        flag, "rule", "del", "fwmark", &mark, "lookup", &table, "priority", &table,
+    ];
+    while run_in(netns, "ip", &rule, None).is_ok() {}
+    let _ = run_in(
+        netns,
+        "ip",
+        &[flag, "route", "flush", "table", &table],
+        None,
+    );
+}
+
+/// Deletes every jump of `jumps` and their chains (no error for what is not there).
+fn remove_chains(netns: &std::path::Path, family: Family, jumps: &[(&str, &str, &str, &str)]) {
+    for (table, hook, matcher, chain) in jumps {
         let mut args = vec!["-t", table, "-D", hook];
         args.extend(matcher.split_whitespace());
         args.extend(["-j", chain]);
         // Delete every jump (there should be one; a crash between two installs could leave two).
         while run_in(netns, family.tool(), &args, None).is_ok() {}
     }
-    for (table, _, _, chain) in JUMPS {
+    for (table, _, _, chain) in jumps {
         let _ = run_in(netns, family.tool(), &["-t", table, "-F", chain], None);
         let _ = run_in(netns, family.tool(), &["-t", table, "-X", chain], None);
     }
+}
+
+/// Removes veil's capture from the namespace at `netns` (no error if there is none): UDP capture
+/// first (if any), then every jump and veil's chains, in both tables.
+pub fn uninstall(netns: &std::path::Path, family: Family) -> Result<(), CaptureError> {
+    remove_udp(netns, family);
+    remove_chains(netns, family, &JUMPS);
     let left = run_in(netns, family.save(), &[], None)?;
     match left.lines().find(|l| l.contains("VEIL_")) {
         Some(line) => Err(CaptureError::Failed {

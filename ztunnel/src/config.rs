@@ -108,15 +108,23 @@ pub struct Config {
     /// What to do with outbound traffic to destinations outside the mesh.
     #[arg(long, value_enum, default_value = "passthrough")]
     pub unknown_destination: UnknownDestination,
-    /// UDP destination ports enrolled pods may send to in clear, comma-separated (the mesh cannot
-    /// carry UDP: all other UDP leaving an enrolled pod is refused at the source). The flag with no
-    /// value allows none.
+    /// UDP destination ports enrolled pods may send to in clear, comma-separated (all other UDP
+    /// leaving an enrolled pod is refused at the source, or carried with `--carry-udp`). The flag
+    /// with no value allows none.
     #[arg(long, env = "VEIL_UDP_ALLOWED_PORTS", value_delimiter = ',', num_args = 0.., default_value = "53")]
     pub udp_allowed_ports: Vec<u16>,
     /// Networks (CIDRs or addresses) enrolled pods may send UDP to in clear on any port,
     /// comma-separated.
     #[arg(long, env = "VEIL_UDP_ALLOWED_CIDRS", value_delimiter = ',', value_parser = parse_net)]
     pub udp_allowed_cidrs: Vec<IpNet>,
+    /// Carry UDP between enrolled pods, encrypted (CONNECT-UDP over HBONE), instead of refusing it:
+    /// outbound UDP not allowed out in clear is captured, sent to a mesh workload as a flow over
+    /// HBONE and checked against its L4 policies there; UDP to anything else is still refused.
+    #[arg(long, env = "VEIL_CARRY_UDP")]
+    pub carry_udp: bool,
+    /// How long a carried UDP flow lives without a datagram either way.
+    #[arg(long, env = "VEIL_UDP_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub udp_idle_timeout: Duration,
     /// Admit the kubelet's probes to enrolled pods under STRICT: this node's own connections to the
     /// pods it captured leave with a reserved source (169.254.7.127, fd16:9254:7127:1337:ffff:ffff:ffff:ffff)
     /// that each pod lets through in plaintext and the node drops from anywhere else. Anything in
@@ -289,6 +297,7 @@ impl Config {
         UdpAllowance {
             ports: self.udp_allowed_ports.clone(),
             cidrs: self.udp_allowed_cidrs.clone(),
+            carry: self.carry_udp,
         }
     }
 }

@@ -53,8 +53,10 @@ pub struct DataPathSettings {
     pub same_node: bool,
     /// Connection budgets.
     pub limits: Limits,
-    /// UDP destinations enrolled pods may reach in clear (everything else non-TCP is refused).
+    /// UDP destinations enrolled pods may reach in clear; whether the rest is carried or refused.
     pub udp: UdpAllowance,
+    /// How long a carried UDP flow lives without a datagram.
+    pub udp_idle_timeout: Duration,
     /// Admit the kubelet's probes: the node's own connections to captured pods reach them in
     /// plaintext, with a source only the node can originate ([`crate::probes`]).
     pub kubelet_probes: bool,
@@ -74,6 +76,7 @@ impl Default for DataPathSettings {
             same_node: true,
             limits: Limits::for_nofile(1024),
             udp: UdpAllowance::default(),
+            udp_idle_timeout: Duration::from_secs(60),
             kubelet_probes: false,
             recheck_grace: Duration::ZERO,
         }

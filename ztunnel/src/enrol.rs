@@ -30,7 +30,7 @@ use crate::context::{Context, LocalWorkload};
 use crate::handover::{Handoff, Held, Inherited, pods};
 use crate::netns::{NetNs, NsId};
 use crate::registry::Registry;
-use crate::{inbound, outbound, plaintext};
+use crate::{inbound, outbound, plaintext, udp};
 
 /// How long to wait before retrying a pod whose capture failed.
 const RETRY: Duration = Duration::from_secs(3);
@@ -464,6 +464,22 @@ fn start_listeners(
             local,
             plaintext::run(ctx.clone(), local.clone(), plain),
         ));
+        if ctx.settings.udp.carry {
+            // Bound afresh even for a pod handed over (the socket allows a second binding): a
+            // flow the predecessor carried ends with it, and its next datagram starts a new one.
+            let socket = match udp::bind(local, family) {
+                Ok(socket) => socket,
+                Err(e) => {
+                    tasks.iter().for_each(JoinHandle::abort);
+                    return Err(e);
+                }
+            };
+            tasks.push(spawn_after_cert(
+                wait,
+                local,
+                udp::run(ctx.clone(), local.clone(), socket),
+            ));
+        }
     }
     Ok((tasks, copies))
 }

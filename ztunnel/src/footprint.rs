@@ -23,8 +23,17 @@ fn future_size4<A, B, C, D, F: Future>(_f: impl Fn(A, B, C, D) -> F) -> usize {
 /// budget grew by 128 to hold them, not more.
 const TUNNEL_BUDGET: usize = 2048 + 128;
 
+/// Bytes of one carried UDP flow's task future (either side): a tunnel's and 128 more for the
+/// flow's idle clock and its two directions' counters (2,216 bytes at the destination when set).
+const UDP_FLOW_BUDGET: usize = TUNNEL_BUDGET + 128;
+
 /// Bytes of one HBONE connection's task future, shared by all the tunnels it carries.
 const HBONE_CONNECTION_BUDGET: usize = 4096;
+
+/// [`future_size`] of a six-argument `f`.
+fn future_size6<A, B, C, D, E, G, F: Future>(_f: impl Fn(A, B, C, D, E, G) -> F) -> usize {
+    size_of::<F>()
+}
 
 #[test]
 fn the_per_connection_futures_fit_their_budgets() {
@@ -43,6 +52,16 @@ fn the_per_connection_futures_fit_their_budgets() {
             "plaintext connection",
             future_size(crate::plaintext::handle),
             TUNNEL_BUDGET,
+        ),
+        (
+            "UDP flow (destination side)",
+            future_size(crate::udp::inbound),
+            UDP_FLOW_BUDGET,
+        ),
+        (
+            "UDP flow (source side)",
+            future_size6(crate::udp::outbound_flow),
+            UDP_FLOW_BUDGET,
         ),
         (
             "inbound HBONE connection",

@@ -118,6 +118,10 @@ pub(crate) async fn stream_task(
     local: Arc<LocalWorkload>,
     mut stream: InboundStream,
 ) {
+    if veil_mesh::hbone::udp::is_connect_udp(&stream.request) {
+        // Boxed: a UDP flow's state is not paid by every TCP tunnel's future.
+        return Box::pin(crate::udp::inbound(ctx, local, stream)).await;
+    }
     let Some(target) = check_target(&local, &mut stream) else {
         return;
     };

@@ -27,6 +27,7 @@ pub mod outbound;
 pub mod plaintext;
 pub mod probes;
 pub mod registry;
+pub mod udp;
 
 #[cfg(test)]
 mod footprint;

@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use nix::sched::{CloneFlags, setns};
-use nix::sys::socket::{setsockopt, sockopt};
-use tokio::net::{TcpListener, TcpSocket};
+use nix::sys::socket::{
+    AddressFamily, SockFlag, SockType, SockaddrStorage, setsockopt, socket, sockopt,
+};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 
 /// The mark on every socket ztunnel opens inside a pod, so that the pod's capture rules let them
 /// through instead of redirecting ztunnel's own traffic back to itself.
@@ -167,6 +169,48 @@ impl NetNs {
         }
         socket.bind(addr)?;
         socket.listen(1024)
+    }
+}
+
+impl NetNs {
+    /// A new, marked UDP socket inside the namespace, bound to `bind` (`transparent`: an address
+    /// need not be local, as for answers sent as a carried flow's original destination; also
+    /// receives each datagram's original destination), connected to `connect` if given.
+    pub fn udp(
+        &self,
+        bind: SocketAddr,
+        connect: Option<SocketAddr>,
+        transparent: bool,
+    ) -> io::Result<UdpSocket> {
+        let family = match bind {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+        let fd =
+            self.run(|| socket(family, SockType::Datagram, flags, None).map_err(io::Error::from))?;
+        setsockopt(&fd, sockopt::Mark, &SOCKET_MARK).map_err(io::Error::from)?;
+        if bind.is_ipv6() {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(io::Error::from)?;
+        }
+        if transparent {
+            // Several sockets share an original destination (one per flow to it), and a successor
+            // ztunnel binds the listener its predecessor still holds.
+            setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(io::Error::from)?;
+            setsockopt(&fd, sockopt::IpTransparent, &true).map_err(io::Error::from)?;
+            match bind {
+                SocketAddr::V4(_) => setsockopt(&fd, sockopt::Ipv4OrigDstAddr, &true),
+                SocketAddr::V6(_) => setsockopt(&fd, sockopt::Ipv6OrigDstAddr, &true),
+            }
+            .map_err(io::Error::from)?;
+        }
+        nix::sys::socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(bind))
+            .map_err(io::Error::from)?;
+        let socket = std::net::UdpSocket::from(fd);
+        if let Some(peer) = connect {
+            socket.connect(peer)?;
+        }
+        UdpSocket::from_std(socket)
     }
 }
 

@@ -432,9 +432,9 @@ pub fn original_dst(tcp: &TcpStream) -> std::io::Result<SocketAddr> {
 }
 
 /// Dials HBONE connections from inside a pod's namespace with its certificate.
-struct PodDialer<'a> {
-    ctx: &'a Context,
-    local: &'a LocalWorkload,
+pub(crate) struct PodDialer<'a> {
+    pub(crate) ctx: &'a Context,
+    pub(crate) local: &'a LocalWorkload,
 }
 
 impl Dialer for PodDialer<'_> {

@@ -397,3 +397,80 @@ async fn udp_flows_carry_every_datagram_size_both_ways_and_end_when_idle() {
     assert_eq!((moved.to_socket, moved.to_stream), (total, total));
     assert!(with_timeout(flow.recv()).await.unwrap().is_none());
 }
+
+/// Serves CONNECT-UDP streams on one HBONE connection: each is relayed to its target from a UDP
+/// socket of its own, ending after `idle` without datagrams.
+async fn udp_relay_server(pki: &TestPki, idle: Duration) -> SocketAddr {
+    use super::udp::{DatagramStream, parse_connect_udp, relay_datagrams};
+    let cert = pki.issue(&id("server"));
+    let tls = crate::identity::server_config(
+        pki.bundle(),
+        Arc::new(crate::identity::FixedCert(cert.certified_key().clone())),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let handler = move |mut stream: InboundStream| async move {
+            let target = parse_connect_udp(&stream.request).unwrap().target;
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            socket.connect(target).await.unwrap();
+            let send = stream
+                .respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            let mut flow = DatagramStream::new(send, stream.request.into_body());
+            let _ = relay_datagrams(&socket, &mut flow, None, idle, |_| {}, |_| {}).await;
+        };
+        let _ = serve_connection(
+            tcp,
+            tls,
+            &H2Settings::default(),
+            handler,
+            std::future::pending(),
+        )
+        .await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_udp_flow_whose_peer_stops_reading_still_delivers_the_peers_datagrams() {
+    use super::udp::{DatagramStream, connect_udp_request};
+    let pki = TestPki::new("cluster.local");
+    let proxy = udp_relay_server(&pki, Duration::from_secs(30)).await;
+    let app = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = client(&pki, proxy).await;
+    let (send, recv) = client
+        .open(
+            connect_udp_request(app.local_addr().unwrap(), &TunnelMeta::default()),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut flow = DatagramStream::new(send, recv);
+    flow.send(b"hello").await.unwrap();
+    let mut buf = vec![0; 65_536];
+    let (_, relay) = with_timeout(app.recv_from(&mut buf)).await.unwrap();
+    app.connect(relay).await.unwrap();
+    // The application answers with 4 MB while the client reads nothing: the relay's way to the
+    // client fills the stream's window (1 MiB) and stays full.
+    let chunk = vec![7u8; 16_384];
+    for _ in 0..256 {
+        app.send(&chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    // The other way must still flow: the relay waiting for the client's window must not stop
+    // reading the client's datagrams (were both ends of a flow to wait so, neither would read).
+    flow.send(b"STILL-FLOWING").await.unwrap();
+    let delivered = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n = app.recv(&mut buf).await.unwrap();
+            if &buf[..n] == b"STILL-FLOWING" {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(delivered.is_ok(), "the relay stopped reading the stream");
+}

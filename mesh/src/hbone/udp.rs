@@ -220,20 +220,36 @@ fn get_varint(buf: &mut impl Buf) -> Option<u64> {
 /// One end of a proxied UDP flow's stream: datagrams in, datagrams out.
 #[derive(Debug)]
 pub struct DatagramStream {
+    send: CapsuleSender,
+    recv: CapsuleReceiver,
+}
+
+/// The sending half of a [`DatagramStream`].
+#[derive(Debug)]
+struct CapsuleSender {
     send: SendStream<Bytes>,
+    out: BytesMut,
+}
+
+/// The receiving half of a [`DatagramStream`].
+#[derive(Debug)]
+struct CapsuleReceiver {
     recv: RecvStream,
     reader: CapsuleReader,
-    out: BytesMut,
 }
 
 impl DatagramStream {
     /// Wraps an open stream (the `CONNECT-UDP` answered 200).
     pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
         Self {
-            send,
-            recv,
-            reader: CapsuleReader::default(),
-            out: BytesMut::new(),
+            send: CapsuleSender {
+                send,
+                out: BytesMut::new(),
+            },
+            recv: CapsuleReceiver {
+                recv,
+                reader: CapsuleReader::default(),
+            },
         }
     }
 
@@ -241,6 +257,28 @@ impl DatagramStream {
     /// that does not read holds the sender back (its socket buffer then drops datagrams, as a
     /// network would) and never makes it buffer without bound.
     pub async fn send(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.send.send(payload).await
+    }
+
+    /// The next UDP payload from the peer; `None` when the peer ended the flow.
+    pub async fn recv(&mut self) -> io::Result<Option<Bytes>> {
+        self.recv.recv().await
+    }
+
+    /// Ends the flow cleanly (END_STREAM).
+    pub fn finish(&mut self) {
+        // Fails only if the stream is already gone.
+        let _ = self.send.send.send_data(Bytes::new(), true);
+    }
+
+    /// Aborts the flow (RST_STREAM).
+    pub fn abort(&mut self) {
+        self.send.send.send_reset(h2::Reason::CANCEL);
+    }
+}
+
+impl CapsuleSender {
+    async fn send(&mut self, payload: &[u8]) -> io::Result<()> {
         encode_datagram(payload, &mut self.out);
         let capsule = self.out.split().freeze();
         let wanted = capsule.len();
@@ -256,9 +294,10 @@ impl DatagramStream {
             .send_data(capsule, false)
             .map_err(io::Error::other)
     }
+}
 
-    /// The next UDP payload from the peer; `None` when the peer ended the flow.
-    pub async fn recv(&mut self) -> io::Result<Option<Bytes>> {
+impl CapsuleReceiver {
+    async fn recv(&mut self) -> io::Result<Option<Bytes>> {
         loop {
             if let Some(payload) = self.reader.next_datagram().map_err(invalid)? {
                 return Ok(Some(payload));
@@ -275,17 +314,6 @@ impl DatagramStream {
                 .map_err(io::Error::other)?;
         }
     }
-
-    /// Ends the flow cleanly (END_STREAM).
-    pub fn finish(&mut self) {
-        // Fails only if the stream is already gone.
-        let _ = self.send.send_data(Bytes::new(), true);
-    }
-
-    /// Aborts the flow (RST_STREAM).
-    pub fn abort(&mut self) {
-        self.send.send_reset(h2::Reason::CANCEL);
-    }
 }
 
 /// How a relayed flow ended (without an error).
@@ -299,9 +327,11 @@ pub enum FlowEnd {
 
 /// Relays datagrams between `socket` (connected to the flow's other end) and `stream` until the
 /// flow has been idle for `idle` or the peer ends the stream; datagrams for the stream may also
-/// arrive on `also` (those the flow's first socket received before `socket` existed). Errors of
-/// `socket` itself (an ICMP unreachable reported on the next receive) do not end the flow: UDP
-/// promises no delivery. Returns the payload bytes moved each way.
+/// arrive on `also` (those the flow's first socket received before `socket` existed). The two
+/// directions run independently: one waiting for the peer's window never stops the other (both
+/// ends waiting to send while neither reads would be a deadlock). Errors of `socket` itself (an
+/// ICMP unreachable reported on the next receive) do not end the flow: UDP promises no delivery.
+/// Returns the payload bytes moved each way.
 pub async fn relay_datagrams(
     socket: &tokio::net::UdpSocket,
     stream: &mut DatagramStream,
@@ -310,48 +340,75 @@ pub async fn relay_datagrams(
     on_to_stream: impl Fn(usize),
     on_to_socket: impl Fn(usize),
 ) -> io::Result<(super::Transferred, FlowEnd)> {
-    let mut moved = super::Transferred::default();
-    let idle_timer = tokio::time::sleep(idle);
-    tokio::pin!(idle_timer);
-    loop {
-        let reset = tokio::time::Instant::now() + idle;
-        tokio::select! {
-            () = &mut idle_timer => return Ok((moved, FlowEnd::Idle)),
-            readable = socket.readable() => {
-                readable?;
-                // A buffer only while a datagram is read: an idle flow holds none.
-                let mut buf = vec![0u8; MAX_PAYLOAD];
-                let n = match socket.try_recv(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(_) => continue,
-                };
-                stream.send(&buf[..n]).await?;
-                moved.to_stream += n as u64;
-                on_to_stream(n);
-            }
-            Some(payload) = async {
-                match also.as_deref_mut() {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let start = tokio::time::Instant::now();
+    // Milliseconds since `start` of the last datagram either way.
+    let last = AtomicU64::new(0);
+    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let (to_stream, to_socket) = (AtomicU64::new(0), AtomicU64::new(0));
+    let DatagramStream { send, recv } = stream;
+    let up = async {
+        loop {
+            let payload = tokio::select! {
+                readable = socket.readable() => {
+                    if let Err(e) = readable {
+                        return e;
+                    }
+                    // A buffer only while a datagram is read: an idle flow holds none.
+                    let mut buf = vec![0u8; MAX_PAYLOAD];
+                    match socket.try_recv(&mut buf) {
+                        Ok(n) => {
+                            buf.truncate(n);
+                            Bytes::from(buf)
+                        }
+                        Err(_) => continue,
+                    }
                 }
-            } => {
-                stream.send(&payload).await?;
-                moved.to_stream += payload.len() as u64;
-                on_to_stream(payload.len());
+                Some(payload) = async {
+                    match also.as_deref_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => payload,
+            };
+            touch();
+            if let Err(e) = send.send(&payload).await {
+                return e;
             }
-            received = stream.recv() => {
-                let Some(payload) = received? else {
-                    return Ok((moved, FlowEnd::PeerEnded));
-                };
-                // A full socket buffer drops the datagram, as a network would.
-                let _ = socket.send(&payload).await;
-                moved.to_socket += payload.len() as u64;
-                on_to_socket(payload.len());
-            }
+            to_stream.fetch_add(payload.len() as u64, Ordering::Relaxed);
+            on_to_stream(payload.len());
         }
-        idle_timer.as_mut().reset(reset);
-    }
+    };
+    let down = async {
+        while let Some(payload) = recv.recv().await? {
+            touch();
+            // A full socket buffer drops the datagram, as a network would.
+            let _ = socket.send(&payload).await;
+            to_socket.fetch_add(payload.len() as u64, Ordering::Relaxed);
+            on_to_socket(payload.len());
+        }
+        Ok::<_, io::Error>(FlowEnd::PeerEnded)
+    };
+    let quiet = async {
+        loop {
+            let deadline =
+                start + std::time::Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            if tokio::time::Instant::now() >= deadline {
+                return FlowEnd::Idle;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    let end = tokio::select! {
+        failed = up => return Err(failed),
+        ended = down => ended?,
+        idle = quiet => idle,
+    };
+    let moved = super::Transferred {
+        to_stream: to_stream.load(Ordering::Relaxed),
+        to_socket: to_socket.load(Ordering::Relaxed),
+    };
+    Ok((moved, end))
 }
 
 fn invalid(e: CapsuleError) -> io::Error {

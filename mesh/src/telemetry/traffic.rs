@@ -85,6 +85,8 @@ impl EncodeLabelValue for Security {
 pub enum Protocol {
     /// Bytes (ztunnel, or a waypoint's opaque TCP).
     Tcp,
+    /// Datagrams of a carried UDP flow (ztunnel).
+    Udp,
     /// HTTP requests.
     Http,
     /// gRPC requests.
@@ -95,6 +97,7 @@ impl EncodeLabelValue for Protocol {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         encoder.write_str(match self {
             Self::Tcp => "tcp",
+            Self::Udp => "udp",
             Self::Http => "http",
             Self::Grpc => "grpc",
         })

@@ -57,7 +57,7 @@ except OSError as e:
 "#;
 
 /// A UDP echo server on `host port` that prints `RECEIVED <datagram>`.
-const UDP_SERVER: &str = r#"
+pub(crate) const UDP_SERVER: &str = r#"
 import socket, sys
 host, port = sys.argv[1], int(sys.argv[2])
 s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_DGRAM)
@@ -70,7 +70,7 @@ while True:
 "#;
 
 /// Sends `message` to `host port` over UDP up to three times; prints `REPLY …` or why not.
-const UDP_CLIENT: &str = r#"
+pub(crate) const UDP_CLIENT: &str = r#"
 import socket, sys
 host, port, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
 ai = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
@@ -144,7 +144,7 @@ fn mesh() -> Mesh {
 }
 
 /// Runs a Python snippet in `pod` to completion; its standard output.
-fn python(m: &Mesh, pod: &str, script: &str, args: &[&str]) -> String {
+pub(crate) fn python(m: &Mesh, pod: &str, script: &str, args: &[&str]) -> String {
     let mut argv = vec![PYTHON, "-c", script];
     argv.extend_from_slice(args);
     let out = m.run_in_pod(pod, &argv).expect("running python");
@@ -152,7 +152,7 @@ fn python(m: &Mesh, pod: &str, script: &str, args: &[&str]) -> String {
 }
 
 /// Starts a Python server in `pod` and waits until it listens.
-fn serve(m: &mut Mesh, pod: &str, name: &str, script: &str, args: &[&str]) {
+pub(crate) fn serve(m: &mut Mesh, pod: &str, name: &str, script: &str, args: &[&str]) {
     let mut argv = vec![PYTHON, "-c", script];
     argv.extend_from_slice(args);
     let proc = m.spawn_in_pod(pod, name, &argv).expect("starting a server");
@@ -161,7 +161,7 @@ fn serve(m: &mut Mesh, pod: &str, name: &str, script: &str, args: &[&str]) {
 }
 
 /// What a server started with [`serve`] printed.
-fn output(m: &Mesh, name: &str) -> String {
+pub(crate) fn output(m: &Mesh, name: &str) -> String {
     m.app_log(name)
 }
 
@@ -171,12 +171,12 @@ fn tcp(m: &Mesh, pod: &str, host: &str, port: u16, message: &str) -> String {
 }
 
 /// Sends `message` over UDP from `pod` to `host port`.
-fn udp(m: &Mesh, pod: &str, host: &str, port: u16, message: &str) -> String {
+pub(crate) fn udp(m: &Mesh, pod: &str, host: &str, port: u16, message: &str) -> String {
     python(m, pod, UDP_CLIENT, &[host, &port.to_string(), message])
 }
 
 /// `pod`'s IPv6 link-local address once duplicate address detection is over, scoped to `eth0`.
-fn link_local(m: &Mesh, pod: &str) -> String {
+pub(crate) fn link_local(m: &Mesh, pod: &str) -> String {
     let mut last = String::new();
     let found = m.eventually(Duration::from_secs(10), || {
         let out = m
@@ -203,11 +203,11 @@ fn link_local(m: &Mesh, pod: &str) -> String {
     format!("{addr}%eth0")
 }
 
-fn ip(m: &Mesh, pod: &str) -> String {
+pub(crate) fn ip(m: &Mesh, pod: &str) -> String {
     m.cluster.pod(pod).ip.to_string()
 }
 
-fn forbidden(m: &Mesh, node: &str) -> f64 {
+pub(crate) fn forbidden(m: &Mesh, node: &str) -> f64 {
     m.metric(node, "veil_forbidden_destinations_total", &[])
 }
 
@@ -223,7 +223,7 @@ fn open_fds(m: &Mesh, node: &str) -> usize {
 
 /// After every attack: both ztunnels ready, the meshed pods still reach each other, ztunnel's
 /// descriptors are not piling up.
-fn assert_mesh_still_serves(m: &mut Mesh) {
+pub(crate) fn assert_mesh_still_serves(m: &mut Mesh) {
     for node in ["node-a", "node-b"] {
         m.wait_ready(node, Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{node}'s ztunnel is not ready after the attack: {e}"));

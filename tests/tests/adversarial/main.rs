@@ -7,6 +7,7 @@ mod bypass;
 mod capture;
 mod hbone;
 mod live;
+mod udp;
 mod waypoint;
 
 use std::time::Duration;

@@ -103,6 +103,7 @@ fn outbound_udp_is_refused_at_the_source_except_dns_by_default() {
     let none = UdpAllowance {
         ports: vec![],
         cidrs: vec![],
+        carry: false,
     };
     assert!(!rules(Family::V4, &none, &pod_ips(), &[]).contains("-p udp"));
 }
@@ -112,6 +113,7 @@ fn allowed_udp_ports_and_cidrs_go_to_their_family_and_long_port_lists_are_split(
     let udp = UdpAllowance {
         ports: (1000..1020).collect(),
         cidrs: vec!["10.96.0.0/12".parse().unwrap(), "fd00::/8".parse().unwrap()],
+        carry: false,
     };
     let v4 = rules(Family::V4, &udp, &pod_ips(), &[]);
     assert!(v4.contains("-A VEIL_OUT_FILTER -p udp -d 10.96.0.0/12 -j RETURN"));
@@ -129,6 +131,57 @@ fn allowed_udp_ports_and_cidrs_go_to_their_family_and_long_port_lists_are_split(
             .iter()
             .all(|l| l.split(',').count() <= MULTIPORT_MAX)
     );
+}
+
+#[test]
+fn carried_udp_is_marked_for_tproxy_except_what_is_allowed_local_or_ztunnels_own() {
+    let udp = UdpAllowance {
+        ports: vec![53],
+        cidrs: vec!["10.96.0.10/32".parse().unwrap()],
+        carry: true,
+    };
+    for (family, on_ip) in [(Family::V4, "127.0.0.1"), (Family::V6, "::1")] {
+        let r = udp_rules(family, &udp, &[0, 1, 2]);
+        let mark = position(&r, "-j MARK --set-xmark 0x53a/0xfff");
+        // Every exception comes before the mark.
+        for exception in [
+            "-A VEIL_UDP_OUT -m mark --mark 0x539/0xfff -j RETURN",
+            "-A VEIL_UDP_OUT -o lo -j RETURN",
+            "-A VEIL_UDP_OUT -p udp -m multiport --dports 53 -j RETURN",
+        ] {
+            assert!(
+                position(&r, exception) < mark,
+                "{family:?}: {exception}\n{r}"
+            );
+        }
+        assert_eq!(
+            r.contains("-A VEIL_UDP_OUT -p udp -d 10.96.0.10/32 -j RETURN"),
+            family == Family::V4
+        );
+        assert!(r.contains(&format!(
+            "-A VEIL_UDP_IN -p udp -m mark --mark 0x53a/0xfff -j TPROXY --on-port 15001 --on-ip {on_ip} --tproxy-mark 0x53a/0xfff"
+        )));
+        assert!(r.contains("-A VEIL_UDP_GUARD -m mark --mark 0x53a/0xfff ! -o lo -j DROP"));
+        assert!(r.contains("-I POSTROUTING 1 -p udp -j VEIL_UDP_GUARD"));
+        assert_eq!(
+            r.contains("-A VEIL_UDP_OUT -d fe80::/10 -j RETURN"),
+            family == Family::V6
+        );
+        assert!(r.contains("-I OUTPUT 1 -p udp -j VEIL_UDP_OUT"));
+        assert!(r.contains("-I PREROUTING 1 -p udp -j VEIL_UDP_IN"));
+        assert!(r.starts_with("*mangle\n") && r.ends_with("COMMIT\n"));
+        // Re-installing adds no second jump.
+        assert!(!udp_rules(family, &udp, &[]).contains("-I "));
+        // The filter table lets marked packets (routed to `lo`) through, and only when carrying.
+        let plain = UdpAllowance {
+            carry: false,
+            ..udp.clone()
+        };
+        let filter = rules(family, &udp, &pod_ips(), &[]);
+        let marked = "-A VEIL_OUT_FILTER -m mark --mark 0x53a/0xfff -j RETURN";
+        assert!(position(&filter, marked) < position(&filter, "-A VEIL_OUT_FILTER -j REJECT"));
+        assert!(!rules(family, &plain, &pod_ips(), &[]).contains("0x53a"));
+    }
 }
 
 #[test]

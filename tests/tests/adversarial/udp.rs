@@ -1,0 +1,324 @@
+//! Carried UDP (`--carry-udp`, issue 15): UDP between enrolled pods goes over HBONE as CONNECT-UDP
+//! flows, checked against L4 policy at the destination, and never crosses the wire in clear; UDP
+//! anywhere else is still refused; a pod spraying flows is held to its budget. Real clients and
+//! servers: Python sockets, dnsmasq answering dig.
+
+use std::time::Duration;
+
+use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, skip_unless_root};
+use veil_e2e::wire::Capture;
+
+use super::apply;
+use super::capture::{
+    UDP_SERVER, assert_mesh_still_serves, ip, link_local, output, python, serve, udp,
+};
+
+/// A client in `production` (node-a), a server in `user-data` (node-b), an outsider (node-a, not
+/// enrolled); ztunnels carry UDP, with `args` besides.
+fn mesh(args: &[&str], policies: &str) -> Mesh {
+    let mut ztunnel_args = vec!["--carry-udp".to_owned()];
+    ztunnel_args.extend(args.iter().map(|a| (*a).to_owned()));
+    Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        pods: vec![
+            PodSpec::new("client", "production", "node-a"),
+            PodSpec::new("server", "user-data", "node-b"),
+            PodSpec::new("outsider", "legacy", "node-a").not_enrolled(),
+        ],
+        policies: policies.into(),
+        ztunnel_args,
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh")
+}
+
+fn capture(m: &Mesh) -> Capture {
+    Capture::start(
+        &m.cluster.fabric,
+        "br0",
+        &m.dir.join("wire.pcap"),
+        &m.dir.join("tcpdump.log"),
+    )
+    .expect("tcpdump")
+}
+
+/// Carried flows' bytes counted by `node`, as `reporter`.
+fn udp_bytes(m: &Mesh, node: &str, reporter: &str) -> f64 {
+    m.metric(
+        node,
+        "istio_tcp_received_bytes_total",
+        &[("request_protocol", "udp"), ("reporter", reporter)],
+    )
+}
+
+#[test]
+fn udp_between_enrolled_pods_is_carried_over_hbone_and_never_crosses_in_clear() {
+    if skip_unless_root("udp_carried") {
+        return;
+    }
+    let mut m = mesh(&[], "");
+    serve(&mut m, "server", "udp", UDP_SERVER, &["0.0.0.0", "5353"]);
+    serve(
+        &mut m,
+        "outsider",
+        "outside",
+        UDP_SERVER,
+        &["0.0.0.0", "5353"],
+    );
+    let wire = capture(&m);
+    let sent = udp(&m, "client", &ip(&m, "server"), 5353, "UDP-MESH-MARKER");
+    // Outside the mesh (and not allowed out in clear): still refused, whatever TCP would do.
+    let outside = udp(&m, "client", &ip(&m, "outsider"), 5353, "UDP-OUT-MARKER");
+    let wire = wire.finish().expect("capture");
+    assert_eq!(sent, "REPLY UDP-MESH-MARKER");
+    assert!(output(&m, "udp").contains("RECEIVED UDP-MESH-MARKER"));
+    assert!(!outside.starts_with("REPLY"), "{outside}");
+    assert!(!output(&m, "outside").contains("RECEIVED"));
+    assert_eq!(wire.packets_on_port(5353), 0, "{}", wire.summary);
+    assert!(wire.packets_on_port(15008) > 0, "{}", wire.summary);
+    for marker in [&b"UDP-MESH-MARKER"[..], b"UDP-OUT-MARKER"] {
+        assert!(!wire.contains(marker), "a UDP payload crossed the wire");
+    }
+    // Both ends count the flow as UDP, with its bytes.
+    assert!(
+        m.eventually(Duration::from_secs(5), || udp_bytes(&m, "node-a", "source")
+            >= 15.0)
+    );
+    assert!(udp_bytes(&m, "node-b", "destination") >= 15.0);
+    assert!(
+        m.ztunnel_log("node-a")
+            .contains("outbound UDP flow refused"),
+        "the refusal to the outsider was not audited"
+    );
+    assert_mesh_still_serves(&mut m);
+}
+
+#[test]
+fn a_dns_query_to_an_in_mesh_resolver_is_carried_and_cluster_dns_still_passes_in_clear() {
+    if skip_unless_root("udp_dns_carried") {
+        return;
+    }
+    let mut m = mesh(&[], "");
+    // An in-mesh resolver on 5300 (carried) and the "cluster DNS" outside the mesh on 53 (allowed
+    // out in clear by default).
+    for (pod, port, answer) in [
+        ("server", "5300", "10.9.8.7"),
+        ("outsider", "53", "10.9.8.53"),
+    ] {
+        let name = format!("dnsmasq-{pod}");
+        let address = format!("--address=/db.veil.test/{answer}");
+        let listen = format!("--listen-address={}", ip(&m, pod));
+        let port = format!("--port={port}");
+        let pid_file = format!("--pid-file={}", m.dir.join(format!("{name}.pid")).display());
+        let argv = [
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--log-facility=-",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+            &pid_file,
+            &port,
+            &listen,
+            &address,
+            "--log-queries",
+        ];
+        let proc = m.spawn_in_pod(pod, &name, &argv).expect("dnsmasq");
+        proc.wait_for("started", Duration::from_secs(10))
+            .expect("dnsmasq started");
+    }
+    let dig = |m: &Mesh, server: &str, port: &str| {
+        let at = format!("@{server}");
+        let out = m
+            .run_in_pod(
+                "client",
+                &[
+                    "dig",
+                    &at,
+                    "-p",
+                    port,
+                    "+short",
+                    "+tries=2",
+                    "+time=2",
+                    "db.veil.test",
+                ],
+            )
+            .expect("dig");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let wire = capture(&m);
+    let in_mesh = dig(&m, &ip(&m, "server"), "5300");
+    let wire = wire.finish().expect("capture");
+    assert_eq!(in_mesh, "10.9.8.7");
+    assert_eq!(wire.packets_on_port(5300), 0, "{}", wire.summary);
+    assert!(
+        !wire.contains(b"\x04veil\x04test"),
+        "the query crossed the wire in clear"
+    );
+    assert_eq!(dig(&m, &ip(&m, "outsider"), "53"), "10.9.8.53");
+    assert_mesh_still_serves(&mut m);
+}
+
+/// Only port 8080 (the mesh's HTTP check) and 5354 reach the server.
+const ALLOW_8080_AND_5354: &str = r#"
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: some-ports, namespace: user-data}
+    spec:
+      rules: [{to: [{operation: {ports: ["8080", "5354"]}}]}]
+"#;
+
+#[test]
+fn an_l4_policy_denies_a_udp_flow_by_port_and_a_new_policy_cuts_a_live_one() {
+    if skip_unless_root("udp_policy") {
+        return;
+    }
+    let mut m = mesh(&[], ALLOW_8080_AND_5354);
+    serve(&mut m, "server", "denied", UDP_SERVER, &["0.0.0.0", "5353"]);
+    serve(
+        &mut m,
+        "server",
+        "allowed",
+        UDP_SERVER,
+        &["0.0.0.0", "5354"],
+    );
+    let denied = udp(&m, "client", &ip(&m, "server"), 5353, "DENIED-FLOW");
+    assert!(!denied.starts_with("REPLY"), "{denied}");
+    assert!(!output(&m, "denied").contains("RECEIVED"));
+    assert!(
+        m.ztunnel_log("node-b").contains("connection_denied"),
+        "the denied flow was not audited"
+    );
+    let allowed = udp(&m, "client", &ip(&m, "server"), 5354, "ALLOWED-FLOW");
+    assert_eq!(allowed, "REPLY ALLOWED-FLOW");
+    // A live flow is re-checked: once 5354 is no longer allowed, the flow is closed and the next
+    // datagram (a new flow) is denied.
+    apply(&mut m, &ALLOW_8080_AND_5354.replace(", \"5354\"", ""));
+    assert!(
+        m.eventually(Duration::from_secs(10), || {
+            m.metric("node-b", "veil_connections_closed_by_recheck_total", &[]) >= 1.0
+        }),
+        "the live UDP flow was not closed"
+    );
+    let after = udp(&m, "client", &ip(&m, "server"), 5354, "AFTER-CHANGE");
+    assert!(!after.starts_with("REPLY"), "{after}");
+    assert!(!output(&m, "allowed").contains("AFTER-CHANGE"));
+    assert_mesh_still_serves(&mut m);
+}
+
+/// Sends one datagram to each of `count` ports of `host`, from one socket.
+const SPRAY: &str = r#"
+import socket, sys
+host, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for port in range(first, first + count):
+    try:
+        s.sendto(b'spray', (host, port))
+    except OSError:
+        pass
+print('sent')
+"#;
+
+#[test]
+fn a_pod_spraying_udp_flows_is_held_to_its_budget_and_its_flows_expire() {
+    if skip_unless_root("udp_spray") {
+        return;
+    }
+    let mut m = mesh(
+        &[
+            "--udp-idle-timeout=2s",
+            "--max-outbound-connections-per-pod=20",
+        ],
+        "",
+    );
+    serve(&mut m, "server", "udp", UDP_SERVER, &["0.0.0.0", "5353"]);
+    let sprayed = python(&m, "client", SPRAY, &[&ip(&m, "server"), "20000", "2000"]);
+    assert_eq!(sprayed, "sent");
+    let refused = |m: &Mesh| {
+        m.metric(
+            "node-a",
+            "veil_connections_refused_total",
+            &[("resource", "outbound_connections")],
+        )
+    };
+    assert!(
+        m.eventually(Duration::from_secs(5), || refused(&m) > 0.0),
+        "no flow was refused beyond the pod's budget"
+    );
+    // The flows expire and give their permits back: the pod reaches the server again.
+    let mut reply = String::new();
+    let back = m.eventually(Duration::from_secs(10), || {
+        reply = udp(&m, "client", &ip(&m, "server"), 5353, "AFTER-SPRAY");
+        reply == "REPLY AFTER-SPRAY"
+    });
+    assert!(back, "{reply}");
+    assert_mesh_still_serves(&mut m);
+}
+
+/// Sends `message` to `host port` from a socket bound to `eth0` (`SO_BINDTODEVICE`, which routing
+/// rules cannot override); prints `REPLY …` or why not.
+const BOUND_CLIENT: &str = r#"
+import socket, sys
+host, port, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'eth0')
+s.settimeout(1)
+out = 'NOREPLY'
+for _ in range(3):
+    try:
+        s.sendto(msg, (host, port))
+        d, _ = s.recvfrom(2048)
+        out = 'REPLY ' + d.decode(errors='replace')
+        break
+    except OSError as e:
+        out = 'ERROR ' + str(e)
+print(out)
+"#;
+
+#[test]
+fn udp_bound_to_a_device_or_to_ipv6_link_local_never_leaves_and_loopback_stays_local() {
+    if skip_unless_root("udp_bound") {
+        return;
+    }
+    let mut m = mesh(&[], "");
+    serve(&mut m, "outsider", "v6", UDP_SERVER, &["::", "5355"]);
+    serve(&mut m, "server", "udp", UDP_SERVER, &["0.0.0.0", "5353"]);
+    serve(
+        &mut m,
+        "client",
+        "local",
+        UDP_SERVER,
+        &["127.0.0.1", "5356"],
+    );
+    link_local(&m, "client");
+    let neighbour = link_local(&m, "outsider");
+    let wire = capture(&m);
+    // A scoped link-local address: refused at the source, as without carrying.
+    let sent = udp(&m, "client", &neighbour, 5355, "LINK-LOCAL-MARKER");
+    // A socket bound to the pod's interface keeps it whatever the routing rule says: the datagram
+    // is marked for capture but cannot reach ztunnel, and the guard drops it on its way out.
+    let bound = python(
+        &m,
+        "client",
+        BOUND_CLIENT,
+        &[&ip(&m, "server"), "5353", "BOUND-MARKER"],
+    );
+    let wire = wire.finish().expect("capture");
+    assert!(!sent.starts_with("REPLY"), "{sent}");
+    assert!(!output(&m, "v6").contains("RECEIVED"));
+    assert!(!bound.starts_with("REPLY"), "{bound}");
+    assert!(!output(&m, "udp").contains("RECEIVED"));
+    for port in [5353, 5355] {
+        assert_eq!(wire.packets_on_port(port), 0, "{}", wire.summary);
+    }
+    for marker in [&b"LINK-LOCAL-MARKER"[..], b"BOUND-MARKER"] {
+        assert!(!wire.contains(marker), "a UDP payload crossed the wire");
+    }
+    // Loopback inside the pod is the pod's own business.
+    assert_eq!(
+        udp(&m, "client", "127.0.0.1", 5356, "LOOPBACK"),
+        "REPLY LOOPBACK"
+    );
+    assert_mesh_still_serves(&mut m);
+}

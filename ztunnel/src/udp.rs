@@ -1,0 +1,399 @@
+//! Carried UDP (`--carry-udp`): UDP between enrolled pods, encrypted, as CONNECT-UDP flows over
+//! HBONE (`veil_mesh::hbone::udp`).
+//!
+//! Outbound: capture (`crate::capture`, mangle table) hands the pod's UDP to a transparent socket
+//! on 15001 inside its namespace, with each datagram's original destination. A flow is one
+//! (source, original destination) pair. Its first datagram decides its route: a mesh workload (or a
+//! service's endpoint) is reached over HBONE with the pod's certificate; anything else — a
+//! destination outside the mesh, behind a waypoint (an L7 proxy carries no UDP), or forbidden — is
+//! refused: the refusal is audited and the flow's datagrams are dropped for a second. The flow's
+//! answers come back from a
+//! transparent socket bound to the original destination and connected to the application, which
+//! also receives the flow's later datagrams (the kernel prefers it to the shared socket). A flow
+//! holds an outbound-connection permit of the pod's budget, and ends after the idle timeout.
+//!
+//! Inbound: a `CONNECT-UDP` stream on the pod's HBONE listener is admitted like a TCP tunnel (the
+//! pod's address, L4 policy with the destination port, the tunnel budget, live re-checks) and
+//! relayed to the application from a marked socket inside the pod.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage, recvmsg};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+use veil_mesh::hbone::udp::{
+    CAPSULE_PROTOCOL, DatagramStream, FlowEnd, MAX_PAYLOAD, connect_udp_request, parse_connect_udp,
+    relay_datagrams,
+};
+use veil_mesh::hbone::{HBONE_PORT, InboundStream, TunnelMeta, refuse};
+use veil_mesh::pool::PoolKey;
+use veil_mesh::telemetry::audit::{AUDIT, SCHEMA};
+use veil_mesh::telemetry::metrics::{
+    Party, Protocol, Reporter, Resource, Security, ServiceLabel, TrafficLabels, WorkloadLabels,
+};
+use veil_mesh::telemetry::trace::Span;
+
+use crate::accept;
+use crate::admission::Admitted;
+use crate::budget::Permit;
+use crate::capture::{Family, OUTBOUND_PORT};
+use crate::context::{Context, LocalWorkload, UnknownDestination};
+use crate::inbound::{admit, log_finished};
+use crate::outbound::{PodDialer, Route, route};
+
+/// Datagrams of one flow queued on the shared socket before its own exists (or while its tunnel
+/// opens); beyond, they are dropped, as a full socket buffer would.
+const FLOW_QUEUE: usize = 64;
+
+/// How long a refused flow's datagrams are dropped before its next datagram is decided again.
+const REFUSAL_HOLD: Duration = Duration::from_secs(1);
+
+/// A flow: the application's address and the original destination.
+type FlowKey = (SocketAddr, SocketAddr);
+
+/// The transparent socket that receives the pod's captured UDP of `family`.
+pub(crate) fn bind(local: &LocalWorkload, family: Family) -> io::Result<UdpSocket> {
+    let any: IpAddr = match family {
+        Family::V4 => Ipv4Addr::UNSPECIFIED.into(),
+        Family::V6 => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    local
+        .netns
+        .udp(SocketAddr::new(any, OUTBOUND_PORT), None, true)
+}
+
+/// Receives the pod's captured UDP until the task is aborted, one task per flow.
+pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, socket: UdpSocket) {
+    let mut flows: HashMap<FlowKey, mpsc::Sender<Bytes>> = HashMap::new();
+    let (ended_tx, mut ended) = mpsc::unbounded_channel::<FlowKey>();
+    loop {
+        let (payload, src, dst) = tokio::select! {
+            Some(key) = ended.recv() => {
+                // Only the flow that ended: a new one may already have taken its key.
+                if flows.get(&key).is_some_and(mpsc::Sender::is_closed) {
+                    flows.remove(&key);
+                }
+                continue;
+            }
+            received = recv_with_destination(&socket) => match received {
+                Ok(received) => received,
+                Err(e) => {
+                    debug!(workload = %local.workload.key(), error = %e, "captured UDP without its original destination");
+                    continue;
+                }
+            },
+        };
+        let payload = match flows.entry((src, dst)) {
+            Entry::Occupied(flow) => match flow.get().try_send(payload) {
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => continue,
+                Err(mpsc::error::TrySendError::Closed(payload)) => {
+                    flow.remove();
+                    payload
+                }
+            },
+            Entry::Vacant(_) => payload,
+        };
+        let permit = match ctx
+            .budgets
+            .acquire(&local.budget, Resource::OutboundConnections)
+        {
+            Ok(permit) => permit,
+            Err(refused) => {
+                accept::count_refusal(&ctx, &local, &refused);
+                continue;
+            }
+        };
+        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+        let _ = tx.try_send(payload);
+        flows.insert((src, dst), tx);
+        let (ctx, local, ended) = (ctx.clone(), local.clone(), ended_tx.clone());
+        tokio::spawn(async move {
+            outbound_flow(&ctx, &local, src, dst, rx, permit).await;
+            let _ = ended.send((src, dst));
+        });
+    }
+}
+
+/// One datagram from the shared socket: its payload, its source and its original destination.
+async fn recv_with_destination(socket: &UdpSocket) -> io::Result<(Bytes, SocketAddr, SocketAddr)> {
+    socket
+        .async_io(Interest::READABLE, || {
+            // A buffer only while a datagram is read: an idle pod holds none.
+            let mut buf = vec![0u8; MAX_PAYLOAD];
+            let mut cmsg = nix::cmsg_space!(nix::libc::sockaddr_in6);
+            let (n, src, dst) = {
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                let msg = recvmsg::<SockaddrStorage>(
+                    socket.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_DONTWAIT,
+                )
+                .map_err(io::Error::from)?;
+                let src = msg.address.as_ref().and_then(socket_addr);
+                let dst = msg.cmsgs().map_err(io::Error::from)?.find_map(|c| match c {
+                    ControlMessageOwned::Ipv4OrigDstAddr(a) => Some(SocketAddr::new(
+                        Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(),
+                        u16::from_be(a.sin_port),
+                    )),
+                    ControlMessageOwned::Ipv6OrigDstAddr(a) => Some(SocketAddr::new(
+                        Ipv6Addr::from(a.sin6_addr.s6_addr).into(),
+                        u16::from_be(a.sin6_port),
+                    )),
+                    _ => None,
+                });
+                (msg.bytes, src, dst)
+            };
+            match (src, dst) {
+                (Some(src), Some(dst)) => Ok((Bytes::copy_from_slice(&buf[..n]), src, dst)),
+                _ => Err(io::Error::other("no source or original destination")),
+            }
+        })
+        .await
+}
+
+fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::new(v4.ip().into(), v4.port()));
+    }
+    let v6 = addr.as_sockaddr_in6()?;
+    (addr.family().is_some()).then(|| SocketAddr::new(v6.ip().into(), v6.port()))
+}
+
+/// A flow from `src` to `dst` (its first datagrams on `queued`): routed, then relayed until idle.
+pub(crate) async fn outbound_flow(
+    ctx: &Arc<Context>,
+    local: &Arc<LocalWorkload>,
+    src: SocketAddr,
+    dst: SocketAddr,
+    mut queued: mpsc::Receiver<Bytes>,
+    _permit: Permit,
+) {
+    let state = ctx.state();
+    // UDP leaves the mesh only where it is allowed out in clear (never captured): whatever the
+    // setting for TCP, a destination outside the mesh is refused.
+    let (endpoint, target) = match route(&state, dst, UnknownDestination::Deny, ctx.next_endpoint())
+    {
+        Route::Hbone { endpoint, target } => (endpoint, target),
+        refused => {
+            let reason = match refused {
+                Route::Waypoint { .. } => {
+                    "the destination is behind a waypoint, which carries no UDP".to_owned()
+                }
+                Route::Passthrough(_) => "the destination is not an enrolled workload".to_owned(),
+                Route::Forbidden(_, why) => {
+                    ctx.metrics
+                        .forbidden_destinations
+                        .get_or_create(&WorkloadLabels {
+                            workload: local.workload.key(),
+                        })
+                        .inc();
+                    why.to_string()
+                }
+                Route::Refuse(reason) => reason,
+                Route::Hbone { .. } => unreachable!("matched above"),
+            };
+            warn!(target: AUDIT, audit = SCHEMA, event = "connection_refused", component = "ztunnel", protocol = "udp", source = %local.workload.key(), destination = %dst, %reason, "outbound UDP flow refused");
+            return hold_refused(queued).await;
+        }
+    };
+    let labels = TrafficLabels {
+        reporter: Reporter::Source,
+        source: local.party.clone(),
+        destination: Party::of(&endpoint),
+        service: ServiceLabel::for_destination(&state, dst, Some(&endpoint)),
+        protocol: Protocol::Udp,
+        security: Security::MutualTls,
+    };
+    drop(state);
+    let Some(src_ip) = local.address_for(target.ip()) else {
+        warn!(source = %local.workload.key(), %target, "no source address of the destination's family");
+        return;
+    };
+    // Answers leave from the original destination; the flow's next datagrams arrive here too.
+    let reply = match local.netns.udp(dst, Some(src), true) {
+        Ok(reply) => reply,
+        Err(e) => {
+            warn!(source = %local.workload.key(), destination = %dst, error = %e, "cannot open the UDP flow's socket");
+            return;
+        }
+    };
+    let key = PoolKey {
+        src: local.workload.identity.clone(),
+        src_ip,
+        dst: endpoint.identity.clone(),
+        dst_addr: SocketAddr::new(target.ip(), HBONE_PORT),
+    };
+    let meta = TunnelMeta {
+        forwarded_for: ctx.settings.send_forwarded.then_some(src_ip),
+        traceparent: None,
+        baggage: local.baggage.clone(),
+    };
+    let dialer = PodDialer { ctx, local };
+    let request = || connect_udp_request(target, &meta);
+    let (send, recv, _guard) = match ctx.pool.open_with(&key, &request, &dialer, None).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            warn!(source = %key.src, destination = %key.dst, %target, error = %e, "UDP flow's tunnel failed");
+            return hold_refused(queued).await;
+        }
+    };
+    let mut stream = DatagramStream::new(send, recv);
+    let meter = ctx.track_connection(labels);
+    let relayed = relay_datagrams(
+        &reply,
+        &mut stream,
+        Some(&mut queued),
+        ctx.settings.udp_idle_timeout,
+        |n| {
+            meter.to_destination.inc_by(n as u64);
+        },
+        |n| {
+            meter.to_source.inc_by(n as u64);
+        },
+    )
+    .await;
+    match relayed {
+        Ok((moved, end)) => {
+            if end == FlowEnd::Idle {
+                stream.finish();
+            }
+            debug!(source = %key.src, destination = %key.dst, %target, sent = moved.to_stream, received = moved.to_socket, ?end, "outbound UDP flow complete");
+        }
+        Err(e) => {
+            stream.abort();
+            debug!(source = %key.src, destination = %key.dst, %target, error = %e, "outbound UDP flow aborted");
+        }
+    }
+}
+
+/// Drops a refused (or failed) flow's further datagrams for [`REFUSAL_HOLD`]: one decision, one
+/// audit line and at most one tunnel attempt per flow and second, not per datagram. Not reset by
+/// new datagrams, so a flow that keeps sending is decided again each time.
+async fn hold_refused(mut queued: mpsc::Receiver<Bytes>) {
+    let _ = tokio::time::timeout(REFUSAL_HOLD, async {
+        while queued.recv().await.is_some() {}
+    })
+    .await;
+}
+
+/// A `CONNECT-UDP` stream to `local`: admitted like a TCP tunnel, then relayed to the application.
+pub(crate) async fn inbound(
+    ctx: Arc<Context>,
+    local: Arc<LocalWorkload>,
+    mut stream: InboundStream,
+) {
+    if !ctx.settings.udp.carry {
+        // This node does not carry UDP: its pods receive none.
+        return refuse(&mut stream.respond, StatusCode::NOT_IMPLEMENTED);
+    }
+    let target = match parse_connect_udp(&stream.request) {
+        Ok(t) => t.target,
+        Err(e) => {
+            warn!(source = %stream.peer, workload = %local.workload.key(), error = %e, "malformed CONNECT-UDP request");
+            return refuse(&mut stream.respond, StatusCode::BAD_REQUEST);
+        }
+    };
+    if let Some(misdirected) = local.misdirected(target) {
+        warn!(source = %stream.peer, workload = %local.workload.key(), %target, reason = misdirected, "CONNECT-UDP request for another destination");
+        return refuse(&mut stream.respond, StatusCode::BAD_REQUEST);
+    }
+    let mut tracked = ctx.live.track(Admitted {
+        workload_uid: local.workload.uid.clone(),
+        source: Some(stream.peer.clone()),
+        source_ip: stream.peer_addr.ip(),
+        destination: target,
+    });
+    let (workload, policy) = match admit(&ctx, &local, &stream.peer, &tracked, &mut Span::none()) {
+        Ok(admitted) => admitted,
+        Err(status) => return refuse(&mut stream.respond, status),
+    };
+    let any: IpAddr = match target {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let app = match local
+        .netns
+        .udp(SocketAddr::new(any, 0), Some(target), false)
+    {
+        Ok(app) => app,
+        Err(e) => {
+            warn!(source = %stream.peer, destination = %workload.key(), %target, error = %e, "cannot open a UDP socket to the application");
+            return refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
+    let mut response = Response::new(());
+    response
+        .headers_mut()
+        .insert(CAPSULE_PROTOCOL.clone(), HeaderValue::from_static("?1"));
+    let Ok(send) = stream.respond.send_response(response, false) else {
+        return;
+    };
+    let meter = {
+        let state = ctx.state();
+        ctx.track_connection(TrafficLabels {
+            reporter: Reporter::Destination,
+            source: ctx.metrics.peers.name(
+                &stream.peer,
+                state.workload_by_ip(stream.peer_addr.ip()).map(|w| &**w),
+                stream.request.headers().get(&veil_mesh::hbone::BAGGAGE),
+            ),
+            destination: Party::of(&workload),
+            service: ServiceLabel::for_destination(&state, target, Some(&workload)),
+            protocol: Protocol::Udp,
+            security: Security::MutualTls,
+        })
+    };
+    let mut flow = DatagramStream::new(send, stream.request.into_body());
+    let started = tokio::time::Instant::now();
+    let relayed = tokio::select! {
+        relayed = relay_datagrams(
+            &app,
+            &mut flow,
+            None,
+            ctx.settings.udp_idle_timeout,
+            |n| {
+            meter.to_source.inc_by(n as u64);
+        },
+            |n| {
+            meter.to_destination.inc_by(n as u64);
+        },
+        ) => relayed,
+        closing = tracked.closed() => {
+            flow.abort();
+            return crate::conntrack::report_closed(&ctx.metrics, &tracked, &closing, &workload);
+        }
+    };
+    let moved = match relayed {
+        Ok((moved, end)) => {
+            if end == FlowEnd::Idle {
+                flow.finish();
+            }
+            Ok((moved.to_socket, moved.to_stream))
+        }
+        Err(e) => {
+            flow.abort();
+            Err(e.to_string())
+        }
+    };
+    log_finished(
+        &ctx,
+        tracked.admitted(),
+        &stream.peer,
+        &workload,
+        policy.as_ref(),
+        moved,
+        started.elapsed().as_millis() as u64,
+        "udp",
+    );
+}

@@ -61,8 +61,23 @@ impl Captured {
 }
 
 impl Capture {
-    /// Starts capturing on interface `iface` of `netns` into `file`.
+    /// Starts capturing TCP on interface `iface` of `netns` into `file`.
     pub fn start(netns: &str, iface: &str, file: &Path, log: &Path) -> anyhow::Result<Self> {
+        Self::start_with(netns, iface, file, log, "tcp")
+    }
+
+    /// Starts capturing every IPv4 and IPv6 packet (UDP too) on `iface` of `netns` into `file`.
+    pub fn start_ip(netns: &str, iface: &str, file: &Path, log: &Path) -> anyhow::Result<Self> {
+        Self::start_with(netns, iface, file, log, "ip or ip6")
+    }
+
+    fn start_with(
+        netns: &str,
+        iface: &str,
+        file: &Path,
+        log: &Path,
+        filter: &str,
+    ) -> anyhow::Result<Self> {
         let file_arg = file.to_string_lossy().into_owned();
         let mut proc = Proc::spawn(
             "tcpdump",
@@ -77,7 +92,7 @@ impl Capture {
                 "0",
                 "-w",
                 &file_arg,
-                "tcp",
+                filter,
             ],
             &[],
             log,

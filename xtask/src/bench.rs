@@ -40,9 +40,10 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 /// The sections of a run, for `--only`.
-pub(crate) const SECTIONS: [&str; 9] = [
+pub(crate) const SECTIONS: [&str; 10] = [
     "throughput",
     "latency",
+    "udp",
     "connections",
     "waypoint",
     "memory",
@@ -135,6 +136,8 @@ fn spec(upstream: bool) -> MeshSpec {
             "--max-inbound-tunnels-per-pod=12000",
             "--max-hbone-connections=1000",
             "--max-hbone-connections-per-pod=1000",
+            // The udp section; TCP crosses only the jumps of the UDP chains (`-p udp`).
+            "--carry-udp",
         ]
         .map(String::from)
         .to_vec(),
@@ -340,6 +343,40 @@ fn latency(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
             mesh["requests_per_s"].as_f64().unwrap_or(0.0)
         );
         out[conns] = json!({"direct": direct, "mesh": mesh});
+    }
+    Ok(out)
+}
+
+/// Carried UDP (`--carry-udp`) against UDP between the baseline pair: 1 KiB datagrams echoed, on
+/// 1 and 16 flows. Istio's ztunnel carries no UDP: nothing to compare it with.
+fn udp(b: &Bench) -> anyhow::Result<Value> {
+    let mut out = json!({});
+    for flows in ["1", "16"] {
+        let (mut direct, mut mesh) = (Vec::new(), Vec::new());
+        for _ in 0..b.opts.rounds {
+            let args = ["--flows", flows, "--seconds", &b.seconds()];
+            let run = |pod: &str, server: &str| {
+                let target = format!("{}:9004", b.ip(server));
+                let mut argv = vec!["udp-rr", target.as_str()];
+                argv.extend(args);
+                b.tool(pod, &argv)
+            };
+            direct.push(run("dclient", "dserver")?);
+            mesh.push(run("client", "server")?);
+        }
+        let (direct, mesh) = (median_run(direct, "p50_us"), median_run(mesh, "p50_us"));
+        println!(
+            "  UDP 1 KiB request/response, {flows} flow(s): direct p50 {} p99 {} µs, {:.0}/s, {} lost; carried p50 {} p99 {} µs, {:.0}/s, {} lost",
+            direct["p50_us"],
+            direct["p99_us"],
+            f(&direct["requests_per_s"]),
+            direct["lost"],
+            mesh["p50_us"],
+            mesh["p99_us"],
+            f(&mesh["requests_per_s"]),
+            mesh["lost"]
+        );
+        out[flows] = json!({"direct": direct, "mesh": mesh});
     }
     Ok(out)
 }
@@ -698,6 +735,9 @@ fn measure(
     }
     if opts.runs("latency") {
         results["latency"] = latency(b, rr_cpu)?;
+    }
+    if opts.runs("udp") {
+        results["udp"] = udp(b)?;
     }
     if opts.runs("connections") {
         results["connections"] = connections(b)?;

@@ -295,7 +295,9 @@ fn smoke(buildah: &Buildah, container: &str) -> anyhow::Result<()> {
         -A VEIL_TEST -p tcp -j REDIRECT --to-ports 15006\nCOMMIT\n\
         *mangle\n:VEIL_TEST - [0:0]\n-A VEIL_TEST -p udp -j MARK --set-xmark 0x53a/0xfff\n\
         -A VEIL_TEST -p udp -m mark --mark 0x53a/0xfff -j TPROXY --on-port 15001 --tproxy-mark 0x53a/0xfff\n\
-        -A VEIL_TEST -m mark --mark 0x53a/0xfff ! -o lo -j DROP\nCOMMIT\n";
+        -A VEIL_TEST -m mark --mark 0x53a/0xfff ! -o lo -j DROP\n\
+        -A VEIL_TEST -p udp -j CONNMARK --set-xmark 0x53a/0xfff\n\
+        -A VEIL_TEST -m connmark --mark 0x53a/0xfff -j DROP\nCOMMIT\n";
     for restore in ["iptables-restore", "ip6tables-restore"] {
         let out = buildah.output_with_input(
             &[

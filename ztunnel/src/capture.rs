@@ -243,6 +243,7 @@ fn filter_in(family: Family) -> String {
         "-A {FILTER_IN} -p tcp -m multiport --dports {out},{plain} -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset
 -A {FILTER_IN} -p tcp -j RETURN
 -A {FILTER_IN} -i lo -j RETURN
+-A {FILTER_IN} -m connmark --mark {UDP_MARK:#x}/0xfff -j DROP
 -A {FILTER_IN} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
 -A {FILTER_IN} -p {icmp} -j RETURN
 -A {FILTER_IN} -j DROP
@@ -251,7 +252,7 @@ fn filter_in(family: Family) -> String {
 }
 
 fn filter_out(family: Family, udp: &UdpAllowance) -> String {
-    let icmp = family.icmp();
+    let (icmp, prohibited) = (family.icmp(), family.prohibited());
     let mut out = String::new();
     if family == Family::V6 {
         // IPv6 link-local is not redirected (see `nat_rules`): new TCP to a neighbour's link-local
@@ -261,9 +262,15 @@ fn filter_out(family: Family, udp: &UdpAllowance) -> String {
             "-A {FILTER_OUT} ! -o lo -p tcp -d {LINK_LOCAL_V6} -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset\n"
         ));
     }
+    // A flow ztunnel carried (connmark, set by the mangle table) answers only through ztunnel,
+    // over `lo`: never by the wire, whether a datagram from outside claims to belong to it or the
+    // application goes on sending after carrying was turned off (conntrack still knows the flow,
+    // and its datagrams, no longer marked, would pass as ESTABLISHED). Always installed, so that
+    // turning carrying off cannot open what it tracked.
     out.push_str(&format!(
         "-A {FILTER_OUT} -p tcp -j RETURN
 -A {FILTER_OUT} -o lo -j RETURN
+-A {FILTER_OUT} -m connmark --mark {UDP_MARK:#x}/0xfff -m mark ! --mark {UDP_MARK:#x}/0xfff -j REJECT --reject-with {prohibited}
 -A {FILTER_OUT} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
 -A {FILTER_OUT} -p {icmp} -j RETURN
 "
@@ -274,7 +281,7 @@ fn filter_out(family: Family, udp: &UdpAllowance) -> String {
         // device first chosen (`-o` is fixed before the mangle table runs). Nothing marked leaves
         // the pod: mangle's guard drops it on any other device.
         out.push_str(&format!(
-            "-A {FILTER_OUT} -m mark --mark {UDP_MARK:#x}/0xfff -j RETURN\n"
+            "-A {FILTER_OUT} -p udp -m mark --mark {UDP_MARK:#x}/0xfff -j RETURN\n"
         ));
     }
     // REJECT, not DROP: the application learns at once that the mesh does not carry it.
@@ -331,6 +338,7 @@ pub fn udp_rules(family: Family, udp: &UdpAllowance, jumps: &[usize]) -> String 
     // still sees the device chosen before the mark.
     mangle.push_str(&format!(
         "-A {MANGLE_UDP_OUT} -p udp -j MARK --set-xmark {UDP_MARK:#x}/0xfff
+-A {MANGLE_UDP_OUT} -p udp -j CONNMARK --set-xmark {UDP_MARK:#x}/0xfff
 -A {MANGLE_UDP_IN} -p udp -m mark --mark {UDP_MARK:#x}/0xfff -j TPROXY --on-port {OUTBOUND_PORT} --on-ip {on_ip} --tproxy-mark {UDP_MARK:#x}/0xfff
 -A {MANGLE_UDP_GUARD} -m mark --mark {UDP_MARK:#x}/0xfff ! -o lo -j DROP
 "
@@ -476,8 +484,15 @@ pub fn install(
     let input = rules(family, udp, probes, &missing_jumps(&save));
     run_in(netns, family.restore(), &["--noflush"], Some(&input))?;
     if udp.carry {
-        // The route first: a marked packet must never find the pod's default route.
-        udp_route(netns, family)?;
+        // The route first: a marked packet must take it from the moment it is marked.
+        if let Err(e) = udp_route(netns, family) {
+            // IPv6 turned off in the pod (no IPv6 route can be added): no IPv6 datagram leaves it
+            // anyway, and should one be marked, the guard below drops it. Carrying fails closed.
+            if family == Family::V4 {
+                return Err(e);
+            }
+            tracing::info!(netns = %netns.display(), error = %e, "no IPv6 route for carried UDP: IPv6 UDP is dropped in this pod");
+        }
         let input = udp_rules(family, udp, &missing(&save, &UDP_JUMPS));
         run_in(netns, family.restore(), &["--noflush"], Some(&input))?;
     } else if save.contains(MANGLE_UDP_OUT) {
@@ -502,12 +517,19 @@ fn udp_route(netns: &std::path::Path, family: Family) -> Result<(), CaptureError
         ],
         None,
     )?;
-    let rule = [
-        flag, "rule", "del", "fwmark", &mark, "lookup", &table, "priority", &table,
+    // Added only where missing: deleting and adding again would leave a moment without it.
+    let rules = run_in(
+        netns,
+        "ip",
+        &[flag, "rule", "show", "priority", &table],
+        None,
+    )?;
+    if rules.contains(&format!("lookup {table}")) {
+        return Ok(());
+    }
+    let add = [
+        flag, "rule", "add", "fwmark", &mark, "lookup", &table, "priority", &table,
     ];
-    while run_in(netns, "ip", &rule, None).is_ok() {}
-    let mut add = rule;
-    add[2] = "add";
     run_in(netns, "ip", &add, None).map(drop)
 }
 

@@ -123,7 +123,7 @@ pub struct Config {
     #[arg(long, env = "VEIL_CARRY_UDP")]
     pub carry_udp: bool,
     /// How long a carried UDP flow lives without a datagram either way.
-    #[arg(long, env = "VEIL_UDP_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VEIL_UDP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_udp_idle)]
     pub udp_idle_timeout: Duration,
     /// Admit the kubelet's probes to enrolled pods under STRICT: this node's own connections to the
     /// pods it captured leave with a reserved source (169.254.7.127, fd16:9254:7127:1337:ffff:ffff:ffff:ffff)
@@ -302,6 +302,16 @@ impl Config {
     }
 }
 
+/// A UDP flow's idle timeout: 1 s to 1 h (0 would end every flow at once).
+fn parse_udp_idle(s: &str) -> Result<Duration, String> {
+    let idle = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&idle) {
+        Ok(idle)
+    } else {
+        Err(format!("{s} is not between 1s and 1h"))
+    }
+}
+
 /// A network (`10.96.0.0/12`) or one address (`10.96.0.10`); host bits must be clear, so that a
 /// typo does not silently allow a wider or different network.
 fn parse_net(s: &str) -> Result<IpNet, String> {
@@ -387,5 +397,15 @@ mod tests {
         );
         assert!(parse(&["--udp-allowed-cidrs=10.96.0.1/12"]).is_err());
         assert!(parse(&["--udp-allowed-ports=99999"]).is_err());
+        assert!(!parse(&[]).unwrap().carry_udp);
+        let carried = parse(&["--carry-udp", "--udp-idle-timeout=15s"]).unwrap();
+        assert!(carried.udp_allowance().carry);
+        assert_eq!(carried.udp_idle_timeout, Duration::from_secs(15));
+        for bad in ["0s", "500ms", "2h", "soon"] {
+            assert!(
+                parse(&[&format!("--udp-idle-timeout={bad}")]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -3,10 +3,10 @@
 //!
 //! Outbound: capture (`crate::capture`, mangle table) hands the pod's UDP to a transparent socket
 //! on 15001 inside its namespace, with each datagram's original destination. A flow is one
-//! (source, original destination) pair. Its first datagram decides its route: a mesh workload (or a
-//! service's endpoint) is reached over HBONE with the pod's certificate; anything else — a
-//! destination outside the mesh, behind a waypoint (an L7 proxy carries no UDP), or forbidden — is
-//! refused: the refusal is audited and the flow's datagrams are dropped for a second. The flow's
+//! (source, original destination) pair. Its first datagram decides its route: a mesh workload is
+//! reached over HBONE with the pod's certificate; anything else — a destination outside the mesh,
+//! behind a waypoint (an L7 proxy carries no UDP), a Service's address (the model holds Services'
+//! TCP ports only), or forbidden — is refused: the refusal is audited and the flow's datagrams are dropped for a second. The flow's
 //! answers come back from a
 //! transparent socket bound to the original destination and connected to the application, which
 //! also receives the flow's later datagrams (the kernel prefers it to the shared socket). A flow
@@ -30,6 +30,7 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStor
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing::{debug, warn};
 use veil_mesh::hbone::udp::{
     CAPSULE_PROTOCOL, DatagramStream, FlowEnd, MAX_PAYLOAD, connect_udp_request, parse_connect_udp,
@@ -72,15 +73,18 @@ pub(crate) fn bind(local: &LocalWorkload, family: Family) -> io::Result<UdpSocke
         .udp(SocketAddr::new(any, OUTBOUND_PORT), None, true)
 }
 
-/// Receives the pod's captured UDP until the task is aborted, one task per flow.
+/// Receives the pod's captured UDP until the task is aborted, one task per flow. The flows' tasks
+/// belong to this one: when the pod is released (this task aborted), they end with it.
 pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, socket: UdpSocket) {
     let mut flows: HashMap<FlowKey, mpsc::Sender<Bytes>> = HashMap::new();
-    let (ended_tx, mut ended) = mpsc::unbounded_channel::<FlowKey>();
+    let mut tasks: JoinSet<FlowKey> = JoinSet::new();
     loop {
         let (payload, src, dst) = tokio::select! {
-            Some(key) = ended.recv() => {
+            Some(ended) = tasks.join_next() => {
                 // Only the flow that ended: a new one may already have taken its key.
-                if flows.get(&key).is_some_and(mpsc::Sender::is_closed) {
+                if let Ok(key) = ended
+                    && flows.get(&key).is_some_and(mpsc::Sender::is_closed)
+                {
                     flows.remove(&key);
                 }
                 continue;
@@ -116,10 +120,10 @@ pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, socket: UdpSocket
         let (tx, rx) = mpsc::channel(FLOW_QUEUE);
         let _ = tx.try_send(payload);
         flows.insert((src, dst), tx);
-        let (ctx, local, ended) = (ctx.clone(), local.clone(), ended_tx.clone());
-        tokio::spawn(async move {
+        let (ctx, local) = (ctx.clone(), local.clone());
+        tasks.spawn(async move {
             outbound_flow(&ctx, &local, src, dst, rx, permit).await;
-            let _ = ended.send((src, dst));
+            (src, dst)
         });
     }
 }
@@ -128,8 +132,9 @@ pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, socket: UdpSocket
 async fn recv_with_destination(socket: &UdpSocket) -> io::Result<(Bytes, SocketAddr, SocketAddr)> {
     socket
         .async_io(Interest::READABLE, || {
-            // A buffer only while a datagram is read: an idle pod holds none.
-            let mut buf = vec![0u8; MAX_PAYLOAD];
+            // A buffer of the datagram's size, only while it is read: an idle pod holds none.
+            let size = rustix::io::ioctl_fionread(socket)?;
+            let mut buf = vec![0u8; (size as usize).min(MAX_PAYLOAD)];
             let mut cmsg = nix::cmsg_space!(nix::libc::sockaddr_in6);
             let (n, src, dst) = {
                 let mut iov = [IoSliceMut::new(&mut buf)];
@@ -181,9 +186,15 @@ pub(crate) async fn outbound_flow(
 ) {
     let state = ctx.state();
     // UDP leaves the mesh only where it is allowed out in clear (never captured): whatever the
-    // setting for TCP, a destination outside the mesh is refused.
-    let (endpoint, target) = match route(&state, dst, UnknownDestination::Deny, ctx.next_endpoint())
-    {
+    // setting for TCP, a destination outside the mesh is refused. A Service's ports in the mesh's
+    // model are its TCP ones: its UDP ports (and their target ports) are unknown, so a Service's
+    // address is refused rather than mapped by a TCP port of the same number.
+    let routed = if state.service_by_vip(dst.ip()).is_some() {
+        Route::Refuse("UDP to a Service's address is not carried (its UDP ports are not in the mesh's model): address its endpoints".to_owned())
+    } else {
+        route(&state, dst, UnknownDestination::Deny, ctx.next_endpoint())
+    };
+    let (endpoint, target) = match routed {
         Route::Hbone { endpoint, target } => (endpoint, target),
         refused => {
             let reason = match refused {
@@ -218,14 +229,20 @@ pub(crate) async fn outbound_flow(
     drop(state);
     let Some(src_ip) = local.address_for(target.ip()) else {
         warn!(source = %local.workload.key(), %target, "no source address of the destination's family");
-        return;
+        return hold_refused(queued).await;
     };
     // Answers leave from the original destination; the flow's next datagrams arrive here too.
     let reply = match local.netns.udp(dst, Some(src), true) {
         Ok(reply) => reply,
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            // The application holds the destination's port itself on every address (a
+            // peer-to-peer protocol sending from port P to port P): answers cannot come from it.
+            warn!(target: AUDIT, audit = SCHEMA, event = "connection_refused", component = "ztunnel", protocol = "udp", source = %local.workload.key(), destination = %dst, reason = "the application holds the destination's port itself: answers cannot be sent as the destination", "outbound UDP flow refused");
+            return hold_refused(queued).await;
+        }
         Err(e) => {
             warn!(source = %local.workload.key(), destination = %dst, error = %e, "cannot open the UDP flow's socket");
-            return;
+            return hold_refused(queued).await;
         }
     };
     let key = PoolKey {
@@ -241,10 +258,17 @@ pub(crate) async fn outbound_flow(
     };
     let dialer = PodDialer { ctx, local };
     let request = || connect_udp_request(target, &meta);
-    let (send, recv, _guard) = match ctx.pool.open_with(&key, &request, &dialer, None).await {
-        Ok(stream) => stream,
-        Err(e) => {
+    // Bounded: a destination that never answers must not hold the flow (and its permit) forever.
+    let limit = ctx.settings.h2.handshake_timeout;
+    let opened = tokio::time::timeout(limit, ctx.pool.open_with(&key, &request, &dialer, None));
+    let (send, recv, _guard) = match opened.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
             warn!(source = %key.src, destination = %key.dst, %target, error = %e, "UDP flow's tunnel failed");
+            return hold_refused(queued).await;
+        }
+        Err(_) => {
+            warn!(source = %key.src, destination = %key.dst, %target, "UDP flow's tunnel timed out");
             return hold_refused(queued).await;
         }
     };
@@ -396,4 +420,45 @@ pub(crate) async fn inbound(
         started.elapsed().as_millis() as u64,
         "udp",
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transparent socket of either family reports each datagram's source and destination
+    /// (here the socket's own address: without TPROXY the original destination is the real one).
+    #[tokio::test]
+    async fn the_transparent_socket_reads_source_and_destination_in_both_families() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: transparent sockets need root (CAP_NET_ADMIN)");
+            return;
+        }
+        crate::netns::init().unwrap();
+        let here = crate::netns::NetNs::open(std::path::Path::new("/proc/self/ns/net")).unwrap();
+        for loopback in [
+            IpAddr::from(Ipv4Addr::LOCALHOST),
+            Ipv6Addr::LOCALHOST.into(),
+        ] {
+            let socket = here.udp(SocketAddr::new(loopback, 0), None, true).unwrap();
+            let addr = socket.local_addr().unwrap();
+            let client = UdpSocket::bind(SocketAddr::new(loopback, 0)).await.unwrap();
+            client.send_to(b"datagram", addr).await.unwrap();
+            let (payload, src, dst) =
+                tokio::time::timeout(Duration::from_secs(5), recv_with_destination(&socket))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(&payload[..], b"datagram");
+            assert_eq!(src, client.local_addr().unwrap());
+            assert_eq!(dst, addr);
+            // A second socket may bind the same address (one per flow to a destination), and
+            // answers from it.
+            let reply = here.udp(addr, Some(src), true).unwrap();
+            reply.send(b"answer").await.unwrap();
+            let mut buf = [0u8; 16];
+            let (n, from) = client.recv_from(&mut buf).await.unwrap();
+            assert_eq!((&buf[..n], from), (&b"answer"[..], addr));
+        }
+    }
 }

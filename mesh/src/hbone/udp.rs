@@ -350,12 +350,24 @@ pub async fn relay_datagrams(
     let up = async {
         loop {
             let payload = tokio::select! {
+                // The datagrams queued before the socket existed go first.
+                biased;
+                Some(payload) = async {
+                    match also.as_deref_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => payload,
                 readable = socket.readable() => {
                     if let Err(e) = readable {
                         return e;
                     }
-                    // A buffer only while a datagram is read: an idle flow holds none.
-                    let mut buf = vec![0u8; MAX_PAYLOAD];
+                    // A buffer of the datagram's size, only while it is read: an idle flow
+                    // holds none, a small datagram costs a small one.
+                    let Ok(size) = rustix::io::ioctl_fionread(socket) else {
+                        continue;
+                    };
+                    let mut buf = vec![0u8; (size as usize).min(MAX_PAYLOAD)];
                     match socket.try_recv(&mut buf) {
                         Ok(n) => {
                             buf.truncate(n);
@@ -364,12 +376,6 @@ pub async fn relay_datagrams(
                         Err(_) => continue,
                     }
                 }
-                Some(payload) = async {
-                    match also.as_deref_mut() {
-                        Some(rx) => rx.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => payload,
             };
             touch();
             if let Err(e) = send.send(&payload).await {
@@ -381,11 +387,14 @@ pub async fn relay_datagrams(
     };
     let down = async {
         while let Some(payload) = recv.recv().await? {
-            touch();
-            // A full socket buffer drops the datagram, as a network would.
-            let _ = socket.send(&payload).await;
-            to_socket.fetch_add(payload.len() as u64, Ordering::Relaxed);
-            on_to_socket(payload.len());
+            // A full socket buffer drops the datagram, as a network would. Only what is delivered
+            // counts, and keeps the flow alive: a peer sending into a flow whose application is
+            // gone does not keep it open.
+            if socket.send(&payload).await.is_ok() {
+                touch();
+                to_socket.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                on_to_socket(payload.len());
+            }
         }
         Ok::<_, io::Error>(FlowEnd::PeerEnded)
     };

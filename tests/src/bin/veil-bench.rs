@@ -48,6 +48,9 @@ enum Mode {
         /// Request and response size of the request/response port.
         #[arg(long, default_value = "1024")]
         size: usize,
+        /// UDP echo port (every datagram answered with itself).
+        #[arg(long, default_value = "9004")]
+        udp: u16,
     },
     /// Bulk transfer to a sink on `streams` connections for `seconds`; counts what the sink
     /// received (the time runs until the sink has read everything and closed).
@@ -63,6 +66,17 @@ enum Mode {
         target: SocketAddr,
         #[arg(long, default_value = "1")]
         conns: usize,
+        #[arg(long, default_value = "5")]
+        seconds: f64,
+        #[arg(long, default_value = "1024")]
+        size: usize,
+    },
+    /// UDP request/response: `size`-byte datagrams echoed, on `flows` sockets in parallel, each
+    /// in a closed loop; a datagram unanswered for 200 ms counts as lost and is sent again.
+    UdpRr {
+        target: SocketAddr,
+        #[arg(long, default_value = "1")]
+        flows: usize,
         #[arg(long, default_value = "5")]
         seconds: f64,
         #[arg(long, default_value = "1024")]
@@ -150,7 +164,8 @@ async fn main() -> anyhow::Result<()> {
             conn,
             http,
             size,
-        } => serve(sink, rr, conn, http, size).await,
+            udp,
+        } => serve(sink, rr, conn, http, size, udp).await,
         Mode::Throughput {
             target,
             streams,
@@ -162,6 +177,12 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             size,
         } => round_trips(target, conns, secs(seconds), size).await,
+        Mode::UdpRr {
+            target,
+            flows,
+            seconds,
+            size,
+        } => udp_round_trips(target, flows, secs(seconds), size).await,
         Mode::Connrate {
             target,
             concurrency,
@@ -199,7 +220,23 @@ fn secs(s: f64) -> Duration {
 /// Large enough that a bulk sender or sink makes few system calls.
 const BULK: usize = 256 * 1024;
 
-async fn serve(sink: u16, rr: u16, conn: u16, http: u16, size: usize) -> anyhow::Result<()> {
+async fn serve(
+    sink: u16,
+    rr: u16,
+    conn: u16,
+    http: u16,
+    size: usize,
+    udp: u16,
+) -> anyhow::Result<()> {
+    let udp = tokio::net::UdpSocket::bind(("0.0.0.0", udp)).await?;
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            if let Ok((n, from)) = udp.recv_from(&mut buf).await {
+                let _ = udp.send_to(&buf[..n], from).await;
+            }
+        }
+    });
     let sink = TcpListener::bind(("0.0.0.0", sink)).await?;
     let rr = TcpListener::bind(("0.0.0.0", rr)).await?;
     let conn = TcpListener::bind(("0.0.0.0", conn)).await?;
@@ -389,6 +426,59 @@ async fn round_trips(
         all.extend(task.await??);
     }
     println!("{}", summary(all, duration));
+    Ok(())
+}
+
+async fn udp_round_trips(
+    target: SocketAddr,
+    flows: usize,
+    duration: Duration,
+    size: usize,
+) -> anyhow::Result<()> {
+    const LOST_AFTER: Duration = Duration::from_millis(200);
+    let start = Instant::now();
+    let (measure_from, deadline) = (start + WARMUP, start + WARMUP + duration);
+    let mut tasks = Vec::new();
+    for _ in 0..flows {
+        tasks.push(tokio::spawn(async move {
+            let socket = tokio::net::UdpSocket::bind(("0.0.0.0", 0)).await?;
+            socket.connect(target).await?;
+            let request = vec![0x42u8; size];
+            let mut response = vec![0u8; size + 1];
+            let (mut samples, mut lost) = (Vec::with_capacity(200_000), 0u64);
+            let mut last_answer = Instant::now();
+            loop {
+                let t0 = Instant::now();
+                if t0 >= deadline {
+                    break;
+                }
+                socket.send(&request).await?;
+                let answered = tokio::time::timeout(LOST_AFTER, socket.recv(&mut response)).await;
+                match answered.map(|n| n.ok()) {
+                    Ok(Some(n)) if n == size => {
+                        last_answer = Instant::now();
+                        if t0 >= measure_from {
+                            samples.push((last_answer - t0).as_nanos() as u64);
+                        }
+                    }
+                    _ if last_answer.elapsed() > STALL => {
+                        return Err(std::io::Error::other("no answer for 10 s"));
+                    }
+                    _ => lost += u64::from(t0 >= measure_from),
+                }
+            }
+            Ok::<_, std::io::Error>((samples, lost))
+        }));
+    }
+    let (mut all, mut lost) = (Vec::new(), 0);
+    for task in tasks {
+        let (samples, l) = task.await??;
+        all.extend(samples);
+        lost += l;
+    }
+    let mut out = summary(all, duration);
+    out["lost"] = json!(lost);
+    println!("{out}");
     Ok(())
 }
 

@@ -476,7 +476,7 @@ fn udp_between_enrolled_pods_never_crosses_the_wire() {
     }
     let mut m = mesh();
     serve(&mut m, "server", "udp", UDP_SERVER, &["0.0.0.0", "5353"]);
-    let capture = Capture::start(
+    let capture = Capture::start_ip(
         &m.cluster.fabric,
         "br0",
         &m.dir.join("wire.pcap"),

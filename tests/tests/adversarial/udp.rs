@@ -5,13 +5,16 @@
 
 use std::time::Duration;
 
-use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, skip_unless_root};
+use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec, skip_unless_root};
 use veil_e2e::wire::Capture;
 
 use super::apply;
 use super::capture::{
     UDP_SERVER, assert_mesh_still_serves, ip, link_local, output, python, serve, udp,
 };
+
+/// The address of the Service in front of the server.
+const SERVICE_VIP: &str = "10.96.0.77";
 
 /// A client in `production` (node-a), a server in `user-data` (node-b), an outsider (node-a, not
 /// enrolled); ztunnels carry UDP, with `args` besides.
@@ -25,6 +28,13 @@ fn mesh(args: &[&str], policies: &str) -> Mesh {
             PodSpec::new("server", "user-data", "node-b"),
             PodSpec::new("outsider", "legacy", "node-a").not_enrolled(),
         ],
+        // The server behind a Service too (UDP to its address is refused: not in the model).
+        services: vec![ServiceSpec::new(
+            "user-data",
+            "server",
+            SERVICE_VIP,
+            &[(5353, 5353)],
+        )],
         policies: policies.into(),
         ztunnel_args,
         ..MeshSpec::default()
@@ -32,8 +42,9 @@ fn mesh(args: &[&str], policies: &str) -> Mesh {
     .expect("starting the mesh")
 }
 
+/// Every IP packet between the nodes (UDP included).
 fn capture(m: &Mesh) -> Capture {
-    Capture::start(
+    Capture::start_ip(
         &m.cluster.fabric,
         "br0",
         &m.dir.join("wire.pcap"),
@@ -69,14 +80,26 @@ fn udp_between_enrolled_pods_is_carried_over_hbone_and_never_crosses_in_clear() 
     let sent = udp(&m, "client", &ip(&m, "server"), 5353, "UDP-MESH-MARKER");
     // Outside the mesh (and not allowed out in clear): still refused, whatever TCP would do.
     let outside = udp(&m, "client", &ip(&m, "outsider"), 5353, "UDP-OUT-MARKER");
+    // A Service's address: its UDP ports are not in the mesh's model, so refused too.
+    let service = udp(&m, "client", SERVICE_VIP, 5353, "UDP-SVC-MARKER");
     let wire = wire.finish().expect("capture");
+    assert!(!service.starts_with("REPLY"), "{service}");
+    assert!(!output(&m, "udp").contains("UDP-SVC-MARKER"));
+    assert!(
+        m.ztunnel_log("node-a")
+            .contains("UDP to a Service's address is not carried")
+    );
     assert_eq!(sent, "REPLY UDP-MESH-MARKER");
     assert!(output(&m, "udp").contains("RECEIVED UDP-MESH-MARKER"));
     assert!(!outside.starts_with("REPLY"), "{outside}");
     assert!(!output(&m, "outside").contains("RECEIVED"));
     assert_eq!(wire.packets_on_port(5353), 0, "{}", wire.summary);
     assert!(wire.packets_on_port(15008) > 0, "{}", wire.summary);
-    for marker in [&b"UDP-MESH-MARKER"[..], b"UDP-OUT-MARKER"] {
+    for marker in [
+        &b"UDP-MESH-MARKER"[..],
+        b"UDP-OUT-MARKER",
+        b"UDP-SVC-MARKER",
+    ] {
         assert!(!wire.contains(marker), "a UDP payload crossed the wire");
     }
     // Both ends count the flow as UDP, with its bytes.
@@ -320,5 +343,64 @@ fn udp_bound_to_a_device_or_to_ipv6_link_local_never_leaves_and_loopback_stays_l
         udp(&m, "client", "127.0.0.1", 5356, "LOOPBACK"),
         "REPLY LOOPBACK"
     );
+    assert_mesh_still_serves(&mut m);
+}
+
+/// From one socket, sends `message` to `host port` every 200 ms and prints each answer.
+const TICKER: &str = r#"
+import socket, sys, time
+host, port, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.2)
+print('listening', flush=True)
+while True:
+    try:
+        s.sendto(msg, (host, port))
+        d, _ = s.recvfrom(2048)
+        print('REPLY', d.decode(errors='replace'), flush=True)
+    except OSError as e:
+        print('ERROR', e, flush=True)
+    time.sleep(0.2)
+"#;
+
+#[test]
+fn a_flow_carried_before_carrying_is_turned_off_does_not_go_on_in_clear() {
+    if skip_unless_root("udp_carry_off") {
+        return;
+    }
+    let mut m = mesh(&[], "");
+    serve(&mut m, "server", "udp", UDP_SERVER, &["0.0.0.0", "5353"]);
+    let server = ip(&m, "server");
+    serve(
+        &mut m,
+        "client",
+        "ticker",
+        TICKER,
+        &[&server, "5353", "TICK-MARKER"],
+    );
+    assert!(
+        m.eventually(Duration::from_secs(5), || output(&m, "ticker")
+            .contains("REPLY TICK-MARKER")),
+        "the flow was not carried: {}",
+        output(&m, "ticker")
+    );
+    // node-a's ztunnel comes back without carrying: it removes UDP capture, while conntrack still
+    // knows the flow (answered) and the application goes on sending from the same socket.
+    m.spec.ztunnel_args.retain(|a| a != "--carry-udp");
+    m.start_ztunnel("node-a")
+        .expect("ztunnel without --carry-udp");
+    // On the pod's own interface: what leaves the pod (its node need not forward it).
+    let wire = Capture::start_ip(
+        &m.cluster.pod("client").netns,
+        "eth0",
+        &m.dir.join("pod.pcap"),
+        &m.dir.join("pod-tcpdump.log"),
+    )
+    .expect("tcpdump");
+    std::thread::sleep(Duration::from_secs(2));
+    let wire = wire.finish().expect("capture");
+    assert_eq!(wire.packets_on_port(5353), 0, "{}", wire.summary);
+    assert!(!wire.contains(b"TICK-MARKER"), "the flow went on in clear");
+    assert!(output(&m, "ticker").contains("ERROR"));
     assert_mesh_still_serves(&mut m);
 }

@@ -162,6 +162,10 @@ fn carried_udp_is_marked_for_tproxy_except_what_is_allowed_local_or_ztunnels_own
             "-A VEIL_UDP_IN -p udp -m mark --mark 0x53a/0xfff -j TPROXY --on-port 15001 --on-ip {on_ip} --tproxy-mark 0x53a/0xfff"
         )));
         assert!(r.contains("-A VEIL_UDP_GUARD -m mark --mark 0x53a/0xfff ! -o lo -j DROP"));
+        assert!(
+            position(&r, "-j CONNMARK --set-xmark 0x53a/0xfff") > mark,
+            "the flow is remembered as carried"
+        );
         assert!(r.contains("-I POSTROUTING 1 -p udp -j VEIL_UDP_GUARD"));
         assert_eq!(
             r.contains("-A VEIL_UDP_OUT -d fe80::/10 -j RETURN"),
@@ -178,9 +182,19 @@ fn carried_udp_is_marked_for_tproxy_except_what_is_allowed_local_or_ztunnels_own
             ..udp.clone()
         };
         let filter = rules(family, &udp, &pod_ips(), &[]);
-        let marked = "-A VEIL_OUT_FILTER -m mark --mark 0x53a/0xfff -j RETURN";
+        let marked = "-A VEIL_OUT_FILTER -p udp -m mark --mark 0x53a/0xfff -j RETURN";
         assert!(position(&filter, marked) < position(&filter, "-A VEIL_OUT_FILTER -j REJECT"));
-        assert!(!rules(family, &plain, &pod_ips(), &[]).contains("0x53a"));
+        assert!(!rules(family, &plain, &pod_ips(), &[]).contains(marked));
+        // Carried or not, a flow ztunnel carried (connmark) never answers or goes on by the wire.
+        for r in [&filter, &rules(family, &plain, &pod_ips(), &[])] {
+            let established = "-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN";
+            let inbound = "-A VEIL_IN_FILTER -m connmark --mark 0x53a/0xfff -j DROP";
+            assert!(position(r, "-A VEIL_IN_FILTER -i lo -j RETURN") < position(r, inbound));
+            assert!(position(r, inbound) < position(r, &format!("VEIL_IN_FILTER {established}")));
+            let outbound = "-A VEIL_OUT_FILTER -m connmark --mark 0x53a/0xfff -m mark ! --mark 0x53a/0xfff -j REJECT";
+            assert!(position(r, "-A VEIL_OUT_FILTER -o lo -j RETURN") < position(r, outbound));
+            assert!(position(r, outbound) < position(r, &format!("VEIL_OUT_FILTER {established}")));
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use crate::accept;
 use crate::admission::{Admitted, decide};
 use crate::budget::Permit;
 use crate::conntrack::{Tracked, report_closed};
-use crate::context::{Context, LocalWorkload};
+use crate::context::{ConnectionMeter, Context, LocalWorkload};
 
 /// The access log's tracing target.
 pub const ACCESS_LOG: &str = "veil::access";
@@ -163,21 +163,7 @@ pub(crate) async fn stream_task(
     let Ok(send) = stream.respond.send_response(http::Response::new(()), false) else {
         return;
     };
-    let meter = {
-        let state = ctx.state();
-        ctx.track_connection(TrafficLabels {
-            reporter: Reporter::Destination,
-            source: ctx.metrics.peers.name(
-                &stream.peer,
-                state.workload_by_ip(stream.peer_addr.ip()).map(|w| &**w),
-                stream.request.headers().get(&BAGGAGE),
-            ),
-            destination: Party::of(&workload),
-            service: ServiceLabel::for_destination(&state, target, Some(&workload)),
-            protocol: Protocol::Tcp,
-            security: Security::MutualTls,
-        })
-    };
+    let meter = destination_meter(&ctx, &stream, &workload, target, Protocol::Tcp);
     let recv = stream.request.into_body();
     let started = tokio::time::Instant::now();
     // The splice's first count is what the application sends back: the response side.
@@ -228,6 +214,30 @@ pub(crate) async fn stream_task(
         duration_ms,
         "hbone",
     );
+}
+
+/// The live byte counters (Istio's metrics, reported by the destination) of a tunnel or flow
+/// `stream` opened to `workload` at `target`.
+pub(crate) fn destination_meter(
+    ctx: &Context,
+    stream: &InboundStream,
+    workload: &Workload,
+    target: SocketAddr,
+    protocol: Protocol,
+) -> ConnectionMeter {
+    let state = ctx.state();
+    ctx.track_connection(TrafficLabels {
+        reporter: Reporter::Destination,
+        source: ctx.metrics.peers.name(
+            &stream.peer,
+            state.workload_by_ip(stream.peer_addr.ip()).map(|w| &**w),
+            stream.request.headers().get(&BAGGAGE),
+        ),
+        destination: Party::of(workload),
+        service: ServiceLabel::for_destination(&state, target, Some(workload)),
+        protocol,
+        security: Security::MutualTls,
+    })
 }
 
 /// The span attributes of an admitted connection: its destination and the policy that allowed it.

@@ -49,7 +49,7 @@ use crate::admission::Admitted;
 use crate::budget::Permit;
 use crate::capture::{Family, OUTBOUND_PORT};
 use crate::context::{Context, LocalWorkload, UnknownDestination};
-use crate::inbound::{admit, log_finished};
+use crate::inbound::{admit, destination_meter, log_finished};
 use crate::outbound::{PodDialer, Route, route};
 
 /// Datagrams of one flow queued on the shared socket before its own exists (or while its tunnel
@@ -363,21 +363,7 @@ pub(crate) async fn inbound(
     let Ok(send) = stream.respond.send_response(response, false) else {
         return;
     };
-    let meter = {
-        let state = ctx.state();
-        ctx.track_connection(TrafficLabels {
-            reporter: Reporter::Destination,
-            source: ctx.metrics.peers.name(
-                &stream.peer,
-                state.workload_by_ip(stream.peer_addr.ip()).map(|w| &**w),
-                stream.request.headers().get(&veil_mesh::hbone::BAGGAGE),
-            ),
-            destination: Party::of(&workload),
-            service: ServiceLabel::for_destination(&state, target, Some(&workload)),
-            protocol: Protocol::Udp,
-            security: Security::MutualTls,
-        })
-    };
+    let meter = destination_meter(&ctx, &stream, &workload, target, Protocol::Udp);
     let mut flow = DatagramStream::new(send, stream.request.into_body());
     let started = tokio::time::Instant::now();
     let relayed = tokio::select! {

@@ -326,50 +326,9 @@ async fn udp_echo() -> SocketAddr {
 
 #[tokio::test]
 async fn udp_flows_carry_every_datagram_size_both_ways_and_end_when_idle() {
-    use super::udp::{
-        DatagramStream, FlowEnd, connect_udp_request, is_connect_udp, parse_connect_udp,
-        relay_datagrams,
-    };
+    use super::udp::{DatagramStream, FlowEnd, connect_udp_request};
     let pki = TestPki::new("cluster.local");
-    let cert = pki.issue(&id("server"));
-    let tls = crate::identity::server_config(
-        pki.bundle(),
-        Arc::new(crate::identity::FixedCert(cert.certified_key().clone())),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
-    let (ended_tx, mut ended) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let handler = move |mut stream: InboundStream| {
-            let ended = ended_tx.clone();
-            async move {
-                assert!(is_connect_udp(&stream.request));
-                let target = parse_connect_udp(&stream.request).unwrap().target;
-                let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-                socket.connect(target).await.unwrap();
-                let send = stream
-                    .respond
-                    .send_response(http::Response::new(()), false)
-                    .unwrap();
-                let mut flow = DatagramStream::new(send, stream.request.into_body());
-                let idle = Duration::from_millis(300);
-                let (moved, end) = relay_datagrams(&socket, &mut flow, None, idle, |_| {}, |_| {})
-                    .await
-                    .unwrap();
-                flow.finish();
-                ended.send((moved, end)).await.unwrap();
-            }
-        };
-        let _ = serve_connection(
-            tcp,
-            tls,
-            &H2Settings::default(),
-            handler,
-            std::future::pending(),
-        )
-        .await;
-    });
+    let (proxy, mut ended) = udp_relay_server(&pki, Duration::from_millis(300)).await;
     let echo = udp_echo().await;
     let client = client(&pki, proxy).await;
     let (send, recv) = client
@@ -399,9 +358,16 @@ async fn udp_flows_carry_every_datagram_size_both_ways_and_end_when_idle() {
 }
 
 /// Serves CONNECT-UDP streams on one HBONE connection: each is relayed to its target from a UDP
-/// socket of its own, ending after `idle` without datagrams.
-async fn udp_relay_server(pki: &TestPki, idle: Duration) -> SocketAddr {
-    use super::udp::{DatagramStream, parse_connect_udp, relay_datagrams};
+/// socket of its own, ending (cleanly) after `idle` without datagrams; how each flow ended comes out
+/// of the receiver.
+async fn udp_relay_server(
+    pki: &TestPki,
+    idle: Duration,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::Receiver<(Transferred, super::udp::FlowEnd)>,
+) {
+    use super::udp::{DatagramStream, FlowEnd, is_connect_udp, parse_connect_udp, relay_datagrams};
     let cert = pki.issue(&id("server"));
     let tls = crate::identity::server_config(
         pki.bundle(),
@@ -409,18 +375,28 @@ async fn udp_relay_server(pki: &TestPki, idle: Duration) -> SocketAddr {
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let (ended_tx, ended) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let handler = move |mut stream: InboundStream| async move {
-            let target = parse_connect_udp(&stream.request).unwrap().target;
-            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            socket.connect(target).await.unwrap();
-            let send = stream
-                .respond
-                .send_response(http::Response::new(()), false)
-                .unwrap();
-            let mut flow = DatagramStream::new(send, stream.request.into_body());
-            let _ = relay_datagrams(&socket, &mut flow, None, idle, |_| {}, |_| {}).await;
+        let handler = move |mut stream: InboundStream| {
+            let ended = ended_tx.clone();
+            async move {
+                assert!(is_connect_udp(&stream.request));
+                let target = parse_connect_udp(&stream.request).unwrap().target;
+                let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                socket.connect(target).await.unwrap();
+                let send = stream
+                    .respond
+                    .send_response(http::Response::new(()), false)
+                    .unwrap();
+                let mut flow = DatagramStream::new(send, stream.request.into_body());
+                let relayed = relay_datagrams(&socket, &mut flow, None, idle, |_| {}, |_| {});
+                let (moved, end) = relayed.await.unwrap();
+                if end == FlowEnd::Idle {
+                    flow.finish();
+                }
+                let _ = ended.send((moved, end)).await;
+            }
         };
         let _ = serve_connection(
             tcp,
@@ -431,14 +407,14 @@ async fn udp_relay_server(pki: &TestPki, idle: Duration) -> SocketAddr {
         )
         .await;
     });
-    addr
+    (addr, ended)
 }
 
 #[tokio::test]
 async fn a_udp_flow_whose_peer_stops_reading_still_delivers_the_peers_datagrams() {
     use super::udp::{DatagramStream, connect_udp_request};
     let pki = TestPki::new("cluster.local");
-    let proxy = udp_relay_server(&pki, Duration::from_secs(30)).await;
+    let (proxy, _ended) = udp_relay_server(&pki, Duration::from_secs(30)).await;
     let app = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let client = client(&pki, proxy).await;
     let (send, recv) = client

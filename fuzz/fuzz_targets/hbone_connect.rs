@@ -1,5 +1,5 @@
-//! HBONE `CONNECT` validation (`veil_mesh::hbone::parse_connect`), the first thing an inbound
-//! ztunnel or waypoint does with a stream a peer opened.
+//! HBONE `CONNECT` validation (`veil_mesh::hbone::parse_connect`, and `parse_connect_udp` for UDP
+//! flows), the first thing an inbound ztunnel or waypoint does with a stream a peer opened.
 //!
 //! Input: HTTP/2-style lines, `name: value` or `name value`, one per line. The pseudo-headers
 //! `:method`, `:scheme`, `:authority`, `:path` and `:protocol` are assembled as h2 assembles them
@@ -12,6 +12,9 @@ use http::header::{HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Version};
 use libfuzzer_sys::fuzz_target;
+use std::net::SocketAddr;
+
+use veil_mesh::hbone::udp::parse_connect_udp;
 use veil_mesh::hbone::{BadRequest, parse_connect};
 
 fuzz_target!(|data: &[u8]| {
@@ -22,6 +25,17 @@ fuzz_target!(|data: &[u8]| {
         // A validated target is a concrete, non-zero port: what the proxy will dial.
         Ok(target) => assert_ne!(target.target.port(), 0),
         Err(BadRequest::Method(_) | BadRequest::NotPlainConnect(_) | BadRequest::Authority(_)) => {}
+        Err(BadRequest::NotConnectUdp(what)) => {
+            panic!("a plain CONNECT was judged as a CONNECT-UDP ({what})")
+        }
+    }
+    // The same stream read as a UDP flow: a validated target is the authority's own address, with
+    // a non-zero port, and the request is never also a valid plain CONNECT.
+    if let Ok(target) = parse_connect_udp(&request) {
+        assert_ne!(target.target.port(), 0);
+        let authority = request.uri().authority().map(|a| a.as_str().parse::<SocketAddr>());
+        assert_eq!(authority.and_then(Result::ok), Some(target.target));
+        assert!(parse_connect(&request).is_err());
     }
 });
 

@@ -502,7 +502,7 @@ pub fn install(
     Ok(())
 }
 
-/// The rule and local route delivering marked UDP to ztunnel, replacing any earlier ones.
+/// The local route (replaced) and the rule (added where missing) delivering marked UDP to ztunnel.
 fn udp_route(netns: &std::path::Path, family: Family) -> Result<(), CaptureError> {
     let (flag, any) = match family {
         Family::V4 => ("-4", "0.0.0.0/0"),

@@ -16,7 +16,7 @@ use veil_waypoint::target::{self, Destination};
 use veil_ztunnel::admission::{Admission, Admitted, decide};
 use veil_ztunnel::capture::PROXY_PORTS;
 use veil_ztunnel::context::UnknownDestination;
-use veil_ztunnel::outbound::{Route, route};
+use veil_ztunnel::outbound::{Route, Transport, route};
 
 /// Who connects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,7 +250,8 @@ fn captured(
     let held = views.waypoint;
     let mut paths: Vec<Path> = Vec::new();
     for pick in 0..choices(state, dst) {
-        let path = match route(state, dst, q.unknown, pick) {
+        // A connection, as the question is asked with curl in mind: UDP is not explained.
+        let path = match route(state, dst, Transport::Tcp, q.unknown, pick) {
             Route::Hbone { endpoint, target } => {
                 let hop = admission(state, &endpoint, Some(identity.clone()), source_ip, target);
                 Path::of(Some(endpoint.key()), vec![hop])

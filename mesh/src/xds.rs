@@ -101,6 +101,16 @@ pub const TELEMETRY_EXTENSION: &str = "veil.dev/telemetry";
 /// The type of [`TELEMETRY_EXTENSION`]'s config.
 pub const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
 
+/// veil's extension of Istio's Service: the name of an `extensions` entry carrying the service's
+/// UDP ports (Istio's `ports` are its TCP ones, and its ztunnel carries no UDP), reached only by
+/// carried UDP. Its config is an `istio.workload.PortList`, every target port given (a named target
+/// port is resolved by the control plane). Absent: the service has no UDP port. A subscriber that
+/// cannot read it refuses the service's update (it keeps the last one it could read); Istio's
+/// ztunnel ignores it.
+pub const UDP_PORTS_EXTENSION: &str = "veil.dev/udp-ports";
+/// The type of [`UDP_PORTS_EXTENSION`]'s config.
+pub const PORT_LIST_TYPE: &str = "type.googleapis.com/istio.workload.PortList";
+
 /// `google.protobuf.StringValue`, for [`TELEMETRY_EXTENSION`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct StringValue {

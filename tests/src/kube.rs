@@ -151,7 +151,9 @@ pub fn service(spec: &ServiceSpec) -> Value {
     let ports: Vec<Value> = spec
         .ports
         .iter()
-        .map(|(port, target)| json!({"port": port, "targetPort": target, "protocol": "TCP"}))
+        .map(|(port, target)| (port, target, "TCP"))
+        .chain(spec.udp_ports.iter().map(|(port, target)| (port, target, "UDP")))
+        .map(|(port, target, protocol)| json!({"port": port, "targetPort": target, "protocol": protocol}))
         .collect();
     json!({
         "apiVersion": "v1",

@@ -523,6 +523,7 @@ fn a_rollout_behind_a_service_loses_no_request_and_unready_pods_get_none() {
             vip: "10.96.0.80".into(),
             selects: "server".into(),
             ports: vec![(80, 8080)],
+            udp_ports: Vec::new(),
         }],
         kubernetes: true,
         ..MeshSpec::default()
@@ -620,6 +621,7 @@ fn a_rollout_behind_a_service_loses_no_request_and_unready_pods_get_none() {
         vip: "10.96.0.81".into(),
         selects: "server".into(),
         ports: vec![(80, 8080)],
+        udp_ports: Vec::new(),
     };
     let answers = |url: &str| m.curl("client", url).is_ok_and(|(status, _)| status == 200);
     assert!(!answers("http://10.96.0.81/"), "no Service there yet");

@@ -49,6 +49,7 @@ fn mesh() -> Mesh {
             vip: VIP.into(),
             selects: "user-profile-service".into(),
             ports: vec![(80, 8080), (50051, 50051)],
+            udp_ports: Vec::new(),
         }],
         waypoints: vec![WaypointSpec {
             name: "waypoint".into(),

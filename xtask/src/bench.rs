@@ -114,6 +114,7 @@ fn spec(upstream: bool) -> MeshSpec {
             vip: WAYPOINT_VIP.into(),
             selects: "wserver".into(),
             ports: vec![(80, 9080)],
+            udp_ports: Vec::new(),
         }],
         waypoints: vec![WaypointSpec {
             name: "wp".into(),

@@ -155,6 +155,7 @@ fn spec() -> MeshSpec {
             vip: VIP.into(),
             selects: "user-profile-service".into(),
             ports: vec![(80, 8080)],
+            udp_ports: Vec::new(),
         }],
         waypoints: vec![WaypointSpec {
             name: "waypoint".into(),

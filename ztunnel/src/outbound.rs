@@ -59,17 +59,27 @@ pub enum Route {
     Forbidden(SocketAddr, Forbidden),
 }
 
-/// Decides the route to `dst`. `pick` chooses among a service's endpoints.
+/// The transport of a route: a service's ports are its TCP or its UDP ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A TCP connection.
+    Tcp,
+    /// A carried UDP flow.
+    Udp,
+}
+
+/// Decides the route to `dst` over `transport`. `pick` chooses among a service's endpoints.
 pub fn route(
     state: &MeshState,
     dst: SocketAddr,
+    transport: Transport,
     unknown: UnknownDestination,
     pick: usize,
 ) -> Route {
     if let Some(why) = forbidden(dst) {
         return Route::Forbidden(dst, why);
     }
-    let route = resolve(state, dst, unknown, pick);
+    let route = resolve(state, dst, transport, unknown, pick);
     // A service may map a port onto one of ztunnel's: checked again after resolution.
     let target = match &route {
         Route::Hbone { target, .. } | Route::Passthrough(target) => *target,
@@ -81,7 +91,13 @@ pub fn route(
     }
 }
 
-fn resolve(state: &MeshState, dst: SocketAddr, unknown: UnknownDestination, pick: usize) -> Route {
+fn resolve(
+    state: &MeshState,
+    dst: SocketAddr,
+    transport: Transport,
+    unknown: UnknownDestination,
+    pick: usize,
+) -> Route {
     if let Some(workload) = state.workload_by_ip(dst.ip()) {
         if let (true, Some(reference)) = (workload.enrolled, &workload.waypoint) {
             if !workload.waypoint_conflict().is_empty() {
@@ -98,9 +114,13 @@ fn resolve(state: &MeshState, dst: SocketAddr, unknown: UnknownDestination, pick
         if let Some(reference) = &service.waypoint {
             return via_waypoint(state, reference, dst, pick);
         }
-        let Some(port) = service.target_port(dst.port()) else {
+        let (port, named) = match transport {
+            Transport::Tcp => (service.target_port(dst.port()), "port"),
+            Transport::Udp => (service.udp_target_port(dst.port()), "UDP port"),
+        };
+        let Some(port) = port else {
             return Route::Refuse(format!(
-                "service {} has no port {}",
+                "service {} has no {named} {}",
                 service.key(),
                 dst.port()
             ));
@@ -185,7 +205,13 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
         }
     };
     let state = ctx.state();
-    match route(&state, dst, ctx.unknown_destination(), ctx.next_endpoint()) {
+    match route(
+        &state,
+        dst,
+        Transport::Tcp,
+        ctx.unknown_destination(),
+        ctx.next_endpoint(),
+    ) {
         Route::Hbone { endpoint, target } => {
             let service = ServiceLabel::for_destination(&state, dst, Some(&endpoint));
             if let Some(here) = local::destination(&ctx, &local, &endpoint) {

@@ -4,10 +4,11 @@
 //! Outbound: capture (`crate::capture`, mangle table) hands the pod's UDP to a transparent socket
 //! on 15001 inside its namespace, with each datagram's original destination. A flow is one
 //! (source, original destination) pair. Its first datagram decides its route: a mesh workload is
-//! reached over HBONE with the pod's certificate; anything else — a destination outside the mesh,
-//! behind a waypoint (an L7 proxy carries no UDP), a Service's address (the model holds Services'
-//! TCP ports only), or forbidden — is refused: the refusal is audited and the flow's datagrams are dropped for a second. The flow's
-//! answers come back from a
+//! reached over HBONE with the pod's certificate, and so is a Service's address with one of its
+//! UDP ports (one endpoint, picked on the flow's first datagram). Anything else — a destination
+//! outside the mesh, behind a waypoint (an L7 proxy carries no UDP), a Service port that is not
+//! UDP, or forbidden — is refused: the refusal is audited and the flow's datagrams are dropped for
+//! a second. The flow's answers come back from a
 //! transparent socket bound to the original destination and connected to the application, which
 //! also receives the flow's later datagrams (the kernel prefers it to the shared socket). A flow
 //! holds an outbound-connection permit of the pod's budget, and ends after the idle timeout.
@@ -50,7 +51,7 @@ use crate::budget::Permit;
 use crate::capture::{Family, OUTBOUND_PORT};
 use crate::context::{Context, LocalWorkload, UnknownDestination};
 use crate::inbound::{admit, destination_meter, log_finished};
-use crate::outbound::{PodDialer, Route, route};
+use crate::outbound::{PodDialer, Route, Transport, route};
 
 /// Datagrams of one flow queued on the shared socket before its own exists (or while its tunnel
 /// opens); beyond, they are dropped, as a full socket buffer would.
@@ -186,14 +187,15 @@ pub(crate) async fn outbound_flow(
 ) {
     let state = ctx.state();
     // UDP leaves the mesh only where it is allowed out in clear (never captured): whatever the
-    // setting for TCP, a destination outside the mesh is refused. A Service's ports in the mesh's
-    // model are its TCP ones: its UDP ports (and their target ports) are unknown, so a Service's
-    // address is refused rather than mapped by a TCP port of the same number.
-    let routed = if state.service_by_vip(dst.ip()).is_some() {
-        Route::Refuse("UDP to a Service's address is not carried (its UDP ports are not in the mesh's model): address its endpoints".to_owned())
-    } else {
-        route(&state, dst, UnknownDestination::Deny, ctx.next_endpoint())
-    };
+    // setting for TCP, a destination outside the mesh is refused. A Service's address leads to one
+    // of its endpoints by its UDP port, chosen on the flow's first datagram for the flow's life.
+    let routed = route(
+        &state,
+        dst,
+        Transport::Udp,
+        UnknownDestination::Deny,
+        ctx.next_endpoint(),
+    );
     let (endpoint, target) = match routed {
         Route::Hbone { endpoint, target } => (endpoint, target),
         refused => {

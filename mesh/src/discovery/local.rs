@@ -134,6 +134,20 @@ struct PortEntry {
     port: u16,
     #[serde(default)]
     target_port: Option<u16>,
+    /// As a Kubernetes Service port's: the ports of a UDP service are reached only by carried UDP.
+    #[serde(default)]
+    protocol: PortProtocol,
+}
+
+/// A service port's protocol, spelled as Kubernetes spells it. SCTP is not accepted: nothing in
+/// the mesh carries it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+enum PortProtocol {
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
 }
 
 #[derive(Deserialize)]
@@ -383,19 +397,23 @@ fn service(i: usize, s: ServiceEntry, bindings: &Bindings) -> Result<Service, Co
             "needs at least one address in vips",
         ));
     }
-    let mut ports = Vec::with_capacity(s.ports.len());
+    let (mut ports, mut udp_ports) = (Vec::new(), Vec::new());
     for (j, p) in s.ports.iter().enumerate() {
         let target_port = p.target_port.unwrap_or(p.port);
         if p.port == 0 || target_port == 0 {
             return Err(ConfigError::invalid(format!("{at}: ports[{j}]"), "port 0"));
         }
-        if ports.iter().any(|q: &ServicePort| q.port == p.port) {
+        let (list, protocol): (&mut Vec<ServicePort>, _) = match p.protocol {
+            PortProtocol::Tcp => (&mut ports, "TCP"),
+            PortProtocol::Udp => (&mut udp_ports, "UDP"),
+        };
+        if list.iter().any(|q| q.port == p.port) {
             return Err(ConfigError::invalid(
                 format!("{at}: ports[{j}]"),
-                format!("port {} listed twice", p.port),
+                format!("{protocol} port {} listed twice", p.port),
             ));
         }
-        ports.push(ServicePort {
+        list.push(ServicePort {
             port: p.port,
             target_port,
         });
@@ -405,6 +423,7 @@ fn service(i: usize, s: ServiceEntry, bindings: &Bindings) -> Result<Service, Co
         namespace: s.namespace,
         vips: s.vips,
         ports,
+        udp_ports,
         selector: s.selector,
         endpoints: Vec::new(),
         waypoint,

@@ -215,8 +215,12 @@ pub struct Service {
     pub namespace: String,
     /// Virtual addresses.
     pub vips: Vec<IpAddr>,
-    /// Ports.
+    /// Ports (TCP).
     pub ports: Vec<ServicePort>,
+    /// UDP ports: reached only by carried UDP (ztunnel's `--carry-udp`); a port number may be in
+    /// both lists (DNS's 53), each with its own target.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub udp_ports: Vec<ServicePort>,
     /// Picks the endpoints among the workloads of the namespace.
     pub selector: BTreeMap<String, String>,
     /// The workloads selected, by uid.
@@ -239,6 +243,7 @@ impl Service {
             namespace: self.namespace.clone(),
             vips: self.vips.clone(),
             ports: self.ports.clone(),
+            udp_ports: self.udp_ports.clone(),
             selector: self.selector.clone(),
             endpoints,
             waypoint: self.waypoint.clone(),
@@ -252,6 +257,7 @@ impl Service {
             namespace,
             vips,
             ports,
+            udp_ports,
             selector,
             endpoints: _,
             waypoint,
@@ -260,17 +266,24 @@ impl Service {
             && *namespace == other.namespace
             && *vips == other.vips
             && *ports == other.ports
+            && *udp_ports == other.udp_ports
             && *selector == other.selector
             && *waypoint == other.waypoint
     }
 
-    /// The endpoint port behind service port `port`.
+    /// The endpoint port behind service port `port` (TCP).
     pub fn target_port(&self, port: u16) -> Option<u16> {
-        self.ports
-            .iter()
-            .find(|p| p.port == port)
-            .map(|p| p.target_port)
+        find_target(&self.ports, port)
     }
+
+    /// The endpoint port behind UDP service port `port`.
+    pub fn udp_target_port(&self, port: u16) -> Option<u16> {
+        find_target(&self.udp_ports, port)
+    }
+}
+
+fn find_target(ports: &[ServicePort], port: u16) -> Option<u16> {
+    ports.iter().find(|p| p.port == port).map(|p| p.target_port)
 }
 
 /// Whether `labels` carry every pair of `selector` (an empty selector selects nothing for services).

@@ -26,7 +26,9 @@ use super::authorization::{authorization, ip_bytes, istio_action};
 use super::proto::istio::security as sec;
 use super::proto::istio::workload as wl;
 use super::proto::veil::AmbientNamespace;
-use crate::discovery::{MeshState, Service, ServiceKey, Serving, Waypoint, WaypointRef, Workload};
+use crate::discovery::{
+    MeshState, Service, ServiceKey, ServicePort, Serving, Waypoint, WaypointRef, Workload,
+};
 use crate::identity::Identity;
 use crate::policy::{PeerMode, PeerProfile, Scope};
 

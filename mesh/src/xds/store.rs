@@ -595,6 +595,7 @@ impl Store {
                 namespace: s.namespace.clone(),
                 vips: s.vips.clone(),
                 ports,
+                udp_ports: s.udp_ports.clone(),
                 selector: BTreeMap::new(),
                 // Every workload that backs it, ready or not: which of them take new connections
                 // is read from each when one is picked (`MeshState::serving_endpoints`), and an

@@ -24,7 +24,7 @@ workloads:
   - {name: legacy, namespace: ops, serviceAccount: legacy, node: node-b, ips: [10.2.0.3], enrolled: false}
   - {name: front, namespace: shop, serviceAccount: front, node: node-a, ips: [10.1.0.9], useWaypoint: wp}
 services:
-  - {name: api, namespace: shop, vips: [10.96.0.2], ports: [{port: 80, targetPort: 8080}], selector: {app: api}}
+  - {name: api, namespace: shop, vips: [10.96.0.2], ports: [{port: 80, targetPort: 8080}, {port: 53, targetPort: 5353, protocol: UDP}], selector: {app: api}}
   - {name: db, namespace: shop, vips: [10.96.0.3], ports: [{port: 5432}], selector: {app: db}}
 policies:
   - apiVersion: security.veil.dev/v1

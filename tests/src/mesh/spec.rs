@@ -76,8 +76,10 @@ pub struct ServiceSpec {
     pub vip: String,
     /// `app` label selected.
     pub selects: String,
-    /// (service port, target port).
+    /// (service port, target port), TCP.
     pub ports: Vec<(u16, u16)>,
+    /// (service port, target port), UDP.
+    pub udp_ports: Vec<(u16, u16)>,
 }
 
 impl ServiceSpec {
@@ -89,7 +91,14 @@ impl ServiceSpec {
             vip: vip.into(),
             selects: name.into(),
             ports: ports.to_vec(),
+            udp_ports: Vec::new(),
         }
+    }
+
+    /// This service with UDP ports `ports` (service port, target port) too.
+    pub fn with_udp(mut self, ports: &[(u16, u16)]) -> Self {
+        self.udp_ports = ports.to_vec();
+        self
     }
 
     /// The demo's two services on node-b: `user-data/user-profile-service` (80 → 8080, at
@@ -248,6 +257,9 @@ pub(super) fn render(spec: &MeshSpec, cluster: &Cluster, policies: &str) -> Stri
             .ports
             .iter()
             .map(|(port, target)| format!("{{port: {port}, targetPort: {target}}}"))
+            .chain(s.udp_ports.iter().map(|(port, target)| {
+                format!("{{port: {port}, targetPort: {target}, protocol: UDP}}")
+            }))
             .collect();
         let _ = writeln!(
             out,

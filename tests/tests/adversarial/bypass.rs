@@ -48,6 +48,7 @@ fn waypoint_mesh(policies: &str) -> Mesh {
             vip: VIP.into(),
             selects: "user-profile-service".into(),
             ports: vec![(80, 8080)],
+            udp_ports: Vec::new(),
         }],
         waypoints: vec![WaypointSpec {
             name: "waypoint".into(),
@@ -250,6 +251,7 @@ fn service_policy_without_a_waypoint_denies_at_the_pods() {
             vip: "10.96.0.40".into(),
             selects: "web".into(),
             ports: vec![(80, 8080)],
+            udp_ports: Vec::new(),
         }],
         policies: policy.into(),
         ..MeshSpec::default()

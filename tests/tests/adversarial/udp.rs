@@ -28,13 +28,12 @@ fn mesh(args: &[&str], policies: &str) -> Mesh {
             PodSpec::new("server", "user-data", "node-b"),
             PodSpec::new("outsider", "legacy", "node-a").not_enrolled(),
         ],
-        // The server behind a Service too (UDP to its address is refused: not in the model).
-        services: vec![ServiceSpec::new(
-            "user-data",
-            "server",
-            SERVICE_VIP,
-            &[(5353, 5353)],
-        )],
+        // The server behind a Service too: TCP 5353, and UDP 1053 to its resolver on 5300 (not
+        // 53: port 53 is allowed out in clear by default, to any address).
+        services: vec![
+            ServiceSpec::new("user-data", "server", SERVICE_VIP, &[(5353, 5353)])
+                .with_udp(&[(1053, 5300)]),
+        ],
         policies: policies.into(),
         ztunnel_args,
         ..MeshSpec::default()
@@ -80,14 +79,14 @@ fn udp_between_enrolled_pods_is_carried_over_hbone_and_never_crosses_in_clear() 
     let sent = udp(&m, "client", &ip(&m, "server"), 5353, "UDP-MESH-MARKER");
     // Outside the mesh (and not allowed out in clear): still refused, whatever TCP would do.
     let outside = udp(&m, "client", &ip(&m, "outsider"), 5353, "UDP-OUT-MARKER");
-    // A Service's address: its UDP ports are not in the mesh's model, so refused too.
+    // A Service's port that is TCP only: refused, not mapped as if it were UDP.
     let service = udp(&m, "client", SERVICE_VIP, 5353, "UDP-SVC-MARKER");
     let wire = wire.finish().expect("capture");
     assert!(!service.starts_with("REPLY"), "{service}");
     assert!(!output(&m, "udp").contains("UDP-SVC-MARKER"));
     assert!(
         m.ztunnel_log("node-a")
-            .contains("UDP to a Service's address is not carried")
+            .contains("service user-data/server has no UDP port 5353")
     );
     assert_eq!(sent, "REPLY UDP-MESH-MARKER");
     assert!(output(&m, "udp").contains("RECEIVED UDP-MESH-MARKER"));
@@ -117,7 +116,7 @@ fn udp_between_enrolled_pods_is_carried_over_hbone_and_never_crosses_in_clear() 
 }
 
 #[test]
-fn a_dns_query_to_an_in_mesh_resolver_is_carried_and_cluster_dns_still_passes_in_clear() {
+fn a_dns_query_to_an_in_mesh_resolver_and_its_service_is_carried_and_cluster_dns_passes_in_clear() {
     if skip_unless_root("udp_dns_carried") {
         return;
     }
@@ -172,9 +171,13 @@ fn a_dns_query_to_an_in_mesh_resolver_is_carried_and_cluster_dns_still_passes_in
     };
     let wire = capture(&m);
     let in_mesh = dig(&m, &ip(&m, "server"), "5300");
+    // Through the resolver's Service: its UDP port 1053 leads to the resolver's 5300.
+    let by_service = dig(&m, SERVICE_VIP, "1053");
     let wire = wire.finish().expect("capture");
     assert_eq!(in_mesh, "10.9.8.7");
+    assert_eq!(by_service, "10.9.8.7");
     assert_eq!(wire.packets_on_port(5300), 0, "{}", wire.summary);
+    assert_eq!(wire.packets_on_port(1053), 0, "{}", wire.summary);
     assert!(
         !wire.contains(b"\x04veil\x04test"),
         "the query crossed the wire in clear"

@@ -86,6 +86,7 @@ fn fixture(test: &str, waypoint_args: &[&str]) -> Option<Fixture> {
         vip: vip.into(),
         selects: "backend".into(),
         ports: vec![(80, NGINX_PORT)],
+        udp_ports: Vec::new(),
     };
     let mut mesh = Mesh::start(MeshSpec {
         nodes: vec!["node-a".into()],

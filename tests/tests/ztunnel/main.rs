@@ -511,6 +511,7 @@ fn services_balance_over_endpoints_on_both_nodes() {
             vip: "10.96.0.10".into(),
             selects: "profile".into(),
             ports: vec![(80, 8080)],
+            udp_ports: Vec::new(),
         }],
         ..MeshSpec::default()
     })

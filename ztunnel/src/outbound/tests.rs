@@ -27,6 +27,7 @@ fn mesh_workloads_are_reached_over_hbone_on_the_port_dialled() {
     match route(
         &state(),
         addr("10.2.0.10:8080"),
+        Transport::Tcp,
         UnknownDestination::Passthrough,
         0,
     ) {
@@ -45,6 +46,7 @@ fn services_are_balanced_over_their_endpoints_with_the_target_port() {
         match route(
             &state(),
             addr("10.96.0.10:80"),
+            Transport::Tcp,
             UnknownDestination::Passthrough,
             pick,
         ) {
@@ -63,24 +65,31 @@ fn services_are_balanced_over_their_endpoints_with_the_target_port() {
 fn workloads_outside_the_mesh_and_unknown_addresses_pass_through_unless_denied() {
     let s = state();
     assert!(matches!(
-        route(&s, addr("10.2.0.20:9090"), UnknownDestination::Passthrough, 0),
+        route(&s, addr("10.2.0.20:9090"), Transport::Tcp, UnknownDestination::Passthrough, 0),
         Route::Passthrough(a) if a == addr("10.2.0.20:9090")
     ));
     assert!(matches!(
-        route(&s, addr("10.96.0.20:80"), UnknownDestination::Passthrough, 0),
+        route(&s, addr("10.96.0.20:80"), Transport::Tcp, UnknownDestination::Passthrough, 0),
         Route::Passthrough(a) if a == addr("10.2.0.20:9090")
     ));
     assert!(matches!(
         route(
             &s,
             addr("192.0.2.1:443"),
+            Transport::Tcp,
             UnknownDestination::Passthrough,
             0
         ),
         Route::Passthrough(_)
     ));
     assert!(matches!(
-        route(&s, addr("192.0.2.1:443"), UnknownDestination::Deny, 0),
+        route(
+            &s,
+            addr("192.0.2.1:443"),
+            Transport::Tcp,
+            UnknownDestination::Deny,
+            0
+        ),
         Route::Refuse(_)
     ));
 }
@@ -89,10 +98,48 @@ fn workloads_outside_the_mesh_and_unknown_addresses_pass_through_unless_denied()
 fn services_without_the_port_or_endpoints_are_refused() {
     let s = state();
     assert!(
-        matches!(route(&s, addr("10.96.0.10:81"), UnknownDestination::Passthrough, 0), Route::Refuse(r) if r.contains("no port 81"))
+        matches!(route(&s, addr("10.96.0.10:81"), Transport::Tcp, UnknownDestination::Passthrough, 0), Route::Refuse(r) if r.contains("no port 81"))
     );
     assert!(
-        matches!(route(&s, addr("10.96.0.30:80"), UnknownDestination::Passthrough, 0), Route::Refuse(r) if r.contains("no ready endpoints"))
+        matches!(route(&s, addr("10.96.0.30:80"), Transport::Tcp, UnknownDestination::Passthrough, 0), Route::Refuse(r) if r.contains("no ready endpoints"))
+    );
+}
+
+const DNS: &str = r#"
+workloads:
+  - {name: dns-0, namespace: infra, serviceAccount: dns, node: b, ips: [10.2.0.30], labels: {app: dns}}
+services:
+  - name: dns
+    namespace: infra
+    vips: [10.96.0.53]
+    ports: [{port: 53, targetPort: 5353}, {port: 53, targetPort: 5354, protocol: UDP}, {port: 9153, protocol: TCP}]
+    selector: {app: dns}
+"#;
+
+#[test]
+fn a_service_port_is_of_one_transport_each_with_its_own_target() {
+    let s = parse(DNS, &MeshSettings::default()).unwrap();
+    let target = |port, transport| match route(
+        &s,
+        SocketAddr::new("10.96.0.53".parse().unwrap(), port),
+        transport,
+        UnknownDestination::Passthrough,
+        0,
+    ) {
+        Route::Hbone { endpoint, target } => {
+            assert_eq!(&*endpoint.name, "dns-0");
+            Ok(target)
+        }
+        Route::Refuse(why) => Err(why),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(target(53, Transport::Tcp), Ok(addr("10.2.0.30:5353")));
+    assert_eq!(target(53, Transport::Udp), Ok(addr("10.2.0.30:5354")));
+    assert_eq!(target(9153, Transport::Tcp), Ok(addr("10.2.0.30:9153")));
+    // A TCP port is no UDP port, whatever its number.
+    assert_eq!(
+        target(9153, Transport::Udp),
+        Err("service infra/dns has no UDP port 9153".to_owned())
     );
 }
 
@@ -114,7 +161,13 @@ fn services_and_workloads_behind_a_waypoint_are_sent_to_it_never_around_it() {
         ("10.96.0.10:80", 1, "10.2.0.51"),
         ("10.2.0.10:8080", 0, "10.2.0.50"),
     ] {
-        match route(&s, addr(dst), UnknownDestination::Passthrough, pick) {
+        match route(
+            &s,
+            addr(dst),
+            Transport::Tcp,
+            UnknownDestination::Passthrough,
+            pick,
+        ) {
             Route::Waypoint {
                 waypoint,
                 address,
@@ -133,7 +186,13 @@ fn services_and_workloads_behind_a_waypoint_are_sent_to_it_never_around_it() {
     }
     // Opted out: direct.
     assert!(matches!(
-        route(&s, addr("10.2.0.11:80"), UnknownDestination::Passthrough, 0),
+        route(
+            &s,
+            addr("10.2.0.11:80"),
+            Transport::Tcp,
+            UnknownDestination::Passthrough,
+            0
+        ),
         Route::Hbone { .. }
     ));
 }
@@ -150,7 +209,13 @@ services:
 fn the_pod_address_of_a_service_behind_a_waypoint_goes_to_the_waypoint_on_every_port() {
     let state = parse(FRONTED, &MeshSettings::default()).unwrap();
     for dst in ["10.3.0.10:8080", "10.3.0.10:9090", "10.96.3.10:80"] {
-        match route(&state, addr(dst), UnknownDestination::Passthrough, 0) {
+        match route(
+            &state,
+            addr(dst),
+            Transport::Tcp,
+            UnknownDestination::Passthrough,
+            0,
+        ) {
             Route::Waypoint {
                 waypoint, target, ..
             } => {
@@ -178,7 +243,13 @@ fn own_ports_loopback_and_link_local_are_refused_before_and_after_service_mappin
         ("[fe80::1]:8080", Forbidden::LinkLocal),
         ("10.96.0.40:80", Forbidden::ProxyPort(15008)),
     ] {
-        match route(&state, addr(dst), UnknownDestination::Passthrough, 0) {
+        match route(
+            &state,
+            addr(dst),
+            Transport::Tcp,
+            UnknownDestination::Passthrough,
+            0,
+        ) {
             Route::Forbidden(_, got) => assert_eq!(got, why, "{dst}"),
             other => panic!("{dst}: {other:?}"),
         }

@@ -546,22 +546,25 @@ pub(crate) fn service<'p>(
     } else {
         Vec::new()
     };
-    let ports = spec
-        .ports
-        .iter()
-        .flatten()
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .filter_map(|p| {
-            let port = u16::try_from(p.port).ok()?;
-            let target_port = target_port(p.target_port.as_ref(), port, &backends)?;
-            Some(ServicePort { port, target_port })
-        })
-        .collect();
+    // SCTP's ports are left out: nothing in the mesh carries SCTP.
+    let ports_of = |protocol: &str| -> Vec<ServicePort> {
+        spec.ports
+            .iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == protocol)
+            .filter_map(|p| {
+                let port = u16::try_from(p.port).ok()?;
+                let target_port = target_port(p.target_port.as_ref(), port, &backends)?;
+                Some(ServicePort { port, target_port })
+            })
+            .collect()
+    };
     Some(Service {
         name: svc.name_any(),
         namespace: namespace.clone(),
         vips,
-        ports,
+        ports: ports_of("TCP"),
+        udp_ports: ports_of("UDP"),
         selector,
         endpoints: Vec::new(),
         waypoint: waypoint_ref(

@@ -130,7 +130,17 @@ fn invalid_files_are_refused_with_the_object_named() {
         (
             "duplicate service port",
             "services: [{name: s, namespace: n, vips: [10.9.0.1], ports: [{port: 80}, {port: 80}]}]",
-            "listed twice",
+            "TCP port 80 listed twice",
+        ),
+        (
+            "duplicate UDP service port",
+            "services: [{name: s, namespace: n, vips: [10.9.0.1], ports: [{port: 53, protocol: UDP}, {port: 53}, {port: 53, protocol: UDP}]}]",
+            "ports[2]: UDP port 53 listed twice",
+        ),
+        (
+            "SCTP service port",
+            "services: [{name: s, namespace: n, vips: [10.9.0.1], ports: [{port: 53, protocol: SCTP}]}]",
+            "SCTP",
         ),
         (
             "wrong apiVersion",

@@ -46,6 +46,7 @@ fn service(name: &str, vip: &str, app: &str) -> Service {
             port: 80,
             target_port: 8080,
         }],
+        udp_ports: Vec::new(),
         selector: BTreeMap::from([("app".to_owned(), app.to_owned())]),
         endpoints: Vec::new(),
         waypoint: None,

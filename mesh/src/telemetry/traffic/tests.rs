@@ -71,6 +71,7 @@ fn requests_carry_the_status_and_the_service_by_its_hostname() {
         namespace: "shop".into(),
         vips: Vec::new(),
         ports: Vec::new(),
+        udp_ports: Vec::new(),
         selector: Default::default(),
         endpoints: Vec::new(),
         waypoint: None,

@@ -26,8 +26,11 @@ pub(super) fn network_address(ip: IpAddr) -> wl::NetworkAddress {
 }
 
 pub(super) fn ports(service: &Service) -> Vec<wl::Port> {
-    service
-        .ports
+    port_list(&service.ports)
+}
+
+fn port_list(ports: &[ServicePort]) -> Vec<wl::Port> {
+    ports
         .iter()
         .map(|p| wl::Port {
             service_port: u32::from(p.port),
@@ -143,6 +146,20 @@ pub(super) fn service_message(state: &MeshState, s: &Service) -> wl::Service {
         addresses: s.vips.iter().map(|ip| network_address(*ip)).collect(),
         ports: ports(s),
         waypoint: s.waypoint.as_ref().map(|r| gateway(state, r)),
+        extensions: udp_ports(s).into_iter().collect(),
         ..Default::default()
     }
+}
+
+/// veil's extension of a service: its UDP ports, if it has any.
+fn udp_ports(s: &Service) -> Option<wl::Extension> {
+    (!s.udp_ports.is_empty()).then(|| wl::Extension {
+        name: crate::xds::UDP_PORTS_EXTENSION.into(),
+        config: Some(prost_types::Any {
+            type_url: crate::xds::PORT_LIST_TYPE.into(),
+            value: prost::Message::encode_to_vec(&wl::PortList {
+                ports: port_list(&s.udp_ports),
+            }),
+        }),
+    })
 }

@@ -9,7 +9,7 @@ use super::super::proto::discovery::Resource;
 use super::super::proto::istio::workload as wl;
 use super::super::proto::veil::AmbientNamespace;
 use super::super::{Kind, ip_from_bytes};
-use crate::discovery::{MeshSettings, Naming, Serving};
+use crate::discovery::{MeshSettings, Naming, ServicePort, Serving};
 use crate::identity::Identity;
 use crate::policy::TelemetrySettings;
 use crate::xds::SERVING_WHILE_TERMINATING;
@@ -90,11 +90,13 @@ pub(super) struct ServiceEntry {
     pub(super) hostname: String,
     pub(super) vips: Vec<IpAddr>,
     pub(super) ports: Vec<(u16, u16)>,
+    /// veil's extension ([`crate::xds::UDP_PORTS_EXTENSION`]): every target given.
+    pub(super) udp_ports: Vec<ServicePort>,
     pub(super) waypoint: Option<Gateway>,
 }
 
 impl ServiceEntry {
-    /// Whether `other` is this service but for its ports.
+    /// Whether `other` is this service but for its ports (of either protocol).
     pub(super) fn same_but_ports(&self, other: &Self) -> bool {
         let Self {
             name,
@@ -102,6 +104,7 @@ impl ServiceEntry {
             hostname,
             vips,
             ports: _,
+            udp_ports: _,
             waypoint,
         } = self;
         *name == other.name
@@ -327,8 +330,44 @@ fn service_entry(name: &str, s: &wl::Service) -> Result<ServiceEntry, String> {
         hostname: s.hostname.clone(),
         vips,
         ports,
+        udp_ports: udp_ports(s)?,
         waypoint: s.waypoint.as_ref().map(gateway).transpose()?,
     })
+}
+
+/// The UDP ports of [`crate::xds::UDP_PORTS_EXTENSION`]. Unreadable, the update is refused: the
+/// service's last readable UDP ports stay (none taken for granted, none dropped on a bad write).
+fn udp_ports(s: &wl::Service) -> Result<Vec<ServicePort>, String> {
+    let mut extensions = s
+        .extensions
+        .iter()
+        .filter(|e| e.name == crate::xds::UDP_PORTS_EXTENSION);
+    let Some(extension) = extensions.next() else {
+        return Ok(Vec::new());
+    };
+    let unreadable = |why: &str| format!("extension {}: {why}", crate::xds::UDP_PORTS_EXTENSION);
+    if extensions.next().is_some() {
+        return Err(unreadable("given twice"));
+    }
+    let list = extension
+        .config
+        .as_ref()
+        .filter(|any| any.type_url == crate::xds::PORT_LIST_TYPE)
+        .ok_or_else(|| unreadable("its config is not an istio.workload.PortList"))?;
+    let list =
+        wl::PortList::decode(list.value.as_slice()).map_err(|e| unreadable(&e.to_string()))?;
+    let mut ports: Vec<ServicePort> = Vec::with_capacity(list.ports.len());
+    for p in &list.ports {
+        let (port, target_port) = (port(p.service_port), port(p.target_port));
+        let (port, target_port) = port
+            .and_then(|port| Ok((port, target_port?)))
+            .map_err(|e| unreadable(&e))?;
+        if ports.iter().any(|q| q.port == port) {
+            return Err(unreadable(&format!("port {port} given twice")));
+        }
+        ports.push(ServicePort { port, target_port });
+    }
+    Ok(ports)
 }
 
 fn port(p: u32) -> Result<u16, String> {

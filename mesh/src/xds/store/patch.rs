@@ -566,6 +566,7 @@ impl Store {
                     namespace: s.namespace.clone(),
                     vips: s.vips.clone(),
                     ports: Vec::new(),
+                    udp_ports: Vec::new(),
                     selector: Default::default(),
                     endpoints: Vec::new(),
                     waypoint,
@@ -657,6 +658,7 @@ impl Store {
             .collect();
         let service = Service {
             ports,
+            udp_ports: s.udp_ports.clone(),
             selector: Default::default(),
             ..old.with_endpoints(endpoints)
         };

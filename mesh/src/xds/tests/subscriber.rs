@@ -503,3 +503,103 @@ fn addresses_in_ipv4_mapped_form_are_refused() {
     let e = crate::policy::compile_istio("shop/p", &a).unwrap_err();
     assert!(e.to_string().contains("4 bytes"), "{e}");
 }
+
+#[test]
+fn udp_ports_travel_in_veil_s_extension_and_an_unreadable_one_keeps_the_last() {
+    let resources = Resources::from_state(&state());
+    let name = service_name("shop", "api");
+    let wl::address::Type::Service(svc) = address(&resources, &name) else {
+        panic!("not a service");
+    };
+    // Istio's `ports` are the TCP ones; the UDP port travels only in the extension.
+    assert_eq!(svc.ports.len(), 1);
+    assert_eq!(
+        svc.extensions
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>(),
+        [UDP_PORTS_EXTENSION]
+    );
+    let wl::address::Type::Service(db) = address(&resources, &service_name("shop", "db")) else {
+        panic!("not a service");
+    };
+    assert!(db.extensions.is_empty(), "no UDP port, no extension");
+    let received_api = |store: &Store| {
+        let s = store.to_state();
+        let api = s.service("shop", "api").expect("service api");
+        (
+            api.target_port(53),
+            api.udp_target_port(53),
+            api.udp_target_port(80),
+        )
+    };
+    let mut store = received(&resources);
+    assert_eq!(received_api(&store), (None, Some(5353), None));
+
+    // A new target for the UDP port alone is applied.
+    let with_udp = |ports: Vec<wl::Port>| wl::Extension {
+        name: UDP_PORTS_EXTENSION.into(),
+        config: Some(prost_types::Any {
+            type_url: PORT_LIST_TYPE.into(),
+            value: wl::PortList { ports }.encode_to_vec(),
+        }),
+    };
+    let udp = |service_port, target_port| wl::Port {
+        service_port,
+        target_port,
+        app_protocol: 0,
+    };
+    let mut v2 = svc.clone();
+    v2.extensions = vec![with_udp(vec![udp(53, 5354)])];
+    let update = address_resource(&name, "v2", wl::address::Type::Service(v2));
+    assert_eq!(store.apply(Kind::Address, &[update], &[]), vec![]);
+    assert_eq!(received_api(&store), (None, Some(5354), None));
+
+    // Unreadable: refused, and the UDP ports last read stay.
+    let broken: [(&str, Vec<wl::Extension>); 5] = [
+        ("no target", vec![with_udp(vec![udp(53, 0)])]),
+        ("no port", vec![with_udp(vec![udp(0, 53)])]),
+        ("not a port", vec![with_udp(vec![udp(70_000, 53)])]),
+        (
+            "a port twice",
+            vec![with_udp(vec![udp(53, 53), udp(53, 54)])],
+        ),
+        (
+            "given twice",
+            vec![with_udp(vec![udp(53, 53)]), with_udp(vec![udp(54, 54)])],
+        ),
+    ];
+    for (case, extensions) in broken {
+        let mut bad = svc.clone();
+        bad.extensions = extensions;
+        let update = address_resource(&name, "v3", wl::address::Type::Service(bad));
+        assert_eq!(
+            store.apply(Kind::Address, &[update], &[]).len(),
+            1,
+            "{case}"
+        );
+        assert_eq!(received_api(&store), (None, Some(5354), None), "{case}");
+    }
+    let mut bad = svc.clone();
+    bad.extensions = vec![wl::Extension {
+        name: UDP_PORTS_EXTENSION.into(),
+        config: Some(prost_types::Any {
+            type_url: STRING_VALUE_TYPE.into(),
+            value: Vec::new(),
+        }),
+    }];
+    let update = address_resource(&name, "v3", wl::address::Type::Service(bad));
+    assert_eq!(
+        store.apply(Kind::Address, &[update], &[]).len(),
+        1,
+        "wrong type"
+    );
+    assert_eq!(received_api(&store), (None, Some(5354), None));
+
+    // Without the extension: no UDP port (the service has none now).
+    let mut v4 = svc;
+    v4.extensions.clear();
+    let update = address_resource(&name, "v4", wl::address::Type::Service(v4));
+    assert_eq!(store.apply(Kind::Address, &[update], &[]), vec![]);
+    assert_eq!(received_api(&store), (None, None, None));
+}

@@ -127,7 +127,7 @@ fn waypoints_are_their_labelled_service_and_are_used_by_namespace_or_object_labe
 }
 
 #[test]
-fn services_map_named_and_numbered_ports_and_skip_headless_and_udp() {
+fn services_map_named_and_numbered_ports_of_each_protocol_and_skip_headless() {
     let t = translated(&objects());
     let state = &t.state;
     let service = state.service_by_vip(ip("10.96.0.20")).unwrap();
@@ -143,6 +143,8 @@ fn services_map_named_and_numbered_ports_and_skip_headless_and_udp() {
         None,
         "UDP ports are not TCP ports"
     );
+    assert_eq!(service.udp_target_port(9999), Some(9999));
+    assert_eq!(service.udp_target_port(80), None, "nor TCP ports UDP ones");
     assert_eq!(
         service.endpoints,
         vec![std::sync::Arc::from("a1a1a1a1-0000-4000-8000-000000000003")]

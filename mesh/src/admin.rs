@@ -149,8 +149,11 @@ pub struct ServiceInfo {
     pub name: String,
     /// Cluster addresses.
     pub vips: Vec<IpAddr>,
-    /// `port` → `target port`.
+    /// `port` → `target port` (TCP).
     pub ports: BTreeMap<u16, u16>,
+    /// `port` → `target port` (UDP, for carried UDP).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub udp_ports: BTreeMap<u16, u16>,
     /// Its endpoints' `namespace/name`.
     pub endpoints: Vec<String>,
     /// Its waypoint (`namespace/name`), if any.
@@ -372,6 +375,11 @@ impl ConfigDump {
                     name: s.name.clone(),
                     vips: s.vips.clone(),
                     ports: s.ports.iter().map(|p| (p.port, p.target_port)).collect(),
+                    udp_ports: s
+                        .udp_ports
+                        .iter()
+                        .map(|p| (p.port, p.target_port))
+                        .collect(),
                     endpoints: s
                         .endpoints
                         .iter()

@@ -19,9 +19,13 @@ const SERVICE_VIP: &str = "10.96.0.77";
 /// A client in `production` (node-a), a server in `user-data` (node-b), an outsider (node-a, not
 /// enrolled); ztunnels carry UDP, with `args` besides.
 fn mesh(args: &[&str], policies: &str) -> Mesh {
+    Mesh::start(spec(args, policies)).expect("starting the mesh")
+}
+
+fn spec(args: &[&str], policies: &str) -> MeshSpec {
     let mut ztunnel_args = vec!["--carry-udp".to_owned()];
     ztunnel_args.extend(args.iter().map(|a| (*a).to_owned()));
-    Mesh::start(MeshSpec {
+    MeshSpec {
         nodes: vec!["node-a".into(), "node-b".into()],
         pods: vec![
             PodSpec::new("client", "production", "node-a"),
@@ -37,8 +41,7 @@ fn mesh(args: &[&str], policies: &str) -> Mesh {
         policies: policies.into(),
         ztunnel_args,
         ..MeshSpec::default()
-    })
-    .expect("starting the mesh")
+    }
 }
 
 /// Every IP packet between the nodes (UDP included).
@@ -120,7 +123,13 @@ fn a_dns_query_to_an_in_mesh_resolver_and_its_service_is_carried_and_cluster_dns
     if skip_unless_root("udp_dns_carried") {
         return;
     }
-    let mut m = mesh(&[], "");
+    // From the Kubernetes API (real Service JSON, `protocol: UDP`) through the controller's
+    // translation and xDS.
+    let mut m = Mesh::start(MeshSpec {
+        kubernetes: true,
+        ..spec(&[], "")
+    })
+    .expect("starting the mesh");
     // An in-mesh resolver on 5300 (carried) and the "cluster DNS" outside the mesh on 53 (allowed
     // out in clear by default).
     for (pod, port, answer) in [

@@ -22,9 +22,9 @@ use veil_mesh::telemetry::metrics::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// For the whole node.
-    pub node: [usize; 5],
+    pub node: [usize; 6],
     /// For one pod.
-    pub pod: [usize; 5],
+    pub pod: [usize; 6],
     /// Pipes the plaintext relays (the same-node path, passthrough, PERMISSIVE) may splice
     /// through at once, for the whole node; two descriptors each. With none left a relay copies
     /// through a buffer instead: a pod using them all slows others' relays, never refuses them.
@@ -52,16 +52,17 @@ pub const PIPE_CAPACITY: usize = 1 << 20;
 pub fn descriptors(resource: Resource) -> usize {
     match resource {
         Resource::TlsHandshakes => 0,
-        Resource::HboneConnections | Resource::InboundTunnels => 1,
+        // A UDP flow's own socket (its stream shares a pooled HBONE connection).
+        Resource::HboneConnections | Resource::InboundTunnels | Resource::UdpFlows => 1,
         Resource::OutboundConnections | Resource::PlaintextConnections => 2,
     }
 }
 
 impl Limits {
-    /// Defaults for a process allowed `nofile` descriptors: at full use they hold at most eleven
+    /// Defaults for a process allowed `nofile` descriptors: at full use they hold at most twelve
     /// sixteenths of what is left after the reserve (HBONE connections 1/8, tunnels 1/4, outbound
-    /// and plaintext 1/16 each at two descriptors apiece, pipes 1/32 at two apiece, and no more
-    /// than [`MOST_PIPES`]); a pod may take at most a quarter of each connection kind.
+    /// and plaintext 1/16 each at two descriptors apiece, UDP flows 1/16 at one, pipes 1/32 at two
+    /// apiece, and no more than [`MOST_PIPES`]); a pod may take at most a quarter of each kind.
     pub fn for_nofile(nofile: usize) -> Self {
         let usable = nofile.saturating_sub(reserve(nofile));
         let hbone = usable / 8;
@@ -70,6 +71,7 @@ impl Limits {
             // Handshakes are the cheapest to hold open for an attacker (no certificate needed).
             hbone / 4,
             usable / 4,
+            usable / 16,
             usable / 16,
             usable / 16,
         ];
@@ -99,7 +101,7 @@ impl Limits {
 /// A pod's share: what its connections hold now.
 #[derive(Debug, Default)]
 pub struct PodBudget {
-    in_use: [Arc<AtomicUsize>; 5],
+    in_use: [Arc<AtomicUsize>; 6],
 }
 
 /// The node's budgets.
@@ -108,8 +110,8 @@ pub struct Budgets {
     /// The pipes relays splice through, within [`Limits::pipes`].
     pub pipes: Pipes,
     limits: Limits,
-    in_use: [Arc<AtomicUsize>; 5],
-    gauges: [Gauge; 5],
+    in_use: [Arc<AtomicUsize>; 6],
+    gauges: [Gauge; 6],
 }
 
 /// Why a connection was refused.

@@ -207,6 +207,12 @@ pub struct Config {
     /// Most captured plaintext inbound connections open at once for one pod [default: a quarter of the node's].
     #[arg(long, env = "VEIL_MAX_PLAINTEXT_CONNECTIONS_PER_POD", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_plaintext_connections_per_pod: Option<u32>,
+    /// Most carried UDP flows open at once on the node (`--carry-udp`); a pod's flow idle for a second makes room for its next, else more are refused [default: derived from the descriptor limit].
+    #[arg(long, env = "VEIL_MAX_UDP_FLOWS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_udp_flows: Option<u32>,
+    /// Most carried UDP flows open at once for one pod [default: a quarter of the node's].
+    #[arg(long, env = "VEIL_MAX_UDP_FLOWS_PER_POD", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_udp_flows_per_pod: Option<u32>,
     /// Most pipes the plaintext relays (same-node path, passthrough, PERMISSIVE) splice through at
     /// once, two descriptors each; 0 copies through buffers instead [default: 1/32 of the
     /// descriptors left after the reserve, at most 64].
@@ -273,6 +279,7 @@ impl Config {
                 self.max_plaintext_connections,
                 self.max_plaintext_connections_per_pod,
             ),
+            (self.max_udp_flows, self.max_udp_flows_per_pod),
         ];
         for (i, (node, pod)) in given.into_iter().enumerate() {
             if let Some(node) = node {
@@ -347,6 +354,19 @@ mod tests {
 
     fn parse(extra: &[&str]) -> Result<Config, clap::Error> {
         parse_with_source(&[&["--mesh-config=/m"], extra].concat())
+    }
+
+    #[test]
+    fn udp_flows_have_a_budget_of_their_own() {
+        let udp = veil_mesh::telemetry::metrics::Resource::UdpFlows.index();
+        let tcp = veil_mesh::telemetry::metrics::Resource::OutboundConnections.index();
+        let defaults = parse(&[]).unwrap().limits(4096);
+        let given = parse(&["--max-udp-flows=100"]).unwrap().limits(4096);
+        assert_eq!((given.node[udp], given.pod[udp]), (100, 25));
+        assert_eq!(given.node[tcp], defaults.node[tcp], "TCP's budget is apart");
+        let per_pod = parse(&["--max-udp-flows=100", "--max-udp-flows-per-pod=7"]).unwrap();
+        assert_eq!(per_pod.limits(4096).pod[udp], 7);
+        assert!(parse(&["--max-udp-flows-per-pod=0"]).is_err());
     }
 
     #[test]

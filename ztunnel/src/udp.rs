@@ -23,6 +23,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,7 +32,8 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStor
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 use veil_mesh::hbone::udp::{
     CAPSULE_PROTOCOL, DatagramStream, FlowEnd, MAX_PAYLOAD, connect_udp_request, parse_connect_udp,
@@ -60,8 +62,71 @@ const FLOW_QUEUE: usize = 64;
 /// How long a refused flow's datagrams are dropped before its next datagram is decided again.
 const REFUSAL_HOLD: Duration = Duration::from_secs(1);
 
+/// How long a flow must have delivered nothing before a new flow of its pod may take its permit
+/// when the pod's budget is full.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+
 /// A flow: the application's address and the original destination.
 type FlowKey = (SocketAddr, SocketAddr);
+
+/// A flow of the pod's, as its UDP task holds it.
+struct Flow {
+    /// Its datagrams not yet taken by its own socket.
+    queue: mpsc::Sender<Bytes>,
+    /// When it last delivered a datagram.
+    activity: Arc<Activity>,
+    /// Its task.
+    task: AbortHandle,
+    /// Its permit of the pod's UDP flows: held here, not in the task, so that ending the flow to
+    /// make room frees the permit at once.
+    _permit: Permit,
+}
+
+/// When a flow last delivered a datagram either way (or began).
+#[derive(Debug)]
+pub(crate) struct Activity {
+    since: Instant,
+    /// Milliseconds after `since`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.since.elapsed().saturating_sub(last)
+    }
+}
+
+/// Ends the least recently active of `flows` if it has been idle for [`EVICTABLE_AFTER`], so that a
+/// new flow of the pod can have its permit (as conntrack drops its oldest entries when full): a
+/// client with a port per query (a DNS resolver library) would otherwise hold its budget with
+/// finished queries until they time out. Returns whether one was ended.
+fn evict_idlest(flows: &mut HashMap<FlowKey, Flow>) -> bool {
+    let idlest = flows
+        .iter()
+        .map(|(key, flow)| (flow.activity.idle(), *key))
+        .max();
+    let Some((idle, key)) = idlest.filter(|(idle, _)| *idle >= EVICTABLE_AFTER) else {
+        return false;
+    };
+    if let Some(flow) = flows.remove(&key) {
+        flow.task.abort();
+        debug!(source = %key.0, destination = %key.1, ?idle, "idle UDP flow ended to make room");
+    }
+    true
+}
 
 /// The transparent socket that receives the pod's captured UDP of `family`.
 pub(crate) fn bind(local: &LocalWorkload, family: Family) -> io::Result<UdpSocket> {
@@ -77,14 +142,14 @@ pub(crate) fn bind(local: &LocalWorkload, family: Family) -> io::Result<UdpSocke
 /// Receives the pod's captured UDP until the task is aborted, one task per flow. The flows' tasks
 /// belong to this one: when the pod is released (this task aborted), they end with it.
 pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, socket: UdpSocket) {
-    let mut flows: HashMap<FlowKey, mpsc::Sender<Bytes>> = HashMap::new();
+    let mut flows: HashMap<FlowKey, Flow> = HashMap::new();
     let mut tasks: JoinSet<FlowKey> = JoinSet::new();
     loop {
         let (payload, src, dst) = tokio::select! {
             Some(ended) = tasks.join_next() => {
                 // Only the flow that ended: a new one may already have taken its key.
                 if let Ok(key) = ended
-                    && flows.get(&key).is_some_and(mpsc::Sender::is_closed)
+                    && flows.get(&key).is_some_and(|flow| flow.queue.is_closed())
                 {
                     flows.remove(&key);
                 }
@@ -99,7 +164,7 @@ pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, socket: UdpSocket
             },
         };
         let payload = match flows.entry((src, dst)) {
-            Entry::Occupied(flow) => match flow.get().try_send(payload) {
+            Entry::Occupied(flow) => match flow.get().queue.try_send(payload) {
                 Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => continue,
                 Err(mpsc::error::TrySendError::Closed(payload)) => {
                     flow.remove();
@@ -108,24 +173,47 @@ pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, socket: UdpSocket
             },
             Entry::Vacant(_) => payload,
         };
-        let permit = match ctx
-            .budgets
-            .acquire(&local.budget, Resource::OutboundConnections)
-        {
+        let acquire = || ctx.budgets.acquire(&local.budget, Resource::UdpFlows);
+        let permit = match acquire() {
             Ok(permit) => permit,
+            Err(_) if evict_idlest(&mut flows) => {
+                ctx.metrics
+                    .udp_flows_evicted
+                    .get_or_create(&WorkloadLabels {
+                        workload: local.workload.key(),
+                    })
+                    .inc();
+                // The permit freed is the pod's and the node's (a flow holds one of each).
+                match acquire() {
+                    Ok(permit) => permit,
+                    Err(refused) => {
+                        accept::count_refusal(&ctx, &local, &refused);
+                        continue;
+                    }
+                }
+            }
             Err(refused) => {
                 accept::count_refusal(&ctx, &local, &refused);
                 continue;
             }
         };
-        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
-        let _ = tx.try_send(payload);
-        flows.insert((src, dst), tx);
-        let (ctx, local) = (ctx.clone(), local.clone());
-        tasks.spawn(async move {
-            outbound_flow(&ctx, &local, src, dst, rx, permit).await;
-            (src, dst)
-        });
+        let (queue, rx) = mpsc::channel(FLOW_QUEUE);
+        let _ = queue.try_send(payload);
+        let activity = Arc::new(Activity::new());
+        let task = {
+            let (ctx, local, activity) = (ctx.clone(), local.clone(), activity.clone());
+            tasks.spawn(async move {
+                outbound_flow(&ctx, &local, src, dst, rx, &activity).await;
+                (src, dst)
+            })
+        };
+        let flow = Flow {
+            queue,
+            activity,
+            task,
+            _permit: permit,
+        };
+        flows.insert((src, dst), flow);
     }
 }
 
@@ -183,7 +271,7 @@ pub(crate) async fn outbound_flow(
     src: SocketAddr,
     dst: SocketAddr,
     mut queued: mpsc::Receiver<Bytes>,
-    _permit: Permit,
+    activity: &Activity,
 ) {
     let state = ctx.state();
     // UDP leaves the mesh only where it is allowed out in clear (never captured): whatever the
@@ -282,9 +370,11 @@ pub(crate) async fn outbound_flow(
         Some(&mut queued),
         ctx.settings.udp_idle_timeout,
         |n| {
+            activity.touch();
             meter.to_destination.inc_by(n as u64);
         },
         |n| {
+            activity.touch();
             meter.to_source.inc_by(n as u64);
         },
     )
@@ -413,6 +503,64 @@ pub(crate) async fn inbound(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::{Budgets, Limits, PodBudget};
+    use veil_mesh::telemetry::metrics::Metrics;
+
+    /// A full pod gives a newcomer the permit of its flow idle the longest, only once that flow
+    /// has been idle for [`EVICTABLE_AFTER`]; the permit is back at once, and the flow's task ends.
+    #[tokio::test(start_paused = true)]
+    async fn the_flow_idle_longest_makes_room_once_idle_a_second() {
+        let limits = Limits {
+            node: [10; 6],
+            pod: [3; 6],
+            pipes: 0,
+            pipe_capacity: 0,
+        };
+        let budgets = Budgets::new(limits, &Metrics::new());
+        let pod = PodBudget::default();
+        let mut tasks = JoinSet::new();
+        let mut flows = HashMap::new();
+        let mut activities = Vec::new();
+        for (i, after) in [0, 500, 700].into_iter().enumerate() {
+            tokio::time::advance(Duration::from_millis(after)).await;
+            let activity = Arc::new(Activity::new());
+            activities.push(activity.clone());
+            let key: FlowKey = (
+                SocketAddr::from(([10, 0, 0, 1], 40_000 + i as u16)),
+                SocketAddr::from(([10, 0, 0, 2], 53)),
+            );
+            let (queue, _) = mpsc::channel(1);
+            flows.insert(
+                key,
+                Flow {
+                    queue,
+                    activity,
+                    task: tasks.spawn(std::future::pending::<()>()),
+                    _permit: budgets.acquire(&pod, Resource::UdpFlows).unwrap(),
+                },
+            );
+        }
+        // The first flow delivers a datagram: the second is now the idlest.
+        activities[0].touch();
+        assert!(budgets.acquire(&pod, Resource::UdpFlows).is_err());
+        // Idle 700 ms at most: none is ended.
+        assert!(!evict_idlest(&mut flows));
+        tokio::time::advance(Duration::from_millis(400)).await;
+        // The second, idle 1.1 s, goes (the first and third: 0.4 s and 0.4 s).
+        assert!(evict_idlest(&mut flows));
+        assert_eq!(flows.len(), 2);
+        assert!(
+            !flows.keys().any(|(src, _)| src.port() == 40_001),
+            "the idlest flow ended"
+        );
+        let permit = budgets.acquire(&pod, Resource::UdpFlows);
+        assert!(permit.is_ok(), "its permit is back at once");
+        assert!(tasks.join_next().await.unwrap().unwrap_err().is_cancelled());
+        assert!(
+            !evict_idlest(&mut flows),
+            "the others are not idle long enough"
+        );
+    }
 
     /// The transparent socket of either family reports each datagram's source and destination
     /// (here the socket's own address: without TPROXY the original destination is the real one).

@@ -159,16 +159,19 @@ pub enum Resource {
     OutboundConnections,
     /// Captured plaintext inbound connections.
     PlaintextConnections,
+    /// Carried outbound UDP flows (`--carry-udp`).
+    UdpFlows,
 }
 
 impl Resource {
     /// Every resource, in a fixed order (the index of each is its position).
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::HboneConnections,
         Self::TlsHandshakes,
         Self::InboundTunnels,
         Self::OutboundConnections,
         Self::PlaintextConnections,
+        Self::UdpFlows,
     ];
 
     /// The resource's position in [`Resource::ALL`].
@@ -184,13 +187,14 @@ impl Resource {
             Self::InboundTunnels => "inbound_tunnels",
             Self::OutboundConnections => "outbound_connections",
             Self::PlaintextConnections => "plaintext_connections",
+            Self::UdpFlows => "udp_flows",
         }
     }
 
     /// Which way the connections it counts go.
     pub fn direction(self) -> Direction {
         match self {
-            Self::OutboundConnections => Direction::Outbound,
+            Self::OutboundConnections | Self::UdpFlows => Direction::Outbound,
             _ => Direction::Inbound,
         }
     }
@@ -308,6 +312,9 @@ pub struct Metrics {
     /// Captured connections refused because their destination would lead back into the proxy
     /// (its own ports, loopback) or out of the mesh's reach (IPv6 link-local).
     pub forbidden_destinations: Family<WorkloadLabels, Counter>,
+    /// Carried UDP flows ended early to make room for a new flow of their pod (the pod's
+    /// outbound-connection budget was full and they were its least recently active).
+    pub udp_flows_evicted: Family<WorkloadLabels, Counter>,
     /// Configuration updates refused (a whole local file), or objects left out of the mesh.
     pub config_rejected: Counter,
     /// 1 while the stream from the control plane is up (when the mesh comes from one), else 0.
@@ -352,6 +359,7 @@ impl Metrics {
             resource_in_use: Family::default(),
             accept_errors: Family::default(),
             forbidden_destinations: Family::default(),
+            udp_flows_evicted: Family::default(),
             config_rejected: Counter::default(),
             control_plane_connected: Gauge::default(),
             certificate_expiry: Family::default(),
@@ -446,6 +454,11 @@ impl Metrics {
             "forbidden_destinations",
             "Captured connections refused: their destination was the proxy itself, loopback or link-local",
             m.forbidden_destinations.clone(),
+        );
+        r.register(
+            "udp_flows_evicted",
+            "Carried UDP flows ended early to make room for a new flow of their pod (the least recently active, idle for at least a second)",
+            m.udp_flows_evicted.clone(),
         );
         r.register(
             "config_rejected",

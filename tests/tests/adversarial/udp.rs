@@ -255,18 +255,58 @@ for port in range(first, first + count):
 print('sent')
 "#;
 
+/// Queries `host port` `count` times, each from a socket of its own (as a resolver library takes a
+/// port per query), waiting up to `timeout` seconds for each echo; prints how many came back.
+const PORT_PER_QUERY: &str = r#"
+import socket, sys
+host, port, count, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+answered = 0
+for i in range(count):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    query = b'query-%d' % i
+    s.sendto(query, (host, port))
+    try:
+        answered += s.recv(2048) == query
+    except OSError:
+        pass
+    s.close()
+print(answered)
+"#;
+
+#[test]
+fn a_client_with_a_port_per_query_is_answered_beyond_its_budget_as_idle_flows_make_room() {
+    if skip_unless_root("udp_port_per_query") {
+        return;
+    }
+    // Flows live 60 s after their last datagram (the default); the pod may hold 5.
+    let mut m = mesh(&["--max-udp-flows-per-pod=5"], "");
+    serve(&mut m, "server", "udp", UDP_SERVER, &["0.0.0.0", "5353"]);
+    let server = ip(&m, "server");
+    let queries =
+        |count: &str| python(&m, "client", PORT_PER_QUERY, &[&server, "5353", count, "2"]);
+    assert_eq!(queries("5"), "5", "the budget's worth");
+    // Five finished queries hold the budget; idle for over a second, each makes room for a new one.
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(queries("5"), "5", "{}", m.ztunnel_log("node-a"));
+    assert_eq!(
+        m.metric(
+            "node-a",
+            "veil_udp_flows_evicted_total",
+            &[("workload", "production/client")]
+        ),
+        5.0
+    );
+    // Its UDP flows are not its TCP connections: those still open (the budgets are apart).
+    assert_mesh_still_serves(&mut m);
+}
+
 #[test]
 fn a_pod_spraying_udp_flows_is_held_to_its_budget_and_its_flows_expire() {
     if skip_unless_root("udp_spray") {
         return;
     }
-    let mut m = mesh(
-        &[
-            "--udp-idle-timeout=2s",
-            "--max-outbound-connections-per-pod=20",
-        ],
-        "",
-    );
+    let mut m = mesh(&["--udp-idle-timeout=2s", "--max-udp-flows-per-pod=20"], "");
     serve(&mut m, "server", "udp", UDP_SERVER, &["0.0.0.0", "5353"]);
     let sprayed = python(&m, "client", SPRAY, &[&ip(&m, "server"), "20000", "2000"]);
     assert_eq!(sprayed, "sent");
@@ -274,14 +314,15 @@ fn a_pod_spraying_udp_flows_is_held_to_its_budget_and_its_flows_expire() {
         m.metric(
             "node-a",
             "veil_connections_refused_total",
-            &[("resource", "outbound_connections")],
+            &[("resource", "udp_flows")],
         )
     };
     assert!(
         m.eventually(Duration::from_secs(5), || refused(&m) > 0.0),
         "no flow was refused beyond the pod's budget"
     );
-    // The flows expire and give their permits back: the pod reaches the server again.
+    // Idle for a second, a sprayed flow makes room (and all expire after 2 s): the pod reaches
+    // the server again.
     let mut reply = String::new();
     let back = m.eventually(Duration::from_secs(10), || {
         reply = udp(&m, "client", &ip(&m, "server"), 5353, "AFTER-SPRAY");

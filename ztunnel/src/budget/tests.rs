@@ -2,8 +2,8 @@ use super::*;
 
 fn small() -> Limits {
     Limits {
-        node: [3; 5],
-        pod: [2; 5],
+        node: [3; 6],
+        pod: [2; 6],
         pipes: 0,
         pipe_capacity: 0,
     }

@@ -4,9 +4,11 @@
 //! removed on start.
 //!
 //! Addresses (only inside these namespaces): fabric 10.10.0.0/24 (control plane .2, node i .10+i),
-//! pods of node i 10.(20+i).0.0/24 with the node's bridge at .1.
+//! pods of node i 10.(20+i).0.0/24 with the node's bridge at .1. A dual-stack cluster also has
+//! IPv6 (unique local): fabric fd10:10::/64, pods of node i fd10:(20+i)::/64, each host at the same
+//! number as in IPv4.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -40,6 +42,8 @@ pub struct Pod {
     pub netns: String,
     /// Its address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a dual-stack cluster.
+    pub ip6: Option<Ipv6Addr>,
 }
 
 impl Pod {
@@ -64,7 +68,14 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// Pods.
     pub pods: Vec<Pod>,
+    /// Whether hosts have IPv6 addresses too.
+    pub dual_stack: bool,
     created: Vec<String>,
+}
+
+/// The IPv6 address of host `host` in network `net` (as IPv4's `10.net.0.host`).
+fn v6(net: u8, host: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd10, u16::from(net), 0, 0, 0, 0, 0, u16::from(host))
 }
 
 /// Runs `ip` with `args`; fails with its stderr.
@@ -110,6 +121,11 @@ fn sysctl(netns: &str, setting: &str) -> anyhow::Result<()> {
 impl Cluster {
     /// Creates the fabric, the control plane and `nodes`.
     pub fn new(nodes: &[&str]) -> anyhow::Result<Self> {
+        Self::with_families(nodes, false)
+    }
+
+    /// [`Cluster::new`]; with `dual_stack`, every host has an IPv6 address too.
+    pub fn with_families(nodes: &[&str], dual_stack: bool) -> anyhow::Result<Self> {
         remove_stale();
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let id = format!(
@@ -124,6 +140,7 @@ impl Cluster {
             id,
             nodes: Vec::new(),
             pods: Vec::new(),
+            dual_stack,
             created: Vec::new(),
         };
         let fabric = cluster.fabric.clone();
@@ -152,8 +169,31 @@ impl Cluster {
                 "via",
                 &via,
             ])?;
+            if dual_stack {
+                let cidr = format!("{}/64", v6(20 + b.index, 0));
+                let via = v6(10, 10 + b.index).to_string();
+                for a in cluster.nodes.iter().filter(|a| a.index != b.index) {
+                    ip(&["-n", &a.netns, "-6", "route", "add", &cidr, "via", &via])?;
+                }
+            }
         }
         Ok(cluster)
+    }
+
+    /// Gives `dev` in `netns` the IPv6 address `addr/64`, usable at once (no duplicate address
+    /// detection: the harness hands out each address once).
+    fn add_v6(netns: &str, dev: &str, addr: Ipv6Addr) -> anyhow::Result<()> {
+        ip(&[
+            "-n",
+            netns,
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ])
     }
 
     fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
@@ -196,6 +236,9 @@ impl Cluster {
             "dev",
             "eth0",
         ])?;
+        if self.dual_stack {
+            Self::add_v6(netns, "eth0", v6(10, addr.octets()[3]))?;
+        }
         ip(&["-n", netns, "link", "set", "eth0", "up"])
     }
 
@@ -215,6 +258,10 @@ impl Cluster {
             "dev",
             "cbr0",
         ])?;
+        if self.dual_stack {
+            sysctl(&netns, "net.ipv6.conf.all.forwarding=1")?;
+            Self::add_v6(&netns, "cbr0", v6(20 + index, 1))?;
+        }
         ip(&["-n", &netns, "link", "set", "cbr0", "up"])?;
         self.nodes.push(Node {
             name: name.to_owned(),
@@ -263,11 +310,23 @@ impl Cluster {
             "via",
             &format!("10.{}.0.1", 20 + index),
         ])?;
+        let ip6 = if self.dual_stack {
+            let pod_ip6 = v6(20 + index, 10 + k);
+            Self::add_v6(&netns, "eth0", pod_ip6)?;
+            let gateway = v6(20 + index, 1).to_string();
+            ip(&[
+                "-n", &netns, "-6", "route", "add", "default", "via", &gateway,
+            ])?;
+            Some(pod_ip6)
+        } else {
+            None
+        };
         let pod = Pod {
             name: name.to_owned(),
             node: node.to_owned(),
             netns,
             ip: pod_ip,
+            ip6,
         };
         self.pods.push(pod.clone());
         Ok(pod)

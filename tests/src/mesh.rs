@@ -57,8 +57,13 @@ pub struct Mesh {
 impl Mesh {
     /// Builds the cluster and starts everything; returns once every ztunnel is ready.
     pub fn start(spec: MeshSpec) -> anyhow::Result<Self> {
+        if spec.dual_stack && spec.kubernetes {
+            anyhow::bail!(
+                "a dual-stack mesh is local mode only: Kubernetes mode's pods have one address"
+            );
+        }
         let nodes: Vec<&str> = spec.nodes.iter().map(String::as_str).collect();
-        let mut cluster = Cluster::new(&nodes)?;
+        let mut cluster = Cluster::with_families(&nodes, spec.dual_stack)?;
         for pod in &spec.pods {
             cluster.add_pod(&pod.name, &pod.node)?;
         }

@@ -183,6 +183,9 @@ pub struct MeshSpec {
     /// the file themselves. `None`: yes, unless `VEIL_E2E_THROUGH_CONTROLLER=0`. Kubernetes mode
     /// always has a controller (ztunnel does not watch the API itself).
     pub through_controller: Option<bool>,
+    /// Every host has an IPv6 address too (unique local, `fd10::/16`), and the pods' workloads
+    /// list both (local mode only: the Kubernetes mode's pods keep one address).
+    pub dual_stack: bool,
 }
 
 impl MeshSpec {
@@ -207,12 +210,13 @@ pub(super) fn render(spec: &MeshSpec, cluster: &Cluster, policies: &str) -> Stri
             .collect();
         let _ = writeln!(
             out,
-            "  - {{name: {}, namespace: {}, serviceAccount: {}, node: {}, ips: [{}], netns: {}, enrolled: {}, labels: {{{}}}}}",
+            "  - {{name: {}, namespace: {}, serviceAccount: {}, node: {}, ips: [{}{}], netns: {}, enrolled: {}, labels: {{{}}}}}",
             pod.name,
             pod.namespace,
             pod.service_account,
             pod.node,
             p.ip,
+            p.ip6.map(|ip6| format!(", '{ip6}'")).unwrap_or_default(),
             p.netns_path(),
             pod.enrolled,
             labels.join(", ")

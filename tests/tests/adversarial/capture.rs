@@ -12,7 +12,7 @@ use veil_e2e::wire::Capture;
 const PYTHON: &str = "/usr/bin/python3";
 
 /// A TCP server on `host port`: prints `ACCEPTED <peer>` for every connection and echoes it.
-const TCP_SERVER: &str = r#"
+pub(crate) const TCP_SERVER: &str = r#"
 import socket, sys
 host, port = sys.argv[1], int(sys.argv[2])
 s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -166,7 +166,7 @@ pub(crate) fn output(m: &Mesh, name: &str) -> String {
 }
 
 /// Sends `message` over TCP from `pod` to `host port`.
-fn tcp(m: &Mesh, pod: &str, host: &str, port: u16, message: &str) -> String {
+pub(crate) fn tcp(m: &Mesh, pod: &str, host: &str, port: u16, message: &str) -> String {
     python(m, pod, TCP_CLIENT, &[host, &port.to_string(), message])
 }
 

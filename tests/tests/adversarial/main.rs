@@ -6,6 +6,7 @@ mod budgets;
 mod bypass;
 mod capture;
 mod hbone;
+mod ipv6;
 mod live;
 mod udp;
 mod waypoint;

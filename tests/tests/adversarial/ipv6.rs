@@ -1,0 +1,102 @@
+//! IPv6 workload addresses (a dual-stack cluster): TCP and carried UDP between enrolled pods by
+//! their IPv6 addresses go over HBONE and never cross the wire in clear; L4 policy judges them as
+//! it judges IPv4; plaintext IPv6 from outside the mesh does not reach an enrolled pod.
+
+use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, skip_unless_root};
+use veil_e2e::wire::Capture;
+
+use super::apply;
+use super::capture::{TCP_SERVER, UDP_SERVER, assert_mesh_still_serves, output, serve, tcp, udp};
+
+/// A client in `production` (node-a), a server in `user-data` (node-b), an outsider (node-a, not
+/// enrolled), each with an IPv4 and an IPv6 address; ztunnels carry UDP.
+fn mesh() -> Mesh {
+    Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        pods: vec![
+            PodSpec::new("client", "production", "node-a"),
+            PodSpec::new("server", "user-data", "node-b"),
+            PodSpec::new("outsider", "legacy", "node-a").not_enrolled(),
+        ],
+        ztunnel_args: vec!["--carry-udp".into()],
+        dual_stack: true,
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh")
+}
+
+/// The IPv6 address of `pod`.
+fn ip6(m: &Mesh, pod: &str) -> String {
+    m.cluster
+        .pod(pod)
+        .ip6
+        .expect("a dual-stack cluster")
+        .to_string()
+}
+
+/// Denies TCP 9090 and UDP 5353 on the server to everyone.
+const DENY_9090_AND_5353: &str = r#"
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: no-v6-ports, namespace: user-data}
+    spec:
+      action: DENY
+      rules: [{to: [{operation: {ports: ["9090", "5353"]}}]}]
+"#;
+
+#[test]
+fn tcp_and_udp_over_ipv6_between_enrolled_pods_are_carried_judged_and_never_in_clear() {
+    if skip_unless_root("ipv6_workloads") {
+        return;
+    }
+    let mut m = mesh();
+    serve(&mut m, "server", "tcp6", TCP_SERVER, &["::", "9090"]);
+    serve(&mut m, "server", "udp6", UDP_SERVER, &["::", "5353"]);
+    let server = ip6(&m, "server");
+    let wire = Capture::start_ip(
+        &m.cluster.fabric,
+        "br0",
+        &m.dir.join("wire.pcap"),
+        &m.dir.join("tcpdump.log"),
+    )
+    .expect("tcpdump");
+    let tcp_reply = tcp(&m, "client", &server, 9090, "V6-TCP-MARKER");
+    let udp_reply = udp(&m, "client", &server, 5353, "V6-UDP-MARKER");
+    let wire = wire.finish().expect("capture");
+    assert_eq!(tcp_reply, "REPLY V6-TCP-MARKER");
+    assert_eq!(udp_reply, "REPLY V6-UDP-MARKER");
+    for marker in [&b"V6-TCP-MARKER"[..], b"V6-UDP-MARKER"] {
+        assert!(
+            !wire.contains(marker),
+            "a payload crossed the wire in clear"
+        );
+    }
+    assert_eq!(wire.packets_on_port(9090), 0, "{}", wire.summary);
+    assert_eq!(wire.packets_on_port(5353), 0, "{}", wire.summary);
+    let hbone_v6 = wire
+        .summary
+        .lines()
+        .filter(|l| l.contains(&format!("{server}.15008")))
+        .count();
+    assert!(
+        hbone_v6 > 0,
+        "no HBONE to the server's IPv6 address: {}",
+        wire.summary
+    );
+
+    // Outside the mesh: plaintext IPv6 into an enrolled pod does not arrive.
+    let outsider = tcp(&m, "outsider", &server, 9090, "V6-OUTSIDER-MARKER");
+    assert!(outsider.starts_with("ERROR"), "{outsider}");
+    assert!(!output(&m, "tcp6").contains(&format!("ACCEPTED {}", ip6(&m, "outsider"))));
+
+    // L4 policy judges IPv6 as IPv4: denied, both protocols.
+    apply(&mut m, DENY_9090_AND_5353);
+    let denied_tcp = tcp(&m, "client", &server, 9090, "V6-TCP-DENIED");
+    let denied_udp = udp(&m, "client", &server, 5353, "V6-UDP-DENIED");
+    assert!(!denied_tcp.starts_with("REPLY"), "{denied_tcp}");
+    assert!(!denied_udp.starts_with("REPLY"), "{denied_udp}");
+    assert!(!output(&m, "tcp6").contains("V6-TCP-DENIED"));
+    assert!(!output(&m, "udp6").contains("V6-UDP-DENIED"));
+    apply(&mut m, "");
+    assert_mesh_still_serves(&mut m);
+}

@@ -226,6 +226,7 @@ pub fn table(dump: &ConfigDump, section: Section, now: SystemTime) -> String {
                     s.ports
                         .iter()
                         .map(|(p, t)| format!("{p}->{t}"))
+                        .chain(s.udp_ports.iter().map(|(p, t)| format!("{p}->{t}/udp")))
                         .collect::<Vec<_>>()
                         .join(","),
                     s.endpoints.len().to_string(),

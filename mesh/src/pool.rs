@@ -175,10 +175,16 @@ impl Pool {
         let mut retried = false;
         let mut refusals = 0;
         loop {
-            let conn = self.checkout(key, dialer).await?;
-            let opened = conn.client.open(request(), early.as_deref_mut()).await;
+            // The claim gives the stream's place back whenever it is dropped: also when this
+            // future is (a flow ended while its tunnel opens), not only on the errors below.
+            let claim = self.checkout(key, dialer).await?;
+            let opened = claim
+                .conn
+                .client
+                .open(request(), early.as_deref_mut())
+                .await;
             match opened {
-                Ok((send, recv)) => return Ok((send, recv, StreamGuard { conn })),
+                Ok((send, recv)) => return Ok((send, recv, claim)),
                 Err(ConnectError::H2(e))
                     if refusals < MAX_REFUSALS && e.reason() == Some(Reason::REFUSED_STREAM) =>
                 {
@@ -186,44 +192,40 @@ impl Pool {
                     // server's SETTINGS, which may arrive after the first streams were sent). The
                     // server did nothing with the stream: try again, elsewhere if this one is full.
                     debug!("stream refused; retrying");
-                    conn.active.fetch_sub(1, Ordering::AcqRel);
                     refusals += 1;
                 }
                 Err(ConnectError::H2(e))
                     if !retried
                         && early.as_ref().is_none_or(|early| early.is_empty())
-                        && (e.is_go_away() || e.is_io() || conn.client.is_closed()) =>
+                        && (e.is_go_away() || e.is_io() || claim.conn.client.is_closed()) =>
                 {
                     // Dropped by the peer between uses: forget it and dial again, once.
                     debug!(error = %e, "pooled connection is gone; redialing");
-                    conn.active.fetch_sub(1, Ordering::AcqRel);
-                    self.remove(key, &conn);
+                    self.remove(key, &claim.conn);
                     retried = true;
                 }
-                Err(e) => {
-                    conn.active.fetch_sub(1, Ordering::AcqRel);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
 
-    /// A connection for `key` with its active count already incremented.
+    /// A claim on a connection for `key` (its active count incremented until the claim is
+    /// dropped).
     async fn checkout(
         &self,
         key: &PoolKey,
         dialer: &dyn Dialer,
-    ) -> Result<Arc<Conn>, ConnectError> {
+    ) -> Result<StreamGuard, ConnectError> {
         if let Some(conn) = self.pick(key, false) {
-            return Ok(conn);
+            return Ok(StreamGuard { conn });
         }
         let dialing = self.lock().entry(key.clone()).or_default().dialing.clone();
         let _turn = dialing.lock().await;
         // Someone else may have dialed while we waited.
         if let Some(conn) = self.pick(key, false) {
-            return Ok(conn);
+            return Ok(StreamGuard { conn });
         }
-        match dialer.dial(key).await {
+        let conn = match dialer.dial(key).await {
             Ok(client) => {
                 let conn = Arc::new(Conn {
                     client,
@@ -236,11 +238,12 @@ impl Pool {
                     .or_default()
                     .conns
                     .push(conn.clone());
-                Ok(conn)
+                conn
             }
             // At the connection limit, or the dial failed while others exist: share a busy one.
-            Err(e) => self.pick(key, true).ok_or(e),
-        }
+            Err(e) => self.pick(key, true).ok_or(e)?,
+        };
+        Ok(StreamGuard { conn })
     }
 
     /// The least-loaded live connection of `key` with room for another stream, if it is not busy

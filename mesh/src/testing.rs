@@ -462,10 +462,11 @@ pub fn mesh_fingerprint(s: &crate::discovery::MeshState, addresses: &[std::net::
     }
     for svc in s.services() {
         out += &format!(
-            "service {} vips={:?} ports={:?} endpoints={:?} wp={:?}\n",
+            "service {} vips={:?} ports={:?} udp={:?} endpoints={:?} wp={:?}\n",
             svc.key(),
             svc.vips,
             svc.ports,
+            svc.udp_ports,
             svc.endpoints,
             svc.waypoint
         );

@@ -234,7 +234,10 @@ pub(crate) fn destination_meter(
             stream.request.headers().get(&BAGGAGE),
         ),
         destination: Party::of(workload),
-        service: ServiceLabel::for_destination(&state, target, Some(workload)),
+        service: match protocol {
+            Protocol::Udp => ServiceLabel::for_udp_destination(&state, target, Some(workload)),
+            _ => ServiceLabel::for_destination(&state, target, Some(workload)),
+        },
         protocol,
         security: Security::MutualTls,
     })

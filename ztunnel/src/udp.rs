@@ -11,7 +11,8 @@
 //! a second. The flow's answers come back from a
 //! transparent socket bound to the original destination and connected to the application, which
 //! also receives the flow's later datagrams (the kernel prefers it to the shared socket). A flow
-//! holds an outbound-connection permit of the pod's budget, and ends after the idle timeout.
+//! holds a permit of the pod's UDP-flow budget and ends after the idle timeout, or earlier to make
+//! room for a new flow once it has been idle a second and the budget is full.
 //!
 //! Inbound: a `CONNECT-UDP` stream on the pod's HBONE listener is admitted like a TCP tunnel (the
 //! pod's address, L4 policy with the destination port, the tunnel budget, live re-checks) and
@@ -103,29 +104,52 @@ impl Activity {
         self.last.store(now, Ordering::Relaxed);
     }
 
-    fn idle(&self) -> Duration {
-        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
-        self.since.elapsed().saturating_sub(last)
+    /// How long it has been idle at `now`.
+    fn idle(&self, now: Instant) -> Duration {
+        let last = self.since + Duration::from_millis(self.last.load(Ordering::Relaxed));
+        now.saturating_duration_since(last)
     }
 }
 
-/// Ends the least recently active of `flows` if it has been idle for [`EVICTABLE_AFTER`], so that a
-/// new flow of the pod can have its permit (as conntrack drops its oldest entries when full): a
-/// client with a port per query (a DNS resolver library) would otherwise hold its budget with
-/// finished queries until they time out. Returns whether one was ended.
-fn evict_idlest(flows: &mut HashMap<FlowKey, Flow>) -> bool {
-    let idlest = flows
-        .iter()
-        .map(|(key, flow)| (flow.activity.idle(), *key))
-        .max();
-    let Some((idle, key)) = idlest.filter(|(idle, _)| *idle >= EVICTABLE_AFTER) else {
-        return false;
-    };
-    if let Some(flow) = flows.remove(&key) {
-        flow.task.abort();
-        debug!(source = %key.0, destination = %key.1, ?idle, "idle UDP flow ended to make room");
+/// Ends the pod's least recently active flow when its budget is full, if that flow has been idle
+/// for [`EVICTABLE_AFTER`], so that a new flow can have its permit (as conntrack drops its oldest
+/// entries when full): a client with a port per query (a DNS resolver library) would otherwise
+/// hold its budget with finished queries until they time out.
+#[derive(Debug, Default)]
+struct Eviction {
+    /// No flow can be evictable before then (the last scan found none idle long enough): a pod
+    /// whose flows are all active, or a spray of new ones, costs no scan per refused datagram.
+    not_before: Option<Instant>,
+}
+
+impl Eviction {
+    /// Ends one of `flows` to make room; whether one was ended.
+    fn make_room(&mut self, flows: &mut HashMap<FlowKey, Flow>) -> bool {
+        let now = Instant::now();
+        if self.not_before.is_some_and(|t| now < t) {
+            return false;
+        }
+        let idlest = flows
+            .iter()
+            .map(|(key, flow)| (flow.activity.idle(now), *key))
+            .max();
+        match idlest {
+            Some((idle, key)) if idle >= EVICTABLE_AFTER => {
+                if let Some(flow) = flows.remove(&key) {
+                    flow.task.abort();
+                    debug!(source = %key.0, destination = %key.1, ?idle, "idle UDP flow ended to make room");
+                }
+                self.not_before = None;
+                true
+            }
+            // Idle times grow together, and activity and new flows only make them shorter.
+            idlest => {
+                let idle = idlest.map_or(Duration::ZERO, |(idle, _)| idle);
+                self.not_before = Some(now + (EVICTABLE_AFTER - idle));
+                false
+            }
+        }
     }
-    true
 }
 
 /// The transparent socket that receives the pod's captured UDP of `family`.
@@ -144,6 +168,7 @@ pub(crate) fn bind(local: &LocalWorkload, family: Family) -> io::Result<UdpSocke
 pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, socket: UdpSocket) {
     let mut flows: HashMap<FlowKey, Flow> = HashMap::new();
     let mut tasks: JoinSet<FlowKey> = JoinSet::new();
+    let mut eviction = Eviction::default();
     loop {
         let (payload, src, dst) = tokio::select! {
             Some(ended) = tasks.join_next() => {
@@ -176,7 +201,7 @@ pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, socket: UdpSocket
         let acquire = || ctx.budgets.acquire(&local.budget, Resource::UdpFlows);
         let permit = match acquire() {
             Ok(permit) => permit,
-            Err(_) if evict_idlest(&mut flows) => {
+            Err(_) if eviction.make_room(&mut flows) => {
                 ctx.metrics
                     .udp_flows_evicted
                     .get_or_create(&WorkloadLabels {
@@ -312,7 +337,7 @@ pub(crate) async fn outbound_flow(
         reporter: Reporter::Source,
         source: local.party.clone(),
         destination: Party::of(&endpoint),
-        service: ServiceLabel::for_destination(&state, dst, Some(&endpoint)),
+        service: ServiceLabel::for_udp_destination(&state, dst, Some(&endpoint)),
         protocol: Protocol::Udp,
         security: Security::MutualTls,
     };
@@ -508,6 +533,7 @@ mod tests {
 
     /// A full pod gives a newcomer the permit of its flow idle the longest, only once that flow
     /// has been idle for [`EVICTABLE_AFTER`]; the permit is back at once, and the flow's task ends.
+    /// Until a flow can have become evictable, the flows are not scanned again.
     #[tokio::test(start_paused = true)]
     async fn the_flow_idle_longest_makes_room_once_idle_a_second() {
         let limits = Limits {
@@ -543,11 +569,24 @@ mod tests {
         // The first flow delivers a datagram: the second is now the idlest.
         activities[0].touch();
         assert!(budgets.acquire(&pod, Resource::UdpFlows).is_err());
-        // Idle 700 ms at most: none is ended.
-        assert!(!evict_idlest(&mut flows));
-        tokio::time::advance(Duration::from_millis(400)).await;
+        let mut eviction = Eviction::default();
+        // Idle 700 ms at most: none is ended, and none can be for 300 ms.
+        let scanned = Instant::now();
+        assert!(!eviction.make_room(&mut flows));
+        assert_eq!(
+            eviction.not_before,
+            Some(scanned + Duration::from_millis(300))
+        );
+        tokio::time::advance(Duration::from_millis(299)).await;
+        assert!(!eviction.make_room(&mut flows));
+        assert_eq!(
+            eviction.not_before,
+            Some(scanned + Duration::from_millis(300)),
+            "not scanned again"
+        );
+        tokio::time::advance(Duration::from_millis(101)).await;
         // The second, idle 1.1 s, goes (the first and third: 0.4 s and 0.4 s).
-        assert!(evict_idlest(&mut flows));
+        assert!(eviction.make_room(&mut flows));
         assert_eq!(flows.len(), 2);
         assert!(
             !flows.keys().any(|(src, _)| src.port() == 40_001),
@@ -557,7 +596,7 @@ mod tests {
         assert!(permit.is_ok(), "its permit is back at once");
         assert!(tasks.join_next().await.unwrap().unwrap_err().is_cancelled());
         assert!(
-            !evict_idlest(&mut flows),
+            !eviction.make_room(&mut flows),
             "the others are not idle long enough"
         );
     }

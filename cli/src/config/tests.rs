@@ -14,7 +14,7 @@ workloads:
   - {name: profile-0, namespace: user-data, serviceAccount: profile, node: node-b, ips: [10.21.0.11], labels: {app: profile}}
   - {name: legacy-0, namespace: legacy, serviceAccount: legacy, node: node-b, ips: [10.21.0.13], enrolled: false}
 services:
-  - {name: profile, namespace: user-data, vips: [10.96.0.20], ports: [{port: 80, targetPort: 8080}], selector: {app: profile}}
+  - {name: profile, namespace: user-data, vips: [10.96.0.20], ports: [{port: 80, targetPort: 8080}, {port: 53, targetPort: 5353, protocol: UDP}], selector: {app: profile}}
 policies:
   - apiVersion: security.veil.dev/v1
     kind: AuthorizationPolicy
@@ -131,6 +131,18 @@ fn workloads_show_their_waypoint_protocol_and_telemetry_name() {
     );
     assert_eq!(row("legacy-0")[6], "TCP");
     assert!(!text.contains("SERVICES"), "one section only:\n{text}");
+}
+
+#[test]
+fn services_show_their_tcp_and_udp_ports() {
+    let text = table(&dump(), Section::Services, UNIX_EPOCH);
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("profile"))
+        .unwrap_or_else(|| panic!("no row for profile in\n{text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[3], "80->8080,53->5353/udp", "{text}");
 }
 
 #[test]

@@ -220,3 +220,27 @@ async fn a_burst_on_a_fresh_connection_beyond_the_server_limit_is_retried_not_re
 }
 
 mod early;
+
+/// A tunnel given up while it opens (its flow ended, a timeout) gives its place on the connection
+/// back: the connection is not left counting a stream that never was.
+#[tokio::test]
+async fn a_tunnel_given_up_while_it_opens_gives_its_place_back() {
+    let s = setup(PoolSettings::default()).await;
+    drop(round_trip(&s).await);
+    let active = |s: &Setup| -> Vec<usize> {
+        s.pool
+            .lock()
+            .values()
+            .flat_map(|slot| slot.conns.iter().map(|c| c.active()))
+            .collect()
+    };
+    assert_eq!(active(&s), [0]);
+    let meta = TunnelMeta::default();
+    let mut opening = Box::pin(s.pool.open(&s.key, s.echo, &meta, &s.dialer, None));
+    // Polled once: the pooled connection is claimed and the CONNECT awaits its answer.
+    let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(opening.as_mut().poll(cx))).await;
+    assert!(polled.is_pending(), "the answer cannot be there yet");
+    assert_eq!(active(&s), [1]);
+    drop(opening);
+    assert_eq!(active(&s), [0]);
+}

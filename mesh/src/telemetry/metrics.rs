@@ -312,8 +312,8 @@ pub struct Metrics {
     /// Captured connections refused because their destination would lead back into the proxy
     /// (its own ports, loopback) or out of the mesh's reach (IPv6 link-local).
     pub forbidden_destinations: Family<WorkloadLabels, Counter>,
-    /// Carried UDP flows ended early to make room for a new flow of their pod (the pod's
-    /// outbound-connection budget was full and they were its least recently active).
+    /// Carried UDP flows ended early to make room for a new flow of their pod (the pod's UDP-flow
+    /// budget, or the node's, was full and they were its least recently active).
     pub udp_flows_evicted: Family<WorkloadLabels, Counter>,
     /// Configuration updates refused (a whole local file), or objects left out of the mesh.
     pub config_rejected: Counter,

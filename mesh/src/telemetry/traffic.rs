@@ -335,6 +335,24 @@ impl ServiceLabel {
         dst: std::net::SocketAddr,
         endpoint: Option<&Workload>,
     ) -> Self {
+        Self::for_destination_on(state, dst, endpoint, |s| &s.ports)
+    }
+
+    /// [`ServiceLabel::for_destination`] for a carried UDP flow: by the services' UDP ports.
+    pub fn for_udp_destination(
+        state: &MeshState,
+        dst: std::net::SocketAddr,
+        endpoint: Option<&Workload>,
+    ) -> Self {
+        Self::for_destination_on(state, dst, endpoint, |s| &s.udp_ports)
+    }
+
+    fn for_destination_on(
+        state: &MeshState,
+        dst: std::net::SocketAddr,
+        endpoint: Option<&Workload>,
+        ports: fn(&Service) -> &[crate::discovery::ServicePort],
+    ) -> Self {
         if let Some(service) = state.service_by_vip(dst.ip()) {
             return Self::of(service);
         }
@@ -344,7 +362,7 @@ impl ServiceLabel {
         let services = state.services_of(endpoint);
         let mut on_port = services
             .iter()
-            .filter(|s| s.ports.iter().any(|p| p.target_port == dst.port()));
+            .filter(|s| ports(s).iter().any(|p| p.target_port == dst.port()));
         match (on_port.next(), on_port.next()) {
             (Some(only), None) => Self::of(only),
             _ => Self::none(),

@@ -254,4 +254,22 @@ fn own_ports_loopback_and_link_local_are_refused_before_and_after_service_mappin
             other => panic!("{dst}: {other:?}"),
         }
     }
+    // A UDP port mapped onto ztunnel's own (its transparent UDP socket listens on 15001).
+    let state = parse(
+        &format!(
+            "{MESH}  - {{name: sneaky, namespace: user-data, vips: [10.96.0.40], ports: [{{port: 53, targetPort: 15001, protocol: UDP}}], selector: {{app: profile}}}}\n"
+        ),
+        &MeshSettings::default(),
+    )
+    .unwrap();
+    match route(
+        &state,
+        addr("10.96.0.40:53"),
+        Transport::Udp,
+        UnknownDestination::Deny,
+        0,
+    ) {
+        Route::Forbidden(_, got) => assert_eq!(got, Forbidden::ProxyPort(15001)),
+        other => panic!("{other:?}"),
+    }
 }

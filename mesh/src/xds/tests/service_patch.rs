@@ -87,12 +87,34 @@ fn a_service_given_other_ports_or_addresses_is_patched_but_not_onto_a_taken_addr
     let api_workload = |s: &MeshState| s.workload_by_ip(ip("10.1.0.2")).unwrap().clone();
     assert!(Arc::ptr_eq(&api_workload(&before), &api_workload(&after)));
 
+    // Its UDP ports alone (veil's extension) changed: patched too.
+    let udp = wl::Port {
+        service_port: 53,
+        target_port: 5354,
+        ..Default::default()
+    };
+    api.extensions = vec![wl::Extension {
+        name: UDP_PORTS_EXTENSION.into(),
+        config: Some(prost_types::Any {
+            type_url: PORT_LIST_TYPE.into(),
+            value: wl::PortList { ports: vec![udp] }.encode_to_vec(),
+        }),
+    }];
+    let after = change(&mut store, vec![S(api.clone())], &[], true, &looked_up);
+    let svc = after.service_by_vip(vip).unwrap();
+    assert_eq!(svc.udp_target_port(53), Some(5354));
+
     api.addresses[0].address = vec![10, 96, 0, 7];
     let after = change(&mut store, vec![S(api.clone())], &[], true, &looked_up);
     assert!(after.service_by_vip(vip).is_none());
     let svc = after
         .service_by_vip(moved)
         .expect("the service at its new address");
+    assert_eq!(
+        svc.udp_target_port(53),
+        Some(5354),
+        "its UDP ports move with it"
+    );
     assert_eq!(&*after.endpoints(svc)[0].name, "api");
     assert_eq!(&*after.services_of(&api_workload(&after))[0].name, "api");
 

@@ -65,8 +65,10 @@ pub struct Question {
     /// The waypoints' path normalization (their `--path-normalization`).
     pub normalization: Normalization,
     /// What the client's ztunnel does with destinations outside the mesh (its
-    /// `--unknown-destination`).
+    /// `--unknown-destination`; UDP is always refused there).
     pub unknown: UnknownDestination,
+    /// A TCP connection, or a UDP flow (as ztunnels carrying UDP, `--carry-udp`, decide it).
+    pub transport: Transport,
 }
 
 /// The answer.
@@ -147,10 +149,10 @@ pub fn explain_in(views: Views<'_>, q: &Question) -> Result<Answer, String> {
     let source = resolve_source(state, &q.from)?;
     let dst = SocketAddr::new(resolve_destination(state, &q.to, source.ip)?, q.port);
     let source_ip = source.ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let paths = if source.captured {
-        captured(views, q, &source.identity, source_ip, dst)
-    } else {
-        plaintext(state, source_ip, dst)
+    let paths = match (source.captured, q.transport) {
+        (true, _) => captured(views, q, &source.identity, source_ip, dst),
+        (false, Transport::Tcp) => plaintext(state, source_ip, dst),
+        (false, Transport::Udp) => plaintext_udp(state, dst),
     };
     Ok(Answer {
         allowed: !paths.is_empty() && paths.iter().all(|p| p.allowed),
@@ -249,13 +251,28 @@ fn captured(
     let state = views.ztunnel;
     let held = views.waypoint;
     let mut paths: Vec<Path> = Vec::new();
+    // UDP leaves the mesh only where it is allowed out in clear, which is never captured: a
+    // captured flow to a destination outside the mesh is refused whatever the setting for TCP.
+    let unknown = match q.transport {
+        Transport::Tcp => q.unknown,
+        Transport::Udp => UnknownDestination::Deny,
+    };
     for pick in 0..choices(state, dst) {
-        // A connection, as the question is asked with curl in mind: UDP is not explained.
-        let path = match route(state, dst, Transport::Tcp, q.unknown, pick) {
+        let path = match route(state, dst, q.transport, unknown, pick) {
             Route::Hbone { endpoint, target } => {
                 let hop = admission(state, &endpoint, Some(identity.clone()), source_ip, target);
                 Path::of(Some(endpoint.key()), vec![hop])
             }
+            Route::Waypoint { waypoint, .. } if q.transport == Transport::Udp => Path::of(
+                None,
+                vec![refused(
+                    "ztunnel of the source (outbound)",
+                    format!(
+                        "behind waypoint {}, which carries no UDP: the flow is refused",
+                        waypoint.reference()
+                    ),
+                )],
+            ),
             Route::Waypoint {
                 waypoint, target, ..
             } => {
@@ -526,6 +543,56 @@ fn plaintext(state: &MeshState, source_ip: IpAddr, dst: SocketAddr) -> Vec<Path>
                 Some(w.key()),
                 vec![admission(state, &w, None, source_ip, addr)],
             )
+        })
+        .collect()
+}
+
+/// A client outside the mesh sending UDP: an enrolled pod takes no plaintext UDP (its capture
+/// drops it, whatever PeerAuthentication says: only carried flows reach it); anything else is not
+/// the mesh's to decide.
+fn plaintext_udp(state: &MeshState, dst: SocketAddr) -> Vec<Path> {
+    let targets: Vec<(std::sync::Arc<Workload>, SocketAddr)> = match state.service_by_vip(dst.ip())
+    {
+        Some(service) => {
+            let Some(port) = service.udp_target_port(dst.port()) else {
+                return vec![Path::of(
+                    None,
+                    vec![refused(
+                        "the network",
+                        format!("service {} has no UDP port {}", service.key(), dst.port()),
+                    )],
+                )];
+            };
+            state.serving_addresses(service, dst.ip(), port)
+        }
+        None => state
+            .workload_by_ip(dst.ip())
+            .map(|w| vec![(w.clone(), dst)])
+            .unwrap_or_default(),
+    };
+    if targets.is_empty() {
+        return plaintext(state, IpAddr::V4(Ipv4Addr::UNSPECIFIED), dst);
+    }
+    targets
+        .into_iter()
+        .map(|(w, _)| {
+            let at = format!("ztunnel on {} (inbound to {})", w.node, w.key());
+            let hop = if w.enrolled {
+                refused(
+                    &at,
+                    "plaintext UDP into an enrolled pod is dropped: only carried flows reach it"
+                        .into(),
+                )
+            } else {
+                Hop {
+                    at,
+                    allowed: true,
+                    policy: None,
+                    rule: None,
+                    reason: "not in the mesh: no policy applies".into(),
+                }
+            };
+            Path::of(Some(w.key()), vec![hop])
         })
         .collect()
 }

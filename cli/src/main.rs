@@ -11,6 +11,7 @@ use veil_cli::{check, config, convert, live, mesh_file};
 use veil_mesh::discovery::MeshSettings;
 use veil_waypoint::canon::Normalization;
 use veil_ztunnel::context::UnknownDestination;
+use veil_ztunnel::outbound::Transport;
 
 /// veil's command line.
 #[derive(Parser)]
@@ -139,6 +140,10 @@ struct ExplainArgs {
     /// What ztunnels do with destinations outside the mesh (as their `--unknown-destination`).
     #[arg(long, value_enum, default_value = "passthrough")]
     unknown_destination: UnknownDestination,
+    /// A UDP flow instead of a TCP connection, as ztunnels carrying UDP (`--carry-udp`) decide
+    /// it: by the service's UDP ports, never through a waypoint or out of the mesh.
+    #[arg(long, conflicts_with_all = ["method", "host", "headers"])]
+    udp: bool,
     /// The mesh's trust domain (as the proxies' `--trust-domain`; default `cluster.local`).
     #[arg(long)]
     trust_domain: Option<String>,
@@ -266,6 +271,11 @@ fn question(args: &ExplainArgs) -> anyhow::Result<Question> {
             .transpose()?,
         normalization: args.path_normalization,
         unknown: args.unknown_destination,
+        transport: if args.udp {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        },
     })
 }
 

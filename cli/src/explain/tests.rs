@@ -15,7 +15,7 @@ workloads:
   - {name: legacy-0, namespace: user-data, serviceAccount: legacy, node: node-b, ips: [10.21.0.13], labels: {app: legacy}, enrolled: false}
 services:
   - {name: profile, namespace: user-data, vips: [10.96.0.20], ports: [{port: 80, targetPort: 8080}], selector: {app: profile}}
-  - {name: ledger, namespace: finance, vips: [10.96.0.30], ports: [{port: 9090}], selector: {app: ledger}}
+  - {name: ledger, namespace: finance, vips: [10.96.0.30], ports: [{port: 9090}, {port: 53, targetPort: 5353, protocol: UDP}], selector: {app: ledger}}
   - {name: legacy, namespace: user-data, vips: [10.96.0.40], ports: [{port: 80}], selector: {app: legacy}}
 policies:
   - apiVersion: security.veil.dev/v1
@@ -61,8 +61,66 @@ fn ask(from: &str, to: To, port: u16, http: Option<(&str, &str)>) -> Answer {
         }),
         normalization: Normalization::MergeSlashes,
         unknown: UnknownDestination::Passthrough,
+        transport: Transport::Tcp,
     };
     explain(&state(), &question).unwrap()
+}
+
+fn ask_udp(from: &str, to: To, port: u16) -> Answer {
+    let (namespace, name) = from.split_once('/').unwrap();
+    let question = Question {
+        from: From::Workload {
+            namespace: namespace.into(),
+            name: name.into(),
+        },
+        to,
+        port,
+        http: None,
+        normalization: Normalization::MergeSlashes,
+        unknown: UnknownDestination::Passthrough,
+        transport: Transport::Udp,
+    };
+    explain(&state(), &question).unwrap()
+}
+
+#[test]
+fn a_udp_flow_goes_by_the_services_udp_ports_never_through_a_waypoint_or_out_of_the_mesh() {
+    let reason = |a: &Answer| a.paths[0].hops.last().unwrap().reason.clone();
+    // By the service's UDP port (53 → 5353) to each endpoint, admitted by L4 policy as TCP is.
+    let a = ask_udp("production/account", service("finance", "ledger"), 53);
+    assert!(a.allowed, "{a:#?}");
+    assert_eq!(a.paths.len(), 2, "{a:#?}");
+    assert!(a.paths.iter().all(|p| p.hops.len() == 1), "{a:#?}");
+    let a = ask_udp("production/reporting", service("finance", "ledger"), 53);
+    assert!(!a.allowed, "reporting is allowed port 1 only: {a:#?}");
+    // A TCP port is no UDP port.
+    let a = ask_udp("production/account", service("finance", "ledger"), 9090);
+    assert!(!a.allowed);
+    assert_eq!(reason(&a), "service finance/ledger has no UDP port 9090");
+    // Behind a waypoint, or outside the mesh (whatever --unknown-destination says): refused.
+    let a = ask_udp("production/account", service("user-data", "profile"), 80);
+    assert!(!a.allowed);
+    assert!(reason(&a).contains("carries no UDP"), "{a:#?}");
+    let a = ask_udp(
+        "production/account",
+        To::Address("192.0.2.1".parse().unwrap()),
+        53,
+    );
+    assert!(!a.allowed);
+    assert!(reason(&a).contains("not in the mesh"), "{a:#?}");
+    // From outside the mesh into an enrolled pod: dropped there, whatever PeerAuthentication says.
+    let pod = To::Workload {
+        namespace: "finance".into(),
+        name: "ledger-0".into(),
+    };
+    let a = ask_udp("default/rogue", pod, 5353);
+    assert!(!a.allowed);
+    assert!(reason(&a).starts_with("plaintext UDP"), "{a:#?}");
+    let legacy = To::Workload {
+        namespace: "user-data".into(),
+        name: "legacy-0".into(),
+    };
+    assert!(ask_udp("default/rogue", legacy, 5353).allowed);
 }
 
 fn service(namespace: &str, name: &str) -> To {
@@ -222,6 +280,7 @@ fn destinations_outside_the_mesh_pass_through_and_unknown_names_are_errors() {
         http: None,
         normalization: Normalization::MergeSlashes,
         unknown: UnknownDestination::Passthrough,
+        transport: Transport::Tcp,
     };
     assert_eq!(
         explain(&state(), &missing).unwrap_err(),
@@ -263,6 +322,7 @@ fn what_the_data_path_refuses_besides_policy_is_refused_too() {
         http: None,
         normalization: Normalization::MergeSlashes,
         unknown: UnknownDestination::Deny,
+        transport: Transport::Tcp,
     };
     let a = explain(&state(), &question).unwrap();
     assert!(!a.allowed);

@@ -141,7 +141,7 @@ struct PortEntry {
 
 /// A service port's protocol, spelled as Kubernetes spells it. SCTP is not accepted: nothing in
 /// the mesh carries it.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
 enum PortProtocol {
     #[default]
     #[serde(rename = "TCP")]
@@ -398,6 +398,8 @@ fn service(i: usize, s: ServiceEntry, bindings: &Bindings) -> Result<Service, Co
         ));
     }
     let (mut ports, mut udp_ports) = (Vec::new(), Vec::new());
+    // A set, not a scan per port: a list of thousands must not cost a square of them.
+    let mut seen = std::collections::HashSet::new();
     for (j, p) in s.ports.iter().enumerate() {
         let target_port = p.target_port.unwrap_or(p.port);
         if p.port == 0 || target_port == 0 {
@@ -407,7 +409,7 @@ fn service(i: usize, s: ServiceEntry, bindings: &Bindings) -> Result<Service, Co
             PortProtocol::Tcp => (&mut ports, "TCP"),
             PortProtocol::Udp => (&mut udp_ports, "UDP"),
         };
-        if list.iter().any(|q| q.port == p.port) {
+        if !seen.insert((p.port, p.protocol)) {
             return Err(ConfigError::invalid(
                 format!("{at}: ports[{j}]"),
                 format!("{protocol} port {} listed twice", p.port),

@@ -357,12 +357,14 @@ fn udp_ports(s: &wl::Service) -> Result<Vec<ServicePort>, String> {
     let list =
         wl::PortList::decode(list.value.as_slice()).map_err(|e| unreadable(&e.to_string()))?;
     let mut ports: Vec<ServicePort> = Vec::with_capacity(list.ports.len());
+    // A set, not a scan per port: a list of thousands must not cost a square of them.
+    let mut seen = std::collections::HashSet::with_capacity(list.ports.len());
     for p in &list.ports {
         let (port, target_port) = (port(p.service_port), port(p.target_port));
         let (port, target_port) = port
             .and_then(|port| Ok((port, target_port?)))
             .map_err(|e| unreadable(&e))?;
-        if ports.iter().any(|q| q.port == port) {
+        if !seen.insert(port) {
             return Err(unreadable(&format!("port {port} given twice")));
         }
         ports.push(ServicePort { port, target_port });

@@ -563,7 +563,17 @@ fn plaintext_udp(state: &MeshState, dst: SocketAddr) -> Vec<Path> {
                     )],
                 )];
             };
-            state.serving_addresses(service, dst.ip(), port)
+            let targets = state.serving_addresses(service, dst.ip(), port);
+            if targets.is_empty() {
+                return vec![Path::of(
+                    None,
+                    vec![refused(
+                        "the network",
+                        format!("service {} has no ready endpoints", service.key()),
+                    )],
+                )];
+            }
+            targets
         }
         None => state
             .workload_by_ip(dst.ip())

@@ -121,6 +121,10 @@ fn a_udp_flow_goes_by_the_services_udp_ports_never_through_a_waypoint_or_out_of_
         name: "legacy-0".into(),
     };
     assert!(ask_udp("default/rogue", legacy, 5353).allowed);
+    // To a service's UDP port from outside the mesh: its endpoints are enrolled, so dropped.
+    let a = ask_udp("default/rogue", service("finance", "ledger"), 53);
+    assert!(!a.allowed);
+    assert_eq!(a.paths.len(), 2, "{a:#?}");
 }
 
 fn service(namespace: &str, name: &str) -> To {

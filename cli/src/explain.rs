@@ -502,27 +502,31 @@ fn admission(
     }
 }
 
-/// A client outside the mesh: its connection reaches an endpoint in plaintext (a service's address is
-/// translated by kube-proxy, to any of its ready endpoints).
-fn plaintext(state: &MeshState, source_ip: IpAddr, dst: SocketAddr) -> Vec<Path> {
-    let targets: Vec<(std::sync::Arc<Workload>, SocketAddr)> = match state.service_by_vip(dst.ip())
-    {
-        Some(service) => {
-            let Some(port) = service.target_port(dst.port()) else {
-                return vec![Path::of(
-                    None,
-                    vec![refused(
-                        "the network",
-                        format!("service {} has no port {}", service.key(), dst.port()),
-                    )],
-                )];
-            };
-            state.serving_addresses(service, dst.ip(), port)
-        }
-        None => state
+/// Where a client outside the mesh lands: a service's address is translated by kube-proxy, by its
+/// ports of `transport`, to any of its ready endpoints; an address in the mesh is its workload.
+/// `Err`: the answer already (a service without that port).
+fn plaintext_targets(
+    state: &MeshState,
+    dst: SocketAddr,
+    transport: Transport,
+) -> Result<Vec<(std::sync::Arc<Workload>, SocketAddr)>, Vec<Path>> {
+    match state.service_by_vip(dst.ip()) {
+        Some(service) => match transport.target_port(service, dst.port()) {
+            Ok(port) => Ok(state.serving_addresses(service, dst.ip(), port)),
+            Err(why) => Err(vec![Path::of(None, vec![refused("the network", why)])]),
+        },
+        None => Ok(state
             .workload_by_ip(dst.ip())
             .map(|w| vec![(w.clone(), dst)])
-            .unwrap_or_default(),
+            .unwrap_or_default()),
+    }
+}
+
+/// A client outside the mesh: its connection reaches an endpoint in plaintext.
+fn plaintext(state: &MeshState, source_ip: IpAddr, dst: SocketAddr) -> Vec<Path> {
+    let targets = match plaintext_targets(state, dst, Transport::Tcp) {
+        Ok(targets) => targets,
+        Err(answer) => return answer,
     };
     if targets.is_empty() {
         return vec![Path::of(
@@ -551,36 +555,20 @@ fn plaintext(state: &MeshState, source_ip: IpAddr, dst: SocketAddr) -> Vec<Path>
 /// drops it, whatever PeerAuthentication says: only carried flows reach it); anything else is not
 /// the mesh's to decide.
 fn plaintext_udp(state: &MeshState, dst: SocketAddr) -> Vec<Path> {
-    let targets: Vec<(std::sync::Arc<Workload>, SocketAddr)> = match state.service_by_vip(dst.ip())
-    {
-        Some(service) => {
-            let Some(port) = service.udp_target_port(dst.port()) else {
-                return vec![Path::of(
-                    None,
-                    vec![refused(
-                        "the network",
-                        format!("service {} has no UDP port {}", service.key(), dst.port()),
-                    )],
-                )];
-            };
-            let targets = state.serving_addresses(service, dst.ip(), port);
-            if targets.is_empty() {
-                return vec![Path::of(
-                    None,
-                    vec![refused(
-                        "the network",
-                        format!("service {} has no ready endpoints", service.key()),
-                    )],
-                )];
-            }
-            targets
-        }
-        None => state
-            .workload_by_ip(dst.ip())
-            .map(|w| vec![(w.clone(), dst)])
-            .unwrap_or_default(),
+    let targets = match plaintext_targets(state, dst, Transport::Udp) {
+        Ok(targets) => targets,
+        Err(answer) => return answer,
     };
     if targets.is_empty() {
+        if let Some(service) = state.service_by_vip(dst.ip()) {
+            return vec![Path::of(
+                None,
+                vec![refused(
+                    "the network",
+                    format!("service {} has no ready endpoints", service.key()),
+                )],
+            )];
+        }
         return plaintext(state, IpAddr::V4(Ipv4Addr::UNSPECIFIED), dst);
     }
     targets

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
-use veil_mesh::discovery::{MeshState, Waypoint, WaypointRef, Workload};
+use veil_mesh::discovery::{MeshState, Service, Waypoint, WaypointRef, Workload};
 use veil_mesh::hbone::{
     ConnectError, EarlyData, H2Client, HBONE_PORT, TunnelMeta, abort_socket, splice,
 };
@@ -68,6 +68,17 @@ pub enum Transport {
     Udp,
 }
 
+impl Transport {
+    /// The endpoint port behind `service`'s port `port` over this transport, or why there is none.
+    pub fn target_port(self, service: &Service, port: u16) -> Result<u16, String> {
+        let (target, named) = match self {
+            Self::Tcp => (service.target_port(port), "port"),
+            Self::Udp => (service.udp_target_port(port), "UDP port"),
+        };
+        target.ok_or_else(|| format!("service {} has no {named} {port}", service.key()))
+    }
+}
+
 /// Decides the route to `dst` over `transport`. `pick` chooses among a service's endpoints.
 pub fn route(
     state: &MeshState,
@@ -114,16 +125,9 @@ fn resolve(
         if let Some(reference) = &service.waypoint {
             return via_waypoint(state, reference, dst, pick);
         }
-        let (port, named) = match transport {
-            Transport::Tcp => (service.target_port(dst.port()), "port"),
-            Transport::Udp => (service.udp_target_port(dst.port()), "UDP port"),
-        };
-        let Some(port) = port else {
-            return Route::Refuse(format!(
-                "service {} has no {named} {}",
-                service.key(),
-                dst.port()
-            ));
+        let port = match transport.target_port(service, dst.port()) {
+            Ok(port) => port,
+            Err(why) => return Route::Refuse(why),
         };
         let endpoints = state.serving_endpoints(service);
         if endpoints.is_empty() {

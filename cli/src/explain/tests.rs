@@ -46,6 +46,20 @@ fn state() -> MeshState {
 }
 
 fn ask(from: &str, to: To, port: u16, http: Option<(&str, &str)>) -> Answer {
+    ask_over(Transport::Tcp, from, to, port, http)
+}
+
+fn ask_udp(from: &str, to: To, port: u16) -> Answer {
+    ask_over(Transport::Udp, from, to, port, None)
+}
+
+fn ask_over(
+    transport: Transport,
+    from: &str,
+    to: To,
+    port: u16,
+    http: Option<(&str, &str)>,
+) -> Answer {
     let (namespace, name) = from.split_once('/').unwrap();
     let question = Question {
         from: From::Workload {
@@ -61,24 +75,7 @@ fn ask(from: &str, to: To, port: u16, http: Option<(&str, &str)>) -> Answer {
         }),
         normalization: Normalization::MergeSlashes,
         unknown: UnknownDestination::Passthrough,
-        transport: Transport::Tcp,
-    };
-    explain(&state(), &question).unwrap()
-}
-
-fn ask_udp(from: &str, to: To, port: u16) -> Answer {
-    let (namespace, name) = from.split_once('/').unwrap();
-    let question = Question {
-        from: From::Workload {
-            namespace: namespace.into(),
-            name: name.into(),
-        },
-        to,
-        port,
-        http: None,
-        normalization: Normalization::MergeSlashes,
-        unknown: UnknownDestination::Passthrough,
-        transport: Transport::Udp,
+        transport,
     };
     explain(&state(), &question).unwrap()
 }

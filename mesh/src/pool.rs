@@ -19,12 +19,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use h2::{Reason, RecvStream, SendStream};
+use h2::Reason;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::hbone::{ConnectError, EarlyData, H2Client, TunnelMeta, connect_request};
+use crate::hbone::{
+    ConnectError, EarlyData, HboneClient, TunnelMeta, TunnelRecv, TunnelSend, connect_request,
+};
 use crate::identity::{BoxFuture, Identity};
 
 /// Which connections a tunnel may share.
@@ -43,7 +44,7 @@ pub struct PoolKey {
 /// Opens new connections for the pool (TCP from the right place, TLS with the right certificate).
 pub trait Dialer: Send + Sync {
     /// Establishes a connection for `key`.
-    fn dial<'a>(&'a self, key: &'a PoolKey) -> BoxFuture<'a, Result<H2Client, ConnectError>>;
+    fn dial<'a>(&'a self, key: &'a PoolKey) -> BoxFuture<'a, Result<HboneClient, ConnectError>>;
 }
 
 /// Limits of the pool.
@@ -73,7 +74,7 @@ impl Default for PoolSettings {
 }
 
 struct Conn {
-    client: H2Client,
+    client: HboneClient,
     active: AtomicUsize,
     last_used: Mutex<Instant>,
 }
@@ -131,7 +132,7 @@ impl Drop for StreamGuard {
 }
 
 /// A tunnel stream and its claim on the connection.
-pub type PooledStream = (SendStream<Bytes>, RecvStream, StreamGuard);
+pub type PooledStream = (TunnelSend, TunnelRecv, StreamGuard);
 
 impl Pool {
     /// An empty pool.
@@ -201,6 +202,26 @@ impl Pool {
                 {
                     // Dropped by the peer between uses: forget it and dial again, once.
                     debug!(error = %e, "pooled connection is gone; redialing");
+                    self.remove(key, &claim.conn);
+                    retried = true;
+                }
+                Err(ConnectError::H3(h3::error::StreamError::RemoteTerminate { code, .. }))
+                    if refusals < MAX_REFUSALS && code == h3::error::Code::H3_REQUEST_REJECTED =>
+                {
+                    // HTTP/3's REFUSED_STREAM: the server did nothing with it.
+                    debug!("stream rejected; retrying");
+                    refusals += 1;
+                }
+                Err(ConnectError::H3(e))
+                    if !retried
+                        && early.as_ref().is_none_or(|early| early.is_empty())
+                        && (matches!(
+                            e,
+                            h3::error::StreamError::RemoteClosing { .. }
+                                | h3::error::StreamError::ConnectionError { .. }
+                        ) || claim.conn.client.is_closed()) =>
+                {
+                    debug!(error = %e, "pooled QUIC connection is gone; redialing");
                     self.remove(key, &claim.conn);
                     retried = true;
                 }

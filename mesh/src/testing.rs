@@ -321,7 +321,8 @@ pub async fn spawn_hbone_server_with(
                             };
                             let send = stream
                                 .respond
-                                .send_response(http::Response::new(()), false)
+                                .send_response(http::Response::new(()))
+                                .await
                                 .unwrap();
                             let recv = stream.request.into_body();
                             let _ = splice(&mut upstream, send, recv, |_| {}, |_| {}).await;

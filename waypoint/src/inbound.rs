@@ -112,10 +112,13 @@ async fn tunnel(ctx: Arc<Context>, mut stream: InboundStream, drain: DrainWatch)
         stream.request.headers().get(&BAGGAGE),
     );
     let traceparent = stream.request.headers().get(&TRACEPARENT).cloned();
-    let Ok(send) = stream.respond.send_response(http::Response::new(()), false) else {
+    let Ok(send) = stream.respond.send_response(http::Response::new(())).await else {
         return;
     };
-    let mut io = H2Io::new(send, stream.request.into_body());
+    let Some(mut io) = H2Io::from_tunnel(send, stream.request.into_body()) else {
+        // Not reached: a waypoint serves HBONE over HTTP/2 only.
+        return;
+    };
     let (protocol, sniffed) = sniff(&mut io, ctx.settings.sniff_timeout).await;
     let io = Prefixed::new(sniffed.freeze(), io);
     let tunnel = Tunnel {

@@ -12,7 +12,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::info;
 use veil_mesh::discovery::{MeshState, WaypointRef};
-use veil_mesh::hbone::{ConnectError, H2Client, H2Io, H2Settings, HBONE_PORT, TunnelMeta};
+use veil_mesh::hbone::{
+    ConnectError, H2Client, H2Io, H2Settings, HBONE_PORT, HboneClient, TunnelMeta,
+};
 use veil_mesh::identity::{BoxFuture, CertHandle, Identity, TrustBundle, client_config};
 use veil_mesh::pool::{Dialer, Pool, PoolKey};
 use veil_mesh::telemetry::metrics::{
@@ -77,12 +79,13 @@ impl Upstreams {
             ..TunnelMeta::default()
         };
         let (send, recv, guard) = self.pool.open(&key, target, &meta, self, None).await?;
-        Ok(Upstream::new(H2Io::new(send, recv), guard))
+        let io = H2Io::from_tunnel(send, recv).ok_or(ConnectError::Alpn)?;
+        Ok(Upstream::new(io, guard))
     }
 }
 
 impl Dialer for Upstreams {
-    fn dial<'a>(&'a self, key: &'a PoolKey) -> BoxFuture<'a, Result<H2Client, ConnectError>> {
+    fn dial<'a>(&'a self, key: &'a PoolKey) -> BoxFuture<'a, Result<HboneClient, ConnectError>> {
         Box::pin(async move {
             let cert = self
                 .cert
@@ -116,7 +119,7 @@ impl Dialer for Upstreams {
                 })
                 .inc();
             info!(destination = %key.dst, address = %key.dst_addr, "opened HBONE connection to an endpoint");
-            Ok(client)
+            Ok(client.into())
         })
     }
 }

@@ -239,6 +239,12 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
                 handshake_timeout: config.hbone_handshake_timeout,
                 ..H2Settings::default()
             },
+            quic: crate::quic::QuicSettings {
+                enabled: config.hbone_quic,
+                head_start: config.hbone_quic_head_start,
+                connect_timeout: config.hbone_quic_connect_timeout,
+                fallback_ttl: config.hbone_quic_fallback_ttl,
+            },
             early_data: config.hbone_early_data,
             same_node: config.same_node_fast_path,
             limits,

@@ -198,6 +198,8 @@ pub struct UdpAllowance {
     pub cidrs: Vec<IpNet>,
     /// The rest is captured and carried by the mesh (`crate::udp`); without, it is refused.
     pub carry: bool,
+    /// ztunnel's own HBONE over QUIC passes (UDP 15008 in; out only from its marked sockets).
+    pub quic: bool,
 }
 
 impl Default for UdpAllowance {
@@ -207,6 +209,7 @@ impl Default for UdpAllowance {
             ports: vec![53],
             cidrs: Vec::new(),
             carry: false,
+            quic: false,
         }
     }
 }
@@ -217,7 +220,7 @@ impl Default for UdpAllowance {
 /// admitted in plaintext (none: not admitted).
 pub fn rules(family: Family, udp: &UdpAllowance, probes: &[IpAddr], jumps: &[usize]) -> String {
     let mut filter = format!("*filter\n:{FILTER_IN} - [0:0]\n:{FILTER_OUT} - [0:0]\n");
-    filter.push_str(&filter_in(family));
+    filter.push_str(&filter_in(family, udp.quic));
     filter.push_str(&filter_out(family, udp));
     let mut nat = format!("*nat\n:{NAT_OUT} - [0:0]\n:{NAT_IN} - [0:0]\n");
     nat.push_str(&nat_rules(family, probes));
@@ -234,8 +237,15 @@ pub fn rules(family: Family, udp: &UdpAllowance, probes: &[IpAddr], jumps: &[usi
     format!("{filter}COMMIT\n{nat}COMMIT\n")
 }
 
-fn filter_in(family: Family) -> String {
+fn filter_in(family: Family, quic: bool) -> String {
     let (icmp, out, plain) = (family.icmp(), OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT);
+    // HBONE over QUIC: ztunnel's endpoint holds UDP 15008 in the pod (no application can), and
+    // what it receives is mutual TLS or nothing.
+    let quic = if quic {
+        format!("-A {FILTER_IN} -p udp --dport {HBONE_PORT} -j RETURN\n")
+    } else {
+        String::new()
+    };
     // The capture listeners are only for redirected connections: reached directly (dialled as
     // 127.0.0.1:15001, or the pod's address on 15006) ztunnel would read itself as the original
     // destination. TCP resets give the caller a clear, immediate error.
@@ -244,7 +254,7 @@ fn filter_in(family: Family) -> String {
 -A {FILTER_IN} -p tcp -j RETURN
 -A {FILTER_IN} -i lo -j RETURN
 -A {FILTER_IN} -m connmark --mark {UDP_MARK:#x}/0xfff -j DROP
--A {FILTER_IN} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+{quic}-A {FILTER_IN} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
 -A {FILTER_IN} -p {icmp} -j RETURN
 -A {FILTER_IN} -j DROP
 "
@@ -275,6 +285,13 @@ fn filter_out(family: Family, udp: &UdpAllowance) -> String {
 -A {FILTER_OUT} -p {icmp} -j RETURN
 "
     ));
+    if udp.quic {
+        // ztunnel's QUIC endpoint (marked, which an application cannot be without CAP_NET_ADMIN),
+        // from or to 15008: the port is its own both ways.
+        out.push_str(&format!(
+            "-A {FILTER_OUT} -p udp -m mark --mark {SOCKET_MARK:#x}/0xfff -m multiport --ports {HBONE_PORT} -j RETURN\n"
+        ));
+    }
     out.push_str(&allowed_udp(FILTER_OUT, family, udp));
     if udp.carry {
         // Marked for ztunnel (mangle) and rerouted to `lo`, though this hook still sees the

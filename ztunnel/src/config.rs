@@ -172,6 +172,21 @@ pub struct Config {
     /// before any byte reaches the application). `false` for peers that refuse data before the 200.
     #[arg(long, env = "VEIL_HBONE_EARLY_DATA", default_value_t = true, action = clap::ArgAction::Set)]
     pub hbone_early_data: bool,
+    /// HBONE over QUIC as well (UDP 15008, HTTP/3, the same mutual TLS and identities): each
+    /// enrolled pod serves it, and its tunnels to mesh workloads try it first, falling back to
+    /// HTTP/2 for a peer that does not answer in time (Istio's ztunnel, a node without it).
+    #[arg(long, env = "VEIL_HBONE_QUIC")]
+    pub hbone_quic: bool,
+    /// How long a QUIC dial goes alone before HTTP/2 is dialled too (whichever connects first
+    /// carries the tunnel).
+    #[arg(long, env = "VEIL_HBONE_QUIC_HEAD_START", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub hbone_quic_head_start: Duration,
+    /// How long a QUIC dial may take at all.
+    #[arg(long, env = "VEIL_HBONE_QUIC_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub hbone_quic_connect_timeout: Duration,
+    /// How long a peer that ended on HTTP/2 is dialled on HTTP/2 alone before QUIC is tried again.
+    #[arg(long, env = "VEIL_HBONE_QUIC_FALLBACK_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub hbone_quic_fallback_ttl: Duration,
     /// Connections between two pods of this node skip HBONE: ztunnel, which holds both pods'
     /// identities, admits them with the destination's policies and joins the two sockets (no TLS;
     /// no byte leaves the node). `false` sends them through HBONE like any other.
@@ -305,6 +320,7 @@ impl Config {
             ports: self.udp_allowed_ports.clone(),
             cidrs: self.udp_allowed_cidrs.clone(),
             carry: self.carry_udp,
+            quic: self.hbone_quic,
         }
     }
 }

@@ -44,8 +44,10 @@ pub struct DataPathSettings {
     pub send_baggage: bool,
     /// Time allowed to connect to an application or a passthrough destination.
     pub connect_timeout: Duration,
-    /// HTTP/2 settings of HBONE.
+    /// HTTP/2 settings of HBONE (and the equivalent QUIC ones).
     pub h2: H2Settings,
+    /// HBONE over QUIC.
+    pub quic: crate::quic::QuicSettings,
     /// Send a connection's first bytes right behind its HBONE `CONNECT` instead of after the `200`
     /// (one round trip less per new connection; see [`veil_mesh::hbone::EarlyData`]).
     pub early_data: bool,
@@ -72,6 +74,7 @@ impl Default for DataPathSettings {
             send_baggage: true,
             connect_timeout: Duration::from_secs(5),
             h2: H2Settings::default(),
+            quic: crate::quic::QuicSettings::default(),
             early_data: true,
             same_node: true,
             limits: Limits::for_nofile(1024),
@@ -115,6 +118,8 @@ pub struct Context {
     pub probe_error: std::sync::Mutex<Option<String>>,
     /// Spans of tunnels, when traces are exported.
     pub tracing: Option<Arc<Tracing>>,
+    /// Peers dialled on HTTP/2 alone for now (they did not answer QUIC).
+    pub quic_peers: crate::quic::Peers,
     /// Round-robin position for picking service endpoints.
     next_endpoint: AtomicUsize,
     /// Whether the stream from the control plane is up, when the mesh comes from one.
@@ -154,6 +159,7 @@ impl Context {
             next_endpoint: AtomicUsize::new(0),
             control_plane: None,
             draining: watch::Sender::new(false),
+            quic_peers: Default::default(),
         }
     }
 
@@ -210,6 +216,11 @@ impl Context {
     /// tunnels on the HBONE connections they have here. Live connections go on.
     pub fn start_draining(&self) {
         self.draining.send_replace(true);
+    }
+
+    /// Whether draining has started.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
     }
 
     /// Completes once draining has started.
@@ -276,6 +287,8 @@ pub struct LocalWorkload {
     pub baggage: Option<http::HeaderValue>,
     /// What metrics call it (computed once: every connection it opens is labelled with it).
     pub party: veil_mesh::telemetry::metrics::Party,
+    /// Its QUIC endpoints, with `--hbone-quic` ([`crate::quic`]).
+    pub quic: crate::quic::Endpoints,
 }
 
 impl LocalWorkload {

@@ -361,6 +361,7 @@ impl Enrolment {
                 .then(|| Party::baggage(&workload))
                 .flatten(),
             party: Party::of(&workload),
+            quic: Default::default(),
         });
         let (tasks, listeners) = start_listeners(ctx, &local, inherited.as_ref())
             .map_err(|e| format!("listeners: {e}"))?;
@@ -464,6 +465,15 @@ fn start_listeners(
             local,
             plaintext::run(ctx.clone(), local.clone(), plain),
         ));
+        if ctx.settings.quic.enabled {
+            match crate::quic::start(ctx, local, family) {
+                Ok(task) => tasks.extend(task),
+                Err(e) => {
+                    tasks.iter().for_each(JoinHandle::abort);
+                    return Err(e);
+                }
+            }
+        }
         if ctx.settings.udp.carry {
             // Bound afresh even for a pod handed over (the socket allows a second binding): a
             // flow the predecessor carried ends with it, and its next datagram starts a new one.
@@ -527,7 +537,7 @@ fn bind_family(local: &LocalWorkload, family: Family) -> std::io::Result<Option<
     )))
 }
 
-fn ipv6_off(e: &std::io::Error) -> bool {
+pub(crate) fn ipv6_off(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::AddrNotAvailable
         || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT)
 }

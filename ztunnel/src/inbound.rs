@@ -160,7 +160,7 @@ pub(crate) async fn stream_task(
     else {
         return refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
     };
-    let Ok(send) = stream.respond.send_response(http::Response::new(()), false) else {
+    let Ok(send) = stream.respond.send_response(http::Response::new(())).await else {
         return;
     };
     let meter = destination_meter(&ctx, &stream, &workload, target, Protocol::Tcp);

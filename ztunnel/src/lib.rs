@@ -26,6 +26,7 @@ pub mod ops;
 pub mod outbound;
 pub mod plaintext;
 pub mod probes;
+pub mod quic;
 pub mod registry;
 pub mod udp;
 

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 use veil_mesh::discovery::{MeshState, Service, Waypoint, WaypointRef, Workload};
 use veil_mesh::hbone::{
-    ConnectError, EarlyData, H2Client, HBONE_PORT, TunnelMeta, abort_socket, splice,
+    ConnectError, EarlyData, H2Client, HBONE_PORT, HboneClient, TunnelMeta, abort_socket, splice,
 };
 use veil_mesh::identity::{BoxFuture, client_config};
 use veil_mesh::pool::{Dialer, PoolKey};
@@ -227,6 +227,7 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
                 address: target.ip(),
                 labels: Party::of(&endpoint),
                 service,
+                quic: true,
             };
             drop(state);
             proxy_hbone(&ctx, &local, &mut tcp, peer, target).await;
@@ -241,6 +242,7 @@ pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp
                 address,
                 labels: Party::waypoint(&waypoint),
                 service: ServiceLabel::for_destination(&state, dst, None),
+                quic: false,
             };
             drop(state);
             proxy_hbone(&ctx, &local, &mut tcp, peer, target).await;
@@ -289,6 +291,8 @@ struct Peer<'a> {
     labels: Party,
     /// The service the connection was for.
     service: ServiceLabel,
+    /// It may speak HBONE over QUIC (a workload's ztunnel; waypoints speak HTTP/2 only).
+    quic: bool,
 }
 
 async fn proxy_hbone(
@@ -346,7 +350,11 @@ async fn proxy_hbone(
         traceparent: span.traceparent(),
         baggage: local.baggage.clone(),
     };
-    let dialer = PodDialer { ctx, local };
+    let dialer = PodDialer {
+        ctx,
+        local,
+        quic: peer.quic,
+    };
     let mut early = EarlyData::new(tcp);
     let opened = ctx
         .pool
@@ -461,14 +469,17 @@ pub fn original_dst(tcp: &TcpStream) -> std::io::Result<SocketAddr> {
     }
 }
 
-/// Dials HBONE connections from inside a pod's namespace with its certificate.
+/// Dials HBONE connections from inside a pod's namespace with its certificate: over QUIC when
+/// both ends may speak it, else (or when QUIC does not answer in time) over HTTP/2 ([`crate::quic`]).
 pub(crate) struct PodDialer<'a> {
     pub(crate) ctx: &'a Context,
     pub(crate) local: &'a LocalWorkload,
+    /// The peer may speak QUIC: a workload's ztunnel, not a waypoint (which serves HTTP/2 only).
+    pub(crate) quic: bool,
 }
 
 impl Dialer for PodDialer<'_> {
-    fn dial<'a>(&'a self, key: &'a PoolKey) -> BoxFuture<'a, Result<H2Client, ConnectError>> {
+    fn dial<'a>(&'a self, key: &'a PoolKey) -> BoxFuture<'a, Result<HboneClient, ConnectError>> {
         Box::pin(async move {
             let cert = self
                 .local
@@ -476,28 +487,27 @@ impl Dialer for PodDialer<'_> {
                 .current()
                 .ok_or_else(|| ConnectError::NoCertificate(key.src.clone()))?;
             let tls = client_config(self.ctx.bundle.clone(), &cert, vec![key.dst.clone()]);
-            let connect = async {
-                let socket = self.local.netns.socket(key.dst_addr.ip())?;
-                socket.connect(key.dst_addr).await
-            };
-            let tcp = tokio::time::timeout(self.ctx.settings.h2.handshake_timeout, connect)
-                .await
-                .map_err(|_| ConnectError::Timeout(self.ctx.settings.h2.handshake_timeout))?
-                .map_err(ConnectError::Tcp)?;
-            let client = H2Client::handshake(tcp, tls, &self.ctx.settings.h2)
-                .await
-                .inspect_err(|e| {
-                    if matches!(e, ConnectError::Tls(_) | ConnectError::Alpn) {
-                        self.ctx
-                            .metrics
-                            .handshake_failures
-                            .get_or_create(&HandshakeLabels {
-                                direction: Direction::Outbound,
-                                local_identity: Principal(Some(key.src.clone())),
-                            })
-                            .inc();
-                    }
-                })?;
+            let quic = self.ctx.settings.quic;
+            let endpoint =
+                (quic.enabled && self.quic && !self.ctx.quic_peers.h2_only(key.dst_addr))
+                    .then(|| self.local.quic.for_peer(key.dst_addr.ip()))
+                    .flatten();
+            let client = match endpoint {
+                Some(endpoint) => self.race(key, endpoint, tls).await,
+                None => self.dial_h2(key, tls).await.map(HboneClient::from),
+            }
+            .inspect_err(|e| {
+                if matches!(e, ConnectError::Tls(_) | ConnectError::Alpn) {
+                    self.ctx
+                        .metrics
+                        .handshake_failures
+                        .get_or_create(&HandshakeLabels {
+                            direction: Direction::Outbound,
+                            local_identity: Principal(Some(key.src.clone())),
+                        })
+                        .inc();
+                }
+            })?;
             self.ctx
                 .metrics
                 .hbone_connections_opened
@@ -507,9 +517,69 @@ impl Dialer for PodDialer<'_> {
                     destination_identity: Principal(Some(key.dst.clone())),
                 })
                 .inc();
-            info!(source = %key.src, destination = %key.dst, address = %key.dst_addr, "opened HBONE connection");
+            info!(source = %key.src, destination = %key.dst, address = %key.dst_addr, transport = client.transport(), "opened HBONE connection");
             Ok(client)
         })
+    }
+}
+
+impl PodDialer<'_> {
+    async fn dial_h2(
+        &self,
+        key: &PoolKey,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<H2Client, ConnectError> {
+        let connect = async {
+            let socket = self.local.netns.socket(key.dst_addr.ip())?;
+            socket.connect(key.dst_addr).await
+        };
+        let tcp = tokio::time::timeout(self.ctx.settings.h2.handshake_timeout, connect)
+            .await
+            .map_err(|_| ConnectError::Timeout(self.ctx.settings.h2.handshake_timeout))?
+            .map_err(ConnectError::Tcp)?;
+        H2Client::handshake(tcp, tls, &self.ctx.settings.h2).await
+    }
+
+    /// QUIC first; HTTP/2 too once QUIC has had its head start, or at once when QUIC fails. The
+    /// first connection made carries the tunnel; the other dial is dropped. A peer that ends on
+    /// HTTP/2 is dialled on HTTP/2 alone for a while.
+    async fn race(
+        &self,
+        key: &PoolKey,
+        endpoint: &quinn::Endpoint,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<HboneClient, ConnectError> {
+        let settings = self.ctx.settings.quic;
+        let h3 = crate::quic::dial(self.ctx, endpoint, &tls, key.dst_addr);
+        let h2 = async {
+            tokio::time::sleep(settings.head_start).await;
+            self.dial_h2(key, tls.clone()).await
+        };
+        tokio::pin!(h3, h2);
+        let fell_back = |e: &dyn std::fmt::Display| {
+            info!(address = %key.dst_addr, error = %e, "no HBONE over QUIC to this peer: HTTP/2 for now");
+            self.ctx
+                .quic_peers
+                .fell_back(key.dst_addr, settings.fallback_ttl);
+        };
+        tokio::select! {
+            biased;
+            quic = &mut h3 => match quic {
+                Ok(client) => Ok(client.into()),
+                Err(e) => {
+                    fell_back(&e);
+                    h2.await.map(HboneClient::from)
+                }
+            },
+            tcp = &mut h2 => match tcp {
+                Ok(client) => {
+                    fell_back(&"no answer over QUIC within its head start");
+                    Ok(client.into())
+                }
+                // HTTP/2 failed: QUIC may still make it.
+                Err(e) => h3.await.map(HboneClient::from).map_err(|_| e),
+            },
+        }
     }
 }
 

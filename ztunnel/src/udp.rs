@@ -371,7 +371,11 @@ pub(crate) async fn outbound_flow(
         traceparent: None,
         baggage: local.baggage.clone(),
     };
-    let dialer = PodDialer { ctx, local };
+    let dialer = PodDialer {
+        ctx,
+        local,
+        quic: true,
+    };
     let request = || connect_udp_request(target, &meta);
     // Bounded: a destination that never answers must not hold the flow (and its permit) forever.
     let limit = ctx.settings.h2.handshake_timeout;
@@ -407,7 +411,7 @@ pub(crate) async fn outbound_flow(
     match relayed {
         Ok((moved, end)) => {
             if end == FlowEnd::Idle {
-                stream.finish();
+                stream.finish().await;
             }
             debug!(source = %key.src, destination = %key.dst, %target, sent = moved.to_stream, received = moved.to_socket, ?end, "outbound UDP flow complete");
         }
@@ -477,7 +481,7 @@ pub(crate) async fn inbound(
     response
         .headers_mut()
         .insert(CAPSULE_PROTOCOL.clone(), HeaderValue::from_static("?1"));
-    let Ok(send) = stream.respond.send_response(response, false) else {
+    let Ok(send) = stream.respond.send_response(response).await else {
         return;
     };
     let meter = destination_meter(&ctx, &stream, &workload, target, Protocol::Udp);
@@ -504,7 +508,7 @@ pub(crate) async fn inbound(
     let moved = match relayed {
         Ok((moved, end)) => {
             if end == FlowEnd::Idle {
-                flow.finish();
+                flow.finish().await;
             }
             Ok((moved.to_socket, moved.to_stream))
         }

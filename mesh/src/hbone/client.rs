@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use std::future::Future;
+
 use bytes::Bytes;
+use futures_util::future::Either;
 use h2::client::SendRequest;
-use h2::{RecvStream, SendStream};
 use http::{Request, StatusCode};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -16,6 +18,8 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use super::early::EarlyData;
+use super::quic::H3Client;
+use super::stream::{StreamError, TunnelRecv, TunnelSend};
 use crate::identity::{ALPN_H2, Identity, peer_identity};
 
 /// HTTP/2 and liveness settings of HBONE connections (both sides).
@@ -74,6 +78,22 @@ pub enum ConnectError {
     /// HTTP/2 failed.
     #[error("HTTP/2: {0}")]
     H2(#[from] h2::Error),
+    /// An HTTP/3 stream failed.
+    #[error("HTTP/3: {0}")]
+    H3(#[from] h3::error::StreamError),
+    /// An HTTP/3 connection failed.
+    #[error("HTTP/3 connection: {0}")]
+    H3Connection(#[from] h3::error::ConnectionError),
+    /// The QUIC connection could not be made (the handshake, TLS included, failed or was refused).
+    /// Boxed: the error of every tunnel's open is not made larger for it.
+    #[error("QUIC: {0}")]
+    Quic(Box<quinn::ConnectionError>),
+    /// A stream was answered twice (a bug of the caller's).
+    #[error("the stream was answered already")]
+    Answered,
+    /// A QUIC connection could not be started (a bad address or configuration).
+    #[error("QUIC connect: {0}")]
+    QuicConnect(#[from] quinn::ConnectError),
     /// A handshake took too long.
     #[error("handshake timed out after {0:?}")]
     Timeout(Duration),
@@ -86,6 +106,91 @@ pub enum ConnectError {
     /// The client's own socket failed (reset) while its first bytes were read for the tunnel.
     #[error("source socket: {0}")]
     Source(#[source] std::io::Error),
+}
+
+impl From<quinn::ConnectionError> for ConnectError {
+    fn from(e: quinn::ConnectionError) -> Self {
+        Self::Quic(Box::new(e))
+    }
+}
+
+impl From<StreamError> for ConnectError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::H2(e) => Self::H2(e),
+            StreamError::H3(e) => Self::H3(e),
+            StreamError::Answered => Self::Answered,
+        }
+    }
+}
+
+/// An established HBONE connection, over either transport.
+#[derive(Debug)]
+pub enum HboneClient {
+    /// HTTP/2 over TLS over TCP.
+    H2(H2Client),
+    /// HTTP/3 over QUIC.
+    H3(H3Client),
+}
+
+impl From<H2Client> for HboneClient {
+    fn from(client: H2Client) -> Self {
+        Self::H2(client)
+    }
+}
+
+impl From<H3Client> for HboneClient {
+    fn from(client: H3Client) -> Self {
+        Self::H3(client)
+    }
+}
+
+impl HboneClient {
+    /// The verified identity of the server.
+    pub fn peer(&self) -> &Identity {
+        match self {
+            Self::H2(c) => c.peer(),
+            Self::H3(c) => c.peer(),
+        }
+    }
+
+    /// How many streams the server accepts at once on this connection.
+    pub fn max_streams(&self) -> usize {
+        match self {
+            Self::H2(c) => c.max_streams(),
+            Self::H3(c) => c.max_streams(),
+        }
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Self::H2(c) => c.is_closed(),
+            Self::H3(c) => c.is_closed(),
+        }
+    }
+
+    /// Which transport carries it: `"h2"` or `"h3"`.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Self::H2(_) => "h2",
+            Self::H3(_) => "h3",
+        }
+    }
+
+    /// Opens a tunnel stream with `request` and waits for a 200 ([`H2Client::open`]). Not an
+    /// `async fn`: one would keep its own copy of the request in every tunnel's future.
+    pub fn open<'a>(
+        &'a self,
+        request: Request<()>,
+        early: Option<&'a mut EarlyData<'_>>,
+    ) -> impl Future<Output = Result<(TunnelSend, TunnelRecv), ConnectError>> + Send + 'a {
+        match self {
+            Self::H2(c) => Either::Left(c.open(request, early)),
+            // Boxed: HTTP/2's tunnels do not carry h3's futures in theirs.
+            Self::H3(c) => Either::Right(Box::pin(c.open(request, early))),
+        }
+    }
 }
 
 /// An established HBONE connection, ready to carry streams.
@@ -174,9 +279,10 @@ impl H2Client {
         &self,
         request: Request<()>,
         early: Option<&mut EarlyData<'_>>,
-    ) -> Result<(SendStream<Bytes>, RecvStream), ConnectError> {
+    ) -> Result<(TunnelSend, TunnelRecv), ConnectError> {
         let mut send = self.send.clone().ready().await?;
-        let (response, mut stream) = send.send_request(request, false)?;
+        let (response, stream) = send.send_request(request, false)?;
+        let mut stream = TunnelSend::H2(stream);
         let response = match early {
             Some(early) => early.send_until_answered(&mut stream, response).await?,
             None => response.await?,
@@ -184,7 +290,7 @@ impl H2Client {
         if response.status() != StatusCode::OK {
             return Err(ConnectError::Status(response.status()));
         }
-        Ok((stream, response.into_body()))
+        Ok((stream, TunnelRecv::H2(response.into_body())))
     }
 }
 

@@ -13,15 +13,15 @@
 //! replayed on another one: the server may already have delivered them, and an application behind
 //! a direct TCP connection never sees its bytes twice either.
 
+use std::future::Future;
 use std::io;
 
 use bytes::Bytes;
-use h2::SendStream;
-use h2::client::ResponseFuture;
 use http::Response;
 use tokio::net::TcpStream;
 
 use super::client::ConnectError;
+use super::stream::TunnelSend;
 
 /// The most read from the socket before the answer: a request's head, a TLS ClientHello.
 const EARLY: usize = 16 * 1024;
@@ -61,17 +61,20 @@ impl<'a> EarlyData<'a> {
 
     /// Sends what the socket has (now and until `response` arrives, one read at most) on `stream`,
     /// and returns the response.
-    pub(crate) async fn send_until_answered(
+    pub(crate) async fn send_until_answered<B, E>(
         &mut self,
-        stream: &mut SendStream<Bytes>,
-        response: ResponseFuture,
-    ) -> Result<Response<h2::RecvStream>, ConnectError> {
+        stream: &mut TunnelSend,
+        response: impl Future<Output = Result<Response<B>, E>>,
+    ) -> Result<Response<B>, ConnectError>
+    where
+        ConnectError: From<E>,
+    {
         // Bytes already read (for a stream the server refused) go first, in the same flight as
         // the CONNECT's headers; so do bytes already waiting in the socket.
         if self.read.is_empty() && !self.done {
             self.try_read()?;
         }
-        self.send(stream)?;
+        self.send(stream).await?;
         tokio::pin!(response);
         while !self.done {
             tokio::select! {
@@ -80,20 +83,28 @@ impl<'a> EarlyData<'a> {
                 readable = self.socket.readable() => {
                     readable.map_err(ConnectError::Source)?;
                     self.try_read()?;
-                    self.send(stream)?;
+                    self.send(stream).await?;
                 }
             }
         }
         Ok(response.await?)
     }
 
-    fn send(&mut self, stream: &mut SendStream<Bytes>) -> Result<(), ConnectError> {
-        if !self.read.is_empty() {
+    async fn send(&mut self, stream: &mut TunnelSend) -> Result<(), ConnectError> {
+        if self.read.is_empty() {
+            return Ok(());
+        }
+        match stream {
             // Queued without reserved capacity: h2 sends it as the window allows (16 KiB is well
             // inside every HBONE peer's initial window, and inside HTTP/2's default one).
-            stream.send_data(self.read.clone(), false)?;
+            TunnelSend::H2(send) => Ok(send.send_data(self.read.clone(), false)?),
+            // Inside QUIC's initial window too: this does not wait for the answer. Boxed: HTTP/2's
+            // tunnels do not carry h3's future in theirs.
+            h3 => {
+                Box::pin(h3.send(self.read.clone(), EARLY)).await?;
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Reads what the socket has without waiting, into a buffer of its size (a read that finds

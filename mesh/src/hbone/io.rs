@@ -13,6 +13,7 @@ use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::stream::{TunnelRecv, TunnelSend};
 use super::tunnel::CHUNK;
 
 /// A tunnel stream as an I/O object.
@@ -33,6 +34,12 @@ impl H2Io {
             unread: Bytes::new(),
             write_closed: false,
         }
+    }
+
+    /// Wraps a tunnel stream carried by HTTP/2; `None` for one carried by HTTP/3 (waypoints serve
+    /// and dial HBONE over HTTP/2 only, so they never hold one).
+    pub fn from_tunnel(send: TunnelSend, recv: TunnelRecv) -> Option<Self> {
+        Some(Self::new(send.into_h2()?, recv.into_h2()?))
     }
 }
 

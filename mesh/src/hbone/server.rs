@@ -6,38 +6,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use h2::RecvStream;
-use h2::server::SendResponse;
-use http::{Request, Response, StatusCode};
+use http::Request;
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use super::client::{ConnectError, H2Settings, keepalive};
+use super::stream::{Responder, TunnelRecv};
 use crate::identity::{ALPN_H2, Identity, peer_identity};
 
 /// What a stream handler gets: the request, the way to answer it, and who is asking.
 #[derive(Debug)]
 pub struct InboundStream {
-    /// The `CONNECT` request (body: the stream's data from the client).
-    pub request: Request<RecvStream>,
+    /// The `CONNECT` request (body: the stream's data from the client), in HTTP/2's form whichever
+    /// version carried it.
+    pub request: Request<TunnelRecv>,
     /// The answer.
-    pub respond: SendResponse<Bytes>,
+    pub respond: Responder,
     /// The client's verified identity.
     pub peer: Identity,
-    /// The client's address (of the TCP connection that carries the tunnel).
+    /// The client's address (of the TCP connection or QUIC path that carries the tunnel).
     pub peer_addr: SocketAddr,
-}
-
-/// Answers a stream with an error `status` and ends it.
-pub fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode) {
-    let response = Response::builder()
-        .status(status)
-        .body(())
-        .expect("a status-only response is valid");
-    // Fails only if the stream is already gone; nothing is left to tell.
-    let _ = respond.send_response(response, true);
 }
 
 /// Serves one accepted TCP connection: TLS with `tls`, then HTTP/2; each stream goes to `handler`
@@ -118,9 +108,10 @@ where
             let Some(accepted) = accepted else { break };
             match accepted {
                 Ok((request, respond)) => {
+                    let (parts, body) = request.into_parts();
                     tokio::spawn(handler(InboundStream {
-                        request,
-                        respond,
+                        request: Request::from_parts(parts, TunnelRecv::H2(body)),
+                        respond: Responder::H2(respond),
                         peer: peer.clone(),
                         peer_addr,
                     }));

@@ -387,13 +387,14 @@ async fn udp_relay_server(
                 socket.connect(target).await.unwrap();
                 let send = stream
                     .respond
-                    .send_response(http::Response::new(()), false)
+                    .send_response(http::Response::new(()))
+                    .await
                     .unwrap();
                 let mut flow = DatagramStream::new(send, stream.request.into_body());
                 let relayed = relay_datagrams(&socket, &mut flow, None, idle, |_| {}, |_| {});
                 let (moved, end) = relayed.await.unwrap();
                 if end == FlowEnd::Idle {
-                    flow.finish();
+                    flow.finish().await;
                 }
                 let _ = ended.send((moved, end)).await;
             }

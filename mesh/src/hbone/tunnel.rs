@@ -1,22 +1,24 @@
-//! Splicing a TCP socket with an HTTP/2 stream, both ways, with TCP's semantics carried over:
+//! Splicing a TCP socket with a tunnel stream (HTTP/2 or HTTP/3), both ways, with TCP's semantics
+//! carried over:
 //!
-//! - a FIN from the socket becomes END_STREAM, and END_STREAM becomes a FIN (half-close: the other
-//!   direction keeps flowing);
-//! - a reset of the socket becomes RST_STREAM, and RST_STREAM (or the loss of the whole HTTP/2
-//!   connection) becomes a TCP reset, so neither application mistakes an abort for a clean end.
+//! - a FIN from the socket becomes END_STREAM (a QUIC FIN), and END_STREAM becomes a FIN
+//!   (half-close: the other direction keeps flowing);
+//! - a reset of the socket becomes a reset of the stream, and a reset of the stream (or the loss of
+//!   its whole connection) becomes a TCP reset, so neither application mistakes an abort for a
+//!   clean end.
 //!
 //! Memory: a chunk read from the socket is sent as the peer's window allows before the next read
 //! (backpressure end to end); window is reserved only for data in hand, and a buffer exists only
 //! while data is in flight: an idle tunnel holds neither.
 
-use std::future::poll_fn;
 use std::io;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use h2::{Reason, RecvStream, SendStream};
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::ReadHalf;
+
+use super::stream::{Sent, StreamError, TunnelRecv, TunnelSend};
 
 /// The largest chunk read from the socket at once.
 pub const CHUNK: usize = 64 * 1024;
@@ -51,9 +53,9 @@ pub struct Transferred {
 /// How a tunnel ended abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
-    /// The stream was reset by the peer, or its HTTP/2 connection failed; the socket was reset.
+    /// The stream was reset by the peer, or its connection failed; the socket was reset.
     #[error("stream aborted: {0}")]
-    Stream(#[source] h2::Error),
+    Stream(#[source] StreamError),
     /// The socket failed or was reset; the stream was reset.
     #[error("socket aborted: {0}")]
     Socket(#[source] io::Error),
@@ -63,8 +65,8 @@ pub enum TunnelError {
 /// each chunk's size as it passes (for live byte counters).
 pub async fn splice(
     socket: &mut TcpStream,
-    mut send: SendStream<Bytes>,
-    mut recv: RecvStream,
+    mut send: TunnelSend,
+    mut recv: TunnelRecv,
     on_to_stream: impl Fn(usize),
     on_to_socket: impl Fn(usize),
 ) -> Result<Transferred, TunnelError> {
@@ -81,14 +83,15 @@ pub async fn splice(
             to_socket,
         }),
         Err(TunnelError::Socket(e)) => {
-            send.send_reset(Reason::CANCEL);
+            send.reset();
+            recv.stop();
             Err(TunnelError::Socket(e))
         }
         Err(TunnelError::Stream(e)) => {
             abort_socket(socket);
             if !e.is_reset() {
                 // Our side of the stream may still be open (connection lost): close it too.
-                send.send_reset(Reason::CANCEL);
+                send.reset();
             }
             Err(TunnelError::Stream(e))
         }
@@ -106,7 +109,7 @@ const MIN_READ: usize = 4 * 1024;
 
 async fn socket_to_stream(
     rd: &ReadHalf<'_>,
-    send: &mut SendStream<Bytes>,
+    send: &mut TunnelSend,
     on_chunk: &impl Fn(usize),
 ) -> Result<u64, TunnelError> {
     let mut total = 0u64;
@@ -127,8 +130,7 @@ async fn socket_to_stream(
             Err(e) => return Err(TunnelError::Socket(e)),
         };
         if n == 0 {
-            send.send_data(Bytes::new(), true)
-                .map_err(TunnelError::Stream)?;
+            send.finish().await.map_err(TunnelError::Stream)?;
             return Ok(total);
         }
         total += n as u64;
@@ -138,43 +140,16 @@ async fn socket_to_stream(
         } else {
             READ
         };
-        let mut data = buf.split().freeze();
-        while !data.is_empty() {
-            let Some(window) = send_window(send, data.len()).await? else {
-                // The stream is closed for sending: the peer reset it; its error surfaces on receive.
-                return Ok(total);
-            };
-            send.send_data(data.split_to(window.min(data.len()).min(READ)), false)
-                .map_err(TunnelError::Stream)?;
-        }
-    }
-}
-
-/// Waits until the peer's flow-control window lets us send some of `wanted` bytes, and returns how
-/// much (`None`: the stream can no longer send). Window is reserved only for data in hand, so a
-/// tunnel waiting for its socket holds none of the connection's window from the others.
-/// `poll_capacity` only reports *changes* of capacity, so capacity already granted is read with
-/// `capacity()` first.
-async fn send_window(
-    send: &mut SendStream<Bytes>,
-    wanted: usize,
-) -> Result<Option<usize>, TunnelError> {
-    send.reserve_capacity(wanted);
-    loop {
-        let granted = send.capacity();
-        if granted > 0 {
-            return Ok(Some(granted));
-        }
-        match poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(TunnelError::Stream(e)),
-            None => return Ok(None),
+        let data = buf.split().freeze();
+        if send.send(data, READ).await.map_err(TunnelError::Stream)? == Sent::Closed {
+            // The peer reset the stream; its error surfaces on receive.
+            return Ok(total);
         }
     }
 }
 
 async fn stream_to_socket(
-    recv: &mut RecvStream,
+    recv: &mut TunnelRecv,
     wr: &mut (impl AsyncWrite + Unpin),
     on_chunk: &impl Fn(usize),
 ) -> Result<u64, TunnelError> {
@@ -183,16 +158,12 @@ async fn stream_to_socket(
         let chunk = chunk.map_err(TunnelError::Stream)?;
         let n = chunk.len();
         wr.write_all(&chunk).await.map_err(TunnelError::Socket)?;
-        recv.flow_control()
-            .release_capacity(n)
-            .map_err(TunnelError::Stream)?;
+        recv.release(n).map_err(TunnelError::Stream)?;
         total += n as u64;
         on_chunk(n);
     }
     // END_STREAM, or a reset that arrives as trailers' error: check before closing cleanly.
-    if let Err(e) = poll_fn(|cx| recv.poll_trailers(cx)).await {
-        return Err(TunnelError::Stream(e));
-    }
+    recv.end().await.map_err(TunnelError::Stream)?;
     wr.shutdown().await.map_err(TunnelError::Socket)?;
     Ok(total)
 }

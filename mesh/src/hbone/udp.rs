@@ -12,17 +12,16 @@
 //! types are skipped, as RFC 9297 requires; a datagram with another context ID is dropped; a
 //! capsule longer than a UDP payload can be ends the stream (nothing legitimate sends one).
 
-use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use h2::{RecvStream, SendStream};
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use percent_encoding::percent_decode_str;
 
 use super::request::{BadRequest, ConnectTarget, TunnelMeta, forwarded_for, meta_headers};
+use super::stream::{Sent, TunnelRecv, TunnelSend};
 
 /// The `:protocol` of a proxied UDP flow.
 pub const CONNECT_UDP: &str = "connect-udp";
@@ -227,20 +226,20 @@ pub struct DatagramStream {
 /// The sending half of a [`DatagramStream`].
 #[derive(Debug)]
 struct CapsuleSender {
-    send: SendStream<Bytes>,
+    send: TunnelSend,
     out: BytesMut,
 }
 
 /// The receiving half of a [`DatagramStream`].
 #[derive(Debug)]
 struct CapsuleReceiver {
-    recv: RecvStream,
+    recv: TunnelRecv,
     reader: CapsuleReader,
 }
 
 impl DatagramStream {
     /// Wraps an open stream (the `CONNECT-UDP` answered 200).
-    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+    pub fn new(send: TunnelSend, recv: TunnelRecv) -> Self {
         Self {
             send: CapsuleSender {
                 send,
@@ -265,15 +264,16 @@ impl DatagramStream {
         self.recv.recv().await
     }
 
-    /// Ends the flow cleanly (END_STREAM).
-    pub fn finish(&mut self) {
+    /// Ends the flow cleanly (END_STREAM; a QUIC FIN).
+    pub async fn finish(&mut self) {
         // Fails only if the stream is already gone.
-        let _ = self.send.send.send_data(Bytes::new(), true);
+        let _ = self.send.send.finish().await;
     }
 
-    /// Aborts the flow (RST_STREAM).
+    /// Aborts the flow (a reset of the stream).
     pub fn abort(&mut self) {
-        self.send.send.send_reset(h2::Reason::CANCEL);
+        self.send.send.reset();
+        self.recv.recv.stop();
     }
 }
 
@@ -281,18 +281,11 @@ impl CapsuleSender {
     async fn send(&mut self, payload: &[u8]) -> io::Result<()> {
         encode_datagram(payload, &mut self.out);
         let capsule = self.out.split().freeze();
-        let wanted = capsule.len();
-        self.send.reserve_capacity(wanted);
-        while self.send.capacity() < wanted {
-            match poll_fn(|cx| self.send.poll_capacity(cx)).await {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(io::Error::other(e)),
-                None => return Err(io::ErrorKind::BrokenPipe.into()),
-            }
+        match self.send.send_whole(capsule).await {
+            Ok(Sent::All) => Ok(()),
+            Ok(Sent::Closed) => Err(io::ErrorKind::BrokenPipe.into()),
+            Err(e) => Err(io::Error::other(e)),
         }
-        self.send
-            .send_data(capsule, false)
-            .map_err(io::Error::other)
     }
 }
 
@@ -308,10 +301,7 @@ impl CapsuleReceiver {
             };
             let data = data.map_err(io::Error::other)?;
             self.reader.push(&data);
-            self.recv
-                .flow_control()
-                .release_capacity(data.len())
-                .map_err(io::Error::other)?;
+            self.recv.release(data.len()).map_err(io::Error::other)?;
         }
     }
 }

@@ -5,7 +5,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
-use crate::hbone::{H2Settings, splice};
+use crate::hbone::{H2Client, H2Settings, splice};
 use crate::identity::client_config;
 use crate::testing::{TestPki, spawn_hbone_server, spawn_hbone_server_with};
 
@@ -18,14 +18,16 @@ struct TestDialer {
 }
 
 impl Dialer for TestDialer {
-    fn dial<'a>(&'a self, key: &'a PoolKey) -> BoxFuture<'a, Result<H2Client, ConnectError>> {
+    fn dial<'a>(&'a self, key: &'a PoolKey) -> BoxFuture<'a, Result<HboneClient, ConnectError>> {
         Box::pin(async move {
             let cert = self.pki.issue(&key.src);
             let tls = client_config(self.pki.bundle(), &cert, vec![key.dst.clone()]);
             let tcp = TcpStream::connect(key.dst_addr)
                 .await
                 .map_err(ConnectError::Tcp)?;
-            H2Client::handshake(tcp, tls, &H2Settings::default()).await
+            Ok(H2Client::handshake(tcp, tls, &H2Settings::default())
+                .await?
+                .into())
         })
     }
 }

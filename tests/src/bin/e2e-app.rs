@@ -346,7 +346,7 @@ mod probe {
                     &H2Settings::default(),
                     |mut stream| async move {
                         println!("impostor got a tunnel request from {}", stream.peer);
-                        let _ = stream.respond.send_response(http::Response::new(()), true);
+                        stream.respond.send_final(http::Response::new(()));
                     },
                     std::future::pending(),
                 )

@@ -8,6 +8,7 @@ mod capture;
 mod hbone;
 mod ipv6;
 mod live;
+mod quic;
 mod udp;
 mod waypoint;
 

@@ -104,6 +104,7 @@ fn outbound_udp_is_refused_at_the_source_except_dns_by_default() {
         ports: vec![],
         cidrs: vec![],
         carry: false,
+        quic: false,
     };
     assert!(!rules(Family::V4, &none, &pod_ips(), &[]).contains("-p udp"));
 }
@@ -114,6 +115,7 @@ fn allowed_udp_ports_and_cidrs_go_to_their_family_and_long_port_lists_are_split(
         ports: (1000..1020).collect(),
         cidrs: vec!["10.96.0.0/12".parse().unwrap(), "fd00::/8".parse().unwrap()],
         carry: false,
+        quic: false,
     };
     let v4 = rules(Family::V4, &udp, &pod_ips(), &[]);
     assert!(v4.contains("-A VEIL_OUT_FILTER -p udp -d 10.96.0.0/12 -j RETURN"));
@@ -139,6 +141,7 @@ fn carried_udp_is_marked_for_tproxy_except_what_is_allowed_local_or_ztunnels_own
         ports: vec![53],
         cidrs: vec!["10.96.0.10/32".parse().unwrap()],
         carry: true,
+        quic: false,
     };
     for (family, on_ip) in [(Family::V4, "127.0.0.1"), (Family::V6, "::1")] {
         let r = udp_rules(family, &udp, &[0, 1, 2]);
@@ -291,4 +294,39 @@ fn the_nodes_probe_source_goes_to_the_application_only_when_probes_are_admitted(
 /// A pod's own addresses, one of each family.
 fn pod_ips() -> Vec<std::net::IpAddr> {
     vec!["10.1.0.5".parse().unwrap(), "fd00::5".parse().unwrap()]
+}
+
+#[test]
+fn hbone_over_quic_lets_udp_15008_in_and_only_ztunnels_marked_sockets_out() {
+    let quic = UdpAllowance {
+        quic: true,
+        ..UdpAllowance::default()
+    };
+    for family in Family::ALL {
+        let r = rules(family, &quic, &pod_ips(), &all_jumps());
+        let inbound = position(&r, "-A VEIL_IN_FILTER -p udp --dport 15008 -j RETURN");
+        // After the guard of carried flows, before the final drop.
+        assert!(
+            position(
+                &r,
+                "-A VEIL_IN_FILTER -m connmark --mark 0x53a/0xfff -j DROP"
+            ) < inbound
+        );
+        assert!(inbound < position(&r, "-A VEIL_IN_FILTER -j DROP"), "{r}");
+        // Out: marked (ztunnel's own socket, which no application can mark) and on 15008 only.
+        let outbound = position(
+            &r,
+            "-A VEIL_OUT_FILTER -p udp -m mark --mark 0x539/0xfff -m multiport --ports 15008 -j RETURN",
+        );
+        assert!(
+            outbound < position(&r, "-A VEIL_OUT_FILTER -j REJECT"),
+            "{r}"
+        );
+        assert_eq!(r.matches("-p udp --dport 15008").count(), 1, "{r}");
+        assert_eq!(r.matches("--ports 15008").count(), 1, "{r}");
+        // Without QUIC, neither.
+        let plain = rules(family, &UdpAllowance::default(), &pod_ips(), &all_jumps());
+        assert!(!plain.contains("-p udp --dport 15008"), "{plain}");
+        assert!(!plain.contains("--ports 15008"), "{plain}");
+    }
 }

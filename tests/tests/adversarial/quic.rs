@@ -1,0 +1,205 @@
+//! HBONE over QUIC (`--hbone-quic`, issue 15): tunnels between enrolled pods cross the wire as
+//! QUIC on UDP 15008 only (no TCP 15008, no plaintext), L4 policy judges them as over HTTP/2, UDP
+//! flows ride them too; a peer whose UDP 15008 is blocked is reached over HTTP/2 within the head
+//! start, and then dialled on HTTP/2 alone. Real clients and servers (curl, Python sockets), the
+//! wire read by tcpdump.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use veil_e2e::mesh::{Mesh, MeshSpec, PodSpec, skip_unless_root};
+use veil_e2e::wire::{Capture, Captured};
+
+use super::apply;
+use super::capture::{
+    TCP_SERVER, UDP_SERVER, assert_mesh_still_serves, ip, output, serve, tcp, udp,
+};
+
+/// A client in `production` (node-a) and a server in `user-data` (node-b), both nodes speaking
+/// QUIC and carrying UDP.
+/// With `second`, another client beside the first (its own pooled connections), and QUIC dials
+/// allowed 5 s.
+fn mesh(policies: &str, second: bool) -> Mesh {
+    let mut pods = vec![
+        PodSpec::new("client", "production", "node-a"),
+        PodSpec::new("server", "user-data", "node-b"),
+    ];
+    let mut ztunnel_args = vec!["--hbone-quic".to_owned(), "--carry-udp".to_owned()];
+    if second {
+        pods.push(PodSpec::new("client2", "production", "node-a"));
+        // A QUIC dial may take long: only the head start bounds the wait for HTTP/2.
+        ztunnel_args.push("--hbone-quic-connect-timeout=5s".to_owned());
+    }
+    Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        pods,
+        policies: policies.into(),
+        ztunnel_args,
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh")
+}
+
+/// Every IP packet between the nodes.
+fn capture(m: &Mesh) -> Capture {
+    Capture::start_ip(
+        &m.cluster.fabric,
+        "br0",
+        &m.dir.join("wire.pcap"),
+        &m.dir.join("tcpdump.log"),
+    )
+    .expect("tcpdump")
+}
+
+/// Packets of `protocol` (`UDP` or `TCP`, as tcpdump prints them) to or from port 15008.
+fn hbone_packets(wire: &Captured, protocol: &str) -> usize {
+    wire.summary
+        .lines()
+        .filter(|l| l.contains(".15008:") || l.contains(".15008 >"))
+        .filter(|l| match protocol {
+            "UDP" => l.contains("UDP"),
+            _ => l.contains("Flags ["),
+        })
+        .count()
+}
+
+/// The transports of the HBONE connections node-a's ztunnel opened, in order.
+fn transports(m: &Mesh) -> Vec<String> {
+    m.ztunnel_log("node-a")
+        .lines()
+        .filter(|l| l.contains("opened HBONE connection"))
+        .filter_map(|l| l.split(r#""transport":""#).nth(1))
+        .filter_map(|t| t.split('"').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+const ALLOW_8080_AND_5353: &str = r#"
+  - apiVersion: security.veil.dev/v1
+    kind: AuthorizationPolicy
+    metadata: {name: some-ports, namespace: user-data}
+    spec:
+      rules: [{to: [{operation: {ports: ["8080", "5353"]}}]}]
+"#;
+
+#[test]
+fn tcp_and_udp_between_enrolled_pods_cross_the_wire_as_quic_only_and_policy_still_judges() {
+    if skip_unless_root("quic_hbone") {
+        return;
+    }
+    let mut m = mesh(ALLOW_8080_AND_5353, false);
+    serve(&mut m, "server", "tcp", TCP_SERVER, &["0.0.0.0", "5353"]);
+    serve(&mut m, "server", "udp", UDP_SERVER, &["0.0.0.0", "5353"]);
+    serve(&mut m, "server", "denied", TCP_SERVER, &["0.0.0.0", "5354"]);
+    let server = ip(&m, "server");
+    let wire = capture(&m);
+    let url = format!("http://{server}:8080/over-quic");
+    assert_eq!(m.curl("client", &url).map(|r| r.0), Ok(200));
+    assert_eq!(
+        tcp(&m, "client", &server, 5353, "QUIC-TCP-MARKER"),
+        "REPLY QUIC-TCP-MARKER"
+    );
+    assert_eq!(
+        udp(&m, "client", &server, 5353, "QUIC-UDP-MARKER"),
+        "REPLY QUIC-UDP-MARKER"
+    );
+    // Denied by the L4 policy at the destination, as over HTTP/2: nothing reaches the server.
+    let denied = tcp(&m, "client", &server, 5354, "QUIC-DENIED-MARKER");
+    let wire = wire.finish().expect("capture");
+    assert!(!denied.starts_with("REPLY"), "{denied}");
+    assert!(!output(&m, "denied").contains("ACCEPTED"));
+    assert!(output(&m, "udp").contains("RECEIVED QUIC-UDP-MARKER"));
+    assert!(
+        hbone_packets(&wire, "UDP") > 0,
+        "no QUIC on the wire:\n{}",
+        wire.summary
+    );
+    assert_eq!(
+        hbone_packets(&wire, "TCP"),
+        0,
+        "HBONE over TCP on the wire:\n{}",
+        wire.summary
+    );
+    for port in [8080, 5353, 5354] {
+        assert_eq!(wire.packets_on_port(port), 0, "{}", wire.summary);
+    }
+    for marker in [
+        &b"over-quic"[..],
+        b"QUIC-TCP-MARKER",
+        b"QUIC-UDP-MARKER",
+        b"QUIC-DENIED-MARKER",
+    ] {
+        assert!(!wire.contains(marker), "plaintext crossed the wire");
+    }
+    let opened = transports(&m);
+    assert!(
+        !opened.is_empty() && opened.iter().all(|t| t == "h3"),
+        "{opened:?}"
+    );
+    assert!(
+        m.ztunnel_log("node-b").contains("denied"),
+        "the deny was not logged at the destination"
+    );
+    // A policy change applies to what QUIC carries as to anything else.
+    apply(&mut m, "");
+    assert_eq!(
+        tcp(&m, "client", &server, 5354, "QUIC-ALLOWED-NOW"),
+        "REPLY QUIC-ALLOWED-NOW"
+    );
+    assert_mesh_still_serves(&mut m);
+}
+
+#[test]
+fn a_peer_whose_quic_is_blocked_is_reached_over_http2_within_the_head_start_and_remembered() {
+    if skip_unless_root("quic_fallback") {
+        return;
+    }
+    let mut m = mesh("", true);
+    serve(&mut m, "server", "tcp", TCP_SERVER, &["0.0.0.0", "5353"]);
+    // UDP 15008 dropped at the server's pod: its QUIC never answers (no ICMP either).
+    let blocked = m
+        .run_in_pod(
+            "server",
+            &[
+                "iptables", "-I", "INPUT", "1", "-p", "udp", "--dport", "15008", "-j", "DROP",
+            ],
+        )
+        .expect("iptables");
+    assert!(blocked.status.success(), "{blocked:?}");
+    let server = ip(&m, "server");
+    let wire = capture(&m);
+    let started = Instant::now();
+    assert_eq!(
+        tcp(&m, "client", &server, 5353, "FALLBACK-MARKER"),
+        "REPLY FALLBACK-MARKER"
+    );
+    let took = started.elapsed();
+    let wire = wire.finish().expect("capture");
+    // The head start (250 ms) and an HTTP/2 handshake, not the QUIC dial's 5 s.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(hbone_packets(&wire, "TCP") > 0, "{}", wire.summary);
+    assert!(!wire.contains(b"FALLBACK-MARKER"));
+    assert_eq!(transports(&m), ["h2"]);
+    assert!(
+        m.ztunnel_log("node-a")
+            .contains("no HBONE over QUIC to this peer")
+    );
+    // Another pod's first tunnel to the same peer (a connection of its own, not the pooled one)
+    // goes straight to HTTP/2: no new QUIC attempt, no head start.
+    let wire = capture(&m);
+    assert_eq!(
+        m.curl("client2", &format!("http://{server}:8080/again"))
+            .map(|r| r.0),
+        Ok(200)
+    );
+    let wire = wire.finish().expect("capture");
+    assert_eq!(
+        hbone_packets(&wire, "UDP"),
+        0,
+        "QUIC tried again at once:\n{}",
+        wire.summary
+    );
+    assert_eq!(transports(&m), ["h2", "h2"]);
+    assert_mesh_still_serves(&mut m);
+}

@@ -252,6 +252,66 @@ impl CaClient for FakeCa {
     }
 }
 
+/// What the test HBONE servers do with a stream (see [`spawn_hbone_server`]).
+async fn serve_test_stream(mut stream: crate::hbone::InboundStream, expect_peer: Option<Identity>) {
+    use crate::hbone::{parse_connect, refuse, splice};
+    use http::StatusCode;
+
+    if let Some(peer) = expect_peer {
+        assert_eq!(stream.peer, peer);
+    }
+    let target = parse_connect(&stream.request).unwrap().target;
+    if target.port() == REFUSED_PORT {
+        return refuse(&mut stream.respond, StatusCode::UNAUTHORIZED);
+    }
+    let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+        return refuse(&mut stream.respond, StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let send = stream
+        .respond
+        .send_response(http::Response::new(()))
+        .await
+        .unwrap();
+    let recv = stream.request.into_body();
+    let _ = splice(&mut upstream, send, recv, |_| {}, |_| {}).await;
+}
+
+/// [`spawn_hbone_server`] over QUIC (HBONE over HTTP/3), on a UDP port of loopback.
+pub async fn spawn_hbone_quic_server(
+    pki: &TestPki,
+    identity: &Identity,
+    expect_peer: Option<&Identity>,
+) -> std::net::SocketAddr {
+    use crate::hbone::H2Settings;
+    use crate::hbone::quic::{endpoint, serve_connection, server_config};
+    use crate::identity::{FixedCert, server_config as tls_config};
+
+    let cert = pki.issue(identity);
+    let tls = tls_config(
+        pki.bundle(),
+        Arc::new(FixedCert(cert.certified_key().clone())),
+    );
+    let settings = H2Settings::default();
+    let config = server_config(&tls, &settings).unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let endpoint = endpoint(socket, Some(config)).unwrap();
+    let expect_peer = expect_peer.cloned();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let expect_peer = expect_peer.clone();
+            let settings = settings.clone();
+            tokio::spawn(async move {
+                let handler = move |stream| serve_test_stream(stream, expect_peer.clone());
+                let _ =
+                    serve_connection(incoming, &settings, handler, std::future::pending(), || {})
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
 /// CONNECTs to this port are refused with 401 by [`spawn_hbone_server`].
 pub const REFUSED_PORT: u16 = 1;
 
@@ -279,9 +339,8 @@ pub async fn spawn_hbone_server_with(
     expect_peer: Option<&Identity>,
     settings: crate::hbone::H2Settings,
 ) -> std::net::SocketAddr {
-    use crate::hbone::{parse_connect, refuse, serve_connection, splice};
+    use crate::hbone::serve_connection;
     use crate::identity::{FixedCert, server_config};
-    use http::StatusCode;
 
     let cert = pki.issue(identity);
     let tls = server_config(
@@ -302,32 +361,7 @@ pub async fn spawn_hbone_server_with(
                     tcp,
                     tls,
                     &settings,
-                    move |mut stream| {
-                        let expect_peer = expect_peer.clone();
-                        async move {
-                            if let Some(peer) = expect_peer {
-                                assert_eq!(stream.peer, peer);
-                            }
-                            let target = parse_connect(&stream.request).unwrap().target;
-                            if target.port() == REFUSED_PORT {
-                                return refuse(&mut stream.respond, StatusCode::UNAUTHORIZED);
-                            }
-                            let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await
-                            else {
-                                return refuse(
-                                    &mut stream.respond,
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                );
-                            };
-                            let send = stream
-                                .respond
-                                .send_response(http::Response::new(()))
-                                .await
-                                .unwrap();
-                            let recv = stream.request.into_body();
-                            let _ = splice(&mut upstream, send, recv, |_| {}, |_| {}).await;
-                        }
-                    },
+                    move |stream| serve_test_stream(stream, expect_peer.clone()),
                     std::future::pending(),
                 )
                 .await;

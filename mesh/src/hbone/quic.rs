@@ -354,3 +354,6 @@ where
         });
     }
 }
+
+#[cfg(test)]
+mod tests;

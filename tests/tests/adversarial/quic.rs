@@ -106,8 +106,11 @@ fn tcp_and_udp_between_enrolled_pods_cross_the_wire_as_quic_only_and_policy_stil
     );
     // Denied by the L4 policy at the destination, as over HTTP/2: nothing reaches the server.
     let denied = tcp(&m, "client", &server, 5354, "QUIC-DENIED-MARKER");
+    // An application sending its own UDP to the QUIC port: ztunnel's port, never a path out.
+    let to_port = udp(&m, "client", &server, 15008, "QUIC-PORT-MARKER");
     let wire = wire.finish().expect("capture");
     assert!(!denied.starts_with("REPLY"), "{denied}");
+    assert!(!to_port.starts_with("REPLY"), "{to_port}");
     assert!(!output(&m, "denied").contains("ACCEPTED"));
     assert!(output(&m, "udp").contains("RECEIVED QUIC-UDP-MARKER"));
     assert!(
@@ -129,6 +132,7 @@ fn tcp_and_udp_between_enrolled_pods_cross_the_wire_as_quic_only_and_policy_stil
         b"QUIC-TCP-MARKER",
         b"QUIC-UDP-MARKER",
         b"QUIC-DENIED-MARKER",
+        b"QUIC-PORT-MARKER",
     ] {
         assert!(!wire.contains(marker), "plaintext crossed the wire");
     }

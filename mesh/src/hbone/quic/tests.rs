@@ -1,0 +1,319 @@
+//! HBONE over HTTP/3 in one process over loopback, as `super::super::tests` does it over HTTP/2:
+//! what the application and the target observe through a tunnel is the same (bytes both ways,
+//! half-close, resets both ways, refusals as statuses), and the identities are verified alike.
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Method, Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+use crate::hbone::{EarlyData, TunnelMeta, connect_request, parse_connect, splice};
+use crate::identity::{Identity, client_config as tls_client};
+use crate::testing::{REFUSED_PORT, TestPki, spawn_hbone_quic_server};
+
+fn id(sa: &str) -> Identity {
+    Identity::new("cluster.local", "default", sa).unwrap()
+}
+
+fn client_endpoint() -> quinn::Endpoint {
+    endpoint(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), None).unwrap()
+}
+
+/// A client of `proxy` with `as_id`'s certificate from `pki`, expecting `expected`.
+async fn connect(
+    pki: &TestPki,
+    proxy: SocketAddr,
+    as_id: &str,
+    expected: &str,
+) -> Result<H3Client, ConnectError> {
+    let cert = pki.issue(&id(as_id));
+    let tls = tls_client(pki.bundle(), &cert, vec![id(expected)]);
+    let settings = H2Settings::default();
+    let config = client_config(&tls, &settings).unwrap();
+    H3Client::connect(&client_endpoint(), config, proxy, &settings).await
+}
+
+/// Opens a tunnel to `target` and returns the application's end of it.
+async fn tunnel(client: &H3Client, target: SocketAddr) -> TcpStream {
+    let (send, recv) = client
+        .open(connect_request(target, &TunnelMeta::default()), None)
+        .await
+        .unwrap();
+    let app_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = TcpStream::connect(app_listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut proxied, _) = app_listener.accept().await.unwrap();
+    tokio::spawn(async move {
+        let _ = splice(&mut proxied, send, recv, |_| {}, |_| {}).await;
+    });
+    app
+}
+
+async fn target<F, Fut>(behaviour: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(behaviour(tcp));
+        }
+    });
+    addr
+}
+
+async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("timed out")
+}
+
+async fn server(pki: &TestPki) -> SocketAddr {
+    spawn_hbone_quic_server(pki, &id("server"), Some(&id("client"))).await
+}
+
+#[tokio::test]
+async fn bytes_flow_both_ways_and_a_half_close_crosses_over_http3() {
+    let pki = TestPki::new("cluster.local");
+    let proxy = server(&pki).await;
+    let echo = target(|mut tcp| async move {
+        let mut buf = Vec::new();
+        tcp.read_to_end(&mut buf).await.unwrap();
+        tcp.write_all(&buf).await.unwrap();
+    })
+    .await;
+    let client = connect(&pki, proxy, "client", "server").await.unwrap();
+    assert_eq!(client.peer(), &id("server"));
+    let mut app = tunnel(&client, echo).await;
+    // Past the stream's 1 MiB window: flow control, not buffering, carries it.
+    let payload: Vec<u8> = (0..3_000_017u32).map(|i| (i % 251) as u8).collect();
+    let (mut rd, mut wr) = app.split();
+    let write = async {
+        wr.write_all(&payload).await.unwrap();
+        wr.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let (_, read) = with_timeout(async { tokio::join!(write, rd.read_to_end(&mut back)) }).await;
+    read.unwrap();
+    assert!(back == payload, "all bytes echoed after the half-close");
+    assert!(!client.is_closed());
+}
+
+#[tokio::test]
+async fn a_target_reset_reaches_the_client_as_a_reset_and_a_client_reset_the_target() {
+    let pki = TestPki::new("cluster.local");
+    let proxy = server(&pki).await;
+    let resetter = target(|mut tcp| async move {
+        let mut buf = [0u8; 1];
+        tcp.read_exact(&mut buf).await.unwrap();
+        tcp.set_zero_linger().unwrap();
+        drop(tcp);
+    })
+    .await;
+    let client = connect(&pki, proxy, "client", "server").await.unwrap();
+    let mut app = tunnel(&client, resetter).await;
+    app.write_all(b"x").await.unwrap();
+    let mut buf = [0u8; 16];
+    let err = with_timeout(app.read(&mut buf)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+
+    let (tx, rx) = tokio::sync::oneshot::channel::<ErrorKind>();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let observer = target(move |mut tcp| {
+        let tx = tx.lock().unwrap().take();
+        async move {
+            let mut buf = [0u8; 16];
+            let kind = loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) => break ErrorKind::UnexpectedEof,
+                    Ok(_) => continue,
+                    Err(e) => break e.kind(),
+                }
+            };
+            let _ = tx.unwrap().send(kind);
+        }
+    })
+    .await;
+    let mut app = tunnel(&client, observer).await;
+    app.write_all(b"x").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.set_zero_linger().unwrap();
+    drop(app);
+    assert_eq!(
+        with_timeout(rx).await.unwrap(),
+        ErrorKind::ConnectionReset,
+        "an abort is not passed on as a clean end"
+    );
+}
+
+#[tokio::test]
+async fn a_tunnel_dropped_half_way_is_reset_at_the_target_not_finished() {
+    // Dropping the client's halves (a task cancelled, a pod released) must not look like a FIN:
+    // QUIC would finish a dropped stream; veil resets it.
+    let pki = TestPki::new("cluster.local");
+    let proxy = server(&pki).await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<ErrorKind>();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let observer = target(move |mut tcp| {
+        let tx = tx.lock().unwrap().take();
+        async move {
+            let mut buf = [0u8; 16];
+            let kind = loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) => break ErrorKind::UnexpectedEof,
+                    Ok(_) => continue,
+                    Err(e) => break e.kind(),
+                }
+            };
+            let _ = tx.unwrap().send(kind);
+        }
+    })
+    .await;
+    let client = connect(&pki, proxy, "client", "server").await.unwrap();
+    let (mut send, recv) = client
+        .open(connect_request(observer, &TunnelMeta::default()), None)
+        .await
+        .unwrap();
+    send.send(bytes::Bytes::from_static(b"partial"), 1024)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop((send, recv));
+    assert_eq!(with_timeout(rx).await.unwrap(), ErrorKind::ConnectionReset);
+}
+
+#[tokio::test]
+async fn refusals_come_back_as_statuses_and_early_data_goes_with_the_request() {
+    let pki = TestPki::new("cluster.local");
+    let proxy = server(&pki).await;
+    let client = connect(&pki, proxy, "client", "server").await.unwrap();
+    let refused: SocketAddr = format!("127.0.0.1:{REFUSED_PORT}").parse().unwrap();
+    let err = client
+        .open(connect_request(refused, &TunnelMeta::default()), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ConnectError::Status(StatusCode::UNAUTHORIZED)),
+        "{err}"
+    );
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = client
+        .open(connect_request(closed, &TunnelMeta::default()), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ConnectError::Status(StatusCode::SERVICE_UNAVAILABLE)),
+        "{err}"
+    );
+    // The client's first bytes, read from its socket while the CONNECT is answered.
+    let echo = target(|tcp| async move {
+        let (mut rd, mut wr) = tcp.into_split();
+        let _ = tokio::io::copy(&mut rd, &mut wr).await;
+    })
+    .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut app = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut proxied, _) = listener.accept().await.unwrap();
+    app.write_all(b"first bytes").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut early = EarlyData::new(&proxied);
+    let (send, recv) = client
+        .open(
+            connect_request(echo, &TunnelMeta::default()),
+            Some(&mut early),
+        )
+        .await
+        .unwrap();
+    assert_eq!(early.len(), b"first bytes".len(), "sent with the request");
+    drop(early);
+    tokio::spawn(async move {
+        let _ = splice(&mut proxied, send, recv, |_| {}, |_| {}).await;
+    });
+    let mut back = [0u8; 11];
+    with_timeout(app.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, b"first bytes");
+}
+
+#[tokio::test]
+async fn identities_are_verified_as_over_http2() {
+    let pki = TestPki::new("cluster.local");
+    let proxy = server(&pki).await;
+    // The server is not who the client expects: the handshake fails.
+    let err = connect(&pki, proxy, "client", "someone-else")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::Quic(_)), "{err}");
+    // A client whose certificate the server's roots do not sign: refused.
+    let stranger = TestPki::new("cluster.local");
+    let cert = stranger.issue(&id("client"));
+    let tls = tls_client(pki.bundle(), &cert, vec![id("server")]);
+    let settings = H2Settings::default();
+    let config = client_config(&tls, &settings).unwrap();
+    let refused = async {
+        let client = H3Client::connect(&client_endpoint(), config, proxy, &settings).await?;
+        // TLS 1.3: a client certificate is judged after the client's handshake ends; the
+        // server's refusal arrives with the first stream at the latest.
+        client
+            .open(connect_request(proxy, &TunnelMeta::default()), None)
+            .await
+    };
+    assert!(with_timeout(refused).await.is_err());
+}
+
+#[test]
+fn h3s_plain_connect_is_read_as_the_plain_connect_it_is_and_nothing_else_is() {
+    let request = |uri: &str| {
+        Request::builder()
+            .method(Method::CONNECT)
+            .uri(uri)
+            .body(())
+            .unwrap()
+    };
+    // h3 0.0.8's plain CONNECT: `:scheme https`, `:path /`.
+    let plain = from_h3(request("https://10.0.0.1:8080/"));
+    assert_eq!(
+        parse_connect(&plain).unwrap().target,
+        "10.0.0.1:8080".parse().unwrap()
+    );
+    // Anything else stays as sent, for parse_connect to refuse.
+    assert!(parse_connect(&from_h3(request("https://10.0.0.1:8080/x"))).is_err());
+    assert!(parse_connect(&from_h3(request("http://10.0.0.1:8080/"))).is_err());
+    // `:protocol` comes across in HTTP/2's form: connect-udp as such, anything else refused.
+    let udp = crate::hbone::udp::connect_udp_request(
+        "10.0.0.1:53".parse().unwrap(),
+        &TunnelMeta::default(),
+    );
+    let udp = from_h3(to_h3(udp));
+    assert!(crate::hbone::udp::is_connect_udp(&udp));
+    assert!(crate::hbone::udp::parse_connect_udp(&udp).is_ok());
+    let mut web = request("https://10.0.0.1:8080/");
+    web.extensions_mut()
+        .insert(h3::ext::Protocol::WEB_TRANSPORT);
+    let web = from_h3(web);
+    assert!(parse_connect(&web).is_err());
+    assert!(!crate::hbone::udp::is_connect_udp(&web));
+    // And the client's side: connect-udp leaves as h3's own `:protocol`.
+    let out = to_h3(crate::hbone::udp::connect_udp_request(
+        "10.0.0.1:53".parse().unwrap(),
+        &TunnelMeta::default(),
+    ));
+    assert_eq!(
+        out.extensions().get::<h3::ext::Protocol>(),
+        Some(&h3::ext::Protocol::CONNECT_UDP)
+    );
+    assert!(out.extensions().get::<h2::ext::Protocol>().is_none());
+}

@@ -212,14 +212,20 @@ impl Pool {
                     debug!("stream rejected; retrying");
                     refusals += 1;
                 }
+                Err(ConnectError::H3(e @ h3::error::StreamError::RemoteClosing { .. }))
+                    if !retried =>
+                {
+                    // The peer said GOAWAY before this stream opened: nothing of it (early data
+                    // included) was sent. Another connection, whatever was read.
+                    debug!(error = %e, "pooled QUIC connection is closing; redialing");
+                    self.remove(key, &claim.conn);
+                    retried = true;
+                }
                 Err(ConnectError::H3(e))
                     if !retried
                         && early.as_ref().is_none_or(|early| early.is_empty())
-                        && (matches!(
-                            e,
-                            h3::error::StreamError::RemoteClosing { .. }
-                                | h3::error::StreamError::ConnectionError { .. }
-                        ) || claim.conn.client.is_closed()) =>
+                        && (matches!(e, h3::error::StreamError::ConnectionError { .. })
+                            || claim.conn.client.is_closed()) =>
                 {
                     debug!(error = %e, "pooled QUIC connection is gone; redialing");
                     self.remove(key, &claim.conn);

@@ -19,6 +19,7 @@ use veil_e2e::process::Proc;
 use crate::proto::workspace_root;
 
 mod controlplane;
+mod quic;
 mod report;
 mod runs;
 mod scale;
@@ -40,10 +41,11 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 /// The sections of a run, for `--only`.
-pub(crate) const SECTIONS: [&str; 10] = [
+pub(crate) const SECTIONS: [&str; 11] = [
     "throughput",
     "latency",
     "udp",
+    "quic",
     "connections",
     "waypoint",
     "memory",
@@ -739,6 +741,9 @@ fn measure(
     }
     if opts.runs("udp") {
         results["udp"] = udp(b)?;
+    }
+    if opts.runs("quic") {
+        results["quic"] = quic::quic(b)?;
     }
     if opts.runs("connections") {
         results["connections"] = connections(b)?;

@@ -239,10 +239,14 @@ pub fn rules(family: Family, udp: &UdpAllowance, probes: &[IpAddr], jumps: &[usi
 
 fn filter_in(family: Family, quic: bool) -> String {
     let (icmp, out, plain) = (family.icmp(), OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT);
-    // HBONE over QUIC: ztunnel's endpoint holds UDP 15008 in the pod (no application can), and
-    // what it receives is mutual TLS or nothing.
+    // HBONE over QUIC: UDP 15008 only when the socket that would receive it is ztunnel's (its mark,
+    // which an application cannot set without CAP_NET_ADMIN): an application that bound the port
+    // first (before enrolment, or while a successor waits for its predecessor's socket) receives
+    // nothing from outside. What ztunnel's endpoint receives is mutual TLS or nothing.
     let quic = if quic {
-        format!("-A {FILTER_IN} -p udp --dport {HBONE_PORT} -j RETURN\n")
+        format!(
+            "-A {FILTER_IN} -p udp --dport {HBONE_PORT} -m socket --nowildcard --restore-skmark -m mark --mark {SOCKET_MARK:#x}/0xfff -j RETURN\n"
+        )
     } else {
         String::new()
     };

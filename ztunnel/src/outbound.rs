@@ -551,8 +551,13 @@ impl PodDialer<'_> {
     ) -> Result<HboneClient, ConnectError> {
         let settings = self.ctx.settings.quic;
         let h3 = crate::quic::dial(self.ctx, endpoint, &tls, key.dst_addr);
+        // HTTP/2 waits for the head start, or for QUIC's failure, whichever comes first.
+        let quic_failed = tokio::sync::Notify::new();
         let h2 = async {
-            tokio::time::sleep(settings.head_start).await;
+            tokio::select! {
+                () = tokio::time::sleep(settings.head_start) => {}
+                () = quic_failed.notified() => {}
+            }
             self.dial_h2(key, tls.clone()).await
         };
         tokio::pin!(h3, h2);
@@ -567,7 +572,20 @@ impl PodDialer<'_> {
             quic = &mut h3 => match quic {
                 Ok(client) => Ok(client.into()),
                 Err(e) => {
+                    let handshake = match &e {
+                        ConnectError::Quic(e) => {
+                            matches!(**e, quinn::ConnectionError::TransportError(_))
+                        }
+                        ConnectError::Tls(_) | ConnectError::Alpn => true,
+                        _ => false,
+                    };
+                    if handshake {
+                        // The peer answered QUIC but the handshake failed (its certificate, or
+                        // ours): worth a warning, though HTTP/2 may still be what it speaks.
+                        warn!(source = %key.src, destination = %key.dst, address = %key.dst_addr, error = %e, "HBONE over QUIC handshake failed; trying HTTP/2");
+                    }
                     fell_back(&e);
+                    quic_failed.notify_one();
                     h2.await.map(HboneClient::from)
                 }
             },

@@ -181,13 +181,25 @@ fn serve(
     tokio::spawn(run(ctx.clone(), local.clone(), endpoint))
 }
 
-/// Accepts QUIC connections for `local` until the endpoint closes. Each holds an HBONE connection
-/// permit for its life and a handshake permit until its handshakes are over; over budget, or once
-/// ztunnel drains, a connection is refused at once (the peer falls back to HTTP/2 without waiting).
+/// Accepts QUIC connections for `local` until the endpoint closes. A client first proves its
+/// address (a Retry); then each connection holds an HBONE connection permit for its life and a
+/// handshake permit until its handshakes are over; over budget, or once ztunnel drains, a
+/// connection is refused at once (the peer falls back to HTTP/2 without waiting).
 async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         if ctx.is_draining() {
             incoming.refuse();
+            continue;
+        }
+        if !incoming.remote_address_validated() {
+            // A QUIC Initial can come from a forged address (UDP has no handshake of its own): the
+            // client proves it receives at its address (a Retry token, one round trip) before it
+            // costs a budget permit or a TLS handshake, as a TCP client does with its SYN.
+            if incoming.may_retry() {
+                let _ = incoming.retry();
+            } else {
+                incoming.ignore();
+            }
             continue;
         }
         let permits = ctx

@@ -88,9 +88,9 @@ pub enum ConnectError {
     /// Boxed: the error of every tunnel's open is not made larger for it.
     #[error("QUIC: {0}")]
     Quic(Box<quinn::ConnectionError>),
-    /// A stream was answered twice (a bug of the caller's).
-    #[error("the stream was answered already")]
-    Answered,
+    /// The stream could not be used (answered already, or reset after a cancelled send).
+    #[error("stream: {0}")]
+    Stream(StreamError),
     /// A QUIC connection could not be started (a bad address or configuration).
     #[error("QUIC connect: {0}")]
     QuicConnect(#[from] quinn::ConnectError),
@@ -119,7 +119,7 @@ impl From<StreamError> for ConnectError {
         match e {
             StreamError::H2(e) => Self::H2(e),
             StreamError::H3(e) => Self::H3(e),
-            StreamError::Answered => Self::Answered,
+            e @ (StreamError::Answered | StreamError::Cancelled) => Self::Stream(e),
         }
     }
 }

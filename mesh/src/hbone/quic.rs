@@ -133,13 +133,40 @@ fn negotiated_h3(conn: &quinn::Connection) -> bool {
         .is_some_and(|p| p == ALPN_H3)
 }
 
+/// How long a connection nothing uses any more stays open before it is closed (plus four round
+/// trips): time for the peer to acknowledge a last tunnel's final bytes.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// A use of a client connection (the client's own, or an open stream's); the last one dropped
+/// tells the connection's driver.
+pub(crate) struct Lease(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Lease {
+    fn new() -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Self(Some(tx)), rx)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// An established HBONE connection over QUIC.
 pub struct H3Client {
     send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     conn: quinn::Connection,
     closed: Arc<AtomicBool>,
+    /// Held by the client and each of its streams: the connection closes once all are gone.
+    lease: Arc<Lease>,
     peer: Identity,
     max_streams: usize,
+    /// How long opening a stream may wait for the server's stream limit.
+    open_timeout: Duration,
 }
 
 impl std::fmt::Debug for H3Client {
@@ -181,8 +208,25 @@ impl H3Client {
             .map_err(|_| ConnectError::Timeout(timeout))??;
         let closed = Arc::new(AtomicBool::new(false));
         let flag = closed.clone();
+        let (lease, unused) = Lease::new();
+        // h3 closes the connection as its last request handle drops, abandoning what QUIC has not
+        // delivered yet (a last tunnel's final bytes and FIN). The driver keeps a handle, and
+        // closes only once neither the pool nor any stream uses the connection and the peer has
+        // had time to acknowledge the rest.
+        let keep = send.clone();
+        let quic = conn.clone();
         tokio::spawn(async move {
-            let e = poll_fn(|cx| driver.poll_close(cx)).await;
+            let mut keep = Some(keep);
+            let mut unused = std::pin::pin!(unused);
+            let e = loop {
+                tokio::select! {
+                    e = poll_fn(|cx| driver.poll_close(cx)) => break e,
+                    _ = &mut unused, if keep.is_some() => {
+                        tokio::time::sleep(LINGER + 4 * quic.rtt()).await;
+                        keep = None;
+                    }
+                }
+            };
             if !e.is_h3_no_error() {
                 debug!(error = %e, "HBONE connection over QUIC ended");
             }
@@ -192,8 +236,10 @@ impl H3Client {
             send,
             conn,
             closed,
+            lease: Arc::new(lease),
             peer,
             max_streams: settings.max_concurrent_streams as usize,
+            open_timeout: settings.handshake_timeout,
         })
     }
 
@@ -220,9 +266,23 @@ impl H3Client {
         request: Request<()>,
         early: Option<&mut EarlyData<'_>>,
     ) -> Result<(TunnelSend, TunnelRecv), ConnectError> {
-        let stream = self.send.clone().send_request(to_h3(request)).await?;
+        // At the server's stream limit h3 waits for a free stream instead of being refused (as
+        // HTTP/2's REFUSED_STREAM would): bounded, as a handshake is.
+        let mut send = self.send.clone();
+        let opening = send.send_request(to_h3(request));
+        let stream = match tokio::time::timeout(self.open_timeout, opening).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                if matches!(e, h3::error::StreamError::RemoteClosing { .. }) {
+                    // GOAWAY: no more streams here; the pool dials another connection.
+                    self.closed.store(true, Ordering::Release);
+                }
+                return Err(e.into());
+            }
+            Err(_) => return Err(ConnectError::Timeout(self.open_timeout)),
+        };
         let (send, recv) = stream.split();
-        let mut send = TunnelSend::H3(Box::new(H3Send::client(send)));
+        let mut send = TunnelSend::H3(Box::new(H3Send::client(send, self.lease.clone())));
         let mut recv = Box::new(H3Recv::client(recv));
         let answer = recv.as_client().expect("a client's stream").recv_response();
         let response = match early {
@@ -303,14 +363,14 @@ where
             .send_grease(false)
             // Extended CONNECT, for UDP flows; whether one is allowed is the handler's business.
             .enable_extended_connect(true)
-            .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+            .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
             .await?;
-        Ok((h3, peer))
+        Ok((h3, conn, peer))
     };
     let timeout = settings.handshake_timeout;
     let handshake = tokio::time::timeout(timeout, Box::pin(handshake)).await;
     handshaken();
-    let (mut conn, peer) = handshake.map_err(|_| ConnectError::Timeout(timeout))??;
+    let (mut conn, quic, peer) = handshake.map_err(|_| ConnectError::Timeout(timeout))??;
     tokio::pin!(shutdown);
     let mut draining = false;
     loop {
@@ -324,8 +384,12 @@ where
         };
         let resolver = match accepted {
             Ok(Some(resolver)) => resolver,
-            // No more streams, and the open ones have ended.
-            Ok(None) => return Ok(()),
+            // No more streams, and the open ones have ended: the client closes the connection,
+            // or, after a moment for its last acknowledgements, this side does.
+            Ok(None) => {
+                let _ = tokio::time::timeout(LINGER, quic.closed()).await;
+                return Ok(());
+            }
             Err(e) if e.is_h3_no_error() => return Ok(()),
             Err(e) => {
                 debug!(%peer_addr, error = %e, "HBONE connection over QUIC failed");

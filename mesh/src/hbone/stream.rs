@@ -5,7 +5,13 @@
 //!
 //! Dropping an HTTP/2 half that did not finish resets the stream; a QUIC stream would be finished
 //! instead, so [`H3Send`] resets on drop itself: an abandoned tunnel is never mistaken for a
-//! complete one at the other end.
+//! complete one at the other end. Dropping an HTTP/3 receiving half before its end asks the peer to
+//! stop sending (quinn's STOP_SENDING); it is never stopped explicitly, because h3-quinn panics when
+//! asked to while a cancelled read still holds the stream.
+//!
+//! An HTTP/3 send cancelled half-way (a flow's idle timer firing while the peer's window is shut)
+//! leaves a partial frame in h3-quinn; finishing or sending after it would be a connection error
+//! for every tunnel of the connection, so such a stream is reset instead ([`H3Send`]).
 
 use std::fmt;
 use std::future::poll_fn;
@@ -23,6 +29,9 @@ pub(crate) type H3ServerSend = h3::server::RequestStream<h3_quinn::SendStream<By
 /// An HTTP/3 request stream's receiving half on the server side.
 pub(crate) type H3ServerRecv = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 
+/// The longest an HTTP/3 server waits to send an answer's headers.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The error of a stream, from either HTTP version.
 #[derive(Debug)]
 pub enum StreamError {
@@ -32,6 +41,8 @@ pub enum StreamError {
     H3(h3::error::StreamError),
     /// The stream was answered already.
     Answered,
+    /// A send on the stream was cancelled half-way: it was reset.
+    Cancelled,
 }
 
 impl fmt::Display for StreamError {
@@ -40,6 +51,7 @@ impl fmt::Display for StreamError {
             Self::H2(e) => e.fmt(f),
             Self::H3(e) => write!(f, "HTTP/3: {e}"),
             Self::Answered => f.write_str("the stream was answered already"),
+            Self::Cancelled => f.write_str("a send was cancelled half-way: the stream was reset"),
         }
     }
 }
@@ -49,7 +61,7 @@ impl std::error::Error for StreamError {
         match self {
             Self::H2(e) => Some(e),
             Self::H3(e) => Some(e),
-            Self::Answered => None,
+            Self::Answered | Self::Cancelled => None,
         }
     }
 }
@@ -73,7 +85,7 @@ impl StreamError {
         match self {
             Self::H2(e) => e.is_reset(),
             Self::H3(e) => matches!(e, h3::error::StreamError::RemoteTerminate { .. }),
-            Self::Answered => false,
+            Self::Answered | Self::Cancelled => false,
         }
     }
 }
@@ -90,8 +102,12 @@ pub enum TunnelSend {
 /// The sending half of an HTTP/3 tunnel stream, reset when dropped unfinished.
 pub struct H3Send {
     inner: H3SendInner,
+    /// A client stream's use of its connection (kept open while the stream lives).
+    _lease: Option<std::sync::Arc<super::quic::Lease>>,
     /// Finished or reset: nothing to do on drop.
     done: bool,
+    /// A send started and did not return: if it was cancelled, the stream holds a partial frame.
+    sending: bool,
 }
 
 enum H3SendInner {
@@ -108,35 +124,74 @@ impl fmt::Debug for H3Send {
 }
 
 impl H3Send {
-    pub(crate) fn client(send: H3ClientSend) -> Self {
+    pub(crate) fn client(send: H3ClientSend, lease: std::sync::Arc<super::quic::Lease>) -> Self {
         Self {
             inner: H3SendInner::Client(send),
+            _lease: Some(lease),
             done: false,
+            sending: false,
         }
     }
 
     pub(crate) fn server(send: H3ServerSend) -> Self {
         Self {
             inner: H3SendInner::Server(send),
+            _lease: None,
             done: false,
+            sending: false,
         }
     }
 
     /// Sends `data` as one DATA frame; returns once QUIC took all of it (its flow control is the
     /// back-pressure). Never cancelled half-way and then reused: h3 would fail the connection.
-    async fn send(&mut self, data: Bytes) -> Result<(), h3::error::StreamError> {
+    async fn send(&mut self, data: Bytes) -> Result<(), StreamError> {
+        self.usable()?;
+        self.sending = true;
         match &mut self.inner {
-            H3SendInner::Client(s) => s.send_data(data).await,
-            H3SendInner::Server(s) => s.send_data(data).await,
+            H3SendInner::Client(s) => s.send_data(data).await?,
+            H3SendInner::Server(s) => s.send_data(data).await?,
         }
+        self.sending = false;
+        Ok(())
     }
 
-    async fn finish(&mut self) -> Result<(), h3::error::StreamError> {
+    async fn finish(&mut self) -> Result<(), StreamError> {
+        self.usable()?;
         self.done = true;
         match &mut self.inner {
-            H3SendInner::Client(s) => s.finish().await,
-            H3SendInner::Server(s) => s.finish().await,
+            H3SendInner::Client(s) => s.finish().await?,
+            H3SendInner::Server(s) => s.finish().await?,
         }
+        Ok(())
+    }
+
+    /// Sends a server's answer (headers), within [`ANSWER_TIMEOUT`]: HTTP/3 flow-controls headers,
+    /// and a client that grants no window must not hold the stream (or a task) for longer. Late, the
+    /// stream is reset.
+    async fn answer(&mut self, response: Response<()>) -> Result<(), StreamError> {
+        let H3SendInner::Server(send) = &mut self.inner else {
+            return Err(StreamError::Answered);
+        };
+        self.sending = true;
+        match tokio::time::timeout(ANSWER_TIMEOUT, send.send_response(response)).await {
+            Ok(answered) => answered?,
+            Err(_) => {
+                self.reset();
+                return Err(StreamError::Cancelled);
+            }
+        }
+        self.sending = false;
+        Ok(())
+    }
+
+    /// Whether the stream may be written: not after a send was cancelled half-way (then it is
+    /// reset here, and the caller told).
+    fn usable(&mut self) -> Result<(), StreamError> {
+        if self.sending {
+            self.reset();
+            return Err(StreamError::Cancelled);
+        }
+        Ok(())
     }
 
     fn reset(&mut self) {
@@ -348,17 +403,6 @@ impl TunnelRecv {
         }
     }
 
-    /// Tells the peer to stop sending (HTTP/3's half of an abort; HTTP/2's reset covers both).
-    pub fn stop(&mut self) {
-        match self {
-            Self::H2(_) => {}
-            Self::H3(recv) => match &mut recv.0 {
-                H3RecvInner::Client(r) => r.stop_sending(Code::H3_CONNECT_ERROR),
-                H3RecvInner::Server(r) => r.stop_sending(Code::H3_CONNECT_ERROR),
-            },
-        }
-    }
-
     /// The HTTP/2 stream, if this is one (see [`TunnelSend::into_h2`]).
     pub fn into_h2(self) -> Option<h2::RecvStream> {
         match self {
@@ -400,11 +444,13 @@ impl Responder {
         match self {
             Self::H2(respond) => Ok(TunnelSend::H2(respond.send_response(response, false)?)),
             Self::H3(send) => {
-                let Some(mut send) = send.take() else {
+                let Some(send) = send.take() else {
                     return Err(StreamError::Answered);
                 };
-                Box::pin(send.send_response(response)).await?;
-                Ok(TunnelSend::H3(Box::new(H3Send::server(*send))))
+                // Wrapped first: an answer that fails or is cancelled half-way resets the stream.
+                let mut send = H3Send::server(*send);
+                Box::pin(send.answer(response)).await?;
+                Ok(TunnelSend::H3(Box::new(send)))
             }
         }
     }
@@ -418,9 +464,10 @@ impl Responder {
                 let _ = respond.send_response(response, true);
             }
             Self::H3(send) => {
-                if let Some(mut send) = send.take() {
+                if let Some(send) = send.take() {
+                    let mut send = H3Send::server(*send);
                     tokio::spawn(async move {
-                        if send.send_response(response).await.is_ok() {
+                        if send.answer(response).await.is_ok() {
                             let _ = send.finish().await;
                         }
                     });

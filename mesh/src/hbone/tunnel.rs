@@ -83,8 +83,8 @@ pub async fn splice(
             to_socket,
         }),
         Err(TunnelError::Socket(e)) => {
+            // The receiving half is dropped on return: on HTTP/3 that asks the peer to stop sending.
             send.reset();
-            recv.stop();
             Err(TunnelError::Socket(e))
         }
         Err(TunnelError::Stream(e)) => {

@@ -270,10 +270,10 @@ impl DatagramStream {
         let _ = self.send.send.finish().await;
     }
 
-    /// Aborts the flow (a reset of the stream).
+    /// Aborts the flow (a reset of the stream; on HTTP/3 the peer is also asked to stop sending
+    /// once the flow is dropped).
     pub fn abort(&mut self) {
         self.send.send.reset();
-        self.recv.recv.stop();
     }
 }
 

@@ -208,6 +208,7 @@ pub(super) fn report(r: &Value) -> String {
         ),
     ];
     let mut rows = rows;
+    rows.extend(quic_rows(&r["quic"]));
     rows.extend(upstream_rows(r));
     let mut out = format!(
         "Run: {} CPUs, {} round(s) of {} s per comparison (medians). Raw figures: docs/benchmarks.json.\n\n| measure | veil | target | |\n|---|---|---|---|\n",
@@ -238,6 +239,48 @@ pub(super) fn report(r: &Value) -> String {
         f(&r["iperf3"]["mesh_gbit_per_s"])
     );
     out
+}
+
+/// HBONE over QUIC against HBONE over HTTP/2, measured in the same rounds (issue 15).
+fn quic_rows(q: &Value) -> Vec<Row> {
+    if q.is_null() {
+        return Vec::new();
+    }
+    let ratio = |h3: &Value, h2: &Value| format!("{:.2}×", f(h3) / f(h2));
+    vec![
+        Row::info(
+            "HBONE over QUIC vs HTTP/2: throughput, 1 stream",
+            ratio(
+                &q["throughput_1"]["h3_gbit_per_s"],
+                &q["throughput_1"]["h2_gbit_per_s"],
+            ),
+        ),
+        Row::info(
+            "HBONE over QUIC vs HTTP/2: ztunnel CPU per GiB (both ends)",
+            ratio(
+                &q["ztunnel_seconds_per_gib"]["h3"],
+                &q["ztunnel_seconds_per_gib"]["h2"],
+            ),
+        ),
+        Row::info(
+            "HBONE over QUIC vs HTTP/2: 1 KiB req/resp, 16 connections, p50",
+            ratio(&q["rr_16"]["h3"]["p50_us"], &q["rr_16"]["h2"]["p50_us"]),
+        ),
+        Row::info(
+            "HBONE over QUIC vs HTTP/2: 1 KiB req/resp, 16 connections, requests/s",
+            ratio(
+                &q["rr_16"]["h3"]["requests_per_s"],
+                &q["rr_16"]["h2"]["requests_per_s"],
+            ),
+        ),
+        Row::info(
+            "carried UDP over QUIC vs HTTP/2: datagrams echoed/s, 16 flows",
+            ratio(
+                &q["udp_16"]["h3"]["requests_per_s"],
+                &q["udp_16"]["h2"]["requests_per_s"],
+            ),
+        ),
+    ]
 }
 
 /// veil against Istio's ztunnel, measured in the same rounds (issue 14's targets); none when it was

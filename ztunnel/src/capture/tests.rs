@@ -304,7 +304,11 @@ fn hbone_over_quic_lets_udp_15008_in_and_only_ztunnels_marked_sockets_out() {
     };
     for family in Family::ALL {
         let r = rules(family, &quic, &pod_ips(), &all_jumps());
-        let inbound = position(&r, "-A VEIL_IN_FILTER -p udp --dport 15008 -j RETURN");
+        // Only into ztunnel's own socket (the receiving socket's mark, restored onto the packet).
+        let inbound = position(
+            &r,
+            "-A VEIL_IN_FILTER -p udp --dport 15008 -m socket --nowildcard --restore-skmark -m mark --mark 0x539/0xfff -j RETURN",
+        );
         // After the guard of carried flows, before the final drop.
         assert!(
             position(

@@ -317,3 +317,79 @@ fn h3s_plain_connect_is_read_as_the_plain_connect_it_is_and_nothing_else_is() {
     );
     assert!(out.extensions().get::<h2::ext::Protocol>().is_none());
 }
+
+#[tokio::test]
+async fn an_application_reset_while_the_tunnel_waits_for_the_peer_ends_the_splice_cleanly() {
+    // The receiving half is mid-read when the socket fails: stopping it then would find h3-quinn's
+    // stream taken by the read (a panic, which skipped the access log and metrics).
+    let pki = TestPki::new("cluster.local");
+    let proxy = server(&pki).await;
+    let silent = target(|mut tcp| async move {
+        let mut buf = [0u8; 64];
+        while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    let client = connect(&pki, proxy, "client", "server").await.unwrap();
+    let (send, recv) = client
+        .open(connect_request(silent, &TunnelMeta::default()), None)
+        .await
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut app = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut proxied, _) = listener.accept().await.unwrap();
+    tokio::spawn(async move {
+        app.write_all(b"x").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        app.set_zero_linger().unwrap();
+    });
+    let spliced = with_timeout(splice(&mut proxied, send, recv, |_| {}, |_| {})).await;
+    assert!(
+        matches!(spliced, Err(crate::hbone::TunnelError::Socket(_))),
+        "{spliced:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_send_cancelled_half_way_resets_its_stream_and_spares_the_connection() {
+    let pki = TestPki::new("cluster.local");
+    let proxy = server(&pki).await;
+    // Never reads: the stream's window closes behind a large send.
+    let (hold, held) = tokio::sync::mpsc::channel::<TcpStream>(4);
+    let stuck = target(move |tcp| {
+        let hold = hold.clone();
+        async move {
+            let _ = hold.send(tcp).await;
+        }
+    })
+    .await;
+    let client = connect(&pki, proxy, "client", "server").await.unwrap();
+    let (mut send, _recv) = client
+        .open(connect_request(stuck, &TunnelMeta::default()), None)
+        .await
+        .unwrap();
+    let big = bytes::Bytes::from(vec![7u8; 64 << 20]);
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(500), send.send(big, 64 << 20)).await;
+    assert!(cancelled.is_err(), "the send should have been stuck");
+    // Finishing now would close a half-written frame: a connection error for every stream on it.
+    let finished = send.finish().await;
+    assert!(
+        matches!(finished, Err(crate::hbone::StreamError::Cancelled)),
+        "{finished:?}"
+    );
+    drop(held);
+    // The connection still carries tunnels.
+    let echo = target(|tcp| async move {
+        let (mut rd, mut wr) = tcp.into_split();
+        let _ = tokio::io::copy(&mut rd, &mut wr).await;
+    })
+    .await;
+    let mut app = tunnel(&client, echo).await;
+    app.write_all(b"still up").await.unwrap();
+    let mut back = [0u8; 8];
+    with_timeout(app.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, b"still up");
+    assert!(!client.is_closed());
+}

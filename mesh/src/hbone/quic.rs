@@ -10,8 +10,8 @@
 //!   this boundary, so that [`super::parse_connect`] and [`super::udp`] judge both alike.
 //! - Dropping a QUIC stream finishes it; [`super::stream::H3Send`] resets instead.
 //!
-//! Not here yet: UDP flows travel as capsules on their request stream (RFC 9297 §3.5) as over
-//! HTTP/2, not as QUIC DATAGRAM frames.
+//! UDP flows' payloads travel as HTTP/3 datagrams (QUIC DATAGRAM frames, `datagram`) when they fit
+//! one, else as capsules on their request stream as over HTTP/2.
 
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
@@ -39,6 +39,10 @@ pub const ALPN_H3: &[u8] = b"h3";
 /// The largest header section accepted (HBONE's requests are a few hundred bytes).
 const MAX_FIELD_SECTION: u64 = 64 * 1024;
 
+/// Bytes of QUIC datagrams a connection queues before its flows take them (beyond, the oldest are
+/// dropped, as a full socket buffer would).
+const DATAGRAM_BUFFER: usize = 256 * 1024;
+
 /// The longest interval between keep-alive packets: well inside conntrack's UDP timeouts (30 s
 /// unreplied, 120 s assured), so no stateful middle-box forgets an idle connection.
 const MAX_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -57,8 +61,8 @@ fn transport(settings: &H2Settings) -> Result<TransportConfig, String> {
         .max_concurrent_uni_streams(VarInt::from_u32(3))
         // Inside a cluster: the first loss is detected in a fraction of the default's second.
         .initial_rtt(Duration::from_millis(50))
-        // No QUIC DATAGRAM frames (UDP flows use capsules on their streams).
-        .datagram_receive_buffer_size(None);
+        // HTTP/3 datagrams (UDP flows' payloads), up to this much queued per connection.
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
     let interval = settings.keepalive_interval.min(MAX_KEEPALIVE);
     let idle = IdleTimeout::try_from(interval + settings.keepalive_timeout)
         .map_err(|e| format!("keep-alive interval and timeout: {e}"))?;
@@ -163,6 +167,8 @@ pub struct H3Client {
     closed: Arc<AtomicBool>,
     /// Held by the client and each of its streams: the connection closes once all are gone.
     lease: Arc<Lease>,
+    /// Its UDP flows' datagrams.
+    datagrams: Datagrams,
     peer: Identity,
     max_streams: usize,
     /// How long opening a stream may wait for the server's stream limit.
@@ -199,6 +205,7 @@ impl H3Client {
             let (driver, send) = h3::client::builder()
                 .max_field_section_size(MAX_FIELD_SECTION)
                 .send_grease(false)
+                .enable_datagram(true)
                 .build::<_, _, Bytes>(h3_quinn::Connection::new(conn.clone()))
                 .await?;
             Ok((conn, driver, send, peer))
@@ -234,6 +241,7 @@ impl H3Client {
         });
         Ok(Self {
             send,
+            datagrams: Datagrams::start(conn.clone()),
             conn,
             closed,
             lease: Arc::new(lease),
@@ -268,6 +276,7 @@ impl H3Client {
     ) -> Result<(TunnelSend, TunnelRecv), ConnectError> {
         // At the server's stream limit h3 waits for a free stream instead of being refused (as
         // HTTP/2's REFUSED_STREAM would): bounded, as a handshake is.
+        let udp = crate::hbone::udp::is_connect_udp(&request);
         let mut send = self.send.clone();
         let opening = send.send_request(to_h3(request));
         let stream = match tokio::time::timeout(self.open_timeout, opening).await {
@@ -281,8 +290,12 @@ impl H3Client {
             }
             Err(_) => return Err(ConnectError::Timeout(self.open_timeout)),
         };
+        // A UDP flow's datagrams are routed to it from before the server can send any.
+        let datagrams = udp.then(|| self.datagrams.flow(stream.id().into_inner()));
         let (send, recv) = stream.split();
-        let mut send = TunnelSend::H3(Box::new(H3Send::client(send, self.lease.clone())));
+        let mut send = H3Send::client(send, self.lease.clone());
+        send.datagrams = datagrams;
+        let mut send = TunnelSend::H3(Box::new(send));
         let mut recv = Box::new(H3Recv::client(recv));
         let answer = recv.as_client().expect("a client's stream").recv_response();
         let response = match early {
@@ -363,6 +376,7 @@ where
             .send_grease(false)
             // Extended CONNECT, for UDP flows; whether one is allowed is the handler's business.
             .enable_extended_connect(true)
+            .enable_datagram(true)
             .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
             .await?;
         Ok((h3, conn, peer))
@@ -371,6 +385,7 @@ where
     let handshake = tokio::time::timeout(timeout, Box::pin(handshake)).await;
     handshaken();
     let (mut conn, quic, peer) = handshake.map_err(|_| ConnectError::Timeout(timeout))??;
+    let datagrams = Datagrams::start(quic.clone());
     tokio::pin!(shutdown);
     let mut draining = false;
     loop {
@@ -396,7 +411,7 @@ where
                 return Err(e.into());
             }
         };
-        let (handler, peer) = (handler.clone(), peer.clone());
+        let (handler, peer, datagrams) = (handler.clone(), peer.clone(), datagrams.clone());
         tokio::spawn(async move {
             // A client that opens a stream and never sends its headers holds it no longer than a
             // handshake may take.
@@ -406,11 +421,15 @@ where
                 Ok(Err(e)) => return debug!(%peer_addr, error = %e, "unreadable HTTP/3 request"),
                 Err(_) => return debug!(%peer_addr, "HTTP/3 request headers never came"),
             };
+            let request = from_h3(request);
+            // A UDP flow's datagrams are routed to it before it is answered.
+            let datagrams = crate::hbone::udp::is_connect_udp(&request)
+                .then(|| Box::new(datagrams.flow(stream.id().into_inner())));
             let (send, recv) = stream.split();
-            let (parts, ()) = from_h3(request).into_parts();
+            let (parts, ()) = request.into_parts();
             handler(InboundStream {
                 request: Request::from_parts(parts, TunnelRecv::H3(Box::new(H3Recv::server(recv)))),
-                respond: Responder::H3(Some(Box::new(send))),
+                respond: Responder::H3(Some(Box::new(send)), datagrams),
                 peer,
                 peer_addr,
             })
@@ -419,5 +438,9 @@ where
     }
 }
 
+mod datagram;
 #[cfg(test)]
 mod tests;
+
+use datagram::Datagrams;
+pub use datagram::{DatagramReceiver, DatagramSender};

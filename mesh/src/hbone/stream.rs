@@ -108,7 +108,12 @@ pub struct H3Send {
     done: bool,
     /// A send started and did not return: if it was cancelled, the stream holds a partial frame.
     sending: bool,
+    /// A UDP flow's datagrams, until its [`super::udp::DatagramStream`] takes them.
+    pub(crate) datagrams: Option<FlowDatagrams>,
 }
+
+/// A UDP flow's HTTP/3 datagrams: sending and receiving ends.
+pub(crate) type FlowDatagrams = (super::quic::DatagramSender, super::quic::DatagramReceiver);
 
 enum H3SendInner {
     Client(H3ClientSend),
@@ -130,6 +135,7 @@ impl H3Send {
             _lease: Some(lease),
             done: false,
             sending: false,
+            datagrams: None,
         }
     }
 
@@ -139,6 +145,7 @@ impl H3Send {
             _lease: None,
             done: false,
             sending: false,
+            datagrams: None,
         }
     }
 
@@ -284,6 +291,14 @@ impl TunnelSend {
         }
     }
 
+    /// A UDP flow's HTTP/3 datagrams, once (none over HTTP/2, or for a TCP tunnel).
+    pub(crate) fn take_datagrams(&mut self) -> Option<FlowDatagrams> {
+        match self {
+            Self::H2(_) => None,
+            Self::H3(send) => send.datagrams.take(),
+        }
+    }
+
     /// The HTTP/2 stream, if this is one (for what only HTTP/2 serves: waypoints' byte streams).
     pub fn into_h2(self) -> Option<h2::SendStream<Bytes>> {
         match self {
@@ -422,15 +437,16 @@ fn into_bytes(mut chunk: impl Buf) -> Bytes {
 pub enum Responder {
     /// On HTTP/2.
     H2(h2::server::SendResponse<Bytes>),
-    /// On HTTP/3: the request stream's sending half, taken by the answer (boxed, as for tunnels).
-    H3(Option<Box<H3ServerSend>>),
+    /// On HTTP/3: the request stream's sending half, taken by the answer (boxed, as for tunnels),
+    /// and a UDP flow's datagrams.
+    H3(Option<Box<H3ServerSend>>, Option<Box<FlowDatagrams>>),
 }
 
 impl fmt::Debug for Responder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::H2(r) => f.debug_tuple("H2").field(r).finish(),
-            Self::H3(r) => f.debug_tuple("H3").field(&r.is_some()).finish(),
+            Self::H3(r, _) => f.debug_tuple("H3").field(&r.is_some()).finish(),
         }
     }
 }
@@ -443,12 +459,13 @@ impl Responder {
     ) -> Result<TunnelSend, StreamError> {
         match self {
             Self::H2(respond) => Ok(TunnelSend::H2(respond.send_response(response, false)?)),
-            Self::H3(send) => {
+            Self::H3(send, datagrams) => {
                 let Some(send) = send.take() else {
                     return Err(StreamError::Answered);
                 };
                 // Wrapped first: an answer that fails or is cancelled half-way resets the stream.
                 let mut send = H3Send::server(*send);
+                send.datagrams = datagrams.take().map(|d| *d);
                 Box::pin(send.answer(response)).await?;
                 Ok(TunnelSend::H3(Box::new(send)))
             }
@@ -463,7 +480,7 @@ impl Responder {
                 // Fails only if the stream is already gone; nothing is left to tell.
                 let _ = respond.send_response(response, true);
             }
-            Self::H3(send) => {
+            Self::H3(send, _) => {
                 if let Some(send) = send.take() {
                     let mut send = H3Send::server(*send);
                     tokio::spawn(async move {

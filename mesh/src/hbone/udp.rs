@@ -20,6 +20,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use percent_encoding::percent_decode_str;
 
+use super::quic::{DatagramReceiver, DatagramSender};
 use super::request::{BadRequest, ConnectTarget, TunnelMeta, forwarded_for, meta_headers};
 use super::stream::{Sent, TunnelRecv, TunnelSend};
 
@@ -190,7 +191,7 @@ impl CapsuleReader {
 }
 
 /// Writes `value` as a QUIC variable-length integer (RFC 9000 §16), in its shortest form.
-fn put_varint(out: &mut BytesMut, value: u64) {
+pub(crate) fn put_varint(out: &mut BytesMut, value: u64) {
     match value {
         0..=0x3f => out.put_u8(value as u8),
         0x40..=0x3fff => out.put_u16(0x4000 | value as u16),
@@ -203,7 +204,7 @@ fn put_varint(out: &mut BytesMut, value: u64) {
 }
 
 /// Reads a QUIC variable-length integer, `None` (nothing consumed) when `buf` is too short.
-fn get_varint(buf: &mut impl Buf) -> Option<u64> {
+pub(crate) fn get_varint(buf: &mut impl Buf) -> Option<u64> {
     let first = *buf.chunk().first()?;
     let len = 1usize << (first >> 6);
     if buf.remaining() < len {
@@ -228,6 +229,8 @@ pub struct DatagramStream {
 struct CapsuleSender {
     send: TunnelSend,
     out: BytesMut,
+    /// Over HTTP/3: payloads that fit go as datagrams (boxed: HTTP/2's flows do not pay for it).
+    datagrams: Option<Box<DatagramSender>>,
 }
 
 /// The receiving half of a [`DatagramStream`].
@@ -235,19 +238,27 @@ struct CapsuleSender {
 struct CapsuleReceiver {
     recv: TunnelRecv,
     reader: CapsuleReader,
+    /// Over HTTP/3: payloads that came as datagrams (boxed, as for sending).
+    datagrams: Option<Box<DatagramReceiver>>,
 }
 
 impl DatagramStream {
     /// Wraps an open stream (the `CONNECT-UDP` answered 200).
-    pub fn new(send: TunnelSend, recv: TunnelRecv) -> Self {
+    pub fn new(mut send: TunnelSend, recv: TunnelRecv) -> Self {
+        let (out, inbound) = send
+            .take_datagrams()
+            .map(|(out, inbound)| (Box::new(out), Box::new(inbound)))
+            .unzip();
         Self {
             send: CapsuleSender {
                 send,
                 out: BytesMut::new(),
+                datagrams: out,
             },
             recv: CapsuleReceiver {
                 recv,
                 reader: CapsuleReader::default(),
+                datagrams: inbound,
             },
         }
     }
@@ -279,6 +290,9 @@ impl DatagramStream {
 
 impl CapsuleSender {
     async fn send(&mut self, payload: &[u8]) -> io::Result<()> {
+        if self.datagrams.as_ref().is_some_and(|d| d.send(payload)) {
+            return Ok(());
+        }
         encode_datagram(payload, &mut self.out);
         let capsule = self.out.split().freeze();
         match self.send.send_whole(capsule).await {
@@ -290,18 +304,35 @@ impl CapsuleSender {
 }
 
 impl CapsuleReceiver {
+    /// The next payload, from a capsule or (over HTTP/3) a datagram, whichever comes first; `None`
+    /// when the peer ended the stream.
     async fn recv(&mut self) -> io::Result<Option<Bytes>> {
+        let Some(datagrams) = &mut self.datagrams else {
+            return Self::capsule(&mut self.recv, &mut self.reader).await;
+        };
+        tokio::select! {
+            biased;
+            Some(payload) = datagrams.recv() => Ok(Some(payload)),
+            // Cancel-safe: what the stream has read is kept in the reader and the stream.
+            capsule = Self::capsule(&mut self.recv, &mut self.reader) => capsule,
+        }
+    }
+
+    async fn capsule(
+        recv: &mut TunnelRecv,
+        reader: &mut CapsuleReader,
+    ) -> io::Result<Option<Bytes>> {
         loop {
-            if let Some(payload) = self.reader.next_datagram().map_err(invalid)? {
+            if let Some(payload) = reader.next_datagram().map_err(invalid)? {
                 return Ok(Some(payload));
             }
-            let Some(data) = self.recv.data().await else {
-                self.reader.finish().map_err(invalid)?;
+            let Some(data) = recv.data().await else {
+                reader.finish().map_err(invalid)?;
                 return Ok(None);
             };
             let data = data.map_err(io::Error::other)?;
-            self.reader.push(&data);
-            self.recv.release(data.len()).map_err(io::Error::other)?;
+            reader.push(&data);
+            recv.release(data.len()).map_err(io::Error::other)?;
         }
     }
 }

@@ -393,3 +393,93 @@ async fn a_send_cancelled_half_way_resets_its_stream_and_spares_the_connection()
     assert_eq!(&back, b"still up");
     assert!(!client.is_closed());
 }
+
+/// A QUIC server relaying each `CONNECT-UDP` flow to its target, and the address it serves on.
+async fn udp_relay_server(pki: &TestPki) -> SocketAddr {
+    use crate::hbone::InboundStream;
+    use crate::hbone::udp::{CAPSULE_PROTOCOL, DatagramStream, parse_connect_udp, relay_datagrams};
+    use crate::identity::{FixedCert, server_config as tls_config};
+
+    let cert = pki.issue(&id("server"));
+    let tls = tls_config(
+        pki.bundle(),
+        std::sync::Arc::new(FixedCert(cert.certified_key().clone())),
+    );
+    let settings = H2Settings::default();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let endpoint = endpoint(socket, Some(server_config(&tls, &settings).unwrap())).unwrap();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let settings = settings.clone();
+            tokio::spawn(async move {
+                let handler = |mut stream: InboundStream| async move {
+                    let target = parse_connect_udp(&stream.request).unwrap().target;
+                    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                    socket.connect(target).await.unwrap();
+                    let mut response = http::Response::new(());
+                    response.headers_mut().insert(
+                        CAPSULE_PROTOCOL.clone(),
+                        http::HeaderValue::from_static("?1"),
+                    );
+                    let send = stream.respond.send_response(response).await.unwrap();
+                    let mut flow = DatagramStream::new(send, stream.request.into_body());
+                    let idle = Duration::from_secs(30);
+                    let _ = relay_datagrams(&socket, &mut flow, None, idle, |_| {}, |_| {}).await;
+                };
+                let _ =
+                    serve_connection(incoming, &settings, handler, std::future::pending(), || {})
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_udp_flow_over_http3_sends_datagrams_as_quic_datagrams_and_large_ones_as_capsules() {
+    use crate::hbone::udp::{DatagramStream, connect_udp_request};
+    let pki = TestPki::new("cluster.local");
+    let proxy = udp_relay_server(&pki).await;
+    let app = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = connect(&pki, proxy, "client", "server").await.unwrap();
+    let (send, recv) = client
+        .open(
+            connect_udp_request(app.local_addr().unwrap(), &TunnelMeta::default()),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut flow = DatagramStream::new(send, recv);
+    let sent_before = client.conn.stats().frame_tx.datagram;
+    flow.send(b"small").await.unwrap();
+    let mut buf = vec![0; 65_536];
+    let (n, relay) = with_timeout(app.recv_from(&mut buf)).await.unwrap();
+    assert_eq!(&buf[..n], b"small");
+    assert_eq!(
+        client.conn.stats().frame_tx.datagram,
+        sent_before + 1,
+        "a small payload goes as a QUIC datagram"
+    );
+    // Larger than any QUIC datagram on this path: a capsule on the stream, delivered whole.
+    let large = vec![9u8; 8_000];
+    flow.send(&large).await.unwrap();
+    let (n, _) = with_timeout(app.recv_from(&mut buf)).await.unwrap();
+    assert_eq!(&buf[..n], &large[..]);
+    assert_eq!(client.conn.stats().frame_tx.datagram, sent_before + 1);
+    // The way back: datagrams from the application arrive both ways too.
+    app.send_to(b"answer", relay).await.unwrap();
+    assert_eq!(
+        with_timeout(flow.recv()).await.unwrap().as_deref(),
+        Some(&b"answer"[..])
+    );
+    app.send_to(&large, relay).await.unwrap();
+    assert_eq!(
+        with_timeout(flow.recv()).await.unwrap().as_deref(),
+        Some(&large[..])
+    );
+    assert!(
+        client.conn.stats().frame_rx.datagram >= 1,
+        "answers came as datagrams"
+    );
+}

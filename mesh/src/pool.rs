@@ -59,6 +59,9 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
 }
 
+/// Times a tunnel moves on from a QUIC connection that said GOAWAY before its stream opened.
+const MAX_CLOSINGS: usize = 8;
+
 /// Times a tunnel is retried after the server refused its stream (REFUSED_STREAM: not processed,
 /// safe to retry) before the refusal is reported.
 const MAX_REFUSALS: usize = 3;
@@ -175,6 +178,7 @@ impl Pool {
     ) -> Result<PooledStream, ConnectError> {
         let mut retried = false;
         let mut refusals = 0;
+        let mut closings = 0;
         loop {
             // The claim gives the stream's place back whenever it is dropped: also when this
             // future is (a flow ended while its tunnel opens), not only on the errors below.
@@ -213,13 +217,14 @@ impl Pool {
                     refusals += 1;
                 }
                 Err(ConnectError::H3(e @ h3::error::StreamError::RemoteClosing { .. }))
-                    if !retried =>
+                    if closings < MAX_CLOSINGS =>
                 {
                     // The peer said GOAWAY before this stream opened: nothing of it (early data
-                    // included) was sent. Another connection, whatever was read.
+                    // included) was sent. Another connection, whatever was read; each closing
+                    // one is removed, so this is bounded by the connections there are.
                     debug!(error = %e, "pooled QUIC connection is closing; redialing");
                     self.remove(key, &claim.conn);
-                    retried = true;
+                    closings += 1;
                 }
                 Err(ConnectError::H3(e))
                     if !retried

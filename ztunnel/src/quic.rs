@@ -12,8 +12,7 @@
 //!
 //! What is not done: a pod's QUIC socket is not handed over on upgrade (its connections end with
 //! the old ztunnel, whose draining refuses new QUIC connections so peers fall back at once; the new
-//! one binds the port once it is free); UDP flows ride their request streams as capsules, not QUIC
-//! datagrams.
+//! one binds the port once it is free).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

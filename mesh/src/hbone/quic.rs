@@ -137,9 +137,12 @@ fn negotiated_h3(conn: &quinn::Connection) -> bool {
         .is_some_and(|p| p == ALPN_H3)
 }
 
-/// How long a connection nothing uses any more stays open before it is closed (plus four round
-/// trips): time for the peer to acknowledge a last tunnel's final bytes.
+/// How long a server that has finished its requests after a GOAWAY waits for the client to close the
+/// connection before it closes it itself (time for the last acknowledgements).
 const LINGER: Duration = Duration::from_secs(1);
+
+/// How long a client that said GOAWAY waits for the server to close before it closes itself.
+const CLOSE_CAP: Duration = Duration::from_secs(60);
 
 /// A use of a client connection (the client's own, or an open stream's); the last one dropped
 /// tells the connection's driver.
@@ -221,17 +224,24 @@ impl H3Client {
         // closes only once neither the pool nor any stream uses the connection and the peer has
         // had time to acknowledge the rest.
         let keep = send.clone();
-        let quic = conn.clone();
         tokio::spawn(async move {
             let mut keep = Some(keep);
             let mut unused = std::pin::pin!(unused);
+            let mut shut = false;
+            let cap = tokio::time::sleep(Duration::MAX);
+            tokio::pin!(cap);
             let e = loop {
                 tokio::select! {
                     e = poll_fn(|cx| driver.poll_close(cx)) => break e,
-                    _ = &mut unused, if keep.is_some() => {
-                        tokio::time::sleep(LINGER + 4 * quic.rtt()).await;
-                        keep = None;
+                    // Unused: GOAWAY. The server closes once it has finished every request, so
+                    // nothing either way is cut off.
+                    _ = &mut unused, if !shut => {
+                        shut = true;
+                        let _ = driver.shutdown(0).await;
+                        cap.as_mut().reset(tokio::time::Instant::now() + CLOSE_CAP);
                     }
+                    // A server that never closes: this side does.
+                    () = &mut cap, if keep.is_some() => keep = None,
                 }
             };
             if !e.is_h3_no_error() {
@@ -277,11 +287,22 @@ impl H3Client {
         // At the server's stream limit h3 waits for a free stream instead of being refused (as
         // HTTP/2's REFUSED_STREAM would): bounded, as a handshake is.
         let udp = crate::hbone::udp::is_connect_udp(&request);
+        // In a task of its own: h3 writes the request's headers as QUIC's windows allow, and a
+        // write cancelled half-way would leave a truncated frame that fails the whole connection.
+        // Abandoned (a timeout, the tunnel gone), the request is reset once it is out.
         let mut send = self.send.clone();
-        let opening = send.send_request(to_h3(request));
-        let stream = match tokio::time::timeout(self.open_timeout, opening).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
+        let request = to_h3(request);
+        let (opened, wanted) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let stream = send.send_request(request).await;
+            if let Err(Ok(mut stream)) = opened.send(stream) {
+                stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+            }
+        });
+        let stream = match tokio::time::timeout(self.open_timeout, wanted).await {
+            Ok(Ok(Ok(stream))) => stream,
+            Ok(Err(_)) => return Err(ConnectError::Timeout(self.open_timeout)),
+            Ok(Ok(Err(e))) => {
                 if matches!(e, h3::error::StreamError::RemoteClosing { .. }) {
                     // GOAWAY: no more streams here; the pool dials another connection.
                     self.closed.store(true, Ordering::Release);

@@ -59,7 +59,9 @@ impl Datagrams {
                     .get(&qsid)
                     .cloned();
                 if let Some(flow) = flow {
-                    let _ = flow.try_send(datagram);
+                    // A copy: quinn's datagram is a slice of the whole receive batch, which a
+                    // flow's queue would otherwise keep alive.
+                    let _ = flow.try_send(Bytes::copy_from_slice(&datagram));
                 }
             }
         });

@@ -252,6 +252,77 @@ impl CaClient for FakeCa {
     }
 }
 
+/// The application's end of a tunnel: a loopback connection whose other end is spliced into
+/// `send`/`recv` (by a task of its own).
+pub async fn splice_to_app(
+    send: crate::hbone::TunnelSend,
+    recv: crate::hbone::TunnelRecv,
+) -> tokio::net::TcpStream {
+    use tokio::net::{TcpListener, TcpStream};
+    let app_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = TcpStream::connect(app_listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut proxied, _) = app_listener.accept().await.unwrap();
+    tokio::spawn(async move {
+        let _ = crate::hbone::splice(&mut proxied, send, recv, |_| {}, |_| {}).await;
+    });
+    app
+}
+
+/// A target server on loopback; each accepted connection is handed to `behaviour`.
+pub async fn target<F, Fut>(behaviour: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(behaviour(tcp));
+        }
+    });
+    addr
+}
+
+/// A target that reports how the first connection's data ended: `UnexpectedEof` for a clean end,
+/// else the error's kind (`ConnectionReset` for a reset).
+pub async fn end_observer() -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Receiver<std::io::ErrorKind>,
+) {
+    use tokio::io::AsyncReadExt;
+    let (tx, rx) = tokio::sync::oneshot::channel::<std::io::ErrorKind>();
+    let tx = Mutex::new(Some(tx));
+    let addr = target(move |mut tcp| {
+        let tx = tx.lock().unwrap().take();
+        async move {
+            let mut buf = [0u8; 16];
+            let kind = loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) => break std::io::ErrorKind::UnexpectedEof,
+                    Ok(_) => continue,
+                    Err(e) => break e.kind(),
+                }
+            };
+            if let Some(tx) = tx {
+                let _ = tx.send(kind);
+            }
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+/// `f`, or a panic after 10 s.
+pub async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("timed out")
+}
+
 /// What the test HBONE servers do with a stream (see [`spawn_hbone_server`]).
 async fn serve_test_stream(mut stream: crate::hbone::InboundStream, expect_peer: Option<Identity>) {
     use crate::hbone::{parse_connect, refuse, splice};

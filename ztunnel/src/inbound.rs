@@ -80,7 +80,18 @@ pub(crate) async fn connection(
         drained,
         handshaken,
     );
-    match served.await {
+    ended(&ctx, &local, peer, served.await);
+}
+
+/// Counts and logs how an inbound HBONE connection (over either transport) from `peer` ended: a
+/// failed handshake is a metric and a warning.
+pub(crate) fn ended(
+    ctx: &Context,
+    local: &LocalWorkload,
+    peer: Option<SocketAddr>,
+    served: Result<(), ConnectError>,
+) {
+    match served {
         Ok(()) => {}
         Err(e @ (ConnectError::Tls(_) | ConnectError::Alpn)) => {
             ctx.metrics

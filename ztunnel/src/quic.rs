@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use veil_mesh::hbone::quic::{self, serve_connection};
 use veil_mesh::hbone::{ConnectError, H3Client, HBONE_PORT};
-use veil_mesh::telemetry::metrics::{Direction, HandshakeLabels, Principal, Resource};
+use veil_mesh::telemetry::metrics::Resource;
 
 use crate::accept;
 use crate::capture::Family;
@@ -244,22 +244,14 @@ async fn connection(
         ctx.drain_started(),
         move || drop(handshake),
     );
-    match served.await {
-        Ok(()) => {}
-        Err(e @ (ConnectError::Tls(_) | ConnectError::Alpn)) => {
-            ctx.metrics
-                .handshake_failures
-                .get_or_create(&HandshakeLabels {
-                    direction: Direction::Inbound,
-                    local_identity: Principal(Some(local.workload.identity.clone())),
-                })
-                .inc();
-            warn!(workload = %local.workload.key(), %peer, error = %e, "inbound QUIC handshake refused");
+    // A QUIC handshake's TLS failure arrives as a QUIC error: counted as a failed handshake too.
+    let served = match served.await {
+        Err(ConnectError::Quic(e)) if matches!(*e, quinn::ConnectionError::TransportError(_)) => {
+            Err(ConnectError::Tls(std::io::Error::other(e.to_string())))
         }
-        Err(e) => {
-            debug!(workload = %local.workload.key(), %peer, error = %e, "inbound HBONE connection over QUIC ended")
-        }
-    }
+        served => served,
+    };
+    inbound::ended(&ctx, &local, Some(peer), served);
 }
 
 /// Dials `addr` over QUIC from `endpoint` with the client TLS configuration `tls`, within the

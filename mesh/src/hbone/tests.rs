@@ -13,7 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 use crate::identity::{Identity, client_config};
-use crate::testing::{REFUSED_PORT, TestPki, spawn_hbone_server, spawn_hbone_server_with};
+use crate::testing::{
+    REFUSED_PORT, TestPki, end_observer, spawn_hbone_server, spawn_hbone_server_with,
+    splice_to_app, target, with_timeout,
+};
 
 fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "default", sa).unwrap()
@@ -38,38 +41,7 @@ async fn tunnel(client: &H2Client, target: SocketAddr) -> TcpStream {
         .open(connect_request(target, &TunnelMeta::default()), None)
         .await
         .unwrap();
-    let app_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = TcpStream::connect(app_listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (mut proxied, _) = app_listener.accept().await.unwrap();
-    tokio::spawn(async move {
-        let _ = splice(&mut proxied, send, recv, |_| {}, |_| {}).await;
-    });
-    app
-}
-
-/// A target server; each accepted connection is handed to `behaviour`.
-async fn target<F, Fut>(behaviour: F) -> SocketAddr
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            tokio::spawn(behaviour(tcp));
-        }
-    });
-    addr
-}
-
-async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("timed out")
+    splice_to_app(send, recv).await
 }
 
 #[tokio::test]
@@ -173,23 +145,7 @@ async fn a_target_fin_reaches_the_client_which_can_still_send() {
 async fn a_client_reset_reaches_the_target_as_a_reset() {
     let pki = TestPki::new("cluster.local");
     let proxy = server_proxy(&pki).await;
-    let (tx, rx) = tokio::sync::oneshot::channel::<ErrorKind>();
-    let tx = std::sync::Mutex::new(Some(tx));
-    let observer = target(move |mut tcp| {
-        let tx = tx.lock().unwrap().take();
-        async move {
-            let mut buf = [0u8; 16];
-            let kind = loop {
-                match tcp.read(&mut buf).await {
-                    Ok(0) => break ErrorKind::UnexpectedEof,
-                    Ok(_) => continue,
-                    Err(e) => break e.kind(),
-                }
-            };
-            let _ = tx.unwrap().send(kind);
-        }
-    })
-    .await;
+    let (observer, rx) = end_observer().await;
     let client = client(&pki, proxy).await;
     let app = tunnel(&client, observer).await;
     let mut app = app;

@@ -13,7 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 use super::*;
 use crate::hbone::{EarlyData, TunnelMeta, connect_request, parse_connect, splice};
 use crate::identity::{Identity, client_config as tls_client};
-use crate::testing::{REFUSED_PORT, TestPki, spawn_hbone_quic_server};
+use crate::testing::{
+    REFUSED_PORT, TestPki, end_observer, spawn_hbone_quic_server, splice_to_app, target,
+    with_timeout,
+};
 
 fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "default", sa).unwrap()
@@ -43,37 +46,7 @@ async fn tunnel(client: &H3Client, target: SocketAddr) -> TcpStream {
         .open(connect_request(target, &TunnelMeta::default()), None)
         .await
         .unwrap();
-    let app_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = TcpStream::connect(app_listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (mut proxied, _) = app_listener.accept().await.unwrap();
-    tokio::spawn(async move {
-        let _ = splice(&mut proxied, send, recv, |_| {}, |_| {}).await;
-    });
-    app
-}
-
-async fn target<F, Fut>(behaviour: F) -> SocketAddr
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            tokio::spawn(behaviour(tcp));
-        }
-    });
-    addr
-}
-
-async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("timed out")
+    splice_to_app(send, recv).await
 }
 
 async fn server(pki: &TestPki) -> SocketAddr {
@@ -125,23 +98,7 @@ async fn a_target_reset_reaches_the_client_as_a_reset_and_a_client_reset_the_tar
     let err = with_timeout(app.read(&mut buf)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionReset);
 
-    let (tx, rx) = tokio::sync::oneshot::channel::<ErrorKind>();
-    let tx = std::sync::Mutex::new(Some(tx));
-    let observer = target(move |mut tcp| {
-        let tx = tx.lock().unwrap().take();
-        async move {
-            let mut buf = [0u8; 16];
-            let kind = loop {
-                match tcp.read(&mut buf).await {
-                    Ok(0) => break ErrorKind::UnexpectedEof,
-                    Ok(_) => continue,
-                    Err(e) => break e.kind(),
-                }
-            };
-            let _ = tx.unwrap().send(kind);
-        }
-    })
-    .await;
+    let (observer, rx) = end_observer().await;
     let mut app = tunnel(&client, observer).await;
     app.write_all(b"x").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -160,23 +117,7 @@ async fn a_tunnel_dropped_half_way_is_reset_at_the_target_not_finished() {
     // QUIC would finish a dropped stream; veil resets it.
     let pki = TestPki::new("cluster.local");
     let proxy = server(&pki).await;
-    let (tx, rx) = tokio::sync::oneshot::channel::<ErrorKind>();
-    let tx = std::sync::Mutex::new(Some(tx));
-    let observer = target(move |mut tcp| {
-        let tx = tx.lock().unwrap().take();
-        async move {
-            let mut buf = [0u8; 16];
-            let kind = loop {
-                match tcp.read(&mut buf).await {
-                    Ok(0) => break ErrorKind::UnexpectedEof,
-                    Ok(_) => continue,
-                    Err(e) => break e.kind(),
-                }
-            };
-            let _ = tx.unwrap().send(kind);
-        }
-    })
-    .await;
+    let (observer, rx) = end_observer().await;
     let client = connect(&pki, proxy, "client", "server").await.unwrap();
     let (mut send, recv) = client
         .open(connect_request(observer, &TunnelMeta::default()), None)

@@ -220,9 +220,9 @@ impl H3Client {
         let flag = closed.clone();
         let (lease, unused) = Lease::new();
         // h3 closes the connection as its last request handle drops, abandoning what QUIC has not
-        // delivered yet (a last tunnel's final bytes and FIN). The driver keeps a handle, and
-        // closes only once neither the pool nor any stream uses the connection and the peer has
-        // had time to acknowledge the rest.
+        // delivered yet (a last tunnel's final bytes and FIN). The driver keeps a handle; once
+        // neither the pool nor any stream uses the connection it says GOAWAY, and the server
+        // closes when it has finished every request.
         let keep = send.clone();
         tokio::spawn(async move {
             let mut keep = Some(keep);

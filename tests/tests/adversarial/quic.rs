@@ -1,6 +1,6 @@
 //! HBONE over QUIC (`--hbone-quic`, issue 15): tunnels between enrolled pods cross the wire as
 //! QUIC on UDP 15008 only (no TCP 15008, no plaintext), L4 policy judges them as over HTTP/2, UDP
-//! flows ride them too; a peer whose UDP 15008 is blocked is reached over HTTP/2 within the head
+//! flows (a UDP echo, a DNS query to dnsmasq) ride them too as HTTP/3 datagrams; a peer whose UDP 15008 is blocked is reached over HTTP/2 within the head
 //! start, and then dialled on HTTP/2 alone. Real clients and servers (curl, Python sockets), the
 //! wire read by tcpdump.
 
@@ -75,24 +75,72 @@ fn transports(m: &Mesh) -> Vec<String> {
         .collect()
 }
 
-const ALLOW_8080_AND_5353: &str = r#"
+const ALLOW_SOME_PORTS: &str = r#"
   - apiVersion: security.veil.dev/v1
     kind: AuthorizationPolicy
     metadata: {name: some-ports, namespace: user-data}
     spec:
-      rules: [{to: [{operation: {ports: ["8080", "5353"]}}]}]
+      rules: [{to: [{operation: {ports: ["8080", "5353", "5300"]}}]}]
 "#;
+
+/// dnsmasq in the server pod on UDP 5300, answering `db.veil.test` with 10.9.8.7.
+fn resolver(m: &mut Mesh, server: &str) {
+    let pid_file = format!("--pid-file={}", m.dir.join("dnsmasq.pid").display());
+    let listen = format!("--listen-address={server}");
+    let argv = [
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--log-facility=-",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--user=root",
+        &pid_file,
+        "--port=5300",
+        &listen,
+        "--address=/db.veil.test/10.9.8.7",
+    ];
+    let proc = m.spawn_in_pod("server", "dnsmasq", &argv).expect("dnsmasq");
+    proc.wait_for("started", Duration::from_secs(10))
+        .expect("dnsmasq started");
+}
+
+/// `dig` from the client at the resolver on `server`: the short answer.
+fn dig(m: &Mesh, server: &str) -> String {
+    let at = format!("@{server}");
+    let argv = [
+        "dig",
+        &at,
+        "-p",
+        "5300",
+        "+short",
+        "+tries=2",
+        "+time=2",
+        "db.veil.test",
+    ];
+    let out = m.run_in_pod("client", &argv).expect("dig");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
 
 #[test]
 fn tcp_and_udp_between_enrolled_pods_cross_the_wire_as_quic_only_and_policy_still_judges() {
     if skip_unless_root("quic_hbone") {
         return;
     }
-    let mut m = mesh(ALLOW_8080_AND_5353, false);
+    let mut m = mesh(ALLOW_SOME_PORTS, false);
     serve(&mut m, "server", "tcp", TCP_SERVER, &["0.0.0.0", "5353"]);
     serve(&mut m, "server", "udp", UDP_SERVER, &["0.0.0.0", "5353"]);
     serve(&mut m, "server", "denied", TCP_SERVER, &["0.0.0.0", "5354"]);
+    serve(
+        &mut m,
+        "server",
+        "udp-denied",
+        UDP_SERVER,
+        &["0.0.0.0", "5354"],
+    );
     let server = ip(&m, "server");
+    // A resolver in the mesh: a DNS query over QUIC (HTTP/3 datagrams).
+    resolver(&mut m, &server);
     let wire = capture(&m);
     let url = format!("http://{server}:8080/over-quic");
     assert_eq!(m.curl("client", &url).map(|r| r.0), Ok(200));
@@ -106,11 +154,16 @@ fn tcp_and_udp_between_enrolled_pods_cross_the_wire_as_quic_only_and_policy_stil
     );
     // Denied by the L4 policy at the destination, as over HTTP/2: nothing reaches the server.
     let denied = tcp(&m, "client", &server, 5354, "QUIC-DENIED-MARKER");
+    let answer = dig(&m, &server);
+    let udp_denied = udp(&m, "client", &server, 5354, "QUIC-UDP-DENIED-MARKER");
     // An application sending its own UDP to the QUIC port: ztunnel's port, never a path out.
     let to_port = udp(&m, "client", &server, 15008, "QUIC-PORT-MARKER");
     let wire = wire.finish().expect("capture");
     assert!(!denied.starts_with("REPLY"), "{denied}");
     assert!(!to_port.starts_with("REPLY"), "{to_port}");
+    assert_eq!(answer, "10.9.8.7", "the in-mesh resolver answers over QUIC");
+    assert!(!udp_denied.starts_with("REPLY"), "{udp_denied}");
+    assert!(!output(&m, "udp-denied").contains("RECEIVED"));
     assert!(!output(&m, "denied").contains("ACCEPTED"));
     assert!(output(&m, "udp").contains("RECEIVED QUIC-UDP-MARKER"));
     assert!(
@@ -124,7 +177,7 @@ fn tcp_and_udp_between_enrolled_pods_cross_the_wire_as_quic_only_and_policy_stil
         "HBONE over TCP on the wire:\n{}",
         wire.summary
     );
-    for port in [8080, 5353, 5354] {
+    for port in [8080, 5353, 5354, 5300] {
         assert_eq!(wire.packets_on_port(port), 0, "{}", wire.summary);
     }
     for marker in [
@@ -133,6 +186,8 @@ fn tcp_and_udp_between_enrolled_pods_cross_the_wire_as_quic_only_and_policy_stil
         b"QUIC-UDP-MARKER",
         b"QUIC-DENIED-MARKER",
         b"QUIC-PORT-MARKER",
+        b"QUIC-UDP-DENIED-MARKER",
+        b"\x04veil\x04test",
     ] {
         assert!(!wire.contains(marker), "plaintext crossed the wire");
     }

@@ -199,6 +199,10 @@ impl Cluster {
     fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
         ip(&["netns", "add", name])?;
         self.created.push(name.to_owned());
+        // Interfaces made here from now on skip duplicate address detection for their link-local
+        // addresses too: neighbour discovery waits on it (a second or two), so a node's first
+        // IPv6 packets would otherwise sit queued, long enough to fail a QUIC dial's 1 s timeout.
+        sysctl(name, "net.ipv6.conf.default.accept_dad=0")?;
         ip(&["-n", name, "link", "set", "lo", "up"])
     }
 

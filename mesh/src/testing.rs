@@ -252,18 +252,22 @@ impl CaClient for FakeCa {
     }
 }
 
+/// A connected pair of loopback TCP sockets: the connecting end (an application's) and the
+/// accepted end (what a proxy would hold).
+pub async fn socket_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+    let (connected, accepted) = tokio::join!(connect, listener.accept());
+    (connected.unwrap(), accepted.unwrap().0)
+}
+
 /// The application's end of a tunnel: a loopback connection whose other end is spliced into
 /// `send`/`recv` (by a task of its own).
 pub async fn splice_to_app(
     send: crate::hbone::TunnelSend,
     recv: crate::hbone::TunnelRecv,
 ) -> tokio::net::TcpStream {
-    use tokio::net::{TcpListener, TcpStream};
-    let app_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = TcpStream::connect(app_listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (mut proxied, _) = app_listener.accept().await.unwrap();
+    let (app, mut proxied) = socket_pair().await;
     tokio::spawn(async move {
         let _ = crate::hbone::splice(&mut proxied, send, recv, |_| {}, |_| {}).await;
     });
@@ -353,6 +357,33 @@ pub async fn spawn_hbone_quic_server(
     identity: &Identity,
     expect_peer: Option<&Identity>,
 ) -> std::net::SocketAddr {
+    let (_, never) = tokio::sync::watch::channel(false);
+    quic_server(pki, identity, expect_peer, never).await.0
+}
+
+/// As [`spawn_hbone_quic_server`] (expecting any client), with every connection told to drain
+/// (GOAWAY, then its end once its streams have ended) when `drain` turns true; each connection's
+/// end comes out of the returned channel.
+pub async fn spawn_draining_hbone_quic_server(
+    pki: &TestPki,
+    identity: &Identity,
+    drain: tokio::sync::watch::Receiver<bool>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Result<(), crate::hbone::ConnectError>>,
+) {
+    quic_server(pki, identity, None, drain).await
+}
+
+async fn quic_server(
+    pki: &TestPki,
+    identity: &Identity,
+    expect_peer: Option<&Identity>,
+    drain: tokio::sync::watch::Receiver<bool>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Result<(), crate::hbone::ConnectError>>,
+) {
     use crate::hbone::H2Settings;
     use crate::hbone::quic::{endpoint, serve_connection, server_config};
     use crate::identity::{FixedCert, server_config as tls_config};
@@ -368,19 +399,25 @@ pub async fn spawn_hbone_quic_server(
     let addr = socket.local_addr().unwrap();
     let endpoint = endpoint(socket, Some(config)).unwrap();
     let expect_peer = expect_peer.cloned();
+    let (ended, ends) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
             let expect_peer = expect_peer.clone();
             let settings = settings.clone();
+            let (mut drain, ended) = (drain.clone(), ended.clone());
             tokio::spawn(async move {
                 let handler = move |stream| serve_test_stream(stream, expect_peer.clone());
-                let _ =
-                    serve_connection(incoming, &settings, handler, std::future::pending(), || {})
-                        .await;
+                let shutdown = async move {
+                    if drain.wait_for(|drain| *drain).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                let served = serve_connection(incoming, &settings, handler, shutdown, || {}).await;
+                let _ = ended.send(served);
             });
         }
     });
-    addr
+    (addr, ends)
 }
 
 /// CONNECTs to this port are refused with 401 by [`spawn_hbone_server`].

@@ -223,7 +223,7 @@ impl H3Client {
         // delivered yet (a last tunnel's final bytes and FIN). The driver keeps a handle; once
         // neither the pool nor any stream uses the connection it says GOAWAY, and the server
         // closes when it has finished every request.
-        let keep = send.clone();
+        let (keep, quic) = (send.clone(), conn.clone());
         tokio::spawn(async move {
             let mut keep = Some(keep);
             let mut unused = std::pin::pin!(unused);
@@ -241,7 +241,10 @@ impl H3Client {
                         cap.as_mut().reset(tokio::time::Instant::now() + CLOSE_CAP);
                     }
                     // A server that never closes: this side does.
-                    () = &mut cap, if keep.is_some() => keep = None,
+                    () = &mut cap, if keep.is_some() => {
+                        keep = None;
+                        quic.close(H3_NO_ERROR, b"");
+                    }
                 }
             };
             if !e.is_h3_no_error() {
@@ -330,6 +333,42 @@ impl H3Client {
     }
 }
 
+/// HTTP/3's "no error" (RFC 9114 §8.1): a connection closed once its work is done.
+pub const H3_NO_ERROR: VarInt = VarInt::from_u32(0x100);
+
+/// The requests a server connection is serving.
+#[derive(Default)]
+struct Requests(Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>);
+
+/// One request being served; dropped when it ends.
+struct OpenRequest(Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>);
+
+impl Requests {
+    fn open(&self) -> OpenRequest {
+        self.0.0.fetch_add(1, Ordering::AcqRel);
+        OpenRequest(self.0.clone())
+    }
+
+    /// Completes once no request is open.
+    async fn none_open(&self) {
+        loop {
+            let ended = self.0.1.notified();
+            if self.0.0.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        if self.0.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.1.notify_waiters();
+        }
+    }
+}
+
 /// A request in HTTP/2's form (`h2::ext::Protocol`) as h3 sends it.
 fn to_h3(mut request: Request<()>) -> Request<()> {
     let udp = request
@@ -409,6 +448,7 @@ where
     let datagrams = Datagrams::start(quic.clone());
     tokio::pin!(shutdown);
     let mut draining = false;
+    let requests = Requests::default();
     loop {
         let accepted = tokio::select! {
             accepted = conn.accept() => accepted,
@@ -417,6 +457,9 @@ where
                 conn.shutdown(0).await?;
                 continue;
             }
+            // After this side's GOAWAY h3 waits for streams that cannot come (it ends on the
+            // client's GOAWAY only): the connection ends with its last request.
+            () = requests.none_open(), if draining => Ok(None),
         };
         let resolver = match accepted {
             Ok(Some(resolver)) => resolver,
@@ -424,6 +467,7 @@ where
             // or, after a moment for its last acknowledgements, this side does.
             Ok(None) => {
                 let _ = tokio::time::timeout(LINGER, quic.closed()).await;
+                quic.close(H3_NO_ERROR, b"");
                 return Ok(());
             }
             Err(e) if e.is_h3_no_error() => return Ok(()),
@@ -433,7 +477,9 @@ where
             }
         };
         let (handler, peer, datagrams) = (handler.clone(), peer.clone(), datagrams.clone());
+        let open = requests.open();
         tokio::spawn(async move {
+            let _open = open;
             // A client that opens a stream and never sends its headers holds it no longer than a
             // handshake may take.
             let resolved = tokio::time::timeout(timeout, resolver.resolve_request()).await;

@@ -7,7 +7,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::*;
 use crate::hbone::{H2Client, H2Settings, splice};
 use crate::identity::client_config;
-use crate::testing::{TestPki, spawn_hbone_server, spawn_hbone_server_with};
+use crate::testing::{TestPki, socket_pair, spawn_hbone_server, spawn_hbone_server_with};
 
 fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "default", sa).unwrap()
@@ -93,11 +93,7 @@ async fn round_trip(s: &Setup) -> StreamGuard {
         .open(&s.key, s.echo, &TunnelMeta::default(), &s.dialer, None)
         .await
         .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut app = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (mut proxied, _) = listener.accept().await.unwrap();
+    let (mut app, mut proxied) = socket_pair().await;
     let task = tokio::spawn(async move { splice(&mut proxied, send, recv, |_| {}, |_| {}).await });
     app.write_all(b"ping").await.unwrap();
     app.shutdown().await.unwrap();

@@ -3,25 +3,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
 
 use super::*;
-
-/// A connected pair of sockets.
-async fn pair() -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap());
-    let (client, accepted) = tokio::join!(client, listener.accept());
-    (client.unwrap(), accepted.unwrap().0)
-}
+use crate::testing::socket_pair;
 
 #[tokio::test]
 async fn a_reset_on_one_side_reaches_the_other_as_a_reset_not_an_end() {
     for (server_resets, pipes) in [(true, 0), (false, 0), (true, 4), (false, 4)] {
         let limit = pipes;
         let pipes = Pipes::new(limit);
-        let (mut client, mut a) = pair().await;
-        let (mut b, mut server) = pair().await;
+        let (mut client, mut a) = socket_pair().await;
+        let (mut b, mut server) = socket_pair().await;
         let relayed = tokio::spawn(async move { relay(&mut a, &mut b, &pipes).await });
         client.write_all(b"part of a request").await.unwrap();
         let mut got = [0u8; 17];
@@ -57,8 +49,8 @@ async fn relays_both_ways_with_half_close_and_counts_bytes() {
     // kernel's size and of 1 MiB.
     for (limit, capacity) in [(0, 0), (1, 0), (4, 0), (4, 1 << 20)] {
         let pipes = Arc::new(Pipes::new(limit).with_capacity(capacity));
-        let (mut client, mut a) = pair().await;
-        let (mut b, mut server) = pair().await;
+        let (mut client, mut a) = socket_pair().await;
+        let (mut b, mut server) = socket_pair().await;
         // Live counts, chunk by chunk, as the same-node path's metrics take them.
         let (up_live, down_live) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (up_count, down_count) = (up_live.clone(), down_live.clone());
@@ -133,8 +125,8 @@ async fn relays_both_ways_with_half_close_and_counts_bytes() {
 #[tokio::test]
 async fn small_bursts_are_copied_without_a_pipe() {
     let pipes = Pipes::new(8);
-    let (mut client, mut a) = pair().await;
-    let (mut b, mut server) = pair().await;
+    let (mut client, mut a) = socket_pair().await;
+    let (mut b, mut server) = socket_pair().await;
     client.write_all(b"a request").await.unwrap();
     client.shutdown().await.unwrap();
     server.write_all(b"an answer").await.unwrap();
@@ -147,8 +139,8 @@ async fn small_bursts_are_copied_without_a_pipe() {
 async fn pipes_are_reused_not_made_per_connection() {
     let pipes = Pipes::new(8);
     for round in 0..20 {
-        let (mut client, mut a) = pair().await;
-        let (mut b, mut server) = pair().await;
+        let (mut client, mut a) = socket_pair().await;
+        let (mut b, mut server) = socket_pair().await;
         // More than a buffer's worth: spliced.
         let message = pattern(2 * CHUNK + round);
         let sent = message.clone();
@@ -179,8 +171,8 @@ async fn urgent_data_is_stepped_over_not_taken_for_a_stall_or_an_end() {
     // did). With a FIN queued behind the mark, a splice reports an end; without, nothing at all.
     for fin in [true, false] {
         let pipes = Arc::new(Pipes::new(4));
-        let (mut client, mut a) = pair().await;
-        let (mut b, mut server) = pair().await;
+        let (mut client, mut a) = socket_pair().await;
+        let (mut b, mut server) = socket_pair().await;
         // All of it queued before the relay's first read, which splices.
         client.write_all(b"before the mark ").await.unwrap();
         rustix::net::send(&client, b"!", rustix::net::SendFlags::OOB).unwrap();
@@ -216,8 +208,8 @@ async fn urgent_data_is_stepped_over_not_taken_for_a_stall_or_an_end() {
 #[tokio::test]
 async fn a_relay_cut_with_bytes_in_its_pipe_closes_the_pipe() {
     let pipes = Arc::new(Pipes::new(4).with_capacity(1 << 20));
-    let (mut client, mut a) = pair().await;
-    let (mut b, _server) = pair().await;
+    let (mut client, mut a) = socket_pair().await;
+    let (mut b, _server) = socket_pair().await;
     let relaying = pipes.clone();
     let relayed = tokio::spawn(async move {
         relay_from(&mut a, &mut b, &relaying, Mode::Splice, |_| {}, |_| {}).await

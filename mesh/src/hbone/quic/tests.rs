@@ -14,8 +14,8 @@ use super::*;
 use crate::hbone::{EarlyData, TunnelMeta, connect_request, parse_connect, splice};
 use crate::identity::{Identity, client_config as tls_client};
 use crate::testing::{
-    REFUSED_PORT, TestPki, end_observer, spawn_hbone_quic_server, splice_to_app, target,
-    with_timeout,
+    REFUSED_PORT, TestPki, end_observer, socket_pair, spawn_draining_hbone_quic_server,
+    spawn_hbone_quic_server, splice_to_app, target, with_timeout,
 };
 
 fn id(sa: &str) -> Identity {
@@ -78,6 +78,52 @@ async fn bytes_flow_both_ways_and_a_half_close_crosses_over_http3() {
     read.unwrap();
     assert!(back == payload, "all bytes echoed after the half-close");
     assert!(!client.is_closed());
+}
+
+#[tokio::test]
+async fn a_draining_server_serves_its_open_tunnel_to_the_end_then_closes_the_connection() {
+    let pki = TestPki::new("cluster.local");
+    let (drain, draining) = tokio::sync::watch::channel(false);
+    let (proxy, mut ends) = spawn_draining_hbone_quic_server(&pki, &id("server"), draining).await;
+    let echo = target(|tcp| async move {
+        let (mut rd, mut wr) = tcp.into_split();
+        let _ = tokio::io::copy(&mut rd, &mut wr).await;
+    })
+    .await;
+    let client = connect(&pki, proxy, "client", "server").await.unwrap();
+    let mut app = tunnel(&client, echo).await;
+    drain.send_replace(true);
+    // Its GOAWAY reaches the client: no new tunnel on this connection, which the pool then
+    // leaves for a new one.
+    with_timeout(async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let opened = client
+                .open(connect_request(echo, &TunnelMeta::default()), None)
+                .await;
+            if opened.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(client.is_closed());
+    // The tunnel open before goes on.
+    app.write_all(b"still here").await.unwrap();
+    let mut back = [0; 10];
+    with_timeout(app.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, b"still here");
+    assert!(
+        ends.try_recv().is_err(),
+        "the connection ended under its tunnel"
+    );
+    // Once it ends, so does the connection (long before QUIC's idle timeout): the draining
+    // ztunnel holding it may exit.
+    drop(app);
+    let served = with_timeout(ends.recv())
+        .await
+        .expect("the connection's end");
+    assert!(served.is_ok(), "{served:?}");
 }
 
 #[tokio::test]
@@ -164,11 +210,7 @@ async fn refusals_come_back_as_statuses_and_early_data_goes_with_the_request() {
         let _ = tokio::io::copy(&mut rd, &mut wr).await;
     })
     .await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut app = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (mut proxied, _) = listener.accept().await.unwrap();
+    let (mut app, mut proxied) = socket_pair().await;
     app.write_all(b"first bytes").await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut early = EarlyData::new(&proxied);
@@ -275,11 +317,7 @@ async fn an_application_reset_while_the_tunnel_waits_for_the_peer_ends_the_splic
         .open(connect_request(silent, &TunnelMeta::default()), None)
         .await
         .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut app = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (mut proxied, _) = listener.accept().await.unwrap();
+    let (mut app, mut proxied) = socket_pair().await;
     tokio::spawn(async move {
         app.write_all(b"x").await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;

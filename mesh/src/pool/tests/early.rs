@@ -110,11 +110,7 @@ async fn answer_after_data(
 
 /// An application connection whose first bytes are already written, and ztunnel's end of it.
 async fn app_that_spoke_first(first: &[u8]) -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut app = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (proxied, _) = listener.accept().await.unwrap();
+    let (mut app, proxied) = socket_pair().await;
     app.write_all(first).await.unwrap();
     // Until the bytes are readable on the other end, so that the test does not race the kernel.
     proxied.readable().await.unwrap();
@@ -223,11 +219,7 @@ async fn a_tunnel_that_sent_nothing_yet_is_still_redialled_once_after_a_failure(
     let (server, seen) = scripted_server(&pki, vec![Step::DropAtOnce, Step::Answer]).await;
     let client = Client::new(pki, server);
     // A server-speaks-first protocol: the client has written nothing.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let _app = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (proxied, _) = listener.accept().await.unwrap();
+    let (_app, proxied) = socket_pair().await;
     let mut early = EarlyData::new(&proxied);
     let opened = client.open(&mut early).await;
     assert!(opened.is_ok());

@@ -338,4 +338,10 @@ impl Locals {
         let locals = self.0.read().unwrap_or_else(|e| e.into_inner());
         locals.get(uid).cloned()
     }
+
+    /// Every enrolled pod.
+    pub fn all(&self) -> Vec<Arc<LocalWorkload>> {
+        let locals = self.0.read().unwrap_or_else(|e| e.into_inner());
+        locals.values().cloned().collect()
+    }
 }

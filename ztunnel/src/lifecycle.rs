@@ -235,6 +235,14 @@ impl Owner {
             period = ?period,
             "draining: no new connection is accepted here; the open ones are served until they end"
         );
+        self.serve_until_drained(period, stops).await;
+        // QUIC has no kernel to end its connections when the process exits: say so to the peers,
+        // which would otherwise hold them until their idle timeout.
+        crate::quic::close_all(self.ctx()).await;
+    }
+
+    /// Serves what is open until nothing is, `period` passes or another stop request comes.
+    async fn serve_until_drained(&mut self, period: Duration, stops: &mut Stops) {
         let deadline = tokio::time::Instant::now() + period;
         let handover_ends = tokio::time::Instant::now() + HANDOVER_WAIT.min(period);
         let mut report = tokio::time::interval(DRAIN_REPORT);

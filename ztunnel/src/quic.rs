@@ -111,6 +111,11 @@ impl Endpoints {
         self.0[usize::from(ip.is_ipv6())].get()
     }
 
+    /// The endpoints bound.
+    fn bound(&self) -> impl Iterator<Item = &quinn::Endpoint> {
+        self.0.iter().filter_map(OnceLock::get)
+    }
+
     fn set(&self, family: Family, endpoint: quinn::Endpoint) {
         // Set once per family: a second endpoint would be a bug, and the first keeps serving.
         let _ = self.0[usize::from(family == Family::V6)].set(endpoint);
@@ -252,6 +257,33 @@ async fn connection(
         served => served,
     };
     inbound::ended(&ctx, &local, Some(peer), served);
+}
+
+/// How long a stopping ztunnel gives its QUIC connections' closes to go out.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
+
+/// Closes every pod's QUIC connections (a stopping ztunnel, once drained or out of time): peers
+/// learn at once that they have ended, as a TCP peer does from the kernel when a process exits.
+pub async fn close_all(ctx: &Context) {
+    let endpoints: Vec<quinn::Endpoint> = ctx
+        .locals
+        .all()
+        .iter()
+        .flat_map(|local| local.quic.bound().cloned().collect::<Vec<_>>())
+        .collect();
+    if endpoints.is_empty() {
+        return;
+    }
+    for endpoint in &endpoints {
+        endpoint.close(quic::H3_NO_ERROR, b"ztunnel stopped");
+    }
+    // Closing all at once above; the waits overlap.
+    let idle = async {
+        for endpoint in &endpoints {
+            endpoint.wait_idle().await;
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, idle).await;
 }
 
 /// Dials `addr` over QUIC from `endpoint` with the client TLS configuration `tls`, within the

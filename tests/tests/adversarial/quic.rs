@@ -15,6 +15,7 @@ use super::apply;
 use super::capture::{
     TCP_SERVER, UDP_SERVER, assert_mesh_still_serves, ip, output, serve, tcp, udp,
 };
+use super::udp::{dig, resolver};
 
 /// A client in `production` (node-a) and a server in `user-data` (node-b), both nodes speaking
 /// QUIC and carrying UDP.
@@ -83,45 +84,6 @@ const ALLOW_SOME_PORTS: &str = r#"
       rules: [{to: [{operation: {ports: ["8080", "5353", "5300"]}}]}]
 "#;
 
-/// dnsmasq in the server pod on UDP 5300, answering `db.veil.test` with 10.9.8.7.
-fn resolver(m: &mut Mesh, server: &str) {
-    let pid_file = format!("--pid-file={}", m.dir.join("dnsmasq.pid").display());
-    let listen = format!("--listen-address={server}");
-    let argv = [
-        "dnsmasq",
-        "--keep-in-foreground",
-        "--log-facility=-",
-        "--no-resolv",
-        "--no-hosts",
-        "--bind-interfaces",
-        "--user=root",
-        &pid_file,
-        "--port=5300",
-        &listen,
-        "--address=/db.veil.test/10.9.8.7",
-    ];
-    let proc = m.spawn_in_pod("server", "dnsmasq", &argv).expect("dnsmasq");
-    proc.wait_for("started", Duration::from_secs(10))
-        .expect("dnsmasq started");
-}
-
-/// `dig` from the client at the resolver on `server`: the short answer.
-fn dig(m: &Mesh, server: &str) -> String {
-    let at = format!("@{server}");
-    let argv = [
-        "dig",
-        &at,
-        "-p",
-        "5300",
-        "+short",
-        "+tries=2",
-        "+time=2",
-        "db.veil.test",
-    ];
-    let out = m.run_in_pod("client", &argv).expect("dig");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 #[test]
 fn tcp_and_udp_between_enrolled_pods_cross_the_wire_as_quic_only_and_policy_still_judges() {
     if skip_unless_root("quic_hbone") {
@@ -140,7 +102,7 @@ fn tcp_and_udp_between_enrolled_pods_cross_the_wire_as_quic_only_and_policy_stil
     );
     let server = ip(&m, "server");
     // A resolver in the mesh: a DNS query over QUIC (HTTP/3 datagrams).
-    resolver(&mut m, &server);
+    resolver(&mut m, "server", "5300", "10.9.8.7");
     let wire = capture(&m);
     let url = format!("http://{server}:8080/over-quic");
     assert_eq!(m.curl("client", &url).map(|r| r.0), Ok(200));
@@ -154,7 +116,7 @@ fn tcp_and_udp_between_enrolled_pods_cross_the_wire_as_quic_only_and_policy_stil
     );
     // Denied by the L4 policy at the destination, as over HTTP/2: nothing reaches the server.
     let denied = tcp(&m, "client", &server, 5354, "QUIC-DENIED-MARKER");
-    let answer = dig(&m, &server);
+    let answer = dig(&m, &server, "5300");
     let udp_denied = udp(&m, "client", &server, 5354, "QUIC-UDP-DENIED-MARKER");
     // An application sending its own UDP to the QUIC port: ztunnel's port, never a path out.
     let to_port = udp(&m, "client", &server, 15008, "QUIC-PORT-MARKER");
@@ -261,4 +223,50 @@ fn a_peer_whose_quic_is_blocked_is_reached_over_http2_within_the_head_start_and_
     );
     assert_eq!(transports(&m), ["h2", "h2"]);
     assert_mesh_still_serves(&mut m);
+}
+
+#[test]
+fn a_stopping_ztunnel_ends_its_quic_connections_at_once_not_at_the_peers_idle_timeout() {
+    if skip_unless_root("quic_close_on_stop") {
+        return;
+    }
+    // A drain period that ends the wait for a successor soon.
+    let mut m = Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        pods: vec![
+            PodSpec::new("client", "production", "node-a"),
+            PodSpec::new("server", "user-data", "node-b"),
+        ],
+        ztunnel_args: vec!["--hbone-quic".into(), "--drain-period=2s".into()],
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh");
+    let url = format!("http://{}:8080/", ip(&m, "server"));
+    assert_eq!(m.curl("client", &url).map(|(code, _)| code), Ok(200));
+    assert_eq!(transports(&m), ["h3"]);
+    let open = |m: &Mesh| {
+        m.metric(
+            "node-b",
+            "veil_resource_in_use",
+            &[("resource", "hbone_connections")],
+        )
+    };
+    assert_eq!(open(&m), 1.0, "the client's pooled QUIC connection");
+    // node-a's ztunnel stops as the kubelet stops it (SIGTERM; no connection is open into its pod,
+    // so it exits once the drain period's wait for a successor is over). Its client connection is
+    // kept alive till then.
+    let mut stopped = m.ztunnels.remove("node-a").expect("node-a's ztunnel");
+    stopped.terminate();
+    assert!(
+        stopped.wait_exit(Duration::from_secs(10)),
+        "{}",
+        stopped.output()
+    );
+    // Its QUIC connection is closed, not abandoned: node-b lets go of it at once, not after QUIC's
+    // idle timeout (the 15 s keep-alive interval and the 10 s ping timeout).
+    assert!(
+        m.eventually(Duration::from_secs(3), || open(&m) == 0.0),
+        "node-b still holds {} HBONE connections",
+        open(&m)
+    );
 }

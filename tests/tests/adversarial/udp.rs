@@ -136,48 +136,8 @@ fn a_dns_query_to_an_in_mesh_resolver_and_its_service_is_carried_and_cluster_dns
         ("server", "5300", "10.9.8.7"),
         ("outsider", "53", "10.9.8.53"),
     ] {
-        let name = format!("dnsmasq-{pod}");
-        let address = format!("--address=/db.veil.test/{answer}");
-        let listen = format!("--listen-address={}", ip(&m, pod));
-        let port = format!("--port={port}");
-        let pid_file = format!("--pid-file={}", m.dir.join(format!("{name}.pid")).display());
-        let argv = [
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--log-facility=-",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--user=root",
-            &pid_file,
-            &port,
-            &listen,
-            &address,
-            "--log-queries",
-        ];
-        let proc = m.spawn_in_pod(pod, &name, &argv).expect("dnsmasq");
-        proc.wait_for("started", Duration::from_secs(10))
-            .expect("dnsmasq started");
+        resolver(&mut m, pod, port, answer);
     }
-    let dig = |m: &Mesh, server: &str, port: &str| {
-        let at = format!("@{server}");
-        let out = m
-            .run_in_pod(
-                "client",
-                &[
-                    "dig",
-                    &at,
-                    "-p",
-                    port,
-                    "+short",
-                    "+tries=2",
-                    "+time=2",
-                    "db.veil.test",
-                ],
-            )
-            .expect("dig");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
     let wire = capture(&m);
     let in_mesh = dig(&m, &ip(&m, "server"), "5300");
     // Through the resolver's Service: its UDP port 1053 leads to the resolver's 5300.
@@ -456,4 +416,47 @@ fn a_flow_carried_before_carrying_is_turned_off_does_not_go_on_in_clear() {
     assert!(!wire.contains(b"TICK-MARKER"), "the flow went on in clear");
     assert!(output(&m, "ticker").contains("ERROR"));
     assert_mesh_still_serves(&mut m);
+}
+
+/// dnsmasq in `pod` on UDP `port` of the pod's address, answering `db.veil.test` with `answer`.
+pub(super) fn resolver(m: &mut Mesh, pod: &str, port: &str, answer: &str) {
+    let name = format!("dnsmasq-{pod}");
+    let address = format!("--address=/db.veil.test/{answer}");
+    let listen = format!("--listen-address={}", ip(m, pod));
+    let port = format!("--port={port}");
+    let pid_file = format!("--pid-file={}", m.dir.join(format!("{name}.pid")).display());
+    let argv = [
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--log-facility=-",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--user=root",
+        &pid_file,
+        &port,
+        &listen,
+        &address,
+        "--log-queries",
+    ];
+    let proc = m.spawn_in_pod(pod, &name, &argv).expect("dnsmasq");
+    proc.wait_for("started", Duration::from_secs(10))
+        .expect("dnsmasq started");
+}
+
+/// `dig` from the client pod at `server`:`port` for `db.veil.test`: the short answer.
+pub(super) fn dig(m: &Mesh, server: &str, port: &str) -> String {
+    let at = format!("@{server}");
+    let argv = [
+        "dig",
+        &at,
+        "-p",
+        port,
+        "+short",
+        "+tries=2",
+        "+time=2",
+        "db.veil.test",
+    ];
+    let out = m.run_in_pod("client", &argv).expect("dig");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

@@ -1,7 +1,9 @@
 //! End-to-end: a ztunnel upgrade in Kubernetes mode (the controller fed by the harness's fake API
 //! server, ztunnel admitting kubelet probes) replaced mid-traffic on both nodes, with a long-lived
-//! stream, a request loop and the nodes' "kubelets" probing throughout. Needs root; skips with a
-//! loud message otherwise.
+//! stream, a request loop and the nodes' "kubelets" probing throughout; once over HBONE on HTTP/2,
+//! once with HBONE over QUIC on (whose sockets are not handed over: the old ztunnels keep their
+//! QUIC tunnels while they drain, new tunnels go over HTTP/2, and QUIC comes back once they have
+//! exited). Needs root; skips with a loud message otherwise.
 
 use std::time::Duration;
 
@@ -16,18 +18,44 @@ const UPGRADE_TRAFFIC: &str = include_str!("upgrade_traffic.py");
 
 #[test]
 fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
+    upgrade_mid_traffic(false);
+}
+
+#[test]
+fn upgrading_ztunnel_with_hbone_over_quic_refuses_no_connection_and_cuts_no_stream() {
+    upgrade_mid_traffic(true);
+}
+
+/// The transports of the HBONE connections opened, as logged in `log`, in order.
+fn transports(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("opened HBONE connection"))
+        .filter_map(|l| l.split(r#""transport":""#).nth(1))
+        .filter_map(|t| t.split('"').next())
+        .collect()
+}
+
+fn upgrade_mid_traffic(quic: bool) {
     use veil_e2e::wire::Capture;
     if skip_unless_root("upgrade") {
         return;
     }
+    let mut pods = vec![
+        PodSpec::new("client", "shop", "node-a"),
+        PodSpec::new("server", "shop", "node-b"),
+    ];
+    let mut ztunnel_args = vec!["--kubelet-probes=true".to_owned()];
+    if quic {
+        // A client that first connects after the upgrade: over QUIC again, once the new
+        // ztunnels hold UDP 15008.
+        pods.push(PodSpec::new("late", "shop", "node-a"));
+        ztunnel_args.push("--hbone-quic".to_owned());
+    }
     let mut m = Mesh::start(MeshSpec {
         nodes: vec!["node-a".into(), "node-b".into()],
-        pods: vec![
-            PodSpec::new("client", "shop", "node-a"),
-            PodSpec::new("server", "shop", "node-b"),
-        ],
+        pods,
         kubernetes: true,
-        ztunnel_args: vec!["--kubelet-probes=true".into()],
+        ztunnel_args,
         ..MeshSpec::default()
     })
     .expect("starting the mesh");
@@ -136,6 +164,29 @@ fn upgrading_ztunnel_mid_traffic_refuses_no_connection_and_cuts_no_stream() {
         );
     }
     let old_log = std::fs::read_to_string(m.dir.join("ztunnel-node-a.log.1")).unwrap();
+    if quic {
+        // Before the upgrade, the traffic went over QUIC; during it, the new ztunnels could not
+        // bind UDP 15008 (the old ones held it, draining) and went over HTTP/2.
+        assert!(transports(&old_log).contains(&"h3"), "{old_log}");
+        let new_log = m.ztunnel_log("node-a");
+        assert!(transports(&new_log).contains(&"h2"), "{new_log}");
+        assert!(new_log.contains("UDP 15008 is still held"), "{new_log}");
+        // Once the old ones have exited, the new ones bind it and tunnels go over QUIC again.
+        // Every pod's endpoint that waited is bound (each pod and family logs both lines).
+        let bound = |m: &Mesh, node: &str| {
+            m.eventually(SETTLE, || {
+                let log = m.ztunnel_log(node);
+                let held = log.matches("UDP 15008 is still held").count();
+                held > 0 && log.matches("UDP 15008 bound: serving HBONE").count() == held
+            })
+        };
+        assert!(bound(&m, "node-a") && bound(&m, "node-b"));
+        let url = format!("http://{}:8080/", m.cluster.pod("server").ip);
+        let (code, body) = m.curl("late", &url).expect("a call after the upgrade");
+        assert_eq!(code, 200, "{body}");
+        let after = m.ztunnel_log("node-a");
+        assert_eq!(transports(&after).last(), Some(&"h3"), "{after}");
+    }
     for line in [
         "handed this node's pods over",
         "draining",

@@ -10,9 +10,9 @@
 //! A failed QUIC handshake, certificate failures included, falls back the same way: both
 //! transports verify the same identities with the same mutual TLS, so the fallback lowers nothing.
 //!
-//! What is not done: a pod's QUIC socket is not handed over on upgrade (its connections end with
-//! the old ztunnel, whose draining refuses new QUIC connections so peers fall back at once; the new
-//! one binds the port once it is free).
+//! What is not done: a pod's QUIC socket is not handed over on upgrade (the old ztunnel serves its
+//! QUIC tunnels to their end while it drains and refuses new QUIC connections, so peers fall back
+//! to HTTP/2 at once; the new one binds the port once it is free).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

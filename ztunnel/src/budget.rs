@@ -52,9 +52,7 @@ pub const PIPE_CAPACITY: usize = 1 << 20;
 pub fn descriptors(resource: Resource) -> usize {
     match resource {
         Resource::TlsHandshakes => 0,
-        // A UDP flow's own socket (its stream shares a pooled HBONE connection). A flow passed in
-        // clear holds a second one: at most another 1/16 at full use (see `for_nofile`), still
-        // inside the descriptors left after the reserve.
+        // A UDP flow's own socket (its stream shares a pooled HBONE connection).
         Resource::HboneConnections | Resource::InboundTunnels | Resource::UdpFlows => 1,
         Resource::OutboundConnections | Resource::PlaintextConnections => 2,
     }
@@ -63,9 +61,8 @@ pub fn descriptors(resource: Resource) -> usize {
 impl Limits {
     /// Defaults for a process allowed `nofile` descriptors: at full use they hold at most twelve
     /// sixteenths of what is left after the reserve (HBONE connections 1/8, tunnels 1/4, outbound
-    /// and plaintext 1/16 each at two descriptors apiece, UDP flows 1/16 at one — two if all were
-    /// passed in clear, thirteen sixteenths then — pipes 1/32 at two apiece, and no more than
-    /// [`MOST_PIPES`]); a pod may take at most a quarter of each kind.
+    /// and plaintext 1/16 each at two descriptors apiece, UDP flows 1/16 at one, pipes 1/32 at two
+    /// apiece, and no more than [`MOST_PIPES`]); a pod may take at most a quarter of each kind.
     pub fn for_nofile(nofile: usize) -> Self {
         let usable = nofile.saturating_sub(reserve(nofile));
         let hbone = usable / 8;

@@ -323,13 +323,6 @@ fn allowed_udp(chain: &str, family: Family, udp: &UdpAllowance) -> String {
             ports.join(",")
         ));
     }
-    out.push_str(&allowed_udp_networks(chain, family, udp));
-    out
-}
-
-/// The rules letting UDP to the allowed networks out of `chain`.
-fn allowed_udp_networks(chain: &str, family: Family, udp: &UdpAllowance) -> String {
-    let mut out = String::new();
     for net in udp.cidrs.iter().filter(|n| family.holds(n)) {
         out.push_str(&format!("-A {chain} -p udp -d {net} -j RETURN\n"));
     }
@@ -359,10 +352,7 @@ pub fn udp_rules(family: Family, udp: &UdpAllowance, jumps: &[usize]) -> String 
             "-A {MANGLE_UDP_OUT} -d {LINK_LOCAL_V6} -j RETURN\n"
         ));
     }
-    // The allowed networks pass uncaptured. The allowed ports do not: to an enrolled workload
-    // (DNS to an in-mesh resolver on 53) the flow is carried like any other, and elsewhere ztunnel
-    // passes it in clear (`crate::udp`), as the filter table lets through.
-    mangle.push_str(&allowed_udp_networks(MANGLE_UDP_OUT, family, udp));
+    mangle.push_str(&allowed_udp(MANGLE_UDP_OUT, family, udp));
     // The guard: a marked datagram whose socket is bound to another device (`SO_BINDTODEVICE`,
     // a scoped address) keeps that device whatever the routing rule says; it is dropped on its way
     // out instead of leaving in clear. The filter table lets marked datagrams pass, because it

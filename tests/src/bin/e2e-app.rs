@@ -47,6 +47,24 @@ enum Mode {
         #[arg(long)]
         expect: String,
     },
+    /// A flood of HBONE over QUIC handshakes at `addr` (a pod's UDP 15008) for `--seconds`, from
+    /// `--concurrency` dials at once, each presenting a certificate for `identity` from a root of
+    /// its own (the server is verified against the mesh's `root` as `expect`) and asking for a
+    /// tunnel to `target`; prints `ATTEMPTS n ACCEPTED m` (m: tunnels the server opened).
+    QuicForeignFlood {
+        addr: SocketAddr,
+        target: SocketAddr,
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        root: std::path::PathBuf,
+        #[arg(long)]
+        expect: String,
+        #[arg(long, default_value = "5")]
+        seconds: u64,
+        #[arg(long, default_value = "32")]
+        concurrency: usize,
+    },
     /// An HBONE client with a genuine certificate that dials `addr` (a pod's 15008) directly and
     /// asks for `target`; prints the answer.
     HboneDirect {
@@ -156,6 +174,24 @@ async fn main() -> anyhow::Result<()> {
             root,
             expect,
         } => probe::foreign_root(addr, target, &identity, &root, &expect).await,
+        Mode::QuicForeignFlood {
+            addr,
+            target,
+            identity,
+            root,
+            expect,
+            seconds,
+            concurrency,
+        } => {
+            let flood = probe::Flood {
+                identity,
+                root,
+                expect,
+                duration: Duration::from_secs(seconds),
+                concurrency,
+            };
+            probe::quic_foreign_flood(addr, target, flood).await
+        }
         Mode::HboneDirect { addr, target, peer } => probe::direct(addr, target, &peer).await,
         Mode::HboneRaw {
             addr,
@@ -242,6 +278,71 @@ mod probe {
             }
             Err(e) => anyhow::bail!("REFUSED: {e}"),
         }
+    }
+
+    /// A flood of QUIC handshakes (see `Mode::QuicForeignFlood`).
+    pub(crate) struct Flood {
+        pub(crate) identity: String,
+        pub(crate) root: std::path::PathBuf,
+        pub(crate) expect: String,
+        pub(crate) duration: std::time::Duration,
+        pub(crate) concurrency: usize,
+    }
+
+    pub(crate) async fn quic_foreign_flood(
+        addr: SocketAddr,
+        target: SocketAddr,
+        flood: Flood,
+    ) -> anyhow::Result<()> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use veil_mesh::hbone::H3Client;
+        use veil_mesh::hbone::quic::{client_config as quic_config, endpoint};
+
+        let mesh_roots = Arc::new(TrustBundle::from_pem_file("cluster.local", &flood.root)?);
+        let foreign = TestPki::new("cluster.local");
+        let cert = foreign.issue(&Identity::parse(&flood.identity)?);
+        let tls = client_config(mesh_roots, &cert, vec![Identity::parse(&flood.expect)?]);
+        let settings = H2Settings::default();
+        let config = quic_config(&tls, &settings).map_err(anyhow::Error::msg)?;
+        let any: SocketAddr = if addr.is_ipv4() {
+            "0.0.0.0:0".parse()?
+        } else {
+            "[::]:0".parse()?
+        };
+        let endpoint = endpoint(std::net::UdpSocket::bind(any)?, None)?;
+        let (attempts, accepted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let until = tokio::time::Instant::now() + flood.duration;
+        let dials = (0..flood.concurrency).map(|_| {
+            let (endpoint, config, settings) = (endpoint.clone(), config.clone(), settings.clone());
+            let (attempts, accepted) = (attempts.clone(), accepted.clone());
+            tokio::spawn(async move {
+                while tokio::time::Instant::now() < until {
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                    // The client's side of a TLS 1.3 handshake ends before the server has judged
+                    // the client's certificate: only a tunnel the server opens is an acceptance.
+                    let tunnel = async {
+                        let client =
+                            H3Client::connect(&endpoint, config.clone(), addr, &settings).await?;
+                        client
+                            .open(connect_request(target, &TunnelMeta::default()), None)
+                            .await
+                    };
+                    let limit = std::time::Duration::from_secs(2);
+                    if let Ok(Ok(_)) = tokio::time::timeout(limit, tunnel).await {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        });
+        for dial in dials.collect::<Vec<_>>() {
+            dial.await?;
+        }
+        println!(
+            "ATTEMPTS {} ACCEPTED {}",
+            attempts.load(Ordering::Relaxed),
+            accepted.load(Ordering::Relaxed)
+        );
+        Ok(())
     }
 
     /// A workload's standing at the CA: a genuine certificate for `identity` is asked of the CA at

@@ -270,3 +270,92 @@ fn a_stopping_ztunnel_ends_its_quic_connections_at_once_not_at_the_peers_idle_ti
         open(&m)
     );
 }
+
+#[test]
+fn a_flood_of_quic_handshakes_with_a_foreign_certificate_is_refused_and_spares_the_neighbours() {
+    if skip_unless_root("quic_handshake_flood") {
+        return;
+    }
+    let mut m = Mesh::start(MeshSpec {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        pods: vec![
+            PodSpec::new("client", "production", "node-a"),
+            PodSpec::new("rogue", "outside", "node-a").not_enrolled(),
+            PodSpec::new("server", "user-data", "node-b"),
+        ],
+        ztunnel_args: vec!["--hbone-quic".into()],
+        ..MeshSpec::default()
+    })
+    .expect("starting the mesh");
+    // From a pod outside the mesh, straight at the server pod's UDP 15008: 32 QUIC dials at once
+    // for 5 s, each presenting a client certificate from a root of its own.
+    let server = ip(&m, "server");
+    let argv: Vec<String> = [
+        veil_e2e::mesh::bin("e2e-app")
+            .to_string_lossy()
+            .into_owned(),
+        "quic-foreign-flood".into(),
+        format!("{server}:15008"),
+        format!("{server}:8080"),
+        "--identity".into(),
+        m.pod("client").identity(),
+        "--root".into(),
+        m.root_cert().to_string_lossy().into_owned(),
+        "--expect".into(),
+        m.pod("server").identity(),
+        "--seconds".into(),
+        "5".into(),
+    ]
+    .into();
+    let rogue = m.cluster.pod("rogue").netns.clone();
+    let flood = std::thread::spawn(move || {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        veil_e2e::cluster::exec(&rogue, &argv).expect("the flood")
+    });
+    // Meanwhile the client's first tunnel to the server (a handshake of its own) and the ones after.
+    std::thread::sleep(Duration::from_secs(1));
+    let url = format!("http://{server}:8080/during-the-flood");
+    let answered = (0..20)
+        .filter(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            m.curl("client", &url).is_ok_and(|(code, _)| code == 200)
+        })
+        .count();
+    let out = flood.join().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(answered, 20, "the client's requests during the flood");
+    // Not one foreign handshake got through, and the flood was one.
+    let attempts: u64 = report
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(report.trim_end().ends_with("ACCEPTED 0"), "{report}");
+    assert!(attempts >= 100, "{report}");
+    let failed = m.metric(
+        "node-b",
+        "veil_tls_handshake_failures_total",
+        &[("direction", "inbound")],
+    );
+    assert!(
+        failed >= attempts as f64 / 2.0,
+        "{failed} handshake failures counted for {attempts} attempts"
+    );
+    // Nothing of the flood is held afterwards: no handshake, only the client's own connection.
+    let in_use =
+        |resource: &str| m.metric("node-b", "veil_resource_in_use", &[("resource", resource)]);
+    assert!(
+        m.eventually(Duration::from_secs(5), || in_use("tls_handshakes") == 0.0
+            && in_use("hbone_connections") <= 1.0),
+        "held after the flood: {} handshakes, {} connections",
+        in_use("tls_handshakes"),
+        in_use("hbone_connections")
+    );
+    m.wait_ready("node-b", Duration::from_secs(5))
+        .expect("node-b's ztunnel ready after the flood");
+}

@@ -38,14 +38,8 @@ enum Mode {
     HboneForeignRoot {
         addr: SocketAddr,
         target: SocketAddr,
-        #[arg(long)]
-        identity: String,
-        /// The mesh root, to verify the server (so any refusal is the server's).
-        #[arg(long)]
-        root: std::path::PathBuf,
-        /// The identity the server must prove.
-        #[arg(long)]
-        expect: String,
+        #[command(flatten)]
+        peer: probe::Foreign,
     },
     /// A flood of HBONE over QUIC handshakes at `addr` (a pod's UDP 15008) for `--seconds`, from
     /// `--concurrency` dials at once, each presenting a certificate for `identity` from a root of
@@ -54,12 +48,8 @@ enum Mode {
     QuicForeignFlood {
         addr: SocketAddr,
         target: SocketAddr,
-        #[arg(long)]
-        identity: String,
-        #[arg(long)]
-        root: std::path::PathBuf,
-        #[arg(long)]
-        expect: String,
+        #[command(flatten)]
+        peer: probe::Foreign,
         #[arg(long, default_value = "5")]
         seconds: u64,
         #[arg(long, default_value = "32")]
@@ -167,30 +157,18 @@ async fn main() -> anyhow::Result<()> {
         }
         Mode::Probe { target } => kubelet::once(&target).await,
         Mode::FakeApi { listen, dir } => fake_api::serve(listen, dir).await,
-        Mode::HboneForeignRoot {
-            addr,
-            target,
-            identity,
-            root,
-            expect,
-        } => probe::foreign_root(addr, target, &identity, &root, &expect).await,
+        Mode::HboneForeignRoot { addr, target, peer } => {
+            probe::foreign_root(addr, target, &peer).await
+        }
         Mode::QuicForeignFlood {
             addr,
             target,
-            identity,
-            root,
-            expect,
+            peer,
             seconds,
             concurrency,
         } => {
-            let flood = probe::Flood {
-                identity,
-                root,
-                expect,
-                duration: Duration::from_secs(seconds),
-                concurrency,
-            };
-            probe::quic_foreign_flood(addr, target, flood).await
+            let flood = Duration::from_secs(seconds);
+            probe::quic_foreign_flood(addr, target, &peer, flood, concurrency).await
         }
         Mode::HboneDirect { addr, target, peer } => probe::direct(addr, target, &peer).await,
         Mode::HboneRaw {
@@ -244,7 +222,6 @@ mod stream;
 /// Rogue HBONE peers, built from veil's own library.
 mod probe {
     use std::net::SocketAddr;
-    use std::path::Path;
     use std::sync::Arc;
 
     use anyhow::Context as _;
@@ -255,17 +232,40 @@ mod probe {
     use veil_mesh::identity::{Identity, TrustBundle, client_config, server_config};
     use veil_mesh::testing::TestPki;
 
+    /// A client with a certificate from a root of its own.
+    #[derive(clap::Args)]
+    pub(crate) struct Foreign {
+        /// The identity its certificate names.
+        #[arg(long)]
+        identity: String,
+        /// The mesh root, to verify the server (so any refusal is the server's).
+        #[arg(long)]
+        root: std::path::PathBuf,
+        /// The identity the server must prove.
+        #[arg(long)]
+        expect: String,
+    }
+
+    impl Foreign {
+        /// Its TLS configuration: a certificate for `identity` from a new root.
+        fn tls(&self) -> anyhow::Result<Arc<tokio_rustls::rustls::ClientConfig>> {
+            let mesh_roots = Arc::new(TrustBundle::from_pem_file("cluster.local", &self.root)?);
+            let foreign = TestPki::new("cluster.local");
+            let cert = foreign.issue(&Identity::parse(&self.identity)?);
+            Ok(client_config(
+                mesh_roots,
+                &cert,
+                vec![Identity::parse(&self.expect)?],
+            ))
+        }
+    }
+
     pub(crate) async fn foreign_root(
         addr: SocketAddr,
         target: SocketAddr,
-        identity: &str,
-        root: &Path,
-        expect: &str,
+        peer: &Foreign,
     ) -> anyhow::Result<()> {
-        let mesh_roots = Arc::new(TrustBundle::from_pem_file("cluster.local", root)?);
-        let foreign = TestPki::new("cluster.local");
-        let cert = foreign.issue(&Identity::parse(identity)?);
-        let tls = client_config(mesh_roots, &cert, vec![Identity::parse(expect)?]);
+        let tls = peer.tls()?;
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let client = H2Client::handshake(tcp, tls, &H2Settings::default()).await?;
         let stream = client
@@ -280,28 +280,20 @@ mod probe {
         }
     }
 
-    /// A flood of QUIC handshakes (see `Mode::QuicForeignFlood`).
-    pub(crate) struct Flood {
-        pub(crate) identity: String,
-        pub(crate) root: std::path::PathBuf,
-        pub(crate) expect: String,
-        pub(crate) duration: std::time::Duration,
-        pub(crate) concurrency: usize,
-    }
-
+    /// A flood of QUIC handshakes from `peer` for `duration`, `concurrency` at once (see
+    /// `Mode::QuicForeignFlood`).
     pub(crate) async fn quic_foreign_flood(
         addr: SocketAddr,
         target: SocketAddr,
-        flood: Flood,
+        peer: &Foreign,
+        duration: std::time::Duration,
+        concurrency: usize,
     ) -> anyhow::Result<()> {
         use std::sync::atomic::{AtomicU64, Ordering};
         use veil_mesh::hbone::H3Client;
         use veil_mesh::hbone::quic::{client_config as quic_config, endpoint};
 
-        let mesh_roots = Arc::new(TrustBundle::from_pem_file("cluster.local", &flood.root)?);
-        let foreign = TestPki::new("cluster.local");
-        let cert = foreign.issue(&Identity::parse(&flood.identity)?);
-        let tls = client_config(mesh_roots, &cert, vec![Identity::parse(&flood.expect)?]);
+        let tls = peer.tls()?;
         let settings = H2Settings::default();
         let config = quic_config(&tls, &settings).map_err(anyhow::Error::msg)?;
         let any: SocketAddr = if addr.is_ipv4() {
@@ -311,8 +303,8 @@ mod probe {
         };
         let endpoint = endpoint(std::net::UdpSocket::bind(any)?, None)?;
         let (attempts, accepted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let until = tokio::time::Instant::now() + flood.duration;
-        let dials = (0..flood.concurrency).map(|_| {
+        let until = tokio::time::Instant::now() + duration;
+        let dials = (0..concurrency).map(|_| {
             let (endpoint, config, settings) = (endpoint.clone(), config.clone(), settings.clone());
             let (attempts, accepted) = (attempts.clone(), accepted.clone());
             tokio::spawn(async move {

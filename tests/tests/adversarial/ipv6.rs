@@ -55,56 +55,7 @@ fn tcp_and_udp_over_ipv6_between_enrolled_pods_are_carried_judged_and_never_in_c
     if skip_unless_root("ipv6_workloads") {
         return;
     }
-    let mut m = mesh(false);
-    serve(&mut m, "server", "tcp6", TCP_SERVER, &["::", "9090"]);
-    serve(&mut m, "server", "udp6", UDP_SERVER, &["::", "5353"]);
-    let server = ip6(&m, "server");
-    let wire = Capture::start_ip(
-        &m.cluster.fabric,
-        "br0",
-        &m.dir.join("wire.pcap"),
-        &m.dir.join("tcpdump.log"),
-    )
-    .expect("tcpdump");
-    let tcp_reply = tcp(&m, "client", &server, 9090, "V6-TCP-MARKER");
-    let udp_reply = udp(&m, "client", &server, 5353, "V6-UDP-MARKER");
-    let wire = wire.finish().expect("capture");
-    assert_eq!(tcp_reply, "REPLY V6-TCP-MARKER");
-    assert_eq!(udp_reply, "REPLY V6-UDP-MARKER");
-    for marker in [&b"V6-TCP-MARKER"[..], b"V6-UDP-MARKER"] {
-        assert!(
-            !wire.contains(marker),
-            "a payload crossed the wire in clear"
-        );
-    }
-    assert_eq!(wire.packets_on_port(9090), 0, "{}", wire.summary);
-    assert_eq!(wire.packets_on_port(5353), 0, "{}", wire.summary);
-    let hbone_v6 = wire
-        .summary
-        .lines()
-        .filter(|l| l.contains(&format!("{server}.15008")))
-        .count();
-    assert!(
-        hbone_v6 > 0,
-        "no HBONE to the server's IPv6 address: {}",
-        wire.summary
-    );
-
-    // Outside the mesh: plaintext IPv6 into an enrolled pod does not arrive.
-    let outsider = tcp(&m, "outsider", &server, 9090, "V6-OUTSIDER-MARKER");
-    assert!(outsider.starts_with("ERROR"), "{outsider}");
-    assert!(!output(&m, "tcp6").contains(&format!("ACCEPTED {}", ip6(&m, "outsider"))));
-
-    // L4 policy judges IPv6 as IPv4: denied, both protocols.
-    apply(&mut m, DENY_9090_AND_5353);
-    let denied_tcp = tcp(&m, "client", &server, 9090, "V6-TCP-DENIED");
-    let denied_udp = udp(&m, "client", &server, 5353, "V6-UDP-DENIED");
-    assert!(!denied_tcp.starts_with("REPLY"), "{denied_tcp}");
-    assert!(!denied_udp.starts_with("REPLY"), "{denied_udp}");
-    assert!(!output(&m, "tcp6").contains("V6-TCP-DENIED"));
-    assert!(!output(&m, "udp6").contains("V6-UDP-DENIED"));
-    apply(&mut m, "");
-    assert_mesh_still_serves(&mut m);
+    carried_judged_never_in_clear(false);
 }
 
 #[test]
@@ -112,7 +63,16 @@ fn tcp_and_udp_over_ipv6_ride_hbone_over_quic_and_are_judged_there() {
     if skip_unless_root("ipv6_workloads_quic") {
         return;
     }
-    let mut m = mesh(true);
+    carried_judged_never_in_clear(true);
+}
+
+/// TCP and UDP from the client to the server's IPv6 address: carried (over QUIC with `quic`, and
+/// then nothing but QUIC to the server's port 15008), never in clear, refused to an outsider,
+/// denied by an L4 policy.
+fn carried_judged_never_in_clear(quic: bool) {
+    let mut m = mesh(quic);
+    let tag = if quic { "V6-QUIC" } else { "V6" };
+    let marker = |what: &str| format!("{tag}-{what}");
     serve(&mut m, "server", "tcp6", TCP_SERVER, &["::", "9090"]);
     serve(&mut m, "server", "udp6", UDP_SERVER, &["::", "5353"]);
     let server = ip6(&m, "server");
@@ -123,19 +83,19 @@ fn tcp_and_udp_over_ipv6_ride_hbone_over_quic_and_are_judged_there() {
         &m.dir.join("tcpdump.log"),
     )
     .expect("tcpdump");
-    let tcp_reply = tcp(&m, "client", &server, 9090, "V6-QUIC-TCP-MARKER");
-    let udp_reply = udp(&m, "client", &server, 5353, "V6-QUIC-UDP-MARKER");
+    let tcp_reply = tcp(&m, "client", &server, 9090, &marker("TCP-MARKER"));
+    let udp_reply = udp(&m, "client", &server, 5353, &marker("UDP-MARKER"));
     let wire = wire.finish().expect("capture");
-    assert_eq!(tcp_reply, "REPLY V6-QUIC-TCP-MARKER");
-    assert_eq!(udp_reply, "REPLY V6-QUIC-UDP-MARKER");
-    for marker in [&b"V6-QUIC-TCP-MARKER"[..], b"V6-QUIC-UDP-MARKER"] {
+    assert_eq!(tcp_reply, format!("REPLY {}", marker("TCP-MARKER")));
+    assert_eq!(udp_reply, format!("REPLY {}", marker("UDP-MARKER")));
+    for what in ["TCP-MARKER", "UDP-MARKER"] {
         assert!(
-            !wire.contains(marker),
+            !wire.contains(marker(what).as_bytes()),
             "a payload crossed the wire in clear"
         );
     }
-    // Everything to the server's IPv6 HBONE port is QUIC: UDP, no TCP segment (tcpdump prints
-    // TCP's flags).
+    assert_eq!(wire.packets_on_port(9090), 0, "{}", wire.summary);
+    assert_eq!(wire.packets_on_port(5353), 0, "{}", wire.summary);
     let to_server: Vec<&str> = wire
         .summary
         .lines()
@@ -146,33 +106,41 @@ fn tcp_and_udp_over_ipv6_ride_hbone_over_quic_and_are_judged_there() {
         "no HBONE to the server's IPv6 address: {}",
         wire.summary
     );
-    assert!(
-        to_server
-            .iter()
-            .all(|l| l.contains("UDP") && !l.contains("Flags [")),
-        "{}",
-        wire.summary
-    );
-    assert_eq!(wire.packets_on_port(9090), 0, "{}", wire.summary);
-    assert_eq!(wire.packets_on_port(5353), 0, "{}", wire.summary);
-    let log = m.ztunnel_log("node-a");
-    let opened: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("opened HBONE connection"))
-        .collect();
-    assert!(
-        !opened.is_empty() && opened.iter().all(|l| l.contains(r#""transport":"h3""#)),
-        "{log}"
-    );
+    if quic {
+        // Everything to the server's IPv6 HBONE port is QUIC: UDP, no TCP segment (tcpdump
+        // prints TCP's flags), and every connection opened is HTTP/3.
+        assert!(
+            to_server
+                .iter()
+                .all(|l| l.contains("UDP") && !l.contains("Flags [")),
+            "{}",
+            wire.summary
+        );
+        let log = m.ztunnel_log("node-a");
+        let opened: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("opened HBONE connection"))
+            .collect();
+        assert!(
+            !opened.is_empty() && opened.iter().all(|l| l.contains(r#""transport":"h3""#)),
+            "{log}"
+        );
+    }
 
-    // L4 policy judges tunnels over QUIC as over HTTP/2: denied, both protocols.
+    // Outside the mesh: plaintext IPv6 into an enrolled pod does not arrive.
+    let outsider = tcp(&m, "outsider", &server, 9090, &marker("OUTSIDER-MARKER"));
+    assert!(outsider.starts_with("ERROR"), "{outsider}");
+    assert!(!output(&m, "tcp6").contains(&format!("ACCEPTED {}", ip6(&m, "outsider"))));
+
+    // L4 policy judges IPv6 as IPv4, and tunnels over QUIC as over HTTP/2: denied, both
+    // protocols.
     apply(&mut m, DENY_9090_AND_5353);
-    let denied_tcp = tcp(&m, "client", &server, 9090, "V6-QUIC-TCP-DENIED");
-    let denied_udp = udp(&m, "client", &server, 5353, "V6-QUIC-UDP-DENIED");
+    let denied_tcp = tcp(&m, "client", &server, 9090, &marker("TCP-DENIED"));
+    let denied_udp = udp(&m, "client", &server, 5353, &marker("UDP-DENIED"));
     assert!(!denied_tcp.starts_with("REPLY"), "{denied_tcp}");
     assert!(!denied_udp.starts_with("REPLY"), "{denied_udp}");
-    assert!(!output(&m, "tcp6").contains("V6-QUIC-TCP-DENIED"));
-    assert!(!output(&m, "udp6").contains("V6-QUIC-UDP-DENIED"));
+    assert!(!output(&m, "tcp6").contains(&marker("TCP-DENIED")));
+    assert!(!output(&m, "udp6").contains(&marker("UDP-DENIED")));
     apply(&mut m, "");
     assert_mesh_still_serves(&mut m);
 }

@@ -290,7 +290,9 @@ impl DatagramStream {
 
 impl CapsuleSender {
     async fn send(&mut self, payload: &[u8]) -> io::Result<()> {
-        if self.datagrams.as_ref().is_some_and(|d| d.send(payload)) {
+        if let Some(datagrams) = &self.datagrams
+            && datagrams.send(payload).await
+        {
             return Ok(());
         }
         encode_datagram(payload, &mut self.out);

@@ -109,8 +109,11 @@ impl std::fmt::Debug for DatagramSender {
 
 impl DatagramSender {
     /// Sends `payload` as a datagram; `false` when it does not fit one on this path (or the peer
-    /// takes none): the caller sends it as a capsule.
-    pub fn send(&self, payload: &[u8]) -> bool {
+    /// takes none): the caller sends it as a capsule. While the connection's datagram buffer is
+    /// full (congestion), waits for room: the flow's sender is held back, as a capsule's would be
+    /// by flow control, rather than quinn dropping older datagrams (another flow's, perhaps) for
+    /// this one, and what is counted as sent has been taken to send.
+    pub async fn send(&self, payload: &[u8]) -> bool {
         let len = self.prefix.len() + payload.len();
         if self.conn.max_datagram_size().is_none_or(|max| len > max) {
             return false;
@@ -118,8 +121,15 @@ impl DatagramSender {
         let mut datagram = BytesMut::with_capacity(len);
         datagram.extend_from_slice(&self.prefix);
         datagram.extend_from_slice(payload);
+        let datagram = datagram.freeze();
         // Fails only if the connection is gone (the stream's error says so) or the path shrank.
-        self.conn.send_datagram(datagram.freeze()).is_ok()
+        if self.conn.datagram_send_buffer_space() >= len {
+            return self.conn.send_datagram(datagram).is_ok();
+        }
+        // Congested: boxed, as rare, and kept out of every flow's future.
+        Box::pin(self.conn.send_datagram_wait(datagram))
+            .await
+            .is_ok()
     }
 }
 

@@ -226,11 +226,16 @@ impl Mesh {
     fn spawn_ztunnel(&mut self, node: &str) -> anyhow::Result<()> {
         let netns = self.cluster.node(node).netns.clone();
         let ca_address = format!("{}:15012", self.cluster.control_plane_ip);
-        let mut argv = vec![
-            bin("veil-ztunnel").to_string_lossy().into_owned(),
+        let binary = match &self.spec.ztunnel_binary {
+            Some(path) => path.clone(),
+            None => bin("veil-ztunnel"),
+        };
+        let mut argv = self.spec.ztunnel_wrapper.clone();
+        argv.extend([
+            binary.to_string_lossy().into_owned(),
             "--node".into(),
             node.into(),
-        ];
+        ]);
         let path = |p: PathBuf| p.to_string_lossy().into_owned();
         let mut env = vec![("RUST_LOG", "info")];
         // ztunnel does not watch the API: a Kubernetes-mode mesh always has a controller.

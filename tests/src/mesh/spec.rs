@@ -178,6 +178,12 @@ pub struct MeshSpec {
     pub ztunnel_args: Vec<String>,
     /// Extra environment of every ztunnel (`VEIL_…` settings).
     pub ztunnel_env: Vec<(String, String)>,
+    /// A command every ztunnel runs under (a profiler: `valgrind --tool=callgrind …`), its
+    /// binary and arguments after it. Empty: ztunnel runs on its own.
+    pub ztunnel_wrapper: Vec<String>,
+    /// The ztunnel binary to run instead of the workspace's (`bin("veil-ztunnel")`): another
+    /// build of it, e.g. the static release build the image ships.
+    pub ztunnel_binary: Option<std::path::PathBuf>,
     /// Local mode: ztunnels receive the mesh over xDS from a `veil-controller` that reads the mesh
     /// file, as in production, and find pods' network namespaces by scanning; `false`: they read
     /// the file themselves. `None`: yes, unless `VEIL_E2E_THROUGH_CONTROLLER=0`. Kubernetes mode

@@ -26,9 +26,11 @@ mod scale;
 mod throughput;
 mod upstream;
 
-use crate::setup::{build, install_tools};
+use crate::layout;
+use crate::setup::{build, build_with, install_tools};
 use report::{f, report, write_results_section};
-use runs::{median_run, per_gib, report_of, tool_in};
+pub(crate) use runs::tool_in;
+use runs::{median_run, per_gib, report_of};
 use throughput::{iperf, throughput};
 
 /// Tools the benchmarks run, and the Debian packages that provide them.
@@ -69,6 +71,8 @@ pub(crate) struct Options {
     pub(crate) only: Vec<String>,
     /// Istio's ztunnel, to run every data-path comparison through as well ([`upstream`]).
     pub(crate) upstream_ztunnel: Option<PathBuf>,
+    /// Lay ztunnel's code out from a profile of this build ([`crate::layout`]).
+    pub(crate) layout: bool,
 }
 
 impl Options {
@@ -77,24 +81,19 @@ impl Options {
     }
 }
 
-const WAYPOINT_VIP: &str = "10.96.0.50";
+pub(crate) const WAYPOINT_VIP: &str = "10.96.0.50";
 
-/// The waypoint's L7 policy: only the client, only GET, only /bench/*.
+/// The waypoint's L7 policy: only the client, only GET, only /bench/*. One line of JSON, which the
+/// mesh file reads as YAML and the Kubernetes mode's stand-in API server as an object (the
+/// layout's profile runs this cluster in both modes).
 const POLICY: &str = r#"
-  - apiVersion: security.veil.dev/v1
-    kind: AuthorizationPolicy
-    metadata: {name: bench-l7, namespace: shop}
-    spec:
-      targetRefs: [{kind: Service, name: wserver}]
-      rules:
-        - from: [{source: {principals: [cluster.local/ns/bench/sa/client]}}]
-          to: [{operation: {methods: [GET], paths: [/bench/*]}}]
+  - {"apiVersion": "security.veil.dev/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "bench-l7", "namespace": "shop"}, "spec": {"targetRefs": [{"kind": "Service", "name": "wserver"}], "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/bench/sa/client"]}}], "to": [{"operation": {"methods": ["GET"], "paths": ["/bench/*"]}}]}]}}
 "#;
 
 const DCLIENT_ID: &str = "spiffe://cluster.local/ns/plain/sa/dclient";
 const DSERVER_ID: &str = "spiffe://cluster.local/ns/plain/sa/dserver";
 
-fn spec(upstream: bool) -> MeshSpec {
+pub(crate) fn spec(upstream: bool) -> MeshSpec {
     let mut spec = MeshSpec {
         nodes: vec!["node-a".into(), "node-b".into()],
         pods: vec![
@@ -486,6 +485,42 @@ fn memory(b: &mut Bench, (idle_start, idle_anon): ([u64; 2], [u64; 2])) -> anyho
     }))
 }
 
+/// Where a process's resident memory is, in KB, from `/proc/<pid>/smaps`: its executable's code,
+/// read-only data and data, the shared libraries, and anonymous memory (heap, stacks).
+pub(crate) fn resident_by_mapping(pid: u32) -> Value {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return Value::Null;
+    };
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let exe = exe.to_string_lossy();
+    let (mut kind, mut kb) = ("anonymous", std::collections::BTreeMap::<&str, u64>::new());
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            let (perms, path) = (fields.get(1).copied().unwrap_or(""), fields.get(5).copied());
+            kind = match path {
+                Some(p) if p == exe => match perms {
+                    "r-xp" => "code",
+                    "rw-p" => "data",
+                    _ => "rodata",
+                },
+                Some(p) if p.starts_with('/') => "libraries",
+                _ => "anonymous",
+            };
+        } else if fields.first() == Some(&"Rss:") {
+            *kb.entry(kind).or_default() += fields.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    let get = |k: &str| kb.get(k).copied().unwrap_or(0);
+    json!({
+        "code": get("code"), "rodata": get("rodata"), "data": get("data"),
+        "libraries": get("libraries"), "anonymous": get("anonymous"),
+    })
+}
+
 fn waypoint(b: &Bench) -> anyhow::Result<Value> {
     let mut out = json!({});
     let direct_url = format!("http://{}:9080/bench/item", b.ip("dserver"));
@@ -646,7 +681,20 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
     let root = workspace_root();
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
-    use_binaries_from(target.join("release"));
+    let release = target.join("release");
+    if opts.layout {
+        let ztunnel = release.join("veil-ztunnel");
+        let profile = layout::profile(
+            &ztunnel,
+            &release,
+            &target.join("layout/veil-ztunnel.order"),
+        )?;
+        build_with(true, &[(layout::LAYOUT_VAR, &profile.order)])?;
+        profile.check(&ztunnel)?;
+    } else {
+        println!("ztunnel's code is not laid out from a profile (--no-layout)");
+    }
+    use_binaries_from(release);
     veil_e2e::cluster::remove_stale();
     let mut results = json!({
         "settings": {"seconds": opts.seconds, "rounds": opts.rounds, "cpus": cpus()},
@@ -732,6 +780,7 @@ fn measure(
     rr_cpu: &mut (f64, f64),
 ) -> anyhow::Result<()> {
     let idle_start = (b.ztunnel_rss(), b.ztunnel_rss_anon());
+    let idle_resident = resident_by_mapping(b.ztunnels()[0].pid());
     if opts.runs("throughput") {
         results["throughput"] = throughput(b, bulk_cpu)?;
         results["iperf3"] = iperf(b)?;
@@ -753,6 +802,12 @@ fn measure(
     }
     if opts.runs("memory") {
         results["memory"] = memory(b, idle_start)?;
+        let r = &idle_resident;
+        println!(
+            "  node-a's ztunnel, idle: {} KB of its code resident, {} KB of its read-only data, {} KB of its data, {} KB of shared libraries, {} KB anonymous",
+            r["code"], r["rodata"], r["data"], r["libraries"], r["anonymous"]
+        );
+        results["memory"]["idle_resident_kb"] = idle_resident;
         std::thread::sleep(Duration::from_secs(5));
         results["memory_idle_end_bytes"] = json!(b.ztunnel_rss());
     }
@@ -761,4 +816,19 @@ fn measure(
 
 fn cpus() -> usize {
     std::thread::available_parallelism().map_or(0, usize::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_memory_is_split_by_mapping() {
+        // This test process: its code ran, its heap and stacks are anonymous, libc is shared.
+        let kb = resident_by_mapping(std::process::id());
+        for kind in ["code", "anonymous", "libraries"] {
+            assert!(kb[kind].as_u64().is_some_and(|v| v > 0), "{kind}: {kb}");
+        }
+        assert!(resident_by_mapping(u32::MAX).is_null());
+    }
 }

@@ -64,14 +64,16 @@ const TOOLS: [(&str, &str); 2] = [
 const XTABLES_MULTI: &str = "/usr/sbin/xtables-nft-multi";
 const XTABLES_MODULES: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 
-/// Builds, checks, assembles and smoke-tests the image; returns the archive's path.
-pub(crate) fn run(tag: &str, build: bool) -> anyhow::Result<PathBuf> {
+/// Builds (with `build`: the folder of the tools the layout's profiled run needs), checks,
+/// assembles and smoke-tests the image; returns the archive's path.
+pub(crate) fn run(tag: &str, build: Option<&Path>) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let target = host_target()?;
-    if build {
-        build_static(&root, &target)?;
-    }
     let bin_dir = root.join("target").join(&target).join("release");
+    if let Some(tools) = build {
+        build_static(&root, &target, None)?;
+        lay_out(&root, &target, &bin_dir, &root.join(tools))?;
+    }
     for name in BINARIES {
         let path = bin_dir.join(name);
         ensure!(
@@ -139,12 +141,61 @@ fn host_target() -> anyhow::Result<String> {
         .context("rustc -vV names no host")
 }
 
-fn build_static(root: &Path, target: &str) -> anyhow::Result<()> {
+/// ztunnel's code laid out from a profile of this static build, relinked ([`crate::layout`]).
+/// `tools` holds e2e-app and veil-bench (any build); they are built when it does not.
+fn lay_out(root: &Path, target: &str, bin_dir: &Path, tools: &Path) -> anyhow::Result<()> {
+    let mut tools = tools.to_path_buf();
+    if !TOOLS_OF_THE_PROFILE.iter().all(|t| tools.join(t).is_file()) {
+        println!(
+            "{} has no e2e-app or veil-bench: building them for the profiled run…",
+            tools.display()
+        );
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "veil-e2e"])
+            .args(TOOLS_OF_THE_PROFILE.iter().flat_map(|t| ["--bin", t]))
+            .current_dir(root)
+            .status()?;
+        ensure!(status.success(), "building e2e-app and veil-bench failed");
+        tools = root.join("target/debug");
+    }
+    // The profiled cluster runs the static build's binaries, and the two tools beside them.
+    let layout = root.join("target/layout");
+    let harness = layout.join("harness");
+    if harness.exists() {
+        std::fs::remove_dir_all(&harness)?;
+    }
+    std::fs::create_dir_all(&harness)?;
+    for name in BINARIES {
+        std::os::unix::fs::symlink(bin_dir.join(name), harness.join(name))?;
+    }
+    for name in TOOLS_OF_THE_PROFILE {
+        std::os::unix::fs::symlink(std::path::absolute(tools.join(name))?, harness.join(name))?;
+    }
+    let ztunnel = bin_dir.join("veil-ztunnel");
+    let profile = crate::layout::profile(
+        &ztunnel,
+        &harness,
+        &layout.join("veil-ztunnel-static.order"),
+    )?;
+    build_static(root, target, Some(&profile.order))?;
+    profile.check(&ztunnel)?;
+    Ok(())
+}
+
+/// The test tools the layout's profiled run drives traffic with.
+const TOOLS_OF_THE_PROFILE: [&str; 2] = ["e2e-app", "veil-bench"];
+
+/// The static release build of [`PACKAGES`]; with `layout`, ztunnel is linked in its order.
+fn build_static(root: &Path, target: &str, layout: Option<&Path>) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "--locked", "--release", "--target", target])
         .current_dir(root)
         .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    if let Some(order) = layout {
+        cmd.env(crate::layout::LAYOUT_VAR, order);
+    }
     for package in PACKAGES {
         cmd.args(["-p", package]);
     }

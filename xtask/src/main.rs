@@ -12,6 +12,7 @@ mod crds;
 mod demo;
 mod fuzz;
 mod image;
+mod layout;
 mod proto;
 mod setup;
 mod test;
@@ -69,6 +70,10 @@ enum Task {
         /// round (default: $VEIL_UPSTREAM_ZTUNNEL, else ../shared/upstream/ztunnel when there).
         #[arg(long, value_name = "PATH")]
         upstream_ztunnel: Option<std::path::PathBuf>,
+        /// Measure ztunnel as linked by default, without laying its code out from a profile
+        /// (the layout needs valgrind and adds a profiled run and a relink to the build).
+        #[arg(long)]
+        no_layout: bool,
     },
     /// Build the fuzz targets in fuzz/ (cargo-fuzz, installed when missing) and run each from its
     /// seed corpus; fails on any crash, panic or hang.
@@ -91,6 +96,10 @@ enum Task {
         /// Use the static binaries already built (target/<host>/release) instead of building.
         #[arg(long)]
         no_build: bool,
+        /// Where e2e-app and veil-bench are (any build of them), for the profiled run that lays
+        /// ztunnel's code out; built (debug) when absent.
+        #[arg(long, value_name = "DIR", default_value = "target/debug")]
+        profile_tools: std::path::PathBuf,
     },
     /// Build every binary and run the whole test suite, end-to-end tests included (those need root),
     /// then the chart checks and a short smoke run of every fuzz target (without a filter).
@@ -111,11 +120,13 @@ fn main() -> anyhow::Result<()> {
             rounds,
             only,
             upstream_ztunnel,
+            no_layout,
         } => bench::run(bench::Options {
             seconds,
             rounds: rounds.max(1),
             only,
             upstream_ztunnel,
+            layout: !no_layout,
         }),
         Task::Demo { hold } => demo::run(hold),
         Task::Fuzz {
@@ -129,7 +140,11 @@ fn main() -> anyhow::Result<()> {
                 seconds: seconds.or(runs.is_none().then_some(30)),
             },
         ),
-        Task::Image { tag, no_build } => image::run(&tag, !no_build).map(drop),
+        Task::Image {
+            tag,
+            no_build,
+            profile_tools,
+        } => image::run(&tag, (!no_build).then_some(profile_tools.as_path())).map(drop),
         Task::Test { args } => test::run(&args),
     }
 }

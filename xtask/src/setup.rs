@@ -1,5 +1,6 @@
 //! What the demo and the benchmarks need before they start: system tools, and veil built.
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::bail;
@@ -41,6 +42,11 @@ fn on_path(tool: &str) -> bool {
 
 /// Builds every binary of the workspace (`release`: optimised).
 pub(crate) fn build(release: bool) -> anyhow::Result<()> {
+    build_with(release, &[])
+}
+
+/// [`build`] with extra environment (`VEIL_ZTUNNEL_LAYOUT`: see the `layout` module).
+pub(crate) fn build_with(release: bool, env: &[(&str, &Path)]) -> anyhow::Result<()> {
     println!("Building veil{}…", if release { " (release)" } else { "" });
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -48,6 +54,7 @@ pub(crate) fn build(release: bool) -> anyhow::Result<()> {
     if release {
         cmd.arg("--release");
     }
+    cmd.envs(env.iter().copied());
     if !cmd.current_dir(workspace_root()).status()?.success() {
         bail!("the build failed");
     }

@@ -19,7 +19,7 @@ pub(super) fn report_of(args: &[&str], out: &std::process::Output) -> anyhow::Re
 }
 
 /// Runs the load tool in `pod` of `mesh`; its JSON line.
-pub(super) fn tool_in(mesh: &Mesh, pod: &str, args: &[&str]) -> anyhow::Result<Value> {
+pub(crate) fn tool_in(mesh: &Mesh, pod: &str, args: &[&str]) -> anyhow::Result<Value> {
     let tool = bin("veil-bench").to_string_lossy().into_owned();
     let mut argv = vec![tool.as_str()];
     argv.extend_from_slice(args);

@@ -3,7 +3,9 @@
 # and the veil command (`helm test` runs `veil check`).
 # For machines with Docker. The image CI builds and tests comes from `cargo xtask image` instead
 # (static binaries FROM scratch, no engine or registry needed; docs/install.md): prefer it, since
-# veil-cni from this Dockerfile links the build image's glibc and may not run on older nodes.
+# veil-cni from this Dockerfile links the build image's glibc and may not run on older nodes, and
+# its ztunnel is linked without the layout `cargo xtask image` profiles it for (twice the idle RSS;
+# docs/benchmarks.md, "Code layout").
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .

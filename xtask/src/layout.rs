@@ -297,6 +297,15 @@ impl Profile {
             found * 100.0,
             relinked.display()
         );
+        // Laid out, the idle functions follow one another (alignment padding aside); spread as
+        // widely as in the default link, the order did not reach the linker.
+        ensure!(
+            now.span <= now.bytes + now.bytes / 2,
+            "the idle code of {} spans {} KB for {} KB of functions: the order was not applied",
+            relinked.display(),
+            now.span / 1000,
+            now.bytes / 1000
+        );
         println!(
             "  laid out: the idle code ({} KB, {:.0}% of its functions found) now spans {} KB of {} (was {} KB)",
             now.bytes / 1000,

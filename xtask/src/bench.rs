@@ -682,7 +682,11 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
     let release = target.join("release");
-    if opts.layout {
+    let in_cluster = SECTIONS
+        .iter()
+        .any(|s| !OUTSIDE_THE_CLUSTER.contains(s) && opts.runs(s));
+    let laid_out = opts.layout && in_cluster && layout::supported_on_this_host();
+    if laid_out {
         let ztunnel = release.join("veil-ztunnel");
         let profile = layout::profile(
             &ztunnel,
@@ -691,13 +695,15 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
         )?;
         build_with(true, &[(layout::LAYOUT_VAR, &profile.order)])?;
         profile.check(&ztunnel)?;
-    } else {
-        println!("ztunnel's code is not laid out from a profile (--no-layout)");
+    } else if in_cluster {
+        println!(
+            "ztunnel's code is not laid out from a profile (--no-layout, or not x86_64 Linux)"
+        );
     }
     use_binaries_from(release);
     veil_e2e::cluster::remove_stale();
     let mut results = json!({
-        "settings": {"seconds": opts.seconds, "rounds": opts.rounds, "cpus": cpus()},
+        "settings": {"seconds": opts.seconds, "rounds": opts.rounds, "cpus": cpus(), "ztunnel_laid_out": laid_out},
     });
     if opts.runs("policy") {
         results["policy"] = policy(&root)?;
@@ -711,9 +717,6 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
     if opts.runs("scale") {
         results["scale"] = scale::scale()?;
     }
-    let in_cluster = SECTIONS
-        .iter()
-        .any(|s| !OUTSIDE_THE_CLUSTER.contains(s) && opts.runs(s));
     if !in_cluster {
         println!("Partial run (--only): nothing written.");
         return Ok(());

@@ -72,7 +72,11 @@ pub(crate) fn run(tag: &str, build: Option<&Path>) -> anyhow::Result<PathBuf> {
     let bin_dir = root.join("target").join(&target).join("release");
     if let Some(tools) = build {
         build_static(&root, &target, None)?;
-        lay_out(&root, &target, &bin_dir, &root.join(tools))?;
+        if crate::layout::supported(&target) {
+            lay_out(&root, &target, &bin_dir, &root.join(tools))?;
+        } else {
+            println!("ztunnel's code is not laid out: {target} does not link with lld by default");
+        }
     }
     for name in BINARIES {
         let path = bin_dir.join(name);
@@ -193,9 +197,10 @@ fn build_static(root: &Path, target: &str, layout: Option<&Path>) -> anyhow::Res
     cmd.args(["build", "--locked", "--release", "--target", target])
         .current_dir(root)
         .env("RUSTFLAGS", "-C target-feature=+crt-static");
-    if let Some(order) = layout {
-        cmd.env(crate::layout::LAYOUT_VAR, order);
-    }
+    match layout {
+        Some(order) => cmd.env(crate::layout::LAYOUT_VAR, order),
+        None => cmd.env_remove(crate::layout::LAYOUT_VAR),
+    };
     for package in PACKAGES {
         cmd.args(["-p", package]);
     }

@@ -54,6 +54,8 @@ pub(crate) fn build_with(release: bool, env: &[(&str, &Path)]) -> anyhow::Result
     if release {
         cmd.arg("--release");
     }
+    // Laid out only when asked here: not from a variable the caller's environment happens to hold.
+    cmd.env_remove(crate::layout::LAYOUT_VAR);
     cmd.envs(env.iter().copied());
     if !cmd.current_dir(workspace_root()).status()?.success() {
         bail!("the build failed");

@@ -296,12 +296,30 @@ impl Mesh {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
-        let proc = Proc::spawn(
+        // A cgroup of its own, as a DaemonSet's container has: the pods' capture rules let out
+        // only its sockets (the pods' processes are in the harness's). As in a container, it
+        // runs in a cgroup namespace of its own with the hierarchy mounted from there (inside
+        // the mount namespace `ip netns exec` makes; its /sys is a fresh one).
+        let cgroup = crate::process::new_cgroup(&format!("ztunnel-{node}"))?;
+        let container = [
+            "unshare",
+            "--cgroup",
+            "sh",
+            "-c",
+            r#"mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@""#,
+            "sh",
+        ];
+        let argv: Vec<&str> = match cgroup {
+            Some(_) => container.iter().copied().chain(argv).collect(),
+            None => argv,
+        };
+        let proc = Proc::spawn_in(
             &format!("ztunnel {node}"),
             Some(&netns),
             &argv,
             &env,
             &self.dir.join(format!("ztunnel-{node}.log")),
+            cgroup,
         )?;
         self.ztunnels.insert(node.to_owned(), proc);
         Ok(())

@@ -19,6 +19,32 @@ pub struct Proc {
     pub name: String,
     child: Child,
     log: PathBuf,
+    /// The cgroup it was started in, removed once it has exited.
+    cgroup: Option<PathBuf>,
+}
+
+/// Where cgroup v2 (the unified hierarchy) is mounted, if it is.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        if fs.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        mount.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// A new, empty cgroup (v2) of its own for a process, or `None` where cgroup v2 is not mounted.
+pub fn new_cgroup(name: &str) -> anyhow::Result<Option<PathBuf>> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(mount) = cgroup2_mount() else {
+        return Ok(None);
+    };
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = mount.join(format!("veil-e2e-{}-{name}-{n}", std::process::id()));
+    std::fs::create_dir(&dir).with_context(|| format!("creating the cgroup {}", dir.display()))?;
+    Ok(Some(dir))
 }
 
 impl Proc {
@@ -31,20 +57,39 @@ impl Proc {
         env: &[(&str, &str)],
         log: &Path,
     ) -> anyhow::Result<Self> {
+        Self::spawn_in(name, netns, argv, env, log, None)
+    }
+
+    /// [`Proc::spawn`], the process moved into `cgroup` (a directory of the cgroup v2 hierarchy,
+    /// removed once it has exited) before it runs `argv`.
+    pub fn spawn_in(
+        name: &str,
+        netns: Option<&str>,
+        argv: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+        cgroup: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).args(argv);
-                c
-            }
-            None => {
-                let mut c = Command::new(argv[0]);
-                c.args(&argv[1..]);
-                c
-            }
-        };
+        let mut full: Vec<String> = Vec::new();
+        if let Some(dir) = &cgroup {
+            // The shell moves itself (the built-in echo's `0`), then becomes the process: it
+            // opens no socket before it is in the cgroup.
+            let procs = dir.join("cgroup.procs");
+            full.extend([
+                "sh".into(),
+                "-c".into(),
+                r#"echo 0 > "$0" && exec "$@""#.into(),
+            ]);
+            full.push(procs.to_string_lossy().into_owned());
+        }
+        if let Some(ns) = netns {
+            full.extend(["ip".into(), "netns".into(), "exec".into(), ns.into()]);
+        }
+        full.extend(argv.iter().map(|a| (*a).to_owned()));
+        let mut cmd = Command::new(&full[0]);
+        cmd.args(&full[1..]);
         let child = cmd
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -66,6 +111,7 @@ impl Proc {
             name: name.to_owned(),
             child,
             log: log.to_owned(),
+            cgroup,
         })
     }
 
@@ -192,5 +238,14 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.cgroup {
+            // Its children (ztunnel's `iptables` runs) may take a moment to be gone too.
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 }

@@ -131,6 +131,18 @@ fn upgrade_mid_traffic(quic: bool) {
             "{node}'s old ztunnel exited with a stream still open"
         );
     }
+    // Meanwhile the pods' rules let out a marked socket from either ztunnel's cgroup: the new
+    // one's, and the old one's by the mark alone (a process's cgroup cannot be named from another's).
+    let mark_only = |rules: &str| {
+        rules
+            .lines()
+            .any(|l| l.contains("--mark 0x539") && !l.contains("--path"))
+    };
+    for pod in ["client", "server"] {
+        let rules = m.nat_rules(pod);
+        assert!(mark_only(&rules), "{pod}: {rules}");
+        assert!(rules.contains("--path"), "{pod}: {rules}");
+    }
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&stop, "").unwrap();
     let out = traffic.join().unwrap();
@@ -162,6 +174,14 @@ fn upgrade_mid_traffic(quic: bool) {
             previous.wait_exit(Duration::from_secs(10)),
             "{node}'s old ztunnel still running after its last connection ended"
         );
+    }
+    // Once they have exited, only the new ones' sockets pass.
+    for (node, pod) in [("node-a", "client"), ("node-b", "server")] {
+        let gone = m.eventually(SETTLE, || {
+            m.ztunnel_log(node).contains("the predecessors have exited")
+                && !mark_only(&m.nat_rules(pod))
+        });
+        assert!(gone, "{pod}: {}", m.nat_rules(pod));
     }
     let old_log = std::fs::read_to_string(m.dir.join("ztunnel-node-a.log.1")).unwrap();
     if quic {

@@ -346,6 +346,7 @@ fn smoke(buildah: &Buildah, container: &str) -> anyhow::Result<()> {
     // Every match and target veil's capture and probe rules use, in both families, checked by
     // the image's own iptables-restore without touching any table (`--test`).
     let rules = "*nat\n:VEIL_TEST - [0:0]\n-A VEIL_TEST -p tcp -m mark --mark 0x539 -j RETURN\n\
+        -A VEIL_TEST -p tcp -m mark --mark 0x539/0xfff -m cgroup --path / -j RETURN\n\
         -A VEIL_TEST -p tcp -m multiport --dports 15001,15006,15008 -j RETURN\n\
         -A VEIL_TEST -p tcp -m owner --socket-exists -j RETURN\n\
         -A VEIL_TEST -p tcp -j REDIRECT --to-ports 15006\nCOMMIT\n\

@@ -281,14 +281,14 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
     let status = StatusMap::default();
     // A ztunnel already running on the node hands its pods over before anything is bound: the
     // admin ports and the CNI socket are let go of for this one.
-    let inherited = match &config.handover_dir {
+    let (inherited, predecessors) = match &config.handover_dir {
         Some(dir) => {
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || handover::take_over(&dir))
                 .await
                 .map_err(|e| StartError::Config(format!("taking over from a predecessor: {e}")))?
         }
-        None => handover::Inherited::default(),
+        None => (handover::Inherited::default(), handover::no_predecessors()),
     };
     let endpoints = vec![
         (config.metrics_addr, ops::metrics(ctx.clone())),
@@ -331,6 +331,10 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
         pinned_dir: config.netns_dir.clone(),
         held: handover::Held::default(),
         inherited,
+        own_cgroup: tokio::task::spawn_blocking(own_cgroup)
+            .await
+            .unwrap_or_default(),
+        predecessors,
     };
     let mut owner = lifecycle::Owner::start(enrolment, ops, cni, handover);
     info!(node = %config.node, "veil-ztunnel running");
@@ -424,4 +428,25 @@ fn keep_cni_chain(
         stopped: stopped.clone(),
     };
     Some(tokio::spawn(chain.keep(std::time::Duration::from_secs(1))))
+}
+
+/// ztunnel's cgroup for the pods' capture rules, or `None` (and a warning) where it cannot tell
+/// ztunnel's sockets from a pod's.
+fn own_cgroup() -> Option<String> {
+    match crate::cgroup::own() {
+        Ok(Some(path)) => {
+            info!(cgroup = %path, "the pods' capture rules let out marked sockets from this cgroup only");
+            Some(path)
+        }
+        Ok(None) => {
+            info!(
+                "kernel before 5.17: setting ztunnel's socket mark needs CAP_NET_ADMIN, which would let a pod remove its rules anyway; the rules match the mark alone"
+            );
+            None
+        }
+        Err(reason) => {
+            warn!(%reason, "ztunnel's cgroup cannot tell its sockets from the pods': the capture rules let out every socket with ztunnel's mark, which a pod keeping CAP_NET_RAW can set on its own (Linux 5.17 and later)");
+            None
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! `nat` table:
 //! - outbound TCP the pod opens is redirected to ztunnel's outbound listener (15001), except
-//!   loopback traffic and ztunnel's own marked sockets;
+//!   loopback traffic and ztunnel's own sockets: marked, and opened from ztunnel's cgroup
+//!   ([`OwnSockets`]; a pod keeping `CAP_NET_RAW` can mark its own sockets);
 //! - inbound TCP is redirected to the plaintext listener (15006), except HBONE (15008) and, with
 //!   kubelet probes admitted, TCP from the reserved probe source ([`PROBE_SOURCE_V4`]), which only
 //!   this node's own processes can originate ([`crate::probes`]).
@@ -214,16 +215,48 @@ impl Default for UdpAllowance {
     }
 }
 
+/// How the rules tell ztunnel's own sockets (not redirected, not refused) from the pod's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnSockets {
+    /// ztunnel's cgroup ([`crate::cgroup`]): a marked socket is ztunnel's only if opened from it.
+    /// `None`: the mark alone, which a pod with `CAP_NET_RAW` can set (Linux 5.17 and later).
+    pub cgroup: Option<String>,
+    /// Also the mark alone: a predecessor handed pods over and may still open sockets in them,
+    /// from its own cgroup ([`crate::handover`]).
+    pub mark_only: bool,
+}
+
+impl OwnSockets {
+    /// The matches that each let a socket of ztunnel's through (one rule per match).
+    fn matches(&self) -> Vec<String> {
+        let mark = format!("-m mark --mark {SOCKET_MARK:#x}/0xfff");
+        let mut matches = Vec::new();
+        if let Some(path) = &self.cgroup {
+            matches.push(format!("{mark} -m cgroup --path {path}"));
+        }
+        if self.mark_only || self.cgroup.is_none() {
+            matches.push(mark);
+        }
+        matches
+    }
+}
+
 /// The `iptables-restore --noflush` input that installs capture for `family`. Declaring veil's
 /// chains empties them, so applying it again replaces them; `jumps` are the jumps still missing
 /// (see [`missing_jumps`]). `probes`: the pod's own addresses, to which the node's probe source is
 /// admitted in plaintext (none: not admitted).
-pub fn rules(family: Family, udp: &UdpAllowance, probes: &[IpAddr], jumps: &[usize]) -> String {
+pub fn rules(
+    family: Family,
+    udp: &UdpAllowance,
+    own: &OwnSockets,
+    probes: &[IpAddr],
+    jumps: &[usize],
+) -> String {
     let mut filter = format!("*filter\n:{FILTER_IN} - [0:0]\n:{FILTER_OUT} - [0:0]\n");
     filter.push_str(&filter_in(family, udp.quic));
-    filter.push_str(&filter_out(family, udp));
+    filter.push_str(&filter_out(family, udp, own));
     let mut nat = format!("*nat\n:{NAT_OUT} - [0:0]\n:{NAT_IN} - [0:0]\n");
-    nat.push_str(&nat_rules(family, probes));
+    nat.push_str(&nat_rules(family, own, probes));
     for (table, line) in jump_lines(&JUMPS, jumps) {
         if table == "filter" {
             filter.push_str(&line);
@@ -239,10 +272,13 @@ pub fn rules(family: Family, udp: &UdpAllowance, probes: &[IpAddr], jumps: &[usi
 
 fn filter_in(family: Family, quic: bool) -> String {
     let (icmp, out, plain) = (family.icmp(), OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT);
-    // HBONE over QUIC: UDP 15008 only when the socket that would receive it is ztunnel's (its mark,
-    // which an application cannot set without CAP_NET_ADMIN): an application that bound the port
-    // first (before enrolment, or while a successor waits for its predecessor's socket) receives
-    // nothing from outside. What ztunnel's endpoint receives is mutual TLS or nothing.
+    // HBONE over QUIC: UDP 15008 only when the socket that would receive it is ztunnel's (its
+    // mark): an application that bound the port first (before enrolment, or while a successor
+    // waits for its predecessor's socket) receives nothing from outside. What ztunnel's endpoint
+    // receives is mutual TLS or nothing. The receiving socket's cgroup cannot be matched here (it
+    // is found by a lookup that gives its mark only), so an application that keeps CAP_NET_RAW,
+    // marks a socket and binds the port before ztunnel does would receive the QUIC handshakes
+    // meant for its own pod: a way around its own pod's protection, no other pod's.
     let quic = if quic {
         format!(
             "-A {FILTER_IN} -p udp --dport {HBONE_PORT} -m socket --nowildcard --restore-skmark -m mark --mark {SOCKET_MARK:#x}/0xfff -j RETURN\n"
@@ -265,7 +301,7 @@ fn filter_in(family: Family, quic: bool) -> String {
     )
 }
 
-fn filter_out(family: Family, udp: &UdpAllowance) -> String {
+fn filter_out(family: Family, udp: &UdpAllowance, own: &OwnSockets) -> String {
     let (icmp, prohibited) = (family.icmp(), family.prohibited());
     let mut out = String::new();
     if family == Family::V6 {
@@ -290,11 +326,13 @@ fn filter_out(family: Family, udp: &UdpAllowance) -> String {
 "
     ));
     if udp.quic {
-        // ztunnel's QUIC endpoint (marked, which an application cannot be without CAP_NET_ADMIN),
-        // from or to 15008: the port is its own both ways.
-        out.push_str(&format!(
-            "-A {FILTER_OUT} -p udp -m mark --mark {SOCKET_MARK:#x}/0xfff -m multiport --ports {HBONE_PORT} -j RETURN\n"
-        ));
+        // ztunnel's QUIC endpoint (its mark and cgroup), from or to 15008: the port is its own
+        // both ways.
+        for own in own.matches() {
+            out.push_str(&format!(
+                "-A {FILTER_OUT} -p udp {own} -m multiport --ports {HBONE_PORT} -j RETURN\n"
+            ));
+        }
     }
     out.push_str(&allowed_udp(FILTER_OUT, family, udp));
     if udp.carry {
@@ -331,7 +369,7 @@ fn allowed_udp(chain: &str, family: Family, udp: &UdpAllowance) -> String {
 
 /// The `iptables-restore --noflush` input capturing outbound UDP for ztunnel to carry (see the
 /// module's documentation); `jumps`: the indices in [`UDP_JUMPS`] still missing.
-pub fn udp_rules(family: Family, udp: &UdpAllowance, jumps: &[usize]) -> String {
+pub fn udp_rules(family: Family, udp: &UdpAllowance, own: &OwnSockets, jumps: &[usize]) -> String {
     let on_ip = match family {
         Family::V4 => "127.0.0.1",
         Family::V6 => "::1",
@@ -341,10 +379,12 @@ pub fn udp_rules(family: Family, udp: &UdpAllowance, jumps: &[usize]) -> String 
 :{MANGLE_UDP_OUT} - [0:0]
 :{MANGLE_UDP_IN} - [0:0]
 :{MANGLE_UDP_GUARD} - [0:0]
--A {MANGLE_UDP_OUT} -m mark --mark {SOCKET_MARK:#x}/0xfff -j RETURN
--A {MANGLE_UDP_OUT} -o lo -j RETURN
 "
     );
+    for own in own.matches() {
+        mangle.push_str(&format!("-A {MANGLE_UDP_OUT} {own} -j RETURN\n"));
+    }
+    mangle.push_str(&format!("-A {MANGLE_UDP_OUT} -o lo -j RETURN\n"));
     if family == Family::V6 {
         // A datagram to a neighbour's link-local address is bound to an interface and would not
         // take the local route: left to the filter table, which refuses it.
@@ -370,7 +410,7 @@ pub fn udp_rules(family: Family, udp: &UdpAllowance, jumps: &[usize]) -> String 
     format!("{mangle}COMMIT\n")
 }
 
-fn nat_rules(family: Family, probes: &[IpAddr]) -> String {
+fn nat_rules(family: Family, own: &OwnSockets, probes: &[IpAddr]) -> String {
     let (loopback, hbone) = (family.loopback(), HBONE_PORT);
     // The kubelet's probes reach the application as they would without the mesh: plaintext from
     // the node itself, which the node marks with the probe source (see `crate::probes`), to the
@@ -388,9 +428,13 @@ fn nat_rules(family: Family, probes: &[IpAddr]) -> String {
         Family::V4 => String::new(),
         Family::V6 => format!("-A {NAT_OUT} -d {LINK_LOCAL_V6} -j RETURN\n"),
     };
+    let own: String = own
+        .matches()
+        .iter()
+        .map(|own| format!("-A {NAT_OUT} {own} -j RETURN\n"))
+        .collect();
     format!(
-        "-A {NAT_OUT} -m mark --mark {SOCKET_MARK:#x}/0xfff -j RETURN
--A {NAT_OUT} -d {loopback} -j RETURN
+        "{own}-A {NAT_OUT} -d {loopback} -j RETURN
 {link_local}-A {NAT_OUT} -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}
 -A {NAT_IN} -p tcp --dport {hbone} -j RETURN
 {probe}-A {NAT_IN} -p tcp -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}
@@ -499,10 +543,11 @@ pub fn install(
     netns: &std::path::Path,
     family: Family,
     udp: &UdpAllowance,
+    own: &OwnSockets,
     probes: &[IpAddr],
 ) -> Result<(), CaptureError> {
     let save = run_in(netns, family.save(), &[], None)?;
-    let input = rules(family, udp, probes, &missing_jumps(&save));
+    let input = rules(family, udp, own, probes, &missing_jumps(&save));
     run_in(netns, family.restore(), &["--noflush"], Some(&input))?;
     if udp.carry {
         // The route first: a marked packet must take it from the moment it is marked.
@@ -514,7 +559,7 @@ pub fn install(
             }
             tracing::info!(netns = %netns.display(), error = %e, "no IPv6 route for carried UDP: IPv6 UDP is dropped in this pod");
         }
-        let input = udp_rules(family, udp, &missing(&save, &UDP_JUMPS));
+        let input = udp_rules(family, udp, own, &missing(&save, &UDP_JUMPS));
         run_in(netns, family.restore(), &["--noflush"], Some(&input))?;
     } else if save.contains(MANGLE_UDP_OUT) {
         // Carried before (another setting, an earlier ztunnel): no longer.
@@ -612,7 +657,7 @@ pub fn installed(netns: &std::path::Path, family: Family) -> bool {
 }
 
 /// Runs `tool args` inside the namespace at `netns`; its standard output.
-fn run_in(
+pub(crate) fn run_in(
     netns: &std::path::Path,
     tool: &'static str,
     args: &[&str],

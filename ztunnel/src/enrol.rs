@@ -25,9 +25,11 @@ use veil_mesh::telemetry::audit::{AUDIT, SCHEMA};
 use veil_mesh::telemetry::metrics::{Party, WorkloadLabels};
 
 use crate::budget::PodBudget;
-use crate::capture::{self, Family, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, UdpAllowance};
+use crate::capture::{
+    self, Family, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, OwnSockets, UdpAllowance,
+};
 use crate::context::{Context, LocalWorkload};
-use crate::handover::{Handoff, Held, Inherited, pods};
+use crate::handover::{Handoff, Held, Inherited, Predecessors, pods};
 use crate::netns::{NetNs, NsId};
 use crate::registry::Registry;
 use crate::{inbound, outbound, plaintext, udp};
@@ -63,6 +65,8 @@ struct Enrolled {
     local: Arc<LocalWorkload>,
     tasks: Vec<JoinHandle<()>>,
     netns_id: NsId,
+    /// How its rules, as last written, tell ztunnel's sockets apart.
+    own: OwnSockets,
 }
 
 /// Everything enrolment works with (cloned to start it again where it stopped).
@@ -81,6 +85,10 @@ pub struct Enrolment {
     pub held: Held,
     /// The pods a predecessor handed over, taken as they are captured; dropped once not wanted.
     pub inherited: Inherited,
+    /// ztunnel's cgroup, matched with its mark in the pods' rules ([`crate::cgroup`]).
+    pub own_cgroup: Option<String>,
+    /// Predecessors still running: their sockets are let out by the mark alone until they exit.
+    pub predecessors: Predecessors,
 }
 
 /// The pods enrolment captured, given back when it stops: it starts again from them.
@@ -118,13 +126,16 @@ async fn run(e: Enrolment, mut stop: watch::Receiver<bool>, captured: Captured) 
     // Its first tick a period from now: the rules were just written.
     let mut resync =
         tokio::time::interval_at(tokio::time::Instant::now() + PROBE_RESYNC, PROBE_RESYNC);
+    let mut predecessors = e.predecessors.clone();
     loop {
+        predecessors.borrow_and_update();
         let state = rx.borrow_and_update().clone();
         cni.borrow_and_update();
         if *stop.borrow_and_update() {
             return Captured(enrolled);
         }
         e.reconcile(&state, &mut enrolled).await;
+        e.rewrite(&mut enrolled).await;
         e.registry
             .set_captured(enrolled.values().map(|e| e.local.workload.key()).collect());
         let probes_failing = ctx.settings.kubelet_probes
@@ -140,6 +151,8 @@ async fn run(e: Enrolment, mut stop: watch::Receiver<bool>, captured: Captured) 
             () = tokio::time::sleep(RETRY), if failing => {}
             // The node's rules are written again now and then: something may have flushed them.
             _ = resync.tick(), if ctx.settings.kubelet_probes => probed = None,
+            // The last predecessor exited: its sockets no longer pass.
+            Ok(()) = predecessors.changed() => {}
         }
     }
 }
@@ -234,6 +247,57 @@ fn known_netns(workload: &Workload, registry: &Registry) -> Option<PathBuf> {
 }
 
 impl Enrolment {
+    /// How the pods' rules tell this ztunnel's sockets apart, now.
+    fn own(&self) -> OwnSockets {
+        OwnSockets {
+            cgroup: self.own_cgroup.clone(),
+            mark_only: *self.predecessors.borrow() > 0,
+        }
+    }
+
+    /// The probe source is admitted only to the pod's own addresses, and only once the node's
+    /// guard against it is in place.
+    fn probes(&self, workload: &Workload) -> Vec<IpAddr> {
+        let ctx = &self.ctx;
+        if ctx.settings.kubelet_probes && ctx.probe_guard.load(Ordering::Acquire) {
+            workload.ips.clone()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Writes again (in place: no moment without capture) the rules of every captured pod
+    /// whose rules tell ztunnel's sockets apart otherwise than they should now: once the last
+    /// predecessor has exited, its sockets no longer pass. A pod whose rules cannot be written is
+    /// marked failed (so the loop retries) and keeps the rules it has.
+    async fn rewrite(&self, enrolled: &mut HashMap<String, Enrolled>) {
+        let own = self.own();
+        let mut rewritten = 0;
+        for (uid, e) in enrolled.iter_mut().filter(|(_, e)| e.own != own) {
+            let workload = e.local.workload.clone();
+            let path = e.local.netns.stable_path();
+            let (udp, probes) = (self.ctx.settings.udp.clone(), self.probes(&workload));
+            match install(&path, udp, own.clone(), probes).await {
+                Ok(()) => {
+                    e.own = own.clone();
+                    rewritten += 1;
+                    lock(&self.status)
+                        .insert(uid.clone(), CaptureStatus::Captured { netns: e.netns_id });
+                }
+                Err(reason) => {
+                    error!(workload = %workload.key(), %reason, "could not write the pod's capture rules again; retrying");
+                    lock(&self.status).insert(uid.clone(), CaptureStatus::Failed { reason });
+                }
+            }
+        }
+        if rewritten > 0 && !own.mark_only {
+            info!(
+                pods = rewritten,
+                "the predecessors have exited: the pods' rules let out this ztunnel's sockets only"
+            );
+        }
+    }
+
     async fn reconcile(&self, state: &MeshState, enrolled: &mut HashMap<String, Enrolled>) {
         let (ctx, registry, status) = (&self.ctx, &self.registry, &self.status);
         let want: HashMap<String, Arc<Workload>> = desired(ctx, state)
@@ -363,7 +427,11 @@ impl Enrolment {
             party: Party::of(&workload),
             quic: Default::default(),
         });
-        let (tasks, listeners) = start_listeners(ctx, &local, inherited.as_ref())
+        // The listeners serve once the pod's rules are this ztunnel's: before, the rules a
+        // predecessor (or a ztunnel that died) wrote would not let this one's sockets out, and a
+        // connection it took would be redirected back to it. Connections wait in the queues.
+        let (rules_written, rules) = watch::channel(false);
+        let (tasks, listeners) = start_listeners(ctx, &local, inherited.as_ref(), &rules)
             .map_err(|e| format!("listeners: {e}"))?;
         let handoff = Handoff {
             netns_path: local.netns.path().to_owned(),
@@ -373,19 +441,15 @@ impl Enrolment {
                 .map_err(|e| format!("keeping the namespace for a successor: {e}"))?,
             listeners,
         };
+        let own = self.own();
         let enrolled = Enrolled {
             local,
             tasks,
             netns_id,
+            own: own.clone(),
         };
-        // The probe source is admitted only to the pod's own addresses, and only once the node's
-        // guard against it is in place.
-        let probes = if ctx.settings.kubelet_probes && ctx.probe_guard.load(Ordering::Acquire) {
-            workload.ips.clone()
-        } else {
-            Vec::new()
-        };
-        if let Err(e) = install(&path, ctx.settings.udp.clone(), probes).await {
+        let probes = self.probes(&workload);
+        if let Err(e) = install(&path, ctx.settings.udp.clone(), own, probes).await {
             // Whatever part of the rules went in comes out again: no half-captured pod. Not for
             // a pod handed over: its rules are the predecessor's, and its sockets still serve.
             if inherited.is_some() {
@@ -397,6 +461,7 @@ impl Enrolment {
             }
             return Err(e);
         }
+        rules_written.send_replace(true);
         if inherited.is_some() {
             pods(&self.inherited).remove(&*workload.uid);
             info!(workload = %workload.key(), "serving the sockets handed over by the previous ztunnel");
@@ -423,6 +488,7 @@ fn start_listeners(
     ctx: &Arc<Context>,
     local: &Arc<LocalWorkload>,
     inherited: Option<&Handoff>,
+    rules: &watch::Receiver<bool>,
 ) -> std::io::Result<(Vec<JoinHandle<()>>, Vec<FamilyListeners>)> {
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let mut copies = Vec::new();
@@ -453,16 +519,19 @@ fn start_listeners(
         tasks.push(spawn_after_cert(
             wait,
             local,
+            rules,
             outbound::run(ctx.clone(), local.clone(), out),
         ));
         tasks.push(spawn_after_cert(
             wait,
             local,
+            rules,
             inbound::run(ctx.clone(), local.clone(), hbone),
         ));
         tasks.push(spawn_after_cert(
             wait,
             local,
+            rules,
             plaintext::run(ctx.clone(), local.clone(), plain),
         ));
         if ctx.settings.quic.enabled {
@@ -487,6 +556,7 @@ fn start_listeners(
             tasks.push(spawn_after_cert(
                 wait,
                 local,
+                rules,
                 udp::run(ctx.clone(), local.clone(), socket),
             ));
         }
@@ -494,13 +564,19 @@ fn start_listeners(
     Ok((tasks, copies))
 }
 
+/// Serves once the pod's rules are written (and, with `wait`, its certificate is there).
 fn spawn_after_cert(
     wait: bool,
     local: &Arc<LocalWorkload>,
+    rules: &watch::Receiver<bool>,
     serve: impl Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<()> {
-    let local = local.clone();
+    let (local, mut rules) = (local.clone(), rules.clone());
     tokio::spawn(async move {
+        if rules.wait_for(|written| *written).await.is_err() {
+            // Never written: the capture failed and the pod is released.
+            return;
+        }
         if wait {
             local.cert.ready().await;
         }
@@ -546,12 +622,13 @@ pub(crate) fn ipv6_off(e: &std::io::Error) -> bool {
 async fn install(
     path: &std::path::Path,
     udp: UdpAllowance,
+    own: OwnSockets,
     probes: Vec<IpAddr>,
 ) -> Result<(), String> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         for family in Family::ALL {
-            capture::install(&path, family, &udp, &probes).map_err(|e| e.to_string())?;
+            capture::install(&path, family, &udp, &own, &probes).map_err(|e| e.to_string())?;
         }
         Ok(())
     })

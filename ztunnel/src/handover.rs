@@ -14,6 +14,14 @@
 //! tells its HBONE peers to open new connections elsewhere (GOAWAY), and serves what it has until
 //! it ends or the drain period passes.
 //!
+//! The old one keeps its end of the conversation open until it exits, so the new one knows when it
+//! is gone: until then the old one may open sockets in the pods it handed over (it still accepts
+//! and connects), and the pods' capture rules let a marked socket out from either's cgroup
+//! ([`crate::capture::OwnSockets`]); then from the new one's only. With its last message the old
+//! one passes on its own connections to ztunnels before it that still run, so a chain of upgrades
+//! waits for all of them. A predecessor that does not say it keeps the connection (a version
+//! before this), or whose handover failed, is taken to live as long as this ztunnel.
+//!
 //! The socket is only reachable by root on the node (mode 0600, and the peer's credentials are
 //! checked): whoever holds these descriptors can accept the pods' connections.
 
@@ -35,7 +43,7 @@ use rustix::net::{
     sockopt,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::capture::{Family, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
@@ -131,8 +139,14 @@ enum Message {
         /// `v4` / `v6`, in the order of the descriptors.
         families: Vec<String>,
     },
-    /// The end: `pods` pod messages were sent.
-    Done { pods: usize },
+    /// The end: `pods` pod messages were sent. `stays`: the sender keeps this connection open
+    /// until it exits (absent from older versions: `false`). Its descriptors, if any: the sender's
+    /// own connections to its predecessors still running, whose ends close when they exit.
+    Done {
+        pods: usize,
+        #[serde(default)]
+        stays: bool,
+    },
     /// The successor's answer to `Done`: it holds `pods` of them now (those it found valid).
     Taken { pods: usize },
 }
@@ -328,8 +342,10 @@ fn handoff(
 }
 
 /// Asks the predecessor listening at `path` for its pods, and tells it which it took: a pod whose
-/// message is invalid is skipped (logged), the others are taken.
-fn ask(path: &Path) -> Result<HashMap<String, Handoff>, HandoverError> {
+/// message is invalid is skipped (logged), the others are taken. With them, the connections that
+/// tell when the predecessor, and those before it still running, have exited (`None`: one that
+/// does not say).
+fn ask(path: &Path) -> Result<(HashMap<String, Handoff>, Running), HandoverError> {
     let fd = seqpacket()?;
     net::connect(&fd, &unix_addr(path)?).map_err(io("connecting to the predecessor"))?;
     let peer =
@@ -366,11 +382,13 @@ fn ask(path: &Path) -> Result<HashMap<String, Handoff>, HandoverError> {
                     warn!(workload = %uid, error = %e, "a pod handed over is skipped: its sockets are bound afresh once the predecessor lets go of them");
                 }
             },
-            (Message::Done { pods: sent }, _) if sent == pods.len() + skipped => {
+            (Message::Done { pods: sent, stays }, older) if sent == pods.len() + skipped => {
                 send(&fd, &Message::Taken { pods: pods.len() }, &[])?;
-                return Ok(pods);
+                let mut running = vec![stays.then_some(fd)];
+                running.extend(older.into_iter().map(Some));
+                return Ok((pods, running));
             }
-            (Message::Done { pods: sent }, _) => {
+            (Message::Done { pods: sent, .. }, _) => {
                 return Err(HandoverError::Invalid(format!(
                     "{sent} pods announced, {} received",
                     pods.len() + skipped
@@ -385,30 +403,47 @@ fn ask(path: &Path) -> Result<HashMap<String, Handoff>, HandoverError> {
     }
 }
 
+/// Connections whose other end closes when a predecessor exits (`None`: one that does not say).
+type Running = Vec<Option<OwnedFd>>;
+
+/// How many predecessors that handed pods over are still running (see the module's
+/// documentation); it only ever falls.
+pub type Predecessors = watch::Receiver<usize>;
+
+/// No predecessor.
+pub fn no_predecessors() -> Predecessors {
+    watch::channel(0).1
+}
+
 /// Takes over from every predecessor in `dir`: their pods by uid (the first answer for a uid
-/// wins). Sockets of predecessors that are gone are removed; a predecessor that answers badly is
-/// logged and skipped (its pods are then bound afresh once it lets go of them).
-pub fn take_over(dir: &Path) -> Inherited {
+/// wins), and the count of those still running. Sockets of predecessors that are gone are removed;
+/// a predecessor that answers badly is logged and skipped (its pods are then bound afresh once it
+/// lets go of them).
+pub fn take_over(dir: &Path) -> (Inherited, Predecessors) {
     let mut inherited = HashMap::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Inherited::default(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (Inherited::default(), no_predecessors());
+        }
         Err(e) => {
             warn!(dir = %dir.display(), error = %e, "cannot read the handover directory: no pod is taken over from a running ztunnel");
-            return Inherited::default();
+            return (Inherited::default(), no_predecessors());
         }
     };
+    let mut running = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().is_none_or(|e| e != "sock") {
             continue;
         }
         match ask(&path) {
-            Ok(pods) => {
+            Ok((pods, connections)) => {
                 info!(predecessor = %path.display(), pods = pods.len(), "took over the pods of the ztunnel running before this one");
                 for (uid, pod) in pods {
                     inherited.entry(uid).or_insert(pod);
                 }
+                running.extend(connections.into_iter().map(|c| (path.clone(), c)));
             }
             Err(HandoverError::Io { source, .. })
                 if matches!(
@@ -421,10 +456,69 @@ pub fn take_over(dir: &Path) -> Inherited {
             }
             Err(e) => {
                 warn!(predecessor = %path.display(), error = %e, "handover from a running ztunnel failed: its pods are bound afresh once it lets go of them");
+                // It runs, and may go on opening sockets in its pods.
+                running.push((path, None));
             }
         }
     }
-    Arc::new(Mutex::new(inherited))
+    (Arc::new(Mutex::new(inherited)), watch_running(running))
+}
+
+/// The count of `predecessors` running, falling as each one's connection ends (one thread each);
+/// one without a connection counts for as long as this process runs.
+fn watch_running(predecessors: Vec<(PathBuf, Option<OwnedFd>)>) -> Predecessors {
+    let (count, running) = watch::channel(predecessors.len());
+    for (path, connection) in predecessors {
+        let Some(fd) = connection else {
+            info!(predecessor = %path.display(), "the predecessor does not say when it exits: its sockets are let out of the pods by their mark alone until this ztunnel restarts");
+            continue;
+        };
+        match fd.try_clone() {
+            Ok(copy) => lock(&PREDECESSORS).push(copy),
+            Err(e) => warn!(error = %e, "cannot keep a predecessor's connection for a successor"),
+        }
+        let count = count.clone();
+        let spawned = std::thread::Builder::new()
+            .name("predecessor".into())
+            .spawn(move || {
+                wait_closed(&fd);
+                info!(predecessor = %path.display(), "the predecessor has exited");
+                count.send_modify(|n| *n -= 1);
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot watch a predecessor: counted as running until this ztunnel restarts");
+        }
+    }
+    running
+}
+
+/// Returns once the other end of `fd` is closed (its process exited), whatever it sends before.
+fn wait_closed(fd: &OwnedFd) {
+    let mut buf = [0u8; 256];
+    loop {
+        match net::recv(fd, &mut buf, RecvFlags::empty()) {
+            Ok((0, _)) => return,
+            Ok(_) => {}
+            Err(Errno::AGAIN | Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The connections of successors this ztunnel handed its pods to (or tried to: one that did not
+/// answer may have taken them), open until it exits (then the kernel closes them, which tells
+/// each successor). At most [`MAX_SUCCESSORS`], the oldest let go of first.
+static SUCCESSORS: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+
+/// The most successor connections kept.
+const MAX_SUCCESSORS: usize = 64;
+
+/// Copies of this ztunnel's connections to its own predecessors, passed on to its successors:
+/// they too must know when those have exited.
+static PREDECESSORS: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+
+fn lock(fds: &Mutex<Vec<OwnedFd>>) -> std::sync::MutexGuard<'_, Vec<OwnedFd>> {
+    fds.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A request from a successor: answered with the pods to hand over (`reply`); `outcome` then says
@@ -552,11 +646,19 @@ fn serve(listener: &OwnedFd, requests: &mpsc::Sender<Request>, closed: &AtomicBo
             continue;
         };
         let result = answer_successor(&conn, &pods);
+        let mut successors = lock(&SUCCESSORS);
+        if successors.len() == MAX_SUCCESSORS {
+            successors.remove(0);
+        }
+        successors.push(conn);
+        drop(successors);
         match &result {
-            Ok(taken) => info!(
-                offered = pods.len(),
-                taken, "handed this node's pods over to a successor"
-            ),
+            Ok(taken) => {
+                info!(
+                    offered = pods.len(),
+                    taken, "handed this node's pods over to a successor"
+                );
+            }
             Err(e) => {
                 warn!(error = %e, "handover to a successor failed: this ztunnel keeps the node")
             }
@@ -584,7 +686,14 @@ fn answer_successor(
         };
         send(conn, &message, &fds)?;
     }
-    send(conn, &Message::Done { pods: pods.len() }, &[])?;
+    let done = Message::Done {
+        pods: pods.len(),
+        stays: true,
+    };
+    let predecessors = lock(&PREDECESSORS);
+    let older: Vec<BorrowedFd<'_>> = predecessors.iter().take(MAX_FDS).map(AsFd::as_fd).collect();
+    send(conn, &done, &older)?;
+    drop(predecessors);
     match receive(conn)? {
         (Message::Taken { pods }, _) => Ok(pods),
         (other, _) => Err(HandoverError::Invalid(format!(

@@ -12,6 +12,7 @@ pub mod admission;
 pub mod app;
 pub mod budget;
 pub mod capture;
+pub mod cgroup;
 pub mod cni;
 pub mod config;
 pub mod conntrack;

@@ -602,3 +602,80 @@ fn uninstall_leaves_nothing_behind_and_reinstall_adds_nothing_twice() {
     assert_eq!(veil_rules(&m, "client"), before);
     assert_mesh_still_serves(&mut m);
 }
+
+/// [`TCP_CLIENT`] from a socket carrying ztunnel's mark (`SO_MARK`, which a process keeping
+/// `CAP_NET_RAW` may set on Linux 5.17 and later; the harness's pods run as root).
+const MARKED_TCP_CLIENT: &str = r#"
+import socket, sys
+host, port, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+try:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, 36, 0x539)  # SO_MARK
+    s.settimeout(3)
+    s.connect((host, port))
+    s.sendall(msg)
+    s.shutdown(socket.SHUT_WR)
+    d = b''
+    while True:
+        b = s.recv(1024)
+        if not b:
+            break
+        d += b
+    print('REPLY', d.decode(errors='replace'))
+except OSError as e:
+    print('ERROR', e)
+"#;
+
+#[test]
+fn an_application_marking_its_socket_as_ztunnels_is_still_captured() {
+    if skip_unless_root("marked_socket") {
+        return;
+    }
+    let mut m = mesh();
+    for node in ["node-a", "node-b"] {
+        let log = m.ztunnel_log(node);
+        assert!(
+            log.contains("let out marked sockets from this cgroup only"),
+            "{node}'s ztunnel does not match its cgroup (is cgroup v2 mounted?):\n{log}"
+        );
+    }
+    serve(
+        &mut m,
+        "server",
+        "tcp-server",
+        TCP_SERVER,
+        &["0.0.0.0", "9999"],
+    );
+    let capture = Capture::start(
+        &m.cluster.fabric,
+        "br0",
+        &m.dir.join("wire.pcap"),
+        &m.dir.join("tcpdump.log"),
+    )
+    .expect("tcpdump");
+    let server = ip(&m, "server");
+    let reply = python(
+        &m,
+        "client",
+        MARKED_TCP_CLIENT,
+        &[&server, "9999", "MARKED-CLEAR"],
+    );
+    let wire = capture.finish().expect("capture");
+    // Carried over HBONE like any other connection of the pod (in clear, the server's STRICT
+    // capture would have refused it), and nothing of it on the wire in clear.
+    assert_eq!(reply, "REPLY MARKED-CLEAR", "{reply}");
+    assert_eq!(wire.packets_on_port(9999), 0, "{}", wire.summary);
+    assert!(
+        !wire.contains(b"MARKED-CLEAR"),
+        "the marked socket's payload crossed the wire in clear"
+    );
+    assert!(wire.packets_on_port(15008) > 0, "{}", wire.summary);
+    // The rules name ztunnel's cgroup with its mark on the way out.
+    let rules = m.nat_rules("client");
+    let marked: Vec<&str> = rules.lines().filter(|l| l.contains("0x539")).collect();
+    assert!(
+        !marked.is_empty() && marked.iter().all(|l| l.contains("--path")),
+        "{rules}"
+    );
+    assert_mesh_still_serves(&mut m);
+}

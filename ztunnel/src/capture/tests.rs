@@ -16,6 +16,7 @@ fn rules_redirect_pod_traffic_except_loopback_hbone_and_ztunnel_itself() {
     let v4 = rules(
         Family::V4,
         &UdpAllowance::default(),
+        &OwnSockets::default(),
         &pod_ips(),
         &all_jumps(),
     );
@@ -31,6 +32,7 @@ fn rules_redirect_pod_traffic_except_loopback_hbone_and_ztunnel_itself() {
     let v6 = rules(
         Family::V6,
         &UdpAllowance::default(),
+        &OwnSockets::default(),
         &pod_ips(),
         &all_jumps(),
     );
@@ -42,7 +44,13 @@ fn rules_redirect_pod_traffic_except_loopback_hbone_and_ztunnel_itself() {
 #[test]
 fn capture_listeners_take_only_redirected_connections() {
     for family in Family::ALL {
-        let r = rules(family, &UdpAllowance::default(), &pod_ips(), &all_jumps());
+        let r = rules(
+            family,
+            &UdpAllowance::default(),
+            &OwnSockets::default(),
+            &pod_ips(),
+            &all_jumps(),
+        );
         let guard = "-A VEIL_IN_FILTER -p tcp -m multiport --dports 15001,15006 -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset";
         // First in the chain: nothing may let a direct connection to a listener through before it.
         assert_eq!(
@@ -57,7 +65,13 @@ fn capture_listeners_take_only_redirected_connections() {
 #[test]
 fn inbound_drops_what_capture_does_not_handle_but_keeps_replies_icmp_and_loopback() {
     for (family, icmp) in [(Family::V4, "icmp"), (Family::V6, "ipv6-icmp")] {
-        let r = rules(family, &UdpAllowance::default(), &pod_ips(), &all_jumps());
+        let r = rules(
+            family,
+            &UdpAllowance::default(),
+            &OwnSockets::default(),
+            &pod_ips(),
+            &all_jumps(),
+        );
         let pos = |needle| position(&r, needle);
         let drop = pos("-A VEIL_IN_FILTER -j DROP");
         for allowed in [
@@ -83,6 +97,7 @@ fn outbound_udp_is_refused_at_the_source_except_dns_by_default() {
     let r = rules(
         Family::V4,
         &UdpAllowance::default(),
+        &OwnSockets::default(),
         &pod_ips(),
         &all_jumps(),
     );
@@ -95,6 +110,7 @@ fn outbound_udp_is_refused_at_the_source_except_dns_by_default() {
     let v6 = rules(
         Family::V6,
         &UdpAllowance::default(),
+        &OwnSockets::default(),
         &pod_ips(),
         &all_jumps(),
     );
@@ -106,7 +122,7 @@ fn outbound_udp_is_refused_at_the_source_except_dns_by_default() {
         carry: false,
         quic: false,
     };
-    assert!(!rules(Family::V4, &none, &pod_ips(), &[]).contains("-p udp"));
+    assert!(!rules(Family::V4, &none, &OwnSockets::default(), &pod_ips(), &[]).contains("-p udp"));
 }
 
 #[test]
@@ -117,10 +133,10 @@ fn allowed_udp_ports_and_cidrs_go_to_their_family_and_long_port_lists_are_split(
         carry: false,
         quic: false,
     };
-    let v4 = rules(Family::V4, &udp, &pod_ips(), &[]);
+    let v4 = rules(Family::V4, &udp, &OwnSockets::default(), &pod_ips(), &[]);
     assert!(v4.contains("-A VEIL_OUT_FILTER -p udp -d 10.96.0.0/12 -j RETURN"));
     assert!(!v4.contains("fd00::/8"));
-    let v6 = rules(Family::V6, &udp, &pod_ips(), &[]);
+    let v6 = rules(Family::V6, &udp, &OwnSockets::default(), &pod_ips(), &[]);
     assert!(v6.contains("-A VEIL_OUT_FILTER -p udp -d fd00::/8 -j RETURN"));
     assert!(!v6.contains("10.96.0.0/12"));
     let multiport: Vec<&str> = v4
@@ -144,7 +160,7 @@ fn carried_udp_is_marked_for_tproxy_except_what_is_allowed_local_or_ztunnels_own
         quic: false,
     };
     for (family, on_ip) in [(Family::V4, "127.0.0.1"), (Family::V6, "::1")] {
-        let r = udp_rules(family, &udp, &[0, 1, 2]);
+        let r = udp_rules(family, &udp, &OwnSockets::default(), &[0, 1, 2]);
         let mark = position(&r, "-j MARK --set-xmark 0x53a/0xfff");
         // Every exception comes before the mark.
         for exception in [
@@ -178,18 +194,21 @@ fn carried_udp_is_marked_for_tproxy_except_what_is_allowed_local_or_ztunnels_own
         assert!(r.contains("-I PREROUTING 1 -p udp -j VEIL_UDP_IN"));
         assert!(r.starts_with("*mangle\n") && r.ends_with("COMMIT\n"));
         // Re-installing adds no second jump.
-        assert!(!udp_rules(family, &udp, &[]).contains("-I "));
+        assert!(!udp_rules(family, &udp, &OwnSockets::default(), &[]).contains("-I "));
         // The filter table lets marked packets (routed to `lo`) through, and only when carrying.
         let plain = UdpAllowance {
             carry: false,
             ..udp.clone()
         };
-        let filter = rules(family, &udp, &pod_ips(), &[]);
+        let filter = rules(family, &udp, &OwnSockets::default(), &pod_ips(), &[]);
         let marked = "-A VEIL_OUT_FILTER -p udp -m mark --mark 0x53a/0xfff -j RETURN";
         assert!(position(&filter, marked) < position(&filter, "-A VEIL_OUT_FILTER -j REJECT"));
-        assert!(!rules(family, &plain, &pod_ips(), &[]).contains(marked));
+        assert!(!rules(family, &plain, &OwnSockets::default(), &pod_ips(), &[]).contains(marked));
         // Carried or not, a flow ztunnel carried (connmark) never answers or goes on by the wire.
-        for r in [&filter, &rules(family, &plain, &pod_ips(), &[])] {
+        for r in [
+            &filter,
+            &rules(family, &plain, &OwnSockets::default(), &pod_ips(), &[]),
+        ] {
             let established = "-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN";
             let inbound = "-A VEIL_IN_FILTER -m connmark --mark 0x53a/0xfff -j DROP";
             assert!(position(r, "-A VEIL_IN_FILTER -i lo -j RETURN") < position(r, inbound));
@@ -207,7 +226,13 @@ fn reinstalling_adds_only_the_missing_jumps() {
     let missing = missing_jumps(save);
     assert_eq!(missing.len(), 1);
     assert_eq!(JUMPS[missing[0]].3, FILTER_OUT);
-    let r = rules(Family::V4, &UdpAllowance::default(), &pod_ips(), &missing);
+    let r = rules(
+        Family::V4,
+        &UdpAllowance::default(),
+        &OwnSockets::default(),
+        &pod_ips(),
+        &missing,
+    );
     assert_eq!(r.matches("-I ").count(), 1, "{r}");
     assert!(missing_jumps("").len() == JUMPS.len());
     // A jump of the same name in the other table does not count.
@@ -246,6 +271,7 @@ fn ipv6_link_local_tcp_out_is_reset_not_redirected_into_a_dead_end() {
     let v6 = rules(
         Family::V6,
         &UdpAllowance::default(),
+        &OwnSockets::default(),
         &pod_ips(),
         &all_jumps(),
     );
@@ -255,7 +281,16 @@ fn ipv6_link_local_tcp_out_is_reset_not_redirected_into_a_dead_end() {
         "-A VEIL_OUT_FILTER ! -o lo -p tcp -d fe80::/10 -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset",
     );
     assert!(reset < pos("-A VEIL_OUT_FILTER -p tcp -j RETURN"));
-    assert!(!rules(Family::V4, &UdpAllowance::default(), &pod_ips(), &[]).contains("fe80"));
+    assert!(
+        !rules(
+            Family::V4,
+            &UdpAllowance::default(),
+            &OwnSockets::default(),
+            &pod_ips(),
+            &[]
+        )
+        .contains("fe80")
+    );
 }
 
 #[test]
@@ -268,7 +303,13 @@ fn the_nodes_probe_source_goes_to_the_application_only_when_probes_are_admitted(
             "fd00::5/128",
         ),
     ] {
-        let r = rules(family, &UdpAllowance::default(), &pod_ips(), &[]);
+        let r = rules(
+            family,
+            &UdpAllowance::default(),
+            &OwnSockets::default(),
+            &pod_ips(),
+            &[],
+        );
         // Only to the pod's own address of the family: not link-local, not another interface's.
         let probe = format!("-A VEIL_INBOUND -p tcp -s {source} -d {pod} -j RETURN");
         let at = r.find(&probe).unwrap_or_else(|| panic!("{r}"));
@@ -282,12 +323,24 @@ fn the_nodes_probe_source_goes_to_the_application_only_when_probes_are_admitted(
             1,
             "nothing else names the probe source"
         );
-        let off = rules(family, &UdpAllowance::default(), &[], &[]);
+        let off = rules(
+            family,
+            &UdpAllowance::default(),
+            &OwnSockets::default(),
+            &[],
+            &[],
+        );
         assert!(!off.contains(source), "{off}");
     }
     // A pod with no IPv6 address of its own (link-local only) admits no IPv6 probe at all.
     let v4_only: Vec<std::net::IpAddr> = vec!["10.1.0.5".parse().unwrap()];
-    let v6 = rules(Family::V6, &UdpAllowance::default(), &v4_only, &[]);
+    let v6 = rules(
+        Family::V6,
+        &UdpAllowance::default(),
+        &OwnSockets::default(),
+        &v4_only,
+        &[],
+    );
     assert!(!v6.contains("fd16:9254"), "{v6}");
 }
 
@@ -303,7 +356,13 @@ fn hbone_over_quic_lets_udp_15008_in_and_only_ztunnels_marked_sockets_out() {
         ..UdpAllowance::default()
     };
     for family in Family::ALL {
-        let r = rules(family, &quic, &pod_ips(), &all_jumps());
+        let r = rules(
+            family,
+            &quic,
+            &OwnSockets::default(),
+            &pod_ips(),
+            &all_jumps(),
+        );
         // Only into ztunnel's own socket (the receiving socket's mark, restored onto the packet).
         let inbound = position(
             &r,
@@ -329,8 +388,79 @@ fn hbone_over_quic_lets_udp_15008_in_and_only_ztunnels_marked_sockets_out() {
         assert_eq!(r.matches("-p udp --dport 15008").count(), 1, "{r}");
         assert_eq!(r.matches("--ports 15008").count(), 1, "{r}");
         // Without QUIC, neither.
-        let plain = rules(family, &UdpAllowance::default(), &pod_ips(), &all_jumps());
+        let plain = rules(
+            family,
+            &UdpAllowance::default(),
+            &OwnSockets::default(),
+            &pod_ips(),
+            &all_jumps(),
+        );
         assert!(!plain.contains("-p udp --dport 15008"), "{plain}");
         assert!(!plain.contains("--ports 15008"), "{plain}");
+    }
+}
+
+#[test]
+fn ztunnels_own_sockets_are_told_apart_by_mark_and_cgroup() {
+    let udp = UdpAllowance {
+        carry: true,
+        quic: true,
+        ..UdpAllowance::default()
+    };
+    let own = OwnSockets {
+        cgroup: Some("/kubepods.slice/ztunnel.scope".into()),
+        mark_only: false,
+    };
+    let both = "-m mark --mark 0x539/0xfff -m cgroup --path /kubepods.slice/ztunnel.scope";
+    for family in Family::ALL {
+        let r = rules(family, &udp, &own, &pod_ips(), &all_jumps());
+        let u = udp_rules(family, &udp, &own, &[]);
+        // Every exemption of a marked socket also names the cgroup: not redirected, not refused
+        // (QUIC out), not carried.
+        for (text, exempt) in [
+            (&r, format!("-A VEIL_OUTPUT {both} -j RETURN")),
+            (
+                &r,
+                format!("-A VEIL_OUT_FILTER -p udp {both} -m multiport --ports 15008 -j RETURN"),
+            ),
+            (&u, format!("-A VEIL_UDP_OUT {both} -j RETURN")),
+        ] {
+            position(text, &exempt);
+        }
+        assert!(
+            position(&r, both) < position(&r, "REDIRECT --to-ports 15001"),
+            "{r}"
+        );
+        // No exemption by the mark alone on the way out (the way in, `-m socket`, cannot see a
+        // cgroup and keeps the mark).
+        for text in [&r, &u] {
+            for line in text.lines().filter(|l| l.contains("--mark 0x539/0xfff")) {
+                assert!(
+                    line.contains("-m cgroup") || line.contains("--restore-skmark"),
+                    "{line}"
+                );
+            }
+        }
+        // While a predecessor may still open sockets: its (the mark alone) as well, after ours.
+        let handing = OwnSockets {
+            mark_only: true,
+            ..own.clone()
+        };
+        let r = rules(family, &udp, &handing, &pod_ips(), &all_jumps());
+        assert!(
+            position(&r, both)
+                < position(&r, "-A VEIL_OUTPUT -m mark --mark 0x539/0xfff -j RETURN"),
+            "{r}"
+        );
+        // Without a cgroup that tells ztunnel apart: the mark alone, as before.
+        let r = rules(
+            family,
+            &udp,
+            &OwnSockets::default(),
+            &pod_ips(),
+            &all_jumps(),
+        );
+        assert!(!r.contains("-m cgroup"), "{r}");
+        position(&r, "-A VEIL_OUTPUT -m mark --mark 0x539/0xfff -j RETURN");
     }
 }

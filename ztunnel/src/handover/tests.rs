@@ -78,7 +78,7 @@ fn a_successor_gets_the_very_sockets_and_namespace_of_each_pod() {
         dir.path(),
         HashMap::from([("uid-a".to_owned(), a), ("uid-b".to_owned(), b)]),
     );
-    let inherited = take_over(dir.path());
+    let (inherited, _running) = take_over(dir.path());
     assert_eq!(
         outcomes.recv().unwrap(),
         Ok(2),
@@ -95,11 +95,11 @@ fn a_successor_gets_the_very_sockets_and_namespace_of_each_pod() {
         assert!(pod.tokio_listeners(Family::V6).unwrap().is_none());
     }
     // A second successor (the first crashed) is answered the same.
-    assert_eq!(take_over(dir.path()).lock().unwrap().len(), 2);
+    assert_eq!(take_over(dir.path()).0.lock().unwrap().len(), 2);
     assert_eq!(outcomes.recv().unwrap(), Ok(2));
     server.close();
     assert!(
-        take_over(dir.path()).lock().unwrap().is_empty(),
+        take_over(dir.path()).0.lock().unwrap().is_empty(),
         "a closed predecessor still answered"
     );
     assert_eq!(
@@ -117,11 +117,12 @@ fn the_socket_of_a_ztunnel_that_is_gone_is_removed() {
     net::bind(&fd, &unix_addr(&stale).unwrap()).unwrap();
     drop(fd);
     assert!(stale.exists());
-    assert!(take_over(dir.path()).lock().unwrap().is_empty());
+    assert!(take_over(dir.path()).0.lock().unwrap().is_empty());
     assert!(!stale.exists());
     // No directory at all: nothing to take over.
     assert!(
         take_over(&dir.path().join("none"))
+            .0
             .lock()
             .unwrap()
             .is_empty()
@@ -180,7 +181,7 @@ fn a_successor_that_goes_away_before_answering_leaves_the_node_to_its_predecesso
     net::connect(&fd, &unix_addr(&socket).unwrap()).unwrap();
     loop {
         match receive(&fd).unwrap() {
-            (Message::Done { pods }, _) => break assert_eq!(pods, 1),
+            (Message::Done { pods, stays }, _) => break assert_eq!((pods, stays), (1, true)),
             (Message::Pod { .. }, fds) => assert_eq!(fds.len(), 4),
             (other, _) => panic!("{other:?}"),
         }
@@ -189,7 +190,7 @@ fn a_successor_that_goes_away_before_answering_leaves_the_node_to_its_predecesso
     let outcome = outcomes.recv().unwrap();
     assert!(outcome.is_err(), "{outcome:?}");
     // It is still there for the next one.
-    assert_eq!(take_over(dir.path()).lock().unwrap().len(), 1);
+    assert_eq!(take_over(dir.path()).0.lock().unwrap().len(), 1);
     assert_eq!(outcomes.recv().unwrap(), Ok(1));
     drop(server);
 }
@@ -205,8 +206,134 @@ fn an_invalid_pod_is_skipped_and_the_rest_taken() {
         dir.path(),
         HashMap::from([("good".to_owned(), good), ("bad".to_owned(), bad)]),
     );
-    let inherited = take_over(dir.path());
+    let (inherited, _running) = take_over(dir.path());
     let inherited = inherited.lock().unwrap();
     assert_eq!(inherited.keys().collect::<Vec<_>>(), ["good"]);
     assert_eq!(outcomes.recv().unwrap(), Ok(1));
+}
+
+/// A predecessor speaking the protocol by hand: one successor, an empty handover ending with
+/// `done` (raw JSON, as any version would send it) and `fds`, then the connection held until the
+/// returned sender is dropped.
+fn scripted_predecessor(
+    dir: &Path,
+    done: &'static str,
+    fds: Vec<OwnedFd>,
+) -> std::sync::mpsc::Sender<()> {
+    let path = dir.join(format!("ztunnel-scripted-{}.sock", done.len()));
+    let listener = seqpacket().unwrap();
+    net::bind(&listener, &unix_addr(&path).unwrap()).unwrap();
+    net::listen(&listener, 1).unwrap();
+    let (hold, release) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let conn = net::accept(&listener).unwrap();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        if !borrowed.is_empty() {
+            assert!(control.push(SendAncillaryMessage::ScmRights(&borrowed)));
+        }
+        net::sendmsg(
+            &conn,
+            &[IoSlice::new(done.as_bytes())],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+        // `taken`, or nothing from a successor that refused the handover.
+        let _ = receive(&conn);
+        let _ = release.recv();
+        drop(conn);
+    });
+    hold
+}
+
+/// Waits until `running` reads `n`.
+fn until_running(running: &Predecessors, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while *running.borrow() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} running, not {n}",
+            *running.borrow()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_predecessor_counts_as_running_until_its_connection_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = scripted_predecessor(
+        dir.path(),
+        r#"{"done":{"pods":0,"stays":true}}"#,
+        Vec::new(),
+    );
+    let (_, running) = take_over(dir.path());
+    assert_eq!(*running.borrow(), 1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(*running.borrow(), 1, "counted gone while still connected");
+    drop(hold);
+    until_running(&running, 0);
+}
+
+#[test]
+fn the_predecessors_of_a_predecessor_are_counted_until_they_exit_too() {
+    let dir = tempfile::tempdir().unwrap();
+    // The predecessor's own connection to one before it, still running (the other end here).
+    let (older, older_end) = net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let hold = scripted_predecessor(
+        dir.path(),
+        r#"{"done":{"pods":0,"stays":true}}"#,
+        vec![older_end],
+    );
+    let (_, running) = take_over(dir.path());
+    assert_eq!(*running.borrow(), 2);
+    // The predecessor exits first: the one before it still runs.
+    drop(hold);
+    until_running(&running, 1);
+    drop(older);
+    until_running(&running, 0);
+}
+
+#[test]
+fn a_predecessor_that_does_not_stay_counts_as_running_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    // An older version: no `stays`, and it closes the connection at once.
+    let hold = scripted_predecessor(dir.path(), r#"{"done":{"pods":0}}"#, Vec::new());
+    let (_, running) = take_over(dir.path());
+    drop(hold);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(*running.borrow(), 1);
+}
+
+#[test]
+fn a_predecessor_whose_handover_failed_counts_as_running_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    // It answers with something no predecessor sends.
+    let hold = scripted_predecessor(dir.path(), r#"{"taken":{"pods":0}}"#, Vec::new());
+    let (inherited, running) = take_over(dir.path());
+    assert!(inherited.lock().unwrap().is_empty());
+    drop(hold);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(*running.borrow(), 1);
+}
+
+#[test]
+fn this_ztunnel_stays_connected_to_its_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, outcomes) = predecessor(dir.path(), HashMap::from([("uid-a".to_owned(), pod())]));
+    let (inherited, running) = take_over(dir.path());
+    assert_eq!(inherited.lock().unwrap().len(), 1);
+    assert_eq!(outcomes.recv().unwrap(), Ok(1));
+    // Closing the handover socket (its drain ends it) does not end the conversation: only exiting.
+    server.close();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(*running.borrow() >= 1);
 }

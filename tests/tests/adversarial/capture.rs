@@ -34,13 +34,16 @@ while True:
 "#;
 
 /// Connects to `host port` (a scoped `fe80::…%eth0` works), sends `message`, half-closes, and
-/// prints `REPLY <what came back>` or `ERROR <why>`.
+/// prints `REPLY <what came back>` or `ERROR <why>`. A fourth argument: the socket's mark
+/// (`SO_MARK`, which a process keeping `CAP_NET_RAW` may set on Linux 5.17 and later).
 const TCP_CLIENT: &str = r#"
 import socket, sys
 host, port, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
 try:
     ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     s = socket.socket(ai[0], socket.SOCK_STREAM)
+    if len(sys.argv) > 4:
+        s.setsockopt(socket.SOL_SOCKET, 36, int(sys.argv[4], 0))  # SO_MARK
     s.settimeout(3)
     s.connect(ai[4])
     s.sendall(msg)
@@ -603,29 +606,6 @@ fn uninstall_leaves_nothing_behind_and_reinstall_adds_nothing_twice() {
     assert_mesh_still_serves(&mut m);
 }
 
-/// [`TCP_CLIENT`] from a socket carrying ztunnel's mark (`SO_MARK`, which a process keeping
-/// `CAP_NET_RAW` may set on Linux 5.17 and later; the harness's pods run as root).
-const MARKED_TCP_CLIENT: &str = r#"
-import socket, sys
-host, port, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
-try:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, 36, 0x539)  # SO_MARK
-    s.settimeout(3)
-    s.connect((host, port))
-    s.sendall(msg)
-    s.shutdown(socket.SHUT_WR)
-    d = b''
-    while True:
-        b = s.recv(1024)
-        if not b:
-            break
-        d += b
-    print('REPLY', d.decode(errors='replace'))
-except OSError as e:
-    print('ERROR', e)
-"#;
-
 #[test]
 fn an_application_marking_its_socket_as_ztunnels_is_still_captured() {
     if skip_unless_root("marked_socket") {
@@ -654,11 +634,12 @@ fn an_application_marking_its_socket_as_ztunnels_is_still_captured() {
     )
     .expect("tcpdump");
     let server = ip(&m, "server");
+    // ztunnel's own mark, which the harness's pods (root) may set.
     let reply = python(
         &m,
         "client",
-        MARKED_TCP_CLIENT,
-        &[&server, "9999", "MARKED-CLEAR"],
+        TCP_CLIENT,
+        &[&server, "9999", "MARKED-CLEAR", "0x539"],
     );
     let wire = capture.finish().expect("capture");
     // Carried over HBONE like any other connection of the pod (in clear, the server's STRICT

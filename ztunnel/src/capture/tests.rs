@@ -11,15 +11,20 @@ fn all_jumps() -> Vec<usize> {
     (0..JUMPS.len()).collect()
 }
 
-#[test]
-fn rules_redirect_pod_traffic_except_loopback_hbone_and_ztunnel_itself() {
-    let v4 = rules(
-        Family::V4,
+/// The rules with the default UDP allowance, ztunnel's sockets told apart by their mark alone.
+fn default_rules(family: Family, probes: &[IpAddr], jumps: &[usize]) -> String {
+    rules(
+        family,
         &UdpAllowance::default(),
         &OwnSockets::default(),
-        &pod_ips(),
-        &all_jumps(),
-    );
+        probes,
+        jumps,
+    )
+}
+
+#[test]
+fn rules_redirect_pod_traffic_except_loopback_hbone_and_ztunnel_itself() {
+    let v4 = default_rules(Family::V4, &pod_ips(), &all_jumps());
     assert!(v4.starts_with("*filter\n") && v4.ends_with("COMMIT\n"));
     assert!(v4.contains("COMMIT\n*nat\n"), "{v4}");
     let pos = |needle| position(&v4, needle);
@@ -29,13 +34,7 @@ fn rules_redirect_pod_traffic_except_loopback_hbone_and_ztunnel_itself() {
     assert!(pos("--dport 15008 -j RETURN") < pos("REDIRECT --to-ports 15006"));
     assert!(v4.contains("-I OUTPUT 1 -p tcp -j VEIL_OUTPUT"));
     assert!(v4.contains("-I PREROUTING 1 -p tcp -j VEIL_INBOUND"));
-    let v6 = rules(
-        Family::V6,
-        &UdpAllowance::default(),
-        &OwnSockets::default(),
-        &pod_ips(),
-        &all_jumps(),
-    );
+    let v6 = default_rules(Family::V6, &pod_ips(), &all_jumps());
     assert!(v6.contains("-d ::1/128 -j RETURN"));
     assert!(v6.contains("REDIRECT --to-ports 15001") && v6.contains("REDIRECT --to-ports 15006"));
     assert!(!v6.contains("127.0.0.0"));
@@ -44,13 +43,7 @@ fn rules_redirect_pod_traffic_except_loopback_hbone_and_ztunnel_itself() {
 #[test]
 fn capture_listeners_take_only_redirected_connections() {
     for family in Family::ALL {
-        let r = rules(
-            family,
-            &UdpAllowance::default(),
-            &OwnSockets::default(),
-            &pod_ips(),
-            &all_jumps(),
-        );
+        let r = default_rules(family, &pod_ips(), &all_jumps());
         let guard = "-A VEIL_IN_FILTER -p tcp -m multiport --dports 15001,15006 -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset";
         // First in the chain: nothing may let a direct connection to a listener through before it.
         assert_eq!(
@@ -65,13 +58,7 @@ fn capture_listeners_take_only_redirected_connections() {
 #[test]
 fn inbound_drops_what_capture_does_not_handle_but_keeps_replies_icmp_and_loopback() {
     for (family, icmp) in [(Family::V4, "icmp"), (Family::V6, "ipv6-icmp")] {
-        let r = rules(
-            family,
-            &UdpAllowance::default(),
-            &OwnSockets::default(),
-            &pod_ips(),
-            &all_jumps(),
-        );
+        let r = default_rules(family, &pod_ips(), &all_jumps());
         let pos = |needle| position(&r, needle);
         let drop = pos("-A VEIL_IN_FILTER -j DROP");
         for allowed in [
@@ -94,26 +81,14 @@ fn inbound_drops_what_capture_does_not_handle_but_keeps_replies_icmp_and_loopbac
 
 #[test]
 fn outbound_udp_is_refused_at_the_source_except_dns_by_default() {
-    let r = rules(
-        Family::V4,
-        &UdpAllowance::default(),
-        &OwnSockets::default(),
-        &pod_ips(),
-        &all_jumps(),
-    );
+    let r = default_rules(Family::V4, &pod_ips(), &all_jumps());
     let pos = |needle| position(&r, needle);
     let reject = pos("-A VEIL_OUT_FILTER -j REJECT --reject-with icmp-admin-prohibited");
     assert!(pos("-A VEIL_OUT_FILTER -p udp -m multiport --dports 53 -j RETURN") < reject);
     assert!(pos("-A VEIL_OUT_FILTER -p tcp -j RETURN") < reject);
     assert!(pos("-A VEIL_OUT_FILTER -p icmp -j RETURN") < reject);
     assert!(r.contains("-I OUTPUT 1 -j VEIL_OUT_FILTER"));
-    let v6 = rules(
-        Family::V6,
-        &UdpAllowance::default(),
-        &OwnSockets::default(),
-        &pod_ips(),
-        &all_jumps(),
-    );
+    let v6 = default_rules(Family::V6, &pod_ips(), &all_jumps());
     assert!(v6.contains("-A VEIL_OUT_FILTER -j REJECT --reject-with icmp6-adm-prohibited"));
     // Nothing allowed: only the final refusal mentions UDP-less traffic.
     let none = UdpAllowance {
@@ -226,13 +201,7 @@ fn reinstalling_adds_only_the_missing_jumps() {
     let missing = missing_jumps(save);
     assert_eq!(missing.len(), 1);
     assert_eq!(JUMPS[missing[0]].3, FILTER_OUT);
-    let r = rules(
-        Family::V4,
-        &UdpAllowance::default(),
-        &OwnSockets::default(),
-        &pod_ips(),
-        &missing,
-    );
+    let r = default_rules(Family::V4, &pod_ips(), &missing);
     assert_eq!(r.matches("-I ").count(), 1, "{r}");
     assert!(missing_jumps("").len() == JUMPS.len());
     // A jump of the same name in the other table does not count.
@@ -268,29 +237,14 @@ fn ztunnel_never_connects_to_its_own_ports_loopback_or_link_local() {
 
 #[test]
 fn ipv6_link_local_tcp_out_is_reset_not_redirected_into_a_dead_end() {
-    let v6 = rules(
-        Family::V6,
-        &UdpAllowance::default(),
-        &OwnSockets::default(),
-        &pod_ips(),
-        &all_jumps(),
-    );
+    let v6 = default_rules(Family::V6, &pod_ips(), &all_jumps());
     let pos = |needle| position(&v6, needle);
     assert!(pos("-A VEIL_OUTPUT -d fe80::/10 -j RETURN") < pos("REDIRECT --to-ports 15001"));
     let reset = pos(
         "-A VEIL_OUT_FILTER ! -o lo -p tcp -d fe80::/10 -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset",
     );
     assert!(reset < pos("-A VEIL_OUT_FILTER -p tcp -j RETURN"));
-    assert!(
-        !rules(
-            Family::V4,
-            &UdpAllowance::default(),
-            &OwnSockets::default(),
-            &pod_ips(),
-            &[]
-        )
-        .contains("fe80")
-    );
+    assert!(!default_rules(Family::V4, &pod_ips(), &[]).contains("fe80"));
 }
 
 #[test]
@@ -303,13 +257,7 @@ fn the_nodes_probe_source_goes_to_the_application_only_when_probes_are_admitted(
             "fd00::5/128",
         ),
     ] {
-        let r = rules(
-            family,
-            &UdpAllowance::default(),
-            &OwnSockets::default(),
-            &pod_ips(),
-            &[],
-        );
+        let r = default_rules(family, &pod_ips(), &[]);
         // Only to the pod's own address of the family: not link-local, not another interface's.
         let probe = format!("-A VEIL_INBOUND -p tcp -s {source} -d {pod} -j RETURN");
         let at = r.find(&probe).unwrap_or_else(|| panic!("{r}"));
@@ -323,24 +271,12 @@ fn the_nodes_probe_source_goes_to_the_application_only_when_probes_are_admitted(
             1,
             "nothing else names the probe source"
         );
-        let off = rules(
-            family,
-            &UdpAllowance::default(),
-            &OwnSockets::default(),
-            &[],
-            &[],
-        );
+        let off = default_rules(family, &[], &[]);
         assert!(!off.contains(source), "{off}");
     }
     // A pod with no IPv6 address of its own (link-local only) admits no IPv6 probe at all.
     let v4_only: Vec<std::net::IpAddr> = vec!["10.1.0.5".parse().unwrap()];
-    let v6 = rules(
-        Family::V6,
-        &UdpAllowance::default(),
-        &OwnSockets::default(),
-        &v4_only,
-        &[],
-    );
+    let v6 = default_rules(Family::V6, &v4_only, &[]);
     assert!(!v6.contains("fd16:9254"), "{v6}");
 }
 
@@ -388,13 +324,7 @@ fn hbone_over_quic_lets_udp_15008_in_and_only_ztunnels_marked_sockets_out() {
         assert_eq!(r.matches("-p udp --dport 15008").count(), 1, "{r}");
         assert_eq!(r.matches("--ports 15008").count(), 1, "{r}");
         // Without QUIC, neither.
-        let plain = rules(
-            family,
-            &UdpAllowance::default(),
-            &OwnSockets::default(),
-            &pod_ips(),
-            &all_jumps(),
-        );
+        let plain = default_rules(family, &pod_ips(), &all_jumps());
         assert!(!plain.contains("-p udp --dport 15008"), "{plain}");
         assert!(!plain.contains("--ports 15008"), "{plain}");
     }

@@ -309,17 +309,14 @@ impl Mesh {
             r#"mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@""#,
             "sh",
         ];
-        let argv: Vec<&str> = match cgroup {
-            Some(_) => container.iter().copied().chain(argv).collect(),
-            None => argv,
-        };
+        let argv: Vec<&str> = container.iter().copied().chain(argv).collect();
         let proc = Proc::spawn_in(
             &format!("ztunnel {node}"),
             Some(&netns),
             &argv,
             &env,
             &self.dir.join(format!("ztunnel-{node}.log")),
-            cgroup,
+            Some(cgroup),
         )?;
         self.ztunnels.insert(node.to_owned(), proc);
         Ok(())

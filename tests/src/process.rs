@@ -35,16 +35,27 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
-/// A new, empty cgroup (v2) of its own for a process, or `None` where cgroup v2 is not mounted.
-pub fn new_cgroup(name: &str) -> anyhow::Result<Option<PathBuf>> {
+/// A new, empty cgroup (v2) of its own for a process (the hierarchy is mounted first where it is
+/// not: a node with cgroup v1 has it too, without controllers). Needs root, as every mesh does.
+pub fn new_cgroup(name: &str) -> anyhow::Result<PathBuf> {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let Some(mount) = cgroup2_mount() else {
-        return Ok(None);
+    let mount = match cgroup2_mount() {
+        Some(mount) => mount,
+        None => {
+            let dir = PathBuf::from("/run/veil-e2e-cgroup2");
+            std::fs::create_dir_all(&dir)?;
+            let status = Command::new("mount")
+                .args(["-t", "cgroup2", "cgroup2"])
+                .arg(&dir)
+                .status()?;
+            anyhow::ensure!(status.success(), "mounting cgroup2 at {}", dir.display());
+            dir
+        }
     };
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = mount.join(format!("veil-e2e-{}-{name}-{n}", std::process::id()));
     std::fs::create_dir(&dir).with_context(|| format!("creating the cgroup {}", dir.display()))?;
-    Ok(Some(dir))
+    Ok(dir)
 }
 
 impl Proc {

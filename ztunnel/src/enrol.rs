@@ -134,6 +134,12 @@ async fn run(e: Enrolment, mut stop: watch::Receiver<bool>, captured: Captured) 
         if *stop.borrow_and_update() {
             return Captured(enrolled);
         }
+        // The node gives its probes the probe source before a pod is captured, so that a probe
+        // sent the moment its rules are in is admitted, not taken for plaintext (nothing to do if
+        // no pod is new).
+        if ctx.settings.kubelet_probes {
+            sync_probes(&ctx, probe_targets(&e, &state, &enrolled), &mut probed).await;
+        }
         e.reconcile(&state, &mut enrolled).await;
         e.rewrite(&mut enrolled).await;
         e.registry
@@ -157,28 +163,23 @@ async fn run(e: Enrolment, mut stop: watch::Receiver<bool>, captured: Captured) 
     }
 }
 
-/// The pods the node's probe rules are for: those captured here, and those a predecessor handed
-/// over that are not captured here yet (it still serves them, admitting the probe source).
+/// The pods the node's probe rules are for: those captured here, and those to be captured here
+/// (handed over by a predecessor, which still serves them, or new).
 fn probe_targets(
     e: &Enrolment,
     state: &MeshState,
     enrolled: &HashMap<String, Enrolled>,
 ) -> BTreeSet<IpAddr> {
-    let inherited = pods(&e.inherited);
     let mut targets = addresses(enrolled);
-    if inherited.is_empty() {
-        return targets;
-    }
     targets.extend(
         desired(&e.ctx, state)
             .iter()
-            .filter(|w| inherited.contains_key(&*w.uid) && !enrolled.contains_key(&*w.uid))
+            .filter(|w| !e.registry.released(&w.key()))
             .flat_map(|w| w.ips.iter().copied()),
     );
     targets
 }
 
-/// The addresses of the pods captured here.
 fn addresses(enrolled: &HashMap<String, Enrolled>) -> BTreeSet<IpAddr> {
     enrolled
         .values()

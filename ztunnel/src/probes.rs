@@ -4,9 +4,10 @@
 //!
 //! - `nat POSTROUTING` → `VEIL_PROBE_SNAT`: TCP from a socket of the node's own network namespace
 //!   (`-m owner --socket-exists`: the kubelet, not traffic the node forwards) to the address of a pod
-//!   this ztunnel captured is given the probe source. Only those addresses: the node's connections to
-//!   anything else keep their source (a reply to the probe source from another node would not come
-//!   back).
+//!   this ztunnel captured (or is about to: the rule goes in before the pod's capture, so that a
+//!   probe sent the moment the capture is in is admitted) is given the probe source. Only those
+//!   addresses: the node's connections to anything else keep their source (a reply to the probe
+//!   source from another node would not come back).
 //! - `raw PREROUTING` → `VEIL_PROBE_GUARD`: a packet with the probe source arriving from any
 //!   interface (a pod forging it, or another node) is dropped before anything else sees it. The
 //!   node's own probes never pass PREROUTING; their replies are addressed to the probe source, not

@@ -281,6 +281,10 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
     let status = StatusMap::default();
     // A ztunnel already running on the node hands its pods over before anything is bound: the
     // admin ports and the CNI socket are let go of for this one.
+    // Before taking the pods over: from then on the predecessor no longer enrols.
+    let own_cgroup = tokio::task::spawn_blocking(own_cgroup)
+        .await
+        .unwrap_or_default();
     let (inherited, predecessors) = match &config.handover_dir {
         Some(dir) => {
             let dir = dir.clone();
@@ -331,9 +335,7 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
         pinned_dir: config.netns_dir.clone(),
         held: handover::Held::default(),
         inherited,
-        own_cgroup: tokio::task::spawn_blocking(own_cgroup)
-            .await
-            .unwrap_or_default(),
+        own_cgroup,
         predecessors,
     };
     let mut owner = lifecycle::Owner::start(enrolment, ops, cni, handover);

@@ -53,12 +53,12 @@ pub fn own() -> Result<Option<String>, String> {
     let dir = directory(&mounts, &path).ok_or_else(|| {
         format!("ztunnel's cgroup {path} is not mounted where it can check who else is in it")
     })?;
-    alone(&dir)?;
-    // A failure to run the tools may pass; a kernel that does not match will not.
+    // A failure to run the tools, or a child of ztunnel's exiting while its cgroup is read, may
+    // pass; a kernel that does not match, or a cgroup shared, will not.
     let mut tries = 0;
     loop {
         tries += 1;
-        match matches_own_sockets(&path) {
+        match alone(&dir).and_then(|()| matches_own_sockets(&path)) {
             Ok(()) => return Ok(Some(path)),
             Err(e) if tries == 3 => return Err(e),
             Err(e) => {
@@ -211,6 +211,10 @@ fn matches_own_sockets(path: &str) -> Result<(), String> {
         "loopback",
         run_in(&at, "ip", &["link", "set", "lo", "up"], None),
     )?;
+    // Before any rule: a datagram goes out (so that a refusal below is the rule's).
+    socket
+        .send_to(b"veil", "127.0.0.1:9")
+        .map_err(|e| format!("checking the cgroup match: sending before the rule: {e}"))?;
     let rule = format!(
         "*filter\n:VEIL_CGROUP_CHECK - [0:0]\n-A VEIL_CGROUP_CHECK -m mark --mark {:#x}/0xfff -m cgroup --path {path} -j RETURN\n-I OUTPUT 1 -p udp -m cgroup --path {path} -j DROP\nCOMMIT\n",
         crate::netns::SOCKET_MARK

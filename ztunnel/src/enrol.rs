@@ -67,6 +67,8 @@ struct Enrolled {
     netns_id: NsId,
     /// How its rules, as last written, tell ztunnel's sockets apart.
     own: OwnSockets,
+    /// The addresses its rules, as last written, admit the probe source to.
+    probes: Vec<IpAddr>,
 }
 
 /// Everything enrolment works with (cloned to start it again where it stopped).
@@ -141,12 +143,13 @@ async fn run(e: Enrolment, mut stop: watch::Receiver<bool>, captured: Captured) 
             sync_probes(&ctx, probe_targets(&e, &state, &enrolled), &mut probed).await;
         }
         e.reconcile(&state, &mut enrolled).await;
-        e.rewrite(&mut enrolled).await;
+        let rewritten = e.rewrite(&mut enrolled).await;
         e.registry
             .set_captured(enrolled.values().map(|e| e.local.workload.key()).collect());
         let probes_failing = ctx.settings.kubelet_probes
             && !sync_probes(&ctx, probe_targets(&e, &state, &enrolled), &mut probed).await;
         let failing = probes_failing
+            || !rewritten
             || lock(&e.status)
                 .values()
                 .any(|s| matches!(s, CaptureStatus::Failed { .. }));
@@ -252,7 +255,8 @@ impl Enrolment {
     fn own(&self) -> OwnSockets {
         OwnSockets {
             cgroup: self.own_cgroup.clone(),
-            mark_only: *self.predecessors.borrow() > 0,
+            // Without a cgroup the mark alone passes anyway.
+            mark_only: self.own_cgroup.is_some() && *self.predecessors.borrow() > 0,
         }
     }
 
@@ -267,27 +271,34 @@ impl Enrolment {
         }
     }
 
-    /// Writes again (in place: no moment without capture) the rules of every captured pod
-    /// whose rules tell ztunnel's sockets apart otherwise than they should now: once the last
-    /// predecessor has exited, its sockets no longer pass. A pod whose rules cannot be written is
-    /// marked failed (so the loop retries) and keeps the rules it has.
-    async fn rewrite(&self, enrolled: &mut HashMap<String, Enrolled>) {
+    /// Writes again (in place: no moment without capture) the rules of every captured pod whose
+    /// rules are not what they should be now: once the last predecessor has exited, its sockets no
+    /// longer pass; once the node's guard against the probe source is in place, a pod captured
+    /// before admits its probes (a guard in doubt takes no admission back: it was there when
+    /// given). Whether every pod's rules are as they should be (if not, the loop retries; the
+    /// pod keeps the rules it has, and stays captured).
+    async fn rewrite(&self, enrolled: &mut HashMap<String, Enrolled>) -> bool {
         let own = self.own();
-        let mut rewritten = 0;
-        for (uid, e) in enrolled.iter_mut().filter(|(_, e)| e.own != own) {
+        let (mut rewritten, mut done) = (0, true);
+        for e in enrolled.values_mut() {
             let workload = e.local.workload.clone();
+            let probes = match self.probes(&workload) {
+                none if none.is_empty() => e.probes.clone(),
+                probes => probes,
+            };
+            if e.own == own && e.probes == probes {
+                continue;
+            }
             let path = e.local.netns.stable_path();
-            let (udp, probes) = (self.ctx.settings.udp.clone(), self.probes(&workload));
-            match install(&path, udp, own.clone(), probes).await {
+            let udp = self.ctx.settings.udp.clone();
+            match install(&path, udp, own.clone(), probes.clone()).await {
                 Ok(()) => {
-                    e.own = own.clone();
-                    rewritten += 1;
-                    lock(&self.status)
-                        .insert(uid.clone(), CaptureStatus::Captured { netns: e.netns_id });
+                    rewritten += usize::from(e.own != own);
+                    (e.own, e.probes) = (own.clone(), probes);
                 }
                 Err(reason) => {
                     error!(workload = %workload.key(), %reason, "could not write the pod's capture rules again; retrying");
-                    lock(&self.status).insert(uid.clone(), CaptureStatus::Failed { reason });
+                    done = false;
                 }
             }
         }
@@ -297,6 +308,7 @@ impl Enrolment {
                 "the predecessors have exited: the pods' rules let out this ztunnel's sockets only"
             );
         }
+        done
     }
 
     async fn reconcile(&self, state: &MeshState, enrolled: &mut HashMap<String, Enrolled>) {
@@ -442,14 +454,14 @@ impl Enrolment {
                 .map_err(|e| format!("keeping the namespace for a successor: {e}"))?,
             listeners,
         };
-        let own = self.own();
+        let (own, probes) = (self.own(), self.probes(&workload));
         let enrolled = Enrolled {
             local,
             tasks,
             netns_id,
             own: own.clone(),
+            probes: probes.clone(),
         };
-        let probes = self.probes(&workload);
         if let Err(e) = install(&path, ctx.settings.udp.clone(), own, probes).await {
             // Whatever part of the rules went in comes out again: no half-captured pod. Not for
             // a pod handed over: its rules are the predecessor's, and its sockets still serve.
@@ -536,7 +548,7 @@ fn start_listeners(
             plaintext::run(ctx.clone(), local.clone(), plain),
         ));
         if ctx.settings.quic.enabled {
-            match crate::quic::start(ctx, local, family) {
+            match crate::quic::start(ctx, local, family, rules) {
                 Ok(task) => tasks.extend(task),
                 Err(e) => {
                     tasks.iter().for_each(JoinHandle::abort);

@@ -146,6 +146,10 @@ enum Message {
         pods: usize,
         #[serde(default)]
         stays: bool,
+        /// How many ztunnels before the sender it counts as running for good (they do not say
+        /// when they exit).
+        #[serde(default)]
+        forever: usize,
     },
     /// The successor's answer to `Done`: it holds `pods` of them now (those it found valid).
     Taken { pods: usize },
@@ -382,10 +386,18 @@ fn ask(path: &Path) -> Result<(HashMap<String, Handoff>, Running), HandoverError
                     warn!(workload = %uid, error = %e, "a pod handed over is skipped: its sockets are bound afresh once the predecessor lets go of them");
                 }
             },
-            (Message::Done { pods: sent, stays }, older) if sent == pods.len() + skipped => {
+            (
+                Message::Done {
+                    pods: sent,
+                    stays,
+                    forever,
+                },
+                older,
+            ) if sent == pods.len() + skipped => {
                 send(&fd, &Message::Taken { pods: pods.len() }, &[])?;
                 let mut running = vec![stays.then_some(fd)];
                 running.extend(older.into_iter().map(Some));
+                running.extend(std::iter::repeat_with(|| None).take(forever.min(MAX_FOREVER)));
                 return Ok((pods, running));
             }
             (Message::Done { pods: sent, .. }, _) => {
@@ -468,13 +480,14 @@ pub fn take_over(dir: &Path) -> (Inherited, Predecessors) {
 /// one without a connection counts for as long as this process runs.
 fn watch_running(predecessors: Vec<(PathBuf, Option<OwnedFd>)>) -> Predecessors {
     let (count, running) = watch::channel(predecessors.len());
-    for (path, connection) in predecessors {
+    for (id, (path, connection)) in predecessors.into_iter().enumerate() {
         let Some(fd) = connection else {
-            info!(predecessor = %path.display(), "the predecessor does not say when it exits: its sockets are let out of the pods by their mark alone until this ztunnel restarts");
+            info!(predecessor = %path.display(), "a ztunnel before this one does not say when it exits: its sockets are let out of the pods by their mark alone until this ztunnel restarts");
+            FOREVER.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         match fd.try_clone() {
-            Ok(copy) => lock(&PREDECESSORS).push(copy),
+            Ok(copy) => lock(&PREDECESSORS).push((id, copy)),
             Err(e) => warn!(error = %e, "cannot keep a predecessor's connection for a successor"),
         }
         let count = count.clone();
@@ -482,11 +495,13 @@ fn watch_running(predecessors: Vec<(PathBuf, Option<OwnedFd>)>) -> Predecessors 
             .name("predecessor".into())
             .spawn(move || {
                 wait_closed(&fd);
-                info!(predecessor = %path.display(), "the predecessor has exited");
+                info!(predecessor = %path.display(), "a ztunnel before this one has exited");
+                lock(&PREDECESSORS).retain(|(other, _)| *other != id);
                 count.send_modify(|n| *n -= 1);
             });
         if let Err(e) = spawned {
             warn!(error = %e, "cannot watch a predecessor: counted as running until this ztunnel restarts");
+            FOREVER.fetch_add(1, Ordering::Relaxed);
         }
     }
     running
@@ -507,17 +522,21 @@ fn wait_closed(fd: &OwnedFd) {
 
 /// The connections of successors this ztunnel handed its pods to (or tried to: one that did not
 /// answer may have taken them), open until it exits (then the kernel closes them, which tells
-/// each successor). At most [`MAX_SUCCESSORS`], the oldest let go of first.
+/// each successor). Only a process of the same user reaches the handover socket.
 static SUCCESSORS: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
 
-/// The most successor connections kept.
-const MAX_SUCCESSORS: usize = 64;
+/// Copies of this ztunnel's connections to its own predecessors still running (by their place
+/// in its handover), passed on to its successors: they too must know when those have exited.
+static PREDECESSORS: Mutex<Vec<(usize, OwnedFd)>> = Mutex::new(Vec::new());
 
-/// Copies of this ztunnel's connections to its own predecessors, passed on to its successors:
-/// they too must know when those have exited.
-static PREDECESSORS: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+/// How many ztunnels before this one it counts as running for good.
+static FOREVER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-fn lock(fds: &Mutex<Vec<OwnedFd>>) -> std::sync::MutexGuard<'_, Vec<OwnedFd>> {
+/// The most such ztunnels a successor believes a predecessor about (it only makes the mark alone
+/// pass until the successor restarts, which one is enough for).
+const MAX_FOREVER: usize = 16;
+
+fn lock<T>(fds: &Mutex<Vec<T>>) -> std::sync::MutexGuard<'_, Vec<T>> {
     fds.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -646,12 +665,7 @@ fn serve(listener: &OwnedFd, requests: &mpsc::Sender<Request>, closed: &AtomicBo
             continue;
         };
         let result = answer_successor(&conn, &pods);
-        let mut successors = lock(&SUCCESSORS);
-        if successors.len() == MAX_SUCCESSORS {
-            successors.remove(0);
-        }
-        successors.push(conn);
-        drop(successors);
+        lock(&SUCCESSORS).push(conn);
         match &result {
             Ok(taken) => {
                 info!(
@@ -689,9 +703,14 @@ fn answer_successor(
     let done = Message::Done {
         pods: pods.len(),
         stays: true,
+        forever: FOREVER.load(Ordering::Relaxed),
     };
     let predecessors = lock(&PREDECESSORS);
-    let older: Vec<BorrowedFd<'_>> = predecessors.iter().take(MAX_FDS).map(AsFd::as_fd).collect();
+    let older: Vec<BorrowedFd<'_>> = predecessors
+        .iter()
+        .take(MAX_FDS)
+        .map(|(_, fd)| fd.as_fd())
+        .collect();
     send(conn, &done, &older)?;
     drop(predecessors);
     match receive(conn)? {

@@ -19,6 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -128,15 +129,19 @@ pub fn start(
     ctx: &Arc<Context>,
     local: &Arc<LocalWorkload>,
     family: Family,
+    rules: &watch::Receiver<bool>,
 ) -> std::io::Result<Option<JoinHandle<()>>> {
     let server = quic::server_config(&local.tls, &ctx.settings.h2)
         .map_err(|e| std::io::Error::other(format!("QUIC server configuration: {e}")))?;
     match bind(local, family, server.clone()) {
-        Ok(endpoint) => Ok(Some(serve(ctx, local, family, endpoint))),
+        Ok(endpoint) => Ok(Some(serve(ctx, local, family, endpoint, rules.clone()))),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
             info!(workload = %local.workload.key(), ?family, "UDP 15008 is still held (by the ztunnel this one replaces): QUIC tunnels once it is free, HTTP/2 until then");
-            let (ctx, local) = (ctx.clone(), local.clone());
+            let (ctx, local, mut rules) = (ctx.clone(), local.clone(), rules.clone());
             Ok(Some(tokio::spawn(async move {
+                if rules.wait_for(|written| *written).await.is_err() {
+                    return;
+                }
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     match bind(&local, family, server.clone()) {
@@ -175,14 +180,23 @@ fn bind(
     quic::endpoint(socket, Some(server))
 }
 
+/// Serves `endpoint` (and dials from it) once the pod's rules are written: before, rules left by
+/// another ztunnel would redirect the connections this one opens for it.
 fn serve(
     ctx: &Arc<Context>,
     local: &Arc<LocalWorkload>,
     family: Family,
     endpoint: quinn::Endpoint,
+    mut rules: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    local.quic.set(family, endpoint.clone());
-    tokio::spawn(run(ctx.clone(), local.clone(), endpoint))
+    let (ctx, local) = (ctx.clone(), local.clone());
+    tokio::spawn(async move {
+        if rules.wait_for(|written| *written).await.is_err() {
+            return;
+        }
+        local.quic.set(family, endpoint.clone());
+        run(ctx, local, endpoint).await
+    })
 }
 
 /// Accepts QUIC connections for `local` until the endpoint closes. A client first proves its

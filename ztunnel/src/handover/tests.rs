@@ -181,7 +181,7 @@ fn a_successor_that_goes_away_before_answering_leaves_the_node_to_its_predecesso
     net::connect(&fd, &unix_addr(&socket).unwrap()).unwrap();
     loop {
         match receive(&fd).unwrap() {
-            (Message::Done { pods, stays }, _) => break assert_eq!((pods, stays), (1, true)),
+            (Message::Done { pods, stays, .. }, _) => break assert_eq!((pods, stays), (1, true)),
             (Message::Pod { .. }, fds) => assert_eq!(fds.len(), 4),
             (other, _) => panic!("{other:?}"),
         }
@@ -300,6 +300,21 @@ fn the_predecessors_of_a_predecessor_are_counted_until_they_exit_too() {
     until_running(&running, 1);
     drop(older);
     until_running(&running, 0);
+}
+
+#[test]
+fn those_a_predecessor_counts_for_good_are_counted_for_good_here_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = r#"{"done":{"pods":0,"stays":true,"forever":2}}"#;
+    let hold = scripted_predecessor(dir.path(), done, Vec::new());
+    let (_, running) = take_over(dir.path());
+    assert_eq!(*running.borrow(), 3);
+    drop(hold);
+    until_running(&running, 2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(*running.borrow(), 2);
+    // And passed on to this one's successors.
+    assert!(FOREVER.load(Ordering::Relaxed) >= 2);
 }
 
 #[test]

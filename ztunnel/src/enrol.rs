@@ -183,6 +183,7 @@ fn probe_targets(
     targets
 }
 
+/// The addresses of the pods captured here.
 fn addresses(enrolled: &HashMap<String, Enrolled>) -> BTreeSet<IpAddr> {
     enrolled
         .values()

@@ -279,12 +279,12 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
         config.policy_recheck_grace,
     ));
     let status = StatusMap::default();
-    // A ztunnel already running on the node hands its pods over before anything is bound: the
-    // admin ports and the CNI socket are let go of for this one.
-    // Before taking the pods over: from then on the predecessor no longer enrols.
+    // Checked before taking the pods over: from then on the predecessor no longer enrols.
     let own_cgroup = tokio::task::spawn_blocking(own_cgroup)
         .await
         .unwrap_or_default();
+    // A ztunnel already running on the node hands its pods over before anything is bound: the
+    // admin ports and the CNI socket are let go of for this one.
     let (inherited, predecessors) = match &config.handover_dir {
         Some(dir) => {
             let dir = dir.clone();

@@ -549,8 +549,10 @@ fn start_listeners(
             plaintext::run(ctx.clone(), local.clone(), plain),
         ));
         if ctx.settings.quic.enabled {
-            match crate::quic::start(ctx, local, family, rules) {
-                Ok(task) => tasks.extend(task),
+            match crate::quic::start(ctx, local, family) {
+                Ok(serve) => {
+                    tasks.extend(serve.map(|serve| spawn_after_cert(false, local, rules, serve)))
+                }
                 Err(e) => {
                     tasks.iter().for_each(JoinHandle::abort);
                     return Err(e);

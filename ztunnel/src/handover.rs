@@ -125,7 +125,7 @@ pub type Inherited = Arc<Mutex<HashMap<String, Handoff>>>;
 
 /// The pods in `map` (a [`Held`] or an [`Inherited`]), whatever a panicking holder left.
 pub fn pods(map: &Held) -> std::sync::MutexGuard<'_, HashMap<String, Handoff>> {
-    map.lock().unwrap_or_else(|e| e.into_inner())
+    lock(map)
 }
 
 /// The header of one message.
@@ -536,8 +536,9 @@ static FOREVER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize:
 /// pass until the successor restarts, which one is enough for).
 const MAX_FOREVER: usize = 16;
 
-fn lock<T>(fds: &Mutex<Vec<T>>) -> std::sync::MutexGuard<'_, Vec<T>> {
-    fds.lock().unwrap_or_else(|e| e.into_inner())
+/// `mutex`'s guard, whatever a panicking holder left.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A request from a successor: answered with the pods to hand over (`reply`); `outcome` then says
@@ -667,12 +668,10 @@ fn serve(listener: &OwnedFd, requests: &mpsc::Sender<Request>, closed: &AtomicBo
         let result = answer_successor(&conn, &pods);
         lock(&SUCCESSORS).push(conn);
         match &result {
-            Ok(taken) => {
-                info!(
-                    offered = pods.len(),
-                    taken, "handed this node's pods over to a successor"
-                );
-            }
+            Ok(taken) => info!(
+                offered = pods.len(),
+                taken, "handed this node's pods over to a successor"
+            ),
             Err(e) => {
                 warn!(error = %e, "handover to a successor failed: this ztunnel keeps the node")
             }

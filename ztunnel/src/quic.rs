@@ -19,8 +19,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 use veil_mesh::hbone::quic::{self, serve_connection};
@@ -123,45 +121,48 @@ impl Endpoints {
     }
 }
 
-/// Binds the pod's QUIC endpoint of `family` and serves it; `None` when IPv6 is off in the pod. A
-/// port still held (by the ztunnel this one replaces) is bound once free, retried every second.
+/// Binds the pod's QUIC endpoint of `family`; what serves it, for the caller to run once the pod's
+/// rules are written (before, rules left by another ztunnel would redirect the connections this one
+/// opens for it); `None` when IPv6 is off in the pod. A port still held (by the ztunnel this one
+/// replaces) is bound once free, retried every second.
 pub fn start(
     ctx: &Arc<Context>,
     local: &Arc<LocalWorkload>,
     family: Family,
-    rules: &watch::Receiver<bool>,
-) -> std::io::Result<Option<JoinHandle<()>>> {
+) -> std::io::Result<Option<impl Future<Output = ()> + Send + 'static>> {
     let server = quic::server_config(&local.tls, &ctx.settings.h2)
         .map_err(|e| std::io::Error::other(format!("QUIC server configuration: {e}")))?;
-    match bind(local, family, server.clone()) {
-        Ok(endpoint) => Ok(Some(serve(ctx, local, family, endpoint, rules.clone()))),
+    let bound = match bind(local, family, server.clone()) {
+        Ok(endpoint) => Some(endpoint),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
             info!(workload = %local.workload.key(), ?family, "UDP 15008 is still held (by the ztunnel this one replaces): QUIC tunnels once it is free, HTTP/2 until then");
-            let (ctx, local, mut rules) = (ctx.clone(), local.clone(), rules.clone());
-            Ok(Some(tokio::spawn(async move {
-                if rules.wait_for(|written| *written).await.is_err() {
-                    return;
-                }
-                loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    match bind(&local, family, server.clone()) {
-                        Ok(endpoint) => {
-                            info!(workload = %local.workload.key(), ?family, "UDP 15008 bound: serving HBONE over QUIC");
-                            // In this task, which the pod's release aborts.
-                            local.quic.set(family, endpoint.clone());
-                            return run(ctx, local, endpoint).await;
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
-                        Err(e) => {
-                            return warn!(workload = %local.workload.key(), ?family, error = %e, "cannot bind UDP 15008: no HBONE over QUIC for this pod");
-                        }
+            None
+        }
+        Err(e) if family == Family::V6 && crate::enrol::ipv6_off(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let (ctx, local) = (ctx.clone(), local.clone());
+    Ok(Some(async move {
+        let endpoint = match bound {
+            Some(endpoint) => endpoint,
+            None => loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match bind(&local, family, server.clone()) {
+                    Ok(endpoint) => {
+                        info!(workload = %local.workload.key(), ?family, "UDP 15008 bound: serving HBONE over QUIC");
+                        break endpoint;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+                    Err(e) => {
+                        return warn!(workload = %local.workload.key(), ?family, error = %e, "cannot bind UDP 15008: no HBONE over QUIC for this pod");
                     }
                 }
-            })))
-        }
-        Err(e) if family == Family::V6 && crate::enrol::ipv6_off(&e) => Ok(None),
-        Err(e) => Err(e),
-    }
+            },
+        };
+        // In the pod's task, which its release aborts.
+        local.quic.set(family, endpoint.clone());
+        run(ctx, local, endpoint).await
+    }))
 }
 
 fn bind(
@@ -178,25 +179,6 @@ fn bind(
         .udp(SocketAddr::new(any, HBONE_PORT), None, false)?
         .into_std()?;
     quic::endpoint(socket, Some(server))
-}
-
-/// Serves `endpoint` (and dials from it) once the pod's rules are written: before, rules left by
-/// another ztunnel would redirect the connections this one opens for it.
-fn serve(
-    ctx: &Arc<Context>,
-    local: &Arc<LocalWorkload>,
-    family: Family,
-    endpoint: quinn::Endpoint,
-    mut rules: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    let (ctx, local) = (ctx.clone(), local.clone());
-    tokio::spawn(async move {
-        if rules.wait_for(|written| *written).await.is_err() {
-            return;
-        }
-        local.quic.set(family, endpoint.clone());
-        run(ctx, local, endpoint).await
-    })
 }
 
 /// Accepts QUIC connections for `local` until the endpoint closes. A client first proves its

@@ -148,9 +148,17 @@ impl Proc {
         self.status_kib("VmRSS:").map(|kib| kib * 1024)
     }
 
-    /// The most resident memory it has had, in bytes (`VmHWM` in `/proc`).
+    /// The most resident memory it has had, in bytes (`VmHWM` in `/proc`), since it started or
+    /// since [`Proc::reset_peak_rss`].
     pub fn peak_rss_bytes(&self) -> Option<u64> {
         self.status_kib("VmHWM:").map(|kib| kib * 1024)
+    }
+
+    /// Starts its peak resident memory over from what it holds now (Linux 4.0 and later: `5`
+    /// written to `/proc/<pid>/clear_refs`, which needs the right to ptrace it), so that
+    /// [`Proc::peak_rss_bytes`] reads the peak of what runs next.
+    pub fn reset_peak_rss(&self) -> std::io::Result<()> {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5")
     }
 
     /// Its private anonymous resident memory (heap, stacks), in bytes, from `/proc`.

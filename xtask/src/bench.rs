@@ -164,8 +164,8 @@ struct Bench {
     mesh: Mesh,
     opts: Options,
     upstream: Option<upstream::Upstream>,
-    /// The larger ztunnel RSS seen after a run through veil's mesh.
-    rss_peak: std::cell::Cell<u64>,
+    /// veil's ztunnels' memory through the runs compared with Istio's ztunnel's.
+    memory: upstream::Memory,
 }
 
 impl Bench {
@@ -233,7 +233,7 @@ impl Bench {
             mesh,
             opts,
             upstream,
-            rss_peak: std::cell::Cell::new(0),
+            memory: upstream::Memory::default(),
         })
     }
 
@@ -246,9 +246,14 @@ impl Bench {
         tool_in(&self.mesh, pod, args)
     }
 
+    /// Runs the load tool in `pod` through veil's mesh for a comparison that Istio's ztunnel runs
+    /// too, keeping the ztunnels' memory during and after it ([`upstream::Memory`]).
+    fn compared(&self, pod: &str, args: &[&str]) -> anyhow::Result<Value> {
+        self.memory
+            .measure(&self.ztunnels(), || self.tool(pod, args))
+    }
+
     /// The same run through Istio's ztunnel (`uclient` → `userver:port`), when it is measured.
-    /// Called right after veil's run of the same comparison: veil's ztunnels' RSS is sampled
-    /// then, so both peaks come from the same comparisons.
     fn upstream(
         &self,
         command: &str,
@@ -259,8 +264,6 @@ impl Bench {
         let Some(u) = &self.upstream else {
             return Ok(None);
         };
-        let rss = self.ztunnel_rss().into_iter().max().unwrap_or(0);
-        self.rss_peak.set(self.rss_peak.get().max(rss));
         u.tool(&self.mesh, command, port, args, count).map(Some)
     }
 
@@ -308,7 +311,7 @@ fn latency(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
                 ],
             )?);
             let before = b.ztunnel_cpu();
-            let run = b.tool(
+            let run = b.compared(
                 "client",
                 &[
                     "rr",
@@ -398,7 +401,7 @@ fn connections(b: &Bench) -> anyhow::Result<Value> {
                 &b.seconds(),
             ],
         )?);
-        mesh.push(b.tool(
+        mesh.push(b.compared(
             "client",
             &[
                 "connrate",
@@ -659,7 +662,9 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
     }
     if let Some(u) = b.upstream.take() {
         results["upstream"] = u.finish();
-        results["upstream"]["veil_rss_peak_bytes"] = json!(b.rss_peak.get());
+        let (peak, after) = b.memory.figures();
+        results["upstream"]["veil_rss_peak_bytes"] = json!(peak);
+        results["upstream"]["veil_rss_after_bytes"] = json!(after);
     }
     drop(b);
     if opts.runs("throughput") && opts.runs("latency") {

@@ -42,7 +42,10 @@ pub(super) fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Valu
                 ],
             )?;
             let before = b.ztunnel_cpu();
-            let mesh = bulk("client", "server")?;
+            // Compared with Istio's ztunnel: its memory too.
+            let mesh = b
+                .memory
+                .measure(&b.ztunnels(), || bulk("client", "server"))?;
             cpu.0 += b.ztunnel_cpu() - before;
             cpu.1 += mesh["bytes"].as_f64().unwrap_or(0.0);
             let direct_local = bulk("dclient", "dlserver")?;

@@ -8,7 +8,7 @@
 //! (`RUST_LOG=info` on both: veil writes one access line per connection at its destination,
 //! Istio's ztunnel one at each end).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -42,6 +42,45 @@ pub(super) fn pods() -> Vec<(PodSpec, String)> {
         .collect()
 }
 
+/// The resident memory of a set of ztunnels through the compared runs: the peak while each run
+/// went on (the processes' high-water mark, started over just before it) and what they held right
+/// after it, the largest of either over the runs and the ztunnels. glibc's malloc (veil's) keeps
+/// much of what load freed, jemalloc (Istio's ztunnel's) hands it back within seconds: the peak
+/// is what a node must have for them, what remains after is what it keeps paying.
+#[derive(Default)]
+pub(super) struct Memory {
+    peak: Cell<u64>,
+    after: Cell<u64>,
+}
+
+impl Memory {
+    /// Runs `run` and keeps `procs`' peak resident memory during it and their memory after it.
+    pub(super) fn measure<T>(
+        &self,
+        procs: &[&Proc],
+        run: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        for proc in procs {
+            proc.reset_peak_rss()
+                .context("starting a ztunnel's peak resident memory over (needs root)")?;
+        }
+        let out = run()?;
+        let largest = |read: fn(&Proc) -> Option<u64>| {
+            procs.iter().filter_map(|p| read(p)).max().unwrap_or(0)
+        };
+        self.peak
+            .set(self.peak.get().max(largest(Proc::peak_rss_bytes)));
+        self.after
+            .set(self.after.get().max(largest(Proc::rss_bytes)));
+        Ok(out)
+    }
+
+    /// The largest peak and after-run figures, in bytes.
+    pub(super) fn figures(&self) -> (u64, u64) {
+        (self.peak.get(), self.after.get())
+    }
+}
+
 /// Istio's ztunnels and what they measured.
 pub(super) struct Upstream {
     /// The controller replica they subscribe to (its serving certificate has a DNS name, which
@@ -52,6 +91,7 @@ pub(super) struct Upstream {
     results: RefCell<Value>,
     /// CPU seconds and bytes (bulk), CPU seconds and requests (request/response).
     cpu: RefCell<[(f64, f64); 2]>,
+    memory: Memory,
 }
 
 /// What a run's CPU is counted against.
@@ -84,13 +124,13 @@ impl Upstream {
             "worker_threads": 1,
             "log": "RUST_LOG=info",
             "rss_idle_bytes": idle,
-            "rss_peak_bytes": idle,
         });
         Ok(Self {
             _controller: controller,
             procs,
             results: RefCell::new(results),
             cpu: RefCell::new([(0.0, 0.0); 2]),
+            memory: Memory::default(),
         })
     }
 
@@ -112,7 +152,10 @@ impl Upstream {
         let mut argv = vec![command, target.as_str()];
         argv.extend_from_slice(args);
         let before = self.cpu_seconds();
-        let run = super::runs::tool_in(mesh, "uclient", &argv)?;
+        let procs: Vec<&Proc> = self.procs.iter().collect();
+        let run = self
+            .memory
+            .measure(&procs, || super::runs::tool_in(mesh, "uclient", &argv))?;
         let used = self.cpu_seconds() - before;
         let mut cpu = self.cpu.borrow_mut();
         match count {
@@ -126,15 +169,6 @@ impl Upstream {
             }
             Count::Nothing => {}
         }
-        let rss = self
-            .procs
-            .iter()
-            .filter_map(Proc::rss_bytes)
-            .max()
-            .unwrap_or(0);
-        let mut results = self.results.borrow_mut();
-        let peak = results["rss_peak_bytes"].as_u64().unwrap_or(0).max(rss);
-        results["rss_peak_bytes"] = json!(peak);
         Ok(run)
     }
 
@@ -152,6 +186,9 @@ impl Upstream {
     pub(super) fn finish(self) -> Value {
         let [bulk, rr] = *self.cpu.borrow();
         let mut results = self.results.into_inner();
+        let (peak, after) = self.memory.figures();
+        results["rss_peak_bytes"] = json!(peak);
+        results["rss_after_bytes"] = json!(after);
         results["cpu"] = json!({
             "ztunnel_seconds_per_gib": super::runs::per_gib(bulk),
             "ztunnel_seconds_per_10k_requests": rr.0 / (rr.1 / 10_000.0),

@@ -138,10 +138,14 @@ fn upgrade_mid_traffic(quic: bool) {
             .lines()
             .any(|l| l.contains("--mark 0x539") && !l.contains("--path"))
     };
-    for pod in ["client", "server"] {
+    for (node, pod) in [("node-a", "client"), ("node-b", "server")] {
         let rules = m.nat_rules(pod);
         assert!(mark_only(&rules), "{pod}: {rules}");
         assert!(rules.contains("--path"), "{pod}: {rules}");
+        // Counted as a way around capture for as long (the harness's kernel lets CAP_NET_RAW
+        // set a mark).
+        let exposed = m.metric(node, "veil_capture_mark_only_pods", &[]);
+        assert!(exposed >= 1.0, "{node}: {exposed}");
     }
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&stop, "").unwrap();
@@ -177,11 +181,14 @@ fn upgrade_mid_traffic(quic: bool) {
     }
     // Once they have exited, only the new ones' sockets pass.
     for (node, pod) in [("node-a", "client"), ("node-b", "server")] {
+        // And no pod is counted as a way around capture any more.
         let gone = m.eventually(SETTLE, || {
             m.ztunnel_log(node).contains("the predecessors have exited")
                 && !mark_only(&m.nat_rules(pod))
+                && m.metrics(node)
+                    .contains("\nveil_capture_mark_only_pods 0\n")
         });
-        assert!(gone, "{pod}: {}", m.nat_rules(pod));
+        assert!(gone, "{pod}: {}\n{}", m.nat_rules(pod), m.metrics(node));
     }
     let old_log = std::fs::read_to_string(m.dir.join("ztunnel-node-a.log.1")).unwrap();
     if quic {

@@ -280,9 +280,9 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
     ));
     let status = StatusMap::default();
     // Checked before taking the pods over: from then on the predecessor no longer enrols.
-    let own_cgroup = tokio::task::spawn_blocking(own_cgroup)
+    let (own_cgroup, pods_can_mark) = tokio::task::spawn_blocking(own_cgroup)
         .await
-        .unwrap_or_default();
+        .unwrap_or((None, true));
     // A ztunnel already running on the node hands its pods over before anything is bound: the
     // admin ports and the CNI socket are let go of for this one.
     let (inherited, predecessors) = match &config.handover_dir {
@@ -336,6 +336,7 @@ pub async fn run(config: Config, mut stops: lifecycle::Stops) -> Result<(), Star
         held: handover::Held::default(),
         inherited,
         own_cgroup,
+        pods_can_mark,
         predecessors,
     };
     let mut owner = lifecycle::Owner::start(enrolment, ops, cni, handover);
@@ -433,22 +434,23 @@ fn keep_cni_chain(
 }
 
 /// ztunnel's cgroup for the pods' capture rules, or `None` (and a warning) where it cannot tell
-/// ztunnel's sockets from a pod's.
-fn own_cgroup() -> Option<String> {
+/// ztunnel's sockets from a pod's; and whether a pod can set ztunnel's mark (the kernel lets
+/// `CAP_NET_RAW` do it).
+fn own_cgroup() -> (Option<String>, bool) {
     match crate::cgroup::own() {
         Ok(Some(path)) => {
             info!(cgroup = %path, "the pods' capture rules let out marked sockets from this cgroup only");
-            Some(path)
+            (Some(path), true)
         }
         Ok(None) => {
             info!(
                 "kernel before 5.17: setting ztunnel's socket mark needs CAP_NET_ADMIN, which would let a pod remove its rules anyway; the rules match the mark alone"
             );
-            None
+            (None, false)
         }
         Err(reason) => {
-            warn!(%reason, "ztunnel's cgroup cannot tell its sockets from the pods': the capture rules let out every socket with ztunnel's mark, which a pod keeping CAP_NET_RAW can set on its own (Linux 5.17 and later)");
-            None
+            warn!(%reason, "ztunnel's cgroup cannot tell its sockets from the pods': the capture rules let out every socket with ztunnel's mark, which a pod keeping CAP_NET_RAW can set on its own (Linux 5.17 and later; veil_capture_mark_only_pods counts the pods exposed)");
+            (None, true)
         }
     }
 }

@@ -227,6 +227,11 @@ pub struct OwnSockets {
 }
 
 impl OwnSockets {
+    /// Whether a socket with ztunnel's mark passes from any cgroup.
+    pub fn lets_mark_alone(&self) -> bool {
+        self.mark_only || self.cgroup.is_none()
+    }
+
     /// The matches that each let a socket of ztunnel's through (one rule per match).
     fn matches(&self) -> Vec<String> {
         let mark = format!("-m mark --mark {SOCKET_MARK:#x}/0xfff");
@@ -234,7 +239,7 @@ impl OwnSockets {
         if let Some(path) = &self.cgroup {
             matches.push(format!("{mark} -m cgroup --path {path}"));
         }
-        if self.mark_only || self.cgroup.is_none() {
+        if self.lets_mark_alone() {
             matches.push(mark);
         }
         matches

@@ -89,6 +89,9 @@ pub struct Enrolment {
     pub inherited: Inherited,
     /// ztunnel's cgroup, matched with its mark in the pods' rules ([`crate::cgroup`]).
     pub own_cgroup: Option<String>,
+    /// Whether a pod can set ztunnel's mark on its own sockets (Linux 5.17 and later, with
+    /// `CAP_NET_RAW`): then rules that let the mark alone through leave a way around capture.
+    pub pods_can_mark: bool,
     /// Predecessors still running: their sockets are let out by the mark alone until they exit.
     pub predecessors: Predecessors,
 }
@@ -129,6 +132,8 @@ async fn run(e: Enrolment, mut stop: watch::Receiver<bool>, captured: Captured) 
     let mut resync =
         tokio::time::interval_at(tokio::time::Instant::now() + PROBE_RESYNC, PROBE_RESYNC);
     let mut predecessors = e.predecessors.clone();
+    // Counted before the first round, which captures pods one by one.
+    e.count_mark_only(&enrolled);
     loop {
         predecessors.borrow_and_update();
         let state = rx.borrow_and_update().clone();
@@ -146,6 +151,7 @@ async fn run(e: Enrolment, mut stop: watch::Receiver<bool>, captured: Captured) 
         let rewritten = e.rewrite(&mut enrolled).await;
         e.registry
             .set_captured(enrolled.values().map(|e| e.local.workload.key()).collect());
+        e.count_mark_only(&enrolled);
         let probes_failing = ctx.settings.kubelet_probes
             && !sync_probes(&ctx, probe_targets(&e, &state, &enrolled), &mut probed).await;
         let failing = probes_failing
@@ -163,6 +169,22 @@ async fn run(e: Enrolment, mut stop: watch::Receiver<bool>, captured: Captured) 
             // The last predecessor exited: its sockets no longer pass.
             Ok(()) = predecessors.changed() => {}
         }
+    }
+}
+
+/// How many pods can be stepped around by a pod setting ztunnel's mark: of the captured ones, those
+/// whose rules were last written as `own` lets the mark alone through; and every one of the
+/// `pending` (handed over, not taken over yet: their rules are the predecessor's, as it wrote them,
+/// or partly this ztunnel's where a takeover failed half-way). None where a pod cannot set the mark.
+fn mark_only_pods<'a>(
+    pods_can_mark: bool,
+    own: impl Iterator<Item = &'a OwnSockets>,
+    pending: usize,
+) -> usize {
+    if pods_can_mark {
+        own.filter(|own| own.lets_mark_alone()).count() + pending
+    } else {
+        0
     }
 }
 
@@ -252,6 +274,20 @@ fn known_netns(workload: &Workload, registry: &Registry) -> Option<PathBuf> {
 }
 
 impl Enrolment {
+    /// Sets `veil_capture_mark_only_pods` ([`mark_only_pods`]).
+    fn count_mark_only(&self, enrolled: &HashMap<String, Enrolled>) {
+        let pending = pods(&self.inherited).len();
+        let exposed = mark_only_pods(
+            self.pods_can_mark,
+            enrolled.values().map(|e| &e.own),
+            pending,
+        );
+        self.ctx
+            .metrics
+            .capture_mark_only_pods
+            .set(i64::try_from(exposed).unwrap_or(i64::MAX));
+    }
+
     /// How the pods' rules tell this ztunnel's sockets apart, now.
     fn own(&self) -> OwnSockets {
         OwnSockets {
@@ -665,5 +701,30 @@ async fn release(enrolled: Enrolled) {
     }
     for task in enrolled.tasks {
         task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_are_counted_exposed_only_where_the_mark_alone_passes_and_a_pod_can_set_it() {
+        let cgroup = OwnSockets {
+            cgroup: Some("/".to_owned()),
+            mark_only: false,
+        };
+        let draining = OwnSockets {
+            mark_only: true,
+            ..cgroup.clone()
+        };
+        let none = OwnSockets::default();
+        let pods = [cgroup.clone(), draining, none.clone(), cgroup];
+        assert_eq!(mark_only_pods(true, pods.iter(), 0), 2);
+        // Pods handed over and not taken over yet count whatever their rules are.
+        assert_eq!(mark_only_pods(true, pods.iter(), 3), 5);
+        // Before Linux 5.17 only CAP_NET_ADMIN sets a mark: the mark alone is no way around.
+        assert_eq!(mark_only_pods(false, pods.iter(), 3), 0);
+        assert_eq!(mark_only_pods(true, [none].iter(), 0), 1);
     }
 }

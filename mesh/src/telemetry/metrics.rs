@@ -319,6 +319,9 @@ pub struct Metrics {
     pub config_rejected: Counter,
     /// 1 while the stream from the control plane is up (when the mesh comes from one), else 0.
     pub control_plane_connected: Gauge,
+    /// Captured pods whose rules let out any socket carrying ztunnel's mark on a kernel where a pod
+    /// can set it (Linux 5.17 and later, with `CAP_NET_RAW`): a way around capture.
+    pub capture_mark_only_pods: Gauge,
     /// Unix time at which each workload certificate expires.
     pub certificate_expiry: Family<CertLabels, Gauge>,
 }
@@ -362,6 +365,7 @@ impl Metrics {
             udp_flows_evicted: Family::default(),
             config_rejected: Counter::default(),
             control_plane_connected: Gauge::default(),
+            capture_mark_only_pods: Gauge::default(),
             certificate_expiry: Family::default(),
             registry: Registry::default(),
             started: SystemTime::now(),
@@ -469,6 +473,11 @@ impl Metrics {
             "control_plane_connected",
             "1 while the stream from the control plane is up (the mesh received from one); while 0 the last mesh is in force and unknown destinations are refused",
             m.control_plane_connected.clone(),
+        );
+        r.register(
+            "capture_mark_only_pods",
+            "Captured pods whose rules let out every socket carrying ztunnel's mark, which on Linux 5.17 and later a pod keeping CAP_NET_RAW can set to send around capture (ztunnel's cgroup could not be used, or a predecessor is still draining); 0 when every pod's rules also require ztunnel's cgroup or only CAP_NET_ADMIN can set a mark",
+            m.capture_mark_only_pods.clone(),
         );
         r.register(
             "certificate_expiry_seconds",

@@ -658,5 +658,13 @@ fn an_application_marking_its_socket_as_ztunnels_is_still_captured() {
         !marked.is_empty() && marked.iter().all(|l| l.contains("--path")),
         "{rules}"
     );
+    // And the metric that would tell an operator otherwise counts no pod of either node.
+    for node in ["node-a", "node-b"] {
+        let metrics = m.metrics(node);
+        assert!(
+            metrics.contains("\nveil_capture_mark_only_pods 0\n"),
+            "{node}: {metrics}"
+        );
+    }
     assert_mesh_still_serves(&mut m);
 }

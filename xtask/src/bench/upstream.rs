@@ -46,11 +46,14 @@ pub(super) fn pods() -> Vec<(PodSpec, String)> {
 /// went on (the processes' high-water mark, started over just before it) and what they held right
 /// after it, the largest of either over the runs and the ztunnels. glibc's malloc (veil's) keeps
 /// much of what load freed, jemalloc (Istio's ztunnel's) hands it back within seconds: the peak
-/// is what a node must have for them, what remains after is what it keeps paying.
+/// is what a node must have for them, what remains after is what it keeps paying. A peak starts
+/// from what the process holds when it is started over (the kernel sets it to the current RSS),
+/// so what earlier runs left counts in it: the largest of those starting points is kept too.
 #[derive(Default)]
 pub(super) struct Memory {
     peak: Cell<u64>,
     after: Cell<u64>,
+    before: Cell<u64>,
 }
 
 impl Memory {
@@ -60,14 +63,16 @@ impl Memory {
         procs: &[&Proc],
         run: impl FnOnce() -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
+        let largest = |read: fn(&Proc) -> Option<u64>| {
+            procs.iter().filter_map(|p| read(p)).max().unwrap_or(0)
+        };
         for proc in procs {
             proc.reset_peak_rss()
                 .context("starting a ztunnel's peak resident memory over (needs root)")?;
         }
+        let before = largest(Proc::peak_rss_bytes);
         let out = run()?;
-        let largest = |read: fn(&Proc) -> Option<u64>| {
-            procs.iter().filter_map(|p| read(p)).max().unwrap_or(0)
-        };
+        self.before.set(self.before.get().max(before));
         self.peak
             .set(self.peak.get().max(largest(Proc::peak_rss_bytes)));
         self.after
@@ -75,9 +80,14 @@ impl Memory {
         Ok(out)
     }
 
-    /// The largest peak and after-run figures, in bytes.
-    pub(super) fn figures(&self) -> (u64, u64) {
-        (self.peak.get(), self.after.get())
+    /// The largest figures, in bytes: `rss_peak_bytes` during a run, `rss_after_bytes` right
+    /// after one, `rss_before_bytes` where a run's peak was started from; each key after `prefix`.
+    pub(super) fn json(&self, prefix: &str) -> Value {
+        json!({
+            format!("{prefix}rss_peak_bytes"): self.peak.get(),
+            format!("{prefix}rss_after_bytes"): self.after.get(),
+            format!("{prefix}rss_before_bytes"): self.before.get(),
+        })
     }
 }
 
@@ -186,9 +196,11 @@ impl Upstream {
     pub(super) fn finish(self) -> Value {
         let [bulk, rr] = *self.cpu.borrow();
         let mut results = self.results.into_inner();
-        let (peak, after) = self.memory.figures();
-        results["rss_peak_bytes"] = json!(peak);
-        results["rss_after_bytes"] = json!(after);
+        if let (Value::Object(results), Value::Object(memory)) =
+            (&mut results, self.memory.json(""))
+        {
+            results.extend(memory);
+        }
         results["cpu"] = json!({
             "ztunnel_seconds_per_gib": super::runs::per_gib(bulk),
             "ztunnel_seconds_per_10k_requests": rr.0 / (rr.1 / 10_000.0),

@@ -319,8 +319,8 @@ pub struct Metrics {
     pub config_rejected: Counter,
     /// 1 while the stream from the control plane is up (when the mesh comes from one), else 0.
     pub control_plane_connected: Gauge,
-    /// Captured pods whose rules let out any socket carrying ztunnel's mark on a kernel where a pod
-    /// can set it (Linux 5.17 and later, with `CAP_NET_RAW`): a way around capture.
+    /// Pods whose rules may let out any socket carrying ztunnel's mark on a kernel where a pod can
+    /// set it (Linux 5.17 and later, with `CAP_NET_RAW`): a way around capture.
     pub capture_mark_only_pods: Gauge,
     /// Unix time at which each workload certificate expires.
     pub certificate_expiry: Family<CertLabels, Gauge>,
@@ -476,7 +476,7 @@ impl Metrics {
         );
         r.register(
             "capture_mark_only_pods",
-            "Captured pods whose rules let out every socket carrying ztunnel's mark, which on Linux 5.17 and later a pod keeping CAP_NET_RAW can set to send around capture (ztunnel's cgroup could not be used, or a predecessor is still draining); 0 when every pod's rules also require ztunnel's cgroup or only CAP_NET_ADMIN can set a mark",
+            "Pods whose capture rules may let out every socket carrying ztunnel's mark, which on Linux 5.17 and later a pod keeping CAP_NET_RAW can set to send around capture (ztunnel's cgroup could not be used, a predecessor is still draining, or a pod handed over is not taken over yet); 0 when every pod's rules also require ztunnel's cgroup or only CAP_NET_ADMIN can set a mark",
             m.capture_mark_only_pods.clone(),
         );
         r.register(

@@ -155,7 +155,7 @@ impl Proc {
     }
 
     /// Starts its peak resident memory over from what it holds now (Linux 4.0 and later: `5`
-    /// written to `/proc/<pid>/clear_refs`, which needs the right to ptrace it), so that
+    /// written to `/proc/<pid>/clear_refs`, which only its owner or root may write), so that
     /// [`Proc::peak_rss_bytes`] reads the peak of what runs next.
     pub fn reset_peak_rss(&self) -> std::io::Result<()> {
         std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5")

@@ -68,7 +68,7 @@ impl Memory {
         };
         for proc in procs {
             proc.reset_peak_rss()
-                .context("starting a ztunnel's peak resident memory over (needs root)")?;
+                .context("starting a ztunnel's peak resident memory over (/proc/<pid>/clear_refs: Linux 4.0 or later, as root)")?;
         }
         let before = largest(Proc::peak_rss_bytes);
         let out = run()?;

@@ -367,10 +367,10 @@ impl Profile {
         let after = idle_resident(relinked)?;
         println!(
             "  idle ztunnel on the benchmark cluster (node-a, node-b): RSS {:.1}/{:.1} MiB as linked by default, {:.1}/{:.1} MiB laid out (its code resident: {} → {} KB on node-a)",
-            mib(before.rss[0]),
-            mib(before.rss[1]),
-            mib(after.rss[0]),
-            mib(after.rss[1]),
+            crate::mib(before.rss[0] as f64),
+            crate::mib(before.rss[1] as f64),
+            crate::mib(after.rss[0] as f64),
+            crate::mib(after.rss[1] as f64),
             before.code_kb,
             after.code_kb
         );
@@ -401,10 +401,6 @@ fn idle_resident(binary: &Path) -> anyhow::Result<Idle> {
         .as_u64()
         .unwrap_or(0);
     Ok(Idle { rss, code_kb })
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// Where a set of functions lies in a binary.

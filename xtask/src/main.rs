@@ -19,6 +19,11 @@ mod test;
 
 use clap::{Parser, Subcommand};
 
+/// Bytes in MiB, as the reports print memory.
+fn mib(bytes: f64) -> f64 {
+    bytes / (1024.0 * 1024.0)
+}
+
 #[derive(Parser)]
 #[command(about = "veil developer tasks")]
 struct Cli {

@@ -41,7 +41,7 @@ pub(super) fn memory(
     let per_conn: Vec<f64> = (0..2)
         .map(|i| (k10[i] as f64 - before[i] as f64) / 10_000.0)
         .collect();
-    let mib = |v: u64| v as f64 / (1024.0 * 1024.0);
+    let mib = |v: u64| crate::mib(v as f64);
     println!(
         "  ztunnel RSS (node-a, node-b): idle {:.1}/{:.1} MiB (anonymous {:.1}/{:.1}), 1k conns {:.1}/{:.1}, 10k conns {:.1}/{:.1} → {:.1}/{:.1} KiB per connection",
         mib(idle_start[0]),

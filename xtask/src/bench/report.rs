@@ -56,7 +56,7 @@ pub(super) fn report(r: &Value) -> String {
     let c = &r["connections"];
     let cps = f(&c["mesh"]["connections_per_s"]) / f(&c["direct"]["connections_per_s"]);
     let m = &r["memory"];
-    let mib = |v: &Value| f(v) / 1048576.0;
+    let mib = |v: &Value| crate::mib(f(v));
     let idle = mib(&m["idle_start_bytes"][0]).max(mib(&m["idle_start_bytes"][1]));
     let idle_anon = mib(&m["idle_start_anon_bytes"][0]).max(mib(&m["idle_start_anon_bytes"][1]));
     let per_conn = f(&m["per_connection_bytes"][0]).max(f(&m["per_connection_bytes"][1])) / 1024.0;

@@ -498,7 +498,7 @@ fn waypoint(b: &Bench) -> anyhow::Result<Value> {
     println!(
         "  waypoint at {:.0} req/s: {vcpu:.3} vCPU, RSS {:.1} MiB",
         paced["requests_per_s"].as_f64().unwrap_or(0.0),
-        rss as f64 / 1048576.0
+        crate::mib(rss as f64)
     );
     out["paced_1000"] = json!({"run": paced, "vcpu": vcpu, "rss_bytes": rss});
     Ok(out)
@@ -667,7 +667,7 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
         {
             upstream.extend(memory);
         }
-        let mib = |key: &str| f(&results["upstream"][key]) / (1024.0 * 1024.0);
+        let mib = |key: &str| crate::mib(f(&results["upstream"][key]));
         println!(
             "  ztunnel RSS in the compared runs (largest): veil peak {:.1} MiB (started from {:.1}), {:.1} right after; Istio's ztunnel peak {:.1} (from {:.1}), {:.1} after",
             mib("veil_rss_peak_bytes"),
@@ -679,15 +679,19 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
         );
     }
     drop(b);
-    if opts.runs("throughput") && opts.runs("latency") {
+    if opts.runs("throughput") || opts.runs("latency") {
         results["cpu"] = json!({
             "ztunnel_seconds_per_gib": per_gib(bulk_cpu),
             "ztunnel_seconds_per_10k_requests": rr_cpu.0 / (rr_cpu.1 / 10_000.0),
         });
+        // What a partial run did not measure prints as NaN.
+        let cpu = |r: &Value, key: &str| f(&r["cpu"][key]);
         println!(
-            "  ztunnel CPU (both): {:.2} s per GiB, {:.3} s per 10k requests",
-            f(&results["cpu"]["ztunnel_seconds_per_gib"]),
-            f(&results["cpu"]["ztunnel_seconds_per_10k_requests"])
+            "  ztunnel CPU (both ends): {:.2} s per GiB, {:.3} s per 10k requests; Istio's ztunnel {:.2} s, {:.3} s",
+            cpu(&results, "ztunnel_seconds_per_gib"),
+            cpu(&results, "ztunnel_seconds_per_10k_requests"),
+            cpu(&results["upstream"], "ztunnel_seconds_per_gib"),
+            cpu(&results["upstream"], "ztunnel_seconds_per_10k_requests"),
         );
     }
     if !opts.only.is_empty() {

@@ -7,6 +7,7 @@ pub mod hbone;
 pub mod identity;
 pub mod policy;
 pub mod pool;
+mod reader;
 pub mod relay;
 pub mod serve;
 pub mod telemetry;

@@ -13,9 +13,10 @@ use std::io;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::tcp::WriteHalf;
 
 use crate::hbone::{CHUNK, abort_socket};
+use crate::reader::Reader;
 
 mod splice;
 
@@ -48,11 +49,11 @@ async fn relay_from(
     b_to_a: impl FnMut(usize),
 ) -> io::Result<(u64, u64)> {
     let relayed = {
-        let (a_rd, mut a_wr) = a.split();
-        let (b_rd, mut b_wr) = b.split();
+        let (mut a_rd, mut a_wr) = a.split();
+        let (mut b_rd, mut b_wr) = b.split();
         tokio::try_join!(
-            one_way(&a_rd, &mut b_wr, pipes, first, a_to_b),
-            one_way(&b_rd, &mut a_wr, pipes, first, b_to_a)
+            one_way(Reader::new(&mut a_rd), &mut b_wr, pipes, first, a_to_b),
+            one_way(Reader::new(&mut b_rd), &mut a_wr, pipes, first, b_to_a)
         )
     };
     if relayed.is_err() {
@@ -74,7 +75,7 @@ enum Mode {
 }
 
 async fn one_way(
-    rd: &ReadHalf<'_>,
+    mut rd: Reader<'_, '_>,
     wr: &mut WriteHalf<'_>,
     pipes: &Pipes,
     mut mode: Mode,
@@ -91,7 +92,7 @@ async fn one_way(
             pipe = pipes.take();
         }
         if let Some(held) = &mut pipe {
-            match held.fill(rd.as_ref()) {
+            match held.fill(rd.socket()) {
                 Ok(n) if n > 0 => {
                     held.drain(wr.as_ref(), &mut written).await?;
                     total += n as u64;
@@ -112,26 +113,27 @@ async fn one_way(
             }
             pipe = None;
         }
-        if buf.is_empty() {
-            buf = vec![0u8; CHUNK];
+        if buf.capacity() == 0 {
+            buf = Vec::with_capacity(CHUNK);
         }
-        match rd.try_read(&mut buf) {
-            Ok(0) => {
+        buf.clear();
+        match rd.read(&mut buf).await {
+            Some(Ok(0)) => {
                 wr.shutdown().await?;
                 return Ok(total);
             }
-            Ok(n) => {
-                wr.write_all(&buf[..n]).await?;
+            Some(Ok(n)) => {
+                wr.write_all(&buf).await?;
                 written(n);
                 total += n as u64;
                 burst += n;
                 // A full buffer: more is likely behind it.
-                if n == buf.len() {
+                if n == buf.capacity() {
                     mode = Mode::Splice;
                 }
             }
             // Drained: wait for more holding neither buffer nor pipe.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            None => {
                 mode = if burst >= CHUNK {
                     Mode::Splice
                 } else {
@@ -140,7 +142,7 @@ async fn one_way(
                 burst = 0;
                 buf = Vec::new();
             }
-            Err(e) => return Err(e),
+            Some(Err(e)) => return Err(e),
         }
     }
 }

@@ -16,9 +16,9 @@ use std::io;
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::ReadHalf;
 
 use super::stream::{Sent, StreamError, TunnelRecv, TunnelSend};
+use crate::reader::Reader;
 
 /// The largest chunk read from the socket at once.
 pub const CHUNK: usize = 64 * 1024;
@@ -71,9 +71,9 @@ pub async fn splice(
     on_to_socket: impl Fn(usize),
 ) -> Result<Transferred, TunnelError> {
     let result = {
-        let (rd, mut wr) = socket.split();
+        let (mut rd, mut wr) = socket.split();
         tokio::try_join!(
-            socket_to_stream(&rd, &mut send, &on_to_stream),
+            socket_to_stream(Reader::new(&mut rd), &mut send, &on_to_stream),
             stream_to_socket(&mut recv, &mut wr, &on_to_socket),
         )
     };
@@ -108,7 +108,7 @@ pub fn abort_socket(socket: &TcpStream) {
 const MIN_READ: usize = 4 * 1024;
 
 async fn socket_to_stream(
-    rd: &ReadHalf<'_>,
+    mut rd: Reader<'_, '_>,
     send: &mut TunnelSend,
     on_chunk: &impl Fn(usize),
 ) -> Result<u64, TunnelError> {
@@ -119,15 +119,15 @@ async fn socket_to_stream(
         if buf.capacity() < MIN_READ {
             buf.reserve(if read == READ { CHUNK } else { 4 * CHUNK });
         }
-        let n = match rd.try_read_buf(&mut (&mut buf).limit(read)) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+        let n = match rd.read(&mut (&mut buf).limit(read)).await {
+            Some(Ok(n)) => n,
+            None => {
                 // Nothing to send: wait without a buffer, so an idle tunnel holds none.
                 buf = BytesMut::new();
                 rd.readable().await.map_err(TunnelError::Socket)?;
                 continue;
             }
-            Err(e) => return Err(TunnelError::Socket(e)),
+            Some(Err(e)) => return Err(TunnelError::Socket(e)),
         };
         if n == 0 {
             send.finish().await.map_err(TunnelError::Stream)?;

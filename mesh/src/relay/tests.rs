@@ -169,7 +169,14 @@ async fn pipes_are_reused_not_made_per_connection() {
 async fn urgent_data_is_stepped_over_not_taken_for_a_stall_or_an_end() {
     // splice(2) stops at TCP urgent data; recv steps over the urgent byte (as the copy path always
     // did). With a FIN queued behind the mark, a splice reports an end; without, nothing at all.
-    for fin in [true, false] {
+    // A recv stops short at the mark, which tokio takes for a drained socket (it then waits for
+    // the next event, and none comes for the bytes already queued behind the mark).
+    for (mode, fin) in [
+        (Mode::Splice, true),
+        (Mode::Splice, false),
+        (Mode::Copy, true),
+        (Mode::Copy, false),
+    ] {
         let pipes = Arc::new(Pipes::new(4));
         let (mut client, mut a) = socket_pair().await;
         let (mut b, mut server) = socket_pair().await;
@@ -183,23 +190,29 @@ async fn urgent_data_is_stepped_over_not_taken_for_a_stall_or_an_end() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let relaying = pipes.clone();
         let relayed = tokio::spawn(async move {
-            relay_from(&mut a, &mut b, &relaying, Mode::Splice, |_| {}, |_| {}).await
+            relay_from(&mut a, &mut b, &relaying, mode, |_| {}, |_| {}).await
         });
         let mut got = [0u8; 30];
         let read = tokio::time::timeout(Duration::from_secs(5), server.read_exact(&mut got)).await;
         assert!(
             read.is_ok(),
-            "the bytes past the mark never came (FIN: {fin})"
+            "the bytes past the mark never came ({mode:?}, FIN: {fin})"
         );
-        read.unwrap().unwrap_or_else(|e| panic!("{e}: FIN: {fin}"));
-        assert_eq!(&got, b"before the mark after the mark", "FIN: {fin}");
-        assert_eq!(pipes.spliced(), 16, "what preceded the mark was spliced");
+        read.unwrap()
+            .unwrap_or_else(|e| panic!("{e}: {mode:?}, FIN: {fin}"));
+        assert_eq!(
+            &got, b"before the mark after the mark",
+            "{mode:?}, FIN: {fin}"
+        );
+        if mode == Mode::Splice {
+            assert_eq!(pipes.spliced(), 16, "what preceded the mark was spliced");
+        }
         if !fin {
             client.shutdown().await.unwrap();
         }
         let mut rest = Vec::new();
         server.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty(), "FIN: {fin}");
+        assert!(rest.is_empty(), "{mode:?}, FIN: {fin}");
         server.shutdown().await.unwrap();
         relayed.await.unwrap().unwrap();
     }

@@ -1,0 +1,127 @@
+//! Reading an application's socket as data arrives, without the system call that finds nothing.
+//!
+//! A read that leaves part of its buffer empty has drained the socket, so tokio's `poll_read`
+//! takes it as such and waits for the kernel's next event before it reads again, where
+//! `try_read` would make one more `recv` to be told there is nothing (one per message on an
+//! interactive connection: a fifth of a ztunnel's system calls in a request/response run,
+//! docs/benchmarks.md). One case breaks that rule: a read also stops short at TCP urgent data
+//! (out-of-band, `MSG_OOB`), and the bytes queued behind the mark get no event of their own. So a
+//! socket left after a short read with nothing new for [`RECHECK`] is read once more anyway, past
+//! tokio's bookkeeping; once such a read finds the socket empty, waiting needs no timer.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::BufMut;
+use tokio::net::tcp::ReadHalf;
+use tokio_util::io::poll_read_buf;
+
+/// How long a socket left after a short read stays quiet before it is read once more: what bytes
+/// behind TCP urgent data may wait, at most.
+pub(crate) const RECHECK: Duration = Duration::from_millis(50);
+
+/// The read half of an application's socket, and what the last read said of it.
+#[derive(Debug)]
+pub(crate) struct Reader<'a, 'b> {
+    rd: &'a mut ReadHalf<'b>,
+    state: State,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Tokio's readiness tells: the last read found the socket empty, or filled its buffer.
+    Tracked,
+    /// The last read stopped short: drained, or stopped at urgent data.
+    Short,
+    /// Quiet for [`RECHECK`] after a short read: read past tokio's readiness until empty.
+    Recheck,
+}
+
+impl<'a, 'b> Reader<'a, 'b> {
+    pub(crate) fn new(rd: &'a mut ReadHalf<'b>) -> Self {
+        Self {
+            rd,
+            state: State::Tracked,
+        }
+    }
+
+    /// The socket, for what reads it otherwise (splicing).
+    pub(crate) fn socket(&self) -> &tokio::net::TcpStream {
+        self.rd.as_ref()
+    }
+
+    /// Reads what the socket holds into `buf` without waiting (at most what `buf` offers in one
+    /// chunk): `Some(Ok(0))` at its end, `None` when there is nothing to read yet.
+    pub(crate) async fn read(&mut self, buf: &mut impl BufMut) -> Option<io::Result<usize>> {
+        if self.state == State::Recheck {
+            return self.recheck(buf);
+        }
+        let offered = buf.chunk_mut().len();
+        let rd = &mut *self.rd;
+        let read = std::future::poll_fn(|cx| match poll_read_buf(Pin::new(&mut *rd), cx, buf) {
+            Poll::Ready(read) => Poll::Ready(Some(read)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await;
+        if let Some(Ok(n)) = read {
+            self.state = if n > 0 && n < offered {
+                State::Short
+            } else {
+                State::Tracked
+            };
+        }
+        read
+    }
+
+    /// A read past tokio's readiness (cleared by the short read before): `recv` itself, after a
+    /// peek that takes no buffer (the usual answer is that there is nothing).
+    fn recheck(&mut self, buf: &mut impl BufMut) -> Option<io::Result<usize>> {
+        let fd = self.rd.as_ref().as_fd();
+        let dontwait = rustix::net::RecvFlags::DONTWAIT;
+        let read =
+            match rustix::net::recv(fd, &mut [0u8; 1], dontwait | rustix::net::RecvFlags::PEEK) {
+                Ok((0, _)) => Ok(0),
+                Ok(_) => {
+                    let mut got = Vec::with_capacity(buf.chunk_mut().len().max(1));
+                    rustix::net::recv(fd, rustix::buffer::spare_capacity(&mut got), dontwait).map(
+                        |(n, _)| {
+                            buf.put_slice(&got);
+                            n
+                        },
+                    )
+                }
+                Err(e) => Err(e),
+            };
+        match read {
+            // More may be queued behind this read (or behind another mark): read on this way
+            // until the socket is found empty.
+            Ok(n) => Some(Ok(n)),
+            Err(rustix::io::Errno::AGAIN) => {
+                // Empty, and tokio's readiness was cleared before this read: what comes next
+                // raises an event.
+                self.state = State::Tracked;
+                None
+            }
+            Err(e) => Some(Err(e.into())),
+        }
+    }
+
+    /// Waits until a read may find something: the kernel's next event, or, after a short read,
+    /// [`RECHECK`] of quiet at most.
+    pub(crate) async fn readable(&mut self) -> io::Result<()> {
+        match self.state {
+            State::Tracked => self.rd.readable().await,
+            State::Short => match tokio::time::timeout(RECHECK, self.rd.readable()).await {
+                Ok(ready) => ready,
+                Err(_quiet) => {
+                    self.state = State::Recheck;
+                    Ok(())
+                }
+            },
+            State::Recheck => Ok(()),
+        }
+    }
+}

@@ -4,7 +4,8 @@
 //! takes it as such and waits for the kernel's next event before it reads again, where
 //! `try_read` would make one more `recv` to be told there is nothing (one per message on an
 //! interactive connection: a fifth of a ztunnel's system calls in a request/response run,
-//! docs/benchmarks.md). One case breaks that rule: a read also stops short at TCP urgent data
+//! docs/benchmarks.md; a connection quiet for [`RECHECK`] after a message pays a timer and a peek
+//! instead). One case breaks that rule: a read also stops short at TCP urgent data
 //! (out-of-band, `MSG_OOB`), and the bytes queued behind the mark get no event of their own. So a
 //! socket left after a short read with nothing new for [`RECHECK`] is read once more anyway, past
 //! tokio's bookkeeping; once such a read finds the socket empty, waiting needs no timer.
@@ -36,7 +37,8 @@ enum State {
     Tracked,
     /// The last read stopped short: drained, or stopped at urgent data.
     Short,
-    /// Quiet for [`RECHECK`] after a short read: read past tokio's readiness until empty.
+    /// Quiet for [`RECHECK`] after a short read, or a read past tokio's readiness filled its
+    /// buffer: read past tokio's readiness again.
     Recheck,
 }
 
@@ -63,6 +65,10 @@ impl<'a, 'b> Reader<'a, 'b> {
         let rd = &mut *self.rd;
         let read = std::future::poll_fn(|cx| match poll_read_buf(Pin::new(&mut *rd), cx, buf) {
             Poll::Ready(read) => Poll::Ready(Some(read)),
+            // Out of the task's budget, `poll_read` refuses without reading and leaves readiness
+            // set, so `readable` would answer at once: yield (the task is woken again at once)
+            // instead of going round without ever letting the budget be renewed.
+            Poll::Pending if !tokio::task::coop::has_budget_remaining() => Poll::Pending,
             Poll::Pending => Poll::Ready(None),
         })
         .await;
@@ -80,12 +86,13 @@ impl<'a, 'b> Reader<'a, 'b> {
     /// peek that takes no buffer (the usual answer is that there is nothing).
     fn recheck(&mut self, buf: &mut impl BufMut) -> Option<io::Result<usize>> {
         let fd = self.rd.as_ref().as_fd();
+        let offered = buf.chunk_mut().len();
         let dontwait = rustix::net::RecvFlags::DONTWAIT;
         let read =
             match rustix::net::recv(fd, &mut [0u8; 1], dontwait | rustix::net::RecvFlags::PEEK) {
                 Ok((0, _)) => Ok(0),
                 Ok(_) => {
-                    let mut got = Vec::with_capacity(buf.chunk_mut().len().max(1));
+                    let mut got = Vec::with_capacity(offered.max(1));
                     rustix::net::recv(fd, rustix::buffer::spare_capacity(&mut got), dontwait).map(
                         |(n, _)| {
                             buf.put_slice(&got);
@@ -96,9 +103,14 @@ impl<'a, 'b> Reader<'a, 'b> {
                 Err(e) => Err(e),
             };
         match read {
-            // More may be queued behind this read (or behind another mark): read on this way
-            // until the socket is found empty.
-            Ok(n) => Some(Ok(n)),
+            // A full read: more may be queued behind it, with no event of its own; read on this
+            // way. A short one is taken as before, with the timer for another mark.
+            Ok(n) => {
+                if n > 0 && n < offered {
+                    self.state = State::Short;
+                }
+                Some(Ok(n))
+            }
             Err(rustix::io::Errno::AGAIN) => {
                 // Empty, and tokio's readiness was cleared before this read: what comes next
                 // raises an event.
@@ -123,5 +135,41 @@ impl<'a, 'b> Reader<'a, 'b> {
             },
             State::Recheck => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::Poll;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::testing::socket_pair;
+
+    #[tokio::test]
+    async fn a_read_refused_for_want_of_budget_yields_instead_of_saying_drained() {
+        let (mut app, mut proxied) = socket_pair().await;
+        app.write_all(b"waiting").await.unwrap();
+        let (mut rd, _wr) = proxied.split();
+        rd.readable().await.unwrap();
+        let mut reader = Reader::new(&mut rd);
+        let mut buf = Vec::with_capacity(64);
+        let outcome = std::future::poll_fn(|cx| {
+            // Spend the task's whole budget, as a long run of reads and writes does.
+            while let Poll::Ready(spent) = tokio::task::coop::poll_proceed(cx) {
+                spent.made_progress();
+            }
+            Poll::Ready(pin!(reader.read(&mut buf)).poll(cx))
+        })
+        .await;
+        // `None` would tell the caller the socket is drained: it would wait for readiness,
+        // which is set, and come back round without yielding, for ever.
+        assert!(outcome.is_pending(), "{outcome:?}");
+        // With a budget again, the bytes are there.
+        assert_eq!(reader.read(&mut buf).await.unwrap().unwrap(), 7);
+        assert_eq!(buf, b"waiting");
     }
 }

@@ -127,24 +127,30 @@ async fn one_way(
                 written(n);
                 total += n as u64;
                 burst += n;
-                // A full buffer: more is likely behind it.
                 if n == buf.capacity() {
+                    // A full buffer: more is likely behind it.
                     mode = Mode::Splice;
+                } else {
+                    // A short read drained the socket (the reader waits for the next event).
+                    drained(&mut mode, &mut burst, &mut buf);
                 }
             }
-            // Drained: wait for more holding neither buffer nor pipe.
-            None => {
-                mode = if burst >= CHUNK {
-                    Mode::Splice
-                } else {
-                    Mode::Copy
-                };
-                burst = 0;
-                buf = Vec::new();
-            }
+            None => drained(&mut mode, &mut burst, &mut buf),
             Some(Err(e)) => return Err(e),
         }
     }
+}
+
+/// A direction found its socket drained: the next burst is read as this one ended, and it waits
+/// holding neither buffer nor pipe.
+fn drained(mode: &mut Mode, burst: &mut usize, buf: &mut Vec<u8>) {
+    *mode = if *burst >= CHUNK {
+        Mode::Splice
+    } else {
+        Mode::Copy
+    };
+    *burst = 0;
+    *buf = Vec::new();
 }
 
 #[cfg(test)]

@@ -26,9 +26,10 @@ fn future_size4<A, B, C, D, F: Future>(_f: impl Fn(A, B, C, D) -> F) -> usize {
 /// a plaintext connection's from 1,408 to 1,632).
 const TUNNEL_BUDGET: usize = 2048 + 128 + 128;
 
-/// Bytes of one carried UDP flow's task future (either side): a tunnel's and 128 more for the
-/// flow's idle clock and its two directions' counters (2,216 bytes at the destination when set).
-const UDP_FLOW_BUDGET: usize = TUNNEL_BUDGET + 128;
+/// Bytes of one carried UDP flow's task future (either side): a tunnel's before the reader's timer
+/// (UDP flows read no application socket that way) and 128 more for the flow's idle clock and its
+/// two directions' counters (2,216 bytes at the destination when set).
+const UDP_FLOW_BUDGET: usize = 2048 + 128 + 128;
 
 /// Bytes of one HBONE connection's task future, shared by all the tunnels it carries.
 const HBONE_CONNECTION_BUDGET: usize = 4096;

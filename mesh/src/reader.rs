@@ -33,7 +33,9 @@ pub(crate) struct Reader<'a, 'b> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Tokio's readiness tells: the last read found the socket empty, or filled its buffer.
+    /// Tokio's readiness tells: the last read filled its buffer, a read past tokio's readiness
+    /// found the socket empty, or nothing was read yet. (A read that finds nothing leaves the
+    /// state as it was: after a short read the timer stays armed.)
     Tracked,
     /// The last read stopped short: drained, or stopped at urgent data.
     Short,
@@ -168,8 +170,9 @@ mod tests {
         // `None` would tell the caller the socket is drained: it would wait for readiness,
         // which is set, and come back round without yielding, for ever.
         assert!(outcome.is_pending(), "{outcome:?}");
-        // With a budget again, the bytes are there.
-        assert_eq!(reader.read(&mut buf).await.unwrap().unwrap(), 7);
+        // With a budget again, the bytes are there (a lost wake-up would hang: bounded).
+        let read = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf)).await;
+        assert_eq!(read.expect("woken again").unwrap().unwrap(), 7);
         assert_eq!(buf, b"waiting");
     }
 }

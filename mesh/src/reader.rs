@@ -22,7 +22,7 @@ use tokio_util::io::poll_read_buf;
 
 /// How long a socket left after a short read stays quiet before it is read once more: what bytes
 /// behind TCP urgent data may wait, at most.
-pub(crate) const RECHECK: Duration = Duration::from_millis(50);
+const RECHECK: Duration = Duration::from_millis(50);
 
 /// The read half of an application's socket, and what the last read said of it.
 #[derive(Debug)]

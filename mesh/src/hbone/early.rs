@@ -70,8 +70,11 @@ impl<'a> EarlyData<'a> {
         ConnectError: From<E>,
     {
         // Bytes already read (for a stream the server refused) go first, in the same flight as
-        // the CONNECT's headers; so do bytes already waiting in the socket.
-        if self.read.is_empty() && !self.done {
+        // the CONNECT's headers; so do bytes the runtime has already seen arrive. A read is not
+        // tried blind: ztunnel accepts a connection before its client's first bytes are there, so
+        // on nearly every new connection it would be a system call that finds nothing. Bytes that
+        // arrived unseen go as soon as the runtime sees them, still before the answer.
+        if self.read.is_empty() && !self.done && self.seen_readable() {
             self.try_read()?;
         }
         self.send(stream).await?;
@@ -105,6 +108,12 @@ impl<'a> EarlyData<'a> {
                 Ok(())
             }
         }
+    }
+
+    /// Whether the runtime has seen the socket readable (or failed) and not since found it empty.
+    pub(crate) fn seen_readable(&self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        self.socket.poll_read_ready(&mut cx).is_ready()
     }
 
     /// Reads what the socket has without waiting, into a buffer of its size (a read that finds

@@ -180,6 +180,39 @@ async fn the_first_bytes_travel_before_the_answer_and_the_rest_follows_in_order(
     );
 }
 
+/// Bytes already in the socket when the tunnel is opened, on a connection already in the pool, but
+/// not yet seen by the runtime (the socket is registered with it only then): they are not read
+/// before the CONNECT goes out, and still travel before the answer (which the server gives only
+/// once it has them).
+#[tokio::test]
+async fn first_bytes_not_yet_seen_by_the_runtime_still_travel_before_the_answer() {
+    let pki = Arc::new(TestPki::new("cluster.local"));
+    let (server, seen) = scripted_server(&pki, vec![Step::Answer, Step::AnswerAfterData]).await;
+    let client = Client::new(pki, server);
+    // A first tunnel puts a connection in the pool.
+    let (_first_app, first) = socket_pair().await;
+    let (_send, _recv, _guard) = client.open(&mut EarlyData::new(&first)).await.unwrap();
+    // Connected, written and accepted without the runtime, then handed to it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut app = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    std::io::Write::write_all(&mut app, b"hello").unwrap();
+    let (proxied, _) = listener.accept().unwrap();
+    proxied.set_nonblocking(true).unwrap();
+    let proxied = TcpStream::from_std(proxied).unwrap();
+    let mut early = EarlyData::new(&proxied);
+    assert!(
+        !early.seen_readable(),
+        "the runtime cannot have seen it yet"
+    );
+    let opened = client.open(&mut early).await;
+    assert!(opened.is_ok());
+    assert_eq!(early.len(), 5);
+    assert_eq!(
+        seen.lock().unwrap().early,
+        vec![Bytes::from_static(b"hello")]
+    );
+}
+
 #[tokio::test]
 async fn a_stream_refused_unprocessed_is_retried_with_the_same_first_bytes() {
     let pki = Arc::new(TestPki::new("cluster.local"));

@@ -7,6 +7,7 @@
 //! limited to one per second per listener and error, with the count of the lines held back.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,8 +60,8 @@ impl Backoff {
     }
 }
 
-/// [`serve`] for connections that one call of `handle` serves whole: the permit is held until it
-/// returns.
+/// [`serve`] for connections that one call of `handle` serves whole (given the socket and its
+/// peer's address): the permit is held until it returns.
 pub async fn serve_each<F, Fut>(
     ctx: Arc<Context>,
     local: Arc<LocalWorkload>,
@@ -68,11 +69,11 @@ pub async fn serve_each<F, Fut>(
     resource: Resource,
     handle: F,
 ) where
-    F: Fn(Arc<Context>, Arc<LocalWorkload>, TcpStream) -> Fut,
+    F: Fn(Arc<Context>, Arc<LocalWorkload>, TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let admit = |tcp, permit: Permit| {
-        let handling = handle(ctx.clone(), local.clone(), tcp);
+    let admit = |tcp, peer, permit: Permit| {
+        let handling = handle(ctx.clone(), local.clone(), tcp, peer);
         async move {
             handling.await;
             drop(permit);
@@ -82,8 +83,9 @@ pub async fn serve_each<F, Fut>(
 }
 
 /// Accepts connections on `listener` for `local` until it is dropped or ztunnel drains: each takes
-/// a `resource` permit and goes to `handler` in its own task, or is reset at once when over
-/// budget. Draining drops the listener; connections already accepted go on in their tasks.
+/// a `resource` permit and goes to `handler` (with the peer's address, as `accept` returned it) in
+/// its own task, or is reset at once when over budget. Draining drops the listener; connections
+/// already accepted go on in their tasks.
 pub async fn serve<F, Fut>(
     ctx: Arc<Context>,
     local: Arc<LocalWorkload>,
@@ -91,7 +93,7 @@ pub async fn serve<F, Fut>(
     resource: Resource,
     handler: F,
 ) where
-    F: Fn(TcpStream, Permit) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Permit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut backoff = Backoff::default();
@@ -104,11 +106,11 @@ pub async fn serve<F, Fut>(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((tcp, _)) => {
+            Ok((tcp, peer)) => {
                 backoff.succeeded();
                 match ctx.budgets.acquire(&local.budget, resource) {
                     Ok(permit) => {
-                        tokio::spawn(handler(tcp, permit));
+                        tokio::spawn(handler(tcp, peer, permit));
                     }
                     Err(refused) => refuse(&ctx, &local, &tcp, &refused),
                 }

@@ -44,7 +44,7 @@ fn the_per_connection_futures_fit_their_budgets() {
     let tasks = [
         (
             "outbound tunnel (source side)",
-            future_size(crate::outbound::handle),
+            future_size4(crate::outbound::handle),
             TUNNEL_BUDGET,
         ),
         (
@@ -54,7 +54,7 @@ fn the_per_connection_futures_fit_their_budgets() {
         ),
         (
             "plaintext connection",
-            future_size(crate::plaintext::handle),
+            future_size4(crate::plaintext::handle),
             TUNNEL_BUDGET,
         ),
         (

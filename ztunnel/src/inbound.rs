@@ -39,7 +39,7 @@ pub const ACCESS_LOG: &str = "veil::access";
 /// Accepts HBONE connections for `local` until the listener is dropped. Each holds an HBONE
 /// connection permit for its life and a handshake permit until its handshakes are over.
 pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpListener) {
-    let admit = |tcp: TcpStream, permit: Permit| {
+    let admit = |tcp: TcpStream, _peer, permit: Permit| {
         let handshake = ctx.budgets.acquire(&local.budget, Resource::TlsHandshakes);
         let (ctx, local) = (ctx.clone(), local.clone());
         async move {

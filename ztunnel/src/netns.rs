@@ -5,6 +5,10 @@
 //! therefore switches the current thread into the pod's namespace and straight back (two `setns`
 //! calls, no await in between). If switching back ever failed, the thread would go on serving other
 //! pods from the wrong namespace: the process aborts instead.
+//!
+//! Every socket made here has TCP_NODELAY (a proxy must not add Nagle's delay to what an
+//! application wrote without it), listeners included: Linux copies it from a listener to each
+//! socket it accepts, so the connections ztunnel accepts need no call of their own.
 
 use std::fs::File;
 use std::io;
@@ -228,4 +232,42 @@ pub fn find_by_address(ip: IpAddr, pinned_dir: &Path) -> io::Result<Option<Arc<N
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    /// The outbound and plaintext handlers set no TCP_NODELAY of their own: the sockets they are
+    /// given must have it from their listener, in either family.
+    #[tokio::test]
+    async fn sockets_accepted_on_a_listener_made_here_have_tcp_nodelay() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: entering a network namespace needs root (CAP_SYS_ADMIN)");
+            return;
+        }
+        init().unwrap();
+        let here = NetNs::open(Path::new("/proc/self/ns/net")).unwrap();
+        for loopback in [
+            IpAddr::from(Ipv4Addr::LOCALHOST),
+            Ipv6Addr::LOCALHOST.into(),
+        ] {
+            let listener = here.listen(SocketAddr::new(loopback, 0)).unwrap();
+            let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (accepted, peer) = listener.accept().await.unwrap();
+            assert_eq!(peer, client.local_addr().unwrap());
+            assert!(
+                accepted.nodelay().unwrap(),
+                "{loopback}: accepted with Nagle's delay"
+            );
+            assert!(
+                !client.nodelay().unwrap(),
+                "the client's own socket is left as it was"
+            );
+        }
+    }
 }

@@ -197,11 +197,15 @@ pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpList
     accept::serve_each(ctx, local, listener, Resource::OutboundConnections, handle).await;
 }
 
-pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream) {
-    // A proxy must not add Nagle's delay to what the application wrote without it: chunks are
-    // written as they arrive. (Only fails on a socket already gone, which the next I/O reports.)
-    let _ = tcp.set_nodelay(true);
-    let dst = match original_dst(&tcp) {
+/// Serves one captured connection from `peer`. No Nagle's delay is added to what the application
+/// wrote without it: the socket has TCP_NODELAY from its listener (see [`crate::netns`]).
+pub(crate) async fn handle(
+    ctx: Arc<Context>,
+    local: Arc<LocalWorkload>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let dst = match original_dst(&tcp, peer) {
         Ok(dst) => dst,
         Err(e) => {
             warn!(workload = %local.workload.key(), error = %e, "outbound connection without an original destination");
@@ -455,10 +459,10 @@ async fn passthrough(
     }
 }
 
-/// The address a captured connection was originally sent to.
-pub fn original_dst(tcp: &TcpStream) -> std::io::Result<SocketAddr> {
-    let local = tcp.local_addr()?;
-    if local.is_ipv4() {
+/// The address a captured connection from `peer` was originally sent to. The socket's address
+/// family is its peer's (the listeners are of one family each).
+pub fn original_dst(tcp: &TcpStream, peer: SocketAddr) -> std::io::Result<SocketAddr> {
+    if peer.is_ipv4() {
         let addr = getsockopt(tcp, sockopt::OriginalDst).map_err(std::io::Error::from)?;
         let ip = std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
         Ok(SocketAddr::new(ip.into(), u16::from_be(addr.sin_port)))

@@ -6,6 +6,7 @@
 //! around the waypoint's L7 policy. An admitted connection stays registered in `conntrack` and is
 //! closed if a later mesh state denies it (a STRICT PeerAuthentication included).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -31,11 +32,15 @@ pub async fn run(ctx: Arc<Context>, local: Arc<LocalWorkload>, listener: TcpList
     accept::serve_each(ctx, local, listener, Resource::PlaintextConnections, handle).await;
 }
 
-pub(crate) async fn handle(ctx: Arc<Context>, local: Arc<LocalWorkload>, mut tcp: TcpStream) {
-    // A proxy must not add Nagle's delay to what the application wrote without it: chunks are
-    // written as they arrive. (Only fails on a socket already gone, which the next I/O reports.)
-    let _ = tcp.set_nodelay(true);
-    let (Ok(dst), Ok(peer)) = (original_dst(&tcp), tcp.peer_addr()) else {
+/// Serves one plaintext connection from `peer`. No Nagle's delay is added to what the client wrote
+/// without it: the socket has TCP_NODELAY from its listener (see [`crate::netns`]).
+pub(crate) async fn handle(
+    ctx: Arc<Context>,
+    local: Arc<LocalWorkload>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let Ok(dst) = original_dst(&tcp, peer) else {
         return abort_socket(&tcp);
     };
     // An address the mesh does not list for the pod (IPv6 link-local, which every pod has) has no

@@ -109,6 +109,28 @@ fn a_successor_gets_the_very_sockets_and_namespace_of_each_pod() {
     );
 }
 
+/// A predecessor's listeners may lack TCP_NODELAY (listeners bound before they were given it):
+/// taken over, they pass it to what they accept, as listeners made here do.
+#[tokio::test]
+async fn sockets_accepted_on_inherited_listeners_have_tcp_nodelay() {
+    let bind = || {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        (OwnedFd::from(listener), addr)
+    };
+    let [(out, addr), hbone, plain] = [bind(), bind(), bind()];
+    let pod = Handoff {
+        netns_path: PathBuf::from("/proc/self/ns/net"),
+        netns: OwnedFd::from(File::open("/proc/self/ns/net").unwrap()),
+        listeners: vec![(Family::V4, [out, hbone.0, plain.0])],
+    };
+    let [out, ..] = pod.tokio_listeners(Family::V4).unwrap().unwrap();
+    let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (accepted, _) = out.accept().await.unwrap();
+    assert!(accepted.nodelay().unwrap(), "accepted with Nagle's delay");
+    assert!(!client.nodelay().unwrap());
+}
+
 #[test]
 fn the_socket_of_a_ztunnel_that_is_gone_is_removed() {
     let dir = tempfile::tempdir().unwrap();

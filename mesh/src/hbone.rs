@@ -25,5 +25,7 @@ pub use server::{InboundStream, serve_connection, serve_connection_with};
 pub use stream::{Responder, Sent, StreamError, TunnelRecv, TunnelSend, refuse};
 pub use tunnel::{CHUNK, Transferred, TunnelError, abort_socket, splice};
 
+pub use crate::reader::LastRead;
+
 #[cfg(test)]
 mod tests;

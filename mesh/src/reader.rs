@@ -24,6 +24,17 @@ use tokio_util::io::poll_read_buf;
 /// behind TCP urgent data may wait, at most.
 const RECHECK: Duration = Duration::from_millis(50);
 
+/// What a read made before the splice (early data's) left known of a socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LastRead {
+    /// Nothing read, or a read that filled its buffer or found the end: tokio's readiness tells.
+    #[default]
+    Tracked,
+    /// A read through tokio's `poll_read` that stopped short: tokio took the socket as drained
+    /// (so the next read waits for the kernel's next event), or it stopped at urgent data.
+    Short,
+}
+
 /// The read half of an application's socket, and what the last read said of it.
 #[derive(Debug)]
 pub(crate) struct Reader<'a, 'b> {
@@ -45,11 +56,13 @@ enum State {
 }
 
 impl<'a, 'b> Reader<'a, 'b> {
-    pub(crate) fn new(rd: &'a mut ReadHalf<'b>) -> Self {
-        Self {
-            rd,
-            state: State::Tracked,
-        }
+    /// Reads `rd`, of which `last` (a read made before, if any) is known.
+    pub(crate) fn new(rd: &'a mut ReadHalf<'b>, last: LastRead) -> Self {
+        let state = match last {
+            LastRead::Tracked => State::Tracked,
+            LastRead::Short => State::Short,
+        };
+        Self { rd, state }
     }
 
     /// The socket, for what reads it otherwise (splicing).
@@ -157,7 +170,7 @@ mod tests {
         app.write_all(b"waiting").await.unwrap();
         let (mut rd, _wr) = proxied.split();
         rd.readable().await.unwrap();
-        let mut reader = Reader::new(&mut rd);
+        let mut reader = Reader::new(&mut rd, LastRead::Tracked);
         let mut buf = Vec::with_capacity(64);
         let outcome = std::future::poll_fn(|cx| {
             // Spend the task's whole budget, as a long run of reads and writes does.

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::WriteHalf;
 
 use crate::hbone::{CHUNK, abort_socket};
-use crate::reader::Reader;
+use crate::reader::{LastRead, Reader};
 
 mod splice;
 
@@ -52,8 +52,20 @@ async fn relay_from(
         let (mut a_rd, mut a_wr) = a.split();
         let (mut b_rd, mut b_wr) = b.split();
         tokio::try_join!(
-            one_way(Reader::new(&mut a_rd), &mut b_wr, pipes, first, a_to_b),
-            one_way(Reader::new(&mut b_rd), &mut a_wr, pipes, first, b_to_a)
+            one_way(
+                Reader::new(&mut a_rd, LastRead::Tracked),
+                &mut b_wr,
+                pipes,
+                first,
+                a_to_b
+            ),
+            one_way(
+                Reader::new(&mut b_rd, LastRead::Tracked),
+                &mut a_wr,
+                pipes,
+                first,
+                b_to_a
+            )
         )
     };
     if relayed.is_err() {

@@ -269,7 +269,15 @@ pub async fn splice_to_app(
 ) -> tokio::net::TcpStream {
     let (app, mut proxied) = socket_pair().await;
     tokio::spawn(async move {
-        let _ = crate::hbone::splice(&mut proxied, send, recv, |_| {}, |_| {}).await;
+        let _ = crate::hbone::splice(
+            &mut proxied,
+            crate::hbone::LastRead::Tracked,
+            send,
+            recv,
+            |_| {},
+            |_| {},
+        )
+        .await;
     });
     app
 }
@@ -348,7 +356,15 @@ async fn serve_test_stream(mut stream: crate::hbone::InboundStream, expect_peer:
         .await
         .unwrap();
     let recv = stream.request.into_body();
-    let _ = splice(&mut upstream, send, recv, |_| {}, |_| {}).await;
+    let _ = splice(
+        &mut upstream,
+        crate::hbone::LastRead::Tracked,
+        send,
+        recv,
+        |_| {},
+        |_| {},
+    )
+    .await;
 }
 
 /// [`spawn_hbone_server`] over QUIC (HBONE over HTTP/3), on a UDP port of loopback.

@@ -15,8 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 use veil_mesh::discovery::Workload;
 use veil_mesh::hbone::{
-    BAGGAGE, ConnectError, InboundStream, TRACEPARENT, abort_socket, parse_connect, refuse,
-    serve_connection_with, splice,
+    BAGGAGE, ConnectError, InboundStream, LastRead, TRACEPARENT, abort_socket, parse_connect,
+    refuse, serve_connection_with, splice,
 };
 use veil_mesh::identity::Identity;
 use veil_mesh::policy::{AccessLogLevel, Decision, PolicyId};
@@ -180,6 +180,7 @@ pub(crate) async fn stream_task(
     // The splice's first count is what the application sends back: the response side.
     let spliced = splice(
         &mut app,
+        LastRead::Tracked,
         send,
         recv,
         |n| {

@@ -370,7 +370,7 @@ async fn proxy_hbone(
             ctx.settings.early_data.then_some(&mut early),
         )
         .await;
-    let early = early.len();
+    let (early, last) = (early.len(), early.last_read());
     let (send, recv, _guard) = match opened {
         Ok(stream) => stream,
         Err(ConnectError::Source(e)) => {
@@ -397,6 +397,7 @@ async fn proxy_hbone(
     let started = tokio::time::Instant::now();
     let result = splice(
         tcp,
+        last,
         send,
         recv,
         |n| {

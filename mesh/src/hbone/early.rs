@@ -7,6 +7,13 @@
 //! them to the application only once it has authorized the tunnel and connected; a refused tunnel's
 //! bytes are dropped with its stream, and the client's connection is reset as before.
 //!
+//! Reads. The socket is read through tokio's `poll_read`, never blind: not before the runtime has
+//! seen it readable (ztunnel accepts a connection before its client's first bytes are there, so a
+//! blind read would be a system call that finds nothing on nearly every new connection), and a
+//! read that stops short leaves tokio taking the socket as drained, which the splice is told
+//! ([`EarlyData::last_read`]) so that it too waits for the kernel's next event instead of reading
+//! again to be told there is nothing ([`crate::hbone::LastRead`]).
+//!
 //! Bounds and replay. While the answer is awaited at most one read (16 KiB) is taken from
 //! the socket and kept, so that a stream the server refused unprocessed (`REFUSED_STREAM`) can be
 //! retried with the same bytes. Bytes that went out on a connection that then failed are never
@@ -14,14 +21,17 @@
 //! a direct TCP connection never sees its bytes twice either.
 
 use std::future::Future;
-use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::Response;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::client::ConnectError;
 use super::stream::TunnelSend;
+use crate::reader::LastRead;
 
 /// The most read from the socket before the answer: a request's head, a TLS ClientHello.
 const EARLY: usize = 16 * 1024;
@@ -29,22 +39,30 @@ const EARLY: usize = 16 * 1024;
 /// The first bytes of a tunnel, read from its socket while the `CONNECT` is answered.
 #[derive(Debug)]
 pub struct EarlyData<'a> {
-    socket: &'a TcpStream,
+    socket: &'a mut TcpStream,
     /// What was read (at most [`EARLY`] bytes), kept for a retry.
     read: Bytes,
     /// No more is read before the answer: a read is in hand, or the socket said end of stream
     /// (which the tunnel reads again, and carries, once it is open).
     done: bool,
+    /// What the read left known of the socket.
+    last: LastRead,
 }
 
 impl<'a> EarlyData<'a> {
     /// Nothing read yet from `socket`.
-    pub fn new(socket: &'a TcpStream) -> Self {
+    pub fn new(socket: &'a mut TcpStream) -> Self {
         Self {
             socket,
             read: Bytes::new(),
             done: false,
+            last: LastRead::Tracked,
         }
+    }
+
+    /// What the read left known of the socket, for the splice that reads it next.
+    pub fn last_read(&self) -> LastRead {
+        self.last
     }
 
     /// The bytes taken from the socket (and sent on the tunnel once it is open).
@@ -70,11 +88,9 @@ impl<'a> EarlyData<'a> {
         ConnectError: From<E>,
     {
         // Bytes already read (for a stream the server refused) go first, in the same flight as
-        // the CONNECT's headers; so do bytes the runtime has already seen arrive. A read is not
-        // tried blind: ztunnel accepts a connection before its client's first bytes are there, so
-        // on nearly every new connection it would be a system call that finds nothing. Bytes that
+        // the CONNECT's headers; so do bytes the runtime has already seen arrive. Bytes that
         // arrived unseen go as soon as the runtime sees them, still before the answer.
-        if self.read.is_empty() && !self.done && self.seen_readable() {
+        if self.read.is_empty() && !self.done {
             self.try_read()?;
         }
         self.send(stream).await?;
@@ -110,24 +126,26 @@ impl<'a> EarlyData<'a> {
         }
     }
 
-    /// Whether the runtime has seen the socket readable (or failed) and not since found it empty.
-    pub(crate) fn seen_readable(&self) -> bool {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        self.socket.poll_read_ready(&mut cx).is_ready()
-    }
-
-    /// Reads what the socket has without waiting, into a buffer of its size (a read that finds
-    /// nothing allocates nothing).
+    /// Reads what the socket has, if the runtime has seen it readable (else nothing, and no system
+    /// call), into a buffer of its size (a read that finds nothing allocates nothing).
     fn try_read(&mut self) -> Result<(), ConnectError> {
         let mut first = [0u8; EARLY];
-        match self.socket.try_read(&mut first) {
-            Ok(0) => self.done = true,
-            Ok(n) => {
-                self.read = Bytes::copy_from_slice(&first[..n]);
+        let mut buf = ReadBuf::new(&mut first);
+        // Polled once, not awaited: the caller waits for readiness with the answer.
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(&mut *self.socket).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len();
+                if n > 0 {
+                    self.read = Bytes::copy_from_slice(buf.filled());
+                }
+                if n > 0 && n < EARLY {
+                    self.last = LastRead::Short;
+                }
                 self.done = true;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(ConnectError::Source(e)),
+            Poll::Ready(Err(e)) => return Err(ConnectError::Source(e)),
+            Poll::Pending => {}
         }
         Ok(())
     }

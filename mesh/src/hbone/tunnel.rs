@@ -18,7 +18,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::stream::{Sent, StreamError, TunnelRecv, TunnelSend};
-use crate::reader::Reader;
+use crate::reader::{LastRead, Reader};
 
 /// The largest chunk read from the socket at once.
 pub const CHUNK: usize = 64 * 1024;
@@ -62,9 +62,11 @@ pub enum TunnelError {
 }
 
 /// Runs the tunnel until both directions have ended, calling `on_to_stream` / `on_to_socket` with
-/// each chunk's size as it passes (for live byte counters).
+/// each chunk's size as it passes (for live byte counters). `last`: what a read of `socket` made
+/// before (early data's, [`super::EarlyData::last_read`]) left known of it.
 pub async fn splice(
     socket: &mut TcpStream,
+    last: LastRead,
     mut send: TunnelSend,
     mut recv: TunnelRecv,
     on_to_stream: impl Fn(usize),
@@ -73,7 +75,7 @@ pub async fn splice(
     let result = {
         let (mut rd, mut wr) = socket.split();
         tokio::try_join!(
-            socket_to_stream(Reader::new(&mut rd), &mut send, &on_to_stream),
+            socket_to_stream(Reader::new(&mut rd, last), &mut send, &on_to_stream),
             stream_to_socket(&mut recv, &mut wr, &on_to_socket),
         )
     };

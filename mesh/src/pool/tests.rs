@@ -5,7 +5,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
-use crate::hbone::{H2Client, H2Settings, splice};
+use crate::hbone::{H2Client, H2Settings, LastRead, splice};
 use crate::identity::client_config;
 use crate::testing::{TestPki, socket_pair, spawn_hbone_server, spawn_hbone_server_with};
 
@@ -94,7 +94,9 @@ async fn round_trip(s: &Setup) -> StreamGuard {
         .await
         .unwrap();
     let (mut app, mut proxied) = socket_pair().await;
-    let task = tokio::spawn(async move { splice(&mut proxied, send, recv, |_| {}, |_| {}).await });
+    let task = tokio::spawn(async move {
+        splice(&mut proxied, LastRead::Tracked, send, recv, |_| {}, |_| {}).await
+    });
     app.write_all(b"ping").await.unwrap();
     app.shutdown().await.unwrap();
     let mut back = Vec::new();

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
-use crate::hbone::{EarlyData, TunnelMeta, connect_request, parse_connect, splice};
+use crate::hbone::{EarlyData, LastRead, TunnelMeta, connect_request, parse_connect, splice};
 use crate::identity::{Identity, client_config as tls_client};
 use crate::testing::{
     REFUSED_PORT, TestPki, end_observer, socket_pair, spawn_draining_hbone_quic_server,
@@ -210,7 +210,7 @@ async fn refusals_come_back_as_statuses_and_early_data_goes_with_the_request() {
     let (mut app, mut proxied) = socket_pair().await;
     app.write_all(b"first bytes").await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut early = EarlyData::new(&proxied);
+    let mut early = EarlyData::new(&mut proxied);
     let (send, recv) = client
         .open(
             connect_request(echo, &TunnelMeta::default()),
@@ -219,9 +219,9 @@ async fn refusals_come_back_as_statuses_and_early_data_goes_with_the_request() {
         .await
         .unwrap();
     assert_eq!(early.len(), b"first bytes".len(), "sent with the request");
-    drop(early);
+    let last = early.last_read();
     tokio::spawn(async move {
-        let _ = splice(&mut proxied, send, recv, |_| {}, |_| {}).await;
+        let _ = splice(&mut proxied, last, send, recv, |_| {}, |_| {}).await;
     });
     let mut back = [0u8; 11];
     with_timeout(app.read_exact(&mut back)).await.unwrap();
@@ -320,7 +320,15 @@ async fn an_application_reset_while_the_tunnel_waits_for_the_peer_ends_the_splic
         tokio::time::sleep(Duration::from_millis(100)).await;
         app.set_zero_linger().unwrap();
     });
-    let spliced = with_timeout(splice(&mut proxied, send, recv, |_| {}, |_| {})).await;
+    let spliced = with_timeout(splice(
+        &mut proxied,
+        LastRead::Tracked,
+        send,
+        recv,
+        |_| {},
+        |_| {},
+    ))
+    .await;
     assert!(
         matches!(spliced, Err(crate::hbone::TunnelError::Socket(_))),
         "{spliced:?}"

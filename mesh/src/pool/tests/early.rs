@@ -158,12 +158,14 @@ async fn the_first_bytes_travel_before_the_answer_and_the_rest_follows_in_order(
 
     // The server answers only after it has the stream's data: without early data this would wait
     // for ever.
-    let mut early = EarlyData::new(&proxied);
+    let mut early = EarlyData::new(&mut proxied);
     let opened = client.open(&mut early).await.unwrap();
     assert_eq!(early.len(), 6);
+    let last = early.last_read();
+    assert_eq!(last, LastRead::Short);
     let (send, recv, _guard) = opened;
     let tunnel = tokio::spawn(async move {
-        splice(&mut proxied, send, recv, |_| {}, |_| {})
+        splice(&mut proxied, last, send, recv, |_| {}, |_| {})
             .await
             .unwrap()
     });
@@ -182,28 +184,29 @@ async fn the_first_bytes_travel_before_the_answer_and_the_rest_follows_in_order(
 
 /// Bytes already in the socket when the tunnel is opened, on a connection already in the pool, but
 /// not yet seen by the runtime (the socket is registered with it only then): they are not read
-/// before the CONNECT goes out, and still travel before the answer (which the server gives only
-/// once it has them).
+/// before the CONNECT goes out (no read that could find nothing), and still travel before the
+/// answer (which the server gives only once it has them).
 #[tokio::test]
 async fn first_bytes_not_yet_seen_by_the_runtime_still_travel_before_the_answer() {
     let pki = Arc::new(TestPki::new("cluster.local"));
     let (server, seen) = scripted_server(&pki, vec![Step::Answer, Step::AnswerAfterData]).await;
     let client = Client::new(pki, server);
     // A first tunnel puts a connection in the pool.
-    let (_first_app, first) = socket_pair().await;
-    let (_send, _recv, _guard) = client.open(&mut EarlyData::new(&first)).await.unwrap();
+    let (_first_app, mut first) = socket_pair().await;
+    let (_send, _recv, _guard) = client.open(&mut EarlyData::new(&mut first)).await.unwrap();
     // Connected, written and accepted without the runtime, then handed to it.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut app = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     std::io::Write::write_all(&mut app, b"hello").unwrap();
     let (proxied, _) = listener.accept().unwrap();
     proxied.set_nonblocking(true).unwrap();
-    let proxied = TcpStream::from_std(proxied).unwrap();
-    let mut early = EarlyData::new(&proxied);
+    let mut proxied = TcpStream::from_std(proxied).unwrap();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(
-        !early.seen_readable(),
+        proxied.poll_read_ready(&mut cx).is_pending(),
         "the runtime cannot have seen it yet"
     );
+    let mut early = EarlyData::new(&mut proxied);
     let opened = client.open(&mut early).await;
     assert!(opened.is_ok());
     assert_eq!(early.len(), 5);
@@ -213,13 +216,45 @@ async fn first_bytes_not_yet_seen_by_the_runtime_still_travel_before_the_answer(
     );
 }
 
+/// The first read stops short at TCP urgent data (which tokio takes for a drained socket) and the
+/// bytes queued behind the mark get no event of their own: the splice is told the read was short,
+/// and reads them after its quiet-time check instead of waiting for an event that never comes.
+#[tokio::test]
+async fn bytes_behind_urgent_data_in_the_first_read_follow_it() {
+    let pki = Arc::new(TestPki::new("cluster.local"));
+    let (server, _seen) = scripted_server(&pki, vec![Step::AnswerAfterData]).await;
+    let client = Client::new(pki, server);
+    let (mut app, mut proxied) = socket_pair().await;
+    app.write_all(b"before").await.unwrap();
+    rustix::net::send(&app, b"!", rustix::net::SendFlags::OOB).unwrap();
+    app.write_all(b" after").await.unwrap();
+    proxied.readable().await.unwrap();
+    // Until all of it is queued (the urgent byte itself is not read in line).
+    let mut peek = [0u8; 32];
+    while proxied.peek(&mut peek).await.unwrap() < b"before".len() {}
+    let mut early = EarlyData::new(&mut proxied);
+    let (send, recv, _guard) = client.open(&mut early).await.unwrap();
+    assert_eq!(early.len(), b"before".len(), "the read stops at the mark");
+    let last = early.last_read();
+    assert_eq!(last, LastRead::Short);
+    tokio::spawn(async move {
+        let _ = splice(&mut proxied, last, send, recv, |_| {}, |_| {}).await;
+    });
+    let mut echoed = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), app.read_exact(&mut echoed))
+        .await
+        .expect("the bytes behind the mark were not carried")
+        .unwrap();
+    assert_eq!(&echoed, b"before after");
+}
+
 #[tokio::test]
 async fn a_stream_refused_unprocessed_is_retried_with_the_same_first_bytes() {
     let pki = Arc::new(TestPki::new("cluster.local"));
     let (server, seen) = scripted_server(&pki, vec![Step::Refuse, Step::AnswerAfterData]).await;
     let client = Client::new(pki, server);
-    let (_app, proxied) = app_that_spoke_first(b"GET / HTTP/1.1\r\n").await;
-    let mut early = EarlyData::new(&proxied);
+    let (_app, mut proxied) = app_that_spoke_first(b"GET / HTTP/1.1\r\n").await;
+    let mut early = EarlyData::new(&mut proxied);
     let opened = client.open(&mut early).await;
     assert!(opened.is_ok());
     let seen = seen.lock().unwrap();
@@ -233,8 +268,8 @@ async fn first_bytes_sent_on_a_connection_that_failed_are_not_replayed_elsewhere
     let (server, seen) =
         scripted_server(&pki, vec![Step::DropAfterData, Step::AnswerAfterData]).await;
     let client = Client::new(pki, server);
-    let (_app, proxied) = app_that_spoke_first(b"POST /pay").await;
-    let mut early = EarlyData::new(&proxied);
+    let (_app, mut proxied) = app_that_spoke_first(b"POST /pay").await;
+    let mut early = EarlyData::new(&mut proxied);
     let opened = client.open(&mut early).await;
     let err = opened.expect_err("the tunnel failed");
     assert!(matches!(err, ConnectError::H2(_)), "{err}");
@@ -252,8 +287,8 @@ async fn a_tunnel_that_sent_nothing_yet_is_still_redialled_once_after_a_failure(
     let (server, seen) = scripted_server(&pki, vec![Step::DropAtOnce, Step::Answer]).await;
     let client = Client::new(pki, server);
     // A server-speaks-first protocol: the client has written nothing.
-    let (_app, proxied) = socket_pair().await;
-    let mut early = EarlyData::new(&proxied);
+    let (_app, mut proxied) = socket_pair().await;
+    let mut early = EarlyData::new(&mut proxied);
     let opened = client.open(&mut early).await;
     assert!(opened.is_ok());
     assert!(early.is_empty());

@@ -107,8 +107,8 @@ impl Handoff {
         let convert = |fd: &OwnedFd| -> std::io::Result<tokio::net::TcpListener> {
             let std = TcpListener::from(fd.try_clone()?);
             std.set_nonblocking(true)?;
-            // Accepted sockets take TCP_NODELAY from their listener (see `crate::netns`), and a
-            // predecessor's listener may not have it.
+            // Accepted sockets take TCP_NODELAY from their listener (see `crate::netns`): set
+            // here too rather than trusted to a predecessor (every veil build has set it so far).
             sockopt::set_tcp_nodelay(&std, true)?;
             tokio::net::TcpListener::from_std(std)
         };

@@ -7,12 +7,11 @@
 //! them to the application only once it has authorized the tunnel and connected; a refused tunnel's
 //! bytes are dropped with its stream, and the client's connection is reset as before.
 //!
-//! Reads. The socket is read through tokio's `poll_read`, never blind: not before the runtime has
-//! seen it readable (ztunnel accepts a connection before its client's first bytes are there, so a
-//! blind read would be a system call that finds nothing on nearly every new connection), and a
-//! read that stops short leaves tokio taking the socket as drained, which the splice is told
-//! ([`EarlyData::last_read`]) so that it too waits for the kernel's next event instead of reading
-//! again to be told there is nothing ([`crate::hbone::LastRead`]).
+//! Reads. The socket is read through tokio's `poll_read`, which takes a read that stops short as
+//! draining the socket; the splice is told ([`EarlyData::last_read`]) and waits for the kernel's
+//! next event instead of reading again to be told there is nothing ([`crate::hbone::LastRead`]).
+//! (`try_read` left tokio's readiness set after a short read: the splice's first read found
+//! nothing on nearly every new connection.)
 //!
 //! Bounds and replay. While the answer is awaited at most one read (16 KiB) is taken from
 //! the socket and kept, so that a stream the server refused unprocessed (`REFUSED_STREAM`) can be
@@ -88,8 +87,9 @@ impl<'a> EarlyData<'a> {
         ConnectError: From<E>,
     {
         // Bytes already read (for a stream the server refused) go first, in the same flight as
-        // the CONNECT's headers; so do bytes the runtime has already seen arrive. Bytes that
-        // arrived unseen go as soon as the runtime sees them, still before the answer.
+        // the CONNECT's headers; so do bytes already in the socket, if tokio takes it for readable
+        // (it does a socket it has just accepted). Others go as soon as their event comes, still
+        // before the answer.
         if self.read.is_empty() && !self.done {
             self.try_read()?;
         }
@@ -126,7 +126,7 @@ impl<'a> EarlyData<'a> {
         }
     }
 
-    /// Reads what the socket has, if the runtime has seen it readable (else nothing, and no system
+    /// Reads what the socket has, if tokio takes it for readable (else nothing, and no system
     /// call), into a buffer of its size (a read that finds nothing allocates nothing).
     fn try_read(&mut self) -> Result<(), ConnectError> {
         let mut first = [0u8; EARLY];

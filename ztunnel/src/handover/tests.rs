@@ -109,8 +109,8 @@ fn a_successor_gets_the_very_sockets_and_namespace_of_each_pod() {
     );
 }
 
-/// A predecessor's listeners may lack TCP_NODELAY (listeners bound before they were given it):
-/// taken over, they pass it to what they accept, as listeners made here do.
+/// Listeners taken over are given TCP_NODELAY whatever the predecessor set (here: none), and pass
+/// it to what they accept, as listeners made here do.
 #[tokio::test]
 async fn sockets_accepted_on_inherited_listeners_have_tcp_nodelay() {
     let bind = || {

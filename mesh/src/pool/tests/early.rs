@@ -183,9 +183,9 @@ async fn the_first_bytes_travel_before_the_answer_and_the_rest_follows_in_order(
 }
 
 /// Bytes already in the socket when the tunnel is opened, on a connection already in the pool, but
-/// not yet seen by the runtime (the socket is registered with it only then): they are not read
-/// before the CONNECT goes out (no read that could find nothing), and still travel before the
-/// answer (which the server gives only once it has them).
+/// of which tokio has had no event yet (the socket is registered with it only then, not accepted
+/// by it): they are read when the event comes, while the answer is awaited, and still travel
+/// before it (the server answers only once it has them).
 #[tokio::test]
 async fn first_bytes_not_yet_seen_by_the_runtime_still_travel_before_the_answer() {
     let pki = Arc::new(TestPki::new("cluster.local"));
@@ -204,7 +204,7 @@ async fn first_bytes_not_yet_seen_by_the_runtime_still_travel_before_the_answer(
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(
         proxied.poll_read_ready(&mut cx).is_pending(),
-        "the runtime cannot have seen it yet"
+        "tokio cannot have had an event yet"
     );
     let mut early = EarlyData::new(&mut proxied);
     let opened = client.open(&mut early).await;
@@ -229,7 +229,8 @@ async fn bytes_behind_urgent_data_in_the_first_read_follow_it() {
     rustix::net::send(&app, b"!", rustix::net::SendFlags::OOB).unwrap();
     app.write_all(b" after").await.unwrap();
     proxied.readable().await.unwrap();
-    // Until all of it is queued (the urgent byte itself is not read in line).
+    // Until the bytes before the mark are there (a peek stops at the mark too; on loopback the
+    // bytes behind it were queued by the write that returned).
     let mut peek = [0u8; 32];
     while proxied.peek(&mut peek).await.unwrap() < b"before".len() {}
     let mut early = EarlyData::new(&mut proxied);

@@ -195,14 +195,16 @@ pub fn upstream_ztunnel() -> Option<PathBuf> {
 
 /// Starts Istio's ztunnel in dedicated mode inside `pod`'s namespace (it serves that one pod, whose
 /// outbound TCP it captures), taking its configuration from `controller` and its certificate from
-/// veil's CA, both with `token` (a file of the tokens file the CA and controller read). Returns
-/// once it is ready — which it is only after its first Address and Authorization responses.
+/// veil's CA, both with `token` (a file of the tokens file the CA and controller read), on
+/// `worker_threads` threads. Returns once it is ready — which it is only after its first Address
+/// and Authorization responses.
 pub fn start_upstream(
     mesh: &Mesh,
     binary: &Path,
     pod: &str,
     controller: &Controller,
     token: &Path,
+    worker_threads: u16,
 ) -> anyhow::Result<Proc> {
     let spec = mesh.pod(pod).clone();
     let netns = mesh.cluster.pod(pod).netns.clone();
@@ -265,7 +267,7 @@ pub fn start_upstream(
         format!("NODE_NAME={}", spec.node),
         "PACKET_MARK=1337".to_owned(),
         "ENABLE_ORIG_SRC=false".to_owned(),
-        "ZTUNNEL_WORKER_THREADS=1".to_owned(),
+        format!("ZTUNNEL_WORKER_THREADS={worker_threads}"),
         format!("PATH={}", std::env::var("PATH").unwrap_or_default()),
     ];
     let mut argv = vec!["env".to_owned(), "-i".to_owned()];

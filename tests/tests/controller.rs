@@ -86,7 +86,7 @@ fn upstream_mesh(
         .expect("starting the controller");
     let token = m.dir.join("token-upstream");
     std::fs::write(&token, UPSTREAM_TOKEN).unwrap();
-    let istio = start_upstream(&m, &binary, "upstream", &controller, &token)
+    let istio = start_upstream(&m, &binary, "upstream", &controller, &token, 1)
         .expect("Istio's ztunnel on veil's controller");
     Some((m, controller, istio))
 }

@@ -76,11 +76,19 @@ pub(crate) struct Options {
     pub(crate) upstream_ztunnel: Option<PathBuf>,
     /// Lay ztunnel's code out from a profile of this build ([`crate::layout`]).
     pub(crate) layout: bool,
+    /// Worker threads of every ztunnel, both sides (`None`: veil's default, 1 for Istio's); a run
+    /// with it set writes nothing.
+    pub(crate) worker_threads: Option<u16>,
 }
 
 impl Options {
     fn runs(&self, section: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+
+    /// Whether the run writes its results: a full run at the default settings.
+    fn writes(&self) -> bool {
+        self.only.is_empty() && self.worker_threads.is_none()
     }
 }
 
@@ -170,8 +178,11 @@ struct Bench {
 
 impl Bench {
     fn start(opts: Options, upstream_binary: Option<&Path>) -> anyhow::Result<Self> {
-        let mut mesh =
-            Mesh::start(spec(upstream_binary.is_some())).context("starting the benchmark mesh")?;
+        let mut spec = spec(upstream_binary.is_some());
+        if let Some(n) = opts.worker_threads {
+            spec.ztunnel_args.push(format!("--worker-threads={n}"));
+        }
+        let mut mesh = Mesh::start(spec).context("starting the benchmark mesh")?;
         let tool = bin("veil-bench").to_string_lossy().into_owned();
         for pod in ["server", "dserver", "lserver", "dlserver", "wserver"] {
             mesh.spawn_in_pod(pod, &format!("bench-server-{pod}"), &[&tool, "serve"])?
@@ -225,7 +236,11 @@ impl Bench {
             mesh.spawn_in_pod(pod, &format!("iperf3-{pod}"), &["iperf3", "-s"])?;
         }
         let upstream = match upstream_binary {
-            Some(binary) => Some(upstream::Upstream::start(&mut mesh, binary)?),
+            Some(binary) => Some(upstream::Upstream::start(
+                &mut mesh,
+                binary,
+                opts.worker_threads.unwrap_or(1),
+            )?),
             None => None,
         };
         std::thread::sleep(Duration::from_secs(1));
@@ -620,7 +635,7 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
     use_binaries_from(release);
     veil_e2e::cluster::remove_stale();
     let mut results = json!({
-        "settings": {"seconds": opts.seconds, "rounds": opts.rounds, "cpus": cpus(), "ztunnel_laid_out": laid_out},
+        "settings": {"seconds": opts.seconds, "rounds": opts.rounds, "cpus": cpus(), "ztunnel_laid_out": laid_out, "worker_threads": opts.worker_threads},
     });
     if opts.runs("policy") {
         results["policy"] = policy(&root)?;
@@ -694,8 +709,8 @@ pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
             cpu(&results["upstream"], "ztunnel_seconds_per_10k_requests"),
         );
     }
-    if !opts.only.is_empty() {
-        println!("Partial run (--only): nothing written.");
+    if !opts.writes() {
+        println!("Partial run (--only or --worker-threads): nothing written.");
         return Ok(());
     }
     let report = report(&results);

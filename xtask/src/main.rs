@@ -79,6 +79,10 @@ enum Task {
         /// (the layout needs valgrind and adds a profiled run and a relink to the build).
         #[arg(long)]
         no_layout: bool,
+        /// Worker threads of every ztunnel, veil's and Istio's alike (default: veil's own, half
+        /// the cores and at most 2, and 1 for Istio's). A run with it writes nothing.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+        worker_threads: Option<u16>,
     },
     /// Build the fuzz targets in fuzz/ (cargo-fuzz, installed when missing) and run each from its
     /// seed corpus; fails on any crash, panic or hang.
@@ -126,12 +130,14 @@ fn main() -> anyhow::Result<()> {
             only,
             upstream_ztunnel,
             no_layout,
+            worker_threads,
         } => bench::run(bench::Options {
             seconds,
             rounds: rounds.max(1),
             only,
             upstream_ztunnel,
             layout: !no_layout,
+            worker_threads,
         }),
         Task::Demo { hold } => demo::run(hold),
         Task::Fuzz {

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 use veil_e2e::cluster::exec;
 
-use super::runs::{median, per_gib};
+use super::runs::{median, per_gib, with_carrying_connections};
 use super::{Bench, f, upstream};
 
 pub(super) fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Value> {
@@ -15,6 +15,9 @@ pub(super) fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Valu
     for streams in ["1", "4"] {
         let mut runs: [Vec<f64>; 5] = Default::default();
         let mut upstream = Vec::new();
+        // veil's and Istio's ztunnel's runs: the HBONE connections carrying each (halfway
+        // through) and the cores their ztunnels used (both ends).
+        let mut spread: [Vec<(usize, f64)>; 2] = Default::default();
         let bulk = |from: &str, to: &str| {
             b.tool(
                 from,
@@ -42,11 +45,16 @@ pub(super) fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Valu
                 ],
             )?;
             let before = b.ztunnel_cpu();
-            // Compared with Istio's ztunnel: its memory too.
-            let mesh = b
-                .memory
-                .measure(&b.ztunnels(), || bulk("client", "server"))?;
-            cpu.0 += b.ztunnel_cpu() - before;
+            // Compared with Istio's ztunnel: its memory too, and how its flows spread.
+            let (mesh, carrying) = with_carrying_connections(
+                &b.mesh.cluster.pod("client").netns,
+                b.opts.seconds,
+                || b.memory.measure(&b.ztunnels(), || bulk("client", "server")),
+            );
+            let mesh = mesh?;
+            let used = b.ztunnel_cpu() - before;
+            spread[0].push((carrying?, used / f(&mesh["seconds"])));
+            cpu.0 += used;
             cpu.1 += mesh["bytes"].as_f64().unwrap_or(0.0);
             let direct_local = bulk("dclient", "dlserver")?;
             let before = b.ztunnel_cpu();
@@ -57,14 +65,38 @@ pub(super) fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Valu
                 runs[i].push(run["gbit_per_s"].as_f64().unwrap_or(f64::NAN));
             }
             let args = ["--streams", streams, "--seconds", &b.seconds()];
-            if let Some(run) = b.upstream("throughput", 9001, &args, upstream::Count::Bytes)? {
+            if b.upstream.is_some() {
+                let (run, carrying) = with_carrying_connections(
+                    &b.mesh.cluster.pod(upstream::CLIENT).netns,
+                    b.opts.seconds,
+                    || b.upstream("throughput", 9001, &args, upstream::Count::Bytes),
+                );
+                let run = run?.context("Istio's ztunnel ran nothing")?;
                 upstream.push(f(&run["gbit_per_s"]));
+                let cores = f(&run["ztunnel_cpu_seconds"]) / f(&run["seconds"]);
+                spread[1].push((carrying?, cores));
             }
         }
+        let [veil_spread, upstream_spread] = spread.map(|runs| {
+            let connections = runs.iter().map(|r| r.0).max().unwrap_or(0);
+            let cores = median(runs.iter().map(|r| r.1).collect());
+            (connections, cores)
+        });
+        println!(
+            "  throughput, {streams} stream(s): HBONE connections carrying it (the most in a round) veil {}, ztunnel cores used (both ends, median) {:.2}",
+            veil_spread.0, veil_spread.1
+        );
         if let Some(u) = &b.upstream {
             let gbit = median(upstream);
-            println!("  throughput, {streams} stream(s): Istio's ztunnel {gbit:.2} Gbit/s");
+            println!(
+                "  throughput, {streams} stream(s): Istio's ztunnel {gbit:.2} Gbit/s, HBONE connections carrying it {}, cores {:.2}",
+                upstream_spread.0, upstream_spread.1
+            );
             u.record(&["throughput", streams], json!(gbit));
+            u.record(
+                &["throughput_spread", streams],
+                json!({"hbone_connections": upstream_spread.0, "ztunnel_cores": upstream_spread.1}),
+            );
         }
         let [direct, tls, mesh, direct_local, local] = runs.map(median);
         println!(
@@ -80,6 +112,8 @@ pub(super) fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Valu
             "tls_gbit_per_s": tls,
             "mesh_gbit_per_s": mesh,
             "same_node": {"direct_gbit_per_s": direct_local, "mesh_gbit_per_s": local},
+            "hbone_connections": veil_spread.0,
+            "ztunnel_cores": veil_spread.1,
         });
     }
     let local_per_gib = per_gib(local_cpu);

@@ -4,7 +4,7 @@
 //! bridge — each served by Istio's ztunnel in dedicated mode inside the pod (its tunnel endpoints in
 //! the pod's namespace, so packets take the path veil's take), subscribed to veil's controller and
 //! holding certificates from veil's CA. Every data-path comparison runs through it in the same
-//! round as veil's, with the same load tool, worker threads (1 each) and log setting
+//! round as veil's, with the same load tool, worker threads (1 each, or `--worker-threads`) and log setting
 //! (`RUST_LOG=info` on both: veil writes one access line per connection at its destination,
 //! Istio's ztunnel one at each end).
 
@@ -21,6 +21,9 @@ use super::report::f;
 
 /// The client and server pods Istio's ztunnel serves, and the tokens their identities are issued
 /// certificates with.
+/// The pod the load tool runs in, through Istio's ztunnel.
+pub(super) const CLIENT: &str = "uclient";
+
 const PODS: [(&str, &str, &str); 2] = [
     ("uclient", "node-c", "bench-token-uclient-0123456789"),
     ("userver", "node-d", "bench-token-userver-0123456789"),
@@ -114,7 +117,12 @@ pub(super) enum Count {
 
 impl Upstream {
     /// Starts a controller replica and Istio's ztunnel in each pod, then the load tool's servers.
-    pub(super) fn start(mesh: &mut Mesh, binary: &Path) -> anyhow::Result<Self> {
+    /// Each ztunnel runs `worker_threads` threads.
+    pub(super) fn start(
+        mesh: &mut Mesh,
+        binary: &Path,
+        worker_threads: u16,
+    ) -> anyhow::Result<Self> {
         let identities: Vec<String> = pods().iter().map(|(p, _)| p.identity()).collect();
         let controller = start_replica(mesh, &identities, false, 1)
             .context("a controller replica for Istio's ztunnel")?;
@@ -123,7 +131,14 @@ impl Upstream {
             let file = mesh.dir.join(format!("token-{name}"));
             std::fs::write(&file, token)?;
             debug_assert_eq!(spec.name, name);
-            procs.push(start_upstream(mesh, binary, name, &controller, &file)?);
+            procs.push(start_upstream(
+                mesh,
+                binary,
+                name,
+                &controller,
+                &file,
+                worker_threads,
+            )?);
         }
         let tool = bin("veil-bench").to_string_lossy().into_owned();
         mesh.spawn_in_pod("userver", "bench-server-userver", &[&tool, "serve"])?
@@ -131,7 +146,7 @@ impl Upstream {
         let idle = procs.iter().filter_map(Proc::rss_bytes).max().unwrap_or(0);
         let results = json!({
             "binary": binary.display().to_string(),
-            "worker_threads": 1,
+            "worker_threads": worker_threads,
             "log": "RUST_LOG=info",
             "rss_idle_bytes": idle,
         });
@@ -165,8 +180,10 @@ impl Upstream {
         let procs: Vec<&Proc> = self.procs.iter().collect();
         let run = self
             .memory
-            .measure(&procs, || super::runs::tool_in(mesh, "uclient", &argv))?;
+            .measure(&procs, || super::runs::tool_in(mesh, CLIENT, &argv))?;
         let used = self.cpu_seconds() - before;
+        let mut run = run;
+        run["ztunnel_cpu_seconds"] = json!(used);
         let mut cpu = self.cpu.borrow_mut();
         match count {
             Count::Bytes => {

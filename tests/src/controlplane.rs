@@ -193,8 +193,32 @@ pub fn upstream_ztunnel() -> Option<PathBuf> {
     candidate.is_file().then_some(candidate)
 }
 
+/// Applies `rules` (`iptables-restore` input) in namespace `netns`, keeping the rules there.
+fn restore_in(netns: &str, rules: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, "iptables-restore", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running iptables-restore")?;
+    child
+        .stdin
+        .take()
+        .context("iptables-restore's input")?
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "iptables-restore failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
 /// Starts Istio's ztunnel in dedicated mode inside `pod`'s namespace (it serves that one pod, whose
-/// outbound TCP it captures), taking its configuration from `controller` and its certificate from
+/// TCP it captures with the rules of Istio's CNI agent), taking its configuration from `controller` and its certificate from
 /// veil's CA, both with `token` (a file of the tokens file the CA and controller read), on
 /// `worker_threads` threads. Returns once it is ready — which it is only after its first Address
 /// and Authorization responses.
@@ -210,38 +234,36 @@ pub fn start_upstream(
     let netns = mesh.cluster.pod(pod).netns.clone();
     let ip = mesh.cluster.pod(pod).ip.to_string();
     let cp = mesh.cluster.control_plane_ip.to_string();
-    // Capture as the upstream README does: everything leaving the pod but the control plane, and
-    // but ztunnel's own (marked) sockets, goes to its outbound listener.
-    for rule in [
-        vec![
-            "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", &cp, "-j", "RETURN",
-        ],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "!",
-            "-o",
-            "lo",
-            "-m",
-            "mark",
-            "!",
-            "--mark",
-            "0x539/0xfff",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15001",
-        ],
-    ] {
-        let mut argv = vec!["iptables"];
-        argv.extend(rule);
-        let out = exec(&netns, &argv)?;
-        anyhow::ensure!(out.status.success(), "iptables in {pod}: {out:?}");
-    }
+    // Capture as Istio's CNI agent does in a pod of its ambient mode (its rules for a pod without
+    // DNS capture: istio/istio cni/pkg/iptables, testdata/dns_pod_disabled_and_on_globally.golden),
+    // so that Istio's ztunnel pays per packet what it pays in a cluster, as veil's does for its own
+    // rules. One line more, first, as the upstream README has it: in dedicated mode ztunnel's
+    // connections to the control plane leave from the pod, unmarked, and must not be captured.
+    let rules = format!(
+        "*mangle
+:ISTIO_PRERT - [0:0]
+:ISTIO_OUTPUT - [0:0]
+-A PREROUTING -j ISTIO_PRERT
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff
+-A ISTIO_OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
+COMMIT
+*nat
+:ISTIO_PRERT - [0:0]
+:ISTIO_OUTPUT - [0:0]
+-A OUTPUT -d {cp}/32 -p tcp -j RETURN
+-A OUTPUT -j ISTIO_OUTPUT
+-A PREROUTING -j ISTIO_PRERT
+-A ISTIO_PRERT -s 169.254.7.127/32 -p tcp -m tcp -j ACCEPT
+-A ISTIO_OUTPUT -d 169.254.7.127/32 -p tcp -m tcp -j ACCEPT
+-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp -m tcp ! --dport 15008 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15006
+-A ISTIO_OUTPUT -p tcp -m mark --mark 0x111/0xfff -j ACCEPT
+-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ACCEPT
+-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001
+COMMIT
+"
+    );
+    restore_in(&netns, &rules).with_context(|| format!("Istio's capture rules in {pod}"))?;
     let s = |p: &Path| p.to_string_lossy().into_owned();
     let env = [
         "RUST_LOG=info".to_owned(),

@@ -107,6 +107,24 @@ pub fn exec(netns: &str, argv: &[&str]) -> anyhow::Result<Output> {
         .with_context(|| format!("running {argv:?} in {netns}"))
 }
 
+/// Runs `command` with `input` on its standard input; returns its status and output.
+pub fn output_with_input(command: &mut Command, input: &[u8]) -> anyhow::Result<Output> {
+    use std::io::Write as _;
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {:?}", command.get_program()))?;
+    child
+        .stdin
+        .take()
+        .context("the child's standard input")?
+        .write_all(input)
+        .with_context(|| format!("writing to {:?}", command.get_program()))?;
+    Ok(child.wait_with_output()?)
+}
+
 fn sysctl(netns: &str, setting: &str) -> anyhow::Result<()> {
     let out = exec(netns, &["sysctl", "-q", "-w", setting])?;
     if !out.status.success() {

@@ -195,20 +195,16 @@ pub fn upstream_ztunnel() -> Option<PathBuf> {
 
 /// Applies `rules` (`iptables-restore` input) in namespace `netns`, keeping the rules there.
 fn restore_in(netns: &str, rules: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", netns, "iptables-restore", "--noflush"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("running iptables-restore")?;
-    child
-        .stdin
-        .take()
-        .context("iptables-restore's input")?
-        .write_all(rules.as_bytes())?;
-    let out = child.wait_with_output()?;
+    let out = crate::cluster::output_with_input(
+        std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            netns,
+            "iptables-restore",
+            "--noflush",
+        ]),
+        rules.as_bytes(),
+    )?;
     anyhow::ensure!(
         out.status.success(),
         "iptables-restore failed: {}",
@@ -218,10 +214,10 @@ fn restore_in(netns: &str, rules: &str) -> anyhow::Result<()> {
 }
 
 /// Starts Istio's ztunnel in dedicated mode inside `pod`'s namespace (it serves that one pod, whose
-/// TCP it captures with the rules of Istio's CNI agent), taking its configuration from `controller` and its certificate from
-/// veil's CA, both with `token` (a file of the tokens file the CA and controller read), on
-/// `worker_threads` threads. Returns once it is ready — which it is only after its first Address
-/// and Authorization responses.
+/// TCP it captures with the rules of Istio's CNI agent), taking its configuration from
+/// `controller` and its certificate from veil's CA, both with `token` (a file of the tokens file
+/// the CA and controller read), on `worker_threads` threads. Returns once it is ready — which it
+/// is only after its first Address and Authorization responses.
 pub fn start_upstream(
     mesh: &Mesh,
     binary: &Path,

@@ -275,7 +275,6 @@ impl Mesh {
         command: &str,
         name: &str,
     ) -> anyhow::Result<(bool, serde_json::Value)> {
-        use std::io::Write as _;
         let spec = self.pod(name);
         let pod = self.cluster.pod(name);
         conf["prevResult"] = serde_json::json!({
@@ -283,31 +282,22 @@ impl Mesh {
             "interfaces": [{"name": "eth0", "sandbox": pod.netns_path()}],
             "ips": [{"address": format!("{}/24", pod.ip), "interface": 0}],
         });
-        let mut child = std::process::Command::new(binary)
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={name};\
+             K8S_POD_INFRA_CONTAINER_ID=sandbox-{name};K8S_POD_UID=uid-{name}",
+            spec.namespace
+        );
+        let mut plugin = std::process::Command::new(binary);
+        plugin
             .env_clear()
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", format!("sandbox-{name}"))
             .env("CNI_NETNS", pod.netns_path())
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", "/opt/cni/bin")
-            .env(
-                "CNI_ARGS",
-                format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=sandbox-{name};K8S_POD_UID=uid-{name}",
-                    spec.namespace
-                ),
-            )
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+            .env("CNI_ARGS", args);
+        let out = crate::cluster::output_with_input(&mut plugin, conf.to_string().as_bytes())
             .context("running veil-cni")?;
-        child
-            .stdin
-            .take()
-            .context("veil-cni stdin")?
-            .write_all(conf.to_string().as_bytes())?;
-        let out = child.wait_with_output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let json = serde_json::from_str(&stdout).with_context(|| {
             format!(

@@ -65,13 +65,13 @@ pub(super) fn throughput(b: &Bench, cpu: &mut (f64, f64)) -> anyhow::Result<Valu
                 runs[i].push(run["gbit_per_s"].as_f64().unwrap_or(f64::NAN));
             }
             let args = ["--streams", streams, "--seconds", &b.seconds()];
-            if b.upstream.is_some() {
+            if let Some(u) = &b.upstream {
                 let (run, carrying) = with_carrying_connections(
                     &b.mesh.cluster.pod(upstream::CLIENT).netns,
                     b.opts.seconds,
-                    || b.upstream("throughput", 9001, &args, upstream::Count::Bytes),
+                    || u.tool(&b.mesh, "throughput", 9001, &args, upstream::Count::Bytes),
                 );
-                let run = run?.context("Istio's ztunnel ran nothing")?;
+                let run = run?;
                 upstream.push(f(&run["gbit_per_s"]));
                 let cores = f(&run["ztunnel_cpu_seconds"]) / f(&run["seconds"]);
                 spread[1].push((carrying?, cores));

@@ -178,11 +178,10 @@ impl Upstream {
         argv.extend_from_slice(args);
         let before = self.cpu_seconds();
         let procs: Vec<&Proc> = self.procs.iter().collect();
-        let run = self
+        let mut run = self
             .memory
             .measure(&procs, || super::runs::tool_in(mesh, CLIENT, &argv))?;
         let used = self.cpu_seconds() - before;
-        let mut run = run;
         run["ztunnel_cpu_seconds"] = json!(used);
         let mut cpu = self.cpu.borrow_mut();
         match count {

@@ -518,20 +518,8 @@ impl Buildah {
     }
 
     fn output_with_input(&self, args: &[&str], input: &str) -> anyhow::Result<String> {
-        use std::io::Write;
-        let mut child = self
-            .command(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+        let out = veil_e2e::cluster::output_with_input(&mut self.command(args), input.as_bytes())
             .context("running buildah (apt-get install buildah)")?;
-        child
-            .stdin
-            .take()
-            .context("buildah's input")?
-            .write_all(input.as_bytes())?;
-        let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!(
                 "buildah {} failed: {}",

@@ -50,8 +50,9 @@ enum State {
     Tracked,
     /// The last read stopped short: drained, or stopped at urgent data.
     Short,
-    /// Quiet for [`RECHECK`] after a short read, or a read past tokio's readiness filled its
-    /// buffer: read past tokio's readiness again.
+    /// Quiet for [`RECHECK`] after a short read yet not empty (a peek found bytes, the end or an
+    /// error), or a read past tokio's readiness filled its buffer: read past tokio's readiness
+    /// again.
     Recheck,
 }
 
@@ -97,30 +98,21 @@ impl<'a, 'b> Reader<'a, 'b> {
         read
     }
 
-    /// A read past tokio's readiness (cleared by the short read before): `recv` itself, after a
-    /// peek that takes no buffer (the usual answer is that there is nothing).
+    /// A read past tokio's readiness (cleared by the short read before, or by a read that filled
+    /// its buffer this way): `recv` itself.
     fn recheck(&mut self, buf: &mut impl BufMut) -> Option<io::Result<usize>> {
-        let fd = self.rd.as_ref().as_fd();
         let offered = buf.chunk_mut().len();
-        let dontwait = rustix::net::RecvFlags::DONTWAIT;
-        let read =
-            match rustix::net::recv(fd, &mut [0u8; 1], dontwait | rustix::net::RecvFlags::PEEK) {
-                Ok((0, _)) => Ok(0),
-                Ok(_) => {
-                    let mut got = Vec::with_capacity(offered.max(1));
-                    rustix::net::recv(fd, rustix::buffer::spare_capacity(&mut got), dontwait).map(
-                        |(n, _)| {
-                            buf.put_slice(&got);
-                            n
-                        },
-                    )
-                }
-                Err(e) => Err(e),
-            };
+        let mut got = Vec::with_capacity(offered.max(1));
+        let read = rustix::net::recv(
+            self.rd.as_ref().as_fd(),
+            rustix::buffer::spare_capacity(&mut got),
+            rustix::net::RecvFlags::DONTWAIT,
+        );
         match read {
             // A full read: more may be queued behind it, with no event of its own; read on this
             // way. A short one is taken as before, with the timer for another mark.
-            Ok(n) => {
+            Ok((n, _)) => {
+                buf.put_slice(&got);
                 if n > 0 && n < offered {
                     self.state = State::Short;
                 }
@@ -144,6 +136,20 @@ impl<'a, 'b> Reader<'a, 'b> {
             State::Short => match tokio::time::timeout(RECHECK, self.rd.readable()).await {
                 Ok(ready) => ready,
                 Err(_quiet) => {
+                    // A peek, which takes no buffer: the caller takes one for the read only when
+                    // there is something to read (the usual answer is that there is nothing).
+                    let peek = rustix::net::recv(
+                        self.rd.as_ref().as_fd(),
+                        &mut [0u8; 1],
+                        rustix::net::RecvFlags::DONTWAIT | rustix::net::RecvFlags::PEEK,
+                    );
+                    if peek == Err(rustix::io::Errno::AGAIN) {
+                        // Empty, and tokio's readiness was cleared by the short read: what comes
+                        // next raises an event.
+                        self.state = State::Tracked;
+                        return self.rd.readable().await;
+                    }
+                    // Bytes, the end, or an error: the read tells which.
                     self.state = State::Recheck;
                     Ok(())
                 }
@@ -187,5 +193,60 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf)).await;
         assert_eq!(read.expect("woken again").unwrap().unwrap(), 7);
         assert_eq!(buf, b"waiting");
+    }
+
+    #[tokio::test]
+    async fn a_socket_found_empty_after_the_quiet_wait_is_waited_on_without_another_read() {
+        let (mut app, mut proxied) = socket_pair().await;
+        app.write_all(b"one").await.unwrap();
+        let (mut rd, _wr) = proxied.split();
+        rd.readable().await.unwrap();
+        let mut reader = Reader::new(&mut rd, LastRead::Tracked);
+        let mut buf = Vec::with_capacity(64);
+        assert_eq!(reader.read(&mut buf).await.unwrap().unwrap(), 3);
+        assert_eq!(reader.state, State::Short);
+        // Quiet for longer than the recheck: the peek finds nothing, so the wait goes on for the
+        // kernel's next event instead of handing the caller a read (and a buffer) to make.
+        let quiet = tokio::time::timeout(RECHECK * 6, reader.readable()).await;
+        assert!(quiet.is_err(), "woken with nothing to read: {quiet:?}");
+        assert_eq!(reader.state, State::Tracked);
+        // What comes next raises the event the wait is for (a lost one would hang: bounded).
+        app.write_all(b"two").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), reader.readable())
+            .await
+            .expect("woken by the next bytes")
+            .unwrap();
+        buf.clear();
+        assert_eq!(reader.read(&mut buf).await.unwrap().unwrap(), 3);
+        assert_eq!(buf, b"two");
+    }
+
+    #[tokio::test]
+    async fn bytes_found_by_the_quiet_wait_are_read_past_tokios_readiness() {
+        let (mut app, mut proxied) = socket_pair().await;
+        app.write_all(b"one").await.unwrap();
+        let (mut rd, _wr) = proxied.split();
+        rd.readable().await.unwrap();
+        let mut reader = Reader::new(&mut rd, LastRead::Tracked);
+        let mut buf = Vec::with_capacity(64);
+        assert_eq!(reader.read(&mut buf).await.unwrap().unwrap(), 3);
+        // Bytes behind urgent data raise no event of their own: the quiet wait's peek finds them.
+        app.write_all(b"x").await.unwrap();
+        let fd = std::os::fd::AsFd::as_fd(&app);
+        rustix::net::send(fd, b"!", rustix::net::SendFlags::OOB).unwrap();
+        app.write_all(b"behind").await.unwrap();
+        buf.clear();
+        let mut read = Vec::new();
+        while read.len() < b"xbehind".len() {
+            tokio::time::timeout(Duration::from_secs(10), reader.readable())
+                .await
+                .unwrap_or_else(|_| panic!("the bytes behind the mark are not found: {read:?}"))
+                .unwrap();
+            if let Some(n) = reader.read(&mut buf).await {
+                assert!(n.unwrap() > 0);
+                read.append(&mut buf);
+            }
+        }
+        assert_eq!(read, b"xbehind");
     }
 }

@@ -7,8 +7,9 @@
 //! docs/benchmarks.md; a connection quiet for [`RECHECK`] after a message pays a timer and a peek
 //! instead). One case breaks that rule: a read also stops short at TCP urgent data
 //! (out-of-band, `MSG_OOB`), and the bytes queued behind the mark get no event of their own. So a
-//! socket left after a short read with nothing new for [`RECHECK`] is read once more anyway, past
-//! tokio's bookkeeping; once such a read finds the socket empty, waiting needs no timer.
+//! socket left after a short read with nothing new for [`RECHECK`] is peeked at, past tokio's
+//! bookkeeping, and read when the peek finds something; once the peek finds the socket empty,
+//! waiting needs no timer.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -44,8 +45,8 @@ pub(crate) struct Reader<'a, 'b> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Tokio's readiness tells: the last read filled its buffer, a read past tokio's readiness
-    /// found the socket empty, or nothing was read yet. (A read that finds nothing leaves the
+    /// Tokio's readiness tells: the last read filled its buffer, a read or peek past tokio's
+    /// readiness found the socket empty, or nothing was read yet. (A read that finds nothing leaves the
     /// state as it was: after a short read the timer stays armed.)
     Tracked,
     /// The last read stopped short: drained, or stopped at urgent data.

@@ -196,16 +196,26 @@ mod tests {
         assert_eq!(buf, b"waiting");
     }
 
-    #[tokio::test]
-    async fn a_socket_found_empty_after_the_quiet_wait_is_waited_on_without_another_read() {
-        let (mut app, mut proxied) = socket_pair().await;
+    /// A reader of `rd` whose last read stopped short: it read the three bytes `app` wrote.
+    async fn after_a_short_read<'a, 'b>(
+        app: &mut tokio::net::TcpStream,
+        rd: &'a mut ReadHalf<'b>,
+    ) -> Reader<'a, 'b> {
         app.write_all(b"one").await.unwrap();
-        let (mut rd, _wr) = proxied.split();
         rd.readable().await.unwrap();
-        let mut reader = Reader::new(&mut rd, LastRead::Tracked);
+        let mut reader = Reader::new(rd, LastRead::Tracked);
         let mut buf = Vec::with_capacity(64);
         assert_eq!(reader.read(&mut buf).await.unwrap().unwrap(), 3);
         assert_eq!(reader.state, State::Short);
+        reader
+    }
+
+    #[tokio::test]
+    async fn a_socket_found_empty_after_the_quiet_wait_is_waited_on_without_another_read() {
+        let (mut app, mut proxied) = socket_pair().await;
+        let (mut rd, _wr) = proxied.split();
+        let mut reader = after_a_short_read(&mut app, &mut rd).await;
+        let mut buf = Vec::with_capacity(64);
         // Quiet for longer than the recheck: the peek finds nothing, so the wait goes on for the
         // kernel's next event instead of handing the caller a read (and a buffer) to make.
         let quiet = tokio::time::timeout(RECHECK * 6, reader.readable()).await;
@@ -225,18 +235,14 @@ mod tests {
     #[tokio::test]
     async fn bytes_found_by_the_quiet_wait_are_read_past_tokios_readiness() {
         let (mut app, mut proxied) = socket_pair().await;
-        app.write_all(b"one").await.unwrap();
         let (mut rd, _wr) = proxied.split();
-        rd.readable().await.unwrap();
-        let mut reader = Reader::new(&mut rd, LastRead::Tracked);
+        let mut reader = after_a_short_read(&mut app, &mut rd).await;
         let mut buf = Vec::with_capacity(64);
-        assert_eq!(reader.read(&mut buf).await.unwrap().unwrap(), 3);
         // Bytes behind urgent data raise no event of their own: the quiet wait's peek finds them.
         app.write_all(b"x").await.unwrap();
         let fd = std::os::fd::AsFd::as_fd(&app);
         rustix::net::send(fd, b"!", rustix::net::SendFlags::OOB).unwrap();
         app.write_all(b"behind").await.unwrap();
-        buf.clear();
         let mut read = Vec::new();
         while read.len() < b"xbehind".len() {
             tokio::time::timeout(Duration::from_secs(10), reader.readable())

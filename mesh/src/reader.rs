@@ -46,8 +46,8 @@ pub(crate) struct Reader<'a, 'b> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Tokio's readiness tells: the last read filled its buffer, a read or peek past tokio's
-    /// readiness found the socket empty, or nothing was read yet. (A read that finds nothing leaves the
-    /// state as it was: after a short read the timer stays armed.)
+    /// readiness found the socket empty, or nothing was read yet. (A read that finds nothing
+    /// leaves the state as it was: after a short read the timer stays armed.)
     Tracked,
     /// The last read stopped short: drained, or stopped at urgent data.
     Short,

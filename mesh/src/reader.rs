@@ -105,7 +105,7 @@ impl<'a, 'b> Reader<'a, 'b> {
         let offered = buf.chunk_mut().len();
         let mut got = Vec::with_capacity(offered.max(1));
         let read = rustix::net::recv(
-            self.rd.as_ref().as_fd(),
+            self.socket().as_fd(),
             rustix::buffer::spare_capacity(&mut got),
             rustix::net::RecvFlags::DONTWAIT,
         );
@@ -140,7 +140,7 @@ impl<'a, 'b> Reader<'a, 'b> {
                     // A peek, which takes no buffer: the caller takes one for the read only when
                     // there is something to read (the usual answer is that there is nothing).
                     let peek = rustix::net::recv(
-                        self.rd.as_ref().as_fd(),
+                        self.socket().as_fd(),
                         &mut [0u8; 1],
                         rustix::net::RecvFlags::DONTWAIT | rustix::net::RecvFlags::PEEK,
                     );
@@ -227,7 +227,6 @@ mod tests {
             .await
             .expect("woken by the next bytes")
             .unwrap();
-        buf.clear();
         assert_eq!(reader.read(&mut buf).await.unwrap().unwrap(), 3);
         assert_eq!(buf, b"two");
     }

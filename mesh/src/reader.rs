@@ -51,8 +51,7 @@ enum State {
     Tracked,
     /// The last read stopped short: drained, or stopped at urgent data.
     Short,
-    /// Quiet for [`RECHECK`] after a short read yet not empty (a peek found bytes, the end or an
-    /// error), or a read past tokio's readiness filled its buffer: read past tokio's readiness
+    /// Quiet for [`RECHECK`] after a short read yet not empty (a peek found bytes or the end), or a read past tokio's readiness filled its buffer: read past tokio's readiness
     /// again.
     Recheck,
 }
@@ -144,15 +143,22 @@ impl<'a, 'b> Reader<'a, 'b> {
                         &mut [0u8; 1],
                         rustix::net::RecvFlags::DONTWAIT | rustix::net::RecvFlags::PEEK,
                     );
-                    if peek == Err(rustix::io::Errno::AGAIN) {
-                        // Empty, and tokio's readiness was cleared by the short read: what comes
-                        // next raises an event.
-                        self.state = State::Tracked;
-                        return self.rd.readable().await;
+                    match peek {
+                        Err(rustix::io::Errno::AGAIN) => {
+                            // Empty, and tokio's readiness was cleared by the short read: what
+                            // comes next raises an event.
+                            self.state = State::Tracked;
+                            self.rd.readable().await
+                        }
+                        // The socket's pending error (a reset) is reported once, peek or not:
+                        // said here, since the read after would find only an end.
+                        Err(e) => Err(e.into()),
+                        // Bytes or the end: the read takes them.
+                        Ok(_) => {
+                            self.state = State::Recheck;
+                            Ok(())
+                        }
                     }
-                    // Bytes, the end, or an error: the read tells which.
-                    self.state = State::Recheck;
-                    Ok(())
                 }
             },
             State::Recheck => Ok(()),
